@@ -1,0 +1,633 @@
+//! Episodes: a task, the steps an agent took, and how it ended.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::reflection::Reflection;
+use crate::reward::RewardScore;
+
+/// Identity of an episode: a time-ordered UUID (v7), so ids sort by creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EpisodeId(pub Uuid);
+
+impl EpisodeId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        EpisodeId(Uuid::now_v7())
+    }
+}
+
+impl Default for EpisodeId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for EpisodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for EpisodeId {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Uuid::parse_str(s.trim())
+            .map(EpisodeId)
+            .map_err(|e| crate::Error::invalid("episode_id", e.to_string()))
+    }
+}
+
+/// What kind of work a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskType {
+    /// Writing new code.
+    CodeGeneration,
+    /// Finding and fixing a defect.
+    Debugging,
+    /// Restructuring without changing behaviour.
+    Refactoring,
+    /// Writing or fixing tests.
+    Testing,
+    /// Investigating or reviewing.
+    Analysis,
+    /// Writing documentation.
+    Documentation,
+    /// Anything else.
+    #[default]
+    Other,
+}
+
+impl TaskType {
+    /// Every task type, in declaration order.
+    pub const ALL: [TaskType; 7] = [
+        TaskType::CodeGeneration,
+        TaskType::Debugging,
+        TaskType::Refactoring,
+        TaskType::Testing,
+        TaskType::Analysis,
+        TaskType::Documentation,
+        TaskType::Other,
+    ];
+
+    /// The snake_case name used in JSON, SQL and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::CodeGeneration => "code_generation",
+            TaskType::Debugging => "debugging",
+            TaskType::Refactoring => "refactoring",
+            TaskType::Testing => "testing",
+            TaskType::Analysis => "analysis",
+            TaskType::Documentation => "documentation",
+            TaskType::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskType {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        let norm = s.trim().to_ascii_lowercase().replace('-', "_");
+        TaskType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == norm)
+            .ok_or_else(|| {
+                crate::Error::invalid(
+                    "task_type",
+                    format!("unknown task type {s:?} (expected one of code_generation, debugging, refactoring, testing, analysis, documentation, other)"),
+                )
+            })
+    }
+}
+
+/// How hard a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Complexity {
+    /// A few steps.
+    Simple,
+    /// The common case.
+    #[default]
+    Moderate,
+    /// Many steps, several components.
+    Complex,
+}
+
+impl Complexity {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Complexity::Simple => "simple",
+            Complexity::Moderate => "moderate",
+            Complexity::Complex => "complex",
+        }
+    }
+
+    /// Typical number of steps of a task of this complexity, used when no history exists.
+    pub fn typical_steps(self) -> u32 {
+        match self {
+            Complexity::Simple => 5,
+            Complexity::Moderate => 10,
+            Complexity::Complex => 20,
+        }
+    }
+}
+
+impl std::fmt::Display for Complexity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Complexity {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "simple" => Ok(Complexity::Simple),
+            "moderate" => Ok(Complexity::Moderate),
+            "complex" => Ok(Complexity::Complex),
+            _ => Err(crate::Error::invalid(
+                "complexity",
+                format!("unknown complexity {s:?} (expected simple, moderate or complex)"),
+            )),
+        }
+    }
+}
+
+/// Where a task happens: the features retrieval and learning condition on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct TaskContext {
+    /// Problem domain, e.g. `web_api` or `databases`.
+    pub domain: String,
+    /// Programming language, if any.
+    pub language: Option<String>,
+    /// Framework, if any.
+    pub framework: Option<String>,
+    /// How hard the task is.
+    pub complexity: Complexity,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+}
+
+impl TaskContext {
+    /// A context in `domain` with everything else at its default.
+    pub fn new(domain: impl Into<String>) -> Self {
+        TaskContext {
+            domain: domain.into(),
+            ..TaskContext::default()
+        }
+    }
+
+    /// Sets the language.
+    #[must_use]
+    pub fn with_language(mut self, language: impl Into<String>) -> Self {
+        self.language = Some(language.into());
+        self
+    }
+
+    /// Sets the framework.
+    #[must_use]
+    pub fn with_framework(mut self, framework: impl Into<String>) -> Self {
+        self.framework = Some(framework.into());
+        self
+    }
+
+    /// Sets the complexity.
+    #[must_use]
+    pub fn with_complexity(mut self, complexity: Complexity) -> Self {
+        self.complexity = complexity;
+        self
+    }
+
+    /// Adds a tag.
+    #[must_use]
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StepResult {
+    /// The tool call succeeded.
+    Success {
+        /// What the tool returned (possibly truncated by the caller).
+        output: String,
+    },
+    /// The tool call failed.
+    Error {
+        /// The error message.
+        message: String,
+    },
+    /// The tool call timed out.
+    Timeout {
+        /// Optional detail.
+        #[serde(default)]
+        message: String,
+    },
+}
+
+impl StepResult {
+    /// True for [`StepResult::Success`].
+    pub fn is_success(&self) -> bool {
+        matches!(self, StepResult::Success { .. })
+    }
+
+    /// The output or message text.
+    pub fn text(&self) -> &str {
+        match self {
+            StepResult::Success { output } => output,
+            StepResult::Error { message } | StepResult::Timeout { message } => message,
+        }
+    }
+
+    /// `success`, `error` or `timeout`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            StepResult::Success { .. } => "success",
+            StepResult::Error { .. } => "error",
+            StepResult::Timeout { .. } => "timeout",
+        }
+    }
+}
+
+/// One tool call of an episode, as given by the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepInput {
+    /// Tool name, e.g. `shell` or `edit_file`.
+    pub tool: String,
+    /// What the agent did with it, in words.
+    pub action: String,
+    /// Tool parameters (a JSON value; `null` when none).
+    #[serde(default, with = "crate::json_field")]
+    pub parameters: serde_json::Value,
+    /// The result.
+    pub result: StepResult,
+    /// Wall time of the call in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Tokens the call used, if known.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+}
+
+impl StepInput {
+    /// A successful step.
+    pub fn ok(tool: impl Into<String>, action: impl Into<String>, output: impl Into<String>) -> Self {
+        StepInput {
+            tool: tool.into(),
+            action: action.into(),
+            parameters: serde_json::Value::Null,
+            result: StepResult::Success {
+                output: output.into(),
+            },
+            latency_ms: 0,
+            tokens: None,
+        }
+    }
+
+    /// A failed step.
+    pub fn error(tool: impl Into<String>, action: impl Into<String>, message: impl Into<String>) -> Self {
+        StepInput {
+            result: StepResult::Error {
+                message: message.into(),
+            },
+            ..StepInput::ok(tool, action, "")
+        }
+    }
+
+    /// A timed-out step.
+    pub fn timeout(tool: impl Into<String>, action: impl Into<String>) -> Self {
+        StepInput {
+            result: StepResult::Timeout {
+                message: String::new(),
+            },
+            ..StepInput::ok(tool, action, "")
+        }
+    }
+
+    /// Sets the parameters.
+    #[must_use]
+    pub fn with_parameters(mut self, parameters: serde_json::Value) -> Self {
+        self.parameters = parameters;
+        self
+    }
+
+    /// Sets the latency.
+    #[must_use]
+    pub fn with_latency_ms(mut self, latency_ms: u64) -> Self {
+        self.latency_ms = latency_ms;
+        self
+    }
+
+    /// Sets the token count.
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: u64) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+}
+
+/// A stored step: the agent's input plus its position and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionStep {
+    /// 1-based position in the episode; unique per episode.
+    pub step_number: u32,
+    /// When the step was logged.
+    pub timestamp: DateTime<Utc>,
+    /// What the agent reported.
+    #[serde(flatten)]
+    pub input: StepInput,
+}
+
+impl ExecutionStep {
+    /// The tool name.
+    pub fn tool(&self) -> &str {
+        &self.input.tool
+    }
+
+    /// The result.
+    pub fn result(&self) -> &StepResult {
+        &self.input.result
+    }
+
+    /// Approximate stored size in bytes, for the whole-episode limit.
+    pub fn approx_size(&self) -> usize {
+        self.input.tool.len()
+            + self.input.action.len()
+            + json_len(&self.input.parameters)
+            + self.input.result.text().len()
+            + 48
+    }
+}
+
+pub(crate) fn json_len(v: &serde_json::Value) -> usize {
+    if v.is_null() {
+        0
+    } else {
+        serde_json::to_string(v).map_or(0, |s| s.len())
+    }
+}
+
+/// How an episode ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The task was done.
+    Success {
+        /// A short verdict.
+        verdict: String,
+        /// Produced artifacts (paths, URLs, commit ids).
+        #[serde(default)]
+        artifacts: Vec<String>,
+    },
+    /// Part of the task was done.
+    PartialSuccess {
+        /// A short verdict.
+        verdict: String,
+        /// Items that were done.
+        #[serde(default)]
+        completed: Vec<String>,
+        /// Items that were not.
+        #[serde(default)]
+        failed: Vec<String>,
+    },
+    /// The task was not done.
+    Failure {
+        /// Why it failed.
+        reason: String,
+    },
+    /// The agent chose not to do it.
+    Abstained {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The kind of an outcome, for filters and statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// [`Outcome::Success`].
+    Success,
+    /// [`Outcome::PartialSuccess`].
+    PartialSuccess,
+    /// [`Outcome::Failure`].
+    Failure,
+    /// [`Outcome::Abstained`].
+    Abstained,
+}
+
+impl OutcomeKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Success => "success",
+            OutcomeKind::PartialSuccess => "partial_success",
+            OutcomeKind::Failure => "failure",
+            OutcomeKind::Abstained => "abstained",
+        }
+    }
+}
+
+impl std::fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OutcomeKind {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "success" => Ok(OutcomeKind::Success),
+            "partial_success" | "partial" => Ok(OutcomeKind::PartialSuccess),
+            "failure" => Ok(OutcomeKind::Failure),
+            "abstained" => Ok(OutcomeKind::Abstained),
+            _ => Err(crate::Error::invalid(
+                "outcome",
+                format!("unknown outcome {s:?} (expected success, partial_success, failure or abstained)"),
+            )),
+        }
+    }
+}
+
+impl Outcome {
+    /// The kind of this outcome.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Success { .. } => OutcomeKind::Success,
+            Outcome::PartialSuccess { .. } => OutcomeKind::PartialSuccess,
+            Outcome::Failure { .. } => OutcomeKind::Failure,
+            Outcome::Abstained { .. } => OutcomeKind::Abstained,
+        }
+    }
+
+    /// True when the task was (at least partly) achieved.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Success { .. })
+    }
+
+    /// The verdict or reason text.
+    pub fn summary(&self) -> &str {
+        match self {
+            Outcome::Success { verdict, .. } | Outcome::PartialSuccess { verdict, .. } => verdict,
+            Outcome::Failure { reason } | Outcome::Abstained { reason } => reason,
+        }
+    }
+
+    /// A success with no artifacts.
+    pub fn success(verdict: impl Into<String>) -> Self {
+        Outcome::Success {
+            verdict: verdict.into(),
+            artifacts: Vec::new(),
+        }
+    }
+
+    /// A failure.
+    pub fn failure(reason: impl Into<String>) -> Self {
+        Outcome::Failure {
+            reason: reason.into(),
+        }
+    }
+
+    /// A partial success with no item lists.
+    pub fn partial(verdict: impl Into<String>) -> Self {
+        Outcome::PartialSuccess {
+            verdict: verdict.into(),
+            completed: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+}
+
+/// What an agent gives to start an episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEpisode {
+    /// The task, in the agent's words.
+    pub task_description: String,
+    /// The kind of task.
+    #[serde(default)]
+    pub task_type: TaskType,
+    /// Where it happens.
+    #[serde(default)]
+    pub context: TaskContext,
+}
+
+impl NewEpisode {
+    /// A new episode description.
+    pub fn new(task_description: impl Into<String>, task_type: TaskType, context: TaskContext) -> Self {
+        NewEpisode {
+            task_description: task_description.into(),
+            task_type,
+            context,
+        }
+    }
+}
+
+/// A recorded episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    /// Its id.
+    pub id: EpisodeId,
+    /// The task, redacted.
+    pub task_description: String,
+    /// The kind of task.
+    pub task_type: TaskType,
+    /// Where it happened.
+    pub context: TaskContext,
+    /// Steps in order of `step_number`.
+    pub steps: Vec<ExecutionStep>,
+    /// When it was started.
+    pub started_at: DateTime<Utc>,
+    /// Set once completed.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Set once completed.
+    pub outcome: Option<Outcome>,
+    /// Set once completed.
+    pub reward: Option<RewardScore>,
+    /// Set once completed.
+    pub reflection: Option<Reflection>,
+}
+
+impl Episode {
+    /// A fresh, empty episode.
+    pub fn start(new: NewEpisode, now: DateTime<Utc>) -> Self {
+        Episode {
+            id: EpisodeId::new(),
+            task_description: new.task_description,
+            task_type: new.task_type,
+            context: new.context,
+            steps: Vec::new(),
+            started_at: now,
+            completed_at: None,
+            outcome: None,
+            reward: None,
+            reflection: None,
+        }
+    }
+
+    /// True once an outcome was recorded.
+    pub fn is_completed(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Approximate stored size in bytes, for the whole-episode limit.
+    pub fn approx_size(&self) -> usize {
+        self.task_description.len()
+            + self.context.domain.len()
+            + self.context.tags.iter().map(String::len).sum::<usize>()
+            + self.steps.iter().map(ExecutionStep::approx_size).sum::<usize>()
+            + 128
+    }
+
+    /// A summary without steps.
+    pub fn summary(&self) -> EpisodeSummary {
+        EpisodeSummary {
+            id: self.id,
+            task_description: self.task_description.clone(),
+            task_type: self.task_type,
+            context: self.context.clone(),
+            step_count: self.steps.len() as u32,
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            outcome: self.outcome.as_ref().map(Outcome::kind),
+            reward: self.reward.as_ref().map(|r| r.total),
+        }
+    }
+}
+
+/// An episode without its steps, as listed by queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeSummary {
+    /// Its id.
+    pub id: EpisodeId,
+    /// The task.
+    pub task_description: String,
+    /// The kind of task.
+    pub task_type: TaskType,
+    /// Where it happened.
+    pub context: TaskContext,
+    /// How many steps are stored.
+    pub step_count: u32,
+    /// When it was started.
+    pub started_at: DateTime<Utc>,
+    /// When it was completed.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// How it ended, if it did.
+    pub outcome: Option<OutcomeKind>,
+    /// Total reward, if completed.
+    pub reward: Option<f64>,
+}

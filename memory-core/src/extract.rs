@@ -1,0 +1,219 @@
+//! Extraction: from one completed episode to pattern, heuristic and lesson observations.
+//!
+//! Pure and deterministic: the same episode always yields the same observations.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::episode::{Episode, ExecutionStep, Outcome};
+use crate::heuristic::HeuristicObservation;
+use crate::learning::LearningUpdate;
+use crate::lesson::{LessonObservation, lesson_id};
+use crate::pattern::{PatternKind, PatternObservation};
+use crate::signature::{ContextKey, collapse_tools, error_class, normalize_label, normalize_tool};
+
+/// Longest tool sequence kept in a pattern; longer runs are cut (their head is what repeats).
+pub const MAX_SEQUENCE_TOOLS: usize = 12;
+/// How far ahead (in steps) a recovery is looked for after a failure.
+const RECOVERY_WINDOW: usize = 8;
+/// Longest recovery kept.
+const MAX_RECOVERY_TOOLS: usize = 4;
+
+/// A failed step and the steps that recovered from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Index of the (last) failing step of the run.
+    pub failed_index: usize,
+    /// Index of the step that confirmed the recovery.
+    pub recovered_index: usize,
+    /// Normalized error of the failure.
+    pub error_class: String,
+    /// Tools from the step after the failure to the confirming step, repeats collapsed.
+    pub tools: Vec<String>,
+}
+
+/// Finds recoveries: a failing step, then within a few steps a success of the same tool (the
+/// fix was verified), or failing that the first later success.
+///
+/// Consecutive failures of the same tool with the same error count once (the last of the run).
+pub fn find_recoveries(steps: &[ExecutionStep]) -> Vec<Recovery> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < steps.len() {
+        let s = &steps[i];
+        if s.result().is_success() {
+            i += 1;
+            continue;
+        }
+        let class = error_class(s.result().text());
+        // Skip to the last failure of a run of identical failures.
+        let mut last = i;
+        while last + 1 < steps.len()
+            && !steps[last + 1].result().is_success()
+            && steps[last + 1].tool() == s.tool()
+            && error_class(steps[last + 1].result().text()) == class
+        {
+            last += 1;
+        }
+        let window_end = (last + 1 + RECOVERY_WINDOW).min(steps.len());
+        let same_tool_ok = (last + 1..window_end)
+            .find(|&k| steps[k].result().is_success() && steps[k].tool() == s.tool());
+        let first_ok = (last + 1..window_end).find(|&k| steps[k].result().is_success());
+        if let Some(k) = same_tool_ok.or(first_ok) {
+            let mut tools = collapse_tools(steps[last + 1..=k].iter().map(ExecutionStep::tool));
+            tools.truncate(MAX_RECOVERY_TOOLS);
+            out.push(Recovery {
+                failed_index: last,
+                recovered_index: k,
+                error_class: class,
+                tools,
+            });
+        }
+        i = last + 1;
+    }
+    out
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn sum_latency(steps: &[ExecutionStep]) -> u64 {
+    steps.iter().map(|s| s.input.latency_ms).sum()
+}
+
+/// Extracts what one completed episode teaches.
+pub fn extract_learning(episode: &Episode, outcome: &Outcome, observed_at: DateTime<Utc>) -> LearningUpdate {
+    let steps = &episode.steps;
+    let success = outcome.is_success();
+    let failed = matches!(outcome, Outcome::Failure { .. });
+    let domain = normalize_label(Some(&episode.context.domain));
+    let language = normalize_label(episode.context.language.as_deref());
+    let task_ctx = ContextKey {
+        task_type: Some(episode.task_type),
+        domain: domain.clone(),
+        language: language.clone(),
+    };
+    let tool_ctx = ContextKey {
+        task_type: None,
+        domain,
+        language,
+    };
+    let step_count = steps.len() as u32;
+    let latency = sum_latency(steps);
+    let id = episode.id;
+
+    let mut patterns: BTreeMap<String, PatternObservation> = BTreeMap::new();
+    let mut heuristics: BTreeMap<String, HeuristicObservation> = BTreeMap::new();
+    let mut lessons: BTreeMap<String, LessonObservation> = BTreeMap::new();
+    let mut add_pattern = |kind: PatternKind, ctx: &ContextKey| {
+        let mut o = PatternObservation::new(kind, ctx.clone(), id, success, observed_at);
+        o.steps = step_count;
+        o.latency_ms = latency;
+        patterns.entry(o.id.0.clone()).or_insert(o);
+    };
+
+    // Context statistics: one per episode, the basis of estimates.
+    let mut features = Vec::new();
+    if let Some(fw) = normalize_label(episode.context.framework.as_deref()) {
+        features.push(format!("framework={fw}"));
+    }
+    features.push(format!("complexity={}", episode.context.complexity));
+    add_pattern(PatternKind::ContextPattern { features }, &task_ctx);
+
+    let mut ok_tools = collapse_tools(
+        steps
+            .iter()
+            .filter(|s| s.result().is_success())
+            .map(ExecutionStep::tool),
+    );
+    ok_tools.truncate(MAX_SEQUENCE_TOOLS);
+    if !ok_tools.is_empty() {
+        add_pattern(PatternKind::ToolSequence { tools: ok_tools.clone() }, &task_ctx);
+        let approach: Vec<String> = ok_tools.iter().take(6).cloned().collect();
+        let h = HeuristicObservation::new(
+            format!("starting a {} task", episode.task_type),
+            format!("follow {}", approach.join(" → ")),
+            task_ctx.clone(),
+            id,
+            success,
+            observed_at,
+        );
+        heuristics.entry(h.id.0.clone()).or_insert(h);
+    }
+    if let Some(first) = steps.first() {
+        add_pattern(
+            PatternKind::DecisionPoint {
+                condition: format!("opening move of a {} task", episode.task_type),
+                choice: normalize_tool(first.tool()),
+            },
+            &task_ctx,
+        );
+    }
+
+    let recoveries = find_recoveries(steps);
+    for rec in &recoveries {
+        let failed_step = &steps[rec.failed_index];
+        let tool = normalize_tool(failed_step.tool());
+        add_pattern(
+            PatternKind::ErrorRecovery {
+                failed_tool: tool.clone(),
+                error_class: rec.error_class.clone(),
+                recovery: rec.tools.clone(),
+            },
+            &tool_ctx,
+        );
+        let h = HeuristicObservation::new(
+            format!("{tool} fails with \"{}\"", rec.error_class),
+            format!("recover with {}", rec.tools.join(" → ")),
+            tool_ctx.clone(),
+            id,
+            !failed,
+            observed_at,
+        );
+        heuristics.entry(h.id.0.clone()).or_insert(h);
+    }
+
+    // Lessons: every distinct failure (tool + error class) of the episode, with its remedy.
+    for (i, s) in steps.iter().enumerate() {
+        if s.result().is_success() {
+            continue;
+        }
+        let tool = normalize_tool(s.tool());
+        let class = error_class(s.result().text());
+        let remedy = recoveries
+            .iter()
+            .find(|r| r.failed_index >= i && steps[r.failed_index].tool() == s.tool() && r.error_class == class)
+            .map(|r| r.tools.clone());
+        let lid = lesson_id(&tool_ctx, &tool, &class);
+        let obs = LessonObservation {
+            id: lid.clone(),
+            context: tool_ctx.clone(),
+            failed_tool: tool,
+            failed_action: truncate_chars(&s.input.action, 120),
+            error_class: class,
+            example_error: truncate_chars(s.result().text(), 240),
+            remedy,
+            episode_failed: failed,
+            episode_id: id,
+            observed_at,
+        };
+        // One observation per lesson and episode; prefer the one that carries a remedy.
+        match lessons.get_mut(&lid.0) {
+            Some(existing) if existing.remedy.is_none() && obs.remedy.is_some() => *existing = obs,
+            Some(_) => {}
+            None => {
+                lessons.insert(lid.0.clone(), obs);
+            }
+        }
+    }
+
+    LearningUpdate {
+        episode_id: id,
+        observed_at,
+        patterns: patterns.into_values().collect(),
+        heuristics: heuristics.into_values().collect(),
+        lessons: lessons.into_values().collect(),
+    }
+}

@@ -1,0 +1,238 @@
+//! Heuristics: condition -> action rules that aggregate evidence across episodes.
+//!
+//! Heuristics that share a condition but recommend different actions contradict each other.
+//! [`resolve_contradictions`] keeps exactly one of them active (the one with the most evidence)
+//! and marks the others superseded with a reason, so nothing disappears silently.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::confidence::{decay_factor, wilson_lower_bound};
+use crate::episode::EpisodeId;
+use crate::learned::{Evidence, LearnedStatus, push_recent};
+use crate::signature::{ContextKey, stable_id};
+
+/// Deterministic identity of a heuristic: a digest of its condition key and action.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HeuristicId(pub String);
+
+impl std::fmt::Display for HeuristicId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A learned rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heuristic {
+    /// Deterministic id.
+    pub id: HeuristicId,
+    /// Digest of condition and context; heuristics with equal keys compete.
+    pub condition_key: String,
+    /// When the rule applies, in words.
+    pub condition: String,
+    /// What to do, in words.
+    pub action: String,
+    /// The context it holds in.
+    pub context: ContextKey,
+    /// Episodes where following the action went well.
+    pub support: u64,
+    /// Episodes where following the action went badly.
+    pub against: u64,
+    /// Agent feedback: helped.
+    pub votes_up: u64,
+    /// Agent feedback: hindered.
+    pub votes_down: u64,
+    /// First observation.
+    pub first_seen: DateTime<Utc>,
+    /// Latest observation.
+    pub last_seen: DateTime<Utc>,
+    /// The most recent evidence, newest first.
+    pub recent_evidence: Vec<Evidence>,
+    /// Whether it is in use.
+    pub status: LearnedStatus,
+}
+
+/// One episode's evidence for a heuristic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeuristicObservation {
+    /// Derived id.
+    pub id: HeuristicId,
+    /// Derived condition key.
+    pub condition_key: String,
+    /// When the rule applies.
+    pub condition: String,
+    /// What was done.
+    pub action: String,
+    /// Where.
+    pub context: ContextKey,
+    /// In which episode.
+    pub episode_id: EpisodeId,
+    /// Whether doing it went well.
+    pub supports: bool,
+    /// When.
+    pub observed_at: DateTime<Utc>,
+}
+
+impl HeuristicObservation {
+    /// An observation; id and condition key are derived.
+    pub fn new(
+        condition: impl Into<String>,
+        action: impl Into<String>,
+        context: ContextKey,
+        episode_id: EpisodeId,
+        supports: bool,
+        observed_at: DateTime<Utc>,
+    ) -> Self {
+        let condition = condition.into();
+        let action = action.into();
+        let condition_key = stable_id(&["condition", &condition, &context.signature()]);
+        let id = HeuristicId(stable_id(&["heuristic", &condition_key, &action]));
+        HeuristicObservation {
+            id,
+            condition_key,
+            condition,
+            action,
+            context,
+            episode_id,
+            supports,
+            observed_at,
+        }
+    }
+}
+
+impl Heuristic {
+    /// A heuristic seen once.
+    pub fn from_observation(obs: &HeuristicObservation) -> Self {
+        let mut h = Heuristic {
+            id: obs.id.clone(),
+            condition_key: obs.condition_key.clone(),
+            condition: obs.condition.clone(),
+            action: obs.action.clone(),
+            context: obs.context.clone(),
+            support: 0,
+            against: 0,
+            votes_up: 0,
+            votes_down: 0,
+            first_seen: obs.observed_at,
+            last_seen: obs.observed_at,
+            recent_evidence: Vec::new(),
+            status: LearnedStatus::Active,
+        };
+        h.absorb(obs);
+        h
+    }
+
+    /// Merges one more observation (order-independent).
+    pub fn absorb(&mut self, obs: &HeuristicObservation) {
+        if obs.supports {
+            self.support += 1;
+        } else {
+            self.against += 1;
+        }
+        self.first_seen = self.first_seen.min(obs.observed_at);
+        self.last_seen = self.last_seen.max(obs.observed_at);
+        push_recent(
+            &mut self.recent_evidence,
+            Evidence {
+                at: obs.observed_at,
+                episode_id: obs.episode_id,
+            },
+        );
+    }
+
+    /// Evidence strength without decay: Wilson lower bound over observations and votes.
+    pub fn evidence_score(&self) -> f64 {
+        let up = self.support + self.votes_up;
+        wilson_lower_bound(up, up + self.against + self.votes_down)
+    }
+
+    /// Confidence in [0, 1]: evidence strength decayed by the age of the latest evidence.
+    pub fn confidence(&self, now: DateTime<Utc>, half_life_days: f64) -> f64 {
+        self.evidence_score() * decay_factor(self.last_seen, now, half_life_days)
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        format!("if {} then {}", self.condition, self.action)
+    }
+}
+
+/// Among heuristics sharing one condition key, makes the best-evidenced one active and marks
+/// every other non-pruned one superseded by it, with the evidence counts as the reason.
+///
+/// Ranking: evidence score, then support, then the latest evidence, then the id (so the result
+/// is deterministic). Returns the indices whose status changed.
+pub fn resolve_contradictions(group: &mut [Heuristic]) -> Vec<usize> {
+    let candidates: Vec<usize> = (0..group.len())
+        .filter(|&i| matches!(group[i].status, LearnedStatus::Active | LearnedStatus::Superseded { .. }))
+        .collect();
+    let Some(&winner) = candidates.iter().max_by(|&&a, &&b| {
+        let (x, y) = (&group[a], &group[b]);
+        x.evidence_score()
+            .total_cmp(&y.evidence_score())
+            .then(x.support.cmp(&y.support))
+            .then(x.last_seen.cmp(&y.last_seen))
+            .then(y.id.cmp(&x.id))
+    }) else {
+        return Vec::new();
+    };
+    let (w_id, w_support, w_against, w_action) = {
+        let w = &group[winner];
+        (w.id.0.clone(), w.support, w.against, w.action.clone())
+    };
+    let mut changed = Vec::new();
+    for i in candidates {
+        let new_status = if i == winner {
+            LearnedStatus::Active
+        } else {
+            let h = &group[i];
+            LearnedStatus::Superseded {
+                by: w_id.clone(),
+                reason: format!(
+                    "contradicts \"{w_action}\" which has more evidence ({w_support} supporting / {w_against} against vs {} / {})",
+                    h.support, h.against
+                ),
+            }
+        };
+        if group[i].status != new_status {
+            group[i].status = new_status;
+            changed.push(i);
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contradiction_resolved_by_evidence_and_loser_kept() {
+        let ctx = ContextKey::default();
+        let now = Utc::now();
+        let a = HeuristicObservation::new("cargo build fails", "run cargo clean", ctx.clone(), EpisodeId::new(), true, now);
+        let b = HeuristicObservation::new("cargo build fails", "update the lockfile", ctx, EpisodeId::new(), true, now);
+        assert_eq!(a.condition_key, b.condition_key);
+        assert_ne!(a.id, b.id);
+        let mut ha = Heuristic::from_observation(&a);
+        let mut hb = Heuristic::from_observation(&b);
+        for _ in 0..4 {
+            hb.absorb(&HeuristicObservation { episode_id: EpisodeId::new(), ..b.clone() });
+        }
+        ha.absorb(&HeuristicObservation { episode_id: EpisodeId::new(), supports: false, ..a.clone() });
+        let mut group = vec![ha, hb];
+        resolve_contradictions(&mut group);
+        assert!(group[1].status.is_active());
+        match &group[0].status {
+            LearnedStatus::Superseded { by, reason } => {
+                assert_eq!(by, &group[1].id.0);
+                assert!(reason.contains("more evidence"), "{reason}");
+            }
+            other => panic!("expected superseded, got {other:?}"),
+        }
+        // idempotent
+        assert!(resolve_contradictions(&mut group).is_empty());
+    }
+}

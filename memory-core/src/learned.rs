@@ -1,0 +1,76 @@
+//! What patterns, heuristics and lessons share: status and bounded recent evidence.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::episode::EpisodeId;
+
+/// How many recent evidence episodes a learned item keeps (for display and explanation).
+pub const RECENT_EVIDENCE: usize = 10;
+
+/// Whether a learned item is in use. Nothing is deleted: retired items keep a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LearnedStatus {
+    /// In use.
+    #[default]
+    Active,
+    /// Lost a contradiction to another item with more evidence; kept for the record.
+    Superseded {
+        /// The winner's id.
+        by: String,
+        /// Why it lost, with the evidence counts.
+        reason: String,
+    },
+    /// Retired by consolidation (low confidence or unused); restorable.
+    Pruned {
+        /// Why.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Merged into a near-duplicate; its evidence lives on in the target.
+    Merged {
+        /// The surviving item's id.
+        into: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl LearnedStatus {
+    /// True for [`LearnedStatus::Active`].
+    pub fn is_active(&self) -> bool {
+        matches!(self, LearnedStatus::Active)
+    }
+
+    /// `active`, `superseded`, `pruned` or `merged`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LearnedStatus::Active => "active",
+            LearnedStatus::Superseded { .. } => "superseded",
+            LearnedStatus::Pruned { .. } => "pruned",
+            LearnedStatus::Merged { .. } => "merged",
+        }
+    }
+}
+
+/// One piece of evidence: an episode and when it was observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Evidence {
+    /// When it was observed.
+    pub at: DateTime<Utc>,
+    /// The episode.
+    pub episode_id: EpisodeId,
+}
+
+/// Adds `e` to the most-recent-first list, keeping at most [`RECENT_EVIDENCE`] entries.
+/// The result depends only on the set of evidence added, not the order.
+pub(crate) fn push_recent(list: &mut Vec<Evidence>, e: Evidence) {
+    if list.contains(&e) {
+        return;
+    }
+    list.push(e);
+    list.sort_by(|a, b| b.cmp(a));
+    list.truncate(RECENT_EVIDENCE);
+}

@@ -1,0 +1,86 @@
+//! The domain, learning pipeline and storage traits of a self-learning episodic memory for AI
+//! agents.
+//!
+//! Agents record episodes (a task, the tool steps taken, the outcome). On completion the memory
+//! scores a [`RewardScore`], writes a [`Reflection`], and merges what the episode teaches into
+//! [`Pattern`]s, [`Heuristic`]s and [`FailureLesson`]s held in storage. Start with
+//! [`SelfLearningMemory`].
+//!
+//! This crate does no I/O of its own: storage backends implement [`Storage`]
+//! (`memory-storage-turso` for libsql, [`InMemoryStorage`] here as the reference).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use memory_core::{InMemoryStorage, MemoryConfig, Namespace, NewEpisode, Outcome, SelfLearningMemory, StepInput, TaskContext, TaskType};
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let memory = SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())?;
+//! let ns = Namespace::new("acme/api")?;
+//! let id = memory.start_episode(&ns, NewEpisode::new("add rate limiting", TaskType::CodeGeneration, TaskContext::new("web_api"))).await?;
+//! memory.log_step(&ns, id, StepInput::ok("edit_file", "add middleware", "ok")).await?;
+//! let report = memory.complete_episode(&ns, id, Outcome::success("done")).await?;
+//! println!("reward {:.2}", report.reward.total);
+//! # memory.shutdown().await?;
+//! # Ok::<(), memory_core::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod clock;
+mod confidence;
+mod episode;
+mod error;
+mod extract;
+mod feedback;
+mod heuristic;
+mod json_field;
+mod learned;
+mod learning;
+mod lesson;
+mod limits;
+mod memory;
+mod namespace;
+mod pattern;
+mod quota;
+mod redact;
+mod reflection;
+mod reward;
+mod signature;
+mod storage;
+mod text;
+
+#[cfg(feature = "test-utils")]
+pub mod conformance;
+#[cfg(feature = "test-utils")]
+mod fault;
+
+pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
+pub use confidence::{beta_mean, decay_factor, wilson_lower_bound};
+pub use episode::{
+    Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome, OutcomeKind, StepInput,
+    StepResult, TaskContext, TaskType,
+};
+pub use error::{Error, ObjectKind, Result};
+pub use extract::{Recovery, extract_learning, find_recoveries};
+#[cfg(feature = "test-utils")]
+pub use fault::{FaultInjecting, FaultMode};
+pub use feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
+pub use heuristic::{Heuristic, HeuristicId, HeuristicObservation, resolve_contradictions};
+pub use learned::{Evidence, LearnedStatus, RECENT_EVIDENCE};
+pub use learning::{Changed, ExistingLearned, LearnedChanges, LearningUpdate};
+pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
+pub use limits::Limits;
+pub use memory::{CompletionReport, LearnedSummary, LearningConfig, MemoryConfig, SelfLearningMemory, StepBatchConfig};
+pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
+pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObservation, pattern_id};
+pub use quota::{QuotaConfig, RateLimitConfig, RateLimiter};
+pub use redact::{RedactionConfig, Redactor};
+pub use reflection::{Reflection, reflect};
+pub use reward::{RewardHistory, RewardScore, compute_reward};
+pub use signature::{ContextKey, collapse_tools, error_class, normalize_label, normalize_tool};
+pub use storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
+pub use storage::memory::InMemoryStorage;
+pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
+pub use storage::{
+    EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore, LearnedItems,
+    LearnedQuery, LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
+};
+pub use text::{episode_search_text, tokenize};

@@ -1,0 +1,128 @@
+//! Configuration of the memory facade.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+use crate::quota::{QuotaConfig, RateLimitConfig};
+use crate::redact::RedactionConfig;
+
+/// Step buffering: steps are acknowledged into an in-process buffer and written as rows in
+/// batches.
+///
+/// A buffered step is written when its episode's batch fills, when the flush timer fires, on
+/// `complete_episode`, on `flush` and on `shutdown`. A process killed before then loses the
+/// buffered steps of that window; set `max_batch = 1` for a durable write per step.
+///
+/// # Default
+/// `max_batch` 64 steps; `flush_interval` 250 ms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StepBatchConfig {
+    /// Steps per episode buffered before a write.
+    pub max_batch: usize,
+    /// Longest time a step waits in the buffer.
+    #[serde(with = "duration_ms")]
+    pub flush_interval: Duration,
+}
+
+impl Default for StepBatchConfig {
+    fn default() -> Self {
+        StepBatchConfig {
+            max_batch: 64,
+            flush_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Learning settings.
+///
+/// # Default
+/// `half_life_days` 30; `history_window` 50 episodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LearningConfig {
+    /// Confidence of learned items halves every this many days without new evidence.
+    pub half_life_days: f64,
+    /// How many similar past episodes the reward's efficiency baseline looks at.
+    pub history_window: u32,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        LearningConfig {
+            half_life_days: 30.0,
+            history_window: 50,
+        }
+    }
+}
+
+/// Everything the facade can be tuned with. Each part documents its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct MemoryConfig {
+    /// Input limits.
+    pub limits: Limits,
+    /// Per-namespace quotas.
+    pub quotas: QuotaConfig,
+    /// Per-namespace rate limit.
+    pub rate_limit: RateLimitConfig,
+    /// Secret redaction.
+    pub redaction: RedactionConfig,
+    /// Step buffering.
+    pub steps: StepBatchConfig,
+    /// Learning.
+    pub learning: LearningConfig,
+}
+
+impl MemoryConfig {
+    /// Sets the limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the quotas.
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: QuotaConfig) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// Sets the rate limit.
+    #[must_use]
+    pub fn with_rate_limit(mut self, rate_limit: RateLimitConfig) -> Self {
+        self.rate_limit = rate_limit;
+        self
+    }
+
+    /// Sets redaction.
+    #[must_use]
+    pub fn with_redaction(mut self, redaction: RedactionConfig) -> Self {
+        self.redaction = redaction;
+        self
+    }
+
+    /// Sets step buffering.
+    #[must_use]
+    pub fn with_steps(mut self, steps: StepBatchConfig) -> Self {
+        self.steps = steps;
+        self
+    }
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

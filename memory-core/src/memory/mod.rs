@@ -1,0 +1,635 @@
+//! [`SelfLearningMemory`]: the facade agents and applications use.
+
+mod config;
+mod report;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info_span, instrument, warn};
+
+pub use config::{LearningConfig, MemoryConfig, StepBatchConfig};
+pub use report::{CompletionReport, LearnedSummary};
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome, StepInput};
+use crate::error::{Error, ObjectKind, Result};
+use crate::extract::extract_learning;
+use crate::feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
+use crate::heuristic::{Heuristic, HeuristicId};
+use crate::lesson::{FailureLesson, LessonId};
+use crate::namespace::Namespace;
+use crate::pattern::{Pattern, PatternId};
+use crate::quota::RateLimiter;
+use crate::redact::Redactor;
+use crate::reflection::reflect;
+use crate::reward::{RewardHistory, compute_reward};
+use crate::signature::normalize_label;
+use crate::storage::{
+    EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, LearnedQuery, NamespaceStats, Storage, TextHit,
+    TextQuery,
+};
+
+/// Buffered state of an in-progress episode in this process.
+#[derive(Debug)]
+struct EpisodeBuffer {
+    next_step: u32,
+    bytes: usize,
+    pending: Vec<ExecutionStep>,
+}
+
+/// What this process knows of a namespace's size, for quotas. Seeded from storage on first use
+/// and advanced by this process's own writes.
+#[derive(Debug, Clone, Copy)]
+struct NsCounters {
+    episodes: u64,
+    steps: u64,
+}
+
+type BufferKey = (Namespace, EpisodeId);
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<dyn Storage>,
+    config: MemoryConfig,
+    clock: SharedClock,
+    redactor: Redactor,
+    limiter: RateLimiter,
+    buffers: Mutex<HashMap<BufferKey, EpisodeBuffer>>,
+    counters: Mutex<HashMap<Namespace, NsCounters>>,
+    shut_down: AtomicBool,
+    stop_flusher: Notify,
+}
+
+/// The self-learning episodic memory.
+///
+/// Record episodes (`start_episode`, `log_step`, `complete_episode`); completion scores the
+/// episode, reflects on it and merges what it teaches into patterns, heuristics and failure
+/// lessons in storage. Everything learned lives in the storage backend, so a new instance over
+/// the same storage continues where another left off.
+///
+/// ```
+/// use std::sync::Arc;
+/// use memory_core::*;
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let memory = SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())?;
+/// let ns = Namespace::default();
+/// let id = memory
+///     .start_episode(&ns, NewEpisode::new("fix the flaky login test", TaskType::Testing, TaskContext::new("testing").with_language("rust")))
+///     .await?;
+/// memory.log_step(&ns, id, StepInput::error("shell", "cargo test", "test login ... FAILED")).await?;
+/// memory.log_step(&ns, id, StepInput::ok("edit_file", "inject a fake clock", "edit applied")).await?;
+/// memory.log_step(&ns, id, StepInput::ok("shell", "cargo test", "ok. 12 passed")).await?;
+/// let report = memory.complete_episode(&ns, id, Outcome::success("test is stable")).await?;
+/// assert!(report.reward.total > 0.5);
+/// assert!(!report.patterns.is_empty());
+/// memory.shutdown().await?;
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct SelfLearningMemory {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    })
+}
+
+impl SelfLearningMemory {
+    /// A memory over `storage` with the system clock.
+    ///
+    /// Starts the step-flush timer when called inside a tokio runtime.
+    pub fn new(storage: Arc<dyn Storage>, config: MemoryConfig) -> Result<Self> {
+        Self::with_clock(storage, config, Arc::new(SystemClock))
+    }
+
+    /// A memory with an explicit clock (tests use [`crate::TokioClock`] with paused time).
+    pub fn with_clock(storage: Arc<dyn Storage>, config: MemoryConfig, clock: SharedClock) -> Result<Self> {
+        if config.steps.max_batch == 0 {
+            return Err(Error::invalid("steps.max_batch", "must be at least 1"));
+        }
+        let redactor = Redactor::new(&config.redaction)?;
+        let limiter = RateLimiter::new(config.rate_limit.clone());
+        let inner = Arc::new(Inner {
+            storage,
+            config,
+            clock,
+            redactor,
+            limiter,
+            buffers: Mutex::new(HashMap::new()),
+            counters: Mutex::new(HashMap::new()),
+            shut_down: AtomicBool::new(false),
+            stop_flusher: Notify::new(),
+        });
+        let flusher = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|rt| rt.spawn(flush_loop(Arc::downgrade(&inner))));
+        Ok(SelfLearningMemory {
+            inner,
+            flusher: Mutex::new(flusher),
+        })
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.inner.config
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    fn ensure_running(&self) -> Result<()> {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            Err(Error::Shutdown)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn counters(&self, ns: &Namespace) -> Result<NsCounters> {
+        if let Some(c) = lock(&self.inner.counters).get(ns) {
+            return Ok(*c);
+        }
+        let stats = self.inner.storage.namespace_stats(ns).await?;
+        let c = NsCounters {
+            episodes: stats.episodes,
+            steps: stats.steps,
+        };
+        Ok(*lock(&self.inner.counters).entry(ns.clone()).or_insert(c))
+    }
+
+    /// Starts an episode and returns its id.
+    ///
+    /// Checks limits, the namespace's episode quota and rate limit; redacts secrets from the
+    /// description; normalizes domain, language and framework to lowercase.
+    #[instrument(skip_all, fields(namespace = %ns))]
+    pub async fn start_episode(&self, ns: &Namespace, new: NewEpisode) -> Result<EpisodeId> {
+        self.ensure_running()?;
+        self.inner.config.limits.check_new_episode(&new)?;
+        self.inner.limiter.acquire(ns, 1)?;
+        let quota = self.inner.config.quotas.max_episodes;
+        if self.counters(ns).await?.episodes >= quota {
+            return Err(Error::QuotaExceeded {
+                namespace: ns.to_string(),
+                resource: "episodes",
+                limit: quota,
+            });
+        }
+        let mut new = new;
+        self.inner.redactor.redact_in_place(&mut new.task_description);
+        let ctx = &mut new.context;
+        ctx.domain = normalize_label(Some(&ctx.domain)).unwrap_or_else(|| "general".to_owned());
+        ctx.language = normalize_label(ctx.language.as_deref());
+        ctx.framework = normalize_label(ctx.framework.as_deref());
+        ctx.tags = ctx.tags.iter().map(|t| t.trim().to_lowercase()).collect();
+        ctx.tags.sort();
+        ctx.tags.dedup();
+        let episode = Episode::start(new, self.inner.clock.now());
+        self.inner.storage.create_episode(ns, &episode).await?;
+        if let Some(c) = lock(&self.inner.counters).get_mut(ns) {
+            c.episodes += 1;
+        }
+        lock(&self.inner.buffers).insert(
+            (ns.clone(), episode.id),
+            EpisodeBuffer {
+                next_step: 1,
+                bytes: episode.approx_size(),
+                pending: Vec::new(),
+            },
+        );
+        debug!(episode_id = %episode.id, "episode started");
+        Ok(episode.id)
+    }
+
+    /// Loads buffer state for an episode started elsewhere (another process or instance).
+    async fn ensure_buffer(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
+        let key = (ns.clone(), id);
+        if lock(&self.inner.buffers).contains_key(&key) {
+            return Ok(());
+        }
+        let episode = self
+            .inner
+            .storage
+            .get_episode(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
+        if episode.is_completed() {
+            return Err(already_completed(id));
+        }
+        let next_step = episode.steps.iter().map(|s| s.step_number).max().unwrap_or(0) + 1;
+        lock(&self.inner.buffers).entry(key).or_insert(EpisodeBuffer {
+            next_step,
+            bytes: episode.approx_size(),
+            pending: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Logs one step of an in-progress episode.
+    ///
+    /// The step is validated, redacted and buffered; it is written (as a row) when the batch
+    /// fills, the flush timer fires, or the episode completes. `NotFound` for an unknown
+    /// episode, `Conflict` for a completed one.
+    pub async fn log_step(&self, ns: &Namespace, id: EpisodeId, step: StepInput) -> Result<()> {
+        self.ensure_running()?;
+        let limits = &self.inner.config.limits;
+        limits.check_step(&step)?;
+        self.inner.limiter.acquire(ns, 1)?;
+        self.ensure_buffer(ns, id).await?;
+        let step_quota = self.inner.config.quotas.max_steps;
+        let counters = self.counters(ns).await?;
+
+        let mut step = step;
+        let redactor = &self.inner.redactor;
+        if redactor.is_enabled() {
+            redactor.redact_in_place(&mut step.action);
+            redactor.redact_json(&mut step.parameters);
+            match &mut step.result {
+                crate::StepResult::Success { output: t }
+                | crate::StepResult::Error { message: t }
+                | crate::StepResult::Timeout { message: t } => redactor.redact_in_place(t),
+            }
+        }
+
+        let batch = {
+            let mut buffers = lock(&self.inner.buffers);
+            let buf = buffers
+                .get_mut(&(ns.clone(), id))
+                .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
+            if buf.next_step as usize > limits.max_steps_per_episode {
+                return Err(Error::LimitExceeded {
+                    field: "steps_per_episode",
+                    limit: limits.max_steps_per_episode as u64,
+                    actual: u64::from(buf.next_step),
+                });
+            }
+            if counters.steps >= step_quota {
+                return Err(Error::QuotaExceeded {
+                    namespace: ns.to_string(),
+                    resource: "steps",
+                    limit: step_quota,
+                });
+            }
+            let stored = ExecutionStep {
+                step_number: buf.next_step,
+                timestamp: self.inner.clock.now(),
+                input: step,
+            };
+            let size = stored.approx_size();
+            if buf.bytes + size > limits.max_episode_bytes {
+                return Err(Error::LimitExceeded {
+                    field: "episode",
+                    limit: limits.max_episode_bytes as u64,
+                    actual: (buf.bytes + size) as u64,
+                });
+            }
+            buf.bytes += size;
+            buf.next_step += 1;
+            buf.pending.push(stored);
+            if let Some(c) = lock(&self.inner.counters).get_mut(ns) {
+                c.steps += 1;
+            }
+            (buf.pending.len() >= self.inner.config.steps.max_batch).then(|| std::mem::take(&mut buf.pending))
+        };
+        if let Some(batch) = batch {
+            self.inner.write_batch(ns, id, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered step now.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.flush_all().await
+    }
+
+    /// Completes an episode: writes its buffered steps, scores it, reflects on it, and merges
+    /// what it teaches into the learned patterns, heuristics and lessons, atomically.
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
+    pub async fn complete_episode(&self, ns: &Namespace, id: EpisodeId, outcome: Outcome) -> Result<CompletionReport> {
+        self.ensure_running()?;
+        self.inner.config.limits.check_outcome(&outcome)?;
+        self.inner.limiter.acquire(ns, 1)?;
+        let outcome = self.redact_outcome(outcome);
+
+        let pending = lock(&self.inner.buffers)
+            .get_mut(&(ns.clone(), id))
+            .map(|b| std::mem::take(&mut b.pending))
+            .unwrap_or_default();
+        if !pending.is_empty() {
+            self.inner.write_batch(ns, id, pending).await?;
+        }
+        let episode = self
+            .inner
+            .storage
+            .get_episode(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
+        if episode.is_completed() {
+            lock(&self.inner.buffers).remove(&(ns.clone(), id));
+            return Err(already_completed(id));
+        }
+
+        let history = self.history_for(ns, &episode).await?;
+        let now = self.inner.clock.now();
+        let reward = compute_reward(&episode.steps, episode.context.complexity, &outcome, history);
+        let reflection = reflect(&episode, &outcome, &reward);
+        let learning = extract_learning(&episode, &outcome, now);
+        let completion = EpisodeCompletion {
+            episode_id: id,
+            outcome,
+            reward,
+            reflection,
+            completed_at: now,
+            learning,
+        };
+        let changes = self.inner.storage.complete_episode(ns, &completion).await?;
+        lock(&self.inner.buffers).remove(&(ns.clone(), id));
+        let changes = changes.ok_or_else(|| already_completed(id))?;
+        Ok(CompletionReport::new(
+            completion,
+            &changes,
+            now,
+            self.inner.config.learning.half_life_days,
+        ))
+    }
+
+    fn redact_outcome(&self, outcome: Outcome) -> Outcome {
+        let r = &self.inner.redactor;
+        let mut outcome = outcome;
+        match &mut outcome {
+            Outcome::Success { verdict, artifacts } => {
+                r.redact_in_place(verdict);
+                for a in artifacts.iter_mut() {
+                    r.redact_in_place(a);
+                }
+            }
+            Outcome::PartialSuccess {
+                verdict,
+                completed,
+                failed,
+            } => {
+                r.redact_in_place(verdict);
+                for a in completed.iter_mut().chain(failed.iter_mut()) {
+                    r.redact_in_place(a);
+                }
+            }
+            Outcome::Failure { reason } | Outcome::Abstained { reason } => r.redact_in_place(reason),
+        }
+        outcome
+    }
+
+    async fn history_for(&self, ns: &Namespace, episode: &Episode) -> Result<RewardHistory> {
+        let similar = self
+            .inner
+            .storage
+            .query_episodes(
+                ns,
+                &EpisodeQuery {
+                    filter: EpisodeFilter {
+                        task_type: Some(episode.task_type),
+                        domain: Some(episode.context.domain.clone()),
+                        language: episode.context.language.clone(),
+                        status: Some(EpisodeStatus::Completed(crate::OutcomeKind::Success)),
+                        ..EpisodeFilter::default()
+                    },
+                    limit: self.inner.config.learning.history_window,
+                    offset: 0,
+                },
+            )
+            .await?;
+        Ok(RewardHistory {
+            median_success_steps: median(similar.iter().map(|s| f64::from(s.step_count)).collect()),
+            similar_episodes: similar.len(),
+        })
+    }
+
+    /// An episode with all its steps, including steps still buffered in this process.
+    pub async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Episode> {
+        let mut episode = self
+            .inner
+            .storage
+            .get_episode(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
+        if let Some(buf) = lock(&self.inner.buffers).get(&(ns.clone(), id)) {
+            for s in &buf.pending {
+                if !episode.steps.iter().any(|e| e.step_number == s.step_number) {
+                    episode.steps.push(s.clone());
+                }
+            }
+            episode.steps.sort_by_key(|s| s.step_number);
+        }
+        Ok(episode)
+    }
+
+    /// A page of episodes, newest first.
+    pub async fn list_episodes(&self, ns: &Namespace, query: &EpisodeQuery) -> Result<Vec<EpisodeSummary>> {
+        self.inner.storage.query_episodes(ns, query).await
+    }
+
+    /// Lexical search over episodes; each hit with its summary.
+    pub async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<(TextHit, EpisodeSummary)>> {
+        let hits = self.inner.storage.search_episodes(ns, query).await?;
+        let mut out = Vec::with_capacity(hits.len());
+        for h in hits {
+            if let Some(e) = self.inner.storage.get_episode(ns, h.episode_id).await? {
+                out.push((h, e.summary()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records how applying a pattern or heuristic went in an episode. Recording again for the
+    /// same target and episode replaces the earlier verdict.
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode_id))]
+    pub async fn record_feedback(
+        &self,
+        ns: &Namespace,
+        target: FeedbackTarget,
+        episode_id: EpisodeId,
+        outcome: FeedbackOutcome,
+    ) -> Result<()> {
+        self.ensure_running()?;
+        self.inner.limiter.acquire(ns, 1)?;
+        if self.inner.storage.get_episode(ns, episode_id).await?.is_none() {
+            return Err(Error::not_found(ObjectKind::Episode, episode_id));
+        }
+        let fb = Feedback {
+            target,
+            episode_id,
+            outcome,
+            recorded_at: self.inner.clock.now(),
+        };
+        self.inner.storage.record_feedback(ns, &fb).await
+    }
+
+    /// A pattern by id.
+    pub async fn pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Pattern> {
+        self.inner
+            .storage
+            .get_pattern(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Pattern, id))
+    }
+
+    /// Patterns matching the query.
+    pub async fn patterns(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Pattern>> {
+        self.inner.storage.query_patterns(ns, query).await
+    }
+
+    /// A heuristic by id.
+    pub async fn heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Heuristic> {
+        self.inner
+            .storage
+            .get_heuristic(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Heuristic, id))
+    }
+
+    /// Heuristics matching the query.
+    pub async fn heuristics(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Heuristic>> {
+        self.inner.storage.query_heuristics(ns, query).await
+    }
+
+    /// A lesson by id.
+    pub async fn lesson(&self, ns: &Namespace, id: &LessonId) -> Result<FailureLesson> {
+        self.inner
+            .storage
+            .get_lesson(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Lesson, id))
+    }
+
+    /// Lessons matching the query.
+    pub async fn lessons(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<FailureLesson>> {
+        self.inner.storage.query_lessons(ns, query).await
+    }
+
+    /// Counts of what the namespace holds.
+    pub async fn stats(&self, ns: &Namespace) -> Result<NamespaceStats> {
+        self.inner.storage.namespace_stats(ns).await
+    }
+
+    /// Writes every buffered step and stops the flush timer. Later calls fail with
+    /// [`Error::Shutdown`]; calling `shutdown` again is harmless.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.shut_down.store(true, Ordering::Release);
+        self.inner.stop_flusher.notify_one();
+        let handle = lock(&self.flusher).take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        self.inner.flush_all().await
+    }
+}
+
+impl Drop for SelfLearningMemory {
+    fn drop(&mut self) {
+        // Only signal; flushing needs `shutdown().await`.
+        self.inner.stop_flusher.notify_one();
+    }
+}
+
+fn already_completed(id: EpisodeId) -> Error {
+    Error::Conflict {
+        kind: ObjectKind::Episode,
+        id: id.to_string(),
+        reason: "is already completed".into(),
+    }
+}
+
+impl Inner {
+    /// Writes a batch; on a transient failure the steps go back into the buffer (the timer
+    /// retries) and the call succeeds, since the steps are held. Other failures are returned.
+    async fn write_batch(&self, ns: &Namespace, id: EpisodeId, batch: Vec<ExecutionStep>) -> Result<()> {
+        match self.storage.append_steps(ns, id, &batch).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, episode_id = %id, steps = batch.len(), "step write failed; kept in buffer for retry");
+                let mut buffers = lock(&self.buffers);
+                if let Some(buf) = buffers.get_mut(&(ns.clone(), id)) {
+                    let mut merged = batch;
+                    merged.append(&mut buf.pending);
+                    buf.pending = merged;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                lock(&self.buffers).remove(&(ns.clone(), id));
+                Err(e)
+            }
+        }
+    }
+
+    async fn flush_all(&self) -> Result<()> {
+        let batches: Vec<(BufferKey, Vec<ExecutionStep>)> = lock(&self.buffers)
+            .iter_mut()
+            .filter(|(_, b)| !b.pending.is_empty())
+            .map(|(k, b)| (k.clone(), std::mem::take(&mut b.pending)))
+            .collect();
+        let mut first_err = None;
+        for ((ns, id), batch) in batches {
+            if let Err(e) = self.write_batch(&ns, id, batch).await {
+                warn!(error = %e, episode_id = %id, "dropping steps of an episode that cannot take them");
+                first_err.get_or_insert(e);
+            }
+        }
+        // A transient failure leaves steps in the buffer: report it so `shutdown` is honest.
+        let left: usize = lock(&self.buffers).values().map(|b| b.pending.len()).sum();
+        match first_err {
+            Some(e) => Err(e),
+            None if left > 0 => Err(Error::storage(
+                self.storage.backend_name(),
+                "flush",
+                true,
+                format!("{left} steps could not be written yet and are still buffered"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn flush_loop(inner: Weak<Inner>) {
+    let Some(interval) = inner.upgrade().map(|i| i.config.steps.flush_interval) else {
+        return;
+    };
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let stop = async { strong.stop_flusher.notified().await };
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop => return,
+        }
+        if strong.shut_down.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = strong.flush_all().instrument(info_span!("flush_timer")).await {
+            debug!(error = %e, "timer flush incomplete");
+        }
+    }
+}

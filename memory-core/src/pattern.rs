@@ -1,0 +1,314 @@
+//! Patterns: recurring structure in episodes, merged across episodes by a deterministic id.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::confidence::{beta_mean, decay_factor, wilson_lower_bound};
+use crate::episode::EpisodeId;
+use crate::learned::{Evidence, LearnedStatus, push_recent};
+use crate::signature::{ContextKey, stable_id};
+
+/// Deterministic identity of a pattern: a digest of its kind signature and context.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PatternId(pub String);
+
+impl std::fmt::Display for PatternId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a pattern describes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PatternKind {
+    /// The tools of an episode's successful steps, consecutive repeats collapsed.
+    ToolSequence {
+        /// The tools, in order.
+        tools: Vec<String>,
+    },
+    /// A choice made at a decision point, e.g. the opening move of a kind of task.
+    DecisionPoint {
+        /// When the choice is made.
+        condition: String,
+        /// What was chosen.
+        choice: String,
+    },
+    /// A failing tool call followed by the steps that recovered from it.
+    ErrorRecovery {
+        /// The tool that failed.
+        failed_tool: String,
+        /// The normalized error.
+        error_class: String,
+        /// The tools that recovered, in order.
+        recovery: Vec<String>,
+    },
+    /// Outcome statistics of a kind of task in a context.
+    ContextPattern {
+        /// Context features beyond the key (framework, complexity).
+        features: Vec<String>,
+    },
+}
+
+impl PatternKind {
+    /// `tool_sequence`, `decision_point`, `error_recovery` or `context_pattern`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PatternKind::ToolSequence { .. } => "tool_sequence",
+            PatternKind::DecisionPoint { .. } => "decision_point",
+            PatternKind::ErrorRecovery { .. } => "error_recovery",
+            PatternKind::ContextPattern { .. } => "context_pattern",
+        }
+    }
+
+    fn signature(&self) -> String {
+        match self {
+            PatternKind::ToolSequence { tools } => format!("seq:{}", tools.join(">")),
+            PatternKind::DecisionPoint { condition, choice } => format!("dec:{condition}=>{choice}"),
+            PatternKind::ErrorRecovery {
+                failed_tool,
+                error_class,
+                recovery,
+            } => format!("rec:{failed_tool}!{error_class}=>{}", recovery.join(">")),
+            PatternKind::ContextPattern { features } => format!("ctx:{}", features.join(",")),
+        }
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        match self {
+            PatternKind::ToolSequence { tools } => format!("tool sequence {}", tools.join(" → ")),
+            PatternKind::DecisionPoint { condition, choice } => format!("{condition}: choose {choice}"),
+            PatternKind::ErrorRecovery {
+                failed_tool,
+                error_class,
+                recovery,
+            } => format!(
+                "when {failed_tool} fails with \"{error_class}\", recover with {}",
+                recovery.join(" → ")
+            ),
+            PatternKind::ContextPattern { features } => {
+                if features.is_empty() {
+                    "context statistics".to_owned()
+                } else {
+                    format!("context statistics for {}", features.join(", "))
+                }
+            }
+        }
+    }
+}
+
+/// The id a pattern of this kind and context has.
+pub fn pattern_id(kind: &PatternKind, context: &ContextKey) -> PatternId {
+    PatternId(stable_id(&["pattern", &kind.signature(), &context.signature()]))
+}
+
+/// Feedback counts from agents that applied a recommendation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Effectiveness {
+    /// Times it helped.
+    pub helped: u64,
+    /// Times it made no difference.
+    pub no_effect: u64,
+    /// Times it hindered.
+    pub hindered: u64,
+}
+
+impl Effectiveness {
+    /// Total feedback events.
+    pub fn uses(&self) -> u64 {
+        self.helped + self.no_effect + self.hindered
+    }
+
+    /// Posterior mean helpfulness in (0, 1); 0.5 with no feedback. `no_effect` counts half.
+    pub fn score(&self) -> f64 {
+        let up = 2 * self.helped + self.no_effect;
+        let down = 2 * self.hindered + self.no_effect;
+        beta_mean(up, down)
+    }
+}
+
+/// A learned pattern with its merged evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pattern {
+    /// Deterministic id.
+    pub id: PatternId,
+    /// What it describes.
+    pub kind: PatternKind,
+    /// The context it holds in.
+    pub context: ContextKey,
+    /// Episodes it was seen in.
+    pub occurrences: u64,
+    /// Of those, successful episodes.
+    pub successes: u64,
+    /// Sum of step counts of those episodes (for averages).
+    pub total_steps: u64,
+    /// Sum of latencies of those episodes in ms (for averages).
+    pub total_latency_ms: u64,
+    /// First observation.
+    pub first_seen: DateTime<Utc>,
+    /// Latest observation.
+    pub last_seen: DateTime<Utc>,
+    /// The most recent evidence, newest first.
+    pub recent_evidence: Vec<Evidence>,
+    /// Feedback from agents that applied it.
+    pub effectiveness: Effectiveness,
+    /// Whether it is in use.
+    pub status: LearnedStatus,
+}
+
+/// One episode's evidence for a pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatternObservation {
+    /// The pattern's id (derived from kind and context).
+    pub id: PatternId,
+    /// What was seen.
+    pub kind: PatternKind,
+    /// Where.
+    pub context: ContextKey,
+    /// In which episode.
+    pub episode_id: EpisodeId,
+    /// Whether the episode succeeded.
+    pub success: bool,
+    /// The episode's step count.
+    pub steps: u32,
+    /// The episode's summed step latency.
+    pub latency_ms: u64,
+    /// When.
+    pub observed_at: DateTime<Utc>,
+}
+
+impl PatternObservation {
+    /// An observation; the id is derived.
+    pub fn new(kind: PatternKind, context: ContextKey, episode_id: EpisodeId, success: bool, observed_at: DateTime<Utc>) -> Self {
+        PatternObservation {
+            id: pattern_id(&kind, &context),
+            kind,
+            context,
+            episode_id,
+            success,
+            steps: 0,
+            latency_ms: 0,
+            observed_at,
+        }
+    }
+}
+
+impl Pattern {
+    /// A pattern seen once.
+    pub fn from_observation(obs: &PatternObservation) -> Self {
+        let mut p = Pattern {
+            id: obs.id.clone(),
+            kind: obs.kind.clone(),
+            context: obs.context.clone(),
+            occurrences: 0,
+            successes: 0,
+            total_steps: 0,
+            total_latency_ms: 0,
+            first_seen: obs.observed_at,
+            last_seen: obs.observed_at,
+            recent_evidence: Vec::new(),
+            effectiveness: Effectiveness::default(),
+            status: LearnedStatus::Active,
+        };
+        p.absorb(obs);
+        p
+    }
+
+    /// Merges one more observation. Commutative: the result does not depend on the order in
+    /// which observations arrive.
+    pub fn absorb(&mut self, obs: &PatternObservation) {
+        self.occurrences += 1;
+        self.successes += u64::from(obs.success);
+        self.total_steps += u64::from(obs.steps);
+        self.total_latency_ms += obs.latency_ms;
+        self.first_seen = self.first_seen.min(obs.observed_at);
+        self.last_seen = self.last_seen.max(obs.observed_at);
+        push_recent(
+            &mut self.recent_evidence,
+            Evidence {
+                at: obs.observed_at,
+                episode_id: obs.episode_id,
+            },
+        );
+    }
+
+    /// Failed or unsuccessful episodes.
+    pub fn failures(&self) -> u64 {
+        self.occurrences - self.successes.min(self.occurrences)
+    }
+
+    /// Raw success rate.
+    pub fn success_rate(&self) -> f64 {
+        if self.occurrences == 0 {
+            0.0
+        } else {
+            self.successes as f64 / self.occurrences as f64
+        }
+    }
+
+    /// Mean steps of the episodes it was seen in.
+    pub fn mean_steps(&self) -> f64 {
+        if self.occurrences == 0 {
+            0.0
+        } else {
+            self.total_steps as f64 / self.occurrences as f64
+        }
+    }
+
+    /// Confidence in [0, 1]: the Wilson lower bound of the success rate, decayed by the age of
+    /// the latest evidence.
+    pub fn confidence(&self, now: DateTime<Utc>, half_life_days: f64) -> f64 {
+        wilson_lower_bound(self.successes, self.occurrences) * decay_factor(self.last_seen, now, half_life_days)
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.kind.describe(), self.context.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn obs(seq: &[&str], success: bool, secs: i64) -> PatternObservation {
+        PatternObservation::new(
+            PatternKind::ToolSequence {
+                tools: seq.iter().map(|s| (*s).to_owned()).collect(),
+            },
+            ContextKey::default(),
+            EpisodeId::new(),
+            success,
+            DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap_or_default(),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn merging_is_order_independent(flags in proptest::collection::vec((any::<bool>(), 0i64..1_000_000), 1..20), seed in any::<u64>()) {
+            let all: Vec<_> = flags.iter().map(|(s, t)| obs(&["a", "b"], *s, *t)).collect();
+            let mut shuffled = all.clone();
+            // deterministic shuffle
+            let n = shuffled.len();
+            for i in 0..n {
+                let j = ((seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i as u64)) % n as u64) as usize;
+                shuffled.swap(i, j);
+            }
+            let fold = |v: &[PatternObservation]| {
+                let mut p = Pattern::from_observation(&v[0]);
+                for o in &v[1..] { p.absorb(o); }
+                p
+            };
+            prop_assert_eq!(fold(&all), fold(&shuffled));
+        }
+    }
+
+    #[test]
+    fn same_kind_and_context_same_id() {
+        assert_eq!(obs(&["a", "b"], true, 0).id, obs(&["a", "b"], false, 5).id);
+        assert_ne!(obs(&["a", "b"], true, 0).id, obs(&["b", "a"], true, 0).id);
+    }
+}

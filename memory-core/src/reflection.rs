@@ -1,0 +1,175 @@
+//! Reflection: what went well, what to improve, and what the episode teaches, written from the
+//! episode's own steps (deterministic; no LLM).
+
+use serde::{Deserialize, Serialize};
+
+use crate::episode::{Episode, ExecutionStep, Outcome, StepResult};
+use crate::extract::{Recovery, find_recoveries};
+use crate::reward::RewardScore;
+use crate::signature::error_class;
+
+/// An episode's reflection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Reflection {
+    /// What worked.
+    pub successes: Vec<String>,
+    /// What to do better.
+    pub improvements: Vec<String>,
+    /// What it teaches for similar tasks.
+    pub insights: Vec<String>,
+}
+
+impl Reflection {
+    /// All lines, for indexing and search.
+    pub fn text(&self) -> String {
+        self.successes
+            .iter()
+            .chain(&self.improvements)
+            .chain(&self.insights)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn short(s: &str, max: usize) -> String {
+    let line = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    if line.chars().count() <= max {
+        line.to_owned()
+    } else {
+        let mut t: String = line.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn failure_text(step: &ExecutionStep) -> String {
+    match step.result() {
+        StepResult::Timeout { .. } => format!("timed out after {} ms", step.input.latency_ms),
+        other => format!("failed with \"{}\"", short(other.text(), 100)),
+    }
+}
+
+/// Writes the reflection of a completed episode.
+pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Reflection {
+    let steps = &episode.steps;
+    let mut r = Reflection::default();
+    let recoveries = find_recoveries(steps);
+    let ok_tools = crate::signature::collapse_tools(
+        steps
+            .iter()
+            .filter(|s| s.result().is_success())
+            .map(ExecutionStep::tool),
+    );
+    let place = episode.context.language.as_deref().map_or_else(
+        || episode.context.domain.clone(),
+        |l| format!("{}/{l}", episode.context.domain),
+    );
+
+    match outcome {
+        Outcome::Success { verdict, .. } => r.successes.push(format!(
+            "completed in {} steps ({}): {}",
+            steps.len(),
+            if ok_tools.is_empty() { "no tools".to_owned() } else { ok_tools.join(" → ") },
+            short(verdict, 120)
+        )),
+        Outcome::PartialSuccess {
+            verdict,
+            completed,
+            failed,
+        } => {
+            r.successes
+                .push(format!("partly done ({} of {} items): {}", completed.len(), completed.len() + failed.len(), short(verdict, 120)));
+            for f in failed.iter().take(3) {
+                r.improvements.push(format!("not done: {}", short(f, 100)));
+            }
+        }
+        Outcome::Failure { reason } => r.improvements.push(format!("failed: {}", short(reason, 160))),
+        Outcome::Abstained { reason } => r.improvements.push(format!("abstained: {}", short(reason, 160))),
+    }
+
+    for rec in &recoveries {
+        let failed = &steps[rec.failed_index];
+        let fixed = &steps[rec.recovered_index];
+        r.successes.push(format!(
+            "recovered from {} {} at step {} with {} (step {})",
+            failed.tool(),
+            failure_text(failed),
+            failed.step_number,
+            rec.tools.join(" → "),
+            fixed.step_number
+        ));
+        r.insights.push(format!(
+            "in {place}, when {} fails with \"{}\", {} recovers it",
+            failed.tool(),
+            rec.error_class,
+            rec.tools.join(" → ")
+        ));
+    }
+
+    let recovered: Vec<usize> = recoveries.iter().map(|rec: &Recovery| rec.failed_index).collect();
+    let mut unrecovered = 0;
+    for (i, s) in steps.iter().enumerate() {
+        if !s.result().is_success() && !recovered.contains(&i) {
+            unrecovered += 1;
+            if unrecovered <= 3 {
+                r.improvements
+                    .push(format!("step {}: {} ({}) {}", s.step_number, s.tool(), short(&s.input.action, 60), failure_text(s)));
+            }
+        }
+    }
+    if unrecovered > 3 {
+        r.improvements.push(format!("{} more failed steps", unrecovered - 3));
+    }
+
+    // Repeated identical failures are a waste worth naming.
+    let mut repeats: Vec<(String, String, u32)> = Vec::new();
+    for s in steps.iter().filter(|s| !s.result().is_success()) {
+        let class = error_class(s.result().text());
+        match repeats.iter_mut().find(|(t, c, _)| t == s.tool() && *c == class) {
+            Some(e) => e.2 += 1,
+            None => repeats.push((s.tool().to_owned(), class, 1)),
+        }
+    }
+    for (tool, class, n) in repeats.iter().filter(|e| e.2 >= 3) {
+        r.improvements.push(format!("{tool} failed {n} times with \"{class}\": change approach sooner"));
+    }
+
+    if !steps.is_empty() && reward.efficiency < 0.7 {
+        r.improvements.push(format!(
+            "took {} steps where similar tasks take about {:.0}",
+            steps.len(),
+            reward.baseline_steps
+        ));
+    }
+    let slow = steps.iter().max_by_key(|s| s.input.latency_ms);
+    if let Some(s) = slow {
+        let total: u64 = steps.iter().map(|s| s.input.latency_ms).sum();
+        if steps.len() >= 3 && total > 0 && s.input.latency_ms * 2 > total {
+            r.improvements.push(format!(
+                "step {} ({}) took {} ms, over half the episode's tool time",
+                s.step_number,
+                s.tool(),
+                s.input.latency_ms
+            ));
+        }
+    }
+
+    if outcome.is_success() && !ok_tools.is_empty() {
+        r.insights.push(format!(
+            "for {} tasks in {place}, {} worked",
+            episode.task_type,
+            ok_tools.iter().take(8).cloned().collect::<Vec<_>>().join(" → ")
+        ));
+    }
+    if matches!(outcome, Outcome::Failure { .. })
+        && let Some(last_err) = steps.iter().rev().find(|s| !s.result().is_success())
+    {
+        r.insights.push(format!(
+            "in {place}, {} {} and the task failed: try another approach",
+            last_err.tool(),
+            failure_text(last_err)
+        ));
+    }
+    r
+}

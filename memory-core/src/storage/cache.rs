@@ -1,0 +1,95 @@
+//! The cache interface the tiered storage composes (the redb cache implements it).
+//!
+//! A cache holds copies: it may forget anything at any time, and nothing is lost when it does.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::episode::{Episode, EpisodeId};
+use crate::error::Result;
+use crate::heuristic::{Heuristic, HeuristicId};
+use crate::namespace::Namespace;
+use crate::pattern::{Pattern, PatternId};
+
+/// What a cache entry is keyed by (within a namespace).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum CacheKey {
+    /// An episode.
+    Episode(EpisodeId),
+    /// A pattern.
+    Pattern(PatternId),
+    /// A heuristic.
+    Heuristic(HeuristicId),
+}
+
+/// A cached object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CachedValue {
+    /// An episode with its steps.
+    Episode(Episode),
+    /// A pattern.
+    Pattern(Pattern),
+    /// A heuristic.
+    Heuristic(Heuristic),
+}
+
+impl CachedValue {
+    /// The key this value is stored under.
+    pub fn key(&self) -> CacheKey {
+        match self {
+            CachedValue::Episode(e) => CacheKey::Episode(e.id),
+            CachedValue::Pattern(p) => CacheKey::Pattern(p.id.clone()),
+            CachedValue::Heuristic(h) => CacheKey::Heuristic(h.id.clone()),
+        }
+    }
+}
+
+/// Counters a cache exposes (`memory stats` shows them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Hits served from process memory.
+    pub memory_hits: u64,
+    /// Hits served from the cache file.
+    pub disk_hits: u64,
+    /// Misses.
+    pub misses: u64,
+    /// Inserts and replacements.
+    pub inserts: u64,
+    /// Entries evicted for the entry or byte bound.
+    pub evictions: u64,
+    /// Entries removed because their TTL passed.
+    pub expirations: u64,
+    /// Entries that failed to decode (counted as misses and removed).
+    pub corrupt: u64,
+    /// Entries now held.
+    pub entries: u64,
+    /// Encoded bytes now held.
+    pub bytes: u64,
+}
+
+impl CacheStats {
+    /// Share of lookups that hit, in [0, 1]; 0 with no lookups.
+    pub fn hit_rate(&self) -> f64 {
+        let hits = self.memory_hits + self.disk_hits;
+        let total = hits + self.misses;
+        if total == 0 { 0.0 } else { hits as f64 / total as f64 }
+    }
+}
+
+/// A namespaced object cache. Errors are for the caller to log and count; the tiered storage
+/// never fails an operation because of one.
+#[async_trait]
+pub trait Cache: Send + Sync + std::fmt::Debug {
+    /// The cached value, if present and not expired. A corrupt entry is removed and reported as
+    /// a miss.
+    async fn get(&self, ns: &Namespace, key: &CacheKey) -> Result<Option<CachedValue>>;
+    /// Stores or replaces a value (may evict others to stay within bounds).
+    async fn put(&self, ns: &Namespace, value: &CachedValue) -> Result<()>;
+    /// Removes a value, if present.
+    async fn invalidate(&self, ns: &Namespace, key: &CacheKey) -> Result<()>;
+    /// Removes everything.
+    async fn clear(&self) -> Result<()>;
+    /// Current counters.
+    fn stats(&self) -> CacheStats;
+}

@@ -1,0 +1,447 @@
+//! The in-memory reference backend: the semantics every other backend must match.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+
+use super::{
+    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery, LearningStore,
+    NamespaceStats, Storage, TextHit, TextQuery,
+};
+use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
+use crate::error::{Error, ObjectKind, Result};
+use crate::feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
+use crate::heuristic::{Heuristic, HeuristicId};
+use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
+use crate::lesson::{FailureLesson, LessonId};
+use crate::namespace::Namespace;
+use crate::pattern::{Effectiveness, Pattern, PatternId};
+use crate::text::{episode_search_text, tokenize};
+
+#[derive(Debug, Default)]
+struct NsData {
+    episodes: BTreeMap<EpisodeId, Episode>,
+    patterns: BTreeMap<PatternId, Pattern>,
+    heuristics: BTreeMap<HeuristicId, Heuristic>,
+    lessons: BTreeMap<LessonId, FailureLesson>,
+    /// Keyed by (target, episode); the Vec keeps insertion order for listing.
+    feedback: Vec<Feedback>,
+    embeddings: HashMap<(EpisodeId, String), Vec<f32>>,
+}
+
+impl NsData {
+    fn existing_for(&self, update: &LearningUpdate) -> ExistingLearned {
+        let keys = update.condition_keys();
+        ExistingLearned {
+            patterns: update
+                .pattern_ids()
+                .iter()
+                .filter_map(|id| self.patterns.get(id).cloned())
+                .collect(),
+            heuristics: self
+                .heuristics
+                .values()
+                .filter(|h| keys.contains(&h.condition_key))
+                .cloned()
+                .collect(),
+            lessons: update
+                .lesson_ids()
+                .iter()
+                .filter_map(|id| self.lessons.get(id).cloned())
+                .collect(),
+        }
+    }
+
+    fn write_changes(&mut self, changes: &LearnedChanges) {
+        for c in &changes.patterns {
+            self.patterns.insert(c.item.id.clone(), c.item.clone());
+        }
+        for c in &changes.heuristics {
+            self.heuristics.insert(c.item.id.clone(), c.item.clone());
+        }
+        for c in &changes.lessons {
+            self.lessons.insert(c.item.id.clone(), c.item.clone());
+        }
+    }
+}
+
+/// Everything in process memory, behind one lock. Fast, simple, and lost on exit: use it for
+/// tests and as the model other backends are checked against.
+///
+/// ```
+/// use memory_core::{InMemoryStorage, Namespace, EpisodeStore};
+/// # tokio_test_block_on(async {
+/// let store = InMemoryStorage::new();
+/// let stats = store.namespace_stats(&Namespace::default()).await?;
+/// assert_eq!(stats.episodes, 0);
+/// # Ok::<(), memory_core::Error>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct InMemoryStorage {
+    data: Mutex<HashMap<Namespace, NsData>>,
+}
+
+impl InMemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Namespace, NsData>> {
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn page<T>(items: impl Iterator<Item = T>, offset: u32, limit: u32) -> Vec<T> {
+    items.skip(offset as usize).take(limit as usize).collect()
+}
+
+#[async_trait]
+impl EpisodeStore for InMemoryStorage {
+    async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
+        let mut data = self.lock();
+        data.entry(ns.clone())
+            .or_default()
+            .episodes
+            .entry(episode.id)
+            .or_insert_with(|| episode.clone());
+        Ok(())
+    }
+
+    async fn append_steps(&self, ns: &Namespace, episode_id: EpisodeId, steps: &[ExecutionStep]) -> Result<()> {
+        let mut data = self.lock();
+        let episode = data
+            .get_mut(ns)
+            .and_then(|d| d.episodes.get_mut(&episode_id))
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, episode_id))?;
+        if episode.is_completed() {
+            return Err(Error::Conflict {
+                kind: ObjectKind::Episode,
+                id: episode_id.to_string(),
+                reason: "is already completed; steps can no longer be added".into(),
+            });
+        }
+        for s in steps {
+            if !episode.steps.iter().any(|e| e.step_number == s.step_number) {
+                episode.steps.push(s.clone());
+            }
+        }
+        episode.steps.sort_by_key(|s| s.step_number);
+        Ok(())
+    }
+
+    async fn complete_episode(&self, ns: &Namespace, c: &EpisodeCompletion) -> Result<Option<LearnedChanges>> {
+        let mut data = self.lock();
+        let d = data
+            .get_mut(ns)
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, c.episode_id))?;
+        let episode = d
+            .episodes
+            .get_mut(&c.episode_id)
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, c.episode_id))?;
+        if episode.is_completed() {
+            return Ok(None);
+        }
+        episode.outcome = Some(c.outcome.clone());
+        episode.reward = Some(c.reward.clone());
+        episode.reflection = Some(c.reflection.clone());
+        episode.completed_at = Some(c.completed_at);
+        let changes = c.learning.apply(d.existing_for(&c.learning));
+        d.write_changes(&changes);
+        Ok(Some(changes))
+    }
+
+    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+        Ok(self.lock().get(ns).and_then(|d| d.episodes.get(&id)).cloned())
+    }
+
+    async fn query_episodes(&self, ns: &Namespace, q: &EpisodeQuery) -> Result<Vec<EpisodeSummary>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut items: Vec<&Episode> = d.episodes.values().filter(|e| q.filter.matches(e)).collect();
+        items.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        Ok(page(items.into_iter().map(Episode::summary), q.offset, q.limit))
+    }
+
+    async fn search_episodes(&self, ns: &Namespace, q: &TextQuery) -> Result<Vec<TextHit>> {
+        let terms = tokenize(&q.text);
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // BM25 over the filtered episodes (k1 = 1.2, b = 0.75).
+        let docs: Vec<(EpisodeId, Vec<String>)> = d
+            .episodes
+            .values()
+            .filter(|e| q.filter.matches(e))
+            .map(|e| (e.id, tokenize(&episode_search_text(e))))
+            .collect();
+        let n = docs.len() as f64;
+        let avg_len = docs.iter().map(|(_, t)| t.len()).sum::<usize>() as f64 / n.max(1.0);
+        let mut hits = Vec::new();
+        for (id, toks) in &docs {
+            let mut score = 0.0;
+            for term in &terms {
+                let tf = toks.iter().filter(|t| *t == term).count() as f64;
+                if tf == 0.0 {
+                    continue;
+                }
+                let df = docs.iter().filter(|(_, t)| t.contains(term)).count() as f64;
+                let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+                let len_norm = 1.0 - 0.75 + 0.75 * toks.len() as f64 / avg_len.max(1.0);
+                score += idf * tf * 2.2 / (tf + 1.2 * len_norm);
+            }
+            if score > 0.0 {
+                hits.push(TextHit {
+                    episode_id: *id,
+                    score,
+                });
+            }
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.episode_id.cmp(&b.episode_id)));
+        hits.truncate(q.limit as usize);
+        Ok(hits)
+    }
+
+    async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(NamespaceStats::default());
+        };
+        Ok(NamespaceStats {
+            episodes: d.episodes.len() as u64,
+            completed: d.episodes.values().filter(|e| e.is_completed()).count() as u64,
+            successes: d
+                .episodes
+                .values()
+                .filter(|e| e.outcome.as_ref().is_some_and(crate::Outcome::is_success))
+                .count() as u64,
+            steps: d.episodes.values().map(|e| e.steps.len() as u64).sum(),
+            patterns: d.patterns.len() as u64,
+            active_patterns: d.patterns.values().filter(|p| p.status.is_active()).count() as u64,
+            heuristics: d.heuristics.len() as u64,
+            active_heuristics: d.heuristics.values().filter(|h| h.status.is_active()).count() as u64,
+            lessons: d.lessons.len() as u64,
+            feedback: d.feedback.len() as u64,
+        })
+    }
+
+    async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
+        let mut v: Vec<Namespace> = self
+            .lock()
+            .iter()
+            .filter(|(_, d)| !d.episodes.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn effectiveness_of(events: &[Feedback], target: &FeedbackTarget) -> Effectiveness {
+    let mut e = Effectiveness::default();
+    for f in events.iter().filter(|f| &f.target == target) {
+        match f.outcome {
+            FeedbackOutcome::Helped => e.helped += 1,
+            FeedbackOutcome::NoEffect => e.no_effect += 1,
+            FeedbackOutcome::Hindered => e.hindered += 1,
+        }
+    }
+    e
+}
+
+#[async_trait]
+impl LearningStore for InMemoryStorage {
+    async fn apply_learning(&self, ns: &Namespace, update: &LearningUpdate) -> Result<LearnedChanges> {
+        let mut data = self.lock();
+        let d = data.entry(ns.clone()).or_default();
+        let changes = update.apply(d.existing_for(update));
+        d.write_changes(&changes);
+        Ok(changes)
+    }
+
+    async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()> {
+        let mut data = self.lock();
+        let d = data.entry(ns.clone()).or_default();
+        for p in &items.patterns {
+            d.patterns.insert(p.id.clone(), p.clone());
+        }
+        for h in &items.heuristics {
+            d.heuristics.insert(h.id.clone(), h.clone());
+        }
+        for l in &items.lessons {
+            d.lessons.insert(l.id.clone(), l.clone());
+        }
+        Ok(())
+    }
+
+    async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>> {
+        Ok(self.lock().get(ns).and_then(|d| d.patterns.get(id)).cloned())
+    }
+
+    async fn query_patterns(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<Pattern>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<&Pattern> = d
+            .patterns
+            .values()
+            .filter(|p| q.matches_context(&p.context, p.status.is_active()))
+            .filter(|p| q.kind.as_deref().is_none_or(|k| p.kind.name() == k))
+            .collect();
+        v.sort_by(|a, b| b.occurrences.cmp(&a.occurrences).then(a.id.cmp(&b.id)));
+        Ok(page(v.into_iter().cloned(), q.offset, q.limit))
+    }
+
+    async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>> {
+        Ok(self.lock().get(ns).and_then(|d| d.heuristics.get(id)).cloned())
+    }
+
+    async fn query_heuristics(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<Heuristic>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<&Heuristic> = d
+            .heuristics
+            .values()
+            .filter(|h| q.matches_context(&h.context, h.status.is_active()))
+            .collect();
+        v.sort_by(|a, b| b.support.cmp(&a.support).then(a.id.cmp(&b.id)));
+        Ok(page(v.into_iter().cloned(), q.offset, q.limit))
+    }
+
+    async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>> {
+        Ok(self.lock().get(ns).and_then(|d| d.lessons.get(id)).cloned())
+    }
+
+    async fn query_lessons(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<FailureLesson>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<&FailureLesson> = d
+            .lessons
+            .values()
+            .filter(|l| q.matches_context(&l.context, l.status.is_active()))
+            .collect();
+        v.sort_by(|a, b| b.occurrences.cmp(&a.occurrences).then(a.id.cmp(&b.id)));
+        Ok(page(v.into_iter().cloned(), q.offset, q.limit))
+    }
+
+    async fn record_feedback(&self, ns: &Namespace, fb: &Feedback) -> Result<()> {
+        let mut data = self.lock();
+        let d = data.entry(ns.clone()).or_default();
+        let exists = match &fb.target {
+            FeedbackTarget::Pattern(id) => d.patterns.contains_key(id),
+            FeedbackTarget::Heuristic(id) => d.heuristics.contains_key(id),
+        };
+        if !exists {
+            let kind = match fb.target {
+                FeedbackTarget::Pattern(_) => ObjectKind::Pattern,
+                FeedbackTarget::Heuristic(_) => ObjectKind::Heuristic,
+            };
+            return Err(Error::not_found(kind, fb.target.id()));
+        }
+        d.feedback
+            .retain(|f| !(f.target == fb.target && f.episode_id == fb.episode_id));
+        d.feedback.push(fb.clone());
+        let eff = effectiveness_of(&d.feedback, &fb.target);
+        match &fb.target {
+            FeedbackTarget::Pattern(id) => {
+                if let Some(p) = d.patterns.get_mut(id) {
+                    p.effectiveness = eff;
+                }
+            }
+            FeedbackTarget::Heuristic(id) => {
+                if let Some(h) = d.heuristics.get_mut(id) {
+                    h.votes_up = eff.helped;
+                    h.votes_down = eff.hindered;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_feedback(&self, ns: &Namespace, target: &FeedbackTarget) -> Result<Vec<Feedback>> {
+        Ok(self
+            .lock()
+            .get(ns)
+            .map(|d| d.feedback.iter().filter(|f| &f.target == target).cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl EmbeddingStore for InMemoryStorage {
+    async fn put_embedding(&self, ns: &Namespace, episode_id: EpisodeId, model: &str, vector: &[f32]) -> Result<()> {
+        let mut data = self.lock();
+        let d = data
+            .get_mut(ns)
+            .filter(|d| d.episodes.contains_key(&episode_id))
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, episode_id))?;
+        d.embeddings.insert((episode_id, model.to_owned()), vector.to_vec());
+        Ok(())
+    }
+
+    async fn get_embedding(&self, ns: &Namespace, episode_id: EpisodeId, model: &str) -> Result<Option<Vec<f32>>> {
+        Ok(self
+            .lock()
+            .get(ns)
+            .and_then(|d| d.embeddings.get(&(episode_id, model.to_owned())))
+            .cloned())
+    }
+
+    async fn episodes_missing_embedding(&self, ns: &Namespace, model: &str, limit: u32) -> Result<Vec<EpisodeId>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        Ok(d.episodes
+            .keys()
+            .filter(|id| !d.embeddings.contains_key(&(**id, model.to_owned())))
+            .take(limit as usize)
+            .copied()
+            .collect())
+    }
+}
+
+impl Storage for InMemoryStorage {
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(all(test, feature = "test-utils"))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn in_memory_backend_passes_conformance() {
+        crate::conformance::run_all(|| async { Arc::new(InMemoryStorage::new()) as Arc<dyn Storage> }).await;
+    }
+
+    #[tokio::test]
+    async fn isolation_holds_for_many_seeds() {
+        for seed in 0..20 {
+            crate::conformance::namespace_isolation(&InMemoryStorage::new(), seed).await;
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Storage traits: the primitives every backend implements, each scoped to a namespace.
+//!
+//! The traits are object-safe; use them as `Arc<dyn Storage>`. A backend that passes
+//! [`conformance`](crate::conformance) (feature `test-utils`) can stand in for any other.
+//!
+//! Atomicity and idempotency, per method, are part of the contract and are written on each
+//! method; backends must keep them.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, Outcome, OutcomeKind, TaskType};
+use crate::error::Result;
+use crate::feedback::{Feedback, FeedbackTarget};
+use crate::heuristic::{Heuristic, HeuristicId};
+use crate::learning::{LearnedChanges, LearningUpdate};
+use crate::lesson::{FailureLesson, LessonId};
+use crate::namespace::Namespace;
+use crate::pattern::{Pattern, PatternId};
+use crate::reflection::Reflection;
+use crate::reward::RewardScore;
+use crate::signature::ContextKey;
+
+pub mod cache;
+pub mod memory;
+pub mod outbox;
+
+/// Filters over episodes, applied by the backend inside its query (never by post-filtering).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EpisodeFilter {
+    /// Only this task type.
+    pub task_type: Option<TaskType>,
+    /// Only this domain (exact).
+    pub domain: Option<String>,
+    /// Only this language (exact).
+    pub language: Option<String>,
+    /// Only this framework (exact).
+    pub framework: Option<String>,
+    /// Only episodes carrying this tag.
+    pub tag: Option<String>,
+    /// Only episodes with this status.
+    pub status: Option<EpisodeStatus>,
+    /// Only episodes started at or after this time.
+    pub started_after: Option<DateTime<Utc>>,
+    /// Only episodes started before this time.
+    pub started_before: Option<DateTime<Utc>>,
+}
+
+/// An episode's state, for filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeStatus {
+    /// Not completed yet.
+    InProgress,
+    /// Completed with this outcome.
+    Completed(OutcomeKind),
+    /// Completed with any outcome.
+    AnyCompleted,
+}
+
+impl EpisodeFilter {
+    /// True when the episode passes every set filter. Backends that filter in code (the
+    /// in-memory one) use this; SQL backends translate the same rules to `WHERE` clauses.
+    pub fn matches(&self, e: &Episode) -> bool {
+        self.task_type.is_none_or(|t| e.task_type == t)
+            && self.domain.as_ref().is_none_or(|d| &e.context.domain == d)
+            && self
+                .language
+                .as_ref()
+                .is_none_or(|l| e.context.language.as_ref() == Some(l))
+            && self
+                .framework
+                .as_ref()
+                .is_none_or(|f| e.context.framework.as_ref() == Some(f))
+            && self.tag.as_ref().is_none_or(|t| e.context.tags.contains(t))
+            && self.status.is_none_or(|s| match s {
+                EpisodeStatus::InProgress => e.outcome.is_none(),
+                EpisodeStatus::AnyCompleted => e.outcome.is_some(),
+                EpisodeStatus::Completed(k) => e.outcome.as_ref().map(Outcome::kind) == Some(k),
+            })
+            && self.started_after.is_none_or(|t| e.started_at >= t)
+            && self.started_before.is_none_or(|t| e.started_at < t)
+    }
+}
+
+/// A page of episodes, newest first (by start time, then id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeQuery {
+    /// Filters.
+    pub filter: EpisodeFilter,
+    /// Page size.
+    pub limit: u32,
+    /// Items to skip.
+    pub offset: u32,
+}
+
+impl Default for EpisodeQuery {
+    fn default() -> Self {
+        EpisodeQuery {
+            filter: EpisodeFilter::default(),
+            limit: 50,
+            offset: 0,
+        }
+    }
+}
+
+/// A lexical (full-text) query over task descriptions, reflections and step text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextQuery {
+    /// Free text; backends tokenize it and match any term.
+    pub text: String,
+    /// Filters, applied inside the query.
+    pub filter: EpisodeFilter,
+    /// Most hits.
+    pub limit: u32,
+}
+
+/// One lexical hit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextHit {
+    /// The episode.
+    pub episode_id: EpisodeId,
+    /// Relevance; higher is better (BM25-like, not comparable across backends).
+    pub score: f64,
+}
+
+/// Which learned items to list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LearnedQuery {
+    /// Only items whose context is compatible with this task type (unset item fields match).
+    pub task_type: Option<TaskType>,
+    /// Only items compatible with this domain.
+    pub domain: Option<String>,
+    /// Only items compatible with this language.
+    pub language: Option<String>,
+    /// Only patterns of this kind (`tool_sequence`, ...); ignored for heuristics and lessons.
+    pub kind: Option<String>,
+    /// Include superseded, pruned and merged items.
+    pub include_inactive: bool,
+    /// Page size.
+    pub limit: u32,
+    /// Items to skip.
+    pub offset: u32,
+}
+
+impl Default for LearnedQuery {
+    fn default() -> Self {
+        LearnedQuery {
+            task_type: None,
+            domain: None,
+            language: None,
+            kind: None,
+            include_inactive: false,
+            limit: 50,
+            offset: 0,
+        }
+    }
+}
+
+impl LearnedQuery {
+    /// True when an item with this context and status passes the query (kind aside).
+    pub fn matches_context(&self, ctx: &ContextKey, active: bool) -> bool {
+        (self.include_inactive || active)
+            && ctx.matches(self.task_type, self.domain.as_deref(), self.language.as_deref())
+    }
+}
+
+/// Counts of what a namespace holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceStats {
+    /// Episodes, completed or not.
+    pub episodes: u64,
+    /// Completed episodes.
+    pub completed: u64,
+    /// Successful episodes.
+    pub successes: u64,
+    /// Stored steps.
+    pub steps: u64,
+    /// Patterns (all statuses).
+    pub patterns: u64,
+    /// Active patterns.
+    pub active_patterns: u64,
+    /// Heuristics (all statuses).
+    pub heuristics: u64,
+    /// Active heuristics.
+    pub active_heuristics: u64,
+    /// Failure lessons.
+    pub lessons: u64,
+    /// Feedback events.
+    pub feedback: u64,
+}
+
+/// Completing an episode: its outcome, scores, and what it teaches, applied atomically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeCompletion {
+    /// The episode.
+    pub episode_id: EpisodeId,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its reward.
+    pub reward: RewardScore,
+    /// Its reflection.
+    pub reflection: Reflection,
+    /// When it was completed.
+    pub completed_at: DateTime<Utc>,
+    /// What it teaches.
+    pub learning: LearningUpdate,
+}
+
+/// Episodes: create, append steps, complete, read, list, search.
+#[async_trait]
+pub trait EpisodeStore: Send + Sync + Debug {
+    /// Stores a new episode (with any steps it carries).
+    ///
+    /// Idempotent: storing an episode whose id already exists in the namespace changes nothing
+    /// and returns `Ok` (a replay). Atomic.
+    async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()>;
+
+    /// Appends steps to an in-progress episode, as rows (the episode is not rewritten).
+    ///
+    /// Idempotent per `(episode, step_number)`: a step whose number is already stored is
+    /// skipped. Atomic per call. `NotFound` if the episode is not in the namespace; `Conflict`
+    /// if it is completed.
+    async fn append_steps(&self, ns: &Namespace, episode_id: EpisodeId, steps: &[ExecutionStep]) -> Result<()>;
+
+    /// Records the outcome, reward and reflection and merges the learning update (via
+    /// [`LearningUpdate::apply`]) in one transaction.
+    ///
+    /// Returns `Ok(Some(changes))` when applied, `Ok(None)` when the episode was already
+    /// completed (nothing changed: a replay is harmless). `NotFound` if the episode is absent.
+    async fn complete_episode(&self, ns: &Namespace, completion: &EpisodeCompletion) -> Result<Option<LearnedChanges>>;
+
+    /// The episode with all its steps in order; `Ok(None)` if it is not in the namespace.
+    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>>;
+
+    /// A page of episode summaries, newest first.
+    async fn query_episodes(&self, ns: &Namespace, query: &EpisodeQuery) -> Result<Vec<EpisodeSummary>>;
+
+    /// Lexical search; hits best first, at most `query.limit`.
+    async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>>;
+
+    /// Counts of the namespace's contents.
+    async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats>;
+
+    /// Namespaces that hold at least one episode.
+    async fn list_namespaces(&self) -> Result<Vec<Namespace>>;
+
+    /// Cheap liveness check of the backend.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Learned items: patterns, heuristics, lessons, feedback.
+#[async_trait]
+pub trait LearningStore: Send + Sync + Debug {
+    /// Merges an update outside an episode completion (e.g. re-learning during import or
+    /// consolidation), atomically. Not idempotent: each call adds its evidence.
+    async fn apply_learning(&self, ns: &Namespace, update: &LearningUpdate) -> Result<LearnedChanges>;
+
+    /// Replaces stored items verbatim (upsert by id), atomically; used by consolidation to
+    /// write merged, decayed or pruned items. Idempotent.
+    async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()>;
+
+    /// A pattern by id.
+    async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>>;
+    /// Patterns compatible with the query's context, most occurrences first.
+    async fn query_patterns(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Pattern>>;
+
+    /// A heuristic by id.
+    async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>>;
+    /// Heuristics compatible with the query's context, most support first.
+    async fn query_heuristics(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Heuristic>>;
+
+    /// A lesson by id.
+    async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>>;
+    /// Lessons compatible with the query's context, most occurrences first.
+    async fn query_lessons(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<FailureLesson>>;
+
+    /// Records feedback and updates the target's effectiveness (patterns) or votes
+    /// (heuristics) from all its feedback events, atomically. One event per (target, episode):
+    /// recording again replaces the earlier one, so a replay is harmless. `NotFound` if the
+    /// target is absent.
+    async fn record_feedback(&self, ns: &Namespace, feedback: &Feedback) -> Result<()>;
+
+    /// Feedback events of a target, oldest first.
+    async fn list_feedback(&self, ns: &Namespace, target: &FeedbackTarget) -> Result<Vec<Feedback>>;
+}
+
+/// Items written verbatim by [`LearningStore::put_learned`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LearnedItems {
+    /// Patterns.
+    pub patterns: Vec<Pattern>,
+    /// Heuristics.
+    pub heuristics: Vec<Heuristic>,
+    /// Lessons.
+    pub lessons: Vec<FailureLesson>,
+}
+
+/// Embeddings of episodes, one per (episode, model).
+#[async_trait]
+pub trait EmbeddingStore: Send + Sync + Debug {
+    /// Stores or replaces an embedding. Idempotent. `NotFound` if the episode is absent.
+    async fn put_embedding(&self, ns: &Namespace, episode_id: EpisodeId, model: &str, vector: &[f32]) -> Result<()>;
+    /// An embedding, if stored.
+    async fn get_embedding(&self, ns: &Namespace, episode_id: EpisodeId, model: &str) -> Result<Option<Vec<f32>>>;
+    /// Episodes with no embedding for `model`, oldest first: the durable "needs embedding"
+    /// queue (it is derived from the data, so it survives restarts).
+    async fn episodes_missing_embedding(&self, ns: &Namespace, model: &str, limit: u32) -> Result<Vec<EpisodeId>>;
+}
+
+/// A complete backend.
+pub trait Storage: EpisodeStore + LearningStore + EmbeddingStore {
+    /// A short backend name for logs and health output.
+    fn backend_name(&self) -> &'static str;
+}
