@@ -1,1 +1,160 @@
-fn main() {}
+//! The `memory` command: record agent episodes, inspect what the memory learned.
+
+mod backend;
+mod cli;
+mod commands;
+mod output;
+mod settings;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use memory_core::Namespace;
+use serde_json::json;
+
+use crate::cli::{Cli, Command};
+use crate::settings::Settings;
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Exit code 2 for input the user can fix, 1 for everything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<memory_core::Error>() {
+        Some(
+            memory_core::Error::InvalidInput { .. }
+            | memory_core::Error::LimitExceeded { .. }
+            | memory_core::Error::NotFound { .. }
+            | memory_core::Error::Conflict { .. },
+        ) => 2,
+        _ => 1,
+    }
+}
+
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    match e.downcast_ref::<memory_core::Error>()? {
+        memory_core::Error::NotFound { .. } => {
+            Some("check the id with `memory episode list` or `memory pattern list`")
+        }
+        memory_core::Error::LimitExceeded { .. } => {
+            Some("shorten the input; limits are listed in SECURITY.md")
+        }
+        memory_core::Error::QuotaExceeded { .. } => {
+            Some("raise the quota in memory.toml or use another namespace")
+        }
+        memory_core::Error::RateLimited { .. } => Some("retry after the given time"),
+        memory_core::Error::Conflict { .. } => Some("start a new episode"),
+        memory_core::Error::Storage {
+            transient: true, ..
+        } => Some("the storage is unreachable or busy; retry"),
+        _ => None,
+    }
+}
+
+fn report_error(e: &anyhow::Error, json_out: bool) {
+    let message = format!("{e:#}");
+    if json_out {
+        let kind = e
+            .downcast_ref::<memory_core::Error>()
+            .map_or("error", |m| match m {
+                memory_core::Error::NotFound { .. } => "not_found",
+                memory_core::Error::InvalidInput { .. } => "invalid_input",
+                memory_core::Error::LimitExceeded { .. } => "limit_exceeded",
+                memory_core::Error::QuotaExceeded { .. } => "quota_exceeded",
+                memory_core::Error::RateLimited { .. } => "rate_limited",
+                memory_core::Error::Conflict { .. } => "conflict",
+                memory_core::Error::Storage { .. } | memory_core::Error::CircuitOpen { .. } => {
+                    "storage"
+                }
+                _ => "error",
+            });
+        println!(
+            "{}",
+            json!({ "error": { "kind": kind, "message": message, "hint": hint(e) } })
+        );
+    } else {
+        eprintln!("error: {message}");
+        if let Some(h) = hint(e) {
+            eprintln!("hint: {h}");
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let mut settings = Settings::resolve(&cli)?;
+    if matches!(cli.command, Command::Demo(_)) && !settings.namespace_explicit {
+        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+        settings.namespace = Namespace::new(format!("demo/run-{stamp}"))?;
+    }
+    let memory = backend::open(&settings).await?;
+    let s = &settings;
+    let m = &memory;
+    let mut code = ExitCode::SUCCESS;
+    let result = match cli.command {
+        Command::Episode(cmd) => commands::episode::run(cmd, m, s).await,
+        Command::Feedback(a) => commands::learned::feedback(a, m, s).await,
+        Command::Pattern(cmd) => commands::learned::pattern(cmd, m, s).await,
+        Command::Heuristic(cmd) => commands::learned::heuristic(cmd, m, s).await,
+        Command::Lesson(cmd) => commands::learned::lesson(cmd, m, s).await,
+        Command::Stats => commands::status::stats(m, s).await,
+        Command::Health => commands::status::health(m, s).await.map(|ok| {
+            if !ok {
+                code = ExitCode::from(1);
+            }
+        }),
+        Command::Demo(a) => commands::demo::run(a.rounds, m, s).await,
+    };
+    let shutdown = memory.shutdown().await;
+    result?;
+    shutdown?;
+    Ok(code)
+}
+
+fn main() -> ExitCode {
+    let json_requested = std::env::args().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if json_requested && e.use_stderr() {
+                println!(
+                    "{}",
+                    json!({ "error": { "kind": "usage", "message": e.to_string().trim(), "hint": "see `memory --help`" } })
+                );
+                return ExitCode::from(2);
+            }
+            e.exit();
+        }
+    };
+    init_tracing(cli.verbose);
+    let json_out = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            report_error(&e, json_out);
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -10,7 +10,15 @@
 //! memory_core::conformance::run_all(|| async { Arc::new(InMemoryStorage::new()) as Arc<dyn Storage> }).await;
 //! # }
 //! ```
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::many_single_char_names, clippy::wildcard_imports, clippy::missing_panics_doc, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::many_single_char_names,
+    clippy::wildcard_imports,
+    clippy::missing_panics_doc,
+    missing_docs
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -52,8 +60,16 @@ fn t(secs: i64) -> DateTime<Utc> {
 }
 
 /// A fresh episode fixture.
-pub fn episode(task: &str, task_type: TaskType, domain: &str, language: Option<&str>, at: DateTime<Utc>) -> Episode {
-    let mut ctx = TaskContext::new(domain).with_complexity(Complexity::Moderate).with_tag("fixture");
+pub fn episode(
+    task: &str,
+    task_type: TaskType,
+    domain: &str,
+    language: Option<&str>,
+    at: DateTime<Utc>,
+) -> Episode {
+    let mut ctx = TaskContext::new(domain)
+        .with_complexity(Complexity::Moderate)
+        .with_tag("fixture");
     ctx.language = language.map(str::to_owned);
     Episode::start(NewEpisode::new(task, task_type, ctx), at)
 }
@@ -71,8 +87,12 @@ pub fn steps(spec: &[(&str, bool)], first_number: u32, at: DateTime<Utc>) -> Vec
                     .with_latency_ms(10 + i as u64)
                     .with_tokens(5)
             } else {
-                StepInput::error(*tool, format!("run {tool}"), "error[E0308]: mismatched types at src/lib.rs:10")
-                    .with_latency_ms(7)
+                StepInput::error(
+                    *tool,
+                    format!("run {tool}"),
+                    "error[E0308]: mismatched types at src/lib.rs:10",
+                )
+                .with_latency_ms(7)
             },
         })
         .collect()
@@ -80,7 +100,12 @@ pub fn steps(spec: &[(&str, bool)], first_number: u32, at: DateTime<Utc>) -> Vec
 
 /// The completion the facade would build for `episode` (which must hold its steps).
 pub fn completion_for(episode: &Episode, outcome: Outcome, at: DateTime<Utc>) -> EpisodeCompletion {
-    let reward = compute_reward(&episode.steps, episode.context.complexity, &outcome, RewardHistory::default());
+    let reward = compute_reward(
+        &episode.steps,
+        episode.context.complexity,
+        &outcome,
+        RewardHistory::default(),
+    );
     let reflection = reflect(episode, &outcome, &reward);
     let learning = extract_learning(episode, &outcome, at);
     EpisodeCompletion {
@@ -112,27 +137,57 @@ pub async fn record(
         .await
         .unwrap()
         .expect("first completion applies");
-    let stored = s.get_episode(n, e.id).await.unwrap().expect("episode stored");
+    let stored = s
+        .get_episode(n, e.id)
+        .await
+        .unwrap()
+        .expect("episode stored");
     (stored, changes)
 }
 
 pub async fn episode_lifecycle(s: &dyn Storage) {
     let n = ns("conf/lifecycle");
-    let e = episode("fix flaky login test", TaskType::Testing, "testing", Some("rust"), t(0));
+    let e = episode(
+        "fix flaky login test",
+        TaskType::Testing,
+        "testing",
+        Some("rust"),
+        t(0),
+    );
     s.create_episode(&n, &e).await.unwrap();
-    let got = s.get_episode(&n, e.id).await.unwrap().expect("created episode readable");
+    let got = s
+        .get_episode(&n, e.id)
+        .await
+        .unwrap()
+        .expect("created episode readable");
     assert_eq!(got, e, "episode round-trips exactly");
     assert!(!got.is_completed());
 
-    let st = steps(&[("read_file", true), ("shell", false), ("edit_file", true), ("shell", true)], 1, t(1));
+    let st = steps(
+        &[
+            ("read_file", true),
+            ("shell", false),
+            ("edit_file", true),
+            ("shell", true),
+        ],
+        1,
+        t(1),
+    );
     s.append_steps(&n, e.id, &st).await.unwrap();
     let mut with_steps = e.clone();
     with_steps.steps.clone_from(&st);
-    assert_eq!(s.get_episode(&n, e.id).await.unwrap().unwrap(), with_steps, "steps round-trip in order");
+    assert_eq!(
+        s.get_episode(&n, e.id).await.unwrap().unwrap(),
+        with_steps,
+        "steps round-trip in order"
+    );
 
     let c = completion_for(&with_steps, Outcome::success("stable now"), t(10));
     let changes = s.complete_episode(&n, &c).await.unwrap().expect("applied");
-    assert!(!changes.patterns.is_empty(), "completion stores learned patterns");
+    assert!(
+        !changes.patterns.is_empty(),
+        "completion stores learned patterns"
+    );
     let done = s.get_episode(&n, e.id).await.unwrap().unwrap();
     assert_eq!(done.outcome.as_ref(), Some(&c.outcome));
     assert_eq!(done.reward.as_ref(), Some(&c.reward));
@@ -144,22 +199,38 @@ pub async fn episode_lifecycle(s: &dyn Storage) {
         s.complete_episode(&n, &c).await.unwrap().is_none(),
         "completing twice is a harmless no-op returning None"
     );
-    let again = s.get_pattern(&n, &changes.patterns[0].item.id).await.unwrap().unwrap();
-    assert_eq!(again.occurrences, changes.patterns[0].item.occurrences, "replayed completion adds no evidence");
+    let again = s
+        .get_pattern(&n, &changes.patterns[0].item.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.occurrences, changes.patterns[0].item.occurrences,
+        "replayed completion adds no evidence"
+    );
 
-    match s.append_steps(&n, e.id, &steps(&[("shell", true)], 5, t(11))).await {
+    match s
+        .append_steps(&n, e.id, &steps(&[("shell", true)], 5, t(11)))
+        .await
+    {
         Err(Error::Conflict { .. }) => {}
         other => panic!("appending to a completed episode must be Conflict, got {other:?}"),
     }
     let missing = EpisodeId::new();
-    assert!(s.get_episode(&n, missing).await.unwrap().is_none(), "unknown episode is Ok(None)");
+    assert!(
+        s.get_episode(&n, missing).await.unwrap().is_none(),
+        "unknown episode is Ok(None)"
+    );
     match s.append_steps(&n, missing, &st).await {
         Err(Error::NotFound { .. }) => {}
         other => panic!("appending to an unknown episode must be NotFound, got {other:?}"),
     }
     let mut ghost = with_steps.clone();
     ghost.id = missing;
-    match s.complete_episode(&n, &completion_for(&ghost, Outcome::failure("x"), t(12))).await {
+    match s
+        .complete_episode(&n, &completion_for(&ghost, Outcome::failure("x"), t(12)))
+        .await
+    {
         Err(Error::NotFound { .. }) => {}
         other => panic!("completing an unknown episode must be NotFound, got {other:?}"),
     }
@@ -174,7 +245,11 @@ pub async fn create_is_idempotent(s: &dyn Storage) {
     changed.task_description = "different".into();
     s.create_episode(&n, &changed).await.unwrap();
     assert_eq!(
-        s.get_episode(&n, e.id).await.unwrap().unwrap().task_description,
+        s.get_episode(&n, e.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .task_description,
         "task",
         "re-creating an existing id changes nothing"
     );
@@ -183,7 +258,13 @@ pub async fn create_is_idempotent(s: &dyn Storage) {
 
 pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     let n = ns("conf/steps");
-    let e = episode("many steps", TaskType::Debugging, "databases", Some("go"), t(0));
+    let e = episode(
+        "many steps",
+        TaskType::Debugging,
+        "databases",
+        Some("go"),
+        t(0),
+    );
     s.create_episode(&n, &e).await.unwrap();
     let a = steps(&[("a", true), ("b", true)], 1, t(1));
     let b = steps(&[("c", false), ("d", true)], 3, t(2));
@@ -193,10 +274,17 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     s.append_steps(&n, e.id, &[]).await.unwrap();
     let got = s.get_episode(&n, e.id).await.unwrap().unwrap();
     let numbers: Vec<u32> = got.steps.iter().map(|x| x.step_number).collect();
-    assert_eq!(numbers, vec![1, 2, 3, 4], "steps ordered by number, replays skipped");
+    assert_eq!(
+        numbers,
+        vec![1, 2, 3, 4],
+        "steps ordered by number, replays skipped"
+    );
     assert_eq!(got.steps[2], b[0]);
     assert_eq!(s.namespace_stats(&n).await.unwrap().steps, 4);
-    let listed = s.query_episodes(&n, &EpisodeQuery::default()).await.unwrap();
+    let listed = s
+        .query_episodes(&n, &EpisodeQuery::default())
+        .await
+        .unwrap();
     assert_eq!(listed[0].step_count, 4, "summary counts stored steps");
 }
 
@@ -222,7 +310,16 @@ pub async fn query_filters_order_and_paging(s: &dyn Storage) {
         }
         ids.push(e.id);
     }
-    let all = s.query_episodes(&n, &EpisodeQuery { limit: 100, ..EpisodeQuery::default() }).await.unwrap();
+    let all = s
+        .query_episodes(
+            &n,
+            &EpisodeQuery {
+                limit: 100,
+                ..EpisodeQuery::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(all.len(), 12);
     let order: Vec<EpisodeId> = all.iter().map(|x| x.id).collect();
     let mut expected = ids.clone();
@@ -230,61 +327,133 @@ pub async fn query_filters_order_and_paging(s: &dyn Storage) {
     assert_eq!(order, expected, "newest first");
 
     let page2 = s
-        .query_episodes(&n, &EpisodeQuery { limit: 5, offset: 5, ..EpisodeQuery::default() })
+        .query_episodes(
+            &n,
+            &EpisodeQuery {
+                limit: 5,
+                offset: 5,
+                ..EpisodeQuery::default()
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(page2.iter().map(|x| x.id).collect::<Vec<_>>(), expected[5..10].to_vec(), "paging");
+    assert_eq!(
+        page2.iter().map(|x| x.id).collect::<Vec<_>>(),
+        expected[5..10].to_vec(),
+        "paging"
+    );
 
-    let q = |filter: EpisodeFilter| EpisodeQuery { filter, limit: 100, offset: 0 };
+    let q = |filter: EpisodeFilter| EpisodeQuery {
+        filter,
+        limit: 100,
+        offset: 0,
+    };
     let web = s
-        .query_episodes(&n, &q(EpisodeFilter { domain: Some("web_api".into()), ..Default::default() }))
+        .query_episodes(
+            &n,
+            &q(EpisodeFilter {
+                domain: Some("web_api".into()),
+                ..Default::default()
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(web.len(), 8);
     let rust = s
-        .query_episodes(&n, &q(EpisodeFilter { language: Some("rust".into()), ..Default::default() }))
+        .query_episodes(
+            &n,
+            &q(EpisodeFilter {
+                language: Some("rust".into()),
+                ..Default::default()
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(rust.len(), 4);
     let dbg = s
-        .query_episodes(&n, &q(EpisodeFilter { task_type: Some(TaskType::Debugging), ..Default::default() }))
+        .query_episodes(
+            &n,
+            &q(EpisodeFilter {
+                task_type: Some(TaskType::Debugging),
+                ..Default::default()
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(dbg.len(), 4);
     let failed = s
         .query_episodes(
             &n,
-            &q(EpisodeFilter { status: Some(EpisodeStatus::Completed(OutcomeKind::Failure)), ..Default::default() }),
+            &q(EpisodeFilter {
+                status: Some(EpisodeStatus::Completed(OutcomeKind::Failure)),
+                ..Default::default()
+            }),
         )
         .await
         .unwrap();
     assert_eq!(failed.len(), 3, "episodes 0, 4, 8 failed");
-    assert!(failed.iter().all(|x| x.outcome == Some(OutcomeKind::Failure)));
+    assert!(
+        failed
+            .iter()
+            .all(|x| x.outcome == Some(OutcomeKind::Failure))
+    );
     let open = s
-        .query_episodes(&n, &q(EpisodeFilter { status: Some(EpisodeStatus::InProgress), ..Default::default() }))
+        .query_episodes(
+            &n,
+            &q(EpisodeFilter {
+                status: Some(EpisodeStatus::InProgress),
+                ..Default::default()
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(open.iter().map(|x| x.id).collect::<Vec<_>>(), vec![ids[11]]);
     let done = s
-        .query_episodes(&n, &q(EpisodeFilter { status: Some(EpisodeStatus::AnyCompleted), ..Default::default() }))
+        .query_episodes(
+            &n,
+            &q(EpisodeFilter {
+                status: Some(EpisodeStatus::AnyCompleted),
+                ..Default::default()
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(done.len(), 11);
     let window = s
         .query_episodes(
             &n,
-            &q(EpisodeFilter { started_after: Some(t(120)), started_before: Some(t(300)), ..Default::default() }),
+            &q(EpisodeFilter {
+                started_after: Some(t(120)),
+                started_before: Some(t(300)),
+                ..Default::default()
+            }),
         )
         .await
         .unwrap();
-    assert_eq!(window.len(), 3, "started_after inclusive, started_before exclusive");
+    assert_eq!(
+        window.len(),
+        3,
+        "started_after inclusive, started_before exclusive"
+    );
     let tagged = s
-        .query_episodes(&n, &q(EpisodeFilter { tag: Some("fixture".into()), ..Default::default() }))
+        .query_episodes(
+            &n,
+            &q(EpisodeFilter {
+                tag: Some("fixture".into()),
+                ..Default::default()
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(tagged.len(), 12);
     let none = s
-        .query_episodes(&n, &q(EpisodeFilter { tag: Some("nope".into()), ..Default::default() }))
+        .query_episodes(
+            &n,
+            &q(EpisodeFilter {
+                tag: Some("nope".into()),
+                ..Default::default()
+            }),
+        )
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -299,7 +468,13 @@ pub async fn lexical_search(s: &dyn Storage) {
     let (a, _) = record(
         s,
         &n,
-        episode("add token bucket rate limiting to the axum API", TaskType::CodeGeneration, "web_api", Some("rust"), t(0)),
+        episode(
+            "add token bucket rate limiting to the axum API",
+            TaskType::CodeGeneration,
+            "web_api",
+            Some("rust"),
+            t(0),
+        ),
         &[("edit_file", true), ("shell", true)],
         Outcome::success("rate limiter added"),
     )
@@ -307,41 +482,99 @@ pub async fn lexical_search(s: &dyn Storage) {
     let (b, _) = record(
         s,
         &n,
-        episode("fix postgres deadlock in the billing worker", TaskType::Debugging, "databases", Some("python"), t(10)),
+        episode(
+            "fix postgres deadlock in the billing worker",
+            TaskType::Debugging,
+            "databases",
+            Some("python"),
+            t(10),
+        ),
         &[("shell", false), ("edit_file", true)],
         Outcome::success("deadlock gone"),
     )
     .await;
     let hits = s
-        .search_episodes(&n, &TextQuery { text: "rate limiting".into(), filter: EpisodeFilter::default(), limit: 10 })
-        .await
-        .unwrap();
-    assert_eq!(hits.first().map(|h| h.episode_id), Some(a.id), "best hit first");
-    assert!(hits.iter().all(|h| h.score > 0.0));
-    let hits = s
-        .search_episodes(&n, &TextQuery { text: "Deadlock".into(), filter: EpisodeFilter::default(), limit: 10 })
-        .await
-        .unwrap();
-    assert_eq!(hits.iter().map(|h| h.episode_id).collect::<Vec<_>>(), vec![b.id], "case-insensitive");
-    let filtered = s
         .search_episodes(
             &n,
             &TextQuery {
-                text: "edit_file shell".into(),
-                filter: EpisodeFilter { language: Some("python".into()), ..Default::default() },
+                text: "rate limiting".into(),
+                filter: EpisodeFilter::default(),
                 limit: 10,
             },
         )
         .await
         .unwrap();
-    assert_eq!(filtered.iter().map(|h| h.episode_id).collect::<Vec<_>>(), vec![b.id], "filters inside search");
-    for weird in ["", "   ", "\"", "*", "NEAR(", "a AND OR NOT b", "'; DROP TABLE episodes; --", "ünïcödé"] {
-        s.search_episodes(&n, &TextQuery { text: weird.into(), filter: EpisodeFilter::default(), limit: 5 })
-            .await
-            .unwrap_or_else(|e| panic!("search for {weird:?} must not fail: {e}"));
+    assert_eq!(
+        hits.first().map(|h| h.episode_id),
+        Some(a.id),
+        "best hit first"
+    );
+    assert!(hits.iter().all(|h| h.score > 0.0));
+    let hits = s
+        .search_episodes(
+            &n,
+            &TextQuery {
+                text: "Deadlock".into(),
+                filter: EpisodeFilter::default(),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hits.iter().map(|h| h.episode_id).collect::<Vec<_>>(),
+        vec![b.id],
+        "case-insensitive"
+    );
+    let filtered = s
+        .search_episodes(
+            &n,
+            &TextQuery {
+                text: "edit_file shell".into(),
+                filter: EpisodeFilter {
+                    language: Some("python".into()),
+                    ..Default::default()
+                },
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        filtered.iter().map(|h| h.episode_id).collect::<Vec<_>>(),
+        vec![b.id],
+        "filters inside search"
+    );
+    for weird in [
+        "",
+        "   ",
+        "\"",
+        "*",
+        "NEAR(",
+        "a AND OR NOT b",
+        "'; DROP TABLE episodes; --",
+        "ünïcödé",
+    ] {
+        s.search_episodes(
+            &n,
+            &TextQuery {
+                text: weird.into(),
+                filter: EpisodeFilter::default(),
+                limit: 5,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("search for {weird:?} must not fail: {e}"));
     }
     let limited = s
-        .search_episodes(&n, &TextQuery { text: "edit_file".into(), filter: EpisodeFilter::default(), limit: 1 })
+        .search_episodes(
+            &n,
+            &TextQuery {
+                text: "edit_file".into(),
+                filter: EpisodeFilter::default(),
+                limit: 1,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(limited.len(), 1, "limit respected");
@@ -355,25 +588,46 @@ pub async fn learning_merges_across_episodes(s: &dyn Storage) {
         let (_, changes) = record(
             s,
             &n,
-            episode(&format!("similar task {i}"), TaskType::CodeGeneration, "web_api", Some("rust"), t(i * 10)),
+            episode(
+                &format!("similar task {i}"),
+                TaskType::CodeGeneration,
+                "web_api",
+                Some("rust"),
+                t(i * 10),
+            ),
             &spec,
             Outcome::success("ok"),
         )
         .await;
-        for c in changes.patterns.iter().filter(|c| c.item.kind.name() == "tool_sequence") {
+        for c in changes
+            .patterns
+            .iter()
+            .filter(|c| c.item.kind.name() == "tool_sequence")
+        {
             seq_ids.insert(c.item.id.clone());
             assert_eq!(c.created, i == 0, "created only by the first episode");
         }
     }
-    assert_eq!(seq_ids.len(), 1, "one tool-sequence pattern for one sequence in one context");
-    let p = s.get_pattern(&n, seq_ids.iter().next().unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        seq_ids.len(),
+        1,
+        "one tool-sequence pattern for one sequence in one context"
+    );
+    let p = s
+        .get_pattern(&n, seq_ids.iter().next().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(p.occurrences, 3);
     assert_eq!(p.successes, 3);
     assert_eq!(p.recent_evidence.len(), 3, "evidence merged");
     assert_eq!(p.total_steps, 9);
     assert_eq!(p.first_seen, t(5));
     assert_eq!(p.last_seen, t(25));
-    let q = LearnedQuery { kind: Some("tool_sequence".into()), ..LearnedQuery::default() };
+    let q = LearnedQuery {
+        kind: Some("tool_sequence".into()),
+        ..LearnedQuery::default()
+    };
     assert_eq!(s.query_patterns(&n, &q).await.unwrap().len(), 1);
 
     // Lessons with remedies merge too.
@@ -381,22 +635,41 @@ pub async fn learning_merges_across_episodes(s: &dyn Storage) {
         record(
             s,
             &n,
-            episode(&format!("compile fix {i}"), TaskType::Debugging, "web_api", Some("rust"), t(100 + i)),
+            episode(
+                &format!("compile fix {i}"),
+                TaskType::Debugging,
+                "web_api",
+                Some("rust"),
+                t(100 + i),
+            ),
             &[("shell", false), ("edit_file", true), ("shell", true)],
             Outcome::success("compiles"),
         )
         .await;
     }
     let lessons = s.query_lessons(&n, &LearnedQuery::default()).await.unwrap();
-    assert_eq!(lessons.len(), 1, "one lesson for one failing tool + error class in one context");
+    assert_eq!(
+        lessons.len(),
+        1,
+        "one lesson for one failing tool + error class in one context"
+    );
     assert_eq!(lessons[0].occurrences, 2);
     assert_eq!(lessons[0].recovered, 2);
-    assert_eq!(lessons[0].best_remedy().map(|r| r.tools.clone()), Some(vec!["edit_file".to_owned(), "shell".to_owned()]));
+    assert_eq!(
+        lessons[0].best_remedy().map(|r| r.tools.clone()),
+        Some(vec!["edit_file".to_owned(), "shell".to_owned()])
+    );
     let got = s.get_lesson(&n, &lessons[0].id).await.unwrap().unwrap();
     assert_eq!(got, lessons[0]);
 
     // apply_learning merges outside a completion.
-    let e = episode("extra", TaskType::CodeGeneration, "web_api", Some("rust"), t(200));
+    let e = episode(
+        "extra",
+        TaskType::CodeGeneration,
+        "web_api",
+        Some("rust"),
+        t(200),
+    );
     let mut full = e.clone();
     full.steps = steps(&spec, 1, t(200));
     let update = extract_learning(&full, &Outcome::success("ok"), t(201));
@@ -407,9 +680,20 @@ pub async fn learning_merges_across_episodes(s: &dyn Storage) {
 
 pub async fn heuristics_contradictions_kept(s: &dyn Storage) {
     let n = ns("conf/heuristics");
-    let ctx = ContextKey { task_type: None, domain: Some("web_api".into()), language: Some("rust".into()) };
+    let ctx = ContextKey {
+        task_type: None,
+        domain: Some("web_api".into()),
+        language: Some("rust".into()),
+    };
     let mk = |action: &str, ok: bool, i: i64| {
-        HeuristicObservation::new("cargo build fails with \"linker error\"", action, ctx.clone(), EpisodeId::new(), ok, t(i))
+        HeuristicObservation::new(
+            "cargo build fails with \"linker error\"",
+            action,
+            ctx.clone(),
+            EpisodeId::new(),
+            ok,
+            t(i),
+        )
     };
     let upd = |h: Vec<HeuristicObservation>| LearningUpdate {
         episode_id: EpisodeId::new(),
@@ -418,18 +702,31 @@ pub async fn heuristics_contradictions_kept(s: &dyn Storage) {
         heuristics: h,
         lessons: Vec::new(),
     };
-    s.apply_learning(&n, &upd(vec![mk("run cargo clean", true, 1)])).await.unwrap();
+    s.apply_learning(&n, &upd(vec![mk("run cargo clean", true, 1)]))
+        .await
+        .unwrap();
     for i in 0..3 {
-        s.apply_learning(&n, &upd(vec![mk("install the lld linker", true, 10 + i)])).await.unwrap();
+        s.apply_learning(&n, &upd(vec![mk("install the lld linker", true, 10 + i)]))
+            .await
+            .unwrap();
     }
     let all = s
-        .query_heuristics(&n, &LearnedQuery { include_inactive: true, ..LearnedQuery::default() })
+        .query_heuristics(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(all.len(), 2, "both heuristics are kept");
     let active: Vec<&Heuristic> = all.iter().filter(|h| h.status.is_active()).collect();
     assert_eq!(active.len(), 1);
-    assert_eq!(active[0].action, "install the lld linker", "more evidence wins");
+    assert_eq!(
+        active[0].action, "install the lld linker",
+        "more evidence wins"
+    );
     assert_eq!(active[0].support, 3);
     let loser = all.iter().find(|h| !h.status.is_active()).unwrap();
     match &loser.status {
@@ -439,15 +736,35 @@ pub async fn heuristics_contradictions_kept(s: &dyn Storage) {
         }
         other => panic!("loser must be superseded with a reason, got {other:?}"),
     }
-    let visible = s.query_heuristics(&n, &LearnedQuery::default()).await.unwrap();
+    let visible = s
+        .query_heuristics(&n, &LearnedQuery::default())
+        .await
+        .unwrap();
     assert_eq!(visible.len(), 1, "inactive hidden by default");
-    assert_eq!(s.get_heuristic(&n, &loser.id).await.unwrap().as_ref(), Some(loser));
+    assert_eq!(
+        s.get_heuristic(&n, &loser.id).await.unwrap().as_ref(),
+        Some(loser)
+    );
 }
 
 pub async fn learned_queries_by_context(s: &dyn Storage) {
     let n = ns("conf/context");
-    record(s, &n, episode("a", TaskType::Debugging, "web_api", Some("rust"), t(0)), &[("shell", true)], Outcome::success("ok")).await;
-    record(s, &n, episode("b", TaskType::Testing, "databases", Some("go"), t(1)), &[("psql", true)], Outcome::success("ok")).await;
+    record(
+        s,
+        &n,
+        episode("a", TaskType::Debugging, "web_api", Some("rust"), t(0)),
+        &[("shell", true)],
+        Outcome::success("ok"),
+    )
+    .await;
+    record(
+        s,
+        &n,
+        episode("b", TaskType::Testing, "databases", Some("go"), t(1)),
+        &[("psql", true)],
+        Outcome::success("ok"),
+    )
+    .await;
     let q = |tt: Option<TaskType>, d: Option<&str>, l: Option<&str>| LearnedQuery {
         task_type: tt,
         domain: d.map(str::to_owned),
@@ -455,35 +772,101 @@ pub async fn learned_queries_by_context(s: &dyn Storage) {
         kind: Some("tool_sequence".into()),
         ..LearnedQuery::default()
     };
-    assert_eq!(s.query_patterns(&n, &q(None, None, None)).await.unwrap().len(), 2);
-    let rust = s.query_patterns(&n, &q(None, None, Some("rust"))).await.unwrap();
+    assert_eq!(
+        s.query_patterns(&n, &q(None, None, None))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let rust = s
+        .query_patterns(&n, &q(None, None, Some("rust")))
+        .await
+        .unwrap();
     assert_eq!(rust.len(), 1);
-    assert_eq!(rust[0].kind, PatternKind::ToolSequence { tools: vec!["shell".into()] });
-    assert_eq!(s.query_patterns(&n, &q(Some(TaskType::Testing), Some("databases"), None)).await.unwrap().len(), 1);
-    assert!(s.query_patterns(&n, &q(Some(TaskType::Testing), Some("web_api"), None)).await.unwrap().is_empty());
+    assert_eq!(
+        rust[0].kind,
+        PatternKind::ToolSequence {
+            tools: vec!["shell".into()]
+        }
+    );
+    assert_eq!(
+        s.query_patterns(&n, &q(Some(TaskType::Testing), Some("databases"), None))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.query_patterns(&n, &q(Some(TaskType::Testing), Some("web_api"), None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A pattern with no language matches any language query.
-    let ctx = ContextKey { task_type: None, domain: Some("web_api".into()), language: None };
-    let generic = PatternObservation::new(PatternKind::ToolSequence { tools: vec!["grep".into()] }, ctx, EpisodeId::new(), true, t(3));
+    let ctx = ContextKey {
+        task_type: None,
+        domain: Some("web_api".into()),
+        language: None,
+    };
+    let generic = PatternObservation::new(
+        PatternKind::ToolSequence {
+            tools: vec!["grep".into()],
+        },
+        ctx,
+        EpisodeId::new(),
+        true,
+        t(3),
+    );
     s.apply_learning(
         &n,
-        &LearningUpdate { episode_id: generic.episode_id, observed_at: t(3), patterns: vec![generic], heuristics: vec![], lessons: vec![] },
+        &LearningUpdate {
+            episode_id: generic.episode_id,
+            observed_at: t(3),
+            patterns: vec![generic],
+            heuristics: vec![],
+            lessons: vec![],
+        },
     )
     .await
     .unwrap();
-    let web_rust = s.query_patterns(&n, &q(None, Some("web_api"), Some("rust"))).await.unwrap();
+    let web_rust = s
+        .query_patterns(&n, &q(None, Some("web_api"), Some("rust")))
+        .await
+        .unwrap();
     assert_eq!(web_rust.len(), 2, "unset context fields match any value");
     let paged = s
-        .query_patterns(&n, &LearnedQuery { limit: 1, offset: 1, kind: Some("tool_sequence".into()), ..LearnedQuery::default() })
+        .query_patterns(
+            &n,
+            &LearnedQuery {
+                limit: 1,
+                offset: 1,
+                kind: Some("tool_sequence".into()),
+                ..LearnedQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(paged.len(), 1);
     let lessons_rust = s
-        .query_lessons(&n, &LearnedQuery { language: Some("rust".into()), ..LearnedQuery::default() })
+        .query_lessons(
+            &n,
+            &LearnedQuery {
+                language: Some("rust".into()),
+                ..LearnedQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert!(lessons_rust.is_empty());
     let heur = s
-        .query_heuristics(&n, &LearnedQuery { task_type: Some(TaskType::Debugging), ..LearnedQuery::default() })
+        .query_heuristics(
+            &n,
+            &LearnedQuery {
+                task_type: Some(TaskType::Debugging),
+                ..LearnedQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(heur.len(), 1);
@@ -500,21 +883,50 @@ pub async fn put_learned_roundtrip(s: &dyn Storage) {
     )
     .await;
     let mut p = changes.patterns[0].item.clone();
-    p.status = LearnedStatus::Pruned { reason: "confidence 0.01 below floor 0.05".into(), at: t(99) };
+    p.status = LearnedStatus::Pruned {
+        reason: "confidence 0.01 below floor 0.05".into(),
+        at: t(99),
+    };
     let mut h = changes.heuristics[0].item.clone();
-    h.status = LearnedStatus::Merged { into: "abc".into(), at: t(99) };
+    h.status = LearnedStatus::Merged {
+        into: "abc".into(),
+        at: t(99),
+    };
     let mut l = changes.lessons[0].item.clone();
     l.occurrences = 42;
-    let items = LearnedItems { patterns: vec![p.clone()], heuristics: vec![h.clone()], lessons: vec![l.clone()] };
+    let items = LearnedItems {
+        patterns: vec![p.clone()],
+        heuristics: vec![h.clone()],
+        lessons: vec![l.clone()],
+    };
     s.put_learned(&n, &items).await.unwrap();
     s.put_learned(&n, &items).await.unwrap();
     assert_eq!(s.get_pattern(&n, &p.id).await.unwrap(), Some(p.clone()));
     assert_eq!(s.get_heuristic(&n, &h.id).await.unwrap(), Some(h));
     assert_eq!(s.get_lesson(&n, &l.id).await.unwrap(), Some(l));
-    let active = s.query_patterns(&n, &LearnedQuery { limit: 100, ..LearnedQuery::default() }).await.unwrap();
-    assert!(active.iter().all(|x| x.id != p.id), "pruned patterns hidden by default");
+    let active = s
+        .query_patterns(
+            &n,
+            &LearnedQuery {
+                limit: 100,
+                ..LearnedQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        active.iter().all(|x| x.id != p.id),
+        "pruned patterns hidden by default"
+    );
     let all = s
-        .query_patterns(&n, &LearnedQuery { include_inactive: true, limit: 100, ..LearnedQuery::default() })
+        .query_patterns(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                limit: 100,
+                ..LearnedQuery::default()
+            },
+        )
         .await
         .unwrap();
     assert!(all.iter().any(|x| x.id == p.id));
@@ -530,15 +942,40 @@ pub async fn feedback_updates_effectiveness(s: &dyn Storage) {
         Outcome::success("ok"),
     )
     .await;
-    let (e2, _) = record(s, &n, episode("y", TaskType::Debugging, "web_api", Some("rust"), t(5)), &[("shell", true)], Outcome::success("ok")).await;
+    let (e2, _) = record(
+        s,
+        &n,
+        episode("y", TaskType::Debugging, "web_api", Some("rust"), t(5)),
+        &[("shell", true)],
+        Outcome::success("ok"),
+    )
+    .await;
     let pid = changes.patterns[0].item.id.clone();
     let target = FeedbackTarget::Pattern(pid.clone());
-    let fb = |ep: EpisodeId, outcome, at| Feedback { target: target.clone(), episode_id: ep, outcome, recorded_at: t(at) };
-    s.record_feedback(&n, &fb(e.id, FeedbackOutcome::Hindered, 10)).await.unwrap();
-    s.record_feedback(&n, &fb(e.id, FeedbackOutcome::Helped, 11)).await.unwrap(); // replaces
-    s.record_feedback(&n, &fb(e2.id, FeedbackOutcome::NoEffect, 12)).await.unwrap();
+    let fb = |ep: EpisodeId, outcome, at| Feedback {
+        target: target.clone(),
+        episode_id: ep,
+        outcome,
+        recorded_at: t(at),
+    };
+    s.record_feedback(&n, &fb(e.id, FeedbackOutcome::Hindered, 10))
+        .await
+        .unwrap();
+    s.record_feedback(&n, &fb(e.id, FeedbackOutcome::Helped, 11))
+        .await
+        .unwrap(); // replaces
+    s.record_feedback(&n, &fb(e2.id, FeedbackOutcome::NoEffect, 12))
+        .await
+        .unwrap();
     let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
-    assert_eq!(p.effectiveness, Effectiveness { helped: 1, no_effect: 1, hindered: 0 });
+    assert_eq!(
+        p.effectiveness,
+        Effectiveness {
+            helped: 1,
+            no_effect: 1,
+            hindered: 0
+        }
+    );
     let events = s.list_feedback(&n, &target).await.unwrap();
     assert_eq!(events.len(), 2, "one event per (target, episode)");
     assert_eq!(events[0].recorded_at, t(11), "oldest first");
@@ -546,18 +983,42 @@ pub async fn feedback_updates_effectiveness(s: &dyn Storage) {
 
     let hid = changes.heuristics[0].item.id.clone();
     let ht = FeedbackTarget::Heuristic(hid.clone());
-    s.record_feedback(&n, &Feedback { target: ht.clone(), episode_id: e.id, outcome: FeedbackOutcome::Helped, recorded_at: t(20) })
-        .await
-        .unwrap();
-    s.record_feedback(&n, &Feedback { target: ht, episode_id: e2.id, outcome: FeedbackOutcome::Hindered, recorded_at: t(21) })
-        .await
-        .unwrap();
+    s.record_feedback(
+        &n,
+        &Feedback {
+            target: ht.clone(),
+            episode_id: e.id,
+            outcome: FeedbackOutcome::Helped,
+            recorded_at: t(20),
+        },
+    )
+    .await
+    .unwrap();
+    s.record_feedback(
+        &n,
+        &Feedback {
+            target: ht,
+            episode_id: e2.id,
+            outcome: FeedbackOutcome::Hindered,
+            recorded_at: t(21),
+        },
+    )
+    .await
+    .unwrap();
     let h = s.get_heuristic(&n, &hid).await.unwrap().unwrap();
     assert_eq!((h.votes_up, h.votes_down), (1, 1));
 
     let missing = FeedbackTarget::Pattern(PatternId("0".repeat(32)));
     match s
-        .record_feedback(&n, &Feedback { target: missing, episode_id: e.id, outcome: FeedbackOutcome::Helped, recorded_at: t(30) })
+        .record_feedback(
+            &n,
+            &Feedback {
+                target: missing,
+                episode_id: e.id,
+                outcome: FeedbackOutcome::Helped,
+                recorded_at: t(30),
+            },
+        )
         .await
     {
         Err(Error::NotFound { .. }) => {}
@@ -571,16 +1032,34 @@ pub async fn embeddings(s: &dyn Storage) {
     let b = episode("b", TaskType::Other, "general", None, t(1));
     s.create_episode(&n, &a).await.unwrap();
     s.create_episode(&n, &b).await.unwrap();
-    assert_eq!(s.episodes_missing_embedding(&n, "m", 10).await.unwrap(), vec![a.id, b.id], "oldest first");
+    assert_eq!(
+        s.episodes_missing_embedding(&n, "m", 10).await.unwrap(),
+        vec![a.id, b.id],
+        "oldest first"
+    );
     let v: Vec<f32> = (0..384).map(|i| (i as f32 * 0.37).sin()).collect();
     s.put_embedding(&n, a.id, "m", &v).await.unwrap();
-    assert_eq!(s.get_embedding(&n, a.id, "m").await.unwrap(), Some(v.clone()), "vector round-trips exactly");
+    assert_eq!(
+        s.get_embedding(&n, a.id, "m").await.unwrap(),
+        Some(v.clone()),
+        "vector round-trips exactly"
+    );
     assert!(s.get_embedding(&n, a.id, "other").await.unwrap().is_none());
-    assert_eq!(s.episodes_missing_embedding(&n, "m", 10).await.unwrap(), vec![b.id]);
-    assert_eq!(s.episodes_missing_embedding(&n, "m", 0).await.unwrap(), Vec::<EpisodeId>::new());
+    assert_eq!(
+        s.episodes_missing_embedding(&n, "m", 10).await.unwrap(),
+        vec![b.id]
+    );
+    assert_eq!(
+        s.episodes_missing_embedding(&n, "m", 0).await.unwrap(),
+        Vec::<EpisodeId>::new()
+    );
     let w: Vec<f32> = v.iter().map(|x| -x).collect();
     s.put_embedding(&n, a.id, "m", &w).await.unwrap();
-    assert_eq!(s.get_embedding(&n, a.id, "m").await.unwrap(), Some(w), "put replaces");
+    assert_eq!(
+        s.get_embedding(&n, a.id, "m").await.unwrap(),
+        Some(w),
+        "put replaces"
+    );
     match s.put_embedding(&n, EpisodeId::new(), "m", &v).await {
         Err(Error::NotFound { .. }) => {}
         other => panic!("embedding for an unknown episode must be NotFound, got {other:?}"),
@@ -589,19 +1068,83 @@ pub async fn embeddings(s: &dyn Storage) {
 
 pub async fn stats_count(s: &dyn Storage) {
     let n = ns("conf/stats");
-    assert_eq!(s.namespace_stats(&n).await.unwrap(), NamespaceStats::default());
-    record(s, &n, episode("a", TaskType::Debugging, "web_api", Some("rust"), t(0)), &[("shell", false), ("edit_file", true)], Outcome::success("ok")).await;
-    record(s, &n, episode("b", TaskType::Debugging, "web_api", Some("rust"), t(1)), &[("shell", false)], Outcome::failure("no")).await;
-    s.create_episode(&n, &episode("c", TaskType::Debugging, "web_api", Some("rust"), t(2))).await.unwrap();
+    assert_eq!(
+        s.namespace_stats(&n).await.unwrap(),
+        NamespaceStats::default()
+    );
+    record(
+        s,
+        &n,
+        episode("a", TaskType::Debugging, "web_api", Some("rust"), t(0)),
+        &[("shell", false), ("edit_file", true)],
+        Outcome::success("ok"),
+    )
+    .await;
+    record(
+        s,
+        &n,
+        episode("b", TaskType::Debugging, "web_api", Some("rust"), t(1)),
+        &[("shell", false)],
+        Outcome::failure("no"),
+    )
+    .await;
+    s.create_episode(
+        &n,
+        &episode("c", TaskType::Debugging, "web_api", Some("rust"), t(2)),
+    )
+    .await
+    .unwrap();
     let st = s.namespace_stats(&n).await.unwrap();
-    assert_eq!((st.episodes, st.completed, st.successes, st.steps), (3, 2, 1, 3));
-    let patterns = s.query_patterns(&n, &LearnedQuery { include_inactive: true, limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        (st.episodes, st.completed, st.successes, st.steps),
+        (3, 2, 1, 3)
+    );
+    let patterns = s
+        .query_patterns(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(st.patterns, patterns.len() as u64);
-    assert_eq!(st.active_patterns, patterns.iter().filter(|p| p.status.is_active()).count() as u64);
-    let heur = s.query_heuristics(&n, &LearnedQuery { include_inactive: true, limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        st.active_patterns,
+        patterns.iter().filter(|p| p.status.is_active()).count() as u64
+    );
+    let heur = s
+        .query_heuristics(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(st.heuristics, heur.len() as u64);
-    assert_eq!(st.active_heuristics, heur.iter().filter(|h| h.status.is_active()).count() as u64);
-    assert_eq!(st.lessons, s.query_lessons(&n, &LearnedQuery { include_inactive: true, limit: 1000, ..Default::default() }).await.unwrap().len() as u64);
+    assert_eq!(
+        st.active_heuristics,
+        heur.iter().filter(|h| h.status.is_active()).count() as u64
+    );
+    assert_eq!(
+        st.lessons,
+        s.query_lessons(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                limit: 1000,
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()
+        .len() as u64
+    );
     assert!(s.list_namespaces().await.unwrap().contains(&n));
 }
 
@@ -617,41 +1160,110 @@ pub async fn namespace_isolation(s: &dyn Storage, seed: u64) {
         let n = if rng.random::<bool>() { &a } else { &b };
         let mut spec = Vec::new();
         for _ in 0..rng.random_range(1..5) {
-            spec.push((tools[rng.random_range(0..tools.len())], rng.random::<f64>() > 0.3));
+            spec.push((
+                tools[rng.random_range(0..tools.len())],
+                rng.random::<f64>() > 0.3,
+            ));
         }
-        let outcome = if rng.random::<bool>() { Outcome::success("ok") } else { Outcome::failure("no") };
+        let outcome = if rng.random::<bool>() {
+            Outcome::success("ok")
+        } else {
+            Outcome::failure("no")
+        };
         // Same description and context in both namespaces: the best match always exists in both.
-        let e = episode("shared words for isolation check", TaskType::Debugging, "web_api", Some("rust"), t(i));
+        let e = episode(
+            "shared words for isolation check",
+            TaskType::Debugging,
+            "web_api",
+            Some("rust"),
+            t(i),
+        );
         owned.insert(e.id, n.clone());
         record(s, n, e, &spec, outcome).await;
     }
     for (n, other) in [(&a, &b), (&b, &a)] {
-        let mine: BTreeSet<EpisodeId> = owned.iter().filter(|(_, o)| *o == n).map(|(id, _)| *id).collect();
-        let listed = s.query_episodes(n, &EpisodeQuery { limit: 1000, ..Default::default() }).await.unwrap();
-        assert_eq!(listed.iter().map(|x| x.id).collect::<BTreeSet<_>>(), mine, "list sees exactly its own episodes");
-        let hits = s
-            .search_episodes(n, &TextQuery { text: "shared isolation shell".into(), filter: EpisodeFilter::default(), limit: 1000 })
+        let mine: BTreeSet<EpisodeId> = owned
+            .iter()
+            .filter(|(_, o)| *o == n)
+            .map(|(id, _)| *id)
+            .collect();
+        let listed = s
+            .query_episodes(
+                n,
+                &EpisodeQuery {
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
-        assert!(hits.iter().all(|h| mine.contains(&h.episode_id)), "search never crosses namespaces");
+        assert_eq!(
+            listed.iter().map(|x| x.id).collect::<BTreeSet<_>>(),
+            mine,
+            "list sees exactly its own episodes"
+        );
+        let hits = s
+            .search_episodes(
+                n,
+                &TextQuery {
+                    text: "shared isolation shell".into(),
+                    filter: EpisodeFilter::default(),
+                    limit: 1000,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            hits.iter().all(|h| mine.contains(&h.episode_id)),
+            "search never crosses namespaces"
+        );
         let st = s.namespace_stats(n).await.unwrap();
         assert_eq!(st.episodes, mine.len() as u64, "counts are per namespace");
         for (id, o) in &owned {
             if o == other {
-                assert!(s.get_episode(n, *id).await.unwrap().is_none(), "get never crosses namespaces");
                 assert!(
-                    matches!(s.append_steps(n, *id, &steps(&[("x", true)], 99, t(0))).await, Err(Error::NotFound { .. })),
+                    s.get_episode(n, *id).await.unwrap().is_none(),
+                    "get never crosses namespaces"
+                );
+                assert!(
+                    matches!(
+                        s.append_steps(n, *id, &steps(&[("x", true)], 99, t(0)))
+                            .await,
+                        Err(Error::NotFound { .. })
+                    ),
                     "append never crosses namespaces"
                 );
             }
         }
-        let theirs = s.query_patterns(other, &LearnedQuery { include_inactive: true, limit: 1000, ..Default::default() }).await.unwrap();
-        let mine_p = s.query_patterns(n, &LearnedQuery { include_inactive: true, limit: 1000, ..Default::default() }).await.unwrap();
+        let theirs = s
+            .query_patterns(
+                other,
+                &LearnedQuery {
+                    include_inactive: true,
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mine_p = s
+            .query_patterns(
+                n,
+                &LearnedQuery {
+                    include_inactive: true,
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         for p in &theirs {
             // Same ids can exist in both (deterministic); their evidence must be separate.
             if let Some(m) = mine_p.iter().find(|m| m.id == p.id) {
                 assert!(
-                    m.recent_evidence.iter().all(|ev| mine.contains(&ev.episode_id)),
+                    m.recent_evidence
+                        .iter()
+                        .all(|ev| mine.contains(&ev.episode_id)),
                     "pattern evidence never crosses namespaces"
                 );
             } else {
@@ -671,6 +1283,19 @@ pub async fn namespace_isolation(s: &dyn Storage, seed: u64) {
     }
     // Changing one namespace leaves the other's counts untouched.
     let before = s.namespace_stats(&b).await.unwrap();
-    record(s, &a, episode("late", TaskType::Debugging, "web_api", Some("rust"), t(1000)), &[("shell", true)], Outcome::success("ok")).await;
+    record(
+        s,
+        &a,
+        episode(
+            "late",
+            TaskType::Debugging,
+            "web_api",
+            Some("rust"),
+            t(1000),
+        ),
+        &[("shell", true)],
+        Outcome::success("ok"),
+    )
+    .await;
     assert_eq!(s.namespace_stats(&b).await.unwrap(), before);
 }

@@ -41,7 +41,9 @@ impl std::str::FromStr for EpisodeId {
 }
 
 /// What kind of work a task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskType {
     /// Writing new code.
@@ -110,7 +112,9 @@ impl std::str::FromStr for TaskType {
 }
 
 /// How hard a task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Complexity {
     /// A few steps.
@@ -285,7 +289,11 @@ pub struct StepInput {
 
 impl StepInput {
     /// A successful step.
-    pub fn ok(tool: impl Into<String>, action: impl Into<String>, output: impl Into<String>) -> Self {
+    pub fn ok(
+        tool: impl Into<String>,
+        action: impl Into<String>,
+        output: impl Into<String>,
+    ) -> Self {
         StepInput {
             tool: tool.into(),
             action: action.into(),
@@ -299,7 +307,11 @@ impl StepInput {
     }
 
     /// A failed step.
-    pub fn error(tool: impl Into<String>, action: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(
+        tool: impl Into<String>,
+        action: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         StepInput {
             result: StepResult::Error {
                 message: message.into(),
@@ -458,7 +470,9 @@ impl std::str::FromStr for OutcomeKind {
             "abstained" => Ok(OutcomeKind::Abstained),
             _ => Err(crate::Error::invalid(
                 "outcome",
-                format!("unknown outcome {s:?} (expected success, partial_success, failure or abstained)"),
+                format!(
+                    "unknown outcome {s:?} (expected success, partial_success, failure or abstained)"
+                ),
             )),
         }
     }
@@ -528,7 +542,11 @@ pub struct NewEpisode {
 
 impl NewEpisode {
     /// A new episode description.
-    pub fn new(task_description: impl Into<String>, task_type: TaskType, context: TaskContext) -> Self {
+    pub fn new(
+        task_description: impl Into<String>,
+        task_type: TaskType,
+        context: TaskContext,
+    ) -> Self {
         NewEpisode {
             task_description: task_description.into(),
             task_type,
@@ -589,7 +607,11 @@ impl Episode {
         self.task_description.len()
             + self.context.domain.len()
             + self.context.tags.iter().map(String::len).sum::<usize>()
-            + self.steps.iter().map(ExecutionStep::approx_size).sum::<usize>()
+            + self
+                .steps
+                .iter()
+                .map(ExecutionStep::approx_size)
+                .sum::<usize>()
             + 128
     }
 

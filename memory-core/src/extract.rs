@@ -84,7 +84,11 @@ fn sum_latency(steps: &[ExecutionStep]) -> u64 {
 }
 
 /// Extracts what one completed episode teaches.
-pub fn extract_learning(episode: &Episode, outcome: &Outcome, observed_at: DateTime<Utc>) -> LearningUpdate {
+pub fn extract_learning(
+    episode: &Episode,
+    outcome: &Outcome,
+    observed_at: DateTime<Utc>,
+) -> LearningUpdate {
     let steps = &episode.steps;
     let success = outcome.is_success();
     let failed = matches!(outcome, Outcome::Failure { .. });
@@ -130,7 +134,12 @@ pub fn extract_learning(episode: &Episode, outcome: &Outcome, observed_at: DateT
     );
     ok_tools.truncate(MAX_SEQUENCE_TOOLS);
     if !ok_tools.is_empty() {
-        add_pattern(PatternKind::ToolSequence { tools: ok_tools.clone() }, &task_ctx);
+        add_pattern(
+            PatternKind::ToolSequence {
+                tools: ok_tools.clone(),
+            },
+            &task_ctx,
+        );
         let approach: Vec<String> = ok_tools.iter().take(6).cloned().collect();
         let h = HeuristicObservation::new(
             format!("starting a {} task", episode.task_type),
@@ -184,7 +193,11 @@ pub fn extract_learning(episode: &Episode, outcome: &Outcome, observed_at: DateT
         let class = error_class(s.result().text());
         let remedy = recoveries
             .iter()
-            .find(|r| r.failed_index >= i && steps[r.failed_index].tool() == s.tool() && r.error_class == class)
+            .find(|r| {
+                r.failed_index >= i
+                    && steps[r.failed_index].tool() == s.tool()
+                    && r.error_class == class
+            })
             .map(|r| r.tools.clone());
         let lid = lesson_id(&tool_ctx, &tool, &class);
         let obs = LessonObservation {

@@ -16,8 +16,8 @@ use crate::lesson::{FailureLesson, LessonId};
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::{
-    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery, LearningStore,
-    NamespaceStats, Storage, TextHit, TextQuery,
+    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
+    LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
 };
 
 /// When [`FaultInjecting`] fails a call.
@@ -81,7 +81,8 @@ impl<S: ?Sized> FaultInjecting<S> {
             FaultMode::Ratio { seed, .. } => seed,
             _ => 0,
         };
-        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = (mode, StdRng::seed_from_u64(seed));
+        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) =
+            (mode, StdRng::seed_from_u64(seed));
         self.calls.store(0, Ordering::SeqCst);
     }
 
@@ -114,7 +115,12 @@ impl<S: ?Sized> FaultInjecting<S> {
         };
         if fail {
             self.injected.fetch_add(1, Ordering::SeqCst);
-            Err(Error::storage("fault", operation, self.transient, "injected fault"))
+            Err(Error::storage(
+                "fault",
+                operation,
+                self.transient,
+                "injected fault",
+            ))
         } else {
             Ok(())
         }
@@ -127,11 +133,20 @@ impl<S: Storage + ?Sized> EpisodeStore for FaultInjecting<S> {
         self.check("create_episode")?;
         self.inner.create_episode(ns, episode).await
     }
-    async fn append_steps(&self, ns: &Namespace, id: EpisodeId, steps: &[ExecutionStep]) -> Result<()> {
+    async fn append_steps(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        steps: &[ExecutionStep],
+    ) -> Result<()> {
         self.check("append_steps")?;
         self.inner.append_steps(ns, id, steps).await
     }
-    async fn complete_episode(&self, ns: &Namespace, c: &EpisodeCompletion) -> Result<Option<LearnedChanges>> {
+    async fn complete_episode(
+        &self,
+        ns: &Namespace,
+        c: &EpisodeCompletion,
+    ) -> Result<Option<LearnedChanges>> {
         self.check("complete_episode")?;
         self.inner.complete_episode(ns, c).await
     }
@@ -139,7 +154,11 @@ impl<S: Storage + ?Sized> EpisodeStore for FaultInjecting<S> {
         self.check("get_episode")?;
         self.inner.get_episode(ns, id).await
     }
-    async fn query_episodes(&self, ns: &Namespace, q: &EpisodeQuery) -> Result<Vec<EpisodeSummary>> {
+    async fn query_episodes(
+        &self,
+        ns: &Namespace,
+        q: &EpisodeQuery,
+    ) -> Result<Vec<EpisodeSummary>> {
         self.check("query_episodes")?;
         self.inner.query_episodes(ns, q).await
     }
@@ -207,17 +226,35 @@ impl<S: Storage + ?Sized> LearningStore for FaultInjecting<S> {
 
 #[async_trait]
 impl<S: Storage + ?Sized> EmbeddingStore for FaultInjecting<S> {
-    async fn put_embedding(&self, ns: &Namespace, id: EpisodeId, model: &str, v: &[f32]) -> Result<()> {
+    async fn put_embedding(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        model: &str,
+        v: &[f32],
+    ) -> Result<()> {
         self.check("put_embedding")?;
         self.inner.put_embedding(ns, id, model, v).await
     }
-    async fn get_embedding(&self, ns: &Namespace, id: EpisodeId, model: &str) -> Result<Option<Vec<f32>>> {
+    async fn get_embedding(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        model: &str,
+    ) -> Result<Option<Vec<f32>>> {
         self.check("get_embedding")?;
         self.inner.get_embedding(ns, id, model).await
     }
-    async fn episodes_missing_embedding(&self, ns: &Namespace, model: &str, limit: u32) -> Result<Vec<EpisodeId>> {
+    async fn episodes_missing_embedding(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<EpisodeId>> {
         self.check("episodes_missing_embedding")?;
-        self.inner.episodes_missing_embedding(ns, model, limit).await
+        self.inner
+            .episodes_missing_embedding(ns, model, limit)
+            .await
     }
 }
 

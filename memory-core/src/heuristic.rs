@@ -166,7 +166,12 @@ impl Heuristic {
 /// is deterministic). Returns the indices whose status changed.
 pub fn resolve_contradictions(group: &mut [Heuristic]) -> Vec<usize> {
     let candidates: Vec<usize> = (0..group.len())
-        .filter(|&i| matches!(group[i].status, LearnedStatus::Active | LearnedStatus::Superseded { .. }))
+        .filter(|&i| {
+            matches!(
+                group[i].status,
+                LearnedStatus::Active | LearnedStatus::Superseded { .. }
+            )
+        })
         .collect();
     let Some(&winner) = candidates.iter().max_by(|&&a, &&b| {
         let (x, y) = (&group[a], &group[b]);
@@ -212,16 +217,37 @@ mod tests {
     fn contradiction_resolved_by_evidence_and_loser_kept() {
         let ctx = ContextKey::default();
         let now = Utc::now();
-        let a = HeuristicObservation::new("cargo build fails", "run cargo clean", ctx.clone(), EpisodeId::new(), true, now);
-        let b = HeuristicObservation::new("cargo build fails", "update the lockfile", ctx, EpisodeId::new(), true, now);
+        let a = HeuristicObservation::new(
+            "cargo build fails",
+            "run cargo clean",
+            ctx.clone(),
+            EpisodeId::new(),
+            true,
+            now,
+        );
+        let b = HeuristicObservation::new(
+            "cargo build fails",
+            "update the lockfile",
+            ctx,
+            EpisodeId::new(),
+            true,
+            now,
+        );
         assert_eq!(a.condition_key, b.condition_key);
         assert_ne!(a.id, b.id);
         let mut ha = Heuristic::from_observation(&a);
         let mut hb = Heuristic::from_observation(&b);
         for _ in 0..4 {
-            hb.absorb(&HeuristicObservation { episode_id: EpisodeId::new(), ..b.clone() });
+            hb.absorb(&HeuristicObservation {
+                episode_id: EpisodeId::new(),
+                ..b.clone()
+            });
         }
-        ha.absorb(&HeuristicObservation { episode_id: EpisodeId::new(), supports: false, ..a.clone() });
+        ha.absorb(&HeuristicObservation {
+            episode_id: EpisodeId::new(),
+            supports: false,
+            ..a.clone()
+        });
         let mut group = vec![ha, hb];
         resolve_contradictions(&mut group);
         assert!(group[1].status.is_active());

@@ -4,7 +4,10 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Serializes a JSON value.
-pub fn serialize<S: Serializer>(value: &serde_json::Value, serializer: S) -> Result<S::Ok, S::Error> {
+pub fn serialize<S: Serializer>(
+    value: &serde_json::Value,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     if serializer.is_human_readable() {
         value.serialize(serializer)
     } else {
@@ -14,7 +17,9 @@ pub fn serialize<S: Serializer>(value: &serde_json::Value, serializer: S) -> Res
 }
 
 /// Deserializes a JSON value.
-pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<serde_json::Value, D::Error> {
+pub fn deserialize<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<serde_json::Value, D::Error> {
     if deserializer.is_human_readable() {
         serde_json::Value::deserialize(deserializer)
     } else {

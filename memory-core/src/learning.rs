@@ -81,13 +81,19 @@ impl LearningUpdate {
     pub fn apply(&self, existing: ExistingLearned) -> LearnedChanges {
         let mut changes = LearnedChanges::default();
 
-        let mut patterns: BTreeMap<PatternId, Pattern> =
-            existing.patterns.into_iter().map(|p| (p.id.clone(), p)).collect();
+        let mut patterns: BTreeMap<PatternId, Pattern> = existing
+            .patterns
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
         for obs in &self.patterns {
             match patterns.remove(&obs.id) {
                 Some(mut p) => {
                     p.absorb(obs);
-                    changes.patterns.push(Changed { item: p, created: false });
+                    changes.patterns.push(Changed {
+                        item: p,
+                        created: false,
+                    });
                 }
                 None => changes.patterns.push(Changed {
                     item: Pattern::from_observation(obs),
@@ -96,13 +102,19 @@ impl LearningUpdate {
             }
         }
 
-        let mut lessons: BTreeMap<LessonId, FailureLesson> =
-            existing.lessons.into_iter().map(|l| (l.id.clone(), l)).collect();
+        let mut lessons: BTreeMap<LessonId, FailureLesson> = existing
+            .lessons
+            .into_iter()
+            .map(|l| (l.id.clone(), l))
+            .collect();
         for obs in &self.lessons {
             match lessons.remove(&obs.id) {
                 Some(mut l) => {
                     l.absorb(obs);
-                    changes.lessons.push(Changed { item: l, created: false });
+                    changes.lessons.push(Changed {
+                        item: l,
+                        created: false,
+                    });
                 }
                 None => changes.lessons.push(Changed {
                     item: FailureLesson::from_observation(obs),
@@ -114,7 +126,10 @@ impl LearningUpdate {
         // Heuristics: merge, then resolve contradictions per condition key.
         let mut groups: BTreeMap<String, Vec<(Heuristic, bool, bool)>> = BTreeMap::new(); // (item, created, touched)
         for h in existing.heuristics {
-            groups.entry(h.condition_key.clone()).or_default().push((h, false, false));
+            groups
+                .entry(h.condition_key.clone())
+                .or_default()
+                .push((h, false, false));
         }
         for obs in &self.heuristics {
             let group = groups.entry(obs.condition_key.clone()).or_default();

@@ -90,7 +90,12 @@ pub struct LessonObservation {
 
 /// The id of the lesson for this failure.
 pub fn lesson_id(context: &ContextKey, failed_tool: &str, error_class: &str) -> LessonId {
-    LessonId(stable_id(&["lesson", &context.signature(), failed_tool, error_class]))
+    LessonId(stable_id(&[
+        "lesson",
+        &context.signature(),
+        failed_tool,
+        error_class,
+    ]))
 }
 
 impl FailureLesson {

@@ -55,8 +55,8 @@ mod fault;
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
 pub use confidence::{beta_mean, decay_factor, wilson_lower_bound};
 pub use episode::{
-    Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome, OutcomeKind, StepInput,
-    StepResult, TaskContext, TaskType,
+    Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome,
+    OutcomeKind, StepInput, StepResult, TaskContext, TaskType,
 };
 pub use error::{Error, ObjectKind, Result};
 pub use extract::{Recovery, extract_learning, find_recoveries};
@@ -68,7 +68,10 @@ pub use learned::{Evidence, LearnedStatus, RECENT_EVIDENCE};
 pub use learning::{Changed, ExistingLearned, LearnedChanges, LearningUpdate};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
 pub use limits::Limits;
-pub use memory::{CompletionReport, LearnedSummary, LearningConfig, MemoryConfig, SelfLearningMemory, StepBatchConfig};
+pub use memory::{
+    CompletionReport, LearnedSummary, LearningConfig, MemoryConfig, SelfLearningMemory,
+    StepBatchConfig,
+};
 pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
 pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObservation, pattern_id};
 pub use quota::{QuotaConfig, RateLimitConfig, RateLimiter};
@@ -80,7 +83,7 @@ pub use storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
 pub use storage::memory::InMemoryStorage;
 pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
 pub use storage::{
-    EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore, LearnedItems,
-    LearnedQuery, LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
+    EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
+    LearnedItems, LearnedQuery, LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
 };
 pub use text::{episode_search_text, tokenize};

@@ -98,8 +98,16 @@ impl Limits {
     /// Checks a new episode.
     pub fn check_new_episode(&self, e: &NewEpisode) -> Result<()> {
         non_empty("task_description", &e.task_description)?;
-        check("task_description", e.task_description.len(), self.max_description_bytes)?;
-        check("context.domain", e.context.domain.len(), self.max_label_bytes)?;
+        check(
+            "task_description",
+            e.task_description.len(),
+            self.max_description_bytes,
+        )?;
+        check(
+            "context.domain",
+            e.context.domain.len(),
+            self.max_label_bytes,
+        )?;
         check(
             "context.language",
             e.context.language.as_deref().map_or(0, str::len),
@@ -123,8 +131,16 @@ impl Limits {
         non_empty("step.tool", &s.tool)?;
         check("step.tool", s.tool.len(), self.max_tool_bytes)?;
         check("step.action", s.action.len(), self.max_action_bytes)?;
-        check("step.output", s.result.text().len(), self.max_step_output_bytes)?;
-        check("step.parameters", json_len(&s.parameters), self.max_parameters_bytes)?;
+        check(
+            "step.output",
+            s.result.text().len(),
+            self.max_step_output_bytes,
+        )?;
+        check(
+            "step.parameters",
+            json_len(&s.parameters),
+            self.max_parameters_bytes,
+        )?;
         Ok(())
     }
 

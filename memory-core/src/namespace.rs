@@ -10,8 +10,8 @@ pub const MAX_NAMESPACE_LEN: usize = 128;
 /// A validated namespace such as `default` or `acme/billing/agent-7`.
 ///
 /// Every storage call is scoped to one namespace; no operation reads or changes another.
-/// Allowed: 1 to 128 ASCII letters, digits and `-_./:`; no leading or trailing `/`, no empty
-/// segment.
+/// Allowed: 1 to 128 ASCII letters, digits and `-_./:`; no leading or trailing `/`, no empty,
+/// `.` or `..` segment.
 ///
 /// ```
 /// use memory_core::Namespace;
@@ -36,9 +36,13 @@ impl Namespace {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':')))
         {
-            Some(format!("character {c:?} is not allowed (use letters, digits and -_./:)"))
+            Some(format!(
+                "character {c:?} is not allowed (use letters, digits and -_./:)"
+            ))
         } else if name.split('/').any(str::is_empty) {
             Some("must not have empty segments or a leading/trailing '/'".to_owned())
+        } else if name.split('/').any(|seg| seg == "." || seg == "..") {
+            Some("must not have '.' or '..' segments".to_owned())
         } else {
             None
         };
@@ -101,7 +105,17 @@ mod tests {
             assert!(Namespace::new(ok).is_ok(), "{ok}");
         }
         let long = "a".repeat(MAX_NAMESPACE_LEN + 1);
-        for bad in ["", "/a", "a/", "a//b", "a b", "ä", long.as_str()] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a b",
+            "ä",
+            "../x",
+            "a/./b",
+            long.as_str(),
+        ] {
             assert!(Namespace::new(bad).is_err(), "{bad}");
         }
         assert!(Namespace::new("a".repeat(MAX_NAMESPACE_LEN)).is_ok());

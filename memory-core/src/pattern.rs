@@ -65,7 +65,9 @@ impl PatternKind {
     fn signature(&self) -> String {
         match self {
             PatternKind::ToolSequence { tools } => format!("seq:{}", tools.join(">")),
-            PatternKind::DecisionPoint { condition, choice } => format!("dec:{condition}=>{choice}"),
+            PatternKind::DecisionPoint { condition, choice } => {
+                format!("dec:{condition}=>{choice}")
+            }
             PatternKind::ErrorRecovery {
                 failed_tool,
                 error_class,
@@ -79,7 +81,9 @@ impl PatternKind {
     pub fn describe(&self) -> String {
         match self {
             PatternKind::ToolSequence { tools } => format!("tool sequence {}", tools.join(" → ")),
-            PatternKind::DecisionPoint { condition, choice } => format!("{condition}: choose {choice}"),
+            PatternKind::DecisionPoint { condition, choice } => {
+                format!("{condition}: choose {choice}")
+            }
             PatternKind::ErrorRecovery {
                 failed_tool,
                 error_class,
@@ -101,7 +105,11 @@ impl PatternKind {
 
 /// The id a pattern of this kind and context has.
 pub fn pattern_id(kind: &PatternKind, context: &ContextKey) -> PatternId {
-    PatternId(stable_id(&["pattern", &kind.signature(), &context.signature()]))
+    PatternId(stable_id(&[
+        "pattern",
+        &kind.signature(),
+        &context.signature(),
+    ]))
 }
 
 /// Feedback counts from agents that applied a recommendation.
@@ -181,7 +189,13 @@ pub struct PatternObservation {
 
 impl PatternObservation {
     /// An observation; the id is derived.
-    pub fn new(kind: PatternKind, context: ContextKey, episode_id: EpisodeId, success: bool, observed_at: DateTime<Utc>) -> Self {
+    pub fn new(
+        kind: PatternKind,
+        context: ContextKey,
+        episode_id: EpisodeId,
+        success: bool,
+        observed_at: DateTime<Utc>,
+    ) -> Self {
         PatternObservation {
             id: pattern_id(&kind, &context),
             kind,
@@ -260,7 +274,8 @@ impl Pattern {
     /// Confidence in [0, 1]: the Wilson lower bound of the success rate, decayed by the age of
     /// the latest evidence.
     pub fn confidence(&self, now: DateTime<Utc>, half_life_days: f64) -> f64 {
-        wilson_lower_bound(self.successes, self.occurrences) * decay_factor(self.last_seen, now, half_life_days)
+        wilson_lower_bound(self.successes, self.occurrences)
+            * decay_factor(self.last_seen, now, half_life_days)
     }
 
     /// One line for people.

@@ -100,12 +100,17 @@ impl RateLimiter {
         let burst = f64::from(self.config.burst);
         let cost = f64::from(cost);
         let now = tokio::time::Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bucket = buckets.entry(ns.clone()).or_insert(Bucket {
             tokens: burst,
             refilled_at: now,
         });
-        let elapsed = now.saturating_duration_since(bucket.refilled_at).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(bucket.refilled_at)
+            .as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.refilled_at = now;
         if bucket.tokens >= cost {
@@ -137,7 +142,9 @@ mod tests {
             assert!(rl.acquire(&a, 1).is_ok());
         }
         match rl.acquire(&a, 1) {
-            Err(Error::RateLimited { retry_after }) => assert!(retry_after <= Duration::from_secs(1)),
+            Err(Error::RateLimited { retry_after }) => {
+                assert!(retry_after <= Duration::from_secs(1));
+            }
             other => panic!("expected rate limited, got {other:?}"),
         }
         assert!(rl.acquire(&b, 1).is_ok(), "other namespace unaffected");

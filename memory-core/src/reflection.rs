@@ -33,7 +33,11 @@ impl Reflection {
 }
 
 fn short(s: &str, max: usize) -> String {
-    let line = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = s
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     if line.chars().count() <= max {
         line.to_owned()
     } else {
@@ -70,7 +74,11 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
         Outcome::Success { verdict, .. } => r.successes.push(format!(
             "completed in {} steps ({}): {}",
             steps.len(),
-            if ok_tools.is_empty() { "no tools".to_owned() } else { ok_tools.join(" → ") },
+            if ok_tools.is_empty() {
+                "no tools".to_owned()
+            } else {
+                ok_tools.join(" → ")
+            },
             short(verdict, 120)
         )),
         Outcome::PartialSuccess {
@@ -78,14 +86,22 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
             completed,
             failed,
         } => {
-            r.successes
-                .push(format!("partly done ({} of {} items): {}", completed.len(), completed.len() + failed.len(), short(verdict, 120)));
+            r.successes.push(format!(
+                "partly done ({} of {} items): {}",
+                completed.len(),
+                completed.len() + failed.len(),
+                short(verdict, 120)
+            ));
             for f in failed.iter().take(3) {
                 r.improvements.push(format!("not done: {}", short(f, 100)));
             }
         }
-        Outcome::Failure { reason } => r.improvements.push(format!("failed: {}", short(reason, 160))),
-        Outcome::Abstained { reason } => r.improvements.push(format!("abstained: {}", short(reason, 160))),
+        Outcome::Failure { reason } => r
+            .improvements
+            .push(format!("failed: {}", short(reason, 160))),
+        Outcome::Abstained { reason } => r
+            .improvements
+            .push(format!("abstained: {}", short(reason, 160))),
     }
 
     for rec in &recoveries {
@@ -107,32 +123,46 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
         ));
     }
 
-    let recovered: Vec<usize> = recoveries.iter().map(|rec: &Recovery| rec.failed_index).collect();
+    let recovered: Vec<usize> = recoveries
+        .iter()
+        .map(|rec: &Recovery| rec.failed_index)
+        .collect();
     let mut unrecovered = 0;
     for (i, s) in steps.iter().enumerate() {
         if !s.result().is_success() && !recovered.contains(&i) {
             unrecovered += 1;
             if unrecovered <= 3 {
-                r.improvements
-                    .push(format!("step {}: {} ({}) {}", s.step_number, s.tool(), short(&s.input.action, 60), failure_text(s)));
+                r.improvements.push(format!(
+                    "step {}: {} ({}) {}",
+                    s.step_number,
+                    s.tool(),
+                    short(&s.input.action, 60),
+                    failure_text(s)
+                ));
             }
         }
     }
     if unrecovered > 3 {
-        r.improvements.push(format!("{} more failed steps", unrecovered - 3));
+        r.improvements
+            .push(format!("{} more failed steps", unrecovered - 3));
     }
 
     // Repeated identical failures are a waste worth naming.
     let mut repeats: Vec<(String, String, u32)> = Vec::new();
     for s in steps.iter().filter(|s| !s.result().is_success()) {
         let class = error_class(s.result().text());
-        match repeats.iter_mut().find(|(t, c, _)| t == s.tool() && *c == class) {
+        match repeats
+            .iter_mut()
+            .find(|(t, c, _)| t == s.tool() && *c == class)
+        {
             Some(e) => e.2 += 1,
             None => repeats.push((s.tool().to_owned(), class, 1)),
         }
     }
     for (tool, class, n) in repeats.iter().filter(|e| e.2 >= 3) {
-        r.improvements.push(format!("{tool} failed {n} times with \"{class}\": change approach sooner"));
+        r.improvements.push(format!(
+            "{tool} failed {n} times with \"{class}\": change approach sooner"
+        ));
     }
 
     if !steps.is_empty() && reward.efficiency < 0.7 {
@@ -159,7 +189,12 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
         r.insights.push(format!(
             "for {} tasks in {place}, {} worked",
             episode.task_type,
-            ok_tools.iter().take(8).cloned().collect::<Vec<_>>().join(" → ")
+            ok_tools
+                .iter()
+                .take(8)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" → ")
         ));
     }
     if matches!(outcome, Outcome::Failure { .. })

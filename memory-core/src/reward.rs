@@ -193,7 +193,12 @@ mod tests {
 
     #[test]
     fn components_are_named_and_bounded() {
-        let r = compute_reward(&[], Complexity::Complex, &Outcome::success("x"), RewardHistory::default());
+        let r = compute_reward(
+            &[],
+            Complexity::Complex,
+            &Outcome::success("x"),
+            RewardHistory::default(),
+        );
         assert!((r.total - 1.0).abs() < 1e-9 || r.total < 1.0);
         assert!(r.complexity_bonus > 0.0 && r.learning_bonus > 0.0);
     }

@@ -16,11 +16,13 @@ pub(crate) fn stable_id(parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     let digest = h.finalize();
-    digest[..16].iter().fold(String::with_capacity(32), |mut s, b| {
-        use std::fmt::Write;
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    digest[..16]
+        .iter()
+        .fold(String::with_capacity(32), |mut s, b| {
+            use std::fmt::Write;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Normalizes a tool name: trimmed, lowercase.
@@ -51,16 +53,17 @@ pub fn error_class(message: &str) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
+    let line = mask_quoted(line);
     let mut words = Vec::new();
     for raw in line.split_whitespace() {
         if words.len() == 10 {
             break;
         }
         let w = raw.to_lowercase();
-        let word = if w.contains('/') || w.contains('\\') {
-            "<path>".to_owned()
-        } else if (w.starts_with('"') || w.starts_with('\'') || w.starts_with('`')) && w.len() > 1 {
+        let word = if w.contains("<q>") {
             "<q>".to_owned()
+        } else if w.contains('/') || w.contains('\\') {
+            "<path>".to_owned()
         } else {
             collapse_digits(&w)
         };
@@ -73,6 +76,30 @@ pub fn error_class(message: &str) -> String {
         class = class.chars().take(MAX_ERROR_CLASS_CHARS).collect();
     }
     class
+}
+
+/// Replaces each quoted span (`'…'`, `"…"` or `` `…` ``, possibly several words) with `<q>`.
+/// A quote opens a span only at the start of a word and only when it is closed on the line, so
+/// apostrophes in words (`don't`) are left alone.
+fn mask_quoted(line: &str) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let at_word_start = i == 0 || !chars[i - 1].is_alphanumeric();
+        if matches!(c, '\'' | '"' | '`')
+            && at_word_start
+            && let Some(len) = chars[i + 1..].iter().position(|&d| d == c)
+        {
+            out.push_str("<q>");
+            i += len + 2;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
 }
 
 /// Replaces each run of digits (and hex runs of 8+ that contain a digit) with `#`.
@@ -136,7 +163,12 @@ impl ContextKey {
 
     /// True when every set field equals the given value (unset fields match anything; an
     /// unset query value matches anything too).
-    pub fn matches(&self, task_type: Option<TaskType>, domain: Option<&str>, language: Option<&str>) -> bool {
+    pub fn matches(
+        &self,
+        task_type: Option<TaskType>,
+        domain: Option<&str>,
+        language: Option<&str>,
+    ) -> bool {
         fn ok<T: PartialEq + ?Sized>(mine: Option<&T>, want: Option<&T>) -> bool {
             match (mine, want) {
                 (Some(m), Some(w)) => m == w,
@@ -178,8 +210,14 @@ mod tests {
             error_class("error[E0308]: mismatched types at src/main.rs:10:5"),
             error_class("error[E0308]: mismatched types at src/lib.rs:99:1")
         );
-        assert_ne!(error_class("permission denied"), error_class("connection refused"));
-        assert_eq!(error_class("\n\n  Timeout after 3000ms\nmore"), "timeout after #ms");
+        assert_ne!(
+            error_class("permission denied"),
+            error_class("connection refused")
+        );
+        assert_eq!(
+            error_class("\n\n  Timeout after 3000ms\nmore"),
+            "timeout after #ms"
+        );
     }
 
     #[test]

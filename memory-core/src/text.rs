@@ -4,8 +4,8 @@ use crate::episode::Episode;
 
 /// Words too common in agent task text to carry meaning.
 const STOPWORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it", "of", "on", "or",
-    "that", "the", "this", "to", "with",
+    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it", "of",
+    "on", "or", "that", "the", "this", "to", "with",
 ];
 
 /// Lowercase alphanumeric terms of at least two characters, stopwords removed.

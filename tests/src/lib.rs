@@ -3,3 +3,8 @@
 //! - [`sqld`]: start, restart and stop a local `sqld` (libsql-server) on a free loopback port.
 
 pub mod sqld;
+
+/// The README's code examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

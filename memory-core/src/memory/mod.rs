@@ -15,7 +15,9 @@ pub use config::{LearningConfig, MemoryConfig, StepBatchConfig};
 pub use report::{CompletionReport, LearnedSummary};
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome, StepInput};
+use crate::episode::{
+    Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome, StepInput,
+};
 use crate::error::{Error, ObjectKind, Result};
 use crate::extract::extract_learning;
 use crate::feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
@@ -29,8 +31,8 @@ use crate::reflection::reflect;
 use crate::reward::{RewardHistory, compute_reward};
 use crate::signature::normalize_label;
 use crate::storage::{
-    EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, LearnedQuery, NamespaceStats, Storage, TextHit,
-    TextQuery,
+    EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, LearnedQuery, NamespaceStats,
+    Storage, TextHit, TextQuery,
 };
 
 /// Buffered state of an in-progress episode in this process.
@@ -122,7 +124,11 @@ impl SelfLearningMemory {
     }
 
     /// A memory with an explicit clock (tests use [`crate::TokioClock`] with paused time).
-    pub fn with_clock(storage: Arc<dyn Storage>, config: MemoryConfig, clock: SharedClock) -> Result<Self> {
+    pub fn with_clock(
+        storage: Arc<dyn Storage>,
+        config: MemoryConfig,
+        clock: SharedClock,
+    ) -> Result<Self> {
         if config.steps.max_batch == 0 {
             return Err(Error::invalid("steps.max_batch", "must be at least 1"));
         }
@@ -201,7 +207,9 @@ impl SelfLearningMemory {
             });
         }
         let mut new = new;
-        self.inner.redactor.redact_in_place(&mut new.task_description);
+        self.inner
+            .redactor
+            .redact_in_place(&mut new.task_description);
         let ctx = &mut new.context;
         ctx.domain = normalize_label(Some(&ctx.domain)).unwrap_or_else(|| "general".to_owned());
         ctx.language = normalize_label(ctx.language.as_deref());
@@ -241,12 +249,20 @@ impl SelfLearningMemory {
         if episode.is_completed() {
             return Err(already_completed(id));
         }
-        let next_step = episode.steps.iter().map(|s| s.step_number).max().unwrap_or(0) + 1;
-        lock(&self.inner.buffers).entry(key).or_insert(EpisodeBuffer {
-            next_step,
-            bytes: episode.approx_size(),
-            pending: Vec::new(),
-        });
+        let next_step = episode
+            .steps
+            .iter()
+            .map(|s| s.step_number)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        lock(&self.inner.buffers)
+            .entry(key)
+            .or_insert(EpisodeBuffer {
+                next_step,
+                bytes: episode.approx_size(),
+                pending: Vec::new(),
+            });
         Ok(())
     }
 
@@ -314,7 +330,8 @@ impl SelfLearningMemory {
             if let Some(c) = lock(&self.inner.counters).get_mut(ns) {
                 c.steps += 1;
             }
-            (buf.pending.len() >= self.inner.config.steps.max_batch).then(|| std::mem::take(&mut buf.pending))
+            (buf.pending.len() >= self.inner.config.steps.max_batch)
+                .then(|| std::mem::take(&mut buf.pending))
         };
         if let Some(batch) = batch {
             self.inner.write_batch(ns, id, batch).await?;
@@ -330,7 +347,12 @@ impl SelfLearningMemory {
     /// Completes an episode: writes its buffered steps, scores it, reflects on it, and merges
     /// what it teaches into the learned patterns, heuristics and lessons, atomically.
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
-    pub async fn complete_episode(&self, ns: &Namespace, id: EpisodeId, outcome: Outcome) -> Result<CompletionReport> {
+    pub async fn complete_episode(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        outcome: Outcome,
+    ) -> Result<CompletionReport> {
         self.ensure_running()?;
         self.inner.config.limits.check_outcome(&outcome)?;
         self.inner.limiter.acquire(ns, 1)?;
@@ -356,7 +378,12 @@ impl SelfLearningMemory {
 
         let history = self.history_for(ns, &episode).await?;
         let now = self.inner.clock.now();
-        let reward = compute_reward(&episode.steps, episode.context.complexity, &outcome, history);
+        let reward = compute_reward(
+            &episode.steps,
+            episode.context.complexity,
+            &outcome,
+            history,
+        );
         let reflection = reflect(&episode, &outcome, &reward);
         let learning = extract_learning(&episode, &outcome, now);
         let completion = EpisodeCompletion {
@@ -398,7 +425,9 @@ impl SelfLearningMemory {
                     r.redact_in_place(a);
                 }
             }
-            Outcome::Failure { reason } | Outcome::Abstained { reason } => r.redact_in_place(reason),
+            Outcome::Failure { reason } | Outcome::Abstained { reason } => {
+                r.redact_in_place(reason);
+            }
         }
         outcome
     }
@@ -448,12 +477,20 @@ impl SelfLearningMemory {
     }
 
     /// A page of episodes, newest first.
-    pub async fn list_episodes(&self, ns: &Namespace, query: &EpisodeQuery) -> Result<Vec<EpisodeSummary>> {
+    pub async fn list_episodes(
+        &self,
+        ns: &Namespace,
+        query: &EpisodeQuery,
+    ) -> Result<Vec<EpisodeSummary>> {
         self.inner.storage.query_episodes(ns, query).await
     }
 
     /// Lexical search over episodes; each hit with its summary.
-    pub async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<(TextHit, EpisodeSummary)>> {
+    pub async fn search_episodes(
+        &self,
+        ns: &Namespace,
+        query: &TextQuery,
+    ) -> Result<Vec<(TextHit, EpisodeSummary)>> {
         let hits = self.inner.storage.search_episodes(ns, query).await?;
         let mut out = Vec::with_capacity(hits.len());
         for h in hits {
@@ -476,7 +513,13 @@ impl SelfLearningMemory {
     ) -> Result<()> {
         self.ensure_running()?;
         self.inner.limiter.acquire(ns, 1)?;
-        if self.inner.storage.get_episode(ns, episode_id).await?.is_none() {
+        if self
+            .inner
+            .storage
+            .get_episode(ns, episode_id)
+            .await?
+            .is_none()
+        {
             return Err(Error::not_found(ObjectKind::Episode, episode_id));
         }
         let fb = Feedback {
@@ -526,7 +569,11 @@ impl SelfLearningMemory {
     }
 
     /// Lessons matching the query.
-    pub async fn lessons(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<FailureLesson>> {
+    pub async fn lessons(
+        &self,
+        ns: &Namespace,
+        query: &LearnedQuery,
+    ) -> Result<Vec<FailureLesson>> {
         self.inner.storage.query_lessons(ns, query).await
     }
 
@@ -566,7 +613,12 @@ fn already_completed(id: EpisodeId) -> Error {
 impl Inner {
     /// Writes a batch; on a transient failure the steps go back into the buffer (the timer
     /// retries) and the call succeeds, since the steps are held. Other failures are returned.
-    async fn write_batch(&self, ns: &Namespace, id: EpisodeId, batch: Vec<ExecutionStep>) -> Result<()> {
+    async fn write_batch(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        batch: Vec<ExecutionStep>,
+    ) -> Result<()> {
         match self.storage.append_steps(ns, id, &batch).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_transient() => {
@@ -619,7 +671,9 @@ async fn flush_loop(inner: Weak<Inner>) {
         return;
     };
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let stop = async { strong.stop_flusher.notified().await };
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -628,7 +682,11 @@ async fn flush_loop(inner: Weak<Inner>) {
         if strong.shut_down.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = strong.flush_all().instrument(info_span!("flush_timer")).await {
+        if let Err(e) = strong
+            .flush_all()
+            .instrument(info_span!("flush_timer"))
+            .await
+        {
             debug!(error = %e, "timer flush incomplete");
         }
     }

@@ -48,7 +48,12 @@ pub struct CompletionReport {
 }
 
 impl CompletionReport {
-    pub(crate) fn new(c: EpisodeCompletion, changes: &LearnedChanges, now: DateTime<Utc>, half_life: f64) -> Self {
+    pub(crate) fn new(
+        c: EpisodeCompletion,
+        changes: &LearnedChanges,
+        now: DateTime<Utc>,
+        half_life: f64,
+    ) -> Self {
         CompletionReport {
             episode_id: c.episode_id,
             outcome: c.outcome,

@@ -73,7 +73,11 @@ impl CacheStats {
     pub fn hit_rate(&self) -> f64 {
         let hits = self.memory_hits + self.disk_hits;
         let total = hits + self.misses;
-        if total == 0 { 0.0 } else { hits as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            hits as f64 / total as f64
+        }
     }
 }
 

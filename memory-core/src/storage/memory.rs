@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use super::{
-    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery, LearningStore,
-    NamespaceStats, Storage, TextHit, TextQuery,
+    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
+    LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
 use crate::error::{Error, ObjectKind, Result};
@@ -113,7 +113,12 @@ impl EpisodeStore for InMemoryStorage {
         Ok(())
     }
 
-    async fn append_steps(&self, ns: &Namespace, episode_id: EpisodeId, steps: &[ExecutionStep]) -> Result<()> {
+    async fn append_steps(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        steps: &[ExecutionStep],
+    ) -> Result<()> {
         let mut data = self.lock();
         let episode = data
             .get_mut(ns)
@@ -135,7 +140,11 @@ impl EpisodeStore for InMemoryStorage {
         Ok(())
     }
 
-    async fn complete_episode(&self, ns: &Namespace, c: &EpisodeCompletion) -> Result<Option<LearnedChanges>> {
+    async fn complete_episode(
+        &self,
+        ns: &Namespace,
+        c: &EpisodeCompletion,
+    ) -> Result<Option<LearnedChanges>> {
         let mut data = self.lock();
         let d = data
             .get_mut(ns)
@@ -157,17 +166,33 @@ impl EpisodeStore for InMemoryStorage {
     }
 
     async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
-        Ok(self.lock().get(ns).and_then(|d| d.episodes.get(&id)).cloned())
+        Ok(self
+            .lock()
+            .get(ns)
+            .and_then(|d| d.episodes.get(&id))
+            .cloned())
     }
 
-    async fn query_episodes(&self, ns: &Namespace, q: &EpisodeQuery) -> Result<Vec<EpisodeSummary>> {
+    async fn query_episodes(
+        &self,
+        ns: &Namespace,
+        q: &EpisodeQuery,
+    ) -> Result<Vec<EpisodeSummary>> {
         let data = self.lock();
         let Some(d) = data.get(ns) else {
             return Ok(Vec::new());
         };
-        let mut items: Vec<&Episode> = d.episodes.values().filter(|e| q.filter.matches(e)).collect();
+        let mut items: Vec<&Episode> = d
+            .episodes
+            .values()
+            .filter(|e| q.filter.matches(e))
+            .collect();
         items.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
-        Ok(page(items.into_iter().map(Episode::summary), q.offset, q.limit))
+        Ok(page(
+            items.into_iter().map(Episode::summary),
+            q.offset,
+            q.limit,
+        ))
     }
 
     async fn search_episodes(&self, ns: &Namespace, q: &TextQuery) -> Result<Vec<TextHit>> {
@@ -208,7 +233,11 @@ impl EpisodeStore for InMemoryStorage {
                 });
             }
         }
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.episode_id.cmp(&b.episode_id)));
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.episode_id.cmp(&b.episode_id))
+        });
         hits.truncate(q.limit as usize);
         Ok(hits)
     }
@@ -230,7 +259,11 @@ impl EpisodeStore for InMemoryStorage {
             patterns: d.patterns.len() as u64,
             active_patterns: d.patterns.values().filter(|p| p.status.is_active()).count() as u64,
             heuristics: d.heuristics.len() as u64,
-            active_heuristics: d.heuristics.values().filter(|h| h.status.is_active()).count() as u64,
+            active_heuristics: d
+                .heuristics
+                .values()
+                .filter(|h| h.status.is_active())
+                .count() as u64,
             lessons: d.lessons.len() as u64,
             feedback: d.feedback.len() as u64,
         })
@@ -266,7 +299,11 @@ fn effectiveness_of(events: &[Feedback], target: &FeedbackTarget) -> Effectivene
 
 #[async_trait]
 impl LearningStore for InMemoryStorage {
-    async fn apply_learning(&self, ns: &Namespace, update: &LearningUpdate) -> Result<LearnedChanges> {
+    async fn apply_learning(
+        &self,
+        ns: &Namespace,
+        update: &LearningUpdate,
+    ) -> Result<LearnedChanges> {
         let mut data = self.lock();
         let d = data.entry(ns.clone()).or_default();
         let changes = update.apply(d.existing_for(update));
@@ -290,7 +327,11 @@ impl LearningStore for InMemoryStorage {
     }
 
     async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>> {
-        Ok(self.lock().get(ns).and_then(|d| d.patterns.get(id)).cloned())
+        Ok(self
+            .lock()
+            .get(ns)
+            .and_then(|d| d.patterns.get(id))
+            .cloned())
     }
 
     async fn query_patterns(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<Pattern>> {
@@ -309,7 +350,11 @@ impl LearningStore for InMemoryStorage {
     }
 
     async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>> {
-        Ok(self.lock().get(ns).and_then(|d| d.heuristics.get(id)).cloned())
+        Ok(self
+            .lock()
+            .get(ns)
+            .and_then(|d| d.heuristics.get(id))
+            .cloned())
     }
 
     async fn query_heuristics(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<Heuristic>> {
@@ -378,28 +423,50 @@ impl LearningStore for InMemoryStorage {
         Ok(())
     }
 
-    async fn list_feedback(&self, ns: &Namespace, target: &FeedbackTarget) -> Result<Vec<Feedback>> {
+    async fn list_feedback(
+        &self,
+        ns: &Namespace,
+        target: &FeedbackTarget,
+    ) -> Result<Vec<Feedback>> {
         Ok(self
             .lock()
             .get(ns)
-            .map(|d| d.feedback.iter().filter(|f| &f.target == target).cloned().collect())
+            .map(|d| {
+                d.feedback
+                    .iter()
+                    .filter(|f| &f.target == target)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }
 
 #[async_trait]
 impl EmbeddingStore for InMemoryStorage {
-    async fn put_embedding(&self, ns: &Namespace, episode_id: EpisodeId, model: &str, vector: &[f32]) -> Result<()> {
+    async fn put_embedding(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        model: &str,
+        vector: &[f32],
+    ) -> Result<()> {
         let mut data = self.lock();
         let d = data
             .get_mut(ns)
             .filter(|d| d.episodes.contains_key(&episode_id))
             .ok_or_else(|| Error::not_found(ObjectKind::Episode, episode_id))?;
-        d.embeddings.insert((episode_id, model.to_owned()), vector.to_vec());
+        d.embeddings
+            .insert((episode_id, model.to_owned()), vector.to_vec());
         Ok(())
     }
 
-    async fn get_embedding(&self, ns: &Namespace, episode_id: EpisodeId, model: &str) -> Result<Option<Vec<f32>>> {
+    async fn get_embedding(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        model: &str,
+    ) -> Result<Option<Vec<f32>>> {
         Ok(self
             .lock()
             .get(ns)
@@ -407,7 +474,12 @@ impl EmbeddingStore for InMemoryStorage {
             .cloned())
     }
 
-    async fn episodes_missing_embedding(&self, ns: &Namespace, model: &str, limit: u32) -> Result<Vec<EpisodeId>> {
+    async fn episodes_missing_embedding(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<EpisodeId>> {
         let data = self.lock();
         let Some(d) = data.get(ns) else {
             return Ok(Vec::new());
@@ -435,7 +507,10 @@ mod tests {
 
     #[tokio::test]
     async fn in_memory_backend_passes_conformance() {
-        crate::conformance::run_all(|| async { Arc::new(InMemoryStorage::new()) as Arc<dyn Storage> }).await;
+        crate::conformance::run_all(|| async {
+            Arc::new(InMemoryStorage::new()) as Arc<dyn Storage>
+        })
+        .await;
     }
 
     #[tokio::test]

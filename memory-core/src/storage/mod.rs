@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, Outcome, OutcomeKind, TaskType};
+use crate::episode::{
+    Episode, EpisodeId, EpisodeSummary, ExecutionStep, Outcome, OutcomeKind, TaskType,
+};
 use crate::error::Result;
 use crate::feedback::{Feedback, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
@@ -166,7 +168,11 @@ impl LearnedQuery {
     /// True when an item with this context and status passes the query (kind aside).
     pub fn matches_context(&self, ctx: &ContextKey, active: bool) -> bool {
         (self.include_inactive || active)
-            && ctx.matches(self.task_type, self.domain.as_deref(), self.language.as_deref())
+            && ctx.matches(
+                self.task_type,
+                self.domain.as_deref(),
+                self.language.as_deref(),
+            )
     }
 }
 
@@ -226,20 +232,33 @@ pub trait EpisodeStore: Send + Sync + Debug {
     /// Idempotent per `(episode, step_number)`: a step whose number is already stored is
     /// skipped. Atomic per call. `NotFound` if the episode is not in the namespace; `Conflict`
     /// if it is completed.
-    async fn append_steps(&self, ns: &Namespace, episode_id: EpisodeId, steps: &[ExecutionStep]) -> Result<()>;
+    async fn append_steps(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        steps: &[ExecutionStep],
+    ) -> Result<()>;
 
     /// Records the outcome, reward and reflection and merges the learning update (via
     /// [`LearningUpdate::apply`]) in one transaction.
     ///
     /// Returns `Ok(Some(changes))` when applied, `Ok(None)` when the episode was already
     /// completed (nothing changed: a replay is harmless). `NotFound` if the episode is absent.
-    async fn complete_episode(&self, ns: &Namespace, completion: &EpisodeCompletion) -> Result<Option<LearnedChanges>>;
+    async fn complete_episode(
+        &self,
+        ns: &Namespace,
+        completion: &EpisodeCompletion,
+    ) -> Result<Option<LearnedChanges>>;
 
     /// The episode with all its steps in order; `Ok(None)` if it is not in the namespace.
     async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>>;
 
     /// A page of episode summaries, newest first.
-    async fn query_episodes(&self, ns: &Namespace, query: &EpisodeQuery) -> Result<Vec<EpisodeSummary>>;
+    async fn query_episodes(
+        &self,
+        ns: &Namespace,
+        query: &EpisodeQuery,
+    ) -> Result<Vec<EpisodeSummary>>;
 
     /// Lexical search; hits best first, at most `query.limit`.
     async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>>;
@@ -259,7 +278,11 @@ pub trait EpisodeStore: Send + Sync + Debug {
 pub trait LearningStore: Send + Sync + Debug {
     /// Merges an update outside an episode completion (e.g. re-learning during import or
     /// consolidation), atomically. Not idempotent: each call adds its evidence.
-    async fn apply_learning(&self, ns: &Namespace, update: &LearningUpdate) -> Result<LearnedChanges>;
+    async fn apply_learning(
+        &self,
+        ns: &Namespace,
+        update: &LearningUpdate,
+    ) -> Result<LearnedChanges>;
 
     /// Replaces stored items verbatim (upsert by id), atomically; used by consolidation to
     /// write merged, decayed or pruned items. Idempotent.
@@ -273,12 +296,20 @@ pub trait LearningStore: Send + Sync + Debug {
     /// A heuristic by id.
     async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>>;
     /// Heuristics compatible with the query's context, most support first.
-    async fn query_heuristics(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Heuristic>>;
+    async fn query_heuristics(
+        &self,
+        ns: &Namespace,
+        query: &LearnedQuery,
+    ) -> Result<Vec<Heuristic>>;
 
     /// A lesson by id.
     async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>>;
     /// Lessons compatible with the query's context, most occurrences first.
-    async fn query_lessons(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<FailureLesson>>;
+    async fn query_lessons(
+        &self,
+        ns: &Namespace,
+        query: &LearnedQuery,
+    ) -> Result<Vec<FailureLesson>>;
 
     /// Records feedback and updates the target's effectiveness (patterns) or votes
     /// (heuristics) from all its feedback events, atomically. One event per (target, episode):
@@ -287,7 +318,8 @@ pub trait LearningStore: Send + Sync + Debug {
     async fn record_feedback(&self, ns: &Namespace, feedback: &Feedback) -> Result<()>;
 
     /// Feedback events of a target, oldest first.
-    async fn list_feedback(&self, ns: &Namespace, target: &FeedbackTarget) -> Result<Vec<Feedback>>;
+    async fn list_feedback(&self, ns: &Namespace, target: &FeedbackTarget)
+    -> Result<Vec<Feedback>>;
 }
 
 /// Items written verbatim by [`LearningStore::put_learned`].
@@ -305,12 +337,28 @@ pub struct LearnedItems {
 #[async_trait]
 pub trait EmbeddingStore: Send + Sync + Debug {
     /// Stores or replaces an embedding. Idempotent. `NotFound` if the episode is absent.
-    async fn put_embedding(&self, ns: &Namespace, episode_id: EpisodeId, model: &str, vector: &[f32]) -> Result<()>;
+    async fn put_embedding(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        model: &str,
+        vector: &[f32],
+    ) -> Result<()>;
     /// An embedding, if stored.
-    async fn get_embedding(&self, ns: &Namespace, episode_id: EpisodeId, model: &str) -> Result<Option<Vec<f32>>>;
+    async fn get_embedding(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        model: &str,
+    ) -> Result<Option<Vec<f32>>>;
     /// Episodes with no embedding for `model`, oldest first: the durable "needs embedding"
     /// queue (it is derived from the data, so it survives restarts).
-    async fn episodes_missing_embedding(&self, ns: &Namespace, model: &str, limit: u32) -> Result<Vec<EpisodeId>>;
+    async fn episodes_missing_embedding(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<EpisodeId>>;
 }
 
 /// A complete backend.

@@ -1,0 +1,291 @@
+//! Command-line definitions. Commands and JSON fields are a contract for scripts and agents.
+//!
+//! Doc comments here are `--help` text, so they are written for the terminal, not rustdoc.
+#![allow(clippy::doc_markdown)]
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Self-learning episodic memory for AI agents.
+///
+/// Record what an agent did (task, steps, outcome); the memory scores it, reflects on it and
+/// learns patterns, heuristics and failure lessons that it hands back before the next task.
+#[derive(Debug, Parser)]
+#[command(
+    name = "memory",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Data directory holding the database and cache [env: MEMORY_DATA_DIR] [default: ./.memory]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Namespace (tenant/project/agent) [env: MEMORY_NAMESPACE] [default: default]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// Storage mode [env: MEMORY_MODE] [default: local]
+    #[arg(long, global = true, value_enum)]
+    pub mode: Option<Mode>,
+
+    /// Machine output: one JSON document per command on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the durable layer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A libsql file in the data directory (nothing to start).
+    Local,
+    /// A libsql/Turso server at TURSO_DATABASE_URL.
+    Remote,
+    /// A local replica file synced with the server at TURSO_DATABASE_URL.
+    Replica,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record and inspect episodes
+    #[command(subcommand)]
+    Episode(EpisodeCmd),
+    /// Record how applying a learned pattern or heuristic went
+    Feedback(FeedbackArgs),
+    /// Learned patterns
+    #[command(subcommand)]
+    Pattern(PatternCmd),
+    /// Learned heuristics
+    #[command(subcommand)]
+    Heuristic(HeuristicCmd),
+    /// Failure lessons
+    #[command(subcommand)]
+    Lesson(LessonCmd),
+    /// Counts and learning progress of the namespace
+    Stats,
+    /// Check each component (durable layer, cache, embedder)
+    Health,
+    /// Run a scripted learning session and show what the memory learned
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EpisodeCmd {
+    /// Start an episode; prints its id
+    Start(StartArgs),
+    /// Log one step of an episode
+    Step(StepArgs),
+    /// Complete an episode; prints reward, reflection and what was learned
+    Complete(CompleteArgs),
+    /// Show an episode with its steps
+    Show {
+        /// Episode id
+        id: String,
+    },
+    /// List episodes, newest first
+    List(ListArgs),
+    /// Full-text search over tasks, reflections and steps
+    Search {
+        /// Search text
+        text: String,
+        /// Most results
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ContextArgs {
+    /// Problem domain, e.g. web_api
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Programming language
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Framework
+    #[arg(long)]
+    pub framework: Option<String>,
+    /// simple, moderate or complex
+    #[arg(long)]
+    pub complexity: Option<String>,
+    /// Tag (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// What the task is
+    #[arg(long)]
+    pub task: String,
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// code_generation, debugging, refactoring, testing, analysis, documentation or other
+    #[arg(long = "type", default_value = "other")]
+    pub task_type: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("result").required(true).args(["ok", "error", "timeout"])))]
+pub struct StepArgs {
+    /// Episode id
+    pub episode_id: String,
+    /// Tool name
+    #[arg(long)]
+    pub tool: String,
+    /// What was done with it
+    #[arg(long)]
+    pub action: String,
+    /// Tool parameters as JSON
+    #[arg(long)]
+    pub params: Option<String>,
+    /// The step succeeded with this output
+    #[arg(long, value_name = "OUTPUT")]
+    pub ok: Option<String>,
+    /// The step failed with this message
+    #[arg(long, value_name = "MSG")]
+    pub error: Option<String>,
+    /// The step timed out
+    #[arg(long)]
+    pub timeout: bool,
+    /// Latency in milliseconds
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Tokens used
+    #[arg(long)]
+    pub tokens: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("outcome").required(true).args(["success", "partial", "failure", "abstain"])))]
+pub struct CompleteArgs {
+    /// Episode id
+    pub episode_id: String,
+    /// The task succeeded; a short verdict
+    #[arg(long, value_name = "VERDICT")]
+    pub success: Option<String>,
+    /// The task partly succeeded; a short verdict
+    #[arg(long, value_name = "VERDICT")]
+    pub partial: Option<String>,
+    /// The task failed; why
+    #[arg(long, value_name = "REASON")]
+    pub failure: Option<String>,
+    /// The agent abstained; why
+    #[arg(long, value_name = "REASON")]
+    pub abstain: Option<String>,
+    /// Produced artifact (repeatable; with --success)
+    #[arg(long = "artifact")]
+    pub artifacts: Vec<String>,
+    /// Completed item (repeatable; with --partial)
+    #[arg(long = "done")]
+    pub completed: Vec<String>,
+    /// Failed item (repeatable; with --partial)
+    #[arg(long = "not-done")]
+    pub failed: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Only this task type
+    #[arg(long = "type")]
+    pub task_type: Option<String>,
+    /// Only this outcome: success, partial_success, failure, abstained, in_progress
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Most results
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Results to skip
+    #[arg(long, default_value_t = 0)]
+    pub offset: u32,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pattern", "heuristic"])))]
+pub struct FeedbackArgs {
+    /// Pattern id
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// Heuristic id
+    #[arg(long)]
+    pub heuristic: Option<String>,
+    /// The episode in which it was applied
+    #[arg(long)]
+    pub episode: String,
+    /// helped, no-effect or hindered
+    #[arg(long)]
+    pub outcome: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LearnedFilterArgs {
+    /// Only items compatible with this task type
+    #[arg(long = "type")]
+    pub task_type: Option<String>,
+    /// Only items compatible with this domain
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Only items compatible with this language
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Include superseded, pruned and merged items
+    #[arg(long)]
+    pub all: bool,
+    /// Most results
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatternCmd {
+    /// List patterns, most evidence first
+    List {
+        #[command(flatten)]
+        filter: LearnedFilterArgs,
+        /// Only this kind: tool_sequence, decision_point, error_recovery, context_pattern
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Show one pattern
+    Show {
+        /// Pattern id
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HeuristicCmd {
+    /// List heuristics, most support first
+    List {
+        #[command(flatten)]
+        filter: LearnedFilterArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LessonCmd {
+    /// List failure lessons, most occurrences first
+    List {
+        #[command(flatten)]
+        filter: LearnedFilterArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Episodes per task family
+    #[arg(long, default_value_t = 4)]
+    pub rounds: u32,
+}

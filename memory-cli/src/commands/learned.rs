@@ -1,0 +1,197 @@
+//! `memory feedback`, `memory pattern ...`, `memory heuristic ...`, `memory lesson ...`
+
+use anyhow::Result;
+use chrono::Utc;
+use memory_core::{
+    Error, FeedbackOutcome, FeedbackTarget, HeuristicId, LearnedQuery, ObjectKind, Pattern,
+    PatternId, SelfLearningMemory,
+};
+use serde_json::json;
+
+use crate::cli::{FeedbackArgs, HeuristicCmd, LearnedFilterArgs, LessonCmd, PatternCmd};
+use crate::commands::episode::parse_id;
+use crate::output::{self, clip, pct, short_id};
+use crate::settings::Settings;
+
+fn query(f: &LearnedFilterArgs, kind: Option<String>) -> Result<LearnedQuery> {
+    Ok(LearnedQuery {
+        task_type: f.task_type.as_deref().map(str::parse).transpose()?,
+        domain: f.domain.clone(),
+        language: f.language.clone(),
+        kind,
+        include_inactive: f.all,
+        limit: f.limit,
+        offset: 0,
+    })
+}
+
+/// Resolves a full or shortened (prefix, as printed in tables) pattern id.
+async fn resolve_pattern(m: &SelfLearningMemory, s: &Settings, id: &str) -> Result<Pattern> {
+    let id = id.trim();
+    if id.len() == 32 {
+        return Ok(m.pattern(&s.namespace, &PatternId(id.to_owned())).await?);
+    }
+    let all = m
+        .patterns(
+            &s.namespace,
+            &LearnedQuery {
+                include_inactive: true,
+                limit: u32::MAX,
+                ..LearnedQuery::default()
+            },
+        )
+        .await?;
+    let mut found = all
+        .into_iter()
+        .filter(|p| !id.is_empty() && p.id.0.starts_with(id));
+    match (found.next(), found.next()) {
+        (Some(p), None) => Ok(p),
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "pattern id",
+            format!("prefix {id:?} matches several patterns"),
+        )
+        .into()),
+        (None, _) => Err(Error::not_found(ObjectKind::Pattern, id).into()),
+    }
+}
+
+pub async fn feedback(a: FeedbackArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+    let episode = parse_id(&a.episode)?;
+    let outcome: FeedbackOutcome = a.outcome.parse()?;
+    let target = match (a.pattern, a.heuristic) {
+        (Some(p), _) => FeedbackTarget::Pattern(resolve_pattern(m, s, &p).await?.id),
+        (None, Some(h)) => FeedbackTarget::Heuristic(HeuristicId(h)),
+        (None, None) => {
+            return Err(Error::invalid("feedback", "give --pattern or --heuristic").into());
+        }
+    };
+    m.record_feedback(&s.namespace, target.clone(), episode, outcome)
+        .await?;
+    if s.json {
+        output::json(
+            &json!({ "recorded": true, "target": target, "episode_id": episode, "outcome": outcome, "at": Utc::now() }),
+        )
+    } else {
+        println!(
+            "recorded: {} {} {} in episode {episode}",
+            target.kind(),
+            target.id(),
+            outcome.as_str()
+        );
+        Ok(())
+    }
+}
+
+pub async fn pattern(cmd: PatternCmd, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+    let now = m.clock().now();
+    let hl = m.config().learning.half_life_days;
+    match cmd {
+        PatternCmd::List { filter, kind } => {
+            let items = m.patterns(&s.namespace, &query(&filter, kind)?).await?;
+            if s.json {
+                let v: Vec<_> = items
+                    .iter()
+                    .map(|p| json!({ "pattern": p, "confidence": p.confidence(now, hl), "success_rate": p.success_rate() }))
+                    .collect();
+                return output::json(&json!({ "patterns": v }));
+            }
+            if items.is_empty() {
+                println!("no patterns yet in namespace {}", s.namespace);
+            }
+            for p in items {
+                println!(
+                    "{}  {:<15} seen {:>4}  success {:>4}  conf {:>4}  {}",
+                    short_id(&p.id.0),
+                    p.kind.name(),
+                    p.occurrences,
+                    pct(p.success_rate()),
+                    pct(p.confidence(now, hl)),
+                    clip(&p.describe(), 80)
+                );
+            }
+            Ok(())
+        }
+        PatternCmd::Show { id } => {
+            let p = resolve_pattern(m, s, &id).await?;
+            if s.json {
+                return output::json(&json!({ "pattern": p, "confidence": p.confidence(now, hl) }));
+            }
+            println!("pattern     {}", p.id);
+            println!("kind        {}", p.kind.name());
+            println!("describes   {}", p.describe());
+            println!("status      {}", p.status.name());
+            println!(
+                "evidence    {} episodes, {} successful ({})",
+                p.occurrences,
+                p.successes,
+                pct(p.success_rate())
+            );
+            println!(
+                "confidence  {} (half-life {hl} days)",
+                pct(p.confidence(now, hl))
+            );
+            println!("mean steps  {:.1}", p.mean_steps());
+            let e = p.effectiveness;
+            println!(
+                "feedback    helped {}, no effect {}, hindered {}",
+                e.helped, e.no_effect, e.hindered
+            );
+            println!(
+                "first/last  {} / {}",
+                p.first_seen.to_rfc3339(),
+                p.last_seen.to_rfc3339()
+            );
+            for ev in &p.recent_evidence {
+                println!("  episode {} at {}", ev.episode_id, ev.at.to_rfc3339());
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn heuristic(cmd: HeuristicCmd, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+    let now = m.clock().now();
+    let hl = m.config().learning.half_life_days;
+    let HeuristicCmd::List { filter } = cmd;
+    let items = m.heuristics(&s.namespace, &query(&filter, None)?).await?;
+    if s.json {
+        let v: Vec<_> = items
+            .iter()
+            .map(|h| json!({ "heuristic": h, "confidence": h.confidence(now, hl) }))
+            .collect();
+        return output::json(&json!({ "heuristics": v }));
+    }
+    if items.is_empty() {
+        println!("no heuristics yet in namespace {}", s.namespace);
+    }
+    for h in items {
+        println!(
+            "{}  +{:<3} -{:<3} conf {:>4}  {:<10} if {} then {}",
+            short_id(&h.id.0),
+            h.support,
+            h.against,
+            pct(h.confidence(now, hl)),
+            h.status.name(),
+            clip(&h.condition, 50),
+            clip(&h.action, 50)
+        );
+    }
+    Ok(())
+}
+
+pub async fn lesson(cmd: LessonCmd, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+    let LessonCmd::List { filter } = cmd;
+    let items = m.lessons(&s.namespace, &query(&filter, None)?).await?;
+    if s.json {
+        return output::json(
+            &json!({ "lessons": items.iter().map(|l| json!({ "lesson": l, "text": l.text() })).collect::<Vec<_>>() }),
+        );
+    }
+    if items.is_empty() {
+        println!("no failure lessons yet in namespace {}", s.namespace);
+    }
+    for l in items {
+        println!("{}  x{:<3} {}", short_id(&l.id.0), l.occurrences, l.text());
+    }
+    Ok(())
+}

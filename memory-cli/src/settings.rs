@@ -1,0 +1,94 @@
+//! Settings resolution: flags > environment > `memory.toml` in the data directory > defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use memory_core::{MemoryConfig, Namespace};
+use serde::Deserialize;
+
+use crate::cli::{Cli, Mode};
+
+/// The config file's name inside the data directory.
+pub const CONFIG_FILE: &str = "memory.toml";
+
+/// What `memory.toml` may hold. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Default namespace.
+    pub namespace: Option<String>,
+    /// Storage mode.
+    pub mode: Option<Mode>,
+    /// Server URL for remote and replica modes.
+    pub database_url: Option<String>,
+    /// Library tuning: limits, quotas, rate limit, redaction, step batching, learning.
+    pub memory: Option<MemoryConfig>,
+}
+
+/// Resolved settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub namespace: Namespace,
+    /// True when the namespace came from a flag, the environment or the file.
+    pub namespace_explicit: bool,
+    pub mode: Mode,
+    pub database_url: Option<String>,
+    pub auth_token: Option<String>,
+    pub memory: MemoryConfig,
+    pub json: bool,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn read_file_config(dir: &Path) -> Result<FileConfig> {
+    let path = dir.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+impl Settings {
+    /// Resolves settings from the command line, the environment and the config file.
+    pub fn resolve(cli: &Cli) -> Result<Self> {
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .or_else(|| env("MEMORY_DATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("./.memory"));
+        let file = read_file_config(&data_dir)?;
+        let ns_given = cli
+            .namespace
+            .clone()
+            .or_else(|| env("MEMORY_NAMESPACE"))
+            .or(file.namespace);
+        let namespace_explicit = ns_given.is_some();
+        let ns_name = ns_given.unwrap_or_else(|| "default".to_owned());
+        let namespace = Namespace::new(ns_name)?;
+        let mode = match cli.mode {
+            Some(m) => m,
+            None => match env("MEMORY_MODE") {
+                Some(m) => <Mode as clap::ValueEnum>::from_str(&m, true).map_err(|_| {
+                    anyhow::anyhow!("invalid MEMORY_MODE {m:?} (expected local, remote or replica)")
+                })?,
+                None => file.mode.unwrap_or(Mode::Local),
+            },
+        };
+        Ok(Settings {
+            data_dir,
+            namespace,
+            namespace_explicit,
+            mode,
+            database_url: env("TURSO_DATABASE_URL").or(file.database_url),
+            auth_token: env("TURSO_AUTH_TOKEN"),
+            memory: file.memory.unwrap_or_default(),
+            json: cli.json,
+        })
+    }
+}
