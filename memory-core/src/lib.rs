@@ -26,6 +26,7 @@
 
 mod clock;
 mod confidence;
+mod embedding;
 mod episode;
 mod error;
 mod extract;
@@ -53,6 +54,7 @@ pub mod conformance;
 mod fault;
 
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
+pub use embedding::{Embedder, cosine, l2_normalize};
 pub use confidence::{beta_mean, decay_factor, wilson_lower_bound};
 pub use episode::{
     Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome,
