@@ -178,6 +178,10 @@ impl<S: Storage + ?Sized> EpisodeStore for FaultInjecting<S> {
         self.check("ping")?;
         self.inner.ping().await
     }
+    async fn sync(&self) -> Result<()> {
+        self.check("sync")?;
+        self.inner.sync().await
+    }
 }
 
 #[async_trait]

@@ -58,6 +58,11 @@ pub struct LearnedChanges {
     pub heuristics: Vec<Changed<Heuristic>>,
     /// Lessons created or merged.
     pub lessons: Vec<Changed<FailureLesson>>,
+    /// True when the write was journaled in the outbox because the durable layer was
+    /// unreachable: the merge shown is against the locally known state, and the durable merge
+    /// happens when the journal is replayed.
+    #[serde(default)]
+    pub provisional: bool,
 }
 
 impl LearningUpdate {

@@ -47,15 +47,20 @@ mod reward;
 mod signature;
 mod storage;
 mod text;
+mod tiered;
 
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 #[cfg(feature = "test-utils")]
+mod doubles;
+#[cfg(feature = "test-utils")]
 mod fault;
 
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
-pub use embedding::{Embedder, cosine, l2_normalize};
 pub use confidence::{beta_mean, decay_factor, wilson_lower_bound};
+#[cfg(feature = "test-utils")]
+pub use doubles::{InMemoryCache, InMemoryOutbox};
+pub use embedding::{Embedder, cosine, l2_normalize};
 pub use episode::{
     Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome,
     OutcomeKind, StepInput, StepResult, TaskContext, TaskType,
@@ -89,3 +94,6 @@ pub use storage::{
     LearnedItems, LearnedQuery, LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
 };
 pub use text::{episode_search_text, tokenize};
+pub use tiered::{
+    BreakerConfig, BreakerState, CircuitBreaker, Refused, SyncStatus, TieredConfig, TieredStorage,
+};

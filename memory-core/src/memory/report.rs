@@ -45,6 +45,10 @@ pub struct CompletionReport {
     pub heuristics: Vec<LearnedSummary>,
     /// Failure lessons learned or updated.
     pub lessons: Vec<LearnedSummary>,
+    /// True when the durable layer was unreachable and the completion was journaled: it is
+    /// acknowledged and will be applied when the journal replays; the learned items shown are a
+    /// provisional merge.
+    pub queued: bool,
 }
 
 impl CompletionReport {
@@ -55,6 +59,7 @@ impl CompletionReport {
         half_life: f64,
     ) -> Self {
         CompletionReport {
+            queued: changes.provisional,
             episode_id: c.episode_id,
             outcome: c.outcome,
             reward: c.reward,

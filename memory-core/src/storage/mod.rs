@@ -271,6 +271,12 @@ pub trait EpisodeStore: Send + Sync + Debug {
 
     /// Cheap liveness check of the backend.
     async fn ping(&self) -> Result<()>;
+
+    /// Brings a local copy up to date with its primary (embedded replicas); a no-op for
+    /// backends without one.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Learned items: patterns, heuristics, lessons, feedback.

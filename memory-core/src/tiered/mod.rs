@@ -1,0 +1,930 @@
+//! Tiered storage: a cache in front of the durable layer, a circuit breaker around it, and an
+//! outbox that keeps acknowledged writes while it is unreachable.
+//!
+//! Reads: cache, then durable (concurrent misses on one key share one durable read), then fill
+//! the cache (best effort). Writes: durable first, then update or invalidate the cache. A cache
+//! error is logged and counted, never returned. When the durable layer fails transiently, or the
+//! breaker is open, or earlier writes are still journaled, a write is appended to the fsynced
+//! outbox and acknowledged; reads see it (read-your-writes) through an in-process overlay that is
+//! rebuilt from the outbox at start-up. The sync task replays the outbox in order when the
+//! breaker lets calls through, and acks only what the durable layer accepted.
+
+mod breaker;
+mod overlay;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, OnceCell};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, instrument, warn};
+use uuid::Uuid;
+
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Refused};
+use overlay::Overlay;
+
+use crate::clock::SharedClock;
+use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
+use crate::error::{Error, ObjectKind, Result};
+use crate::feedback::{Feedback, FeedbackTarget};
+use crate::heuristic::{Heuristic, HeuristicId};
+use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
+use crate::lesson::{FailureLesson, LessonId};
+use crate::namespace::Namespace;
+use crate::pattern::{Pattern, PatternId};
+use crate::storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
+use crate::storage::outbox::{Outbox, OutboxEntry, WriteOp};
+use crate::storage::{
+    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
+    LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
+};
+
+/// Tiered-storage settings.
+///
+/// # Default
+/// Default breaker; replay in batches of 256; the sync task wakes every 1 s (and at once when a
+/// write is journaled); replica sync every 30 s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TieredConfig {
+    /// Circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Outbox entries replayed per batch.
+    pub replay_batch: usize,
+    /// How often the sync task runs.
+    #[serde(with = "crate::memory::config::duration_ms")]
+    pub sync_interval: Duration,
+    /// How often the durable layer's own sync (embedded replicas) runs.
+    #[serde(with = "crate::memory::config::duration_ms")]
+    pub replica_sync_interval: Duration,
+}
+
+impl Default for TieredConfig {
+    fn default() -> Self {
+        TieredConfig {
+            breaker: BreakerConfig::default(),
+            replay_batch: 256,
+            sync_interval: Duration::from_secs(1),
+            replica_sync_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the sync task reports (`memory sync status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// The breaker's state.
+    pub breaker: BreakerState,
+    /// Writes waiting in the outbox.
+    pub outbox_len: u64,
+    /// Last time the outbox was seen empty after a replay, or a replica sync succeeded.
+    pub last_successful_sync: Option<DateTime<Utc>>,
+    /// The last replay or sync error.
+    pub last_error: Option<String>,
+    /// Writes journaled since start.
+    pub queued_total: u64,
+    /// Writes replayed since start.
+    pub replayed_total: u64,
+    /// Journaled writes the durable layer rejected permanently (logged at error level with the
+    /// entry, then removed so the journal can proceed).
+    pub dead_letters: u64,
+    /// Cache errors swallowed since start.
+    pub cache_errors: u64,
+    /// Cache counters, if a cache is configured.
+    pub cache: Option<CacheStats>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    queued: AtomicU64,
+    replayed: AtomicU64,
+    dead_letters: AtomicU64,
+    cache_errors: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct SyncInfo {
+    last_success: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+type Inflight = Mutex<HashMap<(Namespace, CacheKey), Arc<OnceCell<Option<CachedValue>>>>>;
+
+#[derive(Debug)]
+struct Inner {
+    durable: Arc<dyn Storage>,
+    cache: Option<Arc<dyn Cache>>,
+    outbox: Arc<dyn Outbox>,
+    breaker: CircuitBreaker,
+    config: TieredConfig,
+    clock: SharedClock,
+    overlay: Mutex<Overlay>,
+    pending: AtomicU64,
+    inflight: Inflight,
+    counters: Counters,
+    sync_info: Mutex<SyncInfo>,
+    wake: Notify,
+    stop: Notify,
+    /// Serializes replays (the task and explicit `sync_now` calls).
+    replay_lock: tokio::sync::Mutex<()>,
+}
+
+/// The tiered composition. Use it as the memory's `Arc<dyn Storage>`, and call
+/// [`TieredStorage::shutdown`] when done.
+#[derive(Debug)]
+pub struct TieredStorage {
+    inner: Arc<Inner>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TieredStorage {
+    /// Composes the layers, rebuilds the read-your-writes overlay from any journaled writes left
+    /// by an earlier process, and starts the sync task (inside a tokio runtime).
+    pub async fn open(
+        durable: Arc<dyn Storage>,
+        cache: Option<Arc<dyn Cache>>,
+        outbox: Arc<dyn Outbox>,
+        config: TieredConfig,
+        clock: SharedClock,
+    ) -> Result<Arc<Self>> {
+        let inner = Arc::new(Inner {
+            durable,
+            cache,
+            outbox,
+            breaker: CircuitBreaker::new(config.breaker.clone()),
+            config,
+            clock,
+            overlay: Mutex::new(Overlay::default()),
+            pending: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            sync_info: Mutex::new(SyncInfo::default()),
+            wake: Notify::new(),
+            stop: Notify::new(),
+            replay_lock: tokio::sync::Mutex::new(()),
+        });
+        inner.rebuild_overlay().await?;
+        let task = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|rt| rt.spawn(sync_loop(Arc::downgrade(&inner))));
+        Ok(Arc::new(TieredStorage {
+            inner,
+            task: Mutex::new(task),
+        }))
+    }
+
+    /// Sync status: breaker, outbox length, last success and error, counters.
+    pub fn status(&self) -> SyncStatus {
+        let i = &self.inner;
+        let info = lock(&i.sync_info);
+        SyncStatus {
+            breaker: i.breaker.state(),
+            outbox_len: i.pending.load(Ordering::SeqCst),
+            last_successful_sync: info.last_success,
+            last_error: info.last_error.clone(),
+            queued_total: i.counters.queued.load(Ordering::Relaxed),
+            replayed_total: i.counters.replayed.load(Ordering::Relaxed),
+            dead_letters: i.counters.dead_letters.load(Ordering::Relaxed),
+            cache_errors: i.counters.cache_errors.load(Ordering::Relaxed),
+            cache: i.cache.as_ref().map(|c| c.stats()),
+        }
+    }
+
+    /// Replays the outbox now (as far as the durable layer accepts); returns entries replayed.
+    pub async fn sync_now(&self) -> Result<u64> {
+        self.inner.replay().await
+    }
+
+    /// The durable layer.
+    pub fn durable(&self) -> &Arc<dyn Storage> {
+        &self.inner.durable
+    }
+
+    /// Stops the sync task after one last replay attempt. Journaled writes that could not be
+    /// replayed stay in the outbox for the next process.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.stop.notify_one();
+        let task = lock(&self.task).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        match self.inner.replay().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, pending = self.inner.pending.load(Ordering::SeqCst), "shutdown with journaled writes pending; they replay on the next start");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for TieredStorage {
+    fn drop(&mut self) {
+        self.inner.stop.notify_one();
+    }
+}
+
+async fn sync_loop(inner: Weak<Inner>) {
+    let (interval, replica_every) = match inner.upgrade() {
+        Some(i) => (i.config.sync_interval, i.config.replica_sync_interval),
+        None => return,
+    };
+    let mut last_replica_sync = tokio::time::Instant::now();
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = strong.wake.notified() => {}
+            () = strong.stop.notified() => return,
+        }
+        if let Err(e) = strong.replay().await {
+            debug!(error = %e, "replay incomplete");
+        }
+        if last_replica_sync.elapsed() >= replica_every {
+            last_replica_sync = tokio::time::Instant::now();
+            strong.replica_sync().await;
+        }
+    }
+}
+
+impl Inner {
+    fn cache_error(&self, op: &'static str, e: &Error) {
+        self.counters.cache_errors.fetch_add(1, Ordering::Relaxed);
+        warn!(error = %e, op, "cache error ignored");
+    }
+
+    async fn cache_put(&self, ns: &Namespace, v: CachedValue) {
+        if let Some(c) = &self.cache
+            && let Err(e) = c.put(ns, &v).await
+        {
+            self.cache_error("put", &e);
+        }
+    }
+
+    async fn cache_invalidate(&self, ns: &Namespace, key: &CacheKey) {
+        if let Some(c) = &self.cache
+            && let Err(e) = c.invalidate(ns, key).await
+        {
+            self.cache_error("invalidate", &e);
+        }
+    }
+
+    async fn cache_get(&self, ns: &Namespace, key: &CacheKey) -> Option<CachedValue> {
+        let c = self.cache.as_ref()?;
+        match c.get(ns, key).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.cache_error("get", &e);
+                None
+            }
+        }
+    }
+
+    /// Runs a durable call through the breaker.
+    async fn guarded<T, F>(&self, f: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        if let Err(r) = self.breaker.allow() {
+            return Err(Error::CircuitOpen {
+                retry_after: r.retry_after,
+            });
+        }
+        let r = f.await;
+        self.breaker
+            .record(matches!(&r, Err(e) if e.is_transient()));
+        r
+    }
+
+    /// Cache, then durable (one shared read per key), then fill.
+    async fn cached_get<F, Fut>(
+        &self,
+        ns: &Namespace,
+        key: CacheKey,
+        load: F,
+    ) -> Result<Option<CachedValue>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<CachedValue>>>,
+    {
+        if let Some(v) = self.cache_get(ns, &key).await {
+            return Ok(Some(v));
+        }
+        let cell = {
+            let mut inflight = lock(&self.inflight);
+            inflight
+                .entry((ns.clone(), key.clone()))
+                .or_default()
+                .clone()
+        };
+        let result = cell
+            .get_or_try_init(|| async {
+                let v = self.guarded(load()).await?;
+                if let Some(v) = &v {
+                    self.cache_put(ns, v.clone()).await;
+                }
+                Ok::<_, Error>(v)
+            })
+            .await
+            .cloned();
+        {
+            let mut inflight = lock(&self.inflight);
+            if inflight
+                .get(&(ns.clone(), key.clone()))
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
+            {
+                inflight.remove(&(ns.clone(), key));
+            }
+        }
+        result
+    }
+
+    fn journaling(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) > 0
+    }
+
+    /// Appends a write to the outbox (durable on return) and to the overlay.
+    async fn enqueue(
+        &self,
+        ns: &Namespace,
+        op: WriteOp,
+        learned: Option<&LearnedChanges>,
+    ) -> Result<()> {
+        let entry = OutboxEntry {
+            idempotency_key: Uuid::now_v7().to_string(),
+            namespace: ns.clone(),
+            op,
+        };
+        let seq = self.outbox.append(&entry).await?;
+        lock(&self.overlay).apply(ns, seq, &entry.op, learned);
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        debug!(seq, "write journaled in the outbox");
+        Ok(())
+    }
+
+    /// Applies one journaled write to the durable layer (idempotent by the trait contract).
+    async fn apply_durable(&self, ns: &Namespace, op: &WriteOp) -> Result<()> {
+        let d = &self.durable;
+        match op {
+            WriteOp::CreateEpisode(e) => d.create_episode(ns, e).await,
+            WriteOp::AppendSteps { episode_id, steps } => {
+                d.append_steps(ns, *episode_id, steps).await
+            }
+            WriteOp::CompleteEpisode(c) => d.complete_episode(ns, c).await.map(|_| ()),
+            WriteOp::RecordFeedback(f) => d.record_feedback(ns, f).await,
+            WriteOp::PutLearned(items) => d.put_learned(ns, items).await,
+            WriteOp::PutEmbedding {
+                episode_id,
+                model,
+                vector,
+            } => d.put_embedding(ns, *episode_id, model, vector).await,
+        }
+    }
+
+    async fn rebuild_overlay(&self) -> Result<()> {
+        let entries = self.outbox.peek(usize::MAX).await?;
+        {
+            let mut ov = lock(&self.overlay);
+            for (seq, entry) in &entries {
+                let learned = match &entry.op {
+                    WriteOp::CompleteEpisode(c) => {
+                        let existing =
+                            ov.existing_for(&entry.namespace, c, ExistingLearned::default());
+                        Some(c.learning.apply(existing))
+                    }
+                    _ => None,
+                };
+                ov.apply(&entry.namespace, *seq, &entry.op, learned.as_ref());
+            }
+        }
+        self.pending
+            .store(self.outbox.len().await?, Ordering::SeqCst);
+        if !entries.is_empty() {
+            info!(
+                entries = entries.len(),
+                "journaled writes from an earlier process will be replayed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Replays journaled writes in order while the durable layer accepts them.
+    #[instrument(skip_all)]
+    async fn replay(&self) -> Result<u64> {
+        let _guard = self.replay_lock.lock().await;
+        let mut replayed = 0u64;
+        loop {
+            if self.pending.load(Ordering::SeqCst) == 0 {
+                self.sync_succeeded();
+                return Ok(replayed);
+            }
+            let batch = self.outbox.peek(self.config.replay_batch.max(1)).await?;
+            if batch.is_empty() {
+                self.pending.store(0, Ordering::SeqCst);
+                continue;
+            }
+            let mut acked_to = None;
+            let mut failure = None;
+            for (seq, entry) in &batch {
+                match self
+                    .guarded(self.apply_durable(&entry.namespace, &entry.op))
+                    .await
+                {
+                    Ok(()) => {
+                        acked_to = Some(*seq);
+                        replayed += 1;
+                    }
+                    Err(e) if e.is_transient() => {
+                        failure = Some(e);
+                        break;
+                    }
+                    Err(e) => {
+                        let body = serde_json::to_string(entry).unwrap_or_default();
+                        error!(error = %e, seq, entry = %body, "journaled write rejected by the durable layer; moving past it");
+                        self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        lock(&self.sync_info).last_error =
+                            Some(format!("entry {seq} rejected: {e}"));
+                        acked_to = Some(*seq);
+                    }
+                }
+            }
+            if let Some(seq) = acked_to {
+                self.outbox.ack(seq).await?;
+                self.pending
+                    .store(self.outbox.len().await?, Ordering::SeqCst);
+                self.counters
+                    .replayed
+                    .fetch_add(replayed, Ordering::Relaxed);
+                let released = lock(&self.overlay).release_up_to(seq);
+                for (ns, key) in released.keys {
+                    self.cache_invalidate(&ns, &key).await;
+                }
+                // The durable layer now holds base + delta: keep the cached copy warm with it.
+                for (ns, id, delta) in released.episodes {
+                    let key = CacheKey::Episode(id);
+                    let base = match self.cache_get(&ns, &key).await {
+                        Some(CachedValue::Episode(e)) => Some(e),
+                        _ => None,
+                    };
+                    match delta.fold(base) {
+                        Some(e) => self.cache_put(&ns, CachedValue::Episode(e)).await,
+                        None => self.cache_invalidate(&ns, &key).await,
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                lock(&self.sync_info).last_error = Some(e.to_string());
+                return Err(e);
+            }
+        }
+    }
+
+    fn sync_succeeded(&self) {
+        lock(&self.sync_info).last_success = Some(self.clock.now());
+    }
+
+    async fn replica_sync(&self) {
+        match self.guarded(self.durable.sync()).await {
+            Ok(()) => self.sync_succeeded(),
+            Err(e) => {
+                warn!(error = %e, "replica sync failed");
+                lock(&self.sync_info).last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// A write: durable first (while nothing is journaled and the breaker allows), then the
+    /// cache; on a transient failure, the outbox.
+    async fn write(&self, ns: &Namespace, op: WriteOp) -> Result<()> {
+        if !self.journaling() {
+            match self.guarded(self.apply_durable(ns, &op)).await {
+                Ok(()) => {
+                    self.after_write(ns, &op).await;
+                    return Ok(());
+                }
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => warn!(error = %e, "durable write failed; journaling it"),
+            }
+        }
+        self.enqueue(ns, op, None).await
+    }
+
+    /// Keeps the cache in step with a write the durable layer accepted. In-progress episodes
+    /// are patched in place (write-through), so that an episode started before an outage can
+    /// still be read, and completed, during it.
+    async fn after_write(&self, ns: &Namespace, op: &WriteOp) {
+        match op {
+            WriteOp::CreateEpisode(e) => {
+                // A create is idempotent: if the id existed, the stored episode wins, so only
+                // fill an empty slot.
+                if self.cache.is_some()
+                    && self.cache_get(ns, &CacheKey::Episode(e.id)).await.is_none()
+                {
+                    self.cache_put(ns, CachedValue::Episode(e.clone())).await;
+                }
+            }
+            WriteOp::AppendSteps { episode_id, steps } => {
+                let key = CacheKey::Episode(*episode_id);
+                if let Some(CachedValue::Episode(mut e)) = self.cache_get(ns, &key).await {
+                    for st in steps {
+                        if !e.steps.iter().any(|x| x.step_number == st.step_number) {
+                            e.steps.push(st.clone());
+                        }
+                    }
+                    e.steps.sort_by_key(|x| x.step_number);
+                    self.cache_put(ns, CachedValue::Episode(e)).await;
+                }
+            }
+            WriteOp::CompleteEpisode(c) => {
+                let key = CacheKey::Episode(c.episode_id);
+                match self.cache_get(ns, &key).await {
+                    Some(CachedValue::Episode(mut e)) if !e.is_completed() => {
+                        e.outcome = Some(c.outcome.clone());
+                        e.reward = Some(c.reward.clone());
+                        e.reflection = Some(c.reflection.clone());
+                        e.completed_at = Some(c.completed_at);
+                        self.cache_put(ns, CachedValue::Episode(e)).await;
+                    }
+                    Some(_) => {}
+                    None => self.cache_invalidate(ns, &key).await,
+                }
+            }
+            WriteOp::RecordFeedback(f) => {
+                let key = match &f.target {
+                    FeedbackTarget::Pattern(id) => CacheKey::Pattern(id.clone()),
+                    FeedbackTarget::Heuristic(id) => CacheKey::Heuristic(id.clone()),
+                };
+                self.cache_invalidate(ns, &key).await;
+            }
+            WriteOp::PutLearned(items) => {
+                for p in &items.patterns {
+                    self.cache_put(ns, CachedValue::Pattern(p.clone())).await;
+                }
+                for h in &items.heuristics {
+                    self.cache_put(ns, CachedValue::Heuristic(h.clone())).await;
+                }
+            }
+            WriteOp::PutEmbedding { .. } => {}
+        }
+    }
+
+    /// The episode as the reader should see it: overlay over (cache or durable).
+    async fn read_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+        let (in_overlay, created_here) = {
+            let ov = lock(&self.overlay);
+            (ov.has_episode(ns, id), ov.created_here(ns, id))
+        };
+        if in_overlay {
+            let base = if created_here {
+                None
+            } else {
+                match self.load_episode(ns, id).await {
+                    Ok(b) => b,
+                    Err(e) if e.is_transient() => None,
+                    Err(e) => return Err(e),
+                }
+            };
+            let merged = lock(&self.overlay).episode(ns, id, base);
+            return match merged {
+                Some(e) => Ok(Some(e)),
+                None => Err(Error::CircuitOpen {
+                    retry_after: self.config.breaker.open_for,
+                }),
+            };
+        }
+        self.load_episode(ns, id).await
+    }
+
+    async fn load_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+        let v = self
+            .cached_get(ns, CacheKey::Episode(id), || async {
+                Ok(self
+                    .durable
+                    .get_episode(ns, id)
+                    .await?
+                    .map(CachedValue::Episode))
+            })
+            .await?;
+        Ok(match v {
+            Some(CachedValue::Episode(e)) => Some(e),
+            _ => None,
+        })
+    }
+}
+
+#[async_trait]
+impl EpisodeStore for TieredStorage {
+    async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
+        self.inner
+            .write(ns, WriteOp::CreateEpisode(episode.clone()))
+            .await
+    }
+
+    async fn append_steps(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        steps: &[ExecutionStep],
+    ) -> Result<()> {
+        let i = &self.inner;
+        if i.journaling() || i.breaker.state() == BreakerState::Open {
+            // Check what can be checked locally before acknowledging into the journal.
+            if let Ok(Some(e)) = i.read_episode(ns, episode_id).await
+                && e.is_completed()
+            {
+                return Err(Error::Conflict {
+                    kind: ObjectKind::Episode,
+                    id: episode_id.to_string(),
+                    reason: "is already completed; steps can no longer be added".into(),
+                });
+            }
+        }
+        i.write(
+            ns,
+            WriteOp::AppendSteps {
+                episode_id,
+                steps: steps.to_vec(),
+            },
+        )
+        .await
+    }
+
+    async fn complete_episode(
+        &self,
+        ns: &Namespace,
+        c: &EpisodeCompletion,
+    ) -> Result<Option<LearnedChanges>> {
+        let i = &self.inner;
+        if !i.journaling() {
+            match i.guarded(i.durable.complete_episode(ns, c)).await {
+                Ok(changes) => {
+                    i.after_write(ns, &WriteOp::CompleteEpisode(c.clone()))
+                        .await;
+                    if let Some(ch) = &changes {
+                        for p in &ch.patterns {
+                            i.cache_put(ns, CachedValue::Pattern(p.item.clone())).await;
+                        }
+                        for h in &ch.heuristics {
+                            i.cache_put(ns, CachedValue::Heuristic(h.item.clone()))
+                                .await;
+                        }
+                    }
+                    return Ok(changes);
+                }
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => warn!(error = %e, "durable completion failed; journaling it"),
+            }
+        }
+        // Journaled: refuse what is known to be a replay, merge provisionally against what is
+        // known locally.
+        if let Ok(Some(e)) = i.read_episode(ns, c.episode_id).await
+            && e.is_completed()
+        {
+            return Ok(None);
+        }
+        let mut known = ExistingLearned::default();
+        for id in c.learning.pattern_ids() {
+            if let Some(CachedValue::Pattern(p)) = i.cache_get(ns, &CacheKey::Pattern(id)).await {
+                known.patterns.push(p);
+            }
+        }
+        let existing = lock(&i.overlay).existing_for(ns, c, known);
+        let mut changes = c.learning.apply(existing);
+        changes.provisional = true;
+        i.enqueue(ns, WriteOp::CompleteEpisode(c.clone()), Some(&changes))
+            .await?;
+        Ok(Some(changes))
+    }
+
+    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+        self.inner.read_episode(ns, id).await
+    }
+
+    async fn query_episodes(
+        &self,
+        ns: &Namespace,
+        query: &EpisodeQuery,
+    ) -> Result<Vec<EpisodeSummary>> {
+        self.inner
+            .guarded(self.inner.durable.query_episodes(ns, query))
+            .await
+    }
+
+    async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
+        self.inner
+            .guarded(self.inner.durable.search_episodes(ns, query))
+            .await
+    }
+
+    async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats> {
+        self.inner
+            .guarded(self.inner.durable.namespace_stats(ns))
+            .await
+    }
+
+    async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
+        self.inner
+            .guarded(self.inner.durable.list_namespaces())
+            .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.guarded(self.inner.durable.ping()).await
+    }
+
+    async fn sync(&self) -> Result<()> {
+        self.inner.replay().await?;
+        self.inner.guarded(self.inner.durable.sync()).await
+    }
+}
+
+#[async_trait]
+impl LearningStore for TieredStorage {
+    async fn apply_learning(
+        &self,
+        ns: &Namespace,
+        update: &LearningUpdate,
+    ) -> Result<LearnedChanges> {
+        // Not idempotent, so never journaled: it needs the durable layer now.
+        let changes = self
+            .inner
+            .guarded(self.inner.durable.apply_learning(ns, update))
+            .await?;
+        for p in &changes.patterns {
+            self.inner
+                .cache_put(ns, CachedValue::Pattern(p.item.clone()))
+                .await;
+        }
+        for h in &changes.heuristics {
+            self.inner
+                .cache_put(ns, CachedValue::Heuristic(h.item.clone()))
+                .await;
+        }
+        Ok(changes)
+    }
+
+    async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()> {
+        self.inner
+            .write(ns, WriteOp::PutLearned(items.clone()))
+            .await
+    }
+
+    async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>> {
+        if let Some(p) = lock(&self.inner.overlay).pattern(ns, id) {
+            return Ok(Some(p));
+        }
+        let v = self
+            .inner
+            .cached_get(ns, CacheKey::Pattern(id.clone()), || async {
+                Ok(self
+                    .inner
+                    .durable
+                    .get_pattern(ns, id)
+                    .await?
+                    .map(CachedValue::Pattern))
+            })
+            .await?;
+        Ok(match v {
+            Some(CachedValue::Pattern(p)) => Some(p),
+            _ => None,
+        })
+    }
+
+    async fn query_patterns(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Pattern>> {
+        self.inner
+            .guarded(self.inner.durable.query_patterns(ns, query))
+            .await
+    }
+
+    async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>> {
+        if let Some(h) = lock(&self.inner.overlay).heuristic(ns, id) {
+            return Ok(Some(h));
+        }
+        let v = self
+            .inner
+            .cached_get(ns, CacheKey::Heuristic(id.clone()), || async {
+                Ok(self
+                    .inner
+                    .durable
+                    .get_heuristic(ns, id)
+                    .await?
+                    .map(CachedValue::Heuristic))
+            })
+            .await?;
+        Ok(match v {
+            Some(CachedValue::Heuristic(h)) => Some(h),
+            _ => None,
+        })
+    }
+
+    async fn query_heuristics(
+        &self,
+        ns: &Namespace,
+        query: &LearnedQuery,
+    ) -> Result<Vec<Heuristic>> {
+        self.inner
+            .guarded(self.inner.durable.query_heuristics(ns, query))
+            .await
+    }
+
+    async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>> {
+        self.inner
+            .guarded(self.inner.durable.get_lesson(ns, id))
+            .await
+    }
+
+    async fn query_lessons(
+        &self,
+        ns: &Namespace,
+        query: &LearnedQuery,
+    ) -> Result<Vec<FailureLesson>> {
+        self.inner
+            .guarded(self.inner.durable.query_lessons(ns, query))
+            .await
+    }
+
+    async fn record_feedback(&self, ns: &Namespace, feedback: &Feedback) -> Result<()> {
+        self.inner
+            .write(ns, WriteOp::RecordFeedback(feedback.clone()))
+            .await
+    }
+
+    async fn list_feedback(
+        &self,
+        ns: &Namespace,
+        target: &FeedbackTarget,
+    ) -> Result<Vec<Feedback>> {
+        self.inner
+            .guarded(self.inner.durable.list_feedback(ns, target))
+            .await
+    }
+}
+
+#[async_trait]
+impl EmbeddingStore for TieredStorage {
+    async fn put_embedding(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        model: &str,
+        vector: &[f32],
+    ) -> Result<()> {
+        self.inner
+            .write(
+                ns,
+                WriteOp::PutEmbedding {
+                    episode_id,
+                    model: model.to_owned(),
+                    vector: vector.to_vec(),
+                },
+            )
+            .await
+    }
+
+    async fn get_embedding(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        model: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        self.inner
+            .guarded(self.inner.durable.get_embedding(ns, episode_id, model))
+            .await
+    }
+
+    async fn episodes_missing_embedding(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<EpisodeId>> {
+        self.inner
+            .guarded(
+                self.inner
+                    .durable
+                    .episodes_missing_embedding(ns, model, limit),
+            )
+            .await
+    }
+}
+
+impl Storage for TieredStorage {
+    fn backend_name(&self) -> &'static str {
+        "tiered"
+    }
+}

@@ -1,0 +1,206 @@
+//! Writes journaled in the outbox but not yet in the durable layer, kept in process so that
+//! reads during an outage see them (read-your-writes). Rebuilt from the outbox at start-up.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::episode::{Episode, EpisodeId, ExecutionStep};
+use crate::heuristic::{Heuristic, HeuristicId};
+use crate::learning::{ExistingLearned, LearnedChanges};
+use crate::namespace::Namespace;
+use crate::pattern::{Pattern, PatternId};
+use crate::storage::EpisodeCompletion;
+use crate::storage::cache::CacheKey;
+use crate::storage::outbox::WriteOp;
+
+#[derive(Debug, Default)]
+pub(crate) struct EpisodeDelta {
+    created: Option<Episode>,
+    steps: BTreeMap<u32, ExecutionStep>,
+    completion: Option<EpisodeCompletion>,
+    last_seq: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    episodes: HashMap<(Namespace, EpisodeId), EpisodeDelta>,
+    patterns: HashMap<(Namespace, PatternId), (Pattern, u64)>,
+    heuristics: HashMap<(Namespace, HeuristicId), (Heuristic, u64)>,
+}
+
+impl Overlay {
+    pub(crate) fn has_episode(&self, ns: &Namespace, id: EpisodeId) -> bool {
+        self.episodes.contains_key(&(ns.clone(), id))
+    }
+
+    /// True when the overlay alone can produce the episode (it was created during the outage).
+    pub(crate) fn created_here(&self, ns: &Namespace, id: EpisodeId) -> bool {
+        self.episodes
+            .get(&(ns.clone(), id))
+            .is_some_and(|d| d.created.is_some())
+    }
+
+    /// The episode as the durable layer will hold it once the journal is replayed: `base` (the
+    /// durable or cached copy) with the journaled writes applied.
+    pub(crate) fn episode(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        base: Option<Episode>,
+    ) -> Option<Episode> {
+        match self.episodes.get(&(ns.clone(), id)) {
+            Some(delta) => delta.fold(base),
+            None => base,
+        }
+    }
+
+    pub(crate) fn pattern(&self, ns: &Namespace, id: &PatternId) -> Option<Pattern> {
+        self.patterns
+            .get(&(ns.clone(), id.clone()))
+            .map(|(p, _)| p.clone())
+    }
+
+    pub(crate) fn heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Option<Heuristic> {
+        self.heuristics
+            .get(&(ns.clone(), id.clone()))
+            .map(|(h, _)| h.clone())
+    }
+
+    /// Learned items the overlay knows, for a provisional merge.
+    pub(crate) fn existing_for(
+        &self,
+        ns: &Namespace,
+        c: &EpisodeCompletion,
+        mut known: ExistingLearned,
+    ) -> ExistingLearned {
+        for id in c.learning.pattern_ids() {
+            if let Some(p) = self.pattern(ns, &id) {
+                known.patterns.retain(|x| x.id != p.id);
+                known.patterns.push(p);
+            }
+        }
+        let keys = c.learning.condition_keys();
+        for ((n, _), (h, _)) in &self.heuristics {
+            if n == ns && keys.contains(&h.condition_key) {
+                known.heuristics.retain(|x| x.id != h.id);
+                known.heuristics.push(h.clone());
+            }
+        }
+        known
+    }
+
+    /// Records a journaled write (sequence `seq`).
+    pub(crate) fn apply(
+        &mut self,
+        ns: &Namespace,
+        seq: u64,
+        op: &WriteOp,
+        learned: Option<&LearnedChanges>,
+    ) {
+        match op {
+            WriteOp::CreateEpisode(e) => {
+                let d = self.episodes.entry((ns.clone(), e.id)).or_default();
+                d.created.get_or_insert_with(|| e.clone());
+                d.last_seq = seq;
+            }
+            WriteOp::AppendSteps { episode_id, steps } => {
+                let d = self.episodes.entry((ns.clone(), *episode_id)).or_default();
+                for s in steps {
+                    d.steps.entry(s.step_number).or_insert_with(|| s.clone());
+                }
+                d.last_seq = seq;
+            }
+            WriteOp::CompleteEpisode(c) => {
+                let d = self.episodes.entry((ns.clone(), c.episode_id)).or_default();
+                d.completion.get_or_insert_with(|| c.clone());
+                d.last_seq = seq;
+            }
+            WriteOp::PutLearned(items) => {
+                for p in &items.patterns {
+                    self.patterns
+                        .insert((ns.clone(), p.id.clone()), (p.clone(), seq));
+                }
+                for h in &items.heuristics {
+                    self.heuristics
+                        .insert((ns.clone(), h.id.clone()), (h.clone(), seq));
+                }
+            }
+            WriteOp::RecordFeedback(_) | WriteOp::PutEmbedding { .. } => {}
+        }
+        if let Some(changes) = learned {
+            for c in &changes.patterns {
+                self.patterns
+                    .insert((ns.clone(), c.item.id.clone()), (c.item.clone(), seq));
+            }
+            for c in &changes.heuristics {
+                self.heuristics
+                    .insert((ns.clone(), c.item.id.clone()), (c.item.clone(), seq));
+            }
+        }
+    }
+
+    /// Forgets everything the durable layer now holds (writes up to `seq`). Returns the
+    /// released episode deltas (to fold into cached copies) and the learned items' cache keys
+    /// (to invalidate).
+    pub(crate) fn release_up_to(&mut self, seq: u64) -> Released {
+        let mut released = Released::default();
+        let done: Vec<(Namespace, EpisodeId)> = self
+            .episodes
+            .iter()
+            .filter(|(_, d)| d.last_seq <= seq)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            if let Some(d) = self.episodes.remove(&key) {
+                released.episodes.push((key.0, key.1, d));
+            }
+        }
+        self.patterns.retain(|(ns, id), (_, s)| {
+            let keep = *s > seq;
+            if !keep {
+                released
+                    .keys
+                    .push((ns.clone(), CacheKey::Pattern(id.clone())));
+            }
+            keep
+        });
+        self.heuristics.retain(|(ns, id), (_, s)| {
+            let keep = *s > seq;
+            if !keep {
+                released
+                    .keys
+                    .push((ns.clone(), CacheKey::Heuristic(id.clone())));
+            }
+            keep
+        });
+        released
+    }
+}
+
+/// What [`Overlay::release_up_to`] hands back.
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    pub(crate) episodes: Vec<(Namespace, EpisodeId, EpisodeDelta)>,
+    pub(crate) keys: Vec<(Namespace, CacheKey)>,
+}
+
+impl EpisodeDelta {
+    /// The episode once this delta is applied to `base` (or to the episode it created).
+    pub(crate) fn fold(&self, base: Option<Episode>) -> Option<Episode> {
+        let mut e = base.or_else(|| self.created.clone())?;
+        for s in self.steps.values() {
+            if !e.is_completed() && !e.steps.iter().any(|x| x.step_number == s.step_number) {
+                e.steps.push(s.clone());
+            }
+        }
+        e.steps.sort_by_key(|s| s.step_number);
+        if let Some(c) = &self.completion
+            && !e.is_completed()
+        {
+            e.outcome = Some(c.outcome.clone());
+            e.reward = Some(c.reward.clone());
+            e.reflection = Some(c.reflection.clone());
+            e.completed_at = Some(c.completed_at);
+        }
+        Some(e)
+    }
+}

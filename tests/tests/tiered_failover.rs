@@ -1,0 +1,394 @@
+//! Tiered storage over fault-injected durable layers: the tiered stack passes the conformance
+//! suite; during an outage writes are journaled, acknowledged and readable; after recovery the
+//! journal drains and every acknowledged write is present exactly once; cache failures never fail
+//! an operation; concurrent misses share one durable read; random operation sequences with faults
+//! agree with the in-memory model after sync and shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use memory_core::{
+    BreakerConfig, Cache, EpisodeQuery, EpisodeStore, Error, FaultInjecting, FaultMode,
+    InMemoryCache, InMemoryOutbox, InMemoryStorage, LearnedQuery, LearningStore, MemoryConfig,
+    Namespace, NewEpisode, Outbox, Outcome, SelfLearningMemory, StepBatchConfig, StepInput,
+    Storage, SystemClock, TaskContext, TaskType, TieredConfig, TieredStorage,
+};
+
+fn fast_config() -> TieredConfig {
+    TieredConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 2,
+            failure_rate: 0.5,
+            window: 10,
+            open_for: Duration::from_millis(50),
+        },
+        replay_batch: 16,
+        sync_interval: Duration::from_millis(20),
+        replica_sync_interval: Duration::from_secs(3600),
+    }
+}
+
+struct Stack {
+    durable: Arc<FaultInjecting<InMemoryStorage>>,
+    cache: Arc<InMemoryCache>,
+    outbox: Arc<InMemoryOutbox>,
+    tiered: Arc<TieredStorage>,
+}
+
+async fn stack() -> Stack {
+    let durable = Arc::new(FaultInjecting::new(
+        Arc::new(InMemoryStorage::new()),
+        FaultMode::Never,
+    ));
+    let cache = Arc::new(InMemoryCache::new());
+    let outbox = Arc::new(InMemoryOutbox::new());
+    let tiered = TieredStorage::open(
+        durable.clone(),
+        Some(cache.clone() as Arc<dyn Cache>),
+        outbox.clone(),
+        fast_config(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    Stack {
+        durable,
+        cache,
+        outbox,
+        tiered,
+    }
+}
+
+#[tokio::test]
+async fn tiered_stack_passes_conformance() {
+    memory_core::conformance::run_all(|| async {
+        let s = stack().await;
+        s.tiered as Arc<dyn Storage>
+    })
+    .await;
+}
+
+fn episode_config() -> MemoryConfig {
+    MemoryConfig::default().with_steps(StepBatchConfig {
+        max_batch: 1,
+        flush_interval: Duration::from_secs(60),
+    })
+}
+
+async fn record(m: &SelfLearningMemory, ns: &Namespace, i: usize) -> memory_core::EpisodeId {
+    let ctx = TaskContext::new("web_api").with_language("rust");
+    let id = m
+        .start_episode(
+            ns,
+            NewEpisode::new(format!("task {i}"), TaskType::Debugging, ctx),
+        )
+        .await
+        .unwrap();
+    m.log_step(
+        ns,
+        id,
+        StepInput::error("cargo", "build", "error[E0425]: cannot find value"),
+    )
+    .await
+    .unwrap();
+    m.log_step(ns, id, StepInput::ok("edit_file", "fix", "ok"))
+        .await
+        .unwrap();
+    m.log_step(ns, id, StepInput::ok("cargo", "build", "ok"))
+        .await
+        .unwrap();
+    m.complete_episode(ns, id, Outcome::success("fixed"))
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn outage_writes_are_journaled_readable_and_replayed_exactly_once() {
+    let s = stack().await;
+    let m = SelfLearningMemory::new(s.tiered.clone(), episode_config()).unwrap();
+    let ns = Namespace::new("drill").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(record(&m, &ns, i).await);
+    }
+    s.durable.set_mode(FaultMode::Always);
+    for i in 5..15 {
+        ids.push(record(&m, &ns, i).await);
+    }
+    assert!(
+        s.outbox.len().await.unwrap() > 0,
+        "outage writes are journaled"
+    );
+    // Reads during the outage see the journaled writes.
+    let during = m.get_episode(&ns, ids[10]).await.unwrap();
+    assert!(during.is_completed());
+    assert_eq!(during.steps.len(), 3);
+    let cached = m.get_episode(&ns, ids[1]).await.unwrap();
+    assert!(
+        cached.is_completed(),
+        "episodes from before the outage served by the cache"
+    );
+
+    s.durable.set_mode(FaultMode::Never);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.tiered.sync_now().await.unwrap();
+    assert_eq!(s.outbox.len().await.unwrap(), 0, "journal drained");
+    let status = s.tiered.status();
+    assert_eq!(status.outbox_len, 0);
+    assert_eq!(status.dead_letters, 0);
+    assert!(status.replayed_total > 0);
+
+    let stored = s
+        .durable
+        .inner()
+        .query_episodes(
+            &ns,
+            &EpisodeQuery {
+                limit: 1000,
+                ..EpisodeQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 15, "every acknowledged episode exactly once");
+    for id in &ids {
+        let e = s
+            .durable
+            .inner()
+            .get_episode(&ns, *id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e.is_completed());
+        assert_eq!(e.steps.len(), 3);
+    }
+    let lessons = s
+        .durable
+        .inner()
+        .query_lessons(&ns, &LearnedQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(lessons.len(), 1);
+    assert_eq!(
+        lessons[0].occurrences, 15,
+        "learning from journaled completions applied once each"
+    );
+    m.shutdown().await.unwrap();
+    s.tiered.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn crash_during_outage_replays_from_the_journal_in_a_new_process() {
+    let durable = Arc::new(FaultInjecting::new(
+        Arc::new(InMemoryStorage::new()),
+        FaultMode::Always,
+    ));
+    let outbox = Arc::new(InMemoryOutbox::new());
+    let ns = Namespace::default();
+    let ids = {
+        let tiered = TieredStorage::open(
+            durable.clone(),
+            None,
+            outbox.clone(),
+            fast_config(),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        let m = SelfLearningMemory::new(tiered.clone(), episode_config()).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            ids.push(record(&m, &ns, i).await);
+        }
+        ids
+        // dropped without shutdown: the "process" dies
+    };
+    let tiered = TieredStorage::open(
+        durable.clone(),
+        None,
+        outbox.clone(),
+        fast_config(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let e = tiered.get_episode(&ns, ids[2]).await.unwrap().unwrap();
+    assert!(e.is_completed(), "overlay rebuilt from the journal");
+    durable.set_mode(FaultMode::Never);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tiered.sync_now().await.unwrap();
+    for id in ids {
+        assert!(
+            durable
+                .inner()
+                .get_episode(&ns, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_completed()
+        );
+    }
+    assert_eq!(outbox.len().await.unwrap(), 0);
+    tiered.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cache_failures_never_fail_operations() {
+    let s = stack().await;
+    s.cache.set_failing(true);
+    let m = SelfLearningMemory::new(s.tiered.clone(), episode_config()).unwrap();
+    let ns = Namespace::default();
+    let id = record(&m, &ns, 0).await;
+    assert!(m.get_episode(&ns, id).await.unwrap().is_completed());
+    assert!(
+        s.tiered.status().cache_errors > 0,
+        "cache errors are counted"
+    );
+}
+
+#[tokio::test]
+async fn permanent_errors_are_returned_not_journaled() {
+    let durable = Arc::new(
+        FaultInjecting::new(Arc::new(InMemoryStorage::new()), FaultMode::Always).permanent(),
+    );
+    let outbox = Arc::new(InMemoryOutbox::new());
+    let tiered = TieredStorage::open(
+        durable.clone(),
+        None,
+        outbox.clone(),
+        fast_config(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let e = memory_core::conformance::episode("x", TaskType::Other, "d", None, chrono::Utc::now());
+    for _ in 0..10 {
+        assert!(matches!(
+            tiered.create_episode(&Namespace::default(), &e).await,
+            Err(Error::Storage {
+                transient: false,
+                ..
+            })
+        ));
+    }
+    assert_eq!(outbox.len().await.unwrap(), 0);
+    assert_eq!(
+        tiered.status().breaker,
+        memory_core::BreakerState::Closed,
+        "permanent errors never trip the breaker"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_durable_read() {
+    let s = stack().await;
+    let ns = Namespace::default();
+    let e = memory_core::conformance::episode("x", TaskType::Other, "d", None, chrono::Utc::now());
+    s.durable.inner().create_episode(&ns, &e).await.unwrap();
+    s.cache.clear().await.unwrap();
+    s.durable.set_mode(FaultMode::Never); // resets the call counter
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let t = s.tiered.clone();
+            let ns = ns.clone();
+            tokio::spawn(async move { t.get_episode(&ns, e.id).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap().is_some());
+    }
+    assert!(
+        s.durable.calls() <= 2,
+        "32 concurrent misses made {} durable reads",
+        s.durable.calls()
+    );
+}
+
+mod model {
+    //! Random operation sequences with injected transient faults agree with the in-memory
+    //! model once the journal is synced.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Start,
+        Step(usize, bool),
+        Complete(usize, bool),
+        Outage(bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Start),
+            5 => (0usize..8, any::<bool>()).prop_map(|(i, ok)| Op::Step(i, ok)),
+            2 => (0usize..8, any::<bool>()).prop_map(|(i, ok)| Op::Complete(i, ok)),
+            1 => any::<bool>().prop_map(Op::Outage),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn tiered_with_faults_agrees_with_model(ops in proptest::collection::vec(op(), 1..40), seed in any::<u64>()) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let s = stack().await;
+                s.durable.set_mode(FaultMode::Ratio { ratio: 0.2, seed });
+                let model_store: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+                let real = SelfLearningMemory::new(s.tiered.clone(), episode_config()).unwrap();
+                let model = SelfLearningMemory::new(model_store.clone(), episode_config()).unwrap();
+                let ns = Namespace::default();
+                let mut pairs = Vec::new(); // (real id, model id)
+                for op in ops {
+                    match op {
+                        Op::Start => {
+                            let new = NewEpisode::new(format!("t{}", pairs.len()), TaskType::Debugging, TaskContext::new("d"));
+                            let r = real.start_episode(&ns, new.clone()).await.unwrap();
+                            let m = model.start_episode(&ns, new).await.unwrap();
+                            pairs.push((r, m));
+                        }
+                        Op::Step(i, ok) if !pairs.is_empty() => {
+                            let (r, m) = pairs[i % pairs.len()];
+                            let step = if ok { StepInput::ok("tool", "a", "o") } else { StepInput::error("tool", "a", "e") };
+                            let a = real.log_step(&ns, r, step.clone()).await;
+                            let b = model.log_step(&ns, m, step).await;
+                            assert_eq!(a.is_ok(), b.is_ok(), "{a:?} vs {b:?}");
+                        }
+                        Op::Complete(i, ok) if !pairs.is_empty() => {
+                            let (r, m) = pairs[i % pairs.len()];
+                            let outcome = if ok { Outcome::success("y") } else { Outcome::failure("n") };
+                            let a = real.complete_episode(&ns, r, outcome.clone()).await;
+                            let b = model.complete_episode(&ns, m, outcome).await;
+                            assert_eq!(a.is_ok(), b.is_ok(), "{a:?} vs {b:?}");
+                        }
+                        Op::Outage(on) => s.durable.set_mode(if on { FaultMode::Always } else { FaultMode::Ratio { ratio: 0.2, seed } }),
+                        _ => {}
+                    }
+                }
+                real.shutdown().await.unwrap();
+                model.shutdown().await.unwrap();
+                s.durable.set_mode(FaultMode::Never);
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                s.tiered.sync_now().await.unwrap();
+                s.tiered.shutdown().await.unwrap();
+                assert_eq!(s.outbox.len().await.unwrap(), 0);
+                for (r, m) in &pairs {
+                    let a = s.durable.inner().get_episode(&ns, *r).await.unwrap().expect("acknowledged episode stored");
+                    let b = model_store.get_episode(&ns, *m).await.unwrap().unwrap();
+                    assert_eq!(a.steps.len(), b.steps.len());
+                    assert_eq!(a.steps.iter().map(|s| (s.step_number, s.input.clone())).collect::<Vec<_>>(),
+                               b.steps.iter().map(|s| (s.step_number, s.input.clone())).collect::<Vec<_>>());
+                    assert_eq!(a.outcome, b.outcome);
+                }
+                let sa = s.durable.inner().namespace_stats(&ns).await.unwrap();
+                let sb = model_store.namespace_stats(&ns).await.unwrap();
+                assert_eq!((sa.episodes, sa.completed, sa.steps, sa.patterns, sa.lessons), (sb.episodes, sb.completed, sb.steps, sb.patterns, sb.lessons));
+            });
+        }
+    }
+}
