@@ -1,23 +1,127 @@
-//! Opening the storage stack the settings ask for.
+//! Opening the storage stack the settings ask for: libsql (local file, remote server or
+//! embedded replica) behind the tiered composition with the redb cache and outbox.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
-use memory_core::{InMemoryStorage, SelfLearningMemory, Storage};
+use anyhow::{Context, Result, bail};
+use memory_core::{Cache, SelfLearningMemory, Storage, SystemClock, TieredConfig, TieredStorage};
+use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
+use memory_storage_turso::{TursoConfig, TursoStorage};
+use tracing::warn;
 
 use crate::cli::Mode;
 use crate::settings::Settings;
 
-/// Opens the memory over the configured storage.
-pub async fn open(settings: &Settings) -> Result<SelfLearningMemory> {
-    let storage: Arc<dyn Storage> = match settings.mode {
-        Mode::Local => Arc::new(InMemoryStorage::new()),
-        Mode::Remote | Mode::Replica => {
-            anyhow::bail!(
-                "storage mode {:?} is not available in this build yet",
-                settings.mode
+/// File names inside the data directory.
+pub const CACHE_FILE: &str = "cache.redb";
+/// The outbox journal.
+pub const OUTBOX_FILE: &str = "outbox.redb";
+/// The local replica of a remote primary.
+pub const REPLICA_FILE: &str = "replica.db";
+
+/// The opened stack.
+pub struct Stack {
+    pub memory: SelfLearningMemory,
+    pub tiered: Arc<TieredStorage>,
+    /// Why the cache is off, when it is.
+    pub cache_problem: Option<String>,
+}
+
+impl Stack {
+    /// Flushes buffered steps, replays what can be replayed, and closes everything.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.memory.shutdown().await?;
+        self.tiered.shutdown().await?;
+        Ok(())
+    }
+}
+
+fn server_url(s: &Settings) -> Result<String> {
+    match &s.database_url {
+        Some(u) => Ok(u.clone()),
+        None => bail!(
+            "storage mode {:?} needs a server: set TURSO_DATABASE_URL (or database_url in {}/memory.toml)",
+            s.mode,
+            s.data_dir.display()
+        ),
+    }
+}
+
+async fn open_durable(s: &Settings) -> Result<Arc<dyn Storage>> {
+    let storage = match s.mode {
+        Mode::Local => TursoStorage::open_in_data_dir(&s.data_dir).await?,
+        Mode::Remote => {
+            TursoStorage::open(TursoConfig::remote(server_url(s)?, s.auth_token.clone()).build()?)
+                .await?
+        }
+        Mode::Replica => {
+            let cfg = TursoConfig::replica(
+                s.data_dir.join(REPLICA_FILE),
+                server_url(s)?,
+                s.auth_token.clone(),
             )
+            .build()?;
+            TursoStorage::open(cfg).await?
         }
     };
-    Ok(SelfLearningMemory::new(storage, settings.memory.clone())?)
+    Ok(Arc::new(storage))
+}
+
+/// The outbox file is locked by the process that has it open; concurrent CLI calls on one data
+/// directory wait for it briefly rather than run without a journal.
+async fn open_outbox(path: &Path) -> Result<RedbOutbox> {
+    let mut delay = Duration::from_millis(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match RedbOutbox::open(path, OutboxConfig::default()).await {
+            Ok(o) => return Ok(o),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "outbox busy; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot open the outbox {} (another memory process may hold it)",
+                        path.display()
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// Opens the memory over the configured storage.
+pub async fn open(s: &Settings) -> Result<Stack> {
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", s.data_dir.display()))?;
+    let durable = open_durable(s).await?;
+    let outbox = Arc::new(open_outbox(&s.data_dir.join(OUTBOX_FILE)).await?);
+    // The cache holds copies: if it cannot be opened (e.g. another process holds it), run
+    // without it and say so.
+    let (cache, cache_problem) =
+        match RedbCache::open(s.data_dir.join(CACHE_FILE), CacheConfig::default()).await {
+            Ok(c) => (Some(Arc::new(c) as Arc<dyn Cache>), None),
+            Err(e) => {
+                warn!(error = %e, "cache unavailable; running without it");
+                (None, Some(e.to_string()))
+            }
+        };
+    let tiered = TieredStorage::open(
+        durable,
+        cache,
+        outbox,
+        TieredConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .await?;
+    let memory = SelfLearningMemory::new(tiered.clone(), s.memory.clone())?;
+    Ok(Stack {
+        memory,
+        tiered,
+        cache_problem,
+    })
 }

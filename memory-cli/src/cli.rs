@@ -73,8 +73,11 @@ pub enum Command {
     Lesson(LessonCmd),
     /// Counts and learning progress of the namespace
     Stats,
-    /// Check each component (durable layer, cache, embedder)
+    /// Check each component (durable layer, cache, outbox, breaker, embedder)
     Health,
+    /// Outbox replay and replica sync
+    #[command(subcommand)]
+    Sync(SyncCmd),
     /// Run a scripted learning session and show what the memory learned
     Demo(DemoArgs),
 }
@@ -281,6 +284,14 @@ pub enum LessonCmd {
         #[command(flatten)]
         filter: LearnedFilterArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCmd {
+    /// Breaker state, outbox length, last successful sync, last error
+    Status,
+    /// Replay the outbox and sync the replica now
+    Now,
 }
 
 #[derive(Debug, Args)]

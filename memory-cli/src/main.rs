@@ -98,9 +98,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
         settings.namespace = Namespace::new(format!("demo/run-{stamp}"))?;
     }
-    let memory = backend::open(&settings).await?;
+    let stack = backend::open(&settings).await?;
     let s = &settings;
-    let m = &memory;
+    let m = &stack.memory;
     let mut code = ExitCode::SUCCESS;
     let result = match cli.command {
         Command::Episode(cmd) => commands::episode::run(cmd, m, s).await,
@@ -108,15 +108,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pattern(cmd) => commands::learned::pattern(cmd, m, s).await,
         Command::Heuristic(cmd) => commands::learned::heuristic(cmd, m, s).await,
         Command::Lesson(cmd) => commands::learned::lesson(cmd, m, s).await,
-        Command::Stats => commands::status::stats(m, s).await,
-        Command::Health => commands::status::health(m, s).await.map(|ok| {
+        Command::Stats => commands::status::stats(&stack, s).await,
+        Command::Sync(cmd) => commands::status::sync(cmd, &stack, s).await,
+        Command::Health => commands::status::health(&stack, s).await.map(|ok| {
             if !ok {
                 code = ExitCode::from(1);
             }
         }),
         Command::Demo(a) => commands::demo::run(a.rounds, m, s).await,
     };
-    let shutdown = memory.shutdown().await;
+    let shutdown = stack.shutdown().await;
     result?;
     shutdown?;
     Ok(code)

@@ -256,11 +256,17 @@ mod tests {
             b.record(false);
         }
         assert_eq!(b.state(), BreakerState::Closed);
-        // Alternating failures never reach 3 in a row, but reach a 50% rate over 10 calls.
-        for i in 0..10 {
-            b.allow().unwrap();
-            b.record(i % 2 == 0);
+        // Alternating failures never reach 3 in a row, but reach a 50% rate within 10 calls.
+        let mut calls = 0;
+        while b.allow().is_ok() {
+            b.record(calls % 2 == 0);
+            calls += 1;
+            assert!(calls <= 10, "rate never tripped");
         }
         assert_eq!(b.state(), BreakerState::Open);
+        assert!(
+            calls >= 9,
+            "tripped by the rate, not by consecutive failures ({calls} calls)"
+        );
     }
 }

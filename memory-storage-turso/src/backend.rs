@@ -1,0 +1,1685 @@
+//! [`TursoStorage`]: opening the database, its connections, and the storage traits over them.
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use libsql::{Builder, Connection, Database, Statement, TransactionBehavior, Value};
+use memory_core::{
+    EmbeddingStore, Episode, EpisodeCompletion, EpisodeFilter, EpisodeId, EpisodeQuery,
+    EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep, ExistingLearned,
+    FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic, HeuristicId,
+    LearnedChanges, LearnedItems, LearnedQuery, LearningStore, LearningUpdate, LessonId, Namespace,
+    NamespaceStats, ObjectKind, Pattern, PatternId, Result, Storage, TaskType, TextHit, TextQuery,
+    tokenize,
+};
+use tokio::sync::{Mutex, MutexGuard};
+use tracing::{debug, instrument, warn};
+
+use crate::codec::{
+    Cols, EPISODE_COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS, blob_to_vector, count, decode,
+    episode_from_row, from_json, nanos, nanos_clamped, opt_text, step_from_row, step_search_text,
+    summary_from_row, text, to_json, vector_to_blob,
+};
+use crate::config::{TursoConfig, TursoMode, is_memory_path};
+use crate::error::{BACKEND, DbResult, DriverError, Failure};
+use crate::schema;
+
+/// Name of the database file inside a data directory ([`TursoStorage::open_in_data_dir`]).
+pub const DATA_DIR_FILE: &str = "memory.db";
+
+/// Durable storage on libsql: an embedded local file, a remote `sqld` / Turso Cloud server, or
+/// an embedded replica of one.
+///
+/// Connections are opened once, at [`TursoStorage::open`], and reused: one writer connection
+/// behind an async mutex (every write transaction goes through it; read-then-write
+/// transactions are `BEGIN IMMEDIATE`) and a small pool of reader connections (local files and
+/// replicas; a `:memory:` database and remote servers read through their own connections as
+/// configured). Every call is bounded by the configured call timeout and fails with a
+/// transient [`Error::Storage`] when it expires. Cloning is cheap and shares the connections.
+///
+/// See the crate docs for an example and `SCHEMA.md` for the schema.
+#[derive(Clone)]
+pub struct TursoStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: TursoConfig,
+    /// Keeps the database (and, for replicas, its background sync) alive.
+    #[cfg_attr(
+        not(feature = "replica"),
+        allow(dead_code, reason = "only held, to keep the database open")
+    )]
+    db: Database,
+    writer: Mutex<Connection>,
+    /// Empty when reads share the writer (`:memory:`).
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    /// Local connections reuse prepared statements in loops; remote ones send plain SQL.
+    prepare: bool,
+    /// Reads go to a remote server over Hrana (see [`Inner::read`]).
+    remote_reads: bool,
+    /// The schema version after opening.
+    schema_version: u32,
+}
+
+impl fmt::Debug for TursoStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TursoStorage")
+            .field("mode", &self.inner.config.mode())
+            .field("readers", &self.inner.readers.len())
+            .field("schema_version", &self.inner.schema_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TursoStorage {
+    /// Opens (creating if needed) the database described by `config`, applies pending schema
+    /// migrations, and opens the connections.
+    ///
+    /// Local files get their parent directory created, WAL mode, the configured
+    /// `synchronous` level, `foreign_keys = ON` and `busy_timeout` on every connection. A
+    /// replica syncs from its primary once before it is returned.
+    #[instrument(skip_all, fields(mode = config.mode().name()))]
+    pub async fn open(config: TursoConfig) -> Result<Self> {
+        let timeout = config.call_timeout();
+        match tokio::time::timeout(timeout, Self::open_inner(config)).await {
+            Ok(result) => result.map_err(|f| f.into_core("open")),
+            Err(_) => Err(Failure::Driver(DriverError::Timeout(timeout)).into_core("open")),
+        }
+    }
+
+    /// Opens a local database file (or `:memory:`) with default settings.
+    pub async fn open_local(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open(TursoConfig::local(path.as_ref()).build()?).await
+    }
+
+    /// Opens `dir/memory.db` with default settings, creating `dir` if needed. The CLI's
+    /// embedded default directory is `./.memory/`.
+    pub async fn open_in_data_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| Failure::from(e).into_core("open"))?;
+        Self::open_local(dir.join(DATA_DIR_FILE)).await
+    }
+
+    async fn open_inner(config: TursoConfig) -> DbResult<Self> {
+        let db = build_database(&config).await?;
+        let mode = config.mode().clone();
+        let (local_file, local) = match &mode {
+            TursoMode::Local { path } => (!is_memory_path(path), true),
+            _ => (false, false),
+        };
+        let writer = db.connect()?;
+        if local {
+            configure_local(&writer, &config, local_file, false).await?;
+        }
+        let schema_version = schema::migrate(&writer, config.schema_version()).await?;
+        if matches!(mode, TursoMode::Remote { .. }) {
+            // The version check ran on the connection's own Hrana stream; forget it so the
+            // next statement opens a fresh one instead of reusing a stream that may expire.
+            writer.reset().await;
+        }
+        let reader_count = match &mode {
+            TursoMode::Local { path } if is_memory_path(path) => 0,
+            _ => config.readers(),
+        };
+        let mut readers = Vec::with_capacity(reader_count);
+        for _ in 0..reader_count {
+            let conn = db.connect()?;
+            if local {
+                configure_local(&conn, &config, local_file, true).await?;
+            }
+            readers.push(Mutex::new(conn));
+        }
+        debug!(
+            mode = mode.name(),
+            schema_version,
+            readers = reader_count,
+            "libsql storage open"
+        );
+        Ok(TursoStorage {
+            inner: Arc::new(Inner {
+                config,
+                db,
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                prepare: local,
+                remote_reads: matches!(mode, TursoMode::Remote { .. }),
+                schema_version,
+            }),
+        })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &TursoConfig {
+        &self.inner.config
+    }
+
+    /// The schema version the database had after opening.
+    pub fn schema_version(&self) -> u32 {
+        self.inner.schema_version
+    }
+
+    /// Pulls the primary's latest changes into an embedded replica and returns once they are
+    /// readable here. A no-op for local files and remote servers (they are always current).
+    #[instrument(skip_all)]
+    pub async fn sync(&self) -> Result<()> {
+        #[cfg(feature = "replica")]
+        if matches!(self.inner.config.mode(), TursoMode::Replica { .. }) {
+            return self
+                .inner
+                .call("sync", async {
+                    self.inner.db.sync().await?;
+                    Ok(())
+                })
+                .await;
+        }
+        Ok(())
+    }
+}
+
+async fn build_database(config: &TursoConfig) -> DbResult<Database> {
+    match config.mode() {
+        TursoMode::Local { path } => {
+            if !is_memory_path(path) {
+                create_parent(path).await?;
+            }
+            Ok(Builder::new_local(path).build().await?)
+        }
+        #[cfg(feature = "remote")]
+        TursoMode::Remote { url, auth_token } => Ok(Builder::new_remote(
+            url.clone(),
+            auth_token.clone().unwrap_or_default(),
+        )
+        .build()
+        .await?),
+        #[cfg(feature = "replica")]
+        TursoMode::Replica {
+            path,
+            url,
+            auth_token,
+            sync_interval,
+        } => {
+            create_parent(path).await?;
+            let mut builder = Builder::new_remote_replica(
+                path,
+                url.clone(),
+                auth_token.clone().unwrap_or_default(),
+            )
+            .read_your_writes(true);
+            if let Some(interval) = sync_interval {
+                builder = builder.sync_interval(*interval);
+            }
+            let db = builder.build().await?;
+            db.sync().await?;
+            Ok(db)
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(DriverError::Setup(format!(
+            "mode {} is not compiled into this build",
+            other.name()
+        ))
+        .into()),
+    }
+}
+
+async fn create_parent(path: &Path) -> DbResult<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    Ok(())
+}
+
+/// Runs a pragma and returns its first column as text, if it returns a row.
+async fn pragma(conn: &Connection, sql: &str) -> DbResult<Option<String>> {
+    let mut rows = conn.query(sql, ()).await?;
+    let value = match rows.next().await? {
+        Some(row) => match row.get_value(0)? {
+            Value::Text(s) => Some(s),
+            Value::Integer(n) => Some(n.to_string()),
+            _ => None,
+        },
+        None => None,
+    };
+    Ok(value)
+}
+
+/// Per-connection settings of local databases.
+async fn configure_local(
+    conn: &Connection,
+    config: &TursoConfig,
+    file: bool,
+    reader: bool,
+) -> DbResult<()> {
+    // Set first, so the pragmas below wait for locks held by other openers.
+    let busy_ms = config.busy_timeout().as_millis();
+    pragma(conn, &format!("PRAGMA busy_timeout = {busy_ms}")).await?;
+    if file {
+        let mode = pragma(conn, "PRAGMA journal_mode = WAL").await?;
+        if !mode
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("wal"))
+        {
+            return Err(
+                DriverError::Setup(format!("journal_mode is {mode:?}, expected wal")).into(),
+            );
+        }
+    }
+    pragma(
+        conn,
+        &format!(
+            "PRAGMA synchronous = {}",
+            config.synchronous().pragma_value()
+        ),
+    )
+    .await?;
+    pragma(conn, "PRAGMA foreign_keys = ON").await?;
+    if pragma(conn, "PRAGMA foreign_keys").await?.as_deref() != Some("1") {
+        return Err(DriverError::Setup("foreign_keys could not be enabled".into()).into());
+    }
+    if reader {
+        pragma(conn, "PRAGMA query_only = ON").await?;
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Runs `fut` within the call timeout and maps its failure to the public error.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = DbResult<T>>,
+    ) -> Result<T> {
+        let timeout = self.config.call_timeout();
+        if let Ok(result) = tokio::time::timeout(timeout, fut).await {
+            result.map_err(|f| f.into_core(operation))
+        } else {
+            warn!(operation, ?timeout, "libsql call timed out");
+            Err(Failure::Driver(DriverError::Timeout(timeout)).into_core(operation))
+        }
+    }
+
+    /// The writer connection. A transaction left open by a cancelled call (timeout) is rolled
+    /// back first.
+    async fn writer(&self) -> DbResult<MutexGuard<'_, Connection>> {
+        let conn = self.writer.lock().await;
+        if !conn.is_autocommit() {
+            warn!(
+                "writer connection was left inside a transaction by a cancelled call; rolling back"
+            );
+            conn.execute("ROLLBACK", ()).await?;
+        }
+        Ok(conn)
+    }
+
+    /// A reader connection: a free one if any, else the next in turn.
+    async fn reader(&self) -> DbResult<MutexGuard<'_, Connection>> {
+        let n = self.readers.len();
+        if n == 0 {
+            return self.writer().await;
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Ok(guard) = self.readers[(start + i) % n].try_lock() {
+                return Ok(guard);
+            }
+        }
+        Ok(self.readers[start].lock().await)
+    }
+
+    /// Runs `body` in an IMMEDIATE (write-locking) transaction on the writer connection:
+    /// committed when it returns `Ok`, rolled back when it returns `Err`.
+    async fn write_tx<T>(&self, body: impl AsyncFnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+        let conn = self.writer().await?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .await?;
+        match body(&tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    warn!(error = %rollback, "rollback after a failed write failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs read-only `body` on a reader connection.
+    ///
+    /// Remote (Hrana) reads run in a deferred transaction on a fresh stream of the pooled HTTP
+    /// connection, which the commit closes: no server-side stream outlives the call (an idle
+    /// stream would expire on the server and fail the next call), and a multi-query read sees
+    /// one snapshot. Local files and replicas read their local connection directly.
+    async fn read<T>(&self, body: impl AsyncFnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+        let conn = self.reader().await?;
+        if !self.remote_reads {
+            return body(&conn).await;
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .await?;
+        match body(&tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    debug!(error = %rollback, "rollback after a failed read failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn repeated<'c>(&self, conn: &'c Connection, sql: &'static str) -> Repeated<'c> {
+        Repeated {
+            conn,
+            sql,
+            prepare: self.prepare,
+            stmt: None,
+        }
+    }
+}
+
+/// One statement run many times: prepared once on local connections, sent as is to remote
+/// ones (where preparing costs a round trip).
+struct Repeated<'c> {
+    conn: &'c Connection,
+    sql: &'static str,
+    prepare: bool,
+    stmt: Option<Statement>,
+}
+
+impl Repeated<'_> {
+    async fn execute(&mut self, params: Vec<Value>) -> DbResult<u64> {
+        if !self.prepare {
+            return Ok(self.conn.execute(self.sql, params).await?);
+        }
+        let stmt = match self.stmt.take() {
+            Some(stmt) => stmt,
+            None => self.conn.prepare(self.sql).await?,
+        };
+        let result = stmt.execute(params).await;
+        stmt.reset();
+        self.stmt = Some(stmt);
+        Ok(result? as u64)
+    }
+}
+
+/// A statement built at run time from fixed SQL fragments and bound values: user values only
+/// ever enter as `?N` placeholders.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    values: Vec<Value>,
+}
+
+impl Sql {
+    /// Appends fixed SQL.
+    fn push(&mut self, fragment: &str) -> &mut Self {
+        self.text.push_str(fragment);
+        self
+    }
+
+    /// Binds `value` as the next placeholder and appends `?N`.
+    fn bind(&mut self, value: Value) -> &mut Self {
+        self.values.push(value);
+        self.text.push('?');
+        self.text.push_str(&self.values.len().to_string());
+        self
+    }
+
+    /// Appends `head ?N tail`, binding `value`.
+    fn cond(&mut self, head: &str, value: Value, tail: &str) -> &mut Self {
+        self.push(head).bind(value).push(tail)
+    }
+}
+
+/// Appends the `WHERE` conditions (each starting with ` AND`) of an [`EpisodeFilter`] over the
+/// `episodes` table aliased `e`.
+fn filter_sql(f: &EpisodeFilter, sql: &mut Sql) {
+    if let Some(t) = f.task_type {
+        sql.cond(" AND e.task_type = ", text(t.as_str()), "");
+    }
+    if let Some(d) = &f.domain {
+        sql.cond(" AND e.domain = ", text(d), "");
+    }
+    if let Some(l) = &f.language {
+        sql.cond(" AND e.language = ", text(l), "");
+    }
+    if let Some(fw) = &f.framework {
+        sql.cond(" AND e.framework = ", text(fw), "");
+    }
+    if let Some(tag) = &f.tag {
+        sql.cond(
+            " AND EXISTS (SELECT 1 FROM episode_tags g WHERE g.ns = e.ns AND g.tag = ",
+            text(tag),
+            " AND g.episode_id = e.id)",
+        );
+    }
+    match f.status {
+        None => {}
+        Some(EpisodeStatus::InProgress) => {
+            sql.push(" AND e.outcome_kind IS NULL");
+        }
+        Some(EpisodeStatus::AnyCompleted) => {
+            sql.push(" AND e.outcome_kind IS NOT NULL");
+        }
+        Some(EpisodeStatus::Completed(kind)) => {
+            sql.cond(" AND e.outcome_kind = ", text(kind.as_str()), "");
+        }
+    }
+    if let Some(t) = f.started_after {
+        sql.cond(
+            " AND e.started_at >= ",
+            Value::Integer(nanos_clamped(t)),
+            "",
+        );
+    }
+    if let Some(t) = f.started_before {
+        sql.cond(" AND e.started_at < ", Value::Integer(nanos_clamped(t)), "");
+    }
+}
+
+/// Appends the `WHERE` conditions of a [`LearnedQuery`]'s context and status. An item field
+/// that is unset (NULL) matches any query value.
+fn learned_sql(q: &LearnedQuery, sql: &mut Sql) {
+    if !q.include_inactive {
+        sql.push(" AND status = 'active'");
+    }
+    if let Some(t) = q.task_type {
+        sql.cond(
+            " AND (task_type IS NULL OR task_type = ",
+            text(t.as_str()),
+            ")",
+        );
+    }
+    if let Some(d) = &q.domain {
+        sql.cond(" AND (domain IS NULL OR domain = ", text(d), ")");
+    }
+    if let Some(l) = &q.language {
+        sql.cond(" AND (language IS NULL OR language = ", text(l), ")");
+    }
+}
+
+/// An FTS5 `MATCH` expression: the OR of the query's terms, each a quoted string, so user
+/// text can never be read as FTS syntax. `None` when the text has no terms.
+pub(crate) fn fts_match(text: &str) -> Option<String> {
+    let mut terms = tokenize(text);
+    terms.sort();
+    terms.dedup();
+    if terms.is_empty() {
+        return None;
+    }
+    Some(
+        terms
+            .iter()
+            .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" OR "),
+    )
+}
+
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, domain, language, framework, \
+     complexity, tags, started_at, completed_at, outcome_kind, outcome, reward_total, reward, reflection) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+     ON CONFLICT (ns, id) DO NOTHING";
+
+const INSERT_TAG: &str =
+    "INSERT INTO episode_tags (ns, tag, episode_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
+
+const INSERT_STEP: &str = "INSERT INTO steps (ns, episode_id, step_number, at, tool, action, parameters, status, \
+     result_text, latency_ms, tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+     ON CONFLICT (ns, episode_id, step_number) DO NOTHING";
+
+const INSERT_TEXT: &str =
+    "INSERT INTO episode_text (body, ns, episode_id, part) VALUES (?1, ?2, ?3, ?4)";
+
+const UPSERT_PATTERN: &str = "INSERT INTO patterns (ns, id, kind, task_type, domain, language, status, occurrences, \
+     successes, last_seen, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+     ON CONFLICT (ns, id) DO UPDATE SET kind = excluded.kind, task_type = excluded.task_type, \
+     domain = excluded.domain, language = excluded.language, status = excluded.status, \
+     occurrences = excluded.occurrences, successes = excluded.successes, last_seen = excluded.last_seen, \
+     body = excluded.body";
+
+const UPSERT_HEURISTIC: &str = "INSERT INTO heuristics (ns, id, condition_key, task_type, domain, language, status, \
+     support, against, last_seen, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+     ON CONFLICT (ns, id) DO UPDATE SET condition_key = excluded.condition_key, task_type = excluded.task_type, \
+     domain = excluded.domain, language = excluded.language, status = excluded.status, \
+     support = excluded.support, against = excluded.against, last_seen = excluded.last_seen, body = excluded.body";
+
+const UPSERT_LESSON: &str = "INSERT INTO lessons (ns, id, task_type, domain, language, status, failed_tool, \
+     error_class, occurrences, last_seen, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+     ON CONFLICT (ns, id) DO UPDATE SET task_type = excluded.task_type, domain = excluded.domain, \
+     language = excluded.language, status = excluded.status, failed_tool = excluded.failed_tool, \
+     error_class = excluded.error_class, occurrences = excluded.occurrences, last_seen = excluded.last_seen, \
+     body = excluded.body";
+
+fn pattern_params(ns: &str, p: &Pattern) -> DbResult<Vec<Value>> {
+    Ok(vec![
+        text(ns),
+        text(&p.id.0),
+        text(p.kind.name()),
+        opt_text(p.context.task_type.map(TaskType::as_str)),
+        opt_text(p.context.domain.as_deref()),
+        opt_text(p.context.language.as_deref()),
+        text(p.status.name()),
+        Value::Integer(count(p.occurrences)),
+        Value::Integer(count(p.successes)),
+        Value::Integer(nanos_clamped(p.last_seen)),
+        Value::Text(to_json("pattern", p)?),
+    ])
+}
+
+fn heuristic_params(ns: &str, h: &Heuristic) -> DbResult<Vec<Value>> {
+    Ok(vec![
+        text(ns),
+        text(&h.id.0),
+        text(&h.condition_key),
+        opt_text(h.context.task_type.map(TaskType::as_str)),
+        opt_text(h.context.domain.as_deref()),
+        opt_text(h.context.language.as_deref()),
+        text(h.status.name()),
+        Value::Integer(count(h.support)),
+        Value::Integer(count(h.against)),
+        Value::Integer(nanos_clamped(h.last_seen)),
+        Value::Text(to_json("heuristic", h)?),
+    ])
+}
+
+fn lesson_params(ns: &str, l: &FailureLesson) -> DbResult<Vec<Value>> {
+    Ok(vec![
+        text(ns),
+        text(&l.id.0),
+        opt_text(l.context.task_type.map(TaskType::as_str)),
+        opt_text(l.context.domain.as_deref()),
+        opt_text(l.context.language.as_deref()),
+        text(l.status.name()),
+        text(&l.failed_tool),
+        text(&l.error_class),
+        Value::Integer(count(l.occurrences)),
+        Value::Integer(nanos_clamped(l.last_seen)),
+        Value::Text(to_json("lesson", l)?),
+    ])
+}
+
+impl Inner {
+    /// Inserts the steps that are not stored yet; returns how many were inserted and the
+    /// full-text of those.
+    async fn insert_steps(
+        &self,
+        conn: &Connection,
+        ns: &str,
+        id: &str,
+        steps: &[ExecutionStep],
+    ) -> DbResult<(i64, String)> {
+        let mut insert = self.repeated(conn, INSERT_STEP);
+        let mut inserted = 0;
+        let mut body = String::new();
+        for s in steps {
+            let params = vec![
+                text(ns),
+                text(id),
+                Value::Integer(i64::from(s.step_number)),
+                Value::Integer(nanos("step.timestamp", s.timestamp)?),
+                text(&s.input.tool),
+                text(&s.input.action),
+                Value::Text(to_json("step.parameters", &s.input.parameters)?),
+                text(s.input.result.status()),
+                text(s.input.result.text()),
+                Value::Integer(s.input.latency_ms as i64),
+                s.input
+                    .tokens
+                    .map_or(Value::Null, |t| Value::Integer(t as i64)),
+            ];
+            if insert.execute(params).await? > 0 {
+                inserted += 1;
+                if !body.is_empty() {
+                    body.push('\n');
+                }
+                body.push_str(&step_search_text(s));
+            }
+        }
+        Ok((inserted, body))
+    }
+
+    /// Records step rows, the episode's step count and the steps' full-text row.
+    async fn append_step_rows(
+        &self,
+        conn: &Connection,
+        ns: &str,
+        id: &str,
+        steps: &[ExecutionStep],
+    ) -> DbResult<()> {
+        let (inserted, body) = self.insert_steps(conn, ns, id, steps).await?;
+        if inserted > 0 {
+            conn.execute(
+                "UPDATE episodes SET step_count = step_count + ?3 WHERE ns = ?1 AND id = ?2",
+                vec![text(ns), text(id), Value::Integer(inserted)],
+            )
+            .await?;
+            conn.execute(
+                INSERT_TEXT,
+                vec![Value::Text(body), text(ns), text(id), text("steps")],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Loads the stored items an update names (see [`LearningUpdate`]).
+    async fn load_existing(
+        conn: &Connection,
+        ns: &str,
+        update: &LearningUpdate,
+    ) -> DbResult<ExistingLearned> {
+        async fn bodies(
+            conn: &Connection,
+            sql_head: &str,
+            ns: &str,
+            keys: Vec<String>,
+        ) -> DbResult<Vec<String>> {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let sql = format!("{sql_head} ({}) ORDER BY id", placeholders(2, keys.len()));
+            let mut params = Vec::with_capacity(keys.len() + 1);
+            params.push(text(ns));
+            params.extend(keys.into_iter().map(Value::Text));
+            let mut rows = conn.query(&sql, params).await?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await? {
+                out.push(Cols::new(&row, "learned item").text(0)?);
+            }
+            Ok(out)
+        }
+        let patterns = bodies(
+            conn,
+            "SELECT body FROM patterns WHERE ns = ?1 AND id IN",
+            ns,
+            update.pattern_ids().into_iter().map(|p| p.0).collect(),
+        )
+        .await?
+        .iter()
+        .map(|b| from_json("pattern", b))
+        .collect::<DbResult<Vec<Pattern>>>()?;
+        let heuristics = bodies(
+            conn,
+            "SELECT body FROM heuristics WHERE ns = ?1 AND condition_key IN",
+            ns,
+            update.condition_keys(),
+        )
+        .await?
+        .iter()
+        .map(|b| from_json("heuristic", b))
+        .collect::<DbResult<Vec<Heuristic>>>()?;
+        let lessons = bodies(
+            conn,
+            "SELECT body FROM lessons WHERE ns = ?1 AND id IN",
+            ns,
+            update.lesson_ids().into_iter().map(|l| l.0).collect(),
+        )
+        .await?
+        .iter()
+        .map(|b| from_json("lesson", b))
+        .collect::<DbResult<Vec<FailureLesson>>>()?;
+        Ok(ExistingLearned {
+            patterns,
+            heuristics,
+            lessons,
+        })
+    }
+
+    /// Upserts every item.
+    async fn write_items<'a>(
+        &self,
+        conn: &Connection,
+        ns: &str,
+        patterns: impl Iterator<Item = &'a Pattern>,
+        heuristics: impl Iterator<Item = &'a Heuristic>,
+        lessons: impl Iterator<Item = &'a FailureLesson>,
+    ) -> DbResult<()> {
+        let mut up = self.repeated(conn, UPSERT_PATTERN);
+        for p in patterns {
+            up.execute(pattern_params(ns, p)?).await?;
+        }
+        let mut up = self.repeated(conn, UPSERT_HEURISTIC);
+        for h in heuristics {
+            up.execute(heuristic_params(ns, h)?).await?;
+        }
+        let mut up = self.repeated(conn, UPSERT_LESSON);
+        for l in lessons {
+            up.execute(lesson_params(ns, l)?).await?;
+        }
+        Ok(())
+    }
+
+    /// Loads, merges (in core) and writes back a learning update, inside the caller's
+    /// transaction.
+    async fn merge_learning(
+        &self,
+        conn: &Connection,
+        ns: &str,
+        update: &LearningUpdate,
+    ) -> DbResult<LearnedChanges> {
+        let existing = Self::load_existing(conn, ns, update).await?;
+        let changes = update.apply(existing);
+        self.write_items(
+            conn,
+            ns,
+            changes.patterns.iter().map(|c| &c.item),
+            changes.heuristics.iter().map(|c| &c.item),
+            changes.lessons.iter().map(|c| &c.item),
+        )
+        .await?;
+        Ok(changes)
+    }
+
+    /// One JSON `body` by primary key, from `sql` (`... WHERE ns = ?1 AND id = ?2`).
+    async fn body_by_id(&self, sql: &'static str, ns: &str, id: &str) -> DbResult<Option<String>> {
+        self.read(async |conn| {
+            let mut rows = conn.query(sql, vec![text(ns), text(id)]).await?;
+            match rows.next().await? {
+                Some(row) => Ok(Some(Cols::new(&row, "learned item").text(0)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// JSON bodies of a learned-item query.
+    async fn bodies(&self, sql: &str, params: Vec<Value>) -> DbResult<Vec<String>> {
+        self.read(async |conn| {
+            let mut rows = conn.query(sql, params).await?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await? {
+                out.push(Cols::new(&row, "learned item").text(0)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// A page of learned items from `table` matching `q`, ordered by `order`.
+    async fn query_learned<T: serde::de::DeserializeOwned>(
+        &self,
+        table_sql: &'static str,
+        what: &'static str,
+        extra: Option<(&'static str, Value)>,
+        order: &'static str,
+        ns: &Namespace,
+        q: &LearnedQuery,
+    ) -> DbResult<Vec<T>> {
+        let mut sql = Sql::default();
+        sql.push(table_sql)
+            .cond(" WHERE ns = ", text(ns.as_str()), "");
+        learned_sql(q, &mut sql);
+        if let Some((column_sql, value)) = extra {
+            sql.push(" AND ").push(column_sql).cond(" = ", value, "");
+        }
+        sql.push(" ORDER BY ")
+            .push(order)
+            .cond(" LIMIT ", Value::Integer(i64::from(q.limit)), "")
+            .cond(" OFFSET ", Value::Integer(i64::from(q.offset)), "");
+        self.bodies(&sql.text, sql.values)
+            .await?
+            .iter()
+            .map(|b| from_json(what, b))
+            .collect()
+    }
+}
+
+fn conflict_completed(id: EpisodeId) -> Error {
+    Error::Conflict {
+        kind: ObjectKind::Episode,
+        id: id.to_string(),
+        reason: "is already completed; steps can no longer be added".into(),
+    }
+}
+
+/// Whether the episode exists (`None`) and is completed.
+async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<bool>> {
+    let mut rows = conn
+        .query(
+            "SELECT outcome_kind IS NOT NULL FROM episodes WHERE ns = ?1 AND id = ?2",
+            vec![text(ns), text(id)],
+        )
+        .await?;
+    match rows.next().await? {
+        Some(row) => Ok(Some(Cols::new(&row, "episode").i64(0)? != 0)),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl EpisodeStore for TursoStorage {
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode.id))]
+    async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("create_episode", async {
+                let (ns, id) = (ns.as_str(), episode.id.to_string());
+                let ctx = &episode.context;
+                let outcome_kind = episode.outcome.as_ref().map(|o| o.kind().as_str());
+                let params = vec![
+                    text(ns),
+                    text(&id),
+                    text(&episode.task_description),
+                    text(episode.task_type.as_str()),
+                    text(&ctx.domain),
+                    opt_text(ctx.language.as_deref()),
+                    opt_text(ctx.framework.as_deref()),
+                    text(ctx.complexity.as_str()),
+                    Value::Text(to_json("context.tags", &ctx.tags)?),
+                    Value::Integer(nanos("started_at", episode.started_at)?),
+                    episode
+                        .completed_at
+                        .map(|t| nanos("completed_at", t))
+                        .transpose()?
+                        .map_or(Value::Null, Value::Integer),
+                    opt_text(outcome_kind),
+                    episode
+                        .outcome
+                        .as_ref()
+                        .map(|o| to_json("outcome", o))
+                        .transpose()?
+                        .map_or(Value::Null, Value::Text),
+                    episode
+                        .reward
+                        .as_ref()
+                        .map_or(Value::Null, |r| Value::Real(r.total)),
+                    episode
+                        .reward
+                        .as_ref()
+                        .map(|r| to_json("reward", r))
+                        .transpose()?
+                        .map_or(Value::Null, Value::Text),
+                    episode
+                        .reflection
+                        .as_ref()
+                        .map(|r| to_json("reflection", r))
+                        .transpose()?
+                        .map_or(Value::Null, Value::Text),
+                ];
+                inner
+                    .write_tx(async |tx| {
+                        if tx.execute(INSERT_EPISODE, params).await? == 0 {
+                            return Ok(()); // a replay: the episode exists; change nothing
+                        }
+                        let mut tags = inner.repeated(tx, INSERT_TAG);
+                        for tag in &ctx.tags {
+                            tags.execute(vec![text(ns), text(tag), text(&id)]).await?;
+                        }
+                        drop(tags);
+                        tx.execute(
+                            INSERT_TEXT,
+                            vec![
+                                text(&episode.task_description),
+                                text(ns),
+                                text(&id),
+                                text("task"),
+                            ],
+                        )
+                        .await?;
+                        inner.append_step_rows(tx, ns, &id, &episode.steps).await?;
+                        if let Some(r) = &episode.reflection {
+                            tx.execute(
+                                INSERT_TEXT,
+                                vec![
+                                    Value::Text(r.text()),
+                                    text(ns),
+                                    text(&id),
+                                    text("reflection"),
+                                ],
+                            )
+                            .await?;
+                        }
+                        Ok(())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode_id, steps = steps.len()))]
+    async fn append_steps(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        steps: &[ExecutionStep],
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("append_steps", async {
+                let (ns, id) = (ns.as_str(), episode_id.to_string());
+                inner
+                    .write_tx(async |tx| {
+                        match episode_state(tx, ns, &id).await? {
+                            None => return Err(Error::not_found(ObjectKind::Episode, episode_id).into()),
+                            Some(true) => return Err(conflict_completed(episode_id).into()),
+                            Some(false) => {}
+                        }
+                        inner.append_step_rows(tx, ns, &id, steps).await
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %completion.episode_id))]
+    async fn complete_episode(
+        &self,
+        ns: &Namespace,
+        completion: &EpisodeCompletion,
+    ) -> Result<Option<LearnedChanges>> {
+        let inner = &*self.inner;
+        inner
+            .call("complete_episode", async {
+                let c = completion;
+                let (ns, id) = (ns.as_str(), c.episode_id.to_string());
+                let update = vec![
+                    text(ns),
+                    text(&id),
+                    text(c.outcome.kind().as_str()),
+                    Value::Text(to_json("outcome", &c.outcome)?),
+                    Value::Real(c.reward.total),
+                    Value::Text(to_json("reward", &c.reward)?),
+                    Value::Text(to_json("reflection", &c.reflection)?),
+                    Value::Integer(nanos("completed_at", c.completed_at)?),
+                ];
+                inner
+                    .write_tx(async |tx| {
+                match episode_state(tx, ns, &id).await? {
+                    None => return Err(Error::not_found(ObjectKind::Episode, c.episode_id).into()),
+                    Some(true) => return Ok(None), // a replay: nothing changes
+                    Some(false) => {}
+                }
+                tx.execute(
+                    "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, reward = ?6, \
+                     reflection = ?7, completed_at = ?8 WHERE ns = ?1 AND id = ?2",
+                    update,
+                )
+                .await?;
+                tx.execute(
+                    INSERT_TEXT,
+                    vec![Value::Text(c.reflection.text()), text(ns), text(&id), text("reflection")],
+                )
+                .await?;
+                let changes = inner.merge_learning(tx, ns, &c.learning).await?;
+                Ok(Some(changes))
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
+    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+        let inner = &*self.inner;
+        inner
+            .call("get_episode", async {
+                let (ns, id) = (ns.as_str(), id.to_string());
+                inner.read(async |conn| {
+                let mut rows = conn
+                    .query(
+                        &format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2"),
+                        vec![text(ns), text(&id)],
+                    )
+                    .await?;
+                let Some(row) = rows.next().await? else {
+                    return Ok(None);
+                };
+                let mut episode = episode_from_row(&row)?;
+                drop(rows);
+                let mut rows = conn
+                    .query(
+                        &format!(
+                            "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 ORDER BY step_number"
+                        ),
+                        vec![text(ns), text(&id)],
+                    )
+                    .await?;
+                while let Some(row) = rows.next().await? {
+                    episode.steps.push(step_from_row(&row)?);
+                }
+                Ok(Some(episode))
+                }).await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, limit = query.limit, offset = query.offset))]
+    async fn query_episodes(
+        &self,
+        ns: &Namespace,
+        query: &EpisodeQuery,
+    ) -> Result<Vec<EpisodeSummary>> {
+        let inner = &*self.inner;
+        inner
+            .call("query_episodes", async {
+                let mut sql = Sql::default();
+                sql.push("SELECT ").push(SUMMARY_COLUMNS).cond(
+                    " FROM episodes e WHERE e.ns = ",
+                    text(ns.as_str()),
+                    "",
+                );
+                filter_sql(&query.filter, &mut sql);
+                sql.push(" ORDER BY e.started_at DESC, e.id DESC")
+                    .cond(" LIMIT ", Value::Integer(i64::from(query.limit)), "")
+                    .cond(" OFFSET ", Value::Integer(i64::from(query.offset)), "");
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn.query(&sql.text, sql.values).await?;
+                        let mut out = Vec::new();
+                        while let Some(row) = rows.next().await? {
+                            out.push(summary_from_row(&row)?);
+                        }
+                        Ok(out)
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, limit = query.limit))]
+    async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
+        let inner = &*self.inner;
+        inner
+            .call("search_episodes", async {
+                let Some(expr) = fts_match(&query.text) else {
+                    return Ok(Vec::new());
+                };
+                if query.limit == 0 {
+                    return Ok(Vec::new());
+                }
+                // Score: -bm25 (positive, higher is better) summed over the episode's parts.
+                let mut sql = Sql::default();
+                sql.push("WITH m AS MATERIALIZED (SELECT episode_id, -bm25(episode_text) AS s ")
+                    .cond(
+                        "FROM episode_text WHERE episode_text MATCH ",
+                        Value::Text(expr),
+                        "",
+                    )
+                    .cond(" AND ns = ", text(ns.as_str()), ") ")
+                    .push("SELECT m.episode_id, SUM(m.s) AS score FROM m ")
+                    .cond("JOIN episodes e ON e.ns = ", text(ns.as_str()), "")
+                    .push(" AND e.id = m.episode_id WHERE 1 = 1");
+                filter_sql(&query.filter, &mut sql);
+                sql.push(" GROUP BY m.episode_id ORDER BY score DESC, m.episode_id ASC")
+                    .cond(" LIMIT ", Value::Integer(i64::from(query.limit)), "");
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn.query(&sql.text, sql.values).await?;
+                        let mut hits = Vec::new();
+                        while let Some(row) = rows.next().await? {
+                            let c = Cols::new(&row, "search hit");
+                            hits.push(TextHit {
+                                episode_id: c.episode_id(0)?,
+                                score: c.f64(1)?,
+                            });
+                        }
+                        Ok(hits)
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats> {
+        let inner = &*self.inner;
+        inner
+            .call("namespace_stats", async {
+                inner.read(async |conn| {
+                let mut rows = conn
+                    .query(
+                        "SELECT \
+                         (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
+                         (SELECT COUNT(*) FROM episodes WHERE ns = ?1 AND outcome_kind IS NOT NULL), \
+                         (SELECT COUNT(*) FROM episodes WHERE ns = ?1 AND outcome_kind = 'success'), \
+                         (SELECT COALESCE(SUM(step_count), 0) FROM episodes WHERE ns = ?1), \
+                         (SELECT COUNT(*) FROM patterns WHERE ns = ?1), \
+                         (SELECT COUNT(*) FROM patterns WHERE ns = ?1 AND status = 'active'), \
+                         (SELECT COUNT(*) FROM heuristics WHERE ns = ?1), \
+                         (SELECT COUNT(*) FROM heuristics WHERE ns = ?1 AND status = 'active'), \
+                         (SELECT COUNT(*) FROM lessons WHERE ns = ?1), \
+                         (SELECT COUNT(*) FROM feedback WHERE ns = ?1)",
+                        vec![text(ns.as_str())],
+                    )
+                    .await?;
+                let row = rows
+                    .next()
+                    .await?
+                    .ok_or_else(|| decode("namespace stats", "no row returned"))?;
+                let c = Cols::new(&row, "namespace stats");
+                let n = |i: i32| c.i64(i).map(|v| v as u64);
+                Ok(NamespaceStats {
+                    episodes: n(0)?,
+                    completed: n(1)?,
+                    successes: n(2)?,
+                    steps: n(3)?,
+                    patterns: n(4)?,
+                    active_patterns: n(5)?,
+                    heuristics: n(6)?,
+                    active_heuristics: n(7)?,
+                    lessons: n(8)?,
+                    feedback: n(9)?,
+                })
+                }).await
+            })
+            .await
+    }
+
+    #[instrument(skip_all)]
+    async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
+        let inner = &*self.inner;
+        inner
+            .call("list_namespaces", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn
+                            .query("SELECT DISTINCT ns FROM episodes ORDER BY ns", ())
+                            .await?;
+                        let mut out = Vec::new();
+                        while let Some(row) = rows.next().await? {
+                            let name = Cols::new(&row, "namespace").text(0)?;
+                            out.push(Namespace::new(name).map_err(|e| decode("namespace", e))?);
+                        }
+                        Ok(out)
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all)]
+    async fn ping(&self) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("ping", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn.query("SELECT 1", ()).await?;
+                        rows.next().await?;
+                        Ok(())
+                    })
+                    .await
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl LearningStore for TursoStorage {
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %update.episode_id))]
+    async fn apply_learning(
+        &self,
+        ns: &Namespace,
+        update: &LearningUpdate,
+    ) -> Result<LearnedChanges> {
+        let inner = &*self.inner;
+        inner
+            .call("apply_learning", async {
+                inner
+                    .write_tx(async |tx| inner.merge_learning(tx, ns.as_str(), update).await)
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, patterns = items.patterns.len(), heuristics = items.heuristics.len(), lessons = items.lessons.len()))]
+    async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("put_learned", async {
+                inner
+                    .write_tx(async |tx| {
+                        inner
+                            .write_items(
+                                tx,
+                                ns.as_str(),
+                                items.patterns.iter(),
+                                items.heuristics.iter(),
+                                items.lessons.iter(),
+                            )
+                            .await
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, pattern_id = %id))]
+    async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>> {
+        let inner = &*self.inner;
+        inner
+            .call("get_pattern", async {
+                inner
+                    .body_by_id(
+                        "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
+                        ns.as_str(),
+                        &id.0,
+                    )
+                    .await?
+                    .map(|b| from_json("pattern", &b))
+                    .transpose()
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn query_patterns(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Pattern>> {
+        let inner = &*self.inner;
+        inner
+            .call(
+                "query_patterns",
+                inner.query_learned(
+                    "SELECT body FROM patterns",
+                    "pattern",
+                    query.kind.as_deref().map(|k| ("kind", text(k))),
+                    "occurrences DESC, id ASC",
+                    ns,
+                    query,
+                ),
+            )
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, heuristic_id = %id))]
+    async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>> {
+        let inner = &*self.inner;
+        inner
+            .call("get_heuristic", async {
+                inner
+                    .body_by_id(
+                        "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
+                        ns.as_str(),
+                        &id.0,
+                    )
+                    .await?
+                    .map(|b| from_json("heuristic", &b))
+                    .transpose()
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn query_heuristics(
+        &self,
+        ns: &Namespace,
+        query: &LearnedQuery,
+    ) -> Result<Vec<Heuristic>> {
+        let inner = &*self.inner;
+        inner
+            .call(
+                "query_heuristics",
+                inner.query_learned(
+                    "SELECT body FROM heuristics",
+                    "heuristic",
+                    None,
+                    "support DESC, id ASC",
+                    ns,
+                    query,
+                ),
+            )
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, lesson_id = %id))]
+    async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>> {
+        let inner = &*self.inner;
+        inner
+            .call("get_lesson", async {
+                inner
+                    .body_by_id(
+                        "SELECT body FROM lessons WHERE ns = ?1 AND id = ?2",
+                        ns.as_str(),
+                        &id.0,
+                    )
+                    .await?
+                    .map(|b| from_json("lesson", &b))
+                    .transpose()
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn query_lessons(
+        &self,
+        ns: &Namespace,
+        query: &LearnedQuery,
+    ) -> Result<Vec<FailureLesson>> {
+        let inner = &*self.inner;
+        inner
+            .call(
+                "query_lessons",
+                inner.query_learned(
+                    "SELECT body FROM lessons",
+                    "lesson",
+                    None,
+                    "occurrences DESC, id ASC",
+                    ns,
+                    query,
+                ),
+            )
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, target = %feedback.target.id(), episode_id = %feedback.episode_id))]
+    async fn record_feedback(&self, ns: &Namespace, feedback: &Feedback) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("record_feedback", async {
+                let fb = feedback;
+                let ns = ns.as_str();
+                let (kind, target_id) = (fb.target.kind(), fb.target.id());
+                let recorded_at = nanos("feedback.recorded_at", fb.recorded_at)?;
+                inner
+                    .write_tx(async |tx| {
+                let select = match fb.target {
+                    FeedbackTarget::Pattern(_) => "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
+                    FeedbackTarget::Heuristic(_) => "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
+                };
+                let mut rows = tx.query(select, vec![text(ns), text(target_id)]).await?;
+                let Some(row) = rows.next().await? else {
+                    let object = match fb.target {
+                        FeedbackTarget::Pattern(_) => ObjectKind::Pattern,
+                        FeedbackTarget::Heuristic(_) => ObjectKind::Heuristic,
+                    };
+                    return Err(Error::not_found(object, target_id).into());
+                };
+                let body = Cols::new(&row, "learned item").text(0)?;
+                drop(rows);
+                let key = || vec![text(ns), text(kind), text(target_id)];
+                let mut params = key();
+                params.push(Value::Text(fb.episode_id.to_string()));
+                tx.execute(
+                    "DELETE FROM feedback WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 AND episode_id = ?4",
+                    params.clone(),
+                )
+                .await?;
+                params.push(text(fb.outcome.as_str()));
+                params.push(Value::Integer(recorded_at));
+                tx.execute(
+                    "INSERT INTO feedback (ns, target_kind, target_id, episode_id, outcome, recorded_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params,
+                )
+                .await?;
+                let mut rows = tx
+                    .query(
+                        "SELECT outcome, COUNT(*) FROM feedback \
+                         WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 GROUP BY outcome",
+                        key(),
+                    )
+                    .await?;
+                let mut eff = memory_core::Effectiveness::default();
+                while let Some(row) = rows.next().await? {
+                    let c = Cols::new(&row, "feedback");
+                    let n = c.i64(1)? as u64;
+                    match c.parse::<FeedbackOutcome>(0)? {
+                        FeedbackOutcome::Helped => eff.helped = n,
+                        FeedbackOutcome::NoEffect => eff.no_effect = n,
+                        FeedbackOutcome::Hindered => eff.hindered = n,
+                    }
+                }
+                drop(rows);
+                match fb.target {
+                    FeedbackTarget::Pattern(_) => {
+                        let mut p: Pattern = from_json("pattern", &body)?;
+                        p.effectiveness = eff;
+                        inner
+                            .write_items(tx, ns, std::iter::once(&p), std::iter::empty(), std::iter::empty())
+                            .await?;
+                    }
+                    FeedbackTarget::Heuristic(_) => {
+                        let mut h: Heuristic = from_json("heuristic", &body)?;
+                        h.votes_up = eff.helped;
+                        h.votes_down = eff.hindered;
+                        inner
+                            .write_items(tx, ns, std::iter::empty(), std::iter::once(&h), std::iter::empty())
+                            .await?;
+                    }
+                }
+                Ok(())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, target = %target.id()))]
+    async fn list_feedback(
+        &self,
+        ns: &Namespace,
+        target: &FeedbackTarget,
+    ) -> Result<Vec<Feedback>> {
+        let inner = &*self.inner;
+        inner
+            .call("list_feedback", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn
+                            .query(
+                                "SELECT episode_id, outcome, recorded_at FROM feedback \
+                         WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
+                                vec![text(ns.as_str()), text(target.kind()), text(target.id())],
+                            )
+                            .await?;
+                        let mut out = Vec::new();
+                        while let Some(row) = rows.next().await? {
+                            let c = Cols::new(&row, "feedback");
+                            out.push(Feedback {
+                                target: target.clone(),
+                                episode_id: c.episode_id(0)?,
+                                outcome: c.parse(1)?,
+                                recorded_at: crate::codec::from_nanos(c.i64(2)?),
+                            });
+                        }
+                        Ok(out)
+                    })
+                    .await
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl EmbeddingStore for TursoStorage {
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode_id, model, dims = vector.len()))]
+    async fn put_embedding(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        model: &str,
+        vector: &[f32],
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("put_embedding", async {
+                let conn = inner.writer().await?;
+                // One statement: stored only if the episode exists, replacing an earlier vector.
+                let changed = conn
+                    .execute(
+                        "INSERT INTO embeddings (ns, episode_id, model, dims, vector, created_at) \
+                         SELECT ?1, ?2, ?3, ?4, ?5, ?6 \
+                         WHERE EXISTS (SELECT 1 FROM episodes WHERE ns = ?1 AND id = ?2) \
+                         ON CONFLICT (ns, episode_id, model) DO UPDATE SET dims = excluded.dims, \
+                         vector = excluded.vector, created_at = excluded.created_at",
+                        vec![
+                            text(ns.as_str()),
+                            Value::Text(episode_id.to_string()),
+                            text(model),
+                            Value::Integer(vector.len() as i64),
+                            Value::Blob(vector_to_blob(vector)),
+                            Value::Integer(nanos_clamped(Utc::now())),
+                        ],
+                    )
+                    .await?;
+                if changed == 0 {
+                    return Err(Error::not_found(ObjectKind::Episode, episode_id).into());
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode_id, model))]
+    async fn get_embedding(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        model: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        let inner = &*self.inner;
+        inner
+            .call("get_embedding", async {
+                inner.read(async |conn| {
+                let mut rows = conn
+                    .query(
+                        "SELECT vector FROM embeddings WHERE ns = ?1 AND episode_id = ?2 AND model = ?3",
+                        vec![text(ns.as_str()), Value::Text(episode_id.to_string()), text(model)],
+                    )
+                    .await?;
+                match rows.next().await? {
+                    Some(row) => Ok(Some(blob_to_vector(&Cols::new(&row, "embedding").blob(0)?)?)),
+                    None => Ok(None),
+                }
+                }).await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, model, limit))]
+    async fn episodes_missing_embedding(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<EpisodeId>> {
+        let inner = &*self.inner;
+        inner
+            .call("episodes_missing_embedding", async {
+                inner.read(async |conn| {
+                let mut rows = conn
+                    .query(
+                        "SELECT e.id FROM episodes e WHERE e.ns = ?1 AND NOT EXISTS \
+                         (SELECT 1 FROM embeddings m WHERE m.ns = e.ns AND m.episode_id = e.id AND m.model = ?2) \
+                         ORDER BY e.id LIMIT ?3",
+                        vec![text(ns.as_str()), text(model), Value::Integer(i64::from(limit))],
+                    )
+                    .await?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().await? {
+                    out.push(Cols::new(&row, "episode").episode_id(0)?);
+                }
+                Ok(out)
+                }).await
+            })
+            .await
+    }
+}
+
+impl Storage for TursoStorage {
+    fn backend_name(&self) -> &'static str {
+        BACKEND
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MEMORY_PATH;
+    use memory_core::{NewEpisode, StepInput, TaskContext, TaskType};
+
+    async fn memory_store_with_episode(task: &str) -> (TursoStorage, Namespace, Episode) {
+        let s = TursoStorage::open_local(MEMORY_PATH).await.unwrap();
+        let ns = Namespace::default();
+        let mut e = Episode::start(
+            NewEpisode::new(task, TaskType::Other, TaskContext::new("d")),
+            Utc::now(),
+        );
+        e.steps.push(ExecutionStep {
+            step_number: 1,
+            timestamp: Utc::now(),
+            input: StepInput::ok(task, task, task),
+        });
+        s.create_episode(&ns, &e).await.unwrap();
+        (s, ns, e)
+    }
+
+    #[tokio::test]
+    async fn stored_vectors_work_with_libsql_vector_functions() {
+        let (s, ns, e) = memory_store_with_episode("x").await;
+        s.put_embedding(&ns, e.id, "m", &[1.0, 0.0, 0.0])
+            .await
+            .unwrap();
+        let conn = s.inner.writer.lock().await;
+        let mut rows = conn
+            .query(
+                "SELECT vector_distance_cos(vector, vector32('[0,1,0]')), vector_extract(vector) \
+                 FROM embeddings",
+                (),
+            )
+            .await
+            .unwrap();
+        let row = rows.next().await.unwrap().unwrap();
+        let distance = Cols::new(&row, "t").f64(0).unwrap();
+        assert!((distance - 1.0).abs() < 1e-6, "{distance}");
+        assert_eq!(Cols::new(&row, "t").text(1).unwrap(), "[1,0,0]");
+    }
+
+    #[tokio::test]
+    async fn text_with_nul_bytes_round_trips() {
+        let task = "a\0b\0\0c";
+        let (s, ns, e) = memory_store_with_episode(task).await;
+        let got = s.get_episode(&ns, e.id).await.unwrap().unwrap();
+        assert_eq!(got, e);
+    }
+
+    #[tokio::test]
+    async fn writer_heals_a_transaction_left_open() {
+        let (s, ns, e) = memory_store_with_episode("x").await;
+        {
+            let conn = s.inner.writer.lock().await;
+            conn.execute("BEGIN IMMEDIATE", ()).await.unwrap();
+            assert!(!conn.is_autocommit());
+        }
+        s.append_steps(&ns, e.id, &[]).await.unwrap();
+        assert!(s.inner.writer.lock().await.is_autocommit());
+    }
+
+    #[test]
+    fn fts_expressions_quote_every_term() {
+        assert_eq!(fts_match(""), None);
+        assert_eq!(fts_match("  * \" - ( "), None);
+        assert_eq!(
+            fts_match("NEAR(rate limiting) AND OR NOT"),
+            Some("\"limiting\" OR \"near\" OR \"not\" OR \"rate\"".to_owned())
+        );
+        assert_eq!(
+            fts_match("'; DROP TABLE episodes; --"),
+            Some("\"drop\" OR \"episodes\" OR \"table\"".to_owned())
+        );
+    }
+}

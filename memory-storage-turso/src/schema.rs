@@ -1,0 +1,271 @@
+//! The SQL schema, its version table, and the ordered forward migrations applied at open.
+//!
+//! `schema_version` holds one row per applied migration; the database's version is the
+//! highest. Opening a database applies every missing migration up to the configured target in
+//! one `BEGIN IMMEDIATE` transaction, so concurrent openers serialize and a failed migration
+//! leaves the database as it was. A database newer than this build is refused (never
+//! downgraded). The layout is documented in `SCHEMA.md` next to this crate's manifest.
+
+use libsql::{Connection, TransactionBehavior};
+use tracing::info;
+
+use crate::error::{DbResult, DriverError};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// One forward migration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Migration {
+    /// The version the database has after it.
+    pub version: u32,
+    /// What it does, stored in `schema_version.description`.
+    pub description: &'static str,
+    /// The statements, run in order in the migration transaction.
+    pub statements: &'static [&'static str],
+}
+
+const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+    version     INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at  TEXT NOT NULL
+)";
+
+/// Version 1: episodes, steps, tags, learned items, feedback and the full-text index.
+const V1: &[&str] = &[
+    // One row per episode. Timestamps are nanoseconds since the Unix epoch (UTC). JSON text
+    // columns hold the parts that are read back whole; the filterable fields are columns.
+    "CREATE TABLE episodes (
+        ns               TEXT NOT NULL,
+        id               TEXT NOT NULL,
+        task_description TEXT NOT NULL,
+        task_type        TEXT NOT NULL,
+        domain           TEXT NOT NULL,
+        language         TEXT,
+        framework        TEXT,
+        complexity       TEXT NOT NULL,
+        tags             TEXT NOT NULL,
+        started_at       INTEGER NOT NULL,
+        completed_at     INTEGER,
+        outcome_kind     TEXT,
+        outcome          TEXT,
+        reward_total     REAL,
+        reward           TEXT,
+        reflection       TEXT,
+        step_count       INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (ns, id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX episodes_by_start ON episodes (ns, started_at DESC, id DESC)",
+    "CREATE INDEX episodes_by_context ON episodes (ns, task_type, domain, language, started_at DESC)",
+    "CREATE INDEX episodes_by_outcome ON episodes (ns, outcome_kind, started_at DESC)",
+    "CREATE TABLE episode_tags (
+        ns         TEXT NOT NULL,
+        tag        TEXT NOT NULL,
+        episode_id TEXT NOT NULL,
+        PRIMARY KEY (ns, tag, episode_id),
+        FOREIGN KEY (ns, episode_id) REFERENCES episodes (ns, id)
+    ) WITHOUT ROWID",
+    // Steps are appended as rows, never by rewriting the episode.
+    "CREATE TABLE steps (
+        ns          TEXT NOT NULL,
+        episode_id  TEXT NOT NULL,
+        step_number INTEGER NOT NULL,
+        at          INTEGER NOT NULL,
+        tool        TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        parameters  TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        result_text TEXT NOT NULL,
+        latency_ms  INTEGER NOT NULL,
+        tokens      INTEGER,
+        PRIMARY KEY (ns, episode_id, step_number),
+        FOREIGN KEY (ns, episode_id) REFERENCES episodes (ns, id)
+    ) WITHOUT ROWID",
+    // Learned items: the item as JSON in `body`, plus the columns queries filter and sort on.
+    // Unset context fields are NULL and match any query value.
+    "CREATE TABLE patterns (
+        ns          TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        task_type   TEXT,
+        domain      TEXT,
+        language    TEXT,
+        status      TEXT NOT NULL,
+        occurrences INTEGER NOT NULL,
+        successes   INTEGER NOT NULL,
+        last_seen   INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        PRIMARY KEY (ns, id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX patterns_by_occurrences ON patterns (ns, occurrences DESC, id)",
+    "CREATE TABLE heuristics (
+        ns            TEXT NOT NULL,
+        id            TEXT NOT NULL,
+        condition_key TEXT NOT NULL,
+        task_type     TEXT,
+        domain        TEXT,
+        language      TEXT,
+        status        TEXT NOT NULL,
+        support       INTEGER NOT NULL,
+        against       INTEGER NOT NULL,
+        last_seen     INTEGER NOT NULL,
+        body          TEXT NOT NULL,
+        PRIMARY KEY (ns, id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX heuristics_by_condition ON heuristics (ns, condition_key)",
+    "CREATE INDEX heuristics_by_support ON heuristics (ns, support DESC, id)",
+    "CREATE TABLE lessons (
+        ns          TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        task_type   TEXT,
+        domain      TEXT,
+        language    TEXT,
+        status      TEXT NOT NULL,
+        failed_tool TEXT NOT NULL,
+        error_class TEXT NOT NULL,
+        occurrences INTEGER NOT NULL,
+        last_seen   INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        PRIMARY KEY (ns, id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX lessons_by_occurrences ON lessons (ns, occurrences DESC, id)",
+    // Pattern-usage (feedback) events: one per (target, episode); `seq` is insertion order.
+    "CREATE TABLE feedback (
+        seq         INTEGER PRIMARY KEY,
+        ns          TEXT NOT NULL,
+        target_kind TEXT NOT NULL,
+        target_id   TEXT NOT NULL,
+        episode_id  TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        UNIQUE (ns, target_kind, target_id, episode_id)
+    )",
+    "CREATE INDEX feedback_by_target ON feedback (ns, target_kind, target_id, seq)",
+    // Full-text index: one row per episode part (`task`, each appended batch of `steps`,
+    // `reflection`), written in the same transaction as the rows it indexes.
+    "CREATE VIRTUAL TABLE episode_text USING fts5 (
+        body,
+        ns UNINDEXED,
+        episode_id UNINDEXED,
+        part UNINDEXED,
+        tokenize = 'unicode61 remove_diacritics 0'
+    )",
+];
+
+/// Version 2: embeddings, with a native libsql vector column.
+const V2: &[&str] = &[
+    // `vector` holds little-endian f32 values, libsql's `F32_BLOB` format, so libsql's vector
+    // functions (`vector_distance_cos`, `vector_extract`, ...) work on it directly. No DiskANN
+    // index yet: it inserts at ~150 rows/s; the retrieval layer decides when one pays off.
+    "CREATE TABLE embeddings (
+        ns         TEXT NOT NULL,
+        episode_id TEXT NOT NULL,
+        model      TEXT NOT NULL,
+        dims       INTEGER NOT NULL,
+        vector     F32_BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (ns, episode_id, model),
+        FOREIGN KEY (ns, episode_id) REFERENCES episodes (ns, id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX embeddings_by_model ON embeddings (ns, model, episode_id)",
+];
+
+/// Every migration, in order. Never edit a released one: add a new version instead.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "episodes, steps, tags, patterns, heuristics, lessons, feedback, fts5 index",
+        statements: V1,
+    },
+    Migration {
+        version: 2,
+        description: "embeddings with an F32_BLOB vector column",
+        statements: V2,
+    },
+];
+
+/// The database's schema version (0 for a new database).
+pub(crate) async fn current_version(conn: &Connection) -> DbResult<u32> {
+    let mut rows = conn
+        .query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            (),
+        )
+        .await?;
+    if rows.next().await?.is_none() {
+        return Ok(0);
+    }
+    drop(rows);
+    let mut rows = conn
+        .query("SELECT COALESCE(MAX(version), 0) FROM schema_version", ())
+        .await?;
+    let version = match rows.next().await? {
+        Some(row) => row.get::<i64>(0)?,
+        None => 0,
+    };
+    u32::try_from(version)
+        .map_err(|_| DriverError::Schema(format!("invalid schema version {version}")).into())
+}
+
+/// Brings the database to `target`: applies the missing migrations in one IMMEDIATE
+/// transaction. Returns the version the database has afterwards.
+pub(crate) async fn migrate(conn: &Connection, target: u32) -> DbResult<u32> {
+    let found = current_version(conn).await?;
+    check_not_newer(found)?;
+    if found >= target {
+        return Ok(found);
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .await?;
+    tx.execute(CREATE_VERSION_TABLE, ()).await?;
+    // Re-read under the write lock: another opener may have migrated meanwhile.
+    let found = current_version(&tx).await?;
+    check_not_newer(found)?;
+    let mut version = found;
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > found && m.version <= target)
+    {
+        for stmt in m.statements {
+            tx.execute(stmt, ()).await?;
+        }
+        tx.execute(
+            "INSERT INTO schema_version (version, description, applied_at) \
+             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            (i64::from(m.version), m.description),
+        )
+        .await?;
+        info!(
+            version = m.version,
+            description = m.description,
+            "applied schema migration"
+        );
+        version = m.version;
+    }
+    tx.commit().await?;
+    Ok(version)
+}
+
+fn check_not_newer(found: u32) -> DbResult<()> {
+    if found > SCHEMA_VERSION {
+        return Err(DriverError::Schema(format!(
+            "database schema version {found} is newer than this build supports ({SCHEMA_VERSION}); upgrade the memory"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_ordered_and_end_at_the_current_version() {
+        let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        let expected: Vec<u32> = (1..=SCHEMA_VERSION).collect();
+        assert_eq!(versions, expected);
+        assert!(MIGRATIONS.iter().all(|m| !m.statements.is_empty()));
+    }
+}

@@ -1,0 +1,155 @@
+//! Pins `TursoStorage` under write contention on one local database file: 100
+//! `SelfLearningMemory` handles, each over its own `TursoStorage` (its own writer and reader
+//! connections) on the same file, and 1,000 concurrent tasks that each start an episode, log
+//! five steps and complete it. No call fails (`busy_timeout` plus IMMEDIATE transactions turn
+//! lock contention into waiting), and no write is lost: the counts are exact, every episode
+//! has its own steps in order with its own text, and the tool-sequence pattern all 1,000
+//! episodes share was merged exactly 1,000 times (every read-modify-write of the learned
+//! state saw the previous one).
+//!
+//! The main test writes every step as it is logged (`max_batch = 1`: 5,000 step
+//! transactions under contention). The variant with the default step batching is ignored:
+//! it loses steps to a race in `SelfLearningMemory` (the flush timer takes an episode's
+//! pending steps, `complete_episode` completes the episode before the timer's write lands,
+//! and the late write is rejected as a conflict and dropped); un-ignore it once that is fixed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use memory_core::{
+    EpisodeStore, LearnedQuery, LearningStore, MemoryConfig, Namespace, NewEpisode, Outcome,
+    SelfLearningMemory, StepBatchConfig, StepInput, TaskContext, TaskType,
+};
+use memory_storage_turso::{TursoConfig, TursoStorage};
+use tokio::task::JoinSet;
+
+const HANDLES: usize = 100;
+const TASKS: usize = 1_000;
+const STEPS: usize = 5;
+const TOOLS: [&str; STEPS] = ["read_file", "grep", "edit_file", "shell", "git"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_handles_thousand_tasks_one_file() {
+    let steps = StepBatchConfig {
+        max_batch: 1,
+        ..StepBatchConfig::default()
+    };
+    run(MemoryConfig::default().with_steps(steps)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "SelfLearningMemory's flush timer races complete_episode and drops steps (memory-core)"]
+async fn hundred_handles_thousand_tasks_one_file_default_batching() {
+    run(MemoryConfig::default()).await;
+}
+
+async fn run(config: MemoryConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+
+    // Open every handle concurrently, as separate processes would.
+    let mut opening = JoinSet::new();
+    for _ in 0..HANDLES {
+        let config = TursoConfig::local(&path).readers(1).build().unwrap();
+        opening.spawn(async move { TursoStorage::open(config).await });
+    }
+    let mut memories = Vec::with_capacity(HANDLES);
+    while let Some(opened) = opening.join_next().await {
+        let storage = Arc::new(opened.unwrap().unwrap());
+        memories.push(Arc::new(
+            SelfLearningMemory::new(storage, config.clone()).unwrap(),
+        ));
+    }
+
+    let ns = Namespace::new("concurrency/shared").unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..TASKS {
+        let memory = memories[i % HANDLES].clone();
+        let ns = ns.clone();
+        tasks.spawn(async move {
+            let ctx = TaskContext::new("web_api").with_language("rust");
+            let id = memory
+                .start_episode(
+                    &ns,
+                    NewEpisode::new(
+                        format!("concurrent task {i}"),
+                        TaskType::CodeGeneration,
+                        ctx,
+                    ),
+                )
+                .await?;
+            for (k, tool) in TOOLS.iter().enumerate() {
+                memory
+                    .log_step(
+                        &ns,
+                        id,
+                        StepInput::ok(*tool, format!("task {i} step {k}"), format!("out {i}/{k}")),
+                    )
+                    .await?;
+                tokio::task::yield_now().await;
+            }
+            memory
+                .complete_episode(&ns, id, Outcome::success(format!("done {i}")))
+                .await?;
+            Ok::<_, memory_core::Error>((i, id))
+        });
+    }
+    let mut ids = Vec::with_capacity(TASKS);
+    while let Some(done) = tasks.join_next().await {
+        ids.push(
+            done.unwrap()
+                .unwrap_or_else(|e| panic!("a concurrent task failed: {e}")),
+        );
+    }
+    assert_eq!(ids.len(), TASKS);
+    for memory in &memories {
+        memory.shutdown().await.unwrap();
+    }
+    drop(memories);
+
+    // Check through a fresh handle.
+    let storage = TursoStorage::open_local(&path).await.unwrap();
+    let stats = storage.namespace_stats(&ns).await.unwrap();
+    assert_eq!(stats.episodes, TASKS as u64, "no episode lost");
+    assert_eq!(stats.completed, TASKS as u64, "every completion stored");
+    assert_eq!(stats.successes, TASKS as u64);
+    assert_eq!(stats.steps, (TASKS * STEPS) as u64, "no step lost");
+    for (i, id) in ids {
+        let episode = storage.get_episode(&ns, id).await.unwrap().unwrap();
+        assert_eq!(episode.task_description, format!("concurrent task {i}"));
+        assert!(episode.is_completed());
+        assert_eq!(episode.steps.len(), STEPS);
+        for (k, step) in episode.steps.iter().enumerate() {
+            assert_eq!(step.step_number as usize, k + 1);
+            assert_eq!(step.input.tool, TOOLS[k]);
+            assert_eq!(
+                step.input.action,
+                format!("task {i} step {k}"),
+                "episode {i} holds its own steps"
+            );
+            assert_eq!(step.input.result.text(), format!("out {i}/{k}"));
+        }
+        assert_eq!(
+            episode.outcome.as_ref().map(Outcome::summary),
+            Some(format!("done {i}").as_str())
+        );
+    }
+    let patterns = storage
+        .query_patterns(
+            &ns,
+            &LearnedQuery {
+                kind: Some("tool_sequence".into()),
+                include_inactive: true,
+                ..LearnedQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patterns.len(), 1, "one shared tool sequence: {patterns:#?}");
+    assert_eq!(
+        patterns[0].occurrences, TASKS as u64,
+        "every merge of the shared pattern counted"
+    );
+    assert_eq!(patterns[0].successes, TASKS as u64);
+}

@@ -1,0 +1,244 @@
+//! Pins the schema migrations of `TursoStorage`: a database created at schema version 1 (the
+//! previous release: no embeddings table) and filled with episodes, steps, learned items and
+//! feedback is upgraded in place to the current version when opened by the current code;
+//! every row survives unchanged, the new table works, `schema_version` records each applied
+//! migration once, reopening applies nothing, and a database from a newer build is refused
+//! with a permanent error instead of being touched.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use memory_core::{
+    EmbeddingStore, Episode, EpisodeQuery, EpisodeStore, FeedbackOutcome, FeedbackTarget,
+    LearnedQuery, LearningStore, MemoryConfig, Namespace, NewEpisode, Outcome, PatternId,
+    SelfLearningMemory, StepInput, TaskContext, TaskType,
+};
+use memory_storage_turso::{SCHEMA_VERSION, TursoConfig, TursoStorage};
+
+async fn tables(path: &Path) -> Vec<String> {
+    let db = libsql::Builder::new_local(path).build().await.unwrap();
+    let conn = db.connect().unwrap();
+    let mut rows = conn
+        .query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            (),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        out.push(row.get::<String>(0).unwrap());
+    }
+    out
+}
+
+async fn versions(path: &Path) -> Vec<(i64, String)> {
+    let db = libsql::Builder::new_local(path).build().await.unwrap();
+    let conn = db.connect().unwrap();
+    let mut rows = conn
+        .query(
+            "SELECT version, description FROM schema_version ORDER BY version",
+            (),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        out.push((row.get::<i64>(0).unwrap(), row.get::<String>(1).unwrap()));
+    }
+    out
+}
+
+async fn all_episodes(s: &TursoStorage, ns: &Namespace) -> Vec<Episode> {
+    let mut out = Vec::new();
+    for summary in s
+        .query_episodes(
+            ns,
+            &EpisodeQuery {
+                limit: 1_000,
+                ..EpisodeQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+    {
+        out.push(s.get_episode(ns, summary.id).await.unwrap().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_database_is_upgraded_in_place() {
+    const {
+        assert!(
+            SCHEMA_VERSION >= 2,
+            "the upgrade path needs a previous version"
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let ns = Namespace::new("migrations/v1").unwrap();
+
+    // The previous release's database.
+    let old = Arc::new(
+        TursoStorage::open(TursoConfig::local(&path).schema_version(1).build().unwrap())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(old.schema_version(), 1);
+    let memory = SelfLearningMemory::new(old.clone(), MemoryConfig::default()).unwrap();
+    let ctx = TaskContext::new("databases")
+        .with_language("go")
+        .with_tag("legacy");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let id = memory
+            .start_episode(
+                &ns,
+                NewEpisode::new(
+                    format!("migrate the orders table {i}"),
+                    TaskType::Refactoring,
+                    ctx.clone(),
+                ),
+            )
+            .await
+            .unwrap();
+        memory
+            .log_step(
+                &ns,
+                id,
+                StepInput::error("psql", "run migration", "ERROR: deadlock detected"),
+            )
+            .await
+            .unwrap();
+        memory
+            .log_step(
+                &ns,
+                id,
+                StepInput::ok("edit_file", "split the migration", "ok"),
+            )
+            .await
+            .unwrap();
+        memory
+            .log_step(
+                &ns,
+                id,
+                StepInput::ok("psql", "run migration", "ALTER TABLE"),
+            )
+            .await
+            .unwrap();
+        let report = memory
+            .complete_episode(&ns, id, Outcome::success("migrated"))
+            .await
+            .unwrap();
+        memory
+            .record_feedback(
+                &ns,
+                FeedbackTarget::Pattern(PatternId(report.patterns[0].id.clone())),
+                id,
+                FeedbackOutcome::Helped,
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    memory.shutdown().await.unwrap();
+    let err = old
+        .put_embedding(&ns, ids[0], "m", &[1.0])
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_transient(),
+        "a missing table is not transient: {err}"
+    );
+    let all = LearnedQuery {
+        include_inactive: true,
+        limit: 1_000,
+        ..LearnedQuery::default()
+    };
+    let episodes = all_episodes(&old, &ns).await;
+    let patterns = old.query_patterns(&ns, &all).await.unwrap();
+    let heuristics = old.query_heuristics(&ns, &all).await.unwrap();
+    let lessons = old.query_lessons(&ns, &all).await.unwrap();
+    let stats = old.namespace_stats(&ns).await.unwrap();
+    assert!(!lessons.is_empty() && !heuristics.is_empty() && stats.feedback == 4);
+    drop(memory);
+    drop(old);
+    assert!(
+        !tables(&path).await.contains(&"embeddings".to_owned()),
+        "version 1 has no embeddings table"
+    );
+    assert_eq!(versions(&path).await.len(), 1);
+
+    // The current code upgrades it in place.
+    let new = TursoStorage::open_local(&path).await.unwrap();
+    assert_eq!(new.schema_version(), SCHEMA_VERSION);
+    assert!(tables(&path).await.contains(&"embeddings".to_owned()));
+    let applied = versions(&path).await;
+    assert_eq!(
+        applied.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (1..=i64::from(SCHEMA_VERSION)).collect::<Vec<_>>(),
+        "each migration recorded once: {applied:?}"
+    );
+    assert_eq!(
+        all_episodes(&new, &ns).await,
+        episodes,
+        "episodes survive the upgrade"
+    );
+    assert_eq!(new.query_patterns(&ns, &all).await.unwrap(), patterns);
+    assert_eq!(new.query_heuristics(&ns, &all).await.unwrap(), heuristics);
+    assert_eq!(new.query_lessons(&ns, &all).await.unwrap(), lessons);
+    assert_eq!(new.namespace_stats(&ns).await.unwrap(), stats);
+    assert_eq!(
+        new.episodes_missing_embedding(&ns, "m", 10).await.unwrap(),
+        {
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted
+        }
+    );
+    new.put_embedding(&ns, ids[0], "m", &[1.0, 2.0])
+        .await
+        .unwrap();
+    assert_eq!(
+        new.get_embedding(&ns, ids[0], "m").await.unwrap(),
+        Some(vec![1.0, 2.0])
+    );
+    drop(new);
+
+    // Reopening applies nothing more.
+    let again = TursoStorage::open_local(&path).await.unwrap();
+    assert_eq!(again.schema_version(), SCHEMA_VERSION);
+    assert_eq!(versions(&path).await, applied);
+    assert_eq!(
+        again.get_embedding(&ns, ids[0], "m").await.unwrap(),
+        Some(vec![1.0, 2.0])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_a_newer_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.db");
+    drop(TursoStorage::open_local(&path).await.unwrap());
+    {
+        let db = libsql::Builder::new_local(&path).build().await.unwrap();
+        let conn = db.connect().unwrap();
+        conn.execute(
+            "INSERT INTO schema_version (version, description, applied_at) VALUES (?1, 'from the future', 'later')",
+            [i64::from(SCHEMA_VERSION) + 1],
+        )
+        .await
+        .unwrap();
+    }
+    let err = TursoStorage::open_local(&path).await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("newer"), "{err}");
+    assert_eq!(
+        versions(&path).await.len(),
+        SCHEMA_VERSION as usize + 1,
+        "nothing was changed"
+    );
+}
