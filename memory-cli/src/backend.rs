@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use memory_core::{Cache, SelfLearningMemory, Storage, SystemClock, TieredConfig, TieredStorage};
+use memory_core::{
+    Cache, Embedder, SelfLearningMemory, Storage, SystemClock, TieredConfig, TieredStorage,
+};
+use memory_embed::{MiniLmEmbedder, ModelLocation, missing_model_files};
 use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
 use memory_storage_turso::{TursoConfig, TursoStorage};
 use tracing::warn;
@@ -27,6 +30,9 @@ pub struct Stack {
     pub tiered: Arc<TieredStorage>,
     /// Why the cache is off, when it is.
     pub cache_problem: Option<String>,
+    /// The embedding model, when the command needed one: `Ok(description)` when loaded,
+    /// `Err(why not)` when missing or broken; `None` when the command did not load it.
+    pub embedder: Option<std::result::Result<String, String>>,
 }
 
 impl Stack {
@@ -94,8 +100,43 @@ async fn open_outbox(path: &Path) -> Result<RedbOutbox> {
     }
 }
 
-/// Opens the memory over the configured storage.
-pub async fn open(s: &Settings) -> Result<Stack> {
+/// Loads the embedding model (`MEMORY_MODEL_DIR`, then `<data dir>/models/all-MiniLM-L6-v2`,
+/// then the workspace's `.tools`). `Err` says why there is none; the memory then retrieves
+/// lexically and says so.
+pub async fn load_embedder(data_dir: &Path) -> std::result::Result<Arc<dyn Embedder>, String> {
+    let Some(location) = ModelLocation::resolve(Some(data_dir)) else {
+        let tried: Vec<String> = ModelLocation::candidates(Some(data_dir))
+            .iter()
+            .map(|c| c.dir.display().to_string())
+            .collect();
+        return Err(format!(
+            "embedding model not installed (looked in {}); run scripts/install-model.sh or set MEMORY_MODEL_DIR",
+            tried.join(", ")
+        ));
+    };
+    let missing = missing_model_files(&location.dir);
+    if !missing.is_empty() {
+        return Err(format!(
+            "embedding model incomplete in {} (from {}): missing {}",
+            location.dir.display(),
+            location.source,
+            missing.join(", ")
+        ));
+    }
+    let dir = location.dir.clone();
+    match tokio::task::spawn_blocking(move || MiniLmEmbedder::load(&dir)).await {
+        Ok(Ok(e)) => Ok(Arc::new(e)),
+        Ok(Err(e)) => Err(format!(
+            "embedding model in {} failed to load: {e}",
+            location.dir.display()
+        )),
+        Err(e) => Err(format!("embedding model load panicked: {e}")),
+    }
+}
+
+/// Opens the memory over the configured storage; loads the embedding model when
+/// `semantic` (commands that retrieve), since loading it costs a few hundred milliseconds.
+pub async fn open(s: &Settings, semantic: bool) -> Result<Stack> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create the data directory {}", s.data_dir.display()))?;
     let durable = open_durable(s).await?;
@@ -118,10 +159,30 @@ pub async fn open(s: &Settings) -> Result<Stack> {
         Arc::new(SystemClock),
     )
     .await?;
-    let memory = SelfLearningMemory::new(tiered.clone(), s.memory.clone())?;
+    let (embedder, embedder_status) = if semantic {
+        match load_embedder(&s.data_dir).await {
+            Ok(e) => {
+                let desc = format!("{} ({} dimensions)", e.model_id(), e.dimensions());
+                (Some(e), Some(Ok(desc)))
+            }
+            Err(why) => {
+                warn!("{why}; retrieval is lexical only");
+                (None, Some(Err(why)))
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let memory = SelfLearningMemory::with_embedder(
+        tiered.clone(),
+        s.memory.clone(),
+        Arc::new(SystemClock),
+        embedder,
+    )?;
     Ok(Stack {
         memory,
         tiered,
         cache_problem,
+        embedder: embedder_status,
     })
 }

@@ -80,6 +80,48 @@ pub enum Command {
     Sync(SyncCmd),
     /// Run a scripted learning session and show what the memory learned
     Demo(DemoArgs),
+    /// Advice for a new task: similar episodes, patterns, heuristics, pitfalls, a playbook and
+    /// an estimate, each with a reason
+    Recommend(RecommendArgs),
+    /// Measure retrieval quality on a labeled dataset
+    #[command(subcommand)]
+    Eval(EvalCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// The new task
+    #[arg(long)]
+    pub task: String,
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// code_generation, debugging, refactoring, testing, analysis, documentation or other
+    #[arg(long = "type")]
+    pub task_type: Option<String>,
+    /// Most items per list
+    #[arg(long, default_value_t = 5)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCmd {
+    /// Recall@k, MRR and nDCG@10 of BM25, vector and hybrid retrieval, and abstention, on a
+    /// dataset in the JSONL format of shared/eval/retrieval (episodes.jsonl, queries.jsonl).
+    /// Runs in a fresh in-memory libsql store; the data directory is not touched.
+    Retrieval(EvalRetrievalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalRetrievalArgs {
+    /// Directory holding episodes.jsonl and queries.jsonl
+    #[arg(long, value_name = "DIR")]
+    pub dataset: PathBuf,
+    /// Withhold the queries' context and task type: only the task text speaks
+    #[arg(long)]
+    pub description_only: bool,
+    /// Evaluate both modes (with context and description only)
+    #[arg(long, conflicts_with = "description_only")]
+    pub both: bool,
 }
 
 #[derive(Debug, Subcommand)]

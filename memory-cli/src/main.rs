@@ -98,7 +98,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
         settings.namespace = Namespace::new(format!("demo/run-{stamp}"))?;
     }
-    let stack = backend::open(&settings).await?;
+    // Commands that retrieve (or report on retrieval) load the embedding model.
+    let semantic = matches!(
+        cli.command,
+        Command::Recommend(_) | Command::Health | Command::Demo(_)
+    );
+    if let Command::Eval(cmd) = cli.command {
+        return commands::eval::run(cmd, &settings)
+            .await
+            .map(|()| ExitCode::SUCCESS);
+    }
+    let stack = backend::open(&settings, semantic).await?;
     let s = &settings;
     let m = &stack.memory;
     let mut code = ExitCode::SUCCESS;
@@ -116,6 +126,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }),
         Command::Demo(a) => commands::demo::run(a.rounds, m, s).await,
+        Command::Recommend(a) => commands::recommend::run(a, m, s).await,
+        Command::Eval(_) => Ok(()),
     };
     let shutdown = stack.shutdown().await;
     result?;

@@ -17,7 +17,7 @@ use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
+    LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
 };
 
 /// When [`FaultInjecting`] fails a call.
@@ -259,6 +259,16 @@ impl<S: Storage + ?Sized> EmbeddingStore for FaultInjecting<S> {
         self.inner
             .episodes_missing_embedding(ns, model, limit)
             .await
+    }
+    async fn scan_embeddings(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: Option<EpisodeId>,
+        limit: u32,
+    ) -> Result<Vec<StoredEmbedding>> {
+        self.check("scan_embeddings")?;
+        self.inner.scan_embeddings(ns, model, after, limit).await
     }
 }
 

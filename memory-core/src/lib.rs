@@ -43,6 +43,7 @@ mod pattern;
 mod quota;
 mod redact;
 mod reflection;
+pub mod retrieval;
 mod reward;
 mod signature;
 mod storage;
@@ -84,6 +85,10 @@ pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObserva
 pub use quota::{QuotaConfig, RateLimitConfig, RateLimiter};
 pub use redact::{RedactionConfig, Redactor};
 pub use reflection::{Reflection, reflect};
+pub use retrieval::{
+    Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery, RetrievedEpisode, Retriever,
+    ScoreBreakdown,
+};
 pub use reward::{RewardHistory, RewardScore, compute_reward};
 pub use signature::{ContextKey, collapse_tools, error_class, normalize_label, normalize_tool};
 pub use storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
@@ -91,7 +96,8 @@ pub use storage::memory::InMemoryStorage;
 pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
 pub use storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
-    LearnedItems, LearnedQuery, LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
+    LearnedItems, LearnedQuery, LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit,
+    TextQuery,
 };
 pub use text::{episode_search_text, tokenize};
 pub use tiered::{

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 /// | `max_tags` | 32 |
 /// | `max_tag_bytes` | 64 |
 /// | `max_label_bytes` | 128 (domain, language, framework) |
+/// | `max_results` | 100 (results of one retrieval or recommendation) |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Limits {
@@ -52,6 +53,8 @@ pub struct Limits {
     pub max_tag_bytes: usize,
     /// Longest domain, language or framework.
     pub max_label_bytes: usize,
+    /// Most results one retrieval or recommendation may ask for.
+    pub max_results: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +73,7 @@ impl Default for Limits {
             max_tags: 32,
             max_tag_bytes: 64,
             max_label_bytes: 128,
+            max_results: 100,
         }
     }
 }
@@ -124,6 +128,28 @@ impl Limits {
             check("context.tag", t.len(), self.max_tag_bytes)?;
         }
         Ok(())
+    }
+
+    /// Checks a retrieval query: the task like a new episode's description, the context like
+    /// a new episode's, and the result count.
+    pub fn check_retrieval(&self, q: &crate::retrieval::RetrievalQuery) -> Result<()> {
+        non_empty("task", &q.task)?;
+        check("task", q.task.len(), self.max_description_bytes)?;
+        if let Some(c) = &q.context {
+            check("context.domain", c.domain.len(), self.max_label_bytes)?;
+            check(
+                "context.language",
+                c.language.as_deref().map_or(0, str::len),
+                self.max_label_bytes,
+            )?;
+            check(
+                "context.framework",
+                c.framework.as_deref().map_or(0, str::len),
+                self.max_label_bytes,
+            )?;
+            check("context.tags", c.tags.len(), self.max_tags)?;
+        }
+        check("limit", q.limit as usize, self.max_results)
     }
 
     /// Checks one step.

@@ -42,8 +42,9 @@ struct FrontEntry {
 ///   written with the next write transaction (or once
 ///   [`touch_flush_threshold`](CacheConfig::touch_flush_threshold) keys are pending), before
 ///   any eviction decision is made, so eviction still follows true LRU order.
-/// - **Writes** (put, invalidate) commit with `Durability::None`: the cache is a copy and may
-///   lose its last writes in a crash. Every
+/// - **Writes** (put, invalidate) return once committed; concurrent writes share one
+///   transaction (group commit, in arrival order). They commit with `Durability::None`: the
+///   cache is a copy and may lose its last writes in a crash. Every
 ///   [`durable_commit_every`](CacheConfig::durable_commit_every)-th commit is durable so redb can
 ///   reuse freed pages. A write that crosses a bound deletes least recently used entries (rows
 ///   in every table) until both bounds hold; it also deletes up to

@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use libsql::{Builder, Connection, Database, Statement, TransactionBehavior, Value};
+use libsql::{Builder, Connection, Database, TransactionBehavior, Value};
 use memory_core::{
     EmbeddingStore, Episode, EpisodeCompletion, EpisodeFilter, EpisodeId, EpisodeQuery,
     EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep, ExistingLearned,
     FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic, HeuristicId,
     LearnedChanges, LearnedItems, LearnedQuery, LearningStore, LearningUpdate, LessonId, Namespace,
-    NamespaceStats, ObjectKind, Pattern, PatternId, Result, Storage, TaskType, TextHit, TextQuery,
-    tokenize,
+    NamespaceStats, ObjectKind, Pattern, PatternId, Result, Storage, StoredEmbedding, TaskType,
+    TextHit, TextQuery, tokenize,
 };
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, instrument, warn};
@@ -60,8 +60,6 @@ struct Inner {
     /// Empty when reads share the writer (`:memory:`).
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
-    /// Local connections reuse prepared statements in loops; remote ones send plain SQL.
-    prepare: bool,
     /// Reads go to a remote server over Hrana (see [`Inner::read`]).
     remote_reads: bool,
     /// The schema version after opening.
@@ -151,7 +149,6 @@ impl TursoStorage {
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
-                prepare: local,
                 remote_reads: matches!(mode, TursoMode::Remote { .. }),
                 schema_version,
             }),
@@ -383,40 +380,54 @@ impl Inner {
             }
         }
     }
-
-    fn repeated<'c>(&self, conn: &'c Connection, sql: &'static str) -> Repeated<'c> {
-        Repeated {
-            conn,
-            sql,
-            prepare: self.prepare,
-            stmt: None,
-        }
-    }
 }
 
-/// One statement run many times: prepared once on local connections, sent as is to remote
-/// ones (where preparing costs a round trip).
-struct Repeated<'c> {
-    conn: &'c Connection,
-    sql: &'static str,
-    prepare: bool,
-    stmt: Option<Statement>,
+/// Rows per multi-row `INSERT` (at 11 columns, far below SQLite's 32,766 bound parameters).
+const ROWS_PER_INSERT: usize = 500;
+
+/// `head VALUES (?, ...), (?, ...) tail` for `rows` rows of `columns` values each: one
+/// statement (one round trip to a server) instead of one per row.
+fn multi_row(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 5);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    let mut n = 0;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            n += 1;
+            sql.push('?');
+            sql.push_str(&n.to_string());
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
 }
 
-impl Repeated<'_> {
-    async fn execute(&mut self, params: Vec<Value>) -> DbResult<u64> {
-        if !self.prepare {
-            return Ok(self.conn.execute(self.sql, params).await?);
-        }
-        let stmt = match self.stmt.take() {
-            Some(stmt) => stmt,
-            None => self.conn.prepare(self.sql).await?,
-        };
-        let result = stmt.execute(params).await;
-        stmt.reset();
-        self.stmt = Some(stmt);
-        Ok(result? as u64)
+/// Inserts rows (each `columns` values) with multi-row statements.
+async fn insert_rows(
+    conn: &Connection,
+    head: &str,
+    columns: usize,
+    rows: Vec<Vec<Value>>,
+    tail: &str,
+) -> DbResult<()> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        let sql = multi_row(head, columns, chunk.len(), tail);
+        conn.execute(&sql, chunk.into_iter().flatten().collect::<Vec<_>>())
+            .await?;
     }
+    Ok(())
 }
 
 /// A statement built at run time from fixed SQL fragments and bound values: user values only
@@ -540,40 +551,52 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, domain, language, framework, \
-     complexity, tags, started_at, completed_at, outcome_kind, outcome, reward_total, reward, reflection) \
+const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, \
+     domain, language, framework, complexity, tags, started_at, completed_at, outcome_kind, \
+     outcome, reward_total, reward, reflection) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
      ON CONFLICT (ns, id) DO NOTHING";
 
-const INSERT_TAG: &str =
-    "INSERT INTO episode_tags (ns, tag, episode_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
+const INSERT_TAGS: &str = "INSERT INTO episode_tags (ns, tag, episode_id)";
 
-const INSERT_STEP: &str = "INSERT INTO steps (ns, episode_id, step_number, at, tool, action, parameters, status, \
-     result_text, latency_ms, tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-     ON CONFLICT (ns, episode_id, step_number) DO NOTHING";
+const INSERT_STEPS: &str = "INSERT INTO steps (ns, episode_id, step_number, at, tool, action, \
+     parameters, status, result_text, latency_ms, tokens)";
+/// Returns the numbers of the steps actually inserted (replays are skipped).
+const INSERT_STEPS_TAIL: &str =
+    "ON CONFLICT (ns, episode_id, step_number) DO NOTHING RETURNING step_number";
 
 const INSERT_TEXT: &str =
     "INSERT INTO episode_text (body, ns, episode_id, part) VALUES (?1, ?2, ?3, ?4)";
 
-const UPSERT_PATTERN: &str = "INSERT INTO patterns (ns, id, kind, task_type, domain, language, status, occurrences, \
-     successes, last_seen, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-     ON CONFLICT (ns, id) DO UPDATE SET kind = excluded.kind, task_type = excluded.task_type, \
-     domain = excluded.domain, language = excluded.language, status = excluded.status, \
-     occurrences = excluded.occurrences, successes = excluded.successes, last_seen = excluded.last_seen, \
-     body = excluded.body";
+/// Columns of the learned-item tables as written by the upserts.
+const LEARNED_COLUMNS: usize = 11;
 
-const UPSERT_HEURISTIC: &str = "INSERT INTO heuristics (ns, id, condition_key, task_type, domain, language, status, \
-     support, against, last_seen, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-     ON CONFLICT (ns, id) DO UPDATE SET condition_key = excluded.condition_key, task_type = excluded.task_type, \
+const UPSERT_PATTERNS: (&str, &str) = (
+    "INSERT INTO patterns (ns, id, kind, task_type, domain, language, status, occurrences, \
+     successes, last_seen, body)",
+    "ON CONFLICT (ns, id) DO UPDATE SET kind = excluded.kind, task_type = excluded.task_type, \
      domain = excluded.domain, language = excluded.language, status = excluded.status, \
-     support = excluded.support, against = excluded.against, last_seen = excluded.last_seen, body = excluded.body";
+     occurrences = excluded.occurrences, successes = excluded.successes, \
+     last_seen = excluded.last_seen, body = excluded.body",
+);
 
-const UPSERT_LESSON: &str = "INSERT INTO lessons (ns, id, task_type, domain, language, status, failed_tool, \
-     error_class, occurrences, last_seen, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-     ON CONFLICT (ns, id) DO UPDATE SET task_type = excluded.task_type, domain = excluded.domain, \
+const UPSERT_HEURISTICS: (&str, &str) = (
+    "INSERT INTO heuristics (ns, id, condition_key, task_type, domain, language, status, \
+     support, against, last_seen, body)",
+    "ON CONFLICT (ns, id) DO UPDATE SET condition_key = excluded.condition_key, \
+     task_type = excluded.task_type, domain = excluded.domain, language = excluded.language, \
+     status = excluded.status, support = excluded.support, against = excluded.against, \
+     last_seen = excluded.last_seen, body = excluded.body",
+);
+
+const UPSERT_LESSONS: (&str, &str) = (
+    "INSERT INTO lessons (ns, id, task_type, domain, language, status, failed_tool, \
+     error_class, occurrences, last_seen, body)",
+    "ON CONFLICT (ns, id) DO UPDATE SET task_type = excluded.task_type, domain = excluded.domain, \
      language = excluded.language, status = excluded.status, failed_tool = excluded.failed_tool, \
-     error_class = excluded.error_class, occurrences = excluded.occurrences, last_seen = excluded.last_seen, \
-     body = excluded.body";
+     error_class = excluded.error_class, occurrences = excluded.occurrences, \
+     last_seen = excluded.last_seen, body = excluded.body",
+);
 
 fn pattern_params(ns: &str, p: &Pattern) -> DbResult<Vec<Value>> {
     Ok(vec![
@@ -624,54 +647,63 @@ fn lesson_params(ns: &str, l: &FailureLesson) -> DbResult<Vec<Value>> {
 }
 
 impl Inner {
-    /// Inserts the steps that are not stored yet; returns how many were inserted and the
-    /// full-text of those.
+    /// Inserts the steps that are not stored yet (multi-row statements); returns how many
+    /// were inserted and the full-text of those.
     async fn insert_steps(
-        &self,
         conn: &Connection,
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
     ) -> DbResult<(i64, String)> {
-        let mut insert = self.repeated(conn, INSERT_STEP);
-        let mut inserted = 0;
+        let mut inserted = std::collections::BTreeSet::new();
+        for chunk in steps.chunks(ROWS_PER_INSERT) {
+            let mut params = Vec::with_capacity(chunk.len() * 11);
+            for s in chunk {
+                params.extend([
+                    text(ns),
+                    text(id),
+                    Value::Integer(i64::from(s.step_number)),
+                    Value::Integer(nanos("step.timestamp", s.timestamp)?),
+                    text(&s.input.tool),
+                    text(&s.input.action),
+                    Value::Text(to_json("step.parameters", &s.input.parameters)?),
+                    text(s.input.result.status()),
+                    text(s.input.result.text()),
+                    Value::Integer(s.input.latency_ms as i64),
+                    s.input
+                        .tokens
+                        .map_or(Value::Null, |t| Value::Integer(t as i64)),
+                ]);
+            }
+            let sql = multi_row(INSERT_STEPS, 11, chunk.len(), INSERT_STEPS_TAIL);
+            let mut rows = conn.query(&sql, params).await?;
+            while let Some(row) = rows.next().await? {
+                inserted.insert(Cols::new(&row, "step").i64(0)?);
+            }
+        }
         let mut body = String::new();
+        let mut count = 0;
         for s in steps {
-            let params = vec![
-                text(ns),
-                text(id),
-                Value::Integer(i64::from(s.step_number)),
-                Value::Integer(nanos("step.timestamp", s.timestamp)?),
-                text(&s.input.tool),
-                text(&s.input.action),
-                Value::Text(to_json("step.parameters", &s.input.parameters)?),
-                text(s.input.result.status()),
-                text(s.input.result.text()),
-                Value::Integer(s.input.latency_ms as i64),
-                s.input
-                    .tokens
-                    .map_or(Value::Null, |t| Value::Integer(t as i64)),
-            ];
-            if insert.execute(params).await? > 0 {
-                inserted += 1;
+            // Each inserted number once, for the first step that carried it.
+            if inserted.remove(&i64::from(s.step_number)) {
+                count += 1;
                 if !body.is_empty() {
                     body.push('\n');
                 }
                 body.push_str(&step_search_text(s));
             }
         }
-        Ok((inserted, body))
+        Ok((count, body))
     }
 
     /// Records step rows, the episode's step count and the steps' full-text row.
     async fn append_step_rows(
-        &self,
         conn: &Connection,
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
     ) -> DbResult<()> {
-        let (inserted, body) = self.insert_steps(conn, ns, id, steps).await?;
+        let (inserted, body) = Self::insert_steps(conn, ns, id, steps).await?;
         if inserted > 0 {
             conn.execute(
                 "UPDATE episodes SET step_count = step_count + ?3 WHERE ns = ?1 AND id = ?2",
@@ -752,39 +784,40 @@ impl Inner {
 
     /// Upserts every item.
     async fn write_items<'a>(
-        &self,
         conn: &Connection,
         ns: &str,
         patterns: impl Iterator<Item = &'a Pattern>,
         heuristics: impl Iterator<Item = &'a Heuristic>,
         lessons: impl Iterator<Item = &'a FailureLesson>,
     ) -> DbResult<()> {
-        let mut up = self.repeated(conn, UPSERT_PATTERN);
-        for p in patterns {
-            up.execute(pattern_params(ns, p)?).await?;
-        }
-        let mut up = self.repeated(conn, UPSERT_HEURISTIC);
-        for h in heuristics {
-            up.execute(heuristic_params(ns, h)?).await?;
-        }
-        let mut up = self.repeated(conn, UPSERT_LESSON);
-        for l in lessons {
-            up.execute(lesson_params(ns, l)?).await?;
-        }
+        let rows = patterns
+            .map(|p| pattern_params(ns, p))
+            .collect::<DbResult<Vec<_>>>()?;
+        let (head, tail) = UPSERT_PATTERNS;
+        insert_rows(conn, head, LEARNED_COLUMNS, rows, tail).await?;
+        let rows = heuristics
+            .map(|h| heuristic_params(ns, h))
+            .collect::<DbResult<Vec<_>>>()?;
+        let (head, tail) = UPSERT_HEURISTICS;
+        insert_rows(conn, head, LEARNED_COLUMNS, rows, tail).await?;
+        let rows = lessons
+            .map(|l| lesson_params(ns, l))
+            .collect::<DbResult<Vec<_>>>()?;
+        let (head, tail) = UPSERT_LESSONS;
+        insert_rows(conn, head, LEARNED_COLUMNS, rows, tail).await?;
         Ok(())
     }
 
     /// Loads, merges (in core) and writes back a learning update, inside the caller's
     /// transaction.
     async fn merge_learning(
-        &self,
         conn: &Connection,
         ns: &str,
         update: &LearningUpdate,
     ) -> DbResult<LearnedChanges> {
         let existing = Self::load_existing(conn, ns, update).await?;
         let changes = update.apply(existing);
-        self.write_items(
+        Self::write_items(
             conn,
             ns,
             changes.patterns.iter().map(|c| &c.item),
@@ -871,6 +904,141 @@ async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbResult<Option
     }
 }
 
+/// An episode with its steps in order, `None` if absent.
+async fn read_episode(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<Episode>> {
+    let sql = format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2");
+    let mut rows = conn.query(&sql, vec![text(ns), text(id)]).await?;
+    let Some(row) = rows.next().await? else {
+        return Ok(None);
+    };
+    let mut episode = episode_from_row(&row)?;
+    drop(rows);
+    let sql = format!(
+        "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 ORDER BY step_number"
+    );
+    let mut rows = conn.query(&sql, vec![text(ns), text(id)]).await?;
+    while let Some(row) = rows.next().await? {
+        episode.steps.push(step_from_row(&row)?);
+    }
+    Ok(Some(episode))
+}
+
+/// The transaction of [`EpisodeStore::complete_episode`]: records the outcome of an
+/// in-progress episode (`update` binds `?1..?8`), indexes its reflection and merges the
+/// learning. `Ok(None)` when it was already completed.
+async fn complete_in_tx(
+    tx: &Connection,
+    ns: &str,
+    id: &str,
+    c: &EpisodeCompletion,
+    update: Vec<Value>,
+) -> DbResult<Option<LearnedChanges>> {
+    // Completes only an in-progress episode; when nothing changed, find out why.
+    let changed = tx
+        .execute(
+            "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
+             reward = ?6, reflection = ?7, completed_at = ?8 \
+             WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL",
+            update,
+        )
+        .await?;
+    if changed == 0 {
+        return match episode_state(tx, ns, id).await? {
+            None => Err(Error::not_found(ObjectKind::Episode, c.episode_id).into()),
+            Some(_) => Ok(None), // already completed: a replay changes nothing
+        };
+    }
+    let reflection = vec![
+        Value::Text(c.reflection.text()),
+        text(ns),
+        text(id),
+        text("reflection"),
+    ];
+    tx.execute(INSERT_TEXT, reflection).await?;
+    Ok(Some(Inner::merge_learning(tx, ns, &c.learning).await?))
+}
+
+/// The transaction of [`LearningStore::record_feedback`]: replaces the event of (target,
+/// episode) and recomputes the target's effectiveness or votes from all its events.
+async fn feedback_in_tx(
+    tx: &Connection,
+    ns: &str,
+    fb: &Feedback,
+    recorded_at: i64,
+) -> DbResult<()> {
+    let (kind, target_id) = (fb.target.kind(), fb.target.id());
+    let select = match fb.target {
+        FeedbackTarget::Pattern(_) => "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
+        FeedbackTarget::Heuristic(_) => "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
+    };
+    let mut rows = tx.query(select, vec![text(ns), text(target_id)]).await?;
+    let Some(row) = rows.next().await? else {
+        let object = match fb.target {
+            FeedbackTarget::Pattern(_) => ObjectKind::Pattern,
+            FeedbackTarget::Heuristic(_) => ObjectKind::Heuristic,
+        };
+        return Err(Error::not_found(object, target_id).into());
+    };
+    let body = Cols::new(&row, "learned item").text(0)?;
+    drop(rows);
+
+    let key = || vec![text(ns), text(kind), text(target_id)];
+    let mut params = key();
+    params.push(Value::Text(fb.episode_id.to_string()));
+    tx.execute(
+        "DELETE FROM feedback \
+         WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 AND episode_id = ?4",
+        params.clone(),
+    )
+    .await?;
+    params.push(text(fb.outcome.as_str()));
+    params.push(Value::Integer(recorded_at));
+    tx.execute(
+        "INSERT INTO feedback (ns, target_kind, target_id, episode_id, outcome, recorded_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params,
+    )
+    .await?;
+
+    let mut rows = tx
+        .query(
+            "SELECT outcome, COUNT(*) FROM feedback \
+             WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 GROUP BY outcome",
+            key(),
+        )
+        .await?;
+    let mut eff = memory_core::Effectiveness::default();
+    while let Some(row) = rows.next().await? {
+        let c = Cols::new(&row, "feedback");
+        let n = c.i64(1)? as u64;
+        match c.parse::<FeedbackOutcome>(0)? {
+            FeedbackOutcome::Helped => eff.helped = n,
+            FeedbackOutcome::NoEffect => eff.no_effect = n,
+            FeedbackOutcome::Hindered => eff.hindered = n,
+        }
+    }
+    drop(rows);
+
+    let (no_patterns, no_heuristics, no_lessons) = (
+        std::iter::empty::<&Pattern>(),
+        std::iter::empty::<&Heuristic>(),
+        std::iter::empty::<&FailureLesson>(),
+    );
+    match fb.target {
+        FeedbackTarget::Pattern(_) => {
+            let mut p: Pattern = from_json("pattern", &body)?;
+            p.effectiveness = eff;
+            Inner::write_items(tx, ns, std::iter::once(&p), no_heuristics, no_lessons).await
+        }
+        FeedbackTarget::Heuristic(_) => {
+            let mut h: Heuristic = from_json("heuristic", &body)?;
+            h.votes_up = eff.helped;
+            h.votes_down = eff.hindered;
+            Inner::write_items(tx, ns, no_patterns, std::iter::once(&h), no_lessons).await
+        }
+    }
+}
+
 #[async_trait]
 impl EpisodeStore for TursoStorage {
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode.id))]
@@ -926,11 +1094,12 @@ impl EpisodeStore for TursoStorage {
                         if tx.execute(INSERT_EPISODE, params).await? == 0 {
                             return Ok(()); // a replay: the episode exists; change nothing
                         }
-                        let mut tags = inner.repeated(tx, INSERT_TAG);
-                        for tag in &ctx.tags {
-                            tags.execute(vec![text(ns), text(tag), text(&id)]).await?;
-                        }
-                        drop(tags);
+                        let tags = ctx
+                            .tags
+                            .iter()
+                            .map(|tag| vec![text(ns), text(tag), text(&id)])
+                            .collect();
+                        insert_rows(tx, INSERT_TAGS, 3, tags, "ON CONFLICT DO NOTHING").await?;
                         tx.execute(
                             INSERT_TEXT,
                             vec![
@@ -941,7 +1110,7 @@ impl EpisodeStore for TursoStorage {
                             ],
                         )
                         .await?;
-                        inner.append_step_rows(tx, ns, &id, &episode.steps).await?;
+                        Inner::append_step_rows(tx, ns, &id, &episode.steps).await?;
                         if let Some(r) = &episode.reflection {
                             tx.execute(
                                 INSERT_TEXT,
@@ -975,11 +1144,14 @@ impl EpisodeStore for TursoStorage {
                 inner
                     .write_tx(async |tx| {
                         match episode_state(tx, ns, &id).await? {
-                            None => return Err(Error::not_found(ObjectKind::Episode, episode_id).into()),
+                            None => {
+                                let missing = Error::not_found(ObjectKind::Episode, episode_id);
+                                return Err(missing.into());
+                            }
                             Some(true) => return Err(conflict_completed(episode_id).into()),
                             Some(false) => {}
                         }
-                        inner.append_step_rows(tx, ns, &id, steps).await
+                        Inner::append_step_rows(tx, ns, &id, steps).await
                     })
                     .await
             })
@@ -1008,26 +1180,7 @@ impl EpisodeStore for TursoStorage {
                     Value::Integer(nanos("completed_at", c.completed_at)?),
                 ];
                 inner
-                    .write_tx(async |tx| {
-                match episode_state(tx, ns, &id).await? {
-                    None => return Err(Error::not_found(ObjectKind::Episode, c.episode_id).into()),
-                    Some(true) => return Ok(None), // a replay: nothing changes
-                    Some(false) => {}
-                }
-                tx.execute(
-                    "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, reward = ?6, \
-                     reflection = ?7, completed_at = ?8 WHERE ns = ?1 AND id = ?2",
-                    update,
-                )
-                .await?;
-                tx.execute(
-                    INSERT_TEXT,
-                    vec![Value::Text(c.reflection.text()), text(ns), text(&id), text("reflection")],
-                )
-                .await?;
-                let changes = inner.merge_learning(tx, ns, &c.learning).await?;
-                Ok(Some(changes))
-                    })
+                    .write_tx(async |tx| complete_in_tx(tx, ns, &id, c, update).await)
                     .await
             })
             .await
@@ -1039,31 +1192,9 @@ impl EpisodeStore for TursoStorage {
         inner
             .call("get_episode", async {
                 let (ns, id) = (ns.as_str(), id.to_string());
-                inner.read(async |conn| {
-                let mut rows = conn
-                    .query(
-                        &format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2"),
-                        vec![text(ns), text(&id)],
-                    )
-                    .await?;
-                let Some(row) = rows.next().await? else {
-                    return Ok(None);
-                };
-                let mut episode = episode_from_row(&row)?;
-                drop(rows);
-                let mut rows = conn
-                    .query(
-                        &format!(
-                            "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 ORDER BY step_number"
-                        ),
-                        vec![text(ns), text(&id)],
-                    )
-                    .await?;
-                while let Some(row) = rows.next().await? {
-                    episode.steps.push(step_from_row(&row)?);
-                }
-                Ok(Some(episode))
-                }).await
+                inner
+                    .read(async |conn| read_episode(conn, ns, &id).await)
+                    .await
             })
             .await
     }
@@ -1121,7 +1252,9 @@ impl EpisodeStore for TursoStorage {
                         "",
                     )
                     .cond(" AND ns = ", text(ns.as_str()), ") ")
-                    .push("SELECT m.episode_id, SUM(m.s) AS score FROM m ")
+                    .push("SELECT ")
+                    .push(SUMMARY_COLUMNS)
+                    .push(", SUM(m.s) AS score FROM m ")
                     .cond("JOIN episodes e ON e.ns = ", text(ns.as_str()), "")
                     .push(" AND e.id = m.episode_id WHERE 1 = 1");
                 filter_sql(&query.filter, &mut sql);
@@ -1132,10 +1265,11 @@ impl EpisodeStore for TursoStorage {
                         let mut rows = conn.query(&sql.text, sql.values).await?;
                         let mut hits = Vec::new();
                         while let Some(row) = rows.next().await? {
-                            let c = Cols::new(&row, "search hit");
+                            let summary = summary_from_row(&row)?;
                             hits.push(TextHit {
-                                episode_id: c.episode_id(0)?,
-                                score: c.f64(1)?,
+                                episode_id: summary.id,
+                                score: Cols::new(&row, "search hit").f64(13)?,
+                                summary,
                             });
                         }
                         Ok(hits)
@@ -1241,7 +1375,7 @@ impl LearningStore for TursoStorage {
         inner
             .call("apply_learning", async {
                 inner
-                    .write_tx(async |tx| inner.merge_learning(tx, ns.as_str(), update).await)
+                    .write_tx(async |tx| Inner::merge_learning(tx, ns.as_str(), update).await)
                     .await
             })
             .await
@@ -1254,15 +1388,14 @@ impl LearningStore for TursoStorage {
             .call("put_learned", async {
                 inner
                     .write_tx(async |tx| {
-                        inner
-                            .write_items(
-                                tx,
-                                ns.as_str(),
-                                items.patterns.iter(),
-                                items.heuristics.iter(),
-                                items.lessons.iter(),
-                            )
-                            .await
+                        Inner::write_items(
+                            tx,
+                            ns.as_str(),
+                            items.patterns.iter(),
+                            items.heuristics.iter(),
+                            items.lessons.iter(),
+                        )
+                        .await
                     })
                     .await
             })
@@ -1392,77 +1525,9 @@ impl LearningStore for TursoStorage {
             .call("record_feedback", async {
                 let fb = feedback;
                 let ns = ns.as_str();
-                let (kind, target_id) = (fb.target.kind(), fb.target.id());
                 let recorded_at = nanos("feedback.recorded_at", fb.recorded_at)?;
                 inner
-                    .write_tx(async |tx| {
-                let select = match fb.target {
-                    FeedbackTarget::Pattern(_) => "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
-                    FeedbackTarget::Heuristic(_) => "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
-                };
-                let mut rows = tx.query(select, vec![text(ns), text(target_id)]).await?;
-                let Some(row) = rows.next().await? else {
-                    let object = match fb.target {
-                        FeedbackTarget::Pattern(_) => ObjectKind::Pattern,
-                        FeedbackTarget::Heuristic(_) => ObjectKind::Heuristic,
-                    };
-                    return Err(Error::not_found(object, target_id).into());
-                };
-                let body = Cols::new(&row, "learned item").text(0)?;
-                drop(rows);
-                let key = || vec![text(ns), text(kind), text(target_id)];
-                let mut params = key();
-                params.push(Value::Text(fb.episode_id.to_string()));
-                tx.execute(
-                    "DELETE FROM feedback WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 AND episode_id = ?4",
-                    params.clone(),
-                )
-                .await?;
-                params.push(text(fb.outcome.as_str()));
-                params.push(Value::Integer(recorded_at));
-                tx.execute(
-                    "INSERT INTO feedback (ns, target_kind, target_id, episode_id, outcome, recorded_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params,
-                )
-                .await?;
-                let mut rows = tx
-                    .query(
-                        "SELECT outcome, COUNT(*) FROM feedback \
-                         WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 GROUP BY outcome",
-                        key(),
-                    )
-                    .await?;
-                let mut eff = memory_core::Effectiveness::default();
-                while let Some(row) = rows.next().await? {
-                    let c = Cols::new(&row, "feedback");
-                    let n = c.i64(1)? as u64;
-                    match c.parse::<FeedbackOutcome>(0)? {
-                        FeedbackOutcome::Helped => eff.helped = n,
-                        FeedbackOutcome::NoEffect => eff.no_effect = n,
-                        FeedbackOutcome::Hindered => eff.hindered = n,
-                    }
-                }
-                drop(rows);
-                match fb.target {
-                    FeedbackTarget::Pattern(_) => {
-                        let mut p: Pattern = from_json("pattern", &body)?;
-                        p.effectiveness = eff;
-                        inner
-                            .write_items(tx, ns, std::iter::once(&p), std::iter::empty(), std::iter::empty())
-                            .await?;
-                    }
-                    FeedbackTarget::Heuristic(_) => {
-                        let mut h: Heuristic = from_json("heuristic", &body)?;
-                        h.votes_up = eff.helped;
-                        h.votes_down = eff.hindered;
-                        inner
-                            .write_items(tx, ns, std::iter::empty(), std::iter::once(&h), std::iter::empty())
-                            .await?;
-                    }
-                }
-                Ok(())
-                    })
+                    .write_tx(async |tx| feedback_in_tx(tx, ns, fb, recorded_at).await)
                     .await
             })
             .await
@@ -1595,6 +1660,53 @@ impl EmbeddingStore for TursoStorage {
                 }
                 Ok(out)
                 }).await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, model, limit))]
+    async fn scan_embeddings(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: Option<EpisodeId>,
+        limit: u32,
+    ) -> Result<Vec<StoredEmbedding>> {
+        let inner = &*self.inner;
+        // Keyset paging on the embeddings primary key; '' sorts before every id.
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS}, m.vector FROM embeddings m \
+             JOIN episodes e ON e.ns = m.ns AND e.id = m.episode_id \
+             WHERE m.ns = ?1 AND m.model = ?2 AND m.episode_id > ?3 \
+             ORDER BY m.episode_id LIMIT ?4"
+        );
+        inner
+            .call("scan_embeddings", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn
+                            .query(
+                                &sql,
+                                vec![
+                                    text(ns.as_str()),
+                                    text(model),
+                                    Value::Text(after.clone()),
+                                    Value::Integer(i64::from(limit)),
+                                ],
+                            )
+                            .await?;
+                        let mut out = Vec::new();
+                        while let Some(row) = rows.next().await? {
+                            let vector = Cols::new(&row, "embedding").blob(13)?;
+                            out.push(StoredEmbedding {
+                                summary: summary_from_row(&row)?,
+                                vector: blob_to_vector(&vector)?,
+                            });
+                        }
+                        Ok(out)
+                    })
+                    .await
             })
             .await
     }

@@ -35,26 +35,29 @@ const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
 const V1: &[&str] = &[
     // One row per episode. Timestamps are nanoseconds since the Unix epoch (UTC). JSON text
     // columns hold the parts that are read back whole; the filterable fields are columns.
+    // Rows are kilobytes (reward, reflection), so tables with large rows keep a rowid (a
+    // WITHOUT ROWID b-tree with such rows was 25x slower to list), and the big text columns
+    // come last so summaries do not read their overflow pages.
     "CREATE TABLE episodes (
         ns               TEXT NOT NULL,
         id               TEXT NOT NULL,
-        task_description TEXT NOT NULL,
         task_type        TEXT NOT NULL,
         domain           TEXT NOT NULL,
         language         TEXT,
         framework        TEXT,
         complexity       TEXT NOT NULL,
-        tags             TEXT NOT NULL,
         started_at       INTEGER NOT NULL,
         completed_at     INTEGER,
         outcome_kind     TEXT,
-        outcome          TEXT,
         reward_total     REAL,
+        step_count       INTEGER NOT NULL DEFAULT 0,
+        tags             TEXT NOT NULL,
+        task_description TEXT NOT NULL,
+        outcome          TEXT,
         reward           TEXT,
         reflection       TEXT,
-        step_count       INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (ns, id)
-    ) WITHOUT ROWID",
+    )",
     "CREATE INDEX episodes_by_start ON episodes (ns, started_at DESC, id DESC)",
     "CREATE INDEX episodes_by_context ON episodes (ns, task_type, domain, language, started_at DESC)",
     "CREATE INDEX episodes_by_outcome ON episodes (ns, outcome_kind, started_at DESC)",
@@ -80,7 +83,7 @@ const V1: &[&str] = &[
         tokens      INTEGER,
         PRIMARY KEY (ns, episode_id, step_number),
         FOREIGN KEY (ns, episode_id) REFERENCES episodes (ns, id)
-    ) WITHOUT ROWID",
+    )",
     // Learned items: the item as JSON in `body`, plus the columns queries filter and sort on.
     // Unset context fields are NULL and match any query value.
     "CREATE TABLE patterns (
@@ -96,7 +99,7 @@ const V1: &[&str] = &[
         last_seen   INTEGER NOT NULL,
         body        TEXT NOT NULL,
         PRIMARY KEY (ns, id)
-    ) WITHOUT ROWID",
+    )",
     "CREATE INDEX patterns_by_occurrences ON patterns (ns, occurrences DESC, id)",
     "CREATE TABLE heuristics (
         ns            TEXT NOT NULL,
@@ -111,7 +114,7 @@ const V1: &[&str] = &[
         last_seen     INTEGER NOT NULL,
         body          TEXT NOT NULL,
         PRIMARY KEY (ns, id)
-    ) WITHOUT ROWID",
+    )",
     "CREATE INDEX heuristics_by_condition ON heuristics (ns, condition_key)",
     "CREATE INDEX heuristics_by_support ON heuristics (ns, support DESC, id)",
     "CREATE TABLE lessons (
@@ -127,7 +130,7 @@ const V1: &[&str] = &[
         last_seen   INTEGER NOT NULL,
         body        TEXT NOT NULL,
         PRIMARY KEY (ns, id)
-    ) WITHOUT ROWID",
+    )",
     "CREATE INDEX lessons_by_occurrences ON lessons (ns, occurrences DESC, id)",
     // Pattern-usage (feedback) events: one per (target, episode); `seq` is insertion order.
     "CREATE TABLE feedback (
@@ -166,7 +169,7 @@ const V2: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (ns, episode_id, model),
         FOREIGN KEY (ns, episode_id) REFERENCES episodes (ns, id)
-    ) WITHOUT ROWID",
+    )",
     "CREATE INDEX embeddings_by_model ON embeddings (ns, model, episode_id)",
 ];
 

@@ -28,6 +28,7 @@ fn small_limits() -> Limits {
         max_tags: 2,
         max_tag_bytes: 6,
         max_label_bytes: 12,
+        max_results: 7,
     }
 }
 
@@ -290,6 +291,57 @@ async fn outcome_limits_at_and_over() {
     m.complete_episode(&ns, id2, Outcome::success(s(25)))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn retrieval_limits_at_and_over() {
+    use memory_core::retrieval::recommend::RecommendRequest;
+    use memory_core::{RetrievalQuery, TaskContext};
+    let (m, _) = setup(small_limits());
+    let ns = Namespace::default();
+    // Result count: 7 is the limit.
+    let q = RetrievalQuery::new("find").with_limit(7);
+    m.retrieve(&ns, &q).await.unwrap();
+    assert_limit(m.retrieve(&ns, &q.clone().with_limit(8)).await, "limit");
+    m.recommend(&ns, &RecommendRequest::new("find").with_limit(7))
+        .await
+        .unwrap();
+    assert_limit(
+        m.recommend(&ns, &RecommendRequest::new("find").with_limit(8))
+            .await,
+        "limit",
+    );
+    // Task text: like a description (50 bytes).
+    m.retrieve(&ns, &RetrievalQuery::new(s(50)).with_limit(5))
+        .await
+        .unwrap();
+    assert_limit(m.retrieve(&ns, &RetrievalQuery::new(s(51))).await, "task");
+    assert_limit(
+        m.recommend(&ns, &RecommendRequest::new(s(51))).await,
+        "task",
+    );
+    // Context labels (12 bytes).
+    let at = TaskContext::new(s(12));
+    m.retrieve(
+        &ns,
+        &RetrievalQuery::new("find")
+            .with_limit(5)
+            .with_context(None, at),
+    )
+    .await
+    .unwrap();
+    let over = TaskContext::new(s(13));
+    assert_limit(
+        m.retrieve(&ns, &RetrievalQuery::new("find").with_context(None, over))
+            .await,
+        "context.domain",
+    );
+    // An empty task is invalid input.
+    assert!(matches!(
+        m.retrieve(&ns, &RetrievalQuery::new("  ")).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    m.shutdown().await.unwrap();
 }
 
 #[tokio::test]

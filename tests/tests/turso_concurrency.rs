@@ -8,10 +8,11 @@
 //! state saw the previous one).
 //!
 //! The main test writes every step as it is logged (`max_batch = 1`: 5,000 step
-//! transactions under contention). The variant with the default step batching is ignored:
-//! it loses steps to a race in `SelfLearningMemory` (the flush timer takes an episode's
-//! pending steps, `complete_episode` completes the episode before the timer's write lands,
-//! and the late write is rejected as a conflict and dropped); un-ignore it once that is fixed.
+//! transactions under contention). The batching variant flushes on a 1 ms timer, so timer
+//! flushes race `complete_episode` all the time: it pins the fix for a race that lost steps
+//! (the timer took an episode's pending steps, the completion landed before the timer's
+//! write, and the late write was rejected as a conflict and dropped). Each episode's writes
+//! now hold that episode's write lock.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -39,9 +40,12 @@ async fn hundred_handles_thousand_tasks_one_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "SelfLearningMemory's flush timer races complete_episode and drops steps (memory-core)"]
-async fn hundred_handles_thousand_tasks_one_file_default_batching() {
-    run(MemoryConfig::default()).await;
+async fn hundred_handles_thousand_tasks_one_file_timer_flushes_race_completion() {
+    let steps = StepBatchConfig {
+        flush_interval: std::time::Duration::from_millis(1),
+        ..StepBatchConfig::default()
+    };
+    run(MemoryConfig::default().with_steps(steps)).await;
 }
 
 async fn run(config: MemoryConfig) {

@@ -260,14 +260,15 @@ async fn search(text: &str, limit: u32, m: &SelfLearningMemory, s: &Settings) ->
     if s.json {
         let items: Vec<_> = hits
             .iter()
-            .map(|(h, e)| json!({ "score": h.score, "episode": e }))
+            .map(|h| json!({ "score": h.score, "episode": h.summary }))
             .collect();
         return output::json(&json!({ "results": items }));
     }
     if hits.is_empty() {
         println!("no matches for {text:?}");
     }
-    for (h, e) in hits {
+    for h in hits {
+        let e = &h.summary;
         println!(
             "{:>6.2}  {}  {:<15} {}",
             h.score,

@@ -2,5 +2,7 @@
 
 pub mod demo;
 pub mod episode;
+pub mod eval;
 pub mod learned;
+pub mod recommend;
 pub mod status;

@@ -70,6 +70,11 @@ pub async fn health(stack: &Stack, s: &Settings) -> Result<bool> {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let sync = stack.tiered.status();
     let ok = durable.is_ok();
+    let (embedder_status, embedder_detail) = match &stack.embedder {
+        Some(Ok(desc)) => ("ok", format!("{desc}: semantic + lexical retrieval")),
+        Some(Err(why)) => ("degraded", format!("{why}; retrieval is lexical only")),
+        None => ("unchecked", "not loaded by this command".to_owned()),
+    };
     let cache_status = if stack.cache_problem.is_some() {
         "degraded"
     } else {
@@ -86,11 +91,7 @@ pub async fn health(stack: &Stack, s: &Settings) -> Result<bool> {
         { "component": "cache", "status": cache_status, "error": stack.cache_problem, "stats": sync.cache },
         { "component": "outbox", "status": "ok", "pending": sync.outbox_len },
         { "component": "breaker", "status": sync.breaker },
-        {
-            "component": "embedder",
-            "status": "absent",
-            "detail": "no semantic embedder is configured: retrieval is lexical only",
-        },
+        { "component": "embedder", "status": embedder_status, "detail": embedder_detail },
     ]);
     if s.json {
         output::json(&json!({ "healthy": ok, "components": components }))?;
@@ -109,9 +110,7 @@ pub async fn health(stack: &Stack, s: &Settings) -> Result<bool> {
         }
         println!("outbox    ok        {} pending", sync.outbox_len);
         println!("breaker   {:?}", sync.breaker);
-        println!(
-            "embedder  absent    no semantic embedder is configured: retrieval is lexical only"
-        );
+        println!("embedder  {embedder_status:<9} {embedder_detail}");
     }
     Ok(ok)
 }

@@ -74,6 +74,8 @@ pub struct MemoryConfig {
     pub steps: StepBatchConfig,
     /// Learning.
     pub learning: LearningConfig,
+    /// Retrieval and the embedding queue.
+    pub retrieval: crate::retrieval::RetrievalConfig,
 }
 
 impl MemoryConfig {
@@ -109,6 +111,13 @@ impl MemoryConfig {
     #[must_use]
     pub fn with_steps(mut self, steps: StepBatchConfig) -> Self {
         self.steps = steps;
+        self
+    }
+
+    /// Sets retrieval.
+    #[must_use]
+    pub fn with_retrieval(mut self, retrieval: crate::retrieval::RetrievalConfig) -> Self {
+        self.retrieval = retrieval;
         self
     }
 }

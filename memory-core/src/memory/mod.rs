@@ -3,18 +3,19 @@
 pub(crate) mod config;
 mod report;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info_span, instrument, warn};
+use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 pub use config::{LearningConfig, MemoryConfig, StepBatchConfig};
 pub use report::{CompletionReport, LearnedSummary};
 
 use crate::clock::{SharedClock, SystemClock};
+use crate::embedding::Embedder;
 use crate::episode::{
     Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome, StepInput,
 };
@@ -28,6 +29,7 @@ use crate::pattern::{Pattern, PatternId};
 use crate::quota::RateLimiter;
 use crate::redact::Redactor;
 use crate::reflection::reflect;
+use crate::retrieval::{Retrieval, RetrievalQuery, Retriever};
 use crate::reward::{RewardHistory, compute_reward};
 use crate::signature::normalize_label;
 use crate::storage::{
@@ -41,6 +43,22 @@ struct EpisodeBuffer {
     next_step: u32,
     bytes: usize,
     pending: Vec<ExecutionStep>,
+    /// Held from taking steps out of `pending` until they are written, and by
+    /// `complete_episode` until the completion is stored: a late flush can then never race the
+    /// completion (which would reject, and lose, the late steps). Per episode, so writes to
+    /// different episodes still run concurrently.
+    write: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl EpisodeBuffer {
+    fn new(next_step: u32, bytes: usize) -> Self {
+        Self {
+            next_step,
+            bytes,
+            pending: Vec::new(),
+            write: Arc::default(),
+        }
+    }
 }
 
 /// What this process knows of a namespace's size, for quotas. Seeded from storage on first use
@@ -64,6 +82,10 @@ struct Inner {
     counters: Mutex<HashMap<Namespace, NsCounters>>,
     shut_down: AtomicBool,
     stop_flusher: Notify,
+    retriever: Retriever,
+    /// Namespaces with episodes that may need embedding; the embed task drains them.
+    to_embed: Mutex<HashSet<Namespace>>,
+    wake_embedder: Notify,
 }
 
 /// The self-learning episodic memory.
@@ -96,6 +118,7 @@ struct Inner {
 pub struct SelfLearningMemory {
     inner: Arc<Inner>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    embed_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,11 +152,41 @@ impl SelfLearningMemory {
         config: MemoryConfig,
         clock: SharedClock,
     ) -> Result<Self> {
+        Self::with_embedder(storage, config, clock, None)
+    }
+
+    /// A memory with an embedder for semantic retrieval (`None`: lexical retrieval only, and
+    /// [`SelfLearningMemory::retrieval_degraded`] says so).
+    ///
+    /// Inside a tokio runtime this also starts the embedding task, which embeds completed
+    /// episodes in the background (off the write path) and, at start, whatever a previous run
+    /// left unembedded.
+    pub fn with_embedder(
+        storage: Arc<dyn Storage>,
+        config: MemoryConfig,
+        clock: SharedClock,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<Self> {
         if config.steps.max_batch == 0 {
             return Err(Error::invalid("steps.max_batch", "must be at least 1"));
         }
         let redactor = Redactor::new(&config.redaction)?;
         let limiter = RateLimiter::new(config.rate_limit.clone());
+        if let Some(e) = &embedder {
+            info!(
+                model = e.model_id(),
+                dims = e.dimensions(),
+                "semantic retrieval on"
+            );
+        } else {
+            warn!("no embedding model: retrieval is lexical only (BM25)");
+        }
+        let retriever = Retriever::new(
+            Arc::clone(&storage),
+            embedder,
+            Arc::clone(&clock),
+            config.retrieval.clone(),
+        );
         let inner = Arc::new(Inner {
             storage,
             config,
@@ -144,13 +197,21 @@ impl SelfLearningMemory {
             counters: Mutex::new(HashMap::new()),
             shut_down: AtomicBool::new(false),
             stop_flusher: Notify::new(),
+            retriever,
+            to_embed: Mutex::new(HashSet::new()),
+            wake_embedder: Notify::new(),
         });
-        let flusher = tokio::runtime::Handle::try_current()
-            .ok()
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let flusher = runtime
+            .as_ref()
             .map(|rt| rt.spawn(flush_loop(Arc::downgrade(&inner))));
+        let embed_task = runtime
+            .filter(|_| inner.retriever.embedder().is_some())
+            .map(|rt| rt.spawn(embed_loop(Arc::downgrade(&inner))));
         Ok(SelfLearningMemory {
             inner,
             flusher: Mutex::new(flusher),
+            embed_task: Mutex::new(embed_task),
         })
     }
 
@@ -236,11 +297,7 @@ impl SelfLearningMemory {
         }
         lock(&self.inner.buffers).insert(
             (ns.clone(), episode.id),
-            EpisodeBuffer {
-                next_step: 1,
-                bytes: episode.approx_size(),
-                pending: Vec::new(),
-            },
+            EpisodeBuffer::new(1, episode.approx_size()),
         );
         debug!(episode_id = %episode.id, "episode started");
         Ok(episode.id)
@@ -270,11 +327,7 @@ impl SelfLearningMemory {
             + 1;
         lock(&self.inner.buffers)
             .entry(key)
-            .or_insert(EpisodeBuffer {
-                next_step,
-                bytes: episode.approx_size(),
-                pending: Vec::new(),
-            });
+            .or_insert_with(|| EpisodeBuffer::new(next_step, episode.approx_size()));
         Ok(())
     }
 
@@ -342,11 +395,11 @@ impl SelfLearningMemory {
             if let Some(c) = lock(&self.inner.counters).get_mut(ns) {
                 c.steps += 1;
             }
-            (buf.pending.len() >= self.inner.config.steps.max_batch)
-                .then(|| std::mem::take(&mut buf.pending))
+            (buf.pending.len() >= self.inner.config.steps.max_batch).then(|| Arc::clone(&buf.write))
         };
-        if let Some(batch) = batch {
-            self.inner.write_batch(ns, id, batch).await?;
+        if let Some(write) = batch {
+            let _writing = write.lock().await;
+            self.inner.write_pending(ns, id).await?;
         }
         Ok(())
     }
@@ -370,13 +423,15 @@ impl SelfLearningMemory {
         self.inner.limiter.acquire(ns, 1)?;
         let outcome = self.redact_outcome(outcome);
 
-        let pending = lock(&self.inner.buffers)
-            .get_mut(&(ns.clone(), id))
-            .map(|b| std::mem::take(&mut b.pending))
-            .unwrap_or_default();
-        if !pending.is_empty() {
-            self.inner.write_batch(ns, id, pending).await?;
-        }
+        // Held until the completion is stored, so no flush of this episode runs meanwhile.
+        let write = lock(&self.inner.buffers)
+            .get(&(ns.clone(), id))
+            .map(|b| Arc::clone(&b.write));
+        let _writing = match &write {
+            Some(w) => Some(w.lock().await),
+            None => None,
+        };
+        self.inner.write_pending(ns, id).await?;
         let episode = self
             .inner
             .storage
@@ -416,6 +471,14 @@ impl SelfLearningMemory {
         let changes = self.inner.storage.complete_episode(ns, &completion).await?;
         lock(&self.inner.buffers).remove(&(ns.clone(), id));
         let changes = changes.ok_or_else(|| already_completed(id))?;
+        let mut completed = episode;
+        completed.outcome = Some(completion.outcome.clone());
+        completed.completed_at = Some(completion.completed_at);
+        completed.reward = Some(completion.reward.clone());
+        self.inner
+            .retriever
+            .episode_changed(ns, completed.summary());
+        self.inner.mark_to_embed(ns);
         Ok(CompletionReport::new(
             completion,
             &changes,
@@ -505,19 +568,8 @@ impl SelfLearningMemory {
     }
 
     /// Lexical search over episodes; each hit with its summary.
-    pub async fn search_episodes(
-        &self,
-        ns: &Namespace,
-        query: &TextQuery,
-    ) -> Result<Vec<(TextHit, EpisodeSummary)>> {
-        let hits = self.inner.storage.search_episodes(ns, query).await?;
-        let mut out = Vec::with_capacity(hits.len());
-        for h in hits {
-            if let Some(e) = self.inner.storage.get_episode(ns, h.episode_id).await? {
-                out.push((h, e.summary()));
-            }
-        }
-        Ok(out)
+    pub async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
+        self.inner.storage.search_episodes(ns, query).await
     }
 
     /// Records how applying a pattern or heuristic went in an episode. Recording again for the
@@ -601,13 +653,165 @@ impl SelfLearningMemory {
         self.inner.storage.namespace_stats(ns).await
     }
 
-    /// Writes every buffered step and stops the flush timer. Later calls fail with
-    /// [`Error::Shutdown`]; calling `shutdown` again is harmless.
+    /// Finds the past episodes most relevant to a task: hybrid (BM25 + embeddings) unless
+    /// the query asks otherwise or no embedder is loaded. See [`crate::retrieval`].
+    pub async fn retrieve(&self, ns: &Namespace, query: &RetrievalQuery) -> Result<Retrieval> {
+        self.ensure_running()?;
+        self.inner.config.limits.check_retrieval(query)?;
+        self.inner.limiter.acquire(ns, 1)?;
+        self.inner.retriever.retrieve(ns, query).await
+    }
+
+    /// Recommends for a new task: similar episodes (near-duplicates folded), patterns,
+    /// heuristics, pitfalls, a playbook and an estimate, each item with a `why`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use memory_core::*;
+    /// use memory_core::retrieval::recommend::RecommendRequest;
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let memory = SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())?;
+    /// let ns = Namespace::default();
+    /// let ctx = TaskContext::new("web_api").with_language("rust");
+    /// for _ in 0..3 {
+    ///     let id = memory.start_episode(&ns, NewEpisode::new("add a health endpoint", TaskType::CodeGeneration, ctx.clone())).await?;
+    ///     memory.log_step(&ns, id, StepInput::ok("read_file", "open router", "ok")).await?;
+    ///     memory.log_step(&ns, id, StepInput::ok("edit_file", "add route", "edit applied")).await?;
+    ///     memory.log_step(&ns, id, StepInput::ok("shell", "cargo test", "ok")).await?;
+    ///     memory.complete_episode(&ns, id, Outcome::success("endpoint works")).await?;
+    /// }
+    /// let rec = memory
+    ///     .recommend(&ns, &RecommendRequest::new("add a health endpoint").with_context(Some(TaskType::CodeGeneration), ctx))
+    ///     .await?;
+    /// assert_eq!(rec.episodes.len(), 1); // three runs of one task, folded
+    /// assert_eq!(rec.episodes[0].near_duplicates.len(), 2);
+    /// assert_eq!(rec.playbook.iter().map(|s| s.tool.as_str()).collect::<Vec<_>>(), ["read_file", "edit_file", "shell"]);
+    /// assert_eq!(rec.estimate.sample_size, 3);
+    /// memory.shutdown().await?;
+    /// # Ok::<(), Error>(())
+    /// # }).unwrap();
+    /// ```
+    #[instrument(skip_all, fields(namespace = %ns, limit = req.limit))]
+    pub async fn recommend(
+        &self,
+        ns: &Namespace,
+        req: &crate::retrieval::recommend::RecommendRequest,
+    ) -> Result<crate::retrieval::recommend::Recommendation> {
+        use crate::retrieval::recommend::{
+            Recommendation, estimate, fold_duplicates, playbook, rank_heuristics, rank_patterns,
+            rank_pitfalls,
+        };
+        self.ensure_running()?;
+        let limits = &self.inner.config.limits;
+        limits.check_retrieval(&req.retrieval_query(req.limit))?;
+        self.inner.limiter.acquire(ns, 1)?;
+        let limit = req.limit as usize;
+        // Retrieve more than shown: near-duplicates fold, and the estimate wants a sample.
+        let wide = (req.limit.max(10) * 2).min(limits.max_results as u32);
+        let retriever = &self.inner.retriever;
+        let retrieval = retriever.retrieve(ns, &req.retrieval_query(wide)).await?;
+        let threshold = f64::from(retriever.config().strong_match_cosine);
+        // Similar = close in meaning when that is measurable, else the top lexical hits.
+        let similar: Vec<&crate::retrieval::RetrievedEpisode> = if retrieval.confidence.is_some() {
+            retrieval
+                .results
+                .iter()
+                .filter(|r| r.breakdown.cosine.is_some_and(|c| c >= threshold - 0.1))
+                .collect()
+        } else {
+            retrieval.results.iter().take(5).collect()
+        };
+        let similar_ids: HashSet<EpisodeId> = similar.iter().map(|r| r.episode.id).collect();
+        // Learned items by context: the request's, else that of the closest episode.
+        let closest = similar.first().map(|r| &r.episode);
+        let (task_type, context) = match (&req.context, closest) {
+            (Some(c), _) => (req.task_type, Some(c.clone())),
+            (None, Some(e)) => (Some(e.task_type), Some(e.context.clone())),
+            (None, None) => (req.task_type, None),
+        };
+        let learned = LearnedQuery {
+            task_type,
+            domain: context
+                .as_ref()
+                .map(|c| c.domain.clone())
+                .filter(|d| !d.is_empty()),
+            language: context.as_ref().and_then(|c| c.language.clone()),
+            limit: 200,
+            ..LearnedQuery::default()
+        };
+        let storage = &self.inner.storage;
+        let now = self.inner.clock.now();
+        let half_life = self.inner.config.learning.half_life_days;
+        let mut patterns = rank_patterns(
+            storage.query_patterns(ns, &learned).await?,
+            &similar_ids,
+            now,
+            half_life,
+        );
+        let mut heuristics = rank_heuristics(
+            storage.query_heuristics(ns, &learned).await?,
+            &similar_ids,
+            now,
+            half_life,
+        );
+        let mut pitfalls = rank_pitfalls(
+            storage.query_lessons(ns, &learned).await?,
+            &similar_ids,
+            now,
+            half_life,
+        );
+        let playbook = playbook(&patterns, &pitfalls);
+        let estimate = estimate(&similar);
+        patterns.truncate(limit);
+        heuristics.truncate(limit);
+        pitfalls.truncate(limit);
+        let mut episodes = fold_duplicates(retrieval.results.clone());
+        episodes.truncate(limit);
+        Ok(Recommendation {
+            episodes,
+            patterns,
+            heuristics,
+            pitfalls,
+            playbook,
+            estimate,
+            confidence: retrieval.confidence,
+            strong_match: retrieval.strong_match,
+            degraded: retrieval.degraded,
+        })
+    }
+
+    /// Embeds every episode of `ns` still waiting for an embedding, now (the background task
+    /// does the same lazily). Returns how many were embedded.
+    pub async fn embed_pending(&self, ns: &Namespace) -> Result<usize> {
+        self.ensure_running()?;
+        self.inner.retriever.embed_pending(ns).await
+    }
+
+    /// The retriever (its embedder, settings and index size).
+    pub fn retriever(&self) -> &Retriever {
+        &self.inner.retriever
+    }
+
+    /// Why retrieval is degraded (no embedding model), if it is.
+    pub fn retrieval_degraded(&self) -> Option<&str> {
+        self.inner.retriever.degraded()
+    }
+
+    /// Writes every buffered step and stops the flush timer and the embedding task. Later
+    /// calls fail with [`Error::Shutdown`]; calling `shutdown` again is harmless. Episodes
+    /// not embedded yet stay queued in storage for the next run.
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.shut_down.store(true, Ordering::Release);
         self.inner.stop_flusher.notify_one();
+        self.inner.wake_embedder.notify_one();
         let handle = lock(&self.flusher).take();
         if let Some(h) = handle {
+            let _ = h.await;
+        }
+        let handle = lock(&self.embed_task).take();
+        if let Some(h) = handle {
+            // An embedding batch in flight is abandoned, not lost: the queue is the data.
+            h.abort();
             let _ = h.await;
         }
         self.inner.flush_all().await
@@ -618,6 +822,9 @@ impl Drop for SelfLearningMemory {
     fn drop(&mut self) {
         // Only signal; flushing needs `shutdown().await`.
         self.inner.stop_flusher.notify_one();
+        if let Some(h) = lock(&self.embed_task).take() {
+            h.abort();
+        }
     }
 }
 
@@ -630,6 +837,13 @@ fn already_completed(id: EpisodeId) -> Error {
 }
 
 impl Inner {
+    fn mark_to_embed(&self, ns: &Namespace) {
+        if self.retriever.embedder().is_some() {
+            lock(&self.to_embed).insert(ns.clone());
+            self.wake_embedder.notify_one();
+        }
+    }
+
     /// Writes a batch; on a transient failure the steps go back into the buffer (the timer
     /// retries) and the call succeeds, since the steps are held. Other failures are returned.
     async fn write_batch(
@@ -657,15 +871,28 @@ impl Inner {
         }
     }
 
+    /// Writes the episode's pending steps, if any. The caller holds the episode's write lock.
+    async fn write_pending(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
+        let pending = lock(&self.buffers)
+            .get_mut(&(ns.clone(), id))
+            .map(|b| std::mem::take(&mut b.pending))
+            .unwrap_or_default();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.write_batch(ns, id, pending).await
+    }
+
     async fn flush_all(&self) -> Result<()> {
-        let batches: Vec<(BufferKey, Vec<ExecutionStep>)> = lock(&self.buffers)
-            .iter_mut()
+        let due: Vec<(BufferKey, Arc<tokio::sync::Mutex<()>>)> = lock(&self.buffers)
+            .iter()
             .filter(|(_, b)| !b.pending.is_empty())
-            .map(|(k, b)| (k.clone(), std::mem::take(&mut b.pending)))
+            .map(|(k, b)| (k.clone(), Arc::clone(&b.write)))
             .collect();
         let mut first_err = None;
-        for ((ns, id), batch) in batches {
-            if let Err(e) = self.write_batch(&ns, id, batch).await {
+        for ((ns, id), write) in due {
+            let _writing = write.lock().await;
+            if let Err(e) = self.write_pending(&ns, id).await {
                 warn!(error = %e, episode_id = %id, "dropping steps of an episode that cannot take them");
                 first_err.get_or_insert(e);
             }
@@ -707,6 +934,46 @@ async fn flush_loop(inner: Weak<Inner>) {
             .await
         {
             debug!(error = %e, "timer flush incomplete");
+        }
+    }
+}
+
+/// Drains the embedding queue of every namespace marked since the last round; at start, of
+/// every namespace in storage (a previous run may have left work). Failures are retried on
+/// the next wake-up or after a pause.
+async fn embed_loop(inner: Weak<Inner>) {
+    let retry = std::time::Duration::from_secs(5);
+    if let Some(strong) = inner.upgrade() {
+        match strong.storage.list_namespaces().await {
+            Ok(all) => lock(&strong.to_embed).extend(all),
+            Err(e) => debug!(error = %e, "embedding task: namespaces unavailable at start"),
+        }
+    }
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.shut_down.load(Ordering::Acquire) {
+            return;
+        }
+        let due: Vec<Namespace> = lock(&strong.to_embed).drain().collect();
+        let mut failed = false;
+        for ns in due {
+            let span = info_span!("embed_queue", namespace = %ns);
+            if let Err(e) = strong.retriever.embed_pending(&ns).instrument(span).await {
+                warn!(error = %e, namespace = %ns, "embedding failed; will retry");
+                lock(&strong.to_embed).insert(ns);
+                failed = true;
+            }
+        }
+        let wake = async { strong.wake_embedder.notified().await };
+        if failed {
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = wake => {}
+            }
+        } else if lock(&strong.to_embed).is_empty() {
+            wake.await;
         }
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::{
     EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
+    LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
 use crate::error::{Error, ObjectKind, Result};
@@ -205,16 +205,16 @@ impl EpisodeStore for InMemoryStorage {
             return Ok(Vec::new());
         }
         // BM25 over the filtered episodes (k1 = 1.2, b = 0.75).
-        let docs: Vec<(EpisodeId, Vec<String>)> = d
+        let docs: Vec<(&Episode, Vec<String>)> = d
             .episodes
             .values()
             .filter(|e| q.filter.matches(e))
-            .map(|e| (e.id, tokenize(&episode_search_text(e))))
+            .map(|e| (e, tokenize(&episode_search_text(e))))
             .collect();
         let n = docs.len() as f64;
         let avg_len = docs.iter().map(|(_, t)| t.len()).sum::<usize>() as f64 / n.max(1.0);
         let mut hits = Vec::new();
-        for (id, toks) in &docs {
+        for (e, toks) in &docs {
             let mut score = 0.0;
             for term in &terms {
                 let tf = toks.iter().filter(|t| *t == term).count() as f64;
@@ -228,8 +228,9 @@ impl EpisodeStore for InMemoryStorage {
             }
             if score > 0.0 {
                 hits.push(TextHit {
-                    episode_id: *id,
+                    episode_id: e.id,
                     score,
+                    summary: e.summary(),
                 });
             }
         }
@@ -490,6 +491,33 @@ impl EmbeddingStore for InMemoryStorage {
             .take(limit as usize)
             .copied()
             .collect())
+    }
+
+    async fn scan_embeddings(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: Option<EpisodeId>,
+        limit: u32,
+    ) -> Result<Vec<StoredEmbedding>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut page: Vec<StoredEmbedding> = d
+            .embeddings
+            .iter()
+            .filter(|((id, m), _)| m == model && after.is_none_or(|a| *id > a))
+            .filter_map(|((id, _), v)| {
+                d.episodes.get(id).map(|e| StoredEmbedding {
+                    summary: e.summary(),
+                    vector: v.clone(),
+                })
+            })
+            .collect();
+        page.sort_by_key(|s| s.summary.id);
+        page.truncate(limit as usize);
+        Ok(page)
     }
 }
 

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::{
-    Episode, EpisodeId, EpisodeSummary, ExecutionStep, Outcome, OutcomeKind, TaskType,
+    Episode, EpisodeId, EpisodeSummary, ExecutionStep, Outcome, OutcomeKind, TaskContext, TaskType,
 };
 use crate::error::Result;
 use crate::feedback::{Feedback, FeedbackTarget};
@@ -68,24 +68,44 @@ impl EpisodeFilter {
     /// True when the episode passes every set filter. Backends that filter in code (the
     /// in-memory one) use this; SQL backends translate the same rules to `WHERE` clauses.
     pub fn matches(&self, e: &Episode) -> bool {
-        self.task_type.is_none_or(|t| e.task_type == t)
-            && self.domain.as_ref().is_none_or(|d| &e.context.domain == d)
+        self.matches_parts(
+            e.task_type,
+            &e.context,
+            e.outcome.as_ref().map(Outcome::kind),
+            e.started_at,
+        )
+    }
+
+    /// [`matches`](Self::matches) for a summary (the in-process vector index filters these).
+    pub fn matches_summary(&self, e: &EpisodeSummary) -> bool {
+        self.matches_parts(e.task_type, &e.context, e.outcome, e.started_at)
+    }
+
+    fn matches_parts(
+        &self,
+        task_type: TaskType,
+        context: &TaskContext,
+        outcome: Option<OutcomeKind>,
+        started_at: DateTime<Utc>,
+    ) -> bool {
+        self.task_type.is_none_or(|t| task_type == t)
+            && self.domain.as_ref().is_none_or(|d| &context.domain == d)
             && self
                 .language
                 .as_ref()
-                .is_none_or(|l| e.context.language.as_ref() == Some(l))
+                .is_none_or(|l| context.language.as_ref() == Some(l))
             && self
                 .framework
                 .as_ref()
-                .is_none_or(|f| e.context.framework.as_ref() == Some(f))
-            && self.tag.as_ref().is_none_or(|t| e.context.tags.contains(t))
+                .is_none_or(|f| context.framework.as_ref() == Some(f))
+            && self.tag.as_ref().is_none_or(|t| context.tags.contains(t))
             && self.status.is_none_or(|s| match s {
-                EpisodeStatus::InProgress => e.outcome.is_none(),
-                EpisodeStatus::AnyCompleted => e.outcome.is_some(),
-                EpisodeStatus::Completed(k) => e.outcome.as_ref().map(Outcome::kind) == Some(k),
+                EpisodeStatus::InProgress => outcome.is_none(),
+                EpisodeStatus::AnyCompleted => outcome.is_some(),
+                EpisodeStatus::Completed(k) => outcome == Some(k),
             })
-            && self.started_after.is_none_or(|t| e.started_at >= t)
-            && self.started_before.is_none_or(|t| e.started_at < t)
+            && self.started_after.is_none_or(|t| started_at >= t)
+            && self.started_before.is_none_or(|t| started_at < t)
     }
 }
 
@@ -128,6 +148,8 @@ pub struct TextHit {
     pub episode_id: EpisodeId,
     /// Relevance; higher is better (BM25-like, not comparable across backends).
     pub score: f64,
+    /// The episode's summary (read in the same query, so ranking needs no second read).
+    pub summary: EpisodeSummary,
 }
 
 /// Which learned items to list.
@@ -339,6 +361,16 @@ pub struct LearnedItems {
     pub lessons: Vec<FailureLesson>,
 }
 
+/// A stored embedding with the summary of its episode: what the in-process vector index loads
+/// (the summary carries the fields its filters and re-ranking use).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEmbedding {
+    /// The episode.
+    pub summary: EpisodeSummary,
+    /// Its vector (L2-normalized by the embedder).
+    pub vector: Vec<f32>,
+}
+
 /// Embeddings of episodes, one per (episode, model).
 #[async_trait]
 pub trait EmbeddingStore: Send + Sync + Debug {
@@ -365,6 +397,15 @@ pub trait EmbeddingStore: Send + Sync + Debug {
         model: &str,
         limit: u32,
     ) -> Result<Vec<EpisodeId>>;
+    /// A page of the namespace's embeddings for `model` with their episodes' summaries, in
+    /// episode-id order, starting after `after` (from the first when `None`).
+    async fn scan_embeddings(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: Option<EpisodeId>,
+        limit: u32,
+    ) -> Result<Vec<StoredEmbedding>>;
 }
 
 /// A complete backend.

@@ -42,7 +42,7 @@ use crate::storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
 use crate::storage::outbox::{Outbox, OutboxEntry, WriteOp};
 use crate::storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, NamespaceStats, Storage, TextHit, TextQuery,
+    LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
 };
 
 /// Tiered-storage settings.
@@ -440,6 +440,7 @@ impl Inner {
             }
             let mut acked_to = None;
             let mut failure = None;
+            let mut applied = 0u64;
             for (seq, entry) in &batch {
                 match self
                     .guarded(self.apply_durable(&entry.namespace, &entry.op))
@@ -447,7 +448,7 @@ impl Inner {
                 {
                     Ok(()) => {
                         acked_to = Some(*seq);
-                        replayed += 1;
+                        applied += 1;
                     }
                     Err(e) if e.is_transient() => {
                         failure = Some(e);
@@ -467,9 +468,9 @@ impl Inner {
                 self.outbox.ack(seq).await?;
                 self.pending
                     .store(self.outbox.len().await?, Ordering::SeqCst);
-                self.counters
-                    .replayed
-                    .fetch_add(replayed, Ordering::Relaxed);
+                // Count this batch only: `replayed` totals the whole call.
+                replayed += applied;
+                self.counters.replayed.fetch_add(applied, Ordering::Relaxed);
                 let released = lock(&self.overlay).release_up_to(seq);
                 for (ns, key) in released.keys {
                     self.cache_invalidate(&ns, &key).await;
@@ -919,6 +920,18 @@ impl EmbeddingStore for TieredStorage {
                     .durable
                     .episodes_missing_embedding(ns, model, limit),
             )
+            .await
+    }
+
+    async fn scan_embeddings(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: Option<EpisodeId>,
+        limit: u32,
+    ) -> Result<Vec<StoredEmbedding>> {
+        self.inner
+            .guarded(self.inner.durable.scan_embeddings(ns, model, after, limit))
             .await
     }
 }

@@ -1,0 +1,439 @@
+//! Tiered storage (`TieredStorage`: the redb cache and the redb outbox in front of libsql, as
+//! the CLI composes them) against the bare durable layer, everything on local files:
+//!
+//! - `tiered/complete_episode_50_steps/{durable,tiered}`: completing an episode whose 50 steps
+//!   are still buffered (writes the step rows, reads the episode back, scores, reflects,
+//!   extracts and merges, commits) through `SelfLearningMemory`, over bare `TursoStorage` vs
+//!   over `TieredStorage` with a healthy durable layer (durable write, then the cache updates).
+//!   Each store holds 200 completed episodes of history first.
+//! - `tiered/get_episode/{durable,tiered_cache_hit,tiered_redb_hit}`: reading a completed
+//!   50-step episode through `SelfLearningMemory::get_episode`: from libsql; from a warm cache
+//!   (served by the in-process front); from a warm cache with the front disabled (served from
+//!   the redb file).
+//! - `tiered/outbox_replay/1000_writes`: 1,000 writes (250 episodes: start, 10 steps in two
+//!   batches, complete) journaled in the outbox while the durable layer is unavailable (the
+//!   `FaultInjecting` wrapper of `memory-core`'s `test-utils`, failing every call, transiently),
+//!   then the time for `sync_now` to replay all of them into libsql once it is healed;
+//!   throughput in replayed writes/s. Journaling (8 concurrent writers, so the outbox's group
+//!   commit is used) is outside the timed part.
+//!
+//! Run: `cargo bench -p memory-benches --bench tiered -- --quick`.
+
+// Benchmark code: pedantic style lints that do not help here.
+#![allow(
+    clippy::items_after_statements,
+    clippy::format_collect,
+    clippy::redundant_closure_for_method_calls
+)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use memory_core::{
+    BreakerConfig, Cache, Complexity, EpisodeId, FaultInjecting, FaultMode, MemoryConfig,
+    Namespace, NewEpisode, Outcome, SelfLearningMemory, StepBatchConfig, StepInput, Storage,
+    SystemClock, TaskContext, TaskType, TieredConfig, TieredStorage,
+};
+use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
+use memory_storage_turso::TursoStorage;
+use tokio::runtime::Runtime;
+
+const HISTORY: usize = 200;
+const TOOLS: [&str; 6] = ["read_file", "grep", "edit_file", "shell", "git", "cargo"];
+
+/// Replay bench: episodes journaled per iteration, and the writes each one journals
+/// (create, two step batches of 5, complete).
+const REPLAY_EPISODES: usize = 250;
+const REPLAY_STEPS: usize = 10;
+const WRITES_PER_EPISODE: u64 = 4;
+const REPLAY_WRITES: u64 = REPLAY_EPISODES as u64 * WRITES_PER_EPISODE;
+const JOURNAL_WRITERS: usize = 8;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Steps stay buffered until `complete_episode` (no timer flush inside a measurement).
+fn memory_config() -> MemoryConfig {
+    MemoryConfig::default().with_steps(StepBatchConfig {
+        max_batch: 64,
+        flush_interval: Duration::from_secs(3_600),
+    })
+}
+
+fn step(i: usize, k: usize) -> StepInput {
+    let tool = TOOLS[(i + k) % TOOLS.len()];
+    if k % 9 == 4 {
+        StepInput::error(
+            tool,
+            format!("attempt {k} of task {i}"),
+            "error[E0308]: mismatched types at src/lib.rs:10:5",
+        )
+        .with_latency_ms(40)
+    } else {
+        StepInput::ok(
+            tool,
+            format!("step {k} of task {i}"),
+            format!("output of step {k}: ok"),
+        )
+        .with_parameters(serde_json::json!({ "path": "src/lib.rs", "line": k }))
+        .with_latency_ms(15)
+        .with_tokens(120)
+    }
+}
+
+fn new_episode(i: usize) -> NewEpisode {
+    let (task_type, domain, language) = match i % 4 {
+        0 => (TaskType::Debugging, "web_api", "rust"),
+        1 => (TaskType::CodeGeneration, "web_api", "rust"),
+        2 => (TaskType::Testing, "databases", "python"),
+        _ => (TaskType::Refactoring, "cli", "go"),
+    };
+    let ctx = TaskContext::new(domain)
+        .with_language(language)
+        .with_complexity(Complexity::Moderate)
+        .with_tag("bench");
+    NewEpisode::new(
+        format!("benchmark task number {i} touching the {domain} module"),
+        task_type,
+        ctx,
+    )
+}
+
+/// Starts an episode and logs `steps` steps (buffered in the memory up to its batch size).
+async fn prepared(
+    memory: &SelfLearningMemory,
+    ns: &Namespace,
+    i: usize,
+    steps: usize,
+) -> EpisodeId {
+    let id = memory.start_episode(ns, new_episode(i)).await.unwrap();
+    for k in 0..steps {
+        memory.log_step(ns, id, step(i, k)).await.unwrap();
+    }
+    id
+}
+
+async fn record(memory: &SelfLearningMemory, ns: &Namespace, i: usize, steps: usize) -> EpisodeId {
+    let id = prepared(memory, ns, i, steps).await;
+    let outcome = if i % 5 == 3 {
+        Outcome::failure("tests still fail")
+    } else {
+        Outcome::success("done")
+    };
+    memory.complete_episode(ns, id, outcome).await.unwrap();
+    id
+}
+
+async fn open_cache(path: &Path, config: CacheConfig) -> Arc<dyn Cache> {
+    Arc::new(RedbCache::open(path, config).await.unwrap())
+}
+
+async fn open_outbox(path: &Path) -> Arc<RedbOutbox> {
+    Arc::new(
+        RedbOutbox::open(path, OutboxConfig::default())
+            .await
+            .unwrap(),
+    )
+}
+
+/// `TieredStorage` over `durable` with a redb cache and outbox in `dir`, as the CLI opens it.
+async fn tiered_over(
+    durable: Arc<dyn Storage>,
+    dir: &Path,
+    cache: CacheConfig,
+    config: TieredConfig,
+) -> Arc<TieredStorage> {
+    TieredStorage::open(
+        durable,
+        Some(open_cache(&dir.join("cache.redb"), cache).await),
+        open_outbox(&dir.join("outbox.redb")).await,
+        config,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap()
+}
+
+/// Two memories with the same history: one over bare libsql, one over the tiered stack (its
+/// own libsql file). Also returns the tiered storage and a completed 50-step episode in each.
+struct Pair {
+    durable: Arc<SelfLearningMemory>,
+    tiered: Arc<SelfLearningMemory>,
+    tiered_storage: Arc<TieredStorage>,
+    durable_episode: EpisodeId,
+    tiered_episode: EpisodeId,
+}
+
+async fn pair(dir: &Path, ns: &Namespace) -> Pair {
+    let bare = TursoStorage::open_in_data_dir(dir.join("durable"))
+        .await
+        .unwrap();
+    let durable = Arc::new(SelfLearningMemory::new(Arc::new(bare), memory_config()).unwrap());
+    let under = TursoStorage::open_in_data_dir(dir.join("tiered"))
+        .await
+        .unwrap();
+    let tiered_storage = tiered_over(
+        Arc::new(under),
+        &dir.join("tiered"),
+        CacheConfig::default(),
+        TieredConfig::default(),
+    )
+    .await;
+    let tiered =
+        Arc::new(SelfLearningMemory::new(tiered_storage.clone(), memory_config()).unwrap());
+    for i in 0..HISTORY {
+        record(&durable, ns, i, 10).await;
+        record(&tiered, ns, i, 10).await;
+    }
+    let durable_episode = record(&durable, ns, 5_000, 50).await;
+    let tiered_episode = record(&tiered, ns, 5_000, 50).await;
+    Pair {
+        durable,
+        tiered,
+        tiered_storage,
+        durable_episode,
+        tiered_episode,
+    }
+}
+
+fn complete_and_get(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::new("bench/tiered").unwrap();
+    let p = rt.block_on(pair(dir.path(), &ns));
+
+    let mut group = c.benchmark_group("tiered/complete_episode_50_steps");
+    group.sample_size(20);
+    let next = Arc::new(AtomicUsize::new(10_000));
+    for (name, memory) in [("durable", &p.durable), ("tiered", &p.tiered)] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let memory = memory.clone();
+                let ns = ns.clone();
+                let next = next.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let id = prepared(&memory, &ns, i, 50).await;
+                        let start = Instant::now();
+                        black_box(
+                            memory
+                                .complete_episode(&ns, id, Outcome::success("done"))
+                                .await
+                                .unwrap(),
+                        );
+                        total += start.elapsed();
+                    }
+                    total
+                }
+            });
+        });
+    }
+    group.finish();
+    let status = p.tiered_storage.status();
+    assert_eq!(status.outbox_len, 0, "nothing journaled: {status:?}");
+    assert_eq!(status.cache_errors, 0, "{status:?}");
+
+    // A second tiered stack over the same libsql file, with the in-process front disabled, so
+    // its hits are served from the redb file.
+    let redb_only = rt.block_on(async {
+        let under = TursoStorage::open_in_data_dir(dir.path().join("tiered"))
+            .await
+            .unwrap();
+        let storage = tiered_over(
+            Arc::new(under),
+            &dir.path().join("redb_only"),
+            CacheConfig::default().with_memory_capacity(0, 0),
+            TieredConfig::default(),
+        )
+        .await;
+        let memory = SelfLearningMemory::new(storage.clone(), memory_config()).unwrap();
+        (storage, Arc::new(memory))
+    });
+
+    let mut group = c.benchmark_group("tiered/get_episode");
+    group.throughput(Throughput::Elements(1));
+    let cases = [
+        ("durable", &p.durable, p.durable_episode, None),
+        (
+            "tiered_cache_hit",
+            &p.tiered,
+            p.tiered_episode,
+            Some(&p.tiered_storage),
+        ),
+        (
+            "tiered_redb_hit",
+            &redb_only.1,
+            p.tiered_episode,
+            Some(&redb_only.0),
+        ),
+    ];
+    for (name, memory, id, tiered) in cases {
+        // Warm the cache (a no-op for bare libsql), and check it is a hit from here on.
+        let before = rt.block_on(async {
+            let e = memory.get_episode(&ns, id).await.unwrap();
+            assert_eq!(e.steps.len(), 50);
+            assert!(e.is_completed());
+            tiered.map(|t| t.status().cache.unwrap())
+        });
+        group.bench_function(name, |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(memory.get_episode(&ns, id).await.unwrap()) });
+        });
+        if let (Some(t), Some(before)) = (tiered, before) {
+            let after = t.status().cache.unwrap();
+            assert_eq!(
+                after.misses, before.misses,
+                "{name}: every read was a cache hit"
+            );
+        }
+    }
+    group.finish();
+
+    rt.block_on(async {
+        p.durable.shutdown().await.unwrap();
+        p.tiered.shutdown().await.unwrap();
+        p.tiered_storage.shutdown().await.unwrap();
+        redb_only.1.shutdown().await.unwrap();
+        redb_only.0.shutdown().await.unwrap();
+    });
+}
+
+/// The replay bench's stack: libsql behind the fault injector, behind the tiered composition.
+struct ReplayStack {
+    fault: Arc<FaultInjecting<TursoStorage>>,
+    tiered: Arc<TieredStorage>,
+    memory: Arc<SelfLearningMemory>,
+}
+
+/// Breaker open for 10 ms; the sync task wakes only when a write is journaled (every hour
+/// otherwise), so replays after the journaling phase are the measured `sync_now` calls.
+fn replay_config() -> TieredConfig {
+    TieredConfig {
+        breaker: BreakerConfig {
+            open_for: Duration::from_millis(10),
+            ..BreakerConfig::default()
+        },
+        sync_interval: Duration::from_secs(3_600),
+        replica_sync_interval: Duration::from_secs(3_600),
+        ..TieredConfig::default()
+    }
+}
+
+/// Journals [`REPLAY_WRITES`] writes with the durable layer failing, and returns once the sync
+/// task has stopped retrying (the breaker is open and nothing wakes it).
+async fn journal(s: &ReplayStack, ns: &Namespace, first: usize) {
+    s.fault.set_mode(FaultMode::Always);
+    let next = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..JOURNAL_WRITERS)
+        .map(|_| {
+            let (memory, ns, next) = (s.memory.clone(), ns.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= REPLAY_EPISODES {
+                        return;
+                    }
+                    record(&memory, &ns, first + i, REPLAY_STEPS).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // The last journaled write woke the sync task; let its failing attempt finish.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let status = s.tiered.status();
+    assert_eq!(
+        status.outbox_len, REPLAY_WRITES,
+        "every write journaled: {status:?}"
+    );
+}
+
+fn outbox_replay(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::new("bench/replay").unwrap();
+    let s = rt.block_on(async {
+        let durable = TursoStorage::open_in_data_dir(dir.path().join("durable"))
+            .await
+            .unwrap();
+        let fault = Arc::new(FaultInjecting::new(Arc::new(durable), FaultMode::Never));
+        let tiered = tiered_over(
+            fault.clone(),
+            dir.path(),
+            CacheConfig::default(),
+            replay_config(),
+        )
+        .await;
+        // Steps are written in batches of 5: two step writes per 10-step episode.
+        let config = MemoryConfig::default().with_steps(StepBatchConfig {
+            max_batch: 5,
+            flush_interval: Duration::from_secs(3_600),
+        });
+        let memory = Arc::new(SelfLearningMemory::new(tiered.clone(), config).unwrap());
+        ReplayStack {
+            fault,
+            tiered,
+            memory,
+        }
+    });
+
+    let mut group = c.benchmark_group("tiered/outbox_replay");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(REPLAY_WRITES));
+    let round = AtomicUsize::new(0);
+    group.bench_function(format!("{REPLAY_WRITES}_writes"), |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let s = &s;
+            let ns = &ns;
+            let round = &round;
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let first = round.fetch_add(1, Ordering::Relaxed) * REPLAY_EPISODES;
+                    journal(s, ns, 1_000_000 + first).await;
+                    s.fault.set_mode(FaultMode::Never);
+                    // Past the breaker's open time: the first replayed write is its probe.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let start = Instant::now();
+                    let mut replayed = 0;
+                    while s.tiered.status().outbox_len > 0 {
+                        replayed += s.tiered.sync_now().await.unwrap();
+                    }
+                    total += start.elapsed();
+                    assert_eq!(
+                        replayed, REPLAY_WRITES,
+                        "all writes replayed by the measured calls"
+                    );
+                }
+                total
+            }
+        });
+    });
+    group.finish();
+    let status = s.tiered.status();
+    assert_eq!(status.dead_letters, 0, "{status:?}");
+
+    rt.block_on(async {
+        s.memory.shutdown().await.unwrap();
+        s.tiered.shutdown().await.unwrap();
+    });
+}
+
+criterion_group!(benches, complete_and_get, outbox_replay);
+criterion_main!(benches);

@@ -1,0 +1,103 @@
+//! `memory recommend`: advice for a new task.
+
+use anyhow::Result;
+use memory_core::retrieval::recommend::{RecommendRequest, Recommendation};
+use memory_core::{SelfLearningMemory, TaskType};
+
+use crate::cli::RecommendArgs;
+use crate::commands::episode::context_from;
+use crate::output::{self, clip, pct, short_id};
+use crate::settings::Settings;
+
+pub async fn run(a: RecommendArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+    let task_type = a
+        .task_type
+        .as_deref()
+        .map(str::parse::<TaskType>)
+        .transpose()?;
+    let has_context = a.context.domain.is_some()
+        || a.context.language.is_some()
+        || a.context.framework.is_some()
+        || task_type.is_some();
+    let mut req = RecommendRequest::new(a.task).with_limit(a.limit);
+    if has_context {
+        req = req.with_context(task_type, context_from(&a.context)?);
+    }
+    // Episodes recorded by earlier commands may still wait for their embedding: the queue
+    // is durable, and this is where it is drained when no long-lived process runs.
+    m.embed_pending(&s.namespace).await?;
+    let rec = m.recommend(&s.namespace, &req).await?;
+    if s.json {
+        return output::json(&rec);
+    }
+    print_human(&rec);
+    Ok(())
+}
+
+fn print_human(rec: &Recommendation) {
+    if let Some(d) = &rec.degraded {
+        println!("note: {d}");
+    }
+    match (rec.confidence, rec.strong_match) {
+        (Some(c), true) => println!("match: strong (confidence {})", pct(c)),
+        (Some(c), false) => println!(
+            "match: no strong match (confidence {}): nothing close in memory, treat this as weak advice",
+            pct(c)
+        ),
+        (None, _) => println!("match: unknown (lexical only, no calibrated confidence)"),
+    }
+    let e = &rec.estimate;
+    println!("\nestimate  ({})", e.why);
+    if let Some(p) = e.success_chance {
+        println!("  success chance  {}", pct(p));
+    }
+    if let Some(steps) = e.expected_steps {
+        println!("  steps           {steps:.0}");
+    }
+    if let Some(ms) = e.expected_duration_ms {
+        println!("  duration        {:.1} s", ms / 1000.0);
+    }
+    if !rec.playbook.is_empty() {
+        println!("\nplaybook");
+        for st in &rec.playbook {
+            println!("  {}. {:<12} {}", st.order, st.tool, clip(&st.why, 90));
+        }
+    }
+    if !rec.episodes.is_empty() {
+        println!("\nsimilar episodes");
+        for r in &rec.episodes {
+            let ep = &r.retrieved.episode;
+            println!(
+                "  {}  {:.2}  {}",
+                short_id(&ep.id.to_string()),
+                r.retrieved.score,
+                clip(&ep.task_description, 70)
+            );
+            println!("      why: {}", clip(&r.retrieved.why, 90));
+        }
+    }
+    if !rec.patterns.is_empty() {
+        println!("\npatterns");
+        for p in &rec.patterns {
+            println!(
+                "  {}  {}",
+                short_id(&p.item.id.to_string()),
+                clip(&p.item.describe(), 80)
+            );
+            println!("      why: {}", clip(&p.why, 90));
+        }
+    }
+    if !rec.heuristics.is_empty() {
+        println!("\nheuristics");
+        for h in &rec.heuristics {
+            println!("  - {}", clip(&h.item.describe(), 90));
+            println!("      why: {}", clip(&h.why, 90));
+        }
+    }
+    if !rec.pitfalls.is_empty() {
+        println!("\npitfalls");
+        for p in &rec.pitfalls {
+            println!("  - {}", clip(&p.why, 110));
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! Retrieval: hybrid (lexical + semantic) search over past episodes, and the embedding queue.
+//!
+//! - **Lexical** candidates come from the backend's full-text index (FTS5/BM25 in libsql) over
+//!   task descriptions, reflections and step text, filtered inside the query.
+//! - **Semantic** candidates come from the in-process [`VectorIndex`] over episode embeddings,
+//!   filtered inside the scan.
+//! - Both lists are min-max normalized over their union and fused as a weighted sum, then
+//!   re-ranked by context match, outcome and recency. Every result carries its
+//!   [`ScoreBreakdown`] and a one-line `why`.
+//! - [`Retrieval::confidence`] is calibrated on the best cosine similarity (an absolute
+//!   measure, not a score relative to the other results), so "no strong match" means the
+//!   memory has nothing close, not that the list was short.
+//!
+//! Embeddings are computed off the write path: the durable queue is the set of episodes with no
+//! embedding for the embedder's model ([`EmbeddingStore::episodes_missing_embedding`]), which is
+//! derived from the data and so survives restarts; [`Retriever::embed_pending`] drains it in
+//! batches. Without an embedder (model files missing), retrieval is lexical and says so in
+//! [`Retrieval::degraded`].
+
+pub mod eval;
+pub mod recommend;
+mod scoring;
+pub mod vector_index;
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, instrument, warn};
+
+use crate::clock::SharedClock;
+use crate::embedding::Embedder;
+use crate::episode::{EpisodeId, EpisodeSummary, TaskContext, TaskType};
+use crate::error::{Error, Result};
+use crate::namespace::Namespace;
+use crate::storage::{EpisodeFilter, Storage, TextQuery};
+
+pub use scoring::ScoreBreakdown;
+pub use vector_index::{VectorHit, VectorIndex};
+
+/// Which candidate sources a retrieval uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrievalMethod {
+    /// Full-text (BM25) only.
+    Lexical,
+    /// Embeddings only.
+    Vector,
+    /// Both, fused.
+    #[default]
+    Hybrid,
+}
+
+impl RetrievalMethod {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetrievalMethod::Lexical => "lexical",
+            RetrievalMethod::Vector => "vector",
+            RetrievalMethod::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl std::fmt::Display for RetrievalMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Retrieval settings.
+///
+/// # Default
+/// 50 candidates from each source; dense weight 0.7; context weight 0.1; outcome weight 0.05;
+/// recency weight 0.05 with a 90-day half-life; strong-match cosine 0.55; embedding batches of
+/// 32; 1,024 cached query vectors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetrievalConfig {
+    /// Candidates taken from each source before fusion.
+    pub candidates: u32,
+    /// Weight of the semantic score in the fused score (the lexical one gets `1 - w`).
+    pub dense_weight: f64,
+    /// Add the query's context words (language, framework, domain) to the lexical query.
+    pub lexical_context_terms: bool,
+    /// Embed the task type and context words with the task text (episodes and queries).
+    pub embed_context: bool,
+    /// Re-rank boost for a matching context (language, framework, domain), as a fraction.
+    pub context_weight: f64,
+    /// Re-rank boost for a good outcome (reward above 0.5) or penalty below it.
+    pub outcome_weight: f64,
+    /// Re-rank penalty for age, reaching this fraction at infinite age.
+    pub recency_weight: f64,
+    /// Half-life of the recency decay, in days.
+    pub recency_half_life_days: f64,
+    /// Cosine similarity at which a match counts as strong (confidence 0.5).
+    pub strong_match_cosine: f32,
+    /// Episodes embedded per batch when draining the queue.
+    pub embed_batch: u32,
+    /// Query vectors kept in the cache.
+    pub query_cache_entries: u64,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        RetrievalConfig {
+            candidates: 50,
+            dense_weight: 0.7,
+            lexical_context_terms: false,
+            embed_context: true,
+            context_weight: 0.1,
+            outcome_weight: 0.05,
+            recency_weight: 0.05,
+            recency_half_life_days: 90.0,
+            strong_match_cosine: 0.55,
+            embed_batch: 32,
+            query_cache_entries: 1024,
+        }
+    }
+}
+
+/// What to look for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalQuery {
+    /// The new task, in the agent's words.
+    pub task: String,
+    /// Its kind, when known (used in the context match, not as a filter).
+    #[serde(default)]
+    pub task_type: Option<TaskType>,
+    /// Its context, when known: embedded with the task and used to re-rank.
+    #[serde(default)]
+    pub context: Option<TaskContext>,
+    /// Hard filters, applied inside both candidate queries.
+    #[serde(default)]
+    pub filter: EpisodeFilter,
+    /// Most results.
+    pub limit: u32,
+    /// Candidate sources.
+    #[serde(default)]
+    pub method: RetrievalMethod,
+}
+
+impl RetrievalQuery {
+    /// A hybrid query for `task` returning up to 10 results.
+    pub fn new(task: impl Into<String>) -> Self {
+        RetrievalQuery {
+            task: task.into(),
+            task_type: None,
+            context: None,
+            filter: EpisodeFilter::default(),
+            limit: 10,
+            method: RetrievalMethod::Hybrid,
+        }
+    }
+
+    /// With the task's context.
+    #[must_use]
+    pub fn with_context(mut self, task_type: Option<TaskType>, context: TaskContext) -> Self {
+        self.task_type = task_type;
+        self.context = Some(context);
+        self
+    }
+
+    /// With these filters.
+    #[must_use]
+    pub fn with_filter(mut self, filter: EpisodeFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// With this many results at most.
+    #[must_use]
+    pub fn with_limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// With these candidate sources.
+    #[must_use]
+    pub fn with_method(mut self, method: RetrievalMethod) -> Self {
+        self.method = method;
+        self
+    }
+}
+
+/// One retrieved episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievedEpisode {
+    /// The episode.
+    pub episode: EpisodeSummary,
+    /// Final score (higher is better; comparable within one retrieval only).
+    pub score: f64,
+    /// How the score came about.
+    pub breakdown: ScoreBreakdown,
+    /// Why it was returned, in one line.
+    pub why: String,
+}
+
+/// The answer to a [`RetrievalQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retrieval {
+    /// Best first.
+    pub results: Vec<RetrievedEpisode>,
+    /// The sources actually used (hybrid degrades to lexical without an embedder).
+    pub method: RetrievalMethod,
+    /// Calibrated confidence (0..1) that the best result is a real match; `None` when no
+    /// semantic score is available (lexical scores are not comparable across queries).
+    pub confidence: Option<f64>,
+    /// True when the best match is strong (`confidence >= 0.5`). False with no results, and
+    /// false in lexical mode, where nothing calibrated backs it.
+    pub strong_match: bool,
+    /// Set when retrieval runs degraded, e.g. without the embedding model.
+    pub degraded: Option<String>,
+}
+
+/// Hybrid retrieval over a storage backend, with an optional embedder.
+pub struct Retriever {
+    storage: Arc<dyn Storage>,
+    embedder: Option<Arc<dyn Embedder>>,
+    index: VectorIndex,
+    loaded: Mutex<HashSet<Namespace>>,
+    loading: tokio::sync::Mutex<()>,
+    queries: moka::sync::Cache<String, Arc<Vec<f32>>>,
+    clock: SharedClock,
+    config: RetrievalConfig,
+    degraded_reason: Option<String>,
+}
+
+impl std::fmt::Debug for Retriever {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retriever")
+            .field("embedder", &self.embedder.as_ref().map(|e| e.model_id()))
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The text embedded for an episode or a query: the task, then its context in words. Only
+/// this short text is embedded (not the steps): it is what a new task is compared by, and it
+/// keeps the embedder at ~40-70 texts/s on two cores instead of ~8 for step-length texts.
+///
+/// ```
+/// use memory_core::{retrieval::embedding_text, TaskContext, TaskType};
+/// let ctx = TaskContext::new("web_api").with_language("python").with_framework("fastapi");
+/// assert_eq!(
+///     embedding_text("add rate limiting", Some(TaskType::CodeGeneration), Some(&ctx)),
+///     "add rate limiting (code generation; web api; python; fastapi)"
+/// );
+/// assert_eq!(embedding_text("add rate limiting", None, None), "add rate limiting");
+/// ```
+pub fn embedding_text(
+    task: &str,
+    task_type: Option<TaskType>,
+    context: Option<&TaskContext>,
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(t) = task_type {
+        parts.push(t.as_str().replace('_', " "));
+    }
+    if let Some(c) = context {
+        if !c.domain.is_empty() {
+            parts.push(c.domain.replace('_', " "));
+        }
+        parts.extend(c.language.iter().cloned());
+        parts.extend(c.framework.iter().cloned());
+    }
+    let mut text = task.trim().to_owned();
+    if !parts.is_empty() {
+        let _ = write!(text, " ({})", parts.join("; "));
+    }
+    text
+}
+
+impl Retriever {
+    /// A retriever over `storage`; lexical only when `embedder` is `None`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        embedder: Option<Arc<dyn Embedder>>,
+        clock: SharedClock,
+        config: RetrievalConfig,
+    ) -> Self {
+        let dims = embedder.as_ref().map_or(0, |e| e.dimensions());
+        let degraded_reason = embedder.is_none().then(|| {
+            "no embedding model loaded: retrieval is lexical only (BM25); install the model \
+             (scripts/install-model.sh) or set MEMORY_MODEL_DIR"
+                .to_owned()
+        });
+        Retriever {
+            storage,
+            embedder,
+            index: VectorIndex::new(dims),
+            loaded: Mutex::new(HashSet::new()),
+            loading: tokio::sync::Mutex::new(()),
+            queries: moka::sync::Cache::new(config.query_cache_entries),
+            clock,
+            config,
+            degraded_reason,
+        }
+    }
+
+    /// The embedder, if one is loaded.
+    pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
+        self.embedder.as_ref()
+    }
+
+    /// Why retrieval is degraded, if it is.
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded_reason.as_deref()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RetrievalConfig {
+        &self.config
+    }
+
+    /// Vectors indexed in process for `ns` (0 before the namespace is first searched).
+    pub fn indexed(&self, ns: &Namespace) -> usize {
+        self.index.len(ns)
+    }
+
+    /// Tells the index that an episode's summary changed (e.g. it completed).
+    pub fn episode_changed(&self, ns: &Namespace, summary: EpisodeSummary) {
+        if self.embedder.is_some() {
+            self.index.update_summary(ns, summary);
+        }
+    }
+
+    /// Embeds every episode of `ns` that has no embedding for the model yet, in batches, and
+    /// stores and indexes the vectors. Returns how many were embedded (0 without an embedder).
+    ///
+    /// Safe to run concurrently with itself and after a crash: the queue is derived from the
+    /// stored data, and storing an embedding is idempotent.
+    #[instrument(skip_all, fields(namespace = %ns))]
+    pub async fn embed_pending(&self, ns: &Namespace) -> Result<usize> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(0);
+        };
+        let model = embedder.model_id().to_owned();
+        let mut done = 0;
+        // Episodes that vanished between listing and reading are skipped, not retried forever.
+        let mut skipped: HashSet<EpisodeId> = HashSet::new();
+        loop {
+            let batch = self.config.embed_batch.max(1);
+            let ids = self
+                .storage
+                .episodes_missing_embedding(ns, &model, batch + skipped.len() as u32)
+                .await?;
+            let ids: Vec<EpisodeId> = ids
+                .into_iter()
+                .filter(|id| !skipped.contains(id))
+                .take(batch as usize)
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            let mut summaries = Vec::with_capacity(ids.len());
+            for id in ids {
+                match self.storage.get_episode(ns, id).await? {
+                    Some(e) => summaries.push(e.summary()),
+                    None => {
+                        skipped.insert(id);
+                    }
+                }
+            }
+            let texts: Vec<String> = summaries.iter().map(|s| self.episode_text(s)).collect();
+            let vectors = embedder.embed(&texts).await?;
+            if vectors.len() != summaries.len() {
+                return Err(Error::storage(
+                    "embedder",
+                    "embed",
+                    false,
+                    format!(
+                        "returned {} vectors for {} texts",
+                        vectors.len(),
+                        summaries.len()
+                    ),
+                ));
+            }
+            for (summary, vector) in summaries.into_iter().zip(vectors) {
+                match self
+                    .storage
+                    .put_embedding(ns, summary.id, &model, &vector)
+                    .await
+                {
+                    Ok(()) => {
+                        self.index.upsert(ns, summary, &vector);
+                        done += 1;
+                    }
+                    Err(Error::NotFound { .. }) => {
+                        skipped.insert(summary.id);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if done > 0 {
+            debug!(embedded = done, "embedding queue drained");
+        }
+        Ok(done)
+    }
+
+    /// Loads the namespace's stored vectors into the index the first time it is searched.
+    async fn ensure_loaded(&self, ns: &Namespace) -> Result<()> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(());
+        };
+        if lock(&self.loaded).contains(ns) {
+            return Ok(());
+        }
+        let _loading = self.loading.lock().await;
+        if lock(&self.loaded).contains(ns) {
+            return Ok(());
+        }
+        let model = embedder.model_id();
+        let mut after = None;
+        let mut loaded = 0usize;
+        loop {
+            let page = self
+                .storage
+                .scan_embeddings(ns, model, after, 2_000)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.summary.id);
+            for stored in page {
+                if stored.vector.len() == self.index.dims() {
+                    self.index.upsert(ns, stored.summary, &stored.vector);
+                    loaded += 1;
+                } else {
+                    warn!(
+                        episode_id = %stored.summary.id,
+                        dims = stored.vector.len(),
+                        "stored embedding has the wrong length for the model; skipped"
+                    );
+                }
+            }
+        }
+        lock(&self.loaded).insert(ns.clone());
+        debug!(loaded, "vector index loaded");
+        Ok(())
+    }
+
+    /// The query's vector, from the cache or the embedder.
+    async fn query_vector(
+        &self,
+        embedder: &Arc<dyn Embedder>,
+        text: &str,
+    ) -> Result<Arc<Vec<f32>>> {
+        if let Some(v) = self.queries.get(text) {
+            return Ok(v);
+        }
+        let mut vectors = embedder.embed(&[text.to_owned()]).await?;
+        let vector = Arc::new(vectors.pop().ok_or_else(|| {
+            Error::storage(
+                "embedder",
+                "embed",
+                false,
+                "returned no vector for the query",
+            )
+        })?);
+        self.queries.insert(text.to_owned(), Arc::clone(&vector));
+        Ok(vector)
+    }
+
+    fn episode_text(&self, s: &EpisodeSummary) -> String {
+        if self.config.embed_context {
+            embedding_text(&s.task_description, Some(s.task_type), Some(&s.context))
+        } else {
+            s.task_description.clone()
+        }
+    }
+
+    fn lexical_text(&self, query: &RetrievalQuery) -> String {
+        let mut text = query.task.clone();
+        if self.config.lexical_context_terms
+            && let Some(c) = &query.context
+        {
+            for w in [Some(&c.domain), c.language.as_ref(), c.framework.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                text.push(' ');
+                text.push_str(&w.replace('_', " "));
+            }
+        }
+        text
+    }
+
+    /// Finds the past episodes most relevant to `query`.
+    #[instrument(skip_all, fields(namespace = %ns, method = %query.method, limit = query.limit))]
+    pub async fn retrieve(&self, ns: &Namespace, query: &RetrievalQuery) -> Result<Retrieval> {
+        let mut method = query.method;
+        let mut degraded = None;
+        let embedder = match (&self.embedder, method) {
+            (Some(e), _) => Some(e),
+            (None, RetrievalMethod::Lexical) => None,
+            (None, _) => {
+                method = RetrievalMethod::Lexical;
+                degraded.clone_from(&self.degraded_reason);
+                None
+            }
+        };
+        if query.limit == 0 {
+            return Ok(Retrieval {
+                results: Vec::new(),
+                method,
+                confidence: None,
+                strong_match: false,
+                degraded,
+            });
+        }
+        let candidates = self.config.candidates.max(query.limit);
+
+        let lexical = if method == RetrievalMethod::Vector {
+            Vec::new()
+        } else {
+            self.storage
+                .search_episodes(
+                    ns,
+                    &TextQuery {
+                        text: self.lexical_text(query),
+                        filter: query.filter.clone(),
+                        limit: candidates,
+                    },
+                )
+                .await?
+        };
+
+        let mut semantic: Vec<VectorHit> = Vec::new();
+        let mut query_vector = None;
+        if let Some(embedder) = embedder {
+            self.ensure_loaded(ns).await?;
+            let text = if self.config.embed_context {
+                embedding_text(&query.task, query.task_type, query.context.as_ref())
+            } else {
+                query.task.clone()
+            };
+            let qv = self.query_vector(embedder, &text).await?;
+            semantic = self
+                .index
+                .search(ns, &qv, &query.filter, candidates as usize);
+            query_vector = Some(qv);
+        }
+
+        // The best cosine among the semantic candidates backs the confidence, whatever the
+        // method ranked by (it is the one absolute similarity available).
+        let best_cosine = semantic.first().map(|h| h.cosine);
+        let fused = scoring::fuse(&self.config, method, &lexical, &semantic, |id| {
+            query_vector
+                .as_ref()
+                .and_then(|qv| self.index.score(ns, qv, id))
+        });
+        let now = self.clock.now();
+        let mut results: Vec<RetrievedEpisode> = fused
+            .into_iter()
+            .map(|c| {
+                let breakdown = scoring::rerank(&self.config, query, &c.summary, &c, now);
+                RetrievedEpisode {
+                    why: scoring::why(query, &c.summary, &breakdown),
+                    score: breakdown.score,
+                    breakdown,
+                    episode: (*c.summary).clone(),
+                }
+            })
+            .collect();
+        results.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.episode.id.cmp(&b.episode.id))
+        });
+        results.truncate(query.limit as usize);
+
+        let confidence =
+            best_cosine.map(|c| scoring::confidence(c, self.config.strong_match_cosine));
+        Ok(Retrieval {
+            strong_match: !results.is_empty() && confidence.is_some_and(|c| c >= 0.5),
+            results,
+            method,
+            confidence,
+            degraded,
+        })
+    }
+}
