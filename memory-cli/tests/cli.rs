@@ -162,6 +162,37 @@ fn full_cycle_across_processes() {
             .unwrap()
             .contains("do edit_file")
     );
+    // Advice for the next task, each item with a reason.
+    let rec = json(
+        &dir,
+        &[
+            "recommend",
+            "--task",
+            "add rate limiting to the API",
+            "--domain",
+            "web_api",
+            "--language",
+            "rust",
+            "--type",
+            "code_generation",
+        ],
+    );
+    for key in ["episodes", "patterns", "heuristics", "pitfalls", "playbook"] {
+        let items = rec[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} missing: {rec}"));
+        assert!(
+            items
+                .iter()
+                .all(|i| i["why"].as_str().is_some_and(|w| !w.is_empty())),
+            "{key} without why: {rec}"
+        );
+    }
+    assert_eq!(rec["episodes"][0]["episode"]["id"], id.as_str());
+    assert!(!rec["patterns"].as_array().unwrap().is_empty());
+    assert!(!rec["pitfalls"].as_array().unwrap().is_empty());
+    assert_eq!(rec["estimate"]["sample_size"], 1);
+    assert!(rec["estimate"]["why"].as_str().is_some());
     let stats = json(&dir, &["stats"]);
     assert_eq!(stats["counts"]["episodes"], 1);
     assert_eq!(stats["outbox_len"], 0);
@@ -262,4 +293,112 @@ fn bad_input_is_a_clear_error_and_stores_nothing() {
     let shown = json(&dir, &["episode", "show", &id]);
     assert!(shown["steps"].as_array().unwrap().is_empty());
     assert_eq!(json(&dir, &["stats"])["counts"]["episodes"], 1);
+}
+
+#[test]
+fn without_the_model_retrieval_is_lexical_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-model-here");
+    let run = |args: &[&str]| -> Value {
+        let out = memory(&dir)
+            .env("MEMORY_MODEL_DIR", &missing)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let id = run(&["episode", "start", "--task", "tune the slow report query"])["episode_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run(&[
+        "episode", "step", &id, "--tool", "psql", "--action", "explain", "--ok", "seq scan",
+    ]);
+    run(&["episode", "complete", &id, "--success", "index added"]);
+    let health = run(&["health"]);
+    let embedder = health["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == "embedder")
+        .unwrap()
+        .clone();
+    assert_eq!(embedder["status"], "degraded");
+    assert!(
+        embedder["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lexical only")
+    );
+    let rec = run(&["recommend", "--task", "slow report query"]);
+    assert!(rec["degraded"].as_str().unwrap().contains("lexical only"));
+    assert_eq!(rec["episodes"][0]["episode"]["id"], id.as_str());
+    memory(&dir)
+        .env("MEMORY_MODEL_DIR", &missing)
+        .args(["recommend", "--task", "slow report query"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("lexical only"));
+}
+
+#[test]
+fn eval_retrieval_reports_every_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dataset");
+    std::fs::create_dir_all(&data).unwrap();
+    let step = r#"{"tool": "shell", "action": "run tests", "parameters": {}, "result": {"status": "success", "output": "ok", "error": null}, "latency_ms": 5}"#;
+    let episode = |id: &str, task: &str, lang: &str| {
+        format!(
+            r#"{{"id": "{id}", "task_description": "{task}", "task_type": "debugging", "context": {{"domain": "databases", "language": "{lang}", "framework": null, "complexity": "simple", "tags": []}}, "steps": [{step}], "outcome": {{"type": "success", "verdict": "fixed", "reason": null}}}}"#
+        )
+    };
+    let episodes = [
+        episode("e1", "Fix a Postgres deadlock between two workers", "rust"),
+        episode(
+            "e2",
+            "Add a dark mode toggle to the settings page",
+            "typescript",
+        ),
+        episode("e3", "Speed up the slow product search query", "python"),
+    ]
+    .join("\n");
+    std::fs::write(data.join("episodes.jsonl"), episodes).unwrap();
+    let queries = [
+        r#"{"id": "q1", "task_description": "two jobs block each other in the database", "context": {"domain": "databases", "language": "rust", "framework": null, "complexity": "simple", "tags": []}, "task_type": "debugging", "relevant": {"e1": 3}}"#,
+        r#"{"id": "q2", "task_description": "translate the invoice emails to German", "context": {"domain": "email", "language": "go", "framework": null, "complexity": "simple", "tags": []}, "task_type": "other", "relevant": {}}"#,
+    ]
+    .join("\n");
+    std::fs::write(data.join("queries.jsonl"), queries).unwrap();
+    let report = json(
+        &dir,
+        &[
+            "eval",
+            "retrieval",
+            "--dataset",
+            data.to_str().unwrap(),
+            "--both",
+        ],
+    );
+    assert_eq!(report["episodes"], 3);
+    assert_eq!(report["modes"].as_array().unwrap().len(), 2);
+    let methods = report["modes"][0]["methods"].as_array().unwrap();
+    let with_model = report["embedder"].is_string();
+    assert_eq!(methods.len(), if with_model { 3 } else { 1 });
+    for m in methods {
+        assert!(m["ndcg_at_10"].as_f64().unwrap() >= 0.0);
+        assert!(m["latency"]["p95_ms"].as_f64().is_some());
+    }
+    // The data directory was not touched: the eval runs in its own in-memory store.
+    assert!(!dir.path().join("memory.db").exists());
+    memory(&dir)
+        .args(["eval", "retrieval", "--dataset", "/no/such/dir"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("cannot load the dataset"));
 }

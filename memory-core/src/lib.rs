@@ -99,7 +99,7 @@ pub use storage::{
     LearnedItems, LearnedQuery, LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit,
     TextQuery,
 };
-pub use text::{episode_search_text, tokenize};
+pub use text::{episode_search_text, task_search_text, tokenize};
 pub use tiered::{
     BreakerConfig, BreakerState, CircuitBreaker, Refused, SyncStatus, TieredConfig, TieredStorage,
 };

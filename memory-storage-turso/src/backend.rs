@@ -15,7 +15,7 @@ use memory_core::{
     FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic, HeuristicId,
     LearnedChanges, LearnedItems, LearnedQuery, LearningStore, LearningUpdate, LessonId, Namespace,
     NamespaceStats, ObjectKind, Pattern, PatternId, Result, Storage, StoredEmbedding, TaskType,
-    TextHit, TextQuery, tokenize,
+    TextHit, TextQuery, task_search_text, tokenize,
 };
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, instrument, warn};
@@ -1103,7 +1103,7 @@ impl EpisodeStore for TursoStorage {
                         tx.execute(
                             INSERT_TEXT,
                             vec![
-                                text(&episode.task_description),
+                                Value::Text(task_search_text(&episode.task_description, ctx)),
                                 text(ns),
                                 text(&id),
                                 text("task"),

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 //!
 //! - [`sqld`]: start, restart and stop a local `sqld` (libsql-server) on a free loopback port.
+//! - [`model`]: the real embedding model, or a skip outside CI.
 
+pub mod model;
 pub mod sqld;
 
 /// The README's code examples, compiled and run as doctests.

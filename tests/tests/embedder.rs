@@ -8,28 +8,10 @@
 //! silently skips them.
 
 use memory_core::{Embedder, cosine};
-use memory_embed::{MINILM_DIMENSIONS, MINILM_MODEL_ID, MiniLmEmbedder, default_model_dir};
+use memory_embed::{MINILM_DIMENSIONS, MINILM_MODEL_ID, MiniLmEmbedder};
 
-const SKIP_MESSAGE: &str = "skipping: model not installed; run scripts/install-model.sh";
-
-/// The embedder, or `None` (after a note on stderr) when the model is missing outside CI; an
-/// error when an installed model fails to load.
-///
-/// # Panics
-/// Under CI (`CI` set) when the model is missing.
 fn embedder() -> anyhow::Result<Option<MiniLmEmbedder>> {
-    let dir = default_model_dir().filter(|d| memory_embed::missing_model_files(d).is_empty());
-    let Some(dir) = dir else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{SKIP_MESSAGE} (CI is set, so this fails)"
-        );
-        eprintln!("{SKIP_MESSAGE}");
-        return Ok(None);
-    };
-    let embedder = MiniLmEmbedder::load(&dir)
-        .map_err(|e| anyhow::anyhow!("model at {} failed to load: {e}", dir.display()))?;
-    Ok(Some(embedder))
+    tests::model::minilm()
 }
 
 fn texts(items: &[&str]) -> Vec<String> {

@@ -69,9 +69,9 @@ fn print_human(rec: &Recommendation) {
             let ep = &r.retrieved.episode;
             println!(
                 "  {}  {:.2}  {}",
-                short_id(&ep.id.to_string()),
+                ep.id,
                 r.retrieved.score,
-                clip(&ep.task_description, 70)
+                clip(&ep.task_description, 60)
             );
             println!("      why: {}", clip(&r.retrieved.why, 90));
         }

@@ -710,7 +710,12 @@ impl SelfLearningMemory {
         let wide = (req.limit.max(10) * 2).min(limits.max_results as u32);
         let retriever = &self.inner.retriever;
         let retrieval = retriever.retrieve(ns, &req.retrieval_query(wide)).await?;
-        let threshold = f64::from(retriever.config().strong_match_cosine);
+        let rc = retriever.config();
+        let threshold = f64::from(if req.context.is_some() || req.task_type.is_some() {
+            rc.strong_match_cosine
+        } else {
+            rc.strong_match_cosine_bare
+        });
         // Similar = close in meaning when that is measurable, else the top lexical hits.
         let similar: Vec<&crate::retrieval::RetrievedEpisode> = if retrieval.confidence.is_some() {
             retrieval
@@ -765,7 +770,8 @@ impl SelfLearningMemory {
         patterns.truncate(limit);
         heuristics.truncate(limit);
         pitfalls.truncate(limit);
-        let mut episodes = fold_duplicates(retrieval.results.clone());
+        // Only the similar episodes are shown: a weak lexical or semantic hit is not advice.
+        let mut episodes = fold_duplicates(similar.iter().map(|r| (*r).clone()).collect());
         episodes.truncate(limit);
         Ok(Recommendation {
             episodes,

@@ -45,14 +45,16 @@ pub(super) struct Candidate {
     pub fused: f64,
 }
 
-/// Unions the lists and fuses min-max normalized scores. `score_of` gives the cosine (and
-/// the summary) of a lexical candidate the semantic list missed.
+/// Unions the lists and fuses min-max normalized scores. `score_of` gives the cosine of a
+/// lexical candidate the semantic list missed. `with_context`: the query came with its
+/// context (which the lexical side then also matches on).
 pub(super) fn fuse(
     config: &RetrievalConfig,
     method: RetrievalMethod,
     lexical: &[TextHit],
     semantic: &[VectorHit],
     score_of: impl Fn(EpisodeId) -> Option<VectorHit>,
+    with_context: bool,
 ) -> Vec<Candidate> {
     let mut by_id: HashMap<EpisodeId, Candidate> = HashMap::new();
     for h in semantic {
@@ -85,7 +87,12 @@ pub(super) fn fuse(
     let mut out: Vec<Candidate> = by_id.into_values().collect();
     let lex = min_max(out.iter().map(|c| c.bm25.unwrap_or(0.0)));
     let sem = min_max(out.iter().map(|c| f64::from(c.cosine.unwrap_or(0.0))));
-    let w = config.dense_weight.clamp(0.0, 1.0);
+    let w = if with_context {
+        config.dense_weight
+    } else {
+        config.dense_weight_bare
+    }
+    .clamp(0.0, 1.0);
     for c in &mut out {
         c.lexical = lex.apply(c.bm25.unwrap_or(0.0));
         c.semantic = sem.apply(f64::from(c.cosine.unwrap_or(0.0)));
