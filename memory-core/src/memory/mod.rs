@@ -432,6 +432,19 @@ impl SelfLearningMemory {
             None => None,
         };
         self.inner.write_pending(ns, id).await?;
+        // A transient failure keeps steps in the buffer; completing without them would
+        // complete a different episode and then drop them.
+        let unwritten = lock(&self.inner.buffers)
+            .get(&(ns.clone(), id))
+            .map_or(0, |b| b.pending.len());
+        if unwritten > 0 {
+            return Err(Error::storage(
+                self.inner.storage.backend_name(),
+                "complete_episode",
+                true,
+                format!("{unwritten} steps could not be written yet; retry the completion"),
+            ));
+        }
         let episode = self
             .inner
             .storage

@@ -127,6 +127,11 @@ struct Inner {
     overlay: Mutex<Overlay>,
     pending: AtomicU64,
     inflight: Inflight,
+    /// Serializes every read-modify-write of a cached episode (write-through patches, the
+    /// replay's refresh) and every fill of one from the durable layer, so no update is lost
+    /// to an interleaving and no stale fill lands after a patch. Patches are additive, so a
+    /// fill that read before a write is corrected by the write's patch, which waits here.
+    episode_cache: tokio::sync::Mutex<()>,
     counters: Counters,
     sync_info: Mutex<SyncInfo>,
     wake: Notify,
@@ -167,6 +172,7 @@ impl TieredStorage {
             overlay: Mutex::new(Overlay::default()),
             pending: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
+            episode_cache: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
             sync_info: Mutex::new(SyncInfo::default()),
             wake: Notify::new(),
@@ -330,8 +336,14 @@ impl Inner {
                 .or_default()
                 .clone()
         };
+        let is_episode = matches!(key, CacheKey::Episode(_));
         let result = cell
             .get_or_try_init(|| async {
+                let _filling = if is_episode {
+                    Some(self.episode_cache.lock().await)
+                } else {
+                    None
+                };
                 let v = self.guarded(load()).await?;
                 if let Some(v) = &v {
                     self.cache_put(ns, v.clone()).await;
@@ -370,6 +382,10 @@ impl Inner {
         };
         let seq = self.outbox.append(&entry).await?;
         lock(&self.overlay).apply(ns, seq, &entry.op, learned);
+        // Patch the cached copy now, as for a durable write: otherwise, between the replay
+        // releasing this entry from the overlay and refreshing the cache, readers would see
+        // the cached copy from before the write (e.g. an episode not yet completed).
+        self.after_write(ns, &entry.op).await;
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
@@ -476,6 +492,7 @@ impl Inner {
                     self.cache_invalidate(&ns, &key).await;
                 }
                 // The durable layer now holds base + delta: keep the cached copy warm with it.
+                let _patching = self.episode_cache.lock().await;
                 for (ns, id, delta) in released.episodes {
                     let key = CacheKey::Episode(id);
                     let base = match self.cache_get(&ns, &key).await {
@@ -529,6 +546,12 @@ impl Inner {
     /// are patched in place (write-through), so that an episode started before an outage can
     /// still be read, and completed, during it.
     async fn after_write(&self, ns: &Namespace, op: &WriteOp) {
+        let _patching = match op {
+            WriteOp::CreateEpisode(_)
+            | WriteOp::AppendSteps { .. }
+            | WriteOp::CompleteEpisode(_) => Some(self.episode_cache.lock().await),
+            _ => None,
+        };
         match op {
             WriteOp::CreateEpisode(e) => {
                 // A create is idempotent: if the id existed, the stored episode wins, so only
