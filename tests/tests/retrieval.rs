@@ -17,9 +17,9 @@ use std::sync::Arc;
 use memory_core::retrieval::eval::{EvalDataset, RetrievalEval};
 use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
-    Embedder, EpisodeFilter, MemoryConfig, Namespace, NewEpisode, Outcome, RateLimitConfig,
-    RetrievalMethod, RetrievalQuery, SelfLearningMemory, StepInput, SystemClock, TaskContext,
-    TaskType,
+    Embedder, EmbeddingStore, EpisodeFilter, MemoryConfig, Namespace, NewEpisode, Outcome,
+    RateLimitConfig, RetrievalMethod, RetrievalQuery, SelfLearningMemory, StepInput, SystemClock,
+    TaskContext, TaskType,
 };
 use memory_storage_turso::TursoStorage;
 
@@ -30,8 +30,12 @@ fn config() -> MemoryConfig {
     }
 }
 
+async fn m_storage(dir: &std::path::Path) -> Arc<TursoStorage> {
+    Arc::new(TursoStorage::open_in_data_dir(dir).await.unwrap())
+}
+
 async fn open(dir: &std::path::Path, embedder: Option<Arc<dyn Embedder>>) -> SelfLearningMemory {
-    let storage = Arc::new(TursoStorage::open_in_data_dir(dir).await.unwrap());
+    let storage = m_storage(dir).await;
     SelfLearningMemory::with_embedder(storage, config(), Arc::new(SystemClock), embedder).unwrap()
 }
 
@@ -164,9 +168,34 @@ async fn embedding_queue_survives_a_restart_and_degraded_mode_stays_lexical() {
     m.shutdown().await.unwrap();
 
     // Second run, with the model: the queue (episodes without an embedding) is in storage.
-    let m = open(dir.path(), Some(Arc::new(model))).await;
-    assert_eq!(m.embed_pending(&ns).await.unwrap(), 2);
-    assert_eq!(m.embed_pending(&ns).await.unwrap(), 0, "drained once");
+    let model: Arc<dyn Embedder> = Arc::new(model);
+    let model_id = model.model_id().to_owned();
+    let storage = m_storage(dir.path()).await;
+    assert_eq!(
+        storage
+            .episodes_missing_embedding(&ns, &model_id, 10)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "the queue is in storage"
+    );
+    let m = SelfLearningMemory::with_embedder(
+        storage.clone(),
+        config(),
+        Arc::new(SystemClock),
+        Some(model),
+    )
+    .unwrap();
+    // The background task may drain it first; either way, once this returns it is empty.
+    m.embed_pending(&ns).await.unwrap();
+    assert!(
+        storage
+            .episodes_missing_embedding(&ns, &model_id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A paraphrase sharing no words with the task is found semantically.
     let got = m
         .retrieve(

@@ -234,6 +234,9 @@ pub struct Retriever {
     index: VectorIndex,
     loaded: Mutex<HashSet<Namespace>>,
     loading: tokio::sync::Mutex<()>,
+    /// One drain of the embedding queue at a time: a second caller (the background task and
+    /// an explicit `embed_pending`) waits and then finds the work done instead of repeating it.
+    draining: tokio::sync::Mutex<()>,
     queries: moka::sync::Cache<String, Arc<Vec<f32>>>,
     clock: SharedClock,
     config: RetrievalConfig,
@@ -310,6 +313,7 @@ impl Retriever {
             index: VectorIndex::new(dims),
             loaded: Mutex::new(HashSet::new()),
             loading: tokio::sync::Mutex::new(()),
+            draining: tokio::sync::Mutex::new(()),
             queries: moka::sync::Cache::new(config.query_cache_entries),
             clock,
             config,
@@ -354,6 +358,7 @@ impl Retriever {
         let Some(embedder) = &self.embedder else {
             return Ok(0);
         };
+        let _draining = self.draining.lock().await;
         let model = embedder.model_id().to_owned();
         let mut done = 0;
         // Episodes that vanished between listing and reading are skipped, not retried forever.
