@@ -210,6 +210,10 @@ fn human_output_and_demo() {
         .assert()
         .success()
         .stdout(predicate::str::contains("Learned from 6 episodes"))
+        .stdout(predicate::str::contains(
+            "before any episode: nothing similar in memory yet",
+        ))
+        .stdout(predicate::str::contains("advice after round 2:"))
         .stdout(predicate::str::contains("Failure lessons"));
     memory(&dir)
         .arg("stats")

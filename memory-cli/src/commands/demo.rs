@@ -1,6 +1,7 @@
 //! `memory demo`: a scripted learning session over a few task families, then what was learned.
 
 use anyhow::Result;
+use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
     Complexity, LearnedQuery, NewEpisode, Outcome, SelfLearningMemory, StepInput, TaskContext,
     TaskType,
@@ -136,9 +137,66 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
+/// A new task, worded differently from the recorded one, asked about after every round.
+const PROBE_TASK: &str = "stop the billing test from breaking near midnight";
+
+/// What the memory advises for the probe task now, as one line and as JSON.
+async fn probe(
+    m: &SelfLearningMemory,
+    ns: &memory_core::Namespace,
+) -> Result<(String, serde_json::Value)> {
+    m.embed_pending(ns).await?;
+    let ctx = TaskContext::new("testing")
+        .with_language("python")
+        .with_framework("pytest");
+    let rec = m
+        .recommend(
+            ns,
+            &RecommendRequest::new(PROBE_TASK).with_context(Some(TaskType::Testing), ctx),
+        )
+        .await?;
+    let playbook: Vec<&str> = rec.playbook.iter().map(|p| p.tool.as_str()).collect();
+    let matched = match (rec.strong_match, rec.confidence) {
+        (true, Some(c)) => format!("strong match ({})", pct(c)),
+        (false, Some(c)) => format!("no strong match ({})", pct(c)),
+        (_, None) if rec.degraded.is_some() => "lexical only (no model)".to_owned(),
+        (_, None) => "nothing similar in memory yet".to_owned(),
+    };
+    let chance = rec
+        .estimate
+        .success_chance
+        .map_or_else(|| "-".to_owned(), pct);
+    let line = format!(
+        "{matched}; success chance {chance} (n={}); playbook {}; {} pitfall(s)",
+        rec.estimate.sample_size,
+        if playbook.is_empty() {
+            "none yet".to_owned()
+        } else {
+            playbook.join(" → ")
+        },
+        rec.pitfalls.len()
+    );
+    let value = json!({
+        "strong_match": rec.strong_match,
+        "confidence": rec.confidence,
+        "success_chance": rec.estimate.success_chance,
+        "sample_size": rec.estimate.sample_size,
+        "playbook": playbook,
+        "pitfalls": rec.pitfalls.len(),
+    });
+    Ok((line, value))
+}
+
 pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let ns = &s.namespace;
     let mut episodes = Vec::new();
+    let mut advice = Vec::new();
+    let (line, value) = probe(m, ns).await?;
+    if !s.json {
+        println!("Asking for advice on {PROBE_TASK:?} (a new wording of a task below):");
+        println!("  before any episode: {line}");
+    }
+    advice.push(value);
     if !s.json {
         println!(
             "Recording {} episodes in namespace {ns} ...",
@@ -180,6 +238,11 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
             }
             episodes.push(json!({ "episode_id": id, "task": fam.task, "outcome": report.outcome.kind(), "reward": report.reward.total }));
         }
+        let (line, value) = probe(m, ns).await?;
+        if !s.json {
+            println!("  advice after round {}: {line}", round + 1);
+        }
+        advice.push(value);
     }
 
     let now = m.clock().now();
@@ -205,6 +268,8 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
         return output::json(&json!({
             "namespace": ns,
             "episodes": episodes,
+            "probe_task": PROBE_TASK,
+            "advice_by_round": advice,
             "stats": stats,
             "patterns": patterns.iter().map(|p| json!({"id": p.id, "kind": p.kind.name(), "description": p.describe(), "occurrences": p.occurrences, "success_rate": p.success_rate(), "confidence": p.confidence(now, hl)})).collect::<Vec<_>>(),
             "heuristics": heuristics.iter().map(|h| json!({"id": h.id, "condition": h.condition, "action": h.action, "support": h.support, "against": h.against, "status": h.status, "confidence": h.confidence(now, hl)})).collect::<Vec<_>>(),

@@ -48,6 +48,9 @@ struct EpisodeBuffer {
     /// completion (which would reject, and lose, the late steps). Per episode, so writes to
     /// different episodes still run concurrently.
     write: Arc<tokio::sync::Mutex<()>>,
+    /// Set while `complete_episode` runs: a step logged now could no longer be written, so
+    /// `log_step` refuses it rather than acknowledge it and lose it.
+    completing: bool,
 }
 
 impl EpisodeBuffer {
@@ -57,6 +60,32 @@ impl EpisodeBuffer {
             bytes,
             pending: Vec::new(),
             write: Arc::default(),
+            completing: false,
+        }
+    }
+}
+
+/// Marks an episode as completing for as long as it lives (also when the completion fails
+/// or its future is dropped), so later steps are accepted again.
+struct Completing<'a> {
+    buffers: &'a Mutex<HashMap<BufferKey, EpisodeBuffer>>,
+    key: BufferKey,
+}
+
+impl<'a> Completing<'a> {
+    fn mark(buffers: &'a Mutex<HashMap<BufferKey, EpisodeBuffer>>, key: BufferKey) -> Self {
+        if let Some(b) = lock(buffers).get_mut(&key) {
+            b.completing = true;
+        }
+        Completing { buffers, key }
+    }
+}
+
+impl Drop for Completing<'_> {
+    fn drop(&mut self) {
+        // After a successful completion the buffer is gone and this does nothing.
+        if let Some(b) = lock(self.buffers).get_mut(&self.key) {
+            b.completing = false;
         }
     }
 }
@@ -362,6 +391,13 @@ impl SelfLearningMemory {
             let buf = buffers
                 .get_mut(&(ns.clone(), id))
                 .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
+            if buf.completing {
+                return Err(Error::Conflict {
+                    kind: ObjectKind::Episode,
+                    id: id.to_string(),
+                    reason: "is being completed".into(),
+                });
+            }
             if buf.next_step as usize > limits.max_steps_per_episode {
                 return Err(Error::LimitExceeded {
                     field: "steps_per_episode",
@@ -431,6 +467,7 @@ impl SelfLearningMemory {
             Some(w) => Some(w.lock().await),
             None => None,
         };
+        let _completing = Completing::mark(&self.inner.buffers, (ns.clone(), id));
         self.inner.write_pending(ns, id).await?;
         // A transient failure keeps steps in the buffer; completing without them would
         // complete a different episode and then drop them.
@@ -994,5 +1031,51 @@ async fn embed_loop(inner: Weak<Inner>) {
         } else if lock(&strong.to_embed).is_empty() {
             wake.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{InMemoryStorage, TaskContext, TaskType};
+
+    #[tokio::test]
+    async fn a_step_logged_while_the_episode_completes_is_refused_not_lost() {
+        let memory =
+            SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())
+                .unwrap();
+        let ns = Namespace::default();
+        let id = memory
+            .start_episode(
+                &ns,
+                NewEpisode::new("t", TaskType::Testing, TaskContext::new("d")),
+            )
+            .await
+            .unwrap();
+        memory
+            .log_step(&ns, id, StepInput::ok("a", "b", "c"))
+            .await
+            .unwrap();
+        {
+            // What complete_episode holds while it runs.
+            let _completing = Completing::mark(&memory.inner.buffers, (ns.clone(), id));
+            let late = memory.log_step(&ns, id, StepInput::ok("a", "b", "c")).await;
+            assert!(
+                matches!(late, Err(Error::Conflict { ref reason, .. }) if reason == "is being completed"),
+                "{late:?}"
+            );
+        }
+        // A completion that ended (or failed) no longer blocks steps.
+        memory
+            .log_step(&ns, id, StepInput::ok("a", "b", "c"))
+            .await
+            .unwrap();
+        let report = memory
+            .complete_episode(&ns, id, Outcome::success("ok"))
+            .await
+            .unwrap();
+        assert_eq!(report.episode_id, id);
+        assert_eq!(memory.get_episode(&ns, id).await.unwrap().steps.len(), 2);
+        memory.shutdown().await.unwrap();
     }
 }
