@@ -24,9 +24,8 @@
 //!
 //! Stores are written through the storage traits (`EpisodeStore`), not episode by episode
 //! through the memory API, which would take too long at 100k; then `embed_pending` embeds them
-//! with a batch of 2,048 (`episodes_missing_embedding` re-reads the embedded prefix on every
-//! batch, so draining a backlog is quadratic in its size; the large batch makes 64 times fewer
-//! re-reads than the default of 32). Each store is built the first time a bench needs it (a
+//! with a batch of 2,048 (fewer, larger embedder calls for the stand-in embedder; the drain
+//! pages with a cursor, so the batch size does not change its complexity). Each store is built the first time a bench needs it (a
 //! filter that skips a bench skips its setup) and kept for the run; build times are printed.
 //!
 //! Run: `cargo bench -p memory-benches --bench retrieval -- --quick`.

@@ -1033,7 +1033,9 @@ pub async fn embeddings(s: &dyn Storage) {
     s.create_episode(&n, &a).await.unwrap();
     s.create_episode(&n, &b).await.unwrap();
     assert_eq!(
-        s.episodes_missing_embedding(&n, "m", 10).await.unwrap(),
+        s.episodes_missing_embedding(&n, "m", None, 10)
+            .await
+            .unwrap(),
         vec![a.id, b.id],
         "oldest first"
     );
@@ -1046,11 +1048,28 @@ pub async fn embeddings(s: &dyn Storage) {
     );
     assert!(s.get_embedding(&n, a.id, "other").await.unwrap().is_none());
     assert_eq!(
-        s.episodes_missing_embedding(&n, "m", 10).await.unwrap(),
+        s.episodes_missing_embedding(&n, "m", None, 10)
+            .await
+            .unwrap(),
         vec![b.id]
     );
+    // The cursor: only ids after it.
     assert_eq!(
-        s.episodes_missing_embedding(&n, "m", 0).await.unwrap(),
+        s.episodes_missing_embedding(&n, "m", Some(a.id), 10)
+            .await
+            .unwrap(),
+        vec![b.id]
+    );
+    assert!(
+        s.episodes_missing_embedding(&n, "m", Some(b.id), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.episodes_missing_embedding(&n, "m", None, 0)
+            .await
+            .unwrap(),
         Vec::<EpisodeId>::new()
     );
     let w: Vec<f32> = v.iter().map(|x| -x).collect();

@@ -253,11 +253,12 @@ impl<S: Storage + ?Sized> EmbeddingStore for FaultInjecting<S> {
         &self,
         ns: &Namespace,
         model: &str,
+        after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<EpisodeId>> {
         self.check("episodes_missing_embedding")?;
         self.inner
-            .episodes_missing_embedding(ns, model, limit)
+            .episodes_missing_embedding(ns, model, after, limit)
             .await
     }
     async fn scan_embeddings(

@@ -1640,18 +1640,26 @@ impl EmbeddingStore for TursoStorage {
         &self,
         ns: &Namespace,
         model: &str,
+        after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<EpisodeId>> {
         let inner = &*self.inner;
+        // '' sorts before every id.
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
         inner
             .call("episodes_missing_embedding", async {
                 inner.read(async |conn| {
                 let mut rows = conn
                     .query(
-                        "SELECT e.id FROM episodes e WHERE e.ns = ?1 AND NOT EXISTS \
+                        "SELECT e.id FROM episodes e WHERE e.ns = ?1 AND e.id > ?4 AND NOT EXISTS \
                          (SELECT 1 FROM embeddings m WHERE m.ns = e.ns AND m.episode_id = e.id AND m.model = ?2) \
                          ORDER BY e.id LIMIT ?3",
-                        vec![text(ns.as_str()), text(model), Value::Integer(i64::from(limit))],
+                        vec![
+                            text(ns.as_str()),
+                            text(model),
+                            Value::Integer(i64::from(limit)),
+                            Value::Text(after.clone()),
+                        ],
                     )
                     .await?;
                 let mut out = Vec::new();

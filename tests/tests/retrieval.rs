@@ -173,7 +173,7 @@ async fn embedding_queue_survives_a_restart_and_degraded_mode_stays_lexical() {
     let storage = m_storage(dir.path()).await;
     assert_eq!(
         storage
-            .episodes_missing_embedding(&ns, &model_id, 10)
+            .episodes_missing_embedding(&ns, &model_id, None, 10)
             .await
             .unwrap()
             .len(),
@@ -191,7 +191,7 @@ async fn embedding_queue_survives_a_restart_and_degraded_mode_stays_lexical() {
     m.embed_pending(&ns).await.unwrap();
     assert!(
         storage
-            .episodes_missing_embedding(&ns, &model_id, 10)
+            .episodes_missing_embedding(&ns, &model_id, None, 10)
             .await
             .unwrap()
             .is_empty()

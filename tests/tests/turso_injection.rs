@@ -207,7 +207,7 @@ async fn exercise(s: &TursoStorage) {
             Some(v)
         );
         assert!(
-            !s.episodes_missing_embedding(&ns, payload, 1_000)
+            !s.episodes_missing_embedding(&ns, payload, None, 1_000)
                 .await
                 .unwrap()
                 .contains(&full.id)

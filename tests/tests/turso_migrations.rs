@@ -192,7 +192,9 @@ async fn version_1_database_is_upgraded_in_place() {
     assert_eq!(new.query_lessons(&ns, &all).await.unwrap(), lessons);
     assert_eq!(new.namespace_stats(&ns).await.unwrap(), stats);
     assert_eq!(
-        new.episodes_missing_embedding(&ns, "m", 10).await.unwrap(),
+        new.episodes_missing_embedding(&ns, "m", None, 10)
+            .await
+            .unwrap(),
         {
             let mut sorted = ids.clone();
             sorted.sort();

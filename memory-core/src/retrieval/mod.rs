@@ -237,6 +237,8 @@ pub struct Retriever {
     /// One drain of the embedding queue at a time: a second caller (the background task and
     /// an explicit `embed_pending`) waits and then finds the work done instead of repeating it.
     draining: tokio::sync::Mutex<()>,
+    /// Per namespace, the last episode id a drain reached.
+    drained_up_to: Mutex<std::collections::HashMap<Namespace, EpisodeId>>,
     queries: moka::sync::Cache<String, Arc<Vec<f32>>>,
     clock: SharedClock,
     config: RetrievalConfig,
@@ -314,6 +316,7 @@ impl Retriever {
             loaded: Mutex::new(HashSet::new()),
             loading: tokio::sync::Mutex::new(()),
             draining: tokio::sync::Mutex::new(()),
+            drained_up_to: Mutex::new(std::collections::HashMap::new()),
             queries: moka::sync::Cache::new(config.query_cache_entries),
             clock,
             config,
@@ -361,29 +364,25 @@ impl Retriever {
         let _draining = self.draining.lock().await;
         let model = embedder.model_id().to_owned();
         let mut done = 0;
-        // Episodes that vanished between listing and reading are skipped, not retried forever.
-        let mut skipped: HashSet<EpisodeId> = HashSet::new();
+        // Page with a cursor, from where the last full drain of this namespace ended: ids are
+        // time-ordered (UUID v7), so what is new lies after it, and a drain never rescans what
+        // it has embedded. The first drain of a process starts from the beginning.
+        let mut after = lock(&self.drained_up_to).get(ns).copied();
         loop {
             let batch = self.config.embed_batch.max(1);
             let ids = self
                 .storage
-                .episodes_missing_embedding(ns, &model, batch + skipped.len() as u32)
+                .episodes_missing_embedding(ns, &model, after, batch)
                 .await?;
-            let ids: Vec<EpisodeId> = ids
-                .into_iter()
-                .filter(|id| !skipped.contains(id))
-                .take(batch as usize)
-                .collect();
-            if ids.is_empty() {
+            let Some(last) = ids.last().copied() else {
                 break;
-            }
+            };
+            after = Some(last);
             let mut summaries = Vec::with_capacity(ids.len());
             for id in ids {
-                match self.storage.get_episode(ns, id).await? {
-                    Some(e) => summaries.push(e.summary()),
-                    None => {
-                        skipped.insert(id);
-                    }
+                // An episode that vanished since the listing is passed by the cursor.
+                if let Some(e) = self.storage.get_episode(ns, id).await? {
+                    summaries.push(e.summary());
                 }
             }
             let texts: Vec<String> = summaries.iter().map(|s| self.episode_text(s)).collect();
@@ -410,12 +409,13 @@ impl Retriever {
                         self.index.upsert(ns, summary, &vector);
                         done += 1;
                     }
-                    Err(Error::NotFound { .. }) => {
-                        skipped.insert(summary.id);
-                    }
+                    Err(Error::NotFound { .. }) => {} // vanished meanwhile
                     Err(e) => return Err(e),
                 }
             }
+        }
+        if let Some(a) = after {
+            lock(&self.drained_up_to).insert(ns.clone(), a);
         }
         if done > 0 {
             debug!(embedded = done, "embedding queue drained");

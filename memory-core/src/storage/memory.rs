@@ -479,6 +479,7 @@ impl EmbeddingStore for InMemoryStorage {
         &self,
         ns: &Namespace,
         model: &str,
+        after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<EpisodeId>> {
         let data = self.lock();
@@ -487,6 +488,7 @@ impl EmbeddingStore for InMemoryStorage {
         };
         Ok(d.episodes
             .keys()
+            .filter(|id| after.is_none_or(|a| **id > a))
             .filter(|id| !d.embeddings.contains_key(&(**id, model.to_owned())))
             .take(limit as usize)
             .copied()

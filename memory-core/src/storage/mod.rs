@@ -389,12 +389,15 @@ pub trait EmbeddingStore: Send + Sync + Debug {
         episode_id: EpisodeId,
         model: &str,
     ) -> Result<Option<Vec<f32>>>;
-    /// Episodes with no embedding for `model`, oldest first: the durable "needs embedding"
-    /// queue (it is derived from the data, so it survives restarts).
+    /// Episodes with no embedding for `model`, oldest (smallest id) first, starting after
+    /// `after` (from the first when `None`): the durable "needs embedding" queue (it is derived
+    /// from the data, so it survives restarts). The cursor lets a drain page through a large
+    /// backlog without rescanning what it has embedded.
     async fn episodes_missing_embedding(
         &self,
         ns: &Namespace,
         model: &str,
+        after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<EpisodeId>>;
     /// A page of the namespace's embeddings for `model` with their episodes' summaries, in

@@ -935,13 +935,14 @@ impl EmbeddingStore for TieredStorage {
         &self,
         ns: &Namespace,
         model: &str,
+        after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<EpisodeId>> {
         self.inner
             .guarded(
                 self.inner
                     .durable
-                    .episodes_missing_embedding(ns, model, limit),
+                    .episodes_missing_embedding(ns, model, after, limit),
             )
             .await
     }
