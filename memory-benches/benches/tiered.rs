@@ -35,16 +35,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use memory_core::{
-    BreakerConfig, Cache, Complexity, EpisodeId, FaultInjecting, FaultMode, MemoryConfig,
-    Namespace, NewEpisode, Outcome, SelfLearningMemory, StepBatchConfig, StepInput, Storage,
-    SystemClock, TaskContext, TaskType, TieredConfig, TieredStorage,
+    BreakerConfig, Cache, EpisodeId, FaultInjecting, FaultMode, MemoryConfig, Namespace, Outcome,
+    SelfLearningMemory, StepBatchConfig, Storage, SystemClock, TieredConfig, TieredStorage,
 };
 use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
 use memory_storage_turso::TursoStorage;
-use tokio::runtime::Runtime;
 
 const HISTORY: usize = 200;
-const TOOLS: [&str; 6] = ["read_file", "grep", "edit_file", "shell", "git", "cargo"];
 
 /// Replay bench: episodes journaled per iteration, and the writes each one journals
 /// (create, two step batches of 5, complete).
@@ -54,74 +51,7 @@ const WRITES_PER_EPISODE: u64 = 4;
 const REPLAY_WRITES: u64 = REPLAY_EPISODES as u64 * WRITES_PER_EPISODE;
 const JOURNAL_WRITERS: usize = 8;
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Steps stay buffered until `complete_episode` (no timer flush inside a measurement).
-fn memory_config() -> MemoryConfig {
-    MemoryConfig::default().with_steps(StepBatchConfig {
-        max_batch: 64,
-        flush_interval: Duration::from_secs(3_600),
-    })
-}
-
-fn step(i: usize, k: usize) -> StepInput {
-    let tool = TOOLS[(i + k) % TOOLS.len()];
-    if k % 9 == 4 {
-        StepInput::error(
-            tool,
-            format!("attempt {k} of task {i}"),
-            "error[E0308]: mismatched types at src/lib.rs:10:5",
-        )
-        .with_latency_ms(40)
-    } else {
-        StepInput::ok(
-            tool,
-            format!("step {k} of task {i}"),
-            format!("output of step {k}: ok"),
-        )
-        .with_parameters(serde_json::json!({ "path": "src/lib.rs", "line": k }))
-        .with_latency_ms(15)
-        .with_tokens(120)
-    }
-}
-
-fn new_episode(i: usize) -> NewEpisode {
-    let (task_type, domain, language) = match i % 4 {
-        0 => (TaskType::Debugging, "web_api", "rust"),
-        1 => (TaskType::CodeGeneration, "web_api", "rust"),
-        2 => (TaskType::Testing, "databases", "python"),
-        _ => (TaskType::Refactoring, "cli", "go"),
-    };
-    let ctx = TaskContext::new(domain)
-        .with_language(language)
-        .with_complexity(Complexity::Moderate)
-        .with_tag("bench");
-    NewEpisode::new(
-        format!("benchmark task number {i} touching the {domain} module"),
-        task_type,
-        ctx,
-    )
-}
-
-/// Starts an episode and logs `steps` steps (buffered in the memory up to its batch size).
-async fn prepared(
-    memory: &SelfLearningMemory,
-    ns: &Namespace,
-    i: usize,
-    steps: usize,
-) -> EpisodeId {
-    let id = memory.start_episode(ns, new_episode(i)).await.unwrap();
-    for k in 0..steps {
-        memory.log_step(ns, id, step(i, k)).await.unwrap();
-    }
-    id
-}
+use memory_benches::{memory_config, prepared, runtime};
 
 async fn record(memory: &SelfLearningMemory, ns: &Namespace, i: usize, steps: usize) -> EpisodeId {
     let id = prepared(memory, ns, i, steps).await;
