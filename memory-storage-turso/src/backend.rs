@@ -249,6 +249,44 @@ async fn pragma(conn: &Connection, sql: &str) -> DbResult<Option<String>> {
     Ok(value)
 }
 
+/// Puts the file in WAL mode. WAL is a property of the file, so only the first opener of a
+/// new file switches it; everyone else finds it set and writes nothing.
+///
+/// The switch needs an exclusive lock, and SQLite answers a contended switch with
+/// `SQLITE_BUSY` at once instead of calling the busy handler (many handles opening one new
+/// file at the same moment hit this). So a busy switch is retried, with a short growing
+/// pause, until `busy_timeout` has passed, the same patience every other statement gets.
+async fn enable_wal(conn: &Connection, busy_timeout: std::time::Duration) -> DbResult<()> {
+    let deadline = tokio::time::Instant::now() + busy_timeout;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let mode = match pragma(conn, "PRAGMA journal_mode").await? {
+            Some(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+            _ => pragma(conn, "PRAGMA journal_mode = WAL").await,
+        };
+        match mode {
+            Ok(Some(m)) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(other) => {
+                return Err(
+                    DriverError::Setup(format!("journal_mode is {other:?}, expected wal")).into(),
+                );
+            }
+            Err(Failure::Driver(DriverError::Libsql(e)))
+                if is_busy(&e) && tokio::time::Instant::now() < deadline =>
+            {
+                debug!(error = %e, "journal mode switch busy; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_busy(e: &libsql::Error) -> bool {
+    matches!(e, libsql::Error::SqliteFailure(code, _) if matches!(code & 0xff, 5 | 6))
+}
+
 /// Per-connection settings of local databases.
 async fn configure_local(
     conn: &Connection,
@@ -260,15 +298,7 @@ async fn configure_local(
     let busy_ms = config.busy_timeout().as_millis();
     pragma(conn, &format!("PRAGMA busy_timeout = {busy_ms}")).await?;
     if file {
-        let mode = pragma(conn, "PRAGMA journal_mode = WAL").await?;
-        if !mode
-            .as_deref()
-            .is_some_and(|m| m.eq_ignore_ascii_case("wal"))
-        {
-            return Err(
-                DriverError::Setup(format!("journal_mode is {mode:?}, expected wal")).into(),
-            );
-        }
+        enable_wal(conn, config.busy_timeout()).await?;
     }
     pragma(
         conn,
