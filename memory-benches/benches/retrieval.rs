@@ -390,24 +390,59 @@ fn build_config() -> MemoryConfig {
 /// (its index built by `embed_pending`).
 struct Store {
     memory: SelfLearningMemory,
-    dir: tempfile::TempDir,
+    dir: StoreDir,
+}
+
+/// Where a store lives: a temporary directory, or a kept one under `MEMORY_BENCH_DATA_DIR`
+/// (reused by later runs, so a 100k store is built once per machine, not once per run).
+enum StoreDir {
+    Temporary(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl StoreDir {
+    fn for_size(n: usize) -> Self {
+        match std::env::var_os("MEMORY_BENCH_DATA_DIR") {
+            Some(root) => {
+                let dir = Path::new(&root).join(format!("retrieval-{n}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                StoreDir::Kept(dir)
+            }
+            None => StoreDir::Temporary(tempfile::tempdir().unwrap()),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            StoreDir::Temporary(dir) => dir.path(),
+            StoreDir::Kept(dir) => dir,
+        }
+    }
 }
 
 fn build_store(rt: &Runtime, n: usize) -> Store {
     let ns = namespace();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = StoreDir::for_size(n);
     let start = Instant::now();
     let storage = Arc::new(
         rt.block_on(TursoStorage::open_in_data_dir(dir.path()))
             .unwrap(),
     );
-    rt.block_on(populate(&storage, &ns, n as u64, n, false));
+    let present = rt.block_on(storage.namespace_stats(&ns)).unwrap().episodes;
+    if present == 0 {
+        rt.block_on(populate(&storage, &ns, n as u64, n, false));
+    } else {
+        assert_eq!(
+            present,
+            n as u64,
+            "{} holds another dataset",
+            dir.path().display()
+        );
+    }
     let written = start.elapsed();
     let memory = memory_without_tasks(storage, Arc::new(BenchRandomEmbedder), build_config());
-    let embedded = rt.block_on(memory.embed_pending(&ns)).unwrap();
+    rt.block_on(memory.embed_pending(&ns)).unwrap();
     let total = start.elapsed();
-    assert_eq!(embedded, n);
-    assert_eq!(memory.retriever().indexed(&ns), n);
     eprintln!(
         "retrieval: built a {n}-episode store in {:.1} s (writes {:.1} s, embed_pending {:.1} s)",
         total.as_secs_f64(),
@@ -418,6 +453,7 @@ fn build_store(rt: &Runtime, n: usize) -> Store {
     let first = rt.block_on(memory.retrieve(&ns, &hybrid_query())).unwrap();
     assert_eq!(first.results.len(), 10);
     assert_eq!(first.method, RetrievalMethod::Hybrid);
+    assert_eq!(memory.retriever().indexed(&ns), n);
     Store { memory, dir }
 }
 
@@ -540,7 +576,7 @@ fn bench_hybrid(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(20));
     for n in [10_000, 100_000] {
         group.bench_function(n.to_string(), |b| {
-            let dir = stores.get(n).dir.path().to_owned();
+            let dir = stores.get(n).dir.path().to_path_buf();
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {

@@ -56,6 +56,11 @@ fn server_url(s: &Settings) -> Result<String> {
 }
 
 async fn open_durable(s: &Settings) -> Result<Arc<dyn Storage>> {
+    Ok(Arc::new(open_turso(s).await?))
+}
+
+/// The libsql layer alone, as the settings configure it (no cache, no outbox).
+pub async fn open_turso(s: &Settings) -> Result<TursoStorage> {
     let storage = match s.mode {
         Mode::Local => TursoStorage::open_in_data_dir(&s.data_dir).await?,
         Mode::Remote => {
@@ -72,7 +77,7 @@ async fn open_durable(s: &Settings) -> Result<Arc<dyn Storage>> {
             TursoStorage::open(cfg).await?
         }
     };
-    Ok(Arc::new(storage))
+    Ok(storage)
 }
 
 /// The outbox file is locked by the process that has it open; concurrent CLI calls on one data

@@ -86,6 +86,32 @@ pub enum Command {
     /// Measure retrieval quality on a labeled dataset
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// Write the namespace's episodes (steps, outcome, reward, reflection) to FILE as JSON
+    /// lines, oldest first; FILE must not exist
+    Export {
+        /// The JSONL file to create
+        file: PathBuf,
+    },
+    /// Replay the episodes of an exported JSONL file into the namespace through the normal
+    /// API (limits, quotas and redaction apply; the memory learns from them; new ids and
+    /// times). The whole file is checked first: a bad line imports nothing.
+    Import {
+        /// A file written by `memory export`
+        file: PathBuf,
+    },
+    /// Snapshot the database (all namespaces) into DIR: memory.db and manifest.json
+    Backup {
+        /// A new or empty directory
+        dir: PathBuf,
+    },
+    /// Put a backup's memory.db into the data directory (local mode)
+    Restore {
+        /// A directory written by `memory backup`
+        dir: PathBuf,
+        /// Move the data directory's current files into pre-restore-<time>/ instead of refusing
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -108,6 +108,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Restore { dir, force } = &cli.command {
+        return commands::backup::restore(dir, *force, &settings)
+            .await
+            .map(|()| ExitCode::SUCCESS);
+    }
     let stack = backend::open(&settings, semantic).await?;
     let s = &settings;
     let m = &stack.memory;
@@ -127,7 +132,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }),
         Command::Demo(a) => commands::demo::run(a.rounds, m, s).await,
         Command::Recommend(a) => commands::recommend::run(a, m, s).await,
-        Command::Eval(_) => Ok(()),
+        Command::Export { file } => commands::transfer::export(&file, m, s).await,
+        Command::Import { file } => commands::transfer::import(&file, m, s).await,
+        Command::Backup { dir } => commands::backup::backup(&dir, &stack, s).await,
+        Command::Eval(_) | Command::Restore { .. } => Ok(()),
     };
     let shutdown = stack.shutdown().await;
     result?;

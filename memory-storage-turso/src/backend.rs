@@ -165,6 +165,52 @@ impl TursoStorage {
         self.inner.schema_version
     }
 
+    /// Writes a consistent copy of the whole database to the new file `dest` (`VACUUM INTO`:
+    /// a snapshot as of one transaction, compacted, in the same format), while readers and
+    /// the writer carry on. Local files and embedded replicas only: a remote server's data is
+    /// backed up on the server (or with `memory export`), so remote mode is refused.
+    ///
+    /// `dest` must not exist yet; its parent directory is created.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), memory_core::Error> {
+    /// use memory_storage_turso::TursoStorage;
+    /// let storage = TursoStorage::open_in_data_dir(".memory").await?;
+    /// storage.backup_to("backups/2026-11-22/memory.db".as_ref()).await?;
+    /// # Ok(()) }
+    /// ```
+    #[instrument(skip_all, fields(dest = %dest.display()))]
+    pub async fn backup_to(&self, dest: &Path) -> Result<()> {
+        if matches!(self.inner.config.mode(), TursoMode::Remote { .. }) {
+            return Err(Error::InvalidInput {
+                field: "backup".into(),
+                reason:
+                    "a remote server is backed up on the server; use `export` for a logical copy"
+                        .into(),
+            });
+        }
+        if tokio::fs::try_exists(dest).await.unwrap_or(true) {
+            return Err(Error::InvalidInput {
+                field: "backup".into(),
+                reason: format!(
+                    "{} already exists (or cannot be checked); choose a new path",
+                    dest.display()
+                ),
+            });
+        }
+        let dest_text = dest.to_string_lossy().into_owned();
+        let inner = &*self.inner;
+        inner
+            .call("backup", async {
+                create_parent(dest).await?;
+                let conn = inner.writer().await?;
+                conn.execute("VACUUM INTO ?1", vec![Value::Text(dest_text)])
+                    .await?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Pulls the primary's latest changes into an embedded replica and returns once they are
     /// readable here. A no-op for local files and remote servers (they are always current).
     #[instrument(skip_all)]

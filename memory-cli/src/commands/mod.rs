@@ -1,8 +1,10 @@
 //! One module per command group.
 
+pub mod backup;
 pub mod demo;
 pub mod episode;
 pub mod eval;
 pub mod learned;
 pub mod recommend;
 pub mod status;
+pub mod transfer;

@@ -18,6 +18,7 @@
 //! [`Retrieval::degraded`].
 
 pub mod eval;
+pub mod lexical_index;
 pub mod recommend;
 mod scoring;
 pub mod vector_index;
@@ -34,8 +35,9 @@ use crate::embedding::Embedder;
 use crate::episode::{EpisodeId, EpisodeSummary, TaskContext, TaskType};
 use crate::error::{Error, Result};
 use crate::namespace::Namespace;
-use crate::storage::{EpisodeFilter, Storage, TextQuery};
+use crate::storage::{EpisodeFilter, Storage, TextHit, TextQuery};
 
+pub use lexical_index::{LexicalHit, LexicalIndex};
 pub use scoring::ScoreBreakdown;
 pub use vector_index::{VectorHit, VectorIndex};
 
@@ -232,13 +234,17 @@ pub struct Retriever {
     storage: Arc<dyn Storage>,
     embedder: Option<Arc<dyn Embedder>>,
     index: VectorIndex,
+    /// BM25 over the same episodes' task text, searched instead of the backend's full-text
+    /// index once the namespace has no episode waiting for an embedding (see `lexical_ready`).
+    lexical: LexicalIndex,
     loaded: Mutex<HashSet<Namespace>>,
     loading: tokio::sync::Mutex<()>,
     /// One drain of the embedding queue at a time: a second caller (the background task and
     /// an explicit `embed_pending`) waits and then finds the work done instead of repeating it.
     draining: tokio::sync::Mutex<()>,
-    /// Per namespace, the last episode id a drain reached.
-    drained_up_to: Mutex<std::collections::HashMap<Namespace, EpisodeId>>,
+    /// Per namespace drained in this process, the last episode id a drain reached (`None`:
+    /// the queue was empty from the start).
+    drained_up_to: Mutex<std::collections::HashMap<Namespace, Option<EpisodeId>>>,
     queries: moka::sync::Cache<String, Arc<Vec<f32>>>,
     clock: SharedClock,
     config: RetrievalConfig,
@@ -313,6 +319,7 @@ impl Retriever {
             storage,
             embedder,
             index: VectorIndex::new(dims),
+            lexical: LexicalIndex::new(),
             loaded: Mutex::new(HashSet::new()),
             loading: tokio::sync::Mutex::new(()),
             draining: tokio::sync::Mutex::new(()),
@@ -347,7 +354,9 @@ impl Retriever {
     /// Tells the index that an episode's summary changed (e.g. it completed).
     pub fn episode_changed(&self, ns: &Namespace, summary: EpisodeSummary) {
         if self.embedder.is_some() {
-            self.index.update_summary(ns, summary);
+            let summary = Arc::new(summary);
+            self.index.update_summary(ns, Arc::clone(&summary));
+            self.lexical.upsert(ns, summary);
         }
     }
 
@@ -367,7 +376,7 @@ impl Retriever {
         // Page with a cursor, from where the last full drain of this namespace ended: ids are
         // time-ordered (UUID v7), so what is new lies after it, and a drain never rescans what
         // it has embedded. The first drain of a process starts from the beginning.
-        let mut after = lock(&self.drained_up_to).get(ns).copied();
+        let mut after = lock(&self.drained_up_to).get(ns).copied().flatten();
         loop {
             let batch = self.config.embed_batch.max(1);
             let ids = self
@@ -406,7 +415,9 @@ impl Retriever {
                     .await
                 {
                     Ok(()) => {
-                        self.index.upsert(ns, summary, &vector);
+                        let summary = Arc::new(summary);
+                        self.index.upsert(ns, Arc::clone(&summary), &vector);
+                        self.lexical.upsert(ns, summary);
                         done += 1;
                     }
                     Err(Error::NotFound { .. }) => {} // vanished meanwhile
@@ -414,9 +425,7 @@ impl Retriever {
                 }
             }
         }
-        if let Some(a) = after {
-            lock(&self.drained_up_to).insert(ns.clone(), a);
-        }
+        lock(&self.drained_up_to).insert(ns.clone(), after);
         if done > 0 {
             debug!(embedded = done, "embedding queue drained");
         }
@@ -447,7 +456,9 @@ impl Retriever {
             after = Some(last.summary.id);
             for stored in page {
                 if stored.vector.len() == self.index.dims() {
-                    self.index.upsert(ns, stored.summary, &stored.vector);
+                    let summary = Arc::new(stored.summary);
+                    self.index.upsert(ns, Arc::clone(&summary), &stored.vector);
+                    self.lexical.upsert(ns, summary);
                     loaded += 1;
                 } else {
                     warn!(
@@ -461,6 +472,30 @@ impl Retriever {
         lock(&self.loaded).insert(ns.clone());
         debug!(loaded, "vector index loaded");
         Ok(())
+    }
+
+    /// Whether the in-process lexical index covers the namespace: an embedder is loaded, the
+    /// namespace's vectors are loaded (which indexes their summaries), and no episode waits
+    /// for an embedding (a drain finished in this process, or the queue is empty now). Until
+    /// then lexical candidates come from the backend's full-text index, which sees every
+    /// stored episode.
+    async fn lexical_ready(&self, ns: &Namespace) -> Result<bool> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(false);
+        };
+        self.ensure_loaded(ns).await?;
+        if lock(&self.drained_up_to).contains_key(ns) {
+            return Ok(true);
+        }
+        let waiting = self
+            .storage
+            .episodes_missing_embedding(ns, embedder.model_id(), None, 1)
+            .await?;
+        if waiting.is_empty() {
+            lock(&self.drained_up_to).entry(ns.clone()).or_insert(None);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// The query's vector, from the cache or the embedder.
@@ -538,6 +573,21 @@ impl Retriever {
 
         let lexical = if method == RetrievalMethod::Vector {
             Vec::new()
+        } else if self.lexical_ready(ns).await? {
+            self.lexical
+                .search(
+                    ns,
+                    &self.lexical_text(query),
+                    &query.filter,
+                    candidates as usize,
+                )
+                .into_iter()
+                .map(|h| TextHit {
+                    episode_id: h.summary.id,
+                    score: f64::from(h.score),
+                    summary: (*h.summary).clone(),
+                })
+                .collect()
         } else {
             self.storage
                 .search_episodes(

@@ -74,14 +74,14 @@ impl VectorIndex {
 
     /// Adds or replaces an episode's vector. A vector of the wrong length is ignored (the
     /// caller checks lengths; the index never mixes models).
-    pub fn upsert(&self, ns: &Namespace, summary: EpisodeSummary, vector: &[f32]) {
+    pub fn upsert(&self, ns: &Namespace, summary: impl Into<Arc<EpisodeSummary>>, vector: &[f32]) {
         if vector.len() != self.dims {
             return;
         }
         let (scale, codes) = quantize(vector);
         let space = self.space(ns);
         let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
-        let summary = Arc::new(summary);
+        let summary = summary.into();
         if let Some(i) = s.position.get(&summary.id).copied() {
             s.summaries[i] = summary;
             s.scales[i] = scale;
@@ -96,11 +96,12 @@ impl VectorIndex {
     }
 
     /// Replaces the summary of an indexed episode (e.g. once it completes), keeping its vector.
-    pub fn update_summary(&self, ns: &Namespace, summary: EpisodeSummary) {
+    pub fn update_summary(&self, ns: &Namespace, summary: impl Into<Arc<EpisodeSummary>>) {
+        let summary = summary.into();
         let space = self.space(ns);
         let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(i) = s.position.get(&summary.id).copied() {
-            s.summaries[i] = Arc::new(summary);
+            s.summaries[i] = summary;
         }
     }
 
@@ -130,6 +131,12 @@ impl VectorIndex {
     }
 
     /// The `k` most similar episodes passing `filter`, best first (ties by id).
+    ///
+    /// Two stages: the query is quantized like the documents and every code is scored with
+    /// integer dot products (`i16` products summed in `i32` lanes, which compile to packed
+    /// multiply-adds), keeping a shortlist of [`SHORTLIST_FACTOR`] × `k`; the shortlist is then
+    /// re-scored with the f32 query, so the returned cosines carry only the documents'
+    /// rounding, as [`score`](Self::score) does.
     pub fn search(
         &self,
         ns: &Namespace,
@@ -143,11 +150,15 @@ impl VectorIndex {
         let space = self.space(ns);
         let s = space.read().unwrap_or_else(PoisonError::into_inner);
         let unfiltered = *filter == EpisodeFilter::default();
-        // Keep the best k in a small sorted buffer: k is tiny next to n.
-        let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+        let (_, q_codes) = quantize(query);
+        let q_wide: Vec<i16> = q_codes.iter().map(|&c| i16::from(c)).collect();
+        let shortlist = k.saturating_mul(SHORTLIST_FACTOR);
+        // Keep the best in a small sorted buffer: the shortlist is tiny next to n. The query's
+        // own scale is a positive constant factor, so it is left out of the comparison.
+        let mut best: Vec<(f32, usize)> = Vec::with_capacity(shortlist + 1);
         for (i, code) in s.codes.chunks_exact(self.dims).enumerate() {
-            let score = s.scales[i] * dot(query, code);
-            if best.len() == k && best.last().is_some_and(|(w, _)| score <= *w) {
+            let score = s.scales[i] * dot_i8(&q_wide, code) as f32;
+            if best.len() == shortlist && best.last().is_some_and(|(w, _)| score <= *w) {
                 continue;
             }
             if !unfiltered && !filter.matches_summary(&s.summaries[i]) {
@@ -155,15 +166,53 @@ impl VectorIndex {
             }
             let at = best.partition_point(|(b, _)| *b >= score);
             best.insert(at, (score, i));
-            best.truncate(k);
+            best.truncate(shortlist);
         }
-        best.into_iter()
+        let mut rescored: Vec<(f32, usize)> = best
+            .into_iter()
+            .map(|(_, i)| {
+                let code = &s.codes[i * self.dims..(i + 1) * self.dims];
+                (s.scales[i] * dot(query, code), i)
+            })
+            .collect();
+        rescored.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| s.summaries[a.1].id.cmp(&s.summaries[b.1].id))
+        });
+        rescored.truncate(k);
+        rescored
+            .into_iter()
             .map(|(cosine, i)| VectorHit {
                 summary: Arc::clone(&s.summaries[i]),
                 cosine,
             })
             .collect()
     }
+}
+
+/// How many candidates per requested result the integer first stage keeps for exact
+/// re-scoring. The query's own rounding moves a cosine by well under 0.01, so the true top k
+/// sits far inside a shortlist four times as long.
+pub const SHORTLIST_FACTOR: usize = 4;
+
+/// `sum(q[j] * code[j])` in integers. Codes lie in -127..=127, so one product fits in `i16`
+/// but sums do not: each product is widened and summed in sixteen `i32` lanes, the shape that
+/// packed multiply-add instructions (`pmaddwd`) implement.
+fn dot_i8(q: &[i16], code: &[i8]) -> i32 {
+    let mut lanes = [0i32; 16];
+    let qc = q.chunks_exact(16);
+    let cc = code.chunks_exact(16);
+    let (qr, cr) = (qc.remainder(), cc.remainder());
+    for (a, b) in qc.zip(cc) {
+        for j in 0..16 {
+            lanes[j] += i32::from(a[j] * i16::from(b[j]));
+        }
+    }
+    let mut sum: i32 = lanes.iter().sum();
+    for (a, b) in qr.iter().zip(cr) {
+        sum += i32::from(*a) * i32::from(*b);
+    }
+    sum
 }
 
 /// Symmetric int8 quantization of one vector.
@@ -270,6 +319,43 @@ mod tests {
         assert_eq!(hits[0].summary.context.domain, "db");
         assert!(hits[0].cosine > 0.99);
         assert_eq!(index.len(&other), 1);
+    }
+
+    #[test]
+    fn two_stage_search_returns_the_exact_top_k() {
+        let dims = 384;
+        let index = VectorIndex::new(dims);
+        let ns = Namespace::default();
+        let q = unit(10_000, dims);
+        let mut ids = Vec::new();
+        for seed in 0..2_000 {
+            let s = summary("web");
+            ids.push(s.id);
+            index.upsert(&ns, s, &unit(seed, dims));
+        }
+        let mut exact: Vec<(f32, EpisodeId)> = ids
+            .iter()
+            .map(|&id| (index.score(&ns, &q, id).unwrap().cosine, id))
+            .collect();
+        exact.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let hits = index.search(&ns, &q, &EpisodeFilter::default(), 10);
+        let got: Vec<EpisodeId> = hits.iter().map(|h| h.summary.id).collect();
+        let want: Vec<EpisodeId> = exact.iter().take(10).map(|e| e.1).collect();
+        assert_eq!(got, want);
+        assert!((hits[0].cosine - exact[0].0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn integer_dot_matches_the_float_dot_of_the_codes() {
+        let q: Vec<i16> = (0..37).map(|j| (j * 7 % 255 - 127) as i16).collect();
+        let c: Vec<i8> = (0..37).map(|j| (j * 13 % 255 - 127) as i8).collect();
+        let want: i32 = q
+            .iter()
+            .zip(&c)
+            .map(|(a, b)| i32::from(*a) * i32::from(*b))
+            .sum();
+        assert_eq!(dot_i8(&q, &c), want);
+        assert_eq!(dot_i8(&[127; 384], &[-127; 384]), -127 * 127 * 384);
     }
 
     #[test]

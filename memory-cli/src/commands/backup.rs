@@ -1,0 +1,188 @@
+//! `memory backup DIR` and `memory restore DIR`.
+//!
+//! A backup is a directory holding `memory.db` (a consistent, compacted snapshot of the libsql
+//! database taken with `VACUUM INTO` while the memory stays usable) and `manifest.json` (when,
+//! from where, the schema version, and the episode count of each namespace). The redb cache is
+//! not backed up: it only holds copies. Journaled writes are replayed into the database first;
+//! any the durable layer could not take yet are counted in the manifest.
+//!
+//! Restore puts a backup's `memory.db` into the data directory (local mode). Files already
+//! there (database, cache, outbox) are never deleted: with `--force` they are moved into
+//! `pre-restore-<time>/` inside the data directory; without it the restore refuses.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use memory_storage_turso::{DATA_DIR_FILE, TursoStorage};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::backend::{self, CACHE_FILE, OUTBOX_FILE, Stack};
+use crate::cli::Mode;
+use crate::output;
+use crate::settings::Settings;
+
+const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    created_at: chrono::DateTime<chrono::Utc>,
+    source_data_dir: PathBuf,
+    mode: String,
+    schema_version: u32,
+    /// Episodes per namespace at the time of the snapshot.
+    namespaces: Vec<(String, u64)>,
+    /// Journaled writes that were still waiting for the durable layer (not in this backup).
+    outbox_pending: u64,
+}
+
+pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
+    if matches!(s.mode, Mode::Remote) {
+        bail!(
+            "backup copies a local database file; in remote mode back up on the server, or use `memory export FILE` for a logical copy"
+        );
+    }
+    let target = dir.join(DATA_DIR_FILE);
+    if target.exists() {
+        bail!(
+            "{} already holds a backup; choose a new directory",
+            dir.display()
+        );
+    }
+    // Whatever the outbox holds goes to the database first, if the database takes it.
+    if let Err(e) = stack.tiered.sync_now().await {
+        tracing::warn!(error = %e, "outbox replay before the backup failed");
+    }
+    let outbox_pending = stack.tiered.status().outbox_len;
+    let storage = backend::open_turso(s).await?;
+    storage.backup_to(&target).await?;
+    let mut namespaces = Vec::new();
+    // Counted on the snapshot itself, so the manifest describes the file next to it.
+    let snapshot = TursoStorage::open_local(&target).await?;
+    for ns in memory_core::EpisodeStore::list_namespaces(&snapshot).await? {
+        let n = memory_core::EpisodeStore::namespace_stats(&snapshot, &ns)
+            .await?
+            .episodes;
+        namespaces.push((ns.to_string(), n));
+    }
+    let manifest = Manifest {
+        created_at: chrono::Utc::now(),
+        source_data_dir: std::fs::canonicalize(&s.data_dir).unwrap_or_else(|_| s.data_dir.clone()),
+        mode: format!("{:?}", s.mode).to_lowercase(),
+        schema_version: snapshot.schema_version(),
+        namespaces,
+        outbox_pending,
+    };
+    let text = serde_json::to_string_pretty(&manifest)?;
+    std::fs::write(dir.join(MANIFEST), text)
+        .with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
+    if s.json {
+        return output::json(&json!({
+            "backup": dir,
+            "file": target,
+            "bytes": std::fs::metadata(&target).map(|m| m.len()).ok(),
+            "manifest": manifest,
+        }));
+    }
+    let episodes: u64 = manifest.namespaces.iter().map(|(_, n)| n).sum();
+    println!(
+        "backed up {episodes} episodes in {} namespaces to {}",
+        manifest.namespaces.len(),
+        target.display()
+    );
+    if outbox_pending > 0 {
+        println!(
+            "note: {outbox_pending} journaled writes were still waiting for the database and are not in this backup"
+        );
+    }
+    Ok(())
+}
+
+pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
+    if !matches!(s.mode, Mode::Local) {
+        bail!(
+            "restore replaces the local database file; in {:?} mode the server is the source of truth",
+            s.mode
+        );
+    }
+    let source = dir.join(DATA_DIR_FILE);
+    if !source.is_file() {
+        bail!(
+            "{} is not a backup: {} is missing",
+            dir.display(),
+            source.display()
+        );
+    }
+    // Refuse a file that is not a usable database before touching the data directory.
+    let check = TursoStorage::open_local(&source)
+        .await
+        .with_context(|| format!("{} is not a usable memory database", source.display()))?;
+    drop(check);
+
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create {}", s.data_dir.display()))?;
+    let present: Vec<PathBuf> = [
+        DATA_DIR_FILE.to_owned(),
+        format!("{DATA_DIR_FILE}-wal"),
+        format!("{DATA_DIR_FILE}-shm"),
+        CACHE_FILE.to_owned(),
+        OUTBOX_FILE.to_owned(),
+    ]
+    .iter()
+    .map(|f| s.data_dir.join(f))
+    .filter(|p| p.exists())
+    .collect();
+    let mut moved_to = None;
+    if !present.is_empty() {
+        if !force {
+            bail!(
+                "{} already holds a memory; pass --force to move its files into a pre-restore-<time>/ folder first (nothing is deleted)",
+                s.data_dir.display()
+            );
+        }
+        let aside = s.data_dir.join(format!(
+            "pre-restore-{}",
+            chrono::Utc::now().format("%Y%m%d-%H%M%S%.3f")
+        ));
+        std::fs::create_dir_all(&aside)
+            .with_context(|| format!("cannot create {}", aside.display()))?;
+        for p in &present {
+            let name = p.file_name().map(PathBuf::from).unwrap_or_default();
+            std::fs::rename(p, aside.join(name))
+                .with_context(|| format!("cannot move {} aside", p.display()))?;
+        }
+        moved_to = Some(aside);
+    }
+    let dest = s.data_dir.join(DATA_DIR_FILE);
+    let partial = s.data_dir.join(format!("{DATA_DIR_FILE}.restoring"));
+    std::fs::copy(&source, &partial)
+        .with_context(|| format!("cannot copy {}", source.display()))?;
+    std::fs::File::open(&partial)?.sync_all()?;
+    std::fs::rename(&partial, &dest)?;
+    let restored = TursoStorage::open_in_data_dir(&s.data_dir).await?;
+    let mut namespaces = Vec::new();
+    for ns in memory_core::EpisodeStore::list_namespaces(&restored).await? {
+        let n = memory_core::EpisodeStore::namespace_stats(&restored, &ns)
+            .await?
+            .episodes;
+        namespaces.push((ns.to_string(), n));
+    }
+    if s.json {
+        return output::json(&json!({
+            "restored": dest,
+            "from": dir,
+            "moved_aside": moved_to,
+            "namespaces": namespaces,
+        }));
+    }
+    let episodes: u64 = namespaces.iter().map(|(_, n)| n).sum();
+    println!(
+        "restored {episodes} episodes in {} namespaces into {}",
+        namespaces.len(),
+        dest.display()
+    );
+    if let Some(a) = moved_to {
+        println!("the previous files were moved to {}", a.display());
+    }
+    Ok(())
+}

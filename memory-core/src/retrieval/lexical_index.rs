@@ -1,0 +1,334 @@
+//! The in-process lexical index: BM25 over each episode's task text and context words, per
+//! namespace, answering top-k with a term-at-a-time scan of posting lists.
+//!
+//! Why our own, beside the backend's FTS5 index: FTS5 computes `bm25()` for every row that
+//! matches any query term, and the words agents' tasks share (`fix`, `test`, `api`, the
+//! language) match a large share of all episodes. Measured on a 100k-episode libsql store,
+//! one context-rich query matched 112k index rows and took 0.7-1.4 s; pruning to the rarest
+//! terms still took 0.4 s. Here a query costs one pass over the posting lists of its terms
+//! (a few hundred thousand `u32`s at 100k episodes: about a millisecond), and it reuses the
+//! summaries the vector index already loads, so it adds no read to the first search.
+//!
+//! What it indexes: [`task_search_text`] (the task description, then domain, language,
+//! framework and tags), the same words FTS5 indexes as an episode's `task` part; not the
+//! steps or the reflection (measured on the public retrieval dataset, dropping them moved
+//! hybrid nDCG@10 from 0.915 to 0.911, with context). Scoring is Okapi BM25 with `k1 = 1.2`,
+//! `b = 0.75` and the always-positive idf `ln(1 + (N - n + 0.5) / (n + 0.5))`.
+//!
+//! A crate such as tantivy would bring its own on-disk segments to keep consistent with the
+//! durable layer; this index is derived data, rebuilt from what the vector index loads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::episode::{EpisodeId, EpisodeSummary};
+use crate::namespace::Namespace;
+use crate::storage::EpisodeFilter;
+use crate::text::{task_search_text, tokenize};
+
+const K1: f32 = 1.2;
+const B: f32 = 0.75;
+
+/// One scored candidate from the lexical index.
+#[derive(Debug, Clone)]
+pub struct LexicalHit {
+    /// The episode's summary as indexed.
+    pub summary: Arc<EpisodeSummary>,
+    /// BM25 score (positive; comparable only within one query).
+    pub score: f32,
+}
+
+#[derive(Debug, Default)]
+struct Space {
+    summaries: Vec<Arc<EpisodeSummary>>,
+    /// Indexed length (terms) of each document.
+    lengths: Vec<u32>,
+    total_length: u64,
+    position: HashMap<EpisodeId, u32>,
+    /// Term -> (document, term frequency), documents in insertion order.
+    postings: HashMap<String, Vec<(u32, u32)>>,
+}
+
+impl Space {
+    fn remove_postings(&mut self, doc: u32, text: &str) {
+        for term in distinct(tokenize(text)) {
+            if let Some(list) = self.postings.get_mut(&term) {
+                list.retain(|(d, _)| *d != doc);
+                if list.is_empty() {
+                    self.postings.remove(&term);
+                }
+            }
+        }
+    }
+
+    fn add_postings(&mut self, doc: u32, text: &str) -> u32 {
+        let terms = tokenize(text);
+        let length = terms.len() as u32;
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        for t in terms {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (term, tf) in counts {
+            self.postings.entry(term).or_default().push((doc, tf));
+        }
+        length
+    }
+}
+
+fn distinct(mut terms: Vec<String>) -> Vec<String> {
+    terms.sort_unstable();
+    terms.dedup();
+    terms
+}
+
+fn indexed_text(s: &EpisodeSummary) -> String {
+    task_search_text(&s.task_description, &s.context)
+}
+
+/// BM25 postings of many namespaces, each searched only within itself.
+#[derive(Debug, Default)]
+pub struct LexicalIndex {
+    spaces: RwLock<HashMap<Namespace, Arc<RwLock<Space>>>>,
+}
+
+impl LexicalIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn space(&self, ns: &Namespace) -> Arc<RwLock<Space>> {
+        if let Some(s) = self
+            .spaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ns)
+        {
+            return Arc::clone(s);
+        }
+        let mut spaces = self.spaces.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(spaces.entry(ns.clone()).or_default())
+    }
+
+    /// Adds an episode, or replaces its summary (re-indexing its words if they changed).
+    pub fn upsert(&self, ns: &Namespace, summary: impl Into<Arc<EpisodeSummary>>) {
+        let summary = summary.into();
+        let space = self.space(ns);
+        let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
+        let text = indexed_text(&summary);
+        if let Some(doc) = s.position.get(&summary.id).copied() {
+            let i = doc as usize;
+            let old = indexed_text(&s.summaries[i]);
+            if old != text {
+                s.remove_postings(doc, &old);
+                let length = s.add_postings(doc, &text);
+                s.total_length = s.total_length - u64::from(s.lengths[i]) + u64::from(length);
+                s.lengths[i] = length;
+            }
+            s.summaries[i] = summary;
+            return;
+        }
+        let Ok(doc) = u32::try_from(s.summaries.len()) else {
+            return; // beyond 4 billion episodes in one namespace: not indexed in process
+        };
+        let length = s.add_postings(doc, &text);
+        s.position.insert(summary.id, doc);
+        s.summaries.push(summary);
+        s.lengths.push(length);
+        s.total_length += u64::from(length);
+    }
+
+    /// How many episodes the namespace holds.
+    pub fn len(&self, ns: &Namespace) -> usize {
+        self.space(ns)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .summaries
+            .len()
+    }
+
+    /// True when the namespace holds no episodes.
+    pub fn is_empty(&self, ns: &Namespace) -> bool {
+        self.len(ns) == 0
+    }
+
+    /// The `k` best BM25 matches for `text` passing `filter`, best first (ties by id).
+    /// Episodes sharing no term with the query are not returned.
+    ///
+    /// ```
+    /// use memory_core::{EpisodeFilter, EpisodeSummary, Namespace, TaskContext, TaskType};
+    /// use memory_core::retrieval::LexicalIndex;
+    /// # fn summary(task: &str) -> EpisodeSummary {
+    /// #     EpisodeSummary {
+    /// #         id: memory_core::EpisodeId::new(),
+    /// #         task_description: task.into(),
+    /// #         task_type: TaskType::Debugging,
+    /// #         context: TaskContext::new("web_api"),
+    /// #         step_count: 0,
+    /// #         started_at: chrono::Utc::now(),
+    /// #         completed_at: None,
+    /// #         outcome: None,
+    /// #         reward: None,
+    /// #     }
+    /// # }
+    /// let ns = Namespace::new("docs")?;
+    /// let index = LexicalIndex::new();
+    /// index.upsert(&ns, summary("fix the retry logic in the payment worker"));
+    /// index.upsert(&ns, summary("add pagination to the search endpoint"));
+    /// let hits = index.search(&ns, "payment retries", &EpisodeFilter::default(), 10);
+    /// assert_eq!(hits.len(), 1);
+    /// assert!(hits[0].summary.task_description.contains("payment"));
+    /// # Ok::<(), memory_core::Error>(())
+    /// ```
+    pub fn search(
+        &self,
+        ns: &Namespace,
+        text: &str,
+        filter: &EpisodeFilter,
+        k: usize,
+    ) -> Vec<LexicalHit> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let space = self.space(ns);
+        let s = space.read().unwrap_or_else(PoisonError::into_inner);
+        let n = s.summaries.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let average = s.total_length as f32 / n as f32;
+        let norm: Vec<f32> = s
+            .lengths
+            .iter()
+            .map(|&l| K1 * (1.0 - B + B * l as f32 / average.max(1.0)))
+            .collect();
+        // Term at a time into a dense accumulator; `touched` lists the documents scored.
+        let mut scores = vec![0.0f32; n];
+        let mut touched: Vec<u32> = Vec::new();
+        for term in distinct(tokenize(text)) {
+            let Some(list) = s.postings.get(&term) else {
+                continue;
+            };
+            let df = list.len() as f32;
+            let idf = (1.0 + (n as f32 - df + 0.5) / (df + 0.5)).ln();
+            for &(doc, tf) in list {
+                let slot = &mut scores[doc as usize];
+                if *slot == 0.0 {
+                    touched.push(doc);
+                }
+                let tf = tf as f32;
+                *slot += idf * tf * (K1 + 1.0) / (tf + norm[doc as usize]);
+            }
+        }
+        let unfiltered = *filter == EpisodeFilter::default();
+        let mut ranked: Vec<(f32, u32)> = touched
+            .into_iter()
+            .filter(|&d| unfiltered || filter.matches_summary(&s.summaries[d as usize]))
+            .map(|d| (scores[d as usize], d))
+            .collect();
+        let order = |a: &(f32, u32), b: &(f32, u32)| {
+            b.0.total_cmp(&a.0).then_with(|| {
+                s.summaries[a.1 as usize]
+                    .id
+                    .cmp(&s.summaries[b.1 as usize].id)
+            })
+        };
+        if ranked.len() > k {
+            ranked.select_nth_unstable_by(k - 1, order);
+            ranked.truncate(k);
+        }
+        ranked.sort_unstable_by(order);
+        ranked
+            .into_iter()
+            .map(|(score, d)| LexicalHit {
+                summary: Arc::clone(&s.summaries[d as usize]),
+                score,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::episode::{OutcomeKind, TaskContext, TaskType};
+
+    fn summary(task: &str, domain: &str) -> EpisodeSummary {
+        EpisodeSummary {
+            id: EpisodeId::new(),
+            task_description: task.into(),
+            task_type: TaskType::Debugging,
+            context: TaskContext::new(domain),
+            step_count: 0,
+            started_at: chrono::Utc::now(),
+            completed_at: None,
+            outcome: None,
+            reward: None,
+        }
+    }
+
+    fn ns() -> Namespace {
+        Namespace::new("lexical/test").unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn rare_terms_outrank_common_ones_and_the_filter_applies_inside() {
+        let index = LexicalIndex::new();
+        let ns = ns();
+        for i in 0..20 {
+            index.upsert(&ns, summary(&format!("fix the parser, case {i}"), "cli"));
+        }
+        let rare = summary("fix the payment worker", "billing");
+        index.upsert(&ns, rare.clone());
+        let hits = index.search(&ns, "fix payment", &EpisodeFilter::default(), 5);
+        assert_eq!(hits.len(), 5);
+        assert_eq!(hits[0].summary.id, rare.id);
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+
+        let only_cli = EpisodeFilter {
+            domain: Some("cli".into()),
+            ..EpisodeFilter::default()
+        };
+        let hits = index.search(&ns, "fix payment", &only_cli, 50);
+        assert_eq!(hits.len(), 20);
+        assert!(hits.iter().all(|h| h.summary.context.domain == "cli"));
+        assert!(
+            index
+                .search(&ns, "unrelated words", &EpisodeFilter::default(), 5)
+                .is_empty()
+        );
+        let other = Namespace::new("lexical/other").unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(
+            index
+                .search(&other, "fix payment", &EpisodeFilter::default(), 5)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn upsert_replaces_summary_and_reindexes_changed_words() {
+        let index = LexicalIndex::new();
+        let ns = ns();
+        let mut s = summary("add pagination", "web_api");
+        index.upsert(&ns, s.clone());
+        s.outcome = Some(OutcomeKind::Success);
+        index.upsert(&ns, s.clone());
+        assert_eq!(index.len(&ns), 1);
+        let hits = index.search(&ns, "pagination", &EpisodeFilter::default(), 5);
+        assert_eq!(hits[0].summary.outcome, Some(OutcomeKind::Success));
+
+        s.task_description = "remove the feature flag".into();
+        index.upsert(&ns, s.clone());
+        assert!(
+            index
+                .search(&ns, "pagination", &EpisodeFilter::default(), 5)
+                .is_empty()
+        );
+        assert_eq!(
+            index
+                .search(&ns, "flag", &EpisodeFilter::default(), 5)
+                .len(),
+            1
+        );
+    }
+}
