@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod consolidate;
 pub mod demo;
 pub mod episode;
 pub mod eval;
