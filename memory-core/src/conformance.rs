@@ -1346,8 +1346,15 @@ pub async fn maintenance_records(s: &dyn Storage) {
     );
     assert_eq!(runs[0].merged_patterns, 2, "run counts round-trip");
     assert_eq!(runs[0].finished_at, t(21));
-    assert_eq!(s.list_consolidations(&a, 2).await.unwrap().len(), 2, "limit");
-    assert!(s.list_consolidations(&b, 10).await.unwrap().is_empty(), "runs are per namespace");
+    assert_eq!(
+        s.list_consolidations(&a, 2).await.unwrap().len(),
+        2,
+        "limit"
+    );
+    assert!(
+        s.list_consolidations(&b, 10).await.unwrap().is_empty(),
+        "runs are per namespace"
+    );
 
     for i in 0..3 {
         let snap = MetricsSnapshot {
@@ -1388,11 +1395,17 @@ pub async fn maintenance_records(s: &dyn Storage) {
         .put_estimate(&b, &EstimateRecord { ..r1.clone() })
         .await
         .unwrap_err();
-    assert!(matches!(missing, Error::NotFound { .. }), "estimate for an episode of another namespace: {missing:?}");
+    assert!(
+        matches!(missing, Error::NotFound { .. }),
+        "estimate for an episode of another namespace: {missing:?}"
+    );
     s.put_estimate(&a, &r1).await.unwrap();
     assert_eq!(s.get_estimate(&a, e1.id).await.unwrap().as_ref(), Some(&r1));
     assert!(s.get_estimate(&b, e1.id).await.unwrap().is_none());
-    assert!(s.query_estimates(&a, None, 10).await.unwrap().is_empty(), "no actuals yet");
+    assert!(
+        s.query_estimates(&a, None, 10).await.unwrap().is_empty(),
+        "no actuals yet"
+    );
     r1.actual = Some(EstimateActual {
         steps: 6,
         duration_ms: 2000.0,
@@ -1415,23 +1428,67 @@ pub async fn maintenance_records(s: &dyn Storage) {
     };
     s.put_estimate(&a, &r2).await.unwrap();
     let all = s.query_estimates(&a, None, 10).await.unwrap();
-    assert_eq!(all.iter().map(|r| r.episode_id).collect::<Vec<_>>(), [e2.id, e1.id], "most recently completed first");
-    assert_eq!(s.query_estimates(&a, Some("web_api"), 10).await.unwrap(), vec![r1.clone()]);
-    assert_eq!(s.query_estimates(&a, None, 1).await.unwrap().len(), 1, "limit");
+    assert_eq!(
+        all.iter().map(|r| r.episode_id).collect::<Vec<_>>(),
+        [e2.id, e1.id],
+        "most recently completed first"
+    );
+    assert_eq!(
+        s.query_estimates(&a, Some("web_api"), 10).await.unwrap(),
+        vec![r1.clone()]
+    );
+    assert_eq!(
+        s.query_estimates(&a, None, 1).await.unwrap().len(),
+        1,
+        "limit"
+    );
     assert!(s.query_estimates(&b, None, 10).await.unwrap().is_empty());
 
     // Restores: the latest per item, filtered by time.
     let target = FeedbackTarget::Pattern(PatternId("p1".into()));
     let h = FeedbackTarget::Heuristic(HeuristicId("h1".into()));
-    s.record_restore(&a, &RestoreRecord { target: target.clone(), restored_at: t(1) }).await.unwrap();
-    s.record_restore(&a, &RestoreRecord { target: target.clone(), restored_at: t(50) }).await.unwrap();
-    s.record_restore(&a, &RestoreRecord { target: h.clone(), restored_at: t(20) }).await.unwrap();
+    s.record_restore(
+        &a,
+        &RestoreRecord {
+            target: target.clone(),
+            restored_at: t(1),
+        },
+    )
+    .await
+    .unwrap();
+    s.record_restore(
+        &a,
+        &RestoreRecord {
+            target: target.clone(),
+            restored_at: t(50),
+        },
+    )
+    .await
+    .unwrap();
+    s.record_restore(
+        &a,
+        &RestoreRecord {
+            target: h.clone(),
+            restored_at: t(20),
+        },
+    )
+    .await
+    .unwrap();
     let mut since = s.list_restores(&a, t(10)).await.unwrap();
     since.sort_by_key(|r| r.restored_at);
-    assert_eq!(since, vec![
-        RestoreRecord { target: h, restored_at: t(20) },
-        RestoreRecord { target: target.clone(), restored_at: t(50) },
-    ]);
+    assert_eq!(
+        since,
+        vec![
+            RestoreRecord {
+                target: h,
+                restored_at: t(20)
+            },
+            RestoreRecord {
+                target: target.clone(),
+                restored_at: t(50)
+            },
+        ]
+    );
     assert_eq!(s.list_restores(&a, t(51)).await.unwrap(), vec![]);
     assert!(s.list_restores(&b, t(0)).await.unwrap().is_empty());
 }
@@ -1461,7 +1518,13 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
     let (recent_ok, _) = record(
         s,
         &n,
-        episode("recent success", TaskType::Testing, "web_api", None, t(10_000)),
+        episode(
+            "recent success",
+            TaskType::Testing,
+            "web_api",
+            None,
+            t(10_000),
+        ),
         &[("zebrafish", true)],
         Outcome::success("done"),
     )
@@ -1469,46 +1532,170 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
     let (elsewhere, _) = record(
         s,
         &other,
-        episode("old success elsewhere", TaskType::Testing, "web_api", None, t(0)),
+        episode(
+            "old success elsewhere",
+            TaskType::Testing,
+            "web_api",
+            None,
+            t(0),
+        ),
         &[("zebrafish", true)],
         Outcome::success("done"),
     )
     .await;
-    let patterns_before = s.query_patterns(&n, &LearnedQuery { include_inactive: true, ..LearnedQuery::default() }).await.unwrap();
-    let lessons_before = s.query_lessons(&n, &LearnedQuery { include_inactive: true, ..LearnedQuery::default() }).await.unwrap();
-    let hits = |hits: Vec<TextHit>| hits.into_iter().map(|h| h.episode_id).collect::<BTreeSet<_>>();
-    let query = TextQuery { text: "zebrafish output".into(), filter: EpisodeFilter::default(), limit: 10 };
+    let patterns_before = s
+        .query_patterns(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let lessons_before = s
+        .query_lessons(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let hits = |hits: Vec<TextHit>| {
+        hits.into_iter()
+            .map(|h| h.episode_id)
+            .collect::<BTreeSet<_>>()
+    };
+    let query = TextQuery {
+        text: "zebrafish output".into(),
+        filter: EpisodeFilter::default(),
+        limit: 10,
+    };
     assert!(hits(s.search_episodes(&n, &query).await.unwrap()).contains(&old_ok.id));
 
     let done = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
-    assert_eq!(done.episode_ids, vec![old_ok.id], "only the old successful episode");
+    assert_eq!(
+        done.episode_ids,
+        vec![old_ok.id],
+        "only the old successful episode"
+    );
     assert_eq!(done.steps, 2, "its two successful steps");
-    let expected_bytes: usize = old_ok.steps.iter().filter(|st| st.input.result.is_success()).map(|st| st.input.result.text().len()).sum();
+    let expected_bytes: usize = old_ok
+        .steps
+        .iter()
+        .filter(|st| st.input.result.is_success())
+        .map(|st| st.input.result.text().len())
+        .sum();
     assert_eq!(done.bytes, expected_bytes as u64);
 
     let after = s.get_episode(&n, old_ok.id).await.unwrap().unwrap();
     assert_eq!(after.steps.len(), old_ok.steps.len(), "steps are kept");
     for (a, b) in after.steps.iter().zip(&old_ok.steps) {
-        assert_eq!((&a.input.tool, &a.input.action, &a.input.parameters), (&b.input.tool, &b.input.action, &b.input.parameters));
+        assert_eq!(
+            (&a.input.tool, &a.input.action, &a.input.parameters),
+            (&b.input.tool, &b.input.action, &b.input.parameters)
+        );
         if b.input.result.is_success() {
             assert_eq!(a.input.result.text(), "", "successful output emptied");
         } else {
             assert_eq!(a.input.result, b.input.result, "errors are kept");
         }
     }
-    assert_eq!((&after.outcome, &after.reward, &after.reflection), (&old_ok.outcome, &old_ok.reward, &old_ok.reflection));
-    assert_eq!(s.get_episode(&n, old_failed.id).await.unwrap().unwrap(), old_failed, "failed episodes untouched");
-    assert_eq!(s.get_episode(&n, recent_ok.id).await.unwrap().unwrap(), recent_ok, "recent episodes untouched");
-    assert_eq!(s.get_episode(&other, elsewhere.id).await.unwrap().unwrap(), elsewhere, "other namespaces untouched");
-    assert_eq!(s.query_patterns(&n, &LearnedQuery { include_inactive: true, ..LearnedQuery::default() }).await.unwrap(), patterns_before);
-    assert_eq!(s.query_lessons(&n, &LearnedQuery { include_inactive: true, ..LearnedQuery::default() }).await.unwrap(), lessons_before);
-    let found = hits(s.search_episodes(&n, &TextQuery { text: "zebrafish output ok".into(), filter: EpisodeFilter::default(), limit: 10 }).await.unwrap());
+    assert_eq!(
+        (&after.outcome, &after.reward, &after.reflection),
+        (&old_ok.outcome, &old_ok.reward, &old_ok.reflection)
+    );
+    assert_eq!(
+        s.get_episode(&n, old_failed.id).await.unwrap().unwrap(),
+        old_failed,
+        "failed episodes untouched"
+    );
+    assert_eq!(
+        s.get_episode(&n, recent_ok.id).await.unwrap().unwrap(),
+        recent_ok,
+        "recent episodes untouched"
+    );
+    assert_eq!(
+        s.get_episode(&other, elsewhere.id).await.unwrap().unwrap(),
+        elsewhere,
+        "other namespaces untouched"
+    );
+    assert_eq!(
+        s.query_patterns(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            }
+        )
+        .await
+        .unwrap(),
+        patterns_before
+    );
+    assert_eq!(
+        s.query_lessons(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            }
+        )
+        .await
+        .unwrap(),
+        lessons_before
+    );
+    let found = hits(
+        s.search_episodes(
+            &n,
+            &TextQuery {
+                text: "zebrafish output ok".into(),
+                filter: EpisodeFilter::default(),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap(),
+    );
     assert!(found.contains(&old_failed.id) && found.contains(&recent_ok.id));
-    let action_hits = hits(s.search_episodes(&n, &TextQuery { text: "run zebrafish".into(), filter: EpisodeFilter::default(), limit: 10 }).await.unwrap());
-    assert!(action_hits.contains(&old_ok.id), "the actions stay searchable");
-    let output_hits = hits(s.search_episodes(&n, &TextQuery { text: "output".into(), filter: EpisodeFilter::default(), limit: 10 }).await.unwrap());
-    assert!(!output_hits.contains(&old_ok.id) && output_hits.contains(&recent_ok.id), "removed output text is no longer indexed: {output_hits:?}");
+    let action_hits = hits(
+        s.search_episodes(
+            &n,
+            &TextQuery {
+                text: "run zebrafish".into(),
+                filter: EpisodeFilter::default(),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(
+        action_hits.contains(&old_ok.id),
+        "the actions stay searchable"
+    );
+    let output_hits = hits(
+        s.search_episodes(
+            &n,
+            &TextQuery {
+                text: "output".into(),
+                filter: EpisodeFilter::default(),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(
+        !output_hits.contains(&old_ok.id) && output_hits.contains(&recent_ok.id),
+        "removed output text is no longer indexed: {output_hits:?}"
+    );
 
     let again = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
-    assert_eq!(again, StepCompaction::default(), "a second pass finds nothing");
+    assert_eq!(
+        again,
+        StepCompaction::default(),
+        "a second pass finds nothing"
+    );
 }

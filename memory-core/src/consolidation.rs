@@ -90,7 +90,10 @@ fn check_unit(field: &str, v: f64, zero_ok: bool) -> Result<()> {
         Ok(())
     } else {
         let range = if zero_ok { "0 ..= 1" } else { "0 < x <= 1" };
-        Err(Error::invalid(field, format!("must be in {range}, got {v}")))
+        Err(Error::invalid(
+            field,
+            format!("must be in {range}, got {v}"),
+        ))
     }
 }
 
@@ -417,7 +420,10 @@ pub fn estimate_error(records: &[EstimateRecord]) -> (Option<f64>, u64) {
 
 /// The direction of a metric between the oldest and newest of `series` (newest first), for
 /// `memory stats`: `up`, `down`, `flat` or `n/a`.
-pub fn trend(series: &[MetricsSnapshot], metric: impl Fn(&MetricsSnapshot) -> Option<f64>) -> &'static str {
+pub fn trend(
+    series: &[MetricsSnapshot],
+    metric: impl Fn(&MetricsSnapshot) -> Option<f64>,
+) -> &'static str {
     let newest = series.first().and_then(&metric);
     let oldest = series.last().and_then(&metric);
     match (newest, oldest) {
@@ -474,8 +480,16 @@ mod tests {
     fn merging_sums_evidence_and_is_not_repeated() {
         let mut a = decision("opening move of a testing task", 3);
         let mut b = decision("the opening move of a testing task", 2);
-        assert_eq!(pattern_merge_key(&a).map(|k| k.0), pattern_merge_key(&b).map(|k| k.0));
-        assert!(lexical_similarity(&pattern_merge_key(&a).unwrap_or_default().1, &pattern_merge_key(&b).unwrap_or_default().1) >= 0.8);
+        assert_eq!(
+            pattern_merge_key(&a).map(|k| k.0),
+            pattern_merge_key(&b).map(|k| k.0)
+        );
+        assert!(
+            lexical_similarity(
+                &pattern_merge_key(&a).unwrap_or_default().1,
+                &pattern_merge_key(&b).unwrap_or_default().1
+            ) >= 0.8
+        );
         let (occ, succ) = (a.occurrences + b.occurrences, a.successes + b.successes);
         merge_pattern_into(&mut a, &mut b, t(10));
         assert_eq!((a.occurrences, a.successes), (occ, succ));
@@ -485,7 +499,10 @@ mod tests {
         let status = b.status.clone();
         merge_pattern_into(&mut a, &mut b, t(11));
         assert_eq!(a, before, "forwarding an emptied loser adds nothing");
-        assert_eq!(b.status, status, "the merge time of the first merge is kept");
+        assert_eq!(
+            b.status, status,
+            "the merge time of the first merge is kept"
+        );
     }
 
     #[test]
@@ -518,7 +535,10 @@ mod tests {
         let cal = calibrate(raw, c, 3);
         assert_eq!(cal.expected_steps, Some(6.0));
         assert_eq!(cal.expected_duration_ms, Some(2000.0));
-        assert_eq!(cal.correction.as_ref().and_then(|c| c.raw_expected_steps), Some(3.0));
+        assert_eq!(
+            cal.correction.as_ref().and_then(|c| c.raw_expected_steps),
+            Some(3.0)
+        );
         let (err, n) = estimate_error(&records);
         assert_eq!((err, n), (Some(0.5), 3));
     }
@@ -540,9 +560,13 @@ mod tests {
         assert!(at(|c| c.calibration_window = MAX_CONSOLIDATION_ITEMS + 1).is_err());
         assert!(at(|c| c.calibration_min_samples = MAX_CONSOLIDATION_ITEMS + 1).is_err());
         assert!(at(|c| c.interval = MAX_CONSOLIDATION_INTERVAL).is_ok());
-        assert!(at(|c| c.interval = MAX_CONSOLIDATION_INTERVAL + Duration::from_millis(1)).is_err());
+        assert!(
+            at(|c| c.interval = MAX_CONSOLIDATION_INTERVAL + Duration::from_millis(1)).is_err()
+        );
         assert!(at(|c| c.interval = MIN_CONSOLIDATION_INTERVAL).is_ok());
-        assert!(at(|c| c.interval = MIN_CONSOLIDATION_INTERVAL - Duration::from_millis(1)).is_err());
+        assert!(
+            at(|c| c.interval = MIN_CONSOLIDATION_INTERVAL - Duration::from_millis(1)).is_err()
+        );
         assert!(at(|c| c.prune_confidence_floor = 1.0).is_ok());
         assert!(at(|c| c.prune_confidence_floor = 1.000_001).is_err());
         assert!(at(|c| c.lexical_similarity = 0.0).is_err());

@@ -13,10 +13,10 @@ use crate::error::{Error, Result};
 use crate::feedback::{Feedback, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{LearnedChanges, LearningUpdate};
+use crate::lesson::{FailureLesson, LessonId};
 use crate::maintenance::{
     ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
 };
-use crate::lesson::{FailureLesson, LessonId};
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::{
@@ -145,7 +145,11 @@ impl<S: ?Sized> FaultInjecting<S> {
 #[async_trait]
 impl<S: Storage + ?Sized> MaintenanceStore for FaultInjecting<S> {
     async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
-        self.checked("record_consolidation", self.inner.record_consolidation(ns, run)).await
+        self.checked(
+            "record_consolidation",
+            self.inner.record_consolidation(ns, run),
+        )
+        .await
     }
 
     async fn list_consolidations(
@@ -153,15 +157,19 @@ impl<S: Storage + ?Sized> MaintenanceStore for FaultInjecting<S> {
         ns: &Namespace,
         limit: u32,
     ) -> Result<Vec<ConsolidationRun>> {
-        self.checked("list_consolidations", self.inner.list_consolidations(ns, limit)).await
+        self.checked(
+            "list_consolidations",
+            self.inner.list_consolidations(ns, limit),
+        )
+        .await
     }
 
-    async fn put_metrics_snapshot(
-        &self,
-        ns: &Namespace,
-        snapshot: &MetricsSnapshot,
-    ) -> Result<()> {
-        self.checked("put_metrics_snapshot", self.inner.put_metrics_snapshot(ns, snapshot)).await
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
+        self.checked(
+            "put_metrics_snapshot",
+            self.inner.put_metrics_snapshot(ns, snapshot),
+        )
+        .await
     }
 
     async fn list_metrics_snapshots(
@@ -169,11 +177,16 @@ impl<S: Storage + ?Sized> MaintenanceStore for FaultInjecting<S> {
         ns: &Namespace,
         limit: u32,
     ) -> Result<Vec<MetricsSnapshot>> {
-        self.checked("list_metrics_snapshots", self.inner.list_metrics_snapshots(ns, limit)).await
+        self.checked(
+            "list_metrics_snapshots",
+            self.inner.list_metrics_snapshots(ns, limit),
+        )
+        .await
     }
 
     async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()> {
-        self.checked("put_estimate", self.inner.put_estimate(ns, record)).await
+        self.checked("put_estimate", self.inner.put_estimate(ns, record))
+            .await
     }
 
     async fn get_estimate(
@@ -181,7 +194,8 @@ impl<S: Storage + ?Sized> MaintenanceStore for FaultInjecting<S> {
         ns: &Namespace,
         episode_id: EpisodeId,
     ) -> Result<Option<EstimateRecord>> {
-        self.checked("get_estimate", self.inner.get_estimate(ns, episode_id)).await
+        self.checked("get_estimate", self.inner.get_estimate(ns, episode_id))
+            .await
     }
 
     async fn query_estimates(
@@ -190,11 +204,16 @@ impl<S: Storage + ?Sized> MaintenanceStore for FaultInjecting<S> {
         domain: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EstimateRecord>> {
-        self.checked("query_estimates", self.inner.query_estimates(ns, domain, limit)).await
+        self.checked(
+            "query_estimates",
+            self.inner.query_estimates(ns, domain, limit),
+        )
+        .await
     }
 
     async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
-        self.checked("record_restore", self.inner.record_restore(ns, restore)).await
+        self.checked("record_restore", self.inner.record_restore(ns, restore))
+            .await
     }
 
     async fn list_restores(
@@ -202,7 +221,8 @@ impl<S: Storage + ?Sized> MaintenanceStore for FaultInjecting<S> {
         ns: &Namespace,
         since: DateTime<Utc>,
     ) -> Result<Vec<RestoreRecord>> {
-        self.checked("list_restores", self.inner.list_restores(ns, since)).await
+        self.checked("list_restores", self.inner.list_restores(ns, since))
+            .await
     }
 
     async fn compact_step_outputs(

@@ -67,10 +67,6 @@ pub use consolidation::{
     heuristic_merge_key, lexical_similarity, merge_heuristic_into, merge_pattern_into,
     pattern_merge_key, trend,
 };
-pub use maintenance::{
-    ConsolidationRun, EstimateActual, EstimateRecord, MetricsSnapshot, RestoreRecord,
-    StepCompaction,
-};
 #[cfg(feature = "test-utils")]
 pub use doubles::{InMemoryCache, InMemoryOutbox};
 pub use embedding::{Embedder, cosine, l2_normalize};
@@ -88,6 +84,10 @@ pub use learned::{Evidence, LearnedStatus, RECENT_EVIDENCE};
 pub use learning::{Changed, ExistingLearned, LearnedChanges, LearningUpdate};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
 pub use limits::Limits;
+pub use maintenance::{
+    ConsolidationRun, EstimateActual, EstimateRecord, MetricsSnapshot, RestoreRecord,
+    StepCompaction,
+};
 pub use memory::{
     CompletionReport, ConsolidationReport, LearnedChange, LearnedSummary, LearningConfig,
     MemoryConfig, SelfLearningMemory, StepBatchConfig,
@@ -108,8 +108,8 @@ pub use storage::memory::InMemoryStorage;
 pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
 pub use storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
-    LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit,
-    TextQuery,
+    LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage,
+    StoredEmbedding, TextHit, TextQuery,
 };
 pub use text::{episode_search_text, task_search_text, tokenize};
 pub use tiered::{

@@ -28,8 +28,9 @@ pub struct ConsolidationRun {
     pub merged_patterns: u64,
     /// Heuristics marked merged into a near-duplicate.
     pub merged_heuristics: u64,
-    /// Active patterns and heuristics whose confidence is decayed by at least one half-life
-    /// (decay is applied when confidence is read; this counts how many it holds back).
+    /// Patterns and heuristics that stay active but whose confidence is decayed by at least
+    /// one half-life (decay is applied whenever confidence is read; this counts how many
+    /// items it holds back without pruning them).
     pub decayed: u64,
     /// Patterns tombstoned (status `pruned`) for low confidence and use.
     pub pruned_patterns: u64,

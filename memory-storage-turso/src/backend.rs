@@ -364,7 +364,10 @@ impl Inner {
 
     /// Runs `body` in an IMMEDIATE (write-locking) transaction on the writer connection:
     /// committed when it returns `Ok`, rolled back when it returns `Err`.
-    pub(crate) async fn write_tx<T>(&self, body: impl AsyncFnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+    pub(crate) async fn write_tx<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
         let conn = self.writer().await?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -389,7 +392,10 @@ impl Inner {
     /// connection, which the commit closes: no server-side stream outlives the call (an idle
     /// stream would expire on the server and fail the next call), and a multi-query read sees
     /// one snapshot. Local files and replicas read their local connection directly.
-    pub(crate) async fn read<T>(&self, body: impl AsyncFnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+    pub(crate) async fn read<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
         let conn = self.reader().await?;
         if !self.remote_reads {
             return body(&conn).await;

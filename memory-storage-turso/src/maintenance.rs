@@ -100,7 +100,7 @@ impl MaintenanceStore for TursoStorage {
             .await
     }
 
-    #[instrument(skip_all, fields(namespace = %ns, limit))]
+    #[instrument(skip_all, fields(namespace = %ns, limit = limit_n))]
     async fn list_consolidations(
         &self,
         ns: &Namespace,
@@ -126,11 +126,7 @@ impl MaintenanceStore for TursoStorage {
     }
 
     #[instrument(skip_all, fields(namespace = %ns))]
-    async fn put_metrics_snapshot(
-        &self,
-        ns: &Namespace,
-        snapshot: &MetricsSnapshot,
-    ) -> Result<()> {
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
         let inner = &*self.inner;
         inner
             .call("put_metrics_snapshot", async {
@@ -154,7 +150,7 @@ impl MaintenanceStore for TursoStorage {
             .await
     }
 
-    #[instrument(skip_all, fields(namespace = %ns, limit))]
+    #[instrument(skip_all, fields(namespace = %ns, limit = limit_n))]
     async fn list_metrics_snapshots(
         &self,
         ns: &Namespace,
@@ -245,7 +241,7 @@ impl MaintenanceStore for TursoStorage {
             .await
     }
 
-    #[instrument(skip_all, fields(namespace = %ns, domain, limit))]
+    #[instrument(skip_all, fields(namespace = %ns, domain, limit = limit_n))]
     async fn query_estimates(
         &self,
         ns: &Namespace,

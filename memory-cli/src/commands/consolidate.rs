@@ -26,7 +26,10 @@ pub async fn run(m: &SelfLearningMemory, s: &Settings) -> Result<()> {
         "pruned       {} patterns, {} heuristics (tombstoned, restorable)",
         r.pruned_patterns, r.pruned_heuristics
     );
-    println!("decayed      {} items at least one half-life old", r.decayed);
+    println!(
+        "decayed      {} items at least one half-life old",
+        r.decayed
+    );
     println!(
         "other        {} revived, {} forwarded, {} effectiveness recomputed",
         r.revived, r.forwarded, r.effectiveness_updated

@@ -84,16 +84,27 @@ fn print_learning(series: &[MetricsSnapshot], runs: &[memory_core::Consolidation
         "learning    snapshot {} ({} snapshots; trend since {})",
         now.taken_at.to_rfc3339(),
         series.len(),
-        series.last().map_or_else(String::new, |o| o.taken_at.to_rfc3339())
+        series
+            .last()
+            .map_or_else(String::new, |o| o.taken_at.to_rfc3339())
     );
     let rows: [(&str, String, &str); 6] = [
-        ("success rate", opt(now.success_rate), trend(series, |x| x.success_rate)),
+        (
+            "success rate",
+            opt(now.success_rate),
+            trend(series, |x| x.success_rate),
+        ),
         (
             "mean reward",
-            now.mean_reward.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}")),
+            now.mean_reward
+                .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}")),
             trend(series, |x| x.mean_reward),
         ),
-        ("pattern reuse", opt(now.pattern_reuse_rate), trend(series, |x| x.pattern_reuse_rate)),
+        (
+            "pattern reuse",
+            opt(now.pattern_reuse_rate),
+            trend(series, |x| x.pattern_reuse_rate),
+        ),
         (
             "repeated failures",
             opt(now.repeated_failure_rate),
@@ -101,14 +112,21 @@ fn print_learning(series: &[MetricsSnapshot], runs: &[memory_core::Consolidation
         ),
         (
             "estimate error",
-            format!("{} ({} compared)", opt(now.estimate_error), now.estimates_compared),
+            format!(
+                "{} ({} compared)",
+                opt(now.estimate_error),
+                now.estimates_compared
+            ),
             trend(series, |x| x.estimate_error),
         ),
         (
             "learned items",
             format!(
                 "{} / {} patterns, {} / {} heuristics active / pruned",
-                now.patterns_active, now.patterns_pruned, now.heuristics_active, now.heuristics_pruned
+                now.patterns_active,
+                now.patterns_pruned,
+                now.heuristics_active,
+                now.heuristics_pruned
             ),
             trend(series, |x| Some(x.patterns_active as f64)),
         ),

@@ -82,7 +82,10 @@ fn effectiveness(events: &[crate::feedback::Feedback]) -> Effectiveness {
 
 /// Follows merge pointers to the item that finally holds the evidence (at most 16 hops, so a
 /// corrupt cycle cannot loop).
-fn final_survivor(start: &str, status_of: impl Fn(&str) -> Option<LearnedStatus>) -> Option<String> {
+fn final_survivor(
+    start: &str,
+    status_of: impl Fn(&str) -> Option<LearnedStatus>,
+) -> Option<String> {
     let mut id = start.to_owned();
     for _ in 0..16 {
         match status_of(&id)? {
@@ -166,7 +169,9 @@ impl Inner {
                         .collect();
                 }
                 Ok(_) => warn!("embedder returned a wrong number of vectors; lexical similarity"),
-                Err(e) => warn!(error = %e, "embedding for consolidation failed; lexical similarity"),
+                Err(e) => {
+                    warn!(error = %e, "embedding for consolidation failed; lexical similarity")
+                }
             }
         }
         texts
@@ -181,10 +186,6 @@ impl Inner {
     }
 
     /// One consolidation run over `ns`.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one run, in its order of steps; each step is commented"
-    )]
     pub(super) async fn consolidate(
         &self,
         ns: &Namespace,
@@ -229,7 +230,12 @@ impl Inner {
             {
                 p.status = LearnedStatus::Active;
                 run.revived += 1;
-                changes.push(change("pattern", &p.id.0, "revived", "new evidence after pruning".into()));
+                changes.push(change(
+                    "pattern",
+                    &p.id.0,
+                    "revived",
+                    "new evidence after pruning".into(),
+                ));
             }
         }
         for h in heuristics.values_mut() {
@@ -238,7 +244,12 @@ impl Inner {
             {
                 h.status = LearnedStatus::Active;
                 run.revived += 1;
-                changes.push(change("heuristic", &h.id.0, "revived", "new evidence after pruning".into()));
+                changes.push(change(
+                    "heuristic",
+                    &h.id.0,
+                    "revived",
+                    "new evidence after pruning".into(),
+                ));
             }
         }
 
@@ -249,10 +260,11 @@ impl Inner {
             .map(|p| p.id.clone())
             .collect();
         for id in merged_patterns {
-            let target = final_survivor(
-                &id.0,
-                |x| patterns.get(&PatternId(x.to_owned())).map(|p| p.status.clone()),
-            );
+            let target = final_survivor(&id.0, |x| {
+                patterns
+                    .get(&PatternId(x.to_owned()))
+                    .map(|p| p.status.clone())
+            });
             let Some(target) = target.map(PatternId).filter(|t| *t != id) else {
                 continue;
             };
@@ -263,21 +275,29 @@ impl Inner {
             };
             let n = loser.occurrences;
             merge_pattern_into(&mut survivor, &mut loser, now);
-            changes.push(change("pattern", &id.0, "forwarded", format!("{n} new occurrence(s) moved to {target}")));
+            changes.push(change(
+                "pattern",
+                &id.0,
+                "forwarded",
+                format!("{n} new occurrence(s) moved to {target}"),
+            ));
             run.forwarded += 1;
             patterns.insert(id, loser);
             patterns.insert(target, survivor);
         }
         let merged_heuristics: Vec<HeuristicId> = heuristics
             .values()
-            .filter(|h| matches!(h.status, LearnedStatus::Merged { .. }) && h.support + h.against > 0)
+            .filter(|h| {
+                matches!(h.status, LearnedStatus::Merged { .. }) && h.support + h.against > 0
+            })
             .map(|h| h.id.clone())
             .collect();
         for id in merged_heuristics {
-            let target = final_survivor(
-                &id.0,
-                |x| heuristics.get(&HeuristicId(x.to_owned())).map(|h| h.status.clone()),
-            );
+            let target = final_survivor(&id.0, |x| {
+                heuristics
+                    .get(&HeuristicId(x.to_owned()))
+                    .map(|h| h.status.clone())
+            });
             let Some(target) = target.map(HeuristicId).filter(|t| *t != id) else {
                 continue;
             };
@@ -288,7 +308,12 @@ impl Inner {
             };
             let n = loser.support + loser.against;
             merge_heuristic_into(&mut survivor, &mut loser, now);
-            changes.push(change("heuristic", &id.0, "forwarded", format!("{n} new observation(s) moved to {target}")));
+            changes.push(change(
+                "heuristic",
+                &id.0,
+                "forwarded",
+                format!("{n} new observation(s) moved to {target}"),
+            ));
             run.forwarded += 1;
             heuristics.insert(id, loser);
             heuristics.insert(target, survivor);
@@ -315,7 +340,8 @@ impl Inner {
             let sim = self.similarity_matrix(&texts).await;
             for (loser_i, head_i) in cluster(&|a, b| sim[a][b], members.len()) {
                 let (lid, hid) = (&members[loser_i].0, &members[head_i].0);
-                let (Some(mut loser), Some(mut head)) = (patterns.remove(lid), patterns.remove(hid))
+                let (Some(mut loser), Some(mut head)) =
+                    (patterns.remove(lid), patterns.remove(hid))
                 else {
                     continue;
                 };
@@ -324,7 +350,10 @@ impl Inner {
                     "pattern",
                     &lid.0,
                     "merged",
-                    format!("near-duplicate of {hid} (\"{}\" ~ \"{}\")", texts[loser_i], texts[head_i]),
+                    format!(
+                        "near-duplicate of {hid} (\"{}\" ~ \"{}\")",
+                        texts[loser_i], texts[head_i]
+                    ),
                 ));
                 run.merged_patterns += 1;
                 patterns.insert(lid.clone(), loser);
@@ -358,7 +387,10 @@ impl Inner {
                     "heuristic",
                     &lid.0,
                     "merged",
-                    format!("near-duplicate of {hid} (\"{}\" ~ \"{}\")", texts[loser_i], texts[head_i]),
+                    format!(
+                        "near-duplicate of {hid} (\"{}\" ~ \"{}\")",
+                        texts[loser_i], texts[head_i]
+                    ),
                 ));
                 run.merged_heuristics += 1;
                 heuristics.insert(lid.clone(), loser);
@@ -371,12 +403,16 @@ impl Inner {
         if stats.feedback > 0 {
             let mut pattern_sources: HashMap<PatternId, Vec<PatternId>> = HashMap::new();
             for p in patterns.values() {
-                let owner = final_survivor(
-                    &p.id.0,
-                    |x| patterns.get(&PatternId(x.to_owned())).map(|p| p.status.clone()),
-                );
+                let owner = final_survivor(&p.id.0, |x| {
+                    patterns
+                        .get(&PatternId(x.to_owned()))
+                        .map(|p| p.status.clone())
+                });
                 if let Some(owner) = owner {
-                    pattern_sources.entry(PatternId(owner)).or_default().push(p.id.clone());
+                    pattern_sources
+                        .entry(PatternId(owner))
+                        .or_default()
+                        .push(p.id.clone());
                 }
             }
             for (owner, sources) in pattern_sources {
@@ -396,7 +432,13 @@ impl Inner {
                         "pattern",
                         &owner.0,
                         "effectiveness",
-                        format!("{} helped / {} no effect / {} hindered from {} event(s)", eff.helped, eff.no_effect, eff.hindered, events.len()),
+                        format!(
+                            "{} helped / {} no effect / {} hindered from {} event(s)",
+                            eff.helped,
+                            eff.no_effect,
+                            eff.hindered,
+                            events.len()
+                        ),
                     ));
                     p.effectiveness = eff;
                     run.effectiveness_updated += 1;
@@ -404,12 +446,16 @@ impl Inner {
             }
             let mut heuristic_sources: HashMap<HeuristicId, Vec<HeuristicId>> = HashMap::new();
             for h in heuristics.values() {
-                let owner = final_survivor(
-                    &h.id.0,
-                    |x| heuristics.get(&HeuristicId(x.to_owned())).map(|h| h.status.clone()),
-                );
+                let owner = final_survivor(&h.id.0, |x| {
+                    heuristics
+                        .get(&HeuristicId(x.to_owned()))
+                        .map(|h| h.status.clone())
+                });
                 if let Some(owner) = owner {
-                    heuristic_sources.entry(HeuristicId(owner)).or_default().push(h.id.clone());
+                    heuristic_sources
+                        .entry(HeuristicId(owner))
+                        .or_default()
+                        .push(h.id.clone());
                 }
             }
             for (owner, sources) in heuristic_sources {
@@ -429,7 +475,12 @@ impl Inner {
                         "heuristic",
                         &owner.0,
                         "effectiveness",
-                        format!("{} up / {} down from {} event(s)", eff.helped, eff.hindered, events.len()),
+                        format!(
+                            "{} up / {} down from {} event(s)",
+                            eff.helped,
+                            eff.hindered,
+                            events.len()
+                        ),
                     ));
                     h.votes_up = eff.helped;
                     h.votes_down = eff.hindered;
@@ -444,11 +495,13 @@ impl Inner {
         let floor = cfg.prune_confidence_floor;
         let use_floor = cfg.prune_use_floor;
         for p in patterns.values_mut().filter(|p| p.status.is_active()) {
-            if decay_factor(p.last_seen, now, half_life) < 0.5 {
-                run.decayed += 1;
-            }
             let confidence = p.confidence(now, half_life);
-            let used = decayed_use(p.occurrences + p.effectiveness.uses(), p.last_seen, now, half_life);
+            let used = decayed_use(
+                p.occurrences + p.effectiveness.uses(),
+                p.last_seen,
+                now,
+                half_life,
+            );
             let target = FeedbackTarget::Pattern(p.id.clone());
             if confidence < floor
                 && used < use_floor
@@ -461,12 +514,11 @@ impl Inner {
                 changes.push(change("pattern", &p.id.0, "pruned", reason.clone()));
                 p.status = LearnedStatus::Pruned { reason, at: now };
                 run.pruned_patterns += 1;
+            } else if decay_factor(p.last_seen, now, half_life) < 0.5 {
+                run.decayed += 1;
             }
         }
         for h in heuristics.values_mut().filter(|h| h.status.is_active()) {
-            if decay_factor(h.last_seen, now, half_life) < 0.5 {
-                run.decayed += 1;
-            }
             let confidence = h.confidence(now, half_life);
             let uses = h.support + h.against + h.votes_up + h.votes_down;
             let used = decayed_use(uses, h.last_seen, now, half_life);
@@ -482,6 +534,8 @@ impl Inner {
                 changes.push(change("heuristic", &h.id.0, "pruned", reason.clone()));
                 h.status = LearnedStatus::Pruned { reason, at: now };
                 run.pruned_heuristics += 1;
+            } else if decay_factor(h.last_seen, now, half_life) < 0.5 {
+                run.decayed += 1;
             }
         }
 
@@ -631,7 +685,12 @@ impl Inner {
 
     /// At completion: fills in the actuals of the episode's estimate record, if it has one.
     /// The completion is already stored, so a failure here is logged, not returned.
-    pub(super) async fn close_estimate(&self, ns: &Namespace, episode: &Episode, outcome: &Outcome) {
+    pub(super) async fn close_estimate(
+        &self,
+        ns: &Namespace,
+        episode: &Episode,
+        outcome: &Outcome,
+    ) {
         let record = match self.storage.get_estimate(ns, episode.id).await {
             Ok(Some(r)) if r.actual.is_none() => r,
             Ok(_) => return,
@@ -644,7 +703,9 @@ impl Inner {
         let record = EstimateRecord {
             actual: Some(EstimateActual {
                 steps: episode.steps.len() as u32,
-                duration_ms: (completed_at - episode.started_at).num_milliseconds().max(0) as f64,
+                duration_ms: (completed_at - episode.started_at)
+                    .num_milliseconds()
+                    .max(0) as f64,
                 success: outcome.is_success(),
                 completed_at,
             }),
@@ -657,7 +718,12 @@ impl Inner {
 
     /// The estimate corrected by the domain's mean actual / estimated ratio, when the domain
     /// has enough estimate records; the raw estimate otherwise (also when they cannot be read).
-    pub(super) async fn calibrated(&self, ns: &Namespace, domain: Option<&str>, raw: Estimate) -> Estimate {
+    pub(super) async fn calibrated(
+        &self,
+        ns: &Namespace,
+        domain: Option<&str>,
+        raw: Estimate,
+    ) -> Estimate {
         let Some(domain) = domain.filter(|d| !d.is_empty()) else {
             return raw;
         };
@@ -711,7 +777,10 @@ impl SelfLearningMemory {
         let not_pruned = |kind: ObjectKind, id: &str, status: &LearnedStatus| Error::Conflict {
             kind,
             id: id.to_owned(),
-            reason: format!("is {}, not pruned; only pruned items can be restored", status.name()),
+            reason: format!(
+                "is {}, not pruned; only pruned items can be restored",
+                status.name()
+            ),
         };
         let mut items = LearnedItems::default();
         match &target {
@@ -772,8 +841,14 @@ impl SelfLearningMemory {
                 "expected steps and duration must be finite and >= 0",
             ));
         }
-        if estimate.success_chance.is_some_and(|c| !(0.0..=1.0).contains(&c)) {
-            return Err(Error::invalid("estimate.success_chance", "must be in 0 ..= 1"));
+        if estimate
+            .success_chance
+            .is_some_and(|c| !(0.0..=1.0).contains(&c))
+        {
+            return Err(Error::invalid(
+                "estimate.success_chance",
+                "must be in 0 ..= 1",
+            ));
         }
         let limit = self.inner.config.limits.max_description_bytes;
         if estimate.why.len() > limit {

@@ -247,9 +247,7 @@ impl SelfLearningMemory {
         let consolidation_task = runtime
             .as_ref()
             .filter(|_| inner.config.consolidation.schedule)
-            .map(|rt| {
-                rt.spawn(consolidate::consolidation_loop(Arc::downgrade(&inner)))
-            });
+            .map(|rt| rt.spawn(consolidate::consolidation_loop(Arc::downgrade(&inner))));
         let embed_task = runtime
             .filter(|_| inner.retriever.embedder().is_some())
             .map(|rt| rt.spawn(embed_loop(Arc::downgrade(&inner))));

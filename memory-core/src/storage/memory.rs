@@ -11,16 +11,16 @@ use super::{
     EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
     LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
 };
-use crate::episode::{OutcomeKind, StepResult};
-use crate::maintenance::{
-    ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
-};
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
+use crate::episode::{OutcomeKind, StepResult};
 use crate::error::{Error, ObjectKind, Result};
 use crate::feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::lesson::{FailureLesson, LessonId};
+use crate::maintenance::{
+    ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
+};
 use crate::namespace::Namespace;
 use crate::pattern::{Effectiveness, Pattern, PatternId};
 use crate::text::{episode_search_text, tokenize};
@@ -559,11 +559,7 @@ impl MaintenanceStore for InMemoryStorage {
         Ok(v)
     }
 
-    async fn put_metrics_snapshot(
-        &self,
-        ns: &Namespace,
-        snapshot: &MetricsSnapshot,
-    ) -> Result<()> {
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
         self.lock()
             .entry(ns.clone())
             .or_default()
@@ -669,9 +665,9 @@ impl MaintenanceStore for InMemoryStorage {
         max_episodes: u32,
     ) -> Result<StepCompaction> {
         fn compactable(e: &Episode) -> bool {
-            e.steps
-                .iter()
-                .any(|s| matches!(&s.input.result, StepResult::Success { output } if !output.is_empty()))
+            e.steps.iter().any(
+                |s| matches!(&s.input.result, StepResult::Success { output } if !output.is_empty()),
+            )
         }
         let mut data = self.lock();
         let mut out = StepCompaction::default();

@@ -19,10 +19,10 @@ use crate::error::Result;
 use crate::feedback::{Feedback, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{LearnedChanges, LearningUpdate};
+use crate::lesson::{FailureLesson, LessonId};
 use crate::maintenance::{
     ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
 };
-use crate::lesson::{FailureLesson, LessonId};
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::reflection::Reflection;
@@ -423,13 +423,15 @@ pub trait MaintenanceStore: Send + Sync + Debug {
     async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()>;
 
     /// The namespace's most recent runs, newest (by start) first, at most `limit`.
-    async fn list_consolidations(&self, ns: &Namespace, limit: u32)
-    -> Result<Vec<ConsolidationRun>>;
+    async fn list_consolidations(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<ConsolidationRun>>;
 
     /// Stores a metrics snapshot. Idempotent by `snapshot.taken_at` (one per instant: a later
     /// write at the same instant replaces it).
-    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot)
-    -> Result<()>;
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()>;
 
     /// The namespace's most recent snapshots, newest first, at most `limit`.
     async fn list_metrics_snapshots(

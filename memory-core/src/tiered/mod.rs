@@ -35,10 +35,10 @@ use crate::error::{Error, ObjectKind, Result};
 use crate::feedback::{Feedback, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
+use crate::lesson::{FailureLesson, LessonId};
 use crate::maintenance::{
     ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
 };
-use crate::lesson::{FailureLesson, LessonId};
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
@@ -970,7 +970,9 @@ impl EmbeddingStore for TieredStorage {
 #[async_trait]
 impl MaintenanceStore for TieredStorage {
     async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
-        self.inner.guarded(self.inner.durable.record_consolidation(ns, run)).await
+        self.inner
+            .guarded(self.inner.durable.record_consolidation(ns, run))
+            .await
     }
 
     async fn list_consolidations(
@@ -978,15 +980,15 @@ impl MaintenanceStore for TieredStorage {
         ns: &Namespace,
         limit: u32,
     ) -> Result<Vec<ConsolidationRun>> {
-        self.inner.guarded(self.inner.durable.list_consolidations(ns, limit)).await
+        self.inner
+            .guarded(self.inner.durable.list_consolidations(ns, limit))
+            .await
     }
 
-    async fn put_metrics_snapshot(
-        &self,
-        ns: &Namespace,
-        snapshot: &MetricsSnapshot,
-    ) -> Result<()> {
-        self.inner.guarded(self.inner.durable.put_metrics_snapshot(ns, snapshot)).await
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
+        self.inner
+            .guarded(self.inner.durable.put_metrics_snapshot(ns, snapshot))
+            .await
     }
 
     async fn list_metrics_snapshots(
@@ -994,11 +996,15 @@ impl MaintenanceStore for TieredStorage {
         ns: &Namespace,
         limit: u32,
     ) -> Result<Vec<MetricsSnapshot>> {
-        self.inner.guarded(self.inner.durable.list_metrics_snapshots(ns, limit)).await
+        self.inner
+            .guarded(self.inner.durable.list_metrics_snapshots(ns, limit))
+            .await
     }
 
     async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()> {
-        self.inner.guarded(self.inner.durable.put_estimate(ns, record)).await
+        self.inner
+            .guarded(self.inner.durable.put_estimate(ns, record))
+            .await
     }
 
     async fn get_estimate(
@@ -1006,7 +1012,9 @@ impl MaintenanceStore for TieredStorage {
         ns: &Namespace,
         episode_id: EpisodeId,
     ) -> Result<Option<EstimateRecord>> {
-        self.inner.guarded(self.inner.durable.get_estimate(ns, episode_id)).await
+        self.inner
+            .guarded(self.inner.durable.get_estimate(ns, episode_id))
+            .await
     }
 
     async fn query_estimates(
@@ -1015,11 +1023,15 @@ impl MaintenanceStore for TieredStorage {
         domain: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EstimateRecord>> {
-        self.inner.guarded(self.inner.durable.query_estimates(ns, domain, limit)).await
+        self.inner
+            .guarded(self.inner.durable.query_estimates(ns, domain, limit))
+            .await
     }
 
     async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
-        self.inner.guarded(self.inner.durable.record_restore(ns, restore)).await
+        self.inner
+            .guarded(self.inner.durable.record_restore(ns, restore))
+            .await
     }
 
     async fn list_restores(
@@ -1027,7 +1039,9 @@ impl MaintenanceStore for TieredStorage {
         ns: &Namespace,
         since: DateTime<Utc>,
     ) -> Result<Vec<RestoreRecord>> {
-        self.inner.guarded(self.inner.durable.list_restores(ns, since)).await
+        self.inner
+            .guarded(self.inner.durable.list_restores(ns, since))
+            .await
     }
 
     async fn compact_step_outputs(
