@@ -73,6 +73,9 @@ pub enum Command {
     Lesson(LessonCmd),
     /// Counts and learning progress of the namespace
     Stats,
+    /// Merge near-duplicate patterns and heuristics, prune stale ones, apply retention and
+    /// take a learning-metrics snapshot, now
+    Consolidate,
     /// Check each component (durable layer, cache, outbox, breaker, embedder)
     Health,
     /// Outbox replay and replica sync

@@ -124,6 +124,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Heuristic(cmd) => commands::learned::heuristic(cmd, m, s).await,
         Command::Lesson(cmd) => commands::learned::lesson(cmd, m, s).await,
         Command::Stats => commands::status::stats(&stack, s).await,
+        Command::Consolidate => commands::consolidate::run(m, s).await,
         Command::Sync(cmd) => commands::status::sync(cmd, &stack, s).await,
         Command::Health => commands::status::health(&stack, s).await.map(|ok| {
             if !ok {

@@ -49,6 +49,8 @@ where
     embeddings(make().await.as_ref()).await;
     stats_count(make().await.as_ref()).await;
     namespace_isolation(make().await.as_ref(), 7).await;
+    maintenance_records(make().await.as_ref()).await;
+    retention_compacts_only_old_successful_outputs(make().await.as_ref()).await;
 }
 
 fn ns(name: &str) -> Namespace {
@@ -1317,4 +1319,383 @@ pub async fn namespace_isolation(s: &dyn Storage, seed: u64) {
     )
     .await;
     assert_eq!(s.namespace_stats(&b).await.unwrap(), before);
+}
+
+/// Consolidation runs, metrics snapshots, estimate records and restores: stored per
+/// namespace, listed newest first, idempotent on their keys.
+pub async fn maintenance_records(s: &dyn Storage) {
+    let a = ns("maint/a");
+    let b = ns("maint/b");
+    for i in 0..3 {
+        let run = ConsolidationRun {
+            id: format!("run-{i}"),
+            trigger: "manual".into(),
+            started_at: t(i * 10),
+            finished_at: t(i * 10 + 1),
+            merged_patterns: i as u64,
+            ..ConsolidationRun::default()
+        };
+        s.record_consolidation(&a, &run).await.unwrap();
+        s.record_consolidation(&a, &run).await.unwrap(); // replay
+    }
+    let runs = s.list_consolidations(&a, 10).await.unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["run-2", "run-1", "run-0"],
+        "runs newest first, one row per id"
+    );
+    assert_eq!(runs[0].merged_patterns, 2, "run counts round-trip");
+    assert_eq!(runs[0].finished_at, t(21));
+    assert_eq!(
+        s.list_consolidations(&a, 2).await.unwrap().len(),
+        2,
+        "limit"
+    );
+    assert!(
+        s.list_consolidations(&b, 10).await.unwrap().is_empty(),
+        "runs are per namespace"
+    );
+
+    for i in 0..3 {
+        let snap = MetricsSnapshot {
+            taken_at: t(i),
+            episodes: i as u64,
+            success_rate: Some(0.5),
+            estimate_error: None,
+            ..MetricsSnapshot::default()
+        };
+        s.put_metrics_snapshot(&a, &snap).await.unwrap();
+    }
+    let snaps = s.list_metrics_snapshots(&a, 2).await.unwrap();
+    assert_eq!(snaps.iter().map(|x| x.episodes).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(snaps[0].success_rate, Some(0.5));
+    assert!(s.list_metrics_snapshots(&b, 5).await.unwrap().is_empty());
+
+    // Estimates: only for episodes of the namespace; listed once they have actuals.
+    let e1 = episode("estimate one", TaskType::Testing, "web_api", None, t(0));
+    let e2 = episode("estimate two", TaskType::Testing, "cli", None, t(1));
+    s.create_episode(&a, &e1).await.unwrap();
+    s.create_episode(&a, &e2).await.unwrap();
+    let est = crate::retrieval::recommend::Estimate {
+        expected_steps: Some(3.0),
+        expected_duration_ms: Some(1000.0),
+        success_chance: Some(0.75),
+        sample_size: 2,
+        why: "fixture".into(),
+        correction: None,
+    };
+    let mut r1 = EstimateRecord {
+        episode_id: e1.id,
+        domain: "web_api".into(),
+        recorded_at: t(2),
+        estimate: est.clone(),
+        actual: None,
+    };
+    let missing = s
+        .put_estimate(&b, &EstimateRecord { ..r1.clone() })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, Error::NotFound { .. }),
+        "estimate for an episode of another namespace: {missing:?}"
+    );
+    s.put_estimate(&a, &r1).await.unwrap();
+    assert_eq!(s.get_estimate(&a, e1.id).await.unwrap().as_ref(), Some(&r1));
+    assert!(s.get_estimate(&b, e1.id).await.unwrap().is_none());
+    assert!(
+        s.query_estimates(&a, None, 10).await.unwrap().is_empty(),
+        "no actuals yet"
+    );
+    r1.actual = Some(EstimateActual {
+        steps: 6,
+        duration_ms: 2000.0,
+        success: true,
+        completed_at: t(5),
+    });
+    s.put_estimate(&a, &r1).await.unwrap();
+    s.put_estimate(&a, &r1).await.unwrap(); // replay
+    let r2 = EstimateRecord {
+        episode_id: e2.id,
+        domain: "cli".into(),
+        recorded_at: t(3),
+        estimate: est,
+        actual: Some(EstimateActual {
+            steps: 2,
+            duration_ms: 10.0,
+            success: false,
+            completed_at: t(9),
+        }),
+    };
+    s.put_estimate(&a, &r2).await.unwrap();
+    let all = s.query_estimates(&a, None, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.episode_id).collect::<Vec<_>>(),
+        [e2.id, e1.id],
+        "most recently completed first"
+    );
+    assert_eq!(
+        s.query_estimates(&a, Some("web_api"), 10).await.unwrap(),
+        vec![r1.clone()]
+    );
+    assert_eq!(
+        s.query_estimates(&a, None, 1).await.unwrap().len(),
+        1,
+        "limit"
+    );
+    assert!(s.query_estimates(&b, None, 10).await.unwrap().is_empty());
+
+    // Restores: the latest per item, filtered by time.
+    let target = FeedbackTarget::Pattern(PatternId("p1".into()));
+    let h = FeedbackTarget::Heuristic(HeuristicId("h1".into()));
+    s.record_restore(
+        &a,
+        &RestoreRecord {
+            target: target.clone(),
+            restored_at: t(1),
+        },
+    )
+    .await
+    .unwrap();
+    s.record_restore(
+        &a,
+        &RestoreRecord {
+            target: target.clone(),
+            restored_at: t(50),
+        },
+    )
+    .await
+    .unwrap();
+    s.record_restore(
+        &a,
+        &RestoreRecord {
+            target: h.clone(),
+            restored_at: t(20),
+        },
+    )
+    .await
+    .unwrap();
+    let mut since = s.list_restores(&a, t(10)).await.unwrap();
+    since.sort_by_key(|r| r.restored_at);
+    assert_eq!(
+        since,
+        vec![
+            RestoreRecord {
+                target: h,
+                restored_at: t(20)
+            },
+            RestoreRecord {
+                target: target.clone(),
+                restored_at: t(50)
+            },
+        ]
+    );
+    assert_eq!(s.list_restores(&a, t(51)).await.unwrap(), vec![]);
+    assert!(s.list_restores(&b, t(0)).await.unwrap().is_empty());
+}
+
+/// Retention empties the outputs of the successful steps of old successful episodes, and
+/// nothing else: errors, failed episodes, recent episodes, rewards, reflections and learned
+/// items stay; a second pass finds nothing; lexical search no longer finds the removed text.
+pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
+    let n = ns("retention/a");
+    let other = ns("retention/b");
+    let (old_ok, _) = record(
+        s,
+        &n,
+        episode("old success", TaskType::Testing, "web_api", None, t(0)),
+        &[("zebrafish", true), ("cargo", false), ("cargo", true)],
+        Outcome::success("done"),
+    )
+    .await;
+    let (old_failed, _) = record(
+        s,
+        &n,
+        episode("old failure", TaskType::Testing, "web_api", None, t(10)),
+        &[("zebrafish", true), ("cargo", false)],
+        Outcome::failure("broke"),
+    )
+    .await;
+    let (recent_ok, _) = record(
+        s,
+        &n,
+        episode(
+            "recent success",
+            TaskType::Testing,
+            "web_api",
+            None,
+            t(10_000),
+        ),
+        &[("zebrafish", true)],
+        Outcome::success("done"),
+    )
+    .await;
+    let (elsewhere, _) = record(
+        s,
+        &other,
+        episode(
+            "old success elsewhere",
+            TaskType::Testing,
+            "web_api",
+            None,
+            t(0),
+        ),
+        &[("zebrafish", true)],
+        Outcome::success("done"),
+    )
+    .await;
+    let patterns_before = s
+        .query_patterns(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let lessons_before = s
+        .query_lessons(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let hits = |hits: Vec<TextHit>| {
+        hits.into_iter()
+            .map(|h| h.episode_id)
+            .collect::<BTreeSet<_>>()
+    };
+    let query = TextQuery {
+        text: "zebrafish output".into(),
+        filter: EpisodeFilter::default(),
+        limit: 10,
+    };
+    assert!(hits(s.search_episodes(&n, &query).await.unwrap()).contains(&old_ok.id));
+
+    let done = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
+    assert_eq!(
+        done.episode_ids,
+        vec![old_ok.id],
+        "only the old successful episode"
+    );
+    assert_eq!(done.steps, 2, "its two successful steps");
+    let expected_bytes: usize = old_ok
+        .steps
+        .iter()
+        .filter(|st| st.input.result.is_success())
+        .map(|st| st.input.result.text().len())
+        .sum();
+    assert_eq!(done.bytes, expected_bytes as u64);
+
+    let after = s.get_episode(&n, old_ok.id).await.unwrap().unwrap();
+    assert_eq!(after.steps.len(), old_ok.steps.len(), "steps are kept");
+    for (a, b) in after.steps.iter().zip(&old_ok.steps) {
+        assert_eq!(
+            (&a.input.tool, &a.input.action, &a.input.parameters),
+            (&b.input.tool, &b.input.action, &b.input.parameters)
+        );
+        if b.input.result.is_success() {
+            assert_eq!(a.input.result.text(), "", "successful output emptied");
+        } else {
+            assert_eq!(a.input.result, b.input.result, "errors are kept");
+        }
+    }
+    assert_eq!(
+        (&after.outcome, &after.reward, &after.reflection),
+        (&old_ok.outcome, &old_ok.reward, &old_ok.reflection)
+    );
+    assert_eq!(
+        s.get_episode(&n, old_failed.id).await.unwrap().unwrap(),
+        old_failed,
+        "failed episodes untouched"
+    );
+    assert_eq!(
+        s.get_episode(&n, recent_ok.id).await.unwrap().unwrap(),
+        recent_ok,
+        "recent episodes untouched"
+    );
+    assert_eq!(
+        s.get_episode(&other, elsewhere.id).await.unwrap().unwrap(),
+        elsewhere,
+        "other namespaces untouched"
+    );
+    assert_eq!(
+        s.query_patterns(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            }
+        )
+        .await
+        .unwrap(),
+        patterns_before
+    );
+    assert_eq!(
+        s.query_lessons(
+            &n,
+            &LearnedQuery {
+                include_inactive: true,
+                ..LearnedQuery::default()
+            }
+        )
+        .await
+        .unwrap(),
+        lessons_before
+    );
+    let found = hits(
+        s.search_episodes(
+            &n,
+            &TextQuery {
+                text: "zebrafish output ok".into(),
+                filter: EpisodeFilter::default(),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(found.contains(&old_failed.id) && found.contains(&recent_ok.id));
+    let action_hits = hits(
+        s.search_episodes(
+            &n,
+            &TextQuery {
+                text: "run zebrafish".into(),
+                filter: EpisodeFilter::default(),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(
+        action_hits.contains(&old_ok.id),
+        "the actions stay searchable"
+    );
+    let output_hits = hits(
+        s.search_episodes(
+            &n,
+            &TextQuery {
+                text: "output".into(),
+                filter: EpisodeFilter::default(),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(
+        !output_hits.contains(&old_ok.id) && output_hits.contains(&recent_ok.id),
+        "removed output text is no longer indexed: {output_hits:?}"
+    );
+
+    let again = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
+    assert_eq!(
+        again,
+        StepCompaction::default(),
+        "a second pass finds nothing"
+    );
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -13,11 +14,14 @@ use crate::feedback::{Feedback, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{LearnedChanges, LearningUpdate};
 use crate::lesson::{FailureLesson, LessonId};
+use crate::maintenance::{
+    ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
+};
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
+    LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
 };
 
 /// When [`FaultInjecting`] fails a call.
@@ -101,6 +105,17 @@ impl<S: ?Sized> FaultInjecting<S> {
         &self.inner
     }
 
+    /// Checks, then runs `fut` (which only starts when awaited, so a failed check changes
+    /// nothing).
+    async fn checked<T>(
+        &self,
+        operation: &'static str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.check(operation)?;
+        fut.await
+    }
+
     fn check(&self, operation: &'static str) -> Result<()> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let fail = {
@@ -124,6 +139,104 @@ impl<S: ?Sized> FaultInjecting<S> {
         } else {
             Ok(())
         }
+    }
+}
+
+#[async_trait]
+impl<S: Storage + ?Sized> MaintenanceStore for FaultInjecting<S> {
+    async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
+        self.checked(
+            "record_consolidation",
+            self.inner.record_consolidation(ns, run),
+        )
+        .await
+    }
+
+    async fn list_consolidations(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<ConsolidationRun>> {
+        self.checked(
+            "list_consolidations",
+            self.inner.list_consolidations(ns, limit),
+        )
+        .await
+    }
+
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
+        self.checked(
+            "put_metrics_snapshot",
+            self.inner.put_metrics_snapshot(ns, snapshot),
+        )
+        .await
+    }
+
+    async fn list_metrics_snapshots(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<MetricsSnapshot>> {
+        self.checked(
+            "list_metrics_snapshots",
+            self.inner.list_metrics_snapshots(ns, limit),
+        )
+        .await
+    }
+
+    async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()> {
+        self.checked("put_estimate", self.inner.put_estimate(ns, record))
+            .await
+    }
+
+    async fn get_estimate(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+    ) -> Result<Option<EstimateRecord>> {
+        self.checked("get_estimate", self.inner.get_estimate(ns, episode_id))
+            .await
+    }
+
+    async fn query_estimates(
+        &self,
+        ns: &Namespace,
+        domain: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EstimateRecord>> {
+        self.checked(
+            "query_estimates",
+            self.inner.query_estimates(ns, domain, limit),
+        )
+        .await
+    }
+
+    async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
+        self.checked("record_restore", self.inner.record_restore(ns, restore))
+            .await
+    }
+
+    async fn list_restores(
+        &self,
+        ns: &Namespace,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RestoreRecord>> {
+        self.checked("list_restores", self.inner.list_restores(ns, since))
+            .await
+    }
+
+    async fn compact_step_outputs(
+        &self,
+        ns: &Namespace,
+        completed_before: DateTime<Utc>,
+        max_episodes: u32,
+    ) -> Result<StepCompaction> {
+        self.checked(
+            "compact_step_outputs",
+            self.inner
+                .compact_step_outputs(ns, completed_before, max_episodes),
+        )
+        .await
     }
 }
 

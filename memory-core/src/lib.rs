@@ -26,6 +26,7 @@
 
 mod clock;
 mod confidence;
+mod consolidation;
 mod embedding;
 mod episode;
 mod error;
@@ -37,6 +38,7 @@ mod learned;
 mod learning;
 mod lesson;
 mod limits;
+mod maintenance;
 mod memory;
 mod namespace;
 mod pattern;
@@ -59,6 +61,12 @@ mod fault;
 
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
 pub use confidence::{beta_mean, decay_factor, wilson_lower_bound};
+pub use consolidation::{
+    ConsolidationConfig, MAX_CONSOLIDATION_INTERVAL, MAX_CONSOLIDATION_ITEMS, MAX_RETENTION_DAYS,
+    MIN_CONSOLIDATION_INTERVAL, RetentionConfig, calibrate, correction_from, estimate_error,
+    heuristic_merge_key, lexical_similarity, merge_heuristic_into, merge_pattern_into,
+    pattern_merge_key, trend,
+};
 #[cfg(feature = "test-utils")]
 pub use doubles::{InMemoryCache, InMemoryOutbox};
 pub use embedding::{Embedder, cosine, l2_normalize};
@@ -76,9 +84,13 @@ pub use learned::{Evidence, LearnedStatus, RECENT_EVIDENCE};
 pub use learning::{Changed, ExistingLearned, LearnedChanges, LearningUpdate};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
 pub use limits::Limits;
+pub use maintenance::{
+    ConsolidationRun, EstimateActual, EstimateRecord, MetricsSnapshot, RestoreRecord,
+    StepCompaction,
+};
 pub use memory::{
-    CompletionReport, LearnedSummary, LearningConfig, MemoryConfig, SelfLearningMemory,
-    StepBatchConfig,
+    CompletionReport, ConsolidationReport, LearnedChange, LearnedSummary, LearningConfig,
+    MemoryConfig, SelfLearningMemory, StepBatchConfig,
 };
 pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
 pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObservation, pattern_id};
@@ -96,8 +108,8 @@ pub use storage::memory::InMemoryStorage;
 pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
 pub use storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
-    LearnedItems, LearnedQuery, LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit,
-    TextQuery,
+    LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage,
+    StoredEmbedding, TextHit, TextQuery,
 };
 pub use text::{episode_search_text, task_search_text, tokenize};
 pub use tiered::{

@@ -45,10 +45,10 @@ pub const DATA_DIR_FILE: &str = "memory.db";
 /// See the crate docs for an example and `SCHEMA.md` for the schema.
 #[derive(Clone)]
 pub struct TursoStorage {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: TursoConfig,
     /// Keeps the database (and, for replicas, its background sync) alive.
     #[cfg_attr(
@@ -366,7 +366,7 @@ async fn configure_local(
 
 impl Inner {
     /// Runs `fut` within the call timeout and maps its failure to the public error.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         operation: &'static str,
         fut: impl Future<Output = DbResult<T>>,
@@ -410,7 +410,10 @@ impl Inner {
 
     /// Runs `body` in an IMMEDIATE (write-locking) transaction on the writer connection:
     /// committed when it returns `Ok`, rolled back when it returns `Err`.
-    async fn write_tx<T>(&self, body: impl AsyncFnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+    pub(crate) async fn write_tx<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
         let conn = self.writer().await?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -435,7 +438,10 @@ impl Inner {
     /// connection, which the commit closes: no server-side stream outlives the call (an idle
     /// stream would expire on the server and fail the next call), and a multi-query read sees
     /// one snapshot. Local files and replicas read their local connection directly.
-    async fn read<T>(&self, body: impl AsyncFnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+    pub(crate) async fn read<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
         let conn = self.reader().await?;
         if !self.remote_reads {
             return body(&conn).await;
@@ -641,7 +647,7 @@ const INSERT_STEPS: &str = "INSERT INTO steps (ns, episode_id, step_number, at, 
 const INSERT_STEPS_TAIL: &str =
     "ON CONFLICT (ns, episode_id, step_number) DO NOTHING RETURNING step_number";
 
-const INSERT_TEXT: &str =
+pub(crate) const INSERT_TEXT: &str =
     "INSERT INTO episode_text (body, ns, episode_id, part) VALUES (?1, ?2, ?3, ?4)";
 
 /// Columns of the learned-item tables as written by the upserts.
@@ -967,7 +973,7 @@ fn conflict_completed(id: EpisodeId) -> Error {
 }
 
 /// Whether the episode exists (`None`) and is completed.
-async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<bool>> {
+pub(crate) async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<bool>> {
     let mut rows = conn
         .query(
             "SELECT outcome_kind IS NOT NULL FROM episodes WHERE ns = ?1 AND id = ?2",

@@ -48,6 +48,7 @@ mod backend;
 mod codec;
 mod config;
 mod error;
+mod maintenance;
 mod schema;
 
 pub use backend::{DATA_DIR_FILE, TursoStorage};

@@ -12,7 +12,7 @@ use tracing::info;
 use crate::error::{DbResult, DriverError};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// One forward migration.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +173,48 @@ const V2: &[&str] = &[
     "CREATE INDEX embeddings_by_model ON embeddings (ns, model, episode_id)",
 ];
 
+/// Version 3: consolidation runs, learning-metrics snapshots, estimate records, restores.
+const V3: &[&str] = &[
+    // One row per consolidation run; `body` is the run (times and counts) as JSON.
+    "CREATE TABLE consolidation_runs (
+        ns         TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        body       TEXT NOT NULL,
+        PRIMARY KEY (ns, id)
+    )",
+    "CREATE INDEX consolidation_runs_by_start ON consolidation_runs (ns, started_at DESC, id DESC)",
+    // One learning-metrics snapshot per (namespace, instant).
+    "CREATE TABLE metrics_snapshots (
+        ns       TEXT NOT NULL,
+        taken_at INTEGER NOT NULL,
+        body     TEXT NOT NULL,
+        PRIMARY KEY (ns, taken_at)
+    )",
+    // A recommendation's estimate stored with the episode that followed it; `completed_at`
+    // is set (and the actuals are in `body`) once the episode completes.
+    "CREATE TABLE estimates (
+        ns           TEXT NOT NULL,
+        episode_id   TEXT NOT NULL,
+        domain       TEXT NOT NULL,
+        recorded_at  INTEGER NOT NULL,
+        completed_at INTEGER,
+        body         TEXT NOT NULL,
+        PRIMARY KEY (ns, episode_id),
+        FOREIGN KEY (ns, episode_id) REFERENCES episodes (ns, id)
+    )",
+    "CREATE INDEX estimates_by_domain ON estimates (ns, domain, completed_at DESC)",
+    "CREATE INDEX estimates_by_completion ON estimates (ns, completed_at DESC)",
+    // The latest restore of each pruned pattern or heuristic brought back by `restore`.
+    "CREATE TABLE learned_restores (
+        ns          TEXT NOT NULL,
+        target_kind TEXT NOT NULL,
+        target_id   TEXT NOT NULL,
+        restored_at INTEGER NOT NULL,
+        PRIMARY KEY (ns, target_kind, target_id)
+    ) WITHOUT ROWID",
+];
+
 /// Every migration, in order. Never edit a released one: add a new version instead.
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -184,6 +226,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "embeddings with an F32_BLOB vector column",
         statements: V2,
+    },
+    Migration {
+        version: 3,
+        description: "consolidation runs, metrics snapshots, estimate records, restores",
+        statements: V3,
     },
 ];
 

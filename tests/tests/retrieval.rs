@@ -62,11 +62,31 @@ async fn record(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_and_filters_apply_inside_the_query() {
+    namespace_and_filters(u32::MAX).await;
+}
+
+/// The same with lexical candidates from the in-process BM25 index (used from
+/// `in_process_lexical_from` episodes; forced here), plus: an episode completed after the
+/// namespace was indexed is found lexically at once, before it is embedded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_and_filters_apply_inside_the_in_process_lexical_index() {
+    namespace_and_filters(0).await;
+}
+
+async fn namespace_and_filters(in_process_lexical_from: u32) {
     let Some(model) = tests::model::minilm().unwrap() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let m = open(dir.path(), Some(Arc::new(model))).await;
+    let mut cfg = config();
+    cfg.retrieval.in_process_lexical_from = in_process_lexical_from;
+    let m = SelfLearningMemory::with_embedder(
+        m_storage(dir.path()).await,
+        cfg,
+        Arc::new(SystemClock),
+        Some(Arc::new(model)),
+    )
+    .unwrap();
     let mine = Namespace::new("team/a").unwrap();
     let theirs = Namespace::new("team/b").unwrap();
     let task = "fix the Postgres deadlock between two workers updating orders";
@@ -123,6 +143,19 @@ async fn namespace_and_filters_apply_inside_the_query() {
     assert!(got.strong_match && got.confidence.unwrap() > 0.9, "{got:?}");
     // The episode was embedded with its context words, the bare query without.
     assert!(got.results[0].breakdown.cosine.unwrap() > 0.8);
+
+    // Completed after the drain: found lexically before any embedding of it.
+    let late = record(
+        &m,
+        &mine,
+        "rotate the expired TLS certificate of the billing gateway",
+        "web_api",
+        "rust",
+    )
+    .await;
+    let q = RetrievalQuery::new("expired TLS certificate").with_method(RetrievalMethod::Lexical);
+    let got = m.retrieve(&mine, &q).await.unwrap();
+    assert_eq!(got.results.first().map(|r| r.episode.id), Some(late));
     m.shutdown().await.unwrap();
 }
 

@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod backup;
+pub mod consolidate;
 pub mod demo;
 pub mod episode;
 pub mod eval;

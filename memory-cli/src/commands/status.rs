@@ -1,6 +1,7 @@
 //! `memory stats`, `memory health` and `memory sync`.
 
 use anyhow::Result;
+use memory_core::{MetricsSnapshot, trend};
 use serde_json::json;
 
 use crate::backend::Stack;
@@ -18,6 +19,8 @@ pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
         st.successes as f64 / st.completed as f64
     };
     let hit_rate = sync.cache.map(|c| c.hit_rate());
+    let series = m.metrics_history(&s.namespace, 20).await?;
+    let runs = m.consolidation_runs(&s.namespace, 5).await?;
     if s.json {
         return output::json(&json!({
             "namespace": s.namespace,
@@ -27,6 +30,11 @@ pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
             "cache_hit_rate": hit_rate,
             "outbox_len": sync.outbox_len,
             "breaker": sync.breaker,
+            "learning": {
+                "current": series.first(),
+                "series": series,
+                "consolidation_runs": runs,
+            },
         }));
     }
     println!("namespace   {}", s.namespace);
@@ -61,7 +69,80 @@ pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
         None => println!("cache       off"),
     }
     println!("outbox      {} pending", sync.outbox_len);
+    print_learning(&series, &runs);
     Ok(())
+}
+
+/// The latest learning-metrics snapshot and each metric's direction since the oldest shown.
+fn print_learning(series: &[MetricsSnapshot], runs: &[memory_core::ConsolidationRun]) {
+    let Some(now) = series.first() else {
+        println!("learning    no snapshot yet (run `memory consolidate`)");
+        return;
+    };
+    let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), pct);
+    println!(
+        "learning    snapshot {} ({} snapshots; trend since {})",
+        now.taken_at.to_rfc3339(),
+        series.len(),
+        series
+            .last()
+            .map_or_else(String::new, |o| o.taken_at.to_rfc3339())
+    );
+    let rows: [(&str, String, &str); 6] = [
+        (
+            "success rate",
+            opt(now.success_rate),
+            trend(series, |x| x.success_rate),
+        ),
+        (
+            "mean reward",
+            now.mean_reward
+                .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}")),
+            trend(series, |x| x.mean_reward),
+        ),
+        (
+            "pattern reuse",
+            opt(now.pattern_reuse_rate),
+            trend(series, |x| x.pattern_reuse_rate),
+        ),
+        (
+            "repeated failures",
+            opt(now.repeated_failure_rate),
+            trend(series, |x| x.repeated_failure_rate),
+        ),
+        (
+            "estimate error",
+            format!(
+                "{} ({} compared)",
+                opt(now.estimate_error),
+                now.estimates_compared
+            ),
+            trend(series, |x| x.estimate_error),
+        ),
+        (
+            "learned items",
+            format!(
+                "{} / {} patterns, {} / {} heuristics active / pruned",
+                now.patterns_active,
+                now.patterns_pruned,
+                now.heuristics_active,
+                now.heuristics_pruned
+            ),
+            trend(series, |x| Some(x.patterns_active as f64)),
+        ),
+    ];
+    for (name, value, dir) in rows {
+        println!("  {name:<18} {value:<40} {dir}");
+    }
+    if let Some(r) = runs.first() {
+        println!(
+            "consolidate last run {}: {} merged, {} pruned, {} step outputs compacted",
+            r.finished_at.to_rfc3339(),
+            r.merged_patterns + r.merged_heuristics,
+            r.pruned_patterns + r.pruned_heuristics,
+            r.compacted_steps
+        );
+    }
 }
 
 pub async fn health(stack: &Stack, s: &Settings) -> Result<bool> {

@@ -76,6 +76,10 @@ pub struct MemoryConfig {
     pub learning: LearningConfig,
     /// Retrieval and the embedding queue.
     pub retrieval: crate::retrieval::RetrievalConfig,
+    /// Consolidation (merging, decay, pruning, metrics, calibration) and its schedule.
+    pub consolidation: crate::consolidation::ConsolidationConfig,
+    /// Retention per kind of data (off by default).
+    pub retention: crate::consolidation::RetentionConfig,
 }
 
 impl MemoryConfig {
@@ -111,6 +115,23 @@ impl MemoryConfig {
     #[must_use]
     pub fn with_steps(mut self, steps: StepBatchConfig) -> Self {
         self.steps = steps;
+        self
+    }
+
+    /// Sets consolidation.
+    #[must_use]
+    pub fn with_consolidation(
+        mut self,
+        consolidation: crate::consolidation::ConsolidationConfig,
+    ) -> Self {
+        self.consolidation = consolidation;
+        self
+    }
+
+    /// Sets retention.
+    #[must_use]
+    pub fn with_retention(mut self, retention: crate::consolidation::RetentionConfig) -> Self {
+        self.retention = retention;
         self
     }
 

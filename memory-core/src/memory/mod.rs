@@ -1,6 +1,7 @@
 //! [`SelfLearningMemory`]: the facade agents and applications use.
 
 pub(crate) mod config;
+mod consolidate;
 mod report;
 
 use std::collections::{HashMap, HashSet};
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 pub use config::{LearningConfig, MemoryConfig, StepBatchConfig};
+pub use consolidate::{ConsolidationReport, LearnedChange};
 pub use report::{CompletionReport, LearnedSummary};
 
 use crate::clock::{SharedClock, SystemClock};
@@ -115,6 +117,9 @@ struct Inner {
     /// Namespaces with episodes that may need embedding; the embed task drains them.
     to_embed: Mutex<HashSet<Namespace>>,
     wake_embedder: Notify,
+    /// Held by a consolidation run: runs of one memory never overlap.
+    consolidating: tokio::sync::Mutex<()>,
+    stop_consolidation: Notify,
 }
 
 /// The self-learning episodic memory.
@@ -148,6 +153,7 @@ pub struct SelfLearningMemory {
     inner: Arc<Inner>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     embed_task: Mutex<Option<JoinHandle<()>>>,
+    consolidation_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -199,6 +205,8 @@ impl SelfLearningMemory {
         if config.steps.max_batch == 0 {
             return Err(Error::invalid("steps.max_batch", "must be at least 1"));
         }
+        config.consolidation.validate()?;
+        config.retention.validate()?;
         let redactor = Redactor::new(&config.redaction)?;
         let limiter = RateLimiter::new(config.rate_limit.clone());
         if let Some(e) = &embedder {
@@ -229,11 +237,17 @@ impl SelfLearningMemory {
             retriever,
             to_embed: Mutex::new(HashSet::new()),
             wake_embedder: Notify::new(),
+            consolidating: tokio::sync::Mutex::new(()),
+            stop_consolidation: Notify::new(),
         });
         let runtime = tokio::runtime::Handle::try_current().ok();
         let flusher = runtime
             .as_ref()
             .map(|rt| rt.spawn(flush_loop(Arc::downgrade(&inner))));
+        let consolidation_task = runtime
+            .as_ref()
+            .filter(|_| inner.config.consolidation.schedule)
+            .map(|rt| rt.spawn(consolidate::consolidation_loop(Arc::downgrade(&inner))));
         let embed_task = runtime
             .filter(|_| inner.retriever.embedder().is_some())
             .map(|rt| rt.spawn(embed_loop(Arc::downgrade(&inner))));
@@ -241,6 +255,7 @@ impl SelfLearningMemory {
             inner,
             flusher: Mutex::new(flusher),
             embed_task: Mutex::new(embed_task),
+            consolidation_task: Mutex::new(consolidation_task),
         })
     }
 
@@ -525,6 +540,9 @@ impl SelfLearningMemory {
         completed.outcome = Some(completion.outcome.clone());
         completed.completed_at = Some(completion.completed_at);
         completed.reward = Some(completion.reward.clone());
+        self.inner
+            .close_estimate(ns, &completed, &completion.outcome)
+            .await;
         self.inner
             .retriever
             .episode_changed(ns, completed.summary());
@@ -816,7 +834,11 @@ impl SelfLearningMemory {
             half_life,
         );
         let playbook = playbook(&patterns, &pitfalls);
-        let estimate = estimate(&similar);
+        let domain = context.as_ref().map(|c| c.domain.clone());
+        let estimate = self
+            .inner
+            .calibrated(ns, domain.as_deref(), estimate(&similar))
+            .await;
         patterns.truncate(limit);
         heuristics.truncate(limit);
         pitfalls.truncate(limit);
@@ -853,13 +875,21 @@ impl SelfLearningMemory {
         self.inner.retriever.degraded()
     }
 
-    /// Writes every buffered step and stops the flush timer and the embedding task. Later
-    /// calls fail with [`Error::Shutdown`]; calling `shutdown` again is harmless. Episodes
-    /// not embedded yet stay queued in storage for the next run.
+    /// Writes every buffered step and stops the flush timer, the embedding task and the
+    /// consolidation schedule. Later calls fail with [`Error::Shutdown`]; calling `shutdown`
+    /// again is harmless. Episodes not embedded yet stay queued in storage for the next run;
+    /// a scheduled consolidation run in flight is abandoned (each of its writes is atomic,
+    /// and the next run redoes what is left).
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.shut_down.store(true, Ordering::Release);
         self.inner.stop_flusher.notify_one();
         self.inner.wake_embedder.notify_one();
+        self.inner.stop_consolidation.notify_one();
+        let handle = lock(&self.consolidation_task).take();
+        if let Some(h) = handle {
+            h.abort();
+            let _ = h.await;
+        }
         let handle = lock(&self.flusher).take();
         if let Some(h) = handle {
             let _ = h.await;
@@ -878,6 +908,10 @@ impl Drop for SelfLearningMemory {
     fn drop(&mut self) {
         // Only signal; flushing needs `shutdown().await`.
         self.inner.stop_flusher.notify_one();
+        self.inner.stop_consolidation.notify_one();
+        if let Some(h) = lock(&self.consolidation_task).take() {
+            h.abort();
+        }
         if let Some(h) = lock(&self.embed_task).take() {
             h.abort();
         }

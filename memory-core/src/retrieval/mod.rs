@@ -78,7 +78,7 @@ impl std::fmt::Display for RetrievalMethod {
 /// the embedded text; context weight 0.3; outcome weight 0.05;
 /// recency weight 0.05 with a 90-day half-life; strong-match cosine 0.42 with context and
 /// 0.37 without (set on the retrieval eval's no-answer queries: see README); embedding batches of
-/// 32; 1,024 cached query vectors.
+/// 32; 1,024 cached query vectors; the in-process lexical index from 20,000 episodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RetrievalConfig {
@@ -113,6 +113,14 @@ pub struct RetrievalConfig {
     pub embed_batch: u32,
     /// Query vectors kept in the cache.
     pub query_cache_entries: u64,
+    /// From how many indexed episodes in a namespace the lexical side uses the in-process
+    /// BM25 index (task text and context words) instead of the backend's FTS5 index (which
+    /// also indexes step and reflection text). FTS5 scores every row matching any query word,
+    /// so its cost grows with the store: 0.7-1.4 s per query at 100k episodes, against about a
+    /// millisecond in process. Below this size FTS5 is fast and its extra text helps: on the
+    /// retrieval eval it is worth 0.006 nDCG@10 on bare task text. `0` always uses the
+    /// in-process index once available; `u32::MAX` never does.
+    pub in_process_lexical_from: u32,
 }
 
 impl Default for RetrievalConfig {
@@ -131,6 +139,7 @@ impl Default for RetrievalConfig {
             strong_match_cosine_bare: 0.37,
             embed_batch: 32,
             query_cache_entries: 1024,
+            in_process_lexical_from: 20_000,
         }
     }
 }
@@ -474,16 +483,19 @@ impl Retriever {
         Ok(())
     }
 
-    /// Whether the in-process lexical index covers the namespace: an embedder is loaded, the
-    /// namespace's vectors are loaded (which indexes their summaries), and no episode waits
-    /// for an embedding (a drain finished in this process, or the queue is empty now). Until
-    /// then lexical candidates come from the backend's full-text index, which sees every
-    /// stored episode.
+    /// Whether lexical candidates come from the in-process index: an embedder is loaded, the
+    /// namespace's vectors are loaded (which indexes their summaries), it holds at least
+    /// `in_process_lexical_from` episodes, and no episode waits for an embedding (a drain
+    /// finished in this process, or the queue is empty now). Otherwise they come from the
+    /// backend's full-text index, which sees every stored episode.
     async fn lexical_ready(&self, ns: &Namespace) -> Result<bool> {
         let Some(embedder) = &self.embedder else {
             return Ok(false);
         };
         self.ensure_loaded(ns).await?;
+        if self.lexical.len(ns) < self.config.in_process_lexical_from as usize {
+            return Ok(false);
+        }
         if lock(&self.drained_up_to).contains_key(ns) {
             return Ok(true);
         }

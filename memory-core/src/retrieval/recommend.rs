@@ -122,6 +122,28 @@ pub struct Estimate {
     pub sample_size: usize,
     /// Where the figures come from.
     pub why: String,
+    /// The per-domain calibration applied to the figures, if any (see
+    /// `SelfLearningMemory::record_estimate`).
+    #[serde(default)]
+    pub correction: Option<EstimateCorrection>,
+}
+
+/// A per-domain correction of estimates: the mean ratio actual / estimated over the domain's
+/// recent episodes that followed an estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimateCorrection {
+    /// The domain.
+    pub domain: String,
+    /// Mean of actual steps / estimated (raw) steps.
+    pub steps_ratio: Option<f64>,
+    /// Mean of actual duration / estimated (raw) duration.
+    pub duration_ratio: Option<f64>,
+    /// Episodes the ratios are computed from.
+    pub sample_size: usize,
+    /// The steps estimate before the correction.
+    pub raw_expected_steps: Option<f64>,
+    /// The duration estimate before the correction.
+    pub raw_expected_duration_ms: Option<f64>,
 }
 
 /// Everything recommended for a task.
@@ -407,6 +429,7 @@ pub(crate) fn estimate(similar: &[&RetrievedEpisode]) -> Estimate {
             success_chance: None,
             sample_size: 0,
             why: "no similar completed episodes yet".to_owned(),
+            correction: None,
         };
     }
     let successes: Vec<&&RetrievedEpisode> = similar
@@ -449,6 +472,7 @@ pub(crate) fn estimate(similar: &[&RetrievedEpisode]) -> Estimate {
                 "the successful ones"
             }
         ),
+        correction: None,
     }
 }
 

@@ -5,16 +5,22 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
+use chrono::{DateTime, Utc};
+
 use super::{
     EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
+    LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
+use crate::episode::{OutcomeKind, StepResult};
 use crate::error::{Error, ObjectKind, Result};
 use crate::feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::lesson::{FailureLesson, LessonId};
+use crate::maintenance::{
+    ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
+};
 use crate::namespace::Namespace;
 use crate::pattern::{Effectiveness, Pattern, PatternId};
 use crate::text::{episode_search_text, tokenize};
@@ -28,6 +34,10 @@ struct NsData {
     /// Keyed by (target, episode); the Vec keeps insertion order for listing.
     feedback: Vec<Feedback>,
     embeddings: HashMap<(EpisodeId, String), Vec<f32>>,
+    runs: BTreeMap<String, ConsolidationRun>,
+    snapshots: BTreeMap<DateTime<Utc>, MetricsSnapshot>,
+    estimates: BTreeMap<EpisodeId, EstimateRecord>,
+    restores: HashMap<FeedbackTarget, RestoreRecord>,
 }
 
 impl NsData {
@@ -520,6 +530,178 @@ impl EmbeddingStore for InMemoryStorage {
         page.sort_by_key(|s| s.summary.id);
         page.truncate(limit as usize);
         Ok(page)
+    }
+}
+
+#[async_trait]
+impl MaintenanceStore for InMemoryStorage {
+    async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
+        self.lock()
+            .entry(ns.clone())
+            .or_default()
+            .runs
+            .insert(run.id.clone(), run.clone());
+        Ok(())
+    }
+
+    async fn list_consolidations(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<ConsolidationRun>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<ConsolidationRun> = d.runs.values().cloned().collect();
+        v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        v.truncate(limit as usize);
+        Ok(v)
+    }
+
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
+        self.lock()
+            .entry(ns.clone())
+            .or_default()
+            .snapshots
+            .insert(snapshot.taken_at, snapshot.clone());
+        Ok(())
+    }
+
+    async fn list_metrics_snapshots(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<MetricsSnapshot>> {
+        Ok(self
+            .lock()
+            .get(ns)
+            .map(|d| {
+                d.snapshots
+                    .values()
+                    .rev()
+                    .take(limit as usize)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()> {
+        let mut data = self.lock();
+        let d = data
+            .get_mut(ns)
+            .filter(|d| d.episodes.contains_key(&record.episode_id))
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, record.episode_id))?;
+        d.estimates.insert(record.episode_id, record.clone());
+        Ok(())
+    }
+
+    async fn get_estimate(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+    ) -> Result<Option<EstimateRecord>> {
+        Ok(self
+            .lock()
+            .get(ns)
+            .and_then(|d| d.estimates.get(&episode_id))
+            .cloned())
+    }
+
+    async fn query_estimates(
+        &self,
+        ns: &Namespace,
+        domain: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EstimateRecord>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
+        let mut v: Vec<&EstimateRecord> = d
+            .estimates
+            .values()
+            .filter(|r| r.actual.is_some() && domain.is_none_or(|x| r.domain == x))
+            .collect();
+        v.sort_by(|a, b| {
+            let at = |r: &EstimateRecord| r.actual.as_ref().map(|a| a.completed_at);
+            at(b).cmp(&at(a)).then(b.episode_id.cmp(&a.episode_id))
+        });
+        Ok(v.into_iter().take(limit as usize).cloned().collect())
+    }
+
+    async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
+        self.lock()
+            .entry(ns.clone())
+            .or_default()
+            .restores
+            .insert(restore.target.clone(), restore.clone());
+        Ok(())
+    }
+
+    async fn list_restores(
+        &self,
+        ns: &Namespace,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RestoreRecord>> {
+        Ok(self
+            .lock()
+            .get(ns)
+            .map(|d| {
+                d.restores
+                    .values()
+                    .filter(|r| r.restored_at >= since)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn compact_step_outputs(
+        &self,
+        ns: &Namespace,
+        completed_before: DateTime<Utc>,
+        max_episodes: u32,
+    ) -> Result<StepCompaction> {
+        fn compactable(e: &Episode) -> bool {
+            e.steps.iter().any(
+                |s| matches!(&s.input.result, StepResult::Success { output } if !output.is_empty()),
+            )
+        }
+        let mut data = self.lock();
+        let mut out = StepCompaction::default();
+        let Some(d) = data.get_mut(ns) else {
+            return Ok(out);
+        };
+        let mut due: Vec<(DateTime<Utc>, EpisodeId)> = d
+            .episodes
+            .values()
+            .filter(|e| {
+                e.outcome.as_ref().map(crate::Outcome::kind) == Some(OutcomeKind::Success)
+                    && e.completed_at.is_some_and(|c| c < completed_before)
+                    && compactable(e)
+            })
+            .filter_map(|e| e.completed_at.map(|c| (c, e.id)))
+            .collect();
+        due.sort();
+        due.truncate(max_episodes as usize);
+        for (_, id) in due {
+            let Some(e) = d.episodes.get_mut(&id) else {
+                continue;
+            };
+            for s in &mut e.steps {
+                if let StepResult::Success { output } = &mut s.input.result
+                    && !output.is_empty()
+                {
+                    out.steps += 1;
+                    out.bytes += output.len() as u64;
+                    output.clear();
+                }
+            }
+            out.episode_ids.push(id);
+        }
+        Ok(out)
     }
 }
 

@@ -20,6 +20,9 @@ use crate::feedback::{Feedback, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{LearnedChanges, LearningUpdate};
 use crate::lesson::{FailureLesson, LessonId};
+use crate::maintenance::{
+    ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
+};
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::reflection::Reflection;
@@ -411,8 +414,78 @@ pub trait EmbeddingStore: Send + Sync + Debug {
     ) -> Result<Vec<StoredEmbedding>>;
 }
 
+/// Consolidation bookkeeping: run records, metrics snapshots, estimate records, restore records
+/// and retention's step compaction.
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync + Debug {
+    /// Records a finished consolidation run. Idempotent by `run.id` (a replay replaces the row
+    /// with the same content).
+    async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()>;
+
+    /// The namespace's most recent runs, newest (by start) first, at most `limit`.
+    async fn list_consolidations(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<ConsolidationRun>>;
+
+    /// Stores a metrics snapshot. Idempotent by `snapshot.taken_at` (one per instant: a later
+    /// write at the same instant replaces it).
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()>;
+
+    /// The namespace's most recent snapshots, newest first, at most `limit`.
+    async fn list_metrics_snapshots(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<MetricsSnapshot>>;
+
+    /// Stores or replaces the estimate record of an episode. Idempotent. `NotFound` if the
+    /// episode is not in the namespace.
+    async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()>;
+
+    /// The estimate record of an episode; `Ok(None)` if none was recorded.
+    async fn get_estimate(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+    ) -> Result<Option<EstimateRecord>>;
+
+    /// Estimate records that have actuals, most recently completed first, at most `limit`;
+    /// only the domain's when `domain` is set.
+    async fn query_estimates(
+        &self,
+        ns: &Namespace,
+        domain: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EstimateRecord>>;
+
+    /// Records that a pruned item was restored (the latest restore per item is kept).
+    /// Idempotent.
+    async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()>;
+
+    /// Restores recorded at or after `since`.
+    async fn list_restores(
+        &self,
+        ns: &Namespace,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RestoreRecord>>;
+
+    /// Retention: empties the output text of the successful steps of up to `max_episodes`
+    /// successful episodes completed before `completed_before` that still have non-empty
+    /// outputs (oldest completions first), and keeps the full-text index in step. Everything
+    /// else of the episode stays. Atomic; idempotent (a compacted output is empty, so a second
+    /// call finds nothing).
+    async fn compact_step_outputs(
+        &self,
+        ns: &Namespace,
+        completed_before: DateTime<Utc>,
+        max_episodes: u32,
+    ) -> Result<StepCompaction>;
+}
+
 /// A complete backend.
-pub trait Storage: EpisodeStore + LearningStore + EmbeddingStore {
+pub trait Storage: EpisodeStore + LearningStore + EmbeddingStore + MaintenanceStore {
     /// A short backend name for logs and health output.
     fn backend_name(&self) -> &'static str;
 }

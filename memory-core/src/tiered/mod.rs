@@ -36,13 +36,16 @@ use crate::feedback::{Feedback, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::lesson::{FailureLesson, LessonId};
+use crate::maintenance::{
+    ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
+};
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
 use crate::storage::outbox::{Outbox, OutboxEntry, WriteOp};
 use crate::storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
+    LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
 };
 
 /// Tiered-storage settings.
@@ -957,6 +960,114 @@ impl EmbeddingStore for TieredStorage {
         self.inner
             .guarded(self.inner.durable.scan_embeddings(ns, model, after, limit))
             .await
+    }
+}
+
+/// Maintenance calls go to the durable layer through the breaker and are never journaled:
+/// while it is unreachable they fail with a transient error (a consolidation run is simply
+/// retried later). Pattern and heuristic writes of consolidation go through `put_learned`,
+/// which keeps the cache in step.
+#[async_trait]
+impl MaintenanceStore for TieredStorage {
+    async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
+        self.inner
+            .guarded(self.inner.durable.record_consolidation(ns, run))
+            .await
+    }
+
+    async fn list_consolidations(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<ConsolidationRun>> {
+        self.inner
+            .guarded(self.inner.durable.list_consolidations(ns, limit))
+            .await
+    }
+
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
+        self.inner
+            .guarded(self.inner.durable.put_metrics_snapshot(ns, snapshot))
+            .await
+    }
+
+    async fn list_metrics_snapshots(
+        &self,
+        ns: &Namespace,
+        limit: u32,
+    ) -> Result<Vec<MetricsSnapshot>> {
+        self.inner
+            .guarded(self.inner.durable.list_metrics_snapshots(ns, limit))
+            .await
+    }
+
+    async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()> {
+        self.inner
+            .guarded(self.inner.durable.put_estimate(ns, record))
+            .await
+    }
+
+    async fn get_estimate(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+    ) -> Result<Option<EstimateRecord>> {
+        self.inner
+            .guarded(self.inner.durable.get_estimate(ns, episode_id))
+            .await
+    }
+
+    async fn query_estimates(
+        &self,
+        ns: &Namespace,
+        domain: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EstimateRecord>> {
+        self.inner
+            .guarded(self.inner.durable.query_estimates(ns, domain, limit))
+            .await
+    }
+
+    async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
+        self.inner
+            .guarded(self.inner.durable.record_restore(ns, restore))
+            .await
+    }
+
+    async fn list_restores(
+        &self,
+        ns: &Namespace,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RestoreRecord>> {
+        self.inner
+            .guarded(self.inner.durable.list_restores(ns, since))
+            .await
+    }
+
+    async fn compact_step_outputs(
+        &self,
+        ns: &Namespace,
+        completed_before: DateTime<Utc>,
+        max_episodes: u32,
+    ) -> Result<StepCompaction> {
+        // Durable first; then the cached copies of the compacted episodes go (they still hold
+        // the outputs). Never journaled: a retention pass simply fails while the durable
+        // layer is unreachable.
+        let done = self
+            .inner
+            .guarded(
+                self.inner
+                    .durable
+                    .compact_step_outputs(ns, completed_before, max_episodes),
+            )
+            .await?;
+        let _patching = self.inner.episode_cache.lock().await;
+        for id in &done.episode_ids {
+            self.inner
+                .cache_invalidate(ns, &CacheKey::Episode(*id))
+                .await;
+        }
+        Ok(done)
     }
 }
 

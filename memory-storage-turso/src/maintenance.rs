@@ -1,0 +1,426 @@
+//! [`MaintenanceStore`] for [`TursoStorage`]: consolidation runs, metrics snapshots, estimate
+//! records, restores (schema v3) and retention's step compaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use libsql::{Connection, Value};
+use memory_core::{
+    ConsolidationRun, EpisodeId, Error, EstimateRecord, FeedbackTarget, HeuristicId,
+    MaintenanceStore, MetricsSnapshot, Namespace, ObjectKind, PatternId, RestoreRecord, Result,
+    StepCompaction,
+};
+use tracing::instrument;
+
+use crate::backend::{INSERT_TEXT, TursoStorage, episode_state};
+use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
+use crate::error::{DbResult, DriverError};
+
+async fn bodies<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    what: &'static str,
+    sql: &str,
+    params: Vec<Value>,
+) -> DbResult<Vec<T>> {
+    let mut rows = conn.query(sql, params).await?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await? {
+        out.push(from_json(what, &Cols::new(&row, what).text(0)?)?);
+    }
+    Ok(out)
+}
+
+fn limit(n: u32) -> Value {
+    Value::Integer(i64::from(n))
+}
+
+/// Rebuilds the full-text rows of an episode's steps from the step rows (after their text
+/// changed): one `steps` row with every step's text.
+async fn reindex_steps(conn: &Connection, ns: &str, id: &str) -> DbResult<()> {
+    conn.execute(
+        "DELETE FROM episode_text WHERE ns = ?1 AND episode_id = ?2 AND part = 'steps'",
+        vec![text(ns), text(id)],
+    )
+    .await?;
+    let mut rows = conn
+        .query(
+            "SELECT tool, action, result_text FROM steps WHERE ns = ?1 AND episode_id = ?2 \
+             ORDER BY step_number",
+            vec![text(ns), text(id)],
+        )
+        .await?;
+    let mut body = String::new();
+    while let Some(row) = rows.next().await? {
+        let c = Cols::new(&row, "step");
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        for (k, part) in [c.text(0)?, c.text(1)?, c.text(2)?].iter().enumerate() {
+            if k > 0 {
+                body.push(' ');
+            }
+            body.push_str(part);
+        }
+    }
+    drop(rows);
+    if !body.is_empty() {
+        conn.execute(
+            INSERT_TEXT,
+            vec![Value::Text(body), text(ns), text(id), text("steps")],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn target_parts(t: &FeedbackTarget) -> (&'static str, &str) {
+    (t.kind(), t.id())
+}
+
+#[async_trait]
+impl MaintenanceStore for TursoStorage {
+    #[instrument(skip_all, fields(namespace = %ns, run_id = %run.id))]
+    async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("record_consolidation", async {
+                let params = vec![
+                    text(ns.as_str()),
+                    text(&run.id),
+                    Value::Integer(nanos_clamped(run.started_at)),
+                    Value::Text(to_json("consolidation_run", run)?),
+                ];
+                inner
+                    .write_tx(async |tx| {
+                        tx.execute(
+                            "INSERT INTO consolidation_runs (ns, id, started_at, body) \
+                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (ns, id) DO UPDATE SET \
+                             started_at = excluded.started_at, body = excluded.body",
+                            params,
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, limit = limit_n))]
+    async fn list_consolidations(
+        &self,
+        ns: &Namespace,
+        limit_n: u32,
+    ) -> Result<Vec<ConsolidationRun>> {
+        let inner = &*self.inner;
+        inner
+            .call("list_consolidations", async {
+                inner
+                    .read(async |conn| {
+                        bodies(
+                            conn,
+                            "consolidation_run",
+                            "SELECT body FROM consolidation_runs WHERE ns = ?1 \
+                             ORDER BY started_at DESC, id DESC LIMIT ?2",
+                            vec![text(ns.as_str()), limit(limit_n)],
+                        )
+                        .await
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("put_metrics_snapshot", async {
+                let params = vec![
+                    text(ns.as_str()),
+                    Value::Integer(nanos("snapshot.taken_at", snapshot.taken_at)?),
+                    Value::Text(to_json("metrics_snapshot", snapshot)?),
+                ];
+                inner
+                    .write_tx(async |tx| {
+                        tx.execute(
+                            "INSERT INTO metrics_snapshots (ns, taken_at, body) VALUES (?1, ?2, ?3) \
+                             ON CONFLICT (ns, taken_at) DO UPDATE SET body = excluded.body",
+                            params,
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, limit = limit_n))]
+    async fn list_metrics_snapshots(
+        &self,
+        ns: &Namespace,
+        limit_n: u32,
+    ) -> Result<Vec<MetricsSnapshot>> {
+        let inner = &*self.inner;
+        inner
+            .call("list_metrics_snapshots", async {
+                inner
+                    .read(async |conn| {
+                        bodies(
+                            conn,
+                            "metrics_snapshot",
+                            "SELECT body FROM metrics_snapshots WHERE ns = ?1 \
+                             ORDER BY taken_at DESC LIMIT ?2",
+                            vec![text(ns.as_str()), limit(limit_n)],
+                        )
+                        .await
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %record.episode_id))]
+    async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()> {
+        let inner = &*self.inner;
+        let id = record.episode_id.to_string();
+        inner
+            .call("put_estimate", async {
+                let completed = match &record.actual {
+                    Some(a) => Value::Integer(nanos("estimate.completed_at", a.completed_at)?),
+                    None => Value::Null,
+                };
+                let params = vec![
+                    text(ns.as_str()),
+                    text(&id),
+                    text(&record.domain),
+                    Value::Integer(nanos("estimate.recorded_at", record.recorded_at)?),
+                    completed,
+                    Value::Text(to_json("estimate", record)?),
+                ];
+                inner
+                    .write_tx(async |tx| {
+                        if episode_state(tx, ns.as_str(), &id).await?.is_none() {
+                            return Err(
+                                Error::not_found(ObjectKind::Episode, record.episode_id).into()
+                            );
+                        }
+                        tx.execute(
+                            "INSERT INTO estimates (ns, episode_id, domain, recorded_at, \
+                             completed_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                             ON CONFLICT (ns, episode_id) DO UPDATE SET domain = excluded.domain, \
+                             recorded_at = excluded.recorded_at, \
+                             completed_at = excluded.completed_at, body = excluded.body",
+                            params,
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode_id))]
+    async fn get_estimate(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+    ) -> Result<Option<EstimateRecord>> {
+        let inner = &*self.inner;
+        inner
+            .call("get_estimate", async {
+                inner
+                    .read(async |conn| {
+                        Ok(bodies(
+                            conn,
+                            "estimate",
+                            "SELECT body FROM estimates WHERE ns = ?1 AND episode_id = ?2",
+                            vec![text(ns.as_str()), text(&episode_id.to_string())],
+                        )
+                        .await?
+                        .pop())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, domain, limit = limit_n))]
+    async fn query_estimates(
+        &self,
+        ns: &Namespace,
+        domain: Option<&str>,
+        limit_n: u32,
+    ) -> Result<Vec<EstimateRecord>> {
+        let inner = &*self.inner;
+        inner
+            .call("query_estimates", async {
+                inner
+                    .read(async |conn| match domain {
+                        Some(d) => {
+                            bodies(
+                                conn,
+                                "estimate",
+                                "SELECT body FROM estimates WHERE ns = ?1 AND domain = ?2 \
+                                 AND completed_at IS NOT NULL \
+                                 ORDER BY completed_at DESC, episode_id DESC LIMIT ?3",
+                                vec![text(ns.as_str()), text(d), limit(limit_n)],
+                            )
+                            .await
+                        }
+                        None => {
+                            bodies(
+                                conn,
+                                "estimate",
+                                "SELECT body FROM estimates WHERE ns = ?1 \
+                                 AND completed_at IS NOT NULL \
+                                 ORDER BY completed_at DESC, episode_id DESC LIMIT ?2",
+                                vec![text(ns.as_str()), limit(limit_n)],
+                            )
+                            .await
+                        }
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, id = restore.target.id()))]
+    async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
+        let inner = &*self.inner;
+        let (kind, id) = target_parts(&restore.target);
+        inner
+            .call("record_restore", async {
+                let params = vec![
+                    text(ns.as_str()),
+                    text(kind),
+                    text(id),
+                    Value::Integer(nanos("restore.restored_at", restore.restored_at)?),
+                ];
+                inner
+                    .write_tx(async |tx| {
+                        tx.execute(
+                            "INSERT INTO learned_restores (ns, target_kind, target_id, restored_at) \
+                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (ns, target_kind, target_id) \
+                             DO UPDATE SET restored_at = excluded.restored_at",
+                            params,
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn list_restores(
+        &self,
+        ns: &Namespace,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RestoreRecord>> {
+        let inner = &*self.inner;
+        inner
+            .call("list_restores", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn
+                            .query(
+                                "SELECT target_kind, target_id, restored_at FROM learned_restores \
+                                 WHERE ns = ?1 AND restored_at >= ?2",
+                                vec![text(ns.as_str()), Value::Integer(nanos_clamped(since))],
+                            )
+                            .await?;
+                        let mut out = Vec::new();
+                        while let Some(row) = rows.next().await? {
+                            let c = Cols::new(&row, "learned_restore");
+                            let id = c.text(1)?;
+                            let target = match c.text(0)?.as_str() {
+                                "pattern" => FeedbackTarget::Pattern(PatternId(id)),
+                                "heuristic" => FeedbackTarget::Heuristic(HeuristicId(id)),
+                                other => {
+                                    return Err(DriverError::Schema(format!(
+                                        "learned_restores: unknown target kind {other:?}"
+                                    ))
+                                    .into());
+                                }
+                            };
+                            out.push(RestoreRecord {
+                                target,
+                                restored_at: from_nanos(c.i64(2)?),
+                            });
+                        }
+                        Ok(out)
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, max_episodes))]
+    async fn compact_step_outputs(
+        &self,
+        ns: &Namespace,
+        completed_before: DateTime<Utc>,
+        max_episodes: u32,
+    ) -> Result<StepCompaction> {
+        let inner = &*self.inner;
+        inner
+            .call("compact_step_outputs", async {
+                inner
+                    .write_tx(async |tx| {
+                        let n = ns.as_str();
+                        let mut rows = tx
+                            .query(
+                                "SELECT e.id FROM episodes e WHERE e.ns = ?1 \
+                                 AND e.outcome_kind = 'success' AND e.completed_at < ?2 \
+                                 AND EXISTS (SELECT 1 FROM steps s WHERE s.ns = e.ns \
+                                 AND s.episode_id = e.id AND s.status = 'success' \
+                                 AND s.result_text <> '') \
+                                 ORDER BY e.completed_at, e.id LIMIT ?3",
+                                vec![
+                                    text(n),
+                                    Value::Integer(nanos_clamped(completed_before)),
+                                    limit(max_episodes),
+                                ],
+                            )
+                            .await?;
+                        let mut ids = Vec::new();
+                        while let Some(row) = rows.next().await? {
+                            ids.push(Cols::new(&row, "episode").episode_id(0)?);
+                        }
+                        drop(rows);
+                        let mut out = StepCompaction::default();
+                        for id in ids {
+                            let sid = id.to_string();
+                            let mut rows = tx
+                                .query(
+                                    "SELECT COUNT(*), COALESCE(SUM(length(CAST(result_text AS BLOB))), 0) \
+                                     FROM steps WHERE ns = ?1 AND episode_id = ?2 \
+                                     AND status = 'success' AND result_text <> ''",
+                                    vec![text(n), text(&sid)],
+                                )
+                                .await?;
+                            if let Some(row) = rows.next().await? {
+                                let c = Cols::new(&row, "step");
+                                out.steps += u64::try_from(c.i64(0)?).unwrap_or(0);
+                                out.bytes += u64::try_from(c.i64(1)?).unwrap_or(0);
+                            }
+                            drop(rows);
+                            tx.execute(
+                                "UPDATE steps SET result_text = '' WHERE ns = ?1 \
+                                 AND episode_id = ?2 AND status = 'success' AND result_text <> ''",
+                                vec![text(n), text(&sid)],
+                            )
+                            .await?;
+                            reindex_steps(tx, n, &sid).await?;
+                            out.episode_ids.push(id);
+                        }
+                        Ok(out)
+                    })
+                    .await
+            })
+            .await
+    }
+}

@@ -1,0 +1,618 @@
+//! Consolidation, decay, pruning and restore, the schedule, estimate calibration and retention,
+//! through `SelfLearningMemory`, on the in-memory reference backend and on a local libsql file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use memory_core::retrieval::recommend::RecommendRequest;
+use memory_core::{
+    ConsolidationConfig, EpisodeId, FeedbackTarget, Heuristic, HeuristicObservation,
+    InMemoryStorage, LearnedItems, LearnedQuery, LearnedStatus, MemoryConfig, Namespace,
+    NewEpisode, Outcome, Pattern, PatternKind, PatternObservation, RetentionConfig,
+    SelfLearningMemory, StepInput, Storage, TaskContext, TaskType, TokioClock,
+};
+use memory_storage_turso::TursoStorage;
+use tempfile::TempDir;
+
+/// The backends every test runs on: in memory, and a libsql file (kept alive by the dir).
+async fn backends() -> Vec<(&'static str, Arc<dyn Storage>, Option<TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let turso = TursoStorage::open_local(dir.path().join("memory.db"))
+        .await
+        .unwrap();
+    vec![
+        (
+            "memory",
+            Arc::new(InMemoryStorage::new()) as Arc<dyn Storage>,
+            None,
+        ),
+        ("libsql", Arc::new(turso) as Arc<dyn Storage>, Some(dir)),
+    ]
+}
+
+fn manual() -> MemoryConfig {
+    MemoryConfig::default().with_consolidation(ConsolidationConfig::default().with_schedule(false))
+}
+
+/// Recent times (an old fixture would be pruned for age before it could merge).
+fn at(secs: i64) -> DateTime<Utc> {
+    memory_core::truncate_to_millis(Utc::now()) + chrono::Duration::seconds(secs - 1000)
+}
+
+fn decision(condition: &str, choice: &str, n: u64, start: i64) -> Pattern {
+    let kind = PatternKind::DecisionPoint {
+        condition: condition.to_owned(),
+        choice: choice.to_owned(),
+    };
+    let obs = |i: u64| {
+        PatternObservation::new(
+            kind.clone(),
+            memory_core::ContextKey::default(),
+            EpisodeId::new(),
+            true,
+            at(start + i as i64),
+        )
+    };
+    let mut p = Pattern::from_observation(&obs(0));
+    for i in 1..n {
+        p.absorb(&obs(i));
+    }
+    p
+}
+
+fn rule(condition: &str, action: &str, n: u64) -> Heuristic {
+    let obs = || {
+        HeuristicObservation::new(
+            condition,
+            action,
+            memory_core::ContextKey::default(),
+            EpisodeId::new(),
+            true,
+            Utc::now(),
+        )
+    };
+    let mut h = Heuristic::from_observation(&obs());
+    for _ in 1..n {
+        h.absorb(&obs());
+    }
+    h
+}
+
+fn all() -> LearnedQuery {
+    LearnedQuery {
+        include_inactive: true,
+        limit: 500,
+        ..LearnedQuery::default()
+    }
+}
+
+#[tokio::test]
+async fn near_duplicates_merge_with_summed_evidence_and_distinct_ones_do_not() {
+    for (name, storage, _dir) in backends().await {
+        let memory = SelfLearningMemory::new(storage.clone(), manual()).unwrap();
+        let ns = Namespace::new("merge/test").unwrap();
+        // Same choice and context, trivially different wording.
+        let a = decision("opening move of a testing task", "cargo", 3, 0);
+        let b = decision("the opening move of testing task", "cargo", 2, 100);
+        // Same choice, different meaning; and same wording, different choice.
+        let c = decision("opening move of a debugging task", "cargo", 2, 0);
+        let d = decision("opening move of a testing task", "pytest", 2, 0);
+        let h1 = rule("cargo build fails", "run cargo clean", 3);
+        let h2 = rule("the cargo build fails", "run cargo clean", 1);
+        let h3 = rule("cargo test fails", "run cargo clean", 1);
+        storage
+            .put_learned(
+                &ns,
+                &LearnedItems {
+                    patterns: vec![a.clone(), b.clone(), c.clone(), d.clone()],
+                    heuristics: vec![h1.clone(), h2.clone(), h3.clone()],
+                    lessons: vec![],
+                },
+            )
+            .await
+            .unwrap();
+
+        let report = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(
+            report.run.merged_patterns, 1,
+            "{name}: {:?}",
+            report.changes
+        );
+        assert_eq!(
+            report.run.merged_heuristics, 1,
+            "{name}: {:?}",
+            report.changes
+        );
+
+        let survivor = memory.pattern(&ns, &a.id).await.unwrap();
+        assert!(survivor.status.is_active(), "{name}");
+        assert_eq!(survivor.occurrences, 5, "{name}: summed evidence");
+        assert_eq!(survivor.successes, 5, "{name}");
+        assert_eq!(survivor.first_seen, a.first_seen, "{name}");
+        assert_eq!(survivor.last_seen, b.last_seen, "{name}");
+        let loser = memory.pattern(&ns, &b.id).await.unwrap();
+        assert!(
+            matches!(&loser.status, LearnedStatus::Merged { into, .. } if *into == a.id.0),
+            "{name}: {:?}",
+            loser.status
+        );
+        assert_eq!(
+            loser.recent_evidence, b.recent_evidence,
+            "{name}: the merged item keeps its record"
+        );
+        assert_eq!(
+            memory.pattern(&ns, &c.id).await.unwrap(),
+            c,
+            "{name}: distinct wording kept"
+        );
+        assert_eq!(
+            memory.pattern(&ns, &d.id).await.unwrap(),
+            d,
+            "{name}: distinct choice kept"
+        );
+
+        let hs = memory.heuristic(&ns, &h1.id).await.unwrap();
+        assert_eq!(hs.support, 4, "{name}");
+        assert!(matches!(
+            memory.heuristic(&ns, &h2.id).await.unwrap().status,
+            LearnedStatus::Merged { .. }
+        ));
+        assert!(
+            memory
+                .heuristic(&ns, &h3.id)
+                .await
+                .unwrap()
+                .status
+                .is_active(),
+            "{name}"
+        );
+
+        // Only active items rank.
+        let active = memory
+            .patterns(&ns, &LearnedQuery::default())
+            .await
+            .unwrap();
+        assert!(!active.iter().any(|p| p.id == b.id), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn consolidation_is_idempotent() {
+    for (name, storage, _dir) in backends().await {
+        let memory = SelfLearningMemory::new(storage.clone(), manual()).unwrap();
+        let ns = Namespace::new("idem/test").unwrap();
+        let ctx = TaskContext::new("web_api").with_language("rust");
+        for i in 0..4 {
+            let id = memory
+                .start_episode(
+                    &ns,
+                    NewEpisode::new(
+                        format!("add endpoint {i}"),
+                        TaskType::CodeGeneration,
+                        ctx.clone(),
+                    ),
+                )
+                .await
+                .unwrap();
+            memory
+                .log_step(
+                    &ns,
+                    id,
+                    StepInput::error("cargo", "cargo test", "error[E0277]: trait bound"),
+                )
+                .await
+                .unwrap();
+            memory
+                .log_step(&ns, id, StepInput::ok("edit_file", "fix", "ok"))
+                .await
+                .unwrap();
+            memory
+                .log_step(&ns, id, StepInput::ok("cargo", "cargo test", "ok"))
+                .await
+                .unwrap();
+            let report = memory
+                .complete_episode(&ns, id, Outcome::success("done"))
+                .await
+                .unwrap();
+            if i == 0 {
+                let p = report.patterns[0].id.clone();
+                memory
+                    .record_feedback(
+                        &ns,
+                        FeedbackTarget::Pattern(memory_core::PatternId(p)),
+                        id,
+                        memory_core::FeedbackOutcome::Helped,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        storage
+            .put_learned(
+                &ns,
+                &LearnedItems {
+                    patterns: vec![
+                        decision("opening move", "cargo", 2, 0),
+                        decision("the opening move", "cargo", 1, 5),
+                    ],
+                    heuristics: vec![],
+                    lessons: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        let first = memory.consolidate(&ns).await.unwrap();
+        assert!(first.run.changed_anything(), "{name}: the first run merges");
+        let patterns = memory.patterns(&ns, &all()).await.unwrap();
+        let heuristics = memory.heuristics(&ns, &all()).await.unwrap();
+        let second = memory.consolidate(&ns).await.unwrap();
+        assert!(
+            !second.run.changed_anything(),
+            "{name}: {:?}",
+            second.changes
+        );
+        assert!(second.changes.is_empty(), "{name}");
+        assert_eq!(
+            memory.patterns(&ns, &all()).await.unwrap(),
+            patterns,
+            "{name}"
+        );
+        assert_eq!(
+            memory.heuristics(&ns, &all()).await.unwrap(),
+            heuristics,
+            "{name}"
+        );
+        let runs = memory.consolidation_runs(&ns, 10).await.unwrap();
+        assert_eq!(runs.len(), 2, "{name}: each run is recorded");
+        assert_eq!(runs[0], second.run, "{name}");
+        let snaps = memory.metrics_history(&ns, 10).await.unwrap();
+        assert_eq!(snaps[0].completed, 4, "{name}");
+        assert_eq!(snaps[0].success_rate, Some(1.0), "{name}");
+        assert!(
+            snaps[0].pattern_reuse_rate.is_some_and(|r| r > 0.5),
+            "{name}: {:?}",
+            snaps[0]
+        );
+        memory.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unused_pattern_decays_is_pruned_stops_ranking_and_restore_brings_it_back() {
+    for (name, storage, _dir) in backends().await {
+        let clock = Arc::new(TokioClock::new());
+        let memory = SelfLearningMemory::with_clock(storage.clone(), manual(), clock).unwrap();
+        let ns = Namespace::new("decay/test").unwrap();
+        let ctx = TaskContext::new("data").with_language("python");
+        let id = memory
+            .start_episode(
+                &ns,
+                NewEpisode::new("load the csv export", TaskType::Analysis, ctx.clone()),
+            )
+            .await
+            .unwrap();
+        memory
+            .log_step(&ns, id, StepInput::ok("read_file", "open export", "ok"))
+            .await
+            .unwrap();
+        memory
+            .log_step(&ns, id, StepInput::ok("python", "parse", "ok"))
+            .await
+            .unwrap();
+        memory
+            .complete_episode(&ns, id, Outcome::success("loaded"))
+            .await
+            .unwrap();
+        let req = RecommendRequest::new("load the csv export")
+            .with_context(Some(TaskType::Analysis), ctx.clone());
+        let ranked = memory.recommend(&ns, &req).await.unwrap();
+        let seq = ranked
+            .patterns
+            .iter()
+            .find(|a| matches!(a.item.kind, PatternKind::ToolSequence { .. }))
+            .expect("the tool sequence ranks while fresh")
+            .item
+            .id
+            .clone();
+        assert!(
+            memory.consolidate(&ns).await.unwrap().run.pruned_patterns == 0,
+            "{name}: fresh items stay"
+        );
+
+        // 20 half-lives (30 days each) without evidence.
+        tokio::time::advance(Duration::from_secs(20 * 30 * 86_400)).await;
+        let report = memory.consolidate(&ns).await.unwrap();
+        assert!(report.run.pruned_patterns >= 1, "{name}: {:?}", report.run);
+        assert_eq!(
+            report.run.decayed, 0,
+            "{name}: pruned items are not counted as merely decayed"
+        );
+        let pruned = memory.pattern(&ns, &seq).await.unwrap();
+        match &pruned.status {
+            LearnedStatus::Pruned { reason, .. } => {
+                assert!(reason.contains("below floor"), "{name}: {reason}");
+            }
+            other => panic!("{name}: expected a tombstone, got {other:?}"),
+        }
+        assert_eq!(
+            pruned.occurrences, 1,
+            "{name}: the tombstone keeps the evidence"
+        );
+        let ranked = memory.recommend(&ns, &req).await.unwrap();
+        assert!(
+            !ranked.patterns.iter().any(|a| a.item.id == seq),
+            "{name}: pruned items do not rank"
+        );
+
+        memory
+            .restore(&ns, FeedbackTarget::Pattern(seq.clone()))
+            .await
+            .unwrap();
+        assert!(
+            memory.pattern(&ns, &seq).await.unwrap().status.is_active(),
+            "{name}"
+        );
+        let ranked = memory.recommend(&ns, &req).await.unwrap();
+        assert!(
+            ranked.patterns.iter().any(|a| a.item.id == seq),
+            "{name}: restored items rank again"
+        );
+        let again = memory.consolidate(&ns).await.unwrap();
+        assert!(
+            memory.pattern(&ns, &seq).await.unwrap().status.is_active(),
+            "{name}: the restore holds for the grace period: {:?}",
+            again.changes
+        );
+        let conflict = memory
+            .restore(&ns, FeedbackTarget::Pattern(seq.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(conflict, memory_core::Error::Conflict { .. }),
+            "{name}: {conflict:?}"
+        );
+        memory.shutdown().await.unwrap();
+    }
+}
+
+async fn runs_reach(storage: &Arc<dyn Storage>, ns: &Namespace, n: usize) -> usize {
+    for _ in 0..200 {
+        let runs = storage.list_consolidations(ns, 100).await.unwrap();
+        if runs.len() >= n {
+            return runs.len();
+        }
+        tokio::task::yield_now().await;
+    }
+    storage.list_consolidations(ns, 100).await.unwrap().len()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_schedule_runs_on_its_interval_and_stops_on_shutdown() {
+    for (name, storage, _dir) in backends().await {
+        let config = MemoryConfig::default().with_consolidation(
+            ConsolidationConfig::default().with_interval(Duration::from_secs(60)),
+        );
+        let memory =
+            SelfLearningMemory::with_clock(storage.clone(), config, Arc::new(TokioClock::new()))
+                .unwrap();
+        let ns = Namespace::new("schedule/test").unwrap();
+        // Let the schedule's task start its first interval now.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let id = memory
+            .start_episode(
+                &ns,
+                NewEpisode::new("t", TaskType::Testing, TaskContext::new("d")),
+            )
+            .await
+            .unwrap();
+        memory
+            .complete_episode(&ns, id, Outcome::success("ok"))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(
+            runs_reach(&storage, &ns, 1).await,
+            0,
+            "{name}: nothing before the first interval"
+        );
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(
+            runs_reach(&storage, &ns, 1).await,
+            1,
+            "{name}: one run after one interval"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            runs_reach(&storage, &ns, 2).await,
+            2,
+            "{name}: one more per interval"
+        );
+        let runs = storage.list_consolidations(&ns, 10).await.unwrap();
+        assert!(runs.iter().all(|r| r.trigger == "scheduled"), "{name}");
+        memory.shutdown().await.unwrap();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(
+            runs_reach(&storage, &ns, 3).await,
+            2,
+            "{name}: no run after shutdown"
+        );
+    }
+}
+
+#[tokio::test]
+async fn calibration_moves_estimates_toward_actuals_in_a_domain_that_takes_twice_as_long() {
+    for (name, storage, _dir) in backends().await {
+        let memory = SelfLearningMemory::new(storage.clone(), manual()).unwrap();
+        let ns = Namespace::new("calib/test").unwrap();
+        let ctx = TaskContext::new("billing").with_language("sql");
+        let task = "migrate the invoices schema";
+        let run = |steps: usize| {
+            let memory = &memory;
+            let ns = &ns;
+            let ctx = ctx.clone();
+            async move {
+                let id = memory
+                    .start_episode(ns, NewEpisode::new(task, TaskType::CodeGeneration, ctx))
+                    .await
+                    .unwrap();
+                for i in 0..steps {
+                    memory
+                        .log_step(ns, id, StepInput::ok(format!("tool{i}"), "step", "ok"))
+                        .await
+                        .unwrap();
+                }
+                id
+            }
+        };
+        for _ in 0..6 {
+            let id = run(3).await;
+            memory
+                .complete_episode(&ns, id, Outcome::success("ok"))
+                .await
+                .unwrap();
+        }
+        let req =
+            RecommendRequest::new(task).with_context(Some(TaskType::CodeGeneration), ctx.clone());
+        let first = memory.recommend(&ns, &req).await.unwrap().estimate;
+        assert_eq!(first.expected_steps, Some(3.0), "{name}: {first:?}");
+        assert!(first.correction.is_none(), "{name}");
+        for _ in 0..3 {
+            let estimate = memory.recommend(&ns, &req).await.unwrap().estimate;
+            let id = run(6).await;
+            memory.record_estimate(&ns, id, &estimate).await.unwrap();
+            memory
+                .complete_episode(&ns, id, Outcome::success("ok"))
+                .await
+                .unwrap();
+            let record = memory.estimate_record(&ns, id).await.unwrap().unwrap();
+            assert_eq!(record.actual.as_ref().map(|a| a.steps), Some(6), "{name}");
+        }
+        let later = memory.recommend(&ns, &req).await.unwrap().estimate;
+        let correction = later
+            .correction
+            .clone()
+            .expect("calibrated after 3 samples");
+        let raw = correction.raw_expected_steps.unwrap();
+        let calibrated = later.expected_steps.unwrap();
+        assert!(
+            correction.steps_ratio.is_some_and(|r| r > 1.2),
+            "{name}: {correction:?}"
+        );
+        assert!(calibrated > raw, "{name}: {calibrated} vs {raw}");
+        assert!(
+            (6.0 - calibrated).abs() < (6.0 - raw).abs(),
+            "{name}: calibrated {calibrated} is closer to 6 than raw {raw}"
+        );
+        let snapshot = memory.consolidate(&ns).await.unwrap().snapshot;
+        assert_eq!(snapshot.estimates_compared, 3, "{name}");
+        assert!(
+            snapshot.estimate_error.is_some_and(|e| e > 0.2),
+            "{name}: the uncalibrated estimates were off: {snapshot:?}"
+        );
+        memory.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_compacts_what_it_reports_and_learned_items_survive() {
+    for (name, storage, _dir) in backends().await {
+        let config = manual().with_retention(RetentionConfig {
+            compact_step_outputs_after_days: Some(30),
+            ..RetentionConfig::default()
+        });
+        let memory =
+            SelfLearningMemory::with_clock(storage.clone(), config, Arc::new(TokioClock::new()))
+                .unwrap();
+        let ns = Namespace::new("retention/test").unwrap();
+        let ctx = TaskContext::new("web_api");
+        let mut ids = Vec::new();
+        for (ok, out) in [(true, "12345"), (false, "1234567")] {
+            let id = memory
+                .start_episode(
+                    &ns,
+                    NewEpisode::new("deploy", TaskType::CodeGeneration, ctx.clone()),
+                )
+                .await
+                .unwrap();
+            memory
+                .log_step(&ns, id, StepInput::ok("shell", "build", out))
+                .await
+                .unwrap();
+            memory
+                .log_step(&ns, id, StepInput::error("shell", "deploy", "timeout"))
+                .await
+                .unwrap();
+            memory
+                .log_step(&ns, id, StepInput::ok("shell", "deploy", "ok"))
+                .await
+                .unwrap();
+            let outcome = if ok {
+                Outcome::success("ok")
+            } else {
+                Outcome::failure("no")
+            };
+            memory.complete_episode(&ns, id, outcome).await.unwrap();
+            ids.push(id);
+        }
+        let young = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(
+            young.run.compacted_steps, 0,
+            "{name}: nothing is old enough yet"
+        );
+        let lessons = memory.lessons(&ns, &all()).await.unwrap();
+        let patterns = memory.patterns(&ns, &all()).await.unwrap();
+        let failed = memory.get_episode(&ns, ids[1]).await.unwrap();
+
+        tokio::time::advance(Duration::from_secs(31 * 86_400)).await;
+        let run = memory.consolidate(&ns).await.unwrap().run;
+        assert_eq!(
+            (
+                run.compacted_episodes,
+                run.compacted_steps,
+                run.compacted_bytes
+            ),
+            (1, 2, 7),
+            "{name}"
+        );
+        let e = memory.get_episode(&ns, ids[0]).await.unwrap();
+        assert_eq!(
+            e.steps
+                .iter()
+                .map(|s| s.input.result.text())
+                .collect::<Vec<_>>(),
+            ["", "timeout", ""],
+            "{name}"
+        );
+        assert!(e.reward.is_some() && e.reflection.is_some(), "{name}");
+        assert_eq!(
+            memory.get_episode(&ns, ids[1]).await.unwrap(),
+            failed,
+            "{name}: failed episodes are kept whole"
+        );
+        assert_eq!(
+            memory.lessons(&ns, &all()).await.unwrap(),
+            lessons,
+            "{name}: lessons survive"
+        );
+        let after: Vec<_> = memory
+            .patterns(&ns, &all())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.id, p.occurrences))
+            .collect();
+        let before: Vec<_> = patterns
+            .into_iter()
+            .map(|p| (p.id, p.occurrences))
+            .collect();
+        assert_eq!(after, before, "{name}: patterns survive");
+        let again = memory.consolidate(&ns).await.unwrap().run;
+        assert_eq!(again.compacted_steps, 0, "{name}");
+        memory.shutdown().await.unwrap();
+    }
+}
