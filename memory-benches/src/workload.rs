@@ -149,8 +149,11 @@ const HCL: Language = Language {
     ],
 };
 
+/// A language and, optionally, the framework used with it.
+type Stack = (&'static Language, Option<&'static str>);
+
 /// Domains, each with the (language, framework) pairs seen in it.
-const DOMAINS: &[(&str, &[(&Language, Option<&str>)])] = &[
+const DOMAINS: &[(&str, &[Stack])] = &[
     (
         "web_api",
         &[
@@ -305,13 +308,13 @@ impl Workload {
         for _ in 0..rng.below(3) {
             context = context.with_tag(rng.pick(TAGS));
         }
-        let mut description = format!("{verb} {object} in the {component}");
-        match rng.below(4) {
-            0 => description.push_str(&format!(" (ticket {}-{})", "OPS", 100 + rng.below(9_000))),
-            1 => description.push_str(&format!(" for the {domain} team")),
-            2 => description.push_str(", reported by a customer"),
-            _ => {}
-        }
+        let suffix = match rng.below(4) {
+            0 => format!(" (ticket OPS-{})", 100 + rng.below(9_000)),
+            1 => format!(" for the {domain} team"),
+            2 => ", reported by a customer".to_owned(),
+            _ => String::new(),
+        };
+        let description = format!("{verb} {object} in the {component}{suffix}");
         let task = NewEpisode::new(description, task_type, context);
 
         // How hard the run is: the chance that a check fails.

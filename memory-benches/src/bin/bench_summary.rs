@@ -423,23 +423,20 @@ fn main() -> Result<()> {
             .ids
             .iter()
             .find_map(|id| measured.get(*id).map(|m| (*id, m)));
-        match found {
-            Some((id, m)) => {
-                let (median, p95, verdict) = cells(m, row.judge);
-                let _ = writeln!(
-                    table,
-                    "| {} (`{id}`) | {} | {median} | {p95} | {verdict} |",
-                    row.target, row.goal
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    table,
-                    "| {} | {} | not measured | | |",
-                    row.target, row.goal
-                );
-                missing.extend(row.ids.iter().copied());
-            }
+        if let Some((id, m)) = found {
+            let (median, p95, verdict) = cells(m, row.judge);
+            let _ = writeln!(
+                table,
+                "| {} (`{id}`) | {} | {median} | {p95} | {verdict} |",
+                row.target, row.goal
+            );
+        } else {
+            let _ = writeln!(
+                table,
+                "| {} | {} | not measured | | |",
+                row.target, row.goal
+            );
+            missing.extend(row.ids.iter().copied());
         }
     }
     for path in &args.ingest {

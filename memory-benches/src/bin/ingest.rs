@@ -58,6 +58,8 @@ struct Args {
 }
 
 /// Latency figures of one set of `complete_episode` calls, in milliseconds.
+// The unit in every JSON key is the point.
+#[allow(clippy::struct_field_names)]
 #[derive(Debug, Clone, Serialize)]
 struct Latency {
     p50_ms: f64,
