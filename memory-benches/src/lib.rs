@@ -1,6 +1,11 @@
-//! Shared harness for the benchmarks: the runtime and the synthetic workload (episodes and
-//! steps) that the storage, tiered and ingest benches record.
+//! Shared harness for the benchmarks: the runtime, the synthetic workload (episodes and
+//! steps) that the storage, tiered and lifecycle benches record, the realistic workload of the
+//! `ingest` run ([`Workload`]), and the default storage stack as the CLI opens it
+//! ([`DefaultStack`]).
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
+
+mod stack;
+mod workload;
 
 use std::time::Duration;
 
@@ -9,6 +14,9 @@ use memory_core::{
     StepBatchConfig, StepInput, TaskContext, TaskType,
 };
 use tokio::runtime::Runtime;
+
+pub use stack::{CACHE_FILE, DefaultStack, OUTBOX_FILE, file_size, record_workload_episode};
+pub use workload::{Rng, Workload, WorkloadEpisode};
 
 /// Tools the synthetic steps use.
 pub const TOOLS: [&str; 6] = ["read_file", "grep", "edit_file", "shell", "git", "cargo"];

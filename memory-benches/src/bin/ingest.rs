@@ -1,0 +1,485 @@
+//! The ingest run: records N realistic episodes (default 10,000 of 50 steps) through the
+//! default stack (libsql file + redb cache + redb outbox behind `TieredStorage`, as the `memory`
+//! CLI opens it) and reports throughput, `complete_episode` latency, peak RSS, file sizes, and
+//! how much was learned (patterns, heuristics, lessons) — at checkpoints and at the end.
+//!
+//! ```text
+//! cargo run --release -p memory-benches --bin ingest -- --episodes 10000 --data-dir /tmp/ingest10k
+//! cargo run --release -p memory-benches --bin ingest -- --episodes 100000 --data-dir /tmp/ingest100k --json
+//! ```
+//!
+//! The episodes come from [`memory_benches::Workload`]: varied domains, languages, frameworks,
+//! tags and task texts; a mix of successful, failing and recovered steps; outcomes that follow
+//! from the steps. No embedding model is loaded (the write path does not use it).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use memory_benches::{DefaultStack, Workload, record_workload_episode};
+use memory_core::{MemoryConfig, Namespace, NamespaceStats, OutcomeKind};
+use serde::Serialize;
+
+/// Records realistic episodes through the default stack and reports how it went.
+#[derive(Debug, Parser)]
+#[command(name = "ingest", version)]
+struct Args {
+    /// Episodes to record.
+    #[arg(long, default_value_t = 10_000)]
+    episodes: u64,
+    /// Steps per episode.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Data directory (created if missing; should be empty for a clean measurement).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Namespace to record into.
+    #[arg(long, default_value = "bench/ingest")]
+    namespace: String,
+    /// Workload seed (the same seed gives the same episodes).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Concurrent recording streams (agents).
+    #[arg(long, default_value_t = 1)]
+    concurrency: u64,
+    /// Checkpoints (throughput, latency and learned counts per slice of the run).
+    #[arg(long, default_value_t = 10)]
+    checkpoints: u64,
+    /// Record into a data directory that already holds a database.
+    #[arg(long)]
+    allow_existing: bool,
+    /// Print one JSON document on stdout instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Latency figures of one set of `complete_episode` calls, in milliseconds.
+// The unit in every JSON key is the point.
+#[allow(clippy::struct_field_names)]
+#[derive(Debug, Clone, Serialize)]
+struct Latency {
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    mean_ms: f64,
+}
+
+impl Latency {
+    fn of(samples: &mut [f64]) -> Latency {
+        samples.sort_by(f64::total_cmp);
+        let mean = if samples.is_empty() {
+            0.0
+        } else {
+            samples.iter().sum::<f64>() / samples.len() as f64
+        };
+        Latency {
+            p50_ms: percentile(samples, 0.50),
+            p95_ms: percentile(samples, 0.95),
+            p99_ms: percentile(samples, 0.99),
+            max_ms: samples.last().copied().unwrap_or(0.0),
+            mean_ms: mean,
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Learned items and sizes after a slice of the run.
+#[derive(Debug, Clone, Serialize)]
+struct Checkpoint {
+    episodes: u64,
+    elapsed_s: f64,
+    /// Episodes per second within the slice.
+    episodes_per_s: f64,
+    /// `complete_episode` latency within the slice.
+    complete: Latency,
+    patterns: u64,
+    heuristics: u64,
+    lessons: u64,
+    rss_mib: f64,
+    database_mib: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct Outcomes {
+    success: u64,
+    partial_success: u64,
+    failure: u64,
+    abstained: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    episodes: u64,
+    steps_per_episode: usize,
+    concurrency: u64,
+    seed: u64,
+    data_dir: String,
+    elapsed_s: f64,
+    episodes_per_s: f64,
+    steps_per_s: f64,
+    complete_episode: Latency,
+    peak_rss_mib: f64,
+    final_rss_mib: f64,
+    database_bytes: u64,
+    cache_bytes: u64,
+    outbox_bytes: u64,
+    outcomes: Outcomes,
+    stats: StatsOut,
+    /// Patterns per completed episode: well below the patterns one episode yields means
+    /// repeats merge.
+    patterns_per_episode: f64,
+    checkpoints: Vec<Checkpoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct StatsOut {
+    episodes: u64,
+    completed: u64,
+    successes: u64,
+    steps: u64,
+    patterns: u64,
+    active_patterns: u64,
+    heuristics: u64,
+    active_heuristics: u64,
+    lessons: u64,
+}
+
+impl From<NamespaceStats> for StatsOut {
+    fn from(s: NamespaceStats) -> Self {
+        StatsOut {
+            episodes: s.episodes,
+            completed: s.completed,
+            successes: s.successes,
+            steps: s.steps,
+            patterns: s.patterns,
+            active_patterns: s.active_patterns,
+            heuristics: s.heuristics,
+            active_heuristics: s.active_heuristics,
+            lessons: s.lessons,
+        }
+    }
+}
+
+/// A field of `/proc/self/status` in MiB (`VmHWM`: peak resident set; `VmRSS`: current).
+fn proc_status_mib(field: &str) -> f64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What every stream appends to as it records.
+#[derive(Default)]
+struct Shared {
+    latencies_ms: Vec<f64>,
+    outcomes: Outcomes,
+}
+
+async fn record_slice(
+    stack: &DefaultStack,
+    ns: &Namespace,
+    workload: Workload,
+    range: std::ops::Range<u64>,
+    concurrency: u64,
+    shared: &Arc<Mutex<Shared>>,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let mut streams = tokio::task::JoinSet::new();
+    for s in 0..concurrency {
+        let memory = stack.memory.clone();
+        let ns = ns.clone();
+        let shared = shared.clone();
+        let bar = bar.clone();
+        let range = range.clone();
+        streams.spawn(async move {
+            let mut i = range.start + s;
+            while i < range.end {
+                let episode = workload.episode(i);
+                let kind = episode.outcome.kind();
+                let (_, took) = record_workload_episode(&memory, &ns, episode)
+                    .await
+                    .with_context(|| format!("recording episode {i}"))?;
+                {
+                    let mut sh = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                    sh.latencies_ms.push(took.as_secs_f64() * 1e3);
+                    match kind {
+                        OutcomeKind::Success => sh.outcomes.success += 1,
+                        OutcomeKind::PartialSuccess => sh.outcomes.partial_success += 1,
+                        OutcomeKind::Failure => sh.outcomes.failure += 1,
+                        OutcomeKind::Abstained => sh.outcomes.abstained += 1,
+                    }
+                }
+                bar.inc(1);
+                i += concurrency;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = streams.join_next().await {
+        done.context("a recording stream panicked")??;
+    }
+    Ok(())
+}
+
+async fn run(args: &Args) -> Result<Report> {
+    if args.episodes == 0 || args.concurrency == 0 || args.checkpoints == 0 {
+        bail!("--episodes, --concurrency and --checkpoints must be at least 1");
+    }
+    if !args.allow_existing
+        && args
+            .data_dir
+            .join(memory_storage_turso::DATA_DIR_FILE)
+            .exists()
+    {
+        bail!(
+            "{} already holds a database; use an empty directory or pass --allow-existing",
+            args.data_dir.display()
+        );
+    }
+    let ns = Namespace::new(&args.namespace)?;
+    let stack = DefaultStack::open(&args.data_dir, MemoryConfig::default()).await?;
+    let workload = Workload::new(args.seed, args.steps);
+    let shared = Arc::new(Mutex::new(Shared::default()));
+
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.episodes)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} episodes ({per_sec}, eta {eta}) {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+
+    let mut checkpoints = Vec::new();
+    let slice = args.episodes.div_ceil(args.checkpoints);
+    let start = Instant::now();
+    let mut done = 0;
+    // Time spent recording (checkpoint counting excluded).
+    let mut recorded = Duration::ZERO;
+    while done < args.episodes {
+        let end = (done + slice).min(args.episodes);
+        let slice_start = Instant::now();
+        let before = shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latencies_ms
+            .len();
+        record_slice(
+            &stack,
+            &ns,
+            workload,
+            done..end,
+            args.concurrency,
+            &shared,
+            &bar,
+        )
+        .await?;
+        let slice_time = slice_start.elapsed();
+        recorded += slice_time;
+        let mut window: Vec<f64> = shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .latencies_ms[before..]
+            .to_vec();
+        // Counting is outside the measured slice.
+        let stats = stack.memory.stats(&ns).await?;
+        let cp = Checkpoint {
+            episodes: end,
+            elapsed_s: start.elapsed().as_secs_f64(),
+            episodes_per_s: (end - done) as f64 / slice_time.as_secs_f64(),
+            complete: Latency::of(&mut window),
+            patterns: stats.patterns,
+            heuristics: stats.heuristics,
+            lessons: stats.lessons,
+            rss_mib: proc_status_mib("VmRSS"),
+            database_mib: stack.database_bytes() as f64 / MIB,
+        };
+        bar.set_message(format!(
+            "{} patterns, {} heuristics",
+            cp.patterns, cp.heuristics
+        ));
+        checkpoints.push(cp);
+        done = end;
+    }
+    bar.finish();
+    stack.memory.flush().await?;
+    let stats = stack.memory.stats(&ns).await?;
+    let status = stack.tiered.status();
+    if status.outbox_len > 0 {
+        eprintln!(
+            "warning: {} writes still journaled in the outbox (durable layer unavailable?)",
+            status.outbox_len
+        );
+    }
+    let (mut latencies, outcomes) = {
+        let sh = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        (sh.latencies_ms.clone(), sh.outcomes.clone())
+    };
+    let peak_rss_mib = proc_status_mib("VmHWM");
+    let final_rss_mib = proc_status_mib("VmRSS");
+    let report = Report {
+        episodes: args.episodes,
+        steps_per_episode: args.steps,
+        concurrency: args.concurrency,
+        seed: args.seed,
+        data_dir: args.data_dir.display().to_string(),
+        elapsed_s: recorded.as_secs_f64(),
+        episodes_per_s: args.episodes as f64 / recorded.as_secs_f64(),
+        steps_per_s: (args.episodes * args.steps as u64) as f64 / recorded.as_secs_f64(),
+        complete_episode: Latency::of(&mut latencies),
+        peak_rss_mib,
+        final_rss_mib,
+        database_bytes: stack.database_bytes(),
+        cache_bytes: stack.cache_bytes(),
+        outbox_bytes: stack.outbox_bytes(),
+        outcomes,
+        patterns_per_episode: stats.patterns as f64 / stats.completed.max(1) as f64,
+        stats: stats.into(),
+        checkpoints,
+    };
+    stack.shutdown().await?;
+    Ok(report)
+}
+
+fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
+    let s = &r.stats;
+    let o = &r.outcomes;
+    let c = &r.complete_episode;
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "episodes recorded",
+            format!(
+                "{} x {} steps, {} stream(s), seed {}",
+                r.episodes, r.steps_per_episode, r.concurrency, r.seed
+            ),
+        ),
+        (
+            "outcomes",
+            format!(
+                "{} success, {} partial, {} failure, {} abstained",
+                o.success, o.partial_success, o.failure, o.abstained
+            ),
+        ),
+        ("recording time", format!("{:.1} s", r.elapsed_s)),
+        ("episodes/s", format!("{:.1}", r.episodes_per_s)),
+        ("steps/s", format!("{:.0}", r.steps_per_s)),
+        (
+            "complete_episode p50 / p95",
+            format!("{:.2} ms / {:.2} ms", c.p50_ms, c.p95_ms),
+        ),
+        (
+            "complete_episode p99 / max / mean",
+            format!(
+                "{:.2} ms / {:.2} ms / {:.2} ms",
+                c.p99_ms, c.max_ms, c.mean_ms
+            ),
+        ),
+        (
+            "peak RSS (VmHWM)",
+            format!(
+                "{:.1} MiB (at the end {:.1} MiB)",
+                r.peak_rss_mib, r.final_rss_mib
+            ),
+        ),
+        (
+            "database (libsql + WAL)",
+            format!("{:.1} MiB", r.database_bytes as f64 / MIB),
+        ),
+        (
+            "cache (redb)",
+            format!("{:.1} MiB", r.cache_bytes as f64 / MIB),
+        ),
+        (
+            "outbox (redb)",
+            format!("{:.1} MiB", r.outbox_bytes as f64 / MIB),
+        ),
+        ("stored steps", s.steps.to_string()),
+        (
+            "patterns",
+            format!(
+                "{} ({} active; {:.2} per episode)",
+                s.patterns, s.active_patterns, r.patterns_per_episode
+            ),
+        ),
+        (
+            "heuristics",
+            format!("{} ({} active)", s.heuristics, s.active_heuristics),
+        ),
+        ("failure lessons", s.lessons.to_string()),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    writeln!(out)?;
+    for (k, v) in &rows {
+        writeln!(out, "  {k:<width$}  {v}")?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "  {:>9}  {:>8}  {:>11}  {:>11}  {:>9}  {:>10}  {:>8}  {:>9}  {:>8}",
+        "episodes",
+        "ep/s",
+        "p50 ms",
+        "p95 ms",
+        "patterns",
+        "heuristics",
+        "lessons",
+        "RSS MiB",
+        "db MiB"
+    )?;
+    for cp in &r.checkpoints {
+        writeln!(
+            out,
+            "  {:>9}  {:>8.1}  {:>11.2}  {:>11.2}  {:>9}  {:>10}  {:>8}  {:>9.1}  {:>8.1}",
+            cp.episodes,
+            cp.episodes_per_s,
+            cp.complete.p50_ms,
+            cp.complete.p95_ms,
+            cp.patterns,
+            cp.heuristics,
+            cp.lessons,
+            cp.rss_mib,
+            cp.database_mib
+        )?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let report = rt.block_on(run(&args))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_table(&report, &mut out)?;
+    }
+    Ok(())
+}
