@@ -345,7 +345,7 @@ fn learning(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let t = turn.fetch_add(1, Ordering::Relaxed);
             let episode = episodes[(t as usize) % episodes.len()];
-            let outcome = if t % 3 == 0 {
+            let outcome = if t.is_multiple_of(3) {
                 FeedbackOutcome::Hindered
             } else {
                 FeedbackOutcome::Helped
