@@ -35,6 +35,7 @@ mod heuristic;
 mod json_field;
 mod learned;
 mod learning;
+pub mod learning_eval;
 mod lesson;
 mod limits;
 mod memory;
