@@ -30,7 +30,11 @@ async fn full_memory_beats_no_memory_and_the_report_is_well_formed() -> anyhow::
         assert_eq!(a.windows.len(), 3);
         assert_eq!((a.windows[0].first, a.windows[2].last), (1, 150));
         for w in &a.windows {
-            for r in [w.success_rate, w.repeated_failure_rate, w.pattern_reuse_rate] {
+            for r in [
+                w.success_rate,
+                w.repeated_failure_rate,
+                w.pattern_reuse_rate,
+            ] {
                 assert!((0.0..=1.0).contains(&r), "{r} out of range in {w:?}");
             }
             if let Some(s) = w.steps_per_success {

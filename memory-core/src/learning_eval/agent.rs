@@ -123,7 +123,11 @@ impl<'a> Agent<'a> {
         } else {
             Advice::default()
         };
-        let new = NewEpisode::new(task.description.clone(), task.task_type, task.context.clone());
+        let new = NewEpisode::new(
+            task.description.clone(),
+            task.task_type,
+            task.context.clone(),
+        );
         let episode = self.memory.start_episode(self.ns, new).await?;
         let mut run = Run {
             attempt: task.attempt(),
@@ -264,7 +268,12 @@ impl<'a> Agent<'a> {
     ) -> Result<()> {
         match self
             .memory
-            .record_feedback(self.ns, FeedbackTarget::Pattern(id.clone()), episode, verdict)
+            .record_feedback(
+                self.ns,
+                FeedbackTarget::Pattern(id.clone()),
+                episode,
+                verdict,
+            )
             .await
         {
             // A pattern withheld from this arm cannot be rated; that is not an error of the run.
@@ -422,7 +431,10 @@ impl<'a> Agent<'a> {
             if l.error_class.ends_with(NOT_APPLICABLE) {
                 continue; // "wrong tool here" says nothing about setup
             }
-            let prep = fixes(l.remedies.iter().map(|r| r.tools.as_slice()), &l.failed_tool);
+            let prep = fixes(
+                l.remedies.iter().map(|r| r.tools.as_slice()),
+                &l.failed_tool,
+            );
             if !prep.is_empty() {
                 advice.pitfalls.push(KnownFix {
                     failed_tool: l.failed_tool.clone(),

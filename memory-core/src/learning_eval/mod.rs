@@ -349,7 +349,12 @@ impl LearningEval {
     }
 
     /// Assembles the report from the arms' runs.
-    pub fn report(&self, retrieval: String, storage: String, arms: Vec<ArmReport>) -> LearningReport {
+    pub fn report(
+        &self,
+        retrieval: String,
+        storage: String,
+        arms: Vec<ArmReport>,
+    ) -> LearningReport {
         LearningReport::new(
             self.config.clone(),
             retrieval,

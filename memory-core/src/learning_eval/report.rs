@@ -164,12 +164,13 @@ fn totals(tasks: &[TaskRecord], repeated: &[bool]) -> Totals {
         }),
         repeated_failure_rate: share(repeated.iter().filter(|r| **r).count(), n),
         pattern_reuse_rate: share(with_plan.len(), n),
-        plan_held_rate: (!with_plan.is_empty())
-            .then(|| share(with_plan.iter().filter(|t| t.plan_held).count(), with_plan.len())),
-        pitfalls_per_task: share(
-            tasks.iter().map(|t| t.pitfalls_applied as usize).sum(),
-            n,
-        ),
+        plan_held_rate: (!with_plan.is_empty()).then(|| {
+            share(
+                with_plan.iter().filter(|t| t.plan_held).count(),
+                with_plan.len(),
+            )
+        }),
+        pitfalls_per_task: share(tasks.iter().map(|t| t.pitfalls_applied as usize).sum(), n),
     }
 }
 
@@ -240,11 +241,10 @@ pub fn format_report(r: &LearningReport) -> String {
         out.push('\n');
         let rows = r.arms.iter().map(|a| a.windows.len()).max().unwrap_or(0);
         for i in 0..rows {
-            let label = r.arms.iter().find_map(|a| {
-                a.windows
-                    .get(i)
-                    .map(|w| format!("{}-{}", w.first, w.last))
-            });
+            let label = r
+                .arms
+                .iter()
+                .find_map(|a| a.windows.get(i).map(|w| format!("{}-{}", w.first, w.last)));
             let _ = write!(out, "  {:<9}", label.unwrap_or_default());
             for a in &r.arms {
                 let cell = a.windows.get(i).and_then(get).map_or_else(
@@ -287,7 +287,8 @@ pub fn format_report(r: &LearningReport) -> String {
         );
     }
     if let Some(c) = &r.comparison {
-        let pct = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{:.0}%", v * 100.0));
+        let pct =
+            |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{:.0}%", v * 100.0));
         let _ = writeln!(
             out,
             "\nfull memory vs no memory: last-100 success {:.0}% (goal >= 90%), steps per success \
@@ -304,7 +305,13 @@ pub fn format_report(r: &LearningReport) -> String {
 mod tests {
     use super::*;
 
-    fn record(index: usize, success: bool, steps: u32, failures: &[&str], plan: &str) -> TaskRecord {
+    fn record(
+        index: usize,
+        success: bool,
+        steps: u32,
+        failures: &[&str],
+        plan: &str,
+    ) -> TaskRecord {
         TaskRecord {
             index,
             family: "f".into(),
@@ -331,7 +338,15 @@ mod tests {
     #[test]
     fn windows_split_the_stream_and_average_successes_only() {
         let tasks: Vec<TaskRecord> = (0..5)
-            .map(|i| record(i, i % 2 == 0, 2 + i as u32, &[], if i > 2 { "playbook" } else { "none" }))
+            .map(|i| {
+                record(
+                    i,
+                    i % 2 == 0,
+                    2 + i as u32,
+                    &[],
+                    if i > 2 { "playbook" } else { "none" },
+                )
+            })
             .collect();
         let r = arm_report(Arm::FullMemory, tasks, 2, 0.0);
         assert_eq!(r.windows.len(), 3);

@@ -139,11 +139,7 @@ impl<S: Storage + ?Sized> LearningStore for Withholding<S> {
         }
         self.inner.get_lesson(ns, id).await
     }
-    async fn query_lessons(
-        &self,
-        ns: &Namespace,
-        q: &LearnedQuery,
-    ) -> Result<Vec<FailureLesson>> {
+    async fn query_lessons(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<FailureLesson>> {
         if !self.visible.lessons {
             return Ok(Vec::new());
         }

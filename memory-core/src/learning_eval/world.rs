@@ -287,7 +287,12 @@ const FAMILIES: [FamilySpec; 10] = [
             "refactor {} so each concern lives in one place",
             "untangle the {} code without changing behaviour",
         ],
-        subjects: &["config parsing", "argument handling", "output formatting", "plugin loading"],
+        subjects: &[
+            "config parsing",
+            "argument handling",
+            "output formatting",
+            "plugin loading",
+        ],
     },
     FamilySpec {
         name: "ui_tests",
@@ -315,7 +320,12 @@ const FAMILIES: [FamilySpec; 10] = [
             "profile the database load caused by {}",
             "explain the latency spike of the {} lookup",
         ],
-        subjects: &["monthly revenue", "user search", "order history", "stock level"],
+        subjects: &[
+            "monthly revenue",
+            "user search",
+            "order history",
+            "stock level",
+        ],
     },
     FamilySpec {
         name: "api_docs",
@@ -434,14 +444,23 @@ impl Attempt<'_> {
                     self.fixed.push(t.fix);
                     (StepOutcome::Ok(format!("{tool}: applied")), false)
                 }
-                None => (StepOutcome::Error(format!("{tool}: {NOTHING_TO_FIX}")), false),
+                None => (
+                    StepOutcome::Error(format!("{tool}: {NOTHING_TO_FIX}")),
+                    false,
+                ),
             };
         }
         let Some(&expected) = self.task.sequence.get(self.position) else {
-            return (StepOutcome::Error(format!("{tool}: {NOT_APPLICABLE}")), false);
+            return (
+                StepOutcome::Error(format!("{tool}: {NOT_APPLICABLE}")),
+                false,
+            );
         };
         if tool != expected {
-            return (StepOutcome::Error(format!("{tool}: {NOT_APPLICABLE}")), false);
+            return (
+                StepOutcome::Error(format!("{tool}: {NOT_APPLICABLE}")),
+                false,
+            );
         }
         if let Some(trap) = self
             .task
@@ -556,9 +575,10 @@ impl World {
             })
             .map(|t| ArmedTrap {
                 tool: t.tool,
-                error: t
-                    .error
-                    .replace("{}", &format!("{}_{}", subject.replace(' ', "_"), rng.below(1_000))),
+                error: t.error.replace(
+                    "{}",
+                    &format!("{}_{}", subject.replace(' ', "_"), rng.below(1_000)),
+                ),
                 fix: t.fix,
             })
             .collect();
@@ -604,7 +624,10 @@ mod tests {
             let task = world.task(i);
             let mut attempt = task.attempt();
             for trap in &task.traps {
-                assert_eq!(attempt.call(trap.fix).0, StepOutcome::Ok(format!("{}: applied", trap.fix)));
+                assert_eq!(
+                    attempt.call(trap.fix).0,
+                    StepOutcome::Ok(format!("{}: applied", trap.fix))
+                );
             }
             for tool in &task.sequence {
                 assert!(matches!(attempt.call(tool).0, StepOutcome::Ok(_)));
@@ -629,7 +652,9 @@ mod tests {
             .find(|t| **t != task.sequence[0])
             .copied()
             .unwrap_or("nope");
-        assert!(matches!(attempt.call(wrong).0, StepOutcome::Error(ref e) if e.ends_with(NOT_APPLICABLE)));
+        assert!(
+            matches!(attempt.call(wrong).0, StepOutcome::Error(ref e) if e.ends_with(NOT_APPLICABLE))
+        );
         let trap_tool = task.traps[0].tool;
         for tool in &task.sequence {
             if *tool == trap_tool {
