@@ -138,6 +138,26 @@ pub enum EvalCmd {
     /// dataset in the JSONL format of shared/eval/retrieval (episodes.jsonl, queries.jsonl).
     /// Runs in a fresh in-memory libsql store; the data directory is not touched.
     Retrieval(EvalRetrievalArgs),
+    /// Whether the memory makes an agent better: a simulated task world, four arms (no
+    /// memory, episodes only, full memory, full memory without failure lessons), each on a
+    /// fresh in-memory libsql store. Writes learning.json and learning.svg into --out.
+    Learning(EvalLearningArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalLearningArgs {
+    /// Tasks in the stream
+    #[arg(long, default_value_t = 500)]
+    pub tasks: usize,
+    /// Seed of the world and of the agent's exploration
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Directory for learning.json and learning.svg
+    #[arg(long, value_name = "DIR", default_value = "eval-out")]
+    pub out: PathBuf,
+    /// Use lexical retrieval even when the embedding model is installed
+    #[arg(long)]
+    pub lexical: bool,
 }
 
 #[derive(Debug, Args)]

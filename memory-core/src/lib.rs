@@ -36,6 +36,7 @@ mod heuristic;
 mod json_field;
 mod learned;
 mod learning;
+pub mod learning_eval;
 mod lesson;
 mod limits;
 mod maintenance;

@@ -1,0 +1,484 @@
+//! The agent policy: ask the memory, follow its playbook and avoid its pitfalls, explore
+//! otherwise, record every step and the outcome, and give feedback on the patterns it used.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::Arm;
+use super::world::{
+    Attempt, NOT_APPLICABLE, NOTHING_TO_FIX, RECOVERY_TOOLS, Rng, StepOutcome, Task,
+    candidate_tools, is_recovery_tool,
+};
+use crate::episode::{EpisodeId, NewEpisode, Outcome, OutcomeKind, StepInput};
+use crate::error::Result;
+use crate::feedback::{FeedbackOutcome, FeedbackTarget};
+use crate::memory::SelfLearningMemory;
+use crate::namespace::Namespace;
+use crate::pattern::{PatternId, PatternKind};
+use crate::retrieval::recommend::RecommendRequest;
+use crate::signature::{collapse_tools, error_class};
+
+/// Where the agent's plan came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PlanSource {
+    /// The memory's playbook, built from this tool-sequence pattern (when it could be found
+    /// among the recommended patterns).
+    Playbook(Option<PatternId>),
+    /// The tool sequence of a similar successful episode.
+    Episode(EpisodeId),
+}
+
+/// A known way out of a failure: setup tools to run before retrying the failed tool.
+#[derive(Debug, Clone)]
+struct KnownFix {
+    failed_tool: String,
+    error_class: String,
+    /// Setup tools, the likeliest fix first.
+    prep: Vec<String>,
+    /// The error-recovery pattern it came from (for feedback), if any.
+    pattern: Option<PatternId>,
+}
+
+/// What the memory told the agent before the task.
+#[derive(Debug, Clone, Default)]
+struct Advice {
+    plan: Vec<String>,
+    source: Option<PlanSource>,
+    /// From failure lessons: applied before the tool runs.
+    pitfalls: Vec<KnownFix>,
+    /// From error-recovery patterns: applied after the tool failed.
+    recoveries: Vec<KnownFix>,
+}
+
+/// How one task went, as the evaluation counts it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Position in the stream.
+    pub index: usize,
+    /// The task family (hidden from the agent).
+    pub family: String,
+    /// Whether a trap was armed in it (hidden from the agent).
+    pub trapped: bool,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// Steps taken (every tool call, retries included).
+    pub steps: u32,
+    /// Failures that were not injected noise, as `tool: error class` in the task's context
+    /// (`domain/language`).
+    pub failures: Vec<String>,
+    /// Where the plan came from: `playbook`, `episode` or `none`.
+    pub plan: String,
+    /// Whether the plan was followed to the end without a wrong step.
+    pub plan_held: bool,
+    /// Pitfalls applied before a tool ran.
+    pub pitfalls_applied: u32,
+}
+
+/// Settings of the agent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AgentConfig {
+    pub max_steps: u32,
+    pub recommend_limit: u32,
+    pub timeout_retries: u32,
+}
+
+/// Runs one task with one arm's policy.
+pub(crate) struct Agent<'a> {
+    memory: &'a SelfLearningMemory,
+    ns: &'a Namespace,
+    arm: Arm,
+    config: AgentConfig,
+}
+
+/// State of one episode in progress.
+struct Run<'t> {
+    attempt: Attempt<'t>,
+    episode: EpisodeId,
+    steps: u32,
+    failures: Vec<String>,
+    succeeded: HashSet<String>,
+    place: String,
+}
+
+impl<'a> Agent<'a> {
+    pub(crate) fn new(
+        memory: &'a SelfLearningMemory,
+        ns: &'a Namespace,
+        arm: Arm,
+        config: AgentConfig,
+    ) -> Self {
+        Agent {
+            memory,
+            ns,
+            arm,
+            config,
+        }
+    }
+
+    /// Works on `task`; `rng` drives exploration.
+    pub(crate) async fn run(&self, task: &Task, rng: &mut Rng) -> Result<TaskRecord> {
+        let advice = if self.arm.asks() {
+            self.consult(task).await?
+        } else {
+            Advice::default()
+        };
+        let new = NewEpisode::new(
+            task.description.clone(),
+            task.task_type,
+            task.context.clone(),
+        );
+        let episode = self.memory.start_episode(self.ns, new).await?;
+        let mut run = Run {
+            attempt: task.attempt(),
+            episode,
+            steps: 0,
+            failures: Vec::new(),
+            succeeded: HashSet::new(),
+            place: format!(
+                "{}/{}",
+                task.context.domain,
+                task.context.language.as_deref().unwrap_or("-")
+            ),
+        };
+        let mut plan: std::collections::VecDeque<String> = advice.plan.iter().cloned().collect();
+        let mut plan_held = advice.source.is_some();
+        let mut tried_here: HashSet<&'static str> = HashSet::new();
+        let mut prepared: HashSet<String> = HashSet::new();
+        let mut pitfalls_applied = 0u32;
+        let mut recovery_feedback: Vec<(PatternId, bool)> = Vec::new();
+        let candidates = candidate_tools(task.task_type);
+
+        while !run.attempt.done() && run.steps < self.config.max_steps {
+            let tool: String = if let Some(t) = plan.pop_front() {
+                t
+            } else {
+                // The plan (if any) ran out before the task was done.
+                plan_held = false;
+                let open: Vec<&'static str> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|t| !tried_here.contains(t))
+                    .collect();
+                if open.is_empty() {
+                    tried_here.clear();
+                    candidates[rng.below(candidates.len())].to_owned()
+                } else {
+                    open[rng.below(open.len())].to_owned()
+                }
+            };
+            // Avoid known pitfalls: run the setup a lesson says this tool needs, once.
+            if !is_recovery_tool(&tool) && prepared.insert(tool.clone()) {
+                for fix in advice.pitfalls.iter().filter(|f| f.failed_tool == tool) {
+                    if let Some(prep) = fix.prep.first()
+                        && !run.succeeded.contains(prep)
+                    {
+                        pitfalls_applied += 1;
+                        self.call(&mut run, prep).await?;
+                    }
+                }
+            }
+            if run.attempt.done() || run.steps >= self.config.max_steps {
+                break;
+            }
+            match self.call(&mut run, &tool).await? {
+                StepOutcome::Ok(_) => {
+                    if !is_recovery_tool(&tool) {
+                        tried_here.clear();
+                    }
+                }
+                StepOutcome::Error(e) if e.ends_with(NOT_APPLICABLE) => {
+                    if let Some(t) = candidates.iter().find(|t| **t == tool) {
+                        tried_here.insert(t);
+                    }
+                    if !plan.is_empty() || plan_held {
+                        // The plan was wrong here: explore from this point.
+                        plan.clear();
+                        plan_held = false;
+                    }
+                }
+                StepOutcome::Error(e) if e.ends_with(NOTHING_TO_FIX) => {}
+                StepOutcome::Timeout(_) => {
+                    // Still timing out after the retries: try it again later in the plan.
+                    if plan_held {
+                        plan.push_front(tool);
+                    }
+                }
+                StepOutcome::Error(e) => {
+                    let used = self.recover(&mut run, &tool, &e, &advice, rng).await?;
+                    if let Some(p) = used {
+                        recovery_feedback.push(p);
+                    }
+                }
+            }
+        }
+
+        let success = run.attempt.done();
+        let outcome = if success {
+            Outcome::success(format!("done in {} steps", run.steps))
+        } else {
+            Outcome::failure(format!("step budget of {} used up", self.config.max_steps))
+        };
+        self.memory
+            .complete_episode(self.ns, run.episode, outcome)
+            .await?;
+
+        let plan_held = plan_held && plan.is_empty();
+        if let Some(PlanSource::Playbook(Some(id))) = &advice.source {
+            let verdict = if success && plan_held {
+                FeedbackOutcome::Helped
+            } else if !plan_held {
+                FeedbackOutcome::Hindered
+            } else {
+                FeedbackOutcome::NoEffect
+            };
+            self.feedback(id, run.episode, verdict).await?;
+        }
+        for (id, worked) in recovery_feedback {
+            let verdict = if worked {
+                FeedbackOutcome::Helped
+            } else {
+                FeedbackOutcome::Hindered
+            };
+            self.feedback(&id, run.episode, verdict).await?;
+        }
+        Ok(TaskRecord {
+            index: task.index,
+            family: task.family.to_owned(),
+            trapped: task.trapped(),
+            success,
+            steps: run.steps,
+            failures: run.failures,
+            plan: match advice.source {
+                Some(PlanSource::Playbook(_)) => "playbook",
+                Some(PlanSource::Episode(_)) => "episode",
+                None => "none",
+            }
+            .to_owned(),
+            plan_held: advice.source.is_some() && plan_held,
+            pitfalls_applied,
+        })
+    }
+
+    async fn feedback(
+        &self,
+        id: &PatternId,
+        episode: EpisodeId,
+        verdict: FeedbackOutcome,
+    ) -> Result<()> {
+        match self
+            .memory
+            .record_feedback(
+                self.ns,
+                FeedbackTarget::Pattern(id.clone()),
+                episode,
+                verdict,
+            )
+            .await
+        {
+            // A pattern withheld from this arm cannot be rated; that is not an error of the run.
+            Err(crate::Error::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Calls a tool, retrying a timeout a few times; logs every call as a step.
+    async fn call(&self, run: &mut Run<'_>, tool: &str) -> Result<StepOutcome> {
+        let mut retries = 0;
+        loop {
+            let (outcome, noise) = run.attempt.call(tool);
+            run.steps += 1;
+            let action = format!("run {tool}");
+            let step = match &outcome {
+                StepOutcome::Ok(out) => StepInput::ok(tool, action, out.clone()),
+                StepOutcome::Error(e) => StepInput::error(tool, action, e.clone()),
+                StepOutcome::Timeout(e) => {
+                    let mut s = StepInput::timeout(tool, action);
+                    if let crate::StepResult::Timeout { message } = &mut s.result {
+                        message.clone_from(e);
+                    }
+                    s
+                }
+            };
+            self.memory.log_step(self.ns, run.episode, step).await?;
+            match &outcome {
+                StepOutcome::Ok(_) => {
+                    run.succeeded.insert(tool.to_owned());
+                }
+                StepOutcome::Error(e) | StepOutcome::Timeout(e) if !noise => {
+                    run.failures
+                        .push(format!("{} {tool}: {}", run.place, error_class(e)));
+                }
+                _ => {}
+            }
+            let timed_out = matches!(outcome, StepOutcome::Timeout(_));
+            if timed_out
+                && retries < self.config.timeout_retries
+                && run.steps < self.config.max_steps
+            {
+                retries += 1;
+                continue;
+            }
+            return Ok(outcome);
+        }
+    }
+
+    /// After `tool` failed with `error`: apply a known fix, else try the setup tools one by
+    /// one, retrying `tool` after each one that did something. Returns the error-recovery
+    /// pattern used and whether it worked.
+    async fn recover(
+        &self,
+        run: &mut Run<'_>,
+        tool: &str,
+        error: &str,
+        advice: &Advice,
+        rng: &mut Rng,
+    ) -> Result<Option<(PatternId, bool)>> {
+        let class = error_class(error);
+        let mut order: Vec<(String, Option<PatternId>)> = Vec::new();
+        for fix in advice
+            .pitfalls
+            .iter()
+            .chain(&advice.recoveries)
+            .filter(|f| f.failed_tool == tool && f.error_class == class)
+        {
+            for p in &fix.prep {
+                if !order.iter().any(|(t, _)| t == p) {
+                    order.push((p.clone(), fix.pattern.clone()));
+                }
+            }
+        }
+        let mut rest: Vec<&str> = RECOVERY_TOOLS
+            .iter()
+            .copied()
+            .filter(|r| !order.iter().any(|(t, _)| t == r))
+            .collect();
+        while !rest.is_empty() {
+            let r = rest.remove(rng.below(rest.len()));
+            order.push((r.to_owned(), None));
+        }
+        let known = order.iter().find_map(|(_, p)| p.clone());
+        for (fix, pattern) in order {
+            if run.steps >= self.config.max_steps || run.attempt.done() {
+                break;
+            }
+            if !matches!(self.call(run, &fix).await?, StepOutcome::Ok(_)) {
+                continue;
+            }
+            if run.steps >= self.config.max_steps {
+                break;
+            }
+            match self.call(run, tool).await? {
+                StepOutcome::Ok(_) => {
+                    return Ok(known.map(|k| {
+                        let worked = pattern.as_ref() == Some(&k);
+                        (k, worked)
+                    }));
+                }
+                StepOutcome::Error(e) | StepOutcome::Timeout(e) if error_class(&e) == class => {}
+                // Some other failure: leave it to the main loop.
+                _ => break,
+            }
+        }
+        Ok(known.map(|k| (k, false)))
+    }
+
+    /// Asks the memory, keeping only what this arm may see (the store withholds the rest).
+    async fn consult(&self, task: &Task) -> Result<Advice> {
+        // Embed what is queued so retrieval sees every finished episode (a no-op when lexical).
+        self.memory.embed_pending(self.ns).await?;
+        let req = RecommendRequest::new(task.description.clone())
+            .with_context(Some(task.task_type), task.context.clone())
+            .with_limit(self.config.recommend_limit);
+        let rec = self.memory.recommend(self.ns, &req).await?;
+        let mut advice = Advice::default();
+        if self.arm.uses_learned() && !rec.playbook.is_empty() {
+            let tools: Vec<String> = rec.playbook.iter().map(|s| s.tool.clone()).collect();
+            // The playbook is the best mostly-successful tool sequence; find it for feedback.
+            let id = rec.patterns.iter().find_map(|a| match &a.item.kind {
+                PatternKind::ToolSequence { tools: t }
+                    if *t == tools && a.item.success_rate() >= 0.5 =>
+                {
+                    Some(a.item.id.clone())
+                }
+                _ => None,
+            });
+            advice.plan = tools;
+            advice.source = Some(PlanSource::Playbook(id));
+        }
+        if advice.source.is_none() {
+            // Replay the most similar episode that succeeded.
+            let best = rec
+                .episodes
+                .iter()
+                .find(|e| e.retrieved.episode.outcome == Some(OutcomeKind::Success));
+            if let Some(best) = best {
+                let past = self
+                    .memory
+                    .get_episode(self.ns, best.retrieved.episode.id)
+                    .await?;
+                advice.plan = collapse_tools(
+                    past.steps
+                        .iter()
+                        .filter(|s| s.result().is_success())
+                        .map(crate::episode::ExecutionStep::tool),
+                );
+                advice.source = Some(PlanSource::Episode(past.id));
+            }
+        }
+        for p in &rec.pitfalls {
+            let l = &p.item;
+            if l.error_class.ends_with(NOT_APPLICABLE) {
+                continue; // "wrong tool here" says nothing about setup
+            }
+            let prep = fixes(
+                l.remedies.iter().map(|r| r.tools.as_slice()),
+                &l.failed_tool,
+            );
+            if !prep.is_empty() {
+                advice.pitfalls.push(KnownFix {
+                    failed_tool: l.failed_tool.clone(),
+                    error_class: l.error_class.clone(),
+                    prep,
+                    pattern: None,
+                });
+            }
+        }
+        for a in &rec.patterns {
+            if let PatternKind::ErrorRecovery {
+                failed_tool,
+                error_class,
+                recovery,
+            } = &a.item.kind
+            {
+                let prep = fixes(std::iter::once(recovery.as_slice()), failed_tool);
+                if !prep.is_empty() && a.item.success_rate() >= 0.5 {
+                    advice.recoveries.push(KnownFix {
+                        failed_tool: failed_tool.clone(),
+                        error_class: error_class.clone(),
+                        prep,
+                        pattern: Some(a.item.id.clone()),
+                    });
+                }
+            }
+        }
+        Ok(advice)
+    }
+}
+
+/// The setup tools that fixed a failure of `failed_tool`, from recoveries (most frequent
+/// first): the setup step right before the successful retry of the failed tool. A recovery
+/// that does not end with that retry (cut short, or a different approach) names no fix.
+fn fixes<'r>(recoveries: impl Iterator<Item = &'r [String]>, failed_tool: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for tools in recoveries {
+        if let [.., fix, retry] = tools
+            && retry == failed_tool
+            && is_recovery_tool(fix)
+            && !out.contains(fix)
+        {
+            out.push(fix.clone());
+        }
+    }
+    out
+}

@@ -1,0 +1,366 @@
+//! Learning evaluation: does the memory make an agent better over a stream of tasks?
+//!
+//! A simulated task [`World`] (deterministic by seed) holds task families over several
+//! domains and languages, each with a hidden right tool sequence; context-dependent traps (a
+//! tool that fails in some contexts until a setup tool has run); and noise (timeouts that a
+//! retry fixes). Tasks come with varied wordings, so retrieval has to match paraphrases.
+//!
+//! A simple agent works through the same stream of tasks in four [`Arm`]s, each on its own
+//! fresh store:
+//!
+//! - [`Arm::NoMemory`]: never asks; explores every task (it records its episodes all the same).
+//! - [`Arm::EpisodesOnly`]: asks `recommend`, but the store withholds every pattern, heuristic
+//!   and lesson ([`Withholding`]), so only similar episodes come back; the agent replays the
+//!   tools of the most similar one that succeeded.
+//! - [`Arm::FullMemory`]: follows the playbook, applies the fixes of failure lessons before a
+//!   tool that is known to fail in this context ("avoid pitfalls"), and recovers from a failure
+//!   with the lessons' remedies and the error-recovery patterns; replays a similar episode when
+//!   there is no playbook. It gives feedback on the patterns it used.
+//! - [`Arm::NoLessons`]: full memory with failure lessons withheld by the store (also from the
+//!   playbook's warnings).
+//!
+//! Everything the world hides reaches the agent only through the memory. Per window of tasks
+//! the report gives the success rate, steps per success, the repeated-failure rate (tasks that
+//! hit a failure of a kind seen in an earlier task) and the pattern reuse rate (tasks whose
+//! plan came from memory). No I/O here: callers pick the store and write the report.
+//!
+//! ```
+//! use memory_core::learning_eval::{LearningEval, LearningEvalConfig};
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let eval = LearningEval::new(LearningEvalConfig::default().with_tasks(40).with_seed(1));
+//! let report = eval.run_in_memory().await?;
+//! assert_eq!(report.arms.len(), 4);
+//! # Ok::<(), memory_core::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod agent;
+mod report;
+mod withhold;
+mod world;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+pub use agent::TaskRecord;
+pub use report::{ArmReport, Comparison, LearningReport, Totals, WindowStats, format_report};
+pub use withhold::{Visible, Withholding};
+pub use world::{StepOutcome, Task, World, candidate_tools, family_count, is_recovery_tool};
+
+use crate::clock::Clock;
+use crate::embedding::Embedder;
+use crate::error::{Error, Result};
+use crate::memory::{MemoryConfig, SelfLearningMemory};
+use crate::namespace::Namespace;
+use crate::quota::RateLimitConfig;
+use crate::storage::Storage;
+use crate::storage::memory::InMemoryStorage;
+
+/// One way of running the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arm {
+    /// No memory at all: explore every task.
+    NoMemory,
+    /// Similar episodes only; patterns, heuristics and lessons withheld.
+    EpisodesOnly,
+    /// Everything: episodes, patterns, heuristics and lessons.
+    FullMemory,
+    /// Everything but failure lessons.
+    NoLessons,
+}
+
+impl Arm {
+    /// Every arm, in report order.
+    pub const ALL: [Arm; 4] = [
+        Arm::NoMemory,
+        Arm::EpisodesOnly,
+        Arm::FullMemory,
+        Arm::NoLessons,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arm::NoMemory => "no_memory",
+            Arm::EpisodesOnly => "episodes_only",
+            Arm::FullMemory => "full_memory",
+            Arm::NoLessons => "no_lessons",
+        }
+    }
+
+    /// Which learned items the arm's store lets through.
+    pub fn visible(self) -> Visible {
+        match self {
+            Arm::NoMemory | Arm::EpisodesOnly => Visible {
+                patterns: false,
+                heuristics: false,
+                lessons: false,
+            },
+            Arm::FullMemory => Visible::ALL,
+            Arm::NoLessons => Visible {
+                lessons: false,
+                ..Visible::ALL
+            },
+        }
+    }
+
+    /// Whether the agent asks the memory before a task.
+    pub fn asks(self) -> bool {
+        self != Arm::NoMemory
+    }
+
+    /// Whether the agent may use learned items (the playbook) at all.
+    pub(crate) fn uses_learned(self) -> bool {
+        matches!(self, Arm::FullMemory | Arm::NoLessons)
+    }
+}
+
+impl std::str::FromStr for Arm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Arm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s.trim().replace('-', "_"))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "arm",
+                    format!(
+                        "unknown arm {s:?} (expected no_memory, episodes_only, full_memory or no_lessons)"
+                    ),
+                )
+            })
+    }
+}
+
+/// Settings of the learning evaluation.
+///
+/// # Default
+/// 500 tasks, seed 42, windows of 50 tasks, a budget of 20 steps per task, 3% of tool calls
+/// time out (noise), 2 retries of a timed-out call, up to 30 items per recommended list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LearningEvalConfig {
+    /// Tasks in the stream.
+    pub tasks: usize,
+    /// Seed of the world and of the agent's exploration.
+    pub seed: u64,
+    /// Tasks per reported window.
+    pub window: usize,
+    /// Tool calls allowed per task before it counts as failed.
+    pub max_steps: u32,
+    /// Probability that a tool call times out.
+    pub noise: f64,
+    /// Retries of a timed-out call.
+    pub timeout_retries: u32,
+    /// Items per list asked of `recommend`.
+    pub recommend_limit: u32,
+}
+
+impl Default for LearningEvalConfig {
+    fn default() -> Self {
+        LearningEvalConfig {
+            tasks: 500,
+            seed: 42,
+            window: 50,
+            max_steps: 20,
+            noise: 0.03,
+            timeout_retries: 2,
+            recommend_limit: 30,
+        }
+    }
+}
+
+impl LearningEvalConfig {
+    /// With this many tasks.
+    #[must_use]
+    pub fn with_tasks(mut self, tasks: usize) -> Self {
+        self.tasks = tasks;
+        self
+    }
+
+    /// With this seed.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// With windows of this many tasks.
+    #[must_use]
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.tasks == 0 {
+            return Err(Error::invalid("tasks", "must be at least 1"));
+        }
+        if self.window == 0 {
+            return Err(Error::invalid("window", "must be at least 1"));
+        }
+        if self.max_steps == 0 {
+            return Err(Error::invalid("max_steps", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.noise) {
+            return Err(Error::invalid("noise", "must be in [0, 1)"));
+        }
+        Ok(())
+    }
+}
+
+/// Simulated time: one minute per task, from a fixed start, so timestamps (and the recency
+/// and decay they feed) are the same on every run.
+#[derive(Debug)]
+struct SimClock {
+    millis: AtomicI64,
+}
+
+impl SimClock {
+    fn new() -> Self {
+        // 2026-01-01T00:00:00Z
+        SimClock {
+            millis: AtomicI64::new(1_767_225_600_000),
+        }
+    }
+
+    fn advance_ms(&self, ms: i64) {
+        self.millis.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.millis.load(Ordering::Relaxed)).unwrap_or_default()
+    }
+}
+
+/// Runs the learning evaluation.
+#[derive(Debug, Clone)]
+pub struct LearningEval {
+    config: LearningEvalConfig,
+    world: World,
+}
+
+impl LearningEval {
+    /// An evaluation with these settings (the world is drawn from the seed).
+    pub fn new(config: LearningEvalConfig) -> Self {
+        let world = World::new(config.seed, config.noise);
+        LearningEval { config, world }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LearningEvalConfig {
+        &self.config
+    }
+
+    /// The world.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Tasks of the stream with an armed trap.
+    pub fn trapped_tasks(&self) -> usize {
+        (0..self.config.tasks)
+            .filter(|i| self.world.task(*i).trapped())
+            .count()
+    }
+
+    /// Runs one arm on `storage` (use a fresh, empty store per arm), calling `progress` with
+    /// the number of tasks done after each task. `embedder` turns on semantic retrieval.
+    pub async fn run_arm(
+        &self,
+        arm: Arm,
+        storage: Arc<dyn Storage>,
+        embedder: Option<Arc<dyn Embedder>>,
+        progress: &mut (dyn FnMut(usize) + Send),
+    ) -> Result<ArmReport> {
+        self.config.validate()?;
+        let started = Instant::now();
+        let clock = Arc::new(SimClock::new());
+        let storage: Arc<dyn Storage> = Arc::new(Withholding::new(storage, arm.visible()));
+        let config = MemoryConfig {
+            rate_limit: RateLimitConfig::disabled(),
+            ..MemoryConfig::default()
+        };
+        let memory = SelfLearningMemory::with_embedder(
+            storage,
+            config,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            embedder,
+        )?;
+        let ns = Namespace::new(format!("eval/learning/{}", arm.as_str()))?;
+        let agent = agent::Agent::new(
+            &memory,
+            &ns,
+            arm,
+            agent::AgentConfig {
+                max_steps: self.config.max_steps,
+                recommend_limit: self.config.recommend_limit,
+                timeout_retries: self.config.timeout_retries,
+            },
+        );
+        let mut records = Vec::with_capacity(self.config.tasks);
+        let mut result = Ok(());
+        for i in 0..self.config.tasks {
+            let task = self.world.task(i);
+            // The same exploration stream per task in every arm.
+            let mut rng = world::Rng::new(world::derive(self.config.seed, 9_000_000 + i as u64));
+            match agent.run(&task, &mut rng).await {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            clock.advance_ms(60_000);
+            progress(i + 1);
+        }
+        let shutdown = memory.shutdown().await;
+        result?;
+        shutdown?;
+        let seconds = started.elapsed().as_secs_f64();
+        let report = report::arm_report(arm, records, self.config.window, seconds);
+        info!(
+            arm = arm.as_str(),
+            success = report.overall.success_rate,
+            seconds,
+            "learning eval arm done"
+        );
+        Ok(report)
+    }
+
+    /// Runs every arm, each on a fresh [`InMemoryStorage`], with lexical retrieval.
+    pub async fn run_in_memory(&self) -> Result<LearningReport> {
+        let mut arms = Vec::with_capacity(Arm::ALL.len());
+        for arm in Arm::ALL {
+            arms.push(
+                self.run_arm(arm, Arc::new(InMemoryStorage::new()), None, &mut |_| {})
+                    .await?,
+            );
+        }
+        Ok(self.report("lexical".to_owned(), "in-memory".to_owned(), arms))
+    }
+
+    /// Assembles the report from the arms' runs.
+    pub fn report(
+        &self,
+        retrieval: String,
+        storage: String,
+        arms: Vec<ArmReport>,
+    ) -> LearningReport {
+        LearningReport::new(
+            self.config.clone(),
+            retrieval,
+            storage,
+            self.trapped_tasks(),
+            arms,
+        )
+    }
+}
