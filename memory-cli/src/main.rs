@@ -108,6 +108,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Mcp(a) = cli.command {
+        return commands::mcp::run(&a, &settings)
+            .await
+            .map(|()| ExitCode::SUCCESS);
+    }
     let stack = backend::open(&settings, semantic).await?;
     let s = &settings;
     let m = &stack.memory;
@@ -127,7 +132,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }),
         Command::Demo(a) => commands::demo::run(a.rounds, m, s).await,
         Command::Recommend(a) => commands::recommend::run(a, m, s).await,
-        Command::Eval(_) => Ok(()),
+        Command::Eval(_) | Command::Mcp(_) => Ok(()),
     };
     let shutdown = stack.shutdown().await;
     result?;
