@@ -428,7 +428,7 @@ impl MemoryServer {
                 FeedbackTarget::Heuristic(h.id)
             }
         };
-        let outcome = a.outcome.into();
+        let outcome: memory_core::FeedbackOutcome = a.outcome.into();
         self.memory()
             .record_feedback(&ns, target.clone(), episode, outcome)
             .await?;
