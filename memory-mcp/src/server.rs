@@ -122,9 +122,7 @@ fn description(tool: &str) -> &'static str {
             "Full-text search over past episodes (task descriptions, reflections, step text), \
              with optional filters. Returns summaries with scores; use show_episode for steps."
         }
-        "show_episode" => {
-            "One episode with all its steps, outcome, reward and reflection."
-        }
+        "show_episode" => "One episode with all its steps, outcome, reward and reflection.",
         "list_learned" => {
             "List what the memory learned, most evidence first: kind `patterns` (tool \
              sequences, decision points, error recoveries), `heuristics` (condition -> action \
@@ -329,14 +327,15 @@ impl MemoryServer {
             req = req.with_context(a.task_type.map(Into::into), a.context.to_context());
         }
         // Check before draining the embedding queue, so a bad call costs nothing.
-        self.limits().check_retrieval(&memory_core::RetrievalQuery {
-            task: req.task.clone(),
-            task_type: req.task_type,
-            context: req.context.clone(),
-            filter: EpisodeFilter::default(),
-            limit,
-            method: memory_core::RetrievalMethod::Hybrid,
-        })?;
+        self.limits()
+            .check_retrieval(&memory_core::RetrievalQuery {
+                task: req.task.clone(),
+                task_type: req.task_type,
+                context: req.context.clone(),
+                filter: EpisodeFilter::default(),
+                limit,
+                method: memory_core::RetrievalMethod::Hybrid,
+            })?;
         // Completed episodes are embedded in the background; catch up so they count now.
         if self.memory().retriever().embedder().is_some() {
             self.memory().embed_pending(&ns).await?;
@@ -383,8 +382,9 @@ impl MemoryServer {
         let misplaced = match a.outcome {
             OutcomeArg::Success => (!a.completed.is_empty() || !a.failed.is_empty())
                 .then_some("completed and failed are only for partial_success"),
-            OutcomeArg::PartialSuccess => (!a.artifacts.is_empty())
-                .then_some("artifacts are only for success"),
+            OutcomeArg::PartialSuccess => {
+                (!a.artifacts.is_empty()).then_some("artifacts are only for success")
+            }
             OutcomeArg::Failure | OutcomeArg::Abstained => {
                 (!a.artifacts.is_empty() || !a.completed.is_empty() || !a.failed.is_empty())
                     .then_some("artifacts, completed and failed are not for this outcome")
@@ -577,7 +577,8 @@ impl MemoryServer {
                 "ok"
             };
             components.push(json!({ "component": "cache", "status": cache_status, "error": self.shared.cache_problem, "stats": s.cache }));
-            components.push(json!({ "component": "outbox", "status": "ok", "pending": s.outbox_len }));
+            components
+                .push(json!({ "component": "outbox", "status": "ok", "pending": s.outbox_len }));
             components.push(json!({ "component": "breaker", "status": s.breaker }));
         }
         components.push(embedder);
@@ -585,7 +586,12 @@ impl MemoryServer {
     }
 
     /// A list size: `default` when absent, else 1..=`max_results`.
-    fn limit(&self, field: &'static str, given: Option<u32>, default: u32) -> Result<u32, ToolFailure> {
+    fn limit(
+        &self,
+        field: &'static str,
+        given: Option<u32>,
+        default: u32,
+    ) -> Result<u32, ToolFailure> {
         let max = self.limits().max_results;
         match given {
             None => Ok(default.min(max as u32)),
@@ -627,8 +633,9 @@ fn parse<T: DeserializeOwned>(tool: &str, args: Option<JsonObject>) -> Result<T,
 }
 
 fn episode_id(s: &str) -> Result<EpisodeId, ToolFailure> {
-    s.parse::<EpisodeId>()
-        .map_err(|_| MemoryError::invalid("episode_id", format!("{s:?} is not an episode id (a UUID)")).into())
+    s.parse::<EpisodeId>().map_err(|_| {
+        MemoryError::invalid("episode_id", format!("{s:?} is not an episode id (a UUID)")).into()
+    })
 }
 
 fn check_len(field: &'static str, s: &str, limit: usize) -> Result<(), ToolFailure> {
@@ -650,10 +657,7 @@ fn check_label(field: &'static str, s: Option<&str>, limits: &Limits) -> Result<
 impl ServerHandler for MemoryServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(
-                "memory",
-                env!("CARGO_PKG_VERSION"),
-            ))
+            .with_server_info(Implementation::new("memory", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
     }
 

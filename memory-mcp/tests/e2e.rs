@@ -20,10 +20,23 @@ fn record(s: &mut Server, task: &str) -> (String, Value) {
         }),
     );
     assert_eq!(started["namespace"], json!(NS));
-    let id = started["episode_id"].as_str().expect("episode id").to_owned();
+    let id = started["episode_id"]
+        .as_str()
+        .expect("episode id")
+        .to_owned();
     let steps = [
-        ("pytest", "run the invoice tests", "error", "AssertionError: due date off by one day"),
-        ("edit_file", "freeze time with a fake clock in conftest.py", "success", "edit applied"),
+        (
+            "pytest",
+            "run the invoice tests",
+            "error",
+            "AssertionError: due date off by one day",
+        ),
+        (
+            "edit_file",
+            "freeze time with a fake clock in conftest.py",
+            "success",
+            "edit applied",
+        ),
         ("pytest", "run the invoice tests", "success", "14 passed"),
     ];
     for (tool, action, status, output) in steps {
@@ -57,16 +70,33 @@ fn initialize_and_list_tools() {
     assert_eq!(
         names,
         [
-            "complete_episode", "health", "list_learned", "log_step", "recommend",
-            "record_feedback", "search_episodes", "show_episode", "start_episode", "stats"
+            "complete_episode",
+            "health",
+            "list_learned",
+            "log_step",
+            "recommend",
+            "record_feedback",
+            "search_episodes",
+            "show_episode",
+            "start_episode",
+            "stats"
         ]
     );
     for t in tools {
         let name = t["name"].as_str().unwrap();
-        assert!(t["description"].as_str().unwrap().len() > 40, "{name} needs a description");
+        assert!(
+            t["description"].as_str().unwrap().len() > 40,
+            "{name} needs a description"
+        );
         assert_eq!(t["inputSchema"]["type"], json!("object"), "{name}: {t}");
         let readonly = t["annotations"]["readOnlyHint"].as_bool().unwrap();
-        let writes = ["start_episode", "log_step", "complete_episode", "record_feedback"].contains(&name);
+        let writes = [
+            "start_episode",
+            "log_step",
+            "complete_episode",
+            "record_feedback",
+        ]
+        .contains(&name);
         assert_eq!(readonly, !writes, "{name} read-only hint");
     }
     let log_step = tools.iter().find(|t| t["name"] == "log_step").unwrap();
@@ -77,7 +107,10 @@ fn initialize_and_list_tools() {
         .map(|v| v.as_str().unwrap())
         .collect();
     for field in ["episode_id", "tool", "action", "status"] {
-        assert!(required.contains(&field), "log_step requires {field}: {required:?}");
+        assert!(
+            required.contains(&field),
+            "log_step requires {field}: {required:?}"
+        );
     }
     s.close();
 }
@@ -102,7 +135,10 @@ fn record_recommend_feedback_cycle() {
         let (id, report) = record(&mut s, task);
         let reward = report["reward"]["total"].as_f64().unwrap();
         assert!(reward > 0.0 && reward <= 1.0, "reward {reward}");
-        assert!(!report["patterns"].as_array().unwrap().is_empty(), "nothing learned: {report}");
+        assert!(
+            !report["patterns"].as_array().unwrap().is_empty(),
+            "nothing learned: {report}"
+        );
         ids.push(id);
     }
 
@@ -110,7 +146,10 @@ fn record_recommend_feedback_cycle() {
     let ep = &shown["episode"];
     assert_eq!(ep["steps"].as_array().unwrap().len(), 3);
     assert_eq!(ep["steps"][0]["tool"], json!("pytest"));
-    assert!(ep["outcome"].is_object(), "completed episode has an outcome: {ep}");
+    assert!(
+        ep["outcome"].is_object(),
+        "completed episode has an outcome: {ep}"
+    );
 
     // Before the next task like these: the memory hands back what it learned.
     let advice = s.call_ok(
@@ -122,18 +161,29 @@ fn record_recommend_feedback_cycle() {
         }),
     );
     let rec = &advice["recommendation"];
-    assert!(rec["degraded"].is_string(), "no model in the tests: lexical and says so: {rec}");
+    assert!(
+        rec["degraded"].is_string(),
+        "no model in the tests: lexical and says so: {rec}"
+    );
     let similar: Vec<&str> = rec["episodes"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|e| {
-            std::iter::once(e["episode"]["id"].as_str().unwrap())
-                .chain(e["near_duplicates"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()))
+            std::iter::once(e["episode"]["id"].as_str().unwrap()).chain(
+                e["near_duplicates"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_str().unwrap()),
+            )
         })
         .collect();
     for id in &ids {
-        assert!(similar.contains(&id.as_str()), "episode {id} missing from {similar:?}");
+        assert!(
+            similar.contains(&id.as_str()),
+            "episode {id} missing from {similar:?}"
+        );
     }
     let playbook: Vec<&str> = rec["playbook"]
         .as_array()
@@ -165,9 +215,16 @@ fn record_recommend_feedback_cycle() {
         .iter()
         .find(|i| i["pattern"]["id"] == json!(pattern_id))
         .expect("the pattern is listed");
-    assert_eq!(item["pattern"]["effectiveness"]["helped"], json!(1), "{item}");
+    assert_eq!(
+        item["pattern"]["effectiveness"]["helped"],
+        json!(1),
+        "{item}"
+    );
 
-    let hits = s.call_ok("search_episodes", json!({ "query": "invoice", "status": "success" }));
+    let hits = s.call_ok(
+        "search_episodes",
+        json!({ "query": "invoice", "status": "success" }),
+    );
     assert_eq!(hits["results"].as_array().unwrap().len(), 4);
 
     let stats = s.call_ok("stats", json!({}));
@@ -189,7 +246,10 @@ fn record_recommend_feedback_cycle() {
 
     // A step buffered at the end of a session is written on shutdown, and a new server on
     // the same data directory continues the episode.
-    let open = s.call_ok("start_episode", json!({ "task": "left open", "context": { "domain": "billing" } }));
+    let open = s.call_ok(
+        "start_episode",
+        json!({ "task": "left open", "context": { "domain": "billing" } }),
+    );
     let open_id = open["episode_id"].as_str().unwrap().to_owned();
     s.call_ok(
         "log_step",
@@ -234,10 +294,22 @@ fn namespaces_are_honoured() {
         "log_step",
         json!({ "episode_id": id, "tool": "editor", "action": "write", "status": "success", "namespace": "team/other" }),
     );
-    let shown = s.call_ok("show_episode", json!({ "episode_id": id, "namespace": "team/other" }));
-    assert_eq!(shown["episode"]["task_description"], json!("write the release notes"));
+    let shown = s.call_ok(
+        "show_episode",
+        json!({ "episode_id": id, "namespace": "team/other" }),
+    );
+    assert_eq!(
+        shown["episode"]["task_description"],
+        json!("write the release notes")
+    );
 
-    assert_eq!(s.call_ok("stats", json!({}))["counts"]["episodes"], json!(0));
-    assert_eq!(s.call_ok("stats", json!({ "namespace": "team/other" }))["counts"]["episodes"], json!(1));
+    assert_eq!(
+        s.call_ok("stats", json!({}))["counts"]["episodes"],
+        json!(0)
+    );
+    assert_eq!(
+        s.call_ok("stats", json!({ "namespace": "team/other" }))["counts"]["episodes"],
+        json!(1)
+    );
     s.close();
 }

@@ -30,11 +30,16 @@ fn malformed_messages_get_protocol_errors() {
     // Not JSON: no id to answer to, so it is dropped (as the other MCP SDKs do).
     s.send_line("this is not json {");
     s.send_line("{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": ");
-    assert!(s.recv_within(Duration::from_millis(300)).is_none(), "garbage is not answered");
+    assert!(
+        s.recv_within(Duration::from_millis(300)).is_none(),
+        "garbage is not answered"
+    );
 
     // JSON that is not a JSON-RPC message: Invalid Request.
     s.send(&json!({ "hello": "world" }));
-    let r = s.recv_within(common::TIMEOUT).expect("an answer to a non-message");
+    let r = s
+        .recv_within(common::TIMEOUT)
+        .expect("an answer to a non-message");
     assert_eq!(r["error"]["code"], json!(-32600), "{r}");
 
     // An unknown method: Method not found.
@@ -58,7 +63,13 @@ fn unknown_tools_and_bad_arguments() {
 
     let r = s.call_raw("run_shell", json!({ "command": "rm -rf /" }));
     assert_eq!(r["error"]["code"], json!(-32602), "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("unknown tool"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool"),
+        "{r}"
+    );
 
     // Arguments that do not fit the schema: a tool error the agent can read and fix.
     let e = s.call_err("start_episode", json!({ "task": 42 }));
@@ -66,9 +77,15 @@ fn unknown_tools_and_bad_arguments() {
     let e = s.call_err("start_episode", json!({}));
     assert_eq!(e["kind"], json!("invalid_arguments"));
     assert!(e["message"].as_str().unwrap().contains("task"), "{e}");
-    let e = s.call_err("start_episode", json!({ "task": "x", "task_typo": "testing" }));
+    let e = s.call_err(
+        "start_episode",
+        json!({ "task": "x", "task_typo": "testing" }),
+    );
     assert_eq!(e["kind"], json!("invalid_arguments"));
-    let e = s.call_err("start_episode", json!({ "task": "x", "task_type": "cooking" }));
+    let e = s.call_err(
+        "start_episode",
+        json!({ "task": "x", "task_type": "cooking" }),
+    );
     assert_eq!(e["kind"], json!("invalid_arguments"));
     let e = s.call_err("start_episode", json!({ "task": "   " }));
     assert_eq!(e["kind"], json!("invalid_input"));
@@ -81,7 +98,11 @@ fn unknown_tools_and_bad_arguments() {
     let e = s.call_err("list_learned", json!({ "kind": "secrets" }));
     assert_eq!(e["kind"], json!("invalid_arguments"));
 
-    assert_eq!(s.call_ok("stats", json!({}))["counts"]["episodes"], json!(0), "nothing stored");
+    assert_eq!(
+        s.call_ok("stats", json!({}))["counts"]["episodes"],
+        json!(0),
+        "nothing stored"
+    );
     assert_serving(&mut s);
     s.close();
 }
@@ -105,7 +126,10 @@ fn oversized_arguments_are_refused_and_nothing_is_stored() {
     assert_eq!(e["kind"], json!("limit_exceeded"));
     let e = s.call_err("recommend", json!({ "task": "y", "limit": 1_000 }));
     assert_eq!(e["kind"], json!("limit_exceeded"));
-    assert_eq!(s.call_ok("stats", json!({}))["counts"]["episodes"], json!(0));
+    assert_eq!(
+        s.call_ok("stats", json!({}))["counts"]["episodes"],
+        json!(0)
+    );
 
     let id = s.call_ok("start_episode", json!({ "task": "big outputs" }))["episode_id"].clone();
     let e = s.call_err(
@@ -125,8 +149,15 @@ fn oversized_arguments_are_refused_and_nothing_is_stored() {
     );
     assert_eq!(e["kind"], json!("limit_exceeded"));
     let shown = s.call_ok("show_episode", json!({ "episode_id": id }));
-    assert_eq!(shown["episode"]["steps"], json!([]), "no refused step stored");
-    assert!(shown["episode"]["outcome"].is_null(), "not completed by the refused call");
+    assert_eq!(
+        shown["episode"]["steps"],
+        json!([]),
+        "no refused step stored"
+    );
+    assert!(
+        shown["episode"]["outcome"].is_null(),
+        "not completed by the refused call"
+    );
 
     assert_serving(&mut s);
     s.close();
@@ -151,16 +182,32 @@ fn steps_for_unknown_or_completed_episodes_are_errors() {
     assert_eq!(e["kind"], json!("not_found"));
 
     let id = s.call_ok("start_episode", json!({ "task": "one step" }))["episode_id"].clone();
-    s.call_ok("log_step", json!({ "episode_id": id, "tool": "cargo", "action": "build", "status": "success" }));
+    s.call_ok(
+        "log_step",
+        json!({ "episode_id": id, "tool": "cargo", "action": "build", "status": "success" }),
+    );
     let e = s.call_err(
         "complete_episode",
         json!({ "episode_id": id, "outcome": "failure", "verdict": "no", "artifacts": ["a"] }),
     );
-    assert_eq!(e["kind"], json!("invalid_input"), "artifacts belong to success");
-    s.call_ok("complete_episode", json!({ "episode_id": id, "outcome": "success", "verdict": "built" }));
-    let e = s.call_err("log_step", json!({ "episode_id": id, "tool": "cargo", "action": "late", "status": "success" }));
+    assert_eq!(
+        e["kind"],
+        json!("invalid_input"),
+        "artifacts belong to success"
+    );
+    s.call_ok(
+        "complete_episode",
+        json!({ "episode_id": id, "outcome": "success", "verdict": "built" }),
+    );
+    let e = s.call_err(
+        "log_step",
+        json!({ "episode_id": id, "tool": "cargo", "action": "late", "status": "success" }),
+    );
     assert_eq!(e["kind"], json!("conflict"));
-    let e = s.call_err("complete_episode", json!({ "episode_id": id, "outcome": "success", "verdict": "again" }));
+    let e = s.call_err(
+        "complete_episode",
+        json!({ "episode_id": id, "outcome": "success", "verdict": "again" }),
+    );
     assert_eq!(e["kind"], json!("conflict"));
 
     // Feedback must name a pattern that exists.
@@ -169,7 +216,10 @@ fn steps_for_unknown_or_completed_episodes_are_errors() {
         json!({ "target_kind": "pattern", "target_id": "0123456789abcdef0123456789abcdef", "episode_id": id, "outcome": "helped" }),
     );
     assert_eq!(e["kind"], json!("not_found"));
-    assert_eq!(s.call_ok("stats", json!({}))["counts"]["feedback"], json!(0));
+    assert_eq!(
+        s.call_ok("stats", json!({}))["counts"]["feedback"],
+        json!(0)
+    );
 
     let shown = s.call_ok("show_episode", json!({ "episode_id": id }));
     assert_eq!(shown["episode"]["steps"].as_array().unwrap().len(), 1);
@@ -180,8 +230,11 @@ fn steps_for_unknown_or_completed_episodes_are_errors() {
 #[test]
 fn each_client_is_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, _) =
-        Server::start(dir.path(), NS, &["--rate-burst", "3", "--rate-per-second", "0.5"]);
+    let (mut s, _) = Server::start(
+        dir.path(),
+        NS,
+        &["--rate-burst", "3", "--rate-per-second", "0.5"],
+    );
     for _ in 0..3 {
         s.call_ok("stats", json!({}));
     }
@@ -192,6 +245,10 @@ fn each_client_is_rate_limited() {
     assert!(s.request("ping", json!(null))["result"].is_object());
     // The bucket refills: one call per two seconds.
     std::thread::sleep(Duration::from_millis(2_100));
-    assert_eq!(s.call_ok("stats", json!({}))["counts"]["episodes"], json!(0), "the refused start stored nothing");
+    assert_eq!(
+        s.call_ok("stats", json!({}))["counts"]["episodes"],
+        json!(0),
+        "the refused start stored nothing"
+    );
     s.close();
 }

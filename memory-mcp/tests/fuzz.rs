@@ -15,29 +15,82 @@ use serde_json::{Map, Value, json};
 const MESSAGES: usize = 400;
 
 const METHODS: &[&str] = &[
-    "tools/call", "tools/call", "tools/call", "tools/list", "ping", "initialize",
-    "resources/list", "prompts/list", "logging/setLevel", "completion/complete",
-    "notifications/cancelled", "notifications/initialized", "notifications/progress",
-    "tasks/get", "", "tools/", "x/y",
+    "tools/call",
+    "tools/call",
+    "tools/call",
+    "tools/list",
+    "ping",
+    "initialize",
+    "resources/list",
+    "prompts/list",
+    "logging/setLevel",
+    "completion/complete",
+    "notifications/cancelled",
+    "notifications/initialized",
+    "notifications/progress",
+    "tasks/get",
+    "",
+    "tools/",
+    "x/y",
 ];
 
 const TOOLS: &[&str] = &[
-    "recommend", "start_episode", "log_step", "complete_episode", "record_feedback",
-    "search_episodes", "show_episode", "list_learned", "stats", "health", "exec", "",
+    "recommend",
+    "start_episode",
+    "log_step",
+    "complete_episode",
+    "record_feedback",
+    "search_episodes",
+    "show_episode",
+    "list_learned",
+    "stats",
+    "health",
+    "exec",
+    "",
 ];
 
 const KEYS: &[&str] = &[
-    "task", "episode_id", "tool", "action", "status", "output", "outcome", "verdict",
-    "namespace", "limit", "kind", "query", "context", "target_kind", "target_id", "parameters",
+    "task",
+    "episode_id",
+    "tool",
+    "action",
+    "status",
+    "output",
+    "outcome",
+    "verdict",
+    "namespace",
+    "limit",
+    "kind",
+    "query",
+    "context",
+    "target_kind",
+    "target_id",
+    "parameters",
 ];
 
 fn random_string(rng: &mut StdRng) -> String {
-    let words = ["success", "error", "patterns", "testing", "fix", "\u{0}", "ü", "../..", "01936f0e-1b2c-7d3e-8f40-123456789abc", "", " "];
+    let words = [
+        "success",
+        "error",
+        "patterns",
+        "testing",
+        "fix",
+        "\u{0}",
+        "ü",
+        "../..",
+        "01936f0e-1b2c-7d3e-8f40-123456789abc",
+        "",
+        " ",
+    ];
     match rng.random_range(0..4) {
         0 => words[rng.random_range(0..words.len())].to_owned(),
-        1 => (0..rng.random_range(0..40)).map(|_| char::from(rng.random_range(32u8..127))).collect(),
+        1 => (0..rng.random_range(0..40))
+            .map(|_| char::from(rng.random_range(32u8..127)))
+            .collect(),
         2 => "w".repeat(rng.random_range(0..12_000)),
-        _ => (0..rng.random_range(0..8)).map(|_| char::from_u32(rng.random_range(0..0x2_0000)).unwrap_or('?')).collect(),
+        _ => (0..rng.random_range(0..8))
+            .map(|_| char::from_u32(rng.random_range(0..0x2_0000)).unwrap_or('?'))
+            .collect(),
     }
 }
 
@@ -48,7 +101,11 @@ fn random_value(rng: &mut StdRng, depth: u32) -> Value {
         2 => json!(rng.random_range(-1_000_000i64..1_000_000)),
         3 => json!(rng.random::<f64>() * 1e6),
         4 => json!(random_string(rng)),
-        5 => Value::Array((0..rng.random_range(0..4)).map(|_| random_value(rng, depth + 1)).collect()),
+        5 => Value::Array(
+            (0..rng.random_range(0..4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
         _ => Value::Object(random_object(rng, depth + 1)),
     }
 }
@@ -83,7 +140,11 @@ fn random_message(rng: &mut StdRng, n: usize) -> String {
             };
             let mut msg = json!({ "jsonrpc": "2.0", "method": method, "params": params });
             if !method.starts_with("notifications/") || rng.random_bool(0.2) {
-                msg["id"] = if rng.random_bool(0.8) { json!(n) } else { random_value(rng, 2) };
+                msg["id"] = if rng.random_bool(0.8) {
+                    json!(n)
+                } else {
+                    random_value(rng, 2)
+                };
             }
             msg.to_string()
         }
@@ -92,7 +153,10 @@ fn random_message(rng: &mut StdRng, n: usize) -> String {
 
 #[test]
 fn random_jsonrpc_traffic_never_crashes_the_server() {
-    let seed = std::env::var("MCP_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+    let seed = std::env::var("MCP_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_u64);
     println!("seed {seed} ({MESSAGES} messages); rerun with MCP_FUZZ_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -117,8 +181,14 @@ fn random_jsonrpc_traffic_never_crashes_the_server() {
     let health = s.call_ok("health", json!({}));
     assert_eq!(health["healthy"], json!(true));
     let id = s.call_ok("start_episode", json!({ "task": "after the storm" }))["episode_id"].clone();
-    s.call_ok("log_step", json!({ "episode_id": id, "tool": "t", "action": "a", "status": "success" }));
-    s.call_ok("complete_episode", json!({ "episode_id": id, "outcome": "success", "verdict": "ok" }));
+    s.call_ok(
+        "log_step",
+        json!({ "episode_id": id, "tool": "t", "action": "a", "status": "success" }),
+    );
+    s.call_ok(
+        "complete_episode",
+        json!({ "episode_id": id, "outcome": "success", "verdict": "ok" }),
+    );
     assert!(s.is_running());
     s.close();
 }

@@ -1,6 +1,12 @@
 //! A minimal MCP client for the tests: spawns `memory mcp` as a child process and speaks
 //! JSON-RPC over its stdin/stdout, one message per line.
-#![allow(dead_code, clippy::missing_panics_doc, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::missing_panics_doc,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -26,7 +32,14 @@ pub fn memory_bin() -> &'static Path {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let out = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "-p", "memory-cli", "--bin", "memory", "--message-format=json"])
+            .args([
+                "build",
+                "-p",
+                "memory-cli",
+                "--bin",
+                "memory",
+                "--message-format=json",
+            ])
             .stderr(Stdio::inherit())
             .output()
             .expect("run cargo build for the memory binary");
@@ -63,7 +76,13 @@ impl Server {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        for v in ["MEMORY_DATA_DIR", "MEMORY_NAMESPACE", "MEMORY_MODE", "TURSO_DATABASE_URL", "TURSO_AUTH_TOKEN"] {
+        for v in [
+            "MEMORY_DATA_DIR",
+            "MEMORY_NAMESPACE",
+            "MEMORY_MODE",
+            "TURSO_DATABASE_URL",
+            "TURSO_AUTH_TOKEN",
+        ] {
             cmd.env_remove(v);
         }
         let mut child = cmd.spawn().expect("spawn memory mcp");
@@ -118,7 +137,10 @@ impl Server {
                 },
                 Err(RecvTimeoutError::Timeout) => return None,
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("server closed stdout (exit status {:?})", self.child.try_wait())
+                    panic!(
+                        "server closed stdout (exit status {:?})",
+                        self.child.try_wait()
+                    )
                 }
             }
         }
@@ -184,7 +206,10 @@ impl Server {
         let result = &r["result"];
         assert_eq!(result["isError"], json!(true), "{tool} should fail: {r}");
         let err = result["structuredContent"]["error"].clone();
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {r}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {r}"
+        );
         err
     }
 
@@ -202,7 +227,10 @@ impl Server {
                 assert!(status.success(), "server exited with {status}");
                 return;
             }
-            assert!(Instant::now() < deadline, "server did not exit after stdin closed");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after stdin closed"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
