@@ -115,6 +115,19 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Serve the memory to an agent over MCP on stdin/stdout (same data dir, namespace and
+    /// mode as the other commands)
+    Mcp(McpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Largest burst of tool calls from the client
+    #[arg(long, default_value_t = 200)]
+    pub rate_burst: u32,
+    /// Tool calls per second the client may sustain (0: no per-client limit)
+    #[arg(long, default_value_t = 50.0)]
+    pub rate_per_second: f64,
 }
 
 #[derive(Debug, Args)]

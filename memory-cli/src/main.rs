@@ -113,6 +113,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Mcp(a) = cli.command {
+        return commands::mcp::run(&a, &settings)
+            .await
+            .map(|()| ExitCode::SUCCESS);
+    }
     let stack = backend::open(&settings, semantic).await?;
     let s = &settings;
     let m = &stack.memory;
@@ -136,7 +141,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export { file } => commands::transfer::export(&file, m, s).await,
         Command::Import { file } => commands::transfer::import(&file, m, s).await,
         Command::Backup { dir } => commands::backup::backup(&dir, &stack, s).await,
-        Command::Eval(_) | Command::Restore { .. } => Ok(()),
+        Command::Eval(_) | Command::Restore { .. } | Command::Mcp(_) => Ok(()),
     };
     let shutdown = stack.shutdown().await;
     result?;

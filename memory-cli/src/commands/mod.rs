@@ -6,6 +6,7 @@ pub mod demo;
 pub mod episode;
 pub mod eval;
 pub mod learned;
+pub mod mcp;
 pub mod recommend;
 pub mod status;
 pub mod transfer;

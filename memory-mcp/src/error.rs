@@ -1,0 +1,138 @@
+//! The crate's error, and how library errors are reported to a client.
+
+use memory_core::Error as MemoryError;
+use serde_json::{Value, json};
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of setting up or running an MCP session. Errors of single tool calls are not
+/// errors of the session: they are answered to the client (see [`crate`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tool's argument schema could not be generated.
+    #[error("cannot build the input schema of tool {tool}: {reason}")]
+    Schema {
+        /// The tool.
+        tool: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The session could not start (the client went away or did not initialize).
+    #[error("mcp session failed to initialize: {0}")]
+    Initialize(String),
+    /// The session's task ended abnormally.
+    #[error("mcp session ended abnormally: {0}")]
+    Session(String),
+    /// The memory failed outside a tool call.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+}
+
+/// A failed tool call, answered as a tool result with `isError: true` so the agent reads
+/// it and can correct its call.
+#[derive(Debug)]
+pub(crate) struct ToolFailure {
+    /// Machine-readable kind: `invalid_arguments`, `invalid_input`, `limit_exceeded`, ...
+    pub kind: &'static str,
+    /// What went wrong, naming the field or object.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<&'static str>,
+    /// Extra fields (limit, actual, `retry_after_ms`, ...).
+    pub details: Value,
+}
+
+impl ToolFailure {
+    /// Arguments that do not fit the tool's schema.
+    pub fn arguments(tool: &str, reason: impl std::fmt::Display) -> Self {
+        ToolFailure {
+            kind: "invalid_arguments",
+            message: format!("invalid arguments for {tool}: {reason}"),
+            hint: Some("check the argument names and types against the tool's input schema"),
+            details: Value::Null,
+        }
+    }
+
+    /// The JSON the client receives as `structuredContent`.
+    pub fn to_json(&self) -> Value {
+        let mut error = json!({ "kind": self.kind, "message": self.message, "hint": self.hint });
+        if let (Some(map), Value::Object(extra)) = (error.as_object_mut(), &self.details) {
+            for (k, v) in extra {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        json!({ "error": error })
+    }
+}
+
+impl From<MemoryError> for ToolFailure {
+    fn from(e: MemoryError) -> Self {
+        let message = e.to_string();
+        let (kind, hint, details) = match &e {
+            MemoryError::NotFound { kind, id } => (
+                "not_found",
+                Some("check the id: use the id a previous call returned, in the same namespace"),
+                json!({ "object": kind.to_string(), "id": id }),
+            ),
+            MemoryError::InvalidInput { field, .. } => (
+                "invalid_input",
+                Some("fix the named field and call again"),
+                json!({ "field": field }),
+            ),
+            MemoryError::LimitExceeded {
+                field,
+                limit,
+                actual,
+            } => (
+                "limit_exceeded",
+                Some("shorten the named field below the limit; nothing was stored"),
+                json!({ "field": field, "limit": limit, "actual": actual }),
+            ),
+            MemoryError::QuotaExceeded {
+                namespace,
+                resource,
+                limit,
+            } => (
+                "quota_exceeded",
+                Some("the namespace is full; ask the operator to raise the quota"),
+                json!({ "namespace": namespace, "resource": resource, "limit": limit }),
+            ),
+            MemoryError::RateLimited { retry_after } => (
+                "rate_limited",
+                Some("too many calls; wait retry_after_ms and call again"),
+                json!({ "retry_after_ms": duration_ms(*retry_after) }),
+            ),
+            MemoryError::CircuitOpen { retry_after } => (
+                "unavailable",
+                Some("storage is unreachable; retry later"),
+                json!({ "retry_after_ms": duration_ms(*retry_after) }),
+            ),
+            MemoryError::Conflict { .. } => (
+                "conflict",
+                Some("the episode is completed (or completing): start a new episode"),
+                Value::Null,
+            ),
+            MemoryError::Storage {
+                transient: true, ..
+            } => (
+                "unavailable",
+                Some("storage is busy or unreachable; retry"),
+                Value::Null,
+            ),
+            MemoryError::Shutdown => ("shutdown", None, Value::Null),
+            _ => ("internal", None, Value::Null),
+        };
+        ToolFailure {
+            kind,
+            message,
+            hint,
+            details,
+        }
+    }
+}
+
+fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

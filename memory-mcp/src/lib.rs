@@ -1,0 +1,81 @@
+//! The self-learning memory served to agents over the Model Context Protocol.
+//!
+//! [`MemoryServer`] wraps a [`memory_core::SelfLearningMemory`] and offers ten tools:
+//! `recommend`, `start_episode`, `log_step`, `complete_episode`, `record_feedback`,
+//! `search_episodes`, `show_episode`, `list_learned`, `stats` and `health`. The `memory mcp`
+//! command of `memory-cli` opens the configured storage and serves it on stdio with
+//! [`serve_stdio`].
+//!
+//! Errors, by layer:
+//! - a line that is not JSON is ignored, and JSON that is not a JSON-RPC message gets an
+//!   `Invalid Request` (-32600) error (both by the rmcp transport); an unknown method gets
+//!   -32601 and an unknown tool -32602;
+//! - everything else a tool call can get wrong (arguments that do not fit the schema, inputs
+//!   over the library's limits, unknown or completed episodes, rate limits, storage
+//!   trouble) is a tool result with `isError: true` and a structured
+//!   `{"error": {"kind", "message", "hint", ...}}`, which the agent reads and can act on.
+//!   Validation happens before anything is stored.
+//!
+//! No tool runs code or shell commands: they only read and write the memory.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use memory_core::{InMemoryStorage, MemoryConfig, Namespace, SelfLearningMemory};
+//! use memory_mcp::{McpConfig, MemoryServer};
+//!
+//! let memory = SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())?;
+//! let server = MemoryServer::new(Arc::new(memory), Namespace::new("acme/api")?, McpConfig::default())?;
+//! assert_eq!(server.tools().len(), 10);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod params;
+mod server;
+
+pub use error::{Error, Result};
+pub use server::{McpConfig, MemoryServer};
+
+use rmcp::ServiceExt;
+use rmcp::service::QuitReason;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{info, warn};
+
+/// Serves one client on the given byte streams until it disconnects.
+pub async fn serve_io<R, W>(server: MemoryServer, read: R, write: W) -> Result<()>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let running = server
+        .for_client()
+        .serve((read, write))
+        .await
+        .map_err(|e| Error::Initialize(e.to_string()))?;
+    match running.waiting().await {
+        Ok(QuitReason::JoinError(e)) | Err(e) => Err(Error::Session(e.to_string())),
+        Ok(reason) => {
+            info!(?reason, "mcp session ended");
+            Ok(())
+        }
+    }
+}
+
+/// Serves one client on stdin/stdout until it closes stdin or the process gets Ctrl-C.
+/// Logs must go to stderr: stdout carries the protocol.
+pub async fn serve_stdio(server: MemoryServer) -> Result<()> {
+    let (stdin, stdout) = rmcp::transport::stdio();
+    let interrupted = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for ctrl-c; serving until stdin closes");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = serve_io(server, stdin, stdout) => r,
+        () = interrupted => {
+            info!("interrupted; stopping the mcp server");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,688 @@
+//! The MCP server: tool definitions and the handlers that call the memory.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use memory_core::retrieval::recommend::RecommendRequest;
+use memory_core::{
+    EpisodeFilter, EpisodeId, Error as MemoryError, FeedbackTarget, HeuristicId, LearnedQuery,
+    Limits, Namespace, NewEpisode, Outcome, PatternId, RateLimitConfig, RateLimiter,
+    SelfLearningMemory, StepInput, StepResult, TextQuery, TieredStorage,
+};
+use rmcp::handler::server::common::schema_for_input;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::{Instrument, debug, info_span};
+
+use crate::error::{Error, Result, ToolFailure};
+use crate::params::{
+    CompleteEpisodeArgs, FeedbackArgs, LearnedKind, ListLearnedArgs, LogStepArgs, NamespaceArgs,
+    OutcomeArg, RecommendArgs, SearchArgs, ShowEpisodeArgs, StartEpisodeArgs, StepStatus,
+    TargetKind,
+};
+
+/// Settings of the server.
+///
+/// # Default
+/// | field | default |
+/// |---|---|
+/// | `rate_limit` | enabled, bursts of 200 calls, refilled at 50 calls per second |
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct McpConfig {
+    /// Token bucket applied to every tool call of one client (each connection gets its own
+    /// bucket), on top of the memory's per-namespace limit on writes.
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            rate_limit: RateLimitConfig {
+                enabled: true,
+                burst: 200,
+                per_second: 50.0,
+            },
+        }
+    }
+}
+
+impl McpConfig {
+    /// With this per-client rate limit.
+    #[must_use]
+    pub fn with_rate_limit(mut self, rate_limit: RateLimitConfig) -> Self {
+        self.rate_limit = rate_limit;
+        self
+    }
+}
+
+/// The tools, in the order `tools/list` gives them.
+const TOOLS: [&str; 10] = [
+    "recommend",
+    "start_episode",
+    "log_step",
+    "complete_episode",
+    "record_feedback",
+    "search_episodes",
+    "show_episode",
+    "list_learned",
+    "stats",
+    "health",
+];
+
+const INSTRUCTIONS: &str = "An episodic memory that learns from your past tasks. \
+Before a task, call `recommend` with the task: it returns similar past episodes, patterns, \
+heuristics, pitfalls, a playbook and an estimate, each with `why`. Then `start_episode`, call \
+`log_step` after each tool call you make (success or error), and `complete_episode` with the \
+outcome: the memory scores the episode and learns from it. If you applied a pattern or \
+heuristic from `recommend`, call `record_feedback` with its id and your episode id. \
+Errors come back as tool results with `isError` and an `error.kind`; fix the call and retry.";
+
+fn description(tool: &str) -> &'static str {
+    match tool {
+        "recommend" => {
+            "Ask before you start a task: what does the memory know about a task like this? \
+             Returns `episodes` (similar past episodes with their outcome), `patterns` and \
+             `heuristics` (learned advice; pass their `item.id` to record_feedback), `pitfalls` \
+             (past failures in this context and what fixed them), `playbook` (suggested ordered \
+             steps), `estimate` (steps, duration, success chance) and `strong_match` (false: \
+             nothing close in memory, treat the advice as weak). Every item has a `why`."
+        }
+        "start_episode" => {
+            "Start recording a task you are about to do. Returns `episode_id`; pass it to \
+             log_step and complete_episode. Give the context (domain, language, framework) so \
+             later tasks can find this one."
+        }
+        "log_step" => {
+            "Record one step of an episode: a tool call you made and how it went (success, \
+             error or timeout, with the output or error message). Log failed steps too: they \
+             are what the memory learns pitfalls from. Fails with not_found for an unknown \
+             episode and conflict for a completed one."
+        }
+        "complete_episode" => {
+            "Finish an episode with its outcome (success, partial_success, failure, abstained) \
+             and a short verdict. Returns the reward (0..1, with its components), a reflection \
+             (what worked, what to improve) and the patterns, heuristics and lessons learned."
+        }
+        "record_feedback" => {
+            "Report whether a pattern or heuristic from recommend helped in an episode \
+             (helped, no_effect, hindered). Good advice then ranks higher and bad advice sinks. \
+             Recording again for the same item and episode replaces the verdict."
+        }
+        "search_episodes" => {
+            "Full-text search over past episodes (task descriptions, reflections, step text), \
+             with optional filters. Returns summaries with scores; use show_episode for steps."
+        }
+        "show_episode" => "One episode with all its steps, outcome, reward and reflection.",
+        "list_learned" => {
+            "List what the memory learned, most evidence first: kind `patterns` (tool \
+             sequences, decision points, error recoveries), `heuristics` (condition -> action \
+             rules) or `lessons` (failures and their remedies), optionally for a task type, \
+             domain or language."
+        }
+        "stats" => {
+            "Counts of the namespace: episodes (completed, successful), steps, patterns, \
+             heuristics, lessons, feedback; cache and outbox state."
+        }
+        "health" => {
+            "Check the memory: durable storage (with latency), cache, outbox, circuit breaker, \
+             and whether semantic retrieval is on (embedding model loaded) or lexical only."
+        }
+        _ => "",
+    }
+}
+
+fn input_schema(tool: &'static str) -> Result<Arc<JsonObject>> {
+    fn of<T: JsonSchema + 'static>(tool: &'static str) -> Result<Arc<JsonObject>> {
+        schema_for_input::<T>().map_err(|reason| Error::Schema { tool, reason })
+    }
+    match tool {
+        "recommend" => of::<RecommendArgs>(tool),
+        "start_episode" => of::<StartEpisodeArgs>(tool),
+        "log_step" => of::<LogStepArgs>(tool),
+        "complete_episode" => of::<CompleteEpisodeArgs>(tool),
+        "record_feedback" => of::<FeedbackArgs>(tool),
+        "search_episodes" => of::<SearchArgs>(tool),
+        "show_episode" => of::<ShowEpisodeArgs>(tool),
+        "list_learned" => of::<ListLearnedArgs>(tool),
+        _ => of::<NamespaceArgs>(tool),
+    }
+}
+
+fn build_tools() -> Result<Vec<Tool>> {
+    TOOLS
+        .iter()
+        .map(|&name| {
+            let read_only = !matches!(
+                name,
+                "start_episode" | "log_step" | "complete_episode" | "record_feedback"
+            );
+            let annotations = ToolAnnotations::new()
+                .read_only(read_only)
+                .destructive(false)
+                .open_world(false);
+            Ok(Tool::new(name, description(name), input_schema(name)?).annotate(annotations))
+        })
+        .collect()
+}
+
+/// State shared by every client of one server.
+struct Shared {
+    memory: Arc<SelfLearningMemory>,
+    default_namespace: Namespace,
+    tiered: Option<Arc<TieredStorage>>,
+    cache_problem: Option<String>,
+    tools: Vec<Tool>,
+    config: McpConfig,
+}
+
+/// The memory as an MCP server: ten tools over a [`SelfLearningMemory`].
+///
+/// Cloning shares the memory and the client's rate-limit bucket; [`MemoryServer::for_client`]
+/// gives a new client its own bucket.
+#[derive(Clone)]
+pub struct MemoryServer {
+    shared: Arc<Shared>,
+    limiter: Arc<RateLimiter>,
+}
+
+impl std::fmt::Debug for MemoryServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryServer")
+            .field("default_namespace", &self.shared.default_namespace)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The per-client bucket is keyed by this; one limiter belongs to one client.
+fn client_key() -> Namespace {
+    Namespace::default()
+}
+
+impl MemoryServer {
+    /// A server over `memory`; tool calls without a `namespace` argument use
+    /// `default_namespace`.
+    pub fn new(
+        memory: Arc<SelfLearningMemory>,
+        default_namespace: Namespace,
+        config: McpConfig,
+    ) -> Result<Self> {
+        let limiter = Arc::new(RateLimiter::new(config.rate_limit.clone()));
+        Ok(MemoryServer {
+            shared: Arc::new(Shared {
+                memory,
+                default_namespace,
+                tiered: None,
+                cache_problem: None,
+                tools: build_tools()?,
+                config,
+            }),
+            limiter,
+        })
+    }
+
+    /// With the tiered storage the memory runs on, so `stats` and `health` report the cache,
+    /// outbox and circuit breaker; `cache_problem` says why the cache is off, if it is.
+    ///
+    /// Call before the server is cloned or served.
+    #[must_use]
+    pub fn with_tiered(
+        mut self,
+        tiered: Arc<TieredStorage>,
+        cache_problem: Option<String>,
+    ) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.tiered = Some(tiered);
+            shared.cache_problem = cache_problem;
+        }
+        self
+    }
+
+    /// The same server with a fresh rate-limit bucket, for a new client connection.
+    #[must_use]
+    pub fn for_client(&self) -> Self {
+        MemoryServer {
+            shared: Arc::clone(&self.shared),
+            limiter: Arc::new(RateLimiter::new(self.shared.config.rate_limit.clone())),
+        }
+    }
+
+    /// The tools this server offers.
+    pub fn tools(&self) -> &[Tool] {
+        &self.shared.tools
+    }
+
+    fn memory(&self) -> &SelfLearningMemory {
+        &self.shared.memory
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.memory().config().limits
+    }
+
+    fn namespace(&self, given: Option<&str>) -> Result<Namespace, ToolFailure> {
+        match given {
+            None => Ok(self.shared.default_namespace.clone()),
+            Some(n) => Ok(Namespace::new(n)?),
+        }
+    }
+
+    /// Runs one tool call. `Err` only for an unknown tool (a protocol error); everything
+    /// else, including invalid arguments, is a tool result.
+    async fn call(&self, name: &str, args: Option<JsonObject>) -> Result<CallToolResult, McpError> {
+        if !TOOLS.contains(&name) {
+            return Err(McpError::invalid_params(
+                format!("unknown tool: {name}"),
+                Some(json!({ "tool": name, "available": TOOLS })),
+            ));
+        }
+        let started = Instant::now();
+        let result = match self.limiter.acquire(&client_key(), 1) {
+            Ok(()) => self.dispatch(name, args).await,
+            Err(e) => Err(ToolFailure::from(e)),
+        };
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(match result {
+            Ok(value) => {
+                debug!(tool = name, elapsed_ms, "tool call ok");
+                CallToolResult::structured(value)
+            }
+            Err(failure) => {
+                debug!(tool = name, elapsed_ms, kind = failure.kind, message = %failure.message, "tool call failed");
+                CallToolResult::structured_error(failure.to_json())
+            }
+        })
+    }
+
+    async fn dispatch(&self, name: &str, args: Option<JsonObject>) -> Result<Value, ToolFailure> {
+        match name {
+            "recommend" => self.recommend(parse(name, args)?).await,
+            "start_episode" => self.start_episode(parse(name, args)?).await,
+            "log_step" => self.log_step(parse(name, args)?).await,
+            "complete_episode" => self.complete_episode(parse(name, args)?).await,
+            "record_feedback" => self.record_feedback(&parse(name, args)?).await,
+            "search_episodes" => self.search_episodes(parse(name, args)?).await,
+            "show_episode" => self.show_episode(&parse(name, args)?).await,
+            "list_learned" => self.list_learned(parse(name, args)?).await,
+            "stats" => self.stats(&parse(name, args)?).await,
+            _ => self.health(&parse(name, args)?).await,
+        }
+    }
+
+    async fn recommend(&self, a: RecommendArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let limit = self.limit("limit", a.limit, 5)?;
+        let mut req = RecommendRequest::new(a.task).with_limit(limit);
+        if a.context.is_given() || a.task_type.is_some() {
+            req = req.with_context(a.task_type.map(Into::into), a.context.to_context());
+        }
+        // Check before draining the embedding queue, so a bad call costs nothing.
+        self.limits()
+            .check_retrieval(&memory_core::RetrievalQuery {
+                task: req.task.clone(),
+                task_type: req.task_type,
+                context: req.context.clone(),
+                filter: EpisodeFilter::default(),
+                limit,
+                method: memory_core::RetrievalMethod::Hybrid,
+            })?;
+        // Completed episodes are embedded in the background; catch up so they count now.
+        if self.memory().retriever().embedder().is_some() {
+            self.memory().embed_pending(&ns).await?;
+        }
+        let rec = self.memory().recommend(&ns, &req).await?;
+        Ok(json!({ "namespace": ns, "recommendation": rec }))
+    }
+
+    async fn start_episode(&self, a: StartEpisodeArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let new = NewEpisode::new(
+            a.task,
+            a.task_type.map(Into::into).unwrap_or_default(),
+            a.context.to_context(),
+        );
+        let id = self.memory().start_episode(&ns, new).await?;
+        Ok(json!({ "episode_id": id, "namespace": ns }))
+    }
+
+    async fn log_step(&self, a: LogStepArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let id = episode_id(&a.episode_id)?;
+        let status = a.status_name();
+        let result = match a.status {
+            StepStatus::Success => StepResult::Success { output: a.output },
+            StepStatus::Error => StepResult::Error { message: a.output },
+            StepStatus::Timeout => StepResult::Timeout { message: a.output },
+        };
+        let step = StepInput {
+            tool: a.tool,
+            action: a.action,
+            parameters: a.parameters.unwrap_or(Value::Null),
+            result,
+            latency_ms: a.latency_ms,
+            tokens: a.tokens,
+        };
+        self.memory().log_step(&ns, id, step).await?;
+        Ok(json!({ "logged": true, "episode_id": id, "status": status }))
+    }
+
+    async fn complete_episode(&self, a: CompleteEpisodeArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let id = episode_id(&a.episode_id)?;
+        let misplaced = match a.outcome {
+            OutcomeArg::Success => (!a.completed.is_empty() || !a.failed.is_empty())
+                .then_some("completed and failed are only for partial_success"),
+            OutcomeArg::PartialSuccess => {
+                (!a.artifacts.is_empty()).then_some("artifacts are only for success")
+            }
+            OutcomeArg::Failure | OutcomeArg::Abstained => {
+                (!a.artifacts.is_empty() || !a.completed.is_empty() || !a.failed.is_empty())
+                    .then_some("artifacts, completed and failed are not for this outcome")
+            }
+        };
+        if let Some(reason) = misplaced {
+            return Err(MemoryError::invalid("outcome", reason).into());
+        }
+        let outcome = match a.outcome {
+            OutcomeArg::Success => Outcome::Success {
+                verdict: a.verdict,
+                artifacts: a.artifacts,
+            },
+            OutcomeArg::PartialSuccess => Outcome::PartialSuccess {
+                verdict: a.verdict,
+                completed: a.completed,
+                failed: a.failed,
+            },
+            OutcomeArg::Failure => Outcome::Failure { reason: a.verdict },
+            OutcomeArg::Abstained => Outcome::Abstained { reason: a.verdict },
+        };
+        let report = self.memory().complete_episode(&ns, id, outcome).await?;
+        Ok(json!({ "episode_id": id, "namespace": ns, "report": report }))
+    }
+
+    async fn record_feedback(&self, a: &FeedbackArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let episode = episode_id(&a.episode_id)?;
+        let id = a.target_id.trim().to_owned();
+        if id.is_empty() {
+            return Err(MemoryError::invalid("target_id", "must not be empty").into());
+        }
+        // The target must exist: feedback on a misspelled id would be stored and never used.
+        let target = match a.target_kind {
+            TargetKind::Pattern => {
+                let p = self.memory().pattern(&ns, &PatternId(id)).await?;
+                FeedbackTarget::Pattern(p.id)
+            }
+            TargetKind::Heuristic => {
+                let h = self.memory().heuristic(&ns, &HeuristicId(id)).await?;
+                FeedbackTarget::Heuristic(h.id)
+            }
+        };
+        let outcome: memory_core::FeedbackOutcome = a.outcome.into();
+        self.memory()
+            .record_feedback(&ns, target.clone(), episode, outcome)
+            .await?;
+        Ok(json!({ "recorded": true, "target": target, "episode_id": episode, "outcome": outcome }))
+    }
+
+    async fn search_episodes(&self, a: SearchArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let limits = self.limits();
+        if a.query.trim().is_empty() {
+            return Err(MemoryError::invalid("query", "must not be empty").into());
+        }
+        check_len("query", &a.query, limits.max_description_bytes)?;
+        check_label("domain", a.domain.as_deref(), limits)?;
+        check_label("language", a.language.as_deref(), limits)?;
+        let limit = self.limit("limit", a.limit, 10)?;
+        let query = TextQuery {
+            text: a.query,
+            filter: EpisodeFilter {
+                task_type: a.task_type.map(Into::into),
+                domain: a.domain.map(|d| d.trim().to_lowercase()),
+                language: a.language.map(|l| l.trim().to_lowercase()),
+                status: a.status.map(Into::into),
+                ..EpisodeFilter::default()
+            },
+            limit,
+        };
+        let hits = self.memory().search_episodes(&ns, &query).await?;
+        let results: Vec<Value> = hits
+            .iter()
+            .map(|h| json!({ "score": h.score, "episode": h.summary }))
+            .collect();
+        Ok(json!({ "namespace": ns, "results": results }))
+    }
+
+    async fn show_episode(&self, a: &ShowEpisodeArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let id = episode_id(&a.episode_id)?;
+        let episode = self.memory().get_episode(&ns, id).await?;
+        Ok(json!({ "namespace": ns, "episode": episode }))
+    }
+
+    async fn list_learned(&self, a: ListLearnedArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let limits = self.limits();
+        check_label("domain", a.domain.as_deref(), limits)?;
+        check_label("language", a.language.as_deref(), limits)?;
+        let kind = a.kind_name();
+        let query = LearnedQuery {
+            task_type: a.task_type.map(Into::into),
+            domain: a.domain.map(|d| d.trim().to_lowercase()),
+            language: a.language.map(|l| l.trim().to_lowercase()),
+            kind: None,
+            include_inactive: a.include_inactive,
+            limit: self.limit("limit", a.limit, 20)?,
+            offset: 0,
+        };
+        let m = self.memory();
+        let now = m.clock().now();
+        let half_life = m.config().learning.half_life_days;
+        let items: Vec<Value> = match a.kind {
+            LearnedKind::Patterns => m
+                .patterns(&ns, &query)
+                .await?
+                .iter()
+                .map(|p| {
+                    json!({
+                        "description": p.describe(),
+                        "confidence": p.confidence(now, half_life),
+                        "success_rate": p.success_rate(),
+                        "pattern": p,
+                    })
+                })
+                .collect(),
+            LearnedKind::Heuristics => m
+                .heuristics(&ns, &query)
+                .await?
+                .iter()
+                .map(|h| {
+                    json!({
+                        "description": h.describe(),
+                        "confidence": h.confidence(now, half_life),
+                        "heuristic": h,
+                    })
+                })
+                .collect(),
+            LearnedKind::Lessons => m
+                .lessons(&ns, &query)
+                .await?
+                .iter()
+                .map(|l| json!({ "text": l.text(), "lesson": l }))
+                .collect(),
+        };
+        Ok(json!({ "namespace": ns, "kind": kind, "items": items }))
+    }
+
+    async fn stats(&self, a: &NamespaceArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let st = self.memory().stats(&ns).await?;
+        let success_rate = if st.completed == 0 {
+            0.0
+        } else {
+            st.successes as f64 / st.completed as f64
+        };
+        let mut out = json!({ "namespace": ns, "counts": st, "success_rate": success_rate });
+        if let (Some(t), Some(map)) = (&self.shared.tiered, out.as_object_mut()) {
+            let s = t.status();
+            map.insert("cache".into(), json!(s.cache));
+            map.insert("outbox_len".into(), json!(s.outbox_len));
+            map.insert("breaker".into(), json!(s.breaker));
+        }
+        Ok(out)
+    }
+
+    async fn health(&self, a: &NamespaceArgs) -> Result<Value, ToolFailure> {
+        let ns = self.namespace(a.namespace.as_deref())?;
+        let started = Instant::now();
+        let durable = match &self.shared.tiered {
+            Some(t) => t.durable().ping().await,
+            None => self.memory().storage().ping().await,
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let healthy = durable.is_ok();
+        let retriever = self.memory().retriever();
+        let embedder = match (retriever.embedder(), self.memory().retrieval_degraded()) {
+            (Some(e), _) => json!({
+                "component": "embedder", "status": "ok",
+                "detail": format!("{} ({} dimensions): semantic + lexical retrieval", e.model_id(), e.dimensions()),
+            }),
+            (None, why) => json!({
+                "component": "embedder", "status": "degraded",
+                "detail": format!("{}; retrieval is lexical only", why.unwrap_or("no embedding model")),
+            }),
+        };
+        let mut components = vec![json!({
+            "component": "durable",
+            "status": if healthy { "ok" } else { "down" },
+            "latency_ms": latency_ms,
+            "error": durable.as_ref().err().map(ToString::to_string),
+        })];
+        if let Some(t) = &self.shared.tiered {
+            let s = t.status();
+            let cache_status = if self.shared.cache_problem.is_some() {
+                "degraded"
+            } else {
+                "ok"
+            };
+            components.push(json!({ "component": "cache", "status": cache_status, "error": self.shared.cache_problem, "stats": s.cache }));
+            components
+                .push(json!({ "component": "outbox", "status": "ok", "pending": s.outbox_len }));
+            components.push(json!({ "component": "breaker", "status": s.breaker }));
+        }
+        components.push(embedder);
+        Ok(json!({ "healthy": healthy, "namespace": ns, "components": components }))
+    }
+
+    /// A list size: `default` when absent, else 1..=`max_results`.
+    fn limit(
+        &self,
+        field: &'static str,
+        given: Option<u32>,
+        default: u32,
+    ) -> Result<u32, ToolFailure> {
+        let max = self.limits().max_results;
+        match given {
+            None => Ok(default.min(max as u32)),
+            Some(0) => Err(MemoryError::invalid(field, "must be at least 1").into()),
+            Some(n) if n as usize > max => Err(MemoryError::LimitExceeded {
+                field,
+                limit: max as u64,
+                actual: u64::from(n),
+            }
+            .into()),
+            Some(n) => Ok(n),
+        }
+    }
+}
+
+impl LogStepArgs {
+    fn status_name(&self) -> &'static str {
+        match self.status {
+            StepStatus::Success => "success",
+            StepStatus::Error => "error",
+            StepStatus::Timeout => "timeout",
+        }
+    }
+}
+
+impl ListLearnedArgs {
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            LearnedKind::Patterns => "patterns",
+            LearnedKind::Heuristics => "heuristics",
+            LearnedKind::Lessons => "lessons",
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(tool: &str, args: Option<JsonObject>) -> Result<T, ToolFailure> {
+    serde_json::from_value(Value::Object(args.unwrap_or_default()))
+        .map_err(|e| ToolFailure::arguments(tool, e))
+}
+
+fn episode_id(s: &str) -> Result<EpisodeId, ToolFailure> {
+    s.parse::<EpisodeId>().map_err(|_| {
+        MemoryError::invalid("episode_id", format!("{s:?} is not an episode id (a UUID)")).into()
+    })
+}
+
+fn check_len(field: &'static str, s: &str, limit: usize) -> Result<(), ToolFailure> {
+    if s.len() > limit {
+        return Err(MemoryError::LimitExceeded {
+            field,
+            limit: limit as u64,
+            actual: s.len() as u64,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn check_label(field: &'static str, s: Option<&str>, limits: &Limits) -> Result<(), ToolFailure> {
+    s.map_or(Ok(()), |s| check_len(field, s, limits.max_label_bytes))
+}
+
+impl ServerHandler for MemoryServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("memory", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(self.shared.tools.clone()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.shared.tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let name = request.name.to_string();
+        let span = info_span!("mcp_tool", tool = %name);
+        self.call(&name, request.arguments)
+            .instrument(span)
+            .await
+            .map(CallToolResponse::from)
+    }
+}
