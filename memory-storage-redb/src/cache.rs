@@ -174,6 +174,50 @@ struct PendingWrite {
     reply: oneshot::Sender<Result<WriteOutcome>>,
 }
 
+/// A value encoded for the disk tier, not yet queued.
+struct EncodedEntry {
+    key: Vec<u8>,
+    stored: Vec<u8>,
+    expires: u64,
+    now: u64,
+}
+
+impl EncodedEntry {
+    /// The queued write, and what goes to the front once it committed.
+    fn into_op(self, value: &CachedValue) -> (WriteOp, FrontPut) {
+        let front = FrontPut {
+            key: self.key.clone(),
+            entry: FrontEntry {
+                value: value.clone(),
+                expires_ms: self.expires,
+                bytes: u32::try_from(self.stored.len()).unwrap_or(u32::MAX),
+            },
+        };
+        let op = WriteOp::Put {
+            key: self.key,
+            stored: self.stored,
+            expires: self.expires,
+            now: self.now,
+        };
+        (op, front)
+    }
+}
+
+/// The front (moka) entry of a put, inserted after the disk commit.
+struct FrontPut {
+    key: Vec<u8>,
+    entry: FrontEntry,
+}
+
+fn write_task_stopped() -> Error {
+    Error::storage(
+        crate::error::BACKEND,
+        "cache write",
+        false,
+        "the committing task stopped before this write was committed",
+    )
+}
+
 /// Writes waiting to be committed; concurrent writers share one transaction.
 #[derive(Default)]
 struct WriteQueue {
@@ -313,10 +357,21 @@ impl RedbCache {
 
     /// Queues a write and waits until its transaction is committed.
     async fn submit(&self, op: WriteOp) -> Result<WriteOutcome> {
-        let (reply, done) = oneshot::channel();
+        let mut done = self.submit_many(vec![op]).await;
+        done.pop().unwrap_or_else(|| Err(write_task_stopped()))
+    }
+
+    /// Queues `ops` together (one commit unless the batch limit splits them) and waits for
+    /// each outcome, in order.
+    async fn submit_many(&self, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome>> {
+        let mut waiting = Vec::with_capacity(ops.len());
         let start = {
             let mut q = self.inner.lock_writes();
-            q.pending.push(PendingWrite { op, reply });
+            for op in ops {
+                let (reply, done) = oneshot::channel();
+                q.pending.push(PendingWrite { op, reply });
+                waiting.push(done);
+            }
             !std::mem::replace(&mut q.flushing, true)
         };
         if start {
@@ -327,14 +382,63 @@ impl RedbCache {
                 Inner::write_loop(inner);
             }));
         }
-        done.await.map_err(|_| {
-            Error::storage(
-                crate::error::BACKEND,
-                "cache write",
-                false,
-                "the committing task stopped before this write was committed",
-            )
-        })?
+        let mut out = Vec::with_capacity(waiting.len());
+        for done in waiting {
+            out.push(done.await.unwrap_or_else(|_| Err(write_task_stopped())));
+        }
+        out
+    }
+
+    /// Encodes `value` for the disk tier and checks it against the size limits.
+    fn encode_entry(&self, ns: &Namespace, value: &CachedValue) -> Result<EncodedEntry> {
+        let inner = &self.inner;
+        let key = value.key();
+        let now = inner.now_ms();
+        let expires = inner.expires_at(now);
+        let mut stored = Vec::with_capacity(1024);
+        stored.extend_from_slice(&expires.to_be_bytes());
+        encode_cached_value_into(&mut stored, value)?;
+        let record = stored.len() - HEADER_LEN;
+        let limit = inner.config.limit_for(&key);
+        if record > limit {
+            return Err(Error::LimitExceeded {
+                field: "cache entry",
+                limit: limit as u64,
+                actual: record as u64,
+            });
+        }
+        let size = stored.len() as u64;
+        if size > inner.config.max_bytes {
+            return Err(Error::LimitExceeded {
+                field: "cache entry",
+                limit: inner.config.max_bytes,
+                actual: size,
+            });
+        }
+        Ok(EncodedEntry {
+            key: entry_key(ns, &key),
+            stored,
+            expires,
+            now,
+        })
+    }
+
+    /// Counts a committed put, drops what it evicted or expired from the front and puts the
+    /// new value there.
+    async fn after_put(&self, ns: &Namespace, out: WriteOutcome, front: FrontPut) {
+        let inner = &self.inner;
+        add(&inner.counters.inserts, 1);
+        add(&inner.counters.evictions, out.evicted.len() as u64);
+        add(&inner.counters.expirations, out.expired.len() as u64);
+        if !out.evicted.is_empty() {
+            debug!(count = out.evicted.len(), "evicted cache entries");
+        }
+        self.front_invalidate(&out.evicted).await;
+        self.front_invalidate(&out.expired).await;
+        if let Some(f) = &inner.front {
+            f.insert(front.key.clone(), Arc::new(front.entry)).await;
+        }
+        debug!(namespace = ns.as_str(), key = ?front.key, replaced = out.replaced, "cache put");
     }
 
     async fn front_invalidate(&self, keys: &[Vec<u8>]) {
@@ -957,60 +1061,44 @@ impl Cache for RedbCache {
     }
 
     async fn put(&self, ns: &Namespace, value: &CachedValue) -> Result<()> {
-        let inner = &self.inner;
-        let key = value.key();
-        let k = entry_key(ns, &key);
-        let now = inner.now_ms();
-        let expires = inner.expires_at(now);
-        let mut stored = Vec::with_capacity(1024);
-        stored.extend_from_slice(&expires.to_be_bytes());
-        encode_cached_value_into(&mut stored, value)?;
-        let record = stored.len() - HEADER_LEN;
-        let limit = inner.config.limit_for(&key);
-        if record > limit {
-            return Err(Error::LimitExceeded {
-                field: "cache entry",
-                limit: limit as u64,
-                actual: record as u64,
-            });
-        }
-        let size = stored.len() as u64;
-        if size > inner.config.max_bytes {
-            return Err(Error::LimitExceeded {
-                field: "cache entry",
-                limit: inner.config.max_bytes,
-                actual: size,
-            });
-        }
-
-        let _epoch = inner.begin_epoch();
+        let entry = self.encode_entry(ns, value)?;
+        let _epoch = self.inner.begin_epoch();
         // Drop the old copy first: if this future is cancelled, the front holds nothing stale.
-        self.front_invalidate(std::slice::from_ref(&k)).await;
-        let op = WriteOp::Put {
-            key: k.clone(),
-            stored,
-            expires,
-            now,
-        };
+        self.front_invalidate(std::slice::from_ref(&entry.key))
+            .await;
+        let (op, front) = entry.into_op(value);
         let out = self.submit(op).await?;
-        add(&inner.counters.inserts, 1);
-        add(&inner.counters.evictions, out.evicted.len() as u64);
-        add(&inner.counters.expirations, out.expired.len() as u64);
-        if !out.evicted.is_empty() {
-            debug!(count = out.evicted.len(), "evicted cache entries");
-        }
-        self.front_invalidate(&out.evicted).await;
-        self.front_invalidate(&out.expired).await;
-        if let Some(front) = &inner.front {
-            let entry = FrontEntry {
-                value: value.clone(),
-                expires_ms: expires,
-                bytes: u32::try_from(size).unwrap_or(u32::MAX),
-            };
-            front.insert(k, Arc::new(entry)).await;
-        }
-        debug!(namespace = ns.as_str(), key = ?key, bytes = size, replaced = out.replaced, "cache put");
+        self.after_put(ns, out, front).await;
         Ok(())
+    }
+
+    /// Queues every put at once, so the committing task writes them in one transaction.
+    async fn put_many(&self, ns: &Namespace, values: &[CachedValue]) -> Result<()> {
+        let mut first = None;
+        let mut entries = Vec::with_capacity(values.len());
+        for v in values {
+            match self.encode_entry(ns, v) {
+                Ok(e) => entries.push((e, v)),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        let _epoch = self.inner.begin_epoch();
+        let keys: Vec<Vec<u8>> = entries.iter().map(|(e, _)| e.key.clone()).collect();
+        self.front_invalidate(&keys).await;
+        let (ops, fronts): (Vec<_>, Vec<_>) =
+            entries.into_iter().map(|(e, v)| e.into_op(v)).unzip();
+        let outcomes = self.submit_many(ops).await;
+        for (out, front) in outcomes.into_iter().zip(fronts) {
+            match out {
+                Ok(out) => self.after_put(ns, out, front).await,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     async fn invalidate(&self, ns: &Namespace, key: &CacheKey) -> Result<()> {

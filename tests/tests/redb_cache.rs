@@ -135,6 +135,49 @@ async fn get_put_invalidate_clear_for_every_kind() {
 }
 
 #[tokio::test]
+async fn put_many_stores_every_value_and_reports_an_oversized_one_without_losing_the_rest() {
+    let (episode, patterns, heuristics) = learned_fixture("fix the flaky test").await;
+    let mut big = episode.clone();
+    big.task_description = "y".repeat(4_000);
+    for config in configs(CacheConfig::default().with_max_episode_bytes(2_000)) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir, config).await;
+        let n = ns("acme/api");
+        let mut values: Vec<CachedValue> =
+            patterns.iter().cloned().map(CachedValue::Pattern).collect();
+        values.extend(heuristics.iter().cloned().map(CachedValue::Heuristic));
+        let stored = values.clone();
+        values.insert(1, CachedValue::Episode(big.clone()));
+        let err = c.put_many(&n, &values).await.unwrap_err();
+        assert!(
+            matches!(err, memory_core::Error::LimitExceeded { .. }),
+            "{err:?}"
+        );
+        for v in &stored {
+            assert_eq!(c.get(&n, &v.key()).await.unwrap().as_ref(), Some(v));
+        }
+        assert_eq!(c.get(&n, &ep_key(&big)).await.unwrap(), None);
+        let s = c.stats();
+        assert_eq!(s.entries, stored.len() as u64, "{s:?}");
+        assert_eq!(s.inserts, stored.len() as u64, "{s:?}");
+
+        // A second batch replaces values in place.
+        let mut changed = patterns[0].clone();
+        changed.occurrences += 5;
+        c.put_many(&n, &[CachedValue::Pattern(changed.clone())])
+            .await
+            .unwrap();
+        assert_eq!(
+            c.get(&n, &CacheKey::Pattern(changed.id.clone()))
+                .await
+                .unwrap(),
+            Some(CachedValue::Pattern(changed))
+        );
+        assert_eq!(c.stats().entries, stored.len() as u64);
+    }
+}
+
+#[tokio::test]
 async fn namespaces_are_isolated() {
     let (episode, patterns, _) = learned_fixture("isolate me").await;
     for config in configs(CacheConfig::default()) {

@@ -2,6 +2,7 @@
 
 pub(crate) mod config;
 mod consolidate;
+mod history;
 mod report;
 
 use std::collections::{HashMap, HashSet};
@@ -120,6 +121,8 @@ struct Inner {
     /// Held by a consolidation run: runs of one memory never overlap.
     consolidating: tokio::sync::Mutex<()>,
     stop_consolidation: Notify,
+    /// Step counts of recent successes per kind: the reward's efficiency baseline.
+    history: history::HistoryCache,
 }
 
 /// The self-learning episodic memory.
@@ -158,6 +161,16 @@ pub struct SelfLearningMemory {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The kind of `episode` for the reward's efficiency baseline.
+fn history_key(ns: &Namespace, episode: &Episode) -> history::HistoryKey {
+    history::HistoryKey {
+        ns: ns.clone(),
+        task_type: episode.task_type,
+        domain: episode.context.domain.clone(),
+        language: episode.context.language.clone(),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -224,6 +237,7 @@ impl SelfLearningMemory {
             Arc::clone(&clock),
             config.retrieval.clone(),
         );
+        let history = history::HistoryCache::new(config.learning.history_window);
         let inner = Arc::new(Inner {
             storage,
             config,
@@ -239,6 +253,7 @@ impl SelfLearningMemory {
             wake_embedder: Notify::new(),
             consolidating: tokio::sync::Mutex::new(()),
             stop_consolidation: Notify::new(),
+            history,
         });
         let runtime = tokio::runtime::Handle::try_current().ok();
         let flusher = runtime
@@ -536,6 +551,12 @@ impl SelfLearningMemory {
         let changes = self.inner.storage.complete_episode(ns, &completion).await?;
         lock(&self.inner.buffers).remove(&(ns.clone(), id));
         let changes = changes.ok_or_else(|| already_completed(id))?;
+        if completion.outcome.kind() == crate::OutcomeKind::Success {
+            let steps = u32::try_from(episode.steps.len()).unwrap_or(u32::MAX);
+            self.inner
+                .history
+                .record_success(history_key(ns, &episode), steps);
+        }
         let mut completed = episode;
         completed.outcome = Some(completion.outcome.clone());
         completed.completed_at = Some(completion.completed_at);
@@ -583,27 +604,29 @@ impl SelfLearningMemory {
     }
 
     async fn history_for(&self, ns: &Namespace, episode: &Episode) -> Result<RewardHistory> {
-        let similar = self
-            .inner
-            .storage
-            .query_episodes(
-                ns,
-                &EpisodeQuery {
-                    filter: EpisodeFilter {
-                        task_type: Some(episode.task_type),
-                        domain: Some(episode.context.domain.clone()),
-                        language: episode.context.language.clone(),
-                        status: Some(EpisodeStatus::Completed(crate::OutcomeKind::Success)),
-                        ..EpisodeFilter::default()
-                    },
-                    limit: self.inner.config.learning.history_window,
-                    offset: 0,
+        let key = history_key(ns, episode);
+        let counts = if let Some(counts) = self.inner.history.get(&key) {
+            counts
+        } else {
+            let query = EpisodeQuery {
+                filter: EpisodeFilter {
+                    task_type: Some(key.task_type),
+                    domain: Some(key.domain.clone()),
+                    language: key.language.clone(),
+                    status: Some(EpisodeStatus::Completed(crate::OutcomeKind::Success)),
+                    ..EpisodeFilter::default()
                 },
-            )
-            .await?;
+                limit: self.inner.config.learning.history_window,
+                offset: 0,
+            };
+            let similar = self.inner.storage.query_episodes(ns, &query).await?;
+            let counts: Vec<u32> = similar.iter().map(|s| s.step_count).collect();
+            self.inner.history.fill(key, counts.clone());
+            Arc::new(counts)
+        };
         Ok(RewardHistory {
-            median_success_steps: median(similar.iter().map(|s| f64::from(s.step_count)).collect()),
-            similar_episodes: similar.len(),
+            median_success_steps: median(counts.iter().map(|&c| f64::from(c)).collect()),
+            similar_episodes: counts.len(),
         })
     }
 

@@ -90,6 +90,18 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     async fn get(&self, ns: &Namespace, key: &CacheKey) -> Result<Option<CachedValue>>;
     /// Stores or replaces a value (may evict others to stay within bounds).
     async fn put(&self, ns: &Namespace, value: &CachedValue) -> Result<()>;
+    /// Stores or replaces several values; the first error is returned, after every value was
+    /// tried. A cache with a commit per write should override this to commit them together
+    /// (the default puts them one after another).
+    async fn put_many(&self, ns: &Namespace, values: &[CachedValue]) -> Result<()> {
+        let mut first = None;
+        for v in values {
+            if let Err(e) = self.put(ns, v).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
     /// Removes a value, if present.
     async fn invalidate(&self, ns: &Namespace, key: &CacheKey) -> Result<()>;
     /// Removes everything.

@@ -283,6 +283,33 @@ impl Inner {
         }
     }
 
+    /// Puts the changed learned items, in one cache commit.
+    async fn cache_put_changes(&self, ns: &Namespace, changes: &LearnedChanges) {
+        let values: Vec<CachedValue> = changes
+            .patterns
+            .iter()
+            .map(|p| CachedValue::Pattern(p.item.clone()))
+            .chain(
+                changes
+                    .heuristics
+                    .iter()
+                    .map(|h| CachedValue::Heuristic(h.item.clone())),
+            )
+            .collect();
+        self.cache_put_many(ns, &values).await;
+    }
+
+    async fn cache_put_many(&self, ns: &Namespace, values: &[CachedValue]) {
+        if values.is_empty() {
+            return;
+        }
+        if let Some(c) = &self.cache
+            && let Err(e) = c.put_many(ns, values).await
+        {
+            self.cache_error("put", &e);
+        }
+    }
+
     async fn cache_invalidate(&self, ns: &Namespace, key: &CacheKey) {
         if let Some(c) = &self.cache
             && let Err(e) = c.invalidate(ns, key).await
@@ -599,12 +626,18 @@ impl Inner {
                 self.cache_invalidate(ns, &key).await;
             }
             WriteOp::PutLearned(items) => {
-                for p in &items.patterns {
-                    self.cache_put(ns, CachedValue::Pattern(p.clone())).await;
-                }
-                for h in &items.heuristics {
-                    self.cache_put(ns, CachedValue::Heuristic(h.clone())).await;
-                }
+                let values: Vec<CachedValue> = items
+                    .patterns
+                    .iter()
+                    .map(|p| CachedValue::Pattern(p.clone()))
+                    .chain(
+                        items
+                            .heuristics
+                            .iter()
+                            .map(|h| CachedValue::Heuristic(h.clone())),
+                    )
+                    .collect();
+                self.cache_put_many(ns, &values).await;
             }
             WriteOp::PutEmbedding { .. } => {}
         }
@@ -703,13 +736,7 @@ impl EpisodeStore for TieredStorage {
                     i.after_write(ns, &WriteOp::CompleteEpisode(c.clone()))
                         .await;
                     if let Some(ch) = &changes {
-                        for p in &ch.patterns {
-                            i.cache_put(ns, CachedValue::Pattern(p.item.clone())).await;
-                        }
-                        for h in &ch.heuristics {
-                            i.cache_put(ns, CachedValue::Heuristic(h.item.clone()))
-                                .await;
-                        }
+                        i.cache_put_changes(ns, ch).await;
                     }
                     return Ok(changes);
                 }
@@ -792,16 +819,7 @@ impl LearningStore for TieredStorage {
             .inner
             .guarded(self.inner.durable.apply_learning(ns, update))
             .await?;
-        for p in &changes.patterns {
-            self.inner
-                .cache_put(ns, CachedValue::Pattern(p.item.clone()))
-                .await;
-        }
-        for h in &changes.heuristics {
-            self.inner
-                .cache_put(ns, CachedValue::Heuristic(h.item.clone()))
-                .await;
-        }
+        self.inner.cache_put_changes(ns, &changes).await;
         Ok(changes)
     }
 
