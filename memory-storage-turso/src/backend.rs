@@ -20,6 +20,7 @@ use memory_core::{
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, instrument, warn};
 
+use crate::checkpoint::{BACKSTOP_PAGES, Checkpointer};
 use crate::codec::{
     Cols, EPISODE_COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS, blob_to_vector, count, decode,
     episode_from_row, from_json, nanos, nanos_clamped, opt_text, step_from_row, step_search_text,
@@ -56,7 +57,7 @@ pub(crate) struct Inner {
         allow(dead_code, reason = "only held, to keep the database open")
     )]
     db: Database,
-    writer: Mutex<Connection>,
+    writer: Arc<Mutex<Connection>>,
     /// Empty when reads share the writer (`:memory:`).
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -64,6 +65,8 @@ pub(crate) struct Inner {
     remote_reads: bool,
     /// The schema version after opening.
     schema_version: u32,
+    /// Background WAL checkpoints (local files, unless turned off).
+    checkpointer: Option<Checkpointer>,
 }
 
 impl fmt::Debug for TursoStorage {
@@ -136,6 +139,20 @@ impl TursoStorage {
             }
             readers.push(Mutex::new(conn));
         }
+        let background_checkpoints = local_file && config.background_checkpoints();
+        if background_checkpoints {
+            let autocheckpoint = format!("PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}");
+            pragma(&writer, &autocheckpoint).await?;
+        }
+        let writer = Arc::new(Mutex::new(writer));
+        let checkpointer = if background_checkpoints {
+            let conn = db.connect()?;
+            let busy_ms = config.busy_timeout().as_millis();
+            pragma(&conn, &format!("PRAGMA busy_timeout = {busy_ms}")).await?;
+            Some(Checkpointer::start(conn, &writer))
+        } else {
+            None
+        };
         debug!(
             mode = mode.name(),
             schema_version,
@@ -146,11 +163,12 @@ impl TursoStorage {
             inner: Arc::new(Inner {
                 config,
                 db,
-                writer: Mutex::new(writer),
+                writer,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 remote_reads: matches!(mode, TursoMode::Remote { .. }),
                 schema_version,
+                checkpointer,
             }),
         })
     }
@@ -163,6 +181,23 @@ impl TursoStorage {
     /// The schema version the database had after opening.
     pub fn schema_version(&self) -> u32 {
         self.inner.schema_version
+    }
+
+    /// What the background WAL checkpoints have done since opening; `None` when there are
+    /// none (remote and replica modes, `:memory:`, or turned off with
+    /// [`TursoConfigBuilder::background_checkpoints`](crate::TursoConfigBuilder::background_checkpoints)).
+    ///
+    /// ```no_run
+    /// # async fn run() -> memory_core::Result<()> {
+    /// let storage = memory_storage_turso::TursoStorage::open_in_data_dir(".memory").await?;
+    /// if let Some(done) = storage.wal_checkpoints() {
+    ///     println!("{} passive checkpoints, {} WAL restarts", done.passive, done.restarts);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn wal_checkpoints(&self) -> Option<crate::WalCheckpoints> {
+        self.inner.checkpointer.as_ref().map(Checkpointer::stats)
     }
 
     /// Writes a consistent copy of the whole database to the new file `dest` (`VACUUM INTO`:
@@ -421,6 +456,9 @@ impl Inner {
         match body(&tx).await {
             Ok(value) => {
                 tx.commit().await?;
+                if let Some(c) = &self.checkpointer {
+                    c.committed();
+                }
                 Ok(value)
             }
             Err(e) => {

@@ -17,7 +17,8 @@
 //! The schema (normalized tables, namespace in every key, an FTS5 index over task, step and
 //! reflection text, an `F32_BLOB` vector column) and its migrations are described in
 //! `SCHEMA.md`; local files run in WAL mode with `synchronous = NORMAL` by default (see
-//! [`Synchronous`] for what survives a crash and what survives power loss).
+//! [`Synchronous`] for what survives a crash and what survives power loss), and a background
+//! task checkpoints their WAL so that no commit pays for it ([`WalCheckpoints`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -45,6 +46,7 @@
 //! ```
 
 mod backend;
+mod checkpoint;
 mod codec;
 mod config;
 mod error;
@@ -52,6 +54,7 @@ mod maintenance;
 mod schema;
 
 pub use backend::{DATA_DIR_FILE, TursoStorage};
+pub use checkpoint::WalCheckpoints;
 pub use config::{
     DEFAULT_BUSY_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_READERS, ENV_AUTH_TOKEN, ENV_DATABASE_URL,
     MAX_READERS, MEMORY_PATH, Synchronous, TursoConfig, TursoConfigBuilder, TursoMode,

@@ -285,17 +285,7 @@ impl Inner {
 
     /// Puts the changed learned items, in one cache commit.
     async fn cache_put_changes(&self, ns: &Namespace, changes: &LearnedChanges) {
-        let values: Vec<CachedValue> = changes
-            .patterns
-            .iter()
-            .map(|p| CachedValue::Pattern(p.item.clone()))
-            .chain(
-                changes
-                    .heuristics
-                    .iter()
-                    .map(|h| CachedValue::Heuristic(h.item.clone())),
-            )
-            .collect();
+        let values: Vec<CachedValue> = learned_values(changes).collect();
         self.cache_put_many(ns, &values).await;
     }
 
@@ -572,6 +562,48 @@ impl Inner {
         self.enqueue(ns, op, None).await
     }
 
+    /// The cached in-progress episode `c` completes, patched, to put back; an absent one is
+    /// invalidated (a fill may be racing) and a completed one left alone. Call with the
+    /// episode-patching lock held.
+    async fn completed_in_cache(
+        &self,
+        ns: &Namespace,
+        c: &EpisodeCompletion,
+    ) -> Option<CachedValue> {
+        let key = CacheKey::Episode(c.episode_id);
+        match self.cache_get(ns, &key).await {
+            Some(CachedValue::Episode(mut e)) if !e.is_completed() => {
+                e.outcome = Some(c.outcome.clone());
+                e.reward = Some(c.reward.clone());
+                e.reflection = Some(c.reflection.clone());
+                e.completed_at = Some(c.completed_at);
+                Some(CachedValue::Episode(e))
+            }
+            Some(_) => None,
+            None => {
+                self.cache_invalidate(ns, &key).await;
+                None
+            }
+        }
+    }
+
+    /// After a durable completion: the patched episode and the learned items it changed go to
+    /// the cache in one commit.
+    async fn after_complete(
+        &self,
+        ns: &Namespace,
+        c: &EpisodeCompletion,
+        changes: Option<&LearnedChanges>,
+    ) {
+        let _patching = self.episode_cache.lock().await;
+        let mut values: Vec<CachedValue> =
+            self.completed_in_cache(ns, c).await.into_iter().collect();
+        if let Some(ch) = changes {
+            values.extend(learned_values(ch));
+        }
+        self.cache_put_many(ns, &values).await;
+    }
+
     /// Keeps the cache in step with a write the durable layer accepted. In-progress episodes
     /// are patched in place (write-through), so that an episode started before an outage can
     /// still be read, and completed, during it.
@@ -605,17 +637,8 @@ impl Inner {
                 }
             }
             WriteOp::CompleteEpisode(c) => {
-                let key = CacheKey::Episode(c.episode_id);
-                match self.cache_get(ns, &key).await {
-                    Some(CachedValue::Episode(mut e)) if !e.is_completed() => {
-                        e.outcome = Some(c.outcome.clone());
-                        e.reward = Some(c.reward.clone());
-                        e.reflection = Some(c.reflection.clone());
-                        e.completed_at = Some(c.completed_at);
-                        self.cache_put(ns, CachedValue::Episode(e)).await;
-                    }
-                    Some(_) => {}
-                    None => self.cache_invalidate(ns, &key).await,
+                if let Some(e) = self.completed_in_cache(ns, c).await {
+                    self.cache_put(ns, e).await;
                 }
             }
             WriteOp::RecordFeedback(f) => {
@@ -733,11 +756,7 @@ impl EpisodeStore for TieredStorage {
         if !i.journaling() {
             match i.guarded(i.durable.complete_episode(ns, c)).await {
                 Ok(changes) => {
-                    i.after_write(ns, &WriteOp::CompleteEpisode(c.clone()))
-                        .await;
-                    if let Some(ch) = &changes {
-                        i.cache_put_changes(ns, ch).await;
-                    }
+                    i.after_complete(ns, c, changes.as_ref()).await;
                     return Ok(changes);
                 }
                 Err(e) if !e.is_transient() => return Err(e),
@@ -1093,4 +1112,17 @@ impl Storage for TieredStorage {
     fn backend_name(&self) -> &'static str {
         "tiered"
     }
+}
+
+/// The changed patterns and heuristics as cache values.
+fn learned_values(changes: &LearnedChanges) -> impl Iterator<Item = CachedValue> + '_ {
+    let patterns = changes
+        .patterns
+        .iter()
+        .map(|p| CachedValue::Pattern(p.item.clone()));
+    let heuristics = changes
+        .heuristics
+        .iter()
+        .map(|h| CachedValue::Heuristic(h.item.clone()));
+    patterns.chain(heuristics)
 }
