@@ -406,3 +406,171 @@ fn eval_retrieval_reports_every_method() {
         .failure()
         .stderr(predicate::str::contains("cannot load the dataset"));
 }
+
+/// Records one episode through the binary: start, a failing and a passing test run around an
+/// edit, then completion.
+fn record(dir: &tempfile::TempDir, task: &str, success: bool) -> String {
+    let start = json(
+        dir,
+        &[
+            "episode",
+            "start",
+            "--task",
+            task,
+            "--domain",
+            "payments",
+            "--language",
+            "rust",
+            "--type",
+            "testing",
+        ],
+    );
+    let id = start["episode_id"].as_str().unwrap().to_owned();
+    json(
+        dir,
+        &[
+            "episode",
+            "step",
+            &id,
+            "--tool",
+            "cargo",
+            "--action",
+            "cargo test",
+            "--error",
+            "test invoice::rounding ... FAILED",
+        ],
+    );
+    json(
+        dir,
+        &[
+            "episode",
+            "step",
+            &id,
+            "--tool",
+            "edit_file",
+            "--action",
+            "round half to even",
+            "--ok",
+            "edit applied",
+        ],
+    );
+    json(
+        dir,
+        &[
+            "episode",
+            "step",
+            &id,
+            "--tool",
+            "cargo",
+            "--action",
+            "cargo test",
+            "--ok",
+            "test result: ok. 41 passed",
+        ],
+    );
+    let outcome = if success { "--success" } else { "--failure" };
+    json(dir, &["episode", "complete", &id, outcome, "tests pass"]);
+    id
+}
+
+#[test]
+fn consolidate_reports_its_run_and_stats_lists_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for task in [
+        "fix the flaky invoice rounding test",
+        "fix the flaky invoice rounding test again",
+        "fix the invoice rounding test that fails on CI",
+    ] {
+        record(&dir, task, true);
+    }
+    let before = json(&dir, &["stats"]);
+    let report = json(&dir, &["consolidate"]);
+    assert_eq!(report["namespace"], "default");
+    let run = &report["run"];
+    let id = run["id"].as_str().unwrap();
+    assert!(!id.is_empty(), "{report}");
+    for field in [
+        "merged_patterns",
+        "merged_heuristics",
+        "decayed",
+        "pruned_patterns",
+        "pruned_heuristics",
+        "compacted_steps",
+    ] {
+        assert!(run[field].is_u64(), "{field} missing: {report}");
+    }
+    assert!(report["changes"].is_array(), "{report}");
+    assert!(report["snapshot"].is_object(), "{report}");
+    // Nothing was old enough to decay or prune, and consolidation never loses an episode.
+    assert_eq!(run["pruned_patterns"], 0, "{report}");
+    let after = json(&dir, &["stats"]);
+    assert_eq!(after["counts"]["episodes"], before["counts"]["episodes"]);
+    assert_eq!(after["counts"]["episodes"], 3);
+    let runs = after["learning"]["consolidation_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{after}");
+    assert_eq!(runs[0]["id"], id);
+
+    // A second run right after finds nothing left to merge.
+    let again = json(&dir, &["consolidate"]);
+    assert_eq!(again["run"]["merged_patterns"], 0, "{again}");
+    assert_eq!(again["run"]["merged_heuristics"], 0, "{again}");
+    memory(&dir)
+        .arg("consolidate")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "merged       0 patterns, 0 heuristics",
+        ));
+}
+
+#[test]
+fn eval_learning_writes_the_report_and_the_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("eval-out");
+    let report = json(
+        &dir,
+        &[
+            "eval",
+            "learning",
+            "--tasks",
+            "40",
+            "--seed",
+            "3",
+            "--lexical",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(report["retrieval"], "lexical");
+    assert_eq!(report["config"]["tasks"], 40);
+    let arms: Vec<&str> = report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["arm"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        arms,
+        ["no_memory", "episodes_only", "full_memory", "no_lessons"]
+    );
+    for arm in report["arms"].as_array().unwrap() {
+        assert_eq!(arm["tasks"].as_array().unwrap().len(), 40, "{}", arm["arm"]);
+    }
+    assert!(report["comparison"].is_object(), "{report}");
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("learning.json")).unwrap()).unwrap();
+    assert_eq!(written["arms"], report["arms"]);
+    let svg = std::fs::read_to_string(out.join("learning.svg")).unwrap();
+    assert!(
+        svg.contains("<svg"),
+        "not an SVG: {}",
+        &svg[..svg.len().min(200)]
+    );
+
+    // Bad usage: exit code 2 and a message naming the flag.
+    memory(&dir)
+        .args(["eval", "learning", "--tasks", "many"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--tasks"));
+}
