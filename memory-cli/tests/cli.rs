@@ -574,3 +574,74 @@ fn eval_learning_writes_the_report_and_the_chart() {
         .code(2)
         .stderr(predicate::str::contains("--tasks"));
 }
+
+#[test]
+fn settings_precedence_is_flags_then_environment_then_memory_toml_then_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("memory.toml"),
+        "namespace = \"from-file\"\n\n[memory.limits]\nmax_description_bytes = 40\n",
+    )
+    .unwrap();
+    let namespace_of = |cmd: &mut Command| -> String {
+        let out = cmd.args(["--json", "stats"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["namespace"].as_str().unwrap().to_owned()
+    };
+    // Defaults, with no file: the `default` namespace.
+    assert_eq!(namespace_of(&mut memory(&other)), "default");
+    // The file beats the default, the environment beats the file, a flag beats both.
+    assert_eq!(namespace_of(&mut memory(&dir)), "from-file");
+    assert_eq!(
+        namespace_of(memory(&dir).env("MEMORY_NAMESPACE", "from-env")),
+        "from-env"
+    );
+    assert_eq!(
+        namespace_of(
+            memory(&dir)
+                .env("MEMORY_NAMESPACE", "from-env")
+                .args(["--namespace", "from-flag"])
+        ),
+        "from-flag"
+    );
+
+    // The file's library settings apply: a 41-byte task is over its 40-byte limit (bad input:
+    // exit code 2, as for the built-in limits).
+    memory(&dir)
+        .args(["episode", "start", "--task", &"t".repeat(41)])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("task_description is too large"));
+    json(&dir, &["episode", "start", "--task", &"t".repeat(40)]);
+
+    // MEMORY_DATA_DIR picks the data directory when no flag does; the flag wins over it.
+    let mut by_env = Command::cargo_bin("memory").unwrap();
+    by_env
+        .env("MEMORY_DATA_DIR", other.path())
+        .env_remove("MEMORY_NAMESPACE")
+        .env_remove("MEMORY_MODE");
+    assert_eq!(namespace_of(&mut by_env), "default");
+    assert!(other.path().join("memory.db").exists());
+    let mut flag_wins = Command::cargo_bin("memory").unwrap();
+    flag_wins
+        .env("MEMORY_DATA_DIR", other.path())
+        .env_remove("MEMORY_NAMESPACE")
+        .env_remove("MEMORY_MODE")
+        .arg("--data-dir")
+        .arg(dir.path());
+    assert_eq!(namespace_of(&mut flag_wins), "from-file");
+
+    // A broken file is a clear error naming the file, not a silent fallback.
+    std::fs::write(dir.path().join("memory.toml"), "namspace = \"typo\"\n").unwrap();
+    memory(&dir)
+        .arg("stats")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("memory.toml"));
+}
