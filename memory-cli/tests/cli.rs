@@ -426,48 +426,21 @@ fn record(dir: &tempfile::TempDir, task: &str, success: bool) -> String {
         ],
     );
     let id = start["episode_id"].as_str().unwrap().to_owned();
-    json(
-        dir,
-        &[
-            "episode",
-            "step",
-            &id,
-            "--tool",
+    for (tool, action, result, text) in [
+        (
             "cargo",
-            "--action",
             "cargo test",
             "--error",
             "test invoice::rounding ... FAILED",
-        ],
-    );
-    json(
-        dir,
-        &[
-            "episode",
-            "step",
-            &id,
-            "--tool",
-            "edit_file",
-            "--action",
-            "round half to even",
-            "--ok",
-            "edit applied",
-        ],
-    );
-    json(
-        dir,
-        &[
-            "episode",
-            "step",
-            &id,
-            "--tool",
-            "cargo",
-            "--action",
-            "cargo test",
-            "--ok",
-            "test result: ok. 41 passed",
-        ],
-    );
+        ),
+        ("edit_file", "round half to even", "--ok", "edit applied"),
+        ("cargo", "cargo test", "--ok", "test result: ok. 41 passed"),
+    ] {
+        let step = [
+            "episode", "step", &id, "--tool", tool, "--action", action, result, text,
+        ];
+        json(dir, &step);
+    }
     let outcome = if success { "--success" } else { "--failure" };
     json(dir, &["episode", "complete", &id, outcome, "tests pass"]);
     id

@@ -1061,15 +1061,7 @@ impl Cache for RedbCache {
     }
 
     async fn put(&self, ns: &Namespace, value: &CachedValue) -> Result<()> {
-        let entry = self.encode_entry(ns, value)?;
-        let _epoch = self.inner.begin_epoch();
-        // Drop the old copy first: if this future is cancelled, the front holds nothing stale.
-        self.front_invalidate(std::slice::from_ref(&entry.key))
-            .await;
-        let (op, front) = entry.into_op(value);
-        let out = self.submit(op).await?;
-        self.after_put(ns, out, front).await;
-        Ok(())
+        self.put_many(ns, std::slice::from_ref(value)).await
     }
 
     /// Queues every put at once, so the committing task writes them in one transaction.
