@@ -523,7 +523,7 @@ fn bench_vector_index(c: &mut Criterion) {
                 assert_eq!(index.len(&ns), n);
                 index
             });
-            b.iter(|| black_box(index.search(&ns, &query, &filter, CANDIDATES)));
+            b.iter(|| black_box(index.search(&ns, &[&query], &filter, CANDIDATES)));
         });
     }
     group.finish();

@@ -4,6 +4,8 @@
 //! - the embedding queue is durable: episodes completed by a memory without the model are
 //!   embedded by the next memory that has it, after a reopen, and then found semantically;
 //! - degraded mode (no model) says so and still answers lexically;
+//! - an episode embedded while in progress is embedded again, with all its steps, once it
+//!   completes;
 //! - the retrieval eval on the public dataset (`eval/retrieval`): hybrid is at least as good
 //!   as each single method on nDCG@10, with and without the queries' context.
 //!
@@ -16,6 +18,7 @@ use std::sync::Arc;
 
 use memory_core::retrieval::eval::{EvalDataset, RetrievalEval};
 use memory_core::retrieval::recommend::RecommendRequest;
+use memory_core::retrieval::{embedding_text, vector_key, work_text};
 use memory_core::{
     Embedder, EmbeddingStore, EpisodeFilter, MemoryConfig, Namespace, NewEpisode, Outcome,
     RateLimitConfig, RetrievalMethod, RetrievalQuery, SelfLearningMemory, StepInput, SystemClock,
@@ -141,8 +144,16 @@ async fn namespace_and_filters(in_process_lexical_from: u32) {
     let got = m.retrieve(&mine, &RetrievalQuery::new(task)).await.unwrap();
     assert_eq!(got.results[0].episode.id, filtered_out);
     assert!(got.strong_match && got.confidence.unwrap() > 0.9, "{got:?}");
-    // The episode was embedded with its context words, the bare query without.
-    assert!(got.results[0].breakdown.cosine.unwrap() > 0.8);
+    // The episode was embedded with its context words and its steps, the bare query without:
+    // still close in plain cosine, and the closest after centering.
+    let best = &got.results[0].breakdown;
+    assert!(best.similarity.unwrap() > 0.7, "{best:?}");
+    assert!(
+        got.results[1..]
+            .iter()
+            .all(|r| r.breakdown.cosine < best.cosine),
+        "{got:?}"
+    );
 
     // Completed after the drain: found lexically before any embedding of it.
     let late = record(
@@ -202,7 +213,7 @@ async fn embedding_queue_survives_a_restart_and_degraded_mode_stays_lexical() {
 
     // Second run, with the model: the queue (episodes without an embedding) is in storage.
     let model: Arc<dyn Embedder> = Arc::new(model);
-    let model_id = model.model_id().to_owned();
+    let model_id = vector_key(model.model_id(), &config().retrieval);
     let storage = m_storage(dir.path()).await;
     assert_eq!(
         storage
@@ -242,6 +253,96 @@ async fn embedding_queue_survives_a_restart_and_degraded_mode_stays_lexical() {
     assert_eq!(
         got.results[0].episode.task_description,
         "speed up the slow product search query"
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episode_embedded_in_progress_is_embedded_again_once_complete() {
+    let Some(model) = tests::model::minilm().unwrap() else {
+        return;
+    };
+    let model = Arc::new(model);
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::default();
+    let storage = m_storage(dir.path()).await;
+    let m = SelfLearningMemory::with_embedder(
+        storage.clone(),
+        config(),
+        Arc::new(SystemClock),
+        Some(model.clone() as Arc<dyn Embedder>),
+    )
+    .unwrap();
+    let key = vector_key(model.model_id(), &config().retrieval);
+    let stored = || async {
+        let page = storage.scan_embeddings(&ns, &key, None, 10).await.unwrap();
+        assert_eq!(page.len(), 1);
+        page[0].vector.clone()
+    };
+    let ctx = TaskContext::new("testing").with_language("go");
+    let id = m
+        .start_episode(
+            &ns,
+            NewEpisode::new("fix the flaky date test", TaskType::Testing, ctx),
+        )
+        .await
+        .unwrap();
+    m.log_step(&ns, id, StepInput::ok("shell", "run the tests", "ok"))
+        .await
+        .unwrap();
+    m.flush().await.unwrap();
+    assert_eq!(
+        m.embed_pending(&ns).await.unwrap(),
+        1,
+        "embedded in progress"
+    );
+    let partial = stored().await;
+
+    m.log_step(
+        &ns,
+        id,
+        StepInput::error(
+            "shell",
+            "run the tests at midnight",
+            "expected 23:59, got 00:00",
+        ),
+    )
+    .await
+    .unwrap();
+    m.log_step(
+        &ns,
+        id,
+        StepInput::ok("edit_file", "inject a fake clock", "ok"),
+    )
+    .await
+    .unwrap();
+    m.complete_episode(&ns, id, Outcome::success("fixed"))
+        .await
+        .unwrap();
+    // The background task may re-embed it first; either way it is done once this returns.
+    m.embed_pending(&ns).await.unwrap();
+    let full = stored().await;
+
+    let episode = m.get_episode(&ns, id).await.unwrap();
+    let texts = vec![
+        embedding_text(
+            &episode.task_description,
+            Some(episode.task_type),
+            Some(&episode.context),
+        ),
+        work_text(&episode),
+    ];
+    let v = model.embed(&texts).await.unwrap();
+    let mut want: Vec<f32> = v[0].iter().zip(&v[1]).map(|(a, b)| a + 0.5 * b).collect();
+    memory_core::l2_normalize(&mut want);
+    let close = memory_core::cosine(&full, &want);
+    assert!(
+        close > 0.999,
+        "the stored vector is the completed episode's: {close}"
+    );
+    assert!(
+        memory_core::cosine(&partial, &want) < close - 0.001,
+        "and differs from the one made in progress"
     );
     m.shutdown().await.unwrap();
 }

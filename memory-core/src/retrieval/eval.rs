@@ -217,6 +217,9 @@ pub struct QueryOutcome {
     pub answerable: bool,
     /// The best cosine similarity among the candidates, if any.
     pub best_cosine: Option<f64>,
+    /// The retrieval's calibrated confidence, when it had one.
+    #[serde(default)]
+    pub confidence: Option<f64>,
     /// Flagged as "no strong match".
     pub flagged: bool,
     /// 1-based rank of the first relevant result in the top 10.
@@ -422,7 +425,7 @@ impl<'a> RetrievalEval<'a> {
             let best_cosine = got
                 .results
                 .iter()
-                .filter_map(|r| r.breakdown.cosine)
+                .filter_map(|r| r.breakdown.similarity)
                 .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
             let first_relevant = ranked.iter().position(|g| *g >= 1).map(|i| i + 1);
             let ndcg = ndcg_at_10(&ranked, q.relevant.values().copied());
@@ -430,6 +433,7 @@ impl<'a> RetrievalEval<'a> {
                 id: q.id.clone(),
                 answerable: !q.relevant.is_empty(),
                 best_cosine,
+                confidence: got.confidence,
                 flagged,
                 first_relevant,
                 ndcg_at_10: ndcg,

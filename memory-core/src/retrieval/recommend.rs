@@ -195,19 +195,19 @@ pub fn task_fingerprint(task: &str) -> String {
     out
 }
 
-/// Folds near-duplicates (same fingerprint, or cosine-to-query within 0.005 of each other and
-/// both at least 0.95) into the best-ranked one.
+/// Folds near-duplicates (same fingerprint, or plain cosine-to-query within 0.005 of each
+/// other and both at least 0.95) into the best-ranked one.
 pub(crate) fn fold_duplicates(results: Vec<RetrievedEpisode>) -> Vec<RecommendedEpisode> {
     let mut out: Vec<RecommendedEpisode> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for r in results {
         let fp = task_fingerprint(&r.episode.task_description);
         let twin = seen.get(&fp).copied().or_else(|| {
-            let c = r.breakdown.cosine?;
+            let c = r.breakdown.similarity?;
             out.iter().position(|o| {
                 o.retrieved
                     .breakdown
-                    .cosine
+                    .similarity
                     .is_some_and(|oc| c >= 0.95 && oc >= 0.95 && (oc - c).abs() < 0.005)
             })
         });

@@ -17,14 +17,19 @@ pub struct ScoreBreakdown {
     pub bm25: Option<f64>,
     /// BM25 min-max normalized over the candidates.
     pub lexical: f64,
-    /// Cosine similarity to the query, when the episode is embedded.
+    /// Cosine similarity to the query after centering both on the namespace's mean vector
+    /// (what ranks), when the episode is embedded.
     pub cosine: Option<f64>,
+    /// Plain cosine similarity to the query as embedded (what the confidence is calibrated
+    /// on), when the episode is embedded.
+    #[serde(default)]
+    pub similarity: Option<f64>,
     /// Cosine min-max normalized over the candidates.
     pub semantic: f64,
     /// `dense_weight * semantic + (1 - dense_weight) * lexical` (or the single source).
     pub fused: f64,
-    /// Share of the query's context (language, framework, domain, task type) the episode
-    /// shares; 0 when the query gave none.
+    /// Share of the query's kind of work (domain, task type) the episode shares; 0 when the
+    /// query gave neither.
     pub context_match: f64,
     /// The episode's reward (0..1), when completed.
     pub reward: Option<f64>,
@@ -40,6 +45,7 @@ pub(super) struct Candidate {
     pub summary: Arc<EpisodeSummary>,
     pub bm25: Option<f64>,
     pub cosine: Option<f32>,
+    pub similarity: Option<f32>,
     pub lexical: f64,
     pub semantic: f64,
     pub fused: f64,
@@ -64,6 +70,7 @@ pub(super) fn fuse(
                 summary: Arc::clone(&h.summary),
                 bm25: None,
                 cosine: Some(h.cosine),
+                similarity: Some(h.similarity),
                 lexical: 0.0,
                 semantic: 0.0,
                 fused: 0.0,
@@ -76,7 +83,8 @@ pub(super) fn fuse(
             Candidate {
                 summary: Arc::new(h.summary.clone()),
                 bm25: None,
-                cosine: hit.map(|v| v.cosine),
+                cosine: hit.as_ref().map(|v| v.cosine),
+                similarity: hit.map(|v| v.similarity),
                 lexical: 0.0,
                 semantic: 0.0,
                 fused: 0.0,
@@ -139,7 +147,8 @@ impl MinMax {
     }
 }
 
-/// Share of the query's known context the episode shares.
+/// Share of the query's kind of work (task type, domain) the episode shares. The stack
+/// (language, framework) is left out: see `RetrievalConfig::context_weight`.
 fn context_match(query: &RetrievalQuery, e: &EpisodeSummary) -> f64 {
     let mut asked = 0u32;
     let mut shared = 0u32;
@@ -147,23 +156,11 @@ fn context_match(query: &RetrievalQuery, e: &EpisodeSummary) -> f64 {
         asked += 1;
         shared += u32::from(t == e.task_type);
     }
-    if let Some(c) = &query.context {
-        let same = |a: &Option<String>, b: &Option<String>| match (a, b) {
-            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-            _ => false,
-        };
-        if c.language.is_some() {
-            asked += 1;
-            shared += u32::from(same(&c.language, &e.context.language));
-        }
-        if c.framework.is_some() {
-            asked += 1;
-            shared += u32::from(same(&c.framework, &e.context.framework));
-        }
-        if !c.domain.is_empty() {
-            asked += 1;
-            shared += u32::from(c.domain.eq_ignore_ascii_case(&e.context.domain));
-        }
+    if let Some(c) = &query.context
+        && !c.domain.is_empty()
+    {
+        asked += 1;
+        shared += u32::from(c.domain.eq_ignore_ascii_case(&e.context.domain));
     }
     if asked == 0 {
         0.0
@@ -191,6 +188,7 @@ pub(super) fn rerank(
         bm25: c.bm25,
         lexical: c.lexical,
         cosine: c.cosine.map(f64::from),
+        similarity: c.similarity.map(f64::from),
         semantic: c.semantic,
         fused: c.fused,
         context_match,
@@ -200,41 +198,39 @@ pub(super) fn rerank(
     }
 }
 
-/// Calibrated confidence from the best cosine: a logistic centred on the strong-match
+/// Calibrated confidence from the best plain cosine: a logistic centred on the strong-match
 /// threshold (0.5 there), rising to ~0.95 at +0.12.
-pub(super) fn confidence(best_cosine: f32, threshold: f32) -> f64 {
-    let x = f64::from(best_cosine - threshold) / 0.04;
+pub(super) fn confidence(best_similarity: f32, threshold: f32) -> f64 {
+    let x = f64::from(best_similarity - threshold) / 0.04;
     1.0 / (1.0 + (-x).exp())
 }
 
 /// One readable line on why a result was returned.
 pub(super) fn why(query: &RetrievalQuery, e: &EpisodeSummary, b: &ScoreBreakdown) -> String {
     let mut parts = Vec::new();
-    if let Some(c) = b.cosine {
+    if let Some(c) = b.similarity {
         parts.push(format!("semantic similarity {c:.2}"));
     }
     if b.bm25.is_some() {
         parts.push(format!("shares terms (lexical {:.2})", b.lexical));
     }
-    if b.context_match > 0.0 {
-        let mut same = Vec::new();
-        if let Some(c) = &query.context {
-            if c.language.is_some() && c.language == e.context.language {
-                same.push("language");
-            }
-            if c.framework.is_some() && c.framework == e.context.framework {
-                same.push("framework");
-            }
-            if c.domain == e.context.domain {
-                same.push("domain");
-            }
+    let mut same = Vec::new();
+    if let Some(c) = &query.context {
+        if c.language.is_some() && c.language == e.context.language {
+            same.push("language");
         }
-        if query.task_type == Some(e.task_type) {
-            same.push("task type");
+        if c.framework.is_some() && c.framework == e.context.framework {
+            same.push("framework");
         }
-        if !same.is_empty() {
-            parts.push(format!("same {}", same.join(", ")));
+        if !c.domain.is_empty() && c.domain == e.context.domain {
+            same.push("domain");
         }
+    }
+    if query.task_type == Some(e.task_type) {
+        same.push("task type");
+    }
+    if !same.is_empty() {
+        parts.push(format!("same {}", same.join(", ")));
     }
     match e.outcome {
         Some(OutcomeKind::Success) => parts.push("succeeded".to_owned()),
