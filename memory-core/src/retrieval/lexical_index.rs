@@ -112,32 +112,49 @@ impl LexicalIndex {
 
     /// Adds an episode, or replaces its summary (re-indexing its words if they changed).
     pub fn upsert(&self, ns: &Namespace, summary: impl Into<Arc<EpisodeSummary>>) {
-        let summary = summary.into();
-        let space = self.space(ns);
-        let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
-        let text = indexed_text(&summary);
-        if let Some(doc) = s.position.get(&summary.id).copied() {
-            let i = doc as usize;
-            let old = indexed_text(&s.summaries[i]);
-            if old != text {
-                s.remove_postings(doc, &old);
-                let length = s.add_postings(doc, &text);
-                s.total_length = s.total_length - u64::from(s.lengths[i]) + u64::from(length);
-                s.lengths[i] = length;
-            }
-            s.summaries[i] = summary;
-            return;
-        }
-        let Ok(doc) = u32::try_from(s.summaries.len()) else {
-            return; // beyond 4 billion episodes in one namespace: not indexed in process
-        };
-        let length = s.add_postings(doc, &text);
-        s.position.insert(summary.id, doc);
-        s.summaries.push(summary);
-        s.lengths.push(length);
-        s.total_length += u64::from(length);
+        self.upsert_many(ns, [summary.into()]);
     }
 
+    /// [`upsert`](Self::upsert) of many episodes under one lock (how a namespace is loaded).
+    pub fn upsert_many(
+        &self,
+        ns: &Namespace,
+        summaries: impl IntoIterator<Item = Arc<EpisodeSummary>>,
+    ) {
+        let space = self.space(ns);
+        let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
+        for summary in summaries {
+            upsert_locked(&mut s, summary);
+        }
+    }
+}
+
+/// Adds or replaces one episode in a locked space.
+fn upsert_locked(s: &mut Space, summary: Arc<EpisodeSummary>) {
+    let text = indexed_text(&summary);
+    if let Some(doc) = s.position.get(&summary.id).copied() {
+        let i = doc as usize;
+        let old = indexed_text(&s.summaries[i]);
+        if old != text {
+            s.remove_postings(doc, &old);
+            let length = s.add_postings(doc, &text);
+            s.total_length = s.total_length - u64::from(s.lengths[i]) + u64::from(length);
+            s.lengths[i] = length;
+        }
+        s.summaries[i] = summary;
+        return;
+    }
+    let Ok(doc) = u32::try_from(s.summaries.len()) else {
+        return; // beyond 4 billion episodes in one namespace: not indexed in process
+    };
+    let length = s.add_postings(doc, &text);
+    s.position.insert(summary.id, doc);
+    s.summaries.push(summary);
+    s.lengths.push(length);
+    s.total_length += u64::from(length);
+}
+
+impl LexicalIndex {
     /// How many episodes the namespace holds.
     pub fn len(&self, ns: &Namespace) -> usize {
         self.space(ns)
@@ -196,12 +213,10 @@ impl LexicalIndex {
         if n == 0 {
             return Vec::new();
         }
-        let average = s.total_length as f32 / n as f32;
-        let norm: Vec<f32> = s
-            .lengths
-            .iter()
-            .map(|&l| K1 * (1.0 - B + B * l as f32 / average.max(1.0)))
-            .collect();
+        let average = (s.total_length as f32 / n as f32).max(1.0);
+        // BM25's length norm of the documents a term reaches, computed as they are reached
+        // (a per-query table of every document's norm cost as much as a common term).
+        let norm = |doc: u32| K1 * (1.0 - B + B * s.lengths[doc as usize] as f32 / average);
         // Term at a time into a dense accumulator; `touched` lists the documents scored.
         let mut scores = vec![0.0f32; n];
         let mut touched: Vec<u32> = Vec::new();
@@ -217,7 +232,7 @@ impl LexicalIndex {
                     touched.push(doc);
                 }
                 let tf = tf as f32;
-                *slot += idf * tf * (K1 + 1.0) / (tf + norm[doc as usize]);
+                *slot += idf * tf * (K1 + 1.0) / (tf + norm(doc));
             }
         }
         let unfiltered = *filter == EpisodeFilter::default();

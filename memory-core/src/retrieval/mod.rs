@@ -354,6 +354,9 @@ pub fn vector_key(model: &str, config: &RetrievalConfig) -> String {
     key
 }
 
+/// Stored vectors read per page when a namespace's index is loaded.
+const LOAD_PAGE: u32 = 2_000;
+
 /// How many of the closest episodes back the confidence.
 pub const SUPPORT: usize = 3;
 
@@ -664,18 +667,45 @@ impl Retriever {
             return Ok(());
         }
         let key = self.vector_key(embedder);
-        let mut after = None;
+        // Pages are read by a task of their own while this one indexes the previous page, so
+        // the database reads and the indexing overlap (they take about equal time).
+        let (pages, mut received) = tokio::sync::mpsc::channel(2);
+        let reader = {
+            let (storage, ns, key) = (Arc::clone(&self.storage), ns.clone(), key.clone());
+            async move {
+                let mut after = None;
+                loop {
+                    let page = storage.scan_embeddings(&ns, &key, after, LOAD_PAGE).await;
+                    after = page
+                        .as_ref()
+                        .ok()
+                        .and_then(|p| p.last())
+                        .map(|e| e.summary.id);
+                    // Stops after an error or an empty page, or when the indexer gave up.
+                    if pages.send(page).await.is_err() || after.is_none() {
+                        return;
+                    }
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(reader)),
+            Err(_) => {
+                return Err(Error::storage(
+                    "retrieval",
+                    "load",
+                    false,
+                    "no tokio runtime",
+                ));
+            }
+        }
         let mut loaded = 0usize;
-        loop {
-            let page = self.storage.scan_embeddings(ns, &key, after, 2_000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.summary.id);
+        while let Some(page) = received.recv().await {
+            let page = page?;
+            let mut fitting = Vec::with_capacity(page.len());
             for stored in page {
                 if stored.vector.len() == self.index.dims() {
-                    let summary = Arc::new(stored.summary);
-                    self.index.upsert(ns, Arc::clone(&summary), &stored.vector);
-                    self.lexical.upsert(ns, summary);
-                    loaded += 1;
+                    fitting.push((Arc::new(stored.summary), stored.vector));
                 } else {
                     warn!(
                         episode_id = %stored.summary.id,
@@ -684,6 +714,13 @@ impl Retriever {
                     );
                 }
             }
+            loaded += fitting.len();
+            self.index.upsert_many(
+                ns,
+                fitting.iter().map(|(s, v)| (Arc::clone(s), v.as_slice())),
+            );
+            self.lexical
+                .upsert_many(ns, fitting.into_iter().map(|(s, _)| s));
         }
         lock(&self.loaded).insert(ns.clone());
         debug!(loaded, "vector index loaded");

@@ -206,14 +206,28 @@ impl VectorIndex {
     /// Adds or replaces an episode's vector. A vector of the wrong length is ignored (the
     /// caller checks lengths; the index never mixes models).
     pub fn upsert(&self, ns: &Namespace, summary: impl Into<Arc<EpisodeSummary>>, vector: &[f32]) {
+        self.upsert_many(ns, [(summary.into(), vector)]);
+    }
+
+    /// [`upsert`](Self::upsert) of many vectors under one lock (how a namespace is loaded).
+    pub fn upsert_many<'v>(
+        &self,
+        ns: &Namespace,
+        items: impl IntoIterator<Item = (Arc<EpisodeSummary>, &'v [f32])>,
+    ) {
+        let space = self.space(ns);
+        let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
+        for (summary, vector) in items {
+            self.upsert_locked(&mut s, summary, vector);
+        }
+    }
+
+    fn upsert_locked(&self, s: &mut Space, summary: Arc<EpisodeSummary>, vector: &[f32]) {
         if vector.len() != self.dims {
             return;
         }
         let dims = self.dims;
         let (scale, codes) = quantize(vector);
-        let space = self.space(ns);
-        let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
-        let summary = summary.into();
         let i = if let Some(i) = s.position.get(&summary.id).copied() {
             s.add_to_sum(i, dims, -1.0);
             s.summaries[i] = summary;
@@ -230,7 +244,10 @@ impl VectorIndex {
             i
         };
         s.add_to_sum(i, dims, 1.0);
-        s.inv_norms[i] = s.inv_norm(i, dims);
+        // A space due for re-centering recomputes every norm before its next search.
+        if !s.recenter_due() {
+            s.inv_norms[i] = s.inv_norm(i, dims);
+        }
     }
 
     /// Replaces the summary of an indexed episode (e.g. once it completes), keeping its vector.
@@ -383,9 +400,15 @@ fn quantize(v: &[f32]) -> (f32, Vec<i8>) {
         return (0.0, vec![0; v.len()]);
     }
     let scale = max / 127.0;
+    let inv = 1.0 / scale;
+    // Round half away from zero by adding ±0.5 and truncating: `f32::round` is a library
+    // call per element, this vectorizes (and `as` saturates).
     let codes = v
         .iter()
-        .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8)
+        .map(|x| {
+            let y = (x * inv).clamp(-127.0, 127.0);
+            (y + 0.5f32.copysign(y)) as i8
+        })
         .collect();
     (scale, codes)
 }
