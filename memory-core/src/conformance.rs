@@ -1041,8 +1041,16 @@ pub async fn embeddings(s: &dyn Storage) {
         vec![a.id, b.id],
         "oldest first"
     );
+    let coverage = |episodes, embedded| EmbeddingCoverage {
+        episodes,
+        embedded,
+        last_episode: Some(b.id),
+    };
+    assert_eq!(s.embedding_coverage(&n, "m").await.unwrap(), coverage(2, 0));
     let v: Vec<f32> = (0..384).map(|i| (i as f32 * 0.37).sin()).collect();
     s.put_embedding(&n, a.id, "m", &v).await.unwrap();
+    assert_eq!(s.embedding_coverage(&n, "m").await.unwrap(), coverage(2, 1));
+    assert!(!s.embedding_coverage(&n, "m").await.unwrap().complete());
     assert_eq!(
         s.get_embedding(&n, a.id, "m").await.unwrap(),
         Some(v.clone()),
@@ -1080,6 +1088,24 @@ pub async fn embeddings(s: &dyn Storage) {
         s.get_embedding(&n, a.id, "m").await.unwrap(),
         Some(w),
         "put replaces"
+    );
+    assert_eq!(
+        s.embedding_coverage(&n, "m").await.unwrap(),
+        coverage(2, 1),
+        "a replaced embedding counts once"
+    );
+    s.put_embedding(&n, b.id, "m", &v).await.unwrap();
+    assert!(s.embedding_coverage(&n, "m").await.unwrap().complete());
+    assert_eq!(
+        s.embedding_coverage(&n, "other").await.unwrap(),
+        coverage(2, 0),
+        "per model"
+    );
+    assert_eq!(
+        s.embedding_coverage(&ns("conf/embeddings-empty"), "m")
+            .await
+            .unwrap(),
+        EmbeddingCoverage::default()
     );
     match s.put_embedding(&n, EpisodeId::new(), "m", &v).await {
         Err(Error::NotFound { .. }) => {}

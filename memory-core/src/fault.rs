@@ -20,8 +20,9 @@ use crate::maintenance::{
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::{
-    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems,
+    LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding,
+    TextHit, TextQuery,
 };
 
 /// When [`FaultInjecting`] fails a call.
@@ -383,6 +384,10 @@ impl<S: Storage + ?Sized> EmbeddingStore for FaultInjecting<S> {
     ) -> Result<Vec<StoredEmbedding>> {
         self.check("scan_embeddings")?;
         self.inner.scan_embeddings(ns, model, after, limit).await
+    }
+    async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
+        self.check("embedding_coverage")?;
+        self.inner.embedding_coverage(ns, model).await
     }
 }
 

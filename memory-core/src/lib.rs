@@ -108,9 +108,9 @@ pub use storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
 pub use storage::memory::InMemoryStorage;
 pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
 pub use storage::{
-    EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
-    LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage,
-    StoredEmbedding, TextHit, TextQuery,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery,
+    EpisodeStatus, EpisodeStore, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore,
+    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
 };
 pub use text::{episode_search_text, task_search_text, tokenize};
 pub use tiered::{

@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use chrono::Utc;
 use libsql::{Builder, Connection, Database, TransactionBehavior, Value};
 use memory_core::{
-    EmbeddingStore, Episode, EpisodeCompletion, EpisodeFilter, EpisodeId, EpisodeQuery,
-    EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep, ExistingLearned,
-    FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic, HeuristicId,
-    LearnedChanges, LearnedItems, LearnedQuery, LearningStore, LearningUpdate, LessonId, Namespace,
-    NamespaceStats, ObjectKind, Pattern, PatternId, Result, Storage, StoredEmbedding, TaskType,
-    TextHit, TextQuery, task_search_text, tokenize,
+    EmbeddingCoverage, EmbeddingStore, Episode, EpisodeCompletion, EpisodeFilter, EpisodeId,
+    EpisodeQuery, EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep,
+    ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
+    HeuristicId, LearnedChanges, LearnedItems, LearnedQuery, LearningStore, LearningUpdate,
+    LessonId, Namespace, NamespaceStats, ObjectKind, Pattern, PatternId, Result, Storage,
+    StoredEmbedding, TaskType, TextHit, TextQuery, task_search_text, tokenize,
 };
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, instrument, warn};
@@ -1833,6 +1833,42 @@ impl EmbeddingStore for TursoStorage {
                             });
                         }
                         Ok(out)
+                    })
+                    .await
+            })
+            .await
+    }
+
+    async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
+        let inner = &*self.inner;
+        inner
+            .call("embedding_coverage", async {
+                inner
+                    .read(async |conn| {
+                        // Two index counts and an index max: no probe per episode.
+                        let mut rows = conn
+                            .query(
+                                "SELECT \
+                                 (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
+                                 (SELECT COUNT(*) FROM embeddings WHERE ns = ?1 AND model = ?2), \
+                                 (SELECT MAX(id) FROM episodes WHERE ns = ?1)",
+                                vec![text(ns.as_str()), text(model)],
+                            )
+                            .await?;
+                        let row = rows
+                            .next()
+                            .await?
+                            .ok_or_else(|| decode("embedding coverage", "no row returned"))?;
+                        let c = Cols::new(&row, "embedding coverage");
+                        let last_episode = match c.opt_text(2)? {
+                            Some(_) => Some(c.episode_id(2)?),
+                            None => None,
+                        };
+                        Ok(EmbeddingCoverage {
+                            episodes: c.i64(0)? as u64,
+                            embedded: c.i64(1)? as u64,
+                            last_episode,
+                        })
                     })
                     .await
             })

@@ -20,8 +20,9 @@ use crate::maintenance::{
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::{
-    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems,
+    LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding,
+    TextHit, TextQuery,
 };
 
 /// Which learned items reads return.
@@ -195,6 +196,9 @@ impl<S: Storage + ?Sized> EmbeddingStore for Withholding<S> {
         limit: u32,
     ) -> Result<Vec<StoredEmbedding>> {
         self.inner.scan_embeddings(ns, model, after, limit).await
+    }
+    async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
+        self.inner.embedding_coverage(ns, model).await
     }
 }
 

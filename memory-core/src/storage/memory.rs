@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems,
+    LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding,
+    TextHit, TextQuery,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
 use crate::episode::{OutcomeKind, StepResult};
@@ -530,6 +531,18 @@ impl EmbeddingStore for InMemoryStorage {
         page.sort_by_key(|s| s.summary.id);
         page.truncate(limit as usize);
         Ok(page)
+    }
+
+    async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(EmbeddingCoverage::default());
+        };
+        Ok(EmbeddingCoverage {
+            episodes: d.episodes.len() as u64,
+            embedded: d.embeddings.keys().filter(|(_, m)| m == model).count() as u64,
+            last_episode: d.episodes.keys().next_back().copied(),
+        })
     }
 }
 

@@ -374,6 +374,27 @@ pub struct StoredEmbedding {
     pub vector: Vec<f32>,
 }
 
+/// How far a namespace's episodes are embedded for one model: two counts and the newest
+/// episode id, which tell in one cheap read whether the "needs embedding" queue is empty
+/// (every embedding belongs to a stored episode, one per episode and model, so equal counts
+/// mean every episode has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EmbeddingCoverage {
+    /// Episodes in the namespace.
+    pub episodes: u64,
+    /// Of them, embedded for the model.
+    pub embedded: u64,
+    /// The newest (largest) episode id, if any.
+    pub last_episode: Option<EpisodeId>,
+}
+
+impl EmbeddingCoverage {
+    /// True when every episode has an embedding for the model.
+    pub fn complete(&self) -> bool {
+        self.embedded >= self.episodes
+    }
+}
+
 /// Embeddings of episodes, one per (episode, model).
 #[async_trait]
 pub trait EmbeddingStore: Send + Sync + Debug {
@@ -412,6 +433,9 @@ pub trait EmbeddingStore: Send + Sync + Debug {
         after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<StoredEmbedding>>;
+    /// How many of the namespace's episodes have an embedding for `model`, and the newest
+    /// episode id: a count, not a scan of the queue.
+    async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage>;
 }
 
 /// Consolidation bookkeeping: run records, metrics snapshots, estimate records, restore records

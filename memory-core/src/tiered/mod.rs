@@ -44,8 +44,9 @@ use crate::pattern::{Pattern, PatternId};
 use crate::storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
 use crate::storage::outbox::{Outbox, OutboxEntry, WriteOp};
 use crate::storage::{
-    EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems, LearnedQuery,
-    LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems,
+    LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding,
+    TextHit, TextQuery,
 };
 
 /// Tiered-storage settings.
@@ -996,6 +997,12 @@ impl EmbeddingStore for TieredStorage {
     ) -> Result<Vec<StoredEmbedding>> {
         self.inner
             .guarded(self.inner.durable.scan_embeddings(ns, model, after, limit))
+            .await
+    }
+
+    async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
+        self.inner
+            .guarded(self.inner.durable.embedding_coverage(ns, model))
             .await
     }
 }
