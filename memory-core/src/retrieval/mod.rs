@@ -951,3 +951,57 @@ impl Retriever {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::episode::{ExecutionStep, NewEpisode, StepInput};
+    use chrono::Utc;
+
+    fn episode(steps: Vec<StepInput>) -> Episode {
+        let new = NewEpisode::new("task", TaskType::Other, TaskContext::new("general"));
+        let mut e = Episode::start(new, Utc::now());
+        for (n, input) in steps.into_iter().enumerate() {
+            e.steps.push(ExecutionStep {
+                step_number: n as u32 + 1,
+                timestamp: Utc::now(),
+                input,
+            });
+        }
+        e
+    }
+
+    #[test]
+    fn work_text_of_a_long_episode_stays_within_its_caps() {
+        let mut steps = Vec::new();
+        for i in 0..200 {
+            steps.push(StepInput::ok(
+                "shell",
+                format!("run step number {i} of the plan"),
+                "ok",
+            ));
+            steps.push(StepInput::error(
+                "shell",
+                format!("retry step {i}"),
+                format!("error {i}: {}", "x".repeat(500)),
+            ));
+        }
+        let text = work_text(&episode(steps));
+        let bound = WORK_ACTION_CHARS + ". errors: ".len() + WORK_ERRORS * (WORK_ERROR_CHARS + 2);
+        assert!(text.chars().count() <= bound, "{} > {bound}", text.len());
+        assert!(text.starts_with("run step number 0 of the plan; retry step 0"));
+        assert_eq!(text.matches("error ").count(), WORK_ERRORS, "{text}");
+        // Repeated actions and errors count once.
+        let same = vec![StepInput::error("shell", "build", "boom"); 5];
+        assert_eq!(work_text(&episode(same)), "build. errors: boom");
+        assert_eq!(work_text(&episode(Vec::new())), "");
+    }
+
+    #[test]
+    fn support_is_the_mean_of_the_three_best() {
+        assert_eq!(support(std::iter::empty()), None);
+        assert_eq!(support([0.5].into_iter()), Some(0.5));
+        let s = support([0.2, 0.9, 0.4, 0.8, 0.7].into_iter()).unwrap();
+        assert!((s - 0.8).abs() < 1e-6, "{s}");
+    }
+}
