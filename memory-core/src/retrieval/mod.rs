@@ -10,13 +10,15 @@
 //! - Both lists are min-max normalized over their union and fused as a weighted sum, then
 //!   re-ranked by context match (the kind of work: domain and task type), outcome and
 //!   recency. Every result carries its [`ScoreBreakdown`] and a one-line `why`.
-//! - [`Retrieval::confidence`] is calibrated on the best plain cosine similarity (an absolute
-//!   measure, not a score relative to the other results), so "no strong match" means the
-//!   memory has nothing close, not that the list was short.
+//! - [`Retrieval::confidence`] is calibrated on the mean plain cosine similarity of the
+//!   [`SUPPORT`] closest episodes (an absolute measure, not a score relative to the other
+//!   results), so "no strong match" means the memory has nothing close, not that the list was
+//!   short.
 //!
 //! Embeddings are computed off the write path: the durable queue is the set of episodes with no
-//! embedding for the embedder's model ([`EmbeddingStore::episodes_missing_embedding`]), which is
-//! derived from the data and so survives restarts; [`Retriever::embed_pending`] drains it in
+//! embedding under the [`vector_key`] (the model and the embedded text's recipe)
+//! ([`EmbeddingStore::episodes_missing_embedding`]), which is derived from the data and so
+//! survives restarts; [`Retriever::embed_pending`] drains it in
 //! batches. Without an embedder (model files missing), retrieval is lexical and says so in
 //! [`Retrieval::degraded`].
 

@@ -198,8 +198,8 @@ pub(super) fn rerank(
     }
 }
 
-/// Calibrated confidence from the best plain cosine: a logistic centred on the strong-match
-/// threshold (0.5 there), rising to ~0.95 at +0.12.
+/// Calibrated confidence from the support (the mean plain cosine of the closest episodes): a
+/// logistic centred on the strong-match threshold (0.5 there), rising to ~0.95 at +0.12.
 pub(super) fn confidence(best_similarity: f32, threshold: f32) -> f64 {
     let x = f64::from(best_similarity - threshold) / 0.04;
     1.0 / (1.0 + (-x).exp())
