@@ -72,14 +72,10 @@ impl Space {
         &self.codes[i * dims..(i + 1) * dims]
     }
 
-    /// `1 / |d - center|` of document `i`, from its codes.
+    /// `1 / |d - center|` of document `i`, from its codes (once the space is centered).
     fn inv_norm(&self, i: usize, dims: usize) -> f32 {
         let scale = self.scales[i];
         let code = self.code(i, dims);
-        if self.center.is_empty() {
-            let n2: f32 = code.iter().map(|&c| (scale * f32::from(c)).powi(2)).sum();
-            return inv_sqrt(n2);
-        }
         let n2: f32 = code
             .iter()
             .zip(&self.center)
