@@ -47,6 +47,7 @@ where
     put_learned_roundtrip(make().await.as_ref()).await;
     feedback_updates_effectiveness(make().await.as_ref()).await;
     embeddings(make().await.as_ref()).await;
+    index_change_log_and_snapshots(make().await.as_ref()).await;
     stats_count(make().await.as_ref()).await;
     namespace_isolation(make().await.as_ref(), 7).await;
     maintenance_records(make().await.as_ref()).await;
@@ -1111,6 +1112,106 @@ pub async fn embeddings(s: &dyn Storage) {
         Err(Error::NotFound { .. }) => {}
         other => panic!("embedding for an unknown episode must be NotFound, got {other:?}"),
     }
+}
+
+/// The index change log names every episode whose embedding or (embedded) summary changed,
+/// pages in order, reports removals per model; snapshots round-trip per model and are
+/// size-checked at the API boundary.
+pub async fn index_change_log_and_snapshots(s: &dyn Storage) {
+    let n = ns("conf/index-log");
+    let other = ns("conf/index-log-other");
+    assert_eq!(s.index_log_head(&n).await.unwrap(), 0, "empty log");
+    let empty = s.index_changes(&n, "m", 0, 10).await.unwrap();
+    assert_eq!(
+        empty,
+        IndexChanges::default(),
+        "nothing changed: through stays at after"
+    );
+
+    let a = episode("a", TaskType::Other, "general", None, t(0));
+    let b = episode("b", TaskType::Other, "general", None, t(1));
+    s.create_episode(&n, &a).await.unwrap();
+    s.create_episode(&n, &b).await.unwrap();
+    s.create_episode(&other, &a).await.unwrap();
+    assert_eq!(
+        s.index_log_head(&n).await.unwrap(),
+        0,
+        "an episode without an embedding is not in the log"
+    );
+    let v: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
+    s.put_embedding(&n, a.id, "m", &v).await.unwrap();
+    let after_a = s.index_log_head(&n).await.unwrap();
+    assert!(after_a > 0, "an embedding write is logged");
+    s.put_embedding(&n, b.id, "other-model", &v).await.unwrap();
+    s.put_embedding(&other, a.id, "m", &v).await.unwrap();
+
+    let all = s.index_changes(&n, "m", 0, 100).await.unwrap();
+    assert_eq!(all.through, s.index_log_head(&n).await.unwrap());
+    assert!(!all.more);
+    assert_eq!(all.upserts.len(), 1, "{all:?}");
+    assert_eq!(all.upserts[0].summary.id, a.id);
+    assert_eq!(all.upserts[0].vector, v);
+    assert_eq!(all.upserts[0].summary, a.summary());
+    assert_eq!(
+        all.removed,
+        vec![b.id],
+        "b changed but has no vector for this model"
+    );
+
+    // Paging: one entry per page, in log order.
+    let first = s.index_changes(&n, "m", 0, 1).await.unwrap();
+    assert_eq!(first.through, after_a);
+    assert!(first.more);
+    assert_eq!(first.upserts.len(), 1);
+    let rest = s.index_changes(&n, "m", first.through, 10).await.unwrap();
+    assert!(!rest.more);
+    assert_eq!(rest.removed, vec![b.id]);
+    assert!(rest.upserts.is_empty());
+
+    // Completing an embedded episode is logged with its new summary.
+    let head = s.index_log_head(&n).await.unwrap();
+    let mut stored = s.get_episode(&n, a.id).await.unwrap().unwrap();
+    let st = steps(&[("cargo", true)], 1, stored.started_at);
+    s.append_steps(&n, a.id, &st).await.unwrap();
+    stored.steps = st;
+    let c = completion_for(&stored, Outcome::success("done"), t(10));
+    s.complete_episode(&n, &c).await.unwrap();
+    let after_completion = s.index_changes(&n, "m", head, 100).await.unwrap();
+    assert!(after_completion.through > head);
+    assert_eq!(after_completion.upserts.len(), 1);
+    let summary = &after_completion.upserts[0].summary;
+    assert!(summary.completed_at.is_some(), "{summary:?}");
+    assert_eq!(summary.step_count, 1);
+    assert_eq!(
+        s.index_changes(&n, "m", after_completion.through, 100)
+            .await
+            .unwrap(),
+        IndexChanges {
+            through: after_completion.through,
+            ..IndexChanges::default()
+        },
+        "caught up"
+    );
+
+    // Snapshots: absent, stored, replaced, per model and namespace.
+    assert_eq!(s.get_index_snapshot(&n, "m").await.unwrap(), None);
+    let snap = IndexSnapshot {
+        as_of: after_a,
+        data: vec![1, 2, 3, 0, 255],
+    };
+    s.put_index_snapshot(&n, "m", &snap).await.unwrap();
+    assert_eq!(
+        s.get_index_snapshot(&n, "m").await.unwrap(),
+        Some(snap.clone())
+    );
+    assert_eq!(s.get_index_snapshot(&n, "other-model").await.unwrap(), None);
+    assert_eq!(s.get_index_snapshot(&other, "m").await.unwrap(), None);
+    let newer = IndexSnapshot {
+        as_of: after_a + 5,
+        data: vec![9; 1000],
+    };
+    s.put_index_snapshot(&n, "m", &newer).await.unwrap();
+    assert_eq!(s.get_index_snapshot(&n, "m").await.unwrap(), Some(newer));
 }
 
 pub async fn stats_count(s: &dyn Storage) {

@@ -20,9 +20,9 @@ use crate::maintenance::{
 use crate::namespace::Namespace;
 use crate::pattern::{Pattern, PatternId};
 use crate::storage::{
-    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems,
-    LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding,
-    TextHit, TextQuery,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, IndexChanges,
+    IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats,
+    Storage, StoredEmbedding, TextHit, TextQuery,
 };
 
 /// When [`FaultInjecting`] fails a call.
@@ -388,6 +388,37 @@ impl<S: Storage + ?Sized> EmbeddingStore for FaultInjecting<S> {
     async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
         self.check("embedding_coverage")?;
         self.inner.embedding_coverage(ns, model).await
+    }
+    async fn index_log_head(&self, ns: &Namespace) -> Result<u64> {
+        self.check("index_log_head")?;
+        self.inner.index_log_head(ns).await
+    }
+    async fn index_changes(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<IndexChanges> {
+        self.check("index_changes")?;
+        self.inner.index_changes(ns, model, after, limit).await
+    }
+    async fn get_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+    ) -> Result<Option<IndexSnapshot>> {
+        self.check("get_index_snapshot")?;
+        self.inner.get_index_snapshot(ns, model).await
+    }
+    async fn put_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        snapshot: &IndexSnapshot,
+    ) -> Result<()> {
+        self.check("put_index_snapshot")?;
+        self.inner.put_index_snapshot(ns, model, snapshot).await
     }
 }
 

@@ -109,8 +109,9 @@ pub use storage::memory::InMemoryStorage;
 pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
 pub use storage::{
     EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery,
-    EpisodeStatus, EpisodeStore, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore,
-    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery,
+    EpisodeStatus, EpisodeStore, IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery,
+    LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Storage,
+    StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
 };
 pub use text::{episode_search_text, task_search_text, tokenize};
 pub use tiered::{

@@ -13,9 +13,10 @@ use memory_core::{
     EmbeddingCoverage, EmbeddingStore, Episode, EpisodeCompletion, EpisodeFilter, EpisodeId,
     EpisodeQuery, EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep,
     ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
-    HeuristicId, LearnedChanges, LearnedItems, LearnedQuery, LearningStore, LearningUpdate,
-    LessonId, Namespace, NamespaceStats, ObjectKind, Pattern, PatternId, Result, Storage,
-    StoredEmbedding, TaskType, TextHit, TextQuery, task_search_text, tokenize,
+    HeuristicId, IndexChanges, IndexSnapshot, LearnedChanges, LearnedItems, LearnedQuery,
+    LearningStore, LearningUpdate, LessonId, Namespace, NamespaceStats, ObjectKind, Pattern,
+    PatternId, Result, Storage, StoredEmbedding, TaskType, TextHit, TextQuery,
+    check_index_snapshot_size, task_search_text, tokenize,
 };
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, instrument, warn};
@@ -1871,6 +1872,184 @@ impl EmbeddingStore for TursoStorage {
                         })
                     })
                     .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn index_log_head(&self, ns: &Namespace) -> Result<u64> {
+        let inner = &*self.inner;
+        inner
+            .call("index_log_head", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn
+                            .query(
+                                "SELECT COALESCE(MAX(seq), 0) FROM index_changes WHERE ns = ?1",
+                                vec![text(ns.as_str())],
+                            )
+                            .await?;
+                        let row = rows
+                            .next()
+                            .await?
+                            .ok_or_else(|| decode("index log head", "no row returned"))?;
+                        Ok(Cols::new(&row, "index log head").i64(0)?.max(0) as u64)
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, model, after, limit))]
+    async fn index_changes(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<IndexChanges> {
+        let inner = &*self.inner;
+        let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows_sql = format!(
+            "SELECT {SUMMARY_COLUMNS}, m.vector FROM embeddings m \
+             JOIN episodes e ON e.ns = m.ns AND e.id = m.episode_id \
+             WHERE m.ns = ?1 AND m.model = ?2 AND m.episode_id IN \
+             (SELECT episode_id FROM index_changes WHERE ns = ?1 AND seq > ?3 AND seq <= ?4)"
+        );
+        inner
+            .call("index_changes", async {
+                inner
+                    .read(async |conn| {
+                        // The log page first, then the rows it names: a row read after its log
+                        // entry is at least that new, and anything changed later has a later
+                        // entry, read next time.
+                        let mut rows = conn
+                            .query(
+                                "SELECT seq, episode_id FROM index_changes \
+                                 WHERE ns = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                                vec![
+                                    text(ns.as_str()),
+                                    Value::Integer(after_i),
+                                    Value::Integer(i64::from(limit)),
+                                ],
+                            )
+                            .await?;
+                        let mut through = after_i;
+                        let mut ids = std::collections::BTreeSet::new();
+                        while let Some(row) = rows.next().await? {
+                            let c = Cols::new(&row, "index change");
+                            through = c.i64(0)?;
+                            ids.insert(c.episode_id(1)?);
+                        }
+                        drop(rows);
+                        let mut changes = IndexChanges {
+                            through: through.max(0) as u64,
+                            ..IndexChanges::default()
+                        };
+                        let mut rows = conn
+                            .query(
+                                "SELECT EXISTS (SELECT 1 FROM index_changes \
+                                 WHERE ns = ?1 AND seq > ?2)",
+                                vec![text(ns.as_str()), Value::Integer(through)],
+                            )
+                            .await?;
+                        if let Some(row) = rows.next().await? {
+                            changes.more = Cols::new(&row, "index change").i64(0)? != 0;
+                        }
+                        drop(rows);
+                        if ids.is_empty() {
+                            return Ok(changes);
+                        }
+                        let mut rows = conn
+                            .query(
+                                &rows_sql,
+                                vec![
+                                    text(ns.as_str()),
+                                    text(model),
+                                    Value::Integer(after_i),
+                                    Value::Integer(through),
+                                ],
+                            )
+                            .await?;
+                        while let Some(row) = rows.next().await? {
+                            let vector = Cols::new(&row, "embedding").blob(13)?;
+                            let summary = summary_from_row(&row)?;
+                            ids.remove(&summary.id);
+                            changes.upserts.push(StoredEmbedding {
+                                summary,
+                                vector: blob_to_vector(&vector)?,
+                            });
+                        }
+                        changes.upserts.sort_by_key(|e| e.summary.id);
+                        changes.removed = ids.into_iter().collect();
+                        Ok(changes)
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, model))]
+    async fn get_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+    ) -> Result<Option<IndexSnapshot>> {
+        let inner = &*self.inner;
+        inner
+            .call("get_index_snapshot", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn
+                            .query(
+                                "SELECT as_of, data FROM index_snapshots \
+                                 WHERE ns = ?1 AND model = ?2",
+                                vec![text(ns.as_str()), text(model)],
+                            )
+                            .await?;
+                        match rows.next().await? {
+                            Some(row) => {
+                                let c = Cols::new(&row, "index snapshot");
+                                Ok(Some(IndexSnapshot {
+                                    as_of: c.i64(0)?.max(0) as u64,
+                                    data: c.blob(1)?,
+                                }))
+                            }
+                            None => Ok(None),
+                        }
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, model, bytes = snapshot.data.len()))]
+    async fn put_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        snapshot: &IndexSnapshot,
+    ) -> Result<()> {
+        check_index_snapshot_size(snapshot.data.len())?;
+        let inner = &*self.inner;
+        inner
+            .call("put_index_snapshot", async {
+                let conn = inner.writer().await?;
+                conn.execute(
+                    "INSERT INTO index_snapshots (ns, model, as_of, written_at, data) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (ns, model) DO UPDATE SET as_of = excluded.as_of, \
+                     written_at = excluded.written_at, data = excluded.data",
+                    vec![
+                        text(ns.as_str()),
+                        text(model),
+                        Value::Integer(i64::try_from(snapshot.as_of).unwrap_or(i64::MAX)),
+                        Value::Integer(nanos_clamped(Utc::now())),
+                        Value::Blob(snapshot.data.clone()),
+                    ],
+                )
+                .await?;
+                Ok(())
             })
             .await
     }

@@ -12,7 +12,7 @@ use tracing::info;
 use crate::error::{DbResult, DriverError};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// One forward migration.
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +215,51 @@ const V3: &[&str] = &[
     ) WITHOUT ROWID",
 ];
 
+/// Version 4: the index change log (filled by triggers) and the index snapshots.
+const V4: &[&str] = &[
+    // One row per change to an embedding (any model) or to the summary of an episode that has
+    // an embedding, so a process holding the in-process index (or a snapshot of it) at
+    // position `seq` re-reads only the episodes changed after it. Written by the triggers
+    // below, in the transaction of the change itself.
+    "CREATE TABLE index_changes (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        ns         TEXT NOT NULL,
+        episode_id TEXT NOT NULL
+    )",
+    "CREATE INDEX index_changes_by_ns ON index_changes (ns, seq)",
+    "CREATE TRIGGER index_log_embedding_insert AFTER INSERT ON embeddings BEGIN
+        INSERT INTO index_changes (ns, episode_id) VALUES (NEW.ns, NEW.episode_id);
+    END",
+    "CREATE TRIGGER index_log_embedding_update AFTER UPDATE ON embeddings BEGIN
+        INSERT INTO index_changes (ns, episode_id) VALUES (NEW.ns, NEW.episode_id);
+    END",
+    "CREATE TRIGGER index_log_embedding_delete AFTER DELETE ON embeddings BEGIN
+        INSERT INTO index_changes (ns, episode_id) VALUES (OLD.ns, OLD.episode_id);
+    END",
+    // Summary columns only, and only for embedded episodes: an episode is usually embedded
+    // after it completes, so its step appends log nothing.
+    "CREATE TRIGGER index_log_episode_update
+        AFTER UPDATE OF task_description, task_type, domain, language, framework, complexity,
+            tags, step_count, started_at, completed_at, outcome_kind, reward_total ON episodes
+        WHEN EXISTS (SELECT 1 FROM embeddings WHERE ns = NEW.ns AND episode_id = NEW.id)
+    BEGIN
+        INSERT INTO index_changes (ns, episode_id) VALUES (NEW.ns, NEW.id);
+    END",
+    "CREATE TRIGGER index_log_episode_delete AFTER DELETE ON episodes BEGIN
+        INSERT INTO index_changes (ns, episode_id) VALUES (OLD.ns, OLD.id);
+    END",
+    // The encoded in-process index of a namespace for one vector key, current as of the log
+    // position `as_of` (derived data: the retrieval layer writes and reads it whole).
+    "CREATE TABLE index_snapshots (
+        ns         TEXT NOT NULL,
+        model      TEXT NOT NULL,
+        as_of      INTEGER NOT NULL,
+        written_at INTEGER NOT NULL,
+        data       BLOB NOT NULL,
+        PRIMARY KEY (ns, model)
+    )",
+];
+
 /// Every migration, in order. Never edit a released one: add a new version instead.
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -231,6 +276,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "consolidation runs, metrics snapshots, estimate records, restores",
         statements: V3,
+    },
+    Migration {
+        version: 4,
+        description: "index change log (triggers) and index snapshots",
+        statements: V4,
     },
 ];
 

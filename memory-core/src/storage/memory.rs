@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems,
-    LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding,
-    TextHit, TextQuery,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, IndexChanges,
+    IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats,
+    Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
 use crate::episode::{OutcomeKind, StepResult};
@@ -39,6 +39,9 @@ struct NsData {
     snapshots: BTreeMap<DateTime<Utc>, MetricsSnapshot>,
     estimates: BTreeMap<EpisodeId, EstimateRecord>,
     restores: HashMap<FeedbackTarget, RestoreRecord>,
+    /// The index change log: (position, episode), positions increasing from 1.
+    index_log: Vec<(u64, EpisodeId)>,
+    index_snapshots: HashMap<String, IndexSnapshot>,
 }
 
 impl NsData {
@@ -61,6 +64,20 @@ impl NsData {
                 .iter()
                 .filter_map(|id| self.lessons.get(id).cloned())
                 .collect(),
+        }
+    }
+
+    /// Logs a change of the episode's embedding.
+    fn log_index_change(&mut self, id: EpisodeId) {
+        let seq = self.index_log.last().map_or(1, |(s, _)| s + 1);
+        self.index_log.push((seq, id));
+    }
+
+    /// Logs a change of the episode's summary if it has an embedding (of any model), as the
+    /// durable backend's triggers do.
+    fn log_summary_change(&mut self, id: EpisodeId) {
+        if self.embeddings.keys().any(|(e, _)| *e == id) {
+            self.log_index_change(id);
         }
     }
 
@@ -148,6 +165,9 @@ impl EpisodeStore for InMemoryStorage {
             }
         }
         episode.steps.sort_by_key(|s| s.step_number);
+        if let Some(d) = data.get_mut(ns) {
+            d.log_summary_change(episode_id);
+        }
         Ok(())
     }
 
@@ -173,6 +193,7 @@ impl EpisodeStore for InMemoryStorage {
         episode.completed_at = Some(c.completed_at);
         let changes = c.learning.apply(d.existing_for(&c.learning));
         d.write_changes(&changes);
+        d.log_summary_change(c.episode_id);
         Ok(Some(changes))
     }
 
@@ -470,6 +491,7 @@ impl EmbeddingStore for InMemoryStorage {
             .ok_or_else(|| Error::not_found(ObjectKind::Episode, episode_id))?;
         d.embeddings
             .insert((episode_id, model.to_owned()), vector.to_vec());
+        d.log_index_change(episode_id);
         Ok(())
     }
 
@@ -543,6 +565,86 @@ impl EmbeddingStore for InMemoryStorage {
             embedded: d.embeddings.keys().filter(|(_, m)| m == model).count() as u64,
             last_episode: d.episodes.keys().next_back().copied(),
         })
+    }
+
+    async fn index_log_head(&self, ns: &Namespace) -> Result<u64> {
+        Ok(self
+            .lock()
+            .get(ns)
+            .and_then(|d| d.index_log.last())
+            .map_or(0, |(s, _)| *s))
+    }
+
+    async fn index_changes(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<IndexChanges> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(IndexChanges {
+                through: after,
+                ..IndexChanges::default()
+            });
+        };
+        let entries: Vec<&(u64, EpisodeId)> = d
+            .index_log
+            .iter()
+            .filter(|(s, _)| *s > after)
+            .take(limit as usize)
+            .collect();
+        let through = entries.last().map_or(after, |(s, _)| *s);
+        let more = d.index_log.last().is_some_and(|(s, _)| *s > through);
+        let mut ids: Vec<EpisodeId> = entries.iter().map(|(_, id)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut changes = IndexChanges {
+            through,
+            more,
+            ..IndexChanges::default()
+        };
+        for id in ids {
+            match (
+                d.episodes.get(&id),
+                d.embeddings.get(&(id, model.to_owned())),
+            ) {
+                (Some(e), Some(v)) => changes.upserts.push(StoredEmbedding {
+                    summary: e.summary(),
+                    vector: v.clone(),
+                }),
+                _ => changes.removed.push(id),
+            }
+        }
+        Ok(changes)
+    }
+
+    async fn get_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+    ) -> Result<Option<IndexSnapshot>> {
+        Ok(self
+            .lock()
+            .get(ns)
+            .and_then(|d| d.index_snapshots.get(model))
+            .cloned())
+    }
+
+    async fn put_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        snapshot: &IndexSnapshot,
+    ) -> Result<()> {
+        check_index_snapshot_size(snapshot.data.len())?;
+        self.lock()
+            .entry(ns.clone())
+            .or_default()
+            .index_snapshots
+            .insert(model.to_owned(), snapshot.clone());
+        Ok(())
     }
 }
 

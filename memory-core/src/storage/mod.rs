@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::episode::{
     Episode, EpisodeId, EpisodeSummary, ExecutionStep, Outcome, OutcomeKind, TaskContext, TaskType,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::feedback::{Feedback, FeedbackTarget};
 use crate::heuristic::{Heuristic, HeuristicId};
 use crate::learning::{LearnedChanges, LearningUpdate};
@@ -395,6 +395,60 @@ impl EmbeddingCoverage {
     }
 }
 
+/// The largest index snapshot a backend stores: a namespace of about a million episodes
+/// (some 500 bytes each). Larger snapshots are refused with `InvalidInput`; the index then
+/// loads from the embeddings as it would without one.
+pub const MAX_INDEX_SNAPSHOT_BYTES: usize = 512 * 1024 * 1024;
+
+/// `InvalidInput` when an index snapshot of `len` bytes is over [`MAX_INDEX_SNAPSHOT_BYTES`].
+///
+/// ```
+/// use memory_core::{MAX_INDEX_SNAPSHOT_BYTES, check_index_snapshot_size};
+/// assert!(check_index_snapshot_size(MAX_INDEX_SNAPSHOT_BYTES).is_ok());
+/// assert!(check_index_snapshot_size(MAX_INDEX_SNAPSHOT_BYTES + 1).is_err());
+/// ```
+pub fn check_index_snapshot_size(len: usize) -> Result<()> {
+    if len > MAX_INDEX_SNAPSHOT_BYTES {
+        return Err(Error::invalid(
+            "index_snapshot",
+            format!("{len} bytes is over the limit of {MAX_INDEX_SNAPSHOT_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+/// What changed among a namespace's indexed episodes after a position of its change log.
+///
+/// The log records every change to an embedding (any model) and to the summary of an episode
+/// that has an embedding; each entry names the episode only, and this reports the episode's
+/// state when it was read, so applying it is idempotent and a reader that applies pages in
+/// order converges on the stored data.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IndexChanges {
+    /// Changed episodes that have an embedding for the model: their current summary and
+    /// vector.
+    pub upserts: Vec<StoredEmbedding>,
+    /// Changed episodes with no embedding for the model (any more).
+    pub removed: Vec<EpisodeId>,
+    /// The log position this page runs through: pass it as `after` for the next page. Equal
+    /// to `after` when nothing changed.
+    pub through: u64,
+    /// Whether the log holds entries after `through` (the page was full).
+    pub more: bool,
+}
+
+/// A persisted image of a namespace's in-process index (opaque bytes to storage), with the
+/// change-log position it reflects: every change up to `as_of` is in it, so loading it and
+/// applying [`IndexChanges`] after `as_of` gives the stored state without reading every
+/// embedding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSnapshot {
+    /// The change-log position the image reflects.
+    pub as_of: u64,
+    /// The encoded index.
+    pub data: Vec<u8>,
+}
+
 /// Embeddings of episodes, one per (episode, model).
 #[async_trait]
 pub trait EmbeddingStore: Send + Sync + Debug {
@@ -436,6 +490,33 @@ pub trait EmbeddingStore: Send + Sync + Debug {
     /// How many of the namespace's episodes have an embedding for `model`, and the newest
     /// episode id: a count, not a scan of the queue.
     async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage>;
+    /// The newest position of the namespace's index change log (0 when it is empty). Read it
+    /// before a full [`scan_embeddings`](Self::scan_embeddings): the changes after it bring
+    /// the scanned state up to date.
+    async fn index_log_head(&self, ns: &Namespace) -> Result<u64>;
+    /// Up to `limit` entries of the namespace's index change log after `after`, as the
+    /// current state of the episodes they name (see [`IndexChanges`]).
+    async fn index_changes(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<IndexChanges>;
+    /// The stored index snapshot for `model`, if any.
+    async fn get_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+    ) -> Result<Option<IndexSnapshot>>;
+    /// Stores or replaces the index snapshot for `model`. `InvalidInput` over
+    /// [`MAX_INDEX_SNAPSHOT_BYTES`].
+    async fn put_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        snapshot: &IndexSnapshot,
+    ) -> Result<()>;
 }
 
 /// Consolidation bookkeeping: run records, metrics snapshots, estimate records, restore records

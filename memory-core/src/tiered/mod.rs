@@ -44,9 +44,9 @@ use crate::pattern::{Pattern, PatternId};
 use crate::storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
 use crate::storage::outbox::{Outbox, OutboxEntry, WriteOp};
 use crate::storage::{
-    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, LearnedItems,
-    LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats, Storage, StoredEmbedding,
-    TextHit, TextQuery,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, IndexChanges,
+    IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats,
+    Storage, StoredEmbedding, TextHit, TextQuery,
 };
 
 /// Tiered-storage settings.
@@ -1003,6 +1003,47 @@ impl EmbeddingStore for TieredStorage {
     async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
         self.inner
             .guarded(self.inner.durable.embedding_coverage(ns, model))
+            .await
+    }
+
+    async fn index_log_head(&self, ns: &Namespace) -> Result<u64> {
+        self.inner
+            .guarded(self.inner.durable.index_log_head(ns))
+            .await
+    }
+
+    async fn index_changes(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<IndexChanges> {
+        self.inner
+            .guarded(self.inner.durable.index_changes(ns, model, after, limit))
+            .await
+    }
+
+    async fn get_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+    ) -> Result<Option<IndexSnapshot>> {
+        self.inner
+            .guarded(self.inner.durable.get_index_snapshot(ns, model))
+            .await
+    }
+
+    /// Not journaled: a snapshot is derived data, and one that cannot be written now is
+    /// written again later.
+    async fn put_index_snapshot(
+        &self,
+        ns: &Namespace,
+        model: &str,
+        snapshot: &IndexSnapshot,
+    ) -> Result<()> {
+        self.inner
+            .guarded(self.inner.durable.put_index_snapshot(ns, model, snapshot))
             .await
     }
 }
