@@ -99,8 +99,8 @@ pub use quota::{QuotaConfig, RateLimitConfig, RateLimiter};
 pub use redact::{RedactionConfig, Redactor};
 pub use reflection::{Reflection, reflect};
 pub use retrieval::{
-    Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery, RetrievedEpisode, Retriever,
-    ScoreBreakdown,
+    IndexStatus, Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery, RetrievedEpisode,
+    Retriever, ScoreBreakdown,
 };
 pub use reward::{RewardHistory, RewardScore, compute_reward};
 pub use signature::{ContextKey, collapse_tools, error_class, normalize_label, normalize_tool};

@@ -347,6 +347,146 @@ async fn an_episode_embedded_in_progress_is_embedded_again_once_complete() {
     m.shutdown().await.unwrap();
 }
 
+/// A namespace's index is written as a snapshot once it is large enough; the next process
+/// restores it, takes in what changed after it from the change log (episodes recorded and
+/// completed by another process), and answers exactly as a process that read every
+/// embedding; a damaged snapshot is passed over for the embeddings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_snapshot_is_restored_and_caught_up_with_later_changes() {
+    let Some(model) = tests::model::minilm().unwrap() else {
+        return;
+    };
+    let model: Arc<dyn Embedder> = Arc::new(model);
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::new("snapshots").unwrap();
+    let mut cfg = config();
+    cfg.retrieval.index_snapshot_from = 8;
+    let open_with = |cfg: MemoryConfig| {
+        let model = Arc::clone(&model);
+        let dir = dir.path().to_path_buf();
+        async move {
+            SelfLearningMemory::with_embedder(
+                m_storage(&dir).await,
+                cfg,
+                Arc::new(SystemClock),
+                Some(model),
+            )
+            .unwrap()
+        }
+    };
+    let tasks = [
+        ("fix the flaky date test", "testing", "go"),
+        ("add pagination to the orders endpoint", "web_api", "python"),
+        ("speed up the slow report query", "databases", "sql"),
+        ("retry failed payment webhooks", "payments", "rust"),
+        ("parse the new config file format", "cli", "rust"),
+        ("upgrade the logging library", "infra", "java"),
+        ("fix the memory leak in the image cache", "mobile", "kotlin"),
+        ("add a dark mode toggle", "frontend", "typescript"),
+        ("document the deploy steps", "infra", "bash"),
+        ("migrate the users table to uuid keys", "databases", "sql"),
+    ];
+    let writer = open_with(cfg.clone()).await;
+    for (task, domain, language) in tasks {
+        record(&writer, &ns, task, domain, language).await;
+    }
+    writer.embed_pending(&ns).await.unwrap();
+    let query = RetrievalQuery::new("the payment webhook retries fail").with_limit(5);
+    writer.retrieve(&ns, &query).await.unwrap();
+    let status = writer.retriever().index_status(&ns).unwrap();
+    assert_eq!(status.episodes, 10);
+    assert!(
+        !status.restored_from_snapshot,
+        "the first load reads the embeddings"
+    );
+
+    let storage = m_storage(dir.path()).await;
+    let key = vector_key(model.model_id(), &cfg.retrieval);
+    let mut waited = 0;
+    let snapshot = loop {
+        if let Some(s) = storage.get_index_snapshot(&ns, &key).await.unwrap() {
+            break s;
+        }
+        assert!(waited < 200, "no snapshot written within 20 s");
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+
+    // Written after the snapshot: a new episode, found by the next process.
+    let late = record(
+        &writer,
+        &ns,
+        "rotate the expired TLS certificate on the gateway",
+        "infra",
+        "bash",
+    )
+    .await;
+    writer.embed_pending(&ns).await.unwrap();
+
+    let reader = open_with(cfg.clone()).await;
+    let found = reader
+        .retrieve(
+            &ns,
+            &RetrievalQuery::new("the gateway TLS certificate expired").with_limit(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.results[0].episode.id, late, "{found:?}");
+    let status = reader.retriever().index_status(&ns).unwrap();
+    assert!(status.restored_from_snapshot);
+    assert_eq!(status.episodes, 11);
+    assert!(status.log_position > snapshot.as_of);
+
+    // The same episodes, the same best one, scores within a hair: the namespace's mean vector
+    // (what cosines are centered on) is kept from when it was last computed, which may be
+    // one episode earlier in one process than in the other.
+    let same = |a: &memory_core::retrieval::Retrieval, b: &memory_core::retrieval::Retrieval| {
+        let ids = |r: &memory_core::retrieval::Retrieval| -> Vec<_> {
+            let mut ids: Vec<_> = r.results.iter().map(|h| h.episode.id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(a), ids(b), "{a:?}\n{b:?}");
+        assert_eq!(a.results[0].episode.id, b.results[0].episode.id);
+        for x in &a.results {
+            let y = b
+                .results
+                .iter()
+                .find(|y| y.episode.id == x.episode.id)
+                .unwrap();
+            assert!((x.score - y.score).abs() < 0.05, "{x:?}\n{y:?}");
+        }
+    };
+    same(
+        &writer.retrieve(&ns, &query).await.unwrap(),
+        &reader.retrieve(&ns, &query).await.unwrap(),
+    );
+
+    // A damaged snapshot is passed over: the next process reads the embeddings.
+    storage
+        .put_index_snapshot(
+            &ns,
+            &key,
+            &memory_core::IndexSnapshot {
+                as_of: snapshot.as_of,
+                data: vec![b'M', b'I', b'D', b'X', 9, 9],
+            },
+        )
+        .await
+        .unwrap();
+    let fallback = open_with(cfg).await;
+    same(
+        &writer.retrieve(&ns, &query).await.unwrap(),
+        &fallback.retrieve(&ns, &query).await.unwrap(),
+    );
+    let status = fallback.retriever().index_status(&ns).unwrap();
+    assert!(!status.restored_from_snapshot);
+    assert_eq!(status.episodes, 11);
+    for m in [writer, reader, fallback] {
+        m.shutdown().await.unwrap();
+    }
+}
+
 fn dataset_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../eval/retrieval")
 }

@@ -154,7 +154,100 @@ fn upsert_locked(s: &mut Space, summary: Arc<EpisodeSummary>) {
     s.total_length += u64::from(length);
 }
 
+/// What a snapshot stores of one namespace's lexical space besides its summaries: each
+/// document's indexed length (in the summaries' order), their total, and the posting lists.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct LexicalParts {
+    pub lengths: Vec<u32>,
+    pub total_length: u64,
+    pub postings: Vec<(String, Vec<(u32, u32)>)>,
+}
+
+impl LexicalParts {
+    /// Indexes `summaries` (documents numbered in their order).
+    pub(crate) fn build(summaries: &[Arc<EpisodeSummary>]) -> Self {
+        let mut s = Space::default();
+        for summary in summaries {
+            upsert_locked(&mut s, Arc::clone(summary));
+        }
+        LexicalParts {
+            lengths: s.lengths,
+            total_length: s.total_length,
+            postings: s.postings.into_iter().collect(),
+        }
+    }
+}
+
 impl LexicalIndex {
+    /// Replaces the namespace's space with one restored from a snapshot. Refused (false, the
+    /// space unchanged) when the parts do not fit the summaries.
+    pub(crate) fn restore(
+        &self,
+        ns: &Namespace,
+        summaries: Vec<Arc<EpisodeSummary>>,
+        parts: LexicalParts,
+    ) -> bool {
+        let n = summaries.len();
+        if parts.lengths.len() != n
+            || parts.lengths.iter().map(|&l| u64::from(l)).sum::<u64>() != parts.total_length
+            || parts
+                .postings
+                .iter()
+                .any(|(_, list)| list.iter().any(|&(d, _)| d as usize >= n))
+        {
+            return false;
+        }
+        let Ok(docs) = u32::try_from(n) else {
+            return false;
+        };
+        let position: HashMap<EpisodeId, u32> =
+            summaries.iter().map(|s| s.id).zip(0..docs).collect();
+        if position.len() != n {
+            return false;
+        }
+        let restored = Space {
+            summaries,
+            lengths: parts.lengths,
+            total_length: parts.total_length,
+            position,
+            postings: parts.postings.into_iter().collect(),
+        };
+        let space = self.space(ns);
+        *space.write().unwrap_or_else(PoisonError::into_inner) = restored;
+        true
+    }
+
+    /// Removes an episode; false if it was not indexed.
+    pub fn remove(&self, ns: &Namespace, id: EpisodeId) -> bool {
+        let space = self.space(ns);
+        let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(doc) = s.position.remove(&id) else {
+            return false;
+        };
+        let i = doc as usize;
+        let text = indexed_text(&s.summaries[i]);
+        s.remove_postings(doc, &text);
+        s.total_length -= u64::from(s.lengths[i]);
+        let last = s.summaries.len() - 1;
+        if i != last {
+            // The last document takes the freed number.
+            let moved_text = indexed_text(&s.summaries[last]);
+            let from = last as u32;
+            for term in distinct(tokenize(&moved_text)) {
+                if let Some(list) = s.postings.get_mut(&term) {
+                    for entry in list.iter_mut().filter(|(d, _)| *d == from) {
+                        entry.0 = doc;
+                    }
+                }
+            }
+            let moved = s.summaries[last].id;
+            s.position.insert(moved, doc);
+        }
+        s.summaries.swap_remove(i);
+        s.lengths.swap_remove(i);
+        true
+    }
+
     /// How many episodes the namespace holds.
     pub fn len(&self, ns: &Namespace) -> usize {
         self.space(ns)
@@ -318,6 +411,38 @@ mod tests {
                 .search(&other, "fix payment", &EpisodeFilter::default(), 5)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn removing_an_episode_renumbers_the_last_one() {
+        let index = LexicalIndex::new();
+        let ns = ns();
+        let a = summary("fix the parser", "cli");
+        let b = summary("retry the payment worker", "billing");
+        let c = summary("document the parser flags", "cli");
+        for s in [&a, &b, &c] {
+            index.upsert(&ns, s.clone());
+        }
+        assert!(index.remove(&ns, a.id));
+        assert!(!index.remove(&ns, a.id), "already gone");
+        assert_eq!(index.len(&ns), 2);
+        let hits = index.search(&ns, "parser", &EpisodeFilter::default(), 5);
+        assert_eq!(hits.len(), 1, "the removed episode is not found");
+        assert_eq!(hits[0].summary.id, c.id, "the moved one still is");
+        let hits = index.search(&ns, "payment", &EpisodeFilter::default(), 5);
+        assert_eq!(hits[0].summary.id, b.id);
+        // Replacing the moved episode's words still finds its postings.
+        let mut c2 = c.clone();
+        c2.task_description = "rename the flags".into();
+        index.upsert(&ns, c2);
+        assert!(
+            index
+                .search(&ns, "parser", &EpisodeFilter::default(), 5)
+                .is_empty()
+        );
+        assert!(index.remove(&ns, c.id));
+        assert!(index.remove(&ns, b.id));
+        assert!(index.is_empty(&ns));
     }
 
     #[test]

@@ -149,6 +149,19 @@ fn inv_sqrt(n2: f32) -> f32 {
     if n2 > 1e-12 { 1.0 / n2.sqrt() } else { 0.0 }
 }
 
+/// What a snapshot stores of one namespace's space besides its summaries: per document (in
+/// index order) the quantization scale, the codes and `1 / |d - center|`; the sum of the
+/// vectors, the center and the size it was computed at.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct VectorParts {
+    pub scales: Vec<f32>,
+    pub codes: Vec<i8>,
+    pub inv_norms: Vec<f32>,
+    pub sum: Vec<f64>,
+    pub center: Vec<f32>,
+    pub centered_at: usize,
+}
+
 /// Vectors of many namespaces, each searched only within itself.
 #[derive(Debug)]
 pub struct VectorIndex {
@@ -244,6 +257,89 @@ impl VectorIndex {
         if !s.recenter_due() {
             s.inv_norms[i] = s.inv_norm(i, dims);
         }
+    }
+
+    /// Removes an episode's vector; false if it was not indexed.
+    pub fn remove(&self, ns: &Namespace, id: EpisodeId) -> bool {
+        let dims = self.dims;
+        let space = self.space(ns);
+        let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(i) = s.position.remove(&id) else {
+            return false;
+        };
+        s.add_to_sum(i, dims, -1.0);
+        let last = s.summaries.len() - 1;
+        s.summaries.swap_remove(i);
+        s.scales.swap_remove(i);
+        s.inv_norms.swap_remove(i);
+        if i != last {
+            s.codes
+                .copy_within(last * dims..(last + 1) * dims, i * dims);
+            let moved = s.summaries[i].id;
+            s.position.insert(moved, i);
+        }
+        s.codes.truncate(last * dims);
+        true
+    }
+
+    /// A copy of the namespace's space: its summaries in index order and the parts a
+    /// snapshot stores.
+    pub(crate) fn export(&self, ns: &Namespace) -> (Vec<Arc<EpisodeSummary>>, VectorParts) {
+        let space = self.space(ns);
+        let s = space.read().unwrap_or_else(PoisonError::into_inner);
+        let parts = VectorParts {
+            scales: s.scales.clone(),
+            codes: s.codes.clone(),
+            inv_norms: s.inv_norms.clone(),
+            sum: s.sum.clone(),
+            center: s.center.clone(),
+            centered_at: s.centered_at,
+        };
+        (s.summaries.clone(), parts)
+    }
+
+    /// Replaces the namespace's space with one restored from a snapshot. Refused (false, the
+    /// space unchanged) when the parts do not fit the summaries or the index's dimensions.
+    pub(crate) fn restore(
+        &self,
+        ns: &Namespace,
+        summaries: Vec<Arc<EpisodeSummary>>,
+        parts: VectorParts,
+    ) -> bool {
+        let n = summaries.len();
+        let dims = self.dims;
+        let centered = parts.center.is_empty() || parts.center.len() == dims;
+        let summed = (n == 0 && parts.sum.is_empty()) || parts.sum.len() == dims;
+        if parts.scales.len() != n
+            || parts.inv_norms.len() != n
+            || parts.codes.len() != n * dims
+            || !centered
+            || !summed
+            || parts.centered_at > n.saturating_mul(2).max(1)
+        {
+            return false;
+        }
+        let position: HashMap<EpisodeId, usize> = summaries
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        if position.len() != n {
+            return false; // an id twice
+        }
+        let restored = Space {
+            summaries,
+            scales: parts.scales,
+            codes: parts.codes,
+            inv_norms: parts.inv_norms,
+            position,
+            sum: parts.sum,
+            center: parts.center,
+            centered_at: parts.centered_at,
+        };
+        let space = self.space(ns);
+        *space.write().unwrap_or_else(PoisonError::into_inner) = restored;
+        true
     }
 
     /// Replaces the summary of an indexed episode (e.g. once it completes), keeping its vector.
@@ -459,6 +555,38 @@ mod tests {
         let a: Vec<f32> = q.iter().zip(m).map(|(x, y)| x - y).collect();
         let b: Vec<f32> = v.iter().zip(m).map(|(x, y)| x - y).collect();
         crate::embedding::cosine(&a, &b)
+    }
+
+    #[test]
+    fn removing_an_episode_keeps_the_others_scored_as_before() {
+        let dims = 32;
+        let index = VectorIndex::new(dims);
+        let ns = Namespace::default();
+        let docs: Vec<EpisodeSummary> = (0..5).map(|_| summary("cli")).collect();
+        for (i, d) in docs.iter().enumerate() {
+            index.upsert(&ns, d.clone(), &unit(i as u32 + 1, dims));
+        }
+        let q = unit(9, dims);
+        let before = index.score(&ns, &[&q], docs[4].id).map(|h| h.similarity);
+        assert!(index.remove(&ns, docs[1].id));
+        assert!(!index.remove(&ns, docs[1].id), "already gone");
+        assert_eq!(index.len(&ns), 4);
+        assert!(!index.contains(&ns, docs[1].id));
+        // The last document moved into the freed slot and keeps its vector.
+        assert_eq!(
+            index.score(&ns, &[&q], docs[4].id).map(|h| h.similarity),
+            before
+        );
+        let hits = index.search(&ns, &[&q], &EpisodeFilter::default(), 10);
+        assert_eq!(hits.len(), 4);
+        assert!(hits.iter().all(|h| h.summary.id != docs[1].id));
+        assert!(index.remove(&ns, docs[4].id), "the last one");
+        assert_eq!(
+            index
+                .search(&ns, &[&q], &EpisodeFilter::default(), 10)
+                .len(),
+            3
+        );
     }
 
     #[test]
