@@ -14,8 +14,8 @@ use memory_core::{
     EpisodeQuery, EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep,
     ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
     HeuristicId, IndexChanges, IndexSnapshot, LearnedChanges, LearnedItems, LearnedQuery,
-    LearningStore, LearningUpdate, LessonId, Namespace, NamespaceStats, ObjectKind, Pattern,
-    PatternId, Result, Storage, StoredEmbedding, TaskType, TextHit, TextQuery,
+    LearningStore, LearningUpdate, LessonId, MAX_INDEX_SNAPSHOT_BYTES, Namespace, NamespaceStats,
+    ObjectKind, Pattern, PatternId, Result, Storage, StoredEmbedding, TaskType, TextHit, TextQuery,
     check_index_snapshot_size, task_search_text, tokenize,
 };
 use tokio::sync::{Mutex, MutexGuard};
@@ -1453,7 +1453,16 @@ impl EpisodeStore for TursoStorage {
                 inner
                     .read(async |conn| {
                         let mut rows = conn
-                            .query("SELECT DISTINCT ns FROM episodes ORDER BY ns", ())
+                            // A skip scan: one index seek per namespace instead of a
+                            // pass over every episode (6-10 ms at 100k, at every start).
+                            .query(
+                                "WITH RECURSIVE n(ns) AS ( \
+                                 SELECT MIN(ns) FROM episodes UNION ALL \
+                                 SELECT (SELECT MIN(ns) FROM episodes WHERE ns > n.ns) \
+                                 FROM n WHERE n.ns IS NOT NULL) \
+                                 SELECT ns FROM n WHERE ns IS NOT NULL",
+                                (),
+                            )
                             .await?;
                         let mut out = Vec::new();
                         while let Some(row) = rows.next().await? {
@@ -1998,27 +2007,64 @@ impl EmbeddingStore for TursoStorage {
         let inner = &*self.inner;
         inner
             .call("get_index_snapshot", async {
-                inner
+                let header = inner
                     .read(async |conn| {
                         let mut rows = conn
                             .query(
-                                "SELECT as_of, data FROM index_snapshots \
+                                "SELECT as_of, written_at, parts, bytes FROM index_snapshots \
                                  WHERE ns = ?1 AND model = ?2",
                                 vec![text(ns.as_str()), text(model)],
                             )
                             .await?;
-                        match rows.next().await? {
-                            Some(row) => {
-                                let c = Cols::new(&row, "index snapshot");
-                                Ok(Some(IndexSnapshot {
-                                    as_of: c.i64(0)?.max(0) as u64,
-                                    data: c.blob(1)?,
-                                }))
-                            }
-                            None => Ok(None),
-                        }
+                        let Some(row) = rows.next().await? else {
+                            return Ok(None);
+                        };
+                        let c = Cols::new(&row, "index snapshot");
+                        Ok(Some((c.i64(0)?, c.i64(1)?, c.i64(2)?, c.i64(3)?)))
                     })
-                    .await
+                    .await?;
+                let Some((as_of, written_at, parts, bytes)) = header else {
+                    return Ok(None);
+                };
+                // The parts in two halves, on two reader connections at once (a 100k-episode
+                // image is ~65 MB, and SQLite reads a blob at about 600 MB/s on one core).
+                // (The local driver works on the calling thread, so the second half runs
+                // as a task of its own.)
+                let half = parts / 2;
+                let second = {
+                    let (inner, ns, model) =
+                        (Arc::clone(&self.inner), ns.clone(), model.to_owned());
+                    tokio::spawn(async move {
+                        read_snapshot_parts(&inner, &ns, &model, half, parts).await
+                    })
+                };
+                let first = read_snapshot_parts(inner, ns, model, 0, half).await;
+                let second = second.await.map_err(|e| {
+                    DriverError::Schema(format!("index snapshot reader stopped: {e}"))
+                })?;
+                let capacity = usize::try_from(bytes)
+                    .unwrap_or(0)
+                    .min(MAX_INDEX_SNAPSHOT_BYTES);
+                let mut data = Vec::with_capacity(capacity);
+                let mut expected = 0;
+                for (part, tag, chunk) in first?.into_iter().chain(second?) {
+                    if part != expected || tag != written_at {
+                        // Rewritten between the reads: no consistent image to offer.
+                        return Err(DriverError::Schema(
+                            "index snapshot replaced while it was read".into(),
+                        )
+                        .into());
+                    }
+                    data.extend_from_slice(&chunk);
+                    expected += 1;
+                }
+                if expected != parts || data.len() as i64 != bytes {
+                    return Err(decode("index snapshot", "parts missing"));
+                }
+                Ok(Some(IndexSnapshot {
+                    as_of: as_of.max(0) as u64,
+                    data,
+                }))
             })
             .await
     }
@@ -2032,27 +2078,94 @@ impl EmbeddingStore for TursoStorage {
     ) -> Result<()> {
         check_index_snapshot_size(snapshot.data.len())?;
         let inner = &*self.inner;
+        let written_at = nanos_clamped(Utc::now());
         inner
             .call("put_index_snapshot", async {
-                let conn = inner.writer().await?;
-                conn.execute(
-                    "INSERT INTO index_snapshots (ns, model, as_of, written_at, data) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) \
-                     ON CONFLICT (ns, model) DO UPDATE SET as_of = excluded.as_of, \
-                     written_at = excluded.written_at, data = excluded.data",
-                    vec![
-                        text(ns.as_str()),
-                        text(model),
-                        Value::Integer(i64::try_from(snapshot.as_of).unwrap_or(i64::MAX)),
-                        Value::Integer(nanos_clamped(Utc::now())),
-                        Value::Blob(snapshot.data.clone()),
-                    ],
-                )
-                .await?;
-                Ok(())
+                inner
+                    .write_tx(async |tx| {
+                        tx.execute(
+                            "DELETE FROM index_snapshot_parts WHERE ns = ?1 AND model = ?2",
+                            vec![text(ns.as_str()), text(model)],
+                        )
+                        .await?;
+                        let chunks = snapshot.data.chunks(SNAPSHOT_PART_BYTES);
+                        let parts = chunks.len() as i64;
+                        for (i, chunk) in chunks.enumerate() {
+                            tx.execute(
+                                "INSERT INTO index_snapshot_parts \
+                                 (ns, model, part, written_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                vec![
+                                    text(ns.as_str()),
+                                    text(model),
+                                    Value::Integer(i as i64),
+                                    Value::Integer(written_at),
+                                    Value::Blob(chunk.to_vec()),
+                                ],
+                            )
+                            .await?;
+                        }
+                        tx.execute(
+                            "INSERT INTO index_snapshots \
+                             (ns, model, as_of, written_at, parts, bytes) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                             ON CONFLICT (ns, model) DO UPDATE SET as_of = excluded.as_of, \
+                             written_at = excluded.written_at, parts = excluded.parts, \
+                             bytes = excluded.bytes",
+                            vec![
+                                text(ns.as_str()),
+                                text(model),
+                                Value::Integer(i64::try_from(snapshot.as_of).unwrap_or(i64::MAX)),
+                                Value::Integer(written_at),
+                                Value::Integer(parts),
+                                Value::Integer(snapshot.data.len() as i64),
+                            ],
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                    .await
             })
             .await
     }
+}
+
+/// The largest part an index snapshot is stored in: small enough for one statement of an
+/// embedded replica's write delegation (gRPC refuses messages over 4 MB).
+const SNAPSHOT_PART_BYTES: usize = 1024 * 1024;
+
+/// Parts `from..to` of a stored index snapshot: `(part, written_at, bytes)`, in part order.
+async fn read_snapshot_parts(
+    inner: &Inner,
+    ns: &Namespace,
+    model: &str,
+    from: i64,
+    to: i64,
+) -> DbResult<Vec<(i64, i64, Vec<u8>)>> {
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    inner
+        .read(async |conn| {
+            let mut rows = conn
+                .query(
+                    "SELECT part, written_at, data FROM index_snapshot_parts \
+                     WHERE ns = ?1 AND model = ?2 AND part >= ?3 AND part < ?4 ORDER BY part",
+                    vec![
+                        text(ns.as_str()),
+                        text(model),
+                        Value::Integer(from),
+                        Value::Integer(to),
+                    ],
+                )
+                .await?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await? {
+                let c = Cols::new(&row, "index snapshot part");
+                out.push((c.i64(0)?, c.i64(1)?, c.blob(2)?));
+            }
+            Ok(out)
+        })
+        .await
 }
 
 impl Storage for TursoStorage {

@@ -249,14 +249,25 @@ const V4: &[&str] = &[
         INSERT INTO index_changes (ns, episode_id) VALUES (OLD.ns, OLD.id);
     END",
     // The encoded in-process index of a namespace for one vector key, current as of the log
-    // position `as_of` (derived data: the retrieval layer writes and reads it whole).
+    // position `as_of` (derived data: the retrieval layer writes and reads it whole). The
+    // bytes are stored in parts of at most 1 MiB, each tagged with the write they belong to,
+    // so a reader can fetch them on two connections at once.
     "CREATE TABLE index_snapshots (
         ns         TEXT NOT NULL,
         model      TEXT NOT NULL,
         as_of      INTEGER NOT NULL,
         written_at INTEGER NOT NULL,
-        data       BLOB NOT NULL,
+        parts      INTEGER NOT NULL,
+        bytes      INTEGER NOT NULL,
         PRIMARY KEY (ns, model)
+    )",
+    "CREATE TABLE index_snapshot_parts (
+        ns         TEXT NOT NULL,
+        model      TEXT NOT NULL,
+        part       INTEGER NOT NULL,
+        written_at INTEGER NOT NULL,
+        data       BLOB NOT NULL,
+        PRIMARY KEY (ns, model, part)
     )",
 ];
 

@@ -43,8 +43,10 @@ use crate::error::{Error, Result};
 use crate::namespace::Namespace;
 use crate::storage::{EpisodeFilter, IndexSnapshot, Storage, StoredEmbedding, TextHit, TextQuery};
 
+use lexical_index::LexicalParts;
 pub use lexical_index::{LexicalHit, LexicalIndex};
 pub use scoring::ScoreBreakdown;
+use vector_index::VectorParts;
 pub use vector_index::{VectorHit, VectorIndex};
 
 /// Which candidate sources a retrieval uses.
@@ -275,7 +277,7 @@ pub struct Retriever {
     index: Arc<VectorIndex>,
     /// BM25 over the same episodes' task text, searched instead of the backend's full-text
     /// index once the namespace has no episode waiting for an embedding (see `lexical_ready`).
-    lexical: LexicalIndex,
+    lexical: Arc<LexicalIndex>,
     loaded: Mutex<HashSet<Namespace>>,
     loading: tokio::sync::Mutex<()>,
     /// Where each loaded namespace's index stands in the storage's index change log.
@@ -287,7 +289,10 @@ pub struct Retriever {
     draining: tokio::sync::Mutex<()>,
     /// Per namespace drained in this process, the last episode id a drain reached (`None`:
     /// the queue was empty from the start).
-    drained_up_to: Mutex<std::collections::HashMap<Namespace, Option<EpisodeId>>>,
+    drained_up_to: Arc<Mutex<std::collections::HashMap<Namespace, Option<EpisodeId>>>>,
+    /// Namespaces whose embedding coverage this process has read once (by the first drain
+    /// or beside the first load, whichever comes first: the other waits and reuses it).
+    coverage_probed: Arc<tokio::sync::Mutex<HashSet<Namespace>>>,
     /// Episodes embedded before they completed (their work text was partial), per namespace.
     partial: Mutex<std::collections::HashMap<Namespace, HashSet<EpisodeId>>>,
     /// Episodes of `partial` that have completed since: re-embedded by the next drain.
@@ -508,6 +513,30 @@ pub fn work_text(episode: &Episode) -> String {
     text
 }
 
+/// Reads once per process whether every episode of `ns` has a vector under `key` (two
+/// counts) and, when so, records the newest episode in `drained`: a drain then starts after
+/// it, and lexical candidates may come from the in-process index.
+async fn probe_coverage(
+    storage: &dyn Storage,
+    drained: &Mutex<std::collections::HashMap<Namespace, Option<EpisodeId>>>,
+    probed: &tokio::sync::Mutex<HashSet<Namespace>>,
+    ns: &Namespace,
+    key: &str,
+) -> Result<()> {
+    let mut probed = probed.lock().await;
+    if probed.contains(ns) || lock(drained).contains_key(ns) {
+        return Ok(());
+    }
+    let coverage = storage.embedding_coverage(ns, key).await?;
+    if coverage.complete() {
+        lock(drained)
+            .entry(ns.clone())
+            .or_insert(coverage.last_episode);
+    }
+    probed.insert(ns.clone());
+    Ok(())
+}
+
 /// Takes an image of the namespace's index at its log position (under the catch-up lock),
 /// encodes it off the async workers and stores it. Returns the namespace's `applied` count
 /// at the image.
@@ -579,13 +608,14 @@ impl Retriever {
             storage,
             embedder,
             index: Arc::new(VectorIndex::new(dims)),
-            lexical: LexicalIndex::new(),
+            lexical: Arc::new(LexicalIndex::new()),
             loaded: Mutex::new(HashSet::new()),
             loading: tokio::sync::Mutex::new(()),
             sync: Arc::new(Mutex::new(std::collections::HashMap::new())),
             syncing: Arc::new(tokio::sync::Mutex::new(())),
             draining: tokio::sync::Mutex::new(()),
-            drained_up_to: Mutex::new(std::collections::HashMap::new()),
+            drained_up_to: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            coverage_probed: Arc::new(tokio::sync::Mutex::new(HashSet::new())),
             partial: Mutex::new(std::collections::HashMap::new()),
             stale: Mutex::new(std::collections::HashMap::new()),
             queries: moka::sync::Cache::new(config.query_cache_entries),
@@ -684,9 +714,15 @@ impl Retriever {
         // counts show every episode embedded (the scan probes each episode: ~0.1-0.2 s at
         // 100k, at start-up, when the first query is loading the index).
         if !lock(&self.drained_up_to).contains_key(ns) {
-            let coverage = self.storage.embedding_coverage(ns, &key).await?;
-            if coverage.complete() {
-                lock(&self.drained_up_to).insert(ns.clone(), coverage.last_episode);
+            probe_coverage(
+                &*self.storage,
+                &self.drained_up_to,
+                &self.coverage_probed,
+                ns,
+                &key,
+            )
+            .await?;
+            if lock(&self.drained_up_to).contains_key(ns) {
                 return Ok(done);
             }
         }
@@ -830,6 +866,25 @@ impl Retriever {
             return Ok(());
         }
         let key = self.vector_key(embedder);
+        // Whether every episode is embedded decides where lexical candidates come from; the
+        // two counts that tell run beside the load instead of after it.
+        let coverage = (!lock(&self.drained_up_to).contains_key(ns))
+            .then(|| tokio::runtime::Handle::try_current().ok())
+            .flatten()
+            .map(|rt| {
+                let (storage, drained, probed, ns, key) = (
+                    Arc::clone(&self.storage),
+                    Arc::clone(&self.drained_up_to),
+                    Arc::clone(&self.coverage_probed),
+                    ns.clone(),
+                    key.clone(),
+                );
+                rt.spawn(async move {
+                    if let Err(e) = probe_coverage(&*storage, &drained, &probed, &ns, &key).await {
+                        debug!(error = %e, "embedding coverage not read at load");
+                    }
+                })
+            });
         let (through, snapshot_at) = match self.restore_snapshot(ns, &key).await {
             Some(as_of) => (as_of, Some(0)),
             None => (self.load_embeddings(ns, &key).await?, None),
@@ -844,6 +899,10 @@ impl Retriever {
             },
         );
         self.catch_up(ns, &key).await?;
+        if let Some(coverage) = coverage {
+            // Its outcome is in `drained_up_to`; a failure only means asking again later.
+            let _ = coverage.await;
+        }
         lock(&self.loaded).insert(ns.clone());
         self.write_snapshot_if_due(ns, &key);
         Ok(())
@@ -860,32 +919,52 @@ impl Retriever {
                 return None;
             }
         };
-        let dims = self.index.dims();
         let as_of = snapshot.as_of;
-        let decoded =
-            tokio::task::spawn_blocking(move || snapshot::decode(&snapshot.data, dims)).await;
-        let image = match decoded {
-            Ok(Ok(image)) => image,
+        let (index, lexical, space) = (
+            Arc::clone(&self.index),
+            Arc::clone(&self.lexical),
+            ns.clone(),
+        );
+        // Decoding and rebuilding the lookup tables is CPU work: off the async workers, and
+        // the two indexes on two threads.
+        let restored = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let image = snapshot::decode(&snapshot.data, index.dims())?;
+            drop(snapshot);
+            let n = image.summaries.len();
+            let summaries = image.summaries.clone();
+            let (vectors_fit, lexical_fit) = std::thread::scope(|scope| {
+                let vectors = scope.spawn(|| index.restore(&space, summaries, image.vectors));
+                let lexical_fit = lexical.restore(&space, image.summaries, image.lexical);
+                (vectors.join().unwrap_or(false), lexical_fit)
+            });
+            if vectors_fit && lexical_fit {
+                return Ok(n);
+            }
+            // Neither index keeps half an image.
+            index.restore(&space, Vec::new(), VectorParts::default());
+            lexical.restore(&space, Vec::new(), LexicalParts::default());
+            Err(Error::storage(
+                "retrieval",
+                "restore index snapshot",
+                false,
+                "its parts do not fit together",
+            ))
+        })
+        .await;
+        match restored {
+            Ok(Ok(n)) => {
+                debug!(episodes = n, as_of, "index restored from its snapshot");
+                Some(as_of)
+            }
             Ok(Err(e)) => {
                 warn!(error = %e, "index snapshot unusable; loading from the embeddings");
-                return None;
+                None
             }
             Err(e) => {
-                warn!(error = %e, "index snapshot decoding failed; loading from the embeddings");
-                return None;
+                warn!(error = %e, "index snapshot restore failed; loading from the embeddings");
+                None
             }
-        };
-        let n = image.summaries.len();
-        if !self
-            .index
-            .restore(ns, image.summaries.clone(), image.vectors)
-            || !self.lexical.restore(ns, image.summaries, image.lexical)
-        {
-            warn!("index snapshot inconsistent; loading from the embeddings");
-            return None;
         }
-        debug!(episodes = n, "index restored from its snapshot");
-        Some(as_of)
     }
 
     /// Reads every stored vector of the namespace into the index; returns the change-log

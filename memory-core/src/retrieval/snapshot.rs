@@ -9,10 +9,13 @@
 //! bounds-checked and a damaged or foreign image is an error (the caller then loads from the
 //! embeddings), never a panic.
 //!
-//! Layout (little-endian): `MIDX`, version `u16`, dims `u32`, documents `u32`; the vector
-//! parts (centered-at `u64`, sum `f64`s, center `f32`s, scales, inverse norms, codes); the
-//! summaries; the lexical parts (total length `u64`, lengths, then each term with its
-//! postings).
+//! Layout (little-endian): `MIDX`, version `u16`, dims `u32`, documents `u32`, the byte
+//! lengths of the three sections (`u64` each), then the sections: the vector parts
+//! (centered-at `u64`, sum `f64`s, center `f32`s, scales, inverse norms, codes); the
+//! summaries (the count of the first half `u32` and its byte length `u64`, then both
+//! halves); the lexical parts (total length `u64`, lengths, then each term with its
+//! postings). The sections are decoded in parallel: each half of the summaries (every
+//! string is an allocation) on a thread of its own, the rest on the calling thread.
 
 use std::sync::Arc;
 
@@ -24,7 +27,21 @@ use crate::episode::{Complexity, EpisodeId, EpisodeSummary, OutcomeKind, TaskCon
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"MIDX";
-const VERSION: u16 = 1;
+const VERSION: u16 = 3;
+/// Complexity and outcome kinds by their stored code (task types use `TaskType::ALL`).
+const COMPLEXITIES: [Complexity; 3] = [
+    Complexity::Simple,
+    Complexity::Moderate,
+    Complexity::Complex,
+];
+const OUTCOMES: [OutcomeKind; 4] = [
+    OutcomeKind::Success,
+    OutcomeKind::PartialSuccess,
+    OutcomeKind::Failure,
+    OutcomeKind::Abstained,
+];
+/// Marks an absent outcome.
+const NO_OUTCOME: u8 = u8::MAX;
 /// Marks an absent optional string or time.
 const NONE_LEN: u32 = u32::MAX;
 
@@ -44,11 +61,7 @@ pub(crate) fn encode(
     lexical: &LexicalParts,
 ) -> Result<Vec<u8>> {
     let n = summaries.len();
-    let mut w = Writer(Vec::with_capacity(n * (dims + 200) + 64));
-    w.0.extend_from_slice(MAGIC);
-    w.0.extend_from_slice(&VERSION.to_le_bytes());
-    w.u32(len32(dims)?);
-    w.u32(len32(n)?);
+    let mut w = Writer(Vec::with_capacity(n * (dims + 16) + 64));
     w.0.extend_from_slice(&(vectors.centered_at as u64).to_le_bytes());
     w.u32(len32(vectors.sum.len())?);
     for x in &vectors.sum {
@@ -59,9 +72,21 @@ pub(crate) fn encode(
     w.f32s(&vectors.inv_norms)?;
     w.u32(len32(vectors.codes.len())?);
     w.0.extend(vectors.codes.iter().map(|&c| c.to_le_bytes()[0]));
-    for s in summaries {
+    let vector_section = w.0;
+    let half = n / 2;
+    let mut first = Writer(Vec::with_capacity(n * 100));
+    for s in &summaries[..half] {
+        first.summary(s)?;
+    }
+    let mut w = Writer(Vec::with_capacity(n * 200 + 12));
+    w.u32(len32(half)?);
+    w.0.extend_from_slice(&(first.0.len() as u64).to_le_bytes());
+    w.0.extend_from_slice(&first.0);
+    for s in &summaries[half..] {
         w.summary(s)?;
     }
+    let summary_section = w.0;
+    let mut w = Writer(Vec::with_capacity(n * 100));
     w.0.extend_from_slice(&lexical.total_length.to_le_bytes());
     w.u32(len32(lexical.lengths.len())?);
     for l in &lexical.lengths {
@@ -76,7 +101,23 @@ pub(crate) fn encode(
             w.u32(*tf);
         }
     }
-    Ok(w.0)
+    let lexical_section = w.0;
+    let sections = [&vector_section, &summary_section, &lexical_section];
+    let mut out = Writer(Vec::with_capacity(
+        sections.iter().map(|s| s.len()).sum::<usize>() + 40,
+    ));
+    out.0.extend_from_slice(MAGIC);
+    out.0.extend_from_slice(&VERSION.to_le_bytes());
+    out.u32(len32(dims)?);
+    out.u32(len32(n)?);
+    for section in sections {
+        out.0
+            .extend_from_slice(&(section.len() as u64).to_le_bytes());
+    }
+    for section in sections {
+        out.0.extend_from_slice(section);
+    }
+    Ok(out.0)
 }
 
 /// Decodes an image made by [`encode`] for `dims`-dimensional vectors.
@@ -98,6 +139,63 @@ pub(crate) fn decode(bytes: &[u8], dims: usize) -> Result<Image> {
         )));
     }
     let n = r.u32()? as usize;
+    let mut lengths = [0usize; 3];
+    for l in &mut lengths {
+        *l = usize::try_from(r.u64()?).map_err(corrupt)?;
+    }
+    let mut sections = [&bytes[..0]; 3];
+    for (section, len) in sections.iter_mut().zip(lengths) {
+        *section = r.take(len)?;
+    }
+    if r.at != bytes.len() {
+        return Err(corrupt("trailing bytes"));
+    }
+    let [vector_section, summary_section, lexical_section] = sections;
+    let mut r = Reader {
+        bytes: summary_section,
+        at: 0,
+    };
+    let first_count = r.u32()? as usize;
+    let first_len = usize::try_from(r.u64()?).map_err(corrupt)?;
+    let first_half = r.take(first_len)?;
+    let second_half = &summary_section[r.at..];
+    let second_count = n
+        .checked_sub(first_count)
+        .ok_or_else(|| corrupt("summary counts"))?;
+    let stopped = || Err(corrupt("a summary decoder stopped"));
+    let (first, second, rest) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| decode_summaries(first_half, first_count));
+        let second = scope.spawn(|| decode_summaries(second_half, second_count));
+        let rest = decode_vectors(vector_section)
+            .and_then(|v| decode_lexical(lexical_section).map(|l| (v, l)));
+        (
+            first.join().unwrap_or_else(|_| stopped()),
+            second.join().unwrap_or_else(|_| stopped()),
+            rest,
+        )
+    });
+    let (vectors, lexical) = rest?;
+    let mut summaries = first?;
+    summaries.extend(second?);
+    Ok(Image {
+        summaries,
+        vectors,
+        lexical,
+    })
+}
+
+fn decode_summaries(bytes: &[u8], n: usize) -> Result<Vec<Arc<EpisodeSummary>>> {
+    let mut r = Reader { bytes, at: 0 };
+    let mut summaries = Vec::with_capacity(n.min(bytes.len() / 32));
+    for _ in 0..n {
+        summaries.push(Arc::new(r.summary()?));
+    }
+    r.end()?;
+    Ok(summaries)
+}
+
+fn decode_vectors(bytes: &[u8]) -> Result<VectorParts> {
+    let mut r = Reader { bytes, at: 0 };
     let centered_at = usize::try_from(r.u64()?).map_err(corrupt)?;
     let sum_len = r.u32()? as usize;
     let sum = r
@@ -118,10 +216,19 @@ pub(crate) fn decode(bytes: &[u8], dims: usize) -> Result<Image> {
         .iter()
         .map(|&b| i8::from_le_bytes([b]))
         .collect();
-    let mut summaries = Vec::with_capacity(n.min(bytes.len() / 32));
-    for _ in 0..n {
-        summaries.push(Arc::new(r.summary()?));
-    }
+    r.end()?;
+    Ok(VectorParts {
+        scales,
+        codes,
+        inv_norms,
+        sum,
+        center,
+        centered_at,
+    })
+}
+
+fn decode_lexical(bytes: &[u8]) -> Result<LexicalParts> {
+    let mut r = Reader { bytes, at: 0 };
     let total_length = r.u64()?;
     let lengths_len = r.u32()? as usize;
     let lengths = r
@@ -150,24 +257,11 @@ pub(crate) fn decode(bytes: &[u8], dims: usize) -> Result<Image> {
             .collect();
         postings.push((term, list));
     }
-    if r.at != bytes.len() {
-        return Err(corrupt("trailing bytes"));
-    }
-    Ok(Image {
-        summaries,
-        vectors: VectorParts {
-            scales,
-            codes,
-            inv_norms,
-            sum,
-            center,
-            centered_at,
-        },
-        lexical: LexicalParts {
-            lengths,
-            total_length,
-            postings,
-        },
+    r.end()?;
+    Ok(LexicalParts {
+        lengths,
+        total_length,
+        postings,
     })
 }
 
@@ -227,11 +321,11 @@ impl Writer {
     fn summary(&mut self, s: &EpisodeSummary) -> Result<()> {
         self.0.extend_from_slice(s.id.0.as_bytes());
         self.str(&s.task_description)?;
-        self.str(s.task_type.as_str())?;
+        self.0.push(code_of(&TaskType::ALL, s.task_type)?);
         self.str(&s.context.domain)?;
         self.opt_str(s.context.language.as_deref())?;
         self.opt_str(s.context.framework.as_deref())?;
-        self.str(s.context.complexity.as_str())?;
+        self.0.push(code_of(&COMPLEXITIES, s.context.complexity)?);
         self.u32(len32(s.context.tags.len())?);
         for t in &s.context.tags {
             self.str(t)?;
@@ -245,7 +339,10 @@ impl Writer {
             }
             None => self.0.push(0),
         }
-        self.opt_str(s.outcome.map(OutcomeKind::as_str))?;
+        match s.outcome {
+            Some(o) => self.0.push(code_of(&OUTCOMES, o)?),
+            None => self.0.push(NO_OUTCOME),
+        }
         match s.reward {
             Some(r) => {
                 self.0.push(1);
@@ -255,6 +352,27 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The stored code of `value`: its position in `all`.
+fn code_of<T: Copy + PartialEq + std::fmt::Debug>(all: &[T], value: T) -> Result<u8> {
+    all.iter()
+        .position(|v| *v == value)
+        .and_then(|i| u8::try_from(i).ok())
+        .ok_or_else(|| {
+            Error::storage(
+                "retrieval",
+                "encode index snapshot",
+                false,
+                format!("{value:?} has no code"),
+            )
+        })
+}
+
+fn by_code<T: Copy>(all: &[T], code: u8) -> Result<T> {
+    all.get(usize::from(code))
+        .copied()
+        .ok_or_else(|| corrupt(format!("unknown code {code}")))
 }
 
 fn nanos(t: DateTime<chrono::Utc>) -> Result<i64> {
@@ -283,6 +401,15 @@ impl<'a> Reader<'a> {
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
+    }
+
+    /// Errors unless every byte was read.
+    fn end(&self) -> Result<()> {
+        if self.at == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(corrupt("trailing bytes"))
+        }
     }
 
     fn u8(&mut self) -> Result<u8> {
@@ -340,11 +467,11 @@ impl<'a> Reader<'a> {
         let id = self.take(16)?;
         let id = EpisodeId(uuid::Uuid::from_slice(id).map_err(corrupt)?);
         let task_description = self.string()?;
-        let task_type: TaskType = self.str()?.parse().map_err(corrupt)?;
+        let task_type = by_code(&TaskType::ALL, self.u8()?)?;
         let domain = self.string()?;
         let language = self.opt_string()?;
         let framework = self.opt_string()?;
-        let complexity: Complexity = self.str()?.parse().map_err(corrupt)?;
+        let complexity = by_code(&COMPLEXITIES, self.u8()?)?;
         let tag_count = self.u32()? as usize;
         let mut tags = Vec::with_capacity(tag_count.min(64));
         for _ in 0..tag_count {
@@ -357,9 +484,9 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
-        let outcome = match self.opt_string()? {
-            Some(o) => Some(o.parse::<OutcomeKind>().map_err(corrupt)?),
-            None => None,
+        let outcome = match self.u8()? {
+            NO_OUTCOME => None,
+            code => Some(by_code(&OUTCOMES, code)?),
         };
         let reward = if self.flag()? {
             Some(f64::from_bits(self.u64()?))
