@@ -1195,10 +1195,7 @@ pub async fn index_change_log_and_snapshots(s: &dyn Storage) {
 
     // Snapshots: absent, stored, replaced, per model and namespace.
     assert_eq!(s.get_index_snapshot(&n, "m").await.unwrap(), None);
-    let snap = IndexSnapshot {
-        as_of: after_a,
-        data: vec![1, 2, 3, 0, 255],
-    };
+    let snap = IndexSnapshot::new(after_a, vec![1, 2, 3, 0, 255]);
     s.put_index_snapshot(&n, "m", &snap).await.unwrap();
     assert_eq!(
         s.get_index_snapshot(&n, "m").await.unwrap(),
@@ -1208,21 +1205,18 @@ pub async fn index_change_log_and_snapshots(s: &dyn Storage) {
     assert_eq!(s.get_index_snapshot(&other, "m").await.unwrap(), None);
     let newer = IndexSnapshot {
         as_of: after_a + 5,
-        data: vec![9; 1000],
+        parts: vec![vec![9; 600], vec![8; 400]],
     };
     s.put_index_snapshot(&n, "m", &newer).await.unwrap();
     assert_eq!(s.get_index_snapshot(&n, "m").await.unwrap(), Some(newer));
     // Large images (stored in parts by some backends) and empty ones round-trip exactly.
-    let large = IndexSnapshot {
-        as_of: 7,
-        data: (0..9 * 1024 * 1024 + 3).map(|i| (i % 251) as u8).collect(),
-    };
+    let large = IndexSnapshot::new(
+        7,
+        (0..9 * 1024 * 1024 + 3).map(|i| (i % 251) as u8).collect(),
+    );
     s.put_index_snapshot(&n, "m", &large).await.unwrap();
     assert!(s.get_index_snapshot(&n, "m").await.unwrap() == Some(large));
-    let empty = IndexSnapshot {
-        as_of: 8,
-        data: Vec::new(),
-    };
+    let empty = IndexSnapshot::new(8, Vec::new());
     s.put_index_snapshot(&n, "m", &empty).await.unwrap();
     assert_eq!(s.get_index_snapshot(&n, "m").await.unwrap(), Some(empty));
 }

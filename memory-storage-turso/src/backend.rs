@@ -14,8 +14,8 @@ use memory_core::{
     EpisodeQuery, EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep,
     ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
     HeuristicId, IndexChanges, IndexSnapshot, LearnedChanges, LearnedItems, LearnedQuery,
-    LearningStore, LearningUpdate, LessonId, MAX_INDEX_SNAPSHOT_BYTES, Namespace, NamespaceStats,
-    ObjectKind, Pattern, PatternId, Result, Storage, StoredEmbedding, TaskType, TextHit, TextQuery,
+    LearningStore, LearningUpdate, LessonId, Namespace, NamespaceStats, ObjectKind, Pattern,
+    PatternId, Result, Storage, StoredEmbedding, TaskType, TextHit, TextQuery,
     check_index_snapshot_size, task_search_text, tokenize,
 };
 use tokio::sync::{Mutex, MutexGuard};
@@ -2042,11 +2042,9 @@ impl EmbeddingStore for TursoStorage {
                 let second = second.await.map_err(|e| {
                     DriverError::Schema(format!("index snapshot reader stopped: {e}"))
                 })?;
-                let capacity = usize::try_from(bytes)
-                    .unwrap_or(0)
-                    .min(MAX_INDEX_SNAPSHOT_BYTES);
-                let mut data = Vec::with_capacity(capacity);
+                let mut data = Vec::with_capacity(usize::try_from(parts).unwrap_or(0));
                 let mut expected = 0;
+                let mut total = 0i64;
                 for (part, tag, chunk) in first?.into_iter().chain(second?) {
                     if part != expected || tag != written_at {
                         // Rewritten between the reads: no consistent image to offer.
@@ -2055,28 +2053,31 @@ impl EmbeddingStore for TursoStorage {
                         )
                         .into());
                     }
-                    data.extend_from_slice(&chunk);
+                    total += chunk.len() as i64;
+                    data.push(chunk);
                     expected += 1;
                 }
-                if expected != parts || data.len() as i64 != bytes {
+                if expected != parts || total != bytes {
                     return Err(decode("index snapshot", "parts missing"));
                 }
+                // Handed over in parts: the decoder reads across them without a join.
                 Ok(Some(IndexSnapshot {
                     as_of: as_of.max(0) as u64,
-                    data,
+                    parts: data,
                 }))
             })
             .await
     }
 
-    #[instrument(skip_all, fields(namespace = %ns, model, bytes = snapshot.data.len()))]
+    #[instrument(skip_all, fields(namespace = %ns, model, bytes = snapshot.len()))]
     async fn put_index_snapshot(
         &self,
         ns: &Namespace,
         model: &str,
         snapshot: &IndexSnapshot,
     ) -> Result<()> {
-        check_index_snapshot_size(snapshot.data.len())?;
+        check_index_snapshot_size(snapshot.len())?;
+        let pieces = snapshot.pieces(SNAPSHOT_PART_BYTES);
         let inner = &*self.inner;
         let written_at = nanos_clamped(Utc::now());
         inner
@@ -2088,9 +2089,8 @@ impl EmbeddingStore for TursoStorage {
                             vec![text(ns.as_str()), text(model)],
                         )
                         .await?;
-                        let chunks = snapshot.data.chunks(SNAPSHOT_PART_BYTES);
-                        let parts = chunks.len() as i64;
-                        for (i, chunk) in chunks.enumerate() {
+                        let parts = pieces.len() as i64;
+                        for (i, chunk) in pieces.iter().enumerate() {
                             tx.execute(
                                 "INSERT INTO index_snapshot_parts \
                                  (ns, model, part, written_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -2099,7 +2099,7 @@ impl EmbeddingStore for TursoStorage {
                                     text(model),
                                     Value::Integer(i as i64),
                                     Value::Integer(written_at),
-                                    Value::Blob(chunk.to_vec()),
+                                    Value::Blob(chunk.clone()),
                                 ],
                             )
                             .await?;
@@ -2117,7 +2117,7 @@ impl EmbeddingStore for TursoStorage {
                                 Value::Integer(i64::try_from(snapshot.as_of).unwrap_or(i64::MAX)),
                                 Value::Integer(written_at),
                                 Value::Integer(parts),
-                                Value::Integer(snapshot.data.len() as i64),
+                                Value::Integer(snapshot.len() as i64),
                             ],
                         )
                         .await?;

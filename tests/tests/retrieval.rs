@@ -467,10 +467,7 @@ async fn an_index_snapshot_is_restored_and_caught_up_with_later_changes() {
         .put_index_snapshot(
             &ns,
             &key,
-            &memory_core::IndexSnapshot {
-                as_of: snapshot.as_of,
-                data: vec![b'M', b'I', b'D', b'X', 9, 9],
-            },
+            &memory_core::IndexSnapshot::new(snapshot.as_of, vec![b'M', b'I', b'D', b'X', 9, 9]),
         )
         .await
         .unwrap();

@@ -572,14 +572,7 @@ async fn write_snapshot(
     .map_err(|e| Error::storage("retrieval", "snapshot", false, e.to_string()))??;
     let bytes = data.len();
     storage
-        .put_index_snapshot(
-            ns,
-            key,
-            &IndexSnapshot {
-                as_of: state.through,
-                data,
-            },
-        )
+        .put_index_snapshot(ns, key, &IndexSnapshot::new(state.through, data))
         .await?;
     debug!(
         episodes = n,
@@ -928,7 +921,7 @@ impl Retriever {
         // Decoding and rebuilding the lookup tables is CPU work: off the async workers, and
         // the two indexes on two threads.
         let restored = tokio::task::spawn_blocking(move || -> Result<usize> {
-            let image = snapshot::decode(&snapshot.data, index.dims())?;
+            let image = snapshot::decode(&snapshot.parts, index.dims())?;
             drop(snapshot);
             let n = image.summaries.len();
             let summaries = image.summaries.clone();

@@ -17,6 +17,7 @@
 //! postings). The sections are decoded in parallel: each half of the summaries (every
 //! string is an allocation) on a thread of its own, the rest on the calling thread.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::DateTime;
@@ -120,10 +121,11 @@ pub(crate) fn encode(
     Ok(out.0)
 }
 
-/// Decodes an image made by [`encode`] for `dims`-dimensional vectors.
-pub(crate) fn decode(bytes: &[u8], dims: usize) -> Result<Image> {
-    let mut r = Reader { bytes, at: 0 };
-    if r.take(4)? != MAGIC {
+/// Decodes an image made by [`encode`] for `dims`-dimensional vectors, held in `parts` (in
+/// order, split anywhere: as storage returns it), without joining them first.
+pub(crate) fn decode(parts: &[Vec<u8>], dims: usize) -> Result<Image> {
+    let mut r = Reader::new(parts);
+    if *r.take(4)? != *MAGIC {
         return Err(corrupt("not an index image"));
     }
     let version = u16::from_le_bytes([r.u8()?, r.u8()?]);
@@ -143,22 +145,14 @@ pub(crate) fn decode(bytes: &[u8], dims: usize) -> Result<Image> {
     for l in &mut lengths {
         *l = usize::try_from(r.u64()?).map_err(corrupt)?;
     }
-    let mut sections = [&bytes[..0]; 3];
-    for (section, len) in sections.iter_mut().zip(lengths) {
-        *section = r.take(len)?;
-    }
-    if r.at != bytes.len() {
-        return Err(corrupt("trailing bytes"));
-    }
-    let [vector_section, summary_section, lexical_section] = sections;
-    let mut r = Reader {
-        bytes: summary_section,
-        at: 0,
-    };
-    let first_count = r.u32()? as usize;
-    let first_len = usize::try_from(r.u64()?).map_err(corrupt)?;
-    let first_half = r.take(first_len)?;
-    let second_half = &summary_section[r.at..];
+    let vector_section = r.section(lengths[0])?;
+    let mut summary_section = r.section(lengths[1])?;
+    let lexical_section = r.section(lengths[2])?;
+    r.end()?;
+    let first_count = summary_section.u32()? as usize;
+    let first_len = usize::try_from(summary_section.u64()?).map_err(corrupt)?;
+    let first_half = summary_section.section(first_len)?;
+    let second_half = summary_section;
     let second_count = n
         .checked_sub(first_count)
         .ok_or_else(|| corrupt("summary counts"))?;
@@ -184,9 +178,8 @@ pub(crate) fn decode(bytes: &[u8], dims: usize) -> Result<Image> {
     })
 }
 
-fn decode_summaries(bytes: &[u8], n: usize) -> Result<Vec<Arc<EpisodeSummary>>> {
-    let mut r = Reader { bytes, at: 0 };
-    let mut summaries = Vec::with_capacity(n.min(bytes.len() / 32));
+fn decode_summaries(mut r: Reader<'_>, n: usize) -> Result<Vec<Arc<EpisodeSummary>>> {
+    let mut summaries = Vec::with_capacity(n.min(r.left / 32));
     for _ in 0..n {
         summaries.push(Arc::new(r.summary()?));
     }
@@ -194,8 +187,7 @@ fn decode_summaries(bytes: &[u8], n: usize) -> Result<Vec<Arc<EpisodeSummary>>> 
     Ok(summaries)
 }
 
-fn decode_vectors(bytes: &[u8]) -> Result<VectorParts> {
-    let mut r = Reader { bytes, at: 0 };
+fn decode_vectors(mut r: Reader<'_>) -> Result<VectorParts> {
     let centered_at = usize::try_from(r.u64()?).map_err(corrupt)?;
     let sum_len = r.u32()? as usize;
     let sum = r
@@ -211,11 +203,11 @@ fn decode_vectors(bytes: &[u8]) -> Result<VectorParts> {
     let scales = r.f32s()?;
     let inv_norms = r.f32s()?;
     let codes_len = r.u32()? as usize;
-    let codes = r
-        .take(codes_len)?
-        .iter()
-        .map(|&b| i8::from_le_bytes([b]))
-        .collect();
+    // Straight from the parts into the index's codes: the largest section, copied once.
+    let mut codes = Vec::with_capacity(codes_len.min(r.left));
+    r.take_with(codes_len, |piece| {
+        codes.extend(piece.iter().map(|&b| i8::from_le_bytes([b])));
+    })?;
     r.end()?;
     Ok(VectorParts {
         scales,
@@ -227,8 +219,7 @@ fn decode_vectors(bytes: &[u8]) -> Result<VectorParts> {
     })
 }
 
-fn decode_lexical(bytes: &[u8]) -> Result<LexicalParts> {
-    let mut r = Reader { bytes, at: 0 };
+fn decode_lexical(mut r: Reader<'_>) -> Result<LexicalParts> {
     let total_length = r.u64()?;
     let lengths_len = r.u32()? as usize;
     let lengths = r
@@ -241,7 +232,7 @@ fn decode_lexical(bytes: &[u8]) -> Result<LexicalParts> {
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     let terms = r.u32()? as usize;
-    let mut postings = Vec::with_capacity(terms.min(bytes.len() / 8));
+    let mut postings = Vec::with_capacity(terms.min(r.left / 8));
     for _ in 0..terms {
         let term = r.string()?;
         let count = r.u32()? as usize;
@@ -386,26 +377,97 @@ fn nanos(t: DateTime<chrono::Utc>) -> Result<i64> {
     })
 }
 
+/// Reads a range of an image held in parts without joining them: a read within one part
+/// borrows it, one across parts copies just those bytes.
+#[derive(Clone)]
 struct Reader<'a> {
-    bytes: &'a [u8],
+    parts: &'a [Vec<u8>],
+    /// The part and offset of the next byte.
+    part: usize,
     at: usize,
+    /// Bytes left in this reader's range.
+    left: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
+    fn new(parts: &'a [Vec<u8>]) -> Self {
+        Reader {
+            parts,
+            part: 0,
+            at: 0,
+            left: parts.iter().map(Vec::len).sum(),
+        }
+    }
+
+    /// Claims the next `n` bytes of the range (`truncated` if they are not there).
+    fn claim(&mut self, n: usize) -> Result<()> {
+        self.left = self
+            .left
+            .checked_sub(n)
             .ok_or_else(|| corrupt("truncated"))?;
-        let out = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(out)
+        Ok(())
+    }
+
+    /// Calls `f` with the consecutive pieces of the next `n` bytes (already claimed).
+    fn walk(&mut self, mut n: usize, mut f: impl FnMut(&'a [u8])) -> Result<()> {
+        while n > 0 {
+            let Some(part) = self.parts.get(self.part) else {
+                return Err(corrupt("truncated"));
+            };
+            let available = part.len().saturating_sub(self.at);
+            if available == 0 {
+                self.part += 1;
+                self.at = 0;
+                continue;
+            }
+            let k = n.min(available);
+            f(&part[self.at..self.at + k]);
+            self.at += k;
+            n -= k;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the consecutive pieces of the next `n` bytes.
+    fn take_with(&mut self, n: usize, f: impl FnMut(&'a [u8])) -> Result<()> {
+        self.claim(n)?;
+        self.walk(n, f)
+    }
+
+    fn take(&mut self, n: usize) -> Result<Cow<'a, [u8]>> {
+        self.claim(n)?;
+        while self
+            .parts
+            .get(self.part)
+            .is_some_and(|p| self.at >= p.len() && n > 0)
+        {
+            self.part += 1;
+            self.at = 0;
+        }
+        if let Some(part) = self.parts.get(self.part)
+            && part.len().saturating_sub(self.at) >= n
+        {
+            let out = &part[self.at..self.at + n];
+            self.at += n;
+            return Ok(Cow::Borrowed(out));
+        }
+        let mut out = Vec::with_capacity(n);
+        self.walk(n, |piece| out.extend_from_slice(piece))?;
+        Ok(Cow::Owned(out))
+    }
+
+    /// A reader of the next `n` bytes; this one continues after them.
+    fn section(&mut self, n: usize) -> Result<Reader<'a>> {
+        self.claim(n)?;
+        let mut section = self.clone();
+        section.left = n;
+        self.walk(n, |_| {})?;
+        Ok(section)
     }
 
     /// Errors unless every byte was read.
     fn end(&self) -> Result<()> {
-        if self.at == self.bytes.len() {
+        if self.left == 0 {
             Ok(())
         } else {
             Err(corrupt("trailing bytes"))
@@ -437,22 +499,25 @@ impl<'a> Reader<'a> {
             .collect())
     }
 
-    fn str(&mut self) -> Result<&'a str> {
-        let n = self.u32()? as usize;
-        std::str::from_utf8(self.take(n)?).map_err(corrupt)
-    }
-
     fn string(&mut self) -> Result<String> {
-        self.str().map(str::to_owned)
+        let n = self.u32()? as usize;
+        match self.take(n)? {
+            Cow::Borrowed(b) => std::str::from_utf8(b).map(str::to_owned).map_err(corrupt),
+            Cow::Owned(v) => String::from_utf8(v).map_err(corrupt),
+        }
     }
 
     fn opt_string(&mut self) -> Result<Option<String>> {
-        let save = self.at;
-        if self.u32()? == NONE_LEN {
+        let n = self.u32()?;
+        if n == NONE_LEN {
             return Ok(None);
         }
-        self.at = save;
-        self.string().map(Some)
+        match self.take(n as usize)? {
+            Cow::Borrowed(b) => std::str::from_utf8(b)
+                .map(|s| Some(s.to_owned()))
+                .map_err(corrupt),
+            Cow::Owned(v) => String::from_utf8(v).map(Some).map_err(corrupt),
+        }
     }
 
     fn flag(&mut self) -> Result<bool> {
@@ -465,7 +530,7 @@ impl<'a> Reader<'a> {
 
     fn summary(&mut self) -> Result<EpisodeSummary> {
         let id = self.take(16)?;
-        let id = EpisodeId(uuid::Uuid::from_slice(id).map_err(corrupt)?);
+        let id = EpisodeId(uuid::Uuid::from_slice(&id).map_err(corrupt)?);
         let task_description = self.string()?;
         let task_type = by_code(&TaskType::ALL, self.u8()?)?;
         let domain = self.string()?;
@@ -569,7 +634,22 @@ mod tests {
         let before = index.search(&ns, &[&query], &EpisodeFilter::default(), 10);
         let bytes = image_of(&index, &ns);
 
-        let image = decode(&bytes, 16).unwrap_or_else(|e| panic!("{e}"));
+        // Split anywhere, as a backend may return it: every split decodes the same.
+        let split: Vec<Vec<u8>> = bytes.chunks(7).map(<[u8]>::to_vec).collect();
+        let uneven = vec![
+            bytes[..1].to_vec(),
+            Vec::new(),
+            bytes[1..bytes.len() / 3].to_vec(),
+            bytes[bytes.len() / 3..].to_vec(),
+        ];
+        for parts in [&split, &uneven] {
+            let image = decode(parts, 16).unwrap_or_else(|e| panic!("{e}"));
+            let decoded: Vec<&EpisodeSummary> = image.summaries.iter().map(|s| &**s).collect();
+            let (original, _) = index.export(&ns);
+            let expected: Vec<&EpisodeSummary> = original.iter().map(|s| &**s).collect();
+            assert_eq!(decoded, expected);
+        }
+        let image = decode(&[bytes], 16).unwrap_or_else(|e| panic!("{e}"));
         let (original, _) = index.export(&ns);
         let decoded: Vec<&EpisodeSummary> = image.summaries.iter().map(|s| &**s).collect();
         let expected: Vec<&EpisodeSummary> = original.iter().map(|s| &**s).collect();
@@ -601,16 +681,23 @@ mod tests {
             index.upsert(&ns, summary(i), &vector(i));
         }
         let bytes = image_of(&index, &ns);
-        assert!(decode(&bytes, 16).is_ok());
-        assert!(decode(&bytes, 384).is_err(), "another model's dimensions");
+        let whole = |b: &[u8]| vec![b.to_vec()];
+        assert!(decode(&whole(&bytes), 16).is_ok());
+        assert!(
+            decode(&whole(&bytes), 384).is_err(),
+            "another model's dimensions"
+        );
         for cut in [0, 3, 10, bytes.len() / 2, bytes.len() - 1] {
-            assert!(decode(&bytes[..cut], 16).is_err(), "truncated at {cut}");
+            assert!(
+                decode(&whole(&bytes[..cut]), 16).is_err(),
+                "truncated at {cut}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode(&longer, 16).is_err(), "trailing bytes");
+        assert!(decode(&whole(&longer), 16).is_err(), "trailing bytes");
         let mut wrong = bytes;
         wrong[0] = b'X';
-        assert!(decode(&wrong, 16).is_err(), "magic");
+        assert!(decode(&whole(&wrong), 16).is_err(), "magic");
     }
 }

@@ -638,7 +638,7 @@ impl EmbeddingStore for InMemoryStorage {
         model: &str,
         snapshot: &IndexSnapshot,
     ) -> Result<()> {
-        check_index_snapshot_size(snapshot.data.len())?;
+        check_index_snapshot_size(snapshot.len())?;
         self.lock()
             .entry(ns.clone())
             .or_default()

@@ -441,12 +441,80 @@ pub struct IndexChanges {
 /// change-log position it reflects: every change up to `as_of` is in it, so loading it and
 /// applying [`IndexChanges`] after `as_of` gives the stored state without reading every
 /// embedding.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The bytes are held in parts, in order: a backend may store and return them split
+/// differently from how it was given them (two snapshots are equal when their bytes are), so
+/// a large image is never joined into one buffer on its way from storage to the decoder.
+///
+/// ```
+/// use memory_core::IndexSnapshot;
+/// let whole = IndexSnapshot::new(7, vec![1, 2, 3]);
+/// let split = IndexSnapshot { as_of: 7, parts: vec![vec![1], vec![2, 3]] };
+/// assert_eq!(whole, split);
+/// assert_eq!(split.len(), 3);
+/// assert_eq!(split.pieces(2), vec![vec![1, 2], vec![3]]);
+/// assert!(IndexSnapshot::new(0, Vec::new()).pieces(2).is_empty());
+/// ```
+#[derive(Debug, Clone, Eq)]
 pub struct IndexSnapshot {
     /// The change-log position the image reflects.
     pub as_of: u64,
-    /// The encoded index.
-    pub data: Vec<u8>,
+    /// The encoded index, in order.
+    pub parts: Vec<Vec<u8>>,
+}
+
+impl IndexSnapshot {
+    /// A snapshot of one buffer.
+    pub fn new(as_of: u64, data: Vec<u8>) -> Self {
+        IndexSnapshot {
+            as_of,
+            parts: vec![data],
+        }
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Vec::len).sum()
+    }
+
+    /// True when it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its bytes in `size`-byte pieces (the last may be shorter; none when it is empty), across
+    /// part boundaries: how a backend with a row-size limit stores it.
+    pub fn pieces(&self, size: usize) -> Vec<Vec<u8>> {
+        let size = size.max(1);
+        let total = self.len();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for part in &self.parts {
+            let mut rest = part.as_slice();
+            while !rest.is_empty() {
+                let room = match out.last() {
+                    Some(piece) if piece.len() < size => size - piece.len(),
+                    _ => {
+                        out.push(Vec::with_capacity(size.min(total)));
+                        size
+                    }
+                };
+                let (head, tail) = rest.split_at(room.min(rest.len()));
+                if let Some(piece) = out.last_mut() {
+                    piece.extend_from_slice(head);
+                }
+                rest = tail;
+            }
+        }
+        out
+    }
+}
+
+impl PartialEq for IndexSnapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_of == other.as_of
+            && self.len() == other.len()
+            && self.parts.iter().flatten().eq(other.parts.iter().flatten())
+    }
 }
 
 /// Embeddings of episodes, one per (episode, model).
