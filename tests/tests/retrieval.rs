@@ -400,17 +400,16 @@ async fn an_index_snapshot_is_restored_and_caught_up_with_later_changes() {
         "the first load reads the embeddings"
     );
 
+    // Started in the background by the load; `finish_snapshots` (which `shutdown` calls)
+    // waits for it.
+    writer.retriever().finish_snapshots().await;
     let storage = m_storage(dir.path()).await;
     let key = vector_key(model.model_id(), &cfg.retrieval);
-    let mut waited = 0;
-    let snapshot = loop {
-        if let Some(s) = storage.get_index_snapshot(&ns, &key).await.unwrap() {
-            break s;
-        }
-        assert!(waited < 200, "no snapshot written within 20 s");
-        waited += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let snapshot = storage
+        .get_index_snapshot(&ns, &key)
+        .await
+        .unwrap()
+        .expect("the snapshot is stored once finish_snapshots returns");
 
     // Written after the snapshot: a new episode, found by the next process.
     let late = record(

@@ -902,7 +902,8 @@ impl SelfLearningMemory {
     /// consolidation schedule. Later calls fail with [`Error::Shutdown`]; calling `shutdown`
     /// again is harmless. Episodes not embedded yet stay queued in storage for the next run;
     /// a scheduled consolidation run in flight is abandoned (each of its writes is atomic,
-    /// and the next run redoes what is left).
+    /// and the next run redoes what is left); an index snapshot being written is finished
+    /// (at 100k episodes, about a second).
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.shut_down.store(true, Ordering::Release);
         self.inner.stop_flusher.notify_one();
@@ -923,6 +924,7 @@ impl SelfLearningMemory {
             h.abort();
             let _ = h.await;
         }
+        self.inner.retriever.finish_snapshots().await;
         self.inner.flush_all().await
     }
 }

@@ -284,6 +284,8 @@ pub struct Retriever {
     sync: Arc<Mutex<std::collections::HashMap<Namespace, SyncState>>>,
     /// One catch-up with the change log at a time (and none while a snapshot is taken).
     syncing: Arc<tokio::sync::Mutex<()>>,
+    /// Snapshot writes started in the background, awaited by `finish_snapshots`.
+    snapshot_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// One drain of the embedding queue at a time: a second caller (the background task and
     /// an explicit `embed_pending`) waits and then finds the work done instead of repeating it.
     draining: tokio::sync::Mutex<()>,
@@ -606,6 +608,7 @@ impl Retriever {
             loading: tokio::sync::Mutex::new(()),
             sync: Arc::new(Mutex::new(std::collections::HashMap::new())),
             syncing: Arc::new(tokio::sync::Mutex::new(())),
+            snapshot_tasks: Mutex::new(Vec::new()),
             draining: tokio::sync::Mutex::new(()),
             drained_up_to: Arc::new(Mutex::new(std::collections::HashMap::new())),
             coverage_probed: Arc::new(tokio::sync::Mutex::new(HashSet::new())),
@@ -1117,7 +1120,7 @@ impl Retriever {
             Arc::clone(&self.syncing),
         );
         let (ns, key) = (ns.clone(), key.to_owned());
-        drop(rt.spawn(async move {
+        let task = rt.spawn(async move {
             let written = write_snapshot(&*storage, &index, &sync, &syncing, &ns, &key).await;
             let mut sync = lock(&sync);
             if let Some(state) = sync.get_mut(&ns) {
@@ -1127,7 +1130,22 @@ impl Retriever {
                     Err(e) => warn!(namespace = %ns, error = %e, "index snapshot not written"),
                 }
             }
-        }));
+        });
+        let mut tasks = lock(&self.snapshot_tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Waits for the index snapshots being written in the background (what `shutdown` does,
+    /// so a short-lived process, like one CLI command, leaves its snapshot for the next one
+    /// instead of abandoning it half-written).
+    pub async fn finish_snapshots(&self) {
+        let tasks: Vec<_> = lock(&self.snapshot_tasks).drain(..).collect();
+        for task in tasks {
+            if let Err(e) = task.await {
+                warn!(error = %e, "index snapshot task stopped");
+            }
+        }
     }
 
     /// Whether lexical candidates come from the in-process index: an embedder is loaded, the
