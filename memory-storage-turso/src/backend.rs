@@ -1944,28 +1944,22 @@ impl EmbeddingStore for TursoStorage {
                             )
                             .await?;
                         let mut through = after_i;
+                        let mut entries = 0u32;
                         let mut ids = std::collections::BTreeSet::new();
                         while let Some(row) = rows.next().await? {
                             let c = Cols::new(&row, "index change");
                             through = c.i64(0)?;
                             ids.insert(c.episode_id(1)?);
+                            entries += 1;
                         }
                         drop(rows);
+                        // A full page may have more after it (at worst the next page is
+                        // empty); a short one is the end: no second query on every search.
                         let mut changes = IndexChanges {
                             through: through.max(0) as u64,
+                            more: limit > 0 && entries == limit,
                             ..IndexChanges::default()
                         };
-                        let mut rows = conn
-                            .query(
-                                "SELECT EXISTS (SELECT 1 FROM index_changes \
-                                 WHERE ns = ?1 AND seq > ?2)",
-                                vec![text(ns.as_str()), Value::Integer(through)],
-                            )
-                            .await?;
-                        if let Some(row) = rows.next().await? {
-                            changes.more = Cols::new(&row, "index change").i64(0)? != 0;
-                        }
-                        drop(rows);
                         if ids.is_empty() {
                             return Ok(changes);
                         }

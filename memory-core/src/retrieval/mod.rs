@@ -813,7 +813,7 @@ impl Retriever {
                             .or_default()
                             .insert(summary.id);
                     }
-                    stored.push((Arc::new(summary), vector));
+                    stored.push(StoredEmbedding { summary, vector });
                     done += 1;
                 }
                 Err(Error::NotFound { .. }) => {} // vanished meanwhile
@@ -839,12 +839,7 @@ impl Retriever {
         };
         if !caught_up {
             // Not loaded yet: indexed now, and replaced by the load's full read.
-            self.index.upsert_many(
-                ns,
-                stored.iter().map(|(s, v)| (Arc::clone(s), v.as_slice())),
-            );
-            self.lexical
-                .upsert_many(ns, stored.into_iter().map(|(s, _)| s));
+            self.index_stored(ns, stored);
         }
         Ok(done)
     }
@@ -1003,26 +998,7 @@ impl Retriever {
         }
         let mut loaded = 0usize;
         while let Some(page) = received.recv().await {
-            let page = page?;
-            let mut fitting = Vec::with_capacity(page.len());
-            for stored in page {
-                if stored.vector.len() == self.index.dims() {
-                    fitting.push((Arc::new(stored.summary), stored.vector));
-                } else {
-                    warn!(
-                        episode_id = %stored.summary.id,
-                        dims = stored.vector.len(),
-                        "stored embedding has the wrong length for the model; skipped"
-                    );
-                }
-            }
-            loaded += fitting.len();
-            self.index.upsert_many(
-                ns,
-                fitting.iter().map(|(s, v)| (Arc::clone(s), v.as_slice())),
-            );
-            self.lexical
-                .upsert_many(ns, fitting.into_iter().map(|(s, _)| s));
+            loaded += self.index_stored(ns, page?);
         }
         debug!(loaded, "vector index loaded from the embeddings");
         Ok(head)
@@ -1062,21 +1038,37 @@ impl Retriever {
 
     /// Puts stored vectors and summaries into both indexes and takes out removed episodes.
     fn apply(&self, ns: &Namespace, upserts: Vec<StoredEmbedding>, removed: &[EpisodeId]) {
-        let fitting: Vec<(Arc<EpisodeSummary>, Vec<f32>)> = upserts
-            .into_iter()
-            .filter(|e| e.vector.len() == self.index.dims())
-            .map(|e| (Arc::new(e.summary), e.vector))
-            .collect();
+        self.index_stored(ns, upserts);
+        for &id in removed {
+            self.index.remove(ns, id);
+            self.lexical.remove(ns, id);
+        }
+    }
+
+    /// Puts vectors with their summaries into both indexes (one lock each for the batch); a
+    /// vector of the wrong length for the model is skipped with a warning. Returns how many
+    /// went in.
+    fn index_stored(&self, ns: &Namespace, stored: Vec<StoredEmbedding>) -> usize {
+        let mut fitting = Vec::with_capacity(stored.len());
+        for e in stored {
+            if e.vector.len() == self.index.dims() {
+                fitting.push((Arc::new(e.summary), e.vector));
+            } else {
+                warn!(
+                    episode_id = %e.summary.id,
+                    dims = e.vector.len(),
+                    "stored embedding has the wrong length for the model; skipped"
+                );
+            }
+        }
+        let count = fitting.len();
         self.index.upsert_many(
             ns,
             fitting.iter().map(|(s, v)| (Arc::clone(s), v.as_slice())),
         );
         self.lexical
             .upsert_many(ns, fitting.into_iter().map(|(s, _)| s));
-        for &id in removed {
-            self.index.remove(ns, id);
-            self.lexical.remove(ns, id);
-        }
+        count
     }
 
     /// Catches up with the change log before a search (a failure is logged: the search then

@@ -433,7 +433,8 @@ pub struct IndexChanges {
     /// The log position this page runs through: pass it as `after` for the next page. Equal
     /// to `after` when nothing changed.
     pub through: u64,
-    /// Whether the log holds entries after `through` (the page was full).
+    /// Whether to read another page: the page was full, so the log may hold entries after
+    /// `through` (the next page may then be empty). False when the log held none after it.
     pub more: bool,
 }
 
