@@ -1169,26 +1169,46 @@ impl Retriever {
         Ok(false)
     }
 
-    /// The query's vector, from the cache or the embedder.
-    async fn query_vector(
+    /// The vectors of a query's texts, in order: from the cache, and those not cached from
+    /// one embedder call (a query with context has two texts, and one batch of two costs
+    /// less than two calls).
+    async fn query_vectors(
         &self,
         embedder: &Arc<dyn Embedder>,
-        text: &str,
-    ) -> Result<Arc<Vec<f32>>> {
-        if let Some(v) = self.queries.get(text) {
-            return Ok(v);
+        texts: Vec<String>,
+    ) -> Result<Vec<Arc<Vec<f32>>>> {
+        let mut vectors: Vec<Option<Arc<Vec<f32>>>> =
+            texts.iter().map(|t| self.queries.get(t)).collect();
+        let missing: Vec<String> = texts
+            .iter()
+            .zip(&vectors)
+            .filter(|(_, v)| v.is_none())
+            .map(|(t, _)| t.clone())
+            .collect();
+        if !missing.is_empty() {
+            let embedded = embedder.embed(&missing).await?;
+            if embedded.len() != missing.len() {
+                return Err(Error::storage(
+                    "embedder",
+                    "embed",
+                    false,
+                    format!(
+                        "returned {} vectors for {} query texts",
+                        embedded.len(),
+                        missing.len()
+                    ),
+                ));
+            }
+            let mut fresh = missing.into_iter().zip(embedded);
+            for slot in vectors.iter_mut().filter(|v| v.is_none()) {
+                if let Some((text, vector)) = fresh.next() {
+                    let vector = Arc::new(vector);
+                    self.queries.insert(text, Arc::clone(&vector));
+                    *slot = Some(vector);
+                }
+            }
         }
-        let mut vectors = embedder.embed(&[text.to_owned()]).await?;
-        let vector = Arc::new(vectors.pop().ok_or_else(|| {
-            Error::storage(
-                "embedder",
-                "embed",
-                false,
-                "returned no vector for the query",
-            )
-        })?);
-        self.queries.insert(text.to_owned(), Arc::clone(&vector));
-        Ok(vector)
+        Ok(vectors.into_iter().flatten().collect())
     }
 
     /// The texts a query is embedded as: with context, the task with its context words
@@ -1297,9 +1317,9 @@ impl Retriever {
         let mut query_vectors: Vec<Arc<Vec<f32>>> = Vec::new();
         if let Some(embedder) = embedder {
             self.ensure_loaded(ns).await?;
-            for text in self.query_texts(query) {
-                query_vectors.push(self.query_vector(embedder, &text).await?);
-            }
+            query_vectors = self
+                .query_vectors(embedder, self.query_texts(query))
+                .await?;
         }
         let queries: Vec<&[f32]> = query_vectors.iter().map(|v| v.as_slice()).collect();
         if !queries.is_empty() {
@@ -1413,5 +1433,76 @@ mod tests {
         assert_eq!(support([0.5].into_iter()), Some(0.5));
         let s = support([0.2, 0.9, 0.4, 0.8, 0.7].into_iter()).unwrap();
         assert!((s - 0.8).abs() < 1e-6, "{s}");
+    }
+
+    /// Vectors from the text's bytes; counts calls and texts.
+    #[derive(Debug, Default)]
+    struct CountingEmbedder {
+        calls: std::sync::atomic::AtomicUsize,
+        texts: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Embedder for CountingEmbedder {
+        fn model_id(&self) -> &'static str {
+            "counting"
+        }
+        fn dimensions(&self) -> usize {
+            8
+        }
+        async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.calls.fetch_add(1, Relaxed);
+            self.texts.fetch_add(texts.len(), Relaxed);
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let mut v = vec![0.1f32; 8];
+                    for (i, b) in t.bytes().enumerate() {
+                        v[i % 8] += f32::from(b);
+                    }
+                    crate::embedding::l2_normalize(&mut v);
+                    v
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_with_context_embeds_its_two_texts_in_one_call_and_once() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let embedder = Arc::new(CountingEmbedder::default());
+        let retriever = Retriever::new(
+            Arc::new(crate::InMemoryStorage::new()),
+            Some(Arc::clone(&embedder) as Arc<dyn Embedder>),
+            Arc::new(crate::SystemClock),
+            RetrievalConfig::default(),
+        );
+        let ns = Namespace::default();
+        let query = RetrievalQuery::new("fix the flaky login test")
+            .with_context(Some(TaskType::Debugging), TaskContext::new("web"));
+        retriever.retrieve(&ns, &query).await.unwrap();
+        assert_eq!(
+            (embedder.calls.load(Relaxed), embedder.texts.load(Relaxed)),
+            (1, 2)
+        );
+        // Both vectors are cached; the bare task alone is one of them.
+        retriever.retrieve(&ns, &query).await.unwrap();
+        retriever
+            .retrieve(&ns, &RetrievalQuery::new("fix the flaky login test"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (embedder.calls.load(Relaxed), embedder.texts.load(Relaxed)),
+            (1, 2)
+        );
+        // A new context embeds only its own text.
+        let other = RetrievalQuery::new("fix the flaky login test")
+            .with_context(Some(TaskType::Testing), TaskContext::new("web"));
+        retriever.retrieve(&ns, &other).await.unwrap();
+        assert_eq!(
+            (embedder.calls.load(Relaxed), embedder.texts.load(Relaxed)),
+            (2, 3)
+        );
     }
 }
