@@ -423,6 +423,25 @@ fn snapshot_due(n: usize, since: Option<usize>) -> bool {
     since.is_none_or(|c| c >= (n / 20).max(CHANGES_PAGE as usize))
 }
 
+/// Embeds `texts`; an embedder that answers with a different number of vectors is an error
+/// (pairing vectors with texts by position would then mislabel them).
+async fn embed_all(embedder: &Arc<dyn Embedder>, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    let vectors = embedder.embed(texts).await?;
+    if vectors.len() != texts.len() {
+        return Err(Error::storage(
+            "embedder",
+            "embed",
+            false,
+            format!(
+                "returned {} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            ),
+        ));
+    }
+    Ok(vectors)
+}
+
 /// How many of the closest episodes back the confidence.
 pub const SUPPORT: usize = 3;
 
@@ -777,19 +796,7 @@ impl Retriever {
                 texts.push(work);
             }
         }
-        let vectors = embedder.embed(&texts).await?;
-        if vectors.len() != texts.len() {
-            return Err(Error::storage(
-                "embedder",
-                "embed",
-                false,
-                format!(
-                    "returned {} vectors for {} texts",
-                    vectors.len(),
-                    texts.len()
-                ),
-            ));
-        }
+        let vectors = embed_all(embedder, &texts).await?;
         let mut done = 0;
         let mut stored = Vec::with_capacity(episodes.len());
         for (i, e) in episodes.into_iter().enumerate() {
@@ -1186,19 +1193,7 @@ impl Retriever {
             .map(|(t, _)| t.clone())
             .collect();
         if !missing.is_empty() {
-            let embedded = embedder.embed(&missing).await?;
-            if embedded.len() != missing.len() {
-                return Err(Error::storage(
-                    "embedder",
-                    "embed",
-                    false,
-                    format!(
-                        "returned {} vectors for {} query texts",
-                        embedded.len(),
-                        missing.len()
-                    ),
-                ));
-            }
+            let embedded = embed_all(embedder, &missing).await?;
             let mut fresh = missing.into_iter().zip(embedded);
             for slot in vectors.iter_mut().filter(|v| v.is_none()) {
                 if let Some((text, vector)) = fresh.next() {
