@@ -272,6 +272,7 @@ fn in_memory_episode(workload: Workload, i: u64) -> (Episode, memory_core::Outco
         .enumerate()
         .map(|(k, input)| ExecutionStep {
             step_number: k as u32 + 1,
+            key: memory_core::ExecutionStep::new_key(),
             timestamp: at,
             input,
         })

@@ -51,6 +51,7 @@ fn episode(i: u64) -> Episode {
     e.steps = (1..=20)
         .map(|n| ExecutionStep {
             step_number: n,
+            key: memory_core::ExecutionStep::new_key(),
             timestamp: at,
             input: StepInput::ok(
                 if n % 3 == 0 { "cargo" } else { "edit_file" },

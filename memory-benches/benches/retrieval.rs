@@ -275,6 +275,7 @@ fn started_episode(rng: &mut Rng, i: usize) -> Episode {
         .enumerate()
         .map(|(k, input)| ExecutionStep {
             step_number: k as u32 + 1,
+            key: memory_core::ExecutionStep::new_key(),
             timestamp: started_at + Duration::from_secs(30 * (k as u64 + 1)),
             input: input.with_latency_ms(20).with_tokens(150),
         })

@@ -83,6 +83,7 @@ pub fn steps(spec: &[(&str, bool)], first_number: u32, at: DateTime<Utc>) -> Vec
         .enumerate()
         .map(|(i, (tool, ok))| ExecutionStep {
             step_number: first_number + i as u32,
+            key: ExecutionStep::new_key(),
             timestamp: at + Duration::milliseconds(i as i64),
             input: if *ok {
                 StepInput::ok(*tool, format!("run {tool}"), format!("{tool} output ok"))
@@ -271,8 +272,8 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     s.create_episode(&n, &e).await.unwrap();
     let a = steps(&[("a", true), ("b", true)], 1, t(1));
     let b = steps(&[("c", false), ("d", true)], 3, t(2));
-    s.append_steps(&n, e.id, &b).await.unwrap();
     s.append_steps(&n, e.id, &a).await.unwrap();
+    s.append_steps(&n, e.id, &b).await.unwrap();
     s.append_steps(&n, e.id, &a).await.unwrap(); // replay
     s.append_steps(&n, e.id, &[]).await.unwrap();
     let got = s.get_episode(&n, e.id).await.unwrap().unwrap();
@@ -289,6 +290,31 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
         .await
         .unwrap();
     assert_eq!(listed[0].step_count, 4, "summary counts stored steps");
+
+    // A second writer numbered its steps from an older copy (1 and 2 again): the store
+    // numbers them after what it holds, and keeps both writers' steps.
+    let other = steps(&[("e", true), ("f", true)], 1, t(3));
+    s.append_steps(&n, e.id, &other).await.unwrap();
+    s.append_steps(&n, e.id, &other[..1]).await.unwrap(); // a retry of part of it
+    let got = s.get_episode(&n, e.id).await.unwrap().unwrap();
+    let numbers: Vec<u32> = got.steps.iter().map(|x| x.step_number).collect();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6], "no step lost, none twice");
+    assert_eq!(got.steps[4].key, other[0].key);
+    assert_eq!(got.steps[4].input, other[0].input);
+    assert_eq!(got.steps[5].key, other[1].key);
+
+    // Steps journaled by an earlier version (no key) keep their numbers; a number already
+    // stored is a replay.
+    let mut legacy = steps(&[("g", true), ("h", true)], 6, t(4));
+    for st in &mut legacy {
+        st.key = 0;
+    }
+    s.append_steps(&n, e.id, &legacy).await.unwrap();
+    let got = s.get_episode(&n, e.id).await.unwrap().unwrap();
+    let tools: Vec<&str> = got.steps.iter().map(ExecutionStep::tool).collect();
+    assert_eq!(tools, ["a", "b", "c", "d", "e", "f", "h"]);
+    assert_eq!(got.steps[6].step_number, 7);
+    assert_eq!(s.namespace_stats(&n).await.unwrap().steps, 7);
 }
 
 pub async fn query_filters_order_and_paging(s: &dyn Storage) {

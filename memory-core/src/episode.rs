@@ -352,11 +352,18 @@ impl StepInput {
     }
 }
 
-/// A stored step: the agent's input plus its position and time.
+/// A stored step: the agent's input plus its position, time and identity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionStep {
-    /// 1-based position in the episode; unique per episode.
+    /// 1-based position in the episode; unique per episode. Assigned by the store when the
+    /// step is written (after the highest number it holds), so two writers never collide;
+    /// until then it is this process's provisional number.
     pub step_number: u32,
+    /// The step's identity, drawn at random when it is logged ([`ExecutionStep::new_key`]):
+    /// a write that is retried or replayed carries the same key, and the store keeps the step
+    /// once. `0` marks a step journaled by an earlier version, which keeps its number.
+    #[serde(default)]
+    pub key: u64,
     /// When the step was logged.
     pub timestamp: DateTime<Utc>,
     /// What the agent reported.
@@ -365,6 +372,12 @@ pub struct ExecutionStep {
 }
 
 impl ExecutionStep {
+    /// A fresh step key: 63 random bits, never 0 (stores keep them as signed integers).
+    pub fn new_key() -> u64 {
+        let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
+        (high >> 1).max(1)
+    }
+
     /// The tool name.
     pub fn tool(&self) -> &str {
         &self.input.tool
@@ -383,6 +396,41 @@ impl ExecutionStep {
             + self.input.result.text().len()
             + 48
     }
+}
+
+/// The steps of `incoming` that `existing` (an episode's stored steps) does not hold yet,
+/// numbered the way every store numbers them:
+///
+/// - a step with a key gets the next number after the highest one held, in the order given;
+///   a key already held (or given twice) is a replay and is skipped;
+/// - a step without a key (`0`: journaled by an earlier version) keeps its number and is
+///   skipped when that number is held.
+pub fn steps_to_append(
+    existing: &[ExecutionStep],
+    incoming: &[ExecutionStep],
+) -> Vec<ExecutionStep> {
+    let mut keys: std::collections::HashSet<u64> =
+        existing.iter().map(|s| s.key).filter(|&k| k != 0).collect();
+    let mut numbers: std::collections::HashSet<u32> =
+        existing.iter().map(|s| s.step_number).collect();
+    let mut next = existing.iter().map(|s| s.step_number).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for s in incoming.iter().filter(|s| s.key == 0) {
+        if numbers.insert(s.step_number) {
+            next = next.max(s.step_number);
+            out.push(s.clone());
+        }
+    }
+    for s in incoming.iter().filter(|s| s.key != 0) {
+        if keys.insert(s.key) {
+            next += 1;
+            numbers.insert(next);
+            let mut stored = s.clone();
+            stored.step_number = next;
+            out.push(stored);
+        }
+    }
+    out
 }
 
 pub(crate) fn json_len(v: &serde_json::Value) -> usize {

@@ -73,7 +73,7 @@ pub use doubles::{InMemoryCache, InMemoryOutbox};
 pub use embedding::{Embedder, cosine, l2_normalize};
 pub use episode::{
     Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome,
-    OutcomeKind, StepInput, StepResult, TaskContext, TaskType,
+    OutcomeKind, StepInput, StepResult, TaskContext, TaskType, steps_to_append,
 };
 pub use error::{Error, ObjectKind, Result};
 pub use extract::{Recovery, extract_learning, find_recoveries};
@@ -104,14 +104,14 @@ pub use retrieval::{
 };
 pub use reward::{RewardHistory, RewardScore, compute_reward};
 pub use signature::{ContextKey, collapse_tools, error_class, normalize_label, normalize_tool};
-pub use storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
+pub use storage::cache::{Cache, CacheKey, CacheMark, CacheStats, CachedValue};
 pub use storage::memory::InMemoryStorage;
 pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
 pub use storage::{
-    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery,
-    EpisodeStatus, EpisodeStore, IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery,
-    LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Storage,
-    StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
+    Change, ChangeSet, EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeFilter,
+    EpisodeQuery, EpisodeStatus, EpisodeStore, IndexChanges, IndexSnapshot, LearnedItems,
+    LearnedQuery, LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats,
+    Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
 };
 pub use text::{episode_search_text, task_search_text, tokenize};
 pub use tiered::{

@@ -156,6 +156,7 @@ mod tests {
             .enumerate()
             .map(|(i, input)| ExecutionStep {
                 step_number: i as u32 + 1,
+                key: ExecutionStep::new_key(),
                 timestamp: Utc::now(),
                 input,
             })

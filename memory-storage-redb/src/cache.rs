@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, We
 
 use async_trait::async_trait;
 use memory_core::{
-    Cache, CacheKey, CacheStats, CachedValue, Error, Namespace, Result, SharedClock, TokioClock,
+    Cache, CacheKey, CacheMark, CacheStats, CachedValue, Error, Namespace, Result, SharedClock,
+    TokioClock,
 };
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
@@ -21,8 +22,9 @@ use crate::codec::{Decoded, decode_cached_value, encode_cached_value_into};
 use crate::config::CacheConfig;
 use crate::error::{StoreError, blocking};
 use crate::tables::{
-    CACHE_INFO, ENTRIES, EXPIRY, HEADER_LEN, INFO_BYTES, INFO_CLEAN, INFO_LAYOUT, LAYOUT_VERSION,
-    LRU, META, entry_key, expiry_key, split_expiry_key, split_stored,
+    CACHE_INFO, CACHE_MARK, ENTRIES, EXPIRY, HEADER_LEN, INFO_BYTES, INFO_CLEAN, INFO_LAYOUT,
+    INFO_MARK_POSITION, LAYOUT_VERSION, LRU, MARK_DATABASE, META, entry_key, expiry_key,
+    split_expiry_key, split_stored,
 };
 
 type Front = moka::future::Cache<Vec<u8>, Arc<FrontEntry>>;
@@ -111,6 +113,10 @@ struct Inner {
     compact_at: AtomicU64,
     counters: Counters,
     closed: AtomicBool,
+    /// The mark the file was closed with last time (kept entries are coherent with it).
+    opened_mark: Option<CacheMark>,
+    /// The mark to write with the clean close.
+    close_mark: Mutex<Option<CacheMark>>,
 }
 
 /// Marks a write in progress for the front-fill check; ends it when dropped (even if the
@@ -248,6 +254,7 @@ struct Opened {
     entries: u64,
     bytes: u64,
     next_tick: u64,
+    mark: Option<CacheMark>,
 }
 
 impl RedbCache {
@@ -285,6 +292,8 @@ impl RedbCache {
             commits_since_durable: AtomicU32::new(0),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
+            opened_mark: opened.mark,
+            close_mark: Mutex::new(None),
         };
         inner
             .counters
@@ -472,7 +481,7 @@ fn open_file(path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
         .set_cache_size(config.redb_cache_bytes)
         .create(path)?;
     let txn = db.begin_write()?;
-    let (entries, bytes, next_tick) = {
+    let (entries, bytes, next_tick, mark) = {
         let (layout, clean) = {
             let info = txn.open_table(CACHE_INFO)?;
             let layout = info.get(INFO_LAYOUT)?.map(|g| g.value());
@@ -481,7 +490,8 @@ fn open_file(path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
         };
         let wrong_layout = layout.is_some_and(|l| l != LAYOUT_VERSION);
         let has_rows = !wrong_layout && !txn.open_table(ENTRIES)?.is_empty()?;
-        if wrong_layout || (has_rows && clean != Some(1)) {
+        let wiped = wrong_layout || (has_rows && clean != Some(1));
+        if wiped {
             info!(
                 path = %path.display(),
                 reason = if wrong_layout { "another layout version" } else { "not closed cleanly" },
@@ -489,6 +499,8 @@ fn open_file(path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
             );
             wipe(&txn)?;
         }
+        // The mark describes the entries as closed; once open, they move on without it.
+        let mark = take_mark(&txn)?.filter(|_| !wiped && clean == Some(1));
         let mut tabs = Tabs::open(&txn)?;
         tabs.info.insert(INFO_LAYOUT, LAYOUT_VERSION)?;
         tabs.info.insert(INFO_CLEAN, 0)?;
@@ -499,7 +511,7 @@ fn open_file(path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
             .last()?
             .map_or(0, |(t, _)| t.value())
             .saturating_add(1);
-        (entries, bytes, next_tick)
+        (entries, bytes, next_tick, mark)
     };
     txn.commit()?;
     Ok(Opened {
@@ -507,6 +519,23 @@ fn open_file(path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
         entries,
         bytes,
         next_tick,
+        mark,
+    })
+}
+
+/// Reads and deletes the close mark.
+fn take_mark(txn: &WriteTransaction) -> Result<Option<CacheMark>, StoreError> {
+    let position = txn
+        .open_table(CACHE_INFO)?
+        .remove(INFO_MARK_POSITION)?
+        .map(|g| g.value());
+    let database = txn
+        .open_table(CACHE_MARK)?
+        .remove(MARK_DATABASE)?
+        .map(|g| g.value().to_owned());
+    Ok(match (database, position) {
+        (Some(database), Some(position)) => Some(CacheMark { database, position }),
+        _ => None,
     })
 }
 
@@ -929,6 +958,16 @@ impl Inner {
             let mut tabs = Tabs::open(&txn)?;
             tabs.apply_touches(self.take_touches())?;
             tabs.info.insert(INFO_CLEAN, 1)?;
+            let mark = self
+                .close_mark
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(m) = mark {
+                tabs.info.insert(INFO_MARK_POSITION, m.position)?;
+                txn.open_table(CACHE_MARK)?
+                    .insert(MARK_DATABASE, m.database.as_str())?;
+            }
         }
         txn.commit()?;
         Ok(())
@@ -1103,6 +1142,25 @@ impl Cache for RedbCache {
         Ok(())
     }
 
+    async fn invalidate_many(&self, keys: &[(Namespace, CacheKey)]) -> Result<()> {
+        let inner = &self.inner;
+        let encoded: Vec<Vec<u8>> = keys.iter().map(|(ns, k)| entry_key(ns, k)).collect();
+        let _epoch = inner.begin_epoch();
+        self.front_invalidate(&encoded).await;
+        let ops = encoded
+            .into_iter()
+            .map(|key| WriteOp::Invalidate { key })
+            .collect();
+        let mut first = None;
+        for out in self.submit_many(ops).await {
+            if let Err(e) = out {
+                first.get_or_insert(e);
+            }
+        }
+        debug!(count = keys.len(), "cache invalidate");
+        first.map_or(Ok(()), Err)
+    }
+
     async fn clear(&self) -> Result<()> {
         let inner = &self.inner;
         let _epoch = inner.begin_epoch();
@@ -1132,6 +1190,18 @@ impl Cache for RedbCache {
             entries: l(&c.entries),
             bytes: l(&c.bytes),
         }
+    }
+
+    fn opened_mark(&self) -> Option<CacheMark> {
+        self.inner.opened_mark.clone()
+    }
+
+    fn set_close_mark(&self, mark: CacheMark) {
+        *self
+            .inner
+            .close_mark
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(mark);
     }
 }
 

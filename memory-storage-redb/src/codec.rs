@@ -14,7 +14,7 @@ use crate::wire;
 
 /// Version byte that starts every encoded cache entry. A stored entry with another version is
 /// treated as a miss (and replaced), never as an error.
-pub const CACHE_FORMAT_VERSION: u8 = 1;
+pub const CACHE_FORMAT_VERSION: u8 = 2;
 
 /// Version byte that starts every encoded outbox entry. The outbox is not a copy, so an entry
 /// with an unknown version is an error, never skipped.
@@ -262,6 +262,7 @@ mod tests {
             serde_json::json!({"args": ["test", "--", "x"], "n": 1.5, "nested": {"a": null}});
         e.steps.push(memory_core::ExecutionStep {
             step_number: 4,
+            key: memory_core::ExecutionStep::new_key(),
             timestamp: at(9),
             input: StepInput::timeout("shell", "wait"),
         });
@@ -338,9 +339,9 @@ mod tests {
 
     #[test]
     fn forged_string_length_fails_without_allocating() {
-        // version 1, episode tag 0, 16 id bytes, then a task_description length of u64::MAX / 2
-        // (varint 0xfd + 8 bytes) and nothing after it.
-        let mut bytes = vec![1u8, 0];
+        // the version byte, episode tag 0, 16 id bytes, then a task_description length of
+        // u64::MAX / 2 (varint 0xfd + 8 bytes) and nothing after it.
+        let mut bytes = vec![CACHE_FORMAT_VERSION, 0];
         bytes.extend([7u8; 16]);
         bytes.push(0xfd);
         bytes.extend((u64::MAX / 2).to_le_bytes());

@@ -7,7 +7,8 @@
 //! | `cache_meta` | entry key | `(tick, expires_ms, stored_bytes)` |
 //! | `cache_lru` | `tick` (u64) | entry key |
 //! | `cache_expiry` | `expires_ms` (u64 big-endian) ++ entry key | `()` |
-//! | `cache_info` | name | u64 (`layout`, `bytes`, `clean`) |
+//! | `cache_info` | name | u64 (`layout`, `bytes`, `clean`, `mark_position`) |
+//! | `cache_mark` | name | text (`database`) |
 //!
 //! The entry key is `ns_len: u8, ns bytes, kind: u8, id bytes`: kind 1 = episode (id: the 16
 //! UUID bytes), 2 = pattern, 3 = heuristic (id: its UTF-8 text). Namespaces are at most 128
@@ -39,6 +40,8 @@ pub(crate) const LRU: TableDefinition<u64, &[u8]> = TableDefinition::new("cache_
 pub(crate) const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("cache_expiry");
 /// Named counters and flags of the cache file.
 pub(crate) const CACHE_INFO: TableDefinition<&str, u64> = TableDefinition::new("cache_info");
+/// Named text of the cache file: the database of the close mark.
+pub(crate) const CACHE_MARK: TableDefinition<&str, &str> = TableDefinition::new("cache_mark");
 
 /// Sequence number -> encoded outbox entry.
 pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_entries");
@@ -51,6 +54,10 @@ pub(crate) const INFO_LAYOUT: &str = "layout";
 pub(crate) const INFO_BYTES: &str = "bytes";
 /// `cache_info` row: 1 after a clean close, 0 while open.
 pub(crate) const INFO_CLEAN: &str = "clean";
+/// `cache_info` row: the change-feed position of the close mark (written with `clean = 1`).
+pub(crate) const INFO_MARK_POSITION: &str = "mark_position";
+/// `cache_mark` row: the database of the close mark.
+pub(crate) const MARK_DATABASE: &str = "database";
 /// `outbox_info` row: the next sequence number to assign.
 pub(crate) const INFO_NEXT_SEQ: &str = "next_seq";
 

@@ -1,4 +1,4 @@
-//! The cache's own serialized shape of episodes, patterns and heuristics (format version 1).
+//! The cache's own serialized shape of episodes, patterns and heuristics (format version 2).
 //!
 //! The domain types' serde derives are shaped for JSON: `ExecutionStep` flattens its input
 //! (bincode cannot encode a map of unknown length) and `Outcome`, `StepResult`, `PatternKind`
@@ -98,6 +98,7 @@ pub(crate) struct WContext<S> {
 #[derive(Serialize, Deserialize)]
 pub(crate) struct WStep<S> {
     step_number: u32,
+    key: u64,
     timestamp: WTs,
     tool: S,
     action: S,
@@ -319,6 +320,7 @@ fn context_to_wire(c: &TaskContext) -> WContext<Enc<'_>> {
 fn step_to_wire(st: &ExecutionStep) -> Result<WStep<Enc<'_>>, String> {
     let ExecutionStep {
         step_number,
+        key,
         timestamp,
         input,
     } = st;
@@ -339,6 +341,7 @@ fn step_to_wire(st: &ExecutionStep) -> Result<WStep<Enc<'_>>, String> {
     };
     Ok(WStep {
         step_number: *step_number,
+        key: *key,
         timestamp: ts(timestamp),
         tool: s(tool),
         action: s(action),
@@ -630,6 +633,7 @@ fn context_from_wire(w: WContext<WStr>) -> Result<TaskContext, String> {
 fn step_from_wire(w: WStep<WStr>) -> Result<ExecutionStep, String> {
     let WStep {
         step_number,
+        key,
         timestamp,
         tool,
         action,
@@ -645,6 +649,7 @@ fn step_from_wire(w: WStep<WStr>) -> Result<ExecutionStep, String> {
     };
     Ok(ExecutionStep {
         step_number,
+        key,
         timestamp: from_ts(timestamp)?,
         input: StepInput {
             tool: o(tool),

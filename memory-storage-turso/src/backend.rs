@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use libsql::{Builder, Connection, Database, TransactionBehavior, Value};
 use memory_core::{
-    EmbeddingCoverage, EmbeddingStore, Episode, EpisodeCompletion, EpisodeFilter, EpisodeId,
-    EpisodeQuery, EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep,
+    ChangeSet, EmbeddingCoverage, EmbeddingStore, Episode, EpisodeCompletion, EpisodeFilter,
+    EpisodeId, EpisodeQuery, EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep,
     ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
     HeuristicId, IndexChanges, IndexSnapshot, LearnedChanges, LearnedItems, LearnedQuery,
     LearningStore, LearningUpdate, LessonId, Namespace, NamespaceStats, ObjectKind, Pattern,
@@ -21,6 +21,7 @@ use memory_core::{
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, instrument, warn};
 
+use crate::changes::{ChangeTracker, Probe, next_position, read_changes};
 use crate::checkpoint::{BACKSTOP_PAGES, Checkpointer};
 use crate::codec::{
     Cols, EPISODE_COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS, blob_to_vector, count, decode,
@@ -68,6 +69,8 @@ pub(crate) struct Inner {
     schema_version: u32,
     /// Background WAL checkpoints (local files, unless turned off).
     checkpointer: Option<Checkpointer>,
+    /// The change feed (files and servers; a private `:memory:` database has none).
+    changes: Option<ChangeTracker>,
 }
 
 impl fmt::Debug for TursoStorage {
@@ -154,6 +157,21 @@ impl TursoStorage {
         } else {
             None
         };
+        let changes = match &mode {
+            TursoMode::Local { path } if is_memory_path(path) => None,
+            TursoMode::Local { .. } => {
+                let conn = db.connect()?;
+                configure_local(&conn, &config, local_file, true).await?;
+                Some(ChangeTracker::new(Probe::DataVersion {
+                    conn: Mutex::new(conn),
+                    last: std::sync::Mutex::new(None),
+                }))
+            }
+            _ => Some(ChangeTracker::new(Probe::Interval {
+                every: config.change_poll_interval(),
+                last: std::sync::Mutex::new(None),
+            })),
+        };
         debug!(
             mode = mode.name(),
             schema_version,
@@ -170,6 +188,7 @@ impl TursoStorage {
                 remote_reads: matches!(mode, TursoMode::Remote { .. }),
                 schema_version,
                 checkpointer,
+                changes,
             }),
         })
     }
@@ -471,6 +490,27 @@ impl Inner {
         }
     }
 
+    /// Like [`Inner::write_tx`], for writes that change cacheable rows: the transaction first
+    /// takes the next change-counter position, which `body` stamps on the rows it writes;
+    /// once committed, the position is recorded as this handle's own.
+    pub(crate) async fn write_tx_stamped<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection, i64) -> DbResult<T>,
+    ) -> DbResult<T> {
+        let mut taken = None;
+        let value = self
+            .write_tx(async |tx| {
+                let position = next_position(tx).await?;
+                taken = Some(position);
+                body(tx, position).await
+            })
+            .await?;
+        if let (Some(c), Some(p)) = (&self.changes, taken) {
+            c.committed(p);
+        }
+        Ok(value)
+    }
+
     /// Runs read-only `body` on a reader connection.
     ///
     /// Remote (Hrana) reads run in a deferred transaction on a fresh stream of the pooled HTTP
@@ -509,10 +549,15 @@ const ROWS_PER_INSERT: usize = 500;
 /// `head VALUES (?, ...), (?, ...) tail` for `rows` rows of `columns` values each: one
 /// statement (one round trip to a server) instead of one per row.
 fn multi_row(head: &str, columns: usize, rows: usize, tail: &str) -> String {
-    let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 5);
-    sql.push_str(head);
-    sql.push_str(" VALUES ");
-    let mut n = 0;
+    format!("{head} {} {tail}", values_list(columns, rows, 1))
+}
+
+/// `VALUES (?first, ...), (...)`: `rows` rows of `columns` placeholders, numbered from
+/// `first`.
+fn values_list(columns: usize, rows: usize, first: usize) -> String {
+    let mut sql = String::with_capacity(8 + rows * columns * 6);
+    sql.push_str("VALUES ");
+    let mut n = first;
     for r in 0..rows {
         if r > 0 {
             sql.push_str(", ");
@@ -522,14 +567,12 @@ fn multi_row(head: &str, columns: usize, rows: usize, tail: &str) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            n += 1;
             sql.push('?');
             sql.push_str(&n.to_string());
+            n += 1;
         }
         sql.push(')');
     }
-    sql.push(' ');
-    sql.push_str(tail);
     sql
 }
 
@@ -686,28 +729,67 @@ const INSERT_STEPS: &str = "INSERT INTO steps (ns, episode_id, step_number, at, 
 const INSERT_STEPS_TAIL: &str =
     "ON CONFLICT (ns, episode_id, step_number) DO NOTHING RETURNING step_number";
 
+/// The values of a step row after `ns, episode_id, step_number` (and the key, for keyed
+/// rows): `at, tool, action, parameters, status, result_text, latency_ms, tokens`.
+fn step_values(s: &ExecutionStep) -> DbResult<[Value; 8]> {
+    Ok([
+        Value::Integer(nanos("step.timestamp", s.timestamp)?),
+        text(&s.input.tool),
+        text(&s.input.action),
+        Value::Text(to_json("step.parameters", &s.input.parameters)?),
+        text(s.input.result.status()),
+        text(s.input.result.text()),
+        Value::Integer(s.input.latency_ms as i64),
+        s.input
+            .tokens
+            .map_or(Value::Null, |t| Value::Integer(t as i64)),
+    ])
+}
+
+/// Inserts `rows` keyed steps of one episode (`?1` ns, `?2` episode id, then per row: order,
+/// key and the [`step_values`]), numbering the ones whose key is not stored yet after the
+/// highest stored number, in order. Returns `(step_number, step_key)` of each inserted row.
+fn keyed_insert_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO steps (ns, episode_id, step_number, step_key, at, tool, action, \
+         parameters, status, result_text, latency_ms, tokens) \
+         SELECT ?1, ?2, base.m + ROW_NUMBER() OVER (ORDER BY v.column1), v.column2, \
+         v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
+         v.column10 \
+         FROM ({}) AS v, \
+         (SELECT COALESCE(MAX(step_number), 0) AS m FROM steps \
+          WHERE ns = ?1 AND episode_id = ?2) AS base \
+         WHERE NOT EXISTS (SELECT 1 FROM steps s \
+          WHERE s.ns = ?1 AND s.episode_id = ?2 AND s.step_key = v.column2) \
+         RETURNING step_number, step_key",
+        values_list(10, rows, 3)
+    )
+}
+
 pub(crate) const INSERT_TEXT: &str =
     "INSERT INTO episode_text (body, ns, episode_id, part) VALUES (?1, ?2, ?3, ?4)";
 
-/// Columns of the learned-item tables as written by the upserts.
+/// Columns of the learned-item tables as written by the upserts (patterns and heuristics
+/// also carry their change stamp).
 const LEARNED_COLUMNS: usize = 11;
+const STAMPED_LEARNED_COLUMNS: usize = 12;
 
 const UPSERT_PATTERNS: (&str, &str) = (
     "INSERT INTO patterns (ns, id, kind, task_type, domain, language, status, occurrences, \
-     successes, last_seen, body)",
+     successes, last_seen, body, changed_seq)",
     "ON CONFLICT (ns, id) DO UPDATE SET kind = excluded.kind, task_type = excluded.task_type, \
      domain = excluded.domain, language = excluded.language, status = excluded.status, \
      occurrences = excluded.occurrences, successes = excluded.successes, \
-     last_seen = excluded.last_seen, body = excluded.body",
+     last_seen = excluded.last_seen, body = excluded.body, changed_seq = excluded.changed_seq",
 );
 
 const UPSERT_HEURISTICS: (&str, &str) = (
     "INSERT INTO heuristics (ns, id, condition_key, task_type, domain, language, status, \
-     support, against, last_seen, body)",
+     support, against, last_seen, body, changed_seq)",
     "ON CONFLICT (ns, id) DO UPDATE SET condition_key = excluded.condition_key, \
      task_type = excluded.task_type, domain = excluded.domain, language = excluded.language, \
      status = excluded.status, support = excluded.support, against = excluded.against, \
-     last_seen = excluded.last_seen, body = excluded.body",
+     last_seen = excluded.last_seen, body = excluded.body, changed_seq = excluded.changed_seq",
 );
 
 const UPSERT_LESSONS: (&str, &str) = (
@@ -719,7 +801,7 @@ const UPSERT_LESSONS: (&str, &str) = (
      last_seen = excluded.last_seen, body = excluded.body",
 );
 
-fn pattern_params(ns: &str, p: &Pattern) -> DbResult<Vec<Value>> {
+fn pattern_params(ns: &str, p: &Pattern, position: i64) -> DbResult<Vec<Value>> {
     Ok(vec![
         text(ns),
         text(&p.id.0),
@@ -732,10 +814,11 @@ fn pattern_params(ns: &str, p: &Pattern) -> DbResult<Vec<Value>> {
         Value::Integer(count(p.successes)),
         Value::Integer(nanos_clamped(p.last_seen)),
         Value::Text(to_json("pattern", p)?),
+        Value::Integer(position),
     ])
 }
 
-fn heuristic_params(ns: &str, h: &Heuristic) -> DbResult<Vec<Value>> {
+fn heuristic_params(ns: &str, h: &Heuristic, position: i64) -> DbResult<Vec<Value>> {
     Ok(vec![
         text(ns),
         text(&h.id.0),
@@ -748,6 +831,7 @@ fn heuristic_params(ns: &str, h: &Heuristic) -> DbResult<Vec<Value>> {
         Value::Integer(count(h.against)),
         Value::Integer(nanos_clamped(h.last_seen)),
         Value::Text(to_json("heuristic", h)?),
+        Value::Integer(position),
     ])
 }
 
@@ -768,45 +852,69 @@ fn lesson_params(ns: &str, l: &FailureLesson) -> DbResult<Vec<Value>> {
 }
 
 impl Inner {
-    /// Inserts the steps that are not stored yet (multi-row statements); returns how many
+    /// Inserts the steps that are not stored yet, numbered as
+    /// [`memory_core::steps_to_append`] describes (multi-row statements); returns how many
     /// were inserted and the full-text of those.
+    ///
+    /// A keyed step is numbered by the statement itself, after the highest number stored
+    /// (`MAX` under the transaction's write lock, `ROW_NUMBER` over the rows not stored yet),
+    /// so writers numbering from different copies of the episode never collide. A step
+    /// without a key (journaled by an earlier version) keeps its number, as before.
     async fn insert_steps(
         conn: &Connection,
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
     ) -> DbResult<(i64, String)> {
-        let mut inserted = std::collections::BTreeSet::new();
-        for chunk in steps.chunks(ROWS_PER_INSERT) {
+        // (number, key) of every step inserted.
+        let mut inserted = std::collections::HashSet::new();
+        let legacy: Vec<&ExecutionStep> = steps.iter().filter(|s| s.key == 0).collect();
+        for chunk in legacy.chunks(ROWS_PER_INSERT) {
             let mut params = Vec::with_capacity(chunk.len() * 11);
             for s in chunk {
-                params.extend([
-                    text(ns),
-                    text(id),
-                    Value::Integer(i64::from(s.step_number)),
-                    Value::Integer(nanos("step.timestamp", s.timestamp)?),
-                    text(&s.input.tool),
-                    text(&s.input.action),
-                    Value::Text(to_json("step.parameters", &s.input.parameters)?),
-                    text(s.input.result.status()),
-                    text(s.input.result.text()),
-                    Value::Integer(s.input.latency_ms as i64),
-                    s.input
-                        .tokens
-                        .map_or(Value::Null, |t| Value::Integer(t as i64)),
-                ]);
+                params.push(text(ns));
+                params.push(text(id));
+                params.push(Value::Integer(i64::from(s.step_number)));
+                params.extend(step_values(s)?);
             }
             let sql = multi_row(INSERT_STEPS, 11, chunk.len(), INSERT_STEPS_TAIL);
             let mut rows = conn.query(&sql, params).await?;
             while let Some(row) = rows.next().await? {
-                inserted.insert(Cols::new(&row, "step").i64(0)?);
+                inserted.insert((Cols::new(&row, "step").i64(0)?, 0));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let keyed: Vec<&ExecutionStep> = steps
+            .iter()
+            .filter(|s| s.key != 0 && seen.insert(s.key))
+            .collect();
+        for chunk in keyed.chunks(ROWS_PER_INSERT) {
+            let mut params = Vec::with_capacity(2 + chunk.len() * 10);
+            params.push(text(ns));
+            params.push(text(id));
+            for (ord, s) in chunk.iter().enumerate() {
+                params.push(Value::Integer(ord as i64));
+                params.push(Value::Integer(s.key as i64));
+                params.extend(step_values(s)?);
+            }
+            let sql = keyed_insert_sql(chunk.len());
+            let mut rows = conn.query(&sql, params).await?;
+            while let Some(row) = rows.next().await? {
+                let c = Cols::new(&row, "step");
+                inserted.insert((c.i64(0)?, c.i64(1)?));
             }
         }
         let mut body = String::new();
         let mut count = 0;
         for s in steps {
-            // Each inserted number once, for the first step that carried it.
-            if inserted.remove(&i64::from(s.step_number)) {
+            let key = if s.key == 0 { 0 } else { s.key as i64 };
+            let found = if key == 0 {
+                inserted.remove(&(i64::from(s.step_number), 0))
+            } else {
+                let hit = inserted.iter().find(|(_, k)| *k == key).copied();
+                hit.is_some_and(|h| inserted.remove(&h))
+            };
+            if found {
                 count += 1;
                 if !body.is_empty() {
                     body.push('\n');
@@ -817,18 +925,26 @@ impl Inner {
         Ok((count, body))
     }
 
-    /// Records step rows, the episode's step count and the steps' full-text row.
+    /// Records step rows, the episode's step count and change stamp, and the steps'
+    /// full-text row.
     async fn append_step_rows(
         conn: &Connection,
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
+        position: i64,
     ) -> DbResult<()> {
         let (inserted, body) = Self::insert_steps(conn, ns, id, steps).await?;
         if inserted > 0 {
             conn.execute(
-                "UPDATE episodes SET step_count = step_count + ?3 WHERE ns = ?1 AND id = ?2",
-                vec![text(ns), text(id), Value::Integer(inserted)],
+                "UPDATE episodes SET step_count = step_count + ?3, changed_seq = ?4 \
+                 WHERE ns = ?1 AND id = ?2",
+                vec![
+                    text(ns),
+                    text(id),
+                    Value::Integer(inserted),
+                    Value::Integer(position),
+                ],
             )
             .await?;
             conn.execute(
@@ -903,24 +1019,25 @@ impl Inner {
         })
     }
 
-    /// Upserts every item.
+    /// Upserts every item, stamping patterns and heuristics with `position`.
     async fn write_items<'a>(
         conn: &Connection,
         ns: &str,
+        position: i64,
         patterns: impl Iterator<Item = &'a Pattern>,
         heuristics: impl Iterator<Item = &'a Heuristic>,
         lessons: impl Iterator<Item = &'a FailureLesson>,
     ) -> DbResult<()> {
         let rows = patterns
-            .map(|p| pattern_params(ns, p))
+            .map(|p| pattern_params(ns, p, position))
             .collect::<DbResult<Vec<_>>>()?;
         let (head, tail) = UPSERT_PATTERNS;
-        insert_rows(conn, head, LEARNED_COLUMNS, rows, tail).await?;
+        insert_rows(conn, head, STAMPED_LEARNED_COLUMNS, rows, tail).await?;
         let rows = heuristics
-            .map(|h| heuristic_params(ns, h))
+            .map(|h| heuristic_params(ns, h, position))
             .collect::<DbResult<Vec<_>>>()?;
         let (head, tail) = UPSERT_HEURISTICS;
-        insert_rows(conn, head, LEARNED_COLUMNS, rows, tail).await?;
+        insert_rows(conn, head, STAMPED_LEARNED_COLUMNS, rows, tail).await?;
         let rows = lessons
             .map(|l| lesson_params(ns, l))
             .collect::<DbResult<Vec<_>>>()?;
@@ -935,12 +1052,14 @@ impl Inner {
         conn: &Connection,
         ns: &str,
         update: &LearningUpdate,
+        position: i64,
     ) -> DbResult<LearnedChanges> {
         let existing = Self::load_existing(conn, ns, update).await?;
         let changes = update.apply(existing);
         Self::write_items(
             conn,
             ns,
+            position,
             changes.patterns.iter().map(|c| &c.item),
             changes.heuristics.iter().map(|c| &c.item),
             changes.lessons.iter().map(|c| &c.item),
@@ -1046,19 +1165,22 @@ async fn read_episode(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<
 
 /// The transaction of [`EpisodeStore::complete_episode`]: records the outcome of an
 /// in-progress episode (`update` binds `?1..?8`), indexes its reflection and merges the
-/// learning. `Ok(None)` when it was already completed.
+/// learning, stamping what it writes with `position`. `Ok(None)` when it was already
+/// completed.
 async fn complete_in_tx(
     tx: &Connection,
     ns: &str,
     id: &str,
     c: &EpisodeCompletion,
-    update: Vec<Value>,
+    mut update: Vec<Value>,
+    position: i64,
 ) -> DbResult<Option<LearnedChanges>> {
+    update.push(Value::Integer(position));
     // Completes only an in-progress episode; when nothing changed, find out why.
     let changed = tx
         .execute(
             "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
-             reward = ?6, reflection = ?7, completed_at = ?8 \
+             reward = ?6, reflection = ?7, completed_at = ?8, changed_seq = ?9 \
              WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL",
             update,
         )
@@ -1076,7 +1198,9 @@ async fn complete_in_tx(
         text("reflection"),
     ];
     tx.execute(INSERT_TEXT, reflection).await?;
-    Ok(Some(Inner::merge_learning(tx, ns, &c.learning).await?))
+    Ok(Some(
+        Inner::merge_learning(tx, ns, &c.learning, position).await?,
+    ))
 }
 
 /// The transaction of [`LearningStore::record_feedback`]: replaces the event of (target,
@@ -1086,6 +1210,7 @@ async fn feedback_in_tx(
     ns: &str,
     fb: &Feedback,
     recorded_at: i64,
+    position: i64,
 ) -> DbResult<()> {
     let (kind, target_id) = (fb.target.kind(), fb.target.id());
     let select = match fb.target {
@@ -1149,13 +1274,29 @@ async fn feedback_in_tx(
         FeedbackTarget::Pattern(_) => {
             let mut p: Pattern = from_json("pattern", &body)?;
             p.effectiveness = eff;
-            Inner::write_items(tx, ns, std::iter::once(&p), no_heuristics, no_lessons).await
+            Inner::write_items(
+                tx,
+                ns,
+                position,
+                std::iter::once(&p),
+                no_heuristics,
+                no_lessons,
+            )
+            .await
         }
         FeedbackTarget::Heuristic(_) => {
             let mut h: Heuristic = from_json("heuristic", &body)?;
             h.votes_up = eff.helped;
             h.votes_down = eff.hindered;
-            Inner::write_items(tx, ns, no_patterns, std::iter::once(&h), no_lessons).await
+            Inner::write_items(
+                tx,
+                ns,
+                position,
+                no_patterns,
+                std::iter::once(&h),
+                no_lessons,
+            )
+            .await
         }
     }
 }
@@ -1231,7 +1372,8 @@ impl EpisodeStore for TursoStorage {
                             ],
                         )
                         .await?;
-                        Inner::append_step_rows(tx, ns, &id, &episode.steps).await?;
+                        // A new row is in no cache: it needs no change stamp.
+                        Inner::append_step_rows(tx, ns, &id, &episode.steps, 0).await?;
                         if let Some(r) = &episode.reflection {
                             tx.execute(
                                 INSERT_TEXT,
@@ -1263,7 +1405,7 @@ impl EpisodeStore for TursoStorage {
             .call("append_steps", async {
                 let (ns, id) = (ns.as_str(), episode_id.to_string());
                 inner
-                    .write_tx(async |tx| {
+                    .write_tx_stamped(async |tx, position| {
                         match episode_state(tx, ns, &id).await? {
                             None => {
                                 let missing = Error::not_found(ObjectKind::Episode, episode_id);
@@ -1272,7 +1414,7 @@ impl EpisodeStore for TursoStorage {
                             Some(true) => return Err(conflict_completed(episode_id).into()),
                             Some(false) => {}
                         }
-                        Inner::append_step_rows(tx, ns, &id, steps).await
+                        Inner::append_step_rows(tx, ns, &id, steps, position).await
                     })
                     .await
             })
@@ -1301,7 +1443,9 @@ impl EpisodeStore for TursoStorage {
                     Value::Integer(nanos("completed_at", c.completed_at)?),
                 ];
                 inner
-                    .write_tx(async |tx| complete_in_tx(tx, ns, &id, c, update).await)
+                    .write_tx_stamped(async |tx, position| {
+                        complete_in_tx(tx, ns, &id, c, update, position).await
+                    })
                     .await
             })
             .await
@@ -1505,7 +1649,9 @@ impl LearningStore for TursoStorage {
         inner
             .call("apply_learning", async {
                 inner
-                    .write_tx(async |tx| Inner::merge_learning(tx, ns.as_str(), update).await)
+                    .write_tx_stamped(async |tx, position| {
+                        Inner::merge_learning(tx, ns.as_str(), update, position).await
+                    })
                     .await
             })
             .await
@@ -1517,10 +1663,11 @@ impl LearningStore for TursoStorage {
         inner
             .call("put_learned", async {
                 inner
-                    .write_tx(async |tx| {
+                    .write_tx_stamped(async |tx, position| {
                         Inner::write_items(
                             tx,
                             ns.as_str(),
+                            position,
                             items.patterns.iter(),
                             items.heuristics.iter(),
                             items.lessons.iter(),
@@ -1657,7 +1804,9 @@ impl LearningStore for TursoStorage {
                 let ns = ns.as_str();
                 let recorded_at = nanos("feedback.recorded_at", fb.recorded_at)?;
                 inner
-                    .write_tx(async |tx| feedback_in_tx(tx, ns, fb, recorded_at).await)
+                    .write_tx_stamped(async |tx, position| {
+                        feedback_in_tx(tx, ns, fb, recorded_at, position).await
+                    })
                     .await
             })
             .await
@@ -2162,9 +2311,35 @@ async fn read_snapshot_parts(
         .await
 }
 
+#[async_trait]
 impl Storage for TursoStorage {
     fn backend_name(&self) -> &'static str {
         BACKEND
+    }
+
+    async fn may_have_changed(&self) -> Result<bool> {
+        let inner = &*self.inner;
+        match &inner.changes {
+            Some(c) => inner.call("may_have_changed", c.may_have_changed()).await,
+            None => Ok(false),
+        }
+    }
+
+    #[instrument(skip_all, fields(after, limit))]
+    async fn changes_since(&self, after: u64, limit: u32) -> Result<Option<ChangeSet>> {
+        let inner = &*self.inner;
+        let Some(tracker) = &inner.changes else {
+            return Ok(None);
+        };
+        let mut set = inner
+            .call("changes_since", async {
+                inner
+                    .read(async |conn| read_changes(conn, after, limit).await)
+                    .await
+            })
+            .await?;
+        set.own = tracker.own_between(after, set.head);
+        Ok(Some(set))
     }
 }
 
@@ -2183,6 +2358,7 @@ mod tests {
         );
         e.steps.push(ExecutionStep {
             step_number: 1,
+            key: memory_core::ExecutionStep::new_key(),
             timestamp: Utc::now(),
             input: StepInput::ok(task, task, task),
         });

@@ -213,7 +213,7 @@ pub(crate) const SUMMARY_COLUMNS: &str = "e.id, CAST(e.task_description AS BLOB)
 
 /// Columns of `steps` read by [`step_from_row`], in order.
 pub(crate) const STEP_COLUMNS: &str = "step_number, at, CAST(tool AS BLOB), CAST(action AS BLOB), \
-     parameters, status, CAST(result_text AS BLOB), latency_ms, tokens";
+     parameters, status, CAST(result_text AS BLOB), latency_ms, tokens, step_key";
 
 fn context_from(c: &Cols<'_>, first: i32) -> DbResult<TaskContext> {
     Ok(TaskContext {
@@ -273,6 +273,8 @@ pub(crate) fn step_from_row(row: &Row) -> DbResult<ExecutionStep> {
     };
     Ok(ExecutionStep {
         step_number: u32::try_from(c.i64(0)?).map_err(|e| decode("step", e))?,
+        // Rows written before keys existed have none.
+        key: c.opt_i64(9)?.map_or(0, |k| k as u64),
         timestamp: from_nanos(c.i64(1)?),
         input: StepInput {
             tool: c.text(2)?,

@@ -141,6 +141,7 @@ impl Synchronous {
 /// | [`call_timeout`](TursoConfigBuilder::call_timeout) | 30 s |
 /// | [`readers`](TursoConfigBuilder::readers) | 4 connections (local files and replicas; `:memory:` always uses 1 shared connection) |
 /// | [`background_checkpoints`](TursoConfigBuilder::background_checkpoints) | on (local files) |
+/// | [`change_poll_interval`](TursoConfigBuilder::change_poll_interval) | 1 s (remote and replica modes) |
 /// | [`schema_version`](TursoConfigBuilder::schema_version) | the latest ([`SCHEMA_VERSION`](crate::SCHEMA_VERSION)) |
 ///
 /// `Debug` never prints the auth token.
@@ -153,6 +154,7 @@ pub struct TursoConfig {
     pub(crate) readers: usize,
     pub(crate) schema_version: u32,
     pub(crate) background_checkpoints: bool,
+    pub(crate) change_poll_interval: Duration,
 }
 
 impl fmt::Debug for TursoConfig {
@@ -165,6 +167,7 @@ impl fmt::Debug for TursoConfig {
             .field("readers", &self.readers)
             .field("schema_version", &self.schema_version)
             .field("background_checkpoints", &self.background_checkpoints)
+            .field("change_poll_interval", &self.change_poll_interval)
             .finish()
     }
 }
@@ -177,6 +180,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_READERS: usize = 4;
 /// Most reader connections allowed.
 pub const MAX_READERS: usize = 64;
+/// Default for how often a cache over a server reads the change feed.
+pub const DEFAULT_CHANGE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 impl TursoConfig {
     /// A builder; set a mode with [`TursoConfigBuilder::mode`] (or one of the mode shortcuts).
@@ -262,6 +267,13 @@ impl TursoConfig {
     pub fn background_checkpoints(&self) -> bool {
         self.background_checkpoints
     }
+
+    /// How often, at most, a cache over a server (remote or replica mode) reads the change
+    /// feed: the bound on how stale a cached read can be behind another machine's write.
+    /// Local files need no interval (a commit by any process is seen at the next read).
+    pub fn change_poll_interval(&self) -> Duration {
+        self.change_poll_interval
+    }
 }
 
 /// Builds a [`TursoConfig`]; [`TursoConfigBuilder::build`] validates it.
@@ -274,6 +286,7 @@ pub struct TursoConfigBuilder {
     readers: Option<usize>,
     schema_version: Option<u32>,
     foreground_checkpoints: bool,
+    change_poll_interval: Option<Duration>,
 }
 
 impl fmt::Debug for TursoConfigBuilder {
@@ -286,6 +299,7 @@ impl fmt::Debug for TursoConfigBuilder {
             .field("readers", &self.readers)
             .field("schema_version", &self.schema_version)
             .field("foreground_checkpoints", &self.foreground_checkpoints)
+            .field("change_poll_interval", &self.change_poll_interval)
             .finish()
     }
 }
@@ -347,6 +361,14 @@ impl TursoConfigBuilder {
         self
     }
 
+    /// Sets how often, at most, a cache over a server reads the change feed (see
+    /// [`TursoConfig::change_poll_interval`]).
+    #[must_use]
+    pub fn change_poll_interval(mut self, interval: Duration) -> Self {
+        self.change_poll_interval = Some(interval);
+        self
+    }
+
     /// Migrates the schema only up to `version` instead of the latest.
     ///
     /// For testing upgrades and for staged rollouts; operations that need a later version fail
@@ -400,9 +422,13 @@ impl TursoConfigBuilder {
         }
         let busy_timeout = self.busy_timeout.unwrap_or(DEFAULT_BUSY_TIMEOUT);
         let call_timeout = self.call_timeout.unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let change_poll_interval = self
+            .change_poll_interval
+            .unwrap_or(DEFAULT_CHANGE_POLL_INTERVAL);
         for (field, d) in [
             ("turso.busy_timeout", busy_timeout),
             ("turso.call_timeout", call_timeout),
+            ("turso.change_poll_interval", change_poll_interval),
         ] {
             if d.is_zero() {
                 return Err(Error::invalid(field, "must be greater than zero"));
@@ -436,6 +462,7 @@ impl TursoConfigBuilder {
             readers,
             schema_version,
             background_checkpoints: !self.foreground_checkpoints,
+            change_poll_interval,
         })
     }
 }

@@ -46,6 +46,7 @@
 //! ```
 
 mod backend;
+mod changes;
 mod checkpoint;
 mod codec;
 mod config;
@@ -56,7 +57,8 @@ mod schema;
 pub use backend::{DATA_DIR_FILE, TursoStorage};
 pub use checkpoint::WalCheckpoints;
 pub use config::{
-    DEFAULT_BUSY_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_READERS, ENV_AUTH_TOKEN, ENV_DATABASE_URL,
-    MAX_READERS, MEMORY_PATH, Synchronous, TursoConfig, TursoConfigBuilder, TursoMode,
+    DEFAULT_BUSY_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_CHANGE_POLL_INTERVAL, DEFAULT_READERS,
+    ENV_AUTH_TOKEN, ENV_DATABASE_URL, MAX_READERS, MEMORY_PATH, Synchronous, TursoConfig,
+    TursoConfigBuilder, TursoMode,
 };
 pub use schema::SCHEMA_VERSION;

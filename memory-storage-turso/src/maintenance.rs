@@ -369,7 +369,7 @@ impl MaintenanceStore for TursoStorage {
         inner
             .call("compact_step_outputs", async {
                 inner
-                    .write_tx(async |tx| {
+                    .write_tx_stamped(async |tx, position| {
                         let n = ns.as_str();
                         let mut rows = tx
                             .query(
@@ -415,6 +415,11 @@ impl MaintenanceStore for TursoStorage {
                             )
                             .await?;
                             reindex_steps(tx, n, &sid).await?;
+                            tx.execute(
+                                "UPDATE episodes SET changed_seq = ?3 WHERE ns = ?1 AND id = ?2",
+                                vec![text(n), text(&sid), Value::Integer(position)],
+                            )
+                            .await?;
                             out.episode_ids.push(id);
                         }
                         Ok(out)

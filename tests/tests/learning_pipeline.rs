@@ -359,6 +359,7 @@ mod properties {
             .enumerate()
             .map(|(i, (t, ok))| ExecutionStep {
                 step_number: i as u32 + 1,
+                key: memory_core::ExecutionStep::new_key(),
                 timestamp: at,
                 input: if *ok {
                     StepInput::ok(tools[*t as usize % 4], "a", "ok")

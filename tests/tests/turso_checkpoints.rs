@@ -47,6 +47,7 @@ async fn write_all(storage: &TursoStorage, db: &Path, ns: &Namespace) -> u64 {
                     let output = format!("{i}-{n} ").repeat(OUTPUT_BYTES / 6);
                     ExecutionStep {
                         step_number: n,
+                        key: memory_core::ExecutionStep::new_key(),
                         timestamp: at,
                         input: StepInput::ok("shell", "run the export", output),
                     }

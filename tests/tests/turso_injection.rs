@@ -105,11 +105,13 @@ fn episode_with(payload: &str, i: i64) -> Episode {
     e.steps = vec![
         ExecutionStep {
             step_number: 1,
+            key: memory_core::ExecutionStep::new_key(),
             timestamp: t(i * 10 + 1),
             input: StepInput::error(payload, payload, payload).with_parameters(params.clone()),
         },
         ExecutionStep {
             step_number: 2,
+            key: memory_core::ExecutionStep::new_key(),
             timestamp: t(i * 10 + 2),
             input: StepInput::ok(payload, payload, payload)
                 .with_parameters(params)

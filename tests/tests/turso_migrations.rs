@@ -1,9 +1,13 @@
-//! Pins the schema migrations of `TursoStorage`: a database created at schema version 1 (the
-//! previous release: no embeddings table) and filled with episodes, steps, learned items and
+//! Pins the schema migrations of `TursoStorage`: a database at schema version 1 (the first
+//! release: no embeddings table, no step keys) filled with episodes, steps, learned items and
 //! feedback is upgraded in place to the current version when opened by the current code;
 //! every row survives unchanged, the new table works, `schema_version` records each applied
 //! migration once, reopening applies nothing, and a database from a newer build is refused
 //! with a permanent error instead of being touched.
+//!
+//! The version-1 file is made by filling a current database through the memory and then
+//! taking away everything a fresh version-1 database does not have (tables, indexes,
+//! triggers, columns, version rows): the current write path needs the current schema.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -51,6 +55,80 @@ async fn versions(path: &Path) -> Vec<(i64, String)> {
     out
 }
 
+async fn schema_objects(conn: &libsql::Connection) -> Vec<(String, String)> {
+    let mut rows = conn
+        .query(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' \
+             AND name NOT LIKE 'episode_text_%' ORDER BY type = 'table', name",
+            (),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        out.push((row.get::<String>(0).unwrap(), row.get::<String>(1).unwrap()));
+    }
+    out
+}
+
+async fn columns(conn: &libsql::Connection, table: &str) -> Vec<String> {
+    let mut rows = conn
+        .query(
+            &format!("SELECT name FROM pragma_table_info('{table}')"),
+            (),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        out.push(row.get::<String>(0).unwrap());
+    }
+    out
+}
+
+/// Turns the database at `path` into a version-1 database: drops every trigger, index, table
+/// and column that a fresh version-1 database lacks, and the later version rows.
+async fn downgrade_to_version_1(path: &Path, scratch: &Path) {
+    drop(
+        TursoStorage::open(
+            TursoConfig::local(scratch)
+                .schema_version(1)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
+    let v1 = libsql::Builder::new_local(scratch).build().await.unwrap();
+    let v1 = v1.connect().unwrap();
+    let keep = schema_objects(&v1).await;
+    let db = libsql::Builder::new_local(path).build().await.unwrap();
+    let conn = db.connect().unwrap();
+    for (kind, name) in schema_objects(&conn).await {
+        if !keep.contains(&(kind.clone(), name.clone())) {
+            conn.execute(&format!("DROP {} {name}", kind.to_uppercase()), ())
+                .await
+                .unwrap();
+        }
+    }
+    for (kind, table) in keep {
+        if kind != "table" || table == "episode_text" {
+            continue;
+        }
+        let wanted = columns(&v1, &table).await;
+        for column in columns(&conn, &table).await {
+            if !wanted.contains(&column) {
+                conn.execute(&format!("ALTER TABLE {table} DROP COLUMN {column}"), ())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    conn.execute("DELETE FROM schema_version WHERE version > 1", ())
+        .await
+        .unwrap();
+}
+
 async fn all_episodes(s: &TursoStorage, ns: &Namespace) -> Vec<Episode> {
     let mut out = Vec::new();
     for summary in s
@@ -81,13 +159,8 @@ async fn version_1_database_is_upgraded_in_place() {
     let path = dir.path().join("old.db");
     let ns = Namespace::new("migrations/v1").unwrap();
 
-    // The previous release's database.
-    let old = Arc::new(
-        TursoStorage::open(TursoConfig::local(&path).schema_version(1).build().unwrap())
-            .await
-            .unwrap(),
-    );
-    assert_eq!(old.schema_version(), 1);
+    // A database filled by the memory, then taken back to version 1.
+    let old = Arc::new(TursoStorage::open_local(&path).await.unwrap());
     let memory = SelfLearningMemory::new(old.clone(), MemoryConfig::default()).unwrap();
     let ctx = TaskContext::new("databases")
         .with_language("go")
@@ -145,6 +218,34 @@ async fn version_1_database_is_upgraded_in_place() {
         ids.push(id);
     }
     memory.shutdown().await.unwrap();
+    let all = LearnedQuery {
+        include_inactive: true,
+        limit: 1_000,
+        ..LearnedQuery::default()
+    };
+    let mut episodes = all_episodes(&old, &ns).await;
+    for e in &mut episodes {
+        for st in &mut e.steps {
+            st.key = 0; // version 1 stored no step keys
+        }
+    }
+    let patterns = old.query_patterns(&ns, &all).await.unwrap();
+    let heuristics = old.query_heuristics(&ns, &all).await.unwrap();
+    let lessons = old.query_lessons(&ns, &all).await.unwrap();
+    let stats = old.namespace_stats(&ns).await.unwrap();
+    assert!(!lessons.is_empty() && !heuristics.is_empty() && stats.feedback == 4);
+    drop(memory);
+    drop(old);
+    downgrade_to_version_1(&path, &dir.path().join("fresh-v1.db")).await;
+    assert!(
+        !tables(&path).await.contains(&"embeddings".to_owned()),
+        "version 1 has no embeddings table"
+    );
+    assert_eq!(versions(&path).await.len(), 1);
+    let old = TursoStorage::open(TursoConfig::local(&path).schema_version(1).build().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(old.schema_version(), 1);
     let err = old
         .put_embedding(&ns, ids[0], "m", &[1.0])
         .await
@@ -153,24 +254,7 @@ async fn version_1_database_is_upgraded_in_place() {
         !err.is_transient(),
         "a missing table is not transient: {err}"
     );
-    let all = LearnedQuery {
-        include_inactive: true,
-        limit: 1_000,
-        ..LearnedQuery::default()
-    };
-    let episodes = all_episodes(&old, &ns).await;
-    let patterns = old.query_patterns(&ns, &all).await.unwrap();
-    let heuristics = old.query_heuristics(&ns, &all).await.unwrap();
-    let lessons = old.query_lessons(&ns, &all).await.unwrap();
-    let stats = old.namespace_stats(&ns).await.unwrap();
-    assert!(!lessons.is_empty() && !heuristics.is_empty() && stats.feedback == 4);
-    drop(memory);
     drop(old);
-    assert!(
-        !tables(&path).await.contains(&"embeddings".to_owned()),
-        "version 1 has no embeddings table"
-    );
-    assert_eq!(versions(&path).await.len(), 1);
 
     // The current code upgrades it in place.
     let new = TursoStorage::open_local(&path).await.unwrap();

@@ -444,6 +444,7 @@ impl SelfLearningMemory {
             }
             let stored = ExecutionStep {
                 step_number: buf.next_step,
+                key: ExecutionStep::new_key(),
                 timestamp: self.inner.clock.now(),
                 input: step,
             };
@@ -639,11 +640,9 @@ impl SelfLearningMemory {
             .await?
             .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
         if let Some(buf) = lock(&self.inner.buffers).get(&(ns.clone(), id)) {
-            for s in &buf.pending {
-                if !episode.steps.iter().any(|e| e.step_number == s.step_number) {
-                    episode.steps.push(s.clone());
-                }
-            }
+            // Numbered after the stored steps, as the store will number them.
+            let buffered = crate::episode::steps_to_append(&episode.steps, &buf.pending);
+            episode.steps.extend(buffered);
             episode.steps.sort_by_key(|s| s.step_number);
         }
         Ok(episode)

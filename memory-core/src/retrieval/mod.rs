@@ -489,7 +489,7 @@ pub const WORK_ERROR_CHARS: usize = 120;
 /// .into_iter()
 /// .enumerate()
 /// {
-///     e.steps.push(ExecutionStep { step_number: n as u32 + 1, timestamp: Utc::now(), input });
+///     e.steps.push(ExecutionStep { step_number: n as u32 + 1, key: ExecutionStep::new_key(), timestamp: Utc::now(), input });
 /// }
 /// assert_eq!(
 ///     work_text(&e),
@@ -1389,6 +1389,7 @@ mod tests {
         for (n, input) in steps.into_iter().enumerate() {
             e.steps.push(ExecutionStep {
                 step_number: n as u32 + 1,
+                key: ExecutionStep::new_key(),
                 timestamp: Utc::now(),
                 input,
             });

@@ -81,6 +81,17 @@ impl CacheStats {
     }
 }
 
+/// The change-feed position a cache's contents were coherent with when it was closed (see
+/// [`crate::Storage::changes_since`]): a process that reopens the cache drops only what
+/// changed after it, instead of everything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMark {
+    /// The database the position belongs to.
+    pub database: String,
+    /// The position.
+    pub position: u64,
+}
+
 /// A namespaced object cache. Errors are for the caller to log and count; the tiered storage
 /// never fails an operation because of one.
 #[async_trait]
@@ -104,8 +115,29 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     }
     /// Removes a value, if present.
     async fn invalidate(&self, ns: &Namespace, key: &CacheKey) -> Result<()>;
+    /// Removes several values; the first error is returned, after every key was tried. A
+    /// cache with a commit per write should override this to commit them together.
+    async fn invalidate_many(&self, keys: &[(Namespace, CacheKey)]) -> Result<()> {
+        let mut first = None;
+        for (ns, key) in keys {
+            if let Err(e) = self.invalidate(ns, key).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
     /// Removes everything.
     async fn clear(&self) -> Result<()>;
     /// Current counters.
     fn stats(&self) -> CacheStats;
+    /// The mark stored when the cache was last closed, if it outlives processes and had one.
+    /// A cache that forgets everything when it closes has none (the default).
+    fn opened_mark(&self) -> Option<CacheMark> {
+        None
+    }
+    /// The mark to store when the cache closes (ignored by a cache that does not outlive its
+    /// process).
+    fn set_close_mark(&self, mark: CacheMark) {
+        let _ = mark;
+    }
 }

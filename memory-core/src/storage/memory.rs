@@ -137,7 +137,12 @@ impl EpisodeStore for InMemoryStorage {
             .or_default()
             .episodes
             .entry(episode.id)
-            .or_insert_with(|| episode.clone());
+            .or_insert_with(|| {
+                let mut stored = episode.clone();
+                stored.steps = crate::episode::steps_to_append(&[], &episode.steps);
+                stored.steps.sort_by_key(|s| s.step_number);
+                stored
+            });
         Ok(())
     }
 
@@ -159,11 +164,8 @@ impl EpisodeStore for InMemoryStorage {
                 reason: "is already completed; steps can no longer be added".into(),
             });
         }
-        for s in steps {
-            if !episode.steps.iter().any(|e| e.step_number == s.step_number) {
-                episode.steps.push(s.clone());
-            }
-        }
+        let new = crate::episode::steps_to_append(&episode.steps, steps);
+        episode.steps.extend(new);
         episode.steps.sort_by_key(|s| s.step_number);
         if let Some(d) = data.get_mut(ns) {
             d.log_summary_change(episode_id);

@@ -254,9 +254,11 @@ pub trait EpisodeStore: Send + Sync + Debug {
 
     /// Appends steps to an in-progress episode, as rows (the episode is not rewritten).
     ///
-    /// Idempotent per `(episode, step_number)`: a step whose number is already stored is
-    /// skipped. Atomic per call. `NotFound` if the episode is not in the namespace; `Conflict`
-    /// if it is completed.
+    /// Numbers are assigned here, inside the write, as [`crate::steps_to_append`] describes:
+    /// after the highest number stored, in the order given, so writers that number steps
+    /// from different copies of the episode never collide. Idempotent per step key: a key
+    /// already stored is skipped (a retry or replay). Atomic per call. `NotFound` if the
+    /// episode is not in the namespace; `Conflict` if it is completed.
     async fn append_steps(
         &self,
         ns: &Namespace,
@@ -658,8 +660,54 @@ pub trait MaintenanceStore: Send + Sync + Debug {
     ) -> Result<StepCompaction>;
 }
 
+/// One changed object from a backend's change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The feed position of the write that last changed it.
+    pub seq: u64,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// Which object.
+    pub key: crate::storage::cache::CacheKey,
+}
+
+/// What changed in a backend after a feed position (see [`Storage::changes_since`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeSet {
+    /// The identity of the database: it changes when a backup is restored over it, and a
+    /// position is meaningless across identities.
+    pub database: String,
+    /// The feed's position when read: every write up to it is reflected in `changes`.
+    pub head: u64,
+    /// Cacheable objects (episodes, patterns, heuristics) last changed after the position
+    /// asked for, oldest change first.
+    pub changes: Vec<Change>,
+    /// More objects changed than were asked for: `changes` is cut, and a reader should drop
+    /// everything it holds.
+    pub truncated: bool,
+    /// Positions after the one asked for (up to `head`) that writes through this handle
+    /// took. A position in the range that is not listed was taken by another writer.
+    pub own: Vec<u64>,
+}
+
 /// A complete backend.
+#[async_trait]
 pub trait Storage: EpisodeStore + LearningStore + EmbeddingStore + MaintenanceStore {
     /// A short backend name for logs and health output.
     fn backend_name(&self) -> &'static str;
+
+    /// Whether a write may have been committed (by anyone) since the previous call: `false`
+    /// only when certainly nothing was. Cheap: tiered storage asks before every cached read.
+    /// Backends without a change feed answer `true`.
+    async fn may_have_changed(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// The objects changed after feed position `after` (at most `limit`), for caches kept by
+    /// several processes or machines over one database. `Ok(None)`: this backend has no
+    /// change feed (it is private to one process, and a cache over it needs none).
+    async fn changes_since(&self, after: u64, limit: u32) -> Result<Option<ChangeSet>> {
+        let _ = (after, limit);
+        Ok(None)
+    }
 }

@@ -10,6 +10,7 @@
 //! breaker lets calls through, and acks only what the durable layer accepted.
 
 mod breaker;
+mod coherence;
 mod overlay;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use tracing::{debug, error, info, instrument, warn};
 use uuid::Uuid;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Refused};
+use coherence::{Coherence, MAX_CHANGES, Verdict, log_feed_error, log_verdict};
 use overlay::Overlay;
 
 use crate::clock::SharedClock;
@@ -142,6 +144,8 @@ struct Inner {
     stop: Notify,
     /// Serializes replays (the task and explicit `sync_now` calls).
     replay_lock: tokio::sync::Mutex<()>,
+    /// Where the cache stands in the durable layer's change feed.
+    coherence: Coherence,
 }
 
 /// The tiered composition. Use it as the memory's `Arc<dyn Storage>`, and call
@@ -166,9 +170,11 @@ impl TieredStorage {
         config: TieredConfig,
         clock: SharedClock,
     ) -> Result<Arc<Self>> {
+        let coherence = Coherence::new(cache.as_ref().and_then(|c| c.opened_mark()));
         let inner = Arc::new(Inner {
             durable,
             cache,
+            coherence,
             outbox,
             breaker: CircuitBreaker::new(config.breaker.clone()),
             config,
@@ -228,6 +234,11 @@ impl TieredStorage {
         if let Some(t) = task {
             let _ = t.await;
         }
+        if let Some(c) = &self.inner.cache
+            && let Some(mark) = self.inner.coherence.state.lock().await.mark()
+        {
+            c.set_close_mark(mark);
+        }
         match self.inner.replay().await {
             Ok(_) => Ok(()),
             Err(e) if e.is_transient() => {
@@ -276,28 +287,93 @@ impl Inner {
         warn!(error = %e, op, "cache error ignored");
     }
 
-    async fn cache_put(&self, ns: &Namespace, v: CachedValue) {
-        if let Some(c) = &self.cache
-            && let Err(e) = c.put(ns, &v).await
-        {
-            self.cache_error("put", &e);
-        }
+    /// Puts `v`, prepared from durable state read or written after epoch `since`; if the
+    /// change feed dropped anything meanwhile, drops it again (it may be older than what
+    /// another writer committed).
+    async fn cache_put(&self, ns: &Namespace, v: CachedValue, since: u64) {
+        self.cache_put_many(ns, std::slice::from_ref(&v), since)
+            .await;
     }
 
     /// Puts the changed learned items, in one cache commit.
-    async fn cache_put_changes(&self, ns: &Namespace, changes: &LearnedChanges) {
+    async fn cache_put_changes(&self, ns: &Namespace, changes: &LearnedChanges, since: u64) {
         let values: Vec<CachedValue> = learned_values(changes).collect();
-        self.cache_put_many(ns, &values).await;
+        self.cache_put_many(ns, &values, since).await;
     }
 
-    async fn cache_put_many(&self, ns: &Namespace, values: &[CachedValue]) {
+    async fn cache_put_many(&self, ns: &Namespace, values: &[CachedValue], since: u64) {
         if values.is_empty() {
             return;
         }
-        if let Some(c) = &self.cache
-            && let Err(e) = c.put_many(ns, values).await
-        {
+        let Some(c) = &self.cache else {
+            return;
+        };
+        if let Err(e) = c.put_many(ns, values).await {
             self.cache_error("put", &e);
+        }
+        if self.coherence.epoch() != since {
+            let keys: Vec<(Namespace, CacheKey)> =
+                values.iter().map(|v| (ns.clone(), v.key())).collect();
+            if let Err(e) = c.invalidate_many(&keys).await {
+                self.cache_error("invalidate", &e);
+            }
+        }
+    }
+
+    /// Brings the cache up to date with other writers before a cached read (see
+    /// [`coherence`]). Errors are logged: an unreachable feed leaves the copies as they are.
+    async fn refresh(&self) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        if self.coherence.unfed() {
+            return;
+        }
+        let mut state = self.coherence.state.lock().await;
+        if state.known() {
+            match self.durable.may_have_changed().await {
+                Ok(false) => return,
+                Ok(true) => {}
+                Err(e) => {
+                    log_feed_error(&e);
+                    return;
+                }
+            }
+        }
+        let after = state.after();
+        let limit = if after.is_some() { MAX_CHANGES } else { 0 };
+        let set = match self.durable.changes_since(after.unwrap_or(0), limit).await {
+            Ok(Some(set)) => set,
+            Ok(None) => {
+                self.coherence.set_unfed();
+                return;
+            }
+            Err(e) => {
+                log_feed_error(&e);
+                return;
+            }
+        };
+        let verdict = state.take(set);
+        log_verdict(&verdict, cache.stats().entries);
+        match verdict {
+            Verdict::Current => {}
+            Verdict::Drop(keys) => {
+                if keys.is_empty() {
+                    return;
+                }
+                self.coherence.advance();
+                if let Err(e) = cache.invalidate_many(&keys).await {
+                    self.cache_error("invalidate", &e);
+                }
+            }
+            Verdict::Clear(_) => {
+                self.coherence.advance();
+                if cache.stats().entries > 0
+                    && let Err(e) = cache.clear().await
+                {
+                    self.cache_error("clear", &e);
+                }
+            }
         }
     }
 
@@ -347,6 +423,7 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<CachedValue>>>,
     {
+        self.refresh().await;
         if let Some(v) = self.cache_get(ns, &key).await {
             return Ok(Some(v));
         }
@@ -365,9 +442,10 @@ impl Inner {
                 } else {
                     None
                 };
+                let since = self.coherence.epoch();
                 let v = self.guarded(load()).await?;
                 if let Some(v) = &v {
-                    self.cache_put(ns, v.clone()).await;
+                    self.cache_put(ns, v.clone(), since).await;
                 }
                 Ok::<_, Error>(v)
             })
@@ -401,12 +479,13 @@ impl Inner {
             namespace: ns.clone(),
             op,
         };
+        let since = self.coherence.epoch();
         let seq = self.outbox.append(&entry).await?;
         lock(&self.overlay).apply(ns, seq, &entry.op, learned);
         // Patch the cached copy now, as for a durable write: otherwise, between the replay
         // releasing this entry from the overlay and refreshing the cache, readers would see
         // the cached copy from before the write (e.g. an episode not yet completed).
-        self.after_write(ns, &entry.op).await;
+        self.after_write(ns, &entry.op, since).await;
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
@@ -478,6 +557,7 @@ impl Inner {
             let mut acked_to = None;
             let mut failure = None;
             let mut applied = 0u64;
+            let since = self.coherence.epoch();
             for (seq, entry) in &batch {
                 match self
                     .guarded(self.apply_durable(&entry.namespace, &entry.op))
@@ -521,7 +601,7 @@ impl Inner {
                         _ => None,
                     };
                     match delta.fold(base) {
-                        Some(e) => self.cache_put(&ns, CachedValue::Episode(e)).await,
+                        Some(e) => self.cache_put(&ns, CachedValue::Episode(e), since).await,
                         None => self.cache_invalidate(&ns, &key).await,
                     }
                 }
@@ -551,9 +631,10 @@ impl Inner {
     /// cache; on a transient failure, the outbox.
     async fn write(&self, ns: &Namespace, op: WriteOp) -> Result<()> {
         if !self.journaling() {
+            let since = self.coherence.epoch();
             match self.guarded(self.apply_durable(ns, &op)).await {
                 Ok(()) => {
-                    self.after_write(ns, &op).await;
+                    self.after_write(ns, &op, since).await;
                     return Ok(());
                 }
                 Err(e) if !e.is_transient() => return Err(e),
@@ -595,6 +676,7 @@ impl Inner {
         ns: &Namespace,
         c: &EpisodeCompletion,
         changes: Option<&LearnedChanges>,
+        since: u64,
     ) {
         let _patching = self.episode_cache.lock().await;
         let mut values: Vec<CachedValue> =
@@ -602,13 +684,13 @@ impl Inner {
         if let Some(ch) = changes {
             values.extend(learned_values(ch));
         }
-        self.cache_put_many(ns, &values).await;
+        self.cache_put_many(ns, &values, since).await;
     }
 
     /// Keeps the cache in step with a write the durable layer accepted. In-progress episodes
     /// are patched in place (write-through), so that an episode started before an outage can
     /// still be read, and completed, during it.
-    async fn after_write(&self, ns: &Namespace, op: &WriteOp) {
+    async fn after_write(&self, ns: &Namespace, op: &WriteOp, since: u64) {
         let _patching = match op {
             WriteOp::CreateEpisode(_)
             | WriteOp::AppendSteps { .. }
@@ -622,24 +704,25 @@ impl Inner {
                 if self.cache.is_some()
                     && self.cache_get(ns, &CacheKey::Episode(e.id)).await.is_none()
                 {
-                    self.cache_put(ns, CachedValue::Episode(e.clone())).await;
+                    self.cache_put(ns, CachedValue::Episode(e.clone()), since)
+                        .await;
                 }
             }
             WriteOp::AppendSteps { episode_id, steps } => {
                 let key = CacheKey::Episode(*episode_id);
                 if let Some(CachedValue::Episode(mut e)) = self.cache_get(ns, &key).await {
-                    for st in steps {
-                        if !e.steps.iter().any(|x| x.step_number == st.step_number) {
-                            e.steps.push(st.clone());
-                        }
-                    }
+                    // Numbered as the store numbered them, if the cached copy was current;
+                    // if another writer had added steps, the change feed drops this copy
+                    // before the next read.
+                    let added = crate::episode::steps_to_append(&e.steps, steps);
+                    e.steps.extend(added);
                     e.steps.sort_by_key(|x| x.step_number);
-                    self.cache_put(ns, CachedValue::Episode(e)).await;
+                    self.cache_put(ns, CachedValue::Episode(e), since).await;
                 }
             }
             WriteOp::CompleteEpisode(c) => {
                 if let Some(e) = self.completed_in_cache(ns, c).await {
-                    self.cache_put(ns, e).await;
+                    self.cache_put(ns, e, since).await;
                 }
             }
             WriteOp::RecordFeedback(f) => {
@@ -661,7 +744,7 @@ impl Inner {
                             .map(|h| CachedValue::Heuristic(h.clone())),
                     )
                     .collect();
-                self.cache_put_many(ns, &values).await;
+                self.cache_put_many(ns, &values, since).await;
             }
             WriteOp::PutEmbedding { .. } => {}
         }
@@ -755,9 +838,10 @@ impl EpisodeStore for TieredStorage {
     ) -> Result<Option<LearnedChanges>> {
         let i = &self.inner;
         if !i.journaling() {
+            let since = i.coherence.epoch();
             match i.guarded(i.durable.complete_episode(ns, c)).await {
                 Ok(changes) => {
-                    i.after_complete(ns, c, changes.as_ref()).await;
+                    i.after_complete(ns, c, changes.as_ref(), since).await;
                     return Ok(changes);
                 }
                 Err(e) if !e.is_transient() => return Err(e),
@@ -835,11 +919,12 @@ impl LearningStore for TieredStorage {
         update: &LearningUpdate,
     ) -> Result<LearnedChanges> {
         // Not idempotent, so never journaled: it needs the durable layer now.
+        let since = self.inner.coherence.epoch();
         let changes = self
             .inner
             .guarded(self.inner.durable.apply_learning(ns, update))
             .await?;
-        self.inner.cache_put_changes(ns, &changes).await;
+        self.inner.cache_put_changes(ns, &changes, since).await;
         Ok(changes)
     }
 

@@ -1,7 +1,7 @@
 //! Writes journaled in the outbox but not yet in the durable layer, kept in process so that
 //! reads during an outage see them (read-your-writes). Rebuilt from the outbox at start-up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::episode::{Episode, EpisodeId, ExecutionStep};
 use crate::heuristic::{Heuristic, HeuristicId};
@@ -15,7 +15,8 @@ use crate::storage::outbox::WriteOp;
 #[derive(Debug, Default)]
 pub(crate) struct EpisodeDelta {
     created: Option<Episode>,
-    steps: BTreeMap<u32, ExecutionStep>,
+    /// Journaled steps in journal order (numbered when folded, as the store will number them).
+    steps: Vec<ExecutionStep>,
     completion: Option<EpisodeCompletion>,
     last_seq: u64,
 }
@@ -104,9 +105,7 @@ impl Overlay {
             }
             WriteOp::AppendSteps { episode_id, steps } => {
                 let d = self.episodes.entry((ns.clone(), *episode_id)).or_default();
-                for s in steps {
-                    d.steps.entry(s.step_number).or_insert_with(|| s.clone());
-                }
+                d.steps.extend(steps.iter().cloned());
                 d.last_seq = seq;
             }
             WriteOp::CompleteEpisode(c) => {
@@ -187,12 +186,11 @@ impl EpisodeDelta {
     /// The episode once this delta is applied to `base` (or to the episode it created).
     pub(crate) fn fold(&self, base: Option<Episode>) -> Option<Episode> {
         let mut e = base.or_else(|| self.created.clone())?;
-        for s in self.steps.values() {
-            if !e.is_completed() && !e.steps.iter().any(|x| x.step_number == s.step_number) {
-                e.steps.push(s.clone());
-            }
+        if !e.is_completed() {
+            let added = crate::episode::steps_to_append(&e.steps, &self.steps);
+            e.steps.extend(added);
+            e.steps.sort_by_key(|s| s.step_number);
         }
-        e.steps.sort_by_key(|s| s.step_number);
         if let Some(c) = &self.completion
             && !e.is_completed()
         {

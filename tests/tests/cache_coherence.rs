@@ -1,0 +1,314 @@
+//! Two writers on one database, each with its own handle and cache, as two processes on one
+//! data directory (or two machines on one server) have them.
+//!
+//! Before the change feed, a process served its cached copy of an episode or a learned item
+//! for up to an hour after another process had changed it, and numbered steps from that
+//! copy, so steps of two writers collided and one was dropped silently (`ON CONFLICT DO
+//! NOTHING`). Now step numbers come from the durable layer, and every cached read first drops
+//! the copies another writer changed: a read never returns data older than what the other
+//! writer had committed before the read began.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use memory_core::{
+    Cache, EpisodeStore, FeedbackOutcome, FeedbackTarget, InMemoryCache, InMemoryOutbox,
+    LearnedQuery, LearningStore, MemoryConfig, Namespace, NewEpisode, Outcome, PatternId,
+    SelfLearningMemory, StepBatchConfig, StepInput, Storage, SystemClock, TaskContext, TaskType,
+    TieredConfig, TieredStorage,
+};
+use memory_storage_turso::TursoStorage;
+
+struct Writer {
+    tiered: Arc<TieredStorage>,
+    cache: Arc<InMemoryCache>,
+    memory: SelfLearningMemory,
+}
+
+async fn writer(path: &std::path::Path) -> Writer {
+    let durable = Arc::new(TursoStorage::open_local(path).await.unwrap());
+    let cache = Arc::new(InMemoryCache::new());
+    let tiered = TieredStorage::open(
+        durable,
+        Some(cache.clone() as Arc<dyn Cache>),
+        Arc::new(InMemoryOutbox::new()),
+        TieredConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let config = MemoryConfig::default().with_steps(StepBatchConfig {
+        max_batch: 1,
+        flush_interval: Duration::from_secs(60),
+    });
+    let memory = SelfLearningMemory::new(tiered.clone() as Arc<dyn Storage>, config).unwrap();
+    Writer {
+        tiered,
+        cache,
+        memory,
+    }
+}
+
+fn ns() -> Namespace {
+    Namespace::new("coherence").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_from_two_writers_are_all_kept_and_each_sees_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let (a, b) = (writer(&path).await, writer(&path).await);
+    let ns = ns();
+    let id = a
+        .memory
+        .start_episode(
+            &ns,
+            NewEpisode::new("shared task", TaskType::Debugging, TaskContext::new("web")),
+        )
+        .await
+        .unwrap();
+    // Both writers cache the episode, then add steps in turn: each numbers from its copy.
+    for round in 0..4 {
+        a.memory
+            .log_step(&ns, id, StepInput::ok("a", format!("a{round}"), "ok"))
+            .await
+            .unwrap();
+        b.memory
+            .log_step(&ns, id, StepInput::ok("b", format!("b{round}"), "ok"))
+            .await
+            .unwrap();
+        let seen_by_a = a.memory.get_episode(&ns, id).await.unwrap();
+        let seen_by_b = b.memory.get_episode(&ns, id).await.unwrap();
+        assert_eq!(seen_by_a.steps.len(), 2 * (round + 1), "a sees b's steps");
+        assert_eq!(seen_by_a, seen_by_b, "both read the same episode");
+    }
+    // And concurrently.
+    let (ra, rb) = tokio::join!(
+        async {
+            for i in 0..20 {
+                a.memory
+                    .log_step(&ns, id, StepInput::ok("a", format!("ca{i}"), "ok"))
+                    .await
+                    .unwrap();
+            }
+        },
+        async {
+            for i in 0..20 {
+                b.memory
+                    .log_step(&ns, id, StepInput::ok("b", format!("cb{i}"), "ok"))
+                    .await
+                    .unwrap();
+            }
+        }
+    );
+    let ((), ()) = (ra, rb);
+    let episode = b.memory.get_episode(&ns, id).await.unwrap();
+    assert_eq!(episode.steps.len(), 48, "no acknowledged step lost");
+    let numbers: Vec<u32> = episode.steps.iter().map(|s| s.step_number).collect();
+    assert_eq!(
+        numbers,
+        (1..=48).collect::<Vec<u32>>(),
+        "numbers dense, unique"
+    );
+    let mut actions: Vec<&str> = episode
+        .steps
+        .iter()
+        .map(|s| s.input.action.as_str())
+        .collect();
+    actions.sort_unstable();
+    actions.dedup();
+    assert_eq!(actions.len(), 48, "each step stored once");
+
+    // One completes it; the other's cached copy does not hide that, and its late step is a
+    // conflict, not a silent drop.
+    a.memory
+        .complete_episode(&ns, id, Outcome::success("done"))
+        .await
+        .unwrap();
+    let seen = b.tiered.get_episode(&ns, id).await.unwrap().unwrap();
+    assert!(seen.is_completed(), "b sees a's completion at once");
+    let late = b
+        .memory
+        .log_step(&ns, id, StepInput::ok("b", "late", "ok"))
+        .await;
+    assert!(
+        matches!(late, Err(memory_core::Error::Conflict { .. })),
+        "{late:?}"
+    );
+    assert!(a.cache.stats().entries > 0 && b.cache.stats().entries > 0);
+    a.memory.shutdown().await.unwrap();
+    b.memory.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_learned_items_follow_the_other_writers_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let (a, b) = (writer(&path).await, writer(&path).await);
+    let ns = ns();
+    let ctx = TaskContext::new("web").with_language("rust");
+    let mut last = None;
+    for round in 0..3 {
+        let w = if round % 2 == 0 { &a } else { &b };
+        let id = w
+            .memory
+            .start_episode(
+                &ns,
+                NewEpisode::new("add a route", TaskType::CodeGeneration, ctx.clone()),
+            )
+            .await
+            .unwrap();
+        w.memory
+            .log_step(&ns, id, StepInput::ok("edit_file", "add route", "ok"))
+            .await
+            .unwrap();
+        w.memory
+            .log_step(&ns, id, StepInput::ok("cargo", "cargo test", "ok"))
+            .await
+            .unwrap();
+        let report = w
+            .memory
+            .complete_episode(&ns, id, Outcome::success("ok"))
+            .await
+            .unwrap();
+        let pattern = PatternId(report.patterns[0].id.clone());
+        // The other writer reads the pattern through its cache: it sees every completion.
+        let other = if round % 2 == 0 { &b } else { &a };
+        let seen = other
+            .tiered
+            .get_pattern(&ns, &pattern)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.occurrences, round + 1, "round {round}");
+        last = Some((id, pattern));
+    }
+    // Feedback through one writer changes the pattern the other has cached.
+    let (id, pattern) = last.unwrap();
+    let cached = a.tiered.get_pattern(&ns, &pattern).await.unwrap().unwrap();
+    assert_eq!(cached.effectiveness.helped, 0);
+    b.memory
+        .record_feedback(
+            &ns,
+            FeedbackTarget::Pattern(pattern.clone()),
+            id,
+            FeedbackOutcome::Helped,
+        )
+        .await
+        .unwrap();
+    let seen = a.tiered.get_pattern(&ns, &pattern).await.unwrap().unwrap();
+    assert_eq!(seen.effectiveness.helped, 1);
+    let listed = a
+        .tiered
+        .query_patterns(&ns, &LearnedQuery::default())
+        .await
+        .unwrap();
+    assert!(listed.iter().any(|p| p.id == pattern));
+    a.memory.shutdown().await.unwrap();
+    b.memory.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_cache_file_drops_only_what_changed_while_it_was_closed() {
+    use memory_storage_redb::{CacheConfig, RedbCache};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let cache_path = dir.path().join("cache.redb");
+    let ns = ns();
+    let open = |cache: RedbCache| {
+        let path = path.clone();
+        async move {
+            let durable = Arc::new(TursoStorage::open_local(&path).await.unwrap());
+            let tiered = TieredStorage::open(
+                durable,
+                Some(Arc::new(cache) as Arc<dyn Cache>),
+                Arc::new(InMemoryOutbox::new()),
+                TieredConfig::default(),
+                Arc::new(SystemClock),
+            )
+            .await
+            .unwrap();
+            let memory = SelfLearningMemory::new(
+                tiered.clone() as Arc<dyn Storage>,
+                MemoryConfig::default(),
+            )
+            .unwrap();
+            (tiered, memory)
+        }
+    };
+    let (tiered, memory) = open(
+        RedbCache::open(&cache_path, CacheConfig::default())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let id = memory
+            .start_episode(
+                &ns,
+                NewEpisode::new(
+                    format!("task {i}"),
+                    TaskType::Testing,
+                    TaskContext::new("t"),
+                ),
+            )
+            .await
+            .unwrap();
+        memory
+            .log_step(&ns, id, StepInput::ok("pytest", "run", "ok"))
+            .await
+            .unwrap();
+        memory.flush().await.unwrap();
+        assert_eq!(
+            tiered
+                .get_episode(&ns, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .steps
+                .len(),
+            1
+        );
+        ids.push(id);
+    }
+    memory.shutdown().await.unwrap();
+    tiered.shutdown().await.unwrap();
+    drop(memory);
+    drop(tiered); // the last handle closes the cache file cleanly, with its mark
+
+    // Another writer adds a step to the first episode while the cache file is closed.
+    let other = writer(&path).await;
+    other
+        .memory
+        .log_step(&ns, ids[0], StepInput::ok("edit", "fix", "ok"))
+        .await
+        .unwrap();
+    other.memory.shutdown().await.unwrap();
+
+    let cache = RedbCache::open(&cache_path, CacheConfig::default())
+        .await
+        .unwrap();
+    assert!(cache.opened_mark().is_some(), "closed with a mark");
+    assert_eq!(cache.stats().entries, 2, "both copies kept on disk");
+    let (tiered, memory) = open(cache.clone()).await;
+    let changed = tiered.get_episode(&ns, ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        changed.steps.len(),
+        2,
+        "the changed copy was dropped and read again"
+    );
+    let before = cache.stats();
+    let unchanged = tiered.get_episode(&ns, ids[1]).await.unwrap().unwrap();
+    assert_eq!(unchanged.steps.len(), 1);
+    let after = cache.stats();
+    assert_eq!(
+        after.memory_hits + after.disk_hits,
+        before.memory_hits + before.disk_hits + 1,
+        "the unchanged copy is still served from the cache"
+    );
+    memory.shutdown().await.unwrap();
+    tiered.shutdown().await.unwrap();
+}
