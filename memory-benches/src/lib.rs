@@ -15,7 +15,7 @@ use memory_core::{
 };
 use tokio::runtime::Runtime;
 
-pub use stack::{CACHE_FILE, DefaultStack, OUTBOX_FILE, file_size, record_workload_episode};
+pub use stack::{CACHE_FILE, DefaultStack, JOURNAL_DIR, file_size, record_workload_episode};
 pub use workload::{Rng, Workload, WorkloadEpisode};
 
 /// Tools the synthetic steps use.

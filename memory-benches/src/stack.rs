@@ -1,33 +1,29 @@
-//! The default storage stack, opened as the `memory` CLI opens it: a libsql file, a redb cache
-//! and a redb outbox, all in one data directory, behind `TieredStorage`.
+//! The default storage stack, opened as the `memory` CLI opens it (`memory-stack`): a libsql
+//! file, the redb cache and this process's journal, all in one data directory, behind
+//! `TieredStorage`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use memory_core::{
-    Cache, CompletionReport, MemoryConfig, Namespace, SelfLearningMemory, SystemClock,
-    TieredConfig, TieredStorage,
-};
-use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
-use memory_storage_turso::{DATA_DIR_FILE, TursoStorage};
+use memory_core::{CompletionReport, MemoryConfig, Namespace, SelfLearningMemory, TieredStorage};
+use memory_stack::{DataDir, StackBuilder};
+use memory_storage_redb::CacheConfig;
 
 use crate::WorkloadEpisode;
 
-/// The cache file in the data directory (the same name the CLI uses).
-pub const CACHE_FILE: &str = "cache.redb";
-/// The outbox file in the data directory (the same name the CLI uses).
-pub const OUTBOX_FILE: &str = "outbox.redb";
+pub use memory_stack::{CACHE_FILE, JOURNAL_DIR};
 
 /// The memory over the default stack, and the tiered storage under it.
 pub struct DefaultStack {
     /// The memory facade.
     pub memory: Arc<SelfLearningMemory>,
-    /// The tiered storage (cache, outbox, breaker, sync task) over the libsql file.
+    /// The tiered storage (cache, journal, breaker, sync task) over the libsql file.
     pub tiered: Arc<TieredStorage>,
     /// The data directory.
     pub dir: PathBuf,
+    stack: memory_stack::Stack,
 }
 
 impl DefaultStack {
@@ -39,37 +35,23 @@ impl DefaultStack {
 
     /// As [`DefaultStack::open`], with a cache configuration.
     pub async fn open_with(dir: &Path, config: MemoryConfig, cache: CacheConfig) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        let durable = TursoStorage::open_in_data_dir(dir)
+        let stack = StackBuilder::new(dir)
+            .memory_config(config)
+            .cache_config(Some(cache))
+            .open()
             .await
-            .with_context(|| format!("cannot open the database in {}", dir.display()))?;
-        let outbox = RedbOutbox::open(dir.join(OUTBOX_FILE), OutboxConfig::default())
-            .await
-            .context("cannot open the outbox")?;
-        let cache = RedbCache::open(dir.join(CACHE_FILE), cache)
-            .await
-            .context("cannot open the cache")?;
-        let tiered = TieredStorage::open(
-            Arc::new(durable),
-            Some(Arc::new(cache) as Arc<dyn Cache>),
-            Arc::new(outbox),
-            TieredConfig::default(),
-            Arc::new(SystemClock),
-        )
-        .await
-        .context("cannot open the tiered storage")?;
-        let memory = SelfLearningMemory::new(tiered.clone(), config)?;
+            .with_context(|| format!("cannot open the stack in {}", dir.display()))?;
         Ok(DefaultStack {
-            memory: Arc::new(memory),
-            tiered,
+            memory: stack.memory_arc(),
+            tiered: Arc::clone(stack.tiered()),
             dir: dir.to_owned(),
+            stack,
         })
     }
 
     /// Bytes of the libsql database (with its WAL and shared-memory files).
     pub fn database_bytes(&self) -> u64 {
-        let db = self.dir.join(DATA_DIR_FILE);
+        let db = DataDir::new(&self.dir).database();
         let mut total = file_size(&db);
         for suffix in ["-wal", "-shm"] {
             let mut name = db.clone().into_os_string();
@@ -84,15 +66,18 @@ impl DefaultStack {
         file_size(&self.dir.join(CACHE_FILE))
     }
 
-    /// Bytes of the redb outbox file.
+    /// Bytes of the journals (a process's journal exists only while it holds writes).
     pub fn outbox_bytes(&self) -> u64 {
-        file_size(&self.dir.join(OUTBOX_FILE))
+        std::fs::read_dir(self.dir.join(JOURNAL_DIR)).map_or(0, |rd| {
+            rd.filter_map(std::result::Result::ok)
+                .map(|e| file_size(&e.path()))
+                .sum()
+        })
     }
 
     /// Flushes and closes the memory, then the tiered storage.
     pub async fn shutdown(&self) -> Result<()> {
-        self.memory.shutdown().await?;
-        self.tiered.shutdown().await?;
+        self.stack.shutdown().await?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod output;
 mod settings;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -120,33 +121,52 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let stack = backend::open(&settings, semantic).await?;
     let s = &settings;
-    let m = &stack.memory;
+    let m = stack.memory();
     let mut code = ExitCode::SUCCESS;
-    let result = match cli.command {
-        Command::Episode(cmd) => commands::episode::run(cmd, m, s).await,
-        Command::Feedback(a) => commands::learned::feedback(a, m, s).await,
-        Command::Pattern(cmd) => commands::learned::pattern(cmd, m, s).await,
-        Command::Heuristic(cmd) => commands::learned::heuristic(cmd, m, s).await,
-        Command::Lesson(cmd) => commands::learned::lesson(cmd, m, s).await,
-        Command::Stats => commands::status::stats(&stack, s).await,
-        Command::Consolidate => commands::consolidate::run(m, s).await,
-        Command::Sync(cmd) => commands::status::sync(cmd, &stack, s).await,
-        Command::Health => commands::status::health(&stack, s).await.map(|ok| {
-            if !ok {
-                code = ExitCode::from(1);
-            }
-        }),
-        Command::Demo(a) => commands::demo::run(a.rounds, m, s).await,
-        Command::Recommend(a) => commands::recommend::run(a, m, s).await,
-        Command::Export { file } => commands::transfer::export(&file, m, s).await,
-        Command::Import { file } => commands::transfer::import(&file, m, s).await,
-        Command::Backup { dir } => commands::backup::backup(&dir, &stack, s).await,
-        Command::Eval(_) | Command::Restore { .. } | Command::Mcp(_) => Ok(()),
+    let command = async {
+        match cli.command {
+            Command::Episode(cmd) => commands::episode::run(cmd, m, s).await,
+            Command::Feedback(a) => commands::learned::feedback(a, m, s).await,
+            Command::Pattern(cmd) => commands::learned::pattern(cmd, m, s).await,
+            Command::Heuristic(cmd) => commands::learned::heuristic(cmd, m, s).await,
+            Command::Lesson(cmd) => commands::learned::lesson(cmd, m, s).await,
+            Command::Stats => commands::status::stats(&stack, s).await,
+            Command::Consolidate => commands::consolidate::run(m, s).await,
+            Command::Sync(cmd) => commands::status::sync(cmd, &stack, s).await,
+            Command::Health => commands::status::health(&stack, s).await.map(|ok| {
+                if !ok {
+                    code = ExitCode::from(1);
+                }
+            }),
+            Command::Demo(a) => commands::demo::run(a.rounds, m, s).await,
+            Command::Recommend(a) => commands::recommend::run(a, m, s).await,
+            Command::Export { file } => commands::transfer::export(&file, &stack, s).await,
+            Command::Import { file } => commands::transfer::import(&file, m, s).await,
+            Command::Backup { dir } => commands::backup::backup(&dir, &stack, s).await,
+            Command::Eval(_) | Command::Restore { .. } | Command::Mcp(_) => Ok(()),
+        }
     };
-    let shutdown = stack.shutdown().await;
+    // A signal lets the call in progress finish (long commands stop between items), then
+    // the stack is flushed and closed as after any command.
+    let mut signalled = None;
+    let result = {
+        tokio::pin!(command);
+        tokio::select! {
+            r = &mut command => r,
+            (name, exit) = signals::terminated() => {
+                tracing::warn!(signal = name, "stopping: finishing the call in progress");
+                signalled = Some(exit);
+                match tokio::time::timeout(signals::GRACE, &mut command).await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow::anyhow!("stopped by {name} before the command finished")),
+                }
+            }
+        }
+    };
+    let shutdown = stack.shutdown().await.map_err(backend::stack_error);
     result?;
     shutdown?;
-    Ok(code)
+    Ok(signalled.map_or(code, ExitCode::from))
 }
 
 fn main() -> ExitCode {

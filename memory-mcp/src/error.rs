@@ -121,7 +121,11 @@ impl From<MemoryError> for ToolFailure {
                 Some("storage is busy or unreachable; retry"),
                 Value::Null,
             ),
-            MemoryError::Shutdown => ("shutdown", None, Value::Null),
+            MemoryError::Shutdown => (
+                "shutdown",
+                Some("the server is stopping; call again once it is back"),
+                Value::Null,
+            ),
             _ => ("internal", None, Value::Null),
         };
         ToolFailure {

@@ -41,8 +41,29 @@ use rmcp::service::QuitReason;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
+/// How long a stopping server waits for the tool calls in flight.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves one client on the given byte streams until it disconnects.
 pub async fn serve_io<R, W>(server: MemoryServer, read: R, write: W) -> Result<()>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    serve_io_until(server, read, write, std::future::pending()).await
+}
+
+/// Serves one client on the given byte streams until it disconnects or `stop` resolves.
+///
+/// Either way the server stops taking calls and lets those in flight finish and answer (at
+/// most [`DRAIN_GRACE`]) before it returns, so the caller can then flush and close the memory
+/// without cutting a call short.
+pub async fn serve_io_until<R, W>(
+    server: MemoryServer,
+    read: R,
+    write: W,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()>
 where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
@@ -52,7 +73,25 @@ where
         .serve((read, write))
         .await
         .map_err(|e| Error::Initialize(e.to_string()))?;
-    match running.waiting().await {
+    let token = running.cancellation_token();
+    let waiting = running.waiting();
+    tokio::pin!(waiting, stop);
+    let ended = tokio::select! {
+        r = &mut waiting => r,
+        () = &mut stop => {
+            info!(in_flight = server.calls_in_flight(), "stopping: finishing the calls in flight");
+            if !server.drain(DRAIN_GRACE).await {
+                warn!("calls still running after the grace period");
+            }
+            token.cancel();
+            waiting.await
+        }
+    };
+    // The client may have gone while calls were still running: let them finish.
+    if !server.drain(DRAIN_GRACE).await {
+        warn!("calls still running after the grace period");
+    }
+    match ended {
         Ok(QuitReason::JoinError(e)) | Err(e) => Err(Error::Session(e.to_string())),
         Ok(reason) => {
             info!(?reason, "mcp session ended");
@@ -61,21 +100,24 @@ where
     }
 }
 
+/// Serves one client on stdin/stdout until it closes stdin or `stop` resolves (`memory mcp`
+/// passes SIGTERM, SIGINT and SIGHUP). Logs must go to stderr: stdout carries the protocol.
+pub async fn serve_stdio_until(
+    server: MemoryServer,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let (stdin, stdout) = rmcp::transport::stdio();
+    serve_io_until(server, stdin, stdout, stop).await
+}
+
 /// Serves one client on stdin/stdout until it closes stdin or the process gets Ctrl-C.
 /// Logs must go to stderr: stdout carries the protocol.
 pub async fn serve_stdio(server: MemoryServer) -> Result<()> {
-    let (stdin, stdout) = rmcp::transport::stdio();
     let interrupted = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             warn!(error = %e, "cannot listen for ctrl-c; serving until stdin closes");
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        r = serve_io(server, stdin, stdout) => r,
-        () = interrupted => {
-            info!("interrupted; stopping the mcp server");
-            Ok(())
-        }
-    }
+    serve_stdio_until(server, interrupted).await
 }

@@ -1,7 +1,8 @@
 //! The MCP server: tool definitions and the handlers that call the memory.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
@@ -181,8 +182,32 @@ struct Shared {
     default_namespace: Namespace,
     tiered: Option<Arc<TieredStorage>>,
     cache_problem: Option<String>,
+    stack: Option<Arc<memory_stack::Stack>>,
     tools: Vec<Tool>,
     config: McpConfig,
+    /// Tool calls running now.
+    inflight: AtomicUsize,
+    /// Signalled whenever a call ends.
+    call_ended: tokio::sync::Notify,
+    /// Set when the server stops taking calls (see [`MemoryServer::drain`]).
+    closing: AtomicBool,
+}
+
+/// Counts a call in flight for as long as it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.inflight.fetch_add(1, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.0.call_ended.notify_waiters();
+    }
 }
 
 /// The memory as an MCP server: ten tools over a [`SelfLearningMemory`].
@@ -224,8 +249,12 @@ impl MemoryServer {
                 default_namespace,
                 tiered: None,
                 cache_problem: None,
+                stack: None,
                 tools: build_tools()?,
                 config,
+                inflight: AtomicUsize::new(0),
+                call_ended: tokio::sync::Notify::new(),
+                closing: AtomicBool::new(false),
             }),
             limiter,
         })
@@ -246,6 +275,41 @@ impl MemoryServer {
             shared.cache_problem = cache_problem;
         }
         self
+    }
+
+    /// With the whole stack the memory runs on (as `memory mcp` opens it), so `stats` and
+    /// `health` report every component as `memory health` does: the database check, the
+    /// cache, this process's journal and those of other processes, the breaker, the model.
+    ///
+    /// Call before the server is cloned or served.
+    #[must_use]
+    pub fn with_stack(mut self, stack: Arc<memory_stack::Stack>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.tiered = Some(Arc::clone(stack.tiered()));
+            shared.stack = Some(stack);
+        }
+        self
+    }
+
+    /// Stops taking tool calls (later ones get a `shutdown` tool error) and waits, at most
+    /// `grace`, for the calls in flight to finish. True when none is left.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let ended = self.shared.call_ended.notified();
+            if self.shared.inflight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return self.shared.inflight.load(Ordering::SeqCst) == 0;
+            }
+        }
+    }
+
+    /// Tool calls running now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.shared.inflight.load(Ordering::SeqCst)
     }
 
     /// The same server with a fresh rate-limit bucket, for a new client connection.
@@ -287,9 +351,14 @@ impl MemoryServer {
             ));
         }
         let started = Instant::now();
-        let result = match self.limiter.acquire(&client_key(), 1) {
-            Ok(()) => self.dispatch(name, args).await,
-            Err(e) => Err(ToolFailure::from(e)),
+        let _counted = InFlight::enter(&self.shared);
+        let result = if self.shared.closing.load(Ordering::SeqCst) {
+            Err(ToolFailure::from(MemoryError::Shutdown))
+        } else {
+            match self.limiter.acquire(&client_key(), 1) {
+                Ok(()) => self.dispatch(name, args).await,
+                Err(e) => Err(ToolFailure::from(e)),
+            }
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok(match result {
@@ -373,6 +442,9 @@ impl MemoryServer {
             tokens: a.tokens,
         };
         self.memory().log_step(&ns, id, step).await?;
+        // Acknowledged means stored: the client may be killed, or this server stopped, right
+        // after it reads the answer.
+        self.memory().flush_episode(&ns, id).await?;
         Ok(json!({ "logged": true, "episode_id": id, "status": status }))
     }
 
@@ -545,6 +617,14 @@ impl MemoryServer {
 
     async fn health(&self, a: &NamespaceArgs) -> Result<Value, ToolFailure> {
         let ns = self.namespace(a.namespace.as_deref())?;
+        if let Some(stack) = &self.shared.stack {
+            let report = stack.health(memory_stack::HEALTH_CHECK_DEADLINE).await;
+            let mut out = json!(report);
+            if let Some(map) = out.as_object_mut() {
+                map.insert("namespace".into(), json!(ns));
+            }
+            return Ok(out);
+        }
         let started = Instant::now();
         let durable = match &self.shared.tiered {
             Some(t) => t.durable().ping().await,

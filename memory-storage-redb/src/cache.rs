@@ -248,6 +248,19 @@ impl Drop for WritePanicGuard {
     }
 }
 
+/// What [`RedbCache::try_open`] found.
+#[derive(Debug)]
+pub enum CacheOpening {
+    /// Open, held by this process now.
+    Open(RedbCache),
+    /// Another process holds the file.
+    Held,
+    /// The file cannot be trusted: why.
+    Damaged(String),
+    /// Something else failed (settings, permissions, disk): the error.
+    Failed(Error),
+}
+
 /// What opening the file found.
 struct Opened {
     db: Database,
@@ -266,6 +279,44 @@ impl RedbCache {
         Self::open_with_clock(path, config, Arc::new(TokioClock::new())).await
     }
 
+    /// Opens the cache file unless another process holds it or it cannot be trusted, and says
+    /// which: a damaged file (truncated, overwritten, not a redb file) fails here, even where
+    /// redb would panic reading it, so the caller can move it aside and start a new one.
+    pub async fn try_open(path: impl AsRef<Path>, config: CacheConfig) -> CacheOpening {
+        if let Err(e) = config.validate() {
+            return CacheOpening::Failed(e);
+        }
+        let path = path.as_ref().to_path_buf();
+        let (p, c) = (path.clone(), config.clone());
+        match tokio::task::spawn_blocking(move || open_file(&p, &c)).await {
+            Ok(Ok(opened)) => CacheOpening::Open(Self::from_opened(
+                opened,
+                path,
+                config,
+                Arc::new(TokioClock::new()),
+            )),
+            Ok(Err(StoreError::Redb(redb::Error::DatabaseAlreadyOpen))) => CacheOpening::Held,
+            // Permissions, a full disk: not the file's fault; leave it where it is.
+            Ok(Err(StoreError::Redb(redb::Error::Io(e))))
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                CacheOpening::Failed(crate::error::map(
+                    "cache open",
+                    StoreError::Redb(redb::Error::Io(e)),
+                ))
+            }
+            Ok(Err(StoreError::Core(e))) => CacheOpening::Failed(e),
+            Ok(Err(StoreError::Io(e))) if e.kind() != std::io::ErrorKind::InvalidData => {
+                CacheOpening::Failed(crate::error::map("cache open", StoreError::Io(e)))
+            }
+            Ok(Err(e)) => CacheOpening::Damaged(crate::error::map("cache open", e).to_string()),
+            Err(join) => CacheOpening::Damaged(format!("reading the file panicked: {join}")),
+        }
+    }
+
     /// Like [`RedbCache::open`], with the clock that decides expiry.
     pub async fn open_with_clock(
         path: impl AsRef<Path>,
@@ -276,6 +327,10 @@ impl RedbCache {
         let path = path.as_ref().to_path_buf();
         let (p, c) = (path.clone(), config.clone());
         let opened = blocking("cache open", move || open_file(&p, &c)).await?;
+        Ok(Self::from_opened(opened, path, config, clock))
+    }
+
+    fn from_opened(opened: Opened, path: PathBuf, config: CacheConfig, clock: SharedClock) -> Self {
         let front = config.front_enabled().then(|| build_front(&config));
         let inner = Inner {
             db: RwLock::new(opened.db),
@@ -301,9 +356,9 @@ impl RedbCache {
             .store(opened.entries, Ordering::Relaxed);
         inner.counters.bytes.store(opened.bytes, Ordering::Relaxed);
         debug!(path = %inner.path.display(), entries = opened.entries, bytes = opened.bytes, "opened redb cache");
-        Ok(RedbCache {
+        RedbCache {
             inner: Arc::new(inner),
-        })
+        }
     }
 
     /// The cache file.

@@ -45,14 +45,18 @@ mod cache;
 mod codec;
 mod config;
 mod error;
+mod journal;
+mod memory_cache;
 mod outbox;
 mod tables;
 mod wire;
 
-pub use cache::RedbCache;
+pub use cache::{CacheOpening, RedbCache};
 pub use codec::{
     CACHE_FORMAT_VERSION, DecodeLimits, Decoded, MAX_DECODE_LIMIT, OUTBOX_FORMAT_VERSION,
     decode_cached_value, decode_outbox_entry, encode_cached_value, encode_outbox_entry,
 };
 pub use config::{CacheConfig, OutboxConfig};
-pub use outbox::RedbOutbox;
+pub use journal::{DAMAGED_DIR, DamagedJournal, JournalDir};
+pub use memory_cache::MemoryCache;
+pub use outbox::{Opening, RedbOutbox};

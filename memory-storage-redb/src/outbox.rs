@@ -103,6 +103,127 @@ impl RedbOutbox {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+
+    /// Opens an existing outbox file that another process may hold or may have left damaged:
+    /// never creates one, checks every page before trusting it (a damaged file fails here
+    /// instead of panicking later), and tells a file held by a live process apart.
+    pub async fn open_existing(path: impl AsRef<Path>, config: OutboxConfig) -> Opening {
+        if let Err(e) = config.validate() {
+            return Opening::Damaged(e.to_string());
+        }
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        let c = config.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let db = redb::Builder::new()
+                .set_cache_size(c.redb_cache_bytes)
+                .set_check_integrity_on_open(true)
+                .open(&p);
+            match db {
+                Ok(db) => Ok(db),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(None),
+                Err(redb::DatabaseError::Storage(redb::StorageError::Io(io)))
+                    if io.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Err(None)
+                }
+                Err(e) => Err(Some(e.to_string())),
+            }
+        })
+        .await;
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(None)) if !path.exists() => return Opening::Gone,
+            Ok(Err(None)) => return Opening::Held,
+            Ok(Err(Some(why))) => return Opening::Damaged(why),
+            Err(join) => return Opening::Damaged(format!("opening panicked: {join}")),
+        };
+        let (p, c) = (path.clone(), config.clone());
+        let checked = tokio::task::spawn_blocking(move || check_layout(db, &p, &c)).await;
+        match checked {
+            Ok(Ok(db)) => Opening::Open(RedbOutbox {
+                inner: Arc::new(Inner {
+                    db,
+                    path,
+                    config,
+                    queue: Mutex::new(Queue::default()),
+                }),
+            }),
+            Ok(Err(e)) => Opening::Damaged(map("outbox open", e).to_string()),
+            Err(join) => Opening::Damaged(format!("reading it panicked: {join}")),
+        }
+    }
+
+    /// Appends `entries` in order, in as few commits as the batch limit allows; their
+    /// sequence numbers, once all are durable.
+    pub async fn append_many(&self, entries: &[OutboxEntry]) -> Result<Vec<u64>> {
+        let mut waiting = Vec::with_capacity(entries.len());
+        let mut queued = Vec::with_capacity(entries.len());
+        for e in entries {
+            let bytes = encode_outbox_entry(e, self.inner.config.max_entry_bytes)?;
+            let (reply, done) = oneshot::channel();
+            queued.push(Pending { bytes, reply });
+            waiting.push(done);
+        }
+        let start = {
+            let mut q = self.inner.lock_queue();
+            q.pending.extend(queued);
+            !std::mem::replace(&mut q.flushing, true)
+        };
+        if start {
+            let inner = self.inner.clone();
+            drop(tokio::task::spawn_blocking(move || {
+                Inner::flush_loop(inner);
+            }));
+        }
+        let mut seqs = Vec::with_capacity(waiting.len());
+        for done in waiting {
+            seqs.push(done.await.map_err(|_| {
+                Error::storage(
+                    BACKEND,
+                    "outbox append",
+                    false,
+                    "the committing task stopped before this entry was committed",
+                )
+            })??);
+        }
+        Ok(seqs)
+    }
+}
+
+/// What [`RedbOutbox::open_existing`] found.
+#[derive(Debug)]
+pub enum Opening {
+    /// The file is open here now, and was checked.
+    Open(RedbOutbox),
+    /// Another live process holds it.
+    Held,
+    /// It is no longer there (its owner removed it).
+    Gone,
+    /// It cannot be trusted: why.
+    Damaged(String),
+}
+
+/// The layout check of an existing file, without creating anything.
+fn check_layout(db: Database, path: &Path, config: &OutboxConfig) -> Result<Database, StoreError> {
+    let _ = config;
+    let txn = db.begin_read()?;
+    let layout = match txn.open_table(OUTBOX_INFO) {
+        Ok(info) => info.get(INFO_LAYOUT)?.map(|g| g.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if layout.is_some_and(|l| l != LAYOUT_VERSION) {
+        return Err(StoreError::Core(Error::invalid(
+            "outbox",
+            format!(
+                "{} has layout version {layout:?}; this build reads {LAYOUT_VERSION}",
+                path.display()
+            ),
+        )));
+    }
+    drop(txn);
+    Ok(db)
 }
 
 fn open_file(path: &Path, config: &OutboxConfig) -> Result<(Database, u64), StoreError> {

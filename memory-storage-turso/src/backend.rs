@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -19,7 +19,7 @@ use memory_core::{
     check_index_snapshot_size, task_search_text, tokenize,
 };
 use tokio::sync::{Mutex, MutexGuard};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::changes::{ChangeTracker, Probe, next_position, read_changes};
 use crate::checkpoint::{BACKSTOP_PAGES, Checkpointer};
@@ -31,6 +31,33 @@ use crate::codec::{
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::error::{BACKEND, DbResult, DriverError, Failure};
 use crate::schema;
+
+/// What [`TursoStorage::salvage_episode_ids`] could read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SalvagedIds {
+    /// The episodes found, in id (time) order.
+    pub ids: Vec<EpisodeId>,
+    /// Rows of the `episodes` table (any namespace) that could not be read.
+    pub unreadable_rows: u64,
+    /// What failed (the first few).
+    pub problems: Vec<String>,
+}
+
+/// What [`TursoStorage::integrity_check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrityCheck {
+    /// SQLite's findings (empty when none).
+    pub problems: Vec<String>,
+    /// False when the deadline stopped the check before it read every page.
+    pub finished: bool,
+}
+
+impl IntegrityCheck {
+    /// No problem found (so far, if unfinished).
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
 
 /// Name of the database file inside a data directory ([`TursoStorage::open_in_data_dir`]).
 pub const DATA_DIR_FILE: &str = "memory.db";
@@ -65,8 +92,13 @@ pub(crate) struct Inner {
     next_reader: AtomicUsize,
     /// Reads go to a remote server over Hrana (see [`Inner::read`]).
     remote_reads: bool,
-    /// The schema version after opening.
-    schema_version: u32,
+    /// The schema version after opening; 0 while a server that could not be reached at open
+    /// has not been checked yet (see [`TursoConfigBuilder::open_when_unreachable`]).
+    ///
+    /// [`TursoConfigBuilder::open_when_unreachable`]: crate::TursoConfigBuilder::open_when_unreachable
+    schema_version: AtomicU32,
+    /// Serializes a deferred schema check.
+    schema_check: Mutex<()>,
     /// Background WAL checkpoints (local files, unless turned off).
     checkpointer: Option<Checkpointer>,
     /// The change feed (files and servers; a private `:memory:` database has none).
@@ -78,7 +110,7 @@ impl fmt::Debug for TursoStorage {
         f.debug_struct("TursoStorage")
             .field("mode", &self.inner.config.mode())
             .field("readers", &self.inner.readers.len())
-            .field("schema_version", &self.inner.schema_version)
+            .field("schema_version", &self.schema_version())
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +157,14 @@ impl TursoStorage {
         if local {
             configure_local(&writer, &config, local_file, false).await?;
         }
-        let schema_version = schema::migrate(&writer, config.schema_version()).await?;
+        let schema_version = match schema::migrate(&writer, config.schema_version()).await {
+            Ok(v) => v,
+            Err(f) if !local && config.open_when_unreachable() && f.is_transient() => {
+                warn!(error = %f, "server unreachable at open: the schema is checked when it answers");
+                0
+            }
+            Err(f) => return Err(f),
+        };
         if matches!(mode, TursoMode::Remote { .. }) {
             // The version check ran on the connection's own Hrana stream; forget it so the
             // next statement opens a fresh one instead of reusing a stream that may expire.
@@ -186,7 +225,8 @@ impl TursoStorage {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 remote_reads: matches!(mode, TursoMode::Remote { .. }),
-                schema_version,
+                schema_version: AtomicU32::new(schema_version),
+                schema_check: Mutex::new(()),
                 checkpointer,
                 changes,
             }),
@@ -198,9 +238,10 @@ impl TursoStorage {
         &self.inner.config
     }
 
-    /// The schema version the database had after opening.
+    /// The schema version the database had after opening; 0 while a server that could not be
+    /// reached at open has not been checked yet.
     pub fn schema_version(&self) -> u32 {
-        self.inner.schema_version
+        self.inner.schema_version.load(Ordering::Acquire)
     }
 
     /// What the background WAL checkpoints have done since opening; `None` when there are
@@ -266,6 +307,191 @@ impl TursoStorage {
             .await
     }
 
+    /// The ids of a namespace's episodes, read from a database that may be damaged: the
+    /// `episodes` table is read by rowid ranges, and a range that fails is split until the
+    /// rows that cannot be read are isolated and skipped. For `memory export` when the
+    /// ordinary listing fails; slower than it (one query per 256 rows).
+    pub async fn salvage_episode_ids(&self, ns: &Namespace) -> Result<SalvagedIds> {
+        const RANGE: i64 = 256;
+        let inner = &*self.inner;
+        let n = ns.as_str();
+        let bound = inner
+            .call("salvage_episode_ids", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn.query("SELECT MAX(rowid) FROM episodes", ()).await?;
+                        let max = match rows.next().await? {
+                            Some(row) => Cols::new(&row, "episode").opt_i64(0)?,
+                            None => None,
+                        };
+                        Ok(max)
+                    })
+                    .await
+            })
+            .await;
+        let mut out = SalvagedIds::default();
+        let last = match bound {
+            Ok(max) => max.unwrap_or(0),
+            Err(e) => {
+                out.problems
+                    .push(format!("the highest row cannot be read: {e}"));
+                // Rows are numbered densely from 1: the file cannot hold more than one per
+                // 64 bytes.
+                let size = match inner.config.mode() {
+                    TursoMode::Local { path } => std::fs::metadata(path).map_or(0, |m| m.len()),
+                    _ => 0,
+                };
+                i64::try_from(size / 64).unwrap_or(i64::MAX)
+            }
+        };
+        let mut pending = Vec::new();
+        let mut start = 1;
+        while start <= last {
+            pending.push((start, (start + RANGE).min(last + 1)));
+            start += RANGE;
+        }
+        pending.reverse();
+        while let Some((from, to)) = pending.pop() {
+            let read = inner
+                .call("salvage_episode_ids", async {
+                    inner
+                        .read(async |conn| {
+                            let mut rows = conn
+                                .query(
+                                    "SELECT id FROM episodes WHERE rowid >= ?1 AND rowid < ?2 \
+                                     AND ns = ?3",
+                                    vec![Value::Integer(from), Value::Integer(to), text(n)],
+                                )
+                                .await?;
+                            let mut ids = Vec::new();
+                            while let Some(row) = rows.next().await? {
+                                ids.push(Cols::new(&row, "episode").episode_id(0)?);
+                            }
+                            Ok(ids)
+                        })
+                        .await
+                })
+                .await;
+            match read {
+                Ok(ids) => out.ids.extend(ids),
+                Err(e) if e.is_transient() => return Err(e),
+                Err(_) if to - from > 1 => {
+                    let mid = from + (to - from) / 2;
+                    pending.push((mid, to));
+                    pending.push((from, mid));
+                }
+                Err(e) => {
+                    out.unreadable_rows += 1;
+                    if out.problems.len() < 20 {
+                        out.problems.push(format!("row {from}: {e}"));
+                    }
+                }
+            }
+        }
+        out.ids.sort_unstable();
+        out.ids.dedup();
+        Ok(out)
+    }
+
+    /// Gives the database a new identity in its change feed (see
+    /// [`memory_core::ChangeSet::database`]): caches that hold copies of it under the old
+    /// identity drop them. Called after a backup is restored in its place.
+    pub async fn renew_identity(&self) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("renew_identity", async {
+                inner
+                    .write_tx(async |tx| {
+                        tx.execute(
+                            "UPDATE change_counter SET db_id = lower(hex(randomblob(16))) \
+                             WHERE id = 1",
+                            (),
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    /// Checks the database file with `PRAGMA quick_check` on a connection of its own, stopping
+    /// after `max_problems` problems or when `deadline` has passed (the check is interrupted;
+    /// on a large file it reads every page). `Ok(None)` for a remote server (checked by its
+    /// operator) and `:memory:`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> memory_core::Result<()> {
+    /// let storage = memory_storage_turso::TursoStorage::open_in_data_dir(".memory").await?;
+    /// if let Some(check) = storage.integrity_check(std::time::Duration::from_secs(2), 10).await? {
+    ///     println!("ok: {}, finished: {}, {:?}", check.ok(), check.finished, check.problems);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn integrity_check(
+        &self,
+        deadline: std::time::Duration,
+        max_problems: u32,
+    ) -> Result<Option<IntegrityCheck>> {
+        let local = match self.inner.config.mode() {
+            TursoMode::Local { path } => !is_memory_path(path),
+            TursoMode::Replica { .. } => true,
+            TursoMode::Remote { .. } => false,
+        };
+        if !local {
+            return Ok(None);
+        }
+        let conn = self
+            .inner
+            .db
+            .connect()
+            .map_err(|e| Failure::from(e).into_core("integrity_check"))?;
+        let watchdog = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(deadline).await;
+                let _ = conn.interrupt();
+            })
+        };
+        let sql = format!("PRAGMA quick_check({})", max_problems.max(1));
+        let outcome: DbResult<Vec<String>> = async {
+            let mut rows = conn.query(&sql, ()).await?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await? {
+                out.push(Cols::new(&row, "quick_check").text(0)?);
+            }
+            Ok(out)
+        }
+        .await;
+        watchdog.abort();
+        let check = match outcome {
+            Ok(lines) if lines.iter().all(|l| l == "ok") => IntegrityCheck {
+                problems: Vec::new(),
+                finished: true,
+            },
+            Ok(lines) => IntegrityCheck {
+                problems: lines,
+                finished: true,
+            },
+            Err(Failure::Driver(DriverError::Libsql(libsql::Error::SqliteFailure(code, _))))
+                if code & 0xff == 9 =>
+            {
+                // SQLITE_INTERRUPT: the deadline passed first.
+                IntegrityCheck {
+                    problems: Vec::new(),
+                    finished: false,
+                }
+            }
+            // Reading a damaged page can fail the check itself: that is its finding.
+            Err(e) => IntegrityCheck {
+                problems: vec![e.to_string()],
+                finished: true,
+            },
+        };
+        Ok(Some(check))
+    }
+
     /// Pulls the primary's latest changes into an embedded replica and returns once they are
     /// readable here. A no-op for local files and remote servers (they are always current).
     #[instrument(skip_all)]
@@ -317,7 +543,15 @@ async fn build_database(config: &TursoConfig) -> DbResult<Database> {
                 builder = builder.sync_interval(*interval);
             }
             let db = builder.build().await?;
-            db.sync().await?;
+            if let Err(e) = db.sync().await {
+                let failure = Failure::from(e);
+                // A replica reads its local file: it opens while the primary is down and
+                // catches up at the next sync.
+                if !(config.open_when_unreachable() && failure.is_transient()) {
+                    return Err(failure);
+                }
+                warn!(error = %failure, "primary unreachable at open: reading the local replica until it answers");
+            }
             Ok(db)
         }
         #[allow(unreachable_patterns)]
@@ -427,12 +661,37 @@ impl Inner {
         fut: impl Future<Output = DbResult<T>>,
     ) -> Result<T> {
         let timeout = self.config.call_timeout();
-        if let Ok(result) = tokio::time::timeout(timeout, fut).await {
+        let checked = async {
+            self.check_schema().await?;
+            fut.await
+        };
+        if let Ok(result) = tokio::time::timeout(timeout, checked).await {
             result.map_err(|f| f.into_core(operation))
         } else {
             warn!(operation, ?timeout, "libsql call timed out");
             Err(Failure::Driver(DriverError::Timeout(timeout)).into_core(operation))
         }
+    }
+
+    /// Runs the schema check that could not run at open (the server was unreachable): every
+    /// call waits for it, and fails with its (transient) error until the server answers.
+    async fn check_schema(&self) -> DbResult<()> {
+        if self.schema_version.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let _one = self.schema_check.lock().await;
+        if self.schema_version.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let conn = self.writer().await?;
+        let version = schema::migrate(&conn, self.config.schema_version()).await;
+        if self.remote_reads {
+            conn.reset().await;
+        }
+        let version = version?;
+        info!(schema_version = version, "server reachable: schema checked");
+        self.schema_version.store(version, Ordering::Release);
+        Ok(())
     }
 
     /// The writer connection. A transaction left open by a cancelled call (timeout) is rolled

@@ -142,6 +142,7 @@ impl Synchronous {
 /// | [`readers`](TursoConfigBuilder::readers) | 4 connections (local files and replicas; `:memory:` always uses 1 shared connection) |
 /// | [`background_checkpoints`](TursoConfigBuilder::background_checkpoints) | on (local files) |
 /// | [`change_poll_interval`](TursoConfigBuilder::change_poll_interval) | 1 s (remote and replica modes) |
+/// | [`open_when_unreachable`](TursoConfigBuilder::open_when_unreachable) | off: opening fails while the server is down |
 /// | [`schema_version`](TursoConfigBuilder::schema_version) | the latest ([`SCHEMA_VERSION`](crate::SCHEMA_VERSION)) |
 ///
 /// `Debug` never prints the auth token.
@@ -155,6 +156,7 @@ pub struct TursoConfig {
     pub(crate) schema_version: u32,
     pub(crate) background_checkpoints: bool,
     pub(crate) change_poll_interval: Duration,
+    pub(crate) open_when_unreachable: bool,
 }
 
 impl fmt::Debug for TursoConfig {
@@ -168,6 +170,7 @@ impl fmt::Debug for TursoConfig {
             .field("schema_version", &self.schema_version)
             .field("background_checkpoints", &self.background_checkpoints)
             .field("change_poll_interval", &self.change_poll_interval)
+            .field("open_when_unreachable", &self.open_when_unreachable)
             .finish()
     }
 }
@@ -274,6 +277,12 @@ impl TursoConfig {
     pub fn change_poll_interval(&self) -> Duration {
         self.change_poll_interval
     }
+
+    /// Whether opening a server (remote) or a replica succeeds while the server is
+    /// unreachable (see [`TursoConfigBuilder::open_when_unreachable`]).
+    pub fn open_when_unreachable(&self) -> bool {
+        self.open_when_unreachable
+    }
 }
 
 /// Builds a [`TursoConfig`]; [`TursoConfigBuilder::build`] validates it.
@@ -287,6 +296,7 @@ pub struct TursoConfigBuilder {
     schema_version: Option<u32>,
     foreground_checkpoints: bool,
     change_poll_interval: Option<Duration>,
+    open_when_unreachable: bool,
 }
 
 impl fmt::Debug for TursoConfigBuilder {
@@ -300,6 +310,7 @@ impl fmt::Debug for TursoConfigBuilder {
             .field("schema_version", &self.schema_version)
             .field("foreground_checkpoints", &self.foreground_checkpoints)
             .field("change_poll_interval", &self.change_poll_interval)
+            .field("open_when_unreachable", &self.open_when_unreachable)
             .finish()
     }
 }
@@ -366,6 +377,16 @@ impl TursoConfigBuilder {
     #[must_use]
     pub fn change_poll_interval(mut self, interval: Duration) -> Self {
         self.change_poll_interval = Some(interval);
+        self
+    }
+
+    /// Opens a server (remote mode) or a replica even while the server is unreachable
+    /// (transient errors only): the schema check, and a replica's first sync, run when it
+    /// answers. Until then a remote handle fails every call with a transient error (which
+    /// tiered storage journals), and a replica reads its local file. Local files ignore it.
+    #[must_use]
+    pub fn open_when_unreachable(mut self, on: bool) -> Self {
+        self.open_when_unreachable = on;
         self
     }
 
@@ -463,6 +484,7 @@ impl TursoConfigBuilder {
             schema_version,
             background_checkpoints: !self.foreground_checkpoints,
             change_poll_interval,
+            open_when_unreachable: self.open_when_unreachable,
         })
     }
 }

@@ -69,7 +69,24 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Driver(e) => e.fmt(f),
+            Failure::Core(e) => e.fmt(f),
+        }
+    }
+}
+
 impl Failure {
+    /// Whether the failure is worth a retry (see [`Failure::into_core`]).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Failure::Core(e) => e.is_transient(),
+            Failure::Driver(e) => driver_transient(e),
+        }
+    }
+
     /// The public error for a failure during `operation`.
     ///
     /// Transient (worth a retry, counted by a circuit breaker) are exactly: SQLite busy and
@@ -81,18 +98,22 @@ impl Failure {
             Failure::Core(e) => return e,
             Failure::Driver(e) => e,
         };
-        let transient = match &err {
-            DriverError::Timeout(_) => true,
-            DriverError::Io(io) => transient_io(io.kind()),
-            DriverError::Schema(_) | DriverError::Setup(_) => false,
-            DriverError::Libsql(e) => libsql_transient(e),
-        };
+        let transient = driver_transient(&err);
         Error::Storage {
             backend: BACKEND,
             operation,
             transient,
             source: Box::new(err),
         }
+    }
+}
+
+fn driver_transient(e: &DriverError) -> bool {
+    match e {
+        DriverError::Timeout(_) => true,
+        DriverError::Io(io) => transient_io(io.kind()),
+        DriverError::Schema(_) | DriverError::Setup(_) => false,
+        DriverError::Libsql(e) => libsql_transient(e),
     }
 }
 

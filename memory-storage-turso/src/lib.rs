@@ -54,7 +54,7 @@ mod error;
 mod maintenance;
 mod schema;
 
-pub use backend::{DATA_DIR_FILE, TursoStorage};
+pub use backend::{DATA_DIR_FILE, IntegrityCheck, SalvagedIds, TursoStorage};
 pub use checkpoint::WalCheckpoints;
 pub use config::{
     DEFAULT_BUSY_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_CHANGE_POLL_INTERVAL, DEFAULT_READERS,

@@ -7,8 +7,11 @@
 //! any the durable layer could not take yet are counted in the manifest.
 //!
 //! Restore puts a backup's `memory.db` into the data directory (local mode). Files already
-//! there (database, cache, outbox) are never deleted: with `--force` they are moved into
-//! `pre-restore-<time>/` inside the data directory; without it the restore refuses.
+//! there (database, cache, journals) are never deleted: with `--force` they are moved into
+//! `pre-restore-<time>/` inside the data directory; without it the restore refuses. It takes
+//! the directory's presence lock exclusively first: while any other process (a `memory mcp`
+//! server, another command, an application) uses the directory it refuses, and while it runs
+//! no process can open the directory.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +20,9 @@ use memory_storage_turso::{DATA_DIR_FILE, TursoStorage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::backend::{self, CACHE_FILE, OUTBOX_FILE, Stack};
+use memory_stack::{CACHE_FILE, DataDir, JOURNAL_DIR, LEGACY_OUTBOX_FILE, PresenceLock, Stack};
+
+use crate::backend::stack_error;
 use crate::cli::Mode;
 use crate::output;
 use crate::settings::Settings;
@@ -50,12 +55,11 @@ pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
         );
     }
     // Whatever the outbox holds goes to the database first, if the database takes it.
-    if let Err(e) = stack.tiered.sync_now().await {
+    if let Err(e) = stack.tiered().sync_now().await {
         tracing::warn!(error = %e, "outbox replay before the backup failed");
     }
-    let outbox_pending = stack.tiered.status().outbox_len;
-    let storage = backend::open_turso(s).await?;
-    storage.backup_to(&target).await?;
+    let outbox_pending = stack.tiered().status().outbox_len;
+    stack.durable().backup_to(&target).await?;
     let mut namespaces = Vec::new();
     // Counted on the snapshot itself, so the manifest describes the file next to it.
     let snapshot = TursoStorage::open_local(&target).await?;
@@ -121,12 +125,16 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
 
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create {}", s.data_dir.display()))?;
+    // Held until the restore is done: refused while anyone uses the directory, and keeps
+    // everyone out meanwhile, so no process writes into files that are moved aside.
+    let _alone = PresenceLock::exclusive(&DataDir::new(&s.data_dir)).map_err(stack_error)?;
     let present: Vec<PathBuf> = [
         DATA_DIR_FILE.to_owned(),
         format!("{DATA_DIR_FILE}-wal"),
         format!("{DATA_DIR_FILE}-shm"),
         CACHE_FILE.to_owned(),
-        OUTBOX_FILE.to_owned(),
+        LEGACY_OUTBOX_FILE.to_owned(),
+        JOURNAL_DIR.to_owned(),
     ]
     .iter()
     .map(|f| s.data_dir.join(f))
@@ -160,6 +168,9 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, &dest)?;
     let restored = TursoStorage::open_in_data_dir(&s.data_dir).await?;
+    // The copies other data directories cached of the backed-up database are not copies of
+    // this one any more.
+    restored.renew_identity().await?;
     let mut namespaces = Vec::new();
     for ns in memory_core::EpisodeStore::list_namespaces(&restored).await? {
         let n = memory_core::EpisodeStore::namespace_stats(&restored, &ns)

@@ -7,12 +7,14 @@ use memory_core::RateLimitConfig;
 use memory_mcp::{McpConfig, MemoryServer};
 use tracing::info;
 
-use crate::backend::{self, Stack};
+use crate::backend;
 use crate::cli::McpArgs;
 use crate::settings::Settings;
+use crate::signals;
 
 /// Opens the same stack as every other command (with the embedding model: the server is
-/// long-lived), serves one client until it closes stdin, then flushes and closes the stack.
+/// long-lived), serves one client until it closes stdin or the process gets SIGTERM, SIGINT
+/// or SIGHUP, lets the calls in flight finish, then flushes and closes the stack.
 pub async fn run(a: &McpArgs, s: &Settings) -> Result<()> {
     let rate_limit = if a.rate_per_second > 0.0 {
         RateLimitConfig {
@@ -23,24 +25,21 @@ pub async fn run(a: &McpArgs, s: &Settings) -> Result<()> {
     } else {
         RateLimitConfig::disabled()
     };
-    let Stack {
-        memory,
-        tiered,
-        cache_problem,
-        ..
-    } = backend::open(s, true).await?;
-    let memory = Arc::new(memory);
+    let stack = Arc::new(backend::open(s, true).await?);
     let server = MemoryServer::new(
-        Arc::clone(&memory),
+        stack.memory_arc(),
         s.namespace.clone(),
         McpConfig::default().with_rate_limit(rate_limit),
     )?
-    .with_tiered(Arc::clone(&tiered), cache_problem);
+    .with_stack(Arc::clone(&stack));
     info!(namespace = %s.namespace, data_dir = %s.data_dir.display(), mode = ?s.mode, "mcp server on stdio");
-    let served = memory_mcp::serve_stdio(server).await;
-    // Buffered steps are written before the process exits, however the session ended.
-    let closed = memory.shutdown().await;
-    tiered.shutdown().await?;
+    let stop = async {
+        let (name, _) = signals::terminated().await;
+        info!(signal = name, "stopping the mcp server");
+    };
+    let served = memory_mcp::serve_stdio_until(server, stop).await;
+    // Buffered steps are written and the journal closed however the session ended.
+    let closed = stack.shutdown().await.map_err(backend::stack_error);
     served?;
     closed?;
     Ok(())

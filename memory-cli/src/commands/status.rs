@@ -4,15 +4,16 @@ use anyhow::Result;
 use memory_core::{MetricsSnapshot, trend};
 use serde_json::json;
 
-use crate::backend::Stack;
+use memory_stack::{HEALTH_CHECK_DEADLINE, Stack};
+
 use crate::cli::SyncCmd;
 use crate::output::{self, pct};
 use crate::settings::Settings;
 
 pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
-    let m = &stack.memory;
+    let m = stack.memory();
     let st = m.stats(&s.namespace).await?;
-    let sync = stack.tiered.status();
+    let sync = stack.tiered().status();
     let success_rate = if st.completed == 0 {
         0.0
     } else {
@@ -146,64 +147,33 @@ fn print_learning(series: &[MetricsSnapshot], runs: &[memory_core::Consolidation
 }
 
 pub async fn health(stack: &Stack, s: &Settings) -> Result<bool> {
-    let started = std::time::Instant::now();
-    let durable = stack.tiered.durable().ping().await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let sync = stack.tiered.status();
-    let ok = durable.is_ok();
-    let (embedder_status, embedder_detail) = match &stack.embedder {
-        Some(Ok(desc)) => ("ok", format!("{desc}: semantic + lexical retrieval")),
-        Some(Err(why)) => ("degraded", format!("{why}; retrieval is lexical only")),
-        None => ("unchecked", "not loaded by this command".to_owned()),
-    };
-    let cache_status = if stack.cache_problem.is_some() {
-        "degraded"
-    } else {
-        "ok"
-    };
-    let components = json!([
-        {
-            "component": "durable",
-            "mode": format!("{:?}", s.mode).to_lowercase(),
-            "status": if ok { "ok" } else { "down" },
-            "latency_ms": latency_ms,
-            "error": durable.as_ref().err().map(ToString::to_string),
-        },
-        { "component": "cache", "status": cache_status, "error": stack.cache_problem, "stats": sync.cache },
-        { "component": "outbox", "status": "ok", "pending": sync.outbox_len },
-        { "component": "breaker", "status": sync.breaker },
-        { "component": "embedder", "status": embedder_status, "detail": embedder_detail },
-    ]);
+    let report = stack.health(HEALTH_CHECK_DEADLINE).await;
     if s.json {
-        output::json(&json!({ "healthy": ok, "components": components }))?;
+        output::json(&report)?;
     } else {
-        println!(
-            "durable   {:<9} {:?} ({latency_ms:.1} ms)",
-            if ok { "ok" } else { "DOWN" },
-            s.mode
-        );
-        if let Err(e) = &durable {
-            println!("          {e}");
+        for c in &report.components {
+            println!("{:<9} {:<9} {}", c.component, c.status.word(), c.detail);
         }
-        match &stack.cache_problem {
-            Some(p) => println!("cache     degraded  running without cache: {p}"),
-            None => println!("cache     ok"),
-        }
-        println!("outbox    ok        {} pending", sync.outbox_len);
-        println!("breaker   {:?}", sync.breaker);
-        println!("embedder  {embedder_status:<9} {embedder_detail}");
     }
-    Ok(ok)
+    Ok(report.healthy)
 }
 
 pub async fn sync(cmd: SyncCmd, stack: &Stack, s: &Settings) -> Result<()> {
     let replayed = match cmd {
         SyncCmd::Status => None,
-        SyncCmd::Now => Some(stack.tiered.sync_now().await?),
+        SyncCmd::Now => Some(stack.tiered().sync_now().await?),
     };
-    let st = stack.tiered.status();
+    let st = stack.tiered().status();
+    let journal = stack.journal();
+    let others = journal.other_files();
+    let damaged = journal.damaged();
     if s.json {
-        return output::json(&json!({ "status": st, "replayed": replayed }));
+        return output::json(&json!({
+            "status": st,
+            "replayed": replayed,
+            "other_journals": others,
+            "damaged_journals": damaged,
+        }));
     }
     if let Some(n) = replayed {
         println!("replayed    {n} journaled writes");
@@ -216,5 +186,20 @@ pub async fn sync(cmd: SyncCmd, stack: &Stack, s: &Settings) -> Result<()> {
             .map_or_else(|| "never (this process)".to_owned(), |t| t.to_rfc3339())
     );
     println!("last error  {}", st.last_error.as_deref().unwrap_or("none"));
+    if !others.is_empty() {
+        println!(
+            "journals    {} of other processes (adopted and replayed once their process stops)",
+            others.len()
+        );
+    }
+    for d in damaged {
+        println!(
+            "damaged     {}: {} entries recovered, {} unreadable ({})",
+            d.file.display(),
+            d.recovered,
+            d.unreadable,
+            d.error
+        );
+    }
     Ok(())
 }

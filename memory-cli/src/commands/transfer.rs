@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use memory_core::{Episode, EpisodeQuery, Error, NewEpisode, SelfLearningMemory};
+use memory_core::{
+    Episode, EpisodeId, EpisodeQuery, Error, Namespace, NewEpisode, SelfLearningMemory,
+};
+use memory_stack::Stack;
 use serde_json::json;
 
 use crate::output;
@@ -38,9 +41,9 @@ fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-pub async fn export(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
+    let m = stack.memory();
     let ns = &s.namespace;
-    let total = m.stats(ns).await?.episodes;
     let out = std::fs::File::create_new(file).with_context(|| {
         format!(
             "cannot create {} (it must not exist yet; export never overwrites)",
@@ -48,8 +51,81 @@ pub async fn export(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
         )
     })?;
     let mut out = BufWriter::new(out);
-    let bar = progress(total, "exporting", s.json);
-    // Collect the ids first (pages of summaries), then write oldest first.
+    // Collect the ids first (pages of summaries), then write oldest first. A damaged
+    // database fails the listing: the ids are then read row range by row range, skipping
+    // what cannot be read.
+    let mut skipped: Vec<String> = Vec::new();
+    let ids = match list_ids(m, ns).await {
+        Ok(ids) => ids,
+        Err(e) if !e.is_transient() => {
+            tracing::warn!(error = %e, "listing failed; reading the episodes table row by row");
+            let salvaged = stack.durable().salvage_episode_ids(ns).await?;
+            if salvaged.unreadable_rows > 0 {
+                skipped.push(format!(
+                    "{} unreadable rows of the episodes table ({})",
+                    salvaged.unreadable_rows,
+                    salvaged.problems.join("; ")
+                ));
+            }
+            salvaged.ids
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let bar = progress(ids.len() as u64, "exporting", s.json);
+    let mut written = 0u64;
+    let mut skipped_episodes = 0u64;
+    for id in ids {
+        if crate::signals::stop_requested() {
+            break;
+        }
+        let episode = match m.get_episode(ns, id).await {
+            Ok(e) => e,
+            Err(Error::NotFound { .. }) => continue, // removed meanwhile
+            Err(e) if !e.is_transient() => {
+                skipped_episodes += 1;
+                if skipped.len() < 20 {
+                    skipped.push(format!("episode {id}: {e}"));
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::to_writer(&mut out, &episode)?;
+        out.write_all(b"\n")?;
+        written += 1;
+        bar.inc(1);
+    }
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    bar.finish_and_clear();
+    let stopped = crate::signals::stop_requested();
+    if s.json {
+        return output::json(&json!({
+            "namespace": ns,
+            "file": file,
+            "episodes": written,
+            "skipped_episodes": skipped_episodes,
+            "skipped": skipped,
+            "stopped_by_signal": stopped,
+        }));
+    }
+    println!("exported {written} episodes of {ns} to {}", file.display());
+    if !skipped.is_empty() {
+        println!(
+            "skipped what could not be read ({skipped_episodes} episodes); run `memory health` to check the database:"
+        );
+        for line in &skipped {
+            println!("  {line}");
+        }
+    }
+    if stopped {
+        println!("stopped by a signal: the file holds the episodes written before it");
+    }
+    Ok(())
+}
+
+/// The namespace's episode ids, oldest first, through the ordinary listing.
+async fn list_ids(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result<Vec<EpisodeId>> {
     let mut ids = Vec::new();
     let mut offset = 0u32;
     loop {
@@ -72,30 +148,7 @@ pub async fn export(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
     }
     ids.sort_unstable(); // UUID v7: time order
     ids.dedup();
-    let mut written = 0u64;
-    for id in ids {
-        let episode = match m.get_episode(ns, id).await {
-            Ok(e) => e,
-            Err(Error::NotFound { .. }) => continue, // removed meanwhile
-            Err(e) => return Err(e.into()),
-        };
-        serde_json::to_writer(&mut out, &episode)?;
-        out.write_all(b"\n")?;
-        written += 1;
-        bar.inc(1);
-    }
-    out.flush()?;
-    out.get_ref().sync_all()?;
-    bar.finish_and_clear();
-    if s.json {
-        return output::json(&json!({
-            "namespace": ns,
-            "file": file,
-            "episodes": written,
-        }));
-    }
-    println!("exported {written} episodes of {ns} to {}", file.display());
-    Ok(())
+    Ok(ids)
 }
 
 /// One parsed line of an import file.
@@ -196,7 +249,12 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
     let lines = read_all(file, m)?;
     let bar = progress(lines.len() as u64, "importing", s.json);
     let (mut completed, mut in_progress, mut steps) = (0u64, 0u64, 0u64);
+    let mut stopped_at = None;
     for line in &lines {
+        if crate::signals::stop_requested() {
+            stopped_at = Some(line.number);
+            break;
+        }
         let done = import_one(m, s, &line.episode).await.with_context(|| {
             format!(
                 "{}:{}: import stopped here; the {} episodes before this line were imported",
@@ -222,6 +280,7 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
             "completed": completed,
             "in_progress": in_progress,
             "steps": steps,
+            "stopped_by_signal_at_line": stopped_at,
         }));
     }
     println!(
@@ -229,5 +288,10 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
         completed + in_progress,
         s.namespace
     );
+    if let Some(n) = stopped_at {
+        println!(
+            "stopped by a signal before line {n}: the episodes before it are imported, the rest is not"
+        );
+    }
     Ok(())
 }

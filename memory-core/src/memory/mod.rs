@@ -476,6 +476,33 @@ impl SelfLearningMemory {
         self.inner.flush_all().await
     }
 
+    /// Writes the episode's buffered steps now: a step logged and then flushed is stored (or
+    /// journaled, while the durable layer is unreachable) when this returns. Servers that
+    /// acknowledge each step to a client call it after [`SelfLearningMemory::log_step`].
+    pub async fn flush_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
+        let key = (ns.clone(), id);
+        let write = lock(&self.inner.buffers)
+            .get(&key)
+            .map(|b| Arc::clone(&b.write));
+        let Some(write) = write else {
+            return Ok(());
+        };
+        let _writing = write.lock().await;
+        self.inner.write_pending(ns, id).await?;
+        let left = lock(&self.inner.buffers)
+            .get(&key)
+            .map_or(0, |b| b.pending.len());
+        if left > 0 {
+            return Err(Error::storage(
+                self.inner.storage.backend_name(),
+                "flush_episode",
+                true,
+                format!("{left} steps could not be written yet; they are buffered and retried"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Completes an episode: writes its buffered steps, scores it, reflects on it, and merges
     /// what it teaches into the learned patterns, heuristics and lessons, atomically.
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]

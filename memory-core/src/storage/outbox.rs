@@ -67,4 +67,15 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
     }
+    /// Takes in the journals of processes that stopped before replaying them (when several
+    /// processes journal beside each other): their entries are appended, in order, to this
+    /// journal and returned with their new sequence numbers. The default has none.
+    async fn adopt(&self) -> Result<Vec<(u64, OutboxEntry)>> {
+        Ok(Vec::new())
+    }
+    /// Gives back what an empty journal holds on to (its file), now that everything in it
+    /// was replayed; the next append starts a new one. The default does nothing.
+    async fn release_if_empty(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -189,6 +189,10 @@ impl TieredStorage {
             stop: Notify::new(),
             replay_lock: tokio::sync::Mutex::new(()),
         });
+        // Journals of processes that stopped before replaying them become this one's.
+        if let Err(e) = inner.outbox.adopt().await {
+            warn!(error = %e, "cannot adopt the journals of stopped processes now; retrying later");
+        }
         inner.rebuild_overlay().await?;
         let task = tokio::runtime::Handle::try_current()
             .ok()
@@ -262,6 +266,7 @@ async fn sync_loop(inner: Weak<Inner>) {
         None => return,
     };
     let mut last_replica_sync = tokio::time::Instant::now();
+    let mut last_adoption = tokio::time::Instant::now();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -270,6 +275,10 @@ async fn sync_loop(inner: Weak<Inner>) {
             () = tokio::time::sleep(interval) => {}
             () = strong.wake.notified() => {}
             () = strong.stop.notified() => return,
+        }
+        if last_adoption.elapsed() >= ADOPT_EVERY {
+            last_adoption = tokio::time::Instant::now();
+            strong.adopt_orphans().await;
         }
         if let Err(e) = strong.replay().await {
             debug!(error = %e, "replay incomplete");
@@ -281,7 +290,44 @@ async fn sync_loop(inner: Weak<Inner>) {
     }
 }
 
+/// How often the sync task looks for journals of processes that stopped.
+const ADOPT_EVERY: Duration = Duration::from_secs(2);
+
 impl Inner {
+    /// Takes in the journals of processes that stopped (see [`Outbox::adopt`]): their entries
+    /// join this process's journal, overlay and replay.
+    async fn adopt_orphans(&self) {
+        match self.outbox.adopt().await {
+            Ok(adopted) if !adopted.is_empty() => {
+                self.overlay_journaled(&adopted);
+                self.pending
+                    .fetch_add(adopted.len() as u64, Ordering::SeqCst);
+                self.counters
+                    .queued
+                    .fetch_add(adopted.len() as u64, Ordering::Relaxed);
+                self.wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot adopt the journals of stopped processes now"),
+        }
+    }
+
+    /// Puts journaled entries (found at start-up or adopted) into the read-your-writes
+    /// overlay, completions merged provisionally against what the overlay knows.
+    fn overlay_journaled(&self, entries: &[(u64, OutboxEntry)]) {
+        let mut ov = lock(&self.overlay);
+        for (seq, entry) in entries {
+            let learned = match &entry.op {
+                WriteOp::CompleteEpisode(c) => {
+                    let existing = ov.existing_for(&entry.namespace, c, ExistingLearned::default());
+                    Some(c.learning.apply(existing))
+                }
+                _ => None,
+            };
+            ov.apply(&entry.namespace, *seq, &entry.op, learned.as_ref());
+        }
+    }
+
     fn cache_error(&self, op: &'static str, e: &Error) {
         self.counters.cache_errors.fetch_add(1, Ordering::Relaxed);
         warn!(error = %e, op, "cache error ignored");
@@ -514,20 +560,7 @@ impl Inner {
 
     async fn rebuild_overlay(&self) -> Result<()> {
         let entries = self.outbox.peek(usize::MAX).await?;
-        {
-            let mut ov = lock(&self.overlay);
-            for (seq, entry) in &entries {
-                let learned = match &entry.op {
-                    WriteOp::CompleteEpisode(c) => {
-                        let existing =
-                            ov.existing_for(&entry.namespace, c, ExistingLearned::default());
-                        Some(c.learning.apply(existing))
-                    }
-                    _ => None,
-                };
-                ov.apply(&entry.namespace, *seq, &entry.op, learned.as_ref());
-            }
-        }
+        self.overlay_journaled(&entries);
         self.pending
             .store(self.outbox.len().await?, Ordering::SeqCst);
         if !entries.is_empty() {
@@ -547,6 +580,11 @@ impl Inner {
         loop {
             if self.pending.load(Ordering::SeqCst) == 0 {
                 self.sync_succeeded();
+                if replayed > 0
+                    && let Err(e) = self.outbox.release_if_empty().await
+                {
+                    warn!(error = %e, "cannot remove the emptied journal");
+                }
                 return Ok(replayed);
             }
             let batch = self.outbox.peek(self.config.replay_batch.max(1)).await?;
