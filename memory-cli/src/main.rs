@@ -197,7 +197,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Everything is flushed and closed by now; a blocking read of stdin (the MCP transport,
+    // when a signal stopped the server) must not hold the process open.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             report_error(&e, json_out);

@@ -99,6 +99,9 @@ pub(crate) struct Inner {
     schema_version: AtomicU32,
     /// Serializes a deferred schema check.
     schema_check: Mutex<()>,
+    /// The longest a write transaction waited to begin (this process's writer connection,
+    /// then the database's write lock, which other processes may hold), in microseconds.
+    longest_lock_wait_us: std::sync::atomic::AtomicU64,
     /// Background WAL checkpoints (local files, unless turned off).
     checkpointer: Option<Checkpointer>,
     /// The change feed (files and servers; a private `:memory:` database has none).
@@ -227,6 +230,7 @@ impl TursoStorage {
                 remote_reads: matches!(mode, TursoMode::Remote { .. }),
                 schema_version: AtomicU32::new(schema_version),
                 schema_check: Mutex::new(()),
+                longest_lock_wait_us: std::sync::atomic::AtomicU64::new(0),
                 checkpointer,
                 changes,
             }),
@@ -236,6 +240,13 @@ impl TursoStorage {
     /// The configuration it was opened with.
     pub fn config(&self) -> &TursoConfig {
         &self.inner.config
+    }
+
+    /// The longest any write transaction of this handle waited to begin: for its turn on this
+    /// process's writer connection, then for the database's write lock (held by another
+    /// process's transaction, locally).
+    pub fn longest_lock_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.inner.longest_lock_wait_us.load(Ordering::Relaxed))
     }
 
     /// The schema version the database had after opening; 0 while a server that could not be
@@ -728,10 +739,14 @@ impl Inner {
         &self,
         body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
     ) -> DbResult<T> {
+        let asked = std::time::Instant::now();
         let conn = self.writer().await?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .await?;
+        let waited = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.longest_lock_wait_us
+            .fetch_max(waited, Ordering::Relaxed);
         match body(&tx).await {
             Ok(value) => {
                 tx.commit().await?;

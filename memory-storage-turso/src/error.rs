@@ -149,9 +149,10 @@ fn libsql_transient(e: &libsql::Error) -> bool {
     by_variant || chain_has_transient_io(e)
 }
 
-/// `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6), with any extended code.
+/// `SQLITE_BUSY` (5), `SQLITE_LOCKED` (6) and `SQLITE_INTERRUPT` (9: a server interrupts
+/// the statements in flight when it stops), with any extended code.
 fn busy_code(code: i32) -> bool {
-    matches!(code & 0xff, 5 | 6)
+    matches!(code & 0xff, 5 | 6 | 9)
 }
 
 fn busy_text(text: &str) -> bool {
@@ -160,6 +161,7 @@ fn busy_text(text: &str) -> bool {
         || text.contains("database table is locked")
         || text.contains("sqlite_busy")
         || text.contains("sqlite_locked")
+        || text.contains("sqlite_interrupt")
 }
 
 fn transport_text(text: &str) -> bool {
@@ -232,6 +234,13 @@ mod tests {
             5,
             5,
             "database is locked".into()
+        )));
+        // A server stopping interrupts the statements in flight: a retry is right.
+        assert!(classify(libsql::Error::SqliteFailure(9, "interrupted".into())));
+        assert!(classify(libsql::Error::RemoteSqliteFailure(
+            9,
+            9,
+            "SQLite error: interrupted".into()
         )));
     }
 

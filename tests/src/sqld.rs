@@ -185,6 +185,16 @@ impl SqldServer {
         self.launch(Some(port)).await
     }
 
+    /// Starts a stopped server again on the same data directory and, if it is free, the same
+    /// port (see [`SqldServer::restart`]).
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let port = self.port;
+        self.launch(Some(port)).await
+    }
+
     /// Sends `GET path` and returns the status code and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         http_request(self.port, "GET", path, None).await
