@@ -236,7 +236,10 @@ mod tests {
             "database is locked".into()
         )));
         // A server stopping interrupts the statements in flight: a retry is right.
-        assert!(classify(libsql::Error::SqliteFailure(9, "interrupted".into())));
+        assert!(classify(libsql::Error::SqliteFailure(
+            9,
+            "interrupted".into()
+        )));
         assert!(classify(libsql::Error::RemoteSqliteFailure(
             9,
             9,

@@ -1,7 +1,8 @@
 //! Many processes, one memory: four CLI loops, two `memory mcp` servers driven over stdio and
 //! one process using the library (`soak_child`) record episodes on one data directory at the
 //! same time, while a random participant is killed with SIGKILL (and started again) every
-//! second or two.
+//! second or so. Beside them a person runs `stats`, `consolidate`, `backup`, `export` and
+//! `import`, and a `restore`, which must refuse while the directory is in use.
 //!
 //! Before version 5, a second process on a data directory failed every call after ten
 //! seconds with "cannot open the outbox ... (another memory process may hold it)", a second
@@ -45,6 +46,8 @@ struct Plan {
     mcp_servers: usize,
     mcp_episodes: usize,
     library_episodes: usize,
+    /// Rounds of maintenance commands (at most: they stop when the agents are done).
+    maintenance_rounds: usize,
     /// Longest pause between two kills.
     kill_every: Duration,
 }
@@ -59,6 +62,7 @@ impl Plan {
             mcp_servers: 2,
             mcp_episodes: 80 * scale,
             library_episodes: 150 * scale,
+            maintenance_rounds: 3 * scale,
             kill_every: Duration::from_millis(1_500),
         }
     }
@@ -83,6 +87,8 @@ struct Ledger {
     lock_errors: Vec<String>,
     longest_call: HashMap<&'static str, Duration>,
     longest_lock_wait_us: u64,
+    /// Restores refused because the directory was in use.
+    restores_refused: u64,
 }
 
 impl Ledger {
@@ -459,6 +465,70 @@ async fn library_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Sh
     me.done.store(true, Ordering::SeqCst);
 }
 
+/// The maintenance commands a person runs beside the agents: stats, consolidate, backup,
+/// export and import (into another namespace), and a restore that must refuse while the
+/// directory is in use. Not killed: each must finish, and none may wait on the others.
+async fn maintenance_loop(dir: PathBuf, rounds: usize, stop: Arc<AtomicBool>, ledger: Shared) {
+    let slot = PidSlot::default();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut round = 0;
+    while round < rounds && !stop.load(Ordering::SeqCst) {
+        let backup = scratch.path().join(format!("backup-{round}"));
+        let export = scratch.path().join(format!("export-{round}.jsonl"));
+        let backup_text = backup.to_str().unwrap().to_owned();
+        let export_text = export.to_str().unwrap().to_owned();
+        let commands: Vec<Vec<&str>> = vec![
+            vec!["--namespace", NS, "--json", "stats"],
+            vec!["--namespace", NS, "--json", "consolidate"],
+            vec!["--json", "backup", &backup_text],
+            vec!["--namespace", NS, "--json", "export", &export_text],
+            vec![
+                "--namespace",
+                "soak/imported",
+                "--json",
+                "import",
+                &export_text,
+            ],
+        ];
+        for args in commands {
+            let run = run_cli(&dir, &args, &[], &slot).await.unwrap();
+            if run.code == Some(0) {
+                ledger.lock().unwrap().answered("maintenance", run.elapsed);
+            } else {
+                let what = format!("{args:?}: {} {}", run.stdout, run.stderr);
+                ledger.lock().unwrap().failed("maintenance", &what);
+            }
+        }
+        // A restore while agents use the directory refuses, and moves nothing.
+        let run = run_cli(
+            &dir,
+            &["--json", "restore", &backup_text, "--force"],
+            &[],
+            &slot,
+        )
+        .await
+        .unwrap();
+        {
+            let mut l = ledger.lock().unwrap();
+            if run.code == Some(0) {
+                l.failed(
+                    "maintenance",
+                    "restore went ahead while the directory was in use",
+                );
+            } else if !run.stdout.contains("other memory processes") {
+                l.failed(
+                    "maintenance",
+                    &format!("restore refused unclearly: {}", run.stdout),
+                );
+            } else {
+                l.restores_refused += 1;
+            }
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn killer(victims: Vec<Arc<Victim>>, every: Duration) -> u64 {
     let mut kills = 0;
     loop {
@@ -515,10 +585,19 @@ async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
         plan.library_episodes,
         ledger.clone(),
     )));
+    let agents_done = Arc::new(AtomicBool::new(false));
+    let maintenance = tokio::spawn(maintenance_loop(
+        dir.clone(),
+        plan.maintenance_rounds,
+        agents_done.clone(),
+        ledger.clone(),
+    ));
     let killing = tokio::spawn(killer(victims.clone(), plan.kill_every));
     for t in tasks {
         t.await.unwrap();
     }
+    agents_done.store(true, Ordering::SeqCst);
+    maintenance.await.unwrap();
     let kills = killing.await.unwrap();
     let elapsed = started.elapsed();
 
@@ -631,6 +710,7 @@ async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
         "lock_errors": l.lock_errors.len(),
         "longest_call_ms": l.longest_call.iter().map(|(k, v)| (k.to_string(), json!(v.as_secs_f64() * 1000.0))).collect::<serde_json::Map<String, Value>>(),
         "longest_write_lock_wait_ms": l.longest_lock_wait_us as f64 / 1000.0,
+        "restores_refused_while_in_use": l.restores_refused,
     });
     eprintln!(
         "soak report: {}",
@@ -646,4 +726,5 @@ async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
     );
     assert!(l.errors.is_empty(), "failed calls: {:#?}", l.errors);
     assert!(kills > 0, "the killer never hit anyone");
+    assert!(l.restores_refused > 0, "the restore drill ran");
 }
