@@ -93,13 +93,18 @@ impl Drop for Completing<'_> {
     }
 }
 
-/// What this process knows of a namespace's size, for quotas. Seeded from storage on first use
-/// and advanced by this process's own writes.
+/// What this process knows of a namespace's size, for quotas: read from storage on first use
+/// and again once [`COUNTS_FRESH_FOR`] has passed (other processes write to it too), advanced
+/// by this process's own writes in between.
 #[derive(Debug, Clone, Copy)]
 struct NsCounters {
     episodes: u64,
     steps: u64,
+    read_at: chrono::DateTime<chrono::Utc>,
 }
+
+/// How long a namespace's counts are used before they are read from storage again.
+const COUNTS_FRESH_FOR: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 type BufferKey = (Namespace, EpisodeId);
 
@@ -300,7 +305,10 @@ impl SelfLearningMemory {
     /// The namespace's counts for quota checks. While the durable layer is unreachable they
     /// cannot be read; writes are then journaled and quotas are checked again once it answers.
     async fn counters(&self, ns: &Namespace) -> Result<NsCounters> {
-        if let Some(c) = lock(&self.inner.counters).get(ns) {
+        let now = self.inner.clock.now();
+        if let Some(c) = lock(&self.inner.counters).get(ns)
+            && now - c.read_at < COUNTS_FRESH_FOR
+        {
             return Ok(*c);
         }
         let stats = match self.inner.storage.namespace_stats(ns).await {
@@ -310,6 +318,7 @@ impl SelfLearningMemory {
                 return Ok(NsCounters {
                     episodes: 0,
                     steps: 0,
+                    read_at: now,
                 });
             }
             Err(e) => return Err(e),
@@ -317,8 +326,10 @@ impl SelfLearningMemory {
         let c = NsCounters {
             episodes: stats.episodes,
             steps: stats.steps,
+            read_at: now,
         };
-        Ok(*lock(&self.inner.counters).entry(ns.clone()).or_insert(c))
+        lock(&self.inner.counters).insert(ns.clone(), c);
+        Ok(c)
     }
 
     /// Starts an episode and returns its id.
