@@ -50,7 +50,7 @@ pub enum FaultMode {
 pub struct FaultInjecting<S: ?Sized> {
     inner: Arc<S>,
     mode: Mutex<(FaultMode, StdRng)>,
-    transient: bool,
+    transient: std::sync::atomic::AtomicBool,
     calls: AtomicU64,
     injected: AtomicU64,
 }
@@ -66,7 +66,7 @@ impl<S: ?Sized> FaultInjecting<S> {
         FaultInjecting {
             inner,
             mode: Mutex::new((mode, StdRng::seed_from_u64(seed))),
-            transient: true,
+            transient: std::sync::atomic::AtomicBool::new(true),
             calls: AtomicU64::new(0),
             injected: AtomicU64::new(0),
         }
@@ -74,9 +74,14 @@ impl<S: ?Sized> FaultInjecting<S> {
 
     /// Makes injected failures permanent (not transient) instead.
     #[must_use]
-    pub fn permanent(mut self) -> Self {
-        self.transient = false;
+    pub fn permanent(self) -> Self {
+        self.set_transient(false);
         self
+    }
+
+    /// Makes the failures injected from now on transient (true) or permanent (false).
+    pub fn set_transient(&self, transient: bool) {
+        self.transient.store(transient, Ordering::SeqCst);
     }
 
     /// Changes the mode (e.g. `Always` to simulate an outage, `Never` to heal). Resets the
@@ -134,7 +139,7 @@ impl<S: ?Sized> FaultInjecting<S> {
             Err(Error::storage(
                 "fault",
                 operation,
-                self.transient,
+                self.transient.load(Ordering::SeqCst),
                 "injected fault",
             ))
         } else {

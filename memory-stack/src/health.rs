@@ -230,6 +230,7 @@ impl Stack {
                 "queued_total": sync.queued_total,
                 "replayed_total": sync.replayed_total,
                 "dead_letters": sync.dead_letters,
+                "last_rejected": sync.last_rejected,
                 "other_journals": others,
                 "damaged": damaged,
                 "unreadable_entries": unreadable,

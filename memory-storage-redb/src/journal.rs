@@ -146,8 +146,14 @@ impl JournalDir {
         }
         let mut g = self.own.write().await;
         if g.is_none() {
-            let o = RedbOutbox::open(self.own_path(), self.config.clone()).await?;
-            info!(path = %o.path().display(), "journaling writes in this process's outbox");
+            // Created under a name other processes pass over, and renamed once redb holds its
+            // lock: a file another process can see is never one it could open (and take for
+            // a stopped process's) before its owner locked it.
+            let creating = self.dir.join(format!(".{}.creating", self.own_name));
+            let o = RedbOutbox::open(&creating, self.config.clone()).await?;
+            std::fs::rename(&creating, self.own_path())
+                .map_err(|e| Error::storage(BACKEND, "journal create", false, e))?;
+            info!(path = %self.own_path().display(), "journaling writes in this process's outbox");
             *g = Some(o);
         }
         Ok(g.downgrade())

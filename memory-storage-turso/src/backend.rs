@@ -21,7 +21,7 @@ use memory_core::{
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, instrument, warn};
 
-use crate::changes::{ChangeTracker, Probe, next_position, read_changes};
+use crate::changes::{ChangeTracker, Probe, next_position, read_head, read_rows};
 use crate::checkpoint::{BACKSTOP_PAGES, Checkpointer};
 use crate::codec::{
     Cols, EPISODE_COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS, blob_to_vector, count, decode,
@@ -2605,14 +2605,27 @@ impl Storage for TursoStorage {
         let Some(tracker) = &inner.changes else {
             return Ok(None);
         };
-        let mut set = inner
+        let set = inner
             .call("changes_since", async {
                 inner
-                    .read(async |conn| read_changes(conn, after, limit).await)
+                    .read(async |conn| {
+                        let (database, head) = read_head(conn).await?;
+                        let own = tracker.own_between(after, head);
+                        let mut set = ChangeSet {
+                            database,
+                            head,
+                            ..ChangeSet::default()
+                        };
+                        // Only this handle wrote since `after`: nothing for a reader to drop.
+                        if limit > 0 && head > after && own.len() as u64 != head - after {
+                            read_rows(conn, after, limit, &mut set).await?;
+                        }
+                        set.own = own;
+                        Ok(set)
+                    })
                     .await
             })
             .await?;
-        set.own = tracker.own_between(after, set.head);
         Ok(Some(set))
     }
 }

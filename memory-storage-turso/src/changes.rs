@@ -111,33 +111,30 @@ impl ChangeTracker {
     }
 }
 
-/// Reads the feed after `after`: the counter, then the rows stamped after `after` (at most
-/// `limit`, oldest first).
-pub(crate) async fn read_changes(conn: &Connection, after: u64, limit: u32) -> DbResult<ChangeSet> {
+/// The change counter: the database's identity and the last position taken.
+pub(crate) async fn read_head(conn: &Connection) -> DbResult<(String, u64)> {
     let mut rows = conn
         .query("SELECT seq, db_id FROM change_counter WHERE id = 1", ())
         .await?;
-    let (head, database) = match rows.next().await? {
+    match rows.next().await? {
         Some(row) => {
             let c = Cols::new(&row, "change counter");
-            (u64::try_from(c.i64(0)?).unwrap_or(0), c.text(1)?)
+            Ok((c.text(1)?, u64::try_from(c.i64(0)?).unwrap_or(0)))
         }
-        None => {
-            return Err(decode(
-                "change counter",
-                "the change_counter row is missing",
-            ));
-        }
-    };
-    drop(rows);
-    let mut set = ChangeSet {
-        database,
-        head,
-        ..ChangeSet::default()
-    };
-    if head <= after {
-        return Ok(set);
+        None => Err(decode(
+            "change counter",
+            "the change_counter row is missing",
+        )),
     }
+}
+
+/// The objects stamped after `after` (at most `limit`, oldest first), into `set`.
+pub(crate) async fn read_rows(
+    conn: &Connection,
+    after: u64,
+    limit: u32,
+    set: &mut ChangeSet,
+) -> DbResult<()> {
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let mut rows = conn
         .query(
@@ -168,5 +165,5 @@ pub(crate) async fn read_changes(conn: &Connection, after: u64, limit: u32) -> D
             key,
         });
     }
-    Ok(set)
+    Ok(())
 }

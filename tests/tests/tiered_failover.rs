@@ -180,6 +180,41 @@ async fn outage_writes_are_journaled_readable_and_replayed_exactly_once() {
     s.tiered.shutdown().await.unwrap();
 }
 
+/// A server that stops or starts answers some calls with errors the driver calls permanent
+/// (sqld's `404 Namespace doesn't exist`). A journaled write whose replay meets one used to be
+/// dropped (dead-lettered) although it had been acknowledged; now it stays in the journal
+/// and is replayed once the storage answers.
+#[tokio::test]
+async fn a_replay_that_meets_a_permanent_storage_failure_keeps_the_entry() {
+    let s = stack().await;
+    let m = SelfLearningMemory::new(s.tiered.clone(), episode_config()).unwrap();
+    let ns = Namespace::new("drill").unwrap();
+    s.durable.set_mode(FaultMode::Always);
+    let id = record(&m, &ns, 0).await;
+    let journaled = s.outbox.len().await.unwrap();
+    assert!(journaled > 0);
+    s.durable.set_transient(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(s.tiered.sync_now().await.is_err());
+    let status = s.tiered.status();
+    assert_eq!(status.dead_letters, 0, "{status:?}");
+    assert_eq!(s.outbox.len().await.unwrap(), journaled, "nothing dropped");
+    s.durable.set_mode(FaultMode::Never);
+    s.tiered.sync_now().await.unwrap();
+    assert_eq!(s.outbox.len().await.unwrap(), 0);
+    let stored = s
+        .durable
+        .inner()
+        .get_episode(&ns, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.is_completed());
+    assert_eq!(stored.steps.len(), 3);
+    m.shutdown().await.unwrap();
+    s.tiered.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn crash_during_outage_replays_from_the_journal_in_a_new_process() {
     let durable = Arc::new(FaultInjecting::new(

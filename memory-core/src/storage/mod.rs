@@ -680,7 +680,9 @@ pub struct ChangeSet {
     /// The feed's position when read: every write up to it is reflected in `changes`.
     pub head: u64,
     /// Cacheable objects (episodes, patterns, heuristics) last changed after the position
-    /// asked for, oldest change first.
+    /// asked for, oldest change first. A backend may leave it empty when every position
+    /// after the one asked for is in `own` (a reader drops nothing then), or when asked for
+    /// none (`limit` 0: the head only).
     pub changes: Vec<Change>,
     /// More objects changed than were asked for: `changes` is cut, and a reader should drop
     /// everything it holds.

@@ -97,9 +97,13 @@ pub struct SyncStatus {
     pub queued_total: u64,
     /// Writes replayed since start.
     pub replayed_total: u64,
-    /// Journaled writes the durable layer rejected permanently (logged at error level with the
-    /// entry, then removed so the journal can proceed).
+    /// Journaled writes the memory refused on replay for what they are (a conflict, such as a
+    /// step for an episode another writer completed; an episode not found): logged at error
+    /// level with the entry, then removed so the journal can proceed. Storage failures never
+    /// remove an entry: it is tried again.
     pub dead_letters: u64,
+    /// Why the last of them was rejected.
+    pub last_rejected: Option<String>,
     /// Cache errors swallowed since start.
     pub cache_errors: u64,
     /// Cache counters, if a cache is configured.
@@ -118,6 +122,8 @@ struct Counters {
 struct SyncInfo {
     last_success: Option<DateTime<Utc>>,
     last_error: Option<String>,
+    /// Why the last dead-lettered entry was refused.
+    rejected: Option<String>,
 }
 
 type Inflight = Mutex<HashMap<(Namespace, CacheKey), Arc<OnceCell<Option<CachedValue>>>>>;
@@ -215,6 +221,7 @@ impl TieredStorage {
             queued_total: i.counters.queued.load(Ordering::Relaxed),
             replayed_total: i.counters.replayed.load(Ordering::Relaxed),
             dead_letters: i.counters.dead_letters.load(Ordering::Relaxed),
+            last_rejected: info.rejected.clone(),
             cache_errors: i.counters.cache_errors.load(Ordering::Relaxed),
             cache: i.cache.as_ref().map(|c| c.stats()),
         }
@@ -605,7 +612,12 @@ impl Inner {
                         acked_to = Some(*seq);
                         applied += 1;
                     }
-                    Err(e) if e.is_transient() => {
+                    // Only the memory's own verdicts on the write itself (a conflict, an
+                    // episode not found, input over a limit) are final. A storage failure,
+                    // even one the driver calls permanent (a server answering 404 while it
+                    // stops or starts), keeps the entry for the next attempt: an acknowledged
+                    // write is never dropped for the state of a server.
+                    Err(e) if e.is_transient() || matches!(e, Error::Storage { .. }) => {
                         failure = Some(e);
                         break;
                     }
@@ -613,8 +625,10 @@ impl Inner {
                         let body = serde_json::to_string(entry).unwrap_or_default();
                         error!(error = %e, seq, entry = %body, "journaled write rejected by the durable layer; moving past it");
                         self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
-                        lock(&self.sync_info).last_error =
-                            Some(format!("entry {seq} rejected: {e}"));
+                        let why = format!("entry {seq} rejected: {e}");
+                        let mut info = lock(&self.sync_info);
+                        info.last_error = Some(why.clone());
+                        info.rejected = Some(why);
                         acked_to = Some(*seq);
                     }
                 }
