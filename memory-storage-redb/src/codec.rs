@@ -109,8 +109,9 @@ pub(crate) fn encode_cached_value_into(buf: &mut Vec<u8>, value: &CachedValue) -
 /// [`Error::Decode`].
 ///
 /// ```
-/// use memory_storage_redb::{decode_cached_value, DecodeLimits};
-/// let err = decode_cached_value(&[1, 0, 0xff], DecodeLimits::default()).unwrap_err();
+/// use memory_storage_redb::{CACHE_FORMAT_VERSION, decode_cached_value, DecodeLimits};
+/// let bytes = [CACHE_FORMAT_VERSION, 0, 0xff];
+/// let err = decode_cached_value(&bytes, DecodeLimits::default()).unwrap_err();
 /// assert!(matches!(err, memory_core::Error::Decode { .. }));
 /// ```
 pub fn decode_cached_value(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded<CachedValue>> {

@@ -312,3 +312,60 @@ async fn a_reopened_cache_file_drops_only_what_changed_while_it_was_closed() {
     memory.shutdown().await.unwrap();
     tiered.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_steps_refused_at_a_timer_flush_are_reported_not_dropped_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let b = writer(&path).await;
+    // Writer a buffers its steps and writes them on a short timer.
+    let durable = Arc::new(TursoStorage::open_local(&path).await.unwrap());
+    let tiered = TieredStorage::open(
+        durable,
+        None,
+        Arc::new(InMemoryOutbox::new()),
+        TieredConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let config = MemoryConfig::default().with_steps(StepBatchConfig {
+        max_batch: 64,
+        flush_interval: Duration::from_millis(50),
+    });
+    let a = SelfLearningMemory::new(tiered as Arc<dyn Storage>, config).unwrap();
+    let ns = ns();
+    let id = b
+        .memory
+        .start_episode(
+            &ns,
+            NewEpisode::new("race", TaskType::Testing, TaskContext::new("web")),
+        )
+        .await
+        .unwrap();
+    a.log_step(&ns, id, StepInput::ok("a", "first", "ok"))
+        .await
+        .unwrap();
+    a.flush().await.unwrap();
+    a.log_step(&ns, id, StepInput::ok("a", "buffered", "ok"))
+        .await
+        .unwrap();
+    // b completes the episode before a's timer writes the buffered step.
+    b.memory
+        .complete_episode(&ns, id, Outcome::success("done"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = a.log_step(&ns, id, StepInput::ok("a", "next", "ok")).await;
+    match next {
+        Err(memory_core::Error::Conflict { reason, .. }) => {
+            assert!(
+                reason.contains("1 steps logged earlier were refused"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a conflict naming the refused step: {other:?}"),
+    }
+    a.shutdown().await.unwrap();
+    b.memory.shutdown().await.unwrap();
+}

@@ -116,6 +116,9 @@ struct Inner {
     redactor: Redactor,
     limiter: RateLimiter,
     buffers: Mutex<HashMap<BufferKey, EpisodeBuffer>>,
+    /// Episodes whose buffered steps the store refused when the flush timer wrote them (the
+    /// episode was completed by another writer): the next call for the episode says so.
+    refused: Mutex<HashMap<BufferKey, String>>,
     counters: Mutex<HashMap<Namespace, NsCounters>>,
     shut_down: AtomicBool,
     stop_flusher: Notify,
@@ -234,7 +237,8 @@ impl SelfLearningMemory {
                 "semantic retrieval on"
             );
         } else {
-            warn!("no embedding model: retrieval is lexical only (BM25)");
+            // Reported where it matters: `retrieval_degraded`, every retrieval's `degraded`.
+            info!("no embedding model: retrieval is lexical only (BM25)");
         }
         let retriever = Retriever::new(
             Arc::clone(&storage),
@@ -250,6 +254,7 @@ impl SelfLearningMemory {
             redactor,
             limiter,
             buffers: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
             shut_down: AtomicBool::new(false),
             stop_flusher: Notify::new(),
@@ -408,6 +413,7 @@ impl SelfLearningMemory {
     /// episode, `Conflict` for a completed one.
     pub async fn log_step(&self, ns: &Namespace, id: EpisodeId, step: StepInput) -> Result<()> {
         self.ensure_running()?;
+        self.inner.take_refused(ns, id)?;
         let limits = &self.inner.config.limits;
         limits.check_step(&step)?;
         self.inner.limiter.acquire(ns, 1)?;
@@ -491,6 +497,7 @@ impl SelfLearningMemory {
     /// journaled, while the durable layer is unreachable) when this returns. Servers that
     /// acknowledge each step to a client call it after [`SelfLearningMemory::log_step`].
     pub async fn flush_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
+        self.inner.take_refused(ns, id)?;
         let key = (ns.clone(), id);
         let write = lock(&self.inner.buffers)
             .get(&key)
@@ -524,6 +531,7 @@ impl SelfLearningMemory {
         outcome: Outcome,
     ) -> Result<CompletionReport> {
         self.ensure_running()?;
+        self.inner.take_refused(ns, id)?;
         self.inner.config.limits.check_outcome(&outcome)?;
         self.inner.limiter.acquire(ns, 1)?;
         let outcome = self.redact_outcome(outcome);
@@ -989,6 +997,18 @@ fn already_completed(id: EpisodeId) -> Error {
 }
 
 impl Inner {
+    /// A conflict for an episode whose buffered steps the flush timer had refused, once.
+    fn take_refused(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
+        match lock(&self.refused).remove(&(ns.clone(), id)) {
+            Some(reason) => Err(Error::Conflict {
+                kind: ObjectKind::Episode,
+                id: id.to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn mark_to_embed(&self, ns: &Namespace) {
         if self.retriever.embedder().is_some() {
             lock(&self.to_embed).insert(ns.clone());
@@ -1044,8 +1064,14 @@ impl Inner {
         let mut first_err = None;
         for ((ns, id), write) in due {
             let _writing = write.lock().await;
+            let key = (ns.clone(), id);
+            let n = lock(&self.buffers).get(&key).map_or(0, |b| b.pending.len());
             if let Err(e) = self.write_pending(&ns, id).await {
-                warn!(error = %e, episode_id = %id, "dropping steps of an episode that cannot take them");
+                warn!(error = %e, episode_id = %id, steps = n, "buffered steps refused by the store");
+                lock(&self.refused).insert(
+                    key,
+                    format!("{n} steps logged earlier were refused when written: {e}"),
+                );
                 first_err.get_or_insert(e);
             }
         }
