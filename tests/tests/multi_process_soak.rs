@@ -477,6 +477,8 @@ async fn maintenance_loop(dir: PathBuf, rounds: usize, stop: Arc<AtomicBool>, le
         let export = scratch.path().join(format!("export-{round}.jsonl"));
         let backup_text = backup.to_str().unwrap().to_owned();
         let export_text = export.to_str().unwrap().to_owned();
+        let sample = scratch.path().join(format!("sample-{round}.jsonl"));
+        let sample_text = sample.to_str().unwrap().to_owned();
         let commands: Vec<Vec<&str>> = vec![
             vec!["--namespace", NS, "--json", "stats"],
             vec!["--namespace", NS, "--json", "consolidate"],
@@ -487,10 +489,21 @@ async fn maintenance_loop(dir: PathBuf, rounds: usize, stop: Arc<AtomicBool>, le
                 "soak/imported",
                 "--json",
                 "import",
-                &export_text,
+                &sample_text,
             ],
         ];
         for args in commands {
+            if args.contains(&"import") {
+                // Twenty episodes of the export: import runs beside the agents, it is not
+                // the load.
+                let lines: Vec<String> = std::fs::read_to_string(&export)
+                    .unwrap_or_default()
+                    .lines()
+                    .take(20)
+                    .map(str::to_owned)
+                    .collect();
+                std::fs::write(&sample, lines.join("\n")).unwrap();
+            }
             let run = run_cli(&dir, &args, &[], &slot).await.unwrap();
             if run.code == Some(0) {
                 ledger.lock().unwrap().answered("maintenance", run.elapsed);
@@ -499,7 +512,10 @@ async fn maintenance_loop(dir: PathBuf, rounds: usize, stop: Arc<AtomicBool>, le
                 ledger.lock().unwrap().failed("maintenance", &what);
             }
         }
-        // A restore while agents use the directory refuses, and moves nothing.
+        // A restore while the directory is in use refuses, and moves nothing. (Between two
+        // commands of the loops and the restarts of the killed, nobody may hold it for an
+        // instant; this process holds it through the attempt.)
+        let holder = StackBuilder::new(&dir).open().await.unwrap();
         let run = run_cli(
             &dir,
             &["--json", "restore", &backup_text, "--force"],
@@ -508,6 +524,8 @@ async fn maintenance_loop(dir: PathBuf, rounds: usize, stop: Arc<AtomicBool>, le
         )
         .await
         .unwrap();
+        holder.shutdown().await.unwrap();
+        drop(holder);
         {
             let mut l = ledger.lock().unwrap();
             if run.code == Some(0) {
