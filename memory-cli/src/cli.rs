@@ -118,6 +118,21 @@ pub enum Command {
     /// Serve the memory to an agent over MCP on stdin/stdout (same data dir, namespace and
     /// mode as the other commands)
     Mcp(McpArgs),
+    /// Serve the memory to many agents over MCP on streamable HTTP at /mcp, with GET /health
+    /// and GET /metrics (one process shares its model, index and cache with every agent)
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; any address other than loopback needs MEMORY_SERVE_TOKEN
+    #[arg(long, default_value = "127.0.0.1:8931")]
+    pub listen: std::net::SocketAddr,
+    /// Another host name clients reach the server by (the Host header is checked); repeatable
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
+    #[command(flatten)]
+    pub rate: McpArgs,
 }
 
 #[derive(Debug, Args)]

@@ -119,6 +119,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Serve(a) = cli.command {
+        return commands::serve::run(&a, &settings)
+            .await
+            .map(|()| ExitCode::SUCCESS);
+    }
     let stack = backend::open(&settings, semantic).await?;
     let s = &settings;
     let m = stack.memory();
@@ -143,7 +148,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Command::Export { file } => commands::transfer::export(&file, &stack, s).await,
             Command::Import { file } => commands::transfer::import(&file, m, s).await,
             Command::Backup { dir } => commands::backup::backup(&dir, &stack, s).await,
-            Command::Eval(_) | Command::Restore { .. } | Command::Mcp(_) => Ok(()),
+            Command::Eval(_) | Command::Restore { .. } | Command::Mcp(_) | Command::Serve(_) => {
+                Ok(())
+            }
         }
     };
     // A signal lets the call in progress finish (long commands stop between items), then

@@ -28,6 +28,15 @@ pub enum Error {
     /// The memory failed outside a tool call.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The metrics could not be set up.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// The HTTP server could not listen or serve.
+    #[error("http server: {0}")]
+    Http(String),
+    /// The HTTP server's settings are unsafe or invalid.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A failed tool call, answered as a tool result with `isError: true` so the agent reads

@@ -30,10 +30,15 @@
 //! ```
 
 mod error;
+mod http;
+mod metrics;
+mod outputs;
 mod params;
 mod server;
 
 pub use error::{Error, Result};
+pub use http::{HttpConfig, check_listen, serve_http, serve_http_on};
+pub use metrics::{Gauges, Metrics};
 pub use server::{McpConfig, MemoryServer};
 
 use rmcp::ServiceExt;

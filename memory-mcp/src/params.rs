@@ -116,6 +116,9 @@ pub struct RecommendArgs {
     pub context: ContextArgs,
     /// Most items per list (episodes, patterns, heuristics, pitfalls); default 5.
     pub limit: Option<u32>,
+    /// Most tokens the answer may take (about 4 characters each), 100 to 100000: the least
+    /// relevant items are left out first, and `truncated` says so. Default: no budget.
+    pub max_tokens: Option<u32>,
     /// Namespace (tenant/project/agent); default: the server's.
     pub namespace: Option<String>,
 }

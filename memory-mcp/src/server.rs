@@ -81,12 +81,20 @@ const TOOLS: [&str; 10] = [
 ];
 
 const INSTRUCTIONS: &str = "An episodic memory that learns from your past tasks. \
-Before a task, call `recommend` with the task: it returns similar past episodes, patterns, \
-heuristics, pitfalls, a playbook and an estimate, each with `why`. Then `start_episode`, call \
-`log_step` after each tool call you make (success or error), and `complete_episode` with the \
-outcome: the memory scores the episode and learns from it. If you applied a pattern or \
-heuristic from `recommend`, call `record_feedback` with its id and your episode id. \
-Errors come back as tool results with `isError` and an `error.kind`; fix the call and retry.";
+When: call `recommend` once before each new task, with the task in a sentence and its context \
+(domain, language, framework); it returns similar past episodes, patterns, heuristics, \
+pitfalls, a playbook and an estimate, each with `why` (pass `max_tokens` to keep the answer \
+short; `strong_match: false` means nothing close is known). Then `start_episode`, and call \
+`log_step` after every tool call you make, failed ones included (status error, with the \
+error message): failures are what pitfalls are learned from. Finish with `complete_episode` \
+and the outcome; the memory scores the episode and learns from it. If you followed a \
+pattern or heuristic from `recommend`, call `record_feedback` with its id and your episode \
+id. Errors: a failed call is a tool result with `isError` and `error.kind`: \
+`invalid_arguments`, `invalid_input` and `limit_exceeded` mean fix the named field and call \
+again; `not_found` means check the id; `conflict` means the episode is completed (start a \
+new one); `rate_limited` means wait `error.retry_after_ms` milliseconds before the next \
+call; `unavailable` means storage is busy or down (the memory keeps what it acknowledged: \
+retry after a few seconds); `shutdown` means the server is stopping.";
 
 fn description(tool: &str) -> &'static str {
     match tool {
@@ -142,6 +150,55 @@ fn description(tool: &str) -> &'static str {
     }
 }
 
+/// Smallest and largest `max_tokens` of `recommend`.
+const MIN_TOKENS: u32 = 100;
+const MAX_TOKENS: u32 = 100_000;
+
+/// Tokens of a JSON value, estimated as one per four bytes (what English text and JSON
+/// average with common tokenizers).
+fn approx_tokens(v: &impl Serialize) -> usize {
+    serde_json::to_vec(v).map_or(0, |b| b.len().div_ceil(4))
+}
+
+/// Leaves out the least relevant items (the tail of whichever list is largest) until the
+/// recommendation fits `budget` tokens; the playbook, estimate and flags always stay.
+/// Returns whether anything was left out and the size in tokens.
+fn fit_to_budget(
+    rec: &mut memory_core::retrieval::recommend::Recommendation,
+    budget: Option<usize>,
+) -> (bool, usize) {
+    let mut size = approx_tokens(rec);
+    let Some(budget) = budget else {
+        return (false, size);
+    };
+    let mut truncated = false;
+    while size > budget {
+        let tails = [
+            rec.episodes.last().map_or(0, approx_tokens),
+            rec.patterns.last().map_or(0, approx_tokens),
+            rec.heuristics.last().map_or(0, approx_tokens),
+            rec.pitfalls.last().map_or(0, approx_tokens),
+        ];
+        let (largest, cut) = tails
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, n)| **n)
+            .map_or((0, 0), |(i, n)| (i, *n));
+        if cut == 0 {
+            break;
+        }
+        match largest {
+            0 => drop(rec.episodes.pop()),
+            1 => drop(rec.patterns.pop()),
+            2 => drop(rec.heuristics.pop()),
+            _ => drop(rec.pitfalls.pop()),
+        }
+        truncated = true;
+        size = approx_tokens(rec);
+    }
+    (truncated, size)
+}
+
 fn input_schema(tool: &'static str) -> Result<Arc<JsonObject>> {
     fn of<T: JsonSchema + 'static>(tool: &'static str) -> Result<Arc<JsonObject>> {
         schema_for_input::<T>().map_err(|reason| Error::Schema { tool, reason })
@@ -171,7 +228,9 @@ fn build_tools() -> Result<Vec<Tool>> {
                 .read_only(read_only)
                 .destructive(false)
                 .open_world(false);
-            Ok(Tool::new(name, description(name), input_schema(name)?).annotate(annotations))
+            Ok(Tool::new(name, description(name), input_schema(name)?)
+                .with_raw_output_schema(crate::outputs::output_schema(name))
+                .annotate(annotations))
         })
         .collect()
 }
@@ -183,6 +242,7 @@ struct Shared {
     tiered: Option<Arc<TieredStorage>>,
     cache_problem: Option<String>,
     stack: Option<Arc<memory_stack::Stack>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     tools: Vec<Tool>,
     config: McpConfig,
     /// Tool calls running now.
@@ -250,6 +310,7 @@ impl MemoryServer {
                 tiered: None,
                 cache_problem: None,
                 stack: None,
+                metrics: None,
                 tools: build_tools()?,
                 config,
                 inflight: AtomicUsize::new(0),
@@ -289,6 +350,51 @@ impl MemoryServer {
             shared.stack = Some(stack);
         }
         self
+    }
+
+    /// Counts every tool call (by tool and outcome) and its latency in `metrics`, which
+    /// [`MemoryServer::metrics_text`] renders with the stack's gauges.
+    ///
+    /// Call before the server is cloned or served.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = Some(metrics);
+        }
+        self
+    }
+
+    /// The metrics in the Prometheus text format (empty without [`MemoryServer::with_metrics`]).
+    pub async fn metrics_text(&self) -> String {
+        let Some(m) = &self.shared.metrics else {
+            return String::new();
+        };
+        let mut g = crate::metrics::Gauges {
+            consolidations: self.memory().consolidations_run(),
+            in_flight: self.calls_in_flight(),
+            ..crate::metrics::Gauges::default()
+        };
+        if let Some(t) = &self.shared.tiered {
+            let st = t.status();
+            g.breaker = Some(st.breaker);
+            g.journal_pending = st.outbox_len;
+            g.journal_rejected = st.dead_letters;
+            g.cache = st.cache.map(|c| (c.hit_rate(), c.entries));
+        }
+        g.embedding_backlog = self
+            .memory()
+            .embedding_backlog(&self.shared.default_namespace)
+            .await
+            .ok();
+        m.render(&g)
+    }
+
+    /// The memory's health, as the `health` tool answers it (without a namespace).
+    pub async fn health_report(&self) -> Value {
+        match self.health(&NamespaceArgs::default()).await {
+            Ok(v) => v,
+            Err(f) => f.to_json(),
+        }
     }
 
     /// Stops taking tool calls (later ones get a `shutdown` tool error) and waits, at most
@@ -360,7 +466,11 @@ impl MemoryServer {
                 Err(e) => Err(ToolFailure::from(e)),
             }
         };
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed();
+        if let Some(m) = &self.shared.metrics {
+            m.observe(name, result.is_ok(), elapsed);
+        }
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         Ok(match result {
             Ok(value) => {
                 debug!(tool = name, elapsed_ms, "tool call ok");
@@ -409,8 +519,25 @@ impl MemoryServer {
         if self.memory().retriever().embedder().is_some() {
             self.memory().embed_pending(&ns).await?;
         }
-        let rec = self.memory().recommend(&ns, &req).await?;
-        Ok(json!({ "namespace": ns, "recommendation": rec }))
+        let budget = match a.max_tokens {
+            None => None,
+            Some(n) if (MIN_TOKENS..=MAX_TOKENS).contains(&n) => Some(n as usize),
+            Some(n) => {
+                return Err(MemoryError::invalid(
+                    "max_tokens",
+                    format!("must be between {MIN_TOKENS} and {MAX_TOKENS}, got {n}"),
+                )
+                .into());
+            }
+        };
+        let mut rec = self.memory().recommend(&ns, &req).await?;
+        let (truncated, approx_tokens) = fit_to_budget(&mut rec, budget);
+        Ok(json!({
+            "namespace": ns,
+            "recommendation": rec,
+            "truncated": truncated,
+            "approx_tokens": approx_tokens,
+        }))
     }
 
     async fn start_episode(&self, a: StartEpisodeArgs) -> Result<Value, ToolFailure> {

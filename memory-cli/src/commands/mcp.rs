@@ -15,8 +15,9 @@ use crate::signals;
 /// Opens the same stack as every other command (with the embedding model: the server is
 /// long-lived), serves one client until it closes stdin or the process gets SIGTERM, SIGINT
 /// or SIGHUP, lets the calls in flight finish, then flushes and closes the stack.
-pub async fn run(a: &McpArgs, s: &Settings) -> Result<()> {
-    let rate_limit = if a.rate_per_second > 0.0 {
+/// The per-client rate limit the flags ask for.
+pub fn rate_limit(a: &McpArgs) -> RateLimitConfig {
+    if a.rate_per_second > 0.0 {
         RateLimitConfig {
             enabled: true,
             burst: a.rate_burst.max(1),
@@ -24,7 +25,11 @@ pub async fn run(a: &McpArgs, s: &Settings) -> Result<()> {
         }
     } else {
         RateLimitConfig::disabled()
-    };
+    }
+}
+
+pub async fn run(a: &McpArgs, s: &Settings) -> Result<()> {
+    let rate_limit = rate_limit(a);
     let stack = Arc::new(backend::open(s, true).await?);
     let server = MemoryServer::new(
         stack.memory_arc(),

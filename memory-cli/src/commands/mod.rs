@@ -8,5 +8,6 @@ pub mod eval;
 pub mod learned;
 pub mod mcp;
 pub mod recommend;
+pub mod serve;
 pub mod status;
 pub mod transfer;

@@ -185,8 +185,19 @@ impl Inner {
             .collect()
     }
 
-    /// One consolidation run over `ns`.
+    /// One consolidation run over `ns`, counted when it finishes.
     pub(super) async fn consolidate(
+        &self,
+        ns: &Namespace,
+        trigger: &str,
+    ) -> Result<ConsolidationReport> {
+        let report = self.run_consolidation(ns, trigger).await?;
+        self.consolidations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(report)
+    }
+
+    async fn run_consolidation(
         &self,
         ns: &Namespace,
         trigger: &str,

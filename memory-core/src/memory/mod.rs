@@ -128,6 +128,8 @@ struct Inner {
     wake_embedder: Notify,
     /// Held by a consolidation run: runs of one memory never overlap.
     consolidating: tokio::sync::Mutex<()>,
+    /// Consolidation runs this process finished.
+    consolidations: std::sync::atomic::AtomicU64,
     stop_consolidation: Notify,
     /// Step counts of recent successes per kind: the reward's efficiency baseline.
     history: history::HistoryCache,
@@ -262,6 +264,7 @@ impl SelfLearningMemory {
             to_embed: Mutex::new(HashSet::new()),
             wake_embedder: Notify::new(),
             consolidating: tokio::sync::Mutex::new(()),
+            consolidations: std::sync::atomic::AtomicU64::new(0),
             stop_consolidation: Notify::new(),
             history,
         });
@@ -931,6 +934,16 @@ impl SelfLearningMemory {
     pub async fn embed_pending(&self, ns: &Namespace) -> Result<usize> {
         self.ensure_running()?;
         self.inner.retriever.embed_pending(ns).await
+    }
+
+    /// Consolidation runs this process finished (on demand and scheduled).
+    pub fn consolidations_run(&self) -> u64 {
+        self.inner.consolidations.load(Ordering::Relaxed)
+    }
+
+    /// Episodes of `ns` waiting to be embedded (0 without an embedder): two counts.
+    pub async fn embedding_backlog(&self, ns: &Namespace) -> Result<u64> {
+        self.inner.retriever.embedding_backlog(ns).await
     }
 
     /// The retriever (its embedder, settings and index size).

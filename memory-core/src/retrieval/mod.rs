@@ -702,6 +702,16 @@ impl Retriever {
         }
     }
 
+    /// Episodes of `ns` with no embedding for the model yet (0 without an embedder).
+    pub async fn embedding_backlog(&self, ns: &Namespace) -> Result<u64> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(0);
+        };
+        let key = self.vector_key(embedder);
+        let c = self.storage.embedding_coverage(ns, &key).await?;
+        Ok(c.episodes.saturating_sub(c.embedded))
+    }
+
     /// Embeds every episode of `ns` that has no embedding for the model yet, in batches, and
     /// stores and indexes the vectors. Returns how many were embedded (0 without an embedder).
     ///

@@ -1,0 +1,56 @@
+//! `memory serve`: the memory as an MCP server on streamable HTTP, for many agents at once.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use memory_mcp::{HttpConfig, McpConfig, MemoryServer, Metrics};
+use tracing::info;
+
+use crate::backend;
+use crate::cli::ServeArgs;
+use crate::commands::mcp::rate_limit;
+use crate::settings::Settings;
+use crate::signals;
+
+/// The environment variable holding the bearer token.
+pub const TOKEN_ENV: &str = "MEMORY_SERVE_TOKEN";
+
+/// Opens the stack once (with the embedding model) and serves every agent from it until
+/// SIGTERM, SIGINT or SIGHUP; then lets the calls in flight finish, flushes and closes.
+pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
+    let config = HttpConfig {
+        token: std::env::var(TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty()),
+        allowed_hosts: a.allow_hosts.clone(),
+    };
+    // Refused before anything is opened.
+    memory_mcp::check_listen(a.listen, &config)?;
+    let stack = Arc::new(backend::open(s, true).await?);
+    let server = MemoryServer::new(
+        stack.memory_arc(),
+        s.namespace.clone(),
+        McpConfig::default().with_rate_limit(rate_limit(&a.rate)),
+    )?
+    .with_stack(Arc::clone(&stack))
+    .with_metrics(Arc::new(Metrics::new()?));
+    info!(namespace = %s.namespace, data_dir = %s.data_dir.display(), listen = %a.listen, "memory serve");
+    eprintln!(
+        "memory serve: MCP at http://{}/mcp, health at /health, metrics at /metrics{}",
+        a.listen,
+        if config.token.is_some() {
+            " (bearer token required)"
+        } else {
+            ""
+        }
+    );
+    let stop = async {
+        let (name, _) = signals::terminated().await;
+        info!(signal = name, "stopping the server");
+    };
+    let served = memory_mcp::serve_http(server, a.listen, config, stop).await;
+    let closed = stack.shutdown().await.map_err(backend::stack_error);
+    served?;
+    closed?;
+    Ok(())
+}

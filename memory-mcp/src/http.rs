@@ -1,0 +1,213 @@
+//! `memory serve`: the MCP tools over streamable HTTP at `/mcp`, with `GET /health` and
+//! `GET /metrics`, for many agents sharing one process (its model, index and cache).
+//!
+//! Loopback by default. Any other address needs a bearer token, checked on every request
+//! (constant-time compare); TLS is left to a reverse proxy in front. Each MCP session gets its
+//! own rate-limit bucket. On `stop` the server stops accepting connections, lets the tool calls
+//! in flight finish ([`MemoryServer::drain`]) and closes the sessions.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::server::MemoryServer;
+
+/// Settings of the HTTP server.
+#[derive(Clone, Default)]
+pub struct HttpConfig {
+    /// Bearer token every request must carry (`Authorization: Bearer <token>`). Required when
+    /// the server listens on a non-loopback address.
+    pub token: Option<String>,
+    /// Host names (or `host:port`) clients may use besides the loopback ones and the address
+    /// the server listens on (the `Host` header is checked, against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
+}
+
+/// Checks that `listen` may be served with `config`: a non-loopback address needs a token.
+pub fn check_listen(listen: SocketAddr, config: &HttpConfig) -> Result<()> {
+    if !listen.ip().is_loopback() && config.token.as_deref().is_none_or(str::is_empty) {
+        return Err(Error::Config(format!(
+            "{listen} is not a loopback address: set a bearer token (MEMORY_SERVE_TOKEN) so that only your agents can use the memory"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Shared {
+    server: MemoryServer,
+    token: Option<Arc<str>>,
+}
+
+/// Binds `listen` and serves until `stop` resolves (see the module docs).
+pub async fn serve_http(
+    server: MemoryServer,
+    listen: SocketAddr,
+    config: HttpConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    check_listen(listen, &config)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::Http(format!("cannot listen on {listen}: {e}")))?;
+    serve_http_on(server, listener, config, stop).await
+}
+
+/// Serves on an already bound listener (tests bind port 0) until `stop` resolves.
+pub async fn serve_http_on(
+    server: MemoryServer,
+    listener: TcpListener,
+    config: HttpConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Http(e.to_string()))?;
+    check_listen(local, &config)?;
+    let sessions = CancellationToken::new();
+    let mut allowed_hosts: Vec<String> = ["localhost", "127.0.0.1", "::1", "[::1]"]
+        .iter()
+        .map(|h| (*h).to_owned())
+        .collect();
+    allowed_hosts.push(local.ip().to_string());
+    allowed_hosts.push(local.to_string());
+    allowed_hosts.extend(config.allowed_hosts.iter().cloned());
+    let mut mcp_config = StreamableHttpServerConfig::default();
+    mcp_config.cancellation_token = sessions.clone();
+    mcp_config.allowed_hosts = allowed_hosts;
+    let factory_server = server.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(factory_server.for_client()),
+        Arc::new(LocalSessionManager::default()),
+        mcp_config,
+    );
+    let shared = Shared {
+        server: server.clone(),
+        token: config.token.as_deref().map(Arc::from),
+    };
+    let router = Router::new()
+        .nest_service("/mcp", mcp)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .with_state(shared);
+    info!(address = %local, token = config.token.is_some(), "memory serve: MCP over streamable HTTP at /mcp");
+    let drain = server.clone();
+    let stopping = async move {
+        stop.await;
+        info!(
+            in_flight = drain.calls_in_flight(),
+            "stopping: finishing the calls in flight"
+        );
+        if !drain.drain(crate::DRAIN_GRACE).await {
+            warn!("calls still running after the grace period");
+        }
+        sessions.cancel();
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stopping)
+        .await
+        .map_err(|e| Error::Http(e.to_string()))?;
+    Ok(())
+}
+
+/// Rejects requests without the bearer token, when one is configured.
+async fn authorize(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.as_bytes()) {
+            let mut response =
+                (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares in time that depends on the lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in b.iter().enumerate() {
+        diff |= x ^ a.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+async fn health(State(s): State<Shared>) -> Response {
+    let report = s.server.health_report().await;
+    let status = if report["healthy"] == serde_json::Value::Bool(true) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    let text = s.server.metrics_text().await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_public_address_needs_a_token() {
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(check_listen(public, &HttpConfig::default()).is_err());
+        assert!(check_listen(local, &HttpConfig::default()).is_ok());
+        let with = HttpConfig {
+            token: Some("secret".into()),
+            ..HttpConfig::default()
+        };
+        assert!(check_listen(public, &with).is_ok());
+        let empty = HttpConfig {
+            token: Some(String::new()),
+            ..HttpConfig::default()
+        };
+        assert!(check_listen(public, &empty).is_err());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abd", b"abc"));
+        assert!(!same(b"ab", b"abc"));
+        assert!(!same(b"abcd", b"abc"));
+        assert!(!same(b"", b"abc"));
+    }
+}
