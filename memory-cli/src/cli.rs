@@ -35,6 +35,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// No progress bars or notes on stderr (errors and warnings are still printed)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

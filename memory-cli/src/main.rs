@@ -4,6 +4,7 @@ mod backend;
 mod cli;
 mod commands;
 mod output;
+mod progress;
 mod settings;
 mod signals;
 

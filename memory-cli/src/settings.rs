@@ -37,6 +37,8 @@ pub struct Settings {
     pub auth_token: Option<String>,
     pub memory: MemoryConfig,
     pub json: bool,
+    /// No progress bars or notes on stderr.
+    pub quiet: bool,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -46,12 +48,26 @@ fn env(name: &str) -> Option<String> {
 fn read_file_config(dir: &Path) -> Result<FileConfig> {
     let path = dir.join(CONFIG_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
-        }
+        Ok(text) => parse_file_config(&text)
+            .with_context(|| format!("invalid config file {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Parses `memory.toml`; an unknown or misspelled key in any section is an error naming its
+/// full path (`memory.quotas: unknown field ...`), never silently ignored.
+fn parse_file_config(text: &str) -> Result<FileConfig> {
+    let de = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            anyhow::anyhow!("{inner}")
+        } else {
+            anyhow::anyhow!("at `{path}`: {inner}")
+        }
+    })
 }
 
 impl Settings {
@@ -89,6 +105,7 @@ impl Settings {
             auth_token: env("TURSO_AUTH_TOKEN"),
             memory: file.memory.unwrap_or_default(),
             json: cli.json,
+            quiet: cli.quiet,
         })
     }
 }

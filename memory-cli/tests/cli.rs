@@ -617,4 +617,31 @@ fn settings_precedence_is_flags_then_environment_then_memory_toml_then_defaults(
         .assert()
         .code(1)
         .stderr(predicate::str::contains("memory.toml"));
+
+    // So is a typo in any nested section, with the key's full path.
+    for (file, path) in [
+        (
+            "[memory.quotas]\nmax_episode = 1\n",
+            "memory.quotas.max_episode",
+        ),
+        ("[memory.steps]\nmax_bach = 1\n", "memory.steps.max_bach"),
+        ("[memory.limits]\nmax_tag = 3\n", "memory.limits.max_tag"),
+        (
+            "[memory.retrieval]\nfusion = 1\n",
+            "memory.retrieval.fusion",
+        ),
+        (
+            "[memory.consolidation]\nintervall = 60\n",
+            "memory.consolidation.intervall",
+        ),
+        ("[memory.redaction]\nextra = []\n", "memory.redaction.extra"),
+    ] {
+        std::fs::write(dir.path().join("memory.toml"), file).unwrap();
+        memory(&dir)
+            .arg("stats")
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(path))
+            .stderr(predicate::str::contains("unknown field"));
+    }
 }

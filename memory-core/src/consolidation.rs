@@ -36,7 +36,7 @@ pub const MAX_RETENTION_DAYS: u32 = 36_500;
 /// run; `metrics_window` 200 episodes; `calibration_window` 50 estimates;
 /// `calibration_min_samples` 3.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConsolidationConfig {
     /// Run consolidation in the background every `interval` (every namespace in storage).
     pub schedule: bool,
@@ -181,7 +181,7 @@ impl ConsolidationConfig {
 /// # Default
 /// `compact_step_outputs_after_days` unset (off); `max_episodes_per_run` 1,000.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Empty the raw outputs of the successful steps of successful episodes completed more than
     /// this many days ago (1 ..= 36,500).

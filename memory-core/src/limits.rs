@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 /// | `max_label_bytes` | 128 (domain, language, framework) |
 /// | `max_results` | 100 (results of one retrieval or recommendation) |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Longest task description.
     pub max_description_bytes: usize,

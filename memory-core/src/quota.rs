@@ -14,7 +14,7 @@ use crate::namespace::Namespace;
 /// # Default
 /// 1,000,000 episodes and 100,000,000 steps per namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct QuotaConfig {
     /// Most episodes per namespace.
     pub max_episodes: u64,
@@ -38,7 +38,7 @@ impl Default for QuotaConfig {
 /// Enabled; bursts of 50,000 operations, refilled at 50,000 per second: generous enough for bulk
 /// ingest, tight enough to stop a runaway loop from filling the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Whether limiting is on.
     pub enabled: bool,

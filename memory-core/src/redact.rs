@@ -55,7 +55,7 @@ const ASSIGNMENT_MARKER: &str = "[REDACTED:assignment]";
 ///
 /// `enabled: true`, `extra_patterns: []`: the built-in kinds are redacted, nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedactionConfig {
     /// Whether stored text is redacted at all.
     pub enabled: bool,

@@ -37,7 +37,7 @@ mod openai;
 
 pub use location::{
     MODEL_DIR_ENV, MODEL_DIR_NAME, MODEL_FILES, ModelLocation, ModelSource, default_model_dir,
-    missing_model_files, model_dir_for, workspace_model_dir,
+    missing_model_files, model_dir_for, user_model_dir, workspace_model_dir,
 };
 pub use minilm::{
     BATCH_SIZE, MAX_INPUT_BYTES, MAX_TOKENS, MINILM_DIMENSIONS, MINILM_MODEL_ID, MiniLmEmbedder,

@@ -18,6 +18,11 @@ pub enum ModelSource {
     Env,
     /// `<data_dir>/models/all-MiniLM-L6-v2`.
     DataDir,
+    /// The user's data directory: `$XDG_DATA_HOME/memory/models/all-MiniLM-L6-v2`, or
+    /// `~/.local/share/memory/models/all-MiniLM-L6-v2`.
+    User,
+    /// `models/all-MiniLM-L6-v2` beside the running executable (a copied binary with its model).
+    Executable,
     /// `.tools/models/all-MiniLM-L6-v2` in the workspace, installed by `scripts/install-model.sh`.
     Workspace,
 }
@@ -27,6 +32,8 @@ impl std::fmt::Display for ModelSource {
         f.write_str(match self {
             ModelSource::Env => MODEL_DIR_ENV,
             ModelSource::DataDir => "data directory",
+            ModelSource::User => "user data directory",
+            ModelSource::Executable => "beside the executable",
             ModelSource::Workspace => "workspace .tools",
         })
     }
@@ -40,8 +47,14 @@ impl std::fmt::Display for ModelSource {
 ///    files are missing there, so that loading fails loudly instead of quietly using another copy.
 /// 2. `<data_dir>/models/all-MiniLM-L6-v2`, when the caller passes its data directory (the CLI
 ///    passes `./.memory` or its `--data-dir`) and the files are there.
-/// 3. `<workspace>/.tools/models/all-MiniLM-L6-v2`, where `scripts/install-model.sh` puts them
-///    (the workspace this crate was built from), when the files are there.
+/// 3. the user's data directory, `$XDG_DATA_HOME/memory/models/all-MiniLM-L6-v2` (default
+///    `~/.local/share/memory/models/all-MiniLM-L6-v2`), when the files are there;
+/// 4. `models/all-MiniLM-L6-v2` beside the running executable, when the files are there;
+/// 5. `<workspace>/.tools/models/all-MiniLM-L6-v2`, where `scripts/install-model.sh` puts them
+///    (the workspace this crate was built from, if it still exists), when the files are there.
+///
+/// All but the last are found at run time, so a copied binary finds a model installed for its
+/// user or shipped beside it.
 ///
 /// A directory counts as installed when it holds [`MODEL_FILES`] (`model.safetensors`,
 /// `tokenizer.json`, `config.json`).
@@ -67,11 +80,9 @@ pub struct ModelLocation {
 }
 
 impl ModelLocation {
-    /// Every candidate, in priority order: `$MEMORY_MODEL_DIR` (if set), then
-    /// `<data_dir>/models/all-MiniLM-L6-v2` (if `data_dir` is given), then the workspace's
-    /// `.tools/models/all-MiniLM-L6-v2`. Nothing is checked on disk.
+    /// Every candidate, in priority order (see [`ModelLocation`]). Nothing is checked on disk.
     pub fn candidates(data_dir: Option<&Path>) -> Vec<ModelLocation> {
-        let mut out = Vec::with_capacity(3);
+        let mut out = Vec::with_capacity(5);
         if let Some(dir) = std::env::var_os(MODEL_DIR_ENV).filter(|v| !v.is_empty()) {
             out.push(ModelLocation {
                 dir: PathBuf::from(dir),
@@ -82,6 +93,21 @@ impl ModelLocation {
             out.push(ModelLocation {
                 dir: data_dir.join("models").join(MODEL_DIR_NAME),
                 source: ModelSource::DataDir,
+            });
+        }
+        if let Some(dir) = user_model_dir() {
+            out.push(ModelLocation {
+                dir,
+                source: ModelSource::User,
+            });
+        }
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("models").join(MODEL_DIR_NAME)))
+        {
+            out.push(ModelLocation {
+                dir,
+                source: ModelSource::Executable,
             });
         }
         out.push(ModelLocation {
@@ -134,6 +160,20 @@ pub fn missing_model_files(dir: &Path) -> Vec<&'static str> {
         .into_iter()
         .filter(|f| !std::fs::metadata(dir.join(f)).is_ok_and(|m| m.is_file() && m.len() > 0))
         .collect()
+}
+
+/// The user's copy: `$XDG_DATA_HOME/memory/models/all-MiniLM-L6-v2`, else
+/// `$HOME/.local/share/memory/models/all-MiniLM-L6-v2` (`None` without either variable).
+pub fn user_model_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local").join("share"))
+        })?;
+    Some(base.join("memory").join("models").join(MODEL_DIR_NAME))
 }
 
 /// `<workspace>/.tools/models/all-MiniLM-L6-v2`, the workspace being the parent of this crate's

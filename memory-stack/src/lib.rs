@@ -341,7 +341,10 @@ impl StackBuilder {
             }
             None if self.semantic => match load_embedder(dir.root()).await {
                 Ok(e) => {
-                    let desc = format!("{} ({} dimensions)", e.model_id(), e.dimensions());
+                    let from = memory_embed::ModelLocation::resolve(Some(dir.root()))
+                        .map(|l| format!(", from {} ({})", l.dir.display(), l.source))
+                        .unwrap_or_default();
+                    let desc = format!("{} ({} dimensions{from})", e.model_id(), e.dimensions());
                     (Some(e), EmbedderState::Loaded(desc))
                 }
                 Err(why) => {

@@ -59,7 +59,21 @@ pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
         tracing::warn!(error = %e, "outbox replay before the backup failed");
     }
     let outbox_pending = stack.tiered().status().outbox_len;
-    stack.durable().backup_to(&target).await?;
+    // VACUUM INTO writes the copy as it goes: its size against the database's shows progress.
+    let total = std::fs::metadata(s.data_dir.join(DATA_DIR_FILE)).map_or(0, |m| m.len());
+    let bar = crate::progress::bytes(total, "backing up", s);
+    let copying = stack.durable().backup_to(&target);
+    tokio::pin!(copying);
+    let copied = loop {
+        tokio::select! {
+            r = &mut copying => break r,
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                bar.set_position(std::fs::metadata(&target).map_or(0, |m| m.len()));
+            }
+        }
+    };
+    bar.finish_and_clear();
+    copied?;
     let mut namespaces = Vec::new();
     // Counted on the snapshot itself, so the manifest describes the file next to it.
     let snapshot = TursoStorage::open_local(&target).await?;
@@ -163,9 +177,20 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
     }
     let dest = s.data_dir.join(DATA_DIR_FILE);
     let partial = s.data_dir.join(format!("{DATA_DIR_FILE}.restoring"));
-    std::fs::copy(&source, &partial)
+    // A partial copy an interrupted restore left is ours to replace; anything else under
+    // that name (a symbolic link) is refused, never written through.
+    if let Ok(meta) = std::fs::symlink_metadata(&partial) {
+        if !meta.file_type().is_file() {
+            bail!(
+                "{} exists and is not a regular file; remove it and restore again",
+                partial.display()
+            );
+        }
+        std::fs::remove_file(&partial)
+            .with_context(|| format!("cannot replace {}", partial.display()))?;
+    }
+    copy_with_progress(&source, &partial, s)
         .with_context(|| format!("cannot copy {}", source.display()))?;
-    std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, &dest)?;
     let restored = TursoStorage::open_in_data_dir(&s.data_dir).await?;
     // The copies other data directories cached of the backed-up database are not copies of
@@ -195,5 +220,26 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
     if let Some(a) = moved_to {
         println!("the previous files were moved to {}", a.display());
     }
+    Ok(())
+}
+
+/// Copies `from` to the new file `to` (fsynced), showing a bar of the bytes copied.
+fn copy_with_progress(from: &Path, to: &Path, s: &Settings) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut input = std::fs::File::open(from)?;
+    let total = input.metadata()?.len();
+    let mut output = std::fs::File::create_new(to)?;
+    let bar = crate::progress::bytes(total, "restoring", s);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        output.write_all(&buf[..n])?;
+        bar.inc(n as u64);
+    }
+    output.sync_all()?;
+    bar.finish_and_clear();
     Ok(())
 }

@@ -7,7 +7,10 @@ use crate::output::{self, clip, short_id};
 use crate::settings::Settings;
 
 pub async fn run(m: &SelfLearningMemory, s: &Settings) -> Result<()> {
-    let report = m.consolidate(&s.namespace).await?;
+    let spinner = crate::progress::spinner(&format!("consolidating {}", s.namespace), s);
+    let report = m.consolidate(&s.namespace).await;
+    spinner.finish_and_clear();
+    let report = report?;
     if s.json {
         return output::json(&report);
     }

@@ -9,6 +9,9 @@ use crate::commands::episode::context_from;
 use crate::output::{self, clip, pct, short_id};
 use crate::settings::Settings;
 
+/// Backlogs from this size show a progress bar (about a second of embedding).
+const EMBED_BAR_FROM: u64 = 20;
+
 pub async fn run(a: RecommendArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let task_type = a
         .task_type
@@ -25,7 +28,15 @@ pub async fn run(a: RecommendArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
     }
     // Episodes recorded by earlier commands may still wait for their embedding: the queue
     // is durable, and this is where it is drained when no long-lived process runs.
-    m.embed_pending(&s.namespace).await?;
+    let backlog = m.embedding_backlog(&s.namespace).await.unwrap_or(0);
+    let bar = if backlog >= EMBED_BAR_FROM {
+        crate::progress::bar(backlog, "embedding episodes", s)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    m.embed_pending_reporting(&s.namespace, &|done| bar.set_position(done as u64))
+        .await?;
+    bar.finish_and_clear();
     let rec = m.recommend(&s.namespace, &req).await?;
     if s.json {
         return output::json(&rec);

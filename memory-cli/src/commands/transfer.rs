@@ -7,12 +7,11 @@
 //! imported episodes get new ids and times. The whole file is parsed and checked against the
 //! limits before anything is written, so a bad line stores nothing.
 
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use memory_core::{
     Episode, EpisodeId, EpisodeQuery, Error, Namespace, NewEpisode, SelfLearningMemory,
 };
@@ -26,20 +25,6 @@ use crate::settings::Settings;
 const PAGE: u32 = 200;
 /// Longest line accepted on import (an episode at the default limits is far smaller).
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
-
-fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_owned());
-    bar
-}
 
 pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     let m = stack.memory();
@@ -71,7 +56,7 @@ pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let bar = progress(ids.len() as u64, "exporting", s.json);
+    let bar = crate::progress::bar(ids.len() as u64, "exporting", s);
     let mut written = 0u64;
     let mut skipped_episodes = 0u64;
     for id in ids {
@@ -247,7 +232,7 @@ async fn import_one(m: &SelfLearningMemory, s: &Settings, e: &Episode) -> Result
 
 pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let lines = read_all(file, m)?;
-    let bar = progress(lines.len() as u64, "importing", s.json);
+    let bar = crate::progress::bar(lines.len() as u64, "importing", s);
     let (mut completed, mut in_progress, mut steps) = (0u64, 0u64, 0u64);
     let mut stopped_at = None;
     for line in &lines {

@@ -18,7 +18,7 @@ use crate::redact::RedactionConfig;
 /// # Default
 /// `max_batch` 64 steps; `flush_interval` 250 ms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StepBatchConfig {
     /// Steps per episode buffered before a write.
     pub max_batch: usize,
@@ -41,7 +41,7 @@ impl Default for StepBatchConfig {
 /// # Default
 /// `half_life_days` 30; `history_window` 50 episodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LearningConfig {
     /// Confidence of learned items halves every this many days without new evidence.
     pub half_life_days: f64,
@@ -60,7 +60,7 @@ impl Default for LearningConfig {
 
 /// Everything the facade can be tuned with. Each part documents its defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Input limits.
     pub limits: Limits,

@@ -936,6 +936,20 @@ impl SelfLearningMemory {
         self.inner.retriever.embed_pending(ns).await
     }
 
+    /// [`SelfLearningMemory::embed_pending`], calling `progress` with the number embedded so
+    /// far after each batch.
+    pub async fn embed_pending_reporting(
+        &self,
+        ns: &Namespace,
+        progress: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<usize> {
+        self.ensure_running()?;
+        self.inner
+            .retriever
+            .embed_pending_reporting(ns, progress)
+            .await
+    }
+
     /// Consolidation runs this process finished (on demand and scheduled).
     pub fn consolidations_run(&self) -> u64 {
         self.inner.consolidations.load(Ordering::Relaxed)

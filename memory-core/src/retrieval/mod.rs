@@ -89,7 +89,7 @@ impl std::fmt::Display for RetrievalMethod {
 /// without (set on the retrieval eval's no-answer queries: see README); embedding batches of 32; 1,024 cached query
 /// vectors; the in-process lexical index from 2,000 episodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetrievalConfig {
     /// Candidates taken from each source before fusion.
     pub candidates: u32,
@@ -719,6 +719,16 @@ impl Retriever {
     /// stored data, and storing an embedding is idempotent.
     #[instrument(skip_all, fields(namespace = %ns))]
     pub async fn embed_pending(&self, ns: &Namespace) -> Result<usize> {
+        self.embed_pending_reporting(ns, &|_| {}).await
+    }
+
+    /// [`Retriever::embed_pending`], calling `progress` with the number embedded so far after
+    /// each batch (for a progress bar over a large backlog).
+    pub async fn embed_pending_reporting(
+        &self,
+        ns: &Namespace,
+        progress: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<usize> {
         let Some(embedder) = &self.embedder else {
             return Ok(0);
         };
@@ -732,6 +742,7 @@ impl Retriever {
             .unwrap_or_default();
         for ids in stale.chunks(self.config.embed_batch.max(1) as usize) {
             done += self.embed_episodes(ns, embedder, &key, ids).await?;
+            progress(done);
         }
         // Page with a cursor, from where the last full drain of this namespace ended: ids are
         // time-ordered (UUID v7), so what is new lies after it, and a drain never rescans what
@@ -763,6 +774,7 @@ impl Retriever {
             };
             after = Some(last);
             done += self.embed_episodes(ns, embedder, &key, &ids).await?;
+            progress(done);
         }
         lock(&self.drained_up_to).insert(ns.clone(), after);
         if done > 0 {
