@@ -6,8 +6,19 @@
 //! default and configured with [`RedactionConfig`].
 //!
 //! Kinds: `aws_access_key`, `aws_secret`, `gcp_api_key`, `github_token`, `gitlab_token`,
-//! `slack_token`, `openai_key`, `stripe_key`, `jwt`, `private_key`, `url_password`,
-//! `assignment` and `custom` (matches of [`RedactionConfig::extra_patterns`]).
+//! `slack_token`, `openai_key`, `stripe_key`, `sendgrid_key`, `huggingface_token`, `npm_token`,
+//! `pypi_token`, `google_oauth_token`, `digitalocean_token`, `shopify_token`,
+//! `databricks_token`, `docker_token`, `twilio_key`, `discord_token`, `telegram_token`,
+//! `age_secret_key`, `jwt`, `private_key` (PEM blocks on many lines or one), `url_password`,
+//! `cli_credential` (`curl -u user:pass`, `mysql -pPASS`, `sshpass -p PASS`), `assignment`
+//! (`key=value`, `key: value`, JSON and connection-string pairs under a sensitive key, command
+//! line flags such as `--password X`, `Authorization` headers), `high_entropy` (a long
+//! random-looking token shortly after a sensitive word) and `custom` (matches of
+//! [`RedactionConfig::extra_patterns`]).
+//!
+//! How well it holds is measured on a labeled corpus (`tests/data/redaction/`, 390 secrets of
+//! 39 kinds and 1,650 ordinary lines, each put into every field through the public API) by the
+//! `redaction_corpus` test, which fails below recall 0.98 or above 1% false positives.
 //!
 //! Precision matters as much as recall: the memory stores code, and redacting
 //! `let token = lexer.next_token();` would destroy useful context. Assignments are therefore only
@@ -160,13 +171,15 @@ impl Redactor {
         }
     }
 
-    /// Redacts every string in a JSON value, recursively.
+    /// Redacts every string in a JSON value, recursively, object keys included.
     ///
-    /// Object keys are kept. A string under a sensitive key (`password`, `passwd`,
-    /// `passphrase`, `secret`, `api_key`, `secret_key`, `private_key`, `authorization`, or a
-    /// key ending in `token` whose value looks like one) is replaced entirely by
-    /// `[REDACTED:assignment]` unless it is a placeholder such as `${DB_PASSWORD}`.
-    /// Non-string values are never changed.
+    /// A string or number under a sensitive key (`password`, `passwd`, `pass`, `pwd`,
+    /// `passphrase`, `secret`, `api_key`, `secret_key`, `private_key`, `access_key`,
+    /// `account_key`, `credentials`, `authorization`, or a key ending in `token` or `auth` whose
+    /// value looks like one) is replaced entirely by `[REDACTED:assignment]` unless it is a
+    /// placeholder such as `${DB_PASSWORD}`. A key that itself holds a secret is redacted like
+    /// any text (a clash with an existing key gets a `#2`, `#3`, ... suffix). Booleans and
+    /// `null` are never changed.
     pub fn redact_json(&self, value: &mut serde_json::Value) {
         use serde_json::Value;
         let Some(inner) = &self.inner else {
@@ -179,10 +192,14 @@ impl Redactor {
                 Value::String(s) => inner.redact_in_place(s),
                 Value::Array(items) => stack.extend(items.iter_mut()),
                 Value::Object(map) => {
+                    inner.redact_keys(map);
                     for (key, value) in map.iter_mut() {
-                        if let (Some(strength), Value::String(s)) = (key_strength(key), &*value)
-                            && is_secret_value(strength, s)
-                        {
+                        let secret = key_strength(key).is_some_and(|strength| match &*value {
+                            Value::String(s) => is_secret_value(strength, s),
+                            Value::Number(n) => is_secret_value(strength, &n.to_string()),
+                            _ => false,
+                        });
+                        if secret {
                             *value = Value::String(ASSIGNMENT_MARKER.to_owned());
                             continue;
                         }
@@ -208,6 +225,12 @@ enum Check {
     UrlPassword,
     /// `key = value`: skipped when the value is a placeholder, variable, type or call.
     Assignment,
+    /// A password given to a command-line client (`mysql -pX`, `sshpass -p X`): the `s` or
+    /// `p` group, skipped when it is a placeholder.
+    CliPassword,
+    /// The `s` group when it looks random: long, letters and digits, high entropy, not a hex
+    /// digest, UUID, path or slug.
+    Entropy,
 }
 
 /// One compiled rule.
@@ -243,7 +266,7 @@ macro_rules! sep {
 /// A double-quoted, single-quoted or bare value.
 macro_rules! value {
     () => {
-        r#"(?:\\?"(?P<dq>[^"\\\r\n]+)|\\?'(?P<sq>[^'\\\r\n]+)|(?P<bare>[^\s"'&,;\\`]+))"#
+        r#"(?:\\?"(?P<dq>[^"\\\r\n]+)|\\?'(?P<sq>[^'\\\r\n]+)|(?P<bare>[^\s"',;\\`]+))"#
     };
 }
 
@@ -255,12 +278,12 @@ const BUILTIN: &[(&str, &str, Check)] = &[
         "private_key",
         // Header, a line break (real or JSON-escaped) and key material, up to the END line (or
         // the end of the text when truncated). A bare header string in code is not a key.
-        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[ \t]*(?:\r?\n|\\r\\n|\\n)(?:Proc-Type:|[A-Za-z0-9+/=]{16})(?s:.*?)(?:-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\z)",
+        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:[ \t]*(?:\r?\n|\\r\\n|\\n)|[ \t]+)(?:Proc-Type:|[A-Za-z0-9+/=]{16})(?s:.*?)(?:-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\z)",
         Check::Always,
     ),
     (
         "url_password",
-        r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@"'<>\[\]]*:(?P<s>[^\s/?#"'<>]+)@[A-Za-z0-9\[]"#,
+        r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@"'<>\[\]]*:(?P<s>[^\s/?#"'<>]+|[^\s"'<>@]+)@[A-Za-z0-9\[]"#,
         Check::UrlPassword,
     ),
     (
@@ -318,6 +341,84 @@ const BUILTIN: &[(&str, &str, Check)] = &[
         Check::Always,
     ),
     (
+        "sendgrid_key",
+        r"(?-u:\b)SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}",
+        Check::Always,
+    ),
+    (
+        "huggingface_token",
+        r"(?-u:\b)hf_[A-Za-z0-9]{30,}(?-u:\b)",
+        Check::Random,
+    ),
+    (
+        "npm_token",
+        r"(?-u:\b)npm_[A-Za-z0-9]{36}(?-u:\b)",
+        Check::Random,
+    ),
+    (
+        "pypi_token",
+        r"(?-u:\b)pypi-AgE[A-Za-z0-9_-]{50,}",
+        Check::Always,
+    ),
+    (
+        "google_oauth_token",
+        r"(?-u:\b)ya29\.[A-Za-z0-9_-]{20,}",
+        Check::Always,
+    ),
+    (
+        "digitalocean_token",
+        r"(?-u:\b)do[opr]_v1_[a-f0-9]{64}(?-u:\b)",
+        Check::Always,
+    ),
+    (
+        "shopify_token",
+        r"(?-u:\b)shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}(?-u:\b)",
+        Check::Always,
+    ),
+    (
+        "databricks_token",
+        r"(?-u:\b)dapi[a-f0-9]{32}(?:-[0-9])?(?-u:\b)",
+        Check::Random,
+    ),
+    (
+        "docker_token",
+        r"(?-u:\b)dckr_pat_[A-Za-z0-9_-]{20,}",
+        Check::Always,
+    ),
+    (
+        "twilio_key",
+        r"(?-u:\b)SK[0-9a-f]{32}(?-u:\b)",
+        Check::Random,
+    ),
+    (
+        "discord_token",
+        r"(?-u:\b)[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,40}(?-u:\b)",
+        Check::Random,
+    ),
+    (
+        "telegram_token",
+        // Also inside a Bot API URL (`/bot123456789:AA.../sendMessage`).
+        r"(?:(?-u:\b)|bot)(?P<s>[0-9]{8,10}:AA[A-Za-z0-9_-]{33})(?-u:\b)",
+        Check::Always,
+    ),
+    (
+        "age_secret_key",
+        r"(?-u:\b)AGE-SECRET-KEY-1[0-9A-Z]{58}(?-u:\b)",
+        Check::Always,
+    ),
+    (
+        "cli_credential",
+        // `curl -u user:pass`, `--user=user:pass`: the password after the colon.
+        r#"(?:^|[\s"'])(?:-u|--user|--proxy-user)(?:[ \t]+|=)["']?[^\s:"']+:(?P<s>[^\s"']+)"#,
+        Check::UrlPassword,
+    ),
+    (
+        "cli_credential",
+        // `mysql -uroot -pPASS db`, `sshpass -p PASS ssh ...`.
+        r#"(?-u:\b)(?:(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mariadb)(?:[ \t]+[^\s|;&]+)*?[ \t]+-p(?P<s>[^\s|;&"']+)|sshpass[ \t]+-p[ \t]*(?P<p>[^\s|;&"']+))"#,
+        Check::CliPassword,
+    ),
+    (
         "assignment",
         concat!(
             r"(?P<key>(?i:(?:proxy-)?authorization))",
@@ -329,8 +430,10 @@ const BUILTIN: &[(&str, &str, Check)] = &[
     ),
     (
         "assignment",
+        // Any identifier mentioning a sensitive word (`DB_PASSWORD`, `SecretAccessKey`,
+        // `AccountKey`, `dbPass`); `key_strength` decides whether the key really is sensitive.
         concat!(
-            r"(?P<key>(?i:password|passwd|passphrase|secret|api[_-]?key|secret[_-]?key|private[_-]?key|token))",
+            r"(?P<key>[A-Za-z0-9_.-]*(?i:pass|pwd|secret|api[_-]?key|access[_-]?key|account[_-]?key|private[_-]?key|token|credential|auth)[A-Za-z0-9_-]*)",
             sep!(),
             value!()
         ),
@@ -348,6 +451,12 @@ const BUILTIN: &[(&str, &str, Check)] = &[
         "assignment",
         r"(?-u:\b)[Bb]earer[ \t]+(?P<s>[A-Za-z0-9._~+/-]{20,}=*)",
         Check::Bearer,
+    ),
+    (
+        "high_entropy",
+        // A long random-looking token shortly after a sensitive word ("the key is ...").
+        r"(?i:key|secret|token|passw(?:or)?d|pwd|credentials?|auth)[A-Za-z_]*[^\n]{0,32}?(?-u:\b)(?P<s>[A-Za-z0-9+/_-]{24,}={0,2})",
+        Check::Entropy,
     ),
 ];
 
@@ -377,6 +486,29 @@ impl Inner {
         })?;
         let marker = Regex::new(r"\[REDACTED:[a-z_]+\]").map_err(builtin_error)?;
         Ok(Self { set, rules, marker })
+    }
+
+    /// Renames the keys of `map` that hold a secret (a token used as a key).
+    fn redact_keys(&self, map: &mut serde_json::Map<String, serde_json::Value>) {
+        let renamed: Vec<(String, String)> = map
+            .keys()
+            .filter_map(|k| match self.redact(k) {
+                Cow::Owned(new) => Some((k.clone(), new)),
+                Cow::Borrowed(_) => None,
+            })
+            .collect();
+        for (old, new) in renamed {
+            let Some(value) = map.remove(&old) else {
+                continue;
+            };
+            let mut key = new.clone();
+            let mut n = 2;
+            while map.contains_key(&key) {
+                key = format!("{new}#{n}");
+                n += 1;
+            }
+            map.insert(key, value);
+        }
     }
 
     fn redact_in_place(&self, text: &mut String) {
@@ -473,8 +605,18 @@ fn secret_range(check: Check, text: &str, caps: &Captures<'_>) -> Option<Range<u
     match check {
         Check::Always => Some(caps.name("s").unwrap_or(whole).range()),
         Check::Random => {
-            let body = whole.as_str().split_once('-').map_or("", |(_, b)| b);
+            // The part after the vendor prefix (`xoxb-`, `hf_`, `sk-proj-`), or all of it.
+            let text = whole.as_str();
+            let body = text.split_once(['-', '_', '.']).map_or(text, |(_, b)| b);
             looks_random(body).then(|| whole.range())
+        }
+        Check::CliPassword => {
+            let password = caps.name("s").or_else(|| caps.name("p"))?;
+            (!is_placeholder(password.as_str())).then(|| password.range())
+        }
+        Check::Entropy => {
+            let token = caps.name("s")?;
+            is_high_entropy(token.as_str()).then(|| token.range())
         }
         Check::Bearer => {
             let token = caps.name("s")?;
@@ -482,7 +624,8 @@ fn secret_range(check: Check, text: &str, caps: &Captures<'_>) -> Option<Range<u
         }
         Check::UrlPassword => {
             let password = caps.name("s")?;
-            (!is_placeholder(password.as_str())).then(|| password.range())
+            let p = password.as_str();
+            (!is_placeholder(p) && !is_port_and_path(p)).then(|| password.range())
         }
         Check::Assignment => assignment_range(text, caps),
     }
@@ -515,6 +658,12 @@ fn assignment_range(text: &str, caps: &Captures<'_>) -> Option<Range<usize>> {
         }
     }
     if !quoted {
+        // `?password=x&user=y`: `&name=` (or `&amp`) starts the next parameter; `Tr0ub4dor&3`
+        // keeps its `&`.
+        if let Some(cut) = query_separator(v) {
+            range.end -= v.len() - cut;
+            v = &v[..cut];
+        }
         // `(password=x)`: a closing bracket without an opening one is punctuation.
         for (open, close) in [('(', ')'), ('[', ']'), ('{', '}')] {
             while v.ends_with(close) && !v.contains(open) {
@@ -526,7 +675,24 @@ fn assignment_range(text: &str, caps: &Captures<'_>) -> Option<Range<usize>> {
     if is_placeholder(v) || (is_authorization && is_auth_scheme(v)) {
         return None;
     }
-    if !quoted && !has_scheme && is_code(text, caps, op, v, range.end) {
+    // `DB_PASSWORD=@dm1n`, `password=!Qaz2wsx` on a command line: a value glued to `=` is a
+    // literal unless it is a call.
+    let glued = op == "="
+        && caps
+            .name("key")
+            .zip(caps.name("op"))
+            .is_some_and(|(k, o)| k.end() == o.start() && o.end() == value.start());
+    if !quoted && !has_scheme {
+        let code = if glued {
+            is_call(v) || is_member_path(v) || is_indexing(v) || is_identifier_like_key(v)
+        } else {
+            is_code(text, caps, op, v, range.end)
+        };
+        if code {
+            return None;
+        }
+    }
+    if is_path(v) {
         return None;
     }
     // `"password=" + pw`, `"password=",`: the key is inside a string literal, so the quote after
@@ -545,10 +711,14 @@ fn assignment_range(text: &str, caps: &Captures<'_>) -> Option<Range<usize>> {
 /// Whether an unquoted assignment value is code rather than a literal.
 fn is_code(text: &str, caps: &Captures<'_>, op: &str, v: &str, end: usize) -> bool {
     let first = v.bytes().next().unwrap_or(b' ');
-    if matches!(
-        first,
-        b'&' | b'*' | b'=' | b'>' | b':' | b'@' | b'!' | b'|' | b'-'
-    ) || v.contains('(')
+    // `!flag`, `@Inject`: an operator or annotation on a name; `!Qaz2wsx`, `@dm1n` are values.
+    let negated_name = matches!(first, b'!' | b'@') && {
+        let rest = &v[1..];
+        is_identifier(rest) && !rest.bytes().any(|b| b.is_ascii_digit())
+    };
+    if matches!(first, b'&' | b'*' | b'=' | b'>' | b':' | b'|' | b'-')
+        || negated_name
+        || is_call(v)
         || v.contains("::")
         || v.contains('{')
         || v.contains('<')
@@ -623,6 +793,9 @@ enum Strength {
 
 /// The sensitivity of a key, matched on its lowercase letters and digits only
 /// (`apiKey`, `api-key` and `API_KEY` are the same key), or `None` when it is not sensitive.
+///
+/// Short words count only as the key's last word: `pass`, `pwd` (`db_pass`, `dbPwd`, but not
+/// `bypass` or the shell's `PWD`) and `auth` (token-like values only).
 fn key_strength(key: &str) -> Option<Strength> {
     const STRONG: &[&str] = &[
         "password",
@@ -633,6 +806,10 @@ fn key_strength(key: &str) -> Option<Strength> {
         "secretkey",
         "privatekey",
         "authorization",
+        "accesskey",
+        "accountkey",
+        "credential",
+        "credentials",
     ];
     let normalized: String = key
         .chars()
@@ -640,12 +817,130 @@ fn key_strength(key: &str) -> Option<Strength> {
         .map(|c| c.to_ascii_lowercase())
         .collect();
     if STRONG.iter().any(|s| normalized.ends_with(s)) {
-        Some(Strength::Strong)
-    } else if normalized.ends_with("token") {
-        Some(Strength::Token)
-    } else {
-        None
+        return Some(Strength::Strong);
     }
+    if normalized.ends_with("token") {
+        return Some(Strength::Token);
+    }
+    match last_word(key).as_str() {
+        // `PWD` and `OLDPWD` are the shell's working directories.
+        "pwd" if key.ends_with("PWD") => None,
+        "pass" | "pwd" => Some(Strength::Strong),
+        "auth" => Some(Strength::Token),
+        _ => None,
+    }
+}
+
+/// The last word of an identifier, lowercase: `db_pass` -> `pass`, `dbPass` -> `pass`,
+/// `DB-PWD` -> `pwd`, `bypass` -> `bypass`.
+fn last_word(key: &str) -> String {
+    let key = key.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let bytes = key.as_bytes();
+    let mut start = 0;
+    for i in 1..bytes.len() {
+        let (prev, cur) = (bytes[i - 1], bytes[i]);
+        if !prev.is_ascii_alphanumeric() || (prev.is_ascii_lowercase() && cur.is_ascii_uppercase())
+        {
+            start = i;
+        }
+    }
+    key[start..]
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_ascii_lowercase()
+}
+
+/// Where a bare value ends at a query-string separator: `&name=`, `&name` at the end (as in
+/// `&amp`), or `&&`. `None` when the `&`s belong to the value.
+fn query_separator(v: &str) -> Option<usize> {
+    v.match_indices('&').find_map(|(i, _)| {
+        let rest = &v[i + 1..];
+        if i == 0 {
+            return None;
+        }
+        if rest.starts_with('&') {
+            return Some(i);
+        }
+        let name_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            .count();
+        let starts_name = rest
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        let after = &rest[name_len..];
+        (starts_name && (after.is_empty() || after.starts_with('='))).then_some(i)
+    })
+}
+
+/// `get_password()`, `os.getenv(`, `compute(a`: a name followed by an opening parenthesis whose
+/// argument is not random-looking text (`Tr0ub(4dor` is a password).
+fn is_call(v: &str) -> bool {
+    let Some((head, args)) = v.split_once('(') else {
+        return false;
+    };
+    !head.is_empty()
+        && head
+            .split(['.', ':'])
+            .all(|p| p.is_empty() || is_identifier(p) || p.starts_with('$'))
+        && (args.is_empty() || args.ends_with(')') || !args.bytes().any(|b| b.is_ascii_digit()))
+}
+
+/// A bare value glued to `=` that is a variable named after the key (`token=my_token`).
+fn is_identifier_like_key(v: &str) -> bool {
+    is_identifier(v) && (key_strength(v).is_some() || contains_keyword(v))
+}
+
+/// `/run/secrets/db`, `~/.aws/credentials`, `./keys/dev.pem`: a file path, not a secret.
+fn is_path(v: &str) -> bool {
+    (v.starts_with(['/', '~']) || v.starts_with("./") || v.starts_with("../"))
+        && v.matches('/').count() >= 2
+}
+
+/// `8080/path`: what follows `host:` in a URL without credentials is a port and a path.
+fn is_port_and_path(p: &str) -> bool {
+    p.find(['/', '#', '?'])
+        .is_some_and(|i| p[..i].bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A long random-looking token: letters and digits, at least 3.5 bits of entropy per
+/// character, and not a hex digest, UUID, path or slug (`all-MiniLM-L6-v2`).
+fn is_high_entropy(t: &str) -> bool {
+    /// Minimum Shannon entropy, in bits per character; random base62 of length 24 has ~4.2.
+    const MIN_BITS: f64 = 3.5;
+    if t.len() < 24
+        || !t.bytes().any(|b| b.is_ascii_digit())
+        || !t.bytes().any(|b| b.is_ascii_alphabetic())
+        || t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        return false;
+    }
+    let parts: Vec<&str> = t
+        .split(['/', '-', '_', '+'])
+        .filter(|p| !p.is_empty())
+        .collect();
+    let words = parts
+        .iter()
+        .filter(|p| p.len() >= 3 && p.bytes().all(|b| b.is_ascii_alphabetic()))
+        .count();
+    if parts.len() >= 2 && words * 2 >= parts.len() {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for b in t.bytes() {
+        counts[usize::from(b)] += 1;
+    }
+    #[allow(clippy::cast_precision_loss)] // lengths are far below 2^52
+    let len = t.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / len;
+            -p * p.log2()
+        })
+        .sum();
+    bits >= MIN_BITS
 }
 
 /// Whether an identifier mentions a sensitive word anywhere (`db_password_env`).
@@ -658,7 +953,7 @@ fn contains_keyword(v: &str) -> bool {
 
 /// Whether a (non-placeholder) value under a key of this strength is a secret.
 fn is_secret_value(strength: Strength, v: &str) -> bool {
-    if is_placeholder(v) {
+    if is_placeholder(v) || is_path(v) {
         return false;
     }
     match strength {
@@ -1084,6 +1379,146 @@ mod tests {
         for (input, expected) in cases {
             assert_redacted(input, expected);
         }
+    }
+
+    #[test]
+    fn values_that_once_escaped() {
+        let cases = [
+            ("password=!Qaz2wsx#Edc", "password=[REDACTED:assignment]"),
+            (
+                "DB_PASSWORD=@dm1n2024 ./run",
+                "DB_PASSWORD=[REDACTED:assignment] ./run",
+            ),
+            ("password=Tr0ub4dor&3", "password=[REDACTED:assignment]"),
+            ("password=Tr0ub(4dor", "password=[REDACTED:assignment]"),
+            (
+                "GET /login?user=bob&password=pa55w0rd&next=/home",
+                "GET /login?user=bob&password=[REDACTED:assignment]&next=/home",
+            ),
+            (
+                "redis://default:pa/ss#w0rd@cache:6379/0",
+                "redis://default:[REDACTED:url_password]@cache:6379/0",
+            ),
+            (
+                "curl -u admin:s3cr3tPass https://api.local",
+                "curl -u admin:[REDACTED:cli_credential] https://api.local",
+            ),
+            (
+                "mysql -u root -pHunter22 shop",
+                "mysql -u root -p[REDACTED:cli_credential] shop",
+            ),
+            (
+                "sshpass -p Hunter22 ssh deploy@db",
+                "sshpass -p [REDACTED:cli_credential] ssh deploy@db",
+            ),
+            (
+                "{\"pass\": \"letmein99\"}",
+                "{\"pass\": \"[REDACTED:assignment]\"}",
+            ),
+            ("db_pwd=letmein99", "db_pwd=[REDACTED:assignment]"),
+        ];
+        for (input, expected) in cases {
+            assert_redacted(input, expected);
+        }
+        let aws = format!("{}/{}", body(20), body(19));
+        assert_redacted(
+            &format!(r#""SecretAccessKey": "{aws}","#),
+            r#""SecretAccessKey": "[REDACTED:assignment]","#,
+        );
+        let azure = format!("{}{}==", body(40), body(46));
+        assert_redacted(
+            &format!("AccountName=store1;AccountKey={azure};EndpointSuffix=core.windows.net"),
+            "AccountName=store1;AccountKey=[REDACTED:assignment];EndpointSuffix=core.windows.net",
+        );
+        let pem = format!(
+            "-----BEGIN RSA PRIVATE KEY----- {} {} -----END RSA PRIVATE KEY-----",
+            body(64),
+            body(40)
+        );
+        assert_redacted(
+            &format!("key: {pem} done"),
+            "key: [REDACTED:private_key] done",
+        );
+        for (token, kind) in [
+            (format!("SG.{}.{}", body(22), body(43)), "sendgrid_key"),
+            (format!("hf_{}", body(34)), "huggingface_token"),
+            (format!("npm_{}", body(36)), "npm_token"),
+            (format!("dckr_pat_{}", body(27)), "docker_token"),
+        ] {
+            assert_redacted(
+                &format!("using {token} now"),
+                &format!("using [REDACTED:{kind}] now"),
+            );
+        }
+        assert_redacted(
+            &format!("the deploy key is {}", body(32)),
+            "the deploy key is [REDACTED:high_entropy]",
+        );
+    }
+
+    #[test]
+    fn lookalikes_that_stay() {
+        for line in [
+            "bypass=true",
+            "PWD=/home/dev/project",
+            "OLDPWD=/tmp",
+            "compass: north",
+            "https://example.com:8443/users/@bob",
+            "http://localhost:8080/#/login@home",
+            "mysql -u app -p -h db shop",
+            "password_hint: first pet",
+            "GOOGLE_APPLICATION_CREDENTIALS=/etc/app/sa.json",
+            "cache key 3f786850e387550fdab836ed7e6dc881de23001b miss",
+            "token id 67e55044-10b1-426f-9247-bb680e5fe0c8 done",
+            "key models/all-MiniLM-L6-v2/tokenizer.json",
+            "if !password_ok { return }",
+            "password = !valid",
+        ] {
+            assert_untouched(line);
+        }
+    }
+
+    #[test]
+    fn json_numbers_short_keys_and_secret_keys() {
+        let r = redactor();
+        let gh = format!("ghp_{}", body(36));
+        let mut value = json!({
+            "password": 123_456_789,
+            "pass": "letmein99",
+            "pwd": "letmein99",
+            "max_tokens": 4096,
+            "auth": format!("{}==", body(30)),
+            "bypass": "yes",
+        });
+        value.as_object_mut().unwrap().insert(gh.clone(), json!(1));
+        r.redact_json(&mut value);
+        assert_eq!(
+            value,
+            json!({
+                "password": "[REDACTED:assignment]",
+                "pass": "[REDACTED:assignment]",
+                "pwd": "[REDACTED:assignment]",
+                "max_tokens": 4096,
+                "auth": "[REDACTED:assignment]",
+                "bypass": "yes",
+                "[REDACTED:github_token]": 1,
+            })
+        );
+        let once = value.clone();
+        r.redact_json(&mut value);
+        assert_eq!(value, once);
+        // Two secret keys that redact to the same marker both survive.
+        let mut value = json!({});
+        let map = value.as_object_mut().unwrap();
+        map.insert(gh.clone(), json!(1));
+        map.insert(format!("ghp_{}", body(40)), json!(2));
+        r.redact_json(&mut value);
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 2, "{value}");
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with("[REDACTED:github_token]"))
+        );
     }
 
     #[test]

@@ -358,9 +358,22 @@ impl SelfLearningMemory {
             });
         }
         let mut new = new;
-        self.inner
-            .redactor
-            .redact_in_place(&mut new.task_description);
+        let redactor = &self.inner.redactor;
+        if redactor.is_enabled() {
+            // Before normalization: lowercasing would hide the shape of many keys.
+            redactor.redact_in_place(&mut new.task_description);
+            let ctx = &mut new.context;
+            redactor.redact_in_place(&mut ctx.domain);
+            for label in [&mut ctx.language, &mut ctx.framework]
+                .into_iter()
+                .flatten()
+            {
+                redactor.redact_in_place(label);
+            }
+            for tag in &mut ctx.tags {
+                redactor.redact_in_place(tag);
+            }
+        }
         let ctx = &mut new.context;
         ctx.domain = normalize_label(Some(&ctx.domain)).unwrap_or_else(|| "general".to_owned());
         ctx.language = normalize_label(ctx.language.as_deref());
@@ -427,6 +440,7 @@ impl SelfLearningMemory {
         let mut step = step;
         let redactor = &self.inner.redactor;
         if redactor.is_enabled() {
+            redactor.redact_in_place(&mut step.tool);
             redactor.redact_in_place(&mut step.action);
             redactor.redact_json(&mut step.parameters);
             match &mut step.result {
