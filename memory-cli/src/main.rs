@@ -1,8 +1,10 @@
 //! The `memory` command: record agent episodes, inspect what the memory learned.
 
+mod argv;
 mod backend;
 mod cli;
 mod commands;
+mod display_safe;
 mod output;
 mod progress;
 mod settings;
@@ -87,7 +89,7 @@ fn report_error(e: &anyhow::Error, json_out: bool) {
             json!({ "error": { "kind": kind, "message": message, "hint": hint(e) } })
         );
     } else {
-        eprintln!("error: {message}");
+        eprintln!("error: {}", display_safe::text(&message));
         if let Some(h) = hint(e) {
             eprintln!("hint: {h}");
         }
@@ -177,20 +179,71 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     Ok(signalled.map_or(code, ExitCode::from))
 }
 
-fn main() -> ExitCode {
-    let json_requested = std::env::args().any(|a| a == "--json");
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            if json_requested && e.use_stderr() {
-                println!(
-                    "{}",
-                    json!({ "error": { "kind": "usage", "message": e.to_string().trim(), "hint": "see `memory --help`" } })
-                );
-                return ExitCode::from(2);
+/// A usage error: as JSON on stdout under `--json`, else on stderr; exit code 2.
+fn usage_error(message: &str, json_requested: bool) -> ExitCode {
+    if json_requested {
+        println!(
+            "{}",
+            json!({ "error": { "kind": "usage", "message": message.trim(), "hint": "see `memory --help`" } })
+        );
+    } else {
+        eprintln!("error: {}", display_safe::text(message.trim()));
+        eprintln!("hint: see `memory --help`");
+    }
+    ExitCode::from(2)
+}
+
+/// The parsed command line, or the exit code of a usage error already reported (help and
+/// `--version` are printed by clap and exit 0).
+fn parse_args() -> Result<Cli, ExitCode> {
+    // `args_os`: `std::env::args` panics on an argument that is not UTF-8.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let json_requested = argv::json_requested(&args);
+    if let Err(e) = argv::check_utf8(&args) {
+        return Err(usage_error(&e.to_string(), json_requested));
+    }
+    // Every argument is UTF-8 now: the conversion is lossless.
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => match escaped_error(&args) {
+            Some(escaped) if json_requested => Err(usage_error(&escaped.to_string(), true)),
+            Some(escaped) => escaped.exit(),
+            // Escaping changed the outcome (never seen): clap's message as plain text, escaped.
+            None if args.iter().any(|a| display_safe::needs_escape(a)) => {
+                let plain = e.render().to_string();
+                let message = plain.trim_start().trim_start_matches("error: ");
+                Err(usage_error(message, json_requested))
             }
-            e.exit();
-        }
+            None if json_requested => Err(usage_error(&e.to_string(), true)),
+            None => e.exit(),
+        },
+    }
+}
+
+/// clap's usage error for `args` with their control characters escaped, when any had some:
+/// clap repeats a bad value in its message, and the terminal must not receive it raw.
+/// `None` when no argument needed escaping, or the escaped arguments parse.
+fn escaped_error(args: &[String]) -> Option<clap::Error> {
+    let escaped: Vec<std::borrow::Cow<'_, str>> =
+        args.iter().map(|a| display_safe::line(a)).collect();
+    if escaped
+        .iter()
+        .all(|a| matches!(a, std::borrow::Cow::Borrowed(_)))
+    {
+        return None;
+    }
+    Cli::try_parse_from(escaped.iter().map(AsRef::<str>::as_ref)).err()
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
     init_tracing(cli.verbose);
     let json_out = cli.json;

@@ -91,7 +91,10 @@ impl Settings {
             Some(m) => m,
             None => match env("MEMORY_MODE") {
                 Some(m) => <Mode as clap::ValueEnum>::from_str(&m, true).map_err(|_| {
-                    anyhow::anyhow!("invalid MEMORY_MODE {m:?} (expected local, remote or replica)")
+                    anyhow::anyhow!(
+                        "invalid MEMORY_MODE {} (expected local, remote or replica)",
+                        memory_core::quote_value(&m)
+                    )
                 })?,
                 None => file.mode.unwrap_or(Mode::Local),
             },

@@ -645,3 +645,255 @@ fn settings_precedence_is_flags_then_environment_then_memory_toml_then_defaults(
             .stderr(predicate::str::contains("unknown field"));
     }
 }
+
+/// Stored text holding terminal control sequences (an OSC 52 clipboard write, screen
+/// clearing, a bidi override) is printed escaped by the human output, and exact under --json.
+#[test]
+fn terminal_control_characters_are_escaped_in_human_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = "deploy \u{1b}]52;c;aGk=\u{7} then \u{1b}[2J now";
+    let output = "ok \u{1b}[2J\u{1b}]52;c;aGk=\u{7}";
+    let action = "run \u{202e}txt.exe";
+    let id = json(&dir, &["episode", "start", "--task", task])["episode_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json(
+        &dir,
+        &[
+            "episode", "step", &id, "--tool", "sh", "--action", action, "--ok", output,
+        ],
+    );
+    json(
+        &dir,
+        &[
+            "episode",
+            "complete",
+            &id,
+            "--success",
+            "done \u{1b}[31mred",
+        ],
+    );
+
+    let raw_controls = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        text.chars()
+            .filter(|c| {
+                (c.is_control() && *c != '\n' && *c != '\t')
+                    || ('\u{202a}'..='\u{202e}').contains(c)
+                    || ('\u{2066}'..='\u{2069}').contains(c)
+            })
+            .collect::<Vec<_>>()
+    };
+    for args in [
+        vec!["episode", "show", id.as_str()],
+        vec!["episode", "list"],
+        vec!["episode", "search", "deploy"],
+    ] {
+        let out = memory(&dir).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
+            "{args:?}: raw ESC or BEL in {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(raw_controls(&out.stdout), Vec::<char>::new(), "{args:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            stdout.contains("deploy \\x1b]52;c;aGk=\\x07 then \\x1b[2J now"),
+            "{args:?}: {stdout}"
+        );
+    }
+    let shown = memory(&dir)
+        .args(["episode", "show", &id])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert!(shown.contains("ok \\x1b[2J\\x1b]52;c;aGk=\\x07"), "{shown}");
+    assert!(shown.contains("run \\u{202e}txt.exe"), "{shown}");
+    assert!(shown.contains("done \\x1b[31mred"), "{shown}");
+
+    // JSON output stays exact.
+    let exact = json(&dir, &["episode", "show", &id]);
+    assert_eq!(exact["task_description"], task);
+    assert_eq!(exact["steps"][0]["action"], action);
+    assert_eq!(exact["steps"][0]["result"]["output"], output);
+    let listed = json(&dir, &["episode", "list"]);
+    assert_eq!(listed["episodes"][0]["task_description"], task);
+
+    // Input echoed in an error is escaped too.
+    let out = memory(&dir)
+        .args(["episode", "list", "--outcome", "\u{1b}]52;c;aGk=\u{7}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !out.stderr.contains(&0x1b) && !out.stderr.contains(&0x07),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And in clap's usage errors, which repeat the bad value.
+    let out = memory(&dir)
+        .args(["episode", "list", "--limit", "\u{1b}[2J"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.stderr.contains(&0x1b), "{stderr:?}");
+    assert!(stderr.contains("\\x1b[2J"), "{stderr}");
+}
+
+/// An argument that is not UTF-8 is a usage error naming its position (exit code 2), not a
+/// panic.
+#[cfg(unix)]
+#[test]
+fn non_utf8_arguments_are_usage_errors() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = OsStr::from_bytes(b"\xff\xfe");
+
+    // A positional argument: `memory --data-dir DIR episode show <bad>` (argument 5).
+    let out = memory(&dir)
+        .args([OsStr::new("episode"), OsStr::new("show"), bad])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("argument 5 is not valid UTF-8"), "{stderr}");
+
+    // An option's value: `memory --data-dir <bad> stats` (argument 2).
+    let out = Command::cargo_bin("memory")
+        .unwrap()
+        .arg("--data-dir")
+        .arg(bad)
+        .arg("stats")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("argument 2 (after \"--data-dir\") is not valid UTF-8"),
+        "{stderr}"
+    );
+
+    // Under --json the usage error is JSON on stdout.
+    let out = memory(&dir)
+        .args([
+            OsStr::new("--json"),
+            OsStr::new("episode"),
+            OsStr::new("start"),
+            OsStr::new("--task"),
+            bad,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "usage");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("argument 7 (after \"--task\")"),
+        "{v}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    assert!(!dir.path().join("memory.db").exists(), "nothing was opened");
+}
+
+/// The data directory is created 0700 and every file the memory writes 0600, even under
+/// umask 000; so are `export` files and `backup` directories.
+#[cfg(unix)]
+#[test]
+fn files_and_directories_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+    /// `root` and every directory under it 0700, every regular file 0600; the files seen.
+    fn assert_private(root: &Path, files: &mut Vec<String>) {
+        assert_eq!(mode(root), 0o700, "{}", root.display());
+        for entry in std::fs::read_dir(root).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                assert_private(&path, files);
+            } else if meta.is_file() {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                files.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("nested/data");
+    let bin = env!("CARGO_BIN_EXE_memory");
+    // `sh` sets the umask, then becomes `memory` with the arguments.
+    let run = |args: &[&str]| -> Value {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 000; exec \"$0\" \"$@\"")
+            .arg(bin)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--json")
+            .args(args)
+            .env_remove("MEMORY_NAMESPACE")
+            .env_remove("MEMORY_MODE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // Without the memory's own modes, umask 000 would leave 0777 / 0666 (a control).
+    let control = tmp.path().join("control");
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; : > \"$0\"")
+        .arg(&control)
+        .status()
+        .unwrap();
+    assert_eq!(mode(&control), 0o666);
+
+    let id = run(&["episode", "start", "--task", "private files"])["episode_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run(&[
+        "episode", "step", &id, "--tool", "cargo", "--action", "build", "--ok", "ok",
+    ]);
+    run(&["episode", "complete", &id, "--success", "built"]);
+    let export = tmp.path().join("export.jsonl");
+    run(&["export", export.to_str().unwrap()]);
+    let backup = tmp.path().join("backups/first");
+    run(&["backup", backup.to_str().unwrap()]);
+
+    let mut files = Vec::new();
+    assert_private(&data, &mut files);
+    for expected in ["memory.db", "cache.redb", "memory.lock"] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} in {files:?}"
+        );
+    }
+    assert_eq!(mode(data.parent().unwrap()), 0o700, "created parents too");
+    assert_eq!(mode(&export), 0o600);
+    let mut backup_files = Vec::new();
+    assert_private(&backup, &mut backup_files);
+    assert!(
+        backup_files.iter().any(|f| f == "manifest.json"),
+        "{backup_files:?}"
+    );
+    assert_eq!(mode(&tmp.path().join("backups")), 0o700);
+}

@@ -33,10 +33,18 @@ impl std::fmt::Display for EpisodeId {
 
 impl std::str::FromStr for EpisodeId {
     type Err = crate::Error;
+    /// Parses a UUID; the error quotes at most a short prefix of `s`
+    /// ([`quote_value`](crate::quote_value)).
     fn from_str(s: &str) -> crate::Result<Self> {
-        Uuid::parse_str(s.trim())
-            .map(EpisodeId)
-            .map_err(|e| crate::Error::invalid("episode_id", e.to_string()))
+        Uuid::parse_str(s.trim()).map(EpisodeId).map_err(|e| {
+            crate::Error::invalid(
+                "episode_id",
+                format!(
+                    "{} is not an episode id (a UUID): {e}",
+                    crate::quote_value(s)
+                ),
+            )
+        })
     }
 }
 
@@ -105,7 +113,7 @@ impl std::str::FromStr for TaskType {
             .ok_or_else(|| {
                 crate::Error::invalid(
                     "task_type",
-                    format!("unknown task type {s:?} (expected one of code_generation, debugging, refactoring, testing, analysis, documentation, other)"),
+                    format!("unknown task type {} (expected one of code_generation, debugging, refactoring, testing, analysis, documentation, other)", crate::quote_value(s)),
                 )
             })
     }
@@ -161,7 +169,10 @@ impl std::str::FromStr for Complexity {
             "complex" => Ok(Complexity::Complex),
             _ => Err(crate::Error::invalid(
                 "complexity",
-                format!("unknown complexity {s:?} (expected simple, moderate or complex)"),
+                format!(
+                    "unknown complexity {} (expected simple, moderate or complex)",
+                    crate::quote_value(s)
+                ),
             )),
         }
     }
@@ -519,7 +530,8 @@ impl std::str::FromStr for OutcomeKind {
             _ => Err(crate::Error::invalid(
                 "outcome",
                 format!(
-                    "unknown outcome {s:?} (expected success, partial_success, failure or abstained)"
+                    "unknown outcome {} (expected success, partial_success, failure or abstained)",
+                    crate::quote_value(s)
                 ),
             )),
         }

@@ -67,7 +67,10 @@ impl std::str::FromStr for FeedbackOutcome {
             "hindered" => Ok(FeedbackOutcome::Hindered),
             _ => Err(crate::Error::invalid(
                 "feedback.outcome",
-                format!("unknown outcome {s:?} (expected helped, no-effect or hindered)"),
+                format!(
+                    "unknown outcome {} (expected helped, no-effect or hindered)",
+                    crate::quote_value(s)
+                ),
             )),
         }
     }

@@ -44,6 +44,7 @@ mod memory;
 mod namespace;
 mod pattern;
 mod quota;
+mod quote;
 mod redact;
 mod reflection;
 pub mod retrieval;
@@ -96,6 +97,7 @@ pub use memory::{
 pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
 pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObservation, pattern_id};
 pub use quota::{QuotaConfig, RateLimitConfig, RateLimiter};
+pub use quote::{QUOTE_MAX_CHARS, cut_to, cut_value, quote_value};
 pub use redact::{RedactionConfig, Redactor};
 pub use reflection::{Reflection, reflect};
 pub use retrieval::{

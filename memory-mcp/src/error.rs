@@ -54,11 +54,15 @@ pub(crate) struct ToolFailure {
 }
 
 impl ToolFailure {
-    /// Arguments that do not fit the tool's schema.
+    /// Arguments that do not fit the tool's schema. The reason (serde's message, which
+    /// repeats a bad field name or value) quotes at most a short prefix of each value.
     pub fn arguments(tool: &str, reason: impl std::fmt::Display) -> Self {
         ToolFailure {
             kind: "invalid_arguments",
-            message: format!("invalid arguments for {tool}: {reason}"),
+            message: format!(
+                "invalid arguments for {tool}: {}",
+                short_quotes(&reason.to_string())
+            ),
             hint: Some("check the argument names and types against the tool's input schema"),
             details: Value::Null,
         }
@@ -146,6 +150,96 @@ impl From<MemoryError> for ToolFailure {
     }
 }
 
+/// Longest argument error, in characters, after each quoted value was cut.
+const MAX_REASON_CHARS: usize = 400;
+
+/// `reason` with every value it quotes between backticks (serde names unknown fields and
+/// variants that way) cut to a short prefix, and the whole cut to [`MAX_REASON_CHARS`]
+/// (values serde quotes otherwise, such as `invalid type: string "..."`).
+fn short_quotes(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(MAX_REASON_CHARS + 32));
+    // Odd pieces lie between a pair of backticks.
+    for (i, piece) in reason.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        if i % 2 == 1 {
+            out.push_str(&memory_core::cut_value(piece));
+        } else {
+            out.push_str(piece);
+        }
+    }
+    memory_core::cut_to(&out, MAX_REASON_CHARS).into_owned()
+}
+
 fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Args {
+        outcome: Choice,
+        limit: Option<u32>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Choice {
+        Success,
+        Failure,
+    }
+
+    fn cut_to_test(s: &str) -> String {
+        memory_core::cut_to(s, 700).into_owned()
+    }
+
+    fn failure_for(args: &Value) -> ToolFailure {
+        let e = serde_json::from_value::<Args>(args.clone()).unwrap_err();
+        ToolFailure::arguments("complete_episode", e)
+    }
+
+    #[test]
+    fn a_megabyte_bad_argument_is_quoted_short() {
+        let big = "v".repeat(1 << 20);
+        for args in [
+            json!({ "outcome": big }),
+            json!({ "outcome": "success", (big.clone()): 1 }),
+            json!({ "outcome": "success", "limit": big }),
+        ] {
+            let f = failure_for(&args);
+            assert!(f.message.len() < 600, "{} bytes", f.message.len());
+            assert!(f.message.contains(" bytes)"), "{}", cut_to_test(&f.message));
+            assert!(f.to_json().to_string().len() < 1_000);
+        }
+        // A short bad value is named whole, with what was expected.
+        let f = failure_for(&json!({ "outcome": "cooking" }));
+        assert!(
+            f.message.contains("`cooking`") && f.message.contains("`failure`"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn a_megabyte_unknown_id_is_quoted_short() {
+        let big = "0".repeat(1 << 20);
+        let f = ToolFailure::from(MemoryError::not_found(
+            memory_core::ObjectKind::Pattern,
+            &big,
+        ));
+        assert!(f.message.len() < 300, "{} bytes", f.message.len());
+        assert!(f.message.contains("(1048576 bytes)"), "{}", f.message);
+        // The id is in the message and in the details: both short.
+        let answer = f.to_json().to_string();
+        assert!(answer.len() < 600, "{} bytes", answer.len());
+        assert_eq!(f.kind, "not_found");
+    }
 }

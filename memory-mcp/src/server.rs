@@ -451,9 +451,10 @@ impl MemoryServer {
     /// else, including invalid arguments, is a tool result.
     async fn call(&self, name: &str, args: Option<JsonObject>) -> Result<CallToolResult, McpError> {
         if !TOOLS.contains(&name) {
+            let shown = memory_core::cut_value(name);
             return Err(McpError::invalid_params(
-                format!("unknown tool: {name}"),
-                Some(json!({ "tool": name, "available": TOOLS })),
+                format!("unknown tool: {shown}"),
+                Some(json!({ "tool": shown, "available": TOOLS })),
             ));
         }
         let started = Instant::now();
@@ -839,9 +840,17 @@ fn parse<T: DeserializeOwned>(tool: &str, args: Option<JsonObject>) -> Result<T,
         .map_err(|e| ToolFailure::arguments(tool, e))
 }
 
+/// An episode id argument; the error quotes at most a short prefix of a bad one.
 fn episode_id(s: &str) -> Result<EpisodeId, ToolFailure> {
     s.parse::<EpisodeId>().map_err(|_| {
-        MemoryError::invalid("episode_id", format!("{s:?} is not an episode id (a UUID)")).into()
+        MemoryError::invalid(
+            "episode_id",
+            format!(
+                "{} is not an episode id (a UUID)",
+                memory_core::quote_value(s)
+            ),
+        )
+        .into()
     })
 }
 
@@ -891,5 +900,23 @@ impl ServerHandler for MemoryServer {
             .instrument(span)
             .await
             .map(CallToolResponse::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_megabyte_episode_id_is_quoted_short() {
+        let big = "e".repeat(1 << 20);
+        let failure = episode_id(&big).err().map(|f| f.to_json().to_string());
+        let answer = failure.unwrap_or_default();
+        assert!(
+            answer.contains("(1048576 bytes)"),
+            "{}",
+            memory_core::cut_to(&answer, 500)
+        );
+        assert!(answer.len() < 300, "{} bytes", answer.len());
     }
 }

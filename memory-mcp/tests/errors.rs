@@ -228,6 +228,34 @@ fn steps_for_unknown_or_completed_episodes_are_errors() {
 }
 
 #[test]
+fn a_megabyte_bad_id_is_quoted_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = Server::start(dir.path(), NS, &[]);
+    let big = "f".repeat(1 << 20);
+
+    let r = s.call_raw("show_episode", json!({ "episode_id": big }));
+    let result = &r["result"];
+    assert_eq!(result["isError"], json!(true));
+    let message = result["structuredContent"]["error"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.len() < 300, "{} bytes", message.len());
+    assert!(message.contains("(1048576 bytes)"), "{message}");
+    // The whole answer (structured content and its text copy) stays small too.
+    assert!(r.to_string().len() < 2_000, "{} bytes", r.to_string().len());
+
+    let id = s.call_ok("start_episode", json!({ "task": "feedback target" }))["episode_id"].clone();
+    let e = s.call_err(
+        "record_feedback",
+        json!({ "target_kind": "heuristic", "target_id": big, "episode_id": id, "outcome": "helped" }),
+    );
+    assert_eq!(e["kind"], json!("not_found"));
+    assert!(e.to_string().len() < 600, "{} bytes", e.to_string().len());
+    assert_serving(&mut s);
+    s.close();
+}
+
+#[test]
 fn each_client_is_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = Server::start(

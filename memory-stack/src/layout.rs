@@ -1,10 +1,11 @@
 //! What lives in a data directory, and the lock that tells a restore whether anyone uses it.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::StackError;
+use memory_files as private_fs;
 
 /// The libsql database file (local mode).
 pub const DATABASE_FILE: &str = memory_storage_turso::DATA_DIR_FILE;
@@ -76,9 +77,10 @@ impl DataDir {
         self.root.join(LOCK_FILE)
     }
 
-    /// Creates the directory if it does not exist.
+    /// Creates the directory, `0700` on Unix, if it does not exist (an existing one keeps its
+    /// permissions).
     pub fn create(&self) -> Result<(), StackError> {
-        std::fs::create_dir_all(&self.root).map_err(|source| StackError::DataDir {
+        private_fs::create_dir_all(&self.root).map_err(|source| StackError::DataDir {
             dir: self.root.clone(),
             source,
         })
@@ -88,7 +90,7 @@ impl DataDir {
     /// went.
     pub fn move_aside(&self, file: &Path) -> std::io::Result<PathBuf> {
         let dir = self.damaged();
-        std::fs::create_dir_all(&dir)?;
+        private_fs::create_dir_all(&dir)?;
         let name = file
             .file_name()
             .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
@@ -114,7 +116,7 @@ pub struct PresenceLock {
 impl PresenceLock {
     fn open_file(dir: &DataDir) -> Result<File, StackError> {
         let path = dir.lock_file();
-        OpenOptions::new()
+        private_fs::file_options()
             .create(true)
             .truncate(false)
             .read(true)

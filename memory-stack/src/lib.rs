@@ -39,6 +39,12 @@
 mod embedder;
 mod health;
 mod layout;
+#[cfg(test)]
+mod private_files_test;
+
+/// Private files and directories (`0700` / `0600` whatever the umask), re-exported for the
+/// CLI's exports and backups.
+pub use memory_files as private_fs;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -64,7 +64,8 @@ pub struct JournalDir {
 }
 
 impl JournalDir {
-    /// The journals in `dir` (created if missing). Nothing is written until the first append.
+    /// The journals in `dir` (created `0700` if missing). Nothing is written until the first
+    /// append; journal files are created `0600`.
     /// `legacy` names single-file outboxes of earlier versions, adopted like orphans.
     pub async fn open(
         dir: impl AsRef<Path>,
@@ -73,8 +74,10 @@ impl JournalDir {
     ) -> Result<Arc<Self>> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        tokio::fs::create_dir_all(&dir)
+        let made = dir.clone();
+        tokio::task::spawn_blocking(move || memory_files::create_dir_all(&made))
             .await
+            .map_err(|e| Error::storage(BACKEND, "journal open", false, e))?
             .map_err(|e| Error::storage(BACKEND, "journal open", false, e))?;
         let own_name = format!(
             "{}-{}.redb",
@@ -203,7 +206,7 @@ impl JournalDir {
     /// Moves a damaged journal aside, adopts what can be read from its bytes, and reports.
     async fn salvage(&self, path: &Path, why: &str) -> Result<Vec<(u64, OutboxEntry)>> {
         let damaged_dir = self.dir.join(DAMAGED_DIR);
-        std::fs::create_dir_all(&damaged_dir)
+        memory_files::create_dir_all(&damaged_dir)
             .map_err(|e| Error::storage(BACKEND, "journal salvage", false, e))?;
         let stamp = chrono::Utc::now();
         let name = path
@@ -228,7 +231,7 @@ impl JournalDir {
         let text = serde_json::to_vec_pretty(&report).unwrap_or_default();
         let mut report_path = aside.clone().into_os_string();
         report_path.push(".json");
-        if let Err(e) = std::fs::write(&report_path, text) {
+        if let Err(e) = memory_files::write(Path::new(&report_path), &text) {
             warn!(error = %e, "cannot write the damaged-journal report");
         }
         warn!(file = %aside.display(), error = why, recovered = report.recovered, unreadable, "a journal could not be trusted: moved aside, readable entries adopted");

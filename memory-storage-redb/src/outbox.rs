@@ -230,8 +230,10 @@ fn open_file(path: &Path, config: &OutboxConfig) -> Result<(Database, u64), Stor
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir)?;
+        memory_files::create_dir_all(dir)?;
     }
+    // Ours, 0600, before redb opens it (redb starts a new database in an empty file).
+    memory_files::precreate(path)?;
     let db = redb::Builder::new()
         .set_cache_size(config.redb_cache_bytes)
         .create(path)?;

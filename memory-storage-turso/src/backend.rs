@@ -143,9 +143,7 @@ impl TursoStorage {
     /// embedded default directory is `./.memory/`.
     pub async fn open_in_data_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| Failure::from(e).into_core("open"))?;
+        memory_files::create_dir_all(dir).map_err(|e| Failure::from(e).into_core("open"))?;
         Self::open_local(dir.join(DATA_DIR_FILE)).await
     }
 
@@ -296,26 +294,34 @@ impl TursoStorage {
                         .into(),
             });
         }
-        if tokio::fs::try_exists(dest).await.unwrap_or(true) {
-            return Err(Error::InvalidInput {
-                field: "backup".into(),
-                reason: format!(
-                    "{} already exists (or cannot be checked); choose a new path",
-                    dest.display()
-                ),
-            });
+        create_parent(dest).map_err(|f| f.into_core("backup"))?;
+        // The copy goes into a file created here, 0600 (VACUUM INTO fills an empty file):
+        // creating it is also the check that nothing is at `dest` yet.
+        match memory_files::create_new(dest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::InvalidInput {
+                    field: "backup".into(),
+                    reason: format!("{} already exists; choose a new path", dest.display()),
+                });
+            }
+            Err(e) => return Err(Failure::from(e).into_core("backup")),
         }
         let dest_text = dest.to_string_lossy().into_owned();
         let inner = &*self.inner;
-        inner
+        let copied = inner
             .call("backup", async {
-                create_parent(dest).await?;
                 let conn = inner.writer().await?;
                 conn.execute("VACUUM INTO ?1", vec![Value::Text(dest_text)])
                     .await?;
                 Ok(())
             })
-            .await
+            .await;
+        if copied.is_err() {
+            // Ours, and at best a partial copy.
+            let _ = std::fs::remove_file(dest);
+        }
+        copied
     }
 
     /// The ids of a namespace's episodes, read from a database that may be damaged: the
@@ -525,7 +531,10 @@ async fn build_database(config: &TursoConfig) -> DbResult<Database> {
     match config.mode() {
         TursoMode::Local { path } => {
             if !is_memory_path(path) {
-                create_parent(path).await?;
+                create_parent(path)?;
+                // SQLite would create the file with the umask's permissions, and give its
+                // -wal and -shm files the same: it opens this empty one, 0600, instead.
+                memory_files::precreate(path)?;
             }
             Ok(Builder::new_local(path).build().await?)
         }
@@ -543,7 +552,7 @@ async fn build_database(config: &TursoConfig) -> DbResult<Database> {
             auth_token,
             sync_interval,
         } => {
-            create_parent(path).await?;
+            create_parent(path)?;
             let mut builder = Builder::new_remote_replica(
                 path,
                 url.clone(),
@@ -554,6 +563,7 @@ async fn build_database(config: &TursoConfig) -> DbResult<Database> {
                 builder = builder.sync_interval(*interval);
             }
             let db = builder.build().await?;
+            restrict_replica_files(path)?;
             if let Err(e) = db.sync().await {
                 let failure = Failure::from(e);
                 // A replica reads its local file: it opens while the primary is down and
@@ -574,9 +584,24 @@ async fn build_database(config: &TursoConfig) -> DbResult<Database> {
     }
 }
 
-async fn create_parent(path: &Path) -> DbResult<()> {
+/// Creates the missing directories above `path`, 0700.
+fn create_parent(path: &Path) -> DbResult<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(parent).await?;
+        memory_files::create_dir_all(parent)?;
+    }
+    Ok(())
+}
+
+/// Restricts the files libsql created for an embedded replica at `path` (the database, its
+/// WAL files and the replication index) to 0600: libsql refuses a database file it did not
+/// create, so they cannot be created by this crate first.
+#[cfg(feature = "replica")]
+fn restrict_replica_files(path: &Path) -> DbResult<()> {
+    let name = path.as_os_str();
+    for suffix in ["", "-wal", "-shm", "-client_wal_index"] {
+        let mut file = name.to_owned();
+        file.push(suffix);
+        memory_files::restrict(Path::new(&file))?;
     }
     Ok(())
 }

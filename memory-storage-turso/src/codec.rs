@@ -176,9 +176,12 @@ impl<'r> Cols<'r> {
 
     pub(crate) fn episode_id(&self, i: i32) -> DbResult<EpisodeId> {
         let s = self.text(i)?;
-        uuid::Uuid::parse_str(&s)
-            .map(EpisodeId)
-            .map_err(|e| decode(self.table, format!("episode id {s:?}: {e}")))
+        uuid::Uuid::parse_str(&s).map(EpisodeId).map_err(|e| {
+            decode(
+                self.table,
+                format!("episode id {}: {e}", memory_core::quote_value(&s)),
+            )
+        })
     }
 
     pub(crate) fn parse<T: FromStr<Err = Error>>(&self, i: i32) -> DbResult<T> {

@@ -20,10 +20,13 @@ use memory_storage_turso::{DATA_DIR_FILE, TursoStorage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use memory_stack::{CACHE_FILE, DataDir, JOURNAL_DIR, LEGACY_OUTBOX_FILE, PresenceLock, Stack};
+use memory_stack::{
+    CACHE_FILE, DataDir, JOURNAL_DIR, LEGACY_OUTBOX_FILE, PresenceLock, Stack, private_fs,
+};
 
 use crate::backend::stack_error;
 use crate::cli::Mode;
+use crate::display_safe;
 use crate::output;
 use crate::settings::Settings;
 
@@ -92,7 +95,7 @@ pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
         outbox_pending,
     };
     let text = serde_json::to_string_pretty(&manifest)?;
-    std::fs::write(dir.join(MANIFEST), text)
+    private_fs::write(&dir.join(MANIFEST), text.as_bytes())
         .with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
     if s.json {
         return output::json(&json!({
@@ -106,7 +109,7 @@ pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     println!(
         "backed up {episodes} episodes in {} namespaces to {}",
         manifest.namespaces.len(),
-        target.display()
+        display_safe::path(&target)
     );
     if outbox_pending > 0 {
         println!(
@@ -137,7 +140,7 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
         .with_context(|| format!("{} is not a usable memory database", source.display()))?;
     drop(check);
 
-    std::fs::create_dir_all(&s.data_dir)
+    private_fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create {}", s.data_dir.display()))?;
     // Held until the restore is done: refused while anyone uses the directory, and keeps
     // everyone out meanwhile, so no process writes into files that are moved aside.
@@ -166,7 +169,7 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
             "pre-restore-{}",
             chrono::Utc::now().format("%Y%m%d-%H%M%S%.3f")
         ));
-        std::fs::create_dir_all(&aside)
+        private_fs::create_dir_all(&aside)
             .with_context(|| format!("cannot create {}", aside.display()))?;
         for p in &present {
             let name = p.file_name().map(PathBuf::from).unwrap_or_default();
@@ -215,10 +218,13 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
     println!(
         "restored {episodes} episodes in {} namespaces into {}",
         namespaces.len(),
-        dest.display()
+        display_safe::path(&dest)
     );
     if let Some(a) = moved_to {
-        println!("the previous files were moved to {}", a.display());
+        println!(
+            "the previous files were moved to {}",
+            display_safe::path(&a)
+        );
     }
     Ok(())
 }
@@ -228,7 +234,7 @@ fn copy_with_progress(from: &Path, to: &Path, s: &Settings) -> std::io::Result<(
     use std::io::{Read, Write};
     let mut input = std::fs::File::open(from)?;
     let total = input.metadata()?.len();
-    let mut output = std::fs::File::create_new(to)?;
+    let mut output = private_fs::create_new(to)?;
     let bar = crate::progress::bytes(total, "restoring", s);
     let mut buf = vec![0u8; 1 << 20];
     loop {

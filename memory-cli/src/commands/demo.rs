@@ -8,6 +8,7 @@ use memory_core::{
 };
 use serde_json::json;
 
+use crate::display_safe;
 use crate::output::{self, clip, pct, short_id};
 use crate::settings::Settings;
 
@@ -194,7 +195,7 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
     let (line, value) = probe(m, ns).await?;
     if !s.json {
         println!("Asking for advice on {PROBE_TASK:?} (a new wording of a task below):");
-        println!("  before any episode: {line}");
+        println!("  before any episode: {}", display_safe::line(&line));
     }
     advice.push(value);
     if !s.json {
@@ -240,7 +241,11 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
         }
         let (line, value) = probe(m, ns).await?;
         if !s.json {
-            println!("  advice after round {}: {line}", round + 1);
+            println!(
+                "  advice after round {}: {}",
+                round + 1,
+                display_safe::line(&line)
+            );
         }
         advice.push(value);
     }
@@ -316,7 +321,7 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
     println!();
     println!("Failure lessons (surfaced before similar tasks):");
     for l in &lessons {
-        println!("  - {}", l.text());
+        println!("  - {}", display_safe::line(&l.text()));
     }
     println!();
     println!(

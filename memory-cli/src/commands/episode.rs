@@ -8,6 +8,7 @@ use memory_core::{
 use serde_json::json;
 
 use crate::cli::{CompleteArgs, ContextArgs, EpisodeCmd, ListArgs, StartArgs, StepArgs};
+use crate::display_safe::line;
 use crate::output::{self, clip, pct};
 use crate::settings::Settings;
 
@@ -127,7 +128,7 @@ async fn complete(a: CompleteArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
         if !lines.is_empty() {
             println!("{title}:");
             for l in lines {
-                println!("  - {l}");
+                println!("  - {}", line(l));
             }
         }
     }
@@ -156,16 +157,16 @@ async fn show(id: &str, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
         return output::json(&e);
     }
     println!("episode   {}", e.id);
-    println!("task      {}", e.task_description);
+    println!("task      {}", line(&e.task_description));
     println!("type      {}", e.task_type);
     let c = &e.context;
     println!(
         "context   domain={} language={} framework={} complexity={} tags=[{}]",
-        c.domain,
-        c.language.as_deref().unwrap_or("-"),
-        c.framework.as_deref().unwrap_or("-"),
+        line(&c.domain),
+        line(c.language.as_deref().unwrap_or("-")),
+        line(c.framework.as_deref().unwrap_or("-")),
         c.complexity,
-        c.tags.join(", ")
+        line(&c.tags.join(", "))
     );
     println!("started   {}", e.started_at.to_rfc3339());
     match (&e.outcome, &e.reward) {
@@ -190,7 +191,7 @@ async fn show(id: &str, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     }
     if let Some(r) = &e.reflection {
         for l in r.successes.iter().chain(&r.improvements).chain(&r.insights) {
-            println!("  * {l}");
+            println!("  * {}", line(l));
         }
     }
     Ok(())
@@ -265,7 +266,7 @@ async fn search(text: &str, limit: u32, m: &SelfLearningMemory, s: &Settings) ->
         return output::json(&json!({ "results": items }));
     }
     if hits.is_empty() {
-        println!("no matches for {text:?}");
+        println!("no matches for \"{}\"", line(text));
     }
     for h in hits {
         let e = &h.summary;

@@ -13,6 +13,7 @@ use memory_storage_turso::TursoStorage;
 
 use crate::backend::load_embedder;
 use crate::cli::{EvalCmd, EvalLearningArgs, EvalRetrievalArgs};
+use crate::display_safe;
 use crate::output;
 use crate::settings::Settings;
 
@@ -29,7 +30,10 @@ async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
     let embedder = match load_embedder(&s.data_dir).await {
         Ok(e) => Some(e),
         Err(why) => {
-            eprintln!("warning: {why}; evaluating lexical retrieval only");
+            eprintln!(
+                "warning: {}; evaluating lexical retrieval only",
+                display_safe::line(&why)
+            );
             None
         }
     };
@@ -60,7 +64,7 @@ async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
     if s.json {
         return output::json(&report);
     }
-    print!("{}", format_report(&report));
+    print!("{}", display_safe::text(&format_report(&report)));
     Ok(())
 }
 
@@ -73,7 +77,10 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
         match load_embedder(&s.data_dir).await {
             Ok(e) => Some(e),
             Err(why) => {
-                eprintln!("warning: {why}; the memory arms use lexical retrieval");
+                eprintln!(
+                    "warning: {}; the memory arms use lexical retrieval",
+                    display_safe::line(&why)
+                );
                 None
             }
         }
@@ -125,8 +132,12 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
     if s.json {
         return output::json(&report);
     }
-    print!("{}", format_report(&report));
-    println!("\nwrote {} and {}", json_path.display(), svg_path.display());
+    print!("{}", display_safe::text(&format_report(&report)));
+    println!(
+        "\nwrote {} and {}",
+        display_safe::path(&json_path),
+        display_safe::path(&svg_path)
+    );
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::cli::{FeedbackArgs, HeuristicCmd, LearnedFilterArgs, LessonCmd, PatternCmd};
 use crate::commands::episode::parse_id;
+use crate::display_safe::line;
 use crate::output::{self, clip, pct, short_id};
 use crate::settings::Settings;
 
@@ -48,7 +49,10 @@ async fn resolve_pattern(m: &SelfLearningMemory, s: &Settings, id: &str) -> Resu
         (Some(p), None) => Ok(p),
         (Some(_), Some(_)) => Err(Error::invalid(
             "pattern id",
-            format!("prefix {id:?} matches several patterns"),
+            format!(
+                "prefix {} matches several patterns",
+                memory_core::quote_value(id)
+            ),
         )
         .into()),
         (None, _) => Err(Error::not_found(ObjectKind::Pattern, id).into()),
@@ -75,7 +79,7 @@ pub async fn feedback(a: FeedbackArgs, m: &SelfLearningMemory, s: &Settings) -> 
         println!(
             "recorded: {} {} {} in episode {episode}",
             target.kind(),
-            target.id(),
+            line(target.id()),
             outcome.as_str()
         );
         Ok(())
@@ -116,9 +120,9 @@ pub async fn pattern(cmd: PatternCmd, m: &SelfLearningMemory, s: &Settings) -> R
             if s.json {
                 return output::json(&json!({ "pattern": p, "confidence": p.confidence(now, hl) }));
             }
-            println!("pattern     {}", p.id);
+            println!("pattern     {}", line(&p.id.0));
             println!("kind        {}", p.kind.name());
-            println!("describes   {}", p.describe());
+            println!("describes   {}", line(&p.describe()));
             println!("status      {}", p.status.name());
             println!(
                 "evidence    {} episodes, {} successful ({})",
@@ -191,7 +195,12 @@ pub async fn lesson(cmd: LessonCmd, m: &SelfLearningMemory, s: &Settings) -> Res
         println!("no failure lessons yet in namespace {}", s.namespace);
     }
     for l in items {
-        println!("{}  x{:<3} {}", short_id(&l.id.0), l.occurrences, l.text());
+        println!(
+            "{}  x{:<3} {}",
+            short_id(&l.id.0),
+            l.occurrences,
+            line(&l.text())
+        );
     }
     Ok(())
 }

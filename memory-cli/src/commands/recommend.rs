@@ -6,6 +6,7 @@ use memory_core::{SelfLearningMemory, TaskType};
 
 use crate::cli::RecommendArgs;
 use crate::commands::episode::context_from;
+use crate::display_safe::line;
 use crate::output::{self, clip, pct, short_id};
 use crate::settings::Settings;
 
@@ -47,7 +48,7 @@ pub async fn run(a: RecommendArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
 
 fn print_human(rec: &Recommendation) {
     if let Some(d) = &rec.degraded {
-        println!("note: {d}");
+        println!("note: {}", line(d));
     }
     match (rec.confidence, rec.strong_match) {
         (Some(c), true) => println!("match: strong (confidence {})", pct(c)),
@@ -58,7 +59,7 @@ fn print_human(rec: &Recommendation) {
         (None, _) => println!("match: unknown (lexical only, no calibrated confidence)"),
     }
     let e = &rec.estimate;
-    println!("\nestimate  ({})", e.why);
+    println!("\nestimate  ({})", line(&e.why));
     if let Some(p) = e.success_chance {
         println!("  success chance  {}", pct(p));
     }
@@ -71,7 +72,12 @@ fn print_human(rec: &Recommendation) {
     if !rec.playbook.is_empty() {
         println!("\nplaybook");
         for st in &rec.playbook {
-            println!("  {}. {:<12} {}", st.order, st.tool, clip(&st.why, 90));
+            println!(
+                "  {}. {:<12} {}",
+                st.order,
+                line(&st.tool),
+                clip(&st.why, 90)
+            );
         }
     }
     if !rec.episodes.is_empty() {

@@ -7,6 +7,7 @@ use serde_json::json;
 use memory_stack::{HEALTH_CHECK_DEADLINE, Stack};
 
 use crate::cli::SyncCmd;
+use crate::display_safe::{self, line};
 use crate::output::{self, pct};
 use crate::settings::Settings;
 
@@ -152,7 +153,12 @@ pub async fn health(stack: &Stack, s: &Settings) -> Result<bool> {
         output::json(&report)?;
     } else {
         for c in &report.components {
-            println!("{:<9} {:<9} {}", c.component, c.status.word(), c.detail);
+            println!(
+                "{:<9} {:<9} {}",
+                c.component,
+                c.status.word(),
+                line(&c.detail)
+            );
         }
     }
     Ok(report.healthy)
@@ -185,7 +191,10 @@ pub async fn sync(cmd: SyncCmd, stack: &Stack, s: &Settings) -> Result<()> {
         st.last_successful_sync
             .map_or_else(|| "never (this process)".to_owned(), |t| t.to_rfc3339())
     );
-    println!("last error  {}", st.last_error.as_deref().unwrap_or("none"));
+    println!(
+        "last error  {}",
+        line(st.last_error.as_deref().unwrap_or("none"))
+    );
     if !others.is_empty() {
         println!(
             "journals    {} of other processes (adopted and replayed once their process stops)",
@@ -195,10 +204,10 @@ pub async fn sync(cmd: SyncCmd, stack: &Stack, s: &Settings) -> Result<()> {
     for d in damaged {
         println!(
             "damaged     {}: {} entries recovered, {} unreadable ({})",
-            d.file.display(),
+            display_safe::path(&d.file),
             d.recovered,
             d.unreadable,
-            d.error
+            line(&d.error)
         );
     }
     Ok(())

@@ -18,6 +18,7 @@ use memory_core::{
 use memory_stack::Stack;
 use serde_json::json;
 
+use crate::display_safe;
 use crate::output;
 use crate::settings::Settings;
 
@@ -29,7 +30,8 @@ const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     let m = stack.memory();
     let ns = &s.namespace;
-    let out = std::fs::File::create_new(file).with_context(|| {
+    // 0600: the export holds everything the namespace stores.
+    let out = memory_stack::private_fs::create_new(file).with_context(|| {
         format!(
             "cannot create {} (it must not exist yet; export never overwrites)",
             file.display()
@@ -94,13 +96,16 @@ pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
             "stopped_by_signal": stopped,
         }));
     }
-    println!("exported {written} episodes of {ns} to {}", file.display());
+    println!(
+        "exported {written} episodes of {ns} to {}",
+        display_safe::path(file)
+    );
     if !skipped.is_empty() {
         println!(
             "skipped what could not be read ({skipped_episodes} episodes); run `memory health` to check the database:"
         );
         for line in &skipped {
-            println!("  {line}");
+            println!("  {}", display_safe::line(line));
         }
     }
     if stopped {

@@ -131,7 +131,8 @@ impl std::str::FromStr for Arm {
                 Error::invalid(
                     "arm",
                     format!(
-                        "unknown arm {s:?} (expected no_memory, episodes_only, full_memory or no_lessons)"
+                        "unknown arm {} (expected no_memory, episodes_only, full_memory or no_lessons)",
+                        crate::quote_value(s)
                     ),
                 )
             })
