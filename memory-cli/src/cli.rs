@@ -147,6 +147,10 @@ pub struct McpArgs {
     /// Tool calls per second the client may sustain (0: no per-client limit)
     #[arg(long, default_value_t = 50.0)]
     pub rate_per_second: f64,
+    /// Another namespace clients may name (repeatable; `*` for every namespace). Without it
+    /// the server serves only its own namespace (--namespace)
+    #[arg(long = "allow-namespace", value_name = "NAMESPACE")]
+    pub allow_namespaces: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::episode::{NewEpisode, Outcome, StepInput, json_len};
+use crate::episode::{Episode, NewEpisode, Outcome, StepInput, json_len};
 use crate::error::{Error, Result};
 
 /// Size and count limits. Lengths are in bytes of UTF-8.
@@ -168,6 +168,37 @@ impl Limits {
             self.max_parameters_bytes,
         )?;
         Ok(())
+    }
+
+    /// Checks a whole episode as replaying it through the API would (`memory import`): the
+    /// task and context as [`Limits::check_new_episode`], the step count
+    /// (`max_steps_per_episode`), every step as [`Limits::check_step`] and the outcome as
+    /// [`Limits::check_outcome`]. The total size depends on redaction, which the API applies
+    /// first: check it on the episode as stored with [`Limits::check_episode_bytes`].
+    pub fn check_episode(&self, e: &Episode) -> Result<()> {
+        self.check_new_episode(&NewEpisode {
+            task_description: e.task_description.clone(),
+            task_type: e.task_type,
+            context: e.context.clone(),
+        })?;
+        check(
+            "steps_per_episode",
+            e.steps.len(),
+            self.max_steps_per_episode,
+        )?;
+        for step in &e.steps {
+            self.check_step(&step.input)?;
+        }
+        e.outcome
+            .as_ref()
+            .map_or(Ok(()), |o| self.check_outcome(o))
+    }
+
+    /// Checks an episode's total size ([`Episode::approx_size`] of the episode as stored,
+    /// after redaction and normalization) against `max_episode_bytes`, as `log_step` does
+    /// step by step.
+    pub fn check_episode_bytes(&self, bytes: usize) -> Result<()> {
+        check("episode", bytes, self.max_episode_bytes)
     }
 
     /// Checks an outcome.

@@ -68,6 +68,21 @@ impl ToolFailure {
         }
     }
 
+    /// A namespace this server does not serve (see [`crate::NamespaceAccess`]).
+    pub fn namespace_not_allowed(ns: &memory_core::Namespace) -> Self {
+        ToolFailure {
+            kind: "namespace_not_allowed",
+            message: format!(
+                "this server does not serve namespace {}",
+                memory_core::quote_value(ns.as_str())
+            ),
+            hint: Some(
+                "leave `namespace` out to use the server's own; the operator can allow more with --allow-namespace",
+            ),
+            details: json!({ "namespace": memory_core::cut_value(ns.as_str()) }),
+        }
+    }
+
     /// The JSON the client receives as `structuredContent`.
     pub fn to_json(&self) -> Value {
         let mut error = json!({ "kind": self.kind, "message": self.message, "hint": self.hint });

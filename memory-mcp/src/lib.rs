@@ -39,7 +39,7 @@ mod server;
 pub use error::{Error, Result};
 pub use http::{HttpConfig, check_listen, serve_http, serve_http_on};
 pub use metrics::{Gauges, Metrics};
-pub use server::{McpConfig, MemoryServer};
+pub use server::{McpConfig, MemoryServer, NamespaceAccess};
 
 use rmcp::ServiceExt;
 use rmcp::service::QuitReason;

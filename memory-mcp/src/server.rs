@@ -37,12 +37,15 @@ use crate::params::{
 /// | field | default |
 /// |---|---|
 /// | `rate_limit` | enabled, bursts of 200 calls, refilled at 50 calls per second |
+/// | `namespaces` | [`NamespaceAccess::DefaultOnly`]: the server's own namespace and no other |
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct McpConfig {
     /// Token bucket applied to every tool call of one client (each connection gets its own
     /// bucket), on top of the memory's per-namespace limit on writes.
     pub rate_limit: RateLimitConfig,
+    /// Which namespaces a tool call may name.
+    pub namespaces: NamespaceAccess,
 }
 
 impl Default for McpConfig {
@@ -53,6 +56,7 @@ impl Default for McpConfig {
                 burst: 200,
                 per_second: 50.0,
             },
+            namespaces: NamespaceAccess::DefaultOnly,
         }
     }
 }
@@ -63,6 +67,54 @@ impl McpConfig {
     pub fn with_rate_limit(mut self, rate_limit: RateLimitConfig) -> Self {
         self.rate_limit = rate_limit;
         self
+    }
+
+    /// With this namespace access.
+    #[must_use]
+    pub fn with_namespaces(mut self, namespaces: NamespaceAccess) -> Self {
+        self.namespaces = namespaces;
+        self
+    }
+}
+
+/// Which namespaces the clients of a server may use through a tool's `namespace` argument.
+///
+/// The server's default namespace is always allowed. A call naming any other is refused with
+/// the tool error `namespace_not_allowed`, which says nothing of whether that namespace
+/// exists or holds anything.
+///
+/// ```
+/// use memory_core::Namespace;
+/// use memory_mcp::NamespaceAccess;
+/// let own = Namespace::new("team/a").unwrap();
+/// let other = Namespace::new("team/b").unwrap();
+/// assert!(!NamespaceAccess::DefaultOnly.allows(&own, &other));
+/// assert!(NamespaceAccess::Listed(vec![other.clone()]).allows(&own, &other));
+/// assert!(NamespaceAccess::Any.allows(&own, &other));
+/// assert!(NamespaceAccess::DefaultOnly.allows(&own, &own));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamespaceAccess {
+    /// Only the server's default namespace (the default).
+    #[default]
+    DefaultOnly,
+    /// The default namespace and these.
+    Listed(Vec<Namespace>),
+    /// Every namespace of the data directory (`--allow-namespace '*'`).
+    Any,
+}
+
+impl NamespaceAccess {
+    /// Whether a server whose default namespace is `default` may serve `ns`.
+    #[must_use]
+    pub fn allows(&self, default: &Namespace, ns: &Namespace) -> bool {
+        ns == default
+            || match self {
+                NamespaceAccess::DefaultOnly => false,
+                NamespaceAccess::Listed(list) => list.contains(ns),
+                NamespaceAccess::Any => true,
+            }
     }
 }
 
@@ -94,7 +146,8 @@ id. Errors: a failed call is a tool result with `isError` and `error.kind`: \
 again; `not_found` means check the id; `conflict` means the episode is completed (start a \
 new one); `rate_limited` means wait `error.retry_after_ms` milliseconds before the next \
 call; `unavailable` means storage is busy or down (the memory keeps what it acknowledged: \
-retry after a few seconds); `shutdown` means the server is stopping.";
+retry after a few seconds); `shutdown` means the server is stopping; \
+`namespace_not_allowed` means leave `namespace` out (the server serves its own).";
 
 fn description(tool: &str) -> &'static str {
     match tool {
@@ -441,9 +494,15 @@ impl MemoryServer {
     }
 
     fn namespace(&self, given: Option<&str>) -> Result<Namespace, ToolFailure> {
-        match given {
-            None => Ok(self.shared.default_namespace.clone()),
-            Some(n) => Ok(Namespace::new(n)?),
+        let default = &self.shared.default_namespace;
+        let Some(n) = given else {
+            return Ok(default.clone());
+        };
+        let ns = Namespace::new(n)?;
+        if self.shared.config.namespaces.allows(default, &ns) {
+            Ok(ns)
+        } else {
+            Err(ToolFailure::namespace_not_allowed(&ns))
         }
     }
 

@@ -271,9 +271,49 @@ fn record_recommend_feedback_cycle() {
 }
 
 #[test]
-fn namespaces_are_honoured() {
+fn only_the_servers_own_namespace_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = Server::start(dir.path(), NS, &[]);
+    // Another namespace is refused for reads and writes alike, whether it holds anything or
+    // not: the answer is the same, so it tells nothing of the other namespace.
+    for (tool, args) in [
+        (
+            "start_episode",
+            json!({ "task": "peek", "namespace": "team/other" }),
+        ),
+        ("stats", json!({ "namespace": "team/other" })),
+        (
+            "search_episodes",
+            json!({ "query": "anything", "namespace": "team/other" }),
+        ),
+        (
+            "recommend",
+            json!({ "task": "anything", "namespace": "team/other" }),
+        ),
+    ] {
+        let err = s.call_err(tool, args);
+        assert_eq!(err["kind"], json!("namespace_not_allowed"), "{tool}: {err}");
+        assert_eq!(err["namespace"], json!("team/other"));
+    }
+    // Naming its own namespace is fine.
+    s.call_ok("stats", json!({ "namespace": NS }));
+    s.close();
+
+    // `*` allows every namespace; a list allows those listed.
+    let (mut s, _) = Server::start(dir.path(), NS, &["--allow-namespace", "*"]);
+    s.call_ok("stats", json!({ "namespace": "anyone/at-all" }));
+    s.close();
+    let (mut s, _) = Server::start(dir.path(), NS, &["--allow-namespace", "team/b"]);
+    s.call_ok("stats", json!({ "namespace": "team/b" }));
+    let err = s.call_err("stats", json!({ "namespace": "team/c" }));
+    assert_eq!(err["kind"], json!("namespace_not_allowed"));
+    s.close();
+}
+
+#[test]
+fn namespaces_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = Server::start(dir.path(), NS, &["--allow-namespace", "team/other"]);
     let other = s.call_ok(
         "start_episode",
         json!({ "task": "write the release notes", "namespace": "team/other" }),

@@ -118,6 +118,8 @@ async fn serve(data: &Path, port: u16) -> Child {
         .arg("--data-dir")
         .arg(data)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        // The client names its own namespace in every call.
+        .args(["--allow-namespace", "python/client"])
         .env("MEMORY_SERVE_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
-use memory_core::RateLimitConfig;
-use memory_mcp::{McpConfig, MemoryServer};
+use anyhow::{Context, Result};
+use memory_core::{Namespace, RateLimitConfig};
+use memory_mcp::{McpConfig, MemoryServer, NamespaceAccess};
 use tracing::info;
 
 use crate::backend;
@@ -28,15 +28,35 @@ pub fn rate_limit(a: &McpArgs) -> RateLimitConfig {
     }
 }
 
+/// The server settings the flags ask for: the per-client rate limit and the namespaces a
+/// call may name (`--allow-namespace`, repeatable, or `*`; by default only `--namespace`).
+///
+/// # Errors
+///
+/// An `--allow-namespace` value that is not a valid namespace.
+pub fn server_config(a: &McpArgs) -> Result<McpConfig> {
+    let namespaces = if a.allow_namespaces.iter().any(|n| n.trim() == "*") {
+        NamespaceAccess::Any
+    } else if a.allow_namespaces.is_empty() {
+        NamespaceAccess::DefaultOnly
+    } else {
+        let listed = a
+            .allow_namespaces
+            .iter()
+            .map(|n| Namespace::new(n).with_context(|| "--allow-namespace"))
+            .collect::<Result<Vec<_>>>()?;
+        NamespaceAccess::Listed(listed)
+    };
+    Ok(McpConfig::default()
+        .with_rate_limit(rate_limit(a))
+        .with_namespaces(namespaces))
+}
+
 pub async fn run(a: &McpArgs, s: &Settings) -> Result<()> {
-    let rate_limit = rate_limit(a);
+    let config = server_config(a)?;
     let stack = Arc::new(backend::open(s, true).await?);
-    let server = MemoryServer::new(
-        stack.memory_arc(),
-        s.namespace.clone(),
-        McpConfig::default().with_rate_limit(rate_limit),
-    )?
-    .with_stack(Arc::clone(&stack));
+    let server = MemoryServer::new(stack.memory_arc(), s.namespace.clone(), config)?
+        .with_stack(Arc::clone(&stack));
     info!(namespace = %s.namespace, data_dir = %s.data_dir.display(), mode = ?s.mode, "mcp server on stdio");
     let stop = async {
         let (name, _) = signals::terminated().await;

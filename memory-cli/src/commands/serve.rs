@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use memory_mcp::{HttpConfig, McpConfig, MemoryServer, Metrics};
+use memory_mcp::{HttpConfig, MemoryServer, Metrics};
 use tracing::info;
 
 use crate::backend;
 use crate::cli::ServeArgs;
-use crate::commands::mcp::rate_limit;
+use crate::commands::mcp::server_config;
 use crate::settings::Settings;
 use crate::signals;
 
@@ -26,14 +26,11 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
     };
     // Refused before anything is opened.
     memory_mcp::check_listen(a.listen, &config)?;
+    let server_config = server_config(&a.rate)?;
     let stack = Arc::new(backend::open(s, true).await?);
-    let server = MemoryServer::new(
-        stack.memory_arc(),
-        s.namespace.clone(),
-        McpConfig::default().with_rate_limit(rate_limit(&a.rate)),
-    )?
-    .with_stack(Arc::clone(&stack))
-    .with_metrics(Arc::new(Metrics::new()?));
+    let server = MemoryServer::new(stack.memory_arc(), s.namespace.clone(), server_config)?
+        .with_stack(Arc::clone(&stack))
+        .with_metrics(Arc::new(Metrics::new()?));
     info!(namespace = %s.namespace, data_dir = %s.data_dir.display(), listen = %a.listen, "memory serve");
     eprintln!(
         "memory serve: MCP at http://{}/mcp, health at /health, metrics at /metrics{}",
