@@ -54,8 +54,10 @@ struct FrontEntry {
 ///   grows past [`CacheConfig::effective_compact_file_bytes`].
 /// - **Expiry** is checked on every read against the injected [`memory_core::Clock`] (by
 ///   default a [`TokioClock`], which stands still under paused tokio time).
-/// - **Corrupt entries** (undecodable, or for another key) count as `corrupt` and a miss and are
-///   deleted; entries of another format version are a plain miss and are deleted.
+/// - **Corrupt entries** (a checksum that does not match, undecodable, or for another key) count
+///   as `corrupt` and a miss, are logged once (a warning) and deleted, so the caller reads the
+///   durable layer and puts the value back; entries of another format version (written before
+///   entries carried a checksum, for instance) are a plain miss and are deleted.
 /// - **Restart safety**: a file not closed cleanly (see [`RedbCache::close`]) is emptied when
 ///   opened, so a crash can never resurrect an entry that was invalidated or replaced.
 ///
@@ -1395,6 +1397,69 @@ mod tests {
 
     fn encode_cached_value_for_test(v: &CachedValue) -> Vec<u8> {
         crate::codec::encode_cached_value(v).unwrap()
+    }
+
+    /// A byte of a stored value changed in place (same length, still valid bincode and UTF-8)
+    /// is a miss and removed, never the changed text served; the value put back (as the
+    /// tiered layer does after reading the durable layer) round-trips.
+    #[tokio::test]
+    async fn a_changed_byte_in_a_stored_value_is_a_miss_not_wrong_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let n = ns("a");
+        let mut e = episode("t");
+        e.task_description = "fix the flaky test in the billing module".into();
+        let key = CacheKey::Episode(e.id);
+        let k = entry_key(&n, &key);
+        // No moka front: every read decodes the file.
+        let config = CacheConfig::default().with_memory_capacity(0, 0);
+        let c = open(dir.path(), config.clone()).await;
+        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.close().await.unwrap();
+        let mut len = 0;
+        tamper(&path, &k, |v| {
+            len = v.len();
+            let at = v.windows(7).position(|w| w == b"billing").unwrap();
+            v[at] = b'k'; // "killing": the same length, a valid string
+        });
+
+        let c = open(dir.path(), config.clone()).await;
+        assert_eq!(c.stats().bytes, len as u64, "same length");
+        assert_eq!(c.get(&n, &key).await.unwrap(), None, "served changed data");
+        let s = c.stats();
+        assert_eq!((s.corrupt, s.misses, s.disk_hits), (1, 1, 0), "{s:?}");
+        assert_eq!(s.entries, 0, "the bad entry is removed: {s:?}");
+
+        // The durable layer's value, put back, is served again.
+        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.close().await.unwrap();
+        let c = open(dir.path(), config).await;
+        assert_eq!(
+            c.get(&n, &key).await.unwrap(),
+            Some(CachedValue::Episode(e))
+        );
+        assert_eq!((c.stats().disk_hits, c.stats().corrupt), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn entries_of_the_previous_format_are_plain_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let n = ns("a");
+        let e = episode("t");
+        let key = CacheKey::Episode(e.id);
+        let c = open(dir.path(), CacheConfig::default()).await;
+        c.put(&n, &CachedValue::Episode(e)).await.unwrap();
+        c.close().await.unwrap();
+        // An entry written by the previous version: version byte 2, no checksum.
+        tamper(&path, &entry_key(&n, &key), |v| {
+            v.drain(HEADER_LEN + 1..HEADER_LEN + 5);
+            v[HEADER_LEN] = 2;
+        });
+        let c = open(dir.path(), CacheConfig::default()).await;
+        assert_eq!(c.get(&n, &key).await.unwrap(), None);
+        let s = c.stats();
+        assert_eq!((s.corrupt, s.misses, s.entries), (0, 1, 0), "{s:?}");
     }
 
     #[tokio::test]

@@ -1,6 +1,15 @@
 //! Encoding of cache entries (bincode 2) and outbox entries (JSON), each behind a leading
 //! format-version byte and a decode size limit.
 //!
+//! A cache entry also carries a CRC-32 of its version byte and body, checked before the body
+//! is parsed: a byte changed in the file (a disk error, an edit of the same length) makes the
+//! entry a decode error, and so a cache miss, instead of different data served as the value.
+//! CRC-32 (`crc32fast`, already in the dependency tree, hardware-accelerated) rather than a
+//! cryptographic hash: the cache is read on every cached access, and the checksum is there to
+//! catch damage, not forgery (anyone who can write the cache file can write the database;
+//! see SECURITY.md). Every burst error of up to 32 bits is caught, and a random change slips
+//! through with probability 2^-32.
+//!
 //! Decoding never trusts the bytes: a payload over the limit is refused before any parsing,
 //! and inside the limit a forged length prefix cannot make the decoder allocate more than the
 //! input could hold (strings are bounds-checked against the remaining input before they are
@@ -13,8 +22,20 @@ use memory_core::{CacheKey, CachedValue, Error, OutboxEntry, Result};
 use crate::wire;
 
 /// Version byte that starts every encoded cache entry. A stored entry with another version is
-/// treated as a miss (and replaced), never as an error.
-pub const CACHE_FORMAT_VERSION: u8 = 2;
+/// treated as a miss (and replaced), never as an error. Version 3 added the checksum.
+pub const CACHE_FORMAT_VERSION: u8 = 3;
+
+/// Bytes of the checksum that follows the version byte of a cache entry (a CRC-32,
+/// little-endian).
+pub(crate) const CACHE_CHECKSUM_LEN: usize = 4;
+
+/// The CRC-32 of a cache entry: over its version byte and its body, not the checksum itself.
+fn cache_checksum(version: u8, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[version]);
+    h.update(body);
+    h.finalize()
+}
 
 /// Version byte that starts every encoded outbox entry. The outbox is not a copy, so an entry
 /// with an unknown version is an error, never skipped.
@@ -86,7 +107,7 @@ fn kind_name(tag: u8) -> &'static str {
     }
 }
 
-/// Encodes a cache value: the version byte, then the bincode body.
+/// Encodes a cache value: the version byte, the checksum, then the bincode body.
 pub fn encode_cached_value(value: &CachedValue) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(256);
     encode_cached_value_into(&mut buf, value)?;
@@ -96,17 +117,22 @@ pub fn encode_cached_value(value: &CachedValue) -> Result<Vec<u8>> {
 /// Appends the encoding of `value` to `buf`.
 pub(crate) fn encode_cached_value_into(buf: &mut Vec<u8>, value: &CachedValue) -> Result<()> {
     let w = wire::to_wire(value).map_err(|reason| Error::invalid("cache entry", reason))?;
+    let start = buf.len();
     buf.push(CACHE_FORMAT_VERSION);
+    buf.extend_from_slice(&[0; CACHE_CHECKSUM_LEN]);
+    let body_at = buf.len();
     bincode::serde::encode_into_std_write(&w, buf, bincode_config())
         .map_err(|e| Error::invalid("cache entry", format!("cannot encode: {e}")))?;
+    let sum = cache_checksum(CACHE_FORMAT_VERSION, &buf[body_at..]);
+    buf[start + 1..body_at].copy_from_slice(&sum.to_le_bytes());
     Ok(())
 }
 
 /// Decodes a stored cache value.
 ///
 /// `Ok(Decoded::OtherVersion(v))` when the entry starts with another version byte. An entry
-/// larger than its kind's limit, truncated, with trailing bytes or otherwise malformed is an
-/// [`Error::Decode`].
+/// larger than its kind's limit, whose checksum does not match, truncated, with trailing bytes
+/// or otherwise malformed is an [`Error::Decode`].
 ///
 /// ```
 /// use memory_storage_redb::{CACHE_FORMAT_VERSION, decode_cached_value, DecodeLimits};
@@ -124,6 +150,12 @@ pub fn decode_cached_value(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded
     if version != CACHE_FORMAT_VERSION {
         return Ok(Decoded::OtherVersion(version));
     }
+    let Some((stored_sum, body)) = body.split_first_chunk::<CACHE_CHECKSUM_LEN>() else {
+        return Err(Error::Decode {
+            what: "cache entry",
+            reason: format!("{} bytes is shorter than the checksum", bytes.len()),
+        });
+    };
     // The body starts with the variant index of the value (a one-byte varint): the kind, and
     // so the limit, is known before anything is parsed.
     let tag = body.first().copied().unwrap_or(u8::MAX);
@@ -148,6 +180,18 @@ pub fn decode_cached_value(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded
             reason: format!(
                 "{} bytes exceed the decode limit of {limit} bytes",
                 bytes.len()
+            ),
+        });
+    }
+    let (stored_sum, sum) = (
+        u32::from_le_bytes(*stored_sum),
+        cache_checksum(version, body),
+    );
+    if stored_sum != sum {
+        return Err(Error::Decode {
+            what,
+            reason: format!(
+                "checksum mismatch (stored {stored_sum:08x}, computed {sum:08x}): the entry was changed after it was written"
             ),
         });
     }
@@ -288,7 +332,11 @@ mod tests {
         let v = CachedValue::Episode(e);
         let bytes = encode_cached_value(&v).unwrap();
         assert_eq!(bytes[0], CACHE_FORMAT_VERSION);
-        assert_eq!(bytes[1], 0, "variant tag of an episode");
+        assert_eq!(
+            bytes[1 + CACHE_CHECKSUM_LEN],
+            0,
+            "variant tag of an episode"
+        );
         assert_eq!(value(&bytes), v);
     }
 
@@ -338,16 +386,98 @@ mod tests {
         ));
     }
 
+    /// `body` behind the version byte and its correct checksum: what reaches the bincode
+    /// decoder.
+    fn sealed(body: &[u8]) -> Vec<u8> {
+        let mut v = vec![CACHE_FORMAT_VERSION];
+        v.extend(cache_checksum(CACHE_FORMAT_VERSION, body).to_le_bytes());
+        v.extend(body);
+        v
+    }
+
     #[test]
     fn forged_string_length_fails_without_allocating() {
-        // the version byte, episode tag 0, 16 id bytes, then a task_description length of
-        // u64::MAX / 2 (varint 0xfd + 8 bytes) and nothing after it.
-        let mut bytes = vec![CACHE_FORMAT_VERSION, 0];
-        bytes.extend([7u8; 16]);
-        bytes.push(0xfd);
-        bytes.extend((u64::MAX / 2).to_le_bytes());
-        let r = decode_cached_value(&bytes, DecodeLimits::default());
-        assert!(matches!(r, Err(Error::Decode { .. })), "{r:?}");
+        // episode tag 0, 16 id bytes, then a task_description length of u64::MAX / 2 (varint
+        // 0xfd + 8 bytes) and nothing after it, with a valid checksum so bincode sees it.
+        let mut body = vec![0];
+        body.extend([7u8; 16]);
+        body.push(0xfd);
+        body.extend((u64::MAX / 2).to_le_bytes());
+        let r = decode_cached_value(&sealed(&body), DecodeLimits::default());
+        match r {
+            Err(Error::Decode { reason, .. }) => {
+                assert!(!reason.contains("checksum"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_changed_byte_is_a_decode_error_never_other_data() {
+        let v = CachedValue::Episode(full_episode());
+        let bytes = encode_cached_value(&v).unwrap();
+        // Every position but the version byte (another version is a miss of its own kind).
+        for i in 1..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[i] ^= flip;
+                match decode_cached_value(&b, DecodeLimits::default()) {
+                    Err(Error::Decode { .. }) => {}
+                    other => panic!("byte {i} ^ {flip:#x}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_text_byte_is_a_checksum_mismatch() {
+        let mut e = full_episode();
+        e.task_description = "fix the flaky test in the billing module".into();
+        let bytes = encode_cached_value(&CachedValue::Episode(e)).unwrap();
+        let at = bytes
+            .windows(7)
+            .position(|w| w == b"billing")
+            .expect("the text is stored as is");
+        let mut b = bytes.clone();
+        b[at] = b'k'; // "killing": still valid UTF-8, same length
+        match decode_cached_value(&b, DecodeLimits::default()) {
+            Err(Error::Decode { what, reason }) => {
+                assert_eq!(what, "cached episode");
+                assert!(reason.contains("checksum mismatch"), "{reason}");
+            }
+            other => panic!("a changed byte was served: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_of_version_2_are_misses() {
+        // Version 2 had no checksum: such an entry is another version, not an error.
+        let mut bytes = encode_cached_value(&CachedValue::Episode(full_episode())).unwrap();
+        bytes[0] = 2;
+        assert_eq!(
+            decode_cached_value(&bytes, DecodeLimits::default()).unwrap(),
+            Decoded::OtherVersion(2)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1_000, failure_persistence: None, ..Default::default() })]
+
+        /// Random bodies with a valid checksum reach the bincode decoder, which fails typed
+        /// and never panics.
+        #[test]
+        fn sealed_random_bodies_never_panic(
+            tag in 0u8..3,
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+        ) {
+            let mut body = vec![tag];
+            body.extend(rest);
+            match decode_cached_value(&sealed(&body), DecodeLimits::default()) {
+                Ok(_) => {}
+                Err(Error::Decode { reason, .. }) => proptest::prop_assert!(!reason.contains("checksum")),
+                Err(other) => proptest::prop_assert!(false, "untyped failure: {other:?}"),
+            }
+        }
     }
 
     #[test]
