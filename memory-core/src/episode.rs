@@ -230,7 +230,27 @@ impl TaskContext {
         self.tags.push(tag.into());
         self
     }
+
+    /// The tags that describe the task: every tag but the memory's own markers
+    /// ([`IMPORT_TAG_PREFIX`]). Search and embedding texts are built from these.
+    ///
+    /// ```
+    /// use memory_core::TaskContext;
+    /// let ctx = TaskContext::new("web").with_tag("flaky").with_tag("import:00ff:abcd");
+    /// assert_eq!(ctx.descriptive_tags().collect::<Vec<_>>(), ["flaky"]);
+    /// ```
+    pub fn descriptive_tags(&self) -> impl Iterator<Item = &String> {
+        self.tags
+            .iter()
+            .filter(|t| !t.starts_with(IMPORT_TAG_PREFIX))
+    }
 }
+
+/// Tags starting with this are bookkeeping, not description: `memory import` marks each
+/// episode it imports with `import:<content hash>:<original id>` so a repeated import skips it.
+/// They stay with the episode (and can be filtered on) but are left out of its search and
+/// embedding texts.
+pub const IMPORT_TAG_PREFIX: &str = "import:";
 
 /// The result of one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -73,8 +73,8 @@ pub use consolidation::{
 pub use doubles::{InMemoryCache, InMemoryOutbox};
 pub use embedding::{Embedder, cosine, l2_normalize};
 pub use episode::{
-    Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, NewEpisode, Outcome,
-    OutcomeKind, StepInput, StepResult, TaskContext, TaskType, steps_to_append,
+    Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, IMPORT_TAG_PREFIX, NewEpisode,
+    Outcome, OutcomeKind, StepInput, StepResult, TaskContext, TaskType, steps_to_append,
 };
 pub use error::{Error, ObjectKind, Result};
 pub use extract::{Recovery, extract_learning, find_recoveries};

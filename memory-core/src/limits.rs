@@ -189,9 +189,7 @@ impl Limits {
         for step in &e.steps {
             self.check_step(&step.input)?;
         }
-        e.outcome
-            .as_ref()
-            .map_or(Ok(()), |o| self.check_outcome(o))
+        e.outcome.as_ref().map_or(Ok(()), |o| self.check_outcome(o))
     }
 
     /// Checks an episode's total size ([`Episode::approx_size`] of the episode as stored,

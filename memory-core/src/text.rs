@@ -41,7 +41,7 @@ pub fn task_search_text(task_description: &str, context: &TaskContext) -> String
     ]
     .into_iter()
     .flatten()
-    .chain(&context.tags);
+    .chain(context.descriptive_tags());
     for w in words {
         if !w.is_empty() {
             s.push(' ');

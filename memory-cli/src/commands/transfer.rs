@@ -4,20 +4,55 @@
 //! reflection), oldest first. Import replays each line through the normal API
 //! (`start_episode`, `log_step`, `complete_episode`), so every limit, quota and redaction
 //! applies and the memory learns from the episodes as if they had just happened; the
-//! imported episodes get new ids and times. The whole file is parsed and checked against the
-//! limits before anything is written, so a bad line stores nothing.
+//! imported episodes get new ids and times.
+//!
+//! Import is safe to repeat:
+//!
+//! - **Validated whole first, streaming.** A first pass reads the file line by line, each line
+//!   into a buffer bounded by the line limit (64 MiB; the environment variable
+//!   `MEMORY_IMPORT_MAX_LINE_BYTES` overrides it): a longer line is rejected as soon as it
+//!   passes the limit, without being read whole. Every line is checked against every limit
+//!   the API would apply ([`memory_core::Limits::check_episode`]: task, context, step count,
+//!   each step, outcome; and the total size after redaction), and the namespace's quotas
+//!   against what the import would add. Invalid input (a line that is not UTF-8, not an
+//!   episode, or over a limit) stores nothing and exits 2, naming the line number (and, for a
+//!   limit, the field, the limit and the actual value). The second pass imports; a file that
+//!   changed after it was validated (size, modification time, or a line's hash) is refused.
+//! - **Idempotent and resumable.** Each imported episode carries one extra tag, its import
+//!   marker `import:<content>:<origin>`: `<content>` is 16 hex digits of a stable hash
+//!   (SHA-256) of the source episode's canonical JSON (task, type, context, step
+//!   inputs, outcome; not its id or times), `<origin>` the source episode's id (32 hex digits;
+//!   an episode that was itself imported keeps its first origin). Before importing, the
+//!   namespace's episodes are listed once; a line whose origin is found there (as a marker's
+//!   origin, or as an episode's own id: an export of this same namespace) or, failing that,
+//!   whose content hash is found in a marker, is not imported again. A completed copy is skipped
+//!   ("already present"); a copy left in progress by an interrupted import (a crash, a
+//!   signal) is resumed: the source's steps after the stored count are logged and, if the
+//!   source was completed, the copy is completed with its outcome ("resumed"). Re-running an
+//!   interrupted import therefore ends with exactly one copy of each episode, learned from
+//!   once. Two imports of the same file running at the same time are not coordinated.
+//!
+//! Because of the marker an imported episode needs room for one more tag: a line that already
+//! has `max_tags` tags is refused. Tags of the form `import:<16 hex>:<32 hex>` are reserved.
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
+mod lines;
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use memory_core::{
-    Episode, EpisodeId, EpisodeQuery, Error, Namespace, NewEpisode, SelfLearningMemory,
+    Episode, EpisodeId, EpisodeQuery, Error, Limits, Namespace, NewEpisode, Outcome, Redactor,
+    SelfLearningMemory, StepInput, StepResult, TaskContext, TaskType, normalize_label, quote_value,
 };
 use memory_stack::Stack;
+use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
+use self::lines::{BoundedLines, Next};
 use crate::display_safe;
 use crate::output;
 use crate::settings::Settings;
@@ -26,6 +61,10 @@ use crate::settings::Settings;
 const PAGE: u32 = 200;
 /// Longest line accepted on import (an episode at the default limits is far smaller).
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+/// Environment variable that overrides [`MAX_LINE_BYTES`] (bytes).
+const MAX_LINE_ENV: &str = "MEMORY_IMPORT_MAX_LINE_BYTES";
+/// Every import marker tag starts with this.
+const MARKER_PREFIX: &str = memory_core::IMPORT_TAG_PREFIX;
 
 pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     let m = stack.memory();
@@ -141,58 +180,492 @@ async fn list_ids(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result
     Ok(ids)
 }
 
-/// One parsed line of an import file.
-struct Line {
-    number: usize,
-    episode: Episode,
+/// The longest import line: [`MAX_LINE_BYTES`] unless [`MAX_LINE_ENV`] sets another.
+fn max_line_bytes() -> Result<usize> {
+    match std::env::var(MAX_LINE_ENV) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::invalid(
+                    MAX_LINE_ENV,
+                    format!(
+                        "expected a positive number of bytes, got {}",
+                        quote_value(&v)
+                    ),
+                )
+                .into()
+            }),
+        _ => Ok(MAX_LINE_BYTES),
+    }
 }
 
-fn read_all(file: &Path, m: &SelfLearningMemory) -> Result<Vec<Line>> {
+/// SHA-256 fed through [`Write`], so an episode is hashed without serializing it into memory
+/// first; stable across versions and platforms (no random seed).
+struct Digest(Sha256);
+
+impl Digest {
+    fn new() -> Self {
+        Digest(Sha256::new())
+    }
+
+    /// The first 128 bits of the SHA-256 of `bytes`.
+    fn of(bytes: &[u8]) -> u128 {
+        let mut h = Self::new();
+        h.0.update(bytes);
+        h.finish()
+    }
+
+    /// The first 128 bits of the digest.
+    fn finish(self) -> u128 {
+        let digest = self.0.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        u128::from_be_bytes(first)
+    }
+}
+
+impl Write for Digest {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What an imported episode's marker tag records: `import:<key>:<origin>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Marker {
+    /// 16 hex digits of the content hash of the source episode.
+    key: String,
+    /// The source episode's original id, 32 hex digits.
+    origin: String,
+}
+
+impl Marker {
+    fn tag(&self) -> String {
+        format!("{MARKER_PREFIX}{}:{}", self.key, self.origin)
+    }
+
+    fn parse(tag: &str) -> Option<Marker> {
+        let (key, origin) = tag.strip_prefix(MARKER_PREFIX)?.split_once(':')?;
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        (hex(key, 16) && hex(origin, 32)).then(|| Marker {
+            key: key.to_owned(),
+            origin: origin.to_owned(),
+        })
+    }
+}
+
+/// The parts of an episode its content hash covers (not its id, times, reward or reflection).
+#[derive(Serialize)]
+struct Canonical<'a> {
+    task_description: &'a str,
+    task_type: TaskType,
+    context: &'a TaskContext,
+    steps: Vec<&'a StepInput>,
+    outcome: Option<&'a Outcome>,
+}
+
+/// 16 hex digits of the content hash of `e` (its context without import markers).
+fn content_key(e: &Episode) -> Result<String> {
+    let mut h = Digest::new();
+    serde_json::to_writer(
+        &mut h,
+        &Canonical {
+            task_description: &e.task_description,
+            task_type: e.task_type,
+            context: &e.context,
+            steps: e.steps.iter().map(|s| &s.input).collect(),
+            outcome: e.outcome.as_ref(),
+        },
+    )?;
+    Ok(format!("{:016x}", h.finish() >> 64))
+}
+
+/// Parses one line: the source episode with its import markers removed, and the marker the
+/// import records for it.
+fn parse_line(bytes: &[u8], number: usize, file: &Path) -> Result<(Episode, Marker)> {
+    let at = || format!("{}:{number}", file.display());
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Error::invalid(
+            at(),
+            format!(
+                "not UTF-8 (invalid byte at offset {} of the line); nothing was imported",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let mut episode: Episode = serde_json::from_str(text).map_err(|e| {
+        Error::invalid(
+            at(),
+            format!("not an exported episode ({e}); nothing was imported"),
+        )
+    })?;
+    let origin = episode
+        .context
+        .tags
+        .iter()
+        .find_map(|t| Marker::parse(t))
+        .map_or_else(|| episode.id.0.simple().to_string(), |m| m.origin);
+    episode.context.tags.retain(|t| Marker::parse(t).is_none());
+    let key = content_key(&episode)?;
+    Ok((episode, Marker { key, origin }))
+}
+
+/// Parses one line and checks it against every limit the API applies; returns the episode
+/// to replay (its marker tag added) and the marker.
+fn prepare(
+    bytes: &[u8],
+    number: usize,
+    file: &Path,
+    limits: &Limits,
+    redactor: &Redactor,
+) -> Result<(Episode, Marker)> {
+    let at = || format!("{}:{number}", file.display());
+    let (mut episode, marker) = parse_line(bytes, number, file)?;
+    let tag = marker.tag();
+    if tag.len() > limits.max_tag_bytes {
+        return Err(Error::invalid(
+            at(),
+            format!(
+                "import records each episode with a marker tag of {} bytes, and limits.max_tag_bytes is {}; nothing was imported",
+                tag.len(),
+                limits.max_tag_bytes
+            ),
+        )
+        .into());
+    }
+    if episode.context.tags.len() >= limits.max_tags {
+        return Err(Error::invalid(
+            at(),
+            format!(
+                "the episode has {} tags, the most allowed (limits.max_tags {}); import adds one (its marker), so remove a tag from this line; nothing was imported",
+                episode.context.tags.len(),
+                limits.max_tags
+            ),
+        )
+        .into());
+    }
+    episode.context.tags.push(tag.clone());
+    let over = |e: Error| {
+        anyhow::Error::new(e).context(format!("{}: over a limit; nothing was imported", at()))
+    };
+    limits.check_episode(&episode).map_err(over)?;
+    let stored = as_stored(&episode, redactor);
+    if !stored.context.tags.contains(&tag) {
+        return Err(Error::invalid(
+            at(),
+            format!(
+                "redaction (redaction.extra_patterns) would change the import marker tag {tag}; nothing was imported"
+            ),
+        )
+        .into());
+    }
+    limits
+        .check_episode_bytes(stored.approx_size())
+        .map_err(over)?;
+    Ok((episode, marker))
+}
+
+/// The episode as the API would store it (redacted as `start_episode` and `log_step` redact,
+/// labels and tags normalized), to measure its size.
+fn as_stored(e: &Episode, r: &Redactor) -> Episode {
+    let mut s = e.clone();
+    if r.is_enabled() {
+        r.redact_in_place(&mut s.task_description);
+        let ctx = &mut s.context;
+        r.redact_in_place(&mut ctx.domain);
+        for label in [&mut ctx.language, &mut ctx.framework]
+            .into_iter()
+            .flatten()
+        {
+            r.redact_in_place(label);
+        }
+        for tag in &mut ctx.tags {
+            r.redact_in_place(tag);
+        }
+        for step in &mut s.steps {
+            let input = &mut step.input;
+            r.redact_in_place(&mut input.tool);
+            r.redact_in_place(&mut input.action);
+            r.redact_json(&mut input.parameters);
+            match &mut input.result {
+                StepResult::Success { output: t }
+                | StepResult::Error { message: t }
+                | StepResult::Timeout { message: t } => r.redact_in_place(t),
+            }
+        }
+    }
+    let ctx = &mut s.context;
+    ctx.domain = normalize_label(Some(&ctx.domain)).unwrap_or_else(|| "general".to_owned());
+    ctx.tags = ctx.tags.iter().map(|t| t.trim().to_lowercase()).collect();
+    ctx.tags.sort();
+    ctx.tags.dedup();
+    s
+}
+
+/// What identifies the file's contents between the two passes.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+fn stamp(file: &Path) -> Result<Stamp> {
+    let meta =
+        std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(Stamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    })
+}
+
+fn open_lines(file: &Path, limit: usize) -> Result<BoundedLines<BufReader<std::fs::File>>> {
     let input =
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let limits = &m.config().limits;
-    let mut lines = Vec::new();
-    for (i, line) in BufReader::new(input).lines().enumerate() {
-        let number = i + 1;
-        let line = line.with_context(|| format!("{}:{number}: unreadable", file.display()))?;
-        if line.trim().is_empty() {
-            continue;
+    Ok(BoundedLines::new(
+        BufReader::with_capacity(64 * 1024, input),
+        limit,
+    ))
+}
+
+/// The error for a file that changed after it was validated.
+fn changed(file: &Path, number: Option<usize>, imported: u64) -> anyhow::Error {
+    let at = number.map_or_else(
+        || file.display().to_string(),
+        |n| format!("{}:{n}", file.display()),
+    );
+    Error::invalid(
+        at,
+        format!(
+            "the file changed after it was validated; {imported} episodes were written before this point. Run the import again on a file that no longer changes: what was imported is skipped"
+        ),
+    )
+    .into()
+}
+
+/// One validated, non-blank line of the import file: what the import pass needs of it.
+struct Planned {
+    number: usize,
+    /// Hash of the line's bytes, compared again when the line is imported.
+    line_hash: u128,
+    marker: Marker,
+    steps: usize,
+    completed: bool,
+}
+
+/// First pass: every line read (bounded) and checked; nothing is written.
+fn validate(
+    file: &Path,
+    limits: &Limits,
+    redactor: &Redactor,
+    max_line: usize,
+) -> Result<(Vec<Planned>, Stamp)> {
+    let before = stamp(file)?;
+    let mut lines = open_lines(file, max_line)?;
+    let mut planned = Vec::new();
+    loop {
+        let next = lines
+            .next_line()
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        match next {
+            Next::End => break,
+            Next::TooLong { number, seen } => {
+                return Err(anyhow::Error::new(Error::LimitExceeded {
+                    field: "import line",
+                    limit: max_line as u64,
+                    actual: seen as u64,
+                })
+                .context(format!(
+                    "{}:{number}: the line is longer than {max_line} bytes (reading stopped at byte {seen}); nothing was imported",
+                    file.display()
+                )));
+            }
+            Next::Line { number, bytes } => {
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let line_hash = Digest::of(bytes);
+                let (episode, marker) = prepare(bytes, number, file, limits, redactor)?;
+                planned.push(Planned {
+                    number,
+                    line_hash,
+                    marker,
+                    steps: episode.steps.len(),
+                    completed: episode.outcome.is_some(),
+                });
+            }
         }
-        if line.len() > MAX_LINE_BYTES {
-            return Err(Error::LimitExceeded {
-                field: "import line",
-                limit: MAX_LINE_BYTES as u64,
-                actual: line.len() as u64,
-            })
-            .with_context(|| format!("{}:{number}: nothing was imported", file.display()));
-        }
-        let episode: Episode = serde_json::from_str(&line).map_err(|e| Error::InvalidInput {
-            field: format!("{}:{number}", file.display()),
-            reason: format!("not an exported episode ({e}); nothing was imported"),
-        })?;
-        let check = limits
-            .check_new_episode(&new_episode(&episode))
-            .and_then(|()| {
-                episode
-                    .steps
-                    .iter()
-                    .try_for_each(|st| limits.check_step(&st.input))
-            })
-            .and_then(|()| {
-                episode
-                    .outcome
-                    .as_ref()
-                    .map_or(Ok(()), |o| limits.check_outcome(o))
+    }
+    if stamp(file)? != before {
+        return Err(changed(file, None, 0));
+    }
+    Ok((planned, before))
+}
+
+/// An episode of the namespace, as the import compares it with a line.
+struct Stored {
+    id: EpisodeId,
+    step_count: usize,
+    completed: bool,
+}
+
+/// What the import does with a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Not in the memory yet: import it.
+    New,
+    /// Imported before: skip it.
+    Present,
+    /// Left in progress by an interrupted import: log the steps after `stored_steps`, then
+    /// complete it if the source is completed.
+    Resume { id: EpisodeId, stored_steps: usize },
+}
+
+/// The namespace's episodes, and who they stand for: (origin id, index) for every episode's
+/// own id and every marker's origin, (content key, index) for every marker.
+struct Existing {
+    stored: Vec<Stored>,
+    origins: Vec<(String, usize)>,
+    keys: Vec<(String, usize)>,
+}
+
+/// Lists the namespace's episodes (summaries, page by page) once.
+async fn existing(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result<Existing> {
+    let mut found = Existing {
+        stored: Vec::new(),
+        origins: Vec::new(),
+        keys: Vec::new(),
+    };
+    let mut offset = 0u32;
+    loop {
+        let page = m
+            .list_episodes(
+                ns,
+                &EpisodeQuery {
+                    limit: PAGE,
+                    offset,
+                    ..EpisodeQuery::default()
+                },
+            )
+            .await?;
+        let n = page.len() as u32;
+        for e in page {
+            let index = found.stored.len();
+            found.stored.push(Stored {
+                id: e.id,
+                step_count: e.step_count as usize,
+                completed: e.completed_at.is_some(),
             });
-        if let Err(e) = check {
-            return Err(anyhow::Error::new(e).context(format!(
-                "{}:{number}: over a limit; nothing was imported",
-                file.display()
+            // An episode exported from this namespace (or a backup of it) is itself.
+            found.origins.push((e.id.0.simple().to_string(), index));
+            for mk in e.context.tags.iter().filter_map(|t| Marker::parse(t)) {
+                found.origins.push((mk.origin, index));
+                found.keys.push((mk.key, index));
+            }
+        }
+        if n < PAGE {
+            break;
+        }
+        offset += n;
+    }
+    Ok(found)
+}
+
+/// Decides, line by line, what to do: a stored copy is found by the line's origin, else by
+/// its content key, and serves one line only.
+fn plan(planned: &[Planned], existing: &Existing) -> Vec<Action> {
+    let mut by_origin: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (origin, index) in &existing.origins {
+        by_origin.entry(origin.as_str()).or_default().push(*index);
+    }
+    for (key, index) in &existing.keys {
+        by_key.entry(key.as_str()).or_default().push(*index);
+    }
+    let mut claimed = vec![false; existing.stored.len()];
+    planned
+        .iter()
+        .map(|p| {
+            let free = |candidates: Option<&Vec<usize>>| {
+                candidates
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .find(|&i| !claimed[i])
+            };
+            let found = free(by_origin.get(p.marker.origin.as_str()))
+                .or_else(|| free(by_key.get(p.marker.key.as_str())));
+            let Some(i) = found else {
+                return Action::New;
+            };
+            claimed[i] = true;
+            let copy = &existing.stored[i];
+            if !copy.completed
+                && (copy.step_count < p.steps || (copy.step_count == p.steps && p.completed))
+            {
+                Action::Resume {
+                    id: copy.id,
+                    stored_steps: copy.step_count,
+                }
+            } else {
+                Action::Present
+            }
+        })
+        .collect()
+}
+
+/// Refuses an import the namespace's quotas cannot hold, before anything is written.
+async fn check_quotas(
+    m: &SelfLearningMemory,
+    ns: &Namespace,
+    planned: &[Planned],
+    actions: &[Action],
+) -> Result<()> {
+    let (mut episodes, mut steps) = (0u64, 0u64);
+    for (p, a) in planned.iter().zip(actions) {
+        match a {
+            Action::New => {
+                episodes += 1;
+                steps += p.steps as u64;
+            }
+            Action::Resume { stored_steps, .. } => {
+                steps += p.steps.saturating_sub(*stored_steps) as u64;
+            }
+            Action::Present => {}
+        }
+    }
+    if episodes == 0 && steps == 0 {
+        return Ok(());
+    }
+    let stats = m.stats(ns).await?;
+    let quotas = &m.config().quotas;
+    for (resource, have, adding, limit) in [
+        ("episodes", stats.episodes, episodes, quotas.max_episodes),
+        ("steps", stats.steps, steps, quotas.max_steps),
+    ] {
+        if have.saturating_add(adding) > limit {
+            return Err(anyhow::Error::new(Error::QuotaExceeded {
+                namespace: ns.to_string(),
+                resource,
+                limit,
+            })
+            .context(format!(
+                "the namespace holds {have} {resource} and the import would add {adding}; nothing was imported"
             )));
         }
-        lines.push(Line { number, episode });
     }
-    Ok(lines)
+    Ok(())
 }
 
 fn new_episode(e: &Episode) -> NewEpisode {
@@ -220,67 +693,153 @@ where
     }
 }
 
-async fn import_one(m: &SelfLearningMemory, s: &Settings, e: &Episode) -> Result<bool> {
-    let ns = &s.namespace;
-    let id = paced(|| m.start_episode(ns, new_episode(e))).await?;
-    for step in &e.steps {
+/// Logs `e`'s steps from `from` on into `id`, then completes it (true) or writes the steps
+/// (false, the source was in progress).
+async fn replay(
+    m: &SelfLearningMemory,
+    ns: &Namespace,
+    id: EpisodeId,
+    e: &Episode,
+    from: usize,
+) -> memory_core::Result<bool> {
+    for step in e.steps.iter().skip(from) {
         paced(|| m.log_step(ns, id, step.input.clone())).await?;
     }
     if let Some(outcome) = &e.outcome {
         paced(|| m.complete_episode(ns, id, outcome.clone())).await?;
         Ok(true)
     } else {
-        m.flush().await?;
+        m.flush_episode(ns, id).await?;
         Ok(false)
     }
 }
 
+/// What one import run did.
+#[derive(Debug, Default)]
+struct Counts {
+    imported: u64,
+    present: u64,
+    resumed: u64,
+    completed: u64,
+    in_progress: u64,
+    steps: u64,
+}
+
 pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
-    let lines = read_all(file, m)?;
-    let bar = crate::progress::bar(lines.len() as u64, "importing", s);
-    let (mut completed, mut in_progress, mut steps) = (0u64, 0u64, 0u64);
+    let ns = &s.namespace;
+    let max_line = max_line_bytes()?;
+    let limits = &m.config().limits;
+    let redactor = Redactor::new(&m.config().redaction)?;
+    // Pass 1: the whole file against every limit; nothing is written.
+    let (planned, validated) = validate(file, limits, &redactor, max_line)?;
+    let found = existing(m, ns).await?;
+    let actions = plan(&planned, &found);
+    check_quotas(m, ns, &planned, &actions).await?;
+
+    // Pass 2: the same lines again (checked against pass 1), imported.
+    if stamp(file)? != validated {
+        return Err(changed(file, None, 0));
+    }
+    let bar = crate::progress::bar(planned.len() as u64, "importing", s);
+    let mut c = Counts::default();
     let mut stopped_at = None;
-    for line in &lines {
+    let mut lines = open_lines(file, max_line)?;
+    let mut next_planned = planned.iter().zip(&actions);
+    loop {
+        let next = lines
+            .next_line()
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let (number, bytes) = match next {
+            Next::End => break,
+            Next::TooLong { number, .. } => {
+                return Err(changed(file, Some(number), c.imported + c.resumed));
+            }
+            Next::Line { number, bytes } => (number, bytes),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Some((p, action)) = next_planned.next() else {
+            return Err(changed(file, Some(number), c.imported + c.resumed));
+        };
+        if p.number != number || p.line_hash != Digest::of(bytes) {
+            return Err(changed(file, Some(number), c.imported + c.resumed));
+        }
         if crate::signals::stop_requested() {
-            stopped_at = Some(line.number);
+            stopped_at = Some(number);
             break;
         }
-        let done = import_one(m, s, &line.episode).await.with_context(|| {
+        let written = c.imported + c.resumed;
+        let stopped_here = || {
             format!(
-                "{}:{}: import stopped here; the {} episodes before this line were imported",
-                file.display(),
-                line.number,
-                completed + in_progress
+                "{}:{number}: import stopped here; {written} episodes were written before this line. Run the import again: what was imported is skipped and an episode left in progress is resumed",
+                file.display()
             )
-        })?;
+        };
+        let from = match *action {
+            Action::Present => {
+                c.present += 1;
+                bar.inc(1);
+                continue;
+            }
+            Action::New => None,
+            Action::Resume { id, stored_steps } => Some((id, stored_steps)),
+        };
+        let (mut episode, marker) = parse_line(bytes, number, file).with_context(stopped_here)?;
+        episode.context.tags.push(marker.tag());
+        let done = match from {
+            None => {
+                let id = paced(|| m.start_episode(ns, new_episode(&episode)))
+                    .await
+                    .with_context(stopped_here)?;
+                let done = replay(m, ns, id, &episode, 0)
+                    .await
+                    .with_context(stopped_here)?;
+                c.imported += 1;
+                c.steps += episode.steps.len() as u64;
+                done
+            }
+            Some((id, stored_steps)) => {
+                let done = replay(m, ns, id, &episode, stored_steps)
+                    .await
+                    .with_context(stopped_here)?;
+                c.resumed += 1;
+                c.steps += episode.steps.len().saturating_sub(stored_steps) as u64;
+                done
+            }
+        };
         if done {
-            completed += 1;
+            c.completed += 1;
         } else {
-            in_progress += 1;
+            c.in_progress += 1;
         }
-        steps += line.episode.steps.len() as u64;
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if stopped_at.is_none() && next_planned.next().is_some() {
+        return Err(changed(file, None, c.imported + c.resumed));
+    }
     if s.json {
         return output::json(&json!({
-            "namespace": s.namespace,
+            "namespace": ns,
             "file": file,
-            "episodes": completed + in_progress,
-            "completed": completed,
-            "in_progress": in_progress,
-            "steps": steps,
+            "episodes": c.imported + c.resumed,
+            "imported": c.imported,
+            "already_present": c.present,
+            "resumed": c.resumed,
+            "completed": c.completed,
+            "in_progress": c.in_progress,
+            "steps": c.steps,
             "stopped_by_signal_at_line": stopped_at,
         }));
     }
     println!(
-        "imported {} episodes into {} ({completed} completed and learned from, {in_progress} in progress), {steps} steps",
-        completed + in_progress,
-        s.namespace
+        "imported {} episodes into {ns} and resumed {} left in progress by an interrupted import ({} completed and learned from, {} in progress), {} steps; {} already present (skipped)",
+        c.imported, c.resumed, c.completed, c.in_progress, c.steps, c.present
     );
     if let Some(n) = stopped_at {
         println!(
-            "stopped by a signal before line {n}: the episodes before it are imported, the rest is not"
+            "stopped by a signal before line {n}: the episodes before it are imported; run the import again to continue"
         );
     }
     Ok(())

@@ -346,7 +346,7 @@ pub fn embedding_text(
         }
         parts.extend(c.language.iter().cloned());
         parts.extend(c.framework.iter().cloned());
-        parts.extend(c.tags.iter().cloned());
+        parts.extend(c.descriptive_tags().cloned());
     }
     let mut text = task.trim().to_owned();
     if !parts.is_empty() {
@@ -1259,7 +1259,7 @@ impl Retriever {
             for w in [Some(&c.domain), c.language.as_ref(), c.framework.as_ref()]
                 .into_iter()
                 .flatten()
-                .chain(&c.tags)
+                .chain(c.descriptive_tags())
             {
                 text.push(' ');
                 text.push_str(&w.replace('_', " "));
