@@ -44,23 +44,36 @@ def free_port():
         return s.getsockname()[1]
 
 
+async def call(session, tool, args):
+    """One tool call; waits out `rate_limited` answers (the memory's per-namespace write limit)
+    the way INSTRUCTIONS tell agents to."""
+    while True:
+        r = await session.call_tool(tool, args)
+        err = (r.structured_content or {}).get("error") if r.is_error else None
+        if err and err.get("kind") == "rate_limited":
+            await asyncio.sleep(err.get("retry_after_ms", 10) / 1000)
+            continue
+        assert not r.is_error, r.structured_content
+        return r
+
+
 async def seed_and_time(url, episodes, calls):
     async with streamable_http_client(url) as streams:
         async with ClientSession(streams[0], streams[1]) as session:
             await session.initialize()
             for i in range(episodes):
                 ctx = {"domain": DOMAINS[i % 5], "language": LANGS[i % 4]}
-                started = await session.call_tool("start_episode", {
+                started = await call(session, "start_episode", {
                     "task": task(i), "task_type": "debugging", "context": ctx})
                 eid = started.structured_content["episode_id"]
                 for tool, status in [("pytest", "error"), ("edit_file", "success"), ("pytest", "success")]:
-                    await session.call_tool("log_step", {
+                    await call(session, "log_step", {
                         "episode_id": eid, "tool": tool, "action": f"{tool} step", "status": status,
                         "output": "AssertionError: off by one" if status == "error" else "ok"})
-                await session.call_tool("complete_episode", {
+                await call(session, "complete_episode", {
                     "episode_id": eid, "outcome": "success", "verdict": "done"})
             # One call to drain the embedding queue before timing.
-            await session.call_tool("recommend", {"task": task(0)})
+            await call(session, "recommend", {"task": task(0)})
             times = []
             for i in range(calls):
                 ctx = {"domain": DOMAINS[i % 5], "language": LANGS[i % 4]}
