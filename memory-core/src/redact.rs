@@ -10,9 +10,10 @@
 //! `pypi_token`, `google_oauth_token`, `digitalocean_token`, `shopify_token`,
 //! `databricks_token`, `docker_token`, `twilio_key`, `discord_token`, `telegram_token`,
 //! `age_secret_key`, `jwt`, `private_key` (PEM blocks on many lines or one), `url_password`,
-//! `cli_credential` (`curl -u user:pass`, `mysql -pPASS`, `sshpass -p PASS`), `assignment`
-//! (`key=value`, `key: value`, JSON and connection-string pairs under a sensitive key, command
-//! line flags such as `--password X`, `Authorization` headers), `high_entropy` (a long
+//! `cli_credential` (`curl -u user:pass`, `mysql -pPASS`, `sshpass -p PASS`,
+//! `redis-cli -a PASS`), `assignment` (`key=value`, `key: value`, JSON and connection-string
+//! pairs under a sensitive key, command line flags such as `--password X`, `Authorization`
+//! headers), `high_entropy` (a long
 //! random-looking token shortly after a sensitive word) and `custom` (matches of
 //! [`RedactionConfig::extra_patterns`]).
 //!
@@ -225,8 +226,8 @@ enum Check {
     UrlPassword,
     /// `key = value`: skipped when the value is a placeholder, variable, type or call.
     Assignment,
-    /// A password given to a command-line client (`mysql -pX`, `sshpass -p X`): the `s` or
-    /// `p` group, skipped when it is a placeholder.
+    /// A password given to a command-line client (`mysql -pX`, `sshpass -p X`,
+    /// `redis-cli -a X`): the `s`, `p` or `r` group, skipped when it is a placeholder.
     CliPassword,
     /// The `s` group when it looks random: long, letters and digits, high entropy, not a hex
     /// digest, UUID, path or slug.
@@ -414,8 +415,8 @@ const BUILTIN: &[(&str, &str, Check)] = &[
     ),
     (
         "cli_credential",
-        // `mysql -uroot -pPASS db`, `sshpass -p PASS ssh ...`.
-        r#"(?-u:\b)(?:(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mariadb)(?:[ \t]+[^\s|;&]+)*?[ \t]+-p(?P<s>[^\s|;&"']+)|sshpass[ \t]+-p[ \t]*(?P<p>[^\s|;&"']+))"#,
+        // `mysql -uroot -pPASS db`, `sshpass -p PASS ssh ...`, `redis-cli -a PASS`.
+        r#"(?-u:\b)(?:(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mariadb)(?:[ \t]+[^\s|;&]+)*?[ \t]+-p(?P<s>[^\s|;&"']+)|sshpass[ \t]+-p[ \t]*(?P<p>[^\s|;&"']+)|redis-cli(?:[ \t]+[^\s|;&]+)*?[ \t]+-a[ \t]+(?P<r>[^\s|;&"']+))"#,
         Check::CliPassword,
     ),
     (
@@ -611,7 +612,10 @@ fn secret_range(check: Check, text: &str, caps: &Captures<'_>) -> Option<Range<u
             looks_random(body).then(|| whole.range())
         }
         Check::CliPassword => {
-            let password = caps.name("s").or_else(|| caps.name("p"))?;
+            let password = caps
+                .name("s")
+                .or_else(|| caps.name("p"))
+                .or_else(|| caps.name("r"))?;
             (!is_placeholder(password.as_str())).then(|| password.range())
         }
         Check::Entropy => {
@@ -823,8 +827,8 @@ fn key_strength(key: &str) -> Option<Strength> {
         return Some(Strength::Token);
     }
     match last_word(key).as_str() {
-        // `PWD` and `OLDPWD` are the shell's working directories.
-        "pwd" if key.ends_with("PWD") => None,
+        // `PWD` and `OLDPWD` are the shell's working directories (`MYSQL_PWD` is a password).
+        "pwd" if key == "PWD" || key == "OLDPWD" => None,
         "pass" | "pwd" => Some(Strength::Strong),
         "auth" => Some(Strength::Token),
         _ => None,
@@ -1416,6 +1420,14 @@ mod tests {
                 "{\"pass\": \"[REDACTED:assignment]\"}",
             ),
             ("db_pwd=letmein99", "db_pwd=[REDACTED:assignment]"),
+            (
+                "MYSQL_PWD=my5qlR00tPw mysql -u root",
+                "MYSQL_PWD=[REDACTED:assignment] mysql -u root",
+            ),
+            (
+                "redis-cli -h cache -a R3disPassW0rd ping",
+                "redis-cli -h cache -a [REDACTED:cli_credential] ping",
+            ),
         ];
         for (input, expected) in cases {
             assert_redacted(input, expected);
