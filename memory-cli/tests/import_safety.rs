@@ -9,31 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::{Value, json};
 
-fn memory(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("memory").unwrap();
-    c.arg("--data-dir")
-        .arg(dir)
-        .env_remove("MEMORY_NAMESPACE")
-        .env_remove("MEMORY_MODE")
-        .env_remove("MEMORY_IMPORT_MAX_LINE_BYTES")
-        .env("MEMORY_MODEL_DIR", "/nonexistent-model-dir");
-    c
-}
+mod common;
 
-fn json_out(dir: &Path, args: &[&str]) -> Value {
-    let out = memory(dir).arg("--json").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::{json as json_out, memory};
 
 fn import(dir: &Path, file: &Path) -> Value {
     json_out(dir, &["import", file.to_str().unwrap()])

@@ -9,29 +9,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-fn memory(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("memory").unwrap();
-    c.arg("--data-dir")
-        .arg(dir)
-        .env_remove("MEMORY_NAMESPACE")
-        .env_remove("MEMORY_MODE")
-        .env("MEMORY_MODEL_DIR", "/nonexistent-model-dir");
-    c
-}
+mod common;
 
-fn json(dir: &Path, args: &[&str]) -> Value {
-    let out = memory(dir).arg("--json").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::{json, memory};
 
 fn record(dir: &Path, task: &str) {
     let id = json(dir, &["episode", "start", "--task", task, "--domain", "d"])["episode_id"]

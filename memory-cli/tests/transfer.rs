@@ -6,30 +6,12 @@
 
 use std::path::Path;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 
-fn memory(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("memory").unwrap();
-    c.arg("--data-dir")
-        .arg(dir)
-        .env_remove("MEMORY_NAMESPACE")
-        .env_remove("MEMORY_MODE")
-        .env("MEMORY_MODEL_DIR", "/nonexistent-model-dir");
-    c
-}
+mod common;
 
-fn json(dir: &Path, args: &[&str]) -> Value {
-    let out = memory(dir).arg("--json").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::{json, memory};
 
 /// Records `n` episodes: completed ones with a failing and a recovering step, and one left
 /// in progress.
