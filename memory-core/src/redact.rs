@@ -11,9 +11,10 @@
 //! `databricks_token`, `docker_token`, `twilio_key`, `discord_token`, `telegram_token`,
 //! `age_secret_key`, `jwt`, `private_key` (PEM blocks on many lines or one), `url_password`,
 //! `cli_credential` (`curl -u user:pass`, `mysql -pPASS`, `sshpass -p PASS`,
-//! `redis-cli -a PASS`), `assignment` (`key=value`, `key: value`, JSON and connection-string
-//! pairs under a sensitive key, command line flags such as `--password X`, `Authorization`
-//! headers), `high_entropy` (a long
+//! `redis-cli -a PASS`, `openssl -k PASS`, `az login -p PASS`, `htpasswd -b FILE USER PASS`),
+//! `assignment` (`key=value`, `key: value`, JSON and connection-string pairs under a sensitive
+//! key, command line flags such as `--password X`, `Authorization` headers, and prose such as
+//! `password is X` or `passphrase "..."`), `high_entropy` (a long
 //! random-looking token shortly after a sensitive word) and `custom` (matches of
 //! [`RedactionConfig::extra_patterns`]).
 //!
@@ -227,8 +228,11 @@ enum Check {
     /// `key = value`: skipped when the value is a placeholder, variable, type or call.
     Assignment,
     /// A password given to a command-line client (`mysql -pX`, `sshpass -p X`,
-    /// `redis-cli -a X`): the `s`, `p` or `r` group, skipped when it is a placeholder.
+    /// `redis-cli -a X`, `openssl -k X`, `az login -p X`, `htpasswd -b F U X`): the `s`, `p`,
+    /// `r` or `h` group, skipped when it is a placeholder.
     CliPassword,
+    /// A password named in prose: the quoted value, or a bare word that looks like a token.
+    Prose,
     /// The `s` group when it looks random: long, letters and digits, high entropy, not a hex
     /// digest, UUID, path or slug.
     Entropy,
@@ -418,6 +422,21 @@ const BUILTIN: &[(&str, &str, Check)] = &[
         // `mysql -uroot -pPASS db`, `sshpass -p PASS ssh ...`, `redis-cli -a PASS`.
         r#"(?-u:\b)(?:(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mariadb)(?:[ \t]+[^\s|;&]+)*?[ \t]+-p(?P<s>[^\s|;&"']+)|sshpass[ \t]+-p[ \t]*(?P<p>[^\s|;&"']+)|redis-cli(?:[ \t]+[^\s|;&]+)*?[ \t]+-a[ \t]+(?P<r>[^\s|;&"']+))"#,
         Check::CliPassword,
+    ),
+    (
+        "cli_credential",
+        // `openssl enc -k PASS`, `openssl ... -passin pass:PASS`, `az login -u U -p PASS`,
+        // `htpasswd -b[c] FILE USER PASS`.
+        r#"(?-u:\b)(?:openssl(?:[ \t]+[^\s|;&]+)*?[ \t]+(?:-k[ \t]+(?P<s>[^\s|;&"']+)|-pass(?:in|out)?[ \t]+pass:(?P<p>[^\s|;&"']+))|az[ \t]+login(?:[ \t]+[^\s|;&]+)*?[ \t]+-p[ \t]+(?P<r>[^\s|;&"']+)|htpasswd[ \t]+-[A-Za-z]*b[A-Za-z]*(?:[ \t]+-[A-Za-z]+)*[ \t]+[^\s|;&-][^\s|;&]*[ \t]+[^\s|;&]+[ \t]+(?P<h>[^\s|;&"']+))"#,
+        Check::CliPassword,
+    ),
+    (
+        "assignment",
+        // Prose: `password is Hunter2Hunter2`, `the passphrase "correct horse battery"`: a
+        // quoted value, or a token-looking word, right after the word (or after is / was /
+        // set to).
+        r#"(?i:(?-u:\b)(?:password|passphrase|passwd)(?-u:\b))(?:[ \t]+(?i:is|was|set to|changed to|reset to))?[ \t]+(?:\\?"(?P<dq>[^"\\\r\n]{4,})\\?"|(?P<bare>[^\s"'.,;:=]+))"#,
+        Check::Prose,
     ),
     (
         "assignment",
@@ -612,11 +631,16 @@ fn secret_range(check: Check, text: &str, caps: &Captures<'_>) -> Option<Range<u
             looks_random(body).then(|| whole.range())
         }
         Check::CliPassword => {
-            let password = caps
-                .name("s")
-                .or_else(|| caps.name("p"))
-                .or_else(|| caps.name("r"))?;
+            let password = ["s", "p", "r", "h"].iter().find_map(|g| caps.name(g))?;
             (!is_placeholder(password.as_str())).then(|| password.range())
+        }
+        Check::Prose => {
+            if let Some(quoted) = caps.name("dq") {
+                return (!is_placeholder(quoted.as_str())).then(|| quoted.range());
+            }
+            let word = caps.name("bare")?;
+            let w = word.as_str();
+            (!is_placeholder(w) && is_token_like(w) && !is_path(w)).then(|| word.range())
         }
         Check::Entropy => {
             let token = caps.name("s")?;
@@ -814,6 +838,8 @@ fn key_strength(key: &str) -> Option<Strength> {
         "accountkey",
         "credential",
         "credentials",
+        // Rails' `SECRET_KEY_BASE`.
+        "secretkeybase",
     ];
     let normalized: String = key
         .chars()
@@ -1421,12 +1447,40 @@ mod tests {
             ),
             ("db_pwd=letmein99", "db_pwd=[REDACTED:assignment]"),
             (
+                "SECRET_KEY_BASE=9f8e7d6c5b4a3928",
+                "SECRET_KEY_BASE=[REDACTED:assignment]",
+            ),
+            (
                 "MYSQL_PWD=my5qlR00tPw mysql -u root",
                 "MYSQL_PWD=[REDACTED:assignment] mysql -u root",
             ),
             (
                 "redis-cli -h cache -a R3disPassW0rd ping",
                 "redis-cli -h cache -a [REDACTED:cli_credential] ping",
+            ),
+            (
+                "openssl enc -aes-256-cbc -k Tr0ub4dor -in a",
+                "openssl enc -aes-256-cbc -k [REDACTED:cli_credential] -in a",
+            ),
+            (
+                "openssl pkcs12 -in c.p12 -passin pass:Hunter22",
+                "openssl pkcs12 -in c.p12 -passin pass:[REDACTED:cli_credential]",
+            ),
+            (
+                "az login -u ops@example.com -p Azur3Pw",
+                "az login -u ops@example.com -p [REDACTED:cli_credential]",
+            ),
+            (
+                "htpasswd -bc /etc/users admin S3cretAdm1n",
+                "htpasswd -bc /etc/users admin [REDACTED:cli_credential]",
+            ),
+            (
+                "the password is Hunter2Hunter2 for now",
+                "the password is [REDACTED:assignment] for now",
+            ),
+            (
+                "use passphrase \"correct horse battery\" to unlock",
+                "use passphrase \"[REDACTED:assignment]\" to unlock",
             ),
         ];
         for (input, expected) in cases {
@@ -1485,6 +1539,13 @@ mod tests {
             "key models/all-MiniLM-L6-v2/tokenizer.json",
             "if !password_ok { return }",
             "password = !valid",
+            "the password is required",
+            "Password was reset by the admin.",
+            "password reset link sent",
+            "the password must be 12 characters",
+            "openssl x509 -in cert.pem -noout -text",
+            "htpasswd -c /etc/users admin",
+            "az login --use-device-code",
         ] {
             assert_untouched(line);
         }
