@@ -107,8 +107,11 @@ pub async fn serve_http_on(
         server: server.clone(),
         token: config.token.as_deref().map(Arc::from),
     };
+    let mcp = Router::new()
+        .fallback_service(mcp)
+        .layer(middleware::from_fn(session_closed_is_no_content));
     let router = Router::new()
-        .nest_service("/mcp", mcp)
+        .nest("/mcp", mcp)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
@@ -131,6 +134,19 @@ pub async fn serve_http_on(
         .await
         .map_err(|e| Error::Http(e.to_string()))?;
     Ok(())
+}
+
+/// A closed session answers `204 No Content`. rmcp's transport answers a session `DELETE` with
+/// `202 Accepted`, which MCP clients (the official Python SDK among them) take for a failure
+/// and log; the session is closed by then, so nothing is pending to be accepted.
+async fn session_closed_is_no_content(request: Request, next: Next) -> Response {
+    let deleting = request.method() == axum::http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if deleting && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        *response.body_mut() = axum::body::Body::empty();
+    }
+    response
 }
 
 /// Rejects requests without the bearer token, when one is configured.

@@ -14,11 +14,15 @@ Phases:
   before is recommended, with its pattern.
 - `unauthorized` (http): a client without the bearer token is refused.
 
+Over HTTP the SDK's warnings are collected too (a session it cannot close, for one): any
+warning fails the check.
+
 Prints one JSON object on its last line: {"ok": true, ...} or {"ok": false, "error": ...}.
 """
 
 import asyncio
 import json
+import logging
 import sys
 
 from mcp import ClientSession, StdioServerParameters
@@ -155,9 +159,22 @@ def leaves(e):
     return [e]
 
 
+class Warnings(logging.Handler):
+    """Collects the warnings the SDK logs (it logs, rather than raises, some failures)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 async def main():
     transport, target, extra, phase = sys.argv[1:5]
     report = {"transport": transport, "phase": phase}
+    warnings = Warnings()
+    logging.getLogger("mcp").addHandler(warnings)
     try:
         if transport == "stdio":
             params = StdioServerParameters(
@@ -179,6 +196,7 @@ async def main():
                     read, write = streams[0], streams[1]
                     async with ClientSession(read, write) as session:
                         await run(session, phase, report)
+        check(not warnings.messages, f"the SDK warned: {warnings.messages}")
         report["ok"] = True
     except BaseException as e:  # noqa: BLE001 - reported to the Rust test
         report.pop("init", None)
