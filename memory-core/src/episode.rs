@@ -231,6 +231,26 @@ impl TaskContext {
         self
     }
 
+    /// Normalizes the context as the memory stores it: domain, language and framework trimmed
+    /// and lowercase (an empty domain becomes `general`), tags trimmed, lowercase, sorted and
+    /// without duplicates.
+    ///
+    /// ```
+    /// use memory_core::TaskContext;
+    /// let mut ctx = TaskContext::new(" Web_API ").with_tag("Flaky").with_tag("flaky ");
+    /// ctx.normalize();
+    /// assert_eq!((ctx.domain.as_str(), ctx.tags.as_slice()), ("web_api", &["flaky".to_owned()][..]));
+    /// ```
+    pub fn normalize(&mut self) {
+        use crate::signature::normalize_label;
+        self.domain = normalize_label(Some(&self.domain)).unwrap_or_else(|| "general".to_owned());
+        self.language = normalize_label(self.language.as_deref());
+        self.framework = normalize_label(self.framework.as_deref());
+        self.tags = self.tags.iter().map(|t| t.trim().to_lowercase()).collect();
+        self.tags.sort();
+        self.tags.dedup();
+    }
+
     /// The tags that describe the task: every tag but the memory's own markers
     /// ([`IMPORT_TAG_PREFIX`]). Search and embedding texts are built from these.
     ///

@@ -52,6 +52,7 @@ use regex::{Captures, Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::episode::{Outcome, StepInput, StepResult, TaskContext};
 
 /// Field named in [`Error::InvalidInput`] when a configured pattern does not compile.
 const EXTRA_PATTERNS_FIELD: &str = "redaction.extra_patterns";
@@ -209,6 +210,73 @@ impl Redactor {
                     }
                 }
                 Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            }
+        }
+    }
+}
+
+impl Redactor {
+    /// Redacts every field of a new episode a caller fills: the task description and the
+    /// context (domain, language, framework, tags). Run it before
+    /// [`TaskContext::normalize`]: lowercasing hides the shape of many keys.
+    pub fn redact_new_episode(&self, task_description: &mut String, context: &mut TaskContext) {
+        if !self.is_enabled() {
+            return;
+        }
+        self.redact_in_place(task_description);
+        self.redact_in_place(&mut context.domain);
+        for label in [&mut context.language, &mut context.framework]
+            .into_iter()
+            .flatten()
+        {
+            self.redact_in_place(label);
+        }
+        for tag in &mut context.tags {
+            self.redact_in_place(tag);
+        }
+    }
+
+    /// Redacts every field of a step a caller fills: tool, action, parameters (keys and
+    /// values) and the output or error.
+    pub fn redact_step(&self, step: &mut StepInput) {
+        if !self.is_enabled() {
+            return;
+        }
+        self.redact_in_place(&mut step.tool);
+        self.redact_in_place(&mut step.action);
+        self.redact_json(&mut step.parameters);
+        match &mut step.result {
+            StepResult::Success { output: t }
+            | StepResult::Error { message: t }
+            | StepResult::Timeout { message: t } => self.redact_in_place(t),
+        }
+    }
+
+    /// Redacts every text of an outcome: verdict, artifacts, completed and failed items,
+    /// reason.
+    pub fn redact_outcome(&self, outcome: &mut Outcome) {
+        if !self.is_enabled() {
+            return;
+        }
+        match outcome {
+            Outcome::Success { verdict, artifacts } => {
+                self.redact_in_place(verdict);
+                for a in artifacts.iter_mut() {
+                    self.redact_in_place(a);
+                }
+            }
+            Outcome::PartialSuccess {
+                verdict,
+                completed,
+                failed,
+            } => {
+                self.redact_in_place(verdict);
+                for a in completed.iter_mut().chain(failed.iter_mut()) {
+                    self.redact_in_place(a);
+                }
+            }
+            Outcome::Failure { reason } | Outcome::Abstained { reason } => {
+                self.redact_in_place(reason);
             }
         }
     }

@@ -44,8 +44,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use memory_core::{
-    Episode, EpisodeId, EpisodeQuery, Error, Limits, Namespace, NewEpisode, Outcome, Redactor,
-    SelfLearningMemory, StepInput, StepResult, TaskContext, TaskType, normalize_label, quote_value,
+    Episode, EpisodeId, EpisodeQuery, EpisodeSummary, Error, Limits, Namespace, NewEpisode,
+    Outcome, Redactor, SelfLearningMemory, StepInput, TaskContext, TaskType, quote_value,
 };
 use memory_stack::Stack;
 use serde::Serialize;
@@ -153,9 +153,13 @@ pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// The namespace's episode ids, oldest first, through the ordinary listing.
-async fn list_ids(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result<Vec<EpisodeId>> {
-    let mut ids = Vec::new();
+/// Every episode summary of the namespace, through the ordinary listing, `PAGE` at a time,
+/// each page handed to `each`.
+async fn for_each_page(
+    m: &SelfLearningMemory,
+    ns: &Namespace,
+    mut each: impl FnMut(Vec<EpisodeSummary>),
+) -> memory_core::Result<()> {
     let mut offset = 0u32;
     loop {
         let page = m
@@ -169,12 +173,18 @@ async fn list_ids(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result
             )
             .await?;
         let n = page.len() as u32;
-        ids.extend(page.into_iter().map(|e| e.id));
+        each(page);
         if n < PAGE {
-            break;
+            return Ok(());
         }
         offset += n;
     }
+}
+
+/// The namespace's episode ids, oldest first, through the ordinary listing.
+async fn list_ids(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result<Vec<EpisodeId>> {
+    let mut ids = Vec::new();
+    for_each_page(m, ns, |page| ids.extend(page.into_iter().map(|e| e.id))).await?;
     ids.sort_unstable(); // UUID v7: time order
     ids.dedup();
     Ok(ids)
@@ -377,40 +387,18 @@ fn prepare(
     Ok((episode, marker))
 }
 
-/// The episode as the API would store it (redacted as `start_episode` and `log_step` redact,
-/// labels and tags normalized), to measure its size.
+/// The episode as the API would store it (redacted and normalized by the same calls
+/// `start_episode`, `log_step` and `complete_episode` make), to measure its size.
 fn as_stored(e: &Episode, r: &Redactor) -> Episode {
     let mut s = e.clone();
-    if r.is_enabled() {
-        r.redact_in_place(&mut s.task_description);
-        let ctx = &mut s.context;
-        r.redact_in_place(&mut ctx.domain);
-        for label in [&mut ctx.language, &mut ctx.framework]
-            .into_iter()
-            .flatten()
-        {
-            r.redact_in_place(label);
-        }
-        for tag in &mut ctx.tags {
-            r.redact_in_place(tag);
-        }
-        for step in &mut s.steps {
-            let input = &mut step.input;
-            r.redact_in_place(&mut input.tool);
-            r.redact_in_place(&mut input.action);
-            r.redact_json(&mut input.parameters);
-            match &mut input.result {
-                StepResult::Success { output: t }
-                | StepResult::Error { message: t }
-                | StepResult::Timeout { message: t } => r.redact_in_place(t),
-            }
-        }
+    r.redact_new_episode(&mut s.task_description, &mut s.context);
+    s.context.normalize();
+    for step in &mut s.steps {
+        r.redact_step(&mut step.input);
     }
-    let ctx = &mut s.context;
-    ctx.domain = normalize_label(Some(&ctx.domain)).unwrap_or_else(|| "general".to_owned());
-    ctx.tags = ctx.tags.iter().map(|t| t.trim().to_lowercase()).collect();
-    ctx.tags.sort();
-    ctx.tags.dedup();
+    if let Some(outcome) = &mut s.outcome {
+        r.redact_outcome(outcome);
+    }
     s
 }
 
@@ -547,19 +535,7 @@ async fn existing(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result
         origins: Vec::new(),
         keys: Vec::new(),
     };
-    let mut offset = 0u32;
-    loop {
-        let page = m
-            .list_episodes(
-                ns,
-                &EpisodeQuery {
-                    limit: PAGE,
-                    offset,
-                    ..EpisodeQuery::default()
-                },
-            )
-            .await?;
-        let n = page.len() as u32;
+    for_each_page(m, ns, |page| {
         for e in page {
             let index = found.stored.len();
             found.stored.push(Stored {
@@ -574,11 +550,8 @@ async fn existing(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result
                 found.keys.push((mk.key, index));
             }
         }
-        if n < PAGE {
-            break;
-        }
-        offset += n;
-    }
+    })
+    .await?;
     Ok(found)
 }
 

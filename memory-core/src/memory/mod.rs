@@ -34,7 +34,6 @@ use crate::redact::Redactor;
 use crate::reflection::reflect;
 use crate::retrieval::{Retrieval, RetrievalQuery, Retriever};
 use crate::reward::{RewardHistory, compute_reward};
-use crate::signature::normalize_label;
 use crate::storage::{
     EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, LearnedQuery, NamespaceStats,
     Storage, TextHit, TextQuery,
@@ -358,29 +357,11 @@ impl SelfLearningMemory {
             });
         }
         let mut new = new;
-        let redactor = &self.inner.redactor;
-        if redactor.is_enabled() {
-            // Before normalization: lowercasing would hide the shape of many keys.
-            redactor.redact_in_place(&mut new.task_description);
-            let ctx = &mut new.context;
-            redactor.redact_in_place(&mut ctx.domain);
-            for label in [&mut ctx.language, &mut ctx.framework]
-                .into_iter()
-                .flatten()
-            {
-                redactor.redact_in_place(label);
-            }
-            for tag in &mut ctx.tags {
-                redactor.redact_in_place(tag);
-            }
-        }
-        let ctx = &mut new.context;
-        ctx.domain = normalize_label(Some(&ctx.domain)).unwrap_or_else(|| "general".to_owned());
-        ctx.language = normalize_label(ctx.language.as_deref());
-        ctx.framework = normalize_label(ctx.framework.as_deref());
-        ctx.tags = ctx.tags.iter().map(|t| t.trim().to_lowercase()).collect();
-        ctx.tags.sort();
-        ctx.tags.dedup();
+        // Redacted before normalization: lowercasing would hide the shape of many keys.
+        self.inner
+            .redactor
+            .redact_new_episode(&mut new.task_description, &mut new.context);
+        new.context.normalize();
         let episode = Episode::start(new, self.inner.clock.now());
         self.inner.storage.create_episode(ns, &episode).await?;
         if let Some(c) = lock(&self.inner.counters).get_mut(ns) {
@@ -438,17 +419,7 @@ impl SelfLearningMemory {
         let counters = self.counters(ns).await?;
 
         let mut step = step;
-        let redactor = &self.inner.redactor;
-        if redactor.is_enabled() {
-            redactor.redact_in_place(&mut step.tool);
-            redactor.redact_in_place(&mut step.action);
-            redactor.redact_json(&mut step.parameters);
-            match &mut step.result {
-                crate::StepResult::Success { output: t }
-                | crate::StepResult::Error { message: t }
-                | crate::StepResult::Timeout { message: t } => redactor.redact_in_place(t),
-            }
-        }
+        self.inner.redactor.redact_step(&mut step);
 
         let batch = {
             let mut buffers = lock(&self.inner.buffers);
@@ -551,7 +522,8 @@ impl SelfLearningMemory {
         self.inner.take_refused(ns, id)?;
         self.inner.config.limits.check_outcome(&outcome)?;
         self.inner.limiter.acquire(ns, 1)?;
-        let outcome = self.redact_outcome(outcome);
+        let mut outcome = outcome;
+        self.inner.redactor.redact_outcome(&mut outcome);
 
         // Held until the completion is stored, so no flush of this episode runs meanwhile.
         let write = lock(&self.inner.buffers)
@@ -638,33 +610,6 @@ impl SelfLearningMemory {
             now,
             self.inner.config.learning.half_life_days,
         ))
-    }
-
-    fn redact_outcome(&self, outcome: Outcome) -> Outcome {
-        let r = &self.inner.redactor;
-        let mut outcome = outcome;
-        match &mut outcome {
-            Outcome::Success { verdict, artifacts } => {
-                r.redact_in_place(verdict);
-                for a in artifacts.iter_mut() {
-                    r.redact_in_place(a);
-                }
-            }
-            Outcome::PartialSuccess {
-                verdict,
-                completed,
-                failed,
-            } => {
-                r.redact_in_place(verdict);
-                for a in completed.iter_mut().chain(failed.iter_mut()) {
-                    r.redact_in_place(a);
-                }
-            }
-            Outcome::Failure { reason } | Outcome::Abstained { reason } => {
-                r.redact_in_place(reason);
-            }
-        }
-        outcome
     }
 
     async fn history_for(&self, ns: &Namespace, episode: &Episode) -> Result<RewardHistory> {
