@@ -115,7 +115,7 @@ pub use storage::{
     LearnedQuery, LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats,
     Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
 };
-pub use text::{episode_search_text, task_search_text, tokenize};
+pub use text::{BM25_B, BM25_K1, bm25_weight, episode_search_text, task_search_text, tokenize};
 pub use tiered::{
     BreakerConfig, BreakerState, CircuitBreaker, Refused, SyncStatus, TieredConfig, TieredStorage,
 };

@@ -70,3 +70,30 @@ pub fn episode_search_text(e: &Episode) -> String {
     }
     s
 }
+
+/// Okapi BM25's term-frequency saturation, shared by every lexical scorer.
+pub const BM25_K1: f64 = 1.2;
+/// Okapi BM25's length normalisation, shared by every lexical scorer.
+pub const BM25_B: f64 = 0.75;
+
+/// The Okapi BM25 weight of one term in one document: `docs` documents in the collection,
+/// `df` of them hold the term, `tf` times in this one, which is `len` terms long against an
+/// average of `avg_len`. The idf is the always-positive `ln(1 + (N - n + 0.5) / (n + 0.5))`,
+/// so a term held by most documents still counts a little.
+///
+/// ```
+/// use memory_core::bm25_weight;
+/// let rare = bm25_weight(100.0, 2.0, 1.0, 10.0, 10.0);
+/// let common = bm25_weight(100.0, 90.0, 1.0, 10.0, 10.0);
+/// assert!(rare > common && common > 0.0);
+/// // A longer document weighs the same occurrence less.
+/// assert!(bm25_weight(100.0, 2.0, 1.0, 30.0, 10.0) < rare);
+/// ```
+pub fn bm25_weight(docs: f64, df: f64, tf: f64, len: f64, avg_len: f64) -> f64 {
+    if tf <= 0.0 {
+        return 0.0;
+    }
+    let idf = (1.0 + (docs - df + 0.5) / (df + 0.5)).ln();
+    let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * len / avg_len.max(1.0));
+    idf * tf * (BM25_K1 + 1.0) / (tf + norm)
+}

@@ -16,7 +16,7 @@ use memory_core::{
     HeuristicId, IndexChanges, IndexSnapshot, LearnedChanges, LearnedItems, LearnedQuery,
     LearningStore, LearningUpdate, LessonId, Namespace, NamespaceStats, ObjectKind, Pattern,
     PatternId, Result, Storage, StoredEmbedding, TaskType, TextHit, TextQuery,
-    check_index_snapshot_size, task_search_text, tokenize,
+    check_index_snapshot_size, task_search_text,
 };
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, instrument, warn};
@@ -31,6 +31,7 @@ use crate::codec::{
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::error::{BACKEND, DbResult, DriverError, Failure};
 use crate::schema;
+use crate::text_index;
 
 /// What [`TursoStorage::salvage_episode_ids`] could read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -896,20 +897,20 @@ async fn insert_rows(
 /// A statement built at run time from fixed SQL fragments and bound values: user values only
 /// ever enter as `?N` placeholders.
 #[derive(Default)]
-struct Sql {
-    text: String,
-    values: Vec<Value>,
+pub(crate) struct Sql {
+    pub(crate) text: String,
+    pub(crate) values: Vec<Value>,
 }
 
 impl Sql {
     /// Appends fixed SQL.
-    fn push(&mut self, fragment: &str) -> &mut Self {
+    pub(crate) fn push(&mut self, fragment: &str) -> &mut Self {
         self.text.push_str(fragment);
         self
     }
 
     /// Binds `value` as the next placeholder and appends `?N`.
-    fn bind(&mut self, value: Value) -> &mut Self {
+    pub(crate) fn bind(&mut self, value: Value) -> &mut Self {
         self.values.push(value);
         self.text.push('?');
         self.text.push_str(&self.values.len().to_string());
@@ -917,14 +918,14 @@ impl Sql {
     }
 
     /// Appends `head ?N tail`, binding `value`.
-    fn cond(&mut self, head: &str, value: Value, tail: &str) -> &mut Self {
+    pub(crate) fn cond(&mut self, head: &str, value: Value, tail: &str) -> &mut Self {
         self.push(head).bind(value).push(tail)
     }
 }
 
 /// Appends the `WHERE` conditions (each starting with ` AND`) of an [`EpisodeFilter`] over the
 /// `episodes` table aliased `e`.
-fn filter_sql(f: &EpisodeFilter, sql: &mut Sql) {
+pub(crate) fn filter_sql(f: &EpisodeFilter, sql: &mut Sql) {
     if let Some(t) = f.task_type {
         sql.cond(" AND e.task_type = ", text(t.as_str()), "");
     }
@@ -989,24 +990,6 @@ fn learned_sql(q: &LearnedQuery, sql: &mut Sql) {
     }
 }
 
-/// An FTS5 `MATCH` expression: the OR of the query's terms, each a quoted string, so user
-/// text can never be read as FTS syntax. `None` when the text has no terms.
-pub(crate) fn fts_match(text: &str) -> Option<String> {
-    let mut terms = tokenize(text);
-    terms.sort();
-    terms.dedup();
-    if terms.is_empty() {
-        return None;
-    }
-    Some(
-        terms
-            .iter()
-            .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-            .collect::<Vec<_>>()
-            .join(" OR "),
-    )
-}
-
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("?{i}"))
@@ -1064,9 +1047,6 @@ fn keyed_insert_sql(rows: usize) -> String {
         values_list(10, rows, 3)
     )
 }
-
-pub(crate) const INSERT_TEXT: &str =
-    "INSERT INTO episode_text (body, ns, episode_id, part) VALUES (?1, ?2, ?3, ?4)";
 
 /// Columns of the learned-item tables as written by the upserts (patterns and heuristics
 /// also carry their change stamp).
@@ -1246,11 +1226,7 @@ impl Inner {
                 ],
             )
             .await?;
-            conn.execute(
-                INSERT_TEXT,
-                vec![Value::Text(body), text(ns), text(id), text("steps")],
-            )
-            .await?;
+            text_index::insert(conn, &body, ns, id, "steps").await?;
         }
         Ok(())
     }
@@ -1490,13 +1466,7 @@ async fn complete_in_tx(
             Some(_) => Ok(None), // already completed: a replay changes nothing
         };
     }
-    let reflection = vec![
-        Value::Text(c.reflection.text()),
-        text(ns),
-        text(id),
-        text("reflection"),
-    ];
-    tx.execute(INSERT_TEXT, reflection).await?;
+    text_index::insert(tx, &c.reflection.text(), ns, id, "reflection").await?;
     Ok(Some(
         Inner::merge_learning(tx, ns, &c.learning, position).await?,
     ))
@@ -1661,29 +1631,12 @@ impl EpisodeStore for TursoStorage {
                             .map(|tag| vec![text(ns), text(tag), text(&id)])
                             .collect();
                         insert_rows(tx, INSERT_TAGS, 3, tags, "ON CONFLICT DO NOTHING").await?;
-                        tx.execute(
-                            INSERT_TEXT,
-                            vec![
-                                Value::Text(task_search_text(&episode.task_description, ctx)),
-                                text(ns),
-                                text(&id),
-                                text("task"),
-                            ],
-                        )
-                        .await?;
+                        let task = task_search_text(&episode.task_description, ctx);
+                        text_index::insert(tx, &task, ns, &id, "task").await?;
                         // A new row is in no cache: it needs no change stamp.
                         Inner::append_step_rows(tx, ns, &id, &episode.steps, 0).await?;
                         if let Some(r) = &episode.reflection {
-                            tx.execute(
-                                INSERT_TEXT,
-                                vec![
-                                    Value::Text(r.text()),
-                                    text(ns),
-                                    text(&id),
-                                    text("reflection"),
-                                ],
-                            )
-                            .await?;
+                            text_index::insert(tx, &r.text(), ns, &id, "reflection").await?;
                         }
                         Ok(())
                     })
@@ -1801,42 +1754,16 @@ impl EpisodeStore for TursoStorage {
         let inner = &*self.inner;
         inner
             .call("search_episodes", async {
-                let Some(expr) = fts_match(&query.text) else {
-                    return Ok(Vec::new());
-                };
-                if query.limit == 0 {
-                    return Ok(Vec::new());
-                }
-                // Score: -bm25 (positive, higher is better) summed over the episode's parts.
-                let mut sql = Sql::default();
-                sql.push("WITH m AS MATERIALIZED (SELECT episode_id, -bm25(episode_text) AS s ")
-                    .cond(
-                        "FROM episode_text WHERE episode_text MATCH ",
-                        Value::Text(expr),
-                        "",
-                    )
-                    .cond(" AND ns = ", text(ns.as_str()), ") ")
-                    .push("SELECT ")
-                    .push(SUMMARY_COLUMNS)
-                    .push(", SUM(m.s) AS score FROM m ")
-                    .cond("JOIN episodes e ON e.ns = ", text(ns.as_str()), "")
-                    .push(" AND e.id = m.episode_id WHERE 1 = 1");
-                filter_sql(&query.filter, &mut sql);
-                sql.push(" GROUP BY m.episode_id ORDER BY score DESC, m.episode_id ASC")
-                    .cond(" LIMIT ", Value::Integer(i64::from(query.limit)), "");
                 inner
                     .read(async |conn| {
-                        let mut rows = conn.query(&sql.text, sql.values).await?;
-                        let mut hits = Vec::new();
-                        while let Some(row) = rows.next().await? {
-                            let summary = summary_from_row(&row)?;
-                            hits.push(TextHit {
-                                episode_id: summary.id,
-                                score: Cols::new(&row, "search hit").f64(13)?,
-                                summary,
-                            });
-                        }
-                        Ok(hits)
+                        text_index::search(
+                            conn,
+                            ns.as_str(),
+                            &query.text,
+                            &query.filter,
+                            query.limit,
+                        )
+                        .await
                     })
                     .await
             })
@@ -2694,7 +2621,7 @@ mod tests {
             .await
             .unwrap();
         let row = rows.next().await.unwrap().unwrap();
-        let distance = Cols::new(&row, "t").f64(0).unwrap();
+        let distance = Cols::new(&row, "t").opt_f64(0).unwrap().unwrap();
         assert!((distance - 1.0).abs() < 1e-6, "{distance}");
         assert_eq!(Cols::new(&row, "t").text(1).unwrap(), "[1,0,0]");
     }
@@ -2717,19 +2644,5 @@ mod tests {
         }
         s.append_steps(&ns, e.id, &[]).await.unwrap();
         assert!(s.inner.writer.lock().await.is_autocommit());
-    }
-
-    #[test]
-    fn fts_expressions_quote_every_term() {
-        assert_eq!(fts_match(""), None);
-        assert_eq!(fts_match("  * \" - ( "), None);
-        assert_eq!(
-            fts_match("NEAR(rate limiting) AND OR NOT"),
-            Some("\"limiting\" OR \"near\" OR \"not\" OR \"rate\"".to_owned())
-        );
-        assert_eq!(
-            fts_match("'; DROP TABLE episodes; --"),
-            Some("\"drop\" OR \"episodes\" OR \"table\"".to_owned())
-        );
     }
 }

@@ -159,11 +159,6 @@ impl<'r> Cols<'r> {
         }
     }
 
-    pub(crate) fn f64(&self, i: i32) -> DbResult<f64> {
-        self.opt_f64(i)?
-            .ok_or_else(|| decode(self.table, format!("column {i}: unexpected NULL")))
-    }
-
     pub(crate) fn blob(&self, i: i32) -> DbResult<Vec<u8>> {
         match self.value(i)? {
             Value::Blob(b) => Ok(b),

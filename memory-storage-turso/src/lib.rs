@@ -15,7 +15,7 @@
 //! fewer crates and several minutes less of cold build on 2 cores.
 //!
 //! The schema (normalized tables, namespace in every key, an FTS5 index over task, step and
-//! reflection text, an `F32_BLOB` vector column) and its migrations are described in
+//! reflection text kept per namespace, an `F32_BLOB` vector column) and its migrations are described in
 //! `SCHEMA.md`; local files run in WAL mode with `synchronous = NORMAL` by default (see
 //! [`Synchronous`] for what survives a crash and what survives power loss), and a background
 //! task checkpoints their WAL so that no commit pays for it ([`WalCheckpoints`]).
@@ -53,6 +53,7 @@ mod config;
 mod error;
 mod maintenance;
 mod schema;
+mod text_index;
 
 pub use backend::{DATA_DIR_FILE, IntegrityCheck, SalvagedIds, TursoStorage};
 pub use checkpoint::WalCheckpoints;

@@ -11,9 +11,10 @@ use memory_core::{
 };
 use tracing::instrument;
 
-use crate::backend::{INSERT_TEXT, TursoStorage, episode_state};
+use crate::backend::{TursoStorage, episode_state};
 use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
 use crate::error::{DbResult, DriverError};
+use crate::text_index;
 
 async fn bodies<T: serde::de::DeserializeOwned>(
     conn: &Connection,
@@ -36,11 +37,7 @@ fn limit(n: u32) -> Value {
 /// Rebuilds the full-text rows of an episode's steps from the step rows (after their text
 /// changed): one `steps` row with every step's text.
 async fn reindex_steps(conn: &Connection, ns: &str, id: &str) -> DbResult<()> {
-    conn.execute(
-        "DELETE FROM episode_text WHERE ns = ?1 AND episode_id = ?2 AND part = 'steps'",
-        vec![text(ns), text(id)],
-    )
-    .await?;
+    text_index::delete(conn, ns, id, "steps").await?;
     let mut rows = conn
         .query(
             "SELECT tool, action, result_text FROM steps WHERE ns = ?1 AND episode_id = ?2 \
@@ -62,14 +59,7 @@ async fn reindex_steps(conn: &Connection, ns: &str, id: &str) -> DbResult<()> {
         }
     }
     drop(rows);
-    if !body.is_empty() {
-        conn.execute(
-            INSERT_TEXT,
-            vec![Value::Text(body), text(ns), text(id), text("steps")],
-        )
-        .await?;
-    }
-    Ok(())
+    text_index::insert(conn, &body, ns, id, "steps").await
 }
 
 fn target_parts(t: &FeedbackTarget) -> (&'static str, &str) {

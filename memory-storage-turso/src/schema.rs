@@ -12,7 +12,7 @@ use tracing::info;
 use crate::error::{DbResult, DriverError};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// One forward migration.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +23,18 @@ pub(crate) struct Migration {
     pub description: &'static str,
     /// The statements, run in order in the migration transaction.
     pub statements: &'static [&'static str],
+    /// Work done in Rust after the statements, in the same transaction.
+    pub then: Then,
+}
+
+/// What a migration does after its statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Nothing more.
+    Nothing,
+    /// Moves the version-1 full-text rows into the per-namespace term index and drops the
+    /// old table (see [`crate::text_index::move_from_v1`]).
+    MoveTextIndex,
 }
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
@@ -298,32 +310,91 @@ const V5: &[&str] = &[
     "CREATE INDEX heuristics_by_change ON heuristics (changed_seq, ns, id)",
 ];
 
+/// Version 6: the full-text index keeps each namespace's statistics apart. FTS5's `bm25()`
+/// computes document frequencies, the document count and the average length over the whole
+/// table, so one namespace's episodes changed another's scores (and the time its queries
+/// took). Every indexed term now carries a prefix derived from its namespace, so each
+/// namespace has its own posting lists; the scores are computed from per-namespace counts
+/// (see [`crate::text_index`]).
+const V6: &[&str] = &[
+    // Contentless: the terms are only indexed, never stored a second time.
+    "CREATE VIRTUAL TABLE episode_terms USING fts5 (
+        terms,
+        content = '',
+        contentless_delete = 1,
+        tokenize = 'ascii'
+    )",
+    // One row per occurrence of a term: the postings a query reads.
+    "CREATE VIRTUAL TABLE episode_terms_hits USING fts5vocab (episode_terms, 'instance')",
+    // What each index row belongs to, and its length in terms.
+    "CREATE TABLE text_rows (
+        id          INTEGER PRIMARY KEY,
+        ns          TEXT NOT NULL,
+        episode_id  TEXT NOT NULL,
+        part        TEXT NOT NULL,
+        len         INTEGER NOT NULL
+    )",
+    "CREATE INDEX text_rows_by_episode ON text_rows (ns, episode_id, part)",
+    // Per namespace: its index rows and their total length (BM25's N and average length).
+    "CREATE TABLE text_stats (
+        ns      TEXT PRIMARY KEY,
+        rows    INTEGER NOT NULL,
+        terms   INTEGER NOT NULL
+    )",
+    // The one way rows are written: insert into this view; the trigger keeps the three
+    // tables in step in the writer's transaction.
+    "CREATE VIEW text_in (terms, len, ns, episode_id, part) AS \
+        SELECT NULL, NULL, NULL, NULL, NULL WHERE 0",
+    "CREATE TRIGGER text_in_insert INSTEAD OF INSERT ON text_in BEGIN
+        INSERT INTO text_rows (ns, episode_id, part, len)
+            VALUES (NEW.ns, NEW.episode_id, NEW.part, NEW.len);
+        INSERT INTO episode_terms (rowid, terms) VALUES (last_insert_rowid(), NEW.terms);
+        INSERT INTO text_stats (ns, rows, terms) VALUES (NEW.ns, 1, NEW.len)
+            ON CONFLICT (ns) DO UPDATE SET rows = rows + 1, terms = terms + excluded.terms;
+    END",
+    "CREATE TRIGGER text_rows_delete AFTER DELETE ON text_rows BEGIN
+        DELETE FROM episode_terms WHERE rowid = OLD.id;
+        UPDATE text_stats SET rows = rows - 1, terms = terms - OLD.len WHERE ns = OLD.ns;
+    END",
+];
+
 /// Every migration, in order. Never edit a released one: add a new version instead.
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "episodes, steps, tags, patterns, heuristics, lessons, feedback, fts5 index",
         statements: V1,
+        then: Then::Nothing,
     },
     Migration {
         version: 2,
         description: "embeddings with an F32_BLOB vector column",
         statements: V2,
+        then: Then::Nothing,
     },
     Migration {
         version: 3,
         description: "consolidation runs, metrics snapshots, estimate records, restores",
         statements: V3,
+        then: Then::Nothing,
     },
     Migration {
         version: 4,
         description: "index change log (triggers) and index snapshots",
         statements: V4,
+        then: Then::Nothing,
     },
     Migration {
         version: 5,
         description: "step keys with store-assigned numbers, change counter and stamps",
         statements: V5,
+        then: Then::Nothing,
+    },
+    Migration {
+        version: 6,
+        description: "per-namespace full-text index and statistics",
+        statements: V6,
+        then: Then::MoveTextIndex,
     },
 ];
 
@@ -372,6 +443,9 @@ pub(crate) async fn migrate(conn: &Connection, target: u32) -> DbResult<u32> {
     {
         for stmt in m.statements {
             tx.execute(stmt, ()).await?;
+        }
+        if m.then == Then::MoveTextIndex {
+            crate::text_index::move_from_v1(&tx).await?;
         }
         tx.execute(
             "INSERT INTO schema_version (version, description, applied_at) \

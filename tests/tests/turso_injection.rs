@@ -352,7 +352,7 @@ async fn exercise(s: &TursoStorage) {
 const TABLES: &[&str] = &[
     "embeddings",
     "episode_tags",
-    "episode_text",
+    "episode_terms",
     "episodes",
     "feedback",
     "heuristics",
@@ -360,6 +360,8 @@ const TABLES: &[&str] = &[
     "patterns",
     "schema_version",
     "steps",
+    "text_rows",
+    "text_stats",
 ];
 
 async fn check_integrity(conn: &libsql::Connection) {
@@ -385,7 +387,7 @@ async fn check_integrity(conn: &libsql::Connection) {
     assert_eq!(row.get::<String>(0).unwrap(), "ok");
     drop(rows);
     conn.execute(
-        "INSERT INTO episode_text (episode_text, rank) VALUES ('integrity-check', 1)",
+        "INSERT INTO episode_terms (episode_terms, rank) VALUES ('integrity-check', 1)",
         (),
     )
     .await

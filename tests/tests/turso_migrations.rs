@@ -11,13 +11,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use memory_core::{
-    EmbeddingStore, Episode, EpisodeQuery, EpisodeStore, FeedbackOutcome, FeedbackTarget,
-    LearnedQuery, LearningStore, MemoryConfig, Namespace, NewEpisode, Outcome, PatternId,
-    SelfLearningMemory, StepInput, TaskContext, TaskType,
+    EmbeddingStore, Episode, EpisodeFilter, EpisodeQuery, EpisodeStore, FeedbackOutcome,
+    FeedbackTarget, LearnedQuery, LearningStore, MemoryConfig, Namespace, NewEpisode, Outcome,
+    PatternId, SelfLearningMemory, StepInput, TaskContext, TaskType, TextQuery,
 };
 use memory_storage_turso::{SCHEMA_VERSION, TursoConfig, TursoStorage};
 
@@ -106,9 +107,14 @@ async fn downgrade_to_version_1(path: &Path, scratch: &Path) {
     let conn = db.connect().unwrap();
     for (kind, name) in schema_objects(&conn).await {
         if !keep.contains(&(kind.clone(), name.clone())) {
-            conn.execute(&format!("DROP {} {name}", kind.to_uppercase()), ())
-                .await
-                .unwrap();
+            // IF EXISTS: dropping a table also drops its triggers and an FTS5 table its
+            // shadow tables.
+            conn.execute(
+                &format!("DROP {} IF EXISTS {name}", kind.to_uppercase()),
+                (),
+            )
+            .await
+            .unwrap();
         }
     }
     for (kind, table) in keep {
@@ -124,6 +130,33 @@ async fn downgrade_to_version_1(path: &Path, scratch: &Path) {
             }
         }
     }
+    // Version 1's full-text table (version 6 moved its rows and dropped it), filled as the
+    // version-1 code did: the task text, one row of all steps, the reflection.
+    let mut rows = v1
+        .query(
+            "SELECT sql FROM sqlite_master WHERE name = 'episode_text'",
+            (),
+        )
+        .await
+        .unwrap();
+    let create: String = rows.next().await.unwrap().unwrap().get(0).unwrap();
+    conn.execute(&create, ()).await.unwrap();
+    conn.execute(
+        "INSERT INTO episode_text (body, ns, episode_id, part) \
+         SELECT task_description || ' ' || domain || ' ' || COALESCE(language, ''), ns, id, 'task' \
+         FROM episodes",
+        (),
+    )
+    .await
+    .unwrap();
+    conn.execute(
+        "INSERT INTO episode_text (body, ns, episode_id, part) \
+         SELECT group_concat(tool || ' ' || action || ' ' || result_text, char(10)), ns, \
+         episode_id, 'steps' FROM steps GROUP BY ns, episode_id",
+        (),
+    )
+    .await
+    .unwrap();
     conn.execute("DELETE FROM schema_version WHERE version > 1", ())
         .await
         .unwrap();
@@ -275,6 +308,27 @@ async fn version_1_database_is_upgraded_in_place() {
     assert_eq!(new.query_heuristics(&ns, &all).await.unwrap(), heuristics);
     assert_eq!(new.query_lessons(&ns, &all).await.unwrap(), lessons);
     assert_eq!(new.namespace_stats(&ns).await.unwrap(), stats);
+    // The version-1 full-text rows were moved to the per-namespace index: task words and
+    // step words both find every episode, and the old table is gone.
+    for words in ["orders table", "deadlock detected"] {
+        let hits = new
+            .search_episodes(
+                &ns,
+                &TextQuery {
+                    text: words.to_owned(),
+                    filter: EpisodeFilter::default(),
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            hits.iter().map(|h| h.episode_id).collect::<BTreeSet<_>>(),
+            ids.iter().copied().collect::<BTreeSet<_>>(),
+            "{words}"
+        );
+    }
+    assert!(!tables(&path).await.contains(&"episode_text".to_owned()));
     assert_eq!(
         new.episodes_missing_embedding(&ns, "m", None, 10)
             .await

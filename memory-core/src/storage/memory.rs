@@ -24,7 +24,7 @@ use crate::maintenance::{
 };
 use crate::namespace::Namespace;
 use crate::pattern::{Effectiveness, Pattern, PatternId};
-use crate::text::{episode_search_text, tokenize};
+use crate::text::{bm25_weight, episode_search_text, tokenize};
 
 #[derive(Debug, Default)]
 struct NsData {
@@ -238,7 +238,7 @@ impl EpisodeStore for InMemoryStorage {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        // BM25 over the filtered episodes (k1 = 1.2, b = 0.75).
+        // BM25 over the filtered episodes.
         let docs: Vec<(&Episode, Vec<String>)> = d
             .episodes
             .values()
@@ -256,9 +256,7 @@ impl EpisodeStore for InMemoryStorage {
                     continue;
                 }
                 let df = docs.iter().filter(|(_, t)| t.contains(term)).count() as f64;
-                let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
-                let len_norm = 1.0 - 0.75 + 0.75 * toks.len() as f64 / avg_len.max(1.0);
-                score += idf * tf * 2.2 / (tf + 1.2 * len_norm);
+                score += bm25_weight(n, df, tf, toks.len() as f64, avg_len);
             }
             if score > 0.0 {
                 hits.push(TextHit {

@@ -1,0 +1,375 @@
+//! The full-text index, kept apart per namespace: what is written for each episode part and
+//! how a query is scored.
+//!
+//! FTS5's own `bm25()` takes its document frequencies, document count and average length
+//! from the whole table, so the episodes of one namespace changed the scores of another
+//! (and how long its queries took): a side channel between tenants. Here every indexed term
+//! is written as `<namespace prefix><term>`, the prefix being the first 16 hex digits of the
+//! namespace's SHA-256, so each namespace has posting lists of its own; a query reads only
+//! those, and scores them with Okapi BM25 ([`memory_core::bm25_weight`]) from per-namespace
+//! counts: the document frequency of each term among the namespace's rows, and the
+//! namespace's row count and total length from `text_stats`. Nothing another namespace
+//! stores enters a score or a query's work, except the depth of the shared B-trees.
+//!
+//! The FTS5 table is contentless (`content = ''`), so the prefixed terms are indexed but not
+//! stored a second time, and its `ascii` tokenizer keeps each prefixed term whole (the terms
+//! come from [`memory_core::tokenize`], which has already split and lowercased the text).
+//! Rows are written through the `text_in` view, whose trigger keeps `text_rows` (which
+//! episode and part a row indexes, and its length) and `text_stats` in the same transaction.
+//! A prefix collision between two namespaces (64 bits of SHA-256) would merge their
+//! statistics, never their rows: every row read is checked against `text_rows.ns`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use libsql::{Connection, Value};
+use memory_core::{EpisodeFilter, TextHit, bm25_weight, tokenize};
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use crate::backend::{Sql, filter_sql};
+use crate::codec::{Cols, SUMMARY_COLUMNS, summary_from_row, text};
+use crate::error::DbResult;
+
+/// Hex digits of the namespace prefix (64 bits of its SHA-256).
+const PREFIX_HEX: usize = 16;
+
+/// Longest term indexed, in characters: longer ones are cut here, at indexing and at query
+/// time alike (FTS5 itself cuts tokens at 32 KiB, which would break that symmetry).
+const MAX_TERM_CHARS: usize = 64;
+
+/// Candidate episodes whose summaries are read per query while a filter leaves fewer than
+/// the limit.
+const SUMMARY_CHUNK: usize = 200;
+
+/// Rows moved per page by the version-6 migration.
+const MOVE_PAGE: i64 = 500;
+
+/// The one statement that writes an index row: values from [`row_values`].
+pub(crate) const INSERT_TEXT: &str =
+    "INSERT INTO text_in (terms, len, ns, episode_id, part) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// The prefix of every term of namespace `ns`.
+fn prefix(ns: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(ns.as_bytes());
+    let mut out = String::with_capacity(PREFIX_HEX);
+    for byte in digest.iter().take(PREFIX_HEX / 2) {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+/// A term as indexed: the namespace prefix, then the term cut to [`MAX_TERM_CHARS`].
+fn indexed(prefix: &str, term: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + term.len().min(4 * MAX_TERM_CHARS));
+    s.push_str(prefix);
+    s.extend(term.chars().take(MAX_TERM_CHARS));
+    s
+}
+
+/// The values of [`INSERT_TEXT`] for one part of an episode, or `None` when `body` has no
+/// term to index (such a row would only change the namespace's row count).
+pub(crate) fn row_values(body: &str, ns: &str, episode_id: &str, part: &str) -> Option<Vec<Value>> {
+    let p = prefix(ns);
+    let terms = tokenize(body);
+    if terms.is_empty() {
+        return None;
+    }
+    let len = terms.len() as i64;
+    let mut joined = String::with_capacity(terms.len() * (PREFIX_HEX + 8));
+    for t in &terms {
+        if !joined.is_empty() {
+            joined.push(' ');
+        }
+        joined.push_str(&indexed(&p, t));
+    }
+    Some(vec![
+        Value::Text(joined),
+        Value::Integer(len),
+        text(ns),
+        text(episode_id),
+        text(part),
+    ])
+}
+
+/// Writes one index row (nothing when `body` has no term).
+pub(crate) async fn insert(
+    conn: &Connection,
+    body: &str,
+    ns: &str,
+    episode_id: &str,
+    part: &str,
+) -> DbResult<()> {
+    if let Some(values) = row_values(body, ns, episode_id, part) {
+        conn.execute(INSERT_TEXT, values).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the index rows of one part of an episode (the trigger on `text_rows` removes
+/// their terms and updates `text_stats`).
+pub(crate) async fn delete(
+    conn: &Connection,
+    ns: &str,
+    episode_id: &str,
+    part: &str,
+) -> DbResult<()> {
+    conn.execute(
+        "DELETE FROM text_rows WHERE ns = ?1 AND episode_id = ?2 AND part = ?3",
+        vec![text(ns), text(episode_id), text(part)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The version-6 migration's move: re-indexes every row of the version-1 table
+/// `episode_text` (one FTS5 table for all namespaces) into the per-namespace index, page by
+/// page, then drops it. Runs inside the migration's transaction.
+pub(crate) async fn move_from_v1(conn: &Connection) -> DbResult<()> {
+    let mut after = 0i64;
+    let mut moved = 0u64;
+    loop {
+        let mut rows = conn
+            .query(
+                "SELECT rowid, body, ns, episode_id, part FROM episode_text \
+                 WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                vec![Value::Integer(after), Value::Integer(MOVE_PAGE)],
+            )
+            .await?;
+        let mut page = Vec::new();
+        while let Some(row) = rows.next().await? {
+            let c = Cols::new(&row, "episode_text");
+            page.push((c.i64(0)?, c.text(1)?, c.text(2)?, c.text(3)?, c.text(4)?));
+        }
+        drop(rows);
+        let Some(last) = page.last().map(|r| r.0) else {
+            break;
+        };
+        for (_, body, ns, episode_id, part) in &page {
+            insert(conn, body, ns, episode_id, part).await?;
+        }
+        moved += page.len() as u64;
+        after = last;
+        if moved % 50_000 < MOVE_PAGE as u64 {
+            info!(
+                rows = moved,
+                "moving the full-text index to per-namespace terms"
+            );
+        }
+    }
+    conn.execute("DROP TABLE episode_text", ()).await?;
+    info!(rows = moved, "full-text index moved to per-namespace terms");
+    Ok(())
+}
+
+/// One matching index row: its episode, its length, and the frequency of each query term
+/// in it (by position in the query's term list).
+struct Match {
+    episode_id: String,
+    row: i64,
+    len: f64,
+    term: usize,
+    tf: f64,
+}
+
+/// Lexical search of namespace `ns`: BM25 over the namespace's own statistics, each
+/// episode's score the sum over its parts (task, step batches, reflection). Ties go to the
+/// smaller episode id, and the terms of each episode are summed in an order that does not
+/// depend on other namespaces, so a namespace's scores are the same bit for bit whatever
+/// another stores.
+pub(crate) async fn search(
+    conn: &Connection,
+    ns: &str,
+    query_text: &str,
+    filter: &EpisodeFilter,
+    limit: u32,
+) -> DbResult<Vec<TextHit>> {
+    let mut words = tokenize(query_text);
+    words.sort_unstable();
+    words.dedup();
+    if words.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let p = prefix(ns);
+    let terms: Vec<String> = words.iter().map(|w| indexed(&p, w)).collect();
+    // Two words cut to the same 64 characters are one indexed term.
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in terms.iter().enumerate() {
+        position.entry(t.as_str()).or_insert(i);
+    }
+
+    let Some((docs, total_len)) = stats(conn, ns).await? else {
+        return Ok(Vec::new());
+    };
+    let matches = matches(conn, ns, &terms, &position).await?;
+    let mut df = vec![0f64; terms.len()];
+    for m in &matches {
+        df[m.term] += 1.0;
+    }
+    let avg_len = total_len / docs.max(1.0);
+
+    // Per episode, its contributions in (row, term) order: rows of one namespace keep their
+    // relative order whatever is interleaved between them.
+    let mut per_episode: BTreeMap<&str, Vec<(i64, usize, f64)>> = BTreeMap::new();
+    for m in &matches {
+        let w = bm25_weight(docs, df[m.term], m.tf, m.len, avg_len);
+        per_episode
+            .entry(m.episode_id.as_str())
+            .or_default()
+            .push((m.row, m.term, w));
+    }
+    let mut ranked: Vec<(&str, f64)> = per_episode
+        .into_iter()
+        .map(|(id, mut parts)| {
+            parts.sort_by_key(|p| (p.0, p.1));
+            (id, parts.iter().map(|x| x.2).sum())
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+
+    let mut hits = Vec::new();
+    for chunk in ranked.chunks(SUMMARY_CHUNK) {
+        let mut found = summaries(conn, ns, chunk, filter).await?;
+        for (id, score) in chunk {
+            if let Some(summary) = found.remove(*id) {
+                hits.push(TextHit {
+                    episode_id: summary.id,
+                    score: *score,
+                    summary,
+                });
+                if hits.len() >= limit as usize {
+                    return Ok(hits);
+                }
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// The namespace's row count and total length, or `None` when it has nothing indexed.
+async fn stats(conn: &Connection, ns: &str) -> DbResult<Option<(f64, f64)>> {
+    let mut rows = conn
+        .query(
+            "SELECT rows, terms FROM text_stats WHERE ns = ?1",
+            vec![text(ns)],
+        )
+        .await?;
+    let Some(row) = rows.next().await? else {
+        return Ok(None);
+    };
+    let c = Cols::new(&row, "text_stats");
+    let (docs, len) = (c.i64(0)?, c.i64(1)?);
+    Ok((docs > 0).then_some((docs as f64, len as f64)))
+}
+
+/// Every row of the namespace holding a query term, with the term's frequency in it. Read
+/// from the term postings (`episode_terms_hits`, one row per occurrence), each joined to
+/// its `text_rows` entry, which also drops any posting whose row was deleted.
+async fn matches(
+    conn: &Connection,
+    ns: &str,
+    terms: &[String],
+    position: &HashMap<&str, usize>,
+) -> DbResult<Vec<Match>> {
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT h.term, r.episode_id, r.id, r.len, COUNT(*) \
+         FROM episode_terms_hits h CROSS JOIN text_rows r \
+         WHERE h.term IN (",
+    );
+    for (i, t) in terms.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(Value::Text(t.clone()));
+    }
+    sql.push(") AND r.id = h.doc")
+        .cond(" AND r.ns = ", text(ns), "")
+        .push(" GROUP BY h.term, h.doc");
+    let mut rows = conn.query(&sql.text, sql.values).await?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await? {
+        let c = Cols::new(&row, "term match");
+        let term = c.text(0)?;
+        let Some(&term) = position.get(term.as_str()) else {
+            continue;
+        };
+        out.push(Match {
+            episode_id: c.text(1)?,
+            row: c.i64(2)?,
+            len: c.i64(3)? as f64,
+            term,
+            tf: c.i64(4)? as f64,
+        });
+    }
+    Ok(out)
+}
+
+/// The summaries of the candidate episodes that pass `filter`, by id.
+async fn summaries(
+    conn: &Connection,
+    ns: &str,
+    candidates: &[(&str, f64)],
+    filter: &EpisodeFilter,
+) -> DbResult<HashMap<String, memory_core::EpisodeSummary>> {
+    let mut sql = Sql::default();
+    sql.push("SELECT ").push(SUMMARY_COLUMNS).cond(
+        " FROM episodes e WHERE e.ns = ",
+        text(ns),
+        " AND e.id IN (",
+    );
+    for (i, (id, _)) in candidates.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(text(id));
+    }
+    sql.push(")");
+    filter_sql(filter, &mut sql);
+    let mut rows = conn.query(&sql.text, sql.values).await?;
+    let mut out = HashMap::new();
+    while let Some(row) = rows.next().await? {
+        let summary = summary_from_row(&row)?;
+        out.insert(summary.id.to_string(), summary);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_fixed_length_hex_and_differ_by_namespace() {
+        let a = prefix("acme/api");
+        let b = prefix("acme/web");
+        assert_eq!(a.len(), PREFIX_HEX);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_eq!(a, prefix("acme/api"));
+    }
+
+    #[test]
+    fn rows_hold_prefixed_terms_and_their_count() {
+        let v = row_values("Fix the Kerberos login", "t", "e1", "task").unwrap();
+        let Value::Text(terms) = &v[0] else {
+            panic!("terms")
+        };
+        let p = prefix("t");
+        assert_eq!(terms, &format!("{p}fix {p}kerberos {p}login"));
+        assert_eq!(v[1], Value::Integer(3));
+        assert!(row_values("a the of", "t", "e1", "task").is_none());
+    }
+
+    #[test]
+    fn long_terms_are_cut_alike_at_both_ends() {
+        let long = "x".repeat(500);
+        let v = row_values(&long, "t", "e1", "task").unwrap();
+        let Value::Text(terms) = &v[0] else {
+            panic!("terms")
+        };
+        assert_eq!(terms, &indexed(&prefix("t"), &long));
+        assert_eq!(terms.len(), PREFIX_HEX + MAX_TERM_CHARS);
+    }
+}
