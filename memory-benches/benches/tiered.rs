@@ -35,11 +35,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use memory_core::{
-    BreakerConfig, Cache, EpisodeId, FaultInjecting, FaultMode, MemoryConfig, Namespace, Outcome,
-    SelfLearningMemory, StepBatchConfig, Storage, SystemClock, TieredConfig, TieredStorage,
+    BreakerConfig, Cache, EpisodeId, MemoryConfig, Namespace, Outcome, SelfLearningMemory,
+    StepBatchConfig, Storage, SystemClock, TieredConfig, TieredStorage,
 };
 use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
 use memory_storage_turso::TursoStorage;
+use memory_testkit::{FaultInjecting, FaultMode};
 
 const HISTORY: usize = 200;
 

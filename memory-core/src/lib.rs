@@ -36,7 +36,6 @@ mod heuristic;
 mod json_field;
 mod learned;
 mod learning;
-pub mod learning_eval;
 mod lesson;
 mod limits;
 mod maintenance;
@@ -54,13 +53,6 @@ mod storage;
 mod text;
 mod tiered;
 
-#[cfg(feature = "test-utils")]
-pub mod conformance;
-#[cfg(feature = "test-utils")]
-mod doubles;
-#[cfg(feature = "test-utils")]
-mod fault;
-
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
 pub use confidence::{beta_mean, decay_factor, wilson_lower_bound};
 pub use consolidation::{
@@ -69,8 +61,6 @@ pub use consolidation::{
     heuristic_merge_key, lexical_similarity, merge_heuristic_into, merge_pattern_into,
     pattern_merge_key, trend,
 };
-#[cfg(feature = "test-utils")]
-pub use doubles::{InMemoryCache, InMemoryOutbox};
 pub use embedding::{Embedder, cosine, l2_normalize};
 pub use episode::{
     Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, IMPORT_TAG_PREFIX, NewEpisode,
@@ -78,8 +68,6 @@ pub use episode::{
 };
 pub use error::{Error, ObjectKind, Result};
 pub use extract::{Recovery, extract_learning, find_recoveries};
-#[cfg(feature = "test-utils")]
-pub use fault::{FaultInjecting, FaultMode};
 pub use feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
 pub use heuristic::{Heuristic, HeuristicId, HeuristicObservation, resolve_contradictions};
 pub use learned::{Evidence, LearnedStatus, RECENT_EVIDENCE};

@@ -1271,7 +1271,8 @@ mod tests {
     use std::time::Duration;
 
     use chrono::{DateTime, Utc};
-    use memory_core::{Episode, NewEpisode, TaskContext, TaskType, conformance};
+    use memory_core::{Episode, NewEpisode, TaskContext, TaskType};
+    use memory_testkit::conformance;
 
     use super::*;
 

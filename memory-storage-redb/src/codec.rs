@@ -280,8 +280,8 @@ mod tests {
     use chrono::{DateTime, Utc};
     use memory_core::{
         Episode, Namespace, NewEpisode, Outcome, StepInput, TaskContext, TaskType, WriteOp,
-        conformance,
     };
+    use memory_testkit::conformance;
 
     use super::*;
 

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memory_core::{
-    Cache, EpisodeStore, FeedbackOutcome, FeedbackTarget, InMemoryCache, InMemoryOutbox,
-    LearnedQuery, LearningStore, MemoryConfig, Namespace, NewEpisode, Outcome, PatternId,
-    SelfLearningMemory, StepBatchConfig, StepInput, Storage, SystemClock, TaskContext, TaskType,
-    TieredConfig, TieredStorage,
+    Cache, EpisodeStore, FeedbackOutcome, FeedbackTarget, LearnedQuery, LearningStore,
+    MemoryConfig, Namespace, NewEpisode, Outcome, PatternId, SelfLearningMemory, StepBatchConfig,
+    StepInput, Storage, SystemClock, TaskContext, TaskType, TieredConfig, TieredStorage,
 };
 use memory_storage_turso::TursoStorage;
+use memory_testkit::{InMemoryCache, InMemoryOutbox};
 
 struct Writer {
     tiered: Arc<TieredStorage>,

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use memory_core::learning_eval::{Arm, LearningEval, LearningEvalConfig};
+use memory_eval::learning::{Arm, LearningEval, LearningEvalConfig};
 use memory_storage_turso::TursoStorage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +49,7 @@ async fn full_memory_beats_no_memory_and_the_report_is_well_formed() -> anyhow::
 
     let none = report.arm(Arm::NoMemory).expect("no-memory arm ran");
     let full = report.arm(Arm::FullMemory).expect("full-memory arm ran");
-    let last = |a: &memory_core::learning_eval::ArmReport| a.windows[2].success_rate;
+    let last = |a: &memory_eval::learning::ArmReport| a.windows[2].success_rate;
     assert!(
         last(full) > last(none),
         "full memory {} vs no memory {} in the last window",

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use memory_core::{
     Cache, CacheKey, CachedValue, Episode, Heuristic, InMemoryStorage, Namespace, Outcome, Pattern,
-    TaskType, TokioClock, conformance,
+    TaskType, TokioClock,
 };
 use memory_storage_redb::{CacheConfig, RedbCache};
+use memory_testkit::conformance;
 
 fn ns(s: &str) -> Namespace {
     Namespace::new(s).unwrap()

@@ -9,12 +9,13 @@
 
 use memory_core::{
     Cache, CacheKey, CachedValue, Episode, Error, InMemoryStorage, Namespace, OutboxEntry, Outcome,
-    TaskType, WriteOp, conformance,
+    TaskType, WriteOp,
 };
 use memory_storage_redb::{
     CACHE_FORMAT_VERSION, CacheConfig, DecodeLimits, Decoded, RedbCache, decode_cached_value,
     decode_outbox_entry, encode_cached_value,
 };
+use memory_testkit::conformance;
 use proptest::prelude::*;
 
 const LIMIT: usize = 10 * 1024 * 1024;

@@ -16,7 +16,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use memory_core::retrieval::eval::{EvalDataset, RetrievalEval};
 use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::retrieval::{embedding_text, vector_key, work_text};
 use memory_core::{
@@ -24,6 +23,7 @@ use memory_core::{
     RateLimitConfig, RetrievalMethod, RetrievalQuery, SelfLearningMemory, StepInput, SystemClock,
     TaskContext, TaskType,
 };
+use memory_eval::retrieval::{EvalDataset, RetrievalEval};
 use memory_storage_turso::TursoStorage;
 
 fn config() -> MemoryConfig {

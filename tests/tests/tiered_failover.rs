@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memory_core::{
-    BreakerConfig, Cache, EpisodeQuery, EpisodeStore, Error, FaultInjecting, FaultMode,
-    InMemoryCache, InMemoryOutbox, InMemoryStorage, LearnedQuery, LearningStore, MemoryConfig,
-    Namespace, NewEpisode, Outbox, Outcome, SelfLearningMemory, StepBatchConfig, StepInput,
-    Storage, SystemClock, TaskContext, TaskType, TieredConfig, TieredStorage,
+    BreakerConfig, Cache, EpisodeQuery, EpisodeStore, Error, InMemoryStorage, LearnedQuery,
+    LearningStore, MemoryConfig, Namespace, NewEpisode, Outbox, Outcome, SelfLearningMemory,
+    StepBatchConfig, StepInput, Storage, SystemClock, TaskContext, TaskType, TieredConfig,
+    TieredStorage,
 };
+use memory_testkit::{FaultInjecting, FaultMode, InMemoryCache, InMemoryOutbox};
 
 fn fast_config() -> TieredConfig {
     TieredConfig {
@@ -63,7 +64,7 @@ async fn stack() -> Stack {
 
 #[tokio::test]
 async fn tiered_stack_passes_conformance() {
-    memory_core::conformance::run_all(|| async {
+    memory_testkit::conformance::run_all(|| async {
         let s = stack().await;
         s.tiered as Arc<dyn Storage>
     })
@@ -299,7 +300,8 @@ async fn permanent_errors_are_returned_not_journaled() {
     )
     .await
     .unwrap();
-    let e = memory_core::conformance::episode("x", TaskType::Other, "d", None, chrono::Utc::now());
+    let e =
+        memory_testkit::conformance::episode("x", TaskType::Other, "d", None, chrono::Utc::now());
     for _ in 0..10 {
         assert!(matches!(
             tiered.create_episode(&Namespace::default(), &e).await,
@@ -321,7 +323,8 @@ async fn permanent_errors_are_returned_not_journaled() {
 async fn concurrent_misses_share_one_durable_read() {
     let s = stack().await;
     let ns = Namespace::default();
-    let e = memory_core::conformance::episode("x", TaskType::Other, "d", None, chrono::Utc::now());
+    let e =
+        memory_testkit::conformance::episode("x", TaskType::Other, "d", None, chrono::Utc::now());
     s.durable.inner().create_episode(&ns, &e).await.unwrap();
     s.cache.clear().await.unwrap();
     s.durable.set_mode(FaultMode::Never); // resets the call counter

@@ -8,10 +8,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use memory_core::{
-    EpisodeQuery, EpisodeStore, ExecutionStep, Namespace, StepInput, TaskType, conformance,
-};
+use memory_core::{EpisodeQuery, EpisodeStore, ExecutionStep, Namespace, StepInput, TaskType};
 use memory_storage_turso::{TursoConfig, TursoStorage, WalCheckpoints};
+use memory_testkit::conformance;
 
 const EPISODES: usize = 200;
 const STEPS: usize = 40;

@@ -1,4 +1,4 @@
-//! Pins `TursoStorage` to the storage contract: `memory_core::conformance::run_all` (the same
+//! Pins `TursoStorage` to the storage contract: `memory_testkit::conformance::run_all` (the same
 //! suite the in-memory reference backend passes) runs against real libsql in all four modes:
 //! a local file, `:memory:`, a remote `sqld` over Hrana/HTTP, and an embedded replica of a
 //! `sqld` primary. Each check gets a fresh, empty database (a new file, a new in-memory
@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use memory_core::{Storage, conformance};
+use memory_core::Storage;
 use memory_storage_turso::{MEMORY_PATH, TursoConfig, TursoStorage};
+use memory_testkit::conformance;
 use tests::sqld::{SqldServer, require_sqld};
 use tokio::sync::Mutex;
 

@@ -15,7 +15,6 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use memory_core::conformance::completion_for;
 use memory_core::{
     ContextKey, EmbeddingStore, Episode, EpisodeFilter, EpisodeQuery, EpisodeStore, ExecutionStep,
     Feedback, FeedbackOutcome, FeedbackTarget, HeuristicObservation, LearnedItems, LearnedQuery,
@@ -23,6 +22,7 @@ use memory_core::{
     PatternObservation, StepInput, TaskContext, TaskType, TextQuery,
 };
 use memory_storage_turso::{TursoConfig, TursoStorage};
+use memory_testkit::conformance::completion_for;
 use tests::sqld::{SqldServer, require_sqld};
 
 fn payloads() -> Vec<String> {

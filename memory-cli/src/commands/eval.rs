@@ -1,14 +1,14 @@
 //! `memory eval retrieval`: retrieval quality on a labeled dataset, in a fresh in-memory
 //! libsql store (the data directory is not touched).
 //!
-//! `memory eval learning`: the learning evaluation (`memory_core::learning_eval`), each arm on
+//! `memory eval learning`: the learning evaluation (`memory_eval::learning`), each arm on
 //! a fresh in-memory libsql store; writes `learning.json` and the `learning.svg` chart.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use memory_core::retrieval::eval::{EvalDataset, QueryMode, RetrievalEval, format_report};
 use memory_core::{MemoryConfig, Namespace, RateLimitConfig, SelfLearningMemory, SystemClock};
+use memory_eval::retrieval::{EvalDataset, QueryMode, RetrievalEval, format_report};
 use memory_storage_turso::TursoStorage;
 
 use crate::backend::load_embedder;
@@ -69,7 +69,7 @@ async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
 }
 
 async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
-    use memory_core::learning_eval::{Arm, LearningEval, LearningEvalConfig, format_report};
+    use memory_eval::learning::{Arm, LearningEval, LearningEvalConfig, format_report};
 
     let embedder = if a.lexical {
         None
@@ -144,7 +144,7 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
 /// Success rate per window, one line per arm, as an SVG (plotters' SVG backend: text is
 /// laid out by the viewer, so no font files are needed).
 fn success_chart(
-    report: &memory_core::learning_eval::LearningReport,
+    report: &memory_eval::learning::LearningReport,
     path: &std::path::Path,
 ) -> Result<()> {
     use plotters::prelude::*;

@@ -22,7 +22,6 @@
 //! batches. Without an embedder (model files missing), retrieval is lexical and says so in
 //! [`Retrieval::degraded`].
 
-pub mod eval;
 pub mod lexical_index;
 pub mod recommend;
 mod scoring;

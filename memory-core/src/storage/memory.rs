@@ -825,25 +825,3 @@ impl Storage for InMemoryStorage {
         "memory"
     }
 }
-
-#[cfg(all(test, feature = "test-utils"))]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn in_memory_backend_passes_conformance() {
-        crate::conformance::run_all(|| async {
-            Arc::new(InMemoryStorage::new()) as Arc<dyn Storage>
-        })
-        .await;
-    }
-
-    #[tokio::test]
-    async fn isolation_holds_for_many_seeds() {
-        for seed in 0..20 {
-            crate::conformance::namespace_isolation(&InMemoryStorage::new(), seed).await;
-        }
-    }
-}

@@ -1,7 +1,7 @@
 //! Storage traits: the primitives every backend implements, each scoped to a namespace.
 //!
 //! The traits are object-safe; use them as `Arc<dyn Storage>`. A backend that passes
-//! [`conformance`](crate::conformance) (feature `test-utils`) can stand in for any other.
+//! the conformance suite of `memory-testkit` can stand in for any other.
 //!
 //! Atomicity and idempotency, per method, are part of the contract and are written on each
 //! method; backends must keep them.

@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{RetrievalMethod, RetrievalQuery};
-use crate::episode::{EpisodeId, NewEpisode, Outcome, StepInput, TaskContext, TaskType};
-use crate::error::{Error, Result};
-use crate::memory::SelfLearningMemory;
-use crate::namespace::Namespace;
+use memory_core::Namespace;
+use memory_core::SelfLearningMemory;
+use memory_core::{EpisodeId, NewEpisode, Outcome, StepInput, TaskContext, TaskType};
+use memory_core::{Error, Result};
+use memory_core::{RetrievalMethod, RetrievalQuery};
 
 /// One episode of the dataset.
 #[derive(Debug, Clone, Deserialize)]
@@ -293,7 +293,7 @@ impl<'a> RetrievalEval<'a> {
                     ),
                     "timeout" => {
                         let mut t = StepInput::timeout(&s.tool, &s.action);
-                        if let (crate::StepResult::Timeout { message }, Some(m)) =
+                        if let (memory_core::StepResult::Timeout { message }, Some(m)) =
                             (&mut t.result, &s.result.error)
                         {
                             message.clone_from(m);

@@ -1,4 +1,4 @@
-//! The conformance suite every storage backend must pass (feature `test-utils`).
+//! The conformance suite every storage backend must pass.
 //!
 //! Call [`run_all`] from a backend's tests with a factory that returns a fresh, empty store.
 //! Each check panics with a message naming the broken rule.
@@ -7,7 +7,7 @@
 //! use std::sync::Arc;
 //! use memory_core::{InMemoryStorage, Storage};
 //! # async fn f() {
-//! memory_core::conformance::run_all(|| async { Arc::new(InMemoryStorage::new()) as Arc<dyn Storage> }).await;
+//! memory_testkit::conformance::run_all(|| async { Arc::new(InMemoryStorage::new()) as Arc<dyn Storage> }).await;
 //! # }
 //! ```
 #![allow(
@@ -28,7 +28,7 @@ use chrono::{DateTime, Duration, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::*;
+use memory_core::*;
 
 /// Runs every check, each on a fresh store from `make`.
 pub async fn run_all<F, Fut>(make: F)
@@ -1536,7 +1536,7 @@ pub async fn maintenance_records(s: &dyn Storage) {
     let e2 = episode("estimate two", TaskType::Testing, "cli", None, t(1));
     s.create_episode(&a, &e1).await.unwrap();
     s.create_episode(&a, &e2).await.unwrap();
-    let est = crate::retrieval::recommend::Estimate {
+    let est = memory_core::retrieval::recommend::Estimate {
         expected_steps: Some(3.0),
         expected_duration_ms: Some(1000.0),
         success_chance: Some(0.75),

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::episode::{Complexity, TaskContext, TaskType};
+use memory_core::{Complexity, TaskContext, TaskType};
 
 /// A small deterministic generator (SplitMix64): the same seed gives the same world on every
 /// machine, independent of any crate's version.

@@ -1,5 +1,5 @@
 //! In-memory stand-ins for the cache and the outbox, for tests of the tiered composition
-//! (feature `test-utils`). The outbox here is not durable; use the redb outbox in production.
+//!. The outbox here is not durable; use the redb outbox in production.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,10 +7,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use crate::error::{Error, Result};
-use crate::namespace::Namespace;
-use crate::storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
-use crate::storage::outbox::{Outbox, OutboxEntry};
+use memory_core::Namespace;
+use memory_core::{Cache, CacheKey, CacheStats, CachedValue};
+use memory_core::{Error, Result};
+use memory_core::{Outbox, OutboxEntry};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

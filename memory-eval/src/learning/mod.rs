@@ -25,7 +25,7 @@
 //! plan came from memory). No I/O here: callers pick the store and write the report.
 //!
 //! ```
-//! use memory_core::learning_eval::{LearningEval, LearningEvalConfig};
+//! use memory_eval::learning::{LearningEval, LearningEvalConfig};
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! let eval = LearningEval::new(LearningEvalConfig::default().with_tasks(40).with_seed(1));
 //! let report = eval.run_in_memory().await?;
@@ -52,14 +52,14 @@ pub use report::{ArmReport, Comparison, LearningReport, Totals, WindowStats, for
 pub use withhold::{Visible, Withholding};
 pub use world::{StepOutcome, Task, World, candidate_tools, family_count, is_recovery_tool};
 
-use crate::clock::Clock;
-use crate::embedding::Embedder;
-use crate::error::{Error, Result};
-use crate::memory::{MemoryConfig, SelfLearningMemory};
-use crate::namespace::Namespace;
-use crate::quota::RateLimitConfig;
-use crate::storage::Storage;
-use crate::storage::memory::InMemoryStorage;
+use memory_core::Clock;
+use memory_core::Embedder;
+use memory_core::InMemoryStorage;
+use memory_core::Namespace;
+use memory_core::RateLimitConfig;
+use memory_core::Storage;
+use memory_core::{Error, Result};
+use memory_core::{MemoryConfig, SelfLearningMemory};
 
 /// One way of running the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -132,7 +132,7 @@ impl std::str::FromStr for Arm {
                     "arm",
                     format!(
                         "unknown arm {} (expected no_memory, episodes_only, full_memory or no_lessons)",
-                        crate::quote_value(s)
+                        memory_core::quote_value(s)
                     ),
                 )
             })

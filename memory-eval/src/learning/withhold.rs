@@ -8,22 +8,22 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
-use crate::error::Result;
-use crate::feedback::{Feedback, FeedbackTarget};
-use crate::heuristic::{Heuristic, HeuristicId};
-use crate::learning::{LearnedChanges, LearningUpdate};
-use crate::lesson::{FailureLesson, LessonId};
-use crate::maintenance::{
+use memory_core::Namespace;
+use memory_core::Result;
+use memory_core::{
     ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
 };
-use crate::namespace::Namespace;
-use crate::pattern::{Pattern, PatternId};
-use crate::storage::{
+use memory_core::{
     EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, IndexChanges,
     IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats,
     Storage, StoredEmbedding, TextHit, TextQuery,
 };
+use memory_core::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
+use memory_core::{FailureLesson, LessonId};
+use memory_core::{Feedback, FeedbackTarget};
+use memory_core::{Heuristic, HeuristicId};
+use memory_core::{LearnedChanges, LearningUpdate};
+use memory_core::{Pattern, PatternId};
 
 /// Which learned items reads return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,14 +10,14 @@ use super::world::{
     Attempt, NOT_APPLICABLE, NOTHING_TO_FIX, RECOVERY_TOOLS, Rng, StepOutcome, Task,
     candidate_tools, is_recovery_tool,
 };
-use crate::episode::{EpisodeId, NewEpisode, Outcome, OutcomeKind, StepInput};
-use crate::error::Result;
-use crate::feedback::{FeedbackOutcome, FeedbackTarget};
-use crate::memory::SelfLearningMemory;
-use crate::namespace::Namespace;
-use crate::pattern::{PatternId, PatternKind};
-use crate::retrieval::recommend::RecommendRequest;
-use crate::signature::{collapse_tools, error_class};
+use memory_core::Namespace;
+use memory_core::Result;
+use memory_core::SelfLearningMemory;
+use memory_core::retrieval::recommend::RecommendRequest;
+use memory_core::{EpisodeId, NewEpisode, Outcome, OutcomeKind, StepInput};
+use memory_core::{FeedbackOutcome, FeedbackTarget};
+use memory_core::{PatternId, PatternKind};
+use memory_core::{collapse_tools, error_class};
 
 /// Where the agent's plan came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +277,7 @@ impl<'a> Agent<'a> {
             .await
         {
             // A pattern withheld from this arm cannot be rated; that is not an error of the run.
-            Err(crate::Error::NotFound { .. }) => Ok(()),
+            Err(memory_core::Error::NotFound { .. }) => Ok(()),
             other => other,
         }
     }
@@ -294,7 +294,7 @@ impl<'a> Agent<'a> {
                 StepOutcome::Error(e) => StepInput::error(tool, action, e.clone()),
                 StepOutcome::Timeout(e) => {
                     let mut s = StepInput::timeout(tool, action);
-                    if let crate::StepResult::Timeout { message } = &mut s.result {
+                    if let memory_core::StepResult::Timeout { message } = &mut s.result {
                         message.clone_from(e);
                     }
                     s
@@ -421,7 +421,7 @@ impl<'a> Agent<'a> {
                     past.steps
                         .iter()
                         .filter(|s| s.result().is_success())
-                        .map(crate::episode::ExecutionStep::tool),
+                        .map(memory_core::ExecutionStep::tool),
                 );
                 advice.source = Some(PlanSource::Episode(past.id));
             }
