@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::reflection::Reflection;
-use crate::reward::RewardScore;
+use crate::assessment::{Reflection, RewardScore};
 
 /// Identity of an episode: a time-ordered UUID (v7), so ids sort by creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -32,16 +31,16 @@ impl std::fmt::Display for EpisodeId {
 }
 
 impl std::str::FromStr for EpisodeId {
-    type Err = crate::Error;
+    type Err = crate::error::Error;
     /// Parses a UUID; the error quotes at most a short prefix of `s`
-    /// ([`quote_value`](crate::quote_value)).
-    fn from_str(s: &str) -> crate::Result<Self> {
+    /// ([`quote_value`](crate::quote::quote_value)).
+    fn from_str(s: &str) -> crate::error::Result<Self> {
         Uuid::parse_str(s.trim()).map(EpisodeId).map_err(|e| {
             crate::Error::invalid(
                 "episode_id",
                 format!(
                     "{} is not an episode id (a UUID): {e}",
-                    crate::quote_value(s)
+                    crate::quote::quote_value(s)
                 ),
             )
         })
@@ -104,8 +103,8 @@ impl std::fmt::Display for TaskType {
 }
 
 impl std::str::FromStr for TaskType {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
         let norm = s.trim().to_ascii_lowercase().replace('-', "_");
         TaskType::ALL
             .into_iter()
@@ -113,7 +112,7 @@ impl std::str::FromStr for TaskType {
             .ok_or_else(|| {
                 crate::Error::invalid(
                     "task_type",
-                    format!("unknown task type {} (expected one of code_generation, debugging, refactoring, testing, analysis, documentation, other)", crate::quote_value(s)),
+                    format!("unknown task type {} (expected one of code_generation, debugging, refactoring, testing, analysis, documentation, other)", crate::quote::quote_value(s)),
                 )
             })
     }
@@ -161,8 +160,8 @@ impl std::fmt::Display for Complexity {
 }
 
 impl std::str::FromStr for Complexity {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "simple" => Ok(Complexity::Simple),
             "moderate" => Ok(Complexity::Moderate),
@@ -171,7 +170,7 @@ impl std::str::FromStr for Complexity {
                 "complexity",
                 format!(
                     "unknown complexity {} (expected simple, moderate or complex)",
-                    crate::quote_value(s)
+                    crate::quote::quote_value(s)
                 ),
             )),
         }
@@ -242,7 +241,7 @@ impl TaskContext {
     /// assert_eq!((ctx.domain.as_str(), ctx.tags.as_slice()), ("web_api", &["flaky".to_owned()][..]));
     /// ```
     pub fn normalize(&mut self) {
-        use crate::signature::normalize_label;
+        use crate::text::normalize_label;
         self.domain = normalize_label(Some(&self.domain)).unwrap_or_else(|| "general".to_owned());
         self.language = normalize_label(self.language.as_deref());
         self.framework = normalize_label(self.framework.as_deref());
@@ -326,7 +325,7 @@ pub struct StepInput {
     /// What the agent did with it, in words.
     pub action: String,
     /// Tool parameters (a JSON value; `null` when none).
-    #[serde(default, with = "crate::json_field")]
+    #[serde(default, with = "crate::serde_adapters::json_value")]
     pub parameters: serde_json::Value,
     /// The result.
     pub result: StepResult,
@@ -560,8 +559,8 @@ impl std::fmt::Display for OutcomeKind {
 }
 
 impl std::str::FromStr for OutcomeKind {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
         match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
             "success" => Ok(OutcomeKind::Success),
             "partial_success" | "partial" => Ok(OutcomeKind::PartialSuccess),
@@ -571,7 +570,7 @@ impl std::str::FromStr for OutcomeKind {
                 "outcome",
                 format!(
                     "unknown outcome {} (expected success, partial_success, failure or abstained)",
-                    crate::quote_value(s)
+                    crate::quote::quote_value(s)
                 ),
             )),
         }

@@ -147,13 +147,13 @@ impl Error {
     }
 
     /// Shorthand for an [`Error::NotFound`]. An id longer than
-    /// [`QUOTE_MAX_CHARS`](crate::QUOTE_MAX_CHARS) characters is kept as its prefix and length
-    /// ([`cut_value`](crate::cut_value)): the message never repeats a huge input.
+    /// [`QUOTE_MAX_CHARS`](crate::quote::QUOTE_MAX_CHARS) characters is kept as its prefix and length
+    /// ([`cut_value`](crate::quote::cut_value)): the message never repeats a huge input.
     pub fn not_found(kind: ObjectKind, id: impl std::fmt::Display) -> Self {
         let id = id.to_string();
         Error::NotFound {
             kind,
-            id: crate::cut_value(&id).into_owned(),
+            id: crate::quote::cut_value(&id).into_owned(),
         }
     }
 

@@ -24,86 +24,86 @@
 //! # }).unwrap();
 //! ```
 
+mod assessment;
 mod clock;
-mod confidence;
 mod consolidation;
 mod embedding;
+mod engine;
 mod episode;
 mod error;
-mod extract;
-mod feedback;
-mod heuristic;
-mod json_field;
 mod learned;
 mod learning;
-mod lesson;
-mod limits;
-mod maintenance;
-mod memory;
 mod namespace;
-mod pattern;
-mod quota;
+mod policy;
 mod quote;
-mod redact;
-mod reflection;
+mod records;
 pub mod retrieval;
-mod reward;
-mod signature;
+mod search_text;
+mod serde_adapters;
+mod statistics;
 mod storage;
 mod text;
 mod tiered;
 
+pub use assessment::{Reflection, RewardScore};
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
-pub use confidence::{beta_mean, decay_factor, wilson_lower_bound};
 pub use consolidation::{
-    ConsolidationConfig, MAX_CONSOLIDATION_INTERVAL, MAX_CONSOLIDATION_ITEMS, MAX_RETENTION_DAYS,
-    MIN_CONSOLIDATION_INTERVAL, RetentionConfig, calibrate, correction_from, estimate_error,
-    heuristic_merge_key, lexical_similarity, merge_heuristic_into, merge_pattern_into,
-    pattern_merge_key, trend,
+    ConsolidationConfig, ConsolidationReport, LearnedChange, MAX_CONSOLIDATION_INTERVAL,
+    MAX_CONSOLIDATION_ITEMS, MAX_RETENTION_DAYS, MIN_CONSOLIDATION_INTERVAL, RetentionConfig,
+    calibrate, correction_from, estimate_error, lexical_similarity, trend,
 };
 pub use embedding::{Embedder, cosine, l2_normalize};
+pub use engine::{
+    CompletionReport, LearnedSummary, LearningConfig, MemoryConfig, SelfLearningMemory,
+    StepBatchConfig,
+};
 pub use episode::{
     Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, IMPORT_TAG_PREFIX, NewEpisode,
     Outcome, OutcomeKind, StepInput, StepResult, TaskContext, TaskType, steps_to_append,
 };
 pub use error::{Error, ObjectKind, Result};
-pub use extract::{Recovery, extract_learning, find_recoveries};
-pub use feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
-pub use heuristic::{Heuristic, HeuristicId, HeuristicObservation, resolve_contradictions};
-pub use learned::{Evidence, LearnedStatus, RECENT_EVIDENCE};
-pub use learning::{Changed, ExistingLearned, LearnedChanges, LearningUpdate};
-pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
-pub use limits::Limits;
-pub use maintenance::{
-    ConsolidationRun, EstimateActual, EstimateRecord, MetricsSnapshot, RestoreRecord,
-    StepCompaction,
+pub use learned::{
+    ContextKey, Effectiveness, Evidence, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget,
+    Heuristic, HeuristicId, HeuristicObservation, Learned, LearnedId, LearnedItem, LearnedKind,
+    LearnedStatus, LessonId, LessonObservation, Pattern, PatternId, PatternKind,
+    PatternObservation, RECENT_EVIDENCE, Remedy, lesson_id, pattern_id, resolve_contradictions,
 };
-pub use memory::{
-    CompletionReport, ConsolidationReport, LearnedChange, LearnedSummary, LearningConfig,
-    MemoryConfig, SelfLearningMemory, StepBatchConfig,
+pub use learning::{
+    Changed, ExistingLearned, LearnedChanges, LearningUpdate, Recovery, RewardHistory,
+    compute_reward, extract_learning, find_recoveries, reflect,
 };
 pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
-pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObservation, pattern_id};
-pub use quota::{QuotaConfig, RateLimitConfig, RateLimiter};
+pub use policy::{Limits, QuotaConfig, RateLimitConfig, RateLimiter, RedactionConfig, Redactor};
 pub use quote::{QUOTE_MAX_CHARS, cut_to, cut_value, quote_value};
-pub use redact::{RedactionConfig, Redactor};
-pub use reflection::{Reflection, reflect};
+pub use records::{
+    ConsolidationRun, Estimate, EstimateActual, EstimateCorrection, EstimateRecord,
+    MetricsSnapshot, RestoreRecord, StepCompaction,
+};
 pub use retrieval::{
     IndexStatus, Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery, RetrievedEpisode,
     Retriever, ScoreBreakdown,
 };
-pub use reward::{RewardHistory, RewardScore, compute_reward};
-pub use signature::{ContextKey, collapse_tools, error_class, normalize_label, normalize_tool};
-pub use storage::cache::{Cache, CacheKey, CacheMark, CacheStats, CachedValue};
-pub use storage::memory::InMemoryStorage;
-pub use storage::outbox::{Outbox, OutboxEntry, WriteOp};
+pub use search_text::{episode_search_text, task_search_text};
+pub use statistics::{beta_mean, decay_factor, median, wilson_lower_bound};
 pub use storage::{
-    Change, ChangeSet, EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeFilter,
-    EpisodeQuery, EpisodeStatus, EpisodeStore, IndexChanges, IndexSnapshot, LearnedItems,
-    LearnedQuery, LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats,
-    Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
+    Cache, CacheKey, CacheMark, CacheStats, CachedValue, Change, ChangeSet, EmbeddingCoverage,
+    EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
+    InMemoryStorage, IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery, LearningStore,
+    MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Outbox, OutboxEntry, Storage,
+    StoredEmbedding, TextHit, TextQuery, WriteOp, check_index_snapshot_size, get_typed,
+    query_typed,
 };
-pub use text::{BM25_B, BM25_K1, bm25_weight, episode_search_text, task_search_text, tokenize};
+pub use text::{
+    BM25_B, BM25_K1, bm25_weight, collapse_tools, error_class, normalize_label, normalize_tool,
+    tokenize,
+};
 pub use tiered::{
     BreakerConfig, BreakerState, CircuitBreaker, Refused, SyncStatus, TieredConfig, TieredStorage,
 };
+
+/// What the exported macros need from other crates.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+    pub use chrono::{DateTime, Utc};
+}

@@ -103,7 +103,10 @@ mod tests {
     fn errors_about_a_megabyte_bad_value_stay_short() {
         use std::str::FromStr;
 
-        use crate::{Complexity, EpisodeId, Error, FeedbackOutcome, ObjectKind, OutcomeKind};
+        use crate::Complexity;
+        use crate::episode::{EpisodeId, OutcomeKind};
+        use crate::error::{Error, ObjectKind};
+        use crate::learned::FeedbackOutcome;
 
         let big = "q".repeat(1 << 20);
         let messages = [

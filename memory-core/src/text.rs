@@ -1,6 +1,5 @@
-//! Text helpers shared by the lexical search of backends.
-
-use crate::episode::{Episode, TaskContext};
+//! Text: the one tokenizer every lexical scorer uses, BM25's term weight, and the
+//! normalization of tool names, labels and error messages that learned items are keyed on.
 
 /// Words too common in agent task text to carry meaning.
 const STOPWORDS: &[&str] = &[
@@ -20,55 +19,6 @@ pub fn tokenize(text: &str) -> Vec<String> {
         .map(str::to_lowercase)
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
         .collect()
-}
-
-/// The indexed text of a task: its description, then its context words (domain, language,
-/// framework, tags), so a query naming the stack matches the task itself rather than step
-/// output that happens to mention it.
-///
-/// ```
-/// use memory_core::{task_search_text, TaskContext};
-/// let ctx = TaskContext::new("web_api").with_language("python").with_tag("auth");
-/// assert_eq!(task_search_text("add login", &ctx), "add login web api python auth");
-/// ```
-pub fn task_search_text(task_description: &str, context: &TaskContext) -> String {
-    let mut s = String::with_capacity(task_description.len() + 64);
-    s.push_str(task_description);
-    let words = [
-        Some(&context.domain),
-        context.language.as_ref(),
-        context.framework.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .chain(context.descriptive_tags());
-    for w in words {
-        if !w.is_empty() {
-            s.push(' ');
-            s.push_str(&w.replace('_', " "));
-        }
-    }
-    s
-}
-
-/// The text of an episode that lexical search indexes: task with its context words,
-/// reflection, and step actions and results.
-pub fn episode_search_text(e: &Episode) -> String {
-    let mut s = String::with_capacity(256);
-    s.push_str(&task_search_text(&e.task_description, &e.context));
-    if let Some(r) = &e.reflection {
-        s.push('\n');
-        s.push_str(&r.text());
-    }
-    for step in &e.steps {
-        s.push('\n');
-        s.push_str(&step.input.tool);
-        s.push(' ');
-        s.push_str(&step.input.action);
-        s.push(' ');
-        s.push_str(step.input.result.text());
-    }
-    s
 }
 
 /// Okapi BM25's term-frequency saturation, shared by every lexical scorer.
@@ -96,4 +46,143 @@ pub fn bm25_weight(docs: f64, df: f64, tf: f64, len: f64, avg_len: f64) -> f64 {
     let idf = (1.0 + (docs - df + 0.5) / (df + 0.5)).ln();
     let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * len / avg_len.max(1.0));
     idf * tf * (BM25_K1 + 1.0) / (tf + norm)
+}
+
+/// Normalizes a tool name: trimmed, lowercase.
+pub fn normalize_tool(tool: &str) -> String {
+    tool.trim().to_ascii_lowercase()
+}
+
+/// Longest error class, in characters.
+const MAX_ERROR_CLASS_CHARS: usize = 80;
+
+/// Reduces an error message to its class: the first non-empty line, lowercased, with numbers,
+/// quoted text, paths and hex ids replaced by placeholders, at most 10 words.
+///
+/// `"error[E0308]: mismatched types at src/main.rs:10:5"` and
+/// `"error[E0308]: mismatched types at src/lib.rs:99:1"` share the class
+/// `"error[e#]: mismatched types at <path>"`.
+///
+/// ```
+/// use memory_core::error_class;
+/// assert_eq!(
+///     error_class("Connection refused (os error 111) to 10.0.0.7:5432"),
+///     error_class("connection refused (os error 61) to 192.168.1.2:6543"),
+/// );
+/// ```
+pub fn error_class(message: &str) -> String {
+    let line = message
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let line = mask_quoted(line);
+    let mut words = Vec::new();
+    for raw in line.split_whitespace() {
+        if words.len() == 10 {
+            break;
+        }
+        let w = raw.to_lowercase();
+        let word = if w.contains("<q>") {
+            "<q>".to_owned()
+        } else if w.contains('/') || w.contains('\\') {
+            "<path>".to_owned()
+        } else {
+            collapse_digits(&w)
+        };
+        if words.last() != Some(&word) {
+            words.push(word);
+        }
+    }
+    let mut class = words.join(" ");
+    if class.chars().count() > MAX_ERROR_CLASS_CHARS {
+        class = class.chars().take(MAX_ERROR_CLASS_CHARS).collect();
+    }
+    class
+}
+
+/// Replaces each quoted span (`'…'`, `"…"` or `` `…` ``, possibly several words) with `<q>`.
+/// A quote opens a span only at the start of a word and only when it is closed on the line, so
+/// apostrophes in words (`don't`) are left alone.
+fn mask_quoted(line: &str) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let at_word_start = i == 0 || !chars[i - 1].is_alphanumeric();
+        if matches!(c, '\'' | '"' | '`')
+            && at_word_start
+            && let Some(len) = chars[i + 1..].iter().position(|&d| d == c)
+        {
+            out.push_str("<q>");
+            i += len + 2;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+/// Replaces each run of digits (and hex runs of 8+ that contain a digit) with `#`.
+fn collapse_digits(w: &str) -> String {
+    let looks_hex = w.len() >= 8
+        && w.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        && w.chars().any(|c| c.is_ascii_digit());
+    if looks_hex {
+        return "#".to_owned();
+    }
+    let mut out = String::with_capacity(w.len());
+    let mut in_digits = false;
+    for c in w.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+            in_digits = true;
+        } else {
+            in_digits = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Collapses consecutive repeats: `[a, a, b, a] -> [a, b, a]`, normalizing each tool.
+pub fn collapse_tools<'a>(tools: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in tools {
+        let t = normalize_tool(t);
+        if out.last() != Some(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// Normalizes a domain, language or framework name: trimmed, lowercase; empty becomes `None`.
+pub fn normalize_label(s: Option<&str>) -> Option<String> {
+    s.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_classes_group_variants() {
+        assert_eq!(
+            error_class("error[E0308]: mismatched types at src/main.rs:10:5"),
+            error_class("error[E0308]: mismatched types at src/lib.rs:99:1")
+        );
+        assert_ne!(
+            error_class("permission denied"),
+            error_class("connection refused")
+        );
+        assert_eq!(
+            error_class("\n\n  Timeout after 3000ms\nmore"),
+            "timeout after #ms"
+        );
+    }
 }

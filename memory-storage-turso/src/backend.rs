@@ -13,9 +13,9 @@ use memory_core::{
     ChangeSet, EmbeddingCoverage, EmbeddingStore, Episode, EpisodeCompletion, EpisodeFilter,
     EpisodeId, EpisodeQuery, EpisodeStatus, EpisodeStore, EpisodeSummary, Error, ExecutionStep,
     ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
-    HeuristicId, IndexChanges, IndexSnapshot, LearnedChanges, LearnedItems, LearnedQuery,
-    LearningStore, LearningUpdate, LessonId, Namespace, NamespaceStats, ObjectKind, Pattern,
-    PatternId, Result, Storage, StoredEmbedding, TaskType, TextHit, TextQuery,
+    IndexChanges, IndexSnapshot, Learned, LearnedChanges, LearnedId, LearnedItem, LearnedItems,
+    LearnedKind, LearnedQuery, LearningStore, LearningUpdate, Namespace, NamespaceStats,
+    ObjectKind, Pattern, Result, Storage, StoredEmbedding, TaskType, TextHit, TextQuery,
     check_index_snapshot_size, task_search_text,
 };
 use tokio::sync::{Mutex, MutexGuard};
@@ -1344,7 +1344,7 @@ impl Inner {
     }
 
     /// One JSON `body` by primary key, from `sql` (`... WHERE ns = ?1 AND id = ?2`).
-    async fn body_by_id(&self, sql: &'static str, ns: &str, id: &str) -> DbResult<Option<String>> {
+    async fn body_by_id(&self, sql: &str, ns: &str, id: &str) -> DbResult<Option<String>> {
         self.read(async |conn| {
             let mut rows = conn.query(sql, vec![text(ns), text(id)]).await?;
             match rows.next().await? {
@@ -1368,23 +1368,26 @@ impl Inner {
         .await
     }
 
-    /// A page of learned items from `table` matching `q`, ordered by `order`.
-    async fn query_learned<T: serde::de::DeserializeOwned>(
+    /// A page of the learned items of `kind` matching `q`, in the order the storage contract
+    /// gives (most occurrences, or support, first; ties by id).
+    async fn query_learned(
         &self,
-        table_sql: &'static str,
-        what: &'static str,
-        extra: Option<(&'static str, Value)>,
-        order: &'static str,
+        kind: LearnedKind,
         ns: &Namespace,
         q: &LearnedQuery,
-    ) -> DbResult<Vec<T>> {
+    ) -> DbResult<Vec<LearnedItem>> {
         let mut sql = Sql::default();
-        sql.push(table_sql)
+        sql.push("SELECT body FROM ")
+            .push(table(kind))
             .cond(" WHERE ns = ", text(ns.as_str()), "");
         learned_sql(q, &mut sql);
-        if let Some((column_sql, value)) = extra {
-            sql.push(" AND ").push(column_sql).cond(" = ", value, "");
+        if let (LearnedKind::Pattern, Some(k)) = (kind, q.kind.as_deref()) {
+            sql.push(" AND kind").cond(" = ", text(k), "");
         }
+        let order = match kind {
+            LearnedKind::Heuristic => "support DESC, id ASC",
+            LearnedKind::Pattern | LearnedKind::Lesson => "occurrences DESC, id ASC",
+        };
         sql.push(" ORDER BY ")
             .push(order)
             .cond(" LIMIT ", Value::Integer(i64::from(q.limit)), "")
@@ -1392,8 +1395,29 @@ impl Inner {
         self.bodies(&sql.text, sql.values)
             .await?
             .iter()
-            .map(|b| from_json(what, b))
+            .map(|b| decode_learned(kind, b))
             .collect()
+    }
+}
+
+/// The table a kind of learned item is stored in.
+fn table(kind: LearnedKind) -> &'static str {
+    match kind {
+        LearnedKind::Pattern => "patterns",
+        LearnedKind::Heuristic => "heuristics",
+        LearnedKind::Lesson => "lessons",
+    }
+}
+
+/// A stored JSON body as an item of `kind`.
+fn decode_learned(kind: LearnedKind, body: &str) -> DbResult<LearnedItem> {
+    fn decode<T: Learned + serde::de::DeserializeOwned>(body: &str) -> DbResult<LearnedItem> {
+        Ok(from_json::<T>(T::KIND.name(), body)?.into_item())
+    }
+    match kind {
+        LearnedKind::Pattern => decode::<Pattern>(body),
+        LearnedKind::Heuristic => decode::<Heuristic>(body),
+        LearnedKind::Lesson => decode::<FailureLesson>(body),
     }
 }
 
@@ -1905,119 +1929,32 @@ impl LearningStore for TursoStorage {
             .await
     }
 
-    #[instrument(skip_all, fields(namespace = %ns, pattern_id = %id))]
-    async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>> {
+    #[instrument(skip_all, fields(namespace = %ns, kind = id.kind().name(), id = id.as_str()))]
+    async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
         let inner = &*self.inner;
+        let kind = id.kind();
         inner
-            .call("get_pattern", async {
+            .call("get_learned", async {
+                let sql = format!("SELECT body FROM {} WHERE ns = ?1 AND id = ?2", table(kind));
                 inner
-                    .body_by_id(
-                        "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
-                        ns.as_str(),
-                        &id.0,
-                    )
+                    .body_by_id(&sql, ns.as_str(), id.as_str())
                     .await?
-                    .map(|b| from_json("pattern", &b))
+                    .map(|b| decode_learned(kind, &b))
                     .transpose()
             })
             .await
     }
 
-    #[instrument(skip_all, fields(namespace = %ns))]
-    async fn query_patterns(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Pattern>> {
-        let inner = &*self.inner;
-        inner
-            .call(
-                "query_patterns",
-                inner.query_learned(
-                    "SELECT body FROM patterns",
-                    "pattern",
-                    query.kind.as_deref().map(|k| ("kind", text(k))),
-                    "occurrences DESC, id ASC",
-                    ns,
-                    query,
-                ),
-            )
-            .await
-    }
-
-    #[instrument(skip_all, fields(namespace = %ns, heuristic_id = %id))]
-    async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>> {
-        let inner = &*self.inner;
-        inner
-            .call("get_heuristic", async {
-                inner
-                    .body_by_id(
-                        "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
-                        ns.as_str(),
-                        &id.0,
-                    )
-                    .await?
-                    .map(|b| from_json("heuristic", &b))
-                    .transpose()
-            })
-            .await
-    }
-
-    #[instrument(skip_all, fields(namespace = %ns))]
-    async fn query_heuristics(
+    #[instrument(skip_all, fields(namespace = %ns, kind = kind.name()))]
+    async fn query_learned(
         &self,
         ns: &Namespace,
+        kind: LearnedKind,
         query: &LearnedQuery,
-    ) -> Result<Vec<Heuristic>> {
+    ) -> Result<Vec<LearnedItem>> {
         let inner = &*self.inner;
         inner
-            .call(
-                "query_heuristics",
-                inner.query_learned(
-                    "SELECT body FROM heuristics",
-                    "heuristic",
-                    None,
-                    "support DESC, id ASC",
-                    ns,
-                    query,
-                ),
-            )
-            .await
-    }
-
-    #[instrument(skip_all, fields(namespace = %ns, lesson_id = %id))]
-    async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>> {
-        let inner = &*self.inner;
-        inner
-            .call("get_lesson", async {
-                inner
-                    .body_by_id(
-                        "SELECT body FROM lessons WHERE ns = ?1 AND id = ?2",
-                        ns.as_str(),
-                        &id.0,
-                    )
-                    .await?
-                    .map(|b| from_json("lesson", &b))
-                    .transpose()
-            })
-            .await
-    }
-
-    #[instrument(skip_all, fields(namespace = %ns))]
-    async fn query_lessons(
-        &self,
-        ns: &Namespace,
-        query: &LearnedQuery,
-    ) -> Result<Vec<FailureLesson>> {
-        let inner = &*self.inner;
-        inner
-            .call(
-                "query_lessons",
-                inner.query_learned(
-                    "SELECT body FROM lessons",
-                    "lesson",
-                    None,
-                    "occurrences DESC, id ASC",
-                    ns,
-                    query,
-                ),
-            )
+            .call("query_learned", inner.query_learned(kind, ns, query))
             .await
     }
 

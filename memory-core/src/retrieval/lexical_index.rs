@@ -23,8 +23,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::episode::{EpisodeId, EpisodeSummary};
 use crate::namespace::Namespace;
+use crate::search_text::task_search_text;
 use crate::storage::EpisodeFilter;
-use crate::text::{BM25_B, BM25_K1, task_search_text, tokenize};
+use crate::text::{BM25_B, BM25_K1, tokenize};
 
 // Summed in `f32` over posting lists (half the memory of `f64` scores at 100k episodes).
 const K1: f32 = BM25_K1 as f32;

@@ -1492,7 +1492,7 @@ mod tests {
         let retriever = Retriever::new(
             Arc::new(crate::InMemoryStorage::new()),
             Some(Arc::clone(&embedder) as Arc<dyn Embedder>),
-            Arc::new(crate::SystemClock),
+            Arc::new(crate::clock::SystemClock),
             RetrievalConfig::default(),
         );
         let ns = Namespace::default();

@@ -13,13 +13,15 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{RetrievalQuery, RetrievedEpisode};
+use super::{RetrievalQuery, RetrievedEpisode, Retriever};
+use crate::consolidation::{ConsolidationConfig, calibrated};
 use crate::episode::{EpisodeId, OutcomeKind, TaskContext, TaskType};
-use crate::heuristic::Heuristic;
-use crate::learned::Evidence;
-use crate::lesson::FailureLesson;
-use crate::pattern::{Pattern, PatternKind};
-use crate::storage::{EpisodeFilter, EpisodeStatus};
+use crate::error::Result;
+use crate::learned::{Evidence, FailureLesson, Heuristic, Pattern, PatternKind};
+use crate::namespace::Namespace;
+pub use crate::records::{Estimate, EstimateCorrection};
+use crate::statistics::median;
+use crate::storage::{EpisodeFilter, EpisodeStatus, LearnedQuery, Storage};
 
 /// What to recommend for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,43 +109,6 @@ pub struct PlaybookStep {
     pub tool: String,
     /// Why this step, and what to watch for.
     pub why: String,
-}
-
-/// What the task will likely take, from the similar episodes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Estimate {
-    /// Median steps of the similar episodes that succeeded (all of them if none did).
-    pub expected_steps: Option<f64>,
-    /// Median duration, in milliseconds.
-    pub expected_duration_ms: Option<f64>,
-    /// Chance of success: `(successes + 1) / (n + 2)` over the similar episodes.
-    pub success_chance: Option<f64>,
-    /// How many similar episodes back the figures.
-    pub sample_size: usize,
-    /// Where the figures come from.
-    pub why: String,
-    /// The per-domain calibration applied to the figures, if any (see
-    /// `SelfLearningMemory::record_estimate`).
-    #[serde(default)]
-    pub correction: Option<EstimateCorrection>,
-}
-
-/// A per-domain correction of estimates: the mean ratio actual / estimated over the domain's
-/// recent episodes that followed an estimate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EstimateCorrection {
-    /// The domain.
-    pub domain: String,
-    /// Mean of actual steps / estimated (raw) steps.
-    pub steps_ratio: Option<f64>,
-    /// Mean of actual duration / estimated (raw) duration.
-    pub duration_ratio: Option<f64>,
-    /// Episodes the ratios are computed from.
-    pub sample_size: usize,
-    /// The steps estimate before the correction.
-    pub raw_expected_steps: Option<f64>,
-    /// The duration estimate before the correction.
-    pub raw_expected_duration_ms: Option<f64>,
 }
 
 /// Everything recommended for a task.
@@ -334,7 +299,7 @@ pub(crate) fn rank_pitfalls(
     let mut out: Vec<Advice<FailureLesson>> = lessons
         .into_iter()
         .map(|l| {
-            let decay = crate::confidence::decay_factor(l.last_seen, now, half_life_days);
+            let decay = crate::statistics::decay_factor(l.last_seen, now, half_life_days);
             let shared = overlap(&l.recent_evidence, similar);
             let score = (1.0 + l.occurrences as f64).ln() * decay * (1.0 + shared);
             let mut why = format!("struck {} time(s) in {}", l.occurrences, l.context.label());
@@ -406,19 +371,6 @@ pub(crate) fn playbook(
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        f64::midpoint(v[n / 2 - 1], v[n / 2])
-    })
-}
-
 /// The estimate from the similar episodes.
 pub(crate) fn estimate(similar: &[&RetrievedEpisode]) -> Estimate {
     let n = similar.len();
@@ -473,6 +425,116 @@ pub(crate) fn estimate(similar: &[&RetrievedEpisode]) -> Estimate {
             }
         ),
         correction: None,
+    }
+}
+
+/// What a recommendation is assembled from: the retriever, the learned items in storage, and
+/// the estimate records that calibrate it.
+pub(crate) struct Advisor<'a> {
+    pub retriever: &'a Retriever,
+    pub storage: &'a dyn Storage,
+    pub half_life_days: f64,
+    pub calibration: &'a ConsolidationConfig,
+    /// The most results one retrieval may return.
+    pub max_results: u32,
+}
+
+impl Advisor<'_> {
+    /// Similar episodes (near-duplicates folded), learned items by context and by shared
+    /// evidence, a playbook and a calibrated estimate.
+    pub(crate) async fn recommend(
+        &self,
+        ns: &Namespace,
+        req: &RecommendRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Recommendation> {
+        let limit = req.limit as usize;
+        // Retrieve more than shown: near-duplicates fold, and the estimate wants a sample.
+        let wide = (req.limit.max(10) * 2).min(self.max_results);
+        let retrieval = self
+            .retriever
+            .retrieve(ns, &req.retrieval_query(wide))
+            .await?;
+        let rc = self.retriever.config();
+        let threshold = f64::from(if req.context.is_some() || req.task_type.is_some() {
+            rc.strong_match_cosine
+        } else {
+            rc.strong_match_cosine_bare
+        });
+        // Similar = close in meaning when that is measurable, else the top lexical hits.
+        let similar: Vec<&RetrievedEpisode> = if retrieval.confidence.is_some() {
+            retrieval
+                .results
+                .iter()
+                .filter(|r| r.breakdown.cosine.is_some_and(|c| c >= threshold - 0.1))
+                .collect()
+        } else {
+            retrieval.results.iter().take(5).collect()
+        };
+        let similar_ids: HashSet<EpisodeId> = similar.iter().map(|r| r.episode.id).collect();
+        // Learned items by context: the request's, else that of the closest episode.
+        let closest = similar.first().map(|r| &r.episode);
+        let (task_type, context) = match (&req.context, closest) {
+            (Some(c), _) => (req.task_type, Some(c.clone())),
+            (None, Some(e)) => (Some(e.task_type), Some(e.context.clone())),
+            (None, None) => (req.task_type, None),
+        };
+        let learned = LearnedQuery {
+            task_type,
+            domain: context
+                .as_ref()
+                .map(|c| c.domain.clone())
+                .filter(|d| !d.is_empty()),
+            language: context.as_ref().and_then(|c| c.language.clone()),
+            limit: 200,
+            ..LearnedQuery::default()
+        };
+        let (storage, half_life) = (self.storage, self.half_life_days);
+        let mut patterns = rank_patterns(
+            storage.query_patterns(ns, &learned).await?,
+            &similar_ids,
+            now,
+            half_life,
+        );
+        let mut heuristics = rank_heuristics(
+            storage.query_heuristics(ns, &learned).await?,
+            &similar_ids,
+            now,
+            half_life,
+        );
+        let mut pitfalls = rank_pitfalls(
+            storage.query_lessons(ns, &learned).await?,
+            &similar_ids,
+            now,
+            half_life,
+        );
+        let playbook = playbook(&patterns, &pitfalls);
+        let domain = context.as_ref().map(|c| c.domain.clone());
+        let estimate = calibrated(
+            storage,
+            self.calibration,
+            ns,
+            domain.as_deref(),
+            estimate(&similar),
+        )
+        .await;
+        patterns.truncate(limit);
+        heuristics.truncate(limit);
+        pitfalls.truncate(limit);
+        // Only the similar episodes are shown: a weak lexical or semantic hit is not advice.
+        let mut episodes = fold_duplicates(similar.iter().map(|r| (*r).clone()).collect());
+        episodes.truncate(limit);
+        Ok(Recommendation {
+            episodes,
+            patterns,
+            heuristics,
+            pitfalls,
+            playbook,
+            estimate,
+            confidence: retrieval.confidence,
+            strong_match: retrieval.strong_match,
+            degraded: retrieval.degraded,
+        })
     }
 }
 

@@ -1,5 +1,5 @@
 //! The encoded image of one namespace's in-process index (vectors, summaries, lexical
-//! postings), stored with [`EmbeddingStore::put_index_snapshot`](crate::EmbeddingStore) so a
+//! postings), stored with [`EmbeddingStore::put_index_snapshot`](crate::storage::EmbeddingStore) so a
 //! process opening a large store loads one blob instead of reading every embedding joined to
 //! its episode (at 100k episodes: ~0.5 s of row reads and ~0.4 s of quantizing and indexing).
 //!
@@ -581,8 +581,10 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retrieval::{LexicalIndex, VectorIndex};
-    use crate::{EpisodeFilter, Namespace};
+    use crate::namespace::Namespace;
+    use crate::retrieval::lexical_index::LexicalIndex;
+    use crate::retrieval::vector_index::VectorIndex;
+    use crate::storage::EpisodeFilter;
 
     fn summary(i: usize) -> EpisodeSummary {
         let mut context = TaskContext::new(if i.is_multiple_of(2) {
@@ -660,7 +662,7 @@ mod tests {
         let restored_lexical = LexicalIndex::new();
         assert!(restored_lexical.restore(&ns, image.summaries, image.lexical));
         let after = restored.search(&ns, &[&query], &EpisodeFilter::default(), 10);
-        let ids = |hits: &[crate::retrieval::VectorHit]| -> Vec<(EpisodeId, f32)> {
+        let ids = |hits: &[crate::retrieval::vector_index::VectorHit]| -> Vec<(EpisodeId, f32)> {
             hits.iter().map(|h| (h.summary.id, h.cosine)).collect()
         };
         assert_eq!(ids(&before), ids(&after));

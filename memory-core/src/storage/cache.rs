@@ -7,9 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::episode::{Episode, EpisodeId};
 use crate::error::Result;
-use crate::heuristic::{Heuristic, HeuristicId};
+use crate::learned::{Heuristic, HeuristicId, LearnedId, LearnedItem, Pattern, PatternId};
 use crate::namespace::Namespace;
-use crate::pattern::{Pattern, PatternId};
 
 /// What a cache entry is keyed by (within a namespace).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -34,7 +33,36 @@ pub enum CachedValue {
     Heuristic(Heuristic),
 }
 
+impl CacheKey {
+    /// The key of a learned item, if its kind is cached (patterns and heuristics).
+    pub fn for_learned(id: &LearnedId) -> Option<CacheKey> {
+        match id {
+            LearnedId::Pattern(id) => Some(CacheKey::Pattern(id.clone())),
+            LearnedId::Heuristic(id) => Some(CacheKey::Heuristic(id.clone())),
+            LearnedId::Lesson(_) => None,
+        }
+    }
+}
+
 impl CachedValue {
+    /// A learned item as a cache value, if its kind is cached.
+    pub fn from_learned(item: LearnedItem) -> Option<CachedValue> {
+        match item {
+            LearnedItem::Pattern(p) => Some(CachedValue::Pattern(p)),
+            LearnedItem::Heuristic(h) => Some(CachedValue::Heuristic(h)),
+            LearnedItem::Lesson(_) => None,
+        }
+    }
+
+    /// The learned item it holds, if it holds one.
+    pub fn into_learned(self) -> Option<LearnedItem> {
+        match self {
+            CachedValue::Pattern(p) => Some(LearnedItem::Pattern(p)),
+            CachedValue::Heuristic(h) => Some(LearnedItem::Heuristic(h)),
+            CachedValue::Episode(_) => None,
+        }
+    }
+
     /// The key this value is stored under.
     pub fn key(&self) -> CacheKey {
         match self {

@@ -12,19 +12,19 @@ use super::{
     IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats,
     Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
 };
-use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
-use crate::episode::{OutcomeKind, StepResult};
+use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, OutcomeKind, StepResult};
 use crate::error::{Error, ObjectKind, Result};
-use crate::feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
-use crate::heuristic::{Heuristic, HeuristicId};
+use crate::learned::{
+    Effectiveness, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
+    HeuristicId, Learned, LearnedId, LearnedItem, LearnedKind, LessonId, Pattern, PatternId,
+};
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
-use crate::lesson::{FailureLesson, LessonId};
-use crate::maintenance::{
+use crate::namespace::Namespace;
+use crate::records::{
     ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
 };
-use crate::namespace::Namespace;
-use crate::pattern::{Effectiveness, Pattern, PatternId};
-use crate::text::{bm25_weight, episode_search_text, tokenize};
+use crate::search_text::episode_search_text;
+use crate::text::{bm25_weight, tokenize};
 
 #[derive(Debug, Default)]
 struct NsData {
@@ -123,6 +123,17 @@ impl InMemoryStorage {
     fn lock(&self) -> MutexGuard<'_, HashMap<Namespace, NsData>> {
         self.data.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A page of the items that pass `q`, most-ranked first, ties by id.
+fn query_items<T: Learned>(items: &BTreeMap<T::Id, T>, q: &LearnedQuery) -> Vec<LearnedItem> {
+    let mut v: Vec<&T> = items.values().filter(|x| q.matches(*x)).collect();
+    v.sort_by(|a, b| b.rank().cmp(&a.rank()).then(a.id().cmp(b.id())));
+    page(
+        v.into_iter().cloned().map(Learned::into_item),
+        q.offset,
+        q.limit,
+    )
 }
 
 fn page<T>(items: impl Iterator<Item = T>, offset: u32, limit: u32) -> Vec<T> {
@@ -359,67 +370,33 @@ impl LearningStore for InMemoryStorage {
         Ok(())
     }
 
-    async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .and_then(|d| d.patterns.get(id))
-            .cloned())
+    async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
+        let data = self.lock();
+        let Some(d) = data.get(ns) else {
+            return Ok(None);
+        };
+        Ok(match id {
+            LearnedId::Pattern(id) => d.patterns.get(id).cloned().map(Learned::into_item),
+            LearnedId::Heuristic(id) => d.heuristics.get(id).cloned().map(Learned::into_item),
+            LearnedId::Lesson(id) => d.lessons.get(id).cloned().map(Learned::into_item),
+        })
     }
 
-    async fn query_patterns(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<Pattern>> {
+    async fn query_learned(
+        &self,
+        ns: &Namespace,
+        kind: LearnedKind,
+        q: &LearnedQuery,
+    ) -> Result<Vec<LearnedItem>> {
         let data = self.lock();
         let Some(d) = data.get(ns) else {
             return Ok(Vec::new());
         };
-        let mut v: Vec<&Pattern> = d
-            .patterns
-            .values()
-            .filter(|p| q.matches_context(&p.context, p.status.is_active()))
-            .filter(|p| q.kind.as_deref().is_none_or(|k| p.kind.name() == k))
-            .collect();
-        v.sort_by(|a, b| b.occurrences.cmp(&a.occurrences).then(a.id.cmp(&b.id)));
-        Ok(page(v.into_iter().cloned(), q.offset, q.limit))
-    }
-
-    async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .and_then(|d| d.heuristics.get(id))
-            .cloned())
-    }
-
-    async fn query_heuristics(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<Heuristic>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
-        };
-        let mut v: Vec<&Heuristic> = d
-            .heuristics
-            .values()
-            .filter(|h| q.matches_context(&h.context, h.status.is_active()))
-            .collect();
-        v.sort_by(|a, b| b.support.cmp(&a.support).then(a.id.cmp(&b.id)));
-        Ok(page(v.into_iter().cloned(), q.offset, q.limit))
-    }
-
-    async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>> {
-        Ok(self.lock().get(ns).and_then(|d| d.lessons.get(id)).cloned())
-    }
-
-    async fn query_lessons(&self, ns: &Namespace, q: &LearnedQuery) -> Result<Vec<FailureLesson>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
-        };
-        let mut v: Vec<&FailureLesson> = d
-            .lessons
-            .values()
-            .filter(|l| q.matches_context(&l.context, l.status.is_active()))
-            .collect();
-        v.sort_by(|a, b| b.occurrences.cmp(&a.occurrences).then(a.id.cmp(&b.id)));
-        Ok(page(v.into_iter().cloned(), q.offset, q.limit))
+        Ok(match kind {
+            LearnedKind::Pattern => query_items(&d.patterns, q),
+            LearnedKind::Heuristic => query_items(&d.heuristics, q),
+            LearnedKind::Lesson => query_items(&d.lessons, q),
+        })
     }
 
     async fn record_feedback(&self, ns: &Namespace, fb: &Feedback) -> Result<()> {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::episode::{Episode, EpisodeId, ExecutionStep};
 use crate::error::Result;
-use crate::feedback::Feedback;
+use crate::learned::Feedback;
 use crate::namespace::Namespace;
 use crate::storage::{EpisodeCompletion, LearnedItems};
 

@@ -29,7 +29,7 @@ pub struct BreakerConfig {
     /// Calls in the rate window.
     pub window: u32,
     /// How long it stays open before probing.
-    #[serde(with = "crate::memory::config::duration_ms")]
+    #[serde(with = "crate::serde_adapters::duration_ms")]
     pub open_for: Duration,
 }
 

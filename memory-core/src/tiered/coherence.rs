@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tracing::{debug, info, warn};
 
 use crate::namespace::Namespace;
-use crate::storage::ChangeSet;
-use crate::storage::cache::{CacheKey, CacheMark};
+use crate::storage::{CacheKey, CacheMark, ChangeSet};
 
 /// Most changed objects read per refresh; past it, the cache is cleared instead.
 pub(super) const MAX_CHANGES: u32 = 10_000;

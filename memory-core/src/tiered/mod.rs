@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OnceCell};
@@ -32,23 +31,15 @@ use coherence::{Coherence, MAX_CHANGES, Verdict, log_feed_error, log_verdict};
 use overlay::Overlay;
 
 use crate::clock::SharedClock;
-use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
+use crate::episode::{Episode, EpisodeId, ExecutionStep};
 use crate::error::{Error, ObjectKind, Result};
-use crate::feedback::{Feedback, FeedbackTarget};
-use crate::heuristic::{Heuristic, HeuristicId};
+use crate::learned::{Feedback, FeedbackTarget, LearnedId, LearnedItem};
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
-use crate::lesson::{FailureLesson, LessonId};
-use crate::maintenance::{
-    ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
-};
 use crate::namespace::Namespace;
-use crate::pattern::{Pattern, PatternId};
-use crate::storage::cache::{Cache, CacheKey, CacheStats, CachedValue};
-use crate::storage::outbox::{Outbox, OutboxEntry, WriteOp};
+use crate::records::StepCompaction;
 use crate::storage::{
-    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, IndexChanges,
-    IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats,
-    Storage, StoredEmbedding, TextHit, TextQuery,
+    Cache, CacheKey, CacheStats, CachedValue, EpisodeCompletion, LearnedItems, Outbox, OutboxEntry,
+    Storage, WriteOp,
 };
 
 /// Tiered-storage settings.
@@ -64,10 +55,10 @@ pub struct TieredConfig {
     /// Outbox entries replayed per batch.
     pub replay_batch: usize,
     /// How often the sync task runs.
-    #[serde(with = "crate::memory::config::duration_ms")]
+    #[serde(with = "crate::serde_adapters::duration_ms")]
     pub sync_interval: Duration,
     /// How often the durable layer's own sync (embedded replicas) runs.
-    #[serde(with = "crate::memory::config::duration_ms")]
+    #[serde(with = "crate::serde_adapters::duration_ms")]
     pub replica_sync_interval: Duration,
 }
 
@@ -449,8 +440,8 @@ impl Inner {
         }
     }
 
-    /// Runs a durable call through the breaker.
-    async fn guarded<T, F>(&self, f: F) -> Result<T>
+    /// Runs a durable call (`op`, for the forwarding macro) through the breaker.
+    async fn guarded<T, F>(&self, _op: &'static str, f: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,
     {
@@ -496,7 +487,7 @@ impl Inner {
                     None
                 };
                 let since = self.coherence.epoch();
-                let v = self.guarded(load()).await?;
+                let v = self.guarded("get", load()).await?;
                 if let Some(v) = &v {
                     self.cache_put(ns, v.clone(), since).await;
                 }
@@ -605,7 +596,7 @@ impl Inner {
             let since = self.coherence.epoch();
             for (seq, entry) in &batch {
                 match self
-                    .guarded(self.apply_durable(&entry.namespace, &entry.op))
+                    .guarded("replay", self.apply_durable(&entry.namespace, &entry.op))
                     .await
                 {
                     Ok(()) => {
@@ -670,7 +661,7 @@ impl Inner {
     }
 
     async fn replica_sync(&self) {
-        match self.guarded(self.durable.sync()).await {
+        match self.guarded("durable", self.durable.sync()).await {
             Ok(()) => self.sync_succeeded(),
             Err(e) => {
                 warn!(error = %e, "replica sync failed");
@@ -684,7 +675,7 @@ impl Inner {
     async fn write(&self, ns: &Namespace, op: WriteOp) -> Result<()> {
         if !self.journaling() {
             let since = self.coherence.epoch();
-            match self.guarded(self.apply_durable(ns, &op)).await {
+            match self.guarded("write", self.apply_durable(ns, &op)).await {
                 Ok(()) => {
                     self.after_write(ns, &op, since).await;
                     return Ok(());
@@ -846,8 +837,10 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl EpisodeStore for TieredStorage {
+crate::forward_storage! {
+    impl[] EpisodeStore for TieredStorage => inner.durable, wrap inner.guarded;
+    forward query_episodes, search_episodes, namespace_stats, list_namespaces, ping;
+    {
     async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
         self.inner
             .write(ns, WriteOp::CreateEpisode(episode.clone()))
@@ -891,7 +884,7 @@ impl EpisodeStore for TieredStorage {
         let i = &self.inner;
         if !i.journaling() {
             let since = i.coherence.epoch();
-            match i.guarded(i.durable.complete_episode(ns, c)).await {
+            match i.guarded("durable", i.durable.complete_episode(ns, c)).await {
                 Ok(changes) => {
                     i.after_complete(ns, c, changes.as_ref(), since).await;
                     return Ok(changes);
@@ -925,46 +918,17 @@ impl EpisodeStore for TieredStorage {
         self.inner.read_episode(ns, id).await
     }
 
-    async fn query_episodes(
-        &self,
-        ns: &Namespace,
-        query: &EpisodeQuery,
-    ) -> Result<Vec<EpisodeSummary>> {
-        self.inner
-            .guarded(self.inner.durable.query_episodes(ns, query))
-            .await
-    }
-
-    async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
-        self.inner
-            .guarded(self.inner.durable.search_episodes(ns, query))
-            .await
-    }
-
-    async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats> {
-        self.inner
-            .guarded(self.inner.durable.namespace_stats(ns))
-            .await
-    }
-
-    async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
-        self.inner
-            .guarded(self.inner.durable.list_namespaces())
-            .await
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.inner.guarded(self.inner.durable.ping()).await
-    }
-
     async fn sync(&self) -> Result<()> {
         self.inner.replay().await?;
-        self.inner.guarded(self.inner.durable.sync()).await
+        self.inner.guarded("sync", self.inner.durable.sync()).await
+    }
     }
 }
 
-#[async_trait]
-impl LearningStore for TieredStorage {
+crate::forward_storage! {
+    impl[] LearningStore for TieredStorage => inner.durable, wrap inner.guarded;
+    forward query_learned, list_feedback;
+    {
     async fn apply_learning(
         &self,
         ns: &Namespace,
@@ -974,7 +938,7 @@ impl LearningStore for TieredStorage {
         let since = self.inner.coherence.epoch();
         let changes = self
             .inner
-            .guarded(self.inner.durable.apply_learning(ns, update))
+            .guarded("apply_learning", self.inner.durable.apply_learning(ns, update))
             .await?;
         self.inner.cache_put_changes(ns, &changes, since).await;
         Ok(changes)
@@ -986,99 +950,38 @@ impl LearningStore for TieredStorage {
             .await
     }
 
-    async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>> {
-        if let Some(p) = lock(&self.inner.overlay).pattern(ns, id) {
-            return Ok(Some(p));
-        }
-        let v = self
-            .inner
-            .cached_get(ns, CacheKey::Pattern(id.clone()), || async {
-                Ok(self
-                    .inner
-                    .durable
-                    .get_pattern(ns, id)
-                    .await?
-                    .map(CachedValue::Pattern))
-            })
-            .await?;
-        Ok(match v {
-            Some(CachedValue::Pattern(p)) => Some(p),
-            _ => None,
-        })
-    }
-
-    async fn query_patterns(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Pattern>> {
-        self.inner
-            .guarded(self.inner.durable.query_patterns(ns, query))
-            .await
-    }
-
-    async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>> {
-        if let Some(h) = lock(&self.inner.overlay).heuristic(ns, id) {
-            return Ok(Some(h));
-        }
-        let v = self
-            .inner
-            .cached_get(ns, CacheKey::Heuristic(id.clone()), || async {
-                Ok(self
-                    .inner
-                    .durable
-                    .get_heuristic(ns, id)
-                    .await?
-                    .map(CachedValue::Heuristic))
-            })
-            .await?;
-        Ok(match v {
-            Some(CachedValue::Heuristic(h)) => Some(h),
-            _ => None,
-        })
-    }
-
-    async fn query_heuristics(
-        &self,
-        ns: &Namespace,
-        query: &LearnedQuery,
-    ) -> Result<Vec<Heuristic>> {
-        self.inner
-            .guarded(self.inner.durable.query_heuristics(ns, query))
-            .await
-    }
-
-    async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>> {
-        self.inner
-            .guarded(self.inner.durable.get_lesson(ns, id))
-            .await
-    }
-
-    async fn query_lessons(
-        &self,
-        ns: &Namespace,
-        query: &LearnedQuery,
-    ) -> Result<Vec<FailureLesson>> {
-        self.inner
-            .guarded(self.inner.durable.query_lessons(ns, query))
-            .await
-    }
-
     async fn record_feedback(&self, ns: &Namespace, feedback: &Feedback) -> Result<()> {
         self.inner
             .write(ns, WriteOp::RecordFeedback(feedback.clone()))
             .await
     }
 
-    async fn list_feedback(
-        &self,
-        ns: &Namespace,
-        target: &FeedbackTarget,
-    ) -> Result<Vec<Feedback>> {
-        self.inner
-            .guarded(self.inner.durable.list_feedback(ns, target))
-            .await
+    async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
+        let i = &self.inner;
+        if let Some(item) = lock(&i.overlay).learned(ns, id) {
+            return Ok(Some(item));
+        }
+        let Some(key) = CacheKey::for_learned(id) else {
+            return i.guarded("get_learned", i.durable.get_learned(ns, id)).await;
+        };
+        let v = i
+            .cached_get(ns, key, || async {
+                Ok(i.durable
+                    .get_learned(ns, id)
+                    .await?
+                    .and_then(CachedValue::from_learned))
+            })
+            .await?;
+        Ok(v.and_then(CachedValue::into_learned))
+    }
     }
 }
 
-#[async_trait]
-impl EmbeddingStore for TieredStorage {
+crate::forward_storage! {
+    impl[] EmbeddingStore for TieredStorage => inner.durable, wrap inner.guarded;
+    forward get_embedding, episodes_missing_embedding, scan_embeddings, embedding_coverage,
+        index_log_head, index_changes, get_index_snapshot, put_index_snapshot;
+    {
     async fn put_embedding(
         &self,
         ns: &Namespace,
@@ -1097,175 +1000,21 @@ impl EmbeddingStore for TieredStorage {
             )
             .await
     }
-
-    async fn get_embedding(
-        &self,
-        ns: &Namespace,
-        episode_id: EpisodeId,
-        model: &str,
-    ) -> Result<Option<Vec<f32>>> {
-        self.inner
-            .guarded(self.inner.durable.get_embedding(ns, episode_id, model))
-            .await
-    }
-
-    async fn episodes_missing_embedding(
-        &self,
-        ns: &Namespace,
-        model: &str,
-        after: Option<EpisodeId>,
-        limit: u32,
-    ) -> Result<Vec<EpisodeId>> {
-        self.inner
-            .guarded(
-                self.inner
-                    .durable
-                    .episodes_missing_embedding(ns, model, after, limit),
-            )
-            .await
-    }
-
-    async fn scan_embeddings(
-        &self,
-        ns: &Namespace,
-        model: &str,
-        after: Option<EpisodeId>,
-        limit: u32,
-    ) -> Result<Vec<StoredEmbedding>> {
-        self.inner
-            .guarded(self.inner.durable.scan_embeddings(ns, model, after, limit))
-            .await
-    }
-
-    async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
-        self.inner
-            .guarded(self.inner.durable.embedding_coverage(ns, model))
-            .await
-    }
-
-    async fn index_log_head(&self, ns: &Namespace) -> Result<u64> {
-        self.inner
-            .guarded(self.inner.durable.index_log_head(ns))
-            .await
-    }
-
-    async fn index_changes(
-        &self,
-        ns: &Namespace,
-        model: &str,
-        after: u64,
-        limit: u32,
-    ) -> Result<IndexChanges> {
-        self.inner
-            .guarded(self.inner.durable.index_changes(ns, model, after, limit))
-            .await
-    }
-
-    async fn get_index_snapshot(
-        &self,
-        ns: &Namespace,
-        model: &str,
-    ) -> Result<Option<IndexSnapshot>> {
-        self.inner
-            .guarded(self.inner.durable.get_index_snapshot(ns, model))
-            .await
-    }
-
-    /// Not journaled: a snapshot is derived data, and one that cannot be written now is
-    /// written again later.
-    async fn put_index_snapshot(
-        &self,
-        ns: &Namespace,
-        model: &str,
-        snapshot: &IndexSnapshot,
-    ) -> Result<()> {
-        self.inner
-            .guarded(self.inner.durable.put_index_snapshot(ns, model, snapshot))
-            .await
     }
 }
 
-/// Maintenance calls go to the durable layer through the breaker and are never journaled:
-/// while it is unreachable they fail with a transient error (a consolidation run is simply
-/// retried later). Pattern and heuristic writes of consolidation go through `put_learned`,
-/// which keeps the cache in step.
-#[async_trait]
-impl MaintenanceStore for TieredStorage {
-    async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
-        self.inner
-            .guarded(self.inner.durable.record_consolidation(ns, run))
-            .await
-    }
+// Maintenance calls go to the durable layer through the breaker and are never journaled:
+// while it is unreachable they fail with a transient error (a consolidation run is simply
+// retried later). Pattern and heuristic writes of consolidation go through `put_learned`,
+// which keeps the cache in step. Index snapshots are not journaled either: a snapshot is
+// derived data, and one that cannot be written now is written again later.
 
-    async fn list_consolidations(
-        &self,
-        ns: &Namespace,
-        limit: u32,
-    ) -> Result<Vec<ConsolidationRun>> {
-        self.inner
-            .guarded(self.inner.durable.list_consolidations(ns, limit))
-            .await
-    }
-
-    async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
-        self.inner
-            .guarded(self.inner.durable.put_metrics_snapshot(ns, snapshot))
-            .await
-    }
-
-    async fn list_metrics_snapshots(
-        &self,
-        ns: &Namespace,
-        limit: u32,
-    ) -> Result<Vec<MetricsSnapshot>> {
-        self.inner
-            .guarded(self.inner.durable.list_metrics_snapshots(ns, limit))
-            .await
-    }
-
-    async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()> {
-        self.inner
-            .guarded(self.inner.durable.put_estimate(ns, record))
-            .await
-    }
-
-    async fn get_estimate(
-        &self,
-        ns: &Namespace,
-        episode_id: EpisodeId,
-    ) -> Result<Option<EstimateRecord>> {
-        self.inner
-            .guarded(self.inner.durable.get_estimate(ns, episode_id))
-            .await
-    }
-
-    async fn query_estimates(
-        &self,
-        ns: &Namespace,
-        domain: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<EstimateRecord>> {
-        self.inner
-            .guarded(self.inner.durable.query_estimates(ns, domain, limit))
-            .await
-    }
-
-    async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
-        self.inner
-            .guarded(self.inner.durable.record_restore(ns, restore))
-            .await
-    }
-
-    async fn list_restores(
-        &self,
-        ns: &Namespace,
-        since: DateTime<Utc>,
-    ) -> Result<Vec<RestoreRecord>> {
-        self.inner
-            .guarded(self.inner.durable.list_restores(ns, since))
-            .await
-    }
-
+crate::forward_storage! {
+    impl[] MaintenanceStore for TieredStorage => inner.durable, wrap inner.guarded;
+    forward record_consolidation, list_consolidations, put_metrics_snapshot,
+        list_metrics_snapshots, put_estimate, get_estimate, query_estimates, record_restore,
+        list_restores;
+    {
     async fn compact_step_outputs(
         &self,
         ns: &Namespace,
@@ -1278,6 +1027,7 @@ impl MaintenanceStore for TieredStorage {
         let done = self
             .inner
             .guarded(
+                "compact_step_outputs",
                 self.inner
                     .durable
                     .compact_step_outputs(ns, completed_before, max_episodes),
@@ -1290,6 +1040,7 @@ impl MaintenanceStore for TieredStorage {
                 .await;
         }
         Ok(done)
+    }
     }
 }
 

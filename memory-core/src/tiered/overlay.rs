@@ -4,13 +4,10 @@
 use std::collections::HashMap;
 
 use crate::episode::{Episode, EpisodeId, ExecutionStep};
-use crate::heuristic::{Heuristic, HeuristicId};
+use crate::learned::{Heuristic, HeuristicId, Learned, LearnedId, LearnedItem, Pattern, PatternId};
 use crate::learning::{ExistingLearned, LearnedChanges};
 use crate::namespace::Namespace;
-use crate::pattern::{Pattern, PatternId};
-use crate::storage::EpisodeCompletion;
-use crate::storage::cache::CacheKey;
-use crate::storage::outbox::WriteOp;
+use crate::storage::{CacheKey, EpisodeCompletion, WriteOp};
 
 #[derive(Debug, Default)]
 pub(crate) struct EpisodeDelta {
@@ -54,16 +51,20 @@ impl Overlay {
         }
     }
 
-    pub(crate) fn pattern(&self, ns: &Namespace, id: &PatternId) -> Option<Pattern> {
-        self.patterns
-            .get(&(ns.clone(), id.clone()))
-            .map(|(p, _)| p.clone())
-    }
-
-    pub(crate) fn heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Option<Heuristic> {
-        self.heuristics
-            .get(&(ns.clone(), id.clone()))
-            .map(|(h, _)| h.clone())
+    /// A pattern or heuristic journaled here (lessons are not kept).
+    pub(crate) fn learned(&self, ns: &Namespace, id: &LearnedId) -> Option<LearnedItem> {
+        let ns = ns.clone();
+        match id {
+            LearnedId::Pattern(id) => self
+                .patterns
+                .get(&(ns, id.clone()))
+                .map(|(p, _)| p.clone().into_item()),
+            LearnedId::Heuristic(id) => self
+                .heuristics
+                .get(&(ns, id.clone()))
+                .map(|(h, _)| h.clone().into_item()),
+            LearnedId::Lesson(_) => None,
+        }
     }
 
     /// Learned items the overlay knows, for a provisional merge.
@@ -74,7 +75,8 @@ impl Overlay {
         mut known: ExistingLearned,
     ) -> ExistingLearned {
         for id in c.learning.pattern_ids() {
-            if let Some(p) = self.pattern(ns, &id) {
+            if let Some((p, _)) = self.patterns.get(&(ns.clone(), id)) {
+                let p = p.clone();
                 known.patterns.retain(|x| x.id != p.id);
                 known.patterns.push(p);
             }

@@ -3,10 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::assessment::{Reflection, RewardScore};
 use crate::episode::{EpisodeId, Outcome};
 use crate::learning::LearnedChanges;
-use crate::reflection::Reflection;
-use crate::reward::RewardScore;
 use crate::storage::EpisodeCompletion;
 
 /// A learned item touched by a completion, in brief.

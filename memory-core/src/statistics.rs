@@ -1,4 +1,4 @@
-//! Confidence from evidence, and its decay with age.
+//! Small statistics: the Wilson lower bound, half-life decay, the Beta mean, the median.
 
 use chrono::{DateTime, Utc};
 
@@ -41,6 +41,27 @@ pub fn decay_factor(last_seen: DateTime<Utc>, now: DateTime<Utc>, half_life_days
 /// Posterior mean of a Beta(1, 1) prior updated with `up` and `down` votes, in (0, 1).
 pub fn beta_mean(up: u64, down: u64) -> f64 {
     (up as f64 + 1.0) / (up as f64 + down as f64 + 2.0)
+}
+
+/// The median of `v` (the mean of the middle two for an even count); `None` when empty.
+///
+/// ```
+/// use memory_core::median;
+/// assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+/// assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+/// assert_eq!(median(Vec::new()), None);
+/// ```
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    })
 }
 
 #[cfg(test)]

@@ -11,8 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::episode::TaskType;
+use crate::episode::{Episode, OutcomeKind, TaskType};
+use crate::error::Result;
+use crate::learning::RewardHistory;
 use crate::namespace::Namespace;
+use crate::statistics::median;
+use crate::storage::{EpisodeFilter, EpisodeQuery, EpisodeStatus, Storage};
 
 /// How long loaded step counts are trusted before they are read again.
 pub(crate) const HISTORY_TTL: Duration = Duration::from_secs(60);
@@ -37,7 +41,51 @@ pub(crate) struct HistoryCache {
     window: usize,
 }
 
+impl HistoryKey {
+    /// The kind of `episode`.
+    pub(crate) fn of(ns: &Namespace, episode: &Episode) -> Self {
+        HistoryKey {
+            ns: ns.clone(),
+            task_type: episode.task_type,
+            domain: episode.context.domain.clone(),
+            language: episode.context.language.clone(),
+        }
+    }
+}
+
 impl HistoryCache {
+    /// The reward's efficiency baseline for `key`: the cached counts, else the latest
+    /// successes of the kind read from `storage` (and cached).
+    pub(crate) async fn reward_history(
+        &self,
+        storage: &dyn Storage,
+        key: HistoryKey,
+    ) -> Result<RewardHistory> {
+        let counts = if let Some(counts) = self.get(&key) {
+            counts
+        } else {
+            let query = EpisodeQuery {
+                filter: EpisodeFilter {
+                    task_type: Some(key.task_type),
+                    domain: Some(key.domain.clone()),
+                    language: key.language.clone(),
+                    status: Some(EpisodeStatus::Completed(OutcomeKind::Success)),
+                    ..EpisodeFilter::default()
+                },
+                limit: self.window as u32,
+                offset: 0,
+            };
+            let similar = storage.query_episodes(&key.ns, &query).await?;
+            let counts: Vec<u32> = similar.iter().map(|s| s.step_count).collect();
+            self.fill(key, counts.clone());
+            Arc::new(counts)
+        };
+        Ok(RewardHistory {
+            median_success_steps: median(counts.iter().map(|&c| f64::from(c)).collect()),
+            similar_episodes: counts.len(),
+        })
+    }
+
     /// A cache that keeps at most `window` counts per kind.
     pub(crate) fn new(window: u32) -> Self {
         HistoryCache {

@@ -3,10 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::confidence::{beta_mean, decay_factor, wilson_lower_bound};
 use crate::episode::EpisodeId;
-use crate::learned::{Evidence, LearnedStatus, push_recent};
-use crate::signature::{ContextKey, stable_id};
+use crate::learned::{ContextKey, Evidence, LearnedStatus, push_recent, stable_id};
+use crate::statistics::{beta_mean, decay_factor, wilson_lower_bound};
 
 /// Deterministic identity of a pattern: a digest of its kind signature and context.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::heuristic::HeuristicId;
-use crate::pattern::PatternId;
+use crate::learned::{HeuristicId, PatternId};
 
 /// What the feedback is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -59,8 +58,8 @@ impl FeedbackOutcome {
 }
 
 impl std::str::FromStr for FeedbackOutcome {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
         match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
             "helped" => Ok(FeedbackOutcome::Helped),
             "no_effect" => Ok(FeedbackOutcome::NoEffect),
@@ -69,7 +68,7 @@ impl std::str::FromStr for FeedbackOutcome {
                 "feedback.outcome",
                 format!(
                     "unknown outcome {} (expected helped, no-effect or hindered)",
-                    crate::quote_value(s)
+                    crate::quote::quote_value(s)
                 ),
             )),
         }

@@ -1,36 +1,10 @@
 //! Reflection: what went well, what to improve, and what the episode teaches, written from the
 //! episode's own steps (deterministic; no LLM).
 
-use serde::{Deserialize, Serialize};
-
+use crate::assessment::{Reflection, RewardScore};
 use crate::episode::{Episode, ExecutionStep, Outcome, StepResult};
-use crate::extract::{Recovery, find_recoveries};
-use crate::reward::RewardScore;
-use crate::signature::error_class;
-
-/// An episode's reflection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Reflection {
-    /// What worked.
-    pub successes: Vec<String>,
-    /// What to do better.
-    pub improvements: Vec<String>,
-    /// What it teaches for similar tasks.
-    pub insights: Vec<String>,
-}
-
-impl Reflection {
-    /// All lines, for indexing and search.
-    pub fn text(&self) -> String {
-        self.successes
-            .iter()
-            .chain(&self.improvements)
-            .chain(&self.insights)
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
+use crate::learning::{Recovery, find_recoveries};
+use crate::text::error_class;
 
 fn short(s: &str, max: usize) -> String {
     let line = s
@@ -59,7 +33,7 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
     let steps = &episode.steps;
     let mut r = Reflection::default();
     let recoveries = find_recoveries(steps);
-    let ok_tools = crate::signature::collapse_tools(
+    let ok_tools = crate::text::collapse_tools(
         steps
             .iter()
             .filter(|s| s.result().is_success())

@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::learned::{Evidence, LearnedStatus, push_recent};
-use crate::signature::{ContextKey, stable_id};
+use crate::learned::{ContextKey, Evidence, LearnedStatus, push_recent, stable_id};
 
 /// Deterministic identity of a lesson: a digest of context, failing tool and error class.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

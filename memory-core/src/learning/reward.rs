@@ -19,8 +19,7 @@
 //!
 //! The weights sum to at most 1, and the total is clamped, so it always lies in [0, 1].
 
-use serde::{Deserialize, Serialize};
-
+use crate::assessment::RewardScore;
 use crate::episode::{Complexity, ExecutionStep, Outcome};
 
 /// Weight of the outcome component.
@@ -29,25 +28,6 @@ pub const W_OUTCOME: f64 = 0.60;
 pub const W_EFFICIENCY: f64 = 0.15;
 /// Weight of the quality component.
 pub const W_QUALITY: f64 = 0.15;
-
-/// An episode's reward with its components.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RewardScore {
-    /// The total, in [0, 1].
-    pub total: f64,
-    /// Outcome base in [0, 1] before weighting.
-    pub outcome_base: f64,
-    /// Efficiency in [0, 1] before weighting.
-    pub efficiency: f64,
-    /// Quality (share of successful steps) in [0, 1] before weighting.
-    pub quality: f64,
-    /// Bonus for complexity, already weighted.
-    pub complexity_bonus: f64,
-    /// Bonus for recovery and new ground, already weighted.
-    pub learning_bonus: f64,
-    /// The step baseline the efficiency was measured against.
-    pub baseline_steps: f64,
-}
 
 /// What the reward needs to know about the past.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -10,9 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::heuristic::{Heuristic, HeuristicObservation, resolve_contradictions};
-use crate::lesson::{FailureLesson, LessonId, LessonObservation};
-use crate::pattern::{Pattern, PatternId, PatternObservation};
+use crate::learned::{
+    FailureLesson, Heuristic, HeuristicObservation, LessonId, LessonObservation, Pattern,
+    PatternId, PatternObservation, resolve_contradictions,
+};
 
 /// Everything one episode teaches, ready to be merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

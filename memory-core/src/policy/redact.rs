@@ -51,8 +51,8 @@ use std::sync::Arc;
 use regex::{Captures, Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::episode::{Outcome, StepInput, StepResult, TaskContext};
+use crate::error::Error;
 
 /// Field named in [`Error::InvalidInput`] when a configured pattern does not compile.
 const EXTRA_PATTERNS_FIELD: &str = "redaction.extra_patterns";
@@ -122,7 +122,7 @@ impl Redactor {
     ///
     /// An extra pattern that does not compile is an [`Error::InvalidInput`] on
     /// `redaction.extra_patterns`.
-    pub fn new(config: &RedactionConfig) -> crate::Result<Self> {
+    pub fn new(config: &RedactionConfig) -> crate::error::Result<Self> {
         let mut custom = Vec::with_capacity(config.extra_patterns.len());
         for (i, pattern) in config.extra_patterns.iter().enumerate() {
             let regex = Regex::new(pattern).map_err(|e| {
@@ -550,7 +550,7 @@ const BUILTIN: &[(&str, &str, Check)] = &[
 
 impl Inner {
     /// Compiles the built-in rules followed by the (already compiled) custom ones.
-    fn new(custom: Vec<Regex>) -> crate::Result<Self> {
+    fn new(custom: Vec<Regex>) -> crate::error::Result<Self> {
         let builtin_error =
             |e: regex::Error| Error::invalid("redaction.builtin", format!("does not compile: {e}"));
         let mut rules = Vec::with_capacity(BUILTIN.len() + custom.len());

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::Limits;
-use crate::quota::{QuotaConfig, RateLimitConfig};
-use crate::redact::RedactionConfig;
+use crate::policy::{Limits, QuotaConfig, RateLimitConfig, RedactionConfig};
 
 /// Step buffering: steps are acknowledged into an in-process buffer and written as rows in
 /// batches.
@@ -23,7 +21,7 @@ pub struct StepBatchConfig {
     /// Steps per episode buffered before a write.
     pub max_batch: usize,
     /// Longest time a step waits in the buffer.
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::serde_adapters::duration_ms")]
     pub flush_interval: Duration,
 }
 
@@ -140,19 +138,5 @@ impl MemoryConfig {
     pub fn with_retrieval(mut self, retrieval: crate::retrieval::RetrievalConfig) -> Self {
         self.retrieval = retrieval;
         self
-    }
-}
-
-pub(crate) mod duration_ms {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }

@@ -1,16 +1,14 @@
 //! What consolidation, retention, learning metrics and estimate calibration store: run records,
-//! metrics snapshots, estimate records, restore records and step compaction counts.
+//! metrics snapshots, estimates and their records, restore records and step compaction counts.
 //!
-//! The logic that produces them lives in [`crate::consolidation`] (pure) and the facade
-//! (`SelfLearningMemory::consolidate`); backends store them through
-//! [`MaintenanceStore`](crate::MaintenanceStore).
+//! The logic that produces them lives in `consolidation`; backends store them through
+//! [`MaintenanceStore`](crate::storage::MaintenanceStore).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::feedback::FeedbackTarget;
-use crate::retrieval::recommend::Estimate;
+use crate::learned::FeedbackTarget;
 
 /// One consolidation run, as recorded in the `consolidation_runs` table.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -175,4 +173,41 @@ pub struct RestoreRecord {
     pub target: FeedbackTarget,
     /// When it was restored.
     pub restored_at: DateTime<Utc>,
+}
+
+/// What the task will likely take, from the similar episodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Median steps of the similar episodes that succeeded (all of them if none did).
+    pub expected_steps: Option<f64>,
+    /// Median duration, in milliseconds.
+    pub expected_duration_ms: Option<f64>,
+    /// Chance of success: `(successes + 1) / (n + 2)` over the similar episodes.
+    pub success_chance: Option<f64>,
+    /// How many similar episodes back the figures.
+    pub sample_size: usize,
+    /// Where the figures come from.
+    pub why: String,
+    /// The per-domain calibration applied to the figures, if any (see
+    /// `SelfLearningMemory::record_estimate`).
+    #[serde(default)]
+    pub correction: Option<EstimateCorrection>,
+}
+
+/// A per-domain correction of estimates: the mean ratio actual / estimated over the domain's
+/// recent episodes that followed an estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimateCorrection {
+    /// The domain.
+    pub domain: String,
+    /// Mean of actual steps / estimated (raw) steps.
+    pub steps_ratio: Option<f64>,
+    /// Mean of actual duration / estimated (raw) duration.
+    pub duration_ratio: Option<f64>,
+    /// Episodes the ratios are computed from.
+    pub sample_size: usize,
+    /// The steps estimate before the correction.
+    pub raw_expected_steps: Option<f64>,
+    /// The duration estimate before the correction.
+    pub raw_expected_duration_ms: Option<f64>,
 }

@@ -7,10 +7,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::confidence::{decay_factor, wilson_lower_bound};
 use crate::episode::EpisodeId;
-use crate::learned::{Evidence, LearnedStatus, push_recent};
-use crate::signature::{ContextKey, stable_id};
+use crate::learned::{ContextKey, Evidence, LearnedStatus, push_recent, stable_id};
+use crate::statistics::{decay_factor, wilson_lower_bound};
 
 /// Deterministic identity of a heuristic: a digest of its condition key and action.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::episode::{Episode, ExecutionStep, Outcome};
-use crate::heuristic::HeuristicObservation;
+use crate::learned::{
+    ContextKey, HeuristicObservation, LessonObservation, PatternKind, PatternObservation, lesson_id,
+};
 use crate::learning::LearningUpdate;
-use crate::lesson::{LessonObservation, lesson_id};
-use crate::pattern::{PatternKind, PatternObservation};
-use crate::signature::{ContextKey, collapse_tools, error_class, normalize_label, normalize_tool};
+use crate::text::{collapse_tools, error_class, normalize_label, normalize_tool};
 
 /// Longest tool sequence kept in a pattern; longer runs are cut (their head is what repeats).
 pub const MAX_SEQUENCE_TOOLS: usize = 12;

@@ -1,0 +1,515 @@
+//! A consolidation run: a short driver over generic steps, each applied to patterns and then
+//! to heuristics. Loads every item, decides in memory (`merge.rs` holds the decisions), writes
+//! what changed in one `put_learned`, applies retention, takes a metrics snapshot and records
+//! the run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::config::{ConsolidationConfig, RetentionConfig};
+use super::merge::{Consolidate, decayed_use, lexical_similarity, merge_into, recently_restored};
+use super::metrics::snapshot;
+use crate::clock::SharedClock;
+use crate::embedding::{Embedder, cosine};
+use crate::error::{Error, Result};
+use crate::learned::{
+    Effectiveness, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic, Learned, LearnedKind,
+    LearnedStatus, Pattern,
+};
+use crate::namespace::Namespace;
+use crate::records::{ConsolidationRun, MetricsSnapshot, RestoreRecord};
+use crate::statistics::decay_factor;
+use crate::storage::{LearnedItems, LearnedQuery, Storage, get_typed, query_typed};
+
+/// One learned item a consolidation run changed, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnedChange {
+    /// `pattern` or `heuristic`.
+    pub kind: String,
+    /// The item's id.
+    pub id: String,
+    /// `merged`, `pruned`, `revived`, `forwarded` or `effectiveness`.
+    pub action: String,
+    /// What happened, for people (the survivor of a merge, the reason of a prune, ...).
+    pub detail: String,
+}
+
+/// What a consolidation run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsolidationReport {
+    /// The namespace.
+    pub namespace: Namespace,
+    /// The run as recorded (times and counts).
+    pub run: ConsolidationRun,
+    /// Every item it changed.
+    pub changes: Vec<LearnedChange>,
+    /// The learning-metrics snapshot it took.
+    pub snapshot: MetricsSnapshot,
+}
+
+/// Page size when a run loads learned items.
+const PAGE: u32 = 500;
+
+/// Runs consolidation for a memory: one run at a time, counted.
+#[derive(Debug)]
+pub(crate) struct Consolidator {
+    storage: Arc<dyn Storage>,
+    config: ConsolidationConfig,
+    retention: RetentionConfig,
+    half_life_days: f64,
+    clock: SharedClock,
+    embedder: Option<Arc<dyn Embedder>>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+    runs: AtomicU64,
+}
+
+/// The items of one kind during a run: as loaded, and as the run leaves them.
+struct Pool<T: Learned> {
+    loaded: Vec<T>,
+    items: BTreeMap<T::Id, T>,
+}
+
+impl<T: Consolidate> Pool<T> {
+    fn new(loaded: Vec<T>) -> Self {
+        let items = loaded.iter().map(|x| (x.id().clone(), x.clone())).collect();
+        Pool { loaded, items }
+    }
+
+    /// Follows merge pointers to the item that finally holds the evidence (at most 16 hops,
+    /// so a corrupt cycle cannot loop).
+    fn final_survivor(&self, start: &T::Id) -> Option<T::Id> {
+        let mut id = start.clone();
+        for _ in 0..16 {
+            match self.items.get(&id)?.status() {
+                LearnedStatus::Merged { into, .. } => id = T::id_from(into),
+                _ => return Some(id),
+            }
+        }
+        None
+    }
+
+    /// Merges `loser` into `survivor` (both present); false when either is missing.
+    fn merge(&mut self, loser: &T::Id, survivor: &T::Id, at: DateTime<Utc>) -> bool {
+        let (Some(mut l), Some(mut s)) = (self.items.remove(loser), self.items.remove(survivor))
+        else {
+            return false;
+        };
+        merge_into(&mut s, &mut l, at);
+        self.items.insert(loser.clone(), l);
+        self.items.insert(survivor.clone(), s);
+        true
+    }
+
+    /// The items the run changed.
+    fn changed(&self) -> Vec<T> {
+        self.loaded
+            .iter()
+            .filter_map(|old| self.items.get(old.id()).filter(|new| *new != old).cloned())
+            .collect()
+    }
+}
+
+/// What a run accumulates while its steps run.
+struct RunState {
+    run: ConsolidationRun,
+    changes: Vec<LearnedChange>,
+    now: DateTime<Utc>,
+}
+
+impl RunState {
+    fn change<T: Learned>(&mut self, id: &T::Id, action: &str, detail: String) {
+        self.changes.push(LearnedChange {
+            kind: T::KIND.name().to_owned(),
+            id: id.to_string(),
+            action: action.to_owned(),
+            detail,
+        });
+    }
+}
+
+fn effectiveness(events: &[Feedback]) -> Effectiveness {
+    let mut e = Effectiveness::default();
+    for f in events {
+        match f.outcome {
+            FeedbackOutcome::Helped => e.helped += 1,
+            FeedbackOutcome::NoEffect => e.no_effect += 1,
+            FeedbackOutcome::Hindered => e.hindered += 1,
+        }
+    }
+    e
+}
+
+/// Greedy clustering of `n` items (already in survivor order) by similarity: each item joins
+/// the first earlier cluster head it is similar to. Returns (loser index, head index).
+fn cluster(similar: &dyn Fn(usize, usize) -> bool, n: usize) -> Vec<(usize, usize)> {
+    let mut heads: Vec<usize> = Vec::new();
+    let mut out = Vec::new();
+    for i in 0..n {
+        match heads.iter().find(|&&h| similar(h, i)) {
+            Some(&h) => out.push((i, h)),
+            None => heads.push(i),
+        }
+    }
+    out
+}
+
+/// Step 1, revive: a pruned item that got evidence after it was pruned is in use again.
+fn revive<T: Consolidate>(pool: &mut Pool<T>, st: &mut RunState) {
+    for x in pool.items.values_mut() {
+        if let LearnedStatus::Pruned { at, .. } = x.status()
+            && x.last_seen() > *at
+        {
+            x.set_status(LearnedStatus::Active);
+            st.run.revived += 1;
+            st.change::<T>(x.id(), "revived", "new evidence after pruning".into());
+        }
+    }
+}
+
+/// Step 2, forward: evidence that arrived under a merged item's id moves to its survivor.
+fn forward<T: Consolidate>(pool: &mut Pool<T>, st: &mut RunState) {
+    let merged: Vec<T::Id> = pool
+        .items
+        .values()
+        .filter(|x| matches!(x.status(), LearnedStatus::Merged { .. }) && x.evidence_count() > 0)
+        .map(|x| x.id().clone())
+        .collect();
+    for id in merged {
+        let Some(target) = pool.final_survivor(&id).filter(|t| *t != id) else {
+            continue;
+        };
+        let n = pool.items.get(&id).map_or(0, Learned::evidence_count);
+        if pool.merge(&id, &target, st.now) {
+            let unit = T::EVIDENCE_UNIT;
+            st.change::<T>(
+                &id,
+                "forwarded",
+                format!("{n} new {unit} moved to {target}"),
+            );
+            st.run.forwarded += 1;
+        }
+    }
+}
+
+/// Step 4, feedback: effectiveness and votes from the feedback events of each item and of every item merged
+/// into it.
+async fn apply_feedback<T: Consolidate>(
+    storage: &dyn Storage,
+    ns: &Namespace,
+    pool: &mut Pool<T>,
+    st: &mut RunState,
+) -> Result<()> {
+    let mut sources: HashMap<T::Id, Vec<T::Id>> = HashMap::new();
+    for id in pool.items.keys() {
+        if let Some(owner) = pool.final_survivor(id) {
+            sources.entry(owner).or_default().push(id.clone());
+        }
+    }
+    for (owner, ids) in sources {
+        let mut events = Vec::new();
+        for id in &ids {
+            events.extend(storage.list_feedback(ns, &T::feedback_target(id)).await?);
+        }
+        let detail = pool
+            .items
+            .get_mut(&owner)
+            .and_then(|x| x.set_feedback(effectiveness(&events), events.len()));
+        if let Some(detail) = detail {
+            st.change::<T>(&owner, "effectiveness", detail);
+            st.run.effectiveness_updated += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Step 5, decay and prune: an active item whose decayed confidence and decayed use are both below
+/// the floors is tombstoned, unless it was restored recently.
+fn prune<T: Consolidate>(
+    pool: &mut Pool<T>,
+    st: &mut RunState,
+    cfg: &ConsolidationConfig,
+    half_life: f64,
+    restores: &[RestoreRecord],
+) {
+    let (floor, use_floor, now) = (cfg.prune_confidence_floor, cfg.prune_use_floor, st.now);
+    for x in pool.items.values_mut().filter(|x| x.status().is_active()) {
+        let confidence = x.decayed_confidence(now, half_life);
+        let used = decayed_use(x.uses(), x.last_seen(), now, half_life);
+        let target = T::feedback_target(x.id());
+        if confidence < floor
+            && used < use_floor
+            && !recently_restored(restores, &target, now, cfg.restore_grace_days)
+        {
+            let reason = format!(
+                "confidence {confidence:.3} below floor {floor} and decayed use {used:.2} below {use_floor}; last evidence {}",
+                x.last_seen().to_rfc3339()
+            );
+            st.change::<T>(x.id(), "pruned", reason.clone());
+            x.set_status(LearnedStatus::Pruned { reason, at: now });
+            match T::KIND {
+                LearnedKind::Heuristic => st.run.pruned_heuristics += 1,
+                _ => st.run.pruned_patterns += 1,
+            }
+        } else if decay_factor(x.last_seen(), now, half_life) < 0.5 {
+            st.run.decayed += 1;
+        }
+    }
+}
+
+impl Consolidator {
+    /// A consolidator over `storage`; `embedder` (when loaded) judges near-duplicate wording.
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        config: ConsolidationConfig,
+        retention: RetentionConfig,
+        half_life_days: f64,
+        clock: SharedClock,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Self {
+        Consolidator {
+            storage,
+            config,
+            retention,
+            half_life_days,
+            clock,
+            embedder,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs finished so far.
+    pub(crate) fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// Every item of one kind, in pages (at most `max_items`).
+    async fn load_all<T: Learned>(&self, ns: &Namespace) -> Result<Vec<T>> {
+        let max = self.config.max_items;
+        let mut out = Vec::new();
+        while (out.len() as u32) < max {
+            let q = LearnedQuery {
+                include_inactive: true,
+                limit: PAGE.min(max - out.len() as u32),
+                offset: out.len() as u32,
+                ..LearnedQuery::default()
+            };
+            let page = query_typed::<T, _>(self.storage.as_ref(), ns, &q).await?;
+            let done = (page.len() as u32) < q.limit;
+            out.extend(page);
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which pairs of `texts` are near-duplicates: cosine of embeddings when an embedder is
+    /// loaded (lexical similarity if embedding fails), word-set similarity otherwise.
+    async fn similarity_matrix(&self, texts: &[String]) -> Vec<Vec<bool>> {
+        let cfg = &self.config;
+        if let Some(embedder) = &self.embedder {
+            match embedder.embed(texts).await {
+                Ok(vectors) if vectors.len() == texts.len() => {
+                    return vectors
+                        .iter()
+                        .map(|a| {
+                            vectors
+                                .iter()
+                                .map(|b| f64::from(cosine(a, b)) >= cfg.semantic_similarity)
+                                .collect()
+                        })
+                        .collect();
+                }
+                Ok(_) => warn!("embedder returned a wrong number of vectors; lexical similarity"),
+                Err(e) => {
+                    warn!(error = %e, "embedding for consolidation failed; lexical similarity");
+                }
+            }
+        }
+        texts
+            .iter()
+            .map(|a| {
+                texts
+                    .iter()
+                    .map(|b| lexical_similarity(a, b) >= cfg.lexical_similarity)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Step 3, merge near-duplicates among active items: same kind, context and tools; wording
+    /// similar. The survivor is the one with the most evidence (then the oldest, then the
+    /// smallest id), so the choice is deterministic.
+    async fn merge_duplicates<T: Consolidate>(&self, pool: &mut Pool<T>, st: &mut RunState) {
+        let mut groups: BTreeMap<String, Vec<(T::Id, String)>> = BTreeMap::new();
+        for x in pool.items.values().filter(|x| x.status().is_active()) {
+            if let Some((key, text)) = x.merge_key() {
+                groups.entry(key).or_default().push((x.id().clone(), text));
+            }
+        }
+        for (_, mut members) in groups.into_iter().filter(|(_, m)| m.len() > 1) {
+            members.sort_by(|(a, _), (b, _)| {
+                let (x, y) = (&pool.items[a], &pool.items[b]);
+                y.evidence_count()
+                    .cmp(&x.evidence_count())
+                    .then(x.first_seen().cmp(&y.first_seen()))
+                    .then(a.cmp(b))
+            });
+            let texts: Vec<String> = members.iter().map(|(_, t)| t.clone()).collect();
+            let sim = self.similarity_matrix(&texts).await;
+            for (loser_i, head_i) in cluster(&|a, b| sim[a][b], members.len()) {
+                let (lid, hid) = (&members[loser_i].0, &members[head_i].0);
+                if pool.merge(lid, hid, st.now) {
+                    let detail = format!(
+                        "near-duplicate of {hid} (\"{}\" ~ \"{}\")",
+                        texts[loser_i], texts[head_i]
+                    );
+                    st.change::<T>(lid, "merged", detail);
+                    match T::KIND {
+                        LearnedKind::Heuristic => st.run.merged_heuristics += 1,
+                        _ => st.run.merged_patterns += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One run over `ns`: revive, forward, merge, feedback, prune (each for patterns, then
+    /// heuristics), write what changed, retention, metrics snapshot, run record. Runs never
+    /// overlap; a second run right after changes nothing.
+    pub(crate) async fn run(&self, ns: &Namespace, trigger: &str) -> Result<ConsolidationReport> {
+        let _one_at_a_time = self.one_at_a_time.lock().await;
+        let (cfg, half_life) = (&self.config, self.half_life_days);
+        let now = self.clock.now();
+        let mut st = RunState {
+            run: ConsolidationRun {
+                id: Uuid::now_v7().to_string(),
+                trigger: trigger.to_owned(),
+                started_at: now,
+                finished_at: now,
+                ..ConsolidationRun::default()
+            },
+            changes: Vec::new(),
+            now,
+        };
+        let mut patterns = Pool::<Pattern>::new(self.load_all(ns).await?);
+        let mut heuristics = Pool::<Heuristic>::new(self.load_all(ns).await?);
+        let grace_ms = (cfg.restore_grace_days * 86_400_000.0) as i64;
+        let since = now
+            .checked_sub_signed(chrono::Duration::milliseconds(grace_ms))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let restores = self.storage.list_restores(ns, since).await?;
+        let stats = self.storage.namespace_stats(ns).await?;
+
+        revive(&mut patterns, &mut st);
+        revive(&mut heuristics, &mut st);
+        forward(&mut patterns, &mut st);
+        forward(&mut heuristics, &mut st);
+        self.merge_duplicates(&mut patterns, &mut st).await;
+        self.merge_duplicates(&mut heuristics, &mut st).await;
+        if stats.feedback > 0 {
+            apply_feedback(self.storage.as_ref(), ns, &mut patterns, &mut st).await?;
+            apply_feedback(self.storage.as_ref(), ns, &mut heuristics, &mut st).await?;
+        }
+        prune(&mut patterns, &mut st, cfg, half_life, &restores);
+        prune(&mut heuristics, &mut st, cfg, half_life, &restores);
+
+        // Step 6: write what changed, in one atomic upsert.
+        let items = LearnedItems {
+            patterns: patterns.changed(),
+            heuristics: heuristics.changed(),
+            lessons: Vec::new(),
+        };
+        if !items.patterns.is_empty() || !items.heuristics.is_empty() {
+            self.storage.put_learned(ns, &items).await?;
+        }
+        self.retention(ns, &mut st).await?;
+        let snapshot = snapshot(
+            self.storage.as_ref(),
+            ns,
+            cfg,
+            now,
+            patterns.items.values(),
+            heuristics.items.values(),
+        )
+        .await?;
+        self.storage.put_metrics_snapshot(ns, &snapshot).await?;
+        let mut run = st.run;
+        run.finished_at = self.clock.now();
+        self.storage.record_consolidation(ns, &run).await?;
+        info!(
+            namespace = %ns,
+            merged = run.merged_patterns + run.merged_heuristics,
+            pruned = run.pruned_patterns + run.pruned_heuristics,
+            decayed = run.decayed,
+            compacted_steps = run.compacted_steps,
+            "consolidation run"
+        );
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        Ok(ConsolidationReport {
+            namespace: ns.clone(),
+            run,
+            changes: st.changes,
+            snapshot,
+        })
+    }
+
+    /// Step 7, retention: compacts step outputs of old successful episodes, when configured.
+    async fn retention(&self, ns: &Namespace, st: &mut RunState) -> Result<()> {
+        if let Some(days) = self.retention.compact_step_outputs_after_days {
+            let before = st.now - chrono::Duration::days(i64::from(days));
+            let done = self
+                .storage
+                .compact_step_outputs(ns, before, self.retention.max_episodes_per_run)
+                .await?;
+            st.run.compacted_episodes = done.episode_ids.len() as u64;
+            st.run.compacted_steps = done.steps;
+            st.run.compacted_bytes = done.bytes;
+        }
+        Ok(())
+    }
+
+    /// Brings a pruned pattern or heuristic back into use and records the restore. `NotFound`
+    /// for an unknown item, `Conflict` for one that is not pruned.
+    pub(crate) async fn restore(&self, ns: &Namespace, target: FeedbackTarget) -> Result<()> {
+        let mut items = LearnedItems::default();
+        match &target {
+            FeedbackTarget::Pattern(id) => items.patterns.push(self.unpruned(ns, id).await?),
+            FeedbackTarget::Heuristic(id) => items.heuristics.push(self.unpruned(ns, id).await?),
+        }
+        // The record first: if it fails, nothing changed.
+        let restore = RestoreRecord {
+            target,
+            restored_at: self.clock.now(),
+        };
+        self.storage.record_restore(ns, &restore).await?;
+        self.storage.put_learned(ns, &items).await
+    }
+
+    /// The pruned item, made active again (not stored yet).
+    async fn unpruned<T: Learned>(&self, ns: &Namespace, id: &T::Id) -> Result<T> {
+        let kind = T::KIND.object_kind();
+        let mut x = get_typed::<T, _>(self.storage.as_ref(), ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(kind, id))?;
+        if !matches!(x.status(), LearnedStatus::Pruned { .. }) {
+            return Err(Error::Conflict {
+                kind,
+                id: id.to_string(),
+                reason: format!(
+                    "is {}, not pruned; only pruned items can be restored",
+                    x.status().name()
+                ),
+            });
+        }
+        x.set_status(LearnedStatus::Active);
+        Ok(x)
+    }
+}

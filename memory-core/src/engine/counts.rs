@@ -1,0 +1,87 @@
+//! What this process knows of each namespace's size, for quotas.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tracing::warn;
+
+use crate::error::Result;
+use crate::namespace::Namespace;
+use crate::storage::Storage;
+
+/// How long a namespace's counts are used before they are read from storage again.
+const COUNTS_FRESH_FOR: TimeDelta = TimeDelta::seconds(10);
+
+/// A namespace's counts: read from storage on first use and again once
+/// [`COUNTS_FRESH_FOR`] has passed (other processes write to it too), advanced by this
+/// process's own writes in between.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NsCounts {
+    pub episodes: u64,
+    pub steps: u64,
+    read_at: DateTime<Utc>,
+}
+
+/// The counts of every namespace this process writes to.
+#[derive(Debug)]
+pub(crate) struct QuotaCounts {
+    storage: Arc<dyn Storage>,
+    counts: Mutex<HashMap<Namespace, NsCounts>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl QuotaCounts {
+    pub(crate) fn new(storage: Arc<dyn Storage>) -> Self {
+        QuotaCounts {
+            storage,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The namespace's counts. While the durable layer is unreachable they cannot be read;
+    /// writes are then journaled and quotas are checked again once it answers.
+    pub(crate) async fn get(&self, ns: &Namespace, now: DateTime<Utc>) -> Result<NsCounts> {
+        if let Some(c) = lock(&self.counts).get(ns)
+            && now - c.read_at < COUNTS_FRESH_FOR
+        {
+            return Ok(*c);
+        }
+        let stats = match self.storage.namespace_stats(ns).await {
+            Ok(s) => s,
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, namespace = %ns, "namespace counts unavailable; quota not enforced for this call");
+                return Ok(NsCounts {
+                    episodes: 0,
+                    steps: 0,
+                    read_at: now,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let c = NsCounts {
+            episodes: stats.episodes,
+            steps: stats.steps,
+            read_at: now,
+        };
+        lock(&self.counts).insert(ns.clone(), c);
+        Ok(c)
+    }
+
+    /// Counts an episode this process started.
+    pub(crate) fn add_episode(&self, ns: &Namespace) {
+        if let Some(c) = lock(&self.counts).get_mut(ns) {
+            c.episodes += 1;
+        }
+    }
+
+    /// Counts a step this process buffered.
+    pub(crate) fn add_step(&self, ns: &Namespace) {
+        if let Some(c) = lock(&self.counts).get_mut(ns) {
+            c.steps += 1;
+        }
+    }
+}

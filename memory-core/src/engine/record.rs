@@ -1,0 +1,335 @@
+//! Recording: starting episodes, logging steps, completing (where the memory learns), and
+//! feedback on the advice an agent applied.
+
+use tracing::{debug, instrument, warn};
+
+use super::history::HistoryKey;
+use super::memory::SelfLearningMemory;
+use super::report::CompletionReport;
+use super::steps::StepCheck;
+use crate::consolidation::close_estimate;
+use crate::episode::{
+    Episode, EpisodeId, ExecutionStep, NewEpisode, Outcome, OutcomeKind, StepInput,
+};
+use crate::error::{Error, ObjectKind, Result};
+use crate::learned::{Feedback, FeedbackOutcome, FeedbackTarget};
+use crate::learning::{RewardHistory, compute_reward, extract_learning, reflect};
+use crate::namespace::Namespace;
+use crate::storage::EpisodeCompletion;
+
+fn already_completed(id: EpisodeId) -> Error {
+    Error::Conflict {
+        kind: ObjectKind::Episode,
+        id: id.to_string(),
+        reason: "is already completed".into(),
+    }
+}
+
+impl SelfLearningMemory {
+    /// Starts an episode and returns its id.
+    ///
+    /// Checks limits, the namespace's episode quota and rate limit; redacts secrets from the
+    /// description; normalizes domain, language and framework to lowercase.
+    #[instrument(skip_all, fields(namespace = %ns))]
+    pub async fn start_episode(&self, ns: &Namespace, new: NewEpisode) -> Result<EpisodeId> {
+        self.ensure_running()?;
+        let inner = &self.inner;
+        inner.config.limits.check_new_episode(&new)?;
+        inner.limiter.acquire(ns, 1)?;
+        let quota = inner.config.quotas.max_episodes;
+        if inner.counts.get(ns, inner.clock.now()).await?.episodes >= quota {
+            return Err(Error::QuotaExceeded {
+                namespace: ns.to_string(),
+                resource: "episodes",
+                limit: quota,
+            });
+        }
+        let mut new = new;
+        // Redacted before normalization: lowercasing would hide the shape of many keys.
+        inner
+            .redactor
+            .redact_new_episode(&mut new.task_description, &mut new.context);
+        new.context.normalize();
+        let episode = Episode::start(new, inner.clock.now());
+        inner.storage.create_episode(ns, &episode).await?;
+        inner.counts.add_episode(ns);
+        inner.steps.open(ns, episode.id, 1, episode.approx_size());
+        debug!(episode_id = %episode.id, "episode started");
+        Ok(episode.id)
+    }
+
+    /// Loads buffer state for an episode started elsewhere (another process or instance).
+    async fn ensure_buffer(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
+        if self.inner.steps.has(ns, id) {
+            return Ok(());
+        }
+        let episode = self
+            .inner
+            .storage
+            .get_episode(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
+        if episode.is_completed() {
+            return Err(already_completed(id));
+        }
+        let next_step = episode
+            .steps
+            .iter()
+            .map(|s| s.step_number)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        self.inner
+            .steps
+            .open(ns, id, next_step, episode.approx_size());
+        Ok(())
+    }
+
+    /// Logs one step of an in-progress episode.
+    ///
+    /// The step is validated, redacted and buffered; it is written (as a row) when the batch
+    /// fills, the flush timer fires, or the episode completes. `NotFound` for an unknown
+    /// episode, `Conflict` for a completed one.
+    pub async fn log_step(&self, ns: &Namespace, id: EpisodeId, step: StepInput) -> Result<()> {
+        self.ensure_running()?;
+        let inner = &self.inner;
+        inner.steps.take_refused(ns, id)?;
+        let limits = &inner.config.limits;
+        limits.check_step(&step)?;
+        inner.limiter.acquire(ns, 1)?;
+        self.ensure_buffer(ns, id).await?;
+        let counts = inner.counts.get(ns, inner.clock.now()).await?;
+        let mut step = step;
+        inner.redactor.redact_step(&mut step);
+        let check = StepCheck {
+            max_steps: limits.max_steps_per_episode,
+            max_bytes: limits.max_episode_bytes,
+            quota: inner.config.quotas.max_steps,
+            used: counts.steps,
+        };
+        let now = inner.clock.now();
+        let full = inner
+            .steps
+            .push(ns, id, inner.config.steps.max_batch, &check, |n| {
+                ExecutionStep {
+                    step_number: n,
+                    key: ExecutionStep::new_key(),
+                    timestamp: now,
+                    input: step,
+                }
+            })?;
+        inner.counts.add_step(ns);
+        if let Some(write) = full {
+            let _writing = write.lock().await;
+            inner.steps.write_pending(ns, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered step now.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.steps.flush_all().await
+    }
+
+    /// Writes the episode's buffered steps now: a step logged and then flushed is stored (or
+    /// journaled, while the durable layer is unreachable) when this returns. Servers that
+    /// acknowledge each step to a client call it after [`SelfLearningMemory::log_step`].
+    pub async fn flush_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
+        let steps = &self.inner.steps;
+        steps.take_refused(ns, id)?;
+        let Some(write) = steps.write_lock(ns, id) else {
+            return Ok(());
+        };
+        let _writing = write.lock().await;
+        steps.write_pending(ns, id).await?;
+        let left = steps.pending_len(ns, id);
+        if left > 0 {
+            return Err(Error::storage(
+                self.inner.storage.backend_name(),
+                "flush_episode",
+                true,
+                format!("{left} steps could not be written yet; they are buffered and retried"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Completes an episode: writes its buffered steps, scores it, reflects on it, and merges
+    /// what it teaches into the learned patterns, heuristics and lessons, atomically.
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
+    pub async fn complete_episode(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        outcome: Outcome,
+    ) -> Result<CompletionReport> {
+        self.ensure_running()?;
+        let inner = &self.inner;
+        inner.steps.take_refused(ns, id)?;
+        inner.config.limits.check_outcome(&outcome)?;
+        inner.limiter.acquire(ns, 1)?;
+        let mut outcome = outcome;
+        inner.redactor.redact_outcome(&mut outcome);
+
+        // Held until the completion is stored, so no flush of this episode runs meanwhile.
+        let write = inner.steps.write_lock(ns, id);
+        let _writing = match &write {
+            Some(w) => Some(w.lock().await),
+            None => None,
+        };
+        let _completing = inner.steps.completing(ns, id);
+        inner.steps.write_pending(ns, id).await?;
+        // A transient failure keeps steps in the buffer; completing without them would
+        // complete a different episode and then drop them.
+        let unwritten = inner.steps.pending_len(ns, id);
+        if unwritten > 0 {
+            return Err(Error::storage(
+                inner.storage.backend_name(),
+                "complete_episode",
+                true,
+                format!("{unwritten} steps could not be written yet; retry the completion"),
+            ));
+        }
+        let episode = inner
+            .storage
+            .get_episode(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
+        if episode.is_completed() {
+            inner.steps.close(ns, id);
+            return Err(already_completed(id));
+        }
+
+        let key = HistoryKey::of(ns, &episode);
+        let history = match inner
+            .history
+            .reward_history(inner.storage.as_ref(), key.clone())
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "history unavailable; reward efficiency uses the complexity baseline");
+                RewardHistory::default()
+            }
+            Err(e) => return Err(e),
+        };
+        let now = inner.clock.now();
+        let reward = compute_reward(
+            &episode.steps,
+            episode.context.complexity,
+            &outcome,
+            history,
+        );
+        let reflection = reflect(&episode, &outcome, &reward);
+        let learning = extract_learning(&episode, &outcome, now);
+        let completion = EpisodeCompletion {
+            episode_id: id,
+            outcome,
+            reward,
+            reflection,
+            completed_at: now,
+            learning,
+        };
+        let changes = inner.storage.complete_episode(ns, &completion).await?;
+        inner.steps.close(ns, id);
+        let changes = changes.ok_or_else(|| already_completed(id))?;
+        if completion.outcome.kind() == OutcomeKind::Success {
+            let steps = u32::try_from(episode.steps.len()).unwrap_or(u32::MAX);
+            inner.history.record_success(key, steps);
+        }
+        let mut completed = episode;
+        completed.outcome = Some(completion.outcome.clone());
+        completed.completed_at = Some(completion.completed_at);
+        completed.reward = Some(completion.reward.clone());
+        let storage = inner.storage.as_ref();
+        close_estimate(storage, ns, &completed, &completion.outcome, now).await;
+        inner.retriever.episode_changed(ns, completed.summary());
+        inner.mark_to_embed(ns);
+        Ok(CompletionReport::new(
+            completion,
+            &changes,
+            now,
+            inner.config.learning.half_life_days,
+        ))
+    }
+
+    /// Records how applying a pattern or heuristic went in an episode. Recording again for the
+    /// same target and episode replaces the earlier verdict.
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode_id))]
+    pub async fn record_feedback(
+        &self,
+        ns: &Namespace,
+        target: FeedbackTarget,
+        episode_id: EpisodeId,
+        outcome: FeedbackOutcome,
+    ) -> Result<()> {
+        self.ensure_running()?;
+        self.inner.limiter.acquire(ns, 1)?;
+        if self
+            .inner
+            .storage
+            .get_episode(ns, episode_id)
+            .await?
+            .is_none()
+        {
+            return Err(Error::not_found(ObjectKind::Episode, episode_id));
+        }
+        let fb = Feedback {
+            target,
+            episode_id,
+            outcome,
+            recorded_at: self.inner.clock.now(),
+        };
+        self.inner.storage.record_feedback(ns, &fb).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::MemoryConfig;
+    use crate::episode::{TaskContext, TaskType};
+    use crate::storage::InMemoryStorage;
+
+    #[tokio::test]
+    async fn a_step_logged_while_the_episode_completes_is_refused_not_lost() {
+        let memory =
+            SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())
+                .unwrap();
+        let ns = Namespace::default();
+        let id = memory
+            .start_episode(
+                &ns,
+                NewEpisode::new("t", TaskType::Testing, TaskContext::new("d")),
+            )
+            .await
+            .unwrap();
+        memory
+            .log_step(&ns, id, StepInput::ok("a", "b", "c"))
+            .await
+            .unwrap();
+        {
+            // What complete_episode holds while it runs.
+            let _completing = memory.inner.steps.completing(&ns, id);
+            let late = memory.log_step(&ns, id, StepInput::ok("a", "b", "c")).await;
+            assert!(
+                matches!(late, Err(Error::Conflict { ref reason, .. }) if reason == "is being completed"),
+                "{late:?}"
+            );
+        }
+        // A completion that ended (or failed) no longer blocks steps.
+        memory
+            .log_step(&ns, id, StepInput::ok("a", "b", "c"))
+            .await
+            .unwrap();
+        let report = memory
+            .complete_episode(&ns, id, Outcome::success("ok"))
+            .await
+            .unwrap();
+        assert_eq!(report.episode_id, id);
+        assert_eq!(memory.get_episode(&ns, id).await.unwrap().steps.len(), 2);
+        memory.shutdown().await.unwrap();
+    }
+}

@@ -1,0 +1,19 @@
+//! TODO module docs
+
+mod context;
+mod feedback;
+mod heuristic;
+mod kind;
+mod lesson;
+mod pattern;
+mod status;
+
+pub use context::ContextKey;
+pub(crate) use context::stable_id;
+pub use feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
+pub use heuristic::{Heuristic, HeuristicId, HeuristicObservation, resolve_contradictions};
+pub use kind::{Learned, LearnedId, LearnedItem, LearnedKind};
+pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
+pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObservation, pattern_id};
+pub(crate) use status::push_recent;
+pub use status::{Evidence, LearnedStatus, RECENT_EVIDENCE};
