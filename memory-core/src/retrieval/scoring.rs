@@ -4,40 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use super::{RetrievalConfig, RetrievalMethod, RetrievalQuery, VectorHit};
+use super::query::{RetrievalConfig, RetrievalMethod, RetrievalQuery, ScoreBreakdown};
+use super::vector_index::VectorHit;
 use crate::episode::{EpisodeId, EpisodeSummary, OutcomeKind};
 use crate::storage::TextHit;
-
-/// How a result's score came about. Normalized parts are in 0..1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScoreBreakdown {
-    /// Raw BM25 score, when the lexical index matched.
-    pub bm25: Option<f64>,
-    /// BM25 min-max normalized over the candidates.
-    pub lexical: f64,
-    /// Cosine similarity to the query after centering both on the namespace's mean vector
-    /// (what ranks), when the episode is embedded.
-    pub cosine: Option<f64>,
-    /// Plain cosine similarity to the query as embedded (what the confidence is calibrated
-    /// on), when the episode is embedded.
-    #[serde(default)]
-    pub similarity: Option<f64>,
-    /// Cosine min-max normalized over the candidates.
-    pub semantic: f64,
-    /// `dense_weight * semantic + (1 - dense_weight) * lexical` (or the single source).
-    pub fused: f64,
-    /// Share of the query's kind of work (domain, task type) the episode shares; 0 when the
-    /// query gave neither.
-    pub context_match: f64,
-    /// The episode's reward (0..1), when completed.
-    pub reward: Option<f64>,
-    /// Recency factor in `1 - recency_weight ..= 1`.
-    pub recency: f64,
-    /// `fused * (1 + context) * (1 + outcome) * recency`.
-    pub score: f64,
-}
 
 /// One fused candidate before re-ranking.
 #[derive(Debug, Clone)]

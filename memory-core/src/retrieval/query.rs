@@ -1,0 +1,271 @@
+//! What a retrieval is asked and what it answers, and its settings.
+
+use serde::{Deserialize, Serialize};
+
+use crate::episode::{EpisodeSummary, TaskContext, TaskType};
+use crate::storage::EpisodeFilter;
+
+/// Which candidate sources a retrieval uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrievalMethod {
+    /// Full-text (BM25) only.
+    Lexical,
+    /// Embeddings only.
+    Vector,
+    /// Both, fused.
+    #[default]
+    Hybrid,
+}
+
+impl RetrievalMethod {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetrievalMethod::Lexical => "lexical",
+            RetrievalMethod::Vector => "vector",
+            RetrievalMethod::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl std::fmt::Display for RetrievalMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Retrieval settings.
+///
+/// # Default
+/// 50 candidates from each source; dense weight 0.8 (1.0 for bare task text); context words
+/// in the lexical query and the embedded text; the work text at weight 0.5 in the episode
+/// vector; context weight 0.8; outcome weight 0.05; recency weight 0.05 with a 90-day
+/// half-life; strong-match cosine (mean of the three best) 0.37 with context and 0.34
+/// without (set on the retrieval eval's no-answer queries: see README); embedding batches of 32; 1,024 cached query
+/// vectors; the in-process lexical index from 2,000 episodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrievalConfig {
+    /// Candidates taken from each source before fusion.
+    pub candidates: u32,
+    /// Weight of the semantic score in the fused score (the lexical one gets `1 - w`), for
+    /// queries with context.
+    pub dense_weight: f64,
+    /// The same for bare task text: with no context words to match, the lexical side only
+    /// sees the paraphrased task and is much weaker (nDCG@10 0.62 against 0.80 for the
+    /// embedding on the retrieval eval) and no longer improved the fused ranking (0.799 at
+    /// 0.9, 0.801 at 1.0), so by default it only contributes candidates.
+    pub dense_weight_bare: f64,
+    /// Add the query's context words (domain, language, framework, tags) to the lexical query
+    /// (episodes index theirs with the task text).
+    pub lexical_context_terms: bool,
+    /// Embed the task type and context words with the task text (episodes and queries).
+    pub embed_context: bool,
+    /// Weight of the work text ([`work_text`]: distinct step actions and errors) in an
+    /// episode's vector, added to the task text's embedding before normalizing; 0 embeds the
+    /// task text only. On the retrieval eval, 0.5 lifted hybrid nDCG@10 on bare task text
+    /// from 0.77 to 0.80 and with context from 0.945 to 0.949 (a paraphrased symptom often
+    /// matches what was done better than how the task was worded), at four times the
+    /// embedding work: 15 instead of 63 episodes/s on two cores, off the write path.
+    pub work_weight: f32,
+    /// Re-rank boost for the same kind of work (the query's domain and task type), as a
+    /// fraction. Language and framework are left out on purpose: boosting the same stack
+    /// lifts same-stack look-alikes above the same task done on another stack (on the
+    /// retrieval eval, nDCG@10 0.94 with them against 0.95 without, recall@5 0.88 against
+    /// 0.91); the stack still counts through the embedded and lexical query text.
+    pub context_weight: f64,
+    /// Re-rank boost for a good outcome (reward above 0.5) or penalty below it.
+    pub outcome_weight: f64,
+    /// Re-rank penalty for age, reaching this fraction at infinite age.
+    pub recency_weight: f64,
+    /// Half-life of the recency decay, in days.
+    pub recency_half_life_days: f64,
+    /// Plain cosine similarity (the mean of the [`SUPPORT`] closest episodes) at which a
+    /// match counts as strong (confidence 0.5), for queries with context (its words,
+    /// embedded with the task, raise every cosine a little).
+    pub strong_match_cosine: f32,
+    /// The same for queries given as bare task text.
+    pub strong_match_cosine_bare: f32,
+    /// Episodes embedded per batch when draining the queue.
+    pub embed_batch: u32,
+    /// Query vectors kept in the cache.
+    pub query_cache_entries: u64,
+    /// From how many indexed episodes in a namespace the lexical side uses the in-process
+    /// BM25 index (task text and context words) instead of the backend's FTS5 index (which
+    /// also indexes step and reflection text). FTS5 scores every row matching any query word,
+    /// so its cost grows with the store: 0.7-1.4 s per query at 100k episodes, against about a
+    /// millisecond in process (hybrid retrieval measured 95 ms at 10k episodes through FTS5,
+    /// 10 ms at 100k in process). Below this size FTS5 is fast (about 6 ms at 1k) and its
+    /// extra text helps: on the retrieval eval it is worth 0.006 nDCG@10 on bare task text. `0` always uses the
+    /// in-process index once available; `u32::MAX` never does.
+    pub in_process_lexical_from: u32,
+    /// Namespaces with at least this many indexed episodes keep a snapshot of their
+    /// in-process index in the storage (written in the background after a load, and again
+    /// once a twentieth of the namespace changed), so the next process loads one image and
+    /// the changes after it instead of every embedding: at 100k episodes that is the
+    /// difference between about 0.6 s and 0.2 s to the first answer. Below it a full load is
+    /// fast (about 8 ms at 1k). `u32::MAX` never writes one (a stored one is still used).
+    pub index_snapshot_from: u32,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        RetrievalConfig {
+            candidates: 50,
+            dense_weight: 0.8,
+            dense_weight_bare: 1.0,
+            lexical_context_terms: true,
+            embed_context: true,
+            work_weight: 0.5,
+            context_weight: 0.8,
+            outcome_weight: 0.05,
+            recency_weight: 0.05,
+            recency_half_life_days: 90.0,
+            strong_match_cosine: 0.37,
+            strong_match_cosine_bare: 0.34,
+            embed_batch: 32,
+            query_cache_entries: 1024,
+            in_process_lexical_from: 2_000,
+            index_snapshot_from: 2_000,
+        }
+    }
+}
+
+/// What to look for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalQuery {
+    /// The new task, in the agent's words.
+    pub task: String,
+    /// Its kind, when known (used in the context match, not as a filter).
+    #[serde(default)]
+    pub task_type: Option<TaskType>,
+    /// Its context, when known: embedded with the task and used to re-rank.
+    #[serde(default)]
+    pub context: Option<TaskContext>,
+    /// Hard filters, applied inside both candidate queries.
+    #[serde(default)]
+    pub filter: EpisodeFilter,
+    /// Most results.
+    pub limit: u32,
+    /// Candidate sources.
+    #[serde(default)]
+    pub method: RetrievalMethod,
+}
+
+impl RetrievalQuery {
+    /// A hybrid query for `task` returning up to 10 results.
+    pub fn new(task: impl Into<String>) -> Self {
+        RetrievalQuery {
+            task: task.into(),
+            task_type: None,
+            context: None,
+            filter: EpisodeFilter::default(),
+            limit: 10,
+            method: RetrievalMethod::Hybrid,
+        }
+    }
+
+    /// With the task's context.
+    #[must_use]
+    pub fn with_context(mut self, task_type: Option<TaskType>, context: TaskContext) -> Self {
+        self.task_type = task_type;
+        self.context = Some(context);
+        self
+    }
+
+    /// With these filters.
+    #[must_use]
+    pub fn with_filter(mut self, filter: EpisodeFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// With this many results at most.
+    #[must_use]
+    pub fn with_limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// With these candidate sources.
+    #[must_use]
+    pub fn with_method(mut self, method: RetrievalMethod) -> Self {
+        self.method = method;
+        self
+    }
+}
+
+/// One retrieved episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievedEpisode {
+    /// The episode.
+    pub episode: EpisodeSummary,
+    /// Final score (higher is better; comparable within one retrieval only).
+    pub score: f64,
+    /// How the score came about.
+    pub breakdown: ScoreBreakdown,
+    /// Why it was returned, in one line.
+    pub why: String,
+}
+
+/// The answer to a [`RetrievalQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retrieval {
+    /// Best first.
+    pub results: Vec<RetrievedEpisode>,
+    /// The sources actually used (hybrid degrades to lexical without an embedder).
+    pub method: RetrievalMethod,
+    /// Calibrated confidence (0..1) that the best result is a real match; `None` when no
+    /// semantic score is available (lexical scores are not comparable across queries).
+    pub confidence: Option<f64>,
+    /// True when the best match is strong (`confidence >= 0.5`). False with no results, and
+    /// false in lexical mode, where nothing calibrated backs it.
+    pub strong_match: bool,
+    /// Set when retrieval runs degraded, e.g. without the embedding model.
+    pub degraded: Option<String>,
+}
+
+/// Where a namespace's in-process index stands ([`Retriever::index_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexStatus {
+    /// Episodes with a vector in the index.
+    pub episodes: usize,
+    /// The storage's index change-log position the index has caught up with.
+    pub log_position: u64,
+    /// Whether this process loaded the index from a stored snapshot (else from the
+    /// embeddings).
+    pub restored_from_snapshot: bool,
+    /// Episode changes applied since the stored snapshot's position (`None`: no snapshot
+    /// stored yet by or for this process).
+    pub changes_since_snapshot: Option<usize>,
+}
+
+/// How a result's score came about. Normalized parts are in 0..1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreBreakdown {
+    /// Raw BM25 score, when the lexical index matched.
+    pub bm25: Option<f64>,
+    /// BM25 min-max normalized over the candidates.
+    pub lexical: f64,
+    /// Cosine similarity to the query after centering both on the namespace's mean vector
+    /// (what ranks), when the episode is embedded.
+    pub cosine: Option<f64>,
+    /// Plain cosine similarity to the query as embedded (what the confidence is calibrated
+    /// on), when the episode is embedded.
+    #[serde(default)]
+    pub similarity: Option<f64>,
+    /// Cosine min-max normalized over the candidates.
+    pub semantic: f64,
+    /// `dense_weight * semantic + (1 - dense_weight) * lexical` (or the single source).
+    pub fused: f64,
+    /// Share of the query's kind of work (domain, task type) the episode shares; 0 when the
+    /// query gave neither.
+    pub context_match: f64,
+    /// The episode's reward (0..1), when completed.
+    pub reward: Option<f64>,
+    /// Recency factor in `1 - recency_weight ..= 1`.
+    pub recency: f64,
+    /// `fused * (1 + context) * (1 + outcome) * recency`.
+    pub score: f64,
+}
