@@ -50,9 +50,14 @@ mod changes;
 mod checkpoint;
 mod codec;
 mod config;
+mod connection;
+mod embeddings;
+mod episodes;
 mod error;
+mod learned;
 mod maintenance;
 mod schema;
+mod sql;
 mod text_index;
 
 pub use backend::{DATA_DIR_FILE, IntegrityCheck, SalvagedIds, TursoStorage};

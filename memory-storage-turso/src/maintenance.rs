@@ -11,8 +11,9 @@ use memory_core::{
 };
 use tracing::instrument;
 
-use crate::backend::{TursoStorage, episode_state};
+use crate::backend::TursoStorage;
 use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
+use crate::episodes::episode_state;
 use crate::error::{DbResult, DriverError};
 use crate::text_index;
 

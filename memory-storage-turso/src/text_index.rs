@@ -26,9 +26,9 @@ use memory_core::{EpisodeFilter, TextHit, bm25_weight, tokenize};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use crate::backend::{Sql, filter_sql};
 use crate::codec::{Cols, SUMMARY_COLUMNS, summary_from_row, text};
 use crate::error::DbResult;
+use crate::sql::{Sql, filter_sql};
 
 /// Hex digits of the namespace prefix (64 bits of its SHA-256).
 const PREFIX_HEX: usize = 16;

@@ -1,0 +1,363 @@
+//! The connections of a libsql database: one writer and a pool of readers, the transaction
+//! helpers every write and read goes through, and opening the database in each mode.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use libsql::{Builder, Connection, Database, TransactionBehavior, Value};
+use memory_core::Result;
+use tokio::sync::{Mutex, MutexGuard};
+use tracing::{debug, info, warn};
+
+use crate::changes::{ChangeTracker, next_position};
+use crate::checkpoint::Checkpointer;
+use crate::config::{TursoConfig, TursoMode, is_memory_path};
+use crate::error::{DbResult, DriverError, Failure};
+use crate::schema;
+
+pub(crate) struct Inner {
+    pub(crate) config: TursoConfig,
+    /// Keeps the database (and, for replicas, its background sync) alive.
+    #[cfg_attr(
+        not(feature = "replica"),
+        allow(dead_code, reason = "only held, to keep the database open")
+    )]
+    pub(crate) db: Database,
+    pub(crate) writer: Arc<Mutex<Connection>>,
+    /// Empty when reads share the writer (`:memory:`).
+    pub(crate) readers: Vec<Mutex<Connection>>,
+    pub(crate) next_reader: AtomicUsize,
+    /// Reads go to a remote server over Hrana (see [`Inner::read`]).
+    pub(crate) remote_reads: bool,
+    /// The schema version after opening; 0 while a server that could not be reached at open
+    /// has not been checked yet (see [`TursoConfigBuilder::open_when_unreachable`]).
+    ///
+    /// [`TursoConfigBuilder::open_when_unreachable`]: crate::TursoConfigBuilder::open_when_unreachable
+    pub(crate) schema_version: AtomicU32,
+    /// Serializes a deferred schema check.
+    pub(crate) schema_check: Mutex<()>,
+    /// The longest a write transaction waited to begin (this process's writer connection,
+    /// then the database's write lock, which other processes may hold), in microseconds.
+    pub(crate) longest_lock_wait_us: std::sync::atomic::AtomicU64,
+    /// Background WAL checkpoints (local files, unless turned off).
+    pub(crate) checkpointer: Option<Checkpointer>,
+    /// The change feed (files and servers; a private `:memory:` database has none).
+    pub(crate) changes: Option<ChangeTracker>,
+}
+
+impl Inner {
+    /// Runs `fut` within the call timeout and maps its failure to the public error.
+    pub(crate) async fn call<T>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = DbResult<T>>,
+    ) -> Result<T> {
+        let timeout = self.config.call_timeout();
+        let checked = async {
+            self.check_schema().await?;
+            fut.await
+        };
+        if let Ok(result) = tokio::time::timeout(timeout, checked).await {
+            result.map_err(|f| f.into_core(operation))
+        } else {
+            warn!(operation, ?timeout, "libsql call timed out");
+            Err(Failure::Driver(DriverError::Timeout(timeout)).into_core(operation))
+        }
+    }
+
+    /// Runs the schema check that could not run at open (the server was unreachable): every
+    /// call waits for it, and fails with its (transient) error until the server answers.
+    async fn check_schema(&self) -> DbResult<()> {
+        if self.schema_version.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let _one = self.schema_check.lock().await;
+        if self.schema_version.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let conn = self.writer().await?;
+        let version = schema::migrate(&conn, self.config.schema_version()).await;
+        if self.remote_reads {
+            conn.reset().await;
+        }
+        let version = version?;
+        info!(schema_version = version, "server reachable: schema checked");
+        self.schema_version.store(version, Ordering::Release);
+        Ok(())
+    }
+
+    /// The writer connection. A transaction left open by a cancelled call (timeout) is rolled
+    /// back first.
+    pub(crate) async fn writer(&self) -> DbResult<MutexGuard<'_, Connection>> {
+        let conn = self.writer.lock().await;
+        if !conn.is_autocommit() {
+            warn!(
+                "writer connection was left inside a transaction by a cancelled call; rolling back"
+            );
+            conn.execute("ROLLBACK", ()).await?;
+        }
+        Ok(conn)
+    }
+
+    /// A reader connection: a free one if any, else the next in turn.
+    async fn reader(&self) -> DbResult<MutexGuard<'_, Connection>> {
+        let n = self.readers.len();
+        if n == 0 {
+            return self.writer().await;
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Ok(guard) = self.readers[(start + i) % n].try_lock() {
+                return Ok(guard);
+            }
+        }
+        Ok(self.readers[start].lock().await)
+    }
+
+    /// Runs `body` in an IMMEDIATE (write-locking) transaction on the writer connection:
+    /// committed when it returns `Ok`, rolled back when it returns `Err`.
+    pub(crate) async fn write_tx<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
+        let asked = std::time::Instant::now();
+        let conn = self.writer().await?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .await?;
+        let waited = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.longest_lock_wait_us
+            .fetch_max(waited, Ordering::Relaxed);
+        match body(&tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                if let Some(c) = &self.checkpointer {
+                    c.committed();
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    warn!(error = %rollback, "rollback after a failed write failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`Inner::write_tx`], for writes that change cacheable rows: the transaction first
+    /// takes the next change-counter position, which `body` stamps on the rows it writes;
+    /// once committed, the position is recorded as this handle's own.
+    pub(crate) async fn write_tx_stamped<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection, i64) -> DbResult<T>,
+    ) -> DbResult<T> {
+        let mut taken = None;
+        let value = self
+            .write_tx(async |tx| {
+                let position = next_position(tx).await?;
+                taken = Some(position);
+                body(tx, position).await
+            })
+            .await?;
+        if let (Some(c), Some(p)) = (&self.changes, taken) {
+            c.committed(p);
+        }
+        Ok(value)
+    }
+
+    /// Runs read-only `body` on a reader connection.
+    ///
+    /// Remote (Hrana) reads run in a deferred transaction on a fresh stream of the pooled HTTP
+    /// connection, which the commit closes: no server-side stream outlives the call (an idle
+    /// stream would expire on the server and fail the next call), and a multi-query read sees
+    /// one snapshot. Local files and replicas read their local connection directly.
+    pub(crate) async fn read<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
+        let conn = self.reader().await?;
+        if !self.remote_reads {
+            return body(&conn).await;
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .await?;
+        match body(&tx).await {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    debug!(error = %rollback, "rollback after a failed read failed");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+pub(crate) async fn build_database(config: &TursoConfig) -> DbResult<Database> {
+    match config.mode() {
+        TursoMode::Local { path } => {
+            if !is_memory_path(path) {
+                create_parent(path)?;
+                // SQLite would create the file with the umask's permissions, and give its
+                // -wal and -shm files the same: it opens this empty one, 0600, instead.
+                memory_files::precreate(path)?;
+            }
+            Ok(Builder::new_local(path).build().await?)
+        }
+        #[cfg(feature = "remote")]
+        TursoMode::Remote { url, auth_token } => Ok(Builder::new_remote(
+            url.clone(),
+            auth_token.clone().unwrap_or_default(),
+        )
+        .build()
+        .await?),
+        #[cfg(feature = "replica")]
+        TursoMode::Replica {
+            path,
+            url,
+            auth_token,
+            sync_interval,
+        } => {
+            create_parent(path)?;
+            let mut builder = Builder::new_remote_replica(
+                path,
+                url.clone(),
+                auth_token.clone().unwrap_or_default(),
+            )
+            .read_your_writes(true);
+            if let Some(interval) = sync_interval {
+                builder = builder.sync_interval(*interval);
+            }
+            let db = builder.build().await?;
+            restrict_replica_files(path)?;
+            if let Err(e) = db.sync().await {
+                let failure = Failure::from(e);
+                // A replica reads its local file: it opens while the primary is down and
+                // catches up at the next sync.
+                if !(config.open_when_unreachable() && failure.is_transient()) {
+                    return Err(failure);
+                }
+                warn!(error = %failure, "primary unreachable at open: reading the local replica until it answers");
+            }
+            Ok(db)
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(DriverError::Setup(format!(
+            "mode {} is not compiled into this build",
+            other.name()
+        ))
+        .into()),
+    }
+}
+
+/// Creates the missing directories above `path`, 0700.
+pub(crate) fn create_parent(path: &Path) -> DbResult<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        memory_files::create_dir_all(parent)?;
+    }
+    Ok(())
+}
+
+/// Restricts the files libsql created for an embedded replica at `path` (the database, its
+/// WAL files and the replication index) to 0600: libsql refuses a database file it did not
+/// create, so they cannot be created by this crate first.
+#[cfg(feature = "replica")]
+fn restrict_replica_files(path: &Path) -> DbResult<()> {
+    let name = path.as_os_str();
+    for suffix in ["", "-wal", "-shm", "-client_wal_index"] {
+        let mut file = name.to_owned();
+        file.push(suffix);
+        memory_files::restrict(Path::new(&file))?;
+    }
+    Ok(())
+}
+
+/// Runs a pragma and returns its first column as text, if it returns a row.
+pub(crate) async fn pragma(conn: &Connection, sql: &str) -> DbResult<Option<String>> {
+    let mut rows = conn.query(sql, ()).await?;
+    let value = match rows.next().await? {
+        Some(row) => match row.get_value(0)? {
+            Value::Text(s) => Some(s),
+            Value::Integer(n) => Some(n.to_string()),
+            _ => None,
+        },
+        None => None,
+    };
+    Ok(value)
+}
+
+/// Puts the file in WAL mode. WAL is a property of the file, so only the first opener of a
+/// new file switches it; everyone else finds it set and writes nothing.
+///
+/// The switch needs an exclusive lock, and SQLite answers a contended switch with
+/// `SQLITE_BUSY` at once instead of calling the busy handler (many handles opening one new
+/// file at the same moment hit this). So a busy switch is retried, with a short growing
+/// pause, until `busy_timeout` has passed, the same patience every other statement gets.
+async fn enable_wal(conn: &Connection, busy_timeout: std::time::Duration) -> DbResult<()> {
+    let deadline = tokio::time::Instant::now() + busy_timeout;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let mode = match pragma(conn, "PRAGMA journal_mode").await? {
+            Some(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+            _ => pragma(conn, "PRAGMA journal_mode = WAL").await,
+        };
+        match mode {
+            Ok(Some(m)) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(other) => {
+                return Err(
+                    DriverError::Setup(format!("journal_mode is {other:?}, expected wal")).into(),
+                );
+            }
+            Err(Failure::Driver(DriverError::Libsql(e)))
+                if is_busy(&e) && tokio::time::Instant::now() < deadline =>
+            {
+                debug!(error = %e, "journal mode switch busy; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_busy(e: &libsql::Error) -> bool {
+    matches!(e, libsql::Error::SqliteFailure(code, _) if matches!(code & 0xff, 5 | 6))
+}
+
+/// Per-connection settings of local databases.
+pub(crate) async fn configure_local(
+    conn: &Connection,
+    config: &TursoConfig,
+    file: bool,
+    reader: bool,
+) -> DbResult<()> {
+    // Set first, so the pragmas below wait for locks held by other openers.
+    let busy_ms = config.busy_timeout().as_millis();
+    pragma(conn, &format!("PRAGMA busy_timeout = {busy_ms}")).await?;
+    if file {
+        enable_wal(conn, config.busy_timeout()).await?;
+    }
+    pragma(
+        conn,
+        &format!(
+            "PRAGMA synchronous = {}",
+            config.synchronous().pragma_value()
+        ),
+    )
+    .await?;
+    pragma(conn, "PRAGMA foreign_keys = ON").await?;
+    if pragma(conn, "PRAGMA foreign_keys").await?.as_deref() != Some("1") {
+        return Err(DriverError::Setup("foreign_keys could not be enabled".into()).into());
+    }
+    if reader {
+        pragma(conn, "PRAGMA query_only = ON").await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,494 @@
+//! Learned items on libsql: one table per kind, read and written through one generic path;
+//! the merge of an update runs in core, inside the caller's transaction; feedback events.
+
+use async_trait::async_trait;
+use libsql::{Connection, Value};
+use memory_core::{
+    Error, ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
+    Learned, LearnedChanges, LearnedId, LearnedItem, LearnedItems, LearnedKind, LearnedQuery,
+    LearningStore, LearningUpdate, Namespace, ObjectKind, Pattern, Result, TaskType,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::instrument;
+
+use crate::backend::TursoStorage;
+use crate::codec::{Cols, count, from_json, nanos, nanos_clamped, opt_text, text, to_json};
+use crate::connection::Inner;
+use crate::error::DbResult;
+use crate::sql::{Sql, insert_rows, learned_sql, placeholders};
+
+/// How one kind of learned item is stored: its table, the columns of its own beside the
+/// common ones (namespace, id, task type, domain, language, status, last seen, JSON body),
+/// whether its rows carry the change stamp (the cached kinds), and how queries order it.
+trait Stored: Learned + Serialize + DeserializeOwned {
+    const TABLE: &'static str;
+    const OWN_COLUMNS: [&'static str; 3];
+    const STAMPED: bool;
+    const ORDER: &'static str;
+    fn own_values(&self) -> [Value; 3];
+}
+
+impl Stored for Pattern {
+    const TABLE: &'static str = "patterns";
+    const OWN_COLUMNS: [&'static str; 3] = ["kind", "occurrences", "successes"];
+    const STAMPED: bool = true;
+    const ORDER: &'static str = "occurrences DESC, id ASC";
+    fn own_values(&self) -> [Value; 3] {
+        [
+            text(self.kind.name()),
+            Value::Integer(count(self.occurrences)),
+            Value::Integer(count(self.successes)),
+        ]
+    }
+}
+
+impl Stored for Heuristic {
+    const TABLE: &'static str = "heuristics";
+    const OWN_COLUMNS: [&'static str; 3] = ["condition_key", "support", "against"];
+    const STAMPED: bool = true;
+    const ORDER: &'static str = "support DESC, id ASC";
+    fn own_values(&self) -> [Value; 3] {
+        [
+            text(&self.condition_key),
+            Value::Integer(count(self.support)),
+            Value::Integer(count(self.against)),
+        ]
+    }
+}
+
+impl Stored for FailureLesson {
+    const TABLE: &'static str = "lessons";
+    const OWN_COLUMNS: [&'static str; 3] = ["failed_tool", "error_class", "occurrences"];
+    const STAMPED: bool = false;
+    const ORDER: &'static str = "occurrences DESC, id ASC";
+    fn own_values(&self) -> [Value; 3] {
+        [
+            text(&self.failed_tool),
+            text(&self.error_class),
+            Value::Integer(count(self.occurrences)),
+        ]
+    }
+}
+
+/// The columns an upsert of `T` writes, in order.
+fn columns<T: Stored>() -> Vec<&'static str> {
+    let mut cols = vec!["ns", "id", "task_type", "domain", "language", "status"];
+    cols.extend(T::OWN_COLUMNS);
+    cols.extend(["last_seen", "body"]);
+    if T::STAMPED {
+        cols.push("changed_seq");
+    }
+    cols
+}
+
+/// The row of an item, stamped with `position` when its kind is.
+fn row<T: Stored>(ns: &str, item: &T, position: i64) -> DbResult<Vec<Value>> {
+    let ctx = item.context();
+    let mut row = vec![
+        text(ns),
+        text(&item.id().to_string()),
+        opt_text(ctx.task_type.map(TaskType::as_str)),
+        opt_text(ctx.domain.as_deref()),
+        opt_text(ctx.language.as_deref()),
+        text(item.status().name()),
+    ];
+    row.extend(item.own_values());
+    row.push(Value::Integer(nanos_clamped(item.last_seen())));
+    row.push(Value::Text(to_json(T::KIND.name(), item)?));
+    if T::STAMPED {
+        row.push(Value::Integer(position));
+    }
+    Ok(row)
+}
+
+/// Upserts `items` by (namespace, id).
+async fn upsert<'a, T: Stored>(
+    conn: &Connection,
+    ns: &str,
+    position: i64,
+    items: impl Iterator<Item = &'a T>,
+) -> DbResult<()> {
+    let rows = items
+        .map(|x| row(ns, x, position))
+        .collect::<DbResult<Vec<_>>>()?;
+    let cols = columns::<T>();
+    let head = format!("INSERT INTO {} ({})", T::TABLE, cols.join(", "));
+    let set: Vec<String> = cols[2..]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    let tail = format!("ON CONFLICT (ns, id) DO UPDATE SET {}", set.join(", "));
+    insert_rows(conn, &head, cols.len(), rows, &tail).await
+}
+
+/// The items of `T` whose `column` is one of `keys`, by id.
+async fn load_where<T: Stored>(
+    conn: &Connection,
+    ns: &str,
+    column: &str,
+    keys: Vec<String>,
+) -> DbResult<Vec<T>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT body FROM {} WHERE ns = ?1 AND {column} IN ({}) ORDER BY id",
+        T::TABLE,
+        placeholders(2, keys.len())
+    );
+    let mut params = Vec::with_capacity(keys.len() + 1);
+    params.push(text(ns));
+    params.extend(keys.into_iter().map(Value::Text));
+    let mut rows = conn.query(&sql, params).await?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await? {
+        let body = Cols::new(&row, "learned item").text(0)?;
+        out.push(from_json(T::KIND.name(), &body)?);
+    }
+    Ok(out)
+}
+
+impl Inner {
+    /// Upserts every item, stamping patterns and heuristics with `position`.
+    pub(crate) async fn write_items<'a>(
+        conn: &Connection,
+        ns: &str,
+        position: i64,
+        patterns: impl Iterator<Item = &'a Pattern>,
+        heuristics: impl Iterator<Item = &'a Heuristic>,
+        lessons: impl Iterator<Item = &'a FailureLesson>,
+    ) -> DbResult<()> {
+        upsert(conn, ns, position, patterns).await?;
+        upsert(conn, ns, position, heuristics).await?;
+        upsert(conn, ns, position, lessons).await
+    }
+
+    /// Loads, merges (in core) and writes back a learning update, inside the caller's
+    /// transaction.
+    pub(crate) async fn merge_learning(
+        conn: &Connection,
+        ns: &str,
+        update: &LearningUpdate,
+        position: i64,
+    ) -> DbResult<LearnedChanges> {
+        let pattern_ids = update.pattern_ids().into_iter().map(|p| p.0).collect();
+        let lesson_ids = update.lesson_ids().into_iter().map(|l| l.0).collect();
+        let existing = ExistingLearned {
+            patterns: load_where(conn, ns, "id", pattern_ids).await?,
+            heuristics: load_where(conn, ns, "condition_key", update.condition_keys()).await?,
+            lessons: load_where(conn, ns, "id", lesson_ids).await?,
+        };
+        let changes = update.apply(existing);
+        Self::write_items(
+            conn,
+            ns,
+            position,
+            changes.patterns.iter().map(|c| &c.item),
+            changes.heuristics.iter().map(|c| &c.item),
+            changes.lessons.iter().map(|c| &c.item),
+        )
+        .await?;
+        Ok(changes)
+    }
+
+    /// One JSON `body` by primary key, from `sql` (`... WHERE ns = ?1 AND id = ?2`).
+    async fn body_by_id(&self, sql: &str, ns: &str, id: &str) -> DbResult<Option<String>> {
+        self.read(async |conn| {
+            let mut rows = conn.query(sql, vec![text(ns), text(id)]).await?;
+            match rows.next().await? {
+                Some(row) => Ok(Some(Cols::new(&row, "learned item").text(0)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// JSON bodies of a learned-item query.
+    async fn bodies(&self, sql: &str, params: Vec<Value>) -> DbResult<Vec<String>> {
+        self.read(async |conn| {
+            let mut rows = conn.query(sql, params).await?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await? {
+                out.push(Cols::new(&row, "learned item").text(0)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// A page of the learned items of `kind` matching `q`, in the order the storage contract
+    /// gives (most occurrences, or support, first; ties by id).
+    async fn query_learned(
+        &self,
+        kind: LearnedKind,
+        ns: &Namespace,
+        q: &LearnedQuery,
+    ) -> DbResult<Vec<LearnedItem>> {
+        let mut sql = Sql::default();
+        sql.push("SELECT body FROM ")
+            .push(table(kind))
+            .cond(" WHERE ns = ", text(ns.as_str()), "");
+        learned_sql(q, &mut sql);
+        if let (LearnedKind::Pattern, Some(k)) = (kind, q.kind.as_deref()) {
+            sql.push(" AND kind").cond(" = ", text(k), "");
+        }
+        let order = match kind {
+            LearnedKind::Pattern => Pattern::ORDER,
+            LearnedKind::Heuristic => Heuristic::ORDER,
+            LearnedKind::Lesson => FailureLesson::ORDER,
+        };
+        sql.push(" ORDER BY ")
+            .push(order)
+            .cond(" LIMIT ", Value::Integer(i64::from(q.limit)), "")
+            .cond(" OFFSET ", Value::Integer(i64::from(q.offset)), "");
+        self.bodies(&sql.text, sql.values)
+            .await?
+            .iter()
+            .map(|b| decode_learned(kind, b))
+            .collect()
+    }
+}
+
+/// The table a kind of learned item is stored in.
+pub(crate) fn table(kind: LearnedKind) -> &'static str {
+    match kind {
+        LearnedKind::Pattern => Pattern::TABLE,
+        LearnedKind::Heuristic => Heuristic::TABLE,
+        LearnedKind::Lesson => FailureLesson::TABLE,
+    }
+}
+
+/// A stored JSON body as an item of `kind`.
+fn decode_learned(kind: LearnedKind, body: &str) -> DbResult<LearnedItem> {
+    fn decode<T: Stored>(body: &str) -> DbResult<LearnedItem> {
+        Ok(from_json::<T>(T::KIND.name(), body)?.into_item())
+    }
+    match kind {
+        LearnedKind::Pattern => decode::<Pattern>(body),
+        LearnedKind::Heuristic => decode::<Heuristic>(body),
+        LearnedKind::Lesson => decode::<FailureLesson>(body),
+    }
+}
+
+/// The transaction of [`LearningStore::record_feedback`]: replaces the event of (target,
+/// episode) and recomputes the target's effectiveness or votes from all its events.
+async fn feedback_in_tx(
+    tx: &Connection,
+    ns: &str,
+    fb: &Feedback,
+    recorded_at: i64,
+    position: i64,
+) -> DbResult<()> {
+    let (kind, target_id) = (fb.target.kind(), fb.target.id());
+    let select = match fb.target {
+        FeedbackTarget::Pattern(_) => "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
+        FeedbackTarget::Heuristic(_) => "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
+    };
+    let mut rows = tx.query(select, vec![text(ns), text(target_id)]).await?;
+    let Some(row) = rows.next().await? else {
+        let object = match fb.target {
+            FeedbackTarget::Pattern(_) => ObjectKind::Pattern,
+            FeedbackTarget::Heuristic(_) => ObjectKind::Heuristic,
+        };
+        return Err(Error::not_found(object, target_id).into());
+    };
+    let body = Cols::new(&row, "learned item").text(0)?;
+    drop(rows);
+
+    let key = || vec![text(ns), text(kind), text(target_id)];
+    let mut params = key();
+    params.push(Value::Text(fb.episode_id.to_string()));
+    tx.execute(
+        "DELETE FROM feedback \
+         WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 AND episode_id = ?4",
+        params.clone(),
+    )
+    .await?;
+    params.push(text(fb.outcome.as_str()));
+    params.push(Value::Integer(recorded_at));
+    tx.execute(
+        "INSERT INTO feedback (ns, target_kind, target_id, episode_id, outcome, recorded_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params,
+    )
+    .await?;
+
+    let mut rows = tx
+        .query(
+            "SELECT outcome, COUNT(*) FROM feedback \
+             WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 GROUP BY outcome",
+            key(),
+        )
+        .await?;
+    let mut eff = memory_core::Effectiveness::default();
+    while let Some(row) = rows.next().await? {
+        let c = Cols::new(&row, "feedback");
+        let n = c.i64(1)? as u64;
+        match c.parse::<FeedbackOutcome>(0)? {
+            FeedbackOutcome::Helped => eff.helped = n,
+            FeedbackOutcome::NoEffect => eff.no_effect = n,
+            FeedbackOutcome::Hindered => eff.hindered = n,
+        }
+    }
+    drop(rows);
+
+    let (no_patterns, no_heuristics, no_lessons) = (
+        std::iter::empty::<&Pattern>(),
+        std::iter::empty::<&Heuristic>(),
+        std::iter::empty::<&FailureLesson>(),
+    );
+    match fb.target {
+        FeedbackTarget::Pattern(_) => {
+            let mut p: Pattern = from_json("pattern", &body)?;
+            p.effectiveness = eff;
+            Inner::write_items(
+                tx,
+                ns,
+                position,
+                std::iter::once(&p),
+                no_heuristics,
+                no_lessons,
+            )
+            .await
+        }
+        FeedbackTarget::Heuristic(_) => {
+            let mut h: Heuristic = from_json("heuristic", &body)?;
+            h.votes_up = eff.helped;
+            h.votes_down = eff.hindered;
+            Inner::write_items(
+                tx,
+                ns,
+                position,
+                no_patterns,
+                std::iter::once(&h),
+                no_lessons,
+            )
+            .await
+        }
+    }
+}
+
+#[async_trait]
+impl LearningStore for TursoStorage {
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %update.episode_id))]
+    async fn apply_learning(
+        &self,
+        ns: &Namespace,
+        update: &LearningUpdate,
+    ) -> Result<LearnedChanges> {
+        let inner = &*self.inner;
+        inner
+            .call("apply_learning", async {
+                inner
+                    .write_tx_stamped(async |tx, position| {
+                        Inner::merge_learning(tx, ns.as_str(), update, position).await
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, patterns = items.patterns.len(), heuristics = items.heuristics.len(), lessons = items.lessons.len()))]
+    async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("put_learned", async {
+                inner
+                    .write_tx_stamped(async |tx, position| {
+                        Inner::write_items(
+                            tx,
+                            ns.as_str(),
+                            position,
+                            items.patterns.iter(),
+                            items.heuristics.iter(),
+                            items.lessons.iter(),
+                        )
+                        .await
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, kind = id.kind().name(), id = id.as_str()))]
+    async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
+        let inner = &*self.inner;
+        let kind = id.kind();
+        inner
+            .call("get_learned", async {
+                let sql = format!("SELECT body FROM {} WHERE ns = ?1 AND id = ?2", table(kind));
+                inner
+                    .body_by_id(&sql, ns.as_str(), id.as_str())
+                    .await?
+                    .map(|b| decode_learned(kind, &b))
+                    .transpose()
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, kind = kind.name()))]
+    async fn query_learned(
+        &self,
+        ns: &Namespace,
+        kind: LearnedKind,
+        query: &LearnedQuery,
+    ) -> Result<Vec<LearnedItem>> {
+        let inner = &*self.inner;
+        inner
+            .call("query_learned", inner.query_learned(kind, ns, query))
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, target = %feedback.target.id(), episode_id = %feedback.episode_id))]
+    async fn record_feedback(&self, ns: &Namespace, feedback: &Feedback) -> Result<()> {
+        let inner = &*self.inner;
+        inner
+            .call("record_feedback", async {
+                let fb = feedback;
+                let ns = ns.as_str();
+                let recorded_at = nanos("feedback.recorded_at", fb.recorded_at)?;
+                inner
+                    .write_tx_stamped(async |tx, position| {
+                        feedback_in_tx(tx, ns, fb, recorded_at, position).await
+                    })
+                    .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, target = %target.id()))]
+    async fn list_feedback(
+        &self,
+        ns: &Namespace,
+        target: &FeedbackTarget,
+    ) -> Result<Vec<Feedback>> {
+        let inner = &*self.inner;
+        inner
+            .call("list_feedback", async {
+                inner
+                    .read(async |conn| {
+                        let mut rows = conn
+                            .query(
+                                "SELECT episode_id, outcome, recorded_at FROM feedback \
+                         WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
+                                vec![text(ns.as_str()), text(target.kind()), text(target.id())],
+                            )
+                            .await?;
+                        let mut out = Vec::new();
+                        while let Some(row) = rows.next().await? {
+                            let c = Cols::new(&row, "feedback");
+                            out.push(Feedback {
+                                target: target.clone(),
+                                episode_id: c.episode_id(0)?,
+                                outcome: c.parse(1)?,
+                                recorded_at: crate::codec::from_nanos(c.i64(2)?),
+                            });
+                        }
+                        Ok(out)
+                    })
+                    .await
+            })
+            .await
+    }
+}

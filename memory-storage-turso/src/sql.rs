@@ -1,0 +1,162 @@
+//! Building SQL: multi-row inserts, and the `WHERE` clauses of episode filters and learned
+//! queries (always filtered in SQL, never after).
+
+use libsql::{Connection, Value};
+use memory_core::{EpisodeFilter, EpisodeStatus, LearnedQuery};
+
+use crate::codec::{nanos_clamped, text};
+use crate::error::DbResult;
+
+/// Rows per multi-row `INSERT` (at 11 columns, far below SQLite's 32,766 bound parameters).
+pub(crate) const ROWS_PER_INSERT: usize = 500;
+
+/// `head VALUES (?, ...), (?, ...) tail` for `rows` rows of `columns` values each: one
+/// statement (one round trip to a server) instead of one per row.
+pub(crate) fn multi_row(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+    format!("{head} {} {tail}", values_list(columns, rows, 1))
+}
+
+/// `VALUES (?first, ...), (...)`: `rows` rows of `columns` placeholders, numbered from
+/// `first`.
+pub(crate) fn values_list(columns: usize, rows: usize, first: usize) -> String {
+    let mut sql = String::with_capacity(8 + rows * columns * 6);
+    sql.push_str("VALUES ");
+    let mut n = first;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&n.to_string());
+            n += 1;
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Inserts rows (each `columns` values) with multi-row statements.
+pub(crate) async fn insert_rows(
+    conn: &Connection,
+    head: &str,
+    columns: usize,
+    rows: Vec<Vec<Value>>,
+    tail: &str,
+) -> DbResult<()> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        let sql = multi_row(head, columns, chunk.len(), tail);
+        conn.execute(&sql, chunk.into_iter().flatten().collect::<Vec<_>>())
+            .await?;
+    }
+    Ok(())
+}
+
+/// A statement built at run time from fixed SQL fragments and bound values: user values only
+/// ever enter as `?N` placeholders.
+#[derive(Default)]
+pub(crate) struct Sql {
+    pub(crate) text: String,
+    pub(crate) values: Vec<Value>,
+}
+
+impl Sql {
+    /// Appends fixed SQL.
+    pub(crate) fn push(&mut self, fragment: &str) -> &mut Self {
+        self.text.push_str(fragment);
+        self
+    }
+
+    /// Binds `value` as the next placeholder and appends `?N`.
+    pub(crate) fn bind(&mut self, value: Value) -> &mut Self {
+        self.values.push(value);
+        self.text.push('?');
+        self.text.push_str(&self.values.len().to_string());
+        self
+    }
+
+    /// Appends `head ?N tail`, binding `value`.
+    pub(crate) fn cond(&mut self, head: &str, value: Value, tail: &str) -> &mut Self {
+        self.push(head).bind(value).push(tail)
+    }
+}
+
+/// Appends the `WHERE` conditions (each starting with ` AND`) of an [`EpisodeFilter`] over the
+/// `episodes` table aliased `e`.
+pub(crate) fn filter_sql(f: &EpisodeFilter, sql: &mut Sql) {
+    if let Some(t) = f.task_type {
+        sql.cond(" AND e.task_type = ", text(t.as_str()), "");
+    }
+    if let Some(d) = &f.domain {
+        sql.cond(" AND e.domain = ", text(d), "");
+    }
+    if let Some(l) = &f.language {
+        sql.cond(" AND e.language = ", text(l), "");
+    }
+    if let Some(fw) = &f.framework {
+        sql.cond(" AND e.framework = ", text(fw), "");
+    }
+    if let Some(tag) = &f.tag {
+        sql.cond(
+            " AND EXISTS (SELECT 1 FROM episode_tags g WHERE g.ns = e.ns AND g.tag = ",
+            text(tag),
+            " AND g.episode_id = e.id)",
+        );
+    }
+    match f.status {
+        None => {}
+        Some(EpisodeStatus::InProgress) => {
+            sql.push(" AND e.outcome_kind IS NULL");
+        }
+        Some(EpisodeStatus::AnyCompleted) => {
+            sql.push(" AND e.outcome_kind IS NOT NULL");
+        }
+        Some(EpisodeStatus::Completed(kind)) => {
+            sql.cond(" AND e.outcome_kind = ", text(kind.as_str()), "");
+        }
+    }
+    if let Some(t) = f.started_after {
+        sql.cond(
+            " AND e.started_at >= ",
+            Value::Integer(nanos_clamped(t)),
+            "",
+        );
+    }
+    if let Some(t) = f.started_before {
+        sql.cond(" AND e.started_at < ", Value::Integer(nanos_clamped(t)), "");
+    }
+}
+
+/// Appends the `WHERE` conditions of a [`LearnedQuery`]'s context and status. An item field
+/// that is unset (NULL) matches any query value.
+pub(crate) fn learned_sql(q: &LearnedQuery, sql: &mut Sql) {
+    if !q.include_inactive {
+        sql.push(" AND status = 'active'");
+    }
+    if let Some(t) = q.task_type {
+        sql.cond(
+            " AND (task_type IS NULL OR task_type = ",
+            text(t.as_str()),
+            ")",
+        );
+    }
+    if let Some(d) = &q.domain {
+        sql.cond(" AND (domain IS NULL OR domain = ", text(d), ")");
+    }
+    if let Some(l) = &q.language {
+        sql.cond(" AND (language IS NULL OR language = ", text(l), ")");
+    }
+}
+
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
