@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use async_trait::async_trait;
 use memory_core::{
@@ -15,12 +15,12 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     WriteTransaction,
 };
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::codec::{Decoded, decode_cached_value, encode_cached_value_into};
 use crate::config::CacheConfig;
 use crate::error::{StoreError, blocking};
+use crate::group_commit::{self, Committer, GroupCommit};
 use crate::tables::{
     CACHE_INFO, CACHE_MARK, ENTRIES, EXPIRY, HEADER_LEN, INFO_BYTES, INFO_CLEAN, INFO_LAYOUT,
     INFO_MARK_POSITION, LAYOUT_VERSION, LRU, MARK_DATABASE, META, entry_key, expiry_key,
@@ -105,7 +105,7 @@ struct Inner {
     /// Entry key -> newest access tick, not yet written.
     touches: Mutex<HashMap<Vec<u8>, u64>>,
     /// Puts and invalidations waiting to be committed.
-    writes: Mutex<WriteQueue>,
+    writes: GroupCommit<WriteOp, WriteOutcome>,
     next_tick: AtomicU64,
     /// Writers bump `writes_started` before touching the front or the file and
     /// `writes_finished` after; a reader fills the front only when no write overlapped its read.
@@ -177,11 +177,6 @@ enum WriteOp {
     },
 }
 
-struct PendingWrite {
-    op: WriteOp,
-    reply: oneshot::Sender<Result<WriteOutcome>>,
-}
-
 /// A value encoded for the disk tier, not yet queued.
 struct EncodedEntry {
     key: Vec<u8>,
@@ -215,39 +210,6 @@ impl EncodedEntry {
 struct FrontPut {
     key: Vec<u8>,
     entry: FrontEntry,
-}
-
-fn write_task_stopped() -> Error {
-    Error::storage(
-        crate::error::BACKEND,
-        "cache write",
-        false,
-        "the committing task stopped before this write was committed",
-    )
-}
-
-/// Writes waiting to be committed; concurrent writers share one transaction.
-#[derive(Default)]
-struct WriteQueue {
-    pending: Vec<PendingWrite>,
-    /// True while a blocking task is committing batches.
-    flushing: bool,
-}
-
-/// If the committing task panics, clears `flushing` and fails the queued writes (their senders
-/// are dropped) instead of leaving them waiting. Weak, so it does not keep the cache open.
-struct WritePanicGuard(Weak<Inner>);
-
-impl Drop for WritePanicGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(inner) = self.0.upgrade()
-        {
-            let mut q = inner.lock_writes();
-            q.flushing = false;
-            q.pending.clear();
-        }
-    }
 }
 
 /// What [`RedbCache::try_open`] found.
@@ -342,7 +304,7 @@ impl RedbCache {
             clock,
             front,
             touches: Mutex::new(HashMap::new()),
-            writes: Mutex::new(WriteQueue::default()),
+            writes: GroupCommit::new(MAX_WRITE_BATCH, "cache write"),
             next_tick: AtomicU64::new(opened.next_tick),
             writes_started: AtomicU64::new(0),
             writes_finished: AtomicU64::new(0),
@@ -424,35 +386,20 @@ impl RedbCache {
     /// Queues a write and waits until its transaction is committed.
     async fn submit(&self, op: WriteOp) -> Result<WriteOutcome> {
         let mut done = self.submit_many(vec![op]).await;
-        done.pop().unwrap_or_else(|| Err(write_task_stopped()))
+        done.pop().unwrap_or_else(|| {
+            Err(Error::storage(
+                crate::error::BACKEND,
+                "cache write",
+                false,
+                "no outcome for the write",
+            ))
+        })
     }
 
     /// Queues `ops` together (one commit unless the batch limit splits them) and waits for
     /// each outcome, in order.
     async fn submit_many(&self, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome>> {
-        let mut waiting = Vec::with_capacity(ops.len());
-        let start = {
-            let mut q = self.inner.lock_writes();
-            for op in ops {
-                let (reply, done) = oneshot::channel();
-                q.pending.push(PendingWrite { op, reply });
-                waiting.push(done);
-            }
-            !std::mem::replace(&mut q.flushing, true)
-        };
-        if start {
-            let inner = self.inner.clone();
-            // Not awaited here: the task commits for every queued writer and ends when the
-            // queue is empty.
-            drop(tokio::task::spawn_blocking(move || {
-                Inner::write_loop(inner);
-            }));
-        }
-        let mut out = Vec::with_capacity(waiting.len());
-        for done in waiting {
-            out.push(done.await.unwrap_or_else(|_| Err(write_task_stopped())));
-        }
-        out
+        group_commit::submit(&self.inner, ops).await
     }
 
     /// Encodes `value` for the disk tier and checks it against the size limits.
@@ -922,63 +869,6 @@ impl Inner {
         Ok(results)
     }
 
-    fn lock_writes(&self) -> MutexGuard<'_, WriteQueue> {
-        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Commits queued writes, a batch per transaction, until the queue is empty.
-    ///
-    /// The task lets go of its handle before it sends the last replies, so a caller that
-    /// closes the cache right after its write is the last handle and closes the file.
-    fn write_loop(inner: Arc<Inner>) {
-        let _guard = WritePanicGuard(Arc::downgrade(&inner));
-        let mut next = Some(inner);
-        while let Some(this) = next.take() {
-            let batch: Vec<PendingWrite> = {
-                let mut q = this.lock_writes();
-                if q.pending.is_empty() {
-                    q.flushing = false;
-                    return;
-                }
-                let n = q.pending.len().min(MAX_WRITE_BATCH);
-                q.pending.drain(..n).collect()
-            };
-            let (ops, replies): (Vec<WriteOp>, Vec<_>) =
-                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
-            let result = this.commit_writes(&ops);
-            {
-                let mut q = this.lock_writes();
-                // Cleared under the same lock as the emptiness check, so a write queued after
-                // this starts a new task.
-                if q.pending.is_empty() {
-                    q.flushing = false;
-                } else {
-                    next = Some(this.clone());
-                }
-            }
-            drop(this);
-            match result {
-                Ok(results) => {
-                    for (r, reply) in results.into_iter().zip(replies) {
-                        // A dropped receiver (cancelled caller) is fine: the write is applied.
-                        let _ = reply.send(Ok(r));
-                    }
-                }
-                Err(e) => {
-                    let e = crate::error::map("cache write", e);
-                    let msg = e.to_string();
-                    let mut first = Some(e);
-                    for reply in replies {
-                        let err = first.take().unwrap_or_else(|| {
-                            Error::storage(crate::error::BACKEND, "cache write", false, msg.clone())
-                        });
-                        let _ = reply.send(Err(err));
-                    }
-                }
-            }
-        }
-    }
-
     fn disk_clear(&self) -> Result<(), StoreError> {
         drop(self.take_touches());
         let db = self.read_db();
@@ -1261,6 +1151,19 @@ impl Cache for RedbCache {
             .close_mark
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(mark);
+    }
+}
+
+impl Committer for Inner {
+    type Op = WriteOp;
+    type Out = WriteOutcome;
+
+    fn group(&self) -> &GroupCommit<WriteOp, WriteOutcome> {
+        &self.writes
+    }
+
+    fn commit(&self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.commit_writes(ops)
     }
 }
 

@@ -45,6 +45,7 @@ mod cache;
 mod codec;
 mod config;
 mod error;
+mod group_commit;
 mod journal;
 mod memory_cache;
 mod outbox;

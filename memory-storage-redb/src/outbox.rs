@@ -2,17 +2,17 @@
 //! is unreachable.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use memory_core::{Error, Outbox, OutboxEntry, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use crate::codec::{decode_outbox_entry, encode_outbox_entry};
 use crate::config::OutboxConfig;
 use crate::error::{BACKEND, StoreError, blocking, map};
+use crate::group_commit::{self, Committer, GroupCommit};
 use crate::tables::{INFO_LAYOUT, INFO_NEXT_SEQ, LAYOUT_VERSION, OUTBOX, OUTBOX_INFO};
 
 /// A durable outbox in its own redb file.
@@ -43,40 +43,11 @@ impl std::fmt::Debug for RedbOutbox {
     }
 }
 
-struct Pending {
-    bytes: Vec<u8>,
-    reply: oneshot::Sender<Result<u64>>,
-}
-
-#[derive(Default)]
-struct Queue {
-    pending: Vec<Pending>,
-    /// True while a blocking task is committing batches.
-    flushing: bool,
-}
-
 struct Inner {
     db: Database,
     path: PathBuf,
     config: OutboxConfig,
-    queue: Mutex<Queue>,
-}
-
-/// If the committing task panics, clears the `flushing` flag and fails the queued appends (their
-/// senders are dropped) rather than leaving them waiting for a task that is gone. Weak, so it
-/// does not keep the file open.
-struct PanicGuard(Weak<Inner>);
-
-impl Drop for PanicGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(inner) = self.0.upgrade()
-        {
-            let mut q = inner.lock_queue();
-            q.flushing = false;
-            q.pending.clear();
-        }
-    }
+    appends: GroupCommit<Vec<u8>, u64>,
 }
 
 impl RedbOutbox {
@@ -93,8 +64,8 @@ impl RedbOutbox {
             inner: Arc::new(Inner {
                 db,
                 path,
+                appends: GroupCommit::new(config.max_batch, "outbox append"),
                 config,
-                queue: Mutex::new(Queue::default()),
             }),
         })
     }
@@ -145,8 +116,8 @@ impl RedbOutbox {
                 inner: Arc::new(Inner {
                     db,
                     path,
+                    appends: GroupCommit::new(config.max_batch, "outbox append"),
                     config,
-                    queue: Mutex::new(Queue::default()),
                 }),
             }),
             Ok(Err(e)) => Opening::Damaged(map("outbox open", e).to_string()),
@@ -157,37 +128,15 @@ impl RedbOutbox {
     /// Appends `entries` in order, in as few commits as the batch limit allows; their
     /// sequence numbers, once all are durable.
     pub async fn append_many(&self, entries: &[OutboxEntry]) -> Result<Vec<u64>> {
-        let mut waiting = Vec::with_capacity(entries.len());
-        let mut queued = Vec::with_capacity(entries.len());
-        for e in entries {
-            let bytes = encode_outbox_entry(e, self.inner.config.max_entry_bytes)?;
-            let (reply, done) = oneshot::channel();
-            queued.push(Pending { bytes, reply });
-            waiting.push(done);
-        }
-        let start = {
-            let mut q = self.inner.lock_queue();
-            q.pending.extend(queued);
-            !std::mem::replace(&mut q.flushing, true)
-        };
-        if start {
-            let inner = self.inner.clone();
-            drop(tokio::task::spawn_blocking(move || {
-                Inner::flush_loop(inner);
-            }));
-        }
-        let mut seqs = Vec::with_capacity(waiting.len());
-        for done in waiting {
-            seqs.push(done.await.map_err(|_| {
-                Error::storage(
-                    BACKEND,
-                    "outbox append",
-                    false,
-                    "the committing task stopped before this entry was committed",
-                )
-            })??);
-        }
-        Ok(seqs)
+        let max = self.inner.config.max_entry_bytes;
+        let encoded = entries
+            .iter()
+            .map(|e| encode_outbox_entry(e, max))
+            .collect::<Result<Vec<_>>>()?;
+        group_commit::submit(&self.inner, encoded)
+            .await
+            .into_iter()
+            .collect()
     }
 }
 
@@ -263,63 +212,8 @@ fn open_file(path: &Path, config: &OutboxConfig) -> Result<(Database, u64), Stor
 }
 
 impl Inner {
-    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Commits queued appends, a batch per transaction, until the queue is empty.
-    ///
-    /// The task lets go of its handle before it sends the last replies, so the file is closed
-    /// as soon as the caller drops the last `RedbOutbox` (another process can then open it).
-    fn flush_loop(inner: Arc<Inner>) {
-        let _guard = PanicGuard(Arc::downgrade(&inner));
-        let mut next = Some(inner);
-        while let Some(this) = next.take() {
-            let batch: Vec<Pending> = {
-                let mut q = this.lock_queue();
-                if q.pending.is_empty() {
-                    q.flushing = false;
-                    return;
-                }
-                let n = q.pending.len().min(this.config.max_batch);
-                q.pending.drain(..n).collect()
-            };
-            let result = this.commit_batch(&batch);
-            {
-                let mut q = this.lock_queue();
-                // Cleared under the same lock as the emptiness check: an append that arrives
-                // after this sees `flushing == false` and starts a new task.
-                if q.pending.is_empty() {
-                    q.flushing = false;
-                } else {
-                    next = Some(this.clone());
-                }
-            }
-            drop(this);
-            match result {
-                Ok(first) => {
-                    for (seq, p) in (first..).zip(batch) {
-                        // A dropped receiver (cancelled append) is fine: the entry is durable.
-                        let _ = p.reply.send(Ok(seq));
-                    }
-                }
-                Err(e) => {
-                    let e = map("outbox append", e);
-                    let msg = e.to_string();
-                    let mut first = Some(e);
-                    for p in batch {
-                        let err = first.take().unwrap_or_else(|| {
-                            Error::storage(BACKEND, "outbox append", false, msg.clone())
-                        });
-                        let _ = p.reply.send(Err(err));
-                    }
-                }
-            }
-        }
-    }
-
     /// Appends a batch in one durable transaction; the first sequence number assigned.
-    fn commit_batch(&self, batch: &[Pending]) -> Result<u64, StoreError> {
+    fn commit_batch(&self, batch: &[Vec<u8>]) -> Result<u64, StoreError> {
         let txn = self.db.begin_write()?;
         let first = {
             let mut table = txn.open_table(OUTBOX)?;
@@ -331,7 +225,7 @@ impl Inner {
             let first = stored_next.max(after_last);
             let mut seq = first;
             for p in batch {
-                table.insert(seq, p.bytes.as_slice())?;
+                table.insert(seq, p.as_slice())?;
                 seq += 1;
             }
             info.insert(INFO_NEXT_SEQ, seq)?;
@@ -372,29 +266,11 @@ impl Inner {
 #[async_trait]
 impl Outbox for RedbOutbox {
     async fn append(&self, entry: &OutboxEntry) -> Result<u64> {
-        let bytes = encode_outbox_entry(entry, self.inner.config.max_entry_bytes)?;
-        let (reply, done) = oneshot::channel();
-        let start = {
-            let mut q = self.inner.lock_queue();
-            q.pending.push(Pending { bytes, reply });
-            !std::mem::replace(&mut q.flushing, true)
-        };
-        if start {
-            let inner = self.inner.clone();
-            // Not awaited here: the task commits for every queued appender and ends when the
-            // queue is empty.
-            drop(tokio::task::spawn_blocking(move || {
-                Inner::flush_loop(inner);
-            }));
-        }
-        let seq = done.await.map_err(|_| {
-            Error::storage(
-                BACKEND,
-                "outbox append",
-                false,
-                "the committing task stopped before this entry was committed",
-            )
-        })??;
+        let seq = self
+            .append_many(std::slice::from_ref(entry))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::storage(BACKEND, "outbox append", false, "no sequence number"))?;
         debug!(seq, key = entry.idempotency_key, "outbox append");
         Ok(seq)
     }
@@ -417,6 +293,21 @@ impl Outbox for RedbOutbox {
     async fn len(&self) -> Result<u64> {
         let inner = self.inner.clone();
         blocking("outbox len", move || inner.len()).await
+    }
+}
+
+impl Committer for Inner {
+    type Op = Vec<u8>;
+    type Out = u64;
+
+    fn group(&self) -> &GroupCommit<Vec<u8>, u64> {
+        &self.appends
+    }
+
+    /// The batch's entries get consecutive sequence numbers.
+    fn commit(&self, batch: &[Vec<u8>]) -> Result<Vec<u64>, StoreError> {
+        let first = self.commit_batch(batch)?;
+        Ok((first..).take(batch.len()).collect())
     }
 }
 
