@@ -1,5 +1,6 @@
-//! Tiered storage (`TieredStorage`: the redb cache and the redb outbox in front of libsql, as
-//! the CLI composes them) against the bare durable layer, everything on local files:
+//! Tiered storage (`TieredStorage`: the redb cache and the journal in front of libsql, the
+//! default stack as `memory-stack` opens it for the CLI) against the bare durable layer,
+//! everything on local files:
 //!
 //! - `tiered/complete_episode_50_steps/{durable,tiered}`: completing an episode whose 50 steps
 //!   are still buffered (writes the step rows, reads the episode back, scores, reflects,
@@ -8,11 +9,12 @@
 //!   Each store holds 200 completed episodes of history first.
 //! - `tiered/get_episode/{durable,tiered_cache_hit,tiered_redb_hit}`: reading a completed
 //!   50-step episode through `SelfLearningMemory::get_episode`: from libsql; from a warm cache
-//!   (served by the in-process front); from a warm cache with the front disabled (served from
-//!   the redb file).
+//!   (served by the in-process front); from a warm cache with the front disabled (the stack
+//!   reopened on the same directory: served from the redb file).
 //! - `tiered/outbox_replay/1000_writes`: 1,000 writes (250 episodes: start, 10 steps in two
 //!   batches, complete) journaled in the outbox while the durable layer is unavailable (the
-//!   `FaultInjecting` wrapper of `memory-core`'s `test-utils`, failing every call, transiently),
+//!   `FaultInjecting` wrapper of `memory-testkit`, failing every call, transiently, between
+//!   libsql and the tiered composition, with the stack's cache file and journal directory),
 //!   then the time for `sync_now` to replay all of them into libsql once it is healed;
 //!   throughput in replayed writes/s. Journaling (8 concurrent writers, so the outbox's group
 //!   commit is used) is outside the timed part.
@@ -33,12 +35,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use memory_core::{
-    BreakerConfig, Cache, EpisodeId, MemoryConfig, Namespace, Outcome, SelfLearningMemory,
-    StepBatchConfig, Storage, SystemClock, TieredConfig, TieredStorage,
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
+use memory_benches::DefaultStack;
+use memory_core::{
+    BreakerConfig, EpisodeId, MemoryConfig, Namespace, Outcome, SelfLearningMemory,
+    StepBatchConfig, TieredConfig, TieredStorage,
+};
+use memory_stack::DataDir;
+use memory_storage_redb::{CacheConfig, JournalDir, OutboxConfig, RedbCache};
 use memory_storage_turso::TursoStorage;
 use memory_testkit::{FaultInjecting, FaultMode};
 
@@ -65,42 +72,11 @@ async fn record(memory: &SelfLearningMemory, ns: &Namespace, i: usize, steps: us
     id
 }
 
-async fn open_cache(path: &Path, config: CacheConfig) -> Arc<dyn Cache> {
-    Arc::new(RedbCache::open(path, config).await.unwrap())
-}
-
-async fn open_outbox(path: &Path) -> Arc<RedbOutbox> {
-    Arc::new(
-        RedbOutbox::open(path, OutboxConfig::default())
-            .await
-            .unwrap(),
-    )
-}
-
-/// `TieredStorage` over `durable` with a redb cache and outbox in `dir`, as the CLI opens it.
-async fn tiered_over(
-    durable: Arc<dyn Storage>,
-    dir: &Path,
-    cache: CacheConfig,
-    config: TieredConfig,
-) -> Arc<TieredStorage> {
-    TieredStorage::open(
-        durable,
-        Some(open_cache(&dir.join("cache.redb"), cache).await),
-        open_outbox(&dir.join("outbox.redb")).await,
-        config,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap()
-}
-
-/// Two memories with the same history: one over bare libsql, one over the tiered stack (its
-/// own libsql file). Also returns the tiered storage and a completed 50-step episode in each.
+/// Two memories with the same history: one over bare libsql, one over the default stack (its
+/// own data directory). Also returns a completed 50-step episode in each.
 struct Pair {
     durable: Arc<SelfLearningMemory>,
-    tiered: Arc<SelfLearningMemory>,
-    tiered_storage: Arc<TieredStorage>,
+    stack: DefaultStack,
     durable_episode: EpisodeId,
     tiered_episode: EpisodeId,
 }
@@ -110,18 +86,10 @@ async fn pair(dir: &Path, ns: &Namespace) -> Pair {
         .await
         .unwrap();
     let durable = Arc::new(SelfLearningMemory::new(Arc::new(bare), memory_config()).unwrap());
-    let under = TursoStorage::open_in_data_dir(dir.join("tiered"))
+    let stack = DefaultStack::open(&dir.join("tiered"), memory_config())
         .await
         .unwrap();
-    let tiered_storage = tiered_over(
-        Arc::new(under),
-        &dir.join("tiered"),
-        CacheConfig::default(),
-        TieredConfig::default(),
-    )
-    .await;
-    let tiered =
-        Arc::new(SelfLearningMemory::new(tiered_storage.clone(), memory_config()).unwrap());
+    let tiered = Arc::clone(&stack.memory);
     for i in 0..HISTORY {
         record(&durable, ns, i, 10).await;
         record(&tiered, ns, i, 10).await;
@@ -130,8 +98,7 @@ async fn pair(dir: &Path, ns: &Namespace) -> Pair {
     let tiered_episode = record(&tiered, ns, 5_000, 50).await;
     Pair {
         durable,
-        tiered,
-        tiered_storage,
+        stack,
         durable_episode,
         tiered_episode,
     }
@@ -146,7 +113,7 @@ fn complete_and_get(c: &mut Criterion) {
     let mut group = c.benchmark_group("tiered/complete_episode_50_steps");
     group.sample_size(20);
     let next = Arc::new(AtomicUsize::new(10_000));
-    for (name, memory) in [("durable", &p.durable), ("tiered", &p.tiered)] {
+    for (name, memory) in [("durable", &p.durable), ("tiered", &p.stack.memory)] {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
                 let memory = memory.clone();
@@ -172,73 +139,90 @@ fn complete_and_get(c: &mut Criterion) {
         });
     }
     group.finish();
-    let status = p.tiered_storage.status();
+    let status = p.stack.tiered.status();
     assert_eq!(status.outbox_len, 0, "nothing journaled: {status:?}");
     assert_eq!(status.cache_errors, 0, "{status:?}");
 
-    // A second tiered stack over the same libsql file, with the in-process front disabled, so
-    // its hits are served from the redb file.
-    let redb_only = rt.block_on(async {
-        let under = TursoStorage::open_in_data_dir(dir.path().join("tiered"))
-            .await
-            .unwrap();
-        let storage = tiered_over(
-            Arc::new(under),
-            &dir.path().join("redb_only"),
-            CacheConfig::default().with_memory_capacity(0, 0),
-            TieredConfig::default(),
-        )
-        .await;
-        let memory = SelfLearningMemory::new(storage.clone(), memory_config()).unwrap();
-        (storage, Arc::new(memory))
-    });
-
     let mut group = c.benchmark_group("tiered/get_episode");
     group.throughput(Throughput::Elements(1));
-    let cases = [
-        ("durable", &p.durable, p.durable_episode, None),
-        (
-            "tiered_cache_hit",
-            &p.tiered,
-            p.tiered_episode,
-            Some(&p.tiered_storage),
-        ),
-        (
-            "tiered_redb_hit",
-            &redb_only.1,
-            p.tiered_episode,
-            Some(&redb_only.0),
-        ),
-    ];
-    for (name, memory, id, tiered) in cases {
-        // Warm the cache (a no-op for bare libsql), and check it is a hit from here on.
-        let before = rt.block_on(async {
-            let e = memory.get_episode(&ns, id).await.unwrap();
-            assert_eq!(e.steps.len(), 50);
-            assert!(e.is_completed());
-            tiered.map(|t| t.status().cache.unwrap())
-        });
-        group.bench_function(name, |b| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(memory.get_episode(&ns, id).await.unwrap()) });
-        });
-        if let (Some(t), Some(before)) = (tiered, before) {
-            let after = t.status().cache.unwrap();
-            assert_eq!(
-                after.misses, before.misses,
-                "{name}: every read was a cache hit"
-            );
-        }
-    }
+    let tiered = &p.stack.tiered;
+    get_episode(
+        &mut group,
+        &rt,
+        &ns,
+        "durable",
+        &p.durable,
+        p.durable_episode,
+        None,
+    );
+    let cached = &p.stack.memory;
+    let tiered_id = p.tiered_episode;
+    get_episode(
+        &mut group,
+        &rt,
+        &ns,
+        "tiered_cache_hit",
+        cached,
+        tiered_id,
+        Some(tiered),
+    );
+    // The stack reopened on the same directory with the in-process front disabled, so its
+    // hits are served from the redb file (closed cleanly, so it keeps its entries).
+    let redb_only = rt.block_on(async {
+        p.stack.shutdown().await.unwrap();
+        drop(p.stack); // releases the cache file
+        let front_off = CacheConfig::default().with_memory_capacity(0, 0);
+        let dir = dir.path().join("tiered");
+        DefaultStack::open_with(&dir, memory_config(), front_off)
+            .await
+            .unwrap()
+    });
+    let (memory, tiered) = (&redb_only.memory, Some(&redb_only.tiered));
+    get_episode(
+        &mut group,
+        &rt,
+        &ns,
+        "tiered_redb_hit",
+        memory,
+        tiered_id,
+        tiered,
+    );
     group.finish();
 
     rt.block_on(async {
         p.durable.shutdown().await.unwrap();
-        p.tiered.shutdown().await.unwrap();
-        p.tiered_storage.shutdown().await.unwrap();
-        redb_only.1.shutdown().await.unwrap();
-        redb_only.0.shutdown().await.unwrap();
+        redb_only.shutdown().await.unwrap();
     });
+}
+
+/// Benches `get_episode` of `id` in `memory`, warmed first; over tiered storage, checks that
+/// every measured read was a cache hit.
+fn get_episode(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    ns: &Namespace,
+    name: &str,
+    memory: &Arc<SelfLearningMemory>,
+    id: EpisodeId,
+    tiered: Option<&Arc<TieredStorage>>,
+) {
+    let before = rt.block_on(async {
+        let e = memory.get_episode(ns, id).await.unwrap();
+        assert_eq!(e.steps.len(), 50);
+        assert!(e.is_completed());
+        tiered.map(|t| t.status().cache.unwrap())
+    });
+    group.bench_function(name, |b| {
+        b.to_async(rt)
+            .iter(|| async { black_box(memory.get_episode(ns, id).await.unwrap()) });
+    });
+    if let (Some(t), Some(before)) = (tiered, before) {
+        let after = t.status().cache.unwrap();
+        assert_eq!(
+            after.misses, before.misses,
+            "{name}: every read was a cache hit"
+        );
+    }
 }
 
 /// The replay bench's stack: libsql behind the fault injector, behind the tiered composition.
@@ -302,13 +286,19 @@ fn outbox_replay(c: &mut Criterion) {
             .await
             .unwrap();
         let fault = Arc::new(FaultInjecting::new(Arc::new(durable), FaultMode::Never));
-        let tiered = tiered_over(
-            fault.clone(),
-            dir.path(),
-            CacheConfig::default(),
-            replay_config(),
-        )
-        .await;
+        let layout = DataDir::new(dir.path());
+        let journal = JournalDir::open(layout.journals(), Vec::new(), OutboxConfig::default())
+            .await
+            .unwrap();
+        let cache = RedbCache::open(layout.cache(), CacheConfig::default())
+            .await
+            .unwrap();
+        let tiered = TieredStorage::builder(fault.clone(), journal)
+            .cache(Arc::new(cache))
+            .config(replay_config())
+            .open()
+            .await
+            .unwrap();
         // Steps are written in batches of 5: two step writes per 10-step episode.
         let config = MemoryConfig::default().with_steps(StepBatchConfig {
             max_batch: 5,

@@ -98,7 +98,8 @@ pub use text::{
     tokenize,
 };
 pub use tiered::{
-    BreakerConfig, BreakerState, CircuitBreaker, Refused, SyncStatus, TieredConfig, TieredStorage,
+    BreakerConfig, BreakerState, CircuitBreaker, Refused, SyncStatus, TieredBuilder, TieredConfig,
+    TieredStorage,
 };
 
 /// What the exported macros need from other crates.

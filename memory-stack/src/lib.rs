@@ -332,14 +332,12 @@ impl StackBuilder {
             ),
         };
         let clock = Arc::new(SystemClock);
-        let tiered = TieredStorage::open(
-            Arc::new(durable.clone()),
-            cache,
-            journal.clone(),
-            self.tiered,
-            clock.clone(),
-        )
-        .await?;
+        let tiered = TieredStorage::builder(Arc::new(durable.clone()), journal.clone())
+            .maybe_cache(cache)
+            .config(self.tiered)
+            .clock(clock.clone())
+            .open()
+            .await?;
         let (embedder, embedder_state) = match self.embedder {
             Some(e) => {
                 let desc = format!("{} ({} dimensions)", e.model_id(), e.dimensions());

@@ -16,7 +16,7 @@ use std::time::Duration;
 use memory_core::{
     Cache, EpisodeStore, FeedbackOutcome, FeedbackTarget, LearnedQuery, LearningStore,
     MemoryConfig, Namespace, NewEpisode, Outcome, PatternId, SelfLearningMemory, StepBatchConfig,
-    StepInput, Storage, SystemClock, TaskContext, TaskType, TieredConfig, TieredStorage,
+    StepInput, Storage, TaskContext, TaskType, TieredStorage,
 };
 use memory_storage_turso::TursoStorage;
 use memory_testkit::{InMemoryCache, InMemoryOutbox};
@@ -30,15 +30,11 @@ struct Writer {
 async fn writer(path: &std::path::Path) -> Writer {
     let durable = Arc::new(TursoStorage::open_local(path).await.unwrap());
     let cache = Arc::new(InMemoryCache::new());
-    let tiered = TieredStorage::open(
-        durable,
-        Some(cache.clone() as Arc<dyn Cache>),
-        Arc::new(InMemoryOutbox::new()),
-        TieredConfig::default(),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let tiered = TieredStorage::builder(durable, Arc::new(InMemoryOutbox::new()))
+        .cache(cache.clone() as Arc<dyn Cache>)
+        .open()
+        .await
+        .unwrap();
     let config = MemoryConfig::default().with_steps(StepBatchConfig {
         max_batch: 1,
         flush_interval: Duration::from_secs(60),
@@ -221,15 +217,11 @@ async fn a_reopened_cache_file_drops_only_what_changed_while_it_was_closed() {
         let path = path.clone();
         async move {
             let durable = Arc::new(TursoStorage::open_local(&path).await.unwrap());
-            let tiered = TieredStorage::open(
-                durable,
-                Some(Arc::new(cache) as Arc<dyn Cache>),
-                Arc::new(InMemoryOutbox::new()),
-                TieredConfig::default(),
-                Arc::new(SystemClock),
-            )
-            .await
-            .unwrap();
+            let tiered = TieredStorage::builder(durable, Arc::new(InMemoryOutbox::new()))
+                .cache(Arc::new(cache) as Arc<dyn Cache>)
+                .open()
+                .await
+                .unwrap();
             let memory = SelfLearningMemory::new(
                 tiered.clone() as Arc<dyn Storage>,
                 MemoryConfig::default(),
@@ -320,15 +312,10 @@ async fn buffered_steps_refused_at_a_timer_flush_are_reported_not_dropped_silent
     let b = writer(&path).await;
     // Writer a buffers its steps and writes them on a short timer.
     let durable = Arc::new(TursoStorage::open_local(&path).await.unwrap());
-    let tiered = TieredStorage::open(
-        durable,
-        None,
-        Arc::new(InMemoryOutbox::new()),
-        TieredConfig::default(),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let tiered = TieredStorage::builder(durable, Arc::new(InMemoryOutbox::new()))
+        .open()
+        .await
+        .unwrap();
     let config = MemoryConfig::default().with_steps(StepBatchConfig {
         max_batch: 64,
         flush_interval: Duration::from_millis(50),

@@ -12,8 +12,7 @@ use std::time::Duration;
 use memory_core::{
     BreakerConfig, Cache, EpisodeQuery, EpisodeStore, Error, InMemoryStorage, LearnedQuery,
     LearningStore, MemoryConfig, Namespace, NewEpisode, Outbox, Outcome, SelfLearningMemory,
-    StepBatchConfig, StepInput, Storage, SystemClock, TaskContext, TaskType, TieredConfig,
-    TieredStorage,
+    StepBatchConfig, StepInput, Storage, TaskContext, TaskType, TieredConfig, TieredStorage,
 };
 use memory_testkit::{FaultInjecting, FaultMode, InMemoryCache, InMemoryOutbox};
 
@@ -45,15 +44,12 @@ async fn stack() -> Stack {
     ));
     let cache = Arc::new(InMemoryCache::new());
     let outbox = Arc::new(InMemoryOutbox::new());
-    let tiered = TieredStorage::open(
-        durable.clone(),
-        Some(cache.clone() as Arc<dyn Cache>),
-        outbox.clone(),
-        fast_config(),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let tiered = TieredStorage::builder(durable.clone(), outbox.clone())
+        .cache(cache.clone() as Arc<dyn Cache>)
+        .config(fast_config())
+        .open()
+        .await
+        .unwrap();
     Stack {
         durable,
         cache,
@@ -225,15 +221,11 @@ async fn crash_during_outage_replays_from_the_journal_in_a_new_process() {
     let outbox = Arc::new(InMemoryOutbox::new());
     let ns = Namespace::default();
     let ids = {
-        let tiered = TieredStorage::open(
-            durable.clone(),
-            None,
-            outbox.clone(),
-            fast_config(),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
+        let tiered = TieredStorage::builder(durable.clone(), outbox.clone())
+            .config(fast_config())
+            .open()
+            .await
+            .unwrap();
         let m = SelfLearningMemory::new(tiered.clone(), episode_config()).unwrap();
         let mut ids = Vec::new();
         for i in 0..4 {
@@ -242,15 +234,11 @@ async fn crash_during_outage_replays_from_the_journal_in_a_new_process() {
         ids
         // dropped without shutdown: the "process" dies
     };
-    let tiered = TieredStorage::open(
-        durable.clone(),
-        None,
-        outbox.clone(),
-        fast_config(),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let tiered = TieredStorage::builder(durable.clone(), outbox.clone())
+        .config(fast_config())
+        .open()
+        .await
+        .unwrap();
     let e = tiered.get_episode(&ns, ids[2]).await.unwrap().unwrap();
     assert!(e.is_completed(), "overlay rebuilt from the journal");
     durable.set_mode(FaultMode::Never);
@@ -291,15 +279,11 @@ async fn permanent_errors_are_returned_not_journaled() {
         FaultInjecting::new(Arc::new(InMemoryStorage::new()), FaultMode::Always).permanent(),
     );
     let outbox = Arc::new(InMemoryOutbox::new());
-    let tiered = TieredStorage::open(
-        durable.clone(),
-        None,
-        outbox.clone(),
-        fast_config(),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let tiered = TieredStorage::builder(durable.clone(), outbox.clone())
+        .config(fast_config())
+        .open()
+        .await
+        .unwrap();
     let e =
         memory_testkit::conformance::episode("x", TaskType::Other, "d", None, chrono::Utc::now());
     for _ in 0..10 {

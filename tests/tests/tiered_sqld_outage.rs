@@ -1,22 +1,22 @@
-//! Tiered storage against a real `sqld` outage: the stack the CLI opens in remote mode (a remote
-//! `TursoStorage`, the redb cache and the redb outbox behind `TieredStorage`), with the server
-//! stopped and restarted under it.
+//! Tiered storage against a real `sqld` outage: the stack the CLI opens in remote mode
+//! (`memory-stack`: a remote `TursoStorage`, the redb cache and the process's journal behind
+//! `TieredStorage`), with the server stopped and restarted under it.
 //!
 //! - `acknowledged_episodes_survive_a_real_sqld_outage`: two tasks record episodes
 //!   continuously while sqld is stopped (SIGTERM) and restarted on the same data directory and
 //!   port. During the outage, episodes acknowledged in it are readable (read-your-writes through
 //!   the overlay) and so are episodes cached before it. After the restart the journal drains, and
 //!   a fresh, bare `TursoStorage` on the server finds every acknowledged episode exactly once,
-//!   completed, with all its steps; the failure lesson counts each completion exactly once; the
-//!   outbox is empty and nothing was dead-lettered. Calls that failed (not acknowledged) are
+//!   completed, with all its steps; the failure lesson counts each completion exactly once; no
+//!   journal holds an entry and nothing was dead-lettered. Calls that failed (not acknowledged) are
 //!   allowed as typed storage errors (transient, or the permanent `404 Namespace doesn't exist`
 //!   sqld answers while it shuts down), and are counted and printed.
 //! - `acknowledged_episodes_survive_sigkill_during_an_outage`: a child process (`tiered_child`)
-//!   records episodes while sqld is down (every write goes to the fsynced outbox), printing each
-//!   acknowledged id; it is killed with SIGKILL at a random moment. sqld restarts; a new stack
-//!   opened on the same outbox and cache files (the normal open path) serves the acknowledged
-//!   episodes from the rebuilt overlay, replays the journal, and sqld then holds every
-//!   acknowledged episode exactly once, completed.
+//!   records episodes while sqld is down (every write goes to its fsynced journal), printing
+//!   each acknowledged id; it is killed with SIGKILL at a random moment. sqld restarts; a new
+//!   stack opened on the same data directory (the normal open path: it adopts the dead child's
+//!   journal) serves the acknowledged episodes from the rebuilt overlay, replays the journal,
+//!   and sqld then holds every acknowledged episode exactly once, completed.
 //! - `opening_a_remote_store_while_sqld_is_down_fails_fast_and_transient`: pins why the child
 //!   opens before the outage: `TursoStorage::open` in remote mode checks the schema over the
 //!   network, so it cannot open while the server is down (it fails with a transient error).
@@ -32,10 +32,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memory_core::{
-    BreakerState, Cache, EpisodeId, EpisodeQuery, EpisodeStore, Error, LearnedQuery, LearningStore,
-    Namespace, Outbox, SelfLearningMemory, SystemClock, TieredStorage,
+    BreakerState, EpisodeId, EpisodeQuery, EpisodeStore, Error, LearnedQuery, LearningStore,
+    Namespace, Outbox, OutboxEntry, TieredStorage,
 };
-use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
+use memory_stack::{DataDir, Stack, StackBuilder, StorageMode};
+use memory_storage_redb::{Opening, OutboxConfig, RedbOutbox};
 use memory_storage_turso::{TursoConfig, TursoStorage};
 use rand::Rng;
 use tests::sqld::{SqldServer, require_sqld};
@@ -62,27 +63,39 @@ async fn remote(url: &str) -> TursoStorage {
     .unwrap()
 }
 
-/// The CLI's remote-mode stack: remote libsql + redb cache + redb outbox behind `TieredStorage`.
-async fn open_tiered(url: &str, dir: &Path, outbox: Option<RedbOutbox>) -> Arc<TieredStorage> {
-    let durable = remote(url).await;
-    let outbox = match outbox {
-        Some(o) => o,
-        None => RedbOutbox::open(dir.join("outbox.redb"), OutboxConfig::default())
-            .await
-            .unwrap(),
-    };
-    let cache = RedbCache::open(dir.join("cache.redb"), CacheConfig::default())
+/// The CLI's remote-mode stack on `dir`, with the drill's settings.
+async fn open_stack(url: &str, dir: &Path) -> Stack {
+    StackBuilder::new(dir)
+        .mode(StorageMode::Remote {
+            url: url.to_owned(),
+            auth_token: None,
+        })
+        .configure_turso(|b| b.call_timeout(Duration::from_secs(3)))
+        .tiered_config(script::tiered_config())
+        .memory_config(script::memory_config())
+        .open()
         .await
-        .unwrap();
-    TieredStorage::open(
-        Arc::new(durable),
-        Some(Arc::new(cache) as Arc<dyn Cache>),
-        Arc::new(outbox),
-        script::tiered_config(),
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap()
+        .unwrap()
+}
+
+/// Every entry of every journal file in `dir` (the journals of stopped processes included).
+async fn journal_entries(dir: &Path) -> Vec<(u64, OutboxEntry)> {
+    let mut out = Vec::new();
+    let Ok(files) = std::fs::read_dir(DataDir::new(dir).journals()) else {
+        return out;
+    };
+    for file in files.flatten() {
+        let path = file.path();
+        if path.extension().is_none_or(|e| e != "redb") {
+            continue;
+        }
+        match RedbOutbox::open_existing(&path, OutboxConfig::default()).await {
+            Opening::Open(journal) => out.extend(journal.peek(usize::MAX).await.unwrap()),
+            Opening::Gone => {}
+            other => panic!("journal {} not readable: {other:?}", path.display()),
+        }
+    }
+    out
 }
 
 /// Replays until the outbox is empty (transient failures while the breaker recovers are
@@ -225,9 +238,9 @@ async fn acknowledged_episodes_survive_a_real_sqld_outage() {
     let mut sqld = SqldServer::start().await.unwrap();
     let url = sqld.url();
     let dir = tempfile::tempdir().unwrap();
-    let tiered = open_tiered(&url, dir.path(), None).await;
-    let memory =
-        Arc::new(SelfLearningMemory::new(tiered.clone(), script::memory_config()).unwrap());
+    let stack = open_stack(&url, dir.path()).await;
+    let tiered = Arc::clone(stack.tiered());
+    let memory = stack.memory_arc();
     let ns = script::namespace();
 
     let phase = Arc::new(AtomicU8::new(BEFORE));
@@ -387,15 +400,14 @@ async fn acknowledged_episodes_survive_a_real_sqld_outage() {
         "nothing acknowledged after the restart"
     );
 
-    memory.shutdown().await.unwrap();
-    tiered.shutdown().await.unwrap();
     drop(memory);
     drop(tiered);
-    let outbox = RedbOutbox::open(dir.path().join("outbox.redb"), OutboxConfig::default())
-        .await
-        .unwrap();
-    assert_eq!(outbox.len().await.unwrap(), 0, "outbox file empty");
-    drop(outbox);
+    stack.shutdown().await.unwrap();
+    drop(stack);
+    assert!(
+        journal_entries(dir.path()).await.is_empty(),
+        "journals empty"
+    );
 
     let (stored, completed) = verify_server(&url, &ns, &acked, Some(&log.started)).await;
     eprintln!(
@@ -476,12 +488,8 @@ async fn acknowledged_episodes_survive_sigkill_during_an_outage() {
     // The next process: the journal holds the dead child's writes.
     sqld.restart().await.unwrap();
     let url = sqld.url();
-    let outbox = RedbOutbox::open(dir.path().join("outbox.redb"), OutboxConfig::default())
-        .await
-        .unwrap();
-    let journaled = outbox.len().await.unwrap();
-    let entries = outbox.peek(usize::MAX).await.unwrap();
-    assert_eq!(entries.len() as u64, journaled);
+    let entries = journal_entries(dir.path()).await;
+    let journaled = entries.len() as u64;
     let mut ops: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (_, e) in &entries {
         let kind = match &e.op {
@@ -500,23 +508,23 @@ async fn acknowledged_episodes_survive_sigkill_during_an_outage() {
     assert_eq!(ops.get("other"), None, "{ops:?}");
 
     // The normal open path: overlay rebuilt from the journal, then replay.
-    let tiered = open_tiered(&url, dir.path(), Some(outbox)).await;
+    let stack = open_stack(&url, dir.path()).await;
+    let tiered = stack.tiered();
     for id in &acked {
         let e = tiered.get_episode(&ns, *id).await.unwrap().unwrap();
         assert!(e.is_completed(), "{id} after the crash, before the replay");
         assert_eq!(e.steps.len(), STEPS);
     }
-    let drained_in = drain(&tiered).await;
+    let drained_in = drain(tiered).await;
     let status = tiered.status();
     assert_eq!(status.outbox_len, 0);
     assert_eq!(status.dead_letters, 0, "{status:?}");
-    tiered.shutdown().await.unwrap();
-    drop(tiered);
-    let outbox = RedbOutbox::open(dir.path().join("outbox.redb"), OutboxConfig::default())
-        .await
-        .unwrap();
-    assert_eq!(outbox.len().await.unwrap(), 0, "outbox file empty");
-    drop(outbox);
+    stack.shutdown().await.unwrap();
+    drop(stack);
+    assert!(
+        journal_entries(dir.path()).await.is_empty(),
+        "journals empty"
+    );
 
     let (stored, completed) = verify_server(&url, &ns, &acked, None).await;
     eprintln!(

@@ -30,7 +30,7 @@ pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Refused};
 use coherence::{Coherence, MAX_CHANGES, Verdict, log_feed_error, log_verdict};
 use overlay::Overlay;
 
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, SystemClock};
 use crate::episode::{Episode, EpisodeId, ExecutionStep};
 use crate::error::{Error, ObjectKind, Result};
 use crate::learned::{Feedback, FeedbackTarget, LearnedId, LearnedItem};
@@ -157,16 +157,88 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Composes [`TieredStorage`]: the durable layer and the journal, and optionally a cache, the
+/// settings (default [`TieredConfig`]) and a clock (default the system's).
+#[derive(Debug)]
+pub struct TieredBuilder {
+    durable: Arc<dyn Storage>,
+    outbox: Arc<dyn Outbox>,
+    cache: Option<Arc<dyn Cache>>,
+    config: TieredConfig,
+    clock: SharedClock,
+}
+
+impl TieredBuilder {
+    /// With a cache in front of the durable layer.
+    #[must_use]
+    pub fn cache(mut self, cache: Arc<dyn Cache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// With a cache, or none.
+    #[must_use]
+    pub fn maybe_cache(mut self, cache: Option<Arc<dyn Cache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// With these settings.
+    #[must_use]
+    pub fn config(mut self, config: TieredConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// With this clock.
+    #[must_use]
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Opens it: rebuilds the read-your-writes overlay from any journaled writes left by an
+    /// earlier process and starts the sync task (inside a tokio runtime).
+    pub async fn open(self) -> Result<Arc<TieredStorage>> {
+        TieredStorage::open(self).await
+    }
+}
+
 impl TieredStorage {
+    /// Starts composing tiered storage over `durable`, journaling into `outbox` while it is
+    /// unreachable; add a cache, settings and a clock, then [`TieredBuilder::open`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use memory_core::{InMemoryStorage, Outbox, TieredConfig, TieredStorage};
+    /// # async fn demo(outbox: Arc<dyn Outbox>) -> memory_core::Result<()> {
+    /// let tiered = TieredStorage::builder(Arc::new(InMemoryStorage::new()), outbox)
+    ///     .config(TieredConfig::default())
+    ///     .open()
+    ///     .await?;
+    /// tiered.shutdown().await
+    /// # }
+    /// ```
+    pub fn builder(durable: Arc<dyn Storage>, outbox: Arc<dyn Outbox>) -> TieredBuilder {
+        TieredBuilder {
+            durable,
+            outbox,
+            cache: None,
+            config: TieredConfig::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
     /// Composes the layers, rebuilds the read-your-writes overlay from any journaled writes left
     /// by an earlier process, and starts the sync task (inside a tokio runtime).
-    pub async fn open(
-        durable: Arc<dyn Storage>,
-        cache: Option<Arc<dyn Cache>>,
-        outbox: Arc<dyn Outbox>,
-        config: TieredConfig,
-        clock: SharedClock,
-    ) -> Result<Arc<Self>> {
+    async fn open(b: TieredBuilder) -> Result<Arc<Self>> {
+        let TieredBuilder {
+            durable,
+            outbox,
+            cache,
+            config,
+            clock,
+        } = b;
         let coherence = Coherence::new(cache.as_ref().and_then(|c| c.opened_mark()));
         let inner = Arc::new(Inner {
             durable,

@@ -1,7 +1,8 @@
 //! Test helper for `tests/tiered_sqld_outage.rs`: the "process that dies during an outage".
 //!
-//! Opens the storage stack the CLI opens in remote mode (a remote `TursoStorage` on `<url>`, the
-//! redb cache and outbox in `<dir>`, behind `TieredStorage`), prints `ready`, and waits for a
+//! Opens the stack the CLI opens in remote mode (`memory-stack`: a remote `TursoStorage` on
+//! `<url>`, the redb cache and this process's journal in `<dir>`, behind `TieredStorage`),
+//! prints `ready`, and waits for a
 //! line `go` on stdin (the parent stops sqld in between: a remote `TursoStorage` cannot be
 //! opened while its server is down, because opening checks the schema over the network). Then
 //! it records episodes forever (see `script::record`): start, steps, complete. After each
@@ -11,19 +12,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use memory_core::{Cache, SelfLearningMemory, SystemClock, TieredStorage};
-use memory_storage_redb::{CacheConfig, OutboxConfig, RedbCache, RedbOutbox};
-use memory_storage_turso::{TursoConfig, TursoStorage};
+use memory_stack::{StackBuilder, StorageMode};
 
 mod script;
-
-/// Outbox and cache file names, as the CLI names them in its data directory.
-const OUTBOX_FILE: &str = "outbox.redb";
-const CACHE_FILE: &str = "cache.redb";
 
 /// How long the child runs if nobody kills it.
 const LIFETIME: Duration = Duration::from_secs(60);
@@ -42,23 +36,17 @@ async fn main() -> anyhow::Result<()> {
     let url = args.next().context(usage)?;
     let dir = PathBuf::from(args.next().context(usage)?);
 
-    let durable = TursoStorage::open(
-        TursoConfig::remote(url, None)
-            .call_timeout(Duration::from_secs(3))
-            .build()?,
-    )
-    .await?;
-    let outbox = RedbOutbox::open(dir.join(OUTBOX_FILE), OutboxConfig::default()).await?;
-    let cache = RedbCache::open(dir.join(CACHE_FILE), CacheConfig::default()).await?;
-    let tiered = TieredStorage::open(
-        Arc::new(durable),
-        Some(Arc::new(cache) as Arc<dyn Cache>),
-        Arc::new(outbox),
-        script::tiered_config(),
-        Arc::new(SystemClock),
-    )
-    .await?;
-    let memory = SelfLearningMemory::new(tiered.clone(), script::memory_config())?;
+    let stack = StackBuilder::new(&dir)
+        .mode(StorageMode::Remote {
+            url,
+            auth_token: None,
+        })
+        .configure_turso(|b| b.call_timeout(Duration::from_secs(3)))
+        .tiered_config(script::tiered_config())
+        .memory_config(script::memory_config())
+        .open()
+        .await?;
+    let memory = stack.memory();
     say("ready")?;
 
     let line = tokio::task::spawn_blocking(|| {
@@ -74,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + LIFETIME;
     let mut i = 0u64;
     while Instant::now() < deadline {
-        match script::record(&memory, &ns, i, |_| {}).await {
+        match script::record(memory, &ns, i, |_| {}).await {
             Ok(id) => say(&format!("ack {id}"))?,
             Err(f) => eprintln!(
                 "tiered_child: episode {i} failed at {}: {}",
