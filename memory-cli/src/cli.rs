@@ -115,7 +115,7 @@ pub enum Command {
     Restore {
         /// A directory written by `memory backup`
         dir: PathBuf,
-        /// Move the data directory's current files into pre-restore-<time>/ instead of refusing
+        /// Move the data directory's current files into `pre-restore-<time>/` instead of refusing
         #[arg(long)]
         force: bool,
     },

@@ -5,7 +5,7 @@
 //! clipboard write (`ESC ] 52 ; c ; ... BEL`), cursor movement or screen clearing (`ESC [ 2J`),
 //! a carriage return that overwrites the line, or a bidi override (U+202E) that reorders what
 //! is shown. Printed as they are, the terminal obeys them. Every human print site of such text
-//! goes through [`line`] or [`text`], which show those characters as escapes (`\x1b`,
+//! goes through [`line()`] or [`text`], which show those characters as escapes (`\x1b`,
 //! `\u{202e}`) instead. `--json` output never goes through here: serde's escapes keep it exact.
 
 use std::borrow::Cow;
@@ -51,12 +51,12 @@ pub fn line(s: &str) -> Cow<'_, str> {
     escape(s, false)
 }
 
-/// `s` for multi-line output (error messages, reports): as [`line`], but newlines stay.
+/// `s` for multi-line output (error messages, reports): as [`line()`], but newlines stay.
 pub fn text(s: &str) -> Cow<'_, str> {
     escape(s, true)
 }
 
-/// Whether [`line`] would change `s`.
+/// Whether [`line()`] would change `s`.
 pub fn needs_escape(s: &str) -> bool {
     s.chars().any(|c| escaped(c, false))
 }

@@ -17,7 +17,7 @@
 //!
 //! Embeddings are computed off the write path: the durable queue is the set of episodes with no
 //! embedding under the [`vector_key`] (the model and the embedded text's recipe)
-//! ([`EmbeddingStore::episodes_missing_embedding`]), which is derived from the data and so
+//! ([`EmbeddingStore::episodes_missing_embedding`](crate::EmbeddingStore::episodes_missing_embedding)), which is derived from the data and so
 //! survives restarts; [`Retriever::embed_pending`] drains it in
 //! batches. Without an embedder (model files missing), retrieval is lexical and says so in
 //! [`Retrieval::degraded`].

@@ -62,7 +62,7 @@ pub struct RetrievalConfig {
     pub lexical_context_terms: bool,
     /// Embed the task type and context words with the task text (episodes and queries).
     pub embed_context: bool,
-    /// Weight of the work text ([`work_text`]: distinct step actions and errors) in an
+    /// Weight of the work text ([`work_text`](super::work_text): distinct step actions and errors) in an
     /// episode's vector, added to the task text's embedding before normalizing; 0 embeds the
     /// task text only. On the retrieval eval, 0.5 lifted hybrid nDCG@10 on bare task text
     /// from 0.77 to 0.80 and with context from 0.945 to 0.949 (a paraphrased symptom often
@@ -81,7 +81,7 @@ pub struct RetrievalConfig {
     pub recency_weight: f64,
     /// Half-life of the recency decay, in days.
     pub recency_half_life_days: f64,
-    /// Plain cosine similarity (the mean of the [`SUPPORT`] closest episodes) at which a
+    /// Plain cosine similarity (the mean of the [`SUPPORT`](super::SUPPORT) closest episodes) at which a
     /// match counts as strong (confidence 0.5), for queries with context (its words,
     /// embedded with the task, raise every cosine a little).
     pub strong_match_cosine: f32,
@@ -226,7 +226,7 @@ pub struct Retrieval {
     pub degraded: Option<String>,
 }
 
-/// Where a namespace's in-process index stands ([`Retriever::index_status`]).
+/// Where a namespace's in-process index stands ([`Retriever::index_status`](super::Retriever::index_status)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexStatus {
     /// Episodes with a vector in the index.

@@ -47,7 +47,7 @@ pub fn embedding_text(
 }
 
 /// The key episode vectors made with `model` under `config` are stored under (see
-/// [`Retriever::vector_key`]).
+/// [`Retriever::vector_key`](super::Retriever::vector_key)).
 ///
 /// ```
 /// use memory_core::retrieval::{RetrievalConfig, vector_key};
