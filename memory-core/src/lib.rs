@@ -48,9 +48,7 @@ mod tiered;
 pub use assessment::{Reflection, RewardScore};
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
 pub use consolidation::{
-    ConsolidationConfig, ConsolidationReport, LearnedChange, MAX_CONSOLIDATION_INTERVAL,
-    MAX_CONSOLIDATION_ITEMS, MAX_RETENTION_DAYS, MIN_CONSOLIDATION_INTERVAL, RetentionConfig,
-    calibrate, correction_from, estimate_error, lexical_similarity, trend,
+    ConsolidationConfig, ConsolidationReport, LearnedChange, RetentionConfig, trend,
 };
 pub use embedding::{Embedder, cosine, l2_normalize};
 pub use engine::{
@@ -66,7 +64,7 @@ pub use learned::{
     ContextKey, Effectiveness, Evidence, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget,
     Heuristic, HeuristicId, HeuristicObservation, Learned, LearnedId, LearnedItem, LearnedKind,
     LearnedStatus, LessonId, LessonObservation, Pattern, PatternId, PatternKind,
-    PatternObservation, RECENT_EVIDENCE, Remedy, lesson_id, pattern_id, resolve_contradictions,
+    PatternObservation, Remedy, lesson_id, pattern_id,
 };
 pub use learning::{
     Changed, ExistingLearned, LearnedChanges, LearningUpdate, Recovery, RewardHistory,
@@ -74,7 +72,7 @@ pub use learning::{
 };
 pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
 pub use policy::{Limits, QuotaConfig, RateLimitConfig, RateLimiter, RedactionConfig, Redactor};
-pub use quote::{QUOTE_MAX_CHARS, cut_to, cut_value, quote_value};
+pub use quote::{cut_to, cut_value, quote_value};
 pub use records::{
     ConsolidationRun, Estimate, EstimateActual, EstimateCorrection, EstimateRecord,
     MetricsSnapshot, RestoreRecord, StepCompaction,
@@ -83,8 +81,7 @@ pub use retrieval::{
     IndexStatus, Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery, RetrievedEpisode,
     Retriever, ScoreBreakdown,
 };
-pub use search_text::{episode_search_text, task_search_text};
-pub use statistics::{beta_mean, decay_factor, median, wilson_lower_bound};
+pub use search_text::task_search_text;
 pub use storage::{
     Cache, CacheKey, CacheMark, CacheStats, CachedValue, Change, ChangeSet, EmbeddingCoverage,
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
@@ -93,13 +90,9 @@ pub use storage::{
     StoredEmbedding, TextHit, TextQuery, WriteOp, check_index_snapshot_size, get_typed,
     query_typed,
 };
-pub use text::{
-    BM25_B, BM25_K1, bm25_weight, collapse_tools, error_class, normalize_label, normalize_tool,
-    tokenize,
-};
+pub use text::{bm25_weight, collapse_tools, error_class, tokenize};
 pub use tiered::{
-    BreakerConfig, BreakerState, CircuitBreaker, Refused, SyncStatus, TieredBuilder, TieredConfig,
-    TieredStorage,
+    BreakerConfig, BreakerState, SyncStatus, TieredBuilder, TieredConfig, TieredStorage,
 };
 
 /// What the exported macros need from other crates.

@@ -9,13 +9,7 @@ const Z: f64 = 1.96;
 ///
 /// Few observations give a low bound even at a 100% rate, so evidence, not luck, earns
 /// confidence.
-///
-/// ```
-/// use memory_core::wilson_lower_bound;
-/// assert_eq!(wilson_lower_bound(0, 0), 0.0);
-/// assert!(wilson_lower_bound(3, 3) < wilson_lower_bound(30, 30));
-/// ```
-pub fn wilson_lower_bound(successes: u64, trials: u64) -> f64 {
+pub(crate) fn wilson_lower_bound(successes: u64, trials: u64) -> f64 {
     if trials == 0 {
         return 0.0;
     }
@@ -30,7 +24,11 @@ pub fn wilson_lower_bound(successes: u64, trials: u64) -> f64 {
 /// Multiplier in (0, 1] for evidence last seen at `last_seen`: halves every `half_life_days`.
 ///
 /// Times in the future count as age zero; a non-positive half-life disables decay.
-pub fn decay_factor(last_seen: DateTime<Utc>, now: DateTime<Utc>, half_life_days: f64) -> f64 {
+pub(crate) fn decay_factor(
+    last_seen: DateTime<Utc>,
+    now: DateTime<Utc>,
+    half_life_days: f64,
+) -> f64 {
     if half_life_days <= 0.0 || !half_life_days.is_finite() {
         return 1.0;
     }
@@ -39,19 +37,12 @@ pub fn decay_factor(last_seen: DateTime<Utc>, now: DateTime<Utc>, half_life_days
 }
 
 /// Posterior mean of a Beta(1, 1) prior updated with `up` and `down` votes, in (0, 1).
-pub fn beta_mean(up: u64, down: u64) -> f64 {
+pub(crate) fn beta_mean(up: u64, down: u64) -> f64 {
     (up as f64 + 1.0) / (up as f64 + down as f64 + 2.0)
 }
 
 /// The median of `v` (the mean of the middle two for an even count); `None` when empty.
-///
-/// ```
-/// use memory_core::median;
-/// assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-/// assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
-/// assert_eq!(median(Vec::new()), None);
-/// ```
-pub fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -68,6 +59,20 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    #[allow(clippy::float_cmp, reason = "exact values: 1 and 0")]
+    fn wilson_bound_needs_evidence() {
+        assert_eq!(wilson_lower_bound(0, 0), 0.0);
+        assert!(wilson_lower_bound(3, 3) < wilson_lower_bound(30, 30));
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+    }
 
     proptest! {
         #[test]

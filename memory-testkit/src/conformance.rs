@@ -149,6 +149,96 @@ pub async fn record(
     (stored, changes)
 }
 
+/// The outcome most fixtures end with.
+fn ok() -> Outcome {
+    Outcome::success("ok")
+}
+
+/// A `web_api` episode in Rust, started `at` seconds after the fixture epoch.
+fn rust_web(task: &str, task_type: TaskType, at: i64) -> Episode {
+    episode(task, task_type, "web_api", Some("rust"), t(at))
+}
+
+/// The episode as stored; it must exist.
+async fn get(s: &dyn Storage, n: &Namespace, id: EpisodeId) -> Episode {
+    s.get_episode(n, id).await.unwrap().unwrap()
+}
+
+/// Summaries of the episodes passing the filter `set` builds from the default one, at most 100.
+async fn matching(
+    s: &dyn Storage,
+    n: &Namespace,
+    set: impl FnOnce(&mut EpisodeFilter),
+) -> Vec<EpisodeSummary> {
+    let mut filter = EpisodeFilter::default();
+    set(&mut filter);
+    let query = EpisodeQuery {
+        filter,
+        limit: 100,
+        offset: 0,
+    };
+    s.query_episodes(n, &query).await.unwrap()
+}
+
+/// An unfiltered lexical query.
+fn text(text: &str, limit: u32) -> TextQuery {
+    TextQuery {
+        text: text.into(),
+        filter: EpisodeFilter::default(),
+        limit,
+    }
+}
+
+/// The episodes an unfiltered lexical search (at most 10 hits) finds.
+async fn found(s: &dyn Storage, n: &Namespace, words: &str) -> BTreeSet<EpisodeId> {
+    let hits = s.search_episodes(n, &text(words, 10)).await.unwrap();
+    hits.into_iter().map(|h| h.episode_id).collect()
+}
+
+/// The default learned-item query changed by `set`.
+fn learned(set: impl FnOnce(&mut LearnedQuery)) -> LearnedQuery {
+    let mut query = LearnedQuery::default();
+    set(&mut query);
+    query
+}
+
+/// Every learned item of a kind, inactive ones included, at most `limit`.
+fn all_learned(limit: u32) -> LearnedQuery {
+    learned(|q| {
+        q.include_inactive = true;
+        q.limit = limit;
+    })
+}
+
+fn feedback(
+    target: FeedbackTarget,
+    episode_id: EpisodeId,
+    outcome: FeedbackOutcome,
+    at: i64,
+) -> Feedback {
+    Feedback {
+        target,
+        episode_id,
+        outcome,
+        recorded_at: t(at),
+    }
+}
+
+fn restore(target: &FeedbackTarget, at: i64) -> RestoreRecord {
+    RestoreRecord {
+        target: target.clone(),
+        restored_at: t(at),
+    }
+}
+
+/// Panics unless `result` is `NotFound`.
+fn assert_not_found<T: std::fmt::Debug>(result: Result<T>, what: &str) {
+    match result {
+        Err(Error::NotFound { .. }) => {}
+        other => panic!("{what} must be NotFound, got {other:?}"),
+    }
+}
+
 pub async fn episode_lifecycle(s: &dyn Storage) {
     let n = ns("conf/lifecycle");
     let e = episode(
@@ -167,21 +257,18 @@ pub async fn episode_lifecycle(s: &dyn Storage) {
     assert_eq!(got, e, "episode round-trips exactly");
     assert!(!got.is_completed());
 
-    let st = steps(
-        &[
-            ("read_file", true),
-            ("shell", false),
-            ("edit_file", true),
-            ("shell", true),
-        ],
-        1,
-        t(1),
-    );
+    let spec = [
+        ("read_file", true),
+        ("shell", false),
+        ("edit_file", true),
+        ("shell", true),
+    ];
+    let st = steps(&spec, 1, t(1));
     s.append_steps(&n, e.id, &st).await.unwrap();
     let mut with_steps = e.clone();
     with_steps.steps.clone_from(&st);
     assert_eq!(
-        s.get_episode(&n, e.id).await.unwrap().unwrap(),
+        get(s, &n, e.id).await,
         with_steps,
         "steps round-trip in order"
     );
@@ -192,7 +279,7 @@ pub async fn episode_lifecycle(s: &dyn Storage) {
         !changes.patterns.is_empty(),
         "completion stores learned patterns"
     );
-    let done = s.get_episode(&n, e.id).await.unwrap().unwrap();
+    let done = get(s, &n, e.id).await;
     assert_eq!(done.outcome.as_ref(), Some(&c.outcome));
     assert_eq!(done.reward.as_ref(), Some(&c.reward));
     assert_eq!(done.reflection.as_ref(), Some(&c.reflection));
@@ -203,13 +290,10 @@ pub async fn episode_lifecycle(s: &dyn Storage) {
         s.complete_episode(&n, &c).await.unwrap().is_none(),
         "completing twice is a harmless no-op returning None"
     );
-    let again = s
-        .get_pattern(&n, &changes.patterns[0].item.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = &changes.patterns[0].item;
+    let again = s.get_pattern(&n, &first.id).await.unwrap().unwrap();
     assert_eq!(
-        again.occurrences, changes.patterns[0].item.occurrences,
+        again.occurrences, first.occurrences,
         "replayed completion adds no evidence"
     );
 
@@ -225,19 +309,15 @@ pub async fn episode_lifecycle(s: &dyn Storage) {
         s.get_episode(&n, missing).await.unwrap().is_none(),
         "unknown episode is Ok(None)"
     );
-    match s.append_steps(&n, missing, &st).await {
-        Err(Error::NotFound { .. }) => {}
-        other => panic!("appending to an unknown episode must be NotFound, got {other:?}"),
-    }
+    let appended = s.append_steps(&n, missing, &st).await;
+    assert_not_found(appended, "appending to an unknown episode");
     let mut ghost = with_steps.clone();
     ghost.id = missing;
-    match s
-        .complete_episode(&n, &completion_for(&ghost, Outcome::failure("x"), t(12)))
-        .await
-    {
-        Err(Error::NotFound { .. }) => {}
-        other => panic!("completing an unknown episode must be NotFound, got {other:?}"),
-    }
+    let ghost_done = completion_for(&ghost, Outcome::failure("x"), t(12));
+    assert_not_found(
+        s.complete_episode(&n, &ghost_done).await,
+        "completing an unknown episode",
+    );
     s.ping().await.unwrap();
 }
 
@@ -249,11 +329,7 @@ pub async fn create_is_idempotent(s: &dyn Storage) {
     changed.task_description = "different".into();
     s.create_episode(&n, &changed).await.unwrap();
     assert_eq!(
-        s.get_episode(&n, e.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .task_description,
+        get(s, &n, e.id).await.task_description,
         "task",
         "re-creating an existing id changes nothing"
     );
@@ -262,6 +338,7 @@ pub async fn create_is_idempotent(s: &dyn Storage) {
 
 pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     let n = ns("conf/steps");
+    let numbers = |e: &Episode| e.steps.iter().map(|x| x.step_number).collect::<Vec<u32>>();
     let e = episode(
         "many steps",
         TaskType::Debugging,
@@ -276,10 +353,9 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     s.append_steps(&n, e.id, &b).await.unwrap();
     s.append_steps(&n, e.id, &a).await.unwrap(); // replay
     s.append_steps(&n, e.id, &[]).await.unwrap();
-    let got = s.get_episode(&n, e.id).await.unwrap().unwrap();
-    let numbers: Vec<u32> = got.steps.iter().map(|x| x.step_number).collect();
+    let got = get(s, &n, e.id).await;
     assert_eq!(
-        numbers,
+        numbers(&got),
         vec![1, 2, 3, 4],
         "steps ordered by number, replays skipped"
     );
@@ -296,9 +372,12 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     let other = steps(&[("e", true), ("f", true)], 1, t(3));
     s.append_steps(&n, e.id, &other).await.unwrap();
     s.append_steps(&n, e.id, &other[..1]).await.unwrap(); // a retry of part of it
-    let got = s.get_episode(&n, e.id).await.unwrap().unwrap();
-    let numbers: Vec<u32> = got.steps.iter().map(|x| x.step_number).collect();
-    assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6], "no step lost, none twice");
+    let got = get(s, &n, e.id).await;
+    assert_eq!(
+        numbers(&got),
+        vec![1, 2, 3, 4, 5, 6],
+        "no step lost, none twice"
+    );
     assert_eq!(got.steps[4].key, other[0].key);
     assert_eq!(got.steps[4].input, other[0].input);
     assert_eq!(got.steps[5].key, other[1].key);
@@ -310,7 +389,7 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
         st.key = 0;
     }
     s.append_steps(&n, e.id, &legacy).await.unwrap();
-    let got = s.get_episode(&n, e.id).await.unwrap().unwrap();
+    let got = get(s, &n, e.id).await;
     let tools: Vec<&str> = got.steps.iter().map(ExecutionStep::tool).collect();
     assert_eq!(tools, ["a", "b", "c", "d", "e", "f", "h"]);
     assert_eq!(got.steps[6].step_number, 7);
@@ -330,7 +409,7 @@ pub async fn query_filters_order_and_paging(s: &dyn Storage) {
         let outcome = if i % 4 == 0 {
             Outcome::failure("broke")
         } else {
-            Outcome::success("ok")
+            ok()
         };
         if i == 11 {
             s.create_episode(&n, &e).await.unwrap(); // left in progress
@@ -339,152 +418,53 @@ pub async fn query_filters_order_and_paging(s: &dyn Storage) {
         }
         ids.push(e.id);
     }
-    let all = s
-        .query_episodes(
-            &n,
-            &EpisodeQuery {
-                limit: 100,
-                ..EpisodeQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let all = matching(s, &n, |_| ()).await;
     assert_eq!(all.len(), 12);
     let order: Vec<EpisodeId> = all.iter().map(|x| x.id).collect();
     let mut expected = ids.clone();
     expected.reverse();
     assert_eq!(order, expected, "newest first");
 
-    let page2 = s
-        .query_episodes(
-            &n,
-            &EpisodeQuery {
-                limit: 5,
-                offset: 5,
-                ..EpisodeQuery::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        page2.iter().map(|x| x.id).collect::<Vec<_>>(),
-        expected[5..10].to_vec(),
-        "paging"
-    );
-
-    let q = |filter: EpisodeFilter| EpisodeQuery {
-        filter,
-        limit: 100,
-        offset: 0,
+    let page = EpisodeQuery {
+        limit: 5,
+        offset: 5,
+        ..EpisodeQuery::default()
     };
-    let web = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                domain: Some("web_api".into()),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let page2 = s.query_episodes(&n, &page).await.unwrap();
+    let page2: Vec<EpisodeId> = page2.iter().map(|x| x.id).collect();
+    assert_eq!(page2, expected[5..10].to_vec(), "paging");
+
+    let web = matching(s, &n, |f| f.domain = Some("web_api".into())).await;
     assert_eq!(web.len(), 8);
-    let rust = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                language: Some("rust".into()),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let rust = matching(s, &n, |f| f.language = Some("rust".into())).await;
     assert_eq!(rust.len(), 4);
-    let dbg = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                task_type: Some(TaskType::Debugging),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let dbg = matching(s, &n, |f| f.task_type = Some(TaskType::Debugging)).await;
     assert_eq!(dbg.len(), 4);
-    let failed = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                status: Some(EpisodeStatus::Completed(OutcomeKind::Failure)),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let failure = Some(EpisodeStatus::Completed(OutcomeKind::Failure));
+    let failed = matching(s, &n, |f| f.status = failure).await;
     assert_eq!(failed.len(), 3, "episodes 0, 4, 8 failed");
     assert!(
         failed
             .iter()
             .all(|x| x.outcome == Some(OutcomeKind::Failure))
     );
-    let open = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                status: Some(EpisodeStatus::InProgress),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let open = matching(s, &n, |f| f.status = Some(EpisodeStatus::InProgress)).await;
     assert_eq!(open.iter().map(|x| x.id).collect::<Vec<_>>(), vec![ids[11]]);
-    let done = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                status: Some(EpisodeStatus::AnyCompleted),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let done = matching(s, &n, |f| f.status = Some(EpisodeStatus::AnyCompleted)).await;
     assert_eq!(done.len(), 11);
-    let window = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                started_after: Some(t(120)),
-                started_before: Some(t(300)),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let window = matching(s, &n, |f| {
+        f.started_after = Some(t(120));
+        f.started_before = Some(t(300));
+    })
+    .await;
     assert_eq!(
         window.len(),
         3,
         "started_after inclusive, started_before exclusive"
     );
-    let tagged = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                tag: Some("fixture".into()),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let tagged = matching(s, &n, |f| f.tag = Some("fixture".into())).await;
     assert_eq!(tagged.len(), 12);
-    let none = s
-        .query_episodes(
-            &n,
-            &q(EpisodeFilter {
-                tag: Some("nope".into()),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let none = matching(s, &n, |f| f.tag = Some("nope".into())).await;
     assert!(none.is_empty());
     let summary = all.iter().find(|x| x.id == ids[1]).unwrap();
     assert_eq!(summary.outcome, Some(OutcomeKind::Success));
@@ -522,15 +502,9 @@ pub async fn lexical_search(s: &dyn Storage) {
         Outcome::success("deadlock gone"),
     )
     .await;
+    let ids = |hits: &[TextHit]| hits.iter().map(|h| h.episode_id).collect::<Vec<_>>();
     let hits = s
-        .search_episodes(
-            &n,
-            &TextQuery {
-                text: "rate limiting".into(),
-                filter: EpisodeFilter::default(),
-                limit: 10,
-            },
-        )
+        .search_episodes(&n, &text("rate limiting", 10))
         .await
         .unwrap();
     assert_eq!(
@@ -539,41 +513,12 @@ pub async fn lexical_search(s: &dyn Storage) {
         "best hit first"
     );
     assert!(hits.iter().all(|h| h.score > 0.0));
-    let hits = s
-        .search_episodes(
-            &n,
-            &TextQuery {
-                text: "Deadlock".into(),
-                filter: EpisodeFilter::default(),
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        hits.iter().map(|h| h.episode_id).collect::<Vec<_>>(),
-        vec![b.id],
-        "case-insensitive"
-    );
-    let filtered = s
-        .search_episodes(
-            &n,
-            &TextQuery {
-                text: "edit_file shell".into(),
-                filter: EpisodeFilter {
-                    language: Some("python".into()),
-                    ..Default::default()
-                },
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        filtered.iter().map(|h| h.episode_id).collect::<Vec<_>>(),
-        vec![b.id],
-        "filters inside search"
-    );
+    let hits = s.search_episodes(&n, &text("Deadlock", 10)).await.unwrap();
+    assert_eq!(ids(&hits), vec![b.id], "case-insensitive");
+    let mut python = text("edit_file shell", 10);
+    python.filter.language = Some("python".into());
+    let filtered = s.search_episodes(&n, &python).await.unwrap();
+    assert_eq!(ids(&filtered), vec![b.id], "filters inside search");
     for weird in [
         "",
         "   ",
@@ -584,28 +529,11 @@ pub async fn lexical_search(s: &dyn Storage) {
         "'; DROP TABLE episodes; --",
         "ünïcödé",
     ] {
-        s.search_episodes(
-            &n,
-            &TextQuery {
-                text: weird.into(),
-                filter: EpisodeFilter::default(),
-                limit: 5,
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("search for {weird:?} must not fail: {e}"));
+        s.search_episodes(&n, &text(weird, 5))
+            .await
+            .unwrap_or_else(|e| panic!("search for {weird:?} must not fail: {e}"));
     }
-    let limited = s
-        .search_episodes(
-            &n,
-            &TextQuery {
-                text: "edit_file".into(),
-                filter: EpisodeFilter::default(),
-                limit: 1,
-            },
-        )
-        .await
-        .unwrap();
+    let limited = s.search_episodes(&n, &text("edit_file", 1)).await.unwrap();
     assert_eq!(limited.len(), 1, "limit respected");
 }
 
@@ -614,20 +542,9 @@ pub async fn learning_merges_across_episodes(s: &dyn Storage) {
     let spec = [("read_file", true), ("edit_file", true), ("shell", true)];
     let mut seq_ids = BTreeSet::new();
     for i in 0..3 {
-        let (_, changes) = record(
-            s,
-            &n,
-            episode(
-                &format!("similar task {i}"),
-                TaskType::CodeGeneration,
-                "web_api",
-                Some("rust"),
-                t(i * 10),
-            ),
-            &spec,
-            Outcome::success("ok"),
-        )
-        .await;
+        let task = format!("similar task {i}");
+        let e = rust_web(&task, TaskType::CodeGeneration, i * 10);
+        let (_, changes) = record(s, &n, e, &spec, ok()).await;
         for c in changes
             .patterns
             .iter()
@@ -653,28 +570,14 @@ pub async fn learning_merges_across_episodes(s: &dyn Storage) {
     assert_eq!(p.total_steps, 9);
     assert_eq!(p.first_seen, t(5));
     assert_eq!(p.last_seen, t(25));
-    let q = LearnedQuery {
-        kind: Some("tool_sequence".into()),
-        ..LearnedQuery::default()
-    };
+    let q = learned(|q| q.kind = Some("tool_sequence".into()));
     assert_eq!(s.query_patterns(&n, &q).await.unwrap().len(), 1);
 
     // Lessons with remedies merge too.
     for i in 0..2 {
-        record(
-            s,
-            &n,
-            episode(
-                &format!("compile fix {i}"),
-                TaskType::Debugging,
-                "web_api",
-                Some("rust"),
-                t(100 + i),
-            ),
-            &[("shell", false), ("edit_file", true), ("shell", true)],
-            Outcome::success("compiles"),
-        )
-        .await;
+        let e = rust_web(&format!("compile fix {i}"), TaskType::Debugging, 100 + i);
+        let fix = [("shell", false), ("edit_file", true), ("shell", true)];
+        record(s, &n, e, &fix, Outcome::success("compiles")).await;
     }
     let lessons = s.query_lessons(&n, &LearnedQuery::default()).await.unwrap();
     assert_eq!(
@@ -692,16 +595,9 @@ pub async fn learning_merges_across_episodes(s: &dyn Storage) {
     assert_eq!(got, lessons[0]);
 
     // apply_learning merges outside a completion.
-    let e = episode(
-        "extra",
-        TaskType::CodeGeneration,
-        "web_api",
-        Some("rust"),
-        t(200),
-    );
-    let mut full = e.clone();
+    let mut full = rust_web("extra", TaskType::CodeGeneration, 200);
     full.steps = steps(&spec, 1, t(200));
-    let update = extract_learning(&full, &Outcome::success("ok"), t(201));
+    let update = extract_learning(&full, &ok(), t(201));
     s.apply_learning(&n, &update).await.unwrap();
     let p = s.get_pattern(&n, &p.id).await.unwrap().unwrap();
     assert_eq!(p.occurrences, 4);
@@ -739,16 +635,7 @@ pub async fn heuristics_contradictions_kept(s: &dyn Storage) {
             .await
             .unwrap();
     }
-    let all = s
-        .query_heuristics(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                ..LearnedQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let all = s.query_heuristics(&n, &all_learned(50)).await.unwrap();
     assert_eq!(all.len(), 2, "both heuristics are kept");
     let active: Vec<&Heuristic> = all.iter().filter(|h| h.status.is_active()).collect();
     assert_eq!(active.len(), 1);
@@ -777,23 +664,11 @@ pub async fn heuristics_contradictions_kept(s: &dyn Storage) {
 }
 
 pub async fn learned_queries_by_context(s: &dyn Storage) {
-    let n = ns("conf/context");
-    record(
-        s,
-        &n,
-        episode("a", TaskType::Debugging, "web_api", Some("rust"), t(0)),
-        &[("shell", true)],
-        Outcome::success("ok"),
-    )
-    .await;
-    record(
-        s,
-        &n,
-        episode("b", TaskType::Testing, "databases", Some("go"), t(1)),
-        &[("psql", true)],
-        Outcome::success("ok"),
-    )
-    .await;
+    let n = &ns("conf/context");
+    let a = rust_web("a", TaskType::Debugging, 0);
+    record(s, n, a, &[("shell", true)], ok()).await;
+    let b = episode("b", TaskType::Testing, "databases", Some("go"), t(1));
+    record(s, n, b, &[("psql", true)], ok()).await;
     let q = |tt: Option<TaskType>, d: Option<&str>, l: Option<&str>| LearnedQuery {
         task_type: tt,
         domain: d.map(str::to_owned),
@@ -801,17 +676,9 @@ pub async fn learned_queries_by_context(s: &dyn Storage) {
         kind: Some("tool_sequence".into()),
         ..LearnedQuery::default()
     };
-    assert_eq!(
-        s.query_patterns(&n, &q(None, None, None))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
-    let rust = s
-        .query_patterns(&n, &q(None, None, Some("rust")))
-        .await
-        .unwrap();
+    let patterns = |q: LearnedQuery| async move { s.query_patterns(n, &q).await.unwrap() };
+    assert_eq!(patterns(q(None, None, None)).await.len(), 2);
+    let rust = patterns(q(None, None, Some("rust"))).await;
     assert_eq!(rust.len(), 1);
     assert_eq!(
         rust[0].kind,
@@ -819,17 +686,11 @@ pub async fn learned_queries_by_context(s: &dyn Storage) {
             tools: vec!["shell".into()]
         }
     );
-    assert_eq!(
-        s.query_patterns(&n, &q(Some(TaskType::Testing), Some("databases"), None))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    let testing_db = q(Some(TaskType::Testing), Some("databases"), None);
+    assert_eq!(patterns(testing_db).await.len(), 1);
     assert!(
-        s.query_patterns(&n, &q(Some(TaskType::Testing), Some("web_api"), None))
+        patterns(q(Some(TaskType::Testing), Some("web_api"), None))
             .await
-            .unwrap()
             .is_empty()
     );
     // A pattern with no language matches any language query.
@@ -838,79 +699,38 @@ pub async fn learned_queries_by_context(s: &dyn Storage) {
         domain: Some("web_api".into()),
         language: None,
     };
-    let generic = PatternObservation::new(
-        PatternKind::ToolSequence {
-            tools: vec!["grep".into()],
-        },
-        ctx,
-        EpisodeId::new(),
-        true,
-        t(3),
-    );
-    s.apply_learning(
-        &n,
-        &LearningUpdate {
-            episode_id: generic.episode_id,
-            observed_at: t(3),
-            patterns: vec![generic],
-            heuristics: vec![],
-            lessons: vec![],
-        },
-    )
-    .await
-    .unwrap();
-    let web_rust = s
-        .query_patterns(&n, &q(None, Some("web_api"), Some("rust")))
-        .await
-        .unwrap();
+    let grep = PatternKind::ToolSequence {
+        tools: vec!["grep".into()],
+    };
+    let generic = PatternObservation::new(grep, ctx, EpisodeId::new(), true, t(3));
+    let update = LearningUpdate {
+        episode_id: generic.episode_id,
+        observed_at: t(3),
+        patterns: vec![generic],
+        heuristics: vec![],
+        lessons: vec![],
+    };
+    s.apply_learning(n, &update).await.unwrap();
+    let web_rust = patterns(q(None, Some("web_api"), Some("rust"))).await;
     assert_eq!(web_rust.len(), 2, "unset context fields match any value");
-    let paged = s
-        .query_patterns(
-            &n,
-            &LearnedQuery {
-                limit: 1,
-                offset: 1,
-                kind: Some("tool_sequence".into()),
-                ..LearnedQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let paged = patterns(learned(|q| {
+        q.limit = 1;
+        q.offset = 1;
+        q.kind = Some("tool_sequence".into());
+    }))
+    .await;
     assert_eq!(paged.len(), 1);
-    let lessons_rust = s
-        .query_lessons(
-            &n,
-            &LearnedQuery {
-                language: Some("rust".into()),
-                ..LearnedQuery::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert!(lessons_rust.is_empty());
-    let heur = s
-        .query_heuristics(
-            &n,
-            &LearnedQuery {
-                task_type: Some(TaskType::Debugging),
-                ..LearnedQuery::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(heur.len(), 1);
+    let in_rust = learned(|q| q.language = Some("rust".into()));
+    assert!(s.query_lessons(n, &in_rust).await.unwrap().is_empty());
+    let debugging = learned(|q| q.task_type = Some(TaskType::Debugging));
+    assert_eq!(s.query_heuristics(n, &debugging).await.unwrap().len(), 1);
 }
 
 pub async fn put_learned_roundtrip(s: &dyn Storage) {
     let n = ns("conf/put");
-    let (_, changes) = record(
-        s,
-        &n,
-        episode("x", TaskType::Debugging, "web_api", Some("rust"), t(0)),
-        &[("shell", false), ("edit_file", true), ("shell", true)],
-        Outcome::success("ok"),
-    )
-    .await;
+    let e = rust_web("x", TaskType::Debugging, 0);
+    let spec = [("shell", false), ("edit_file", true), ("shell", true)];
+    let (_, changes) = record(s, &n, e, &spec, ok()).await;
     let mut p = changes.patterns[0].item.clone();
     p.status = LearnedStatus::Pruned {
         reason: "confidence 0.01 below floor 0.05".into(),
@@ -934,68 +754,32 @@ pub async fn put_learned_roundtrip(s: &dyn Storage) {
     assert_eq!(s.get_heuristic(&n, &h.id).await.unwrap(), Some(h));
     assert_eq!(s.get_lesson(&n, &l.id).await.unwrap(), Some(l));
     let active = s
-        .query_patterns(
-            &n,
-            &LearnedQuery {
-                limit: 100,
-                ..LearnedQuery::default()
-            },
-        )
+        .query_patterns(&n, &learned(|q| q.limit = 100))
         .await
         .unwrap();
     assert!(
         active.iter().all(|x| x.id != p.id),
         "pruned patterns hidden by default"
     );
-    let all = s
-        .query_patterns(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                limit: 100,
-                ..LearnedQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let all = s.query_patterns(&n, &all_learned(100)).await.unwrap();
     assert!(all.iter().any(|x| x.id == p.id));
 }
 
 pub async fn feedback_updates_effectiveness(s: &dyn Storage) {
     let n = ns("conf/feedback");
-    let (e, changes) = record(
-        s,
-        &n,
-        episode("x", TaskType::Debugging, "web_api", Some("rust"), t(0)),
-        &[("shell", true)],
-        Outcome::success("ok"),
-    )
-    .await;
-    let (e2, _) = record(
-        s,
-        &n,
-        episode("y", TaskType::Debugging, "web_api", Some("rust"), t(5)),
-        &[("shell", true)],
-        Outcome::success("ok"),
-    )
-    .await;
+    let shell = [("shell", true)];
+    let (e, changes) = record(s, &n, rust_web("x", TaskType::Debugging, 0), &shell, ok()).await;
+    let (e2, _) = record(s, &n, rust_web("y", TaskType::Debugging, 5), &shell, ok()).await;
     let pid = changes.patterns[0].item.id.clone();
     let target = FeedbackTarget::Pattern(pid.clone());
-    let fb = |ep: EpisodeId, outcome, at| Feedback {
-        target: target.clone(),
-        episode_id: ep,
-        outcome,
-        recorded_at: t(at),
-    };
-    s.record_feedback(&n, &fb(e.id, FeedbackOutcome::Hindered, 10))
-        .await
-        .unwrap();
-    s.record_feedback(&n, &fb(e.id, FeedbackOutcome::Helped, 11))
-        .await
-        .unwrap(); // replaces
-    s.record_feedback(&n, &fb(e2.id, FeedbackOutcome::NoEffect, 12))
-        .await
-        .unwrap();
+    for (ep, outcome, at) in [
+        (e.id, FeedbackOutcome::Hindered, 10),
+        (e.id, FeedbackOutcome::Helped, 11), // replaces
+        (e2.id, FeedbackOutcome::NoEffect, 12),
+    ] {
+        let fb = feedback(target.clone(), ep, outcome, at);
+        s.record_feedback(&n, &fb).await.unwrap();
+    }
     let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
     assert_eq!(
         p.effectiveness,
@@ -1012,47 +796,31 @@ pub async fn feedback_updates_effectiveness(s: &dyn Storage) {
 
     let hid = changes.heuristics[0].item.id.clone();
     let ht = FeedbackTarget::Heuristic(hid.clone());
-    s.record_feedback(
-        &n,
-        &Feedback {
-            target: ht.clone(),
-            episode_id: e.id,
-            outcome: FeedbackOutcome::Helped,
-            recorded_at: t(20),
-        },
-    )
-    .await
-    .unwrap();
-    s.record_feedback(
-        &n,
-        &Feedback {
-            target: ht,
-            episode_id: e2.id,
-            outcome: FeedbackOutcome::Hindered,
-            recorded_at: t(21),
-        },
-    )
-    .await
-    .unwrap();
+    let helped = feedback(ht.clone(), e.id, FeedbackOutcome::Helped, 20);
+    s.record_feedback(&n, &helped).await.unwrap();
+    let hindered = feedback(ht, e2.id, FeedbackOutcome::Hindered, 21);
+    s.record_feedback(&n, &hindered).await.unwrap();
     let h = s.get_heuristic(&n, &hid).await.unwrap().unwrap();
     assert_eq!((h.votes_up, h.votes_down), (1, 1));
 
     let missing = FeedbackTarget::Pattern(PatternId("0".repeat(32)));
-    match s
-        .record_feedback(
-            &n,
-            &Feedback {
-                target: missing,
-                episode_id: e.id,
-                outcome: FeedbackOutcome::Helped,
-                recorded_at: t(30),
-            },
-        )
+    let fb = feedback(missing, e.id, FeedbackOutcome::Helped, 30);
+    assert_not_found(
+        s.record_feedback(&n, &fb).await,
+        "feedback on an unknown pattern",
+    );
+}
+
+/// The ids of episodes without an embedding of model `m`, after `after`, at most `limit`.
+async fn unembedded(
+    s: &dyn Storage,
+    n: &Namespace,
+    after: Option<EpisodeId>,
+    limit: u32,
+) -> Vec<EpisodeId> {
+    s.episodes_missing_embedding(n, "m", after, limit)
         .await
-    {
-        Err(Error::NotFound { .. }) => {}
-        other => panic!("feedback on an unknown pattern must be NotFound, got {other:?}"),
-    }
+        .unwrap()
 }
 
 pub async fn embeddings(s: &dyn Storage) {
@@ -1062,9 +830,7 @@ pub async fn embeddings(s: &dyn Storage) {
     s.create_episode(&n, &a).await.unwrap();
     s.create_episode(&n, &b).await.unwrap();
     assert_eq!(
-        s.episodes_missing_embedding(&n, "m", None, 10)
-            .await
-            .unwrap(),
+        unembedded(s, &n, None, 10).await,
         vec![a.id, b.id],
         "oldest first"
     );
@@ -1084,31 +850,11 @@ pub async fn embeddings(s: &dyn Storage) {
         "vector round-trips exactly"
     );
     assert!(s.get_embedding(&n, a.id, "other").await.unwrap().is_none());
-    assert_eq!(
-        s.episodes_missing_embedding(&n, "m", None, 10)
-            .await
-            .unwrap(),
-        vec![b.id]
-    );
+    assert_eq!(unembedded(s, &n, None, 10).await, vec![b.id]);
     // The cursor: only ids after it.
-    assert_eq!(
-        s.episodes_missing_embedding(&n, "m", Some(a.id), 10)
-            .await
-            .unwrap(),
-        vec![b.id]
-    );
-    assert!(
-        s.episodes_missing_embedding(&n, "m", Some(b.id), 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        s.episodes_missing_embedding(&n, "m", None, 0)
-            .await
-            .unwrap(),
-        Vec::<EpisodeId>::new()
-    );
+    assert_eq!(unembedded(s, &n, Some(a.id), 10).await, vec![b.id]);
+    assert!(unembedded(s, &n, Some(b.id), 10).await.is_empty());
+    assert_eq!(unembedded(s, &n, None, 0).await, Vec::<EpisodeId>::new());
     let w: Vec<f32> = v.iter().map(|x| -x).collect();
     s.put_embedding(&n, a.id, "m", &w).await.unwrap();
     assert_eq!(
@@ -1128,16 +874,15 @@ pub async fn embeddings(s: &dyn Storage) {
         coverage(2, 0),
         "per model"
     );
+    let empty = ns("conf/embeddings-empty");
     assert_eq!(
-        s.embedding_coverage(&ns("conf/embeddings-empty"), "m")
-            .await
-            .unwrap(),
+        s.embedding_coverage(&empty, "m").await.unwrap(),
         EmbeddingCoverage::default()
     );
-    match s.put_embedding(&n, EpisodeId::new(), "m", &v).await {
-        Err(Error::NotFound { .. }) => {}
-        other => panic!("embedding for an unknown episode must be NotFound, got {other:?}"),
-    }
+    assert_not_found(
+        s.put_embedding(&n, EpisodeId::new(), "m", &v).await,
+        "embedding for an unknown episode",
+    );
 }
 
 /// The index change log names every episode whose embedding or (embedded) summary changed,
@@ -1253,79 +998,31 @@ pub async fn stats_count(s: &dyn Storage) {
         s.namespace_stats(&n).await.unwrap(),
         NamespaceStats::default()
     );
-    record(
-        s,
-        &n,
-        episode("a", TaskType::Debugging, "web_api", Some("rust"), t(0)),
-        &[("shell", false), ("edit_file", true)],
-        Outcome::success("ok"),
-    )
-    .await;
-    record(
-        s,
-        &n,
-        episode("b", TaskType::Debugging, "web_api", Some("rust"), t(1)),
-        &[("shell", false)],
-        Outcome::failure("no"),
-    )
-    .await;
-    s.create_episode(
-        &n,
-        &episode("c", TaskType::Debugging, "web_api", Some("rust"), t(2)),
-    )
-    .await
-    .unwrap();
+    let a = rust_web("a", TaskType::Debugging, 0);
+    record(s, &n, a, &[("shell", false), ("edit_file", true)], ok()).await;
+    let b = rust_web("b", TaskType::Debugging, 1);
+    record(s, &n, b, &[("shell", false)], Outcome::failure("no")).await;
+    let c = rust_web("c", TaskType::Debugging, 2);
+    s.create_episode(&n, &c).await.unwrap();
     let st = s.namespace_stats(&n).await.unwrap();
     assert_eq!(
         (st.episodes, st.completed, st.successes, st.steps),
         (3, 2, 1, 3)
     );
-    let patterns = s
-        .query_patterns(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                limit: 1000,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let patterns = s.query_patterns(&n, &all_learned(1000)).await.unwrap();
     assert_eq!(st.patterns, patterns.len() as u64);
     assert_eq!(
         st.active_patterns,
         patterns.iter().filter(|p| p.status.is_active()).count() as u64
     );
-    let heur = s
-        .query_heuristics(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                limit: 1000,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let heur = s.query_heuristics(&n, &all_learned(1000)).await.unwrap();
     assert_eq!(st.heuristics, heur.len() as u64);
     assert_eq!(
         st.active_heuristics,
         heur.iter().filter(|h| h.status.is_active()).count() as u64
     );
-    assert_eq!(
-        st.lessons,
-        s.query_lessons(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                limit: 1000,
-                ..Default::default()
-            }
-        )
-        .await
-        .unwrap()
-        .len() as u64
-    );
+    let lessons = s.query_lessons(&n, &all_learned(1000)).await.unwrap();
+    assert_eq!(st.lessons, lessons.len() as u64);
     assert!(s.list_namespaces().await.unwrap().contains(&n));
 }
 
@@ -1347,18 +1044,12 @@ pub async fn namespace_isolation(s: &dyn Storage, seed: u64) {
             ));
         }
         let outcome = if rng.random::<bool>() {
-            Outcome::success("ok")
+            ok()
         } else {
             Outcome::failure("no")
         };
         // Same description and context in both namespaces: the best match always exists in both.
-        let e = episode(
-            "shared words for isolation check",
-            TaskType::Debugging,
-            "web_api",
-            Some("rust"),
-            t(i),
-        );
+        let e = rust_web("shared words for isolation check", TaskType::Debugging, i);
         owned.insert(e.id, n.clone());
         record(s, n, e, &spec, outcome).await;
     }
@@ -1368,117 +1059,81 @@ pub async fn namespace_isolation(s: &dyn Storage, seed: u64) {
             .filter(|(_, o)| *o == n)
             .map(|(id, _)| *id)
             .collect();
-        let listed = s
-            .query_episodes(
-                n,
-                &EpisodeQuery {
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            listed.iter().map(|x| x.id).collect::<BTreeSet<_>>(),
-            mine,
-            "list sees exactly its own episodes"
-        );
-        let hits = s
-            .search_episodes(
-                n,
-                &TextQuery {
-                    text: "shared isolation shell".into(),
-                    filter: EpisodeFilter::default(),
-                    limit: 1000,
-                },
-            )
-            .await
-            .unwrap();
-        assert!(
-            hits.iter().all(|h| mine.contains(&h.episode_id)),
-            "search never crosses namespaces"
-        );
-        let st = s.namespace_stats(n).await.unwrap();
-        assert_eq!(st.episodes, mine.len() as u64, "counts are per namespace");
-        for (id, o) in &owned {
-            if o == other {
-                assert!(
-                    s.get_episode(n, *id).await.unwrap().is_none(),
-                    "get never crosses namespaces"
-                );
-                assert!(
-                    matches!(
-                        s.append_steps(n, *id, &steps(&[("x", true)], 99, t(0)))
-                            .await,
-                        Err(Error::NotFound { .. })
-                    ),
-                    "append never crosses namespaces"
-                );
-            }
-        }
-        let theirs = s
-            .query_patterns(
-                other,
-                &LearnedQuery {
-                    include_inactive: true,
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let mine_p = s
-            .query_patterns(
-                n,
-                &LearnedQuery {
-                    include_inactive: true,
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        for p in &theirs {
-            // Same ids can exist in both (deterministic); their evidence must be separate.
-            if let Some(m) = mine_p.iter().find(|m| m.id == p.id) {
-                assert!(
-                    m.recent_evidence
-                        .iter()
-                        .all(|ev| mine.contains(&ev.episode_id)),
-                    "pattern evidence never crosses namespaces"
-                );
-            } else {
-                assert!(s.get_pattern(n, &p.id).await.unwrap().is_none());
-                let fb = Feedback {
-                    target: FeedbackTarget::Pattern(p.id.clone()),
-                    episode_id: *mine.iter().next().unwrap(),
-                    outcome: FeedbackOutcome::Helped,
-                    recorded_at: t(0),
-                };
-                assert!(
-                    matches!(s.record_feedback(n, &fb).await, Err(Error::NotFound { .. })),
-                    "feedback cannot reach another namespace's pattern"
-                );
-            }
-        }
+        assert_isolated(s, n, other, &owned, &mine).await;
     }
     // Changing one namespace leaves the other's counts untouched.
     let before = s.namespace_stats(&b).await.unwrap();
-    record(
-        s,
-        &a,
-        episode(
-            "late",
-            TaskType::Debugging,
-            "web_api",
-            Some("rust"),
-            t(1000),
-        ),
-        &[("shell", true)],
-        Outcome::success("ok"),
-    )
-    .await;
+    let late = rust_web("late", TaskType::Debugging, 1000);
+    record(s, &a, late, &[("shell", true)], ok()).await;
     assert_eq!(s.namespace_stats(&b).await.unwrap(), before);
+}
+
+/// What `n` sees holds exactly `mine` and nothing of `other`.
+async fn assert_isolated(
+    s: &dyn Storage,
+    n: &Namespace,
+    other: &Namespace,
+    owned: &BTreeMap<EpisodeId, Namespace>,
+    mine: &BTreeSet<EpisodeId>,
+) {
+    let everything = EpisodeQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let listed = s.query_episodes(n, &everything).await.unwrap();
+    assert_eq!(
+        &listed.iter().map(|x| x.id).collect::<BTreeSet<_>>(),
+        mine,
+        "list sees exactly its own episodes"
+    );
+    let hits = s
+        .search_episodes(n, &text("shared isolation shell", 1000))
+        .await
+        .unwrap();
+    assert!(
+        hits.iter().all(|h| mine.contains(&h.episode_id)),
+        "search never crosses namespaces"
+    );
+    let st = s.namespace_stats(n).await.unwrap();
+    assert_eq!(st.episodes, mine.len() as u64, "counts are per namespace");
+    for (id, o) in owned {
+        if o == other {
+            assert!(
+                s.get_episode(n, *id).await.unwrap().is_none(),
+                "get never crosses namespaces"
+            );
+            assert!(
+                matches!(
+                    s.append_steps(n, *id, &steps(&[("x", true)], 99, t(0)))
+                        .await,
+                    Err(Error::NotFound { .. })
+                ),
+                "append never crosses namespaces"
+            );
+        }
+    }
+    let theirs = s.query_patterns(other, &all_learned(1000)).await.unwrap();
+    let mine_p = s.query_patterns(n, &all_learned(1000)).await.unwrap();
+    for p in &theirs {
+        // Same ids can exist in both (deterministic); their evidence must be separate.
+        if let Some(m) = mine_p.iter().find(|m| m.id == p.id) {
+            assert!(
+                m.recent_evidence
+                    .iter()
+                    .all(|ev| mine.contains(&ev.episode_id)),
+                "pattern evidence never crosses namespaces"
+            );
+        } else {
+            assert!(s.get_pattern(n, &p.id).await.unwrap().is_none());
+            let target = FeedbackTarget::Pattern(p.id.clone());
+            let episode_id = *mine.iter().next().unwrap();
+            let fb = feedback(target, episode_id, FeedbackOutcome::Helped, 0);
+            assert!(
+                matches!(s.record_feedback(n, &fb).await, Err(Error::NotFound { .. })),
+                "feedback cannot reach another namespace's pattern"
+            );
+        }
+    }
 }
 
 /// Consolidation runs, metrics snapshots, estimate records and restores: stored per
@@ -1486,6 +1141,13 @@ pub async fn namespace_isolation(s: &dyn Storage, seed: u64) {
 pub async fn maintenance_records(s: &dyn Storage) {
     let a = ns("maint/a");
     let b = ns("maint/b");
+    consolidation_runs(s, &a, &b).await;
+    metrics_snapshots(s, &a, &b).await;
+    estimate_records(s, &a, &b).await;
+    restore_records(s, &a, &b).await;
+}
+
+async fn consolidation_runs(s: &dyn Storage, a: &Namespace, b: &Namespace) {
     for i in 0..3 {
         let run = ConsolidationRun {
             id: format!("run-{i}"),
@@ -1495,10 +1157,10 @@ pub async fn maintenance_records(s: &dyn Storage) {
             merged_patterns: i as u64,
             ..ConsolidationRun::default()
         };
-        s.record_consolidation(&a, &run).await.unwrap();
-        s.record_consolidation(&a, &run).await.unwrap(); // replay
+        s.record_consolidation(a, &run).await.unwrap();
+        s.record_consolidation(a, &run).await.unwrap(); // replay
     }
-    let runs = s.list_consolidations(&a, 10).await.unwrap();
+    let runs = s.list_consolidations(a, 10).await.unwrap();
     assert_eq!(
         runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         ["run-2", "run-1", "run-0"],
@@ -1506,16 +1168,14 @@ pub async fn maintenance_records(s: &dyn Storage) {
     );
     assert_eq!(runs[0].merged_patterns, 2, "run counts round-trip");
     assert_eq!(runs[0].finished_at, t(21));
-    assert_eq!(
-        s.list_consolidations(&a, 2).await.unwrap().len(),
-        2,
-        "limit"
-    );
+    assert_eq!(s.list_consolidations(a, 2).await.unwrap().len(), 2, "limit");
     assert!(
-        s.list_consolidations(&b, 10).await.unwrap().is_empty(),
+        s.list_consolidations(b, 10).await.unwrap().is_empty(),
         "runs are per namespace"
     );
+}
 
+async fn metrics_snapshots(s: &dyn Storage, a: &Namespace, b: &Namespace) {
     for i in 0..3 {
         let snap = MetricsSnapshot {
             taken_at: t(i),
@@ -1524,19 +1184,21 @@ pub async fn maintenance_records(s: &dyn Storage) {
             estimate_error: None,
             ..MetricsSnapshot::default()
         };
-        s.put_metrics_snapshot(&a, &snap).await.unwrap();
+        s.put_metrics_snapshot(a, &snap).await.unwrap();
     }
-    let snaps = s.list_metrics_snapshots(&a, 2).await.unwrap();
+    let snaps = s.list_metrics_snapshots(a, 2).await.unwrap();
     assert_eq!(snaps.iter().map(|x| x.episodes).collect::<Vec<_>>(), [2, 1]);
     assert_eq!(snaps[0].success_rate, Some(0.5));
-    assert!(s.list_metrics_snapshots(&b, 5).await.unwrap().is_empty());
+    assert!(s.list_metrics_snapshots(b, 5).await.unwrap().is_empty());
+}
 
-    // Estimates: only for episodes of the namespace; listed once they have actuals.
+/// Estimates: only for episodes of the namespace; listed once they have actuals.
+async fn estimate_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
     let e1 = episode("estimate one", TaskType::Testing, "web_api", None, t(0));
     let e2 = episode("estimate two", TaskType::Testing, "cli", None, t(1));
-    s.create_episode(&a, &e1).await.unwrap();
-    s.create_episode(&a, &e2).await.unwrap();
-    let est = memory_core::retrieval::recommend::Estimate {
+    s.create_episode(a, &e1).await.unwrap();
+    s.create_episode(a, &e2).await.unwrap();
+    let est = Estimate {
         expected_steps: Some(3.0),
         expected_duration_ms: Some(1000.0),
         success_chance: Some(0.75),
@@ -1551,19 +1213,16 @@ pub async fn maintenance_records(s: &dyn Storage) {
         estimate: est.clone(),
         actual: None,
     };
-    let missing = s
-        .put_estimate(&b, &EstimateRecord { ..r1.clone() })
-        .await
-        .unwrap_err();
+    let missing = s.put_estimate(b, &r1).await.unwrap_err();
     assert!(
         matches!(missing, Error::NotFound { .. }),
         "estimate for an episode of another namespace: {missing:?}"
     );
-    s.put_estimate(&a, &r1).await.unwrap();
-    assert_eq!(s.get_estimate(&a, e1.id).await.unwrap().as_ref(), Some(&r1));
-    assert!(s.get_estimate(&b, e1.id).await.unwrap().is_none());
+    s.put_estimate(a, &r1).await.unwrap();
+    assert_eq!(s.get_estimate(a, e1.id).await.unwrap().as_ref(), Some(&r1));
+    assert!(s.get_estimate(b, e1.id).await.unwrap().is_none());
     assert!(
-        s.query_estimates(&a, None, 10).await.unwrap().is_empty(),
+        s.query_estimates(a, None, 10).await.unwrap().is_empty(),
         "no actuals yet"
     );
     r1.actual = Some(EstimateActual {
@@ -1572,8 +1231,8 @@ pub async fn maintenance_records(s: &dyn Storage) {
         success: true,
         completed_at: t(5),
     });
-    s.put_estimate(&a, &r1).await.unwrap();
-    s.put_estimate(&a, &r1).await.unwrap(); // replay
+    s.put_estimate(a, &r1).await.unwrap();
+    s.put_estimate(a, &r1).await.unwrap(); // replay
     let r2 = EstimateRecord {
         episode_id: e2.id,
         domain: "cli".into(),
@@ -1586,71 +1245,37 @@ pub async fn maintenance_records(s: &dyn Storage) {
             completed_at: t(9),
         }),
     };
-    s.put_estimate(&a, &r2).await.unwrap();
-    let all = s.query_estimates(&a, None, 10).await.unwrap();
+    s.put_estimate(a, &r2).await.unwrap();
+    let all = s.query_estimates(a, None, 10).await.unwrap();
     assert_eq!(
         all.iter().map(|r| r.episode_id).collect::<Vec<_>>(),
         [e2.id, e1.id],
         "most recently completed first"
     );
     assert_eq!(
-        s.query_estimates(&a, Some("web_api"), 10).await.unwrap(),
+        s.query_estimates(a, Some("web_api"), 10).await.unwrap(),
         vec![r1.clone()]
     );
     assert_eq!(
-        s.query_estimates(&a, None, 1).await.unwrap().len(),
+        s.query_estimates(a, None, 1).await.unwrap().len(),
         1,
         "limit"
     );
-    assert!(s.query_estimates(&b, None, 10).await.unwrap().is_empty());
+    assert!(s.query_estimates(b, None, 10).await.unwrap().is_empty());
+}
 
-    // Restores: the latest per item, filtered by time.
+/// Restores: the latest per item, filtered by time.
+async fn restore_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
     let target = FeedbackTarget::Pattern(PatternId("p1".into()));
     let h = FeedbackTarget::Heuristic(HeuristicId("h1".into()));
-    s.record_restore(
-        &a,
-        &RestoreRecord {
-            target: target.clone(),
-            restored_at: t(1),
-        },
-    )
-    .await
-    .unwrap();
-    s.record_restore(
-        &a,
-        &RestoreRecord {
-            target: target.clone(),
-            restored_at: t(50),
-        },
-    )
-    .await
-    .unwrap();
-    s.record_restore(
-        &a,
-        &RestoreRecord {
-            target: h.clone(),
-            restored_at: t(20),
-        },
-    )
-    .await
-    .unwrap();
-    let mut since = s.list_restores(&a, t(10)).await.unwrap();
+    for (item, at) in [(&target, 1), (&target, 50), (&h, 20)] {
+        s.record_restore(a, &restore(item, at)).await.unwrap();
+    }
+    let mut since = s.list_restores(a, t(10)).await.unwrap();
     since.sort_by_key(|r| r.restored_at);
-    assert_eq!(
-        since,
-        vec![
-            RestoreRecord {
-                target: h,
-                restored_at: t(20)
-            },
-            RestoreRecord {
-                target: target.clone(),
-                restored_at: t(50)
-            },
-        ]
-    );
-    assert_eq!(s.list_restores(&a, t(51)).await.unwrap(), vec![]);
-    assert!(s.list_restores(&b, t(0)).await.unwrap().is_empty());
+    assert_eq!(since, vec![restore(&h, 20), restore(&target, 50)]);
+    assert_eq!(s.list_restores(a, t(51)).await.unwrap(), vec![]);
+    assert!(s.list_restores(b, t(0)).await.unwrap().is_empty());
 }
 
 /// Retention empties the outputs of the successful steps of old successful episodes, and
@@ -1659,81 +1284,10 @@ pub async fn maintenance_records(s: &dyn Storage) {
 pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
     let n = ns("retention/a");
     let other = ns("retention/b");
-    let (old_ok, _) = record(
-        s,
-        &n,
-        episode("old success", TaskType::Testing, "web_api", None, t(0)),
-        &[("zebrafish", true), ("cargo", false), ("cargo", true)],
-        Outcome::success("done"),
-    )
-    .await;
-    let (old_failed, _) = record(
-        s,
-        &n,
-        episode("old failure", TaskType::Testing, "web_api", None, t(10)),
-        &[("zebrafish", true), ("cargo", false)],
-        Outcome::failure("broke"),
-    )
-    .await;
-    let (recent_ok, _) = record(
-        s,
-        &n,
-        episode(
-            "recent success",
-            TaskType::Testing,
-            "web_api",
-            None,
-            t(10_000),
-        ),
-        &[("zebrafish", true)],
-        Outcome::success("done"),
-    )
-    .await;
-    let (elsewhere, _) = record(
-        s,
-        &other,
-        episode(
-            "old success elsewhere",
-            TaskType::Testing,
-            "web_api",
-            None,
-            t(0),
-        ),
-        &[("zebrafish", true)],
-        Outcome::success("done"),
-    )
-    .await;
-    let patterns_before = s
-        .query_patterns(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                ..LearnedQuery::default()
-            },
-        )
-        .await
-        .unwrap();
-    let lessons_before = s
-        .query_lessons(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                ..LearnedQuery::default()
-            },
-        )
-        .await
-        .unwrap();
-    let hits = |hits: Vec<TextHit>| {
-        hits.into_iter()
-            .map(|h| h.episode_id)
-            .collect::<BTreeSet<_>>()
-    };
-    let query = TextQuery {
-        text: "zebrafish output".into(),
-        filter: EpisodeFilter::default(),
-        limit: 10,
-    };
-    assert!(hits(s.search_episodes(&n, &query).await.unwrap()).contains(&old_ok.id));
+    let [old_ok, old_failed, recent_ok, elsewhere] = retention_fixture(s, &n, &other).await;
+    let patterns_before = s.query_patterns(&n, &all_learned(50)).await.unwrap();
+    let lessons_before = s.query_lessons(&n, &all_learned(50)).await.unwrap();
+    assert!(found(s, &n, "zebrafish output").await.contains(&old_ok.id));
 
     let done = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
     assert_eq!(
@@ -1750,7 +1304,7 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
         .sum();
     assert_eq!(done.bytes, expected_bytes as u64);
 
-    let after = s.get_episode(&n, old_ok.id).await.unwrap().unwrap();
+    let after = get(s, &n, old_ok.id).await;
     assert_eq!(after.steps.len(), old_ok.steps.len(), "steps are kept");
     for (a, b) in after.steps.iter().zip(&old_ok.steps) {
         assert_eq!(
@@ -1768,85 +1322,36 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
         (&old_ok.outcome, &old_ok.reward, &old_ok.reflection)
     );
     assert_eq!(
-        s.get_episode(&n, old_failed.id).await.unwrap().unwrap(),
+        get(s, &n, old_failed.id).await,
         old_failed,
         "failed episodes untouched"
     );
     assert_eq!(
-        s.get_episode(&n, recent_ok.id).await.unwrap().unwrap(),
+        get(s, &n, recent_ok.id).await,
         recent_ok,
         "recent episodes untouched"
     );
     assert_eq!(
-        s.get_episode(&other, elsewhere.id).await.unwrap().unwrap(),
+        get(s, &other, elsewhere.id).await,
         elsewhere,
         "other namespaces untouched"
     );
     assert_eq!(
-        s.query_patterns(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                ..LearnedQuery::default()
-            }
-        )
-        .await
-        .unwrap(),
+        s.query_patterns(&n, &all_learned(50)).await.unwrap(),
         patterns_before
     );
     assert_eq!(
-        s.query_lessons(
-            &n,
-            &LearnedQuery {
-                include_inactive: true,
-                ..LearnedQuery::default()
-            }
-        )
-        .await
-        .unwrap(),
+        s.query_lessons(&n, &all_learned(50)).await.unwrap(),
         lessons_before
     );
-    let found = hits(
-        s.search_episodes(
-            &n,
-            &TextQuery {
-                text: "zebrafish output ok".into(),
-                filter: EpisodeFilter::default(),
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap(),
-    );
-    assert!(found.contains(&old_failed.id) && found.contains(&recent_ok.id));
-    let action_hits = hits(
-        s.search_episodes(
-            &n,
-            &TextQuery {
-                text: "run zebrafish".into(),
-                filter: EpisodeFilter::default(),
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let found_ok = found(s, &n, "zebrafish output ok").await;
+    assert!(found_ok.contains(&old_failed.id) && found_ok.contains(&recent_ok.id));
+    let action_hits = found(s, &n, "run zebrafish").await;
     assert!(
         action_hits.contains(&old_ok.id),
         "the actions stay searchable"
     );
-    let output_hits = hits(
-        s.search_episodes(
-            &n,
-            &TextQuery {
-                text: "output".into(),
-                filter: EpisodeFilter::default(),
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let output_hits = found(s, &n, "output").await;
     assert!(
         !output_hits.contains(&old_ok.id) && output_hits.contains(&recent_ok.id),
         "removed output text is no longer indexed: {output_hits:?}"
@@ -1858,4 +1363,20 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
         StepCompaction::default(),
         "a second pass finds nothing"
     );
+}
+
+/// An old success, an old failure and a recent success in `n`, an old success in `other`.
+async fn retention_fixture(s: &dyn Storage, n: &Namespace, other: &Namespace) -> [Episode; 4] {
+    let ep = |task: &str, at| episode(task, TaskType::Testing, "web_api", None, t(at));
+    let done = || Outcome::success("done");
+    let mixed = [("zebrafish", true), ("cargo", false), ("cargo", true)];
+    let (old_ok, _) = record(s, n, ep("old success", 0), &mixed, done()).await;
+    let failing = [("zebrafish", true), ("cargo", false)];
+    let failure = Outcome::failure("broke");
+    let (old_failed, _) = record(s, n, ep("old failure", 10), &failing, failure).await;
+    let zebrafish = [("zebrafish", true)];
+    let (recent_ok, _) = record(s, n, ep("recent success", 10_000), &zebrafish, done()).await;
+    let elsewhere = ep("old success elsewhere", 0);
+    let (elsewhere, _) = record(s, other, elsewhere, &zebrafish, done()).await;
+    [old_ok, old_failed, recent_ok, elsewhere]
 }

@@ -13,13 +13,7 @@ use crate::text::tokenize;
 
 /// Jaccard similarity of the word sets of two texts (words as [`tokenize`] finds them), in
 /// [0, 1]; 1 for two texts without words.
-///
-/// ```
-/// use memory_core::lexical_similarity;
-/// assert_eq!(lexical_similarity("cargo build fails", "the cargo build fails"), 1.0);
-/// assert!(lexical_similarity("cargo build fails", "pytest times out") < 0.2);
-/// ```
-pub fn lexical_similarity(a: &str, b: &str) -> f64 {
+pub(crate) fn lexical_similarity(a: &str, b: &str) -> f64 {
     let mut x = tokenize(a);
     let mut y = tokenize(b);
     x.sort();
@@ -245,6 +239,16 @@ mod tests {
             ));
         }
         p
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp, reason = "exact values: 1 and 0")]
+    fn word_sets_decide_lexical_similarity() {
+        assert_eq!(
+            lexical_similarity("cargo build fails", "the cargo build fails"),
+            1.0
+        );
+        assert!(lexical_similarity("cargo build fails", "pytest times out") < 0.2);
     }
 
     #[test]

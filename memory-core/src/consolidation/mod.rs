@@ -1,4 +1,5 @@
-//! TODO module docs
+//! Consolidation: keeping the memory in shape. Merging near-duplicates, decay and pruning,
+//! effectiveness from feedback, retention, learning metrics, and the calibration of estimates.
 
 mod config;
 mod estimates;
@@ -6,13 +7,8 @@ mod merge;
 mod metrics;
 mod run;
 
-pub use config::{
-    ConsolidationConfig, MAX_CONSOLIDATION_INTERVAL, MAX_CONSOLIDATION_ITEMS, MAX_RETENTION_DAYS,
-    MIN_CONSOLIDATION_INTERVAL, RetentionConfig,
-};
-pub use estimates::{calibrate, correction_from, estimate_error};
+pub use config::{ConsolidationConfig, RetentionConfig};
 pub(crate) use estimates::{calibrated, check_estimate, close_estimate};
-pub use merge::lexical_similarity;
 pub use metrics::trend;
 pub(crate) use run::Consolidator;
 pub use run::{ConsolidationReport, LearnedChange};

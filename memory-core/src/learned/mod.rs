@@ -1,4 +1,6 @@
-//! TODO module docs
+//! What the memory learns: patterns, heuristics and failure lessons, with the status, evidence
+//! and deterministic identities they share, and feedback on them. The three kinds go through
+//! one trait, [`Learned`].
 
 mod context;
 mod feedback;
@@ -16,4 +18,4 @@ pub use kind::{Learned, LearnedId, LearnedItem, LearnedKind};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
 pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObservation, pattern_id};
 pub(crate) use status::push_recent;
-pub use status::{Evidence, LearnedStatus, RECENT_EVIDENCE};
+pub use status::{Evidence, LearnedStatus};

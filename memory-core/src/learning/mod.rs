@@ -1,4 +1,6 @@
-//! TODO module docs
+//! The learning pipeline: from a completed episode to what it teaches. Pure and
+//! deterministic: the reward, the reflection, the observations, and the merge of an update into
+//! what is known (which backends run inside their transaction).
 
 mod extract;
 mod reflect;

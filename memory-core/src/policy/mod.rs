@@ -1,4 +1,5 @@
-//! TODO module docs
+//! The boundary policy every call passes before anything is stored: size limits, quotas and
+//! the rate limiter, and secret redaction.
 
 mod limits;
 mod quota;

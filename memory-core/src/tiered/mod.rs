@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, instrument, warn};
 use uuid::Uuid;
 
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Refused};
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use coherence::{Coherence, MAX_CHANGES, Verdict, log_feed_error, log_verdict};
 use overlay::Overlay;
 
