@@ -43,7 +43,21 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
         || episode.context.domain.clone(),
         |l| format!("{}/{l}", episode.context.domain),
     );
+    the_outcome(&mut r, steps, outcome, &ok_tools);
+    the_recoveries(&mut r, steps, &recoveries, &place);
+    the_failures(&mut r, steps, &recoveries);
+    the_cost(&mut r, steps, reward);
+    lessons(&mut r, episode, outcome, &ok_tools, &place);
+    r
+}
 
+/// What the outcome says: the success and its tools, or what was not done.
+fn the_outcome(
+    r: &mut Reflection,
+    steps: &[ExecutionStep],
+    outcome: &Outcome,
+    ok_tools: &[String],
+) {
     match outcome {
         Outcome::Success { verdict, .. } => r.successes.push(format!(
             "completed in {} steps ({}): {}",
@@ -77,8 +91,16 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
             .improvements
             .push(format!("abstained: {}", short(reason, 160))),
     }
+}
 
-    for rec in &recoveries {
+/// Each recovery: what failed, what fixed it, and the insight for the context.
+fn the_recoveries(
+    r: &mut Reflection,
+    steps: &[ExecutionStep],
+    recoveries: &[Recovery],
+    place: &str,
+) {
+    for rec in recoveries {
         let failed = &steps[rec.failed_index];
         let fixed = &steps[rec.recovered_index];
         r.successes.push(format!(
@@ -96,11 +118,12 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
             rec.tools.join(" → ")
         ));
     }
+}
 
-    let recovered: Vec<usize> = recoveries
-        .iter()
-        .map(|rec: &Recovery| rec.failed_index)
-        .collect();
+/// The failures nothing recovered (the first three, then a count), and identical failures
+/// repeated three times or more (a waste worth naming).
+fn the_failures(r: &mut Reflection, steps: &[ExecutionStep], recoveries: &[Recovery]) {
+    let recovered: Vec<usize> = recoveries.iter().map(|rec| rec.failed_index).collect();
     let mut unrecovered = 0;
     for (i, s) in steps.iter().enumerate() {
         if !s.result().is_success() && !recovered.contains(&i) {
@@ -120,8 +143,6 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
         r.improvements
             .push(format!("{} more failed steps", unrecovered - 3));
     }
-
-    // Repeated identical failures are a waste worth naming.
     let mut repeats: Vec<(String, String, u32)> = Vec::new();
     for s in steps.iter().filter(|s| !s.result().is_success()) {
         let class = error_class(s.result().text());
@@ -138,7 +159,10 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
             "{tool} failed {n} times with \"{class}\": change approach sooner"
         ));
     }
+}
 
+/// Steps beyond the usual count, and one step that took most of the tool time.
+fn the_cost(r: &mut Reflection, steps: &[ExecutionStep], reward: &RewardScore) {
     if !steps.is_empty() && reward.efficiency < 0.7 {
         r.improvements.push(format!(
             "took {} steps where similar tasks take about {:.0}",
@@ -158,7 +182,17 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
             ));
         }
     }
+}
 
+/// What the episode teaches for similar tasks: the tools that worked, or the approach that
+/// failed.
+fn lessons(
+    r: &mut Reflection,
+    episode: &Episode,
+    outcome: &Outcome,
+    ok_tools: &[String],
+    place: &str,
+) {
     if outcome.is_success() && !ok_tools.is_empty() {
         r.insights.push(format!(
             "for {} tasks in {place}, {} worked",
@@ -172,7 +206,11 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
         ));
     }
     if matches!(outcome, Outcome::Failure { .. })
-        && let Some(last_err) = steps.iter().rev().find(|s| !s.result().is_success())
+        && let Some(last_err) = episode
+            .steps
+            .iter()
+            .rev()
+            .find(|s| !s.result().is_success())
     {
         r.insights.push(format!(
             "in {place}, {} {} and the task failed: try another approach",
@@ -180,5 +218,4 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
             failure_text(last_err)
         ));
     }
-    r
 }
