@@ -290,17 +290,13 @@ impl TursoStorage {
         let inner = &*self.inner;
         let n = ns.as_str();
         let bound = inner
-            .call("salvage_episode_ids", async {
-                inner
-                    .read(async |conn| {
-                        let mut rows = conn.query("SELECT MAX(rowid) FROM episodes", ()).await?;
-                        let max = match rows.next().await? {
-                            Some(row) => Cols::new(&row, "episode").opt_i64(0)?,
-                            None => None,
-                        };
-                        Ok(max)
-                    })
-                    .await
+            .call_read("salvage_episode_ids", async |conn| {
+                let mut rows = conn.query("SELECT MAX(rowid) FROM episodes", ()).await?;
+                let max = match rows.next().await? {
+                    Some(row) => Cols::new(&row, "episode").opt_i64(0)?,
+                    None => None,
+                };
+                Ok(max)
             })
             .await;
         let mut out = SalvagedIds::default();
@@ -327,23 +323,19 @@ impl TursoStorage {
         pending.reverse();
         while let Some((from, to)) = pending.pop() {
             let read = inner
-                .call("salvage_episode_ids", async {
-                    inner
-                        .read(async |conn| {
-                            let mut rows = conn
-                                .query(
-                                    "SELECT id FROM episodes WHERE rowid >= ?1 AND rowid < ?2 \
-                                     AND ns = ?3",
-                                    vec![Value::Integer(from), Value::Integer(to), text(n)],
-                                )
-                                .await?;
-                            let mut ids = Vec::new();
-                            while let Some(row) = rows.next().await? {
-                                ids.push(Cols::new(&row, "episode").episode_id(0)?);
-                            }
-                            Ok(ids)
-                        })
-                        .await
+                .call_read("salvage_episode_ids", async |conn| {
+                    let mut rows = conn
+                        .query(
+                            "SELECT id FROM episodes WHERE rowid >= ?1 AND rowid < ?2 \
+                             AND ns = ?3",
+                            vec![Value::Integer(from), Value::Integer(to), text(n)],
+                        )
+                        .await?;
+                    let mut ids = Vec::new();
+                    while let Some(row) = rows.next().await? {
+                        ids.push(Cols::new(&row, "episode").episode_id(0)?);
+                    }
+                    Ok(ids)
                 })
                 .await;
             match read {
@@ -373,18 +365,14 @@ impl TursoStorage {
     pub async fn renew_identity(&self) -> Result<()> {
         let inner = &*self.inner;
         inner
-            .call("renew_identity", async {
-                inner
-                    .write_tx(async |tx| {
-                        tx.execute(
-                            "UPDATE change_counter SET db_id = lower(hex(randomblob(16))) \
-                             WHERE id = 1",
-                            (),
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                    .await
+            .call_write("renew_identity", async |tx| {
+                tx.execute(
+                    "UPDATE change_counter SET db_id = lower(hex(randomblob(16))) \
+                     WHERE id = 1",
+                    (),
+                )
+                .await?;
+                Ok(())
             })
             .await
     }
@@ -505,24 +493,20 @@ impl Storage for TursoStorage {
             return Ok(None);
         };
         let set = inner
-            .call("changes_since", async {
-                inner
-                    .read(async |conn| {
-                        let (database, head) = read_head(conn).await?;
-                        let own = tracker.own_between(after, head);
-                        let mut set = ChangeSet {
-                            database,
-                            head,
-                            ..ChangeSet::default()
-                        };
-                        // Only this handle wrote since `after`: nothing for a reader to drop.
-                        if limit > 0 && head > after && own.len() as u64 != head - after {
-                            read_rows(conn, after, limit, &mut set).await?;
-                        }
-                        set.own = own;
-                        Ok(set)
-                    })
-                    .await
+            .call_read("changes_since", async |conn| {
+                let (database, head) = read_head(conn).await?;
+                let own = tracker.own_between(after, head);
+                let mut set = ChangeSet {
+                    database,
+                    head,
+                    ..ChangeSet::default()
+                };
+                // Only this handle wrote since `after`: nothing for a reader to drop.
+                if limit > 0 && head > after && own.len() as u64 != head - after {
+                    read_rows(conn, after, limit, &mut set).await?;
+                }
+                set.own = own;
+                Ok(set)
             })
             .await?;
         Ok(Some(set))

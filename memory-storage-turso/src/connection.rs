@@ -67,6 +67,33 @@ impl Inner {
         }
     }
 
+    /// [`Inner::call`] of [`Inner::read`].
+    pub(crate) async fn call_read<T>(
+        &self,
+        operation: &'static str,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> Result<T> {
+        self.call(operation, self.read(body)).await
+    }
+
+    /// [`Inner::call`] of [`Inner::write_tx`].
+    pub(crate) async fn call_write<T>(
+        &self,
+        operation: &'static str,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> Result<T> {
+        self.call(operation, self.write_tx(body)).await
+    }
+
+    /// [`Inner::call`] of [`Inner::write_tx_stamped`].
+    pub(crate) async fn call_write_stamped<T>(
+        &self,
+        operation: &'static str,
+        body: impl AsyncFnOnce(&Connection, i64) -> DbResult<T>,
+    ) -> Result<T> {
+        self.call(operation, self.write_tx_stamped(body)).await
+    }
+
     /// Runs the schema check that could not run at open (the server was unreachable): every
     /// call waits for it, and fails with its (transient) error until the server answers.
     async fn check_schema(&self) -> DbResult<()> {

@@ -140,31 +140,27 @@ impl EmbeddingStore for TursoStorage {
              ORDER BY m.episode_id LIMIT ?4"
         );
         inner
-            .call("scan_embeddings", async {
-                inner
-                    .read(async |conn| {
-                        let mut rows = conn
-                            .query(
-                                &sql,
-                                vec![
-                                    text(ns.as_str()),
-                                    text(model),
-                                    Value::Text(after.clone()),
-                                    Value::Integer(i64::from(limit)),
-                                ],
-                            )
-                            .await?;
-                        let mut out = Vec::new();
-                        while let Some(row) = rows.next().await? {
-                            let vector = Cols::new(&row, "embedding").blob(13)?;
-                            out.push(StoredEmbedding {
-                                summary: summary_from_row(&row)?,
-                                vector: blob_to_vector(&vector)?,
-                            });
-                        }
-                        Ok(out)
-                    })
-                    .await
+            .call_read("scan_embeddings", async |conn| {
+                let mut rows = conn
+                    .query(
+                        &sql,
+                        vec![
+                            text(ns.as_str()),
+                            text(model),
+                            Value::Text(after.clone()),
+                            Value::Integer(i64::from(limit)),
+                        ],
+                    )
+                    .await?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().await? {
+                    let vector = Cols::new(&row, "embedding").blob(13)?;
+                    out.push(StoredEmbedding {
+                        summary: summary_from_row(&row)?,
+                        vector: blob_to_vector(&vector)?,
+                    });
+                }
+                Ok(out)
             })
             .await
     }
@@ -172,35 +168,31 @@ impl EmbeddingStore for TursoStorage {
     async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
         let inner = &*self.inner;
         inner
-            .call("embedding_coverage", async {
-                inner
-                    .read(async |conn| {
-                        // Two index counts and an index max: no probe per episode.
-                        let mut rows = conn
-                            .query(
-                                "SELECT \
-                                 (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
-                                 (SELECT COUNT(*) FROM embeddings WHERE ns = ?1 AND model = ?2), \
-                                 (SELECT MAX(id) FROM episodes WHERE ns = ?1)",
-                                vec![text(ns.as_str()), text(model)],
-                            )
-                            .await?;
-                        let row = rows
-                            .next()
-                            .await?
-                            .ok_or_else(|| decode("embedding coverage", "no row returned"))?;
-                        let c = Cols::new(&row, "embedding coverage");
-                        let last_episode = match c.opt_text(2)? {
-                            Some(_) => Some(c.episode_id(2)?),
-                            None => None,
-                        };
-                        Ok(EmbeddingCoverage {
-                            episodes: c.i64(0)? as u64,
-                            embedded: c.i64(1)? as u64,
-                            last_episode,
-                        })
-                    })
-                    .await
+            .call_read("embedding_coverage", async |conn| {
+                // Two index counts and an index max: no probe per episode.
+                let mut rows = conn
+                    .query(
+                        "SELECT \
+                         (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
+                         (SELECT COUNT(*) FROM embeddings WHERE ns = ?1 AND model = ?2), \
+                         (SELECT MAX(id) FROM episodes WHERE ns = ?1)",
+                        vec![text(ns.as_str()), text(model)],
+                    )
+                    .await?;
+                let row = rows
+                    .next()
+                    .await?
+                    .ok_or_else(|| decode("embedding coverage", "no row returned"))?;
+                let c = Cols::new(&row, "embedding coverage");
+                let last_episode = match c.opt_text(2)? {
+                    Some(_) => Some(c.episode_id(2)?),
+                    None => None,
+                };
+                Ok(EmbeddingCoverage {
+                    episodes: c.i64(0)? as u64,
+                    embedded: c.i64(1)? as u64,
+                    last_episode,
+                })
             })
             .await
     }
@@ -209,22 +201,18 @@ impl EmbeddingStore for TursoStorage {
     async fn index_log_head(&self, ns: &Namespace) -> Result<u64> {
         let inner = &*self.inner;
         inner
-            .call("index_log_head", async {
-                inner
-                    .read(async |conn| {
-                        let mut rows = conn
-                            .query(
-                                "SELECT COALESCE(MAX(seq), 0) FROM index_changes WHERE ns = ?1",
-                                vec![text(ns.as_str())],
-                            )
-                            .await?;
-                        let row = rows
-                            .next()
-                            .await?
-                            .ok_or_else(|| decode("index log head", "no row returned"))?;
-                        Ok(Cols::new(&row, "index log head").i64(0)?.max(0) as u64)
-                    })
-                    .await
+            .call_read("index_log_head", async |conn| {
+                let mut rows = conn
+                    .query(
+                        "SELECT COALESCE(MAX(seq), 0) FROM index_changes WHERE ns = ?1",
+                        vec![text(ns.as_str())],
+                    )
+                    .await?;
+                let row = rows
+                    .next()
+                    .await?
+                    .ok_or_else(|| decode("index log head", "no row returned"))?;
+                Ok(Cols::new(&row, "index log head").i64(0)?.max(0) as u64)
             })
             .await
     }
@@ -246,68 +234,64 @@ impl EmbeddingStore for TursoStorage {
              (SELECT episode_id FROM index_changes WHERE ns = ?1 AND seq > ?3 AND seq <= ?4)"
         );
         inner
-            .call("index_changes", async {
-                inner
-                    .read(async |conn| {
-                        // The log page first, then the rows it names: a row read after its log
-                        // entry is at least that new, and anything changed later has a later
-                        // entry, read next time.
-                        let mut rows = conn
-                            .query(
-                                "SELECT seq, episode_id FROM index_changes \
-                                 WHERE ns = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                                vec![
-                                    text(ns.as_str()),
-                                    Value::Integer(after_i),
-                                    Value::Integer(i64::from(limit)),
-                                ],
-                            )
-                            .await?;
-                        let mut through = after_i;
-                        let mut entries = 0u32;
-                        let mut ids = std::collections::BTreeSet::new();
-                        while let Some(row) = rows.next().await? {
-                            let c = Cols::new(&row, "index change");
-                            through = c.i64(0)?;
-                            ids.insert(c.episode_id(1)?);
-                            entries += 1;
-                        }
-                        drop(rows);
-                        // A full page may have more after it (at worst the next page is
-                        // empty); a short one is the end: no second query on every search.
-                        let mut changes = IndexChanges {
-                            through: through.max(0) as u64,
-                            more: limit > 0 && entries == limit,
-                            ..IndexChanges::default()
-                        };
-                        if ids.is_empty() {
-                            return Ok(changes);
-                        }
-                        let mut rows = conn
-                            .query(
-                                &rows_sql,
-                                vec![
-                                    text(ns.as_str()),
-                                    text(model),
-                                    Value::Integer(after_i),
-                                    Value::Integer(through),
-                                ],
-                            )
-                            .await?;
-                        while let Some(row) = rows.next().await? {
-                            let vector = Cols::new(&row, "embedding").blob(13)?;
-                            let summary = summary_from_row(&row)?;
-                            ids.remove(&summary.id);
-                            changes.upserts.push(StoredEmbedding {
-                                summary,
-                                vector: blob_to_vector(&vector)?,
-                            });
-                        }
-                        changes.upserts.sort_by_key(|e| e.summary.id);
-                        changes.removed = ids.into_iter().collect();
-                        Ok(changes)
-                    })
-                    .await
+            .call_read("index_changes", async |conn| {
+                // The log page first, then the rows it names: a row read after its log
+                // entry is at least that new, and anything changed later has a later
+                // entry, read next time.
+                let mut rows = conn
+                    .query(
+                        "SELECT seq, episode_id FROM index_changes \
+                         WHERE ns = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                        vec![
+                            text(ns.as_str()),
+                            Value::Integer(after_i),
+                            Value::Integer(i64::from(limit)),
+                        ],
+                    )
+                    .await?;
+                let mut through = after_i;
+                let mut entries = 0u32;
+                let mut ids = std::collections::BTreeSet::new();
+                while let Some(row) = rows.next().await? {
+                    let c = Cols::new(&row, "index change");
+                    through = c.i64(0)?;
+                    ids.insert(c.episode_id(1)?);
+                    entries += 1;
+                }
+                drop(rows);
+                // A full page may have more after it (at worst the next page is
+                // empty); a short one is the end: no second query on every search.
+                let mut changes = IndexChanges {
+                    through: through.max(0) as u64,
+                    more: limit > 0 && entries == limit,
+                    ..IndexChanges::default()
+                };
+                if ids.is_empty() {
+                    return Ok(changes);
+                }
+                let mut rows = conn
+                    .query(
+                        &rows_sql,
+                        vec![
+                            text(ns.as_str()),
+                            text(model),
+                            Value::Integer(after_i),
+                            Value::Integer(through),
+                        ],
+                    )
+                    .await?;
+                while let Some(row) = rows.next().await? {
+                    let vector = Cols::new(&row, "embedding").blob(13)?;
+                    let summary = summary_from_row(&row)?;
+                    ids.remove(&summary.id);
+                    changes.upserts.push(StoredEmbedding {
+                        summary,
+                        vector: blob_to_vector(&vector)?,
+                    });
+                }
+                changes.upserts.sort_by_key(|e| e.summary.id);
+                changes.removed = ids.into_iter().collect();
+                Ok(changes)
             })
             .await
     }
@@ -395,49 +379,45 @@ impl EmbeddingStore for TursoStorage {
         let inner = &*self.inner;
         let written_at = nanos_clamped(Utc::now());
         inner
-            .call("put_index_snapshot", async {
-                inner
-                    .write_tx(async |tx| {
-                        tx.execute(
-                            "DELETE FROM index_snapshot_parts WHERE ns = ?1 AND model = ?2",
-                            vec![text(ns.as_str()), text(model)],
-                        )
-                        .await?;
-                        let parts = pieces.len() as i64;
-                        for (i, chunk) in pieces.iter().enumerate() {
-                            tx.execute(
-                                "INSERT INTO index_snapshot_parts \
-                                 (ns, model, part, written_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                                vec![
-                                    text(ns.as_str()),
-                                    text(model),
-                                    Value::Integer(i as i64),
-                                    Value::Integer(written_at),
-                                    Value::Blob(chunk.clone()),
-                                ],
-                            )
-                            .await?;
-                        }
-                        tx.execute(
-                            "INSERT INTO index_snapshots \
-                             (ns, model, as_of, written_at, parts, bytes) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                             ON CONFLICT (ns, model) DO UPDATE SET as_of = excluded.as_of, \
-                             written_at = excluded.written_at, parts = excluded.parts, \
-                             bytes = excluded.bytes",
-                            vec![
-                                text(ns.as_str()),
-                                text(model),
-                                Value::Integer(i64::try_from(snapshot.as_of).unwrap_or(i64::MAX)),
-                                Value::Integer(written_at),
-                                Value::Integer(parts),
-                                Value::Integer(snapshot.len() as i64),
-                            ],
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                    .await
+            .call_write("put_index_snapshot", async |tx| {
+                tx.execute(
+                    "DELETE FROM index_snapshot_parts WHERE ns = ?1 AND model = ?2",
+                    vec![text(ns.as_str()), text(model)],
+                )
+                .await?;
+                let parts = pieces.len() as i64;
+                for (i, chunk) in pieces.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO index_snapshot_parts \
+                         (ns, model, part, written_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        vec![
+                            text(ns.as_str()),
+                            text(model),
+                            Value::Integer(i as i64),
+                            Value::Integer(written_at),
+                            Value::Blob(chunk.clone()),
+                        ],
+                    )
+                    .await?;
+                }
+                tx.execute(
+                    "INSERT INTO index_snapshots \
+                     (ns, model, as_of, written_at, parts, bytes) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (ns, model) DO UPDATE SET as_of = excluded.as_of, \
+                     written_at = excluded.written_at, parts = excluded.parts, \
+                     bytes = excluded.bytes",
+                    vec![
+                        text(ns.as_str()),
+                        text(model),
+                        Value::Integer(i64::try_from(snapshot.as_of).unwrap_or(i64::MAX)),
+                        Value::Integer(written_at),
+                        Value::Integer(parts),
+                        Value::Integer(snapshot.len() as i64),
+                    ],
+                )
+                .await?;
+                Ok(())
             })
             .await
     }

@@ -432,19 +432,8 @@ impl EpisodeStore for TursoStorage {
     async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
         let inner = &*self.inner;
         inner
-            .call("search_episodes", async {
-                inner
-                    .read(async |conn| {
-                        text_index::search(
-                            conn,
-                            ns.as_str(),
-                            &query.text,
-                            &query.filter,
-                            query.limit,
-                        )
-                        .await
-                    })
-                    .await
+            .call_read("search_episodes", async |conn| {
+                text_index::search(conn, ns.as_str(), &query.text, &query.filter, query.limit).await
             })
             .await
     }
@@ -498,29 +487,25 @@ impl EpisodeStore for TursoStorage {
     async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
         let inner = &*self.inner;
         inner
-            .call("list_namespaces", async {
-                inner
-                    .read(async |conn| {
-                        let mut rows = conn
-                            // A skip scan: one index seek per namespace instead of a
-                            // pass over every episode (6-10 ms at 100k, at every start).
-                            .query(
-                                "WITH RECURSIVE n(ns) AS ( \
-                                 SELECT MIN(ns) FROM episodes UNION ALL \
-                                 SELECT (SELECT MIN(ns) FROM episodes WHERE ns > n.ns) \
-                                 FROM n WHERE n.ns IS NOT NULL) \
-                                 SELECT ns FROM n WHERE ns IS NOT NULL",
-                                (),
-                            )
-                            .await?;
-                        let mut out = Vec::new();
-                        while let Some(row) = rows.next().await? {
-                            let name = Cols::new(&row, "namespace").text(0)?;
-                            out.push(Namespace::new(name).map_err(|e| decode("namespace", e))?);
-                        }
-                        Ok(out)
-                    })
-                    .await
+            .call_read("list_namespaces", async |conn| {
+                let mut rows = conn
+                    // A skip scan: one index seek per namespace instead of a
+                    // pass over every episode (6-10 ms at 100k, at every start).
+                    .query(
+                        "WITH RECURSIVE n(ns) AS ( \
+                         SELECT MIN(ns) FROM episodes UNION ALL \
+                         SELECT (SELECT MIN(ns) FROM episodes WHERE ns > n.ns) \
+                         FROM n WHERE n.ns IS NOT NULL) \
+                         SELECT ns FROM n WHERE ns IS NOT NULL",
+                        (),
+                    )
+                    .await?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().await? {
+                    let name = Cols::new(&row, "namespace").text(0)?;
+                    out.push(Namespace::new(name).map_err(|e| decode("namespace", e))?);
+                }
+                Ok(out)
             })
             .await
     }
@@ -529,14 +514,10 @@ impl EpisodeStore for TursoStorage {
     async fn ping(&self) -> Result<()> {
         let inner = &*self.inner;
         inner
-            .call("ping", async {
-                inner
-                    .read(async |conn| {
-                        let mut rows = conn.query("SELECT 1", ()).await?;
-                        rows.next().await?;
-                        Ok(())
-                    })
-                    .await
+            .call_read("ping", async |conn| {
+                let mut rows = conn.query("SELECT 1", ()).await?;
+                rows.next().await?;
+                Ok(())
             })
             .await
     }

@@ -379,12 +379,8 @@ impl LearningStore for TursoStorage {
     ) -> Result<LearnedChanges> {
         let inner = &*self.inner;
         inner
-            .call("apply_learning", async {
-                inner
-                    .write_tx_stamped(async |tx, position| {
-                        Inner::merge_learning(tx, ns.as_str(), update, position).await
-                    })
-                    .await
+            .call_write_stamped("apply_learning", async |tx, position| {
+                Inner::merge_learning(tx, ns.as_str(), update, position).await
             })
             .await
     }
@@ -393,20 +389,16 @@ impl LearningStore for TursoStorage {
     async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()> {
         let inner = &*self.inner;
         inner
-            .call("put_learned", async {
-                inner
-                    .write_tx_stamped(async |tx, position| {
-                        Inner::write_items(
-                            tx,
-                            ns.as_str(),
-                            position,
-                            items.patterns.iter(),
-                            items.heuristics.iter(),
-                            items.lessons.iter(),
-                        )
-                        .await
-                    })
-                    .await
+            .call_write_stamped("put_learned", async |tx, position| {
+                Inner::write_items(
+                    tx,
+                    ns.as_str(),
+                    position,
+                    items.patterns.iter(),
+                    items.heuristics.iter(),
+                    items.lessons.iter(),
+                )
+                .await
             })
             .await
     }
@@ -465,29 +457,25 @@ impl LearningStore for TursoStorage {
     ) -> Result<Vec<Feedback>> {
         let inner = &*self.inner;
         inner
-            .call("list_feedback", async {
-                inner
-                    .read(async |conn| {
-                        let mut rows = conn
-                            .query(
-                                "SELECT episode_id, outcome, recorded_at FROM feedback \
-                         WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
-                                vec![text(ns.as_str()), text(target.kind()), text(target.id())],
-                            )
-                            .await?;
-                        let mut out = Vec::new();
-                        while let Some(row) = rows.next().await? {
-                            let c = Cols::new(&row, "feedback");
-                            out.push(Feedback {
-                                target: target.clone(),
-                                episode_id: c.episode_id(0)?,
-                                outcome: c.parse(1)?,
-                                recorded_at: crate::codec::from_nanos(c.i64(2)?),
-                            });
-                        }
-                        Ok(out)
-                    })
-                    .await
+            .call_read("list_feedback", async |conn| {
+                let mut rows = conn
+                    .query(
+                        "SELECT episode_id, outcome, recorded_at FROM feedback \
+                 WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
+                        vec![text(ns.as_str()), text(target.kind()), text(target.id())],
+                    )
+                    .await?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().await? {
+                    let c = Cols::new(&row, "feedback");
+                    out.push(Feedback {
+                        target: target.clone(),
+                        episode_id: c.episode_id(0)?,
+                        outcome: c.parse(1)?,
+                        recorded_at: crate::codec::from_nanos(c.i64(2)?),
+                    });
+                }
+                Ok(out)
             })
             .await
     }

@@ -104,19 +104,15 @@ impl MaintenanceStore for TursoStorage {
     ) -> Result<Vec<ConsolidationRun>> {
         let inner = &*self.inner;
         inner
-            .call("list_consolidations", async {
-                inner
-                    .read(async |conn| {
-                        bodies(
-                            conn,
-                            "consolidation_run",
-                            "SELECT body FROM consolidation_runs WHERE ns = ?1 \
-                             ORDER BY started_at DESC, id DESC LIMIT ?2",
-                            vec![text(ns.as_str()), limit(limit_n)],
-                        )
-                        .await
-                    })
-                    .await
+            .call_read("list_consolidations", async |conn| {
+                bodies(
+                    conn,
+                    "consolidation_run",
+                    "SELECT body FROM consolidation_runs WHERE ns = ?1 \
+                     ORDER BY started_at DESC, id DESC LIMIT ?2",
+                    vec![text(ns.as_str()), limit(limit_n)],
+                )
+                .await
             })
             .await
     }
@@ -154,19 +150,15 @@ impl MaintenanceStore for TursoStorage {
     ) -> Result<Vec<MetricsSnapshot>> {
         let inner = &*self.inner;
         inner
-            .call("list_metrics_snapshots", async {
-                inner
-                    .read(async |conn| {
-                        bodies(
-                            conn,
-                            "metrics_snapshot",
-                            "SELECT body FROM metrics_snapshots WHERE ns = ?1 \
-                             ORDER BY taken_at DESC LIMIT ?2",
-                            vec![text(ns.as_str()), limit(limit_n)],
-                        )
-                        .await
-                    })
-                    .await
+            .call_read("list_metrics_snapshots", async |conn| {
+                bodies(
+                    conn,
+                    "metrics_snapshot",
+                    "SELECT body FROM metrics_snapshots WHERE ns = ?1 \
+                     ORDER BY taken_at DESC LIMIT ?2",
+                    vec![text(ns.as_str()), limit(limit_n)],
+                )
+                .await
             })
             .await
     }
@@ -220,19 +212,15 @@ impl MaintenanceStore for TursoStorage {
     ) -> Result<Option<EstimateRecord>> {
         let inner = &*self.inner;
         inner
-            .call("get_estimate", async {
-                inner
-                    .read(async |conn| {
-                        Ok(bodies(
-                            conn,
-                            "estimate",
-                            "SELECT body FROM estimates WHERE ns = ?1 AND episode_id = ?2",
-                            vec![text(ns.as_str()), text(&episode_id.to_string())],
-                        )
-                        .await?
-                        .pop())
-                    })
-                    .await
+            .call_read("get_estimate", async |conn| {
+                Ok(bodies(
+                    conn,
+                    "estimate",
+                    "SELECT body FROM estimates WHERE ns = ?1 AND episode_id = ?2",
+                    vec![text(ns.as_str()), text(&episode_id.to_string())],
+                )
+                .await?
+                .pop())
             })
             .await
     }
@@ -313,38 +301,34 @@ impl MaintenanceStore for TursoStorage {
     ) -> Result<Vec<RestoreRecord>> {
         let inner = &*self.inner;
         inner
-            .call("list_restores", async {
-                inner
-                    .read(async |conn| {
-                        let mut rows = conn
-                            .query(
-                                "SELECT target_kind, target_id, restored_at FROM learned_restores \
-                                 WHERE ns = ?1 AND restored_at >= ?2",
-                                vec![text(ns.as_str()), Value::Integer(nanos_clamped(since))],
-                            )
-                            .await?;
-                        let mut out = Vec::new();
-                        while let Some(row) = rows.next().await? {
-                            let c = Cols::new(&row, "learned_restore");
-                            let id = c.text(1)?;
-                            let target = match c.text(0)?.as_str() {
-                                "pattern" => FeedbackTarget::Pattern(PatternId(id)),
-                                "heuristic" => FeedbackTarget::Heuristic(HeuristicId(id)),
-                                other => {
-                                    return Err(DriverError::Schema(format!(
-                                        "learned_restores: unknown target kind {other:?}"
-                                    ))
-                                    .into());
-                                }
-                            };
-                            out.push(RestoreRecord {
-                                target,
-                                restored_at: from_nanos(c.i64(2)?),
-                            });
+            .call_read("list_restores", async |conn| {
+                let mut rows = conn
+                    .query(
+                        "SELECT target_kind, target_id, restored_at FROM learned_restores \
+                         WHERE ns = ?1 AND restored_at >= ?2",
+                        vec![text(ns.as_str()), Value::Integer(nanos_clamped(since))],
+                    )
+                    .await?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().await? {
+                    let c = Cols::new(&row, "learned_restore");
+                    let id = c.text(1)?;
+                    let target = match c.text(0)?.as_str() {
+                        "pattern" => FeedbackTarget::Pattern(PatternId(id)),
+                        "heuristic" => FeedbackTarget::Heuristic(HeuristicId(id)),
+                        other => {
+                            return Err(DriverError::Schema(format!(
+                                "learned_restores: unknown target kind {other:?}"
+                            ))
+                            .into());
                         }
-                        Ok(out)
-                    })
-                    .await
+                    };
+                    out.push(RestoreRecord {
+                        target,
+                        restored_at: from_nanos(c.i64(2)?),
+                    });
+                }
+                Ok(out)
             })
             .await
     }
@@ -358,64 +342,60 @@ impl MaintenanceStore for TursoStorage {
     ) -> Result<StepCompaction> {
         let inner = &*self.inner;
         inner
-            .call("compact_step_outputs", async {
-                inner
-                    .write_tx_stamped(async |tx, position| {
-                        let n = ns.as_str();
-                        let mut rows = tx
-                            .query(
-                                "SELECT e.id FROM episodes e WHERE e.ns = ?1 \
-                                 AND e.outcome_kind = 'success' AND e.completed_at < ?2 \
-                                 AND EXISTS (SELECT 1 FROM steps s WHERE s.ns = e.ns \
-                                 AND s.episode_id = e.id AND s.status = 'success' \
-                                 AND s.result_text <> '') \
-                                 ORDER BY e.completed_at, e.id LIMIT ?3",
-                                vec![
-                                    text(n),
-                                    Value::Integer(nanos_clamped(completed_before)),
-                                    limit(max_episodes),
-                                ],
-                            )
-                            .await?;
-                        let mut ids = Vec::new();
-                        while let Some(row) = rows.next().await? {
-                            ids.push(Cols::new(&row, "episode").episode_id(0)?);
-                        }
-                        drop(rows);
-                        let mut out = StepCompaction::default();
-                        for id in ids {
-                            let sid = id.to_string();
-                            let mut rows = tx
-                                .query(
-                                    "SELECT COUNT(*), COALESCE(SUM(length(CAST(result_text AS BLOB))), 0) \
-                                     FROM steps WHERE ns = ?1 AND episode_id = ?2 \
-                                     AND status = 'success' AND result_text <> ''",
-                                    vec![text(n), text(&sid)],
-                                )
-                                .await?;
-                            if let Some(row) = rows.next().await? {
-                                let c = Cols::new(&row, "step");
-                                out.steps += u64::try_from(c.i64(0)?).unwrap_or(0);
-                                out.bytes += u64::try_from(c.i64(1)?).unwrap_or(0);
-                            }
-                            drop(rows);
-                            tx.execute(
-                                "UPDATE steps SET result_text = '' WHERE ns = ?1 \
-                                 AND episode_id = ?2 AND status = 'success' AND result_text <> ''",
-                                vec![text(n), text(&sid)],
-                            )
-                            .await?;
-                            reindex_steps(tx, n, &sid).await?;
-                            tx.execute(
-                                "UPDATE episodes SET changed_seq = ?3 WHERE ns = ?1 AND id = ?2",
-                                vec![text(n), text(&sid), Value::Integer(position)],
-                            )
-                            .await?;
-                            out.episode_ids.push(id);
-                        }
-                        Ok(out)
-                    })
-                    .await
+            .call_write_stamped("compact_step_outputs", async |tx, position| {
+                let n = ns.as_str();
+                let mut rows = tx
+                    .query(
+                        "SELECT e.id FROM episodes e WHERE e.ns = ?1 \
+                         AND e.outcome_kind = 'success' AND e.completed_at < ?2 \
+                         AND EXISTS (SELECT 1 FROM steps s WHERE s.ns = e.ns \
+                         AND s.episode_id = e.id AND s.status = 'success' \
+                         AND s.result_text <> '') \
+                         ORDER BY e.completed_at, e.id LIMIT ?3",
+                        vec![
+                            text(n),
+                            Value::Integer(nanos_clamped(completed_before)),
+                            limit(max_episodes),
+                        ],
+                    )
+                    .await?;
+                let mut ids = Vec::new();
+                while let Some(row) = rows.next().await? {
+                    ids.push(Cols::new(&row, "episode").episode_id(0)?);
+                }
+                drop(rows);
+                let mut out = StepCompaction::default();
+                for id in ids {
+                    let sid = id.to_string();
+                    let mut rows = tx
+                        .query(
+                            "SELECT COUNT(*), COALESCE(SUM(length(CAST(result_text AS BLOB))), 0) \
+                             FROM steps WHERE ns = ?1 AND episode_id = ?2 \
+                             AND status = 'success' AND result_text <> ''",
+                            vec![text(n), text(&sid)],
+                        )
+                        .await?;
+                    if let Some(row) = rows.next().await? {
+                        let c = Cols::new(&row, "step");
+                        out.steps += u64::try_from(c.i64(0)?).unwrap_or(0);
+                        out.bytes += u64::try_from(c.i64(1)?).unwrap_or(0);
+                    }
+                    drop(rows);
+                    tx.execute(
+                        "UPDATE steps SET result_text = '' WHERE ns = ?1 \
+                         AND episode_id = ?2 AND status = 'success' AND result_text <> ''",
+                        vec![text(n), text(&sid)],
+                    )
+                    .await?;
+                    reindex_steps(tx, n, &sid).await?;
+                    tx.execute(
+                        "UPDATE episodes SET changed_seq = ?3 WHERE ns = ?1 AND id = ?2",
+                        vec![text(n), text(&sid), Value::Integer(position)],
+                    )
+                    .await?;
+                    out.episode_ids.push(id);
+                }
+                Ok(out)
             })
             .await
     }
