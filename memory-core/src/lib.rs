@@ -72,7 +72,7 @@ pub use learning::{
 };
 pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
 pub use policy::{Limits, QuotaConfig, RateLimitConfig, RateLimiter, RedactionConfig, Redactor};
-pub use quote::{cut_to, cut_value, quote_value};
+pub use quote::{QUOTE_MAX_CHARS, cut_to, cut_value, quote_value};
 pub use records::{
     ConsolidationRun, Estimate, EstimateActual, EstimateCorrection, EstimateRecord,
     MetricsSnapshot, RestoreRecord, StepCompaction,
