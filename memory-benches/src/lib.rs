@@ -4,6 +4,7 @@
 //! ([`DefaultStack`]).
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
+pub mod spans;
 mod stack;
 mod workload;
 

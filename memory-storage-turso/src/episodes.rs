@@ -148,6 +148,7 @@ impl Inner {
 
     /// Records step rows, the episode's step count and change stamp, and the steps'
     /// full-text row.
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn append_step_rows(
         conn: &Connection,
         ns: &str,
@@ -197,6 +198,7 @@ pub(crate) async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbRe
 }
 
 /// An episode with its steps in order, `None` if absent.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn read_episode(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<Episode>> {
     let sql = format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2");
     let mut rows = conn.query(&sql, vec![text(ns), text(id)]).await?;
@@ -219,6 +221,7 @@ async fn read_episode(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<
 /// in-progress episode (`update` binds `?1..?8`), indexes its reflection and merges the
 /// learning, stamping what it writes with `position`. `Ok(None)` when it was already
 /// completed.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn complete_in_tx(
     tx: &Connection,
     ns: &str,

@@ -94,6 +94,7 @@ pub(crate) fn row_values(body: &str, ns: &str, episode_id: &str, part: &str) -> 
 }
 
 /// Writes one index row (nothing when `body` has no term).
+#[tracing::instrument(level = "debug", skip_all)]
 pub(crate) async fn insert(
     conn: &Connection,
     body: &str,

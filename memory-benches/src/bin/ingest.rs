@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use memory_benches::spans::SpanTimes;
 use memory_benches::{DefaultStack, Workload, record_workload_episode};
 use memory_core::{MemoryConfig, Namespace, NamespaceStats, OutcomeKind};
 use serde::Serialize;
@@ -55,7 +56,14 @@ struct Args {
     /// Print one JSON document on stdout instead of tables.
     #[arg(long)]
     json: bool,
+    /// Time the spans of the write path (debug-level `tracing` spans of the memory crates) and
+    /// report, per slice, where completion time goes: mean time and count per span name.
+    #[arg(long)]
+    spans: bool,
 }
+
+/// Spans shown per slice with `--spans`.
+const SPANS_SHOWN: usize = 14;
 
 /// Latency figures of one set of `complete_episode` calls, in milliseconds.
 // The unit in every JSON key is the point.
@@ -110,6 +118,9 @@ struct Checkpoint {
     lessons: u64,
     rss_mib: f64,
     database_mib: f64,
+    /// With `--spans`: the costliest spans of the slice (name, mean ms, count).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    spans: Vec<(String, f64, u64)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -240,7 +251,7 @@ async fn record_slice(
     Ok(())
 }
 
-async fn run(args: &Args) -> Result<Report> {
+async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
     if args.episodes == 0 || args.concurrency == 0 || args.checkpoints == 0 {
         bail!("--episodes, --concurrency and --checkpoints must be at least 1");
     }
@@ -278,6 +289,7 @@ async fn run(args: &Args) -> Result<Report> {
     let mut done = 0;
     // Time spent recording (checkpoint counting excluded).
     let mut recorded = Duration::ZERO;
+    let mut span_mark = spans.map(SpanTimes::totals).unwrap_or_default();
     while done < args.episodes {
         let end = (done + slice).min(args.episodes);
         let slice_start = Instant::now();
@@ -304,6 +316,18 @@ async fn run(args: &Args) -> Result<Report> {
             .latencies_ms[before..]
             .to_vec();
         // Counting is outside the measured slice.
+        let slice_spans = match spans {
+            Some(times) => {
+                let now = times.totals();
+                let top = now.since(&span_mark).by_total();
+                span_mark = now;
+                top.into_iter()
+                    .take(SPANS_SHOWN)
+                    .map(|(name, mean, n)| (name, mean.as_secs_f64() * 1e3, n))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let stats = stack.memory.stats(&ns).await?;
         let cp = Checkpoint {
             episodes: end,
@@ -315,6 +339,7 @@ async fn run(args: &Args) -> Result<Report> {
             lessons: stats.lessons,
             rss_mib: proc_status_mib("VmRSS"),
             database_mib: stack.database_bytes() as f64 / MIB,
+            spans: slice_spans,
         };
         bar.set_message(format!(
             "{} patterns, {} heuristics",
@@ -463,6 +488,16 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             cp.database_mib
         )?;
     }
+    for cp in r.checkpoints.iter().filter(|cp| !cp.spans.is_empty()) {
+        writeln!(
+            out,
+            "\n  spans up to episode {} (mean ms x count):",
+            cp.episodes
+        )?;
+        for (name, mean_ms, n) in &cp.spans {
+            writeln!(out, "    {name:<32} {mean_ms:>9.3} x {n}")?;
+        }
+    }
     Ok(())
 }
 
@@ -473,7 +508,16 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let report = rt.block_on(run(&args))?;
+    let times = args.spans.then(|| {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        let times = SpanTimes::default();
+        let filter = tracing_subscriber::EnvFilter::new("memory_core=debug,memory_storage_turso=debug,memory_storage_redb=debug,memory_stack=debug,warn");
+        let subscriber = tracing_subscriber::registry().with(times.clone().with_filter(filter));
+        tracing::subscriber::set_global_default(subscriber).map(|()| times)
+    });
+    let times = times.transpose().context("cannot install the span timer")?;
+    let report = rt.block_on(run(&args, times.as_ref()))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;

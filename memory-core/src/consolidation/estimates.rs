@@ -43,6 +43,7 @@ pub(crate) fn check_estimate(estimate: &Estimate, max_why: usize) -> Result<()> 
 
 /// At completion: fills in the actuals of the episode's estimate record, if it has one. The
 /// completion is already stored, so a failure here is logged, not returned.
+#[tracing::instrument(level = "debug", skip_all)]
 pub(crate) async fn close_estimate(
     storage: &dyn Storage,
     ns: &Namespace,

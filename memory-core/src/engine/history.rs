@@ -56,6 +56,7 @@ impl HistoryKey {
 impl HistoryCache {
     /// The reward's efficiency baseline for `key`: the cached counts, else the latest
     /// successes of the kind read from `storage` (and cached).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn reward_history(
         &self,
         storage: &dyn Storage,

@@ -228,6 +228,7 @@ impl StepBuffers {
     }
 
     /// Writes the episode's pending steps, if any. The caller holds the episode's write lock.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn write_pending(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
         let pending = lock(&self.buffers)
             .get_mut(&(ns.clone(), id))

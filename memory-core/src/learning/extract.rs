@@ -84,6 +84,7 @@ fn sum_latency(steps: &[ExecutionStep]) -> u64 {
 }
 
 /// Extracts what one completed episode teaches.
+#[tracing::instrument(level = "debug", skip_all)]
 pub fn extract_learning(
     episode: &Episode,
     outcome: &Outcome,

@@ -29,6 +29,7 @@ fn failure_text(step: &ExecutionStep) -> String {
 }
 
 /// Writes the reflection of a completed episode.
+#[tracing::instrument(level = "debug", skip_all)]
 pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Reflection {
     let steps = &episode.steps;
     let mut r = Reflection::default();
