@@ -1,6 +1,8 @@
 //! Learned items on libsql: one table per kind, read and written through one generic path;
 //! the merge of an update runs in core, inside the caller's transaction; feedback events.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use libsql::{Connection, Value};
 use memory_core::{
@@ -129,13 +131,53 @@ async fn load_where<T: Stored>(
     column: &str,
     keys: Vec<String>,
 ) -> DbResult<Vec<T>> {
+    let filter = format!("{column} IN ({})", placeholders(2, keys.len()));
+    load_filtered(conn, ns, &filter, keys).await
+}
+
+/// The heuristics an update merges with: the ones of its condition keys that are not pruned
+/// (pruned ones take no part in resolving contradictions), and the observed ones whatever
+/// their status. Two indexed reads (one `OR` would scan the namespace's heuristics).
+async fn load_heuristics(
+    conn: &Connection,
+    ns: &str,
+    keys: Vec<String>,
+    ids: Vec<String>,
+) -> DbResult<Vec<Heuristic>> {
+    let of_keys = format!(
+        "condition_key IN ({}) AND status <> 'pruned'",
+        placeholders(2, keys.len())
+    );
+    let mut by_id: BTreeMap<String, Heuristic> = BTreeMap::new();
+    for h in load_filtered::<Heuristic>(conn, ns, &of_keys, keys).await? {
+        by_id.insert(h.id.0.clone(), h);
+    }
+    let observed: Vec<String> = ids
+        .into_iter()
+        .filter(|id| !by_id.contains_key(id))
+        .collect();
+    for h in load_where::<Heuristic>(conn, ns, "id", observed).await? {
+        by_id.insert(h.id.0.clone(), h);
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// The items of `T` matching `filter` (an SQL condition whose placeholders start at `?2` and
+/// take `params`), by id. `+id` keeps SQLite from walking the primary key for the order
+/// (it would then scan the whole namespace instead of searching the filter's index).
+#[tracing::instrument(level = "debug", skip_all)]
+async fn load_filtered<T: Stored>(
+    conn: &Connection,
+    ns: &str,
+    filter: &str,
+    keys: Vec<String>,
+) -> DbResult<Vec<T>> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT body FROM {} WHERE ns = ?1 AND {column} IN ({}) ORDER BY id",
+        "SELECT body FROM {} WHERE ns = ?1 AND {filter} ORDER BY +id",
         T::TABLE,
-        placeholders(2, keys.len())
     );
     let mut params = Vec::with_capacity(keys.len() + 1);
     params.push(text(ns));
@@ -151,6 +193,7 @@ async fn load_where<T: Stored>(
 
 impl Inner {
     /// Upserts every item, stamping patterns and heuristics with `position`.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn write_items<'a>(
         conn: &Connection,
         ns: &str,
@@ -176,7 +219,13 @@ impl Inner {
         let lesson_ids = update.lesson_ids().into_iter().map(|l| l.0).collect();
         let existing = ExistingLearned {
             patterns: load_where(conn, ns, "id", pattern_ids).await?,
-            heuristics: load_where(conn, ns, "condition_key", update.condition_keys()).await?,
+            heuristics: load_heuristics(
+                conn,
+                ns,
+                update.condition_keys(),
+                update.heuristic_ids().into_iter().map(|h| h.0).collect(),
+            )
+            .await?,
             lessons: load_where(conn, ns, "id", lesson_ids).await?,
         };
         let changes = update.apply(existing);

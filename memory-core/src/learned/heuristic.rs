@@ -159,7 +159,8 @@ impl Heuristic {
 }
 
 /// Among heuristics sharing one condition key, makes the best-evidenced one active and marks
-/// every other non-pruned one superseded by it, with the evidence counts as the reason.
+/// every other non-pruned one superseded by it, with the evidence counts of the moment as the
+/// reason (a loser already superseded by the same winner is left as it is).
 ///
 /// Ranking: evidence score, then support, then the latest evidence, then the id (so the result
 /// is deterministic). Returns the indices whose status changed.
@@ -188,14 +189,19 @@ pub fn resolve_contradictions(group: &mut [Heuristic]) -> Vec<usize> {
     };
     let mut changed = Vec::new();
     for i in candidates {
+        let h = &group[i];
+        // A loser already set aside for this winner keeps its status (and the counts its
+        // reason gives, as they were then): evidence the winner gains later rewrites nothing.
+        if i != winner && matches!(&h.status, LearnedStatus::Superseded { by, .. } if *by == w_id) {
+            continue;
+        }
         let new_status = if i == winner {
             LearnedStatus::Active
         } else {
-            let h = &group[i];
             LearnedStatus::Superseded {
                 by: w_id.clone(),
                 reason: format!(
-                    "contradicts \"{w_action}\" which has more evidence ({w_support} supporting / {w_against} against vs {} / {})",
+                    "contradicts \"{w_action}\", which had more evidence when this was set aside ({w_support} supporting / {w_against} against vs {} / {})",
                     h.support, h.against
                 ),
             }

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
 use crate::learned::{
-    FailureLesson, Heuristic, HeuristicObservation, LessonId, LessonObservation, Pattern,
-    PatternId, PatternObservation, resolve_contradictions,
+    FailureLesson, Heuristic, HeuristicId, HeuristicObservation, LessonId, LessonObservation,
+    Pattern, PatternId, PatternObservation, resolve_contradictions,
 };
 
 /// Everything one episode teaches, ready to be merged.
@@ -72,10 +72,16 @@ impl LearningUpdate {
         self.patterns.iter().map(|p| p.id.clone()).collect()
     }
 
-    /// Condition keys whose heuristics (all of them) to load.
+    /// Condition keys whose heuristics to load: every one that is not pruned (a backend may
+    /// load the pruned ones too; they take no part in resolving contradictions).
     pub fn condition_keys(&self) -> Vec<String> {
         let keys: BTreeSet<&String> = self.heuristics.iter().map(|h| &h.condition_key).collect();
         keys.into_iter().cloned().collect()
+    }
+
+    /// Ids of the observed heuristics, to load whatever their status.
+    pub fn heuristic_ids(&self) -> Vec<HeuristicId> {
+        self.heuristics.iter().map(|h| h.id.clone()).collect()
     }
 
     /// Ids of the lessons to load.
@@ -84,6 +90,7 @@ impl LearningUpdate {
     }
 
     /// Merges the update into the existing items and returns every row to write back.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub fn apply(&self, existing: ExistingLearned) -> LearnedChanges {
         let mut changes = LearnedChanges::default();
 
