@@ -20,12 +20,13 @@ use tracing::{debug, info, warn};
 use crate::codec::{Decoded, decode_cached_value, encode_cached_value_into};
 use crate::config::CacheConfig;
 use crate::error::{StoreError, blocking};
-use crate::group_commit::{self, Committer, GroupCommit};
+use crate::group_commit::{self, Committer, GroupCommit, Reply};
 use crate::tables::{
     CACHE_INFO, CACHE_MARK, ENTRIES, EXPIRY, HEADER_LEN, INFO_BYTES, INFO_CLEAN, INFO_LAYOUT,
     INFO_MARK_POSITION, LAYOUT_VERSION, LRU, MARK_DATABASE, META, entry_key, expiry_key,
     split_expiry_key, split_stored,
 };
+use crate::write_behind::{InFlight, PendingPuts};
 
 type Front = moka::future::Cache<Vec<u8>, Arc<FrontEntry>>;
 
@@ -44,8 +45,10 @@ struct FrontEntry {
 ///   written with the next write transaction (or once
 ///   [`touch_flush_threshold`](CacheConfig::touch_flush_threshold) keys are pending), before
 ///   any eviction decision is made, so eviction still follows true LRU order.
-/// - **Writes** (put, invalidate) return once committed; concurrent writes share one
-///   transaction (group commit, in arrival order). They commit with `Durability::None`: the
+/// - **Writes** share transactions (group commit, in arrival order). A put returns once
+///   queued: reads see the queued value at once and the file has it when the transaction
+///   commits in the background ([`RedbCache::flush`] and [`RedbCache::close`] wait for that);
+///   an invalidation returns once committed. They commit with `Durability::None`: the
 ///   cache is a copy and may lose its last writes in a crash. Every
 ///   [`durable_commit_every`](CacheConfig::durable_commit_every)-th commit is durable so redb can
 ///   reuse freed pages. A write that crosses a bound deletes least recently used entries (rows
@@ -106,6 +109,10 @@ struct Inner {
     touches: Mutex<HashMap<Vec<u8>, u64>>,
     /// Puts and invalidations waiting to be committed.
     writes: GroupCommit<WriteOp, WriteOutcome>,
+    /// Puts queued and not committed yet: reads see them first.
+    pending: PendingPuts<Arc<FrontEntry>>,
+    /// Puts whose commit nobody waits for yet.
+    in_flight: InFlight,
     next_tick: AtomicU64,
     /// Writers bump `writes_started` before touching the front or the file and
     /// `writes_finished` after; a reader fills the front only when no write overlapped its read.
@@ -171,6 +178,8 @@ enum WriteOp {
         stored: Vec<u8>,
         expires: u64,
         now: u64,
+        /// The LRU tick, taken when the put was queued.
+        tick: u64,
     },
     Invalidate {
         key: Vec<u8>,
@@ -183,6 +192,7 @@ struct EncodedEntry {
     stored: Vec<u8>,
     expires: u64,
     now: u64,
+    tick: u64,
 }
 
 impl EncodedEntry {
@@ -201,12 +211,41 @@ impl EncodedEntry {
             stored: self.stored,
             expires: self.expires,
             now: self.now,
+            tick: self.tick,
         };
         (op, front)
     }
 }
 
-/// The front (moka) entry of a put, inserted after the disk commit.
+/// The end of queued puts: waits for their commit. Dropped before that (the runtime stopped),
+/// it records that the file may lack them, so it is not marked clean.
+struct FinishPuts {
+    cache: RedbCache,
+    keys: Vec<(Vec<u8>, u64)>,
+    replies: Vec<Reply<WriteOutcome>>,
+    done: bool,
+}
+
+impl FinishPuts {
+    async fn run(mut self) {
+        let keys = std::mem::take(&mut self.keys);
+        let replies = std::mem::take(&mut self.replies);
+        self.cache.finish_puts(keys, replies).await;
+        self.done = true;
+    }
+}
+
+impl Drop for FinishPuts {
+    fn drop(&mut self) {
+        let inner = &self.cache.inner;
+        if !self.done {
+            inner.in_flight.set_lost();
+        }
+        inner.writes_finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The front (moka) entry of a put, inserted at once.
 struct FrontPut {
     key: Vec<u8>,
     entry: FrontEntry,
@@ -305,6 +344,8 @@ impl RedbCache {
             front,
             touches: Mutex::new(HashMap::new()),
             writes: GroupCommit::new(MAX_WRITE_BATCH, "cache write"),
+            pending: PendingPuts::new(),
+            in_flight: InFlight::new(),
             next_tick: AtomicU64::new(opened.next_tick),
             writes_started: AtomicU64::new(0),
             writes_finished: AtomicU64::new(0),
@@ -335,8 +376,15 @@ impl RedbCache {
         &self.inner.config
     }
 
-    /// Writes buffered recency updates with a durable commit.
+    /// Waits until every put queued so far is committed to the file (its entry counts,
+    /// evictions and bytes are then in [`Cache::stats`]).
+    pub async fn settle(&self) {
+        self.inner.in_flight.drained().await;
+    }
+
+    /// Waits for queued puts, then writes buffered recency updates with a durable commit.
     pub async fn flush(&self) -> Result<()> {
+        self.settle().await;
         let inner = self.inner.clone();
         blocking("cache flush", move || inner.flush_touches(true)).await
     }
@@ -351,6 +399,7 @@ impl RedbCache {
     /// the next open keeps its entries. Other clones keep the cache open; the last one to be
     /// dropped closes it the same way.
     pub async fn close(self) -> Result<()> {
+        self.inner.in_flight.drained().await;
         match Arc::try_unwrap(self.inner) {
             Ok(inner) => {
                 blocking("cache close", move || {
@@ -433,14 +482,13 @@ impl RedbCache {
             stored,
             expires,
             now,
+            tick: inner.next_tick.fetch_add(1, Ordering::Relaxed),
         })
     }
 
-    /// Counts a committed put, drops what it evicted or expired from the front and puts the
-    /// new value there.
-    async fn after_put(&self, ns: &Namespace, out: WriteOutcome, front: FrontPut) {
+    /// Counts a committed put and drops what it evicted or expired from the front.
+    async fn after_put(&self, out: WriteOutcome, key: &[u8]) {
         let inner = &self.inner;
-        add(&inner.counters.inserts, 1);
         add(&inner.counters.evictions, out.evicted.len() as u64);
         add(&inner.counters.expirations, out.expired.len() as u64);
         if !out.evicted.is_empty() {
@@ -448,10 +496,33 @@ impl RedbCache {
         }
         self.front_invalidate(&out.evicted).await;
         self.front_invalidate(&out.expired).await;
-        if let Some(f) = &inner.front {
-            f.insert(front.key.clone(), Arc::new(front.entry)).await;
+        debug!(key = ?key, replaced = out.replaced, "cache put committed");
+    }
+
+    /// Waits for the commits of queued puts (`seqs` and `replies` in the order of `keys`),
+    /// then lets reads go to the file for them. A put that failed is invalidated (the file
+    /// may hold an older value); if even that fails, the file is not marked clean at close.
+    async fn finish_puts(&self, keys: Vec<(Vec<u8>, u64)>, replies: Vec<Reply<WriteOutcome>>) {
+        let inner = &self.inner;
+        let outcomes = group_commit::wait(&inner.writes, replies).await;
+        let mut first = None;
+        for ((key, seq), out) in keys.into_iter().zip(outcomes) {
+            match out {
+                Ok(out) => self.after_put(out, &key).await,
+                Err(e) => {
+                    let undone = self.submit(WriteOp::Invalidate { key: key.clone() }).await;
+                    if undone.is_err() {
+                        inner.in_flight.set_lost();
+                    }
+                    self.front_invalidate(std::slice::from_ref(&key)).await;
+                    first.get_or_insert(e);
+                }
+            }
+            inner.pending.committed(&key, seq);
         }
-        debug!(namespace = ns.as_str(), key = ?front.key, replaced = out.replaced, "cache put");
+        if let Some(e) = first {
+            warn!(error = %e, "cache write failed; the entries were dropped");
+        }
     }
 
     async fn front_invalidate(&self, keys: &[Vec<u8>]) {
@@ -612,11 +683,17 @@ impl<'t> Tabs<'t> {
         Ok(())
     }
 
-    /// Moves touched entries to their newest tick in the LRU order.
-    fn apply_touches(&mut self, touches: HashMap<Vec<u8>, u64>) -> Result<(), StoreError> {
+    /// Moves touched entries to their newest tick in the LRU order; returns the touches of
+    /// keys not in the file (read while their put was queued).
+    fn apply_touches(
+        &mut self,
+        touches: HashMap<Vec<u8>, u64>,
+    ) -> Result<HashMap<Vec<u8>, u64>, StoreError> {
+        let mut absent = HashMap::new();
         for (key, tick) in touches {
             let Some((old, expires, size)) = self.meta.get(key.as_slice())?.map(|g| g.value())
             else {
+                absent.insert(key, tick);
                 continue;
             };
             if tick <= old {
@@ -626,7 +703,7 @@ impl<'t> Tabs<'t> {
             self.lru.insert(tick, key.as_slice())?;
             self.meta.insert(key.as_slice(), (tick, expires, size))?;
         }
-        Ok(())
+        Ok(absent)
     }
 
     /// Deletes up to `max` entries whose expiry is at or before `now`, soonest first.
@@ -817,7 +894,7 @@ impl Inner {
         let (txn, durable) = self.begin_write(&db, false)?;
         let results = {
             let mut tabs = Tabs::open(&txn)?;
-            tabs.apply_touches(self.take_touches())?;
+            let mut touched_before = tabs.apply_touches(self.take_touches())?;
             let mut bytes = tabs.bytes()?;
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
@@ -827,12 +904,16 @@ impl Inner {
                         stored,
                         expires,
                         now,
+                        tick,
                     } => {
                         let old = tabs.remove_entry(key)?;
                         if let Some(old) = old {
                             bytes = bytes.saturating_sub(old);
                         }
-                        let tick = self.next_tick.fetch_add(1, Ordering::Relaxed);
+                        // A read of the queued value counts as a use after the put.
+                        let tick = touched_before
+                            .remove(key)
+                            .map_or(*tick, |read| read.max(*tick));
                         tabs.insert(key, stored, tick, *expires)?;
                         bytes = bytes.saturating_add(stored.len() as u64);
                         let expired =
@@ -899,8 +980,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Durably writes buffered recency and the clean flag.
+    /// Durably writes buffered recency and the clean flag (not when a queued put may be
+    /// missing: then the file is emptied when reopened).
     fn mark_clean(&self) -> Result<(), StoreError> {
+        if self.in_flight.lost() {
+            warn!(path = %self.path.display(), "cache writes may be missing; the file will be emptied when reopened");
+            return Ok(());
+        }
         let db = self.read_db();
         let txn = db.begin_write()?;
         {
@@ -982,6 +1068,15 @@ impl Cache for RedbCache {
         let inner = &self.inner;
         let k = entry_key(ns, key);
         let now = inner.now_ms();
+        if let Some(entry) = inner.pending.get(&k)
+            && entry.expires_ms > now
+        {
+            add(&inner.counters.memory_hits, 1);
+            debug!(namespace = ns.as_str(), key = ?key, "cache hit (queued)");
+            let value = entry.value.clone();
+            self.touch(k).await;
+            return Ok(Some(value));
+        }
         if let Some(front) = &inner.front
             && let Some(entry) = front.get(k.as_slice()).await
         {
@@ -1052,8 +1147,11 @@ impl Cache for RedbCache {
         self.put_many(ns, std::slice::from_ref(value)).await
     }
 
-    /// Queues every put at once, so the committing task writes them in one transaction.
+    /// Queues every put at once, so the committing task writes them in one transaction, and
+    /// returns without waiting for it (see [`crate::write_behind`]): until it commits, reads
+    /// are served the queued values.
     async fn put_many(&self, ns: &Namespace, values: &[CachedValue]) -> Result<()> {
+        let inner = &self.inner;
         let mut first = None;
         let mut entries = Vec::with_capacity(values.len());
         for v in values {
@@ -1064,19 +1162,49 @@ impl Cache for RedbCache {
                 }
             }
         }
-        let _epoch = self.inner.begin_epoch();
-        let keys: Vec<Vec<u8>> = entries.iter().map(|(e, _)| e.key.clone()).collect();
-        self.front_invalidate(&keys).await;
-        let (ops, fronts): (Vec<_>, Vec<_>) =
-            entries.into_iter().map(|(e, v)| e.into_op(v)).unzip();
-        let outcomes = self.submit_many(ops).await;
-        for (out, front) in outcomes.into_iter().zip(fronts) {
-            match out {
-                Ok(out) => self.after_put(ns, out, front).await,
-                Err(e) => {
-                    first.get_or_insert(e);
-                }
+        if entries.is_empty() {
+            return first.map_or(Ok(()), Err);
+        }
+        inner.writes_started.fetch_add(1, Ordering::SeqCst);
+        let mut ops = Vec::with_capacity(entries.len());
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut fronts = Vec::with_capacity(entries.len());
+        for (e, v) in entries {
+            let (op, front) = e.into_op(v);
+            let entry = Arc::new(front.entry);
+            let seq = inner.pending.put(front.key.clone(), Arc::clone(&entry));
+            fronts.push((front.key.clone(), entry));
+            keys.push((front.key, seq));
+            ops.push(op);
+        }
+        add(&inner.counters.inserts, ops.len() as u64);
+        // Queued now, so an invalidation or put that comes later commits after these.
+        let replies = group_commit::enqueue(inner, ops);
+        if let Some(f) = &inner.front {
+            for (key, entry) in fronts {
+                f.insert(key, entry).await;
             }
+        }
+        debug!(
+            namespace = ns.as_str(),
+            count = keys.len(),
+            "cache put queued"
+        );
+        let finish = FinishPuts {
+            cache: self.clone(),
+            keys,
+            replies,
+            done: false,
+        };
+        match inner.in_flight.begin() {
+            Some(permit) => {
+                drop(tokio::spawn(async move {
+                    finish.run().await;
+                    // After the handle is gone, so a close that waited can take the file.
+                    drop(permit);
+                }));
+            }
+            None => finish.run().await,
         }
         first.map_or(Ok(()), Err)
     }
@@ -1085,6 +1213,7 @@ impl Cache for RedbCache {
         let inner = &self.inner;
         let k = entry_key(ns, key);
         let _epoch = inner.begin_epoch();
+        inner.pending.remove(&k);
         self.front_invalidate(std::slice::from_ref(&k)).await;
         let removed = self.submit(WriteOp::Invalidate { key: k }).await?.replaced;
         debug!(namespace = ns.as_str(), key = ?key, removed, "cache invalidate");
@@ -1095,6 +1224,9 @@ impl Cache for RedbCache {
         let inner = &self.inner;
         let encoded: Vec<Vec<u8>> = keys.iter().map(|(ns, k)| entry_key(ns, k)).collect();
         let _epoch = inner.begin_epoch();
+        for k in &encoded {
+            inner.pending.remove(k);
+        }
         self.front_invalidate(&encoded).await;
         let ops = encoded
             .into_iter()
@@ -1112,6 +1244,9 @@ impl Cache for RedbCache {
 
     async fn clear(&self) -> Result<()> {
         let inner = &self.inner;
+        // Queued puts first, so none lands after the wipe.
+        inner.in_flight.drained().await;
+        inner.pending.clear();
         let _epoch = inner.begin_epoch();
         if let Some(front) = &inner.front {
             front.invalidate_all();
@@ -1386,6 +1521,7 @@ mod tests {
         c.put(&n, &CachedValue::Episode(es[3].clone()))
             .await
             .unwrap();
+        c.flush().await.unwrap(); // evictions happen when the put commits
         assert_eq!(c.stats().evictions, 1);
         assert_eq!(
             c.get(&n, &CacheKey::Episode(es[1].id)).await.unwrap(),
@@ -1450,6 +1586,7 @@ mod tests {
         c.put(&n, &CachedValue::Episode(episode("new")))
             .await
             .unwrap();
+        c.flush().await.unwrap();
         let s = c.stats();
         assert_eq!((s.expirations, s.entries), (1, 1), "{s:?}");
     }
@@ -1468,6 +1605,7 @@ mod tests {
             e.task_description.push_str(&"x".repeat(20_000));
             c.put(&n, &CachedValue::Episode(e)).await.unwrap();
         }
+        c.flush().await.unwrap();
         let full = std::fs::metadata(c.path()).unwrap().len();
         c.clear().await.unwrap();
         c.flush().await.unwrap();

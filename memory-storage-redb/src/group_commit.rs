@@ -74,6 +74,16 @@ impl<Op, Out> GroupCommit<Op, Out> {
 /// Queues `ops` together (one commit unless the batch limit splits them) and waits for each
 /// outcome, in order. Starts the committing task when none runs.
 pub(crate) async fn submit<C: Committer>(owner: &Arc<C>, ops: Vec<C::Op>) -> Vec<Result<C::Out>> {
+    let waiting = enqueue(owner, ops);
+    wait(owner.group(), waiting).await
+}
+
+/// The outcome of one queued operation, once its transaction committed.
+pub(crate) type Reply<Out> = oneshot::Receiver<Result<Out>>;
+
+/// Queues `ops` together, now (so what is queued later commits after them), and returns
+/// where each outcome will arrive. Starts the committing task when none runs.
+pub(crate) fn enqueue<C: Committer>(owner: &Arc<C>, ops: Vec<C::Op>) -> Vec<Reply<C::Out>> {
     let group = owner.group();
     let mut waiting = Vec::with_capacity(ops.len());
     let start = {
@@ -91,6 +101,14 @@ pub(crate) async fn submit<C: Committer>(owner: &Arc<C>, ops: Vec<C::Op>) -> Vec
         // is empty.
         drop(tokio::task::spawn_blocking(move || run(owner)));
     }
+    waiting
+}
+
+/// Waits for the outcomes of [`enqueue`]d operations, in order.
+pub(crate) async fn wait<Op, Out>(
+    group: &GroupCommit<Op, Out>,
+    waiting: Vec<Reply<Out>>,
+) -> Vec<Result<Out>> {
     let mut out = Vec::with_capacity(waiting.len());
     for done in waiting {
         out.push(done.await.unwrap_or_else(|_| Err(group.stopped())));

@@ -5,7 +5,8 @@
 //!   namespace and id, bounded by entry count **and** bytes, with a TTL. Eviction and expiry
 //!   delete rows, and the file is compacted past a size bound, so it stays bounded under churn.
 //!   A moka cache holds the hottest entries in process. The cache holds copies: the file can be
-//!   deleted at any time and nothing is lost.
+//!   deleted at any time and nothing is lost. Puts return once queued (the file is written
+//!   by a group commit in the background); reads see them at once.
 //! - [`RedbOutbox`] implements [`memory_core::Outbox`]: an ordered, fsynced journal of the
 //!   writes acknowledged while the durable layer is unreachable, in its own file. It is the only
 //!   redb state that is not a copy.
@@ -26,7 +27,8 @@
 //!
 //! let cache = RedbCache::open(dir.path().join("cache.redb"), CacheConfig::default().with_max_entries(1_000)).await?;
 //! cache.put(&ns, &CachedValue::Episode(episode.clone())).await?;
-//! assert!(cache.get(&ns, &CacheKey::Episode(episode.id)).await?.is_some());
+//! assert!(cache.get(&ns, &CacheKey::Episode(episode.id)).await?.is_some()); // seen at once
+//! cache.flush().await?; // the put is committed to the file in the background; wait for it
 //! assert_eq!(cache.stats().entries, 1);
 //!
 //! let outbox = RedbOutbox::open(dir.path().join("outbox.redb"), OutboxConfig::default()).await?;
@@ -51,6 +53,7 @@ mod memory_cache;
 mod outbox;
 mod tables;
 mod wire;
+mod write_behind;
 
 pub use cache::{CacheOpening, RedbCache};
 pub use codec::{

@@ -100,6 +100,7 @@ async fn get_put_invalidate_clear_for_every_kind() {
                 "put then get"
             );
         }
+        c.settle().await; // the file is written behind the puts
         assert_eq!(c.stats().entries, 3);
 
         // Replacing a value serves the new one.
@@ -248,6 +249,7 @@ async fn ttl_expiry_under_paused_time() {
             None,
             "expired after the ttl"
         );
+        c.settle().await;
         let s = c.stats();
         assert_eq!(
             (s.expirations, s.entries, s.bytes),
@@ -278,10 +280,12 @@ async fn eviction_removes_the_least_recently_used_first() {
         c.put(&n, &CachedValue::Episode(es[3].clone()))
             .await
             .unwrap(); // evicts 2
+        c.settle().await;
         assert_eq!(c.stats().evictions, 1);
         c.put(&n, &CachedValue::Episode(es[4].clone()))
             .await
             .unwrap(); // evicts 0
+        c.settle().await;
         assert_eq!(c.stats().evictions, 2);
 
         assert_eq!(
@@ -315,6 +319,7 @@ async fn byte_bound_holds() {
         let es: Vec<Episode> = (0..10).map(|i| sized_episode(i, 1_000)).collect();
         for e in &es {
             c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+            c.settle().await;
             let s = c.stats();
             assert!(s.bytes <= max_bytes, "{s:?} over {max_bytes}");
         }
@@ -353,6 +358,7 @@ async fn churn_keeps_the_file_bounded() {
         let e = sized_episode(i, 2_000);
         ids.push(e.id);
         c.put(&n, &CachedValue::Episode(e)).await.unwrap();
+        c.settle().await;
         let s = c.stats();
         assert!(s.entries <= CAPACITY, "{s:?}");
         max_live = max_live.max(s.bytes);
@@ -434,6 +440,7 @@ async fn concurrent_writers_agree_with_a_model_and_survive_reopen() {
                 + 8
         })
         .sum();
+    c.settle().await;
     let s = c.stats();
     assert_eq!(
         (s.entries, s.bytes),

@@ -107,6 +107,7 @@ async fn an_episode_exactly_at_the_limit_round_trips() {
     .unwrap();
     let ns = Namespace::new("big").unwrap();
     c.put(&ns, &v).await.unwrap();
+    c.settle().await; // until then the queued value would be served
     assert_eq!(c.get(&ns, &CacheKey::Episode(e.id)).await.unwrap(), Some(v));
     assert_eq!(c.stats().disk_hits, 1);
 }

@@ -417,6 +417,7 @@ impl Inner {
         self.cache_put_many(ns, &values, since).await;
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn cache_put_many(&self, ns: &Namespace, values: &[CachedValue], since: u64) {
         if values.is_empty() {
             return;
@@ -501,6 +502,7 @@ impl Inner {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn cache_get(&self, ns: &Namespace, key: &CacheKey) -> Option<CachedValue> {
         let c = self.cache.as_ref()?;
         match c.get(ns, key).await {
@@ -786,6 +788,7 @@ impl Inner {
 
     /// After a durable completion: the patched episode and the learned items it changed go to
     /// the cache in one commit.
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn after_complete(
         &self,
         ns: &Namespace,
@@ -805,6 +808,7 @@ impl Inner {
     /// Keeps the cache in step with a write the durable layer accepted. In-progress episodes
     /// are patched in place (write-through), so that an episode started before an outage can
     /// still be read, and completed, during it.
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn after_write(&self, ns: &Namespace, op: &WriteOp, since: u64) {
         let _patching = match op {
             WriteOp::CreateEpisode(_)
@@ -913,12 +917,14 @@ crate::forward_storage! {
     impl[] EpisodeStore for TieredStorage => inner.durable, wrap inner.guarded;
     forward query_episodes, search_episodes, namespace_stats, list_namespaces, ping;
     {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
         self.inner
             .write(ns, WriteOp::CreateEpisode(episode.clone()))
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn append_steps(
         &self,
         ns: &Namespace,
@@ -948,6 +954,7 @@ crate::forward_storage! {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn complete_episode(
         &self,
         ns: &Namespace,
@@ -986,6 +993,7 @@ crate::forward_storage! {
         Ok(Some(changes))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
         self.inner.read_episode(ns, id).await
     }
