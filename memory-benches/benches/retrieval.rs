@@ -324,6 +324,7 @@ fn completed_episode(dataset: u64, i: usize) -> (Episode, EpisodeCompletion) {
         reflection,
         completed_at,
         learning,
+        steps: Vec::new(),
     };
     (episode, completion)
 }

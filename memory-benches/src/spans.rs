@@ -37,7 +37,7 @@ impl SpanTotals {
             .iter()
             .map(|((target, name), (t, n))| (format!("{target}::{name}"), *t, *n))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|x| std::cmp::Reverse(x.1));
         v.into_iter()
             .map(|(name, t, n)| (name, t / u32::try_from(n.max(1)).unwrap_or(u32::MAX), n))
             .collect()

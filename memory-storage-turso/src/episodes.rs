@@ -246,6 +246,7 @@ async fn complete_in_tx(
             Some(_) => Ok(None), // already completed: a replay changes nothing
         };
     }
+    Inner::append_step_rows(tx, ns, id, &c.steps, position).await?;
     text_index::insert(tx, &c.reflection.text(), ns, id, "reflection").await?;
     Ok(Some(
         Inner::merge_learning(tx, ns, &c.learning, position).await?,

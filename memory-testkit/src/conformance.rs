@@ -39,6 +39,7 @@ where
     episode_lifecycle(make().await.as_ref()).await;
     create_is_idempotent(make().await.as_ref()).await;
     steps_append_as_rows_idempotently(make().await.as_ref()).await;
+    completion_writes_its_steps(make().await.as_ref()).await;
     query_filters_order_and_paging(make().await.as_ref()).await;
     lexical_search(make().await.as_ref()).await;
     learning_merges_across_episodes(make().await.as_ref()).await;
@@ -119,6 +120,7 @@ pub fn completion_for(episode: &Episode, outcome: Outcome, at: DateTime<Utc>) ->
         reflection,
         completed_at: at,
         learning,
+        steps: Vec::new(),
     }
 }
 
@@ -394,6 +396,48 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     assert_eq!(tools, ["a", "b", "c", "d", "e", "f", "h"]);
     assert_eq!(got.steps[6].step_number, 7);
     assert_eq!(s.namespace_stats(&n).await.unwrap().steps, 7);
+}
+
+/// A completion carries the steps logged since the last append: they are stored with it (a
+/// key already stored is skipped), and a replay of the completion adds nothing.
+pub async fn completion_writes_its_steps(s: &dyn Storage) {
+    let n = ns("conf/complete-steps");
+    let e = episode(
+        "one transaction",
+        TaskType::Testing,
+        "web_api",
+        Some("rust"),
+        t(0),
+    );
+    s.create_episode(&n, &e).await.unwrap();
+    let first = steps(&[("a", true), ("b", true)], 1, t(1));
+    s.append_steps(&n, e.id, &first).await.unwrap();
+    let late = steps(&[("c", false), ("d", true)], 3, t(2));
+    let mut whole = get(s, &n, e.id).await;
+    whole.steps.extend(late.iter().cloned());
+    let mut c = completion_for(&whole, Outcome::success("done"), t(3));
+    // The first step again (a retry of a batch that did commit) and the late ones.
+    c.steps = std::iter::once(first[0].clone())
+        .chain(late.iter().cloned())
+        .collect();
+    assert!(s.complete_episode(&n, &c).await.unwrap().is_some());
+    let got = get(s, &n, e.id).await;
+    let tools: Vec<&str> = got.steps.iter().map(ExecutionStep::tool).collect();
+    assert_eq!(
+        tools,
+        ["a", "b", "c", "d"],
+        "late steps stored once, in order"
+    );
+    assert!(got.is_completed());
+    assert_eq!(s.namespace_stats(&n).await.unwrap().steps, 4);
+    let mut replay = c.clone();
+    replay.steps = steps(&[("e", true)], 5, t(4));
+    assert!(s.complete_episode(&n, &replay).await.unwrap().is_none());
+    assert_eq!(
+        get(s, &n, e.id).await.steps.len(),
+        4,
+        "a replay adds no step"
+    );
 }
 
 pub async fn query_filters_order_and_paging(s: &dyn Storage) {

@@ -154,8 +154,9 @@ impl SelfLearningMemory {
         Ok(())
     }
 
-    /// Completes an episode: writes its buffered steps, scores it, reflects on it, and merges
-    /// what it teaches into the learned patterns, heuristics and lessons, atomically.
+    /// Completes an episode: scores it, reflects on it, and writes its buffered steps, its
+    /// outcome and what it teaches (merged into the learned patterns, heuristics and lessons)
+    /// in one transaction.
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
     pub async fn complete_episode(
         &self,
@@ -178,19 +179,10 @@ impl SelfLearningMemory {
             None => None,
         };
         let _completing = inner.steps.completing(ns, id);
-        inner.steps.write_pending(ns, id).await?;
-        // A transient failure keeps steps in the buffer; completing without them would
-        // complete a different episode and then drop them.
-        let unwritten = inner.steps.pending_len(ns, id);
-        if unwritten > 0 {
-            return Err(Error::storage(
-                inner.storage.backend_name(),
-                "complete_episode",
-                true,
-                format!("{unwritten} steps could not be written yet; retry the completion"),
-            ));
-        }
-        let episode = inner
+        // Steps logged since the last batch are written by the completion's own transaction;
+        // they leave the buffer only once it committed.
+        let pending = inner.steps.pending(ns, id).unwrap_or_default();
+        let mut episode = inner
             .storage
             .get_episode(ns, id)
             .await?
@@ -199,6 +191,9 @@ impl SelfLearningMemory {
             inner.steps.close(ns, id);
             return Err(already_completed(id));
         }
+        let added = crate::episode::steps_to_append(&episode.steps, &pending);
+        episode.steps.extend(added);
+        episode.steps.sort_by_key(|s| s.step_number);
 
         let key = HistoryKey::of(ns, &episode);
         let history = match inner
@@ -229,6 +224,7 @@ impl SelfLearningMemory {
             reflection,
             completed_at: now,
             learning,
+            steps: pending,
         };
         let changes = inner.storage.complete_episode(ns, &completion).await?;
         inner.steps.close(ns, id);

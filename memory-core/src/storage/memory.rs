@@ -200,6 +200,9 @@ impl EpisodeStore for InMemoryStorage {
         if episode.is_completed() {
             return Ok(None);
         }
+        let new = crate::episode::steps_to_append(&episode.steps, &c.steps);
+        episode.steps.extend(new);
+        episode.steps.sort_by_key(|s| s.step_number);
         episode.outcome = Some(c.outcome.clone());
         episode.reward = Some(c.reward.clone());
         episode.reflection = Some(c.reflection.clone());

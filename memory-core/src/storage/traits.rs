@@ -238,6 +238,11 @@ pub struct EpisodeCompletion {
     pub completed_at: DateTime<Utc>,
     /// What it teaches.
     pub learning: LearningUpdate,
+    /// Steps logged since the episode's steps were last appended, written in the same
+    /// transaction, as [`EpisodeStore::append_steps`] writes them (keys already stored are
+    /// skipped), so a completion is one transaction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<ExecutionStep>,
 }
 
 /// Episodes: create, append steps, complete, read, list, search.
@@ -263,8 +268,8 @@ pub trait EpisodeStore: Send + Sync + Debug {
         steps: &[ExecutionStep],
     ) -> Result<()>;
 
-    /// Records the outcome, reward and reflection and merges the learning update (via
-    /// [`LearningUpdate::apply`]) in one transaction.
+    /// Appends the completion's `steps`, records the outcome, reward and reflection and merges
+    /// the learning update (via [`LearningUpdate::apply`]), in one transaction.
     ///
     /// Returns `Ok(Some(changes))` when applied, `Ok(None)` when the episode was already
     /// completed (nothing changed: a replay is harmless). `NotFound` if the episode is absent.

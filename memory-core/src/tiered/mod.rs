@@ -772,6 +772,9 @@ impl Inner {
         let key = CacheKey::Episode(c.episode_id);
         match self.cache_get(ns, &key).await {
             Some(CachedValue::Episode(mut e)) if !e.is_completed() => {
+                let added = crate::episode::steps_to_append(&e.steps, &c.steps);
+                e.steps.extend(added);
+                e.steps.sort_by_key(|x| x.step_number);
                 e.outcome = Some(c.outcome.clone());
                 e.reward = Some(c.reward.clone());
                 e.reflection = Some(c.reflection.clone());

@@ -112,7 +112,10 @@ impl Overlay {
             }
             WriteOp::CompleteEpisode(c) => {
                 let d = self.episodes.entry((ns.clone(), c.episode_id)).or_default();
-                d.completion.get_or_insert_with(|| c.clone());
+                if d.completion.is_none() {
+                    d.steps.extend(c.steps.iter().cloned());
+                    d.completion = Some(c.clone());
+                }
                 d.last_seq = seq;
             }
             WriteOp::PutLearned(items) => {
