@@ -772,6 +772,22 @@ impl Inner {
         self.touches.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Puts back the touches of keys whose put is still queued (a later batch writes it).
+    fn keep_touches_of_queued(&self, touches: HashMap<Vec<u8>, u64>) {
+        let queued: Vec<(Vec<u8>, u64)> = touches
+            .into_iter()
+            .filter(|(k, _)| self.pending.get(k).is_some())
+            .collect();
+        if queued.is_empty() {
+            return;
+        }
+        let mut t = self.lock_touches();
+        for (k, tick) in queued {
+            let e = t.entry(k).or_insert(tick);
+            *e = (*e).max(tick);
+        }
+    }
+
     fn take_touches(&self) -> HashMap<Vec<u8>, u64> {
         std::mem::take(&mut *self.lock_touches())
     }
@@ -940,6 +956,7 @@ impl Inner {
             }
             tabs.set_bytes(bytes)?;
             self.publish_size(tabs.meta.len()?, bytes);
+            self.keep_touches_of_queued(touched_before);
             results
         };
         txn.commit()?;
@@ -971,7 +988,8 @@ impl Inner {
         }
         let db = self.read_db();
         let (txn, durable) = self.begin_write(&db, durable)?;
-        Tabs::open(&txn)?.apply_touches(touches)?;
+        let absent = Tabs::open(&txn)?.apply_touches(touches)?;
+        self.keep_touches_of_queued(absent);
         txn.commit()?;
         drop(db);
         if durable {
