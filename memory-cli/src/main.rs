@@ -34,63 +34,51 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
-/// Exit code 2 for input the user can fix, 1 for everything else.
-fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<memory_core::Error>() {
-        Some(
-            memory_core::Error::InvalidInput { .. }
-            | memory_core::Error::LimitExceeded { .. }
-            | memory_core::Error::NotFound { .. }
-            | memory_core::Error::Conflict { .. },
-        ) => 2,
-        _ => 1,
-    }
-}
-
-fn hint(e: &anyhow::Error) -> Option<&'static str> {
-    match e.downcast_ref::<memory_core::Error>()? {
-        memory_core::Error::NotFound { .. } => {
-            Some("check the id with `memory episode list` or `memory pattern list`")
-        }
-        memory_core::Error::LimitExceeded { .. } => {
-            Some("shorten the input; limits are listed in SECURITY.md")
-        }
-        memory_core::Error::QuotaExceeded { .. } => {
-            Some("raise the quota in memory.toml or use another namespace")
-        }
-        memory_core::Error::RateLimited { .. } => Some("retry after the given time"),
-        memory_core::Error::Conflict { .. } => Some("start a new episode"),
-        memory_core::Error::Storage {
+/// How an error is reported: its `--json` kind, a hint, and the exit code (2 for input the
+/// user can fix, 1 for everything else).
+fn classify(e: &anyhow::Error) -> (&'static str, Option<&'static str>, u8) {
+    use memory_core::Error as E;
+    match e.downcast_ref::<E>() {
+        Some(E::NotFound { .. }) => (
+            "not_found",
+            Some("check the id with `memory episode list` or `memory pattern list`"),
+            2,
+        ),
+        Some(E::InvalidInput { .. }) => ("invalid_input", None, 2),
+        Some(E::LimitExceeded { .. }) => (
+            "limit_exceeded",
+            Some("shorten the input; limits are listed in SECURITY.md"),
+            2,
+        ),
+        Some(E::QuotaExceeded { .. }) => (
+            "quota_exceeded",
+            Some("raise the quota in memory.toml or use another namespace"),
+            1,
+        ),
+        Some(E::RateLimited { .. }) => ("rate_limited", Some("retry after the given time"), 1),
+        Some(E::Conflict { .. }) => ("conflict", Some("start a new episode"), 2),
+        Some(E::Storage {
             transient: true, ..
-        } => Some("the storage is unreachable or busy; retry"),
-        _ => None,
+        }) => (
+            "storage",
+            Some("the storage is unreachable or busy; retry"),
+            1,
+        ),
+        Some(E::Storage { .. } | E::CircuitOpen { .. }) => ("storage", None, 1),
+        _ => ("error", None, 1),
     }
 }
 
-fn report_error(e: &anyhow::Error, json_out: bool) {
-    let message = format!("{e:#}");
+/// Prints an error: as JSON on stdout under `--json`, else on stderr with its hint.
+fn print_error(kind: &str, message: &str, hint: Option<&str>, json_out: bool) {
     if json_out {
-        let kind = e
-            .downcast_ref::<memory_core::Error>()
-            .map_or("error", |m| match m {
-                memory_core::Error::NotFound { .. } => "not_found",
-                memory_core::Error::InvalidInput { .. } => "invalid_input",
-                memory_core::Error::LimitExceeded { .. } => "limit_exceeded",
-                memory_core::Error::QuotaExceeded { .. } => "quota_exceeded",
-                memory_core::Error::RateLimited { .. } => "rate_limited",
-                memory_core::Error::Conflict { .. } => "conflict",
-                memory_core::Error::Storage { .. } | memory_core::Error::CircuitOpen { .. } => {
-                    "storage"
-                }
-                _ => "error",
-            });
         println!(
             "{}",
-            json!({ "error": { "kind": kind, "message": message, "hint": hint(e) } })
+            json!({ "error": { "kind": kind, "message": message, "hint": hint } })
         );
     } else {
-        eprintln!("error: {}", display_safe::text(&message));
-        if let Some(h) = hint(e) {
+        eprintln!("error: {}", display_safe::text(message));
+        if let Some(h) = hint {
             eprintln!("hint: {h}");
         }
     }
@@ -102,37 +90,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
         settings.namespace = Namespace::new(format!("demo/run-{stamp}"))?;
     }
+    // These commands open what they need themselves.
+    let done = match cli.command {
+        Command::Eval(cmd) => commands::eval::run(cmd, &settings).await,
+        Command::Restore { dir, force } => commands::backup::restore(&dir, force, &settings).await,
+        Command::Mcp(a) => commands::mcp::run(&a, &settings).await,
+        Command::Serve(a) => commands::serve::run(&a, &settings).await,
+        command => return Box::pin(run_on_stack(command, &settings)).await,
+    };
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+/// Runs a command on the storage stack, then flushes and closes the stack.
+async fn run_on_stack(command: Command, s: &Settings) -> Result<ExitCode> {
     // Commands that retrieve (or report on retrieval) load the embedding model.
     let semantic = matches!(
-        cli.command,
+        command,
         Command::Recommend(_) | Command::Health | Command::Demo(_)
     );
-    if let Command::Eval(cmd) = cli.command {
-        return commands::eval::run(cmd, &settings)
-            .await
-            .map(|()| ExitCode::SUCCESS);
-    }
-    if let Command::Restore { dir, force } = &cli.command {
-        return commands::backup::restore(dir, *force, &settings)
-            .await
-            .map(|()| ExitCode::SUCCESS);
-    }
-    if let Command::Mcp(a) = cli.command {
-        return commands::mcp::run(&a, &settings)
-            .await
-            .map(|()| ExitCode::SUCCESS);
-    }
-    if let Command::Serve(a) = cli.command {
-        return commands::serve::run(&a, &settings)
-            .await
-            .map(|()| ExitCode::SUCCESS);
-    }
-    let stack = backend::open(&settings, semantic).await?;
-    let s = &settings;
+    let stack = backend::open(s, semantic).await?;
     let m = stack.memory();
     let mut code = ExitCode::SUCCESS;
     let command = async {
-        match cli.command {
+        match command {
             Command::Episode(cmd) => commands::episode::run(cmd, m, s).await,
             Command::Feedback(a) => commands::learned::feedback(a, m, s).await,
             Command::Pattern(cmd) => commands::learned::pattern(cmd, m, s).await,
@@ -181,15 +161,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// A usage error: as JSON on stdout under `--json`, else on stderr; exit code 2.
 fn usage_error(message: &str, json_requested: bool) -> ExitCode {
-    if json_requested {
-        println!(
-            "{}",
-            json!({ "error": { "kind": "usage", "message": message.trim(), "hint": "see `memory --help`" } })
-        );
-    } else {
-        eprintln!("error: {}", display_safe::text(message.trim()));
-        eprintln!("hint: see `memory --help`");
-    }
+    print_error(
+        "usage",
+        message.trim(),
+        Some("see `memory --help`"),
+        json_requested,
+    );
     ExitCode::from(2)
 }
 
@@ -265,8 +242,9 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            report_error(&e, json_out);
-            ExitCode::from(exit_code(&e))
+            let (kind, hint, code) = classify(&e);
+            print_error(kind, &format!("{e:#}"), hint, json_out);
+            ExitCode::from(code)
         }
     }
 }

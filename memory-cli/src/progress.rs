@@ -14,44 +14,35 @@ fn shown(s: &Settings) -> bool {
 
 /// A bar over `len` items, labelled `what`.
 pub fn bar(len: u64, what: &str, s: &Settings) -> ProgressBar {
-    if !shown(s) {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_owned());
-    bar
+    let template = "{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})";
+    styled(Some(len), template, what, s)
 }
 
 /// A bar over `len` bytes, labelled `what`.
 pub fn bytes(len: u64, what: &str, s: &Settings) -> ProgressBar {
-    if !shown(s) {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_owned());
-    bar
+    let template = "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})";
+    styled(Some(len), template, what, s)
 }
 
 /// A spinner with the elapsed time, for work of unknown size.
 pub fn spinner(what: &str, s: &Settings) -> ProgressBar {
+    let bar = styled(None, "{spinner} {msg} ({elapsed})", what, s);
+    if !bar.is_hidden() {
+        bar.enable_steady_tick(Duration::from_millis(120));
+    }
+    bar
+}
+
+/// A bar over `len` (a spinner without it) drawn with `template`, labelled `what`; hidden
+/// unless progress is shown.
+fn styled(len: Option<u64>, template: &str, what: &str, s: &Settings) -> ProgressBar {
     if !shown(s) {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new_spinner();
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
-        bar.set_style(style);
+    let bar = len.map_or_else(ProgressBar::new_spinner, ProgressBar::new);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_owned());
-    bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }

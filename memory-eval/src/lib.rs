@@ -9,3 +9,22 @@
 
 pub mod learning;
 pub mod retrieval;
+
+/// A timed-out step with a message (`StepInput::timeout` has none).
+pub(crate) fn timed_out(
+    tool: &str,
+    action: impl Into<String>,
+    message: impl Into<String>,
+) -> memory_core::StepInput {
+    memory_core::StepInput {
+        result: memory_core::StepResult::Timeout {
+            message: message.into(),
+        },
+        ..memory_core::StepInput::ok(tool, action, "")
+    }
+}
+
+/// `n / of`, or 0 when `of` is 0.
+pub(crate) fn ratio(n: usize, of: usize) -> f64 {
+    if of == 0 { 0.0 } else { n as f64 / of as f64 }
+}

@@ -18,6 +18,8 @@ use memory_core::{EpisodeId, NewEpisode, Outcome, StepInput, TaskContext, TaskTy
 use memory_core::{Error, Result};
 use memory_core::{RetrievalMethod, RetrievalQuery};
 
+use crate::ratio;
+
 /// One episode of the dataset.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EvalEpisode {
@@ -158,7 +160,7 @@ pub struct Latency {
 }
 
 /// How well no-answer queries were flagged ("no strong match").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Abstention {
     /// Queries with nothing relevant.
     pub no_answer_queries: usize,
@@ -179,10 +181,6 @@ impl Abstention {
     pub fn false_flag_rate(&self) -> f64 {
         ratio(self.answerable_flagged, self.answerable_queries)
     }
-}
-
-fn ratio(a: usize, b: usize) -> f64 {
-    if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
 /// The scores of one method in one mode.
@@ -272,45 +270,21 @@ impl<'a> RetrievalEval<'a> {
     /// Imports the episodes through the normal API; returns dataset id -> episode id.
     pub async fn import(&self, ds: &EvalDataset) -> Result<HashMap<String, EpisodeId>> {
         let mut ids = HashMap::with_capacity(ds.episodes.len());
+        let text = |t: &Option<String>| t.clone().unwrap_or_default();
         for e in &ds.episodes {
-            let id = self
-                .memory
-                .start_episode(
-                    &self.ns,
-                    NewEpisode {
-                        task_description: e.task_description.clone(),
-                        task_type: e.task_type,
-                        context: e.context.clone(),
-                    },
-                )
-                .await?;
+            let new = NewEpisode::new(e.task_description.clone(), e.task_type, e.context.clone());
+            let id = self.memory.start_episode(&self.ns, new).await?;
             for s in &e.steps {
+                let (tool, action) = (&s.tool, &s.action);
                 let step = match s.result.status.as_str() {
-                    "success" => StepInput::ok(
-                        &s.tool,
-                        &s.action,
-                        s.result.output.clone().unwrap_or_default(),
-                    ),
-                    "timeout" => {
-                        let mut t = StepInput::timeout(&s.tool, &s.action);
-                        if let (memory_core::StepResult::Timeout { message }, Some(m)) =
-                            (&mut t.result, &s.result.error)
-                        {
-                            message.clone_from(m);
-                        }
-                        t
-                    }
-                    _ => StepInput::error(
-                        &s.tool,
-                        &s.action,
-                        s.result.error.clone().unwrap_or_default(),
-                    ),
+                    "success" => StepInput::ok(tool, action, text(&s.result.output)),
+                    "timeout" => crate::timed_out(tool, action, text(&s.result.error)),
+                    _ => StepInput::error(tool, action, text(&s.result.error)),
                 }
                 .with_parameters(s.parameters.clone())
                 .with_latency_ms(s.latency_ms);
                 self.memory.log_step(&self.ns, id, step).await?;
             }
-            let text = |o: &Option<String>| o.clone().unwrap_or_default();
             let outcome = match e.outcome.kind.as_str() {
                 "success" => Outcome::success(text(&e.outcome.verdict)),
                 "partial_success" => Outcome::partial(text(&e.outcome.verdict)),
@@ -388,12 +362,7 @@ impl<'a> RetrievalEval<'a> {
         let mut totals = [0.0f64; 5];
         let mut answerable = 0usize;
         let mut latencies = Vec::with_capacity(ds.queries.len());
-        let mut abstention = Abstention {
-            no_answer_queries: 0,
-            no_answer_flagged: 0,
-            answerable_queries: 0,
-            answerable_flagged: 0,
-        };
+        let mut abstention = Abstention::default();
         let mut calibrated = false;
         let mut per_query = Vec::with_capacity(ds.queries.len());
         for q in &ds.queries {

@@ -20,7 +20,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::error::{Error, Result};
 use crate::server::MemoryServer;
@@ -87,16 +87,14 @@ pub async fn serve_http_on(
         .map_err(|e| Error::Http(e.to_string()))?;
     check_listen(local, &config)?;
     let sessions = CancellationToken::new();
-    let mut allowed_hosts: Vec<String> = ["localhost", "127.0.0.1", "::1", "[::1]"]
-        .iter()
-        .map(|h| (*h).to_owned())
-        .collect();
-    allowed_hosts.push(local.ip().to_string());
-    allowed_hosts.push(local.to_string());
-    allowed_hosts.extend(config.allowed_hosts.iter().cloned());
+    let loopback = ["localhost", "127.0.0.1", "::1", "[::1]"].map(String::from);
     let mut mcp_config = StreamableHttpServerConfig::default();
     mcp_config.cancellation_token = sessions.clone();
-    mcp_config.allowed_hosts = allowed_hosts;
+    mcp_config.allowed_hosts = loopback
+        .into_iter()
+        .chain([local.ip().to_string(), local.to_string()])
+        .chain(config.allowed_hosts.iter().cloned())
+        .collect();
     let factory_server = server.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(factory_server.for_client()),
@@ -120,13 +118,7 @@ pub async fn serve_http_on(
     let drain = server.clone();
     let stopping = async move {
         stop.await;
-        info!(
-            in_flight = drain.calls_in_flight(),
-            "stopping: finishing the calls in flight"
-        );
-        if !drain.drain(crate::DRAIN_GRACE).await {
-            warn!("calls still running after the grace period");
-        }
+        drain.stop_taking_calls().await;
         sessions.cancel();
     };
     axum::serve(listener, router)

@@ -4,7 +4,7 @@
 //! `recommend`, `start_episode`, `log_step`, `complete_episode`, `record_feedback`,
 //! `search_episodes`, `show_episode`, `list_learned`, `stats` and `health`. The `memory mcp`
 //! command of `memory-cli` opens the configured storage and serves it on stdio with
-//! [`serve_stdio`].
+//! [`serve_stdio_until`].
 //!
 //! Errors, by layer:
 //! - a line that is not JSON is ignored, and JSON that is not a JSON-RPC message gets an
@@ -44,19 +44,10 @@ pub use server::{McpConfig, MemoryServer, NamespaceAccess};
 use rmcp::ServiceExt;
 use rmcp::service::QuitReason;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{info, warn};
+use tracing::info;
 
 /// How long a stopping server waits for the tool calls in flight.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves one client on the given byte streams until it disconnects.
-pub async fn serve_io<R, W>(server: MemoryServer, read: R, write: W) -> Result<()>
-where
-    R: AsyncRead + Send + Unpin + 'static,
-    W: AsyncWrite + Send + Unpin + 'static,
-{
-    serve_io_until(server, read, write, std::future::pending()).await
-}
 
 /// Serves one client on the given byte streams until it disconnects or `stop` resolves.
 ///
@@ -84,18 +75,13 @@ where
     let ended = tokio::select! {
         r = &mut waiting => r,
         () = &mut stop => {
-            info!(in_flight = server.calls_in_flight(), "stopping: finishing the calls in flight");
-            if !server.drain(DRAIN_GRACE).await {
-                warn!("calls still running after the grace period");
-            }
+            server.stop_taking_calls().await;
             token.cancel();
             waiting.await
         }
     };
     // The client may have gone while calls were still running: let them finish.
-    if !server.drain(DRAIN_GRACE).await {
-        warn!("calls still running after the grace period");
-    }
+    server.finish_calls().await;
     match ended {
         Ok(QuitReason::JoinError(e)) | Err(e) => Err(Error::Session(e.to_string())),
         Ok(reason) => {
@@ -113,16 +99,4 @@ pub async fn serve_stdio_until(
 ) -> Result<()> {
     let (stdin, stdout) = rmcp::transport::stdio();
     serve_io_until(server, stdin, stdout, stop).await
-}
-
-/// Serves one client on stdin/stdout until it closes stdin or the process gets Ctrl-C.
-/// Logs must go to stderr: stdout carries the protocol.
-pub async fn serve_stdio(server: MemoryServer) -> Result<()> {
-    let interrupted = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "cannot listen for ctrl-c; serving until stdin closes");
-            std::future::pending::<()>().await;
-        }
-    };
-    serve_stdio_until(server, interrupted).await
 }

@@ -41,6 +41,11 @@ fn registered<T: prometheus::core::Collector + Clone + 'static>(
     Ok(metric)
 }
 
+/// Sets an integer gauge to a count (saturating at `i64::MAX`).
+fn set(gauge: &IntGauge, count: u64) {
+    gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
+}
+
 /// Stack figures read when the metrics are scraped.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
@@ -86,43 +91,28 @@ impl Metrics {
                 &["tool"],
             ),
         )?;
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help);
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
         Ok(Metrics {
-            breaker_open: registered(
-                &registry,
-                gauge(
-                    "memory_breaker_state",
-                    "Circuit breaker of the durable layer: 0 closed, 1 half-open, 2 open",
-                ),
+            breaker_open: gauge(
+                "memory_breaker_state",
+                "Circuit breaker of the durable layer: 0 closed, 1 half-open, 2 open",
             )?,
-            journal_pending: registered(
-                &registry,
-                gauge(
-                    "memory_journal_pending",
-                    "Writes journaled by this process, waiting for the durable layer",
-                ),
+            journal_pending: gauge(
+                "memory_journal_pending",
+                "Writes journaled by this process, waiting for the durable layer",
             )?,
-            journal_rejected: registered(
-                &registry,
-                gauge(
-                    "memory_journal_rejected",
-                    "Journaled writes refused on replay since start",
-                ),
+            journal_rejected: gauge(
+                "memory_journal_rejected",
+                "Journaled writes refused on replay since start",
             )?,
             cache_hit_ratio: registered(
                 &registry,
                 Gauge::new("memory_cache_hit_ratio", "Share of cache lookups that hit"),
             )?,
-            cache_entries: registered(
-                &registry,
-                gauge("memory_cache_entries", "Entries the cache holds"),
-            )?,
-            embedding_backlog: registered(
-                &registry,
-                gauge(
-                    "memory_embedding_backlog",
-                    "Episodes of the server's namespace waiting to be embedded",
-                ),
+            cache_entries: gauge("memory_cache_entries", "Entries the cache holds")?,
+            embedding_backlog: gauge(
+                "memory_embedding_backlog",
+                "Episodes of the server's namespace waiting to be embedded",
             )?,
             consolidations: registered(
                 &registry,
@@ -131,10 +121,7 @@ impl Metrics {
                     "Consolidation runs finished by this process",
                 ),
             )?,
-            in_flight: registered(
-                &registry,
-                gauge("memory_tool_calls_in_flight", "Tool calls running now"),
-            )?,
+            in_flight: gauge("memory_tool_calls_in_flight", "Tool calls running now")?,
             registry,
             calls,
             latency,
@@ -158,25 +145,20 @@ impl Metrics {
             Some(BreakerState::HalfOpen) => 1,
             _ => 0,
         });
-        self.journal_pending
-            .set(i64::try_from(g.journal_pending).unwrap_or(i64::MAX));
-        self.journal_rejected
-            .set(i64::try_from(g.journal_rejected).unwrap_or(i64::MAX));
+        set(&self.journal_pending, g.journal_pending);
+        set(&self.journal_rejected, g.journal_rejected);
         if let Some((ratio, entries)) = g.cache {
             self.cache_hit_ratio.set(ratio);
-            self.cache_entries
-                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+            set(&self.cache_entries, entries);
         }
         if let Some(backlog) = g.embedding_backlog {
-            self.embedding_backlog
-                .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+            set(&self.embedding_backlog, backlog);
         }
         let seen = self.consolidations.get();
         if g.consolidations > seen {
             self.consolidations.inc_by(g.consolidations - seen);
         }
-        self.in_flight
-            .set(i64::try_from(g.in_flight).unwrap_or(i64::MAX));
+        set(&self.in_flight, g.in_flight as u64);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             return format!("# metrics could not be encoded: {e}\n");

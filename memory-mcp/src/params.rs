@@ -4,12 +4,17 @@
 //! Every struct denies unknown fields, so a misspelled argument is reported instead of
 //! silently ignored.
 
+use memory_core::{Complexity, FeedbackOutcome, TaskType};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+// `TaskKind`, `ComplexityArg` and `FeedbackArg` give only their schemas (with the variants'
+// docs): the arguments deserialize into the library's enums, whose variants are the same.
 
 /// The kind of task, used to match past experience.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
 pub enum TaskKind {
     /// Writing new code.
     CodeGeneration,
@@ -27,24 +32,10 @@ pub enum TaskKind {
     Other,
 }
 
-impl From<TaskKind> for memory_core::TaskType {
-    fn from(k: TaskKind) -> Self {
-        use memory_core::TaskType as T;
-        match k {
-            TaskKind::CodeGeneration => T::CodeGeneration,
-            TaskKind::Debugging => T::Debugging,
-            TaskKind::Refactoring => T::Refactoring,
-            TaskKind::Testing => T::Testing,
-            TaskKind::Analysis => T::Analysis,
-            TaskKind::Documentation => T::Documentation,
-            TaskKind::Other => T::Other,
-        }
-    }
-}
-
 /// How hard the task looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
 pub enum ComplexityArg {
     /// A few steps.
     Simple,
@@ -52,16 +43,6 @@ pub enum ComplexityArg {
     Moderate,
     /// Many steps or unknowns.
     Complex,
-}
-
-impl From<ComplexityArg> for memory_core::Complexity {
-    fn from(c: ComplexityArg) -> Self {
-        match c {
-            ComplexityArg::Simple => memory_core::Complexity::Simple,
-            ComplexityArg::Moderate => memory_core::Complexity::Moderate,
-            ComplexityArg::Complex => memory_core::Complexity::Complex,
-        }
-    }
 }
 
 /// Where a task happens. Give what you know: the more context, the better the match.
@@ -75,7 +56,8 @@ pub struct ContextArgs {
     /// Framework or main library, e.g. `axum`, `pytest`.
     pub framework: Option<String>,
     /// `simple`, `moderate` (default) or `complex`.
-    pub complexity: Option<ComplexityArg>,
+    #[schemars(with = "Option<ComplexityArg>")]
+    pub complexity: Option<Complexity>,
     /// Free tags, e.g. `flaky`, `migration`.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -97,7 +79,7 @@ impl ContextArgs {
             domain: self.domain.clone().unwrap_or_default(),
             language: self.language.clone(),
             framework: self.framework.clone(),
-            complexity: self.complexity.map(Into::into).unwrap_or_default(),
+            complexity: self.complexity.unwrap_or_default(),
             tags: self.tags.clone(),
         }
     }
@@ -110,7 +92,8 @@ pub struct RecommendArgs {
     /// The task you are about to do, in your own words (one or two sentences).
     pub task: String,
     /// The kind of task, if known.
-    pub task_type: Option<TaskKind>,
+    #[schemars(with = "Option<TaskKind>")]
+    pub task_type: Option<TaskType>,
     /// The task's context, if known.
     #[serde(default)]
     pub context: ContextArgs,
@@ -130,7 +113,8 @@ pub struct StartEpisodeArgs {
     /// What the task is, in your own words.
     pub task: String,
     /// The kind of task; default `other`.
-    pub task_type: Option<TaskKind>,
+    #[schemars(with = "Option<TaskKind>")]
+    pub task_type: Option<TaskType>,
     /// The task's context.
     #[serde(default)]
     pub context: ContextArgs,
@@ -139,7 +123,7 @@ pub struct StartEpisodeArgs {
 }
 
 /// How a step went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// The tool call worked; `output` is its (short) output.
@@ -224,8 +208,9 @@ pub enum TargetKind {
 }
 
 /// Did applying the advice help?
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
 pub enum FeedbackArg {
     /// It helped.
     Helped,
@@ -233,16 +218,6 @@ pub enum FeedbackArg {
     NoEffect,
     /// It made things worse.
     Hindered,
-}
-
-impl From<FeedbackArg> for memory_core::FeedbackOutcome {
-    fn from(f: FeedbackArg) -> Self {
-        match f {
-            FeedbackArg::Helped => memory_core::FeedbackOutcome::Helped,
-            FeedbackArg::NoEffect => memory_core::FeedbackOutcome::NoEffect,
-            FeedbackArg::Hindered => memory_core::FeedbackOutcome::Hindered,
-        }
-    }
 }
 
 /// Arguments of `record_feedback`.
@@ -256,7 +231,8 @@ pub struct FeedbackArgs {
     /// The episode in which you applied it.
     pub episode_id: String,
     /// How it went.
-    pub outcome: FeedbackArg,
+    #[schemars(with = "FeedbackArg")]
+    pub outcome: FeedbackOutcome,
     /// Namespace; default: the server's.
     pub namespace: Option<String>,
 }
@@ -304,7 +280,8 @@ pub struct SearchArgs {
     /// Only this language.
     pub language: Option<String>,
     /// Only this kind of task.
-    pub task_type: Option<TaskKind>,
+    #[schemars(with = "Option<TaskKind>")]
+    pub task_type: Option<TaskType>,
     /// Only episodes in this state.
     pub status: Option<StatusFilter>,
     /// Most results; default 10.
@@ -324,7 +301,7 @@ pub struct ShowEpisodeArgs {
 }
 
 /// Which learned items to list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LearnedKind {
     /// Tool sequences, decision points, error recoveries, context statistics.
@@ -342,7 +319,8 @@ pub struct ListLearnedArgs {
     /// Which items.
     pub kind: LearnedKind,
     /// Only items that apply to this kind of task.
-    pub task_type: Option<TaskKind>,
+    #[schemars(with = "Option<TaskKind>")]
+    pub task_type: Option<TaskType>,
     /// Only items that apply to this domain.
     pub domain: Option<String>,
     /// Only items that apply to this language.

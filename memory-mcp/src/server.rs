@@ -22,7 +22,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::{Error, Result, ToolFailure};
 use crate::params::{
@@ -292,8 +292,6 @@ fn build_tools() -> Result<Vec<Tool>> {
 struct Shared {
     memory: Arc<SelfLearningMemory>,
     default_namespace: Namespace,
-    tiered: Option<Arc<TieredStorage>>,
-    cache_problem: Option<String>,
     stack: Option<Arc<memory_stack::Stack>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     tools: Vec<Tool>,
@@ -360,8 +358,6 @@ impl MemoryServer {
             shared: Arc::new(Shared {
                 memory,
                 default_namespace,
-                tiered: None,
-                cache_problem: None,
                 stack: None,
                 metrics: None,
                 tools: build_tools()?,
@@ -374,23 +370,6 @@ impl MemoryServer {
         })
     }
 
-    /// With the tiered storage the memory runs on, so `stats` and `health` report the cache,
-    /// outbox and circuit breaker; `cache_problem` says why the cache is off, if it is.
-    ///
-    /// Call before the server is cloned or served.
-    #[must_use]
-    pub fn with_tiered(
-        mut self,
-        tiered: Arc<TieredStorage>,
-        cache_problem: Option<String>,
-    ) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.tiered = Some(tiered);
-            shared.cache_problem = cache_problem;
-        }
-        self
-    }
-
     /// With the whole stack the memory runs on (as `memory mcp` opens it), so `stats` and
     /// `health` report every component as `memory health` does: the database check, the
     /// cache, this process's journal and those of other processes, the breaker, the model.
@@ -399,7 +378,6 @@ impl MemoryServer {
     #[must_use]
     pub fn with_stack(mut self, stack: Arc<memory_stack::Stack>) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.tiered = Some(Arc::clone(stack.tiered()));
             shared.stack = Some(stack);
         }
         self
@@ -427,7 +405,7 @@ impl MemoryServer {
             in_flight: self.calls_in_flight(),
             ..crate::metrics::Gauges::default()
         };
-        if let Some(t) = &self.shared.tiered {
+        if let Some(t) = self.tiered() {
             let st = t.status();
             g.breaker = Some(st.breaker);
             g.journal_pending = st.outbox_len;
@@ -466,6 +444,23 @@ impl MemoryServer {
         }
     }
 
+    /// [`MemoryServer::drain`] with [`crate::DRAIN_GRACE`], warning of calls still running after it.
+    pub(crate) async fn finish_calls(&self) {
+        if !self.drain(crate::DRAIN_GRACE).await {
+            warn!("calls still running after the grace period");
+        }
+    }
+
+    /// Logs the calls in flight, then [`MemoryServer::finish_calls`]: a stopping server's first
+    /// step.
+    pub(crate) async fn stop_taking_calls(&self) {
+        info!(
+            in_flight = self.calls_in_flight(),
+            "stopping: finishing the calls in flight"
+        );
+        self.finish_calls().await;
+    }
+
     /// Tool calls running now.
     pub fn calls_in_flight(&self) -> usize {
         self.shared.inflight.load(Ordering::SeqCst)
@@ -483,6 +478,11 @@ impl MemoryServer {
     /// The tools this server offers.
     pub fn tools(&self) -> &[Tool] {
         &self.shared.tools
+    }
+
+    /// The tiered storage under the stack, when the server has one.
+    fn tiered(&self) -> Option<&Arc<TieredStorage>> {
+        self.shared.stack.as_ref().map(|s| s.tiered())
     }
 
     fn memory(&self) -> &SelfLearningMemory {
@@ -563,7 +563,7 @@ impl MemoryServer {
         let limit = self.limit("limit", a.limit, 5)?;
         let mut req = RecommendRequest::new(a.task).with_limit(limit);
         if a.context.is_given() || a.task_type.is_some() {
-            req = req.with_context(a.task_type.map(Into::into), a.context.to_context());
+            req = req.with_context(a.task_type, a.context.to_context());
         }
         // Check before draining the embedding queue, so a bad call costs nothing.
         self.limits()
@@ -604,7 +604,7 @@ impl MemoryServer {
         let ns = self.namespace(a.namespace.as_deref())?;
         let new = NewEpisode::new(
             a.task,
-            a.task_type.map(Into::into).unwrap_or_default(),
+            a.task_type.unwrap_or_default(),
             a.context.to_context(),
         );
         let id = self.memory().start_episode(&ns, new).await?;
@@ -614,7 +614,7 @@ impl MemoryServer {
     async fn log_step(&self, a: LogStepArgs) -> Result<Value, ToolFailure> {
         let ns = self.namespace(a.namespace.as_deref())?;
         let id = episode_id(&a.episode_id)?;
-        let status = a.status_name();
+        let status = a.status;
         let result = match a.status {
             StepStatus::Success => StepResult::Success { output: a.output },
             StepStatus::Error => StepResult::Error { message: a.output },
@@ -687,7 +687,7 @@ impl MemoryServer {
                 FeedbackTarget::Heuristic(h.id)
             }
         };
-        let outcome: memory_core::FeedbackOutcome = a.outcome.into();
+        let outcome = a.outcome;
         self.memory()
             .record_feedback(&ns, target.clone(), episode, outcome)
             .await?;
@@ -707,7 +707,7 @@ impl MemoryServer {
         let query = TextQuery {
             text: a.query,
             filter: EpisodeFilter {
-                task_type: a.task_type.map(Into::into),
+                task_type: a.task_type,
                 domain: a.domain.map(|d| d.trim().to_lowercase()),
                 language: a.language.map(|l| l.trim().to_lowercase()),
                 status: a.status.map(Into::into),
@@ -735,9 +735,9 @@ impl MemoryServer {
         let limits = self.limits();
         check_label("domain", a.domain.as_deref(), limits)?;
         check_label("language", a.language.as_deref(), limits)?;
-        let kind = a.kind_name();
+        let kind = a.kind;
         let query = LearnedQuery {
-            task_type: a.task_type.map(Into::into),
+            task_type: a.task_type,
             domain: a.domain.map(|d| d.trim().to_lowercase()),
             language: a.language.map(|l| l.trim().to_lowercase()),
             kind: None,
@@ -793,7 +793,7 @@ impl MemoryServer {
             st.successes as f64 / st.completed as f64
         };
         let mut out = json!({ "namespace": ns, "counts": st, "success_rate": success_rate });
-        if let (Some(t), Some(map)) = (&self.shared.tiered, out.as_object_mut()) {
+        if let (Some(t), Some(map)) = (self.tiered(), out.as_object_mut()) {
             let s = t.status();
             map.insert("cache".into(), json!(s.cache));
             map.insert("outbox_len".into(), json!(s.outbox_len));
@@ -813,10 +813,7 @@ impl MemoryServer {
             return Ok(out);
         }
         let started = Instant::now();
-        let durable = match &self.shared.tiered {
-            Some(t) => t.durable().ping().await,
-            None => self.memory().storage().ping().await,
-        };
+        let durable = self.memory().storage().ping().await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let healthy = durable.is_ok();
         let retriever = self.memory().retriever();
@@ -830,25 +827,15 @@ impl MemoryServer {
                 "detail": format!("{}; retrieval is lexical only", why.unwrap_or("no embedding model")),
             }),
         };
-        let mut components = vec![json!({
-            "component": "durable",
-            "status": if healthy { "ok" } else { "down" },
-            "latency_ms": latency_ms,
-            "error": durable.as_ref().err().map(ToString::to_string),
-        })];
-        if let Some(t) = &self.shared.tiered {
-            let s = t.status();
-            let cache_status = if self.shared.cache_problem.is_some() {
-                "degraded"
-            } else {
-                "ok"
-            };
-            components.push(json!({ "component": "cache", "status": cache_status, "error": self.shared.cache_problem, "stats": s.cache }));
-            components
-                .push(json!({ "component": "outbox", "status": "ok", "pending": s.outbox_len }));
-            components.push(json!({ "component": "breaker", "status": s.breaker }));
-        }
-        components.push(embedder);
+        let components = vec![
+            json!({
+                "component": "durable",
+                "status": if healthy { "ok" } else { "down" },
+                "latency_ms": latency_ms,
+                "error": durable.as_ref().err().map(ToString::to_string),
+            }),
+            embedder,
+        ];
         Ok(json!({ "healthy": healthy, "namespace": ns, "components": components }))
     }
 
@@ -870,26 +857,6 @@ impl MemoryServer {
             }
             .into()),
             Some(n) => Ok(n),
-        }
-    }
-}
-
-impl LogStepArgs {
-    fn status_name(&self) -> &'static str {
-        match self.status {
-            StepStatus::Success => "success",
-            StepStatus::Error => "error",
-            StepStatus::Timeout => "timeout",
-        }
-    }
-}
-
-impl ListLearnedArgs {
-    fn kind_name(&self) -> &'static str {
-        match self.kind {
-            LearnedKind::Patterns => "patterns",
-            LearnedKind::Heuristics => "heuristics",
-            LearnedKind::Lessons => "lessons",
         }
     }
 }

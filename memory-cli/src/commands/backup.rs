@@ -90,15 +90,9 @@ pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     };
     bar.finish_and_clear();
     copied?;
-    let mut namespaces = Vec::new();
     // Counted on the snapshot itself, so the manifest describes the file next to it.
     let snapshot = TursoStorage::open_local(&target).await?;
-    for ns in memory_core::EpisodeStore::list_namespaces(&snapshot).await? {
-        let n = memory_core::EpisodeStore::namespace_stats(&snapshot, &ns)
-            .await?
-            .episodes;
-        namespaces.push((ns.to_string(), n));
-    }
+    let namespaces = episodes_per_namespace(&snapshot).await?;
     let schema_version = snapshot.schema_version();
     // Closed before it is hashed: the file is final once no connection holds it.
     drop(snapshot);
@@ -138,6 +132,16 @@ pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The episode count of every namespace of `storage`.
+async fn episodes_per_namespace(storage: &TursoStorage) -> Result<Vec<(String, u64)>> {
+    let mut namespaces = Vec::new();
+    for ns in memory_core::EpisodeStore::list_namespaces(storage).await? {
+        let n = memory_core::EpisodeStore::namespace_stats(storage, &ns).await?;
+        namespaces.push((ns.to_string(), n.episodes));
+    }
+    Ok(namespaces)
 }
 
 pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
@@ -215,13 +219,7 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
     // The copies other data directories cached of the backed-up database are not copies of
     // this one any more.
     restored.renew_identity().await?;
-    let mut namespaces = Vec::new();
-    for ns in memory_core::EpisodeStore::list_namespaces(&restored).await? {
-        let n = memory_core::EpisodeStore::namespace_stats(&restored, &ns)
-            .await?
-            .episodes;
-        namespaces.push((ns.to_string(), n));
-    }
+    let namespaces = episodes_per_namespace(&restored).await?;
     if s.json {
         return output::json(&json!({
             "restored": dest,
@@ -386,18 +384,9 @@ fn copy_with_progress(
     output: &mut std::fs::File,
     s: &Settings,
 ) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    let total = input.metadata()?.len();
-    let bar = crate::progress::bytes(total, "restoring", s);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        output.write_all(&buf[..n])?;
-        bar.inc(n as u64);
-    }
+    let bar = crate::progress::bytes(input.metadata()?.len(), "restoring", s);
+    let mut input = std::io::BufReader::with_capacity(1 << 20, bar.wrap_read(input));
+    std::io::copy(&mut input, output)?;
     output.sync_all()?;
     bar.finish_and_clear();
     Ok(())

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use memory_core::{MemoryConfig, Namespace, RateLimitConfig, SelfLearningMemory, SystemClock};
+use memory_core::{
+    Embedder, MemoryConfig, Namespace, RateLimitConfig, SelfLearningMemory, SystemClock,
+};
 use memory_eval::retrieval::{EvalDataset, QueryMode, RetrievalEval, format_report};
 use memory_storage_turso::TursoStorage;
 
@@ -24,19 +26,21 @@ pub async fn run(cmd: EvalCmd, s: &Settings) -> Result<()> {
     }
 }
 
+/// The embedding model, or `None` after a warning that says why and what is done `instead`.
+async fn embedder_or_warn(s: &Settings, instead: &str) -> Option<Arc<dyn Embedder>> {
+    match load_embedder(&s.data_dir).await {
+        Ok(e) => Some(e),
+        Err(why) => {
+            eprintln!("warning: {}; {instead}", display_safe::line(&why));
+            None
+        }
+    }
+}
+
 async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
     let dataset = EvalDataset::load(&a.dataset)
         .with_context(|| format!("cannot load the dataset in {}", a.dataset.display()))?;
-    let embedder = match load_embedder(&s.data_dir).await {
-        Ok(e) => Some(e),
-        Err(why) => {
-            eprintln!(
-                "warning: {}; evaluating lexical retrieval only",
-                display_safe::line(&why)
-            );
-            None
-        }
-    };
+    let embedder = embedder_or_warn(s, "evaluating lexical retrieval only").await;
     let storage = Arc::new(TursoStorage::open_local(":memory:").await?);
     let config = MemoryConfig {
         rate_limit: RateLimitConfig::disabled(),
@@ -74,16 +78,7 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
     let embedder = if a.lexical {
         None
     } else {
-        match load_embedder(&s.data_dir).await {
-            Ok(e) => Some(e),
-            Err(why) => {
-                eprintln!(
-                    "warning: {}; the memory arms use lexical retrieval",
-                    display_safe::line(&why)
-                );
-                None
-            }
-        }
+        embedder_or_warn(s, "the memory arms use lexical retrieval").await
     };
     let retrieval = embedder.as_ref().map_or_else(
         || "lexical".to_owned(),

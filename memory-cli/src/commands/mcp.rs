@@ -12,9 +12,6 @@ use crate::cli::McpArgs;
 use crate::settings::Settings;
 use crate::signals;
 
-/// Opens the same stack as every other command (with the embedding model: the server is
-/// long-lived), serves one client until it closes stdin or the process gets SIGTERM, SIGINT
-/// or SIGHUP, lets the calls in flight finish, then flushes and closes the stack.
 /// The per-client rate limit the flags ask for.
 pub fn rate_limit(a: &McpArgs) -> RateLimitConfig {
     if a.rate_per_second > 0.0 {
@@ -52,6 +49,9 @@ pub fn server_config(a: &McpArgs) -> Result<McpConfig> {
         .with_namespaces(namespaces))
 }
 
+/// Opens the same stack as every other command (with the embedding model: the server is
+/// long-lived), serves one client until it closes stdin or the process gets SIGTERM, SIGINT
+/// or SIGHUP, lets the calls in flight finish, then flushes and closes the stack.
 pub async fn run(a: &McpArgs, s: &Settings) -> Result<()> {
     let config = server_config(a)?;
     let stack = Arc::new(backend::open(s, true).await?);

@@ -212,40 +212,16 @@ fn max_line_bytes() -> Result<usize> {
     }
 }
 
-/// SHA-256 fed through [`Write`], so an episode is hashed without serializing it into memory
-/// first; stable across versions and platforms (no random seed).
-struct Digest(Sha256);
-
-impl Digest {
-    fn new() -> Self {
-        Digest(Sha256::new())
-    }
-
-    /// The first 128 bits of the SHA-256 of `bytes`.
-    fn of(bytes: &[u8]) -> u128 {
-        let mut h = Self::new();
-        h.0.update(bytes);
-        h.finish()
-    }
-
-    /// The first 128 bits of the digest.
-    fn finish(self) -> u128 {
-        let digest = self.0.finalize();
-        let mut first = [0u8; 16];
-        first.copy_from_slice(&digest[..16]);
-        u128::from_be_bytes(first)
-    }
+/// The first 128 bits of a SHA-256: stable across versions and platforms (no random seed).
+fn first_128(hasher: Sha256) -> u128 {
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&hasher.finalize()[..16]);
+    u128::from_be_bytes(first)
 }
 
-impl Write for Digest {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// The first 128 bits of the SHA-256 of a line's bytes.
+fn line_hash(bytes: &[u8]) -> u128 {
+    first_128(Sha256::new_with_prefix(bytes))
 }
 
 /// What an imported episode's marker tag records: `import:<key>:<origin>`.
@@ -288,7 +264,8 @@ struct Canonical<'a> {
 
 /// 16 hex digits of the content hash of `e` (its context without import markers).
 fn content_key(e: &Episode) -> Result<String> {
-    let mut h = Digest::new();
+    // Fed through `Write`: the episode is hashed without being serialized into memory first.
+    let mut h = Sha256::new();
     serde_json::to_writer(
         &mut h,
         &Canonical {
@@ -299,7 +276,7 @@ fn content_key(e: &Episode) -> Result<String> {
             outcome: e.outcome.as_ref(),
         },
     )?;
-    Ok(format!("{:016x}", h.finish() >> 64))
+    Ok(format!("{:016x}", first_128(h) >> 64))
 }
 
 /// Parses one line: the source episode with its import markers removed, and the marker the
@@ -483,7 +460,7 @@ fn validate(
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let line_hash = Digest::of(bytes);
+                let line_hash = line_hash(bytes);
                 let (episode, marker) = prepare(bytes, number, file, limits, redactor)?;
                 planned.push(Planned {
                     number,
@@ -520,21 +497,18 @@ enum Action {
     Resume { id: EpisodeId, stored_steps: usize },
 }
 
-/// The namespace's episodes, and who they stand for: (origin id, index) for every episode's
-/// own id and every marker's origin, (content key, index) for every marker.
+/// The namespace's episodes, and who they stand for: origin id -> indices for every episode's
+/// own id and every marker's origin, content key -> indices for every marker.
+#[derive(Default)]
 struct Existing {
     stored: Vec<Stored>,
-    origins: Vec<(String, usize)>,
-    keys: Vec<(String, usize)>,
+    by_origin: HashMap<String, Vec<usize>>,
+    by_key: HashMap<String, Vec<usize>>,
 }
 
 /// Lists the namespace's episodes (summaries, page by page) once.
 async fn existing(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result<Existing> {
-    let mut found = Existing {
-        stored: Vec::new(),
-        origins: Vec::new(),
-        keys: Vec::new(),
-    };
+    let mut found = Existing::default();
     for_each_page(m, ns, |page| {
         for e in page {
             let index = found.stored.len();
@@ -544,10 +518,11 @@ async fn existing(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result
                 completed: e.completed_at.is_some(),
             });
             // An episode exported from this namespace (or a backup of it) is itself.
-            found.origins.push((e.id.0.simple().to_string(), index));
+            let own = e.id.0.simple().to_string();
+            found.by_origin.entry(own).or_default().push(index);
             for mk in e.context.tags.iter().filter_map(|t| Marker::parse(t)) {
-                found.origins.push((mk.origin, index));
-                found.keys.push((mk.key, index));
+                found.by_origin.entry(mk.origin).or_default().push(index);
+                found.by_key.entry(mk.key).or_default().push(index);
             }
         }
     })
@@ -558,14 +533,6 @@ async fn existing(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result
 /// Decides, line by line, what to do: a stored copy is found by the line's origin, else by
 /// its content key, and serves one line only.
 fn plan(planned: &[Planned], existing: &Existing) -> Vec<Action> {
-    let mut by_origin: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (origin, index) in &existing.origins {
-        by_origin.entry(origin.as_str()).or_default().push(*index);
-    }
-    for (key, index) in &existing.keys {
-        by_key.entry(key.as_str()).or_default().push(*index);
-    }
     let mut claimed = vec![false; existing.stored.len()];
     planned
         .iter()
@@ -577,8 +544,8 @@ fn plan(planned: &[Planned], existing: &Existing) -> Vec<Action> {
                     .copied()
                     .find(|&i| !claimed[i])
             };
-            let found = free(by_origin.get(p.marker.origin.as_str()))
-                .or_else(|| free(by_key.get(p.marker.key.as_str())));
+            let found = free(existing.by_origin.get(&p.marker.origin))
+                .or_else(|| free(existing.by_key.get(&p.marker.key)));
             let Some(i) = found else {
                 return Action::New;
             };
@@ -722,65 +689,58 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
         let next = lines
             .next_line()
             .with_context(|| format!("cannot read {}", file.display()))?;
+        let written = c.imported + c.resumed;
         let (number, bytes) = match next {
             Next::End => break,
-            Next::TooLong { number, .. } => {
-                return Err(changed(file, Some(number), c.imported + c.resumed));
-            }
+            Next::TooLong { number, .. } => return Err(changed(file, Some(number), written)),
             Next::Line { number, bytes } => (number, bytes),
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let Some((p, action)) = next_planned.next() else {
-            return Err(changed(file, Some(number), c.imported + c.resumed));
+        // Each line must be the one validated at its place.
+        let Some((_, action)) = next_planned
+            .next()
+            .filter(|(p, _)| p.number == number && p.line_hash == line_hash(bytes))
+        else {
+            return Err(changed(file, Some(number), written));
         };
-        if p.number != number || p.line_hash != Digest::of(bytes) {
-            return Err(changed(file, Some(number), c.imported + c.resumed));
-        }
         if crate::signals::stop_requested() {
             stopped_at = Some(number);
             break;
         }
-        let written = c.imported + c.resumed;
         let stopped_here = || {
             format!(
                 "{}:{number}: import stopped here; {written} episodes were written before this line. Run the import again: what was imported is skipped and an episode left in progress is resumed",
                 file.display()
             )
         };
-        let from = match *action {
+        let (resume, from) = match *action {
             Action::Present => {
                 c.present += 1;
                 bar.inc(1);
                 continue;
             }
-            Action::New => None,
-            Action::Resume { id, stored_steps } => Some((id, stored_steps)),
+            Action::New => (None, 0),
+            Action::Resume { id, stored_steps } => (Some(id), stored_steps),
         };
         let (mut episode, marker) = parse_line(bytes, number, file).with_context(stopped_here)?;
         episode.context.tags.push(marker.tag());
-        let done = match from {
-            None => {
-                let id = paced(|| m.start_episode(ns, new_episode(&episode)))
-                    .await
-                    .with_context(stopped_here)?;
-                let done = replay(m, ns, id, &episode, 0)
-                    .await
-                    .with_context(stopped_here)?;
-                c.imported += 1;
-                c.steps += episode.steps.len() as u64;
-                done
-            }
-            Some((id, stored_steps)) => {
-                let done = replay(m, ns, id, &episode, stored_steps)
-                    .await
-                    .with_context(stopped_here)?;
-                c.resumed += 1;
-                c.steps += episode.steps.len().saturating_sub(stored_steps) as u64;
-                done
-            }
+        let id = match resume {
+            Some(id) => id,
+            None => paced(|| m.start_episode(ns, new_episode(&episode)))
+                .await
+                .with_context(stopped_here)?,
         };
+        let done = replay(m, ns, id, &episode, from)
+            .await
+            .with_context(stopped_here)?;
+        if resume.is_some() {
+            c.resumed += 1;
+        } else {
+            c.imported += 1;
+        }
+        c.steps += episode.steps.len().saturating_sub(from) as u64;
         if done {
             c.completed += 1;
         } else {

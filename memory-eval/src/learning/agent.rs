@@ -5,11 +5,11 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::Arm;
 use super::world::{
     Attempt, NOT_APPLICABLE, NOTHING_TO_FIX, RECOVERY_TOOLS, Rng, StepOutcome, Task,
     candidate_tools, is_recovery_tool,
 };
+use super::{Arm, LearningEvalConfig};
 use memory_core::Namespace;
 use memory_core::Result;
 use memory_core::SelfLearningMemory;
@@ -75,20 +75,13 @@ pub struct TaskRecord {
     pub pitfalls_applied: u32,
 }
 
-/// Settings of the agent.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AgentConfig {
-    pub max_steps: u32,
-    pub recommend_limit: u32,
-    pub timeout_retries: u32,
-}
-
 /// Runs one task with one arm's policy.
 pub(crate) struct Agent<'a> {
-    memory: &'a SelfLearningMemory,
-    ns: &'a Namespace,
-    arm: Arm,
-    config: AgentConfig,
+    pub memory: &'a SelfLearningMemory,
+    pub ns: &'a Namespace,
+    pub arm: Arm,
+    /// The evaluation's settings: step budget, items asked of `recommend`, timeout retries.
+    pub config: &'a LearningEvalConfig,
 }
 
 /// State of one episode in progress.
@@ -101,21 +94,7 @@ struct Run<'t> {
     place: String,
 }
 
-impl<'a> Agent<'a> {
-    pub(crate) fn new(
-        memory: &'a SelfLearningMemory,
-        ns: &'a Namespace,
-        arm: Arm,
-        config: AgentConfig,
-    ) -> Self {
-        Agent {
-            memory,
-            ns,
-            arm,
-            config,
-        }
-    }
-
+impl Agent<'_> {
     /// Works on `task`; `rng` drives exploration.
     pub(crate) async fn run(&self, task: &Task, rng: &mut Rng) -> Result<TaskRecord> {
         let advice = if self.arm.asks() {
@@ -292,13 +271,7 @@ impl<'a> Agent<'a> {
             let step = match &outcome {
                 StepOutcome::Ok(out) => StepInput::ok(tool, action, out.clone()),
                 StepOutcome::Error(e) => StepInput::error(tool, action, e.clone()),
-                StepOutcome::Timeout(e) => {
-                    let mut s = StepInput::timeout(tool, action);
-                    if let memory_core::StepResult::Timeout { message } = &mut s.result {
-                        message.clone_from(e);
-                    }
-                    s
-                }
+                StepOutcome::Timeout(e) => crate::timed_out(tool, action, e.clone()),
             };
             self.memory.log_step(self.ns, run.episode, step).await?;
             match &outcome {

@@ -50,7 +50,7 @@ use tracing::info;
 pub use agent::TaskRecord;
 pub use report::{ArmReport, Comparison, LearningReport, Totals, WindowStats, format_report};
 pub use withhold::{Visible, Withholding};
-pub use world::{StepOutcome, Task, World, candidate_tools, family_count, is_recovery_tool};
+pub use world::{StepOutcome, Task, World, candidate_tools, is_recovery_tool};
 
 use memory_core::Clock;
 use memory_core::Embedder;
@@ -121,24 +121,6 @@ impl Arm {
     }
 }
 
-impl std::str::FromStr for Arm {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Arm::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s.trim().replace('-', "_"))
-            .ok_or_else(|| {
-                Error::invalid(
-                    "arm",
-                    format!(
-                        "unknown arm {} (expected no_memory, episodes_only, full_memory or no_lessons)",
-                        memory_core::quote_value(s)
-                    ),
-                )
-            })
-    }
-}
-
 /// Settings of the learning evaluation.
 ///
 /// # Default
@@ -189,13 +171,6 @@ impl LearningEvalConfig {
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
-        self
-    }
-
-    /// With windows of this many tasks.
-    #[must_use]
-    pub fn with_window(mut self, window: usize) -> Self {
-        self.window = window;
         self
     }
 
@@ -256,16 +231,6 @@ impl LearningEval {
         LearningEval { config, world }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &LearningEvalConfig {
-        &self.config
-    }
-
-    /// The world.
-    pub fn world(&self) -> &World {
-        &self.world
-    }
-
     /// Tasks of the stream with an armed trap.
     pub fn trapped_tasks(&self) -> usize {
         (0..self.config.tasks)
@@ -297,16 +262,12 @@ impl LearningEval {
             embedder,
         )?;
         let ns = Namespace::new(format!("eval/learning/{}", arm.as_str()))?;
-        let agent = agent::Agent::new(
-            &memory,
-            &ns,
+        let agent = agent::Agent {
+            memory: &memory,
+            ns: &ns,
             arm,
-            agent::AgentConfig {
-                max_steps: self.config.max_steps,
-                recommend_limit: self.config.recommend_limit,
-                timeout_retries: self.config.timeout_retries,
-            },
-        );
+            config: &self.config,
+        };
         let mut records = Vec::with_capacity(self.config.tasks);
         let mut result = Ok(());
         for i in 0..self.config.tasks {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::agent::TaskRecord;
 use super::{Arm, LearningEvalConfig};
+use crate::ratio;
 
 /// One per-window figure, read from a window's statistics.
 type WindowMetric = fn(&WindowStats) -> Option<f64>;
@@ -138,10 +139,6 @@ impl LearningReport {
     }
 }
 
-fn share(n: usize, of: usize) -> f64 {
-    if of == 0 { 0.0 } else { n as f64 / of as f64 }
-}
-
 /// For each task, whether it hit a failure kind seen in an earlier task.
 pub(crate) fn repeated_flags(tasks: &[TaskRecord]) -> Vec<bool> {
     let mut seen: HashSet<&str> = HashSet::new();
@@ -161,19 +158,19 @@ fn totals(tasks: &[TaskRecord], repeated: &[bool]) -> Totals {
     let with_plan: Vec<&TaskRecord> = tasks.iter().filter(|t| t.plan != "none").collect();
     Totals {
         tasks: n,
-        success_rate: share(successes.len(), n),
+        success_rate: ratio(successes.len(), n),
         steps_per_success: (!successes.is_empty()).then(|| {
             successes.iter().map(|t| f64::from(t.steps)).sum::<f64>() / successes.len() as f64
         }),
-        repeated_failure_rate: share(repeated.iter().filter(|r| **r).count(), n),
-        pattern_reuse_rate: share(with_plan.len(), n),
+        repeated_failure_rate: ratio(repeated.iter().filter(|r| **r).count(), n),
+        pattern_reuse_rate: ratio(with_plan.len(), n),
         plan_held_rate: (!with_plan.is_empty()).then(|| {
-            share(
+            ratio(
                 with_plan.iter().filter(|t| t.plan_held).count(),
                 with_plan.len(),
             )
         }),
-        pitfalls_per_task: share(tasks.iter().map(|t| t.pitfalls_applied as usize).sum(), n),
+        pitfalls_per_task: ratio(tasks.iter().map(|t| t.pitfalls_applied as usize).sum(), n),
     }
 }
 
@@ -229,13 +226,16 @@ pub fn format_report(r: &LearningReport) -> String {
         r.retrieval,
         r.storage
     );
-    let metrics: [(&str, WindowMetric); 4] = [
-        ("success rate", |w| Some(w.success_rate)),
-        ("steps per success", |w| w.steps_per_success),
-        ("repeated-failure rate", |w| Some(w.repeated_failure_rate)),
-        ("pattern reuse rate", |w| Some(w.pattern_reuse_rate)),
+    // Title, decimals, and the figure of a window.
+    let metrics: [(&str, usize, WindowMetric); 4] = [
+        ("success rate", 2, |w| Some(w.success_rate)),
+        ("steps per success", 1, |w| w.steps_per_success),
+        ("repeated-failure rate", 2, |w| {
+            Some(w.repeated_failure_rate)
+        }),
+        ("pattern reuse rate", 2, |w| Some(w.pattern_reuse_rate)),
     ];
-    for (title, get) in metrics {
+    for (title, decimals, get) in metrics {
         let _ = writeln!(out, "\n{title}");
         let _ = write!(out, "  {:<9}", "tasks");
         for a in &r.arms {
@@ -250,16 +250,8 @@ pub fn format_report(r: &LearningReport) -> String {
                 .find_map(|a| a.windows.get(i).map(|w| format!("{}-{}", w.first, w.last)));
             let _ = write!(out, "  {:<9}", label.unwrap_or_default());
             for a in &r.arms {
-                let cell = a.windows.get(i).and_then(get).map_or_else(
-                    || "-".to_owned(),
-                    |v| {
-                        if title == "steps per success" {
-                            format!("{v:.1}")
-                        } else {
-                            format!("{v:.2}")
-                        }
-                    },
-                );
+                let cell = a.windows.get(i).and_then(get);
+                let cell = cell.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"));
                 let _ = write!(out, " {cell:>13}");
             }
             out.push('\n');

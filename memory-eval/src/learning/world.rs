@@ -357,11 +357,6 @@ const FAMILIES: [FamilySpec; 10] = [
     },
 ];
 
-/// How many task families the world has.
-pub fn family_count() -> usize {
-    FAMILIES.len()
-}
-
 /// A family as the world knows it: its spec and its hidden sequence.
 #[derive(Debug, Clone)]
 struct Family {
@@ -416,7 +411,7 @@ pub struct Attempt<'t> {
     calls: u64,
 }
 
-impl Attempt<'_> {
+impl<'t> Attempt<'t> {
     /// True once every step of the hidden sequence has been done.
     pub fn done(&self) -> bool {
         self.position >= self.task.sequence.len()
@@ -428,55 +423,41 @@ impl Attempt<'_> {
         let mut rng = Rng::new(derive(self.task.noise_seed, self.calls));
         if rng.chance(self.task.noise) {
             let secs = 30 + rng.below(90);
-            return (
-                StepOutcome::Timeout(format!("{tool} timed out after {secs}s")),
-                true,
-            );
+            let timeout = StepOutcome::Timeout(format!("{tool} timed out after {secs}s"));
+            return (timeout, true);
         }
-        if is_recovery_tool(tool) {
-            let needed = self
-                .task
-                .traps
-                .iter()
-                .find(|t| t.fix == tool && !self.fixed.contains(&t.fix));
-            return match needed {
-                Some(t) => {
-                    self.fixed.push(t.fix);
-                    (StepOutcome::Ok(format!("{tool}: applied")), false)
-                }
-                None => (
-                    StepOutcome::Error(format!("{tool}: {NOTHING_TO_FIX}")),
-                    false,
-                ),
-            };
-        }
-        let Some(&expected) = self.task.sequence.get(self.position) else {
-            return (
-                StepOutcome::Error(format!("{tool}: {NOT_APPLICABLE}")),
-                false,
-            );
-        };
-        if tool != expected {
-            return (
-                StepOutcome::Error(format!("{tool}: {NOT_APPLICABLE}")),
-                false,
-            );
-        }
-        if let Some(trap) = self
-            .task
+        (self.step(tool), false)
+    }
+
+    /// The task's traps not fixed yet.
+    fn armed(&self) -> impl Iterator<Item = &'t ArmedTrap> {
+        self.task
             .traps
             .iter()
-            .find(|t| t.tool == tool && !self.fixed.contains(&t.fix))
-        {
-            return (StepOutcome::Error(trap.error.clone()), false);
+            .filter(|t| !self.fixed.contains(&t.fix))
+    }
+
+    /// What calling `tool` does when no noise strikes.
+    fn step(&mut self, tool: &str) -> StepOutcome {
+        if is_recovery_tool(tool) {
+            let Some(t) = self.armed().find(|t| t.fix == tool) else {
+                return StepOutcome::Error(format!("{tool}: {NOTHING_TO_FIX}"));
+            };
+            self.fixed.push(t.fix);
+            return StepOutcome::Ok(format!("{tool}: applied"));
+        }
+        if self.task.sequence.get(self.position) != Some(&tool) {
+            return StepOutcome::Error(format!("{tool}: {NOT_APPLICABLE}"));
+        }
+        if let Some(trap) = self.armed().find(|t| t.tool == tool) {
+            return StepOutcome::Error(trap.error.clone());
         }
         self.position += 1;
-        let out = if self.done() {
-            format!("{tool}: ok, {TASK_DONE}")
+        if self.done() {
+            StepOutcome::Ok(format!("{tool}: ok, {TASK_DONE}"))
         } else {
-            format!("{tool}: ok")
-        };
-        (StepOutcome::Ok(out), false)
+            StepOutcome::Ok(format!("{tool}: ok"))
+        }
     }
 }
 
@@ -489,11 +470,6 @@ impl Task {
             fixed: Vec::new(),
             calls: 0,
         }
-    }
-
-    /// Length of the hidden sequence (for reports).
-    pub fn optimal_steps(&self) -> usize {
-        self.sequence.len() + self.traps.len()
     }
 
     /// Whether a trap is armed (for reports).

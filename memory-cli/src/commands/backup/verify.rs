@@ -13,7 +13,7 @@
 //! what differs. Nothing here writes anywhere.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -44,35 +44,15 @@ fn invalid(reason: String) -> anyhow::Error {
     anyhow::Error::new(memory_core::Error::invalid("backup", reason))
 }
 
-/// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 /// The SHA-256 (hex) and size of everything `input` yields, advancing `bar` as it reads.
 pub fn sha256_of(
     input: &mut impl Read,
     bar: &indicatif::ProgressBar,
 ) -> std::io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-        bar.inc(n as u64);
-    }
-    Ok((hex(&hasher.finalize()), total))
+    let mut input = BufReader::with_capacity(1 << 20, bar.wrap_read(input));
+    let total = std::io::copy(&mut input, &mut hasher)?;
+    Ok((format!("{:x}", hasher.finalize()), total))
 }
 
 /// Opens `path` for reading if it is a regular file and not a symbolic link. The handle is

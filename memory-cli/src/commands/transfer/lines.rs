@@ -51,18 +51,7 @@ impl<R: BufRead> BoundedLines<R> {
 
     /// Skips to just after the next newline (or the end), reading without buffering.
     fn skip_rest(&mut self) -> io::Result<()> {
-        loop {
-            let available = self.inner.fill_buf()?;
-            if available.is_empty() {
-                break;
-            }
-            if let Some(i) = available.iter().position(|&b| b == b'\n') {
-                self.inner.consume(i + 1);
-                break;
-            }
-            let n = available.len();
-            self.inner.consume(n);
-        }
+        self.inner.skip_until(b'\n')?;
         self.skipping = false;
         Ok(())
     }
