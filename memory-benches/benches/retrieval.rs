@@ -11,6 +11,9 @@
 //!   pseudo-random unit vector: it costs nothing, so this measures the search (BM25 query, index
 //!   scan, fusion, re-ranking), not the model. The query vector is cached after the first call,
 //!   as for a repeated query.
+//! - With `MEMORY_BENCH_1M=1`, both also run at 1,000,000 episodes (`.../1000000`; the store
+//!   takes a long time to build: keep it with `MEMORY_BENCH_DATA_DIR`). The resident set after
+//!   each build is printed.
 //! - `retrieval/cold_open_first_answer/{10000,100000}`: a restart: open the store (a new
 //!   `TursoStorage` on the same file) and a new `SelfLearningMemory` inside the runtime (so its
 //!   background tasks start, as in a real process, including the embedding task's check for
@@ -381,6 +384,15 @@ fn memory_without_tasks(
         .unwrap()
 }
 
+/// `sizes`, and 1,000,000 when `MEMORY_BENCH_1M` is set.
+fn with_1m(sizes: &[usize]) -> Vec<usize> {
+    let mut out = sizes.to_vec();
+    if std::env::var_os("MEMORY_BENCH_1M").is_some() {
+        out.push(1_000_000);
+    }
+    out
+}
+
 fn build_config() -> MemoryConfig {
     MemoryConfig::default().with_retrieval(RetrievalConfig {
         embed_batch: BUILD_EMBED_BATCH,
@@ -446,10 +458,13 @@ fn build_store(rt: &Runtime, n: usize) -> Store {
     rt.block_on(memory.embed_pending(&ns)).unwrap();
     let total = start.elapsed();
     eprintln!(
-        "retrieval: built a {n}-episode store in {:.1} s (writes {:.1} s, embed_pending {:.1} s)",
+        "retrieval: built a {n}-episode store in {:.1} s (writes {:.1} s, embed_pending {:.1} s); \
+         resident {:.0} MiB (peak {:.0} MiB)",
         total.as_secs_f64(),
         written.as_secs_f64(),
         total.saturating_sub(written).as_secs_f64(),
+        memory_benches::proc_status_mib("VmRSS"),
+        memory_benches::proc_status_mib("VmHWM"),
     );
     // Checks the answer once, and caches the query vector as for a repeated query.
     let first = rt.block_on(memory.retrieve(&ns, &hybrid_query())).unwrap();
@@ -562,7 +577,7 @@ fn bench_hybrid(c: &mut Criterion) {
     let mut group = c.benchmark_group("retrieval/hybrid");
     group.sample_size(30);
     group.measurement_time(Duration::from_secs(10));
-    for n in [1_000, 10_000, 100_000] {
+    for n in with_1m(&[1_000, 10_000, 100_000]) {
         group.bench_function(n.to_string(), |b| {
             let memory = &stores.get(n).memory;
             b.to_async(&rt)
@@ -576,7 +591,7 @@ fn bench_hybrid(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(20));
-    for n in [10_000, 100_000] {
+    for n in with_1m(&[10_000, 100_000]) {
         group.bench_function(n.to_string(), |b| {
             let dir = stores.get(n).dir.path().to_path_buf();
             b.iter_custom(|iters| {

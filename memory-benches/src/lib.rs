@@ -19,6 +19,19 @@ use tokio::runtime::Runtime;
 pub use stack::{CACHE_FILE, DefaultStack, JOURNAL_DIR, file_size, record_workload_episode};
 pub use workload::{Rng, Workload, WorkloadEpisode};
 
+/// A field of `/proc/self/status` in MiB (`VmHWM`: peak resident set; `VmRSS`: current); 0
+/// where there is no such file.
+pub fn proc_status_mib(field: &str) -> f64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// Tools the synthetic steps use.
 pub const TOOLS: [&str; 6] = ["read_file", "grep", "edit_file", "shell", "git", "cargo"];
 

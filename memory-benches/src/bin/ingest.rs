@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use memory_benches::spans::SpanTimes;
-use memory_benches::{DefaultStack, Workload, record_workload_episode};
+use memory_benches::{DefaultStack, Workload, proc_status_mib, record_workload_episode};
 use memory_core::{MemoryConfig, Namespace, NamespaceStats, OutcomeKind};
 use serde::Serialize;
 
@@ -182,18 +182,6 @@ impl From<NamespaceStats> for StatsOut {
             lessons: s.lessons,
         }
     }
-}
-
-/// A field of `/proc/self/status` in MiB (`VmHWM`: peak resident set; `VmRSS`: current).
-fn proc_status_mib(field: &str) -> f64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0.0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
