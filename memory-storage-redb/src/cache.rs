@@ -1166,7 +1166,7 @@ impl Cache for RedbCache {
     }
 
     /// Queues every put at once, so the committing task writes them in one transaction, and
-    /// returns without waiting for it (see [`crate::write_behind`]): until it commits, reads
+    /// returns without waiting for it (write-behind): until it commits, reads
     /// are served the queued values.
     async fn put_many(&self, ns: &Namespace, values: &[CachedValue]) -> Result<()> {
         let inner = &self.inner;
