@@ -696,6 +696,28 @@ impl Episode {
         }
     }
 
+    /// Adds the steps of `incoming` this episode does not hold yet, numbered as every store
+    /// numbers them ([`steps_to_append`]), and keeps the steps in order.
+    ///
+    /// ```
+    /// use memory_core::{Episode, ExecutionStep, NewEpisode, StepInput, TaskContext, TaskType};
+    /// let mut e = Episode::start(NewEpisode::new("t", TaskType::Testing, TaskContext::new("d")), chrono::Utc::now());
+    /// let step = ExecutionStep {
+    ///     step_number: 1,
+    ///     key: ExecutionStep::new_key(),
+    ///     timestamp: chrono::Utc::now(),
+    ///     input: StepInput::ok("cargo", "test", "ok"),
+    /// };
+    /// e.add_steps(&[step.clone()]);
+    /// e.add_steps(&[step]); // a replay: already held
+    /// assert_eq!(e.steps.len(), 1);
+    /// ```
+    pub fn add_steps(&mut self, incoming: &[ExecutionStep]) {
+        let added = steps_to_append(&self.steps, incoming);
+        self.steps.extend(added);
+        self.steps.sort_by_key(|s| s.step_number);
+    }
+
     /// True once an outcome was recorded.
     pub fn is_completed(&self) -> bool {
         self.outcome.is_some()

@@ -3,7 +3,7 @@
 use tracing::instrument;
 
 use super::memory::SelfLearningMemory;
-use crate::episode::{Episode, EpisodeId, EpisodeSummary, steps_to_append};
+use crate::episode::{Episode, EpisodeId, EpisodeSummary};
 use crate::error::{Error, Result};
 use crate::learned::{
     FailureLesson, Heuristic, HeuristicId, Learned, LessonId, Pattern, PatternId,
@@ -26,9 +26,7 @@ impl SelfLearningMemory {
             .ok_or_else(|| Error::not_found(crate::error::ObjectKind::Episode, id))?;
         if let Some(pending) = self.inner.steps.pending(ns, id) {
             // Numbered after the stored steps, as the store will number them.
-            let buffered = steps_to_append(&episode.steps, &pending);
-            episode.steps.extend(buffered);
-            episode.steps.sort_by_key(|s| s.step_number);
+            episode.add_steps(&pending);
         }
         Ok(episode)
     }

@@ -191,9 +191,7 @@ impl SelfLearningMemory {
             inner.steps.close(ns, id);
             return Err(already_completed(id));
         }
-        let added = crate::episode::steps_to_append(&episode.steps, &pending);
-        episode.steps.extend(added);
-        episode.steps.sort_by_key(|s| s.step_number);
+        episode.add_steps(&pending);
 
         let key = HistoryKey::of(ns, &episode);
         let history = match inner

@@ -175,9 +175,7 @@ impl EpisodeStore for InMemoryStorage {
                 reason: "is already completed; steps can no longer be added".into(),
             });
         }
-        let new = crate::episode::steps_to_append(&episode.steps, steps);
-        episode.steps.extend(new);
-        episode.steps.sort_by_key(|s| s.step_number);
+        episode.add_steps(steps);
         if let Some(d) = data.get_mut(ns) {
             d.log_summary_change(episode_id);
         }
@@ -200,9 +198,7 @@ impl EpisodeStore for InMemoryStorage {
         if episode.is_completed() {
             return Ok(None);
         }
-        let new = crate::episode::steps_to_append(&episode.steps, &c.steps);
-        episode.steps.extend(new);
-        episode.steps.sort_by_key(|s| s.step_number);
+        episode.add_steps(&c.steps);
         episode.outcome = Some(c.outcome.clone());
         episode.reward = Some(c.reward.clone());
         episode.reflection = Some(c.reflection.clone());

@@ -772,9 +772,7 @@ impl Inner {
         let key = CacheKey::Episode(c.episode_id);
         match self.cache_get(ns, &key).await {
             Some(CachedValue::Episode(mut e)) if !e.is_completed() => {
-                let added = crate::episode::steps_to_append(&e.steps, &c.steps);
-                e.steps.extend(added);
-                e.steps.sort_by_key(|x| x.step_number);
+                e.add_steps(&c.steps);
                 e.outcome = Some(c.outcome.clone());
                 e.reward = Some(c.reward.clone());
                 e.reflection = Some(c.reflection.clone());
@@ -836,9 +834,7 @@ impl Inner {
                     // Numbered as the store numbered them, if the cached copy was current;
                     // if another writer had added steps, the change feed drops this copy
                     // before the next read.
-                    let added = crate::episode::steps_to_append(&e.steps, steps);
-                    e.steps.extend(added);
-                    e.steps.sort_by_key(|x| x.step_number);
+                    e.add_steps(steps);
                     self.cache_put(ns, CachedValue::Episode(e), since).await;
                 }
             }

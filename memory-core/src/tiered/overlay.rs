@@ -192,9 +192,7 @@ impl EpisodeDelta {
     pub(crate) fn fold(&self, base: Option<Episode>) -> Option<Episode> {
         let mut e = base.or_else(|| self.created.clone())?;
         if !e.is_completed() {
-            let added = crate::episode::steps_to_append(&e.steps, &self.steps);
-            e.steps.extend(added);
-            e.steps.sort_by_key(|s| s.step_number);
+            e.add_steps(&self.steps);
         }
         if let Some(c) = &self.completion
             && !e.is_completed()
