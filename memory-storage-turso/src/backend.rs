@@ -18,6 +18,7 @@ use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::connection::{Inner, build_database, configure_local, create_parent, pragma};
 use crate::error::{BACKEND, DbResult, DriverError, Failure};
 use crate::schema;
+use crate::sql::{query_all, query_opt};
 
 /// What [`TursoStorage::salvage_episode_ids`] could read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -291,12 +292,10 @@ impl TursoStorage {
         let n = ns.as_str();
         let bound = inner
             .call_read("salvage_episode_ids", async |conn| {
-                let mut rows = conn.query("SELECT MAX(rowid) FROM episodes", ()).await?;
-                let max = match rows.next().await? {
-                    Some(row) => Cols::new(&row, "episode").opt_i64(0)?,
-                    None => None,
-                };
-                Ok(max)
+                let max = query_opt(conn, "SELECT MAX(rowid) FROM episodes", (), |row| {
+                    Cols::new(row, "episode").opt_i64(0)
+                });
+                Ok(max.await?.flatten())
             })
             .await;
         let mut out = SalvagedIds::default();
@@ -324,18 +323,13 @@ impl TursoStorage {
         while let Some((from, to)) = pending.pop() {
             let read = inner
                 .call_read("salvage_episode_ids", async |conn| {
-                    let mut rows = conn
-                        .query(
-                            "SELECT id FROM episodes WHERE rowid >= ?1 AND rowid < ?2 \
-                             AND ns = ?3",
-                            vec![Value::Integer(from), Value::Integer(to), text(n)],
-                        )
-                        .await?;
-                    let mut ids = Vec::new();
-                    while let Some(row) = rows.next().await? {
-                        ids.push(Cols::new(&row, "episode").episode_id(0)?);
-                    }
-                    Ok(ids)
+                    query_all(
+                        conn,
+                        "SELECT id FROM episodes WHERE rowid >= ?1 AND rowid < ?2 AND ns = ?3",
+                        vec![Value::Integer(from), Value::Integer(to), text(n)],
+                        |row| Cols::new(row, "episode").episode_id(0),
+                    )
+                    .await
                 })
                 .await;
             match read {
@@ -363,17 +357,12 @@ impl TursoStorage {
     /// [`memory_core::ChangeSet::database`]): caches that hold copies of it under the old
     /// identity drop them. Called after a backup is restored in its place.
     pub async fn renew_identity(&self) -> Result<()> {
-        let inner = &*self.inner;
-        inner
-            .call_write("renew_identity", async |tx| {
-                tx.execute(
-                    "UPDATE change_counter SET db_id = lower(hex(randomblob(16))) \
-                     WHERE id = 1",
-                    (),
-                )
-                .await?;
-                Ok(())
-            })
+        self.inner
+            .call_execute(
+                "renew_identity",
+                "UPDATE change_counter SET db_id = lower(hex(randomblob(16))) WHERE id = 1",
+                || Ok(Vec::new()),
+            )
             .await
     }
 
@@ -417,15 +406,7 @@ impl TursoStorage {
             })
         };
         let sql = format!("PRAGMA quick_check({})", max_problems.max(1));
-        let outcome: DbResult<Vec<String>> = async {
-            let mut rows = conn.query(&sql, ()).await?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().await? {
-                out.push(Cols::new(&row, "quick_check").text(0)?);
-            }
-            Ok(out)
-        }
-        .await;
+        let outcome = query_all(&conn, &sql, (), |row| Cols::new(row, "quick_check").text(0)).await;
         watchdog.abort();
         let check = match outcome {
             Ok(lines) if lines.iter().all(|l| l == "ok") => IntegrityCheck {

@@ -15,23 +15,23 @@ use memory_core::{CacheKey, Change, ChangeSet, EpisodeId, HeuristicId, Namespace
 use tokio::sync::Mutex;
 
 use crate::codec::{Cols, decode};
-use crate::error::DbResult;
+use crate::error::{DbResult, Failure};
+use crate::sql::query_opt;
 
 /// Takes the next position of the change counter, inside the caller's write transaction.
 pub(crate) async fn next_position(tx: &Connection) -> DbResult<i64> {
-    let mut rows = tx
-        .query(
-            "UPDATE change_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq",
-            (),
-        )
-        .await?;
-    match rows.next().await? {
-        Some(row) => Cols::new(&row, "change counter").i64(0),
-        None => Err(decode(
-            "change counter",
-            "the change_counter row is missing",
-        )),
-    }
+    query_opt(
+        tx,
+        "UPDATE change_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq",
+        (),
+        |row| Cols::new(row, "change counter").i64(0),
+    )
+    .await?
+    .ok_or_else(counter_missing)
+}
+
+fn counter_missing() -> Failure {
+    decode("change counter", "the change_counter row is missing")
 }
 
 /// How a handle learns that something may have been committed since it last looked.
@@ -81,10 +81,11 @@ impl ChangeTracker {
         match &self.probe {
             Probe::DataVersion { conn, last } => {
                 let conn = conn.lock().await;
-                let mut rows = conn.query("PRAGMA data_version", ()).await?;
-                let version = match rows.next().await? {
-                    Some(row) => Cols::new(&row, "data version").i64(0)?,
-                    None => return Ok(true),
+                let version = query_opt(&conn, "PRAGMA data_version", (), |row| {
+                    Cols::new(row, "data version").i64(0)
+                });
+                let Some(version) = version.await? else {
+                    return Ok(true);
                 };
                 let mut last = lock(last);
                 let changed = *last != Some(version);
@@ -113,19 +114,13 @@ impl ChangeTracker {
 
 /// The change counter: the database's identity and the last position taken.
 pub(crate) async fn read_head(conn: &Connection) -> DbResult<(String, u64)> {
-    let mut rows = conn
-        .query("SELECT seq, db_id FROM change_counter WHERE id = 1", ())
-        .await?;
-    match rows.next().await? {
-        Some(row) => {
-            let c = Cols::new(&row, "change counter");
-            Ok((c.text(1)?, u64::try_from(c.i64(0)?).unwrap_or(0)))
-        }
-        None => Err(decode(
-            "change counter",
-            "the change_counter row is missing",
-        )),
-    }
+    let sql = "SELECT seq, db_id FROM change_counter WHERE id = 1";
+    query_opt(conn, sql, (), |row| {
+        let c = Cols::new(row, "change counter");
+        Ok((c.text(1)?, u64::try_from(c.i64(0)?).unwrap_or(0)))
+    })
+    .await?
+    .ok_or_else(counter_missing)
 }
 
 /// The objects stamped after `after` (at most `limit`, oldest first), into `set`.

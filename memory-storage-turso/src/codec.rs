@@ -49,6 +49,14 @@ pub(crate) fn to_json<T: Serialize + ?Sized>(field: &'static str, value: &T) -> 
         .map_err(|e| Error::invalid(field, format!("cannot encode as JSON: {e}")).into())
 }
 
+/// JSON text of a value, or NULL.
+pub(crate) fn opt_json<T: Serialize>(field: &'static str, value: Option<&T>) -> DbResult<Value> {
+    Ok(value
+        .map(|v| to_json(field, v))
+        .transpose()?
+        .map_or(Value::Null, Value::Text))
+}
+
 /// A value from JSON text.
 pub(crate) fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> DbResult<T> {
     serde_json::from_str(text).map_err(|e| decode(what, e))
@@ -112,6 +120,19 @@ impl<'r> Cols<'r> {
         Ok(self.row.get_value(i)?)
     }
 
+    /// The decode error of column `i` holding `got` where `expected` belongs.
+    fn unexpected(&self, i: i32, expected: &str, got: &Value) -> crate::error::Failure {
+        decode(
+            self.table,
+            format!("column {i}: expected {expected}, got {got:?}"),
+        )
+    }
+
+    /// `value` of column `i`, which must not be NULL.
+    fn required<T>(&self, i: i32, value: Option<T>) -> DbResult<T> {
+        value.ok_or_else(|| decode(self.table, format!("column {i}: unexpected NULL")))
+    }
+
     pub(crate) fn opt_text(&self, i: i32) -> DbResult<Option<String>> {
         match self.value(i)? {
             Value::Null => Ok(None),
@@ -119,32 +140,24 @@ impl<'r> Cols<'r> {
             Value::Blob(b) => String::from_utf8(b)
                 .map(Some)
                 .map_err(|e| decode(self.table, format!("column {i}: {e}"))),
-            other => Err(decode(
-                self.table,
-                format!("column {i}: expected text, got {other:?}"),
-            )),
+            other => Err(self.unexpected(i, "text", &other)),
         }
     }
 
     pub(crate) fn text(&self, i: i32) -> DbResult<String> {
-        self.opt_text(i)?
-            .ok_or_else(|| decode(self.table, format!("column {i}: unexpected NULL")))
+        self.required(i, self.opt_text(i)?)
     }
 
     pub(crate) fn opt_i64(&self, i: i32) -> DbResult<Option<i64>> {
         match self.value(i)? {
             Value::Null => Ok(None),
             Value::Integer(n) => Ok(Some(n)),
-            other => Err(decode(
-                self.table,
-                format!("column {i}: expected an integer, got {other:?}"),
-            )),
+            other => Err(self.unexpected(i, "an integer", &other)),
         }
     }
 
     pub(crate) fn i64(&self, i: i32) -> DbResult<i64> {
-        self.opt_i64(i)?
-            .ok_or_else(|| decode(self.table, format!("column {i}: unexpected NULL")))
+        self.required(i, self.opt_i64(i)?)
     }
 
     pub(crate) fn opt_f64(&self, i: i32) -> DbResult<Option<f64>> {
@@ -152,20 +165,14 @@ impl<'r> Cols<'r> {
             Value::Null => Ok(None),
             Value::Real(x) => Ok(Some(x)),
             Value::Integer(n) => Ok(Some(n as f64)),
-            other => Err(decode(
-                self.table,
-                format!("column {i}: expected a number, got {other:?}"),
-            )),
+            other => Err(self.unexpected(i, "a number", &other)),
         }
     }
 
     pub(crate) fn blob(&self, i: i32) -> DbResult<Vec<u8>> {
         match self.value(i)? {
             Value::Blob(b) => Ok(b),
-            other => Err(decode(
-                self.table,
-                format!("column {i}: expected a blob, got {other:?}"),
-            )),
+            other => Err(self.unexpected(i, "a blob", &other)),
         }
     }
 

@@ -146,7 +146,7 @@ impl Synchronous {
 /// | [`schema_version`](TursoConfigBuilder::schema_version) | the latest ([`SCHEMA_VERSION`](crate::SCHEMA_VERSION)) |
 ///
 /// `Debug` never prints the auth token.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct TursoConfig {
     pub(crate) mode: TursoMode,
     pub(crate) synchronous: Synchronous,
@@ -157,22 +157,6 @@ pub struct TursoConfig {
     pub(crate) background_checkpoints: bool,
     pub(crate) change_poll_interval: Duration,
     pub(crate) open_when_unreachable: bool,
-}
-
-impl fmt::Debug for TursoConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TursoConfig")
-            .field("mode", &self.mode)
-            .field("synchronous", &self.synchronous)
-            .field("busy_timeout", &self.busy_timeout)
-            .field("call_timeout", &self.call_timeout)
-            .field("readers", &self.readers)
-            .field("schema_version", &self.schema_version)
-            .field("background_checkpoints", &self.background_checkpoints)
-            .field("change_poll_interval", &self.change_poll_interval)
-            .field("open_when_unreachable", &self.open_when_unreachable)
-            .finish()
-    }
 }
 
 /// Default `busy_timeout`.
@@ -286,7 +270,7 @@ impl TursoConfig {
 }
 
 /// Builds a [`TursoConfig`]; [`TursoConfigBuilder::build`] validates it.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct TursoConfigBuilder {
     mode: Option<TursoMode>,
     synchronous: Synchronous,
@@ -297,22 +281,6 @@ pub struct TursoConfigBuilder {
     foreground_checkpoints: bool,
     change_poll_interval: Option<Duration>,
     open_when_unreachable: bool,
-}
-
-impl fmt::Debug for TursoConfigBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TursoConfigBuilder")
-            .field("mode", &self.mode)
-            .field("synchronous", &self.synchronous)
-            .field("busy_timeout", &self.busy_timeout)
-            .field("call_timeout", &self.call_timeout)
-            .field("readers", &self.readers)
-            .field("schema_version", &self.schema_version)
-            .field("foreground_checkpoints", &self.foreground_checkpoints)
-            .field("change_poll_interval", &self.change_poll_interval)
-            .field("open_when_unreachable", &self.open_when_unreachable)
-            .finish()
-    }
 }
 
 impl TursoConfigBuilder {

@@ -16,6 +16,7 @@ use crate::checkpoint::Checkpointer;
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::error::{DbResult, DriverError, Failure};
 use crate::schema;
+use crate::sql::query_opt;
 
 pub(crate) struct Inner {
     pub(crate) config: TursoConfig,
@@ -83,6 +84,25 @@ impl Inner {
         body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
     ) -> Result<T> {
         self.call(operation, self.write_tx(body)).await
+    }
+
+    /// [`Inner::call`] of one statement, run in a write transaction of its own with the
+    /// values `params` returns (its failure fails the call before the transaction begins).
+    pub(crate) async fn call_execute(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        params: impl FnOnce() -> DbResult<Vec<Value>>,
+    ) -> Result<()> {
+        self.call(operation, async {
+            let params = params()?;
+            self.write_tx(async |tx| {
+                tx.execute(sql, params).await?;
+                Ok(())
+            })
+            .await
+        })
+        .await
     }
 
     /// [`Inner::call`] of [`Inner::write_tx_stamped`].
@@ -308,16 +328,12 @@ fn restrict_replica_files(path: &Path) -> DbResult<()> {
 
 /// Runs a pragma and returns its first column as text, if it returns a row.
 pub(crate) async fn pragma(conn: &Connection, sql: &str) -> DbResult<Option<String>> {
-    let mut rows = conn.query(sql, ()).await?;
-    let value = match rows.next().await? {
-        Some(row) => match row.get_value(0)? {
-            Value::Text(s) => Some(s),
-            Value::Integer(n) => Some(n.to_string()),
-            _ => None,
-        },
-        None => None,
-    };
-    Ok(value)
+    let value = query_opt(conn, sql, (), |row| match row.get_value(0)? {
+        Value::Text(s) => Ok(Some(s)),
+        Value::Integer(n) => Ok(Some(n.to_string())),
+        _ => Ok(None),
+    });
+    Ok(value.await?.flatten())
 }
 
 /// Puts the file in WAL mode. WAL is a property of the file, so only the first opener of a

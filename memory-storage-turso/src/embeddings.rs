@@ -18,6 +18,7 @@ use crate::codec::{
 };
 use crate::connection::Inner;
 use crate::error::{DbResult, DriverError};
+use crate::sql::{query_all, query_one, query_opt};
 
 #[async_trait]
 impl EmbeddingStore for TursoStorage {
@@ -29,10 +30,9 @@ impl EmbeddingStore for TursoStorage {
         model: &str,
         vector: &[f32],
     ) -> Result<()> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call("put_embedding", async {
-                let conn = inner.writer().await?;
+                let conn = self.inner.writer().await?;
                 // One statement: stored only if the episode exists, replacing an earlier vector.
                 let changed = conn
                     .execute(
@@ -66,21 +66,15 @@ impl EmbeddingStore for TursoStorage {
         episode_id: EpisodeId,
         model: &str,
     ) -> Result<Option<Vec<f32>>> {
-        let inner = &*self.inner;
-        inner
-            .call("get_embedding", async {
-                inner.read(async |conn| {
-                let mut rows = conn
-                    .query(
-                        "SELECT vector FROM embeddings WHERE ns = ?1 AND episode_id = ?2 AND model = ?3",
-                        vec![text(ns.as_str()), Value::Text(episode_id.to_string()), text(model)],
-                    )
-                    .await?;
-                match rows.next().await? {
-                    Some(row) => Ok(Some(blob_to_vector(&Cols::new(&row, "embedding").blob(0)?)?)),
-                    None => Ok(None),
-                }
-                }).await
+        self.inner
+            .call_read("get_embedding", async |conn| {
+                query_opt(
+                    conn,
+                    "SELECT vector FROM embeddings WHERE ns = ?1 AND episode_id = ?2 AND model = ?3",
+                    vec![text(ns.as_str()), Value::Text(episode_id.to_string()), text(model)],
+                    |row| blob_to_vector(&Cols::new(row, "embedding").blob(0)?),
+                )
+                .await
             })
             .await
     }
@@ -93,31 +87,25 @@ impl EmbeddingStore for TursoStorage {
         after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<EpisodeId>> {
-        let inner = &*self.inner;
         // '' sorts before every id.
         let after = after.map(|a| a.to_string()).unwrap_or_default();
-        inner
-            .call("episodes_missing_embedding", async {
-                inner.read(async |conn| {
-                let mut rows = conn
-                    .query(
-                        "SELECT e.id FROM episodes e WHERE e.ns = ?1 AND e.id > ?4 AND NOT EXISTS \
-                         (SELECT 1 FROM embeddings m WHERE m.ns = e.ns AND m.episode_id = e.id AND m.model = ?2) \
-                         ORDER BY e.id LIMIT ?3",
-                        vec![
-                            text(ns.as_str()),
-                            text(model),
-                            Value::Integer(i64::from(limit)),
-                            Value::Text(after.clone()),
-                        ],
-                    )
-                    .await?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().await? {
-                    out.push(Cols::new(&row, "episode").episode_id(0)?);
-                }
-                Ok(out)
-                }).await
+        self.inner
+            .call_read("episodes_missing_embedding", async |conn| {
+                query_all(
+                    conn,
+                    "SELECT e.id FROM episodes e WHERE e.ns = ?1 AND e.id > ?4 AND NOT EXISTS \
+                     (SELECT 1 FROM embeddings m \
+                      WHERE m.ns = e.ns AND m.episode_id = e.id AND m.model = ?2) \
+                     ORDER BY e.id LIMIT ?3",
+                    vec![
+                        text(ns.as_str()),
+                        text(model),
+                        Value::Integer(i64::from(limit)),
+                        Value::Text(after),
+                    ],
+                    |row| Cols::new(row, "episode").episode_id(0),
+                )
+                .await
             })
             .await
     }
@@ -130,7 +118,6 @@ impl EmbeddingStore for TursoStorage {
         after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<StoredEmbedding>> {
-        let inner = &*self.inner;
         // Keyset paging on the embeddings primary key; '' sorts before every id.
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         let sql = format!(
@@ -139,80 +126,60 @@ impl EmbeddingStore for TursoStorage {
              WHERE m.ns = ?1 AND m.model = ?2 AND m.episode_id > ?3 \
              ORDER BY m.episode_id LIMIT ?4"
         );
-        inner
+        let params = vec![
+            text(ns.as_str()),
+            text(model),
+            Value::Text(after),
+            Value::Integer(i64::from(limit)),
+        ];
+        self.inner
             .call_read("scan_embeddings", async |conn| {
-                let mut rows = conn
-                    .query(
-                        &sql,
-                        vec![
-                            text(ns.as_str()),
-                            text(model),
-                            Value::Text(after.clone()),
-                            Value::Integer(i64::from(limit)),
-                        ],
-                    )
-                    .await?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().await? {
-                    let vector = Cols::new(&row, "embedding").blob(13)?;
-                    out.push(StoredEmbedding {
-                        summary: summary_from_row(&row)?,
-                        vector: blob_to_vector(&vector)?,
-                    });
-                }
-                Ok(out)
+                query_all(conn, &sql, params, stored_embedding).await
             })
             .await
     }
 
     async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("embedding_coverage", async |conn| {
                 // Two index counts and an index max: no probe per episode.
-                let mut rows = conn
-                    .query(
-                        "SELECT \
-                         (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
-                         (SELECT COUNT(*) FROM embeddings WHERE ns = ?1 AND model = ?2), \
-                         (SELECT MAX(id) FROM episodes WHERE ns = ?1)",
-                        vec![text(ns.as_str()), text(model)],
-                    )
-                    .await?;
-                let row = rows
-                    .next()
-                    .await?
-                    .ok_or_else(|| decode("embedding coverage", "no row returned"))?;
-                let c = Cols::new(&row, "embedding coverage");
-                let last_episode = match c.opt_text(2)? {
-                    Some(_) => Some(c.episode_id(2)?),
-                    None => None,
-                };
-                Ok(EmbeddingCoverage {
-                    episodes: c.i64(0)? as u64,
-                    embedded: c.i64(1)? as u64,
-                    last_episode,
-                })
+                query_one(
+                    conn,
+                    "embedding coverage",
+                    "SELECT \
+                     (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
+                     (SELECT COUNT(*) FROM embeddings WHERE ns = ?1 AND model = ?2), \
+                     (SELECT MAX(id) FROM episodes WHERE ns = ?1)",
+                    vec![text(ns.as_str()), text(model)],
+                    |c| {
+                        let last_episode = match c.opt_text(2)? {
+                            Some(_) => Some(c.episode_id(2)?),
+                            None => None,
+                        };
+                        Ok(EmbeddingCoverage {
+                            episodes: c.i64(0)? as u64,
+                            embedded: c.i64(1)? as u64,
+                            last_episode,
+                        })
+                    },
+                )
+                .await
             })
             .await
     }
 
     #[instrument(skip_all, fields(namespace = %ns))]
     async fn index_log_head(&self, ns: &Namespace) -> Result<u64> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("index_log_head", async |conn| {
-                let mut rows = conn
-                    .query(
-                        "SELECT COALESCE(MAX(seq), 0) FROM index_changes WHERE ns = ?1",
-                        vec![text(ns.as_str())],
-                    )
-                    .await?;
-                let row = rows
-                    .next()
-                    .await?
-                    .ok_or_else(|| decode("index log head", "no row returned"))?;
-                Ok(Cols::new(&row, "index log head").i64(0)?.max(0) as u64)
+                query_one(
+                    conn,
+                    "index log head",
+                    "SELECT COALESCE(MAX(seq), 0) FROM index_changes WHERE ns = ?1",
+                    vec![text(ns.as_str())],
+                    |c| Ok(c.i64(0)?.max(0) as u64),
+                )
+                .await
             })
             .await
     }
@@ -225,7 +192,6 @@ impl EmbeddingStore for TursoStorage {
         after: u64,
         limit: u32,
     ) -> Result<IndexChanges> {
-        let inner = &*self.inner;
         let after_i = i64::try_from(after).unwrap_or(i64::MAX);
         let rows_sql = format!(
             "SELECT {SUMMARY_COLUMNS}, m.vector FROM embeddings m \
@@ -233,61 +199,48 @@ impl EmbeddingStore for TursoStorage {
              WHERE m.ns = ?1 AND m.model = ?2 AND m.episode_id IN \
              (SELECT episode_id FROM index_changes WHERE ns = ?1 AND seq > ?3 AND seq <= ?4)"
         );
-        inner
+        self.inner
             .call_read("index_changes", async |conn| {
                 // The log page first, then the rows it names: a row read after its log
                 // entry is at least that new, and anything changed later has a later
                 // entry, read next time.
-                let mut rows = conn
-                    .query(
-                        "SELECT seq, episode_id FROM index_changes \
-                         WHERE ns = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                        vec![
-                            text(ns.as_str()),
-                            Value::Integer(after_i),
-                            Value::Integer(i64::from(limit)),
-                        ],
-                    )
-                    .await?;
-                let mut through = after_i;
-                let mut entries = 0u32;
-                let mut ids = std::collections::BTreeSet::new();
-                while let Some(row) = rows.next().await? {
-                    let c = Cols::new(&row, "index change");
-                    through = c.i64(0)?;
-                    ids.insert(c.episode_id(1)?);
-                    entries += 1;
-                }
-                drop(rows);
+                let log = query_all(
+                    conn,
+                    "SELECT seq, episode_id FROM index_changes \
+                     WHERE ns = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    vec![
+                        text(ns.as_str()),
+                        Value::Integer(after_i),
+                        Value::Integer(i64::from(limit)),
+                    ],
+                    |row| {
+                        let c = Cols::new(row, "index change");
+                        Ok((c.i64(0)?, c.episode_id(1)?))
+                    },
+                )
+                .await?;
+                let through = log.last().map_or(after_i, |e| e.0);
+                let entries = log.len();
+                let mut ids: std::collections::BTreeSet<_> = log.into_iter().map(|e| e.1).collect();
                 // A full page may have more after it (at worst the next page is
                 // empty); a short one is the end: no second query on every search.
                 let mut changes = IndexChanges {
                     through: through.max(0) as u64,
-                    more: limit > 0 && entries == limit,
+                    more: limit > 0 && entries == limit as usize,
                     ..IndexChanges::default()
                 };
                 if ids.is_empty() {
                     return Ok(changes);
                 }
-                let mut rows = conn
-                    .query(
-                        &rows_sql,
-                        vec![
-                            text(ns.as_str()),
-                            text(model),
-                            Value::Integer(after_i),
-                            Value::Integer(through),
-                        ],
-                    )
-                    .await?;
-                while let Some(row) = rows.next().await? {
-                    let vector = Cols::new(&row, "embedding").blob(13)?;
-                    let summary = summary_from_row(&row)?;
-                    ids.remove(&summary.id);
-                    changes.upserts.push(StoredEmbedding {
-                        summary,
-                        vector: blob_to_vector(&vector)?,
-                    });
+                let params = vec![
+                    text(ns.as_str()),
+                    text(model),
+                    Value::Integer(after_i),
+                    Value::Integer(through),
+                ];
+                changes.upserts = query_all(conn, &rows_sql, params, stored_embedding).await?;
+                for e in &changes.upserts {
+                    ids.remove(&e.summary.id);
                 }
                 changes.upserts.sort_by_key(|e| e.summary.id);
                 changes.removed = ids.into_iter().collect();
@@ -307,18 +260,17 @@ impl EmbeddingStore for TursoStorage {
             .call("get_index_snapshot", async {
                 let header = inner
                     .read(async |conn| {
-                        let mut rows = conn
-                            .query(
-                                "SELECT as_of, written_at, parts, bytes FROM index_snapshots \
-                                 WHERE ns = ?1 AND model = ?2",
-                                vec![text(ns.as_str()), text(model)],
-                            )
-                            .await?;
-                        let Some(row) = rows.next().await? else {
-                            return Ok(None);
-                        };
-                        let c = Cols::new(&row, "index snapshot");
-                        Ok(Some((c.i64(0)?, c.i64(1)?, c.i64(2)?, c.i64(3)?)))
+                        query_opt(
+                            conn,
+                            "SELECT as_of, written_at, parts, bytes FROM index_snapshots \
+                             WHERE ns = ?1 AND model = ?2",
+                            vec![text(ns.as_str()), text(model)],
+                            |row| {
+                                let c = Cols::new(row, "index snapshot");
+                                Ok((c.i64(0)?, c.i64(1)?, c.i64(2)?, c.i64(3)?))
+                            },
+                        )
+                        .await
                     })
                     .await?;
                 let Some((as_of, written_at, parts, bytes)) = header else {
@@ -376,9 +328,8 @@ impl EmbeddingStore for TursoStorage {
     ) -> Result<()> {
         check_index_snapshot_size(snapshot.len())?;
         let pieces = snapshot.pieces(SNAPSHOT_PART_BYTES);
-        let inner = &*self.inner;
         let written_at = nanos_clamped(Utc::now());
-        inner
+        self.inner
             .call_write("put_index_snapshot", async |tx| {
                 tx.execute(
                     "DELETE FROM index_snapshot_parts WHERE ns = ?1 AND model = ?2",
@@ -440,24 +391,31 @@ async fn read_snapshot_parts(
     }
     inner
         .read(async |conn| {
-            let mut rows = conn
-                .query(
-                    "SELECT part, written_at, data FROM index_snapshot_parts \
-                     WHERE ns = ?1 AND model = ?2 AND part >= ?3 AND part < ?4 ORDER BY part",
-                    vec![
-                        text(ns.as_str()),
-                        text(model),
-                        Value::Integer(from),
-                        Value::Integer(to),
-                    ],
-                )
-                .await?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().await? {
-                let c = Cols::new(&row, "index snapshot part");
-                out.push((c.i64(0)?, c.i64(1)?, c.blob(2)?));
-            }
-            Ok(out)
+            query_all(
+                conn,
+                "SELECT part, written_at, data FROM index_snapshot_parts \
+                 WHERE ns = ?1 AND model = ?2 AND part >= ?3 AND part < ?4 ORDER BY part",
+                vec![
+                    text(ns.as_str()),
+                    text(model),
+                    Value::Integer(from),
+                    Value::Integer(to),
+                ],
+                |row| {
+                    let c = Cols::new(row, "index snapshot part");
+                    Ok((c.i64(0)?, c.i64(1)?, c.blob(2)?))
+                },
+            )
+            .await
         })
         .await
+}
+
+/// An embedding with its episode's summary, from a row of [`SUMMARY_COLUMNS`] and the vector.
+fn stored_embedding(row: &libsql::Row) -> DbResult<StoredEmbedding> {
+    let vector = Cols::new(row, "embedding").blob(13)?;
+    Ok(StoredEmbedding {
+        summary: summary_from_row(row)?,
+        vector: blob_to_vector(&vector)?,
+    })
 }

@@ -13,11 +13,14 @@ use tracing::instrument;
 use crate::backend::TursoStorage;
 use crate::codec::{
     Cols, EPISODE_COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS, decode, episode_from_row, nanos,
-    opt_text, step_from_row, step_search_text, summary_from_row, text, to_json,
+    opt_json, opt_text, step_from_row, step_search_text, summary_from_row, text, to_json,
 };
 use crate::connection::Inner;
 use crate::error::DbResult;
-use crate::sql::{ROWS_PER_INSERT, Sql, filter_sql, insert_rows, multi_row, values_list};
+use crate::sql::{
+    ROWS_PER_INSERT, Sql, filter_sql, insert_rows, multi_row, query_all, query_one, query_opt,
+    values_list,
+};
 use crate::text_index;
 
 const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, \
@@ -99,10 +102,9 @@ impl Inner {
                 params.extend(step_values(s)?);
             }
             let sql = multi_row(INSERT_STEPS, 11, chunk.len(), INSERT_STEPS_TAIL);
-            let mut rows = conn.query(&sql, params).await?;
-            while let Some(row) = rows.next().await? {
-                inserted.insert((Cols::new(&row, "step").i64(0)?, 0));
-            }
+            let numbers =
+                query_all(conn, &sql, params, |row| Cols::new(row, "step").i64(0)).await?;
+            inserted.extend(numbers.into_iter().map(|n| (n, 0)));
         }
         let mut seen = std::collections::HashSet::new();
         let keyed: Vec<&ExecutionStep> = steps
@@ -119,11 +121,12 @@ impl Inner {
                 params.extend(step_values(s)?);
             }
             let sql = keyed_insert_sql(chunk.len());
-            let mut rows = conn.query(&sql, params).await?;
-            while let Some(row) = rows.next().await? {
-                let c = Cols::new(&row, "step");
-                inserted.insert((c.i64(0)?, c.i64(1)?));
-            }
+            let rows = query_all(conn, &sql, params, |row| {
+                let c = Cols::new(row, "step");
+                Ok((c.i64(0)?, c.i64(1)?))
+            })
+            .await?;
+            inserted.extend(rows);
         }
         let mut body = String::new();
         let mut count = 0;
@@ -185,35 +188,27 @@ fn conflict_completed(id: EpisodeId) -> Error {
 
 /// Whether the episode exists (`None`) and is completed.
 pub(crate) async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<bool>> {
-    let mut rows = conn
-        .query(
-            "SELECT outcome_kind IS NOT NULL FROM episodes WHERE ns = ?1 AND id = ?2",
-            vec![text(ns), text(id)],
-        )
-        .await?;
-    match rows.next().await? {
-        Some(row) => Ok(Some(Cols::new(&row, "episode").i64(0)? != 0)),
-        None => Ok(None),
-    }
+    query_opt(
+        conn,
+        "SELECT outcome_kind IS NOT NULL FROM episodes WHERE ns = ?1 AND id = ?2",
+        vec![text(ns), text(id)],
+        |row| Ok(Cols::new(row, "episode").i64(0)? != 0),
+    )
+    .await
 }
 
 /// An episode with its steps in order, `None` if absent.
 #[tracing::instrument(level = "debug", skip_all)]
 async fn read_episode(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<Episode>> {
     let sql = format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2");
-    let mut rows = conn.query(&sql, vec![text(ns), text(id)]).await?;
-    let Some(row) = rows.next().await? else {
+    let key = || vec![text(ns), text(id)];
+    let Some(mut episode) = query_opt(conn, &sql, key(), episode_from_row).await? else {
         return Ok(None);
     };
-    let mut episode = episode_from_row(&row)?;
-    drop(rows);
     let sql = format!(
         "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 ORDER BY step_number"
     );
-    let mut rows = conn.query(&sql, vec![text(ns), text(id)]).await?;
-    while let Some(row) = rows.next().await? {
-        episode.steps.push(step_from_row(&row)?);
-    }
+    episode.steps = query_all(conn, &sql, key(), step_from_row).await?;
     Ok(Some(episode))
 }
 
@@ -280,28 +275,13 @@ impl EpisodeStore for TursoStorage {
                         .transpose()?
                         .map_or(Value::Null, Value::Integer),
                     opt_text(outcome_kind),
-                    episode
-                        .outcome
-                        .as_ref()
-                        .map(|o| to_json("outcome", o))
-                        .transpose()?
-                        .map_or(Value::Null, Value::Text),
+                    opt_json("outcome", episode.outcome.as_ref())?,
                     episode
                         .reward
                         .as_ref()
                         .map_or(Value::Null, |r| Value::Real(r.total)),
-                    episode
-                        .reward
-                        .as_ref()
-                        .map(|r| to_json("reward", r))
-                        .transpose()?
-                        .map_or(Value::Null, Value::Text),
-                    episode
-                        .reflection
-                        .as_ref()
-                        .map(|r| to_json("reflection", r))
-                        .transpose()?
-                        .map_or(Value::Null, Value::Text),
+                    opt_json("reward", episode.reward.as_ref())?,
+                    opt_json("reflection", episode.reflection.as_ref())?,
                 ];
                 inner
                     .write_tx(async |tx| {
@@ -388,13 +368,10 @@ impl EpisodeStore for TursoStorage {
 
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
     async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
-        let inner = &*self.inner;
-        inner
-            .call("get_episode", async {
-                let (ns, id) = (ns.as_str(), id.to_string());
-                inner
-                    .read(async |conn| read_episode(conn, ns, &id).await)
-                    .await
+        let id = id.to_string();
+        self.inner
+            .call_read("get_episode", async |conn| {
+                read_episode(conn, ns.as_str(), &id).await
             })
             .await
     }
@@ -405,37 +382,25 @@ impl EpisodeStore for TursoStorage {
         ns: &Namespace,
         query: &EpisodeQuery,
     ) -> Result<Vec<EpisodeSummary>> {
-        let inner = &*self.inner;
-        inner
-            .call("query_episodes", async {
-                let mut sql = Sql::default();
-                sql.push("SELECT ").push(SUMMARY_COLUMNS).cond(
-                    " FROM episodes e WHERE e.ns = ",
-                    text(ns.as_str()),
-                    "",
-                );
-                filter_sql(&query.filter, &mut sql);
-                sql.push(" ORDER BY e.started_at DESC, e.id DESC")
-                    .cond(" LIMIT ", Value::Integer(i64::from(query.limit)), "")
-                    .cond(" OFFSET ", Value::Integer(i64::from(query.offset)), "");
-                inner
-                    .read(async |conn| {
-                        let mut rows = conn.query(&sql.text, sql.values).await?;
-                        let mut out = Vec::new();
-                        while let Some(row) = rows.next().await? {
-                            out.push(summary_from_row(&row)?);
-                        }
-                        Ok(out)
-                    })
-                    .await
+        let mut sql = Sql::default();
+        sql.push("SELECT ").push(SUMMARY_COLUMNS).cond(
+            " FROM episodes e WHERE e.ns = ",
+            text(ns.as_str()),
+            "",
+        );
+        filter_sql(&query.filter, &mut sql);
+        sql.push(" ORDER BY e.started_at DESC, e.id DESC")
+            .page(query.limit, query.offset);
+        self.inner
+            .call_read("query_episodes", async |conn| {
+                query_all(conn, &sql.text, sql.values, summary_from_row).await
             })
             .await
     }
 
     #[instrument(skip_all, fields(namespace = %ns, limit = query.limit))]
     async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("search_episodes", async |conn| {
                 text_index::search(conn, ns.as_str(), &query.text, &query.filter, query.limit).await
             })
@@ -444,83 +409,69 @@ impl EpisodeStore for TursoStorage {
 
     #[instrument(skip_all, fields(namespace = %ns))]
     async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats> {
-        let inner = &*self.inner;
-        inner
-            .call("namespace_stats", async {
-                inner.read(async |conn| {
-                let mut rows = conn
-                    .query(
-                        "SELECT \
-                         (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
-                         (SELECT COUNT(*) FROM episodes WHERE ns = ?1 AND outcome_kind IS NOT NULL), \
-                         (SELECT COUNT(*) FROM episodes WHERE ns = ?1 AND outcome_kind = 'success'), \
-                         (SELECT COALESCE(SUM(step_count), 0) FROM episodes WHERE ns = ?1), \
-                         (SELECT COUNT(*) FROM patterns WHERE ns = ?1), \
-                         (SELECT COUNT(*) FROM patterns WHERE ns = ?1 AND status = 'active'), \
-                         (SELECT COUNT(*) FROM heuristics WHERE ns = ?1), \
-                         (SELECT COUNT(*) FROM heuristics WHERE ns = ?1 AND status = 'active'), \
-                         (SELECT COUNT(*) FROM lessons WHERE ns = ?1), \
-                         (SELECT COUNT(*) FROM feedback WHERE ns = ?1)",
-                        vec![text(ns.as_str())],
-                    )
-                    .await?;
-                let row = rows
-                    .next()
-                    .await?
-                    .ok_or_else(|| decode("namespace stats", "no row returned"))?;
-                let c = Cols::new(&row, "namespace stats");
-                let n = |i: i32| c.i64(i).map(|v| v as u64);
-                Ok(NamespaceStats {
-                    episodes: n(0)?,
-                    completed: n(1)?,
-                    successes: n(2)?,
-                    steps: n(3)?,
-                    patterns: n(4)?,
-                    active_patterns: n(5)?,
-                    heuristics: n(6)?,
-                    active_heuristics: n(7)?,
-                    lessons: n(8)?,
-                    feedback: n(9)?,
+        self.inner
+            .call_read("namespace_stats", async |conn| {
+                let sql = "SELECT \
+                    (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
+                    (SELECT COUNT(*) FROM episodes WHERE ns = ?1 AND outcome_kind IS NOT NULL), \
+                    (SELECT COUNT(*) FROM episodes WHERE ns = ?1 AND outcome_kind = 'success'), \
+                    (SELECT COALESCE(SUM(step_count), 0) FROM episodes WHERE ns = ?1), \
+                    (SELECT COUNT(*) FROM patterns WHERE ns = ?1), \
+                    (SELECT COUNT(*) FROM patterns WHERE ns = ?1 AND status = 'active'), \
+                    (SELECT COUNT(*) FROM heuristics WHERE ns = ?1), \
+                    (SELECT COUNT(*) FROM heuristics WHERE ns = ?1 AND status = 'active'), \
+                    (SELECT COUNT(*) FROM lessons WHERE ns = ?1), \
+                    (SELECT COUNT(*) FROM feedback WHERE ns = ?1)";
+                let params = vec![text(ns.as_str())];
+                query_one(conn, "namespace stats", sql, params, |c| {
+                    let n = |i: i32| c.i64(i).map(|v| v as u64);
+                    Ok(NamespaceStats {
+                        episodes: n(0)?,
+                        completed: n(1)?,
+                        successes: n(2)?,
+                        steps: n(3)?,
+                        patterns: n(4)?,
+                        active_patterns: n(5)?,
+                        heuristics: n(6)?,
+                        active_heuristics: n(7)?,
+                        lessons: n(8)?,
+                        feedback: n(9)?,
+                    })
                 })
-                }).await
+                .await
             })
             .await
     }
 
     #[instrument(skip_all)]
     async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("list_namespaces", async |conn| {
-                let mut rows = conn
-                    // A skip scan: one index seek per namespace instead of a
-                    // pass over every episode (6-10 ms at 100k, at every start).
-                    .query(
-                        "WITH RECURSIVE n(ns) AS ( \
+                // A skip scan: one index seek per namespace instead of a
+                // pass over every episode (6-10 ms at 100k, at every start).
+                query_all(
+                    conn,
+                    "WITH RECURSIVE n(ns) AS ( \
                          SELECT MIN(ns) FROM episodes UNION ALL \
                          SELECT (SELECT MIN(ns) FROM episodes WHERE ns > n.ns) \
                          FROM n WHERE n.ns IS NOT NULL) \
                          SELECT ns FROM n WHERE ns IS NOT NULL",
-                        (),
-                    )
-                    .await?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().await? {
-                    let name = Cols::new(&row, "namespace").text(0)?;
-                    out.push(Namespace::new(name).map_err(|e| decode("namespace", e))?);
-                }
-                Ok(out)
+                    (),
+                    |row| {
+                        let name = Cols::new(row, "namespace").text(0)?;
+                        Namespace::new(name).map_err(|e| decode("namespace", e))
+                    },
+                )
+                .await
             })
             .await
     }
 
     #[instrument(skip_all)]
     async fn ping(&self) -> Result<()> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("ping", async |conn| {
-                let mut rows = conn.query("SELECT 1", ()).await?;
-                rows.next().await?;
+                query_opt(conn, "SELECT 1", (), |_| Ok(())).await?;
                 Ok(())
             })
             .await

@@ -18,7 +18,7 @@ use crate::backend::TursoStorage;
 use crate::codec::{Cols, count, from_json, nanos, nanos_clamped, opt_text, text, to_json};
 use crate::connection::Inner;
 use crate::error::DbResult;
-use crate::sql::{Sql, insert_rows, learned_sql, placeholders};
+use crate::sql::{Sql, insert_rows, learned_sql, placeholders, query_all, query_opt};
 
 /// How one kind of learned item is stored: its table, the columns of its own beside the
 /// common ones (namespace, id, task type, domain, language, status, last seen, JSON body),
@@ -182,13 +182,10 @@ async fn load_filtered<T: Stored>(
     let mut params = Vec::with_capacity(keys.len() + 1);
     params.push(text(ns));
     params.extend(keys.into_iter().map(Value::Text));
-    let mut rows = conn.query(&sql, params).await?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().await? {
-        let body = Cols::new(&row, "learned item").text(0)?;
-        out.push(from_json(T::KIND.name(), &body)?);
-    }
-    Ok(out)
+    query_all(conn, &sql, params, |row| {
+        from_json(T::KIND.name(), &Cols::new(row, "learned item").text(0)?)
+    })
+    .await
 }
 
 impl Inner {
@@ -241,31 +238,6 @@ impl Inner {
         Ok(changes)
     }
 
-    /// One JSON `body` by primary key, from `sql` (`... WHERE ns = ?1 AND id = ?2`).
-    async fn body_by_id(&self, sql: &str, ns: &str, id: &str) -> DbResult<Option<String>> {
-        self.read(async |conn| {
-            let mut rows = conn.query(sql, vec![text(ns), text(id)]).await?;
-            match rows.next().await? {
-                Some(row) => Ok(Some(Cols::new(&row, "learned item").text(0)?)),
-                None => Ok(None),
-            }
-        })
-        .await
-    }
-
-    /// JSON bodies of a learned-item query.
-    async fn bodies(&self, sql: &str, params: Vec<Value>) -> DbResult<Vec<String>> {
-        self.read(async |conn| {
-            let mut rows = conn.query(sql, params).await?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().await? {
-                out.push(Cols::new(&row, "learned item").text(0)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
     /// A page of the learned items of `kind` matching `q`, in the order the storage contract
     /// gives (most occurrences, or support, first; ties by id).
     async fn query_learned(
@@ -287,15 +259,14 @@ impl Inner {
             LearnedKind::Heuristic => Heuristic::ORDER,
             LearnedKind::Lesson => FailureLesson::ORDER,
         };
-        sql.push(" ORDER BY ")
-            .push(order)
-            .cond(" LIMIT ", Value::Integer(i64::from(q.limit)), "")
-            .cond(" OFFSET ", Value::Integer(i64::from(q.offset)), "");
-        self.bodies(&sql.text, sql.values)
-            .await?
-            .iter()
-            .map(|b| decode_learned(kind, b))
-            .collect()
+        sql.push(" ORDER BY ").push(order).page(q.limit, q.offset);
+        self.read(async |conn| {
+            query_all(conn, &sql.text, sql.values, |row| {
+                decode_learned(kind, &Cols::new(row, "learned item").text(0)?)
+            })
+            .await
+        })
+        .await
     }
 }
 
@@ -334,16 +305,17 @@ async fn feedback_in_tx(
         FeedbackTarget::Pattern(_) => "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
         FeedbackTarget::Heuristic(_) => "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
     };
-    let mut rows = tx.query(select, vec![text(ns), text(target_id)]).await?;
-    let Some(row) = rows.next().await? else {
+    let params = vec![text(ns), text(target_id)];
+    let found = query_opt(tx, select, params, |row| {
+        Cols::new(row, "learned item").text(0)
+    });
+    let Some(body) = found.await? else {
         let object = match fb.target {
             FeedbackTarget::Pattern(_) => ObjectKind::Pattern,
             FeedbackTarget::Heuristic(_) => ObjectKind::Heuristic,
         };
         return Err(Error::not_found(object, target_id).into());
     };
-    let body = Cols::new(&row, "learned item").text(0)?;
-    drop(rows);
 
     let key = || vec![text(ns), text(kind), text(target_id)];
     let mut params = key();
@@ -363,57 +335,37 @@ async fn feedback_in_tx(
     )
     .await?;
 
-    let mut rows = tx
-        .query(
-            "SELECT outcome, COUNT(*) FROM feedback \
-             WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 GROUP BY outcome",
-            key(),
-        )
-        .await?;
+    let counts = query_all(
+        tx,
+        "SELECT outcome, COUNT(*) FROM feedback \
+         WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 GROUP BY outcome",
+        key(),
+        |row| {
+            let c = Cols::new(row, "feedback");
+            Ok((c.parse::<FeedbackOutcome>(0)?, c.i64(1)? as u64))
+        },
+    )
+    .await?;
     let mut eff = memory_core::Effectiveness::default();
-    while let Some(row) = rows.next().await? {
-        let c = Cols::new(&row, "feedback");
-        let n = c.i64(1)? as u64;
-        match c.parse::<FeedbackOutcome>(0)? {
+    for (outcome, n) in counts {
+        match outcome {
             FeedbackOutcome::Helped => eff.helped = n,
             FeedbackOutcome::NoEffect => eff.no_effect = n,
             FeedbackOutcome::Hindered => eff.hindered = n,
         }
     }
-    drop(rows);
 
-    let (no_patterns, no_heuristics, no_lessons) = (
-        std::iter::empty::<&Pattern>(),
-        std::iter::empty::<&Heuristic>(),
-        std::iter::empty::<&FailureLesson>(),
-    );
     match fb.target {
         FeedbackTarget::Pattern(_) => {
             let mut p: Pattern = from_json("pattern", &body)?;
             p.effectiveness = eff;
-            Inner::write_items(
-                tx,
-                ns,
-                position,
-                std::iter::once(&p),
-                no_heuristics,
-                no_lessons,
-            )
-            .await
+            upsert(tx, ns, position, std::iter::once(&p)).await
         }
         FeedbackTarget::Heuristic(_) => {
             let mut h: Heuristic = from_json("heuristic", &body)?;
             h.votes_up = eff.helped;
             h.votes_down = eff.hindered;
-            Inner::write_items(
-                tx,
-                ns,
-                position,
-                no_patterns,
-                std::iter::once(&h),
-                no_lessons,
-            )
-            .await
+            upsert(tx, ns, position, std::iter::once(&h)).await
         }
     }
 }
@@ -426,8 +378,7 @@ impl LearningStore for TursoStorage {
         ns: &Namespace,
         update: &LearningUpdate,
     ) -> Result<LearnedChanges> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_write_stamped("apply_learning", async |tx, position| {
                 Inner::merge_learning(tx, ns.as_str(), update, position).await
             })
@@ -436,8 +387,7 @@ impl LearningStore for TursoStorage {
 
     #[instrument(skip_all, fields(namespace = %ns, patterns = items.patterns.len(), heuristics = items.heuristics.len(), lessons = items.lessons.len()))]
     async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_write_stamped("put_learned", async |tx, position| {
                 Inner::write_items(
                     tx,
@@ -454,16 +404,15 @@ impl LearningStore for TursoStorage {
 
     #[instrument(skip_all, fields(namespace = %ns, kind = id.kind().name(), id = id.as_str()))]
     async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
-        let inner = &*self.inner;
         let kind = id.kind();
-        inner
-            .call("get_learned", async {
-                let sql = format!("SELECT body FROM {} WHERE ns = ?1 AND id = ?2", table(kind));
-                inner
-                    .body_by_id(&sql, ns.as_str(), id.as_str())
-                    .await?
-                    .map(|b| decode_learned(kind, &b))
-                    .transpose()
+        let sql = format!("SELECT body FROM {} WHERE ns = ?1 AND id = ?2", table(kind));
+        self.inner
+            .call_read("get_learned", async |conn| {
+                let params = vec![text(ns.as_str()), text(id.as_str())];
+                query_opt(conn, &sql, params, |row| {
+                    decode_learned(kind, &Cols::new(row, "learned item").text(0)?)
+                })
+                .await
             })
             .await
     }
@@ -504,27 +453,24 @@ impl LearningStore for TursoStorage {
         ns: &Namespace,
         target: &FeedbackTarget,
     ) -> Result<Vec<Feedback>> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("list_feedback", async |conn| {
-                let mut rows = conn
-                    .query(
-                        "SELECT episode_id, outcome, recorded_at FROM feedback \
-                 WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
-                        vec![text(ns.as_str()), text(target.kind()), text(target.id())],
-                    )
-                    .await?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().await? {
-                    let c = Cols::new(&row, "feedback");
-                    out.push(Feedback {
-                        target: target.clone(),
-                        episode_id: c.episode_id(0)?,
-                        outcome: c.parse(1)?,
-                        recorded_at: crate::codec::from_nanos(c.i64(2)?),
-                    });
-                }
-                Ok(out)
+                query_all(
+                    conn,
+                    "SELECT episode_id, outcome, recorded_at FROM feedback \
+                     WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
+                    vec![text(ns.as_str()), text(target.kind()), text(target.id())],
+                    |row| {
+                        let c = Cols::new(row, "feedback");
+                        Ok(Feedback {
+                            target: target.clone(),
+                            episode_id: c.episode_id(0)?,
+                            outcome: c.parse(1)?,
+                            recorded_at: crate::codec::from_nanos(c.i64(2)?),
+                        })
+                    },
+                )
+                .await
             })
             .await
     }

@@ -15,6 +15,7 @@ use crate::backend::TursoStorage;
 use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
 use crate::episodes::episode_state;
 use crate::error::{DbResult, DriverError};
+use crate::sql::{Sql, query_all, query_opt};
 use crate::text_index;
 
 async fn bodies<T: serde::de::DeserializeOwned>(
@@ -23,12 +24,10 @@ async fn bodies<T: serde::de::DeserializeOwned>(
     sql: &str,
     params: Vec<Value>,
 ) -> DbResult<Vec<T>> {
-    let mut rows = conn.query(sql, params).await?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().await? {
-        out.push(from_json(what, &Cols::new(&row, what).text(0)?)?);
-    }
-    Ok(out)
+    query_all(conn, sql, params, |row| {
+        from_json(what, &Cols::new(row, what).text(0)?)
+    })
+    .await
 }
 
 fn limit(n: u32) -> Value {
@@ -39,60 +38,39 @@ fn limit(n: u32) -> Value {
 /// changed): one `steps` row with every step's text.
 async fn reindex_steps(conn: &Connection, ns: &str, id: &str) -> DbResult<()> {
     text_index::delete(conn, ns, id, "steps").await?;
-    let mut rows = conn
-        .query(
-            "SELECT tool, action, result_text FROM steps WHERE ns = ?1 AND episode_id = ?2 \
-             ORDER BY step_number",
-            vec![text(ns), text(id)],
-        )
-        .await?;
-    let mut body = String::new();
-    while let Some(row) = rows.next().await? {
-        let c = Cols::new(&row, "step");
-        if !body.is_empty() {
-            body.push('\n');
-        }
-        for (k, part) in [c.text(0)?, c.text(1)?, c.text(2)?].iter().enumerate() {
-            if k > 0 {
-                body.push(' ');
-            }
-            body.push_str(part);
-        }
-    }
-    drop(rows);
-    text_index::insert(conn, &body, ns, id, "steps").await
-}
-
-fn target_parts(t: &FeedbackTarget) -> (&'static str, &str) {
-    (t.kind(), t.id())
+    let lines = query_all(
+        conn,
+        "SELECT tool, action, result_text FROM steps WHERE ns = ?1 AND episode_id = ?2 \
+         ORDER BY step_number",
+        vec![text(ns), text(id)],
+        |row| {
+            let c = Cols::new(row, "step");
+            Ok(format!("{} {} {}", c.text(0)?, c.text(1)?, c.text(2)?))
+        },
+    )
+    .await?;
+    text_index::insert(conn, &lines.join("\n"), ns, id, "steps").await
 }
 
 #[async_trait]
 impl MaintenanceStore for TursoStorage {
     #[instrument(skip_all, fields(namespace = %ns, run_id = %run.id))]
     async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
-        let inner = &*self.inner;
-        inner
-            .call("record_consolidation", async {
-                let params = vec![
-                    text(ns.as_str()),
-                    text(&run.id),
-                    Value::Integer(nanos_clamped(run.started_at)),
-                    Value::Text(to_json("consolidation_run", run)?),
-                ];
-                inner
-                    .write_tx(async |tx| {
-                        tx.execute(
-                            "INSERT INTO consolidation_runs (ns, id, started_at, body) \
-                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (ns, id) DO UPDATE SET \
-                             started_at = excluded.started_at, body = excluded.body",
-                            params,
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                    .await
-            })
+        self.inner
+            .call_execute(
+                "record_consolidation",
+                "INSERT INTO consolidation_runs (ns, id, started_at, body) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (ns, id) DO UPDATE SET \
+                 started_at = excluded.started_at, body = excluded.body",
+                || {
+                    Ok(vec![
+                        text(ns.as_str()),
+                        text(&run.id),
+                        Value::Integer(nanos_clamped(run.started_at)),
+                        Value::Text(to_json("consolidation_run", run)?),
+                    ])
+                },
+            )
             .await
     }
 
@@ -102,8 +80,7 @@ impl MaintenanceStore for TursoStorage {
         ns: &Namespace,
         limit_n: u32,
     ) -> Result<Vec<ConsolidationRun>> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("list_consolidations", async |conn| {
                 bodies(
                     conn,
@@ -119,26 +96,19 @@ impl MaintenanceStore for TursoStorage {
 
     #[instrument(skip_all, fields(namespace = %ns))]
     async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
-        let inner = &*self.inner;
-        inner
-            .call("put_metrics_snapshot", async {
-                let params = vec![
-                    text(ns.as_str()),
-                    Value::Integer(nanos("snapshot.taken_at", snapshot.taken_at)?),
-                    Value::Text(to_json("metrics_snapshot", snapshot)?),
-                ];
-                inner
-                    .write_tx(async |tx| {
-                        tx.execute(
-                            "INSERT INTO metrics_snapshots (ns, taken_at, body) VALUES (?1, ?2, ?3) \
-                             ON CONFLICT (ns, taken_at) DO UPDATE SET body = excluded.body",
-                            params,
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                    .await
-            })
+        self.inner
+            .call_execute(
+                "put_metrics_snapshot",
+                "INSERT INTO metrics_snapshots (ns, taken_at, body) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (ns, taken_at) DO UPDATE SET body = excluded.body",
+                || {
+                    Ok(vec![
+                        text(ns.as_str()),
+                        Value::Integer(nanos("snapshot.taken_at", snapshot.taken_at)?),
+                        Value::Text(to_json("metrics_snapshot", snapshot)?),
+                    ])
+                },
+            )
             .await
     }
 
@@ -148,8 +118,7 @@ impl MaintenanceStore for TursoStorage {
         ns: &Namespace,
         limit_n: u32,
     ) -> Result<Vec<MetricsSnapshot>> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("list_metrics_snapshots", async |conn| {
                 bodies(
                     conn,
@@ -210,8 +179,7 @@ impl MaintenanceStore for TursoStorage {
         ns: &Namespace,
         episode_id: EpisodeId,
     ) -> Result<Option<EstimateRecord>> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("get_estimate", async |conn| {
                 Ok(bodies(
                     conn,
@@ -232,64 +200,41 @@ impl MaintenanceStore for TursoStorage {
         domain: Option<&str>,
         limit_n: u32,
     ) -> Result<Vec<EstimateRecord>> {
-        let inner = &*self.inner;
-        inner
-            .call("query_estimates", async {
-                inner
-                    .read(async |conn| match domain {
-                        Some(d) => {
-                            bodies(
-                                conn,
-                                "estimate",
-                                "SELECT body FROM estimates WHERE ns = ?1 AND domain = ?2 \
-                                 AND completed_at IS NOT NULL \
-                                 ORDER BY completed_at DESC, episode_id DESC LIMIT ?3",
-                                vec![text(ns.as_str()), text(d), limit(limit_n)],
-                            )
-                            .await
-                        }
-                        None => {
-                            bodies(
-                                conn,
-                                "estimate",
-                                "SELECT body FROM estimates WHERE ns = ?1 \
-                                 AND completed_at IS NOT NULL \
-                                 ORDER BY completed_at DESC, episode_id DESC LIMIT ?2",
-                                vec![text(ns.as_str()), limit(limit_n)],
-                            )
-                            .await
-                        }
-                    })
-                    .await
+        let mut sql = Sql::default();
+        sql.cond(
+            "SELECT body FROM estimates WHERE ns = ",
+            text(ns.as_str()),
+            "",
+        );
+        if let Some(d) = domain {
+            sql.cond(" AND domain = ", text(d), "");
+        }
+        sql.push(" AND completed_at IS NOT NULL ORDER BY completed_at DESC, episode_id DESC")
+            .cond(" LIMIT ", limit(limit_n), "");
+        self.inner
+            .call_read("query_estimates", async |conn| {
+                bodies(conn, "estimate", &sql.text, sql.values).await
             })
             .await
     }
 
     #[instrument(skip_all, fields(namespace = %ns, id = restore.target.id()))]
     async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
-        let inner = &*self.inner;
-        let (kind, id) = target_parts(&restore.target);
-        inner
-            .call("record_restore", async {
-                let params = vec![
-                    text(ns.as_str()),
-                    text(kind),
-                    text(id),
-                    Value::Integer(nanos("restore.restored_at", restore.restored_at)?),
-                ];
-                inner
-                    .write_tx(async |tx| {
-                        tx.execute(
-                            "INSERT INTO learned_restores (ns, target_kind, target_id, restored_at) \
-                             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (ns, target_kind, target_id) \
-                             DO UPDATE SET restored_at = excluded.restored_at",
-                            params,
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                    .await
-            })
+        self.inner
+            .call_execute(
+                "record_restore",
+                "INSERT INTO learned_restores (ns, target_kind, target_id, restored_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (ns, target_kind, target_id) \
+                 DO UPDATE SET restored_at = excluded.restored_at",
+                || {
+                    Ok(vec![
+                        text(ns.as_str()),
+                        text(restore.target.kind()),
+                        text(restore.target.id()),
+                        Value::Integer(nanos("restore.restored_at", restore.restored_at)?),
+                    ])
+                },
+            )
             .await
     }
 
@@ -299,36 +244,33 @@ impl MaintenanceStore for TursoStorage {
         ns: &Namespace,
         since: DateTime<Utc>,
     ) -> Result<Vec<RestoreRecord>> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_read("list_restores", async |conn| {
-                let mut rows = conn
-                    .query(
-                        "SELECT target_kind, target_id, restored_at FROM learned_restores \
-                         WHERE ns = ?1 AND restored_at >= ?2",
-                        vec![text(ns.as_str()), Value::Integer(nanos_clamped(since))],
-                    )
-                    .await?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().await? {
-                    let c = Cols::new(&row, "learned_restore");
-                    let id = c.text(1)?;
-                    let target = match c.text(0)?.as_str() {
-                        "pattern" => FeedbackTarget::Pattern(PatternId(id)),
-                        "heuristic" => FeedbackTarget::Heuristic(HeuristicId(id)),
-                        other => {
-                            return Err(DriverError::Schema(format!(
-                                "learned_restores: unknown target kind {other:?}"
-                            ))
-                            .into());
-                        }
-                    };
-                    out.push(RestoreRecord {
-                        target,
-                        restored_at: from_nanos(c.i64(2)?),
-                    });
-                }
-                Ok(out)
+                query_all(
+                    conn,
+                    "SELECT target_kind, target_id, restored_at FROM learned_restores \
+                     WHERE ns = ?1 AND restored_at >= ?2",
+                    vec![text(ns.as_str()), Value::Integer(nanos_clamped(since))],
+                    |row| {
+                        let c = Cols::new(row, "learned_restore");
+                        let id = c.text(1)?;
+                        let target = match c.text(0)?.as_str() {
+                            "pattern" => FeedbackTarget::Pattern(PatternId(id)),
+                            "heuristic" => FeedbackTarget::Heuristic(HeuristicId(id)),
+                            other => {
+                                return Err(DriverError::Schema(format!(
+                                    "learned_restores: unknown target kind {other:?}"
+                                ))
+                                .into());
+                            }
+                        };
+                        Ok(RestoreRecord {
+                            target,
+                            restored_at: from_nanos(c.i64(2)?),
+                        })
+                    },
+                )
+                .await
             })
             .await
     }
@@ -340,47 +282,44 @@ impl MaintenanceStore for TursoStorage {
         completed_before: DateTime<Utc>,
         max_episodes: u32,
     ) -> Result<StepCompaction> {
-        let inner = &*self.inner;
-        inner
+        self.inner
             .call_write_stamped("compact_step_outputs", async |tx, position| {
                 let n = ns.as_str();
-                let mut rows = tx
-                    .query(
-                        "SELECT e.id FROM episodes e WHERE e.ns = ?1 \
-                         AND e.outcome_kind = 'success' AND e.completed_at < ?2 \
-                         AND EXISTS (SELECT 1 FROM steps s WHERE s.ns = e.ns \
-                         AND s.episode_id = e.id AND s.status = 'success' \
-                         AND s.result_text <> '') \
-                         ORDER BY e.completed_at, e.id LIMIT ?3",
-                        vec![
-                            text(n),
-                            Value::Integer(nanos_clamped(completed_before)),
-                            limit(max_episodes),
-                        ],
-                    )
-                    .await?;
-                let mut ids = Vec::new();
-                while let Some(row) = rows.next().await? {
-                    ids.push(Cols::new(&row, "episode").episode_id(0)?);
-                }
-                drop(rows);
+                let ids = query_all(
+                    tx,
+                    "SELECT e.id FROM episodes e WHERE e.ns = ?1 \
+                     AND e.outcome_kind = 'success' AND e.completed_at < ?2 \
+                     AND EXISTS (SELECT 1 FROM steps s WHERE s.ns = e.ns \
+                     AND s.episode_id = e.id AND s.status = 'success' \
+                     AND s.result_text <> '') \
+                     ORDER BY e.completed_at, e.id LIMIT ?3",
+                    vec![
+                        text(n),
+                        Value::Integer(nanos_clamped(completed_before)),
+                        limit(max_episodes),
+                    ],
+                    |row| Cols::new(row, "episode").episode_id(0),
+                )
+                .await?;
                 let mut out = StepCompaction::default();
                 for id in ids {
                     let sid = id.to_string();
-                    let mut rows = tx
-                        .query(
-                            "SELECT COUNT(*), COALESCE(SUM(length(CAST(result_text AS BLOB))), 0) \
-                             FROM steps WHERE ns = ?1 AND episode_id = ?2 \
-                             AND status = 'success' AND result_text <> ''",
-                            vec![text(n), text(&sid)],
-                        )
-                        .await?;
-                    if let Some(row) = rows.next().await? {
-                        let c = Cols::new(&row, "step");
-                        out.steps += u64::try_from(c.i64(0)?).unwrap_or(0);
-                        out.bytes += u64::try_from(c.i64(1)?).unwrap_or(0);
+                    let counts = query_opt(
+                        tx,
+                        "SELECT COUNT(*), COALESCE(SUM(length(CAST(result_text AS BLOB))), 0) \
+                         FROM steps WHERE ns = ?1 AND episode_id = ?2 \
+                         AND status = 'success' AND result_text <> ''",
+                        vec![text(n), text(&sid)],
+                        |row| {
+                            let c = Cols::new(row, "step");
+                            Ok((c.i64(0)?, c.i64(1)?))
+                        },
+                    )
+                    .await?;
+                    if let Some((steps, bytes)) = counts {
+                        out.steps += u64::try_from(steps).unwrap_or(0);
+                        out.bytes += u64::try_from(bytes).unwrap_or(0);
                     }
-                    drop(rows);
                     tx.execute(
                         "UPDATE steps SET result_text = '' WHERE ns = ?1 \
                          AND episode_id = ?2 AND status = 'success' AND result_text <> ''",

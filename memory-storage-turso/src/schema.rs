@@ -10,6 +10,7 @@ use libsql::{Connection, TransactionBehavior};
 use tracing::info;
 
 use crate::error::{DbResult, DriverError};
+use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 6;
@@ -400,23 +401,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
 
 /// The database's schema version (0 for a new database).
 pub(crate) async fn current_version(conn: &Connection) -> DbResult<u32> {
-    let mut rows = conn
-        .query(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
-            (),
-        )
-        .await?;
-    if rows.next().await?.is_none() {
+    let table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'";
+    if query_opt(conn, table, (), |_| Ok(())).await?.is_none() {
         return Ok(0);
     }
-    drop(rows);
-    let mut rows = conn
-        .query("SELECT COALESCE(MAX(version), 0) FROM schema_version", ())
-        .await?;
-    let version = match rows.next().await? {
-        Some(row) => row.get::<i64>(0)?,
-        None => 0,
-    };
+    let sql = "SELECT COALESCE(MAX(version), 0) FROM schema_version";
+    let version = query_opt(conn, sql, (), |row| Ok(row.get::<i64>(0)?)).await?;
+    let version = version.unwrap_or(0);
     u32::try_from(version)
         .map_err(|_| DriverError::Schema(format!("invalid schema version {version}")).into())
 }

@@ -1,10 +1,11 @@
 //! Building SQL: multi-row inserts, and the `WHERE` clauses of episode filters and learned
 //! queries (always filtered in SQL, never after).
 
-use libsql::{Connection, Value};
+use libsql::params::IntoParams;
+use libsql::{Connection, Row, Value};
 use memory_core::{EpisodeFilter, EpisodeStatus, LearnedQuery};
 
-use crate::codec::{nanos_clamped, text};
+use crate::codec::{Cols, decode, nanos_clamped, text};
 use crate::error::DbResult;
 
 /// Rows per multi-row `INSERT` (at 11 columns, far below SQLite's 32,766 bound parameters).
@@ -58,6 +59,48 @@ pub(crate) async fn insert_rows(
     Ok(())
 }
 
+/// Every row `sql` returns, each mapped by `f`.
+pub(crate) async fn query_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl IntoParams,
+    mut f: impl FnMut(&Row) -> DbResult<T>,
+) -> DbResult<Vec<T>> {
+    let mut rows = conn.query(sql, params).await?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await? {
+        out.push(f(&row)?);
+    }
+    Ok(out)
+}
+
+/// The first row `sql` returns, mapped by `f`; `None` when it returns none.
+pub(crate) async fn query_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl IntoParams,
+    f: impl FnOnce(&Row) -> DbResult<T>,
+) -> DbResult<Option<T>> {
+    let mut rows = conn.query(sql, params).await?;
+    match rows.next().await? {
+        Some(row) => f(&row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The first row `sql` returns, mapped by `f`; a decode error of `what` when it returns none.
+pub(crate) async fn query_one<T>(
+    conn: &Connection,
+    what: &'static str,
+    sql: &str,
+    params: impl IntoParams,
+    f: impl FnOnce(Cols<'_>) -> DbResult<T>,
+) -> DbResult<T> {
+    query_opt(conn, sql, params, |row| f(Cols::new(row, what)))
+        .await?
+        .ok_or_else(|| decode(what, "no row returned"))
+}
+
 /// A statement built at run time from fixed SQL fragments and bound values: user values only
 /// ever enter as `?N` placeholders.
 #[derive(Default)]
@@ -84,6 +127,12 @@ impl Sql {
     /// Appends `head ?N tail`, binding `value`.
     pub(crate) fn cond(&mut self, head: &str, value: Value, tail: &str) -> &mut Self {
         self.push(head).bind(value).push(tail)
+    }
+
+    /// Appends ` LIMIT ?N OFFSET ?M`, binding both.
+    pub(crate) fn page(&mut self, limit: u32, offset: u32) -> &mut Self {
+        self.cond(" LIMIT ", Value::Integer(i64::from(limit)), "")
+            .cond(" OFFSET ", Value::Integer(i64::from(offset)), "")
     }
 }
 

@@ -28,7 +28,7 @@ use tracing::info;
 
 use crate::codec::{Cols, SUMMARY_COLUMNS, summary_from_row, text};
 use crate::error::DbResult;
-use crate::sql::{Sql, filter_sql};
+use crate::sql::{Sql, filter_sql, query_all, query_opt};
 
 /// Hex digits of the namespace prefix (64 bits of its SHA-256).
 const PREFIX_HEX: usize = 16;
@@ -131,19 +131,17 @@ pub(crate) async fn move_from_v1(conn: &Connection) -> DbResult<()> {
     let mut after = 0i64;
     let mut moved = 0u64;
     loop {
-        let mut rows = conn
-            .query(
-                "SELECT rowid, body, ns, episode_id, part FROM episode_text \
-                 WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-                vec![Value::Integer(after), Value::Integer(MOVE_PAGE)],
-            )
-            .await?;
-        let mut page = Vec::new();
-        while let Some(row) = rows.next().await? {
-            let c = Cols::new(&row, "episode_text");
-            page.push((c.i64(0)?, c.text(1)?, c.text(2)?, c.text(3)?, c.text(4)?));
-        }
-        drop(rows);
+        let page = query_all(
+            conn,
+            "SELECT rowid, body, ns, episode_id, part FROM episode_text \
+             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            vec![Value::Integer(after), Value::Integer(MOVE_PAGE)],
+            |row| {
+                let c = Cols::new(row, "episode_text");
+                Ok((c.i64(0)?, c.text(1)?, c.text(2)?, c.text(3)?, c.text(4)?))
+            },
+        )
+        .await?;
         let Some(last) = page.last().map(|r| r.0) else {
             break;
         };
@@ -250,18 +248,15 @@ pub(crate) async fn search(
 
 /// The namespace's row count and total length, or `None` when it has nothing indexed.
 async fn stats(conn: &Connection, ns: &str) -> DbResult<Option<(f64, f64)>> {
-    let mut rows = conn
-        .query(
-            "SELECT rows, terms FROM text_stats WHERE ns = ?1",
-            vec![text(ns)],
-        )
-        .await?;
-    let Some(row) = rows.next().await? else {
-        return Ok(None);
-    };
-    let c = Cols::new(&row, "text_stats");
-    let (docs, len) = (c.i64(0)?, c.i64(1)?);
-    Ok((docs > 0).then_some((docs as f64, len as f64)))
+    let sql = "SELECT rows, terms FROM text_stats WHERE ns = ?1";
+    let found = query_opt(conn, sql, vec![text(ns)], |row| {
+        let c = Cols::new(row, "text_stats");
+        Ok((c.i64(0)?, c.i64(1)?))
+    });
+    Ok(found
+        .await?
+        .filter(|(docs, _)| *docs > 0)
+        .map(|(docs, len)| (docs as f64, len as f64)))
 }
 
 /// Every row of the namespace holding a query term, with the term's frequency in it. Read
@@ -288,23 +283,20 @@ async fn matches(
     sql.push(") AND r.id = h.doc")
         .cond(" AND r.ns = ", text(ns), "")
         .push(" GROUP BY h.term, h.doc");
-    let mut rows = conn.query(&sql.text, sql.values).await?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().await? {
-        let c = Cols::new(&row, "term match");
-        let term = c.text(0)?;
-        let Some(&term) = position.get(term.as_str()) else {
-            continue;
+    let rows = query_all(conn, &sql.text, sql.values, |row| {
+        let c = Cols::new(row, "term match");
+        let Some(&term) = position.get(c.text(0)?.as_str()) else {
+            return Ok(None);
         };
-        out.push(Match {
+        Ok(Some(Match {
             episode_id: c.text(1)?,
             row: c.i64(2)?,
             len: c.i64(3)? as f64,
             term,
             tf: c.i64(4)? as f64,
-        });
-    }
-    Ok(out)
+        }))
+    });
+    Ok(rows.await?.into_iter().flatten().collect())
 }
 
 /// The summaries of the candidate episodes that pass `filter`, by id.
@@ -328,13 +320,8 @@ async fn summaries(
     }
     sql.push(")");
     filter_sql(filter, &mut sql);
-    let mut rows = conn.query(&sql.text, sql.values).await?;
-    let mut out = HashMap::new();
-    while let Some(row) = rows.next().await? {
-        let summary = summary_from_row(&row)?;
-        out.insert(summary.id.to_string(), summary);
-    }
-    Ok(out)
+    let found = query_all(conn, &sql.text, sql.values, summary_from_row).await?;
+    Ok(found.into_iter().map(|s| (s.id.to_string(), s)).collect())
 }
 
 #[cfg(test)]
