@@ -263,6 +263,10 @@ pub struct StartArgs {
     /// code_generation, debugging, refactoring, testing, analysis, documentation or other
     #[arg(long = "type", default_value = "other")]
     pub task_type: String,
+    /// Print the recommendation for the task first; its estimate is recorded with the new
+    /// episode, so `memory stats` can show how estimates compare with what happened
+    #[arg(long)]
+    pub advise: bool,
 }
 
 #[derive(Debug, Args)]

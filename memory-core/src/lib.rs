@@ -68,7 +68,7 @@ pub use learned::{
 };
 pub use learning::{
     Changed, ExistingLearned, LearnedChanges, LearningUpdate, Recovery, RewardHistory,
-    compute_reward, extract_learning, find_recoveries, reflect,
+    compute_reward, extract_learning, find_recoveries, is_mistake, reflect,
 };
 pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
 pub use policy::{Limits, QuotaConfig, RateLimitConfig, RateLimiter, RedactionConfig, Redactor};

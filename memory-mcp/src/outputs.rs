@@ -32,7 +32,7 @@ pub(crate) fn output_schema(tool: &str) -> Arc<JsonObject> {
         "recommend" => object(
             &json!({
                 "namespace": ns,
-                "recommendation": t("object", "episodes, patterns, heuristics, pitfalls, playbook, estimate, confidence, strong_match, degraded"),
+                "recommendation": t("object", "episodes, patterns, heuristics, pitfalls, playbook, estimate, confidence, strong_match, degraded, advice_basis"),
                 "truncated": t("boolean", "true when items were left out to fit max_tokens"),
                 "approx_tokens": t("integer", "the answer's size in tokens (about 4 characters each)"),
             }),

@@ -1,6 +1,7 @@
 //! `memory episode ...`
 
 use anyhow::{Context, Result};
+use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
     Complexity, EpisodeFilter, EpisodeId, EpisodeQuery, EpisodeStatus, NewEpisode, Outcome,
     OutcomeKind, SelfLearningMemory, StepInput, StepResult, TaskContext, TaskType, TextQuery,
@@ -8,6 +9,7 @@ use memory_core::{
 use serde_json::json;
 
 use crate::cli::{CompleteArgs, ContextArgs, EpisodeCmd, ListArgs, StartArgs, StepArgs};
+use crate::commands::recommend;
 use crate::display_safe::line;
 use crate::output::{self, clip, pct};
 use crate::settings::Settings;
@@ -44,14 +46,31 @@ pub fn context_from(a: &ContextArgs) -> Result<TaskContext> {
 
 async fn start(a: StartArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let task_type: TaskType = a.task_type.parse()?;
-    let new = NewEpisode::new(a.task, task_type, context_from(&a.context)?);
+    let context = context_from(&a.context)?;
+    // Asked first, in this process: the engine records the estimate with the episode that
+    // starts next for the same task.
+    let advice = if a.advise {
+        let req =
+            RecommendRequest::new(a.task.clone()).with_context(Some(task_type), context.clone());
+        Some(recommend::advise(&req, m, s).await?)
+    } else {
+        None
+    };
+    let new = NewEpisode::new(a.task, task_type, context);
     let id = m.start_episode(&s.namespace, new).await?;
     if s.json {
-        output::json(&json!({ "episode_id": id, "namespace": s.namespace }))
-    } else {
-        println!("{id}");
-        Ok(())
+        let mut out = json!({ "episode_id": id, "namespace": s.namespace });
+        if let Some(rec) = &advice {
+            out["recommendation"] = json!(rec);
+        }
+        return output::json(&out);
     }
+    if let Some(rec) = &advice {
+        recommend::print_human(rec);
+        println!("\nepisode");
+    }
+    println!("{id}");
+    Ok(())
 }
 
 async fn step(a: StepArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {

@@ -27,6 +27,21 @@ pub async fn run(a: RecommendArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
     if has_context {
         req = req.with_context(task_type, context_from(&a.context)?);
     }
+    let rec = advise(&req, m, s).await?;
+    if s.json {
+        return output::json(&rec);
+    }
+    print_human(&rec);
+    Ok(())
+}
+
+/// The recommendation for `req`, after embedding the episodes still waiting for it (with a
+/// progress bar for a long backlog).
+pub(crate) async fn advise(
+    req: &RecommendRequest,
+    m: &SelfLearningMemory,
+    s: &Settings,
+) -> Result<Recommendation> {
     // Episodes recorded by earlier commands may still wait for their embedding: the queue
     // is durable, and this is where it is drained when no long-lived process runs.
     let backlog = m.embedding_backlog(&s.namespace).await.unwrap_or(0);
@@ -38,15 +53,10 @@ pub async fn run(a: RecommendArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
     m.embed_pending_reporting(&s.namespace, &|done| bar.set_position(done as u64))
         .await?;
     bar.finish_and_clear();
-    let rec = m.recommend(&s.namespace, &req).await?;
-    if s.json {
-        return output::json(&rec);
-    }
-    print_human(&rec);
-    Ok(())
+    Ok(m.recommend(&s.namespace, req).await?)
 }
 
-fn print_human(rec: &Recommendation) {
+pub(crate) fn print_human(rec: &Recommendation) {
     if let Some(d) = &rec.degraded {
         println!("note: {}", line(d));
     }
@@ -57,6 +67,9 @@ fn print_human(rec: &Recommendation) {
             pct(c)
         ),
         (None, _) => println!("match: unknown (lexical only, no calibrated confidence)"),
+    }
+    if !rec.advice_basis.is_empty() {
+        println!("advice:   {}", line(&rec.advice_basis));
     }
     let e = &rec.estimate;
     println!("\nestimate  ({})", line(&e.why));

@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::config::MemoryConfig;
 use super::counts::QuotaCounts;
 use super::history::HistoryCache;
+use super::pending_estimates::PendingEstimates;
 use super::steps::StepBuffers;
 use super::tasks::every;
 use crate::clock::{SharedClock, SystemClock};
@@ -38,6 +39,8 @@ pub(super) struct Inner {
     pub(super) consolidator: Consolidator,
     /// Step counts of recent successes per kind: the reward's efficiency baseline.
     pub(super) history: HistoryCache,
+    /// Estimates `recommend` gave, waiting for the episode that follows.
+    pub(super) pending_estimates: PendingEstimates,
     shut_down: AtomicBool,
     stop_flusher: Notify,
     stop_consolidation: Notify,
@@ -148,6 +151,7 @@ impl SelfLearningMemory {
             steps: StepBuffers::new(Arc::clone(&storage)),
             counts: QuotaCounts::new(Arc::clone(&storage)),
             history: HistoryCache::new(config.learning.history_window),
+            pending_estimates: PendingEstimates::new(),
             storage,
             config,
             clock,

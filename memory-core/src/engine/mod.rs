@@ -8,6 +8,7 @@ mod counts;
 mod history;
 mod maintain;
 mod memory;
+mod pending_estimates;
 mod read;
 mod record;
 mod report;

@@ -156,7 +156,9 @@ impl SelfLearningMemory {
             calibration: &inner.config.consolidation,
             max_results: limits.max_results as u32,
         };
-        advisor.recommend(ns, req, inner.clock.now()).await
+        let rec = advisor.recommend(ns, req, inner.clock.now()).await?;
+        inner.pending_estimates.offer(ns, &req.task, &rec.estimate);
+        Ok(rec)
     }
 
     /// Embeds every episode of `ns` still waiting for an embedding, now (the background task

@@ -15,6 +15,7 @@ use crate::error::{Error, ObjectKind, Result};
 use crate::learned::{Feedback, FeedbackOutcome, FeedbackTarget};
 use crate::learning::{RewardHistory, compute_reward, extract_learning, reflect};
 use crate::namespace::Namespace;
+use crate::records::EstimateRecord;
 use crate::storage::EpisodeCompletion;
 
 fn already_completed(id: EpisodeId) -> Error {
@@ -44,6 +45,7 @@ impl SelfLearningMemory {
                 limit: quota,
             });
         }
+        let estimate = inner.pending_estimates.claim(ns, &new.task_description);
         let mut new = new;
         // Redacted before normalization: lowercasing would hide the shape of many keys.
         inner
@@ -54,6 +56,19 @@ impl SelfLearningMemory {
         inner.storage.create_episode(ns, &episode).await?;
         inner.counts.add_episode(ns);
         inner.steps.open(ns, episode.id, 1, episode.approx_size());
+        if let Some(estimate) = estimate {
+            let record = EstimateRecord {
+                episode_id: episode.id,
+                domain: episode.context.domain.clone(),
+                recorded_at: episode.started_at,
+                estimate,
+                actual: None,
+            };
+            // Advisory: the episode is started either way.
+            if let Err(e) = inner.storage.put_estimate(ns, &record).await {
+                warn!(episode_id = %episode.id, error = %e, "the recommendation's estimate was not recorded");
+            }
+        }
         debug!(episode_id = %episode.id, "episode started");
         Ok(episode.id)
     }

@@ -37,12 +37,14 @@ pub struct Recovery {
 /// fix was verified), or failing that the first later success.
 ///
 /// Consecutive failures of the same tool with the same error count once (the last of the run).
+/// A failure the agent walked away from ([`is_mistake`]) is not recovered from: the tool was
+/// the wrong choice, and what came next is the right one, not a fix.
 pub fn find_recoveries(steps: &[ExecutionStep]) -> Vec<Recovery> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < steps.len() {
         let s = &steps[i];
-        if s.result().is_success() {
+        if s.result().is_success() || is_mistake(steps, i) {
             i += 1;
             continue;
         }
@@ -73,6 +75,43 @@ pub fn find_recoveries(steps: &[ExecutionStep]) -> Vec<Recovery> {
         i = last + 1;
     }
     out
+}
+
+/// True when step `i` failed, its tool is never called again, and a later step succeeded: the
+/// agent tried the wrong tool and moved on (exploration). Such a failure says nothing about the
+/// tool where it is the right step, so it teaches no lesson, no recovery and no opening move.
+/// A failure that is retried, or that nothing after it got past, is a real pitfall.
+///
+/// ```
+/// use memory_core::is_mistake;
+/// use memory_core::{ExecutionStep, StepInput};
+/// let steps: Vec<ExecutionStep> = [
+///     StepInput::error("grep", "look", "grep does not apply here"),
+///     StepInput::ok("read_file", "look", "ok"),
+///     StepInput::error("cargo", "build", "toolchain missing"),
+///     StepInput::ok("rustup", "install", "ok"),
+///     StepInput::ok("cargo", "build", "ok"),
+/// ]
+/// .into_iter()
+/// .enumerate()
+/// .map(|(i, input)| ExecutionStep {
+///     step_number: i as u32 + 1,
+///     key: i as u64 + 1,
+///     timestamp: chrono::Utc::now(),
+///     input,
+/// })
+/// .collect();
+/// assert!(is_mistake(&steps, 0));
+/// assert!(!is_mistake(&steps, 1) && !is_mistake(&steps, 2));
+/// ```
+pub fn is_mistake(steps: &[ExecutionStep], i: usize) -> bool {
+    let Some(s) = steps.get(i) else {
+        return false;
+    };
+    let later = &steps[i + 1..];
+    !s.result().is_success()
+        && !later.iter().any(|l| l.tool() == s.tool())
+        && later.iter().any(|l| l.result().is_success())
 }
 
 fn truncate_chars(s: &str, max: usize) -> String {
@@ -152,7 +191,9 @@ pub fn extract_learning(
         );
         heuristics.entry(h.id.0.clone()).or_insert(h);
     }
-    if let Some(first) = steps.first() {
+    // The opening move: the first step that was not a mistake.
+    let opening = (0..steps.len()).find(|&i| !is_mistake(steps, i));
+    if let Some(first) = opening.map(|i| &steps[i]) {
         add_pattern(
             PatternKind::DecisionPoint {
                 condition: format!("opening move of a {} task", episode.task_type),
@@ -185,9 +226,10 @@ pub fn extract_learning(
         heuristics.entry(h.id.0.clone()).or_insert(h);
     }
 
-    // Lessons: every distinct failure (tool + error class) of the episode, with its remedy.
+    // Lessons: every distinct failure (tool + error class) of the episode that was not a
+    // mistake, with its remedy.
     for (i, s) in steps.iter().enumerate() {
-        if s.result().is_success() {
+        if s.result().is_success() || is_mistake(steps, i) {
             continue;
         }
         let tool = normalize_tool(s.tool());

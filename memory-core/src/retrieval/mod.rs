@@ -30,6 +30,7 @@ pub mod recommend;
 mod retriever;
 mod scoring;
 mod snapshot;
+mod taught;
 mod texts;
 pub mod vector_index;
 

@@ -1,23 +1,28 @@
 //! Recommendations for a new task: similar episodes, patterns, heuristics, pitfalls, a
 //! playbook and an estimate, each with a `why`.
 //!
-//! Learned items are keyed by context (task type, domain, language), not by text, so they are
-//! found two ways: by the request's context, and by the evidence they share with the episodes
-//! retrieved for the task (an item seen in the similar episodes is relevant even when the
-//! request gave no context). Feedback moves the ranking: a pattern's effectiveness (helped /
-//! hindered) multiplies its score, so advice that keeps failing sinks.
+//! Learned items are chosen relevance first. The similar episodes name the items they taught
+//! (see [`taught_by`]), each weighted by its share of their evidence; the items of the task's
+//! context come in beside them at a low fixed weight. An item's score is relevance x confidence
+//! (x feedback effectiveness for patterns), so a context's most-seen items never crowd out
+//! what the matched episodes did. The request's explicit context bounds everything; without
+//! one, the closest episode's context is used only on a strong match. With no strong match and
+//! no context, no learned advice is given, and with a context only but no similar task, the
+//! playbook is labeled as that context's default. Feedback moves the ranking: a pattern's
+//! effectiveness (helped / hindered) multiplies its score, so advice that keeps failing sinks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::taught::{MAX_TEACHERS, taught_by};
 use super::{RetrievalQuery, RetrievedEpisode, Retriever};
 use crate::consolidation::{ConsolidationConfig, calibrated};
 use crate::episode::{EpisodeId, OutcomeKind, TaskContext, TaskType};
 use crate::error::Result;
-use crate::learned::{Evidence, FailureLesson, Heuristic, Pattern, PatternKind};
+use crate::learned::{FailureLesson, Heuristic, Learned, Pattern, PatternKind};
 use crate::namespace::Namespace;
 pub use crate::records::{Estimate, EstimateCorrection};
 use crate::statistics::median;
@@ -132,6 +137,10 @@ pub struct Recommendation {
     pub strong_match: bool,
     /// Set when running degraded (e.g. lexical only).
     pub degraded: Option<String>,
+    /// What the learned advice rests on: the similar episodes that taught it, the task's
+    /// context, or nothing (then the lists and the playbook are empty).
+    #[serde(default)]
+    pub advice_basis: String,
 }
 
 /// Normalized task text: lowercase words, digits folded, so "Fix bug #12" and "fix bug #7"
@@ -198,33 +207,79 @@ pub(crate) fn fold_duplicates(results: Vec<RetrievedEpisode>) -> Vec<Recommended
     out
 }
 
-/// Share of `similar` found in `evidence`.
-fn overlap(evidence: &[Evidence], similar: &HashSet<EpisodeId>) -> f64 {
-    if similar.is_empty() {
-        return 0.0;
-    }
-    let hits = evidence
-        .iter()
-        .filter(|e| similar.contains(&e.episode_id))
-        .count();
-    hits as f64 / similar.len().min(evidence.len().max(1)) as f64
+/// How much a learned item bears on the task: its share of the evidence of the similar
+/// episodes (`0..=1`, see [`taught_by`]) and whether it holds in the task's context.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Relevance {
+    pub share: f64,
+    pub in_context: bool,
 }
 
-/// Ranks patterns: confidence (Wilson lower bound of success, decayed) times feedback
-/// effectiveness, boosted by the evidence shared with the similar episodes.
+/// What holding in the task's context is worth next to having been taught by every similar
+/// episode (share 1.0): context alone is weak evidence, so a context's most-seen items never
+/// outrank what the matched episodes actually did unless they are far more certain.
+const CONTEXT_WEIGHT: f64 = 0.25;
+
+impl Relevance {
+    fn weight(self) -> f64 {
+        self.share + if self.in_context { CONTEXT_WEIGHT } else { 0.0 }
+    }
+
+    fn note(self, why: &mut String) {
+        if self.share > 0.0 {
+            let _ = write!(
+                why,
+                "; taught by the similar episodes ({:.0}% of their weight)",
+                self.share * 100.0
+            );
+        }
+    }
+}
+
+/// The candidates of one kind with their relevance: the items the similar episodes taught
+/// (left out when they do not hold in `scope`, the request's explicit context) and the items of
+/// the task's context (`in_context`, matched by `context`).
+pub(crate) fn candidates<T: Learned>(
+    taught: Vec<(T, f64)>,
+    of_context: Vec<T>,
+    context: Option<&LearnedQuery>,
+    scope: Option<&LearnedQuery>,
+) -> Vec<(T, Relevance)> {
+    let mut out: HashMap<T::Id, (T, Relevance)> = of_context
+        .into_iter()
+        .map(|item| {
+            let rel = Relevance {
+                share: 0.0,
+                in_context: true,
+            };
+            (item.id().clone(), (item, rel))
+        })
+        .collect();
+    for (item, share) in taught {
+        if scope.is_some_and(|q| !q.matches(&item)) {
+            continue;
+        }
+        let in_context = context.is_some_and(|q| q.matches(&item));
+        out.entry(item.id().clone())
+            .or_insert((item, Relevance::default()))
+            .1 = Relevance { share, in_context };
+    }
+    out.into_values().collect()
+}
+
+/// Ranks patterns: relevance times confidence (Wilson lower bound of success, decayed) times
+/// feedback effectiveness.
 pub(crate) fn rank_patterns(
-    patterns: Vec<Pattern>,
-    similar: &HashSet<EpisodeId>,
+    patterns: Vec<(Pattern, Relevance)>,
     now: DateTime<Utc>,
     half_life_days: f64,
 ) -> Vec<Advice<Pattern>> {
     let mut out: Vec<Advice<Pattern>> = patterns
         .into_iter()
-        .map(|p| {
+        .map(|(p, rel)| {
             let confidence = p.confidence(now, half_life_days);
             let effectiveness = p.effectiveness.score();
-            let shared = overlap(&p.recent_evidence, similar);
-            let score = confidence * (2.0 * effectiveness) * (1.0 + shared);
+            let score = rel.weight() * confidence * (2.0 * effectiveness);
             let mut why = format!(
                 "seen {}x in {}, {:.0}% success (confidence {:.0}%)",
                 p.occurrences,
@@ -232,9 +287,7 @@ pub(crate) fn rank_patterns(
                 p.success_rate() * 100.0,
                 confidence * 100.0
             );
-            if shared > 0.0 {
-                why.push_str("; used in the similar episodes");
-            }
+            rel.note(&mut why);
             let e = &p.effectiveness;
             if e.uses() > 0 {
                 let _ = write!(
@@ -255,18 +308,16 @@ pub(crate) fn rank_patterns(
     out
 }
 
-/// Ranks heuristics by decayed evidence, boosted by shared evidence.
+/// Ranks heuristics: relevance times decayed confidence.
 pub(crate) fn rank_heuristics(
-    heuristics: Vec<Heuristic>,
-    similar: &HashSet<EpisodeId>,
+    heuristics: Vec<(Heuristic, Relevance)>,
     now: DateTime<Utc>,
     half_life_days: f64,
 ) -> Vec<Advice<Heuristic>> {
     let mut out: Vec<Advice<Heuristic>> = heuristics
         .into_iter()
-        .map(|h| {
+        .map(|(h, rel)| {
             let confidence = h.confidence(now, half_life_days);
-            let shared = overlap(&h.recent_evidence, similar);
             let mut why = format!(
                 "held {} of {} times in {} (confidence {:.0}%)",
                 h.support,
@@ -274,11 +325,9 @@ pub(crate) fn rank_heuristics(
                 h.context.label(),
                 confidence * 100.0
             );
-            if shared > 0.0 {
-                why.push_str("; seen in the similar episodes");
-            }
+            rel.note(&mut why);
             Advice {
-                score: confidence * (1.0 + shared),
+                score: rel.weight() * confidence,
                 item: h,
                 why,
             }
@@ -289,23 +338,19 @@ pub(crate) fn rank_heuristics(
     out
 }
 
-/// Ranks failure lessons: how often they struck (log-scaled), recency, shared evidence.
+/// Ranks failure lessons: relevance times how often they struck (log-scaled) times recency.
 pub(crate) fn rank_pitfalls(
-    lessons: Vec<FailureLesson>,
-    similar: &HashSet<EpisodeId>,
+    lessons: Vec<(FailureLesson, Relevance)>,
     now: DateTime<Utc>,
     half_life_days: f64,
 ) -> Vec<Advice<FailureLesson>> {
     let mut out: Vec<Advice<FailureLesson>> = lessons
         .into_iter()
-        .map(|l| {
+        .map(|(l, rel)| {
             let decay = crate::statistics::decay_factor(l.last_seen, now, half_life_days);
-            let shared = overlap(&l.recent_evidence, similar);
-            let score = (1.0 + l.occurrences as f64).ln() * decay * (1.0 + shared);
+            let score = rel.weight() * (1.0 + l.occurrences as f64).ln() * decay;
             let mut why = format!("struck {} time(s) in {}", l.occurrences, l.context.label());
-            if shared > 0.0 {
-                why.push_str("; hit in the similar episodes");
-            }
+            rel.note(&mut why);
             Advice {
                 score,
                 why: format!("{}: {why}", l.text()),
@@ -326,11 +371,32 @@ fn sort_advice<T>(items: &mut [Advice<T>], id: impl Fn(&T) -> String) {
     });
 }
 
+/// A fix seen to work at least this often goes into the plan before the step it prepares.
+const RELIABLE_FIX: u64 = 2;
+
+/// The preparation a lesson says its tool needs: the tools of its best remedy before the retry
+/// of the failed tool, when that remedy worked at least [`RELIABLE_FIX`] times.
+fn preparation(lesson: &FailureLesson) -> Option<(&[String], u64)> {
+    let r = lesson.best_remedy()?;
+    match r.tools.split_last() {
+        Some((retry, fix))
+            if *retry == lesson.failed_tool && !fix.is_empty() && r.count >= RELIABLE_FIX =>
+        {
+            Some((fix, r.count))
+        }
+        _ => None,
+    }
+}
+
 /// The playbook: the tools of the best tool-sequence pattern that mostly succeeds, each step
-/// carrying the pitfalls of its tool.
+/// carrying the pitfalls of its tool. A step whose tool a lesson says reliably fails in this
+/// context until a preparation runs gets that preparation before it (unless the plan already
+/// ran it). `generic` labels every step when nothing similar was found and the plan is only
+/// the context's default.
 pub(crate) fn playbook(
     patterns: &[Advice<Pattern>],
     pitfalls: &[Advice<FailureLesson>],
+    generic: Option<&str>,
 ) -> Vec<PlaybookStep> {
     let best = patterns.iter().find_map(|a| match &a.item.kind {
         PatternKind::ToolSequence { tools } if a.item.success_rate() >= 0.5 => {
@@ -341,34 +407,102 @@ pub(crate) fn playbook(
     let Some((tools, pattern)) = best else {
         return Vec::new();
     };
-    tools
-        .iter()
-        .enumerate()
-        .map(|(i, tool)| {
-            let mut why = format!(
-                "step {} of {} ({:.0}% success over {} episodes)",
-                i + 1,
-                tools.join(" → "),
-                pattern.success_rate() * 100.0,
-                pattern.occurrences
-            );
-            if let Some(p) = pitfalls.iter().find(|p| &p.item.failed_tool == tool) {
-                let _ = write!(
-                    why,
-                    "; watch out: {} failed with \"{}\"",
-                    p.item.failed_tool, p.item.error_class
+    let head = generic.map(|g| format!("{g}: ")).unwrap_or_default();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let prep = pitfalls.iter().find_map(|p| {
+            (&p.item.failed_tool == tool)
+                .then(|| preparation(&p.item))
+                .flatten()
+                .map(|(fix, n)| (fix, n, &p.item))
+        });
+        if let Some((fix, n, lesson)) = prep
+            && !fix.iter().any(|f| out.iter().any(|(t, _)| t == f))
+        {
+            for f in fix {
+                let why = format!(
+                    "{head}prepare for {tool}: in {} it failed with \"{}\" in {} episode(s), and {} then {tool} fixed it {n} time(s)",
+                    lesson.context.label(),
+                    lesson.error_class,
+                    lesson.occurrences,
+                    fix.join(" → "),
                 );
-                if let Some(r) = p.item.best_remedy() {
-                    let _ = write!(why, ", recover with {}", r.tools.join(" → "));
-                }
+                out.push((f.clone(), why));
             }
-            PlaybookStep {
-                order: i as u32 + 1,
-                tool: tool.clone(),
+        }
+        let mut why = format!(
+            "{head}step {} of {} ({:.0}% success over {} episodes)",
+            i + 1,
+            tools.join(" → "),
+            pattern.success_rate() * 100.0,
+            pattern.occurrences
+        );
+        if let Some(p) = pitfalls.iter().find(|p| &p.item.failed_tool == tool) {
+            let _ = write!(
                 why,
+                "; watch out: {} failed with \"{}\"",
+                p.item.failed_tool, p.item.error_class
+            );
+            if let Some(r) = p.item.best_remedy() {
+                let _ = write!(why, ", recover with {}", r.tools.join(" → "));
             }
+        }
+        out.push((tool.clone(), why));
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, (tool, why))| PlaybookStep {
+            order: i as u32 + 1,
+            tool,
+            why,
         })
         .collect()
+}
+
+/// Items of the task's context read per kind, most-seen first: a floor under the items the
+/// similar episodes taught (which are read whatever their rank), not the selection itself.
+const CONTEXT_ITEMS: u32 = 200;
+
+/// `code_generation in web_api/rust`, or `no context` when the request gave none.
+fn context_label(task_type: Option<TaskType>, context: Option<&TaskContext>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(t) = task_type {
+        parts.push(t.to_string());
+    }
+    if let Some(c) = context {
+        let mut place = c.domain.clone();
+        if let Some(l) = &c.language {
+            let _ = write!(place, "/{l}");
+        }
+        if !place.is_empty() {
+            parts.push(format!("in {place}"));
+        }
+    }
+    if parts.is_empty() {
+        "no context".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// One line on what the learned advice rests on.
+fn advice_basis(
+    similar: &[&RetrievedEpisode],
+    strong: bool,
+    req: &RecommendRequest,
+    has_context: bool,
+) -> String {
+    let given = context_label(req.task_type, req.context.as_ref());
+    match (strong, has_context) {
+        (true, _) => format!(
+            "what the {} similar episode(s) taught, and the items of their context",
+            similar.len().min(MAX_TEACHERS)
+        ),
+        (false, true) => {
+            format!("no similar past task: only items of the given context ({given}), as a default")
+        }
+        (false, false) => "no similar past task and no context given: no learned advice".to_owned(),
+    }
 }
 
 /// The estimate from the similar episodes.
@@ -471,45 +605,66 @@ impl Advisor<'_> {
         } else {
             retrieval.results.iter().take(5).collect()
         };
-        let similar_ids: HashSet<EpisodeId> = similar.iter().map(|r| r.episode.id).collect();
-        // Learned items by context: the request's, else that of the closest episode.
+        let explicit = req.context.is_some() || req.task_type.is_some();
+        let strong = retrieval.strong_match;
+        let learned_query =
+            |task_type: Option<TaskType>, context: Option<&TaskContext>| LearnedQuery {
+                task_type,
+                domain: context.map(|c| c.domain.clone()).filter(|d| !d.is_empty()),
+                language: context.and_then(|c| c.language.clone()),
+                limit: CONTEXT_ITEMS,
+                ..LearnedQuery::default()
+            };
+        // The request's own context bounds everything; without one, the context of the closest
+        // episode is used, but only when it is a strong match: a weak hit's context is another
+        // task's, and its advice would be dressed up as specific.
+        let scope = explicit.then(|| learned_query(req.task_type, req.context.as_ref()));
         let closest = similar.first().map(|r| &r.episode);
-        let (task_type, context) = match (&req.context, closest) {
-            (Some(c), _) => (req.task_type, Some(c.clone())),
-            (None, Some(e)) => (Some(e.task_type), Some(e.context.clone())),
-            (None, None) => (req.task_type, None),
+        let context = match (&scope, closest) {
+            (Some(q), _) => Some(q.clone()),
+            (None, Some(e)) if strong => Some(learned_query(Some(e.task_type), Some(&e.context))),
+            _ => None,
         };
-        let learned = LearnedQuery {
-            task_type,
-            domain: context
-                .as_ref()
-                .map(|c| c.domain.clone())
-                .filter(|d| !d.is_empty()),
-            language: context.as_ref().and_then(|c| c.language.clone()),
-            limit: 200,
-            ..LearnedQuery::default()
+        let basis = advice_basis(&similar, strong, req, context.is_some());
+        let teachers: Vec<(EpisodeId, f64)> = if strong || explicit {
+            // Weighted by closeness in meaning, else by the normalized lexical score.
+            similar
+                .iter()
+                .map(|r| {
+                    let w = r.breakdown.cosine.map_or(r.breakdown.lexical, f64::from);
+                    (r.episode.id, w.max(0.0))
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
-        let (storage, half_life) = (self.storage, self.half_life_days);
-        let mut patterns = rank_patterns(
-            storage.query_patterns(ns, &learned).await?,
-            &similar_ids,
-            now,
-            half_life,
-        );
+        let storage = self.storage;
+        let taught = taught_by(storage, ns, &teachers).await?;
+        let (patterns, heuristics, lessons) = match &context {
+            Some(q) => (
+                storage.query_patterns(ns, q).await?,
+                storage.query_heuristics(ns, q).await?,
+                storage.query_lessons(ns, q).await?,
+            ),
+            None => Default::default(),
+        };
+        let (c, s, half_life) = (context.as_ref(), scope.as_ref(), self.half_life_days);
+        let mut patterns =
+            rank_patterns(candidates(taught.patterns, patterns, c, s), now, half_life);
         let mut heuristics = rank_heuristics(
-            storage.query_heuristics(ns, &learned).await?,
-            &similar_ids,
+            candidates(taught.heuristics, heuristics, c, s),
             now,
             half_life,
         );
-        let mut pitfalls = rank_pitfalls(
-            storage.query_lessons(ns, &learned).await?,
-            &similar_ids,
-            now,
-            half_life,
-        );
-        let playbook = playbook(&patterns, &pitfalls);
-        let domain = context.as_ref().map(|c| c.domain.clone());
+        let mut pitfalls = rank_pitfalls(candidates(taught.lessons, lessons, c, s), now, half_life);
+        let generic = (!strong).then(|| {
+            format!(
+                "a default for {} (no similar past task)",
+                context_label(req.task_type, req.context.as_ref())
+            )
+        });
+        let playbook = playbook(&patterns, &pitfalls, generic.as_deref());
+        let domain = context.as_ref().and_then(|q| q.domain.clone());
         let estimate = calibrated(
             storage,
             self.calibration,
@@ -534,6 +689,7 @@ impl Advisor<'_> {
             confidence: retrieval.confidence,
             strong_match: retrieval.strong_match,
             degraded: retrieval.degraded,
+            advice_basis: basis,
         })
     }
 }
