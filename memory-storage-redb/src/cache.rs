@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{Decoded, decode_cached_value, encode_cached_value_into};
 use crate::config::CacheConfig;
-use crate::error::{StoreError, blocking};
+use crate::error::{StoreError, blocking, create_file, failed};
 use crate::group_commit::{self, Committer, GroupCommit, Reply};
 use crate::tables::{
     CACHE_INFO, CACHE_MARK, ENTRIES, EXPIRY, HEADER_LEN, INFO_BYTES, INFO_CLEAN, INFO_LAYOUT,
@@ -173,17 +173,8 @@ const MAX_WRITE_BATCH: usize = 256;
 
 /// A write waiting for the committing task.
 enum WriteOp {
-    Put {
-        key: Vec<u8>,
-        stored: Vec<u8>,
-        expires: u64,
-        now: u64,
-        /// The LRU tick, taken when the put was queued.
-        tick: u64,
-    },
-    Invalidate {
-        key: Vec<u8>,
-    },
+    Put(EncodedEntry),
+    Invalidate { key: Vec<u8> },
 }
 
 /// A value encoded for the disk tier, not yet queued.
@@ -192,6 +183,7 @@ struct EncodedEntry {
     stored: Vec<u8>,
     expires: u64,
     now: u64,
+    /// The LRU tick, taken when the put was queued.
     tick: u64,
 }
 
@@ -206,14 +198,7 @@ impl EncodedEntry {
                 bytes: u32::try_from(self.stored.len()).unwrap_or(u32::MAX),
             },
         };
-        let op = WriteOp::Put {
-            key: self.key,
-            stored: self.stored,
-            expires: self.expires,
-            now: self.now,
-            tick: self.tick,
-        };
-        (op, front)
+        (WriteOp::Put(self), front)
     }
 }
 
@@ -435,14 +420,8 @@ impl RedbCache {
     /// Queues a write and waits until its transaction is committed.
     async fn submit(&self, op: WriteOp) -> Result<WriteOutcome> {
         let mut done = self.submit_many(vec![op]).await;
-        done.pop().unwrap_or_else(|| {
-            Err(Error::storage(
-                crate::error::BACKEND,
-                "cache write",
-                false,
-                "no outcome for the write",
-            ))
-        })
+        done.pop()
+            .unwrap_or_else(|| Err(failed("cache write", "no outcome for the write")))
     }
 
     /// Queues `ops` together (one commit unless the batch limit splits them) and waits for
@@ -547,16 +526,7 @@ fn build_front(config: &CacheConfig) -> Front {
 }
 
 fn open_file(path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        memory_files::create_dir_all(dir)?;
-    }
-    // Ours, 0600, before redb opens it (redb starts a new database in an empty file).
-    memory_files::precreate(path)?;
-    let db = redb::Builder::new()
-        .set_cache_size(config.redb_cache_bytes)
-        .create(path)?;
+    let db = create_file(path, config.redb_cache_bytes)?;
     let txn = db.begin_write()?;
     let (entries, bytes, next_tick, mark) = {
         let (layout, clean) = {
@@ -655,16 +625,21 @@ impl<'t> Tabs<'t> {
         Ok(())
     }
 
-    /// Deletes an entry's rows from every table; its stored size if it existed.
-    fn remove_entry(&mut self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    /// Deletes an entry's rows from every table and takes its stored size off `bytes`; its
+    /// stored size if it existed.
+    fn remove_entry(&mut self, key: &[u8], bytes: &mut u64) -> Result<Option<u64>, StoreError> {
         let meta = self.meta.remove(key)?.map(|g| g.value());
         let stored = self.entries.remove(key)?.map(|g| g.value().len() as u64);
-        if let Some((tick, expires, size)) = meta {
-            self.lru.remove(tick)?;
-            self.expiry.remove(expiry_key(expires, key).as_slice())?;
-            return Ok(Some(size));
-        }
-        Ok(stored)
+        let size = match meta {
+            Some((tick, expires, size)) => {
+                self.lru.remove(tick)?;
+                self.expiry.remove(expiry_key(expires, key).as_slice())?;
+                Some(size)
+            }
+            None => stored,
+        };
+        *bytes = bytes.saturating_sub(size.unwrap_or(0));
+        Ok(size)
     }
 
     fn insert(
@@ -726,9 +701,7 @@ impl<'t> Tabs<'t> {
                 break;
             }
             let key = key.to_vec();
-            if let Some(size) = self.remove_entry(&key)? {
-                *bytes = bytes.saturating_sub(size);
-            }
+            self.remove_entry(&key, bytes)?;
             self.expiry.remove(first.as_slice())?;
             removed.push(key);
         }
@@ -751,9 +724,7 @@ impl<'t> Tabs<'t> {
             else {
                 break;
             };
-            if let Some(size) = self.remove_entry(&key)? {
-                *bytes = bytes.saturating_sub(size);
-            }
+            self.remove_entry(&key, bytes)?;
             self.lru.remove(tick)?;
             evicted.push(key);
         }
@@ -824,6 +795,21 @@ impl Inner {
         Ok((txn, durable))
     }
 
+    /// Commits `txn`, lets go of the database, and compacts after a durable commit.
+    fn commit(
+        &self,
+        txn: WriteTransaction,
+        db: RwLockReadGuard<'_, Database>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        txn.commit()?;
+        drop(db);
+        if durable {
+            self.compact_logged();
+        }
+        Ok(())
+    }
+
     fn publish_size(&self, entries: u64, bytes: u64) {
         self.counters.entries.store(entries, Ordering::Relaxed);
         self.counters.bytes.store(bytes, Ordering::Relaxed);
@@ -885,9 +871,7 @@ impl Inner {
             };
             if let Some(stale) = stale {
                 let mut bytes = tabs.bytes()?;
-                if let Some(size) = tabs.remove_entry(key_bytes)? {
-                    bytes = bytes.saturating_sub(size);
-                }
+                tabs.remove_entry(key_bytes, &mut bytes)?;
                 tabs.set_bytes(bytes)?;
                 self.publish_size(tabs.meta.len()?, bytes);
                 Some(stale)
@@ -895,11 +879,7 @@ impl Inner {
                 None
             }
         };
-        txn.commit()?;
-        drop(db);
-        if durable {
-            self.compact_logged();
-        }
+        self.commit(txn, db, durable)?;
         Ok(removed.map_or(DiskGet::Miss, DiskGet::Removed))
     }
 
@@ -915,17 +895,14 @@ impl Inner {
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
                 results.push(match op {
-                    WriteOp::Put {
+                    WriteOp::Put(EncodedEntry {
                         key,
                         stored,
                         expires,
                         now,
                         tick,
-                    } => {
-                        let old = tabs.remove_entry(key)?;
-                        if let Some(old) = old {
-                            bytes = bytes.saturating_sub(old);
-                        }
+                    }) => {
+                        let old = tabs.remove_entry(key, &mut bytes)?;
                         // A read of the queued value counts as a use after the put.
                         let tick = touched_before
                             .remove(key)
@@ -943,10 +920,7 @@ impl Inner {
                         }
                     }
                     WriteOp::Invalidate { key } => {
-                        let removed = tabs.remove_entry(key)?;
-                        if let Some(size) = removed {
-                            bytes = bytes.saturating_sub(size);
-                        }
+                        let removed = tabs.remove_entry(key, &mut bytes)?;
                         WriteOutcome {
                             replaced: removed.is_some(),
                             ..WriteOutcome::default()
@@ -959,11 +933,7 @@ impl Inner {
             self.keep_touches_of_queued(touched_before);
             results
         };
-        txn.commit()?;
-        drop(db);
-        if durable {
-            self.compact_logged();
-        }
+        self.commit(txn, db, durable)?;
         Ok(results)
     }
 
@@ -990,12 +960,7 @@ impl Inner {
         let (txn, durable) = self.begin_write(&db, durable)?;
         let absent = Tabs::open(&txn)?.apply_touches(touches)?;
         self.keep_touches_of_queued(absent);
-        txn.commit()?;
-        drop(db);
-        if durable {
-            self.compact_logged();
-        }
-        Ok(())
+        self.commit(txn, db, durable)
     }
 
     /// Durably writes buffered recency and the clean flag (not when a queued put may be

@@ -89,6 +89,22 @@ impl DecodeLimits {
     }
 }
 
+/// An [`Error::Decode`] of `what`.
+fn decode_error(what: &'static str, reason: impl Into<String>) -> Error {
+    Error::Decode {
+        what,
+        reason: reason.into(),
+    }
+}
+
+/// The [`Error::Decode`] of a `len`-byte payload over its decode limit.
+fn too_large(what: &'static str, len: usize, limit: usize) -> Error {
+    decode_error(
+        what,
+        format!("{len} bytes exceed the decode limit of {limit} bytes"),
+    )
+}
+
 /// What decoding a stored cache entry gave.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded<T> {
@@ -142,19 +158,14 @@ pub(crate) fn encode_cached_value_into(buf: &mut Vec<u8>, value: &CachedValue) -
 /// ```
 pub fn decode_cached_value(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded<CachedValue>> {
     let Some((&version, body)) = bytes.split_first() else {
-        return Err(Error::Decode {
-            what: "cache entry",
-            reason: "empty record".to_owned(),
-        });
+        return Err(decode_error("cache entry", "empty record"));
     };
     if version != CACHE_FORMAT_VERSION {
         return Ok(Decoded::OtherVersion(version));
     }
     let Some((stored_sum, body)) = body.split_first_chunk::<CACHE_CHECKSUM_LEN>() else {
-        return Err(Error::Decode {
-            what: "cache entry",
-            reason: format!("{} bytes is shorter than the checksum", bytes.len()),
-        });
+        let reason = format!("{} bytes is shorter than the checksum", bytes.len());
+        return Err(decode_error("cache entry", reason));
     };
     // The body starts with the variant index of the value (a one-byte varint): the kind, and
     // so the limit, is known before anything is parsed.
@@ -164,47 +175,39 @@ pub fn decode_cached_value(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded
         0 => limits.episode_bytes,
         1 | 2 => limits.learned_bytes,
         _ => {
-            return Err(Error::Decode {
+            return Err(decode_error(
                 what,
-                reason: if body.is_empty() {
+                if body.is_empty() {
                     "no body after the version byte".to_owned()
                 } else {
                     format!("unknown entry kind {tag}")
                 },
-            });
+            ));
         }
     };
     if bytes.len() > limit {
-        return Err(Error::Decode {
-            what,
-            reason: format!(
-                "{} bytes exceed the decode limit of {limit} bytes",
-                bytes.len()
-            ),
-        });
+        return Err(too_large(what, bytes.len(), limit));
     }
     let (stored_sum, sum) = (
         u32::from_le_bytes(*stored_sum),
         cache_checksum(version, body),
     );
     if stored_sum != sum {
-        return Err(Error::Decode {
+        return Err(decode_error(
             what,
-            reason: format!(
+            format!(
                 "checksum mismatch (stored {stored_sum:08x}, computed {sum:08x}): the entry was changed after it was written"
             ),
-        });
+        ));
     }
     let (w, used): (wire::WValue<wire::WStr>, usize) =
-        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| Error::Decode {
-            what,
-            reason: e.to_string(),
-        })?;
+        bincode::serde::decode_from_slice(body, bincode_config())
+            .map_err(|e| decode_error(what, e.to_string()))?;
     if used != body.len() {
-        return Err(Error::Decode {
+        return Err(decode_error(
             what,
-            reason: format!("{} trailing bytes", body.len() - used),
-        });
+            format!("{} trailing bytes", body.len() - used),
+        ));
     }
     wire::from_wire(w)
         .map(Decoded::Value)
@@ -245,32 +248,20 @@ pub fn encode_outbox_entry(entry: &OutboxEntry, limit: usize) -> Result<Vec<u8>>
 pub fn decode_outbox_entry(bytes: &[u8], limit: usize) -> Result<OutboxEntry> {
     const WHAT: &str = "outbox entry";
     let Some((&version, body)) = bytes.split_first() else {
-        return Err(Error::Decode {
-            what: WHAT,
-            reason: "empty record".to_owned(),
-        });
+        return Err(decode_error(WHAT, "empty record"));
     };
     if version != OUTBOX_FORMAT_VERSION {
-        return Err(Error::Decode {
-            what: WHAT,
-            reason: format!(
+        return Err(decode_error(
+            WHAT,
+            format!(
                 "unsupported format version {version} (this build reads {OUTBOX_FORMAT_VERSION})"
             ),
-        });
+        ));
     }
     if bytes.len() > limit {
-        return Err(Error::Decode {
-            what: WHAT,
-            reason: format!(
-                "{} bytes exceed the decode limit of {limit} bytes",
-                bytes.len()
-            ),
-        });
+        return Err(too_large(WHAT, bytes.len(), limit));
     }
-    serde_json::from_slice(body).map_err(|e| Error::Decode {
-        what: WHAT,
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(body).map_err(|e| decode_error(WHAT, e.to_string()))
 }
 
 #[cfg(test)]

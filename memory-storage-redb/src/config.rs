@@ -9,6 +9,20 @@ use crate::codec::{DecodeLimits, MAX_DECODE_LIMIT};
 
 const MIB: u64 = 1024 * 1024;
 
+/// `#[must_use]` builder methods `name(field: T)`, each setting its field to the value.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($field:ident: $ty:ty);)*) => {
+        $(
+            $(#[$doc])*
+            #[must_use]
+            pub fn $name(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
+
 /// Settings of a [`RedbCache`](crate::RedbCache).
 ///
 /// The cache file is bounded by [`max_entries`](Self::max_entries) **and**
@@ -95,25 +109,36 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// Sets [`max_entries`](Self::max_entries).
-    #[must_use]
-    pub fn with_max_entries(mut self, max_entries: u64) -> Self {
-        self.max_entries = max_entries;
-        self
-    }
+    setters! {
+        /// Sets [`max_entries`](Self::max_entries).
+        with_max_entries(max_entries: u64);
 
-    /// Sets [`max_bytes`](Self::max_bytes).
-    #[must_use]
-    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
-        self.max_bytes = max_bytes;
-        self
-    }
+        /// Sets [`max_bytes`](Self::max_bytes).
+        with_max_bytes(max_bytes: u64);
 
-    /// Sets [`ttl`](Self::ttl).
-    #[must_use]
-    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.ttl = ttl;
-        self
+        /// Sets [`ttl`](Self::ttl).
+        with_ttl(ttl: Option<Duration>);
+
+        /// Sets [`max_episode_bytes`](Self::max_episode_bytes).
+        with_max_episode_bytes(max_episode_bytes: usize);
+
+        /// Sets [`max_learned_bytes`](Self::max_learned_bytes).
+        with_max_learned_bytes(max_learned_bytes: usize);
+
+        /// Sets [`redb_cache_bytes`](Self::redb_cache_bytes).
+        with_redb_cache_bytes(redb_cache_bytes: usize);
+
+        /// Sets [`durable_commit_every`](Self::durable_commit_every).
+        with_durable_commit_every(durable_commit_every: u32);
+
+        /// Sets [`touch_flush_threshold`](Self::touch_flush_threshold).
+        with_touch_flush_threshold(touch_flush_threshold: usize);
+
+        /// Sets [`expire_batch`](Self::expire_batch).
+        with_expire_batch(expire_batch: usize);
+
+        /// Sets [`compact_file_bytes`](Self::compact_file_bytes).
+        with_compact_file_bytes(compact_file_bytes: Option<u64>);
     }
 
     /// Sets the in-process front's bounds; either 0 disables the front.
@@ -121,55 +146,6 @@ impl CacheConfig {
     pub fn with_memory_capacity(mut self, max_entries: u64, max_bytes: u64) -> Self {
         self.memory_max_entries = max_entries;
         self.memory_max_bytes = max_bytes;
-        self
-    }
-
-    /// Sets [`max_episode_bytes`](Self::max_episode_bytes).
-    #[must_use]
-    pub fn with_max_episode_bytes(mut self, bytes: usize) -> Self {
-        self.max_episode_bytes = bytes;
-        self
-    }
-
-    /// Sets [`max_learned_bytes`](Self::max_learned_bytes).
-    #[must_use]
-    pub fn with_max_learned_bytes(mut self, bytes: usize) -> Self {
-        self.max_learned_bytes = bytes;
-        self
-    }
-
-    /// Sets [`redb_cache_bytes`](Self::redb_cache_bytes).
-    #[must_use]
-    pub fn with_redb_cache_bytes(mut self, bytes: usize) -> Self {
-        self.redb_cache_bytes = bytes;
-        self
-    }
-
-    /// Sets [`durable_commit_every`](Self::durable_commit_every).
-    #[must_use]
-    pub fn with_durable_commit_every(mut self, commits: u32) -> Self {
-        self.durable_commit_every = commits;
-        self
-    }
-
-    /// Sets [`touch_flush_threshold`](Self::touch_flush_threshold).
-    #[must_use]
-    pub fn with_touch_flush_threshold(mut self, keys: usize) -> Self {
-        self.touch_flush_threshold = keys;
-        self
-    }
-
-    /// Sets [`expire_batch`](Self::expire_batch).
-    #[must_use]
-    pub fn with_expire_batch(mut self, entries: usize) -> Self {
-        self.expire_batch = entries;
-        self
-    }
-
-    /// Sets [`compact_file_bytes`](Self::compact_file_bytes).
-    #[must_use]
-    pub fn with_compact_file_bytes(mut self, bytes: Option<u64>) -> Self {
-        self.compact_file_bytes = bytes;
         self
     }
 
@@ -260,25 +236,15 @@ impl Default for OutboxConfig {
 }
 
 impl OutboxConfig {
-    /// Sets [`max_entry_bytes`](Self::max_entry_bytes).
-    #[must_use]
-    pub fn with_max_entry_bytes(mut self, bytes: usize) -> Self {
-        self.max_entry_bytes = bytes;
-        self
-    }
+    setters! {
+        /// Sets [`max_entry_bytes`](Self::max_entry_bytes).
+        with_max_entry_bytes(max_entry_bytes: usize);
 
-    /// Sets [`max_batch`](Self::max_batch).
-    #[must_use]
-    pub fn with_max_batch(mut self, entries: usize) -> Self {
-        self.max_batch = entries;
-        self
-    }
+        /// Sets [`max_batch`](Self::max_batch).
+        with_max_batch(max_batch: usize);
 
-    /// Sets [`redb_cache_bytes`](Self::redb_cache_bytes).
-    #[must_use]
-    pub fn with_redb_cache_bytes(mut self, bytes: usize) -> Self {
-        self.redb_cache_bytes = bytes;
-        self
+        /// Sets [`redb_cache_bytes`](Self::redb_cache_bytes).
+        with_redb_cache_bytes(redb_cache_bytes: usize);
     }
 
     /// Checks the settings; called by [`RedbOutbox::open`](crate::RedbOutbox::open).

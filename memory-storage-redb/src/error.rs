@@ -1,5 +1,7 @@
 //! The one place where redb (and blocking-task) failures become [`memory_core::Error`].
 
+use std::path::Path;
+
 use memory_core::Error;
 
 /// The backend name in [`Error::Storage`].
@@ -47,12 +49,20 @@ impl From<Error> for StoreError {
     }
 }
 
+/// A (permanent) [`Error::Storage`] of `operation`.
+pub(crate) fn failed(
+    operation: &'static str,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::storage(BACKEND, operation, false, source)
+}
+
 /// Maps a failure of `operation` to the crate-wide error. redb failures are not transient: a
 /// retry of the same call would meet the same file.
 pub(crate) fn map(operation: &'static str, e: StoreError) -> Error {
     match e {
-        StoreError::Redb(e) => Error::storage(BACKEND, operation, false, e),
-        StoreError::Io(e) => Error::storage(BACKEND, operation, false, e),
+        StoreError::Redb(e) => failed(operation, e),
+        StoreError::Io(e) => failed(operation, e),
         StoreError::Core(e) => e,
     }
 }
@@ -65,8 +75,23 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(|e| map(operation, e)),
-        Err(join) => Err(Error::storage(BACKEND, operation, false, join)),
+        Err(join) => Err(failed(operation, join)),
     }
+}
+
+/// Opens (creating it and its directory if needed) the redb file at `path`, with a page cache
+/// of `cache_bytes`.
+pub(crate) fn create_file(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        memory_files::create_dir_all(dir)?;
+    }
+    // Ours, 0600, before redb opens it (redb starts a new database in an empty file).
+    memory_files::precreate(path)?;
+    Ok(redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)?)
 }
 
 #[cfg(test)]

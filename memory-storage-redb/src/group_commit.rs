@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use memory_core::{Error, Result};
 use tokio::sync::oneshot;
 
-use crate::error::{BACKEND, StoreError, map};
+use crate::error::{StoreError, failed, map};
 
 struct Pending<Op, Out> {
     op: Op,
@@ -62,10 +62,8 @@ impl<Op, Out> GroupCommit<Op, Out> {
     }
 
     fn stopped(&self) -> Error {
-        Error::storage(
-            BACKEND,
+        failed(
             self.what,
-            false,
             "the committing task stopped before this write was committed",
         )
     }
@@ -178,9 +176,7 @@ fn run<C: Committer>(owner: Arc<C>) {
                 let msg = e.to_string();
                 let mut first = Some(e);
                 for reply in replies {
-                    let err = first
-                        .take()
-                        .unwrap_or_else(|| Error::storage(BACKEND, what, false, msg.clone()));
+                    let err = first.take().unwrap_or_else(|| failed(what, msg.clone()));
                     let _ = reply.send(Err(err));
                 }
             }

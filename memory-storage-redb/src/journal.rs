@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use memory_core::{Error, Outbox, OutboxEntry, Result};
+use memory_core::{Outbox, OutboxEntry, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tracing::{info, warn};
 
 use crate::config::OutboxConfig;
-use crate::error::BACKEND;
+use crate::error::failed;
 use crate::outbox::{Opening, RedbOutbox};
 
 /// The folder, inside a journal directory, for files that could not be trusted.
@@ -77,8 +77,8 @@ impl JournalDir {
         let made = dir.clone();
         tokio::task::spawn_blocking(move || memory_files::create_dir_all(&made))
             .await
-            .map_err(|e| Error::storage(BACKEND, "journal open", false, e))?
-            .map_err(|e| Error::storage(BACKEND, "journal open", false, e))?;
+            .map_err(|e| failed("journal open", e))?
+            .map_err(|e| failed("journal open", e))?;
         let own_name = format!(
             "{}-{}.redb",
             std::process::id(),
@@ -154,8 +154,7 @@ impl JournalDir {
             // a stopped process's) before its owner locked it.
             let creating = self.dir.join(format!(".{}.creating", self.own_name));
             let o = RedbOutbox::open(&creating, self.config.clone()).await?;
-            std::fs::rename(&creating, self.own_path())
-                .map_err(|e| Error::storage(BACKEND, "journal create", false, e))?;
+            std::fs::rename(&creating, self.own_path()).map_err(|e| failed("journal create", e))?;
             info!(path = %self.own_path().display(), "journaling writes in this process's outbox");
             *g = Some(o);
         }
@@ -192,12 +191,7 @@ impl JournalDir {
         }
         let own = self.own_for_append().await?;
         let Some(o) = own.as_ref() else {
-            return Err(Error::storage(
-                BACKEND,
-                "journal adopt",
-                false,
-                "no journal",
-            ));
+            return Err(failed("journal adopt", "no journal"));
         };
         let seqs = o.append_many(entries).await?;
         Ok(seqs.into_iter().zip(entries.iter().cloned()).collect())
@@ -206,8 +200,7 @@ impl JournalDir {
     /// Moves a damaged journal aside, adopts what can be read from its bytes, and reports.
     async fn salvage(&self, path: &Path, why: &str) -> Result<Vec<(u64, OutboxEntry)>> {
         let damaged_dir = self.dir.join(DAMAGED_DIR);
-        memory_files::create_dir_all(&damaged_dir)
-            .map_err(|e| Error::storage(BACKEND, "journal salvage", false, e))?;
+        memory_files::create_dir_all(&damaged_dir).map_err(|e| failed("journal salvage", e))?;
         let stamp = chrono::Utc::now();
         let name = path
             .file_name()
@@ -215,10 +208,8 @@ impl JournalDir {
         let aside = damaged_dir.join(format!("{}-{name}", stamp.format("%Y%m%dT%H%M%S%.3fZ")));
         // A process that still holds it would have made the open fail as held, not damaged;
         // renaming keeps the bytes for a person to look at.
-        std::fs::rename(path, &aside)
-            .map_err(|e| Error::storage(BACKEND, "journal salvage", false, e))?;
-        let bytes = std::fs::read(&aside)
-            .map_err(|e| Error::storage(BACKEND, "journal salvage", false, e))?;
+        std::fs::rename(path, &aside).map_err(|e| failed("journal salvage", e))?;
+        let bytes = std::fs::read(&aside).map_err(|e| failed("journal salvage", e))?;
         let (entries, unreadable) = scan_entries(&bytes, self.config.max_entry_bytes);
         let adopted = self.take_in(&entries).await?;
         let report = DamagedJournal {
@@ -244,7 +235,7 @@ fn remove_file(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::storage(BACKEND, "journal remove", false, e)),
+        Err(e) => return Err(failed("journal remove", e)),
     }
     if let Some(dir) = path.parent()
         && let Ok(d) = std::fs::File::open(dir)
@@ -291,12 +282,7 @@ impl Outbox for JournalDir {
         let own = self.own_for_append().await?;
         match own.as_ref() {
             Some(o) => o.append(entry).await,
-            None => Err(Error::storage(
-                BACKEND,
-                "journal append",
-                false,
-                "no journal",
-            )),
+            None => Err(failed("journal append", "no journal")),
         }
     }
 

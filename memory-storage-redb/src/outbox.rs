@@ -11,7 +11,7 @@ use tracing::{debug, info};
 
 use crate::codec::{decode_outbox_entry, encode_outbox_entry};
 use crate::config::OutboxConfig;
-use crate::error::{BACKEND, StoreError, blocking, map};
+use crate::error::{StoreError, blocking, create_file, failed, map};
 use crate::group_commit::{self, Committer, GroupCommit};
 use crate::tables::{INFO_LAYOUT, INFO_NEXT_SEQ, LAYOUT_VERSION, OUTBOX, OUTBOX_INFO};
 
@@ -60,14 +60,18 @@ impl RedbOutbox {
         if len > 0 {
             info!(path = %path.display(), pending = len, "outbox has pending writes");
         }
-        Ok(RedbOutbox {
+        Ok(Self::over(db, path, config))
+    }
+
+    fn over(db: Database, path: PathBuf, config: OutboxConfig) -> Self {
+        RedbOutbox {
             inner: Arc::new(Inner {
                 db,
                 path,
                 appends: GroupCommit::new(config.max_batch, "outbox append"),
                 config,
             }),
-        })
+        }
     }
 
     /// The outbox file.
@@ -109,17 +113,10 @@ impl RedbOutbox {
             Ok(Err(Some(why))) => return Opening::Damaged(why),
             Err(join) => return Opening::Damaged(format!("opening panicked: {join}")),
         };
-        let (p, c) = (path.clone(), config.clone());
-        let checked = tokio::task::spawn_blocking(move || check_layout(db, &p, &c)).await;
+        let p = path.clone();
+        let checked = tokio::task::spawn_blocking(move || check_layout(db, &p)).await;
         match checked {
-            Ok(Ok(db)) => Opening::Open(RedbOutbox {
-                inner: Arc::new(Inner {
-                    db,
-                    path,
-                    appends: GroupCommit::new(config.max_batch, "outbox append"),
-                    config,
-                }),
-            }),
+            Ok(Ok(db)) => Opening::Open(Self::over(db, path, config)),
             Ok(Err(e)) => Opening::Damaged(map("outbox open", e).to_string()),
             Err(join) => Opening::Damaged(format!("reading it panicked: {join}")),
         }
@@ -154,8 +151,7 @@ pub enum Opening {
 }
 
 /// The layout check of an existing file, without creating anything.
-fn check_layout(db: Database, path: &Path, config: &OutboxConfig) -> Result<Database, StoreError> {
-    let _ = config;
+fn check_layout(db: Database, path: &Path) -> Result<Database, StoreError> {
     let txn = db.begin_read()?;
     let layout = match txn.open_table(OUTBOX_INFO) {
         Ok(info) => info.get(INFO_LAYOUT)?.map(|g| g.value()),
@@ -176,16 +172,7 @@ fn check_layout(db: Database, path: &Path, config: &OutboxConfig) -> Result<Data
 }
 
 fn open_file(path: &Path, config: &OutboxConfig) -> Result<(Database, u64), StoreError> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        memory_files::create_dir_all(dir)?;
-    }
-    // Ours, 0600, before redb opens it (redb starts a new database in an empty file).
-    memory_files::precreate(path)?;
-    let db = redb::Builder::new()
-        .set_cache_size(config.redb_cache_bytes)
-        .create(path)?;
+    let db = create_file(path, config.redb_cache_bytes)?;
     let txn = db.begin_write()?;
     let len = {
         let mut info = txn.open_table(OUTBOX_INFO)?;
@@ -270,7 +257,7 @@ impl Outbox for RedbOutbox {
             .append_many(std::slice::from_ref(entry))
             .await?
             .pop()
-            .ok_or_else(|| Error::storage(BACKEND, "outbox append", false, "no sequence number"))?;
+            .ok_or_else(|| failed("outbox append", "no sequence number"))?;
         debug!(seq, key = entry.idempotency_key, "outbox append");
         Ok(seq)
     }
