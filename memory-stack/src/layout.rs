@@ -80,10 +80,15 @@ impl DataDir {
     /// Creates the directory, `0700` on Unix, if it does not exist (an existing one keeps its
     /// permissions).
     pub fn create(&self) -> Result<(), StackError> {
-        private_fs::create_dir_all(&self.root).map_err(|source| StackError::DataDir {
+        private_fs::create_dir_all(&self.root).map_err(|e| self.unusable(e))
+    }
+
+    /// The [`StackError::DataDir`] of this directory.
+    pub(crate) fn unusable(&self, source: std::io::Error) -> StackError {
+        StackError::DataDir {
             dir: self.root.clone(),
             source,
-        })
+        }
     }
 
     /// Moves an untrusted file into [`DataDir::damaged`] (never deletes it); returns where it
@@ -122,10 +127,7 @@ impl PresenceLock {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|source| StackError::DataDir {
-                dir: dir.root().to_path_buf(),
-                source,
-            })
+            .map_err(|e| dir.unusable(e))
     }
 
     /// Takes the lock shared, waiting up to a second for a restore that holds it.
@@ -148,12 +150,7 @@ impl PresenceLock {
                         dir: dir.root().to_path_buf(),
                     });
                 }
-                Err(TryLockError::Error(source)) => {
-                    return Err(StackError::DataDir {
-                        dir: dir.root().to_path_buf(),
-                        source,
-                    });
-                }
+                Err(TryLockError::Error(source)) => return Err(dir.unusable(source)),
             }
         }
     }
@@ -170,10 +167,7 @@ impl PresenceLock {
             Err(TryLockError::WouldBlock) => Err(StackError::InUse {
                 dir: dir.root().to_path_buf(),
             }),
-            Err(TryLockError::Error(source)) => Err(StackError::DataDir {
-                dir: dir.root().to_path_buf(),
-                source,
-            }),
+            Err(TryLockError::Error(source)) => Err(dir.unusable(source)),
         }
     }
 

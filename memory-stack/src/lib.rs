@@ -297,10 +297,7 @@ impl StackBuilder {
             let d = dir.clone();
             tokio::task::spawn_blocking(move || PresenceLock::shared(&d))
                 .await
-                .map_err(|e| StackError::DataDir {
-                    dir: dir.root().to_path_buf(),
-                    source: std::io::Error::other(e),
-                })??
+                .map_err(|e| dir.unusable(std::io::Error::other(e)))??
         };
         let mut config = match &self.mode {
             StorageMode::Local => TursoConfig::local(dir.database()),

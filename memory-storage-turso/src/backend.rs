@@ -408,31 +408,19 @@ impl TursoStorage {
         let sql = format!("PRAGMA quick_check({})", max_problems.max(1));
         let outcome = query_all(&conn, &sql, (), |row| Cols::new(row, "quick_check").text(0)).await;
         watchdog.abort();
-        let check = match outcome {
-            Ok(lines) if lines.iter().all(|l| l == "ok") => IntegrityCheck {
-                problems: Vec::new(),
-                finished: true,
-            },
-            Ok(lines) => IntegrityCheck {
-                problems: lines,
-                finished: true,
-            },
+        let (problems, finished) = match outcome {
+            Ok(lines) if lines.iter().all(|l| l == "ok") => (Vec::new(), true),
+            Ok(lines) => (lines, true),
+            // SQLITE_INTERRUPT: the deadline passed first.
             Err(Failure::Driver(DriverError::Libsql(libsql::Error::SqliteFailure(code, _))))
                 if code & 0xff == 9 =>
             {
-                // SQLITE_INTERRUPT: the deadline passed first.
-                IntegrityCheck {
-                    problems: Vec::new(),
-                    finished: false,
-                }
+                (Vec::new(), false)
             }
             // Reading a damaged page can fail the check itself: that is its finding.
-            Err(e) => IntegrityCheck {
-                problems: vec![e.to_string()],
-                finished: true,
-            },
+            Err(e) => (vec![e.to_string()], true),
         };
-        Ok(Some(check))
+        Ok(Some(IntegrityCheck { problems, finished }))
     }
 
     /// Pulls the primary's latest changes into an embedded replica and returns once they are

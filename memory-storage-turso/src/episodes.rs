@@ -131,7 +131,7 @@ impl Inner {
         let mut body = String::new();
         let mut count = 0;
         for s in steps {
-            let key = if s.key == 0 { 0 } else { s.key as i64 };
+            let key = s.key as i64;
             let found = if key == 0 {
                 inserted.remove(&(i64::from(s.step_number), 0))
             } else {
@@ -315,23 +315,15 @@ impl EpisodeStore for TursoStorage {
         episode_id: EpisodeId,
         steps: &[ExecutionStep],
     ) -> Result<()> {
-        let inner = &*self.inner;
-        inner
-            .call("append_steps", async {
-                let (ns, id) = (ns.as_str(), episode_id.to_string());
-                inner
-                    .write_tx_stamped(async |tx, position| {
-                        match episode_state(tx, ns, &id).await? {
-                            None => {
-                                let missing = Error::not_found(ObjectKind::Episode, episode_id);
-                                return Err(missing.into());
-                            }
-                            Some(true) => return Err(conflict_completed(episode_id).into()),
-                            Some(false) => {}
-                        }
-                        Inner::append_step_rows(tx, ns, &id, steps, position).await
-                    })
-                    .await
+        let (ns, id) = (ns.as_str(), episode_id.to_string());
+        self.inner
+            .call_write_stamped("append_steps", async |tx, position| {
+                match episode_state(tx, ns, &id).await? {
+                    None => return Err(Error::not_found(ObjectKind::Episode, episode_id).into()),
+                    Some(true) => return Err(conflict_completed(episode_id).into()),
+                    Some(false) => {}
+                }
+                Inner::append_step_rows(tx, ns, &id, steps, position).await
             })
             .await
     }

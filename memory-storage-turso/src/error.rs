@@ -37,12 +37,14 @@ pub(crate) enum DriverError {
 pub(crate) type DbResult<T> = Result<T, Failure>;
 
 /// An internal error: a driver error still to be classified, or a domain error ready to return.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum Failure {
     /// A driver error; becomes [`Error::Storage`].
-    Driver(DriverError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
     /// A domain error, returned as is.
-    Core(Error),
+    #[error(transparent)]
+    Core(#[from] Error),
 }
 
 impl From<libsql::Error> for Failure {
@@ -51,30 +53,9 @@ impl From<libsql::Error> for Failure {
     }
 }
 
-impl From<DriverError> for Failure {
-    fn from(e: DriverError) -> Self {
-        Failure::Driver(e)
-    }
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure::Core(e)
-    }
-}
-
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         Failure::Driver(DriverError::Io(e))
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Driver(e) => e.fmt(f),
-            Failure::Core(e) => e.fmt(f),
-        }
     }
 }
 

@@ -42,13 +42,9 @@ impl<S: ?Sized> FaultInjecting<S> {
     /// Wraps `inner` (any backend, including an `Arc<dyn Storage>`); injected failures are
     /// transient.
     pub fn new(inner: Arc<S>, mode: FaultMode) -> Self {
-        let seed = match mode {
-            FaultMode::Ratio { seed, .. } => seed,
-            _ => 0,
-        };
         FaultInjecting {
             inner,
-            mode: Mutex::new((mode, StdRng::seed_from_u64(seed))),
+            mode: Mutex::new(seeded(mode)),
             transient: std::sync::atomic::AtomicBool::new(true),
             calls: AtomicU64::new(0),
             injected: AtomicU64::new(0),
@@ -70,12 +66,7 @@ impl<S: ?Sized> FaultInjecting<S> {
     /// Changes the mode (e.g. `Always` to simulate an outage, `Never` to heal). Resets the
     /// call count that `FailAfter` counts from.
     pub fn set_mode(&self, mode: FaultMode) {
-        let seed = match mode {
-            FaultMode::Ratio { seed, .. } => seed,
-            _ => 0,
-        };
-        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) =
-            (mode, StdRng::seed_from_u64(seed));
+        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = seeded(mode);
         self.calls.store(0, Ordering::SeqCst);
     }
 
@@ -129,6 +120,15 @@ impl<S: ?Sized> FaultInjecting<S> {
             Ok(())
         }
     }
+}
+
+/// `mode` with the generator its ratio draws from (seeded by it; 0 for the other modes).
+fn seeded(mode: FaultMode) -> (FaultMode, StdRng) {
+    let seed = match mode {
+        FaultMode::Ratio { seed, .. } => seed,
+        _ => 0,
+    };
+    (mode, StdRng::seed_from_u64(seed))
 }
 
 memory_core::forward_storage! {
