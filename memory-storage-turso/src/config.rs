@@ -458,14 +458,12 @@ impl TursoConfigBuilder {
 }
 
 fn require_feature(enabled: bool, feature: &str) -> Result<()> {
-    if enabled {
-        Ok(())
-    } else {
-        Err(Error::invalid(
+    enabled.then_some(()).ok_or_else(|| {
+        Error::invalid(
             "turso.mode",
             format!("this build of memory-storage-turso lacks the `{feature}` feature"),
-        ))
-    }
+        )
+    })
 }
 
 fn check_path(field: &str, path: &Path) -> Result<()> {

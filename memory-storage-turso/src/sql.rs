@@ -20,25 +20,10 @@ pub(crate) fn multi_row(head: &str, columns: usize, rows: usize, tail: &str) -> 
 /// `VALUES (?first, ...), (...)`: `rows` rows of `columns` placeholders, numbered from
 /// `first`.
 pub(crate) fn values_list(columns: usize, rows: usize, first: usize) -> String {
-    let mut sql = String::with_capacity(8 + rows * columns * 6);
-    sql.push_str("VALUES ");
-    let mut n = first;
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..columns {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('?');
-            sql.push_str(&n.to_string());
-            n += 1;
-        }
-        sql.push(')');
-    }
-    sql
+    let rows: Vec<String> = (0..rows)
+        .map(|r| format!("({})", placeholders(first + r * columns, columns)))
+        .collect();
+    format!("VALUES {}", rows.join(", "))
 }
 
 /// Inserts rows (each `columns` values) with multi-row statements.

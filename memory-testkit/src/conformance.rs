@@ -251,11 +251,8 @@ pub async fn episode_lifecycle(s: &dyn Storage) {
         t(0),
     );
     s.create_episode(&n, &e).await.unwrap();
-    let got = s
-        .get_episode(&n, e.id)
-        .await
-        .unwrap()
-        .expect("created episode readable");
+    let got = s.get_episode(&n, e.id).await.unwrap();
+    let got = got.expect("created episode readable");
     assert_eq!(got, e, "episode round-trips exactly");
     assert!(!got.is_completed());
 
@@ -402,13 +399,7 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
 /// key already stored is skipped), and a replay of the completion adds nothing.
 pub async fn completion_writes_its_steps(s: &dyn Storage) {
     let n = ns("conf/complete-steps");
-    let e = episode(
-        "one transaction",
-        TaskType::Testing,
-        "web_api",
-        Some("rust"),
-        t(0),
-    );
+    let e = rust_web("one transaction", TaskType::Testing, 0);
     s.create_episode(&n, &e).await.unwrap();
     let first = steps(&[("a", true), ("b", true)], 1, t(1));
     s.append_steps(&n, e.id, &first).await.unwrap();
@@ -521,12 +512,10 @@ pub async fn lexical_search(s: &dyn Storage) {
     let (a, _) = record(
         s,
         &n,
-        episode(
+        rust_web(
             "add token bucket rate limiting to the axum API",
             TaskType::CodeGeneration,
-            "web_api",
-            Some("rust"),
-            t(0),
+            0,
         ),
         &[("edit_file", true), ("shell", true)],
         Outcome::success("rate limiter added"),
