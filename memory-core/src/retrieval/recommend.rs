@@ -2,8 +2,8 @@
 //! playbook and an estimate, each with a `why`.
 //!
 //! Learned items are chosen relevance first. The similar episodes name the items they taught
-//! (see [`taught_by`]), each weighted by its share of their evidence; the items of the task's
-//! context come in beside them at a low fixed weight. An item's score is relevance x confidence
+//! (re-derived by extraction and read by id), each weighted by its share of their evidence;
+//! the items of the task's context come in beside them at a low fixed weight. An item's score is relevance x confidence
 //! (x feedback effectiveness for patterns), so a context's most-seen items never crowd out
 //! what the matched episodes did. The request's explicit context bounds everything; without
 //! one, the closest episode's context is used only on a strong match. With no strong match and
