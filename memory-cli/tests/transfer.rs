@@ -116,6 +116,37 @@ fn export_then_import_into_an_empty_data_dir_gives_equal_counts() {
     // The import learned: the recovery pattern exists there too.
     assert!(b["patterns"].as_u64().unwrap() > 0);
     assert_eq!(a["patterns"], b["patterns"]);
+
+    // Episodes keep their start and completion times (so their durations) and step latencies.
+    let again = target.path().join("again.jsonl");
+    json(target.path(), &["export", again.to_str().unwrap()]);
+    let times = |file: &Path| {
+        let mut v: Vec<(String, Value, Value, Vec<Value>)> = std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let e: Value = serde_json::from_str(l).unwrap();
+                let latencies = e["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["latency_ms"].clone())
+                    .collect();
+                let task = e["task_description"].as_str().unwrap().to_owned();
+                (
+                    task,
+                    e["started_at"].clone(),
+                    e["completed_at"].clone(),
+                    latencies,
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (before, after) = (times(&file), times(&again));
+    assert_eq!(before, after);
+    assert!(before.iter().filter(|t| !t.2.is_null()).count() == 3);
 }
 
 #[test]

@@ -637,6 +637,10 @@ pub struct NewEpisode {
     /// Where it happens.
     #[serde(default)]
     pub context: TaskContext,
+    /// When it started, if not now: an episode recorded elsewhere and imported keeps its
+    /// time (at most 5 minutes in the future: clock skew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 impl NewEpisode {
@@ -650,7 +654,15 @@ impl NewEpisode {
             task_description: task_description.into(),
             task_type,
             context,
+            started_at: None,
         }
+    }
+
+    /// Started at `at` instead of now (an import).
+    #[must_use]
+    pub fn with_started_at(mut self, at: DateTime<Utc>) -> Self {
+        self.started_at = Some(at);
+        self
     }
 }
 
@@ -688,7 +700,7 @@ impl Episode {
             task_type: new.task_type,
             context: new.context,
             steps: Vec::new(),
-            started_at: now,
+            started_at: new.started_at.unwrap_or(now),
             completed_at: None,
             outcome: None,
             reward: None,

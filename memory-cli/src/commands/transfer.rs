@@ -609,11 +609,8 @@ async fn check_quotas(
 }
 
 fn new_episode(e: &Episode) -> NewEpisode {
-    NewEpisode {
-        task_description: e.task_description.clone(),
-        task_type: e.task_type,
-        context: e.context.clone(),
-    }
+    NewEpisode::new(e.task_description.clone(), e.task_type, e.context.clone())
+        .with_started_at(e.started_at)
 }
 
 /// Runs `call` again while the namespace's rate limiter says to wait: an import is one
@@ -634,19 +631,25 @@ where
 }
 
 /// Logs `e`'s steps from `from` on into `id`, then completes it (true) or writes the steps
-/// (false, the source was in progress).
+/// (false, the source was in progress). The completion keeps `e`'s time when the stored
+/// episode kept its start (always, except for one an earlier version began importing).
 async fn replay(
     m: &SelfLearningMemory,
     ns: &Namespace,
     id: EpisodeId,
     e: &Episode,
     from: usize,
+    resumed: bool,
 ) -> memory_core::Result<bool> {
     for step in e.steps.iter().skip(from) {
         paced(|| m.log_step(ns, id, step.input.clone())).await?;
     }
     if let Some(outcome) = &e.outcome {
-        paced(|| m.complete_episode(ns, id, outcome.clone())).await?;
+        let kept_start = !resumed || m.get_episode(ns, id).await?.started_at == e.started_at;
+        match e.completed_at.filter(|_| kept_start) {
+            Some(at) => paced(|| m.complete_episode_at(ns, id, outcome.clone(), at)).await?,
+            None => paced(|| m.complete_episode(ns, id, outcome.clone())).await?,
+        };
         Ok(true)
     } else {
         m.flush_episode(ns, id).await?;
@@ -732,7 +735,7 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
                 .await
                 .with_context(stopped_here)?,
         };
-        let done = replay(m, ns, id, &episode, from)
+        let done = replay(m, ns, id, &episode, from, resume.is_some())
             .await
             .with_context(stopped_here)?;
         if resume.is_some() {

@@ -1,9 +1,11 @@
 //! Recording: starting episodes, logging steps, completing (where the memory learns), and
 //! feedback on the advice an agent applied.
 
+use chrono::{DateTime, Utc};
 use tracing::{debug, instrument, warn};
 
 use super::history::HistoryKey;
+
 use super::memory::SelfLearningMemory;
 use super::report::CompletionReport;
 use super::steps::StepCheck;
@@ -17,6 +19,10 @@ use crate::learning::{RewardHistory, compute_reward, extract_learning, reflect};
 use crate::namespace::Namespace;
 use crate::records::EstimateRecord;
 use crate::storage::EpisodeCompletion;
+
+/// How far in the future a given start or completion time may be: the clocks of the machine
+/// that recorded an episode and of the one importing it differ a little.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 fn already_completed(id: EpisodeId) -> Error {
     Error::Conflict {
@@ -44,6 +50,11 @@ impl SelfLearningMemory {
                 resource: "episodes",
                 limit: quota,
             });
+        }
+        if let Some(at) = new.started_at
+            && at > inner.clock.now() + CLOCK_SKEW
+        {
+            return Err(Error::invalid("started_at", "is in the future"));
         }
         let estimate = inner.pending_estimates.claim(ns, &new.task_description);
         let mut new = new;
@@ -179,6 +190,34 @@ impl SelfLearningMemory {
         id: EpisodeId,
         outcome: Outcome,
     ) -> Result<CompletionReport> {
+        self.complete(ns, id, outcome, None).await
+    }
+
+    /// [`SelfLearningMemory::complete_episode`] as of `completed_at` instead of now: an
+    /// episode recorded elsewhere and imported keeps its duration, and what it teaches is
+    /// dated (and decays) from then. `InvalidInput` when `completed_at` is in the future or
+    /// before the episode started (5 minutes of clock skew are tolerated).
+    #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
+    pub async fn complete_episode_at(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        outcome: Outcome,
+        completed_at: DateTime<Utc>,
+    ) -> Result<CompletionReport> {
+        if completed_at > self.inner.clock.now() + CLOCK_SKEW {
+            return Err(Error::invalid("completed_at", "is in the future"));
+        }
+        self.complete(ns, id, outcome, Some(completed_at)).await
+    }
+
+    async fn complete(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        outcome: Outcome,
+        completed_at: Option<DateTime<Utc>>,
+    ) -> Result<CompletionReport> {
         self.ensure_running()?;
         let inner = &self.inner;
         inner.steps.take_refused(ns, id)?;
@@ -222,6 +261,13 @@ impl SelfLearningMemory {
             Err(e) => return Err(e),
         };
         let now = inner.clock.now();
+        let at = completed_at.unwrap_or(now);
+        if at < episode.started_at {
+            return Err(Error::invalid(
+                "completed_at",
+                format!("is before the episode started ({})", episode.started_at),
+            ));
+        }
         let reward = compute_reward(
             &episode.steps,
             episode.context.complexity,
@@ -229,13 +275,13 @@ impl SelfLearningMemory {
             history,
         );
         let reflection = reflect(&episode, &outcome, &reward);
-        let learning = extract_learning(&episode, &outcome, now);
+        let learning = extract_learning(&episode, &outcome, at);
         let completion = EpisodeCompletion {
             episode_id: id,
             outcome,
             reward,
             reflection,
-            completed_at: now,
+            completed_at: at,
             learning,
             steps: pending,
         };
@@ -339,6 +385,71 @@ mod tests {
             .unwrap();
         assert_eq!(report.episode_id, id);
         assert_eq!(memory.get_episode(&ns, id).await.unwrap().steps.len(), 2);
+        memory.shutdown().await.unwrap();
+    }
+
+    /// An imported episode keeps its times: a start and a completion in the past are taken
+    /// (at the limits: the completion at the start, and now), one in the future or a
+    /// completion before the start is refused and changes nothing.
+    #[tokio::test]
+    async fn an_episode_keeps_past_times_and_refuses_future_or_reversed_ones() {
+        let memory =
+            SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())
+                .unwrap();
+        let ns = Namespace::default();
+        let now = Utc::now();
+        let new = || NewEpisode::new("t", TaskType::Testing, TaskContext::new("d"));
+        let future = memory
+            .start_episode(&ns, new().with_started_at(now + chrono::Duration::hours(1)))
+            .await;
+        assert!(
+            matches!(future, Err(Error::InvalidInput { .. })),
+            "{future:?}"
+        );
+
+        let start = now - chrono::Duration::days(3);
+        let id = memory
+            .start_episode(&ns, new().with_started_at(start))
+            .await
+            .unwrap();
+        let early = memory
+            .complete_episode_at(
+                &ns,
+                id,
+                Outcome::success("ok"),
+                start - chrono::Duration::milliseconds(1),
+            )
+            .await;
+        assert!(
+            matches!(early, Err(Error::InvalidInput { .. })),
+            "{early:?}"
+        );
+        let late = memory
+            .complete_episode_at(
+                &ns,
+                id,
+                Outcome::success("ok"),
+                Utc::now() + chrono::Duration::hours(1),
+            )
+            .await;
+        assert!(matches!(late, Err(Error::InvalidInput { .. })), "{late:?}");
+        assert!(!memory.get_episode(&ns, id).await.unwrap().is_completed());
+
+        memory
+            .complete_episode_at(&ns, id, Outcome::success("ok"), start)
+            .await
+            .unwrap();
+        let e = memory.get_episode(&ns, id).await.unwrap();
+        assert_eq!((e.started_at, e.completed_at), (start, Some(start)));
+
+        let other = memory
+            .start_episode(&ns, new().with_started_at(start))
+            .await
+            .unwrap();
+        memory
+            .complete_episode_at(&ns, other, Outcome::success("ok"), Utc::now())
+            .await
+            .unwrap();
         memory.shutdown().await.unwrap();
     }
 }

@@ -176,11 +176,11 @@ impl Limits {
     /// [`Limits::check_outcome`]. The total size depends on redaction, which the API applies
     /// first: check it on the episode as stored with [`Limits::check_episode_bytes`].
     pub fn check_episode(&self, e: &Episode) -> Result<()> {
-        self.check_new_episode(&NewEpisode {
-            task_description: e.task_description.clone(),
-            task_type: e.task_type,
-            context: e.context.clone(),
-        })?;
+        self.check_new_episode(&NewEpisode::new(
+            e.task_description.clone(),
+            e.task_type,
+            e.context.clone(),
+        ))?;
         check(
             "steps_per_episode",
             e.steps.len(),
