@@ -203,3 +203,85 @@ async fn a_recommendations_estimate_follows_the_next_episode_of_its_task() {
     let again = m.start_episode(&ns, next).await.unwrap();
     assert!(m.estimate_record(&ns, again).await.unwrap().is_none());
 }
+
+/// Where a tool reliably fails until a preparation runs (seen fixed twice), the playbook holds
+/// the preparation before that tool, with the evidence, and the rules that apply are named in
+/// the steps' `why`. A tool tried once and abandoned (an exploration mistake) teaches nothing.
+#[tokio::test]
+async fn the_playbook_holds_the_fix_a_context_needs_and_the_rules_that_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(TursoStorage::open_in_data_dir(dir.path()).await.unwrap());
+    let config = MemoryConfig {
+        rate_limit: RateLimitConfig::disabled(),
+        ..MemoryConfig::default()
+    };
+    let m =
+        SelfLearningMemory::with_embedder(storage, config, Arc::new(SystemClock), None).unwrap();
+    let ns = Namespace::new("advice/fixes").unwrap();
+    let ctx = TaskContext::new("web_api").with_language("rust");
+    for _ in 0..3 {
+        record(
+            &m,
+            &ns,
+            "add pagination to the orders endpoint",
+            &["edit_file", "cargo"],
+        )
+        .await;
+    }
+    // Tests in the same stack: cargo fails until rustup ran; grep was tried and abandoned.
+    for _ in 0..2 {
+        let id = m
+            .start_episode(
+                &ns,
+                NewEpisode::new("run the test suite", TaskType::Testing, ctx.clone()),
+            )
+            .await
+            .unwrap();
+        for step in [
+            StepInput::error("grep", "look", "grep does not apply here"),
+            StepInput::error("cargo", "test", "error: toolchain missing"),
+            StepInput::ok("rustup", "install", "ok"),
+            StepInput::ok("cargo", "test", "ok"),
+        ] {
+            m.log_step(&ns, id, step).await.unwrap();
+        }
+        m.complete_episode(&ns, id, Outcome::success("green"))
+            .await
+            .unwrap();
+    }
+    let req = RecommendRequest::new("add pagination to the orders endpoint")
+        .with_context(Some(TaskType::CodeGeneration), ctx);
+    let rec = m.recommend(&ns, &req).await.unwrap();
+    assert_eq!(
+        plan(&rec),
+        ["edit_file", "rustup", "cargo"],
+        "{:#?}",
+        rec.playbook
+    );
+    let prep = &rec.playbook[1].why;
+    assert!(
+        prep.contains("prepare for cargo") && prep.contains("toolchain missing"),
+        "{prep}"
+    );
+    assert!(
+        rec.playbook[2].why.contains("rule: when cargo fails with"),
+        "{}",
+        rec.playbook[2].why
+    );
+    assert!(
+        rec.playbook[0].why.contains(
+            "agrees with the rule: starting a code_generation task, follow edit_file → cargo"
+        ),
+        "{}",
+        rec.playbook[0].why
+    );
+    let lessons = m
+        .lessons(&ns, &memory_core::LearnedQuery::default())
+        .await
+        .unwrap();
+    assert!(
+        lessons.iter().all(|l| l.failed_tool != "grep"),
+        "{lessons:#?}"
+    );
+    assert!(lessons.iter().any(|l| l.failed_tool == "cargo"));
+}

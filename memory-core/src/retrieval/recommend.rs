@@ -389,12 +389,13 @@ fn preparation(lesson: &FailureLesson) -> Option<(&[String], u64)> {
 }
 
 /// The playbook: the tools of the best tool-sequence pattern that mostly succeeds, each step
-/// carrying the pitfalls of its tool. A step whose tool a lesson says reliably fails in this
+/// carrying the pitfalls of its tool and the best-ranked active rule about its failures. A step whose tool a lesson says reliably fails in this
 /// context until a preparation runs gets that preparation before it (unless the plan already
 /// ran it). `generic` labels every step when nothing similar was found and the plan is only
 /// the context's default.
 pub(crate) fn playbook(
     patterns: &[Advice<Pattern>],
+    heuristics: &[Advice<Heuristic>],
     pitfalls: &[Advice<FailureLesson>],
     generic: Option<&str>,
 ) -> Vec<PlaybookStep> {
@@ -408,6 +409,19 @@ pub(crate) fn playbook(
         return Vec::new();
     };
     let head = generic.map(|g| format!("{g}: ")).unwrap_or_default();
+    // The active opening rule that says to follow this very plan, if one does.
+    let follow = format!(
+        "follow {}",
+        tools
+            .iter()
+            .take(6)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" → ")
+    );
+    let rule = heuristics.iter().map(|a| &a.item).find(|h| {
+        h.status.is_active() && h.condition.starts_with("starting a ") && h.action == follow
+    });
     let mut out: Vec<(String, String)> = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
         let prep = pitfalls.iter().find_map(|p| {
@@ -437,6 +451,16 @@ pub(crate) fn playbook(
             pattern.success_rate() * 100.0,
             pattern.occurrences
         );
+        if let Some(h) = rule.filter(|_| i == 0) {
+            let _ = write!(
+                why,
+                "; agrees with the rule: {}, {} (held {} of {} times)",
+                h.condition,
+                h.action,
+                h.support,
+                h.support + h.against
+            );
+        }
         if let Some(p) = pitfalls.iter().find(|p| &p.item.failed_tool == tool) {
             let _ = write!(
                 why,
@@ -446,6 +470,22 @@ pub(crate) fn playbook(
             if let Some(r) = p.item.best_remedy() {
                 let _ = write!(why, ", recover with {}", r.tools.join(" → "));
             }
+        }
+        // The best-ranked active rule about this tool's failures, with its record.
+        let prefix = format!("{tool} fails with ");
+        if let Some(h) = heuristics
+            .iter()
+            .map(|a| &a.item)
+            .find(|h| h.status.is_active() && h.condition.starts_with(&prefix))
+        {
+            let _ = write!(
+                why,
+                "; rule: when {}, {} (held {} of {} times)",
+                h.condition,
+                h.action,
+                h.support,
+                h.support + h.against
+            );
         }
         out.push((tool.clone(), why));
     }
@@ -663,7 +703,7 @@ impl Advisor<'_> {
                 context_label(req.task_type, req.context.as_ref())
             )
         });
-        let playbook = playbook(&patterns, &pitfalls, generic.as_deref());
+        let playbook = playbook(&patterns, &heuristics, &pitfalls, generic.as_deref());
         let domain = context.as_ref().and_then(|q| q.domain.clone());
         let estimate = calibrated(
             storage,
