@@ -74,6 +74,36 @@ impl MaintenanceStore for TursoStorage {
             .await
     }
 
+    #[instrument(skip_all, fields(namespace = %ns, run_id = %run.id))]
+    async fn claim_consolidation(
+        &self,
+        ns: &Namespace,
+        run: &ConsolidationRun,
+        not_before: DateTime<Utc>,
+    ) -> Result<bool> {
+        // One statement in a write transaction: the check and the insert see the same state.
+        self.inner
+            .call_write("claim_consolidation", async |tx| {
+                let params = vec![
+                    text(ns.as_str()),
+                    text(&run.id),
+                    Value::Integer(nanos_clamped(run.started_at)),
+                    Value::Text(to_json("consolidation_run", run)?),
+                    Value::Integer(nanos_clamped(not_before)),
+                ];
+                let n = tx
+                    .execute(
+                        "INSERT INTO consolidation_runs (ns, id, started_at, body) \
+                         SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM consolidation_runs \
+                         WHERE ns = ?1 AND started_at > ?5)",
+                        params,
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
     #[instrument(skip_all, fields(namespace = %ns, limit = limit_n))]
     async fn list_consolidations(
         &self,

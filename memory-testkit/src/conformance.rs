@@ -1206,6 +1206,51 @@ async fn consolidation_runs(s: &dyn Storage, a: &Namespace, b: &Namespace) {
         s.list_consolidations(b, 10).await.unwrap().is_empty(),
         "runs are per namespace"
     );
+
+    // Claims: a run is claimed only when none started after `not_before`.
+    let claim = |id: &str, at: i64| ConsolidationRun {
+        id: id.into(),
+        trigger: "scheduled".into(),
+        started_at: t(at),
+        finished_at: t(at),
+        ..ConsolidationRun::default()
+    };
+    assert!(
+        !s.claim_consolidation(a, &claim("late", 30), t(19))
+            .await
+            .unwrap(),
+        "run-2 started at 20, after 19: not claimed"
+    );
+    assert!(
+        s.claim_consolidation(a, &claim("mine", 30), t(20))
+            .await
+            .unwrap(),
+        "nothing started after 20 (at 20 is not after): claimed"
+    );
+    assert!(
+        !s.claim_consolidation(a, &claim("theirs", 31), t(20))
+            .await
+            .unwrap(),
+        "a second claimant over the same window loses"
+    );
+    assert!(
+        s.claim_consolidation(b, &claim("b", 31), t(20))
+            .await
+            .unwrap(),
+        "per namespace"
+    );
+    let ids: Vec<String> = s
+        .list_consolidations(a, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        ids,
+        ["mine", "run-2", "run-1", "run-0"],
+        "the loser left no row"
+    );
 }
 
 async fn metrics_snapshots(s: &dyn Storage, a: &Namespace, b: &Namespace) {

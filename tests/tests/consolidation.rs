@@ -389,52 +389,79 @@ async fn runs_reach(storage: &Arc<dyn Storage>, ns: &Namespace, n: usize) -> usi
     storage.list_consolidations(ns, 100).await.unwrap().len()
 }
 
+/// The schedule catches up soon after a process starts when the namespace's last run (by any
+/// process) is older than the interval, then runs once per interval; a second process over
+/// the same store does not run what the first just ran (the claim is one atomic insert), and
+/// nothing runs after shutdown.
 #[tokio::test(start_paused = true)]
-async fn the_schedule_runs_on_its_interval_and_stops_on_shutdown() {
+async fn the_schedule_catches_up_runs_on_its_interval_one_process_at_a_time_and_stops_on_shutdown()
+{
     for (name, storage, _dir) in backends().await {
-        let config = MemoryConfig::default().with_consolidation(
-            ConsolidationConfig::default().with_interval(Duration::from_secs(60)),
-        );
-        let memory =
-            SelfLearningMemory::with_clock(storage.clone(), config, Arc::new(TokioClock::new()))
-                .unwrap();
+        let config = || {
+            MemoryConfig::default().with_consolidation(
+                ConsolidationConfig::default().with_interval(Duration::from_secs(60)),
+            )
+        };
+        let clock = Arc::new(TokioClock::new());
+        let first =
+            SelfLearningMemory::with_clock(storage.clone(), config(), clock.clone()).unwrap();
         let ns = Namespace::new("schedule/test").unwrap();
-        // Let the schedule's task start its first interval now.
+        // Let the schedule's task start its wait now.
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        let id = memory
+        let id = first
             .start_episode(
                 &ns,
                 NewEpisode::new("t", TaskType::Testing, TaskContext::new("d")),
             )
             .await
             .unwrap();
-        memory
+        first
             .complete_episode(&ns, id, Outcome::success("ok"))
             .await
             .unwrap();
-        tokio::time::advance(Duration::from_secs(30)).await;
+        tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(
             runs_reach(&storage, &ns, 1).await,
             0,
-            "{name}: nothing before the first interval"
+            "{name}: nothing in the first seconds"
         );
-        tokio::time::advance(Duration::from_secs(31)).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(
             runs_reach(&storage, &ns, 1).await,
             1,
-            "{name}: one run after one interval"
+            "{name}: never consolidated, so caught up at start"
         );
-        tokio::time::advance(Duration::from_secs(60)).await;
+
+        let second =
+            SelfLearningMemory::with_clock(storage.clone(), config(), clock.clone()).unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(
+            runs_reach(&storage, &ns, 2).await,
+            1,
+            "{name}: the second process finds a run younger than the interval"
+        );
+        // The first process's interval ends at 70 s, the second's at 81 s.
+        tokio::time::advance(Duration::from_secs(50)).await;
         assert_eq!(
             runs_reach(&storage, &ns, 2).await,
             2,
-            "{name}: one more per interval"
+            "{name}: one run per interval"
+        );
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(
+            runs_reach(&storage, &ns, 3).await,
+            2,
+            "{name}: not one per process"
         );
         let runs = storage.list_consolidations(&ns, 10).await.unwrap();
         assert!(runs.iter().all(|r| r.trigger == "scheduled"), "{name}");
-        memory.shutdown().await.unwrap();
+        first.shutdown().await.unwrap();
+        second.shutdown().await.unwrap();
         tokio::time::advance(Duration::from_secs(600)).await;
         assert_eq!(
             runs_reach(&storage, &ns, 3).await,

@@ -27,9 +27,12 @@ pub const MAX_RETENTION_DAYS: u32 = 36_500;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsolidationConfig {
-    /// Run consolidation in the background every `interval` (every namespace in storage).
+    /// Run consolidation in the background: each namespace whose last run (by any process
+    /// on the store) started more than `interval` ago, claimed by one process at a time.
     pub schedule: bool,
-    /// Time between scheduled runs (1 s ..= 30 days); the first runs one interval after start.
+    /// Time between runs of a namespace (1 s ..= 30 days). A process looks 10 s after it
+    /// starts (or after `interval`, if shorter), so a namespace overdue since a restart is
+    /// caught up, then every `interval`.
     #[serde(with = "crate::serde_adapters::duration_ms")]
     pub interval: Duration,
     /// An active item is pruned when its decayed confidence is below this (0 ..= 1) ...

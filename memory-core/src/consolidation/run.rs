@@ -386,16 +386,52 @@ impl Consolidator {
     /// overlap; a second run right after changes nothing.
     pub(crate) async fn run(&self, ns: &Namespace, trigger: &str) -> Result<ConsolidationReport> {
         let _one_at_a_time = self.one_at_a_time.lock().await;
-        let (cfg, half_life) = (&self.config, self.half_life_days);
+        self.run_as(ns, self.new_run(trigger)).await
+    }
+
+    /// A run record starting now, with nothing done yet.
+    pub(crate) fn new_run(&self, trigger: &str) -> ConsolidationRun {
         let now = self.clock.now();
+        ConsolidationRun {
+            id: Uuid::now_v7().to_string(),
+            trigger: trigger.to_owned(),
+            started_at: now,
+            finished_at: now,
+            ..ConsolidationRun::default()
+        }
+    }
+
+    /// The scheduled run: claims `ns` (see [`MaintenanceStore::claim_consolidation`]) unless
+    /// a run of any process started within `interval`, then runs. `None` when not claimed.
+    ///
+    /// [`MaintenanceStore::claim_consolidation`]: crate::MaintenanceStore::claim_consolidation
+    pub(crate) async fn run_if_due(
+        &self,
+        ns: &Namespace,
+        interval: std::time::Duration,
+    ) -> Result<Option<ConsolidationReport>> {
+        let _one_at_a_time = self.one_at_a_time.lock().await;
+        let run = self.new_run("scheduled");
+        let window = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+        let not_before = run
+            .started_at
+            .checked_sub_signed(window)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        if !self
+            .storage
+            .claim_consolidation(ns, &run, not_before)
+            .await?
+        {
+            return Ok(None);
+        }
+        self.run_as(ns, run).await.map(Some)
+    }
+
+    async fn run_as(&self, ns: &Namespace, run: ConsolidationRun) -> Result<ConsolidationReport> {
+        let (cfg, half_life) = (&self.config, self.half_life_days);
+        let now = run.started_at;
         let mut st = RunState {
-            run: ConsolidationRun {
-                id: Uuid::now_v7().to_string(),
-                trigger: trigger.to_owned(),
-                started_at: now,
-                finished_at: now,
-                ..ConsolidationRun::default()
-            },
+            run,
             changes: Vec::new(),
             now,
         };

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -24,6 +25,13 @@ use crate::namespace::Namespace;
 use crate::policy::{RateLimiter, Redactor};
 use crate::retrieval::Retriever;
 use crate::storage::Storage;
+
+/// When a process's schedule first looks for namespaces due for consolidation (catch-up after
+/// a restart or a pause): soon, but not in the first seconds, which short commands finish in.
+const CATCH_UP_AFTER: Duration = Duration::from_secs(10);
+/// The most one scheduled run of one namespace may take; past it the run stops (each of its
+/// writes is atomic) and the rest waits for the next interval.
+const SCHEDULED_RUN_BUDGET: Duration = Duration::from_secs(300);
 
 /// What a memory is made of, shared with its background tasks.
 #[derive(Debug)]
@@ -170,6 +178,7 @@ impl SelfLearningMemory {
             rt.spawn(every(
                 Arc::downgrade(&inner),
                 inner.config.steps.flush_interval,
+                inner.config.steps.flush_interval,
                 |i| &i.stop_flusher,
                 Inner::stopped,
                 |i| async move {
@@ -184,9 +193,11 @@ impl SelfLearningMemory {
             .as_ref()
             .filter(|_| inner.config.consolidation.schedule)
             .map(|rt| {
+                let interval = inner.config.consolidation.interval;
                 rt.spawn(every(
                     Arc::downgrade(&inner),
-                    inner.config.consolidation.interval,
+                    interval.min(CATCH_UP_AFTER),
+                    interval,
                     |i| &i.stop_consolidation,
                     Inner::stopped,
                     |i| async move { i.consolidate_all().await },
@@ -294,8 +305,9 @@ impl Inner {
         }
     }
 
-    /// A scheduled consolidation of every namespace in storage; a failed run is logged and
-    /// retried at the next tick.
+    /// A scheduled consolidation of every namespace in storage that is due and claimed by this
+    /// process (`Consolidator::run_if_due`); a failed run is logged and retried at the next
+    /// tick.
     async fn consolidate_all(&self) {
         let namespaces = match self.storage.list_namespaces().await {
             Ok(n) => n,
@@ -304,11 +316,19 @@ impl Inner {
                 return;
             }
         };
+        let interval = self.config.consolidation.interval;
         for ns in namespaces {
             let span = info_span!("consolidation_schedule", namespace = %ns);
-            let run = self.consolidator.run(&ns, "scheduled").instrument(span);
-            if let Err(e) = run.await {
-                warn!(error = %e, namespace = %ns, "scheduled consolidation failed; retrying next interval");
+            let run = self.consolidator.run_if_due(&ns, interval).instrument(span);
+            match tokio::time::timeout(SCHEDULED_RUN_BUDGET, run).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, namespace = %ns, "scheduled consolidation failed; retrying next interval");
+                }
+                Err(_) => warn!(
+                    namespace = %ns,
+                    "scheduled consolidation stopped at its time budget; its writes so far stand, the rest waits for the next interval"
+                ),
             }
         }
     }

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// Runs `tick` on the owner every `interval` until `stop` (a field of the owner) is notified,
-/// the owner is dropped, or `stopped` says it has stopped. Holds the owner only weakly between
-/// ticks, so dropping the owner ends the loop.
+/// Runs `tick` on the owner after `first`, then every `interval` (from the end of one tick to
+/// the start of the next) until `stop` (a field of the owner) is notified, the owner is
+/// dropped, or `stopped` says it has stopped. Holds the owner only weakly between ticks, so
+/// dropping the owner ends the loop.
 pub(crate) async fn every<T, F, Fut>(
     owner: Weak<T>,
+    first: Duration,
     interval: Duration,
     stop: fn(&T) -> &Notify,
     stopped: fn(&T) -> bool,
@@ -20,12 +22,13 @@ pub(crate) async fn every<T, F, Fut>(
     F: Fn(Arc<T>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let mut wait = first;
     loop {
         let Some(strong) = owner.upgrade() else {
             return;
         };
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(std::mem::replace(&mut wait, interval)) => {}
             () = stop(&strong).notified() => return,
         }
         if stopped(&strong) {

@@ -79,7 +79,7 @@ macro_rules! forward_storage {
         episodes_missing_embedding scan_embeddings embedding_coverage index_log_head index_changes
         get_index_snapshot put_index_snapshot]); };
     (@all MaintenanceStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [record_consolidation
-        list_consolidations put_metrics_snapshot list_metrics_snapshots put_estimate get_estimate
+        claim_consolidation list_consolidations put_metrics_snapshot list_metrics_snapshots put_estimate get_estimate
         query_estimates record_restore list_restores compact_step_outputs]); };
 
     // The next method, or the impl once every method is written out.
@@ -136,6 +136,7 @@ macro_rules! forward_storage {
     (@sig get_index_snapshot $($k:tt)*) => { $crate::forward_storage!(@push get_index_snapshot (ns: &$crate::Namespace, model: &str) -> $crate::Result<Option<$crate::IndexSnapshot>>; $($k)*); };
     (@sig put_index_snapshot $($k:tt)*) => { $crate::forward_storage!(@push put_index_snapshot (ns: &$crate::Namespace, model: &str, snapshot: &$crate::IndexSnapshot) -> $crate::Result<()>; $($k)*); };
     (@sig record_consolidation $($k:tt)*) => { $crate::forward_storage!(@push record_consolidation (ns: &$crate::Namespace, run: &$crate::ConsolidationRun) -> $crate::Result<()>; $($k)*); };
+    (@sig claim_consolidation $($k:tt)*) => { $crate::forward_storage!(@push claim_consolidation (ns: &$crate::Namespace, run: &$crate::ConsolidationRun, not_before: $crate::__private::DateTime<$crate::__private::Utc>) -> $crate::Result<bool>; $($k)*); };
     (@sig list_consolidations $($k:tt)*) => { $crate::forward_storage!(@push list_consolidations (ns: &$crate::Namespace, limit: u32) -> $crate::Result<Vec<$crate::ConsolidationRun>>; $($k)*); };
     (@sig put_metrics_snapshot $($k:tt)*) => { $crate::forward_storage!(@push put_metrics_snapshot (ns: &$crate::Namespace, snapshot: &$crate::MetricsSnapshot) -> $crate::Result<()>; $($k)*); };
     (@sig list_metrics_snapshots $($k:tt)*) => { $crate::forward_storage!(@push list_metrics_snapshots (ns: &$crate::Namespace, limit: u32) -> $crate::Result<Vec<$crate::MetricsSnapshot>>; $($k)*); };

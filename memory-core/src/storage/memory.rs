@@ -635,6 +635,21 @@ impl MaintenanceStore for InMemoryStorage {
         Ok(())
     }
 
+    async fn claim_consolidation(
+        &self,
+        ns: &Namespace,
+        run: &ConsolidationRun,
+        not_before: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut data = self.lock();
+        let runs = &mut data.entry(ns.clone()).or_default().runs;
+        if runs.values().any(|r| r.started_at > not_before) {
+            return Ok(false);
+        }
+        runs.insert(run.id.clone(), run.clone());
+        Ok(true)
+    }
+
     async fn list_consolidations(
         &self,
         ns: &Namespace,

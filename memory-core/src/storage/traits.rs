@@ -648,6 +648,17 @@ pub trait MaintenanceStore: Send + Sync + Debug {
     /// with the same content).
     async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()>;
 
+    /// Records `run` as started, only if no run of `ns` started after `not_before` (another
+    /// process's included); true when recorded, and the caller then owns the run and records
+    /// its result under the same id. An atomic check-and-insert: of processes claiming at
+    /// once, one wins.
+    async fn claim_consolidation(
+        &self,
+        ns: &Namespace,
+        run: &ConsolidationRun,
+        not_before: DateTime<Utc>,
+    ) -> Result<bool>;
+
     /// The namespace's most recent runs, newest (by start) first, at most `limit`.
     async fn list_consolidations(
         &self,

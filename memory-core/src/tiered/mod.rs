@@ -1090,7 +1090,7 @@ crate::forward_storage! {
 
 crate::forward_storage! {
     impl[] MaintenanceStore for TieredStorage => inner.durable, wrap inner.guarded;
-    forward record_consolidation, list_consolidations, put_metrics_snapshot,
+    forward record_consolidation, claim_consolidation, list_consolidations, put_metrics_snapshot,
         list_metrics_snapshots, put_estimate, get_estimate, query_estimates, record_restore,
         list_restores;
     {

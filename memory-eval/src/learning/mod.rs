@@ -53,6 +53,7 @@ pub use withhold::{Visible, Withholding};
 pub use world::{StepOutcome, Task, World, candidate_tools, is_recovery_tool};
 
 use memory_core::Clock;
+use memory_core::ConsolidationConfig;
 use memory_core::Embedder;
 use memory_core::InMemoryStorage;
 use memory_core::Namespace;
@@ -251,10 +252,13 @@ impl LearningEval {
         let started = Instant::now();
         let clock = Arc::new(SimClock::new());
         let storage: Arc<dyn Storage> = Arc::new(Withholding::new(storage, arm.visible()));
+        // No background consolidation: a run would land at a wall-clock moment of the stream,
+        // and the evaluation is deterministic by seed.
         let config = MemoryConfig {
             rate_limit: RateLimitConfig::disabled(),
             ..MemoryConfig::default()
-        };
+        }
+        .with_consolidation(ConsolidationConfig::default().with_schedule(false));
         let memory = SelfLearningMemory::with_embedder(
             storage,
             config,
