@@ -643,3 +643,57 @@ async fn retention_compacts_what_it_reports_and_learned_items_survive() {
         memory.shutdown().await.unwrap();
     }
 }
+
+/// A run examines every item, not only the `max_items` most seen: with room for one pattern
+/// per group, the stale tail is still decayed and pruned, page by page.
+#[tokio::test(start_paused = true)]
+async fn a_run_prunes_the_stale_tail_beyond_max_items() {
+    for (name, storage, _dir) in backends().await {
+        let mut consolidation = ConsolidationConfig::default().with_schedule(false);
+        consolidation.max_items = 1;
+        let config = MemoryConfig::default().with_consolidation(consolidation);
+        let memory =
+            SelfLearningMemory::with_clock(storage.clone(), config, Arc::new(TokioClock::new()))
+                .unwrap();
+        let ns = Namespace::new("decay/tail").unwrap();
+        for tool in ["grep", "sed", "awk", "jq"] {
+            let id = memory
+                .start_episode(
+                    &ns,
+                    NewEpisode::new(
+                        format!("tidy with {tool}"),
+                        TaskType::Other,
+                        TaskContext::new("ops"),
+                    ),
+                )
+                .await
+                .unwrap();
+            memory
+                .log_step(&ns, id, StepInput::ok(tool, "run", "ok"))
+                .await
+                .unwrap();
+            memory
+                .complete_episode(&ns, id, Outcome::success("done"))
+                .await
+                .unwrap();
+        }
+        let before = active_patterns(&memory, &ns).await;
+        assert!(before > 4, "{name}: {before}");
+        tokio::time::advance(Duration::from_secs(20 * 30 * 86_400)).await;
+        let report = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(
+            report.run.pruned_patterns as usize, before,
+            "{name}: every stale pattern, not just the first max_items: {:?}",
+            report.run
+        );
+        assert_eq!(active_patterns(&memory, &ns).await, 0, "{name}");
+    }
+}
+
+async fn active_patterns(memory: &SelfLearningMemory, ns: &Namespace) -> usize {
+    let q = LearnedQuery {
+        limit: 1000,
+        ..LearnedQuery::default()
+    };
+    memory.patterns(ns, &q).await.unwrap().len()
+}

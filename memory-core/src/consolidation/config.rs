@@ -48,7 +48,9 @@ pub struct ConsolidationConfig {
     /// Cosine similarity of embeddings at or above which two texts are near-duplicates, used
     /// with an embedder (0 < x <= 1).
     pub semantic_similarity: f64,
-    /// Most patterns and most heuristics one run examines (1 ..= 100,000).
+    /// Most patterns and most heuristics (the most seen) one run merges and rates by feedback
+    /// as one group (1 ..= 100,000); the rest are revived, decayed and pruned a page at a time,
+    /// so every item is examined.
     pub max_items: u32,
     /// Completed episodes the metrics snapshot's rates look at (1 ..= 100,000).
     pub metrics_window: u32,

@@ -466,6 +466,8 @@ impl Consolidator {
         if !items.patterns.is_empty() || !items.heuristics.is_empty() {
             self.storage.put_learned(ns, &items).await?;
         }
+        self.sweep_tail::<Pattern>(ns, &mut st, &restores).await?;
+        self.sweep_tail::<Heuristic>(ns, &mut st, &restores).await?;
         self.retention(ns, &mut st).await?;
         let snapshot = snapshot(
             self.storage.as_ref(),
@@ -495,6 +497,42 @@ impl Consolidator {
             changes: st.changes,
             snapshot,
         })
+    }
+
+    /// Step 6b, the tail: the items past the first `max_items` (the least seen) are revived,
+    /// decayed and pruned a page at a time, each page written in one upsert, so a run examines
+    /// every item in bounded memory. Merging and feedback stay with the first `max_items`.
+    async fn sweep_tail<T: Consolidate>(
+        &self,
+        ns: &Namespace,
+        st: &mut RunState,
+        restores: &[RestoreRecord],
+    ) -> Result<()> {
+        let mut offset = self.config.max_items;
+        loop {
+            let q = LearnedQuery {
+                include_inactive: true,
+                limit: PAGE,
+                offset,
+                ..LearnedQuery::default()
+            };
+            let page = query_typed::<T, _>(self.storage.as_ref(), ns, &q).await?;
+            let full = page.len() as u32 == PAGE;
+            let mut pool = Pool::new(page);
+            revive(&mut pool, st);
+            prune(&mut pool, st, &self.config, self.half_life_days, restores);
+            let mut changed = LearnedItems::default();
+            for item in pool.changed() {
+                changed.push(item.into_item());
+            }
+            if !changed.patterns.is_empty() || !changed.heuristics.is_empty() {
+                self.storage.put_learned(ns, &changed).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+            offset = offset.saturating_add(PAGE);
+        }
     }
 
     /// Step 7, retention: compacts step outputs of old successful episodes, when configured.

@@ -416,6 +416,17 @@ pub struct LearnedItems {
     pub lessons: Vec<FailureLesson>,
 }
 
+impl LearnedItems {
+    /// Adds `item` to the list of its kind.
+    pub fn push(&mut self, item: LearnedItem) {
+        match item {
+            LearnedItem::Pattern(p) => self.patterns.push(p),
+            LearnedItem::Heuristic(h) => self.heuristics.push(h),
+            LearnedItem::Lesson(l) => self.lessons.push(l),
+        }
+    }
+}
+
 /// A stored embedding with the summary of its episode: what the in-process vector index loads
 /// (the summary carries the fields its filters and re-ranking use).
 #[derive(Debug, Clone, PartialEq)]
