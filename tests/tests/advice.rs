@@ -122,9 +122,9 @@ async fn advice_comes_from_what_the_matched_episodes_taught() {
     assert!(!rec.strong_match);
     assert!(!rec.playbook.is_empty());
     assert!(
-        rec.playbook.iter().all(|s| s
-            .why
-            .starts_with("a default for code_generation in web_api/rust")),
+        rec.playbook
+            .iter()
+            .all(|s| s.why.starts_with("context default, nothing similar: ")),
         "{:#?}",
         rec.playbook
     );
@@ -257,6 +257,17 @@ async fn the_playbook_holds_the_fix_a_context_needs_and_the_rules_that_apply() {
         ["edit_file", "rustup", "cargo"],
         "{:#?}",
         rec.playbook
+    );
+    // Without the model nothing calibrated says how close the match is, and the advice says so.
+    assert!(
+        rec.advice_basis.starts_with("lexical matches only"),
+        "{}",
+        rec.advice_basis
+    );
+    assert!(
+        rec.playbook
+            .iter()
+            .all(|s| s.why.starts_with("lexical match only: "))
     );
     let prep = &rec.playbook[1].why;
     assert!(

@@ -391,8 +391,8 @@ fn preparation(lesson: &FailureLesson) -> Option<(&[String], u64)> {
 /// The playbook: the tools of the best tool-sequence pattern that mostly succeeds, each step
 /// carrying the pitfalls of its tool and the best-ranked active rule about its failures. A step whose tool a lesson says reliably fails in this
 /// context until a preparation runs gets that preparation before it (unless the plan already
-/// ran it). `generic` labels every step when nothing similar was found and the plan is only
-/// the context's default.
+/// ran it). `generic` labels every step when the match is not strong (the plan is then the
+/// context's default, or rests on shared words only).
 pub(crate) fn playbook(
     patterns: &[Advice<Pattern>],
     heuristics: &[Advice<Heuristic>],
@@ -525,23 +525,53 @@ fn context_label(task_type: Option<TaskType>, context: Option<&TaskContext>) -> 
     }
 }
 
+/// How sure the match behind a recommendation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// Calibrated and strong.
+    Strong,
+    /// Calibrated: nothing close.
+    Weak,
+    /// Lexical only: nothing calibrated says how close.
+    Lexical,
+}
+
+impl Match {
+    /// The label every playbook step carries when the match is not strong.
+    fn label(self) -> Option<&'static str> {
+        match self {
+            Match::Strong => None,
+            Match::Weak => Some("context default, nothing similar"),
+            Match::Lexical => Some("lexical match only"),
+        }
+    }
+}
+
 /// One line on what the learned advice rests on.
 fn advice_basis(
     similar: &[&RetrievedEpisode],
-    strong: bool,
+    strength: Match,
     req: &RecommendRequest,
     has_context: bool,
 ) -> String {
     let given = context_label(req.task_type, req.context.as_ref());
-    match (strong, has_context) {
-        (true, _) => format!(
-            "what the {} similar episode(s) taught, and the items of their context",
-            similar.len().min(MAX_TEACHERS)
+    let n = similar.len().min(MAX_TEACHERS);
+    match (strength, has_context) {
+        (Match::Strong, _) => {
+            format!("what the {n} similar episode(s) taught, and the items of their context")
+        }
+        (Match::Lexical, true) => format!(
+            "lexical matches only (no calibrated confidence): what the {n} episode(s) sharing the most words taught within the given context ({given}), and that context's items"
         ),
-        (false, true) => {
+        (Match::Weak, true) => {
             format!("no similar past task: only items of the given context ({given}), as a default")
         }
-        (false, false) => "no similar past task and no context given: no learned advice".to_owned(),
+        (Match::Lexical, false) => {
+            "lexical matches only and no context given: no learned advice".to_owned()
+        }
+        (Match::Weak, false) => {
+            "no similar past task and no context given: no learned advice".to_owned()
+        }
     }
 }
 
@@ -665,19 +695,27 @@ impl Advisor<'_> {
             (None, Some(e)) if strong => Some(learned_query(Some(e.task_type), Some(&e.context))),
             _ => None,
         };
-        let basis = advice_basis(&similar, strong, req, context.is_some());
-        let teachers: Vec<(EpisodeId, f64)> = if strong || explicit {
-            // Weighted by closeness in meaning, else by the normalized lexical score.
-            similar
-                .iter()
-                .map(|r| {
-                    let w = r.breakdown.cosine.map_or(r.breakdown.lexical, f64::from);
-                    (r.episode.id, w.max(0.0))
-                })
-                .collect()
-        } else {
-            Vec::new()
+        let strength = match (strong, retrieval.confidence) {
+            (true, _) => Match::Strong,
+            (false, Some(_)) => Match::Weak,
+            (false, None) => Match::Lexical,
         };
+        let basis = advice_basis(&similar, strength, req, context.is_some());
+        // On a calibrated weak match the near misses teach nothing; lexically, what shares the
+        // most words is all there is to go on, within the given context.
+        let teachers: Vec<(EpisodeId, f64)> =
+            if strength == Match::Strong || (strength == Match::Lexical && explicit) {
+                // Weighted by closeness in meaning, else by the normalized lexical score.
+                similar
+                    .iter()
+                    .map(|r| {
+                        let w = r.breakdown.cosine.map_or(r.breakdown.lexical, f64::from);
+                        (r.episode.id, w.max(0.0))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let storage = self.storage;
         let taught = taught_by(storage, ns, &teachers).await?;
         let (patterns, heuristics, lessons) = match &context {
@@ -697,13 +735,7 @@ impl Advisor<'_> {
             half_life,
         );
         let mut pitfalls = rank_pitfalls(candidates(taught.lessons, lessons, c, s), now, half_life);
-        let generic = (!strong).then(|| {
-            format!(
-                "a default for {} (no similar past task)",
-                context_label(req.task_type, req.context.as_ref())
-            )
-        });
-        let playbook = playbook(&patterns, &heuristics, &pitfalls, generic.as_deref());
+        let playbook = playbook(&patterns, &heuristics, &pitfalls, strength.label());
         let domain = context.as_ref().and_then(|q| q.domain.clone());
         let estimate = calibrated(
             storage,
