@@ -83,7 +83,7 @@ async fn a_damaged_cache_is_moved_aside_and_rebuilt_once() {
     assert!(dir.join(CACHE_FILE).exists());
     for (case, damage) in [
         ("truncated", Damage::Truncate),
-        ("overwritten", Damage::Overwrite),
+        ("overwritten", Damage::OverwriteData),
         ("not redb", Damage::Garbage),
     ] {
         damage.apply(&dir.join(CACHE_FILE));
@@ -279,8 +279,11 @@ async fn a_damaged_database_is_reported_and_export_keeps_what_can_be_read() {
 enum Damage {
     /// Cut to half its length.
     Truncate,
-    /// Three pages in the middle overwritten.
+    /// Three pages in the middle overwritten (they may be free pages: a file that does not
+    /// need them is not damaged).
     Overwrite,
+    /// Every page after the first overwritten: whatever the layout, the pages in use are hit.
+    OverwriteData,
     /// Not a redb file at all.
     Garbage,
 }
@@ -294,6 +297,10 @@ impl Damage {
                 let mid = (bytes.len() / 2) & !4095;
                 let end = (mid + 3 * 4096).min(bytes.len());
                 bytes[mid..end].fill(0xAB);
+            }
+            Damage::OverwriteData => {
+                let start = 4096.min(bytes.len());
+                bytes[start..].fill(0xAB);
             }
             Damage::Garbage => bytes = b"this is not a database".repeat(100),
         }
