@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use memory_core::retrieval::recommend::{RecommendRequest, Recommendation};
 use memory_core::{
-    MemoryConfig, Namespace, NewEpisode, Outcome, RateLimitConfig, SelfLearningMemory, StepInput,
-    SystemClock, TaskContext, TaskType,
+    Embedder, MemoryConfig, Namespace, NewEpisode, Outcome, RateLimitConfig, SelfLearningMemory,
+    StepInput, SystemClock, TaskContext, TaskType,
 };
 use memory_storage_turso::TursoStorage;
 
@@ -28,6 +28,16 @@ async fn record(m: &SelfLearningMemory, ns: &Namespace, task: &str, tools: &[&st
         .unwrap();
 }
 
+/// A memory on libsql in `dir`, with the rate limiter off.
+async fn open(dir: &std::path::Path, embedder: Option<Arc<dyn Embedder>>) -> SelfLearningMemory {
+    let storage = Arc::new(TursoStorage::open_in_data_dir(dir).await.unwrap());
+    let config = MemoryConfig {
+        rate_limit: RateLimitConfig::disabled(),
+        ..MemoryConfig::default()
+    };
+    SelfLearningMemory::with_embedder(storage, config, Arc::new(SystemClock), embedder).unwrap()
+}
+
 fn plan(rec: &Recommendation) -> Vec<&str> {
     rec.playbook.iter().map(|s| s.tool.as_str()).collect()
 }
@@ -42,18 +52,7 @@ async fn advice_comes_from_what_the_matched_episodes_taught() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(TursoStorage::open_in_data_dir(dir.path()).await.unwrap());
-    let config = MemoryConfig {
-        rate_limit: RateLimitConfig::disabled(),
-        ..MemoryConfig::default()
-    };
-    let m = SelfLearningMemory::with_embedder(
-        storage,
-        config,
-        Arc::new(SystemClock),
-        Some(Arc::new(model)),
-    )
-    .unwrap();
+    let m = open(dir.path(), Some(Arc::new(model))).await;
     let ns = Namespace::new("advice/scale").unwrap();
     let resources = [
         "orders", "invoices", "users", "carts", "reviews", "coupons", "refunds",
@@ -141,13 +140,7 @@ async fn advice_comes_from_what_the_matched_episodes_taught() {
 #[tokio::test]
 async fn a_recommendations_estimate_follows_the_next_episode_of_its_task() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(TursoStorage::open_in_data_dir(dir.path()).await.unwrap());
-    let config = MemoryConfig {
-        rate_limit: RateLimitConfig::disabled(),
-        ..MemoryConfig::default()
-    };
-    let m =
-        SelfLearningMemory::with_embedder(storage, config, Arc::new(SystemClock), None).unwrap();
+    let m = open(dir.path(), None).await;
     let ns = Namespace::new("advice/estimates").unwrap();
     for _ in 0..3 {
         record(
@@ -210,13 +203,7 @@ async fn a_recommendations_estimate_follows_the_next_episode_of_its_task() {
 #[tokio::test]
 async fn the_playbook_holds_the_fix_a_context_needs_and_the_rules_that_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(TursoStorage::open_in_data_dir(dir.path()).await.unwrap());
-    let config = MemoryConfig {
-        rate_limit: RateLimitConfig::disabled(),
-        ..MemoryConfig::default()
-    };
-    let m =
-        SelfLearningMemory::with_embedder(storage, config, Arc::new(SystemClock), None).unwrap();
+    let m = open(dir.path(), None).await;
     let ns = Namespace::new("advice/fixes").unwrap();
     let ctx = TaskContext::new("web_api").with_language("rust");
     for _ in 0..3 {
