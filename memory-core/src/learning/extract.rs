@@ -2,7 +2,7 @@
 //!
 //! Pure and deterministic: the same episode always yields the same observations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -40,11 +40,12 @@ pub struct Recovery {
 /// A failure the agent walked away from ([`is_mistake`]) is not recovered from: the tool was
 /// the wrong choice, and what came next is the right one, not a fix.
 pub fn find_recoveries(steps: &[ExecutionStep]) -> Vec<Recovery> {
+    let mistake = mistakes(steps);
     let mut out = Vec::new();
     let mut i = 0;
     while i < steps.len() {
         let s = &steps[i];
-        if s.result().is_success() || is_mistake(steps, i) {
+        if s.result().is_success() || mistake[i] {
             i += 1;
             continue;
         }
@@ -105,13 +106,22 @@ pub fn find_recoveries(steps: &[ExecutionStep]) -> Vec<Recovery> {
 /// assert!(!is_mistake(&steps, 1) && !is_mistake(&steps, 2));
 /// ```
 pub fn is_mistake(steps: &[ExecutionStep], i: usize) -> bool {
-    let Some(s) = steps.get(i) else {
-        return false;
-    };
-    let later = &steps[i + 1..];
-    !s.result().is_success()
-        && !later.iter().any(|l| l.tool() == s.tool())
-        && later.iter().any(|l| l.result().is_success())
+    mistakes(steps).get(i).copied().unwrap_or(false)
+}
+
+/// [`is_mistake`] for every step, in one pass from the end (the tools called later and
+/// whether anything later succeeded).
+fn mistakes(steps: &[ExecutionStep]) -> Vec<bool> {
+    let mut out = vec![false; steps.len()];
+    let mut later_tools: HashSet<&str> = HashSet::new();
+    let mut later_success = false;
+    for (i, s) in steps.iter().enumerate().rev() {
+        let ok = s.result().is_success();
+        out[i] = !ok && later_success && !later_tools.contains(s.tool());
+        later_tools.insert(s.tool());
+        later_success |= ok;
+    }
+    out
 }
 
 fn truncate_chars(s: &str, max: usize) -> String {
@@ -192,7 +202,8 @@ pub fn extract_learning(
         heuristics.entry(h.id.0.clone()).or_insert(h);
     }
     // The opening move: the first step that was not a mistake.
-    let opening = (0..steps.len()).find(|&i| !is_mistake(steps, i));
+    let mistake = mistakes(steps);
+    let opening = (0..steps.len()).find(|&i| !mistake[i]);
     if let Some(first) = opening.map(|i| &steps[i]) {
         add_pattern(
             PatternKind::DecisionPoint {
@@ -229,7 +240,7 @@ pub fn extract_learning(
     // Lessons: every distinct failure (tool + error class) of the episode that was not a
     // mistake, with its remedy.
     for (i, s) in steps.iter().enumerate() {
-        if s.result().is_success() || is_mistake(steps, i) {
+        if s.result().is_success() || mistake[i] {
             continue;
         }
         let tool = normalize_tool(s.tool());

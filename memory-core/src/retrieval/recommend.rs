@@ -22,11 +22,12 @@ use super::{RetrievalQuery, RetrievedEpisode, Retriever};
 use crate::consolidation::{ConsolidationConfig, calibrated};
 use crate::episode::{EpisodeId, OutcomeKind, TaskContext, TaskType};
 use crate::error::Result;
-use crate::learned::{FailureLesson, Heuristic, Learned, Pattern, PatternKind};
+use crate::learned::{ContextKey, FailureLesson, Heuristic, Learned, Pattern, PatternKind};
 use crate::namespace::Namespace;
 pub use crate::records::{Estimate, EstimateCorrection};
 use crate::statistics::median;
 use crate::storage::{EpisodeFilter, EpisodeStatus, LearnedQuery, Storage};
+use crate::text::normalize_label;
 
 /// What to recommend for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -503,28 +504,6 @@ pub(crate) fn playbook(
 /// similar episodes taught (which are read whatever their rank), not the selection itself.
 const CONTEXT_ITEMS: u32 = 200;
 
-/// `code_generation in web_api/rust`, or `no context` when the request gave none.
-fn context_label(task_type: Option<TaskType>, context: Option<&TaskContext>) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if let Some(t) = task_type {
-        parts.push(t.to_string());
-    }
-    if let Some(c) = context {
-        let mut place = c.domain.clone();
-        if let Some(l) = &c.language {
-            let _ = write!(place, "/{l}");
-        }
-        if !place.is_empty() {
-            parts.push(format!("in {place}"));
-        }
-    }
-    if parts.is_empty() {
-        "no context".to_owned()
-    } else {
-        parts.join(" ")
-    }
-}
-
 /// How sure the match behind a recommendation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Match {
@@ -554,7 +533,12 @@ fn advice_basis(
     req: &RecommendRequest,
     has_context: bool,
 ) -> String {
-    let given = context_label(req.task_type, req.context.as_ref());
+    let given = ContextKey {
+        task_type: req.task_type,
+        domain: normalize_label(req.context.as_ref().map(|c| c.domain.as_str())),
+        language: normalize_label(req.context.as_ref().and_then(|c| c.language.as_deref())),
+    }
+    .label();
     let n = similar.len().min(MAX_TEACHERS);
     match (strength, has_context) {
         (Match::Strong, _) => {
