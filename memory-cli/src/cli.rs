@@ -194,6 +194,10 @@ pub struct EvalLearningArgs {
     /// Use lexical retrieval even when the embedding model is installed
     #[arg(long)]
     pub lexical: bool,
+    /// Change one step of three families' procedures half way through the stream (the drift
+    /// scenario); the report shows how fast each arm recovers on them
+    #[arg(long)]
+    pub drift: bool,
 }
 
 #[derive(Debug, Args)]

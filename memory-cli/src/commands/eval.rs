@@ -87,7 +87,8 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
     let eval = LearningEval::new(
         LearningEvalConfig::default()
             .with_tasks(a.tasks)
-            .with_seed(a.seed),
+            .with_seed(a.seed)
+            .with_drift(a.drift),
     );
     let bar = indicatif::ProgressBar::new((a.tasks * Arm::ALL.len()) as u64);
     if s.json {

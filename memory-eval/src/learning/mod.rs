@@ -48,7 +48,10 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 pub use agent::TaskRecord;
-pub use report::{ArmReport, Comparison, LearningReport, Totals, WindowStats, format_report};
+pub use report::{
+    ArmReport, Comparison, DRIFT_WINDOW, DriftReport, DriftWindow, LearningReport, Totals,
+    WindowStats, format_report,
+};
 pub use withhold::{Visible, Withholding};
 pub use world::{StepOutcome, Task, World, candidate_tools, is_recovery_tool};
 
@@ -144,6 +147,9 @@ pub struct LearningEvalConfig {
     pub timeout_retries: u32,
     /// Items per list asked of `recommend`.
     pub recommend_limit: u32,
+    /// Whether some families' procedures change half way through the stream (one step of
+    /// their hidden sequence becomes another tool).
+    pub drift: bool,
 }
 
 impl Default for LearningEvalConfig {
@@ -156,6 +162,7 @@ impl Default for LearningEvalConfig {
             noise: 0.03,
             timeout_retries: 2,
             recommend_limit: 30,
+            drift: false,
         }
     }
 }
@@ -173,6 +180,18 @@ impl LearningEvalConfig {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
+    }
+
+    /// With the drifting families' procedures changing half way (or not).
+    #[must_use]
+    pub fn with_drift(mut self, drift: bool) -> Self {
+        self.drift = drift;
+        self
+    }
+
+    /// The first task of the changed procedures (half way through the stream).
+    pub fn change_at(&self) -> usize {
+        self.tasks / 2
     }
 
     fn validate(&self) -> Result<()> {
@@ -228,7 +247,10 @@ pub struct LearningEval {
 impl LearningEval {
     /// An evaluation with these settings (the world is drawn from the seed).
     pub fn new(config: LearningEvalConfig) -> Self {
-        let world = World::new(config.seed, config.noise);
+        let mut world = World::new(config.seed, config.noise);
+        if config.drift {
+            world = world.with_drift(config.change_at());
+        }
         LearningEval { config, world }
     }
 
@@ -292,7 +314,13 @@ impl LearningEval {
         result?;
         shutdown?;
         let seconds = started.elapsed().as_secs_f64();
-        let report = report::arm_report(arm, records, self.config.window, seconds);
+        let drift = report::drift_report(
+            &records,
+            &self.world.drifting(),
+            self.config.change_at(),
+            self.config.drift,
+        );
+        let report = report::arm_report(arm, records, self.config.window, seconds, drift);
         info!(
             arm = arm.as_str(),
             success = report.overall.success_rate,

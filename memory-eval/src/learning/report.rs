@@ -63,8 +63,89 @@ pub struct ArmReport {
     pub last_100: Totals,
     /// Wall-clock seconds the arm took.
     pub seconds: f64,
+    /// The drifting families against the others, around the change (computed in a stable
+    /// world too, for comparison).
+    pub drift: DriftReport,
     /// Every task, for error analysis.
     pub tasks: Vec<TaskRecord>,
+}
+
+/// Stream tasks per window of the drift curves.
+pub const DRIFT_WINDOW: usize = 30;
+
+/// Success of the drifting families and of the others in one stretch of the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftWindow {
+    /// First task, relative to the change (negative: before it).
+    pub from: i64,
+    /// Last task (exclusive), relative to the change.
+    pub to: i64,
+    /// Tasks of the drifting families in it, and their success rate.
+    pub changed: (usize, f64),
+    /// Tasks of the other families in it, and their success rate.
+    pub unchanged: (usize, f64),
+}
+
+/// How the drifting families fared around the change of their procedure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftReport {
+    /// Whether their procedures changed in this run (false: a stable world, the same families).
+    pub applied: bool,
+    /// The families whose procedure changes.
+    pub families: Vec<String>,
+    /// The first task (0-based) of the changed procedures.
+    pub change_at: usize,
+    /// Windows of [`DRIFT_WINDOW`] tasks, aligned on the change.
+    pub windows: Vec<DriftWindow>,
+    /// Success of the drifting families from [`DRIFT_WINDOW`] tasks after the change to the end
+    /// (goal: >= 0.90).
+    pub changed_recovered: f64,
+    /// Success of the other families from the change to the end.
+    pub unchanged_after: f64,
+}
+
+/// Success rate and count of the tasks that pass `keep`.
+fn success_of<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> (usize, f64) {
+    let (n, ok) = tasks.fold((0, 0), |(n, ok), t| (n + 1, ok + usize::from(t.success)));
+    (n, ratio(ok, n))
+}
+
+/// The drift report of one arm's tasks.
+pub(crate) fn drift_report(
+    tasks: &[TaskRecord],
+    families: &[&str],
+    change_at: usize,
+    applied: bool,
+) -> DriftReport {
+    let drifts = |t: &TaskRecord| families.contains(&t.family.as_str());
+    let at = change_at as i64;
+    let between = |from: i64, to: i64| {
+        tasks.iter().filter(move |t| {
+            let i = t.index as i64 - at;
+            i >= from && i < to
+        })
+    };
+    let w = DRIFT_WINDOW as i64;
+    let first = -(at / w) * w;
+    let end = tasks.len() as i64 - at;
+    let windows = (0..)
+        .map(|k| first + k * w)
+        .take_while(|from| *from < end)
+        .map(|from| DriftWindow {
+            from,
+            to: (from + w).min(end),
+            changed: success_of(between(from, from + w).filter(|t| drifts(t))),
+            unchanged: success_of(between(from, from + w).filter(|t| !drifts(t))),
+        })
+        .collect();
+    DriftReport {
+        applied,
+        families: families.iter().map(|f| (*f).to_owned()).collect(),
+        change_at,
+        windows,
+        changed_recovered: success_of(between(w, end).filter(|t| drifts(t))).1,
+        unchanged_after: success_of(between(0, end).filter(|t| !drifts(t))).1,
+    }
 }
 
 /// Full memory against no memory, on the brief's goals.
@@ -180,6 +261,7 @@ pub(crate) fn arm_report(
     tasks: Vec<TaskRecord>,
     window: usize,
     seconds: f64,
+    drift: DriftReport,
 ) -> ArmReport {
     let repeated = repeated_flags(&tasks);
     let window = window.max(1);
@@ -206,6 +288,7 @@ pub(crate) fn arm_report(
         overall: totals(&tasks, &repeated),
         last_100: totals(&tasks[tail..], &repeated[tail..]),
         seconds,
+        drift,
         tasks,
     }
 }
@@ -281,6 +364,7 @@ pub fn format_report(r: &LearningReport) -> String {
             a.seconds
         );
     }
+    format_drift(&mut out, r);
     if let Some(c) = &r.comparison {
         let pct =
             |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{:.0}%", v * 100.0));
@@ -294,6 +378,60 @@ pub fn format_report(r: &LearningReport) -> String {
         );
     }
     out
+}
+
+/// The drift curves: per window around the change, the drifting families' success per arm,
+/// then the others'.
+fn format_drift(out: &mut String, r: &LearningReport) {
+    let Some(d) = r.arms.first().map(|a| &a.drift) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n{} from task {}: {} (success rate; n = tasks of those families in the window)",
+        if d.applied {
+            "procedures changed"
+        } else {
+            "stable world, no change (for comparison)"
+        },
+        d.change_at + 1,
+        d.families.join(", ")
+    );
+    for (title, pick) in [("changed families", true), ("unchanged families", false)] {
+        let _ = write!(out, "  {title:<20}");
+        for a in &r.arms {
+            let _ = write!(out, " {:>13}", a.arm.as_str());
+        }
+        out.push('\n');
+        for (i, w) in d.windows.iter().enumerate() {
+            let (n, _) = if pick { w.changed } else { w.unchanged };
+            let _ = write!(out, "  {:<13} n={n:<4}", format!("{}..{}", w.from, w.to));
+            for a in &r.arms {
+                let cell = a
+                    .drift
+                    .windows
+                    .get(i)
+                    .map(|w| if pick { w.changed } else { w.unchanged });
+                let cell = cell.map_or_else(|| "-".to_owned(), |(_, v)| format!("{v:.2}"));
+                let _ = write!(out, " {cell:>13}");
+            }
+            out.push('\n');
+        }
+    }
+    let _ = write!(
+        out,
+        "  changed from +{DRIFT_WINDOW} (goal >= 0.90) / unchanged after:"
+    );
+    for a in &r.arms {
+        let _ = write!(
+            out,
+            " {} {:.3}/{:.3}",
+            a.arm.as_str(),
+            a.drift.changed_recovered,
+            a.drift.unchanged_after
+        );
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]
@@ -343,7 +481,8 @@ mod tests {
                 )
             })
             .collect();
-        let r = arm_report(Arm::FullMemory, tasks, 2, 0.0);
+        let drift = drift_report(&tasks, &["f"], 2, false);
+        let r = arm_report(Arm::FullMemory, tasks, 2, 0.0, drift);
         assert_eq!(r.windows.len(), 3);
         assert_eq!((r.windows[2].first, r.windows[2].last), (5, 5));
         assert!((r.windows[0].success_rate - 0.5).abs() < 1e-9);
@@ -351,5 +490,24 @@ mod tests {
         assert_eq!(r.windows[1].steps_per_success, Some(4.0));
         assert!((r.windows[1].pattern_reuse_rate - 0.5).abs() < 1e-9);
         assert!((r.overall.success_rate - 0.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn drift_windows_align_on_the_change_and_split_the_families() {
+        let tasks: Vec<TaskRecord> = (0..100)
+            .map(|i| TaskRecord {
+                family: if i % 2 == 0 { "a" } else { "b" }.into(),
+                ..record(i, i < 50 || i >= 80 || i % 2 == 1, 3, &[], "none")
+            })
+            .collect();
+        let d = drift_report(&tasks, &["a"], 50, true);
+        let spans: Vec<(i64, i64)> = d.windows.iter().map(|w| (w.from, w.to)).collect();
+        assert_eq!(spans, [(-30, 0), (0, 30), (30, 50)]);
+        assert_eq!(d.windows[1].changed, (15, 0.0));
+        assert_eq!(d.windows[1].unchanged, (15, 1.0));
+        assert_eq!(d.windows[0].changed, (15, 1.0));
+        // From 30 after the change: tasks 80..100 of family "a" succeed.
+        assert!((d.changed_recovered - 1.0).abs() < 1e-9);
+        assert!((d.unchanged_after - 1.0).abs() < 1e-9);
     }
 }

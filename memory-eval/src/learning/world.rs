@@ -362,7 +362,12 @@ const FAMILIES: [FamilySpec; 10] = [
 struct Family {
     spec: FamilySpec,
     sequence: Vec<&'static str>,
+    /// The sequence after its procedure changes (for the families that drift).
+    changed: Option<Vec<&'static str>>,
 }
+
+/// Families whose procedure changes in a drifting world.
+const DRIFTING_FAMILIES: usize = 3;
 
 /// A trap armed in a task.
 #[derive(Debug, Clone)]
@@ -484,6 +489,8 @@ pub struct World {
     seed: u64,
     noise: f64,
     families: Vec<Family>,
+    /// From this task on, the drifting families follow their changed sequence.
+    drift_at: Option<usize>,
 }
 
 impl World {
@@ -505,14 +512,62 @@ impl World {
                 Family {
                     spec: *spec,
                     sequence,
+                    changed: None,
                 }
             })
             .collect();
-        World {
+        let mut world = World {
             seed,
             noise,
             families,
+            drift_at: None,
+        };
+        world.draw_changes();
+        world
+    }
+
+    /// Picks the drifting families and their changed sequences: one step becomes another tool
+    /// of the family's kind (never the same as a neighbour). Drawn whether or not the world
+    /// drifts, so a stable run reports the same families for comparison.
+    fn draw_changes(&mut self) {
+        let mut rng = Rng::new(derive(self.seed, 2));
+        let mut picked: Vec<usize> = Vec::new();
+        while picked.len() < DRIFTING_FAMILIES.min(self.families.len()) {
+            let f = rng.below(self.families.len());
+            if !picked.contains(&f) {
+                picked.push(f);
+            }
         }
+        for f in picked {
+            let family = &mut self.families[f];
+            let tools = candidate_tools(family.spec.task_type);
+            let mut seq = family.sequence.clone();
+            let at = rng.below(seq.len());
+            let neighbours = [at.checked_sub(1), Some(at), Some(at + 1)];
+            let open: Vec<&'static str> = tools
+                .iter()
+                .copied()
+                .filter(|t| !neighbours.iter().flatten().any(|&i| seq.get(i) == Some(t)))
+                .collect();
+            if let Some(t) = open.get(rng.below(open.len())) {
+                seq[at] = t;
+                family.changed = Some(seq);
+            }
+        }
+    }
+
+    /// The same world, where the drifting families' procedures change from task `at` (0-based)
+    /// on.
+    #[must_use]
+    pub fn with_drift(mut self, at: usize) -> Self {
+        self.drift_at = Some(at);
+        self
+    }
+
+    /// The names of the families whose procedure changes when the world drifts.
+    pub fn drifting(&self) -> Vec<&'static str> {
+        let drifting = self.families.iter().filter(|f| f.changed.is_some());
+        drifting.map(|f| f.spec.name).collect()
     }
 
     /// Task `index` of the stream (the same for every arm).
@@ -520,6 +575,10 @@ impl World {
         let mut rng = Rng::new(derive(self.seed, 1_000 + index as u64));
         let family = &self.families[rng.below(self.families.len())];
         let spec = &family.spec;
+        let sequence = match (&family.changed, self.drift_at) {
+            (Some(changed), Some(at)) if index >= at => changed.clone(),
+            _ => family.sequence.clone(),
+        };
         let (language, frameworks) = spec.languages[rng.below(spec.languages.len())];
         let framework = frameworks[rng.below(frameworks.len())];
         let mut context = TaskContext::new(spec.domain)
@@ -547,7 +606,7 @@ impl World {
                 t.language == language
                     && t.framework.is_none_or(|f| f == framework)
                     && t.tag.is_none_or(|g| context.tags.iter().any(|x| x == g))
-                    && family.sequence.contains(&t.tool)
+                    && sequence.contains(&t.tool)
             })
             .map(|t| ArmedTrap {
                 tool: t.tool,
@@ -564,7 +623,7 @@ impl World {
             description,
             task_type: spec.task_type,
             context,
-            sequence: family.sequence.clone(),
+            sequence,
             traps,
             noise_seed: derive(self.seed, 500_000 + index as u64),
             noise: self.noise,
@@ -609,6 +668,26 @@ mod tests {
                 assert!(matches!(attempt.call(tool).0, StepOutcome::Ok(_)));
             }
             assert!(attempt.done());
+        }
+    }
+
+    #[test]
+    fn drifting_families_change_one_step_from_the_change_on() {
+        let stable = World::new(5, 0.0);
+        let drifting = World::new(5, 0.0).with_drift(100);
+        assert_eq!(stable.drifting().len(), DRIFTING_FAMILIES);
+        assert_eq!(stable.drifting(), drifting.drifting());
+        for i in 0..200 {
+            let (a, b) = (stable.task(i), drifting.task(i));
+            let differ = a
+                .sequence
+                .iter()
+                .zip(&b.sequence)
+                .filter(|(x, y)| x != y)
+                .count();
+            let changes = i >= 100 && drifting.drifting().contains(&a.family);
+            assert_eq!(differ, usize::from(changes), "task {i} of {}", a.family);
+            assert_eq!(a.description, b.description);
         }
     }
 
