@@ -82,15 +82,22 @@ impl NsData {
     }
 
     fn write_changes(&mut self, changes: &LearnedChanges) {
-        for c in &changes.patterns {
-            self.patterns.insert(c.item.id.clone(), c.item.clone());
-        }
-        for c in &changes.heuristics {
-            self.heuristics.insert(c.item.id.clone(), c.item.clone());
-        }
-        for c in &changes.lessons {
-            self.lessons.insert(c.item.id.clone(), c.item.clone());
-        }
+        put(&mut self.patterns, changes.patterns.iter().map(|c| &c.item));
+        put(
+            &mut self.heuristics,
+            changes.heuristics.iter().map(|c| &c.item),
+        );
+        put(&mut self.lessons, changes.lessons.iter().map(|c| &c.item));
+    }
+}
+
+/// Stores `items` by id, replacing what was there.
+fn put<'a, T: Learned + Clone + 'a>(
+    map: &mut BTreeMap<T::Id, T>,
+    items: impl Iterator<Item = &'a T>,
+) {
+    for item in items {
+        map.insert(item.id().clone(), item.clone());
     }
 }
 
@@ -123,6 +130,16 @@ impl InMemoryStorage {
     fn lock(&self) -> MutexGuard<'_, HashMap<Namespace, NsData>> {
         self.data.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// `f` of the namespace's data; the default (empty) answer for a namespace never written.
+    fn read<T: Default>(&self, ns: &Namespace, f: impl FnOnce(&NsData) -> T) -> T {
+        self.lock().get(ns).map(f).unwrap_or_default()
+    }
+
+    /// `f` of the namespace's data, created empty if it is new.
+    fn write<T>(&self, ns: &Namespace, f: impl FnOnce(&mut NsData) -> T) -> T {
+        f(self.lock().entry(ns.clone()).or_default())
+    }
 }
 
 /// A page of the items that pass `q`, most-ranked first, ties by id.
@@ -143,17 +160,14 @@ fn page<T>(items: impl Iterator<Item = T>, offset: u32, limit: u32) -> Vec<T> {
 #[async_trait]
 impl EpisodeStore for InMemoryStorage {
     async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
-        let mut data = self.lock();
-        data.entry(ns.clone())
-            .or_default()
-            .episodes
-            .entry(episode.id)
-            .or_insert_with(|| {
+        self.write(ns, |d| {
+            d.episodes.entry(episode.id).or_insert_with(|| {
                 let mut stored = episode.clone();
                 stored.steps = crate::episode::steps_to_append(&[], &episode.steps);
                 stored.steps.sort_by_key(|s| s.step_number);
                 stored
             });
+        });
         Ok(())
     }
 
@@ -210,11 +224,7 @@ impl EpisodeStore for InMemoryStorage {
     }
 
     async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .and_then(|d| d.episodes.get(&id))
-            .cloned())
+        Ok(self.read(ns, |d| d.episodes.get(&id).cloned()))
     }
 
     async fn query_episodes(
@@ -222,21 +232,15 @@ impl EpisodeStore for InMemoryStorage {
         ns: &Namespace,
         q: &EpisodeQuery,
     ) -> Result<Vec<EpisodeSummary>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
-        };
-        let mut items: Vec<&Episode> = d
-            .episodes
-            .values()
-            .filter(|e| q.filter.matches(e))
-            .collect();
-        items.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
-        Ok(page(
-            items.into_iter().map(Episode::summary),
-            q.offset,
-            q.limit,
-        ))
+        Ok(self.read(ns, |d| {
+            let mut items: Vec<&Episode> = d
+                .episodes
+                .values()
+                .filter(|e| q.filter.matches(e))
+                .collect();
+            items.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+            page(items.into_iter().map(Episode::summary), q.offset, q.limit)
+        }))
     }
 
     async fn search_episodes(&self, ns: &Namespace, q: &TextQuery) -> Result<Vec<TextHit>> {
@@ -286,30 +290,25 @@ impl EpisodeStore for InMemoryStorage {
     }
 
     async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(NamespaceStats::default());
-        };
-        Ok(NamespaceStats {
-            episodes: d.episodes.len() as u64,
-            completed: d.episodes.values().filter(|e| e.is_completed()).count() as u64,
-            successes: d
-                .episodes
-                .values()
-                .filter(|e| e.outcome.as_ref().is_some_and(crate::Outcome::is_success))
-                .count() as u64,
-            steps: d.episodes.values().map(|e| e.steps.len() as u64).sum(),
-            patterns: d.patterns.len() as u64,
-            active_patterns: d.patterns.values().filter(|p| p.status.is_active()).count() as u64,
-            heuristics: d.heuristics.len() as u64,
-            active_heuristics: d
-                .heuristics
-                .values()
-                .filter(|h| h.status.is_active())
-                .count() as u64,
-            lessons: d.lessons.len() as u64,
-            feedback: d.feedback.len() as u64,
-        })
+        Ok(self.read(ns, |d| {
+            let episodes = || d.episodes.values();
+            let active = |s: &crate::learned::LearnedStatus| s.is_active();
+            NamespaceStats {
+                episodes: d.episodes.len() as u64,
+                completed: episodes().filter(|e| e.is_completed()).count() as u64,
+                successes: episodes()
+                    .filter(|e| e.outcome.as_ref().is_some_and(crate::Outcome::is_success))
+                    .count() as u64,
+                steps: episodes().map(|e| e.steps.len() as u64).sum(),
+                patterns: d.patterns.len() as u64,
+                active_patterns: d.patterns.values().filter(|p| active(&p.status)).count() as u64,
+                heuristics: d.heuristics.len() as u64,
+                active_heuristics: d.heuristics.values().filter(|h| active(&h.status)).count()
+                    as u64,
+                lessons: d.lessons.len() as u64,
+                feedback: d.feedback.len() as u64,
+            }
+        }))
     }
 
     async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
@@ -347,38 +346,28 @@ impl LearningStore for InMemoryStorage {
         ns: &Namespace,
         update: &LearningUpdate,
     ) -> Result<LearnedChanges> {
-        let mut data = self.lock();
-        let d = data.entry(ns.clone()).or_default();
-        let changes = update.apply(d.existing_for(update));
-        d.write_changes(&changes);
-        Ok(changes)
+        Ok(self.write(ns, |d| {
+            let changes = update.apply(d.existing_for(update));
+            d.write_changes(&changes);
+            changes
+        }))
     }
 
     async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()> {
-        let mut data = self.lock();
-        let d = data.entry(ns.clone()).or_default();
-        for p in &items.patterns {
-            d.patterns.insert(p.id.clone(), p.clone());
-        }
-        for h in &items.heuristics {
-            d.heuristics.insert(h.id.clone(), h.clone());
-        }
-        for l in &items.lessons {
-            d.lessons.insert(l.id.clone(), l.clone());
-        }
+        self.write(ns, |d| {
+            put(&mut d.patterns, items.patterns.iter());
+            put(&mut d.heuristics, items.heuristics.iter());
+            put(&mut d.lessons, items.lessons.iter());
+        });
         Ok(())
     }
 
     async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(None);
-        };
-        Ok(match id {
+        Ok(self.read(ns, |d| match id {
             LearnedId::Pattern(id) => d.patterns.get(id).cloned().map(Learned::into_item),
             LearnedId::Heuristic(id) => d.heuristics.get(id).cloned().map(Learned::into_item),
             LearnedId::Lesson(id) => d.lessons.get(id).cloned().map(Learned::into_item),
-        })
+        }))
     }
 
     async fn query_learned(
@@ -387,15 +376,11 @@ impl LearningStore for InMemoryStorage {
         kind: LearnedKind,
         q: &LearnedQuery,
     ) -> Result<Vec<LearnedItem>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
-        };
-        Ok(match kind {
+        Ok(self.read(ns, |d| match kind {
             LearnedKind::Pattern => query_items(&d.patterns, q),
             LearnedKind::Heuristic => query_items(&d.heuristics, q),
             LearnedKind::Lesson => query_items(&d.lessons, q),
-        })
+        }))
     }
 
     async fn record_feedback(&self, ns: &Namespace, fb: &Feedback) -> Result<()> {
@@ -437,17 +422,13 @@ impl LearningStore for InMemoryStorage {
         ns: &Namespace,
         target: &FeedbackTarget,
     ) -> Result<Vec<Feedback>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .map(|d| {
-                d.feedback
-                    .iter()
-                    .filter(|f| &f.target == target)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.read(ns, |d| {
+            d.feedback
+                .iter()
+                .filter(|f| &f.target == target)
+                .cloned()
+                .collect()
+        }))
     }
 }
 
@@ -477,11 +458,9 @@ impl EmbeddingStore for InMemoryStorage {
         episode_id: EpisodeId,
         model: &str,
     ) -> Result<Option<Vec<f32>>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .and_then(|d| d.embeddings.get(&(episode_id, model.to_owned())))
-            .cloned())
+        Ok(self.read(ns, |d| {
+            d.embeddings.get(&(episode_id, model.to_owned())).cloned()
+        }))
     }
 
     async fn episodes_missing_embedding(
@@ -491,17 +470,15 @@ impl EmbeddingStore for InMemoryStorage {
         after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<EpisodeId>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
-        };
-        Ok(d.episodes
-            .keys()
-            .filter(|id| after.is_none_or(|a| **id > a))
-            .filter(|id| !d.embeddings.contains_key(&(**id, model.to_owned())))
-            .take(limit as usize)
-            .copied()
-            .collect())
+        Ok(self.read(ns, |d| {
+            d.episodes
+                .keys()
+                .filter(|id| after.is_none_or(|a| **id > a))
+                .filter(|id| !d.embeddings.contains_key(&(**id, model.to_owned())))
+                .take(limit as usize)
+                .copied()
+                .collect()
+        }))
     }
 
     async fn scan_embeddings(
@@ -511,44 +488,34 @@ impl EmbeddingStore for InMemoryStorage {
         after: Option<EpisodeId>,
         limit: u32,
     ) -> Result<Vec<StoredEmbedding>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
-        };
-        let mut page: Vec<StoredEmbedding> = d
-            .embeddings
-            .iter()
-            .filter(|((id, m), _)| m == model && after.is_none_or(|a| *id > a))
-            .filter_map(|((id, _), v)| {
-                d.episodes.get(id).map(|e| StoredEmbedding {
-                    summary: e.summary(),
-                    vector: v.clone(),
+        Ok(self.read(ns, |d| {
+            let mut page: Vec<StoredEmbedding> = d
+                .embeddings
+                .iter()
+                .filter(|((id, m), _)| m == model && after.is_none_or(|a| *id > a))
+                .filter_map(|((id, _), v)| {
+                    d.episodes.get(id).map(|e| StoredEmbedding {
+                        summary: e.summary(),
+                        vector: v.clone(),
+                    })
                 })
-            })
-            .collect();
-        page.sort_by_key(|s| s.summary.id);
-        page.truncate(limit as usize);
-        Ok(page)
+                .collect();
+            page.sort_by_key(|s| s.summary.id);
+            page.truncate(limit as usize);
+            page
+        }))
     }
 
     async fn embedding_coverage(&self, ns: &Namespace, model: &str) -> Result<EmbeddingCoverage> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(EmbeddingCoverage::default());
-        };
-        Ok(EmbeddingCoverage {
+        Ok(self.read(ns, |d| EmbeddingCoverage {
             episodes: d.episodes.len() as u64,
             embedded: d.embeddings.keys().filter(|(_, m)| m == model).count() as u64,
             last_episode: d.episodes.keys().next_back().copied(),
-        })
+        }))
     }
 
     async fn index_log_head(&self, ns: &Namespace) -> Result<u64> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .and_then(|d| d.index_log.last())
-            .map_or(0, |(s, _)| *s))
+        Ok(self.read(ns, |d| d.index_log.last().map_or(0, |(s, _)| *s)))
     }
 
     async fn index_changes(
@@ -601,11 +568,7 @@ impl EmbeddingStore for InMemoryStorage {
         ns: &Namespace,
         model: &str,
     ) -> Result<Option<IndexSnapshot>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .and_then(|d| d.index_snapshots.get(model))
-            .cloned())
+        Ok(self.read(ns, |d| d.index_snapshots.get(model).cloned()))
     }
 
     async fn put_index_snapshot(
@@ -615,11 +578,9 @@ impl EmbeddingStore for InMemoryStorage {
         snapshot: &IndexSnapshot,
     ) -> Result<()> {
         check_index_snapshot_size(snapshot.len())?;
-        self.lock()
-            .entry(ns.clone())
-            .or_default()
-            .index_snapshots
-            .insert(model.to_owned(), snapshot.clone());
+        self.write(ns, |d| {
+            d.index_snapshots.insert(model.to_owned(), snapshot.clone())
+        });
         Ok(())
     }
 }
@@ -627,11 +588,7 @@ impl EmbeddingStore for InMemoryStorage {
 #[async_trait]
 impl MaintenanceStore for InMemoryStorage {
     async fn record_consolidation(&self, ns: &Namespace, run: &ConsolidationRun) -> Result<()> {
-        self.lock()
-            .entry(ns.clone())
-            .or_default()
-            .runs
-            .insert(run.id.clone(), run.clone());
+        self.write(ns, |d| d.runs.insert(run.id.clone(), run.clone()));
         Ok(())
     }
 
@@ -641,13 +598,13 @@ impl MaintenanceStore for InMemoryStorage {
         run: &ConsolidationRun,
         not_before: DateTime<Utc>,
     ) -> Result<bool> {
-        let mut data = self.lock();
-        let runs = &mut data.entry(ns.clone()).or_default().runs;
-        if runs.values().any(|r| r.started_at > not_before) {
-            return Ok(false);
-        }
-        runs.insert(run.id.clone(), run.clone());
-        Ok(true)
+        Ok(self.write(ns, |d| {
+            let free = !d.runs.values().any(|r| r.started_at > not_before);
+            if free {
+                d.runs.insert(run.id.clone(), run.clone());
+            }
+            free
+        }))
     }
 
     async fn list_consolidations(
@@ -655,22 +612,16 @@ impl MaintenanceStore for InMemoryStorage {
         ns: &Namespace,
         limit: u32,
     ) -> Result<Vec<ConsolidationRun>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
-        };
-        let mut v: Vec<ConsolidationRun> = d.runs.values().cloned().collect();
+        let mut v: Vec<ConsolidationRun> = self.read(ns, |d| d.runs.values().cloned().collect());
         v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
         v.truncate(limit as usize);
         Ok(v)
     }
 
     async fn put_metrics_snapshot(&self, ns: &Namespace, snapshot: &MetricsSnapshot) -> Result<()> {
-        self.lock()
-            .entry(ns.clone())
-            .or_default()
-            .snapshots
-            .insert(snapshot.taken_at, snapshot.clone());
+        self.write(ns, |d| {
+            d.snapshots.insert(snapshot.taken_at, snapshot.clone())
+        });
         Ok(())
     }
 
@@ -679,18 +630,14 @@ impl MaintenanceStore for InMemoryStorage {
         ns: &Namespace,
         limit: u32,
     ) -> Result<Vec<MetricsSnapshot>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .map(|d| {
-                d.snapshots
-                    .values()
-                    .rev()
-                    .take(limit as usize)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.read(ns, |d| {
+            d.snapshots
+                .values()
+                .rev()
+                .take(limit as usize)
+                .cloned()
+                .collect()
+        }))
     }
 
     async fn put_estimate(&self, ns: &Namespace, record: &EstimateRecord) -> Result<()> {
@@ -708,11 +655,7 @@ impl MaintenanceStore for InMemoryStorage {
         ns: &Namespace,
         episode_id: EpisodeId,
     ) -> Result<Option<EstimateRecord>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .and_then(|d| d.estimates.get(&episode_id))
-            .cloned())
+        Ok(self.read(ns, |d| d.estimates.get(&episode_id).cloned()))
     }
 
     async fn query_estimates(
@@ -721,28 +664,25 @@ impl MaintenanceStore for InMemoryStorage {
         domain: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EstimateRecord>> {
-        let data = self.lock();
-        let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
-        };
-        let mut v: Vec<&EstimateRecord> = d
-            .estimates
-            .values()
-            .filter(|r| r.actual.is_some() && domain.is_none_or(|x| r.domain == x))
-            .collect();
+        let mut v: Vec<EstimateRecord> = self.read(ns, |d| {
+            d.estimates
+                .values()
+                .filter(|r| r.actual.is_some() && domain.is_none_or(|x| r.domain == x))
+                .cloned()
+                .collect()
+        });
         v.sort_by(|a, b| {
             let at = |r: &EstimateRecord| r.actual.as_ref().map(|a| a.completed_at);
             at(b).cmp(&at(a)).then(b.episode_id.cmp(&a.episode_id))
         });
-        Ok(v.into_iter().take(limit as usize).cloned().collect())
+        v.truncate(limit as usize);
+        Ok(v)
     }
 
     async fn record_restore(&self, ns: &Namespace, restore: &RestoreRecord) -> Result<()> {
-        self.lock()
-            .entry(ns.clone())
-            .or_default()
-            .restores
-            .insert(restore.target.clone(), restore.clone());
+        self.write(ns, |d| {
+            d.restores.insert(restore.target.clone(), restore.clone())
+        });
         Ok(())
     }
 
@@ -751,17 +691,13 @@ impl MaintenanceStore for InMemoryStorage {
         ns: &Namespace,
         since: DateTime<Utc>,
     ) -> Result<Vec<RestoreRecord>> {
-        Ok(self
-            .lock()
-            .get(ns)
-            .map(|d| {
-                d.restores
-                    .values()
-                    .filter(|r| r.restored_at >= since)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.read(ns, |d| {
+            d.restores
+                .values()
+                .filter(|r| r.restored_at >= since)
+                .cloned()
+                .collect()
+        }))
     }
 
     async fn compact_step_outputs(
