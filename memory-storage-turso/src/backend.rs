@@ -361,7 +361,7 @@ impl TursoStorage {
             .call_execute(
                 "renew_identity",
                 "UPDATE change_counter SET db_id = lower(hex(randomblob(16))) WHERE id = 1",
-                || Ok(Vec::new()),
+                || Ok(()),
             )
             .await
     }

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use libsql::{Builder, Connection, Database, TransactionBehavior, Value};
+use libsql::params::IntoParams;
+use libsql::{Builder, Connection, Database, Row, TransactionBehavior, Value};
 use memory_core::Result;
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
@@ -16,7 +17,7 @@ use crate::checkpoint::Checkpointer;
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::error::{DbResult, DriverError, Failure};
 use crate::schema;
-use crate::sql::query_opt;
+use crate::sql::{query_all, query_opt};
 
 pub(crate) struct Inner {
     pub(crate) config: TursoConfig,
@@ -77,6 +78,20 @@ impl Inner {
         self.call(operation, self.read(body)).await
     }
 
+    /// [`Inner::call_read`] of one query: every row `sql` returns, each mapped by `f`.
+    pub(crate) async fn call_query<T>(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        params: impl IntoParams,
+        f: impl FnMut(&Row) -> DbResult<T>,
+    ) -> Result<Vec<T>> {
+        self.call_read(operation, async |conn| {
+            query_all(conn, sql, params, f).await
+        })
+        .await
+    }
+
     /// [`Inner::call`] of [`Inner::write_tx`].
     pub(crate) async fn call_write<T>(
         &self,
@@ -88,11 +103,11 @@ impl Inner {
 
     /// [`Inner::call`] of one statement, run in a write transaction of its own with the
     /// values `params` returns (its failure fails the call before the transaction begins).
-    pub(crate) async fn call_execute(
+    pub(crate) async fn call_execute<P: IntoParams>(
         &self,
         operation: &'static str,
         sql: &str,
-        params: impl FnOnce() -> DbResult<Vec<Value>>,
+        params: impl FnOnce() -> DbResult<P>,
     ) -> Result<()> {
         self.call(operation, async {
             let params = params()?;

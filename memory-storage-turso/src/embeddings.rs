@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use libsql::Value;
 use memory_core::{
     EmbeddingCoverage, EmbeddingStore, EpisodeId, Error, IndexChanges, IndexSnapshot, Namespace,
     ObjectKind, Result, StoredEmbedding, check_index_snapshot_size,
@@ -13,8 +12,7 @@ use tracing::instrument;
 
 use crate::backend::TursoStorage;
 use crate::codec::{
-    Cols, SUMMARY_COLUMNS, blob_to_vector, decode, nanos_clamped, summary_from_row, text,
-    vector_to_blob,
+    Cols, SUMMARY_COLUMNS, blob_to_vector, decode, nanos_clamped, summary_from_row, vector_to_blob,
 };
 use crate::connection::Inner;
 use crate::error::{DbResult, DriverError};
@@ -41,14 +39,14 @@ impl EmbeddingStore for TursoStorage {
                          WHERE EXISTS (SELECT 1 FROM episodes WHERE ns = ?1 AND id = ?2) \
                          ON CONFLICT (ns, episode_id, model) DO UPDATE SET dims = excluded.dims, \
                          vector = excluded.vector, created_at = excluded.created_at",
-                        vec![
-                            text(ns.as_str()),
-                            Value::Text(episode_id.to_string()),
-                            text(model),
-                            Value::Integer(vector.len() as i64),
-                            Value::Blob(vector_to_blob(vector)),
-                            Value::Integer(nanos_clamped(Utc::now())),
-                        ],
+                        (
+                            ns.as_str(),
+                            episode_id.to_string(),
+                            model,
+                            vector.len() as i64,
+                            vector_to_blob(vector),
+                            nanos_clamped(Utc::now()),
+                        ),
                     )
                     .await?;
                 if changed == 0 {
@@ -71,7 +69,7 @@ impl EmbeddingStore for TursoStorage {
                 query_opt(
                     conn,
                     "SELECT vector FROM embeddings WHERE ns = ?1 AND episode_id = ?2 AND model = ?3",
-                    vec![text(ns.as_str()), Value::Text(episode_id.to_string()), text(model)],
+                    (ns.as_str(), episode_id.to_string(), model),
                     |row| blob_to_vector(&Cols::new(row, "embedding").blob(0)?),
                 )
                 .await
@@ -90,23 +88,15 @@ impl EmbeddingStore for TursoStorage {
         // '' sorts before every id.
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         self.inner
-            .call_read("episodes_missing_embedding", async |conn| {
-                query_all(
-                    conn,
-                    "SELECT e.id FROM episodes e WHERE e.ns = ?1 AND e.id > ?4 AND NOT EXISTS \
-                     (SELECT 1 FROM embeddings m \
-                      WHERE m.ns = e.ns AND m.episode_id = e.id AND m.model = ?2) \
-                     ORDER BY e.id LIMIT ?3",
-                    vec![
-                        text(ns.as_str()),
-                        text(model),
-                        Value::Integer(i64::from(limit)),
-                        Value::Text(after),
-                    ],
-                    |row| Cols::new(row, "episode").episode_id(0),
-                )
-                .await
-            })
+            .call_query(
+                "episodes_missing_embedding",
+                "SELECT e.id FROM episodes e WHERE e.ns = ?1 AND e.id > ?4 AND NOT EXISTS \
+                 (SELECT 1 FROM embeddings m \
+                  WHERE m.ns = e.ns AND m.episode_id = e.id AND m.model = ?2) \
+                 ORDER BY e.id LIMIT ?3",
+                (ns.as_str(), model, limit, after),
+                |row| Cols::new(row, "episode").episode_id(0),
+            )
             .await
     }
 
@@ -126,16 +116,9 @@ impl EmbeddingStore for TursoStorage {
              WHERE m.ns = ?1 AND m.model = ?2 AND m.episode_id > ?3 \
              ORDER BY m.episode_id LIMIT ?4"
         );
-        let params = vec![
-            text(ns.as_str()),
-            text(model),
-            Value::Text(after),
-            Value::Integer(i64::from(limit)),
-        ];
+        let params = (ns.as_str(), model, after, limit);
         self.inner
-            .call_read("scan_embeddings", async |conn| {
-                query_all(conn, &sql, params, stored_embedding).await
-            })
+            .call_query("scan_embeddings", &sql, params, stored_embedding)
             .await
     }
 
@@ -150,7 +133,7 @@ impl EmbeddingStore for TursoStorage {
                      (SELECT COUNT(*) FROM episodes WHERE ns = ?1), \
                      (SELECT COUNT(*) FROM embeddings WHERE ns = ?1 AND model = ?2), \
                      (SELECT MAX(id) FROM episodes WHERE ns = ?1)",
-                    vec![text(ns.as_str()), text(model)],
+                    (ns.as_str(), model),
                     |c| {
                         let last_episode = match c.opt_text(2)? {
                             Some(_) => Some(c.episode_id(2)?),
@@ -176,7 +159,7 @@ impl EmbeddingStore for TursoStorage {
                     conn,
                     "index log head",
                     "SELECT COALESCE(MAX(seq), 0) FROM index_changes WHERE ns = ?1",
-                    vec![text(ns.as_str())],
+                    [ns.as_str()],
                     |c| Ok(c.i64(0)?.max(0) as u64),
                 )
                 .await
@@ -208,11 +191,7 @@ impl EmbeddingStore for TursoStorage {
                     conn,
                     "SELECT seq, episode_id FROM index_changes \
                      WHERE ns = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                    vec![
-                        text(ns.as_str()),
-                        Value::Integer(after_i),
-                        Value::Integer(i64::from(limit)),
-                    ],
+                    (ns.as_str(), after_i, limit),
                     |row| {
                         let c = Cols::new(row, "index change");
                         Ok((c.i64(0)?, c.episode_id(1)?))
@@ -232,12 +211,7 @@ impl EmbeddingStore for TursoStorage {
                 if ids.is_empty() {
                     return Ok(changes);
                 }
-                let params = vec![
-                    text(ns.as_str()),
-                    text(model),
-                    Value::Integer(after_i),
-                    Value::Integer(through),
-                ];
+                let params = (ns.as_str(), model, after_i, through);
                 changes.upserts = query_all(conn, &rows_sql, params, stored_embedding).await?;
                 for e in &changes.upserts {
                     ids.remove(&e.summary.id);
@@ -264,7 +238,7 @@ impl EmbeddingStore for TursoStorage {
                             conn,
                             "SELECT as_of, written_at, parts, bytes FROM index_snapshots \
                              WHERE ns = ?1 AND model = ?2",
-                            vec![text(ns.as_str()), text(model)],
+                            (ns.as_str(), model),
                             |row| {
                                 let c = Cols::new(row, "index snapshot");
                                 Ok((c.i64(0)?, c.i64(1)?, c.i64(2)?, c.i64(3)?))
@@ -333,7 +307,7 @@ impl EmbeddingStore for TursoStorage {
             .call_write("put_index_snapshot", async |tx| {
                 tx.execute(
                     "DELETE FROM index_snapshot_parts WHERE ns = ?1 AND model = ?2",
-                    vec![text(ns.as_str()), text(model)],
+                    (ns.as_str(), model),
                 )
                 .await?;
                 let parts = pieces.len() as i64;
@@ -341,13 +315,7 @@ impl EmbeddingStore for TursoStorage {
                     tx.execute(
                         "INSERT INTO index_snapshot_parts \
                          (ns, model, part, written_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        vec![
-                            text(ns.as_str()),
-                            text(model),
-                            Value::Integer(i as i64),
-                            Value::Integer(written_at),
-                            Value::Blob(chunk.clone()),
-                        ],
+                        (ns.as_str(), model, i as i64, written_at, chunk.clone()),
                     )
                     .await?;
                 }
@@ -358,14 +326,14 @@ impl EmbeddingStore for TursoStorage {
                      ON CONFLICT (ns, model) DO UPDATE SET as_of = excluded.as_of, \
                      written_at = excluded.written_at, parts = excluded.parts, \
                      bytes = excluded.bytes",
-                    vec![
-                        text(ns.as_str()),
-                        text(model),
-                        Value::Integer(i64::try_from(snapshot.as_of).unwrap_or(i64::MAX)),
-                        Value::Integer(written_at),
-                        Value::Integer(parts),
-                        Value::Integer(snapshot.len() as i64),
-                    ],
+                    (
+                        ns.as_str(),
+                        model,
+                        i64::try_from(snapshot.as_of).unwrap_or(i64::MAX),
+                        written_at,
+                        parts,
+                        snapshot.len() as i64,
+                    ),
                 )
                 .await?;
                 Ok(())
@@ -395,12 +363,7 @@ async fn read_snapshot_parts(
                 conn,
                 "SELECT part, written_at, data FROM index_snapshot_parts \
                  WHERE ns = ?1 AND model = ?2 AND part >= ?3 AND part < ?4 ORDER BY part",
-                vec![
-                    text(ns.as_str()),
-                    text(model),
-                    Value::Integer(from),
-                    Value::Integer(to),
-                ],
+                (ns.as_str(), model, from, to),
                 |row| {
                     let c = Cols::new(row, "index snapshot part");
                     Ok((c.i64(0)?, c.i64(1)?, c.blob(2)?))

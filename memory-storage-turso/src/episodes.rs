@@ -164,12 +164,7 @@ impl Inner {
             conn.execute(
                 "UPDATE episodes SET step_count = step_count + ?3, changed_seq = ?4 \
                  WHERE ns = ?1 AND id = ?2",
-                vec![
-                    text(ns),
-                    text(id),
-                    Value::Integer(inserted),
-                    Value::Integer(position),
-                ],
+                (ns, id, inserted, position),
             )
             .await?;
             text_index::insert(conn, &body, ns, id, "steps").await?;
@@ -191,7 +186,7 @@ pub(crate) async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbRe
     query_opt(
         conn,
         "SELECT outcome_kind IS NOT NULL FROM episodes WHERE ns = ?1 AND id = ?2",
-        vec![text(ns), text(id)],
+        (ns, id),
         |row| Ok(Cols::new(row, "episode").i64(0)? != 0),
     )
     .await
@@ -201,7 +196,7 @@ pub(crate) async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbRe
 #[tracing::instrument(level = "debug", skip_all)]
 async fn read_episode(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<Episode>> {
     let sql = format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2");
-    let key = || vec![text(ns), text(id)];
+    let key = || (ns, id);
     let Some(mut episode) = query_opt(conn, &sql, key(), episode_from_row).await? else {
         return Ok(None);
     };
@@ -291,8 +286,8 @@ impl EpisodeStore for TursoStorage {
                         let tags = ctx
                             .tags
                             .iter()
-                            .map(|tag| vec![text(ns), text(tag), text(&id)])
-                            .collect();
+                            .map(|tag| vec![text(ns), text(tag), text(&id)]);
+                        let tags = tags.collect();
                         insert_rows(tx, INSERT_TAGS, 3, tags, "ON CONFLICT DO NOTHING").await?;
                         let task = task_search_text(&episode.task_description, ctx);
                         text_index::insert(tx, &task, ns, &id, "task").await?;
@@ -384,9 +379,7 @@ impl EpisodeStore for TursoStorage {
         sql.push(" ORDER BY e.started_at DESC, e.id DESC")
             .page(query.limit, query.offset);
         self.inner
-            .call_read("query_episodes", async |conn| {
-                query_all(conn, &sql.text, sql.values, summary_from_row).await
-            })
+            .call_query("query_episodes", &sql.text, sql.values, summary_from_row)
             .await
     }
 
@@ -414,8 +407,7 @@ impl EpisodeStore for TursoStorage {
                     (SELECT COUNT(*) FROM heuristics WHERE ns = ?1 AND status = 'active'), \
                     (SELECT COUNT(*) FROM lessons WHERE ns = ?1), \
                     (SELECT COUNT(*) FROM feedback WHERE ns = ?1)";
-                let params = vec![text(ns.as_str())];
-                query_one(conn, "namespace stats", sql, params, |c| {
+                query_one(conn, "namespace stats", sql, [ns.as_str()], |c| {
                     let n = |i: i32| c.i64(i).map(|v| v as u64);
                     Ok(NamespaceStats {
                         episodes: n(0)?,
@@ -437,25 +429,22 @@ impl EpisodeStore for TursoStorage {
 
     #[instrument(skip_all)]
     async fn list_namespaces(&self) -> Result<Vec<Namespace>> {
+        // A skip scan: one index seek per namespace instead of a pass over every episode
+        // (6-10 ms at 100k, at every start).
         self.inner
-            .call_read("list_namespaces", async |conn| {
-                // A skip scan: one index seek per namespace instead of a
-                // pass over every episode (6-10 ms at 100k, at every start).
-                query_all(
-                    conn,
-                    "WITH RECURSIVE n(ns) AS ( \
-                         SELECT MIN(ns) FROM episodes UNION ALL \
-                         SELECT (SELECT MIN(ns) FROM episodes WHERE ns > n.ns) \
-                         FROM n WHERE n.ns IS NOT NULL) \
-                         SELECT ns FROM n WHERE ns IS NOT NULL",
-                    (),
-                    |row| {
-                        let name = Cols::new(row, "namespace").text(0)?;
-                        Namespace::new(name).map_err(|e| decode("namespace", e))
-                    },
-                )
-                .await
-            })
+            .call_query(
+                "list_namespaces",
+                "WITH RECURSIVE n(ns) AS ( \
+                     SELECT MIN(ns) FROM episodes UNION ALL \
+                     SELECT (SELECT MIN(ns) FROM episodes WHERE ns > n.ns) \
+                     FROM n WHERE n.ns IS NOT NULL) \
+                     SELECT ns FROM n WHERE ns IS NOT NULL",
+                (),
+                |row| {
+                    let name = Cols::new(row, "namespace").text(0)?;
+                    Namespace::new(name).map_err(|e| decode("namespace", e))
+                },
+            )
             .await
     }
 

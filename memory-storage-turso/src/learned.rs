@@ -305,8 +305,7 @@ async fn feedback_in_tx(
         FeedbackTarget::Pattern(_) => "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
         FeedbackTarget::Heuristic(_) => "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
     };
-    let params = vec![text(ns), text(target_id)];
-    let found = query_opt(tx, select, params, |row| {
+    let found = query_opt(tx, select, (ns, target_id), |row| {
         Cols::new(row, "learned item").text(0)
     });
     let Some(body) = found.await? else {
@@ -408,8 +407,7 @@ impl LearningStore for TursoStorage {
         let sql = format!("SELECT body FROM {} WHERE ns = ?1 AND id = ?2", table(kind));
         self.inner
             .call_read("get_learned", async |conn| {
-                let params = vec![text(ns.as_str()), text(id.as_str())];
-                query_opt(conn, &sql, params, |row| {
+                query_opt(conn, &sql, (ns.as_str(), id.as_str()), |row| {
                     decode_learned(kind, &Cols::new(row, "learned item").text(0)?)
                 })
                 .await
@@ -454,24 +452,21 @@ impl LearningStore for TursoStorage {
         target: &FeedbackTarget,
     ) -> Result<Vec<Feedback>> {
         self.inner
-            .call_read("list_feedback", async |conn| {
-                query_all(
-                    conn,
-                    "SELECT episode_id, outcome, recorded_at FROM feedback \
-                     WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
-                    vec![text(ns.as_str()), text(target.kind()), text(target.id())],
-                    |row| {
-                        let c = Cols::new(row, "feedback");
-                        Ok(Feedback {
-                            target: target.clone(),
-                            episode_id: c.episode_id(0)?,
-                            outcome: c.parse(1)?,
-                            recorded_at: crate::codec::from_nanos(c.i64(2)?),
-                        })
-                    },
-                )
-                .await
-            })
+            .call_query(
+                "list_feedback",
+                "SELECT episode_id, outcome, recorded_at FROM feedback \
+                 WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
+                (ns.as_str(), target.kind(), target.id()),
+                |row| {
+                    let c = Cols::new(row, "feedback");
+                    Ok(Feedback {
+                        target: target.clone(),
+                        episode_id: c.episode_id(0)?,
+                        outcome: c.parse(1)?,
+                        recorded_at: crate::codec::from_nanos(c.i64(2)?),
+                    })
+                },
+            )
             .await
     }
 }

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use libsql::params::IntoParams;
 use libsql::{Connection, Value};
 use memory_core::{
     ConsolidationRun, EpisodeId, Error, EstimateRecord, FeedbackTarget, HeuristicId,
@@ -18,20 +19,20 @@ use crate::error::{DbResult, DriverError};
 use crate::sql::{Sql, query_all, query_opt};
 use crate::text_index;
 
-async fn bodies<T: serde::de::DeserializeOwned>(
-    conn: &Connection,
-    what: &'static str,
-    sql: &str,
-    params: Vec<Value>,
-) -> DbResult<Vec<T>> {
-    query_all(conn, sql, params, |row| {
-        from_json(what, &Cols::new(row, what).text(0)?)
-    })
-    .await
-}
-
-fn limit(n: u32) -> Value {
-    Value::Integer(i64::from(n))
+impl TursoStorage {
+    /// The JSON bodies (column 0) of the rows `sql` returns, as `what`.
+    async fn bodies<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: impl IntoParams,
+    ) -> Result<Vec<T>> {
+        self.inner
+            .call_query(what, sql, params, |row| {
+                from_json(what, &Cols::new(row, what).text(0)?)
+            })
+            .await
+    }
 }
 
 /// Rebuilds the full-text rows of an episode's steps from the step rows (after their text
@@ -42,7 +43,7 @@ async fn reindex_steps(conn: &Connection, ns: &str, id: &str) -> DbResult<()> {
         conn,
         "SELECT tool, action, result_text FROM steps WHERE ns = ?1 AND episode_id = ?2 \
          ORDER BY step_number",
-        vec![text(ns), text(id)],
+        (ns, id),
         |row| {
             let c = Cols::new(row, "step");
             Ok(format!("{} {} {}", c.text(0)?, c.text(1)?, c.text(2)?))
@@ -63,12 +64,13 @@ impl MaintenanceStore for TursoStorage {
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT (ns, id) DO UPDATE SET \
                  started_at = excluded.started_at, body = excluded.body",
                 || {
-                    Ok(vec![
-                        text(ns.as_str()),
-                        text(&run.id),
-                        Value::Integer(nanos_clamped(run.started_at)),
-                        Value::Text(to_json("consolidation_run", run)?),
-                    ])
+                    let body = to_json("consolidation_run", run)?;
+                    Ok((
+                        ns.as_str(),
+                        run.id.as_str(),
+                        nanos_clamped(run.started_at),
+                        body,
+                    ))
                 },
             )
             .await
@@ -84,13 +86,13 @@ impl MaintenanceStore for TursoStorage {
         // One statement in a write transaction: the check and the insert see the same state.
         self.inner
             .call_write("claim_consolidation", async |tx| {
-                let params = vec![
-                    text(ns.as_str()),
-                    text(&run.id),
-                    Value::Integer(nanos_clamped(run.started_at)),
-                    Value::Text(to_json("consolidation_run", run)?),
-                    Value::Integer(nanos_clamped(not_before)),
-                ];
+                let params = (
+                    ns.as_str(),
+                    run.id.as_str(),
+                    nanos_clamped(run.started_at),
+                    to_json("consolidation_run", run)?,
+                    nanos_clamped(not_before),
+                );
                 let n = tx
                     .execute(
                         "INSERT INTO consolidation_runs (ns, id, started_at, body) \
@@ -110,18 +112,13 @@ impl MaintenanceStore for TursoStorage {
         ns: &Namespace,
         limit_n: u32,
     ) -> Result<Vec<ConsolidationRun>> {
-        self.inner
-            .call_read("list_consolidations", async |conn| {
-                bodies(
-                    conn,
-                    "consolidation_run",
-                    "SELECT body FROM consolidation_runs WHERE ns = ?1 \
-                     ORDER BY started_at DESC, id DESC LIMIT ?2",
-                    vec![text(ns.as_str()), limit(limit_n)],
-                )
-                .await
-            })
-            .await
+        self.bodies(
+            "consolidation_run",
+            "SELECT body FROM consolidation_runs WHERE ns = ?1 \
+             ORDER BY started_at DESC, id DESC LIMIT ?2",
+            (ns.as_str(), limit_n),
+        )
+        .await
     }
 
     #[instrument(skip_all, fields(namespace = %ns))]
@@ -132,11 +129,12 @@ impl MaintenanceStore for TursoStorage {
                 "INSERT INTO metrics_snapshots (ns, taken_at, body) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (ns, taken_at) DO UPDATE SET body = excluded.body",
                 || {
-                    Ok(vec![
-                        text(ns.as_str()),
-                        Value::Integer(nanos("snapshot.taken_at", snapshot.taken_at)?),
-                        Value::Text(to_json("metrics_snapshot", snapshot)?),
-                    ])
+                    let taken_at = nanos("snapshot.taken_at", snapshot.taken_at)?;
+                    Ok((
+                        ns.as_str(),
+                        taken_at,
+                        to_json("metrics_snapshot", snapshot)?,
+                    ))
                 },
             )
             .await
@@ -148,18 +146,12 @@ impl MaintenanceStore for TursoStorage {
         ns: &Namespace,
         limit_n: u32,
     ) -> Result<Vec<MetricsSnapshot>> {
-        self.inner
-            .call_read("list_metrics_snapshots", async |conn| {
-                bodies(
-                    conn,
-                    "metrics_snapshot",
-                    "SELECT body FROM metrics_snapshots WHERE ns = ?1 \
-                     ORDER BY taken_at DESC LIMIT ?2",
-                    vec![text(ns.as_str()), limit(limit_n)],
-                )
-                .await
-            })
-            .await
+        self.bodies(
+            "metrics_snapshot",
+            "SELECT body FROM metrics_snapshots WHERE ns = ?1 ORDER BY taken_at DESC LIMIT ?2",
+            (ns.as_str(), limit_n),
+        )
+        .await
     }
 
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %record.episode_id))]
@@ -168,18 +160,18 @@ impl MaintenanceStore for TursoStorage {
         let id = record.episode_id.to_string();
         inner
             .call("put_estimate", async {
-                let completed = match &record.actual {
-                    Some(a) => Value::Integer(nanos("estimate.completed_at", a.completed_at)?),
-                    None => Value::Null,
-                };
-                let params = vec![
-                    text(ns.as_str()),
-                    text(&id),
-                    text(&record.domain),
-                    Value::Integer(nanos("estimate.recorded_at", record.recorded_at)?),
-                    completed,
-                    Value::Text(to_json("estimate", record)?),
-                ];
+                let completed = record.actual.as_ref();
+                let completed = completed
+                    .map(|a| nanos("estimate.completed_at", a.completed_at))
+                    .transpose()?;
+                let params = (
+                    ns.as_str(),
+                    id.as_str(),
+                    record.domain.as_str(),
+                    nanos("estimate.recorded_at", record.recorded_at)?,
+                    completed.map_or(Value::Null, Value::Integer),
+                    to_json("estimate", record)?,
+                );
                 inner
                     .write_tx(async |tx| {
                         if episode_state(tx, ns.as_str(), &id).await?.is_none() {
@@ -209,18 +201,9 @@ impl MaintenanceStore for TursoStorage {
         ns: &Namespace,
         episode_id: EpisodeId,
     ) -> Result<Option<EstimateRecord>> {
-        self.inner
-            .call_read("get_estimate", async |conn| {
-                Ok(bodies(
-                    conn,
-                    "estimate",
-                    "SELECT body FROM estimates WHERE ns = ?1 AND episode_id = ?2",
-                    vec![text(ns.as_str()), text(&episode_id.to_string())],
-                )
-                .await?
-                .pop())
-            })
-            .await
+        let sql = "SELECT body FROM estimates WHERE ns = ?1 AND episode_id = ?2";
+        let params = (ns.as_str(), episode_id.to_string());
+        Ok(self.bodies("estimate", sql, params).await?.pop())
     }
 
     #[instrument(skip_all, fields(namespace = %ns, domain, limit = limit_n))]
@@ -240,12 +223,8 @@ impl MaintenanceStore for TursoStorage {
             sql.cond(" AND domain = ", text(d), "");
         }
         sql.push(" AND completed_at IS NOT NULL ORDER BY completed_at DESC, episode_id DESC")
-            .cond(" LIMIT ", limit(limit_n), "");
-        self.inner
-            .call_read("query_estimates", async |conn| {
-                bodies(conn, "estimate", &sql.text, sql.values).await
-            })
-            .await
+            .cond(" LIMIT ", Value::from(limit_n), "");
+        self.bodies("estimate", &sql.text, sql.values).await
     }
 
     #[instrument(skip_all, fields(namespace = %ns, id = restore.target.id()))]
@@ -257,12 +236,8 @@ impl MaintenanceStore for TursoStorage {
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT (ns, target_kind, target_id) \
                  DO UPDATE SET restored_at = excluded.restored_at",
                 || {
-                    Ok(vec![
-                        text(ns.as_str()),
-                        text(restore.target.kind()),
-                        text(restore.target.id()),
-                        Value::Integer(nanos("restore.restored_at", restore.restored_at)?),
-                    ])
+                    let at = nanos("restore.restored_at", restore.restored_at)?;
+                    Ok((ns.as_str(), restore.target.kind(), restore.target.id(), at))
                 },
             )
             .await
@@ -275,33 +250,30 @@ impl MaintenanceStore for TursoStorage {
         since: DateTime<Utc>,
     ) -> Result<Vec<RestoreRecord>> {
         self.inner
-            .call_read("list_restores", async |conn| {
-                query_all(
-                    conn,
-                    "SELECT target_kind, target_id, restored_at FROM learned_restores \
-                     WHERE ns = ?1 AND restored_at >= ?2",
-                    vec![text(ns.as_str()), Value::Integer(nanos_clamped(since))],
-                    |row| {
-                        let c = Cols::new(row, "learned_restore");
-                        let id = c.text(1)?;
-                        let target = match c.text(0)?.as_str() {
-                            "pattern" => FeedbackTarget::Pattern(PatternId(id)),
-                            "heuristic" => FeedbackTarget::Heuristic(HeuristicId(id)),
-                            other => {
-                                return Err(DriverError::Schema(format!(
-                                    "learned_restores: unknown target kind {other:?}"
-                                ))
-                                .into());
-                            }
-                        };
-                        Ok(RestoreRecord {
-                            target,
-                            restored_at: from_nanos(c.i64(2)?),
-                        })
-                    },
-                )
-                .await
-            })
+            .call_query(
+                "list_restores",
+                "SELECT target_kind, target_id, restored_at FROM learned_restores \
+                 WHERE ns = ?1 AND restored_at >= ?2",
+                (ns.as_str(), nanos_clamped(since)),
+                |row| {
+                    let c = Cols::new(row, "learned_restore");
+                    let id = c.text(1)?;
+                    let target = match c.text(0)?.as_str() {
+                        "pattern" => FeedbackTarget::Pattern(PatternId(id)),
+                        "heuristic" => FeedbackTarget::Heuristic(HeuristicId(id)),
+                        other => {
+                            return Err(DriverError::Schema(format!(
+                                "learned_restores: unknown target kind {other:?}"
+                            ))
+                            .into());
+                        }
+                    };
+                    Ok(RestoreRecord {
+                        target,
+                        restored_at: from_nanos(c.i64(2)?),
+                    })
+                },
+            )
             .await
     }
 
@@ -323,11 +295,7 @@ impl MaintenanceStore for TursoStorage {
                      AND s.episode_id = e.id AND s.status = 'success' \
                      AND s.result_text <> '') \
                      ORDER BY e.completed_at, e.id LIMIT ?3",
-                    vec![
-                        text(n),
-                        Value::Integer(nanos_clamped(completed_before)),
-                        limit(max_episodes),
-                    ],
+                    (n, nanos_clamped(completed_before), max_episodes),
                     |row| Cols::new(row, "episode").episode_id(0),
                 )
                 .await?;
@@ -339,7 +307,7 @@ impl MaintenanceStore for TursoStorage {
                         "SELECT COUNT(*), COALESCE(SUM(length(CAST(result_text AS BLOB))), 0) \
                          FROM steps WHERE ns = ?1 AND episode_id = ?2 \
                          AND status = 'success' AND result_text <> ''",
-                        vec![text(n), text(&sid)],
+                        (n, sid.as_str()),
                         |row| {
                             let c = Cols::new(row, "step");
                             Ok((c.i64(0)?, c.i64(1)?))
@@ -353,13 +321,13 @@ impl MaintenanceStore for TursoStorage {
                     tx.execute(
                         "UPDATE steps SET result_text = '' WHERE ns = ?1 \
                          AND episode_id = ?2 AND status = 'success' AND result_text <> ''",
-                        vec![text(n), text(&sid)],
+                        (n, sid.as_str()),
                     )
                     .await?;
                     reindex_steps(tx, n, &sid).await?;
                     tx.execute(
                         "UPDATE episodes SET changed_seq = ?3 WHERE ns = ?1 AND id = ?2",
-                        vec![text(n), text(&sid), Value::Integer(position)],
+                        (n, sid.as_str(), position),
                     )
                     .await?;
                     out.episode_ids.push(id);
