@@ -223,634 +223,437 @@ pub(crate) struct WHeuristic<S> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Domain -> wire (encoding). Only the JSON text of step parameters can fail.
+// The conversions. Encoding fails only on the JSON text of step parameters; decoding checks
+// everything that can be out of range.
 
-fn s(v: &str) -> Enc<'_> {
-    Cow::Borrowed(v)
+/// A domain value's wire shape, borrowing its strings.
+trait ToWire {
+    type Wire<'a>
+    where
+        Self: 'a;
+    fn to_wire(&self) -> Result<Self::Wire<'_>, String>;
 }
 
-fn ss(v: &[String]) -> Vec<Enc<'_>> {
-    v.iter().map(|x| s(x)).collect()
+/// The domain value of a decoded wire shape.
+trait FromWire: Sized {
+    type Wire;
+    fn from_wire(w: Self::Wire) -> Result<Self, String>;
 }
 
-fn os(v: Option<&String>) -> Option<Enc<'_>> {
-    v.map(|x| s(x))
+/// Decodes `w` as `T` (the field conversions of the macros below).
+fn decode<T: FromWire>(w: T::Wire) -> Result<T, String> {
+    T::from_wire(w)
 }
 
-fn ts(t: &DateTime<Utc>) -> WTs {
-    WTs {
-        secs: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos(),
+/// Both conversions of a struct whose every field converts on its own. The value is
+/// destructured whole on both sides, so a field added to either stops the build.
+macro_rules! mirror_struct {
+    ($domain:ident => $wire:ident<S> { $($field:ident),* $(,)? }) => {
+        mirror_struct!(@ $domain, $wire<Enc<'a>>, $wire<WStr>, $wire { $($field),* });
+    };
+    ($domain:ident => $wire:ident { $($field:ident),* $(,)? }) => {
+        mirror_struct!(@ $domain, $wire, $wire, $wire { $($field),* });
+    };
+    (@ $domain:ident, $enc:ty, $dec:ty, $wire:ident { $($field:ident),* }) => {
+        impl ToWire for $domain {
+            type Wire<'a> = $enc;
+            fn to_wire(&self) -> Result<Self::Wire<'_>, String> {
+                let $domain { $($field),* } = self;
+                Ok($wire { $($field: $field.to_wire()?),* })
+            }
+        }
+
+        impl FromWire for $domain {
+            type Wire = $dec;
+            fn from_wire(w: $dec) -> Result<Self, String> {
+                let $wire { $($field),* } = w;
+                Ok($domain { $($field: decode($field)?),* })
+            }
+        }
+    };
+}
+
+/// Both conversions of an enum whose variants mirror the domain's (same names, same fields).
+macro_rules! mirror_enum {
+    ($domain:ident => $wire:ident { $($variant:ident $({ $($field:ident),* })?),* $(,)? }) => {
+        impl ToWire for $domain {
+            type Wire<'a> = $wire<Enc<'a>>;
+            fn to_wire(&self) -> Result<Self::Wire<'_>, String> {
+                Ok(match self {
+                    $($domain::$variant $({ $($field),* })? => {
+                        $wire::$variant $({ $($field: $field.to_wire()?),* })?
+                    })*
+                })
+            }
+        }
+
+        impl FromWire for $domain {
+            type Wire = $wire<WStr>;
+            fn from_wire(w: Self::Wire) -> Result<Self, String> {
+                Ok(match w {
+                    $($wire::$variant $({ $($field),* })? => {
+                        $domain::$variant $({ $($field: decode($field)?),* })?
+                    })*
+                })
+            }
+        }
+    };
+}
+
+/// Values stored as they are.
+macro_rules! same {
+    ($($t:ty),*) => {$(
+        impl ToWire for $t {
+            type Wire<'a> = $t;
+            fn to_wire(&self) -> Result<$t, String> {
+                Ok(*self)
+            }
+        }
+
+        impl FromWire for $t {
+            type Wire = $t;
+            fn from_wire(w: $t) -> Result<$t, String> {
+                Ok(w)
+            }
+        }
+    )*};
+}
+
+same!(u32, u64, f64);
+
+impl ToWire for String {
+    type Wire<'a> = Enc<'a>;
+    fn to_wire(&self) -> Result<Enc<'_>, String> {
+        Ok(Cow::Borrowed(self))
     }
 }
 
-fn task_type_code(t: TaskType) -> u8 {
-    match t {
-        TaskType::CodeGeneration => 0,
-        TaskType::Debugging => 1,
-        TaskType::Refactoring => 2,
-        TaskType::Testing => 3,
-        TaskType::Analysis => 4,
-        TaskType::Documentation => 5,
-        TaskType::Other => 6,
+impl FromWire for String {
+    type Wire = WStr;
+    fn from_wire(w: WStr) -> Result<String, String> {
+        Ok(w.0)
     }
 }
 
-fn complexity_code(c: Complexity) -> u8 {
-    match c {
-        Complexity::Simple => 0,
-        Complexity::Moderate => 1,
-        Complexity::Complex => 2,
+impl<T: ToWire> ToWire for Vec<T> {
+    type Wire<'a>
+        = Vec<T::Wire<'a>>
+    where
+        T: 'a;
+    fn to_wire(&self) -> Result<Self::Wire<'_>, String> {
+        self.iter().map(T::to_wire).collect()
+    }
+}
+
+impl<T: FromWire> FromWire for Vec<T> {
+    type Wire = Vec<T::Wire>;
+    fn from_wire(w: Self::Wire) -> Result<Self, String> {
+        w.into_iter().map(T::from_wire).collect()
+    }
+}
+
+impl<T: ToWire> ToWire for Option<T> {
+    type Wire<'a>
+        = Option<T::Wire<'a>>
+    where
+        T: 'a;
+    fn to_wire(&self) -> Result<Self::Wire<'_>, String> {
+        self.as_ref().map(T::to_wire).transpose()
+    }
+}
+
+impl<T: FromWire> FromWire for Option<T> {
+    type Wire = Option<T::Wire>;
+    fn from_wire(w: Self::Wire) -> Result<Self, String> {
+        w.map(T::from_wire).transpose()
+    }
+}
+
+impl ToWire for DateTime<Utc> {
+    type Wire<'a> = WTs;
+    fn to_wire(&self) -> Result<WTs, String> {
+        Ok(WTs {
+            secs: self.timestamp(),
+            nanos: self.timestamp_subsec_nanos(),
+        })
+    }
+}
+
+impl FromWire for DateTime<Utc> {
+    type Wire = WTs;
+    fn from_wire(t: WTs) -> Result<Self, String> {
+        DateTime::from_timestamp(t.secs, t.nanos)
+            .ok_or_else(|| format!("timestamp {}.{} is out of range", t.secs, t.nanos))
+    }
+}
+
+impl ToWire for EpisodeId {
+    type Wire<'a> = [u8; 16];
+    fn to_wire(&self) -> Result<[u8; 16], String> {
+        Ok(*self.0.as_bytes())
+    }
+}
+
+impl FromWire for EpisodeId {
+    type Wire = [u8; 16];
+    fn from_wire(w: [u8; 16]) -> Result<Self, String> {
+        Ok(EpisodeId(uuid::Uuid::from_bytes(w)))
+    }
+}
+
+/// Ids stored as their text.
+macro_rules! text_id {
+    ($($t:ident),*) => {$(
+        impl ToWire for $t {
+            type Wire<'a> = Enc<'a>;
+            fn to_wire(&self) -> Result<Enc<'_>, String> {
+                Ok(Cow::Borrowed(&self.0))
+            }
+        }
+
+        impl FromWire for $t {
+            type Wire = WStr;
+            fn from_wire(w: WStr) -> Result<Self, String> {
+                Ok($t(w.0))
+            }
+        }
+    )*};
+}
+
+text_id!(PatternId, HeuristicId);
+
+/// Enums without data stored as a byte (the codes are part of the format).
+macro_rules! code {
+    ($t:ident, $what:literal, { $($variant:ident = $code:literal),* $(,)? }) => {
+        impl ToWire for $t {
+            type Wire<'a> = u8;
+            fn to_wire(&self) -> Result<u8, String> {
+                Ok(match self {
+                    $($t::$variant => $code),*
+                })
+            }
+        }
+
+        impl FromWire for $t {
+            type Wire = u8;
+            fn from_wire(code: u8) -> Result<Self, String> {
+                Ok(match code {
+                    $($code => $t::$variant,)*
+                    _ => return Err(format!(concat!("unknown ", $what, " code {}"), code)),
+                })
+            }
+        }
+    };
+}
+
+code!(TaskType, "task type", {
+    CodeGeneration = 0,
+    Debugging = 1,
+    Refactoring = 2,
+    Testing = 3,
+    Analysis = 4,
+    Documentation = 5,
+    Other = 6,
+});
+code!(Complexity, "complexity", { Simple = 0, Moderate = 1, Complex = 2 });
+
+impl ToWire for Effectiveness {
+    type Wire<'a> = [u64; 3];
+    fn to_wire(&self) -> Result<[u64; 3], String> {
+        let Effectiveness {
+            helped,
+            no_effect,
+            hindered,
+        } = *self;
+        Ok([helped, no_effect, hindered])
+    }
+}
+
+impl FromWire for Effectiveness {
+    type Wire = [u64; 3];
+    fn from_wire([helped, no_effect, hindered]: [u64; 3]) -> Result<Self, String> {
+        Ok(Effectiveness {
+            helped,
+            no_effect,
+            hindered,
+        })
+    }
+}
+
+mirror_struct!(Episode => WEpisode<S> {
+    id, task_description, task_type, context, steps, started_at, completed_at, outcome,
+    reward, reflection,
+});
+mirror_struct!(TaskContext => WContext<S> { domain, language, framework, complexity, tags });
+mirror_struct!(RewardScore => WReward {
+    total, outcome_base, efficiency, quality, complexity_bonus, learning_bonus, baseline_steps,
+});
+mirror_struct!(Reflection => WReflection<S> { successes, improvements, insights });
+mirror_struct!(ContextKey => WContextKey<S> { task_type, domain, language });
+mirror_struct!(Evidence => WEvidence { at, episode_id });
+mirror_struct!(Pattern => WPattern<S> {
+    id, kind, context, occurrences, successes, total_steps, total_latency_ms, first_seen,
+    last_seen, recent_evidence, effectiveness, status,
+});
+mirror_struct!(Heuristic => WHeuristic<S> {
+    id, condition_key, condition, action, context, support, against, votes_up, votes_down,
+    first_seen, last_seen, recent_evidence, status,
+});
+mirror_enum!(PatternKind => WPatternKind {
+    ToolSequence { tools },
+    DecisionPoint { condition, choice },
+    ErrorRecovery { failed_tool, error_class, recovery },
+    ContextPattern { features },
+});
+mirror_enum!(LearnedStatus => WStatus {
+    Active,
+    Superseded { by, reason },
+    Pruned { reason, at },
+    Merged { into, at },
+});
+
+impl ToWire for Outcome {
+    type Wire<'a> = WOutcome<Enc<'a>>;
+    fn to_wire(&self) -> Result<Self::Wire<'_>, String> {
+        Ok(match self {
+            Outcome::Success { verdict, artifacts } => WOutcome::Success {
+                verdict: verdict.to_wire()?,
+                artifacts: artifacts.to_wire()?,
+            },
+            Outcome::PartialSuccess {
+                verdict,
+                completed,
+                failed,
+            } => WOutcome::PartialSuccess {
+                verdict: verdict.to_wire()?,
+                completed: completed.to_wire()?,
+                failed: failed.to_wire()?,
+            },
+            Outcome::Failure { reason } => WOutcome::Failure(reason.to_wire()?),
+            Outcome::Abstained { reason } => WOutcome::Abstained(reason.to_wire()?),
+        })
+    }
+}
+
+impl FromWire for Outcome {
+    type Wire = WOutcome<WStr>;
+    fn from_wire(w: Self::Wire) -> Result<Self, String> {
+        Ok(match w {
+            WOutcome::Success { verdict, artifacts } => Outcome::Success {
+                verdict: decode(verdict)?,
+                artifacts: decode(artifacts)?,
+            },
+            WOutcome::PartialSuccess {
+                verdict,
+                completed,
+                failed,
+            } => Outcome::PartialSuccess {
+                verdict: decode(verdict)?,
+                completed: decode(completed)?,
+                failed: decode(failed)?,
+            },
+            WOutcome::Failure(reason) => Outcome::Failure { reason: reason.0 },
+            WOutcome::Abstained(reason) => Outcome::Abstained { reason: reason.0 },
+        })
+    }
+}
+
+/// A step with its input flattened; its parameters as JSON text.
+impl ToWire for ExecutionStep {
+    type Wire<'a> = WStep<Enc<'a>>;
+    fn to_wire(&self) -> Result<Self::Wire<'_>, String> {
+        let ExecutionStep {
+            step_number,
+            key,
+            timestamp,
+            input,
+        } = self;
+        let StepInput {
+            tool,
+            action,
+            parameters,
+            result,
+            latency_ms,
+            tokens,
+        } = input;
+        let parameters = if parameters.is_null() {
+            None
+        } else {
+            Some(Cow::Owned(serde_json::to_string(parameters).map_err(
+                |e| format!("step {step_number} parameters: {e}"),
+            )?))
+        };
+        Ok(WStep {
+            step_number: *step_number,
+            key: *key,
+            timestamp: timestamp.to_wire()?,
+            tool: tool.to_wire()?,
+            action: action.to_wire()?,
+            parameters,
+            result: match result {
+                StepResult::Success { output } => WStepResult::Success(output.to_wire()?),
+                StepResult::Error { message } => WStepResult::Error(message.to_wire()?),
+                StepResult::Timeout { message } => WStepResult::Timeout(message.to_wire()?),
+            },
+            latency_ms: *latency_ms,
+            tokens: *tokens,
+        })
+    }
+}
+
+impl FromWire for ExecutionStep {
+    type Wire = WStep<WStr>;
+    fn from_wire(w: Self::Wire) -> Result<Self, String> {
+        let WStep {
+            step_number,
+            key,
+            timestamp,
+            tool,
+            action,
+            parameters,
+            result,
+            latency_ms,
+            tokens,
+        } = w;
+        let parameters = match parameters {
+            None => serde_json::Value::Null,
+            Some(text) => serde_json::from_str(&text.0)
+                .map_err(|e| format!("step {step_number} parameters: {e}"))?,
+        };
+        Ok(ExecutionStep {
+            step_number,
+            key,
+            timestamp: decode(timestamp)?,
+            input: StepInput {
+                tool: tool.0,
+                action: action.0,
+                parameters,
+                result: match result {
+                    WStepResult::Success(output) => StepResult::Success { output: output.0 },
+                    WStepResult::Error(message) => StepResult::Error { message: message.0 },
+                    WStepResult::Timeout(message) => StepResult::Timeout { message: message.0 },
+                },
+                latency_ms,
+                tokens,
+            },
+        })
     }
 }
 
 /// The wire shape of a value, borrowing its strings.
 pub(crate) fn to_wire(value: &CachedValue) -> Result<WValue<Enc<'_>>, String> {
     Ok(match value {
-        CachedValue::Episode(e) => WValue::Episode(episode_to_wire(e)?),
-        CachedValue::Pattern(p) => WValue::Pattern(pattern_to_wire(p)),
-        CachedValue::Heuristic(h) => WValue::Heuristic(heuristic_to_wire(h)),
-    })
-}
-
-fn episode_to_wire(e: &Episode) -> Result<WEpisode<Enc<'_>>, String> {
-    let Episode {
-        id,
-        task_description,
-        task_type,
-        context,
-        steps,
-        started_at,
-        completed_at,
-        outcome,
-        reward,
-        reflection,
-    } = e;
-    Ok(WEpisode {
-        id: *id.0.as_bytes(),
-        task_description: s(task_description),
-        task_type: task_type_code(*task_type),
-        context: context_to_wire(context),
-        steps: steps.iter().map(step_to_wire).collect::<Result<_, _>>()?,
-        started_at: ts(started_at),
-        completed_at: completed_at.as_ref().map(ts),
-        outcome: outcome.as_ref().map(outcome_to_wire),
-        reward: reward.as_ref().map(reward_to_wire),
-        reflection: reflection.as_ref().map(reflection_to_wire),
-    })
-}
-
-fn context_to_wire(c: &TaskContext) -> WContext<Enc<'_>> {
-    let TaskContext {
-        domain,
-        language,
-        framework,
-        complexity,
-        tags,
-    } = c;
-    WContext {
-        domain: s(domain),
-        language: os(language.as_ref()),
-        framework: os(framework.as_ref()),
-        complexity: complexity_code(*complexity),
-        tags: ss(tags),
-    }
-}
-
-fn step_to_wire(st: &ExecutionStep) -> Result<WStep<Enc<'_>>, String> {
-    let ExecutionStep {
-        step_number,
-        key,
-        timestamp,
-        input,
-    } = st;
-    let StepInput {
-        tool,
-        action,
-        parameters,
-        result,
-        latency_ms,
-        tokens,
-    } = input;
-    let parameters = if parameters.is_null() {
-        None
-    } else {
-        Some(Cow::Owned(serde_json::to_string(parameters).map_err(
-            |e| format!("step {step_number} parameters: {e}"),
-        )?))
-    };
-    Ok(WStep {
-        step_number: *step_number,
-        key: *key,
-        timestamp: ts(timestamp),
-        tool: s(tool),
-        action: s(action),
-        parameters,
-        result: match result {
-            StepResult::Success { output } => WStepResult::Success(s(output)),
-            StepResult::Error { message } => WStepResult::Error(s(message)),
-            StepResult::Timeout { message } => WStepResult::Timeout(s(message)),
-        },
-        latency_ms: *latency_ms,
-        tokens: *tokens,
-    })
-}
-
-fn outcome_to_wire(o: &Outcome) -> WOutcome<Enc<'_>> {
-    match o {
-        Outcome::Success { verdict, artifacts } => WOutcome::Success {
-            verdict: s(verdict),
-            artifacts: ss(artifacts),
-        },
-        Outcome::PartialSuccess {
-            verdict,
-            completed,
-            failed,
-        } => WOutcome::PartialSuccess {
-            verdict: s(verdict),
-            completed: ss(completed),
-            failed: ss(failed),
-        },
-        Outcome::Failure { reason } => WOutcome::Failure(s(reason)),
-        Outcome::Abstained { reason } => WOutcome::Abstained(s(reason)),
-    }
-}
-
-fn reward_to_wire(r: &RewardScore) -> WReward {
-    let RewardScore {
-        total,
-        outcome_base,
-        efficiency,
-        quality,
-        complexity_bonus,
-        learning_bonus,
-        baseline_steps,
-    } = *r;
-    WReward {
-        total,
-        outcome_base,
-        efficiency,
-        quality,
-        complexity_bonus,
-        learning_bonus,
-        baseline_steps,
-    }
-}
-
-fn reflection_to_wire(r: &Reflection) -> WReflection<Enc<'_>> {
-    let Reflection {
-        successes,
-        improvements,
-        insights,
-    } = r;
-    WReflection {
-        successes: ss(successes),
-        improvements: ss(improvements),
-        insights: ss(insights),
-    }
-}
-
-fn context_key_to_wire(c: &ContextKey) -> WContextKey<Enc<'_>> {
-    let ContextKey {
-        task_type,
-        domain,
-        language,
-    } = c;
-    WContextKey {
-        task_type: task_type.map(task_type_code),
-        domain: os(domain.as_ref()),
-        language: os(language.as_ref()),
-    }
-}
-
-fn evidence_to_wire(e: &Evidence) -> WEvidence {
-    let Evidence { at, episode_id } = e;
-    WEvidence {
-        at: ts(at),
-        episode_id: *episode_id.0.as_bytes(),
-    }
-}
-
-fn status_to_wire(st: &LearnedStatus) -> WStatus<Enc<'_>> {
-    match st {
-        LearnedStatus::Active => WStatus::Active,
-        LearnedStatus::Superseded { by, reason } => WStatus::Superseded {
-            by: s(by),
-            reason: s(reason),
-        },
-        LearnedStatus::Pruned { reason, at } => WStatus::Pruned {
-            reason: s(reason),
-            at: ts(at),
-        },
-        LearnedStatus::Merged { into, at } => WStatus::Merged {
-            into: s(into),
-            at: ts(at),
-        },
-    }
-}
-
-fn pattern_to_wire(p: &Pattern) -> WPattern<Enc<'_>> {
-    let Pattern {
-        id,
-        kind,
-        context,
-        occurrences,
-        successes,
-        total_steps,
-        total_latency_ms,
-        first_seen,
-        last_seen,
-        recent_evidence,
-        effectiveness,
-        status,
-    } = p;
-    let Effectiveness {
-        helped,
-        no_effect,
-        hindered,
-    } = *effectiveness;
-    WPattern {
-        id: s(&id.0),
-        kind: match kind {
-            PatternKind::ToolSequence { tools } => WPatternKind::ToolSequence { tools: ss(tools) },
-            PatternKind::DecisionPoint { condition, choice } => WPatternKind::DecisionPoint {
-                condition: s(condition),
-                choice: s(choice),
-            },
-            PatternKind::ErrorRecovery {
-                failed_tool,
-                error_class,
-                recovery,
-            } => WPatternKind::ErrorRecovery {
-                failed_tool: s(failed_tool),
-                error_class: s(error_class),
-                recovery: ss(recovery),
-            },
-            PatternKind::ContextPattern { features } => WPatternKind::ContextPattern {
-                features: ss(features),
-            },
-        },
-        context: context_key_to_wire(context),
-        occurrences: *occurrences,
-        successes: *successes,
-        total_steps: *total_steps,
-        total_latency_ms: *total_latency_ms,
-        first_seen: ts(first_seen),
-        last_seen: ts(last_seen),
-        recent_evidence: recent_evidence.iter().map(evidence_to_wire).collect(),
-        effectiveness: [helped, no_effect, hindered],
-        status: status_to_wire(status),
-    }
-}
-
-fn heuristic_to_wire(h: &Heuristic) -> WHeuristic<Enc<'_>> {
-    let Heuristic {
-        id,
-        condition_key,
-        condition,
-        action,
-        context,
-        support,
-        against,
-        votes_up,
-        votes_down,
-        first_seen,
-        last_seen,
-        recent_evidence,
-        status,
-    } = h;
-    WHeuristic {
-        id: s(&id.0),
-        condition_key: s(condition_key),
-        condition: s(condition),
-        action: s(action),
-        context: context_key_to_wire(context),
-        support: *support,
-        against: *against,
-        votes_up: *votes_up,
-        votes_down: *votes_down,
-        first_seen: ts(first_seen),
-        last_seen: ts(last_seen),
-        recent_evidence: recent_evidence.iter().map(evidence_to_wire).collect(),
-        status: status_to_wire(status),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Wire -> domain (decoding). Everything that can be out of range is checked.
-
-fn o(v: WStr) -> String {
-    v.0
-}
-
-fn oo(v: Vec<WStr>) -> Vec<String> {
-    v.into_iter().map(o).collect()
-}
-
-fn from_ts(t: WTs) -> Result<DateTime<Utc>, String> {
-    DateTime::from_timestamp(t.secs, t.nanos)
-        .ok_or_else(|| format!("timestamp {}.{} is out of range", t.secs, t.nanos))
-}
-
-fn task_type_from(code: u8) -> Result<TaskType, String> {
-    Ok(match code {
-        0 => TaskType::CodeGeneration,
-        1 => TaskType::Debugging,
-        2 => TaskType::Refactoring,
-        3 => TaskType::Testing,
-        4 => TaskType::Analysis,
-        5 => TaskType::Documentation,
-        6 => TaskType::Other,
-        _ => return Err(format!("unknown task type code {code}")),
-    })
-}
-
-fn complexity_from(code: u8) -> Result<Complexity, String> {
-    Ok(match code {
-        0 => Complexity::Simple,
-        1 => Complexity::Moderate,
-        2 => Complexity::Complex,
-        _ => return Err(format!("unknown complexity code {code}")),
+        CachedValue::Episode(e) => WValue::Episode(e.to_wire()?),
+        CachedValue::Pattern(p) => WValue::Pattern(p.to_wire()?),
+        CachedValue::Heuristic(h) => WValue::Heuristic(h.to_wire()?),
     })
 }
 
 /// The domain value of a decoded wire value.
 pub(crate) fn from_wire(w: WValue<WStr>) -> Result<CachedValue, String> {
     Ok(match w {
-        WValue::Episode(e) => CachedValue::Episode(episode_from_wire(e)?),
-        WValue::Pattern(p) => CachedValue::Pattern(pattern_from_wire(p)?),
-        WValue::Heuristic(h) => CachedValue::Heuristic(heuristic_from_wire(h)?),
-    })
-}
-
-fn episode_from_wire(w: WEpisode<WStr>) -> Result<Episode, String> {
-    let WEpisode {
-        id,
-        task_description,
-        task_type,
-        context,
-        steps,
-        started_at,
-        completed_at,
-        outcome,
-        reward,
-        reflection,
-    } = w;
-    Ok(Episode {
-        id: EpisodeId(uuid::Uuid::from_bytes(id)),
-        task_description: o(task_description),
-        task_type: task_type_from(task_type)?,
-        context: context_from_wire(context)?,
-        steps: steps
-            .into_iter()
-            .map(step_from_wire)
-            .collect::<Result<_, _>>()?,
-        started_at: from_ts(started_at)?,
-        completed_at: completed_at.map(from_ts).transpose()?,
-        outcome: outcome.map(outcome_from_wire),
-        reward: reward.map(reward_from_wire),
-        reflection: reflection.map(reflection_from_wire),
-    })
-}
-
-fn context_from_wire(w: WContext<WStr>) -> Result<TaskContext, String> {
-    let WContext {
-        domain,
-        language,
-        framework,
-        complexity,
-        tags,
-    } = w;
-    Ok(TaskContext {
-        domain: o(domain),
-        language: language.map(o),
-        framework: framework.map(o),
-        complexity: complexity_from(complexity)?,
-        tags: oo(tags),
-    })
-}
-
-fn step_from_wire(w: WStep<WStr>) -> Result<ExecutionStep, String> {
-    let WStep {
-        step_number,
-        key,
-        timestamp,
-        tool,
-        action,
-        parameters,
-        result,
-        latency_ms,
-        tokens,
-    } = w;
-    let parameters = match parameters {
-        None => serde_json::Value::Null,
-        Some(text) => serde_json::from_str(&text.0)
-            .map_err(|e| format!("step {step_number} parameters: {e}"))?,
-    };
-    Ok(ExecutionStep {
-        step_number,
-        key,
-        timestamp: from_ts(timestamp)?,
-        input: StepInput {
-            tool: o(tool),
-            action: o(action),
-            parameters,
-            result: match result {
-                WStepResult::Success(output) => StepResult::Success { output: o(output) },
-                WStepResult::Error(message) => StepResult::Error {
-                    message: o(message),
-                },
-                WStepResult::Timeout(message) => StepResult::Timeout {
-                    message: o(message),
-                },
-            },
-            latency_ms,
-            tokens,
-        },
-    })
-}
-
-fn outcome_from_wire(w: WOutcome<WStr>) -> Outcome {
-    match w {
-        WOutcome::Success { verdict, artifacts } => Outcome::Success {
-            verdict: o(verdict),
-            artifacts: oo(artifacts),
-        },
-        WOutcome::PartialSuccess {
-            verdict,
-            completed,
-            failed,
-        } => Outcome::PartialSuccess {
-            verdict: o(verdict),
-            completed: oo(completed),
-            failed: oo(failed),
-        },
-        WOutcome::Failure(reason) => Outcome::Failure { reason: o(reason) },
-        WOutcome::Abstained(reason) => Outcome::Abstained { reason: o(reason) },
-    }
-}
-
-fn reward_from_wire(w: WReward) -> RewardScore {
-    let WReward {
-        total,
-        outcome_base,
-        efficiency,
-        quality,
-        complexity_bonus,
-        learning_bonus,
-        baseline_steps,
-    } = w;
-    RewardScore {
-        total,
-        outcome_base,
-        efficiency,
-        quality,
-        complexity_bonus,
-        learning_bonus,
-        baseline_steps,
-    }
-}
-
-fn reflection_from_wire(w: WReflection<WStr>) -> Reflection {
-    let WReflection {
-        successes,
-        improvements,
-        insights,
-    } = w;
-    Reflection {
-        successes: oo(successes),
-        improvements: oo(improvements),
-        insights: oo(insights),
-    }
-}
-
-fn context_key_from_wire(w: WContextKey<WStr>) -> Result<ContextKey, String> {
-    let WContextKey {
-        task_type,
-        domain,
-        language,
-    } = w;
-    Ok(ContextKey {
-        task_type: task_type.map(task_type_from).transpose()?,
-        domain: domain.map(o),
-        language: language.map(o),
-    })
-}
-
-fn evidence_from_wire(w: WEvidence) -> Result<Evidence, String> {
-    let WEvidence { at, episode_id } = w;
-    Ok(Evidence {
-        at: from_ts(at)?,
-        episode_id: EpisodeId(uuid::Uuid::from_bytes(episode_id)),
-    })
-}
-
-fn status_from_wire(w: WStatus<WStr>) -> Result<LearnedStatus, String> {
-    Ok(match w {
-        WStatus::Active => LearnedStatus::Active,
-        WStatus::Superseded { by, reason } => LearnedStatus::Superseded {
-            by: o(by),
-            reason: o(reason),
-        },
-        WStatus::Pruned { reason, at } => LearnedStatus::Pruned {
-            reason: o(reason),
-            at: from_ts(at)?,
-        },
-        WStatus::Merged { into, at } => LearnedStatus::Merged {
-            into: o(into),
-            at: from_ts(at)?,
-        },
-    })
-}
-
-fn pattern_from_wire(w: WPattern<WStr>) -> Result<Pattern, String> {
-    let WPattern {
-        id,
-        kind,
-        context,
-        occurrences,
-        successes,
-        total_steps,
-        total_latency_ms,
-        first_seen,
-        last_seen,
-        recent_evidence,
-        effectiveness: [helped, no_effect, hindered],
-        status,
-    } = w;
-    Ok(Pattern {
-        id: PatternId(o(id)),
-        kind: match kind {
-            WPatternKind::ToolSequence { tools } => PatternKind::ToolSequence { tools: oo(tools) },
-            WPatternKind::DecisionPoint { condition, choice } => PatternKind::DecisionPoint {
-                condition: o(condition),
-                choice: o(choice),
-            },
-            WPatternKind::ErrorRecovery {
-                failed_tool,
-                error_class,
-                recovery,
-            } => PatternKind::ErrorRecovery {
-                failed_tool: o(failed_tool),
-                error_class: o(error_class),
-                recovery: oo(recovery),
-            },
-            WPatternKind::ContextPattern { features } => PatternKind::ContextPattern {
-                features: oo(features),
-            },
-        },
-        context: context_key_from_wire(context)?,
-        occurrences,
-        successes,
-        total_steps,
-        total_latency_ms,
-        first_seen: from_ts(first_seen)?,
-        last_seen: from_ts(last_seen)?,
-        recent_evidence: recent_evidence
-            .into_iter()
-            .map(evidence_from_wire)
-            .collect::<Result<_, _>>()?,
-        effectiveness: Effectiveness {
-            helped,
-            no_effect,
-            hindered,
-        },
-        status: status_from_wire(status)?,
-    })
-}
-
-fn heuristic_from_wire(w: WHeuristic<WStr>) -> Result<Heuristic, String> {
-    let WHeuristic {
-        id,
-        condition_key,
-        condition,
-        action,
-        context,
-        support,
-        against,
-        votes_up,
-        votes_down,
-        first_seen,
-        last_seen,
-        recent_evidence,
-        status,
-    } = w;
-    Ok(Heuristic {
-        id: HeuristicId(o(id)),
-        condition_key: o(condition_key),
-        condition: o(condition),
-        action: o(action),
-        context: context_key_from_wire(context)?,
-        support,
-        against,
-        votes_up,
-        votes_down,
-        first_seen: from_ts(first_seen)?,
-        last_seen: from_ts(last_seen)?,
-        recent_evidence: recent_evidence
-            .into_iter()
-            .map(evidence_from_wire)
-            .collect::<Result<_, _>>()?,
-        status: status_from_wire(status)?,
+        WValue::Episode(e) => CachedValue::Episode(decode(e)?),
+        WValue::Pattern(p) => CachedValue::Pattern(decode(p)?),
+        WValue::Heuristic(h) => CachedValue::Heuristic(decode(h)?),
     })
 }
