@@ -33,7 +33,7 @@ use overlay::Overlay;
 use crate::clock::{SharedClock, SystemClock};
 use crate::episode::{Episode, EpisodeId, ExecutionStep};
 use crate::error::{Error, ObjectKind, Result};
-use crate::learned::{Feedback, FeedbackTarget, LearnedId, LearnedItem};
+use crate::learned::{Feedback, FeedbackTarget, Heuristic, LearnedId, LearnedItem, Pattern};
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
 use crate::records::StepCompaction;
@@ -851,17 +851,8 @@ impl Inner {
                 self.cache_invalidate(ns, &key).await;
             }
             WriteOp::PutLearned(items) => {
-                let values: Vec<CachedValue> = items
-                    .patterns
-                    .iter()
-                    .map(|p| CachedValue::Pattern(p.clone()))
-                    .chain(
-                        items
-                            .heuristics
-                            .iter()
-                            .map(|h| CachedValue::Heuristic(h.clone())),
-                    )
-                    .collect();
+                let values: Vec<CachedValue> =
+                    cache_values(items.patterns.iter(), items.heuristics.iter()).collect();
                 self.cache_put_many(ns, &values, since).await;
             }
             WriteOp::PutEmbedding { .. } => {}
@@ -1131,13 +1122,17 @@ impl Storage for TieredStorage {
 
 /// The changed patterns and heuristics as cache values.
 fn learned_values(changes: &LearnedChanges) -> impl Iterator<Item = CachedValue> + '_ {
-    let patterns = changes
-        .patterns
-        .iter()
-        .map(|p| CachedValue::Pattern(p.item.clone()));
-    let heuristics = changes
-        .heuristics
-        .iter()
-        .map(|h| CachedValue::Heuristic(h.item.clone()));
-    patterns.chain(heuristics)
+    cache_values(
+        changes.patterns.iter().map(|p| &p.item),
+        changes.heuristics.iter().map(|h| &h.item),
+    )
+}
+
+/// Patterns and heuristics (the cached kinds) as cache values.
+fn cache_values<'a>(
+    patterns: impl Iterator<Item = &'a Pattern> + 'a,
+    heuristics: impl Iterator<Item = &'a Heuristic> + 'a,
+) -> impl Iterator<Item = CachedValue> + 'a {
+    let patterns = patterns.cloned().map(CachedValue::Pattern);
+    patterns.chain(heuristics.cloned().map(CachedValue::Heuristic))
 }
