@@ -1051,26 +1051,24 @@ impl Cache for RedbCache {
         let inner = &self.inner;
         let k = entry_key(ns, key);
         let now = inner.now_ms();
-        if let Some(entry) = inner.pending.get(&k)
-            && entry.expires_ms > now
-        {
-            add(&inner.counters.memory_hits, 1);
-            debug!(namespace = ns.as_str(), key = ?key, "cache hit (queued)");
-            let value = entry.value.clone();
-            self.touch(k).await;
-            return Ok(Some(value));
-        }
-        if let Some(front) = &inner.front
+        let queued = inner.pending.get(&k).filter(|e| e.expires_ms > now);
+        let mut hit = queued.map(|e| (e, "queued"));
+        if hit.is_none()
+            && let Some(front) = &inner.front
             && let Some(entry) = front.get(k.as_slice()).await
         {
             if entry.expires_ms > now {
-                add(&inner.counters.memory_hits, 1);
-                debug!(namespace = ns.as_str(), key = ?key, "cache hit (memory)");
-                let value = entry.value.clone();
-                self.touch(k).await;
-                return Ok(Some(value));
+                hit = Some((entry, "memory"));
+            } else {
+                front.invalidate(k.as_slice()).await;
             }
-            front.invalidate(k.as_slice()).await;
+        }
+        if let Some((entry, tier)) = hit {
+            add(&inner.counters.memory_hits, 1);
+            debug!(namespace = ns.as_str(), key = ?key, "cache hit ({tier})");
+            let value = entry.value.clone();
+            self.touch(k).await;
+            return Ok(Some(value));
         }
 
         let started = inner.writes_started.load(Ordering::SeqCst);
@@ -1193,14 +1191,7 @@ impl Cache for RedbCache {
     }
 
     async fn invalidate(&self, ns: &Namespace, key: &CacheKey) -> Result<()> {
-        let inner = &self.inner;
-        let k = entry_key(ns, key);
-        let _epoch = inner.begin_epoch();
-        inner.pending.remove(&k);
-        self.front_invalidate(std::slice::from_ref(&k)).await;
-        let removed = self.submit(WriteOp::Invalidate { key: k }).await?.replaced;
-        debug!(namespace = ns.as_str(), key = ?key, removed, "cache invalidate");
-        Ok(())
+        self.invalidate_many(&[(ns.clone(), key.clone())]).await
     }
 
     async fn invalidate_many(&self, keys: &[(Namespace, CacheKey)]) -> Result<()> {

@@ -106,17 +106,8 @@ impl JournalDir {
     /// Journal files of other processes now in the directory (live or orphaned), and
     /// single-file outboxes of earlier versions.
     pub fn other_files(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.filter_map(std::result::Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        p.extension().is_some_and(|x| x == "redb")
-                            && p.file_name().is_some_and(|n| n != self.own_name.as_str())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut out = files_with_extension(&self.dir, "redb");
+        out.retain(|p| p.file_name().is_some_and(|n| n != self.own_name.as_str()));
         out.extend(self.legacy.iter().filter(|p| p.exists()).cloned());
         out.sort();
         out
@@ -124,17 +115,12 @@ impl JournalDir {
 
     /// Reports of damaged journals found so far (by any process of this data directory).
     pub fn damaged(&self) -> Vec<DamagedJournal> {
-        let dir = self.dir.join(DAMAGED_DIR);
-        let mut out: Vec<DamagedJournal> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(std::result::Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                    .filter_map(|p| std::fs::read(&p).ok())
-                    .filter_map(|b| serde_json::from_slice(&b).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let reports = files_with_extension(&self.dir.join(DAMAGED_DIR), "json");
+        let mut out: Vec<DamagedJournal> = reports
+            .iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
         out.sort_by(|a: &DamagedJournal, b| a.moved_at.cmp(&b.moved_at));
         out
     }
@@ -231,6 +217,18 @@ impl JournalDir {
 }
 
 /// Removes a file and makes the removal durable.
+/// The files of `dir` (none if it cannot be read) whose name ends in `.<extension>`.
+fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .collect()
+}
+
 fn remove_file(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {}

@@ -158,17 +158,22 @@ fn check_layout(db: Database, path: &Path) -> Result<Database, StoreError> {
         Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    if layout.is_some_and(|l| l != LAYOUT_VERSION) {
-        return Err(StoreError::Core(Error::invalid(
-            "outbox",
-            format!(
-                "{} has layout version {layout:?}; this build reads {LAYOUT_VERSION}",
-                path.display()
-            ),
-        )));
+    if let Some(other) = layout.filter(|&l| l != LAYOUT_VERSION) {
+        return Err(wrong_layout(path, other));
     }
     drop(txn);
     Ok(db)
+}
+
+/// The error for a file of another layout version.
+fn wrong_layout(path: &Path, layout: u64) -> StoreError {
+    StoreError::Core(Error::invalid(
+        "outbox",
+        format!(
+            "{} has layout version {layout}; this build reads {LAYOUT_VERSION}",
+            path.display()
+        ),
+    ))
 }
 
 fn open_file(path: &Path, config: &OutboxConfig) -> Result<(Database, u64), StoreError> {
@@ -182,15 +187,7 @@ fn open_file(path: &Path, config: &OutboxConfig) -> Result<(Database, u64), Stor
             None => {
                 info.insert(INFO_LAYOUT, LAYOUT_VERSION)?;
             }
-            Some(other) => {
-                return Err(StoreError::Core(Error::invalid(
-                    "outbox",
-                    format!(
-                        "{} has layout version {other}; this build reads {LAYOUT_VERSION}",
-                        path.display()
-                    ),
-                )));
-            }
+            Some(other) => return Err(wrong_layout(path, other)),
         }
         txn.open_table(OUTBOX)?.len()?
     };
