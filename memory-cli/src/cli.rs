@@ -198,6 +198,10 @@ pub struct EvalLearningArgs {
     /// scenario); the report shows how fast each arm recovers on them
     #[arg(long)]
     pub drift: bool,
+    /// The world of tasks: `tuning` (the one the memory was tuned on) or `holdout` (other
+    /// families, tools, traps and wordings, never tuned on)
+    #[arg(long, default_value = "tuning")]
+    pub world: memory_eval::learning::WorldName,
 }
 
 #[derive(Debug, Args)]

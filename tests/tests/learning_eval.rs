@@ -3,18 +3,34 @@
 //!
 //! Only robust orderings are asserted: with memory the agent succeeds more often in the last
 //! window than without, needs fewer steps per success, and reuses plans from memory; and the
-//! report is well-formed. The 500-task run is a benchmark (`memory eval learning`), not a test.
+//! report is well-formed; in the tuning world and in the holdout world (other families, tools
+//! and traps), with the drift of three families' procedures in the holdout run. The 500-task
+//! run is a benchmark (`memory eval learning`), not a test.
 #![allow(clippy::expect_used)]
 
 use std::sync::Arc;
 
-use memory_eval::learning::{Arm, LearningEval, LearningEvalConfig};
+use memory_eval::learning::{Arm, LearningEval, LearningEvalConfig, WorldName};
 use memory_storage_turso::TursoStorage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_memory_beats_no_memory_and_the_report_is_well_formed() -> anyhow::Result<()> {
     let config = LearningEvalConfig::default().with_tasks(150).with_seed(7);
-    let eval = LearningEval::new(config.clone());
+    check(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holdout_world_with_drift_shows_the_same_orderings() -> anyhow::Result<()> {
+    let config = LearningEvalConfig::default()
+        .with_tasks(150)
+        .with_seed(11)
+        .with_world(WorldName::Holdout)
+        .with_drift(true);
+    check(config).await
+}
+
+async fn check(config: LearningEvalConfig) -> anyhow::Result<()> {
+    let eval = LearningEval::new(config.clone())?;
     let mut arms = Vec::new();
     for arm in Arm::ALL {
         let storage = Arc::new(TursoStorage::open_local(":memory:").await?);
@@ -43,6 +59,8 @@ async fn full_memory_beats_no_memory_and_the_report_is_well_formed() -> anyhow::
         }
         assert!(a.tasks.iter().all(|t| t.steps <= config.max_steps));
     }
+    assert_eq!(report.arms[0].drift.change_at, 75);
+    assert_eq!(report.arms[0].drift.applied, config.drift);
     let json = serde_json::to_value(&report)?;
     assert_eq!(json["arms"][2]["arm"], "full_memory");
     assert!(json["comparison"]["steps_per_success_cut"].is_number());

@@ -88,8 +88,9 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
         LearningEvalConfig::default()
             .with_tasks(a.tasks)
             .with_seed(a.seed)
-            .with_drift(a.drift),
-    );
+            .with_drift(a.drift)
+            .with_world(a.world),
+    )?;
     let bar = indicatif::ProgressBar::new((a.tasks * Arm::ALL.len()) as u64);
     if s.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());

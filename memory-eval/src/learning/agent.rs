@@ -5,10 +5,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::world::{
-    Attempt, NOT_APPLICABLE, NOTHING_TO_FIX, RECOVERY_TOOLS, Rng, StepOutcome, Task,
-    candidate_tools, is_recovery_tool,
-};
+use super::world::{Attempt, NOT_APPLICABLE, NOTHING_TO_FIX, Rng, StepOutcome, Task, World};
 use super::{Arm, LearningEvalConfig};
 use memory_core::Namespace;
 use memory_core::Result;
@@ -77,6 +74,8 @@ pub struct TaskRecord {
 
 /// Runs one task with one arm's policy.
 pub(crate) struct Agent<'a> {
+    /// What the agent knows of the world: its tools and repair tools (not its procedures).
+    pub world: &'a World,
     pub memory: &'a SelfLearningMemory,
     pub ns: &'a Namespace,
     pub arm: Arm,
@@ -109,7 +108,7 @@ impl Agent<'_> {
         );
         let episode = self.memory.start_episode(self.ns, new).await?;
         let mut run = Run {
-            attempt: task.attempt(),
+            attempt: task.attempt(self.world),
             episode,
             steps: 0,
             failures: Vec::new(),
@@ -122,11 +121,11 @@ impl Agent<'_> {
         };
         let mut plan: std::collections::VecDeque<String> = advice.plan.iter().cloned().collect();
         let mut plan_held = advice.source.is_some();
-        let mut tried_here: HashSet<&'static str> = HashSet::new();
+        let mut tried_here: HashSet<&str> = HashSet::new();
         let mut prepared: HashSet<String> = HashSet::new();
         let mut pitfalls_applied = 0u32;
         let mut recovery_feedback: Vec<(PatternId, bool)> = Vec::new();
-        let candidates = candidate_tools(task.task_type);
+        let candidates = self.world.tools(task.task_type);
 
         while !run.attempt.done() && run.steps < self.config.max_steps {
             let tool: String = if let Some(t) = plan.pop_front() {
@@ -134,20 +133,20 @@ impl Agent<'_> {
             } else {
                 // The plan (if any) ran out before the task was done.
                 plan_held = false;
-                let open: Vec<&'static str> = candidates
+                let open: Vec<&str> = candidates
                     .iter()
-                    .copied()
+                    .map(String::as_str)
                     .filter(|t| !tried_here.contains(t))
                     .collect();
                 if open.is_empty() {
                     tried_here.clear();
-                    candidates[rng.below(candidates.len())].to_owned()
+                    candidates[rng.below(candidates.len())].clone()
                 } else {
                     open[rng.below(open.len())].to_owned()
                 }
             };
             // Avoid known pitfalls: run the setup a lesson says this tool needs, once.
-            if !is_recovery_tool(&tool) && prepared.insert(tool.clone()) {
+            if !self.world.is_recovery_tool(&tool) && prepared.insert(tool.clone()) {
                 for fix in advice.pitfalls.iter().filter(|f| f.failed_tool == tool) {
                     if let Some(prep) = fix.prep.first()
                         && !run.succeeded.contains(prep)
@@ -162,13 +161,13 @@ impl Agent<'_> {
             }
             match self.call(&mut run, &tool).await? {
                 StepOutcome::Ok(_) => {
-                    if !is_recovery_tool(&tool) {
+                    if !self.world.is_recovery_tool(&tool) {
                         tried_here.clear();
                     }
                 }
                 StepOutcome::Error(e) if e.ends_with(NOT_APPLICABLE) => {
                     if let Some(t) = candidates.iter().find(|t| **t == tool) {
-                        tried_here.insert(t);
+                        tried_here.insert(t.as_str());
                     }
                     if !plan.is_empty() || plan_held {
                         // The plan was wrong here: explore from this point.
@@ -223,7 +222,7 @@ impl Agent<'_> {
         }
         Ok(TaskRecord {
             index: task.index,
-            family: task.family.to_owned(),
+            family: task.family.clone(),
             trapped: task.trapped(),
             success,
             steps: run.steps,
@@ -321,9 +320,11 @@ impl Agent<'_> {
                 }
             }
         }
-        let mut rest: Vec<&str> = RECOVERY_TOOLS
+        let mut rest: Vec<&str> = self
+            .world
+            .recovery_tools()
             .iter()
-            .copied()
+            .map(String::as_str)
             .filter(|r| !order.iter().any(|(t, _)| t == r))
             .collect();
         while !rest.is_empty() {
@@ -404,7 +405,7 @@ impl Agent<'_> {
             if l.error_class.ends_with(NOT_APPLICABLE) {
                 continue; // "wrong tool here" says nothing about setup
             }
-            let prep = fixes(
+            let prep = self.fixes(
                 l.remedies.iter().map(|r| r.tools.as_slice()),
                 &l.failed_tool,
             );
@@ -424,7 +425,7 @@ impl Agent<'_> {
                 recovery,
             } = &a.item.kind
             {
-                let prep = fixes(std::iter::once(recovery.as_slice()), failed_tool);
+                let prep = self.fixes(std::iter::once(recovery.as_slice()), failed_tool);
                 if !prep.is_empty() && a.item.success_rate() >= 0.5 {
                     advice.recoveries.push(KnownFix {
                         failed_tool: failed_tool.clone(),
@@ -437,21 +438,25 @@ impl Agent<'_> {
         }
         Ok(advice)
     }
-}
 
-/// The setup tools that fixed a failure of `failed_tool`, from recoveries (most frequent
-/// first): the setup step right before the successful retry of the failed tool. A recovery
-/// that does not end with that retry (cut short, or a different approach) names no fix.
-fn fixes<'r>(recoveries: impl Iterator<Item = &'r [String]>, failed_tool: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for tools in recoveries {
-        if let [.., fix, retry] = tools
-            && retry == failed_tool
-            && is_recovery_tool(fix)
-            && !out.contains(fix)
-        {
-            out.push(fix.clone());
+    /// The setup tools that fixed a failure of `failed_tool`, from recoveries (most frequent
+    /// first): the setup step right before the successful retry of the failed tool. A recovery
+    /// that does not end with that retry (cut short, or a different approach) names no fix.
+    fn fixes<'r>(
+        &self,
+        recoveries: impl Iterator<Item = &'r [String]>,
+        failed_tool: &str,
+    ) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for tools in recoveries {
+            if let [.., fix, retry] = tools
+                && retry == failed_tool
+                && self.world.is_recovery_tool(fix)
+                && !out.contains(fix)
+            {
+                out.push(fix.clone());
+            }
         }
+        out
     }
-    out
 }

@@ -27,7 +27,7 @@
 //! ```
 //! use memory_eval::learning::{LearningEval, LearningEvalConfig};
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-//! let eval = LearningEval::new(LearningEvalConfig::default().with_tasks(40).with_seed(1));
+//! let eval = LearningEval::new(LearningEvalConfig::default().with_tasks(40).with_seed(1))?;
 //! let report = eval.run_in_memory().await?;
 //! assert_eq!(report.arms.len(), 4);
 //! # Ok::<(), memory_core::Error>(())
@@ -53,7 +53,7 @@ pub use report::{
     WindowStats, format_report,
 };
 pub use withhold::{Visible, Withholding};
-pub use world::{StepOutcome, Task, World, candidate_tools, is_recovery_tool};
+pub use world::{StepOutcome, Task, World, WorldName};
 
 use memory_core::Clock;
 use memory_core::ConsolidationConfig;
@@ -150,6 +150,8 @@ pub struct LearningEvalConfig {
     /// Whether some families' procedures change half way through the stream (one step of
     /// their hidden sequence becomes another tool).
     pub drift: bool,
+    /// The world the tasks are drawn from.
+    pub world: WorldName,
 }
 
 impl Default for LearningEvalConfig {
@@ -163,6 +165,7 @@ impl Default for LearningEvalConfig {
             timeout_retries: 2,
             recommend_limit: 30,
             drift: false,
+            world: WorldName::Tuning,
         }
     }
 }
@@ -186,6 +189,13 @@ impl LearningEvalConfig {
     #[must_use]
     pub fn with_drift(mut self, drift: bool) -> Self {
         self.drift = drift;
+        self
+    }
+
+    /// In this world.
+    #[must_use]
+    pub fn with_world(mut self, world: WorldName) -> Self {
+        self.world = world;
         self
     }
 
@@ -246,12 +256,16 @@ pub struct LearningEval {
 
 impl LearningEval {
     /// An evaluation with these settings (the world is drawn from the seed).
-    pub fn new(config: LearningEvalConfig) -> Self {
-        let mut world = World::new(config.seed, config.noise);
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the settings are out of range.
+    pub fn new(config: LearningEvalConfig) -> Result<Self> {
+        config.validate()?;
+        let mut world = World::new(config.world, config.seed, config.noise)?;
         if config.drift {
             world = world.with_drift(config.change_at());
         }
-        LearningEval { config, world }
+        Ok(LearningEval { config, world })
     }
 
     /// Tasks of the stream with an armed trap.
@@ -289,6 +303,7 @@ impl LearningEval {
         )?;
         let ns = Namespace::new(format!("eval/learning/{}", arm.as_str()))?;
         let agent = agent::Agent {
+            world: &self.world,
             memory: &memory,
             ns: &ns,
             arm,

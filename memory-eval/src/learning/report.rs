@@ -298,8 +298,9 @@ pub fn format_report(r: &LearningReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} tasks, seed {}, windows of {}, step budget {}, noise {:.0}%; {} trapped tasks; \
-         retrieval {}; storage {} (fresh per arm)",
+        "{} world, {} tasks, seed {}, windows of {}, step budget {}, noise {:.0}%; {} trapped \
+         tasks; retrieval {}; storage {} (fresh per arm)",
+        r.config.world.as_str(),
         r.config.tasks,
         r.config.seed,
         r.config.window,

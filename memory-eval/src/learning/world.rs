@@ -5,9 +5,11 @@
 //! The hidden parts (the right sequence, which traps are armed, when noise strikes) stay in
 //! [`Task`] and are only revealed one step result at a time.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use memory_core::{Complexity, TaskContext, TaskType};
+use memory_core::{Complexity, Error, Result, TaskContext, TaskType};
+use serde::{Deserialize, Serialize};
 
 /// A small deterministic generator (SplitMix64): the same seed gives the same world on every
 /// machine, independent of any crate's version.
@@ -46,76 +48,6 @@ pub(crate) fn derive(seed: u64, label: u64) -> u64 {
     Rng::new(seed ^ label.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
 }
 
-/// Tools an agent may consider for a kind of task: general knowledge, the same for every arm.
-/// The hidden sequences are drawn from these.
-pub fn candidate_tools(task_type: TaskType) -> &'static [&'static str] {
-    match task_type {
-        TaskType::Debugging => &[
-            "read_logs",
-            "reproduce",
-            "search_code",
-            "add_logging",
-            "edit_file",
-            "run_tests",
-        ],
-        TaskType::Testing => &[
-            "read_file",
-            "write_test",
-            "run_tests",
-            "edit_file",
-            "coverage",
-            "lint",
-        ],
-        TaskType::Refactoring => &[
-            "search_code",
-            "read_file",
-            "edit_file",
-            "build",
-            "run_tests",
-            "lint",
-        ],
-        TaskType::Analysis => &[
-            "profile",
-            "read_logs",
-            "query_metrics",
-            "search_code",
-            "benchmark",
-            "write_report",
-        ],
-        TaskType::Documentation => &[
-            "read_file",
-            "search_code",
-            "write_docs",
-            "build_docs",
-            "lint",
-            "edit_file",
-        ],
-        TaskType::CodeGeneration | TaskType::Other => &[
-            "read_file",
-            "scaffold",
-            "edit_file",
-            "build",
-            "run_tests",
-            "format",
-        ],
-    }
-}
-
-/// Setup and repair tools: what an agent tries when a tool fails for a reason other than being
-/// the wrong tool. General knowledge, the same for every arm.
-pub const RECOVERY_TOOLS: [&str; 5] = [
-    "install_deps",
-    "clear_cache",
-    "migrate_db",
-    "restart_service",
-    "update_config",
-];
-
-/// True for a setup or repair tool.
-pub fn is_recovery_tool(tool: &str) -> bool {
-    RECOVERY_TOOLS.contains(&tool)
-}
-
 /// The error text of calling a tool that does nothing at this point of the task.
 pub const NOT_APPLICABLE: &str = "not applicable at this stage of the task";
 /// The error text of a repair tool with nothing to repair.
@@ -123,247 +55,125 @@ pub const NOTHING_TO_FIX: &str = "nothing to fix here";
 /// What the last right step says.
 pub const TASK_DONE: &str = "task complete";
 
-/// A trap: `tool` fails in the matching contexts until `fix` has been run in the task.
-#[derive(Debug, Clone, Copy)]
-struct TrapSpec {
-    tool: &'static str,
-    language: &'static str,
-    /// Only with this framework (`None`: any).
-    framework: Option<&'static str>,
-    /// Only with this tag (`None`: any).
-    tag: Option<&'static str>,
-    /// The error, `{}` replaced by a task-specific detail (numbers, names).
-    error: &'static str,
-    fix: &'static str,
+/// Which world the stream is drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorldName {
+    /// The world the memory's learning was tuned on.
+    #[default]
+    Tuning,
+    /// Other families, tools, traps and wordings, never tuned on: only reported.
+    Holdout,
 }
 
-const TRAPS: [TrapSpec; 6] = [
-    TrapSpec {
-        tool: "run_tests",
-        language: "python",
-        framework: Some("django"),
-        tag: None,
-        error: "OperationalError: no such table '{}'",
-        fix: "migrate_db",
-    },
-    TrapSpec {
-        tool: "build",
-        language: "rust",
-        framework: None,
-        tag: Some("openssl"),
-        error: "linker `cc` failed: exit status 1 (cannot find -lssl for '{}')",
-        fix: "install_deps",
-    },
-    TrapSpec {
-        tool: "run_tests",
-        language: "go",
-        framework: None,
-        tag: None,
-        error: "stale object file in build cache for package '{}'",
-        fix: "clear_cache",
-    },
-    TrapSpec {
-        tool: "lint",
-        language: "typescript",
-        framework: None,
-        tag: None,
-        error: "Cannot find module 'eslint-plugin-{}'",
-        fix: "install_deps",
-    },
-    TrapSpec {
-        tool: "reproduce",
-        language: "java",
-        framework: None,
-        tag: None,
-        error: "connection refused to broker at '{}:9092'",
-        fix: "restart_service",
-    },
-    TrapSpec {
-        tool: "profile",
-        language: "python",
-        framework: None,
-        tag: None,
-        error: "PermissionError: perf_event_paranoid is 3 for '{}'",
-        fix: "update_config",
-    },
-];
+impl WorldName {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorldName::Tuning => "tuning",
+            WorldName::Holdout => "holdout",
+        }
+    }
+
+    /// Every world.
+    pub const ALL: [WorldName; 2] = [WorldName::Tuning, WorldName::Holdout];
+
+    /// The world's definition, embedded in the crate (`worlds/*.json`).
+    fn definition(self) -> &'static str {
+        match self {
+            WorldName::Tuning => include_str!("../../worlds/tuning.json"),
+            WorldName::Holdout => include_str!("../../worlds/holdout.json"),
+        }
+    }
+}
+
+impl std::str::FromStr for WorldName {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        WorldName::ALL
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| format!("unknown world {s:?}: tuning or holdout"))
+    }
+}
+
+/// A trap: `tool` fails in the matching contexts until `fix` has been run in the task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrapSpec {
+    tool: String,
+    language: String,
+    /// Only with this framework (`None`: any).
+    framework: Option<String>,
+    /// Only with this tag (`None`: any).
+    tag: Option<String>,
+    /// The error, `{}` replaced by a task-specific detail (numbers, names).
+    error: String,
+    fix: String,
+}
 
 /// A family of tasks: one kind of work with a hidden right tool sequence.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FamilySpec {
-    name: &'static str,
+    name: String,
     task_type: TaskType,
-    domain: &'static str,
+    domain: String,
     /// Languages with their frameworks.
-    languages: &'static [(&'static str, &'static [&'static str])],
+    languages: Vec<(String, Vec<String>)>,
     /// Tags a task may carry (each with probability 1/2).
-    tags: &'static [&'static str],
+    tags: Vec<String>,
     /// Wordings; `{}` is replaced by a subject.
-    wordings: &'static [&'static str],
-    subjects: &'static [&'static str],
+    wordings: Vec<String>,
+    subjects: Vec<String>,
 }
 
-const FAMILIES: [FamilySpec; 10] = [
-    FamilySpec {
-        name: "rate_limit",
-        task_type: TaskType::CodeGeneration,
-        domain: "web_api",
-        languages: &[("rust", &["axum", "actix"]), ("python", &["django"])],
-        tags: &["openssl", "http"],
-        wordings: &[
-            "add rate limiting to the {} API",
-            "throttle requests hitting the {} endpoints",
-            "limit how many calls per minute the {} service accepts",
-            "implement a token bucket in front of {}",
-            "protect the {} routes from request floods",
-        ],
-        subjects: &["orders", "billing", "search", "auth", "profile"],
-    },
-    FamilySpec {
-        name: "flaky_test",
-        task_type: TaskType::Testing,
-        domain: "web_api",
-        languages: &[("python", &["django", "flask"]), ("go", &["gin"])],
-        tags: &["ci", "time"],
-        wordings: &[
-            "fix the flaky {} test",
-            "the {} test fails intermittently in CI, make it stable",
-            "stabilize the nondeterministic {} test case",
-            "{} test passes locally but randomly fails on the build server",
-        ],
-        subjects: &["invoice", "login", "checkout", "session", "webhook"],
-    },
-    FamilySpec {
-        name: "schema_migration",
-        task_type: TaskType::CodeGeneration,
-        domain: "databases",
-        languages: &[("python", &["django"]), ("java", &["spring"])],
-        tags: &["postgres", "zero-downtime"],
-        wordings: &[
-            "migrate the {} table to the new schema",
-            "add a column to {} without downtime",
-            "write a schema migration for the {} records",
-            "change the {} table layout and backfill the data",
-        ],
-        subjects: &["users", "payments", "audit_log", "inventory"],
-    },
-    FamilySpec {
-        name: "memory_leak",
-        task_type: TaskType::Debugging,
-        domain: "services",
-        languages: &[("java", &["spring"]), ("go", &["grpc"])],
-        tags: &["production", "heap"],
-        wordings: &[
-            "find the memory leak in the {} service",
-            "{} keeps growing in RSS until it is OOM-killed",
-            "heap usage of {} climbs steadily, track down why",
-            "debug the out-of-memory crash in {}",
-        ],
-        subjects: &["gateway", "scheduler", "indexer", "notifier"],
-    },
-    FamilySpec {
-        name: "crash_on_start",
-        task_type: TaskType::Debugging,
-        domain: "services",
-        languages: &[("java", &["spring"]), ("rust", &["tokio"])],
-        tags: &["startup", "config"],
-        wordings: &[
-            "the {} service crashes right after start",
-            "fix the panic when {} boots",
-            "{} exits with an error during initialization",
-            "investigate why {} fails to come up after deploy",
-        ],
-        subjects: &["gateway", "scheduler", "indexer", "notifier"],
-    },
-    FamilySpec {
-        name: "extract_module",
-        task_type: TaskType::Refactoring,
-        domain: "cli_tools",
-        languages: &[("rust", &["clap"]), ("typescript", &["node"])],
-        tags: &["openssl", "cleanup"],
-        wordings: &[
-            "split the {} module into smaller files",
-            "extract the {} logic into its own module",
-            "refactor {} so each concern lives in one place",
-            "untangle the {} code without changing behaviour",
-        ],
-        subjects: &[
-            "config parsing",
-            "argument handling",
-            "output formatting",
-            "plugin loading",
-        ],
-    },
-    FamilySpec {
-        name: "ui_tests",
-        task_type: TaskType::Testing,
-        domain: "frontend",
-        languages: &[("typescript", &["react", "vue"])],
-        tags: &["e2e", "snapshot"],
-        wordings: &[
-            "add tests for the {} component",
-            "cover the {} page with unit tests",
-            "write missing tests around {}",
-            "the {} widget has no tests, add some",
-        ],
-        subjects: &["date picker", "cart", "navigation bar", "signup form"],
-    },
-    FamilySpec {
-        name: "slow_query",
-        task_type: TaskType::Analysis,
-        domain: "databases",
-        languages: &[("python", &["sqlalchemy"]), ("go", &["pgx"])],
-        tags: &["postgres", "latency"],
-        wordings: &[
-            "analyze why the {} query is slow",
-            "the {} report takes minutes to load, find the bottleneck",
-            "profile the database load caused by {}",
-            "explain the latency spike of the {} lookup",
-        ],
-        subjects: &[
-            "monthly revenue",
-            "user search",
-            "order history",
-            "stock level",
-        ],
-    },
-    FamilySpec {
-        name: "api_docs",
-        task_type: TaskType::Documentation,
-        domain: "web_api",
-        languages: &[("rust", &["axum"]), ("python", &["flask"])],
-        tags: &["openapi", "examples"],
-        wordings: &[
-            "document the {} endpoints",
-            "write reference docs for the {} API",
-            "add usage examples to the {} API documentation",
-            "the {} API has no docs, write them",
-        ],
-        subjects: &["orders", "billing", "search", "auth"],
-    },
-    FamilySpec {
-        name: "cache_layer",
-        task_type: TaskType::CodeGeneration,
-        domain: "services",
-        languages: &[("go", &["grpc"]), ("rust", &["tokio"])],
-        tags: &["redis", "openssl"],
-        wordings: &[
-            "add a cache in front of the {} lookups",
-            "memoize expensive {} calls",
-            "put a read-through cache on {}",
-            "reduce repeated {} fetches with caching",
-        ],
-        subjects: &["price", "profile", "catalog", "permission"],
-    },
-];
+/// What a world is made of: the tools an agent may consider per kind of task and the setup
+/// and repair tools (general knowledge, the same for every arm), the traps, and the families.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorldSpec {
+    tools: BTreeMap<TaskType, Vec<String>>,
+    recovery_tools: Vec<String>,
+    traps: Vec<TrapSpec>,
+    families: Vec<FamilySpec>,
+}
+
+impl WorldSpec {
+    fn parse(name: WorldName) -> Result<Self> {
+        let spec: WorldSpec = serde_json::from_str(name.definition())
+            .map_err(|e| Error::invalid("world", format!("{}: {e}", name.as_str())))?;
+        let usable = |v: &[String]| v.iter().all(|t| !t.is_empty()) && !v.is_empty();
+        let families_ok = spec.families.iter().all(|f| {
+            spec.tools
+                .get(&f.task_type)
+                .is_some_and(|t| usable(t) && t.len() >= 4)
+                && !f.languages.is_empty()
+                && f.languages.iter().all(|(_, fw)| !fw.is_empty())
+                && !f.wordings.is_empty()
+                && !f.subjects.is_empty()
+        });
+        if spec.families.is_empty() || !families_ok || !usable(&spec.recovery_tools) {
+            return Err(Error::invalid(
+                "world",
+                format!(
+                    "{}: a family lacks tools, languages, wordings or subjects",
+                    name.as_str()
+                ),
+            ));
+        }
+        Ok(spec)
+    }
+}
 
 /// A family as the world knows it: its spec and its hidden sequence.
 #[derive(Debug, Clone)]
 struct Family {
     spec: FamilySpec,
-    sequence: Vec<&'static str>,
+    sequence: Vec<String>,
     /// The sequence after its procedure changes (for the families that drift).
-    changed: Option<Vec<&'static str>>,
+    changed: Option<Vec<String>>,
 }
 
 /// Families whose procedure changes in a drifting world.
@@ -372,9 +182,9 @@ const DRIFTING_FAMILIES: usize = 3;
 /// A trap armed in a task.
 #[derive(Debug, Clone)]
 struct ArmedTrap {
-    tool: &'static str,
+    tool: String,
     error: String,
-    fix: &'static str,
+    fix: String,
 }
 
 /// One task of the stream: what the agent sees, and the hidden rest.
@@ -383,14 +193,14 @@ pub struct Task {
     /// Position in the stream (0-based).
     pub index: usize,
     /// The family's name (for reports, not shown to the agent).
-    pub family: &'static str,
+    pub family: String,
     /// The task in words (one of the family's wordings).
     pub description: String,
     /// Its kind.
     pub task_type: TaskType,
     /// Its context.
     pub context: TaskContext,
-    sequence: Vec<&'static str>,
+    sequence: Vec<String>,
     traps: Vec<ArmedTrap>,
     noise_seed: u64,
     noise: f64,
@@ -412,8 +222,9 @@ pub enum StepOutcome {
 pub struct Attempt<'t> {
     task: &'t Task,
     position: usize,
-    fixed: Vec<&'static str>,
+    fixed: Vec<&'t str>,
     calls: u64,
+    recovery_tools: &'t [String],
 }
 
 impl<'t> Attempt<'t> {
@@ -439,19 +250,24 @@ impl<'t> Attempt<'t> {
         self.task
             .traps
             .iter()
-            .filter(|t| !self.fixed.contains(&t.fix))
+            .filter(|t| !self.fixed.contains(&t.fix.as_str()))
     }
 
     /// What calling `tool` does when no noise strikes.
     fn step(&mut self, tool: &str) -> StepOutcome {
-        if is_recovery_tool(tool) {
+        if self.recovery_tools.iter().any(|r| r == tool) {
             let Some(t) = self.armed().find(|t| t.fix == tool) else {
                 return StepOutcome::Error(format!("{tool}: {NOTHING_TO_FIX}"));
             };
-            self.fixed.push(t.fix);
+            self.fixed.push(&t.fix);
             return StepOutcome::Ok(format!("{tool}: applied"));
         }
-        if self.task.sequence.get(self.position) != Some(&tool) {
+        if self
+            .task
+            .sequence
+            .get(self.position)
+            .is_none_or(|t| t != tool)
+        {
             return StepOutcome::Error(format!("{tool}: {NOT_APPLICABLE}"));
         }
         if let Some(trap) = self.armed().find(|t| t.tool == tool) {
@@ -467,13 +283,14 @@ impl<'t> Attempt<'t> {
 }
 
 impl Task {
-    /// Starts working on the task.
-    pub fn attempt(&self) -> Attempt<'_> {
+    /// Starts working on the task, in `world` (which knows the repair tools).
+    pub fn attempt<'t>(&'t self, world: &'t World) -> Attempt<'t> {
         Attempt {
             task: self,
             position: 0,
             fixed: Vec::new(),
             calls: 0,
+            recovery_tools: &world.spec.recovery_tools,
         }
     }
 
@@ -488,29 +305,36 @@ impl Task {
 pub struct World {
     seed: u64,
     noise: f64,
+    spec: WorldSpec,
     families: Vec<Family>,
     /// From this task on, the drifting families follow their changed sequence.
     drift_at: Option<usize>,
 }
 
 impl World {
-    /// The world of `seed`, with injected timeouts at probability `noise` per call.
-    pub fn new(seed: u64, noise: f64) -> Self {
+    /// The world `name` drawn from `seed`, with injected timeouts at probability `noise` per
+    /// call.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the embedded definition of the world does not parse.
+    pub fn new(name: WorldName, seed: u64, noise: f64) -> Result<Self> {
+        let spec = WorldSpec::parse(name)?;
         let mut rng = Rng::new(derive(seed, 1));
-        let families = FAMILIES
+        let families = spec
+            .families
             .iter()
-            .map(|spec| {
-                let tools = candidate_tools(spec.task_type);
+            .map(|f| {
+                let tools = spec.tools.get(&f.task_type).map_or(&[][..], Vec::as_slice);
                 let len = 4 + rng.below(4);
-                let mut sequence: Vec<&'static str> = Vec::with_capacity(len);
+                let mut sequence: Vec<String> = Vec::with_capacity(len);
                 while sequence.len() < len {
-                    let t = tools[rng.below(tools.len())];
-                    if sequence.last() != Some(&t) {
-                        sequence.push(t);
+                    let t = &tools[rng.below(tools.len())];
+                    if sequence.last() != Some(t) {
+                        sequence.push(t.clone());
                     }
                 }
                 Family {
-                    spec: *spec,
+                    spec: f.clone(),
                     sequence,
                     changed: None,
                 }
@@ -519,11 +343,29 @@ impl World {
         let mut world = World {
             seed,
             noise,
+            spec,
             families,
             drift_at: None,
         };
         world.draw_changes();
-        world
+        Ok(world)
+    }
+
+    /// Tools an agent may consider for a kind of task (general knowledge, the same for every
+    /// arm); the hidden sequences are drawn from these.
+    pub fn tools(&self, task_type: TaskType) -> &[String] {
+        self.spec.tools.get(&task_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// Setup and repair tools: what an agent tries when a tool fails for a reason other than
+    /// being the wrong tool.
+    pub fn recovery_tools(&self) -> &[String] {
+        &self.spec.recovery_tools
+    }
+
+    /// True for a setup or repair tool.
+    pub fn is_recovery_tool(&self, tool: &str) -> bool {
+        self.spec.recovery_tools.iter().any(|r| r == tool)
     }
 
     /// Picks the drifting families and their changed sequences: one step becomes another tool
@@ -540,17 +382,17 @@ impl World {
         }
         for f in picked {
             let family = &mut self.families[f];
-            let tools = candidate_tools(family.spec.task_type);
+            let tools = self.spec.tools.get(&family.spec.task_type);
             let mut seq = family.sequence.clone();
             let at = rng.below(seq.len());
             let neighbours = [at.checked_sub(1), Some(at), Some(at + 1)];
-            let open: Vec<&'static str> = tools
-                .iter()
-                .copied()
-                .filter(|t| !neighbours.iter().flatten().any(|&i| seq.get(i) == Some(t)))
+            let open: Vec<&String> = tools
+                .into_iter()
+                .flatten()
+                .filter(|t| !neighbours.iter().flatten().any(|&i| seq.get(i) == Some(*t)))
                 .collect();
             if let Some(t) = open.get(rng.below(open.len())) {
-                seq[at] = t;
+                seq[at] = (*t).clone();
                 family.changed = Some(seq);
             }
         }
@@ -565,9 +407,9 @@ impl World {
     }
 
     /// The names of the families whose procedure changes when the world drifts.
-    pub fn drifting(&self) -> Vec<&'static str> {
+    pub fn drifting(&self) -> Vec<&str> {
         let drifting = self.families.iter().filter(|f| f.changed.is_some());
-        drifting.map(|f| f.spec.name).collect()
+        drifting.map(|f| f.spec.name.as_str()).collect()
     }
 
     /// Task `index` of the stream (the same for every arm).
@@ -579,9 +421,9 @@ impl World {
             (Some(changed), Some(at)) if index >= at => changed.clone(),
             _ => family.sequence.clone(),
         };
-        let (language, frameworks) = spec.languages[rng.below(spec.languages.len())];
-        let framework = frameworks[rng.below(frameworks.len())];
-        let mut context = TaskContext::new(spec.domain)
+        let (language, frameworks) = &spec.languages[rng.below(spec.languages.len())];
+        let framework = &frameworks[rng.below(frameworks.len())];
+        let mut context = TaskContext::new(spec.domain.as_str())
             .with_language(language)
             .with_framework(framework)
             .with_complexity(match rng.below(3) {
@@ -589,37 +431,39 @@ impl World {
                 1 => Complexity::Moderate,
                 _ => Complexity::Complex,
             });
-        for tag in spec.tags {
+        for tag in &spec.tags {
             if rng.chance(0.5) {
-                context = context.with_tag(*tag);
+                context = context.with_tag(tag.as_str());
             }
         }
-        let subject = spec.subjects[rng.below(spec.subjects.len())];
-        let wording = spec.wordings[rng.below(spec.wordings.len())];
+        let subject = &spec.subjects[rng.below(spec.subjects.len())];
+        let wording = &spec.wordings[rng.below(spec.wordings.len())];
         let mut description = wording.replace("{}", subject);
         if rng.chance(0.3) {
             let _ = write!(description, " (ticket #{})", 100 + rng.below(9_000));
         }
-        let traps = TRAPS
+        let traps = self
+            .spec
+            .traps
             .iter()
             .filter(|t| {
-                t.language == language
-                    && t.framework.is_none_or(|f| f == framework)
-                    && t.tag.is_none_or(|g| context.tags.iter().any(|x| x == g))
+                t.language == *language
+                    && t.framework.as_ref().is_none_or(|f| f == framework)
+                    && t.tag.as_ref().is_none_or(|g| context.tags.contains(g))
                     && sequence.contains(&t.tool)
             })
             .map(|t| ArmedTrap {
-                tool: t.tool,
+                tool: t.tool.clone(),
                 error: t.error.replace(
                     "{}",
                     &format!("{}_{}", subject.replace(' ', "_"), rng.below(1_000)),
                 ),
-                fix: t.fix,
+                fix: t.fix.clone(),
             })
             .collect();
         Task {
             index,
-            family: spec.name,
+            family: spec.name.clone(),
             description,
             task_type: spec.task_type,
             context,
@@ -637,15 +481,15 @@ mod tests {
 
     #[test]
     fn the_world_is_deterministic_by_seed() {
-        let a = World::new(7, 0.05);
-        let b = World::new(7, 0.05);
+        let a = World::new(WorldName::Tuning, 7, 0.05).unwrap();
+        let b = World::new(WorldName::Tuning, 7, 0.05).unwrap();
         for i in 0..50 {
             let (x, y) = (a.task(i), b.task(i));
             assert_eq!(x.description, y.description);
             assert_eq!(x.sequence, y.sequence);
             assert_eq!(x.traps.len(), y.traps.len());
         }
-        let c = World::new(8, 0.05);
+        let c = World::new(WorldName::Tuning, 8, 0.05).unwrap();
         assert!(
             (0..10).any(|i| a.task(i).description != c.task(i).description
                 || a.task(i).sequence != c.task(i).sequence)
@@ -654,13 +498,13 @@ mod tests {
 
     #[test]
     fn following_the_hidden_sequence_and_fixing_traps_completes_the_task() {
-        let world = World::new(3, 0.0);
+        let world = World::new(WorldName::Tuning, 3, 0.0).unwrap();
         for i in 0..100 {
             let task = world.task(i);
-            let mut attempt = task.attempt();
+            let mut attempt = task.attempt(&world);
             for trap in &task.traps {
                 assert_eq!(
-                    attempt.call(trap.fix).0,
+                    attempt.call(&trap.fix).0,
                     StepOutcome::Ok(format!("{}: applied", trap.fix))
                 );
             }
@@ -673,8 +517,10 @@ mod tests {
 
     #[test]
     fn drifting_families_change_one_step_from_the_change_on() {
-        let stable = World::new(5, 0.0);
-        let drifting = World::new(5, 0.0).with_drift(100);
+        let stable = World::new(WorldName::Tuning, 5, 0.0).unwrap();
+        let drifting = World::new(WorldName::Tuning, 5, 0.0)
+            .unwrap()
+            .with_drift(100);
         assert_eq!(stable.drifting().len(), DRIFTING_FAMILIES);
         assert_eq!(stable.drifting(), drifting.drifting());
         for i in 0..200 {
@@ -685,15 +531,35 @@ mod tests {
                 .zip(&b.sequence)
                 .filter(|(x, y)| x != y)
                 .count();
-            let changes = i >= 100 && drifting.drifting().contains(&a.family);
+            let changes = i >= 100 && drifting.drifting().contains(&a.family.as_str());
             assert_eq!(differ, usize::from(changes), "task {i} of {}", a.family);
             assert_eq!(a.description, b.description);
         }
     }
 
     #[test]
+    fn both_worlds_parse_and_differ_in_families_and_tools() {
+        let tuning = World::new(WorldName::Tuning, 1, 0.0).unwrap();
+        let holdout = World::new(WorldName::Holdout, 1, 0.0).unwrap();
+        let names = |w: &World| {
+            w.families
+                .iter()
+                .map(|f| f.spec.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(names(&tuning).iter().all(|n| !names(&holdout).contains(n)));
+        let tools = |w: &World| w.spec.tools.values().flatten().cloned().collect::<Vec<_>>();
+        let shared = tools(&holdout)
+            .into_iter()
+            .filter(|t| tools(&tuning).contains(t))
+            .count();
+        assert_eq!(shared, 0, "the holdout world uses its own tools");
+        assert!((0..200).any(|i| holdout.task(i).trapped()));
+    }
+
+    #[test]
     fn a_wrong_tool_and_an_unfixed_trap_fail() {
-        let world = World::new(3, 0.0);
+        let world = World::new(WorldName::Tuning, 3, 0.0).unwrap();
         let task = (0..200)
             .map(|i| world.task(i))
             .find(|t| t.trapped() && t.sequence[0] == t.traps[0].tool)
@@ -701,18 +567,18 @@ mod tests {
         let Some(task) = task else {
             panic!("no trapped task in 200");
         };
-        let mut attempt = task.attempt();
-        let wrong = candidate_tools(task.task_type)
+        let mut attempt = task.attempt(&world);
+        let wrong = world
+            .tools(task.task_type)
             .iter()
             .find(|t| **t != task.sequence[0])
-            .copied()
-            .unwrap_or("nope");
+            .map_or("nope", String::as_str);
         assert!(
             matches!(attempt.call(wrong).0, StepOutcome::Error(ref e) if e.ends_with(NOT_APPLICABLE))
         );
-        let trap_tool = task.traps[0].tool;
+        let trap_tool = &task.traps[0].tool;
         for tool in &task.sequence {
-            if *tool == trap_tool {
+            if tool == trap_tool {
                 assert!(matches!(attempt.call(tool).0, StepOutcome::Error(_)));
                 break;
             }
