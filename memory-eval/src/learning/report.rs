@@ -128,9 +128,8 @@ pub(crate) fn drift_report(
     let w = DRIFT_WINDOW as i64;
     let first = -(at / w) * w;
     let end = tasks.len() as i64 - at;
-    let windows = (0..)
-        .map(|k| first + k * w)
-        .take_while(|from| *from < end)
+    let windows = (first..end)
+        .step_by(DRIFT_WINDOW)
         .map(|from| DriftWindow {
             from,
             to: (from + w).min(end),
@@ -498,7 +497,7 @@ mod tests {
         let tasks: Vec<TaskRecord> = (0..100)
             .map(|i| TaskRecord {
                 family: if i % 2 == 0 { "a" } else { "b" }.into(),
-                ..record(i, i < 50 || i >= 80 || i % 2 == 1, 3, &[], "none")
+                ..record(i, !(50..80).contains(&i) || i % 2 == 1, 3, &[], "none")
             })
             .collect();
         let d = drift_report(&tasks, &["a"], 50, true);

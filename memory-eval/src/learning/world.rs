@@ -392,7 +392,7 @@ impl World {
                 .filter(|t| !neighbours.iter().flatten().any(|&i| seq.get(i) == Some(*t)))
                 .collect();
             if let Some(t) = open.get(rng.below(open.len())) {
-                seq[at] = (*t).clone();
+                seq[at].clone_from(t);
                 family.changed = Some(seq);
             }
         }
