@@ -62,9 +62,9 @@ pub use episode::{
 pub use error::{Error, ObjectKind, Result};
 pub use learned::{
     ContextKey, Effectiveness, Evidence, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget,
-    Heuristic, HeuristicId, HeuristicObservation, Learned, LearnedId, LearnedItem, LearnedKind,
-    LearnedStatus, LessonId, LessonObservation, Pattern, PatternId, PatternKind,
-    PatternObservation, Remedy, lesson_id, pattern_id,
+    HINDERED_STREAK_DISCOUNT, Heuristic, HeuristicId, HeuristicObservation, Learned, LearnedId,
+    LearnedItem, LearnedKind, LearnedStatus, LessonId, LessonObservation, Pattern, PatternId,
+    PatternKind, PatternObservation, Remedy, lesson_id, pattern_id,
 };
 pub use learning::{
     Changed, ExistingLearned, LearnedChanges, LearningUpdate, Recovery, RewardHistory,

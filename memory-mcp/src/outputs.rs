@@ -32,7 +32,7 @@ pub(crate) fn output_schema(tool: &str) -> Arc<JsonObject> {
         "recommend" => object(
             &json!({
                 "namespace": ns,
-                "recommendation": t("object", "episodes, patterns, heuristics, pitfalls, playbook, estimate, confidence, strong_match, degraded, advice_basis"),
+                "recommendation": t("object", "episodes, patterns, heuristics, pitfalls, playbook, estimate, confidence, strong_match, degraded, advice_basis, playbook_pattern (the id to rate with record_feedback after using the playbook)"),
                 "truncated": t("boolean", "true when items were left out to fit max_tokens"),
                 "approx_tokens": t("integer", "the answer's size in tokens (about 4 characters each)"),
             }),

@@ -22,8 +22,9 @@ use memory_core::{CacheKey, CachedValue, Error, OutboxEntry, Result};
 use crate::wire;
 
 /// Version byte that starts every encoded cache entry. A stored entry with another version is
-/// treated as a miss (and replaced), never as an error. Version 3 added the checksum.
-pub const CACHE_FORMAT_VERSION: u8 = 3;
+/// treated as a miss (and replaced), never as an error. Version 3 added the checksum, version 4
+/// the hindered streak of a pattern's effectiveness.
+pub const CACHE_FORMAT_VERSION: u8 = 4;
 
 /// Bytes of the checksum that follows the version byte of a cache entry (a CRC-32,
 /// little-endian).

@@ -1,4 +1,4 @@
-//! The cache's own serialized shape of episodes, patterns and heuristics (format version 2).
+//! The cache's own serialized shape of episodes, patterns and heuristics (cache format version 4).
 //!
 //! The domain types' serde derives are shaped for JSON: `ExecutionStep` flattens its input
 //! (bincode cannot encode a map of unknown length) and `Outcome`, `StepResult`, `PatternKind`
@@ -161,7 +161,7 @@ pub(crate) struct WPattern<S> {
     first_seen: WTs,
     last_seen: WTs,
     recent_evidence: Vec<WEvidence>,
-    effectiveness: [u64; 3],
+    effectiveness: [u64; 4],
     status: WStatus<S>,
 }
 
@@ -458,24 +458,26 @@ code!(TaskType, "task type", {
 code!(Complexity, "complexity", { Simple = 0, Moderate = 1, Complex = 2 });
 
 impl ToWire for Effectiveness {
-    type Wire<'a> = [u64; 3];
-    fn to_wire(&self) -> Result<[u64; 3], String> {
+    type Wire<'a> = [u64; 4];
+    fn to_wire(&self) -> Result<[u64; 4], String> {
         let Effectiveness {
             helped,
             no_effect,
             hindered,
+            hindered_streak,
         } = *self;
-        Ok([helped, no_effect, hindered])
+        Ok([helped, no_effect, hindered, hindered_streak])
     }
 }
 
 impl FromWire for Effectiveness {
-    type Wire = [u64; 3];
-    fn from_wire([helped, no_effect, hindered]: [u64; 3]) -> Result<Self, String> {
+    type Wire = [u64; 4];
+    fn from_wire([helped, no_effect, hindered, streak]: [u64; 4]) -> Result<Self, String> {
         Ok(Effectiveness {
             helped,
             no_effect,
             hindered,
+            hindered_streak: streak,
         })
     }
 }

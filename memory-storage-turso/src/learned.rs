@@ -291,6 +291,12 @@ fn decode_learned(kind: LearnedKind, body: &str) -> DbResult<LearnedItem> {
     }
 }
 
+/// The target of a feedback event, as stored.
+enum Item {
+    Pattern(Pattern),
+    Heuristic(Heuristic),
+}
+
 /// The transaction of [`LearningStore::record_feedback`]: replaces the event of (target,
 /// episode) and recomputes the target's effectiveness or votes from all its events.
 async fn feedback_in_tx(
@@ -334,34 +340,52 @@ async fn feedback_in_tx(
     )
     .await?;
 
+    // The item as stored: a pattern's streak only counts what came after it was last seen.
+    let item = match fb.target {
+        FeedbackTarget::Pattern(_) => Item::Pattern(from_json("pattern", &body)?),
+        FeedbackTarget::Heuristic(_) => Item::Heuristic(from_json("heuristic", &body)?),
+    };
+    let seen = match &item {
+        Item::Pattern(p) => p.last_seen.timestamp_millis(),
+        Item::Heuristic(_) => i64::MIN,
+    };
+    // Per outcome: how many, and how many came after the latest helped event and after the
+    // item was last seen (the streak).
+    let mut params = key();
+    params.push(text(FeedbackOutcome::Helped.as_str()));
+    params.push(Value::Integer(seen));
     let counts = query_all(
         tx,
-        "SELECT outcome, COUNT(*) FROM feedback \
+        "SELECT outcome, COUNT(*), SUM(recorded_at > MAX(?5, COALESCE((SELECT MAX(recorded_at) \
+         FROM feedback WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 AND outcome = ?4), \
+         ?5))) FROM feedback \
          WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 GROUP BY outcome",
-        key(),
+        params,
         |row| {
             let c = Cols::new(row, "feedback");
-            Ok((c.parse::<FeedbackOutcome>(0)?, c.i64(1)? as u64))
+            Ok((
+                c.parse::<FeedbackOutcome>(0)?,
+                c.i64(1)? as u64,
+                c.i64(2)? as u64,
+            ))
         },
     )
     .await?;
     let mut eff = memory_core::Effectiveness::default();
-    for (outcome, n) in counts {
+    for (outcome, n, after_helped) in counts {
         match outcome {
             FeedbackOutcome::Helped => eff.helped = n,
             FeedbackOutcome::NoEffect => eff.no_effect = n,
-            FeedbackOutcome::Hindered => eff.hindered = n,
+            FeedbackOutcome::Hindered => (eff.hindered, eff.hindered_streak) = (n, after_helped),
         }
     }
 
-    match fb.target {
-        FeedbackTarget::Pattern(_) => {
-            let mut p: Pattern = from_json("pattern", &body)?;
+    match item {
+        Item::Pattern(mut p) => {
             p.effectiveness = eff;
             upsert(tx, ns, position, std::iter::once(&p)).await
         }
-        FeedbackTarget::Heuristic(_) => {
-            let mut h: Heuristic = from_json("heuristic", &body)?;
+        Item::Heuristic(mut h) => {
             h.votes_up = eff.helped;
             h.votes_down = eff.hindered;
             upsert(tx, ns, position, std::iter::once(&h)).await

@@ -819,13 +819,39 @@ pub async fn feedback_updates_effectiveness(s: &dyn Storage) {
         Effectiveness {
             helped: 1,
             no_effect: 1,
-            hindered: 0
+            hindered: 0,
+            hindered_streak: 0,
         }
     );
     let events = s.list_feedback(&n, &target).await.unwrap();
     assert_eq!(events.len(), 2, "one event per (target, episode)");
     assert_eq!(events[0].recorded_at, t(11), "oldest first");
     assert_eq!(events[1].outcome, FeedbackOutcome::NoEffect);
+
+    // Hindered events after the latest helped one make a streak; a later helped one ends it.
+    let (e3, _) = record(s, &n, rust_web("z", TaskType::Debugging, 6), &shell, ok()).await;
+    let mut streaks = Vec::new();
+    for (ep, outcome, at) in [
+        (e2.id, FeedbackOutcome::Hindered, 13), // replaces the no-effect event
+        (e3.id, FeedbackOutcome::Hindered, 14),
+        (e.id, FeedbackOutcome::Hindered, 15), // replaces the only helped event
+        (e2.id, FeedbackOutcome::Helped, 16),
+    ] {
+        let fb = feedback(target.clone(), ep, outcome, at);
+        s.record_feedback(&n, &fb).await.unwrap();
+        let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
+        streaks.push((p.effectiveness.hindered, p.effectiveness.hindered_streak));
+    }
+    assert_eq!(streaks, [(1, 1), (2, 2), (3, 3), (2, 0)]);
+    // Hindered again, then seen in a new episode: the streak ends there.
+    let fb = feedback(target.clone(), e3.id, FeedbackOutcome::Hindered, 17);
+    s.record_feedback(&n, &fb).await.unwrap();
+    let streak = |p: Pattern| (p.effectiveness.hindered, p.effectiveness.hindered_streak);
+    let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
+    assert_eq!(streak(p), (2, 1));
+    record(s, &n, rust_web("w", TaskType::Debugging, 18), &shell, ok()).await;
+    let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
+    assert_eq!(streak(p), (2, 0));
 
     let hid = changes.heuristics[0].item.id.clone();
     let ht = FeedbackTarget::Heuristic(hid.clone());

@@ -83,7 +83,12 @@ pub(crate) fn print_human(rec: &Recommendation) {
         println!("  duration        {:.1} s", ms / 1000.0);
     }
     if !rec.playbook.is_empty() {
-        println!("\nplaybook");
+        match &rec.playbook_pattern {
+            Some(id) => println!(
+                "\nplaybook  (after using it: memory feedback --pattern {id} --episode <id> --outcome helped|no-effect|hindered)"
+            ),
+            None => println!("\nplaybook"),
+        }
         for st in &rec.playbook {
             println!(
                 "  {}. {:<12} {}",

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::learned::{
-    Effectiveness, Evidence, FeedbackTarget, Heuristic, Learned, LearnedStatus, Pattern,
+    Effectiveness, Evidence, Feedback, FeedbackTarget, Heuristic, Learned, LearnedStatus, Pattern,
     PatternKind, push_recent,
 };
 use crate::records::RestoreRecord;
@@ -46,7 +46,7 @@ pub(crate) trait Consolidate: Learned {
     fn feedback_target(id: &Self::Id) -> FeedbackTarget;
     /// Sets what the feedback events say (effectiveness, or votes); the report's detail when
     /// that changed anything.
-    fn set_feedback(&mut self, e: Effectiveness, events: usize) -> Option<String>;
+    fn set_feedback(&mut self, events: &[Feedback]) -> Option<String>;
     /// Confidence in [0, 1], decayed by the age of the latest evidence.
     fn decayed_confidence(&self, now: DateTime<Utc>, half_life_days: f64) -> f64;
     /// Episodes of evidence plus feedback events, for decay.
@@ -117,14 +117,19 @@ impl Consolidate for Pattern {
         FeedbackTarget::Pattern(id.clone())
     }
 
-    fn set_feedback(&mut self, e: Effectiveness, events: usize) -> Option<String> {
+    fn set_feedback(&mut self, events: &[Feedback]) -> Option<String> {
+        let e = Effectiveness::of(events, self.last_seen);
         if self.effectiveness == e {
             return None;
         }
         self.effectiveness = e;
         Some(format!(
-            "{} helped / {} no effect / {} hindered from {events} event(s)",
-            e.helped, e.no_effect, e.hindered
+            "{} helped / {} no effect / {} hindered ({} in a row) from {} event(s)",
+            e.helped,
+            e.no_effect,
+            e.hindered,
+            e.hindered_streak,
+            events.len()
         ))
     }
 
@@ -167,15 +172,18 @@ impl Consolidate for Heuristic {
         FeedbackTarget::Heuristic(id.clone())
     }
 
-    fn set_feedback(&mut self, e: Effectiveness, events: usize) -> Option<String> {
+    fn set_feedback(&mut self, events: &[Feedback]) -> Option<String> {
+        let e = Effectiveness::of(events, self.last_seen);
         if (self.votes_up, self.votes_down) == (e.helped, e.hindered) {
             return None;
         }
         self.votes_up = e.helped;
         self.votes_down = e.hindered;
         Some(format!(
-            "{} up / {} down from {events} event(s)",
-            e.helped, e.hindered
+            "{} up / {} down from {} event(s)",
+            e.helped,
+            e.hindered,
+            events.len()
         ))
     }
 

@@ -18,10 +18,7 @@ use super::metrics::snapshot;
 use crate::clock::SharedClock;
 use crate::embedding::{Embedder, cosine};
 use crate::error::{Error, Result};
-use crate::learned::{
-    Effectiveness, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic, Learned, LearnedKind,
-    LearnedStatus, Pattern,
-};
+use crate::learned::{FeedbackTarget, Heuristic, Learned, LearnedKind, LearnedStatus, Pattern};
 use crate::namespace::Namespace;
 use crate::records::{ConsolidationRun, MetricsSnapshot, RestoreRecord};
 use crate::statistics::decay_factor;
@@ -133,18 +130,6 @@ impl RunState {
     }
 }
 
-fn effectiveness(events: &[Feedback]) -> Effectiveness {
-    let mut e = Effectiveness::default();
-    for f in events {
-        match f.outcome {
-            FeedbackOutcome::Helped => e.helped += 1,
-            FeedbackOutcome::NoEffect => e.no_effect += 1,
-            FeedbackOutcome::Hindered => e.hindered += 1,
-        }
-    }
-    e
-}
-
 /// Greedy clustering of `n` items (already in survivor order) by similarity: each item joins
 /// the first earlier cluster head it is similar to. Returns (loser index, head index).
 fn cluster(similar: &dyn Fn(usize, usize) -> bool, n: usize) -> Vec<(usize, usize)> {
@@ -219,7 +204,7 @@ async fn apply_feedback<T: Consolidate>(
         let detail = pool
             .items
             .get_mut(&owner)
-            .and_then(|x| x.set_feedback(effectiveness(&events), events.len()));
+            .and_then(|x| x.set_feedback(&events));
         if let Some(detail) = detail {
             st.change::<T>(&owner, "effectiveness", detail);
             st.run.effectiveness_updated += 1;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::learned::{HeuristicId, PatternId};
+use crate::learned::{Effectiveness, HeuristicId, PatternId};
 
 /// What the feedback is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,4 +86,57 @@ pub struct Feedback {
     pub outcome: FeedbackOutcome,
     /// When it was recorded.
     pub recorded_at: DateTime<Utc>,
+}
+
+impl Effectiveness {
+    /// The counts of feedback events, and the streak: hindered events recorded after both the
+    /// latest helped event and `seen`, when the item was last observed in an episode (an item
+    /// misapplied to other tasks keeps being seen where it belongs; one whose procedure changed
+    /// is not). Events may come in any order.
+    ///
+    /// ```
+    /// use chrono::{DateTime, Utc};
+    /// use memory_core::{Effectiveness, EpisodeId, Feedback, FeedbackOutcome, FeedbackTarget, PatternId};
+    /// let at = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap_or_default();
+    /// let event = |outcome, s| Feedback {
+    ///     target: FeedbackTarget::Pattern(PatternId("p".into())),
+    ///     episode_id: EpisodeId::new(),
+    ///     outcome,
+    ///     recorded_at: at(s),
+    /// };
+    /// let events = [
+    ///     event(FeedbackOutcome::Hindered, 1),
+    ///     event(FeedbackOutcome::Helped, 2),
+    ///     event(FeedbackOutcome::Hindered, 3),
+    ///     event(FeedbackOutcome::NoEffect, 4),
+    ///     event(FeedbackOutcome::Hindered, 5),
+    /// ];
+    /// let e = Effectiveness::of(&events, at(0));
+    /// assert_eq!((e.helped, e.no_effect, e.hindered, e.hindered_streak), (1, 1, 3, 2));
+    /// // Seen in an episode after the fourth event: only the last hindered event counts.
+    /// assert_eq!(Effectiveness::of(&events, at(4)).hindered_streak, 1);
+    /// ```
+    pub fn of<'a>(
+        events: impl IntoIterator<Item = &'a Feedback>,
+        seen: DateTime<Utc>,
+    ) -> Effectiveness {
+        let mut e = Effectiveness::default();
+        let mut last_helped = seen;
+        let mut hindered_at = Vec::new();
+        for f in events {
+            match f.outcome {
+                FeedbackOutcome::Helped => {
+                    e.helped += 1;
+                    last_helped = last_helped.max(f.recorded_at);
+                }
+                FeedbackOutcome::NoEffect => e.no_effect += 1,
+                FeedbackOutcome::Hindered => {
+                    e.hindered += 1;
+                    hindered_at.push(f.recorded_at);
+                }
+            }
+        }
+        e.hindered_streak = hindered_at.iter().filter(|at| **at > last_helped).count() as u64;
+        e
+    }
 }

@@ -16,6 +16,9 @@ pub use feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
 pub use heuristic::{Heuristic, HeuristicId, HeuristicObservation, resolve_contradictions};
 pub use kind::{Learned, LearnedId, LearnedItem, LearnedKind};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
-pub use pattern::{Effectiveness, Pattern, PatternId, PatternKind, PatternObservation, pattern_id};
+pub use pattern::{
+    Effectiveness, HINDERED_STREAK_DISCOUNT, Pattern, PatternId, PatternKind, PatternObservation,
+    pattern_id,
+};
 pub(crate) use status::push_recent;
 pub use status::{Evidence, LearnedStatus};

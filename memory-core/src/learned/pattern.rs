@@ -120,7 +120,19 @@ pub struct Effectiveness {
     pub no_effect: u64,
     /// Times it hindered.
     pub hindered: u64,
+    /// Hindered events recorded after the latest helped one and after the item was last seen
+    /// in an episode: a run of contrary feedback that says the world has moved on (see
+    /// [`Effectiveness::score`]).
+    #[serde(default)]
+    pub hindered_streak: u64,
 }
+
+/// What each hindered event of a streak after the first multiplies the score by: one run of
+/// contrary feedback outweighs any amount of older praise, so advice whose procedure changed is
+/// demoted within two or three uses (and restored when it helps or is seen in an episode
+/// again). The first hindered use is forgiven: advice misapplied once to another kind of task
+/// says little about the advice.
+pub const HINDERED_STREAK_DISCOUNT: f64 = 0.25;
 
 impl Effectiveness {
     /// Total feedback events.
@@ -129,10 +141,14 @@ impl Effectiveness {
     }
 
     /// Posterior mean helpfulness in (0, 1); 0.5 with no feedback. `no_effect` counts half.
+    /// Each hindered event of the streak after the first multiplies it by
+    /// [`HINDERED_STREAK_DISCOUNT`].
     pub fn score(&self) -> f64 {
         let up = 2 * self.helped + self.no_effect;
         let down = 2 * self.hindered + self.no_effect;
-        beta_mean(up, down)
+        let streak = self.hindered_streak.saturating_sub(1);
+        let streak = i32::try_from(streak).unwrap_or(i32::MAX);
+        beta_mean(up, down) * HINDERED_STREAK_DISCOUNT.powi(streak)
     }
 }
 
@@ -237,6 +253,10 @@ impl Pattern {
         self.total_steps += u64::from(obs.steps);
         self.total_latency_ms += obs.latency_ms;
         self.first_seen = self.first_seen.min(obs.observed_at);
+        if obs.observed_at >= self.last_seen {
+            // Seen in an episode again: earlier hindered feedback is no longer a streak.
+            self.effectiveness.hindered_streak = 0;
+        }
         self.last_seen = self.last_seen.max(obs.observed_at);
         push_recent(
             &mut self.recent_evidence,

@@ -22,7 +22,9 @@ use super::{RetrievalQuery, RetrievedEpisode, Retriever};
 use crate::consolidation::{ConsolidationConfig, calibrated};
 use crate::episode::{EpisodeId, OutcomeKind, TaskContext, TaskType};
 use crate::error::Result;
-use crate::learned::{ContextKey, FailureLesson, Heuristic, Learned, Pattern, PatternKind};
+use crate::learned::{
+    ContextKey, FailureLesson, Heuristic, Learned, Pattern, PatternId, PatternKind,
+};
 use crate::namespace::Namespace;
 pub use crate::records::{Estimate, EstimateCorrection};
 use crate::statistics::median;
@@ -130,6 +132,11 @@ pub struct Recommendation {
     pub pitfalls: Vec<Advice<FailureLesson>>,
     /// Ordered steps from the best tool-sequence pattern, with pitfalls attached.
     pub playbook: Vec<PlaybookStep>,
+    /// The tool-sequence pattern the playbook follows: the target of feedback on the playbook
+    /// (`record_feedback` with `FeedbackTarget::Pattern`), which is what demotes a playbook
+    /// that no longer works. `None` with no playbook.
+    #[serde(default)]
+    pub playbook_pattern: Option<PatternId>,
     /// Expected steps, duration and success chance.
     pub estimate: Estimate,
     /// Calibrated confidence that the memory holds a real match (see [`super::Retrieval`]).
@@ -297,6 +304,13 @@ pub(crate) fn rank_patterns(
                     e.helped, e.hindered
                 );
             }
+            if e.hindered_streak > 0 {
+                let _ = write!(
+                    why,
+                    " ({} in a row since it last helped: demoted)",
+                    e.hindered_streak
+                );
+            }
             Advice {
                 item: p,
                 score,
@@ -372,6 +386,10 @@ fn sort_advice<T>(items: &mut [Advice<T>], id: impl Fn(&T) -> String) {
     });
 }
 
+/// A tool sequence hindered this many times in a row (since it last helped or was seen in an
+/// episode) is outdated: it still ranks, demoted, but no playbook follows it.
+const OUTDATED_STREAK: u64 = 3;
+
 /// A fix seen to work at least this often goes into the plan before the step it prepares.
 const RELIABLE_FIX: u64 = 2;
 
@@ -399,15 +417,18 @@ pub(crate) fn playbook(
     heuristics: &[Advice<Heuristic>],
     pitfalls: &[Advice<FailureLesson>],
     generic: Option<&str>,
-) -> Vec<PlaybookStep> {
+) -> (Vec<PlaybookStep>, Option<PatternId>) {
     let best = patterns.iter().find_map(|a| match &a.item.kind {
-        PatternKind::ToolSequence { tools } if a.item.success_rate() >= 0.5 => {
+        PatternKind::ToolSequence { tools }
+            if a.item.success_rate() >= 0.5
+                && a.item.effectiveness.hindered_streak < OUTDATED_STREAK =>
+        {
             Some((tools, &a.item))
         }
         _ => None,
     });
     let Some((tools, pattern)) = best else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
     let head = generic.map(|g| format!("{g}: ")).unwrap_or_default();
     // The active opening rule that says to follow this very plan, if one does.
@@ -490,14 +511,13 @@ pub(crate) fn playbook(
         }
         out.push((tool.clone(), why));
     }
-    out.into_iter()
-        .enumerate()
-        .map(|(i, (tool, why))| PlaybookStep {
-            order: i as u32 + 1,
-            tool,
-            why,
-        })
-        .collect()
+    let steps = out.into_iter().enumerate();
+    let steps = steps.map(|(i, (tool, why))| PlaybookStep {
+        order: i as u32 + 1,
+        tool,
+        why,
+    });
+    (steps.collect(), Some(pattern.id.clone()))
 }
 
 /// Items of the task's context read per kind, most-seen first: a floor under the items the
@@ -719,7 +739,8 @@ impl Advisor<'_> {
             half_life,
         );
         let mut pitfalls = rank_pitfalls(candidates(taught.lessons, lessons, c, s), now, half_life);
-        let playbook = playbook(&patterns, &heuristics, &pitfalls, strength.label());
+        let (playbook, playbook_pattern) =
+            playbook(&patterns, &heuristics, &pitfalls, strength.label());
         let domain = context.as_ref().and_then(|q| q.domain.clone());
         let estimate = calibrated(
             storage,
@@ -741,6 +762,7 @@ impl Advisor<'_> {
             heuristics,
             pitfalls,
             playbook,
+            playbook_pattern,
             estimate,
             confidence: retrieval.confidence,
             strong_match: retrieval.strong_match,
@@ -753,6 +775,7 @@ impl Advisor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::learned::{Effectiveness, PatternObservation};
 
     #[test]
     fn fingerprint_folds_case_punctuation_and_numbers() {
@@ -761,6 +784,52 @@ mod tests {
             "add rate limiting to api v2"
         );
         assert_eq!(task_fingerprint("issue 42"), task_fingerprint("Issue #7"));
+    }
+
+    /// A tool sequence seen `n` times, all successes, with this feedback.
+    fn sequence(tools: &[&str], n: u64, helped: u64, streak: u64) -> Pattern {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let kind = PatternKind::ToolSequence {
+            tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        let obs = PatternObservation::new(kind, ContextKey::default(), EpisodeId::new(), true, at);
+        let mut p = Pattern::from_observation(&obs);
+        (p.occurrences, p.successes) = (n, n);
+        p.effectiveness = Effectiveness {
+            helped,
+            hindered: streak,
+            hindered_streak: streak,
+            ..Effectiveness::default()
+        };
+        p
+    }
+
+    #[test]
+    fn a_run_of_hindered_feedback_demotes_a_pattern_and_then_drops_it_from_the_playbook() {
+        let now = DateTime::from_timestamp(1_700_000_100, 0).unwrap_or_default();
+        let rel = Relevance {
+            share: 1.0,
+            in_context: true,
+        };
+        let rank = |streak| {
+            let old = sequence(&["a", "b"], 30, 20, streak);
+            let new = sequence(&["a", "c"], 3, 0, 0);
+            rank_patterns(vec![(old, rel), (new, rel)], now, 30.0)
+        };
+        let first = |r: &[Advice<Pattern>]| r[0].item.kind.describe();
+        // One hindered use is forgiven; two in a row demote the old sequence below the new.
+        assert_eq!(first(&rank(1)), "tool sequence a → b");
+        let demoted = rank(2);
+        assert_eq!(first(&demoted), "tool sequence a → c");
+        assert!(demoted[1].why.contains("2 in a row since it last helped"));
+        // Still ranked, and still the playbook while it is the only sequence, until outdated.
+        let only = |streak| {
+            let old = sequence(&["a", "b"], 30, 20, streak);
+            let ranked = rank_patterns(vec![(old, rel)], now, 30.0);
+            playbook(&ranked, &[], &[], None).1.is_some()
+        };
+        assert!(only(OUTDATED_STREAK - 1));
+        assert!(!only(OUTDATED_STREAK));
     }
 
     #[test]

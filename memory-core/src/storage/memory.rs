@@ -15,8 +15,8 @@ use super::{
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, OutcomeKind, StepResult};
 use crate::error::{Error, ObjectKind, Result};
 use crate::learned::{
-    Effectiveness, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
-    HeuristicId, Learned, LearnedId, LearnedItem, LearnedKind, LessonId, Pattern, PatternId,
+    Effectiveness, FailureLesson, Feedback, FeedbackTarget, Heuristic, HeuristicId, Learned,
+    LearnedId, LearnedItem, LearnedKind, LessonId, Pattern, PatternId,
 };
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
@@ -327,18 +327,6 @@ impl EpisodeStore for InMemoryStorage {
     }
 }
 
-fn effectiveness_of(events: &[Feedback], target: &FeedbackTarget) -> Effectiveness {
-    let mut e = Effectiveness::default();
-    for f in events.iter().filter(|f| &f.target == target) {
-        match f.outcome {
-            FeedbackOutcome::Helped => e.helped += 1,
-            FeedbackOutcome::NoEffect => e.no_effect += 1,
-            FeedbackOutcome::Hindered => e.hindered += 1,
-        }
-    }
-    e
-}
-
 #[async_trait]
 impl LearningStore for InMemoryStorage {
     async fn apply_learning(
@@ -400,7 +388,12 @@ impl LearningStore for InMemoryStorage {
         d.feedback
             .retain(|f| !(f.target == fb.target && f.episode_id == fb.episode_id));
         d.feedback.push(fb.clone());
-        let eff = effectiveness_of(&d.feedback, &fb.target);
+        let seen = match &fb.target {
+            FeedbackTarget::Pattern(id) => d.patterns.get(id).map(|p| p.last_seen),
+            FeedbackTarget::Heuristic(id) => d.heuristics.get(id).map(|h| h.last_seen),
+        };
+        let events = d.feedback.iter().filter(|f| f.target == fb.target);
+        let eff = Effectiveness::of(events, seen.unwrap_or(DateTime::<Utc>::MIN_UTC));
         match &fb.target {
             FeedbackTarget::Pattern(id) => {
                 if let Some(p) = d.patterns.get_mut(id) {

@@ -19,8 +19,7 @@ use memory_core::{collapse_tools, error_class};
 /// Where the agent's plan came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PlanSource {
-    /// The memory's playbook, built from this tool-sequence pattern (when it could be found
-    /// among the recommended patterns).
+    /// The memory's playbook, built from this tool-sequence pattern.
     Playbook(Option<PatternId>),
     /// The tool sequence of a similar successful episode.
     Episode(EpisodeId),
@@ -61,6 +60,9 @@ pub struct TaskRecord {
     pub success: bool,
     /// Steps taken (every tool call, retries included).
     pub steps: u32,
+    /// Steps an oracle that knows every procedure and trap would take.
+    #[serde(default)]
+    pub oracle_steps: u32,
     /// Failures that were not injected noise, as `tool: error class` in the task's context
     /// (`domain/language`).
     pub failures: Vec<String>,
@@ -226,6 +228,7 @@ impl Agent<'_> {
             trapped: task.trapped(),
             success,
             steps: run.steps,
+            oracle_steps: task.oracle_steps(),
             failures: run.failures,
             plan: match advice.source {
                 Some(PlanSource::Playbook(_)) => "playbook",
@@ -368,15 +371,8 @@ impl Agent<'_> {
         let mut advice = Advice::default();
         if self.arm.uses_learned() && !rec.playbook.is_empty() {
             let tools: Vec<String> = rec.playbook.iter().map(|s| s.tool.clone()).collect();
-            // The playbook is the best mostly-successful tool sequence; find it for feedback.
-            let id = rec.patterns.iter().find_map(|a| match &a.item.kind {
-                PatternKind::ToolSequence { tools: t }
-                    if *t == tools && a.item.success_rate() >= 0.5 =>
-                {
-                    Some(a.item.id.clone())
-                }
-                _ => None,
-            });
+            // The pattern the playbook follows, for feedback.
+            let id = rec.playbook_pattern.clone();
             advice.plan = tools;
             advice.source = Some(PlanSource::Playbook(id));
         }

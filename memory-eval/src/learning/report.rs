@@ -40,6 +40,8 @@ pub struct Totals {
     pub success_rate: f64,
     /// Mean steps of the successes.
     pub steps_per_success: Option<f64>,
+    /// Mean steps an oracle that knows every procedure would take on the same successes.
+    pub oracle_steps_per_success: Option<f64>,
     /// Share of tasks with a repeated failure.
     pub repeated_failure_rate: f64,
     /// Share of tasks with a plan from memory.
@@ -232,6 +234,12 @@ pub(crate) fn repeated_flags(tasks: &[TaskRecord]) -> Vec<bool> {
         .collect()
 }
 
+/// The mean of `f` over `tasks` (`None` when there are none).
+fn mean(tasks: &[&TaskRecord], f: impl Fn(&TaskRecord) -> u32) -> Option<f64> {
+    let n = tasks.len();
+    (n > 0).then(|| tasks.iter().map(|t| f64::from(f(t))).sum::<f64>() / n as f64)
+}
+
 fn totals(tasks: &[TaskRecord], repeated: &[bool]) -> Totals {
     let n = tasks.len();
     let successes: Vec<&TaskRecord> = tasks.iter().filter(|t| t.success).collect();
@@ -239,9 +247,8 @@ fn totals(tasks: &[TaskRecord], repeated: &[bool]) -> Totals {
     Totals {
         tasks: n,
         success_rate: ratio(successes.len(), n),
-        steps_per_success: (!successes.is_empty()).then(|| {
-            successes.iter().map(|t| f64::from(t.steps)).sum::<f64>() / successes.len() as f64
-        }),
+        steps_per_success: mean(&successes, |t| t.steps),
+        oracle_steps_per_success: mean(&successes, |t| t.oracle_steps),
         repeated_failure_rate: ratio(repeated.iter().filter(|r| **r).count(), n),
         pattern_reuse_rate: ratio(with_plan.len(), n),
         plan_held_rate: (!with_plan.is_empty()).then(|| {
@@ -343,18 +350,29 @@ pub fn format_report(r: &LearningReport) -> String {
     let _ = writeln!(out, "\nwhole stream / last 100 tasks");
     let _ = writeln!(
         out,
-        "  {:<13} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8}",
-        "arm", "success", "last 100", "steps/succ", "repeated", "reuse", "held", "seconds"
+        "  {:<13} {:>9} {:>9} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8}",
+        "arm",
+        "success",
+        "last 100",
+        "steps/succ",
+        "oracle",
+        "repeated",
+        "reuse",
+        "held",
+        "seconds"
     );
     for a in &r.arms {
         let _ = writeln!(
             out,
-            "  {:<13} {:>9.3} {:>9.3} {:>10} {:>9.3} {:>9.3} {:>9} {:>8.1}",
+            "  {:<13} {:>9.3} {:>9.3} {:>10} {:>7} {:>9.3} {:>9.3} {:>9} {:>8.1}",
             a.arm.as_str(),
             a.overall.success_rate,
             a.last_100.success_rate,
             a.overall
                 .steps_per_success
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            a.overall
+                .oracle_steps_per_success
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
             a.overall.repeated_failure_rate,
             a.overall.pattern_reuse_rate,
@@ -451,6 +469,7 @@ mod tests {
             trapped: false,
             success,
             steps,
+            oracle_steps: 4,
             failures: failures.iter().map(|s| (*s).to_owned()).collect(),
             plan: plan.into(),
             plan_held: plan != "none",

@@ -294,6 +294,15 @@ impl Task {
         }
     }
 
+    /// Tool calls of an agent that knows every procedure and trap, with no noise: each armed
+    /// trap's fix once, then the sequence.
+    pub fn oracle_steps(&self) -> u32 {
+        let mut fixes: Vec<&str> = self.traps.iter().map(|t| t.fix.as_str()).collect();
+        fixes.sort_unstable();
+        fixes.dedup();
+        (fixes.len() + self.sequence.len()) as u32
+    }
+
     /// Whether a trap is armed (for reports).
     pub fn trapped(&self) -> bool {
         !self.traps.is_empty()
