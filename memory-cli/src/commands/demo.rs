@@ -6,137 +6,48 @@ use memory_core::{
     Complexity, LearnedQuery, NewEpisode, Outcome, SelfLearningMemory, StepInput, TaskContext,
     TaskType,
 };
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::display_safe;
 use crate::output::{self, clip, pct, short_id};
 use crate::settings::Settings;
 
-/// One scripted step: tool, action, and `Ok(output)` or `Err(error)`.
-type Script = &'static [(
-    &'static str,
-    &'static str,
-    Result<&'static str, &'static str>,
-)];
-
+/// A task family of the scripted session: its step scripts are cycled through round by round.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Family {
-    task: &'static str,
+    task: String,
     task_type: TaskType,
-    domain: &'static str,
-    language: &'static str,
-    framework: Option<&'static str>,
-    /// Scripts cycled through round by round, with their outcome (`true` = success).
-    variants: &'static [(Script, bool)],
+    domain: String,
+    language: String,
+    framework: Option<String>,
+    variants: Vec<Variant>,
 }
 
-const RATE_LIMIT_CLEAN: Script = &[
-    ("read_file", "read src/router.rs", Ok("212 lines")),
-    ("edit_file", "add tower_governor layer", Ok("edit applied")),
-    ("cargo", "cargo test", Ok("test result: ok. 48 passed")),
-];
-const RATE_LIMIT_RECOVER: Script = &[
-    ("read_file", "read src/router.rs", Ok("212 lines")),
-    ("edit_file", "add tower_governor layer", Ok("edit applied")),
-    (
-        "cargo",
-        "cargo test",
-        Err("error[E0277]: the trait bound `GovernorLayer: Layer<Route>` is not satisfied"),
-    ),
-    (
-        "edit_file",
-        "wrap the layer with ServiceBuilder",
-        Ok("edit applied"),
-    ),
-    ("cargo", "cargo test", Ok("test result: ok. 49 passed")),
-];
-const FLAKY_FIX: Script = &[
-    (
-        "pytest",
-        "pytest tests/test_billing.py",
-        Err("AssertionError: invoice due date 2026-11-23 != 2026-11-22"),
-    ),
-    ("read_file", "read tests/test_billing.py", Ok("88 lines")),
-    (
-        "edit_file",
-        "freeze time with a fake clock",
-        Ok("edit applied"),
-    ),
-    ("pytest", "pytest tests/test_billing.py", Ok("14 passed")),
-];
-const FLAKY_RETRY_ONLY: Script = &[
-    (
-        "pytest",
-        "pytest tests/test_billing.py",
-        Err("AssertionError: invoice due date 2026-11-23 != 2026-11-22"),
-    ),
-    (
-        "pytest",
-        "pytest tests/test_billing.py --count 3",
-        Err("AssertionError: invoice due date 2026-11-23 != 2026-11-22"),
-    ),
-];
-const MIGRATION_OK: Script = &[
-    (
-        "read_file",
-        "read migrations/0042_add_index.sql",
-        Ok("12 lines"),
-    ),
-    (
-        "sqlx",
-        "sqlx migrate run",
-        Ok("Applied 0042/migrate add index"),
-    ),
-    ("psql", "check the index", Ok("index valid")),
-];
-const MIGRATION_LOCKED: Script = &[
-    (
-        "read_file",
-        "read migrations/0042_add_index.sql",
-        Ok("12 lines"),
-    ),
-    (
-        "sqlx",
-        "sqlx migrate run",
-        Err("canceling statement due to lock timeout"),
-    ),
-    (
-        "edit_file",
-        "use CREATE INDEX CONCURRENTLY",
-        Ok("edit applied"),
-    ),
-    (
-        "sqlx",
-        "sqlx migrate run",
-        Ok("Applied 0042/migrate add index"),
-    ),
-];
+/// One script with its outcome.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Variant {
+    steps: Vec<ScriptStep>,
+    success: bool,
+}
 
-const FAMILIES: &[Family] = &[
-    Family {
-        task: "add per-client rate limiting to the axum API",
-        task_type: TaskType::CodeGeneration,
-        domain: "web_api",
-        language: "rust",
-        framework: Some("axum"),
-        variants: &[(RATE_LIMIT_CLEAN, true), (RATE_LIMIT_RECOVER, true)],
-    },
-    Family {
-        task: "fix the flaky billing test that fails around midnight",
-        task_type: TaskType::Testing,
-        domain: "testing",
-        language: "python",
-        framework: Some("pytest"),
-        variants: &[(FLAKY_RETRY_ONLY, false), (FLAKY_FIX, true)],
-    },
-    Family {
-        task: "add an index to the orders table with a migration",
-        task_type: TaskType::Refactoring,
-        domain: "databases",
-        language: "sql",
-        framework: None,
-        variants: &[(MIGRATION_LOCKED, true), (MIGRATION_OK, true)],
-    },
-];
+/// One scripted step: its output, or its error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptStep {
+    tool: String,
+    action: String,
+    #[serde(default)]
+    output: String,
+    error: Option<String>,
+}
+
+/// The session's families (data: `demo.json`, embedded).
+fn families() -> Result<Vec<Family>> {
+    Ok(serde_json::from_str(include_str!("demo.json"))?)
+}
 
 /// A new task, worded differently from the recorded one, asked about after every round.
 const PROBE_TASK: &str = "stop the billing test from breaking near midnight";
@@ -190,6 +101,7 @@ async fn probe(
 
 pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let ns = &s.namespace;
+    let families = families()?;
     let mut episodes = Vec::new();
     let mut advice = Vec::new();
     let (line, value) = probe(m, ns).await?;
@@ -201,28 +113,31 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
     if !s.json {
         println!(
             "Recording {} episodes in namespace {ns} ...",
-            rounds as usize * FAMILIES.len()
+            rounds as usize * families.len()
         );
     }
     for round in 0..rounds {
-        for fam in FAMILIES {
-            let (script, ok) = fam.variants[round as usize % fam.variants.len()];
-            let mut ctx = TaskContext::new(fam.domain)
-                .with_language(fam.language)
+        for fam in &families {
+            let Some(variant) = fam.variants.get(round as usize % fam.variants.len().max(1)) else {
+                continue;
+            };
+            let mut ctx = TaskContext::new(fam.domain.as_str())
+                .with_language(fam.language.as_str())
                 .with_complexity(Complexity::Moderate);
-            ctx.framework = fam.framework.map(str::to_owned);
-            let id = m
-                .start_episode(ns, NewEpisode::new(fam.task, fam.task_type, ctx))
-                .await?;
-            for (i, (tool, action, result)) in script.iter().enumerate() {
-                let step = match result {
-                    Ok(out) => StepInput::ok(*tool, *action, *out),
-                    Err(err) => StepInput::error(*tool, *action, *err),
+            ctx.framework.clone_from(&fam.framework);
+            let new = NewEpisode::new(fam.task.as_str(), fam.task_type, ctx);
+            let id = m.start_episode(ns, new).await?;
+            for (i, st) in variant.steps.iter().enumerate() {
+                let step = match &st.error {
+                    None => StepInput::ok(st.tool.as_str(), st.action.as_str(), st.output.as_str()),
+                    Some(err) => {
+                        StepInput::error(st.tool.as_str(), st.action.as_str(), err.as_str())
+                    }
                 };
                 m.log_step(ns, id, step.with_latency_ms(150 + 40 * i as u64))
                     .await?;
             }
-            let outcome = if ok {
+            let outcome = if variant.success {
                 Outcome::success("done and verified")
             } else {
                 Outcome::failure("test still flaky")
@@ -232,7 +147,7 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
                 println!(
                     "  {:>2}. {:<55} {:<8} reward {:.2}",
                     episodes.len() + 1,
-                    clip(fam.task, 55),
+                    clip(&fam.task, 55),
                     report.outcome.kind().as_str(),
                     report.reward.total
                 );
