@@ -291,12 +291,6 @@ fn decode_learned(kind: LearnedKind, body: &str) -> DbResult<LearnedItem> {
     }
 }
 
-/// The target of a feedback event, as stored.
-enum Item {
-    Pattern(Pattern),
-    Heuristic(Heuristic),
-}
-
 /// The transaction of [`LearningStore::record_feedback`]: replaces the event of (target,
 /// episode) and recomputes the target's effectiveness or votes from all its events.
 async fn feedback_in_tx(
@@ -341,14 +335,13 @@ async fn feedback_in_tx(
     .await?;
 
     // The item as stored: a pattern's streak only counts what came after it was last seen.
-    let item = match fb.target {
-        FeedbackTarget::Pattern(_) => Item::Pattern(from_json("pattern", &body)?),
-        FeedbackTarget::Heuristic(_) => Item::Heuristic(from_json("heuristic", &body)?),
+    let pattern: Option<Pattern> = match fb.target {
+        FeedbackTarget::Pattern(_) => Some(from_json("pattern", &body)?),
+        FeedbackTarget::Heuristic(_) => None,
     };
-    let seen = match &item {
-        Item::Pattern(p) => p.last_seen.timestamp_millis(),
-        Item::Heuristic(_) => i64::MIN,
-    };
+    let seen = pattern
+        .as_ref()
+        .map_or(i64::MIN, |p| p.last_seen.timestamp_millis());
     // Per outcome: how many, and how many came after the latest helped event and after the
     // item was last seen (the streak).
     let mut params = key();
@@ -380,16 +373,14 @@ async fn feedback_in_tx(
         }
     }
 
-    match item {
-        Item::Pattern(mut p) => {
-            p.effectiveness = eff;
-            upsert(tx, ns, position, std::iter::once(&p)).await
-        }
-        Item::Heuristic(mut h) => {
-            h.votes_up = eff.helped;
-            h.votes_down = eff.hindered;
-            upsert(tx, ns, position, std::iter::once(&h)).await
-        }
+    if let Some(mut p) = pattern {
+        p.effectiveness = eff;
+        upsert(tx, ns, position, std::iter::once(&p)).await
+    } else {
+        let mut h: Heuristic = from_json("heuristic", &body)?;
+        h.votes_up = eff.helped;
+        h.votes_down = eff.hindered;
+        upsert(tx, ns, position, std::iter::once(&h)).await
     }
 }
 

@@ -20,7 +20,7 @@ use memory_core::{collapse_tools, error_class};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PlanSource {
     /// The memory's playbook, built from this tool-sequence pattern.
-    Playbook(Option<PatternId>),
+    Playbook(PatternId),
     /// The tool sequence of a similar successful episode.
     Episode(EpisodeId),
 }
@@ -204,7 +204,7 @@ impl Agent<'_> {
             .await?;
 
         let plan_held = plan_held && plan.is_empty();
-        if let Some(PlanSource::Playbook(Some(id))) = &advice.source {
+        if let Some(PlanSource::Playbook(id)) = &advice.source {
             let verdict = if success && plan_held {
                 FeedbackOutcome::Helped
             } else if !plan_held {
@@ -369,11 +369,12 @@ impl Agent<'_> {
             .with_limit(self.config.recommend_limit);
         let rec = self.memory.recommend(self.ns, &req).await?;
         let mut advice = Advice::default();
-        if self.arm.uses_learned() && !rec.playbook.is_empty() {
-            let tools: Vec<String> = rec.playbook.iter().map(|s| s.tool.clone()).collect();
-            // The pattern the playbook follows, for feedback.
-            let id = rec.playbook_pattern.clone();
-            advice.plan = tools;
+        if let Some(id) = rec
+            .playbook_pattern
+            .clone()
+            .filter(|_| self.arm.uses_learned())
+        {
+            advice.plan = rec.playbook.iter().map(|s| s.tool.clone()).collect();
             advice.source = Some(PlanSource::Playbook(id));
         }
         if advice.source.is_none() {

@@ -284,7 +284,6 @@ impl LearningEval {
         embedder: Option<Arc<dyn Embedder>>,
         progress: &mut (dyn FnMut(usize) + Send),
     ) -> Result<ArmReport> {
-        self.config.validate()?;
         let started = Instant::now();
         let clock = Arc::new(SimClock::new());
         let storage: Arc<dyn Storage> = Arc::new(Withholding::new(storage, arm.visible()));

@@ -106,7 +106,7 @@ pub struct DriftReport {
     pub unchanged_after: f64,
 }
 
-/// Success rate and count of the tasks that pass `keep`.
+/// The count of `tasks` and their success rate.
 fn success_of<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> (usize, f64) {
     let (n, ok) = tasks.fold((0, 0), |(n, ok), t| (n + 1, ok + usize::from(t.success)));
     (n, ratio(ok, n))
