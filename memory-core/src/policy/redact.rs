@@ -329,235 +329,65 @@ struct Inner {
 }
 
 /// `key`, optional closing quote, separator (`=`, `:`, `:=`, `=>`, or a type annotation
-/// `: Type =`), spaces. Never crosses a line.
-macro_rules! sep {
-    () => {
-        r#"(?P<kq>\\?["'])?[ \t]*(?P<op>:=|=>|=|:(?:[ \t]*(?P<ty>&?[A-Za-z_][A-Za-z0-9_:<>]*)[ \t]+=[ \t])?)[ \t]*"#
-    };
+/// `: Type =`), spaces. Never crosses a line. Written `{sep}` in the rules.
+const SEP: &str = r#"(?P<kq>\\?["'])?[ \t]*(?P<op>:=|=>|=|:(?:[ \t]*(?P<ty>&?[A-Za-z_][A-Za-z0-9_:<>]*)[ \t]+=[ \t])?)[ \t]*"#;
+
+/// A double-quoted, single-quoted or bare value. Written `{value}` in the rules.
+const VALUE: &str =
+    r#"(?:\\?"(?P<dq>[^"\\\r\n]+)|\\?'(?P<sq>[^'\\\r\n]+)|(?P<bare>[^\s"',;\\`]+))"#;
+
+/// The built-in rules in priority order, as data: a `<kind> <check>` line, then the pattern.
+const BUILTIN: &str = include_str!("redaction_rules.txt");
+
+impl Check {
+    /// The check a rule names in `redaction_rules.txt`.
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "always" => Self::Always,
+            "random" => Self::Random,
+            "bearer" => Self::Bearer,
+            "url_password" => Self::UrlPassword,
+            "assignment" => Self::Assignment,
+            "cli_password" => Self::CliPassword,
+            "prose" => Self::Prose,
+            "entropy" => Self::Entropy,
+            _ => return None,
+        })
+    }
 }
 
-/// A double-quoted, single-quoted or bare value.
-macro_rules! value {
-    () => {
-        r#"(?:\\?"(?P<dq>[^"\\\r\n]+)|\\?'(?P<sq>[^'\\\r\n]+)|(?P<bare>[^\s"',;\\`]+))"#
-    };
+/// The built-in rules, parsed: `(kind, pattern, check)` with `{sep}` and `{value}` expanded.
+fn builtin_rules() -> crate::error::Result<Vec<(&'static str, String, Check)>> {
+    let invalid = |what: String| Error::invalid("redaction.builtin", what);
+    let mut lines = BUILTIN
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut rules = Vec::new();
+    while let Some(head) = lines.next() {
+        let (kind, check) = head
+            .split_once(' ')
+            .and_then(|(kind, check)| Some((kind, Check::from_name(check)?)))
+            .ok_or_else(|| invalid(format!("{head:?} is not `<kind> <check>`")))?;
+        let pattern = lines
+            .next()
+            .ok_or_else(|| invalid(format!("rule {kind} has no pattern")))?;
+        let pattern = pattern.replace("{sep}", SEP).replace("{value}", VALUE);
+        rules.push((kind, pattern, check));
+    }
+    Ok(rules)
 }
-
-/// The built-in rules, in priority order: `(kind, pattern, check)`.
-///
-/// Word boundaries are ASCII (`(?-u:\b)`) so the set's lazy DFA also handles non-ASCII text.
-const BUILTIN: &[(&str, &str, Check)] = &[
-    (
-        "private_key",
-        // Header, a line break (real or JSON-escaped) and key material, up to the END line (or
-        // the end of the text when truncated). A bare header string in code is not a key.
-        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:[ \t]*(?:\r?\n|\\r\\n|\\n)|[ \t]+)(?:Proc-Type:|[A-Za-z0-9+/=]{16})(?s:.*?)(?:-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\z)",
-        Check::Always,
-    ),
-    (
-        "url_password",
-        r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@"'<>\[\]]*:(?P<s>[^\s/?#"'<>]+|[^\s"'<>@]+)@[A-Za-z0-9\[]"#,
-        Check::UrlPassword,
-    ),
-    (
-        "slack_token",
-        r"https://hooks\.slack\.com/(?:services|workflows|triggers)/(?P<s>[A-Za-z0-9_/+-]{8,})",
-        Check::Always,
-    ),
-    (
-        "aws_access_key",
-        r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
-        Check::Always,
-    ),
-    (
-        "aws_secret",
-        concat!(
-            r"(?i:aws_?secret(?:_?access)?_?key)",
-            sep!(),
-            r#"\\?["']?(?P<s>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|\z)"#
-        ),
-        Check::Always,
-    ),
-    (
-        "gcp_api_key",
-        r"(?-u:\b)AIza[0-9A-Za-z_-]{35}",
-        Check::Always,
-    ),
-    (
-        "github_token",
-        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
-        Check::Always,
-    ),
-    (
-        "gitlab_token",
-        r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,}",
-        Check::Always,
-    ),
-    (
-        "slack_token",
-        r"(?-u:\b)(?:xox[abprs]|xapp)-[A-Za-z0-9-]{10,}",
-        Check::Random,
-    ),
-    (
-        "stripe_key",
-        r"(?-u:\b)(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}",
-        Check::Always,
-    ),
-    (
-        "openai_key",
-        r"(?-u:\b)sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}",
-        Check::Random,
-    ),
-    (
-        "jwt",
-        r"(?-u:\b)eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
-        Check::Always,
-    ),
-    (
-        "sendgrid_key",
-        r"(?-u:\b)SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}",
-        Check::Always,
-    ),
-    (
-        "huggingface_token",
-        r"(?-u:\b)hf_[A-Za-z0-9]{30,}(?-u:\b)",
-        Check::Random,
-    ),
-    (
-        "npm_token",
-        r"(?-u:\b)npm_[A-Za-z0-9]{36}(?-u:\b)",
-        Check::Random,
-    ),
-    (
-        "pypi_token",
-        r"(?-u:\b)pypi-AgE[A-Za-z0-9_-]{50,}",
-        Check::Always,
-    ),
-    (
-        "google_oauth_token",
-        r"(?-u:\b)ya29\.[A-Za-z0-9_-]{20,}",
-        Check::Always,
-    ),
-    (
-        "digitalocean_token",
-        r"(?-u:\b)do[opr]_v1_[a-f0-9]{64}(?-u:\b)",
-        Check::Always,
-    ),
-    (
-        "shopify_token",
-        r"(?-u:\b)shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}(?-u:\b)",
-        Check::Always,
-    ),
-    (
-        "databricks_token",
-        r"(?-u:\b)dapi[a-f0-9]{32}(?:-[0-9])?(?-u:\b)",
-        Check::Random,
-    ),
-    (
-        "docker_token",
-        r"(?-u:\b)dckr_pat_[A-Za-z0-9_-]{20,}",
-        Check::Always,
-    ),
-    (
-        "twilio_key",
-        r"(?-u:\b)SK[0-9a-f]{32}(?-u:\b)",
-        Check::Random,
-    ),
-    (
-        "discord_token",
-        r"(?-u:\b)[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,40}(?-u:\b)",
-        Check::Random,
-    ),
-    (
-        "telegram_token",
-        // Also inside a Bot API URL (`/bot123456789:AA.../sendMessage`).
-        r"(?:(?-u:\b)|bot)(?P<s>[0-9]{8,10}:AA[A-Za-z0-9_-]{33})(?-u:\b)",
-        Check::Always,
-    ),
-    (
-        "age_secret_key",
-        r"(?-u:\b)AGE-SECRET-KEY-1[0-9A-Z]{58}(?-u:\b)",
-        Check::Always,
-    ),
-    (
-        "cli_credential",
-        // `curl -u user:pass`, `--user=user:pass`: the password after the colon.
-        r#"(?:^|[\s"'])(?:-u|--user|--proxy-user)(?:[ \t]+|=)["']?[^\s:"']+:(?P<s>[^\s"']+)"#,
-        Check::UrlPassword,
-    ),
-    (
-        "cli_credential",
-        // `mysql -uroot -pPASS db`, `sshpass -p PASS ssh ...`, `redis-cli -a PASS`.
-        r#"(?-u:\b)(?:(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mariadb)(?:[ \t]+[^\s|;&]+)*?[ \t]+-p(?P<s>[^\s|;&"']+)|sshpass[ \t]+-p[ \t]*(?P<p>[^\s|;&"']+)|redis-cli(?:[ \t]+[^\s|;&]+)*?[ \t]+-a[ \t]+(?P<r>[^\s|;&"']+))"#,
-        Check::CliPassword,
-    ),
-    (
-        "cli_credential",
-        // `openssl enc -k PASS`, `openssl ... -passin pass:PASS`, `az login -u U -p PASS`,
-        // `htpasswd -b[c] FILE USER PASS`.
-        r#"(?-u:\b)(?:openssl(?:[ \t]+[^\s|;&]+)*?[ \t]+(?:-k[ \t]+(?P<s>[^\s|;&"']+)|-pass(?:in|out)?[ \t]+pass:(?P<p>[^\s|;&"']+))|az[ \t]+login(?:[ \t]+[^\s|;&]+)*?[ \t]+-p[ \t]+(?P<r>[^\s|;&"']+)|htpasswd[ \t]+-[A-Za-z]*b[A-Za-z]*(?:[ \t]+-[A-Za-z]+)*[ \t]+[^\s|;&-][^\s|;&]*[ \t]+[^\s|;&]+[ \t]+(?P<h>[^\s|;&"']+))"#,
-        Check::CliPassword,
-    ),
-    (
-        "assignment",
-        // Prose: `password is Hunter2Hunter2`, `the passphrase "correct horse battery"`: a
-        // quoted value, or a token-looking word, right after the word (or after is / was /
-        // set to).
-        r#"(?i:(?-u:\b)(?:password|passphrase|passwd)(?-u:\b))(?:[ \t]+(?i:is|was|set to|changed to|reset to))?[ \t]+(?:\\?"(?P<dq>[^"\\\r\n]{4,})\\?"|(?P<bare>[^\s"'.,;:=]+))"#,
-        Check::Prose,
-    ),
-    (
-        "assignment",
-        concat!(
-            r"(?P<key>(?i:(?:proxy-)?authorization))",
-            sep!(),
-            r"(?:(?P<scheme>(?i:bearer|basic|token|digest|apikey))[ \t]+)?",
-            value!()
-        ),
-        Check::Assignment,
-    ),
-    (
-        "assignment",
-        // Any identifier mentioning a sensitive word (`DB_PASSWORD`, `SecretAccessKey`,
-        // `AccountKey`, `dbPass`); `key_strength` decides whether the key really is sensitive.
-        concat!(
-            r"(?P<key>[A-Za-z0-9_.-]*(?i:pass|pwd|secret|api[_-]?key|access[_-]?key|account[_-]?key|private[_-]?key|token|credential|auth)[A-Za-z0-9_-]*)",
-            sep!(),
-            value!()
-        ),
-        Check::Assignment,
-    ),
-    (
-        "assignment",
-        concat!(
-            r"--(?P<key>[A-Za-z0-9-]*(?i:password|passwd|passphrase|secret|api-?key|token))[ \t]+",
-            value!()
-        ),
-        Check::Assignment,
-    ),
-    (
-        "assignment",
-        r"(?-u:\b)[Bb]earer[ \t]+(?P<s>[A-Za-z0-9._~+/-]{20,}=*)",
-        Check::Bearer,
-    ),
-    (
-        "high_entropy",
-        // A long random-looking token shortly after a sensitive word ("the key is ...").
-        r"(?i:key|secret|token|passw(?:or)?d|pwd|credentials?|auth)[A-Za-z_]*[^\n]{0,32}?(?-u:\b)(?P<s>[A-Za-z0-9+/_-]{24,}={0,2})",
-        Check::Entropy,
-    ),
-];
 
 impl Inner {
     /// Compiles the built-in rules followed by the (already compiled) custom ones.
     fn new(custom: Vec<Regex>) -> crate::error::Result<Self> {
         let builtin_error =
             |e: regex::Error| Error::invalid("redaction.builtin", format!("does not compile: {e}"));
-        let mut rules = Vec::with_capacity(BUILTIN.len() + custom.len());
-        for &(kind, pattern, check) in BUILTIN {
+        let builtin = builtin_rules()?;
+        let mut rules = Vec::with_capacity(builtin.len() + custom.len());
+        for (kind, pattern, check) in builtin {
             rules.push(Rule {
                 kind,
-                regex: Regex::new(pattern).map_err(builtin_error)?,
+                regex: Regex::new(&pattern).map_err(builtin_error)?,
                 check,
             });
         }
