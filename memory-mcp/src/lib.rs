@@ -29,10 +29,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod catalog;
 mod error;
 mod http;
 mod metrics;
-mod outputs;
 mod params;
 mod server;
 

@@ -14,7 +14,6 @@ use rmcp::handler::server::common::schema_for_input;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
-    ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::catalog::Catalog;
 use crate::error::{Error, Result, ToolFailure};
 use crate::params::{
     CompleteEpisodeArgs, FeedbackArgs, LearnedKind, ListLearnedArgs, LogStepArgs, NamespaceArgs,
@@ -118,91 +118,6 @@ impl NamespaceAccess {
     }
 }
 
-/// The tools, in the order `tools/list` gives them.
-const TOOLS: [&str; 10] = [
-    "recommend",
-    "start_episode",
-    "log_step",
-    "complete_episode",
-    "record_feedback",
-    "search_episodes",
-    "show_episode",
-    "list_learned",
-    "stats",
-    "health",
-];
-
-const INSTRUCTIONS: &str = "An episodic memory that learns from your past tasks. \
-When: call `recommend` once before each new task, with the task in a sentence and its context \
-(domain, language, framework); it returns similar past episodes, patterns, heuristics, \
-pitfalls, a playbook and an estimate, each with `why` (pass `max_tokens` to keep the answer \
-short; `strong_match: false` means nothing close is known). Then `start_episode`, and call \
-`log_step` after every tool call you make, failed ones included (status error, with the \
-error message): failures are what pitfalls are learned from. Finish with `complete_episode` \
-and the outcome; the memory scores the episode and learns from it. If you followed a \
-pattern or heuristic from `recommend`, call `record_feedback` with its id and your episode \
-id. Errors: a failed call is a tool result with `isError` and `error.kind`: \
-`invalid_arguments`, `invalid_input` and `limit_exceeded` mean fix the named field and call \
-again; `not_found` means check the id; `conflict` means the episode is completed (start a \
-new one); `rate_limited` means wait `error.retry_after_ms` milliseconds before the next \
-call; `unavailable` means storage is busy or down (the memory keeps what it acknowledged: \
-retry after a few seconds); `shutdown` means the server is stopping; \
-`namespace_not_allowed` means leave `namespace` out (the server serves its own).";
-
-fn description(tool: &str) -> &'static str {
-    match tool {
-        "recommend" => {
-            "Ask before you start a task: what does the memory know about a task like this? \
-             Returns `episodes` (similar past episodes with their outcome), `patterns` and \
-             `heuristics` (learned advice; pass their `item.id` to record_feedback), `pitfalls` \
-             (past failures in this context and what fixed them), `playbook` (suggested ordered \
-             steps), `estimate` (steps, duration, success chance) and `strong_match` (false: \
-             nothing close in memory, treat the advice as weak). Every item has a `why`."
-        }
-        "start_episode" => {
-            "Start recording a task you are about to do. Returns `episode_id`; pass it to \
-             log_step and complete_episode. Give the context (domain, language, framework) so \
-             later tasks can find this one."
-        }
-        "log_step" => {
-            "Record one step of an episode: a tool call you made and how it went (success, \
-             error or timeout, with the output or error message). Log failed steps too: they \
-             are what the memory learns pitfalls from. Fails with not_found for an unknown \
-             episode and conflict for a completed one."
-        }
-        "complete_episode" => {
-            "Finish an episode with its outcome (success, partial_success, failure, abstained) \
-             and a short verdict. Returns the reward (0..1, with its components), a reflection \
-             (what worked, what to improve) and the patterns, heuristics and lessons learned."
-        }
-        "record_feedback" => {
-            "Report whether a pattern or heuristic from recommend helped in an episode \
-             (helped, no_effect, hindered). Good advice then ranks higher and bad advice sinks. \
-             Recording again for the same item and episode replaces the verdict."
-        }
-        "search_episodes" => {
-            "Full-text search over past episodes (task descriptions, reflections, step text), \
-             with optional filters. Returns summaries with scores; use show_episode for steps."
-        }
-        "show_episode" => "One episode with all its steps, outcome, reward and reflection.",
-        "list_learned" => {
-            "List what the memory learned, most evidence first: kind `patterns` (tool \
-             sequences, decision points, error recoveries), `heuristics` (condition -> action \
-             rules) or `lessons` (failures and their remedies), optionally for a task type, \
-             domain or language."
-        }
-        "stats" => {
-            "Counts of the namespace: episodes (completed, successful), steps, patterns, \
-             heuristics, lessons, feedback; cache and outbox state."
-        }
-        "health" => {
-            "Check the memory: durable storage (with latency), cache, outbox, circuit breaker, \
-             and whether semantic retrieval is on (embedding model loaded) or lexical only."
-        }
-        _ => "",
-    }
-}
-
 /// Smallest and largest `max_tokens` of `recommend`.
 const MIN_TOKENS: u32 = 100;
 const MAX_TOKENS: u32 = 100_000;
@@ -265,27 +180,12 @@ fn input_schema(tool: &'static str) -> Result<Arc<JsonObject>> {
         "search_episodes" => of::<SearchArgs>(tool),
         "show_episode" => of::<ShowEpisodeArgs>(tool),
         "list_learned" => of::<ListLearnedArgs>(tool),
-        _ => of::<NamespaceArgs>(tool),
+        "stats" | "health" => of::<NamespaceArgs>(tool),
+        _ => Err(Error::Schema {
+            tool,
+            reason: "tools.json names a tool the server has no handler for".into(),
+        }),
     }
-}
-
-fn build_tools() -> Result<Vec<Tool>> {
-    TOOLS
-        .iter()
-        .map(|&name| {
-            let read_only = !matches!(
-                name,
-                "start_episode" | "log_step" | "complete_episode" | "record_feedback"
-            );
-            let annotations = ToolAnnotations::new()
-                .read_only(read_only)
-                .destructive(false)
-                .open_world(false);
-            Ok(Tool::new(name, description(name), input_schema(name)?)
-                .with_raw_output_schema(crate::outputs::output_schema(name))
-                .annotate(annotations))
-        })
-        .collect()
 }
 
 /// State shared by every client of one server.
@@ -295,6 +195,8 @@ struct Shared {
     stack: Option<Arc<memory_stack::Stack>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     tools: Vec<Tool>,
+    /// What a client is told when a session starts.
+    instructions: String,
     config: McpConfig,
     /// Tool calls running now.
     inflight: AtomicUsize,
@@ -354,13 +256,15 @@ impl MemoryServer {
         config: McpConfig,
     ) -> Result<Self> {
         let limiter = Arc::new(RateLimiter::new(config.rate_limit.clone()));
+        let catalog = Catalog::load()?;
         Ok(MemoryServer {
             shared: Arc::new(Shared {
                 memory,
                 default_namespace,
                 stack: None,
                 metrics: None,
-                tools: build_tools()?,
+                tools: catalog.tools(input_schema)?,
+                instructions: catalog.instructions,
                 config,
                 inflight: AtomicUsize::new(0),
                 call_ended: tokio::sync::Notify::new(),
@@ -509,11 +413,12 @@ impl MemoryServer {
     /// Runs one tool call. `Err` only for an unknown tool (a protocol error); everything
     /// else, including invalid arguments, is a tool result.
     async fn call(&self, name: &str, args: Option<JsonObject>) -> Result<CallToolResult, McpError> {
-        if !TOOLS.contains(&name) {
+        if !self.shared.tools.iter().any(|t| t.name == name) {
             let shown = memory_core::cut_value(name);
+            let available: Vec<&str> = self.shared.tools.iter().map(|t| &*t.name).collect();
             return Err(McpError::invalid_params(
                 format!("unknown tool: {shown}"),
-                Some(json!({ "tool": shown, "available": TOOLS })),
+                Some(json!({ "tool": shown, "available": available })),
             ));
         }
         let started = Instant::now();
@@ -554,7 +459,7 @@ impl MemoryServer {
             "show_episode" => self.show_episode(&parse(name, args)?).await,
             "list_learned" => self.list_learned(parse(name, args)?).await,
             "stats" => self.stats(&parse(name, args)?).await,
-            _ => self.health(&parse(name, args)?).await,
+            _ => self.health(&parse(name, args)?).await, // the catalogue's names are checked
         }
     }
 
@@ -900,7 +805,7 @@ impl ServerHandler for MemoryServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("memory", env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
+            .with_instructions(self.shared.instructions.clone())
     }
 
     async fn list_tools(
