@@ -156,13 +156,15 @@ pub(crate) fn statements(sql: &str) -> Vec<&str> {
         }
         let comment = trimmed.starts_with("--");
         in_body |= start.is_some() && !comment && trimmed.ends_with("BEGIN");
-        if let Some(from) = start {
-            if !comment && trimmed.ends_with(';') && (!in_body || trimmed == "END;") {
-                let end = offset + line.trim_end().len() - 1;
-                out.push(&sql[from..end]);
-                start = None;
-                in_body = false;
-            }
+        if let Some(from) = start
+            && !comment
+            && trimmed.ends_with(';')
+            && (!in_body || trimmed == "END;")
+        {
+            let end = offset + line.trim_end().len() - 1;
+            out.push(&sql[from..end]);
+            start = None;
+            in_body = false;
         }
         offset += line.len();
     }
@@ -203,7 +205,7 @@ mod tests {
     fn every_line_of_a_migration_file_is_in_a_statement_or_a_comment() {
         for m in MIGRATIONS {
             let split = statements(m.sql);
-            let joined: String = split.iter().map(|s| format!("{s};\n")).collect();
+            let joined = split.join(";\n") + ";";
             assert_eq!(code(&joined), code(m.sql), "v{}", m.version);
         }
         let trigger =
