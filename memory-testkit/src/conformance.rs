@@ -21,6 +21,7 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -133,22 +134,12 @@ pub async fn record(
     outcome: Outcome,
 ) -> (Episode, LearnedChanges) {
     s.create_episode(n, &e).await.unwrap();
-    let st = steps(spec, 1, e.started_at);
-    s.append_steps(n, e.id, &st).await.unwrap();
-    e.steps = st;
-    let done_at = e.started_at + Duration::seconds(5);
-    let c = completion_for(&e, outcome, done_at);
-    let changes = s
-        .complete_episode(n, &c)
-        .await
-        .unwrap()
-        .expect("first completion applies");
-    let stored = s
-        .get_episode(n, e.id)
-        .await
-        .unwrap()
-        .expect("episode stored");
-    (stored, changes)
+    e.steps = steps(spec, 1, e.started_at);
+    s.append_steps(n, e.id, &e.steps).await.unwrap();
+    let c = completion_for(&e, outcome, e.started_at + Duration::seconds(5));
+    let changes = s.complete_episode(n, &c).await.unwrap();
+    let changes = changes.expect("first completion applies");
+    (get(s, n, e.id).await, changes)
 }
 
 /// The outcome most fixtures end with.
@@ -161,10 +152,46 @@ fn rust_web(task: &str, task_type: TaskType, at: i64) -> Episode {
     episode(task, task_type, "web_api", Some("rust"), t(at))
 }
 
+/// A `general` episode of no particular type or language.
+fn general(task: &str, at: i64) -> Episode {
+    episode(task, TaskType::Other, "general", None, t(at))
+}
+
+/// Creates every episode in `n`.
+async fn create(s: &dyn Storage, n: &Namespace, episodes: &[&Episode]) {
+    for e in episodes {
+        s.create_episode(n, e).await.unwrap();
+    }
+}
+
 /// The episode as stored; it must exist.
 async fn get(s: &dyn Storage, n: &Namespace, id: EpisodeId) -> Episode {
-    s.get_episode(n, id).await.unwrap().unwrap()
+    let stored = s.get_episode(n, id).await.unwrap();
+    stored.expect("stored episode readable")
 }
+
+/// The pattern as stored; it must exist.
+async fn pattern(s: &dyn Storage, n: &Namespace, id: &PatternId) -> Pattern {
+    s.get_pattern(n, id).await.unwrap().unwrap()
+}
+
+/// The namespace's counts.
+async fn stats(s: &dyn Storage, n: &Namespace) -> NamespaceStats {
+    s.namespace_stats(n).await.unwrap()
+}
+
+/// The tools of the episode's steps, in order.
+fn tools(e: &Episode) -> Vec<&str> {
+    e.steps.iter().map(ExecutionStep::tool).collect()
+}
+
+/// The ids of listed episodes, in order.
+fn ids_of(summaries: &[EpisodeSummary]) -> Vec<EpisodeId> {
+    summaries.iter().map(|x| x.id).collect()
+}
+
+/// Sets fields of an episode filter.
+type FilterEdit = fn(&mut EpisodeFilter);
 
 /// Summaries of the episodes passing the filter `set` builds from the default one, at most 100.
 async fn matching(
@@ -191,9 +218,14 @@ fn text(text: &str, limit: u32) -> TextQuery {
     }
 }
 
+/// The hits of a lexical query.
+async fn search(s: &dyn Storage, n: &Namespace, query: &TextQuery) -> Vec<TextHit> {
+    s.search_episodes(n, query).await.unwrap()
+}
+
 /// The episodes an unfiltered lexical search (at most 10 hits) finds.
 async fn found(s: &dyn Storage, n: &Namespace, words: &str) -> BTreeSet<EpisodeId> {
-    let hits = s.search_episodes(n, &text(words, 10)).await.unwrap();
+    let hits = search(s, n, &text(words, 10)).await;
     hits.into_iter().map(|h| h.episode_id).collect()
 }
 
@@ -212,15 +244,26 @@ fn all_learned(limit: u32) -> LearnedQuery {
     })
 }
 
-fn feedback(
-    target: FeedbackTarget,
-    episode_id: EpisodeId,
-    outcome: FeedbackOutcome,
-    at: i64,
-) -> Feedback {
+/// The context of learned items about `web_api` work in `language` (any when `None`).
+fn web_api(language: Option<&str>) -> ContextKey {
+    ContextKey {
+        task_type: None,
+        domain: Some("web_api".into()),
+        language: language.map(str::to_owned),
+    }
+}
+
+/// The kind of a tool-sequence pattern over `tools`.
+fn sequence(tools: &[&str]) -> PatternKind {
+    let tools = tools.iter().map(|&x| x.to_owned()).collect();
+    PatternKind::ToolSequence { tools }
+}
+
+/// Feedback on `target` from episode `ep`, recorded `at` seconds after the fixture epoch.
+fn feedback(target: &FeedbackTarget, ep: EpisodeId, outcome: FeedbackOutcome, at: i64) -> Feedback {
     Feedback {
-        target,
-        episode_id,
+        target: target.clone(),
+        episode_id: ep,
         outcome,
         recorded_at: t(at),
     }
@@ -234,25 +277,17 @@ fn restore(target: &FeedbackTarget, at: i64) -> RestoreRecord {
 }
 
 /// Panics unless `result` is `NotFound`.
-fn assert_not_found<T: std::fmt::Debug>(result: Result<T>, what: &str) {
-    match result {
-        Err(Error::NotFound { .. }) => {}
-        other => panic!("{what} must be NotFound, got {other:?}"),
-    }
+fn assert_not_found<T: Debug>(result: &Result<T>, what: &str) {
+    let not_found = matches!(result, Err(Error::NotFound { .. }));
+    assert!(not_found, "{what} must be NotFound, got {result:?}");
 }
 
 pub async fn episode_lifecycle(s: &dyn Storage) {
     let n = ns("conf/lifecycle");
-    let e = episode(
-        "fix flaky login test",
-        TaskType::Testing,
-        "testing",
-        Some("rust"),
-        t(0),
-    );
+    let task = "fix flaky login test";
+    let e = episode(task, TaskType::Testing, "testing", Some("rust"), t(0));
     s.create_episode(&n, &e).await.unwrap();
-    let got = s.get_episode(&n, e.id).await.unwrap();
-    let got = got.expect("created episode readable");
+    let got = get(s, &n, e.id).await;
     assert_eq!(got, e, "episode round-trips exactly");
     assert!(!got.is_completed());
 
@@ -264,20 +299,13 @@ pub async fn episode_lifecycle(s: &dyn Storage) {
     ];
     let st = steps(&spec, 1, t(1));
     s.append_steps(&n, e.id, &st).await.unwrap();
-    let mut with_steps = e.clone();
-    with_steps.steps.clone_from(&st);
-    assert_eq!(
-        get(s, &n, e.id).await,
-        with_steps,
-        "steps round-trip in order"
-    );
+    let mut full = e.clone();
+    full.steps.clone_from(&st);
+    assert_eq!(get(s, &n, e.id).await, full, "steps round-trip in order");
 
-    let c = completion_for(&with_steps, Outcome::success("stable now"), t(10));
+    let c = completion_for(&full, Outcome::success("stable now"), t(10));
     let changes = s.complete_episode(&n, &c).await.unwrap().expect("applied");
-    assert!(
-        !changes.patterns.is_empty(),
-        "completion stores learned patterns"
-    );
+    assert!(!changes.patterns.is_empty(), "completion stores patterns");
     let done = get(s, &n, e.id).await;
     assert_eq!(done.outcome.as_ref(), Some(&c.outcome));
     assert_eq!(done.reward.as_ref(), Some(&c.reward));
@@ -285,85 +313,60 @@ pub async fn episode_lifecycle(s: &dyn Storage) {
     assert_eq!(done.completed_at, Some(t(10)));
     assert_eq!(done.steps, st);
 
-    assert!(
-        s.complete_episode(&n, &c).await.unwrap().is_none(),
-        "completing twice is a harmless no-op returning None"
-    );
+    let again = s.complete_episode(&n, &c).await.unwrap();
+    assert!(again.is_none(), "completing twice is a no-op: None");
     let first = &changes.patterns[0].item;
-    let again = s.get_pattern(&n, &first.id).await.unwrap().unwrap();
-    assert_eq!(
-        again.occurrences, first.occurrences,
-        "replayed completion adds no evidence"
-    );
+    let p = pattern(s, &n, &first.id).await;
+    assert_eq!(p.occurrences, first.occurrences, "replay adds no evidence");
 
-    match s
-        .append_steps(&n, e.id, &steps(&[("shell", true)], 5, t(11)))
-        .await
-    {
-        Err(Error::Conflict { .. }) => {}
-        other => panic!("appending to a completed episode must be Conflict, got {other:?}"),
-    }
-    let missing = EpisodeId::new();
+    let late = steps(&[("shell", true)], 5, t(11));
+    let r = s.append_steps(&n, e.id, &late).await;
     assert!(
-        s.get_episode(&n, missing).await.unwrap().is_none(),
-        "unknown episode is Ok(None)"
+        matches!(r, Err(Error::Conflict { .. })),
+        "appending to a completed episode must be Conflict, got {r:?}"
     );
-    let appended = s.append_steps(&n, missing, &st).await;
-    assert_not_found(appended, "appending to an unknown episode");
-    let mut ghost = with_steps.clone();
+    let missing = EpisodeId::new();
+    let none = s.get_episode(&n, missing).await.unwrap();
+    assert!(none.is_none(), "unknown episode is Ok(None)");
+    let r = s.append_steps(&n, missing, &st).await;
+    assert_not_found(&r, "appending to an unknown episode");
+    let mut ghost = full.clone();
     ghost.id = missing;
     let ghost_done = completion_for(&ghost, Outcome::failure("x"), t(12));
-    assert_not_found(
-        s.complete_episode(&n, &ghost_done).await,
-        "completing an unknown episode",
-    );
+    let r = s.complete_episode(&n, &ghost_done).await;
+    assert_not_found(&r, "completing an unknown episode");
     s.ping().await.unwrap();
 }
 
 pub async fn create_is_idempotent(s: &dyn Storage) {
     let n = ns("conf/create");
-    let e = episode("task", TaskType::Other, "general", None, t(0));
-    s.create_episode(&n, &e).await.unwrap();
+    let e = general("task", 0);
     let mut changed = e.clone();
     changed.task_description = "different".into();
-    s.create_episode(&n, &changed).await.unwrap();
-    assert_eq!(
-        get(s, &n, e.id).await.task_description,
-        "task",
-        "re-creating an existing id changes nothing"
-    );
-    assert_eq!(s.namespace_stats(&n).await.unwrap().episodes, 1);
+    create(s, &n, &[&e, &changed]).await;
+    let got = get(s, &n, e.id).await;
+    assert_eq!(got.task_description, "task", "re-creating changes nothing");
+    assert_eq!(stats(s, &n).await.episodes, 1);
 }
 
 pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     let n = ns("conf/steps");
     let numbers = |e: &Episode| e.steps.iter().map(|x| x.step_number).collect::<Vec<u32>>();
-    let e = episode(
-        "many steps",
-        TaskType::Debugging,
-        "databases",
-        Some("go"),
-        t(0),
-    );
+    let task = "many steps";
+    let e = episode(task, TaskType::Debugging, "databases", Some("go"), t(0));
     s.create_episode(&n, &e).await.unwrap();
     let a = steps(&[("a", true), ("b", true)], 1, t(1));
     let b = steps(&[("c", false), ("d", true)], 3, t(2));
-    s.append_steps(&n, e.id, &a).await.unwrap();
-    s.append_steps(&n, e.id, &b).await.unwrap();
-    s.append_steps(&n, e.id, &a).await.unwrap(); // replay
-    s.append_steps(&n, e.id, &[]).await.unwrap();
+    // a, b, a replayed, and an empty batch.
+    for batch in [&a[..], &b, &a, &[]] {
+        s.append_steps(&n, e.id, batch).await.unwrap();
+    }
     let got = get(s, &n, e.id).await;
-    assert_eq!(
-        numbers(&got),
-        vec![1, 2, 3, 4],
-        "steps ordered by number, replays skipped"
-    );
+    assert_eq!(numbers(&got), [1, 2, 3, 4], "ordered, replays skipped");
     assert_eq!(got.steps[2], b[0]);
-    assert_eq!(s.namespace_stats(&n).await.unwrap().steps, 4);
-    let listed = s
-        .query_episodes(&n, &EpisodeQuery::default())
-        .await
-        .unwrap();
+    assert_eq!(stats(s, &n).await.steps, 4);
+    let q = EpisodeQuery::default();
+    let listed = s.query_episodes(&n, &q).await.unwrap();
     assert_eq!(listed[0].step_count, 4, "summary counts stored steps");
 
     // A second writer numbered its steps from an older copy (1 and 2 again): the store
@@ -372,11 +375,7 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     s.append_steps(&n, e.id, &other).await.unwrap();
     s.append_steps(&n, e.id, &other[..1]).await.unwrap(); // a retry of part of it
     let got = get(s, &n, e.id).await;
-    assert_eq!(
-        numbers(&got),
-        vec![1, 2, 3, 4, 5, 6],
-        "no step lost, none twice"
-    );
+    assert_eq!(numbers(&got), [1, 2, 3, 4, 5, 6], "none lost, none twice");
     assert_eq!(got.steps[4].key, other[0].key);
     assert_eq!(got.steps[4].input, other[0].input);
     assert_eq!(got.steps[5].key, other[1].key);
@@ -389,10 +388,9 @@ pub async fn steps_append_as_rows_idempotently(s: &dyn Storage) {
     }
     s.append_steps(&n, e.id, &legacy).await.unwrap();
     let got = get(s, &n, e.id).await;
-    let tools: Vec<&str> = got.steps.iter().map(ExecutionStep::tool).collect();
-    assert_eq!(tools, ["a", "b", "c", "d", "e", "f", "h"]);
+    assert_eq!(tools(&got), ["a", "b", "c", "d", "e", "f", "h"]);
     assert_eq!(got.steps[6].step_number, 7);
-    assert_eq!(s.namespace_stats(&n).await.unwrap().steps, 7);
+    assert_eq!(stats(s, &n).await.steps, 7);
 }
 
 /// A completion carries the steps logged since the last append: they are stored with it (a
@@ -408,27 +406,18 @@ pub async fn completion_writes_its_steps(s: &dyn Storage) {
     whole.steps.extend(late.iter().cloned());
     let mut c = completion_for(&whole, Outcome::success("done"), t(3));
     // The first step again (a retry of a batch that did commit) and the late ones.
-    c.steps = std::iter::once(first[0].clone())
-        .chain(late.iter().cloned())
-        .collect();
+    c.steps = [&first[..1], &late].concat();
     assert!(s.complete_episode(&n, &c).await.unwrap().is_some());
     let got = get(s, &n, e.id).await;
-    let tools: Vec<&str> = got.steps.iter().map(ExecutionStep::tool).collect();
-    assert_eq!(
-        tools,
-        ["a", "b", "c", "d"],
-        "late steps stored once, in order"
-    );
+    let in_order = ["a", "b", "c", "d"];
+    assert_eq!(tools(&got), in_order, "late steps stored once, in order");
     assert!(got.is_completed());
-    assert_eq!(s.namespace_stats(&n).await.unwrap().steps, 4);
-    let mut replay = c.clone();
+    assert_eq!(stats(s, &n).await.steps, 4);
+    let mut replay = c;
     replay.steps = steps(&[("e", true)], 5, t(4));
     assert!(s.complete_episode(&n, &replay).await.unwrap().is_none());
-    assert_eq!(
-        get(s, &n, e.id).await.steps.len(),
-        4,
-        "a replay adds no step"
-    );
+    let kept = get(s, &n, e.id).await.steps.len();
+    assert_eq!(kept, 4, "a replay adds no step");
 }
 
 pub async fn query_filters_order_and_paging(s: &dyn Storage) {
@@ -455,10 +444,8 @@ pub async fn query_filters_order_and_paging(s: &dyn Storage) {
     }
     let all = matching(s, &n, |_| ()).await;
     assert_eq!(all.len(), 12);
-    let order: Vec<EpisodeId> = all.iter().map(|x| x.id).collect();
-    let mut expected = ids.clone();
-    expected.reverse();
-    assert_eq!(order, expected, "newest first");
+    let newest_first: Vec<EpisodeId> = ids.iter().rev().copied().collect();
+    assert_eq!(ids_of(&all), newest_first, "newest first");
 
     let page = EpisodeQuery {
         limit: 5,
@@ -466,41 +453,36 @@ pub async fn query_filters_order_and_paging(s: &dyn Storage) {
         ..EpisodeQuery::default()
     };
     let page2 = s.query_episodes(&n, &page).await.unwrap();
-    let page2: Vec<EpisodeId> = page2.iter().map(|x| x.id).collect();
-    assert_eq!(page2, expected[5..10].to_vec(), "paging");
+    assert_eq!(ids_of(&page2), newest_first[5..10], "paging");
 
-    let web = matching(s, &n, |f| f.domain = Some("web_api".into())).await;
-    assert_eq!(web.len(), 8);
-    let rust = matching(s, &n, |f| f.language = Some("rust".into())).await;
-    assert_eq!(rust.len(), 4);
-    let dbg = matching(s, &n, |f| f.task_type = Some(TaskType::Debugging)).await;
-    assert_eq!(dbg.len(), 4);
-    let failure = Some(EpisodeStatus::Completed(OutcomeKind::Failure));
-    let failed = matching(s, &n, |f| f.status = failure).await;
+    // How many of the 12 episodes each filter passes.
+    let counts: [(FilterEdit, usize); 6] = [
+        (|f| f.domain = Some("web_api".into()), 8),
+        (|f| f.language = Some("rust".into()), 4),
+        (|f| f.task_type = Some(TaskType::Debugging), 4),
+        (|f| f.status = Some(EpisodeStatus::AnyCompleted), 11),
+        (|f| f.tag = Some("fixture".into()), 12),
+        (|f| f.tag = Some("nope".into()), 0),
+    ];
+    for (set, count) in counts {
+        let mut filter = EpisodeFilter::default();
+        set(&mut filter);
+        let passed = matching(s, &n, set).await.len();
+        assert_eq!(passed, count, "episodes passing {filter:?}");
+    }
+    let failure = OutcomeKind::Failure;
+    let status = Some(EpisodeStatus::Completed(failure));
+    let failed = matching(s, &n, |f| f.status = status).await;
     assert_eq!(failed.len(), 3, "episodes 0, 4, 8 failed");
-    assert!(
-        failed
-            .iter()
-            .all(|x| x.outcome == Some(OutcomeKind::Failure))
-    );
+    assert!(failed.iter().all(|x| x.outcome == Some(failure)));
     let open = matching(s, &n, |f| f.status = Some(EpisodeStatus::InProgress)).await;
-    assert_eq!(open.iter().map(|x| x.id).collect::<Vec<_>>(), vec![ids[11]]);
-    let done = matching(s, &n, |f| f.status = Some(EpisodeStatus::AnyCompleted)).await;
-    assert_eq!(done.len(), 11);
+    assert_eq!(ids_of(&open), [ids[11]]);
     let window = matching(s, &n, |f| {
         f.started_after = Some(t(120));
         f.started_before = Some(t(300));
     })
     .await;
-    assert_eq!(
-        window.len(),
-        3,
-        "started_after inclusive, started_before exclusive"
-    );
-    let tagged = matching(s, &n, |f| f.tag = Some("fixture".into())).await;
-    assert_eq!(tagged.len(), 12);
-    let none = matching(s, &n, |f| f.tag = Some("nope".into())).await;
-    assert!(none.is_empty());
+    assert_eq!(window.len(), 3, "after inclusive, before exclusive");
     let summary = all.iter().find(|x| x.id == ids[1]).unwrap();
     assert_eq!(summary.outcome, Some(OutcomeKind::Success));
     assert!(summary.reward.is_some());
@@ -509,49 +491,25 @@ pub async fn query_filters_order_and_paging(s: &dyn Storage) {
 
 pub async fn lexical_search(s: &dyn Storage) {
     let n = ns("conf/search");
-    let (a, _) = record(
-        s,
-        &n,
-        rust_web(
-            "add token bucket rate limiting to the axum API",
-            TaskType::CodeGeneration,
-            0,
-        ),
-        &[("edit_file", true), ("shell", true)],
-        Outcome::success("rate limiter added"),
-    )
-    .await;
-    let (b, _) = record(
-        s,
-        &n,
-        episode(
-            "fix postgres deadlock in the billing worker",
-            TaskType::Debugging,
-            "databases",
-            Some("python"),
-            t(10),
-        ),
-        &[("shell", false), ("edit_file", true)],
-        Outcome::success("deadlock gone"),
-    )
-    .await;
+    let task = "add token bucket rate limiting to the axum API";
+    let a = rust_web(task, TaskType::CodeGeneration, 0);
+    let tools = [("edit_file", true), ("shell", true)];
+    let (a, _) = record(s, &n, a, &tools, Outcome::success("rate limiter added")).await;
+    let task = "fix postgres deadlock in the billing worker";
+    let lang = Some("python");
+    let b = episode(task, TaskType::Debugging, "databases", lang, t(10));
+    let tools = [("shell", false), ("edit_file", true)];
+    let (b, _) = record(s, &n, b, &tools, Outcome::success("deadlock gone")).await;
     let ids = |hits: &[TextHit]| hits.iter().map(|h| h.episode_id).collect::<Vec<_>>();
-    let hits = s
-        .search_episodes(&n, &text("rate limiting", 10))
-        .await
-        .unwrap();
-    assert_eq!(
-        hits.first().map(|h| h.episode_id),
-        Some(a.id),
-        "best hit first"
-    );
+    let hits = search(s, &n, &text("rate limiting", 10)).await;
+    assert_eq!(ids(&hits).first(), Some(&a.id), "best hit first");
     assert!(hits.iter().all(|h| h.score > 0.0));
-    let hits = s.search_episodes(&n, &text("Deadlock", 10)).await.unwrap();
-    assert_eq!(ids(&hits), vec![b.id], "case-insensitive");
+    let hits = search(s, &n, &text("Deadlock", 10)).await;
+    assert_eq!(ids(&hits), [b.id], "case-insensitive");
     let mut python = text("edit_file shell", 10);
     python.filter.language = Some("python".into());
-    let filtered = s.search_episodes(&n, &python).await.unwrap();
-    assert_eq!(ids(&filtered), vec![b.id], "filters inside search");
+    let filtered = search(s, &n, &python).await;
+    assert_eq!(ids(&filtered), [b.id], "filters inside search");
     for weird in [
         "",
         "   ",
@@ -566,7 +524,7 @@ pub async fn lexical_search(s: &dyn Storage) {
             .await
             .unwrap_or_else(|e| panic!("search for {weird:?} must not fail: {e}"));
     }
-    let limited = s.search_episodes(&n, &text("edit_file", 1)).await.unwrap();
+    let limited = search(s, &n, &text("edit_file", 1)).await;
     assert_eq!(limited.len(), 1, "limit respected");
 }
 
@@ -578,25 +536,16 @@ pub async fn learning_merges_across_episodes(s: &dyn Storage) {
         let task = format!("similar task {i}");
         let e = rust_web(&task, TaskType::CodeGeneration, i * 10);
         let (_, changes) = record(s, &n, e, &spec, ok()).await;
-        for c in changes
-            .patterns
-            .iter()
-            .filter(|c| c.item.kind.name() == "tool_sequence")
-        {
-            seq_ids.insert(c.item.id.clone());
-            assert_eq!(c.created, i == 0, "created only by the first episode");
+        for c in &changes.patterns {
+            if c.item.kind.name() == "tool_sequence" {
+                seq_ids.insert(c.item.id.clone());
+                assert_eq!(c.created, i == 0, "created only by the first episode");
+            }
         }
     }
-    assert_eq!(
-        seq_ids.len(),
-        1,
-        "one tool-sequence pattern for one sequence in one context"
-    );
-    let p = s
-        .get_pattern(&n, seq_ids.iter().next().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    // One tool-sequence pattern for one sequence in one context.
+    assert_eq!(seq_ids.len(), 1, "one pattern per sequence and context");
+    let p = pattern(s, &n, seq_ids.first().unwrap()).await;
     assert_eq!(p.occurrences, 3);
     assert_eq!(p.successes, 3);
     assert_eq!(p.recent_evidence.len(), 3, "evidence merged");
@@ -613,87 +562,58 @@ pub async fn learning_merges_across_episodes(s: &dyn Storage) {
         record(s, &n, e, &fix, Outcome::success("compiles")).await;
     }
     let lessons = s.query_lessons(&n, &LearnedQuery::default()).await.unwrap();
-    assert_eq!(
-        lessons.len(),
-        1,
-        "one lesson for one failing tool + error class in one context"
-    );
-    assert_eq!(lessons[0].occurrences, 2);
-    assert_eq!(lessons[0].recovered, 2);
-    assert_eq!(
-        lessons[0].best_remedy().map(|r| r.tools.clone()),
-        Some(vec!["edit_file".to_owned(), "shell".to_owned()])
-    );
-    let got = s.get_lesson(&n, &lessons[0].id).await.unwrap().unwrap();
-    assert_eq!(got, lessons[0]);
+    // One lesson for one failing tool + error class in one context.
+    assert_eq!(lessons.len(), 1, "one lesson per failure and context");
+    let l = &lessons[0];
+    assert_eq!((l.occurrences, l.recovered), (2, 2));
+    let remedy = vec!["edit_file".to_owned(), "shell".to_owned()];
+    assert_eq!(l.best_remedy().map(|r| r.tools.clone()), Some(remedy));
+    let got = s.get_lesson(&n, &l.id).await.unwrap();
+    assert_eq!(got.as_ref(), Some(l));
 
     // apply_learning merges outside a completion.
     let mut full = rust_web("extra", TaskType::CodeGeneration, 200);
     full.steps = steps(&spec, 1, t(200));
     let update = extract_learning(&full, &ok(), t(201));
     s.apply_learning(&n, &update).await.unwrap();
-    let p = s.get_pattern(&n, &p.id).await.unwrap().unwrap();
-    assert_eq!(p.occurrences, 4);
+    assert_eq!(pattern(s, &n, &p.id).await.occurrences, 4);
 }
 
 pub async fn heuristics_contradictions_kept(s: &dyn Storage) {
     let n = ns("conf/heuristics");
-    let ctx = ContextKey {
-        task_type: None,
-        domain: Some("web_api".into()),
-        language: Some("rust".into()),
-    };
-    let mk = |action: &str, ok: bool, i: i64| {
-        HeuristicObservation::new(
-            "cargo build fails with \"linker error\"",
-            action,
-            ctx.clone(),
-            EpisodeId::new(),
-            ok,
-            t(i),
-        )
-    };
-    let upd = |h: Vec<HeuristicObservation>| LearningUpdate {
-        episode_id: EpisodeId::new(),
-        observed_at: t(0),
-        patterns: Vec::new(),
-        heuristics: h,
-        lessons: Vec::new(),
-    };
-    s.apply_learning(&n, &upd(vec![mk("run cargo clean", true, 1)]))
-        .await
-        .unwrap();
-    for i in 0..3 {
-        s.apply_learning(&n, &upd(vec![mk("install the lld linker", true, 10 + i)]))
-            .await
-            .unwrap();
+    let ctx = web_api(Some("rust"));
+    let condition = "cargo build fails with \"linker error\"";
+    let lld = "install the lld linker";
+    // One observation of one fix, then three of a contradicting one.
+    for (action, i) in [("run cargo clean", 1), (lld, 10), (lld, 11), (lld, 12)] {
+        let seen =
+            HeuristicObservation::new(condition, action, ctx.clone(), EpisodeId::new(), true, t(i));
+        let update = LearningUpdate {
+            episode_id: EpisodeId::new(),
+            observed_at: t(0),
+            patterns: Vec::new(),
+            heuristics: vec![seen],
+            lessons: Vec::new(),
+        };
+        s.apply_learning(&n, &update).await.unwrap();
     }
     let all = s.query_heuristics(&n, &all_learned(50)).await.unwrap();
     assert_eq!(all.len(), 2, "both heuristics are kept");
     let active: Vec<&Heuristic> = all.iter().filter(|h| h.status.is_active()).collect();
     assert_eq!(active.len(), 1);
-    assert_eq!(
-        active[0].action, "install the lld linker",
-        "more evidence wins"
-    );
+    assert_eq!(active[0].action, lld, "more evidence wins");
     assert_eq!(active[0].support, 3);
     let loser = all.iter().find(|h| !h.status.is_active()).unwrap();
-    match &loser.status {
-        LearnedStatus::Superseded { by, reason } => {
-            assert_eq!(by, &active[0].id.0);
-            assert!(!reason.is_empty());
-        }
-        other => panic!("loser must be superseded with a reason, got {other:?}"),
-    }
-    let visible = s
-        .query_heuristics(&n, &LearnedQuery::default())
-        .await
-        .unwrap();
-    assert_eq!(visible.len(), 1, "inactive hidden by default");
-    assert_eq!(
-        s.get_heuristic(&n, &loser.id).await.unwrap().as_ref(),
-        Some(loser)
-    );
+    let status = &loser.status;
+    let LearnedStatus::Superseded { by, reason } = status else {
+        panic!("loser must be superseded with a reason, got {status:?}");
+    };
+    assert_eq!(by, &active[0].id.0);
+    assert!(!reason.is_empty());
+    let visible = s.query_heuristics(&n, &LearnedQuery::default()).await;
+    assert_eq!(visible.unwrap().len(), 1, "inactive hidden by default");
+    let got = s.get_heuristic(&n, &loser.id).await.unwrap();
+    assert_eq!(got.as_ref(), Some(loser));
 }
 
 pub async fn learned_queries_by_context(s: &dyn Storage) {
@@ -713,29 +633,14 @@ pub async fn learned_queries_by_context(s: &dyn Storage) {
     assert_eq!(patterns(q(None, None, None)).await.len(), 2);
     let rust = patterns(q(None, None, Some("rust"))).await;
     assert_eq!(rust.len(), 1);
-    assert_eq!(
-        rust[0].kind,
-        PatternKind::ToolSequence {
-            tools: vec!["shell".into()]
-        }
-    );
+    assert_eq!(rust[0].kind, sequence(&["shell"]));
     let testing_db = q(Some(TaskType::Testing), Some("databases"), None);
     assert_eq!(patterns(testing_db).await.len(), 1);
-    assert!(
-        patterns(q(Some(TaskType::Testing), Some("web_api"), None))
-            .await
-            .is_empty()
-    );
+    let testing_web = q(Some(TaskType::Testing), Some("web_api"), None);
+    assert!(patterns(testing_web).await.is_empty());
     // A pattern with no language matches any language query.
-    let ctx = ContextKey {
-        task_type: None,
-        domain: Some("web_api".into()),
-        language: None,
-    };
-    let grep = PatternKind::ToolSequence {
-        tools: vec!["grep".into()],
-    };
-    let generic = PatternObservation::new(grep, ctx, EpisodeId::new(), true, t(3));
+    let grep = sequence(&["grep"]);
+    let generic = PatternObservation::new(grep, web_api(None), EpisodeId::new(), true, t(3));
     let update = LearningUpdate {
         episode_id: generic.episode_id,
         observed_at: t(3),
@@ -746,13 +651,9 @@ pub async fn learned_queries_by_context(s: &dyn Storage) {
     s.apply_learning(n, &update).await.unwrap();
     let web_rust = patterns(q(None, Some("web_api"), Some("rust"))).await;
     assert_eq!(web_rust.len(), 2, "unset context fields match any value");
-    let paged = patterns(learned(|q| {
-        q.limit = 1;
-        q.offset = 1;
-        q.kind = Some("tool_sequence".into());
-    }))
-    .await;
-    assert_eq!(paged.len(), 1);
+    let mut paged = q(None, None, None);
+    (paged.limit, paged.offset) = (1, 1);
+    assert_eq!(patterns(paged).await.len(), 1);
     let in_rust = learned(|q| q.language = Some("rust".into()));
     assert!(s.query_lessons(n, &in_rust).await.unwrap().is_empty());
     let debugging = learned(|q| q.task_type = Some(TaskType::Debugging));
@@ -786,19 +687,15 @@ pub async fn put_learned_roundtrip(s: &dyn Storage) {
     assert_eq!(s.get_pattern(&n, &p.id).await.unwrap(), Some(p.clone()));
     assert_eq!(s.get_heuristic(&n, &h.id).await.unwrap(), Some(h));
     assert_eq!(s.get_lesson(&n, &l.id).await.unwrap(), Some(l));
-    let active = s
-        .query_patterns(&n, &learned(|q| q.limit = 100))
-        .await
-        .unwrap();
-    assert!(
-        active.iter().all(|x| x.id != p.id),
-        "pruned patterns hidden by default"
-    );
+    let by_default = learned(|q| q.limit = 100);
+    let active = s.query_patterns(&n, &by_default).await.unwrap();
+    assert!(active.iter().all(|x| x.id != p.id), "pruned items hidden");
     let all = s.query_patterns(&n, &all_learned(100)).await.unwrap();
     assert!(all.iter().any(|x| x.id == p.id));
 }
 
 pub async fn feedback_updates_effectiveness(s: &dyn Storage) {
+    use FeedbackOutcome::{Helped, Hindered, NoEffect};
     let n = ns("conf/feedback");
     let shell = [("shell", true)];
     let (e, changes) = record(s, &n, rust_web("x", TaskType::Debugging, 0), &shell, ok()).await;
@@ -806,280 +703,212 @@ pub async fn feedback_updates_effectiveness(s: &dyn Storage) {
     let pid = changes.patterns[0].item.id.clone();
     let target = FeedbackTarget::Pattern(pid.clone());
     for (ep, outcome, at) in [
-        (e.id, FeedbackOutcome::Hindered, 10),
-        (e.id, FeedbackOutcome::Helped, 11), // replaces
-        (e2.id, FeedbackOutcome::NoEffect, 12),
+        (e.id, Hindered, 10),
+        (e.id, Helped, 11), // replaces
+        (e2.id, NoEffect, 12),
     ] {
-        let fb = feedback(target.clone(), ep, outcome, at);
+        let fb = feedback(&target, ep, outcome, at);
         s.record_feedback(&n, &fb).await.unwrap();
     }
-    let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
-    assert_eq!(
-        p.effectiveness,
-        Effectiveness {
-            helped: 1,
-            no_effect: 1,
-            hindered: 0,
-            hindered_streak: 0,
-        }
-    );
+    let eff = pattern(s, &n, &pid).await.effectiveness;
+    let counts = (eff.helped, eff.no_effect, eff.hindered, eff.hindered_streak);
+    assert_eq!(counts, (1, 1, 0, 0), "helped, no effect, hindered, streak");
     let events = s.list_feedback(&n, &target).await.unwrap();
     assert_eq!(events.len(), 2, "one event per (target, episode)");
     assert_eq!(events[0].recorded_at, t(11), "oldest first");
-    assert_eq!(events[1].outcome, FeedbackOutcome::NoEffect);
+    assert_eq!(events[1].outcome, NoEffect);
 
     // Hindered events after the latest helped one make a streak; a later helped one ends it.
+    let streak = |p: Pattern| (p.effectiveness.hindered, p.effectiveness.hindered_streak);
     let (e3, _) = record(s, &n, rust_web("z", TaskType::Debugging, 6), &shell, ok()).await;
     let mut streaks = Vec::new();
     for (ep, outcome, at) in [
-        (e2.id, FeedbackOutcome::Hindered, 13), // replaces the no-effect event
-        (e3.id, FeedbackOutcome::Hindered, 14),
-        (e.id, FeedbackOutcome::Hindered, 15), // replaces the only helped event
-        (e2.id, FeedbackOutcome::Helped, 16),
+        (e2.id, Hindered, 13), // replaces the no-effect event
+        (e3.id, Hindered, 14),
+        (e.id, Hindered, 15), // replaces the only helped event
+        (e2.id, Helped, 16),
     ] {
-        let fb = feedback(target.clone(), ep, outcome, at);
+        let fb = feedback(&target, ep, outcome, at);
         s.record_feedback(&n, &fb).await.unwrap();
-        let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
-        streaks.push((p.effectiveness.hindered, p.effectiveness.hindered_streak));
+        streaks.push(streak(pattern(s, &n, &pid).await));
     }
     assert_eq!(streaks, [(1, 1), (2, 2), (3, 3), (2, 0)]);
     // Hindered again, then seen in a new episode: the streak ends there.
-    let fb = feedback(target.clone(), e3.id, FeedbackOutcome::Hindered, 17);
+    let fb = feedback(&target, e3.id, Hindered, 17);
     s.record_feedback(&n, &fb).await.unwrap();
-    let streak = |p: Pattern| (p.effectiveness.hindered, p.effectiveness.hindered_streak);
-    let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
-    assert_eq!(streak(p), (2, 1));
+    assert_eq!(streak(pattern(s, &n, &pid).await), (2, 1));
     record(s, &n, rust_web("w", TaskType::Debugging, 18), &shell, ok()).await;
-    let p = s.get_pattern(&n, &pid).await.unwrap().unwrap();
-    assert_eq!(streak(p), (2, 0));
+    assert_eq!(streak(pattern(s, &n, &pid).await), (2, 0));
 
     let hid = changes.heuristics[0].item.id.clone();
     let ht = FeedbackTarget::Heuristic(hid.clone());
-    let helped = feedback(ht.clone(), e.id, FeedbackOutcome::Helped, 20);
-    s.record_feedback(&n, &helped).await.unwrap();
-    let hindered = feedback(ht, e2.id, FeedbackOutcome::Hindered, 21);
-    s.record_feedback(&n, &hindered).await.unwrap();
+    for (ep, outcome, at) in [(e.id, Helped, 20), (e2.id, Hindered, 21)] {
+        let fb = feedback(&ht, ep, outcome, at);
+        s.record_feedback(&n, &fb).await.unwrap();
+    }
     let h = s.get_heuristic(&n, &hid).await.unwrap().unwrap();
     assert_eq!((h.votes_up, h.votes_down), (1, 1));
 
     let missing = FeedbackTarget::Pattern(PatternId("0".repeat(32)));
-    let fb = feedback(missing, e.id, FeedbackOutcome::Helped, 30);
-    assert_not_found(
-        s.record_feedback(&n, &fb).await,
-        "feedback on an unknown pattern",
-    );
-}
-
-/// The ids of episodes without an embedding of model `m`, after `after`, at most `limit`.
-async fn unembedded(
-    s: &dyn Storage,
-    n: &Namespace,
-    after: Option<EpisodeId>,
-    limit: u32,
-) -> Vec<EpisodeId> {
-    s.episodes_missing_embedding(n, "m", after, limit)
-        .await
-        .unwrap()
+    let fb = feedback(&missing, e.id, Helped, 30);
+    let r = s.record_feedback(&n, &fb).await;
+    assert_not_found(&r, "feedback on an unknown pattern");
 }
 
 pub async fn embeddings(s: &dyn Storage) {
-    let n = ns("conf/embeddings");
-    let a = episode("a", TaskType::Other, "general", None, t(0));
-    let b = episode("b", TaskType::Other, "general", None, t(1));
-    s.create_episode(&n, &a).await.unwrap();
-    s.create_episode(&n, &b).await.unwrap();
-    assert_eq!(
-        unembedded(s, &n, None, 10).await,
-        vec![a.id, b.id],
-        "oldest first"
-    );
+    let n = &ns("conf/embeddings");
+    let (a, b) = (general("a", 0), general("b", 1));
+    create(s, n, &[&a, &b]).await;
+    // Episodes without an embedding of model "m", after a cursor, at most `limit`.
+    let missing = |after: Option<EpisodeId>, limit: u32| async move {
+        s.episodes_missing_embedding(n, "m", after, limit)
+            .await
+            .unwrap()
+    };
+    let cov = |model: &'static str| async move { s.embedding_coverage(n, model).await.unwrap() };
     let coverage = |episodes, embedded| EmbeddingCoverage {
         episodes,
         embedded,
         last_episode: Some(b.id),
     };
-    assert_eq!(s.embedding_coverage(&n, "m").await.unwrap(), coverage(2, 0));
+    assert_eq!(missing(None, 10).await, [a.id, b.id], "oldest first");
+    assert_eq!(cov("m").await, coverage(2, 0));
     let v: Vec<f32> = (0..384).map(|i| (i as f32 * 0.37).sin()).collect();
-    s.put_embedding(&n, a.id, "m", &v).await.unwrap();
-    assert_eq!(s.embedding_coverage(&n, "m").await.unwrap(), coverage(2, 1));
-    assert!(!s.embedding_coverage(&n, "m").await.unwrap().complete());
-    assert_eq!(
-        s.get_embedding(&n, a.id, "m").await.unwrap(),
-        Some(v.clone()),
-        "vector round-trips exactly"
-    );
-    assert!(s.get_embedding(&n, a.id, "other").await.unwrap().is_none());
-    assert_eq!(unembedded(s, &n, None, 10).await, vec![b.id]);
+    s.put_embedding(n, a.id, "m", &v).await.unwrap();
+    assert_eq!(cov("m").await, coverage(2, 1));
+    assert!(!cov("m").await.complete());
+    let got = s.get_embedding(n, a.id, "m").await.unwrap();
+    assert_eq!(got, Some(v.clone()), "vector round-trips exactly");
+    assert!(s.get_embedding(n, a.id, "other").await.unwrap().is_none());
+    assert_eq!(missing(None, 10).await, [b.id]);
     // The cursor: only ids after it.
-    assert_eq!(unembedded(s, &n, Some(a.id), 10).await, vec![b.id]);
-    assert!(unembedded(s, &n, Some(b.id), 10).await.is_empty());
-    assert_eq!(unembedded(s, &n, None, 0).await, Vec::<EpisodeId>::new());
+    assert_eq!(missing(Some(a.id), 10).await, [b.id]);
+    assert!(missing(Some(b.id), 10).await.is_empty());
+    assert_eq!(missing(None, 0).await, Vec::<EpisodeId>::new());
     let w: Vec<f32> = v.iter().map(|x| -x).collect();
-    s.put_embedding(&n, a.id, "m", &w).await.unwrap();
-    assert_eq!(
-        s.get_embedding(&n, a.id, "m").await.unwrap(),
-        Some(w),
-        "put replaces"
-    );
-    assert_eq!(
-        s.embedding_coverage(&n, "m").await.unwrap(),
-        coverage(2, 1),
-        "a replaced embedding counts once"
-    );
-    s.put_embedding(&n, b.id, "m", &v).await.unwrap();
-    assert!(s.embedding_coverage(&n, "m").await.unwrap().complete());
-    assert_eq!(
-        s.embedding_coverage(&n, "other").await.unwrap(),
-        coverage(2, 0),
-        "per model"
-    );
+    s.put_embedding(n, a.id, "m", &w).await.unwrap();
+    let got = s.get_embedding(n, a.id, "m").await.unwrap();
+    assert_eq!(got, Some(w), "put replaces");
+    assert_eq!(cov("m").await, coverage(2, 1), "replaced: counted once");
+    s.put_embedding(n, b.id, "m", &v).await.unwrap();
+    assert!(cov("m").await.complete());
+    assert_eq!(cov("other").await, coverage(2, 0), "per model");
     let empty = ns("conf/embeddings-empty");
-    assert_eq!(
-        s.embedding_coverage(&empty, "m").await.unwrap(),
-        EmbeddingCoverage::default()
-    );
-    assert_not_found(
-        s.put_embedding(&n, EpisodeId::new(), "m", &v).await,
-        "embedding for an unknown episode",
-    );
+    let none = s.embedding_coverage(&empty, "m").await.unwrap();
+    assert_eq!(none, EmbeddingCoverage::default());
+    let r = s.put_embedding(n, EpisodeId::new(), "m", &v).await;
+    assert_not_found(&r, "embedding for an unknown episode");
 }
 
 /// The index change log names every episode whose embedding or (embedded) summary changed,
 /// pages in order, reports removals per model; snapshots round-trip per model and are
 /// size-checked at the API boundary.
 pub async fn index_change_log_and_snapshots(s: &dyn Storage) {
-    let n = ns("conf/index-log");
-    let other = ns("conf/index-log-other");
-    assert_eq!(s.index_log_head(&n).await.unwrap(), 0, "empty log");
-    let empty = s.index_changes(&n, "m", 0, 10).await.unwrap();
-    assert_eq!(
-        empty,
-        IndexChanges::default(),
-        "nothing changed: through stays at after"
-    );
+    let n = &ns("conf/index-log");
+    let other = &ns("conf/index-log-other");
+    let head = || async move { s.index_log_head(n).await.unwrap() };
+    // The changes for model "m" after a log position, at most `limit`.
+    let changes = |after: u64, limit: u32| async move {
+        s.index_changes(n, "m", after, limit).await.unwrap()
+    };
+    assert_eq!(head().await, 0, "empty log");
+    let none = changes(0, 10).await;
+    assert_eq!(none, IndexChanges::default(), "through stays at after");
 
-    let a = episode("a", TaskType::Other, "general", None, t(0));
-    let b = episode("b", TaskType::Other, "general", None, t(1));
-    s.create_episode(&n, &a).await.unwrap();
-    s.create_episode(&n, &b).await.unwrap();
-    s.create_episode(&other, &a).await.unwrap();
-    assert_eq!(
-        s.index_log_head(&n).await.unwrap(),
-        0,
-        "an episode without an embedding is not in the log"
-    );
+    let (a, b) = (general("a", 0), general("b", 1));
+    create(s, n, &[&a, &b]).await;
+    create(s, other, &[&a]).await;
+    assert_eq!(head().await, 0, "no embedding, not in the log");
     let v: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
-    s.put_embedding(&n, a.id, "m", &v).await.unwrap();
-    let after_a = s.index_log_head(&n).await.unwrap();
+    s.put_embedding(n, a.id, "m", &v).await.unwrap();
+    let after_a = head().await;
     assert!(after_a > 0, "an embedding write is logged");
-    s.put_embedding(&n, b.id, "other-model", &v).await.unwrap();
-    s.put_embedding(&other, a.id, "m", &v).await.unwrap();
+    s.put_embedding(n, b.id, "other-model", &v).await.unwrap();
+    s.put_embedding(other, a.id, "m", &v).await.unwrap();
 
-    let all = s.index_changes(&n, "m", 0, 100).await.unwrap();
-    assert_eq!(all.through, s.index_log_head(&n).await.unwrap());
+    let all = changes(0, 100).await;
+    assert_eq!(all.through, head().await);
     assert!(!all.more);
     assert_eq!(all.upserts.len(), 1, "{all:?}");
     assert_eq!(all.upserts[0].summary.id, a.id);
     assert_eq!(all.upserts[0].vector, v);
     assert_eq!(all.upserts[0].summary, a.summary());
-    assert_eq!(
-        all.removed,
-        vec![b.id],
-        "b changed but has no vector for this model"
-    );
+    assert_eq!(all.removed, [b.id], "b changed, no vector for model m");
 
     // Paging: one entry per page, in log order.
-    let first = s.index_changes(&n, "m", 0, 1).await.unwrap();
+    let first = changes(0, 1).await;
     assert_eq!(first.through, after_a);
     assert!(first.more);
     assert_eq!(first.upserts.len(), 1);
-    let rest = s.index_changes(&n, "m", first.through, 10).await.unwrap();
+    let rest = changes(first.through, 10).await;
     assert!(!rest.more);
-    assert_eq!(rest.removed, vec![b.id]);
+    assert_eq!(rest.removed, [b.id]);
     assert!(rest.upserts.is_empty());
 
     // Completing an embedded episode is logged with its new summary.
-    let head = s.index_log_head(&n).await.unwrap();
-    let mut stored = s.get_episode(&n, a.id).await.unwrap().unwrap();
-    let st = steps(&[("cargo", true)], 1, stored.started_at);
-    s.append_steps(&n, a.id, &st).await.unwrap();
-    stored.steps = st;
+    let before = head().await;
+    let mut stored = get(s, n, a.id).await;
+    stored.steps = steps(&[("cargo", true)], 1, stored.started_at);
+    s.append_steps(n, a.id, &stored.steps).await.unwrap();
     let c = completion_for(&stored, Outcome::success("done"), t(10));
-    s.complete_episode(&n, &c).await.unwrap();
-    let after_completion = s.index_changes(&n, "m", head, 100).await.unwrap();
-    assert!(after_completion.through > head);
-    assert_eq!(after_completion.upserts.len(), 1);
-    let summary = &after_completion.upserts[0].summary;
+    s.complete_episode(n, &c).await.unwrap();
+    let done = changes(before, 100).await;
+    assert!(done.through > before);
+    assert_eq!(done.upserts.len(), 1);
+    let summary = &done.upserts[0].summary;
     assert!(summary.completed_at.is_some(), "{summary:?}");
     assert_eq!(summary.step_count, 1);
-    assert_eq!(
-        s.index_changes(&n, "m", after_completion.through, 100)
-            .await
-            .unwrap(),
-        IndexChanges {
-            through: after_completion.through,
-            ..IndexChanges::default()
-        },
-        "caught up"
-    );
+    let caught_up = IndexChanges {
+        through: done.through,
+        ..IndexChanges::default()
+    };
+    assert_eq!(changes(done.through, 100).await, caught_up, "caught up");
 
     // Snapshots: absent, stored, replaced, per model and namespace.
-    assert_eq!(s.get_index_snapshot(&n, "m").await.unwrap(), None);
+    let snapshot = |model| async move { s.get_index_snapshot(n, model).await.unwrap() };
+    assert_eq!(snapshot("m").await, None);
     let snap = IndexSnapshot::new(after_a, vec![1, 2, 3, 0, 255]);
-    s.put_index_snapshot(&n, "m", &snap).await.unwrap();
-    assert_eq!(
-        s.get_index_snapshot(&n, "m").await.unwrap(),
-        Some(snap.clone())
-    );
-    assert_eq!(s.get_index_snapshot(&n, "other-model").await.unwrap(), None);
-    assert_eq!(s.get_index_snapshot(&other, "m").await.unwrap(), None);
+    s.put_index_snapshot(n, "m", &snap).await.unwrap();
+    assert_eq!(snapshot("m").await, Some(snap));
+    assert_eq!(snapshot("other-model").await, None);
+    assert_eq!(s.get_index_snapshot(other, "m").await.unwrap(), None);
     let newer = IndexSnapshot {
         as_of: after_a + 5,
         parts: vec![vec![9; 600], vec![8; 400]],
     };
-    s.put_index_snapshot(&n, "m", &newer).await.unwrap();
-    assert_eq!(s.get_index_snapshot(&n, "m").await.unwrap(), Some(newer));
     // Large images (stored in parts by some backends) and empty ones round-trip exactly.
-    let large = IndexSnapshot::new(
-        7,
-        (0..9 * 1024 * 1024 + 3).map(|i| (i % 251) as u8).collect(),
-    );
-    s.put_index_snapshot(&n, "m", &large).await.unwrap();
-    assert!(s.get_index_snapshot(&n, "m").await.unwrap() == Some(large));
+    let image = (0..9 * 1024 * 1024 + 3).map(|i| (i % 251) as u8).collect();
+    let large = IndexSnapshot::new(7, image);
     let empty = IndexSnapshot::new(8, Vec::new());
-    s.put_index_snapshot(&n, "m", &empty).await.unwrap();
-    assert_eq!(s.get_index_snapshot(&n, "m").await.unwrap(), Some(empty));
+    for snap in [newer, large, empty] {
+        s.put_index_snapshot(n, "m", &snap).await.unwrap();
+        let as_of = snap.as_of;
+        let got = snapshot("m").await;
+        assert!(got == Some(snap), "snapshot {as_of} round-trips");
+    }
 }
 
 pub async fn stats_count(s: &dyn Storage) {
     let n = ns("conf/stats");
-    assert_eq!(
-        s.namespace_stats(&n).await.unwrap(),
-        NamespaceStats::default()
-    );
+    assert_eq!(stats(s, &n).await, NamespaceStats::default());
     let a = rust_web("a", TaskType::Debugging, 0);
     record(s, &n, a, &[("shell", false), ("edit_file", true)], ok()).await;
     let b = rust_web("b", TaskType::Debugging, 1);
     record(s, &n, b, &[("shell", false)], Outcome::failure("no")).await;
     let c = rust_web("c", TaskType::Debugging, 2);
     s.create_episode(&n, &c).await.unwrap();
-    let st = s.namespace_stats(&n).await.unwrap();
-    assert_eq!(
-        (st.episodes, st.completed, st.successes, st.steps),
-        (3, 2, 1, 3)
-    );
+    let st = stats(s, &n).await;
+    let counts = (st.episodes, st.completed, st.successes, st.steps);
+    // Episodes, completed ones, successes, steps.
+    assert_eq!(counts, (3, 2, 1, 3), "namespace counts");
     let patterns = s.query_patterns(&n, &all_learned(1000)).await.unwrap();
     assert_eq!(st.patterns, patterns.len() as u64);
-    assert_eq!(
-        st.active_patterns,
-        patterns.iter().filter(|p| p.status.is_active()).count() as u64
-    );
+    let active = patterns.iter().filter(|p| p.status.is_active()).count();
+    assert_eq!(st.active_patterns, active as u64);
     let heur = s.query_heuristics(&n, &all_learned(1000)).await.unwrap();
     assert_eq!(st.heuristics, heur.len() as u64);
-    assert_eq!(
-        st.active_heuristics,
-        heur.iter().filter(|h| h.status.is_active()).count() as u64
-    );
+    let active = heur.iter().filter(|h| h.status.is_active()).count();
+    assert_eq!(st.active_heuristics, active as u64);
     let lessons = s.query_lessons(&n, &all_learned(1000)).await.unwrap();
     assert_eq!(st.lessons, lessons.len() as u64);
     assert!(s.list_namespaces().await.unwrap().contains(&n));
@@ -1097,10 +926,8 @@ pub async fn namespace_isolation(s: &dyn Storage, seed: u64) {
         let n = if rng.random::<bool>() { &a } else { &b };
         let mut spec = Vec::new();
         for _ in 0..rng.random_range(1..5) {
-            spec.push((
-                tools[rng.random_range(0..tools.len())],
-                rng.random::<f64>() > 0.3,
-            ));
+            let tool = tools[rng.random_range(0..tools.len())];
+            spec.push((tool, rng.random::<f64>() > 0.3));
         }
         let outcome = if rng.random::<bool>() {
             ok()
@@ -1113,86 +940,69 @@ pub async fn namespace_isolation(s: &dyn Storage, seed: u64) {
         record(s, n, e, &spec, outcome).await;
     }
     for (n, other) in [(&a, &b), (&b, &a)] {
-        let mine: BTreeSet<EpisodeId> = owned
-            .iter()
-            .filter(|(_, o)| *o == n)
-            .map(|(id, _)| *id)
-            .collect();
-        assert_isolated(s, n, other, &owned, &mine).await;
+        assert_isolated(s, n, other, &owned).await;
     }
     // Changing one namespace leaves the other's counts untouched.
-    let before = s.namespace_stats(&b).await.unwrap();
+    let before = stats(s, &b).await;
     let late = rust_web("late", TaskType::Debugging, 1000);
     record(s, &a, late, &[("shell", true)], ok()).await;
-    assert_eq!(s.namespace_stats(&b).await.unwrap(), before);
+    assert_eq!(stats(s, &b).await, before);
 }
 
-/// What `n` sees holds exactly `mine` and nothing of `other`.
+/// What `n` sees holds exactly the episodes `owned` assigns it and nothing of `other`.
 async fn assert_isolated(
     s: &dyn Storage,
     n: &Namespace,
     other: &Namespace,
     owned: &BTreeMap<EpisodeId, Namespace>,
-    mine: &BTreeSet<EpisodeId>,
 ) {
+    let mine = owned_by(owned, n);
     let everything = EpisodeQuery {
         limit: 1000,
         ..Default::default()
     };
     let listed = s.query_episodes(n, &everything).await.unwrap();
-    assert_eq!(
-        &listed.iter().map(|x| x.id).collect::<BTreeSet<_>>(),
-        mine,
-        "list sees exactly its own episodes"
-    );
-    let hits = s
-        .search_episodes(n, &text("shared isolation shell", 1000))
-        .await
-        .unwrap();
-    assert!(
-        hits.iter().all(|h| mine.contains(&h.episode_id)),
-        "search never crosses namespaces"
-    );
-    let st = s.namespace_stats(n).await.unwrap();
+    let listed = BTreeSet::from_iter(ids_of(&listed));
+    assert_eq!(listed, mine, "list sees exactly its own episodes");
+    let hits = search(s, n, &text("shared isolation shell", 1000)).await;
+    let inside = hits.iter().all(|h| mine.contains(&h.episode_id));
+    assert!(inside, "search never crosses namespaces");
+    let st = stats(s, n).await;
     assert_eq!(st.episodes, mine.len() as u64, "counts are per namespace");
-    for (id, o) in owned {
-        if o == other {
-            assert!(
-                s.get_episode(n, *id).await.unwrap().is_none(),
-                "get never crosses namespaces"
-            );
-            assert!(
-                matches!(
-                    s.append_steps(n, *id, &steps(&[("x", true)], 99, t(0)))
-                        .await,
-                    Err(Error::NotFound { .. })
-                ),
-                "append never crosses namespaces"
-            );
-        }
+    for id in owned_by(owned, other) {
+        let got = s.get_episode(n, id).await.unwrap();
+        assert!(got.is_none(), "get never crosses namespaces");
+        let st = steps(&[("x", true)], 99, t(0));
+        let r = s.append_steps(n, id, &st).await;
+        assert_not_found(&r, "append across namespaces");
     }
     let theirs = s.query_patterns(other, &all_learned(1000)).await.unwrap();
     let mine_p = s.query_patterns(n, &all_learned(1000)).await.unwrap();
     for p in &theirs {
         // Same ids can exist in both (deterministic); their evidence must be separate.
         if let Some(m) = mine_p.iter().find(|m| m.id == p.id) {
-            assert!(
-                m.recent_evidence
-                    .iter()
-                    .all(|ev| mine.contains(&ev.episode_id)),
-                "pattern evidence never crosses namespaces"
-            );
+            let own = m
+                .recent_evidence
+                .iter()
+                .all(|ev| mine.contains(&ev.episode_id));
+            assert!(own, "pattern evidence never crosses namespaces");
         } else {
             assert!(s.get_pattern(n, &p.id).await.unwrap().is_none());
             let target = FeedbackTarget::Pattern(p.id.clone());
-            let episode_id = *mine.iter().next().unwrap();
-            let fb = feedback(target, episode_id, FeedbackOutcome::Helped, 0);
-            assert!(
-                matches!(s.record_feedback(n, &fb).await, Err(Error::NotFound { .. })),
-                "feedback cannot reach another namespace's pattern"
-            );
+            let fb = feedback(&target, *mine.first().unwrap(), FeedbackOutcome::Helped, 0);
+            let r = s.record_feedback(n, &fb).await;
+            assert_not_found(&r, "feedback on another namespace's pattern");
         }
     }
+}
+
+/// The episodes `owned` assigns to `n`.
+fn owned_by(owned: &BTreeMap<EpisodeId, Namespace>, n: &Namespace) -> BTreeSet<EpisodeId> {
+    owned
+        .keys()
+        .filter(|id| owned[*id] == *n)
+        .copied()
+        .collect()
 }
 
 /// Consolidation runs, metrics snapshots, estimate records and restores: stored per
@@ -1220,18 +1030,13 @@ async fn consolidation_runs(s: &dyn Storage, a: &Namespace, b: &Namespace) {
         s.record_consolidation(a, &run).await.unwrap(); // replay
     }
     let runs = s.list_consolidations(a, 10).await.unwrap();
-    assert_eq!(
-        runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-        ["run-2", "run-1", "run-0"],
-        "runs newest first, one row per id"
-    );
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["run-2", "run-1", "run-0"], "newest first, one per id");
     assert_eq!(runs[0].merged_patterns, 2, "run counts round-trip");
     assert_eq!(runs[0].finished_at, t(21));
     assert_eq!(s.list_consolidations(a, 2).await.unwrap().len(), 2, "limit");
-    assert!(
-        s.list_consolidations(b, 10).await.unwrap().is_empty(),
-        "runs are per namespace"
-    );
+    let listed_in_b = s.list_consolidations(b, 10).await.unwrap();
+    assert!(listed_in_b.is_empty(), "runs are per namespace");
 
     // Claims: a run is claimed only when none started after `not_before`.
     let claim = |id: &str, at: i64| ConsolidationRun {
@@ -1241,42 +1046,21 @@ async fn consolidation_runs(s: &dyn Storage, a: &Namespace, b: &Namespace) {
         finished_at: t(at),
         ..ConsolidationRun::default()
     };
-    assert!(
-        !s.claim_consolidation(a, &claim("late", 30), t(19))
-            .await
-            .unwrap(),
-        "run-2 started at 20, after 19: not claimed"
-    );
-    assert!(
-        s.claim_consolidation(a, &claim("mine", 30), t(20))
-            .await
-            .unwrap(),
-        "nothing started after 20 (at 20 is not after): claimed"
-    );
-    assert!(
-        !s.claim_consolidation(a, &claim("theirs", 31), t(20))
-            .await
-            .unwrap(),
-        "a second claimant over the same window loses"
-    );
-    assert!(
-        s.claim_consolidation(b, &claim("b", 31), t(20))
-            .await
-            .unwrap(),
-        "per namespace"
-    );
-    let ids: Vec<String> = s
-        .list_consolidations(a, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(
-        ids,
-        ["mine", "run-2", "run-1", "run-0"],
-        "the loser left no row"
-    );
+    // (namespace, run id, its start, not_before, claimed, the rule)
+    let claims = [
+        (a, "late", 30, 19, false, "run-2 started at 20, after 19"),
+        (a, "mine", 30, 20, true, "at 20 is not after 20"),
+        (a, "theirs", 31, 20, false, "a 2nd claim of a window loses"),
+        (b, "b", 31, 20, true, "claims are per namespace"),
+    ];
+    for (n, id, at, not_before, claimed, rule) in claims {
+        let run = claim(id, at);
+        let won = s.claim_consolidation(n, &run, t(not_before)).await.unwrap();
+        assert_eq!(won, claimed, "claim {id}: {rule}");
+    }
+    let runs = s.list_consolidations(a, 10).await.unwrap();
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["mine", "run-2", "run-1", "run-0"], "no loser row");
 }
 
 async fn metrics_snapshots(s: &dyn Storage, a: &Namespace, b: &Namespace) {
@@ -1300,8 +1084,9 @@ async fn metrics_snapshots(s: &dyn Storage, a: &Namespace, b: &Namespace) {
 async fn estimate_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
     let e1 = episode("estimate one", TaskType::Testing, "web_api", None, t(0));
     let e2 = episode("estimate two", TaskType::Testing, "cli", None, t(1));
-    s.create_episode(a, &e1).await.unwrap();
-    s.create_episode(a, &e2).await.unwrap();
+    create(s, a, &[&e1, &e2]).await;
+    // The records of `a` with actuals, most recently completed first.
+    let listed = |domain, limit| async move { s.query_estimates(a, domain, limit).await.unwrap() };
     let est = Estimate {
         expected_steps: Some(3.0),
         expected_duration_ms: Some(1000.0),
@@ -1317,18 +1102,12 @@ async fn estimate_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
         estimate: est.clone(),
         actual: None,
     };
-    let missing = s.put_estimate(b, &r1).await.unwrap_err();
-    assert!(
-        matches!(missing, Error::NotFound { .. }),
-        "estimate for an episode of another namespace: {missing:?}"
-    );
+    let r = s.put_estimate(b, &r1).await;
+    assert_not_found(&r, "estimate for an episode of another namespace");
     s.put_estimate(a, &r1).await.unwrap();
     assert_eq!(s.get_estimate(a, e1.id).await.unwrap().as_ref(), Some(&r1));
     assert!(s.get_estimate(b, e1.id).await.unwrap().is_none());
-    assert!(
-        s.query_estimates(a, None, 10).await.unwrap().is_empty(),
-        "no actuals yet"
-    );
+    assert!(listed(None, 10).await.is_empty(), "no actuals yet");
     r1.actual = Some(EstimateActual {
         steps: 6,
         duration_ms: 2000.0,
@@ -1350,21 +1129,11 @@ async fn estimate_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
         }),
     };
     s.put_estimate(a, &r2).await.unwrap();
-    let all = s.query_estimates(a, None, 10).await.unwrap();
-    assert_eq!(
-        all.iter().map(|r| r.episode_id).collect::<Vec<_>>(),
-        [e2.id, e1.id],
-        "most recently completed first"
-    );
-    assert_eq!(
-        s.query_estimates(a, Some("web_api"), 10).await.unwrap(),
-        vec![r1.clone()]
-    );
-    assert_eq!(
-        s.query_estimates(a, None, 1).await.unwrap().len(),
-        1,
-        "limit"
-    );
+    let all = listed(None, 10).await;
+    let order: Vec<EpisodeId> = all.iter().map(|r| r.episode_id).collect();
+    assert_eq!(order, [e2.id, e1.id], "most recently completed first");
+    assert_eq!(listed(Some("web_api"), 10).await, [r1]);
+    assert_eq!(listed(None, 1).await.len(), 1, "limit");
     assert!(s.query_estimates(b, None, 10).await.unwrap().is_empty());
 }
 
@@ -1389,16 +1158,13 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
     let n = ns("retention/a");
     let other = ns("retention/b");
     let [old_ok, old_failed, recent_ok, elsewhere] = retention_fixture(s, &n, &other).await;
-    let patterns_before = s.query_patterns(&n, &all_learned(50)).await.unwrap();
-    let lessons_before = s.query_lessons(&n, &all_learned(50)).await.unwrap();
+    let all = all_learned(50);
+    let patterns_before = s.query_patterns(&n, &all).await.unwrap();
+    let lessons_before = s.query_lessons(&n, &all).await.unwrap();
     assert!(found(s, &n, "zebrafish output").await.contains(&old_ok.id));
 
     let done = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
-    assert_eq!(
-        done.episode_ids,
-        vec![old_ok.id],
-        "only the old successful episode"
-    );
+    assert_eq!(done.episode_ids, [old_ok.id], "only the old success");
     assert_eq!(done.steps, 2, "its two successful steps");
     let expected_bytes: usize = old_ok
         .steps
@@ -1410,63 +1176,39 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
 
     let after = get(s, &n, old_ok.id).await;
     assert_eq!(after.steps.len(), old_ok.steps.len(), "steps are kept");
+    let kept = |x: &StepInput| (x.tool.clone(), x.action.clone(), x.parameters.clone());
     for (a, b) in after.steps.iter().zip(&old_ok.steps) {
-        assert_eq!(
-            (&a.input.tool, &a.input.action, &a.input.parameters),
-            (&b.input.tool, &b.input.action, &b.input.parameters)
-        );
-        if b.input.result.is_success() {
-            assert_eq!(a.input.result.text(), "", "successful output emptied");
+        let (a, b) = (&a.input, &b.input);
+        assert_eq!(kept(a), kept(b), "tool, action and parameters are kept");
+        if b.result.is_success() {
+            assert_eq!(a.result.text(), "", "successful output emptied");
         } else {
-            assert_eq!(a.input.result, b.input.result, "errors are kept");
+            assert_eq!(a.result, b.result, "errors are kept");
         }
     }
     assert_eq!(
         (&after.outcome, &after.reward, &after.reflection),
         (&old_ok.outcome, &old_ok.reward, &old_ok.reflection)
     );
-    assert_eq!(
-        get(s, &n, old_failed.id).await,
-        old_failed,
-        "failed episodes untouched"
-    );
-    assert_eq!(
-        get(s, &n, recent_ok.id).await,
-        recent_ok,
-        "recent episodes untouched"
-    );
-    assert_eq!(
-        get(s, &other, elsewhere.id).await,
-        elsewhere,
-        "other namespaces untouched"
-    );
-    assert_eq!(
-        s.query_patterns(&n, &all_learned(50)).await.unwrap(),
-        patterns_before
-    );
-    assert_eq!(
-        s.query_lessons(&n, &all_learned(50)).await.unwrap(),
-        lessons_before
-    );
+    for (space, e, what) in [
+        (&n, &old_failed, "failed episodes"),
+        (&n, &recent_ok, "recent episodes"),
+        (&other, &elsewhere, "other namespaces"),
+    ] {
+        assert_eq!(&get(s, space, e.id).await, e, "{what} untouched");
+    }
+    assert_eq!(s.query_patterns(&n, &all).await.unwrap(), patterns_before);
+    assert_eq!(s.query_lessons(&n, &all).await.unwrap(), lessons_before);
     let found_ok = found(s, &n, "zebrafish output ok").await;
     assert!(found_ok.contains(&old_failed.id) && found_ok.contains(&recent_ok.id));
-    let action_hits = found(s, &n, "run zebrafish").await;
-    assert!(
-        action_hits.contains(&old_ok.id),
-        "the actions stay searchable"
-    );
-    let output_hits = found(s, &n, "output").await;
-    assert!(
-        !output_hits.contains(&old_ok.id) && output_hits.contains(&recent_ok.id),
-        "removed output text is no longer indexed: {output_hits:?}"
-    );
+    let by_action = found(s, &n, "run zebrafish").await;
+    assert!(by_action.contains(&old_ok.id), "actions stay searchable");
+    let by_output = found(s, &n, "output").await;
+    let gone = !by_output.contains(&old_ok.id) && by_output.contains(&recent_ok.id);
+    assert!(gone, "removed output text no longer indexed: {by_output:?}");
 
     let again = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
-    assert_eq!(
-        again,
-        StepCompaction::default(),
-        "a second pass finds nothing"
-    );
+    assert_eq!(again, StepCompaction::default(), "2nd pass finds nothing");
 }
 
 /// An old success, an old failure and a recent success in `n`, an old success in `other`.
