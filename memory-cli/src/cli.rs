@@ -202,6 +202,9 @@ pub struct EvalLearningArgs {
     /// families, tools, traps and wordings, never tuned on)
     #[arg(long, default_value = "tuning")]
     pub world: memory_eval::learning::WorldName,
+    /// Tasks between consolidation runs of each arm's memory (0: never)
+    #[arg(long, default_value_t = 50)]
+    pub consolidate_every: usize,
 }
 
 #[derive(Debug, Args)]

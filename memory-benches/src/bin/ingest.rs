@@ -28,6 +28,7 @@ use serde::Serialize;
 /// Records realistic episodes through the default stack and reports how it went.
 #[derive(Debug, Parser)]
 #[command(name = "ingest", version)]
+#[allow(clippy::struct_excessive_bools, reason = "command-line flags")]
 struct Args {
     /// Episodes to record.
     #[arg(long, default_value_t = 10_000)]
@@ -60,6 +61,10 @@ struct Args {
     /// report, per slice, where completion time goes: mean time and count per span name.
     #[arg(long)]
     spans: bool,
+    /// Run a consolidation after every checkpoint, as the background schedule would over a
+    /// long run (outside the timed slices; its time is reported per checkpoint).
+    #[arg(long)]
+    consolidate: bool,
 }
 
 /// Spans shown per slice with `--spans`.
@@ -114,8 +119,12 @@ struct Checkpoint {
     /// `complete_episode` latency within the slice.
     complete: Latency,
     patterns: u64,
+    active_patterns: u64,
     heuristics: u64,
     lessons: u64,
+    /// With `--consolidate`: seconds the run after this slice took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consolidation_s: Option<f64>,
     rss_mib: f64,
     database_mib: f64,
     /// With `--spans`: the costliest spans of the slice (name, mean ms, count).
@@ -152,6 +161,8 @@ struct Report {
     /// Patterns per completed episode: well below the patterns one episode yields means
     /// repeats merge.
     patterns_per_episode: f64,
+    /// Active (not merged or pruned) patterns per completed episode.
+    active_patterns_per_episode: f64,
     checkpoints: Vec<Checkpoint>,
 }
 
@@ -316,6 +327,13 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
             }
             None => Vec::new(),
         };
+        let consolidation_s = if args.consolidate {
+            let started = Instant::now();
+            stack.memory.consolidate(&ns).await?;
+            Some(started.elapsed().as_secs_f64())
+        } else {
+            None
+        };
         let stats = stack.memory.stats(&ns).await?;
         let cp = Checkpoint {
             episodes: end,
@@ -323,8 +341,10 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
             episodes_per_s: (end - done) as f64 / slice_time.as_secs_f64(),
             complete: Latency::of(&mut window),
             patterns: stats.patterns,
+            active_patterns: stats.active_patterns,
             heuristics: stats.heuristics,
             lessons: stats.lessons,
+            consolidation_s,
             rss_mib: proc_status_mib("VmRSS"),
             database_mib: stack.database_bytes() as f64 / MIB,
             spans: slice_spans,
@@ -369,6 +389,7 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
         outbox_bytes: stack.outbox_bytes(),
         outcomes,
         patterns_per_episode: stats.patterns as f64 / stats.completed.max(1) as f64,
+        active_patterns_per_episode: stats.active_patterns as f64 / stats.completed.max(1) as f64,
         stats: stats.into(),
         checkpoints,
     };
@@ -432,8 +453,11 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         (
             "patterns",
             format!(
-                "{} ({} active; {:.2} per episode)",
-                s.patterns, s.active_patterns, r.patterns_per_episode
+                "{} ({} active; {:.2} per episode, {:.3} active)",
+                s.patterns,
+                s.active_patterns,
+                r.patterns_per_episode,
+                r.active_patterns_per_episode
             ),
         ),
         (
@@ -450,30 +474,35 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "  {:>9}  {:>8}  {:>11}  {:>11}  {:>9}  {:>10}  {:>8}  {:>9}  {:>8}",
+        "  {:>9}  {:>8}  {:>11}  {:>11}  {:>9}  {:>8}  {:>10}  {:>8}  {:>9}  {:>8}  {:>9}",
         "episodes",
         "ep/s",
         "p50 ms",
         "p95 ms",
         "patterns",
+        "active",
         "heuristics",
         "lessons",
         "RSS MiB",
-        "db MiB"
+        "db MiB",
+        "consol s"
     )?;
     for cp in &r.checkpoints {
         writeln!(
             out,
-            "  {:>9}  {:>8.1}  {:>11.2}  {:>11.2}  {:>9}  {:>10}  {:>8}  {:>9.1}  {:>8.1}",
+            "  {:>9}  {:>8.1}  {:>11.2}  {:>11.2}  {:>9}  {:>8}  {:>10}  {:>8}  {:>9.1}  {:>8.1}  {:>9}",
             cp.episodes,
             cp.episodes_per_s,
             cp.complete.p50_ms,
             cp.complete.p95_ms,
             cp.patterns,
+            cp.active_patterns,
             cp.heuristics,
             cp.lessons,
             cp.rss_mib,
-            cp.database_mib
+            cp.database_mib,
+            cp.consolidation_s
+                .map_or("-".to_owned(), |t| format!("{t:.2}"))
         )?;
     }
     for cp in r.checkpoints.iter().filter(|cp| !cp.spans.is_empty()) {

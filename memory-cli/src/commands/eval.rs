@@ -89,7 +89,8 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
             .with_tasks(a.tasks)
             .with_seed(a.seed)
             .with_drift(a.drift)
-            .with_world(a.world),
+            .with_world(a.world)
+            .with_consolidate_every(a.consolidate_every),
     )?;
     let bar = indicatif::ProgressBar::new((a.tasks * Arm::ALL.len()) as u64);
     if s.json {

@@ -21,7 +21,7 @@ pub const MAX_RETENTION_DAYS: u32 = 36_500;
 /// # Default
 /// `schedule` on, `interval` 1 h; `prune_confidence_floor` 0.05; `prune_use_floor` 1.0
 /// (decayed episodes of evidence); `restore_grace_days` 30; `lexical_similarity` 0.8
-/// (Jaccard of words); `semantic_similarity` 0.92 (cosine); `max_items` 10,000 per kind and
+/// (Jaccard of words); `semantic_similarity` 0.92 (cosine); `sequence_similarity` 0.75; `max_items` 10,000 per kind and
 /// run; `metrics_window` 200 episodes; `calibration_window` 50 estimates;
 /// `calibration_min_samples` 3.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,10 @@ pub struct ConsolidationConfig {
     /// Cosine similarity of embeddings at or above which two texts are near-duplicates, used
     /// with an embedder (0 < x <= 1).
     pub semantic_similarity: f64,
+    /// Similarity of two tool sequences (twice their longest common subsequence over their
+    /// total length) at or above which a variant that stopped recurring is folded into a
+    /// sequence of its context with as much evidence (0 < x <= 1).
+    pub sequence_similarity: f64,
     /// Most patterns and most heuristics (the most seen) one run merges and rates by feedback
     /// as one group (1 ..= 100,000); the rest are revived, decayed and pruned a page at a time,
     /// so every item is examined.
@@ -71,6 +75,7 @@ impl Default for ConsolidationConfig {
             restore_grace_days: 30.0,
             lexical_similarity: 0.8,
             semantic_similarity: 0.92,
+            sequence_similarity: 0.75,
             max_items: 10_000,
             metrics_window: 200,
             calibration_window: 50,
@@ -134,6 +139,11 @@ impl ConsolidationConfig {
         check_unit(
             "consolidation.lexical_similarity",
             self.lexical_similarity,
+            false,
+        )?;
+        check_unit(
+            "consolidation.sequence_similarity",
+            self.sequence_similarity,
             false,
         )?;
         check_unit(
@@ -241,6 +251,9 @@ mod tests {
         assert!(at(|c| c.prune_confidence_floor = 1.0).is_ok());
         assert!(at(|c| c.prune_confidence_floor = 1.000_001).is_err());
         assert!(at(|c| c.lexical_similarity = 0.0).is_err());
+        assert!(at(|c| c.sequence_similarity = 0.0).is_err());
+        assert!(at(|c| c.sequence_similarity = 1.0).is_ok());
+        assert!(at(|c| c.sequence_similarity = 1.0 + f64::EPSILON).is_err());
         assert!(at(|c| c.semantic_similarity = f64::NAN).is_err());
         assert!(at(|c| c.prune_use_floor = -0.1).is_err());
         let r = |d: Option<u32>, n: u32| {

@@ -28,6 +28,25 @@ pub(crate) fn lexical_similarity(a: &str, b: &str) -> f64 {
     common as f64 / union as f64
 }
 
+/// Similarity of two tool sequences in [0, 1]: twice the length of their longest common
+/// subsequence over their total length (1 for two empty sequences).
+pub(crate) fn sequence_similarity(a: &[String], b: &[String]) -> f64 {
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    // One row of the classic dynamic programme; `diag` is the previous row's cell to the left.
+    let mut row = vec![0_usize; b.len() + 1];
+    for x in a {
+        let mut diag = 0;
+        for (j, y) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = if x == y { diag + 1 } else { up.max(row[j]) };
+            diag = up;
+        }
+    }
+    2.0 * row[b.len()] as f64 / (a.len() + b.len()) as f64
+}
+
 /// The kinds consolidation merges, decays and prunes (patterns and heuristics), through one
 /// generic run.
 pub(crate) trait Consolidate: Learned {
@@ -247,6 +266,19 @@ mod tests {
             ));
         }
         p
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp, reason = "exact values")]
+    fn sequences_are_alike_by_their_longest_common_subsequence() {
+        let seq = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<String>>();
+        let sim = |a: &str, b: &str| sequence_similarity(&seq(a), &seq(b));
+        assert_eq!(sim("a b c d", "a b c d"), 1.0);
+        assert_eq!(sim("a b c d", "a x c d"), 0.75);
+        assert_eq!(sim("a b c d", "a b c d e f"), 0.8);
+        assert_eq!(sim("a b", "c d"), 0.0);
+        assert_eq!(sequence_similarity(&[], &[]), 1.0);
+        assert_eq!(sim("a b c", "c b a"), sim("c b a", "a b c"));
     }
 
     #[test]

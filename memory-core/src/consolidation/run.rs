@@ -13,12 +13,17 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::config::{ConsolidationConfig, RetentionConfig};
-use super::merge::{Consolidate, decayed_use, lexical_similarity, merge_into, recently_restored};
+use super::merge::{
+    Consolidate, decayed_use, lexical_similarity, merge_into, recently_restored,
+    sequence_similarity,
+};
 use super::metrics::snapshot;
 use crate::clock::SharedClock;
 use crate::embedding::{Embedder, cosine};
 use crate::error::{Error, Result};
-use crate::learned::{FeedbackTarget, Heuristic, Learned, LearnedKind, LearnedStatus, Pattern};
+use crate::learned::{
+    FeedbackTarget, Heuristic, Learned, LearnedKind, LearnedStatus, Pattern, PatternId, PatternKind,
+};
 use crate::namespace::Namespace;
 use crate::records::{ConsolidationRun, MetricsSnapshot, RestoreRecord};
 use crate::statistics::decay_factor;
@@ -52,6 +57,10 @@ pub struct ConsolidationReport {
 
 /// Page size when a run loads learned items.
 const PAGE: u32 = 500;
+
+/// The most recently seen tool sequences of a context, which are never folded into another:
+/// one of them may be a procedure that is just emerging (after a change, say).
+const RECENT_SEQUENCES: usize = 8;
 
 /// Runs consolidation for a memory: one run at a time, counted.
 #[derive(Debug)]
@@ -178,6 +187,58 @@ fn forward<T: Consolidate>(pool: &mut Pool<T>, st: &mut RunState) {
                 format!("{n} new {unit} moved to {target}"),
             );
             st.run.forwarded += 1;
+        }
+    }
+}
+
+/// Step 3b, fold variants: a tool sequence that is not among the `RECENT_SEQUENCES` most
+/// recently seen of its context (task type, domain, language) merges into the first sequence
+/// of that context, in survivor order (most evidence, then most recently seen), that has at
+/// least its evidence and success rate and is `min_similarity` alike (see
+/// [`sequence_similarity`]). A one-off run is then evidence of the procedure that recurs,
+/// instead of a pattern of its own.
+fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_similarity: f64) {
+    let mut contexts: BTreeMap<String, Vec<&Pattern>> = BTreeMap::new();
+    for p in pool.items.values().filter(|p| p.status.is_active()) {
+        if matches!(p.kind, PatternKind::ToolSequence { .. }) {
+            contexts.entry(p.context.signature()).or_default().push(p);
+        }
+    }
+    let mut merges: Vec<(PatternId, PatternId, f64)> = Vec::new();
+    for mut members in contexts.into_values() {
+        if members.len() <= RECENT_SEQUENCES {
+            continue;
+        }
+        members.sort_by(|x, y| y.last_seen.cmp(&x.last_seen).then(x.id.cmp(&y.id)));
+        let recent: Vec<PatternId> = members[..RECENT_SEQUENCES]
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        members.sort_by(|x, y| {
+            (y.occurrences.cmp(&x.occurrences))
+                .then(y.last_seen.cmp(&x.last_seen))
+                .then(x.id.cmp(&y.id))
+        });
+        let tools = |i: usize| match &members[i].kind {
+            PatternKind::ToolSequence { tools } => tools.as_slice(),
+            _ => &[],
+        };
+        let rate = |p: &Pattern| p.successes as f64 / p.occurrences.max(1) as f64;
+        let similar = |h: usize, i: usize| {
+            !recent.contains(&members[i].id)
+                && rate(members[h]) >= rate(members[i])
+                && sequence_similarity(tools(h), tools(i)) >= min_similarity
+        };
+        for (loser, head) in cluster(&similar, members.len()) {
+            let sim = sequence_similarity(tools(head), tools(loser));
+            merges.push((members[loser].id.clone(), members[head].id.clone(), sim));
+        }
+    }
+    for (loser, head, sim) in merges {
+        if pool.merge(&loser, &head, st.now) {
+            let detail = format!("a variant of {head} that stopped recurring ({sim:.2} alike)");
+            st.change::<Pattern>(&loser, "merged", detail);
+            st.run.merged_patterns += 1;
         }
     }
 }
@@ -434,6 +495,7 @@ impl Consolidator {
         forward(&mut patterns, &mut st);
         forward(&mut heuristics, &mut st);
         self.merge_duplicates(&mut patterns, &mut st).await;
+        fold_sequence_variants(&mut patterns, &mut st, cfg.sequence_similarity);
         self.merge_duplicates(&mut heuristics, &mut st).await;
         if stats.feedback > 0 {
             apply_feedback(self.storage.as_ref(), ns, &mut patterns, &mut st).await?;
@@ -570,5 +632,95 @@ impl Consolidator {
         }
         x.set_status(LearnedStatus::Active);
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::episode::{EpisodeId, TaskType};
+    use crate::learned::{ContextKey, PatternObservation};
+
+    fn sequence(tools: &str, at_min: i64, success: bool, seen: u64) -> Pattern {
+        let ctx = ContextKey {
+            task_type: Some(TaskType::Testing),
+            domain: Some("web_api".into()),
+            language: Some("rust".into()),
+        };
+        let kind = PatternKind::ToolSequence {
+            tools: tools.split(' ').map(str::to_owned).collect(),
+        };
+        let at = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(at_min);
+        let obs = PatternObservation::new(kind, ctx, EpisodeId::new(), success, at);
+        let mut p = Pattern::from_observation(&obs);
+        p.occurrences = seen;
+        p.successes = if success { seen } else { 0 };
+        p
+    }
+
+    fn fold(items: Vec<Pattern>) -> (Pool<Pattern>, RunState) {
+        let mut pool = Pool::new(items);
+        let now = DateTime::<Utc>::UNIX_EPOCH;
+        let run = ConsolidationRun::default();
+        let mut st = RunState {
+            run,
+            changes: Vec::new(),
+            now,
+        };
+        fold_sequence_variants(&mut pool, &mut st, 0.75);
+        (pool, st)
+    }
+
+    #[test]
+    fn stale_variants_fold_into_the_recurring_sequence_and_recent_ones_stay() {
+        let strong = sequence("a b c d", 100, true, 5);
+        // Seen before the eight most recent sequences of the context: folded when alike.
+        let stale = sequence("a b x d", 1, true, 1);
+        let unlike = sequence("p q r s", 2, true, 1);
+        let better = sequence("a b c e", 3, true, 1);
+        let mut items = vec![strong.clone(), stale.clone(), unlike.clone()];
+        for i in 0..RECENT_SEQUENCES as i64 - 1 {
+            items.push(sequence(&format!("a b c y{i}"), 50 + i, true, 1));
+        }
+        let mut failing = sequence("a b c d f", 4, false, 9);
+        failing.context.language = Some("go".into());
+        items.extend([better.clone(), failing.clone()]);
+        let (pool, st) = fold(items);
+        let status = |p: &Pattern| pool.items[&p.id].status.clone();
+        assert!(
+            matches!(status(&stale), LearnedStatus::Merged { into, .. } if into == strong.id.0)
+        );
+        assert!(
+            matches!(status(&better), LearnedStatus::Merged { into, .. } if into == strong.id.0)
+        );
+        assert_eq!(pool.items[&strong.id].occurrences, 7, "evidence moved");
+        assert_eq!(status(&unlike), LearnedStatus::Active, "not alike");
+        assert_eq!(status(&failing), LearnedStatus::Active, "another context");
+        assert_eq!(st.run.merged_patterns, 2);
+        let recent = pool
+            .items
+            .values()
+            .filter(|p| p.last_seen.timestamp() >= 50 * 60);
+        assert!(
+            recent
+                .into_iter()
+                .all(|p| p.status == LearnedStatus::Active)
+        );
+    }
+
+    #[test]
+    fn a_sequence_never_folds_into_a_less_successful_one() {
+        let mut items = vec![sequence("a b c d", 100, false, 5)];
+        items.push(sequence("a b c e", 1, true, 1));
+        for i in 0..RECENT_SEQUENCES as i64 {
+            items.push(sequence(&format!("z{i}"), 50 + i, true, 1));
+        }
+        let (pool, st) = fold(items);
+        assert_eq!(st.run.merged_patterns, 0);
+        assert!(
+            pool.items
+                .values()
+                .all(|p| p.status == LearnedStatus::Active)
+        );
     }
 }

@@ -152,6 +152,10 @@ pub struct LearningEvalConfig {
     pub drift: bool,
     /// The world the tasks are drawn from.
     pub world: WorldName,
+    /// Tasks between consolidation runs of each arm's memory (as the background schedule
+    /// would run them, at fixed points of the stream so the run stays deterministic); 0:
+    /// never.
+    pub consolidate_every: usize,
 }
 
 impl Default for LearningEvalConfig {
@@ -166,6 +170,7 @@ impl Default for LearningEvalConfig {
             recommend_limit: 30,
             drift: false,
             world: WorldName::Tuning,
+            consolidate_every: 50,
         }
     }
 }
@@ -189,6 +194,13 @@ impl LearningEvalConfig {
     #[must_use]
     pub fn with_drift(mut self, drift: bool) -> Self {
         self.drift = drift;
+        self
+    }
+
+    /// Consolidating every `tasks` tasks (0: never).
+    #[must_use]
+    pub fn with_consolidate_every(mut self, tasks: usize) -> Self {
+        self.consolidate_every = tasks;
         self
     }
 
@@ -288,7 +300,7 @@ impl LearningEval {
         let clock = Arc::new(SimClock::new());
         let storage: Arc<dyn Storage> = Arc::new(Withholding::new(storage, arm.visible()));
         // No background consolidation: a run would land at a wall-clock moment of the stream,
-        // and the evaluation is deterministic by seed.
+        // and the evaluation is deterministic by seed. Runs happen at fixed tasks instead.
         let config = MemoryConfig {
             rate_limit: RateLimitConfig::disabled(),
             ..MemoryConfig::default()
@@ -322,6 +334,14 @@ impl LearningEval {
                 }
             }
             clock.advance_ms(60_000);
+            let every = self.config.consolidate_every;
+            if every > 0
+                && (i + 1) % every == 0
+                && let Err(e) = memory.consolidate(&ns).await
+            {
+                result = Err(e);
+                break;
+            }
             progress(i + 1);
         }
         let shutdown = memory.shutdown().await;
