@@ -697,3 +697,63 @@ async fn active_patterns(memory: &SelfLearningMemory, ns: &Namespace) -> usize {
     };
     memory.patterns(ns, &q).await.unwrap().len()
 }
+
+/// The head a run merges in holds the items it acts on: pruned items without new evidence do
+/// not take its places, so near-duplicates behind them still merge; a pruned item that an item
+/// merged into it forwards evidence to is read by id and gets it.
+#[tokio::test]
+async fn pruned_items_do_not_crowd_the_head_and_still_receive_forwarded_evidence() {
+    for (name, storage, _dir) in backends().await {
+        let mut consolidation = ConsolidationConfig::default().with_schedule(false);
+        consolidation.max_items = 2;
+        let config = MemoryConfig::default().with_consolidation(consolidation);
+        let memory = SelfLearningMemory::new(storage.clone(), config).unwrap();
+        let ns = Namespace::new("merge/head").unwrap();
+        let pruned_at = at(500);
+        let prune = |mut p: Pattern| {
+            p.status = LearnedStatus::Pruned {
+                reason: "stale".into(),
+                at: pruned_at,
+            };
+            p
+        };
+        // Most seen, but pruned: they sort first and would fill a head of two.
+        let stale: Vec<Pattern> = ["make", "ninja", "bazel"]
+            .iter()
+            .map(|tool| prune(decision("opening move of a build task", tool, 9, 0)))
+            .collect();
+        // Merged into the first of them, holding one occurrence that arrived since.
+        let mut late = decision("opening move of the build task", "make", 1, 600);
+        late.status = LearnedStatus::Merged {
+            into: stale[0].id.0.clone(),
+            at: at(550),
+        };
+        let a = decision("opening move of a testing task", "cargo", 3, 0);
+        let b = decision("the opening move of testing task", "cargo", 2, 100);
+        let mut patterns = stale.clone();
+        patterns.extend([late.clone(), a.clone(), b.clone()]);
+        let items = LearnedItems {
+            patterns,
+            ..LearnedItems::default()
+        };
+        storage.put_learned(&ns, &items).await.unwrap();
+
+        let report = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(
+            report.run.merged_patterns, 1,
+            "{name}: {:?}",
+            report.changes
+        );
+        assert_eq!(report.run.forwarded, 1, "{name}: {:?}", report.changes);
+        let all = storage.query_patterns(&ns, &all()).await.unwrap();
+        let get = |id: &memory_core::PatternId| all.iter().find(|p| &p.id == id).unwrap();
+        assert_eq!(get(&a.id).occurrences, 5, "{name}: near-duplicates merged");
+        assert_eq!(
+            get(&stale[0].id).occurrences,
+            10,
+            "{name}: evidence forwarded"
+        );
+        assert_eq!(get(&late.id).occurrences, 0, "{name}");
+        assert_eq!(get(&stale[1].id), &stale[1], "{name}: untouched");
+    }
+}

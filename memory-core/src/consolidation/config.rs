@@ -52,9 +52,9 @@ pub struct ConsolidationConfig {
     /// total length) at or above which a variant that stopped recurring is folded into a
     /// sequence of its context with as much evidence (0 < x <= 1).
     pub sequence_similarity: f64,
-    /// Most patterns and most heuristics (the most seen) one run merges and rates by feedback
-    /// as one group (1 ..= 100,000); the rest are revived, decayed and pruned a page at a time,
-    /// so every item is examined.
+    /// Most patterns and most heuristics (the most seen; pruned ones without new evidence left
+    /// out) one run merges and rates by feedback as one group (1 ..= 100,000); the rest are
+    /// revived, decayed and pruned a page at a time, so every item is examined.
     pub max_items: u32,
     /// Completed episodes the metrics snapshot's rates look at (1 ..= 100,000).
     pub metrics_window: u32,

@@ -3,7 +3,7 @@
 //! what changed in one `put_learned`, applies retention, takes a metrics snapshot and records
 //! the run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -335,25 +335,52 @@ impl Consolidator {
         self.runs.load(Ordering::Relaxed)
     }
 
-    /// Every item of one kind, in pages (at most `max_items`).
-    async fn load_all<T: Learned>(&self, ns: &Namespace) -> Result<Vec<T>> {
-        let max = self.config.max_items;
-        let mut out = Vec::new();
-        while (out.len() as u32) < max {
+    /// The items of one kind a run acts on, in pages, most seen first, until `max_items` are
+    /// kept (at most a page more); and how many rows were read. A pruned item without evidence
+    /// newer than its pruning needs nothing and is passed over (it would crowd out the newest
+    /// items of a large store), unless an item merged into it holds evidence to forward.
+    async fn load_head<T: Consolidate>(&self, ns: &Namespace) -> Result<(Pool<T>, u32)> {
+        let (max, mut read) = (self.config.max_items as usize, 0_u32);
+        let mut kept: Vec<T> = Vec::new();
+        while kept.len() < max {
             let q = LearnedQuery {
                 include_inactive: true,
-                limit: PAGE.min(max - out.len() as u32),
-                offset: out.len() as u32,
+                limit: PAGE,
+                offset: read,
                 ..LearnedQuery::default()
             };
             let page = query_typed::<T, _>(self.storage.as_ref(), ns, &q).await?;
-            let done = (page.len() as u32) < q.limit;
-            out.extend(page);
+            read += page.len() as u32;
+            let done = (page.len() as u32) < PAGE;
+            kept.extend(page.into_iter().filter(
+                |x| !matches!(x.status(), LearnedStatus::Pruned { at, .. } if x.last_seen() <= *at),
+            ));
             if done {
                 break;
             }
         }
-        Ok(out)
+        let mut pool = Pool::new(kept);
+        // Merge targets left out, and theirs in turn (chains are at most 16 long).
+        for _ in 0..16 {
+            let missing: BTreeSet<T::Id> = (pool.items.values())
+                .filter(|x| x.evidence_count() > 0)
+                .filter_map(|x| match x.status() {
+                    LearnedStatus::Merged { into, .. } => Some(T::id_from(into)),
+                    _ => None,
+                })
+                .filter(|id| !pool.items.contains_key(id))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            for id in missing {
+                if let Some(x) = get_typed::<T, _>(self.storage.as_ref(), ns, &id).await? {
+                    pool.loaded.push(x.clone());
+                    pool.items.insert(id, x);
+                }
+            }
+        }
+        Ok((pool, read))
     }
 
     /// Which pairs of `texts` are near-duplicates: cosine of embeddings when an embedder is
@@ -481,8 +508,8 @@ impl Consolidator {
             changes: Vec::new(),
             now,
         };
-        let mut patterns = Pool::<Pattern>::new(self.load_all(ns).await?);
-        let mut heuristics = Pool::<Heuristic>::new(self.load_all(ns).await?);
+        let (mut patterns, patterns_read) = self.load_head::<Pattern>(ns).await?;
+        let (mut heuristics, heuristics_read) = self.load_head::<Heuristic>(ns).await?;
         let grace_ms = (cfg.restore_grace_days * 86_400_000.0) as i64;
         let since = now
             .checked_sub_signed(chrono::Duration::milliseconds(grace_ms))
@@ -513,8 +540,10 @@ impl Consolidator {
         if !items.patterns.is_empty() || !items.heuristics.is_empty() {
             self.storage.put_learned(ns, &items).await?;
         }
-        self.sweep_tail::<Pattern>(ns, &mut st, &restores).await?;
-        self.sweep_tail::<Heuristic>(ns, &mut st, &restores).await?;
+        self.sweep_tail::<Pattern>(ns, patterns_read, &mut st, &restores)
+            .await?;
+        self.sweep_tail::<Heuristic>(ns, heuristics_read, &mut st, &restores)
+            .await?;
         self.retention(ns, &mut st).await?;
         let snapshot = snapshot(
             self.storage.as_ref(),
@@ -546,16 +575,16 @@ impl Consolidator {
         })
     }
 
-    /// Step 6b, the tail: the items past the first `max_items` (the least seen) are revived,
+    /// Step 6b, the tail: the rows past those the head read (the least seen) are revived,
     /// decayed and pruned a page at a time, each page written in one upsert, so a run examines
-    /// every item in bounded memory. Merging and feedback stay with the first `max_items`.
+    /// every item in bounded memory. Merging and feedback stay with the head.
     async fn sweep_tail<T: Consolidate>(
         &self,
         ns: &Namespace,
+        mut offset: u32,
         st: &mut RunState,
         restores: &[RestoreRecord],
     ) -> Result<()> {
-        let mut offset = self.config.max_items;
         loop {
             let q = LearnedQuery {
                 include_inactive: true,
