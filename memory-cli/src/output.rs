@@ -25,10 +25,7 @@ pub fn clip(s: &str, max: usize) -> String {
         t.push('…');
         t
     };
-    match display_safe::line(&clipped) {
-        Cow::Borrowed(_) => clipped,
-        Cow::Owned(escaped) => escaped,
-    }
+    display_safe::line(&clipped).into_owned()
 }
 
 /// A short form of a 32-hex id for tables (control characters of a stored id shown escaped).

@@ -502,20 +502,18 @@ pub fn format_report(r: &RetrievalEvalReport) -> String {
             "method", "R@1", "R@5", "R@10", "MRR", "nDCG@10", "p50 ms", "p95 ms"
         );
         for s in &m.methods {
-            let abst = s.abstention.as_ref().map_or_else(
-                || "n/a (no calibrated confidence)".to_owned(),
-                |a| {
-                    format!(
-                        "{}/{} ({:.0}%) / {}/{} ({:.1}%)",
-                        a.no_answer_flagged,
-                        a.no_answer_queries,
-                        a.flag_rate() * 100.0,
-                        a.answerable_flagged,
-                        a.answerable_queries,
-                        a.false_flag_rate() * 100.0
-                    )
-                },
-            );
+            let abst = match &s.abstention {
+                None => "n/a (no calibrated confidence)".to_owned(),
+                Some(a) => format!(
+                    "{}/{} ({:.0}%) / {}/{} ({:.1}%)",
+                    a.no_answer_flagged,
+                    a.no_answer_queries,
+                    a.flag_rate() * 100.0,
+                    a.answerable_flagged,
+                    a.answerable_queries,
+                    a.false_flag_rate() * 100.0
+                ),
+            };
             let _ = writeln!(
                 out,
                 "  {:<8} {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>8.3} {:>8.2} {:>8.2}  {abst}",

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use memory_core::EpisodeStore;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{CacheState, EmbedderState, Stack};
 
@@ -68,28 +68,15 @@ impl Stack {
     /// journals (this process's pending writes, other processes' journals, damaged journals
     /// and what was recovered from them), the breaker and the embedder.
     pub async fn health(&self, check_deadline: Duration) -> HealthReport {
-        let mut components = vec![self.durable_health(check_deadline).await];
-        components.push(self.cache_health());
-        components.push(self.journal_health());
-        let sync = self.tiered.status();
-        components.push(ComponentHealth {
-            component: "breaker",
-            status: match sync.breaker {
-                memory_core::BreakerState::Closed => Status::Ok,
-                _ => Status::Degraded,
-            },
-            detail: format!("{:?}", sync.breaker).to_lowercase(),
-            data: obj(json!({
-                "state": sync.breaker,
-                "last_successful_sync": sync.last_successful_sync,
-                "last_error": sync.last_error,
-            })),
-        });
-        components.push(self.embedder_health());
-        let healthy = components
-            .iter()
-            .find(|c| c.component == "durable")
-            .is_some_and(|c| c.status == Status::Ok);
+        let durable = self.durable_health(check_deadline).await;
+        let healthy = durable.status == Status::Ok;
+        let components = vec![
+            durable,
+            self.cache_health(),
+            self.journal_health(),
+            self.breaker_health(),
+            self.embedder_health(),
+        ];
         HealthReport {
             healthy,
             components,
@@ -97,22 +84,16 @@ impl Stack {
     }
 
     async fn durable_health(&self, deadline: Duration) -> ComponentHealth {
+        let name = self.mode.name();
         let started = Instant::now();
         let ping = self.durable.ping().await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         if let Err(e) = &ping {
-            return ComponentHealth {
-                component: "durable",
-                status: if e.is_transient() {
-                    Status::Down
-                } else {
-                    Status::Corrupt
-                },
-                detail: format!("{} unreachable: {e}", self.mode.name()),
-                data: obj(
-                    json!({ "mode": self.mode.name(), "latency_ms": latency_ms, "error": e.to_string() }),
-                ),
-            };
+            let down = e.is_transient();
+            let status = if down { Status::Down } else { Status::Corrupt };
+            let data = json!({ "mode": name, "latency_ms": latency_ms, "error": e.to_string() });
+            let detail = format!("{name} unreachable: {e}");
+            return ComponentHealth::new("durable", status, detail, data);
         }
         let check = match self.durable.integrity_check(deadline, 20).await {
             Ok(c) => c,
@@ -122,50 +103,30 @@ impl Stack {
             }),
         };
         let schema = self.durable.schema_version();
+        let ok = |check: &str| (Status::Ok, format!("{name} ({latency_ms:.1} ms){check}"));
         let (status, detail) = match &check {
-            Some(c) if !c.ok() => (
-                Status::Corrupt,
-                format!(
-                    "{}: the database check found {} problem(s): {}",
-                    self.mode.name(),
-                    c.problems.len(),
-                    c.problems.first().map_or("", String::as_str)
-                ),
-            ),
-            Some(c) if !c.finished => (
-                Status::Ok,
-                format!(
-                    "{} ({latency_ms:.1} ms); database check unfinished after {deadline:?}, no problem so far",
-                    self.mode.name()
-                ),
-            ),
-            Some(_) => (
-                Status::Ok,
-                format!(
-                    "{} ({latency_ms:.1} ms); database check ok",
-                    self.mode.name()
-                ),
-            ),
-            None => (
-                Status::Ok,
-                format!("{} ({latency_ms:.1} ms)", self.mode.name()),
-            ),
+            Some(c) if !c.ok() => {
+                let n = c.problems.len();
+                let first = c.problems.first().map_or("", String::as_str);
+                let found = format!("{name}: the database check found {n} problem(s): {first}");
+                (Status::Corrupt, found)
+            }
+            Some(c) if !c.finished => ok(&format!(
+                "; database check unfinished after {deadline:?}, no problem so far"
+            )),
+            Some(_) => ok("; database check ok"),
+            None => ok(""),
         };
-        ComponentHealth {
-            component: "durable",
-            status,
-            detail,
-            data: obj(json!({
-                "mode": self.mode.name(),
-                "latency_ms": latency_ms,
-                "schema_version": schema,
-                "check": check.as_ref().map(|c| json!({ "finished": c.finished, "problems": c.problems })),
-            })),
-        }
+        let data = json!({
+            "mode": name,
+            "latency_ms": latency_ms,
+            "schema_version": schema,
+            "check": check.as_ref().map(|c| json!({ "finished": c.finished, "problems": c.problems })),
+        });
+        ComponentHealth::new("durable", status, detail, data)
     }
 
     fn cache_health(&self) -> ComponentHealth {
-        let stats = self.tiered.status().cache;
         let (status, detail) = match &self.cache {
             CacheState::File { path } => (Status::Ok, format!("file {}", path.display())),
             CacheState::Rebuilt {
@@ -183,12 +144,9 @@ impl Stack {
             CacheState::InMemory { reason } => (Status::Ok, format!("in memory: {reason}")),
             CacheState::Off { reason } => (Status::Degraded, format!("off: {reason}")),
         };
-        ComponentHealth {
-            component: "cache",
-            status,
-            detail,
-            data: obj(json!({ "state": format!("{:?}", self.cache), "stats": stats })),
-        }
+        let stats = self.tiered.status().cache;
+        let data = json!({ "state": format!("{:?}", self.cache), "stats": stats });
+        ComponentHealth::new("cache", status, detail, data)
     }
 
     fn journal_health(&self) -> ComponentHealth {
@@ -196,20 +154,15 @@ impl Stack {
         let others = self.journal.other_files();
         let damaged = self.journal.damaged();
         let unreadable: u64 = damaged.iter().map(|d| d.unreadable).sum();
-        let status = if damaged.is_empty() && sync.outbox_len == 0 && sync.dead_letters == 0 {
-            Status::Ok
-        } else {
-            Status::Degraded
-        };
+        let dead = sync.dead_letters;
+        let ok = damaged.is_empty() && sync.outbox_len == 0 && dead == 0;
+        let status = if ok { Status::Ok } else { Status::Degraded };
         let mut parts = vec![format!("{} pending in this process", sync.outbox_len)];
         if !others.is_empty() {
             parts.push(format!("{} journal(s) of other processes", others.len()));
         }
-        if sync.dead_letters > 0 {
-            parts.push(format!(
-                "{} journaled write(s) rejected on replay",
-                sync.dead_letters
-            ));
+        if dead > 0 {
+            parts.push(format!("{dead} journaled write(s) rejected on replay"));
         }
         for d in &damaged {
             parts.push(format!(
@@ -220,22 +173,30 @@ impl Stack {
                 d.error
             ));
         }
-        let detail = parts.join("; ");
-        ComponentHealth {
-            component: "journal",
-            status,
-            detail,
-            data: obj(json!({
-                "pending": sync.outbox_len,
-                "queued_total": sync.queued_total,
-                "replayed_total": sync.replayed_total,
-                "dead_letters": sync.dead_letters,
-                "last_rejected": sync.last_rejected,
-                "other_journals": others,
-                "damaged": damaged,
-                "unreadable_entries": unreadable,
-            })),
-        }
+        let data = json!({
+            "pending": sync.outbox_len,
+            "queued_total": sync.queued_total,
+            "replayed_total": sync.replayed_total,
+            "dead_letters": sync.dead_letters,
+            "last_rejected": sync.last_rejected,
+            "other_journals": others,
+            "damaged": damaged,
+            "unreadable_entries": unreadable,
+        });
+        ComponentHealth::new("journal", status, parts.join("; "), data)
+    }
+
+    fn breaker_health(&self) -> ComponentHealth {
+        let sync = self.tiered.status();
+        let closed = sync.breaker == memory_core::BreakerState::Closed;
+        let status = if closed { Status::Ok } else { Status::Degraded };
+        let data = json!({
+            "state": sync.breaker,
+            "last_successful_sync": sync.last_successful_sync,
+            "last_error": sync.last_error,
+        });
+        let detail = format!("{:?}", sync.breaker).to_lowercase();
+        ComponentHealth::new("breaker", status, detail, data)
     }
 
     fn embedder_health(&self) -> ComponentHealth {
@@ -251,19 +212,22 @@ impl Stack {
                 (Status::Unchecked, "not loaded by this command".to_owned())
             }
         };
-        ComponentHealth {
-            component: "embedder",
-            status,
-            detail,
-            data: serde_json::Map::new(),
-        }
+        ComponentHealth::new("embedder", status, detail, json!({}))
     }
 }
 
-/// The fields of a JSON object (a component's figures).
-fn obj(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
+impl ComponentHealth {
+    /// A component's state, with the fields of the JSON object `data` as its figures.
+    fn new(component: &'static str, status: Status, detail: String, data: Value) -> Self {
+        let data = match data {
+            Value::Object(fields) => fields,
+            _ => serde_json::Map::new(),
+        };
+        ComponentHealth {
+            component,
+            status,
+            detail,
+            data,
+        }
     }
 }

@@ -15,32 +15,21 @@ pub async fn run(m: &SelfLearningMemory, s: &Settings) -> Result<()> {
         return output::json(&report);
     }
     let r = &report.run;
+    let ms = (r.finished_at - r.started_at).num_milliseconds();
     println!("namespace    {}", s.namespace);
+    println!("run          {} ({ms} ms)", r.id);
+    let (patterns, heuristics) = (r.merged_patterns, r.merged_heuristics);
+    println!("merged       {patterns} patterns, {heuristics} heuristics");
+    let (patterns, heuristics) = (r.pruned_patterns, r.pruned_heuristics);
+    println!("pruned       {patterns} patterns, {heuristics} heuristics (tombstoned, restorable)");
+    let decayed = r.decayed;
+    println!("decayed      {decayed} items at least one half-life old");
+    let (revived, forwarded, recomputed) = (r.revived, r.forwarded, r.effectiveness_updated);
     println!(
-        "run          {} ({} ms)",
-        r.id,
-        (r.finished_at - r.started_at).num_milliseconds()
+        "other        {revived} revived, {forwarded} forwarded, {recomputed} effectiveness recomputed"
     );
-    println!(
-        "merged       {} patterns, {} heuristics",
-        r.merged_patterns, r.merged_heuristics
-    );
-    println!(
-        "pruned       {} patterns, {} heuristics (tombstoned, restorable)",
-        r.pruned_patterns, r.pruned_heuristics
-    );
-    println!(
-        "decayed      {} items at least one half-life old",
-        r.decayed
-    );
-    println!(
-        "other        {} revived, {} forwarded, {} effectiveness recomputed",
-        r.revived, r.forwarded, r.effectiveness_updated
-    );
-    println!(
-        "retention    {} step outputs of {} episodes compacted ({} bytes)",
-        r.compacted_steps, r.compacted_episodes, r.compacted_bytes
-    );
+    let (steps, episodes, bytes) = (r.compacted_steps, r.compacted_episodes, r.compacted_bytes);
+    println!("retention    {steps} step outputs of {episodes} episodes compacted ({bytes} bytes)");
     if !report.changes.is_empty() {
         println!();
         println!("{:<10} {:<13} {:<13} detail", "kind", "id", "action");

@@ -30,16 +30,12 @@ pub fn parse_id(id: &str) -> Result<EpisodeId> {
 }
 
 pub fn context_from(a: &ContextArgs) -> Result<TaskContext> {
+    let complexity: Option<Complexity> = a.complexity.as_deref().map(str::parse).transpose()?;
     Ok(TaskContext {
         domain: a.domain.clone().unwrap_or_default(),
         language: a.language.clone(),
         framework: a.framework.clone(),
-        complexity: a
-            .complexity
-            .as_deref()
-            .map(str::parse::<Complexity>)
-            .transpose()?
-            .unwrap_or_default(),
+        complexity: complexity.unwrap_or_default(),
         tags: a.tags.clone(),
     })
 }
@@ -110,23 +106,20 @@ async fn step(a: StepArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
 
 async fn complete(a: CompleteArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let id = parse_id(&a.episode_id)?;
-    let outcome = if let Some(verdict) = a.success {
-        Outcome::Success {
+    let outcome = match (a.success, a.partial, a.failure) {
+        (Some(verdict), _, _) => Outcome::Success {
             verdict,
             artifacts: a.artifacts,
-        }
-    } else if let Some(verdict) = a.partial {
-        Outcome::PartialSuccess {
+        },
+        (None, Some(verdict), _) => Outcome::PartialSuccess {
             verdict,
             completed: a.completed,
             failed: a.failed,
-        }
-    } else if let Some(reason) = a.failure {
-        Outcome::Failure { reason }
-    } else {
-        Outcome::Abstained {
+        },
+        (None, None, Some(reason)) => Outcome::Failure { reason },
+        (None, None, None) => Outcome::Abstained {
             reason: a.abstain.unwrap_or_default(),
-        }
+        },
     };
     let report = m.complete_episode(&s.namespace, id, outcome).await?;
     if s.json {
@@ -158,14 +151,10 @@ async fn complete(a: CompleteArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
         .chain(&report.lessons);
     println!("learned:");
     for item in learned {
-        println!(
-            "  {} {:<15} {} (evidence {}, confidence {})",
-            if item.created { "new" } else { "upd" },
-            item.kind,
-            clip(&item.description, 90),
-            item.evidence,
-            pct(item.confidence)
-        );
+        let status = if item.created { "new" } else { "upd" };
+        let (kind, what) = (&item.kind, clip(&item.description, 90));
+        let (evidence, confidence) = (item.evidence, pct(item.confidence));
+        println!("  {status} {kind:<15} {what} (evidence {evidence}, confidence {confidence})");
     }
     Ok(())
 }
@@ -199,14 +188,9 @@ async fn show(id: &str, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     }
     println!("steps     {}", e.steps.len());
     for st in &e.steps {
-        println!(
-            "  {:>3}. {:<8} {:<14} {} -> {}",
-            st.step_number,
-            st.result().status(),
-            clip(st.tool(), 14),
-            clip(&st.input.action, 40),
-            clip(st.result().text(), 50)
-        );
+        let (n, status, tool) = (st.step_number, st.result().status(), clip(st.tool(), 14));
+        let (action, result) = (clip(&st.input.action, 40), clip(st.result().text(), 50));
+        println!("  {n:>3}. {status:<8} {tool:<14} {action} -> {result}");
     }
     if let Some(r) = &e.reflection {
         for l in r.successes.iter().chain(&r.improvements).chain(&r.insights) {
@@ -235,16 +219,12 @@ async fn list(a: ListArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
         status: status_filter(a.outcome.as_deref())?,
         ..EpisodeFilter::default()
     };
-    let items = m
-        .list_episodes(
-            &s.namespace,
-            &EpisodeQuery {
-                filter,
-                limit: a.limit,
-                offset: a.offset,
-            },
-        )
-        .await?;
+    let query = EpisodeQuery {
+        filter,
+        limit: a.limit,
+        offset: a.offset,
+    };
+    let items = m.list_episodes(&s.namespace, &query).await?;
     if s.json {
         return output::json(&json!({ "episodes": items }));
     }
@@ -252,31 +232,22 @@ async fn list(a: ListArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
         println!("no episodes in namespace {}", s.namespace);
     }
     for e in items {
-        println!(
-            "{}  {:<15} {:>5}  {:>3} steps  {}",
-            e.id,
-            e.outcome.map_or("in_progress", OutcomeKind::as_str),
-            e.reward
-                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
-            e.step_count,
-            clip(&e.task_description, 60)
-        );
+        let outcome = e.outcome.map_or("in_progress", OutcomeKind::as_str);
+        let reward = e.reward.map_or("-".into(), |r| format!("{r:.2}"));
+        let (id, steps, task) = (e.id, e.step_count, clip(&e.task_description, 60));
+        println!("{id}  {outcome:<15} {reward:>5}  {steps:>3} steps  {task}");
     }
     Ok(())
 }
 
 async fn search(text: &str, limit: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
-    let hits = m
-        .search_episodes(
-            &s.namespace,
-            &TextQuery {
-                text: text.to_owned(),
-                filter: EpisodeFilter::default(),
-                limit,
-            },
-        )
-        .await
-        .context("search failed")?;
+    let query = TextQuery {
+        text: text.to_owned(),
+        filter: EpisodeFilter::default(),
+        limit,
+    };
+    let hits = m.search_episodes(&s.namespace, &query).await;
+    let hits = hits.context("search failed")?;
     if s.json {
         let items: Vec<_> = hits
             .iter()
@@ -288,14 +259,10 @@ async fn search(text: &str, limit: u32, m: &SelfLearningMemory, s: &Settings) ->
         println!("no matches for \"{}\"", line(text));
     }
     for h in hits {
-        let e = &h.summary;
-        println!(
-            "{:>6.2}  {}  {:<15} {}",
-            h.score,
-            e.id,
-            e.outcome.map_or("in_progress", OutcomeKind::as_str),
-            clip(&e.task_description, 60)
-        );
+        let (e, score) = (&h.summary, h.score);
+        let outcome = e.outcome.map_or("in_progress", OutcomeKind::as_str);
+        let (id, task) = (e.id, clip(&e.task_description, 60));
+        println!("{score:>6.2}  {id}  {outcome:<15} {task}");
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use chrono::Utc;
 use memory_core::{
     Error, FeedbackOutcome, FeedbackTarget, HeuristicId, LearnedQuery, ObjectKind, Pattern,
-    PatternId, SelfLearningMemory,
+    PatternId, SelfLearningMemory, quote_value,
 };
 use serde_json::json;
 
@@ -32,29 +32,21 @@ async fn resolve_pattern(m: &SelfLearningMemory, s: &Settings, id: &str) -> Resu
     if id.len() == 32 {
         return Ok(m.pattern(&s.namespace, &PatternId(id.to_owned())).await?);
     }
-    let all = m
-        .patterns(
-            &s.namespace,
-            &LearnedQuery {
-                include_inactive: true,
-                limit: u32::MAX,
-                ..LearnedQuery::default()
-            },
-        )
-        .await?;
+    let every = LearnedQuery {
+        include_inactive: true,
+        limit: u32::MAX,
+        ..LearnedQuery::default()
+    };
+    let all = m.patterns(&s.namespace, &every).await?;
     let mut found = all
         .into_iter()
         .filter(|p| !id.is_empty() && p.id.0.starts_with(id));
     match (found.next(), found.next()) {
         (Some(p), None) => Ok(p),
-        (Some(_), Some(_)) => Err(Error::invalid(
-            "pattern id",
-            format!(
-                "prefix {} matches several patterns",
-                memory_core::quote_value(id)
-            ),
-        )
-        .into()),
+        (Some(_), Some(_)) => {
+            let why = format!("prefix {} matches several patterns", quote_value(id));
+            Err(Error::invalid("pattern id", why).into())
+        }
         (None, _) => Err(Error::not_found(ObjectKind::Pattern, id).into()),
     }
 }
@@ -76,12 +68,8 @@ pub async fn feedback(a: FeedbackArgs, m: &SelfLearningMemory, s: &Settings) -> 
             &json!({ "recorded": true, "target": target, "episode_id": episode, "outcome": outcome, "at": Utc::now() }),
         )
     } else {
-        println!(
-            "recorded: {} {} {} in episode {episode}",
-            target.kind(),
-            line(target.id()),
-            outcome.as_str()
-        );
+        let (kind, id, outcome) = (target.kind(), line(target.id()), outcome.as_str());
+        println!("recorded: {kind} {id} {outcome} in episode {episode}");
         Ok(())
     }
 }
@@ -103,14 +91,11 @@ pub async fn pattern(cmd: PatternCmd, m: &SelfLearningMemory, s: &Settings) -> R
                 println!("no patterns yet in namespace {}", s.namespace);
             }
             for p in items {
+                let (id, kind, seen) = (short_id(&p.id.0), p.kind.name(), p.occurrences);
+                let (success, conf) = (pct(p.success_rate()), pct(p.confidence(now, hl)));
+                let what = clip(&p.describe(), 80);
                 println!(
-                    "{}  {:<15} seen {:>4}  success {:>4}  conf {:>4}  {}",
-                    short_id(&p.id.0),
-                    p.kind.name(),
-                    p.occurrences,
-                    pct(p.success_rate()),
-                    pct(p.confidence(now, hl)),
-                    clip(&p.describe(), 80)
+                    "{id}  {kind:<15} seen {seen:>4}  success {success:>4}  conf {conf:>4}  {what}"
                 );
             }
             Ok(())
@@ -124,27 +109,16 @@ pub async fn pattern(cmd: PatternCmd, m: &SelfLearningMemory, s: &Settings) -> R
             println!("kind        {}", p.kind.name());
             println!("describes   {}", line(&p.describe()));
             println!("status      {}", p.status.name());
-            println!(
-                "evidence    {} episodes, {} successful ({})",
-                p.occurrences,
-                p.successes,
-                pct(p.success_rate())
-            );
-            println!(
-                "confidence  {} (half-life {hl} days)",
-                pct(p.confidence(now, hl))
-            );
+            let (seen, successes, rate) = (p.occurrences, p.successes, pct(p.success_rate()));
+            println!("evidence    {seen} episodes, {successes} successful ({rate})");
+            let confidence = pct(p.confidence(now, hl));
+            println!("confidence  {confidence} (half-life {hl} days)");
             println!("mean steps  {:.1}", p.mean_steps());
             let e = p.effectiveness;
-            println!(
-                "feedback    helped {}, no effect {}, hindered {}",
-                e.helped, e.no_effect, e.hindered
-            );
-            println!(
-                "first/last  {} / {}",
-                p.first_seen.to_rfc3339(),
-                p.last_seen.to_rfc3339()
-            );
+            let (helped, no_effect, hindered) = (e.helped, e.no_effect, e.hindered);
+            println!("feedback    helped {helped}, no effect {no_effect}, hindered {hindered}");
+            let (first, last) = (p.first_seen.to_rfc3339(), p.last_seen.to_rfc3339());
+            println!("first/last  {first} / {last}");
             for ev in &p.recent_evidence {
                 println!("  episode {} at {}", ev.episode_id, ev.at.to_rfc3339());
             }
@@ -169,15 +143,11 @@ pub async fn heuristic(cmd: HeuristicCmd, m: &SelfLearningMemory, s: &Settings) 
         println!("no heuristics yet in namespace {}", s.namespace);
     }
     for h in items {
+        let (id, support, against) = (short_id(&h.id.0), h.support, h.against);
+        let (conf, status) = (pct(h.confidence(now, hl)), h.status.name());
+        let (condition, action) = (clip(&h.condition, 50), clip(&h.action, 50));
         println!(
-            "{}  +{:<3} -{:<3} conf {:>4}  {:<10} if {} then {}",
-            short_id(&h.id.0),
-            h.support,
-            h.against,
-            pct(h.confidence(now, hl)),
-            h.status.name(),
-            clip(&h.condition, 50),
-            clip(&h.action, 50)
+            "{id}  +{support:<3} -{against:<3} conf {conf:>4}  {status:<10} if {condition} then {action}"
         );
     }
     Ok(())
@@ -195,12 +165,8 @@ pub async fn lesson(cmd: LessonCmd, m: &SelfLearningMemory, s: &Settings) -> Res
         println!("no failure lessons yet in namespace {}", s.namespace);
     }
     for l in items {
-        println!(
-            "{}  x{:<3} {}",
-            short_id(&l.id.0),
-            l.occurrences,
-            line(&l.text())
-        );
+        let (id, occurrences) = (short_id(&l.id.0), l.occurrences);
+        println!("{id}  x{occurrences:<3} {}", line(&l.text()));
     }
     Ok(())
 }

@@ -90,35 +90,24 @@ pub(crate) fn print_human(rec: &Recommendation) {
             None => println!("\nplaybook"),
         }
         for st in &rec.playbook {
-            println!(
-                "  {}. {:<12} {}",
-                st.order,
-                line(&st.tool),
-                clip(&st.why, 90)
-            );
+            let (n, tool) = (st.order, line(&st.tool));
+            println!("  {n}. {tool:<12} {}", clip(&st.why, 90));
         }
     }
     if !rec.episodes.is_empty() {
         println!("\nsimilar episodes");
         for r in &rec.episodes {
             let ep = &r.retrieved.episode;
-            println!(
-                "  {}  {:.2}  {}",
-                ep.id,
-                r.retrieved.score,
-                clip(&ep.task_description, 60)
-            );
+            let (id, score, task) = (ep.id, r.retrieved.score, clip(&ep.task_description, 60));
+            println!("  {id}  {score:.2}  {task}");
             println!("      why: {}", clip(&r.retrieved.why, 90));
         }
     }
     if !rec.patterns.is_empty() {
         println!("\npatterns");
         for p in &rec.patterns {
-            println!(
-                "  {}  {}",
-                short_id(&p.item.id.to_string()),
-                clip(&p.item.describe(), 80)
-            );
+            let id = p.item.id.to_string();
+            println!("  {}  {}", short_id(&id), clip(&p.item.describe(), 80));
             println!("      why: {}", clip(&p.why, 90));
         }
     }

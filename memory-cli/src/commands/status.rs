@@ -15,11 +15,7 @@ pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
     let m = stack.memory();
     let st = m.stats(&s.namespace).await?;
     let sync = stack.tiered().status();
-    let success_rate = if st.completed == 0 {
-        0.0
-    } else {
-        st.successes as f64 / st.completed as f64
-    };
+    let success_rate = st.successes as f64 / st.completed.max(1) as f64;
     let hit_rate = sync.cache.map(|c| c.hit_rate());
     let series = m.metrics_history(&s.namespace, 20).await?;
     let runs = m.consolidation_runs(&s.namespace, 5).await?;
@@ -40,22 +36,14 @@ pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
         }));
     }
     println!("namespace   {}", s.namespace);
-    println!(
-        "episodes    {} ({} completed, {} in progress)",
-        st.episodes,
-        st.completed,
-        st.episodes - st.completed
-    );
+    let (episodes, completed, open) = (st.episodes, st.completed, st.episodes - st.completed);
+    println!("episodes    {episodes} ({completed} completed, {open} in progress)");
     println!("success     {} of completed", pct(success_rate));
     println!("steps       {}", st.steps);
-    println!(
-        "patterns    {} active of {}",
-        st.active_patterns, st.patterns
-    );
-    println!(
-        "heuristics  {} active of {}",
-        st.active_heuristics, st.heuristics
-    );
+    let (active, all) = (st.active_patterns, st.patterns);
+    println!("patterns    {active} active of {all}");
+    let (active, all) = (st.active_heuristics, st.heuristics);
+    println!("heuristics  {active} active of {all}");
     println!("lessons     {}", st.lessons);
     println!("feedback    {} events", st.feedback);
     match sync.cache {
@@ -75,67 +63,35 @@ pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// One learning metric of a snapshot.
+type Metric = fn(&MetricsSnapshot) -> Option<f64>;
+
 /// The latest learning-metrics snapshot and each metric's direction since the oldest shown.
 fn print_learning(series: &[MetricsSnapshot], runs: &[memory_core::ConsolidationRun]) {
     let Some(now) = series.first() else {
         println!("learning    no snapshot yet (run `memory consolidate`)");
         return;
     };
-    let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), pct);
-    println!(
-        "learning    snapshot {} ({} snapshots; trend since {})",
-        now.taken_at.to_rfc3339(),
-        series.len(),
-        series
-            .last()
-            .map_or_else(String::new, |o| o.taken_at.to_rfc3339())
-    );
-    let rows: [(&str, String, &str); 6] = [
-        (
-            "success rate",
-            opt(now.success_rate),
-            trend(series, |x| x.success_rate),
-        ),
-        (
-            "mean reward",
-            now.mean_reward
-                .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}")),
-            trend(series, |x| x.mean_reward),
-        ),
-        (
-            "pattern reuse",
-            opt(now.pattern_reuse_rate),
-            trend(series, |x| x.pattern_reuse_rate),
-        ),
-        (
-            "repeated failures",
-            opt(now.repeated_failure_rate),
-            trend(series, |x| x.repeated_failure_rate),
-        ),
-        (
-            "estimate error",
-            format!(
-                "{} ({} compared)",
-                opt(now.estimate_error),
-                now.estimates_compared
-            ),
-            trend(series, |x| x.estimate_error),
-        ),
-        (
-            "learned items",
-            format!(
-                "{} / {} patterns, {} / {} heuristics active / pruned",
-                now.patterns_active,
-                now.patterns_pruned,
-                now.heuristics_active,
-                now.heuristics_pruned
-            ),
-            trend(series, |x| Some(x.patterns_active as f64)),
-        ),
-    ];
-    for (name, value, dir) in rows {
-        println!("  {name:<18} {value:<40} {dir}");
-    }
+    let (n, oldest) = (series.len(), series.last().unwrap_or(now));
+    let (taken, since) = (now.taken_at.to_rfc3339(), oldest.taken_at.to_rfc3339());
+    println!("learning    snapshot {taken} ({n} snapshots; trend since {since})");
+    let row = |name: &str, value: String, metric: Metric| {
+        println!("  {name:<18} {value:<40} {}", trend(series, metric));
+    };
+    let opt = |v: Option<f64>, show: fn(f64) -> String| v.map_or_else(|| "n/a".to_owned(), show);
+    let rate = |name: &str, metric: Metric| row(name, opt(metric(now), pct), metric);
+    rate("success rate", |x| x.success_rate);
+    let reward = opt(now.mean_reward, |r| format!("{r:.2}"));
+    row("mean reward", reward, |x| x.mean_reward);
+    rate("pattern reuse", |x| x.pattern_reuse_rate);
+    rate("repeated failures", |x| x.repeated_failure_rate);
+    let (error, compared) = (opt(now.estimate_error, pct), now.estimates_compared);
+    let estimate = format!("{error} ({compared} compared)");
+    row("estimate error", estimate, |x| x.estimate_error);
+    let (pa, pp) = (now.patterns_active, now.patterns_pruned);
+    let (ha, hp) = (now.heuristics_active, now.heuristics_pruned);
+    let learned = format!("{pa} / {pp} patterns, {ha} / {hp} heuristics active / pruned");
+    row("learned items", learned, |x| Some(x.patterns_active as f64));
     if let Some(r) = runs.first() {
         println!(
             "consolidate last run {}: {} merged, {} pruned, {} step outputs compacted",
@@ -153,12 +109,8 @@ pub async fn health(stack: &Stack, s: &Settings) -> Result<bool> {
         output::json(&report)?;
     } else {
         for c in &report.components {
-            println!(
-                "{:<9} {:<9} {}",
-                c.component,
-                c.status.word(),
-                line(&c.detail)
-            );
+            let (name, status) = (c.component, c.status.word());
+            println!("{name:<9} {status:<9} {}", line(&c.detail));
         }
     }
     Ok(report.healthy)
@@ -191,10 +143,8 @@ pub async fn sync(cmd: SyncCmd, stack: &Stack, s: &Settings) -> Result<()> {
         st.last_successful_sync
             .map_or_else(|| "never (this process)".to_owned(), |t| t.to_rfc3339())
     );
-    println!(
-        "last error  {}",
-        line(st.last_error.as_deref().unwrap_or("none"))
-    );
+    let error = st.last_error.as_deref().unwrap_or("none");
+    println!("last error  {}", line(error));
     if !others.is_empty() {
         println!(
             "journals    {} of other processes (adopted and replayed once their process stops)",

@@ -325,13 +325,13 @@ pub fn format_report(r: &LearningReport) -> String {
         }),
         ("pattern reuse rate", 2, |w| Some(w.pattern_reuse_rate)),
     ];
+    // The arms' column titles.
+    let mut arms = String::new();
+    for a in &r.arms {
+        let _ = write!(arms, " {:>13}", a.arm.as_str());
+    }
     for (title, decimals, get) in metrics {
-        let _ = writeln!(out, "\n{title}");
-        let _ = write!(out, "  {:<9}", "tasks");
-        for a in &r.arms {
-            let _ = write!(out, " {:>13}", a.arm.as_str());
-        }
-        out.push('\n');
+        let _ = writeln!(out, "\n{title}\n  {:<9}{arms}", "tasks");
         let rows = r.arms.iter().map(|a| a.windows.len()).max().unwrap_or(0);
         for i in 0..rows {
             let label = r
@@ -340,8 +340,7 @@ pub fn format_report(r: &LearningReport) -> String {
                 .find_map(|a| a.windows.get(i).map(|w| format!("{}-{}", w.first, w.last)));
             let _ = write!(out, "  {:<9}", label.unwrap_or_default());
             for a in &r.arms {
-                let cell = a.windows.get(i).and_then(get);
-                let cell = cell.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"));
+                let cell = or_dash(a.windows.get(i).and_then(get), decimals);
                 let _ = write!(out, " {cell:>13}");
             }
             out.push('\n');
@@ -368,21 +367,15 @@ pub fn format_report(r: &LearningReport) -> String {
             a.arm.as_str(),
             a.overall.success_rate,
             a.last_100.success_rate,
-            a.overall
-                .steps_per_success
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
-            a.overall
-                .oracle_steps_per_success
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            or_dash(a.overall.steps_per_success, 2),
+            or_dash(a.overall.oracle_steps_per_success, 2),
             a.overall.repeated_failure_rate,
             a.overall.pattern_reuse_rate,
-            a.overall
-                .plan_held_rate
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}")),
+            or_dash(a.overall.plan_held_rate, 3),
             a.seconds
         );
     }
-    format_drift(&mut out, r);
+    format_drift(&mut out, r, &arms);
     if let Some(c) = &r.comparison {
         let pct =
             |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{:.0}%", v * 100.0));
@@ -400,7 +393,7 @@ pub fn format_report(r: &LearningReport) -> String {
 
 /// The drift curves: per window around the change, the drifting families' success per arm,
 /// then the others'.
-fn format_drift(out: &mut String, r: &LearningReport) {
+fn format_drift(out: &mut String, r: &LearningReport, arms: &str) {
     let Some(d) = r.arms.first().map(|a| &a.drift) else {
         return;
     };
@@ -416,21 +409,13 @@ fn format_drift(out: &mut String, r: &LearningReport) {
         d.families.join(", ")
     );
     for (title, pick) in [("changed families", true), ("unchanged families", false)] {
-        let _ = write!(out, "  {title:<20}");
-        for a in &r.arms {
-            let _ = write!(out, " {:>13}", a.arm.as_str());
-        }
-        out.push('\n');
+        let side = |w: &DriftWindow| if pick { w.changed } else { w.unchanged };
+        let _ = writeln!(out, "  {title:<20}{arms}");
         for (i, w) in d.windows.iter().enumerate() {
-            let (n, _) = if pick { w.changed } else { w.unchanged };
+            let (n, _) = side(w);
             let _ = write!(out, "  {:<13} n={n:<4}", format!("{}..{}", w.from, w.to));
             for a in &r.arms {
-                let cell = a
-                    .drift
-                    .windows
-                    .get(i)
-                    .map(|w| if pick { w.changed } else { w.unchanged });
-                let cell = cell.map_or_else(|| "-".to_owned(), |(_, v)| format!("{v:.2}"));
+                let cell = or_dash(a.drift.windows.get(i).map(|w| side(w).1), 2);
                 let _ = write!(out, " {cell:>13}");
             }
             out.push('\n');
@@ -441,15 +426,15 @@ fn format_drift(out: &mut String, r: &LearningReport) {
         "  changed from +{DRIFT_WINDOW} (goal >= 0.90) / unchanged after:"
     );
     for a in &r.arms {
-        let _ = write!(
-            out,
-            " {} {:.3}/{:.3}",
-            a.arm.as_str(),
-            a.drift.changed_recovered,
-            a.drift.unchanged_after
-        );
+        let (changed, unchanged) = (a.drift.changed_recovered, a.drift.unchanged_after);
+        let _ = write!(out, " {} {changed:.3}/{unchanged:.3}", a.arm.as_str());
     }
     out.push('\n');
+}
+
+/// `v` with `decimals` decimals, or `-`.
+fn or_dash(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 #[cfg(test)]
