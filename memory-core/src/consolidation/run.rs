@@ -62,6 +62,10 @@ const PAGE: u32 = 500;
 /// one of them may be a procedure that is just emerging (after a change, say).
 const RECENT_SEQUENCES: usize = 8;
 
+/// The strongest tool sequences of a context that others may fold into: bounds a run's
+/// comparisons to this many per sequence when a context holds thousands that fold nowhere.
+const FOLD_TARGETS: usize = 256;
+
 /// Runs consolidation for a memory: one run at a time, counted.
 #[derive(Debug)]
 pub(crate) struct Consolidator {
@@ -195,7 +199,7 @@ fn forward<T: Consolidate>(pool: &mut Pool<T>, st: &mut RunState) {
 /// recently seen of its context (task type, domain, language) merges into the first sequence
 /// of that context, in survivor order (most evidence, then most recently seen), that has at
 /// least its evidence and success rate and is `min_similarity` alike (see
-/// [`sequence_similarity`]). A one-off run is then evidence of the procedure that recurs,
+/// [`sequence_similarity`]), among the context's `FOLD_TARGETS` strongest. A one-off run is then evidence of the procedure that recurs,
 /// instead of a pattern of its own.
 fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_similarity: f64) {
     let mut contexts: BTreeMap<String, Vec<&Pattern>> = BTreeMap::new();
@@ -225,7 +229,8 @@ fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_simil
         };
         let rate = |p: &Pattern| p.successes as f64 / p.occurrences.max(1) as f64;
         let similar = |h: usize, i: usize| {
-            !recent.contains(&members[i].id)
+            h < FOLD_TARGETS
+                && !recent.contains(&members[i].id)
                 && rate(members[h]) >= rate(members[i])
                 && sequence_similarity(tools(h), tools(i)) >= min_similarity
         };
@@ -735,6 +740,23 @@ mod tests {
                 .into_iter()
                 .all(|p| p.status == LearnedStatus::Active)
         );
+    }
+
+    #[test]
+    fn variants_fold_only_into_the_strongest_sequences_of_their_context() {
+        // Strong, mutually unlike sequences: more than a run compares a variant with.
+        let strong =
+            |i: usize| sequence(&format!("s{i} t{i} u{i} v{i}"), 100, true, 1000 - i as u64);
+        let mut items: Vec<Pattern> = (0..FOLD_TARGETS + 10).map(strong).collect();
+        let near_first = sequence("s0 t0 u0 w", 1, true, 1);
+        let near_last = sequence(&format!("s{0} t{0} u{0} w", FOLD_TARGETS + 5), 2, true, 1);
+        items.extend([near_first.clone(), near_last.clone()]);
+        let (pool, _) = fold(items);
+        assert!(matches!(
+            pool.items[&near_first.id].status,
+            LearnedStatus::Merged { .. }
+        ));
+        assert_eq!(pool.items[&near_last.id].status, LearnedStatus::Active);
     }
 
     #[test]
