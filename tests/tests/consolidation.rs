@@ -757,3 +757,54 @@ async fn pruned_items_do_not_crowd_the_head_and_still_receive_forwarded_evidence
         assert_eq!(get(&stale[1].id), &stale[1], "{name}: untouched");
     }
 }
+
+/// Evidence forwarded along a chain of merges reaches a pruned item at its end, though neither
+/// the pruned item nor the evidence-free link between is in the head.
+#[tokio::test]
+async fn forwarded_evidence_follows_a_merge_chain_to_a_pruned_end() {
+    for (name, storage, _dir) in backends().await {
+        let mut consolidation = ConsolidationConfig::default().with_schedule(false);
+        consolidation.max_items = 1;
+        let config = MemoryConfig::default().with_consolidation(consolidation);
+        let memory = SelfLearningMemory::new(storage.clone(), config).unwrap();
+        let ns = Namespace::new("merge/chain").unwrap();
+        let merged = |mut p: Pattern, into: &Pattern| {
+            p.status = LearnedStatus::Merged {
+                into: into.id.0.clone(),
+                at: at(550),
+            };
+            p
+        };
+        let mut end = decision("opening move of a deploy task", "helm", 9, 0);
+        end.status = LearnedStatus::Pruned {
+            reason: "stale".into(),
+            at: at(500),
+        };
+        let mut link = merged(
+            decision("opening move of the deploy task", "helm", 1, 0),
+            &end,
+        );
+        link.occurrences = 0;
+        link.successes = 0;
+        let late = merged(
+            decision("deploy task: the opening move", "helm", 2, 600),
+            &link,
+        );
+        let items = LearnedItems {
+            patterns: vec![end.clone(), link.clone(), late.clone()],
+            ..LearnedItems::default()
+        };
+        storage.put_learned(&ns, &items).await.unwrap();
+
+        let report = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(report.run.forwarded, 1, "{name}: {:?}", report.changes);
+        let all = storage.query_patterns(&ns, &all()).await.unwrap();
+        let get = |id: &memory_core::PatternId| all.iter().find(|p| &p.id == id).unwrap();
+        assert_eq!(
+            get(&end.id).occurrences,
+            11,
+            "{name}: evidence at the chain's end"
+        );
+        assert_eq!(get(&late.id).occurrences, 0, "{name}");
+    }
+}

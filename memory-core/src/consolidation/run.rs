@@ -199,8 +199,8 @@ fn forward<T: Consolidate>(pool: &mut Pool<T>, st: &mut RunState) {
 /// recently seen of its context (task type, domain, language) merges into the first sequence
 /// of that context, in survivor order (most evidence, then most recently seen), that has at
 /// least its evidence and success rate and is `min_similarity` alike (see
-/// [`sequence_similarity`]), among the context's `FOLD_TARGETS` strongest. A one-off run is then evidence of the procedure that recurs,
-/// instead of a pattern of its own.
+/// [`sequence_similarity`]), among the context's `FOLD_TARGETS` strongest. A one-off run is
+/// then evidence of the procedure that recurs, instead of a pattern of its own.
 fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_similarity: f64) {
     let mut contexts: BTreeMap<String, Vec<&Pattern>> = BTreeMap::new();
     for p in pool.items.values().filter(|p| p.status.is_active()) {
@@ -227,11 +227,10 @@ fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_simil
             PatternKind::ToolSequence { tools } => tools.as_slice(),
             _ => &[],
         };
-        let rate = |p: &Pattern| p.successes as f64 / p.occurrences.max(1) as f64;
         let similar = |h: usize, i: usize| {
             h < FOLD_TARGETS
                 && !recent.contains(&members[i].id)
-                && rate(members[h]) >= rate(members[i])
+                && members[h].success_rate() >= members[i].success_rate()
                 && sequence_similarity(tools(h), tools(i)) >= min_similarity
         };
         for (loser, head) in cluster(&similar, members.len()) {
@@ -364,26 +363,36 @@ impl Consolidator {
                 break;
             }
         }
+        // Along the merge chain (at most 16 long) of every item holding evidence to forward,
+        // the items left out are read, each once.
         let mut pool = Pool::new(kept);
-        // Merge targets left out, and theirs in turn (chains are at most 16 long).
+        let into = |x: &T| match x.status() {
+            LearnedStatus::Merged { into, .. } => Some(T::id_from(into)),
+            _ => None,
+        };
+        let mut next: BTreeSet<T::Id> = (pool.items.values())
+            .filter(|x| x.evidence_count() > 0)
+            .filter_map(into)
+            .collect();
+        let mut walked = BTreeSet::new();
         for _ in 0..16 {
-            let missing: BTreeSet<T::Id> = (pool.items.values())
-                .filter(|x| x.evidence_count() > 0)
-                .filter_map(|x| match x.status() {
-                    LearnedStatus::Merged { into, .. } => Some(T::id_from(into)),
-                    _ => None,
-                })
-                .filter(|id| !pool.items.contains_key(id))
-                .collect();
-            if missing.is_empty() {
-                break;
-            }
-            for id in missing {
-                if let Some(x) = get_typed::<T, _>(self.storage.as_ref(), ns, &id).await? {
+            let mut after = BTreeSet::new();
+            for id in std::mem::take(&mut next) {
+                if !walked.insert(id.clone()) {
+                    continue;
+                }
+                if let Some(x) = pool.items.get(&id) {
+                    after.extend(into(x));
+                } else if let Some(x) = get_typed::<T, _>(self.storage.as_ref(), ns, &id).await? {
+                    after.extend(into(&x));
                     pool.loaded.push(x.clone());
                     pool.items.insert(id, x);
                 }
             }
+            if after.is_empty() {
+                break;
+            }
+            next = after;
         }
         Ok((pool, read))
     }
