@@ -49,6 +49,11 @@ impl DefaultStack {
         })
     }
 
+    /// Commits that concurrent writes shared, and the writes they held.
+    pub fn group_commits(&self) -> memory_storage_turso::GroupCommits {
+        self.stack.durable().group_commits()
+    }
+
     /// Bytes of the libsql database (with its WAL and shared-memory files).
     pub fn database_bytes(&self) -> u64 {
         let db = DataDir::new(&self.dir).database();

@@ -17,6 +17,7 @@ use crate::codec::{Cols, text};
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::connection::{Inner, build_database, configure_local, create_parent, pragma};
 use crate::error::{BACKEND, DbResult, DriverError, Failure};
+use crate::group_commit::{Grouping, WRITER_BUSY_TIMEOUT};
 use crate::schema;
 use crate::sql::{query_all, query_opt};
 
@@ -146,6 +147,10 @@ impl TursoStorage {
             let autocheckpoint = format!("PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}");
             pragma(&writer, &autocheckpoint).await?;
         }
+        if local {
+            // Grouped writes wait for the write lock asynchronously (see group_commit).
+            pragma(&writer, WRITER_BUSY_TIMEOUT).await?;
+        }
         let writer = Arc::new(Mutex::new(writer));
         let checkpointer = if background_checkpoints {
             let conn = db.connect()?;
@@ -161,7 +166,8 @@ impl TursoStorage {
                 let conn = db.connect()?;
                 configure_local(&conn, &config, local_file, true).await?;
                 Some(ChangeTracker::new(Probe::DataVersion {
-                    conn: Mutex::new(conn),
+                    version: Mutex::new(conn.prepare("PRAGMA data_version").await?),
+                    _conn: conn,
                     last: std::sync::Mutex::new(None),
                 }))
             }
@@ -189,6 +195,8 @@ impl TursoStorage {
                 longest_lock_wait_us: std::sync::atomic::AtomicU64::new(0),
                 checkpointer,
                 changes,
+                grouped: local,
+                grouping: Grouping::default(),
             }),
         })
     }
@@ -203,6 +211,21 @@ impl TursoStorage {
     /// process's transaction, locally).
     pub fn longest_lock_wait(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.inner.longest_lock_wait_us.load(Ordering::Relaxed))
+    }
+
+    /// How many commits concurrent writes of this handle shared, and how many writes they
+    /// held (local databases group concurrent writes into one commit; the others never do).
+    ///
+    /// ```no_run
+    /// # async fn run() -> memory_core::Result<()> {
+    /// let storage = memory_storage_turso::TursoStorage::open_in_data_dir(".memory").await?;
+    /// let shared = storage.group_commits();
+    /// println!("{} writes in {} shared commits", shared.writes, shared.commits);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn group_commits(&self) -> crate::GroupCommits {
+        self.inner.grouping.stats()
     }
 
     /// The schema version the database had after opening; 0 while a server that could not be

@@ -16,6 +16,7 @@ use crate::changes::{ChangeTracker, next_position};
 use crate::checkpoint::Checkpointer;
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::error::{DbResult, DriverError, Failure};
+use crate::group_commit::Grouping;
 use crate::schema;
 use crate::sql::{query_all, query_opt};
 
@@ -47,6 +48,9 @@ pub(crate) struct Inner {
     pub(crate) checkpointer: Option<Checkpointer>,
     /// The change feed (files and servers; a private `:memory:` database has none).
     pub(crate) changes: Option<ChangeTracker>,
+    /// Concurrent writes share commits (local databases; see [`crate::group_commit`]).
+    pub(crate) grouped: bool,
+    pub(crate) grouping: Grouping,
 }
 
 impl Inner {
@@ -154,6 +158,9 @@ impl Inner {
     /// back first.
     pub(crate) async fn writer(&self) -> DbResult<MutexGuard<'_, Connection>> {
         let conn = self.writer.lock().await;
+        if let Err(e) = self.settle(&conn).await {
+            warn!(error = %e, "the open group's commit failed; its writes were not acknowledged");
+        }
         if !conn.is_autocommit() {
             warn!(
                 "writer connection was left inside a transaction by a cancelled call; rolling back"
@@ -179,11 +186,15 @@ impl Inner {
     }
 
     /// Runs `body` in an IMMEDIATE (write-locking) transaction on the writer connection:
-    /// committed when it returns `Ok`, rolled back when it returns `Err`.
+    /// committed when it returns `Ok`, rolled back when it returns `Err`. On a local database
+    /// the transaction may be shared with concurrent writes ([`crate::group_commit`]).
     pub(crate) async fn write_tx<T>(
         &self,
         body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
     ) -> DbResult<T> {
+        if self.grouped {
+            return self.write_grouped(body).await;
+        }
         let asked = std::time::Instant::now();
         let conn = self.writer().await?;
         let tx = conn
@@ -385,7 +396,7 @@ async fn enable_wal(conn: &Connection, busy_timeout: std::time::Duration) -> DbR
     }
 }
 
-fn is_busy(e: &libsql::Error) -> bool {
+pub(crate) fn is_busy(e: &libsql::Error) -> bool {
     matches!(e, libsql::Error::SqliteFailure(code, _) if matches!(code & 0xff, 5 | 6))
 }
 
@@ -414,6 +425,9 @@ pub(crate) async fn configure_local(
     if pragma(conn, "PRAGMA foreign_keys").await?.as_deref() != Some("1") {
         return Err(DriverError::Setup("foreign_keys could not be enabled".into()).into());
     }
+    // Statement journals (savepoints of multi-row statements, the full-text index) stay in
+    // memory: they never need to survive a crash, and a temporary file costs syscalls.
+    pragma(conn, "PRAGMA temp_store = MEMORY").await?;
     if reader {
         pragma(conn, "PRAGMA query_only = ON").await?;
     }

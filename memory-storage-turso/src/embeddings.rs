@@ -29,8 +29,7 @@ impl EmbeddingStore for TursoStorage {
         vector: &[f32],
     ) -> Result<()> {
         self.inner
-            .call("put_embedding", async {
-                let conn = self.inner.writer().await?;
+            .call_write("put_embedding", async |conn| {
                 // One statement: stored only if the episode exists, replacing an earlier vector.
                 let changed = conn
                     .execute(

@@ -31,6 +31,10 @@ pub(crate) enum DriverError {
     /// A setting of the connection was not applied as asked.
     #[error("connection setup: {0}")]
     Setup(String),
+    /// The commit this write shared with concurrent writes failed (see
+    /// [`crate::group_commit`]): the write was rolled back with the others.
+    #[error("shared commit failed: {message}")]
+    SharedCommit { message: String, transient: bool },
 }
 
 /// Result of internal operations.
@@ -94,6 +98,7 @@ fn driver_transient(e: &DriverError) -> bool {
         DriverError::Timeout(_) => true,
         DriverError::Io(io) => transient_io(io.kind()),
         DriverError::Schema(_) | DriverError::Setup(_) => false,
+        DriverError::SharedCommit { transient, .. } => *transient,
         DriverError::Libsql(e) => libsql_transient(e),
     }
 }

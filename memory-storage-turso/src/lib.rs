@@ -54,6 +54,7 @@ mod connection;
 mod embeddings;
 mod episodes;
 mod error;
+mod group_commit;
 mod learned;
 mod maintenance;
 mod schema;
@@ -67,4 +68,5 @@ pub use config::{
     ENV_AUTH_TOKEN, ENV_DATABASE_URL, MAX_READERS, MEMORY_PATH, Synchronous, TursoConfig,
     TursoConfigBuilder, TursoMode,
 };
+pub use group_commit::GroupCommits;
 pub use schema::SCHEMA_VERSION;

@@ -156,6 +156,9 @@ struct Report {
     database_bytes: u64,
     cache_bytes: u64,
     outbox_bytes: u64,
+    /// Commits that concurrent completions and step batches shared, and the writes they held.
+    shared_commits: u64,
+    writes_in_shared_commits: u64,
     outcomes: Outcomes,
     stats: StatsOut,
     /// Patterns per completed episode: well below the patterns one episode yields means
@@ -387,6 +390,8 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
         database_bytes: stack.database_bytes(),
         cache_bytes: stack.cache_bytes(),
         outbox_bytes: stack.outbox_bytes(),
+        shared_commits: stack.group_commits().commits,
+        writes_in_shared_commits: stack.group_commits().writes,
         outcomes,
         patterns_per_episode: stats.patterns as f64 / stats.completed.max(1) as f64,
         active_patterns_per_episode: stats.active_patterns as f64 / stats.completed.max(1) as f64,
@@ -448,6 +453,13 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         (
             "outbox (redb)",
             format!("{:.1} MiB", r.outbox_bytes as f64 / MIB),
+        ),
+        (
+            "shared commits",
+            format!(
+                "{} holding {} writes",
+                r.shared_commits, r.writes_in_shared_commits
+            ),
         ),
         ("stored steps", s.steps.to_string()),
         (

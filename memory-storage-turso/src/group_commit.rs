@@ -1,0 +1,522 @@
+//! Group commit: concurrent write transactions of one process share one durable commit.
+//!
+//! A write runs its body inside a savepoint of a transaction that stays open while other
+//! writes of this process are queued for the writer connection: the member that finds nobody
+//! queued behind it (or the [`MAX_MEMBERS`]-th) commits for everyone, and each member returns
+//! only once that commit has landed, so an acknowledged write is as durable as before. A body
+//! that fails rolls back to its own savepoint; the others' writes are kept.
+//!
+//! A member that handed the connection on waits for the commit, or for the connection to be
+//! free with its group still open (the members queued behind it were cancelled): then it
+//! commits the group itself. Whoever takes the connection for anything else ([`Inner::writer`])
+//! commits an open group first, and rolls back the savepoint of a body cancelled midway.
+//!
+//! Local databases only: a remote transaction would hold a server stream across members.
+//! Written here because the driver has no group commit of its own.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use libsql::Connection;
+use tokio::sync::{MutexGuard, watch};
+use tracing::warn;
+
+use crate::connection::{Inner, is_busy};
+use crate::error::{DbResult, DriverError, Failure};
+
+/// The writer connection's `busy_timeout` while writes are grouped: waiting for the write
+/// lock happens in [`Inner::begin_immediate`] instead.
+pub(crate) const WRITER_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 0";
+
+/// The most writes one commit holds: bounds how long another process waits for the lock.
+pub(crate) const MAX_MEMBERS: usize = 16;
+
+/// How a group's commit went, as each member learns it: a failure's text and whether it is
+/// transient.
+type Outcome = Result<(), (String, bool)>;
+
+/// The open group of the writer connection, changed only while its lock is held.
+struct Group {
+    id: u64,
+    members: usize,
+    /// A member's savepoint is open: its body runs, or was cancelled while running.
+    body_open: bool,
+    done: watch::Sender<Option<Outcome>>,
+}
+
+/// The group-commit state of a writer connection.
+#[derive(Default)]
+pub(crate) struct Grouping {
+    group: std::sync::Mutex<Option<Group>>,
+    /// Grouped writes waiting for the writer connection.
+    waiting: AtomicUsize,
+    ids: AtomicU64,
+    shared_commits: AtomicU64,
+    shared_writes: AtomicU64,
+}
+
+impl std::fmt::Debug for Grouping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grouping")
+            .field("waiting", &self.waiting)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Commits that several concurrent writes shared since the storage was opened
+/// ([`TursoStorage::group_commits`](crate::TursoStorage::group_commits)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommits {
+    /// Commits that held more than one write.
+    pub commits: u64,
+    /// The writes those commits held.
+    pub writes: u64,
+}
+
+impl Grouping {
+    pub(crate) fn stats(&self) -> GroupCommits {
+        GroupCommits {
+            commits: self.shared_commits.load(Ordering::Relaxed),
+            writes: self.shared_writes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counts a write waiting for the writer connection while it exists.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lock(g: &Grouping) -> std::sync::MutexGuard<'_, Option<Group>> {
+    g.group
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn shared_failure(message: String, transient: bool) -> Failure {
+    Failure::Driver(DriverError::SharedCommit { message, transient })
+}
+
+impl Inner {
+    /// [`Inner::write_tx`] as a member of a group (see the module docs).
+    pub(crate) async fn write_grouped<T>(
+        &self,
+        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
+        let g = &self.grouping;
+        let asked = std::time::Instant::now();
+        let conn = {
+            g.waiting.fetch_add(1, Ordering::AcqRel);
+            let _waiting = Waiting(&g.waiting);
+            self.writer.lock().await
+        };
+        let id = self.join(&conn).await?;
+        let waited = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.longest_lock_wait_us
+            .fetch_max(waited, Ordering::Relaxed);
+        let result = body(&conn).await;
+        let end = if result.is_ok() {
+            conn.execute("RELEASE member", ()).await.map(|_| ())
+        } else {
+            conn.execute_batch("ROLLBACK TO member; RELEASE member")
+                .await
+                .map(|_| ())
+        };
+        if let Err(e) = end {
+            // The transaction is in an unknown state: nobody of this group is acknowledged.
+            let failure = Failure::from(e);
+            self.finish(&conn, Err((failure.to_string(), failure.is_transient())))
+                .await;
+            return Err(failure);
+        }
+        let members = {
+            let mut open = lock(g);
+            let Some(group) = open.as_mut() else {
+                return Err(shared_failure("the group vanished".into(), true));
+            };
+            group.body_open = false;
+            group.members += 1;
+            group.members
+        };
+        let hand_on = g.waiting.load(Ordering::Acquire) > 0 && members < MAX_MEMBERS;
+        if hand_on {
+            let value = result?; // a failed body left nothing in the group: no need to wait
+            let done = lock(g).as_ref().map(|group| group.done.subscribe());
+            drop(conn);
+            let outcome = match done {
+                Some(rx) => self.await_commit(rx, id).await,
+                None => Err(("the group vanished".into(), true)),
+            };
+            return outcome
+                .map(|()| value)
+                .map_err(|(message, transient)| shared_failure(message, transient));
+        }
+        // The others' writes are committed even when this body failed.
+        let committed = self.commit(&conn).await;
+        let value = result?;
+        committed.map(|()| value)
+    }
+
+    /// Joins the open group, or begins one; opens this member's savepoint. Returns the
+    /// group's id.
+    async fn join(&self, conn: &Connection) -> DbResult<u64> {
+        self.roll_back_cancelled(conn).await?;
+        let open = lock(&self.grouping).as_ref().map(|group| group.id);
+        let id = match open {
+            // SQLite rolled the whole transaction back after an error: the group is lost.
+            Some(_) if conn.is_autocommit() => {
+                let lost = "the shared transaction was rolled back by the database";
+                self.finish(conn, Err((lost.into(), true))).await;
+                self.begin(conn).await?
+            }
+            Some(id) => id,
+            None => self.begin(conn).await?,
+        };
+        conn.execute("SAVEPOINT member", ()).await?;
+        if let Some(group) = lock(&self.grouping).as_mut() {
+            group.body_open = true;
+        }
+        Ok(id)
+    }
+
+    async fn begin(&self, conn: &Connection) -> DbResult<u64> {
+        if !conn.is_autocommit() {
+            warn!(
+                "writer connection was left inside a transaction by a cancelled call; rolling back"
+            );
+            conn.execute("ROLLBACK", ()).await?;
+        }
+        self.begin_immediate(conn).await?;
+        let id = self.grouping.ids.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.grouping) = Some(Group {
+            id,
+            members: 0,
+            body_open: false,
+            done: watch::channel(None).0,
+        });
+        Ok(id)
+    }
+
+    /// `BEGIN IMMEDIATE`, waiting for another connection's write lock up to `busy_timeout`
+    /// with async pauses. The writer connection's own busy handler is off (see
+    /// [`WRITER_BUSY_TIMEOUT`]): SQLite's handler sleeps on the thread, and a runtime thread
+    /// asleep there cannot run the next member of a group that holds the lock, which other
+    /// handles in this process may be waiting for.
+    async fn begin_immediate(&self, conn: &Connection) -> DbResult<()> {
+        let deadline = tokio::time::Instant::now() + self.config.busy_timeout();
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match conn.execute("BEGIN IMMEDIATE", ()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(8));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Rolls back the savepoint of a body that was cancelled while it ran.
+    async fn roll_back_cancelled(&self, conn: &Connection) -> DbResult<()> {
+        let cancelled = lock(&self.grouping).as_ref().is_some_and(|g| g.body_open);
+        if cancelled && !conn.is_autocommit() {
+            warn!("a grouped write was cancelled midway; rolling back its savepoint");
+            conn.execute_batch("ROLLBACK TO member; RELEASE member")
+                .await?;
+        }
+        if let Some(group) = lock(&self.grouping).as_mut() {
+            group.body_open = false;
+        }
+        Ok(())
+    }
+
+    /// Commits the open group (if any) and tells its members.
+    async fn commit(&self, conn: &Connection) -> DbResult<()> {
+        if lock(&self.grouping).is_none() {
+            return Ok(());
+        }
+        let result = conn.execute("COMMIT", ()).await.map(|_| ());
+        match result {
+            Ok(()) => {
+                if let Some(c) = &self.checkpointer {
+                    c.committed();
+                }
+                self.finish(conn, Ok(())).await;
+                Ok(())
+            }
+            Err(e) => {
+                let failure = Failure::from(e);
+                let text = failure.to_string();
+                self.finish(conn, Err((text, failure.is_transient()))).await;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Ends the open group with `outcome`: rolls back whatever a failed group left open and
+    /// tells the members waiting for it.
+    async fn finish(&self, conn: &Connection, outcome: Outcome) {
+        let Some(group) = lock(&self.grouping).take() else {
+            return;
+        };
+        if outcome.is_err()
+            && !conn.is_autocommit()
+            && let Err(e) = conn.execute("ROLLBACK", ()).await
+        {
+            warn!(error = %e, "rollback of a failed group failed");
+        }
+        if outcome.is_ok() && group.members > 1 {
+            let g = &self.grouping;
+            g.shared_commits.fetch_add(1, Ordering::Relaxed);
+            g.shared_writes
+                .fetch_add(group.members as u64, Ordering::Relaxed);
+        }
+        group.done.send_replace(Some(outcome));
+    }
+
+    /// Waits until group `id` is committed, committing it when the connection frees while it
+    /// is still open.
+    async fn await_commit(&self, done: watch::Receiver<Option<Outcome>>, id: u64) -> Outcome {
+        let vanished = || Err(("the group ended without an outcome".to_string(), true));
+        let mut waiting = done.clone();
+        let committed = async {
+            match waiting.wait_for(Option::is_some).await {
+                Ok(o) => o.clone(),
+                Err(_) => None,
+            }
+        };
+        tokio::select! {
+            biased;
+            outcome = committed => outcome.unwrap_or_else(vanished),
+            conn = self.writer.lock() => {
+                let ours = lock(&self.grouping).as_ref().is_some_and(|g| g.id == id);
+                if ours {
+                    self.settle(&conn).await.map_err(|f| (f.to_string(), f.is_transient()))?;
+                }
+                let outcome = done.borrow().clone();
+                outcome.unwrap_or_else(vanished)
+            }
+        }
+    }
+
+    /// Commits an open group (rolling back a cancelled member first): the writer connection
+    /// is then outside any group's transaction.
+    pub(crate) async fn settle(&self, conn: &MutexGuard<'_, Connection>) -> DbResult<()> {
+        if lock(&self.grouping).is_none() {
+            return Ok(());
+        }
+        if let Err(e) = self.roll_back_cancelled(conn).await {
+            let failure = e;
+            self.finish(conn, Err((failure.to_string(), failure.is_transient())))
+                .await;
+            return Err(failure);
+        }
+        self.commit(conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use memory_core::{
+        Episode, EpisodeId, EpisodeStore, Error, Namespace, NewEpisode, TaskContext, TaskType,
+    };
+
+    use super::*;
+    use crate::TursoStorage;
+
+    fn episode(task: &str) -> Episode {
+        let new = NewEpisode::new(task, TaskType::Other, TaskContext::new("d"));
+        Episode::start(new, Utc::now())
+    }
+
+    /// Returns once `n` grouped writes wait for the writer lock (fails after 30 s).
+    async fn all_waiting(s: &TursoStorage, n: usize) {
+        let waiting = async {
+            while s.inner.grouping.waiting.load(Ordering::Acquire) < n {
+                tokio::task::yield_now().await;
+            }
+        };
+        let limit = std::time::Duration::from_secs(30);
+        tokio::time::timeout(limit, waiting)
+            .await
+            .expect("every write queued for the writer lock");
+    }
+
+    /// Spawns the `writes` while the writer lock is held and lets them run once every one
+    /// waits for it, so they form groups as under load.
+    async fn queued<T: Send + 'static>(
+        s: &TursoStorage,
+        writes: impl FnOnce() -> Vec<tokio::task::JoinHandle<T>>,
+    ) -> Vec<T> {
+        let held = s.inner.writer.lock().await;
+        let writes = writes();
+        let n = writes.len();
+        all_waiting(s, n).await;
+        drop(held);
+        let mut out = Vec::new();
+        for w in writes {
+            out.push(w.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_share_one_commit_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let ns = Namespace::default();
+        let episodes: Vec<Episode> = (0..8).map(|i| episode(&format!("task {i}"))).collect();
+        let writes = || {
+            let spawn = |e: &Episode| {
+                let (s, ns, e) = (s.clone(), ns.clone(), e.clone());
+                tokio::spawn(async move { s.create_episode(&ns, &e).await })
+            };
+            episodes.iter().map(spawn).collect()
+        };
+        for r in queued(&s, writes).await {
+            r.unwrap();
+        }
+        assert_eq!(
+            s.group_commits(),
+            GroupCommits {
+                commits: 1,
+                writes: 8
+            }
+        );
+        // Committed: another handle on the file reads every one.
+        let other = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        for e in &episodes {
+            assert_eq!(
+                other.get_episode(&ns, e.id).await.unwrap().as_ref(),
+                Some(e)
+            );
+        }
+        assert!(s.inner.writer.lock().await.is_autocommit());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_rolls_back_alone_and_the_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let ns = Namespace::default();
+        let (a, b) = (episode("a"), episode("b"));
+        let missing = EpisodeId::new();
+        let spawn_create = |e: &Episode| {
+            let (s, ns, e) = (s.clone(), ns.clone(), e.clone());
+            tokio::spawn(async move { s.create_episode(&ns, &e).await })
+        };
+        let failing = || {
+            let (s, ns) = (s.clone(), ns.clone());
+            tokio::spawn(async move { s.append_steps(&ns, missing, &[]).await })
+        };
+        let writes = || vec![spawn_create(&a), failing(), spawn_create(&b)];
+        let results = queued(&s, writes).await;
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(
+            matches!(results[1], Err(Error::NotFound { .. })),
+            "{results:?}"
+        );
+        let other = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        for e in [&a, &b] {
+            assert!(other.get_episode(&ns, e.id).await.unwrap().is_some());
+        }
+        assert_eq!(s.group_commits().writes, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_cancelled_while_queued_leaves_the_group_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let ns = Namespace::default();
+        let held = s.inner.writer.lock().await;
+        let episodes: Vec<Episode> = (0..3).map(|i| episode(&format!("t{i}"))).collect();
+        let mut writes: Vec<_> = episodes
+            .iter()
+            .map(|e| {
+                let (s, ns, e) = (s.clone(), ns.clone(), e.clone());
+                tokio::spawn(async move { s.create_episode(&ns, &e).await })
+            })
+            .collect();
+        all_waiting(&s, 3).await;
+        let cancelled = writes.pop().unwrap();
+        cancelled.abort();
+        assert!(cancelled.await.unwrap_err().is_cancelled());
+        assert_eq!(s.inner.grouping.waiting.load(Ordering::Acquire), 2);
+        drop(held);
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        let got = s.get_episode(&ns, episodes[2].id).await.unwrap();
+        assert!(got.is_none(), "the cancelled write never ran");
+        assert_eq!(s.group_commits().writes, 2);
+        assert!(s.inner.writer.lock().await.is_autocommit());
+    }
+
+    #[tokio::test]
+    async fn a_write_left_in_an_open_group_is_committed_by_the_next_user_of_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let ns = Namespace::default();
+        let e = episode("left open");
+        // As if its member handed the connection on and every member queued behind it was
+        // cancelled: the group is open, its write inside.
+        {
+            let conn = s.inner.writer.lock().await;
+            s.inner.begin(&conn).await.unwrap();
+            let set = "UPDATE change_counter SET seq = 41 WHERE id = 1";
+            conn.execute(set, ()).await.unwrap();
+        }
+        assert!(!s.inner.writer.lock().await.is_autocommit());
+        s.create_episode(&ns, &e).await.unwrap();
+        assert!(s.inner.writer().await.unwrap().is_autocommit());
+        let other = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let conn = other.inner.writer().await.unwrap();
+        let rows = crate::sql::query_all(
+            &conn,
+            "SELECT seq FROM change_counter WHERE id = 1",
+            (),
+            |row| crate::codec::Cols::new(row, "t").i64(0),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![41],
+            "the open group's write was committed, not dropped"
+        );
+    }
+
+    /// One runtime thread, two handles on one file (as two components of one process): the
+    /// second handle's wait for the write lock must not put the thread to sleep while the
+    /// first handle's open group needs it to run its next member.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_second_handle_waits_for_the_lock_without_stalling_an_open_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.db");
+        let open = || async {
+            let config = crate::TursoConfig::local(&path)
+                .busy_timeout(std::time::Duration::from_secs(1))
+                .build()
+                .unwrap();
+            TursoStorage::open(config).await.unwrap()
+        };
+        let (a, b) = (open().await, open().await);
+        let ns = Namespace::default();
+        // `a` holds the database's write lock for a group whose next member is yet to run.
+        a.inner.begin(&*a.inner.writer.lock().await).await.unwrap();
+        let spawn = |s: &TursoStorage, task: &str| {
+            let (s, ns, e) = (s.clone(), ns.clone(), episode(task));
+            tokio::spawn(async move { s.create_episode(&ns, &e).await })
+        };
+        // Runs first: it finds the lock held and must wait without holding the thread.
+        let waits = spawn(&b, "b");
+        let joins = spawn(&a, "a");
+        joins.await.unwrap().unwrap();
+        waits.await.unwrap().unwrap();
+    }
+}
