@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use memory_core::{CompletionReport, MemoryConfig, Namespace, SelfLearningMemory, TieredStorage};
 use memory_stack::{DataDir, StackBuilder};
 use memory_storage_redb::CacheConfig;
+use memory_storage_turso::Synchronous;
 
 use crate::WorkloadEpisode;
 
@@ -35,9 +36,20 @@ impl DefaultStack {
 
     /// As [`DefaultStack::open`], with a cache configuration.
     pub async fn open_with(dir: &Path, config: MemoryConfig, cache: CacheConfig) -> Result<Self> {
+        Self::open_synchronous(dir, config, cache, Synchronous::default()).await
+    }
+
+    /// As [`DefaultStack::open_with`], with the libsql file's `synchronous` setting.
+    pub async fn open_synchronous(
+        dir: &Path,
+        config: MemoryConfig,
+        cache: CacheConfig,
+        synchronous: Synchronous,
+    ) -> Result<Self> {
         let stack = StackBuilder::new(dir)
             .memory_config(config)
             .cache_config(Some(cache))
+            .configure_turso(move |b| b.synchronous(synchronous))
             .open()
             .await
             .with_context(|| format!("cannot open the stack in {}", dir.display()))?;

@@ -35,16 +35,21 @@ pub(crate) const MAX_MEMBERS: usize = 16;
 type Outcome = Result<(), (String, bool)>;
 
 /// The open group of the writer connection, changed only while its lock is held.
+#[derive(Debug)]
 struct Group {
     id: u64,
     members: usize,
-    /// A member's savepoint is open: its body runs, or was cancelled while running.
+    /// A member's body runs, or was cancelled while running.
     body_open: bool,
+    /// That body runs in a savepoint. The first member of a group needs none (its failure
+    /// rolls back the whole transaction, which holds nothing else), and a savepoint is not
+    /// free: SQLite copies every page the body changes into its journal.
+    savepoint: bool,
     done: watch::Sender<Option<Outcome>>,
 }
 
 /// The group-commit state of a writer connection.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Grouping {
     group: std::sync::Mutex<Option<Group>>,
     /// Grouped writes waiting for the writer connection.
@@ -52,14 +57,6 @@ pub(crate) struct Grouping {
     ids: AtomicU64,
     shared_commits: AtomicU64,
     shared_writes: AtomicU64,
-}
-
-impl std::fmt::Debug for Grouping {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Grouping")
-            .field("waiting", &self.waiting)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Commits that several concurrent writes shared since the storage was opened
@@ -96,8 +93,13 @@ fn lock(g: &Grouping) -> std::sync::MutexGuard<'_, Option<Group>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn shared_failure(message: String, transient: bool) -> Failure {
+fn shared_failure((message, transient): (String, bool)) -> Failure {
     Failure::Driver(DriverError::SharedCommit { message, transient })
+}
+
+/// A failure as the members of its group learn it.
+fn told(f: &Failure) -> (String, bool) {
+    (f.to_string(), f.is_transient())
 }
 
 impl Inner {
@@ -113,29 +115,34 @@ impl Inner {
             let _waiting = Waiting(&g.waiting);
             self.writer.lock().await
         };
-        let id = self.join(&conn).await?;
+        let (id, savepoint) = self.join(&conn).await?;
         let waited = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.longest_lock_wait_us
             .fetch_max(waited, Ordering::Relaxed);
         let result = body(&conn).await;
-        let end = if result.is_ok() {
-            conn.execute("RELEASE member", ()).await.map(|_| ())
-        } else {
-            conn.execute_batch("ROLLBACK TO member; RELEASE member")
+        if let (Err(e), false) = (&result, savepoint) {
+            // The group holds only this body: roll it all back.
+            self.finish(&conn, Err(told(e))).await;
+            return result;
+        }
+        let end = match (&result, savepoint) {
+            (_, false) => Ok(()),
+            (Ok(_), true) => conn.execute("RELEASE member", ()).await.map(|_| ()),
+            (Err(_), true) => conn
+                .execute_batch("ROLLBACK TO member; RELEASE member")
                 .await
-                .map(|_| ())
+                .map(|_| ()),
         };
         if let Err(e) = end {
             // The transaction is in an unknown state: nobody of this group is acknowledged.
             let failure = Failure::from(e);
-            self.finish(&conn, Err((failure.to_string(), failure.is_transient())))
-                .await;
+            self.finish(&conn, Err(told(&failure))).await;
             return Err(failure);
         }
         let members = {
             let mut open = lock(g);
             let Some(group) = open.as_mut() else {
-                return Err(shared_failure("the group vanished".into(), true));
+                return Err(shared_failure(("the group vanished".into(), true)));
             };
             group.body_open = false;
             group.members += 1;
@@ -150,9 +157,7 @@ impl Inner {
                 Some(rx) => self.await_commit(rx, id).await,
                 None => Err(("the group vanished".into(), true)),
             };
-            return outcome
-                .map(|()| value)
-                .map_err(|(message, transient)| shared_failure(message, transient));
+            return outcome.map(|()| value).map_err(shared_failure);
         }
         // The others' writes are committed even when this body failed.
         let committed = self.commit(&conn).await;
@@ -160,9 +165,9 @@ impl Inner {
         committed.map(|()| value)
     }
 
-    /// Joins the open group, or begins one; opens this member's savepoint. Returns the
-    /// group's id.
-    async fn join(&self, conn: &Connection) -> DbResult<u64> {
+    /// Joins the open group, or begins one; opens this member's savepoint when the group
+    /// already holds others' writes. Returns the group's id and whether it did.
+    async fn join(&self, conn: &Connection) -> DbResult<(u64, bool)> {
         self.roll_back_cancelled(conn).await?;
         let open = lock(&self.grouping).as_ref().map(|group| group.id);
         let id = match open {
@@ -175,11 +180,15 @@ impl Inner {
             Some(id) => id,
             None => self.begin(conn).await?,
         };
-        conn.execute("SAVEPOINT member", ()).await?;
+        let savepoint = lock(&self.grouping).as_ref().is_some_and(|g| g.members > 0);
+        if savepoint {
+            conn.execute("SAVEPOINT member", ()).await?;
+        }
         if let Some(group) = lock(&self.grouping).as_mut() {
             group.body_open = true;
+            group.savepoint = savepoint;
         }
-        Ok(id)
+        Ok((id, savepoint))
     }
 
     async fn begin(&self, conn: &Connection) -> DbResult<u64> {
@@ -195,6 +204,7 @@ impl Inner {
             id,
             members: 0,
             body_open: false,
+            savepoint: false,
             done: watch::channel(None).0,
         });
         Ok(id)
@@ -222,11 +232,23 @@ impl Inner {
 
     /// Rolls back the savepoint of a body that was cancelled while it ran.
     async fn roll_back_cancelled(&self, conn: &Connection) -> DbResult<()> {
-        let cancelled = lock(&self.grouping).as_ref().is_some_and(|g| g.body_open);
-        if cancelled && !conn.is_autocommit() {
-            warn!("a grouped write was cancelled midway; rolling back its savepoint");
-            conn.execute_batch("ROLLBACK TO member; RELEASE member")
-                .await?;
+        let cancelled = lock(&self.grouping)
+            .as_ref()
+            .filter(|g| g.body_open)
+            .map(|g| g.savepoint);
+        match cancelled {
+            Some(true) if !conn.is_autocommit() => {
+                warn!("a grouped write was cancelled midway; rolling back its savepoint");
+                conn.execute_batch("ROLLBACK TO member; RELEASE member")
+                    .await?;
+            }
+            // The group's first write: nothing else is in the transaction.
+            Some(false) => {
+                warn!("a write was cancelled midway; rolling back its transaction");
+                let cancelled = "the write was cancelled".to_string();
+                self.finish(conn, Err((cancelled, true))).await;
+            }
+            _ => {}
         }
         if let Some(group) = lock(&self.grouping).as_mut() {
             group.body_open = false;
@@ -240,21 +262,13 @@ impl Inner {
             return Ok(());
         }
         let result = conn.execute("COMMIT", ()).await.map(|_| ());
-        match result {
-            Ok(()) => {
-                if let Some(c) = &self.checkpointer {
-                    c.committed();
-                }
-                self.finish(conn, Ok(())).await;
-                Ok(())
-            }
-            Err(e) => {
-                let failure = Failure::from(e);
-                let text = failure.to_string();
-                self.finish(conn, Err((text, failure.is_transient()))).await;
-                Err(failure)
-            }
+        let result = result.map_err(Failure::from);
+        if let (Ok(()), Some(c)) = (&result, &self.checkpointer) {
+            c.committed();
         }
+        self.finish(conn, result.as_ref().map_err(told).copied())
+            .await;
+        result
     }
 
     /// Ends the open group with `outcome`: rolls back whatever a failed group left open and
@@ -295,7 +309,7 @@ impl Inner {
             conn = self.writer.lock() => {
                 let ours = lock(&self.grouping).as_ref().is_some_and(|g| g.id == id);
                 if ours {
-                    self.settle(&conn).await.map_err(|f| (f.to_string(), f.is_transient()))?;
+                    self.settle(&conn).await.map_err(|f| told(&f))?;
                 }
                 let outcome = done.borrow().clone();
                 outcome.unwrap_or_else(vanished)
@@ -310,10 +324,8 @@ impl Inner {
             return Ok(());
         }
         if let Err(e) = self.roll_back_cancelled(conn).await {
-            let failure = e;
-            self.finish(conn, Err((failure.to_string(), failure.is_transient())))
-                .await;
-            return Err(failure);
+            self.finish(conn, Err(told(&e))).await;
+            return Err(e);
         }
         self.commit(conn).await
     }
@@ -426,6 +438,52 @@ mod tests {
             assert!(other.get_episode(&ns, e.id).await.unwrap().is_some());
         }
         assert_eq!(s.group_commits().writes, 3);
+    }
+
+    async fn change_counter(s: &TursoStorage) -> i64 {
+        let conn = s.inner.writer().await.unwrap();
+        let sql = "SELECT seq FROM change_counter WHERE id = 1";
+        let seq = crate::sql::query_opt(&conn, sql, (), |row| {
+            crate::codec::Cols::new(row, "t").i64(0)
+        });
+        seq.await.unwrap().unwrap()
+    }
+
+    /// The first write of a group runs without a savepoint: when it fails, the transaction
+    /// (its change-counter step included) is rolled back and the next write begins anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_first_write_leaves_nothing_and_the_next_ones_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let ns = Namespace::default();
+        let before = change_counter(&s).await;
+        let (a, b) = (episode("a"), episode("b"));
+        let writes = || {
+            let failing = {
+                let (s, ns) = (s.clone(), ns.clone());
+                tokio::spawn(async move { s.append_steps(&ns, EpisodeId::new(), &[]).await })
+            };
+            let create = |e: &Episode| {
+                let (s, ns, e) = (s.clone(), ns.clone(), e.clone());
+                tokio::spawn(async move { s.create_episode(&ns, &e).await })
+            };
+            vec![failing, create(&a), create(&b)]
+        };
+        let results = queued(&s, writes).await;
+        assert!(
+            matches!(results[0], Err(Error::NotFound { .. })),
+            "{results:?}"
+        );
+        assert!(results[1].is_ok() && results[2].is_ok(), "{results:?}");
+        assert_eq!(
+            change_counter(&s).await,
+            before,
+            "the failed write's counter step is undone"
+        );
+        let other = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        for e in [&a, &b] {
+            assert!(other.get_episode(&ns, e.id).await.unwrap().is_some());
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use memory_benches::spans::SpanTimes;
 use memory_benches::{DefaultStack, Workload, proc_status_mib, record_workload_episode};
 use memory_core::{MemoryConfig, Namespace, NamespaceStats, OutcomeKind};
+use memory_storage_redb::CacheConfig;
+use memory_storage_turso::Synchronous;
 use serde::Serialize;
 
 /// Records realistic episodes through the default stack and reports how it went.
@@ -65,6 +67,9 @@ struct Args {
     /// long run (outside the timed slices; its time is reported per checkpoint).
     #[arg(long)]
     consolidate: bool,
+    /// Open the libsql file with `synchronous = FULL` (an fsync per commit) instead of NORMAL
+    #[arg(long)]
+    synchronous_full: bool,
 }
 
 /// Spans shown per slice with `--spans`.
@@ -269,7 +274,18 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
         );
     }
     let ns = Namespace::new(&args.namespace)?;
-    let stack = DefaultStack::open(&args.data_dir, MemoryConfig::default()).await?;
+    let synchronous = if args.synchronous_full {
+        Synchronous::Full
+    } else {
+        Synchronous::Normal
+    };
+    let stack = DefaultStack::open_synchronous(
+        &args.data_dir,
+        MemoryConfig::default(),
+        CacheConfig::default(),
+        synchronous,
+    )
+    .await?;
     let workload = Workload::new(args.seed, args.steps);
     let shared = Arc::new(Mutex::new(Shared::default()));
 
