@@ -370,33 +370,45 @@ pub(crate) async fn pragma(conn: &Connection, sql: &str) -> DbResult<Option<Stri
 /// file at the same moment hit this). So a busy switch is retried, with a short growing
 /// pause, until `busy_timeout` has passed, the same patience every other statement gets.
 async fn enable_wal(conn: &Connection, busy_timeout: std::time::Duration) -> DbResult<()> {
-    let deadline = tokio::time::Instant::now() + busy_timeout;
-    let mut pause = std::time::Duration::from_millis(1);
-    loop {
+    retry_busy(busy_timeout, || async move {
         let mode = match pragma(conn, "PRAGMA journal_mode").await? {
             Some(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
-            _ => pragma(conn, "PRAGMA journal_mode = WAL").await,
+            _ => pragma(conn, "PRAGMA journal_mode = WAL").await?,
         };
         match mode {
-            Ok(Some(m)) if m.eq_ignore_ascii_case("wal") => return Ok(()),
-            Ok(other) => {
-                return Err(
-                    DriverError::Setup(format!("journal_mode is {other:?}, expected wal")).into(),
-                );
+            Some(m) if m.eq_ignore_ascii_case("wal") => Ok(()),
+            other => {
+                Err(DriverError::Setup(format!("journal_mode is {other:?}, expected wal")).into())
             }
+        }
+    })
+    .await
+}
+
+/// Runs `attempt` until it does not fail with `SQLITE_BUSY` (or `LOCKED`) or `timeout` has
+/// passed, pausing 1 ms, then twice as long each time up to 8 ms, asynchronously: the thread
+/// runs other tasks meanwhile, where SQLite's busy handler would sleep on it.
+pub(crate) async fn retry_busy<T, F: Future<Output = DbResult<T>>>(
+    timeout: std::time::Duration,
+    mut attempt: impl FnMut() -> F,
+) -> DbResult<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match attempt().await {
             Err(Failure::Driver(DriverError::Libsql(e)))
                 if is_busy(&e) && tokio::time::Instant::now() < deadline =>
             {
-                debug!(error = %e, "journal mode switch busy; retrying");
+                debug!(error = %e, "busy; retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                pause = (pause * 2).min(std::time::Duration::from_millis(8));
             }
-            Err(e) => return Err(e),
+            result => return result,
         }
     }
 }
 
-pub(crate) fn is_busy(e: &libsql::Error) -> bool {
+fn is_busy(e: &libsql::Error) -> bool {
     matches!(e, libsql::Error::SqliteFailure(code, _) if matches!(code & 0xff, 5 | 6))
 }
 

@@ -20,7 +20,7 @@ use libsql::Connection;
 use tokio::sync::{MutexGuard, watch};
 use tracing::warn;
 
-use crate::connection::{Inner, is_busy};
+use crate::connection::{Inner, retry_busy};
 use crate::error::{DbResult, DriverError, Failure};
 
 /// The writer connection's `busy_timeout` while writes are grouped: waiting for the write
@@ -216,18 +216,11 @@ impl Inner {
     /// asleep there cannot run the next member of a group that holds the lock, which other
     /// handles in this process may be waiting for.
     async fn begin_immediate(&self, conn: &Connection) -> DbResult<()> {
-        let deadline = tokio::time::Instant::now() + self.config.busy_timeout();
-        let mut pause = std::time::Duration::from_millis(1);
-        loop {
-            match conn.execute("BEGIN IMMEDIATE", ()).await {
-                Ok(_) => return Ok(()),
-                Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(8));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retry_busy(self.config.busy_timeout(), || async move {
+            conn.execute("BEGIN IMMEDIATE", ()).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Rolls back the savepoint of a body that was cancelled while it ran.
