@@ -71,9 +71,10 @@ fn cache_benches(c: &mut Criterion) {
     let ns = Namespace::new("bench").unwrap();
     let hot = episode(0);
     let hot_key = CacheKey::Episode(hot.id);
-    let bytes = memory_storage_redb::encode_cached_value(&CachedValue::Episode(hot.clone()))
-        .unwrap()
-        .len();
+    let bytes =
+        memory_storage_redb::encode_cached_value(&CachedValue::Episode(Arc::new(hot.clone())))
+            .unwrap()
+            .len();
     eprintln!("fixture episode: {bytes} encoded bytes");
 
     let mut g = c.benchmark_group("redb_cache");
@@ -86,7 +87,7 @@ fn cache_benches(c: &mut Criterion) {
             CacheConfig::default(),
         ))
         .unwrap();
-    rt.block_on(with_front.put(&ns, &CachedValue::Episode(hot.clone())))
+    rt.block_on(with_front.put(&ns, &CachedValue::Episode(Arc::new(hot.clone()))))
         .unwrap();
     g.bench_function("get_hit_memory", |b| {
         b.to_async(&rt)
@@ -103,11 +104,11 @@ fn cache_benches(c: &mut Criterion) {
         .unwrap();
     rt.block_on(async {
         for i in 1..1_000 {
-            disk.put(&ns, &CachedValue::Episode(episode(i)))
+            disk.put(&ns, &CachedValue::Episode(Arc::new(episode(i))))
                 .await
                 .unwrap();
         }
-        disk.put(&ns, &CachedValue::Episode(hot.clone()))
+        disk.put(&ns, &CachedValue::Episode(Arc::new(hot.clone())))
             .await
             .unwrap();
     });
@@ -132,7 +133,7 @@ fn cache_benches(c: &mut Criterion) {
         ))
         .unwrap();
     let pool: Vec<CachedValue> = (0..2_000)
-        .map(|i| CachedValue::Episode(episode(10_000 + i)))
+        .map(|i| CachedValue::Episode(Arc::new(episode(10_000 + i))))
         .collect();
     let next = AtomicU64::new(0);
     g.bench_function("put_evicting", |b| {

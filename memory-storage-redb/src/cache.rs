@@ -1322,20 +1322,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_memory_hit_shares_the_episode_and_a_disk_hit_fills_the_front_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ns("a");
+        let shared = Arc::new(episode("t"));
+        let key = CacheKey::Episode(shared.id);
+        let c = open(dir.path(), CacheConfig::default()).await;
+        c.put(&n, &CachedValue::Episode(Arc::clone(&shared)))
+            .await
+            .unwrap();
+        let Some(CachedValue::Episode(hit)) = c.get(&n, &key).await.unwrap() else {
+            panic!("episode cached");
+        };
+        assert!(
+            Arc::ptr_eq(&hit, &shared),
+            "the put's allocation, not a copy"
+        );
+        c.close().await.unwrap();
+
+        // Reopened: the first hit decodes from the file, the next ones share that decode.
+        let c = open(dir.path(), CacheConfig::default()).await;
+        let mut hits = Vec::new();
+        for _ in 0..2 {
+            match c.get(&n, &key).await.unwrap() {
+                Some(CachedValue::Episode(e)) => hits.push(e),
+                other => panic!("episode cached, got {other:?}"),
+            }
+        }
+        assert_eq!(*hits[0], *shared);
+        assert!(Arc::ptr_eq(&hits[0], &hits[1]));
+        assert_eq!(c.stats().disk_hits, 1);
+        assert_eq!(c.stats().memory_hits, 1);
+        c.close().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn clean_close_keeps_entries_and_unclean_file_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
         let n = ns("a");
         let e = episode("t");
         let key = CacheKey::Episode(e.id);
         let c = open(dir.path(), CacheConfig::default()).await;
-        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+            .await
+            .unwrap();
         c.close().await.unwrap();
 
         let c = open(dir.path(), CacheConfig::default()).await;
         assert_eq!(c.stats().entries, 1);
         assert_eq!(
             c.get(&n, &key).await.unwrap(),
-            Some(CachedValue::Episode(e))
+            Some(CachedValue::Episode(Arc::new(e)))
         );
         assert_eq!(c.stats().disk_hits, 1);
         c.close().await.unwrap();
@@ -1363,7 +1400,9 @@ mod tests {
         let e = episode("t");
         let c = open(dir.path(), CacheConfig::default()).await;
         let c2 = c.clone();
-        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+            .await
+            .unwrap();
         drop(c);
         c2.close().await.unwrap();
         let c = open(dir.path(), CacheConfig::default()).await;
@@ -1378,7 +1417,9 @@ mod tests {
         let (e1, e2, e3) = (episode("1"), episode("2"), episode("3"));
         let c = open(dir.path(), CacheConfig::default()).await;
         for e in [&e1, &e2, &e3] {
-            c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+            c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+                .await
+                .unwrap();
         }
         c.close().await.unwrap();
         // e1: garbage body; e2: another format version; e3: the body of e1 (wrong key).
@@ -1390,7 +1431,7 @@ mod tests {
             v.extend([0xff; 7]);
         });
         tamper(&path, &k2, |v| v[HEADER_LEN] = 99);
-        let body1 = encode_cached_value_for_test(&CachedValue::Episode(e1.clone()));
+        let body1 = encode_cached_value_for_test(&CachedValue::Episode(Arc::new(e1.clone())));
         tamper(&path, &k3, |v| {
             v.truncate(HEADER_LEN);
             v.extend(body1);
@@ -1427,7 +1468,9 @@ mod tests {
         // No moka front: every read decodes the file.
         let config = CacheConfig::default().with_memory_capacity(0, 0);
         let c = open(dir.path(), config.clone()).await;
-        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+            .await
+            .unwrap();
         c.close().await.unwrap();
         let mut len = 0;
         tamper(&path, &k, |v| {
@@ -1444,12 +1487,14 @@ mod tests {
         assert_eq!(s.entries, 0, "the bad entry is removed: {s:?}");
 
         // The durable layer's value, put back, is served again.
-        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+            .await
+            .unwrap();
         c.close().await.unwrap();
         let c = open(dir.path(), config).await;
         assert_eq!(
             c.get(&n, &key).await.unwrap(),
-            Some(CachedValue::Episode(e))
+            Some(CachedValue::Episode(Arc::new(e)))
         );
         assert_eq!((c.stats().disk_hits, c.stats().corrupt), (1, 0));
     }
@@ -1462,7 +1507,7 @@ mod tests {
         let e = episode("t");
         let key = CacheKey::Episode(e.id);
         let c = open(dir.path(), CacheConfig::default()).await;
-        c.put(&n, &CachedValue::Episode(e)).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(e))).await.unwrap();
         c.close().await.unwrap();
         // An entry written by the previous version: version byte 2, no checksum.
         tamper(&path, &entry_key(&n, &key), |v| {
@@ -1482,7 +1527,9 @@ mod tests {
         let c = open(dir.path(), CacheConfig::default().with_max_entries(3)).await;
         let es: Vec<Episode> = (0..4).map(|i| episode(&i.to_string())).collect();
         for e in &es[..3] {
-            c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+            c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+                .await
+                .unwrap();
         }
         // Served from the front, but the access still counts for LRU.
         assert!(
@@ -1492,7 +1539,7 @@ mod tests {
                 .is_some()
         );
         assert_eq!(c.stats().memory_hits, 1);
-        c.put(&n, &CachedValue::Episode(es[3].clone()))
+        c.put(&n, &CachedValue::Episode(Arc::new(es[3].clone())))
             .await
             .unwrap();
         c.flush().await.unwrap(); // evictions happen when the put commits
@@ -1518,7 +1565,10 @@ mod tests {
         .await;
         let mut e = episode("t");
         e.task_description = "x".repeat(1_000);
-        let err = c.put(&n, &CachedValue::Episode(e)).await.unwrap_err();
+        let err = c
+            .put(&n, &CachedValue::Episode(Arc::new(e)))
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -1537,7 +1587,7 @@ mod tests {
         .await
         .unwrap();
         let err = c2
-            .put(&n, &CachedValue::Episode(episode("t")))
+            .put(&n, &CachedValue::Episode(Arc::new(episode("t"))))
             .await
             .unwrap_err();
         assert!(
@@ -1555,9 +1605,11 @@ mod tests {
             .with_memory_capacity(0, 0);
         let c = open(dir.path(), config).await;
         let old = episode("old");
-        c.put(&n, &CachedValue::Episode(old.clone())).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(old.clone())))
+            .await
+            .unwrap();
         tokio::time::advance(Duration::from_secs(11)).await;
-        c.put(&n, &CachedValue::Episode(episode("new")))
+        c.put(&n, &CachedValue::Episode(Arc::new(episode("new"))))
             .await
             .unwrap();
         c.flush().await.unwrap();
@@ -1577,7 +1629,7 @@ mod tests {
         for i in 0..300 {
             let mut e = episode(&i.to_string());
             e.task_description.push_str(&"x".repeat(20_000));
-            c.put(&n, &CachedValue::Episode(e)).await.unwrap();
+            c.put(&n, &CachedValue::Episode(Arc::new(e))).await.unwrap();
         }
         c.flush().await.unwrap();
         let full = std::fs::metadata(c.path()).unwrap().len();

@@ -269,6 +269,8 @@ pub fn decode_outbox_entry(bytes: &[u8], limit: usize) -> Result<OutboxEntry> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
+    use std::sync::Arc;
+
     use chrono::{DateTime, Utc};
     use memory_core::{
         Episode, Namespace, NewEpisode, Outcome, StepInput, TaskContext, TaskType, WriteOp,
@@ -321,7 +323,7 @@ mod tests {
     #[test]
     fn episode_with_parameters_round_trips() {
         let e = full_episode();
-        let v = CachedValue::Episode(e);
+        let v = CachedValue::Episode(Arc::new(e));
         let bytes = encode_cached_value(&v).unwrap();
         assert_eq!(bytes[0], CACHE_FORMAT_VERSION);
         assert_eq!(
@@ -355,7 +357,8 @@ mod tests {
 
     #[test]
     fn other_version_is_not_an_error() {
-        let mut bytes = encode_cached_value(&CachedValue::Episode(full_episode())).unwrap();
+        let mut bytes =
+            encode_cached_value(&CachedValue::Episode(Arc::new(full_episode()))).unwrap();
         bytes[0] = CACHE_FORMAT_VERSION + 1;
         assert_eq!(
             decode_cached_value(&bytes, DecodeLimits::default()).unwrap(),
@@ -365,7 +368,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_trailing_garbage_fail_typed() {
-        let bytes = encode_cached_value(&CachedValue::Episode(full_episode())).unwrap();
+        let bytes = encode_cached_value(&CachedValue::Episode(Arc::new(full_episode()))).unwrap();
         for n in 0..bytes.len() {
             let r = decode_cached_value(&bytes[..n], DecodeLimits::default());
             assert!(matches!(r, Err(Error::Decode { .. })), "prefix {n}: {r:?}");
@@ -406,7 +409,7 @@ mod tests {
 
     #[test]
     fn every_changed_byte_is_a_decode_error_never_other_data() {
-        let v = CachedValue::Episode(full_episode());
+        let v = CachedValue::Episode(Arc::new(full_episode()));
         let bytes = encode_cached_value(&v).unwrap();
         // Every position but the version byte (another version is a miss of its own kind).
         for i in 1..bytes.len() {
@@ -425,7 +428,7 @@ mod tests {
     fn a_changed_text_byte_is_a_checksum_mismatch() {
         let mut e = full_episode();
         e.task_description = "fix the flaky test in the billing module".into();
-        let bytes = encode_cached_value(&CachedValue::Episode(e)).unwrap();
+        let bytes = encode_cached_value(&CachedValue::Episode(Arc::new(e))).unwrap();
         let at = bytes
             .windows(7)
             .position(|w| w == b"billing")
@@ -444,7 +447,8 @@ mod tests {
     #[test]
     fn entries_of_version_2_are_misses() {
         // Version 2 had no checksum: such an entry is another version, not an error.
-        let mut bytes = encode_cached_value(&CachedValue::Episode(full_episode())).unwrap();
+        let mut bytes =
+            encode_cached_value(&CachedValue::Episode(Arc::new(full_episode()))).unwrap();
         bytes[0] = 2;
         assert_eq!(
             decode_cached_value(&bytes, DecodeLimits::default()).unwrap(),
@@ -517,7 +521,7 @@ mod tests {
             NewEpisode::new("t", TaskType::Other, TaskContext::new("d")),
             at(0),
         );
-        let v = CachedValue::Episode(e);
+        let v = CachedValue::Episode(Arc::new(e));
         assert_eq!(value(&encode_cached_value(&v).unwrap()), v);
     }
 }

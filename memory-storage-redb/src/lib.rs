@@ -26,7 +26,7 @@
 //! let episode = Episode::start(NewEpisode::new("add rate limiting", TaskType::CodeGeneration, TaskContext::new("web_api")), chrono::Utc::now());
 //!
 //! let cache = RedbCache::open(dir.path().join("cache.redb"), CacheConfig::default().with_max_entries(1_000)).await?;
-//! cache.put(&ns, &CachedValue::Episode(episode.clone())).await?;
+//! cache.put(&ns, &CachedValue::Episode(std::sync::Arc::new(episode.clone()))).await?;
 //! assert!(cache.get(&ns, &CacheKey::Episode(episode.id)).await?.is_some()); // seen at once
 //! cache.flush().await?; // the put is committed to the file in the background; wait for it
 //! assert_eq!(cache.stats().entries, 1);

@@ -136,7 +136,9 @@ mod tests {
             );
             e.id = memory_core::EpisodeId::new();
             ids.push(e.id);
-            c.put(&ns, &CachedValue::Episode(e)).await.unwrap();
+            c.put(&ns, &CachedValue::Episode(Arc::new(e)))
+                .await
+                .unwrap();
         }
         c.map.run_pending_tasks().await;
         let st = c.stats();

@@ -654,7 +654,7 @@ pub(crate) fn to_wire(value: &CachedValue) -> Result<WValue<Enc<'_>>, String> {
 /// The domain value of a decoded wire value.
 pub(crate) fn from_wire(w: WValue<WStr>) -> Result<CachedValue, String> {
     Ok(match w {
-        WValue::Episode(e) => CachedValue::Episode(decode(e)?),
+        WValue::Episode(e) => CachedValue::Episode(std::sync::Arc::new(decode(e)?)),
         WValue::Pattern(p) => CachedValue::Pattern(decode(p)?),
         WValue::Heuristic(h) => CachedValue::Heuristic(decode(h)?),
     })

@@ -558,7 +558,7 @@ mod tests {
         let task = "a\0b\0\0c";
         let (s, ns, e) = memory_store_with_episode(task).await;
         let got = s.get_episode(&ns, e.id).await.unwrap().unwrap();
-        assert_eq!(got, e);
+        assert_eq!(*got, e);
     }
 
     #[tokio::test]

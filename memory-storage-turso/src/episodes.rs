@@ -1,6 +1,8 @@
 //! Episodes on libsql: create, append steps (keyed, numbered in SQL), complete, read, list,
 //! search.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use libsql::{Connection, Value};
 use memory_core::{
@@ -354,13 +356,15 @@ impl EpisodeStore for TursoStorage {
     }
 
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
-    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>> {
         let id = id.to_string();
-        self.inner
+        let episode = self
+            .inner
             .call_read("get_episode", async |conn| {
                 read_episode(conn, ns.as_str(), &id).await
             })
-            .await
+            .await?;
+        Ok(episode.map(Arc::new))
     }
 
     #[instrument(skip_all, fields(namespace = %ns, limit = query.limit, offset = query.offset))]

@@ -397,7 +397,7 @@ mod tests {
         let other = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
         for e in &episodes {
             assert_eq!(
-                other.get_episode(&ns, e.id).await.unwrap().as_ref(),
+                other.get_episode(&ns, e.id).await.unwrap().as_deref(),
                 Some(e)
             );
         }

@@ -167,7 +167,7 @@ async fn create(s: &dyn Storage, n: &Namespace, episodes: &[&Episode]) {
 /// The episode as stored; it must exist.
 async fn get(s: &dyn Storage, n: &Namespace, id: EpisodeId) -> Episode {
     let stored = s.get_episode(n, id).await.unwrap();
-    stored.expect("stored episode readable")
+    Arc::unwrap_or_clone(stored.expect("stored episode readable"))
 }
 
 /// The pattern as stored; it must exist.

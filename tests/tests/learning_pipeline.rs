@@ -332,7 +332,13 @@ async fn batch_fills_trigger_a_write_and_shutdown_flushes_the_rest() {
         4
     );
     m.shutdown().await.unwrap();
-    let steps = storage.get_episode(&ns, id).await.unwrap().unwrap().steps;
+    let steps = storage
+        .get_episode(&ns, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps
+        .clone();
     assert_eq!(
         steps.iter().map(|s| s.step_number).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5, 6]

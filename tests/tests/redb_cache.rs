@@ -82,7 +82,7 @@ fn configs(base: CacheConfig) -> [CacheConfig; 2] {
 async fn get_put_invalidate_clear_for_every_kind() {
     let (episode, patterns, heuristics) = learned_fixture("fix the flaky test").await;
     let values = vec![
-        CachedValue::Episode(episode.clone()),
+        CachedValue::Episode(Arc::new(episode.clone())),
         CachedValue::Pattern(patterns[0].clone()),
         CachedValue::Heuristic(heuristics[0].clone()),
     ];
@@ -106,12 +106,12 @@ async fn get_put_invalidate_clear_for_every_kind() {
         // Replacing a value serves the new one.
         let mut changed = episode.clone();
         changed.task_description = "changed".into();
-        c.put(&n, &CachedValue::Episode(changed.clone()))
+        c.put(&n, &CachedValue::Episode(Arc::new(changed.clone())))
             .await
             .unwrap();
         assert_eq!(
             c.get(&n, &ep_key(&episode)).await.unwrap(),
-            Some(CachedValue::Episode(changed))
+            Some(CachedValue::Episode(Arc::new(changed)))
         );
         c.settle().await;
         assert_eq!(c.stats().entries, 3, "a replacement is not a new entry");
@@ -150,7 +150,7 @@ async fn put_many_stores_every_value_and_reports_an_oversized_one_without_losing
             patterns.iter().cloned().map(CachedValue::Pattern).collect();
         values.extend(heuristics.iter().cloned().map(CachedValue::Heuristic));
         let stored = values.clone();
-        values.insert(1, CachedValue::Episode(big.clone()));
+        values.insert(1, CachedValue::Episode(Arc::new(big.clone())));
         let err = c.put_many(&n, &values).await.unwrap_err();
         assert!(
             matches!(err, memory_core::Error::LimitExceeded { .. }),
@@ -189,7 +189,7 @@ async fn namespaces_are_isolated() {
         let dir = tempfile::tempdir().unwrap();
         let c = open(&dir, config).await;
         let (a, b) = (ns("tenant-a/x"), ns("tenant-b/x"));
-        c.put(&a, &CachedValue::Episode(episode.clone()))
+        c.put(&a, &CachedValue::Episode(Arc::new(episode.clone())))
             .await
             .unwrap();
         c.put(&a, &CachedValue::Pattern(patterns[0].clone()))
@@ -210,16 +210,16 @@ async fn namespaces_are_isolated() {
         // Same id, different content, in b: a is untouched.
         let mut other = episode.clone();
         other.task_description = "b's version".into();
-        c.put(&b, &CachedValue::Episode(other.clone()))
+        c.put(&b, &CachedValue::Episode(Arc::new(other.clone())))
             .await
             .unwrap();
         assert_eq!(
             c.get(&a, &ep_key(&episode)).await.unwrap(),
-            Some(CachedValue::Episode(episode.clone()))
+            Some(CachedValue::Episode(Arc::new(episode.clone())))
         );
         assert_eq!(
             c.get(&b, &ep_key(&episode)).await.unwrap(),
-            Some(CachedValue::Episode(other))
+            Some(CachedValue::Episode(Arc::new(other)))
         );
 
         c.invalidate(&b, &ep_key(&episode)).await.unwrap();
@@ -237,7 +237,9 @@ async fn ttl_expiry_under_paused_time() {
         let c = open(&dir, config).await;
         let n = ns("a");
         let e = sized_episode(1, 10);
-        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+            .await
+            .unwrap();
         c.settle().await; // in the file before its time runs out
 
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -262,7 +264,9 @@ async fn ttl_expiry_under_paused_time() {
         );
 
         // A fresh write lives again.
-        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+            .await
+            .unwrap();
         assert!(c.get(&n, &ep_key(&e)).await.unwrap().is_some());
     }
 }
@@ -275,18 +279,20 @@ async fn eviction_removes_the_least_recently_used_first() {
         let n = ns("a");
         let es: Vec<Episode> = (0..5).map(|i| sized_episode(i, 10)).collect();
         for e in &es[..3] {
-            c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+            c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+                .await
+                .unwrap();
         }
         // Recency now (old -> new): 0 1 2. Reading 0 then 1 makes it 2 0 1.
         assert!(c.get(&n, &ep_key(&es[0])).await.unwrap().is_some());
         assert!(c.get(&n, &ep_key(&es[1])).await.unwrap().is_some());
 
-        c.put(&n, &CachedValue::Episode(es[3].clone()))
+        c.put(&n, &CachedValue::Episode(Arc::new(es[3].clone())))
             .await
             .unwrap(); // evicts 2
         c.settle().await;
         assert_eq!(c.stats().evictions, 1);
-        c.put(&n, &CachedValue::Episode(es[4].clone()))
+        c.put(&n, &CachedValue::Episode(Arc::new(es[4].clone())))
             .await
             .unwrap(); // evicts 0
         c.settle().await;
@@ -311,9 +317,10 @@ async fn eviction_removes_the_least_recently_used_first() {
 
 #[tokio::test]
 async fn byte_bound_holds() {
-    let probe =
-        memory_storage_redb::encode_cached_value(&CachedValue::Episode(sized_episode(0, 1_000)))
-            .unwrap();
+    let probe = memory_storage_redb::encode_cached_value(&CachedValue::Episode(Arc::new(
+        sized_episode(0, 1_000),
+    )))
+    .unwrap();
     let entry = probe.len() as u64 + 8; // + the expiry header
     let max_bytes = entry * 7 / 2; // room for three entries, not four
     for config in configs(CacheConfig::default().with_max_bytes(max_bytes)) {
@@ -322,7 +329,9 @@ async fn byte_bound_holds() {
         let n = ns("a");
         let es: Vec<Episode> = (0..10).map(|i| sized_episode(i, 1_000)).collect();
         for e in &es {
-            c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+            c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+                .await
+                .unwrap();
             c.settle().await;
             let s = c.stats();
             assert!(s.bytes <= max_bytes, "{s:?} over {max_bytes}");
@@ -361,7 +370,7 @@ async fn churn_keeps_the_file_bounded() {
     for i in 0..(10 * CAPACITY as usize) {
         let e = sized_episode(i, 2_000);
         ids.push(e.id);
-        c.put(&n, &CachedValue::Episode(e)).await.unwrap();
+        c.put(&n, &CachedValue::Episode(Arc::new(e))).await.unwrap();
         c.settle().await;
         let s = c.stats();
         assert!(s.entries <= CAPACITY, "{s:?}");
@@ -415,7 +424,9 @@ async fn concurrent_writers_agree_with_a_model_and_survive_reopen() {
                     0 => {
                         let mut e = keys[k].clone();
                         e.task_description = format!("v{}", rng.random::<u32>());
-                        c.put(&n, &CachedValue::Episode(e.clone())).await.unwrap();
+                        c.put(&n, &CachedValue::Episode(Arc::new(e.clone())))
+                            .await
+                            .unwrap();
                         model[k] = Some(e);
                     }
                     1 => {
@@ -424,7 +435,10 @@ async fn concurrent_writers_agree_with_a_model_and_survive_reopen() {
                     }
                     _ => {
                         let got = c.get(&n, &ep_key(&keys[k])).await.unwrap();
-                        assert_eq!(got, model[k].clone().map(CachedValue::Episode));
+                        assert_eq!(
+                            got,
+                            model[k].clone().map(|e| CachedValue::Episode(Arc::new(e)))
+                        );
                     }
                 }
             }
@@ -438,7 +452,7 @@ async fn concurrent_writers_agree_with_a_model_and_survive_reopen() {
     let expected_bytes: u64 = present
         .iter()
         .map(|e| {
-            memory_storage_redb::encode_cached_value(&CachedValue::Episode(e.clone()))
+            memory_storage_redb::encode_cached_value(&CachedValue::Episode(Arc::new(e.clone())))
                 .unwrap()
                 .len() as u64
                 + 8
@@ -463,7 +477,7 @@ async fn concurrent_writers_agree_with_a_model_and_survive_reopen() {
     for e in &present {
         assert_eq!(
             c.get(&n, &ep_key(e)).await.unwrap(),
-            Some(CachedValue::Episode(e.clone()))
+            Some(CachedValue::Episode(Arc::new(e.clone())))
         );
     }
 }

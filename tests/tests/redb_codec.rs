@@ -7,6 +7,8 @@
 //! on a forged length prefix (it tries to allocate what the prefix claims).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::Arc;
+
 use memory_core::{
     Cache, CacheKey, CachedValue, Episode, Error, InMemoryStorage, Namespace, OutboxEntry, Outcome,
     TaskType, WriteOp,
@@ -48,13 +50,13 @@ async fn realistic_episode() -> Episode {
 /// An episode whose encoding is exactly `target` bytes.
 fn episode_of_encoded_size(target: usize) -> Episode {
     let mut e = conformance::episode("", TaskType::Testing, "d", None, at());
-    let base = encode_cached_value(&CachedValue::Episode(e.clone()))
+    let base = encode_cached_value(&CachedValue::Episode(Arc::new(e.clone())))
         .unwrap()
         .len();
     // The empty description costs a 1-byte length; a description of n >= 65,536 bytes costs
     // n bytes plus a 5-byte length.
     e.task_description = "d".repeat(target - base + 1 - 5);
-    let len = encode_cached_value(&CachedValue::Episode(e.clone()))
+    let len = encode_cached_value(&CachedValue::Episode(Arc::new(e.clone())))
         .unwrap()
         .len();
     assert_eq!(len, target, "fixture arithmetic");
@@ -85,14 +87,14 @@ fn episode_with_parameters_round_trips() {
         "fixture has parameters"
     );
     assert!(e.outcome.is_some() && e.reflection.is_some());
-    let v = CachedValue::Episode(e);
+    let v = CachedValue::Episode(Arc::new(e));
     assert_eq!(decoded(&encode_cached_value(&v).unwrap()), v);
 }
 
 #[tokio::test]
 async fn an_episode_exactly_at_the_limit_round_trips() {
     let e = episode_of_encoded_size(LIMIT);
-    let v = CachedValue::Episode(e.clone());
+    let v = CachedValue::Episode(Arc::new(e.clone()));
     let bytes = encode_cached_value(&v).unwrap();
     assert_eq!(bytes.len(), LIMIT);
     assert_eq!(decoded(&bytes), v);
@@ -115,7 +117,7 @@ async fn an_episode_exactly_at_the_limit_round_trips() {
 #[tokio::test]
 async fn one_byte_over_the_limit_is_a_typed_error() {
     let e = episode_of_encoded_size(LIMIT + 1);
-    let v = CachedValue::Episode(e);
+    let v = CachedValue::Episode(Arc::new(e));
     let bytes = encode_cached_value(&v).unwrap();
     assert_eq!(bytes.len(), LIMIT + 1);
     match decode_cached_value(&bytes, DecodeLimits::default()) {
@@ -147,7 +149,8 @@ async fn one_byte_over_the_limit_is_a_typed_error() {
 
 #[tokio::test]
 async fn every_truncation_fails_safely() {
-    let bytes = encode_cached_value(&CachedValue::Episode(realistic_episode().await)).unwrap();
+    let bytes =
+        encode_cached_value(&CachedValue::Episode(Arc::new(realistic_episode().await))).unwrap();
     for n in 0..bytes.len() {
         let r = decode_cached_value(&bytes[..n], DecodeLimits::default());
         assert!(
@@ -237,7 +240,7 @@ fn valid_encodings() -> &'static [Vec<u8>] {
             &[("cargo", false), ("edit_file", true), ("cargo", true)],
             Outcome::success("fixed"),
         ));
-        let mut values = vec![CachedValue::Episode(episode)];
+        let mut values = vec![CachedValue::Episode(Arc::new(episode))];
         values.extend(
             changes
                 .patterns

@@ -103,7 +103,7 @@ async fn unredacted_episodes(rows: &[(String, String, String)]) -> String {
             }
         };
         memory.complete_episode(&ns, id, outcome).await.unwrap();
-        let mut episode = memory.get_episode(&ns, id).await.unwrap();
+        let mut episode = Arc::unwrap_or_clone(memory.get_episode(&ns, id).await.unwrap());
         // Labels and tags as a caller would send them: the memory stored them lowercase.
         if fits(limits.max_label_bytes) {
             episode.context.domain.clone_from(line);

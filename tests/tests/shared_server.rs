@@ -73,7 +73,7 @@ async fn actions(stack: &Stack, id: EpisodeId) -> Vec<String> {
         (1..=numbers.len() as u32).collect::<Vec<_>>(),
         "numbers dense and unique"
     );
-    let mut a: Vec<String> = e.steps.into_iter().map(|s| s.input.action).collect();
+    let mut a: Vec<String> = e.steps.iter().map(|s| s.input.action.clone()).collect();
     a.sort();
     a
 }
@@ -144,7 +144,7 @@ async fn two_data_dirs_add_steps_to_the_same_episodes_in_turn_and_at_once() {
         .unwrap();
     for (id, want) in episodes.iter().zip(&expected) {
         let e = bare.get_episode(&ns(), *id).await.unwrap().unwrap();
-        let mut got: Vec<String> = e.steps.into_iter().map(|s| s.input.action).collect();
+        let mut got: Vec<String> = e.steps.iter().map(|s| s.input.action.clone()).collect();
         got.sort();
         assert_eq!(&got, want);
     }

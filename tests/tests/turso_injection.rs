@@ -154,7 +154,7 @@ async fn exercise(s: &TursoStorage) {
         expected.completed_at = Some(completion.completed_at);
         let got = s.get_episode(&ns, full.id).await.unwrap().unwrap();
         assert_eq!(
-            got, expected,
+            *got, expected,
             "episode with payload {payload:?} round-trips verbatim"
         );
 

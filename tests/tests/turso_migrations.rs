@@ -175,7 +175,9 @@ async fn all_episodes(s: &TursoStorage, ns: &Namespace) -> Vec<Episode> {
         .await
         .unwrap()
     {
-        out.push(s.get_episode(ns, summary.id).await.unwrap().unwrap());
+        out.push(std::sync::Arc::unwrap_or_clone(
+            s.get_episode(ns, summary.id).await.unwrap().unwrap(),
+        ));
     }
     out
 }

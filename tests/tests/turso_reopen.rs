@@ -24,7 +24,7 @@ use tests::sqld::{SqldServer, require_sqld};
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     stats: NamespaceStats,
-    episodes: Vec<Episode>,
+    episodes: Vec<std::sync::Arc<Episode>>,
     patterns: Vec<Pattern>,
     heuristics: Vec<Heuristic>,
     lessons: Vec<FailureLesson>,

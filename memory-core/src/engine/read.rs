@@ -1,5 +1,7 @@
 //! Reading: episodes, learned items and counts, retrieval and recommendations.
 
+use std::sync::Arc;
+
 use tracing::instrument;
 
 use super::memory::SelfLearningMemory;
@@ -17,7 +19,10 @@ use crate::storage::{
 
 impl SelfLearningMemory {
     /// An episode with all its steps, including steps still buffered in this process.
-    pub async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Episode> {
+    ///
+    /// Shared: a completed episode served from the cache is the cache's own allocation (no
+    /// copy); one with buffered steps is copied once to add them.
+    pub async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Arc<Episode>> {
         let mut episode = self
             .inner
             .storage
@@ -26,7 +31,7 @@ impl SelfLearningMemory {
             .ok_or_else(|| Error::not_found(crate::error::ObjectKind::Episode, id))?;
         if let Some(pending) = self.inner.steps.pending(ns, id) {
             // Numbered after the stored steps, as the store will number them.
-            episode.add_steps(&pending);
+            Arc::make_mut(&mut episode).add_steps(&pending);
         }
         Ok(episode)
     }

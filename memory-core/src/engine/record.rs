@@ -1,6 +1,8 @@
 //! Recording: starting episodes, logging steps, completing (where the memory learns), and
 //! feedback on the advice an agent applied.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use tracing::{debug, instrument, warn};
 
@@ -236,15 +238,16 @@ impl SelfLearningMemory {
         // Steps logged since the last batch are written by the completion's own transaction;
         // they leave the buffer only once it committed.
         let pending = inner.steps.pending(ns, id).unwrap_or_default();
-        let mut episode = inner
+        let stored = inner
             .storage
             .get_episode(ns, id)
             .await?
             .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
-        if episode.is_completed() {
+        if stored.is_completed() {
             inner.steps.close(ns, id);
             return Err(already_completed(id));
         }
+        let mut episode = Arc::unwrap_or_clone(stored);
         episode.add_steps(&pending);
 
         let key = HistoryKey::of(ns, &episode);

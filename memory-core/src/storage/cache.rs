@@ -2,6 +2,8 @@
 //!
 //! A cache holds copies: it may forget anything at any time, and nothing is lost when it does.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +27,8 @@ pub enum CacheKey {
 /// A cached object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CachedValue {
-    /// An episode with its steps.
-    Episode(Episode),
+    /// An episode with its steps, shared: a hit hands out the same allocation, never a copy.
+    Episode(Arc<Episode>),
     /// A pattern.
     Pattern(Pattern),
     /// A heuristic.

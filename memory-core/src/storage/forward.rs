@@ -113,7 +113,7 @@ macro_rules! forward_storage {
     (@sig create_episode $($k:tt)*) => { $crate::forward_storage!(@push create_episode (ns: &$crate::Namespace, episode: &$crate::Episode) -> $crate::Result<()>; $($k)*); };
     (@sig append_steps $($k:tt)*) => { $crate::forward_storage!(@push append_steps (ns: &$crate::Namespace, episode_id: $crate::EpisodeId, steps: &[$crate::ExecutionStep]) -> $crate::Result<()>; $($k)*); };
     (@sig complete_episode $($k:tt)*) => { $crate::forward_storage!(@push complete_episode (ns: &$crate::Namespace, completion: &$crate::EpisodeCompletion) -> $crate::Result<Option<$crate::LearnedChanges>>; $($k)*); };
-    (@sig get_episode $($k:tt)*) => { $crate::forward_storage!(@push get_episode (ns: &$crate::Namespace, id: $crate::EpisodeId) -> $crate::Result<Option<$crate::Episode>>; $($k)*); };
+    (@sig get_episode $($k:tt)*) => { $crate::forward_storage!(@push get_episode (ns: &$crate::Namespace, id: $crate::EpisodeId) -> $crate::Result<Option<::std::sync::Arc<$crate::Episode>>>; $($k)*); };
     (@sig query_episodes $($k:tt)*) => { $crate::forward_storage!(@push query_episodes (ns: &$crate::Namespace, query: &$crate::EpisodeQuery) -> $crate::Result<Vec<$crate::EpisodeSummary>>; $($k)*); };
     (@sig search_episodes $($k:tt)*) => { $crate::forward_storage!(@push search_episodes (ns: &$crate::Namespace, query: &$crate::TextQuery) -> $crate::Result<Vec<$crate::TextHit>>; $($k)*); };
     (@sig namespace_stats $($k:tt)*) => { $crate::forward_storage!(@push namespace_stats (ns: &$crate::Namespace) -> $crate::Result<$crate::NamespaceStats>; $($k)*); };

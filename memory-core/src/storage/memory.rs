@@ -1,7 +1,7 @@
 //! The in-memory reference backend: the semantics every other backend must match.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
@@ -223,8 +223,8 @@ impl EpisodeStore for InMemoryStorage {
         Ok(Some(changes))
     }
 
-    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
-        Ok(self.read(ns, |d| d.episodes.get(&id).cloned()))
+    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>> {
+        Ok(self.read(ns, |d| d.episodes.get(&id).cloned().map(Arc::new)))
     }
 
     async fn query_episodes(

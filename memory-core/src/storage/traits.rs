@@ -1,6 +1,7 @@
 //! The storage traits and the query types they take.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -280,7 +281,8 @@ pub trait EpisodeStore: Send + Sync + Debug {
     ) -> Result<Option<LearnedChanges>>;
 
     /// The episode with all its steps in order; `Ok(None)` if it is not in the namespace.
-    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>>;
+    /// Shared: a layer that holds the episode in memory hands out its allocation, not a copy.
+    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>>;
 
     /// A page of episode summaries, newest first.
     async fn query_episodes(

@@ -714,11 +714,14 @@ impl Inner {
                 for (ns, id, delta) in released.episodes {
                     let key = CacheKey::Episode(id);
                     let base = match self.cache_get(&ns, &key).await {
-                        Some(CachedValue::Episode(e)) => Some(e),
+                        Some(CachedValue::Episode(e)) => Some(Arc::unwrap_or_clone(e)),
                         _ => None,
                     };
                     match delta.fold(base) {
-                        Some(e) => self.cache_put(&ns, CachedValue::Episode(e), since).await,
+                        Some(e) => {
+                            self.cache_put(&ns, CachedValue::Episode(Arc::new(e)), since)
+                                .await;
+                        }
                         None => self.cache_invalidate(&ns, &key).await,
                     }
                 }
@@ -771,13 +774,15 @@ impl Inner {
     ) -> Option<CachedValue> {
         let key = CacheKey::Episode(c.episode_id);
         match self.cache_get(ns, &key).await {
-            Some(CachedValue::Episode(mut e)) if !e.is_completed() => {
+            Some(CachedValue::Episode(mut shared)) if !shared.is_completed() => {
+                // Copy on write: readers holding the cached episode keep what they read.
+                let e = Arc::make_mut(&mut shared);
                 e.add_steps(&c.steps);
                 e.outcome = Some(c.outcome.clone());
                 e.reward = Some(c.reward.clone());
                 e.reflection = Some(c.reflection.clone());
                 e.completed_at = Some(c.completed_at);
-                Some(CachedValue::Episode(e))
+                Some(CachedValue::Episode(shared))
             }
             Some(_) => None,
             None => {
@@ -824,7 +829,7 @@ impl Inner {
                 if self.cache.is_some()
                     && self.cache_get(ns, &CacheKey::Episode(e.id)).await.is_none()
                 {
-                    self.cache_put(ns, CachedValue::Episode(e.clone()), since)
+                    self.cache_put(ns, CachedValue::Episode(Arc::new(e.clone())), since)
                         .await;
                 }
             }
@@ -834,7 +839,7 @@ impl Inner {
                     // Numbered as the store numbered them, if the cached copy was current;
                     // if another writer had added steps, the change feed drops this copy
                     // before the next read.
-                    e.add_steps(steps);
+                    Arc::make_mut(&mut e).add_steps(steps);
                     self.cache_put(ns, CachedValue::Episode(e), since).await;
                 }
             }
@@ -860,7 +865,7 @@ impl Inner {
     }
 
     /// The episode as the reader should see it: overlay over (cache or durable).
-    async fn read_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+    async fn read_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>> {
         let (in_overlay, created_here) = {
             let ov = lock(&self.overlay);
             (ov.has_episode(ns, id), ov.created_here(ns, id))
@@ -875,9 +880,9 @@ impl Inner {
                     Err(e) => return Err(e),
                 }
             };
-            let merged = lock(&self.overlay).episode(ns, id, base);
+            let merged = lock(&self.overlay).episode(ns, id, base.map(Arc::unwrap_or_clone));
             return match merged {
-                Some(e) => Ok(Some(e)),
+                Some(e) => Ok(Some(Arc::new(e))),
                 None => Err(Error::CircuitOpen {
                     retry_after: self.config.breaker.open_for,
                 }),
@@ -886,7 +891,7 @@ impl Inner {
         self.load_episode(ns, id).await
     }
 
-    async fn load_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+    async fn load_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>> {
         let v = self
             .cached_get(ns, CacheKey::Episode(id), || async {
                 Ok(self
@@ -984,7 +989,7 @@ crate::forward_storage! {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Episode>> {
+    async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>> {
         self.inner.read_episode(ns, id).await
     }
 
