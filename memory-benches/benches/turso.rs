@@ -10,6 +10,9 @@
 //!   (start, 10 steps, complete) one after another, or as 8 concurrent streams; throughput in
 //!   episodes/s.
 //!
+//! After the sqld bench, the HTTP requests (round trips) of a 50-step completion are counted
+//! through a loopback proxy and printed (`... HTTP requests (round trips) per completion`).
+//!
 //! Datasets (the history) are built once per bench, outside the timed loops. The sqld bench
 //! skips with a message when the binary is missing (`scripts/install-sqld.sh` or `SQLD_BIN`).
 //!
@@ -28,6 +31,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -179,8 +183,83 @@ fn complete_sqld(c: &mut Criterion) {
         return;
     };
     bench_complete(c, "sqld", &rt, &memory, &ns);
-    rt.block_on(memory.shutdown()).unwrap();
+    rt.block_on(async {
+        memory.shutdown().await.unwrap();
+        count_round_trips(&sqld, &ns).await;
+    });
     drop(sqld);
+}
+
+/// Counts the HTTP requests (round trips) a 50-step completion makes over sqld, through a
+/// loopback proxy that counts the requests it forwards (outside the timed bench, which talks
+/// to sqld directly). Printed, not timed.
+async fn count_round_trips(sqld: &Sqld, ns: &Namespace) {
+    const COMPLETIONS: usize = 20;
+    let requests = Arc::new(AtomicU64::new(0));
+    let proxy = counting_proxy(&sqld.url, Arc::clone(&requests)).await;
+    let config = TursoConfig::remote(proxy, None).build().unwrap();
+    let storage = TursoStorage::open(config).await.unwrap();
+    let memory = SelfLearningMemory::new(Arc::new(storage), memory_config()).unwrap();
+    let mut total = 0;
+    for i in 0..COMPLETIONS {
+        let id = prepared(&memory, ns, 20_000 + i, 50).await;
+        let before = requests.load(Ordering::SeqCst);
+        memory
+            .complete_episode(ns, id, Outcome::success("done"))
+            .await
+            .unwrap();
+        total += requests.load(Ordering::SeqCst) - before;
+    }
+    memory.shutdown().await.unwrap();
+    println!(
+        "turso/complete_episode_50_steps/sqld: {:.1} HTTP requests (round trips) per completion, \
+         mean of {COMPLETIONS}",
+        total as f64 / COMPLETIONS as f64
+    );
+}
+
+/// A loopback TCP proxy to the server at `url` (`http://host:port`) that counts the HTTP
+/// requests clients send through it; returns its own URL.
+async fn counting_proxy(url: &str, requests: Arc<AtomicU64>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = url.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let requests = Arc::clone(&requests);
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                // The last bytes of the previous read, so a request line split across reads
+                // is still counted once.
+                let mut tail: Vec<u8> = Vec::new();
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    let mut seen = std::mem::take(&mut tail);
+                    let carried = seen.len();
+                    seen.extend_from_slice(&buf[..n]);
+                    let found = seen
+                        .windows(5)
+                        .enumerate()
+                        .filter(|(i, w)| *w == b"POST " && i + 5 > carried)
+                        .count();
+                    requests.fetch_add(found as u64, Ordering::SeqCst);
+                    tail = seen[seen.len().saturating_sub(4)..].to_vec();
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    format!("http://{addr}")
 }
 
 fn ingest_local(c: &mut Criterion) {
