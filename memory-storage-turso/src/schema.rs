@@ -13,7 +13,7 @@ use crate::error::{DbResult, DriverError};
 use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// One forward migration.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +82,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "per-namespace full-text index and statistics",
         sql: include_str!("../migrations/v6.sql"),
         then: Then::MoveTextIndex,
+    },
+    Migration {
+        version: 7,
+        description: "steps clustered by (ns, episode_id, step_number): no separate key index",
+        sql: include_str!("../migrations/v7.sql"),
+        then: Then::Nothing,
     },
 ];
 

@@ -87,6 +87,88 @@ async fn columns(conn: &libsql::Connection, table: &str) -> Vec<String> {
     out
 }
 
+/// The first column of every row `sql` returns for `table` (bound as `?1`).
+async fn strings(conn: &libsql::Connection, sql: &str, table: &str) -> Vec<String> {
+    let mut rows = conn.query(sql, [table]).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        out.push(row.get::<String>(0).unwrap());
+    }
+    out
+}
+
+/// Rebuilds `table` of `conn` as the scratch database `like` defines it (its `CREATE TABLE`
+/// and indexes), keeping the rows of the columns both have: an older version's storage
+/// layout of the same rows.
+async fn rebuild_like(conn: &libsql::Connection, like: &libsql::Connection, table: &str) {
+    let create = strings(
+        like,
+        "SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL \
+         ORDER BY type = 'index'",
+        table,
+    )
+    .await;
+    let kept: Vec<String> = {
+        let old = columns(like, table).await;
+        columns(conn, table)
+            .await
+            .into_iter()
+            .filter(|c| old.contains(c))
+            .collect()
+    };
+    let kept = kept.join(", ");
+    let indexes = strings(
+        conn,
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 \
+         AND sql IS NOT NULL",
+        table,
+    )
+    .await;
+    for index in indexes {
+        conn.execute(&format!("DROP INDEX {index}"), ())
+            .await
+            .unwrap();
+    }
+    conn.execute(&format!("ALTER TABLE {table} RENAME TO {table}_newer"), ())
+        .await
+        .unwrap();
+    for sql in create {
+        conn.execute(&sql, ()).await.unwrap();
+    }
+    conn.execute(
+        &format!("INSERT INTO {table} ({kept}) SELECT {kept} FROM {table}_newer"),
+        (),
+    )
+    .await
+    .unwrap();
+    conn.execute(&format!("DROP TABLE {table}_newer"), ())
+        .await
+        .unwrap();
+}
+
+/// The `CREATE TABLE` statement of `table` and the names of its automatic indexes.
+async fn table_shape(path: &Path, table: &str) -> (String, Vec<String>) {
+    let db = libsql::Builder::new_local(path).build().await.unwrap();
+    let conn = db.connect().unwrap();
+    let mut rows = conn
+        .query(
+            "SELECT type, name, COALESCE(sql, '') FROM sqlite_master WHERE tbl_name = ?1",
+            [table],
+        )
+        .await
+        .unwrap();
+    let (mut create, mut auto) = (String::new(), Vec::new());
+    while let Some(row) = rows.next().await.unwrap() {
+        let (kind, name) = (row.get::<String>(0).unwrap(), row.get::<String>(1).unwrap());
+        if kind == "table" {
+            create = row.get::<String>(2).unwrap();
+        } else if name.starts_with("sqlite_autoindex") {
+            auto.push(name);
+        }
+    }
+    (create, auto)
+}
+
 /// Turns the database at `path` into a version-1 database: drops every trigger, index, table
 /// and column that a fresh version-1 database lacks, and the later version rows.
 async fn downgrade_to_version_1(path: &Path, scratch: &Path) {
@@ -117,6 +199,8 @@ async fn downgrade_to_version_1(path: &Path, scratch: &Path) {
             .unwrap();
         }
     }
+    // Version 7 clustered the steps by their key: back to version 1's rowid table.
+    rebuild_like(&conn, &v1, "steps").await;
     for (kind, table) in keep {
         if kind != "table" || table == "episode_text" {
             continue;
@@ -383,4 +467,104 @@ async fn a_database_from_a_newer_build_is_refused() {
         SCHEMA_VERSION as usize + 1,
         "nothing was changed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_6_steps_move_to_the_clustered_table_with_their_keys() {
+    const {
+        assert!(SCHEMA_VERSION >= 7, "version 7 clusters the steps");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v6.db");
+    let ns = Namespace::new("migrations/v6").unwrap();
+    let storage = Arc::new(TursoStorage::open_local(&path).await.unwrap());
+    let memory = SelfLearningMemory::new(storage.clone(), MemoryConfig::default()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = memory
+            .start_episode(
+                &ns,
+                NewEpisode::new(
+                    format!("rotate the signing keys {i}"),
+                    TaskType::Refactoring,
+                    TaskContext::new("security").with_language("go"),
+                ),
+            )
+            .await
+            .unwrap();
+        for (tool, ok) in [("vault", false), ("edit_file", true), ("vault", true)] {
+            let step = if ok {
+                StepInput::ok(tool, "rotate", "done")
+            } else {
+                StepInput::error(tool, "rotate", "permission denied")
+            };
+            memory.log_step(&ns, id, step).await.unwrap();
+        }
+        memory.flush().await.unwrap();
+        if i < 2 {
+            memory
+                .complete_episode(&ns, id, Outcome::success("rotated"))
+                .await
+                .unwrap();
+        }
+        ids.push(id);
+    }
+    memory.shutdown().await.unwrap();
+    let episodes = all_episodes(&storage, &ns).await;
+    assert!(episodes.iter().all(|e| e.steps.iter().all(|s| s.key != 0)));
+    drop(memory);
+    drop(storage);
+
+    // Back to version 6's layout: a rowid table with its primary key in its own index.
+    let scratch = dir.path().join("fresh-v6.db");
+    drop(
+        TursoStorage::open(
+            TursoConfig::local(&scratch)
+                .schema_version(6)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
+    {
+        let v6 = libsql::Builder::new_local(&scratch).build().await.unwrap();
+        let v6 = v6.connect().unwrap();
+        let db = libsql::Builder::new_local(&path).build().await.unwrap();
+        let conn = db.connect().unwrap();
+        rebuild_like(&conn, &v6, "steps").await;
+        conn.execute("DELETE FROM schema_version WHERE version > 6", ())
+            .await
+            .unwrap();
+    }
+    let (create, auto) = table_shape(&path, "steps").await;
+    assert!(
+        !create.contains("WITHOUT ROWID") && auto.len() == 1,
+        "{create} {auto:?}"
+    );
+
+    let new = TursoStorage::open_local(&path).await.unwrap();
+    assert_eq!(new.schema_version(), SCHEMA_VERSION);
+    let (create, auto) = table_shape(&path, "steps").await;
+    assert!(create.contains("WITHOUT ROWID"), "{create}");
+    assert!(auto.is_empty(), "no separate key index: {auto:?}");
+    assert_eq!(
+        all_episodes(&new, &ns).await,
+        episodes,
+        "steps survive with numbers and keys"
+    );
+    // Keys still make appends idempotent; new steps are numbered after the stored ones.
+    let open = episodes.iter().find(|e| e.id == ids[2]).unwrap();
+    new.append_steps(&ns, open.id, &open.steps).await.unwrap();
+    let again = new.get_episode(&ns, open.id).await.unwrap().unwrap();
+    assert_eq!(again.steps, open.steps, "a replayed append adds nothing");
+    let mut extra = open.steps[0].clone();
+    extra.key = open.steps.iter().map(|s| s.key).max().unwrap() + 1;
+    new.append_steps(&ns, open.id, std::slice::from_ref(&extra))
+        .await
+        .unwrap();
+    let grown = new.get_episode(&ns, open.id).await.unwrap().unwrap();
+    assert_eq!(grown.steps.len(), 4);
+    assert_eq!(grown.steps[3].step_number, 4);
+    assert_eq!(grown.steps[3].key, extra.key);
 }
