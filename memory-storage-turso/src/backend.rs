@@ -197,6 +197,7 @@ impl TursoStorage {
                 changes,
                 grouped: local,
                 grouping: Grouping::default(),
+                prepared: crate::prepared::Prepared::default(),
             }),
         })
     }

@@ -15,11 +15,12 @@ use memory_core::{CacheKey, Change, ChangeSet, EpisodeId, HeuristicId, Namespace
 use tokio::sync::Mutex;
 
 use crate::codec::{Cols, decode};
+use crate::prepared::Db;
 use crate::error::{DbResult, Failure};
 use crate::sql::query_opt;
 
 /// Takes the next position of the change counter, inside the caller's write transaction.
-pub(crate) async fn next_position(tx: &Connection) -> DbResult<i64> {
+pub(crate) async fn next_position(tx: &Db<'_>) -> DbResult<i64> {
     query_opt(
         tx,
         "UPDATE change_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq",
@@ -120,7 +121,7 @@ impl ChangeTracker {
 }
 
 /// The change counter: the database's identity and the last position taken.
-pub(crate) async fn read_head(conn: &Connection) -> DbResult<(String, u64)> {
+pub(crate) async fn read_head(conn: &Db<'_>) -> DbResult<(String, u64)> {
     let sql = "SELECT seq, db_id FROM change_counter WHERE id = 1";
     query_opt(conn, sql, (), |row| {
         let c = Cols::new(row, "change counter");
@@ -132,7 +133,7 @@ pub(crate) async fn read_head(conn: &Connection) -> DbResult<(String, u64)> {
 
 /// The objects stamped after `after` (at most `limit`, oldest first), into `set`.
 pub(crate) async fn read_rows(
-    conn: &Connection,
+    conn: &Db<'_>,
     after: u64,
     limit: u32,
     set: &mut ChangeSet,

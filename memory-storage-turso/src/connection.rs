@@ -17,6 +17,7 @@ use crate::checkpoint::Checkpointer;
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::error::{DbResult, DriverError, Failure};
 use crate::group_commit::Grouping;
+use crate::prepared::{Db, Prepared};
 use crate::schema;
 use crate::sql::{query_all, query_opt};
 
@@ -51,6 +52,9 @@ pub(crate) struct Inner {
     /// Concurrent writes share commits (local databases; see [`crate::group_commit`]).
     pub(crate) grouped: bool,
     pub(crate) grouping: Grouping,
+    /// The writer's statements, kept prepared while writes are grouped (see
+    /// [`crate::prepared`]).
+    pub(crate) prepared: Prepared,
 }
 
 impl Inner {
@@ -77,7 +81,7 @@ impl Inner {
     pub(crate) async fn call_read<T>(
         &self,
         operation: &'static str,
-        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+        body: impl AsyncFnOnce(&Db<'_>) -> DbResult<T>,
     ) -> Result<T> {
         self.call(operation, self.read(body)).await
     }
@@ -100,7 +104,7 @@ impl Inner {
     pub(crate) async fn call_write<T>(
         &self,
         operation: &'static str,
-        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+        body: impl AsyncFnOnce(&Db<'_>) -> DbResult<T>,
     ) -> Result<T> {
         self.call(operation, self.write_tx(body)).await
     }
@@ -128,7 +132,7 @@ impl Inner {
     pub(crate) async fn call_write_stamped<T>(
         &self,
         operation: &'static str,
-        body: impl AsyncFnOnce(&Connection, i64) -> DbResult<T>,
+        body: impl AsyncFnOnce(&Db<'_>, i64) -> DbResult<T>,
     ) -> Result<T> {
         self.call(operation, self.write_tx_stamped(body)).await
     }
@@ -190,7 +194,7 @@ impl Inner {
     /// the transaction may be shared with concurrent writes ([`crate::group_commit`]).
     pub(crate) async fn write_tx<T>(
         &self,
-        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+        body: impl AsyncFnOnce(&Db<'_>) -> DbResult<T>,
     ) -> DbResult<T> {
         if self.grouped {
             return self.write_grouped(body).await;
@@ -203,7 +207,7 @@ impl Inner {
         let waited = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.longest_lock_wait_us
             .fetch_max(waited, Ordering::Relaxed);
-        match body(&tx).await {
+        match body(&Db::plain(&tx)).await {
             Ok(value) => {
                 tx.commit().await?;
                 if let Some(c) = &self.checkpointer {
@@ -225,7 +229,7 @@ impl Inner {
     /// once committed, the position is recorded as this handle's own.
     pub(crate) async fn write_tx_stamped<T>(
         &self,
-        body: impl AsyncFnOnce(&Connection, i64) -> DbResult<T>,
+        body: impl AsyncFnOnce(&Db<'_>, i64) -> DbResult<T>,
     ) -> DbResult<T> {
         let mut taken = None;
         let value = self
@@ -249,16 +253,16 @@ impl Inner {
     /// one snapshot. Local files and replicas read their local connection directly.
     pub(crate) async fn read<T>(
         &self,
-        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+        body: impl AsyncFnOnce(&Db<'_>) -> DbResult<T>,
     ) -> DbResult<T> {
         let conn = self.reader().await?;
         if !self.remote_reads {
-            return body(&conn).await;
+            return body(&Db::plain(&conn)).await;
         }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .await?;
-        match body(&tx).await {
+        match body(&Db::plain(&tx)).await {
             Ok(value) => {
                 tx.commit().await?;
                 Ok(value)

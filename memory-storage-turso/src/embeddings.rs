@@ -15,6 +15,7 @@ use crate::codec::{
     Cols, SUMMARY_COLUMNS, blob_to_vector, decode, nanos_clamped, summary_from_row, vector_to_blob,
 };
 use crate::connection::Inner;
+use crate::prepared::Db;
 use crate::error::{DbResult, DriverError};
 use crate::sql::{query_all, query_one, query_opt};
 
@@ -32,7 +33,7 @@ impl EmbeddingStore for TursoStorage {
             .call_write("put_embedding", async |conn| {
                 // One statement: stored only if the episode exists, replacing an earlier vector.
                 let changed = conn
-                    .execute(
+                    .exec(
                         "INSERT INTO embeddings (ns, episode_id, model, dims, vector, created_at) \
                          SELECT ?1, ?2, ?3, ?4, ?5, ?6 \
                          WHERE EXISTS (SELECT 1 FROM episodes WHERE ns = ?1 AND id = ?2) \
@@ -304,21 +305,21 @@ impl EmbeddingStore for TursoStorage {
         let written_at = nanos_clamped(Utc::now());
         self.inner
             .call_write("put_index_snapshot", async |tx| {
-                tx.execute(
+                tx.exec(
                     "DELETE FROM index_snapshot_parts WHERE ns = ?1 AND model = ?2",
                     (ns.as_str(), model),
                 )
                 .await?;
                 let parts = pieces.len() as i64;
                 for (i, chunk) in pieces.iter().enumerate() {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO index_snapshot_parts \
                          (ns, model, part, written_at, data) VALUES (?1, ?2, ?3, ?4, ?5)",
                         (ns.as_str(), model, i as i64, written_at, chunk.clone()),
                     )
                     .await?;
                 }
-                tx.execute(
+                tx.exec(
                     "INSERT INTO index_snapshots \
                      (ns, model, as_of, written_at, parts, bytes) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6) \

@@ -18,6 +18,7 @@ use crate::codec::{
     opt_json, opt_text, step_from_row, step_search_text, summary_from_row, text, to_json,
 };
 use crate::connection::Inner;
+use crate::prepared::Db;
 use crate::error::DbResult;
 use crate::sql::{
     ROWS_PER_INSERT, Sql, filter_sql, insert_rows, multi_row, query_all, query_one, query_opt,
@@ -87,7 +88,7 @@ impl Inner {
     /// so writers numbering from different copies of the episode never collide. A step
     /// without a key (journaled by an earlier version) keeps its number, as before.
     async fn insert_steps(
-        conn: &Connection,
+        conn: &Db<'_>,
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
@@ -155,7 +156,7 @@ impl Inner {
     /// full-text row.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn append_step_rows(
-        conn: &Connection,
+        conn: &Db<'_>,
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
@@ -163,7 +164,7 @@ impl Inner {
     ) -> DbResult<()> {
         let (inserted, body) = Self::insert_steps(conn, ns, id, steps).await?;
         if inserted > 0 {
-            conn.execute(
+            conn.exec(
                 "UPDATE episodes SET step_count = step_count + ?3, changed_seq = ?4 \
                  WHERE ns = ?1 AND id = ?2",
                 (ns, id, inserted, position),
@@ -184,7 +185,7 @@ fn conflict_completed(id: EpisodeId) -> Error {
 }
 
 /// Whether the episode exists (`None`) and is completed.
-pub(crate) async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<bool>> {
+pub(crate) async fn episode_state(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<Option<bool>> {
     query_opt(
         conn,
         "SELECT outcome_kind IS NOT NULL FROM episodes WHERE ns = ?1 AND id = ?2",
@@ -196,7 +197,7 @@ pub(crate) async fn episode_state(conn: &Connection, ns: &str, id: &str) -> DbRe
 
 /// An episode with its steps in order, `None` if absent.
 #[tracing::instrument(level = "debug", skip_all)]
-async fn read_episode(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<Episode>> {
+async fn read_episode(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<Option<Episode>> {
     let sql = format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2");
     let key = || (ns, id);
     let Some(mut episode) = query_opt(conn, &sql, key(), episode_from_row).await? else {
@@ -215,7 +216,7 @@ async fn read_episode(conn: &Connection, ns: &str, id: &str) -> DbResult<Option<
 /// completed.
 #[tracing::instrument(level = "debug", skip_all)]
 async fn complete_in_tx(
-    tx: &Connection,
+    tx: &Db<'_>,
     ns: &str,
     id: &str,
     c: &EpisodeCompletion,
@@ -225,7 +226,7 @@ async fn complete_in_tx(
     update.push(Value::Integer(position));
     // Completes only an in-progress episode; when nothing changed, find out why.
     let changed = tx
-        .execute(
+        .exec(
             "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
              reward = ?6, reflection = ?7, completed_at = ?8, changed_seq = ?9 \
              WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL",
@@ -282,7 +283,7 @@ impl EpisodeStore for TursoStorage {
                 ];
                 inner
                     .write_tx(async |tx| {
-                        if tx.execute(INSERT_EPISODE, params).await? == 0 {
+                        if tx.exec(INSERT_EPISODE, params).await? == 0 {
                             return Ok(()); // a replay: the episode exists; change nothing
                         }
                         let tags = ctx

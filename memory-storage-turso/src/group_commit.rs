@@ -21,6 +21,7 @@ use tokio::sync::{MutexGuard, watch};
 use tracing::warn;
 
 use crate::connection::{Inner, retry_busy};
+use crate::prepared::Db;
 use crate::error::{DbResult, DriverError, Failure};
 
 /// The writer connection's `busy_timeout` while writes are grouped: waiting for the write
@@ -106,7 +107,7 @@ impl Inner {
     /// [`Inner::write_tx`] as a member of a group (see the module docs).
     pub(crate) async fn write_grouped<T>(
         &self,
-        body: impl AsyncFnOnce(&Connection) -> DbResult<T>,
+        body: impl AsyncFnOnce(&Db<'_>) -> DbResult<T>,
     ) -> DbResult<T> {
         let g = &self.grouping;
         let asked = std::time::Instant::now();
@@ -119,7 +120,7 @@ impl Inner {
         let waited = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.longest_lock_wait_us
             .fetch_max(waited, Ordering::Relaxed);
-        let result = body(&conn).await;
+        let result = body(&Db::with(&conn, &self.prepared)).await;
         if let (Err(e), false) = (&result, savepoint) {
             // The group holds only this body: roll it all back.
             self.finish(&conn, Err(told(e))).await;

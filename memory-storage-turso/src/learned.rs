@@ -17,6 +17,7 @@ use tracing::instrument;
 use crate::backend::TursoStorage;
 use crate::codec::{Cols, count, from_json, nanos, nanos_clamped, opt_text, text, to_json};
 use crate::connection::Inner;
+use crate::prepared::Db;
 use crate::error::DbResult;
 use crate::sql::{Sql, insert_rows, learned_sql, placeholders, query_all, query_opt};
 
@@ -106,7 +107,7 @@ fn row<T: Stored>(ns: &str, item: &T, position: i64) -> DbResult<Vec<Value>> {
 
 /// Upserts `items` by (namespace, id).
 async fn upsert<'a, T: Stored>(
-    conn: &Connection,
+    conn: &Db<'_>,
     ns: &str,
     position: i64,
     items: impl Iterator<Item = &'a T>,
@@ -126,7 +127,7 @@ async fn upsert<'a, T: Stored>(
 
 /// The items of `T` whose `column` is one of `keys`, by id.
 async fn load_where<T: Stored>(
-    conn: &Connection,
+    conn: &Db<'_>,
     ns: &str,
     column: &str,
     keys: Vec<String>,
@@ -139,7 +140,7 @@ async fn load_where<T: Stored>(
 /// (pruned ones take no part in resolving contradictions), and the observed ones whatever
 /// their status. Two indexed reads (one `OR` would scan the namespace's heuristics).
 async fn load_heuristics(
-    conn: &Connection,
+    conn: &Db<'_>,
     ns: &str,
     keys: Vec<String>,
     ids: Vec<String>,
@@ -167,7 +168,7 @@ async fn load_heuristics(
 /// (it would then scan the whole namespace instead of searching the filter's index).
 #[tracing::instrument(level = "debug", skip_all)]
 async fn load_filtered<T: Stored>(
-    conn: &Connection,
+    conn: &Db<'_>,
     ns: &str,
     filter: &str,
     keys: Vec<String>,
@@ -192,7 +193,7 @@ impl Inner {
     /// Upserts every item, stamping patterns and heuristics with `position`.
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn write_items<'a>(
-        conn: &Connection,
+        conn: &Db<'_>,
         ns: &str,
         position: i64,
         patterns: impl Iterator<Item = &'a Pattern>,
@@ -207,7 +208,7 @@ impl Inner {
     /// Loads, merges (in core) and writes back a learning update, inside the caller's
     /// transaction.
     pub(crate) async fn merge_learning(
-        conn: &Connection,
+        conn: &Db<'_>,
         ns: &str,
         update: &LearningUpdate,
         position: i64,
@@ -294,7 +295,7 @@ fn decode_learned(kind: LearnedKind, body: &str) -> DbResult<LearnedItem> {
 /// The transaction of [`LearningStore::record_feedback`]: replaces the event of (target,
 /// episode) and recomputes the target's effectiveness or votes from all its events.
 async fn feedback_in_tx(
-    tx: &Connection,
+    tx: &Db<'_>,
     ns: &str,
     fb: &Feedback,
     recorded_at: i64,
@@ -319,7 +320,7 @@ async fn feedback_in_tx(
     let key = || vec![text(ns), text(kind), text(target_id)];
     let mut params = key();
     params.push(Value::Text(fb.episode_id.to_string()));
-    tx.execute(
+    tx.exec(
         "DELETE FROM feedback \
          WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 AND episode_id = ?4",
         params.clone(),
@@ -327,7 +328,7 @@ async fn feedback_in_tx(
     .await?;
     params.push(text(fb.outcome.as_str()));
     params.push(Value::Integer(recorded_at));
-    tx.execute(
+    tx.exec(
         "INSERT INTO feedback (ns, target_kind, target_id, episode_id, outcome, recorded_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params,

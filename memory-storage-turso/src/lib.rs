@@ -57,6 +57,7 @@ mod error;
 mod group_commit;
 mod learned;
 mod maintenance;
+mod prepared;
 mod schema;
 mod sql;
 mod text_index;

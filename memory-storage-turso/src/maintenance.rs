@@ -15,6 +15,7 @@ use tracing::instrument;
 use crate::backend::TursoStorage;
 use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
 use crate::episodes::episode_state;
+use crate::prepared::Db;
 use crate::error::{DbResult, DriverError};
 use crate::sql::{Sql, query_all, query_opt};
 use crate::text_index;
@@ -37,7 +38,7 @@ impl TursoStorage {
 
 /// Rebuilds the full-text rows of an episode's steps from the step rows (after their text
 /// changed): one `steps` row with every step's text.
-async fn reindex_steps(conn: &Connection, ns: &str, id: &str) -> DbResult<()> {
+async fn reindex_steps(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<()> {
     text_index::delete(conn, ns, id, "steps").await?;
     let lines = query_all(
         conn,

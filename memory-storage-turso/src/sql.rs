@@ -2,11 +2,12 @@
 //! queries (always filtered in SQL, never after).
 
 use libsql::params::IntoParams;
-use libsql::{Connection, Row, Value};
+use libsql::{Row, Value};
 use memory_core::{EpisodeFilter, EpisodeStatus, LearnedQuery};
 
 use crate::codec::{Cols, decode, nanos_clamped, text};
 use crate::error::DbResult;
+use crate::prepared::Db;
 
 /// Rows per multi-row `INSERT` (at 11 columns, far below SQLite's 32,766 bound parameters).
 pub(crate) const ROWS_PER_INSERT: usize = 500;
@@ -28,7 +29,7 @@ pub(crate) fn values_list(columns: usize, rows: usize, first: usize) -> String {
 
 /// Inserts rows (each `columns` values) with multi-row statements.
 pub(crate) async fn insert_rows(
-    conn: &Connection,
+    conn: &Db<'_>,
     head: &str,
     columns: usize,
     rows: Vec<Vec<Value>>,
@@ -38,7 +39,7 @@ pub(crate) async fn insert_rows(
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Value>> = rows.by_ref().take(ROWS_PER_INSERT).collect();
         let sql = multi_row(head, columns, chunk.len(), tail);
-        conn.execute(&sql, chunk.into_iter().flatten().collect::<Vec<_>>())
+        conn.exec(&sql, chunk.into_iter().flatten().collect::<Vec<_>>())
             .await?;
     }
     Ok(())
@@ -46,36 +47,27 @@ pub(crate) async fn insert_rows(
 
 /// Every row `sql` returns, each mapped by `f`.
 pub(crate) async fn query_all<T>(
-    conn: &Connection,
+    conn: &Db<'_>,
     sql: &str,
     params: impl IntoParams,
-    mut f: impl FnMut(&Row) -> DbResult<T>,
+    f: impl FnMut(&Row) -> DbResult<T>,
 ) -> DbResult<Vec<T>> {
-    let mut rows = conn.query(sql, params).await?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().await? {
-        out.push(f(&row)?);
-    }
-    Ok(out)
+    conn.rows(sql, params, f).await
 }
 
 /// The first row `sql` returns, mapped by `f`; `None` when it returns none.
 pub(crate) async fn query_opt<T>(
-    conn: &Connection,
+    conn: &Db<'_>,
     sql: &str,
     params: impl IntoParams,
     f: impl FnOnce(&Row) -> DbResult<T>,
 ) -> DbResult<Option<T>> {
-    let mut rows = conn.query(sql, params).await?;
-    match rows.next().await? {
-        Some(row) => f(&row).map(Some),
-        None => Ok(None),
-    }
+    conn.first(sql, params, f).await
 }
 
 /// The first row `sql` returns, mapped by `f`; a decode error of `what` when it returns none.
 pub(crate) async fn query_one<T>(
-    conn: &Connection,
+    conn: &Db<'_>,
     what: &'static str,
     sql: &str,
     params: impl IntoParams,

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::codec::{Cols, SUMMARY_COLUMNS, summary_from_row, text};
+use crate::prepared::Db;
 use crate::error::DbResult;
 use crate::sql::{Sql, filter_sql, query_all, query_opt};
 
@@ -96,14 +97,14 @@ pub(crate) fn row_values(body: &str, ns: &str, episode_id: &str, part: &str) -> 
 /// Writes one index row (nothing when `body` has no term).
 #[tracing::instrument(level = "debug", skip_all)]
 pub(crate) async fn insert(
-    conn: &Connection,
+    conn: &Db<'_>,
     body: &str,
     ns: &str,
     episode_id: &str,
     part: &str,
 ) -> DbResult<()> {
     if let Some(values) = row_values(body, ns, episode_id, part) {
-        conn.execute(INSERT_TEXT, values).await?;
+        conn.exec(INSERT_TEXT, values).await?;
     }
     Ok(())
 }
@@ -111,12 +112,12 @@ pub(crate) async fn insert(
 /// Deletes the index rows of one part of an episode (the trigger on `text_rows` removes
 /// their terms and updates `text_stats`).
 pub(crate) async fn delete(
-    conn: &Connection,
+    conn: &Db<'_>,
     ns: &str,
     episode_id: &str,
     part: &str,
 ) -> DbResult<()> {
-    conn.execute(
+    conn.exec(
         "DELETE FROM text_rows WHERE ns = ?1 AND episode_id = ?2 AND part = ?3",
         vec![text(ns), text(episode_id), text(part)],
     )
@@ -127,7 +128,7 @@ pub(crate) async fn delete(
 /// The version-6 migration's move: re-indexes every row of the version-1 table
 /// `episode_text` (one FTS5 table for all namespaces) into the per-namespace index, page by
 /// page, then drops it. Runs inside the migration's transaction.
-pub(crate) async fn move_from_v1(conn: &Connection) -> DbResult<()> {
+pub(crate) async fn move_from_v1(conn: &Db<'_>) -> DbResult<()> {
     let mut after = 0i64;
     let mut moved = 0u64;
     loop {
@@ -178,7 +179,7 @@ struct Match {
 /// depend on other namespaces, so a namespace's scores are the same bit for bit whatever
 /// another stores.
 pub(crate) async fn search(
-    conn: &Connection,
+    conn: &Db<'_>,
     ns: &str,
     query_text: &str,
     filter: &EpisodeFilter,
@@ -247,7 +248,7 @@ pub(crate) async fn search(
 }
 
 /// The namespace's row count and total length, or `None` when it has nothing indexed.
-async fn stats(conn: &Connection, ns: &str) -> DbResult<Option<(f64, f64)>> {
+async fn stats(conn: &Db<'_>, ns: &str) -> DbResult<Option<(f64, f64)>> {
     let sql = "SELECT rows, terms FROM text_stats WHERE ns = ?1";
     let found = query_opt(conn, sql, vec![text(ns)], |row| {
         let c = Cols::new(row, "text_stats");
@@ -263,7 +264,7 @@ async fn stats(conn: &Connection, ns: &str) -> DbResult<Option<(f64, f64)>> {
 /// from the term postings (`episode_terms_hits`, one row per occurrence), each joined to
 /// its `text_rows` entry, which also drops any posting whose row was deleted.
 async fn matches(
-    conn: &Connection,
+    conn: &Db<'_>,
     ns: &str,
     terms: &[String],
     position: &HashMap<&str, usize>,
@@ -301,7 +302,7 @@ async fn matches(
 
 /// The summaries of the candidate episodes that pass `filter`, by id.
 async fn summaries(
-    conn: &Connection,
+    conn: &Db<'_>,
     ns: &str,
     candidates: &[(&str, f64)],
     filter: &EpisodeFilter,
