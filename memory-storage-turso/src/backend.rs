@@ -18,6 +18,7 @@ use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::connection::{Inner, build_database, configure_local, create_parent, pragma};
 use crate::error::{BACKEND, DbResult, DriverError, Failure};
 use crate::group_commit::{Grouping, WRITER_BUSY_TIMEOUT};
+use crate::prepared::Db;
 use crate::schema;
 use crate::sql::{query_all, query_opt};
 
@@ -430,7 +431,10 @@ impl TursoStorage {
             })
         };
         let sql = format!("PRAGMA quick_check({})", max_problems.max(1));
-        let outcome = query_all(&conn, &sql, (), |row| Cols::new(row, "quick_check").text(0)).await;
+        let outcome = query_all(&Db::plain(&conn), &sql, (), |row| {
+            Cols::new(row, "quick_check").text(0)
+        })
+        .await;
         watchdog.abort();
         let (problems, finished) = match outcome {
             Ok(lines) if lines.iter().all(|l| l == "ok") => (Vec::new(), true),

@@ -15,8 +15,8 @@ use memory_core::{CacheKey, Change, ChangeSet, EpisodeId, HeuristicId, Namespace
 use tokio::sync::Mutex;
 
 use crate::codec::{Cols, decode};
-use crate::prepared::Db;
 use crate::error::{DbResult, Failure};
+use crate::prepared::Db;
 use crate::sql::query_opt;
 
 /// Takes the next position of the change counter, inside the caller's write transaction.

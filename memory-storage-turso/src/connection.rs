@@ -358,7 +358,8 @@ fn restrict_replica_files(path: &Path) -> DbResult<()> {
 
 /// Runs a pragma and returns its first column as text, if it returns a row.
 pub(crate) async fn pragma(conn: &Connection, sql: &str) -> DbResult<Option<String>> {
-    let value = query_opt(conn, sql, (), |row| match row.get_value(0)? {
+    let conn = Db::plain(conn);
+    let value = query_opt(&conn, sql, (), |row| match row.get_value(0)? {
         Value::Text(s) => Ok(Some(s)),
         Value::Integer(n) => Ok(Some(n.to_string())),
         _ => Ok(None),

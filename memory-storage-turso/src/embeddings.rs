@@ -15,7 +15,6 @@ use crate::codec::{
     Cols, SUMMARY_COLUMNS, blob_to_vector, decode, nanos_clamped, summary_from_row, vector_to_blob,
 };
 use crate::connection::Inner;
-use crate::prepared::Db;
 use crate::error::{DbResult, DriverError};
 use crate::sql::{query_all, query_one, query_opt};
 

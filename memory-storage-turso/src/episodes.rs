@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use libsql::{Connection, Value};
+use libsql::Value;
 use memory_core::{
     Episode, EpisodeCompletion, EpisodeId, EpisodeQuery, EpisodeStore, EpisodeSummary, Error,
     ExecutionStep, LearnedChanges, Namespace, NamespaceStats, ObjectKind, Result, TextHit,
@@ -18,8 +18,8 @@ use crate::codec::{
     opt_json, opt_text, step_from_row, step_search_text, summary_from_row, text, to_json,
 };
 use crate::connection::Inner;
-use crate::prepared::Db;
 use crate::error::DbResult;
+use crate::prepared::Db;
 use crate::sql::{
     ROWS_PER_INSERT, Sql, filter_sql, insert_rows, multi_row, query_all, query_one, query_opt,
     values_list,

@@ -21,8 +21,8 @@ use tokio::sync::{MutexGuard, watch};
 use tracing::warn;
 
 use crate::connection::{Inner, retry_busy};
-use crate::prepared::Db;
 use crate::error::{DbResult, DriverError, Failure};
+use crate::prepared::Db;
 
 /// The writer connection's `busy_timeout` while writes are grouped: waiting for the write
 /// lock happens in [`Inner::begin_immediate`] instead.
@@ -436,6 +436,7 @@ mod tests {
 
     async fn change_counter(s: &TursoStorage) -> i64 {
         let conn = s.inner.writer().await.unwrap();
+        let conn = Db::plain(&conn);
         let sql = "SELECT seq FROM change_counter WHERE id = 1";
         let seq = crate::sql::query_opt(&conn, sql, (), |row| {
             crate::codec::Cols::new(row, "t").i64(0)
@@ -529,7 +530,7 @@ mod tests {
         let other = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
         let conn = other.inner.writer().await.unwrap();
         let rows = crate::sql::query_all(
-            &conn,
+            &Db::plain(&conn),
             "SELECT seq FROM change_counter WHERE id = 1",
             (),
             |row| crate::codec::Cols::new(row, "t").i64(0),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use libsql::{Connection, Value};
+use libsql::Value;
 use memory_core::{
     Error, ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
     Learned, LearnedChanges, LearnedId, LearnedItem, LearnedItems, LearnedKind, LearnedQuery,
@@ -17,8 +17,8 @@ use tracing::instrument;
 use crate::backend::TursoStorage;
 use crate::codec::{Cols, count, from_json, nanos, nanos_clamped, opt_text, text, to_json};
 use crate::connection::Inner;
-use crate::prepared::Db;
 use crate::error::DbResult;
+use crate::prepared::Db;
 use crate::sql::{Sql, insert_rows, learned_sql, placeholders, query_all, query_opt};
 
 /// How one kind of learned item is stored: its table, the columns of its own beside the

@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use libsql::Value;
 use libsql::params::IntoParams;
-use libsql::{Connection, Value};
 use memory_core::{
     ConsolidationRun, EpisodeId, Error, EstimateRecord, FeedbackTarget, HeuristicId,
     MaintenanceStore, MetricsSnapshot, Namespace, ObjectKind, PatternId, RestoreRecord, Result,
@@ -15,8 +15,8 @@ use tracing::instrument;
 use crate::backend::TursoStorage;
 use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
 use crate::episodes::episode_state;
-use crate::prepared::Db;
 use crate::error::{DbResult, DriverError};
+use crate::prepared::Db;
 use crate::sql::{Sql, query_all, query_opt};
 use crate::text_index;
 

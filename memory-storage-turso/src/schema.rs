@@ -10,6 +10,7 @@ use libsql::{Connection, TransactionBehavior};
 use tracing::info;
 
 use crate::error::{DbResult, DriverError};
+use crate::prepared::Db;
 use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
@@ -93,6 +94,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
 
 /// The database's schema version (0 for a new database).
 pub(crate) async fn current_version(conn: &Connection) -> DbResult<u32> {
+    let conn = &Db::plain(conn);
     let table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'";
     if query_opt(conn, table, (), |_| Ok(())).await?.is_none() {
         return Ok(0);
@@ -128,7 +130,7 @@ pub(crate) async fn migrate(conn: &Connection, target: u32) -> DbResult<u32> {
             tx.execute(stmt, ()).await?;
         }
         if m.then == Then::MoveTextIndex {
-            crate::text_index::move_from_v1(&tx).await?;
+            crate::text_index::move_from_v1(&Db::plain(&tx)).await?;
         }
         tx.execute(
             "INSERT INTO schema_version (version, description, applied_at) \

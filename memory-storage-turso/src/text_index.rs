@@ -21,14 +21,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use libsql::{Connection, Value};
+use libsql::Value;
 use memory_core::{EpisodeFilter, TextHit, bm25_weight, tokenize};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::codec::{Cols, SUMMARY_COLUMNS, summary_from_row, text};
-use crate::prepared::Db;
 use crate::error::DbResult;
+use crate::prepared::Db;
 use crate::sql::{Sql, filter_sql, query_all, query_opt};
 
 /// Hex digits of the namespace prefix (64 bits of its SHA-256).
@@ -111,12 +111,7 @@ pub(crate) async fn insert(
 
 /// Deletes the index rows of one part of an episode (the trigger on `text_rows` removes
 /// their terms and updates `text_stats`).
-pub(crate) async fn delete(
-    conn: &Db<'_>,
-    ns: &str,
-    episode_id: &str,
-    part: &str,
-) -> DbResult<()> {
+pub(crate) async fn delete(conn: &Db<'_>, ns: &str, episode_id: &str, part: &str) -> DbResult<()> {
     conn.exec(
         "DELETE FROM text_rows WHERE ns = ?1 AND episode_id = ?2 AND part = ?3",
         vec![text(ns), text(episode_id), text(part)],
