@@ -199,6 +199,10 @@ impl TursoStorage {
                 grouped: local,
                 grouping: Grouping::default(),
                 prepared: crate::prepared::Prepared::default(),
+                // Replicas' and servers' connections prepare every statement.
+                reader_statements: (0..if local { reader_count } else { 0 })
+                    .map(|_| crate::prepared::Prepared::default())
+                    .collect(),
             }),
         })
     }

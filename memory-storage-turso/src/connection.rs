@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) writer: Arc<Mutex<Connection>>,
     /// Empty when reads share the writer (`:memory:`).
     pub(crate) readers: Vec<Mutex<Connection>>,
+    /// The statements each reader keeps prepared (by the reader's index; unused remotely).
+    pub(crate) reader_statements: Vec<Prepared>,
     pub(crate) next_reader: AtomicUsize,
     /// Reads go to a remote server over Hrana (see [`Inner::read`]).
     pub(crate) remote_reads: bool,
@@ -174,19 +176,24 @@ impl Inner {
         Ok(conn)
     }
 
-    /// A reader connection: a free one if any, else the next in turn.
-    async fn reader(&self) -> DbResult<MutexGuard<'_, Connection>> {
+    /// A reader connection (a free one if any, else the next in turn), with the statements it
+    /// keeps prepared (none for the shared writer, remote servers and replicas).
+    async fn reader(&self) -> DbResult<(MutexGuard<'_, Connection>, Option<&Prepared>)> {
         let n = self.readers.len();
         if n == 0 {
-            return self.writer().await;
+            return Ok((self.writer().await?, None));
         }
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         for i in 0..n {
-            if let Ok(guard) = self.readers[(start + i) % n].try_lock() {
-                return Ok(guard);
+            let at = (start + i) % n;
+            if let Ok(guard) = self.readers[at].try_lock() {
+                return Ok((guard, self.reader_statements.get(at)));
             }
         }
-        Ok(self.readers[start].lock().await)
+        Ok((
+            self.readers[start].lock().await,
+            self.reader_statements.get(start),
+        ))
     }
 
     /// Runs `body` in an IMMEDIATE (write-locking) transaction on the writer connection:
@@ -255,9 +262,13 @@ impl Inner {
         &self,
         body: impl AsyncFnOnce(&Db<'_>) -> DbResult<T>,
     ) -> DbResult<T> {
-        let conn = self.reader().await?;
+        let (conn, prepared) = self.reader().await?;
         if !self.remote_reads {
-            return body(&Db::plain(&conn)).await;
+            let db = match prepared {
+                Some(prepared) => Db::with(&conn, prepared),
+                None => Db::plain(&conn),
+            };
+            return body(&db).await;
         }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)

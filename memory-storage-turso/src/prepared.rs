@@ -5,8 +5,9 @@
 //! about a tenth of the CPU of an ingest (the SQL of a multi-row insert or of the full-text
 //! view's trigger program is long to compile), so the writer of a local database keeps its
 //! statements by SQL text. A statement is taken out of the cache while it runs and reset
-//! before it goes back, so it never holds a read open between uses. Readers and remote
-//! connections (whose transactions run on a stream each) prepare as before.
+//! before it goes back, so it never holds a read open between uses. Each reader of a local
+//! file keeps its own; remote connections (whose transactions run on a stream each) and
+//! replicas prepare every statement.
 
 use std::collections::HashMap;
 use std::ops::Deref;
