@@ -13,14 +13,33 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use libsql::params::IntoParams;
-use libsql::{Connection, Row, Statement};
+use libsql::params::{IntoParams, Params};
+use libsql::{Connection, Row, Statement, Value};
 
 use crate::error::DbResult;
 
 /// Statements kept at most; past it the cache starts over (statements whose text varies with
 /// their number of rows or keys would otherwise crowd out the steady ones).
 const CAPACITY: usize = 96;
+
+/// A statement whose bound text and blobs exceed this is not kept: SQLite holds a copy of
+/// the last bound values until they are bound again (libsql cannot clear them), and a kept
+/// 1 MiB index-snapshot part would stay in memory for nothing.
+const MAX_KEPT_BINDINGS: usize = 64 * 1024;
+
+/// The bytes of text and blobs in `params`.
+fn bound_bytes(params: &Params) -> usize {
+    let size = |v: &Value| match v {
+        Value::Text(t) => t.len(),
+        Value::Blob(b) => b.len(),
+        _ => 0,
+    };
+    match params {
+        Params::None => 0,
+        Params::Positional(values) => values.iter().map(size).sum(),
+        Params::Named(values) => values.iter().map(|(_, v)| size(v)).sum(),
+    }
+}
 
 /// Prepared statements of one connection, by SQL text.
 #[derive(Default)]
@@ -42,9 +61,13 @@ impl Prepared {
         }
     }
 
-    /// Keeps `stmt` for the next use of `sql`, reset.
-    fn give_back(&self, sql: &str, stmt: Statement) {
+    /// Keeps `stmt` for the next use of `sql`, reset, unless it holds large bound values (it
+    /// is finalized then).
+    fn give_back(&self, sql: &str, stmt: Statement, bound: usize) {
         stmt.reset();
+        if bound > MAX_KEPT_BINDINGS {
+            return;
+        }
         let mut by_sql = self.lock();
         if by_sql.len() >= CAPACITY {
             by_sql.clear();
@@ -91,10 +114,12 @@ impl<'a> Db<'a> {
         let Some(prepared) = self.prepared else {
             return Ok(self.conn.execute(sql, params).await?);
         };
+        let params = params.into_params()?;
+        let bound = bound_bytes(&params);
         let stmt = prepared.take(self.conn, sql).await?;
         stmt.reset();
         let changed = stmt.execute(params).await;
-        prepared.give_back(sql, stmt);
+        prepared.give_back(sql, stmt, bound);
         Ok(changed? as u64)
     }
 
@@ -133,6 +158,8 @@ impl<'a> Db<'a> {
         max: usize,
         mut f: impl FnMut(&Row) -> DbResult<T>,
     ) -> DbResult<Vec<T>> {
+        let params = params.into_params()?;
+        let bound = bound_bytes(&params);
         let kept = match self.prepared {
             Some(prepared) => Some((prepared, prepared.take(self.conn, sql).await?)),
             None => None,
@@ -155,7 +182,7 @@ impl<'a> Db<'a> {
         }
         .await;
         if let Some((prepared, stmt)) = kept {
-            prepared.give_back(sql, stmt);
+            prepared.give_back(sql, stmt, bound);
         }
         result
     }
@@ -261,6 +288,23 @@ mod tests {
         db.exec(insert, (3, "after")).await.unwrap();
         conn.execute("COMMIT", ()).await.unwrap();
         assert_eq!(values(&db).await, ["kept", "after"]);
+    }
+
+    #[tokio::test]
+    async fn a_statement_with_large_bound_values_is_not_kept() {
+        let conn = connection().await;
+        let prepared = Prepared::default();
+        let db = Db::with(&conn, &prepared);
+        let insert = "INSERT INTO t (k, v) VALUES (?1, ?2)";
+        db.exec(insert, (1, "x".repeat(MAX_KEPT_BINDINGS)))
+            .await
+            .unwrap();
+        assert_eq!(prepared.lock().len(), 1, "at the bound: kept");
+        db.exec(insert, (2, "x".repeat(MAX_KEPT_BINDINGS + 1)))
+            .await
+            .unwrap();
+        assert!(prepared.lock().is_empty(), "past it: finalized");
+        assert_eq!(values(&db).await.len(), 2);
     }
 
     #[tokio::test]
