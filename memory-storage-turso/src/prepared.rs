@@ -1,5 +1,5 @@
-//! The connection a transaction body runs on, with the writer's statements kept prepared
-//! across its write transactions.
+//! The connection a transaction body runs on, with its statements kept prepared across
+//! transactions (local files).
 //!
 //! libsql prepares every `execute` and `query` anew and has no statement cache; preparing was
 //! about a tenth of the CPU of an ingest (the SQL of a multi-row insert or of the full-text
@@ -76,8 +76,9 @@ impl Prepared {
     }
 }
 
-/// The connection a body runs on: the writer with its prepared statements, or any other
-/// connection (a reader, a remote transaction's stream) that prepares every statement.
+/// The connection a body runs on: a local file's writer or reader with its prepared
+/// statements, or a connection that prepares every statement (a remote transaction's stream,
+/// a replica, the writer shared by reads of `:memory:`).
 #[derive(Clone, Copy)]
 pub(crate) struct Db<'a> {
     conn: &'a Connection,
