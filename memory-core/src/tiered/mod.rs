@@ -705,25 +705,16 @@ impl Inner {
                 // Count this batch only: `replayed` totals the whole call.
                 replayed += applied;
                 self.counters.replayed.fetch_add(applied, Ordering::Relaxed);
+                // The durable layer now holds base + delta. The cached copies learn it before
+                // the overlay lets go: a read in between would otherwise find the copy from
+                // before the journaled writes (an episode completed while the server was
+                // away would read as in progress). Until then reads fold the overlay over
+                // the patched copy, which changes nothing (folding is idempotent).
+                let settled = lock(&self.overlay).settled_up_to(seq);
+                self.patch_cached(settled, since).await;
                 let released = lock(&self.overlay).release_up_to(seq);
                 for (ns, key) in released.keys {
                     self.cache_invalidate(&ns, &key).await;
-                }
-                // The durable layer now holds base + delta: keep the cached copy warm with it.
-                let _patching = self.episode_cache.lock().await;
-                for (ns, id, delta) in released.episodes {
-                    let key = CacheKey::Episode(id);
-                    let base = match self.cache_get(&ns, &key).await {
-                        Some(CachedValue::Episode(e)) => Some(Arc::unwrap_or_clone(e)),
-                        _ => None,
-                    };
-                    match delta.fold(base) {
-                        Some(e) => {
-                            self.cache_put(&ns, CachedValue::Episode(Arc::new(e)), since)
-                                .await;
-                        }
-                        None => self.cache_invalidate(&ns, &key).await,
-                    }
                 }
             }
             if let Some(e) = failure {
@@ -762,6 +753,29 @@ impl Inner {
             }
         }
         self.enqueue(ns, op, None).await
+    }
+
+    /// Folds journaled deltas the durable layer now holds into the cached episodes and drops
+    /// the cached learned items they changed.
+    async fn patch_cached(&self, settled: overlay::Released, since: u64) {
+        for (ns, key) in &settled.keys {
+            self.cache_invalidate(ns, key).await;
+        }
+        let _patching = self.episode_cache.lock().await;
+        for (ns, id, delta) in settled.episodes {
+            let key = CacheKey::Episode(id);
+            let base = match self.cache_get(&ns, &key).await {
+                Some(CachedValue::Episode(e)) => Some(Arc::unwrap_or_clone(e)),
+                _ => None,
+            };
+            match delta.fold(base) {
+                Some(e) => {
+                    self.cache_put(&ns, CachedValue::Episode(Arc::new(e)), since)
+                        .await;
+                }
+                None => self.cache_invalidate(&ns, &key).await,
+            }
+        }
     }
 
     /// The cached in-progress episode `c` completes, patched, to put back; an absent one is

@@ -9,7 +9,7 @@ use crate::learning::{ExistingLearned, LearnedChanges};
 use crate::namespace::Namespace;
 use crate::storage::{CacheKey, EpisodeCompletion, WriteOp};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct EpisodeDelta {
     created: Option<Episode>,
     /// Journaled steps in journal order (numbered when folded, as the store will number them).
@@ -139,6 +139,31 @@ impl Overlay {
                 self.heuristics
                     .insert((ns.clone(), c.item.id.clone()), (c.item.clone(), seq));
             }
+        }
+    }
+
+    /// What [`Overlay::release_up_to`] would release now, without releasing it: copies of the
+    /// episode deltas and the learned items' cache keys.
+    pub(crate) fn settled_up_to(&self, seq: u64) -> Released {
+        let episodes = self
+            .episodes
+            .iter()
+            .filter(|(_, d)| d.last_seq <= seq)
+            .map(|((ns, id), d)| (ns.clone(), *id, d.clone()))
+            .collect();
+        let patterns = self
+            .patterns
+            .iter()
+            .filter(|(_, (_, s))| *s <= seq)
+            .map(|((ns, id), _)| (ns.clone(), CacheKey::Pattern(id.clone())));
+        let heuristics = self
+            .heuristics
+            .iter()
+            .filter(|(_, (_, s))| *s <= seq)
+            .map(|((ns, id), _)| (ns.clone(), CacheKey::Heuristic(id.clone())));
+        Released {
+            episodes,
+            keys: patterns.chain(heuristics).collect(),
         }
     }
 
