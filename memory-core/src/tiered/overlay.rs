@@ -167,22 +167,12 @@ impl Overlay {
         }
     }
 
-    /// Forgets everything the durable layer now holds (writes up to `seq`). Returns the
-    /// released episode deltas (to fold into cached copies) and the learned items' cache keys
-    /// (to invalidate).
+    /// Forgets everything the durable layer now holds (writes up to `seq`; fold the deltas
+    /// into cached copies first, with [`Overlay::settled_up_to`]). Returns the learned items'
+    /// cache keys (to invalidate).
     pub(crate) fn release_up_to(&mut self, seq: u64) -> Released {
         let mut released = Released::default();
-        let done: Vec<(Namespace, EpisodeId)> = self
-            .episodes
-            .iter()
-            .filter(|(_, d)| d.last_seq <= seq)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in done {
-            if let Some(d) = self.episodes.remove(&key) {
-                released.episodes.push((key.0, key.1, d));
-            }
-        }
+        self.episodes.retain(|_, d| d.last_seq > seq);
         self.patterns.retain(|(ns, id), (_, s)| {
             let keep = *s > seq;
             if !keep {
@@ -205,7 +195,8 @@ impl Overlay {
     }
 }
 
-/// What [`Overlay::release_up_to`] hands back.
+/// What the overlay holds up to a journal position: the episode deltas (from
+/// [`Overlay::settled_up_to`]) and the learned items' cache keys.
 #[derive(Debug, Default)]
 pub(crate) struct Released {
     pub(crate) episodes: Vec<(Namespace, EpisodeId, EpisodeDelta)>,
