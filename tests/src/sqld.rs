@@ -88,6 +88,10 @@ pub struct SqldServer {
     child: Option<Child>,
     log_path: PathBuf,
     launches: usize,
+    /// While stopped, the port stays bound (not listening: connections are refused, as by a
+    /// server that is down), so that no other test's server takes it and clients holding
+    /// [`SqldServer::url`] can reach the server again once it resumes.
+    held_port: Option<socket2::Socket>,
     /// Holds the log files, and the data directory when it was created by `start`.
     scratch: tempfile::TempDir,
 }
@@ -115,6 +119,7 @@ impl SqldServer {
             child: None,
             log_path: PathBuf::new(),
             launches: 0,
+            held_port: None,
             scratch,
         };
         server.launch(None).await?;
@@ -151,6 +156,11 @@ impl SqldServer {
     /// Stops the server: SIGTERM (sqld then shuts down gracefully), and SIGKILL if it has not
     /// exited within 10 s. Does nothing if it is not running.
     pub async fn stop(&mut self) {
+        self.kill().await;
+        self.held_port = hold(self.port);
+    }
+
+    async fn kill(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -182,17 +192,36 @@ impl SqldServer {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
         let port = self.port;
+        self.held_port = None;
         self.launch(Some(port)).await
     }
 
     /// Starts a stopped server again on the same data directory and, if it is free, the same
     /// port (see [`SqldServer::restart`]).
+    ///
+    /// The port is held while the server is stopped (see [`SqldServer::stop`]); if it cannot be
+    /// bound again all the same, this fails instead of moving to another port, since clients
+    /// holding the old url could never reconnect.
     pub async fn resume(&mut self) -> anyhow::Result<()> {
         if self.is_running() {
             return Ok(());
         }
         let port = self.port;
-        self.launch(Some(port)).await
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            self.held_port = None;
+            match self.launch_on(port).await {
+                Ok(()) => return Ok(()),
+                Err(Launch::PortTaken(err)) => last_error = Some(err),
+                Err(Launch::Failed(err)) => return Err(err),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context(format!(
+                "sqld could not bind its port {port} again to resume"
+            )))
     }
 
     /// Sends `GET path` and returns the status code and body.
@@ -258,7 +287,7 @@ impl SqldServer {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                self.stop().await;
+                self.kill().await;
                 return Err(Launch::Failed(anyhow!(
                     "sqld did not become ready on 127.0.0.1:{port} within {}s \
                      (waiting for log line {LISTENING_MARKER:?} and GET /health 2xx); log {}:\n{}",
@@ -324,6 +353,17 @@ fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
         .prefix("sqld-test-")
         .tempdir()
         .context("creating a temporary directory for sqld")
+}
+
+/// Binds `port` on loopback without listening (best effort): the port-0 choice of other
+/// sockets passes it over, and connections to it are refused.
+fn hold(port: u16) -> Option<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    // The server's closed connections may linger in TIME_WAIT on this port.
+    socket.set_reuse_address(true).ok()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.bind(&addr.into()).ok()?;
+    Some(socket)
 }
 
 /// A loopback port that was free a moment ago (bound to port 0, read, released).

@@ -1,7 +1,8 @@
 //! Pins the sqld test harness (`tests::sqld`): a local sqld starts on a free loopback port and
 //! answers `/health`, runs SQL through the Hrana-over-HTTP pipeline endpoint (`/v2/pipeline`),
 //! keeps its data across a graceful restart on the same data directory and port, stops for
-//! good when asked, moves to a new port on restart only if its old one was taken, and a
+//! good when asked, moves to a new port on restart only if its old one was taken, holds its
+//! port while stopped so that `resume` comes back on it (or fails, never moves), and a
 //! second server started with `start_in` on an existing data directory sees the first one's
 //! tables. Skips (or, under CI, fails) without the binary.
 
@@ -93,6 +94,42 @@ async fn restart_moves_to_a_new_port_when_the_old_one_is_taken() -> anyhow::Resu
     assert_ne!(server.port(), squatter.local_addr()?.port());
     pipeline(&server, &["select count(*) from moved"]).await?;
     server.stop().await;
+    Ok(())
+}
+
+/// While stopped, the server's port refuses connections (as a server that is down) and is
+/// not handed to the port-0 binds other tests' servers start from; `resume` comes back on it,
+/// and fails rather than move when a listener took it after all.
+#[tokio::test]
+async fn a_stopped_servers_port_is_held_until_it_resumes() -> anyhow::Result<()> {
+    if require_sqld().is_none() {
+        return Ok(());
+    }
+    let mut server = SqldServer::start().await?;
+    let (url, port) = (server.url(), server.port());
+    pipeline(&server, &["create table held(x integer)"]).await?;
+    server.stop().await;
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    assert!(refused.is_err(), "a stopped server accepts nothing");
+    let others: Vec<_> = (0..64)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    for other in &others {
+        assert_ne!(
+            other.local_addr()?.port(),
+            port,
+            "the held port was handed out"
+        );
+    }
+    server.resume().await?;
+    assert_eq!(server.url(), url);
+    pipeline(&server, &["select count(*) from held"]).await?;
+
+    server.stop().await;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let err = server.resume().await.expect_err("the port is taken");
+    assert!(format!("{err:#}").contains("resume"), "{err:#}");
+    drop(squatter);
     Ok(())
 }
 
