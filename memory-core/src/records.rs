@@ -26,6 +26,9 @@ pub struct ConsolidationRun {
     pub merged_patterns: u64,
     /// Heuristics marked merged into a near-duplicate.
     pub merged_heuristics: u64,
+    /// General rules made or brought back into use: rules that agree across the contexts of
+    /// a language or a domain, summed into one rule there.
+    pub generalized_heuristics: u64,
     /// Patterns and heuristics that stay active but whose confidence is decayed by at least
     /// one half-life (decay is applied whenever confidence is read; this counts how many
     /// items it holds back without pruning them).
@@ -54,6 +57,7 @@ impl ConsolidationRun {
     pub fn changed_anything(&self) -> bool {
         self.merged_patterns
             + self.merged_heuristics
+            + self.generalized_heuristics
             + self.pruned_patterns
             + self.pruned_heuristics
             + self.revived

@@ -283,3 +283,136 @@ async fn the_playbook_holds_the_fix_a_context_needs_and_the_rules_that_apply() {
     );
     assert!(lessons.iter().any(|l| l.failed_tool == "cargo"));
 }
+
+/// One episode of `steps` in `ctx`, completed as a success.
+async fn episode_in(
+    m: &SelfLearningMemory,
+    ns: &Namespace,
+    (ctx, kind): (&TaskContext, TaskType),
+    task: &str,
+    steps: Vec<StepInput>,
+) {
+    let new = NewEpisode::new(task, kind, ctx.clone());
+    let id = m.start_episode(ns, new).await.unwrap();
+    for step in steps {
+        m.log_step(ns, id, step).await.unwrap();
+    }
+    m.complete_episode(ns, id, Outcome::success("green"))
+        .await
+        .unwrap();
+}
+
+/// Cargo fails until a preparation runs, then passes.
+fn fixed_by(prep: &str) -> Vec<StepInput> {
+    vec![
+        StepInput::error("cargo", "test", "error: toolchain missing"),
+        StepInput::ok(prep, "prepare", "ok"),
+        StepInput::ok("cargo", "test", "ok"),
+    ]
+}
+
+/// A rule two rust contexts agree on becomes, at consolidation, a general rule for rust with
+/// their evidence summed, and the playbook of a third rust context that never met the failure
+/// names it at the step it concerns; a rust context with no episodes gets the general opening
+/// rule's plan, labeled as such. When the third context learns another fix, the contexts no
+/// longer agree: the general rule is pruned (with the reason) and the context's own rule is
+/// the one named.
+#[tokio::test]
+async fn rules_that_agree_across_contexts_generalize_into_the_plan_of_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), None).await;
+    let ns = Namespace::new("advice/general").unwrap();
+    for domain in ["web_api", "cli"] {
+        let ctx = TaskContext::new(domain).with_language("rust");
+        for _ in 0..2 {
+            let ctx = (&ctx, TaskType::Testing);
+            episode_in(&m, &ns, ctx, "run the test suite", fixed_by("rustup")).await;
+        }
+    }
+    let firmware = TaskContext::new("embedded").with_language("rust");
+    let task = "bump the firmware loader's flash timeout";
+    for _ in 0..3 {
+        let steps = vec![
+            StepInput::ok("edit_file", "edit", "ok"),
+            StepInput::ok("cargo", "test", "ok"),
+        ];
+        episode_in(&m, &ns, (&firmware, TaskType::CodeGeneration), task, steps).await;
+    }
+    let req =
+        RecommendRequest::new(task).with_context(Some(TaskType::CodeGeneration), firmware.clone());
+    // A rust context with no episodes at all.
+    let games = TaskContext::new("gamedev").with_language("rust");
+    let new_context =
+        RecommendRequest::new("run the test suite").with_context(Some(TaskType::Testing), games);
+    let cargo_why = |rec: &Recommendation| {
+        (rec.playbook.iter())
+            .find(|s| s.tool == "cargo")
+            .map(|s| s.why.clone())
+            .unwrap()
+    };
+    let before = m.recommend(&ns, &req).await.unwrap();
+    assert_eq!(plan(&before), ["edit_file", "cargo"]);
+    assert!(
+        !cargo_why(&before).contains("rule:"),
+        "{}",
+        cargo_why(&before)
+    );
+    assert!(plan(&m.recommend(&ns, &new_context).await.unwrap()).is_empty());
+
+    let report = m.consolidate(&ns).await.unwrap();
+    assert!(
+        report.run.generalized_heuristics >= 1,
+        "{:#?}",
+        report.changes
+    );
+    let general = |rec: &Recommendation| {
+        (rec.heuristics.iter())
+            .map(|a| &a.item)
+            .find(|h| h.is_general() && h.condition.starts_with("cargo fails"))
+            .cloned()
+    };
+    let after = m.recommend(&ns, &req).await.unwrap();
+    let rule = general(&after).expect("the general rule is advice here");
+    assert_eq!((rule.support, rule.context.domain.as_deref()), (4, None));
+    assert_eq!(rule.context.language.as_deref(), Some("rust"));
+    let why = cargo_why(&after);
+    assert!(
+        why.contains(
+            "rule: when cargo fails with \"error: toolchain missing\", recover with rustup"
+        ) && why.contains("held 4 of 4 times in rust contexts that agree, a general rule"),
+        "{why}"
+    );
+    // The new context's plan is the general opening rule of testing in rust, labeled so.
+    let fresh = m.recommend(&ns, &new_context).await.unwrap();
+    assert_eq!(plan(&fresh), ["rustup", "cargo"], "{:#?}", fresh.playbook);
+    assert_eq!(fresh.playbook_pattern, None);
+    let why = &fresh.playbook[0].why;
+    assert!(
+        why.starts_with("lexical match only: step 1 of rustup → cargo (no procedure of this context yet; the rule \"starting a testing task, follow rustup → cargo\" held 4 of 4 times in testing in rust contexts that agree, a general rule)"),
+        "{why}"
+    );
+    assert!(
+        m.consolidate(&ns).await.unwrap().run.generalized_heuristics == 0,
+        "a second run changes nothing"
+    );
+
+    // The firmware context learns its own fix: rust no longer agrees.
+    for _ in 0..2 {
+        let ctx = (&firmware, TaskType::Testing);
+        episode_in(&m, &ns, ctx, "run the test suite", fixed_by("nix_shell")).await;
+    }
+    let report = m.consolidate(&ns).await.unwrap();
+    let pruned = (report.changes.iter())
+        .find(|c| c.id == rule.id.0 && c.action == "pruned")
+        .unwrap_or_else(|| panic!("{:#?}", report.changes));
+    assert!(pruned.detail.contains("agree"), "{}", pruned.detail);
+    let last = m.recommend(&ns, &req).await.unwrap();
+    assert!(general(&last).is_none());
+    let why = cargo_why(&last);
+    assert!(
+        why.contains("recover with nix_shell") && why.contains("in embedded/rust"),
+        "{why}"
+    );
+    // Rust contexts no longer agree on how to start testing either.
+    assert!(plan(&m.recommend(&ns, &new_context).await.unwrap()).is_empty());
+}

@@ -20,6 +20,8 @@ pub async fn run(m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     println!("run          {} ({ms} ms)", r.id);
     let (patterns, heuristics) = (r.merged_patterns, r.merged_heuristics);
     println!("merged       {patterns} patterns, {heuristics} heuristics");
+    let general = r.generalized_heuristics;
+    println!("generalized  {general} rules made or re-summed from contexts that agree");
     let (patterns, heuristics) = (r.pruned_patterns, r.pruned_heuristics);
     println!("pruned       {patterns} patterns, {heuristics} heuristics (tombstoned, restorable)");
     let decayed = r.decayed;

@@ -135,7 +135,7 @@ pub async fn heuristic(cmd: HeuristicCmd, m: &SelfLearningMemory, s: &Settings) 
     if s.json {
         let v: Vec<_> = items
             .iter()
-            .map(|h| json!({ "heuristic": h, "confidence": h.confidence(now, hl) }))
+            .map(|h| json!({ "heuristic": h, "confidence": h.confidence(now, hl), "general": h.is_general() }))
             .collect();
         return output::json(&json!({ "heuristics": v }));
     }
@@ -146,8 +146,13 @@ pub async fn heuristic(cmd: HeuristicCmd, m: &SelfLearningMemory, s: &Settings) 
         let (id, support, against) = (short_id(&h.id.0), h.support, h.against);
         let (conf, status) = (pct(h.confidence(now, hl)), h.status.name());
         let (condition, action) = (clip(&h.condition, 50), clip(&h.action, 50));
+        let place = if h.is_general() {
+            format!("general rule for {}", h.context.label())
+        } else {
+            h.context.label()
+        };
         println!(
-            "{id}  +{support:<3} -{against:<3} conf {conf:>4}  {status:<10} if {condition} then {action}"
+            "{id}  +{support:<3} -{against:<3} conf {conf:>4}  {status:<10} if {condition} then {action}  ({place})"
         );
     }
     Ok(())

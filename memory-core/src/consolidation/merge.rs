@@ -164,8 +164,12 @@ impl Consolidate for Pattern {
 impl Consolidate for Heuristic {
     const EVIDENCE_UNIT: &'static str = "observation(s)";
 
-    /// Context and action must match; the condition's wording may differ.
+    /// Context and action must match; the condition's wording may differ. General rules are
+    /// recomputed from their contexts at every run and never merge.
     fn merge_key(&self) -> Option<(String, String)> {
+        if self.is_general() {
+            return None;
+        }
         Some((
             format!("{}|{}", self.context.signature(), self.action),
             self.condition.clone(),

@@ -1,8 +1,10 @@
-//! Consolidation: keeping the memory in shape. Merging near-duplicates, decay and pruning,
-//! effectiveness from feedback, retention, learning metrics, and the calibration of estimates.
+//! Consolidation: keeping the memory in shape. Merging near-duplicates, generalizing rules that
+//! agree across contexts, decay and pruning, effectiveness from feedback, retention, learning
+//! metrics, and the calibration of estimates.
 
 mod config;
 mod estimates;
+mod generalize;
 mod merge;
 mod metrics;
 mod run;

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::config::{ConsolidationConfig, RetentionConfig};
+use super::generalize::generalize_rules;
 use super::merge::{
     Consolidate, decayed_use, lexical_similarity, merge_into, recently_restored,
     sequence_similarity,
@@ -79,14 +80,15 @@ pub(crate) struct Consolidator {
     runs: AtomicU64,
 }
 
-/// The items of one kind during a run: as loaded, and as the run leaves them.
-struct Pool<T: Learned> {
+/// The items of one kind during a run: as loaded, and as the run leaves them (which may hold
+/// items the run added).
+pub(crate) struct Pool<T: Learned> {
     loaded: Vec<T>,
-    items: BTreeMap<T::Id, T>,
+    pub(crate) items: BTreeMap<T::Id, T>,
 }
 
 impl<T: Consolidate> Pool<T> {
-    fn new(loaded: Vec<T>) -> Self {
+    pub(crate) fn new(loaded: Vec<T>) -> Self {
         let items = loaded.iter().map(|x| (x.id().clone(), x.clone())).collect();
         Pool { loaded, items }
     }
@@ -116,24 +118,25 @@ impl<T: Consolidate> Pool<T> {
         true
     }
 
-    /// The items the run changed.
-    fn changed(&self) -> Vec<T> {
-        self.loaded
-            .iter()
-            .filter_map(|old| self.items.get(old.id()).filter(|new| *new != old).cloned())
+    /// The items the run changed or added.
+    pub(crate) fn changed(&self) -> Vec<T> {
+        let loaded: BTreeMap<&T::Id, &T> = self.loaded.iter().map(|x| (x.id(), x)).collect();
+        (self.items.values())
+            .filter(|new| loaded.get(new.id()) != Some(new))
+            .cloned()
             .collect()
     }
 }
 
 /// What a run accumulates while its steps run.
-struct RunState {
-    run: ConsolidationRun,
-    changes: Vec<LearnedChange>,
-    now: DateTime<Utc>,
+pub(crate) struct RunState {
+    pub(crate) run: ConsolidationRun,
+    pub(crate) changes: Vec<LearnedChange>,
+    pub(crate) now: DateTime<Utc>,
 }
 
 impl RunState {
-    fn change<T: Learned>(&mut self, id: &T::Id, action: &str, detail: String) {
+    pub(crate) fn change<T: Learned>(&mut self, id: &T::Id, action: &str, detail: String) {
         self.changes.push(LearnedChange {
             kind: T::KIND.name().to_owned(),
             id: id.to_string(),
@@ -538,6 +541,7 @@ impl Consolidator {
         self.merge_duplicates(&mut patterns, &mut st).await;
         fold_sequence_variants(&mut patterns, &mut st, cfg.sequence_similarity);
         self.merge_duplicates(&mut heuristics, &mut st).await;
+        generalize_rules(&mut heuristics, &mut st);
         if stats.feedback > 0 {
             apply_feedback(self.storage.as_ref(), ns, &mut patterns, &mut st).await?;
             apply_feedback(self.storage.as_ref(), ns, &mut heuristics, &mut st).await?;
@@ -575,6 +579,7 @@ impl Consolidator {
         info!(
             namespace = %ns,
             merged = run.merged_patterns + run.merged_heuristics,
+            generalized = run.generalized_heuristics,
             pruned = run.pruned_patterns + run.pruned_heuristics,
             decayed = run.decayed,
             compacted_steps = run.compacted_steps,

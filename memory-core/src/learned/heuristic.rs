@@ -101,7 +101,34 @@ impl HeuristicObservation {
     }
 }
 
+/// The condition key and id of the general rule "`condition` -> `action`" over `context` (a
+/// context with domain or language left open), which consolidation sums from the specific
+/// rules that agree. Distinct from the identity an episode's own observation in that context
+/// would get, so summed evidence never mixes with observed evidence.
+pub fn general_identity(
+    condition: &str,
+    action: &str,
+    context: &ContextKey,
+) -> (String, HeuristicId) {
+    let condition_key = stable_id(&["general condition", condition, &context.signature()]);
+    let id = HeuristicId(stable_id(&["general heuristic", &condition_key, action]));
+    (condition_key, id)
+}
+
 impl Heuristic {
+    /// True for a general rule: one consolidation summed from the rules of several contexts
+    /// (see [`general_identity`]), not observed in episodes directly.
+    ///
+    /// ```
+    /// use memory_core::{ContextKey, EpisodeId, Heuristic, HeuristicObservation};
+    /// let ctx = ContextKey { language: Some("rust".into()), ..ContextKey::default() };
+    /// let obs = HeuristicObservation::new("cargo fails", "run rustup", ctx, EpisodeId::new(), true, chrono::Utc::now());
+    /// assert!(!Heuristic::from_observation(&obs).is_general());
+    /// ```
+    pub fn is_general(&self) -> bool {
+        general_identity(&self.condition, &self.action, &self.context).1 == self.id
+    }
+
     /// A heuristic seen once.
     pub fn from_observation(obs: &HeuristicObservation) -> Self {
         let mut h = Heuristic {
@@ -152,9 +179,14 @@ impl Heuristic {
         self.evidence_score() * decay_factor(self.last_seen, now, half_life_days)
     }
 
-    /// One line for people.
+    /// One line for people; a general rule says where it holds.
     pub fn describe(&self) -> String {
-        format!("if {} then {}", self.condition, self.action)
+        let rule = format!("if {} then {}", self.condition, self.action);
+        if self.is_general() {
+            format!("{rule} (general rule for {})", self.context.label())
+        } else {
+            rule
+        }
     }
 }
 

@@ -13,7 +13,9 @@ mod status;
 pub use context::ContextKey;
 pub(crate) use context::stable_id;
 pub use feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
-pub use heuristic::{Heuristic, HeuristicId, HeuristicObservation, resolve_contradictions};
+pub use heuristic::{
+    Heuristic, HeuristicId, HeuristicObservation, general_identity, resolve_contradictions,
+};
 pub use kind::{Learned, LearnedId, LearnedItem, LearnedKind};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
 pub use pattern::{

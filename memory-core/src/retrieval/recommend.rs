@@ -11,7 +11,7 @@
 //! playbook is labeled as that context's default. Feedback moves the ranking: a pattern's
 //! effectiveness (helped / hindered) multiplies its score, so advice that keeps failing sinks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
@@ -323,21 +323,32 @@ pub(crate) fn rank_patterns(
     out
 }
 
-/// Ranks heuristics: relevance times decayed confidence.
+/// Ranks heuristics: relevance times decayed confidence. A general rule is left out where an
+/// observed rule of the same condition and action is among the candidates (it says the same,
+/// with the evidence of this very context).
 pub(crate) fn rank_heuristics(
     heuristics: Vec<(Heuristic, Relevance)>,
     now: DateTime<Utc>,
     half_life_days: f64,
 ) -> Vec<Advice<Heuristic>> {
-    let mut out: Vec<Advice<Heuristic>> = heuristics
-        .into_iter()
-        .map(|(h, rel)| {
+    let heuristics: Vec<_> = (heuristics.into_iter())
+        .map(|(h, rel)| (h.is_general(), h, rel))
+        .collect();
+    let observed: HashSet<(&str, &str)> = (heuristics.iter())
+        .filter(|(general, ..)| !general)
+        .map(|(_, h, _)| (h.condition.as_str(), h.action.as_str()))
+        .collect();
+    let said = |h: &Heuristic| observed.contains(&(h.condition.as_str(), h.action.as_str()));
+    let general: Vec<bool> = heuristics.iter().map(|(g, h, _)| *g && said(h)).collect();
+    let mut out: Vec<Advice<Heuristic>> = (heuristics.into_iter().zip(general))
+        .filter(|(_, repeated)| !repeated)
+        .map(|((general, h, rel), _)| {
             let confidence = h.confidence(now, half_life_days);
             let mut why = format!(
-                "held {} of {} times in {} (confidence {:.0}%)",
+                "held {} of {} times {} (confidence {:.0}%)",
                 h.support,
                 h.support + h.against,
-                h.context.label(),
+                rule_scope(&h, general),
                 confidence * 100.0
             );
             rel.note(&mut why);
@@ -407,11 +418,58 @@ fn preparation(lesson: &FailureLesson) -> Option<(&[String], u64)> {
     }
 }
 
-/// The playbook: the tools of the best tool-sequence pattern that mostly succeeds, each step
-/// carrying the pitfalls of its tool and the best-ranked active rule about its failures. A step whose tool a lesson says reliably fails in this
-/// context until a preparation runs gets that preparation before it (unless the plan already
-/// ran it). `generic` labels every step when the match is not strong (the plan is then the
-/// context's default, or rests on shared words only).
+/// Where a rule's record comes from, for its `why`.
+fn rule_scope(h: &Heuristic, general: bool) -> String {
+    if general {
+        format!(
+            "in {} contexts that agree, a general rule",
+            h.context.label()
+        )
+    } else {
+        format!("in {}", h.context.label())
+    }
+}
+
+/// The best-ranked active rule that `fits`, an observed one (of a context the task is in)
+/// before a general one.
+fn best_rule(
+    heuristics: &[Advice<Heuristic>],
+    fits: impl Fn(&Heuristic) -> bool,
+) -> Option<(&Heuristic, bool)> {
+    let fitting: Vec<&Heuristic> = (heuristics.iter())
+        .map(|a| &a.item)
+        .filter(|h| h.status.is_active() && fits(h))
+        .collect();
+    let general: Vec<bool> = fitting.iter().map(|h| h.is_general()).collect();
+    let observed = (fitting.iter().zip(&general)).find(|(_, g)| !**g);
+    observed
+        .or_else(|| fitting.iter().zip(&general).next())
+        .map(|(h, g)| (*h, *g))
+}
+
+/// The plan a general opening rule gives ("follow a → b → c"), when one applies and holds more
+/// often than not: for a context with no tool sequence of its own yet.
+fn general_plan(heuristics: &[Advice<Heuristic>]) -> Option<(Vec<String>, &Heuristic)> {
+    let (h, _) = best_rule(heuristics, |h| {
+        h.condition.starts_with("starting a ") && h.support > h.against && h.is_general()
+    })?;
+    let tools: Vec<String> = h
+        .action
+        .strip_prefix("follow ")?
+        .split(" → ")
+        .map(str::to_owned)
+        .collect();
+    // Only a plan the action states exactly (a tool name holding the separator would not be).
+    (format!("follow {}", tools.join(" → ")) == h.action).then_some((tools, h))
+}
+
+/// The playbook: the tools of the best tool-sequence pattern that mostly succeeds (or, where
+/// the context has none, of the general opening rule that applies), each step carrying the
+/// pitfalls of its tool and the best-ranked active rule about its failures. A step whose tool
+/// a lesson says reliably fails in this context until a preparation runs gets that
+/// preparation before it (unless the plan already ran it). `generic` labels every step when
+/// the match is not strong (the plan is then the context's default, or rests on shared words
+/// only).
 pub(crate) fn playbook(
     patterns: &[Advice<Pattern>],
     heuristics: &[Advice<Heuristic>],
@@ -423,27 +481,48 @@ pub(crate) fn playbook(
             if a.item.success_rate() >= 0.5
                 && a.item.effectiveness.hindered_streak < OUTDATED_STREAK =>
         {
-            Some((tools, &a.item))
+            Some((tools.clone(), &a.item))
         }
         _ => None,
     });
-    let Some((tools, pattern)) = best else {
-        return (Vec::new(), None);
+    let (tools, basis, pattern_id, rule) = match best {
+        Some((tools, pattern)) => {
+            let basis = format!(
+                "({:.0}% success over {} episodes)",
+                pattern.success_rate() * 100.0,
+                pattern.occurrences
+            );
+            // The active opening rule that says to follow this very plan, if one does.
+            let follow = format!(
+                "follow {}",
+                tools
+                    .iter()
+                    .take(6)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            );
+            let rule = best_rule(heuristics, |h| {
+                h.condition.starts_with("starting a ") && h.action == follow
+            });
+            (tools, basis, Some(pattern.id.clone()), rule)
+        }
+        None => match general_plan(heuristics) {
+            Some((tools, h)) => {
+                let basis = format!(
+                    "(no procedure of this context yet; the rule \"{}, {}\" held {} of {} times {})",
+                    h.condition,
+                    h.action,
+                    h.support,
+                    h.support + h.against,
+                    rule_scope(h, true)
+                );
+                (tools, basis, None, None)
+            }
+            None => return (Vec::new(), None),
+        },
     };
     let head = generic.map(|g| format!("{g}: ")).unwrap_or_default();
-    // The active opening rule that says to follow this very plan, if one does.
-    let follow = format!(
-        "follow {}",
-        tools
-            .iter()
-            .take(6)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" → ")
-    );
-    let rule = heuristics.iter().map(|a| &a.item).find(|h| {
-        h.status.is_active() && h.condition.starts_with("starting a ") && h.action == follow
-    });
     let mut out: Vec<(String, String)> = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
         let prep = pitfalls.iter().find_map(|p| {
@@ -466,21 +545,16 @@ pub(crate) fn playbook(
                 out.push((f.clone(), why));
             }
         }
-        let mut why = format!(
-            "{head}step {} of {} ({:.0}% success over {} episodes)",
-            i + 1,
-            tools.join(" → "),
-            pattern.success_rate() * 100.0,
-            pattern.occurrences
-        );
-        if let Some(h) = rule.filter(|_| i == 0) {
+        let mut why = format!("{head}step {} of {} {basis}", i + 1, tools.join(" → "));
+        if let Some((h, general)) = rule.filter(|_| i == 0) {
             let _ = write!(
                 why,
-                "; agrees with the rule: {}, {} (held {} of {} times)",
+                "; agrees with the rule: {}, {} (held {} of {} times {})",
                 h.condition,
                 h.action,
                 h.support,
-                h.support + h.against
+                h.support + h.against,
+                rule_scope(h, general)
             );
         }
         if let Some(p) = pitfalls.iter().find(|p| &p.item.failed_tool == tool) {
@@ -495,18 +569,15 @@ pub(crate) fn playbook(
         }
         // The best-ranked active rule about this tool's failures, with its record.
         let prefix = format!("{tool} fails with ");
-        if let Some(h) = heuristics
-            .iter()
-            .map(|a| &a.item)
-            .find(|h| h.status.is_active() && h.condition.starts_with(&prefix))
-        {
+        if let Some((h, general)) = best_rule(heuristics, |h| h.condition.starts_with(&prefix)) {
             let _ = write!(
                 why,
-                "; rule: when {}, {} (held {} of {} times)",
+                "; rule: when {}, {} (held {} of {} times {})",
                 h.condition,
                 h.action,
                 h.support,
-                h.support + h.against
+                h.support + h.against,
+                rule_scope(h, general)
             );
         }
         out.push((tool.clone(), why));
@@ -517,7 +588,7 @@ pub(crate) fn playbook(
         tool,
         why,
     });
-    (steps.collect(), Some(pattern.id.clone()))
+    (steps.collect(), pattern_id)
 }
 
 /// Items of the task's context read per kind, most-seen first: a floor under the items the
