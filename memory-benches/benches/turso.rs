@@ -11,7 +11,11 @@
 //!   episodes/s.
 //!
 //! After the sqld bench, the HTTP requests (round trips) of a 50-step completion are counted
-//! through a loopback proxy and printed (`... HTTP requests (round trips) per completion`).
+//! through a loopback proxy and printed (`... HTTP requests (round trips) per completion`);
+//! with `MEMORY_BENCH_TRACE_HTTP=1` each request's path and kind is printed to stderr too. Of
+//! the ~30: a BEGIN and a COMMIT for each of the three transactions, and each read twice (a
+//! `describe`, then a `cursor`), since libsql's remote client describes every statement it
+//! returns rows for and its batch API returns no rows; each write is one request.
 //!
 //! Datasets (the history) are built once per bench, outside the timed loops. The sqld bench
 //! skips with a message when the binary is missing (`scripts/install-sqld.sh` or `SQLD_BIN`).
@@ -204,10 +208,12 @@ async fn count_round_trips(sqld: &Sqld, ns: &Namespace) {
     for i in 0..COMPLETIONS {
         let id = prepared(&memory, ns, 20_000 + i, 50).await;
         let before = requests.load(Ordering::SeqCst);
+        trace("--- complete_episode");
         memory
             .complete_episode(ns, id, Outcome::success("done"))
             .await
             .unwrap();
+        trace("--- done");
         total += requests.load(Ordering::SeqCst) - before;
     }
     memory.shutdown().await.unwrap();
@@ -216,6 +222,34 @@ async fn count_round_trips(sqld: &Sqld, ns: &Namespace) {
          mean of {COMPLETIONS}",
         total as f64 / COMPLETIONS as f64
     );
+}
+
+/// With `MEMORY_BENCH_TRACE_HTTP` set, prints `line` to stderr.
+fn trace(line: &str) {
+    if std::env::var_os("MEMORY_BENCH_TRACE_HTTP").is_some() {
+        eprintln!("{line}");
+    }
+}
+
+/// The path of one Hrana request and what its body holds (request kinds, SQL verbs), for
+/// the trace: e.g. `/v3/pipeline describe SELECT`.
+fn describe_request(request: &str) -> String {
+    const MARKS: [&str; 11] = [
+        "describe",
+        "\"execute\"",
+        "\"batch\"",
+        "close",
+        "get_autocommit",
+        "BEGIN",
+        "COMMIT",
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+    ];
+    let path = request.split_whitespace().next().unwrap_or("");
+    let marks: Vec<&str> = MARKS.into_iter().filter(|m| request.contains(m)).collect();
+    format!("HTTP {path} {}", marks.join(" ").replace('"', ""))
 }
 
 /// A loopback TCP proxy to the server at `url` (`http://host:port`) that counts the HTTP
@@ -251,6 +285,10 @@ async fn counting_proxy(url: &str, requests: Arc<AtomicU64>) -> String {
                         .filter(|(i, w)| *w == b"POST " && i + 5 > carried)
                         .count();
                     requests.fetch_add(found as u64, Ordering::SeqCst);
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    for request in text.split("POST ").skip(1) {
+                        trace(&describe_request(request));
+                    }
                     tail = seen[seen.len().saturating_sub(4)..].to_vec();
                 }
             });
