@@ -249,7 +249,11 @@ fn describe_request(request: &str) -> String {
     ];
     let path = request.split_whitespace().next().unwrap_or("");
     let marks: Vec<&str> = MARKS.into_iter().filter(|m| request.contains(m)).collect();
-    format!("HTTP {path} {}", marks.join(" ").replace('"', ""))
+    let sql: String = request
+        .split("\"sql\":\"")
+        .nth(1)
+        .map_or_else(String::new, |s| s.chars().take(90).collect());
+    format!("HTTP {path} {} {sql}", marks.join(" ").replace('"', ""))
 }
 
 /// A loopback TCP proxy to the server at `url` (`http://host:port`) that counts the HTTP

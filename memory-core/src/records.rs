@@ -44,6 +44,9 @@ pub struct ConsolidationRun {
     /// Patterns and heuristics whose effectiveness or votes were recomputed to a new value
     /// from the feedback (usage) events.
     pub effectiveness_updated: u64,
+    /// Rows of patterns merged into another that held no evidence (their counts live on in
+    /// the survivor), no feedback and no merge pointer of another row, deleted.
+    pub compacted_merged: u64,
     /// Retention: episodes whose step outputs were compacted.
     pub compacted_episodes: u64,
     /// Retention: step outputs emptied.
@@ -64,6 +67,7 @@ impl ConsolidationRun {
             + self.forwarded
             + self.effectiveness_updated
             + self.compacted_steps
+            + self.compacted_merged
             > 0
     }
 }

@@ -337,4 +337,28 @@ impl MaintenanceStore for TursoStorage {
             })
             .await
     }
+
+    #[instrument(skip_all, fields(namespace = %ns, ids = ids.len()))]
+    async fn compact_merged_patterns(&self, ns: &Namespace, ids: &[PatternId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.inner
+            .call_write("compact_merged_patterns", async |tx| {
+                let mut removed = 0;
+                for id in ids {
+                    removed += tx
+                        .exec(
+                            "DELETE FROM patterns WHERE ns = ?1 AND id = ?2 \
+                             AND status = 'merged' AND occurrences = 0 \
+                             AND NOT EXISTS (SELECT 1 FROM feedback WHERE ns = ?1 \
+                             AND target_kind = 'pattern' AND target_id = ?2)",
+                            (ns.as_str(), id.0.as_str()),
+                        )
+                        .await?;
+                }
+                Ok(removed)
+            })
+            .await
+    }
 }

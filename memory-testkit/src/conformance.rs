@@ -54,6 +54,7 @@ where
     namespace_isolation(make().await.as_ref(), 7).await;
     maintenance_records(make().await.as_ref()).await;
     retention_compacts_only_old_successful_outputs(make().await.as_ref()).await;
+    merged_patterns_without_evidence_compact(make().await.as_ref()).await;
 }
 
 fn ns(name: &str) -> Namespace {
@@ -692,6 +693,55 @@ pub async fn put_learned_roundtrip(s: &dyn Storage) {
     assert!(active.iter().all(|x| x.id != p.id), "pruned items hidden");
     let all = s.query_patterns(&n, &all_learned(100)).await.unwrap();
     assert!(all.iter().any(|x| x.id == p.id));
+}
+
+/// `compact_merged_patterns` deletes a merged pattern holding no evidence, and nothing else:
+/// not one with evidence, feedback, another status, another namespace or an unknown id.
+pub async fn merged_patterns_without_evidence_compact(s: &dyn Storage) {
+    let (n, other) = (ns("conf/compact"), ns("conf/compact-other"));
+    let e = rust_web("x", TaskType::Debugging, 0);
+    let spec = [("shell", false), ("edit_file", true), ("shell", true)];
+    let (_, changes) = record(s, &n, e.clone(), &spec, ok()).await;
+    record(s, &other, e, &spec, ok()).await;
+    let mut p: Vec<Pattern> = changes.patterns.iter().map(|c| c.item.clone()).collect();
+    assert!(p.len() >= 4, "{p:?}");
+    let into = LearnedStatus::Merged {
+        into: p[3].id.0.clone(),
+        at: t(99),
+    };
+    for (i, occurrences) in [(0, 0), (1, 2), (2, 0)] {
+        p[i].status = into.clone();
+        p[i].occurrences = occurrences;
+        p[i].successes = 0;
+    }
+    p[3].occurrences = 0;
+    let items = LearnedItems {
+        patterns: p[..4].to_vec(),
+        ..LearnedItems::default()
+    };
+    s.put_learned(&n, &items).await.unwrap();
+    s.put_learned(&other, &items).await.unwrap();
+    let target = FeedbackTarget::Pattern(p[2].id.clone());
+    let ep = changes.patterns[0].item.recent_evidence[0].episode_id;
+    let fb = feedback(&target, ep, FeedbackOutcome::NoEffect, 100);
+    s.record_feedback(&n, &fb).await.unwrap();
+    let unknown = PatternId("0".repeat(32));
+    let mut ids: Vec<PatternId> = p[..4].iter().map(|x| x.id.clone()).collect();
+    ids.push(unknown);
+    assert_eq!(s.compact_merged_patterns(&n, &ids).await.unwrap(), 1);
+    assert_eq!(
+        s.get_pattern(&n, &p[0].id).await.unwrap(),
+        None,
+        "merged, empty"
+    );
+    for kept in &p[1..4] {
+        assert!(
+            s.get_pattern(&n, &kept.id).await.unwrap().is_some(),
+            "{kept:?}"
+        );
+    }
+    assert!(s.get_pattern(&other, &p[0].id).await.unwrap().is_some());
+    assert_eq!(s.compact_merged_patterns(&n, &ids).await.unwrap(), 0);
 }
 
 pub async fn feedback_updates_effectiveness(s: &dyn Storage) {

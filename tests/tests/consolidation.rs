@@ -808,3 +808,79 @@ async fn forwarded_evidence_follows_a_merge_chain_to_a_pruned_end() {
         assert_eq!(get(&late.id).occurrences, 0, "{name}");
     }
 }
+
+/// A merged pattern row whose evidence moved goes once it is older than
+/// `merged_rows_kept_days`, unless it holds feedback or a merged row points into it; a chain
+/// is taken down from its first link, run by run, and the evidence stays at its end.
+#[tokio::test]
+async fn emptied_merged_rows_are_compacted_and_merge_chains_stay_whole() {
+    for (name, storage, _dir) in backends().await {
+        let memory_with = |days: f64| {
+            let mut consolidation = ConsolidationConfig::default().with_schedule(false);
+            consolidation.merged_rows_kept_days = days;
+            let config = MemoryConfig::default().with_consolidation(consolidation);
+            SelfLearningMemory::new(storage.clone(), config).unwrap()
+        };
+        let ns = Namespace::new("merge/compact").unwrap();
+        let merged = |mut p: Pattern, into: &Pattern, evidence: u64| {
+            p.status = LearnedStatus::Merged {
+                into: into.id.0.clone(),
+                at: at(550),
+            };
+            (p.occurrences, p.successes) = (evidence, evidence);
+            p
+        };
+        let end = decision("opening move of a deploy task", "helm", 9, 0);
+        let link = merged(
+            decision("opening move of the deploy task", "helm", 1, 0),
+            &end,
+            0,
+        );
+        let first = merged(
+            decision("deploy task: opening move", "helm", 1, 0),
+            &link,
+            0,
+        );
+        let rated = merged(decision("opening move: deploy task", "helm", 1, 0), &end, 0);
+        let items = LearnedItems {
+            patterns: vec![end.clone(), link.clone(), first.clone(), rated.clone()],
+            ..LearnedItems::default()
+        };
+        storage.put_learned(&ns, &items).await.unwrap();
+        let fb = memory_core::Feedback {
+            target: FeedbackTarget::Pattern(rated.id.clone()),
+            episode_id: rated.recent_evidence[0].episode_id,
+            outcome: memory_core::FeedbackOutcome::NoEffect,
+            recorded_at: at(560),
+        };
+        storage.record_feedback(&ns, &fb).await.unwrap();
+        let present = async |p: &Pattern| storage.get_pattern(&ns, &p.id).await.unwrap().is_some();
+
+        // Merged 450 s ago: kept for the default 7 days.
+        let kept = memory_with(ConsolidationConfig::default().merged_rows_kept_days);
+        assert_eq!(
+            kept.consolidate(&ns).await.unwrap().run.compacted_merged,
+            0,
+            "{name}"
+        );
+        let memory = memory_with(0.0);
+        let report = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(report.run.compacted_merged, 1, "{name}: {:?}", report.run);
+        assert!(!present(&first).await, "{name}: the chain's first link");
+        assert!(
+            present(&link).await,
+            "{name}: pointed into by the first link until now"
+        );
+        assert!(present(&rated).await, "{name}: has feedback");
+        let again = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(again.run.compacted_merged, 1, "{name}");
+        assert!(!present(&link).await && present(&rated).await, "{name}");
+        assert_eq!(
+            memory.consolidate(&ns).await.unwrap().run.compacted_merged,
+            0
+        );
+        let survivor = storage.get_pattern(&ns, &end.id).await.unwrap().unwrap();
+        assert_eq!(survivor.occurrences, 9, "{name}: the evidence stays");
+        assert!(survivor.status.is_active(), "{name}");
+    }
+}

@@ -67,6 +67,11 @@ struct Args {
     /// long run (outside the timed slices; its time is reported per checkpoint).
     #[arg(long)]
     consolidate: bool,
+    /// With `--consolidate`: days a merged pattern row is kept once its evidence moved
+    /// (`consolidation.merged_rows_kept_days`; the default is the library's, 7, which a run of
+    /// minutes never reaches; 0 lets each run delete what the one before emptied).
+    #[arg(long)]
+    merged_rows_kept_days: Option<f64>,
     /// Open the libsql file with `synchronous = FULL` (an fsync per commit) instead of NORMAL
     #[arg(long)]
     synchronous_full: bool,
@@ -279,13 +284,13 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
     } else {
         Synchronous::Normal
     };
-    let stack = DefaultStack::open_synchronous(
-        &args.data_dir,
-        MemoryConfig::default(),
-        CacheConfig::default(),
-        synchronous,
-    )
-    .await?;
+    let mut config = MemoryConfig::default();
+    if let Some(days) = args.merged_rows_kept_days {
+        config.consolidation.merged_rows_kept_days = days;
+    }
+    let stack =
+        DefaultStack::open_synchronous(&args.data_dir, config, CacheConfig::default(), synchronous)
+            .await?;
     let workload = Workload::new(args.seed, args.steps);
     let shared = Arc::new(Mutex::new(Shared::default()));
 

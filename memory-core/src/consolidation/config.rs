@@ -20,7 +20,8 @@ pub const MAX_RETENTION_DAYS: u32 = 36_500;
 ///
 /// # Default
 /// `schedule` on, `interval` 1 h; `prune_confidence_floor` 0.05; `prune_use_floor` 1.0
-/// (decayed episodes of evidence); `restore_grace_days` 30; `lexical_similarity` 0.8
+/// (decayed episodes of evidence); `restore_grace_days` 30; `merged_rows_kept_days` 7;
+/// `lexical_similarity` 0.8
 /// (Jaccard of words); `semantic_similarity` 0.92 (cosine); `sequence_similarity` 0.75; `max_items` 10,000 per kind and
 /// run; `metrics_window` 200 episodes; `calibration_window` 50 estimates;
 /// `calibration_min_samples` 3.
@@ -42,6 +43,10 @@ pub struct ConsolidationConfig {
     pub prune_use_floor: f64,
     /// Days after a `restore` during which consolidation does not prune the item again (>= 0).
     pub restore_grace_days: f64,
+    /// Days a pattern row merged into another is kept once its evidence has moved (>= 0): it
+    /// shows where the pattern went. After that a run deletes it, unless it holds evidence
+    /// or feedback or another merged row points into it; 0 lets the next run delete it.
+    pub merged_rows_kept_days: f64,
     /// Word-set (Jaccard) similarity at or above which two texts are near-duplicates, used
     /// without an embedder (0 < x <= 1).
     pub lexical_similarity: f64,
@@ -73,6 +78,7 @@ impl Default for ConsolidationConfig {
             prune_confidence_floor: 0.05,
             prune_use_floor: 1.0,
             restore_grace_days: 30.0,
+            merged_rows_kept_days: 7.0,
             lexical_similarity: 0.8,
             semantic_similarity: 0.92,
             sequence_similarity: 0.75,
@@ -128,6 +134,10 @@ impl ConsolidationConfig {
         for (field, v) in [
             ("consolidation.prune_use_floor", self.prune_use_floor),
             ("consolidation.restore_grace_days", self.restore_grace_days),
+            (
+                "consolidation.merged_rows_kept_days",
+                self.merged_rows_kept_days,
+            ),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::invalid(
@@ -256,6 +266,10 @@ mod tests {
         assert!(at(|c| c.sequence_similarity = 1.0 + f64::EPSILON).is_err());
         assert!(at(|c| c.semantic_similarity = f64::NAN).is_err());
         assert!(at(|c| c.prune_use_floor = -0.1).is_err());
+        assert!(at(|c| c.merged_rows_kept_days = 0.0).is_ok());
+        assert!(at(|c| c.merged_rows_kept_days = -f64::MIN_POSITIVE).is_err());
+        assert!(at(|c| c.merged_rows_kept_days = f64::INFINITY).is_err());
+        assert!(at(|c| c.merged_rows_kept_days = f64::MAX).is_ok());
         let r = |d: Option<u32>, n: u32| {
             RetentionConfig {
                 compact_step_outputs_after_days: d,

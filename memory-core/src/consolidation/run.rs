@@ -3,7 +3,7 @@
 //! what changed in one `put_learned`, applies retention, takes a metrics snapshot and records
 //! the run.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -127,6 +127,50 @@ impl<T: Consolidate> Pool<T> {
             .collect()
     }
 }
+
+/// The merged pattern rows a run met (head and tail), for compaction: those holding no
+/// evidence that were merged before `before`, and every row some merged row points into.
+struct MergedRows {
+    before: DateTime<Utc>,
+    empty: Vec<PatternId>,
+    pointed_into: HashSet<String>,
+}
+
+impl MergedRows {
+    fn new(before: DateTime<Utc>) -> Self {
+        MergedRows {
+            before,
+            empty: Vec::new(),
+            pointed_into: HashSet::new(),
+        }
+    }
+
+    fn observe(&mut self, p: &Pattern) {
+        if let LearnedStatus::Merged { into, at } = &p.status {
+            self.pointed_into.insert(into.clone());
+            if p.occurrences == 0 && *at < self.before {
+                self.empty.push(p.id.clone());
+            }
+        }
+    }
+
+    /// The empty rows nothing points into: deleting them breaks no merge chain (a row in the
+    /// middle of a chain goes once the rows before it have gone, run by run).
+    fn compactable(self) -> Vec<PatternId> {
+        let MergedRows {
+            empty,
+            pointed_into,
+            ..
+        } = self;
+        empty
+            .into_iter()
+            .filter(|id| !pointed_into.contains(&id.0))
+            .collect()
+    }
+}
+
+/// Rows deleted per `compact_merged_patterns` call.
+const COMPACT_BATCH: usize = 500;
 
 /// What a run accumulates while its steps run.
 pub(crate) struct RunState {
@@ -558,10 +602,20 @@ impl Consolidator {
         if !items.patterns.is_empty() || !items.heuristics.is_empty() {
             self.storage.put_learned(ns, &items).await?;
         }
-        self.sweep_tail::<Pattern>(ns, patterns_read, &mut st, &restores)
+        let kept_ms = (cfg.merged_rows_kept_days * 86_400_000.0) as i64;
+        let merged_before = chrono::Duration::try_milliseconds(kept_ms)
+            .and_then(|kept| now.checked_sub_signed(kept))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut merged = MergedRows::new(merged_before);
+        patterns.items.values().for_each(|p| merged.observe(p));
+        let mut observe = |p: &Pattern| merged.observe(p);
+        self.sweep_tail::<Pattern>(ns, patterns_read, &mut st, &restores, &mut observe)
             .await?;
-        self.sweep_tail::<Heuristic>(ns, heuristics_read, &mut st, &restores)
+        self.sweep_tail::<Heuristic>(ns, heuristics_read, &mut st, &restores, &mut |_| {})
             .await?;
+        for batch in merged.compactable().chunks(COMPACT_BATCH) {
+            st.run.compacted_merged += self.storage.compact_merged_patterns(ns, batch).await?;
+        }
         self.retention(ns, &mut st).await?;
         let snapshot = snapshot(
             self.storage.as_ref(),
@@ -583,6 +637,7 @@ impl Consolidator {
             pruned = run.pruned_patterns + run.pruned_heuristics,
             decayed = run.decayed,
             compacted_steps = run.compacted_steps,
+            compacted_merged = run.compacted_merged,
             "consolidation run"
         );
         self.runs.fetch_add(1, Ordering::Relaxed);
@@ -596,13 +651,15 @@ impl Consolidator {
 
     /// Step 6b, the tail: the rows past those the head read (the least seen) are revived,
     /// decayed and pruned a page at a time, each page written in one upsert, so a run examines
-    /// every item in bounded memory. Merging and feedback stay with the head.
+    /// every item in bounded memory. Merging and feedback stay with the head. `observe` sees
+    /// each item as the page leaves it.
     async fn sweep_tail<T: Consolidate>(
         &self,
         ns: &Namespace,
         mut offset: u32,
         st: &mut RunState,
         restores: &[RestoreRecord],
+        observe: &mut (dyn FnMut(&T) + Send),
     ) -> Result<()> {
         loop {
             let q = LearnedQuery {
@@ -616,6 +673,7 @@ impl Consolidator {
             let mut pool = Pool::new(page);
             revive(&mut pool, st);
             prune(&mut pool, st, &self.config, self.half_life_days, restores);
+            pool.items.values().for_each(&mut *observe);
             let mut changed = LearnedItems::default();
             for item in pool.changed() {
                 changed.push(item.into_item());
@@ -771,6 +829,29 @@ mod tests {
             LearnedStatus::Merged { .. }
         ));
         assert_eq!(pool.items[&near_last.id].status, LearnedStatus::Active);
+    }
+
+    #[test]
+    fn only_old_empty_merged_rows_nothing_points_into_are_compactable() {
+        let before = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(500);
+        let merged = |tools: &str, into: &Pattern, at_min: i64, evidence: u64| {
+            let mut p = sequence(tools, 1, true, evidence);
+            p.status = LearnedStatus::Merged {
+                into: into.id.0.clone(),
+                at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(at_min),
+            };
+            p
+        };
+        let end = sequence("a b c d", 100, true, 5);
+        let middle = merged("a b c e", &end, 10, 0);
+        let first = merged("a b c f", &middle, 10, 0);
+        let holding = merged("a b c g", &end, 10, 2);
+        let recent = merged("a b c h", &end, 500, 0);
+        let mut rows = MergedRows::new(before);
+        for p in [&end, &middle, &first, &holding, &recent] {
+            rows.observe(p);
+        }
+        assert_eq!(rows.compactable(), vec![first.id]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, OutcomeK
 use crate::error::{Error, ObjectKind, Result};
 use crate::learned::{
     Effectiveness, FailureLesson, Feedback, FeedbackTarget, Heuristic, HeuristicId, Learned,
-    LearnedId, LearnedItem, LearnedKind, LessonId, Pattern, PatternId,
+    LearnedId, LearnedItem, LearnedKind, LearnedStatus, LessonId, Pattern, PatternId,
 };
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
@@ -737,6 +737,24 @@ impl MaintenanceStore for InMemoryStorage {
             out.episode_ids.push(id);
         }
         Ok(out)
+    }
+
+    async fn compact_merged_patterns(&self, ns: &Namespace, ids: &[PatternId]) -> Result<u64> {
+        let mut data = self.lock();
+        let Some(d) = data.get_mut(ns) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for id in ids {
+            let target = FeedbackTarget::Pattern(id.clone());
+            let compactable = d.patterns.get(id).is_some_and(|p| {
+                matches!(p.status, LearnedStatus::Merged { .. }) && p.occurrences == 0
+            }) && !d.feedback.iter().any(|f| f.target == target);
+            if compactable && d.patterns.remove(id).is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -732,6 +732,14 @@ pub trait MaintenanceStore: Send + Sync + Debug {
         completed_before: DateTime<Utc>,
         max_episodes: u32,
     ) -> Result<StepCompaction>;
+
+    /// Deletes those of `ids` that are patterns merged into another (status `merged`) holding
+    /// no evidence (no occurrences; their counts moved to the survivor) and no feedback
+    /// events; any other id is left as it is (a pattern that got evidence or feedback since the
+    /// caller looked keeps its row). Returns how many rows went. Atomic; idempotent.
+    /// Consolidation calls it only for rows no other merged row points into, so merge chains
+    /// stay whole.
+    async fn compact_merged_patterns(&self, ns: &Namespace, ids: &[PatternId]) -> Result<u64>;
 }
 
 /// One changed object from a backend's change feed.

@@ -33,7 +33,9 @@ use overlay::Overlay;
 use crate::clock::{SharedClock, SystemClock};
 use crate::episode::{Episode, EpisodeId, ExecutionStep};
 use crate::error::{Error, ObjectKind, Result};
-use crate::learned::{Feedback, FeedbackTarget, Heuristic, LearnedId, LearnedItem, Pattern};
+use crate::learned::{
+    Feedback, FeedbackTarget, Heuristic, LearnedId, LearnedItem, Pattern, PatternId,
+};
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
 use crate::records::StepCompaction;
@@ -1129,6 +1131,24 @@ crate::forward_storage! {
                 .await;
         }
         Ok(done)
+    }
+
+    async fn compact_merged_patterns(&self, ns: &Namespace, ids: &[PatternId]) -> Result<u64> {
+        // Durable first (never journaled), then the cached copies of every id asked about
+        // go: a row that stayed is read again from the durable layer.
+        let removed = self
+            .inner
+            .guarded(
+                "compact_merged_patterns",
+                self.inner.durable.compact_merged_patterns(ns, ids),
+            )
+            .await?;
+        for id in ids {
+            self.inner
+                .cache_invalidate(ns, &CacheKey::Pattern(id.clone()))
+                .await;
+        }
+        Ok(removed)
     }
     }
 }
