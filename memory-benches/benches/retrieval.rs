@@ -471,6 +471,9 @@ fn build_store(rt: &Runtime, n: usize) -> Store {
     assert_eq!(first.results.len(), 10);
     assert_eq!(first.method, RetrievalMethod::Hybrid);
     assert_eq!(memory.retriever().indexed(&ns), n);
+    // The load may start an index snapshot write in the background; the searches are timed
+    // after it, as in a process that has been up for a while.
+    rt.block_on(memory.retriever().finish_snapshots());
     Store { memory, dir }
 }
 
