@@ -11,7 +11,7 @@
 //!   pseudo-random unit vector: it costs nothing, so this measures the search (BM25 query, index
 //!   scan, fusion, re-ranking), not the model. The query vector is cached after the first call,
 //!   as for a repeated query.
-//! - With `MEMORY_BENCH_1M=1`, both also run at 1,000,000 episodes (`.../1000000`; the store
+//! - With `MEMORY_BENCH_1M=1`, both (the vector index search unfiltered) also run at 1,000,000 episodes (`.../1000000`; the store
 //!   takes a long time to build: keep it with `MEMORY_BENCH_DATA_DIR`). The resident set after
 //!   each build is printed.
 //! - `retrieval/cold_open_first_answer/{10000,100000}`: a restart: open the store (a new
@@ -530,12 +530,16 @@ fn bench_vector_index(c: &mut Criterion) {
     // Criterion calls a bench's closure many times: indexes are built once, on first use.
     let mut indexes: HashMap<usize, VectorIndex> = HashMap::new();
     let mut group = c.benchmark_group("retrieval/vector_index_search");
-    for (n, name, filter) in [
+    let mut cases = vec![
         (1_000, "1000", EpisodeFilter::default()),
         (10_000, "10000", EpisodeFilter::default()),
         (100_000, "100000", EpisodeFilter::default()),
         (100_000, "100000_filtered", web_api),
-    ] {
+    ];
+    if with_1m(&[]).contains(&1_000_000) {
+        cases.push((1_000_000, "1000000", EpisodeFilter::default()));
+    }
+    for (n, name, filter) in cases {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(name, |b| {
             let index = indexes.entry(n).or_insert_with(|| {

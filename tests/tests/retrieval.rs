@@ -291,11 +291,9 @@ async fn an_episode_embedded_in_progress_is_embedded_again_once_complete() {
         .await
         .unwrap();
     m.flush().await.unwrap();
-    assert_eq!(
-        m.embed_pending(&ns).await.unwrap(),
-        1,
-        "embedded in progress"
-    );
+    // Embedded in progress: by this drain, or by the background task just before it (a full
+    // test run showed that race once); `stored` checks the vector is there either way.
+    assert!(m.embed_pending(&ns).await.unwrap() <= 1);
     let partial = stored().await;
 
     m.log_step(

@@ -414,7 +414,8 @@ impl VectorIndex {
     /// integer dot products (`i16` products summed in `i32` lanes, which compile to packed
     /// multiply-adds), keeping a shortlist of [`SHORTLIST_FACTOR`] × `k`; the shortlist is then
     /// re-scored with the f32 query, so the returned cosines carry only the documents'
-    /// rounding, as [`score`](Self::score) does.
+    /// rounding, as [`score`](Self::score) does. From 65,536 episodes in the namespace the
+    /// first stage scans in parts, one thread per core (up to four); the result is the same.
     pub fn search(
         &self,
         ns: &Namespace,
@@ -434,25 +435,23 @@ impl VectorIndex {
         let Some((query, offset)) = s.centered_query(queries) else {
             return Vec::new();
         };
-        let unfiltered = *filter == EpisodeFilter::default();
         let (q_scale, q_codes) = quantize(&query);
-        let q_wide: Vec<i16> = q_codes.iter().map(|&c| i16::from(c)).collect();
-        let shortlist = k.saturating_mul(SHORTLIST_FACTOR);
-        // Keep the best in a small sorted buffer: the shortlist is tiny next to n.
-        let mut best: Vec<(f32, usize)> = Vec::with_capacity(shortlist + 1);
-        for (i, code) in s.codes.chunks_exact(dims).enumerate() {
-            let raw = s.scales[i] * q_scale * dot_i8(&q_wide, code) as f32;
-            let score = (raw - offset) * s.inv_norms[i];
-            if best.len() == shortlist && best.last().is_some_and(|(w, _)| score <= *w) {
-                continue;
-            }
-            if !unfiltered && !filter.matches_summary(&s.summaries[i]) {
-                continue;
-            }
-            let at = best.partition_point(|(b, _)| *b >= score);
-            best.insert(at, (score, i));
-            best.truncate(shortlist);
-        }
+        let scan = Scan {
+            space: &s,
+            dims,
+            q_wide: q_codes.iter().map(|&c| i16::from(c)).collect(),
+            q_scale,
+            offset,
+            filter: (*filter != EpisodeFilter::default()).then_some(filter),
+            shortlist: k.saturating_mul(SHORTLIST_FACTOR),
+        };
+        let n = s.scales.len();
+        let parts = if n >= PARALLEL_FROM {
+            std::thread::available_parallelism().map_or(1, |p| p.get().min(MAX_PARTS))
+        } else {
+            1
+        };
+        let best = scan.in_parts(n, parts);
         let mut rescored: Vec<VectorHit> = best
             .into_iter()
             .map(|(_, i)| s.hit(i, dims, &query, offset, first))
@@ -464,6 +463,82 @@ impl VectorIndex {
         });
         rescored.truncate(k);
         rescored
+    }
+}
+
+/// From this many vectors in a namespace a search scans its codes in parts, one thread each
+/// (the scan is bound by memory bandwidth and by one core's multiply-adds; a part per core
+/// roughly divides its time by the cores there are, at a thread start per part).
+const PARALLEL_FROM: usize = 65_536;
+
+/// Most parts a scan is split into.
+const MAX_PARTS: usize = 4;
+
+/// The integer first stage of a search over one namespace's codes.
+struct Scan<'a> {
+    space: &'a Space,
+    dims: usize,
+    q_wide: Vec<i16>,
+    q_scale: f32,
+    offset: f32,
+    /// `None` when nothing is filtered out.
+    filter: Option<&'a EpisodeFilter>,
+    shortlist: usize,
+}
+
+impl Scan<'_> {
+    /// The best `shortlist` of the first `n` codes, scanned in `parts` parts on as many
+    /// threads; the same as one scan: best first, ties by the lower index.
+    fn in_parts(&self, n: usize, parts: usize) -> Vec<(f32, usize)> {
+        if parts <= 1 {
+            return self.shortlist(0..n);
+        }
+        let step = n.div_ceil(parts);
+        let mut all: Vec<(f32, usize)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..n)
+                .step_by(step.max(1))
+                .map(|from| scope.spawn(move || self.shortlist(from..(from + step).min(n))))
+                .collect();
+            // A part cannot panic (it reads only inside its range); if one did, it would be
+            // left out rather than fail the search.
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        all.truncate(self.shortlist);
+        all
+    }
+
+    /// The best `shortlist` (score, index) of the codes in `range`, best first, ties by the
+    /// lower index.
+    fn shortlist(&self, range: std::ops::Range<usize>) -> Vec<(f32, usize)> {
+        let s = self.space;
+        let (dims, shortlist) = (self.dims, self.shortlist);
+        // Keep the best in a small sorted buffer: the shortlist is tiny next to n.
+        let mut best: Vec<(f32, usize)> = Vec::with_capacity(shortlist + 1);
+        let codes = s
+            .codes
+            .get(range.start * dims..range.end * dims)
+            .unwrap_or_default();
+        for (i, code) in (range.start..).zip(codes.chunks_exact(dims)) {
+            let raw = s.scales[i] * self.q_scale * dot_i8(&self.q_wide, code) as f32;
+            let score = (raw - self.offset) * s.inv_norms[i];
+            if best.len() == shortlist && best.last().is_some_and(|(w, _)| score <= *w) {
+                continue;
+            }
+            if self
+                .filter
+                .is_some_and(|f| !f.matches_summary(&s.summaries[i]))
+            {
+                continue;
+            }
+            let at = best.partition_point(|(b, _)| *b >= score);
+            best.insert(at, (score, i));
+            best.truncate(shortlist);
+        }
+        best
     }
 }
 
@@ -562,6 +637,43 @@ mod tests {
         let a: Vec<f32> = q.iter().zip(m).map(|(x, y)| x - y).collect();
         let b: Vec<f32> = v.iter().zip(m).map(|(x, y)| x - y).collect();
         crate::embedding::cosine(&a, &b)
+    }
+
+    #[test]
+    fn a_scan_in_parts_keeps_what_one_scan_keeps_ties_included() {
+        let dims = 8;
+        let index = VectorIndex::new(dims);
+        let ns = Namespace::default();
+        for i in 0..3_001u32 {
+            // Every third vector repeats an earlier one: equal scores, kept by lower index.
+            let seed = if i % 3 == 0 { i / 3 + 1 } else { i + 1 };
+            let domain = if i % 2 == 0 { "cli" } else { "web_api" };
+            index.upsert(&ns, summary(domain), &unit(seed, dims));
+        }
+        let space = index.fresh_space(&ns);
+        let s = space.read().unwrap_or_else(PoisonError::into_inner);
+        let (query, offset) = s.centered_query(&[&unit(77, dims)]).unwrap();
+        let (q_scale, q_codes) = quantize(&query);
+        let cli = EpisodeFilter {
+            domain: Some("cli".into()),
+            ..EpisodeFilter::default()
+        };
+        for filter in [None, Some(&cli)] {
+            let scan = Scan {
+                space: &s,
+                dims,
+                q_wide: q_codes.iter().map(|&c| i16::from(c)).collect(),
+                q_scale,
+                offset,
+                filter,
+                shortlist: 40,
+            };
+            let one = scan.in_parts(3_001, 1);
+            assert_eq!(one.len(), 40);
+            for parts in [2, 3, 4, 7] {
+                assert_eq!(scan.in_parts(3_001, parts), one, "{parts} parts");
+            }
+        }
     }
 
     #[test]
