@@ -126,7 +126,10 @@ impl Heuristic {
     /// assert!(!Heuristic::from_observation(&obs).is_general());
     /// ```
     pub fn is_general(&self) -> bool {
-        general_identity(&self.condition, &self.action, &self.context).1 == self.id
+        // A general rule leaves domain or language open: a rule with both set is observed,
+        // and needs no digest to tell.
+        let open = self.context.domain.is_none() || self.context.language.is_none();
+        open && general_identity(&self.condition, &self.action, &self.context).1 == self.id
     }
 
     /// A heuristic seen once.
