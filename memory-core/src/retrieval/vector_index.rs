@@ -435,16 +435,8 @@ impl VectorIndex {
         let Some((query, offset)) = s.centered_query(queries) else {
             return Vec::new();
         };
-        let (q_scale, q_codes) = quantize(&query);
-        let scan = Scan {
-            space: &s,
-            dims,
-            q_wide: q_codes.iter().map(|&c| i16::from(c)).collect(),
-            q_scale,
-            offset,
-            filter: (*filter != EpisodeFilter::default()).then_some(filter),
-            shortlist: k.saturating_mul(SHORTLIST_FACTOR),
-        };
+        let shortlist = k.saturating_mul(SHORTLIST_FACTOR);
+        let scan = Scan::new(&s, dims, (&query, offset), filter, shortlist);
         let n = s.scales.len();
         let parts = if n >= PARALLEL_FROM {
             std::thread::available_parallelism().map_or(1, |p| p.get().min(MAX_PARTS))
@@ -486,7 +478,27 @@ struct Scan<'a> {
     shortlist: usize,
 }
 
-impl Scan<'_> {
+impl<'a> Scan<'a> {
+    /// The first stage for the centered `query` (and its offset) over `space`'s codes.
+    fn new(
+        space: &'a Space,
+        dims: usize,
+        (query, offset): (&[f32], f32),
+        filter: &'a EpisodeFilter,
+        shortlist: usize,
+    ) -> Self {
+        let (q_scale, q_codes) = quantize(query);
+        Scan {
+            space,
+            dims,
+            q_wide: q_codes.iter().map(|&c| i16::from(c)).collect(),
+            q_scale,
+            offset,
+            filter: (*filter != EpisodeFilter::default()).then_some(filter),
+            shortlist,
+        }
+    }
+
     /// The best `shortlist` of the first `n` codes, scanned in `parts` parts on as many
     /// threads; the same as one scan: best first, ties by the lower index.
     fn in_parts(&self, n: usize, parts: usize) -> Vec<(f32, usize)> {
@@ -653,21 +665,12 @@ mod tests {
         let space = index.fresh_space(&ns);
         let s = space.read().unwrap_or_else(PoisonError::into_inner);
         let (query, offset) = s.centered_query(&[&unit(77, dims)]).unwrap();
-        let (q_scale, q_codes) = quantize(&query);
         let cli = EpisodeFilter {
             domain: Some("cli".into()),
             ..EpisodeFilter::default()
         };
-        for filter in [None, Some(&cli)] {
-            let scan = Scan {
-                space: &s,
-                dims,
-                q_wide: q_codes.iter().map(|&c| i16::from(c)).collect(),
-                q_scale,
-                offset,
-                filter,
-                shortlist: 40,
-            };
+        for filter in [EpisodeFilter::default(), cli] {
+            let scan = Scan::new(&s, dims, (&query, offset), &filter, 40);
             let one = scan.in_parts(3_001, 1);
             assert_eq!(one.len(), 40);
             for parts in [2, 3, 4, 7] {
