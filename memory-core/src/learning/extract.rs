@@ -132,6 +132,20 @@ fn sum_latency(steps: &[ExecutionStep]) -> u64 {
     steps.iter().map(|s| s.input.latency_ms).sum()
 }
 
+/// Tools an opening rule names, at most.
+const OPENING_RULE_TOOLS: usize = 6;
+
+/// The action of the opening rule for a tool sequence: "follow a → b → c", its first
+/// [`OPENING_RULE_TOOLS`] tools.
+pub(crate) fn follow_action(tools: &[String]) -> String {
+    let named: Vec<&str> = tools
+        .iter()
+        .take(OPENING_RULE_TOOLS)
+        .map(String::as_str)
+        .collect();
+    format!("follow {}", named.join(" → "))
+}
+
 /// Extracts what one completed episode teaches.
 #[tracing::instrument(level = "debug", skip_all)]
 pub fn extract_learning(
@@ -190,10 +204,9 @@ pub fn extract_learning(
             },
             &task_ctx,
         );
-        let approach: Vec<String> = ok_tools.iter().take(6).cloned().collect();
         let h = HeuristicObservation::new(
             format!("starting a {} task", episode.task_type),
-            format!("follow {}", approach.join(" → ")),
+            follow_action(&ok_tools),
             task_ctx.clone(),
             id,
             success,

@@ -3,6 +3,7 @@
 //! what is known (which backends run inside their transaction).
 
 mod extract;
+pub(crate) use extract::follow_action;
 mod reflect;
 mod reward;
 mod update;

@@ -25,6 +25,7 @@ use crate::error::Result;
 use crate::learned::{
     ContextKey, FailureLesson, Heuristic, Learned, Pattern, PatternId, PatternKind,
 };
+use crate::learning::follow_action;
 use crate::namespace::Namespace;
 pub use crate::records::{Estimate, EstimateCorrection};
 use crate::statistics::median;
@@ -460,7 +461,7 @@ fn general_plan(heuristics: &[Advice<Heuristic>]) -> Option<(Vec<String>, &Heuri
         .map(str::to_owned)
         .collect();
     // Only a plan the action states exactly (a tool name holding the separator would not be).
-    (format!("follow {}", tools.join(" → ")) == h.action).then_some((tools, h))
+    (follow_action(&tools) == h.action).then_some((tools, h))
 }
 
 /// The playbook: the tools of the best tool-sequence pattern that mostly succeeds (or, where
@@ -493,15 +494,7 @@ pub(crate) fn playbook(
                 pattern.occurrences
             );
             // The active opening rule that says to follow this very plan, if one does.
-            let follow = format!(
-                "follow {}",
-                tools
-                    .iter()
-                    .take(6)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(" → ")
-            );
+            let follow = follow_action(&tools);
             let rule = best_rule(heuristics, |h| {
                 h.condition.starts_with("starting a ") && h.action == follow
             });
