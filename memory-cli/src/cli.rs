@@ -218,6 +218,18 @@ pub struct EvalRetrievalArgs {
     /// Evaluate both modes (with context and description only)
     #[arg(long, conflicts_with = "description_only")]
     pub both: bool,
+    /// Choose the retrieval weights and abstention thresholds by k-fold cross-validation on
+    /// the dataset (a grid of settings, hybrid, both modes); prints the out-of-fold scores and
+    /// the choice. Needs the embedding model
+    #[arg(long, conflicts_with_all = ["description_only", "both"])]
+    pub cross_validate: bool,
+    /// Folds of the cross-validation
+    #[arg(long, default_value_t = 5, requires = "cross_validate")]
+    pub folds: usize,
+    /// After cross-validating, score the given and the chosen weights on this dataset (one
+    /// never tuned on), without searching anything on it
+    #[arg(long, value_name = "DIR", requires = "cross_validate")]
+    pub report_on: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

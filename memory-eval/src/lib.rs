@@ -3,10 +3,13 @@
 //! - [`learning`]: a simulated task world and an agent that works through a stream of tasks
 //!   with and without the memory (four arms), reported per window of tasks;
 //! - [`retrieval`]: retrieval quality (recall@k, MRR, nDCG@10, abstention) on a labeled
-//!   dataset read from JSON lines.
+//!   dataset read from JSON lines;
+//! - [`cross_validation`]: the retrieval weights and abstention thresholds chosen by k-fold
+//!   cross-validation on a tuning set, and scored on a set they were not chosen on.
 //!
 //! `memory eval learning` and `memory eval retrieval` run them and write the reports.
 
+pub mod cross_validation;
 pub mod learning;
 pub mod retrieval;
 

@@ -16,7 +16,7 @@ use memory_core::Namespace;
 use memory_core::SelfLearningMemory;
 use memory_core::{EpisodeId, NewEpisode, Outcome, StepInput, TaskContext, TaskType};
 use memory_core::{Error, Result};
-use memory_core::{RetrievalMethod, RetrievalQuery};
+use memory_core::{RetrievalMethod, RetrievalQuery, RetrievedEpisode};
 
 use crate::ratio;
 
@@ -94,6 +94,21 @@ pub struct EvalQuery {
     pub task_type: TaskType,
     /// Relevant episode ids with their grade (1..3); empty when nothing is relevant.
     pub relevant: BTreeMap<String, u32>,
+}
+
+impl EvalQuery {
+    /// The top-10 query this evaluation runs for `self` in `mode` with `method`.
+    pub fn query(&self, mode: QueryMode, method: RetrievalMethod) -> RetrievalQuery {
+        let query = RetrievalQuery::new(self.task_description.clone())
+            .with_limit(10)
+            .with_method(method);
+        match mode {
+            QueryMode::WithContext => {
+                query.with_context(Some(self.task_type), self.context.clone())
+            }
+            QueryMode::DescriptionOnly => query,
+        }
+    }
 }
 
 /// A loaded dataset.
@@ -366,29 +381,14 @@ impl<'a> RetrievalEval<'a> {
         let mut calibrated = false;
         let mut per_query = Vec::with_capacity(ds.queries.len());
         for q in &ds.queries {
-            let mut query = RetrievalQuery::new(q.task_description.clone())
-                .with_limit(10)
-                .with_method(method);
-            if mode == QueryMode::WithContext {
-                query = query.with_context(Some(q.task_type), q.context.clone());
-            }
+            let query = q.query(mode, method);
             // Untimed first run: the timed one then measures ranking with the query vector
             // cached (embedding a query is measured by the embed benches).
             self.memory.retrieve(&self.ns, &query).await?;
             let t = Instant::now();
             let got = self.memory.retrieve(&self.ns, &query).await?;
             latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-            let ranked: Vec<u32> = got
-                .results
-                .iter()
-                .map(|r| {
-                    by_episode
-                        .get(&r.episode.id)
-                        .and_then(|d| q.relevant.get(*d))
-                        .copied()
-                        .unwrap_or(0)
-                })
-                .collect();
+            let ranked = grades(&got.results, &by_episode, q);
             calibrated |= got.confidence.is_some();
             let flagged = !got.strong_match;
             let best_cosine = got
@@ -420,10 +420,8 @@ impl<'a> RetrievalEval<'a> {
             abstention.answerable_queries += 1;
             abstention.answerable_flagged += usize::from(flagged);
             answerable += 1;
-            let relevant = q.relevant.values().filter(|g| **g >= 1).count();
-            for (slot, k) in [1usize, 5, 10].iter().enumerate() {
-                let found = ranked.iter().take(*k).filter(|g| **g >= 1).count();
-                totals[slot] += ratio(found, relevant);
+            for (slot, k) in [1usize, 5, 10].into_iter().enumerate() {
+                totals[slot] += recall_at(&ranked, k, q);
             }
             totals[3] += first_relevant.map_or(0.0, |r| 1.0 / r as f64);
             totals[4] += ndcg;
@@ -441,6 +439,31 @@ impl<'a> RetrievalEval<'a> {
             per_query,
         })
     }
+}
+
+/// The grades of `results` for query `q`, in ranked order (0 for an unlisted episode).
+pub(crate) fn grades(
+    results: &[RetrievedEpisode],
+    by_episode: &HashMap<EpisodeId, &str>,
+    q: &EvalQuery,
+) -> Vec<u32> {
+    results
+        .iter()
+        .map(|r| {
+            by_episode
+                .get(&r.episode.id)
+                .and_then(|d| q.relevant.get(*d))
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Share of `q`'s relevant episodes (grade >= 1) among the first `k` of `ranked`.
+pub(crate) fn recall_at(ranked: &[u32], k: usize, q: &EvalQuery) -> f64 {
+    let relevant = q.relevant.values().filter(|g| **g >= 1).count();
+    let found = ranked.iter().take(k).filter(|g| **g >= 1).count();
+    ratio(found, relevant)
 }
 
 /// nDCG@10 of the grades in ranked order against the ideal order of `all` grades.

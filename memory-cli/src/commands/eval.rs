@@ -1,14 +1,22 @@
 //! `memory eval retrieval`: retrieval quality on a labeled dataset, in a fresh in-memory
 //! libsql store (the data directory is not touched).
 //!
+//! `memory eval retrieval --cross-validate`: the retrieval weights and thresholds chosen by
+//! k-fold cross-validation on the dataset (`memory_eval::cross_validation`), optionally
+//! scored on a second dataset (`--report-on`).
+//!
 //! `memory eval learning`: the learning evaluation (`memory_eval::learning`), each arm on
 //! a fresh in-memory libsql store; writes `learning.json` and the `learning.svg` chart.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use memory_core::Storage;
 use memory_core::{
     Embedder, MemoryConfig, Namespace, RateLimitConfig, SelfLearningMemory, SystemClock,
+};
+use memory_eval::cross_validation::{
+    CrossValidation, ModeScores, SetScores, WeightGrid, Weights, hybrid_scores,
 };
 use memory_eval::retrieval::{EvalDataset, QueryMode, RetrievalEval, format_report};
 use memory_storage_turso::TursoStorage;
@@ -40,6 +48,9 @@ async fn embedder_or_warn(s: &Settings, instead: &str) -> Option<Arc<dyn Embedde
 async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
     let dataset = EvalDataset::load(&a.dataset)
         .with_context(|| format!("cannot load the dataset in {}", a.dataset.display()))?;
+    if a.cross_validate {
+        return cross_validate(&a, &dataset, s).await;
+    }
     let embedder = embedder_or_warn(s, "evaluating lexical retrieval only").await;
     let storage = Arc::new(TursoStorage::open_local(":memory:").await?);
     let config = MemoryConfig {
@@ -70,6 +81,190 @@ async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
     }
     print!("{}", display_safe::text(&format_report(&report)));
     Ok(())
+}
+
+/// What `--cross-validate --json` prints.
+#[derive(Debug, serde::Serialize)]
+struct CrossValidationReport {
+    dataset: String,
+    cross_validation: CrossValidation,
+    held_out: Option<HeldOut>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct HeldOut {
+    dataset: String,
+    given: SetScores,
+    chosen: SetScores,
+}
+
+/// A fresh in-memory libsql store.
+async fn open_memory_store() -> memory_core::Result<Arc<dyn Storage>> {
+    Ok(Arc::new(TursoStorage::open_local(":memory:").await?))
+}
+
+async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settings) -> Result<()> {
+    let held_out = match &a.report_on {
+        Some(dir) => Some(
+            EvalDataset::load(dir)
+                .with_context(|| format!("cannot load the dataset in {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let embedder = load_embedder(&s.data_dir)
+        .await
+        .map_err(|why| anyhow::anyhow!("{}", display_safe::line(&why)))
+        .context("cross-validation ranks with the embedding model")?;
+    let config = MemoryConfig {
+        rate_limit: RateLimitConfig::disabled(),
+        ..s.memory.clone()
+    };
+    let grid = WeightGrid::default();
+    let bar = indicatif::ProgressBar::new(0);
+    if s.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "cross-validating [{bar:40}] {pos}/{len} settings ({elapsed}, eta {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    let progress = bar.clone();
+    let cv = memory_eval::cross_validation::cross_validate(
+        dataset,
+        &config,
+        Arc::clone(&embedder),
+        &grid,
+        a.folds,
+        open_memory_store,
+        &mut move |done, total| {
+            progress.set_length(total as u64);
+            progress.set_position(done as u64);
+        },
+    )
+    .await?;
+    bar.finish_and_clear();
+    let held_out = match (held_out, &a.report_on) {
+        (Some(ds), Some(dir)) => {
+            let score = |weights: Weights| {
+                let mut c = config.clone();
+                c.retrieval = weights.apply(&c.retrieval);
+                let (ds, embedder) = (&ds, Arc::clone(&embedder));
+                async move { hybrid_scores(ds, c, embedder, open_memory_store().await?).await }
+            };
+            Some(HeldOut {
+                dataset: dir.display().to_string(),
+                given: score(cv.given).await?,
+                chosen: score(cv.chosen).await?,
+            })
+        }
+        _ => None,
+    };
+    let report = CrossValidationReport {
+        dataset: a.dataset.display().to_string(),
+        cross_validation: cv,
+        held_out,
+    };
+    if s.json {
+        return output::json(&report);
+    }
+    print!("{}", display_safe::text(&format_cross_validation(&report)));
+    Ok(())
+}
+
+fn format_cross_validation(r: &CrossValidationReport) -> String {
+    use std::fmt::Write as _;
+    let cv = &r.cross_validation;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cross-validation on {}: {} queries, {} folds, {} settings (hybrid, top 10)\n",
+        r.dataset, cv.queries, cv.folds, cv.settings_tried
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:>7} {:>6} {:>9} {:>9}   {:>7} {:>6} {:>9} {:>9}",
+        "", "nDCG@10", "R@5", "no-answer", "false", "nDCG@10", "R@5", "no-answer", "false"
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:^36}   {:^36}",
+        "", "with context", "description only"
+    );
+    let row = |out: &mut String, label: &str, s: &SetScores| {
+        let mode = |m: &ModeScores| {
+            format!(
+                "{:>7.3} {:>6.3} {:>9} {:>9}",
+                m.ndcg_at_10,
+                m.recall_at_5,
+                format!(
+                    "{}/{}",
+                    m.abstention.no_answer_flagged, m.abstention.no_answer_queries
+                ),
+                format!(
+                    "{}/{}",
+                    m.abstention.answerable_flagged, m.abstention.answerable_queries
+                )
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{label:<34} {}   {}",
+            mode(&s.with_context),
+            mode(&s.description_only)
+        );
+    };
+    row(&mut out, "given weights, in sample", &cv.given_scores);
+    row(&mut out, "chosen per fold, out of fold", &cv.out_of_fold);
+    row(
+        &mut out,
+        "grid's best, in sample",
+        &cv.best_in_sample_scores,
+    );
+    row(&mut out, "chosen on all, in sample", &cv.chosen_scores);
+    if let Some(h) = &r.held_out {
+        let _ = writeln!(out, "\nheld out ({}), scored only:", h.dataset);
+        row(&mut out, "given weights", &h.given);
+        row(&mut out, "chosen weights", &h.chosen);
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>5} {:>8} {:>6} {:>8} {:>11} {:>10} {:>15}",
+        "weights",
+        "work",
+        "outcome",
+        "dense",
+        "context",
+        "dense bare",
+        "threshold",
+        "threshold bare"
+    );
+    let weights = |out: &mut String, label: &str, w: &Weights| {
+        let _ = writeln!(
+            out,
+            "{label:<16} {:>5.2} {:>8.2} {:>6.2} {:>8.2} {:>11.2} {:>10.3} {:>15.3}",
+            w.work_weight,
+            w.outcome_weight,
+            w.dense_weight,
+            w.context_weight,
+            w.dense_weight_bare,
+            w.strong_match_cosine,
+            w.strong_match_cosine_bare
+        );
+    };
+    weights(&mut out, "given", &cv.given);
+    for (i, w) in cv.fold_choices.iter().enumerate() {
+        weights(&mut out, &format!("fold {}", i + 1), w);
+    }
+    weights(&mut out, "grid's best", &cv.best_in_sample);
+    weights(&mut out, "chosen", &cv.chosen);
+    let _ = writeln!(
+        out,
+        "\nchosen: the grid's best when it beats the given weights by more than one standard \
+         error of the per-query difference, else the given weights; thresholds fitted either way"
+    );
+    out
 }
 
 async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {

@@ -311,6 +311,7 @@ impl Retriever {
                 results: Vec::new(),
                 method,
                 confidence: None,
+                support: None,
                 strong_match: false,
                 degraded,
             });
@@ -390,6 +391,7 @@ impl Retriever {
             results,
             method,
             confidence,
+            support: best_similarity.map(f64::from),
             degraded,
         })
     }
