@@ -212,6 +212,10 @@ pub struct EvalRetrievalArgs {
     /// Directory holding episodes.jsonl and queries.jsonl
     #[arg(long, value_name = "DIR")]
     pub dataset: PathBuf,
+    /// Add the queries of this file (queries.jsonl format, labels naming the dataset's
+    /// episodes) to the dataset's; may be repeated
+    #[arg(long, value_name = "FILE")]
+    pub extra_queries: Vec<PathBuf>,
     /// Withhold the queries' context and task type: only the task text speaks
     #[arg(long)]
     pub description_only: bool,

@@ -139,8 +139,29 @@ impl EvalDataset {
     pub fn load(dir: &Path) -> Result<Self> {
         let episodes: Vec<EvalEpisode> = read_jsonl(&dir.join("episodes.jsonl"))?;
         let queries: Vec<EvalQuery> = read_jsonl(&dir.join("queries.jsonl"))?;
+        let ds = EvalDataset {
+            episodes,
+            queries: Vec::new(),
+        };
+        ds.with_queries(queries)
+    }
+
+    /// Adds the queries of a `queries.jsonl` file (for example a set of extra no-answer
+    /// queries written for this corpus).
+    ///
+    /// # Errors
+    /// An unreadable or malformed file, a query id already present, or a label naming an
+    /// episode the dataset does not have.
+    pub fn with_queries_from(self, path: &Path) -> Result<Self> {
+        let queries: Vec<EvalQuery> = read_jsonl(path)?;
+        self.with_queries(queries)
+    }
+
+    fn with_queries(mut self, queries: Vec<EvalQuery>) -> Result<Self> {
         let known: std::collections::HashSet<&str> =
-            episodes.iter().map(|e| e.id.as_str()).collect();
+            self.episodes.iter().map(|e| e.id.as_str()).collect();
+        let mut ids: std::collections::HashSet<String> =
+            self.queries.iter().map(|q| q.id.clone()).collect();
         for q in &queries {
             if let Some(missing) = q.relevant.keys().find(|id| !known.contains(id.as_str())) {
                 return Err(Error::invalid(
@@ -148,8 +169,15 @@ impl EvalDataset {
                     format!("query {} labels unknown episode {missing}", q.id),
                 ));
             }
+            if !ids.insert(q.id.clone()) {
+                return Err(Error::invalid(
+                    "dataset",
+                    format!("query id {} appears twice", q.id),
+                ));
+            }
         }
-        Ok(EvalDataset { episodes, queries })
+        self.queries.extend(queries);
+        Ok(self)
     }
 }
 
@@ -233,6 +261,9 @@ pub struct QueryOutcome {
     /// The retrieval's calibrated confidence, when it had one.
     #[serde(default)]
     pub confidence: Option<f64>,
+    /// What the confidence is calibrated on ([`memory_core::Retrieval::support`]).
+    #[serde(default)]
+    pub support: Option<f64>,
     /// Flagged as "no strong match".
     pub flagged: bool,
     /// 1-based rank of the first relevant result in the top 10.
@@ -403,6 +434,7 @@ impl<'a> RetrievalEval<'a> {
                 answerable: !q.relevant.is_empty(),
                 best_cosine,
                 confidence: got.confidence,
+                support: got.support,
                 flagged,
                 first_relevant,
                 ndcg_at_10: ndcg,
@@ -566,6 +598,40 @@ mod tests {
         assert!(swapped < 1.0 && swapped > 0.5);
         assert!(ndcg_at_10(&[0, 0], grades.into_iter()).abs() < 1e-12);
         assert!(ndcg_at_10(&[], std::iter::empty()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn extra_queries_are_added_and_checked_against_the_corpus() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("memory-eval-extra-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::invalid("test", e.to_string()))?;
+        let write = |name: &str, text: &str| -> Result<std::path::PathBuf> {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| Error::invalid("test", e.to_string()))?;
+            Ok(path)
+        };
+        write(
+            "episodes.jsonl",
+            r#"{"id": "e1", "task_description": "fix the build", "task_type": "debugging", "context": {"domain": "cli"}, "steps": [], "outcome": {"type": "success", "verdict": "ok"}}"#,
+        )?;
+        let query = |id: &str, relevant: &str| {
+            format!(
+                r#"{{"id": "{id}", "task_description": "t", "context": {{"domain": "cli"}}, "task_type": "debugging", "relevant": {{{relevant}}}}}"#
+            )
+        };
+        write("queries.jsonl", &query("q1", r#""e1": 3"#))?;
+        let extra = write("extra.jsonl", &query("na1", ""))?;
+        let twice = write("twice.jsonl", &query("q1", ""))?;
+        let unknown = write("unknown.jsonl", &query("na2", r#""e9": 1"#))?;
+
+        let ds = EvalDataset::load(&dir)?.with_queries_from(&extra)?;
+        assert_eq!(ds.queries.len(), 2);
+        assert!(ds.queries[1].relevant.is_empty());
+        let err = EvalDataset::load(&dir)?.with_queries_from(&twice).unwrap_err();
+        assert!(err.to_string().contains("q1 appears twice"), "{err}");
+        let err = EvalDataset::load(&dir)?.with_queries_from(&unknown).unwrap_err();
+        assert!(err.to_string().contains("unknown episode e9"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 
     #[test]

@@ -46,8 +46,13 @@ async fn embedder_or_warn(s: &Settings, instead: &str) -> Option<Arc<dyn Embedde
 }
 
 async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
-    let dataset = EvalDataset::load(&a.dataset)
+    let mut dataset = EvalDataset::load(&a.dataset)
         .with_context(|| format!("cannot load the dataset in {}", a.dataset.display()))?;
+    for file in &a.extra_queries {
+        dataset = dataset
+            .with_queries_from(file)
+            .with_context(|| format!("cannot add the queries of {}", file.display()))?;
+    }
     if a.cross_validate {
         return cross_validate(&a, &dataset, s).await;
     }

@@ -41,12 +41,12 @@ impl std::fmt::Display for RetrievalMethod {
 /// 50 candidates from each source; dense weight 0.8 (1.0 for bare task text); context words
 /// in the lexical query and the embedded text; the work text at weight 0.5 in the episode
 /// vector; context weight 0.8; outcome weight 0.05; recency weight 0.05 with a 90-day
-/// half-life; strong-match cosine (mean of the three best) 0.368 with context and 0.339
+/// half-life; strong-match cosine (mean of the three best) 0.425 with context and 0.36
 /// without; embedding batches of 32; 1,024 cached query vectors; the in-process lexical index
 /// from 2,000 episodes. The weights and thresholds are the choice of 5-fold cross-validation
-/// on the retrieval eval (`memory eval retrieval --cross-validate`, see README): no setting
-/// of its grid beat these weights by more than a standard error, and the thresholds are the
-/// ones fitted on every query.
+/// on the retrieval eval with its 30 extra no-answer queries (`memory eval retrieval
+/// --cross-validate`, see README): no setting of its grid beat these weights by more than a
+/// standard error, and the thresholds are the ones fitted on every query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrievalConfig {
@@ -125,8 +125,8 @@ impl Default for RetrievalConfig {
             outcome_weight: 0.05,
             recency_weight: 0.05,
             recency_half_life_days: 90.0,
-            strong_match_cosine: 0.368,
-            strong_match_cosine_bare: 0.339,
+            strong_match_cosine: 0.425,
+            strong_match_cosine_bare: 0.36,
             embed_batch: 32,
             query_cache_entries: 1024,
             in_process_lexical_from: 2_000,
