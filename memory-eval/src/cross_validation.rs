@@ -795,6 +795,182 @@ pub async fn hybrid_scores(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memory_core::InMemoryStorage;
+
+    /// Words hashed into 64 dimensions: texts that share words are close.
+    #[derive(Debug)]
+    struct Words;
+
+    #[async_trait]
+    impl Embedder for Words {
+        fn model_id(&self) -> &'static str {
+            "test-words"
+        }
+        fn dimensions(&self) -> usize {
+            64
+        }
+        async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let mut v = vec![0.0f32; 64];
+                    for w in t.to_lowercase().split(|c: char| !c.is_alphanumeric()) {
+                        if !w.is_empty() {
+                            let h = w.bytes().fold(2_166_136_261u32, |h, b| {
+                                (h ^ u32::from(b)).wrapping_mul(16_777_619)
+                            });
+                            v[(h % 64) as usize] += 1.0;
+                        }
+                    }
+                    memory_core::l2_normalize(&mut v);
+                    v
+                })
+                .collect())
+        }
+    }
+
+    fn dataset() -> EvalDataset {
+        let episode = |id: &str, task: &str, domain: &str| {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "task_description": task, "task_type": "debugging",
+                "context": {"domain": domain},
+                "steps": [{"tool": "shell", "action": task, "result": {"status": "success", "output": "ok"}}],
+                "outcome": {"type": "success", "verdict": "fixed"}
+            }))
+        };
+        let query = |id: &str, task: &str, domain: &str, relevant: serde_json::Value| {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "task_description": task, "task_type": "debugging",
+                "context": {"domain": domain}, "relevant": relevant
+            }))
+        };
+        let episodes: std::result::Result<Vec<_>, _> = [
+            ("e1", "postgres deadlock between two workers", "databases"),
+            (
+                "e2",
+                "deadlock when workers update the same rows",
+                "databases",
+            ),
+            ("e3", "flaky test fails near midnight", "testing"),
+            (
+                "e4",
+                "test depends on the wall clock and fails at night",
+                "testing",
+            ),
+            ("e5", "docker build killed for memory", "devops"),
+            ("e6", "container build runs out of memory", "devops"),
+        ]
+        .into_iter()
+        .map(|(id, t, d)| episode(id, t, d))
+        .collect();
+        let queries: std::result::Result<Vec<_>, _> = [
+            query(
+                "q1",
+                "two workers deadlock on rows",
+                "databases",
+                serde_json::json!({"e1": 3, "e2": 2}),
+            ),
+            query(
+                "q2",
+                "test fails at midnight",
+                "testing",
+                serde_json::json!({"e3": 3, "e4": 2}),
+            ),
+            query(
+                "q3",
+                "build killed for memory",
+                "devops",
+                serde_json::json!({"e5": 3, "e6": 2}),
+            ),
+            query(
+                "q4",
+                "deadlock in postgres workers",
+                "databases",
+                serde_json::json!({"e2": 3, "e1": 3}),
+            ),
+            query(
+                "q5",
+                "render invoices as pdf",
+                "other",
+                serde_json::json!({}),
+            ),
+            query(
+                "q6",
+                "translate the settings page",
+                "frontend",
+                serde_json::json!({}),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let (Ok(episodes), Ok(queries)) = (episodes, queries) else {
+            panic!("the test dataset does not parse");
+        };
+        EvalDataset { episodes, queries }
+    }
+
+    #[tokio::test]
+    async fn every_query_is_scored_once_out_of_fold_with_a_choice_made_without_it() -> Result<()> {
+        let ds = dataset();
+        let base = MemoryConfig {
+            rate_limit: memory_core::RateLimitConfig::disabled(),
+            ..MemoryConfig::default()
+        };
+        // The given dense weight (0.8) is missing from the grid: it is added, so 3 settings
+        // per work and outcome weight (two dense weights with context, one without).
+        let grid = WeightGrid {
+            work_weight: vec![base.retrieval.work_weight],
+            outcome_weight: vec![base.retrieval.outcome_weight],
+            dense_weight: vec![1.0],
+            context_weight: vec![base.retrieval.context_weight],
+            dense_weight_bare: vec![base.retrieval.dense_weight_bare],
+        };
+        let mut last = (0, 0);
+        let cv = cross_validate(
+            &ds,
+            &base,
+            Arc::new(Words),
+            &grid,
+            2,
+            || async { Ok(Arc::new(InMemoryStorage::new()) as Arc<dyn Storage>) },
+            &mut |done, total| last = (done, total),
+        )
+        .await?;
+        assert_eq!(cv.settings_tried, 3);
+        assert_eq!(last, (3, 3));
+        assert_eq!(cv.fold_choices.len(), 2);
+        for scores in [&cv.out_of_fold, &cv.given_scores, &cv.chosen_scores] {
+            for mode in [&scores.with_context, &scores.description_only] {
+                assert_eq!(mode.abstention.answerable_queries, 4);
+                assert_eq!(mode.abstention.no_answer_queries, 2);
+                assert!((0.0..=1.0).contains(&mode.ndcg_at_10));
+            }
+        }
+        // The word-sharing embedder finds every intent: the given weights rank perfectly, so
+        // nothing beats them and they are kept; only the thresholds are fitted.
+        assert!(cv.given_scores.with_context.ndcg_at_10 > 0.9);
+        assert_eq!(
+            Weights {
+                strong_match_cosine: cv.given.strong_match_cosine,
+                strong_match_cosine_bare: cv.given.strong_match_cosine_bare,
+                ..cv.chosen
+            },
+            cv.given
+        );
+        // A bad fold count is refused before any work.
+        let refused = cross_validate(
+            &ds,
+            &base,
+            Arc::new(Words),
+            &grid,
+            7,
+            || async { Ok(Arc::new(InMemoryStorage::new()) as Arc<dyn Storage>) },
+            &mut |_, _| {},
+        )
+        .await;
+        assert!(refused.is_err());
+        Ok(())
+    }
 
     #[test]
     fn folds_spread_no_answer_queries() {

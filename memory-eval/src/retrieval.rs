@@ -626,9 +626,13 @@ mod tests {
         let ds = EvalDataset::load(&dir)?.with_queries_from(&extra)?;
         assert_eq!(ds.queries.len(), 2);
         assert!(ds.queries[1].relevant.is_empty());
-        let err = EvalDataset::load(&dir)?.with_queries_from(&twice).unwrap_err();
+        let err = EvalDataset::load(&dir)?
+            .with_queries_from(&twice)
+            .unwrap_err();
         assert!(err.to_string().contains("q1 appears twice"), "{err}");
-        let err = EvalDataset::load(&dir)?.with_queries_from(&unknown).unwrap_err();
+        let err = EvalDataset::load(&dir)?
+            .with_queries_from(&unknown)
+            .unwrap_err();
         assert!(err.to_string().contains("unknown episode e9"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
