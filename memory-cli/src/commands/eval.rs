@@ -125,16 +125,7 @@ async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settin
         ..s.memory.clone()
     };
     let grid = WeightGrid::default();
-    let bar = indicatif::ProgressBar::new(0);
-    if s.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "cross-validating [{bar:40}] {pos}/{len} settings ({elapsed}, eta {eta})",
-        )?
-        .progress_chars("=> "),
-    );
+    let bar = crate::progress::bar(0, "cross-validating: settings", s);
     let progress = bar.clone();
     let cv = memory_eval::cross_validation::cross_validate(
         dataset,
