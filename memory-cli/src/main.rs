@@ -10,6 +10,13 @@ mod progress;
 mod settings;
 mod signals;
 
+/// mimalloc rather than glibc's allocator: a long-running `memory mcp` runs consolidation
+/// every so often, and glibc's per-thread arenas kept what each run freed (a 30k-episode
+/// ingest with a run every 5k peaked at 284 MiB and kept growing, against 222 MiB, flat, with
+/// mimalloc; it was also 16% faster).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use anyhow::Result;

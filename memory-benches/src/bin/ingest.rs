@@ -12,6 +12,10 @@
 //! tags and task texts; a mix of successful, failing and recovered steps; outcomes that follow
 //! from the steps. No embedding model is loaded (the write path does not use it).
 
+/// The allocator the `memory` binary uses, so the run's RSS is the CLI's and the MCP server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
