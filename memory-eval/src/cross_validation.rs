@@ -769,11 +769,10 @@ pub async fn hybrid_scores(
 ) -> Result<SetScores> {
     let memory =
         SelfLearningMemory::with_embedder(storage, config, Arc::new(SystemClock), Some(embedder))?;
-    let eval = RetrievalEval::new(&memory, Namespace::new("eval/held-out")?);
+    let ns = Namespace::new("eval/held-out")?;
+    let eval = RetrievalEval::new(&memory, ns.clone());
     let ids = eval.import(ds).await?;
-    memory
-        .embed_pending(&Namespace::new("eval/held-out")?)
-        .await?;
+    memory.embed_pending(&ns).await?;
     let mut modes = Vec::with_capacity(2);
     for mode in [QueryMode::WithContext, QueryMode::DescriptionOnly] {
         let s = eval.score(ds, &ids, mode, RetrievalMethod::Hybrid).await?;
