@@ -40,6 +40,10 @@ struct SyncState {
     writing: bool,
     /// The index was loaded from a snapshot.
     restored: bool,
+    /// `applied` when a snapshot write last failed: the next try waits for as many changes
+    /// as a due snapshot does (a write that failed, say for its size, failed again at every
+    /// search and kept a core busy rebuilding the image).
+    failed_at: Option<usize>,
 }
 
 type SyncMap = Arc<Mutex<HashMap<Namespace, SyncState>>>;
@@ -359,7 +363,12 @@ impl Indexes {
                 return;
             };
             let since = state.snapshot_at.map(|at| state.applied.saturating_sub(at));
-            if state.diverged || state.writing || !snapshot_due(n, since) {
+            let since_failure = state.failed_at.map(|at| state.applied.saturating_sub(at));
+            if state.diverged
+                || state.writing
+                || !snapshot_due(n, since)
+                || !snapshot_due(n, since_failure)
+            {
                 return;
             }
             state.writing = true;
@@ -383,8 +392,14 @@ impl Indexes {
             if let Some(state) = sync.get_mut(&ns) {
                 state.writing = false;
                 match written {
-                    Ok(applied_at_image) => state.snapshot_at = Some(applied_at_image),
-                    Err(e) => warn!(namespace = %ns, error = %e, "index snapshot not written"),
+                    Ok(applied_at_image) => {
+                        state.snapshot_at = Some(applied_at_image);
+                        state.failed_at = None;
+                    }
+                    Err(e) => {
+                        state.failed_at = Some(state.applied);
+                        warn!(namespace = %ns, error = %e, "index snapshot not written; tried again once a twentieth of the namespace changed");
+                    }
                 }
             }
         });

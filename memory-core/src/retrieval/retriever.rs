@@ -481,4 +481,79 @@ mod tests {
             (2, 3)
         );
     }
+
+    use crate::storage::{EmbeddingStore, EpisodeStore, LearningStore, MaintenanceStore};
+
+    /// Refuses every index snapshot (as a store does one over the size limit), counting tries.
+    #[derive(Debug)]
+    struct RefusesSnapshots {
+        inner: Arc<dyn Storage>,
+        tries: std::sync::atomic::AtomicUsize,
+    }
+
+    crate::forward_storage! { impl[] EpisodeStore for RefusesSnapshots => inner; forward all; {} }
+    crate::forward_storage! { impl[] LearningStore for RefusesSnapshots => inner; forward all; {} }
+    crate::forward_storage! { impl[] MaintenanceStore for RefusesSnapshots => inner; forward all; {} }
+    crate::forward_storage! {
+        impl[] EmbeddingStore for RefusesSnapshots => inner;
+        forward put_embedding, get_embedding, episodes_missing_embedding, scan_embeddings,
+            embedding_coverage, index_log_head, index_changes, get_index_snapshot;
+        {
+            async fn put_index_snapshot(
+                &self,
+                _ns: &Namespace,
+                _model: &str,
+                _snapshot: &crate::IndexSnapshot,
+            ) -> Result<()> {
+                self.tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(crate::Error::invalid("index_snapshot", "over the limit"))
+            }
+        }
+    }
+    crate::forward_storage! {
+        impl[] Storage for RefusesSnapshots => inner;
+        forward may_have_changed, changes_since;
+        { fn backend_name(&self) -> &'static str { "refuses-snapshots" } }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_snapshot_is_not_tried_again_at_every_search() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let storage = Arc::new(RefusesSnapshots {
+            inner: Arc::new(crate::InMemoryStorage::new()),
+            tries: Default::default(),
+        });
+        let mut config = crate::MemoryConfig::default();
+        config.retrieval.index_snapshot_from = 2;
+        let memory = crate::SelfLearningMemory::with_embedder(
+            Arc::clone(&storage) as Arc<dyn Storage>,
+            config,
+            Arc::new(crate::clock::SystemClock),
+            Some(Arc::new(CountingEmbedder::default())),
+        )
+        .unwrap();
+        let ns = Namespace::default();
+        for task in [
+            "fix the login test",
+            "add pagination",
+            "speed up the report",
+        ] {
+            let new = crate::NewEpisode::new(task, TaskType::Testing, TaskContext::new("web"));
+            let id = memory.start_episode(&ns, new).await.unwrap();
+            memory
+                .complete_episode(&ns, id, crate::Outcome::success("done"))
+                .await
+                .unwrap();
+        }
+        memory.embed_pending(&ns).await.unwrap();
+        let query = RetrievalQuery::new("fix the login test");
+        for _ in 0..5 {
+            memory.retrieve(&ns, &query).await.unwrap();
+            memory.retriever().finish_snapshots().await;
+        }
+        // Tried once when the namespace was loaded; the searches after it leave it alone
+        // until a twentieth of the namespace (at least a page of the change log) changed.
+        assert_eq!(storage.tries.load(SeqCst), 1);
+        memory.shutdown().await.unwrap();
+    }
 }
