@@ -534,10 +534,12 @@ fn bench_vector_index(c: &mut Criterion) {
         (1_000, "1000", EpisodeFilter::default()),
         (10_000, "10000", EpisodeFilter::default()),
         (100_000, "100000", EpisodeFilter::default()),
-        (100_000, "100000_filtered", web_api),
+        (100_000, "100000_filtered", web_api.clone()),
     ];
     if with_1m(&[]).contains(&1_000_000) {
         cases.push((1_000_000, "1000000", EpisodeFilter::default()));
+        cases.push((1_000_000, "1000000_filtered", web_api.clone()));
+        cases.push((1_000_000, "1000000_exact", EpisodeFilter::default()));
     }
     for (n, name, filter) in cases {
         group.throughput(Throughput::Elements(n as u64));
@@ -545,12 +547,59 @@ fn bench_vector_index(c: &mut Criterion) {
             let index = indexes.entry(n).or_insert_with(|| {
                 let index = vector_index(n);
                 assert_eq!(index.len(&ns), n);
+                if n >= index.sign_stage_from() {
+                    report_sign_stage_recall(&index, &ns, n);
+                }
                 index
             });
+            let exact = name.ends_with("_exact");
+            let from = index.sign_stage_from();
+            if exact {
+                index.set_sign_stage_from(usize::MAX);
+            }
             b.iter(|| black_box(index.search(&ns, &[&query], &filter, CANDIDATES)));
+            index.set_sign_stage_from(from);
         });
     }
     group.finish();
+}
+
+/// Prints how much of the exact scan's answer the one-bit first stage keeps at this size:
+/// recall of the exact top 10 and top 50 (the candidates hybrid retrieval takes) over 50
+/// random queries, unfiltered and filtered to a quarter of the episodes.
+fn report_sign_stage_recall(index: &VectorIndex, ns: &Namespace, n: usize) {
+    let web_api = EpisodeFilter {
+        domain: Some("web_api".into()),
+        ..EpisodeFilter::default()
+    };
+    let from = index.sign_stage_from();
+    for (label, filter) in [
+        ("unfiltered", EpisodeFilter::default()),
+        ("filtered", web_api),
+    ] {
+        let (mut at10, mut at50) = (0usize, 0usize);
+        let queries = 50u64;
+        for seed in 0..queries {
+            let q = random_unit(&mut Rng(1_000 + seed));
+            index.set_sign_stage_from(usize::MAX);
+            let exact = index.search(ns, &[&q], &filter, CANDIDATES);
+            index.set_sign_stage_from(from);
+            let staged = index.search(ns, &[&q], &filter, CANDIDATES);
+            let got: std::collections::HashSet<_> = staged.iter().map(|h| h.summary.id).collect();
+            at10 += exact
+                .iter()
+                .take(10)
+                .filter(|h| got.contains(&h.summary.id))
+                .count();
+            at50 += exact.iter().filter(|h| got.contains(&h.summary.id)).count();
+        }
+        eprintln!(
+            "retrieval: one-bit first stage at {n} ({label}, pool {} per search): recall of the exact top 10 {:.3}, top 50 {:.3} ({queries} queries)",
+            CANDIDATES * memory_core::retrieval::vector_index::SIGN_POOL_FACTOR,
+            at10 as f64 / (10 * queries) as f64,
+            at50 as f64 / (CANDIDATES as u64 * queries) as f64,
+        );
+    }
 }
 
 /// Opens the store in `dir` as a restarted process would and answers one query.

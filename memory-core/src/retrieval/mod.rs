@@ -29,6 +29,7 @@ mod query;
 pub mod recommend;
 mod retriever;
 mod scoring;
+mod sign_codes;
 mod snapshot;
 mod taught;
 mod texts;
