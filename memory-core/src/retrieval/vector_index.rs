@@ -1,4 +1,5 @@
-//! The in-process vector index: an exact scan over int8-quantized vectors, per namespace.
+//! The in-process vector index: an exact scan over int8-quantized vectors, per namespace (from
+//! [`SIGN_STAGE_FROM`] vectors, over a pool a one-bit first stage chose).
 //!
 //! Why our own: at 384 dimensions libsql's DiskANN index inserted only 150-280 rows/s with
 //! recall@10 of 0.47-0.83, and an exact `vector_distance_cos` in SQL took ~193 ms at 100k rows.
