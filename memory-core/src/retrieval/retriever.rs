@@ -482,8 +482,6 @@ mod tests {
         );
     }
 
-    use crate::storage::{EmbeddingStore, EpisodeStore, LearningStore, MaintenanceStore};
-
     /// Refuses every index snapshot (as a store does one over the size limit), counting tries.
     #[derive(Debug)]
     struct RefusesSnapshots {
@@ -521,7 +519,7 @@ mod tests {
         use std::sync::atomic::Ordering::SeqCst;
         let storage = Arc::new(RefusesSnapshots {
             inner: Arc::new(crate::InMemoryStorage::new()),
-            tries: Default::default(),
+            tries: std::sync::atomic::AtomicUsize::default(),
         });
         let mut config = crate::MemoryConfig::default();
         config.retrieval.index_snapshot_from = 2;

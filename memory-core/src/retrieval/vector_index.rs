@@ -27,7 +27,7 @@
 //!
 //! From [`SIGN_STAGE_FROM`] vectors in a namespace (a million takes ~90 ms to scan on two
 //! cores) a search first estimates every document from one-bit codes of its centered vector
-//! ([`super::sign_codes`], 48 bytes instead of 384) and scans only the best
+//! (`sign_codes.rs`, 48 bytes instead of 384) and scans only the best
 //! [`SIGN_POOL_FACTOR`] x `k` of them exactly. Below that size the scan is exact.
 //!
 //! The vectors themselves are persisted in the durable layer (`EmbeddingStore`); a namespace's
