@@ -177,6 +177,13 @@ impl TursoStorage {
                 last: std::sync::Mutex::new(None),
             })),
         };
+        #[cfg(feature = "remote")]
+        let hrana = match &mode {
+            TursoMode::Remote { url, auth_token } => {
+                Some(crate::hrana::HranaClient::new(url, auth_token.as_deref())?)
+            }
+            _ => None,
+        };
         debug!(
             mode = mode.name(),
             schema_version,
@@ -196,6 +203,8 @@ impl TursoStorage {
                 longest_lock_wait_us: std::sync::atomic::AtomicU64::new(0),
                 checkpointer,
                 changes,
+                #[cfg(feature = "remote")]
+                hrana,
                 grouped: local,
                 grouping: Grouping::default(),
                 prepared: crate::prepared::Prepared::default(),

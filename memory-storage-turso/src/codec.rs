@@ -107,17 +107,44 @@ pub(crate) fn blob_to_vector(blob: &[u8]) -> DbResult<Vec<f32>> {
 
 /// Typed access to a row's columns with decode errors instead of panics.
 pub(crate) struct Cols<'r> {
-    row: &'r Row,
+    row: Source<'r>,
     table: &'static str,
+}
+
+/// Where a row's values come from: libsql's rows, or the values of a Hrana batch result
+/// ([`crate::hrana`]).
+enum Source<'r> {
+    Row(&'r Row),
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    Values(&'r [Value]),
 }
 
 impl<'r> Cols<'r> {
     pub(crate) fn new(row: &'r Row, table: &'static str) -> Self {
-        Cols { row, table }
+        Cols {
+            row: Source::Row(row),
+            table,
+        }
+    }
+
+    /// Typed access to a row given as its values.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn values(values: &'r [Value], table: &'static str) -> Self {
+        Cols {
+            row: Source::Values(values),
+            table,
+        }
     }
 
     fn value(&self, i: i32) -> DbResult<Value> {
-        Ok(self.row.get_value(i)?)
+        match self.row {
+            Source::Row(row) => Ok(row.get_value(i)?),
+            Source::Values(values) => usize::try_from(i)
+                .ok()
+                .and_then(|i| values.get(i))
+                .cloned()
+                .ok_or_else(|| decode(self.table, format!("no column {i}"))),
+        }
     }
 
     /// The decode error of column `i` holding `got` where `expected` belongs.
@@ -232,12 +259,16 @@ fn context_from(c: &Cols<'_>, first: i32) -> DbResult<TaskContext> {
 
 /// An episode (without steps) from a row of [`EPISODE_COLUMNS`].
 pub(crate) fn episode_from_row(row: &Row) -> DbResult<Episode> {
-    let c = Cols::new(row, "episode");
+    episode_from(&Cols::new(row, "episode"))
+}
+
+/// An episode (without its steps) from the columns of [`EPISODE_COLUMNS`].
+pub(crate) fn episode_from(c: &Cols<'_>) -> DbResult<Episode> {
     Ok(Episode {
         id: c.episode_id(0)?,
         task_description: c.text(1)?,
         task_type: c.parse::<TaskType>(2)?,
-        context: context_from(&c, 3)?,
+        context: context_from(c, 3)?,
         steps: Vec::new(),
         started_at: from_nanos(c.i64(8)?),
         completed_at: c.opt_i64(9)?.map(from_nanos),
@@ -249,12 +280,16 @@ pub(crate) fn episode_from_row(row: &Row) -> DbResult<Episode> {
 
 /// A summary from a row of [`SUMMARY_COLUMNS`].
 pub(crate) fn summary_from_row(row: &Row) -> DbResult<EpisodeSummary> {
-    let c = Cols::new(row, "episode summary");
+    summary_from(&Cols::new(row, "episode summary"))
+}
+
+/// A summary from the columns of [`SUMMARY_COLUMNS`].
+pub(crate) fn summary_from(c: &Cols<'_>) -> DbResult<EpisodeSummary> {
     Ok(EpisodeSummary {
         id: c.episode_id(0)?,
         task_description: c.text(1)?,
         task_type: c.parse::<TaskType>(2)?,
-        context: context_from(&c, 3)?,
+        context: context_from(c, 3)?,
         step_count: u32::try_from(c.i64(8)?).map_err(|e| decode("episode summary", e))?,
         started_at: from_nanos(c.i64(9)?),
         completed_at: c.opt_i64(10)?.map(from_nanos),
@@ -268,7 +303,11 @@ pub(crate) fn summary_from_row(row: &Row) -> DbResult<EpisodeSummary> {
 
 /// A step from a row of [`STEP_COLUMNS`].
 pub(crate) fn step_from_row(row: &Row) -> DbResult<ExecutionStep> {
-    let c = Cols::new(row, "step");
+    step_from(&Cols::new(row, "step"))
+}
+
+/// A step from the columns of [`STEP_COLUMNS`].
+pub(crate) fn step_from(c: &Cols<'_>) -> DbResult<ExecutionStep> {
     let text = c.text(6)?;
     let result = match c.text(5)?.as_str() {
         "success" => StepResult::Success { output: text },

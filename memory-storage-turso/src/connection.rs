@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::changes::{ChangeTracker, next_position};
 use crate::checkpoint::Checkpointer;
+use crate::codec::Cols;
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::error::{DbResult, DriverError, Failure};
 use crate::group_commit::Grouping;
@@ -51,6 +52,10 @@ pub(crate) struct Inner {
     pub(crate) checkpointer: Option<Checkpointer>,
     /// The change feed (files and servers; a private `:memory:` database has none).
     pub(crate) changes: Option<ChangeTracker>,
+    /// Remote mode: the client that sends a completion or an episode read as whole Hrana
+    /// batches ([`crate::remote_batch`]).
+    #[cfg(feature = "remote")]
+    pub(crate) hrana: Option<crate::hrana::HranaClient>,
     /// Concurrent writes share commits (local databases; see [`crate::group_commit`]).
     pub(crate) grouped: bool,
     pub(crate) grouping: Grouping,
@@ -100,6 +105,42 @@ impl Inner {
             query_all(conn, sql, params, f).await
         })
         .await
+    }
+
+    /// [`Inner::call_query`] with each row read through [`Cols`] (named `what` in decode
+    /// errors); `operation` names the call in storage errors. Over a server it is one Hrana request ([`crate::hrana`]), not the four a
+    /// read transaction of one query costs through libsql's remote client.
+    pub(crate) async fn call_rows<T>(
+        &self,
+        operation: &'static str,
+        what: &'static str,
+        sql: &str,
+        params: impl IntoParams,
+        mut f: impl FnMut(&Cols<'_>) -> DbResult<T>,
+    ) -> Result<Vec<T>> {
+        #[cfg(feature = "remote")]
+        if let Some(client) = &self.hrana {
+            let read = async {
+                let values = match params.into_params()? {
+                    libsql::params::Params::None => Vec::new(),
+                    libsql::params::Params::Positional(values) => values,
+                    libsql::params::Params::Named(_) => {
+                        return Err(crate::codec::decode(what, "named parameters"));
+                    }
+                };
+                let mut batch = crate::hrana::BatchBuilder::default();
+                let step = batch.step(crate::hrana::Statement::query(sql, values), None);
+                let outcome = client.batch(batch).await?;
+                outcome
+                    .rows(step, what)?
+                    .iter()
+                    .map(|row| f(&Cols::values(row, what)))
+                    .collect()
+            };
+            return self.call(operation, read).await;
+        }
+        self.call_query(operation, sql, params, |row| f(&Cols::new(row, what)))
+            .await
     }
 
     /// [`Inner::call`] of [`Inner::write_tx`].

@@ -87,14 +87,15 @@ impl EmbeddingStore for TursoStorage {
         // '' sorts before every id.
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         self.inner
-            .call_query(
+            .call_rows(
                 "episodes_missing_embedding",
+                "episode",
                 "SELECT e.id FROM episodes e WHERE e.ns = ?1 AND e.id > ?4 AND NOT EXISTS \
                  (SELECT 1 FROM embeddings m \
                   WHERE m.ns = e.ns AND m.episode_id = e.id AND m.model = ?2) \
                  ORDER BY e.id LIMIT ?3",
                 (ns.as_str(), model, limit, after),
-                |row| Cols::new(row, "episode").episode_id(0),
+                |c| c.episode_id(0),
             )
             .await
     }

@@ -15,7 +15,7 @@ use tracing::instrument;
 use crate::backend::TursoStorage;
 use crate::codec::{
     Cols, EPISODE_COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS, decode, episode_from_row, nanos,
-    opt_json, opt_text, step_from_row, step_search_text, summary_from_row, text, to_json,
+    opt_json, opt_text, step_from_row, step_search_text, summary_from, text, to_json,
 };
 use crate::connection::Inner;
 use crate::error::DbResult;
@@ -78,6 +78,52 @@ fn keyed_insert_sql(rows: usize) -> String {
     )
 }
 
+/// The statements inserting steps without a key (journaled by an earlier version), each
+/// under its own number, at most [`ROWS_PER_INSERT`] a statement; they return the numbers
+/// inserted.
+pub(crate) fn legacy_step_inserts(
+    ns: &str,
+    id: &str,
+    steps: &[&ExecutionStep],
+) -> DbResult<Vec<(String, Vec<Value>)>> {
+    let mut out = Vec::new();
+    for chunk in steps.chunks(ROWS_PER_INSERT) {
+        let mut params = Vec::with_capacity(chunk.len() * 11);
+        for s in chunk {
+            params.push(text(ns));
+            params.push(text(id));
+            params.push(Value::Integer(i64::from(s.step_number)));
+            params.extend(step_values(s)?);
+        }
+        let sql = multi_row(INSERT_STEPS, 11, chunk.len(), INSERT_STEPS_TAIL);
+        out.push((sql, params));
+    }
+    Ok(out)
+}
+
+/// The statements inserting keyed steps (see [`keyed_insert_sql`]), at most
+/// [`ROWS_PER_INSERT`] a statement; they return `(step_number, step_key)` of each row
+/// inserted.
+pub(crate) fn keyed_step_inserts(
+    ns: &str,
+    id: &str,
+    steps: &[&ExecutionStep],
+) -> DbResult<Vec<(String, Vec<Value>)>> {
+    let mut out = Vec::new();
+    for chunk in steps.chunks(ROWS_PER_INSERT) {
+        let mut params = Vec::with_capacity(2 + chunk.len() * 10);
+        params.push(text(ns));
+        params.push(text(id));
+        for (ord, s) in chunk.iter().enumerate() {
+            params.push(Value::Integer(ord as i64));
+            params.push(Value::Integer(s.key as i64));
+            params.extend(step_values(s)?);
+        }
+        out.push((keyed_insert_sql(chunk.len()), params));
+    }
+    Ok(out)
+}
+
 impl Inner {
     /// Inserts the steps that are not stored yet, numbered as
     /// [`memory_core::steps_to_append`] describes (multi-row statements); returns how many
@@ -96,15 +142,7 @@ impl Inner {
         // (number, key) of every step inserted.
         let mut inserted = std::collections::HashSet::new();
         let legacy: Vec<&ExecutionStep> = steps.iter().filter(|s| s.key == 0).collect();
-        for chunk in legacy.chunks(ROWS_PER_INSERT) {
-            let mut params = Vec::with_capacity(chunk.len() * 11);
-            for s in chunk {
-                params.push(text(ns));
-                params.push(text(id));
-                params.push(Value::Integer(i64::from(s.step_number)));
-                params.extend(step_values(s)?);
-            }
-            let sql = multi_row(INSERT_STEPS, 11, chunk.len(), INSERT_STEPS_TAIL);
+        for (sql, params) in legacy_step_inserts(ns, id, &legacy)? {
             let numbers =
                 query_all(conn, &sql, params, |row| Cols::new(row, "step").i64(0)).await?;
             inserted.extend(numbers.into_iter().map(|n| (n, 0)));
@@ -114,16 +152,7 @@ impl Inner {
             .iter()
             .filter(|s| s.key != 0 && seen.insert(s.key))
             .collect();
-        for chunk in keyed.chunks(ROWS_PER_INSERT) {
-            let mut params = Vec::with_capacity(2 + chunk.len() * 10);
-            params.push(text(ns));
-            params.push(text(id));
-            for (ord, s) in chunk.iter().enumerate() {
-                params.push(Value::Integer(ord as i64));
-                params.push(Value::Integer(s.key as i64));
-                params.extend(step_values(s)?);
-            }
-            let sql = keyed_insert_sql(chunk.len());
+        for (sql, params) in keyed_step_inserts(ns, id, &keyed)? {
             let rows = query_all(conn, &sql, params, |row| {
                 let c = Cols::new(row, "step");
                 Ok((c.i64(0)?, c.i64(1)?))
@@ -347,6 +376,39 @@ impl EpisodeStore for TursoStorage {
                     Value::Text(to_json("reflection", &c.reflection)?),
                     Value::Integer(nanos("completed_at", c.completed_at)?),
                 ];
+                #[cfg(feature = "remote")]
+                if let Some(client) = &inner.hrana {
+                    use crate::remote_batch::{ATTEMPTS, Mode, Tried, backoff, try_complete};
+                    for attempt in 0..ATTEMPTS {
+                        if attempt > 0 {
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        let mode = if attempt + 1 == ATTEMPTS {
+                            Mode::Locked
+                        } else {
+                            Mode::Optimistic
+                        };
+                        // One write of this process at a time, as on the interactive path:
+                        // writes waiting inside the server hold its workers.
+                        let writer = inner.writer.lock().await;
+                        let tried = try_complete(client, ns, &id, c, update.clone(), mode).await;
+                        drop(writer);
+                        match tried? {
+                            Tried::Done(position, changes) => {
+                                if let Some(tracker) = &inner.changes {
+                                    tracker.committed(position);
+                                }
+                                return Ok(Some(changes));
+                            }
+                            Tried::AlreadyCompleted => return Ok(None),
+                            Tried::Stale => {
+                                tracing::debug!(attempt, "the completion's reads changed; again");
+                            }
+                        }
+                    }
+                    // The write lock was not to be had even for the locked try.
+                    tracing::debug!("the completion runs as an interactive transaction");
+                }
                 inner
                     .write_tx_stamped(async |tx, position| {
                         complete_in_tx(tx, ns, &id, c, update, position).await
@@ -359,6 +421,12 @@ impl EpisodeStore for TursoStorage {
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
     async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>> {
         let id = id.to_string();
+        #[cfg(feature = "remote")]
+        if let Some(client) = &self.inner.hrana {
+            let read = crate::remote_batch::read_episode(client, ns.as_str(), &id);
+            let episode = self.inner.call("get_episode", read).await?;
+            return Ok(episode.map(Arc::new));
+        }
         let episode = self
             .inner
             .call_read("get_episode", async |conn| {
@@ -384,7 +452,13 @@ impl EpisodeStore for TursoStorage {
         sql.push(" ORDER BY e.started_at DESC, e.id DESC")
             .page(query.limit, query.offset);
         self.inner
-            .call_query("query_episodes", &sql.text, sql.values, summary_from_row)
+            .call_rows(
+                "query_episodes",
+                "episode summary",
+                &sql.text,
+                sql.values,
+                summary_from,
+            )
             .await
     }
 
@@ -437,16 +511,17 @@ impl EpisodeStore for TursoStorage {
         // A skip scan: one index seek per namespace instead of a pass over every episode
         // (6-10 ms at 100k, at every start).
         self.inner
-            .call_query(
+            .call_rows(
                 "list_namespaces",
+                "namespace",
                 "WITH RECURSIVE n(ns) AS ( \
                      SELECT MIN(ns) FROM episodes UNION ALL \
                      SELECT (SELECT MIN(ns) FROM episodes WHERE ns > n.ns) \
                      FROM n WHERE n.ns IS NOT NULL) \
                      SELECT ns FROM n WHERE ns IS NOT NULL",
                 (),
-                |row| {
-                    let name = Cols::new(row, "namespace").text(0)?;
+                |c| {
+                    let name = c.text(0)?;
                     Namespace::new(name).map_err(|e| decode("namespace", e))
                 },
             )

@@ -35,6 +35,11 @@ pub(crate) enum DriverError {
     /// [`crate::group_commit`]): the write was rolled back with the others.
     #[error("shared commit failed: {message}")]
     SharedCommit { message: String, transient: bool },
+    /// A batch sent over Hrana by this crate's own client ([`crate::hrana`]) failed: the
+    /// transport, the server's answer, or a statement's error as the server reported it.
+    #[error("hrana: {message}")]
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    Http { message: String, transient: bool },
 }
 
 /// Result of internal operations.
@@ -98,7 +103,9 @@ fn driver_transient(e: &DriverError) -> bool {
         DriverError::Timeout(_) => true,
         DriverError::Io(io) => transient_io(io.kind()),
         DriverError::Schema(_) | DriverError::Setup(_) => false,
-        DriverError::SharedCommit { transient, .. } => *transient,
+        DriverError::SharedCommit { transient, .. } | DriverError::Http { transient, .. } => {
+            *transient
+        }
         DriverError::Libsql(e) => libsql_transient(e),
     }
 }

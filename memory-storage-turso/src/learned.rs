@@ -19,7 +19,7 @@ use crate::codec::{Cols, count, from_json, nanos, nanos_clamped, opt_text, text,
 use crate::connection::Inner;
 use crate::error::DbResult;
 use crate::prepared::Db;
-use crate::sql::{Sql, insert_rows, learned_sql, placeholders, query_all, query_opt};
+use crate::sql::{Sql, insert_statements, learned_sql, placeholders, query_all, query_opt};
 
 /// How one kind of learned item is stored: its table, the columns of its own beside the
 /// common ones (namespace, id, task type, domain, language, status, last seen, JSON body),
@@ -112,6 +112,18 @@ async fn upsert<'a, T: Stored>(
     position: i64,
     items: impl Iterator<Item = &'a T>,
 ) -> DbResult<()> {
+    for (sql, values) in upsert_statements(ns, position, items)? {
+        conn.exec(&sql, values).await?;
+    }
+    Ok(())
+}
+
+/// The statements that upsert `items` by (namespace, id).
+fn upsert_statements<'a, T: Stored>(
+    ns: &str,
+    position: i64,
+    items: impl Iterator<Item = &'a T>,
+) -> DbResult<Vec<(String, Vec<Value>)>> {
     let rows = items
         .map(|x| row(ns, x, position))
         .collect::<DbResult<Vec<_>>>()?;
@@ -122,7 +134,7 @@ async fn upsert<'a, T: Stored>(
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
     let tail = format!("ON CONFLICT (ns, id) DO UPDATE SET {}", set.join(", "));
-    insert_rows(conn, &head, cols.len(), rows, &tail).await
+    Ok(insert_statements(&head, cols.len(), rows, &tail))
 }
 
 /// The items of `T` whose `column` is one of `keys`, by id.
@@ -189,6 +201,20 @@ async fn load_filtered<T: Stored>(
     .await
 }
 
+/// The statements that upsert every item, stamping patterns and heuristics with `position`.
+pub(crate) fn item_statements<'a>(
+    ns: &str,
+    position: i64,
+    patterns: impl Iterator<Item = &'a Pattern>,
+    heuristics: impl Iterator<Item = &'a Heuristic>,
+    lessons: impl Iterator<Item = &'a FailureLesson>,
+) -> DbResult<Vec<(String, Vec<Value>)>> {
+    let mut statements = upsert_statements(ns, position, patterns)?;
+    statements.extend(upsert_statements(ns, position, heuristics)?);
+    statements.extend(upsert_statements(ns, position, lessons)?);
+    Ok(statements)
+}
+
 impl Inner {
     /// Upserts every item, stamping patterns and heuristics with `position`.
     #[tracing::instrument(level = "debug", skip_all)]
@@ -200,9 +226,11 @@ impl Inner {
         heuristics: impl Iterator<Item = &'a Heuristic>,
         lessons: impl Iterator<Item = &'a FailureLesson>,
     ) -> DbResult<()> {
-        upsert(conn, ns, position, patterns).await?;
-        upsert(conn, ns, position, heuristics).await?;
-        upsert(conn, ns, position, lessons).await
+        let statements = item_statements(ns, position, patterns, heuristics, lessons)?;
+        for (sql, values) in statements {
+            conn.exec(&sql, values).await?;
+        }
+        Ok(())
     }
 
     /// Loads, merges (in core) and writes back a learning update, inside the caller's
@@ -468,13 +496,13 @@ impl LearningStore for TursoStorage {
         target: &FeedbackTarget,
     ) -> Result<Vec<Feedback>> {
         self.inner
-            .call_query(
+            .call_rows(
                 "list_feedback",
+                "feedback",
                 "SELECT episode_id, outcome, recorded_at FROM feedback \
                  WHERE ns = ?1 AND target_kind = ?2 AND target_id = ?3 ORDER BY seq",
                 (ns.as_str(), target.kind(), target.id()),
-                |row| {
-                    let c = Cols::new(row, "feedback");
+                |c| {
                     Ok(Feedback {
                         target: target.clone(),
                         episode_id: c.episode_id(0)?,

@@ -55,9 +55,13 @@ mod embeddings;
 mod episodes;
 mod error;
 mod group_commit;
+#[cfg(feature = "remote")]
+mod hrana;
 mod learned;
 mod maintenance;
 mod prepared;
+#[cfg(feature = "remote")]
+mod remote_batch;
 mod schema;
 mod sql;
 mod text_index;

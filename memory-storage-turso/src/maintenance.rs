@@ -29,9 +29,7 @@ impl TursoStorage {
         params: impl IntoParams,
     ) -> Result<Vec<T>> {
         self.inner
-            .call_query(what, sql, params, |row| {
-                from_json(what, &Cols::new(row, what).text(0)?)
-            })
+            .call_rows(what, what, sql, params, |c| from_json(what, &c.text(0)?))
             .await
     }
 }
@@ -251,13 +249,13 @@ impl MaintenanceStore for TursoStorage {
         since: DateTime<Utc>,
     ) -> Result<Vec<RestoreRecord>> {
         self.inner
-            .call_query(
+            .call_rows(
                 "list_restores",
+                "learned_restore",
                 "SELECT target_kind, target_id, restored_at FROM learned_restores \
                  WHERE ns = ?1 AND restored_at >= ?2",
                 (ns.as_str(), nanos_clamped(since)),
-                |row| {
-                    let c = Cols::new(row, "learned_restore");
+                |c| {
                     let id = c.text(1)?;
                     let target = match c.text(0)?.as_str() {
                         "pattern" => FeedbackTarget::Pattern(PatternId(id)),

@@ -35,14 +35,28 @@ pub(crate) async fn insert_rows(
     rows: Vec<Vec<Value>>,
     tail: &str,
 ) -> DbResult<()> {
+    for (sql, values) in insert_statements(head, columns, rows, tail) {
+        conn.exec(&sql, values).await?;
+    }
+    Ok(())
+}
+
+/// The multi-row statements (SQL and values) that insert `rows` (each `columns` values), at
+/// most [`ROWS_PER_INSERT`] rows each.
+pub(crate) fn insert_statements(
+    head: &str,
+    columns: usize,
+    rows: Vec<Vec<Value>>,
+    tail: &str,
+) -> Vec<(String, Vec<Value>)> {
+    let mut statements = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Value>> = rows.by_ref().take(ROWS_PER_INSERT).collect();
         let sql = multi_row(head, columns, chunk.len(), tail);
-        conn.exec(&sql, chunk.into_iter().flatten().collect::<Vec<_>>())
-            .await?;
+        statements.push((sql, chunk.into_iter().flatten().collect()));
     }
-    Ok(())
+    statements
 }
 
 /// Every row `sql` returns, each mapped by `f`.

@@ -7,6 +7,9 @@
 //! episodes share was merged exactly 1,000 times (every read-modify-write of the learned
 //! state saw the previous one).
 //!
+//! The same runs on one `sqld` from eight handles (`eight_handles_on_one_sqld_lose_no_merge`),
+//! where completions are optimistic batches that must not merge from a stale read.
+//!
 //! The main test writes every step as it is logged (`max_batch = 1`: 5,000 step
 //! transactions under contention). The batching variant flushes on a 1 ms timer, so timer
 //! flushes race `complete_episode` all the time: it pins the fix for a race that lost steps
@@ -23,6 +26,7 @@ use memory_core::{
     SelfLearningMemory, StepBatchConfig, StepInput, TaskContext, TaskType,
 };
 use memory_storage_turso::{TursoConfig, TursoStorage};
+use tests::sqld::{SqldServer, require_sqld};
 use tokio::task::JoinSet;
 
 const HANDLES: usize = 100;
@@ -52,24 +56,67 @@ async fn run(config: MemoryConfig) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared.db");
 
-    // Open every handle concurrently, as separate processes would.
+    // Open every handle concurrently, as separate processes would. Waiting for the write
+    // lock polls (async pauses of 1-8 ms), which is not fair: on a loaded machine (the rest
+    // of the suite runs beside this test) one of 100 handles can wait longer than the
+    // default 5 s. This test is about losing nothing under contention, so it waits longer.
     let mut opening = JoinSet::new();
     for _ in 0..HANDLES {
-        let config = TursoConfig::local(&path).readers(1).build().unwrap();
+        let config = TursoConfig::local(&path)
+            .readers(1)
+            .busy_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap();
         opening.spawn(async move { TursoStorage::open(config).await });
     }
-    let mut memories = Vec::with_capacity(HANDLES);
+    let mut storages = Vec::with_capacity(HANDLES);
     while let Some(opened) = opening.join_next().await {
-        let storage = Arc::new(opened.unwrap().unwrap());
-        memories.push(Arc::new(
-            SelfLearningMemory::new(storage, config.clone()).unwrap(),
-        ));
+        storages.push(opened.unwrap().unwrap());
     }
+    let check = move || async move { TursoStorage::open_local(&path).await.unwrap() };
+    run_on(config, storages, TASKS, check).await;
+}
+
+/// Eight handles on one `sqld` (each its own HTTP clients, as eight processes or machines),
+/// 200 concurrent tasks. Every completion shares the tool-sequence pattern, so the
+/// completions' optimistic batches (read, then a guarded write) collide all the time: a
+/// guard that let a stale merge through would lose counts here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_handles_on_one_sqld_lose_no_merge() {
+    if require_sqld().is_none() {
+        return;
+    }
+    let mut server = SqldServer::start().await.unwrap();
+    let url = server.url();
+    let mut storages = Vec::new();
+    for _ in 0..8 {
+        let config = TursoConfig::remote(url.clone(), None).build().unwrap();
+        storages.push(TursoStorage::open(config).await.unwrap());
+    }
+    let check = move || async move {
+        let config = TursoConfig::remote(url, None).build().unwrap();
+        TursoStorage::open(config).await.unwrap()
+    };
+    run_on(MemoryConfig::default(), storages, 200, check).await;
+    server.stop().await;
+}
+
+async fn run_on<F: Future<Output = TursoStorage>>(
+    config: MemoryConfig,
+    storages: Vec<TursoStorage>,
+    tasks_n: usize,
+    check: impl FnOnce() -> F,
+) {
+    let handles = storages.len();
+    let memories: Vec<Arc<SelfLearningMemory>> = storages
+        .into_iter()
+        .map(|s| Arc::new(SelfLearningMemory::new(Arc::new(s), config.clone()).unwrap()))
+        .collect();
 
     let ns = Namespace::new("concurrency/shared").unwrap();
     let mut tasks = JoinSet::new();
-    for i in 0..TASKS {
-        let memory = memories[i % HANDLES].clone();
+    for i in 0..tasks_n {
+        let memory = memories[i % handles].clone();
         let ns = ns.clone();
         tasks.spawn(async move {
             let ctx = TaskContext::new("web_api").with_language("rust");
@@ -99,26 +146,26 @@ async fn run(config: MemoryConfig) {
             Ok::<_, memory_core::Error>((i, id))
         });
     }
-    let mut ids = Vec::with_capacity(TASKS);
+    let mut ids = Vec::with_capacity(tasks_n);
     while let Some(done) = tasks.join_next().await {
         ids.push(
             done.unwrap()
                 .unwrap_or_else(|e| panic!("a concurrent task failed: {e}")),
         );
     }
-    assert_eq!(ids.len(), TASKS);
+    assert_eq!(ids.len(), tasks_n);
     for memory in &memories {
         memory.shutdown().await.unwrap();
     }
     drop(memories);
 
     // Check through a fresh handle.
-    let storage = TursoStorage::open_local(&path).await.unwrap();
+    let storage = check().await;
     let stats = storage.namespace_stats(&ns).await.unwrap();
-    assert_eq!(stats.episodes, TASKS as u64, "no episode lost");
-    assert_eq!(stats.completed, TASKS as u64, "every completion stored");
-    assert_eq!(stats.successes, TASKS as u64);
-    assert_eq!(stats.steps, (TASKS * STEPS) as u64, "no step lost");
+    assert_eq!(stats.episodes, tasks_n as u64, "no episode lost");
+    assert_eq!(stats.completed, tasks_n as u64, "every completion stored");
+    assert_eq!(stats.successes, tasks_n as u64);
+    assert_eq!(stats.steps, (tasks_n * STEPS) as u64, "no step lost");
     for (i, id) in ids {
         let episode = storage.get_episode(&ns, id).await.unwrap().unwrap();
         assert_eq!(episode.task_description, format!("concurrent task {i}"));
@@ -152,10 +199,10 @@ async fn run(config: MemoryConfig) {
         .unwrap();
     assert_eq!(patterns.len(), 1, "one shared tool sequence: {patterns:#?}");
     assert_eq!(
-        patterns[0].occurrences, TASKS as u64,
+        patterns[0].occurrences, tasks_n as u64,
         "every merge of the shared pattern counted"
     );
-    assert_eq!(patterns[0].successes, TASKS as u64);
+    assert_eq!(patterns[0].successes, tasks_n as u64);
 }
 
 /// A hundred handles opening one new file at the same moment all succeed. Switching a new

@@ -1,0 +1,596 @@
+//! Remote mode's episode read and completion, each sent as whole Hrana batches
+//! ([`crate::hrana`]) instead of a round trip per statement.
+//!
+//! - **Reading an episode**: the episode row and its steps in one request (one snapshot).
+//! - **Completing an episode** takes two requests. The first reads what the merge needs (the
+//!   episode's state, its stored step keys and the learned items the update names); the merge
+//!   runs here ([`memory_core::LearningUpdate::apply`], as in the local path); the second is
+//!   one transaction that first checks, in SQL, that everything read is still as read (the
+//!   episode still in progress, its step count, every item's stored body, the set of live
+//!   heuristics of each condition key), then writes the outcome, the steps, the full-text
+//!   rows and the merged items, stamps them with the next change-counter position, and
+//!   commits. The written rows are exactly those of the local path.
+//!
+//!   The first tries are optimistic ([`Mode::Optimistic`]): the read runs in a transaction of
+//!   its own, so no lock is held between the requests, and a failed check (another writer
+//!   changed something in between) rolls the write back whole and the completion starts over
+//!   after a short random pause. The last of [`ATTEMPTS`] tries reads inside the write
+//!   transaction ([`Mode::Locked`]), which holds the server's write lock from the first
+//!   request to the second: one round trip, and it cannot be overtaken. (Under contention for
+//!   one item the optimistic tries of several machines keep invalidating each other; the
+//!   locked try always makes progress.)
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use libsql::Value;
+use memory_core::{
+    EpisodeCompletion, Error, ExistingLearned, FailureLesson, Heuristic, LearnedChanges,
+    ObjectKind, Pattern,
+};
+
+use crate::codec::{
+    Cols, EPISODE_COLUMNS, STEP_COLUMNS, decode, episode_from, from_json, step_from,
+    step_search_text, text,
+};
+use crate::episodes::{keyed_step_inserts, legacy_step_inserts};
+use crate::error::DbResult;
+use crate::hrana::{BatchBuilder, HranaClient, OpenStream, Outcome, Statement, server_error};
+use crate::learned::item_statements;
+use crate::sql::{ROWS_PER_INSERT, placeholders};
+use crate::text_index::{INSERT_TEXT, row_values};
+use libsql_hrana::proto::BatchCond;
+
+/// Tries of a completion: optimistic ones, then one locked ([`Mode`]).
+pub(crate) const ATTEMPTS: u32 = 4;
+
+/// The pause before try `attempt` (from 1): a random share of 2^attempt ms, at most 64 ms,
+/// so writers that collided do not collide again in step.
+pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
+    let ceiling = 1u64 << attempt.min(6);
+    let random = (uuid::Uuid::new_v4().as_u128() % 1_000) as u64;
+    std::time::Duration::from_micros(ceiling * random)
+}
+
+/// The change-counter position the batch's transaction took, as an SQL expression.
+const POSITION: &str = "(SELECT seq FROM change_counter WHERE id = 1)";
+
+/// The message of the guard's failure: `json()` of a text that is not JSON.
+const STALE: &str = "malformed JSON";
+
+/// One request: the episode and its steps, or `None`.
+pub(crate) async fn read_episode(
+    client: &HranaClient,
+    ns: &str,
+    id: &str,
+) -> DbResult<Option<memory_core::Episode>> {
+    let key = || vec![text(ns), text(id)];
+    let mut batch = BatchBuilder::default();
+    let begin = batch.step(Statement::exec("BEGIN", Vec::new()), None);
+    let episode = batch.after(
+        begin,
+        Statement::query(
+            format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2"),
+            key(),
+        ),
+    );
+    let steps = batch.after(
+        episode,
+        Statement::query(
+            format!(
+                "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 \
+                 ORDER BY step_number"
+            ),
+            key(),
+        ),
+    );
+    batch.step(Statement::exec("COMMIT", Vec::new()), None);
+    let outcome = client.batch(batch).await?;
+    let Some(row) = outcome.rows(episode, "episode")?.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut found = episode_from(&Cols::values(&row, "episode"))?;
+    found.steps = outcome
+        .rows(steps, "step")?
+        .iter()
+        .map(|row| step_from(&Cols::values(row, "step")))
+        .collect::<DbResult<_>>()?;
+    Ok(Some(found))
+}
+
+/// What a completion read before its merge, and checks again before it writes.
+struct Snapshot {
+    /// `None`: no such episode; `Some(true)`: in progress.
+    in_progress: Option<bool>,
+    /// Keys (non-zero) and numbers of keyless rows of the stored steps.
+    stored_keys: HashSet<i64>,
+    stored_numbers: HashSet<i64>,
+    step_rows: i64,
+    /// Every learned item read by id: its table, id and stored body (`None`: absent).
+    bodies: Vec<(&'static str, String, Option<String>)>,
+    /// Live heuristics of the update's condition keys (ids).
+    keyed: BTreeSet<String>,
+    existing: ExistingLearned,
+}
+
+/// The ids the update names, deduplicated and ordered.
+struct Names {
+    patterns: Vec<String>,
+    keys: Vec<String>,
+    heuristics: Vec<String>,
+    lessons: Vec<String>,
+}
+
+impl Names {
+    fn of(c: &EpisodeCompletion) -> Self {
+        let set = |ids: Vec<String>| -> Vec<String> {
+            ids.into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        let u = &c.learning;
+        Names {
+            patterns: set(u.pattern_ids().into_iter().map(|p| p.0).collect()),
+            keys: set(u.condition_keys()),
+            heuristics: set(u.heuristic_ids().into_iter().map(|h| h.0).collect()),
+            lessons: set(u.lesson_ids().into_iter().map(|l| l.0).collect()),
+        }
+    }
+}
+
+/// `SELECT id, body FROM table WHERE ns = ?1 AND id IN (...)`, or `None` without ids.
+fn by_ids(table: &str, ns: &str, ids: &[String]) -> Option<Statement> {
+    if ids.is_empty() {
+        return None;
+    }
+    let sql = format!(
+        "SELECT id, body FROM {table} WHERE ns = ?1 AND id IN ({})",
+        placeholders(2, ids.len())
+    );
+    Some(Statement::query(sql, ns_and(ns, ids)))
+}
+
+/// The live heuristics of `keys`, as the local path loads them.
+fn of_keys(what: &str, ns: &str, keys: &[String]) -> Statement {
+    let sql = format!(
+        "SELECT {what} FROM heuristics WHERE ns = ?1 AND condition_key IN ({}) \
+         AND status <> 'pruned'",
+        placeholders(2, keys.len())
+    );
+    Statement::query(sql, ns_and(ns, keys))
+}
+
+fn ns_and(ns: &str, values: &[String]) -> Vec<Value> {
+    let mut all = Vec::with_capacity(values.len() + 1);
+    all.push(text(ns));
+    all.extend(values.iter().map(|v| text(v)));
+    all
+}
+
+/// The `(id, body)` rows of a step.
+fn id_bodies(outcome: &Outcome, step: Option<u32>) -> DbResult<Vec<(String, String)>> {
+    let Some(step) = step else {
+        return Ok(Vec::new());
+    };
+    outcome
+        .rows(step, "learned item")?
+        .iter()
+        .map(|row| {
+            let c = Cols::values(row, "learned item");
+            Ok((c.text(0)?, c.text(1)?))
+        })
+        .collect()
+}
+
+/// How a completion's first request reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// In a read transaction of its own; the write checks that nothing changed.
+    Optimistic,
+    /// In the write transaction itself (`BEGIN IMMEDIATE`), kept open on its stream until
+    /// the second request commits: nothing can change in between, and the write lock is
+    /// held for one round trip.
+    Locked,
+}
+
+/// The first request: the state the merge starts from, and in [`Mode::Locked`] the stream
+/// whose transaction holds the write lock. `None` when the lock was not to be had.
+async fn read_snapshot(
+    client: &HranaClient,
+    ns: &str,
+    id: &str,
+    names: &Names,
+    mode: Mode,
+) -> DbResult<Option<(Snapshot, Option<OpenStream>)>> {
+    let key = || vec![text(ns), text(id)];
+    let mut batch = BatchBuilder::default();
+    let begin = match mode {
+        Mode::Optimistic => "BEGIN",
+        Mode::Locked => "BEGIN IMMEDIATE",
+    };
+    batch.step(Statement::exec(begin, Vec::new()), None);
+    let state = batch.after(
+        0,
+        Statement::query(
+            "SELECT outcome_kind IS NULL FROM episodes WHERE ns = ?1 AND id = ?2",
+            key(),
+        ),
+    );
+    let steps = batch.after(
+        state,
+        Statement::query(
+            "SELECT step_number, step_key FROM steps WHERE ns = ?1 AND episode_id = ?2",
+            key(),
+        ),
+    );
+    let mut last = steps;
+    let mut add = |batch: &mut BatchBuilder, stmt: Option<Statement>| {
+        stmt.map(|s| {
+            last = batch.after(last, s);
+            last
+        })
+    };
+    let patterns = add(&mut batch, by_ids("patterns", ns, &names.patterns));
+    let keyed = (!names.keys.is_empty())
+        .then(|| of_keys("id, body", ns, &names.keys))
+        .and_then(|s| add(&mut batch, Some(s)));
+    let heuristics = add(&mut batch, by_ids("heuristics", ns, &names.heuristics));
+    let lessons = add(&mut batch, by_ids("lessons", ns, &names.lessons));
+    let (outcome, stream) = match mode {
+        Mode::Optimistic => {
+            batch.step(Statement::exec("COMMIT", Vec::new()), None);
+            (client.batch(batch).await?, None)
+        }
+        Mode::Locked => {
+            let (outcome, stream) = client.batch_open(batch).await?;
+            if outcome.first_error().is_some() {
+                // Close the stream (and roll back what began) before reporting.
+                let closed = client.batch_close(stream, BatchBuilder::default()).await;
+                if let Err(e) = closed {
+                    tracing::debug!(error = %e, "closing the completion's stream failed");
+                }
+                if outcome.error(0).is_some_and(is_lock_error) {
+                    return Ok(None);
+                }
+                let message = outcome.first_error().unwrap_or_default();
+                return Err(server_error(message));
+            }
+            (outcome, Some(stream))
+        }
+    };
+
+    let in_progress = match outcome.rows(state, "episode")?.first() {
+        None => None,
+        Some(row) => Some(Cols::values(row, "episode").i64(0)? == 1),
+    };
+    let mut stored_keys = HashSet::new();
+    let mut stored_numbers = HashSet::new();
+    let step_rows = outcome.rows(steps, "step")?;
+    for row in &step_rows {
+        let c = Cols::values(row, "step");
+        match c.opt_i64(1)? {
+            Some(k) if k != 0 => stored_keys.insert(k),
+            _ => stored_numbers.insert(c.i64(0)?),
+        };
+    }
+
+    let mut bodies = Vec::new();
+    let mut record = |table: &'static str, wanted: &[String], found: &[(String, String)]| {
+        let found: BTreeMap<&str, &str> = found
+            .iter()
+            .map(|(i, b)| (i.as_str(), b.as_str()))
+            .collect();
+        for id in wanted {
+            let body = found.get(id.as_str()).map(|b| (*b).to_owned());
+            bodies.push((table, id.clone(), body));
+        }
+    };
+    let pattern_rows = id_bodies(&outcome, patterns)?;
+    record("patterns", &names.patterns, &pattern_rows);
+    let lesson_rows = id_bodies(&outcome, lessons)?;
+    record("lessons", &names.lessons, &lesson_rows);
+    // Heuristics: the live ones of the keys, then the observed ones not among them, by id
+    // (as `learned::load_heuristics`).
+    let keyed_rows = id_bodies(&outcome, keyed)?;
+    let mut heuristic_rows: BTreeMap<String, String> = keyed_rows.iter().cloned().collect();
+    for (hid, body) in id_bodies(&outcome, heuristics)? {
+        heuristic_rows.entry(hid).or_insert(body);
+    }
+    let mut heuristic_ids: BTreeSet<String> = names.heuristics.iter().cloned().collect();
+    heuristic_ids.extend(heuristic_rows.keys().cloned());
+    let heuristic_ids: Vec<String> = heuristic_ids.into_iter().collect();
+    let all: Vec<(String, String)> = heuristic_rows
+        .iter()
+        .map(|(i, b)| (i.clone(), b.clone()))
+        .collect();
+    record("heuristics", &heuristic_ids, &all);
+
+    let existing = ExistingLearned {
+        patterns: decode_all::<Pattern>("pattern", &pattern_rows)?,
+        heuristics: decode_all::<Heuristic>("heuristic", &all)?,
+        lessons: decode_all::<FailureLesson>("lesson", &lesson_rows)?,
+    };
+    Ok(Some((
+        Snapshot {
+            in_progress,
+            stored_keys,
+            stored_numbers,
+            step_rows: i64::try_from(step_rows.len()).unwrap_or(i64::MAX),
+            bodies,
+            keyed: keyed_rows.into_iter().map(|(i, _)| i).collect(),
+            existing,
+        },
+        stream,
+    )))
+}
+
+/// Whether a statement's error is the write lock held elsewhere.
+fn is_lock_error(message: &str) -> bool {
+    message.contains("locked") || message.contains("busy")
+}
+
+/// Decodes bodies in id order (the order the local path loads them in).
+fn decode_all<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    rows: &[(String, String)],
+) -> DbResult<Vec<T>> {
+    let mut sorted: Vec<&(String, String)> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted
+        .iter()
+        .map(|(_, body)| from_json(what, body))
+        .collect()
+}
+
+/// The guard: a statement that fails (with [`STALE`]) unless everything `snap` read is still
+/// as read.
+fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
+    let mut values = vec![text(ns), text(id)];
+    let mut bind = |v: Value| {
+        values.push(v);
+        format!("?{}", values.len())
+    };
+    let mut conds = vec![
+        "(SELECT outcome_kind IS NULL FROM episodes WHERE ns = ?1 AND id = ?2) IS 1".to_owned(),
+        format!(
+            "(SELECT COUNT(*) FROM steps WHERE ns = ?1 AND episode_id = ?2) = {}",
+            bind(Value::Integer(snap.step_rows))
+        ),
+    ];
+    for (table, item, body) in &snap.bodies {
+        let item = bind(text(item));
+        let body = bind(body.as_deref().map_or(Value::Null, text));
+        conds.push(format!(
+            "(SELECT body FROM {table} WHERE ns = ?1 AND id = {item}) IS {body}"
+        ));
+    }
+    if !names.keys.is_empty() {
+        // The same set of live heuristics per key: as many, and all of them among those read.
+        let keys: Vec<String> = names.keys.iter().map(|k| bind(text(k))).collect();
+        let read: Vec<String> = snap.keyed.iter().map(|k| bind(text(k))).collect();
+        let live = format!(
+            "SELECT COUNT(*) FROM heuristics WHERE ns = ?1 AND condition_key IN ({}) \
+             AND status <> 'pruned'",
+            keys.join(", ")
+        );
+        let count = bind(Value::Integer(snap.keyed.len() as i64));
+        conds.push(format!("({live}) = {count}"));
+        if !read.is_empty() {
+            conds.push(format!(
+                "({live} AND id IN ({})) = {count}",
+                read.join(", ")
+            ));
+        }
+    }
+    Statement::exec(
+        format!(
+            "SELECT json(CASE WHEN {} THEN '1' ELSE 'stale' END)",
+            conds.join(" AND ")
+        ),
+        values,
+    )
+}
+
+/// The statements that write the steps `snap` does not hold yet, their step count and their
+/// full-text row, as `Inner::append_step_rows` does.
+fn step_statements(
+    ns: &str,
+    id: &str,
+    c: &EpisodeCompletion,
+    snap: &Snapshot,
+) -> DbResult<Vec<Statement>> {
+    let mut keys = HashSet::new();
+    let mut numbers = HashSet::new();
+    let mut keyed = Vec::new();
+    let mut legacy = Vec::new();
+    let mut body = String::new();
+    for s in &c.steps {
+        // Steps the store holds are replays; a key repeated in the batch counts once.
+        let new = if s.key == 0 {
+            let n = i64::from(s.step_number);
+            let new = !snap.stored_numbers.contains(&n) && numbers.insert(n);
+            if new {
+                legacy.push(s);
+            }
+            new
+        } else {
+            let k = s.key as i64;
+            let new = !snap.stored_keys.contains(&k) && keys.insert(k);
+            if new {
+                keyed.push(s);
+            }
+            new
+        };
+        if new {
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            body.push_str(&step_search_text(s));
+        }
+    }
+    let mut out: Vec<Statement> = legacy_step_inserts(ns, id, &legacy)?
+        .into_iter()
+        .chain(keyed_step_inserts(ns, id, &keyed)?)
+        .map(|(sql, values)| Statement::exec(sql, values))
+        .collect();
+    let inserted = (legacy.len() + keyed.len()) as i64;
+    if inserted > 0 {
+        out.push(Statement::exec(
+            format!(
+                "UPDATE episodes SET step_count = step_count + ?3, changed_seq = {POSITION} \
+                 WHERE ns = ?1 AND id = ?2"
+            ),
+            vec![text(ns), text(id), Value::Integer(inserted)],
+        ));
+        if let Some(values) = row_values(&body, ns, id, "steps") {
+            out.push(Statement::exec(INSERT_TEXT, values));
+        }
+    }
+    Ok(out)
+}
+
+/// `UPDATE table SET changed_seq = <position>` for the rows of `ids`.
+fn restamp(table: &str, ns: &str, ids: &[String]) -> Vec<Statement> {
+    ids.chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let sql = format!(
+                "UPDATE {table} SET changed_seq = {POSITION} WHERE ns = ?1 AND id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            Statement::exec(sql, ns_and(ns, chunk))
+        })
+        .collect()
+}
+
+/// What one optimistic try came to.
+pub(crate) enum Tried {
+    /// Committed at this change-counter position.
+    Done(i64, LearnedChanges),
+    /// The episode is completed already: a replay, nothing changed.
+    AlreadyCompleted,
+    /// Something read changed before the write, or the write lock was not to be had: try
+    /// again.
+    Stale,
+}
+
+/// One try of a completion (two requests). `update` binds `?1..?8` of the outcome's
+/// `UPDATE`, as in the local path.
+#[tracing::instrument(level = "debug", skip_all)]
+pub(crate) async fn try_complete(
+    client: &HranaClient,
+    ns: &str,
+    id: &str,
+    c: &EpisodeCompletion,
+    update: Vec<Value>,
+    mode: Mode,
+) -> DbResult<Tried> {
+    let names = Names::of(c);
+    let Some((mut snap, stream)) = read_snapshot(client, ns, id, &names, mode).await? else {
+        return Ok(Tried::Stale);
+    };
+    let done = match snap.in_progress {
+        None => Some(Err(
+            Error::not_found(ObjectKind::Episode, c.episode_id).into()
+        )),
+        Some(false) => Some(Ok(Tried::AlreadyCompleted)),
+        Some(true) => None,
+    };
+    if let Some(done) = done {
+        if let Some(stream) = stream {
+            let mut batch = BatchBuilder::default();
+            batch.step(Statement::exec("ROLLBACK", Vec::new()), None);
+            client.batch_close(stream, batch).await?;
+        }
+        return done;
+    }
+    let changes = c.learning.apply(std::mem::take(&mut snap.existing));
+
+    let mut batch = BatchBuilder::default();
+    let begin = match stream {
+        None => Some(batch.step(Statement::exec("BEGIN IMMEDIATE", Vec::new()), None)),
+        Some(_) => None,
+    };
+    let check_stmt = guard(ns, id, &names, &snap);
+    let check = match begin {
+        Some(begin) => batch.after(begin, check_stmt),
+        None => batch.step(check_stmt, None),
+    };
+    let mut last = batch.after(
+        check,
+        Statement::exec(
+            "UPDATE change_counter SET seq = seq + 1 WHERE id = 1",
+            Vec::new(),
+        ),
+    );
+    let mut writes = vec![Statement::exec(
+        format!(
+            "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
+             reward = ?6, reflection = ?7, completed_at = ?8, changed_seq = {POSITION} \
+             WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL"
+        ),
+        update,
+    )];
+    writes.extend(step_statements(ns, id, c, &snap)?);
+    if let Some(values) = row_values(&c.reflection.text(), ns, id, "reflection") {
+        writes.push(Statement::exec(INSERT_TEXT, values));
+    }
+    let items = item_statements(
+        ns,
+        0,
+        changes.patterns.iter().map(|x| &x.item),
+        changes.heuristics.iter().map(|x| &x.item),
+        changes.lessons.iter().map(|x| &x.item),
+    )?;
+    writes.extend(items.into_iter().map(|(sql, v)| Statement::exec(sql, v)));
+    let pattern_ids: Vec<String> = changes
+        .patterns
+        .iter()
+        .map(|x| x.item.id.0.clone())
+        .collect();
+    writes.extend(restamp("patterns", ns, &pattern_ids));
+    let heuristic_ids: Vec<String> = changes
+        .heuristics
+        .iter()
+        .map(|x| x.item.id.0.clone())
+        .collect();
+    writes.extend(restamp("heuristics", ns, &heuristic_ids));
+    for w in writes {
+        last = batch.after(last, w);
+    }
+    let position = batch.after(
+        last,
+        Statement::query(format!("SELECT {POSITION}"), Vec::new()),
+    );
+    let commit = batch.after(position, Statement::exec("COMMIT", Vec::new()));
+    batch.step(
+        Statement::exec("ROLLBACK", Vec::new()),
+        Some(BatchCond::Not {
+            cond: Box::new(BatchCond::Ok { step: commit }),
+        }),
+    );
+    let outcome = match stream {
+        Some(stream) => client.batch_close(stream, batch).await?,
+        None => client.batch(batch).await?,
+    };
+    if outcome.succeeded(commit) {
+        let row = outcome.rows(position, "change counter")?;
+        let position = row
+            .first()
+            .map(|r| Cols::values(r, "change counter").i64(0))
+            .transpose()?
+            .ok_or_else(|| decode("change counter", "no position returned"))?;
+        return Ok(Tried::Done(position, changes));
+    }
+    if outcome.error(check).is_some_and(|e| e.contains(STALE)) {
+        return Ok(Tried::Stale);
+    }
+    // Another machine's transaction held the write lock past the server's wait: nothing
+    // ran, try again.
+    if begin.is_some_and(|b| outcome.error(b).is_some_and(is_lock_error)) {
+        return Ok(Tried::Stale);
+    }
+    let message = outcome
+        .first_error()
+        .unwrap_or("the completion's batch stopped without an error");
+    Err(server_error(message))
+}
