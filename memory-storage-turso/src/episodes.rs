@@ -26,13 +26,13 @@ use crate::sql::{
 };
 use crate::text_index;
 
-const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, \
+pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, \
      domain, language, framework, complexity, tags, started_at, completed_at, outcome_kind, \
      outcome, reward_total, reward, reflection) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
      ON CONFLICT (ns, id) DO NOTHING";
 
-const INSERT_TAGS: &str = "INSERT INTO episode_tags (ns, tag, episode_id)";
+pub(crate) const INSERT_TAGS: &str = "INSERT INTO episode_tags (ns, tag, episode_id)";
 
 const INSERT_STEPS: &str = "INSERT INTO steps (ns, episode_id, step_number, at, tool, action, \
      parameters, status, result_text, latency_ms, tokens)";
@@ -310,6 +310,19 @@ impl EpisodeStore for TursoStorage {
                     opt_json("reward", episode.reward.as_ref())?,
                     opt_json("reflection", episode.reflection.as_ref())?,
                 ];
+                #[cfg(feature = "remote")]
+                if let Some(client) = &inner.hrana {
+                    use crate::remote_batch::{Written, create_episode};
+                    let writer = inner.writer.lock().await;
+                    let params = params.clone();
+                    let written = create_episode(client, INSERT_EPISODE, params, episode).await?;
+                    drop(writer);
+                    match written {
+                        // Refused: the episode exists (a replay changes nothing).
+                        Written::Committed(_) | Written::Refused => return Ok(()),
+                        Written::Busy => {} // the interactive transaction waits its turn
+                    }
+                }
                 inner
                     .write_tx(async |tx| {
                         if tx.exec(INSERT_EPISODE, params).await? == 0 {
@@ -343,6 +356,27 @@ impl EpisodeStore for TursoStorage {
         steps: &[ExecutionStep],
     ) -> Result<()> {
         let (ns, id) = (ns.as_str(), episode_id.to_string());
+        #[cfg(feature = "remote")]
+        if let Some(client) = &self.inner.hrana {
+            use crate::remote_batch::{Written, append_steps};
+            let inner = &*self.inner;
+            let written = inner
+                .call("append_steps", async {
+                    let _writer = inner.writer.lock().await;
+                    append_steps(client, ns, &id, steps).await
+                })
+                .await?;
+            if let Written::Committed(Some(position)) = written
+                && let Some(tracker) = &inner.changes
+            {
+                tracker.committed(position);
+            }
+            if let Written::Committed(_) = written {
+                return Ok(());
+            }
+            // Refused: a replay, or an episode missing or completed; the interactive path
+            // tells which.
+        }
         self.inner
             .call_write_stamped("append_steps", async |tx, position| {
                 match episode_state(tx, ns, &id).await? {

@@ -1,7 +1,11 @@
-//! Remote mode's episode read and completion, each sent as whole Hrana batches
+//! Remote mode's episode reads and writes, each sent as whole Hrana batches
 //! ([`crate::hrana`]) instead of a round trip per statement.
 //!
 //! - **Reading an episode**: the episode row and its steps in one request (one snapshot).
+//! - **Creating an episode** and **appending steps**: one transaction in one request, whose
+//!   first statement checks that the write applies as is (no such episode yet; the episode in
+//!   progress and none of the steps stored). When it does not (a replay, a conflict), nothing
+//!   is written and the caller runs the interactive transaction, which tells the cases apart.
 //! - **Completing an episode** takes two requests. The first reads what the merge needs (the
 //!   episode's state, its stored step keys and the learned items the update names); the merge
 //!   runs here ([`memory_core::LearningUpdate::apply`], as in the local path); the second is
@@ -24,19 +28,19 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use libsql::Value;
 use memory_core::{
-    EpisodeCompletion, Error, ExistingLearned, FailureLesson, Heuristic, LearnedChanges,
-    ObjectKind, Pattern,
+    EpisodeCompletion, Error, ExecutionStep, ExistingLearned, FailureLesson, Heuristic,
+    LearnedChanges, ObjectKind, Pattern, task_search_text,
 };
 
 use crate::codec::{
     Cols, EPISODE_COLUMNS, STEP_COLUMNS, decode, episode_from, from_json, step_from,
     step_search_text, text,
 };
-use crate::episodes::{keyed_step_inserts, legacy_step_inserts};
+use crate::episodes::{INSERT_TAGS, keyed_step_inserts, legacy_step_inserts};
 use crate::error::DbResult;
 use crate::hrana::{BatchBuilder, HranaClient, OpenStream, Outcome, Statement, server_error};
 use crate::learned::item_statements;
-use crate::sql::{ROWS_PER_INSERT, placeholders};
+use crate::sql::{ROWS_PER_INSERT, insert_statements, placeholders};
 use crate::text_index::{INSERT_TEXT, row_values};
 use libsql_hrana::proto::BatchCond;
 
@@ -391,31 +395,34 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
     )
 }
 
-/// The statements that write the steps `snap` does not hold yet, their step count and their
-/// full-text row, as `Inner::append_step_rows` does.
+/// The statements that write the `steps` the store does not hold yet (`stored_keys`,
+/// `stored_numbers`), their step count (stamping the episode with `stamp`, an SQL
+/// expression) and their full-text row, as `Inner::append_step_rows` does.
 fn step_statements(
     ns: &str,
     id: &str,
-    c: &EpisodeCompletion,
-    snap: &Snapshot,
+    steps: &[ExecutionStep],
+    stored_keys: &HashSet<i64>,
+    stored_numbers: &HashSet<i64>,
+    stamp: &str,
 ) -> DbResult<Vec<Statement>> {
     let mut keys = HashSet::new();
     let mut numbers = HashSet::new();
     let mut keyed = Vec::new();
     let mut legacy = Vec::new();
     let mut body = String::new();
-    for s in &c.steps {
+    for s in steps {
         // Steps the store holds are replays; a key repeated in the batch counts once.
         let new = if s.key == 0 {
             let n = i64::from(s.step_number);
-            let new = !snap.stored_numbers.contains(&n) && numbers.insert(n);
+            let new = !stored_numbers.contains(&n) && numbers.insert(n);
             if new {
                 legacy.push(s);
             }
             new
         } else {
             let k = s.key as i64;
-            let new = !snap.stored_keys.contains(&k) && keys.insert(k);
+            let new = !stored_keys.contains(&k) && keys.insert(k);
             if new {
                 keyed.push(s);
             }
@@ -437,7 +444,7 @@ fn step_statements(
     if inserted > 0 {
         out.push(Statement::exec(
             format!(
-                "UPDATE episodes SET step_count = step_count + ?3, changed_seq = {POSITION} \
+                "UPDATE episodes SET step_count = step_count + ?3, changed_seq = {stamp} \
                  WHERE ns = ?1 AND id = ?2"
             ),
             vec![text(ns), text(id), Value::Integer(inserted)],
@@ -530,7 +537,14 @@ pub(crate) async fn try_complete(
         ),
         update,
     )];
-    writes.extend(step_statements(ns, id, c, &snap)?);
+    writes.extend(step_statements(
+        ns,
+        id,
+        &c.steps,
+        &snap.stored_keys,
+        &snap.stored_numbers,
+        POSITION,
+    )?);
     if let Some(values) = row_values(&c.reflection.text(), ns, id, "reflection") {
         writes.push(Statement::exec(INSERT_TEXT, values));
     }
@@ -593,4 +607,179 @@ pub(crate) async fn try_complete(
         .first_error()
         .unwrap_or("the completion's batch stopped without an error");
     Err(server_error(message))
+}
+
+/// What a one-request write came to.
+pub(crate) enum Written {
+    /// Committed; the change-counter position it took, if it took one.
+    Committed(Option<i64>),
+    /// Its guard did not hold: nothing was written.
+    Refused,
+    /// The write lock was not to be had: nothing was written.
+    Busy,
+}
+
+/// One request: `BEGIN IMMEDIATE`, `guard` (a statement that fails with [`STALE`] unless the
+/// write may go ahead), optionally the next change-counter position, `writes`, `COMMIT`.
+async fn guarded_write(
+    client: &HranaClient,
+    guard: Statement,
+    stamped: bool,
+    writes: Vec<Statement>,
+) -> DbResult<Written> {
+    let mut batch = BatchBuilder::default();
+    let begin = batch.step(Statement::exec("BEGIN IMMEDIATE", Vec::new()), None);
+    let check = batch.after(begin, guard);
+    let mut last = check;
+    if stamped {
+        last = batch.after(
+            last,
+            Statement::exec(
+                "UPDATE change_counter SET seq = seq + 1 WHERE id = 1",
+                Vec::new(),
+            ),
+        );
+    }
+    for w in writes {
+        last = batch.after(last, w);
+    }
+    let position = stamped.then(|| {
+        batch.after(
+            last,
+            Statement::query(format!("SELECT {POSITION}"), Vec::new()),
+        )
+    });
+    let commit = batch.after(
+        position.unwrap_or(last),
+        Statement::exec("COMMIT", Vec::new()),
+    );
+    batch.step(
+        Statement::exec("ROLLBACK", Vec::new()),
+        Some(BatchCond::Not {
+            cond: Box::new(BatchCond::Ok { step: commit }),
+        }),
+    );
+    let outcome = client.batch(batch).await?;
+    if outcome.succeeded(commit) {
+        let position = match position {
+            Some(step) => Some(
+                outcome
+                    .rows(step, "change counter")?
+                    .first()
+                    .map(|r| Cols::values(r, "change counter").i64(0))
+                    .transpose()?
+                    .ok_or_else(|| decode("change counter", "no position returned"))?,
+            ),
+            None => None,
+        };
+        return Ok(Written::Committed(position));
+    }
+    if outcome.error(check).is_some_and(|e| e.contains(STALE)) {
+        return Ok(Written::Refused);
+    }
+    if outcome.error(begin).is_some_and(is_lock_error) {
+        return Ok(Written::Busy);
+    }
+    Err(server_error(
+        outcome
+            .first_error()
+            .unwrap_or("the batch stopped without an error"),
+    ))
+}
+
+/// `SELECT json(CASE WHEN <condition> THEN '1' ELSE 'stale' END)`: fails unless `condition`.
+fn guard_of(condition: &str, values: Vec<Value>) -> Statement {
+    Statement::exec(
+        format!("SELECT json(CASE WHEN {condition} THEN '1' ELSE 'stale' END)"),
+        values,
+    )
+}
+
+/// A new episode in one request: its row, tags, full-text rows and steps, as the local path
+/// writes them; refused (nothing written) when the episode exists, which makes a replay a
+/// no-op; busy when the write lock was not to be had. `episode` binds `?1..?16` of `insert_episode`.
+pub(crate) async fn create_episode(
+    client: &HranaClient,
+    insert_episode: &str,
+    episode_values: Vec<Value>,
+    episode: &memory_core::Episode,
+) -> DbResult<Written> {
+    let ns = match &episode_values.first() {
+        Some(Value::Text(ns)) => ns.clone(),
+        _ => return Err(decode("episode", "the namespace is not the first value")),
+    };
+    let id = episode.id.to_string();
+    let guard = guard_of(
+        "NOT EXISTS (SELECT 1 FROM episodes WHERE ns = ?1 AND id = ?2)",
+        vec![text(&ns), text(&id)],
+    );
+    let mut writes = vec![Statement::exec(insert_episode, episode_values)];
+    let tags: Vec<Vec<Value>> = episode
+        .context
+        .tags
+        .iter()
+        .map(|tag| vec![text(&ns), text(tag), text(&id)])
+        .collect();
+    let tags = insert_statements(INSERT_TAGS, 3, tags, "ON CONFLICT DO NOTHING");
+    writes.extend(tags.into_iter().map(|(sql, v)| Statement::exec(sql, v)));
+    let task = task_search_text(&episode.task_description, &episode.context);
+    if let Some(values) = row_values(&task, &ns, &id, "task") {
+        writes.push(Statement::exec(INSERT_TEXT, values));
+    }
+    // A new row is in no cache: it needs no change stamp.
+    let none = HashSet::new();
+    writes.extend(step_statements(
+        &ns,
+        &id,
+        &episode.steps,
+        &none,
+        &none,
+        "0",
+    )?);
+    if let Some(r) = &episode.reflection
+        && let Some(values) = row_values(&r.text(), &ns, &id, "reflection")
+    {
+        writes.push(Statement::exec(INSERT_TEXT, values));
+    }
+    guarded_write(client, guard, false, writes).await
+}
+
+/// Steps of an in-progress episode in one request, when none of them is stored yet (the
+/// usual case); refused otherwise, or when the episode is missing or completed, for the
+/// interactive path to sort out; busy when the write lock was not to be had.
+pub(crate) async fn append_steps(
+    client: &HranaClient,
+    ns: &str,
+    id: &str,
+    steps: &[ExecutionStep],
+) -> DbResult<Written> {
+    let mut values = vec![text(ns), text(id)];
+    let mut condition =
+        "(SELECT outcome_kind IS NULL FROM episodes WHERE ns = ?1 AND id = ?2) IS 1".to_owned();
+    let keys: BTreeSet<i64> = steps
+        .iter()
+        .filter(|s| s.key != 0)
+        .map(|s| s.key as i64)
+        .collect();
+    let numbers: BTreeSet<i64> = steps
+        .iter()
+        .filter(|s| s.key == 0)
+        .map(|s| i64::from(s.step_number))
+        .collect();
+    for (column, set) in [("step_key", &keys), ("step_number", &numbers)] {
+        if set.is_empty() {
+            continue;
+        }
+        let first = values.len() + 1;
+        values.extend(set.iter().map(|v| Value::Integer(*v)));
+        let stored = format!(
+            " AND NOT EXISTS (SELECT 1 FROM steps WHERE ns = ?1 AND episode_id = ?2 \
+             AND {column} IN ({}))",
+            placeholders(first, set.len())
+        );
+        condition.push_str(&stored);
+    }
+    let none = HashSet::new();
+    let writes = step_statements(ns, id, steps, &none, &none, POSITION)?;
+    guarded_write(client, guard_of(&condition, values), true, writes).await
 }
