@@ -386,13 +386,7 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
             ));
         }
     }
-    Statement::exec(
-        format!(
-            "SELECT json(CASE WHEN {} THEN '1' ELSE 'stale' END)",
-            conds.join(" AND ")
-        ),
-        values,
-    )
+    guard_of(&conds.join(" AND "), values)
 }
 
 /// The statements that write the `steps` the store does not hold yet (`stored_keys`,
@@ -512,23 +506,6 @@ pub(crate) async fn try_complete(
     }
     let changes = c.learning.apply(std::mem::take(&mut snap.existing));
 
-    let mut batch = BatchBuilder::default();
-    let begin = match stream {
-        None => Some(batch.step(Statement::exec("BEGIN IMMEDIATE", Vec::new()), None)),
-        Some(_) => None,
-    };
-    let check_stmt = guard(ns, id, &names, &snap);
-    let check = match begin {
-        Some(begin) => batch.after(begin, check_stmt),
-        None => batch.step(check_stmt, None),
-    };
-    let mut last = batch.after(
-        check,
-        Statement::exec(
-            "UPDATE change_counter SET seq = seq + 1 WHERE id = 1",
-            Vec::new(),
-        ),
-    );
     let mut writes = vec![Statement::exec(
         format!(
             "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
@@ -568,45 +545,18 @@ pub(crate) async fn try_complete(
         .map(|x| x.item.id.0.clone())
         .collect();
     writes.extend(restamp("heuristics", ns, &heuristic_ids));
-    for w in writes {
-        last = batch.after(last, w);
-    }
-    let position = batch.after(
-        last,
-        Statement::query(format!("SELECT {POSITION}"), Vec::new()),
-    );
-    let commit = batch.after(position, Statement::exec("COMMIT", Vec::new()));
-    batch.step(
-        Statement::exec("ROLLBACK", Vec::new()),
-        Some(BatchCond::Not {
-            cond: Box::new(BatchCond::Ok { step: commit }),
-        }),
-    );
-    let outcome = match stream {
-        Some(stream) => client.batch_close(stream, batch).await?,
-        None => client.batch(batch).await?,
-    };
-    if outcome.succeeded(commit) {
-        let row = outcome.rows(position, "change counter")?;
-        let position = row
-            .first()
-            .map(|r| Cols::values(r, "change counter").i64(0))
-            .transpose()?
-            .ok_or_else(|| decode("change counter", "no position returned"))?;
-        return Ok(Tried::Done(position, changes));
-    }
-    if outcome.error(check).is_some_and(|e| e.contains(STALE)) {
-        return Ok(Tried::Stale);
-    }
-    // Another machine's transaction held the write lock past the server's wait: nothing
-    // ran, try again.
-    if begin.is_some_and(|b| outcome.error(b).is_some_and(is_lock_error)) {
-        return Ok(Tried::Stale);
-    }
-    let message = outcome
-        .first_error()
-        .unwrap_or("the completion's batch stopped without an error");
-    Err(server_error(message))
+    let guard = guard(ns, id, &names, &snap);
+    Ok(
+        match guarded_write(client, stream, guard, true, writes).await? {
+            Written::Committed(Some(position)) => Tried::Done(position, changes),
+            Written::Committed(None) => {
+                return Err(decode("change counter", "no position returned"));
+            }
+            // Something read changed, or another machine's transaction held the write lock
+            // past the server's wait: nothing ran, try again.
+            Written::Refused | Written::Busy => Tried::Stale,
+        },
+    )
 }
 
 /// What a one-request write came to.
@@ -619,17 +569,25 @@ pub(crate) enum Written {
     Busy,
 }
 
-/// One request: `BEGIN IMMEDIATE`, `guard` (a statement that fails with [`STALE`] unless the
-/// write may go ahead), optionally the next change-counter position, `writes`, `COMMIT`.
+/// One request: `BEGIN IMMEDIATE` (unless `stream` holds the write transaction already),
+/// `guard` (a statement that fails with [`STALE`] unless the write may go ahead), optionally
+/// the next change-counter position, `writes`, `COMMIT`.
 async fn guarded_write(
     client: &HranaClient,
+    stream: Option<OpenStream>,
     guard: Statement,
     stamped: bool,
     writes: Vec<Statement>,
 ) -> DbResult<Written> {
     let mut batch = BatchBuilder::default();
-    let begin = batch.step(Statement::exec("BEGIN IMMEDIATE", Vec::new()), None);
-    let check = batch.after(begin, guard);
+    let begin = match stream {
+        None => Some(batch.step(Statement::exec("BEGIN IMMEDIATE", Vec::new()), None)),
+        Some(_) => None,
+    };
+    let check = match begin {
+        Some(begin) => batch.after(begin, guard),
+        None => batch.step(guard, None),
+    };
     let mut last = check;
     if stamped {
         last = batch.after(
@@ -659,7 +617,10 @@ async fn guarded_write(
             cond: Box::new(BatchCond::Ok { step: commit }),
         }),
     );
-    let outcome = client.batch(batch).await?;
+    let outcome = match stream {
+        Some(stream) => client.batch_close(stream, batch).await?,
+        None => client.batch(batch).await?,
+    };
     if outcome.succeeded(commit) {
         let position = match position {
             Some(step) => Some(
@@ -677,7 +638,7 @@ async fn guarded_write(
     if outcome.error(check).is_some_and(|e| e.contains(STALE)) {
         return Ok(Written::Refused);
     }
-    if outcome.error(begin).is_some_and(is_lock_error) {
+    if begin.is_some_and(|b| outcome.error(b).is_some_and(is_lock_error)) {
         return Ok(Written::Busy);
     }
     Err(server_error(
@@ -741,7 +702,7 @@ pub(crate) async fn create_episode(
     {
         writes.push(Statement::exec(INSERT_TEXT, values));
     }
-    guarded_write(client, guard, false, writes).await
+    guarded_write(client, None, guard, false, writes).await
 }
 
 /// Steps of an in-progress episode in one request, when none of them is stored yet (the
@@ -781,5 +742,5 @@ pub(crate) async fn append_steps(
     }
     let none = HashSet::new();
     let writes = step_statements(ns, id, steps, &none, &none, POSITION)?;
-    guarded_write(client, guard_of(&condition, values), true, writes).await
+    guarded_write(client, None, guard_of(&condition, values), true, writes).await
 }
