@@ -215,3 +215,45 @@ async fn a_public_address_without_a_token_is_refused_before_listening() {
     assert!(err.contains("MEMORY_SERVE_TOKEN"), "{err}");
     assert!(!dir.path().join("memory.db").exists(), "nothing was opened");
 }
+
+/// `--listen 127.0.0.1:0` lets the system pick a free port, and the address the server prints
+/// is the one it serves on (not port 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_zero_prints_the_port_it_serves_on() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(memory_binary())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("memory serve: MCP at http://") {
+                return line;
+            }
+        }
+        panic!("the server stopped before printing its address");
+    })
+    .await
+    .expect("the server prints its address within 60 s");
+    let port: u16 = banner
+        .trim_start_matches("memory serve: MCP at http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {banner:?}"));
+    assert_ne!(port, 0, "{banner}");
+    let (status, body) = get(port, "/health", None).await;
+    assert_eq!(status, 200, "{body}");
+    // Keep reading stderr so that the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    stop(child).await;
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use memory_mcp::{HttpConfig, MemoryServer, Metrics};
 use tracing::info;
 
@@ -31,10 +31,14 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
     let server = MemoryServer::new(stack.memory_arc(), s.namespace.clone(), server_config)?
         .with_stack(Arc::clone(&stack))
         .with_metrics(Arc::new(Metrics::new()?));
-    info!(namespace = %s.namespace, data_dir = %s.data_dir.display(), listen = %a.listen, "memory serve");
+    // Bound here, so that the address printed is the one served (the port chosen for port 0).
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let local = listener.local_addr()?;
+    info!(namespace = %s.namespace, data_dir = %s.data_dir.display(), listen = %local, "memory serve");
     eprintln!(
-        "memory serve: MCP at http://{}/mcp, health at /health, metrics at /metrics{}",
-        a.listen,
+        "memory serve: MCP at http://{local}/mcp, health at /health, metrics at /metrics{}",
         if config.token.is_some() {
             " (bearer token required)"
         } else {
@@ -45,7 +49,7 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
         let (name, _) = signals::terminated().await;
         info!(signal = name, "stopping the server");
     };
-    let served = memory_mcp::serve_http(server, a.listen, config, stop).await;
+    let served = memory_mcp::serve_http_on(server, listener, config, stop).await;
     let closed = stack.shutdown().await.map_err(backend::stack_error);
     served?;
     closed?;
