@@ -846,6 +846,36 @@ impl Inner {
         }
     }
 
+    /// Looks `key` up in `db`: a miss, a servable hit, or `None` when the stored entry is not
+    /// served from here (expired, corrupt, of another version, or over `max_bytes`, which is
+    /// checked before anything is decoded).
+    fn lookup(
+        &self,
+        db: &Database,
+        key_bytes: &[u8],
+        key: &CacheKey,
+        now: u64,
+        max_bytes: usize,
+    ) -> Result<Option<DiskGet>, StoreError> {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(ENTRIES)?;
+        let Some(guard) = table.get(key_bytes)? else {
+            return Ok(Some(DiskGet::Miss));
+        };
+        let stored = guard.value();
+        if stored.len() > max_bytes {
+            return Ok(None);
+        }
+        Ok(self
+            .classify(stored, key, now)
+            .ok()
+            .map(|(value, expires_ms)| DiskGet::Hit {
+                value,
+                expires_ms,
+                bytes: stored.len() as u64,
+            }))
+    }
+
     /// The read of [`Inner::disk_get`] on the caller's thread, when it is cheap for sure: the
     /// database lock is free (not compacting), and the entry is absent or a servable one of at
     /// most [`INLINE_READ_BYTES`]. `None` means "ask the blocking pool": a busy lock, a large
@@ -862,41 +892,15 @@ impl Inner {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
         };
-        let txn = db.begin_read().ok()?;
-        let table = txn.open_table(ENTRIES).ok()?;
-        let Some(guard) = table.get(key_bytes).ok()? else {
-            return Some(DiskGet::Miss);
-        };
-        let stored = guard.value();
-        if stored.len() > INLINE_READ_BYTES {
-            return None;
-        }
-        let (value, expires_ms) = self.classify(stored, key, now).ok()?;
-        Some(DiskGet::Hit {
-            value,
-            expires_ms,
-            bytes: stored.len() as u64,
-        })
+        self.lookup(&db, key_bytes, key, now, INLINE_READ_BYTES)
+            .ok()
+            .flatten()
     }
 
     fn disk_get(&self, key_bytes: &[u8], key: &CacheKey, now: u64) -> Result<DiskGet, StoreError> {
         let db = self.read_db();
-        let first = {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(ENTRIES)?;
-            let Some(guard) = table.get(key_bytes)? else {
-                return Ok(DiskGet::Miss);
-            };
-            let stored = guard.value();
-            self.classify(stored, key, now)
-                .map(|(value, expires_ms)| (value, expires_ms, stored.len() as u64))
-        };
-        if let Ok((value, expires_ms, bytes)) = first {
-            return Ok(DiskGet::Hit {
-                value,
-                expires_ms,
-                bytes,
-            });
+        if let Some(read) = self.lookup(&db, key_bytes, key, now, usize::MAX)? {
+            return Ok(read);
         }
         // Delete it, if it is still unservable (a writer may have replaced it meanwhile).
         let (txn, durable) = self.begin_write(&db, false)?;
