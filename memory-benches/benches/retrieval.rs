@@ -328,6 +328,7 @@ fn completed_episode(dataset: u64, i: usize) -> (Episode, EpisodeCompletion) {
         completed_at,
         learning,
         steps: Vec::new(),
+        estimate_actual: None,
     };
     (episode, completion)
 }

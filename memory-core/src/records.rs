@@ -47,6 +47,9 @@ pub struct ConsolidationRun {
     /// Rows of patterns merged into another that held no evidence (their counts live on in
     /// the survivor), no feedback and no merge pointer of another row, deleted.
     pub compacted_merged: u64,
+    /// Rows of patterns pruned more than `pruned_rows_kept_days` before the run and not seen
+    /// since, with no feedback and no merge pointer of another row, deleted.
+    pub compacted_pruned: u64,
     /// Retention: episodes whose step outputs were compacted.
     pub compacted_episodes: u64,
     /// Retention: step outputs emptied.
@@ -68,6 +71,7 @@ impl ConsolidationRun {
             + self.effectiveness_updated
             + self.compacted_steps
             + self.compacted_merged
+            + self.compacted_pruned
             > 0
     }
 }

@@ -19,6 +19,7 @@ use crate::codec::{
 };
 use crate::connection::Inner;
 use crate::error::DbResult;
+use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::prepared::Db;
 use crate::sql::{
     ROWS_PER_INSERT, Sql, filter_sql, insert_rows, multi_row, query_all, query_one, query_opt,
@@ -270,9 +271,12 @@ async fn complete_in_tx(
     }
     Inner::append_step_rows(tx, ns, id, &c.steps, position).await?;
     text_index::insert(tx, &c.reflection.text(), ns, id, "reflection").await?;
-    Ok(Some(
-        Inner::merge_learning(tx, ns, &c.learning, position).await?,
-    ))
+    let changes = Inner::merge_learning(tx, ns, &c.learning, position).await?;
+    if let Some(actual) = &c.estimate_actual {
+        tx.exec(CLOSE_ESTIMATE, close_estimate_values(ns, id, actual)?)
+            .await?;
+    }
+    Ok(Some(changes))
 }
 
 #[async_trait]

@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use libsql::Value;
 use libsql::params::IntoParams;
 use memory_core::{
-    ConsolidationRun, EpisodeId, Error, EstimateRecord, FeedbackTarget, HeuristicId,
-    MaintenanceStore, MetricsSnapshot, Namespace, ObjectKind, PatternId, RestoreRecord, Result,
-    StepCompaction,
+    ConsolidationRun, EpisodeId, Error, EstimateActual, EstimateRecord, FeedbackTarget,
+    HeuristicId, MaintenanceStore, MetricsSnapshot, Namespace, ObjectKind, PatternId,
+    RestoreRecord, Result, StepCompaction,
 };
 use tracing::instrument;
 
@@ -50,6 +50,27 @@ async fn reindex_steps(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<()> {
     )
     .await?;
     text_index::insert(conn, &lines.join("\n"), ns, id, "steps").await
+}
+
+/// Stores a completion's actuals with the episode's estimate record when one is open (local
+/// and remote completions run it in their transaction); `?4` is the [`EstimateActual`] as
+/// JSON, set into the stored record's body.
+pub(crate) const CLOSE_ESTIMATE: &str = "UPDATE estimates SET completed_at = ?3, \
+     body = json_set(body, '$.actual', json(?4)) \
+     WHERE ns = ?1 AND episode_id = ?2 AND completed_at IS NULL";
+
+/// The values of [`CLOSE_ESTIMATE`].
+pub(crate) fn close_estimate_values(
+    ns: &str,
+    id: &str,
+    actual: &EstimateActual,
+) -> DbResult<Vec<Value>> {
+    Ok(vec![
+        text(ns),
+        text(id),
+        Value::Integer(nanos("estimate.completed_at", actual.completed_at)?),
+        Value::Text(to_json("estimate.actual", actual)?),
+    ])
 }
 
 #[async_trait]
@@ -352,6 +373,34 @@ impl MaintenanceStore for TursoStorage {
                              AND NOT EXISTS (SELECT 1 FROM feedback WHERE ns = ?1 \
                              AND target_kind = 'pattern' AND target_id = ?2)",
                             (ns.as_str(), id.0.as_str()),
+                        )
+                        .await?;
+                }
+                Ok(removed)
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, rows = rows.len()))]
+    async fn compact_pruned_patterns(
+        &self,
+        ns: &Namespace,
+        rows: &[(PatternId, DateTime<Utc>)],
+    ) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.inner
+            .call_write("compact_pruned_patterns", async |tx| {
+                let mut removed = 0;
+                for (id, pruned_at) in rows {
+                    removed += tx
+                        .exec(
+                            "DELETE FROM patterns WHERE ns = ?1 AND id = ?2 \
+                             AND status = 'pruned' AND last_seen <= ?3 \
+                             AND NOT EXISTS (SELECT 1 FROM feedback WHERE ns = ?1 \
+                             AND target_kind = 'pattern' AND target_id = ?2)",
+                            (ns.as_str(), id.0.as_str(), nanos_clamped(*pruned_at)),
                         )
                         .await?;
                 }

@@ -40,6 +40,7 @@ use crate::episodes::{INSERT_TAGS, keyed_step_inserts, legacy_step_inserts};
 use crate::error::DbResult;
 use crate::hrana::{BatchBuilder, HranaClient, OpenStream, Outcome, Statement, server_error};
 use crate::learned::item_statements;
+use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::sql::{ROWS_PER_INSERT, insert_statements, placeholders};
 use crate::text_index::{INSERT_TEXT, row_values};
 use libsql_hrana::proto::BatchCond;
@@ -524,6 +525,10 @@ pub(crate) async fn try_complete(
     )?);
     if let Some(values) = row_values(&c.reflection.text(), ns, id, "reflection") {
         writes.push(Statement::exec(INSERT_TEXT, values));
+    }
+    if let Some(actual) = &c.estimate_actual {
+        let values = close_estimate_values(ns, id, actual)?;
+        writes.push(Statement::exec(CLOSE_ESTIMATE, values));
     }
     let items = item_statements(
         ns,

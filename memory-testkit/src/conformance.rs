@@ -55,6 +55,7 @@ where
     maintenance_records(make().await.as_ref()).await;
     retention_compacts_only_old_successful_outputs(make().await.as_ref()).await;
     merged_patterns_without_evidence_compact(make().await.as_ref()).await;
+    pruned_patterns_not_seen_since_compact(make().await.as_ref()).await;
 }
 
 fn ns(name: &str) -> Namespace {
@@ -115,6 +116,12 @@ pub fn completion_for(episode: &Episode, outcome: Outcome, at: DateTime<Utc>) ->
     );
     let reflection = reflect(episode, &outcome, &reward);
     let learning = extract_learning(episode, &outcome, at);
+    let actual = EstimateActual {
+        steps: episode.steps.len() as u32,
+        duration_ms: (at - episode.started_at).num_milliseconds().max(0) as f64,
+        success: outcome.is_success(),
+        completed_at: at,
+    };
     EpisodeCompletion {
         episode_id: episode.id,
         outcome,
@@ -123,6 +130,7 @@ pub fn completion_for(episode: &Episode, outcome: Outcome, at: DateTime<Utc>) ->
         completed_at: at,
         learning,
         steps: Vec::new(),
+        estimate_actual: Some(actual),
     }
 }
 
@@ -695,53 +703,112 @@ pub async fn put_learned_roundtrip(s: &dyn Storage) {
     assert!(all.iter().any(|x| x.id == p.id));
 }
 
+/// The patterns of one recorded episode (at least four) stored in `n` and `other`, for the
+/// compaction checks; and the episode.
+async fn compaction_case(
+    s: &dyn Storage,
+    n: &Namespace,
+    other: &Namespace,
+) -> (Vec<Pattern>, EpisodeId) {
+    let e = rust_web("x", TaskType::Debugging, 0);
+    let spec = [("shell", false), ("edit_file", true), ("shell", true)];
+    let (_, changes) = record(s, n, e.clone(), &spec, ok()).await;
+    record(s, other, e, &spec, ok()).await;
+    let p: Vec<Pattern> = changes.patterns.iter().map(|c| c.item.clone()).collect();
+    assert!(p.len() >= 4, "{p:?}");
+    let episode = p[0].recent_evidence[0].episode_id;
+    (p[..4].to_vec(), episode)
+}
+
+/// Stores `p` (as changed by the check) in both namespaces and feedback on `p[2]` in `n`.
+async fn store_compaction_case(
+    s: &dyn Storage,
+    n: &Namespace,
+    other: &Namespace,
+    p: &[Pattern],
+    episode: EpisodeId,
+) {
+    let items = LearnedItems {
+        patterns: p.to_vec(),
+        ..LearnedItems::default()
+    };
+    s.put_learned(n, &items).await.unwrap();
+    s.put_learned(other, &items).await.unwrap();
+    let target = FeedbackTarget::Pattern(p[2].id.clone());
+    let fb = feedback(&target, episode, FeedbackOutcome::NoEffect, 100);
+    s.record_feedback(n, &fb).await.unwrap();
+}
+
+/// After one compaction call: `p[0]` went from `n`, every other row stayed, and `other` kept
+/// its copy.
+async fn only_the_first_went(s: &dyn Storage, n: &Namespace, other: &Namespace, p: &[Pattern]) {
+    assert_eq!(
+        s.get_pattern(n, &p[0].id).await.unwrap(),
+        None,
+        "{:?}",
+        p[0]
+    );
+    for kept in &p[1..] {
+        assert!(
+            s.get_pattern(n, &kept.id).await.unwrap().is_some(),
+            "{kept:?}"
+        );
+    }
+    assert!(s.get_pattern(other, &p[0].id).await.unwrap().is_some());
+}
+
 /// `compact_merged_patterns` deletes a merged pattern holding no evidence, and nothing else:
 /// not one with evidence, feedback, another status, another namespace or an unknown id.
 pub async fn merged_patterns_without_evidence_compact(s: &dyn Storage) {
     let (n, other) = (ns("conf/compact"), ns("conf/compact-other"));
-    let e = rust_web("x", TaskType::Debugging, 0);
-    let spec = [("shell", false), ("edit_file", true), ("shell", true)];
-    let (_, changes) = record(s, &n, e.clone(), &spec, ok()).await;
-    record(s, &other, e, &spec, ok()).await;
-    let mut p: Vec<Pattern> = changes.patterns.iter().map(|c| c.item.clone()).collect();
-    assert!(p.len() >= 4, "{p:?}");
+    let (mut p, episode) = compaction_case(s, &n, &other).await;
     let into = LearnedStatus::Merged {
         into: p[3].id.0.clone(),
         at: t(99),
     };
+    // 0: merged, empty; 1: merged, holding evidence; 2: merged, with feedback; 3: active.
     for (i, occurrences) in [(0, 0), (1, 2), (2, 0)] {
         p[i].status = into.clone();
         p[i].occurrences = occurrences;
         p[i].successes = 0;
     }
     p[3].occurrences = 0;
-    let items = LearnedItems {
-        patterns: p[..4].to_vec(),
-        ..LearnedItems::default()
-    };
-    s.put_learned(&n, &items).await.unwrap();
-    s.put_learned(&other, &items).await.unwrap();
-    let target = FeedbackTarget::Pattern(p[2].id.clone());
-    let ep = changes.patterns[0].item.recent_evidence[0].episode_id;
-    let fb = feedback(&target, ep, FeedbackOutcome::NoEffect, 100);
-    s.record_feedback(&n, &fb).await.unwrap();
-    let unknown = PatternId("0".repeat(32));
-    let mut ids: Vec<PatternId> = p[..4].iter().map(|x| x.id.clone()).collect();
-    ids.push(unknown);
+    store_compaction_case(s, &n, &other, &p, episode).await;
+    let mut ids: Vec<PatternId> = p.iter().map(|x| x.id.clone()).collect();
+    ids.push(PatternId("0".repeat(32)));
     assert_eq!(s.compact_merged_patterns(&n, &ids).await.unwrap(), 1);
-    assert_eq!(
-        s.get_pattern(&n, &p[0].id).await.unwrap(),
-        None,
-        "merged, empty"
-    );
-    for kept in &p[1..4] {
-        assert!(
-            s.get_pattern(&n, &kept.id).await.unwrap().is_some(),
-            "{kept:?}"
-        );
-    }
-    assert!(s.get_pattern(&other, &p[0].id).await.unwrap().is_some());
+    only_the_first_went(s, &n, &other, &p).await;
     assert_eq!(s.compact_merged_patterns(&n, &ids).await.unwrap(), 0);
+}
+
+/// `compact_pruned_patterns` deletes a pruned pattern not seen since it was pruned, and
+/// nothing else: not one seen after its pruning, one with feedback, another status, another
+/// namespace or an unknown id.
+pub async fn pruned_patterns_not_seen_since_compact(s: &dyn Storage) {
+    let (n, other) = (ns("conf/prune-compact"), ns("conf/prune-compact-other"));
+    let (mut p, episode) = compaction_case(s, &n, &other).await;
+    let seen = p[0].last_seen;
+    let pruned = |at: DateTime<Utc>| LearnedStatus::Pruned {
+        reason: "confidence 0.01 below floor 0.05".into(),
+        at,
+    };
+    let later = seen + Duration::days(1);
+    // 0: pruned after it was last seen; 1: seen after its pruning (the next run revives
+    // it); 2: pruned but has feedback; 3: active.
+    p[0].status = pruned(later);
+    p[1].status = pruned(seen - Duration::days(1));
+    p[2].status = pruned(later);
+    store_compaction_case(s, &n, &other, &p, episode).await;
+    let at_of = |x: &Pattern| match &x.status {
+        LearnedStatus::Pruned { at, .. } => *at,
+        _ => later,
+    };
+    let mut rows: Vec<(PatternId, DateTime<Utc>)> =
+        p.iter().map(|x| (x.id.clone(), at_of(x))).collect();
+    rows.push((PatternId("0".repeat(32)), later));
+    assert_eq!(s.compact_pruned_patterns(&n, &rows).await.unwrap(), 1);
+    only_the_first_went(s, &n, &other, &p).await;
+    assert_eq!(s.compact_pruned_patterns(&n, &rows).await.unwrap(), 0);
 }
 
 pub async fn feedback_updates_effectiveness(s: &dyn Storage) {
@@ -1063,6 +1130,7 @@ pub async fn maintenance_records(s: &dyn Storage) {
     consolidation_runs(s, &a, &b).await;
     metrics_snapshots(s, &a, &b).await;
     estimate_records(s, &a, &b).await;
+    completion_closes_its_open_estimate(s, &ns("conf/maint-close")).await;
     restore_records(s, &a, &b).await;
 }
 
@@ -1131,20 +1199,24 @@ async fn metrics_snapshots(s: &dyn Storage, a: &Namespace, b: &Namespace) {
 }
 
 /// Estimates: only for episodes of the namespace; listed once they have actuals.
-async fn estimate_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
-    let e1 = episode("estimate one", TaskType::Testing, "web_api", None, t(0));
-    let e2 = episode("estimate two", TaskType::Testing, "cli", None, t(1));
-    create(s, a, &[&e1, &e2]).await;
-    // The records of `a` with actuals, most recently completed first.
-    let listed = |domain, limit| async move { s.query_estimates(a, domain, limit).await.unwrap() };
-    let est = Estimate {
+fn estimate_fixture() -> Estimate {
+    Estimate {
         expected_steps: Some(3.0),
         expected_duration_ms: Some(1000.0),
         success_chance: Some(0.75),
         sample_size: 2,
         why: "fixture".into(),
         correction: None,
-    };
+    }
+}
+
+async fn estimate_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
+    let e1 = episode("estimate one", TaskType::Testing, "web_api", None, t(0));
+    let e2 = episode("estimate two", TaskType::Testing, "cli", None, t(1));
+    create(s, a, &[&e1, &e2]).await;
+    // The records of `a` with actuals, most recently completed first.
+    let listed = |domain, limit| async move { s.query_estimates(a, domain, limit).await.unwrap() };
+    let est = estimate_fixture();
     let mut r1 = EstimateRecord {
         episode_id: e1.id,
         domain: "web_api".into(),
@@ -1185,6 +1257,53 @@ async fn estimate_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
     assert_eq!(listed(Some("web_api"), 10).await, [r1]);
     assert_eq!(listed(None, 1).await.len(), 1, "limit");
     assert!(s.query_estimates(b, None, 10).await.unwrap().is_empty());
+}
+
+/// A completion stores its actuals with the episode's estimate record when that one is open,
+/// in its own transaction; it leaves a closed record as it is and makes none.
+async fn completion_closes_its_open_estimate(s: &dyn Storage, a: &Namespace) {
+    let e1 = episode("estimate open", TaskType::Testing, "web_api", None, t(0));
+    let e2 = episode("estimate closed", TaskType::Testing, "web_api", None, t(1));
+    let e3 = episode("no estimate", TaskType::Testing, "web_api", None, t(2));
+    create(s, a, &[&e1, &e2, &e3]).await;
+    let est = estimate_fixture();
+    let open = EstimateRecord {
+        episode_id: e1.id,
+        domain: "web_api".into(),
+        recorded_at: t(3),
+        estimate: est.clone(),
+        actual: None,
+    };
+    let closed = EstimateRecord {
+        episode_id: e2.id,
+        actual: Some(EstimateActual {
+            steps: 7,
+            duration_ms: 5.0,
+            success: false,
+            completed_at: t(4),
+        }),
+        ..open.clone()
+    };
+    s.put_estimate(a, &open).await.unwrap();
+    s.put_estimate(a, &closed).await.unwrap();
+    let mut actuals = Vec::new();
+    for (e, at) in [(&e1, 60), (&e2, 61), (&e3, 62)] {
+        let c = completion_for(e, Outcome::failure("tests still fail"), t(at));
+        assert!(s.complete_episode(a, &c).await.unwrap().is_some());
+        actuals.push(c.estimate_actual);
+    }
+    let stored = s.get_estimate(a, e1.id).await.unwrap().unwrap();
+    assert_eq!(stored.actual, actuals[0], "the open record closed");
+    assert_eq!(stored.estimate, est);
+    let stored = s.get_estimate(a, e2.id).await.unwrap();
+    assert_eq!(stored, Some(closed), "a closed record stays as it was");
+    assert_eq!(s.get_estimate(a, e3.id).await.unwrap(), None);
+    let listed = s.query_estimates(a, Some("web_api"), 10).await.unwrap();
+    assert_eq!(
+        listed.len(),
+        2,
+        "both closed records are listed: {listed:?}"
+    );
 }
 
 /// Restores: the latest per item, filtered by time.

@@ -809,6 +809,27 @@ async fn forwarded_evidence_follows_a_merge_chain_to_a_pruned_end() {
     }
 }
 
+/// Stores `patterns` and a no-effect feedback event on `rated`.
+async fn store_with_feedback_on(
+    storage: &Arc<dyn Storage>,
+    ns: &Namespace,
+    patterns: Vec<Pattern>,
+    rated: &Pattern,
+) {
+    let items = LearnedItems {
+        patterns,
+        ..LearnedItems::default()
+    };
+    storage.put_learned(ns, &items).await.unwrap();
+    let fb = memory_core::Feedback {
+        target: FeedbackTarget::Pattern(rated.id.clone()),
+        episode_id: rated.recent_evidence[0].episode_id,
+        outcome: memory_core::FeedbackOutcome::NoEffect,
+        recorded_at: at(560),
+    };
+    storage.record_feedback(ns, &fb).await.unwrap();
+}
+
 /// A merged pattern row whose evidence moved goes once it is older than
 /// `merged_rows_kept_days`, unless it holds feedback or a merged row points into it; a chain
 /// is taken down from its first link, run by run, and the evidence stays at its end.
@@ -842,18 +863,13 @@ async fn emptied_merged_rows_are_compacted_and_merge_chains_stay_whole() {
             0,
         );
         let rated = merged(decision("opening move: deploy task", "helm", 1, 0), &end, 0);
-        let items = LearnedItems {
-            patterns: vec![end.clone(), link.clone(), first.clone(), rated.clone()],
-            ..LearnedItems::default()
-        };
-        storage.put_learned(&ns, &items).await.unwrap();
-        let fb = memory_core::Feedback {
-            target: FeedbackTarget::Pattern(rated.id.clone()),
-            episode_id: rated.recent_evidence[0].episode_id,
-            outcome: memory_core::FeedbackOutcome::NoEffect,
-            recorded_at: at(560),
-        };
-        storage.record_feedback(&ns, &fb).await.unwrap();
+        store_with_feedback_on(
+            &storage,
+            &ns,
+            vec![end.clone(), link.clone(), first.clone(), rated.clone()],
+            &rated,
+        )
+        .await;
         let present = async |p: &Pattern| storage.get_pattern(&ns, &p.id).await.unwrap().is_some();
 
         // Merged 450 s ago: kept for the default 7 days.
@@ -882,5 +898,70 @@ async fn emptied_merged_rows_are_compacted_and_merge_chains_stay_whole() {
         let survivor = storage.get_pattern(&ns, &end.id).await.unwrap().unwrap();
         assert_eq!(survivor.occurrences, 9, "{name}: the evidence stays");
         assert!(survivor.status.is_active(), "{name}");
+    }
+}
+
+/// A pruned pattern row not seen since goes once it was pruned more than
+/// `pruned_rows_kept_days` ago, unless it holds feedback or a merged row points into it (that
+/// one goes the run after the row pointing into it went); the default keeps it 90 days.
+#[tokio::test]
+async fn pruned_rows_not_seen_since_are_compacted_after_the_kept_days() {
+    for (name, storage, _dir) in backends().await {
+        let memory_with = |days: f64| {
+            let mut consolidation = ConsolidationConfig::default().with_schedule(false);
+            consolidation.merged_rows_kept_days = days;
+            consolidation.pruned_rows_kept_days = days;
+            let config = MemoryConfig::default().with_consolidation(consolidation);
+            SelfLearningMemory::new(storage.clone(), config).unwrap()
+        };
+        let ns = Namespace::new("prune/compact").unwrap();
+        let pruned = |mut p: Pattern| {
+            p.status = LearnedStatus::Pruned {
+                reason: "confidence 0.010 below floor 0.05".into(),
+                at: at(500),
+            };
+            p
+        };
+        let gone = pruned(decision("first build of a crate", "cargo", 1, 0));
+        let target = pruned(decision("a flaky network test", "retry", 1, 0));
+        let rated = pruned(decision("a lint run on ci", "clippy", 1, 0));
+        let mut pointer = decision("the flaky network tests", "retry", 1, 0);
+        pointer.status = LearnedStatus::Merged {
+            into: target.id.0.clone(),
+            at: at(550),
+        };
+        (pointer.occurrences, pointer.successes) = (0, 0);
+        store_with_feedback_on(
+            &storage,
+            &ns,
+            vec![gone.clone(), target.clone(), rated.clone(), pointer.clone()],
+            &rated,
+        )
+        .await;
+        let present = async |p: &Pattern| storage.get_pattern(&ns, &p.id).await.unwrap().is_some();
+
+        // Pruned 500 s ago: kept for the default 90 days (restorable).
+        let kept = memory_with(ConsolidationConfig::default().pruned_rows_kept_days);
+        let report = kept.consolidate(&ns).await.unwrap();
+        assert_eq!(report.run.compacted_pruned, 0, "{name}: {:?}", report.run);
+        assert!(present(&gone).await && present(&pointer).await, "{name}");
+
+        let memory = memory_with(0.0);
+        let report = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(report.run.compacted_pruned, 1, "{name}: {:?}", report.run);
+        assert!(!present(&gone).await, "{name}: pruned, not seen since");
+        assert!(
+            present(&target).await,
+            "{name}: a merged row pointed into it"
+        );
+        assert!(present(&rated).await, "{name}: has feedback");
+        assert_eq!(report.run.compacted_merged, 1, "{name}: the pointer");
+        assert!(!present(&pointer).await, "{name}");
+        let again = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(again.run.compacted_pruned, 1, "{name}: {:?}", again.run);
+        assert!(!present(&target).await && present(&rated).await, "{name}");
+        let last = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(last.run.compacted_pruned, 0, "{name}");
+        assert!(!last.run.changed_anything(), "{name}: {:?}", last.run);
     }
 }

@@ -76,6 +76,11 @@ struct Args {
     /// minutes never reaches; 0 lets each run delete what the one before emptied).
     #[arg(long)]
     merged_rows_kept_days: Option<f64>,
+    /// With `--consolidate`: days a pruned pattern row is kept while no evidence revives it
+    /// (`consolidation.pruned_rows_kept_days`; the library's default, 90, is never reached by
+    /// a run of minutes; 0 lets each run delete what the one before pruned).
+    #[arg(long)]
+    pruned_rows_kept_days: Option<f64>,
     /// Open the libsql file with `synchronous = FULL` (an fsync per commit) instead of NORMAL
     #[arg(long)]
     synchronous_full: bool,
@@ -291,6 +296,9 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
     let mut config = MemoryConfig::default();
     if let Some(days) = args.merged_rows_kept_days {
         config.consolidation.merged_rows_kept_days = days;
+    }
+    if let Some(days) = args.pruned_rows_kept_days {
+        config.consolidation.pruned_rows_kept_days = days;
     }
     let stack =
         DefaultStack::open_synchronous(&args.data_dir, config, CacheConfig::default(), synchronous)

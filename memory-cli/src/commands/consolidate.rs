@@ -23,9 +23,13 @@ pub async fn run(m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let general = r.generalized_heuristics;
     println!("generalized  {general} rules made or re-summed from contexts that agree");
     let (patterns, heuristics) = (r.pruned_patterns, r.pruned_heuristics);
-    println!("pruned       {patterns} patterns, {heuristics} heuristics (tombstoned, restorable)");
+    println!(
+        "pruned       {patterns} patterns, {heuristics} heuristics (tombstoned; restorable until compacted)"
+    );
     let compacted = r.compacted_merged;
     println!("compacted    {compacted} rows of merged patterns holding no evidence");
+    let pruned = r.compacted_pruned;
+    println!("             {pruned} rows of patterns pruned long ago and not seen since");
     let decayed = r.decayed;
     println!("decayed      {decayed} items at least one half-life old");
     let (revived, forwarded, recomputed) = (r.revived, r.forwarded, r.effectiveness_updated);

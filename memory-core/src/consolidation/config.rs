@@ -21,7 +21,7 @@ pub const MAX_RETENTION_DAYS: u32 = 36_500;
 /// # Default
 /// `schedule` on, `interval` 1 h; `prune_confidence_floor` 0.05; `prune_use_floor` 1.0
 /// (decayed episodes of evidence); `restore_grace_days` 30; `merged_rows_kept_days` 7;
-/// `lexical_similarity` 0.8
+/// `pruned_rows_kept_days` 90; `lexical_similarity` 0.8
 /// (Jaccard of words); `semantic_similarity` 0.92 (cosine); `sequence_similarity` 0.75; `max_items` 10,000 per kind and
 /// run; `metrics_window` 200 episodes; `calibration_window` 50 estimates;
 /// `calibration_min_samples` 3.
@@ -47,6 +47,12 @@ pub struct ConsolidationConfig {
     /// shows where the pattern went. After that a run deletes it, unless it holds evidence
     /// or feedback or another merged row points into it; 0 lets the next run delete it.
     pub merged_rows_kept_days: f64,
+    /// Days a pruned pattern row is kept (and `restore` can bring it back) while no new
+    /// evidence revives it (>= 0). After that a run deletes it, unless it has feedback or a
+    /// merged row points into it: the episodes it was learned from stay, and if the pattern
+    /// is observed again it comes back as a new one. 0 lets the next run delete what this
+    /// one pruned.
+    pub pruned_rows_kept_days: f64,
     /// Word-set (Jaccard) similarity at or above which two texts are near-duplicates, used
     /// without an embedder (0 < x <= 1).
     pub lexical_similarity: f64,
@@ -79,6 +85,7 @@ impl Default for ConsolidationConfig {
             prune_use_floor: 1.0,
             restore_grace_days: 30.0,
             merged_rows_kept_days: 7.0,
+            pruned_rows_kept_days: 90.0,
             lexical_similarity: 0.8,
             semantic_similarity: 0.92,
             sequence_similarity: 0.75,
@@ -137,6 +144,10 @@ impl ConsolidationConfig {
             (
                 "consolidation.merged_rows_kept_days",
                 self.merged_rows_kept_days,
+            ),
+            (
+                "consolidation.pruned_rows_kept_days",
+                self.pruned_rows_kept_days,
             ),
         ] {
             if !(v.is_finite() && v >= 0.0) {
@@ -270,6 +281,10 @@ mod tests {
         assert!(at(|c| c.merged_rows_kept_days = -f64::MIN_POSITIVE).is_err());
         assert!(at(|c| c.merged_rows_kept_days = f64::INFINITY).is_err());
         assert!(at(|c| c.merged_rows_kept_days = f64::MAX).is_ok());
+        assert!(at(|c| c.pruned_rows_kept_days = 0.0).is_ok());
+        assert!(at(|c| c.pruned_rows_kept_days = -f64::MIN_POSITIVE).is_err());
+        assert!(at(|c| c.pruned_rows_kept_days = f64::NAN).is_err());
+        assert!(at(|c| c.pruned_rows_kept_days = f64::MAX).is_ok());
         let r = |d: Option<u32>, n: u32| {
             RetentionConfig {
                 compact_step_outputs_after_days: d,

@@ -41,38 +41,21 @@ pub(crate) fn check_estimate(estimate: &Estimate, max_why: usize) -> Result<()> 
     Ok(())
 }
 
-/// At completion: fills in the actuals of the episode's estimate record, if it has one. The
-/// completion is already stored, so a failure here is logged, not returned.
-#[tracing::instrument(level = "debug", skip_all)]
-pub(crate) async fn close_estimate(
-    storage: &dyn Storage,
-    ns: &Namespace,
+/// What actually happened in `episode` (its steps so far), ending with `outcome` at
+/// `completed_at`: stored with its estimate record, if one is open, by the completion's
+/// transaction.
+pub(crate) fn estimate_actual(
     episode: &Episode,
     outcome: &Outcome,
-    now: DateTime<Utc>,
-) {
-    let record = match storage.get_estimate(ns, episode.id).await {
-        Ok(Some(r)) if r.actual.is_none() => r,
-        Ok(_) => return,
-        Err(e) => {
-            warn!(error = %e, episode_id = %episode.id, "estimate record unavailable; not calibrated");
-            return;
-        }
-    };
-    let completed_at = episode.completed_at.unwrap_or(now);
-    let record = EstimateRecord {
-        actual: Some(EstimateActual {
-            steps: episode.steps.len() as u32,
-            duration_ms: (completed_at - episode.started_at)
-                .num_milliseconds()
-                .max(0) as f64,
-            success: outcome.is_success(),
-            completed_at,
-        }),
-        ..record
-    };
-    if let Err(e) = storage.put_estimate(ns, &record).await {
-        warn!(error = %e, episode_id = %episode.id, "estimate actuals not stored");
+    completed_at: DateTime<Utc>,
+) -> EstimateActual {
+    EstimateActual {
+        steps: u32::try_from(episode.steps.len()).unwrap_or(u32::MAX),
+        duration_ms: (completed_at - episode.started_at)
+            .num_milliseconds()
+            .max(0) as f64,
+        success: outcome.is_success(),
+        completed_at,
     }
 }
 

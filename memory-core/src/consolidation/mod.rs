@@ -10,7 +10,7 @@ mod metrics;
 mod run;
 
 pub use config::{ConsolidationConfig, RetentionConfig};
-pub(crate) use estimates::{calibrated, check_estimate, close_estimate};
+pub(crate) use estimates::{calibrated, check_estimate, estimate_actual};
 pub use metrics::trend;
 pub(crate) use run::Consolidator;
 pub use run::{ConsolidationReport, LearnedChange};

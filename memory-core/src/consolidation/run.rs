@@ -128,48 +128,75 @@ impl<T: Consolidate> Pool<T> {
     }
 }
 
-/// The merged pattern rows a run met (head and tail), for compaction: those holding no
-/// evidence that were merged before `before`, and every row some merged row points into.
-struct MergedRows {
-    before: DateTime<Utc>,
+/// The pattern rows a run met (head and tail) that may be deleted: merged rows holding no
+/// evidence that were merged before `merged_before`, pruned rows pruned before
+/// `pruned_before` and not seen since; and every row some merged row points into, which
+/// stays.
+struct CompactableRows {
+    merged_before: DateTime<Utc>,
+    pruned_before: DateTime<Utc>,
     empty: Vec<PatternId>,
+    pruned: Vec<(PatternId, DateTime<Utc>)>,
     pointed_into: HashSet<String>,
 }
 
-impl MergedRows {
-    fn new(before: DateTime<Utc>) -> Self {
-        MergedRows {
-            before,
+impl CompactableRows {
+    fn new(merged_before: DateTime<Utc>, pruned_before: DateTime<Utc>) -> Self {
+        CompactableRows {
+            merged_before,
+            pruned_before,
             empty: Vec::new(),
+            pruned: Vec::new(),
             pointed_into: HashSet::new(),
         }
     }
 
     fn observe(&mut self, p: &Pattern) {
-        if let LearnedStatus::Merged { into, at } = &p.status {
-            self.pointed_into.insert(into.clone());
-            if p.occurrences == 0 && *at < self.before {
-                self.empty.push(p.id.clone());
+        match &p.status {
+            LearnedStatus::Merged { into, at } => {
+                self.pointed_into.insert(into.clone());
+                if p.occurrences == 0 && *at < self.merged_before {
+                    self.empty.push(p.id.clone());
+                }
             }
+            LearnedStatus::Pruned { at, .. } if *at < self.pruned_before && p.last_seen <= *at => {
+                self.pruned.push((p.id.clone(), *at));
+            }
+            _ => {}
         }
     }
 
-    /// The empty rows nothing points into: deleting them breaks no merge chain (a row in the
-    /// middle of a chain goes once the rows before it have gone, run by run).
-    fn compactable(self) -> Vec<PatternId> {
-        let MergedRows {
+    /// The empty merged rows and the expired pruned rows nothing points into: deleting them
+    /// breaks no merge chain (a row in the middle of a chain goes once the rows before it
+    /// have gone, run by run).
+    fn compactable(self) -> (Vec<PatternId>, Vec<(PatternId, DateTime<Utc>)>) {
+        let CompactableRows {
             empty,
+            pruned,
             pointed_into,
             ..
         } = self;
-        empty
+        let merged = empty
             .into_iter()
             .filter(|id| !pointed_into.contains(&id.0))
-            .collect()
+            .collect();
+        let pruned = pruned
+            .into_iter()
+            .filter(|(id, _)| !pointed_into.contains(&id.0))
+            .collect();
+        (merged, pruned)
     }
 }
 
-/// Rows deleted per `compact_merged_patterns` call.
+/// The time `days` before `now` (the earliest time when that is out of range).
+fn days_before(now: DateTime<Utc>, days: f64) -> DateTime<Utc> {
+    let kept_ms = (days * 86_400_000.0) as i64;
+    chrono::Duration::try_milliseconds(kept_ms)
+        .and_then(|kept| now.checked_sub_signed(kept))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Rows deleted per `compact_merged_patterns` / `compact_pruned_patterns` call.
 const COMPACT_BATCH: usize = 500;
 
 /// What a run accumulates while its steps run.
@@ -389,8 +416,13 @@ impl Consolidator {
     /// The items of one kind a run acts on, in pages, most seen first, until `max_items` are
     /// kept (at most a page more); and how many rows were read. A pruned item without evidence
     /// newer than its pruning needs nothing and is passed over (it would crowd out the newest
-    /// items of a large store), unless an item merged into it holds evidence to forward.
-    async fn load_head<T: Consolidate>(&self, ns: &Namespace) -> Result<(Pool<T>, u32)> {
+    /// items of a large store), unless an item merged into it holds evidence to forward;
+    /// `passed_over` sees each of those.
+    async fn load_head<T: Consolidate>(
+        &self,
+        ns: &Namespace,
+        passed_over: &mut (dyn FnMut(&T) + Send),
+    ) -> Result<(Pool<T>, u32)> {
         let (max, mut read) = (self.config.max_items as usize, 0_u32);
         let mut kept: Vec<T> = Vec::new();
         while kept.len() < max {
@@ -403,9 +435,13 @@ impl Consolidator {
             let page = query_typed::<T, _>(self.storage.as_ref(), ns, &q).await?;
             read += page.len() as u32;
             let done = (page.len() as u32) < PAGE;
-            kept.extend(page.into_iter().filter(
-                |x| !matches!(x.status(), LearnedStatus::Pruned { at, .. } if x.last_seen() <= *at),
-            ));
+            for x in page {
+                if matches!(x.status(), LearnedStatus::Pruned { at, .. } if x.last_seen() <= *at) {
+                    passed_over(&x);
+                } else {
+                    kept.push(x);
+                }
+            }
             if done {
                 break;
             }
@@ -569,8 +605,15 @@ impl Consolidator {
             changes: Vec::new(),
             now,
         };
-        let (mut patterns, patterns_read) = self.load_head::<Pattern>(ns).await?;
-        let (mut heuristics, heuristics_read) = self.load_head::<Heuristic>(ns).await?;
+        let mut rows = CompactableRows::new(
+            days_before(now, cfg.merged_rows_kept_days),
+            days_before(now, cfg.pruned_rows_kept_days),
+        );
+        let (mut patterns, patterns_read) = self
+            .load_head::<Pattern>(ns, &mut |p| rows.observe(p))
+            .await?;
+        let (mut heuristics, heuristics_read) =
+            self.load_head::<Heuristic>(ns, &mut |_| {}).await?;
         let grace_ms = (cfg.restore_grace_days * 86_400_000.0) as i64;
         let since = now
             .checked_sub_signed(chrono::Duration::milliseconds(grace_ms))
@@ -602,19 +645,18 @@ impl Consolidator {
         if !items.patterns.is_empty() || !items.heuristics.is_empty() {
             self.storage.put_learned(ns, &items).await?;
         }
-        let kept_ms = (cfg.merged_rows_kept_days * 86_400_000.0) as i64;
-        let merged_before = chrono::Duration::try_milliseconds(kept_ms)
-            .and_then(|kept| now.checked_sub_signed(kept))
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let mut merged = MergedRows::new(merged_before);
-        patterns.items.values().for_each(|p| merged.observe(p));
-        let mut observe = |p: &Pattern| merged.observe(p);
+        patterns.items.values().for_each(|p| rows.observe(p));
+        let mut observe = |p: &Pattern| rows.observe(p);
         self.sweep_tail::<Pattern>(ns, patterns_read, &mut st, &restores, &mut observe)
             .await?;
         self.sweep_tail::<Heuristic>(ns, heuristics_read, &mut st, &restores, &mut |_| {})
             .await?;
-        for batch in merged.compactable().chunks(COMPACT_BATCH) {
+        let (merged, pruned) = rows.compactable();
+        for batch in merged.chunks(COMPACT_BATCH) {
             st.run.compacted_merged += self.storage.compact_merged_patterns(ns, batch).await?;
+        }
+        for batch in pruned.chunks(COMPACT_BATCH) {
+            st.run.compacted_pruned += self.storage.compact_pruned_patterns(ns, batch).await?;
         }
         self.retention(ns, &mut st).await?;
         let snapshot = snapshot(
@@ -638,6 +680,7 @@ impl Consolidator {
             decayed = run.decayed,
             compacted_steps = run.compacted_steps,
             compacted_merged = run.compacted_merged,
+            compacted_pruned = run.compacted_pruned,
             "consolidation run"
         );
         self.runs.fetch_add(1, Ordering::Relaxed);
@@ -832,13 +875,22 @@ mod tests {
     }
 
     #[test]
-    fn only_old_empty_merged_rows_nothing_points_into_are_compactable() {
-        let before = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(500);
+    fn only_old_rows_nothing_points_into_are_compactable() {
+        let minute = |m: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(m);
+        let before = minute(500);
         let merged = |tools: &str, into: &Pattern, at_min: i64, evidence: u64| {
             let mut p = sequence(tools, 1, true, evidence);
             p.status = LearnedStatus::Merged {
                 into: into.id.0.clone(),
-                at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(at_min),
+                at: minute(at_min),
+            };
+            p
+        };
+        let pruned = |tools: &str, seen_min: i64, at_min: i64| {
+            let mut p = sequence(tools, seen_min, true, 1);
+            p.status = LearnedStatus::Pruned {
+                reason: "low".into(),
+                at: minute(at_min),
             };
             p
         };
@@ -847,11 +899,22 @@ mod tests {
         let first = merged("a b c f", &middle, 10, 0);
         let holding = merged("a b c g", &end, 10, 2);
         let recent = merged("a b c h", &end, 500, 0);
-        let mut rows = MergedRows::new(before);
+        let old_pruned = pruned("x y", 5, 10);
+        let seen_since = pruned("x z", 20, 10);
+        let recently_pruned = pruned("x w", 5, 500);
+        let pointed_into = pruned("x v", 5, 10);
+        let pointer = merged("x v u", &pointed_into, 400, 0);
+        let mut rows = CompactableRows::new(before, before);
         for p in [&end, &middle, &first, &holding, &recent] {
             rows.observe(p);
         }
-        assert_eq!(rows.compactable(), vec![first.id]);
+        for p in [&old_pruned, &seen_since, &recently_pruned, &pointed_into] {
+            rows.observe(p);
+        }
+        rows.observe(&pointer);
+        let (merged, pruned) = rows.compactable();
+        assert_eq!(merged, vec![first.id, pointer.id]);
+        assert_eq!(pruned, vec![(old_pruned.id, minute(10))]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::history::HistoryKey;
 use super::memory::SelfLearningMemory;
 use super::report::CompletionReport;
 use super::steps::StepCheck;
-use crate::consolidation::close_estimate;
+use crate::consolidation::estimate_actual;
 use crate::episode::{
     Episode, EpisodeId, ExecutionStep, NewEpisode, Outcome, OutcomeKind, StepInput,
 };
@@ -279,6 +279,7 @@ impl SelfLearningMemory {
         );
         let reflection = reflect(&episode, &outcome, &reward);
         let learning = extract_learning(&episode, &outcome, at);
+        let actual = estimate_actual(&episode, &outcome, at);
         let completion = EpisodeCompletion {
             episode_id: id,
             outcome,
@@ -287,6 +288,7 @@ impl SelfLearningMemory {
             completed_at: at,
             learning,
             steps: pending,
+            estimate_actual: Some(actual),
         };
         let changes = inner.storage.complete_episode(ns, &completion).await?;
         inner.steps.close(ns, id);
@@ -299,8 +301,6 @@ impl SelfLearningMemory {
         completed.outcome = Some(completion.outcome.clone());
         completed.completed_at = Some(completion.completed_at);
         completed.reward = Some(completion.reward.clone());
-        let storage = inner.storage.as_ref();
-        close_estimate(storage, ns, &completed, &completion.outcome, now).await;
         inner.retriever.episode_changed(ns, completed.summary());
         inner.mark_to_embed(ns);
         Ok(CompletionReport::new(

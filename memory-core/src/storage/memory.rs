@@ -220,6 +220,12 @@ impl EpisodeStore for InMemoryStorage {
         let changes = c.learning.apply(d.existing_for(&c.learning));
         d.write_changes(&changes);
         d.log_summary_change(c.episode_id);
+        if let Some(actual) = &c.estimate_actual
+            && let Some(record) = d.estimates.get_mut(&c.episode_id)
+            && record.actual.is_none()
+        {
+            record.actual = Some(actual.clone());
+        }
         Ok(Some(changes))
     }
 
@@ -749,6 +755,28 @@ impl MaintenanceStore for InMemoryStorage {
             let target = FeedbackTarget::Pattern(id.clone());
             let compactable = d.patterns.get(id).is_some_and(|p| {
                 matches!(p.status, LearnedStatus::Merged { .. }) && p.occurrences == 0
+            }) && !d.feedback.iter().any(|f| f.target == target);
+            if compactable && d.patterns.remove(id).is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn compact_pruned_patterns(
+        &self,
+        ns: &Namespace,
+        rows: &[(PatternId, DateTime<Utc>)],
+    ) -> Result<u64> {
+        let mut data = self.lock();
+        let Some(d) = data.get_mut(ns) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for (id, pruned_at) in rows {
+            let target = FeedbackTarget::Pattern(id.clone());
+            let compactable = d.patterns.get(id).is_some_and(|p| {
+                matches!(p.status, LearnedStatus::Pruned { .. }) && p.last_seen <= *pruned_at
             }) && !d.feedback.iter().any(|f| f.target == target);
             if compactable && d.patterns.remove(id).is_some() {
                 removed += 1;

@@ -19,7 +19,8 @@ use crate::learned::{
 use crate::learning::{LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
 use crate::records::{
-    ConsolidationRun, EstimateRecord, MetricsSnapshot, RestoreRecord, StepCompaction,
+    ConsolidationRun, EstimateActual, EstimateRecord, MetricsSnapshot, RestoreRecord,
+    StepCompaction,
 };
 
 /// Filters over episodes, applied by the backend inside its query (never by post-filtering).
@@ -244,6 +245,11 @@ pub struct EpisodeCompletion {
     /// skipped), so a completion is one transaction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<ExecutionStep>,
+    /// What actually happened (steps, duration, success), stored with the episode's estimate
+    /// record by the same transaction when one was recorded and is still open; no estimate
+    /// record is touched otherwise, or when this is `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate_actual: Option<EstimateActual>,
 }
 
 /// Episodes: create, append steps, complete, read, list, search.
@@ -742,6 +748,18 @@ pub trait MaintenanceStore: Send + Sync + Debug {
     /// Consolidation calls it only for rows no other merged row points into, so merge chains
     /// stay whole.
     async fn compact_merged_patterns(&self, ns: &Namespace, ids: &[PatternId]) -> Result<u64>;
+
+    /// Deletes those of `rows` (a pattern id and the time it was pruned) that are patterns
+    /// with status `pruned`, no evidence since that time (`last_seen` at or before it) and no
+    /// feedback events; any other row is left as it is (a pattern seen again since the
+    /// caller looked, which the next run revives, keeps its row). Returns how many rows
+    /// went. Atomic; idempotent. Consolidation calls it only for rows pruned more than
+    /// `pruned_rows_kept_days` ago that no merged row points into.
+    async fn compact_pruned_patterns(
+        &self,
+        ns: &Namespace,
+        rows: &[(PatternId, DateTime<Utc>)],
+    ) -> Result<u64>;
 }
 
 /// One changed object from a backend's change feed.

@@ -1150,6 +1150,27 @@ crate::forward_storage! {
         }
         Ok(removed)
     }
+
+    async fn compact_pruned_patterns(
+        &self,
+        ns: &Namespace,
+        rows: &[(PatternId, DateTime<Utc>)],
+    ) -> Result<u64> {
+        // As `compact_merged_patterns`: durable first, then every cached copy asked about.
+        let removed = self
+            .inner
+            .guarded(
+                "compact_pruned_patterns",
+                self.inner.durable.compact_pruned_patterns(ns, rows),
+            )
+            .await?;
+        for (id, _) in rows {
+            self.inner
+                .cache_invalidate(ns, &CacheKey::Pattern(id.clone()))
+                .await;
+        }
+        Ok(removed)
+    }
     }
 }
 
