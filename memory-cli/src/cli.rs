@@ -100,8 +100,9 @@ pub enum Command {
         file: PathBuf,
     },
     /// Replay the episodes of an exported JSONL file into the namespace through the normal
-    /// API (limits, quotas and redaction apply; the memory learns from them; new ids and
-    /// times). The whole file is checked first: a bad line imports nothing.
+    /// API (limits, quotas and redaction apply; the memory learns from them; new ids, the
+    /// original start and completion times). The whole file is checked first: a bad line
+    /// imports nothing.
     Import {
         /// A file written by `memory export`
         file: PathBuf,

@@ -3,8 +3,8 @@
 //! Export writes one [`Episode`] per line (task, context, every step, outcome, reward and
 //! reflection), oldest first. Import replays each line through the normal API
 //! (`start_episode`, `log_step`, `complete_episode`), so every limit, quota and redaction
-//! applies and the memory learns from the episodes as if they had just happened; the
-//! imported episodes get new ids and times.
+//! applies and the memory learns from the episodes; the imported episodes get new ids and
+//! keep their start and completion times (what they teach is dated from then).
 //!
 //! Import is safe to repeat:
 //!
