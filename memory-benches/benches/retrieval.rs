@@ -329,6 +329,7 @@ fn completed_episode(dataset: u64, i: usize) -> (Episode, EpisodeCompletion) {
         learning,
         steps: Vec::new(),
         estimate_actual: None,
+        expected_steps: None,
     };
     (episode, completion)
 }

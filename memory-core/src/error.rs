@@ -122,6 +122,9 @@ pub enum Error {
     Shutdown,
 }
 
+/// How the reason of [`Error::steps_changed`] begins.
+const STEPS_CHANGED: &str = "its steps changed since this process read it";
+
 impl Error {
     /// True when retrying later may succeed: only these count against a circuit breaker.
     ///
@@ -155,6 +158,32 @@ impl Error {
             kind,
             id: crate::quote::cut_value(&id).into_owned(),
         }
+    }
+
+    /// The [`Error::Conflict`] a store returns when a completion's
+    /// [`expected_steps`](crate::EpisodeCompletion::expected_steps) does not match the steps it
+    /// holds: another writer added steps since the completing process last read the episode.
+    /// Nothing was written; [`Error::is_steps_changed`] tells it apart.
+    ///
+    /// ```
+    /// use memory_core::{EpisodeId, Error};
+    /// let e = Error::steps_changed(EpisodeId::new(), 3, 4);
+    /// assert!(e.is_steps_changed());
+    /// assert!(!e.is_transient());
+    /// ```
+    pub fn steps_changed(id: crate::EpisodeId, expected: u64, stored: u64) -> Self {
+        Error::Conflict {
+            kind: ObjectKind::Episode,
+            id: id.to_string(),
+            reason: format!(
+                "{STEPS_CHANGED}: the completing process knew {expected} steps, the store holds {stored}"
+            ),
+        }
+    }
+
+    /// True for the conflict of [`Error::steps_changed`].
+    pub fn is_steps_changed(&self) -> bool {
+        matches!(self, Error::Conflict { kind: ObjectKind::Episode, reason, .. } if reason.starts_with(STEPS_CHANGED))
     }
 
     /// Shorthand for an [`Error::Storage`].

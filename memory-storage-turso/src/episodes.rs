@@ -270,6 +270,22 @@ async fn complete_in_tx(
         };
     }
     Inner::append_step_rows(tx, ns, id, &c.steps, position).await?;
+    if let Some(expected) = c.expected_steps {
+        // The learning was computed from `expected` steps: if the store holds another count
+        // (another writer added steps), roll back and let the caller read them.
+        let stored = query_one(
+            tx,
+            "episode",
+            "SELECT step_count FROM episodes WHERE ns = ?1 AND id = ?2",
+            (ns, id),
+            |c| c.i64(0),
+        )
+        .await?;
+        if stored != i64::from(expected) {
+            let stored = u64::try_from(stored).unwrap_or(0);
+            return Err(Error::steps_changed(c.episode_id, u64::from(expected), stored).into());
+        }
+    }
     text_index::insert(tx, &c.reflection.text(), ns, id, "reflection").await?;
     let changes = Inner::merge_learning(tx, ns, &c.learning, position).await?;
     if let Some(actual) = &c.estimate_actual {

@@ -400,7 +400,7 @@ fn step_statements(
     stored_keys: &HashSet<i64>,
     stored_numbers: &HashSet<i64>,
     stamp: &str,
-) -> DbResult<Vec<Statement>> {
+) -> DbResult<(Vec<Statement>, i64)> {
     let mut keys = HashSet::new();
     let mut numbers = HashSet::new();
     let mut keyed = Vec::new();
@@ -448,7 +448,7 @@ fn step_statements(
             out.push(Statement::exec(INSERT_TEXT, values));
         }
     }
-    Ok(out)
+    Ok((out, inserted))
 }
 
 /// `UPDATE table SET changed_seq = <position>` for the rows of `ids`.
@@ -490,12 +490,29 @@ pub(crate) async fn try_complete(
     let Some((mut snap, stream)) = read_snapshot(client, ns, id, &names, mode).await? else {
         return Ok(Tried::Stale);
     };
+    let (step_writes, inserted) = step_statements(
+        ns,
+        id,
+        &c.steps,
+        &snap.stored_keys,
+        &snap.stored_numbers,
+        POSITION,
+    )?;
+    let stored = snap.step_rows + inserted;
     let done = match snap.in_progress {
         None => Some(Err(
             Error::not_found(ObjectKind::Episode, c.episode_id).into()
         )),
         Some(false) => Some(Ok(Tried::AlreadyCompleted)),
-        Some(true) => None,
+        // The learning was computed from other steps than the store holds (the guard keeps
+        // the count read until the write).
+        Some(true) => c
+            .expected_steps
+            .filter(|&e| i64::from(e) != stored)
+            .map(|e| {
+                let stored = u64::try_from(stored).unwrap_or(0);
+                Err(Error::steps_changed(c.episode_id, u64::from(e), stored).into())
+            }),
     };
     if let Some(done) = done {
         if let Some(stream) = stream {
@@ -515,14 +532,7 @@ pub(crate) async fn try_complete(
         ),
         update,
     )];
-    writes.extend(step_statements(
-        ns,
-        id,
-        &c.steps,
-        &snap.stored_keys,
-        &snap.stored_numbers,
-        POSITION,
-    )?);
+    writes.extend(step_writes);
     if let Some(values) = row_values(&c.reflection.text(), ns, id, "reflection") {
         writes.push(Statement::exec(INSERT_TEXT, values));
     }
@@ -694,14 +704,7 @@ pub(crate) async fn create_episode(
     }
     // A new row is in no cache: it needs no change stamp.
     let none = HashSet::new();
-    writes.extend(step_statements(
-        &ns,
-        &id,
-        &episode.steps,
-        &none,
-        &none,
-        "0",
-    )?);
+    writes.extend(step_statements(&ns, &id, &episode.steps, &none, &none, "0")?.0);
     if let Some(r) = &episode.reflection
         && let Some(values) = row_values(&r.text(), &ns, &id, "reflection")
     {
@@ -746,6 +749,6 @@ pub(crate) async fn append_steps(
         condition.push_str(&stored);
     }
     let none = HashSet::new();
-    let writes = step_statements(ns, id, steps, &none, &none, POSITION)?;
+    let (writes, _) = step_statements(ns, id, steps, &none, &none, POSITION)?;
     guarded_write(client, None, guard_of(&condition, values), true, writes).await
 }

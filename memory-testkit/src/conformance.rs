@@ -41,6 +41,7 @@ where
     create_is_idempotent(make().await.as_ref()).await;
     steps_append_as_rows_idempotently(make().await.as_ref()).await;
     completion_writes_its_steps(make().await.as_ref()).await;
+    completion_checks_the_expected_step_count(make().await.as_ref()).await;
     query_filters_order_and_paging(make().await.as_ref()).await;
     lexical_search(make().await.as_ref()).await;
     learning_merges_across_episodes(make().await.as_ref()).await;
@@ -131,6 +132,7 @@ pub fn completion_for(episode: &Episode, outcome: Outcome, at: DateTime<Utc>) ->
         learning,
         steps: Vec::new(),
         estimate_actual: Some(actual),
+        expected_steps: None,
     }
 }
 
@@ -427,6 +429,49 @@ pub async fn completion_writes_its_steps(s: &dyn Storage) {
     assert!(s.complete_episode(&n, &replay).await.unwrap().is_none());
     let kept = get(s, &n, e.id).await.steps.len();
     assert_eq!(kept, 4, "a replay adds no step");
+}
+
+/// A completion that says how many steps it learned from is refused, with nothing written,
+/// when the store then holds another count (another writer added steps); a replayed step
+/// counts once.
+pub async fn completion_checks_the_expected_step_count(s: &dyn Storage) {
+    let n = ns("conf/complete-expected");
+    let e = rust_web("known steps", TaskType::Testing, 0);
+    s.create_episode(&n, &e).await.unwrap();
+    let first = steps(&[("a", true), ("b", true)], 1, t(1));
+    s.append_steps(&n, e.id, &first).await.unwrap();
+    // Another writer's step, which the completing process did not see.
+    let elsewhere = steps(&[("x", true)], 3, t(2));
+    s.append_steps(&n, e.id, &elsewhere).await.unwrap();
+    let late = steps(&[("c", true)], 3, t(3));
+    let mut known = get(s, &n, e.id).await;
+    known.steps.truncate(2);
+    known.steps.extend(late.iter().cloned());
+    let mut c = completion_for(&known, Outcome::success("done"), t(4));
+    c.steps = [&first[..1], &late].concat();
+    c.expected_steps = Some(3);
+    let refused = s.complete_episode(&n, &c).await;
+    assert!(
+        matches!(&refused, Err(e) if e.is_steps_changed()),
+        "4 stored, 3 known: {refused:?}"
+    );
+    let got = get(s, &n, e.id).await;
+    assert!(!got.is_completed(), "nothing written");
+    assert_eq!(
+        tools(&got),
+        ["a", "b", "x"],
+        "the late step not stored either"
+    );
+    c.expected_steps = Some(4);
+    assert!(s.complete_episode(&n, &c).await.unwrap().is_some());
+    let got = get(s, &n, e.id).await;
+    assert!(got.is_completed());
+    assert_eq!(tools(&got), ["a", "b", "x", "c"]);
+    c.expected_steps = Some(1);
+    assert!(
+        s.complete_episode(&n, &c).await.unwrap().is_none(),
+        "a replay of a completed episode is not checked"
+    );
 }
 
 pub async fn query_filters_order_and_paging(s: &dyn Storage) {

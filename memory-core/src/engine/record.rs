@@ -68,7 +68,7 @@ impl SelfLearningMemory {
         let episode = Episode::start(new, inner.clock.now());
         inner.storage.create_episode(ns, &episode).await?;
         inner.counts.add_episode(ns);
-        inner.steps.open(ns, episode.id, 1, episode.approx_size());
+        inner.steps.open(ns, episode.clone());
         if let Some(estimate) = estimate {
             let record = EstimateRecord {
                 episode_id: episode.id,
@@ -100,16 +100,7 @@ impl SelfLearningMemory {
         if episode.is_completed() {
             return Err(already_completed(id));
         }
-        let next_step = episode
-            .steps
-            .iter()
-            .map(|s| s.step_number)
-            .max()
-            .unwrap_or(0)
-            + 1;
-        self.inner
-            .steps
-            .open(ns, id, next_step, episode.approx_size());
+        self.inner.steps.open(ns, Arc::unwrap_or_clone(episode));
         Ok(())
     }
 
@@ -213,6 +204,82 @@ impl SelfLearningMemory {
         self.complete(ns, id, outcome, Some(completed_at)).await
     }
 
+    /// The stored episode with the steps still buffered here, for a completion; closes the
+    /// buffer of an episode completed already.
+    async fn read_to_complete(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        pending: &[ExecutionStep],
+    ) -> Result<Episode> {
+        let inner = &self.inner;
+        let stored = inner
+            .storage
+            .get_episode(ns, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
+        if stored.is_completed() {
+            inner.steps.close(ns, id);
+            return Err(already_completed(id));
+        }
+        let mut episode = Arc::unwrap_or_clone(stored);
+        episode.add_steps(pending);
+        Ok(episode)
+    }
+
+    /// What completing `episode` (all its steps, `pending` among them) with `outcome` stores:
+    /// scores, reflection and learning. Also the key of its reward history.
+    async fn completion_of(
+        &self,
+        ns: &Namespace,
+        episode: &Episode,
+        outcome: Outcome,
+        at: DateTime<Utc>,
+        pending: &[ExecutionStep],
+    ) -> Result<(HistoryKey, EpisodeCompletion)> {
+        let inner = &self.inner;
+        let key = HistoryKey::of(ns, episode);
+        let history = match inner
+            .history
+            .reward_history(inner.storage.as_ref(), key.clone())
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "history unavailable; reward efficiency uses the complexity baseline");
+                RewardHistory::default()
+            }
+            Err(e) => return Err(e),
+        };
+        if at < episode.started_at {
+            return Err(Error::invalid(
+                "completed_at",
+                format!("is before the episode started ({})", episode.started_at),
+            ));
+        }
+        let reward = compute_reward(
+            &episode.steps,
+            episode.context.complexity,
+            &outcome,
+            history,
+        );
+        let reflection = reflect(episode, &outcome, &reward);
+        let learning = extract_learning(episode, &outcome, at);
+        let actual = estimate_actual(episode, &outcome, at);
+        let completion = EpisodeCompletion {
+            episode_id: episode.id,
+            outcome,
+            reward,
+            reflection,
+            completed_at: at,
+            learning,
+            steps: pending.to_vec(),
+            estimate_actual: Some(actual),
+            expected_steps: None,
+        };
+        Ok((key, completion))
+    }
+
     async fn complete(
         &self,
         ns: &Namespace,
@@ -238,59 +305,34 @@ impl SelfLearningMemory {
         // Steps logged since the last batch are written by the completion's own transaction;
         // they leave the buffer only once it committed.
         let pending = inner.steps.pending(ns, id).unwrap_or_default();
-        let stored = inner
-            .storage
-            .get_episode(ns, id)
-            .await?
-            .ok_or_else(|| Error::not_found(ObjectKind::Episode, id))?;
-        if stored.is_completed() {
-            inner.steps.close(ns, id);
-            return Err(already_completed(id));
-        }
-        let mut episode = Arc::unwrap_or_clone(stored);
-        episode.add_steps(&pending);
-
-        let key = HistoryKey::of(ns, &episode);
-        let history = match inner
-            .history
-            .reward_history(inner.storage.as_ref(), key.clone())
-            .await
-        {
-            Ok(h) => h,
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, "history unavailable; reward efficiency uses the complexity baseline");
-                RewardHistory::default()
-            }
-            Err(e) => return Err(e),
-        };
+        // The episode as this process knows it (started or read here, plus what it logged)
+        // needs no read; if another writer added steps meanwhile, the store refuses it and the
+        // episode is read back.
+        let mut known = inner.steps.known(ns, id);
         let now = inner.clock.now();
         let at = completed_at.unwrap_or(now);
-        if at < episode.started_at {
-            return Err(Error::invalid(
-                "completed_at",
-                format!("is before the episode started ({})", episode.started_at),
-            ));
-        }
-        let reward = compute_reward(
-            &episode.steps,
-            episode.context.complexity,
-            &outcome,
-            history,
-        );
-        let reflection = reflect(&episode, &outcome, &reward);
-        let learning = extract_learning(&episode, &outcome, at);
-        let actual = estimate_actual(&episode, &outcome, at);
-        let completion = EpisodeCompletion {
-            episode_id: id,
-            outcome,
-            reward,
-            reflection,
-            completed_at: at,
-            learning,
-            steps: pending,
-            estimate_actual: Some(actual),
+        let (episode, key, completion, changes) = loop {
+            let (episode, expected) = match known.take() {
+                Some(e) => {
+                    let n = u32::try_from(e.steps.len()).unwrap_or(u32::MAX);
+                    (e, Some(n))
+                }
+                None => (self.read_to_complete(ns, id, &pending).await?, None),
+            };
+            let (key, completion) = self
+                .completion_of(ns, &episode, outcome.clone(), at, &pending)
+                .await?;
+            let completion = EpisodeCompletion {
+                expected_steps: expected,
+                ..completion
+            };
+            match inner.storage.complete_episode(ns, &completion).await {
+                Err(e) if expected.is_some() && e.is_steps_changed() => {
+                    debug!(error = %e, "steps were added elsewhere; reading the episode");
+                }
+                changes => break (episode, key, completion, changes?),
+            }
         };
-        let changes = inner.storage.complete_episode(ns, &completion).await?;
         inner.steps.close(ns, id);
         let changes = changes.ok_or_else(|| already_completed(id))?;
         if completion.outcome.kind() == OutcomeKind::Success {
@@ -389,6 +431,60 @@ mod tests {
         assert_eq!(report.episode_id, id);
         assert_eq!(memory.get_episode(&ns, id).await.unwrap().steps.len(), 2);
         memory.shutdown().await.unwrap();
+    }
+
+    /// A completion learns from the episode as its process knows it, without reading it back;
+    /// when another instance (a second process) added steps meanwhile, the store refuses that
+    /// and the episode is read: every step is kept and learned from.
+    #[tokio::test]
+    async fn a_completion_reads_the_steps_another_writer_added() {
+        let storage: Arc<dyn crate::storage::Storage> = Arc::new(InMemoryStorage::new());
+        let a = SelfLearningMemory::new(Arc::clone(&storage), MemoryConfig::default()).unwrap();
+        let b = SelfLearningMemory::new(storage, MemoryConfig::default()).unwrap();
+        let ns = Namespace::default();
+        let new = || NewEpisode::new("t", TaskType::Testing, TaskContext::new("d"));
+        let id = a.start_episode(&ns, new()).await.unwrap();
+        a.log_step(&ns, id, StepInput::ok("one", "x", "ok"))
+            .await
+            .unwrap();
+        a.flush_episode(&ns, id).await.unwrap();
+        b.log_step(&ns, id, StepInput::ok("two", "x", "ok"))
+            .await
+            .unwrap();
+        b.flush_episode(&ns, id).await.unwrap();
+        a.log_step(&ns, id, StepInput::ok("three", "x", "ok"))
+            .await
+            .unwrap();
+        let report = a
+            .complete_episode(&ns, id, Outcome::success("ok"))
+            .await
+            .unwrap();
+        assert_eq!(report.episode_id, id);
+        let stored = a.get_episode(&ns, id).await.unwrap();
+        let tools: Vec<&str> = stored.steps.iter().map(|s| s.input.tool.as_str()).collect();
+        assert_eq!(tools, ["one", "two", "three"]);
+        assert!(stored.is_completed());
+        let reflection = stored.reflection.as_ref().unwrap().text();
+        assert!(
+            reflection.contains("two"),
+            "learned from b's step too: {reflection}"
+        );
+
+        // Without another writer the known episode is the whole story.
+        let id = a.start_episode(&ns, new()).await.unwrap();
+        a.log_step(&ns, id, StepInput::ok("one", "x", "ok"))
+            .await
+            .unwrap();
+        a.flush_episode(&ns, id).await.unwrap();
+        a.log_step(&ns, id, StepInput::ok("two", "x", "ok"))
+            .await
+            .unwrap();
+        a.complete_episode(&ns, id, Outcome::success("ok"))
+            .await
+            .unwrap();
+        assert_eq!(a.get_episode(&ns, id).await.unwrap().steps.len(), 2);
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
     }
 
     /// An imported episode keeps its times: a start and a completion in the past are taken

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tracing::warn;
 
-use crate::episode::{EpisodeId, ExecutionStep};
+use crate::episode::{Episode, EpisodeId, ExecutionStep};
 use crate::error::{Error, ObjectKind, Result};
 use crate::namespace::Namespace;
 use crate::storage::Storage;
@@ -17,6 +17,11 @@ struct EpisodeBuffer {
     next_step: u32,
     bytes: usize,
     pending: Vec<ExecutionStep>,
+    /// The episode as this process knows it: as started here or read when the buffer
+    /// opened, plus every batch written since (`pending` not included). Completing it needs
+    /// no read of the episode; the store checks that it holds as many steps (see
+    /// [`EpisodeCompletion::expected_steps`](crate::storage::EpisodeCompletion::expected_steps)).
+    known: Episode,
     /// Held from taking steps out of `pending` until they are written, and by
     /// `complete_episode` until the completion is stored: a late flush can then never race the
     /// completion (which would reject, and lose, the late steps). Per episode, so writes to
@@ -85,18 +90,35 @@ impl StepBuffers {
         lock(&self.buffers).contains_key(&(ns.clone(), id))
     }
 
-    /// Starts buffering an episode whose next step is `next_step` and that holds `bytes`
-    /// (kept if it is buffered already).
-    pub(crate) fn open(&self, ns: &Namespace, id: EpisodeId, next_step: u32, bytes: usize) {
+    /// Starts buffering `episode` (as started here or just read; kept if it is buffered
+    /// already): steps are numbered after its last.
+    pub(crate) fn open(&self, ns: &Namespace, episode: Episode) {
         lock(&self.buffers)
-            .entry((ns.clone(), id))
+            .entry((ns.clone(), episode.id))
             .or_insert_with(|| EpisodeBuffer {
-                next_step,
-                bytes,
+                next_step: episode
+                    .steps
+                    .iter()
+                    .map(|s| s.step_number)
+                    .max()
+                    .unwrap_or(0)
+                    + 1,
+                bytes: episode.approx_size(),
                 pending: Vec::new(),
+                known: episode,
                 write: Arc::default(),
                 completing: false,
             });
+    }
+
+    /// The episode as this process knows it, with the steps still buffered, if it is
+    /// buffered: what a completion learns from without reading the episode back.
+    pub(crate) fn known(&self, ns: &Namespace, id: EpisodeId) -> Option<Episode> {
+        lock(&self.buffers).get(&(ns.clone(), id)).map(|b| {
+            let mut e = b.known.clone();
+            e.add_steps(&b.pending);
+            e
+        })
     }
 
     /// Forgets the episode (completed, or refused by the store).
@@ -209,7 +231,12 @@ impl StepBuffers {
         batch: Vec<ExecutionStep>,
     ) -> Result<()> {
         match self.storage.append_steps(ns, id, &batch).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(buf) = lock(&self.buffers).get_mut(&(ns.clone(), id)) {
+                    buf.known.add_steps(&batch);
+                }
+                Ok(())
+            }
             Err(e) if e.is_transient() => {
                 warn!(error = %e, episode_id = %id, steps = batch.len(), "step write failed; kept in buffer for retry");
                 let mut buffers = lock(&self.buffers);

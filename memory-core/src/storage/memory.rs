@@ -212,7 +212,19 @@ impl EpisodeStore for InMemoryStorage {
         if episode.is_completed() {
             return Ok(None);
         }
-        episode.add_steps(&c.steps);
+        let added = crate::episode::steps_to_append(&episode.steps, &c.steps);
+        let stored = episode.steps.len() + added.len();
+        if let Some(expected) = c.expected_steps
+            && stored != expected as usize
+        {
+            return Err(Error::steps_changed(
+                c.episode_id,
+                u64::from(expected),
+                stored as u64,
+            ));
+        }
+        episode.steps.extend(added);
+        episode.steps.sort_by_key(|s| s.step_number);
         episode.outcome = Some(c.outcome.clone());
         episode.reward = Some(c.reward.clone());
         episode.reflection = Some(c.reflection.clone());

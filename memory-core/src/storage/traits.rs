@@ -250,6 +250,14 @@ pub struct EpisodeCompletion {
     /// record is touched otherwise, or when this is `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate_actual: Option<EstimateActual>,
+    /// How many steps the episode has once `steps` are stored, as the completing process knows
+    /// it (the episode it started or read, plus the steps it logged since): the learning above
+    /// was computed from those steps, without reading the episode back. When set and the
+    /// store then holds another count (another writer added steps meanwhile), nothing is
+    /// written and the call fails with [`Error::steps_changed`](crate::Error::steps_changed);
+    /// the caller reads the episode and completes it again. `None` checks nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_steps: Option<u32>,
 }
 
 /// Episodes: create, append steps, complete, read, list, search.

@@ -999,7 +999,13 @@ crate::forward_storage! {
         let existing = lock(&i.overlay).existing_for(ns, c, known);
         let mut changes = c.learning.apply(existing);
         changes.provisional = true;
-        i.enqueue(ns, WriteOp::CompleteEpisode(c.clone()), Some(&changes))
+        // A replay cannot compute the learning again, so it must not be refused for steps
+        // another writer added meanwhile: the journaled completion checks no step count.
+        let journaled = EpisodeCompletion {
+            expected_steps: None,
+            ..c.clone()
+        };
+        i.enqueue(ns, WriteOp::CompleteEpisode(journaled), Some(&changes))
             .await?;
         Ok(Some(changes))
     }
