@@ -2,6 +2,7 @@
 //! per-episode write lock that keeps a late flush from racing the episode's completion.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tracing::warn;
@@ -21,7 +22,11 @@ struct EpisodeBuffer {
     /// opened, plus every batch written since (`pending` not included). Completing it needs
     /// no read of the episode; the store checks that it holds as many steps (see
     /// [`EpisodeCompletion::expected_steps`](crate::storage::EpisodeCompletion::expected_steps)).
-    known: Episode,
+    /// `None` once the known episodes of this process would pass [`KNOWN_BYTES`]: then the
+    /// completion reads it back.
+    known: Option<Episode>,
+    /// The approximate size of `known`, counted in [`StepBuffers::known_bytes`].
+    known_size: usize,
     /// Held from taking steps out of `pending` until they are written, and by
     /// `complete_episode` until the completion is stored: a late flush can then never race the
     /// completion (which would reject, and lose, the late steps). Per episode, so writes to
@@ -33,6 +38,11 @@ struct EpisodeBuffer {
 }
 
 type BufferKey = (Namespace, EpisodeId);
+
+/// Most bytes (approximate) of known episodes a process keeps for its completions, as much as
+/// the cache's in-process front holds by default: episodes started and never completed cannot
+/// grow the process past it.
+const KNOWN_BYTES: usize = 32 << 20;
 
 /// What a step needs to pass to be buffered.
 pub(crate) struct StepCheck {
@@ -51,6 +61,8 @@ pub(crate) struct StepCheck {
 pub(crate) struct StepBuffers {
     storage: Arc<dyn Storage>,
     buffers: Mutex<HashMap<BufferKey, EpisodeBuffer>>,
+    /// The sum of the buffers' `known_size`, changed under the `buffers` lock.
+    known_bytes: AtomicUsize,
     /// Episodes whose buffered steps the store refused when the flush timer wrote them (the
     /// episode was completed by another writer): the next call for the episode says so.
     refused: Mutex<HashMap<BufferKey, String>>,
@@ -81,6 +93,7 @@ impl StepBuffers {
         StepBuffers {
             storage,
             buffers: Mutex::new(HashMap::new()),
+            known_bytes: AtomicUsize::new(0),
             refused: Mutex::new(HashMap::new()),
         }
     }
@@ -93,9 +106,11 @@ impl StepBuffers {
     /// Starts buffering `episode` (as started here or just read; kept if it is buffered
     /// already): steps are numbered after its last.
     pub(crate) fn open(&self, ns: &Namespace, episode: Episode) {
-        lock(&self.buffers)
-            .entry((ns.clone(), episode.id))
-            .or_insert_with(|| EpisodeBuffer {
+        let mut buffers = lock(&self.buffers);
+        buffers.entry((ns.clone(), episode.id)).or_insert_with(|| {
+            let bytes = episode.approx_size();
+            let kept = self.reserve_known(bytes);
+            EpisodeBuffer {
                 next_step: episode
                     .steps
                     .iter()
@@ -103,27 +118,51 @@ impl StepBuffers {
                     .max()
                     .unwrap_or(0)
                     + 1,
-                bytes: episode.approx_size(),
+                bytes,
                 pending: Vec::new(),
-                known: episode,
+                known: kept.then_some(episode),
+                known_size: if kept { bytes } else { 0 },
                 write: Arc::default(),
                 completing: false,
-            });
+            }
+        });
+    }
+
+    /// Counts `bytes` more of known episodes, if that stays within [`KNOWN_BYTES`]. Called
+    /// under the `buffers` lock.
+    fn reserve_known(&self, bytes: usize) -> bool {
+        let total = self.known_bytes.load(Ordering::Relaxed);
+        let kept = total.saturating_add(bytes) <= KNOWN_BYTES;
+        if kept {
+            self.known_bytes.store(total + bytes, Ordering::Relaxed);
+        }
+        kept
+    }
+
+    /// Stops keeping the buffer's known episode. Called under the `buffers` lock.
+    fn forget_known(&self, buf: &mut EpisodeBuffer) {
+        self.known_bytes
+            .fetch_sub(buf.known_size, Ordering::Relaxed);
+        buf.known = None;
+        buf.known_size = 0;
     }
 
     /// The episode as this process knows it, with the steps still buffered, if it is
     /// buffered: what a completion learns from without reading the episode back.
     pub(crate) fn known(&self, ns: &Namespace, id: EpisodeId) -> Option<Episode> {
-        lock(&self.buffers).get(&(ns.clone(), id)).map(|b| {
-            let mut e = b.known.clone();
+        lock(&self.buffers).get(&(ns.clone(), id)).and_then(|b| {
+            let mut e = b.known.clone()?;
             e.add_steps(&b.pending);
-            e
+            Some(e)
         })
     }
 
     /// Forgets the episode (completed, or refused by the store).
     pub(crate) fn close(&self, ns: &Namespace, id: EpisodeId) {
-        lock(&self.buffers).remove(&(ns.clone(), id));
+        let mut buffers = lock(&self.buffers);
+        if let Some(mut buf) = buffers.remove(&(ns.clone(), id)) {
+            self.forget_known(&mut buf);
+        }
     }
 
     /// A conflict for an episode whose buffered steps the flush timer had refused, once.
@@ -232,8 +271,21 @@ impl StepBuffers {
     ) -> Result<()> {
         match self.storage.append_steps(ns, id, &batch).await {
             Ok(()) => {
-                if let Some(buf) = lock(&self.buffers).get_mut(&(ns.clone(), id)) {
-                    buf.known.add_steps(&batch);
+                if let Some(buf) = lock(&self.buffers).get_mut(&(ns.clone(), id))
+                    && buf.known.is_some()
+                {
+                    let size = batch.iter().map(ExecutionStep::approx_size).sum();
+                    if self.reserve_known(size) {
+                        buf.known_size += size;
+                        if let Some(known) = &mut buf.known {
+                            // Numbered after the known steps and never among them (a batch
+                            // joins them only once written), so appended as they are: no
+                            // per-batch pass over the whole episode.
+                            known.steps.extend(batch);
+                        }
+                    } else {
+                        self.forget_known(buf);
+                    }
                 }
                 Ok(())
             }
@@ -299,5 +351,41 @@ impl StepBuffers {
             )),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::episode::{NewEpisode, TaskContext, TaskType};
+    use crate::storage::InMemoryStorage;
+
+    fn big_episode(bytes: usize) -> Episode {
+        let task = "x".repeat(bytes);
+        let new = NewEpisode::new(task, TaskType::Testing, TaskContext::new("d"));
+        Episode::start(new, chrono::Utc::now())
+    }
+
+    /// Known episodes stay within [`KNOWN_BYTES`]: past it a buffer keeps none (its
+    /// completion reads the episode back), and closing a buffer frees its share.
+    #[test]
+    fn known_episodes_stay_within_their_budget() {
+        let buffers = StepBuffers::new(Arc::new(InMemoryStorage::new()));
+        let ns = Namespace::default();
+        let (a, b, c) = (
+            big_episode(KNOWN_BYTES / 2),
+            big_episode(KNOWN_BYTES / 2),
+            big_episode(KNOWN_BYTES / 4),
+        );
+        let ids = [a.id, b.id, c.id];
+        buffers.open(&ns, a);
+        buffers.open(&ns, b);
+        assert!(buffers.known(&ns, ids[0]).is_some());
+        assert!(buffers.known(&ns, ids[1]).is_none(), "over the budget");
+        assert!(buffers.has(&ns, ids[1]), "still buffered");
+        buffers.close(&ns, ids[0]);
+        assert_eq!(buffers.known_bytes.load(Ordering::Relaxed), 0);
+        buffers.open(&ns, c);
+        assert!(buffers.known(&ns, ids[2]).is_some(), "the budget was freed");
     }
 }
