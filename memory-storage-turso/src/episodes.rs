@@ -332,15 +332,21 @@ impl EpisodeStore for TursoStorage {
                 ];
                 #[cfg(feature = "remote")]
                 if let Some(client) = &inner.hrana {
-                    use crate::remote_batch::{Written, create_episode};
-                    let writer = inner.writer.lock().await;
-                    let params = params.clone();
-                    let written = create_episode(client, INSERT_EPISODE, params, episode).await?;
-                    drop(writer);
-                    match written {
-                        // Refused: the episode exists (a replay changes nothing).
-                        Written::Committed(_) | Written::Refused => return Ok(()),
-                        Written::Busy => {} // the interactive transaction waits its turn
+                    use crate::remote_batch::{ATTEMPTS, Written, backoff, create_episode};
+                    for attempt in 0..ATTEMPTS {
+                        if attempt > 0 {
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        let writer = inner.writer.lock().await;
+                        let params = params.clone();
+                        let written =
+                            create_episode(client, INSERT_EPISODE, params, episode).await?;
+                        drop(writer);
+                        match written {
+                            // Refused: the episode exists (a replay changes nothing).
+                            Written::Committed(_) | Written::Refused => return Ok(()),
+                            Written::Busy => {} // another writer's batch: again, later
+                        }
                     }
                 }
                 inner
@@ -378,12 +384,22 @@ impl EpisodeStore for TursoStorage {
         let (ns, id) = (ns.as_str(), episode_id.to_string());
         #[cfg(feature = "remote")]
         if let Some(client) = &self.inner.hrana {
-            use crate::remote_batch::{Written, append_steps};
+            use crate::remote_batch::{ATTEMPTS, Written, append_steps, backoff};
             let inner = &*self.inner;
             let written = inner
                 .call("append_steps", async {
-                    let _writer = inner.writer.lock().await;
-                    append_steps(client, ns, &id, steps).await
+                    let mut written = Written::Busy;
+                    for attempt in 0..ATTEMPTS {
+                        if attempt > 0 {
+                            tokio::time::sleep(backoff(attempt)).await;
+                        }
+                        let _writer = inner.writer.lock().await;
+                        written = append_steps(client, ns, &id, steps).await?;
+                        if !matches!(written, Written::Busy) {
+                            break;
+                        }
+                    }
+                    Ok(written)
                 })
                 .await?;
             if let Written::Committed(Some(position)) = written
@@ -432,20 +448,15 @@ impl EpisodeStore for TursoStorage {
                 ];
                 #[cfg(feature = "remote")]
                 if let Some(client) = &inner.hrana {
-                    use crate::remote_batch::{ATTEMPTS, Mode, Tried, backoff, try_complete};
+                    use crate::remote_batch::{ATTEMPTS, Tried, backoff, try_complete};
                     for attempt in 0..ATTEMPTS {
                         if attempt > 0 {
                             tokio::time::sleep(backoff(attempt)).await;
                         }
-                        let mode = if attempt + 1 == ATTEMPTS {
-                            Mode::Locked
-                        } else {
-                            Mode::Optimistic
-                        };
                         // One write of this process at a time, as on the interactive path:
                         // writes waiting inside the server hold its workers.
                         let writer = inner.writer.lock().await;
-                        let tried = try_complete(client, ns, &id, c, update.clone(), mode).await;
+                        let tried = try_complete(client, ns, &id, c, update.clone()).await;
                         drop(writer);
                         match tried? {
                             Tried::Done(position, changes) => {
@@ -460,7 +471,7 @@ impl EpisodeStore for TursoStorage {
                             }
                         }
                     }
-                    // The write lock was not to be had even for the locked try.
+                    // Every try was overtaken (or found the write lock taken).
                     tracing::debug!("the completion runs as an interactive transaction");
                 }
                 inner

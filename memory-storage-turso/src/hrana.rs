@@ -176,49 +176,25 @@ impl HranaClient {
 
     /// Runs `batch` in one HTTP request on a fresh server stream, closed by the same request.
     pub(crate) async fn batch(&self, batch: BatchBuilder) -> DbResult<Outcome> {
-        Ok(self.send(None, batch, true).await?.0)
-    }
-
-    /// Runs `batch` on a fresh server stream and keeps the stream (and a transaction the
-    /// batch left open) for [`HranaClient::batch_close`].
-    pub(crate) async fn batch_open(&self, batch: BatchBuilder) -> DbResult<(Outcome, OpenStream)> {
-        let (outcome, stream) = self.send(None, batch, false).await?;
-        let stream =
-            stream.ok_or_else(|| decode("hrana response", "no baton for an open stream"))?;
-        Ok((outcome, stream))
-    }
-
-    /// Runs `batch` on `stream`, then closes the stream (the server rolls back a transaction
-    /// still open).
-    pub(crate) async fn batch_close(
-        &self,
-        stream: OpenStream,
-        batch: BatchBuilder,
-    ) -> DbResult<Outcome> {
-        Ok(self.send(Some(stream), batch, true).await?.0)
+        self.send(batch).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(steps = batch.steps.len()))]
-    async fn send(
-        &self,
-        stream: Option<OpenStream>,
-        batch: BatchBuilder,
-        close: bool,
-    ) -> DbResult<(Outcome, Option<OpenStream>)> {
-        let (baton, url) = match stream {
-            Some(s) => (Some(s.baton), s.url),
-            None => (None, Arc::clone(&self.pipeline_url)),
+    async fn send(&self, batch: BatchBuilder) -> DbResult<Outcome> {
+        let url = Arc::clone(&self.pipeline_url);
+        let requests = vec![
+            StreamRequest::Batch(BatchStreamReq {
+                batch: Batch {
+                    steps: batch.steps,
+                    replication_index: None,
+                },
+            }),
+            StreamRequest::Close(CloseStreamReq {}),
+        ];
+        let body = PipelineReqBody {
+            baton: None,
+            requests,
         };
-        let mut requests = vec![StreamRequest::Batch(BatchStreamReq {
-            batch: Batch {
-                steps: batch.steps,
-                replication_index: None,
-            },
-        })];
-        if close {
-            requests.push(StreamRequest::Close(CloseStreamReq {}));
-        }
-        let body = PipelineReqBody { baton, requests };
         let body = serde_json::to_vec(&body).map_err(|e| decode("hrana request", e))?;
         let mut request = Request::post(url.as_ref()).header("content-type", "application/json");
         if let Some(auth) = &self.authorization {
@@ -243,36 +219,16 @@ impl HranaClient {
         }
         let response: PipelineRespBody =
             serde_json::from_slice(&bytes).map_err(|e| decode("hrana response", e))?;
-        let next = match (close, response.baton) {
-            (false, Some(baton)) => Some(OpenStream {
-                baton,
-                url: match response.base_url {
-                    Some(base) => Arc::from(format!("{}/v2/pipeline", base.trim_end_matches('/'))),
-                    None => url,
-                },
-            }),
-            _ => None,
-        };
         match response.results.into_iter().next() {
             Some(StreamResult::Ok {
                 response: StreamResponse::Batch(batch),
-            }) => Ok((
-                Outcome {
-                    result: batch.result,
-                },
-                next,
-            )),
+            }) => Ok(Outcome {
+                result: batch.result,
+            }),
             Some(StreamResult::Error { error }) => Err(server_error(&error.message)),
             _ => Err(decode("hrana response", "no batch result")),
         }
     }
-}
-
-/// A server stream left open by [`HranaClient::batch_open`]: its baton and the URL its next
-/// request goes to.
-pub(crate) struct OpenStream {
-    baton: String,
-    url: Arc<str>,
 }
 
 fn setup(message: String) -> Failure {

@@ -15,14 +15,15 @@
 //!   rows and the merged items, stamps them with the next change-counter position, and
 //!   commits. The written rows are exactly those of the local path.
 //!
-//!   The first tries are optimistic ([`Mode::Optimistic`]): the read runs in a transaction of
-//!   its own, so no lock is held between the requests, and a failed check (another writer
-//!   changed something in between) rolls the write back whole and the completion starts over
-//!   after a short random pause. The last of [`ATTEMPTS`] tries reads inside the write
-//!   transaction ([`Mode::Locked`]), which holds the server's write lock from the first
-//!   request to the second: one round trip, and it cannot be overtaken. (Under contention for
-//!   one item the optimistic tries of several machines keep invalidating each other; the
-//!   locked try always makes progress.)
+//!   Every try is optimistic: the read runs in a transaction of its own, so no lock is held
+//!   between the requests, and a failed check (another writer changed something in between)
+//!   rolls the write back whole and the completion starts over after a short random pause,
+//!   up to [`ATTEMPTS`] tries (a failed check means another writer's write went through, so
+//!   the writers as a whole always progress). No try holds the server's write lock across
+//!   requests: an earlier last try did (`BEGIN IMMEDIATE` in the read, the write on the same
+//!   stream), and with several machines contending, the requests of the others waiting for
+//!   the lock inside the server kept the holder's second request from being served, so
+//!   completions hung until their call timed out.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -38,15 +39,20 @@ use crate::codec::{
 };
 use crate::episodes::{INSERT_TAGS, keyed_step_inserts, legacy_step_inserts};
 use crate::error::DbResult;
-use crate::hrana::{BatchBuilder, HranaClient, OpenStream, Outcome, Statement, server_error};
+use crate::hrana::{BatchBuilder, HranaClient, Outcome, Statement, server_error};
 use crate::learned::item_statements;
 use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::sql::{ROWS_PER_INSERT, insert_statements, placeholders};
 use crate::text_index::{INSERT_TEXT, row_values};
 use libsql_hrana::proto::BatchCond;
 
-/// Tries of a completion: optimistic ones, then one locked ([`Mode`]).
-pub(crate) const ATTEMPTS: u32 = 4;
+/// Tries of a one-request write (a completion overtaken by another writer, or any write that
+/// found the write lock taken) before it runs as an interactive transaction. That
+/// transaction holds the server's write lock across its requests, and with other machines'
+/// writes waiting inside the server for that lock, its next request may not be served until
+/// they give up (a hang of minutes was seen with 8 handles): so it is the last resort, after
+/// about 2.5 s of tries (a try that lost found another writer's write committed).
+pub(crate) const ATTEMPTS: u32 = 64;
 
 /// The pause before try `attempt` (from 1): a random share of 2^attempt ms, at most 64 ms,
 /// so writers that collided do not collide again in step.
@@ -187,33 +193,16 @@ fn id_bodies(outcome: &Outcome, step: Option<u32>) -> DbResult<Vec<(String, Stri
         .collect()
 }
 
-/// How a completion's first request reads.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// In a read transaction of its own; the write checks that nothing changed.
-    Optimistic,
-    /// In the write transaction itself (`BEGIN IMMEDIATE`), kept open on its stream until
-    /// the second request commits: nothing can change in between, and the write lock is
-    /// held for one round trip.
-    Locked,
-}
-
-/// The first request: the state the merge starts from, and in [`Mode::Locked`] the stream
-/// whose transaction holds the write lock. `None` when the lock was not to be had.
+/// The first request: the state the merge starts from, read in one transaction.
 async fn read_snapshot(
     client: &HranaClient,
     ns: &str,
     id: &str,
     names: &Names,
-    mode: Mode,
-) -> DbResult<Option<(Snapshot, Option<OpenStream>)>> {
+) -> DbResult<Snapshot> {
     let key = || vec![text(ns), text(id)];
     let mut batch = BatchBuilder::default();
-    let begin = match mode {
-        Mode::Optimistic => "BEGIN",
-        Mode::Locked => "BEGIN IMMEDIATE",
-    };
-    batch.step(Statement::exec(begin, Vec::new()), None);
+    batch.step(Statement::exec("BEGIN", Vec::new()), None);
     let state = batch.after(
         0,
         Statement::query(
@@ -241,28 +230,8 @@ async fn read_snapshot(
         .and_then(|s| add(&mut batch, Some(s)));
     let heuristics = add(&mut batch, by_ids("heuristics", ns, &names.heuristics));
     let lessons = add(&mut batch, by_ids("lessons", ns, &names.lessons));
-    let (outcome, stream) = match mode {
-        Mode::Optimistic => {
-            batch.step(Statement::exec("COMMIT", Vec::new()), None);
-            (client.batch(batch).await?, None)
-        }
-        Mode::Locked => {
-            let (outcome, stream) = client.batch_open(batch).await?;
-            if outcome.first_error().is_some() {
-                // Close the stream (and roll back what began) before reporting.
-                let closed = client.batch_close(stream, BatchBuilder::default()).await;
-                if let Err(e) = closed {
-                    tracing::debug!(error = %e, "closing the completion's stream failed");
-                }
-                if outcome.error(0).is_some_and(is_lock_error) {
-                    return Ok(None);
-                }
-                let message = outcome.first_error().unwrap_or_default();
-                return Err(server_error(message));
-            }
-            (outcome, Some(stream))
-        }
-    };
+    batch.step(Statement::exec("COMMIT", Vec::new()), None);
+    let outcome = client.batch(batch).await?;
 
     let in_progress = match outcome.rows(state, "episode")?.first() {
         None => None,
@@ -315,18 +284,15 @@ async fn read_snapshot(
         heuristics: decode_all::<Heuristic>("heuristic", &all)?,
         lessons: decode_all::<FailureLesson>("lesson", &lesson_rows)?,
     };
-    Ok(Some((
-        Snapshot {
-            in_progress,
-            stored_keys,
-            stored_numbers,
-            step_rows: i64::try_from(step_rows.len()).unwrap_or(i64::MAX),
-            bodies,
-            keyed: keyed_rows.into_iter().map(|(i, _)| i).collect(),
-            existing,
-        },
-        stream,
-    )))
+    Ok(Snapshot {
+        in_progress,
+        stored_keys,
+        stored_numbers,
+        step_rows: i64::try_from(step_rows.len()).unwrap_or(i64::MAX),
+        bodies,
+        keyed: keyed_rows.into_iter().map(|(i, _)| i).collect(),
+        existing,
+    })
 }
 
 /// Whether a statement's error is the write lock held elsewhere.
@@ -484,12 +450,9 @@ pub(crate) async fn try_complete(
     id: &str,
     c: &EpisodeCompletion,
     update: Vec<Value>,
-    mode: Mode,
 ) -> DbResult<Tried> {
     let names = Names::of(c);
-    let Some((mut snap, stream)) = read_snapshot(client, ns, id, &names, mode).await? else {
-        return Ok(Tried::Stale);
-    };
+    let mut snap = read_snapshot(client, ns, id, &names).await?;
     let (step_writes, inserted) = step_statements(
         ns,
         id,
@@ -515,11 +478,6 @@ pub(crate) async fn try_complete(
             }),
     };
     if let Some(done) = done {
-        if let Some(stream) = stream {
-            let mut batch = BatchBuilder::default();
-            batch.step(Statement::exec("ROLLBACK", Vec::new()), None);
-            client.batch_close(stream, batch).await?;
-        }
         return done;
     }
     let changes = c.learning.apply(std::mem::take(&mut snap.existing));
@@ -561,17 +519,15 @@ pub(crate) async fn try_complete(
         .collect();
     writes.extend(restamp("heuristics", ns, &heuristic_ids));
     let guard = guard(ns, id, &names, &snap);
-    Ok(
-        match guarded_write(client, stream, guard, true, writes).await? {
-            Written::Committed(Some(position)) => Tried::Done(position, changes),
-            Written::Committed(None) => {
-                return Err(decode("change counter", "no position returned"));
-            }
-            // Something read changed, or another machine's transaction held the write lock
-            // past the server's wait: nothing ran, try again.
-            Written::Refused | Written::Busy => Tried::Stale,
-        },
-    )
+    Ok(match guarded_write(client, guard, true, writes).await? {
+        Written::Committed(Some(position)) => Tried::Done(position, changes),
+        Written::Committed(None) => {
+            return Err(decode("change counter", "no position returned"));
+        }
+        // Something read changed, or another machine's transaction held the write lock
+        // past the server's wait: nothing ran, try again.
+        Written::Refused | Written::Busy => Tried::Stale,
+    })
 }
 
 /// What a one-request write came to.
@@ -584,25 +540,17 @@ pub(crate) enum Written {
     Busy,
 }
 
-/// One request: `BEGIN IMMEDIATE` (unless `stream` holds the write transaction already),
-/// `guard` (a statement that fails with [`STALE`] unless the write may go ahead), optionally
-/// the next change-counter position, `writes`, `COMMIT`.
+/// One request: `BEGIN IMMEDIATE`, `guard` (a statement that fails with [`STALE`] unless the
+/// write may go ahead), optionally the next change-counter position, `writes`, `COMMIT`.
 async fn guarded_write(
     client: &HranaClient,
-    stream: Option<OpenStream>,
     guard: Statement,
     stamped: bool,
     writes: Vec<Statement>,
 ) -> DbResult<Written> {
     let mut batch = BatchBuilder::default();
-    let begin = match stream {
-        None => Some(batch.step(Statement::exec("BEGIN IMMEDIATE", Vec::new()), None)),
-        Some(_) => None,
-    };
-    let check = match begin {
-        Some(begin) => batch.after(begin, guard),
-        None => batch.step(guard, None),
-    };
+    let begin = batch.step(Statement::exec("BEGIN IMMEDIATE", Vec::new()), None);
+    let check = batch.after(begin, guard);
     let mut last = check;
     if stamped {
         last = batch.after(
@@ -632,10 +580,7 @@ async fn guarded_write(
             cond: Box::new(BatchCond::Ok { step: commit }),
         }),
     );
-    let outcome = match stream {
-        Some(stream) => client.batch_close(stream, batch).await?,
-        None => client.batch(batch).await?,
-    };
+    let outcome = client.batch(batch).await?;
     if outcome.succeeded(commit) {
         let position = match position {
             Some(step) => Some(
@@ -653,7 +598,7 @@ async fn guarded_write(
     if outcome.error(check).is_some_and(|e| e.contains(STALE)) {
         return Ok(Written::Refused);
     }
-    if begin.is_some_and(|b| outcome.error(b).is_some_and(is_lock_error)) {
+    if outcome.error(begin).is_some_and(is_lock_error) {
         return Ok(Written::Busy);
     }
     Err(server_error(
@@ -710,7 +655,7 @@ pub(crate) async fn create_episode(
     {
         writes.push(Statement::exec(INSERT_TEXT, values));
     }
-    guarded_write(client, None, guard, false, writes).await
+    guarded_write(client, guard, false, writes).await
 }
 
 /// Steps of an in-progress episode in one request, when none of them is stored yet (the
@@ -750,5 +695,5 @@ pub(crate) async fn append_steps(
     }
     let none = HashSet::new();
     let (writes, _) = step_statements(ns, id, steps, &none, &none, POSITION)?;
-    guarded_write(client, None, guard_of(&condition, values), true, writes).await
+    guarded_write(client, guard_of(&condition, values), true, writes).await
 }
