@@ -118,7 +118,19 @@ impl TursoStorage {
         if local {
             configure_local(&writer, &config, local_file, false).await?;
         }
-        let schema_version = match schema::migrate(&writer, config.schema_version()).await {
+        let server_gate = match &mode {
+            TursoMode::Remote { url, .. } | TursoMode::Replica { url, .. } => {
+                Some(crate::server_gate::server_gate(url))
+            }
+            TursoMode::Local { .. } => None,
+        };
+        let gate = match &server_gate {
+            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            None => None,
+        };
+        let migrated = schema::migrate(&writer, config.schema_version()).await;
+        drop(gate);
+        let schema_version = match migrated {
             Ok(v) => v,
             Err(f) if !local && config.open_when_unreachable() && f.is_transient() => {
                 warn!(error = %f, "server unreachable at open: the schema is checked when it answers");
@@ -205,6 +217,7 @@ impl TursoStorage {
                 changes,
                 #[cfg(feature = "remote")]
                 hrana,
+                server_gate,
                 grouped: local,
                 grouping: Grouping::default(),
                 prepared: crate::prepared::Prepared::default(),

@@ -56,12 +56,30 @@ pub(crate) struct Inner {
     /// batches ([`crate::remote_batch`]).
     #[cfg(feature = "remote")]
     pub(crate) hrana: Option<crate::hrana::HranaClient>,
+    /// The gate every write of this process to the same server takes first (remote and
+    /// replica modes; see [`crate::server_gate`]).
+    pub(crate) server_gate: Option<Arc<Mutex<()>>>,
     /// Concurrent writes share commits (local databases; see [`crate::group_commit`]).
     pub(crate) grouped: bool,
     pub(crate) grouping: Grouping,
     /// The writer's statements, kept prepared while writes are grouped (see
     /// [`crate::prepared`]).
     pub(crate) prepared: Prepared,
+}
+
+/// The writer connection, held with the server's gate (when there is one) until dropped.
+pub(crate) struct WriterGuard<'a> {
+    conn: MutexGuard<'a, Connection>,
+    /// Released after the connection (fields drop in order).
+    _server: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
 }
 
 impl Inner {
@@ -201,9 +219,23 @@ impl Inner {
         Ok(())
     }
 
-    /// The writer connection. A transaction left open by a cancelled call (timeout) is rolled
-    /// back first.
-    pub(crate) async fn writer(&self) -> DbResult<MutexGuard<'_, Connection>> {
+    /// The writer connection, after the server's gate when the database is on a server
+    /// ([`crate::server_gate`]: one write of this process at a time waits for the server's
+    /// write lock). A transaction left open by a cancelled call (timeout) is rolled back
+    /// first.
+    pub(crate) async fn writer(&self) -> DbResult<WriterGuard<'_>> {
+        let server = match &self.server_gate {
+            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            None => None,
+        };
+        Ok(WriterGuard {
+            conn: self.writer_conn().await?,
+            _server: server,
+        })
+    }
+
+    /// The writer connection without the server's gate (reads that share it).
+    async fn writer_conn(&self) -> DbResult<MutexGuard<'_, Connection>> {
         let conn = self.writer.lock().await;
         if let Err(e) = self.settle(&conn).await {
             warn!(error = %e, "the open group's commit failed; its writes were not acknowledged");
@@ -222,7 +254,7 @@ impl Inner {
     async fn reader(&self) -> DbResult<(MutexGuard<'_, Connection>, Option<&Prepared>)> {
         let n = self.readers.len();
         if n == 0 {
-            return Ok((self.writer().await?, None));
+            return Ok((self.writer_conn().await?, None));
         }
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         for i in 0..n {

@@ -332,21 +332,24 @@ impl EpisodeStore for TursoStorage {
                 ];
                 #[cfg(feature = "remote")]
                 if let Some(client) = &inner.hrana {
-                    use crate::remote_batch::{ATTEMPTS, Written, backoff, create_episode};
-                    for attempt in 0..ATTEMPTS {
-                        if attempt > 0 {
-                            tokio::time::sleep(backoff(attempt)).await;
-                        }
-                        let writer = inner.writer.lock().await;
+                    use crate::remote_batch::{Written, create_episode, until_written};
+                    let written = until_written(inner, || {
                         let params = params.clone();
-                        let written =
-                            create_episode(client, INSERT_EPISODE, params, episode).await?;
-                        drop(writer);
-                        match written {
-                            // Refused: the episode exists (a replay changes nothing).
-                            Written::Committed(_) | Written::Refused => return Ok(()),
-                            Written::Busy => {} // another writer's batch: again, later
+                        async move {
+                            Ok(
+                                match create_episode(client, INSERT_EPISODE, params, episode)
+                                    .await?
+                                {
+                                    // Refused: the episode exists (a replay changes nothing).
+                                    Written::Committed(_) | Written::Refused => Some(()),
+                                    Written::Busy => None,
+                                },
+                            )
                         }
+                    })
+                    .await?;
+                    if written.is_some() {
+                        return Ok(());
                     }
                 }
                 inner
@@ -384,24 +387,21 @@ impl EpisodeStore for TursoStorage {
         let (ns, id) = (ns.as_str(), episode_id.to_string());
         #[cfg(feature = "remote")]
         if let Some(client) = &self.inner.hrana {
-            use crate::remote_batch::{ATTEMPTS, Written, append_steps, backoff};
+            use crate::remote_batch::{Written, append_steps, until_written};
             let inner = &*self.inner;
             let written = inner
                 .call("append_steps", async {
-                    let mut written = Written::Busy;
-                    for attempt in 0..ATTEMPTS {
-                        if attempt > 0 {
-                            tokio::time::sleep(backoff(attempt)).await;
-                        }
-                        let _writer = inner.writer.lock().await;
-                        written = append_steps(client, ns, &id, steps).await?;
-                        if !matches!(written, Written::Busy) {
-                            break;
-                        }
-                    }
-                    Ok(written)
+                    let id = &id;
+                    until_written(inner, || async move {
+                        Ok(match append_steps(client, ns, id, steps).await? {
+                            Written::Busy => None,
+                            written => Some(written),
+                        })
+                    })
+                    .await
                 })
-                .await?;
+                .await?
+                .unwrap_or(Written::Busy);
             if let Written::Committed(Some(position)) = written
                 && let Some(tracker) = &inner.changes
             {
@@ -448,28 +448,26 @@ impl EpisodeStore for TursoStorage {
                 ];
                 #[cfg(feature = "remote")]
                 if let Some(client) = &inner.hrana {
-                    use crate::remote_batch::{ATTEMPTS, Tried, backoff, try_complete};
-                    for attempt in 0..ATTEMPTS {
-                        if attempt > 0 {
-                            tokio::time::sleep(backoff(attempt)).await;
-                        }
-                        // One write of this process at a time, as on the interactive path:
-                        // writes waiting inside the server hold its workers.
-                        let writer = inner.writer.lock().await;
-                        let tried = try_complete(client, ns, &id, c, update.clone()).await;
-                        drop(writer);
-                        match tried? {
-                            Tried::Done(position, changes) => {
-                                if let Some(tracker) = &inner.changes {
-                                    tracker.committed(position);
-                                }
-                                return Ok(Some(changes));
+                    use crate::remote_batch::{Tried, try_complete, until_written};
+                    let (id, update) = (&id, &update);
+                    let tried = until_written(inner, || async move {
+                        Ok(
+                            match try_complete(client, ns, id, c, update.clone()).await? {
+                                Tried::Stale => None,
+                                done => Some(done),
+                            },
+                        )
+                    })
+                    .await?;
+                    match tried {
+                        Some(Tried::Done(position, changes)) => {
+                            if let Some(tracker) = &inner.changes {
+                                tracker.committed(position);
                             }
-                            Tried::AlreadyCompleted => return Ok(None),
-                            Tried::Stale => {
-                                tracing::debug!(attempt, "the completion's reads changed; again");
-                            }
+                            return Ok(Some(changes));
                         }
+                        Some(Tried::AlreadyCompleted) => return Ok(None),
+                        Some(Tried::Stale) | None => {}
                     }
                     // Every try was overtaken (or found the write lock taken).
                     tracing::debug!("the completion runs as an interactive transaction");

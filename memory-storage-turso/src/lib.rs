@@ -63,6 +63,7 @@ mod prepared;
 #[cfg(feature = "remote")]
 mod remote_batch;
 mod schema;
+mod server_gate;
 mod sql;
 mod text_index;
 

@@ -37,6 +37,7 @@ use crate::codec::{
     Cols, EPISODE_COLUMNS, STEP_COLUMNS, decode, episode_from, from_json, step_from,
     step_search_text, text,
 };
+use crate::connection::Inner;
 use crate::episodes::{INSERT_TAGS, keyed_step_inserts, legacy_step_inserts};
 use crate::error::DbResult;
 use crate::hrana::{BatchBuilder, HranaClient, Outcome, Statement, server_error};
@@ -47,19 +48,47 @@ use crate::text_index::{INSERT_TEXT, row_values};
 use libsql_hrana::proto::BatchCond;
 
 /// Tries of a one-request write (a completion overtaken by another writer, or any write that
-/// found the write lock taken) before it runs as an interactive transaction. That
-/// transaction holds the server's write lock across its requests, and with other machines'
-/// writes waiting inside the server for that lock, its next request may not be served until
-/// they give up (a hang of minutes was seen with 8 handles): so it is the last resort, after
-/// about 2.5 s of tries (a try that lost found another writer's write committed).
-pub(crate) const ATTEMPTS: u32 = 64;
+/// found the write lock taken) before it runs as an interactive transaction, which holds the
+/// server's write lock across its requests: the last resort, after about 2.5 s of tries (a
+/// try that lost found another writer's write committed, so the writers as a whole progress).
+const ATTEMPTS: u32 = 64;
 
 /// The pause before try `attempt` (from 1): a random share of 2^attempt ms, at most 64 ms,
 /// so writers that collided do not collide again in step.
-pub(crate) fn backoff(attempt: u32) -> std::time::Duration {
+fn backoff(attempt: u32) -> std::time::Duration {
     let ceiling = 1u64 << attempt.min(6);
     let random = (uuid::Uuid::new_v4().as_u128() % 1_000) as u64;
     std::time::Duration::from_micros(ceiling * random)
+}
+
+/// Runs `write`, a one-request write, until it goes through: `write` returns `None` when it
+/// found the write lock taken or was overtaken by another writer (nothing written), and is
+/// tried again after a [`backoff`] pause, up to [`ATTEMPTS`] tries. Every try holds this
+/// handle's writer and the server's gate ([`Inner::writer`]), as the interactive path does.
+/// `None` when every try came back empty: the caller runs the interactive transaction.
+pub(crate) async fn until_written<T, F>(
+    inner: &Inner,
+    mut write: impl FnMut() -> F,
+) -> DbResult<Option<T>>
+where
+    F: Future<Output = DbResult<Option<T>>>,
+{
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        let writer = inner.writer().await?;
+        let tried = write().await;
+        drop(writer);
+        if let Some(done) = tried? {
+            return Ok(Some(done));
+        }
+        tracing::debug!(
+            attempt,
+            "the write found the lock taken or was overtaken; again"
+        );
+    }
+    Ok(None)
 }
 
 /// The change-counter position the batch's transaction took, as an SQL expression.

