@@ -125,7 +125,7 @@ impl TursoStorage {
             TursoMode::Local { .. } => None,
         };
         let gate = match &server_gate {
-            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            Some(gate) => Some(gate.lock().await),
             None => None,
         };
         let migrated = schema::migrate(&writer, config.schema_version()).await;

@@ -58,7 +58,7 @@ pub(crate) struct Inner {
     pub(crate) hrana: Option<crate::hrana::HranaClient>,
     /// The gate every write of this process to the same server takes first (remote and
     /// replica modes; see [`crate::server_gate`]).
-    pub(crate) server_gate: Option<Arc<Mutex<()>>>,
+    pub(crate) server_gate: Option<Arc<crate::server_gate::ServerGate>>,
     /// Concurrent writes share commits (local databases; see [`crate::group_commit`]).
     pub(crate) grouped: bool,
     pub(crate) grouping: Grouping,
@@ -71,7 +71,7 @@ pub(crate) struct Inner {
 pub(crate) struct WriterGuard<'a> {
     conn: MutexGuard<'a, Connection>,
     /// Released after the connection (fields drop in order).
-    _server: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _server: Option<crate::server_gate::GateGuard>,
 }
 
 impl std::ops::Deref for WriterGuard<'_> {
@@ -225,7 +225,7 @@ impl Inner {
     /// first.
     pub(crate) async fn writer(&self) -> DbResult<WriterGuard<'_>> {
         let server = match &self.server_gate {
-            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            Some(gate) => Some(gate.lock().await),
             None => None,
         };
         Ok(WriterGuard {
