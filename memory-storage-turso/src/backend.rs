@@ -217,6 +217,8 @@ impl TursoStorage {
                 changes,
                 #[cfg(feature = "remote")]
                 hrana,
+                #[cfg(feature = "remote")]
+                learned_bodies: crate::learned_bodies::LearnedBodies::default(),
                 server_gate,
                 grouped: local,
                 grouping: Grouping::default(),

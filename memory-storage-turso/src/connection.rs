@@ -56,6 +56,10 @@ pub(crate) struct Inner {
     /// batches ([`crate::remote_batch`]).
     #[cfg(feature = "remote")]
     pub(crate) hrana: Option<crate::hrana::HranaClient>,
+    /// Remote mode: the learned items this handle last read or wrote, so a completion can
+    /// skip reading them ([`crate::learned_bodies`]).
+    #[cfg(feature = "remote")]
+    pub(crate) learned_bodies: crate::learned_bodies::LearnedBodies,
     /// The gate every write of this process to the same server takes first (remote and
     /// replica modes; see [`crate::server_gate`]).
     pub(crate) server_gate: Option<Arc<crate::server_gate::ServerGate>>,

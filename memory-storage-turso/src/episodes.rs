@@ -449,10 +449,10 @@ impl EpisodeStore for TursoStorage {
                 #[cfg(feature = "remote")]
                 if let Some(client) = &inner.hrana {
                     use crate::remote_batch::{Tried, try_complete, until_written};
-                    let (id, update) = (&id, &update);
+                    let (id, update, remembered) = (&id, &update, &inner.learned_bodies);
                     let tried = until_written(inner, || async move {
                         Ok(
-                            match try_complete(client, ns, id, c, update.clone()).await? {
+                            match try_complete(client, ns, id, c, update, remembered).await? {
                                 Tried::Stale => None,
                                 done => Some(done),
                             },

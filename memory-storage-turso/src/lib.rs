@@ -58,6 +58,8 @@ mod group_commit;
 #[cfg(feature = "remote")]
 mod hrana;
 mod learned;
+#[cfg(feature = "remote")]
+mod learned_bodies;
 mod maintenance;
 mod prepared;
 #[cfg(feature = "remote")]

@@ -6,24 +6,25 @@
 //!   first statement checks that the write applies as is (no such episode yet; the episode in
 //!   progress and none of the steps stored). When it does not (a replay, a conflict), nothing
 //!   is written and the caller runs the interactive transaction, which tells the cases apart.
-//! - **Completing an episode** takes two requests. The first reads what the merge needs (the
-//!   episode's state, its stored step keys and the learned items the update names); the merge
-//!   runs here ([`memory_core::LearningUpdate::apply`], as in the local path); the second is
-//!   one transaction that first checks, in SQL, that everything read is still as read (the
-//!   episode still in progress, its step count, every item's stored body, the set of live
-//!   heuristics of each condition key), then writes the outcome, the steps, the full-text
-//!   rows and the merged items, stamps them with the next change-counter position, and
-//!   commits. The written rows are exactly those of the local path.
+//! - **Completing an episode** takes one request when the handle knows what the merge needs:
+//!   the episode as the engine knows it (`expected_steps`) and every learned item the update
+//!   names, as this handle last read or wrote it ([`crate::learned_bodies`]); otherwise, or
+//!   when the guard finds something known stale, two. The first reads what the merge needs
+//!   (the episode's state, its stored step keys and the learned items the update names); the
+//!   merge runs here ([`memory_core::LearningUpdate::apply`], as in the local path); the
+//!   second is one transaction that first checks, in SQL, that everything read is still as
+//!   read (the episode still in progress, its step count, every item's stored body, the set
+//!   of live heuristics of each condition key), then writes the outcome, the steps, the
+//!   full-text rows and the merged items, stamps them with the next change-counter position,
+//!   and commits. The written rows are exactly those of the local path. The one-request form
+//!   is that transaction alone, guarded by what the handle knows.
 //!
 //!   Every try is optimistic: the read runs in a transaction of its own, so no lock is held
 //!   between the requests, and a failed check (another writer changed something in between)
 //!   rolls the write back whole and the completion starts over after a short random pause,
 //!   up to [`ATTEMPTS`] tries (a failed check means another writer's write went through, so
 //!   the writers as a whole always progress). No try holds the server's write lock across
-//!   requests: an earlier last try did (`BEGIN IMMEDIATE` in the read, the write on the same
-//!   stream), and with several machines contending, the requests of the others waiting for
-//!   the lock inside the server kept the holder's second request from being served, so
-//!   completions hung until their call timed out.
+//!   requests.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -42,6 +43,7 @@ use crate::episodes::{INSERT_TAGS, keyed_step_inserts, legacy_step_inserts};
 use crate::error::DbResult;
 use crate::hrana::{BatchBuilder, HranaClient, Outcome, Statement, server_error};
 use crate::learned::item_statements;
+use crate::learned_bodies::LearnedBodies;
 use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::sql::{ROWS_PER_INSERT, insert_statements, placeholders};
 use crate::text_index::{INSERT_TEXT, row_values};
@@ -178,6 +180,17 @@ impl Names {
     }
 }
 
+impl Names {
+    /// The ids by table, as [`LearnedBodies`] keeps them.
+    fn by_table(&self) -> [(&'static str, &[String]); 3] {
+        [
+            ("patterns", &self.patterns),
+            ("heuristics", &self.heuristics),
+            ("lessons", &self.lessons),
+        ]
+    }
+}
+
 /// `SELECT id, body FROM table WHERE ns = ?1 AND id IN (...)`, or `None` without ids.
 fn by_ids(table: &str, ns: &str, ids: &[String]) -> Option<Statement> {
     if ids.is_empty() {
@@ -222,18 +235,28 @@ fn id_bodies(outcome: &Outcome, step: Option<u32>) -> DbResult<Vec<(String, Stri
         .collect()
 }
 
-/// The first request: the state the merge starts from, read in one transaction.
-async fn read_snapshot(
-    client: &HranaClient,
+/// The steps of a batch that read what a completion's merge starts from.
+struct SnapshotReads {
+    state: u32,
+    steps: u32,
+    patterns: Option<u32>,
+    keyed: Option<u32>,
+    heuristics: Option<u32>,
+    lessons: Option<u32>,
+}
+
+/// Adds the reads of what the merge starts from (the episode's state, its stored step keys,
+/// the learned items the update names) after step `after`; the reads' steps and the last.
+fn add_snapshot_reads(
+    batch: &mut BatchBuilder,
+    after: u32,
     ns: &str,
     id: &str,
     names: &Names,
-) -> DbResult<Snapshot> {
+) -> (SnapshotReads, u32) {
     let key = || vec![text(ns), text(id)];
-    let mut batch = BatchBuilder::default();
-    batch.step(Statement::exec("BEGIN", Vec::new()), None);
     let state = batch.after(
-        0,
+        after,
         Statement::query(
             "SELECT outcome_kind IS NULL FROM episodes WHERE ns = ?1 AND id = ?2",
             key(),
@@ -253,22 +276,54 @@ async fn read_snapshot(
             last
         })
     };
-    let patterns = add(&mut batch, by_ids("patterns", ns, &names.patterns));
+    let patterns = add(batch, by_ids("patterns", ns, &names.patterns));
     let keyed = (!names.keys.is_empty())
-        .then(|| of_keys("id, body", ns, &names.keys))
-        .and_then(|s| add(&mut batch, Some(s)));
-    let heuristics = add(&mut batch, by_ids("heuristics", ns, &names.heuristics));
-    let lessons = add(&mut batch, by_ids("lessons", ns, &names.lessons));
+        .then(|| of_keys("id, body, condition_key", ns, &names.keys))
+        .and_then(|s| add(batch, Some(s)));
+    let heuristics = add(batch, by_ids("heuristics", ns, &names.heuristics));
+    let lessons = add(batch, by_ids("lessons", ns, &names.lessons));
+    let reads = SnapshotReads {
+        state,
+        steps,
+        patterns,
+        keyed,
+        heuristics,
+        lessons,
+    };
+    (reads, last)
+}
+
+/// A read-only request: the state the merge starts from, read in one transaction.
+async fn read_snapshot(
+    client: &HranaClient,
+    ns: &str,
+    id: &str,
+    names: &Names,
+    remembered: &LearnedBodies,
+) -> DbResult<Snapshot> {
+    let mut batch = BatchBuilder::default();
+    let begin = batch.step(Statement::exec("BEGIN", Vec::new()), None);
+    let (reads, _) = add_snapshot_reads(&mut batch, begin, ns, id, names);
     batch.step(Statement::exec("COMMIT", Vec::new()), None);
     let outcome = client.batch(batch).await?;
+    snapshot_read(&outcome, &reads, ns, names, remembered)
+}
 
-    let in_progress = match outcome.rows(state, "episode")?.first() {
+/// The snapshot `reads` returned in `outcome`, remembered in `remembered`.
+fn snapshot_read(
+    outcome: &Outcome,
+    reads: &SnapshotReads,
+    ns: &str,
+    names: &Names,
+    remembered: &LearnedBodies,
+) -> DbResult<Snapshot> {
+    let in_progress = match outcome.rows(reads.state, "episode")?.first() {
         None => None,
         Some(row) => Some(Cols::values(row, "episode").i64(0)? == 1),
     };
     let mut stored_keys = HashSet::new();
     let mut stored_numbers = HashSet::new();
-    let step_rows = outcome.rows(steps, "step")?;
+    let step_rows = outcome.rows(reads.steps, "step")?;
     for row in &step_rows {
         let c = Cols::values(row, "step");
         match c.opt_i64(1)? {
@@ -276,7 +331,58 @@ async fn read_snapshot(
             _ => stored_numbers.insert(c.i64(0)?),
         };
     }
+    let keyed_rows = match reads.keyed {
+        Some(step) => outcome.rows(step, "heuristic")?,
+        None => Vec::new(),
+    };
+    let keyed_rows = keyed_rows
+        .iter()
+        .map(|row| {
+            let c = Cols::values(row, "heuristic");
+            Ok((c.text(0)?, c.text(1)?, c.text(2)?))
+        })
+        .collect::<DbResult<Vec<(String, String, String)>>>()?;
+    let items = ReadItems {
+        patterns: id_bodies(outcome, reads.patterns)?,
+        lessons: id_bodies(outcome, reads.lessons)?,
+        keyed: keyed_rows
+            .iter()
+            .map(|(i, b, _)| (i.clone(), b.clone()))
+            .collect(),
+        heuristics: id_bodies(outcome, reads.heuristics)?,
+    };
+    let snap = assemble(
+        names,
+        items,
+        in_progress,
+        stored_keys,
+        stored_numbers,
+        step_rows.len(),
+    )?;
+    remembered.read(ns, &snap.bodies, &names.keys, &keyed_rows);
+    Ok(snap)
+}
 
+/// The learned items a completion's merge starts from: `(id, body)` rows.
+struct ReadItems {
+    patterns: Vec<(String, String)>,
+    lessons: Vec<(String, String)>,
+    /// The live heuristics of the update's condition keys.
+    keyed: Vec<(String, String)>,
+    /// The heuristics the update names, by id (whatever their status).
+    heuristics: Vec<(String, String)>,
+}
+
+/// The snapshot of `items` (read, or known from earlier reads and writes) and the episode's
+/// stored steps.
+fn assemble(
+    names: &Names,
+    items: ReadItems,
+    in_progress: Option<bool>,
+    stored_keys: HashSet<i64>,
+    stored_numbers: HashSet<i64>,
+    step_rows: usize,
+) -> DbResult<Snapshot> {
     let mut bodies = Vec::new();
     let mut record = |table: &'static str, wanted: &[String], found: &[(String, String)]| {
         let found: BTreeMap<&str, &str> = found
@@ -288,15 +394,12 @@ async fn read_snapshot(
             bodies.push((table, id.clone(), body));
         }
     };
-    let pattern_rows = id_bodies(&outcome, patterns)?;
-    record("patterns", &names.patterns, &pattern_rows);
-    let lesson_rows = id_bodies(&outcome, lessons)?;
-    record("lessons", &names.lessons, &lesson_rows);
+    record("patterns", &names.patterns, &items.patterns);
+    record("lessons", &names.lessons, &items.lessons);
     // Heuristics: the live ones of the keys, then the observed ones not among them, by id
     // (as `learned::load_heuristics`).
-    let keyed_rows = id_bodies(&outcome, keyed)?;
-    let mut heuristic_rows: BTreeMap<String, String> = keyed_rows.iter().cloned().collect();
-    for (hid, body) in id_bodies(&outcome, heuristics)? {
+    let mut heuristic_rows: BTreeMap<String, String> = items.keyed.iter().cloned().collect();
+    for (hid, body) in items.heuristics {
         heuristic_rows.entry(hid).or_insert(body);
     }
     let mut heuristic_ids: BTreeSet<String> = names.heuristics.iter().cloned().collect();
@@ -309,19 +412,54 @@ async fn read_snapshot(
     record("heuristics", &heuristic_ids, &all);
 
     let existing = ExistingLearned {
-        patterns: decode_all::<Pattern>("pattern", &pattern_rows)?,
+        patterns: decode_all::<Pattern>("pattern", &items.patterns)?,
         heuristics: decode_all::<Heuristic>("heuristic", &all)?,
-        lessons: decode_all::<FailureLesson>("lesson", &lesson_rows)?,
+        lessons: decode_all::<FailureLesson>("lesson", &items.lessons)?,
     };
     Ok(Snapshot {
         in_progress,
         stored_keys,
         stored_numbers,
-        step_rows: i64::try_from(step_rows.len()).unwrap_or(i64::MAX),
+        step_rows: i64::try_from(step_rows).unwrap_or(i64::MAX),
         bodies,
-        keyed: keyed_rows.into_iter().map(|(i, _)| i).collect(),
+        keyed: items.keyed.into_iter().map(|(i, _)| i).collect(),
         existing,
     })
+}
+
+/// The snapshot a completion assumes without a read: the episode in progress with `stored`
+/// steps, none of the completion's own among them; every learned item as this handle last
+/// read or wrote it, an item it never saw absent, a condition key it never read without live
+/// heuristics. The guard checks every assumption; the write's own reads correct a wrong one.
+fn assumed_snapshot(
+    ns: &str,
+    names: &Names,
+    remembered: &LearnedBodies,
+    stored: usize,
+) -> DbResult<Snapshot> {
+    let known = remembered.assumed(ns, &names.by_table(), &names.keys);
+    let rows = |table: &str| -> Vec<(String, String)> {
+        known
+            .bodies
+            .iter()
+            .filter(|(t, _, _)| *t == table)
+            .filter_map(|(_, i, b)| b.clone().map(|b| (i.clone(), b)))
+            .collect()
+    };
+    let items = ReadItems {
+        patterns: rows("patterns"),
+        lessons: rows("lessons"),
+        heuristics: rows("heuristics"),
+        keyed: known.keyed,
+    };
+    assemble(
+        names,
+        items,
+        Some(true),
+        HashSet::new(),
+        HashSet::new(),
+        stored,
+    )
 }
 
 /// Whether a statement's error is the write lock held elsewhere.
@@ -470,19 +608,111 @@ pub(crate) enum Tried {
     Stale,
 }
 
-/// One try of a completion (two requests). `update` binds `?1..?8` of the outcome's
-/// `UPDATE`, as in the local path.
+/// One try of a completion, usually one request: the guarded write, merged from what this
+/// handle knows ([`assumed_snapshot`]), carrying the reads of everything the merge starts
+/// from. When the guard refuses (an item changed or appeared since this handle saw it), those
+/// reads are the truth as of the refusal, and the write is sent once more, merged from them.
+/// Without the episode's step count as the engine knows it (`expected_steps`: a journaled
+/// completion), a read comes first. `update` binds `?1..?8` of the outcome's `UPDATE`, as in
+/// the local path.
 #[tracing::instrument(level = "debug", skip_all)]
 pub(crate) async fn try_complete(
     client: &HranaClient,
     ns: &str,
     id: &str,
     c: &EpisodeCompletion,
-    update: Vec<Value>,
+    update: &[Value],
+    remembered: &LearnedBodies,
 ) -> DbResult<Tried> {
     let names = Names::of(c);
-    let mut snap = read_snapshot(client, ns, id, &names).await?;
-    let (step_writes, inserted) = step_statements(
+    // Assumed: the episode holds `expected - pending` steps, none of the pending ones (all
+    // keyed, so one stored already is caught by the guard's count, never inserted twice).
+    let assumed = c
+        .expected_steps
+        .filter(|_| c.steps.iter().all(|s| s.key != 0))
+        .and_then(|e| (e as usize).checked_sub(c.steps.len()));
+    let (mut snap, mut from_read) = match assumed {
+        Some(stored) => (assumed_snapshot(ns, &names, remembered, stored)?, false),
+        None => (
+            read_snapshot(client, ns, id, &names, remembered).await?,
+            true,
+        ),
+    };
+    for _ in 0..2 {
+        if from_read && let Some(done) = settled(c, &snap, &c.steps)? {
+            return Ok(done);
+        }
+        let (written, changes, fresh) =
+            write_completion(client, ns, id, c, update, &names, snap, remembered).await?;
+        match written {
+            Written::Committed(Some(position)) => {
+                remembered.wrote(ns, &changes)?;
+                return Ok(Tried::Done(position, changes));
+            }
+            Written::Committed(None) => {
+                return Err(decode("change counter", "no position returned"));
+            }
+            // Another machine's transaction held the write lock past the server's wait.
+            Written::Busy => return Ok(Tried::Stale),
+            Written::Refused => match fresh {
+                Some(fresh) => {
+                    tracing::debug!("the completion's assumptions were stale; merging again");
+                    (snap, from_read) = (fresh, true);
+                }
+                None => return Ok(Tried::Stale),
+            },
+        }
+    }
+    // Refused twice: another writer changed something between the two requests.
+    Ok(Tried::Stale)
+}
+
+/// What a read snapshot says before any write: the episode missing or completed, or holding
+/// other steps than the engine learned from (with `steps` appended); `None` to go ahead.
+fn settled(
+    c: &EpisodeCompletion,
+    snap: &Snapshot,
+    steps: &[ExecutionStep],
+) -> DbResult<Option<Tried>> {
+    match snap.in_progress {
+        None => Err(Error::not_found(ObjectKind::Episode, c.episode_id).into()),
+        Some(false) => Ok(Some(Tried::AlreadyCompleted)),
+        Some(true) => {
+            let (_, inserted) = step_statements(
+                "",
+                "",
+                steps,
+                &snap.stored_keys,
+                &snap.stored_numbers,
+                POSITION,
+            )?;
+            let stored = snap.step_rows + inserted;
+            // The learning was computed from other steps than the store holds.
+            match c.expected_steps.filter(|&e| i64::from(e) != stored) {
+                Some(e) => {
+                    let stored = u64::try_from(stored).unwrap_or(0);
+                    Err(Error::steps_changed(c.episode_id, u64::from(e), stored).into())
+                }
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+/// The write of a completion merged from `snap`: one request, guarded by what `snap` holds,
+/// that first reads what the merge starts from (returned when the guard refused).
+#[allow(clippy::too_many_arguments)]
+async fn write_completion(
+    client: &HranaClient,
+    ns: &str,
+    id: &str,
+    c: &EpisodeCompletion,
+    update: &[Value],
+    names: &Names,
+    mut snap: Snapshot,
+    remembered: &LearnedBodies,
+) -> DbResult<(Written, LearnedChanges, Option<Snapshot>)> {
+    let (step_writes, _) = step_statements(
         ns,
         id,
         &c.steps,
@@ -490,34 +720,14 @@ pub(crate) async fn try_complete(
         &snap.stored_numbers,
         POSITION,
     )?;
-    let stored = snap.step_rows + inserted;
-    let done = match snap.in_progress {
-        None => Some(Err(
-            Error::not_found(ObjectKind::Episode, c.episode_id).into()
-        )),
-        Some(false) => Some(Ok(Tried::AlreadyCompleted)),
-        // The learning was computed from other steps than the store holds (the guard keeps
-        // the count read until the write).
-        Some(true) => c
-            .expected_steps
-            .filter(|&e| i64::from(e) != stored)
-            .map(|e| {
-                let stored = u64::try_from(stored).unwrap_or(0);
-                Err(Error::steps_changed(c.episode_id, u64::from(e), stored).into())
-            }),
-    };
-    if let Some(done) = done {
-        return done;
-    }
     let changes = c.learning.apply(std::mem::take(&mut snap.existing));
-
     let mut writes = vec![Statement::exec(
         format!(
             "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
              reward = ?6, reflection = ?7, completed_at = ?8, changed_seq = {POSITION} \
              WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL"
         ),
-        update,
+        update.to_vec(),
     )];
     writes.extend(step_writes);
     if let Some(values) = row_values(&c.reflection.text(), ns, id, "reflection") {
@@ -547,16 +757,20 @@ pub(crate) async fn try_complete(
         .map(|x| x.item.id.0.clone())
         .collect();
     writes.extend(restamp("heuristics", ns, &heuristic_ids));
-    let guard = guard(ns, id, &names, &snap);
-    Ok(match guarded_write(client, guard, true, writes).await? {
-        Written::Committed(Some(position)) => Tried::Done(position, changes),
-        Written::Committed(None) => {
-            return Err(decode("change counter", "no position returned"));
-        }
-        // Something read changed, or another machine's transaction held the write lock
-        // past the server's wait: nothing ran, try again.
-        Written::Refused | Written::Busy => Tried::Stale,
-    })
+    let guard = guard(ns, id, names, &snap);
+    let (written, outcome, reads) = guarded_batch(
+        client,
+        |batch, begin| add_snapshot_reads(batch, begin, ns, id, names),
+        guard,
+        true,
+        writes,
+    )
+    .await?;
+    let fresh = match written {
+        Written::Refused => Some(snapshot_read(&outcome, &reads, ns, names, remembered)?),
+        _ => None,
+    };
+    Ok((written, changes, fresh))
 }
 
 /// What a one-request write came to.
@@ -577,9 +791,25 @@ async fn guarded_write(
     stamped: bool,
     writes: Vec<Statement>,
 ) -> DbResult<Written> {
+    let (written, _, ()) =
+        guarded_batch(client, |_, begin| ((), begin), guard, stamped, writes).await?;
+    Ok(written)
+}
+
+/// [`guarded_write`] with reads between `BEGIN IMMEDIATE` and the guard, which `reads` adds
+/// after the step it is given (returning its own result and its last step): they see what
+/// the guard checks, and their rows come back whether or not the guard held.
+async fn guarded_batch<R>(
+    client: &HranaClient,
+    reads: impl FnOnce(&mut BatchBuilder, u32) -> (R, u32),
+    guard: Statement,
+    stamped: bool,
+    writes: Vec<Statement>,
+) -> DbResult<(Written, Outcome, R)> {
     let mut batch = BatchBuilder::default();
     let begin = batch.step(Statement::exec("BEGIN IMMEDIATE", Vec::new()), None);
-    let check = batch.after(begin, guard);
+    let (read, last_read) = reads(&mut batch, begin);
+    let check = batch.after(last_read, guard);
     let mut last = check;
     if stamped {
         last = batch.after(
@@ -610,7 +840,7 @@ async fn guarded_write(
         }),
     );
     let outcome = client.batch(batch).await?;
-    if outcome.succeeded(commit) {
+    let written = if outcome.succeeded(commit) {
         let position = match position {
             Some(step) => Some(
                 outcome
@@ -622,19 +852,19 @@ async fn guarded_write(
             ),
             None => None,
         };
-        return Ok(Written::Committed(position));
-    }
-    if outcome.error(check).is_some_and(|e| e.contains(STALE)) {
-        return Ok(Written::Refused);
-    }
-    if outcome.error(begin).is_some_and(is_lock_error) {
-        return Ok(Written::Busy);
-    }
-    Err(server_error(
-        outcome
-            .first_error()
-            .unwrap_or("the batch stopped without an error"),
-    ))
+        Written::Committed(position)
+    } else if outcome.error(check).is_some_and(|e| e.contains(STALE)) {
+        Written::Refused
+    } else if outcome.error(begin).is_some_and(is_lock_error) {
+        Written::Busy
+    } else {
+        return Err(server_error(
+            outcome
+                .first_error()
+                .unwrap_or("the batch stopped without an error"),
+        ));
+    };
+    Ok((written, outcome, read))
 }
 
 /// `SELECT json(CASE WHEN <condition> THEN '1' ELSE 'stale' END)`: fails unless `condition`.

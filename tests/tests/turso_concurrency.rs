@@ -32,6 +32,8 @@ use tokio::task::JoinSet;
 const HANDLES: usize = 100;
 const TASKS: usize = 1_000;
 const STEPS: usize = 5;
+/// Completions in turns by two handles (two each, then the other's turn).
+const TURNS: usize = 12;
 const TOOLS: [&str; STEPS] = ["read_file", "grep", "edit_file", "shell", "git"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,6 +106,59 @@ async fn eight_handles_on_one_sqld_lose_no_merge() {
         TursoStorage::open(config).await.unwrap()
     };
     run_on(MemoryConfig::default(), storages, 120, check).await;
+    server.stop().await;
+}
+
+/// Two machines on one `sqld` taking turns completing episodes of one context. A remote
+/// handle merges from the learned items as it last read or wrote them, in the same request
+/// as the write; after the other machine's turn they are stale, so the first write of the
+/// turn is refused, and its own reads give the state the second write merges from. Every
+/// merge is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_handles_taking_turns_on_one_sqld_merge_from_fresh_items() {
+    if require_sqld().is_none() {
+        return;
+    }
+    let mut server = SqldServer::start().await.unwrap();
+    let url = server.url();
+    let mut memories = Vec::new();
+    for _ in 0..2 {
+        let config = TursoConfig::remote(url.clone(), None).build().unwrap();
+        let storage = TursoStorage::open(config).await.unwrap();
+        memories.push(SelfLearningMemory::new(Arc::new(storage), MemoryConfig::default()).unwrap());
+    }
+    let ns = Namespace::new("concurrency/turns").unwrap();
+    for i in 0..TURNS {
+        // Two in a row on one machine (its items known and fresh), then the other's turn.
+        let memory = &memories[(i / 2) % 2];
+        let ctx = TaskContext::new("web_api").with_language("rust");
+        let id = memory
+            .start_episode(
+                &ns,
+                NewEpisode::new(format!("turn {i}"), TaskType::CodeGeneration, ctx),
+            )
+            .await
+            .unwrap();
+        for tool in TOOLS {
+            memory
+                .log_step(&ns, id, StepInput::ok(tool, format!("turn {i}"), "ok"))
+                .await
+                .unwrap();
+        }
+        memory
+            .complete_episode(&ns, id, Outcome::success(format!("done {i}")))
+            .await
+            .unwrap();
+    }
+    for memory in &memories {
+        memory.shutdown().await.unwrap();
+    }
+    let config = TursoConfig::remote(url, None).build().unwrap();
+    let storage = TursoStorage::open(config).await.unwrap();
+    assert_one_tool_sequence_counted(&storage, &ns, TURNS).await;
+    let stats = storage.namespace_stats(&ns).await.unwrap();
+    assert_eq!(stats.completed, TURNS as u64);
+    assert_eq!(stats.steps, (TURNS * STEPS) as u64);
     server.stop().await;
 }
 
@@ -192,9 +247,15 @@ async fn run_on<F: Future<Output = TursoStorage>>(
             Some(format!("done {i}").as_str())
         );
     }
+    assert_one_tool_sequence_counted(&storage, &ns, tasks_n).await;
+}
+
+/// The namespace holds one tool sequence, with `n` successful occurrences: every merge of it
+/// counted once.
+async fn assert_one_tool_sequence_counted(storage: &TursoStorage, ns: &Namespace, n: usize) {
     let patterns = storage
         .query_patterns(
-            &ns,
+            ns,
             &LearnedQuery {
                 kind: Some("tool_sequence".into()),
                 include_inactive: true,
@@ -205,10 +266,10 @@ async fn run_on<F: Future<Output = TursoStorage>>(
         .unwrap();
     assert_eq!(patterns.len(), 1, "one shared tool sequence: {patterns:#?}");
     assert_eq!(
-        patterns[0].occurrences, tasks_n as u64,
+        patterns[0].occurrences, n as u64,
         "every merge of the shared pattern counted"
     );
-    assert_eq!(patterns[0].successes, tasks_n as u64);
+    assert_eq!(patterns[0].successes, n as u64);
 }
 
 /// A hundred handles opening one new file at the same moment all succeed. Switching a new
