@@ -523,6 +523,58 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
     guard_of(&conds.join(" AND "), values)
 }
 
+/// The steps of a batch the store does not hold yet (`stored_keys`, `stored_numbers`): keyed
+/// ones by key, the keyless ones of earlier versions by number; a key repeated in the batch
+/// counts once.
+struct NewSteps<'a> {
+    keyed: Vec<&'a ExecutionStep>,
+    legacy: Vec<&'a ExecutionStep>,
+    /// Both, in the batch's order.
+    all: Vec<&'a ExecutionStep>,
+}
+
+impl<'a> NewSteps<'a> {
+    fn of(
+        steps: &'a [ExecutionStep],
+        stored_keys: &HashSet<i64>,
+        stored_numbers: &HashSet<i64>,
+    ) -> Self {
+        let mut keys = HashSet::new();
+        let mut numbers = HashSet::new();
+        let mut new = NewSteps {
+            keyed: Vec::new(),
+            legacy: Vec::new(),
+            all: Vec::new(),
+        };
+        for s in steps {
+            // Steps the store holds are replays.
+            let is_new = if s.key == 0 {
+                let n = i64::from(s.step_number);
+                let is_new = !stored_numbers.contains(&n) && numbers.insert(n);
+                if is_new {
+                    new.legacy.push(s);
+                }
+                is_new
+            } else {
+                let k = s.key as i64;
+                let is_new = !stored_keys.contains(&k) && keys.insert(k);
+                if is_new {
+                    new.keyed.push(s);
+                }
+                is_new
+            };
+            if is_new {
+                new.all.push(s);
+            }
+        }
+        new
+    }
+
+    fn count(&self) -> i64 {
+        (self.legacy.len() + self.keyed.len()) as i64
+    }
+}
+
 /// The statements that write the `steps` the store does not hold yet (`stored_keys`,
 /// `stored_numbers`), their step count (stamping the episode with `stamp`, an SQL
 /// expression) and their full-text row, as `Inner::append_step_rows` does.
@@ -534,41 +586,21 @@ fn step_statements(
     stored_numbers: &HashSet<i64>,
     stamp: &str,
 ) -> DbResult<(Vec<Statement>, i64)> {
-    let mut keys = HashSet::new();
-    let mut numbers = HashSet::new();
-    let mut keyed = Vec::new();
-    let mut legacy = Vec::new();
+    let new = NewSteps::of(steps, stored_keys, stored_numbers);
+    // In the order the batch gave them, as the local path indexes them.
     let mut body = String::new();
-    for s in steps {
-        // Steps the store holds are replays; a key repeated in the batch counts once.
-        let new = if s.key == 0 {
-            let n = i64::from(s.step_number);
-            let new = !stored_numbers.contains(&n) && numbers.insert(n);
-            if new {
-                legacy.push(s);
-            }
-            new
-        } else {
-            let k = s.key as i64;
-            let new = !stored_keys.contains(&k) && keys.insert(k);
-            if new {
-                keyed.push(s);
-            }
-            new
-        };
-        if new {
-            if !body.is_empty() {
-                body.push('\n');
-            }
-            body.push_str(&step_search_text(s));
+    for s in &new.all {
+        if !body.is_empty() {
+            body.push('\n');
         }
+        body.push_str(&step_search_text(s));
     }
-    let mut out: Vec<Statement> = legacy_step_inserts(ns, id, &legacy)?
+    let mut out: Vec<Statement> = legacy_step_inserts(ns, id, &new.legacy)?
         .into_iter()
-        .chain(keyed_step_inserts(ns, id, &keyed)?)
+        .chain(keyed_step_inserts(ns, id, &new.keyed)?)
         .map(|(sql, values)| Statement::exec(sql, values))
         .collect();
-    let inserted = (legacy.len() + keyed.len()) as i64;
+    let inserted = new.count();
     if inserted > 0 {
         out.push(Statement::exec(
             format!(
@@ -678,14 +710,7 @@ fn settled(
         None => Err(Error::not_found(ObjectKind::Episode, c.episode_id).into()),
         Some(false) => Ok(Some(Tried::AlreadyCompleted)),
         Some(true) => {
-            let (_, inserted) = step_statements(
-                "",
-                "",
-                steps,
-                &snap.stored_keys,
-                &snap.stored_numbers,
-                POSITION,
-            )?;
+            let inserted = NewSteps::of(steps, &snap.stored_keys, &snap.stored_numbers).count();
             let stored = snap.step_rows + inserted;
             // The learning was computed from other steps than the store holds.
             match c.expected_steps.filter(|&e| i64::from(e) != stored) {
