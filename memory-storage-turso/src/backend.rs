@@ -124,10 +124,7 @@ impl TursoStorage {
             }
             TursoMode::Local { .. } => None,
         };
-        let gate = match &server_gate {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
-        };
+        let gate = crate::server_gate::lock_if_any(server_gate.as_ref()).await;
         let migrated = schema::migrate(&writer, config.schema_version()).await;
         drop(gate);
         let schema_version = match migrated {

@@ -228,10 +228,7 @@ impl Inner {
     /// write lock). A transaction left open by a cancelled call (timeout) is rolled back
     /// first.
     pub(crate) async fn writer(&self) -> DbResult<WriterGuard<'_>> {
-        let server = match &self.server_gate {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
-        };
+        let server = crate::server_gate::lock_if_any(self.server_gate.as_ref()).await;
         Ok(WriterGuard {
             conn: self.writer_conn().await?,
             _server: server,

@@ -140,13 +140,14 @@ impl Inner {
         id: &str,
         steps: &[ExecutionStep],
     ) -> DbResult<(i64, String)> {
-        // (number, key) of every step inserted.
+        // The numbers of the key-less steps inserted, and the keys of the keyed ones.
         let mut inserted = std::collections::HashSet::new();
+        let mut inserted_keys = std::collections::HashSet::new();
         let legacy: Vec<&ExecutionStep> = steps.iter().filter(|s| s.key == 0).collect();
         for (sql, params) in legacy_step_inserts(ns, id, &legacy)? {
             let numbers =
                 query_all(conn, &sql, params, |row| Cols::new(row, "step").i64(0)).await?;
-            inserted.extend(numbers.into_iter().map(|n| (n, 0)));
+            inserted.extend(numbers);
         }
         let mut seen = std::collections::HashSet::new();
         let keyed: Vec<&ExecutionStep> = steps
@@ -154,22 +155,16 @@ impl Inner {
             .filter(|s| s.key != 0 && seen.insert(s.key))
             .collect();
         for (sql, params) in keyed_step_inserts(ns, id, &keyed)? {
-            let rows = query_all(conn, &sql, params, |row| {
-                let c = Cols::new(row, "step");
-                Ok((c.i64(0)?, c.i64(1)?))
-            })
-            .await?;
-            inserted.extend(rows);
+            let keys = query_all(conn, &sql, params, |row| Cols::new(row, "step").i64(1)).await?;
+            inserted_keys.extend(keys);
         }
         let mut body = String::new();
         let mut count = 0;
         for s in steps {
-            let key = s.key as i64;
-            let found = if key == 0 {
-                inserted.remove(&(i64::from(s.step_number), 0))
+            let found = if s.key == 0 {
+                inserted.remove(&i64::from(s.step_number))
             } else {
-                let hit = inserted.iter().find(|(_, k)| *k == key).copied();
-                hit.is_some_and(|h| inserted.remove(&h))
+                inserted_keys.remove(&(s.key as i64))
             };
             if found {
                 count += 1;
@@ -297,6 +292,15 @@ async fn complete_in_tx(
 
 #[async_trait]
 impl EpisodeStore for TursoStorage {
+    /// `false` for a local file (or `:memory:`); `true` for a remote database and a replica
+    /// (its local copy may not yet hold an episode its primary acknowledged).
+    fn reads_need_a_server(&self) -> bool {
+        !matches!(
+            self.inner.config.mode(),
+            crate::config::TursoMode::Local { .. }
+        )
+    }
+
     #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode.id))]
     async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
         let inner = &*self.inner;

@@ -103,6 +103,14 @@ impl ServerGate {
     }
 }
 
+/// Takes `gate` when there is one (a database on a server); a local database has none.
+pub(crate) async fn lock_if_any(gate: Option<&Arc<ServerGate>>) -> Option<GateGuard> {
+    match gate {
+        Some(gate) => Some(gate.lock().await),
+        None => None,
+    }
+}
+
 /// The gate of the server at `url`: the same one for every handle of this process to it.
 pub(crate) fn server_gate(url: &str) -> Arc<ServerGate> {
     let key = url.trim_end_matches('/').to_ascii_lowercase();

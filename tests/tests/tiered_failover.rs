@@ -431,3 +431,50 @@ mod model {
         }
     }
 }
+
+/// A step batch patches the cached in-progress episode only over a durable layer whose reads
+/// need a server (here the fault-injecting wrapper, which answers `true` by default); over
+/// one read locally (`InMemoryStorage`) it drops the cached copy, and the next read fills it
+/// again with every step.
+#[tokio::test]
+async fn a_step_batch_patches_the_cached_episode_only_when_reads_need_a_server() {
+    use chrono::Utc;
+    use memory_core::{CacheKey, CachedValue};
+    use memory_testkit::conformance::{episode, steps};
+
+    let ns = Namespace::new("t").unwrap();
+    let local: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let served: Arc<dyn Storage> = Arc::new(FaultInjecting::new(
+        Arc::new(InMemoryStorage::new()),
+        FaultMode::Never,
+    ));
+    for (durable, patched) in [(local, false), (served, true)] {
+        assert_eq!(durable.reads_need_a_server(), patched);
+        let cache = Arc::new(InMemoryCache::new());
+        let tiered = TieredStorage::builder(durable, Arc::new(InMemoryOutbox::new()))
+            .cache(cache.clone() as Arc<dyn Cache>)
+            .config(fast_config())
+            .open()
+            .await
+            .unwrap();
+        let e = episode("task", TaskType::Debugging, "web_api", None, Utc::now());
+        tiered.create_episode(&ns, &e).await.unwrap();
+        let key = CacheKey::Episode(e.id);
+        assert!(cache.get(&ns, &key).await.unwrap().is_some());
+        let batch = steps(&[("cargo", true), ("edit_file", false)], 1, Utc::now());
+        tiered.append_steps(&ns, e.id, &batch).await.unwrap();
+        let cached = cache.get(&ns, &key).await.unwrap();
+        match (&cached, patched) {
+            (Some(CachedValue::Episode(c)), true) => assert_eq!(c.steps.len(), 2),
+            (None, false) => {}
+            _ => panic!("patched: {patched}, cached: {cached:?}"),
+        }
+        let read = tiered.get_episode(&ns, e.id).await.unwrap().unwrap();
+        assert_eq!(read.steps.len(), 2);
+        let Some(CachedValue::Episode(filled)) = cache.get(&ns, &key).await.unwrap() else {
+            panic!("the read did not fill the cache");
+        };
+        assert_eq!(filled.steps.len(), 2);
+        tiered.shutdown().await.unwrap();
+    }
+}

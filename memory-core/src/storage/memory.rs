@@ -159,6 +159,10 @@ fn page<T>(items: impl Iterator<Item = T>, offset: u32, limit: u32) -> Vec<T> {
 
 #[async_trait]
 impl EpisodeStore for InMemoryStorage {
+    fn reads_need_a_server(&self) -> bool {
+        false
+    }
+
     async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
         self.write(ns, |d| {
             d.episodes.entry(episode.id).or_insert_with(|| {

@@ -322,6 +322,23 @@ pub trait EpisodeStore: Send + Sync + Debug {
     async fn sync(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Whether reading an episode depends on a server that can be unreachable while the
+    /// process runs (a remote database, or the primary of an embedded replica).
+    ///
+    /// A tiered layer over such a store writes every step batch through to its cached copy of
+    /// the in-progress episode, so that a process restarted during an outage can still read,
+    /// and complete, an episode started before it. Over a store read from a local file it
+    /// drops the cached copy instead: patching re-encodes the whole episode on every batch.
+    /// Default `true`, the answer that keeps the outage guarantee.
+    ///
+    /// ```
+    /// use memory_core::{EpisodeStore, InMemoryStorage};
+    /// assert!(!InMemoryStorage::new().reads_need_a_server());
+    /// ```
+    fn reads_need_a_server(&self) -> bool {
+        true
+    }
 }
 
 /// Learned items: patterns, heuristics, lessons, feedback.

@@ -145,6 +145,9 @@ struct Inner {
     replay_lock: tokio::sync::Mutex<()>,
     /// Where the cache stands in the durable layer's change feed.
     coherence: Coherence,
+    /// Whether step batches patch the cached in-progress episode (the durable layer's reads
+    /// need a server: [`EpisodeStore::reads_need_a_server`]) or drop it.
+    write_through_steps: bool,
 }
 
 /// The tiered composition. Use it as the memory's `Arc<dyn Storage>`, and call
@@ -243,6 +246,7 @@ impl TieredStorage {
         } = b;
         let coherence = Coherence::new(cache.as_ref().and_then(|c| c.opened_mark()));
         let inner = Arc::new(Inner {
+            write_through_steps: durable.reads_need_a_server(),
             durable,
             cache,
             coherence,
@@ -827,9 +831,10 @@ impl Inner {
         self.cache_put_many(ns, &values, since).await;
     }
 
-    /// Keeps the cache in step with a write the durable layer accepted. In-progress episodes
-    /// are patched in place (write-through), so that an episode started before an outage can
-    /// still be read, and completed, during it.
+    /// Keeps the cache in step with a write the durable layer accepted. Over a durable layer
+    /// whose reads need a server, in-progress episodes are patched in place (write-through),
+    /// so that an episode started before an outage can still be read, and completed, during
+    /// it; over a local file, a step batch drops the cached copy.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn after_write(&self, ns: &Namespace, op: &WriteOp, since: u64) {
         let _patching = match op {
@@ -851,7 +856,11 @@ impl Inner {
             }
             WriteOp::AppendSteps { episode_id, steps } => {
                 let key = CacheKey::Episode(*episode_id);
-                if let Some(CachedValue::Episode(mut e)) = self.cache_get(ns, &key).await {
+                if !self.write_through_steps {
+                    // Read back from the local durable file when next asked for: cheaper than
+                    // copying and re-encoding the whole episode on every batch.
+                    self.cache_invalidate(ns, &key).await;
+                } else if let Some(CachedValue::Episode(mut e)) = self.cache_get(ns, &key).await {
                     // Numbered as the store numbered them, if the cached copy was current;
                     // if another writer had added steps, the change feed drops this copy
                     // before the next read.
@@ -928,6 +937,10 @@ crate::forward_storage! {
     impl[] EpisodeStore for TieredStorage => inner.durable, wrap inner.guarded;
     forward query_episodes, search_episodes, namespace_stats, list_namespaces, ping;
     {
+    fn reads_need_a_server(&self) -> bool {
+        self.inner.durable.reads_need_a_server()
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
         self.inner
