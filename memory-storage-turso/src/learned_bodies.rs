@@ -48,9 +48,22 @@ pub(crate) struct Known {
 }
 
 impl State {
+    /// Keeps `body` for `key`; [`State::bytes`] counts what is held (an entry replaced is
+    /// no longer counted).
     fn put(&mut self, key: (String, &'static str, String), body: Option<String>) {
-        self.bytes += body.as_ref().map_or(0, String::len) + key.2.len();
-        self.bodies.insert(key, body);
+        let id_len = key.2.len();
+        self.bytes += body.as_ref().map_or(0, String::len) + id_len;
+        if let Some(old) = self.bodies.insert(key, body) {
+            self.bytes -= old.as_ref().map_or(0, String::len) + id_len;
+        }
+    }
+
+    /// Keeps `live` as the live heuristics of `key` (id -> body), counted as [`State::put`].
+    fn put_keyed(&mut self, key: (String, String), live: BTreeMap<String, String>) {
+        self.bytes += map_bytes(&live);
+        if let Some(old) = self.keyed.insert(key, live) {
+            self.bytes -= map_bytes(&old);
+        }
     }
 
     fn fit(&mut self) {
@@ -118,8 +131,7 @@ impl LearnedBodies {
                 .filter(|(_, _, k)| k == key)
                 .map(|(i, b, _)| (i.clone(), b.clone()))
                 .collect();
-            state.bytes += live.values().map(String::len).sum::<usize>();
-            state.keyed.insert((ns.to_owned(), key.clone()), live);
+            state.put_keyed((ns.to_owned(), key.clone()), live);
         }
         state.fit();
     }
@@ -136,21 +148,28 @@ impl LearnedBodies {
         for h in &changes.heuristics {
             let h = &h.item;
             let body = put_item::<Heuristic>(&mut state, ns, "heuristics", &h.id.0, h)?;
-            if let Some(live) = state
-                .keyed
-                .get_mut(&(ns.to_owned(), h.condition_key.clone()))
-            {
+            let State { keyed, bytes, .. } = &mut *state;
+            if let Some(live) = keyed.get_mut(&(ns.to_owned(), h.condition_key.clone())) {
                 // As the SQL that loads a key's live heuristics: `status <> 'pruned'`.
-                if h.status.name() == "pruned" {
-                    live.remove(&h.id.0);
+                let old = if h.status.name() == "pruned" {
+                    live.remove(&h.id.0)
                 } else {
-                    live.insert(h.id.0.clone(), body);
+                    *bytes += h.id.0.len() + body.len();
+                    live.insert(h.id.0.clone(), body)
+                };
+                if let Some(old) = old {
+                    *bytes -= h.id.0.len() + old.len();
                 }
             }
         }
         state.fit();
         Ok(())
     }
+}
+
+/// The bytes of a key's live heuristics (ids and bodies).
+fn map_bytes(live: &BTreeMap<String, String>) -> usize {
+    live.iter().map(|(id, body)| id.len() + body.len()).sum()
 }
 
 /// Stores `item`'s body as the store writes it (the same serialization); the body.
@@ -164,4 +183,46 @@ fn put_item<T: Serialize + memory_core::Learned>(
     let body = to_json(T::KIND.name(), item)?;
     state.put((ns.to_owned(), table, id.to_owned()), Some(body.clone()));
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{BUDGET, LearnedBodies, State};
+
+    #[test]
+    fn replaced_entries_are_no_longer_counted() {
+        let mut state = State::default();
+        let key = || ("ns".to_owned(), "patterns", "p1".to_owned());
+        state.put(key(), Some("x".repeat(100)));
+        assert_eq!(state.bytes, 102);
+        state.put(key(), Some("y".repeat(40)));
+        assert_eq!(state.bytes, 42);
+        state.put(key(), None);
+        assert_eq!(state.bytes, 2);
+        let live = |n: usize| BTreeMap::from([("h1".to_owned(), "z".repeat(n))]);
+        state.put_keyed(("ns".to_owned(), "k".to_owned()), live(10));
+        assert_eq!(state.bytes, 2 + 12);
+        state.put_keyed(("ns".to_owned(), "k".to_owned()), live(20));
+        assert_eq!(state.bytes, 2 + 22);
+    }
+
+    #[test]
+    fn rewriting_one_item_never_reaches_the_budget() {
+        let bodies = LearnedBodies::default();
+        let body = "b".repeat(1024 * 1024);
+        let read = [("patterns", "p1".to_owned(), Some(body))];
+        // Counting every write, 16 reads of 1 MiB pass the 16-MiB budget: the 32nd would
+        // drop everything, this entry included.
+        assert_eq!(BUDGET, 16 * 1024 * 1024);
+        for _ in 0..32 {
+            bodies.read("ns", &read, &[], &[]);
+        }
+        let known = bodies.assumed("ns", &[("patterns", &["p1".to_owned()])], &[]);
+        assert!(
+            known.bodies[0].2.is_some(),
+            "the entry was dropped by a reset"
+        );
+    }
 }
