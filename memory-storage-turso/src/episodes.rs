@@ -178,7 +178,7 @@ impl Inner {
     }
 
     /// Records step rows, the episode's step count and change stamp, and the steps'
-    /// full-text row.
+    /// full-text row; returns how many steps were inserted (replays are skipped).
     #[tracing::instrument(level = "debug", skip_all)]
     async fn append_step_rows(
         conn: &Db<'_>,
@@ -186,7 +186,7 @@ impl Inner {
         id: &str,
         steps: &[ExecutionStep],
         position: i64,
-    ) -> DbResult<()> {
+    ) -> DbResult<i64> {
         let (inserted, body) = Self::insert_steps(conn, ns, id, steps).await?;
         if inserted > 0 {
             conn.exec(
@@ -197,7 +197,7 @@ impl Inner {
             .await?;
             text_index::insert(conn, &body, ns, id, "steps").await?;
         }
-        Ok(())
+        Ok(inserted)
     }
 }
 
@@ -249,33 +249,28 @@ async fn complete_in_tx(
     position: i64,
 ) -> DbResult<Option<LearnedChanges>> {
     update.push(Value::Integer(position));
-    // Completes only an in-progress episode; when nothing changed, find out why.
-    let changed = tx
-        .exec(
-            "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
-             reward = ?6, reflection = ?7, completed_at = ?8, changed_seq = ?9 \
-             WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL",
-            update,
-        )
-        .await?;
-    if changed == 0 {
+    // Completes only an in-progress episode (returning the steps it held); when nothing
+    // changed, find out why.
+    let held = query_opt(
+        tx,
+        "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
+         reward = ?6, reflection = ?7, completed_at = ?8, changed_seq = ?9 \
+         WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL RETURNING step_count",
+        update,
+        |row| Cols::new(row, "episode").i64(0),
+    )
+    .await?;
+    let Some(held) = held else {
         return match episode_state(tx, ns, id).await? {
             None => Err(Error::not_found(ObjectKind::Episode, c.episode_id).into()),
             Some(_) => Ok(None), // already completed: a replay changes nothing
         };
-    }
-    Inner::append_step_rows(tx, ns, id, &c.steps, position).await?;
+    };
+    let inserted = Inner::append_step_rows(tx, ns, id, &c.steps, position).await?;
     if let Some(expected) = c.expected_steps {
         // The learning was computed from `expected` steps: if the store holds another count
         // (another writer added steps), roll back and let the caller read them.
-        let stored = query_one(
-            tx,
-            "episode",
-            "SELECT step_count FROM episodes WHERE ns = ?1 AND id = ?2",
-            (ns, id),
-            |c| c.i64(0),
-        )
-        .await?;
+        let stored = held + inserted;
         if stored != i64::from(expected) {
             let stored = u64::try_from(stored).unwrap_or(0);
             return Err(Error::steps_changed(c.episode_id, u64::from(expected), stored).into());
@@ -424,7 +419,9 @@ impl EpisodeStore for TursoStorage {
                     Some(true) => return Err(conflict_completed(episode_id).into()),
                     Some(false) => {}
                 }
-                Inner::append_step_rows(tx, ns, &id, steps, position).await
+                Inner::append_step_rows(tx, ns, &id, steps, position)
+                    .await
+                    .map(|_| ())
             })
             .await
     }
