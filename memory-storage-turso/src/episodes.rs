@@ -1,5 +1,5 @@
-//! Episodes on libsql: create, append steps (keyed, numbered in SQL), complete, read, list,
-//! search.
+//! Episodes on libsql: create, append steps (in pages, keyed, numbered in SQL), complete,
+//! read, list, search.
 
 use std::sync::Arc;
 
@@ -14,17 +14,15 @@ use tracing::instrument;
 
 use crate::backend::TursoStorage;
 use crate::codec::{
-    Cols, EPISODE_COLUMNS, STEP_COLUMNS, SUMMARY_COLUMNS, decode, episode_from_row, nanos,
-    opt_json, opt_text, step_from_row, step_search_text, summary_from, text, to_json,
+    Cols, EPISODE_COLUMNS, SUMMARY_COLUMNS, decode, episode_from_row, nanos, opt_json, opt_text,
+    summary_from, text, to_json,
 };
 use crate::connection::Inner;
 use crate::error::DbResult;
 use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::prepared::Db;
-use crate::sql::{
-    ROWS_PER_INSERT, Sql, filter_sql, insert_rows, multi_row, query_all, query_one, query_opt,
-    values_list,
-};
+use crate::sql::{Sql, filter_sql, insert_rows, query_one, query_opt};
+use crate::step_pages::{self, NewSteps, Stored};
 use crate::text_index;
 
 pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, \
@@ -35,149 +33,29 @@ pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_desc
 
 pub(crate) const INSERT_TAGS: &str = "INSERT INTO episode_tags (ns, tag, episode_id)";
 
-const INSERT_STEPS: &str = "INSERT INTO steps (ns, episode_id, step_number, at, tool, action, \
-     parameters, status, result_text, latency_ms, tokens)";
-
-/// Returns the numbers of the steps actually inserted (replays are skipped).
-const INSERT_STEPS_TAIL: &str =
-    "ON CONFLICT (ns, episode_id, step_number) DO NOTHING RETURNING step_number";
-
-/// The values of a step row after `ns, episode_id, step_number` (and the key, for keyed
-/// rows): `at, tool, action, parameters, status, result_text, latency_ms, tokens`.
-fn step_values(s: &ExecutionStep) -> DbResult<[Value; 8]> {
-    Ok([
-        Value::Integer(nanos("step.timestamp", s.timestamp)?),
-        text(&s.input.tool),
-        text(&s.input.action),
-        Value::Text(to_json("step.parameters", &s.input.parameters)?),
-        text(s.input.result.status()),
-        text(s.input.result.text()),
-        Value::Integer(s.input.latency_ms as i64),
-        s.input
-            .tokens
-            .map_or(Value::Null, |t| Value::Integer(t as i64)),
-    ])
-}
-
-/// Inserts `rows` keyed steps of one episode (`?1` ns, `?2` episode id, then per row: order,
-/// key and the [`step_values`]), numbering the ones whose key is not stored yet after the
-/// highest stored number, in order. Returns `(step_number, step_key)` of each inserted row.
-fn keyed_insert_sql(rows: usize) -> String {
-    format!(
-        "INSERT INTO steps (ns, episode_id, step_number, step_key, at, tool, action, \
-         parameters, status, result_text, latency_ms, tokens) \
-         SELECT ?1, ?2, base.m + ROW_NUMBER() OVER (ORDER BY v.column1), v.column2, \
-         v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
-         v.column10 \
-         FROM ({}) AS v, \
-         (SELECT COALESCE(MAX(step_number), 0) AS m FROM steps \
-          WHERE ns = ?1 AND episode_id = ?2) AS base \
-         WHERE NOT EXISTS (SELECT 1 FROM steps s \
-          WHERE s.ns = ?1 AND s.episode_id = ?2 AND s.step_key = v.column2) \
-         RETURNING step_number, step_key",
-        values_list(10, rows, 3)
-    )
-}
-
-/// The statements inserting steps without a key (journaled by an earlier version), each
-/// under its own number, at most [`ROWS_PER_INSERT`] a statement; they return the numbers
-/// inserted.
-pub(crate) fn legacy_step_inserts(
-    ns: &str,
-    id: &str,
-    steps: &[&ExecutionStep],
-) -> DbResult<Vec<(String, Vec<Value>)>> {
-    let mut out = Vec::new();
-    for chunk in steps.chunks(ROWS_PER_INSERT) {
-        let mut params = Vec::with_capacity(chunk.len() * 11);
-        for s in chunk {
-            params.push(text(ns));
-            params.push(text(id));
-            params.push(Value::Integer(i64::from(s.step_number)));
-            params.extend(step_values(s)?);
-        }
-        let sql = multi_row(INSERT_STEPS, 11, chunk.len(), INSERT_STEPS_TAIL);
-        out.push((sql, params));
-    }
-    Ok(out)
-}
-
-/// The statements inserting keyed steps (see [`keyed_insert_sql`]), at most
-/// [`ROWS_PER_INSERT`] a statement; they return `(step_number, step_key)` of each row
-/// inserted.
-pub(crate) fn keyed_step_inserts(
-    ns: &str,
-    id: &str,
-    steps: &[&ExecutionStep],
-) -> DbResult<Vec<(String, Vec<Value>)>> {
-    let mut out = Vec::new();
-    for chunk in steps.chunks(ROWS_PER_INSERT) {
-        let mut params = Vec::with_capacity(2 + chunk.len() * 10);
-        params.push(text(ns));
-        params.push(text(id));
-        for (ord, s) in chunk.iter().enumerate() {
-            params.push(Value::Integer(ord as i64));
-            params.push(Value::Integer(s.key as i64));
-            params.extend(step_values(s)?);
-        }
-        out.push((keyed_insert_sql(chunk.len()), params));
-    }
-    Ok(out)
-}
-
 impl Inner {
-    /// Inserts the steps that are not stored yet, numbered as
-    /// [`memory_core::steps_to_append`] describes (multi-row statements); returns how many
-    /// were inserted and the full-text of those.
+    /// Writes the steps of `steps` that are not stored yet as pages (see
+    /// [`crate::step_pages`]); returns how many were written and their full-text.
     ///
-    /// A keyed step is numbered by the statement itself, after the highest number stored
-    /// (`MAX` under the transaction's write lock, `ROW_NUMBER` over the rows not stored yet),
-    /// so writers numbering from different copies of the episode never collide. A step
-    /// without a key (journaled by an earlier version) keeps its number, as before.
+    /// Which are new is read from the stored keys under the transaction's write lock. A keyed
+    /// step is numbered after the last stored one (in the page's `INSERT`), so writers
+    /// numbering from different copies of the episode never collide. A step without a key
+    /// (journaled by an earlier version) keeps its number, as before.
     async fn insert_steps(
         conn: &Db<'_>,
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
     ) -> DbResult<(i64, String)> {
-        // The numbers of the key-less steps inserted, and the keys of the keyed ones.
-        let mut inserted = std::collections::HashSet::new();
-        let mut inserted_keys = std::collections::HashSet::new();
-        let legacy: Vec<&ExecutionStep> = steps.iter().filter(|s| s.key == 0).collect();
-        for (sql, params) in legacy_step_inserts(ns, id, &legacy)? {
-            let numbers =
-                query_all(conn, &sql, params, |row| Cols::new(row, "step").i64(0)).await?;
-            inserted.extend(numbers);
+        let stored = Stored::read(conn, ns, id).await?;
+        let new = NewSteps::of(steps, &stored);
+        for (sql, values) in new.statements(ns, id)? {
+            conn.exec(sql, values).await?;
         }
-        let mut seen = std::collections::HashSet::new();
-        let keyed: Vec<&ExecutionStep> = steps
-            .iter()
-            .filter(|s| s.key != 0 && seen.insert(s.key))
-            .collect();
-        for (sql, params) in keyed_step_inserts(ns, id, &keyed)? {
-            let keys = query_all(conn, &sql, params, |row| Cols::new(row, "step").i64(1)).await?;
-            inserted_keys.extend(keys);
-        }
-        let mut body = String::new();
-        let mut count = 0;
-        for s in steps {
-            let found = if s.key == 0 {
-                inserted.remove(&i64::from(s.step_number))
-            } else {
-                inserted_keys.remove(&(s.key as i64))
-            };
-            if found {
-                count += 1;
-                if !body.is_empty() {
-                    body.push('\n');
-                }
-                body.push_str(&step_search_text(s));
-            }
-        }
-        Ok((count, body))
+        Ok((new.count(), new.search_text()))
     }
 
-    /// Records step rows, the episode's step count and change stamp, and the steps'
+    /// Records the steps, the episode's step count and change stamp, and the steps'
     /// full-text row; returns how many steps were inserted (replays are skipped).
     #[tracing::instrument(level = "debug", skip_all)]
     async fn append_step_rows(
@@ -228,10 +106,7 @@ async fn read_episode(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<Option<Epis
     let Some(mut episode) = query_opt(conn, &sql, key(), episode_from_row).await? else {
         return Ok(None);
     };
-    let sql = format!(
-        "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 ORDER BY step_number"
-    );
-    episode.steps = query_all(conn, &sql, key(), step_from_row).await?;
+    episode.steps = step_pages::read_steps(conn, ns, id).await?;
     Ok(Some(episode))
 }
 

@@ -67,6 +67,7 @@ mod remote_batch;
 mod schema;
 mod server_gate;
 mod sql;
+mod step_pages;
 mod text_index;
 
 pub use backend::{DATA_DIR_FILE, IntegrityCheck, SalvagedIds, TursoStorage};

@@ -13,11 +13,14 @@ use memory_core::{
 use tracing::instrument;
 
 use crate::backend::TursoStorage;
-use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
+use crate::codec::{
+    Cols, from_json, from_nanos, nanos, nanos_clamped, step_search_text, text, to_json,
+};
 use crate::episodes::episode_state;
 use crate::error::{DbResult, DriverError};
 use crate::prepared::Db;
-use crate::sql::{Sql, query_all, query_opt};
+use crate::sql::{Sql, query_all};
+use crate::step_pages;
 use crate::text_index;
 
 impl TursoStorage {
@@ -34,21 +37,15 @@ impl TursoStorage {
     }
 }
 
-/// Rebuilds the full-text rows of an episode's steps from the step rows (after their text
+/// Rebuilds the full-text rows of an episode's steps from its pages (after their text
 /// changed): one `steps` row with every step's text.
 async fn reindex_steps(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<()> {
     text_index::delete(conn, ns, id, "steps").await?;
-    let lines = query_all(
-        conn,
-        "SELECT tool, action, result_text FROM steps WHERE ns = ?1 AND episode_id = ?2 \
-         ORDER BY step_number",
-        (ns, id),
-        |row| {
-            let c = Cols::new(row, "step");
-            Ok(format!("{} {} {}", c.text(0)?, c.text(1)?, c.text(2)?))
-        },
-    )
-    .await?;
+    let lines: Vec<String> = step_pages::read_steps(conn, ns, id)
+        .await?
+        .iter()
+        .map(step_search_text)
+        .collect();
     text_index::insert(conn, &lines.join("\n"), ns, id, "steps").await
 }
 
@@ -311,9 +308,8 @@ impl MaintenanceStore for TursoStorage {
                     tx,
                     "SELECT e.id FROM episodes e WHERE e.ns = ?1 \
                      AND e.outcome_kind = 'success' AND e.completed_at < ?2 \
-                     AND EXISTS (SELECT 1 FROM steps s WHERE s.ns = e.ns \
-                     AND s.episode_id = e.id AND s.status = 'success' \
-                     AND s.result_text <> '') \
+                     AND EXISTS (SELECT 1 FROM step_pages p WHERE p.ns = e.ns \
+                     AND p.episode_id = e.id AND p.output_bytes > 0) \
                      ORDER BY e.completed_at, e.id LIMIT ?3",
                     (n, nanos_clamped(completed_before), max_episodes),
                     |row| Cols::new(row, "episode").episode_id(0),
@@ -322,28 +318,25 @@ impl MaintenanceStore for TursoStorage {
                 let mut out = StepCompaction::default();
                 for id in ids {
                     let sid = id.to_string();
-                    let counts = query_opt(
+                    let pages = query_all(
                         tx,
-                        "SELECT COUNT(*), COALESCE(SUM(length(CAST(result_text AS BLOB))), 0) \
-                         FROM steps WHERE ns = ?1 AND episode_id = ?2 \
-                         AND status = 'success' AND result_text <> ''",
+                        "SELECT first_number, keys, body FROM step_pages WHERE ns = ?1 \
+                         AND episode_id = ?2 AND output_bytes > 0",
                         (n, sid.as_str()),
-                        |row| {
-                            let c = Cols::new(row, "step");
-                            Ok((c.i64(0)?, c.i64(1)?))
-                        },
+                        |row| step_pages::page_row(&Cols::new(row, "step page")),
                     )
                     .await?;
-                    if let Some((steps, bytes)) = counts {
-                        out.steps += u64::try_from(steps).unwrap_or(0);
-                        out.bytes += u64::try_from(bytes).unwrap_or(0);
+                    for (first, keys, body) in pages {
+                        let (body, steps, bytes) = step_pages::cleared(first, &keys, &body)?;
+                        out.steps += steps;
+                        out.bytes += bytes;
+                        tx.exec(
+                            "UPDATE step_pages SET body = ?4, output_bytes = 0 \
+                             WHERE ns = ?1 AND episode_id = ?2 AND first_number = ?3",
+                            (n, sid.as_str(), first, body),
+                        )
+                        .await?;
                     }
-                    tx.execute(
-                        "UPDATE steps SET result_text = '' WHERE ns = ?1 \
-                         AND episode_id = ?2 AND status = 'success' AND result_text <> ''",
-                        (n, sid.as_str()),
-                    )
-                    .await?;
                     reindex_steps(tx, n, &sid).await?;
                     tx.execute(
                         "UPDATE episodes SET changed_seq = ?3 WHERE ns = ?1 AND id = ?2",

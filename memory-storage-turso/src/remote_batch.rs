@@ -26,7 +26,7 @@
 //!   the writers as a whole always progress). No try holds the server's write lock across
 //!   requests.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use libsql::Value;
 use memory_core::{
@@ -34,18 +34,18 @@ use memory_core::{
     LearnedChanges, ObjectKind, Pattern, task_search_text,
 };
 
-use crate::codec::{
-    Cols, EPISODE_COLUMNS, STEP_COLUMNS, decode, episode_from, from_json, step_from,
-    step_search_text, text,
-};
+use crate::codec::{Cols, EPISODE_COLUMNS, decode, episode_from, from_json, text};
 use crate::connection::Inner;
-use crate::episodes::{INSERT_TAGS, keyed_step_inserts, legacy_step_inserts};
+use crate::episodes::INSERT_TAGS;
 use crate::error::DbResult;
 use crate::hrana::{BatchBuilder, HranaClient, Outcome, Statement, server_error};
 use crate::learned::item_statements;
 use crate::learned_bodies::LearnedBodies;
 use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::sql::{ROWS_PER_INSERT, insert_statements, placeholders};
+use crate::step_pages::{
+    NewSteps, READ_KEYS, READ_PAGES, STORED_COUNT, Stored, page_row, steps_of,
+};
 use crate::text_index::{INSERT_TEXT, row_values};
 use libsql_hrana::proto::BatchCond;
 
@@ -115,27 +115,19 @@ pub(crate) async fn read_episode(
             key(),
         ),
     );
-    let steps = batch.after(
-        episode,
-        Statement::query(
-            format!(
-                "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 \
-                 ORDER BY step_number"
-            ),
-            key(),
-        ),
-    );
+    let steps = batch.after(episode, Statement::query(READ_PAGES, key()));
     batch.step(Statement::exec("COMMIT", Vec::new()), None);
     let outcome = client.batch(batch).await?;
     let Some(row) = outcome.rows(episode, "episode")?.into_iter().next() else {
         return Ok(None);
     };
     let mut found = episode_from(&Cols::values(&row, "episode"))?;
-    found.steps = outcome
-        .rows(steps, "step")?
+    let pages = outcome
+        .rows(steps, "step page")?
         .iter()
-        .map(|row| step_from(&Cols::values(row, "step")))
-        .collect::<DbResult<_>>()?;
+        .map(|row| page_row(&Cols::values(row, "step page")))
+        .collect::<DbResult<Vec<_>>>()?;
+    found.steps = steps_of(&pages)?;
     Ok(Some(found))
 }
 
@@ -143,10 +135,8 @@ pub(crate) async fn read_episode(
 struct Snapshot {
     /// `None`: no such episode; `Some(true)`: in progress.
     in_progress: Option<bool>,
-    /// Keys (non-zero) and numbers of keyless rows of the stored steps.
-    stored_keys: HashSet<i64>,
-    stored_numbers: HashSet<i64>,
-    step_rows: i64,
+    /// What the episode's pages hold.
+    stored: Stored,
     /// Every learned item read by id: its table, id and stored body (`None`: absent).
     bodies: Vec<(&'static str, String, Option<String>)>,
     /// Live heuristics of the update's condition keys (ids).
@@ -262,13 +252,7 @@ fn add_snapshot_reads(
             key(),
         ),
     );
-    let steps = batch.after(
-        state,
-        Statement::query(
-            "SELECT step_number, step_key FROM steps WHERE ns = ?1 AND episode_id = ?2",
-            key(),
-        ),
-    );
+    let steps = batch.after(state, Statement::query(READ_KEYS, key()));
     let mut last = steps;
     let mut add = |batch: &mut BatchBuilder, stmt: Option<Statement>| {
         stmt.map(|s| {
@@ -321,16 +305,12 @@ fn snapshot_read(
         None => None,
         Some(row) => Some(Cols::values(row, "episode").i64(0)? == 1),
     };
-    let mut stored_keys = HashSet::new();
-    let mut stored_numbers = HashSet::new();
-    let step_rows = outcome.rows(reads.steps, "step")?;
-    for row in &step_rows {
-        let c = Cols::values(row, "step");
-        match c.opt_i64(1)? {
-            Some(k) if k != 0 => stored_keys.insert(k),
-            _ => stored_numbers.insert(c.i64(0)?),
-        };
-    }
+    let pages = outcome
+        .rows(reads.steps, "step page")?
+        .iter()
+        .map(|row| Stored::row(&Cols::values(row, "step page")))
+        .collect::<DbResult<Vec<_>>>()?;
+    let stored = Stored::of(&pages)?;
     let keyed_rows = match reads.keyed {
         Some(step) => outcome.rows(step, "heuristic")?,
         None => Vec::new(),
@@ -351,14 +331,7 @@ fn snapshot_read(
             .collect(),
         heuristics: id_bodies(outcome, reads.heuristics)?,
     };
-    let snap = assemble(
-        names,
-        items,
-        in_progress,
-        stored_keys,
-        stored_numbers,
-        step_rows.len(),
-    )?;
+    let snap = assemble(names, items, in_progress, stored)?;
     remembered.read(ns, &snap.bodies, &names.keys, &keyed_rows);
     Ok(snap)
 }
@@ -379,9 +352,7 @@ fn assemble(
     names: &Names,
     items: ReadItems,
     in_progress: Option<bool>,
-    stored_keys: HashSet<i64>,
-    stored_numbers: HashSet<i64>,
-    step_rows: usize,
+    stored: Stored,
 ) -> DbResult<Snapshot> {
     let mut bodies = Vec::new();
     let mut record = |table: &'static str, wanted: &[String], found: &[(String, String)]| {
@@ -418,9 +389,7 @@ fn assemble(
     };
     Ok(Snapshot {
         in_progress,
-        stored_keys,
-        stored_numbers,
-        step_rows: i64::try_from(step_rows).unwrap_or(i64::MAX),
+        stored,
         bodies,
         keyed: items.keyed.into_iter().map(|(i, _)| i).collect(),
         existing,
@@ -452,14 +421,11 @@ fn assumed_snapshot(
         heuristics: rows("heuristics"),
         keyed: known.keyed,
     };
-    assemble(
-        names,
-        items,
-        Some(true),
-        HashSet::new(),
-        HashSet::new(),
-        stored,
-    )
+    let stored = Stored {
+        count: i64::try_from(stored).unwrap_or(i64::MAX),
+        ..Stored::default()
+    };
+    assemble(names, items, Some(true), stored)
 }
 
 /// Whether a statement's error is the write lock held elsewhere.
@@ -491,8 +457,8 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
     let mut conds = vec![
         "(SELECT outcome_kind IS NULL FROM episodes WHERE ns = ?1 AND id = ?2) IS 1".to_owned(),
         format!(
-            "(SELECT COUNT(*) FROM steps WHERE ns = ?1 AND episode_id = ?2) = {}",
-            bind(Value::Integer(snap.step_rows))
+            "{STORED_COUNT} = {}",
+            bind(Value::Integer(snap.stored.count))
         ),
     ];
     for (table, item, body) in &snap.bodies {
@@ -523,81 +489,20 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
     guard_of(&conds.join(" AND "), values)
 }
 
-/// The steps of a batch the store does not hold yet (`stored_keys`, `stored_numbers`): keyed
-/// ones by key, the keyless ones of earlier versions by number; a key repeated in the batch
-/// counts once.
-struct NewSteps<'a> {
-    keyed: Vec<&'a ExecutionStep>,
-    legacy: Vec<&'a ExecutionStep>,
-    /// Both, in the batch's order.
-    all: Vec<&'a ExecutionStep>,
-}
-
-impl<'a> NewSteps<'a> {
-    fn of(
-        steps: &'a [ExecutionStep],
-        stored_keys: &HashSet<i64>,
-        stored_numbers: &HashSet<i64>,
-    ) -> Self {
-        let mut keys = HashSet::new();
-        let mut numbers = HashSet::new();
-        let mut new = NewSteps {
-            keyed: Vec::new(),
-            legacy: Vec::new(),
-            all: Vec::new(),
-        };
-        for s in steps {
-            // Steps the store holds are replays.
-            let is_new = if s.key == 0 {
-                let n = i64::from(s.step_number);
-                let is_new = !stored_numbers.contains(&n) && numbers.insert(n);
-                if is_new {
-                    new.legacy.push(s);
-                }
-                is_new
-            } else {
-                let k = s.key as i64;
-                let is_new = !stored_keys.contains(&k) && keys.insert(k);
-                if is_new {
-                    new.keyed.push(s);
-                }
-                is_new
-            };
-            if is_new {
-                new.all.push(s);
-            }
-        }
-        new
-    }
-
-    fn count(&self) -> i64 {
-        (self.legacy.len() + self.keyed.len()) as i64
-    }
-}
-
-/// The statements that write the `steps` the store does not hold yet (`stored_keys`,
-/// `stored_numbers`), their step count (stamping the episode with `stamp`, an SQL
-/// expression) and their full-text row, as `Inner::append_step_rows` does.
+/// The statements that write the `steps` the store does not hold yet (`stored`), their step
+/// count (stamping the episode with `stamp`, an SQL expression) and their full-text row, as
+/// `Inner::append_step_rows` does.
 fn step_statements(
     ns: &str,
     id: &str,
     steps: &[ExecutionStep],
-    stored_keys: &HashSet<i64>,
-    stored_numbers: &HashSet<i64>,
+    stored: &Stored,
     stamp: &str,
 ) -> DbResult<(Vec<Statement>, i64)> {
-    let new = NewSteps::of(steps, stored_keys, stored_numbers);
-    // In the order the batch gave them, as the local path indexes them.
-    let mut body = String::new();
-    for s in &new.all {
-        if !body.is_empty() {
-            body.push('\n');
-        }
-        body.push_str(&step_search_text(s));
-    }
-    let mut out: Vec<Statement> = legacy_step_inserts(ns, id, &new.legacy)?
+    let new = NewSteps::of(steps, stored);
+    let mut out: Vec<Statement> = new
+        .statements(ns, id)?
         .into_iter()
-        .chain(keyed_step_inserts(ns, id, &new.keyed)?)
         .map(|(sql, values)| Statement::exec(sql, values))
         .collect();
     let inserted = new.count();
@@ -609,7 +514,7 @@ fn step_statements(
             ),
             vec![text(ns), text(id), Value::Integer(inserted)],
         ));
-        if let Some(values) = row_values(&body, ns, id, "steps") {
+        if let Some(values) = row_values(&new.search_text(), ns, id, "steps") {
             out.push(Statement::exec(INSERT_TEXT, values));
         }
     }
@@ -710,8 +615,8 @@ fn settled(
         None => Err(Error::not_found(ObjectKind::Episode, c.episode_id).into()),
         Some(false) => Ok(Some(Tried::AlreadyCompleted)),
         Some(true) => {
-            let inserted = NewSteps::of(steps, &snap.stored_keys, &snap.stored_numbers).count();
-            let stored = snap.step_rows + inserted;
+            let inserted = NewSteps::of(steps, &snap.stored).count();
+            let stored = snap.stored.count + inserted;
             // The learning was computed from other steps than the store holds.
             match c.expected_steps.filter(|&e| i64::from(e) != stored) {
                 Some(e) => {
@@ -737,14 +642,7 @@ async fn write_completion(
     mut snap: Snapshot,
     remembered: &LearnedBodies,
 ) -> DbResult<(Written, LearnedChanges, Option<Snapshot>)> {
-    let (step_writes, _) = step_statements(
-        ns,
-        id,
-        &c.steps,
-        &snap.stored_keys,
-        &snap.stored_numbers,
-        POSITION,
-    )?;
+    let (step_writes, _) = step_statements(ns, id, &c.steps, &snap.stored, POSITION)?;
     let changes = c.learning.apply(std::mem::take(&mut snap.existing));
     let mut writes = vec![Statement::exec(
         format!(
@@ -932,8 +830,7 @@ pub(crate) async fn create_episode(
         writes.push(Statement::exec(INSERT_TEXT, values));
     }
     // A new row is in no cache: it needs no change stamp.
-    let none = HashSet::new();
-    writes.extend(step_statements(&ns, &id, &episode.steps, &none, &none, "0")?.0);
+    writes.extend(step_statements(&ns, &id, &episode.steps, &Stored::default(), "0")?.0);
     if let Some(r) = &episode.reflection
         && let Some(values) = row_values(&r.text(), &ns, &id, "reflection")
     {
@@ -943,41 +840,30 @@ pub(crate) async fn create_episode(
 }
 
 /// Steps of an in-progress episode in one request, when none of them is stored yet (the
-/// usual case); refused otherwise, or when the episode is missing or completed, for the
-/// interactive path to sort out; busy when the write lock was not to be had.
+/// usual case); refused otherwise, or when the episode is missing or completed, or a step has
+/// no key (journaled by an earlier version), for the interactive path to sort out; busy when
+/// the write lock was not to be had.
 pub(crate) async fn append_steps(
     client: &HranaClient,
     ns: &str,
     id: &str,
     steps: &[ExecutionStep],
 ) -> DbResult<Written> {
+    if steps.iter().any(|s| s.key == 0) {
+        return Ok(Written::Refused);
+    }
     let mut values = vec![text(ns), text(id)];
     let mut condition =
         "(SELECT outcome_kind IS NULL FROM episodes WHERE ns = ?1 AND id = ?2) IS 1".to_owned();
-    let keys: BTreeSet<i64> = steps
-        .iter()
-        .filter(|s| s.key != 0)
-        .map(|s| s.key as i64)
-        .collect();
-    let numbers: BTreeSet<i64> = steps
-        .iter()
-        .filter(|s| s.key == 0)
-        .map(|s| i64::from(s.step_number))
-        .collect();
-    for (column, set) in [("step_key", &keys), ("step_number", &numbers)] {
-        if set.is_empty() {
-            continue;
-        }
-        let first = values.len() + 1;
-        values.extend(set.iter().map(|v| Value::Integer(*v)));
-        let stored = format!(
-            " AND NOT EXISTS (SELECT 1 FROM steps WHERE ns = ?1 AND episode_id = ?2 \
-             AND {column} IN ({}))",
-            placeholders(first, set.len())
+    let keys: BTreeSet<i64> = steps.iter().map(|s| s.key as i64).collect();
+    if !keys.is_empty() {
+        values.extend(keys.iter().map(|v| Value::Integer(*v)));
+        condition = format!(
+            "{condition} AND NOT EXISTS (SELECT 1 FROM step_pages p, json_each(p.keys) k \
+             WHERE p.ns = ?1 AND p.episode_id = ?2 AND k.value IN ({}))",
+            placeholders(3, keys.len())
         );
-        condition.push_str(&stored);
     }
-    let none = HashSet::new();
-    let (writes, _) = step_statements(ns, id, steps, &none, &none, POSITION)?;
+    let (writes, _) = step_statements(ns, id, steps, &Stored::default(), POSITION)?;
     guarded_write(client, guard_of(&condition, values), true, writes).await
 }

@@ -14,7 +14,7 @@ use crate::prepared::Db;
 use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// One forward migration.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +38,9 @@ pub(crate) enum Then {
     /// Moves the version-1 full-text rows into the per-namespace term index and drops the
     /// old table (see [`crate::text_index::move_from_v1`]).
     MoveTextIndex,
+    /// Copies every episode's step rows into pages and drops the old table (see
+    /// [`crate::step_pages::pack_v7_steps`]).
+    PackSteps,
 }
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
@@ -90,6 +93,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/v7.sql"),
         then: Then::Nothing,
     },
+    Migration {
+        version: 8,
+        description: "steps stored in pages of up to 64 (one row per batch)",
+        sql: include_str!("../migrations/v8.sql"),
+        then: Then::PackSteps,
+    },
 ];
 
 /// The database's schema version (0 for a new database).
@@ -131,6 +140,9 @@ pub(crate) async fn migrate(conn: &Connection, target: u32) -> DbResult<u32> {
         }
         if m.then == Then::MoveTextIndex {
             crate::text_index::move_from_v1(&Db::plain(&tx)).await?;
+        }
+        if m.then == Then::PackSteps {
+            crate::step_pages::pack_v7_steps(&Db::plain(&tx)).await?;
         }
         tx.execute(
             "INSERT INTO schema_version (version, description, applied_at) \

@@ -359,7 +359,7 @@ const TABLES: &[&str] = &[
     "lessons",
     "patterns",
     "schema_version",
-    "steps",
+    "step_pages",
     "text_rows",
     "text_stats",
 ];

@@ -97,53 +97,51 @@ async fn strings(conn: &libsql::Connection, sql: &str, table: &str) -> Vec<Strin
     out
 }
 
-/// Rebuilds `table` of `conn` as the scratch database `like` defines it (its `CREATE TABLE`
-/// and indexes), keeping the rows of the columns both have: an older version's storage
-/// layout of the same rows.
-async fn rebuild_like(conn: &libsql::Connection, like: &libsql::Connection, table: &str) {
+/// Recreates `steps` as the scratch database `like` defines it (its `CREATE TABLE` and
+/// indexes) and fills it from `step_pages`, a row per step with the columns `like` has (a
+/// step stored without a key gets none), then drops the pages: an older version's layout of
+/// the same steps.
+async fn unpack_steps(conn: &libsql::Connection, like: &libsql::Connection) {
     let create = strings(
         like,
         "SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL \
          ORDER BY type = 'index'",
-        table,
+        "steps",
     )
     .await;
-    let kept: Vec<String> = {
-        let old = columns(like, table).await;
-        columns(conn, table)
-            .await
-            .into_iter()
-            .filter(|c| old.contains(c))
-            .collect()
-    };
-    let kept = kept.join(", ");
-    let indexes = strings(
-        conn,
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 \
-         AND sql IS NOT NULL",
-        table,
-    )
-    .await;
-    for index in indexes {
-        conn.execute(&format!("DROP INDEX {index}"), ())
-            .await
-            .unwrap();
-    }
-    conn.execute(&format!("ALTER TABLE {table} RENAME TO {table}_newer"), ())
-        .await
-        .unwrap();
     for sql in create {
         conn.execute(&sql, ()).await.unwrap();
     }
+    let old = columns(like, "steps").await;
+    let (names, values): (Vec<&str>, Vec<&str>) = [
+        ("ns", "p.ns"),
+        ("episode_id", "p.episode_id"),
+        ("step_number", "p.first_number + k.key"),
+        ("at", "s.value ->> '$[0]'"),
+        ("tool", "s.value ->> '$[1]'"),
+        ("action", "s.value ->> '$[2]'"),
+        ("parameters", "s.value -> '$[3]'"),
+        ("status", "s.value ->> '$[4]'"),
+        ("result_text", "s.value ->> '$[5]'"),
+        ("latency_ms", "s.value ->> '$[6]'"),
+        ("tokens", "s.value ->> '$[7]'"),
+        ("step_key", "NULLIF(k.value, 0)"),
+    ]
+    .into_iter()
+    .filter(|(name, _)| old.iter().any(|c| c == name))
+    .unzip();
     conn.execute(
-        &format!("INSERT INTO {table} ({kept}) SELECT {kept} FROM {table}_newer"),
+        &format!(
+            "INSERT INTO steps ({}) SELECT {} FROM step_pages p, json_each(p.keys) k, \
+             json_each(p.body) s WHERE s.key = k.key",
+            names.join(", "),
+            values.join(", ")
+        ),
         (),
     )
     .await
     .unwrap();
-    conn.execute(&format!("DROP TABLE {table}_newer"), ())
-        .await
-        .unwrap();
+    conn.execute("DROP TABLE step_pages", ()).await.unwrap();
 }
 
 /// The `CREATE TABLE` statement of `table` and the names of its automatic indexes.
@@ -187,6 +185,8 @@ async fn downgrade_to_version_1(path: &Path, scratch: &Path) {
     let keep = schema_objects(&v1).await;
     let db = libsql::Builder::new_local(path).build().await.unwrap();
     let conn = db.connect().unwrap();
+    // Version 8 stores steps in pages: back to version 1's table, a row per step.
+    unpack_steps(&conn, &v1).await;
     for (kind, name) in schema_objects(&conn).await {
         if !keep.contains(&(kind.clone(), name.clone())) {
             // IF EXISTS: dropping a table also drops its triggers and an FTS5 table its
@@ -199,8 +199,6 @@ async fn downgrade_to_version_1(path: &Path, scratch: &Path) {
             .unwrap();
         }
     }
-    // Version 7 clustered the steps by their key: back to version 1's rowid table.
-    rebuild_like(&conn, &v1, "steps").await;
     for (kind, table) in keep {
         if kind != "table" || table == "episode_text" {
             continue;
@@ -470,9 +468,9 @@ async fn a_database_from_a_newer_build_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_6_steps_move_to_the_clustered_table_with_their_keys() {
+async fn version_6_steps_move_into_pages_with_their_keys() {
     const {
-        assert!(SCHEMA_VERSION >= 7, "version 7 clusters the steps");
+        assert!(SCHEMA_VERSION >= 8, "version 8 stores steps in pages");
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v6.db");
@@ -532,7 +530,7 @@ async fn version_6_steps_move_to_the_clustered_table_with_their_keys() {
         let v6 = v6.connect().unwrap();
         let db = libsql::Builder::new_local(&path).build().await.unwrap();
         let conn = db.connect().unwrap();
-        rebuild_like(&conn, &v6, "steps").await;
+        unpack_steps(&conn, &v6).await;
         conn.execute("DELETE FROM schema_version WHERE version > 6", ())
             .await
             .unwrap();
@@ -545,9 +543,10 @@ async fn version_6_steps_move_to_the_clustered_table_with_their_keys() {
 
     let new = TursoStorage::open_local(&path).await.unwrap();
     assert_eq!(new.schema_version(), SCHEMA_VERSION);
-    let (create, auto) = table_shape(&path, "steps").await;
-    assert!(create.contains("WITHOUT ROWID"), "{create}");
-    assert!(auto.is_empty(), "no separate key index: {auto:?}");
+    let (steps, _) = table_shape(&path, "steps").await;
+    assert!(steps.is_empty(), "the step rows are gone: {steps}");
+    let (pages, _) = table_shape(&path, "step_pages").await;
+    assert!(pages.contains("first_number"), "{pages}");
     assert_eq!(
         all_episodes(&new, &ns).await,
         episodes,

@@ -145,9 +145,6 @@ struct Inner {
     replay_lock: tokio::sync::Mutex<()>,
     /// Where the cache stands in the durable layer's change feed.
     coherence: Coherence,
-    /// Whether step batches patch the cached in-progress episode (the durable layer's reads
-    /// need a server: [`EpisodeStore::reads_need_a_server`]) or drop it.
-    write_through_steps: bool,
 }
 
 /// The tiered composition. Use it as the memory's `Arc<dyn Storage>`, and call
@@ -246,7 +243,6 @@ impl TieredStorage {
         } = b;
         let coherence = Coherence::new(cache.as_ref().and_then(|c| c.opened_mark()));
         let inner = Arc::new(Inner {
-            write_through_steps: durable.reads_need_a_server(),
             durable,
             cache,
             coherence,
@@ -856,7 +852,9 @@ impl Inner {
             }
             WriteOp::AppendSteps { episode_id, steps } => {
                 let key = CacheKey::Episode(*episode_id);
-                if !self.write_through_steps {
+                // Step batches patch the cached in-progress episode only when the durable
+                // layer's reads need a server (a restarted process reads it during an outage).
+                if !self.durable.reads_need_a_server() {
                     // Read back from the local durable file when next asked for: cheaper than
                     // copying and re-encoding the whole episode on every batch.
                     self.cache_invalidate(ns, &key).await;
