@@ -423,9 +423,9 @@ pub struct ExecutionStep {
 
 impl ExecutionStep {
     /// A fresh step key: 63 random bits, never 0 (stores keep them as signed integers).
+    /// From the thread's generator (seeded from the OS), not a system call per step.
     pub fn new_key() -> u64 {
-        let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
-        (high >> 1).max(1)
+        (rand::random::<u64>() >> 1).max(1)
     }
 
     /// The tool name.
