@@ -11,8 +11,8 @@ mod workload;
 use std::time::Duration;
 
 use memory_core::{
-    Complexity, EpisodeId, MemoryConfig, Namespace, NewEpisode, SelfLearningMemory,
-    StepBatchConfig, StepInput, TaskContext, TaskType,
+    Complexity, EpisodeId, MemoryConfig, Namespace, NewEpisode, RateLimitConfig,
+    SelfLearningMemory, StepBatchConfig, StepInput, TaskContext, TaskType,
 };
 use tokio::runtime::Runtime;
 
@@ -44,12 +44,16 @@ pub fn runtime() -> Runtime {
         .unwrap()
 }
 
-/// Steps stay buffered until `complete_episode` (no timer flush inside a measurement).
+/// Steps stay buffered until `complete_episode` (no timer flush inside a measurement), and
+/// no rate limit: a tight loop of `log_step` measures the write path, and outruns the default
+/// limit (50,000 calls a second) since steps are stored in pages.
 pub fn memory_config() -> MemoryConfig {
-    MemoryConfig::default().with_steps(StepBatchConfig {
-        max_batch: 64,
-        flush_interval: Duration::from_secs(3_600),
-    })
+    MemoryConfig::default()
+        .with_steps(StepBatchConfig {
+            max_batch: 64,
+            flush_interval: Duration::from_secs(3_600),
+        })
+        .with_rate_limit(RateLimitConfig::disabled())
 }
 
 /// Step `k` of synthetic task `i` (every ninth step fails).
