@@ -376,6 +376,9 @@ const PACK_EPISODES: i64 = 256;
 pub(crate) async fn pack_v7_steps(conn: &Db<'_>) -> DbResult<()> {
     let (mut after_ns, mut after_id) = (String::new(), String::new());
     let (mut episodes, mut steps) = (0u64, 0u64);
+    let read = format!(
+        "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 ORDER BY step_number"
+    );
     loop {
         let page = query_all(
             conn,
@@ -392,11 +395,7 @@ pub(crate) async fn pack_v7_steps(conn: &Db<'_>) -> DbResult<()> {
             break;
         };
         for (ns, id) in &page {
-            let sql = format!(
-                "SELECT {STEP_COLUMNS} FROM steps WHERE ns = ?1 AND episode_id = ?2 \
-                 ORDER BY step_number"
-            );
-            let rows = query_all(conn, &sql, (ns.as_str(), id.as_str()), step_from_row).await?;
+            let rows = query_all(conn, &read, (ns.as_str(), id.as_str()), step_from_row).await?;
             let rows: Vec<&ExecutionStep> = rows.iter().collect();
             for (sql, values) in numbered_pages(ns, id, &rows)? {
                 conn.exec(sql, values).await?;
