@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::codec::{Decoded, decode_cached_value, encode_cached_value_into};
 use crate::config::CacheConfig;
 use crate::error::{StoreError, blocking, create_file, failed};
+use crate::gone_keys::GoneKeys;
 use crate::group_commit::{self, Committer, GroupCommit, Reply};
 use crate::tables::{
     CACHE_INFO, CACHE_MARK, ENTRIES, EXPIRY, HEADER_LEN, INFO_BYTES, INFO_CLEAN, INFO_LAYOUT,
@@ -115,6 +116,8 @@ struct Inner {
     writes: GroupCommit<WriteOp, WriteOutcome>,
     /// Puts queued and not committed yet: reads see them first.
     pending: PendingPuts<Arc<FrontEntry>>,
+    /// Keys the file is known not to hold: invalidating them again needs no transaction.
+    gone: GoneKeys,
     /// Puts whose commit nobody waits for yet.
     in_flight: InFlight,
     next_tick: AtomicU64,
@@ -334,6 +337,7 @@ impl RedbCache {
             touches: Mutex::new(HashMap::new()),
             writes: GroupCommit::new(MAX_WRITE_BATCH, "cache write"),
             pending: PendingPuts::new(),
+            gone: GoneKeys::default(),
             in_flight: InFlight::new(),
             next_tick: AtomicU64::new(opened.next_tick),
             writes_started: AtomicU64::new(0),
@@ -1206,7 +1210,10 @@ impl Cache for RedbCache {
         }
         add(&inner.counters.inserts, ops.len() as u64);
         // Queued now, so an invalidation or put that comes later commits after these.
-        let replies = group_commit::enqueue(inner, ops);
+        let put_keys = keys.iter().map(|(k, _)| k.as_slice());
+        let replies = inner
+            .gone
+            .queue_puts(put_keys, || group_commit::enqueue(inner, ops));
         if let Some(f) = &inner.front {
             for (key, entry) in fronts {
                 f.insert(key, entry).await;
@@ -1248,12 +1255,23 @@ impl Cache for RedbCache {
             inner.pending.remove(k);
         }
         self.front_invalidate(&encoded).await;
-        let ops = encoded
-            .into_iter()
-            .map(|key| WriteOp::Invalidate { key })
-            .collect();
+        // Keys whose removal from the file already committed (and nothing was put since)
+        // need no transaction.
+        let queued = inner.gone.queue_invalidations(encoded, |fresh| {
+            let ops = fresh
+                .into_iter()
+                .map(|key| WriteOp::Invalidate { key })
+                .collect();
+            group_commit::enqueue(inner, ops)
+        });
+        let Some((going, replies)) = queued else {
+            debug!(count = keys.len(), "cache invalidate: not in the file");
+            return Ok(());
+        };
         let mut first = None;
-        for out in self.submit_many(ops).await {
+        let outcomes = group_commit::wait(&inner.writes, replies).await;
+        for ((key, generation), out) in going.iter().zip(outcomes) {
+            inner.gone.finished(key, *generation, out.is_ok());
             if let Err(e) = out {
                 first.get_or_insert(e);
             }

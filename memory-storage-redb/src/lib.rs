@@ -47,6 +47,7 @@ mod cache;
 mod codec;
 mod config;
 mod error;
+mod gone_keys;
 mod group_commit;
 mod journal;
 mod memory_cache;
