@@ -303,50 +303,140 @@ async fn flush_timer_writes_buffered_steps_without_a_further_call() {
     m.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn batch_fills_trigger_a_write_and_shutdown_flushes_the_rest() {
+/// A memory over in-memory storage that writes steps in batches of `max_batch` (no timer
+/// flush: an hour), with one episode started.
+async fn batching(
+    max_batch: usize,
+) -> (
+    Arc<dyn Storage>,
+    SelfLearningMemory,
+    Namespace,
+    memory_core::EpisodeId,
+) {
     let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
-    let config = MemoryConfig::default().with_steps(StepBatchConfig {
-        max_batch: 4,
-        flush_interval: Duration::from_secs(3600),
-    });
-    let m = SelfLearningMemory::new(storage.clone(), config).unwrap();
+    let m = SelfLearningMemory::new(storage.clone(), batched_config(max_batch)).unwrap();
     let ns = Namespace::default();
     let id = m
         .start_episode(&ns, NewEpisode::new("t", TaskType::Other, ctx()))
         .await
         .unwrap();
+    (storage, m, ns, id)
+}
+
+fn batched_config(max_batch: usize) -> MemoryConfig {
+    MemoryConfig::default().with_steps(StepBatchConfig {
+        max_batch,
+        flush_interval: Duration::from_secs(3600),
+    })
+}
+
+/// Stored step numbers of the episode, straight from storage.
+async fn stored_steps(
+    storage: &Arc<dyn Storage>,
+    ns: &Namespace,
+    id: memory_core::EpisodeId,
+) -> Vec<u32> {
+    let e = storage.get_episode(ns, id).await.unwrap().unwrap();
+    e.steps.iter().map(|s| s.step_number).collect()
+}
+
+/// Lets the runtime run spawned tasks until at least `at_least` steps are stored (at most
+/// 10,000 turns).
+async fn until_stored(
+    storage: &Arc<dyn Storage>,
+    ns: &Namespace,
+    id: memory_core::EpisodeId,
+    at_least: usize,
+) -> Vec<u32> {
+    for _ in 0..10_000 {
+        let stored = stored_steps(storage, ns, id).await;
+        if stored.len() >= at_least {
+            return stored;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the background write never stored {at_least} steps");
+}
+
+#[tokio::test]
+async fn a_full_batch_is_written_in_the_background_and_shutdown_flushes_the_rest() {
+    let (storage, m, ns, id) = batching(4).await;
     for i in 0..6 {
         m.log_step(&ns, id, StepInput::ok("shell", format!("step {i}"), "ok"))
             .await
             .unwrap();
     }
-    assert_eq!(
-        storage
-            .get_episode(&ns, id)
-            .await
-            .unwrap()
-            .unwrap()
-            .steps
-            .len(),
-        4
-    );
-    m.shutdown().await.unwrap();
-    let steps = storage
-        .get_episode(&ns, id)
+    // No flush and no timer (an hour): the full batch goes to storage by itself, with the
+    // steps logged while its write was waiting.
+    let stored = until_stored(&storage, &ns, id, 4).await;
+    assert_eq!(stored, (1..=stored.len() as u32).collect::<Vec<_>>());
+    m.log_step(&ns, id, StepInput::ok("shell", "step 6", "ok"))
         .await
-        .unwrap()
-        .unwrap()
-        .steps
-        .clone();
+        .unwrap();
+    m.shutdown().await.unwrap();
     assert_eq!(
-        steps.iter().map(|s| s.step_number).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6]
+        stored_steps(&storage, &ns, id).await,
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     assert!(matches!(
         m.log_step(&ns, id, StepInput::ok("x", "y", "z")).await,
         Err(memory_core::Error::Shutdown)
     ));
+}
+
+#[tokio::test]
+async fn a_batch_of_one_is_stored_before_log_step_returns() {
+    let (storage, m, ns, id) = batching(1).await;
+    for i in 1..=3u32 {
+        m.log_step(&ns, id, StepInput::ok("shell", format!("step {i}"), "ok"))
+            .await
+            .unwrap();
+        // No yield in between: nothing else could have written it.
+        assert_eq!(
+            stored_steps(&storage, &ns, id).await,
+            (1..=i).collect::<Vec<_>>()
+        );
+    }
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_background_write_refused_by_the_store_is_reported_by_the_next_call() {
+    let (storage, here, ns, id) = batching(2).await;
+    let elsewhere = SelfLearningMemory::new(storage.clone(), batched_config(2)).unwrap();
+    here.log_step(&ns, id, StepInput::ok("shell", "step 1", "ok"))
+        .await
+        .unwrap();
+    elsewhere
+        .complete_episode(&ns, id, Outcome::success("done elsewhere"))
+        .await
+        .unwrap();
+    // Fills the batch: acknowledged into the buffer, refused when written behind.
+    here.log_step(&ns, id, StepInput::ok("shell", "step 2", "ok"))
+        .await
+        .unwrap();
+    let mut reported = None;
+    for _ in 0..10_000 {
+        match here
+            .log_step(&ns, id, StepInput::ok("shell", "step 3", "ok"))
+            .await
+        {
+            Err(e) => {
+                reported = Some(e);
+                break;
+            }
+            Ok(()) => tokio::task::yield_now().await,
+        }
+    }
+    let e = reported.expect("the refusal is reported");
+    assert!(
+        matches!(&e, memory_core::Error::Conflict { reason, .. } if reason.contains("refused when written")),
+        "{e:?}"
+    );
+    assert!(
+        stored_steps(&storage, &ns, id).await.is_empty(),
+        "nothing was added to the completed episode"
+    );
 }
 
 mod properties {

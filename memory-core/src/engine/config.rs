@@ -10,8 +10,12 @@ use crate::policy::{Limits, QuotaConfig, RateLimitConfig, RedactionConfig};
 /// batches.
 ///
 /// A buffered step is written when its episode's batch fills, when the flush timer fires, on
-/// `complete_episode`, on `flush` and on `shutdown`. A process killed before then loses the
-/// buffered steps of that window; set `max_batch = 1` for a durable write per step.
+/// `complete_episode`, on `flush` and on `shutdown`. A full batch is written in the
+/// background: the `log_step` that fills it returns at once, the steps logged while the write
+/// waits join it, and `log_step` waits for the write only once 8 full batches of the episode
+/// are waiting. A process killed before then loses the buffered steps of that window; set
+/// `max_batch = 1` for a durable write per step (written before `log_step` returns), or call
+/// `flush_episode`.
 ///
 /// # Default
 /// `max_batch` 64 steps; `flush_interval` 250 ms.

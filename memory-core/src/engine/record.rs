@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tracing::{debug, instrument, warn};
+use tracing::{Instrument, debug, info_span, instrument, warn};
 
 use super::history::HistoryKey;
 
 use super::memory::SelfLearningMemory;
 use super::report::CompletionReport;
-use super::steps::StepCheck;
+use super::steps::{Flush, StepCheck};
 use crate::consolidation::estimate_actual;
 use crate::episode::{
     Episode, EpisodeId, ExecutionStep, NewEpisode, Outcome, OutcomeKind, StepInput,
@@ -106,9 +106,10 @@ impl SelfLearningMemory {
 
     /// Logs one step of an in-progress episode.
     ///
-    /// The step is validated, redacted and buffered; it is written (as a row) when the batch
-    /// fills, the flush timer fires, or the episode completes. `NotFound` for an unknown
-    /// episode, `Conflict` for a completed one.
+    /// The step is validated, redacted and buffered; it is written when the batch fills (in
+    /// the background, see [`StepBatchConfig`](crate::StepBatchConfig)), the flush timer
+    /// fires, or the episode completes. `NotFound` for an unknown episode, `Conflict` for a
+    /// completed one (also when buffered steps of it were refused when written).
     pub async fn log_step(&self, ns: &Namespace, id: EpisodeId, step: StepInput) -> Result<()> {
         self.ensure_running()?;
         let inner = &self.inner;
@@ -127,9 +128,11 @@ impl SelfLearningMemory {
             used: counts.steps,
         };
         let now = inner.clock.now();
-        let full = inner
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let max_batch = inner.config.steps.max_batch;
+        let next = inner
             .steps
-            .push(ns, id, inner.config.steps.max_batch, &check, |n| {
+            .push(ns, id, max_batch, runtime.is_some(), &check, |n| {
                 ExecutionStep {
                     step_number: n,
                     key: ExecutionStep::new_key(),
@@ -138,9 +141,23 @@ impl SelfLearningMemory {
                 }
             })?;
         inner.counts.add_step(ns);
-        if let Some(write) = full {
-            let _writing = write.lock().await;
-            inner.steps.write_pending(ns, id).await?;
+        match (next, runtime) {
+            (Flush::Nothing, _) => {}
+            (Flush::Behind(write), Some(rt)) => {
+                let (inner, ns) = (Arc::clone(inner), ns.clone());
+                let span = info_span!("write_behind", namespace = %ns, episode_id = %id);
+                let task = async move {
+                    let _writing = write.lock().await;
+                    inner.steps.write_behind(&ns, id, max_batch).await;
+                };
+                // Not awaited: the episode's write lock orders it with every other write of
+                // the episode (flush, completion, shutdown), which wait for it.
+                drop(rt.spawn(task.instrument(span)));
+            }
+            (Flush::Behind(write) | Flush::Now(write), _) => {
+                let _writing = write.lock().await;
+                inner.steps.write_pending(ns, id).await?;
+            }
         }
         Ok(())
     }

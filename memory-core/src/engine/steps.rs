@@ -35,7 +35,28 @@ struct EpisodeBuffer {
     /// Set while `complete_episode` runs: a step logged now could no longer be written, so
     /// `log_step` refuses it rather than acknowledge it and lose it.
     completing: bool,
+    /// Set while a background write of this episode's full batches is scheduled or running
+    /// (see [`Flush::Behind`]): the steps logged meanwhile join its next write.
+    writing_behind: bool,
 }
+
+/// What the call that buffered a step does next.
+#[derive(Debug)]
+pub(crate) enum Flush {
+    /// Nothing: the batch is not full, or a background write will take the step.
+    Nothing,
+    /// Hand the full batch to a background write (under the episode's write lock) and
+    /// return: [`StepBuffers::write_behind`].
+    Behind(Arc<tokio::sync::Mutex<()>>),
+    /// Write the pending steps now, under the episode's write lock, before returning: the
+    /// batch is a single step (`max_batch = 1`: a durable write per step), no runtime can
+    /// run a background write, or [`BEHIND_BATCHES`] batches are waiting already.
+    Now(Arc<tokio::sync::Mutex<()>>),
+}
+
+/// How many full batches of one episode may wait for a background write before `log_step`
+/// waits for it (backpressure): at the default batch, 512 steps.
+pub(crate) const BEHIND_BATCHES: usize = 8;
 
 type BufferKey = (Namespace, EpisodeId);
 
@@ -124,6 +145,7 @@ impl StepBuffers {
                 known_size: if kept { bytes } else { 0 },
                 write: Arc::default(),
                 completing: false,
+                writing_behind: false,
             }
         });
     }
@@ -177,16 +199,18 @@ impl StepBuffers {
         }
     }
 
-    /// Buffers a step, numbered after the episode's last, once it passes `check`; returns the
-    /// episode's write lock when the batch is full and should be written now.
+    /// Buffers a step, numbered after the episode's last, once it passes `check`; says what
+    /// to do once the batch is full (see [`Flush`]). `can_defer`: a background write can be
+    /// started.
     pub(crate) fn push(
         &self,
         ns: &Namespace,
         id: EpisodeId,
         max_batch: usize,
+        can_defer: bool,
         check: &StepCheck,
         make: impl FnOnce(u32) -> ExecutionStep,
-    ) -> Result<Option<Arc<tokio::sync::Mutex<()>>>> {
+    ) -> Result<Flush> {
         let mut buffers = lock(&self.buffers);
         let buf = buffers
             .get_mut(&(ns.clone(), id))
@@ -224,7 +248,53 @@ impl StepBuffers {
         buf.bytes += size;
         buf.next_step += 1;
         buf.pending.push(stored);
-        Ok((buf.pending.len() >= max_batch).then(|| Arc::clone(&buf.write)))
+        let waiting = buf.pending.len();
+        Ok(if waiting < max_batch {
+            Flush::Nothing
+        } else if max_batch == 1 || !can_defer || waiting >= max_batch * BEHIND_BATCHES {
+            Flush::Now(Arc::clone(&buf.write))
+        } else if buf.writing_behind {
+            Flush::Nothing
+        } else {
+            buf.writing_behind = true;
+            Flush::Behind(Arc::clone(&buf.write))
+        })
+    }
+
+    /// The background write [`Flush::Behind`] asked for; the caller holds the episode's write
+    /// lock. Writes the pending steps, again while a full batch is waiting and the last write
+    /// stored its steps, then lets the next full batch start another. A refusal is remembered
+    /// for the episode's next call (as the flush timer's); a transient failure leaves the
+    /// steps buffered for the timer.
+    pub(crate) async fn write_behind(&self, ns: &Namespace, id: EpisodeId, max_batch: usize) {
+        let key = (ns.clone(), id);
+        loop {
+            let n = self.pending_len(ns, id);
+            let stored = match self.write_pending(ns, id).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    self.remember_refusal(ns, id, n, &e);
+                    return;
+                }
+            };
+            let mut buffers = lock(&self.buffers);
+            let Some(buf) = buffers.get_mut(&key) else {
+                return;
+            };
+            if !stored || buf.pending.len() < max_batch {
+                buf.writing_behind = false;
+                return;
+            }
+        }
+    }
+
+    /// Remembers that the store refused `n` buffered steps of the episode, for its next call.
+    fn remember_refusal(&self, ns: &Namespace, id: EpisodeId, n: usize, e: &Error) {
+        warn!(error = %e, episode_id = %id, steps = n, "buffered steps refused by the store");
+        lock(&self.refused).insert(
+            (ns.clone(), id),
+            format!("{n} steps logged earlier were refused when written: {e}"),
+        );
     }
 
     /// The episode's write lock, if it is buffered.
@@ -261,14 +331,15 @@ impl StepBuffers {
             .map(|b| b.pending.clone())
     }
 
-    /// Writes a batch; on a transient failure the steps go back into the buffer (the timer
-    /// retries) and the call succeeds, since the steps are held. Other failures are returned.
+    /// Writes a batch; `true` once stored. On a transient failure the steps go back into the
+    /// buffer (the timer retries) and the call succeeds with `false`, since the steps are
+    /// held. Other failures are returned.
     async fn write_batch(
         &self,
         ns: &Namespace,
         id: EpisodeId,
         batch: Vec<ExecutionStep>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         match self.storage.append_steps(ns, id, &batch).await {
             Ok(()) => {
                 if let Some(buf) = lock(&self.buffers).get_mut(&(ns.clone(), id))
@@ -287,7 +358,7 @@ impl StepBuffers {
                         self.forget_known(buf);
                     }
                 }
-                Ok(())
+                Ok(true)
             }
             Err(e) if e.is_transient() => {
                 warn!(error = %e, episode_id = %id, steps = batch.len(), "step write failed; kept in buffer for retry");
@@ -297,7 +368,7 @@ impl StepBuffers {
                     merged.append(&mut buf.pending);
                     buf.pending = merged;
                 }
-                Ok(())
+                Ok(false)
             }
             Err(e) => {
                 self.close(ns, id);
@@ -306,15 +377,16 @@ impl StepBuffers {
         }
     }
 
-    /// Writes the episode's pending steps, if any. The caller holds the episode's write lock.
+    /// Writes the episode's pending steps, if any; `true` when some were stored (`false`:
+    /// none pending, or kept for a retry). The caller holds the episode's write lock.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub(crate) async fn write_pending(&self, ns: &Namespace, id: EpisodeId) -> Result<()> {
+    pub(crate) async fn write_pending(&self, ns: &Namespace, id: EpisodeId) -> Result<bool> {
         let pending = lock(&self.buffers)
             .get_mut(&(ns.clone(), id))
             .map(|b| std::mem::take(&mut b.pending))
             .unwrap_or_default();
         if pending.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         self.write_batch(ns, id, pending).await
     }
@@ -332,11 +404,7 @@ impl StepBuffers {
             let _writing = write.lock().await;
             let n = self.pending_len(&ns, id);
             if let Err(e) = self.write_pending(&ns, id).await {
-                warn!(error = %e, episode_id = %id, steps = n, "buffered steps refused by the store");
-                lock(&self.refused).insert(
-                    (ns.clone(), id),
-                    format!("{n} steps logged earlier were refused when written: {e}"),
-                );
+                self.remember_refusal(&ns, id, n, &e);
                 first_err.get_or_insert(e);
             }
         }
@@ -387,5 +455,76 @@ mod tests {
         assert_eq!(buffers.known_bytes.load(Ordering::Relaxed), 0);
         buffers.open(&ns, c);
         assert!(buffers.known(&ns, ids[2]).is_some(), "the budget was freed");
+    }
+
+    /// What each `push` asks for: a full batch is written behind once (the steps logged
+    /// meanwhile join it), the caller writes it itself at [`BEHIND_BATCHES`] full batches,
+    /// without a runtime, or for a batch of one.
+    #[test]
+    fn a_full_batch_is_deferred_once_until_backpressure() {
+        fn next(
+            buffers: &StepBuffers,
+            ns: &Namespace,
+            id: EpisodeId,
+            max: usize,
+            defer: bool,
+        ) -> &'static str {
+            let check = StepCheck {
+                max_steps: 10_000,
+                max_bytes: usize::MAX,
+                quota: u64::MAX,
+                used: 0,
+            };
+            let made = buffers.push(ns, id, max, defer, &check, |n| ExecutionStep {
+                step_number: n,
+                key: ExecutionStep::new_key(),
+                timestamp: chrono::Utc::now(),
+                input: crate::episode::StepInput::ok("t", "a", "o"),
+            });
+            match made {
+                Ok(Flush::Nothing) => "nothing",
+                Ok(Flush::Behind(_)) => "behind",
+                Ok(Flush::Now(_)) => "now",
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let buffers = StepBuffers::new(Arc::new(InMemoryStorage::new()));
+        let ns = Namespace::default();
+        let e = big_episode(1);
+        let id = e.id;
+        buffers.open(&ns, e);
+        let asked: Vec<&str> = (1..=4 * BEHIND_BATCHES)
+            .map(|_| next(&buffers, &ns, id, 4, true))
+            .collect();
+        assert_eq!(&asked[..3], ["nothing"; 3]);
+        assert_eq!(asked[3], "behind");
+        assert!(
+            asked[4..asked.len() - 1].iter().all(|a| *a == "nothing"),
+            "{asked:?}"
+        );
+        assert_eq!(
+            asked.last(),
+            Some(&"now"),
+            "backpressure at {BEHIND_BATCHES} batches"
+        );
+
+        let e = big_episode(1);
+        let id = e.id;
+        buffers.open(&ns, e);
+        let asked: Vec<&str> = (1..=4).map(|_| next(&buffers, &ns, id, 4, false)).collect();
+        assert_eq!(
+            asked,
+            ["nothing", "nothing", "nothing", "now"],
+            "no runtime to defer to"
+        );
+
+        let e = big_episode(1);
+        let id = e.id;
+        buffers.open(&ns, e);
+        assert_eq!(
+            next(&buffers, &ns, id, 1, true),
+            "now",
+            "a batch of one is durable per step"
+        );
     }
 }
