@@ -90,7 +90,7 @@ pub use storage::{
     StoredEmbedding, TextHit, TextQuery, WriteOp, check_index_snapshot_size, get_typed,
     query_typed,
 };
-pub use text::{bm25_weight, collapse_tools, error_class, tokenize};
+pub use text::{bm25_weight, collapse_tools, error_class, for_each_token, tokenize};
 pub use tiered::{
     BreakerConfig, BreakerState, SyncStatus, TieredBuilder, TieredConfig, TieredStorage,
 };

@@ -14,11 +14,41 @@ const STOPWORDS: &[&str] = &[
 /// assert_eq!(tokenize("Fix the flaky CI test!"), vec!["fix", "flaky", "ci", "test"]);
 /// ```
 pub fn tokenize(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.chars().count() >= 2)
-        .map(str::to_lowercase)
-        .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .collect()
+    let mut terms = Vec::new();
+    for_each_token(text, |t| terms.push(t.to_owned()));
+    terms
+}
+
+/// Calls `f` with each term [`tokenize`] returns, in order, without allocating a string per
+/// term (one buffer is reused): for indexing large texts.
+///
+/// ```
+/// use memory_core::for_each_token;
+/// let mut seen = Vec::new();
+/// for_each_token("Fix the flaky CI test!", |t| seen.push(t.to_owned()));
+/// assert_eq!(seen, memory_core::tokenize("Fix the flaky CI test!"));
+/// ```
+pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
+    let mut lower = String::new();
+    for word in text.split(|c: char| !c.is_alphanumeric()) {
+        let long_enough = if word.is_ascii() {
+            word.len() >= 2
+        } else {
+            word.chars().nth(1).is_some()
+        };
+        if !long_enough {
+            continue;
+        }
+        lower.clear();
+        if word.is_ascii() {
+            lower.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            lower.push_str(&word.to_lowercase());
+        }
+        if !STOPWORDS.contains(&lower.as_str()) {
+            f(&lower);
+        }
+    }
 }
 
 /// Okapi BM25's term-frequency saturation, shared by every lexical scorer.
@@ -168,7 +198,36 @@ pub fn normalize_label(s: Option<&str>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The tokenizer's definition, written the plain way.
+    fn reference(text: &str) -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.chars().count() >= 2)
+            .map(str::to_lowercase)
+            .filter(|w| !STOPWORDS.contains(&w.as_str()))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn the_token_visitor_follows_the_definition(text in "[ -~àéÉİßΣσ日本\\n]{0,80}") {
+            prop_assert_eq!(tokenize(&text), reference(&text));
+        }
+    }
+
+    #[test]
+    fn the_token_visitor_handles_unicode_words() {
+        for text in [
+            "Über CAFÉ İstanbul ΣΟΦΊΑ",
+            "a b cd É日 本x",
+            "The AND of it is",
+        ] {
+            assert_eq!(tokenize(text), reference(text), "{text}");
+        }
+    }
 
     #[test]
     fn error_classes_group_variants() {

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use libsql::Value;
-use memory_core::{EpisodeFilter, TextHit, bm25_weight, tokenize};
+use memory_core::{EpisodeFilter, TextHit, bm25_weight, for_each_token, tokenize};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
@@ -64,26 +64,37 @@ fn prefix(ns: &str) -> String {
 /// A term as indexed: the namespace prefix, then the term cut to [`MAX_TERM_CHARS`].
 fn indexed(prefix: &str, term: &str) -> String {
     let mut s = String::with_capacity(prefix.len() + term.len().min(4 * MAX_TERM_CHARS));
-    s.push_str(prefix);
-    s.extend(term.chars().take(MAX_TERM_CHARS));
+    push_indexed(&mut s, prefix, term);
     s
+}
+
+/// Appends [`indexed`]`(prefix, term)` to `out`.
+fn push_indexed(out: &mut String, prefix: &str, term: &str) {
+    out.push_str(prefix);
+    if term.len() <= MAX_TERM_CHARS {
+        // At most as many characters as bytes: nothing to cut.
+        out.push_str(term);
+    } else {
+        out.extend(term.chars().take(MAX_TERM_CHARS));
+    }
 }
 
 /// The values of [`INSERT_TEXT`] for one part of an episode, or `None` when `body` has no
 /// term to index (such a row would only change the namespace's row count).
 pub(crate) fn row_values(body: &str, ns: &str, episode_id: &str, part: &str) -> Option<Vec<Value>> {
     let p = prefix(ns);
-    let terms = tokenize(body);
-    if terms.is_empty() {
-        return None;
-    }
-    let len = terms.len() as i64;
-    let mut joined = String::with_capacity(terms.len() * (PREFIX_HEX + 8));
-    for t in &terms {
-        if !joined.is_empty() {
+    let mut len = 0i64;
+    // Written straight into the row's text: no string per term (step pages index thousands).
+    let mut joined = String::with_capacity(body.len() * 2);
+    for_each_token(body, |t| {
+        if len > 0 {
             joined.push(' ');
         }
-        joined.push_str(&indexed(&p, t));
+        push_indexed(&mut joined, &p, t);
+        len += 1;
+    });
+    if len == 0 {
+        return None;
     }
     Some(vec![
         Value::Text(joined),
