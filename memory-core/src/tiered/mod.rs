@@ -851,20 +851,7 @@ impl Inner {
                 }
             }
             WriteOp::AppendSteps { episode_id, steps } => {
-                let key = CacheKey::Episode(*episode_id);
-                // Step batches patch the cached in-progress episode only when the durable
-                // layer's reads need a server (a restarted process reads it during an outage).
-                if !self.durable.reads_need_a_server() {
-                    // Read back from the local durable file when next asked for: cheaper than
-                    // copying and re-encoding the whole episode on every batch.
-                    self.cache_invalidate(ns, &key).await;
-                } else if let Some(CachedValue::Episode(mut e)) = self.cache_get(ns, &key).await {
-                    // Numbered as the store numbered them, if the cached copy was current;
-                    // if another writer had added steps, the change feed drops this copy
-                    // before the next read.
-                    Arc::make_mut(&mut e).add_steps(steps);
-                    self.cache_put(ns, CachedValue::Episode(e), since).await;
-                }
+                self.after_append(ns, *episode_id, steps, since).await;
             }
             WriteOp::CompleteEpisode(c) => {
                 if let Some(e) = self.completed_in_cache(ns, c).await {
@@ -884,6 +871,30 @@ impl Inner {
                 self.cache_put_many(ns, &values, since).await;
             }
             WriteOp::PutEmbedding { .. } => {}
+        }
+    }
+
+    /// After a durable step batch: the cached episode is dropped or patched. Call with the
+    /// episode-patching lock held.
+    async fn after_append(
+        &self,
+        ns: &Namespace,
+        episode_id: EpisodeId,
+        steps: &[ExecutionStep],
+        since: u64,
+    ) {
+        let key = CacheKey::Episode(episode_id);
+        // Step batches patch the cached in-progress episode only when the durable layer's
+        // reads need a server (a restarted process reads it during an outage).
+        if !self.durable.reads_need_a_server() {
+            // Read back from the local durable file when next asked for: cheaper than copying
+            // and re-encoding the whole episode on every batch.
+            self.cache_invalidate(ns, &key).await;
+        } else if let Some(CachedValue::Episode(mut e)) = self.cache_get(ns, &key).await {
+            // Numbered as the store numbered them, if the cached copy was current; if another
+            // writer had added steps, the change feed drops this copy before the next read.
+            Arc::make_mut(&mut e).add_steps(steps);
+            self.cache_put(ns, CachedValue::Episode(e), since).await;
         }
     }
 
@@ -966,14 +977,28 @@ crate::forward_storage! {
                 });
             }
         }
-        i.write(
-            ns,
-            WriteOp::AppendSteps {
-                episode_id,
-                steps: steps.to_vec(),
-            },
-        )
-        .await
+        if !i.journaling() {
+            // As `Inner::write`, without copying the batch into a `WriteOp`: only a journaled
+            // write needs its own copy.
+            let since = i.coherence.epoch();
+            match i
+                .guarded("write", i.durable.append_steps(ns, episode_id, steps))
+                .await
+            {
+                Ok(()) => {
+                    let _patching = i.episode_cache.lock().await;
+                    i.after_append(ns, episode_id, steps, since).await;
+                    return Ok(());
+                }
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => warn!(error = %e, "durable write failed; journaling it"),
+            }
+        }
+        let op = WriteOp::AppendSteps {
+            episode_id,
+            steps: steps.to_vec(),
+        };
+        i.enqueue(ns, op, None).await
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
