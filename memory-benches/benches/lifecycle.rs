@@ -4,8 +4,9 @@
 //!
 //! - `lifecycle/start_episode/single`: one `start_episode` (durable insert, cache fill).
 //! - `lifecycle/log_step/amortized_1000_steps`: 1,000 `log_step` calls into one episode with
-//!   the default batching (a write every 64 steps) and the final flush; throughput in steps/s,
-//!   time per step = the amortized cost.
+//!   the default batching (a full batch of 64 written behind the caller, with the steps logged
+//!   meanwhile) and the final flush; throughput in steps/s, time per step = the amortized
+//!   cost, from the first call until every step is stored.
 //! - `lifecycle/complete_episode/{10,50,1000}_steps`: `complete_episode` of an episode whose
 //!   steps are still buffered (writes them, scores, reflects, extracts and merges patterns,
 //!   heuristics and lessons, commits, updates the cache). Only the completion is timed.
