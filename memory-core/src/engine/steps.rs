@@ -391,12 +391,14 @@ impl StepBuffers {
         self.write_batch(ns, id, pending).await
     }
 
-    /// Writes every buffered step. A refusal is remembered for the episode's next call; a
-    /// transient failure leaves steps buffered and is reported, so `shutdown` is honest.
+    /// Writes every buffered step, and waits for the writes behind callers in flight (their
+    /// steps left `pending` but are not stored until they finish). A refusal is remembered
+    /// for the episode's next call; a transient failure leaves steps buffered and is
+    /// reported, so `shutdown` is honest.
     pub(crate) async fn flush_all(&self) -> Result<()> {
         let due: Vec<(BufferKey, Arc<tokio::sync::Mutex<()>>)> = lock(&self.buffers)
             .iter()
-            .filter(|(_, b)| !b.pending.is_empty())
+            .filter(|(_, b)| !b.pending.is_empty() || b.writing_behind)
             .map(|(k, b)| (k.clone(), Arc::clone(&b.write)))
             .collect();
         let mut first_err = None;
@@ -526,5 +528,57 @@ mod tests {
             "now",
             "a batch of one is durable per step"
         );
+    }
+
+    /// `flush_all` (so `flush` and `shutdown`) returns only once a write behind the caller
+    /// that already took the pending steps has finished.
+    #[tokio::test]
+    async fn flushing_waits_for_a_write_behind_in_flight() {
+        let buffers = Arc::new(StepBuffers::new(Arc::new(InMemoryStorage::new())));
+        let ns = Namespace::default();
+        let e = big_episode(1);
+        let id = e.id;
+        buffers.open(&ns, e);
+        let check = StepCheck {
+            max_steps: 100,
+            max_bytes: usize::MAX,
+            quota: u64::MAX,
+            used: 0,
+        };
+        let make = |n| ExecutionStep {
+            step_number: n,
+            key: ExecutionStep::new_key(),
+            timestamp: chrono::Utc::now(),
+            input: crate::episode::StepInput::ok("t", "a", "o"),
+        };
+        assert!(matches!(
+            buffers.push(&ns, id, 2, true, &check, make),
+            Ok(Flush::Nothing)
+        ));
+        assert!(matches!(
+            buffers.push(&ns, id, 2, true, &check, make),
+            Ok(Flush::Behind(_))
+        ));
+        // What the write behind does first: take the episode's write lock and its pending
+        // steps; its storage call is still running.
+        let write = buffers.write_lock(&ns, id).unwrap();
+        let in_flight = write.lock().await;
+        let key = (ns.clone(), id);
+        let taken = std::mem::take(&mut lock(&buffers.buffers).get_mut(&key).unwrap().pending);
+        assert_eq!(taken.len(), 2);
+
+        let flushing = tokio::spawn({
+            let buffers = Arc::clone(&buffers);
+            async move { buffers.flush_all().await }
+        });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !flushing.is_finished(),
+            "flush returned while a write was in flight"
+        );
+        drop(in_flight);
+        flushing.await.unwrap().unwrap();
     }
 }
