@@ -743,18 +743,30 @@ impl Inner {
     /// A write: durable first (while nothing is journaled and the breaker allows), then the
     /// cache; on a transient failure, the outbox.
     async fn write(&self, ns: &Namespace, op: WriteOp) -> Result<()> {
-        if !self.journaling() {
-            let since = self.coherence.epoch();
-            match self.guarded("write", self.apply_durable(ns, &op)).await {
-                Ok(()) => {
-                    self.after_write(ns, &op, since).await;
-                    return Ok(());
-                }
-                Err(e) if !e.is_transient() => return Err(e),
-                Err(e) => warn!(error = %e, "durable write failed; journaling it"),
-            }
+        if let Some(since) = self.try_durable(self.apply_durable(ns, &op)).await? {
+            self.after_write(ns, &op, since).await;
+            return Ok(());
         }
         self.enqueue(ns, op, None).await
+    }
+
+    /// The durable half of a write: runs `durable` through the breaker unless writes are
+    /// being journaled. `Some(epoch)` (the coherence epoch before it) once stored, `None`
+    /// when the write must be journaled (journaling, or a transient failure); a permanent
+    /// failure is returned.
+    async fn try_durable(&self, durable: impl Future<Output = Result<()>>) -> Result<Option<u64>> {
+        if self.journaling() {
+            return Ok(None);
+        }
+        let since = self.coherence.epoch();
+        match self.guarded("write", durable).await {
+            Ok(()) => Ok(Some(since)),
+            Err(e) if !e.is_transient() => Err(e),
+            Err(e) => {
+                warn!(error = %e, "durable write failed; journaling it");
+                Ok(None)
+            }
+        }
     }
 
     /// Folds journaled deltas the durable layer now holds into the cached episodes and drops
@@ -977,22 +989,13 @@ crate::forward_storage! {
                 });
             }
         }
-        if !i.journaling() {
-            // As `Inner::write`, without copying the batch into a `WriteOp`: only a journaled
-            // write needs its own copy.
-            let since = i.coherence.epoch();
-            match i
-                .guarded("write", i.durable.append_steps(ns, episode_id, steps))
-                .await
-            {
-                Ok(()) => {
-                    let _patching = i.episode_cache.lock().await;
-                    i.after_append(ns, episode_id, steps, since).await;
-                    return Ok(());
-                }
-                Err(e) if !e.is_transient() => return Err(e),
-                Err(e) => warn!(error = %e, "durable write failed; journaling it"),
-            }
+        // As `Inner::write`, without copying the batch into a `WriteOp`: only a journaled
+        // write needs its own copy.
+        let durable = i.durable.append_steps(ns, episode_id, steps);
+        if let Some(since) = i.try_durable(durable).await? {
+            let _patching = i.episode_cache.lock().await;
+            i.after_append(ns, episode_id, steps, since).await;
+            return Ok(());
         }
         let op = WriteOp::AppendSteps {
             episode_id,
