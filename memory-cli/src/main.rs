@@ -1,11 +1,14 @@
 //! The `memory` command: record agent episodes, inspect what the memory learned.
 
+// First: its printing macros are used by every module after it.
+#[macro_use]
+mod output;
+
 mod argv;
 mod backend;
 mod cli;
 mod commands;
 mod display_safe;
-mod output;
 mod progress;
 mod settings;
 mod signals;
@@ -79,14 +82,14 @@ fn classify(e: &anyhow::Error) -> (&'static str, Option<&'static str>, u8) {
 /// Prints an error: as JSON on stdout under `--json`, else on stderr with its hint.
 fn print_error(kind: &str, message: &str, hint: Option<&str>, json_out: bool) {
     if json_out {
-        println!(
+        outln!(
             "{}",
             json!({ "error": { "kind": kind, "message": message, "hint": hint } })
         );
     } else {
-        eprintln!("error: {}", display_safe::text(message));
+        errln!("error: {}", display_safe::text(message));
         if let Some(h) = hint {
-            eprintln!("hint: {h}");
+            errln!("hint: {h}");
         }
     }
 }
@@ -238,7 +241,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -247,7 +250,14 @@ fn main() -> ExitCode {
     // when a signal stopped the server) must not hold the process open.
     runtime.shutdown_background();
     match outcome {
-        Ok(code) => code,
+        Ok(code) => match output::stdout_failure() {
+            // The command's work is done; only its report was lost.
+            Some(e) => {
+                errln!("error: cannot write the output: {e}");
+                ExitCode::from(1)
+            }
+            None => code,
+        },
         Err(e) => {
             let (kind, hint, code) = classify(&e);
             print_error(kind, &format!("{e:#}"), hint, json_out);

@@ -897,3 +897,59 @@ fn files_and_directories_are_private_whatever_the_umask() {
     );
     assert_eq!(mode(&tmp.path().join("backups")), 0o700);
 }
+
+/// A reader that stops reading (`memory episode list | head -1`) ends the output, not the
+/// command: no panic, the command's own exit code, its work done and the stack closed.
+#[test]
+fn a_closed_stdout_ends_the_output_not_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed_stdout = || {
+        // Closed before the process starts, so its very first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    // `std`'s command: the test chooses where stdout goes.
+    let memory = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_memory"));
+        c.arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("MEMORY_NAMESPACE")
+            .env_remove("MEMORY_MODE");
+        c
+    };
+    for json_flag in [false, true] {
+        let mut cmd = memory();
+        if json_flag {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .args(["episode", "start", "--task", "add rate limiting"])
+            .args(["--domain", "web_api", "--type", "code_generation"])
+            .stdout(closed_stdout())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "json {json_flag}: {stderr}");
+        assert!(!stderr.contains("panicked"), "json {json_flag}: {stderr}");
+    }
+    // Both episodes were started, and the store was closed cleanly enough to reopen.
+    let listed = json(&dir, &["episode", "list"]);
+    assert_eq!(listed["episodes"].as_array().unwrap().len(), 2, "{listed}");
+
+    // A failure that is not a closed pipe (here a full device) is reported once the work is
+    // done.
+    #[cfg(target_os = "linux")]
+    {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+        let out = memory()
+            .arg("stats")
+            .stdout(full.unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("cannot write the output"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -121,13 +121,13 @@ pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
         }));
     }
     let episodes: u64 = manifest.namespaces.iter().map(|(_, n)| n).sum();
-    println!(
+    outln!(
         "backed up {episodes} episodes in {} namespaces to {}",
         manifest.namespaces.len(),
         display_safe::path(&target)
     );
     if outbox_pending > 0 {
-        println!(
+        outln!(
             "note: {outbox_pending} journaled writes were still waiting for the database and are not in this backup"
         );
     }
@@ -230,13 +230,13 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
         }));
     }
     let episodes: u64 = namespaces.iter().map(|(_, n)| n).sum();
-    println!(
+    outln!(
         "restored {episodes} episodes in {} namespaces into {}",
         namespaces.len(),
         display_safe::path(&dest)
     );
     if let Some(a) = moved_to {
-        println!(
+        outln!(
             "the previous files were moved to {}",
             display_safe::path(&a)
         );

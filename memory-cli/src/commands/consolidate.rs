@@ -16,33 +16,33 @@ pub async fn run(m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     }
     let r = &report.run;
     let ms = (r.finished_at - r.started_at).num_milliseconds();
-    println!("namespace    {}", s.namespace);
-    println!("run          {} ({ms} ms)", r.id);
+    outln!("namespace    {}", s.namespace);
+    outln!("run          {} ({ms} ms)", r.id);
     let (patterns, heuristics) = (r.merged_patterns, r.merged_heuristics);
-    println!("merged       {patterns} patterns, {heuristics} heuristics");
+    outln!("merged       {patterns} patterns, {heuristics} heuristics");
     let general = r.generalized_heuristics;
-    println!("generalized  {general} rules made or re-summed from contexts that agree");
+    outln!("generalized  {general} rules made or re-summed from contexts that agree");
     let (patterns, heuristics) = (r.pruned_patterns, r.pruned_heuristics);
-    println!(
+    outln!(
         "pruned       {patterns} patterns, {heuristics} heuristics (tombstoned; restorable until compacted)"
     );
     let compacted = r.compacted_merged;
-    println!("compacted    {compacted} rows of merged patterns holding no evidence");
+    outln!("compacted    {compacted} rows of merged patterns holding no evidence");
     let pruned = r.compacted_pruned;
-    println!("             {pruned} rows of patterns pruned long ago and not seen since");
+    outln!("             {pruned} rows of patterns pruned long ago and not seen since");
     let decayed = r.decayed;
-    println!("decayed      {decayed} items at least one half-life old");
+    outln!("decayed      {decayed} items at least one half-life old");
     let (revived, forwarded, recomputed) = (r.revived, r.forwarded, r.effectiveness_updated);
-    println!(
+    outln!(
         "other        {revived} revived, {forwarded} forwarded, {recomputed} effectiveness recomputed"
     );
     let (steps, episodes, bytes) = (r.compacted_steps, r.compacted_episodes, r.compacted_bytes);
-    println!("retention    {steps} step outputs of {episodes} episodes compacted ({bytes} bytes)");
+    outln!("retention    {steps} step outputs of {episodes} episodes compacted ({bytes} bytes)");
     if !report.changes.is_empty() {
-        println!();
-        println!("{:<10} {:<13} {:<13} detail", "kind", "id", "action");
+        outln!();
+        outln!("{:<10} {:<13} {:<13} detail", "kind", "id", "action");
         for c in &report.changes {
-            println!(
+            outln!(
                 "{:<10} {:<13} {:<13} {}",
                 c.kind,
                 short_id(&c.id),

@@ -106,12 +106,12 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
     let mut advice = Vec::new();
     let (line, value) = probe(m, ns).await?;
     if !s.json {
-        println!("Asking for advice on {PROBE_TASK:?} (a new wording of a task below):");
-        println!("  before any episode: {}", display_safe::line(&line));
+        outln!("Asking for advice on {PROBE_TASK:?} (a new wording of a task below):");
+        outln!("  before any episode: {}", display_safe::line(&line));
     }
     advice.push(value);
     if !s.json {
-        println!(
+        outln!(
             "Recording {} episodes in namespace {ns} ...",
             rounds as usize * families.len()
         );
@@ -144,7 +144,7 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
             };
             let report = m.complete_episode(ns, id, outcome).await?;
             if !s.json {
-                println!(
+                outln!(
                     "  {:>2}. {:<55} {:<8} reward {:.2}",
                     episodes.len() + 1,
                     clip(&fam.task, 55),
@@ -156,7 +156,7 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
         }
         let (line, value) = probe(m, ns).await?;
         if !s.json {
-            println!(
+            outln!(
                 "  advice after round {}: {}",
                 round + 1,
                 display_safe::line(&line)
@@ -197,13 +197,17 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
         }));
     }
 
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Learned from {} episodes: {} patterns, {} heuristics ({} active), {} failure lessons.",
-        stats.completed, stats.patterns, stats.heuristics, stats.active_heuristics, stats.lessons
+        stats.completed,
+        stats.patterns,
+        stats.heuristics,
+        stats.active_heuristics,
+        stats.lessons
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Patterns (merged across episodes; confidence = Wilson lower bound of success, decayed by age):"
     );
     for p in patterns
@@ -211,7 +215,7 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
         .filter(|p| p.kind.name() != "context_pattern")
         .take(12)
     {
-        println!(
+        outln!(
             "  {}  seen {:>2}x  success {:>4}  conf {:>4}  {}",
             short_id(&p.id.0),
             p.occurrences,
@@ -220,10 +224,10 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
             clip(&p.describe(), 90)
         );
     }
-    println!();
-    println!("Heuristics (one active answer per condition; contradicted ones kept with a reason):");
+    outln!();
+    outln!("Heuristics (one active answer per condition; contradicted ones kept with a reason):");
     for h in &heuristics {
-        println!(
+        outln!(
             "  {:<10} +{} -{}  conf {:>4}  if {} then {}",
             h.status.name(),
             h.support,
@@ -233,13 +237,13 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
             clip(&h.action, 60)
         );
     }
-    println!();
-    println!("Failure lessons (surfaced before similar tasks):");
+    outln!();
+    outln!("Failure lessons (surfaced before similar tasks):");
     for l in &lessons {
-        println!("  - {}", display_safe::line(&l.text()));
+        outln!("  - {}", display_safe::line(&l.text()));
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Explore: memory --namespace {ns} pattern list | heuristic list --all | lesson list | stats"
     );
     Ok(())

@@ -63,9 +63,9 @@ async fn start(a: StartArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()>
     }
     if let Some(rec) = &advice {
         recommend::print_human(rec);
-        println!("\nepisode");
+        outln!("\nepisode");
     }
-    println!("{id}");
+    outln!("{id}");
     Ok(())
 }
 
@@ -99,7 +99,7 @@ async fn step(a: StepArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     if s.json {
         output::json(&json!({ "episode_id": id, "step_number": n, "status": status }))
     } else {
-        println!("logged step {n} ({status}) of episode {id}");
+        outln!("logged step {n} ({status}) of episode {id}");
         Ok(())
     }
 }
@@ -126,10 +126,15 @@ async fn complete(a: CompleteArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
         return output::json(&report);
     }
     let r = &report.reward;
-    println!("episode {id} completed ({})", report.outcome.kind());
-    println!(
+    outln!("episode {id} completed ({})", report.outcome.kind());
+    outln!(
         "reward {:.2}  (outcome {:.2}, efficiency {:.2}, quality {:.2}, complexity +{:.3}, learning +{:.3})",
-        r.total, r.outcome_base, r.efficiency, r.quality, r.complexity_bonus, r.learning_bonus
+        r.total,
+        r.outcome_base,
+        r.efficiency,
+        r.quality,
+        r.complexity_bonus,
+        r.learning_bonus
     );
     let sections = [
         ("what worked", &report.reflection.successes),
@@ -138,9 +143,9 @@ async fn complete(a: CompleteArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
     ];
     for (title, lines) in sections {
         if !lines.is_empty() {
-            println!("{title}:");
+            outln!("{title}:");
             for l in lines {
-                println!("  - {}", line(l));
+                outln!("  - {}", line(l));
             }
         }
     }
@@ -149,12 +154,12 @@ async fn complete(a: CompleteArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
         .iter()
         .chain(&report.heuristics)
         .chain(&report.lessons);
-    println!("learned:");
+    outln!("learned:");
     for item in learned {
         let status = if item.created { "new" } else { "upd" };
         let (kind, what) = (&item.kind, clip(&item.description, 90));
         let (evidence, confidence) = (item.evidence, pct(item.confidence));
-        println!("  {status} {kind:<15} {what} (evidence {evidence}, confidence {confidence})");
+        outln!("  {status} {kind:<15} {what} (evidence {evidence}, confidence {confidence})");
     }
     Ok(())
 }
@@ -164,11 +169,11 @@ async fn show(id: &str, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     if s.json {
         return output::json(&e);
     }
-    println!("episode   {}", e.id);
-    println!("task      {}", line(&e.task_description));
-    println!("type      {}", e.task_type);
+    outln!("episode   {}", e.id);
+    outln!("task      {}", line(&e.task_description));
+    outln!("type      {}", e.task_type);
     let c = &e.context;
-    println!(
+    outln!(
         "context   domain={} language={} framework={} complexity={} tags=[{}]",
         line(&c.domain),
         line(c.language.as_deref().unwrap_or("-")),
@@ -176,25 +181,25 @@ async fn show(id: &str, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
         c.complexity,
         line(&c.tags.join(", "))
     );
-    println!("started   {}", e.started_at.to_rfc3339());
+    outln!("started   {}", e.started_at.to_rfc3339());
     match (&e.outcome, &e.reward) {
-        (Some(o), Some(r)) => println!(
+        (Some(o), Some(r)) => outln!(
             "outcome   {} — {} (reward {:.2})",
             o.kind(),
             clip(o.summary(), 80),
             r.total
         ),
-        _ => println!("outcome   in progress"),
+        _ => outln!("outcome   in progress"),
     }
-    println!("steps     {}", e.steps.len());
+    outln!("steps     {}", e.steps.len());
     for st in &e.steps {
         let (n, status, tool) = (st.step_number, st.result().status(), clip(st.tool(), 14));
         let (action, result) = (clip(&st.input.action, 40), clip(st.result().text(), 50));
-        println!("  {n:>3}. {status:<8} {tool:<14} {action} -> {result}");
+        outln!("  {n:>3}. {status:<8} {tool:<14} {action} -> {result}");
     }
     if let Some(r) = &e.reflection {
         for l in r.successes.iter().chain(&r.improvements).chain(&r.insights) {
-            println!("  * {}", line(l));
+            outln!("  * {}", line(l));
         }
     }
     Ok(())
@@ -229,13 +234,13 @@ async fn list(a: ListArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
         return output::json(&json!({ "episodes": items }));
     }
     if items.is_empty() {
-        println!("no episodes in namespace {}", s.namespace);
+        outln!("no episodes in namespace {}", s.namespace);
     }
     for e in items {
         let outcome = e.outcome.map_or("in_progress", OutcomeKind::as_str);
         let reward = e.reward.map_or("-".into(), |r| format!("{r:.2}"));
         let (id, steps, task) = (e.id, e.step_count, clip(&e.task_description, 60));
-        println!("{id}  {outcome:<15} {reward:>5}  {steps:>3} steps  {task}");
+        outln!("{id}  {outcome:<15} {reward:>5}  {steps:>3} steps  {task}");
     }
     Ok(())
 }
@@ -256,13 +261,13 @@ async fn search(text: &str, limit: u32, m: &SelfLearningMemory, s: &Settings) ->
         return output::json(&json!({ "results": items }));
     }
     if hits.is_empty() {
-        println!("no matches for \"{}\"", line(text));
+        outln!("no matches for \"{}\"", line(text));
     }
     for h in hits {
         let (e, score) = (&h.summary, h.score);
         let outcome = e.outcome.map_or("in_progress", OutcomeKind::as_str);
         let (id, task) = (e.id, clip(&e.task_description, 60));
-        println!("{score:>6.2}  {id}  {outcome:<15} {task}");
+        outln!("{score:>6.2}  {id}  {outcome:<15} {task}");
     }
     Ok(())
 }

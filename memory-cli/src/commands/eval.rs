@@ -39,7 +39,7 @@ async fn embedder_or_warn(s: &Settings, instead: &str) -> Option<Arc<dyn Embedde
     match load_embedder(&s.data_dir).await {
         Ok(e) => Some(e),
         Err(why) => {
-            eprintln!("warning: {}; {instead}", display_safe::line(&why));
+            errln!("warning: {}; {instead}", display_safe::line(&why));
             None
         }
     }
@@ -72,7 +72,7 @@ async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
         &[QueryMode::WithContext]
     };
     if !s.json {
-        eprintln!(
+        errln!(
             "importing {} episodes and running {} queries ...",
             dataset.episodes.len(),
             dataset.queries.len()
@@ -84,7 +84,7 @@ async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
     if s.json {
         return output::json(&report);
     }
-    print!("{}", display_safe::text(&format_report(&report)));
+    out!("{}", display_safe::text(&format_report(&report)));
     Ok(())
 }
 
@@ -165,7 +165,7 @@ async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settin
     if s.json {
         return output::json(&report);
     }
-    print!("{}", display_safe::text(&format_cross_validation(&report)));
+    out!("{}", display_safe::text(&format_cross_validation(&report)));
     Ok(())
 }
 
@@ -321,8 +321,8 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
     if s.json {
         return output::json(&report);
     }
-    print!("{}", display_safe::text(&format_report(&report)));
-    println!(
+    out!("{}", display_safe::text(&format_report(&report)));
+    outln!(
         "\nwrote {} and {}",
         display_safe::path(&json_path),
         display_safe::path(&svg_path)

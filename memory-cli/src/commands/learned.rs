@@ -69,7 +69,7 @@ pub async fn feedback(a: FeedbackArgs, m: &SelfLearningMemory, s: &Settings) -> 
         )
     } else {
         let (kind, id, outcome) = (target.kind(), line(target.id()), outcome.as_str());
-        println!("recorded: {kind} {id} {outcome} in episode {episode}");
+        outln!("recorded: {kind} {id} {outcome} in episode {episode}");
         Ok(())
     }
 }
@@ -88,13 +88,13 @@ pub async fn pattern(cmd: PatternCmd, m: &SelfLearningMemory, s: &Settings) -> R
                 return output::json(&json!({ "patterns": v }));
             }
             if items.is_empty() {
-                println!("no patterns yet in namespace {}", s.namespace);
+                outln!("no patterns yet in namespace {}", s.namespace);
             }
             for p in items {
                 let (id, kind, seen) = (short_id(&p.id.0), p.kind.name(), p.occurrences);
                 let (success, conf) = (pct(p.success_rate()), pct(p.confidence(now, hl)));
                 let what = clip(&p.describe(), 80);
-                println!(
+                outln!(
                     "{id}  {kind:<15} seen {seen:>4}  success {success:>4}  conf {conf:>4}  {what}"
                 );
             }
@@ -105,22 +105,22 @@ pub async fn pattern(cmd: PatternCmd, m: &SelfLearningMemory, s: &Settings) -> R
             if s.json {
                 return output::json(&json!({ "pattern": p, "confidence": p.confidence(now, hl) }));
             }
-            println!("pattern     {}", line(&p.id.0));
-            println!("kind        {}", p.kind.name());
-            println!("describes   {}", line(&p.describe()));
-            println!("status      {}", p.status.name());
+            outln!("pattern     {}", line(&p.id.0));
+            outln!("kind        {}", p.kind.name());
+            outln!("describes   {}", line(&p.describe()));
+            outln!("status      {}", p.status.name());
             let (seen, successes, rate) = (p.occurrences, p.successes, pct(p.success_rate()));
-            println!("evidence    {seen} episodes, {successes} successful ({rate})");
+            outln!("evidence    {seen} episodes, {successes} successful ({rate})");
             let confidence = pct(p.confidence(now, hl));
-            println!("confidence  {confidence} (half-life {hl} days)");
-            println!("mean steps  {:.1}", p.mean_steps());
+            outln!("confidence  {confidence} (half-life {hl} days)");
+            outln!("mean steps  {:.1}", p.mean_steps());
             let e = p.effectiveness;
             let (helped, no_effect, hindered) = (e.helped, e.no_effect, e.hindered);
-            println!("feedback    helped {helped}, no effect {no_effect}, hindered {hindered}");
+            outln!("feedback    helped {helped}, no effect {no_effect}, hindered {hindered}");
             let (first, last) = (p.first_seen.to_rfc3339(), p.last_seen.to_rfc3339());
-            println!("first/last  {first} / {last}");
+            outln!("first/last  {first} / {last}");
             for ev in &p.recent_evidence {
-                println!("  episode {} at {}", ev.episode_id, ev.at.to_rfc3339());
+                outln!("  episode {} at {}", ev.episode_id, ev.at.to_rfc3339());
             }
             Ok(())
         }
@@ -140,7 +140,7 @@ pub async fn heuristic(cmd: HeuristicCmd, m: &SelfLearningMemory, s: &Settings) 
         return output::json(&json!({ "heuristics": v }));
     }
     if items.is_empty() {
-        println!("no heuristics yet in namespace {}", s.namespace);
+        outln!("no heuristics yet in namespace {}", s.namespace);
     }
     for h in items {
         let (id, support, against) = (short_id(&h.id.0), h.support, h.against);
@@ -151,7 +151,7 @@ pub async fn heuristic(cmd: HeuristicCmd, m: &SelfLearningMemory, s: &Settings) 
         } else {
             h.context.label()
         };
-        println!(
+        outln!(
             "{id}  +{support:<3} -{against:<3} conf {conf:>4}  {status:<10} if {condition} then {action}  ({place})"
         );
     }
@@ -167,11 +167,11 @@ pub async fn lesson(cmd: LessonCmd, m: &SelfLearningMemory, s: &Settings) -> Res
         );
     }
     if items.is_empty() {
-        println!("no failure lessons yet in namespace {}", s.namespace);
+        outln!("no failure lessons yet in namespace {}", s.namespace);
     }
     for l in items {
         let (id, occurrences) = (short_id(&l.id.0), l.occurrences);
-        println!("{id}  x{occurrences:<3} {}", line(&l.text()));
+        outln!("{id}  x{occurrences:<3} {}", line(&l.text()));
     }
     Ok(())
 }

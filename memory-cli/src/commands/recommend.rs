@@ -58,70 +58,70 @@ pub(crate) async fn advise(
 
 pub(crate) fn print_human(rec: &Recommendation) {
     if let Some(d) = &rec.degraded {
-        println!("note: {}", line(d));
+        outln!("note: {}", line(d));
     }
     match (rec.confidence, rec.strong_match) {
-        (Some(c), true) => println!("match: strong (confidence {})", pct(c)),
-        (Some(c), false) => println!(
+        (Some(c), true) => outln!("match: strong (confidence {})", pct(c)),
+        (Some(c), false) => outln!(
             "match: no strong match (confidence {}): nothing close in memory, treat this as weak advice",
             pct(c)
         ),
-        (None, _) => println!("match: unknown (lexical only, no calibrated confidence)"),
+        (None, _) => outln!("match: unknown (lexical only, no calibrated confidence)"),
     }
     if !rec.advice_basis.is_empty() {
-        println!("advice:   {}", line(&rec.advice_basis));
+        outln!("advice:   {}", line(&rec.advice_basis));
     }
     let e = &rec.estimate;
-    println!("\nestimate  ({})", line(&e.why));
+    outln!("\nestimate  ({})", line(&e.why));
     if let Some(p) = e.success_chance {
-        println!("  success chance  {}", pct(p));
+        outln!("  success chance  {}", pct(p));
     }
     if let Some(steps) = e.expected_steps {
-        println!("  steps           {steps:.0}");
+        outln!("  steps           {steps:.0}");
     }
     if let Some(ms) = e.expected_duration_ms {
-        println!("  duration        {:.1} s", ms / 1000.0);
+        outln!("  duration        {:.1} s", ms / 1000.0);
     }
     if !rec.playbook.is_empty() {
         match &rec.playbook_pattern {
-            Some(id) => println!(
+            Some(id) => outln!(
                 "\nplaybook  (after using it: memory feedback --pattern {id} --episode <id> --outcome helped|no-effect|hindered)"
             ),
-            None => println!("\nplaybook"),
+            None => outln!("\nplaybook"),
         }
         for st in &rec.playbook {
             let (n, tool) = (st.order, line(&st.tool));
-            println!("  {n}. {tool:<12} {}", clip(&st.why, 90));
+            outln!("  {n}. {tool:<12} {}", clip(&st.why, 90));
         }
     }
     if !rec.episodes.is_empty() {
-        println!("\nsimilar episodes");
+        outln!("\nsimilar episodes");
         for r in &rec.episodes {
             let ep = &r.retrieved.episode;
             let (id, score, task) = (ep.id, r.retrieved.score, clip(&ep.task_description, 60));
-            println!("  {id}  {score:.2}  {task}");
-            println!("      why: {}", clip(&r.retrieved.why, 90));
+            outln!("  {id}  {score:.2}  {task}");
+            outln!("      why: {}", clip(&r.retrieved.why, 90));
         }
     }
     if !rec.patterns.is_empty() {
-        println!("\npatterns");
+        outln!("\npatterns");
         for p in &rec.patterns {
             let id = p.item.id.to_string();
-            println!("  {}  {}", short_id(&id), clip(&p.item.describe(), 80));
-            println!("      why: {}", clip(&p.why, 90));
+            outln!("  {}  {}", short_id(&id), clip(&p.item.describe(), 80));
+            outln!("      why: {}", clip(&p.why, 90));
         }
     }
     if !rec.heuristics.is_empty() {
-        println!("\nheuristics");
+        outln!("\nheuristics");
         for h in &rec.heuristics {
-            println!("  - {}", clip(&h.item.describe(), 90));
-            println!("      why: {}", clip(&h.why, 90));
+            outln!("  - {}", clip(&h.item.describe(), 90));
+            outln!("      why: {}", clip(&h.why, 90));
         }
     }
     if !rec.pitfalls.is_empty() {
-        println!("\npitfalls");
+        outln!("\npitfalls");
         for p in &rec.pitfalls {
-            println!("  - {}", clip(&p.why, 110));
+            outln!("  - {}", clip(&p.why, 110));
         }
     }
 }

@@ -37,7 +37,7 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let local = listener.local_addr()?;
     info!(namespace = %s.namespace, data_dir = %s.data_dir.display(), listen = %local, "memory serve");
-    eprintln!(
+    errln!(
         "memory serve: MCP at http://{local}/mcp, health at /health, metrics at /metrics{}",
         if config.token.is_some() {
             " (bearer token required)"

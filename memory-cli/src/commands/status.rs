@@ -35,19 +35,19 @@ pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
             },
         }));
     }
-    println!("namespace   {}", s.namespace);
+    outln!("namespace   {}", s.namespace);
     let (episodes, completed, open) = (st.episodes, st.completed, st.episodes - st.completed);
-    println!("episodes    {episodes} ({completed} completed, {open} in progress)");
-    println!("success     {} of completed", pct(success_rate));
-    println!("steps       {}", st.steps);
+    outln!("episodes    {episodes} ({completed} completed, {open} in progress)");
+    outln!("success     {} of completed", pct(success_rate));
+    outln!("steps       {}", st.steps);
     let (active, all) = (st.active_patterns, st.patterns);
-    println!("patterns    {active} active of {all}");
+    outln!("patterns    {active} active of {all}");
     let (active, all) = (st.active_heuristics, st.heuristics);
-    println!("heuristics  {active} active of {all}");
-    println!("lessons     {}", st.lessons);
-    println!("feedback    {} events", st.feedback);
+    outln!("heuristics  {active} active of {all}");
+    outln!("lessons     {}", st.lessons);
+    outln!("feedback    {} events", st.feedback);
     match sync.cache {
-        Some(c) => println!(
+        Some(c) => outln!(
             "cache       {} entries, {} bytes; this process: hit rate {} ({} memory + {} disk hits, {} misses)",
             c.entries,
             c.bytes,
@@ -56,9 +56,9 @@ pub async fn stats(stack: &Stack, s: &Settings) -> Result<()> {
             c.disk_hits,
             c.misses
         ),
-        None => println!("cache       off"),
+        None => outln!("cache       off"),
     }
-    println!("outbox      {} pending", sync.outbox_len);
+    outln!("outbox      {} pending", sync.outbox_len);
     print_learning(&series, &runs);
     Ok(())
 }
@@ -69,14 +69,14 @@ type Metric = fn(&MetricsSnapshot) -> Option<f64>;
 /// The latest learning-metrics snapshot and each metric's direction since the oldest shown.
 fn print_learning(series: &[MetricsSnapshot], runs: &[memory_core::ConsolidationRun]) {
     let Some(now) = series.first() else {
-        println!("learning    no snapshot yet (run `memory consolidate`)");
+        outln!("learning    no snapshot yet (run `memory consolidate`)");
         return;
     };
     let (n, oldest) = (series.len(), series.last().unwrap_or(now));
     let (taken, since) = (now.taken_at.to_rfc3339(), oldest.taken_at.to_rfc3339());
-    println!("learning    snapshot {taken} ({n} snapshots; trend since {since})");
+    outln!("learning    snapshot {taken} ({n} snapshots; trend since {since})");
     let row = |name: &str, value: String, metric: Metric| {
-        println!("  {name:<18} {value:<40} {}", trend(series, metric));
+        outln!("  {name:<18} {value:<40} {}", trend(series, metric));
     };
     let opt = |v: Option<f64>, show: fn(f64) -> String| v.map_or_else(|| "n/a".to_owned(), show);
     let rate = |name: &str, metric: Metric| row(name, opt(metric(now), pct), metric);
@@ -93,7 +93,7 @@ fn print_learning(series: &[MetricsSnapshot], runs: &[memory_core::Consolidation
     let learned = format!("{pa} / {pp} patterns, {ha} / {hp} heuristics active / pruned");
     row("learned items", learned, |x| Some(x.patterns_active as f64));
     if let Some(r) = runs.first() {
-        println!(
+        outln!(
             "consolidate last run {}: {} merged, {} pruned, {} step outputs compacted",
             r.finished_at.to_rfc3339(),
             r.merged_patterns + r.merged_heuristics,
@@ -110,7 +110,7 @@ pub async fn health(stack: &Stack, s: &Settings) -> Result<bool> {
     } else {
         for c in &report.components {
             let (name, status) = (c.component, c.status.word());
-            println!("{name:<9} {status:<9} {}", line(&c.detail));
+            outln!("{name:<9} {status:<9} {}", line(&c.detail));
         }
     }
     Ok(report.healthy)
@@ -134,25 +134,25 @@ pub async fn sync(cmd: SyncCmd, stack: &Stack, s: &Settings) -> Result<()> {
         }));
     }
     if let Some(n) = replayed {
-        println!("replayed    {n} journaled writes");
+        outln!("replayed    {n} journaled writes");
     }
-    println!("breaker     {:?}", st.breaker);
-    println!("outbox      {} pending", st.outbox_len);
-    println!(
+    outln!("breaker     {:?}", st.breaker);
+    outln!("outbox      {} pending", st.outbox_len);
+    outln!(
         "last sync   {}",
         st.last_successful_sync
             .map_or_else(|| "never (this process)".to_owned(), |t| t.to_rfc3339())
     );
     let error = st.last_error.as_deref().unwrap_or("none");
-    println!("last error  {}", line(error));
+    outln!("last error  {}", line(error));
     if !others.is_empty() {
-        println!(
+        outln!(
             "journals    {} of other processes (adopted and replayed once their process stops)",
             others.len()
         );
     }
     for d in damaged {
-        println!(
+        outln!(
             "damaged     {}: {} entries recovered, {} unreadable ({})",
             display_safe::path(&d.file),
             d.recovered,

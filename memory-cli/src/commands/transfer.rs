@@ -135,20 +135,20 @@ pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
             "stopped_by_signal": stopped,
         }));
     }
-    println!(
+    outln!(
         "exported {written} episodes of {ns} to {}",
         display_safe::path(file)
     );
     if !skipped.is_empty() {
-        println!(
+        outln!(
             "skipped what could not be read ({skipped_episodes} episodes); run `memory health` to check the database:"
         );
         for line in &skipped {
-            println!("  {}", display_safe::line(line));
+            outln!("  {}", display_safe::line(line));
         }
     }
     if stopped {
-        println!("stopped by a signal: the file holds the episodes written before it");
+        outln!("stopped by a signal: the file holds the episodes written before it");
     }
     Ok(())
 }
@@ -769,12 +769,17 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
             "stopped_by_signal_at_line": stopped_at,
         }));
     }
-    println!(
+    outln!(
         "imported {} episodes into {ns} and resumed {} left in progress by an interrupted import ({} completed and learned from, {} in progress), {} steps; {} already present (skipped)",
-        c.imported, c.resumed, c.completed, c.in_progress, c.steps, c.present
+        c.imported,
+        c.resumed,
+        c.completed,
+        c.in_progress,
+        c.steps,
+        c.present
     );
     if let Some(n) = stopped_at {
-        println!(
+        outln!(
             "stopped by a signal before line {n}: the episodes before it are imported; run the import again to continue"
         );
     }
