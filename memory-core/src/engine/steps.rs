@@ -459,6 +459,29 @@ mod tests {
         assert!(buffers.known(&ns, ids[2]).is_some(), "the budget was freed");
     }
 
+    /// Buffers one small step for `id` (batches of `max`, writes behind allowed by `defer`),
+    /// with no limit in the way; returns what the caller is asked to do.
+    fn push_one(
+        buffers: &StepBuffers,
+        ns: &Namespace,
+        id: EpisodeId,
+        max: usize,
+        defer: bool,
+    ) -> Result<Flush> {
+        let check = StepCheck {
+            max_steps: 10_000,
+            max_bytes: usize::MAX,
+            quota: u64::MAX,
+            used: 0,
+        };
+        buffers.push(ns, id, max, defer, &check, |n| ExecutionStep {
+            step_number: n,
+            key: ExecutionStep::new_key(),
+            timestamp: chrono::Utc::now(),
+            input: crate::episode::StepInput::ok("t", "a", "o"),
+        })
+    }
+
     /// What each `push` asks for: a full batch is written behind once (the steps logged
     /// meanwhile join it), the caller writes it itself at [`BEHIND_BATCHES`] full batches,
     /// without a runtime, or for a batch of one.
@@ -471,19 +494,7 @@ mod tests {
             max: usize,
             defer: bool,
         ) -> &'static str {
-            let check = StepCheck {
-                max_steps: 10_000,
-                max_bytes: usize::MAX,
-                quota: u64::MAX,
-                used: 0,
-            };
-            let made = buffers.push(ns, id, max, defer, &check, |n| ExecutionStep {
-                step_number: n,
-                key: ExecutionStep::new_key(),
-                timestamp: chrono::Utc::now(),
-                input: crate::episode::StepInput::ok("t", "a", "o"),
-            });
-            match made {
+            match push_one(buffers, ns, id, max, defer) {
                 Ok(Flush::Nothing) => "nothing",
                 Ok(Flush::Behind(_)) => "behind",
                 Ok(Flush::Now(_)) => "now",
@@ -539,24 +550,12 @@ mod tests {
         let e = big_episode(1);
         let id = e.id;
         buffers.open(&ns, e);
-        let check = StepCheck {
-            max_steps: 100,
-            max_bytes: usize::MAX,
-            quota: u64::MAX,
-            used: 0,
-        };
-        let make = |n| ExecutionStep {
-            step_number: n,
-            key: ExecutionStep::new_key(),
-            timestamp: chrono::Utc::now(),
-            input: crate::episode::StepInput::ok("t", "a", "o"),
-        };
         assert!(matches!(
-            buffers.push(&ns, id, 2, true, &check, make),
+            push_one(&buffers, &ns, id, 2, true),
             Ok(Flush::Nothing)
         ));
         assert!(matches!(
-            buffers.push(&ns, id, 2, true, &check, make),
+            push_one(&buffers, &ns, id, 2, true),
             Ok(Flush::Behind(_))
         ));
         // What the write behind does first: take the episode's write lock and its pending

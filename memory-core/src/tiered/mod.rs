@@ -743,7 +743,7 @@ impl Inner {
     /// A write: durable first (while nothing is journaled and the breaker allows), then the
     /// cache; on a transient failure, the outbox.
     async fn write(&self, ns: &Namespace, op: WriteOp) -> Result<()> {
-        if let Some(since) = self.try_durable(self.apply_durable(ns, &op)).await? {
+        if let Some(((), since)) = self.try_durable(self.apply_durable(ns, &op)).await? {
             self.after_write(ns, &op, since).await;
             return Ok(());
         }
@@ -751,16 +751,19 @@ impl Inner {
     }
 
     /// The durable half of a write: runs `durable` through the breaker unless writes are
-    /// being journaled. `Some(epoch)` (the coherence epoch before it) once stored, `None`
-    /// when the write must be journaled (journaling, or a transient failure); a permanent
-    /// failure is returned.
-    async fn try_durable(&self, durable: impl Future<Output = Result<()>>) -> Result<Option<u64>> {
+    /// being journaled. `Some((its result, the coherence epoch before it))` once stored,
+    /// `None` when the write must be journaled (journaling, or a transient failure); a
+    /// permanent failure is returned.
+    async fn try_durable<T>(
+        &self,
+        durable: impl Future<Output = Result<T>>,
+    ) -> Result<Option<(T, u64)>> {
         if self.journaling() {
             return Ok(None);
         }
         let since = self.coherence.epoch();
         match self.guarded("write", durable).await {
-            Ok(()) => Ok(Some(since)),
+            Ok(v) => Ok(Some((v, since))),
             Err(e) if !e.is_transient() => Err(e),
             Err(e) => {
                 warn!(error = %e, "durable write failed; journaling it");
@@ -992,7 +995,7 @@ crate::forward_storage! {
         // As `Inner::write`, without copying the batch into a `WriteOp`: only a journaled
         // write needs its own copy.
         let durable = i.durable.append_steps(ns, episode_id, steps);
-        if let Some(since) = i.try_durable(durable).await? {
+        if let Some(((), since)) = i.try_durable(durable).await? {
             let _patching = i.episode_cache.lock().await;
             i.after_append(ns, episode_id, steps, since).await;
             return Ok(());
@@ -1011,16 +1014,9 @@ crate::forward_storage! {
         c: &EpisodeCompletion,
     ) -> Result<Option<LearnedChanges>> {
         let i = &self.inner;
-        if !i.journaling() {
-            let since = i.coherence.epoch();
-            match i.guarded("durable", i.durable.complete_episode(ns, c)).await {
-                Ok(changes) => {
-                    i.after_complete(ns, c, changes.as_ref(), since).await;
-                    return Ok(changes);
-                }
-                Err(e) if !e.is_transient() => return Err(e),
-                Err(e) => warn!(error = %e, "durable completion failed; journaling it"),
-            }
+        if let Some((changes, since)) = i.try_durable(i.durable.complete_episode(ns, c)).await? {
+            i.after_complete(ns, c, changes.as_ref(), since).await;
+            return Ok(changes);
         }
         // Journaled: refuse what is known to be a replay, merge provisionally against what is
         // known locally.
