@@ -23,10 +23,14 @@ use crate::sql::{Sql, insert_statements, learned_sql, placeholders, query_all, q
 
 /// How one kind of learned item is stored: its table, the columns of its own beside the
 /// common ones (namespace, id, task type, domain, language, status, last seen, JSON body),
-/// whether its rows carry the change stamp (the cached kinds), and how queries order it.
+/// which of those own columns an update can change, whether its rows carry the change stamp
+/// (the cached kinds), and how queries order it.
 trait Stored: Learned + Serialize + DeserializeOwned {
     const TABLE: &'static str;
     const OWN_COLUMNS: [&'static str; 3];
+    /// The own columns that are not part of the item's identity (the rest, like the context
+    /// columns, are derived from what the id is a digest of, so a row never changes them).
+    const COUNTERS: &'static [&'static str];
     const STAMPED: bool;
     const ORDER: &'static str;
     fn own_values(&self) -> [Value; 3];
@@ -35,6 +39,7 @@ trait Stored: Learned + Serialize + DeserializeOwned {
 impl Stored for Pattern {
     const TABLE: &'static str = "patterns";
     const OWN_COLUMNS: [&'static str; 3] = ["kind", "occurrences", "successes"];
+    const COUNTERS: &'static [&'static str] = &["occurrences", "successes"];
     const STAMPED: bool = true;
     const ORDER: &'static str = "occurrences DESC, id ASC";
     fn own_values(&self) -> [Value; 3] {
@@ -49,6 +54,7 @@ impl Stored for Pattern {
 impl Stored for Heuristic {
     const TABLE: &'static str = "heuristics";
     const OWN_COLUMNS: [&'static str; 3] = ["condition_key", "support", "against"];
+    const COUNTERS: &'static [&'static str] = &["support", "against"];
     const STAMPED: bool = true;
     const ORDER: &'static str = "support DESC, id ASC";
     fn own_values(&self) -> [Value; 3] {
@@ -63,6 +69,7 @@ impl Stored for Heuristic {
 impl Stored for FailureLesson {
     const TABLE: &'static str = "lessons";
     const OWN_COLUMNS: [&'static str; 3] = ["failed_tool", "error_class", "occurrences"];
+    const COUNTERS: &'static [&'static str] = &["occurrences"];
     const STAMPED: bool = false;
     const ORDER: &'static str = "occurrences DESC, id ASC";
     fn own_values(&self) -> [Value; 3] {
@@ -83,6 +90,20 @@ fn columns<T: Stored>() -> Vec<&'static str> {
         cols.push("changed_seq");
     }
     cols
+}
+
+/// The columns an update of an existing row of `T` sets: the identity columns (id, context,
+/// kind, condition key, failed tool and error class) are left out. An index whose columns
+/// are all left out is then not rewritten (SQLite rewrites an index entry whenever one of its
+/// columns is assigned, even to the same value): a heuristic's update no longer deletes and
+/// re-inserts its `heuristics_by_condition` entry.
+fn changeable<T: Stored>() -> impl Iterator<Item = &'static str> {
+    let stamp: &[&'static str] = if T::STAMPED { &["changed_seq"] } else { &[] };
+    ["status"]
+        .into_iter()
+        .chain(T::COUNTERS.iter().copied())
+        .chain(["last_seen", "body"])
+        .chain(stamp.iter().copied())
 }
 
 /// The row of an item, stamped with `position` when its kind is.
@@ -129,12 +150,20 @@ fn upsert_statements<'a, T: Stored>(
         .collect::<DbResult<Vec<_>>>()?;
     let cols = columns::<T>();
     let head = format!("INSERT INTO {} ({})", T::TABLE, cols.join(", "));
-    let set: Vec<String> = cols[2..]
-        .iter()
+    Ok(insert_statements(
+        &head,
+        cols.len(),
+        rows,
+        &on_conflict::<T>(),
+    ))
+}
+
+/// The conflict clause of `T`'s upsert: an existing row gets the [`changeable`] columns.
+fn on_conflict<T: Stored>() -> String {
+    let set: Vec<String> = changeable::<T>()
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
-    let tail = format!("ON CONFLICT (ns, id) DO UPDATE SET {}", set.join(", "));
-    Ok(insert_statements(&head, cols.len(), rows, &tail))
+    format!("ON CONFLICT (ns, id) DO UPDATE SET {}", set.join(", "))
 }
 
 /// The items of `T` whose `column` is one of `keys`, by id.
@@ -512,5 +541,49 @@ impl LearningStore for TursoStorage {
                 },
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_assigns_no_identity_column() {
+        let identity: [(String, &[&str]); 3] = [
+            (
+                on_conflict::<Pattern>(),
+                &["kind", "task_type", "domain", "language"],
+            ),
+            (
+                on_conflict::<Heuristic>(),
+                &["condition_key", "task_type", "domain", "language"],
+            ),
+            (
+                on_conflict::<FailureLesson>(),
+                &[
+                    "failed_tool",
+                    "error_class",
+                    "task_type",
+                    "domain",
+                    "language",
+                ],
+            ),
+        ];
+        for (clause, columns) in identity {
+            for col in columns {
+                assert!(!clause.contains(&format!(" {col} =")), "{col} in {clause}");
+            }
+            for col in ["status", "last_seen", "body"] {
+                assert!(
+                    clause.contains(&format!("{col} = excluded.{col}")),
+                    "{clause}"
+                );
+            }
+        }
+        assert!(on_conflict::<Pattern>().contains("occurrences = excluded.occurrences"));
+        assert!(on_conflict::<Heuristic>().contains("against = excluded.against"));
+        assert!(on_conflict::<Heuristic>().contains("changed_seq = excluded.changed_seq"));
+        assert!(!on_conflict::<FailureLesson>().contains("changed_seq"));
     }
 }
