@@ -144,6 +144,10 @@ struct Checkpoint {
     /// With `--consolidate`: seconds the run after this slice took.
     #[serde(skip_serializing_if = "Option::is_none")]
     consolidation_s: Option<f64>,
+    /// Consolidation runs of the background schedule that finished within the slice (a
+    /// process's first look is 10 s after it starts): they share the machine with the
+    /// timed writes, so a slice holding one is slower.
+    background_consolidations: u64,
     rss_mib: f64,
     database_mib: f64,
     /// With `--spans`: the costliest spans of the slice (name, mean ms, count).
@@ -327,6 +331,7 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
     let mut span_mark = spans.map(SpanTimes::totals).unwrap_or_default();
     while done < args.episodes {
         let end = (done + slice).min(args.episodes);
+        let runs_before = stack.memory.consolidations_run();
         let slice_start = Instant::now();
         let before = shared
             .lock()
@@ -363,6 +368,7 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
             }
             None => Vec::new(),
         };
+        let background_consolidations = stack.memory.consolidations_run() - runs_before;
         let consolidation_s = if args.consolidate {
             let started = Instant::now();
             stack.memory.consolidate(&ns).await?;
@@ -381,6 +387,7 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
             heuristics: stats.heuristics,
             lessons: stats.lessons,
             consolidation_s,
+            background_consolidations,
             rss_mib: proc_status_mib("VmRSS"),
             database_mib: stack.database_bytes() as f64 / MIB,
             spans: slice_spans,
@@ -519,7 +526,7 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "  {:>9}  {:>8}  {:>11}  {:>11}  {:>9}  {:>8}  {:>10}  {:>8}  {:>9}  {:>8}  {:>9}",
+        "  {:>9}  {:>8}  {:>11}  {:>11}  {:>9}  {:>8}  {:>10}  {:>8}  {:>9}  {:>8}  {:>9}  {:>7}",
         "episodes",
         "ep/s",
         "p50 ms",
@@ -530,12 +537,13 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         "lessons",
         "RSS MiB",
         "db MiB",
-        "consol s"
+        "consol s",
+        "bg runs"
     )?;
     for cp in &r.checkpoints {
         writeln!(
             out,
-            "  {:>9}  {:>8.1}  {:>11.2}  {:>11.2}  {:>9}  {:>8}  {:>10}  {:>8}  {:>9.1}  {:>8.1}  {:>9}",
+            "  {:>9}  {:>8.1}  {:>11.2}  {:>11.2}  {:>9}  {:>8}  {:>10}  {:>8}  {:>9.1}  {:>8.1}  {:>9}  {:>7}",
             cp.episodes,
             cp.episodes_per_s,
             cp.complete.p50_ms,
@@ -547,7 +555,8 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             cp.rss_mib,
             cp.database_mib,
             cp.consolidation_s
-                .map_or("-".to_owned(), |t| format!("{t:.2}"))
+                .map_or("-".to_owned(), |t| format!("{t:.2}")),
+            cp.background_consolidations
         )?;
     }
     for cp in r.checkpoints.iter().filter(|cp| !cp.spans.is_empty()) {
