@@ -85,9 +85,9 @@ pub use search_text::task_search_text;
 pub use storage::{
     Cache, CacheKey, CacheMark, CacheStats, CachedValue, Change, ChangeSet, EmbeddingCoverage,
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
-    InMemoryStorage, IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery, LearningStore,
-    MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Outbox, OutboxEntry, Storage,
-    StoredEmbedding, TextHit, TextQuery, WriteOp, check_index_snapshot_size, get_typed,
+    GuardedItems, InMemoryStorage, IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery,
+    LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Outbox, OutboxEntry,
+    Storage, StoredEmbedding, TextHit, TextQuery, WriteOp, check_index_snapshot_size, get_typed,
     query_typed,
 };
 pub use text::{bm25_weight, collapse_tools, error_class, for_each_token, tokenize};

@@ -56,6 +56,11 @@ pub struct ConsolidationRun {
     pub compacted_steps: u64,
     /// Retention: bytes of step output removed.
     pub compacted_bytes: u64,
+    /// Items the run changed but did not write, because another writer (a completion, in
+    /// this or another process) changed one of them, or one merged with it, after the run
+    /// read them: left as that writer left them, for the next run. The counts above are
+    /// what the run decided, these included.
+    pub left_to_next_run: u64,
 }
 
 impl ConsolidationRun {

@@ -1,14 +1,14 @@
 //! Learned items on libsql: one table per kind, read and written through one generic path;
 //! the merge of an update runs in core, inside the caller's transaction; feedback events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use libsql::Value;
 use memory_core::{
-    Error, ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, Heuristic,
-    Learned, LearnedChanges, LearnedId, LearnedItem, LearnedItems, LearnedKind, LearnedQuery,
-    LearningStore, LearningUpdate, Namespace, ObjectKind, Pattern, Result, TaskType,
+    Error, ExistingLearned, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget, GuardedItems,
+    Heuristic, Learned, LearnedChanges, LearnedId, LearnedItem, LearnedItems, LearnedKind,
+    LearnedQuery, LearningStore, LearningUpdate, Namespace, ObjectKind, Pattern, Result, TaskType,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,7 +19,9 @@ use crate::codec::{Cols, count, from_json, nanos, nanos_clamped, opt_text, text,
 use crate::connection::Inner;
 use crate::error::DbResult;
 use crate::prepared::Db;
-use crate::sql::{Sql, insert_statements, learned_sql, placeholders, query_all, query_opt};
+use crate::sql::{
+    ROWS_PER_INSERT, Sql, insert_statements, learned_sql, placeholders, query_all, query_opt,
+};
 
 /// How one kind of learned item is stored: its table, the columns of its own beside the
 /// common ones (namespace, id, task type, domain, language, status, last seen, JSON body),
@@ -337,6 +339,63 @@ pub(crate) fn table(kind: LearnedKind) -> &'static str {
     }
 }
 
+/// The item stored under `id`, if any.
+async fn stored_item(conn: &Db<'_>, ns: &str, id: &LearnedId) -> DbResult<Option<LearnedItem>> {
+    let kind = id.kind();
+    let sql = format!("SELECT body FROM {} WHERE ns = ?1 AND id = ?2", table(kind));
+    query_opt(conn, &sql, (ns, id.as_str()), |row| {
+        decode_learned(kind, &Cols::new(row, "learned item").text(0)?)
+    })
+    .await
+}
+
+/// The items stored under `ids` (any kinds), read a few hundred per statement.
+async fn stored_items(
+    conn: &Db<'_>,
+    ns: &str,
+    ids: &[&LearnedId],
+) -> DbResult<HashMap<LearnedId, LearnedItem>> {
+    let mut by_kind: BTreeMap<&'static str, (LearnedKind, Vec<String>)> = BTreeMap::new();
+    for id in ids {
+        let kind = id.kind();
+        let entry = by_kind.entry(kind.name()).or_insert((kind, Vec::new()));
+        entry.1.push(id.as_str().to_owned());
+    }
+    let mut out = HashMap::new();
+    for (kind, mut keys) in by_kind.into_values() {
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "SELECT id, body FROM {} WHERE ns = ?1 AND id IN ({})",
+                table(kind),
+                placeholders(2, chunk.len())
+            );
+            let mut params = Vec::with_capacity(chunk.len() + 1);
+            params.push(text(ns));
+            params.extend(chunk.iter().map(|k| text(k)));
+            let rows = query_all(conn, &sql, params, |row| {
+                let cols = Cols::new(row, "learned item");
+                Ok((cols.text(0)?, decode_learned(kind, &cols.text(1)?)?))
+            })
+            .await?;
+            for (id, item) in rows {
+                out.insert(learned_id(kind, id), item);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A kind-tagged id from its text.
+fn learned_id(kind: LearnedKind, id: String) -> LearnedId {
+    match kind {
+        LearnedKind::Pattern => LearnedId::Pattern(memory_core::PatternId(id)),
+        LearnedKind::Heuristic => LearnedId::Heuristic(memory_core::HeuristicId(id)),
+        LearnedKind::Lesson => LearnedId::Lesson(memory_core::LessonId(id)),
+    }
+}
+
 /// A stored JSON body as an item of `kind`.
 fn decode_learned(kind: LearnedKind, body: &str) -> DbResult<LearnedItem> {
     fn decode<T: Stored>(body: &str) -> DbResult<LearnedItem> {
@@ -474,16 +533,50 @@ impl LearningStore for TursoStorage {
             .await
     }
 
+    #[instrument(skip_all, fields(namespace = %ns, groups = groups.len()))]
+    async fn put_learned_unless_changed(
+        &self,
+        ns: &Namespace,
+        groups: &[GuardedItems],
+    ) -> Result<Vec<usize>> {
+        self.inner
+            .call_write_stamped("put_learned_unless_changed", async |tx, position| {
+                let ids: Vec<&LearnedId> = (groups.iter())
+                    .flat_map(|g| g.read.iter().map(|(id, _)| id))
+                    .collect();
+                let now = stored_items(tx, ns.as_str(), &ids).await?;
+                let mut refused = Vec::new();
+                let mut write = LearnedItems::default();
+                for (i, g) in groups.iter().enumerate() {
+                    let stored: Vec<Option<LearnedItem>> =
+                        g.read.iter().map(|(id, _)| now.get(id).cloned()).collect();
+                    if g.unchanged(&stored) {
+                        write.patterns.extend(g.write.patterns.iter().cloned());
+                        write.heuristics.extend(g.write.heuristics.iter().cloned());
+                        write.lessons.extend(g.write.lessons.iter().cloned());
+                    } else {
+                        refused.push(i);
+                    }
+                }
+                Inner::write_items(
+                    tx,
+                    ns.as_str(),
+                    position,
+                    write.patterns.iter(),
+                    write.heuristics.iter(),
+                    write.lessons.iter(),
+                )
+                .await?;
+                Ok(refused)
+            })
+            .await
+    }
+
     #[instrument(skip_all, fields(namespace = %ns, kind = id.kind().name(), id = id.as_str()))]
     async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
-        let kind = id.kind();
-        let sql = format!("SELECT body FROM {} WHERE ns = ?1 AND id = ?2", table(kind));
         self.inner
             .call_read("get_learned", async |conn| {
-                query_opt(conn, &sql, (ns.as_str(), id.as_str()), |row| {
-                    decode_learned(kind, &Cols::new(row, "learned item").text(0)?)
-                })
-                .await
+                stored_item(conn, ns.as_str(), id).await
             })
             .await
     }

@@ -48,6 +48,7 @@ where
     heuristics_contradictions_kept(make().await.as_ref()).await;
     learned_queries_by_context(make().await.as_ref()).await;
     put_learned_roundtrip(make().await.as_ref()).await;
+    guarded_put_writes_only_groups_stored_as_read(make().await.as_ref()).await;
     feedback_updates_effectiveness(make().await.as_ref()).await;
     embeddings(make().await.as_ref()).await;
     index_change_log_and_snapshots(make().await.as_ref()).await;
@@ -746,6 +747,63 @@ pub async fn put_learned_roundtrip(s: &dyn Storage) {
     assert!(active.iter().all(|x| x.id != p.id), "pruned items hidden");
     let all = s.query_patterns(&n, &all_learned(100)).await.unwrap();
     assert!(all.iter().any(|x| x.id == p.id));
+}
+
+/// `put_learned_unless_changed`: a group is written only when every item it read is stored as
+/// read (absent for one read as absent); the groups refused are reported and left untouched.
+pub async fn guarded_put_writes_only_groups_stored_as_read(s: &dyn Storage) {
+    let n = ns("conf/guarded");
+    let e = rust_web("x", TaskType::Debugging, 0);
+    let spec = [("shell", false), ("edit_file", true), ("shell", true)];
+    let (_, changes) = record(s, &n, e, &spec, ok()).await;
+    let stored: Vec<Pattern> = changes.patterns.iter().map(|c| c.item.clone()).collect();
+    assert!(stored.len() >= 2);
+    let (a, b) = (stored[0].clone(), stored[1].clone());
+    let bumped = |p: &Pattern| {
+        let mut p = p.clone();
+        p.occurrences += 10;
+        p
+    };
+    let id = |p: &Pattern| LearnedId::Pattern(p.id.clone());
+    let mut stale = b.clone();
+    stale.occurrences += 1; // not what is stored
+    let mut fresh = a.clone();
+    fresh.id = PatternId("conf-guarded-new".into());
+    let mut taken = fresh.clone();
+    taken.id = b.id.clone(); // read as absent, but stored
+    let group = |read: Vec<(LearnedId, Option<LearnedItem>)>, write: Vec<Pattern>| GuardedItems {
+        read,
+        write: LearnedItems {
+            patterns: write,
+            ..LearnedItems::default()
+        },
+    };
+    let groups = [
+        group(
+            vec![(id(&a), Some(a.clone().into_item()))],
+            vec![bumped(&a)],
+        ),
+        group(
+            vec![(id(&b), Some(stale.clone().into_item()))],
+            vec![bumped(&b)],
+        ),
+        group(vec![(id(&fresh), None)], vec![fresh.clone()]),
+        group(
+            vec![(id(&fresh), None), (id(&b), None)],
+            vec![bumped(&fresh), bumped(&b)],
+        ),
+    ];
+    let refused = s.put_learned_unless_changed(&n, &groups).await.unwrap();
+    assert_eq!(refused, vec![1, 3]);
+    assert_eq!(s.get_pattern(&n, &a.id).await.unwrap(), Some(bumped(&a)));
+    assert_eq!(s.get_pattern(&n, &b.id).await.unwrap(), Some(b.clone()));
+    assert_eq!(s.get_pattern(&n, &fresh.id).await.unwrap(), Some(fresh));
+    // Nothing else was written: a refused group leaves even its unchanged items alone.
+    let again = s
+        .put_learned_unless_changed(&n, &groups[..1])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![0], "a is no longer as read");
 }
 
 /// The patterns of one recorded episode (at least four) stored in `n` and `other`, for the

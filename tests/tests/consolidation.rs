@@ -965,3 +965,114 @@ async fn pruned_rows_not_seen_since_are_compacted_after_the_kept_days() {
         assert!(!last.run.changed_anything(), "{name}: {:?}", last.run);
     }
 }
+
+/// A storage that records one completion's learning right before a run writes, as another
+/// process would between the run's read and its write.
+#[derive(Debug)]
+struct SightingBeforeWrite {
+    inner: Arc<dyn Storage>,
+    sighting: std::sync::Mutex<Option<memory_core::LearningUpdate>>,
+}
+
+memory_core::forward_storage! {
+    impl[] LearningStore for SightingBeforeWrite => inner;
+    forward apply_learning, put_learned, record_feedback, list_feedback, get_learned, query_learned;
+    {
+        async fn put_learned_unless_changed(
+            &self,
+            ns: &Namespace,
+            groups: &[memory_core::GuardedItems],
+        ) -> memory_core::Result<Vec<usize>> {
+            let sighting = self.sighting.lock().unwrap().take();
+            if let Some(update) = sighting {
+                self.inner.apply_learning(ns, &update).await?;
+            }
+            self.inner.put_learned_unless_changed(ns, groups).await
+        }
+    }
+}
+memory_core::forward_storage! { impl[] EpisodeStore for SightingBeforeWrite => inner; forward all; {} }
+memory_core::forward_storage! { impl[] EmbeddingStore for SightingBeforeWrite => inner; forward all; {} }
+memory_core::forward_storage! { impl[] MaintenanceStore for SightingBeforeWrite => inner; forward all; {} }
+memory_core::forward_storage! {
+    impl[] Storage for SightingBeforeWrite => inner;
+    forward;
+    {
+        fn backend_name(&self) -> &'static str {
+            self.inner.backend_name()
+        }
+    }
+}
+
+async fn total_occurrences(storage: &Arc<dyn Storage>, ns: &Namespace) -> u64 {
+    let all = storage.query_patterns(ns, &all()).await.unwrap();
+    all.iter().map(|p| p.occurrences).sum()
+}
+
+#[tokio::test]
+async fn a_completion_between_a_runs_read_and_its_write_keeps_its_evidence() {
+    for (name, storage, _dir) in backends().await {
+        let ns = Namespace::new("race/test").unwrap();
+        // Two near-duplicates the run merges, with 3 + 2 occurrences.
+        let a = decision("opening move of a testing task", "cargo", 3, 0);
+        let b = decision("the opening move of testing task", "cargo", 2, 100);
+        storage
+            .put_learned(
+                &ns,
+                &LearnedItems {
+                    patterns: vec![a.clone(), b.clone()],
+                    ..LearnedItems::default()
+                },
+            )
+            .await
+            .unwrap();
+        // One more sighting of the loser lands after the run read it.
+        let seen = PatternObservation::new(
+            b.kind.clone(),
+            memory_core::ContextKey::default(),
+            EpisodeId::new(),
+            true,
+            at(200),
+        );
+        let update = memory_core::LearningUpdate {
+            episode_id: seen.episode_id,
+            observed_at: seen.observed_at,
+            patterns: vec![seen],
+            heuristics: vec![],
+            lessons: vec![],
+        };
+        let racing: Arc<dyn Storage> = Arc::new(SightingBeforeWrite {
+            inner: storage.clone(),
+            sighting: std::sync::Mutex::new(Some(update)),
+        });
+        let memory = SelfLearningMemory::new(racing, manual()).unwrap();
+        let first = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(
+            first.run.merged_patterns, 1,
+            "{name}: the run decided the merge"
+        );
+        assert_eq!(
+            first.run.left_to_next_run, 2,
+            "{name}: loser and survivor left"
+        );
+        assert!(first.changes.is_empty(), "{name}: {:?}", first.changes);
+        assert_eq!(
+            total_occurrences(&storage, &ns).await,
+            6,
+            "{name}: 3 + 2 + 1"
+        );
+        let stored_b = storage.get_pattern(&ns, &b.id).await.unwrap().unwrap();
+        assert_eq!(stored_b.occurrences, 3, "{name}: the sighting stands");
+
+        // The next run, with nobody writing, merges them with every occurrence.
+        let second = memory.consolidate(&ns).await.unwrap();
+        assert_eq!(second.run.merged_patterns, 1, "{name}");
+        assert_eq!(second.run.left_to_next_run, 0, "{name}");
+        assert_eq!(total_occurrences(&storage, &ns).await, 6, "{name}");
+        let survivor = storage.get_pattern(&ns, &a.id).await.unwrap().unwrap();
+        assert_eq!(
+            survivor.occurrences, 6,
+            "{name}: the survivor holds all of it"
+        );
+    }
+}

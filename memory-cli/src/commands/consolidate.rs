@@ -38,6 +38,12 @@ pub async fn run(m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     );
     let (steps, episodes, bytes) = (r.compacted_steps, r.compacted_episodes, r.compacted_bytes);
     outln!("retention    {steps} step outputs of {episodes} episodes compacted ({bytes} bytes)");
+    if r.left_to_next_run > 0 {
+        let left = r.left_to_next_run;
+        outln!(
+            "left         {left} items another writer changed during the run, for the next run (counted above)"
+        );
+    }
     if !report.changes.is_empty() {
         outln!();
         outln!("{:<10} {:<13} {:<13} detail", "kind", "id", "action");

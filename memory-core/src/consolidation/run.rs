@@ -28,7 +28,7 @@ use crate::learned::{
 use crate::namespace::Namespace;
 use crate::records::{ConsolidationRun, MetricsSnapshot, RestoreRecord};
 use crate::statistics::decay_factor;
-use crate::storage::{LearnedItems, LearnedQuery, Storage, get_typed, query_typed};
+use crate::storage::{GuardedItems, LearnedItems, LearnedQuery, Storage, get_typed, query_typed};
 
 /// One learned item a consolidation run changed, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,12 +85,19 @@ pub(crate) struct Consolidator {
 pub(crate) struct Pool<T: Learned> {
     loaded: Vec<T>,
     pub(crate) items: BTreeMap<T::Id, T>,
+    /// Items whose evidence the run moved between them (loser, survivor): written together
+    /// or not at all, so counts are neither lost nor counted twice.
+    linked: Vec<(T::Id, T::Id)>,
 }
 
 impl<T: Consolidate> Pool<T> {
     pub(crate) fn new(loaded: Vec<T>) -> Self {
         let items = loaded.iter().map(|x| (x.id().clone(), x.clone())).collect();
-        Pool { loaded, items }
+        Pool {
+            loaded,
+            items,
+            linked: Vec::new(),
+        }
     }
 
     /// Follows merge pointers to the item that finally holds the evidence (at most 16 hops,
@@ -115,7 +122,36 @@ impl<T: Consolidate> Pool<T> {
         merge_into(&mut s, &mut l, at);
         self.items.insert(loser.clone(), l);
         self.items.insert(survivor.clone(), s);
+        self.linked.push((loser.clone(), survivor.clone()));
         true
+    }
+
+    /// The items the run changed or added, in groups to write each as a whole (the items
+    /// linked by a merge, directly or through others), with each item as it was read.
+    pub(crate) fn changed_groups(&self) -> Vec<GuardedItems> {
+        let changed = self.changed();
+        let index: BTreeMap<&T::Id, usize> = changed
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (x.id(), i))
+            .collect();
+        // Union-find over the changed items.
+        let mut parent: Vec<usize> = (0..changed.len()).collect();
+        for (a, b) in &self.linked {
+            if let (Some(&a), Some(&b)) = (index.get(a), index.get(b)) {
+                let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+                parent[ra] = rb;
+            }
+        }
+        let loaded: BTreeMap<&T::Id, &T> = self.loaded.iter().map(|x| (x.id(), x)).collect();
+        let mut groups: BTreeMap<usize, GuardedItems> = BTreeMap::new();
+        for (i, item) in changed.iter().enumerate() {
+            let g = groups.entry(root(&mut parent, i)).or_default();
+            let was = loaded.get(item.id()).map(|x| (*x).clone().into_item());
+            g.read.push((T::learned_id(item.id()), was));
+            g.write.push(item.clone().into_item());
+        }
+        groups.into_values().collect()
     }
 
     /// The items the run changed or added.
@@ -126,6 +162,16 @@ impl<T: Consolidate> Pool<T> {
             .cloned()
             .collect()
     }
+}
+
+/// The root of `i` in a union-find forest (`parent` holds indexes into itself), halving the
+/// path on the way.
+fn root(parent: &mut [usize], mut i: usize) -> usize {
+    while parent[i] != i {
+        parent[i] = parent[parent[i]];
+        i = parent[i];
+    }
+    i
 }
 
 /// The pattern rows a run met (head and tail) that may be deleted: merged rows holding no
@@ -636,15 +682,11 @@ impl Consolidator {
         prune(&mut patterns, &mut st, cfg, half_life, &restores);
         prune(&mut heuristics, &mut st, cfg, half_life, &restores);
 
-        // Step 6: write what changed, in one atomic upsert.
-        let items = LearnedItems {
-            patterns: patterns.changed(),
-            heuristics: heuristics.changed(),
-            lessons: Vec::new(),
-        };
-        if !items.patterns.is_empty() || !items.heuristics.is_empty() {
-            self.storage.put_learned(ns, &items).await?;
-        }
+        // Step 6: write what changed, in one transaction, each merge group only if no other
+        // writer changed its items since they were read.
+        let mut groups = patterns.changed_groups();
+        groups.extend(heuristics.changed_groups());
+        self.write_unless_changed(ns, groups, &mut st).await?;
         patterns.items.values().for_each(|p| rows.observe(p));
         let mut observe = |p: &Pattern| rows.observe(p);
         self.sweep_tail::<Pattern>(ns, patterns_read, &mut st, &restores, &mut observe)
@@ -717,18 +759,45 @@ impl Consolidator {
             revive(&mut pool, st);
             prune(&mut pool, st, &self.config, self.half_life_days, restores);
             pool.items.values().for_each(&mut *observe);
-            let mut changed = LearnedItems::default();
-            for item in pool.changed() {
-                changed.push(item.into_item());
-            }
-            if !changed.patterns.is_empty() || !changed.heuristics.is_empty() {
-                self.storage.put_learned(ns, &changed).await?;
-            }
+            self.write_unless_changed(ns, pool.changed_groups(), st)
+                .await?;
             if !full {
                 return Ok(());
             }
             offset = offset.saturating_add(PAGE);
         }
+    }
+
+    /// Writes `groups`, each only if its items are stored as the run read them; the items of
+    /// a group another writer changed meanwhile are left for the next run (counted, and
+    /// their entries dropped from the run's list of changes).
+    async fn write_unless_changed(
+        &self,
+        ns: &Namespace,
+        groups: Vec<GuardedItems>,
+        st: &mut RunState,
+    ) -> Result<()> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let refused = self.storage.put_learned_unless_changed(ns, &groups).await?;
+        let mut left: HashSet<(String, String)> = HashSet::new();
+        for g in refused.iter().filter_map(|&i| groups.get(i)) {
+            for (id, _) in &g.read {
+                left.insert((id.kind().name().to_owned(), id.as_str().to_owned()));
+            }
+        }
+        if !left.is_empty() {
+            info!(
+                namespace = %ns,
+                items = left.len(),
+                "consolidation: items changed by another writer during the run are left to the next run"
+            );
+            st.run.left_to_next_run += left.len() as u64;
+            st.changes
+                .retain(|c| !left.contains(&(c.kind.clone(), c.id.clone())));
+        }
+        Ok(())
     }
 
     /// Step 7, retention: compacts step outputs of old successful episodes, when configured.
@@ -805,6 +874,36 @@ mod tests {
         p.occurrences = seen;
         p.successes = if success { seen } else { 0 };
         p
+    }
+
+    #[test]
+    fn items_linked_by_merges_are_written_as_one_group_with_what_was_read() {
+        let [a, b, c, d] = ["a b c", "a b d", "a b e", "x y"].map(|t| sequence(t, 0, true, 2));
+        let mut pool = Pool::new(vec![a.clone(), b.clone(), c.clone(), d.clone()]);
+        let now = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(9);
+        assert!(pool.merge(&b.id, &a.id, now));
+        assert!(pool.merge(&c.id, &b.id, now), "a chain: c into b into a");
+        if let Some(x) = pool.items.get_mut(&d.id) {
+            x.set_status(LearnedStatus::Pruned {
+                reason: "test".into(),
+                at: now,
+            });
+        }
+        let groups = pool.changed_groups();
+        let mut sizes: Vec<usize> = groups.iter().map(|g| g.read.len()).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, vec![1, 3]);
+        for g in &groups {
+            assert_eq!(g.read.len(), g.write.patterns.len());
+            for (id, was) in &g.read {
+                let loaded = [&a, &b, &c, &d].into_iter().find(|p| p.id.0 == id.as_str());
+                assert_eq!(was.as_ref(), loaded.map(|p| p.clone().into_item()).as_ref());
+            }
+        }
+        assert!(
+            Pool::new(vec![a]).changed_groups().is_empty(),
+            "nothing changed"
+        );
     }
 
     fn fold(items: Vec<Pattern>) -> (Pool<Pattern>, RunState) {

@@ -14,7 +14,7 @@
 /// ```text
 /// forward_storage! {
 ///     impl[S: Storage + ?Sized] LearningStore for Withholding<S> => inner;
-///     forward apply_learning, put_learned, record_feedback, list_feedback;
+///     forward apply_learning, put_learned, put_learned_unless_changed, record_feedback, list_feedback;
 ///     { async fn get_learned(..) -> .. { .. }  async fn query_learned(..) -> .. { .. } }
 /// }
 /// ```
@@ -74,7 +74,7 @@ macro_rules! forward_storage {
     (@all EpisodeStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [create_episode append_steps
         complete_episode get_episode query_episodes search_episodes namespace_stats list_namespaces ping sync]); };
     (@all LearningStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [apply_learning put_learned
-        get_learned query_learned record_feedback list_feedback]); };
+        put_learned_unless_changed get_learned query_learned record_feedback list_feedback]); };
     (@all EmbeddingStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [put_embedding get_embedding
         episodes_missing_embedding scan_embeddings embedding_coverage index_log_head index_changes
         get_index_snapshot put_index_snapshot]); };
@@ -122,6 +122,7 @@ macro_rules! forward_storage {
     (@sig sync $($k:tt)*) => { $crate::forward_storage!(@push sync () -> $crate::Result<()>; $($k)*); };
     (@sig apply_learning $($k:tt)*) => { $crate::forward_storage!(@push apply_learning (ns: &$crate::Namespace, update: &$crate::LearningUpdate) -> $crate::Result<$crate::LearnedChanges>; $($k)*); };
     (@sig put_learned $($k:tt)*) => { $crate::forward_storage!(@push put_learned (ns: &$crate::Namespace, items: &$crate::LearnedItems) -> $crate::Result<()>; $($k)*); };
+    (@sig put_learned_unless_changed $($k:tt)*) => { $crate::forward_storage!(@push put_learned_unless_changed (ns: &$crate::Namespace, groups: &[$crate::GuardedItems]) -> $crate::Result<Vec<usize>>; $($k)*); };
     (@sig get_learned $($k:tt)*) => { $crate::forward_storage!(@push get_learned (ns: &$crate::Namespace, id: &$crate::LearnedId) -> $crate::Result<Option<$crate::LearnedItem>>; $($k)*); };
     (@sig query_learned $($k:tt)*) => { $crate::forward_storage!(@push query_learned (ns: &$crate::Namespace, kind: $crate::LearnedKind, query: &$crate::LearnedQuery) -> $crate::Result<Vec<$crate::LearnedItem>>; $($k)*); };
     (@sig record_feedback $($k:tt)*) => { $crate::forward_storage!(@push record_feedback (ns: &$crate::Namespace, feedback: &$crate::Feedback) -> $crate::Result<()>; $($k)*); };

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, IndexChanges,
-    IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore, NamespaceStats,
-    Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
+    EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, GuardedItems,
+    IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore,
+    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, OutcomeKind, StepResult};
 use crate::error::{Error, ObjectKind, Result};
@@ -45,6 +45,15 @@ struct NsData {
 }
 
 impl NsData {
+    /// The item stored under `id`, as an item of any kind.
+    fn learned(&self, id: &LearnedId) -> Option<LearnedItem> {
+        match id {
+            LearnedId::Pattern(id) => self.patterns.get(id).cloned().map(Learned::into_item),
+            LearnedId::Heuristic(id) => self.heuristics.get(id).cloned().map(Learned::into_item),
+            LearnedId::Lesson(id) => self.lessons.get(id).cloned().map(Learned::into_item),
+        }
+    }
+
     fn existing_for(&self, update: &LearningUpdate) -> ExistingLearned {
         let keys = update.condition_keys();
         ExistingLearned {
@@ -372,12 +381,30 @@ impl LearningStore for InMemoryStorage {
         Ok(())
     }
 
-    async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
-        Ok(self.read(ns, |d| match id {
-            LearnedId::Pattern(id) => d.patterns.get(id).cloned().map(Learned::into_item),
-            LearnedId::Heuristic(id) => d.heuristics.get(id).cloned().map(Learned::into_item),
-            LearnedId::Lesson(id) => d.lessons.get(id).cloned().map(Learned::into_item),
+    async fn put_learned_unless_changed(
+        &self,
+        ns: &Namespace,
+        groups: &[GuardedItems],
+    ) -> Result<Vec<usize>> {
+        Ok(self.write(ns, |d| {
+            let mut refused = Vec::new();
+            for (i, g) in groups.iter().enumerate() {
+                let stored: Vec<Option<LearnedItem>> =
+                    g.read.iter().map(|(id, _)| d.learned(id)).collect();
+                if g.unchanged(&stored) {
+                    put(&mut d.patterns, g.write.patterns.iter());
+                    put(&mut d.heuristics, g.write.heuristics.iter());
+                    put(&mut d.lessons, g.write.lessons.iter());
+                } else {
+                    refused.push(i);
+                }
+            }
+            refused
         }))
+    }
+
+    async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
+        Ok(self.read(ns, |d| d.learned(id)))
     }
 
     async fn query_learned(

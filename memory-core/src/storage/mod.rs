@@ -17,8 +17,8 @@ pub use memory::InMemoryStorage;
 pub use outbox::{Outbox, OutboxEntry, WriteOp};
 pub use traits::{
     Change, ChangeSet, EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeFilter,
-    EpisodeQuery, EpisodeStatus, EpisodeStore, IndexChanges, IndexSnapshot, LearnedItems,
-    LearnedQuery, LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats,
-    Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size, get_typed,
-    query_typed,
+    EpisodeQuery, EpisodeStatus, EpisodeStore, GuardedItems, IndexChanges, IndexSnapshot,
+    LearnedItems, LearnedQuery, LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore,
+    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
+    get_typed, query_typed,
 };

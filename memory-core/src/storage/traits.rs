@@ -352,9 +352,19 @@ pub trait LearningStore: Send + Sync + Debug {
         update: &LearningUpdate,
     ) -> Result<LearnedChanges>;
 
-    /// Replaces stored items verbatim (upsert by id), atomically; used by consolidation to
-    /// write merged, decayed or pruned items. Idempotent.
+    /// Replaces stored items verbatim (upsert by id), atomically. Idempotent.
     async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()>;
+
+    /// Writes each group's items only if every item the group read is still stored exactly
+    /// as it was read (absent, for one read as absent); one transaction for all groups.
+    /// Returns the indexes of the groups left unwritten because another writer changed one
+    /// of their items meanwhile. Consolidation writes through this, so a completion that
+    /// lands between a run's read and its write keeps its evidence.
+    async fn put_learned_unless_changed(
+        &self,
+        ns: &Namespace,
+        groups: &[GuardedItems],
+    ) -> Result<Vec<usize>>;
 
     /// A learned item by id; `Ok(None)` if the namespace holds none of that kind and id.
     async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>>;
@@ -436,6 +446,35 @@ pub async fn query_typed<T: Learned, S: LearningStore + ?Sized>(
         .into_iter()
         .filter_map(T::from_item)
         .collect())
+}
+
+/// Items written together by [`LearningStore::put_learned_unless_changed`], and what they
+/// were when read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GuardedItems {
+    /// Every item of the group as read: `None` for one that was absent.
+    pub read: Vec<(LearnedId, Option<LearnedItem>)>,
+    /// What to write when none of them changed.
+    pub write: LearnedItems,
+}
+
+impl GuardedItems {
+    /// True when `stored` (what the store holds now, in the order of [`GuardedItems::read`])
+    /// is what was read.
+    ///
+    /// ```
+    /// use memory_core::{GuardedItems, LearnedId, PatternId};
+    /// let g = GuardedItems { read: vec![(LearnedId::Pattern(PatternId("p".into())), None)], ..GuardedItems::default() };
+    /// assert!(g.unchanged(&[None]));
+    /// ```
+    pub fn unchanged(&self, stored: &[Option<LearnedItem>]) -> bool {
+        stored.len() == self.read.len()
+            && self
+                .read
+                .iter()
+                .zip(stored)
+                .all(|((_, read), now)| read == now)
+    }
 }
 
 /// Items written verbatim by [`LearningStore::put_learned`].

@@ -40,8 +40,8 @@ use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
 use crate::records::StepCompaction;
 use crate::storage::{
-    Cache, CacheKey, CacheStats, CachedValue, EpisodeCompletion, LearnedItems, Outbox, OutboxEntry,
-    Storage, WriteOp,
+    Cache, CacheKey, CacheStats, CachedValue, EpisodeCompletion, GuardedItems, LearnedItems,
+    Outbox, OutboxEntry, Storage, WriteOp,
 };
 
 /// Tiered-storage settings.
@@ -1080,6 +1080,34 @@ crate::forward_storage! {
         self.inner
             .write(ns, WriteOp::PutLearned(items.clone()))
             .await
+    }
+
+    /// Never journaled: the guard needs the durable layer (a consolidation run fails with a
+    /// transient error while it is unreachable). The written groups' items are put in the
+    /// cache; the others were changed by another writer, whose change the feed brings.
+    async fn put_learned_unless_changed(
+        &self,
+        ns: &Namespace,
+        groups: &[GuardedItems],
+    ) -> Result<Vec<usize>> {
+        let since = self.inner.coherence.epoch();
+        let refused = self
+            .inner
+            .guarded(
+                "put_learned_unless_changed",
+                self.inner.durable.put_learned_unless_changed(ns, groups),
+            )
+            .await?;
+        let written = groups
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !refused.contains(i))
+            .map(|(_, g)| &g.write);
+        let values: Vec<CachedValue> = written
+            .flat_map(|w| cache_values(w.patterns.iter(), w.heuristics.iter()))
+            .collect();
+        self.inner.cache_put_many(ns, &values, since).await;
+        Ok(refused)
     }
 
     async fn record_feedback(&self, ns: &Namespace, feedback: &Feedback) -> Result<()> {

@@ -53,7 +53,7 @@ impl Visible {
 
 memory_core::forward_storage! {
     impl[S: Storage + ?Sized] LearningStore for Withholding<S> => inner;
-    forward apply_learning, put_learned, record_feedback, list_feedback;
+    forward apply_learning, put_learned, put_learned_unless_changed, record_feedback, list_feedback;
     {
         async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>> {
             if !self.visible.shows(id.kind()) {
