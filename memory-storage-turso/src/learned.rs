@@ -546,14 +546,15 @@ impl LearningStore for TursoStorage {
                     .collect();
                 let now = stored_items(tx, ns.as_str(), &ids).await?;
                 let mut refused = Vec::new();
-                let mut write = LearnedItems::default();
+                let (mut patterns, mut heuristics, mut lessons) =
+                    (Vec::new(), Vec::new(), Vec::new());
                 for (i, g) in groups.iter().enumerate() {
                     let stored: Vec<Option<LearnedItem>> =
                         g.read.iter().map(|(id, _)| now.get(id).cloned()).collect();
                     if g.unchanged(&stored) {
-                        write.patterns.extend(g.write.patterns.iter().cloned());
-                        write.heuristics.extend(g.write.heuristics.iter().cloned());
-                        write.lessons.extend(g.write.lessons.iter().cloned());
+                        patterns.extend(&g.write.patterns);
+                        heuristics.extend(&g.write.heuristics);
+                        lessons.extend(&g.write.lessons);
                     } else {
                         refused.push(i);
                     }
@@ -562,9 +563,9 @@ impl LearningStore for TursoStorage {
                     tx,
                     ns.as_str(),
                     position,
-                    write.patterns.iter(),
-                    write.heuristics.iter(),
-                    write.lessons.iter(),
+                    patterns.into_iter(),
+                    heuristics.into_iter(),
+                    lessons.into_iter(),
                 )
                 .await?;
                 Ok(refused)

@@ -144,12 +144,13 @@ impl<T: Consolidate> Pool<T> {
             }
         }
         let loaded: BTreeMap<&T::Id, &T> = self.loaded.iter().map(|x| (x.id(), x)).collect();
+        let roots: Vec<usize> = (0..changed.len()).map(|i| root(&mut parent, i)).collect();
         let mut groups: BTreeMap<usize, GuardedItems> = BTreeMap::new();
-        for (i, item) in changed.iter().enumerate() {
-            let g = groups.entry(root(&mut parent, i)).or_default();
+        for (item, r) in changed.into_iter().zip(roots) {
+            let g = groups.entry(r).or_default();
             let was = loaded.get(item.id()).map(|x| (*x).clone().into_item());
             g.read.push((T::learned_id(item.id()), was));
-            g.write.push(item.clone().into_item());
+            g.write.push(item.into_item());
         }
         groups.into_values().collect()
     }
