@@ -54,6 +54,13 @@ impl NsData {
         }
     }
 
+    /// Stores `items` verbatim (by id).
+    fn put_items(&mut self, items: &LearnedItems) {
+        put(&mut self.patterns, items.patterns.iter());
+        put(&mut self.heuristics, items.heuristics.iter());
+        put(&mut self.lessons, items.lessons.iter());
+    }
+
     fn existing_for(&self, update: &LearningUpdate) -> ExistingLearned {
         let keys = update.condition_keys();
         ExistingLearned {
@@ -373,11 +380,7 @@ impl LearningStore for InMemoryStorage {
     }
 
     async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> Result<()> {
-        self.write(ns, |d| {
-            put(&mut d.patterns, items.patterns.iter());
-            put(&mut d.heuristics, items.heuristics.iter());
-            put(&mut d.lessons, items.lessons.iter());
-        });
+        self.write(ns, |d| d.put_items(items));
         Ok(())
     }
 
@@ -392,9 +395,7 @@ impl LearningStore for InMemoryStorage {
                 let stored: Vec<Option<LearnedItem>> =
                     g.read.iter().map(|(id, _)| d.learned(id)).collect();
                 if g.unchanged(&stored) {
-                    put(&mut d.patterns, g.write.patterns.iter());
-                    put(&mut d.heuristics, g.write.heuristics.iter());
-                    put(&mut d.lessons, g.write.lessons.iter());
+                    d.put_items(&g.write);
                 } else {
                     refused.push(i);
                 }
