@@ -23,7 +23,7 @@ use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::prepared::Db;
 use crate::sql::{Sql, filter_sql, insert_rows, query_one, query_opt};
 use crate::step_pages::{self, NewSteps, Stored};
-use crate::text_index;
+use crate::text_index::{self, PendingRows};
 
 pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, \
      domain, language, framework, complexity, tags, started_at, completed_at, outcome_kind, \
@@ -55,8 +55,9 @@ impl Inner {
         Ok((new.count(), new.search_text()))
     }
 
-    /// Records the steps, the episode's step count and change stamp, and the steps'
-    /// full-text row; returns how many steps were inserted (replays are skipped).
+    /// Records the steps and the episode's step count and change stamp, and adds the steps'
+    /// full-text row to `text` (for the caller to write last); returns how many steps were
+    /// inserted (replays are skipped).
     #[tracing::instrument(level = "debug", skip_all)]
     async fn append_step_rows(
         conn: &Db<'_>,
@@ -64,6 +65,7 @@ impl Inner {
         id: &str,
         steps: &[ExecutionStep],
         position: i64,
+        text: &mut PendingRows,
     ) -> DbResult<i64> {
         let (inserted, body) = Self::insert_steps(conn, ns, id, steps).await?;
         if inserted > 0 {
@@ -73,7 +75,7 @@ impl Inner {
                 (ns, id, inserted, position),
             )
             .await?;
-            text_index::insert(conn, &body, ns, id, "steps").await?;
+            text.add(&body, ns, id, "steps");
         }
         Ok(inserted)
     }
@@ -141,7 +143,8 @@ async fn complete_in_tx(
             Some(_) => Ok(None), // already completed: a replay changes nothing
         };
     };
-    let inserted = Inner::append_step_rows(tx, ns, id, &c.steps, position).await?;
+    let mut text = PendingRows::default();
+    let inserted = Inner::append_step_rows(tx, ns, id, &c.steps, position, &mut text).await?;
     if let Some(expected) = c.expected_steps {
         // The learning was computed from `expected` steps: if the store holds another count
         // (another writer added steps), roll back and let the caller read them.
@@ -151,12 +154,13 @@ async fn complete_in_tx(
             return Err(Error::steps_changed(c.episode_id, u64::from(expected), stored).into());
         }
     }
-    text_index::insert(tx, &c.reflection.text(), ns, id, "reflection").await?;
+    text.add(&c.reflection.text(), ns, id, "reflection");
     let changes = Inner::merge_learning(tx, ns, &c.learning, position).await?;
     if let Some(actual) = &c.estimate_actual {
         tx.exec(CLOSE_ESTIMATE, close_estimate_values(ns, id, actual)?)
             .await?;
     }
+    text.write(tx).await?;
     Ok(Some(changes))
 }
 
@@ -237,14 +241,16 @@ impl EpisodeStore for TursoStorage {
                             .map(|tag| vec![text(ns), text(tag), text(&id)]);
                         let tags = tags.collect();
                         insert_rows(tx, INSERT_TAGS, 3, tags, "ON CONFLICT DO NOTHING").await?;
+                        let mut text = PendingRows::default();
                         let task = task_search_text(&episode.task_description, ctx);
-                        text_index::insert(tx, &task, ns, &id, "task").await?;
+                        text.add(&task, ns, &id, "task");
                         // A new row is in no cache: it needs no change stamp.
-                        Inner::append_step_rows(tx, ns, &id, &episode.steps, 0).await?;
+                        let steps = &episode.steps;
+                        Inner::append_step_rows(tx, ns, &id, steps, 0, &mut text).await?;
                         if let Some(r) = &episode.reflection {
-                            text_index::insert(tx, &r.text(), ns, &id, "reflection").await?;
+                            text.add(&r.text(), ns, &id, "reflection");
                         }
-                        Ok(())
+                        text.write(tx).await
                     })
                     .await
             })
@@ -294,9 +300,9 @@ impl EpisodeStore for TursoStorage {
                     Some(true) => return Err(conflict_completed(episode_id).into()),
                     Some(false) => {}
                 }
-                Inner::append_step_rows(tx, ns, &id, steps, position)
-                    .await
-                    .map(|_| ())
+                let mut text = PendingRows::default();
+                Inner::append_step_rows(tx, ns, &id, steps, position, &mut text).await?;
+                text.write(tx).await
             })
             .await
     }

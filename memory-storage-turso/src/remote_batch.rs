@@ -46,7 +46,7 @@ use crate::sql::{ROWS_PER_INSERT, insert_statements, placeholders};
 use crate::step_pages::{
     NewSteps, READ_KEYS, READ_PAGES, STORED_COUNT, Stored, page_row, steps_of,
 };
-use crate::text_index::{INSERT_TEXT, row_values};
+use crate::text_index::PendingRows;
 use libsql_hrana::proto::BatchCond;
 
 /// Tries of a one-request write (a completion overtaken by another writer, or any write that
@@ -489,15 +489,16 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
     guard_of(&conds.join(" AND "), values)
 }
 
-/// The statements that write the `steps` the store does not hold yet (`stored`), their step
-/// count (stamping the episode with `stamp`, an SQL expression) and their full-text row, as
-/// `Inner::append_step_rows` does.
+/// The statements that write the `steps` the store does not hold yet (`stored`) and their
+/// step count (stamping the episode with `stamp`, an SQL expression), adding their full-text
+/// row to `text` for the batch to end with, as `Inner::append_step_rows` does.
 fn step_statements(
     ns: &str,
     id: &str,
     steps: &[ExecutionStep],
     stored: &Stored,
     stamp: &str,
+    rows: &mut PendingRows,
 ) -> DbResult<(Vec<Statement>, i64)> {
     let new = NewSteps::of(steps, stored);
     let mut out: Vec<Statement> = new
@@ -514,11 +515,17 @@ fn step_statements(
             ),
             vec![text(ns), text(id), Value::Integer(inserted)],
         ));
-        if let Some(values) = row_values(&new.search_text(), ns, id, "steps") {
-            out.push(Statement::exec(INSERT_TEXT, values));
-        }
+        rows.add(&new.search_text(), ns, id, "steps");
     }
     Ok((out, inserted))
+}
+
+/// The statements that write a batch's full-text rows, after its other writes (see
+/// [`PendingRows`]).
+fn text_statements(text: PendingRows) -> impl Iterator<Item = Statement> {
+    text.statements()
+        .into_iter()
+        .map(|(sql, values)| Statement::exec(sql, values))
 }
 
 /// `UPDATE table SET changed_seq = <position>` for the rows of `ids`.
@@ -642,7 +649,8 @@ async fn write_completion(
     mut snap: Snapshot,
     remembered: &LearnedBodies,
 ) -> DbResult<(Written, LearnedChanges, Option<Snapshot>)> {
-    let (step_writes, _) = step_statements(ns, id, &c.steps, &snap.stored, POSITION)?;
+    let mut text = PendingRows::default();
+    let (step_writes, _) = step_statements(ns, id, &c.steps, &snap.stored, POSITION, &mut text)?;
     let changes = c.learning.apply(std::mem::take(&mut snap.existing));
     let mut writes = vec![Statement::exec(
         format!(
@@ -653,9 +661,7 @@ async fn write_completion(
         update.to_vec(),
     )];
     writes.extend(step_writes);
-    if let Some(values) = row_values(&c.reflection.text(), ns, id, "reflection") {
-        writes.push(Statement::exec(INSERT_TEXT, values));
-    }
+    text.add(&c.reflection.text(), ns, id, "reflection");
     if let Some(actual) = &c.estimate_actual {
         let values = close_estimate_values(ns, id, actual)?;
         writes.push(Statement::exec(CLOSE_ESTIMATE, values));
@@ -680,6 +686,7 @@ async fn write_completion(
         .map(|x| x.item.id.0.clone())
         .collect();
     writes.extend(restamp("heuristics", ns, &heuristic_ids));
+    writes.extend(text_statements(text));
     let guard = guard(ns, id, names, &snap);
     let (written, outcome, reads) = guarded_batch(
         client,
@@ -825,17 +832,20 @@ pub(crate) async fn create_episode(
         .collect();
     let tags = insert_statements(INSERT_TAGS, 3, tags, "ON CONFLICT DO NOTHING");
     writes.extend(tags.into_iter().map(|(sql, v)| Statement::exec(sql, v)));
-    let task = task_search_text(&episode.task_description, &episode.context);
-    if let Some(values) = row_values(&task, &ns, &id, "task") {
-        writes.push(Statement::exec(INSERT_TEXT, values));
-    }
+    let mut text = PendingRows::default();
+    text.add(
+        &task_search_text(&episode.task_description, &episode.context),
+        &ns,
+        &id,
+        "task",
+    );
     // A new row is in no cache: it needs no change stamp.
-    writes.extend(step_statements(&ns, &id, &episode.steps, &Stored::default(), "0")?.0);
-    if let Some(r) = &episode.reflection
-        && let Some(values) = row_values(&r.text(), &ns, &id, "reflection")
-    {
-        writes.push(Statement::exec(INSERT_TEXT, values));
+    let (steps, stored) = (&episode.steps, &Stored::default());
+    writes.extend(step_statements(&ns, &id, steps, stored, "0", &mut text)?.0);
+    if let Some(r) = &episode.reflection {
+        text.add(&r.text(), &ns, &id, "reflection");
     }
+    writes.extend(text_statements(text));
     guarded_write(client, guard, false, writes).await
 }
 
@@ -864,6 +874,8 @@ pub(crate) async fn append_steps(
             placeholders(3, keys.len())
         );
     }
-    let (writes, _) = step_statements(ns, id, steps, &Stored::default(), POSITION)?;
+    let mut text = PendingRows::default();
+    let (mut writes, _) = step_statements(ns, id, steps, &Stored::default(), POSITION, &mut text)?;
+    writes.extend(text_statements(text));
     guarded_write(client, guard_of(&condition, values), true, writes).await
 }

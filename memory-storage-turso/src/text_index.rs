@@ -29,7 +29,7 @@ use tracing::info;
 use crate::codec::{Cols, SUMMARY_COLUMNS, summary_from_row, text};
 use crate::error::DbResult;
 use crate::prepared::Db;
-use crate::sql::{Sql, filter_sql, query_all, query_opt};
+use crate::sql::{Sql, filter_sql, insert_statements, query_all, query_opt};
 
 /// Hex digits of the namespace prefix (64 bits of its SHA-256).
 const PREFIX_HEX: usize = 16;
@@ -48,6 +48,9 @@ const MOVE_PAGE: i64 = 500;
 /// The one statement that writes an index row: values from [`row_values`].
 pub(crate) const INSERT_TEXT: &str =
     "INSERT INTO text_in (terms, len, ns, episode_id, part) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// [`INSERT_TEXT`] without its values, for several rows in one statement.
+const INSERT_TEXT_HEAD: &str = "INSERT INTO text_in (terms, len, ns, episode_id, part)";
 
 /// The prefix of every term of namespace `ns`.
 fn prefix(ns: &str) -> String {
@@ -114,10 +117,49 @@ pub(crate) async fn insert(
     episode_id: &str,
     part: &str,
 ) -> DbResult<()> {
-    if let Some(values) = row_values(body, ns, episode_id, part) {
-        conn.exec(INSERT_TEXT, values).await?;
+    let mut rows = PendingRows::default();
+    rows.add(body, ns, episode_id, part);
+    rows.write(conn).await
+}
+
+/// The index rows of one transaction, written together by one statement after its other
+/// writes.
+///
+/// FTS5 keeps the terms of the rows written in a transaction in memory and writes them out
+/// as a new segment at the commit, but also whenever a later statement of the transaction
+/// opens a savepoint, which every statement with a statement journal does: the learned
+/// items' upserts, and each insert into `text_in` (its trigger writes two tables). A
+/// completion that indexed its steps, then its reflection, then merged its learning wrote
+/// two segments, each flushed in the middle of the transaction, and each later merged again
+/// by FTS5. Written last and by one statement, a transaction's rows are one segment,
+/// written at the commit.
+#[derive(Debug, Default)]
+pub(crate) struct PendingRows(Vec<Vec<Value>>);
+
+impl PendingRows {
+    /// Adds the row of `body` (nothing when it has no term).
+    pub(crate) fn add(&mut self, body: &str, ns: &str, episode_id: &str, part: &str) {
+        self.0.extend(row_values(body, ns, episode_id, part));
     }
-    Ok(())
+
+    /// Writes the rows, by one statement; call it after the transaction's other writes.
+    #[tracing::instrument(level = "debug", skip_all, fields(rows = self.0.len()))]
+    pub(crate) async fn write(self, conn: &Db<'_>) -> DbResult<()> {
+        for (sql, values) in self.statements() {
+            conn.exec(&sql, values).await?;
+        }
+        Ok(())
+    }
+
+    /// The statement (SQL and values) that writes the rows: none without rows, one up to
+    /// [`crate::sql::ROWS_PER_INSERT`] rows; for a batch to end with.
+    pub(crate) fn statements(self) -> Vec<(String, Vec<Value>)> {
+        if self.0.len() == 1 {
+            let values = self.0.into_iter().flatten().collect();
+            return vec![(INSERT_TEXT.to_owned(), values)];
+        }
+        insert_statements(INSERT_TEXT_HEAD, 5, self.0, "")
+    }
 }
 
 /// Deletes the index rows of one part of an episode (the trigger on `text_rows` removes

@@ -581,6 +581,40 @@ pub async fn lexical_search(s: &dyn Storage) {
     }
     let limited = search(s, &n, &text("edit_file", 1)).await;
     assert_eq!(limited.len(), 1, "limit respected");
+
+    // Several parts indexed by one write: a completed episode created whole (as `import`
+    // writes it), and a completion carrying its last steps and its reflection.
+    let reflection = |word: &str| Reflection {
+        insights: vec![format!("remember the {word}")],
+        ..Reflection::default()
+    };
+    let mut whole = general("catalogue the quokka colony", 20);
+    whole.steps = steps(&[("wombat_probe", true)], 1, t(21));
+    let outcome = Outcome::success("counted");
+    let done = completion_for(&whole, outcome, t(22));
+    whole.outcome = Some(done.outcome);
+    whole.reward = Some(done.reward);
+    whole.reflection = Some(reflection("platypus"));
+    whole.completed_at = Some(t(22));
+    s.create_episode(&n, &whole).await.unwrap();
+    let live = general("survey the estuary", 30);
+    s.create_episode(&n, &live).await.unwrap();
+    let mut carried = live.clone();
+    carried.steps = steps(&[("heron_scan", true)], 1, t(31));
+    let mut c = completion_for(&carried, Outcome::success("surveyed"), t(32));
+    c.steps = carried.steps.clone();
+    c.reflection = reflection("kingfisher");
+    assert!(s.complete_episode(&n, &c).await.unwrap().is_some());
+    for (words, id) in [
+        ("quokka", whole.id),
+        ("wombat_probe", whole.id),
+        ("platypus", whole.id),
+        ("estuary", live.id),
+        ("heron_scan", live.id),
+        ("kingfisher", live.id),
+    ] {
+        assert_eq!(found(s, &n, words).await, BTreeSet::from([id]), "{words}");
+    }
 }
 
 pub async fn learning_merges_across_episodes(s: &dyn Storage) {
