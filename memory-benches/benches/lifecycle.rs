@@ -16,6 +16,8 @@
 //!   default batch of 64 vs a durable write per step (`max_batch = 1`); steps/s.
 //! - `learning/extract/1000_steps`: the in-process learning of a completed 1,000-step episode
 //!   (reward, reflection, pattern / heuristic / lesson extraction), no storage.
+//! - `policy/redact_step/50_clean_steps`: the default secret scan over the 50 steps of a
+//!   workload episode (no secret in them), as `log_step` runs it on the caller's thread.
 //! - `learning/heuristic_update/merge_in_process`: `LearningUpdate::apply` of one episode's
 //!   observations onto the heuristics (and patterns, lessons) it touches.
 //! - `learning/heuristic_update/feedback_vote`: `record_feedback` on a heuristic through the
@@ -44,13 +46,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use memory_benches::{DefaultStack, Workload, memory_config, record_workload_episode, runtime};
 use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
     Clock, Episode, EpisodeId, ExecutionStep, ExistingLearned, FeedbackOutcome, FeedbackTarget,
-    Heuristic, LearnedQuery, MemoryConfig, Namespace, RateLimitConfig, RewardHistory,
-    SelfLearningMemory, StepBatchConfig, SystemClock, compute_reward, extract_learning, reflect,
+    Heuristic, LearnedQuery, MemoryConfig, Namespace, RateLimitConfig, RedactionConfig, Redactor,
+    RewardHistory, SelfLearningMemory, StepBatchConfig, SystemClock, compute_reward,
+    extract_learning, reflect,
 };
 use tokio::runtime::Runtime;
 
@@ -297,6 +300,26 @@ fn learning(c: &mut Criterion) {
             let update = extract_learning(&episode, &outcome, SystemClock.now());
             black_box((reward, reflection, update))
         });
+    });
+    group.finish();
+
+    // The secret scan every logged step goes through (`log_step` runs it on the caller's
+    // thread): the default rules over the 50 steps of a workload episode, none of which holds
+    // a secret. Each iteration scans fresh copies (redaction rewrites in place).
+    let mut group = c.benchmark_group("policy/redact_step");
+    let steps = Workload::new(SEED, 50).episode(5).steps;
+    let redactor = Redactor::new(&RedactionConfig::default()).unwrap();
+    group.throughput(Throughput::Elements(steps.len() as u64));
+    group.bench_function("50_clean_steps", |b| {
+        b.iter_batched_ref(
+            || steps.clone(),
+            |steps| {
+                for step in steps.iter_mut() {
+                    redactor.redact_step(step);
+                }
+            },
+            BatchSize::SmallInput,
+        );
     });
     group.finish();
 
