@@ -966,27 +966,39 @@ async fn pruned_rows_not_seen_since_are_compacted_after_the_kept_days() {
     }
 }
 
-/// A storage that records one completion's learning right before a run writes, as another
-/// process would between the run's read and its write.
+/// A storage that records one completion's learning right before the first write of learned
+/// items (guarded or not), as another process would between a read and its write.
 #[derive(Debug)]
 struct SightingBeforeWrite {
     inner: Arc<dyn Storage>,
     sighting: std::sync::Mutex<Option<memory_core::LearningUpdate>>,
 }
 
+impl SightingBeforeWrite {
+    async fn sight(&self, ns: &Namespace) -> memory_core::Result<()> {
+        let sighting = self.sighting.lock().unwrap().take();
+        match sighting {
+            Some(update) => self.inner.apply_learning(ns, &update).await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
 memory_core::forward_storage! {
     impl[] LearningStore for SightingBeforeWrite => inner;
-    forward apply_learning, put_learned, record_feedback, list_feedback, get_learned, query_learned;
+    forward apply_learning, record_feedback, list_feedback, get_learned, query_learned;
     {
+        async fn put_learned(&self, ns: &Namespace, items: &LearnedItems) -> memory_core::Result<()> {
+            self.sight(ns).await?;
+            self.inner.put_learned(ns, items).await
+        }
+
         async fn put_learned_unless_changed(
             &self,
             ns: &Namespace,
             groups: &[memory_core::GuardedItems],
         ) -> memory_core::Result<Vec<usize>> {
-            let sighting = self.sighting.lock().unwrap().take();
-            if let Some(update) = sighting {
-                self.inner.apply_learning(ns, &update).await?;
-            }
+            self.sight(ns).await?;
             self.inner.put_learned_unless_changed(ns, groups).await
         }
     }
@@ -1074,5 +1086,49 @@ async fn a_completion_between_a_runs_read_and_its_write_keeps_its_evidence() {
             survivor.occurrences, 6,
             "{name}: the survivor holds all of it"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_completion_between_a_restores_read_and_its_write_keeps_its_evidence() {
+    for (name, storage, _dir) in backends().await {
+        let ns = Namespace::new("race/restore").unwrap();
+        let mut p = decision("a pruned opening move", "cargo", 2, 0);
+        p.status = LearnedStatus::Pruned {
+            reason: "test".into(),
+            at: at(50),
+        };
+        let items = LearnedItems {
+            patterns: vec![p.clone()],
+            ..LearnedItems::default()
+        };
+        storage.put_learned(&ns, &items).await.unwrap();
+        // A sighting of the pruned pattern lands after the restore read it.
+        let seen = PatternObservation::new(
+            p.kind.clone(),
+            memory_core::ContextKey::default(),
+            EpisodeId::new(),
+            true,
+            at(200),
+        );
+        let update = memory_core::LearningUpdate {
+            episode_id: seen.episode_id,
+            observed_at: seen.observed_at,
+            patterns: vec![seen],
+            heuristics: vec![],
+            lessons: vec![],
+        };
+        let racing: Arc<dyn Storage> = Arc::new(SightingBeforeWrite {
+            inner: storage.clone(),
+            sighting: std::sync::Mutex::new(Some(update)),
+        });
+        let memory = SelfLearningMemory::new(racing, manual()).unwrap();
+        memory
+            .restore(&ns, FeedbackTarget::Pattern(p.id.clone()))
+            .await
+            .unwrap();
+        let stored = storage.get_pattern(&ns, &p.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, LearnedStatus::Active, "{name}: restored");
+        assert_eq!(stored.occurrences, 3, "{name}: the sighting stands");
     }
 }

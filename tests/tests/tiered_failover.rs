@@ -478,3 +478,51 @@ async fn a_step_batch_patches_the_cached_episode_only_when_reads_need_a_server()
         tiered.shutdown().await.unwrap();
     }
 }
+
+/// A restore needs the durable layer (its record and its guarded write are never journaled):
+/// during an outage it fails with a transient error and changes nothing; once the layer is
+/// back it succeeds.
+#[tokio::test]
+async fn a_restore_during_an_outage_fails_and_changes_nothing() {
+    let s = stack().await;
+    let m = SelfLearningMemory::new(s.tiered.clone(), episode_config()).unwrap();
+    let ns = Namespace::new("drill/restore").unwrap();
+    record(&m, &ns, 0).await;
+    let mut patterns = s
+        .tiered
+        .query_patterns(&ns, &LearnedQuery::default())
+        .await
+        .unwrap();
+    let mut p = patterns.remove(0);
+    p.status = memory_core::LearnedStatus::Pruned {
+        reason: "test".into(),
+        at: chrono::Utc::now(),
+    };
+    let items = memory_core::LearnedItems {
+        patterns: vec![p.clone()],
+        ..memory_core::LearnedItems::default()
+    };
+    s.tiered.put_learned(&ns, &items).await.unwrap();
+    let target = memory_core::FeedbackTarget::Pattern(p.id.clone());
+    let journaled = s.outbox.len().await.unwrap();
+
+    s.durable.set_mode(FaultMode::Always);
+    let err = m.restore(&ns, target.clone()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        s.outbox.len().await.unwrap(),
+        journaled,
+        "nothing journaled"
+    );
+
+    s.durable.set_mode(FaultMode::Never);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let inner = s.durable.inner();
+    let stored = inner.get_pattern(&ns, &p.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, p.status, "still pruned");
+    m.restore(&ns, target).await.unwrap();
+    let stored = inner.get_pattern(&ns, &p.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, memory_core::LearnedStatus::Active);
+    m.shutdown().await.unwrap();
+    s.tiered.shutdown().await.unwrap();
+}

@@ -819,24 +819,69 @@ impl Consolidator {
     /// Brings a pruned pattern or heuristic back into use and records the restore. `NotFound`
     /// for an unknown item, `Conflict` for one that is not pruned.
     pub(crate) async fn restore(&self, ns: &Namespace, target: FeedbackTarget) -> Result<()> {
-        let mut items = LearnedItems::default();
         match &target {
-            FeedbackTarget::Pattern(id) => items.patterns.push(self.unpruned(ns, id).await?),
-            FeedbackTarget::Heuristic(id) => items.heuristics.push(self.unpruned(ns, id).await?),
+            FeedbackTarget::Pattern(id) => self.restore_item::<Pattern>(ns, id, &target).await,
+            FeedbackTarget::Heuristic(id) => self.restore_item::<Heuristic>(ns, id, &target).await,
         }
-        // The record first: if it fails, nothing changed.
-        let restore = RestoreRecord {
-            target,
-            restored_at: self.clock.now(),
-        };
-        self.storage.record_restore(ns, &restore).await?;
-        self.storage.put_learned(ns, &items).await
     }
 
-    /// The pruned item, made active again (not stored yet).
-    async fn unpruned<T: Learned>(&self, ns: &Namespace, id: &T::Id) -> Result<T> {
+    /// [`Consolidator::restore`] of one item: its status is written only if the item is still
+    /// stored as read, so evidence a completion adds meanwhile (this process or another) is
+    /// kept; when it changed, it is read again. A restore needs the durable layer: its record
+    /// is not journaled, so during an outage it fails before writing anything. If the layer
+    /// goes away between the record and the guarded write (which cannot wait in the outbox),
+    /// the item is written as read with a plain write, which the tiered stack journals:
+    /// evidence reaching the server before that replay would then be overwritten.
+    async fn restore_item<T: Learned>(
+        &self,
+        ns: &Namespace,
+        id: &T::Id,
+        target: &FeedbackTarget,
+    ) -> Result<()> {
+        /// Reads and guarded writes before giving up on an item that keeps changing.
+        const TRIES: usize = 8;
+        for attempt in 0..TRIES {
+            let read = self.pruned::<T>(ns, id).await?;
+            if attempt == 0 {
+                // The record first: if it fails, nothing changed.
+                let restore = RestoreRecord {
+                    target: target.clone(),
+                    restored_at: self.clock.now(),
+                };
+                self.storage.record_restore(ns, &restore).await?;
+            }
+            let mut active = read.clone();
+            active.set_status(LearnedStatus::Active);
+            let mut write = LearnedItems::default();
+            write.push(active.into_item());
+            let group = GuardedItems {
+                read: vec![(T::learned_id(id), Some(read.into_item()))],
+                write,
+            };
+            match self
+                .storage
+                .put_learned_unless_changed(ns, std::slice::from_ref(&group))
+                .await
+            {
+                Ok(left) if left.is_empty() => return Ok(()),
+                Ok(_) => {} // changed since the read: read it again
+                Err(e) if e.is_transient() => {
+                    return self.storage.put_learned(ns, &group.write).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict {
+            kind: T::KIND.object_kind(),
+            id: id.to_string(),
+            reason: format!("changed {TRIES} times while being restored; try again"),
+        })
+    }
+
+    /// The pruned item as stored.
+    async fn pruned<T: Learned>(&self, ns: &Namespace, id: &T::Id) -> Result<T> {
         let kind = T::KIND.object_kind();
-        let mut x = get_typed::<T, _>(self.storage.as_ref(), ns, id)
+        let x = get_typed::<T, _>(self.storage.as_ref(), ns, id)
             .await?
             .ok_or_else(|| Error::not_found(kind, id))?;
         if !matches!(x.status(), LearnedStatus::Pruned { .. }) {
@@ -849,7 +894,6 @@ impl Consolidator {
                 ),
             });
         }
-        x.set_status(LearnedStatus::Active);
         Ok(x)
     }
 }
