@@ -975,6 +975,28 @@ struct SightingBeforeWrite {
 }
 
 impl SightingBeforeWrite {
+    /// `storage`, with one successful sighting of a pattern of `kind` (no context) to record.
+    fn of(storage: &Arc<dyn Storage>, kind: &PatternKind) -> Arc<dyn Storage> {
+        let seen = PatternObservation::new(
+            kind.clone(),
+            memory_core::ContextKey::default(),
+            EpisodeId::new(),
+            true,
+            at(200),
+        );
+        let update = memory_core::LearningUpdate {
+            episode_id: seen.episode_id,
+            observed_at: seen.observed_at,
+            patterns: vec![seen],
+            heuristics: vec![],
+            lessons: vec![],
+        };
+        Arc::new(SightingBeforeWrite {
+            inner: storage.clone(),
+            sighting: std::sync::Mutex::new(Some(update)),
+        })
+    }
+
     async fn sight(&self, ns: &Namespace) -> memory_core::Result<()> {
         let sighting = self.sighting.lock().unwrap().take();
         match sighting {
@@ -1039,24 +1061,7 @@ async fn a_completion_between_a_runs_read_and_its_write_keeps_its_evidence() {
             .await
             .unwrap();
         // One more sighting of the loser lands after the run read it.
-        let seen = PatternObservation::new(
-            b.kind.clone(),
-            memory_core::ContextKey::default(),
-            EpisodeId::new(),
-            true,
-            at(200),
-        );
-        let update = memory_core::LearningUpdate {
-            episode_id: seen.episode_id,
-            observed_at: seen.observed_at,
-            patterns: vec![seen],
-            heuristics: vec![],
-            lessons: vec![],
-        };
-        let racing: Arc<dyn Storage> = Arc::new(SightingBeforeWrite {
-            inner: storage.clone(),
-            sighting: std::sync::Mutex::new(Some(update)),
-        });
+        let racing = SightingBeforeWrite::of(&storage, &b.kind);
         let memory = SelfLearningMemory::new(racing, manual()).unwrap();
         let first = memory.consolidate(&ns).await.unwrap();
         assert_eq!(
@@ -1104,24 +1109,7 @@ async fn a_completion_between_a_restores_read_and_its_write_keeps_its_evidence()
         };
         storage.put_learned(&ns, &items).await.unwrap();
         // A sighting of the pruned pattern lands after the restore read it.
-        let seen = PatternObservation::new(
-            p.kind.clone(),
-            memory_core::ContextKey::default(),
-            EpisodeId::new(),
-            true,
-            at(200),
-        );
-        let update = memory_core::LearningUpdate {
-            episode_id: seen.episode_id,
-            observed_at: seen.observed_at,
-            patterns: vec![seen],
-            heuristics: vec![],
-            lessons: vec![],
-        };
-        let racing: Arc<dyn Storage> = Arc::new(SightingBeforeWrite {
-            inner: storage.clone(),
-            sighting: std::sync::Mutex::new(Some(update)),
-        });
+        let racing = SightingBeforeWrite::of(&storage, &p.kind);
         let memory = SelfLearningMemory::new(racing, manual()).unwrap();
         memory
             .restore(&ns, FeedbackTarget::Pattern(p.id.clone()))
