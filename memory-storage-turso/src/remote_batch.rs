@@ -491,7 +491,7 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
 
 /// The statements that write the `steps` the store does not hold yet (`stored`) and their
 /// step count (stamping the episode with `stamp`, an SQL expression), adding their full-text
-/// row to `text` for the batch to end with, as `Inner::append_step_rows` does.
+/// row to `rows` for the batch to end with, as `Inner::append_step_rows` does.
 fn step_statements(
     ns: &str,
     id: &str,

@@ -479,7 +479,7 @@ async fn a_step_batch_patches_the_cached_episode_only_when_reads_need_a_server()
     }
 }
 
-/// A restore needs the durable layer (its record and its guarded write are never journaled):
+/// A restore needs the durable layer (its record is never journaled, and comes first):
 /// during an outage it fails with a transient error and changes nothing; once the layer is
 /// back it succeeds.
 #[tokio::test]
