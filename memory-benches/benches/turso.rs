@@ -10,6 +10,13 @@
 //!   (start, 10 steps, complete) one after another, or as 8 concurrent streams; throughput in
 //!   episodes/s.
 //!
+//! - `turso/context_items_100k/{small_context,large_context,small_context_schema_v8}`: one
+//!   page (200, as `recommend` asks) of the patterns of a context, most-seen first, in a
+//!   namespace of 100,000 patterns over 201 contexts: a context of ~500 (sought in the
+//!   context index and sorted), the dominant context of 20,000 (read down the counter index),
+//!   and the small context again on the same store opened before schema v9 (no context
+//!   index: the counter index is walked with a table lookup per entry).
+//!
 //! After the sqld bench, the HTTP requests (round trips) of a 50-step completion, and of the
 //! `start_episode` before it, are counted through a loopback proxy and printed (`... HTTP
 //! requests (round trips) per completion`); with `MEMORY_BENCH_TRACE_HTTP=1` each request's
@@ -44,7 +51,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use memory_core::{Namespace, Outcome, SelfLearningMemory};
+use memory_core::{
+    ContextKey, EpisodeId, LearnedItems, LearnedQuery, LearnedStatus, LearningStore, Namespace,
+    Outcome, Pattern, PatternKind, PatternObservation, SelfLearningMemory,
+};
 use memory_storage_turso::{TursoConfig, TursoStorage};
 use tokio::runtime::Runtime;
 
@@ -396,5 +406,90 @@ fn ingest_local(c: &mut Criterion) {
     rt.block_on(memory.shutdown()).unwrap();
 }
 
-criterion_group!(benches, complete_local, complete_sqld, ingest_local);
+/// 100,000 patterns: 20,000 in context 0 (`d0`, rust), ~400 in each of 200 others, one in
+/// ten pruned, occurrences spread over 1-40.
+fn context_items() -> Vec<Pattern> {
+    let at = chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap();
+    let languages = ["rust", "go", "python", "typescript"];
+    (0..100_000_usize)
+        .map(|i| {
+            let c = if i < 20_000 { 0 } else { 1 + i % 200 };
+            let context = ContextKey {
+                task_type: None,
+                domain: Some(format!("d{}", c / 4)),
+                language: Some(languages[c % 4].to_owned()),
+            };
+            let tools = vec![format!("tool{i}"), "cargo".to_owned()];
+            let kind = PatternKind::ToolSequence { tools };
+            let obs = PatternObservation::new(kind, context, EpisodeId::new(), true, at);
+            let mut p = Pattern::from_observation(&obs);
+            p.occurrences = 1 + (i as u64 * 7919) % 40;
+            if i % 10 == 3 {
+                p.status = LearnedStatus::Pruned {
+                    reason: "bench".into(),
+                    at,
+                };
+            }
+            p
+        })
+        .collect()
+}
+
+fn context_page(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let ns = Namespace::new("bench/context").unwrap();
+    let page = |domain: &str, language: &str| LearnedQuery {
+        domain: Some(domain.to_owned()),
+        language: Some(language.to_owned()),
+        limit: 200,
+        ..LearnedQuery::default()
+    };
+    // Context 29: domain d7, language go.
+    let (small, large) = (page("d7", "go"), page("d0", "rust"));
+    let mut group = c.benchmark_group("turso/context_items_100k");
+    let mut run = |name: &str, storage: &TursoStorage, q: &LearnedQuery| {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let got = storage.query_patterns(&ns, q).await.unwrap();
+                black_box(got.len())
+            });
+        });
+    };
+    let config = TursoConfig::local(&path).schema_version(8).build().unwrap();
+    let before = rt.block_on(async {
+        let storage = TursoStorage::open(config).await.unwrap();
+        for chunk in context_items().chunks(1_000) {
+            let items = LearnedItems {
+                patterns: chunk.to_vec(),
+                ..LearnedItems::default()
+            };
+            storage.put_learned(&ns, &items).await.unwrap();
+        }
+        storage
+    });
+    run("small_context_schema_v8", &before, &small);
+    drop(before);
+    let after = rt.block_on(TursoStorage::open_local(&path)).unwrap();
+    let (a, b) = rt.block_on(async {
+        let a = after.query_patterns(&ns, &small).await.unwrap();
+        (
+            a.len(),
+            after.query_patterns(&ns, &large).await.unwrap().len(),
+        )
+    });
+    assert_eq!((a, b), (200, 200), "both pages are full");
+    run("small_context", &after, &small);
+    run("large_context", &after, &large);
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    complete_local,
+    complete_sqld,
+    ingest_local,
+    context_page
+);
 criterion_main!(benches);

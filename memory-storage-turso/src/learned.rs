@@ -2,6 +2,7 @@
 //! the merge of an update runs in core, inside the caller's transaction; feedback events.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use libsql::Value;
@@ -20,7 +21,8 @@ use crate::connection::Inner;
 use crate::error::DbResult;
 use crate::prepared::Db;
 use crate::sql::{
-    ROWS_PER_INSERT, Sql, insert_statements, learned_sql, placeholders, query_all, query_opt,
+    CONTEXT_INDEXES, ROWS_PER_INSERT, Sql, context_page_sql, insert_statements, learned_sql,
+    placeholders, query_all, query_opt,
 };
 
 /// How one kind of learned item is stored: its table, the columns of its own beside the
@@ -34,6 +36,8 @@ trait Stored: Learned + Serialize + DeserializeOwned {
     /// columns, are derived from what the id is a digest of, so a row never changes them).
     const COUNTERS: &'static [&'static str];
     const STAMPED: bool;
+    /// The counter items are ranked by, most first (its index is `<table>_by_<rank>`).
+    const RANK: &'static str;
     const ORDER: &'static str;
     fn own_values(&self) -> [Value; 3];
 }
@@ -43,6 +47,7 @@ impl Stored for Pattern {
     const OWN_COLUMNS: [&'static str; 3] = ["kind", "occurrences", "successes"];
     const COUNTERS: &'static [&'static str] = &["occurrences", "successes"];
     const STAMPED: bool = true;
+    const RANK: &'static str = "occurrences";
     const ORDER: &'static str = "occurrences DESC, id ASC";
     fn own_values(&self) -> [Value; 3] {
         [
@@ -58,6 +63,7 @@ impl Stored for Heuristic {
     const OWN_COLUMNS: [&'static str; 3] = ["condition_key", "support", "against"];
     const COUNTERS: &'static [&'static str] = &["support", "against"];
     const STAMPED: bool = true;
+    const RANK: &'static str = "support";
     const ORDER: &'static str = "support DESC, id ASC";
     fn own_values(&self) -> [Value; 3] {
         [
@@ -73,6 +79,7 @@ impl Stored for FailureLesson {
     const OWN_COLUMNS: [&'static str; 3] = ["failed_tool", "error_class", "occurrences"];
     const COUNTERS: &'static [&'static str] = &["occurrences"];
     const STAMPED: bool = false;
+    const RANK: &'static str = "occurrences";
     const ORDER: &'static str = "occurrences DESC, id ASC";
     fn own_values(&self) -> [Value; 3] {
         [
@@ -306,20 +313,31 @@ impl Inner {
         ns: &Namespace,
         q: &LearnedQuery,
     ) -> DbResult<Vec<LearnedItem>> {
-        let mut sql = Sql::default();
-        sql.push("SELECT body FROM ")
-            .push(table(kind))
-            .cond(" WHERE ns = ", text(ns.as_str()), "");
-        learned_sql(q, &mut sql);
-        if let (LearnedKind::Pattern, Some(k)) = (kind, q.kind.as_deref()) {
-            sql.push(" AND kind").cond(" = ", text(k), "");
-        }
-        let order = match kind {
-            LearnedKind::Pattern => Pattern::ORDER,
-            LearnedKind::Heuristic => Heuristic::ORDER,
-            LearnedKind::Lesson => FailureLesson::ORDER,
+        let (order, key) = match kind {
+            LearnedKind::Pattern => (Pattern::ORDER, Pattern::RANK),
+            LearnedKind::Heuristic => (Heuristic::ORDER, Heuristic::RANK),
+            LearnedKind::Lesson => (FailureLesson::ORDER, FailureLesson::RANK),
         };
-        sql.push(" ORDER BY ").push(order).page(q.limit, q.offset);
+        let of_kind = |sql: &mut Sql| {
+            if let (LearnedKind::Pattern, Some(k)) = (kind, q.kind.as_deref()) {
+                sql.push(" AND kind").cond(" = ", text(k), "");
+            }
+        };
+        let indexed = self.schema_version.load(Ordering::Acquire) >= CONTEXT_INDEXES;
+        let sql = if indexed && q.domain.is_some() {
+            context_page_sql(table(kind), key, ns.as_str(), q, &of_kind)
+        } else {
+            let mut sql = Sql::default();
+            sql.push("SELECT body FROM ").push(table(kind)).cond(
+                " WHERE ns = ",
+                text(ns.as_str()),
+                "",
+            );
+            learned_sql(q, &mut sql);
+            of_kind(&mut sql);
+            sql.push(" ORDER BY ").push(order).page(q.limit, q.offset);
+            sql
+        };
         self.read(async |conn| {
             query_all(conn, &sql.text, sql.values, |row| {
                 decode_learned(kind, &Cols::new(row, "learned item").text(0)?)
@@ -641,6 +659,44 @@ impl LearningStore for TursoStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plan of a context query: the context index sought on the namespace and every
+    /// context field given, and the counter index for a context too large to sort.
+    #[tokio::test]
+    async fn a_context_query_seeks_its_context_and_falls_back_to_the_counter_index() {
+        let db = libsql::Builder::new_local(":memory:")
+            .build()
+            .await
+            .unwrap();
+        let conn = db.connect().unwrap();
+        crate::schema::migrate(&conn, crate::SCHEMA_VERSION)
+            .await
+            .unwrap();
+        let q = LearnedQuery {
+            domain: Some("web_api".into()),
+            language: Some("rust".into()),
+            task_type: Some(TaskType::Debugging),
+            ..LearnedQuery::default()
+        };
+        for (t, rank) in [
+            (Pattern::TABLE, Pattern::RANK),
+            (Heuristic::TABLE, Heuristic::RANK),
+            (FailureLesson::TABLE, FailureLesson::RANK),
+        ] {
+            let sql = context_page_sql(t, rank, "ns", &q, &|_| {});
+            let plan = format!("EXPLAIN QUERY PLAN {}", sql.text);
+            let mut rows = conn.query(&plan, sql.values).await.unwrap();
+            let mut steps = Vec::new();
+            while let Some(row) = rows.next().await.unwrap() {
+                steps.push(row.get::<String>(3).unwrap());
+            }
+            let sought =
+                format!("INDEX {t}_by_context (ns=? AND <expr>=? AND <expr>=? AND <expr>=?)");
+            assert!(steps.iter().any(|s| s.ends_with(&sought)), "{steps:?}");
+            let ranked = format!("INDEX {t}_by_{rank} (ns=?)");
+            assert!(steps.iter().any(|s| s.ends_with(&ranked)), "{steps:?}");
+        }
+    }
 
     #[test]
     fn an_update_assigns_no_identity_column() {

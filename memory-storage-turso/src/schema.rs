@@ -14,7 +14,7 @@ use crate::prepared::Db;
 use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// One forward migration.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +98,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "steps stored in pages of up to 64 (one row per batch)",
         sql: include_str!("../migrations/v8.sql"),
         then: Then::PackSteps,
+    },
+    Migration {
+        version: 9,
+        description: "learned items indexed by their context (domain, language, task type)",
+        sql: include_str!("../migrations/v9.sql"),
+        then: Then::Nothing,
     },
 ];
 

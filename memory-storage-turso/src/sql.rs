@@ -185,9 +185,7 @@ pub(crate) fn filter_sql(f: &EpisodeFilter, sql: &mut Sql) {
 /// Appends the `WHERE` conditions of a [`LearnedQuery`]'s context and status. An item field
 /// that is unset (NULL) matches any query value.
 pub(crate) fn learned_sql(q: &LearnedQuery, sql: &mut Sql) {
-    if !q.include_inactive {
-        sql.push(" AND status = 'active'");
-    }
+    status_sql(q, sql);
     if let Some(t) = q.task_type {
         sql.cond(
             " AND (task_type IS NULL OR task_type = ",
@@ -200,6 +198,92 @@ pub(crate) fn learned_sql(q: &LearnedQuery, sql: &mut Sql) {
     }
     if let Some(l) = &q.language {
         sql.cond(" AND (language IS NULL OR language = ", text(l), ")");
+    }
+}
+
+fn status_sql(q: &LearnedQuery, sql: &mut Sql) {
+    if !q.include_inactive {
+        sql.push(" AND status = 'active'");
+    }
+}
+
+/// The schema version from which the learned tables have their context indexes
+/// (`<table>_by_context`, see `migrations/v9.sql`).
+pub(crate) const CONTEXT_INDEXES: u32 = 9;
+
+/// Up to this many items of a context (counted in its index, any status) are read and sorted
+/// in full; a larger context is read down the counter index instead, which stops at the page.
+pub(crate) const CONTEXT_SORT_MAX: u32 = 4096;
+
+/// A page of learned items of `table` for a query with a domain (the context index's leading
+/// column), most-seen first by `key` (`occurrences` or `support`), ties by id; `extra` appends
+/// conditions both ways of reading share (a pattern kind).
+///
+/// One statement picks one of two ways to read, by how many items the context holds (counted
+/// in the context index, at most [`CONTEXT_SORT_MAX`] + 1 entries): a small context is sought
+/// in the context index and sorted; a large one is read down the counter index, where the
+/// page fills quickly. The way not taken gets `LIMIT 0`, which SQLite checks before it reads
+/// a row, so it costs nothing. One statement keeps it one round trip to a server.
+pub(crate) fn context_page_sql(
+    table: &str,
+    key: &str,
+    ns: &str,
+    q: &LearnedQuery,
+    extra: &dyn Fn(&mut Sql),
+) -> Sql {
+    let index = format!("{table} INDEXED BY {table}_by_context");
+    let mut sql = Sql::default();
+    sql.push("WITH probe(n) AS (SELECT COUNT(*) FROM (SELECT 1 FROM ")
+        .push(&index)
+        .cond(" WHERE ns = ", text(ns), "");
+    context_in_sql(q, &mut sql);
+    let cap = i64::from(CONTEXT_SORT_MAX);
+    sql.cond(" LIMIT ", Value::Integer(cap + 1), "))")
+        .push(" SELECT body FROM (SELECT * FROM (SELECT body, ")
+        .push(key)
+        .push(" AS k, id FROM ")
+        .push(&index)
+        .cond(" WHERE ns = ", text(ns), "");
+    context_in_sql(q, &mut sql);
+    status_sql(q, &mut sql);
+    extra(&mut sql);
+    let order = format!(" ORDER BY {key} DESC, id ASC");
+    let limit = Value::Integer(i64::from(q.limit));
+    let offset = Value::Integer(i64::from(q.offset));
+    sql.push(&order)
+        .cond(" LIMIT (SELECT CASE WHEN n <= ", Value::Integer(cap), "")
+        .cond(" THEN ", limit.clone(), " ELSE 0 END FROM probe)")
+        .cond(" OFFSET ", offset.clone(), ")")
+        .push(" UNION ALL SELECT * FROM (SELECT body, ")
+        .push(key)
+        .push(" AS k, id FROM ")
+        .push(table)
+        .cond(" WHERE ns = ", text(ns), "");
+    learned_sql(q, &mut sql);
+    extra(&mut sql);
+    sql.push(&order)
+        .cond(" LIMIT (SELECT CASE WHEN n > ", Value::Integer(cap), "")
+        .cond(" THEN ", limit, " ELSE 0 END FROM probe)")
+        .cond(" OFFSET ", offset, "))")
+        .push(" ORDER BY k DESC, id ASC");
+    sql
+}
+
+/// The context conditions in the form the context index is sought by: an unset field is
+/// NULL, indexed as an empty blob, which no stored text equals.
+fn context_in_sql(q: &LearnedQuery, sql: &mut Sql) {
+    if let Some(d) = &q.domain {
+        sql.cond(" AND IFNULL(domain, x'') IN (x'', ", text(d), ")");
+    }
+    if let Some(l) = &q.language {
+        sql.cond(" AND IFNULL(language, x'') IN (x'', ", text(l), ")");
+    }
+    if let Some(t) = q.task_type {
+        sql.cond(
+            " AND IFNULL(task_type, x'') IN (x'', ",
+            text(t.as_str()),
+            ")",
+        );
     }
 }
 

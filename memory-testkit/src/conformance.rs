@@ -47,6 +47,7 @@ where
     learning_merges_across_episodes(make().await.as_ref()).await;
     heuristics_contradictions_kept(make().await.as_ref()).await;
     learned_queries_by_context(make().await.as_ref()).await;
+    learned_context_pages_small_and_large(make().await.as_ref()).await;
     put_learned_roundtrip(make().await.as_ref()).await;
     guarded_put_writes_only_groups_stored_as_read(make().await.as_ref()).await;
     feedback_updates_effectiveness(make().await.as_ref()).await;
@@ -748,6 +749,86 @@ pub async fn learned_queries_by_context(s: &dyn Storage) {
     let debugging = learned(|q| q.task_type = Some(TaskType::Debugging));
     assert_eq!(s.query_heuristics(n, &debugging).await.unwrap().len(), 1);
 }
+
+/// Items of a context larger than a backend may sort in full ([`LARGE_CONTEXT`], beside a
+/// small context and generic items): every page of a context query holds what the query's
+/// own `matches` selects, most-seen first, ties by id, whichever way the backend reads it.
+pub async fn learned_context_pages_small_and_large(s: &dyn Storage) {
+    let n = &ns("conf/context-pages");
+    let ctx = |d: Option<&str>, l: Option<&str>, tt: Option<TaskType>| ContextKey {
+        task_type: tt,
+        domain: d.map(str::to_owned),
+        language: l.map(str::to_owned),
+    };
+    let big = ctx(Some("big"), Some("rust"), Some(TaskType::Debugging));
+    let mut contexts: Vec<(ContextKey, usize)> = vec![
+        (big, LARGE_CONTEXT),
+        (ctx(Some("big"), Some("go"), None), 10),
+        (ctx(Some("small"), Some("rust"), None), 30),
+        (ctx(None, None, None), 20),
+        (ctx(None, Some("rust"), Some(TaskType::Debugging)), 5),
+    ];
+    let mut stored: Vec<Pattern> = Vec::new();
+    for (c, (context, count)) in contexts.drain(..).enumerate() {
+        for i in 0..count {
+            let tools = vec![format!("tool{c}_{i}")];
+            let kind = PatternKind::ToolSequence { tools };
+            let obs = PatternObservation::new(kind, context.clone(), EpisodeId::new(), true, t(1));
+            let mut p = Pattern::from_observation(&obs);
+            p.occurrences = 1 + (i as u64 * 7919) % 40;
+            if i % 10 == 3 {
+                p.status = LearnedStatus::Pruned {
+                    reason: "conformance".into(),
+                    at: t(2),
+                };
+            }
+            stored.push(p);
+        }
+    }
+    for chunk in stored.chunks(500) {
+        let items = LearnedItems {
+            patterns: chunk.to_vec(),
+            ..LearnedItems::default()
+        };
+        s.put_learned(n, &items).await.unwrap();
+    }
+    let queries = [
+        (Some("small"), None, None, false),
+        (Some("small"), Some("rust"), Some(TaskType::Testing), false),
+        (Some("big"), Some("rust"), None, false),
+        (Some("big"), None, Some(TaskType::Debugging), true),
+        (Some("big"), Some("go"), None, true),
+        (None, Some("rust"), None, false),
+    ];
+    for (domain, language, task_type, include_inactive) in queries {
+        for (limit, offset) in [(200, 0), (50, 150), (100, LARGE_CONTEXT as u32 - 60)] {
+            let q = LearnedQuery {
+                task_type,
+                domain: domain.map(str::to_owned),
+                language: language.map(str::to_owned),
+                include_inactive,
+                limit,
+                offset,
+                ..LearnedQuery::default()
+            };
+            let mut want: Vec<&Pattern> = stored.iter().filter(|p| q.matches(*p)).collect();
+            want.sort_by(|a, b| b.occurrences.cmp(&a.occurrences).then(a.id.0.cmp(&b.id.0)));
+            let want: Vec<&str> = want
+                .iter()
+                .skip(offset as usize)
+                .take(limit as usize)
+                .map(|p| p.id.0.as_str())
+                .collect();
+            let got = s.query_patterns(n, &q).await.unwrap();
+            let got: Vec<&str> = got.iter().map(|p| p.id.0.as_str()).collect();
+            assert_eq!(got, want, "{q:?}");
+        }
+    }
+}
+
+/// The size of the large context of [`learned_context_pages_small_and_large`]: above the
+/// 4,096 items the libsql backend sorts in full, so it reads that context the other way.
+pub const LARGE_CONTEXT: usize = 4_200;
 
 pub async fn put_learned_roundtrip(s: &dyn Storage) {
     let n = ns("conf/put");
