@@ -190,6 +190,24 @@ const ROWS: &[Row] = &[
         judge: Goal::P95AtMost(50e6),
     },
     Row {
+        target: "a context's learned items as recommend reads them, 100k patterns: context of ~500",
+        goal: "(part of recommend)",
+        ids: &["turso/context_items_100k/small_context"],
+        judge: Goal::Info,
+    },
+    Row {
+        target: "the same, the dominant context of 20,000",
+        goal: "(part of recommend)",
+        ids: &["turso/context_items_100k/large_context"],
+        judge: Goal::Info,
+    },
+    Row {
+        target: "the same, context of ~500, before schema v9 (counter index walked)",
+        goal: "(for comparison)",
+        ids: &["turso/context_items_100k/small_context_schema_v8"],
+        judge: Goal::Info,
+    },
+    Row {
         target: "pattern extraction, 1,000-step episode (in process)",
         goal: "(no target)",
         ids: &["learning/extract/1000_steps"],
