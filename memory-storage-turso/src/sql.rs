@@ -240,35 +240,54 @@ pub(crate) fn context_page_sql(
     context_in_sql(q, &mut sql);
     let cap = i64::from(CONTEXT_SORT_MAX);
     sql.cond(" LIMIT ", Value::Integer(cap + 1), "))")
-        .push(" SELECT body FROM (SELECT * FROM (SELECT body, ")
-        .push(key)
-        .push(" AS k, id FROM ")
-        .push(table)
-        .cond(" WHERE ns = ", text(ns), "");
-    context_in_sql(q, &mut sql);
-    status_sql(q, &mut sql);
-    extra(&mut sql);
+        .push(" SELECT body FROM (");
+    let seek = |sql: &mut Sql| {
+        context_in_sql(q, sql);
+        status_sql(q, sql);
+        extra(sql);
+    };
     // `+` keeps the counter index from being chosen for the order: the context index, the
     // only one with the context expressions, is then the planner's choice for the seek.
-    let limit = Value::Integer(i64::from(q.limit));
-    let offset = Value::Integer(i64::from(q.offset));
-    sql.push(&format!(" ORDER BY +{key} DESC, id ASC"))
-        .cond(" LIMIT (SELECT CASE WHEN n <= ", Value::Integer(cap), "")
-        .cond(" THEN ", limit.clone(), " ELSE 0 END FROM probe)")
-        .cond(" OFFSET ", offset.clone(), ")")
-        .push(" UNION ALL SELECT * FROM (SELECT body, ")
+    page_arm(&mut sql, table, key, ns, q, &seek, "+", "<=");
+    sql.push(" UNION ALL ");
+    let walk = |sql: &mut Sql| {
+        learned_sql(q, sql);
+        extra(sql);
+    };
+    page_arm(&mut sql, table, key, ns, q, &walk, "", ">");
+    sql.push(") ORDER BY k DESC, id ASC");
+    sql
+}
+
+/// One way of reading a page of [`context_page_sql`]: the rows `conditions` select, ordered
+/// by `key` (after `order_prefix`), with the page's limit when the probe's count compares to
+/// [`CONTEXT_SORT_MAX`] by `taken_when`, else `LIMIT 0`.
+#[allow(clippy::too_many_arguments)]
+fn page_arm(
+    sql: &mut Sql,
+    table: &str,
+    key: &str,
+    ns: &str,
+    q: &LearnedQuery,
+    conditions: &dyn Fn(&mut Sql),
+    order_prefix: &str,
+    taken_when: &str,
+) {
+    sql.push("SELECT * FROM (SELECT body, ")
         .push(key)
         .push(" AS k, id FROM ")
         .push(table)
         .cond(" WHERE ns = ", text(ns), "");
-    learned_sql(q, &mut sql);
-    extra(&mut sql);
-    sql.push(&format!(" ORDER BY {key} DESC, id ASC"))
-        .cond(" LIMIT (SELECT CASE WHEN n > ", Value::Integer(cap), "")
-        .cond(" THEN ", limit, " ELSE 0 END FROM probe)")
-        .cond(" OFFSET ", offset, "))")
-        .push(" ORDER BY k DESC, id ASC");
-    sql
+    conditions(sql);
+    sql.push(&format!(" ORDER BY {order_prefix}{key} DESC, id ASC"))
+        .push(&format!(" LIMIT (SELECT CASE WHEN n {taken_when} "))
+        .bind(Value::Integer(i64::from(CONTEXT_SORT_MAX)))
+        .cond(
+            " THEN ",
+            Value::Integer(i64::from(q.limit)),
+            " ELSE 0 END FROM probe)",
+        )
+        .cond(" OFFSET ", Value::Integer(i64::from(q.offset)), ")");
 }
 
 /// The context conditions in the form the context index is sought by: an unset field is
