@@ -901,6 +901,24 @@ impl Inner {
             .flatten()
     }
 
+    /// Whether the file surely holds no entry for `key`: read on the caller's thread when the
+    /// database lock is free (as [`Inner::disk_get_inline`]); `false` when that cannot be told
+    /// cheaply (compacting, an error).
+    fn file_lacks(&self, key: &[u8]) -> bool {
+        let db = match self.db.try_read() {
+            Ok(db) => db,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        let Ok(txn) = db.begin_read() else {
+            return false;
+        };
+        let Ok(table) = txn.open_table(ENTRIES) else {
+            return false;
+        };
+        matches!(table.get(key), Ok(None))
+    }
+
     fn disk_get(&self, key_bytes: &[u8], key: &CacheKey, now: u64) -> Result<DiskGet, StoreError> {
         let db = self.read_db();
         if let Some(read) = self.lookup(&db, key_bytes, key, now, usize::MAX)? {
@@ -1251,13 +1269,17 @@ impl Cache for RedbCache {
         let inner = &self.inner;
         let encoded: Vec<Vec<u8>> = keys.iter().map(|(ns, k)| entry_key(ns, k)).collect();
         let _epoch = inner.begin_epoch();
-        for k in &encoded {
-            inner.pending.remove(k);
-        }
         self.front_invalidate(&encoded).await;
-        // Keys whose removal from the file already committed (and nothing was put since)
-        // need no transaction.
-        let queued = inner.gone.queue_invalidations(encoded, |fresh| {
+        // Keys whose removal from the file already committed (and nothing was put since), and
+        // keys the file does not hold with no put of them queued, need no transaction. Asked
+        // under the gone-keys lock, which every put is queued under and every pending value
+        // of a queued put is dropped under: a put queued earlier still has its pending value
+        // then, unless an invalidation queued since (which the map knows) dropped it.
+        let each = |key: &[u8], unknown: bool| {
+            let had_pending = inner.pending.remove(key);
+            unknown && !had_pending && inner.file_lacks(key)
+        };
+        let queued = inner.gone.queue_invalidations(encoded, each, |fresh| {
             let ops = fresh
                 .into_iter()
                 .map(|key| WriteOp::Invalidate { key })

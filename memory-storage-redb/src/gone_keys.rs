@@ -16,10 +16,17 @@
 //!   *going* with that generation (no put or later invalidation was queued after it);
 //! - an invalidation that failed forgets the key.
 //!
+//! - a key the map does not know, which the file does not hold and no queued put carries
+//!   (both checked under the lock, where the invalidation also drops the pending value of
+//!   a queued put), is gone at once: nothing to queue. An episode created over a
+//!   local file is never cached, and its first step batch finds it so.
+//!
 //! Only a *gone* key skips the transaction; a *going* one waits for a new invalidation, so a
-//! caller never returns before the file lost the entry. Forgetting is always safe (it only
-//! costs a transaction), so the map is simply cleared when it grows past [`MAX_KEYS`]. Entries
-//! that leave the file otherwise (evicted, expired, cleared) are not tracked.
+//! caller never returns before the file lost the entry. Forgetting a gone key is always safe
+//! (it only costs a transaction), so the gone keys are dropped when the map grows past
+//! [`MAX_KEYS`]; the going ones stay (forgotten, their key would look unknown while a put
+//! queued before their invalidation has not committed). Entries that leave the file otherwise
+//! (evicted, expired, cleared) are not tracked.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -54,23 +61,41 @@ impl GoneKeys {
     /// Queues (with `enqueue`, called under the lock) invalidations of the keys not known to
     /// be gone, once each; returns them with their generations and what `enqueue` returned, or
     /// `None` when every key is gone already (nothing was queued).
+    ///
+    /// `each` is called under the lock for every key, with whether the map knows
+    /// nothing of it (no invalidation of it queued since its last put); an unknown key for
+    /// which it returns `true` is recorded gone without a write. It must return `true` only
+    /// when the file holds no entry for the key and no put of it waits to commit.
     pub(crate) fn queue_invalidations<R>(
         &self,
         keys: Vec<Vec<u8>>,
+        mut each: impl FnMut(&[u8], bool) -> bool,
         enqueue: impl FnOnce(Vec<Vec<u8>>) -> R,
     ) -> Option<(Going, R)> {
         let mut state = self.lock();
+        if state.keys.len() + keys.len() > MAX_KEYS {
+            // Only the gone keys are forgotten: an invalidation still queued must stay known,
+            // or its key would look unknown while a put queued before it has not committed.
+            state.keys.retain(|_, generation| *generation != GONE);
+        }
         let mut fresh: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
         for key in keys {
-            if state.keys.get(&key) != Some(&GONE) && !fresh.contains(&key) {
+            if fresh.contains(&key) {
+                continue;
+            }
+            let known = state.keys.get(&key).copied();
+            let absent = each(&key, known.is_none());
+            if known == Some(GONE) {
+                continue;
+            }
+            if absent && known.is_none() {
+                state.keys.insert(key, GONE);
+            } else {
                 fresh.push(key);
             }
         }
         if fresh.is_empty() {
             return None;
-        }
-        if state.keys.len() + fresh.len() > MAX_KEYS {
-            state.keys.clear();
         }
         let mut going = Vec::with_capacity(fresh.len());
         for key in &fresh {
@@ -125,7 +150,8 @@ mod tests {
     }
 
     fn invalidate(g: &GoneKeys, key: &str) -> Option<u64> {
-        let (going, queued) = g.queue_invalidations(vec![k(key)], |fresh| fresh.len())?;
+        let (going, queued) =
+            g.queue_invalidations(vec![k(key)], |_, _| false, |fresh| fresh.len())?;
         assert_eq!(queued, 1);
         Some(going[0].1)
     }
@@ -172,10 +198,63 @@ mod tests {
         let generation = invalidate(&g, "a").unwrap();
         g.finished(b"a", generation, true);
         let (going, queued) = g
-            .queue_invalidations(vec![k("a"), k("b"), k("b"), k("c")], |fresh| fresh)
+            .queue_invalidations(
+                vec![k("a"), k("b"), k("b"), k("c")],
+                |_, _| false,
+                |fresh| fresh,
+            )
             .unwrap();
         assert_eq!(queued, vec![k("b"), k("c")]);
         assert_eq!(going.len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_key_found_absent_is_gone_without_a_write() {
+        let g = GoneKeys::default();
+        let mut asked = Vec::new();
+        let queued = g.queue_invalidations(
+            vec![k("new"), k("held")],
+            |key, unknown| {
+                asked.push((key.to_vec(), unknown));
+                key == b"new"
+            },
+            |fresh| fresh,
+        );
+        assert_eq!(queued.unwrap().1, vec![k("held")]);
+        assert!(g.is_gone(b"new"));
+        assert_eq!(asked, vec![(k("new"), true), (k("held"), true)]);
+        // A key with an invalidation queued is not unknown: it waits for its own write, even
+        // where the file no longer holds it.
+        let (going, queued) = g
+            .queue_invalidations(vec![k("held")], |_, unknown| !unknown, |fresh| fresh)
+            .unwrap();
+        assert_eq!((going.len(), queued), (1, vec![k("held")]));
+        // A put makes it unknown again; then absence decides once more.
+        g.queue_puts([b"new".as_slice()], || ());
+        assert!(!g.is_gone(b"new"));
+        assert!(
+            g.queue_invalidations(vec![k("new")], |_, _| true, |f| f)
+                .is_none()
+        );
+        assert!(g.is_gone(b"new"));
+    }
+
+    #[test]
+    fn queued_invalidations_outlive_the_bound() {
+        let g = GoneKeys::default();
+        let pending = invalidate(&g, "queued").unwrap();
+        for i in 0..MAX_KEYS {
+            let key = format!("{i}");
+            let generation = invalidate(&g, &key).unwrap();
+            g.finished(key.as_bytes(), generation, true);
+        }
+        assert!(!g.is_gone(b"0"), "past the bound the gone keys are dropped");
+        // Still known as going: never taken for unknown (and so never judged by absence).
+        let again = g
+            .queue_invalidations(vec![k("queued")], |_, unknown| unknown, |f| f)
+            .unwrap();
+        assert_eq!(again.1, vec![k("queued")]);
+        g.finished(b"queued", pending, true);
     }
 
     #[test]

@@ -57,9 +57,9 @@ impl<V: Clone> PendingPuts<V> {
         }
     }
 
-    /// Forgets `key`'s value (it is being invalidated).
-    pub(crate) fn remove(&self, key: &[u8]) {
-        self.lock().remove(key);
+    /// Forgets `key`'s value (it is being invalidated); whether it had one.
+    pub(crate) fn remove(&self, key: &[u8]) -> bool {
+        self.lock().remove(key).is_some()
     }
 
     /// Forgets every value (the cache is being cleared).

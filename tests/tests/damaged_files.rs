@@ -60,6 +60,9 @@ async fn record(dir: &Path, n: usize) -> Vec<EpisodeId> {
         m.complete_episode(&ns, id, Outcome::success("ok"))
             .await
             .unwrap();
+        // Read back, so the cache file holds it: over a local file an episode is cached when
+        // first read, and a damage drill needs pages in use to hit.
+        m.get_episode(&ns, id).await.unwrap();
         ids.push(id);
     }
     stack.shutdown().await.unwrap();

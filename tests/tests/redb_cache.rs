@@ -481,3 +481,58 @@ async fn concurrent_writers_agree_with_a_model_and_survive_reopen() {
         );
     }
 }
+
+/// Invalidations of keys the file never held return without a write, and must still win over
+/// a put of the same key queued just before them: many tasks each put a fresh key and
+/// invalidate it at once (the put is usually still queued), others invalidate keys never put
+/// and then put them. Every read after an invalidation misses, every read after a put hits,
+/// and the file ends holding exactly the keys put last, before and after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_keys_the_file_never_held_or_still_queued_leaves_nothing_behind() {
+    for config in configs(CacheConfig::default()) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir, config.clone()).await;
+        let n = ns("absent");
+        let mut tasks = Vec::new();
+        for t in 0..8usize {
+            let (c, n) = (c.clone(), n.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut kept = Vec::new();
+                for i in 0..40 {
+                    let e = sized_episode(t * 1_000 + i, 200);
+                    let v = CachedValue::Episode(Arc::new(e.clone()));
+                    if i % 2 == 0 {
+                        c.put(&n, &v).await.unwrap();
+                        c.invalidate(&n, &ep_key(&e)).await.unwrap();
+                        assert_eq!(c.get(&n, &ep_key(&e)).await.unwrap(), None);
+                    } else {
+                        c.invalidate(&n, &ep_key(&e)).await.unwrap();
+                        assert_eq!(c.get(&n, &ep_key(&e)).await.unwrap(), None);
+                        c.put(&n, &v).await.unwrap();
+                        assert_eq!(c.get(&n, &ep_key(&e)).await.unwrap(), Some(v));
+                        kept.push(e);
+                    }
+                }
+                kept
+            }));
+        }
+        let mut kept = Vec::new();
+        for t in tasks {
+            kept.extend(t.await.unwrap());
+        }
+        c.settle().await;
+        assert_eq!(c.stats().entries, kept.len() as u64, "{config:?}");
+        c.close().await.unwrap();
+        let c = open(&dir, config).await;
+        assert_eq!(c.stats().entries, kept.len() as u64);
+        for t in 0..8usize {
+            for i in (0..40).step_by(2) {
+                let e = sized_episode(t * 1_000 + i, 200);
+                assert_eq!(c.get(&n, &ep_key(&e)).await.unwrap(), None);
+            }
+        }
+        for e in &kept {
+            assert!(c.get(&n, &ep_key(e)).await.unwrap().is_some());
+        }
+    }
+}

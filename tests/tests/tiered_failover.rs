@@ -432,12 +432,12 @@ mod model {
     }
 }
 
-/// A step batch patches the cached in-progress episode only over a durable layer whose reads
-/// need a server (here the fault-injecting wrapper, which answers `true` by default); over
-/// one read locally (`InMemoryStorage`) it drops the cached copy, and the next read fills it
-/// again with every step.
+/// A new episode is cached, and a step batch patches the cached in-progress episode, only over
+/// a durable layer whose reads need a server (here the fault-injecting wrapper, which answers
+/// `true` by default); over one read locally (`InMemoryStorage`) nothing is cached until the
+/// next read fills it with every step.
 #[tokio::test]
-async fn a_step_batch_patches_the_cached_episode_only_when_reads_need_a_server() {
+async fn new_episodes_are_cached_and_step_batches_patched_only_when_reads_need_a_server() {
     use chrono::Utc;
     use memory_core::{CacheKey, CachedValue};
     use memory_testkit::conformance::{episode, steps};
@@ -460,7 +460,11 @@ async fn a_step_batch_patches_the_cached_episode_only_when_reads_need_a_server()
         let e = episode("task", TaskType::Debugging, "web_api", None, Utc::now());
         tiered.create_episode(&ns, &e).await.unwrap();
         let key = CacheKey::Episode(e.id);
-        assert!(cache.get(&ns, &key).await.unwrap().is_some());
+        assert_eq!(
+            cache.get(&ns, &key).await.unwrap().is_some(),
+            patched,
+            "a new episode is cached only where reads need a server"
+        );
         let batch = steps(&[("cargo", true), ("edit_file", false)], 1, Utc::now());
         tiered.append_steps(&ns, e.id, &batch).await.unwrap();
         let cached = cache.get(&ns, &key).await.unwrap();

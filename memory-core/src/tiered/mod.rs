@@ -845,7 +845,8 @@ impl Inner {
     /// Keeps the cache in step with a write the durable layer accepted. Over a durable layer
     /// whose reads need a server, in-progress episodes are patched in place (write-through),
     /// so that an episode started before an outage can still be read, and completed, during
-    /// it; over a local file, a step batch drops the cached copy.
+    /// it; over a local file, a new episode is not cached and a step batch drops the cached
+    /// copy.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn after_write(&self, ns: &Namespace, op: &WriteOp, since: u64) {
         let _patching = match op {
@@ -857,8 +858,10 @@ impl Inner {
         match op {
             WriteOp::CreateEpisode(e) => {
                 // A create is idempotent: if the id existed, the stored episode wins, so only
-                // fill an empty slot.
+                // fill an empty slot. Over a local file the new episode is not cached: its
+                // first step batch would drop the copy, and reading it back is cheap.
                 if self.cache.is_some()
+                    && self.durable.reads_need_a_server()
                     && self.cache_get(ns, &CacheKey::Episode(e.id)).await.is_none()
                 {
                     self.cache_put(ns, CachedValue::Episode(Arc::new(e.clone())), since)
