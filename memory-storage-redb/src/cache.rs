@@ -901,22 +901,30 @@ impl Inner {
             .flatten()
     }
 
-    /// Whether the file surely holds no entry for `key`: read on the caller's thread when the
-    /// database lock is free (as [`Inner::disk_get_inline`]); `false` when that cannot be told
-    /// cheaply (compacting, an error).
-    fn file_lacks(&self, key: &[u8]) -> bool {
+    /// For each key paired with `true`, whether the file surely holds no entry for it, all
+    /// read in one transaction on the caller's thread when the database lock is free (as
+    /// [`Inner::disk_get_inline`]); `false` for the keys paired with `false` and when that
+    /// cannot be told cheaply (compacting, an error). No transaction when no key is asked.
+    fn file_lacks(&self, keys: &[(&[u8], bool)]) -> Vec<bool> {
+        let mut out = vec![false; keys.len()];
+        if !keys.iter().any(|(_, ask)| *ask) {
+            return out;
+        }
         let db = match self.db.try_read() {
             Ok(db) => db,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return false,
+            Err(TryLockError::WouldBlock) => return out,
         };
         let Ok(txn) = db.begin_read() else {
-            return false;
+            return out;
         };
         let Ok(table) = txn.open_table(ENTRIES) else {
-            return false;
+            return out;
         };
-        matches!(table.get(key), Ok(None))
+        for (slot, (key, ask)) in out.iter_mut().zip(keys) {
+            *slot = *ask && matches!(table.get(*key), Ok(None));
+        }
+        out
     }
 
     fn disk_get(&self, key_bytes: &[u8], key: &CacheKey, now: u64) -> Result<DiskGet, StoreError> {
@@ -1275,11 +1283,19 @@ impl Cache for RedbCache {
         // under the gone-keys lock, which every put is queued under and every pending value
         // of a queued put is dropped under: a put queued earlier still has its pending value
         // then, unless an invalidation queued since (which the map knows) dropped it.
-        let each = |key: &[u8], unknown: bool| {
-            let had_pending = inner.pending.remove(key);
-            unknown && !had_pending && inner.file_lacks(key)
+        let absent = |asked: &[(&[u8], bool)]| {
+            // Every pending value first, then one read of the file for all the keys: a put
+            // whose pending value is gone has committed before that read began.
+            let candidates: Vec<(&[u8], bool)> = asked
+                .iter()
+                .map(|&(key, unknown)| {
+                    let had_pending = inner.pending.remove(key);
+                    (key, unknown && !had_pending)
+                })
+                .collect();
+            inner.file_lacks(&candidates)
         };
-        let queued = inner.gone.queue_invalidations(encoded, each, |fresh| {
+        let queued = inner.gone.queue_invalidations(encoded, absent, |fresh| {
             let ops = fresh
                 .into_iter()
                 .map(|key| WriteOp::Invalidate { key })

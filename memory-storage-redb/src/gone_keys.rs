@@ -62,14 +62,16 @@ impl GoneKeys {
     /// be gone, once each; returns them with their generations and what `enqueue` returned, or
     /// `None` when every key is gone already (nothing was queued).
     ///
-    /// `each` is called under the lock for every key, with whether the map knows
-    /// nothing of it (no invalidation of it queued since its last put); an unknown key for
-    /// which it returns `true` is recorded gone without a write. It must return `true` only
-    /// when the file holds no entry for the key and no put of it waits to commit.
+    /// `absent` is called once under the lock with every distinct key and whether the map
+    /// knows nothing of it (no invalidation of it queued since its last put), and returns one
+    /// answer per key, in order; an unknown key for which it answers `true` is recorded gone
+    /// without a write. It must answer `true` only when the file holds no entry for the key
+    /// and no put of it waits to commit. Asking for all the keys at once lets it check every
+    /// pending put first and then read the file once, after all those checks.
     pub(crate) fn queue_invalidations<R>(
         &self,
         keys: Vec<Vec<u8>>,
-        mut each: impl FnMut(&[u8], bool) -> bool,
+        absent: impl FnOnce(&[(&[u8], bool)]) -> Vec<bool>,
         enqueue: impl FnOnce(Vec<Vec<u8>>) -> R,
     ) -> Option<(Going, R)> {
         let mut state = self.lock();
@@ -78,17 +80,29 @@ impl GoneKeys {
             // or its key would look unknown while a put queued before it has not committed.
             state.keys.retain(|_, generation| *generation != GONE);
         }
-        let mut fresh: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+        let mut distinct: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
         for key in keys {
-            if fresh.contains(&key) {
-                continue;
+            if !distinct.contains(&key) {
+                distinct.push(key);
             }
-            let known = state.keys.get(&key).copied();
-            let absent = each(&key, known.is_none());
+        }
+        let known: Vec<Option<u64>> = distinct
+            .iter()
+            .map(|key| state.keys.get(key).copied())
+            .collect();
+        let asked: Vec<(&[u8], bool)> = distinct
+            .iter()
+            .zip(&known)
+            .map(|(key, known)| (key.as_slice(), known.is_none()))
+            .collect();
+        let answers = absent(&asked);
+        drop(asked);
+        let mut fresh: Vec<Vec<u8>> = Vec::with_capacity(distinct.len());
+        for (i, (key, known)) in distinct.into_iter().zip(known).enumerate() {
             if known == Some(GONE) {
                 continue;
             }
-            if absent && known.is_none() {
+            if known.is_none() && answers.get(i).copied().unwrap_or(false) {
                 state.keys.insert(key, GONE);
             } else {
                 fresh.push(key);
@@ -149,9 +163,13 @@ mod tests {
         s.as_bytes().to_vec()
     }
 
+    fn none_absent(keys: &[(&[u8], bool)]) -> Vec<bool> {
+        vec![false; keys.len()]
+    }
+
     fn invalidate(g: &GoneKeys, key: &str) -> Option<u64> {
         let (going, queued) =
-            g.queue_invalidations(vec![k(key)], |_, _| false, |fresh| fresh.len())?;
+            g.queue_invalidations(vec![k(key)], none_absent, |fresh| fresh.len())?;
         assert_eq!(queued, 1);
         Some(going[0].1)
     }
@@ -198,11 +216,9 @@ mod tests {
         let generation = invalidate(&g, "a").unwrap();
         g.finished(b"a", generation, true);
         let (going, queued) = g
-            .queue_invalidations(
-                vec![k("a"), k("b"), k("b"), k("c")],
-                |_, _| false,
-                |fresh| fresh,
-            )
+            .queue_invalidations(vec![k("a"), k("b"), k("b"), k("c")], none_absent, |fresh| {
+                fresh
+            })
             .unwrap();
         assert_eq!(queued, vec![k("b"), k("c")]);
         assert_eq!(going.len(), 2);
@@ -214,9 +230,9 @@ mod tests {
         let mut asked = Vec::new();
         let queued = g.queue_invalidations(
             vec![k("new"), k("held")],
-            |key, unknown| {
-                asked.push((key.to_vec(), unknown));
-                key == b"new"
+            |keys| {
+                asked.extend(keys.iter().map(|(key, unknown)| (key.to_vec(), *unknown)));
+                keys.iter().map(|(key, _)| *key == b"new").collect()
             },
             |fresh| fresh,
         );
@@ -226,14 +242,18 @@ mod tests {
         // A key with an invalidation queued is not unknown: it waits for its own write, even
         // where the file no longer holds it.
         let (going, queued) = g
-            .queue_invalidations(vec![k("held")], |_, unknown| !unknown, |fresh| fresh)
+            .queue_invalidations(
+                vec![k("held")],
+                |keys| keys.iter().map(|(_, unknown)| !unknown).collect(),
+                |fresh| fresh,
+            )
             .unwrap();
         assert_eq!((going.len(), queued), (1, vec![k("held")]));
         // A put makes it unknown again; then absence decides once more.
         g.queue_puts([b"new".as_slice()], || ());
         assert!(!g.is_gone(b"new"));
         assert!(
-            g.queue_invalidations(vec![k("new")], |_, _| true, |f| f)
+            g.queue_invalidations(vec![k("new")], |keys| vec![true; keys.len()], |f| f)
                 .is_none()
         );
         assert!(g.is_gone(b"new"));
@@ -251,7 +271,11 @@ mod tests {
         assert!(!g.is_gone(b"0"), "past the bound the gone keys are dropped");
         // Still known as going: never taken for unknown (and so never judged by absence).
         let again = g
-            .queue_invalidations(vec![k("queued")], |_, unknown| unknown, |f| f)
+            .queue_invalidations(
+                vec![k("queued")],
+                |keys| keys.iter().map(|(_, unknown)| *unknown).collect(),
+                |f| f,
+            )
             .unwrap();
         assert_eq!(again.1, vec![k("queued")]);
         g.finished(b"queued", pending, true);
