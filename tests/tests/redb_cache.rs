@@ -482,6 +482,41 @@ async fn concurrent_writers_agree_with_a_model_and_survive_reopen() {
     }
 }
 
+/// An invalidation asked for right after a put returned, from another task, while that put's
+/// commit finishes on the putting task's thread: the invalidation must see either the put's
+/// pending value or its committed entry, never neither (then it would record the key gone
+/// while the file holds it, and a read would find the entry again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalidation_racing_the_end_of_a_put_still_removes_it() {
+    for config in configs(CacheConfig::default()) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir, config.clone()).await;
+        let n = ns("racing");
+        for i in 0..60usize {
+            let e = sized_episode(50_000 + i, 200);
+            let v = CachedValue::Episode(Arc::new(e.clone()));
+            let (done, put_returned) = tokio::sync::oneshot::channel();
+            let putter = {
+                let (c, n) = (c.clone(), n.clone());
+                tokio::spawn(async move {
+                    c.put(&n, &v).await.unwrap();
+                    done.send(()).unwrap();
+                })
+            };
+            put_returned.await.unwrap();
+            c.invalidate(&n, &ep_key(&e)).await.unwrap();
+            putter.await.unwrap();
+            assert_eq!(
+                c.get(&n, &ep_key(&e)).await.unwrap(),
+                None,
+                "{config:?} {i}"
+            );
+        }
+        c.settle().await;
+        assert_eq!(c.stats().entries, 0, "{config:?}");
+    }
+}
+
 /// Invalidations of keys the file never held return without a write, and must still win over
 /// a put of the same key queued just before them: many tasks each put a fresh key and
 /// invalidate it at once (the put is usually still queued), others invalidate keys never put
