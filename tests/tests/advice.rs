@@ -90,6 +90,9 @@ async fn advice_comes_from_what_the_matched_episodes_taught() {
         "{}",
         rec.patterns[0].why
     );
+    // The kubectl episode is the only close one: it taught nearly all of the evidence.
+    let share = rec.patterns[0].taught_share;
+    assert!(share > 0.5 && share <= 1.0, "{share}");
     assert!(
         rec.advice_basis.contains("similar episode"),
         "{}",
@@ -126,6 +129,12 @@ async fn advice_comes_from_what_the_matched_episodes_taught() {
             .all(|s| s.why.starts_with("context default, nothing similar: ")),
         "{:#?}",
         rec.playbook
+    );
+    // Nothing similar taught the context's default.
+    assert!(
+        rec.patterns.iter().all(|p| p.taught_share == 0.0),
+        "{:#?}",
+        rec.patterns
     );
     assert!(
         rec.advice_basis.contains("as a default"),

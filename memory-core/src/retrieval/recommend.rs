@@ -107,6 +107,11 @@ pub struct Advice<T> {
     pub score: f64,
     /// Why it is recommended.
     pub why: String,
+    /// The share (`0..=1`, by closeness) of the similar episodes' evidence that taught this
+    /// item; 0 when it is here only because it holds in the task's context. A caller deciding
+    /// how far to trust a plan can ask how much of what matched backs it.
+    #[serde(default)]
+    pub taught_share: f64,
 }
 
 /// One step of the playbook.
@@ -316,6 +321,7 @@ pub(crate) fn rank_patterns(
                 item: p,
                 score,
                 why,
+                taught_share: rel.share,
             }
         })
         .filter(|a| a.score > 0.0)
@@ -357,6 +363,7 @@ pub(crate) fn rank_heuristics(
                 score: rel.weight() * confidence,
                 item: h,
                 why,
+                taught_share: rel.share,
             }
         })
         .filter(|a| a.score > 0.0)
@@ -382,6 +389,7 @@ pub(crate) fn rank_pitfalls(
                 score,
                 why: format!("{}: {why}", l.text()),
                 item: l,
+                taught_share: rel.share,
             }
         })
         .filter(|a| a.score > 0.0)
