@@ -23,6 +23,8 @@ enum PlanSource {
     Playbook(PatternId),
     /// The tool sequence of a similar successful episode.
     Episode(EpisodeId),
+    /// The steps that worked in a similar attempt that failed (no similar one succeeded).
+    Attempt(EpisodeId),
 }
 
 /// A known way out of a failure: setup tools to run before retrying the failed tool.
@@ -52,6 +54,9 @@ struct Advice {
     /// one step keeps the rest).
     proven: bool,
 }
+
+/// Failed similar attempts read for the one that got furthest, when none succeeded.
+const ATTEMPTS_READ: usize = 5;
 
 /// Successful uses (feedback "helped") that make a playbook proven to the agent.
 const PROVEN_HELPED: u64 = 3;
@@ -85,7 +90,8 @@ pub struct TaskRecord {
     /// Failures that were not injected noise, as `tool: error class` in the task's context
     /// (`domain/language`).
     pub failures: Vec<String>,
-    /// Where the plan came from: `playbook`, `episode` or `none`.
+    /// Where the plan came from: `playbook`, `episode`, `attempt` (the steps that worked in a
+    /// similar failed attempt, when no similar one succeeded) or `none`.
     pub plan: String,
     /// Whether the plan was followed to the end without a wrong step.
     pub plan_held: bool,
@@ -266,6 +272,7 @@ impl Agent<'_> {
             plan: match advice.source {
                 Some(PlanSource::Playbook(_)) => "playbook",
                 Some(PlanSource::Episode(_)) => "episode",
+                Some(PlanSource::Attempt(_)) => "attempt",
                 None => "none",
             }
             .to_owned(),
@@ -435,6 +442,9 @@ impl Agent<'_> {
                         .map(memory_core::ExecutionStep::tool),
                 );
                 advice.source = Some(PlanSource::Episode(past.id));
+            } else if let Some((id, plan)) = self.furthest_attempt(&rec).await? {
+                advice.plan = plan;
+                advice.source = Some(PlanSource::Attempt(id));
             }
         }
         for p in &rec.pitfalls {
@@ -476,6 +486,42 @@ impl Agent<'_> {
         Ok(advice)
     }
 
+    /// With no similar success to replay: the steps that worked in the similar attempt that
+    /// got furthest before it failed (of the [`ATTEMPTS_READ`] most similar failures, earlier
+    /// tries of the same task folded into them included), as a plan to start from. Each step
+    /// that worked in a failed attempt is a step of the task's procedure, so a task no one has
+    /// finished yet starts where the last try stopped, not from scratch.
+    async fn furthest_attempt(
+        &self,
+        rec: &memory_core::retrieval::recommend::Recommendation,
+    ) -> Result<Option<(EpisodeId, Vec<String>)>> {
+        let failed = rec
+            .episodes
+            .iter()
+            .filter(|e| e.retrieved.episode.outcome == Some(OutcomeKind::Failure))
+            .flat_map(|e| {
+                std::iter::once(e.retrieved.episode.id).chain(e.near_duplicates.iter().copied())
+            })
+            .take(ATTEMPTS_READ);
+        let mut best: Option<(EpisodeId, Vec<String>)> = None;
+        for id in failed {
+            let past = self.memory.get_episode(self.ns, id).await?;
+            if past.outcome.as_ref().map(Outcome::kind) != Some(OutcomeKind::Failure) {
+                continue;
+            }
+            let worked = collapse_tools(
+                past.steps
+                    .iter()
+                    .filter(|s| s.result().is_success())
+                    .map(memory_core::ExecutionStep::tool),
+            );
+            if !worked.is_empty() && best.as_ref().is_none_or(|(_, b)| worked.len() > b.len()) {
+                best = Some((past.id, worked));
+            }
+        }
+        Ok(best)
+    }
+
     /// The setup tools that fixed a failure of `failed_tool`, from recoveries (most frequent
     /// first): the setup step right before the successful retry of the failed tool. A recovery
     /// that does not end with that retry (cut short, or a different approach) names no fix.
@@ -495,5 +541,67 @@ impl Agent<'_> {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::learning::WorldName;
+    use memory_core::{InMemoryStorage, MemoryConfig};
+
+    /// Records a failed try at `task`: one wrong tool, then the first `done` steps of its
+    /// procedure, then the budget runs out.
+    async fn failed_try(
+        memory: &SelfLearningMemory,
+        ns: &Namespace,
+        task: &Task,
+        done: usize,
+    ) -> Result<EpisodeId> {
+        let new = NewEpisode::new(
+            task.description.clone(),
+            task.task_type,
+            task.context.clone(),
+        );
+        let id = memory.start_episode(ns, new).await?;
+        let wrong = format!("{NOT_APPLICABLE} (wrong tool)");
+        memory
+            .log_step(ns, id, StepInput::error("scaffold", "run scaffold", wrong))
+            .await?;
+        for tool in task.sequence().iter().take(done) {
+            let step = StepInput::ok(tool.as_str(), format!("run {tool}"), format!("{tool}: ok"));
+            memory.log_step(ns, id, step).await?;
+        }
+        let outcome = Outcome::failure("step budget of 20 used up");
+        memory.complete_episode(ns, id, outcome).await?;
+        Ok(id)
+    }
+
+    #[tokio::test]
+    async fn a_task_no_one_has_finished_starts_where_the_furthest_try_stopped() -> Result<()> {
+        let world = World::new(WorldName::Tuning, 3, 0.0)?;
+        let task = world.task(0);
+        let memory =
+            SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())?;
+        let ns = Namespace::new("eval/agent-test")?;
+        failed_try(&memory, &ns, &task, 1).await?;
+        let furthest = failed_try(&memory, &ns, &task, 3).await?;
+        failed_try(&memory, &ns, &task, 2).await?;
+        let config = LearningEvalConfig::default();
+        let agent = Agent {
+            world: &world,
+            memory: &memory,
+            ns: &ns,
+            arm: Arm::FullMemory,
+            config: &config,
+        };
+
+        let advice = agent.consult(&task).await?;
+
+        assert_eq!(advice.source, Some(PlanSource::Attempt(furthest)));
+        assert_eq!(advice.plan, task.sequence()[..3].to_vec());
+        Ok(())
     }
 }

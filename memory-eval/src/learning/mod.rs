@@ -11,7 +11,9 @@
 //! - [`Arm::NoMemory`]: never asks; explores every task (it records its episodes all the same).
 //! - [`Arm::EpisodesOnly`]: asks `recommend`, but the store withholds every pattern, heuristic
 //!   and lesson ([`Withholding`]), so only similar episodes come back; the agent replays the
-//!   tools of the most similar one that succeeded.
+//!   tools of the most similar one that succeeded. When none of them succeeded, it starts from
+//!   the steps that worked in the similar failed attempt that got furthest (every arm that
+//!   asks does this).
 //! - [`Arm::FullMemory`]: follows the playbook, applies the fixes of failure lessons before a
 //!   tool that is known to fail in this context ("avoid pitfalls"), and recovers from a failure
 //!   with the lessons' remedies and the error-recovery patterns; replays a similar episode when

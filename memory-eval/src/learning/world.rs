@@ -283,6 +283,12 @@ impl<'t> Attempt<'t> {
 }
 
 impl Task {
+    /// The hidden tool sequence (tests of the agent build past attempts from it).
+    #[cfg(test)]
+    pub(crate) fn sequence(&self) -> &[String] {
+        &self.sequence
+    }
+
     /// Starts working on the task, in `world` (which knows the repair tools).
     pub fn attempt<'t>(&'t self, world: &'t World) -> Attempt<'t> {
         Attempt {
