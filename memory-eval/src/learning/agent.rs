@@ -435,12 +435,7 @@ impl Agent<'_> {
                     .memory
                     .get_episode(self.ns, best.retrieved.episode.id)
                     .await?;
-                advice.plan = collapse_tools(
-                    past.steps
-                        .iter()
-                        .filter(|s| s.result().is_success())
-                        .map(memory_core::ExecutionStep::tool),
-                );
+                advice.plan = worked_tools(&past);
                 advice.source = Some(PlanSource::Episode(past.id));
             } else if let Some((id, plan)) = self.furthest_attempt(&rec).await? {
                 advice.plan = plan;
@@ -509,12 +504,7 @@ impl Agent<'_> {
             if past.outcome.as_ref().map(Outcome::kind) != Some(OutcomeKind::Failure) {
                 continue;
             }
-            let worked = collapse_tools(
-                past.steps
-                    .iter()
-                    .filter(|s| s.result().is_success())
-                    .map(memory_core::ExecutionStep::tool),
-            );
+            let worked = worked_tools(&past);
             if !worked.is_empty() && best.as_ref().is_none_or(|(_, b)| worked.len() > b.len()) {
                 best = Some((past.id, worked));
             }
@@ -542,6 +532,17 @@ impl Agent<'_> {
         }
         out
     }
+}
+
+/// The tools of the steps that worked in `episode`, in order, repeats in a row collapsed.
+fn worked_tools(episode: &memory_core::Episode) -> Vec<String> {
+    collapse_tools(
+        episode
+            .steps
+            .iter()
+            .filter(|s| s.result().is_success())
+            .map(memory_core::ExecutionStep::tool),
+    )
 }
 
 #[cfg(test)]
