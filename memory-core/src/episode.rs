@@ -730,6 +730,40 @@ impl Episode {
         self.steps.sort_by_key(|s| s.step_number);
     }
 
+    /// The tools of the steps that worked, in order, normalized, with repeats in a row
+    /// collapsed: the procedure as the episode shows it (in a failed episode, the part that
+    /// worked before it stopped).
+    ///
+    /// ```
+    /// use memory_core::{Episode, NewEpisode, StepInput, TaskContext, TaskType};
+    /// let mut e = Episode::start(NewEpisode::new("t", TaskType::Testing, TaskContext::new("d")), chrono::Utc::now());
+    /// for (i, input) in [
+    ///     StepInput::ok("cargo", "build", "ok"),
+    ///     StepInput::error("pytest", "test", "no such file"),
+    ///     StepInput::ok("Cargo", "build again", "ok"),
+    ///     StepInput::ok("git", "commit", "ok"),
+    /// ]
+    /// .into_iter()
+    /// .enumerate()
+    /// {
+    ///     e.steps.push(memory_core::ExecutionStep {
+    ///         step_number: i as u32 + 1,
+    ///         key: memory_core::ExecutionStep::new_key(),
+    ///         timestamp: chrono::Utc::now(),
+    ///         input,
+    ///     });
+    /// }
+    /// assert_eq!(e.worked_tools(), ["cargo", "git"]);
+    /// ```
+    pub fn worked_tools(&self) -> Vec<String> {
+        crate::text::collapse_tools(
+            self.steps
+                .iter()
+                .filter(|s| s.result().is_success())
+                .map(ExecutionStep::tool),
+        )
+    }
+
     /// True once an outcome was recorded.
     pub fn is_completed(&self) -> bool {
         self.outcome.is_some()

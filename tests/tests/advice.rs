@@ -425,3 +425,72 @@ async fn rules_that_agree_across_contexts_generalize_into_the_plan_of_a_new_one(
     // Rust contexts no longer agree on how to start testing either.
     assert!(plan(&m.recommend(&ns, &new_context).await.unwrap()).is_empty());
 }
+
+/// A task no one has finished yet: the playbook is the steps that worked in the similar
+/// attempt that got furthest (labeled, with that episode), so the next try starts where it
+/// stopped; once a try succeeds, the playbook is what succeeded. Without a context, lexical
+/// hits teach nothing and no plan is given.
+#[tokio::test]
+async fn a_task_no_one_has_finished_gets_the_furthest_attempt_as_its_playbook() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), None).await;
+    let ns = Namespace::new("advice/attempt").unwrap();
+    let ctx = TaskContext::new("web_api").with_language("rust");
+    let task = "move the ledger service from mysql to postgres";
+    let attempt = |worked: &'static [&'static str]| {
+        let mut steps: Vec<StepInput> = worked
+            .iter()
+            .map(|t| StepInput::ok(*t, format!("run {t}"), "ok"))
+            .collect();
+        steps.push(StepInput::error("cargo", "test", "error: relation missing"));
+        steps
+    };
+    let mut ids = Vec::new();
+    for worked in [
+        &["pg_dump"][..],
+        &["pg_dump", "edit_file", "sqlx_migrate"][..],
+        &["pg_dump", "edit_file"][..],
+    ] {
+        let new = NewEpisode::new(task, TaskType::Refactoring, ctx.clone());
+        let id = m.start_episode(&ns, new).await.unwrap();
+        for step in attempt(worked) {
+            m.log_step(&ns, id, step).await.unwrap();
+        }
+        let outcome = Outcome::failure("tests still fail");
+        m.complete_episode(&ns, id, outcome).await.unwrap();
+        ids.push(id);
+    }
+    let req = RecommendRequest::new(task).with_context(Some(TaskType::Refactoring), ctx.clone());
+
+    let rec = m.recommend(&ns, &req).await.unwrap();
+    assert_eq!(plan(&rec), ["pg_dump", "edit_file", "sqlx_migrate"]);
+    assert_eq!(rec.playbook_attempt, Some(ids[1]));
+    assert_eq!(rec.playbook_pattern, None);
+    let why = &rec.playbook[0].why;
+    let expected = format!(
+        "lexical match only: step 1 of pg_dump → edit_file → sqlx_migrate (no similar task finished yet: the steps that worked in the similar attempt that got furthest, episode {} (refactoring in web_api/rust), which failed after 4 step(s), its last failure cargo with \"error: relation missing\"; go on from there)",
+        ids[1]
+    );
+    assert!(why.starts_with(&expected), "{why}");
+    let bare = m
+        .recommend(&ns, &RecommendRequest::new(task))
+        .await
+        .unwrap();
+    assert!(bare.playbook.is_empty() && bare.playbook_attempt.is_none());
+
+    let steps = ["pg_dump", "edit_file", "sqlx_migrate", "cargo"];
+    let done = NewEpisode::new(task, TaskType::Refactoring, ctx.clone());
+    let id = m.start_episode(&ns, done).await.unwrap();
+    for t in steps {
+        m.log_step(&ns, id, StepInput::ok(t, format!("run {t}"), "ok"))
+            .await
+            .unwrap();
+    }
+    m.complete_episode(&ns, id, Outcome::success("green"))
+        .await
+        .unwrap();
+    let rec = m.recommend(&ns, &req).await.unwrap();
+    assert_eq!(plan(&rec), steps);
+    assert_eq!(rec.playbook_attempt, None);
+    assert!(rec.playbook_pattern.is_some());
+}

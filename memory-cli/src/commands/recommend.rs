@@ -83,11 +83,14 @@ pub(crate) fn print_human(rec: &Recommendation) {
         outln!("  duration        {:.1} s", ms / 1000.0);
     }
     if !rec.playbook.is_empty() {
-        match &rec.playbook_pattern {
-            Some(id) => outln!(
+        match (&rec.playbook_pattern, rec.playbook_attempt) {
+            (Some(id), _) => outln!(
                 "\nplaybook  (after using it: memory feedback --pattern {id} --episode <id> --outcome helped|no-effect|hindered)"
             ),
-            None => outln!("\nplaybook"),
+            (None, Some(id)) => outln!(
+                "\nplaybook  (no similar task finished yet: the steps that worked in attempt {id}; go on from where it stopped)"
+            ),
+            (None, None) => outln!("\nplaybook"),
         }
         for st in &rec.playbook {
             let (n, tool) = (st.order, line(&st.tool));

@@ -190,12 +190,7 @@ pub fn extract_learning(
     features.push(format!("complexity={}", episode.context.complexity));
     add_pattern(PatternKind::ContextPattern { features }, &task_ctx);
 
-    let mut ok_tools = collapse_tools(
-        steps
-            .iter()
-            .filter(|s| s.result().is_success())
-            .map(ExecutionStep::tool),
-    );
+    let mut ok_tools = episode.worked_tools();
     ok_tools.truncate(MAX_SEQUENCE_TOOLS);
     if !ok_tools.is_empty() {
         add_pattern(

@@ -34,12 +34,7 @@ pub fn reflect(episode: &Episode, outcome: &Outcome, reward: &RewardScore) -> Re
     let steps = &episode.steps;
     let mut r = Reflection::default();
     let recoveries = find_recoveries(steps);
-    let ok_tools = crate::text::collapse_tools(
-        steps
-            .iter()
-            .filter(|s| s.result().is_success())
-            .map(ExecutionStep::tool),
-    );
+    let ok_tools = episode.worked_tools();
     let place = episode.context.language.as_deref().map_or_else(
         || episode.context.domain.clone(),
         |l| format!("{}/{l}", episode.context.domain),

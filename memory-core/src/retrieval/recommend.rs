@@ -8,11 +8,14 @@
 //! what the matched episodes did. The request's explicit context bounds everything; without
 //! one, the closest episode's context is used only on a strong match. With no strong match and
 //! no context, no learned advice is given, and with a context only but no similar task, the
-//! playbook is labeled as that context's default. Feedback moves the ranking: a pattern's
+//! playbook is labeled as that context's default. When nothing learned gives a plan and no
+//! similar task has been finished, the playbook is the steps that worked in the similar
+//! failed attempt that got furthest, labeled so. Feedback moves the ranking: a pattern's
 //! effectiveness (helped / hindered) multiplies its score, so advice that keeps failing sinks.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::taught::{MAX_TEACHERS, taught_by};
 use super::{RetrievalQuery, RetrievedEpisode, Retriever};
 use crate::consolidation::{ConsolidationConfig, calibrated};
-use crate::episode::{EpisodeId, OutcomeKind, TaskContext, TaskType};
+use crate::episode::{Episode, EpisodeId, Outcome, OutcomeKind, TaskContext, TaskType};
 use crate::error::Result;
 use crate::learned::{
     ContextKey, FailureLesson, Heuristic, Learned, Pattern, PatternId, PatternKind,
@@ -30,7 +33,7 @@ use crate::namespace::Namespace;
 pub use crate::records::{Estimate, EstimateCorrection};
 use crate::statistics::median;
 use crate::storage::{EpisodeFilter, EpisodeStatus, LearnedQuery, Storage};
-use crate::text::normalize_label;
+use crate::text::{error_class, normalize_label};
 
 /// What to recommend for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,13 +139,22 @@ pub struct Recommendation {
     pub heuristics: Vec<Advice<Heuristic>>,
     /// Failure lessons of similar tasks.
     pub pitfalls: Vec<Advice<FailureLesson>>,
-    /// Ordered steps from the best tool-sequence pattern, with pitfalls attached.
+    /// Ordered steps from the best tool-sequence pattern (or a general opening rule), with
+    /// pitfalls attached; with neither and no similar success, the steps that worked in the
+    /// similar attempt that got furthest ([`Recommendation::playbook_attempt`]).
     pub playbook: Vec<PlaybookStep>,
     /// The tool-sequence pattern the playbook follows: the target of feedback on the playbook
     /// (`record_feedback` with `FeedbackTarget::Pattern`), which is what demotes a playbook
     /// that no longer works. `None` with no playbook.
     #[serde(default)]
     pub playbook_pattern: Option<PatternId>,
+    /// The failed episode the playbook starts from, when no similar episode succeeded and
+    /// nothing learned gives a plan: the steps that worked in the similar attempt that got
+    /// furthest, in order (each one a step of the task's procedure as far as it is known),
+    /// for the caller to follow and then go on from where that attempt stopped. `None`
+    /// otherwise.
+    #[serde(default)]
+    pub playbook_attempt: Option<EpisodeId>,
     /// Expected steps, duration and success chance.
     pub estimate: Estimate,
     /// Calibrated confidence that the memory holds a real match (see [`super::Retrieval`]).
@@ -523,6 +535,23 @@ pub(crate) fn playbook(
             None => return (Vec::new(), None),
         },
     };
+    let steps = plan_steps(&tools, &basis, rule, heuristics, pitfalls, generic);
+    (steps, pattern_id)
+}
+
+/// The playbook's steps for the plan `tools`: each step says where it comes from (`basis`),
+/// carries the pitfalls of its tool and the best-ranked active rule about its failures, and
+/// a tool a lesson says reliably fails in this context until a preparation runs gets that
+/// preparation before it (unless the plan already ran it). `rule` is an opening rule that
+/// agrees with the whole plan (noted on the first step); `generic` labels every step.
+fn plan_steps(
+    tools: &[String],
+    basis: &str,
+    rule: Option<(&Heuristic, bool)>,
+    heuristics: &[Advice<Heuristic>],
+    pitfalls: &[Advice<FailureLesson>],
+    generic: Option<&str>,
+) -> Vec<PlaybookStep> {
     let head = generic.map(|g| format!("{g}: ")).unwrap_or_default();
     let mut out: Vec<(String, String)> = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
@@ -589,7 +618,59 @@ pub(crate) fn playbook(
         tool,
         why,
     });
-    (steps.collect(), pattern_id)
+    steps.collect()
+}
+
+/// Whether an episode of `task_type` in `context` is of the request's own context: its kind of task (when given), domain
+/// and language.
+fn in_given_context(task_type: TaskType, context: &TaskContext, req: &RecommendRequest) -> bool {
+    let Some(ctx) = &req.context else {
+        return false;
+    };
+    req.task_type.is_none_or(|t| t == task_type)
+        && normalize_label(Some(&ctx.domain)) == normalize_label(Some(&context.domain))
+        && normalize_label(ctx.language.as_deref()) == normalize_label(context.language.as_deref())
+}
+
+/// Failed similar episodes read for the one that got furthest, when none succeeded.
+const ATTEMPTS_READ: usize = 5;
+
+/// With no similar episode that succeeded: the one of the [`ATTEMPTS_READ`] most similar
+/// failures (earlier tries of the same task folded into them included) whose steps that
+/// worked go furthest, with those steps. `None` when none of them has a step that worked.
+async fn furthest_attempt(
+    storage: &dyn Storage,
+    ns: &Namespace,
+    episodes: &[RecommendedEpisode],
+    usable: impl Fn(TaskType, &TaskContext) -> bool,
+) -> Result<Option<(Arc<Episode>, Vec<String>)>> {
+    let failed = episodes
+        .iter()
+        .filter(|e| {
+            let e = &e.retrieved.episode;
+            e.outcome == Some(OutcomeKind::Failure) && usable(e.task_type, &e.context)
+        })
+        .flat_map(|e| {
+            std::iter::once(e.retrieved.episode.id).chain(e.near_duplicates.iter().copied())
+        })
+        .take(ATTEMPTS_READ);
+    let mut best: Option<(Arc<Episode>, Vec<String>)> = None;
+    for id in failed {
+        // Gone since it was retrieved (deleted by another process): nothing to learn from.
+        let Some(past) = storage.get_episode(ns, id).await? else {
+            continue;
+        };
+        if past.outcome.as_ref().map(Outcome::kind) != Some(OutcomeKind::Failure)
+            || !usable(past.task_type, &past.context)
+        {
+            continue;
+        }
+        let worked = past.worked_tools();
+        if !worked.is_empty() && best.as_ref().is_none_or(|(_, b)| worked.len() > b.len()) {
+            best = Some((past, worked));
+        }
+    }
+    Ok(best)
 }
 
 /// Items of the task's context read per kind, most-seen first: a floor under the items the
@@ -811,8 +892,54 @@ impl Advisor<'_> {
             half_life,
         );
         let mut pitfalls = rank_pitfalls(candidates(taught.lessons, lessons, c, s), now, half_life);
-        let (playbook, playbook_pattern) =
+        let (mut playbook, playbook_pattern) =
             playbook(&patterns, &heuristics, &pitfalls, strength.label());
+        let mut episodes = fold_duplicates(similar.iter().map(|r| (*r).clone()).collect());
+        // No plan from anything learned, and no similar task finished: start where the similar
+        // attempt that got furthest stopped. On a strong match from any similar failure; on a
+        // weak one only when the request gives a context (without one no advice is given), and
+        // labeled as weak; from lexical hits only within the request's own context (kind of
+        // task, domain, language). The plan names the attempt and its context.
+        let mut playbook_attempt = None;
+        let none_succeeded = similar
+            .iter()
+            .all(|r| r.episode.outcome != Some(OutcomeKind::Success));
+        let usable = |t: TaskType, c: &TaskContext| match strength {
+            Match::Strong | Match::Weak => true,
+            Match::Lexical => in_given_context(t, c, req),
+        };
+        if playbook.is_empty()
+            && none_succeeded
+            && (strength == Match::Strong || req.context.is_some())
+            && let Some((past, tools)) = furthest_attempt(storage, ns, &episodes, usable).await?
+        {
+            // Where it stopped: its last step that did not work, if any.
+            let stop = (past.steps.iter().rev())
+                .find(|s| !s.result().is_success())
+                .map(|s| {
+                    let class = error_class(s.result().text());
+                    format!(", its last failure {} with \"{class}\"", s.tool())
+                })
+                .unwrap_or_default();
+            let place = ContextKey {
+                task_type: Some(past.task_type),
+                domain: normalize_label(Some(&past.context.domain)),
+                language: normalize_label(past.context.language.as_deref()),
+            }
+            .label();
+            let basis = format!(
+                "(no similar task finished yet: the steps that worked in the similar attempt that got furthest, episode {} ({place}), which failed after {} step(s){stop}; go on from there)",
+                past.id,
+                past.steps.len()
+            );
+            let label = match strength {
+                Match::Strong => None,
+                Match::Weak => Some("no strong match, only a near miss tried this"),
+                Match::Lexical => Some("lexical match only"),
+            };
+            playbook = plan_steps(&tools, &basis, None, &heuristics, &pitfalls, label);
+            playbook_attempt = Some(past.id);
+        }
         let domain = context.as_ref().and_then(|q| q.domain.clone());
         let estimate = calibrated(
             storage,
@@ -826,7 +953,6 @@ impl Advisor<'_> {
         heuristics.truncate(limit);
         pitfalls.truncate(limit);
         // Only the similar episodes are shown: a weak lexical or semantic hit is not advice.
-        let mut episodes = fold_duplicates(similar.iter().map(|r| (*r).clone()).collect());
         episodes.truncate(limit);
         Ok(Recommendation {
             episodes,
@@ -835,6 +961,7 @@ impl Advisor<'_> {
             pitfalls,
             playbook,
             playbook_pattern,
+            playbook_attempt,
             estimate,
             confidence: retrieval.confidence,
             strong_match: retrieval.strong_match,

@@ -53,10 +53,22 @@ struct Advice {
     /// that works there and then goes on with the rest of the plan (a procedure that changed
     /// one step keeps the rest).
     proven: bool,
+    /// Similar episodes that succeeded, most similar first (earlier tries of the same task
+    /// folded into them included), at most [`ALTERNATIVES_READ`]: where the agent has no plan
+    /// to follow, it takes the next step of the first of them that agrees with what has worked
+    /// so far, before exploring at random.
+    successes: Vec<EpisodeId>,
 }
 
-/// Failed similar attempts read for the one that got furthest, when none succeeded.
-const ATTEMPTS_READ: usize = 5;
+/// The main-tool sequences of the similar successful episodes, read when the agent first has
+/// no plan to follow.
+struct Alternatives {
+    unread: Vec<EpisodeId>,
+    sequences: Vec<Vec<String>>,
+}
+
+/// Similar successful episodes kept as alternatives to a plan that ran out or went wrong.
+const ALTERNATIVES_READ: usize = 10;
 
 /// Successful uses (feedback "helped") that make a playbook proven to the agent.
 const PROVEN_HELPED: u64 = 3;
@@ -97,6 +109,10 @@ pub struct TaskRecord {
     pub plan_held: bool,
     /// Pitfalls applied before a tool ran.
     pub pitfalls_applied: u32,
+    /// Steps taken, with no plan left to follow, from a similar success that agreed with what
+    /// had worked so far (instead of at random).
+    #[serde(default)]
+    pub alternative_steps: u32,
 }
 
 /// Runs one task with one arm's policy.
@@ -117,6 +133,8 @@ struct Run<'t> {
     steps: u32,
     failures: Vec<String>,
     succeeded: HashSet<String>,
+    /// The main (not setup) tools that worked, in order, repeats in a row collapsed.
+    worked: Vec<String>,
     place: String,
 }
 
@@ -140,6 +158,7 @@ impl Agent<'_> {
             steps: 0,
             failures: Vec::new(),
             succeeded: HashSet::new(),
+            worked: Vec::new(),
             place: format!(
                 "{}/{}",
                 task.context.domain,
@@ -151,11 +170,16 @@ impl Agent<'_> {
         let mut tried_here: HashSet<&str> = HashSet::new();
         let mut prepared: HashSet<String> = HashSet::new();
         let mut pitfalls_applied = 0u32;
+        let mut alternative_steps = 0u32;
         let mut recovery_feedback: Vec<(PatternId, bool)> = Vec::new();
         // The rest of a proven plan, set aside while one wrong step is explored.
         let mut resume: Option<std::collections::VecDeque<String>> = None;
         let mut repaired_once = false;
         let candidates = self.world.tools(task.task_type);
+        let mut alternatives = Alternatives {
+            unread: advice.successes.clone(),
+            sequences: Vec::new(),
+        };
 
         while !run.attempt.done() && run.steps < self.config.max_steps {
             let tool: String = if let Some(t) = plan.pop_front() {
@@ -168,7 +192,13 @@ impl Agent<'_> {
                     .map(String::as_str)
                     .filter(|t| !tried_here.contains(t))
                     .collect();
-                if open.is_empty() {
+                if let Some(t) = self
+                    .alternative(&mut alternatives, &run.worked, &open)
+                    .await?
+                {
+                    alternative_steps += 1;
+                    t
+                } else if open.is_empty() {
                     tried_here.clear();
                     candidates[rng.below(candidates.len())].clone()
                 } else {
@@ -278,6 +308,7 @@ impl Agent<'_> {
             .to_owned(),
             plan_held: advice.source.is_some() && plan_held,
             pitfalls_applied,
+            alternative_steps,
         })
     }
 
@@ -319,6 +350,11 @@ impl Agent<'_> {
             match &outcome {
                 StepOutcome::Ok(_) => {
                     run.succeeded.insert(tool.to_owned());
+                    if !self.world.is_recovery_tool(tool)
+                        && run.worked.last().is_none_or(|t| t != tool)
+                    {
+                        run.worked.push(tool.to_owned());
+                    }
                 }
                 StepOutcome::Error(e) | StepOutcome::Timeout(e) if !noise => {
                     run.failures
@@ -435,13 +471,23 @@ impl Agent<'_> {
                     .memory
                     .get_episode(self.ns, best.retrieved.episode.id)
                     .await?;
-                advice.plan = worked_tools(&past);
+                advice.plan = past.worked_tools();
                 advice.source = Some(PlanSource::Episode(past.id));
-            } else if let Some((id, plan)) = self.furthest_attempt(&rec).await? {
-                advice.plan = plan;
+            } else if let Some(id) = rec.playbook_attempt {
+                // None of them succeeded: the memory's plan from the furthest failed attempt.
+                advice.plan = rec.playbook.iter().map(|s| s.tool.clone()).collect();
                 advice.source = Some(PlanSource::Attempt(id));
             }
         }
+        advice.successes = rec
+            .episodes
+            .iter()
+            .filter(|e| e.retrieved.episode.outcome == Some(OutcomeKind::Success))
+            .flat_map(|e| {
+                std::iter::once(e.retrieved.episode.id).chain(e.near_duplicates.iter().copied())
+            })
+            .take(ALTERNATIVES_READ)
+            .collect();
         for p in &rec.pitfalls {
             let l = &p.item;
             if l.error_class.ends_with(NOT_APPLICABLE) {
@@ -481,35 +527,34 @@ impl Agent<'_> {
         Ok(advice)
     }
 
-    /// With no similar success to replay: the steps that worked in the similar attempt that
-    /// got furthest before it failed (of the [`ATTEMPTS_READ`] most similar failures, earlier
-    /// tries of the same task folded into them included), as a plan to start from. Each step
-    /// that worked in a failed attempt is a step of the task's procedure, so a task no one has
-    /// finished yet starts where the last try stopped, not from scratch.
-    async fn furthest_attempt(
+    /// The next step of the first similar success (most similar first) whose main tools begin
+    /// with the ones that have worked in this run, when that step is one of the `open` tools
+    /// (not yet tried at this point). Reads the successes the first time it is asked.
+    async fn alternative(
         &self,
-        rec: &memory_core::retrieval::recommend::Recommendation,
-    ) -> Result<Option<(EpisodeId, Vec<String>)>> {
-        let failed = rec
-            .episodes
-            .iter()
-            .filter(|e| e.retrieved.episode.outcome == Some(OutcomeKind::Failure))
-            .flat_map(|e| {
-                std::iter::once(e.retrieved.episode.id).chain(e.near_duplicates.iter().copied())
-            })
-            .take(ATTEMPTS_READ);
-        let mut best: Option<(EpisodeId, Vec<String>)> = None;
-        for id in failed {
+        alternatives: &mut Alternatives,
+        worked: &[String],
+        open: &[&str],
+    ) -> Result<Option<String>> {
+        for id in std::mem::take(&mut alternatives.unread) {
             let past = self.memory.get_episode(self.ns, id).await?;
-            if past.outcome.as_ref().map(Outcome::kind) != Some(OutcomeKind::Failure) {
-                continue;
-            }
-            let worked = worked_tools(&past);
-            if !worked.is_empty() && best.as_ref().is_none_or(|(_, b)| worked.len() > b.len()) {
-                best = Some((past.id, worked));
+            let main: Vec<String> = past
+                .worked_tools()
+                .into_iter()
+                .filter(|t| !self.world.is_recovery_tool(t))
+                .collect();
+            let main = collapse_tools(main.iter().map(String::as_str));
+            if !main.is_empty() && !alternatives.sequences.contains(&main) {
+                alternatives.sequences.push(main);
             }
         }
-        Ok(best)
+        Ok(alternatives
+            .sequences
+            .iter()
+            .filter(|s| s.starts_with(worked))
+            .filter_map(|s| s.get(worked.len()))
+            .find(|t| open.contains(&t.as_str()))
+            .cloned())
     }
 
     /// The setup tools that fixed a failure of `failed_tool`, from recoveries (most frequent
@@ -534,17 +579,6 @@ impl Agent<'_> {
     }
 }
 
-/// The tools of the steps that worked in `episode`, in order, repeats in a row collapsed.
-fn worked_tools(episode: &memory_core::Episode) -> Vec<String> {
-    collapse_tools(
-        episode
-            .steps
-            .iter()
-            .filter(|s| s.result().is_success())
-            .map(memory_core::ExecutionStep::tool),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -552,6 +586,32 @@ mod tests {
     use super::*;
     use crate::learning::WorldName;
     use memory_core::{InMemoryStorage, MemoryConfig};
+
+    /// Records an episode of `task` with these steps and outcome.
+    async fn record(
+        memory: &SelfLearningMemory,
+        ns: &Namespace,
+        task: &Task,
+        steps: Vec<StepInput>,
+        outcome: Outcome,
+    ) -> Result<EpisodeId> {
+        let new = NewEpisode::new(
+            task.description.clone(),
+            task.task_type,
+            task.context.clone(),
+        );
+        let id = memory.start_episode(ns, new).await?;
+        for step in steps {
+            memory.log_step(ns, id, step).await?;
+        }
+        memory.complete_episode(ns, id, outcome).await?;
+        Ok(id)
+    }
+
+    /// A step of `tool` that worked.
+    fn worked(tool: &str) -> StepInput {
+        StepInput::ok(tool, format!("run {tool}"), format!("{tool}: ok"))
+    }
 
     /// Records a failed try at `task`: one wrong tool, then the first `done` steps of its
     /// procedure, then the budget runs out.
@@ -561,23 +621,11 @@ mod tests {
         task: &Task,
         done: usize,
     ) -> Result<EpisodeId> {
-        let new = NewEpisode::new(
-            task.description.clone(),
-            task.task_type,
-            task.context.clone(),
-        );
-        let id = memory.start_episode(ns, new).await?;
         let wrong = format!("{NOT_APPLICABLE} (wrong tool)");
-        memory
-            .log_step(ns, id, StepInput::error("scaffold", "run scaffold", wrong))
-            .await?;
-        for tool in task.sequence().iter().take(done) {
-            let step = StepInput::ok(tool.as_str(), format!("run {tool}"), format!("{tool}: ok"));
-            memory.log_step(ns, id, step).await?;
-        }
+        let mut steps = vec![StepInput::error("scaffold", "run scaffold", wrong)];
+        steps.extend(task.sequence().iter().take(done).map(|t| worked(t)));
         let outcome = Outcome::failure("step budget of 20 used up");
-        memory.complete_episode(ns, id, outcome).await?;
-        Ok(id)
+        record(memory, ns, task, steps, outcome).await
     }
 
     #[tokio::test]
@@ -603,6 +651,78 @@ mod tests {
 
         assert_eq!(advice.source, Some(PlanSource::Attempt(furthest)));
         assert_eq!(advice.plan, task.sequence()[..3].to_vec());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn with_no_plan_left_the_next_step_comes_from_a_similar_success_that_agrees_so_far()
+    -> Result<()> {
+        let world = World::new(WorldName::Tuning, 3, 0.0)?;
+        let task = world.task(0);
+        let tools = world.tools(task.task_type);
+        let (a, b, c, d) = (
+            tools[0].as_str(),
+            tools[1].as_str(),
+            tools[2].as_str(),
+            tools[3].as_str(),
+        );
+        let setup = world.recovery_tools()[0].as_str();
+        let memory =
+            SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())?;
+        let ns = Namespace::new("eval/agent-test")?;
+        let success = |tools: &[&str]| tools.iter().map(|t| worked(t)).collect::<Vec<_>>();
+        let done = || Outcome::success("done");
+        let first = record(&memory, &ns, &task, success(&[a, b, c]), done()).await?;
+        let steps = success(&[a, setup, a, d, b]);
+        let second = record(&memory, &ns, &task, steps, done()).await?;
+        let config = LearningEvalConfig::default();
+        let agent = Agent {
+            world: &world,
+            memory: &memory,
+            ns: &ns,
+            arm: Arm::EpisodesOnly,
+            config: &config,
+        };
+        let advice = agent.consult(&task).await?;
+        assert_eq!(advice.successes.len(), 2);
+        assert!(advice.successes.contains(&first) && advice.successes.contains(&second));
+        let mut alternatives = Alternatives {
+            unread: advice.successes.clone(),
+            sequences: Vec::new(),
+        };
+        let all: Vec<&str> = tools.iter().map(String::as_str).collect();
+        let worked = vec![a.to_owned()];
+
+        // After `a`, both successes agree so far; with their next steps tried, the other one.
+        let next = agent.alternative(&mut alternatives, &worked, &all).await?;
+        assert!(next.as_deref() == Some(b) || next.as_deref() == Some(d));
+        let without_b: Vec<&str> = all.iter().copied().filter(|t| *t != b).collect();
+        let next = agent
+            .alternative(&mut alternatives, &worked, &without_b)
+            .await?;
+        assert_eq!(
+            next.as_deref(),
+            Some(d),
+            "the setup step is not a main step"
+        );
+        let without_d: Vec<&str> = all.iter().copied().filter(|t| *t != d).collect();
+        let next = agent
+            .alternative(&mut alternatives, &worked, &without_d)
+            .await?;
+        assert_eq!(next.as_deref(), Some(b));
+        // A run that took another way than both has no alternative, nor one past their end.
+        let other = vec![c.to_owned()];
+        assert_eq!(
+            agent.alternative(&mut alternatives, &other, &all).await?,
+            None
+        );
+        let finished = vec![a.to_owned(), b.to_owned(), c.to_owned()];
+        assert_eq!(
+            agent
+                .alternative(&mut alternatives, &finished, &all)
+                .await?,
+            None
+        );
         Ok(())
     }
 }

@@ -13,7 +13,9 @@
 //!   and lesson ([`Withholding`]), so only similar episodes come back; the agent replays the
 //!   tools of the most similar one that succeeded. When none of them succeeded, it starts from
 //!   the steps that worked in the similar failed attempt that got furthest (every arm that
-//!   asks does this).
+//!   asks does this). Where it has no plan left (none, ran out, or dropped at a step that did
+//!   not apply), it takes the next step of the most similar success whose steps agree with
+//!   what has worked so far, and explores only when none does (every arm that asks).
 //! - [`Arm::FullMemory`]: follows the playbook, applies the fixes of failure lessons before a
 //!   tool that is known to fail in this context ("avoid pitfalls"), and recovers from a failure
 //!   with the lessons' remedies and the error-recovery patterns; replays a similar episode when

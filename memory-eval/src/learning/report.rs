@@ -459,6 +459,7 @@ mod tests {
             plan: plan.into(),
             plan_held: plan != "none",
             pitfalls_applied: 0,
+            alternative_steps: 0,
         }
     }
 
