@@ -494,3 +494,55 @@ async fn a_task_no_one_has_finished_gets_the_furthest_attempt_as_its_playbook() 
     assert_eq!(rec.playbook_attempt, None);
     assert!(rec.playbook_pattern.is_some());
 }
+
+/// A weak match (one close episode among unrelated ones) with a context given: the near
+/// miss's furthest attempt is the playbook, every step labeled as weak; with no context given
+/// there is no plan at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_miss_attempt_is_a_labeled_plan_only_when_a_context_is_given() {
+    let Some(model) = tests::model::minilm().unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), Some(Arc::new(model))).await;
+    let ns = Namespace::new("advice/near-miss").unwrap();
+    record(
+        &m,
+        &ns,
+        "write a haiku generator for the docs site",
+        &["edit_file"],
+    )
+    .await;
+    let chart = "render the quarterly sales chart as svg";
+    record(&m, &ns, chart, &["edit_file", "plot"]).await;
+    let ctx = TaskContext::new("payments").with_language("go");
+    let task = "move the refund worker from polling to the event queue";
+    let new = NewEpisode::new(task, TaskType::Refactoring, ctx.clone());
+    let id = m.start_episode(&ns, new).await.unwrap();
+    for t in ["read_code", "edit_file"] {
+        let step = StepInput::ok(t, format!("run {t}"), "ok");
+        m.log_step(&ns, id, step).await.unwrap();
+    }
+    let deploy = StepInput::error("deploy", "deploy", "queue not provisioned");
+    m.log_step(&ns, id, deploy).await.unwrap();
+    let outcome = Outcome::failure("queue missing");
+    m.complete_episode(&ns, id, outcome).await.unwrap();
+    m.embed_pending(&ns).await.unwrap();
+    let paraphrase = "make the refund worker consume queue events instead of polling";
+
+    let req = RecommendRequest::new(paraphrase).with_context(Some(TaskType::Refactoring), ctx);
+    let rec = m.recommend(&ns, &req).await.unwrap();
+    assert!(!rec.strong_match, "the precondition: a weak match");
+    assert_eq!(rec.playbook_attempt, Some(id), "{:#?}", rec.playbook);
+    assert_eq!(plan(&rec), ["read_code", "edit_file"]);
+    for step in &rec.playbook {
+        let why = &step.why;
+        assert!(
+            why.starts_with("no strong match, only a near miss tried this: step"),
+            "{why}"
+        );
+    }
+    let bare = m.recommend(&ns, &RecommendRequest::new(paraphrase)).await;
+    let bare = bare.unwrap();
+    assert!(bare.playbook.is_empty() && bare.playbook_attempt.is_none());
+}

@@ -621,8 +621,8 @@ fn plan_steps(
     steps.collect()
 }
 
-/// Whether an episode of `task_type` in `context` is of the request's own context: its kind of task (when given), domain
-/// and language.
+/// Whether an episode of `task_type` in `context` is of the request's own context: its kind
+/// of task (when given), domain and language.
 fn in_given_context(task_type: TaskType, context: &TaskContext, req: &RecommendRequest) -> bool {
     let Some(ctx) = &req.context else {
         return false;
