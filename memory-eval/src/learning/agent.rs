@@ -53,10 +53,11 @@ struct Advice {
     /// that works there and then goes on with the rest of the plan (a procedure that changed
     /// one step keeps the rest).
     proven: bool,
-    /// Similar episodes that succeeded, most similar first (earlier tries of the same task
-    /// folded into them included), at most [`ALTERNATIVES_READ`]: where the agent has no plan
-    /// to follow, it takes the next step of the first of them that agrees with what has worked
-    /// so far, before exploring at random.
+    /// Similar episodes that succeeded, most similar first, each followed by the earlier tries
+    /// of the same task folded into it (which may have failed: the steps that worked in them
+    /// are still steps of the task), at most [`ALTERNATIVES_READ`]: where the agent has no
+    /// plan to follow, it takes the next step of the first of them that agrees with what has
+    /// worked so far, before exploring at random.
     successes: Vec<EpisodeId>,
 }
 
