@@ -330,6 +330,7 @@ fn completed_episode(dataset: u64, i: usize) -> (Episode, EpisodeCompletion) {
         steps: Vec::new(),
         estimate_actual: None,
         expected_steps: None,
+        indexed_work: memory_core::indexed_work_text(&episode.steps),
     };
     (episode, completion)
 }

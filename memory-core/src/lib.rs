@@ -81,7 +81,7 @@ pub use retrieval::{
     IndexStatus, Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery, RetrievedEpisode,
     Retriever, ScoreBreakdown,
 };
-pub use search_text::task_search_text;
+pub use search_text::{INDEXED_WORK_CHARS, indexed_work_text, task_search_text};
 pub use storage::{
     Cache, CacheKey, CacheMark, CacheStats, CachedValue, Change, ChangeSet, EmbeddingCoverage,
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,

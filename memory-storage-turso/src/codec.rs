@@ -331,16 +331,6 @@ pub(crate) fn step_from(c: &Cols<'_>) -> DbResult<ExecutionStep> {
     })
 }
 
-/// The text of a step that the full-text index holds.
-pub(crate) fn step_search_text(s: &ExecutionStep) -> String {
-    format!(
-        "{} {} {}",
-        s.input.tool,
-        s.input.action,
-        s.input.result.text()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use libsql::Value;
 use memory_core::{
     Episode, EpisodeCompletion, EpisodeId, EpisodeQuery, EpisodeStore, EpisodeSummary, Error,
     ExecutionStep, LearnedChanges, Namespace, NamespaceStats, ObjectKind, Result, TextHit,
-    TextQuery, task_search_text,
+    TextQuery, indexed_work_text, task_search_text,
 };
 use tracing::instrument;
 
@@ -23,7 +23,7 @@ use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::prepared::Db;
 use crate::sql::{Sql, filter_sql, insert_rows, query_one, query_opt};
 use crate::step_pages::{self, NewSteps, Stored};
-use crate::text_index::{self, PendingRows};
+use crate::text_index::{self, PendingRows, WORK_PART};
 
 pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, \
      domain, language, framework, complexity, tags, started_at, completed_at, outcome_kind, \
@@ -46,18 +46,19 @@ impl Inner {
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
-    ) -> DbResult<(i64, String)> {
+    ) -> DbResult<i64> {
         let stored = Stored::read(conn, ns, id).await?;
         let new = NewSteps::of(steps, &stored);
         for (sql, values) in new.statements(ns, id)? {
             conn.exec(sql, values).await?;
         }
-        Ok((new.count(), new.search_text()))
+        Ok(new.count())
     }
 
-    /// Records the steps and the episode's step count and change stamp, and adds the steps'
-    /// full-text row to `text` (for the caller to write last); returns how many steps were
-    /// inserted (replays are skipped).
+    /// Records the steps and the episode's step count and change stamp; returns how many
+    /// steps were inserted (replays are skipped). Steps are not indexed for full-text search
+    /// here: the completion indexes the episode's work once (see
+    /// [`EpisodeCompletion::indexed_work`]).
     #[tracing::instrument(level = "debug", skip_all)]
     async fn append_step_rows(
         conn: &Db<'_>,
@@ -65,9 +66,8 @@ impl Inner {
         id: &str,
         steps: &[ExecutionStep],
         position: i64,
-        text: &mut PendingRows,
     ) -> DbResult<i64> {
-        let (inserted, body) = Self::insert_steps(conn, ns, id, steps).await?;
+        let inserted = Self::insert_steps(conn, ns, id, steps).await?;
         if inserted > 0 {
             conn.exec(
                 "UPDATE episodes SET step_count = step_count + ?3, changed_seq = ?4 \
@@ -75,7 +75,6 @@ impl Inner {
                 (ns, id, inserted, position),
             )
             .await?;
-            text.add(&body, ns, id, "steps");
         }
         Ok(inserted)
     }
@@ -143,8 +142,7 @@ async fn complete_in_tx(
             Some(_) => Ok(None), // already completed: a replay changes nothing
         };
     };
-    let mut text = PendingRows::default();
-    let inserted = Inner::append_step_rows(tx, ns, id, &c.steps, position, &mut text).await?;
+    let inserted = Inner::append_step_rows(tx, ns, id, &c.steps, position).await?;
     if let Some(expected) = c.expected_steps {
         // The learning was computed from `expected` steps: if the store holds another count
         // (another writer added steps), roll back and let the caller read them.
@@ -154,6 +152,8 @@ async fn complete_in_tx(
             return Err(Error::steps_changed(c.episode_id, u64::from(expected), stored).into());
         }
     }
+    let mut text = PendingRows::default();
+    text.add(&c.indexed_work, ns, id, WORK_PART);
     text.add(&c.reflection.text(), ns, id, "reflection");
     let changes = Inner::merge_learning(tx, ns, &c.learning, position).await?;
     if let Some(actual) = &c.estimate_actual {
@@ -246,7 +246,11 @@ impl EpisodeStore for TursoStorage {
                         text.add(&task, ns, &id, "task");
                         // A new row is in no cache: it needs no change stamp.
                         let steps = &episode.steps;
-                        Inner::append_step_rows(tx, ns, &id, steps, 0, &mut text).await?;
+                        Inner::append_step_rows(tx, ns, &id, steps, 0).await?;
+                        if episode.outcome.is_some() {
+                            // Completed already (an import): its work is indexed now.
+                            text.add(&indexed_work_text(steps), ns, &id, WORK_PART);
+                        }
                         if let Some(r) = &episode.reflection {
                             text.add(&r.text(), ns, &id, "reflection");
                         }
@@ -300,9 +304,8 @@ impl EpisodeStore for TursoStorage {
                     Some(true) => return Err(conflict_completed(episode_id).into()),
                     Some(false) => {}
                 }
-                let mut text = PendingRows::default();
-                Inner::append_step_rows(tx, ns, &id, steps, position, &mut text).await?;
-                text.write(tx).await
+                Inner::append_step_rows(tx, ns, &id, steps, position).await?;
+                Ok(())
             })
             .await
     }

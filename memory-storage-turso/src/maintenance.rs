@@ -8,20 +8,18 @@ use libsql::params::IntoParams;
 use memory_core::{
     ConsolidationRun, EpisodeId, Error, EstimateActual, EstimateRecord, FeedbackTarget,
     HeuristicId, MaintenanceStore, MetricsSnapshot, Namespace, ObjectKind, PatternId,
-    RestoreRecord, Result, StepCompaction,
+    RestoreRecord, Result, StepCompaction, indexed_work_text,
 };
 use tracing::instrument;
 
 use crate::backend::TursoStorage;
-use crate::codec::{
-    Cols, from_json, from_nanos, nanos, nanos_clamped, step_search_text, text, to_json,
-};
+use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
 use crate::episodes::episode_state;
 use crate::error::{DbResult, DriverError};
 use crate::prepared::Db;
 use crate::sql::{Sql, query_all};
 use crate::step_pages;
-use crate::text_index;
+use crate::text_index::{self, WORK_PART};
 
 impl TursoStorage {
     /// The JSON bodies (column 0) of the rows `sql` returns, as `what`.
@@ -37,16 +35,17 @@ impl TursoStorage {
     }
 }
 
-/// Rebuilds the full-text rows of an episode's steps from its pages (after their text
-/// changed): one `steps` row with every step's text.
+/// After the outputs of a completed episode's steps were cleared: an episode stored before
+/// step outputs left the full-text index still has its `steps` rows (every step's output
+/// among them), which are replaced by its work row, built from the pages as they are now.
+/// An episode stored since has nothing to change: its work row holds no output.
 async fn reindex_steps(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<()> {
-    text_index::delete(conn, ns, id, "steps").await?;
-    let lines: Vec<String> = step_pages::read_steps(conn, ns, id)
-        .await?
-        .iter()
-        .map(step_search_text)
-        .collect();
-    text_index::insert(conn, &lines.join("\n"), ns, id, "steps").await
+    if text_index::delete(conn, ns, id, "steps").await? == 0 {
+        return Ok(());
+    }
+    let steps = step_pages::read_steps(conn, ns, id).await?;
+    text_index::delete(conn, ns, id, WORK_PART).await?;
+    text_index::insert(conn, &indexed_work_text(&steps), ns, id, WORK_PART).await
 }
 
 /// Stores a completion's actuals with the episode's estimate record when one is open (local
@@ -400,5 +399,97 @@ impl MaintenanceStore for TursoStorage {
                 Ok(removed)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use memory_core::{
+        Episode, EpisodeFilter, EpisodeStore, ExecutionStep, NewEpisode, Outcome, StepInput,
+        TaskContext, TaskType, TextQuery,
+    };
+
+    use super::*;
+    use crate::MEMORY_PATH;
+
+    async fn found(s: &TursoStorage, ns: &Namespace, words: &str) -> Vec<EpisodeId> {
+        let q = TextQuery {
+            text: words.into(),
+            filter: EpisodeFilter::default(),
+            limit: 10,
+        };
+        let hits = s.search_episodes(ns, &q).await.unwrap();
+        hits.into_iter().map(|h| h.episode_id).collect()
+    }
+
+    async fn parts(s: &TursoStorage, part: &str) -> i64 {
+        let conn = s.inner.writer.lock().await;
+        let sql = "SELECT count(*) FROM text_rows WHERE part = ?1";
+        let mut rows = conn.query(sql, [part]).await.unwrap();
+        rows.next().await.unwrap().unwrap().get(0).unwrap()
+    }
+
+    /// A store from before 11-27 holds each step batch's tools, actions and outputs as a
+    /// `steps` row. Clearing an old success's outputs replaces that row with the work row
+    /// (tools, actions, errors), so the cleared outputs stop matching and the rest still does.
+    #[tokio::test]
+    async fn clearing_outputs_replaces_an_old_steps_row_with_the_work_row() {
+        let s = TursoStorage::open_local(MEMORY_PATH).await.unwrap();
+        let ns = Namespace::default();
+        let at = Utc::now() - Duration::days(30);
+        let task = NewEpisode::new(
+            "restore the mural",
+            TaskType::Other,
+            TaskContext::new("art"),
+        );
+        let mut e = Episode::start(task, at);
+        for (n, input) in [
+            StepInput::ok("loom_tool", "weave the tapestry", "marzipan printed"),
+            StepInput::error("kiln_tool", "fire the kiln", "glaze cracked at cone six"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            e.steps.push(ExecutionStep {
+                step_number: n as u32 + 1,
+                key: ExecutionStep::new_key(),
+                timestamp: at,
+                input,
+            });
+        }
+        e.outcome = Some(Outcome::success("restored"));
+        e.completed_at = Some(at + Duration::minutes(5));
+        s.create_episode(&ns, &e).await.unwrap();
+        assert_eq!(found(&s, &ns, "tapestry glaze").await, [e.id]);
+        assert!(
+            found(&s, &ns, "marzipan").await.is_empty(),
+            "outputs unindexed"
+        );
+
+        let (n, id) = (ns.as_str(), e.id.to_string());
+        {
+            // The episode as a build before 11-27 indexed it.
+            let conn = s.inner.writer.lock().await;
+            let db = Db::plain(&conn);
+            text_index::delete(&db, n, &id, WORK_PART).await.unwrap();
+            let old = "loom_tool weave the tapestry marzipan printed\n\
+                       kiln_tool fire the kiln glaze cracked at cone six";
+            text_index::insert(&db, old, n, &id, "steps").await.unwrap();
+        }
+        assert_eq!(found(&s, &ns, "marzipan").await, [e.id]);
+
+        let done = s.compact_step_outputs(&ns, Utc::now(), 10).await.unwrap();
+        assert_eq!(done.episode_ids, [e.id]);
+        assert!(
+            found(&s, &ns, "marzipan").await.is_empty(),
+            "cleared output"
+        );
+        assert_eq!(found(&s, &ns, "tapestry").await, [e.id], "actions stay");
+        assert_eq!(found(&s, &ns, "glaze").await, [e.id], "errors stay");
+        assert_eq!(
+            (parts(&s, "steps").await, parts(&s, WORK_PART).await),
+            (0, 1)
+        );
     }
 }

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use libsql::Value;
 use memory_core::{
     EpisodeCompletion, Error, ExecutionStep, ExistingLearned, FailureLesson, Heuristic,
-    LearnedChanges, ObjectKind, Pattern, task_search_text,
+    LearnedChanges, ObjectKind, Pattern, indexed_work_text, task_search_text,
 };
 
 use crate::codec::{Cols, EPISODE_COLUMNS, decode, episode_from, from_json, text};
@@ -46,7 +46,7 @@ use crate::sql::{ROWS_PER_INSERT, insert_statements, placeholders};
 use crate::step_pages::{
     NewSteps, READ_KEYS, READ_PAGES, STORED_COUNT, Stored, page_row, steps_of,
 };
-use crate::text_index::PendingRows;
+use crate::text_index::{PendingRows, WORK_PART};
 use libsql_hrana::proto::BatchCond;
 
 /// Tries of a one-request write (a completion overtaken by another writer, or any write that
@@ -490,15 +490,14 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
 }
 
 /// The statements that write the `steps` the store does not hold yet (`stored`) and their
-/// step count (stamping the episode with `stamp`, an SQL expression), adding their full-text
-/// row to `rows` for the batch to end with, as `Inner::append_step_rows` does.
+/// step count (stamping the episode with `stamp`, an SQL expression), as
+/// `Inner::append_step_rows` does (no full-text row: the completion indexes the work).
 fn step_statements(
     ns: &str,
     id: &str,
     steps: &[ExecutionStep],
     stored: &Stored,
     stamp: &str,
-    rows: &mut PendingRows,
 ) -> DbResult<(Vec<Statement>, i64)> {
     let new = NewSteps::of(steps, stored);
     let mut out: Vec<Statement> = new
@@ -515,7 +514,6 @@ fn step_statements(
             ),
             vec![text(ns), text(id), Value::Integer(inserted)],
         ));
-        rows.add(&new.search_text(), ns, id, "steps");
     }
     Ok((out, inserted))
 }
@@ -650,7 +648,7 @@ async fn write_completion(
     remembered: &LearnedBodies,
 ) -> DbResult<(Written, LearnedChanges, Option<Snapshot>)> {
     let mut text = PendingRows::default();
-    let (step_writes, _) = step_statements(ns, id, &c.steps, &snap.stored, POSITION, &mut text)?;
+    let (step_writes, _) = step_statements(ns, id, &c.steps, &snap.stored, POSITION)?;
     let changes = c.learning.apply(std::mem::take(&mut snap.existing));
     let mut writes = vec![Statement::exec(
         format!(
@@ -661,6 +659,7 @@ async fn write_completion(
         update.to_vec(),
     )];
     writes.extend(step_writes);
+    text.add(&c.indexed_work, ns, id, WORK_PART);
     text.add(&c.reflection.text(), ns, id, "reflection");
     if let Some(actual) = &c.estimate_actual {
         let values = close_estimate_values(ns, id, actual)?;
@@ -841,7 +840,11 @@ pub(crate) async fn create_episode(
     );
     // A new row is in no cache: it needs no change stamp.
     let (steps, stored) = (&episode.steps, &Stored::default());
-    writes.extend(step_statements(&ns, &id, steps, stored, "0", &mut text)?.0);
+    writes.extend(step_statements(&ns, &id, steps, stored, "0")?.0);
+    if episode.outcome.is_some() {
+        // Completed already (an import): its work is indexed now.
+        text.add(&indexed_work_text(steps), &ns, &id, WORK_PART);
+    }
     if let Some(r) = &episode.reflection {
         text.add(&r.text(), &ns, &id, "reflection");
     }
@@ -874,8 +877,6 @@ pub(crate) async fn append_steps(
             placeholders(3, keys.len())
         );
     }
-    let mut text = PendingRows::default();
-    let (mut writes, _) = step_statements(ns, id, steps, &Stored::default(), POSITION, &mut text)?;
-    writes.extend(text_statements(text));
+    let (writes, _) = step_statements(ns, id, steps, &Stored::default(), POSITION)?;
     guarded_write(client, guard_of(&condition, values), true, writes).await
 }

@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::codec::{
-    Cols, STEP_COLUMNS, decode, from_json, from_nanos, nanos, step_from_row, step_search_text,
-    text, to_json,
+    Cols, STEP_COLUMNS, decode, from_json, from_nanos, nanos, step_from_row, text, to_json,
 };
 use crate::error::DbResult;
 use crate::prepared::Db;
@@ -269,18 +268,6 @@ impl<'a> NewSteps<'a> {
     /// How many steps are new.
     pub(crate) fn count(&self) -> i64 {
         self.all.len() as i64
-    }
-
-    /// The full-text of the new steps, a line each, in the batch's order.
-    pub(crate) fn search_text(&self) -> String {
-        let mut body = String::new();
-        for s in &self.all {
-            if !body.is_empty() {
-                body.push('\n');
-            }
-            body.push_str(&step_search_text(s));
-        }
-        body
     }
 
     /// The statements writing the new steps as pages: keyless ones under their own numbers

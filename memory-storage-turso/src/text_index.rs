@@ -31,6 +31,12 @@ use crate::error::DbResult;
 use crate::prepared::Db;
 use crate::sql::{Sql, filter_sql, insert_statements, query_all, query_opt};
 
+/// The part of an episode whose row holds its work: the distinct tools, actions and error
+/// messages of its steps ([`memory_core::indexed_work_text`]), written once by its
+/// completion. Stores written before 2026-11-27 also hold `steps` rows (every step's tool,
+/// action and output, one row per logged batch); they are searched like any other part.
+pub(crate) const WORK_PART: &str = "work";
+
 /// Hex digits of the namespace prefix (64 bits of its SHA-256).
 const PREFIX_HEX: usize = 16;
 
@@ -163,14 +169,13 @@ impl PendingRows {
 }
 
 /// Deletes the index rows of one part of an episode (the trigger on `text_rows` removes
-/// their terms and updates `text_stats`).
-pub(crate) async fn delete(conn: &Db<'_>, ns: &str, episode_id: &str, part: &str) -> DbResult<()> {
+/// their terms and updates `text_stats`); returns how many there were.
+pub(crate) async fn delete(conn: &Db<'_>, ns: &str, episode_id: &str, part: &str) -> DbResult<u64> {
     conn.exec(
         "DELETE FROM text_rows WHERE ns = ?1 AND episode_id = ?2 AND part = ?3",
         vec![text(ns), text(episode_id), text(part)],
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// The version-6 migration's move: re-indexes every row of the version-1 table

@@ -44,6 +44,7 @@ where
     completion_checks_the_expected_step_count(make().await.as_ref()).await;
     query_filters_order_and_paging(make().await.as_ref()).await;
     lexical_search(make().await.as_ref()).await;
+    steps_are_searchable_once_completed(make().await.as_ref()).await;
     learning_merges_across_episodes(make().await.as_ref()).await;
     heuristics_contradictions_kept(make().await.as_ref()).await;
     learned_queries_by_context(make().await.as_ref()).await;
@@ -135,6 +136,7 @@ pub fn completion_for(episode: &Episode, outcome: Outcome, at: DateTime<Utc>) ->
         steps: Vec::new(),
         estimate_actual: Some(actual),
         expected_steps: None,
+        indexed_work: memory_core::indexed_work_text(&episode.steps),
     }
 }
 
@@ -616,6 +618,46 @@ pub async fn lexical_search(s: &dyn Storage) {
     ] {
         assert_eq!(found(s, &n, words).await, BTreeSet::from([id]), "{words}");
     }
+}
+
+/// Logged steps are not indexed until their episode is completed; then its tools, actions
+/// and error messages are, and what its successful steps printed never is.
+pub async fn steps_are_searchable_once_completed(s: &dyn Storage) {
+    let n = ns("conf/work-text");
+    let e = general("tend the greenhouse", 0);
+    s.create_episode(&n, &e).await.unwrap();
+    let mut logged = e.clone();
+    for (i, input) in [
+        StepInput::ok("loom_tool", "weave the tapestry", "marzipan printed"),
+        StepInput::error("kiln_tool", "fire the kiln", "glaze cracked at cone six"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        logged.steps.push(ExecutionStep {
+            step_number: i as u32 + 1,
+            key: ExecutionStep::new_key(),
+            timestamp: t(1 + i as i64),
+            input,
+        });
+    }
+    s.append_steps(&n, e.id, &logged.steps).await.unwrap();
+    assert_eq!(found(s, &n, "greenhouse").await, BTreeSet::from([e.id]));
+    for words in ["loom_tool", "tapestry", "glaze", "marzipan"] {
+        assert!(
+            found(s, &n, words).await.is_empty(),
+            "{words} before completion"
+        );
+    }
+    let c = completion_for(&logged, Outcome::success("tended"), t(5));
+    assert!(s.complete_episode(&n, &c).await.unwrap().is_some());
+    for words in ["loom_tool", "tapestry", "kiln_tool", "glaze cracked"] {
+        assert_eq!(found(s, &n, words).await, BTreeSet::from([e.id]), "{words}");
+    }
+    assert!(
+        found(s, &n, "marzipan").await.is_empty(),
+        "a success's output"
+    );
 }
 
 pub async fn learning_merges_across_episodes(s: &dyn Storage) {
@@ -1540,7 +1582,8 @@ async fn restore_records(s: &dyn Storage, a: &Namespace, b: &Namespace) {
 
 /// Retention empties the outputs of the successful steps of old successful episodes, and
 /// nothing else: errors, failed episodes, recent episodes, rewards, reflections and learned
-/// items stay; a second pass finds nothing; lexical search no longer finds the removed text.
+/// items stay; a second pass finds nothing. Lexical search never held the successful outputs
+/// (an episode's indexed work is its tools, actions and errors), and still finds the rest.
 pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
     let n = ns("retention/a");
     let other = ns("retention/b");
@@ -1548,7 +1591,11 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
     let all = all_learned(50);
     let patterns_before = s.query_patterns(&n, &all).await.unwrap();
     let lessons_before = s.query_lessons(&n, &all).await.unwrap();
-    assert!(found(s, &n, "zebrafish output").await.contains(&old_ok.id));
+    assert!(found(s, &n, "run zebrafish").await.contains(&old_ok.id));
+    assert!(
+        found(s, &n, "output").await.is_empty(),
+        "outputs are not indexed"
+    );
 
     let done = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
     assert_eq!(done.episode_ids, [old_ok.id], "only the old success");
@@ -1586,13 +1633,13 @@ pub async fn retention_compacts_only_old_successful_outputs(s: &dyn Storage) {
     }
     assert_eq!(s.query_patterns(&n, &all).await.unwrap(), patterns_before);
     assert_eq!(s.query_lessons(&n, &all).await.unwrap(), lessons_before);
-    let found_ok = found(s, &n, "zebrafish output ok").await;
-    assert!(found_ok.contains(&old_failed.id) && found_ok.contains(&recent_ok.id));
     let by_action = found(s, &n, "run zebrafish").await;
-    assert!(by_action.contains(&old_ok.id), "actions stay searchable");
-    let by_output = found(s, &n, "output").await;
-    let gone = !by_output.contains(&old_ok.id) && by_output.contains(&recent_ok.id);
-    assert!(gone, "removed output text no longer indexed: {by_output:?}");
+    let all = BTreeSet::from([old_ok.id, old_failed.id, recent_ok.id]);
+    assert_eq!(by_action, all, "actions stay searchable");
+    let by_error = found(s, &n, "mismatched types").await;
+    let failing = BTreeSet::from([old_ok.id, old_failed.id]);
+    assert_eq!(by_error, failing, "errors stay searchable");
+    assert!(found(s, &n, "output").await.is_empty());
 
     let again = s.compact_step_outputs(&n, t(5_000), 10).await.unwrap();
     assert_eq!(again, StepCompaction::default(), "2nd pass finds nothing");

@@ -16,6 +16,7 @@ use crate::episode::{
     Episode, EpisodeId, ExecutionStep, NewEpisode, Outcome, OutcomeKind, StepInput,
 };
 use crate::error::{Error, ObjectKind, Result};
+use crate::indexed_work_text;
 use crate::learned::{Feedback, FeedbackOutcome, FeedbackTarget};
 use crate::learning::{RewardHistory, compute_reward, extract_learning, reflect};
 use crate::namespace::Namespace;
@@ -293,6 +294,7 @@ impl SelfLearningMemory {
             steps: pending.to_vec(),
             estimate_actual: Some(actual),
             expected_steps: None,
+            indexed_work: indexed_work_text(&episode.steps),
         };
         Ok((key, completion))
     }

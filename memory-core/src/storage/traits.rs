@@ -258,6 +258,12 @@ pub struct EpisodeCompletion {
     /// the caller reads the episode and completes it again. `None` checks nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_steps: Option<u32>,
+    /// The text of the episode's steps (all of them, `steps` included) that the store's
+    /// full-text index holds for it: [`indexed_work_text`](crate::indexed_work_text).
+    /// Step batches are not indexed as they are logged; this is written once, with the
+    /// completion. Empty indexes nothing (a completion journaled by an earlier version).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub indexed_work: String,
 }
 
 /// Episodes: create, append steps, complete, read, list, search.
@@ -795,7 +801,9 @@ pub trait MaintenanceStore: Send + Sync + Debug {
 
     /// Retention: empties the output text of the successful steps of up to `max_episodes`
     /// successful episodes completed before `completed_before` that still have non-empty
-    /// outputs (oldest completions first), and keeps the full-text index in step. Everything
+    /// outputs (oldest completions first). The full-text index holds no such output (see
+    /// [`indexed_work_text`](crate::indexed_work_text)), except in a store written before
+    /// 11-27, whose per-batch step rows a backend replaces here. Everything
     /// else of the episode stays. Atomic; idempotent (a compacted output is empty, so a second
     /// call finds nothing).
     async fn compact_step_outputs(
