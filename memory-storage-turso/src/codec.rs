@@ -136,7 +136,8 @@ impl<'r> Cols<'r> {
         }
     }
 
-    fn value(&self, i: i32) -> DbResult<Value> {
+    /// Column `i` as it is stored.
+    pub(crate) fn value(&self, i: i32) -> DbResult<Value> {
         match self.row {
             Source::Row(row) => Ok(row.get_value(i)?),
             Source::Values(values) => usize::try_from(i)
@@ -274,9 +275,19 @@ pub(crate) fn episode_from(c: &Cols<'_>) -> DbResult<Episode> {
         completed_at: c.opt_i64(9)?.map(from_nanos),
         outcome: c.opt_json(10)?,
         reward: c.opt_json(11)?,
-        reflection: c.opt_json(12)?,
+        reflection: match c.value(12)? {
+            Value::Null => None,
+            stored => Some(from_json(
+                REFLECTION,
+                &crate::compressed_json::json_of(REFLECTION, stored)?,
+            )?),
+        },
     })
 }
+
+/// The episode's reflection column, as its decode errors name it (JSON text, or compressed
+/// from schema v10: [`crate::compressed_json`]).
+pub(crate) const REFLECTION: &str = "episode reflection";
 
 /// A summary from a row of [`SUMMARY_COLUMNS`].
 pub(crate) fn summary_from_row(row: &Row) -> DbResult<EpisodeSummary> {

@@ -87,6 +87,13 @@ impl std::ops::Deref for WriterGuard<'_> {
 }
 
 impl Inner {
+    /// How step page bodies and reflections are written: compressed from schema version 10 on
+    /// (before the schema is known, a remote store not reached yet, as JSON text, which every
+    /// version reads).
+    pub(crate) fn json_format(&self) -> crate::compressed_json::JsonFormat {
+        crate::compressed_json::JsonFormat::of_version(self.schema_version.load(Ordering::Acquire))
+    }
+
     /// Runs `fut` within the call timeout and maps its failure to the public error.
     pub(crate) async fn call<T>(
         &self,

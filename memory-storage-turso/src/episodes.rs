@@ -14,9 +14,10 @@ use tracing::instrument;
 
 use crate::backend::TursoStorage;
 use crate::codec::{
-    Cols, EPISODE_COLUMNS, SUMMARY_COLUMNS, decode, episode_from_row, nanos, opt_json, opt_text,
-    summary_from, text, to_json,
+    Cols, EPISODE_COLUMNS, REFLECTION, SUMMARY_COLUMNS, decode, episode_from_row, nanos, opt_json,
+    opt_text, summary_from, text, to_json,
 };
+use crate::compressed_json::JsonFormat;
 use crate::connection::Inner;
 use crate::error::DbResult;
 use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
@@ -46,18 +47,19 @@ impl Inner {
         ns: &str,
         id: &str,
         steps: &[ExecutionStep],
+        format: JsonFormat,
     ) -> DbResult<i64> {
         let stored = Stored::read(conn, ns, id).await?;
         let new = NewSteps::of(steps, &stored);
-        for (sql, values) in new.statements(ns, id)? {
+        for (sql, values) in new.statements(ns, id, format)? {
             conn.exec(sql, values).await?;
         }
         Ok(new.count())
     }
 
-    /// Records the steps and the episode's step count and change stamp; returns how many
-    /// steps were inserted (replays are skipped). Steps are not indexed for full-text search
-    /// here: the completion indexes the episode's work once (see
+    /// Records the steps (page bodies in `format`) and the episode's step count and change
+    /// stamp; returns how many steps were inserted (replays are skipped). Steps are not
+    /// indexed for full-text search here: the completion indexes the episode's work once (see
     /// [`EpisodeCompletion::indexed_work`]).
     #[tracing::instrument(level = "debug", skip_all)]
     async fn append_step_rows(
@@ -66,8 +68,9 @@ impl Inner {
         id: &str,
         steps: &[ExecutionStep],
         position: i64,
+        format: JsonFormat,
     ) -> DbResult<i64> {
-        let inserted = Self::insert_steps(conn, ns, id, steps).await?;
+        let inserted = Self::insert_steps(conn, ns, id, steps, format).await?;
         if inserted > 0 {
             conn.exec(
                 "UPDATE episodes SET step_count = step_count + ?3, changed_seq = ?4 \
@@ -113,8 +116,8 @@ async fn read_episode(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<Option<Epis
 
 /// The transaction of [`EpisodeStore::complete_episode`]: records the outcome of an
 /// in-progress episode (`update` binds `?1..?8`), indexes its reflection and merges the
-/// learning, stamping what it writes with `position`. `Ok(None)` when it was already
-/// completed.
+/// learning, stamping what it writes with `position`, step pages in `format`. `Ok(None)` when
+/// it was already completed.
 #[tracing::instrument(level = "debug", skip_all)]
 async fn complete_in_tx(
     tx: &Db<'_>,
@@ -122,7 +125,7 @@ async fn complete_in_tx(
     id: &str,
     c: &EpisodeCompletion,
     mut update: Vec<Value>,
-    position: i64,
+    (position, format): (i64, JsonFormat),
 ) -> DbResult<Option<LearnedChanges>> {
     update.push(Value::Integer(position));
     // Completes only an in-progress episode (returning the steps it held); when nothing
@@ -142,7 +145,7 @@ async fn complete_in_tx(
             Some(_) => Ok(None), // already completed: a replay changes nothing
         };
     };
-    let inserted = Inner::append_step_rows(tx, ns, id, &c.steps, position).await?;
+    let inserted = Inner::append_step_rows(tx, ns, id, &c.steps, position, format).await?;
     if let Some(expected) = c.expected_steps {
         // The learning was computed from `expected` steps: if the store holds another count
         // (another writer added steps), roll back and let the caller read them.
@@ -206,7 +209,12 @@ impl EpisodeStore for TursoStorage {
                         .as_ref()
                         .map_or(Value::Null, |r| Value::Real(r.total)),
                     opt_json("reward", episode.reward.as_ref())?,
-                    opt_json("reflection", episode.reflection.as_ref())?,
+                    match &episode.reflection {
+                        Some(r) => inner
+                            .json_format()
+                            .store(REFLECTION, to_json("reflection", r)?)?,
+                        None => Value::Null,
+                    },
                 ];
                 #[cfg(feature = "remote")]
                 if let Some(client) = &inner.hrana {
@@ -215,8 +223,14 @@ impl EpisodeStore for TursoStorage {
                         let params = params.clone();
                         async move {
                             Ok(
-                                match create_episode(client, INSERT_EPISODE, params, episode)
-                                    .await?
+                                match create_episode(
+                                    client,
+                                    INSERT_EPISODE,
+                                    params,
+                                    episode,
+                                    inner.json_format(),
+                                )
+                                .await?
                                 {
                                     // Refused: the episode exists (a replay changes nothing).
                                     Written::Committed(_) | Written::Refused => Some(()),
@@ -246,7 +260,7 @@ impl EpisodeStore for TursoStorage {
                         text.add(&task, ns, &id, "task");
                         // A new row is in no cache: it needs no change stamp.
                         let steps = &episode.steps;
-                        Inner::append_step_rows(tx, ns, &id, steps, 0).await?;
+                        Inner::append_step_rows(tx, ns, &id, steps, 0, inner.json_format()).await?;
                         if episode.outcome.is_some() {
                             // Completed already (an import): its work is indexed now.
                             text.add(&indexed_work_text(steps), ns, &id, WORK_PART);
@@ -277,7 +291,8 @@ impl EpisodeStore for TursoStorage {
                 .call("append_steps", async {
                     let id = &id;
                     until_written(inner, || async move {
-                        Ok(match append_steps(client, ns, id, steps).await? {
+                        let format = inner.json_format();
+                        Ok(match append_steps(client, ns, id, steps, format).await? {
                             Written::Busy => None,
                             written => Some(written),
                         })
@@ -304,7 +319,8 @@ impl EpisodeStore for TursoStorage {
                     Some(true) => return Err(conflict_completed(episode_id).into()),
                     Some(false) => {}
                 }
-                Inner::append_step_rows(tx, ns, &id, steps, position).await?;
+                let format = self.inner.json_format();
+                Inner::append_step_rows(tx, ns, &id, steps, position, format).await?;
                 Ok(())
             })
             .await
@@ -328,7 +344,9 @@ impl EpisodeStore for TursoStorage {
                     Value::Text(to_json("outcome", &c.outcome)?),
                     Value::Real(c.reward.total),
                     Value::Text(to_json("reward", &c.reward)?),
-                    Value::Text(to_json("reflection", &c.reflection)?),
+                    inner
+                        .json_format()
+                        .store(REFLECTION, to_json("reflection", &c.reflection)?)?,
                     Value::Integer(nanos("completed_at", c.completed_at)?),
                 ];
                 #[cfg(feature = "remote")]
@@ -336,8 +354,11 @@ impl EpisodeStore for TursoStorage {
                     use crate::remote_batch::{Tried, try_complete, until_written};
                     let (id, update, remembered) = (&id, &update, &inner.learned_bodies);
                     let tried = until_written(inner, || async move {
+                        let format = inner.json_format();
                         Ok(
-                            match try_complete(client, ns, id, c, update, remembered).await? {
+                            match try_complete(client, ns, id, c, update, remembered, format)
+                                .await?
+                            {
                                 Tried::Stale => None,
                                 done => Some(done),
                             },
@@ -359,7 +380,8 @@ impl EpisodeStore for TursoStorage {
                 }
                 inner
                     .write_tx_stamped(async |tx, position| {
-                        complete_in_tx(tx, ns, &id, c, update, position).await
+                        let stamp = (position, inner.json_format());
+                        complete_in_tx(tx, ns, &id, c, update, stamp).await
                     })
                     .await
             })

@@ -49,6 +49,7 @@ mod backend;
 mod changes;
 mod checkpoint;
 mod codec;
+mod compressed_json;
 mod config;
 mod connection;
 mod embeddings;

@@ -325,8 +325,10 @@ impl MaintenanceStore for TursoStorage {
                         |row| step_pages::page_row(&Cols::new(row, "step page")),
                     )
                     .await?;
+                    let format = self.inner.json_format();
                     for (first, keys, body) in pages {
-                        let (body, steps, bytes) = step_pages::cleared(first, &keys, &body)?;
+                        let (body, steps, bytes) =
+                            step_pages::cleared(first, &keys, &body, format)?;
                         out.steps += steps;
                         out.bytes += bytes;
                         tx.exec(

@@ -35,6 +35,7 @@ use memory_core::{
 };
 
 use crate::codec::{Cols, EPISODE_COLUMNS, decode, episode_from, from_json, text};
+use crate::compressed_json::JsonFormat;
 use crate::connection::Inner;
 use crate::episodes::INSERT_TAGS;
 use crate::error::DbResult;
@@ -491,17 +492,19 @@ fn guard(ns: &str, id: &str, names: &Names, snap: &Snapshot) -> Statement {
 
 /// The statements that write the `steps` the store does not hold yet (`stored`) and their
 /// step count (stamping the episode with `stamp`, an SQL expression), as
-/// `Inner::append_step_rows` does (no full-text row: the completion indexes the work).
+/// `Inner::append_step_rows` does (no full-text row: the completion indexes the work), with
+/// page bodies in `format`.
 fn step_statements(
     ns: &str,
     id: &str,
     steps: &[ExecutionStep],
     stored: &Stored,
     stamp: &str,
+    format: JsonFormat,
 ) -> DbResult<(Vec<Statement>, i64)> {
     let new = NewSteps::of(steps, stored);
     let mut out: Vec<Statement> = new
-        .statements(ns, id)?
+        .statements(ns, id, format)?
         .into_iter()
         .map(|(sql, values)| Statement::exec(sql, values))
         .collect();
@@ -556,7 +559,7 @@ pub(crate) enum Tried {
 /// reads are the truth as of the refusal, and the write is sent once more, merged from them.
 /// Without the episode's step count as the engine knows it (`expected_steps`: a journaled
 /// completion), a read comes first. `update` binds `?1..?8` of the outcome's `UPDATE`, as in
-/// the local path.
+/// the local path. Step pages are written in `format`.
 #[tracing::instrument(level = "debug", skip_all)]
 pub(crate) async fn try_complete(
     client: &HranaClient,
@@ -565,6 +568,7 @@ pub(crate) async fn try_complete(
     c: &EpisodeCompletion,
     update: &[Value],
     remembered: &LearnedBodies,
+    format: JsonFormat,
 ) -> DbResult<Tried> {
     let names = Names::of(c);
     // Assumed: the episode holds `expected - pending` steps, none of the pending ones (all
@@ -585,7 +589,7 @@ pub(crate) async fn try_complete(
             return Ok(done);
         }
         let (written, changes, fresh) =
-            write_completion(client, ns, id, c, update, &names, snap, remembered).await?;
+            write_completion(client, ns, id, c, update, &names, snap, remembered, format).await?;
         match written {
             Written::Committed(Some(position)) => {
                 remembered.wrote(ns, &changes)?;
@@ -646,9 +650,10 @@ async fn write_completion(
     names: &Names,
     mut snap: Snapshot,
     remembered: &LearnedBodies,
+    format: JsonFormat,
 ) -> DbResult<(Written, LearnedChanges, Option<Snapshot>)> {
     let mut text = PendingRows::default();
-    let (step_writes, _) = step_statements(ns, id, &c.steps, &snap.stored, POSITION)?;
+    let (step_writes, _) = step_statements(ns, id, &c.steps, &snap.stored, POSITION, format)?;
     let changes = c.learning.apply(std::mem::take(&mut snap.existing));
     let mut writes = vec![Statement::exec(
         format!(
@@ -812,6 +817,7 @@ pub(crate) async fn create_episode(
     insert_episode: &str,
     episode_values: Vec<Value>,
     episode: &memory_core::Episode,
+    format: JsonFormat,
 ) -> DbResult<Written> {
     let ns = match &episode_values.first() {
         Some(Value::Text(ns)) => ns.clone(),
@@ -840,7 +846,7 @@ pub(crate) async fn create_episode(
     );
     // A new row is in no cache: it needs no change stamp.
     let (steps, stored) = (&episode.steps, &Stored::default());
-    writes.extend(step_statements(&ns, &id, steps, stored, "0")?.0);
+    writes.extend(step_statements(&ns, &id, steps, stored, "0", format)?.0);
     if episode.outcome.is_some() {
         // Completed already (an import): its work is indexed now.
         text.add(&indexed_work_text(steps), &ns, &id, WORK_PART);
@@ -861,6 +867,7 @@ pub(crate) async fn append_steps(
     ns: &str,
     id: &str,
     steps: &[ExecutionStep],
+    format: JsonFormat,
 ) -> DbResult<Written> {
     if steps.iter().any(|s| s.key == 0) {
         return Ok(Written::Refused);
@@ -877,6 +884,6 @@ pub(crate) async fn append_steps(
             placeholders(3, keys.len())
         );
     }
-    let (writes, _) = step_statements(ns, id, steps, &Stored::default(), POSITION)?;
+    let (writes, _) = step_statements(ns, id, steps, &Stored::default(), POSITION, format)?;
     guarded_write(client, guard_of(&condition, values), true, writes).await
 }

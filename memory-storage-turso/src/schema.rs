@@ -14,7 +14,11 @@ use crate::prepared::Db;
 use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
+
+/// The version from which step page bodies and episode reflections may be stored compressed
+/// ([`crate::compressed_json`]).
+pub(crate) const COMPRESSED_JSON: u32 = 10;
 
 /// One forward migration.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +45,9 @@ pub(crate) enum Then {
     /// Copies every episode's step rows into pages and drops the old table (see
     /// [`crate::step_pages::pack_v7_steps`]).
     PackSteps,
+    /// Nothing to run: the version marks values written in a form older builds cannot read,
+    /// so that they refuse the database instead of failing on those values.
+    NewFormat,
 }
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
@@ -104,6 +111,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "learned items indexed by their context (domain, language, task type)",
         sql: include_str!("../migrations/v9.sql"),
         then: Then::Nothing,
+    },
+    Migration {
+        version: 10,
+        description: "step page bodies and reflections of 256 bytes or more stored zstd-compressed",
+        sql: include_str!("../migrations/v10.sql"),
+        then: Then::NewFormat,
     },
 ];
 
@@ -216,7 +229,12 @@ mod tests {
         let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
         let expected: Vec<u32> = (1..=SCHEMA_VERSION).collect();
         assert_eq!(versions, expected);
-        assert!(MIGRATIONS.iter().all(|m| !statements(m.sql).is_empty()));
+        assert!(
+            MIGRATIONS
+                .iter()
+                .all(|m| statements(m.sql).is_empty() == (m.then == Then::NewFormat)),
+            "a migration runs statements unless it only marks a new format"
+        );
     }
 
     /// The text of `sql` without comment lines and whitespace.
@@ -231,7 +249,11 @@ mod tests {
     fn every_line_of_a_migration_file_is_in_a_statement_or_a_comment() {
         for m in MIGRATIONS {
             let split = statements(m.sql);
-            let joined = split.join(";\n") + ";";
+            let joined = if split.is_empty() {
+                String::new()
+            } else {
+                split.join(";\n") + ";"
+            };
             assert_eq!(code(&joined), code(m.sql), "v{}", m.version);
         }
         let trigger =

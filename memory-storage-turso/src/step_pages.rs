@@ -10,6 +10,11 @@
 //! `body` is the JSON array of the steps, each a compact array (see [`Record`]). Which steps
 //! of a batch are new is decided from the stored keys ([`Stored`], [`NewSteps`]), under the
 //! write lock; the remote one-request append checks the same in SQL (`json_each`).
+//!
+//! From schema v10 a body of 256 bytes or more is stored as a blob, its JSON compressed with
+//! zstd ([`crate::compressed_json`]): a 50-step page of a typical episode is ~6.8 KB of JSON
+//! and ~1.0 KB stored, so it fits in its b-tree cell instead of an overflow chain. Readers
+//! take both forms; pages written before v10 stay JSON text.
 
 use std::collections::HashSet;
 
@@ -21,12 +26,16 @@ use tracing::info;
 use crate::codec::{
     Cols, STEP_COLUMNS, decode, from_json, from_nanos, nanos, step_from_row, text, to_json,
 };
+use crate::compressed_json::{JsonFormat, json_of};
 use crate::error::DbResult;
 use crate::prepared::Db;
 use crate::sql::query_all;
 
 /// Most steps a page holds; a longer batch is written as several pages.
 pub(crate) const PAGE_STEPS: usize = 64;
+
+/// The body column, as its decode errors name it.
+const BODY: &str = "step page body";
 
 /// The columns of a page read back whole, in order (`SELECT` them `ORDER BY first_number`).
 pub(crate) const READ_PAGES: &str = "SELECT first_number, keys, body FROM step_pages \
@@ -78,9 +87,9 @@ struct Record(
     Option<u64>,
 );
 
-/// A page's `keys`, `body` and `output_bytes` (the bytes of its successful steps' outputs,
-/// which compaction may clear) for `steps`.
-fn encode(steps: &[&ExecutionStep]) -> DbResult<(String, String, i64)> {
+/// A page's `keys`, `body` (stored in `format`) and `output_bytes` (the bytes of its
+/// successful steps' outputs, which compaction may clear) for `steps`.
+fn encode(steps: &[&ExecutionStep], format: JsonFormat) -> DbResult<(String, Value, i64)> {
     let keys: Vec<i64> = steps.iter().map(|s| s.key as i64).collect();
     let mut output_bytes = 0i64;
     let records = steps
@@ -103,7 +112,7 @@ fn encode(steps: &[&ExecutionStep]) -> DbResult<(String, String, i64)> {
         .collect::<DbResult<Vec<_>>>()?;
     Ok((
         to_json("step_pages.keys", &keys)?,
-        to_json("step_pages.body", &records)?,
+        format.store(BODY, to_json("step_pages.body", &records)?)?,
         output_bytes,
     ))
 }
@@ -149,7 +158,8 @@ pub(crate) fn decode_page(first: i64, keys: &str, body: &str) -> DbResult<Vec<Ex
         .collect()
 }
 
-/// The steps of the pages in `rows` (`first_number, keys, body`, in order).
+/// The steps of the pages in `rows` (`first_number, keys, body` as [`page_row`] reads them,
+/// in order).
 pub(crate) fn steps_of(rows: &[(i64, String, String)]) -> DbResult<Vec<ExecutionStep>> {
     let mut steps = Vec::new();
     for (first, keys, body) in rows {
@@ -158,9 +168,9 @@ pub(crate) fn steps_of(rows: &[(i64, String, String)]) -> DbResult<Vec<Execution
     Ok(steps)
 }
 
-/// A row of [`READ_PAGES`].
+/// A row of [`READ_PAGES`], its body as JSON ([`json_of`]).
 pub(crate) fn page_row(c: &Cols<'_>) -> DbResult<(i64, String, String)> {
-    Ok((c.i64(0)?, c.text(1)?, c.text(2)?))
+    Ok((c.i64(0)?, c.text(1)?, json_of(BODY, c.value(2)?)?))
 }
 
 /// An episode's steps in order.
@@ -277,12 +287,13 @@ impl<'a> NewSteps<'a> {
         &self,
         ns: &str,
         id: &str,
+        format: JsonFormat,
     ) -> DbResult<Vec<(&'static str, Vec<Value>)>> {
         let mut legacy = self.legacy.clone();
         legacy.sort_by_key(|s| s.step_number);
-        let mut out = numbered_pages(ns, id, &legacy)?;
+        let mut out = numbered_pages(ns, id, &legacy, format)?;
         for chunk in self.keyed.chunks(PAGE_STEPS) {
-            let (keys, body, bytes) = encode(chunk)?;
+            let (keys, body, bytes) = encode(chunk, format)?;
             out.push((
                 INSERT_NEXT,
                 vec![
@@ -290,7 +301,7 @@ impl<'a> NewSteps<'a> {
                     text(id),
                     Value::Integer(chunk.len() as i64),
                     Value::Text(keys),
-                    Value::Text(body),
+                    body,
                     Value::Integer(bytes),
                 ],
             ));
@@ -305,6 +316,7 @@ fn numbered_pages(
     ns: &str,
     id: &str,
     steps: &[&ExecutionStep],
+    format: JsonFormat,
 ) -> DbResult<Vec<(&'static str, Vec<Value>)>> {
     let mut out = Vec::new();
     let mut start = 0;
@@ -317,7 +329,7 @@ fn numbered_pages(
             end += 1;
         }
         let run = &steps[start..end];
-        let (keys, body, bytes) = encode(run)?;
+        let (keys, body, bytes) = encode(run, format)?;
         out.push((
             INSERT_NUMBERED,
             vec![
@@ -326,7 +338,7 @@ fn numbered_pages(
                 Value::Integer(i64::from(run[0].step_number)),
                 Value::Integer(run.len() as i64),
                 Value::Text(keys),
-                Value::Text(body),
+                body,
                 Value::Integer(bytes),
             ],
         ));
@@ -335,9 +347,14 @@ fn numbered_pages(
     Ok(out)
 }
 
-/// A page with its successful steps' outputs cleared: its new body, and how many outputs
-/// and bytes were cleared.
-pub(crate) fn cleared(first: i64, keys: &str, body: &str) -> DbResult<(String, u64, u64)> {
+/// A page with its successful steps' outputs cleared: its new body (stored in `format`), and
+/// how many outputs and bytes were cleared.
+pub(crate) fn cleared(
+    first: i64,
+    keys: &str,
+    body: &str,
+    format: JsonFormat,
+) -> DbResult<(Value, u64, u64)> {
     let mut steps = decode_page(first, keys, body)?;
     let (mut count, mut bytes) = (0u64, 0u64);
     for s in &mut steps {
@@ -350,7 +367,7 @@ pub(crate) fn cleared(first: i64, keys: &str, body: &str) -> DbResult<(String, u
         }
     }
     let refs: Vec<&ExecutionStep> = steps.iter().collect();
-    let (_, body, _) = encode(&refs)?;
+    let (_, body, _) = encode(&refs, format)?;
     Ok((body, count, bytes))
 }
 
@@ -384,7 +401,8 @@ pub(crate) async fn pack_v7_steps(conn: &Db<'_>) -> DbResult<()> {
         for (ns, id) in &page {
             let rows = query_all(conn, &read, (ns.as_str(), id.as_str()), step_from_row).await?;
             let rows: Vec<&ExecutionStep> = rows.iter().collect();
-            for (sql, values) in numbered_pages(ns, id, &rows)? {
+            // JSON text: the pages are written under version 8, whatever the target.
+            for (sql, values) in numbered_pages(ns, id, &rows, JsonFormat::Text)? {
                 conn.exec(sql, values).await?;
             }
             steps += rows.len() as u64;
@@ -447,8 +465,9 @@ mod tests {
             ),
         ];
         let refs: Vec<&ExecutionStep> = steps.iter().collect();
-        let (keys, body, bytes) = encode(&refs).unwrap();
+        let (keys, body, bytes) = encode(&refs, JsonFormat::Compressed).unwrap();
         assert_eq!(bytes, "ok ✓".len() as i64);
+        let body = json_of(BODY, body).unwrap();
         assert_eq!(decode_page(4, &keys, &body).unwrap(), steps);
         let stored = Stored::of(&[(4, 3, keys.clone())]).unwrap();
         assert_eq!(stored.count, 3);
@@ -476,7 +495,7 @@ mod tests {
         };
         let new = NewSteps::of(&steps, &stored);
         assert_eq!(new.count(), 4, "1, 5 (keyless), 11 once, 12");
-        let statements = new.statements("ns", "e").unwrap();
+        let statements = new.statements("ns", "e", JsonFormat::Text).unwrap();
         let firsts: Vec<(&str, Value)> = statements
             .iter()
             .map(|(sql, v)| (*sql, v[2].clone()))
@@ -491,7 +510,9 @@ mod tests {
         );
         let stored: Vec<&ExecutionStep> = steps[..3].iter().collect();
         assert_eq!(
-            numbered_pages("ns", "e", &stored).unwrap().len(),
+            numbered_pages("ns", "e", &stored, JsonFormat::Text)
+                .unwrap()
+                .len(),
             2,
             "1-2, then 5"
         );
@@ -516,11 +537,49 @@ mod tests {
             ),
         ];
         let refs: Vec<&ExecutionStep> = steps.iter().collect();
-        let (keys, body, _) = encode(&refs).unwrap();
-        let (body, count, bytes) = cleared(1, &keys, &body).unwrap();
+        let (keys, body, _) = encode(&refs, JsonFormat::Text).unwrap();
+        let body = json_of(BODY, body).unwrap();
+        let (body, count, bytes) = cleared(1, &keys, &body, JsonFormat::Text).unwrap();
         assert_eq!((count, bytes), (1, 11));
-        let back = decode_page(1, &keys, &body).unwrap();
+        let back = decode_page(1, &keys, &json_of(BODY, body).unwrap()).unwrap();
         assert_eq!(back[0].input.result.text(), "");
         assert_eq!(back[1].input.result.text(), "kept");
+    }
+
+    /// A page of `n` steps with realistic, repetitive outputs.
+    fn page_of(n: u32) -> Vec<ExecutionStep> {
+        (1..=n)
+            .map(|i| {
+                step(
+                    i,
+                    u64::from(i) * 7919,
+                    StepResult::Success {
+                        output: format!(
+                            "test result: ok. {i} passed; 0 failed; finished in 0.{i}s"
+                        ),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_body_is_stored_compressed_from_version_10_and_reads_back_whole() {
+        let steps = page_of(50);
+        let refs: Vec<&ExecutionStep> = steps.iter().collect();
+        let (keys, json, _) = encode(&refs, JsonFormat::Text).unwrap();
+        let (_, blob, _) = encode(&refs, JsonFormat::Compressed).unwrap();
+        let (Value::Text(json), Value::Blob(compressed)) = (json, blob) else {
+            panic!("JSON stays text; a large body under v10 is a blob")
+        };
+        assert!(
+            compressed.len() * 4 < json.len(),
+            "{} compressed bytes for {} of JSON",
+            compressed.len(),
+            json.len()
+        );
+        let back = json_of(BODY, Value::Blob(compressed)).unwrap();
+        assert_eq!(back, json);
+        assert_eq!(decode_page(1, &keys, &back).unwrap(), steps);
     }
 }

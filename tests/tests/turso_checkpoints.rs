@@ -14,14 +14,23 @@ use memory_testkit::conformance;
 
 const EPISODES: usize = 200;
 const STEPS: usize = 40;
-/// Each step's output: 200 x 40 x 2 KiB = 15.6 MiB of step text alone (twice that with its
-/// full-text index), several times the restart size.
-const OUTPUT_BYTES: usize = 2_048;
+/// Each step's output: 200 x 40 x 3 KiB = 23.4 MiB of step text alone (random letters and
+/// digits: about three quarters of that stored where step pages are compressed), several times the restart size.
+const OUTPUT_BYTES: usize = 3_072;
 
 fn wal_bytes(db: &Path) -> u64 {
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
     std::fs::metadata(&wal).map_or(0, |m| m.len())
+}
+
+/// `n` random letters and digits.
+fn incompressible(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+        .collect()
 }
 
 /// Writes the episodes with one commit per episode and per step batch; returns the largest
@@ -42,8 +51,9 @@ async fn write_all(storage: &TursoStorage, db: &Path, ns: &Namespace) -> u64 {
             let steps: Vec<_> = (0..STEPS / 4)
                 .map(|s| {
                     let n = u32::try_from(chunk * STEPS / 4 + s + 1).unwrap();
-                    // Distinct text per step, so that compression cannot shrink it away.
-                    let output = format!("{i}-{n} ").repeat(OUTPUT_BYTES / 6);
+                    // Random text, so that the compression of step pages (schema v10) cannot
+                    // shrink it away.
+                    let output = incompressible(OUTPUT_BYTES);
                     ExecutionStep {
                         step_number: n,
                         key: memory_core::ExecutionStep::new_key(),

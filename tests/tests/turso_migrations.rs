@@ -87,9 +87,9 @@ async fn columns(conn: &libsql::Connection, table: &str) -> Vec<String> {
     out
 }
 
-/// The first column of every row `sql` returns for `table` (bound as `?1`).
-async fn strings(conn: &libsql::Connection, sql: &str, table: &str) -> Vec<String> {
-    let mut rows = conn.query(sql, [table]).await.unwrap();
+/// The first column of every row `sql` selects, binding `?1` to `param`.
+async fn strings(conn: &libsql::Connection, sql: &str, param: &str) -> Vec<String> {
+    let mut rows = conn.query(sql, [param]).await.unwrap();
     let mut out = Vec::new();
     while let Some(row) = rows.next().await.unwrap() {
         out.push(row.get::<String>(0).unwrap());
@@ -111,6 +111,27 @@ async fn unpack_steps(conn: &libsql::Connection, like: &libsql::Connection) {
     .await;
     for sql in create {
         conn.execute(&sql, ()).await.unwrap();
+    }
+    // Version 10 stores large page bodies compressed: JSON text again first.
+    let mut rows = conn
+        .query(
+            "SELECT rowid, body FROM step_pages WHERE typeof(body) = 'blob'",
+            (),
+        )
+        .await
+        .unwrap();
+    let mut compressed = Vec::new();
+    while let Some(row) = rows.next().await.unwrap() {
+        compressed.push((row.get::<i64>(0).unwrap(), row.get::<Vec<u8>>(1).unwrap()));
+    }
+    for (rowid, blob) in compressed {
+        let json = String::from_utf8(zstd::bulk::decompress(&blob, 1 << 24).unwrap()).unwrap();
+        conn.execute(
+            "UPDATE step_pages SET body = ?1 WHERE rowid = ?2",
+            (json, rowid),
+        )
+        .await
+        .unwrap();
     }
     let old = columns(like, "steps").await;
     let (names, values): (Vec<&str>, Vec<&str>) = [
@@ -571,4 +592,172 @@ async fn version_6_steps_move_into_pages_with_their_keys() {
     assert_eq!(grown.steps.len(), 4);
     assert_eq!(grown.steps[3].step_number, 4);
     assert_eq!(grown.steps[3].key, extra.key);
+}
+
+/// The stored types of what `sql` (binding `?1` to the episode's id) selects of an episode.
+async fn stored_types(path: &Path, sql: &str, id: memory_core::EpisodeId) -> Vec<String> {
+    let db = libsql::Builder::new_local(path).build().await.unwrap();
+    strings(&db.connect().unwrap(), sql, &id.to_string()).await
+}
+
+/// The stored type of an episode's reflection (`text`, `blob` or `null`).
+async fn reflection_type(path: &Path, id: memory_core::EpisodeId) -> String {
+    let sql = "SELECT typeof(reflection) FROM episodes WHERE id = ?1";
+    stored_types(path, sql, id).await.remove(0)
+}
+
+/// The type of each stored page body of an episode, in step order (`text` or `blob`).
+async fn page_body_types(path: &Path, id: memory_core::EpisodeId) -> Vec<String> {
+    let sql = "SELECT typeof(body) FROM step_pages WHERE episode_id = ?1 ORDER BY first_number";
+    stored_types(path, sql, id).await
+}
+
+/// 40 steps with outputs like a test run's, every fifth a compile error the next one fixes:
+/// a page of them, and the reflection of an episode of them, are well over the size from
+/// which version 10 compresses a value.
+fn test_run_steps(from: usize) -> Vec<StepInput> {
+    (from..from + 40)
+        .map(|i| {
+            if i % 5 == 0 {
+                StepInput::error(
+                    "cargo",
+                    format!("build --package crate{i}"),
+                    format!("error[E0425]: cannot find value `total{i}` in this scope"),
+                )
+            } else {
+                StepInput::ok(
+                    if i % 5 == 1 { "edit_file" } else { "cargo" },
+                    format!("test --package crate{i}"),
+                    format!("test result: ok. {i} passed; 0 failed; finished in 0.{i}s"),
+                )
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_10_compresses_new_pages_and_reflections_and_reads_what_version_9_wrote() {
+    const {
+        assert!(SCHEMA_VERSION >= 10, "version 10 compresses page bodies");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v9.db");
+    let ns = Namespace::new("migrations/v10").unwrap();
+    let v9 = TursoConfig::local(&path).schema_version(9).build().unwrap();
+    let storage = Arc::new(TursoStorage::open(v9).await.unwrap());
+    assert_eq!(storage.schema_version(), 9);
+    let memory = SelfLearningMemory::new(storage.clone(), MemoryConfig::default()).unwrap();
+    let id = memory
+        .start_episode(
+            &ns,
+            NewEpisode::new(
+                "run the workspace tests",
+                TaskType::Testing,
+                TaskContext::new("tooling").with_language("rust"),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut logged = test_run_steps(0);
+    for step in logged.clone() {
+        memory.log_step(&ns, id, step).await.unwrap();
+    }
+    memory.flush().await.unwrap();
+    // An episode completed under version 9: its reflection is JSON text.
+    let done9 = memory
+        .start_episode(
+            &ns,
+            NewEpisode::new(
+                "run the crate tests",
+                TaskType::Testing,
+                TaskContext::new("tooling").with_language("rust"),
+            ),
+        )
+        .await
+        .unwrap();
+    for step in test_run_steps(100) {
+        memory.log_step(&ns, done9, step).await.unwrap();
+    }
+    let report9 = memory
+        .complete_episode(&ns, done9, Outcome::success("green"))
+        .await
+        .unwrap();
+    memory.shutdown().await.unwrap();
+    drop(memory);
+    drop(storage);
+    assert_eq!(
+        page_body_types(&path, id).await,
+        ["text"],
+        "a store kept at version 9 is written as version 9 reads it"
+    );
+    assert_eq!(reflection_type(&path, done9).await, "text");
+
+    // The current build upgrades the file: nothing is rewritten, new pages are compressed.
+    let storage = Arc::new(TursoStorage::open_local(&path).await.unwrap());
+    assert_eq!(storage.schema_version(), SCHEMA_VERSION);
+    assert_eq!(page_body_types(&path, id).await, ["text"]);
+    let memory = SelfLearningMemory::new(storage.clone(), MemoryConfig::default()).unwrap();
+    let more = test_run_steps(40);
+    for step in more.clone() {
+        memory.log_step(&ns, id, step).await.unwrap();
+    }
+    memory.flush().await.unwrap();
+    // A short batch stays text even now.
+    let last = StepInput::ok("git", "status", "clean");
+    memory.log_step(&ns, id, last.clone()).await.unwrap();
+    let report = memory
+        .complete_episode(&ns, id, Outcome::success("all green"))
+        .await
+        .unwrap();
+    assert_eq!(reflection_type(&path, id).await, "blob");
+    assert_eq!(reflection_type(&path, done9).await, "text", "not rewritten");
+    logged.extend(more);
+    logged.push(last);
+    assert_eq!(page_body_types(&path, id).await, ["text", "blob", "text"]);
+    let read = storage.get_episode(&ns, id).await.unwrap().unwrap();
+    let inputs: Vec<StepInput> = read.steps.iter().map(|s| s.input.clone()).collect();
+    assert_eq!(
+        inputs, logged,
+        "every step reads back, from both kinds of page"
+    );
+    let numbers: Vec<u32> = read.steps.iter().map(|s| s.step_number).collect();
+    assert_eq!(numbers, (1..=81).collect::<Vec<u32>>());
+    assert_eq!(read.reflection.as_ref(), Some(&report.reflection));
+    let read9 = storage.get_episode(&ns, done9).await.unwrap().unwrap();
+    assert_eq!(read9.reflection.as_ref(), Some(&report9.reflection));
+    memory.shutdown().await.unwrap();
+    drop(memory);
+    drop(storage);
+
+    // A damaged compressed body is a clear error for that episode, not a panic or a wrong
+    // answer, and leaves the rest of the store readable.
+    {
+        let db = libsql::Builder::new_local(&path).build().await.unwrap();
+        let conn = db.connect().unwrap();
+        conn.execute(
+            "UPDATE step_pages SET body = substr(body, 1, length(body) / 2) \
+             WHERE typeof(body) = 'blob'",
+            (),
+        )
+        .await
+        .unwrap();
+        // The other episode's reflection gets a blob that is no zstd frame.
+        conn.execute(
+            "UPDATE episodes SET reflection = x'00ff00ff' WHERE id = ?1",
+            [done9.to_string()],
+        )
+        .await
+        .unwrap();
+    }
+    let storage = TursoStorage::open_local(&path).await.unwrap();
+    for (episode, column) in [(id, "step page body"), (done9, "episode reflection")] {
+        let err = storage.get_episode(&ns, episode).await.unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        assert!(err.to_string().contains(column), "{err}");
+    }
+    let listed = storage
+        .query_episodes(&ns, &EpisodeQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "the episodes' summaries still list");
 }

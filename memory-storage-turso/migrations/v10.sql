@@ -1,0 +1,7 @@
+-- Version 10: step page bodies (`step_pages.body`) and episode reflections
+-- (`episodes.reflection`) of 256 bytes or more are written as blobs, their JSON compressed with
+-- zstd (level 1), instead of JSON text. A 50-step page of a typical episode is ~6.8 KB of JSON
+-- and ~1.0 KB compressed, so it fits in its b-tree cell instead of an overflow chain. Nothing is
+-- rewritten: rows written before stay JSON text, and readers of this version take both (the
+-- column's type tells which). The version exists so that builds of version 9, which cannot
+-- read a compressed value, refuse the database instead of failing on the first episode read.
