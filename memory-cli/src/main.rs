@@ -74,9 +74,25 @@ fn classify(e: &anyhow::Error) -> (&'static str, Option<&'static str>, u8) {
             Some("the storage is unreachable or busy; retry"),
             1,
         ),
+        Some(E::Storage { .. }) if unreadable_file(e) => (
+            "storage",
+            Some(
+                "the database file is damaged where SQLite reads its structure, so nothing in it \
+                 can be read (`health` and `export` included): restore a backup with \
+                 `memory restore BACKUP --force`, which moves the damaged files aside",
+            ),
+            1,
+        ),
         Some(E::Storage { .. } | E::CircuitOpen { .. }) => ("storage", None, 1),
         _ => ("error", None, 1),
     }
+}
+
+/// Whether SQLite refused the file itself: its schema or header is damaged (`SQLITE_CORRUPT`
+/// at open, `SQLITE_NOTADB`). libsql reports these only as text.
+fn unreadable_file(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("database disk image is malformed") || text.contains("file is not a database")
 }
 
 /// Prints an error: as JSON on stdout under `--json`, else on stderr with its hint.

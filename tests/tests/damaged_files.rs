@@ -303,6 +303,43 @@ async fn a_damaged_database_is_reported_and_export_keeps_what_can_be_read() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_damaged_in_its_schema_is_refused_with_a_hint_to_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ids = record(dir, 3).await;
+    let backup = tmp.path().join("backup");
+    let run = cli(dir, &["backup", backup.to_str().unwrap()]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let db = dir.join(DATABASE_FILE);
+    let mut bytes = std::fs::read(&db).unwrap();
+    // Page 1 past its 100-byte header: the root of the schema table.
+    bytes[100..4096].fill(0x5A);
+    std::fs::write(&db, &bytes).unwrap();
+    for args in [&["health"][..], &["episode", "list"][..]] {
+        let run = cli(dir, args).await;
+        assert_eq!(run.code, Some(1), "{args:?}: {run:?}");
+        let error = run.json().unwrap()["error"].clone();
+        assert_eq!(error["kind"], "storage", "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("malformed"),
+            "{error}"
+        );
+        assert!(
+            error["hint"].as_str().unwrap().contains("restore"),
+            "{error}"
+        );
+    }
+    // What the hint says works.
+    let run = cli(dir, &["restore", backup.to_str().unwrap(), "--force"]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let run = cli(dir, &["episode", "list"]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let listed = run.json().unwrap();
+    let listed = listed["episodes"].as_array().unwrap().len();
+    assert_eq!(listed, ids.len(), "the backup's episodes are back");
+}
+
 /// Ways to damage a file.
 #[derive(Clone, Copy)]
 enum Damage {
