@@ -1318,6 +1318,10 @@ impl Cache for RedbCache {
         first.map_or(Ok(()), Err)
     }
 
+    async fn settle(&self) {
+        self.inner.in_flight.drained().await;
+    }
+
     async fn clear(&self) -> Result<()> {
         let inner = &self.inner;
         // Queued puts first, so none lands after the wipe.

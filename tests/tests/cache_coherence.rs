@@ -306,6 +306,49 @@ async fn a_reopened_cache_file_drops_only_what_changed_while_it_was_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_cache_puts_queued_behind_their_callers() {
+    use memory_storage_redb::{CacheConfig, RedbCache};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let ns = ns();
+    let b = writer(&path).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = b
+            .memory
+            .start_episode(
+                &ns,
+                NewEpisode::new(
+                    format!("task {i}"),
+                    TaskType::Testing,
+                    TaskContext::new("t"),
+                ),
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    b.memory.shutdown().await.unwrap();
+    let cache = RedbCache::open(dir.path().join("cache.redb"), CacheConfig::default())
+        .await
+        .unwrap();
+    let durable = Arc::new(TursoStorage::open_local(&path).await.unwrap());
+    let tiered = TieredStorage::builder(durable, Arc::new(InMemoryOutbox::new()))
+        .cache(Arc::new(cache.clone()) as Arc<dyn Cache>)
+        .open()
+        .await
+        .unwrap();
+    // Each read fills the cache behind the caller: the put is queued and the read returns.
+    for id in &ids {
+        tiered.get_episode(&ns, *id).await.unwrap().unwrap();
+    }
+    tiered.shutdown().await.unwrap();
+    // Counted once committed to the file: all of them, as soon as shutdown returned (a
+    // process may end right then, dropping whatever its runtime still held).
+    assert_eq!(cache.stats().entries, ids.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_steps_refused_at_a_timer_flush_are_reported_not_dropped_silently() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("memory.db");

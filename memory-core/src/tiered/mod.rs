@@ -315,14 +315,21 @@ impl TieredStorage {
         {
             c.set_close_mark(mark);
         }
-        match self.inner.replay().await {
+        let replayed = match self.inner.replay().await {
             Ok(_) => Ok(()),
             Err(e) if e.is_transient() => {
                 warn!(error = %e, pending = self.inner.pending.load(Ordering::SeqCst), "shutdown with journaled writes pending; they replay on the next start");
                 Ok(())
             }
             Err(e) => Err(e),
+        };
+        // Cache writes queued behind their callers (by the replay too) land in the cache's
+        // file now: a process that ends right after would drop them with its runtime, and the
+        // file, not marked clean, would be emptied at the next open.
+        if let Some(c) = &self.inner.cache {
+            c.settle().await;
         }
+        replayed
     }
 }
 
