@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memory_core::{
-    Cache, EpisodeStore, FeedbackOutcome, FeedbackTarget, LearnedQuery, LearningStore,
+    Cache, EpisodeId, EpisodeStore, FeedbackOutcome, FeedbackTarget, LearnedQuery, LearningStore,
     MemoryConfig, Namespace, NewEpisode, Outcome, PatternId, SelfLearningMemory, StepBatchConfig,
     StepInput, Storage, TaskContext, TaskType, TieredStorage,
 };
@@ -45,6 +45,16 @@ async fn writer(path: &std::path::Path) -> Writer {
         cache,
         memory,
     }
+}
+
+/// Starts episode `task {i}` of a testing task in context `t`.
+async fn start_task(memory: &SelfLearningMemory, ns: &Namespace, i: usize) -> EpisodeId {
+    let task = NewEpisode::new(
+        format!("task {i}"),
+        TaskType::Testing,
+        TaskContext::new("t"),
+    );
+    memory.start_episode(ns, task).await.unwrap()
 }
 
 fn ns() -> Namespace {
@@ -238,17 +248,7 @@ async fn a_reopened_cache_file_drops_only_what_changed_while_it_was_closed() {
     .await;
     let mut ids = Vec::new();
     for i in 0..2 {
-        let id = memory
-            .start_episode(
-                &ns,
-                NewEpisode::new(
-                    format!("task {i}"),
-                    TaskType::Testing,
-                    TaskContext::new("t"),
-                ),
-            )
-            .await
-            .unwrap();
+        let id = start_task(&memory, &ns, i).await;
         memory
             .log_step(&ns, id, StepInput::ok("pytest", "run", "ok"))
             .await
@@ -314,19 +314,7 @@ async fn shutdown_waits_for_the_cache_puts_queued_behind_their_callers() {
     let b = writer(&path).await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        let id = b
-            .memory
-            .start_episode(
-                &ns,
-                NewEpisode::new(
-                    format!("task {i}"),
-                    TaskType::Testing,
-                    TaskContext::new("t"),
-                ),
-            )
-            .await
-            .unwrap();
-        ids.push(id);
+        ids.push(start_task(&b.memory, &ns, i).await);
     }
     b.memory.shutdown().await.unwrap();
     let cache = RedbCache::open(dir.path().join("cache.redb"), CacheConfig::default())
