@@ -51,12 +51,14 @@ use memory_testkit::{FaultInjecting, FaultMode};
 
 const HISTORY: usize = 200;
 
-/// Replay bench: episodes journaled per iteration, and the writes each one journals
-/// (create, two step batches of 5, complete).
+/// Replay bench: episodes journaled per iteration, and the writes each one journals: its
+/// create and its completion, and between none and two step batches of 5 of its own (a full
+/// batch is written behind the caller, and the completion carries whatever is still buffered
+/// when it comes, so how many batches go first depends on timing).
 const REPLAY_EPISODES: usize = 250;
 const REPLAY_STEPS: usize = 10;
-const WRITES_PER_EPISODE: u64 = 4;
-const REPLAY_WRITES: u64 = REPLAY_EPISODES as u64 * WRITES_PER_EPISODE;
+const MIN_WRITES: u64 = REPLAY_EPISODES as u64 * 2;
+const MAX_WRITES: u64 = REPLAY_EPISODES as u64 * 4;
 const JOURNAL_WRITERS: usize = 8;
 
 use memory_benches::{memory_config, prepared, runtime};
@@ -246,9 +248,10 @@ fn replay_config() -> TieredConfig {
     }
 }
 
-/// Journals [`REPLAY_WRITES`] writes with the durable layer failing, and returns once the sync
-/// task has stopped retrying (the breaker is open and nothing wakes it).
-async fn journal(s: &ReplayStack, ns: &Namespace, first: usize) {
+/// Journals [`REPLAY_EPISODES`] episodes with the durable layer failing, and returns once the
+/// sync task has stopped retrying (the breaker is open and nothing wakes it); returns how many
+/// writes were journaled.
+async fn journal(s: &ReplayStack, ns: &Namespace, first: usize) -> u64 {
     s.fault.set_mode(FaultMode::Always);
     let next = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..JOURNAL_WRITERS)
@@ -271,10 +274,11 @@ async fn journal(s: &ReplayStack, ns: &Namespace, first: usize) {
     // The last journaled write woke the sync task; let its failing attempt finish.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let status = s.tiered.status();
-    assert_eq!(
-        status.outbox_len, REPLAY_WRITES,
-        "every write journaled: {status:?}"
+    assert!(
+        (MIN_WRITES..=MAX_WRITES).contains(&status.outbox_len),
+        "every write journaled, none written: {status:?}"
     );
+    status.outbox_len
 }
 
 fn outbox_replay(c: &mut Criterion) {
@@ -316,9 +320,9 @@ fn outbox_replay(c: &mut Criterion) {
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.measurement_time(Duration::from_secs(10));
-    group.throughput(Throughput::Elements(REPLAY_WRITES));
+    group.throughput(Throughput::Elements(REPLAY_EPISODES as u64));
     let round = AtomicUsize::new(0);
-    group.bench_function(format!("{REPLAY_WRITES}_writes"), |b| {
+    group.bench_function(format!("{REPLAY_EPISODES}_episodes"), |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let s = &s;
             let ns = &ns;
@@ -327,7 +331,7 @@ fn outbox_replay(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let first = round.fetch_add(1, Ordering::Relaxed) * REPLAY_EPISODES;
-                    journal(s, ns, 1_000_000 + first).await;
+                    let journaled = journal(s, ns, 1_000_000 + first).await;
                     s.fault.set_mode(FaultMode::Never);
                     // Past the breaker's open time: the first replayed write is its probe.
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -338,7 +342,7 @@ fn outbox_replay(c: &mut Criterion) {
                     }
                     total += start.elapsed();
                     assert_eq!(
-                        replayed, REPLAY_WRITES,
+                        replayed, journaled,
                         "all writes replayed by the measured calls"
                     );
                 }
