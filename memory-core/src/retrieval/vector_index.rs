@@ -775,19 +775,23 @@ impl<'a> Scan<'a> {
 pub const SHORTLIST_FACTOR: usize = 4;
 
 /// `sum(q[j] * code[j])` in integers. Codes lie in -127..=127, so one product fits in `i16`
-/// but sums do not: each product is widened and summed in sixteen `i32` lanes, the shape that
-/// packed multiply-add instructions (`pmaddwd`) implement.
+/// but sums do not: products are summed in `i32`. Written as one plain sum over blocks of 32,
+/// the compiler may reorder the integer additions, and it pairs neighbouring products into
+/// the packed multiply-add instruction every x86-64 CPU has (`pmaddwd`: eight `i16` products
+/// summed in pairs into four `i32` lanes). The earlier form, sixteen explicit lanes, compiled
+/// to a multiply per product and three shuffles to widen it: this one computes the same sums
+/// and halves the scan (`retrieval/vector_index_search/10000`: 0.745 -> 0.379 ms, 100000:
+/// 3.20 -> 1.83 ms, same hour).
 fn dot_i8(q: &[i16], code: &[i8]) -> i32 {
-    let mut lanes = [0i32; 16];
-    let qc = q.chunks_exact(16);
-    let cc = code.chunks_exact(16);
+    let qc = q.chunks_exact(32);
+    let cc = code.chunks_exact(32);
     let (qr, cr) = (qc.remainder(), cc.remainder());
+    let mut sum = 0i32;
     for (a, b) in qc.zip(cc) {
-        for j in 0..16 {
-            lanes[j] += i32::from(a[j] * i16::from(b[j]));
+        for j in 0..32 {
+            sum += i32::from(a[j]) * i32::from(b[j]);
         }
     }
-    let mut sum: i32 = lanes.iter().sum();
     for (a, b) in qr.iter().zip(cr) {
         sum += i32::from(*a) * i32::from(*b);
     }
