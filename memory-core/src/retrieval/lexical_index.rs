@@ -344,8 +344,16 @@ impl LexicalIndex {
             })
         };
         if ranked.len() > k {
-            ranked.select_nth_unstable_by(k - 1, order);
-            ranked.truncate(k);
+            // The k-th best score first, by score alone: breaking ties by episode id reads two
+            // summaries per comparison, and a common word gives many documents one score. Only
+            // the documents at or above that score can be in the top k; they are ordered fully.
+            ranked.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+            let bar = ranked[k - 1].0;
+            ranked.retain(|(score, _)| score.total_cmp(&bar).is_ge());
+            if ranked.len() > k {
+                ranked.select_nth_unstable_by(k - 1, order);
+                ranked.truncate(k);
+            }
         }
         ranked.sort_unstable_by(order);
         ranked
@@ -379,6 +387,29 @@ mod tests {
 
     fn ns() -> Namespace {
         Namespace::new("lexical/test").unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn ties_at_the_cut_are_broken_by_episode_id_as_in_a_full_sort() {
+        let index = LexicalIndex::new();
+        let ns = ns();
+        // Thirty documents with one score (the cut of a top 5 falls among them), three above.
+        for _ in 0..30 {
+            index.upsert(&ns, summary("fix the parser", "cli"));
+        }
+        for task in ["fix the parser payment", "payment parser", "payment"] {
+            index.upsert(&ns, summary(task, "billing"));
+        }
+        let all = index.search(&ns, "parser payment", &EpisodeFilter::default(), 100);
+        assert_eq!(all.len(), 33);
+        for k in [1, 3, 4, 5, 20, 33, 34] {
+            let top = index.search(&ns, "parser payment", &EpisodeFilter::default(), k);
+            let got: Vec<_> = top.iter().map(|h| h.summary.id).collect();
+            let want: Vec<_> = all.iter().take(k).map(|h| h.summary.id).collect();
+            assert_eq!(got, want, "top {k}");
+        }
+        let tied: Vec<_> = all[3..].iter().map(|h| h.summary.id).collect();
+        assert!(tied.windows(2).all(|w| w[0] < w[1]), "ties in id order");
     }
 
     #[test]
