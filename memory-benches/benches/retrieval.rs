@@ -6,7 +6,7 @@
 //!   the candidates hybrid retrieval takes for a top-10 answer. Throughput in vectors scanned/s.
 //!   `.../100000_filtered` filters on one domain (a quarter of the episodes).
 //! - `retrieval/hybrid/{1000,10000,100000}`: `SelfLearningMemory::retrieve` (hybrid, limit 10,
-//!   with a context) over a local libsql file holding N completed episodes (4-5 steps each). The
+//!   with a context; `.../100000_filtered` also filters on one domain, a quarter of the episodes) over a local libsql file holding N completed episodes (4-5 steps each). The
 //!   vectors come from [`BenchRandomEmbedder`], a stand-in that hashes the text to a
 //!   pseudo-random unit vector: it costs nothing, so this measures the search (BM25 query, index
 //!   scan, fusion, re-ranking), not the model. The query vector is cached after the first call,
@@ -641,6 +641,25 @@ fn bench_hybrid(c: &mut Criterion) {
             let memory = &stores.get(n).memory;
             b.to_async(&rt)
                 .iter(|| async { black_box(memory.retrieve(&ns, &query).await.unwrap()) });
+        });
+    }
+    let filtered = hybrid_query().with_filter(EpisodeFilter {
+        domain: Some("web_api".into()),
+        ..EpisodeFilter::default()
+    });
+    for n in with_1m(&[100_000]) {
+        group.bench_function(format!("{n}_filtered"), |b| {
+            let memory = &stores.get(n).memory;
+            b.to_async(&rt).iter(|| async {
+                let answer = memory.retrieve(&ns, &filtered).await.unwrap();
+                assert!(
+                    answer
+                        .results
+                        .iter()
+                        .all(|r| r.episode.context.domain == "web_api")
+                );
+                black_box(answer)
+            });
         });
     }
     group.finish();

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use super::indexed_summaries::IndexedSummaries;
 use crate::episode::{EpisodeId, EpisodeSummary};
 use crate::namespace::Namespace;
 use crate::search_text::task_search_text;
@@ -42,7 +43,7 @@ pub struct LexicalHit {
 
 #[derive(Debug, Default)]
 struct Space {
-    summaries: Vec<Arc<EpisodeSummary>>,
+    summaries: IndexedSummaries,
     /// Indexed length (terms) of each document.
     lengths: Vec<u32>,
     total_length: u64,
@@ -143,7 +144,7 @@ fn upsert_locked(s: &mut Space, summary: Arc<EpisodeSummary>) {
             s.total_length = s.total_length - u64::from(s.lengths[i]) + u64::from(length);
             s.lengths[i] = length;
         }
-        s.summaries[i] = summary;
+        s.summaries.set(i, summary);
         return;
     }
     let Ok(doc) = u32::try_from(s.summaries.len()) else {
@@ -208,7 +209,7 @@ impl LexicalIndex {
             return false;
         }
         let restored = Space {
-            summaries,
+            summaries: IndexedSummaries::new(summaries),
             lengths: parts.lengths,
             total_length: parts.total_length,
             position,
@@ -331,9 +332,10 @@ impl LexicalIndex {
             }
         }
         let unfiltered = *filter == EpisodeFilter::default();
+        let check = s.summaries.check(filter);
         let mut ranked: Vec<(f32, u32)> = touched
             .into_iter()
-            .filter(|&d| unfiltered || filter.matches_summary(&s.summaries[d as usize]))
+            .filter(|&d| unfiltered || s.summaries.passes(&check, d as usize))
             .map(|d| (scores[d as usize], d))
             .collect();
         let order = |a: &(f32, u32), b: &(f32, u32)| {

@@ -23,6 +23,7 @@
 //! [`Retrieval::degraded`].
 
 mod embed_queue;
+mod indexed_summaries;
 mod indexes;
 pub mod lexical_index;
 mod query;

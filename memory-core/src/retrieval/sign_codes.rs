@@ -1,7 +1,8 @@
 //! One-bit codes of centered vectors: the first stage of a search in very large namespaces.
 //!
-//! Why: the exact int8 scan reads 384 bytes per episode and runs at ~5.5M vectors/s per core,
-//! so a million episodes take ~90 ms on two cores, past the 50 ms a top-10 answer may take.
+//! Why: the exact int8 scan reads 384 bytes per episode and runs at ~10M vectors/s per core,
+//! so a million episodes take ~47 ms on two cores, nearly all of the 50 ms a top-10 answer may
+//! take (the lexical side needs its share).
 //! A one-bit code keeps the sign of each centered component (48 bytes at 384 dimensions), and
 //! a query scores it asymmetrically: the query stays in (16-bit) numbers, summed over the
 //! code's bytes through one 256-entry table per byte, so a code costs 48 table reads instead

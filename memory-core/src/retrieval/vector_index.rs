@@ -25,7 +25,7 @@
 //! steps' text in the episode vector (see `Retriever`). Hits also carry the plain cosine with
 //! the first query vector, which the confidence is calibrated on.
 //!
-//! From [`SIGN_STAGE_FROM`] vectors in a namespace (a million takes ~90 ms to scan on two
+//! From [`SIGN_STAGE_FROM`] vectors in a namespace (a million takes ~47 ms to scan on two
 //! cores) a search first estimates every document from one-bit codes of its centered vector
 //! (`sign_codes.rs`, 48 bytes instead of 384) and scans only the best
 //! [`SIGN_POOL_FACTOR`] x `k` of them exactly. Below that size the scan is exact.
@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use super::indexed_summaries::{FilterCheck, IndexedSummaries};
 use super::sign_codes::{SignCodes, SignQuery};
 
 use crate::episode::{EpisodeId, EpisodeSummary};
@@ -63,7 +64,7 @@ pub struct VectorHit {
 
 #[derive(Debug, Default)]
 struct Space {
-    summaries: Vec<Arc<EpisodeSummary>>,
+    summaries: IndexedSummaries,
     scales: Vec<f32>,
     codes: Vec<i8>,
     /// `1 / |d - center|` per document.
@@ -309,7 +310,7 @@ impl VectorIndex {
         let (scale, codes) = quantize(vector);
         let i = if let Some(i) = s.position.get(&summary.id).copied() {
             s.add_to_sum(i, dims, -1.0);
-            s.summaries[i] = summary;
+            s.summaries.set(i, summary);
             s.scales[i] = scale;
             s.codes[i * dims..(i + 1) * dims].copy_from_slice(&codes);
             i
@@ -379,7 +380,7 @@ impl VectorIndex {
             center: s.center.clone(),
             centered_at: s.centered_at,
         };
-        (s.summaries.clone(), parts)
+        (s.summaries.to_vec(), parts)
     }
 
     /// Replaces the namespace's space with one restored from a snapshot. Refused (false, the
@@ -412,7 +413,7 @@ impl VectorIndex {
             return false; // an id twice
         }
         let mut restored = Space {
-            summaries,
+            summaries: IndexedSummaries::new(summaries),
             scales: parts.scales,
             codes: parts.codes,
             inv_norms: parts.inv_norms,
@@ -441,7 +442,7 @@ impl VectorIndex {
         let space = self.space(ns);
         let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(i) = s.position.get(&summary.id).copied() {
-            s.summaries[i] = summary;
+            s.summaries.set(i, summary);
         }
     }
 
@@ -571,7 +572,8 @@ pub const SIGN_STAGE_FROM: usize = 262_144;
 /// for the 50 candidates of a hybrid top-10. The retrieval bench reports the recall this keeps
 /// at 1M: on random unit vectors (the hard case: the closest of a million are at a cosine of
 /// ~0.25) 0.98 of the exact top 10 and 0.94 of the top 50 in 10 ms, against 0.89 / 0.78 with
-/// 2,000 (9 ms) and 0.996 / 0.984 with 20,000 (16 ms); the exact scan takes 97 ms.
+/// 2,000 (9 ms) and 0.996 / 0.984 with 20,000 (16 ms); the exact scan took 97 ms then (11-25),
+/// 47 ms since its multiply-adds are packed (11-27, a slower hour: 15 ms with the pool).
 pub const SIGN_POOL_FACTOR: usize = 160;
 
 /// `range` split into `parts` consecutive ranges, each mapped by `f` on a thread of its own
@@ -631,7 +633,7 @@ struct Scan<'a> {
     q_scale: f32,
     offset: f32,
     /// `None` when nothing is filtered out.
-    filter: Option<&'a EpisodeFilter>,
+    filter: Option<FilterCheck<'a>>,
     shortlist: usize,
 }
 
@@ -651,7 +653,7 @@ impl<'a> Scan<'a> {
             q_wide: q_codes.iter().map(|&c| i16::from(c)).collect(),
             q_scale,
             offset,
-            filter: (*filter != EpisodeFilter::default()).then_some(filter),
+            filter: (*filter != EpisodeFilter::default()).then(|| space.summaries.check(filter)),
             shortlist,
         }
     }
@@ -693,10 +695,7 @@ impl<'a> Scan<'a> {
                 if estimate <= bar {
                     continue;
                 }
-                if self
-                    .filter
-                    .is_some_and(|f| !f.matches_summary(&s.summaries[i]))
-                {
+                if self.filter.is_some_and(|f| !s.summaries.passes(&f, i)) {
                     continue;
                 }
                 buffer.push((estimate, i));
@@ -755,10 +754,7 @@ impl<'a> Scan<'a> {
             if best.len() == shortlist && best.last().is_some_and(|(w, _)| score <= *w) {
                 continue;
             }
-            if self
-                .filter
-                .is_some_and(|f| !f.matches_summary(&s.summaries[i]))
-            {
+            if self.filter.is_some_and(|f| !s.summaries.passes(&f, i)) {
                 continue;
             }
             let at = best.partition_point(|(b, _)| *b >= score);
