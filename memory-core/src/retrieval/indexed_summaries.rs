@@ -5,8 +5,11 @@
 //! summary is two cache misses (the summary, then its domain's text), and at a million
 //! episodes the one-bit stage of a filtered vector search checked enough of them to take three
 //! times as long as an unfiltered one. The numbers sit in one dense array, so a candidate of
-//! another domain is turned away without reading its summary; the summary is still read for
-//! every candidate the numbers let through, so the filter's answer is unchanged.
+//! another domain is turned away without reading its summary, and a filter on the domain alone
+//! (the usual one) never reads a summary: equal numbers are equal domains. A filter with other
+//! fields reads the summary of each candidate the numbers let through. Measured at 1M
+//! episodes (one-bit stage, per part of the scan): reading the summaries of the ~40,000
+//! candidates of the right domain took ~60 ms of ~98.
 
 use std::collections::HashMap;
 use std::ops::Index;
@@ -31,6 +34,8 @@ pub(crate) struct IndexedSummaries {
 pub(crate) struct FilterCheck<'f> {
     filter: &'f EpisodeFilter,
     domain: DomainCheck,
+    /// Whether the filter names anything besides the domain (then the summary is read).
+    beyond_domain: bool,
 }
 
 /// The domain part of a [`FilterCheck`].
@@ -102,8 +107,13 @@ impl IndexedSummaries {
 
     /// How `filter` is checked here.
     pub(crate) fn check<'f>(&self, filter: &'f EpisodeFilter) -> FilterCheck<'f> {
+        let domain_only = EpisodeFilter {
+            domain: filter.domain.clone(),
+            ..EpisodeFilter::default()
+        };
         FilterCheck {
             filter,
+            beyond_domain: *filter != domain_only,
             domain: match &filter.domain {
                 None => DomainCheck::Any,
                 Some(d) => self
@@ -121,11 +131,16 @@ impl IndexedSummaries {
             DomainCheck::Absent => false,
             DomainCheck::Number(n) => self.domain_of.get(i) == Some(&n),
         };
-        domain_fits
-            && self
+        if !domain_fits {
+            return false;
+        }
+        match check.domain {
+            DomainCheck::Number(_) if !check.beyond_domain => true,
+            _ => self
                 .summaries
                 .get(i)
-                .is_some_and(|s| check.filter.matches_summary(s))
+                .is_some_and(|s| check.filter.matches_summary(s)),
+        }
     }
 }
 
@@ -172,6 +187,7 @@ mod tests {
             filter(Some("cli"), Some("rust")),
             filter(Some("absent"), None),
             filter(None, Some("go")),
+            filter(Some("web"), Some("go")),
         ] {
             let check = s.check(&f);
             for i in 0..s.len() {
