@@ -29,7 +29,7 @@ pub(crate) struct IndexedSummaries {
 }
 
 /// How a filter is checked against [`IndexedSummaries`]: the domain number it asks for (if
-/// it names a domain), then the whole filter on the summary.
+/// it names a domain), then, if it names anything else, the whole filter on the summary.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FilterCheck<'f> {
     filter: &'f EpisodeFilter,
@@ -126,15 +126,10 @@ impl IndexedSummaries {
 
     /// Whether document `i` passes the filter of `check` (false when there is no such document).
     pub(crate) fn passes(&self, check: &FilterCheck<'_>, i: usize) -> bool {
-        let domain_fits = match check.domain {
-            DomainCheck::Any => true,
-            DomainCheck::Absent => false,
-            DomainCheck::Number(n) => self.domain_of.get(i) == Some(&n),
-        };
-        if !domain_fits {
-            return false;
-        }
         match check.domain {
+            DomainCheck::Absent => false,
+            DomainCheck::Number(n) if self.domain_of.get(i) != Some(&n) => false,
+            // The number matched, so document `i` exists and has the domain.
             DomainCheck::Number(_) if !check.beyond_domain => true,
             _ => self
                 .summaries
