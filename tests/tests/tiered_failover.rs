@@ -436,6 +436,32 @@ mod model {
 /// a durable layer whose reads need a server (here the fault-injecting wrapper, which answers
 /// `true` by default); over one read locally (`InMemoryStorage`) nothing is cached until the
 /// next read fills it with every step.
+/// A durable layer whose reads are local, and one whose reads need a server (the fault
+/// injector says so), each with that answer.
+fn local_and_served() -> [(Arc<dyn Storage>, bool); 2] {
+    let local: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let served: Arc<dyn Storage> = Arc::new(FaultInjecting::new(
+        Arc::new(InMemoryStorage::new()),
+        FaultMode::Never,
+    ));
+    for (durable, remote) in [(&local, false), (&served, true)] {
+        assert_eq!(durable.reads_need_a_server(), remote);
+    }
+    [(local, false), (served, true)]
+}
+
+/// Tiered storage over `durable` with an in-memory cache, which is returned too.
+async fn cached_tiered(durable: Arc<dyn Storage>) -> (Arc<InMemoryCache>, Arc<TieredStorage>) {
+    let cache = Arc::new(InMemoryCache::new());
+    let tiered = TieredStorage::builder(durable, Arc::new(InMemoryOutbox::new()))
+        .cache(cache.clone() as Arc<dyn Cache>)
+        .config(fast_config())
+        .open()
+        .await
+        .unwrap();
+    (cache, tiered)
+}
+
 #[tokio::test]
 async fn new_episodes_are_cached_and_step_batches_patched_only_when_reads_need_a_server() {
     use chrono::Utc;
@@ -443,20 +469,8 @@ async fn new_episodes_are_cached_and_step_batches_patched_only_when_reads_need_a
     use memory_testkit::conformance::{episode, steps};
 
     let ns = Namespace::new("t").unwrap();
-    let local: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
-    let served: Arc<dyn Storage> = Arc::new(FaultInjecting::new(
-        Arc::new(InMemoryStorage::new()),
-        FaultMode::Never,
-    ));
-    for (durable, patched) in [(local, false), (served, true)] {
-        assert_eq!(durable.reads_need_a_server(), patched);
-        let cache = Arc::new(InMemoryCache::new());
-        let tiered = TieredStorage::builder(durable, Arc::new(InMemoryOutbox::new()))
-            .cache(cache.clone() as Arc<dyn Cache>)
-            .config(fast_config())
-            .open()
-            .await
-            .unwrap();
+    for (durable, patched) in local_and_served() {
+        let (cache, tiered) = cached_tiered(durable).await;
         let e = episode("task", TaskType::Debugging, "web_api", None, Utc::now());
         tiered.create_episode(&ns, &e).await.unwrap();
         let key = CacheKey::Episode(e.id);
@@ -479,6 +493,56 @@ async fn new_episodes_are_cached_and_step_batches_patched_only_when_reads_need_a
             panic!("the read did not fill the cache");
         };
         assert_eq!(filled.steps.len(), 2);
+        tiered.shutdown().await.unwrap();
+    }
+}
+
+/// The learned items a completion changes are written to the cache only where reads need a
+/// server (they stay readable through an outage there). Over a local durable layer they are
+/// dropped from it instead, so a copy an earlier read filled is never served stale.
+#[tokio::test]
+async fn learned_items_a_completion_changes_are_cached_only_when_reads_need_a_server() {
+    use memory_core::CacheKey;
+
+    let ns = Namespace::new("t").unwrap();
+    for (durable, written) in local_and_served() {
+        let (cache, tiered) = cached_tiered(durable.clone()).await;
+        let m = SelfLearningMemory::new(tiered.clone(), episode_config()).unwrap();
+        record(&m, &ns, 0).await;
+        let all = LearnedQuery {
+            limit: 100,
+            ..LearnedQuery::default()
+        };
+        let patterns = durable.query_patterns(&ns, &all).await.unwrap();
+        let heuristics = durable.query_heuristics(&ns, &all).await.unwrap();
+        assert!(!patterns.is_empty() && !heuristics.is_empty());
+        let keys = patterns.iter().map(|p| CacheKey::Pattern(p.id.clone()));
+        let keys = keys.chain(heuristics.iter().map(|h| CacheKey::Heuristic(h.id.clone())));
+        for key in keys {
+            assert_eq!(
+                cache.get(&ns, &key).await.unwrap().is_some(),
+                written,
+                "{key:?} cached after the completion: {written} expected"
+            );
+        }
+
+        // A read fills the cache; a completion that changes the item again must not leave
+        // the copy the read put there.
+        let id = patterns[0].id.clone();
+        let before = tiered.get_pattern(&ns, &id).await.unwrap().unwrap();
+        let key = CacheKey::Pattern(id.clone());
+        assert!(
+            cache.get(&ns, &key).await.unwrap().is_some(),
+            "the read fills"
+        );
+        record(&m, &ns, 1).await;
+        let stored = durable.get_pattern(&ns, &id).await.unwrap().unwrap();
+        assert!(
+            stored.occurrences > before.occurrences,
+            "the same work, seen again"
+        );
+        assert_eq!(tiered.get_pattern(&ns, &id).await.unwrap().unwrap(), stored);
+        m.shutdown().await.unwrap();
         tiered.shutdown().await.unwrap();
     }
 }
