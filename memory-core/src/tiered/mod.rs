@@ -846,7 +846,7 @@ impl Inner {
     /// commit), so that they stay readable through an outage. Over a local file the changed
     /// items are only dropped from the cache, not written to it: reading one back from the
     /// file is cheap and few are read by id soon after, while writing every changed item
-    /// through took ~30% of an ingest's CPU. Dropping a key the cache file does not hold
+    /// through took about a quarter of an ingest's CPU. Dropping a key the cache file does not hold
     /// (every item a completion creates) needs no cache transaction.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn after_complete(
@@ -859,19 +859,16 @@ impl Inner {
         let _patching = self.episode_cache.lock().await;
         let mut values: Vec<CachedValue> =
             self.completed_in_cache(ns, c).await.into_iter().collect();
-        let Some(ch) = changes else {
-            self.cache_put_many(ns, &values, since).await;
-            return;
-        };
-        if self.durable.reads_need_a_server() {
-            values.extend(learned_values(ch));
-            self.cache_put_many(ns, &values, since).await;
-        } else {
-            self.cache_put_many(ns, &values, since).await;
-            let stale: Vec<(Namespace, CacheKey)> =
-                learned_keys(ch).map(|k| (ns.clone(), k)).collect();
-            self.cache_invalidate_many(&stale).await;
+        let mut stale: Vec<(Namespace, CacheKey)> = Vec::new();
+        if let Some(ch) = changes {
+            if self.durable.reads_need_a_server() {
+                values.extend(learned_values(ch));
+            } else {
+                stale.extend(learned_keys(ch).map(|k| (ns.clone(), k)));
+            }
         }
+        self.cache_put_many(ns, &values, since).await;
+        self.cache_invalidate_many(&stale).await;
     }
 
     /// Keeps the cache in step with a write the durable layer accepted. Over a durable layer
