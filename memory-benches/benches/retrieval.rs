@@ -6,14 +6,15 @@
 //!   the candidates hybrid retrieval takes for a top-10 answer. Throughput in vectors scanned/s.
 //!   `.../100000_filtered` filters on one domain (a quarter of the episodes).
 //! - `retrieval/hybrid/{1000,10000,100000}`: `SelfLearningMemory::retrieve` (hybrid, limit 10,
-//!   with a context; `.../100000_filtered` also filters on one domain, a quarter of the episodes) over a local libsql file holding N completed episodes (4-5 steps each). The
+//!   with a context; `.../100000_filtered` also filters on one domain, a quarter of the
+//!   episodes) over a local libsql file holding N completed episodes (4-5 steps each). The
 //!   vectors come from [`BenchRandomEmbedder`], a stand-in that hashes the text to a
 //!   pseudo-random unit vector: it costs nothing, so this measures the search (BM25 query, index
 //!   scan, fusion, re-ranking), not the model. The query vector is cached after the first call,
 //!   as for a repeated query.
-//! - With `MEMORY_BENCH_1M=1`, both (the vector index search unfiltered) also run at 1,000,000 episodes (`.../1000000`; the store
-//!   takes a long time to build: keep it with `MEMORY_BENCH_DATA_DIR`). The resident set after
-//!   each build is printed.
+//! - With `MEMORY_BENCH_1M=1`, both (the vector index search unfiltered) also run at 1,000,000
+//!   episodes (`.../1000000`; the store takes a long time to build: keep it with
+//!   `MEMORY_BENCH_DATA_DIR`). The resident set after each build is printed.
 //! - `retrieval/cold_open_first_answer/{10000,100000}`: a restart: open the store (a new
 //!   `TursoStorage` on the same file) and a new `SelfLearningMemory` inside the runtime (so its
 //!   background tasks start, as in a real process, including the embedding task's check for

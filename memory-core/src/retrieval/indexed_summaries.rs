@@ -131,6 +131,8 @@ impl IndexedSummaries {
             DomainCheck::Number(n) if self.domain_of.get(i) != Some(&n) => false,
             // The number matched, so document `i` exists and has the domain.
             DomainCheck::Number(_) if !check.beyond_domain => true,
+            // An empty filter: every document passes, no summary read.
+            DomainCheck::Any if !check.beyond_domain => i < self.summaries.len(),
             _ => self
                 .summaries
                 .get(i)

@@ -331,11 +331,10 @@ impl LexicalIndex {
                 *slot += idf * tf * (K1 + 1.0) / (tf + norm(doc));
             }
         }
-        let unfiltered = *filter == EpisodeFilter::default();
         let check = s.summaries.check(filter);
         let mut ranked: Vec<(f32, u32)> = touched
             .into_iter()
-            .filter(|&d| unfiltered || s.summaries.passes(&check, d as usize))
+            .filter(|&d| s.summaries.passes(&check, d as usize))
             .map(|d| (scores[d as usize], d))
             .collect();
         let order = |a: &(f32, u32), b: &(f32, u32)| {
