@@ -525,7 +525,8 @@ impl Storage for TursoStorage {
                 };
                 // Only this handle wrote since `after`: nothing for a reader to drop.
                 if limit > 0 && head > after && own.len() as u64 != head - after {
-                    read_rows(conn, after, limit, &mut set).await?;
+                    let logged = inner.schema_version.load(Ordering::Acquire) >= schema::CHANGE_LOG;
+                    read_rows(conn, after, limit, logged, &mut set).await?;
                 }
                 set.own = own;
                 Ok(set)

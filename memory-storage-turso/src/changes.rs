@@ -131,33 +131,54 @@ pub(crate) async fn read_head(conn: &Db<'_>) -> DbResult<(String, u64)> {
     .ok_or_else(counter_missing)
 }
 
-/// The objects stamped after `after` (at most `limit`, oldest first), into `set`.
+/// The objects stamped after `after` (at most `limit`, oldest first), into `set`; `logged`
+/// when the database reads its feed from `change_log` (schema v11), else from the stamps on
+/// the rows (an object changed twice is then listed once, at its last position).
+///
+/// From the log, a reader asking from before the log's start (`change_counter.log_from`, read
+/// by the same statement as the rows, so from the same snapshot) gets `truncated`: rows it
+/// needs may have been deleted.
 pub(crate) async fn read_rows(
     conn: &Db<'_>,
     after: u64,
     limit: u32,
+    logged: bool,
     set: &mut ChangeSet,
 ) -> DbResult<()> {
     let after = i64::try_from(after).unwrap_or(i64::MAX);
+    // Kind 0 is the log's start, not a change.
+    let sql = if logged {
+        "SELECT 0, '', '', log_from FROM change_counter WHERE id = 1 \
+         UNION ALL SELECT * FROM ( \
+             SELECT kind, ns, id, seq FROM change_log WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
+    } else {
+        "SELECT kind, ns, id, changed_seq FROM ( \
+             SELECT 1 AS kind, ns, id, changed_seq FROM episodes WHERE changed_seq > ?1 \
+             UNION ALL SELECT 2, ns, id, changed_seq FROM patterns WHERE changed_seq > ?1 \
+             UNION ALL SELECT 3, ns, id, changed_seq FROM heuristics WHERE changed_seq > ?1) \
+         ORDER BY changed_seq LIMIT ?2"
+    };
     let mut rows = conn
         .query(
-            "SELECT kind, ns, id, changed_seq FROM ( \
-                 SELECT 1 AS kind, ns, id, changed_seq FROM episodes WHERE changed_seq > ?1 \
-                 UNION ALL SELECT 2, ns, id, changed_seq FROM patterns WHERE changed_seq > ?1 \
-                 UNION ALL SELECT 3, ns, id, changed_seq FROM heuristics WHERE changed_seq > ?1) \
-             ORDER BY changed_seq LIMIT ?2",
+            sql,
             vec![Value::Integer(after), Value::Integer(i64::from(limit) + 1)],
         )
         .await?;
+    let mut log_from = None;
     while let Some(row) = rows.next().await? {
+        let c = Cols::new(&row, "change");
+        let kind = c.i64(0)?;
+        if kind == 0 {
+            log_from = Some(c.i64(3)?);
+            continue;
+        }
         if set.changes.len() == limit as usize {
             set.truncated = true;
-            break;
+            continue;
         }
-        let c = Cols::new(&row, "change");
         let namespace = Namespace::new(c.text(1)?).map_err(|e| decode("change", e))?;
         let id = c.text(2)?;
-        let key = match c.i64(0)? {
+        let key = match kind {
             1 => CacheKey::Episode(id.parse::<EpisodeId>().map_err(|e| decode("change", e))?),
             2 => CacheKey::Pattern(PatternId(id)),
             _ => CacheKey::Heuristic(HeuristicId(id)),
@@ -168,5 +189,158 @@ pub(crate) async fn read_rows(
             key,
         });
     }
+    if logged {
+        let from = log_from.ok_or_else(counter_missing)?;
+        if after < from {
+            set.changes.clear();
+            set.truncated = true;
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use memory_core::{
+        ContextKey, Episode, EpisodeStore, ExecutionStep, LearnedItems, LearningStore, NewEpisode,
+        Pattern, PatternKind, PatternObservation, StepInput, Storage, TaskContext, TaskType,
+    };
+
+    use super::*;
+    use crate::{TursoConfig, TursoStorage};
+
+    fn pattern(at: DateTime<Utc>) -> Pattern {
+        let kind = PatternKind::ToolSequence {
+            tools: vec!["cargo".into(), "git".into()],
+        };
+        let obs = PatternObservation::new(kind, ContextKey::default(), EpisodeId::new(), true, at);
+        Pattern::from_observation(&obs)
+    }
+
+    async fn exec(s: &TursoStorage, sql: &str) {
+        let conn = s.inner.writer().await.unwrap();
+        conn.execute(sql, ()).await.unwrap();
+    }
+
+    async fn count(s: &TursoStorage, sql: &str) -> i64 {
+        let conn = s.inner.writer().await.unwrap();
+        let conn = Db::plain(&conn);
+        let n = query_opt(&conn, sql, (), |row| Cols::new(row, "t").i64(0));
+        n.await.unwrap().unwrap()
+    }
+
+    fn keys(set: &ChangeSet) -> Vec<(u64, CacheKey)> {
+        set.changes.iter().map(|c| (c.seq, c.key.clone())).collect()
+    }
+
+    /// Writes through `other` (another writer, so the reader's own positions do not hide
+    /// them): an episode created, two step batches, a pattern written twice. Returns the
+    /// positions before and after, the episode and the pattern.
+    async fn another_writer_changes(other: &TursoStorage) -> (u64, u64, Episode, Pattern) {
+        let ns = Namespace::default();
+        let before = count(other, "SELECT seq FROM change_counter").await;
+        let e = Episode::start(
+            NewEpisode::new("t", TaskType::Other, TaskContext::new("d")),
+            Utc::now(),
+        );
+        other.create_episode(&ns, &e).await.unwrap();
+        for n in 1..=2 {
+            let step = ExecutionStep {
+                step_number: n,
+                key: ExecutionStep::new_key(),
+                timestamp: Utc::now(),
+                input: StepInput::ok("cargo", "build", "ok"),
+            };
+            other.append_steps(&ns, e.id, &[step]).await.unwrap();
+        }
+        let mut p = pattern(Utc::now());
+        let items = |p: &Pattern| LearnedItems {
+            patterns: vec![p.clone()],
+            ..LearnedItems::default()
+        };
+        other.put_learned(&ns, &items(&p)).await.unwrap();
+        p.occurrences += 1;
+        other.put_learned(&ns, &items(&p)).await.unwrap();
+        let after = count(other, "SELECT seq FROM change_counter").await;
+        (before as u64, after as u64, e, p)
+    }
+
+    #[tokio::test]
+    async fn the_feed_lists_every_stamp_from_the_log_and_clears_a_reader_older_than_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let other = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let (before, after, e, p) = another_writer_changes(&other).await;
+        assert_eq!(after - before, 4, "two step batches and two pattern writes");
+        let set = reader.changes_since(before, 100).await.unwrap().unwrap();
+        let (episode, pattern) = (CacheKey::Episode(e.id), CacheKey::Pattern(p.id.clone()));
+        let expected = vec![
+            (before + 1, episode.clone()),
+            (before + 2, episode),
+            (before + 3, pattern.clone()),
+            (before + 4, pattern),
+        ];
+        assert_eq!(
+            (set.head, keys(&set), set.truncated),
+            (after, expected, false)
+        );
+        let cut = reader.changes_since(before, 3).await.unwrap().unwrap();
+        assert_eq!((cut.changes.len(), cut.truncated), (3, true));
+
+        // The next write takes position 8,192: the log keeps the positions after 4,096.
+        exec(&other, "UPDATE change_counter SET seq = 8191 WHERE id = 1").await;
+        let mut q = p.clone();
+        q.occurrences += 1;
+        let items = LearnedItems {
+            patterns: vec![q],
+            ..LearnedItems::default()
+        };
+        other
+            .put_learned(&Namespace::default(), &items)
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&other, "SELECT log_from FROM change_counter").await,
+            4096
+        );
+        let left = "SELECT COUNT(*) FROM change_log WHERE seq <= 4096";
+        assert_eq!(count(&other, left).await, 0, "the old rows are deleted");
+        let old = reader.changes_since(before, 100).await.unwrap().unwrap();
+        assert!(old.truncated && old.changes.is_empty(), "{old:?}");
+        let behind = reader.changes_since(4095, 100).await.unwrap().unwrap();
+        assert!(
+            behind.truncated,
+            "position 4,096 may have had rows: {behind:?}"
+        );
+        let recent = reader.changes_since(4096, 100).await.unwrap().unwrap();
+        let only = vec![(8192, CacheKey::Pattern(p.id.clone()))];
+        assert_eq!((keys(&recent), recent.truncated), (only, false));
+    }
+
+    #[tokio::test]
+    async fn a_database_of_version_10_reads_the_feed_from_the_stamps_on_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.db");
+        let open = || async {
+            let config = TursoConfig::local(&path)
+                .schema_version(10)
+                .build()
+                .unwrap();
+            TursoStorage::open(config).await.unwrap()
+        };
+        let (reader, other) = (open().await, open().await);
+        assert_eq!(reader.schema_version(), 10);
+        let (before, after, e, p) = another_writer_changes(&other).await;
+        let set = reader.changes_since(before, 100).await.unwrap().unwrap();
+        // Each object once, at its last position.
+        let expected = vec![
+            (before + 2, CacheKey::Episode(e.id)),
+            (before + 4, CacheKey::Pattern(p.id.clone())),
+        ];
+        assert_eq!(
+            (set.head, keys(&set), set.truncated),
+            (after, expected, false)
+        );
+    }
 }

@@ -14,11 +14,15 @@ use crate::prepared::Db;
 use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 /// The version from which step page bodies and episode reflections may be stored compressed
 /// ([`crate::compressed_json`]).
 pub(crate) const COMPRESSED_JSON: u32 = 10;
+
+/// The version from which the change feed is read from `change_log` (the per-table change
+/// indexes are gone; see `migrations/v11.sql`).
+pub(crate) const CHANGE_LOG: u32 = 11;
 
 /// One forward migration.
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +121,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "step page bodies and reflections of 256 bytes or more stored zstd-compressed",
         sql: include_str!("../migrations/v10.sql"),
         then: Then::NewFormat,
+    },
+    Migration {
+        version: 11,
+        description: "the change feed as an append-only log written by triggers",
+        sql: include_str!("../migrations/v11.sql"),
+        then: Then::Nothing,
     },
 ];
 

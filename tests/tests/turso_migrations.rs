@@ -560,6 +560,17 @@ async fn version_6_steps_move_into_pages_with_their_keys() {
             let drop = format!("DROP INDEX {table}_by_context");
             conn.execute(&drop, ()).await.unwrap();
         }
+        // Version 11's change log, and the change indexes it replaced.
+        let undo_v11 = "DROP TABLE change_log; \
+             DROP TRIGGER change_log_prune; \
+             DROP TRIGGER change_log_episode_insert; DROP TRIGGER change_log_episode_update; \
+             DROP TRIGGER change_log_pattern_insert; DROP TRIGGER change_log_pattern_update; \
+             DROP TRIGGER change_log_heuristic_insert; DROP TRIGGER change_log_heuristic_update; \
+             ALTER TABLE change_counter DROP COLUMN log_from; \
+             CREATE INDEX episodes_by_change ON episodes (changed_seq, ns, id); \
+             CREATE INDEX patterns_by_change ON patterns (changed_seq, ns, id); \
+             CREATE INDEX heuristics_by_change ON heuristics (changed_seq, ns, id);";
+        conn.execute_batch(undo_v11).await.unwrap();
     }
     let (create, auto) = table_shape(&path, "steps").await;
     assert!(
