@@ -5,6 +5,10 @@
 //! Positions are taken inside the write transaction, under the database's write lock, so
 //! their order is the commit order; a reader that has seen every row stamped up to `p` and
 //! drops the rows stamped after `p` holds nothing older than the database at that moment.
+//!
+//! From schema v11 the stamps are read from `change_log`, which triggers append to in every
+//! stamping statement and prune to its last 4,096 positions (`migrations/v11.sql`); before, from
+//! the stamps on the rows themselves.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex as StdMutex;
