@@ -323,6 +323,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_row_stamped_twice_by_one_transaction_is_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let p = pattern(Utc::now());
+        let mut again = p.clone();
+        again.occurrences += 1;
+        // One upsert inserts the row, the next updates it, at the same position (version
+        // 11's triggers failed the transaction here).
+        let items = LearnedItems {
+            patterns: vec![p, again.clone()],
+            ..LearnedItems::default()
+        };
+        s.put_learned(&Namespace::default(), &items).await.unwrap();
+        let stored = s
+            .get_pattern(&Namespace::default(), &again.id)
+            .await
+            .unwrap();
+        assert_eq!(stored, Some(again));
+        let logged = count(&s, "SELECT COUNT(*) FROM change_log WHERE kind = 2").await;
+        assert_eq!(logged, 1);
+    }
+
+    #[tokio::test]
     async fn a_database_of_version_10_reads_the_feed_from_the_stamps_on_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory.db");

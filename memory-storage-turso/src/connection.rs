@@ -209,6 +209,16 @@ impl Inner {
         self.call(operation, self.write_tx_stamped(body)).await
     }
 
+    /// [`Inner::call`] around [`Inner::write_tx_stamped_unowned`].
+    pub(crate) async fn call_write_stamped_unowned<T>(
+        &self,
+        operation: &'static str,
+        body: impl AsyncFnOnce(&Db<'_>, i64) -> DbResult<T>,
+    ) -> Result<T> {
+        self.call(operation, self.write_tx_stamped_unowned(body))
+            .await
+    }
+
     /// Runs the schema check that could not run at open (the server was unreachable): every
     /// call waits for it, and fails with its (transient) error until the server answers.
     async fn check_schema(&self) -> DbResult<()> {
@@ -319,6 +329,24 @@ impl Inner {
         &self,
         body: impl AsyncFnOnce(&Db<'_>, i64) -> DbResult<T>,
     ) -> DbResult<T> {
+        self.stamped(body, true).await
+    }
+
+    /// Like [`Inner::write_tx_stamped`], for a write that may change rows its caller does
+    /// not write through to a cache: its position is not recorded as this handle's own, so
+    /// the change feed reports its rows to this process's cache as another writer's.
+    pub(crate) async fn write_tx_stamped_unowned<T>(
+        &self,
+        body: impl AsyncFnOnce(&Db<'_>, i64) -> DbResult<T>,
+    ) -> DbResult<T> {
+        self.stamped(body, false).await
+    }
+
+    async fn stamped<T>(
+        &self,
+        body: impl AsyncFnOnce(&Db<'_>, i64) -> DbResult<T>,
+        own: bool,
+    ) -> DbResult<T> {
         let mut taken = None;
         let value = self
             .write_tx(async |tx| {
@@ -327,7 +355,7 @@ impl Inner {
                 body(tx, position).await
             })
             .await?;
-        if let (Some(c), Some(p)) = (&self.changes, taken) {
+        if let (Some(c), Some(p), true) = (&self.changes, taken, own) {
             c.committed(p);
         }
         Ok(value)

@@ -1,7 +1,7 @@
 //! Learned items on libsql: one table per kind, read and written through one generic path;
 //! the merge of an update runs in core, inside the caller's transaction; feedback events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
@@ -186,28 +186,41 @@ async fn load_where<T: Stored>(
     load_filtered(conn, ns, &filter, keys).await
 }
 
-/// The heuristics an update merges with: the ones of its condition keys that are not pruned
-/// (pruned ones take no part in resolving contradictions), and the observed ones whatever
-/// their status. Two indexed reads (one `OR` would scan the namespace's heuristics).
+/// The heuristics `update` merges with: the active one of each of its condition keys (a
+/// partial index holds only those) and the observed ones whatever their status; then, for
+/// the keys where that is not enough ([`LearningUpdate::keys_needing_whole_group`]), every
+/// one that is not pruned (pruned ones take no part in resolving contradictions). Indexed
+/// reads each (one `OR` would scan the namespace's heuristics).
 async fn load_heuristics(
     conn: &Db<'_>,
     ns: &str,
-    keys: Vec<String>,
-    ids: Vec<String>,
+    update: &LearningUpdate,
 ) -> DbResult<Vec<Heuristic>> {
-    let of_keys = format!(
-        "condition_key IN ({}) AND status <> 'pruned'",
-        placeholders(2, keys.len())
-    );
+    let of_keys = |status: &str, keys: &[String]| {
+        format!(
+            "condition_key IN ({}) AND {status}",
+            placeholders(2, keys.len())
+        )
+    };
+    let keys = update.condition_keys();
+    let active = of_keys("status = 'active'", &keys);
     let mut by_id: BTreeMap<String, Heuristic> = BTreeMap::new();
-    for h in load_filtered::<Heuristic>(conn, ns, &of_keys, keys).await? {
+    for h in load_filtered::<Heuristic>(conn, ns, &active, keys).await? {
         by_id.insert(h.id.0.clone(), h);
     }
-    let observed: Vec<String> = ids
-        .into_iter()
+    let observed: Vec<String> = (update.heuristics.iter())
+        .map(|o| o.id.0.clone())
         .filter(|id| !by_id.contains_key(id))
         .collect();
     for h in load_where::<Heuristic>(conn, ns, "id", observed).await? {
+        by_id.insert(h.id.0.clone(), h);
+    }
+    let whole: Vec<String> = (update.keys_needing_whole_group(by_id.values()))
+        .into_iter()
+        .collect();
+    let live = of_keys("status <> 'pruned'", &whole);
+    // No statement when every key's active heuristic is enough.
+    for h in load_filtered::<Heuristic>(conn, ns, &live, whole).await? {
         by_id.insert(h.id.0.clone(), h);
     }
     Ok(by_id.into_values().collect())
@@ -283,13 +296,7 @@ impl Inner {
         let lesson_ids = update.lesson_ids().into_iter().map(|l| l.0).collect();
         let existing = ExistingLearned {
             patterns: load_where(conn, ns, "id", pattern_ids).await?,
-            heuristics: load_heuristics(
-                conn,
-                ns,
-                update.condition_keys(),
-                update.heuristic_ids().into_iter().map(|h| h.0).collect(),
-            )
-            .await?,
+            heuristics: load_heuristics(conn, ns, update).await?,
             lessons: load_where(conn, ns, "id", lesson_ids).await?,
         };
         let changes = update.apply(existing);
@@ -515,8 +522,33 @@ async fn feedback_in_tx(
         let mut h: Heuristic = from_json("heuristic", &body)?;
         h.votes_up = eff.helped;
         h.votes_down = eff.hindered;
-        upsert(tx, ns, position, std::iter::once(&h)).await
+        upsert(tx, ns, position, std::iter::once(&h)).await?;
+        resolve_keys(tx, ns, std::iter::once(&h), position).await
     }
+}
+
+/// Resolves again the condition keys of `written` (observed rules; general rules are
+/// consolidation's own and compete by its rules), writing the heuristics whose status that
+/// changes. A write that moves evidence or votes between heuristics (feedback, consolidation)
+/// calls it, so every key stays as a completion's merge expects: one active heuristic that
+/// outranks the others ([`LearningUpdate::keys_needing_whole_group`]).
+async fn resolve_keys<'a>(
+    tx: &Db<'_>,
+    ns: &str,
+    written: impl Iterator<Item = &'a Heuristic>,
+    position: i64,
+) -> DbResult<()> {
+    let keys: BTreeSet<String> = written
+        .filter(|h| !h.is_general())
+        .map(|h| h.condition_key.clone())
+        .collect();
+    for key in keys {
+        let live = "condition_key = ?2 AND status <> 'pruned'";
+        let mut group = load_filtered::<Heuristic>(tx, ns, live, vec![key]).await?;
+        let changed = memory_core::resolve_contradictions(&mut group);
+        upsert(tx, ns, position, changed.iter().map(|&i| &group[i])).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -557,8 +589,10 @@ impl LearningStore for TursoStorage {
         ns: &Namespace,
         groups: &[GuardedItems],
     ) -> Result<Vec<usize>> {
+        // Not the handle's own position: resolving a key again may change heuristics the
+        // caller does not write through to its cache.
         self.inner
-            .call_write_stamped("put_learned_unless_changed", async |tx, position| {
+            .call_write_stamped_unowned("put_learned_unless_changed", async |tx, position| {
                 let ids: Vec<&LearnedId> = (groups.iter())
                     .flat_map(|g| g.read.iter().map(|(id, _)| id))
                     .collect();
@@ -582,10 +616,12 @@ impl LearningStore for TursoStorage {
                     ns.as_str(),
                     position,
                     patterns.into_iter(),
-                    heuristics.into_iter(),
+                    heuristics.iter().copied(),
                     lessons.into_iter(),
                 )
                 .await?;
+                // Merges, forwarded evidence and recomputed votes move ranks.
+                resolve_keys(tx, ns.as_str(), heuristics.into_iter(), position).await?;
                 Ok(refused)
             })
             .await
@@ -621,8 +657,10 @@ impl LearningStore for TursoStorage {
                 let fb = feedback;
                 let ns = ns.as_str();
                 let recorded_at = nanos("feedback.recorded_at", fb.recorded_at)?;
+                // Not the handle's own position: resolving a heuristic's key again may
+                // change its competitors, which the caller's cache does not know of.
                 inner
-                    .write_tx_stamped(async |tx, position| {
+                    .write_tx_stamped_unowned(async |tx, position| {
                         feedback_in_tx(tx, ns, fb, recorded_at, position).await
                     })
                     .await
@@ -660,10 +698,8 @@ impl LearningStore for TursoStorage {
 mod tests {
     use super::*;
 
-    /// The plan of a context query: the context index sought on the namespace and every
-    /// context field given, and the counter index for a context too large to sort.
-    #[tokio::test]
-    async fn a_context_query_seeks_its_context_and_falls_back_to_the_counter_index() {
+    /// A new in-memory database at the latest schema (the handle keeps it alive).
+    async fn migrated() -> (libsql::Database, libsql::Connection) {
         let db = libsql::Builder::new_local(":memory:")
             .build()
             .await
@@ -672,6 +708,25 @@ mod tests {
         crate::schema::migrate(&conn, crate::SCHEMA_VERSION)
             .await
             .unwrap();
+        (db, conn)
+    }
+
+    /// The steps of `sql`'s query plan.
+    async fn plan(conn: &libsql::Connection, sql: &str, values: Vec<Value>) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut rows = conn.query(&explain, values).await.unwrap();
+        let mut steps = Vec::new();
+        while let Some(row) = rows.next().await.unwrap() {
+            steps.push(row.get::<String>(3).unwrap());
+        }
+        steps
+    }
+
+    /// The plan of a context query: the context index sought on the namespace and every
+    /// context field given, and the counter index for a context too large to sort.
+    #[tokio::test]
+    async fn a_context_query_seeks_its_context_and_falls_back_to_the_counter_index() {
+        let (_db, conn) = migrated().await;
         let q = LearnedQuery {
             domain: Some("web_api".into()),
             language: Some("rust".into()),
@@ -684,18 +739,25 @@ mod tests {
             (FailureLesson::TABLE, FailureLesson::RANK),
         ] {
             let sql = context_page_sql(t, rank, "ns", &q, &|_| {});
-            let plan = format!("EXPLAIN QUERY PLAN {}", sql.text);
-            let mut rows = conn.query(&plan, sql.values).await.unwrap();
-            let mut steps = Vec::new();
-            while let Some(row) = rows.next().await.unwrap() {
-                steps.push(row.get::<String>(3).unwrap());
-            }
+            let steps = plan(&conn, &sql.text, sql.values).await;
             let sought =
                 format!("INDEX {t}_by_context (ns=? AND <expr>=? AND <expr>=? AND <expr>=?)");
             assert!(steps.iter().any(|s| s.ends_with(&sought)), "{steps:?}");
             let ranked = format!("INDEX {t}_by_{rank} (ns=?)");
             assert!(steps.iter().any(|s| s.ends_with(&ranked)), "{steps:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_active_heuristic_of_a_key_is_sought_in_its_own_index() {
+        let (_db, conn) = migrated().await;
+        let sql = "SELECT body FROM heuristics \
+                   WHERE ns = ?1 AND condition_key IN (?2, ?3) AND status = 'active' \
+                   ORDER BY +id";
+        let values = vec![text("ns"), text("a"), text("b")];
+        let steps = plan(&conn, sql, values).await;
+        let sought = "INDEX heuristics_active_by_condition (ns=? AND condition_key=?)";
+        assert!(steps.iter().any(|s| s.ends_with(sought)), "{steps:?}");
     }
 
     #[test]

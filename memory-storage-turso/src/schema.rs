@@ -14,7 +14,7 @@ use crate::prepared::Db;
 use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 11;
+pub const SCHEMA_VERSION: u32 = 12;
 
 /// The version from which step page bodies and episode reflections may be stored compressed
 /// ([`crate::compressed_json`]).
@@ -126,6 +126,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 11,
         description: "the change feed as an append-only log written by triggers",
         sql: include_str!("../migrations/v11.sql"),
+        then: Then::Nothing,
+    },
+    Migration {
+        version: 12,
+        description: "the active heuristic of each condition key indexed on its own",
+        sql: include_str!("../migrations/v12.sql"),
         then: Then::Nothing,
     },
 ];

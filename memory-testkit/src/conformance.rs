@@ -746,6 +746,82 @@ pub async fn heuristics_contradictions_kept(s: &dyn Storage) {
     assert_eq!(visible.unwrap().len(), 1, "inactive hidden by default");
     let got = s.get_heuristic(&n, &loser.id).await.unwrap();
     assert_eq!(got.as_ref(), Some(loser));
+
+    // Votes move a heuristic's rank, and its key is resolved again at once: after four
+    // episodes where following the winner hindered, the other one is better evidenced.
+    let winner = active[0].clone();
+    let target = FeedbackTarget::Heuristic(winner.id.clone());
+    for at in 20..24 {
+        let fb = feedback(&target, EpisodeId::new(), FeedbackOutcome::Hindered, at);
+        s.record_feedback(&n, &fb).await.unwrap();
+    }
+    let now = s
+        .query_heuristics(&n, &LearnedQuery::default())
+        .await
+        .unwrap();
+    let now: Vec<&str> = now.iter().map(|h| h.action.as_str()).collect();
+    assert_eq!(
+        now,
+        ["run cargo clean"],
+        "the downvoted winner is set aside"
+    );
+    let set_aside = s.get_heuristic(&n, &winner.id).await.unwrap().unwrap();
+    let by = match &set_aside.status {
+        LearnedStatus::Superseded { by, .. } => by.clone(),
+        other => panic!("superseded by the other, got {other:?}"),
+    };
+    assert_eq!(by, loser.id.0);
+    // Evidence for it again: it outranks the other once more, which the merge finds even
+    // though it reads only the active heuristic and the observed one first.
+    let seen =
+        HeuristicObservation::new(condition, lld, ctx.clone(), EpisodeId::new(), true, t(30));
+    let update = LearningUpdate {
+        episode_id: seen.episode_id,
+        observed_at: t(30),
+        patterns: Vec::new(),
+        heuristics: vec![seen],
+        lessons: Vec::new(),
+    };
+    let changes = s.apply_learning(&n, &update).await.unwrap();
+    assert_eq!(
+        changes.heuristics.len(),
+        2,
+        "both change status: {changes:?}"
+    );
+    let now = s
+        .query_heuristics(&n, &LearnedQuery::default())
+        .await
+        .unwrap();
+    let now: Vec<&str> = now.iter().map(|h| h.action.as_str()).collect();
+    assert_eq!(now, [lld], "back in use");
+
+    // A consolidation moves evidence into the one set aside (a merge, say): its guarded
+    // write resolves the key again.
+    let clean = s.get_heuristic(&n, &loser.id).await.unwrap().unwrap();
+    let mut merged_into = clean.clone();
+    merged_into.support += 10;
+    let group = GuardedItems {
+        read: vec![(
+            LearnedId::Heuristic(clean.id.clone()),
+            Some(LearnedItem::Heuristic(clean)),
+        )],
+        write: LearnedItems {
+            heuristics: vec![merged_into],
+            ..LearnedItems::default()
+        },
+    };
+    let refused = s.put_learned_unless_changed(&n, &[group]).await.unwrap();
+    assert!(refused.is_empty());
+    let now = s
+        .query_heuristics(&n, &LearnedQuery::default())
+        .await
+        .unwrap();
+    let now: Vec<(&str, u64)> = now.iter().map(|h| (h.action.as_str(), h.support)).collect();
+    assert_eq!(
+        now,
+        [("run cargo clean", 11)],
+        "the better evidenced one is in use"
+    );
 }
 
 pub async fn learned_queries_by_context(s: &dyn Storage) {

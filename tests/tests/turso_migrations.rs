@@ -571,6 +571,9 @@ async fn version_6_steps_move_into_pages_with_their_keys() {
              CREATE INDEX patterns_by_change ON patterns (changed_seq, ns, id); \
              CREATE INDEX heuristics_by_change ON heuristics (changed_seq, ns, id);";
         conn.execute_batch(undo_v11).await.unwrap();
+        // Version 12's index of active heuristics.
+        let undo_v12 = "DROP INDEX heuristics_active_by_condition";
+        conn.execute(undo_v12, ()).await.unwrap();
     }
     let (create, auto) = table_shape(&path, "steps").await;
     assert!(

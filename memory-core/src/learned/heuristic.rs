@@ -193,6 +193,28 @@ impl Heuristic {
     }
 }
 
+/// How two heuristics of one condition key compare as candidates (`Greater`: `x` outranks
+/// `y`): evidence score, then support, then the latest evidence, then the smaller id, so
+/// the order is total.
+///
+/// ```
+/// use std::cmp::Ordering;
+/// use memory_core::{ContextKey, EpisodeId, Heuristic, HeuristicObservation, rank_order};
+/// let seen = |supports| {
+///     let obs = HeuristicObservation::new("tests fail", "rerun", ContextKey::default(),
+///         EpisodeId::new(), supports, chrono::Utc::now());
+///     Heuristic::from_observation(&obs)
+/// };
+/// assert_eq!(rank_order(&seen(true), &seen(false)), Ordering::Greater);
+/// ```
+pub fn rank_order(x: &Heuristic, y: &Heuristic) -> std::cmp::Ordering {
+    x.evidence_score()
+        .total_cmp(&y.evidence_score())
+        .then(x.support.cmp(&y.support))
+        .then(x.last_seen.cmp(&y.last_seen))
+        .then(y.id.cmp(&x.id))
+}
+
 /// Among heuristics sharing one condition key, makes the best-evidenced one active and marks
 /// every other non-pruned one superseded by it, with the evidence counts of the moment as the
 /// reason (a loser already superseded by the same winner is left as it is).
@@ -208,14 +230,10 @@ pub fn resolve_contradictions(group: &mut [Heuristic]) -> Vec<usize> {
             )
         })
         .collect();
-    let Some(&winner) = candidates.iter().max_by(|&&a, &&b| {
-        let (x, y) = (&group[a], &group[b]);
-        x.evidence_score()
-            .total_cmp(&y.evidence_score())
-            .then(x.support.cmp(&y.support))
-            .then(x.last_seen.cmp(&y.last_seen))
-            .then(y.id.cmp(&x.id))
-    }) else {
+    let Some(&winner) = candidates
+        .iter()
+        .max_by(|&&a, &&b| rank_order(&group[a], &group[b]))
+    else {
         return Vec::new();
     };
     let (w_id, w_support, w_against, w_action) = {

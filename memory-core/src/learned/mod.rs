@@ -14,7 +14,8 @@ pub use context::ContextKey;
 pub(crate) use context::stable_id;
 pub use feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
 pub use heuristic::{
-    Heuristic, HeuristicId, HeuristicObservation, general_identity, resolve_contradictions,
+    Heuristic, HeuristicId, HeuristicObservation, general_identity, rank_order,
+    resolve_contradictions,
 };
 pub use kind::{Learned, LearnedId, LearnedItem, LearnedKind};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};

@@ -4,6 +4,7 @@
 //! they load the existing items the update names, apply, and write back what changed. The merge
 //! logic lives here, once; atomicity lives in the backend.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
@@ -11,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
 use crate::learned::{
-    FailureLesson, Heuristic, HeuristicId, HeuristicObservation, LessonId, LessonObservation,
-    Pattern, PatternId, PatternObservation, resolve_contradictions,
+    FailureLesson, Heuristic, HeuristicId, HeuristicObservation, LearnedStatus, LessonId,
+    LessonObservation, Pattern, PatternId, PatternObservation, rank_order, resolve_contradictions,
 };
 
 /// Everything one episode teaches, ready to be merged.
@@ -35,7 +36,9 @@ pub struct LearningUpdate {
 pub struct ExistingLearned {
     /// Patterns with ids in [`LearningUpdate::pattern_ids`] that exist.
     pub patterns: Vec<Pattern>,
-    /// Every heuristic whose condition key is in [`LearningUpdate::condition_keys`].
+    /// The heuristics of the keys in [`LearningUpdate::condition_keys`]: every one that is
+    /// not pruned, or, for a key not in [`LearningUpdate::keys_needing_whole_group`], its
+    /// active heuristic and the observed ones (the merge is then the same).
     pub heuristics: Vec<Heuristic>,
     /// Lessons with ids in [`LearningUpdate::lesson_ids`] that exist.
     pub lessons: Vec<FailureLesson>,
@@ -82,6 +85,71 @@ impl LearningUpdate {
     /// Ids of the observed heuristics, to load whatever their status.
     pub fn heuristic_ids(&self) -> Vec<HeuristicId> {
         self.heuristics.iter().map(|h| h.id.clone()).collect()
+    }
+
+    /// The condition keys for which merging needs every heuristic that is not pruned, given
+    /// `known`: the active heuristics of the update's keys and the ones it observes. For the
+    /// other keys, `known` is enough: the key has one active heuristic, it stays the best
+    /// ranked ([`rank_order`]) of what is known once the observations are absorbed, and it
+    /// ranks no lower than before. Every merge leaves a key resolved (the active heuristic
+    /// outranks every other candidate, each superseded by it), so the heuristics not known
+    /// rank below it and would keep their status: the result is the one the whole group
+    /// gives, and a completion reads what its episode touches instead of every competitor a
+    /// key ever had.
+    ///
+    /// ```
+    /// use memory_core::{ContextKey, EpisodeId, Heuristic, HeuristicObservation, LearningUpdate};
+    /// let obs = HeuristicObservation::new("build fails", "clean", ContextKey::default(),
+    ///     EpisodeId::new(), true, chrono::Utc::now());
+    /// let update = LearningUpdate { episode_id: obs.episode_id, observed_at: obs.observed_at,
+    ///     patterns: vec![], heuristics: vec![obs.clone()], lessons: vec![] };
+    /// // Nothing known of the key: every heuristic it has is needed.
+    /// assert!(update.keys_needing_whole_group(std::iter::empty()).contains(&obs.condition_key));
+    /// // Its one active heuristic gains support: what is known is enough.
+    /// assert!(update.keys_needing_whole_group(&[Heuristic::from_observation(&obs)]).is_empty());
+    /// ```
+    pub fn keys_needing_whole_group<'a>(
+        &self,
+        known: impl IntoIterator<Item = &'a Heuristic>,
+    ) -> BTreeSet<String> {
+        let known: Vec<&Heuristic> = known.into_iter().collect();
+        let mut needed = BTreeSet::new();
+        for key in self.condition_keys() {
+            let mut group: BTreeMap<&HeuristicId, Heuristic> = (known.iter())
+                .filter(|h| h.condition_key == key)
+                .map(|&h| (&h.id, h.clone()))
+                .collect();
+            let mut active = group.values().filter(|h| h.status.is_active());
+            let (Some(before), None) = (active.next().cloned(), active.next()) else {
+                needed.insert(key);
+                continue;
+            };
+            for obs in self.heuristics.iter().filter(|o| o.condition_key == key) {
+                match group.get_mut(&obs.id) {
+                    Some(h) => h.absorb(obs),
+                    None => {
+                        group.insert(&obs.id, Heuristic::from_observation(obs));
+                    }
+                }
+            }
+            let best = group
+                .values()
+                .filter(|h| {
+                    matches!(
+                        h.status,
+                        LearnedStatus::Active | LearnedStatus::Superseded { .. }
+                    )
+                })
+                .max_by(|a, b| rank_order(a, b));
+            let kept = best.is_some_and(|b| b.id == before.id);
+            let lower = group
+                .get(&before.id)
+                .is_none_or(|after| rank_order(after, &before) == Ordering::Less);
+            if !kept || lower {
+                needed.insert(key);
+            }
+        }
+        needed
     }
 
     /// Ids of the lessons to load.
@@ -164,5 +232,163 @@ impl LearningUpdate {
             }
         }
         changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::learned::ContextKey;
+
+    /// One event of a key's history: an episode observing `action` (supporting or not), or
+    /// feedback voting on it (which resolves the key again, as the stores do).
+    #[derive(Debug, Clone)]
+    enum Event {
+        Seen(usize, bool),
+        Voted(usize, bool),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            4 => (0..4usize, any::<bool>()).prop_map(|(a, s)| Event::Seen(a, s)),
+            1 => (0..4usize, any::<bool>()).prop_map(|(a, up)| Event::Voted(a, up)),
+        ]
+    }
+
+    fn observe(condition: &str, action: usize, supports: bool, at: i64) -> HeuristicObservation {
+        let t = Utc.timestamp_opt(1_700_000_000, 0).unwrap() + Duration::seconds(at);
+        let ctx = ContextKey::default();
+        HeuristicObservation::new(
+            condition,
+            format!("a{action}"),
+            ctx,
+            EpisodeId::new(),
+            supports,
+            t,
+        )
+    }
+
+    fn update(heuristics: Vec<HeuristicObservation>) -> LearningUpdate {
+        LearningUpdate {
+            episode_id: EpisodeId::new(),
+            observed_at: heuristics[0].observed_at,
+            patterns: Vec::new(),
+            heuristics,
+            lessons: Vec::new(),
+        }
+    }
+
+    fn by_id(changes: &LearnedChanges) -> BTreeMap<HeuristicId, Changed<Heuristic>> {
+        changes
+            .heuristics
+            .iter()
+            .map(|c| (c.item.id.clone(), c.clone()))
+            .collect()
+    }
+
+    proptest! {
+        /// Whenever the active heuristic and the observed ones are enough, the merge gives
+        /// exactly what the whole group gives.
+        #[test]
+        fn what_is_known_merges_as_the_whole_group_does(
+            history in proptest::collection::vec(event(), 0..40),
+            last in proptest::collection::vec((0..2usize, 0..4usize, any::<bool>()), 1..3),
+        ) {
+            let mut stored: BTreeMap<HeuristicId, Heuristic> = BTreeMap::new();
+            let mut at = 0;
+            for e in history {
+                at += 1;
+                match e {
+                    Event::Seen(action, supports) => {
+                        let u = update(vec![observe("c0", action, supports, at)]);
+                        let group = stored.values().cloned().collect();
+                        let existing = ExistingLearned { heuristics: group, ..Default::default() };
+                        for c in u.apply(existing).heuristics {
+                            stored.insert(c.item.id.clone(), c.item);
+                        }
+                    }
+                    Event::Voted(action, up) => {
+                        let id = observe("c0", action, true, 0).id;
+                        let Some(h) = stored.get_mut(&id) else { continue };
+                        if up { h.votes_up += 1 } else { h.votes_down += 1 }
+                        let mut group: Vec<Heuristic> = stored.values().cloned().collect();
+                        resolve_contradictions(&mut group);
+                        stored = group.into_iter().map(|h| (h.id.clone(), h)).collect();
+                    }
+                }
+            }
+            at += 1;
+            let mut seen = BTreeSet::new();
+            let obs: Vec<HeuristicObservation> = last
+                .into_iter()
+                .map(|(key, action, supports)| observe(&format!("c{key}"), action, supports, at))
+                .filter(|o| seen.insert(o.id.clone()))
+                .collect();
+            let u = update(obs);
+            let observed: BTreeSet<&HeuristicId> = u.heuristics.iter().map(|o| &o.id).collect();
+            let known: Vec<Heuristic> = stored
+                .values()
+                .filter(|h| h.status.is_active() || observed.contains(&h.id))
+                .cloned()
+                .collect();
+            let needed = u.keys_needing_whole_group(&known);
+            let whole = ExistingLearned {
+                heuristics: stored.values().cloned().collect(),
+                ..Default::default()
+            };
+            let partial = ExistingLearned {
+                heuristics: stored
+                    .values()
+                    .filter(|h| {
+                        needed.contains(&h.condition_key)
+                            || h.status.is_active()
+                            || observed.contains(&h.id)
+                    })
+                    .cloned()
+                    .collect(),
+                ..Default::default()
+            };
+            prop_assert_eq!(by_id(&u.apply(partial)), by_id(&u.apply(whole)));
+        }
+    }
+
+    #[test]
+    fn a_key_is_read_whole_when_its_winner_loses_ground_or_is_overtaken() {
+        let at = |n| observe("c", 0, true, n);
+        let mut winner = Heuristic::from_observation(&at(0));
+        winner.absorb(&at(1));
+        let rival = |supports| observe("c", 1, supports, 2);
+        let mut loser = Heuristic::from_observation(&rival(true));
+        loser.status = LearnedStatus::Superseded {
+            by: winner.id.0.clone(),
+            reason: "fewer".into(),
+        };
+        let known = [winner.clone(), loser.clone()];
+        // The winner gains: enough.
+        assert!(
+            update(vec![observe("c", 0, true, 3)])
+                .keys_needing_whole_group(&known)
+                .is_empty()
+        );
+        // The winner loses ground: a heuristic not known may now outrank it.
+        let weaker = update(vec![observe("c", 0, false, 3)]);
+        assert_eq!(weaker.keys_needing_whole_group(&known).len(), 1);
+        // A rival overtakes: every loser changes whom it is superseded by.
+        loser.support = 5;
+        let overtaken = update(vec![rival(true)]);
+        assert_eq!(
+            overtaken
+                .keys_needing_whole_group(&[winner.clone(), loser])
+                .len(),
+            1
+        );
+        // Two active heuristics (one restored, say): unresolved, read it whole.
+        let mut second = Heuristic::from_observation(&rival(true));
+        second.status = LearnedStatus::Active;
+        let seen = update(vec![observe("c", 0, true, 3)]);
+        assert_eq!(seen.keys_needing_whole_group(&[winner, second]).len(), 1);
     }
 }

@@ -17,6 +17,7 @@ use crate::error::{Error, ObjectKind, Result};
 use crate::learned::{
     Effectiveness, FailureLesson, Feedback, FeedbackTarget, Heuristic, HeuristicId, Learned,
     LearnedId, LearnedItem, LearnedKind, LearnedStatus, LessonId, Pattern, PatternId,
+    resolve_contradictions,
 };
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
@@ -108,6 +109,28 @@ impl NsData {
 }
 
 /// Stores `items` by id, replacing what was there.
+/// Resolves again the condition keys of `written` (observed rules; general rules are
+/// consolidation's own), as the durable store does after a write that moves evidence or
+/// votes between heuristics.
+fn resolve_keys<'a>(
+    heuristics: &mut BTreeMap<HeuristicId, Heuristic>,
+    written: impl Iterator<Item = &'a Heuristic>,
+) {
+    let keys: std::collections::BTreeSet<String> = written
+        .filter(|h| !h.is_general())
+        .map(|h| h.condition_key.clone())
+        .collect();
+    for key in keys {
+        let mut group: Vec<Heuristic> = (heuristics.values())
+            .filter(|h| h.condition_key == key)
+            .filter(|h| !matches!(h.status, LearnedStatus::Pruned { .. }))
+            .cloned()
+            .collect();
+        resolve_contradictions(&mut group);
+        put(heuristics, group.iter());
+    }
+}
+
 fn put<'a, T: Learned + Clone + 'a>(
     map: &mut BTreeMap<T::Id, T>,
     items: impl Iterator<Item = &'a T>,
@@ -396,6 +419,8 @@ impl LearningStore for InMemoryStorage {
                     g.read.iter().map(|(id, _)| d.learned(id)).collect();
                 if g.unchanged(&stored) {
                     d.put_items(&g.write);
+                    // Merges, forwarded evidence and recomputed votes move ranks.
+                    resolve_keys(&mut d.heuristics, g.write.heuristics.iter());
                 } else {
                     refused.push(i);
                 }
@@ -454,6 +479,9 @@ impl LearningStore for InMemoryStorage {
                 if let Some(h) = d.heuristics.get_mut(id) {
                     h.votes_up = eff.helped;
                     h.votes_down = eff.hindered;
+                    // Votes move its rank.
+                    let h = h.clone();
+                    resolve_keys(&mut d.heuristics, std::iter::once(&h));
                 }
             }
         }

@@ -365,7 +365,11 @@ pub trait LearningStore: Send + Sync + Debug {
     /// as it was read (absent, for one read as absent); one transaction for all groups.
     /// Returns the indexes of the groups left unwritten because another writer changed one
     /// of their items meanwhile. Consolidation writes through this, so a completion that
-    /// lands between a run's read and its write keeps its evidence.
+    /// lands between a run's read and its write keeps its evidence. The condition key of
+    /// every observed heuristic written (not a general rule) is then resolved again in the
+    /// same transaction ([`crate::resolve_contradictions`] over its heuristics that are not
+    /// pruned): merges, forwarded evidence and recomputed votes move ranks, and a completion's
+    /// merge expects every key resolved ([`LearningUpdate::keys_needing_whole_group`]).
     async fn put_learned_unless_changed(
         &self,
         ns: &Namespace,
@@ -420,7 +424,9 @@ pub trait LearningStore: Send + Sync + Debug {
     /// Records feedback and updates the target's effectiveness (patterns) or votes
     /// (heuristics) from all its feedback events, atomically. One event per (target, episode):
     /// recording again replaces the earlier one, so a replay is harmless. `NotFound` if the
-    /// target is absent.
+    /// target is absent. Votes move a heuristic's rank, so an observed heuristic's condition
+    /// key is resolved again in the same transaction, as after
+    /// [`LearningStore::put_learned_unless_changed`].
     async fn record_feedback(&self, ns: &Namespace, feedback: &Feedback) -> Result<()>;
 
     /// Feedback events of a target, oldest first.
