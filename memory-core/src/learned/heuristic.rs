@@ -215,12 +215,17 @@ pub fn rank_order(x: &Heuristic, y: &Heuristic) -> std::cmp::Ordering {
         .then(y.id.cmp(&x.id))
 }
 
-/// Among heuristics sharing one condition key, makes the best-evidenced one active and marks
-/// every other non-pruned one superseded by it, with the evidence counts of the moment as the
-/// reason (a loser already superseded by the same winner is left as it is).
+/// Among heuristics sharing one condition key, makes the best-evidenced one active and sets
+/// the other active ones aside (the winner before, or one just observed): each becomes
+/// superseded by the winner, with the evidence counts of the moment as its reason. A heuristic
+/// set aside earlier keeps its status and the heuristic it names, which may have been set
+/// aside since in turn: following `by` leads to the one in use. So a change of winner
+/// rewrites two heuristics instead of every loser the key ever had, and what a loser's reason
+/// says of the moment it lost stays true. One that names a heuristic no longer in the running
+/// (pruned, merged, or not in `group`) is set aside anew, for the winner.
 ///
-/// Ranking: evidence score, then support, then the latest evidence, then the id (so the result
-/// is deterministic). Returns the indices whose status changed.
+/// Ranking: [`rank_order`] (so the result is deterministic). Returns the indices whose
+/// status changed.
 pub fn resolve_contradictions(group: &mut [Heuristic]) -> Vec<usize> {
     let candidates: Vec<usize> = (0..group.len())
         .filter(|&i| {
@@ -240,27 +245,28 @@ pub fn resolve_contradictions(group: &mut [Heuristic]) -> Vec<usize> {
         let w = &group[winner];
         (w.id.0.clone(), w.support, w.against, w.action.clone())
     };
+    let running: std::collections::HashSet<String> =
+        candidates.iter().map(|&i| group[i].id.0.clone()).collect();
     let mut changed = Vec::new();
     for i in candidates {
-        let h = &group[i];
-        // A loser already set aside for this winner keeps its status (and the counts its
-        // reason gives, as they were then): evidence the winner gains later rewrites nothing.
-        if i != winner && matches!(&h.status, LearnedStatus::Superseded { by, .. } if *by == w_id) {
-            continue;
-        }
-        let new_status = if i == winner {
-            LearnedStatus::Active
-        } else {
-            LearnedStatus::Superseded {
+        let h = &mut group[i];
+        let named_out = match &h.status {
+            LearnedStatus::Superseded { by, .. } => !running.contains(by),
+            _ => false,
+        };
+        if i == winner {
+            if !h.status.is_active() {
+                h.status = LearnedStatus::Active;
+                changed.push(i);
+            }
+        } else if h.status.is_active() || named_out {
+            h.status = LearnedStatus::Superseded {
                 by: w_id.clone(),
                 reason: format!(
                     "contradicts \"{w_action}\", which had more evidence when this was set aside ({w_support} supporting / {w_against} against vs {} / {})",
                     h.support, h.against
                 ),
-            }
-        };
-        if group[i].status != new_status {
-            group[i].status = new_status;
+            };
             changed.push(i);
         }
     }
@@ -318,5 +324,45 @@ mod tests {
         }
         // idempotent
         assert!(resolve_contradictions(&mut group).is_empty());
+    }
+
+    #[test]
+    fn a_new_winner_rewrites_the_old_one_and_leaves_earlier_losers_naming_theirs() {
+        let seen = |action: &str, support: u64| {
+            let obs = HeuristicObservation::new(
+                "tests hang",
+                action,
+                ContextKey::default(),
+                EpisodeId::new(),
+                true,
+                Utc::now(),
+            );
+            let mut h = Heuristic::from_observation(&obs);
+            h.support = support;
+            h
+        };
+        let mut group = vec![
+            seen("retry", 1),
+            seen("kill the server", 3),
+            seen("reboot", 2),
+        ];
+        resolve_contradictions(&mut group);
+        let by = |h: &Heuristic| match &h.status {
+            LearnedStatus::Superseded { by, .. } => by.clone(),
+            other => panic!("expected superseded, got {other:?}"),
+        };
+        assert!(group[1].status.is_active());
+        assert_eq!(
+            (by(&group[0]), by(&group[2])),
+            (group[1].id.0.clone(), group[1].id.0.clone())
+        );
+        // "reboot" overtakes: it and the winner before change; "retry" still names the one it
+        // lost to, which now names "reboot".
+        group[2].support = 9;
+        let changed = resolve_contradictions(&mut group);
+        assert_eq!(changed, vec![1, 2]);
+        assert!(group[2].status.is_active());
+        assert_eq!(by(&group[1]), group[2].id.0);
+        assert_eq!(by(&group[0]), group[1].id.0);
     }
 }

@@ -17,7 +17,8 @@ pub enum LearnedStatus {
     Active,
     /// Lost a contradiction to another item with more evidence; kept for the record.
     Superseded {
-        /// The winner's id.
+        /// The id of the heuristic it lost to (which may have lost in turn since: follow `by`
+        /// to the one in use).
         by: String,
         /// Why it lost, with the evidence counts.
         reason: String,

@@ -89,24 +89,29 @@ impl LearningUpdate {
 
     /// The condition keys for which merging needs every heuristic that is not pruned, given
     /// `known`: the active heuristics of the update's keys and the ones it observes. For the
-    /// other keys, `known` is enough: the key has one active heuristic, it stays the best
-    /// ranked ([`rank_order`]) of what is known once the observations are absorbed, and it
-    /// ranks no lower than before. Every merge leaves a key resolved (the active heuristic
-    /// outranks every other candidate, each superseded by it), so the heuristics not known
-    /// rank below it and would keep their status: the result is the one the whole group
-    /// gives, and a completion reads what its episode touches instead of every competitor a
-    /// key ever had.
+    /// other keys `known` is enough: the key has one active heuristic and it ranks no lower
+    /// ([`rank_order`]) once the observations are absorbed. Every write that moves a rank
+    /// leaves its key resolved (its active heuristic outranks every other candidate), so the
+    /// heuristics not known rank below the best of what is known, and keep their status
+    /// whichever of it wins ([`resolve_contradictions`] rewrites only active ones): the result
+    /// is the one the whole key gives, and a completion reads what its episode touches
+    /// instead of every competitor a key ever had.
     ///
     /// ```
     /// use memory_core::{ContextKey, EpisodeId, Heuristic, HeuristicObservation, LearningUpdate};
-    /// let obs = HeuristicObservation::new("build fails", "clean", ContextKey::default(),
-    ///     EpisodeId::new(), true, chrono::Utc::now());
-    /// let update = LearningUpdate { episode_id: obs.episode_id, observed_at: obs.observed_at,
-    ///     patterns: vec![], heuristics: vec![obs.clone()], lessons: vec![] };
+    /// let seen = |supports| HeuristicObservation::new("build fails", "clean",
+    ///     ContextKey::default(), EpisodeId::new(), supports, chrono::Utc::now());
+    /// let update = |obs: &HeuristicObservation| LearningUpdate { episode_id: obs.episode_id,
+    ///     observed_at: obs.observed_at, patterns: vec![], heuristics: vec![obs.clone()],
+    ///     lessons: vec![] };
+    /// let (good, bad) = (seen(true), seen(false));
+    /// let known = [Heuristic::from_observation(&good)];
     /// // Nothing known of the key: every heuristic it has is needed.
-    /// assert!(update.keys_needing_whole_group(std::iter::empty()).contains(&obs.condition_key));
+    /// assert!(update(&good).keys_needing_whole_group(std::iter::empty()).contains(&good.condition_key));
     /// // Its one active heuristic gains support: what is known is enough.
-    /// assert!(update.keys_needing_whole_group(&[Heuristic::from_observation(&obs)]).is_empty());
+    /// assert!(update(&good).keys_needing_whole_group(&known).is_empty());
+    /// // It meets evidence against it: one not known may outrank it now.
+    /// assert!(update(&bad).keys_needing_whole_group(&known).contains(&bad.condition_key));
     /// ```
     pub fn keys_needing_whole_group<'a>(
         &self,
@@ -132,20 +137,10 @@ impl LearningUpdate {
                     }
                 }
             }
-            let best = group
-                .values()
-                .filter(|h| {
-                    matches!(
-                        h.status,
-                        LearnedStatus::Active | LearnedStatus::Superseded { .. }
-                    )
-                })
-                .max_by(|a, b| rank_order(a, b));
-            let kept = best.is_some_and(|b| b.id == before.id);
             let lower = group
                 .get(&before.id)
                 .is_none_or(|after| rank_order(after, &before) == Ordering::Less);
-            if !kept || lower {
+            if lower {
                 needed.insert(key);
             }
         }
@@ -218,6 +213,12 @@ impl LearningUpdate {
                 Some((h, _, touched)) => {
                     h.absorb(obs);
                     *touched = true;
+                    // New evidence puts one set aside back in the running: if it still
+                    // loses, it is set aside again naming today's winner (so the names a
+                    // loser follows to the one in use stay short where evidence arrives).
+                    if matches!(h.status, LearnedStatus::Superseded { .. }) {
+                        h.status = LearnedStatus::Active;
+                    }
                 }
                 None => group.push((Heuristic::from_observation(obs), true, true)),
             }
@@ -356,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_is_read_whole_when_its_winner_loses_ground_or_is_overtaken() {
+    fn a_key_is_read_whole_only_when_its_winner_loses_ground_or_it_has_no_single_winner() {
         let at = |n| observe("c", 0, true, n);
         let mut winner = Heuristic::from_observation(&at(0));
         winner.absorb(&at(1));
@@ -376,19 +377,57 @@ mod tests {
         // The winner loses ground: a heuristic not known may now outrank it.
         let weaker = update(vec![observe("c", 0, false, 3)]);
         assert_eq!(weaker.keys_needing_whole_group(&known).len(), 1);
-        // A rival overtakes: every loser changes whom it is superseded by.
+        // A rival overtakes a winner that lost nothing: it outranks what is not known too,
+        // and only the two change.
         loser.support = 5;
+        let known = [winner.clone(), loser];
         let overtaken = update(vec![rival(true)]);
-        assert_eq!(
-            overtaken
-                .keys_needing_whole_group(&[winner.clone(), loser])
-                .len(),
-            1
-        );
+        assert!(overtaken.keys_needing_whole_group(&known).is_empty());
+        let existing = ExistingLearned {
+            heuristics: known.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(overtaken.apply(existing).heuristics.len(), 2);
         // Two active heuristics (one restored, say): unresolved, read it whole.
         let mut second = Heuristic::from_observation(&rival(true));
         second.status = LearnedStatus::Active;
         let seen = update(vec![observe("c", 0, true, 3)]);
         assert_eq!(seen.keys_needing_whole_group(&[winner, second]).len(), 1);
+    }
+
+    #[test]
+    fn a_loser_that_gets_evidence_names_the_winner_of_today() {
+        // "a1" lost to "a0", which lost to "a2" since; "a1" is seen again and still loses.
+        let mut stored: Vec<Heuristic> = Vec::new();
+        for (action, support) in [(0, 3), (1, 1), (2, 5)] {
+            let mut h = Heuristic::from_observation(&observe("c", action, true, 0));
+            h.support = support;
+            stored.push(h);
+        }
+        stored[0].status = LearnedStatus::Superseded {
+            by: stored[2].id.0.clone(),
+            reason: "fewer".into(),
+        };
+        stored[1].status = LearnedStatus::Superseded {
+            by: stored[0].id.0.clone(),
+            reason: "fewer".into(),
+        };
+        let seen = update(vec![observe("c", 1, true, 1)]);
+        let existing = ExistingLearned {
+            heuristics: stored.clone(),
+            ..Default::default()
+        };
+        let changes = seen.apply(existing);
+        let [one] = changes.heuristics.as_slice() else {
+            panic!("only the one seen changes: {changes:?}");
+        };
+        let LearnedStatus::Superseded { by, reason } = &one.item.status else {
+            panic!("still set aside: {:?}", one.item.status);
+        };
+        assert_eq!(by, &stored[2].id.0);
+        assert!(
+            reason.contains("(5 supporting / 0 against vs 2 / 0)"),
+            "{reason}"
+        );
     }
 }

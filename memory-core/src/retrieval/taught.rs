@@ -71,8 +71,12 @@ pub(crate) async fn taught_by(
     })
 }
 
+/// How many merges and lost contradictions are followed from an item to the one in effect.
+const SURVIVOR_HOPS: usize = 16;
+
 /// The items now in effect for `shares`: each read by id, merged and superseded ones replaced
-/// by their survivor (shares summed), pruned ones and missing ones left out. Sorted by id.
+/// by their survivor (followed for up to [`SURVIVOR_HOPS`]; shares summed), pruned ones and
+/// missing ones left out. Sorted by id.
 async fn in_effect<T: Learned>(
     storage: &dyn Storage,
     ns: &Namespace,
@@ -83,15 +87,16 @@ async fn in_effect<T: Learned>(
         let Some(mut item) = get_typed::<T, _>(storage, ns, &id).await? else {
             continue;
         };
-        let survivor = match item.status() {
-            LearnedStatus::Merged { into, .. } => Some(into.clone()),
-            LearnedStatus::Superseded { by, .. } => Some(by.clone()),
-            LearnedStatus::Pruned { .. } | LearnedStatus::Active => None,
-        };
-        if let Some(next) = survivor {
+        // A heuristic names the one it lost to, which may have lost in turn since.
+        for _ in 0..SURVIVOR_HOPS {
+            let next = match item.status() {
+                LearnedStatus::Merged { into, .. } => into.clone(),
+                LearnedStatus::Superseded { by, .. } => by.clone(),
+                LearnedStatus::Pruned { .. } | LearnedStatus::Active => break,
+            };
             match get_typed::<T, _>(storage, ns, &T::id_from(&next)).await? {
                 Some(s) => item = s,
-                None => continue,
+                None => break,
             }
         }
         if !item.status().is_active() {
