@@ -1,7 +1,7 @@
 //! Learned items on libsql: one table per kind, read and written through one generic path;
 //! the merge of an update runs in core, inside the caller's transaction; feedback events.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
@@ -527,9 +527,8 @@ async fn feedback_in_tx(
     }
 }
 
-/// Resolves again the condition keys of `written` (observed rules; general rules are
-/// consolidation's own and compete by its rules), writing the heuristics whose status that
-/// changes. A write that moves evidence or votes between heuristics (feedback, consolidation)
+/// Resolves again the condition keys of `written` ([`memory_core::keys_to_resolve`]),
+/// writing the heuristics whose status that changes. A write that moves evidence or votes between heuristics (feedback, consolidation)
 /// calls it, so every key stays as a completion's merge expects: one active heuristic that
 /// outranks the others ([`LearningUpdate::keys_needing_whole_group`]).
 async fn resolve_keys<'a>(
@@ -538,11 +537,7 @@ async fn resolve_keys<'a>(
     written: impl Iterator<Item = &'a Heuristic>,
     position: i64,
 ) -> DbResult<()> {
-    let keys: BTreeSet<String> = written
-        .filter(|h| !h.is_general())
-        .map(|h| h.condition_key.clone())
-        .collect();
-    for key in keys {
+    for key in memory_core::keys_to_resolve(written) {
         let live = "condition_key = ?2 AND status <> 'pruned'";
         let mut group = load_filtered::<Heuristic>(tx, ns, live, vec![key]).await?;
         let changed = memory_core::resolve_contradictions(&mut group);

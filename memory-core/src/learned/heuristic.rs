@@ -193,6 +193,28 @@ impl Heuristic {
     }
 }
 
+/// The condition keys a write of `written` heuristics resolves again
+/// ([`resolve_contradictions`] over each key's heuristics that are not pruned), when it
+/// moved evidence or votes between them: those of observed rules, each once. General rules
+/// ([`Heuristic::is_general`]) are left out: consolidation sums them by its own rules.
+///
+/// ```
+/// use memory_core::{ContextKey, EpisodeId, Heuristic, HeuristicObservation, keys_to_resolve};
+/// let obs = HeuristicObservation::new("tests fail", "rerun", ContextKey::default(),
+///     EpisodeId::new(), true, chrono::Utc::now());
+/// let h = Heuristic::from_observation(&obs);
+/// assert_eq!(keys_to_resolve([&h, &h]).len(), 1);
+/// ```
+pub fn keys_to_resolve<'a>(
+    written: impl IntoIterator<Item = &'a Heuristic>,
+) -> std::collections::BTreeSet<String> {
+    written
+        .into_iter()
+        .filter(|h| !h.is_general())
+        .map(|h| h.condition_key.clone())
+        .collect()
+}
+
 /// How two heuristics of one condition key compare as candidates (`Greater`: `x` outranks
 /// `y`): evidence score, then support, then the latest evidence, then the smaller id, so
 /// the order is total.

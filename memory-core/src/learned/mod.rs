@@ -14,7 +14,7 @@ pub use context::ContextKey;
 pub(crate) use context::stable_id;
 pub use feedback::{Feedback, FeedbackOutcome, FeedbackTarget};
 pub use heuristic::{
-    Heuristic, HeuristicId, HeuristicObservation, general_identity, rank_order,
+    Heuristic, HeuristicId, HeuristicObservation, general_identity, keys_to_resolve, rank_order,
     resolve_contradictions,
 };
 pub use kind::{Learned, LearnedId, LearnedItem, LearnedKind};

@@ -17,7 +17,7 @@ use crate::error::{Error, ObjectKind, Result};
 use crate::learned::{
     Effectiveness, FailureLesson, Feedback, FeedbackTarget, Heuristic, HeuristicId, Learned,
     LearnedId, LearnedItem, LearnedKind, LearnedStatus, LessonId, Pattern, PatternId,
-    resolve_contradictions,
+    keys_to_resolve, resolve_contradictions,
 };
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
@@ -108,19 +108,13 @@ impl NsData {
     }
 }
 
-/// Stores `items` by id, replacing what was there.
-/// Resolves again the condition keys of `written` (observed rules; general rules are
-/// consolidation's own), as the durable store does after a write that moves evidence or
-/// votes between heuristics.
+/// Resolves again the condition keys of `written` ([`keys_to_resolve`]), as the durable
+/// store does after a write that moves evidence or votes between heuristics.
 fn resolve_keys<'a>(
     heuristics: &mut BTreeMap<HeuristicId, Heuristic>,
     written: impl Iterator<Item = &'a Heuristic>,
 ) {
-    let keys: std::collections::BTreeSet<String> = written
-        .filter(|h| !h.is_general())
-        .map(|h| h.condition_key.clone())
-        .collect();
-    for key in keys {
+    for key in keys_to_resolve(written) {
         let mut group: Vec<Heuristic> = (heuristics.values())
             .filter(|h| h.condition_key == key)
             .filter(|h| !matches!(h.status, LearnedStatus::Pruned { .. }))
@@ -131,6 +125,7 @@ fn resolve_keys<'a>(
     }
 }
 
+/// Stores `items` by id, replacing what was there.
 fn put<'a, T: Learned + Clone + 'a>(
     map: &mut BTreeMap<T::Id, T>,
     items: impl Iterator<Item = &'a T>,
