@@ -46,7 +46,7 @@ pub fn runtime() -> Runtime {
 
 /// Steps stay buffered until `complete_episode` (no timer flush inside a measurement), and
 /// no rate limit: a tight loop of `log_step` measures the write path, and outruns the default
-/// limit (50,000 calls a second) since steps are stored in pages.
+/// limit (200,000 calls a second) since steps are stored in pages.
 pub fn memory_config() -> MemoryConfig {
     MemoryConfig::default()
         .with_steps(StepBatchConfig {

@@ -35,8 +35,10 @@ impl Default for QuotaConfig {
 /// feedback) and every recommendation.
 ///
 /// # Default
-/// Enabled; bursts of 50,000 operations, refilled at 50,000 per second: generous enough for bulk
-/// ingest, tight enough to stop a runaway loop from filling the store.
+/// Enabled; bursts of 200,000 operations, refilled at 200,000 per second. A logged step is one
+/// operation, so the brief's bulk-ingest goal (1,000 50-step episodes a second, 51,000
+/// operations) runs with four times that to spare; a runaway loop in one namespace is held to
+/// that pace, and the quotas ([`QuotaConfig`]) bound what it can store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
@@ -52,8 +54,8 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             enabled: true,
-            burst: 50_000,
-            per_second: 50_000.0,
+            burst: 200_000,
+            per_second: 200_000.0,
         }
     }
 }
