@@ -6,6 +6,11 @@
 //! only once that commit has landed, so an acknowledged write is as durable as before. A body
 //! that fails rolls back to its own savepoint; the others' writes are kept.
 //!
+//! The members' full-text rows wait for the commit, which writes them by one statement just
+//! before `COMMIT` ([`crate::text_index::DeferredText`]): FTS5 writes a segment at every
+//! savepoint a statement opens or releases, so rows written inside each body made a segment
+//! per member instead of one per group. A body rolled back to its savepoint drops its rows.
+//!
 //! A member that handed the connection on waits for the commit, or for the connection to be
 //! free with its group still open (the members queued behind it were cancelled): then it
 //! commits the group itself. Whoever takes the connection for anything else ([`Inner::writer`])
@@ -23,6 +28,7 @@ use tracing::warn;
 use crate::connection::{Inner, retry_busy};
 use crate::error::{DbResult, DriverError, Failure};
 use crate::prepared::Db;
+use crate::text_index::DeferredText;
 
 /// The writer connection's `busy_timeout` while writes are grouped: waiting for the write
 /// lock happens in [`Inner::begin_immediate`] instead.
@@ -46,6 +52,8 @@ struct Group {
     /// rolls back the whole transaction, which holds nothing else), and a savepoint is not
     /// free: SQLite copies every page the body changes into its journal.
     savepoint: bool,
+    /// Where that body's full-text rows begin in [`Grouping::text`].
+    text_from: usize,
     done: watch::Sender<Option<Outcome>>,
 }
 
@@ -58,6 +66,8 @@ pub(crate) struct Grouping {
     ids: AtomicU64,
     shared_commits: AtomicU64,
     shared_writes: AtomicU64,
+    /// The open group's full-text rows, written by its commit.
+    text: DeferredText,
 }
 
 /// Commits that several concurrent writes shared since the storage was opened
@@ -120,7 +130,7 @@ impl Inner {
         let waited = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.longest_lock_wait_us
             .fetch_max(waited, Ordering::Relaxed);
-        let result = body(&Db::with(&conn, &self.prepared)).await;
+        let result = body(&Db::grouped(&conn, &self.prepared, &g.text)).await;
         if let (Err(e), false) = (&result, savepoint) {
             // The group holds only this body: roll it all back.
             self.finish(&conn, Err(told(e))).await;
@@ -129,10 +139,12 @@ impl Inner {
         let end = match (&result, savepoint) {
             (_, false) => Ok(()),
             (Ok(_), true) => conn.execute("RELEASE member", ()).await.map(|_| ()),
-            (Err(_), true) => conn
-                .execute_batch("ROLLBACK TO member; RELEASE member")
-                .await
-                .map(|_| ()),
+            (Err(_), true) => {
+                self.drop_open_body_text();
+                conn.execute_batch("ROLLBACK TO member; RELEASE member")
+                    .await
+                    .map(|_| ())
+            }
         };
         if let Err(e) = end {
             // The transaction is in an unknown state: nobody of this group is acknowledged.
@@ -185,9 +197,11 @@ impl Inner {
         if savepoint {
             conn.execute("SAVEPOINT member", ()).await?;
         }
+        let text_from = self.grouping.text.len();
         if let Some(group) = lock(&self.grouping).as_mut() {
             group.body_open = true;
             group.savepoint = savepoint;
+            group.text_from = text_from;
         }
         Ok((id, savepoint))
     }
@@ -206,6 +220,7 @@ impl Inner {
             members: 0,
             body_open: false,
             savepoint: false,
+            text_from: 0,
             done: watch::channel(None).0,
         });
         Ok(id)
@@ -224,6 +239,14 @@ impl Inner {
         .await
     }
 
+    /// Drops the full-text rows of the open body (rolled back to its savepoint).
+    fn drop_open_body_text(&self) {
+        let from = lock(&self.grouping).as_ref().map(|g| g.text_from);
+        if let Some(from) = from {
+            self.grouping.text.truncate(from);
+        }
+    }
+
     /// Rolls back the savepoint of a body that was cancelled while it ran.
     async fn roll_back_cancelled(&self, conn: &Connection) -> DbResult<()> {
         let cancelled = lock(&self.grouping)
@@ -233,6 +256,7 @@ impl Inner {
         match cancelled {
             Some(true) if !conn.is_autocommit() => {
                 warn!("a grouped write was cancelled midway; rolling back its savepoint");
+                self.drop_open_body_text();
                 conn.execute_batch("ROLLBACK TO member; RELEASE member")
                     .await?;
             }
@@ -255,8 +279,15 @@ impl Inner {
         if lock(&self.grouping).is_none() {
             return Ok(());
         }
-        let result = conn.execute("COMMIT", ()).await.map(|_| ());
-        let result = result.map_err(Failure::from);
+        let db = Db::with(conn, &self.prepared);
+        let result = match self.grouping.text.write(&db).await {
+            Ok(()) => conn
+                .execute("COMMIT", ())
+                .await
+                .map(|_| ())
+                .map_err(Failure::from),
+            Err(e) => Err(e),
+        };
         if let (Ok(()), Some(c)) = (&result, &self.checkpointer) {
             c.committed();
         }
@@ -271,6 +302,8 @@ impl Inner {
         let Some(group) = lock(&self.grouping).take() else {
             return;
         };
+        // Written by a commit; a failed group's are rolled back with it.
+        self.grouping.text.truncate(0);
         if outcome.is_err()
             && !conn.is_autocommit()
             && let Err(e) = conn.execute("ROLLBACK", ()).await
@@ -571,5 +604,116 @@ mod tests {
         let joins = spawn(&a, "a");
         joins.await.unwrap().unwrap();
         waits.await.unwrap().unwrap();
+    }
+
+    /// The rows `text_rows` holds of `ns`, and what `text_stats` counts for it.
+    async fn text_counts(s: &TursoStorage, ns: &str) -> (i64, i64) {
+        let conn = s.inner.writer().await.unwrap();
+        let conn = Db::plain(&conn);
+        let sql = "SELECT (SELECT count(*) FROM text_rows WHERE ns = ?1), \
+                   (SELECT IFNULL(SUM(rows), 0) FROM text_stats WHERE ns = ?1)";
+        let counts =
+            crate::sql::query_opt(&conn, sql, vec![libsql::Value::Text(ns.into())], |row| {
+                let c = crate::codec::Cols::new(row, "t");
+                Ok((c.i64(0)?, c.i64(1)?))
+            });
+        counts.await.unwrap().unwrap()
+    }
+
+    async fn found(s: &TursoStorage, ns: &Namespace, word: &str) -> usize {
+        let q = memory_core::TextQuery {
+            text: word.into(),
+            filter: memory_core::EpisodeFilter::default(),
+            limit: 10,
+        };
+        s.search_episodes(ns, &q).await.unwrap().len()
+    }
+
+    /// The members' full-text rows wait for the group's commit (a body after them does not
+    /// see them in `text_rows`), and a member that fails after writing its rows leaves none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_text_rows_wait_for_the_commit_and_a_failed_members_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let ns = Namespace::default();
+        let (a, b) = (episode("quokka census"), episode("wombat census"));
+        let create = |e: &Episode| {
+            let (s, ns, e) = (s.clone(), ns.clone(), e.clone());
+            tokio::spawn(async move { s.create_episode(&ns, &e).await.map(|()| -1) })
+        };
+        let probe = || {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let sql = "SELECT count(*) FROM text_rows";
+                let counted = s.inner.write_tx(async |tx| {
+                    let n = crate::sql::query_opt(tx, sql, (), |row| {
+                        crate::codec::Cols::new(row, "t").i64(0)
+                    });
+                    Ok(n.await?.unwrap_or(-1))
+                });
+                counted.await.map_err(|f| f.into_core("probe"))
+            })
+        };
+        let failing = || {
+            let (s, ns) = (s.clone(), ns.clone());
+            tokio::spawn(async move {
+                let written = s.inner.write_tx(async |tx| -> DbResult<i64> {
+                    let mut rows = crate::text_index::PendingRows::default();
+                    rows.add("platypus census", ns.as_str(), "e-failed", "task");
+                    rows.write(tx).await?;
+                    Err(Error::not_found(memory_core::ObjectKind::Episode, EpisodeId::new()).into())
+                });
+                written.await.map_err(|f| f.into_core("write"))
+            })
+        };
+        let writes = || vec![create(&a), failing(), probe(), create(&b)];
+        let results = queued(&s, writes).await;
+        assert!(
+            matches!(results[1], Err(Error::NotFound { .. })),
+            "{results:?}"
+        );
+        assert_eq!(
+            results[2].as_ref().ok(),
+            Some(&0),
+            "rows held until the commit"
+        );
+        assert_eq!(s.group_commits().writes, 4, "one group: {results:?}");
+        assert_eq!(found(&s, &ns, "quokka").await, 1);
+        assert_eq!(found(&s, &ns, "wombat").await, 1);
+        assert_eq!(
+            found(&s, &ns, "platypus").await,
+            0,
+            "the failed write's row"
+        );
+        assert_eq!(text_counts(&s, ns.as_str()).await, (2, 2));
+    }
+
+    /// A delete of index rows in a group writes the rows held before it, so it finds a row
+    /// an earlier member of its group wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_in_a_group_finds_the_rows_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let ns = Namespace::default();
+        let write = |delete: bool| {
+            let (s, ns) = (s.clone(), ns.clone());
+            tokio::spawn(async move {
+                let written = s.inner.write_tx(async |tx| {
+                    if delete {
+                        return crate::text_index::delete(tx, ns.as_str(), "e1", "work").await;
+                    }
+                    let mut rows = crate::text_index::PendingRows::default();
+                    rows.add("heron survey", ns.as_str(), "e1", "work");
+                    rows.write(tx).await?;
+                    Ok(0)
+                });
+                written.await.map_err(|f| f.into_core("write"))
+            })
+        };
+        let results = queued(&s, || vec![write(false), write(true)]).await;
+        assert_eq!(results[1].as_ref().ok(), Some(&1), "{results:?}");
+        assert_eq!(s.group_commits().writes, 2);
+        assert_eq!(found(&s, &ns, "heron").await, 0);
+        assert_eq!(text_counts(&s, ns.as_str()).await, (0, 0));
     }
 }

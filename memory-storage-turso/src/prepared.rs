@@ -17,6 +17,7 @@ use libsql::params::{IntoParams, Params};
 use libsql::{Connection, Row, Statement, Value};
 
 use crate::error::DbResult;
+use crate::text_index::DeferredText;
 
 /// Statements kept at most; past it the cache starts over (statements whose text varies with
 /// their number of rows or keys would otherwise crowd out the steady ones).
@@ -83,6 +84,9 @@ impl Prepared {
 pub(crate) struct Db<'a> {
     conn: &'a Connection,
     prepared: Option<&'a Prepared>,
+    /// A grouped write's body: its full-text rows go to the group, written by its commit
+    /// ([`crate::group_commit`]).
+    text: Option<&'a DeferredText>,
 }
 
 impl Deref for Db<'_> {
@@ -99,6 +103,7 @@ impl<'a> Db<'a> {
         Db {
             conn,
             prepared: None,
+            text: None,
         }
     }
 
@@ -107,6 +112,34 @@ impl<'a> Db<'a> {
         Db {
             conn,
             prepared: Some(prepared),
+            text: None,
+        }
+    }
+
+    /// [`Db::with`] for the body of a grouped write, whose full-text rows wait in `text` for
+    /// the group's commit.
+    pub(crate) fn grouped(
+        conn: &'a Connection,
+        prepared: &'a Prepared,
+        text: &'a DeferredText,
+    ) -> Self {
+        Db {
+            conn,
+            prepared: Some(prepared),
+            text: Some(text),
+        }
+    }
+
+    /// Where this body's full-text rows wait, when it is a grouped write's.
+    pub(crate) fn deferred_text(&self) -> Option<&'a DeferredText> {
+        self.text
+    }
+
+    /// The same connection, writing full-text rows at once.
+    pub(crate) fn immediate(&self) -> Db<'a> {
+        Db {
+            text: None,
+            ..*self
         }
     }
 

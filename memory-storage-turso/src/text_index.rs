@@ -148,9 +148,14 @@ impl PendingRows {
         self.0.extend(row_values(body, ns, episode_id, part));
     }
 
-    /// Writes the rows, by one statement; call it after the transaction's other writes.
+    /// Writes the rows, by one statement; call it after the transaction's other writes. In
+    /// a grouped write they join the group's rows instead ([`DeferredText`]).
     #[tracing::instrument(level = "debug", skip_all, fields(rows = self.0.len()))]
     pub(crate) async fn write(self, conn: &Db<'_>) -> DbResult<()> {
+        if let Some(held) = conn.deferred_text() {
+            held.rows().extend(self.0);
+            return Ok(());
+        }
         for (sql, values) in self.statements() {
             conn.exec(&sql, values).await?;
         }
@@ -168,9 +173,52 @@ impl PendingRows {
     }
 }
 
+/// The index rows of a group of writes ([`crate::group_commit`]), written by its commit.
+///
+/// FTS5 writes out the terms it holds whenever a statement opens or releases a savepoint,
+/// and each write of a group runs in a savepoint of its own: the rows of eight grouped
+/// writes made eight segments (and their merges). Held here, they are one statement just
+/// before the commit, so a group makes one. What a write that fails or is cancelled left
+/// here is dropped with its savepoint ([`DeferredText::truncate`]); a delete of index rows
+/// writes what is held first ([`delete`]), so it always finds every row written before it.
+/// Alternating 10k ingest runs with 8 streams, 11-28 (an experiment build of this change):
+/// 50 steps 1,127 and 1,219 episodes/s against 1,100 and 1,116; 10 steps 2,029 and 2,241
+/// against 1,893 and 2,013.
+#[derive(Debug, Default)]
+pub(crate) struct DeferredText(std::sync::Mutex<Vec<Vec<Value>>>);
+
+impl DeferredText {
+    fn rows(&self) -> std::sync::MutexGuard<'_, Vec<Vec<Value>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many rows are held: where the next write's rows begin.
+    pub(crate) fn len(&self) -> usize {
+        self.rows().len()
+    }
+
+    /// Drops the rows held from `len` on (those of a write rolled back to its savepoint).
+    pub(crate) fn truncate(&self, len: usize) {
+        self.rows().truncate(len);
+    }
+
+    /// Writes every held row, by one statement (up to [`crate::sql::ROWS_PER_INSERT`]); the
+    /// rows are gone from here either way (a failure fails the group, which rolls back).
+    pub(crate) async fn write(&self, conn: &Db<'_>) -> DbResult<()> {
+        let rows = std::mem::take(&mut *self.rows());
+        PendingRows(rows).write(&conn.immediate()).await
+    }
+}
+
 /// Deletes the index rows of one part of an episode (the trigger on `text_rows` removes
-/// their terms and updates `text_stats`); returns how many there were.
+/// their terms and updates `text_stats`); returns how many there were. In a grouped write,
+/// the rows its group holds are written first.
 pub(crate) async fn delete(conn: &Db<'_>, ns: &str, episode_id: &str, part: &str) -> DbResult<u64> {
+    if let Some(held) = conn.deferred_text() {
+        held.write(conn).await?;
+    }
     conn.exec(
         "DELETE FROM text_rows WHERE ns = ?1 AND episode_id = ?2 AND part = ?3",
         vec![text(ns), text(episode_id), text(part)],
