@@ -9,7 +9,9 @@
 //! The members' full-text rows wait for the commit, which writes them by one statement just
 //! before `COMMIT` ([`crate::text_index::DeferredText`]): FTS5 writes a segment at every
 //! savepoint a statement opens or releases, so rows written inside each body made a segment
-//! per member instead of one per group. A body rolled back to its savepoint drops its rows.
+//! per member instead of one per group. A body rolled back to its savepoint drops its rows;
+//! one that wrote the held rows (a delete of index rows does) and then fails or is cancelled
+//! fails the whole group, since its savepoint holds the rows of the members before it.
 //!
 //! A member that handed the connection on waits for the commit, or for the connection to be
 //! free with its group still open (the members queued behind it were cancelled): then it
@@ -136,6 +138,16 @@ impl Inner {
             self.finish(&conn, Err(told(e))).await;
             return result;
         }
+        if let (Err(e), true) = (&result, savepoint)
+            && g.text.written_in_body()
+        {
+            // Its savepoint holds full-text rows of the members before it (written for a
+            // delete): rolling it back alone would lose them, so nobody of the group is
+            // acknowledged.
+            let failed = format!("a write of the same group failed: {e}");
+            self.finish(&conn, Err((failed, true))).await;
+            return result;
+        }
         let end = match (&result, savepoint) {
             (_, false) => Ok(()),
             (Ok(_), true) => conn.execute("RELEASE member", ()).await.map(|_| ()),
@@ -197,7 +209,7 @@ impl Inner {
         if savepoint {
             conn.execute("SAVEPOINT member", ()).await?;
         }
-        let text_from = self.grouping.text.len();
+        let text_from = self.grouping.text.begin_body();
         if let Some(group) = lock(&self.grouping).as_mut() {
             group.body_open = true;
             group.savepoint = savepoint;
@@ -254,6 +266,11 @@ impl Inner {
             .filter(|g| g.body_open)
             .map(|g| g.savepoint);
         match cancelled {
+            Some(true) if !conn.is_autocommit() && self.grouping.text.written_in_body() => {
+                warn!("a grouped write was cancelled midway; rolling back its group");
+                let cancelled = "a write of the same group was cancelled".to_string();
+                self.finish(conn, Err((cancelled, true))).await;
+            }
             Some(true) if !conn.is_autocommit() => {
                 warn!("a grouped write was cancelled midway; rolling back its savepoint");
                 self.drop_open_body_text();
@@ -606,6 +623,26 @@ mod tests {
         waits.await.unwrap().unwrap();
     }
 
+    /// [`queued`], with the writes queued in the order given (each spawned once the one
+    /// before waits for the writer lock, which is handed on first come, first served).
+    async fn queued_in_order<'a, T: Send + 'static>(
+        s: &TursoStorage,
+        writes: Vec<Box<dyn FnOnce() -> tokio::task::JoinHandle<T> + 'a>>,
+    ) -> Vec<T> {
+        let held = s.inner.writer.lock().await;
+        let mut handles = Vec::new();
+        for (i, spawn) in writes.into_iter().enumerate() {
+            handles.push(spawn());
+            all_waiting(s, i + 1).await;
+        }
+        drop(held);
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+
     /// The rows `text_rows` holds of `ns`, and what `text_stats` counts for it.
     async fn text_counts(s: &TursoStorage, ns: &str) -> (i64, i64) {
         let conn = s.inner.writer().await.unwrap();
@@ -666,8 +703,13 @@ mod tests {
                 written.await.map_err(|f| f.into_core("write"))
             })
         };
-        let writes = || vec![create(&a), failing(), probe(), create(&b)];
-        let results = queued(&s, writes).await;
+        let writes: Vec<Box<dyn FnOnce() -> _>> = vec![
+            Box::new(|| create(&a)),
+            Box::new(failing),
+            Box::new(probe),
+            Box::new(|| create(&b)),
+        ];
+        let results = queued_in_order(&s, writes).await;
         assert!(
             matches!(results[1], Err(Error::NotFound { .. })),
             "{results:?}"
@@ -710,10 +752,53 @@ mod tests {
                 written.await.map_err(|f| f.into_core("write"))
             })
         };
-        let results = queued(&s, || vec![write(false), write(true)]).await;
+        let writes: Vec<Box<dyn FnOnce() -> _>> =
+            vec![Box::new(|| write(false)), Box::new(|| write(true))];
+        let results = queued_in_order(&s, writes).await;
         assert_eq!(results[1].as_ref().ok(), Some(&1), "{results:?}");
         assert_eq!(s.group_commits().writes, 2);
         assert_eq!(found(&s, &ns, "heron").await, 0);
         assert_eq!(text_counts(&s, ns.as_str()).await, (0, 0));
+    }
+
+    /// A write that wrote its group's held rows (for a delete) and then fails takes the
+    /// group down with it: its savepoint holds an earlier member's rows, which rolling it
+    /// back alone would lose while that member is told they are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_failing_after_writing_its_groups_rows_fails_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
+        let ns = Namespace::default();
+        let write = |fail: bool| {
+            let (s, ns) = (s.clone(), ns.clone());
+            tokio::spawn(async move {
+                let written = s.inner.write_tx(async |tx| -> DbResult<u64> {
+                    if fail {
+                        crate::text_index::delete(tx, ns.as_str(), "e2", "work").await?;
+                        let missing = EpisodeId::new();
+                        return Err(
+                            Error::not_found(memory_core::ObjectKind::Episode, missing).into()
+                        );
+                    }
+                    let mut rows = crate::text_index::PendingRows::default();
+                    rows.add("heron survey", ns.as_str(), "e1", "work");
+                    rows.write(tx).await?;
+                    Ok(0)
+                });
+                written.await.map_err(|f| f.into_core("write"))
+            })
+        };
+        let writes: Vec<Box<dyn FnOnce() -> _>> =
+            vec![Box::new(|| write(false)), Box::new(|| write(true))];
+        let results = queued_in_order(&s, writes).await;
+        assert!(
+            matches!(results[1], Err(Error::NotFound { .. })),
+            "{results:?}"
+        );
+        assert!(results[0].is_err(), "not acknowledged: {results:?}");
+        assert_eq!(text_counts(&s, ns.as_str()).await, (0, 0));
+        // The next write starts a group of its own and lands.
+        assert!(write(false).await.unwrap().is_ok());
+        assert_eq!(text_counts(&s, ns.as_str()).await, (1, 1));
     }
 }
