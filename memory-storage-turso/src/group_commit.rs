@@ -643,6 +643,49 @@ mod tests {
         out
     }
 
+    /// What a test write does with the full-text row of part `work` of episode `e1`.
+    #[derive(Clone, Copy)]
+    enum TextWrite {
+        /// Writes a row of these words.
+        Add(&'static str),
+        /// Writes a row of these words, then fails.
+        AddThenFail(&'static str),
+        /// Deletes the rows (returns how many there were).
+        Delete,
+        /// Deletes the rows, then fails.
+        DeleteThenFail,
+    }
+
+    fn text_write(
+        s: &TursoStorage,
+        ns: &Namespace,
+        what: TextWrite,
+    ) -> tokio::task::JoinHandle<Result<i64, Error>> {
+        let (s, ns) = (s.clone(), ns.clone());
+        tokio::spawn(async move {
+            let ns = ns.as_str();
+            let written = s.inner.write_tx(async |tx| -> DbResult<i64> {
+                let changed = match what {
+                    TextWrite::Add(words) | TextWrite::AddThenFail(words) => {
+                        let mut rows = crate::text_index::PendingRows::default();
+                        rows.add(words, ns, "e1", "work");
+                        rows.write(tx).await?;
+                        0
+                    }
+                    TextWrite::Delete | TextWrite::DeleteThenFail => {
+                        crate::text_index::delete(tx, ns, "e1", "work").await?
+                    }
+                };
+                if matches!(what, TextWrite::AddThenFail(_) | TextWrite::DeleteThenFail) {
+                    let missing = EpisodeId::new();
+                    return Err(Error::not_found(memory_core::ObjectKind::Episode, missing).into());
+                }
+                Ok(i64::try_from(changed).unwrap_or(i64::MAX))
+            });
+            written.await.map_err(|f| f.into_core("write"))
+        })
+    }
+
     /// The rows `text_rows` holds of `ns`, and what `text_stats` counts for it.
     async fn text_counts(s: &TursoStorage, ns: &str) -> (i64, i64) {
         let conn = s.inner.writer().await.unwrap();
@@ -691,18 +734,7 @@ mod tests {
                 counted.await.map_err(|f| f.into_core("probe"))
             })
         };
-        let failing = || {
-            let (s, ns) = (s.clone(), ns.clone());
-            tokio::spawn(async move {
-                let written = s.inner.write_tx(async |tx| -> DbResult<i64> {
-                    let mut rows = crate::text_index::PendingRows::default();
-                    rows.add("platypus census", ns.as_str(), "e-failed", "task");
-                    rows.write(tx).await?;
-                    Err(Error::not_found(memory_core::ObjectKind::Episode, EpisodeId::new()).into())
-                });
-                written.await.map_err(|f| f.into_core("write"))
-            })
-        };
+        let failing = || text_write(&s, &ns, TextWrite::AddThenFail("platypus census"));
         let writes: Vec<Box<dyn FnOnce() -> _>> = vec![
             Box::new(|| create(&a)),
             Box::new(failing),
@@ -738,19 +770,12 @@ mod tests {
         let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
         let ns = Namespace::default();
         let write = |delete: bool| {
-            let (s, ns) = (s.clone(), ns.clone());
-            tokio::spawn(async move {
-                let written = s.inner.write_tx(async |tx| {
-                    if delete {
-                        return crate::text_index::delete(tx, ns.as_str(), "e1", "work").await;
-                    }
-                    let mut rows = crate::text_index::PendingRows::default();
-                    rows.add("heron survey", ns.as_str(), "e1", "work");
-                    rows.write(tx).await?;
-                    Ok(0)
-                });
-                written.await.map_err(|f| f.into_core("write"))
-            })
+            let what = if delete {
+                TextWrite::Delete
+            } else {
+                TextWrite::Add("heron survey")
+            };
+            text_write(&s, &ns, what)
         };
         let writes: Vec<Box<dyn FnOnce() -> _>> =
             vec![Box::new(|| write(false)), Box::new(|| write(true))];
@@ -770,23 +795,12 @@ mod tests {
         let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
         let ns = Namespace::default();
         let write = |fail: bool| {
-            let (s, ns) = (s.clone(), ns.clone());
-            tokio::spawn(async move {
-                let written = s.inner.write_tx(async |tx| -> DbResult<u64> {
-                    if fail {
-                        crate::text_index::delete(tx, ns.as_str(), "e2", "work").await?;
-                        let missing = EpisodeId::new();
-                        return Err(
-                            Error::not_found(memory_core::ObjectKind::Episode, missing).into()
-                        );
-                    }
-                    let mut rows = crate::text_index::PendingRows::default();
-                    rows.add("heron survey", ns.as_str(), "e1", "work");
-                    rows.write(tx).await?;
-                    Ok(0)
-                });
-                written.await.map_err(|f| f.into_core("write"))
-            })
+            let what = if fail {
+                TextWrite::DeleteThenFail
+            } else {
+                TextWrite::Add("heron survey")
+            };
+            text_write(&s, &ns, what)
         };
         let writes: Vec<Box<dyn FnOnce() -> _>> =
             vec![Box::new(|| write(false)), Box::new(|| write(true))];
