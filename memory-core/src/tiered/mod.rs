@@ -878,7 +878,11 @@ impl Inner {
     /// copy.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn after_write(&self, ns: &Namespace, op: &WriteOp, since: u64) {
+        // Over a local file a create touches no cached episode, so it does not queue here
+        // behind the patches of concurrent writes.
+        let caches_creates = self.cache.is_some() && self.durable.reads_need_a_server();
         let _patching = match op {
+            WriteOp::CreateEpisode(_) if !caches_creates => None,
             WriteOp::CreateEpisode(_)
             | WriteOp::AppendSteps { .. }
             | WriteOp::CompleteEpisode(_) => Some(self.episode_cache.lock().await),
@@ -889,10 +893,7 @@ impl Inner {
                 // A create is idempotent: if the id existed, the stored episode wins, so only
                 // fill an empty slot. Over a local file the new episode is not cached: its
                 // first step batch would drop the copy, and reading it back is cheap.
-                if self.cache.is_some()
-                    && self.durable.reads_need_a_server()
-                    && self.cache_get(ns, &CacheKey::Episode(e.id)).await.is_none()
-                {
+                if caches_creates && self.cache_get(ns, &CacheKey::Episode(e.id)).await.is_none() {
                     self.cache_put(ns, CachedValue::Episode(Arc::new(e.clone())), since)
                         .await;
                 }
