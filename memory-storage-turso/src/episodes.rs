@@ -23,7 +23,7 @@ use crate::error::DbResult;
 use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::prepared::Db;
 use crate::sql::{Sql, filter_sql, insert_rows, query_one, query_opt};
-use crate::step_pages::{self, NewSteps, Stored};
+use crate::step_pages::{self, EncodedSteps, Stored};
 use crate::text_index::{self, PendingRows, WORK_PART};
 
 pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_description, task_type, \
@@ -46,15 +46,15 @@ impl Inner {
         conn: &Db<'_>,
         ns: &str,
         id: &str,
-        steps: &[ExecutionStep],
+        steps: EncodedSteps<'_>,
         format: JsonFormat,
     ) -> DbResult<i64> {
         let stored = Stored::read(conn, ns, id).await?;
-        let new = NewSteps::of(steps, &stored);
-        for (sql, values) in new.statements(ns, id, format)? {
+        let (statements, count) = steps.statements(&stored, ns, id, format)?;
+        for (sql, values) in statements {
             conn.exec(sql, values).await?;
         }
-        Ok(new.count())
+        Ok(count)
     }
 
     /// Records the steps (page bodies in `format`) and the episode's step count and change
@@ -66,7 +66,7 @@ impl Inner {
         conn: &Db<'_>,
         ns: &str,
         id: &str,
-        steps: &[ExecutionStep],
+        steps: EncodedSteps<'_>,
         position: i64,
         format: JsonFormat,
     ) -> DbResult<i64> {
@@ -124,7 +124,7 @@ async fn complete_in_tx(
     ns: &str,
     id: &str,
     c: &EpisodeCompletion,
-    mut update: Vec<Value>,
+    (mut update, steps, text): (Vec<Value>, EncodedSteps<'_>, PendingRows),
     (position, format): (i64, JsonFormat),
 ) -> DbResult<Option<LearnedChanges>> {
     update.push(Value::Integer(position));
@@ -145,7 +145,7 @@ async fn complete_in_tx(
             Some(_) => Ok(None), // already completed: a replay changes nothing
         };
     };
-    let inserted = Inner::append_step_rows(tx, ns, id, &c.steps, position, format).await?;
+    let inserted = Inner::append_step_rows(tx, ns, id, steps, position, format).await?;
     if let Some(expected) = c.expected_steps {
         // The learning was computed from `expected` steps: if the store holds another count
         // (another writer added steps), roll back and let the caller read them.
@@ -155,9 +155,6 @@ async fn complete_in_tx(
             return Err(Error::steps_changed(c.episode_id, u64::from(expected), stored).into());
         }
     }
-    let mut text = PendingRows::default();
-    text.add(&c.indexed_work, ns, id, WORK_PART);
-    text.add(&c.reflection.text(), ns, id, "reflection");
     let changes = Inner::merge_learning(tx, ns, &c.learning, position).await?;
     if let Some(actual) = &c.estimate_actual {
         tx.exec(CLOSE_ESTIMATE, close_estimate_values(ns, id, actual)?)
@@ -244,6 +241,19 @@ impl EpisodeStore for TursoStorage {
                         return Ok(());
                     }
                 }
+                // Encoded and tokenized before the write lock, which other writes wait for.
+                let format = inner.json_format();
+                let steps = EncodedSteps::new(&episode.steps, ns, &id, format)?;
+                let mut rows = PendingRows::default();
+                let task = task_search_text(&episode.task_description, ctx);
+                rows.add(&task, ns, &id, "task");
+                if episode.outcome.is_some() {
+                    // Completed already (an import): its work is indexed now.
+                    rows.add(&indexed_work_text(&episode.steps), ns, &id, WORK_PART);
+                }
+                if let Some(r) = &episode.reflection {
+                    rows.add(&r.text(), ns, &id, "reflection");
+                }
                 inner
                     .write_tx(async |tx| {
                         if tx.exec(INSERT_EPISODE, params).await? == 0 {
@@ -255,20 +265,9 @@ impl EpisodeStore for TursoStorage {
                             .map(|tag| vec![text(ns), text(tag), text(&id)]);
                         let tags = tags.collect();
                         insert_rows(tx, INSERT_TAGS, 3, tags, "ON CONFLICT DO NOTHING").await?;
-                        let mut text = PendingRows::default();
-                        let task = task_search_text(&episode.task_description, ctx);
-                        text.add(&task, ns, &id, "task");
                         // A new row is in no cache: it needs no change stamp.
-                        let steps = &episode.steps;
-                        Inner::append_step_rows(tx, ns, &id, steps, 0, inner.json_format()).await?;
-                        if episode.outcome.is_some() {
-                            // Completed already (an import): its work is indexed now.
-                            text.add(&indexed_work_text(steps), ns, &id, WORK_PART);
-                        }
-                        if let Some(r) = &episode.reflection {
-                            text.add(&r.text(), ns, &id, "reflection");
-                        }
-                        text.write(tx).await
+                        Inner::append_step_rows(tx, ns, &id, steps, 0, format).await?;
+                        rows.write(tx).await
                     })
                     .await
             })
@@ -312,6 +311,9 @@ impl EpisodeStore for TursoStorage {
             // Refused: a replay, or an episode missing or completed; the interactive path
             // tells which.
         }
+        let format = self.inner.json_format();
+        let encoded =
+            EncodedSteps::new(steps, ns, &id, format).map_err(|f| f.into_core("append_steps"))?;
         self.inner
             .call_write_stamped("append_steps", async |tx, position| {
                 match episode_state(tx, ns, &id).await? {
@@ -319,8 +321,7 @@ impl EpisodeStore for TursoStorage {
                     Some(true) => return Err(conflict_completed(episode_id).into()),
                     Some(false) => {}
                 }
-                let format = self.inner.json_format();
-                Inner::append_step_rows(tx, ns, &id, steps, position, format).await?;
+                Inner::append_step_rows(tx, ns, &id, encoded, position, format).await?;
                 Ok(())
             })
             .await
@@ -378,10 +379,16 @@ impl EpisodeStore for TursoStorage {
                     // Every try was overtaken (or found the write lock taken).
                     tracing::debug!("the completion runs as an interactive transaction");
                 }
+                // Encoded and tokenized before the write lock, which other writes wait for.
+                let format = inner.json_format();
+                let steps = EncodedSteps::new(&c.steps, ns, &id, format)?;
+                let mut text = PendingRows::default();
+                text.add(&c.indexed_work, ns, &id, WORK_PART);
+                text.add(&c.reflection.text(), ns, &id, "reflection");
                 inner
                     .write_tx_stamped(async |tx, position| {
-                        let stamp = (position, inner.json_format());
-                        complete_in_tx(tx, ns, &id, c, update, stamp).await
+                        let rows = (update, steps, text);
+                        complete_in_tx(tx, ns, &id, c, rows, (position, format)).await
                     })
                     .await
             })

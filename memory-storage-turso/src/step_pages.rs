@@ -292,21 +292,88 @@ impl<'a> NewSteps<'a> {
         let mut legacy = self.legacy.clone();
         legacy.sort_by_key(|s| s.step_number);
         let mut out = numbered_pages(ns, id, &legacy, format)?;
-        for chunk in self.keyed.chunks(PAGE_STEPS) {
-            let (keys, body, bytes) = encode(chunk, format)?;
-            out.push((
-                INSERT_NEXT,
-                vec![
-                    text(ns),
-                    text(id),
-                    Value::Integer(chunk.len() as i64),
-                    Value::Text(keys),
-                    body,
-                    Value::Integer(bytes),
-                ],
-            ));
-        }
+        out.extend(keyed_pages(ns, id, &self.keyed, format)?);
         Ok(out)
+    }
+
+    /// True when every step of `steps` is new and keyed, in their order: the pages of
+    /// [`EncodedSteps`] are then the ones to write.
+    fn are_all_keyed(&self, steps: &[ExecutionStep]) -> bool {
+        self.legacy.is_empty() && self.keyed.len() == steps.len()
+    }
+}
+
+/// Statements (SQL and values) that write pages.
+pub(crate) type PageStatements = Vec<(&'static str, Vec<Value>)>;
+
+/// The statements writing keyed `steps` as pages numbered after the last stored step.
+fn keyed_pages(
+    ns: &str,
+    id: &str,
+    steps: &[&ExecutionStep],
+    format: JsonFormat,
+) -> DbResult<Vec<(&'static str, Vec<Value>)>> {
+    let mut out = Vec::with_capacity(steps.len().div_ceil(PAGE_STEPS));
+    for chunk in steps.chunks(PAGE_STEPS) {
+        let (keys, body, bytes) = encode(chunk, format)?;
+        out.push((
+            INSERT_NEXT,
+            vec![
+                text(ns),
+                text(id),
+                Value::Integer(chunk.len() as i64),
+                Value::Text(keys),
+                body,
+                Value::Integer(bytes),
+            ],
+        ));
+    }
+    Ok(out)
+}
+
+/// A batch of steps with its pages encoded before the write transaction, on the caller's
+/// side of the write lock: encoding (JSON, then zstd) is work no other write has to wait for.
+/// The pages assume every step is new, as a batch almost always is; when the stored keys
+/// say otherwise (a replay, or steps written elsewhere), [`EncodedSteps::statements`] encodes
+/// the new ones under the lock instead.
+pub(crate) struct EncodedSteps<'a> {
+    steps: &'a [ExecutionStep],
+    /// The pages of all of `steps`, when every one is keyed.
+    pages: Option<PageStatements>,
+}
+
+impl<'a> EncodedSteps<'a> {
+    /// Encodes the pages of `steps` of episode `id`, when every step is keyed.
+    pub(crate) fn new(
+        steps: &'a [ExecutionStep],
+        ns: &str,
+        id: &str,
+        format: JsonFormat,
+    ) -> DbResult<Self> {
+        let pages = if steps.iter().all(|s| s.key != 0) {
+            let all: Vec<&ExecutionStep> = steps.iter().collect();
+            Some(keyed_pages(ns, id, &all, format)?)
+        } else {
+            None
+        };
+        Ok(EncodedSteps { steps, pages })
+    }
+
+    /// The statements that write the steps `stored` does not hold (see
+    /// [`NewSteps::statements`]) and how many those are.
+    pub(crate) fn statements(
+        self,
+        stored: &Stored,
+        ns: &str,
+        id: &str,
+        format: JsonFormat,
+    ) -> DbResult<(PageStatements, i64)> {
+        let new = NewSteps::of(self.steps, stored);
+        let count = new.count();
+        match self.pages {
+            Some(pages) if new.are_all_keyed(self.steps) => Ok((pages, count)),
+            _ => Ok((new.statements(ns, id, format)?, count)),
+        }
     }
 }
 
@@ -516,6 +583,54 @@ mod tests {
             2,
             "1-2, then 5"
         );
+    }
+
+    /// The pages encoded before the lock are the ones written when every step is new and
+    /// keyed; otherwise only the new steps are encoded, as without them.
+    #[test]
+    fn steps_encoded_before_the_lock_are_written_only_when_all_are_new() {
+        let ok = || StepResult::Success { output: "x".into() };
+        let keyed: Vec<ExecutionStep> = (1..=70)
+            .map(|n| step(n, u64::from(n) + 100, ok()))
+            .collect();
+        let none = Stored {
+            keys: HashSet::new(),
+            numbers: HashSet::new(),
+            count: 0,
+        };
+        let format = JsonFormat::Text;
+        let plain = |steps: &[ExecutionStep], stored: &Stored| {
+            let new = NewSteps::of(steps, stored);
+            (new.statements("ns", "e", format).unwrap(), new.count())
+        };
+        let encoded = |steps: &[ExecutionStep], stored: &Stored| {
+            EncodedSteps::new(steps, "ns", "e", format)
+                .unwrap()
+                .statements(stored, "ns", "e", format)
+                .unwrap()
+        };
+        let (pages, count) = encoded(&keyed, &none);
+        assert_eq!((pages.len(), count), (2, 70), "64 steps, then 6");
+        assert_eq!((pages, count), plain(&keyed, &none));
+
+        // A replay of part of the batch: only the rest is written.
+        let stored = Stored {
+            keys: (101..=110).collect(),
+            numbers: HashSet::new(),
+            count: 10,
+        };
+        let (pages, count) = encoded(&keyed, &stored);
+        assert_eq!((pages.len(), count), (1, 60));
+        assert_eq!((pages, count), plain(&keyed, &stored));
+
+        // A key twice in the batch, and a keyless step: what the store does not hold, once.
+        let mut mixed = keyed[..5].to_vec();
+        mixed.push(keyed[0].clone());
+        assert_eq!(encoded(&mixed, &none), plain(&mixed, &none));
+        assert_eq!(encoded(&mixed, &none).1, 5);
+        mixed.push(step(200, 0, ok()));
+        assert_eq!(encoded(&mixed, &none), plain(&mixed, &none));
+        assert_eq!(encoded(&mixed, &none).1, 6);
     }
 
     #[test]
