@@ -656,6 +656,20 @@ mod tests {
         DeleteThenFail,
     }
 
+    /// The results of a write of a "heron survey" row and then `second`, queued in that order
+    /// in one group.
+    async fn heron_then(
+        s: &TursoStorage,
+        ns: &Namespace,
+        second: TextWrite,
+    ) -> Vec<Result<i64, Error>> {
+        let writes: Vec<Box<dyn FnOnce() -> _>> = vec![
+            Box::new(|| text_write(s, ns, TextWrite::Add("heron survey"))),
+            Box::new(|| text_write(s, ns, second)),
+        ];
+        queued_in_order(s, writes).await
+    }
+
     fn text_write(
         s: &TursoStorage,
         ns: &Namespace,
@@ -769,17 +783,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
         let ns = Namespace::default();
-        let write = |delete: bool| {
-            let what = if delete {
-                TextWrite::Delete
-            } else {
-                TextWrite::Add("heron survey")
-            };
-            text_write(&s, &ns, what)
-        };
-        let writes: Vec<Box<dyn FnOnce() -> _>> =
-            vec![Box::new(|| write(false)), Box::new(|| write(true))];
-        let results = queued_in_order(&s, writes).await;
+        let results = heron_then(&s, &ns, TextWrite::Delete).await;
         assert_eq!(results[1].as_ref().ok(), Some(&1), "{results:?}");
         assert_eq!(s.group_commits().writes, 2);
         assert_eq!(found(&s, &ns, "heron").await, 0);
@@ -794,17 +798,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = TursoStorage::open_in_data_dir(dir.path()).await.unwrap();
         let ns = Namespace::default();
-        let write = |fail: bool| {
-            let what = if fail {
-                TextWrite::DeleteThenFail
-            } else {
-                TextWrite::Add("heron survey")
-            };
-            text_write(&s, &ns, what)
-        };
-        let writes: Vec<Box<dyn FnOnce() -> _>> =
-            vec![Box::new(|| write(false)), Box::new(|| write(true))];
-        let results = queued_in_order(&s, writes).await;
+        let results = heron_then(&s, &ns, TextWrite::DeleteThenFail).await;
         assert!(
             matches!(results[1], Err(Error::NotFound { .. })),
             "{results:?}"
@@ -812,7 +806,8 @@ mod tests {
         assert!(results[0].is_err(), "not acknowledged: {results:?}");
         assert_eq!(text_counts(&s, ns.as_str()).await, (0, 0));
         // The next write starts a group of its own and lands.
-        assert!(write(false).await.unwrap().is_ok());
+        let alone = text_write(&s, &ns, TextWrite::Add("heron survey"));
+        assert!(alone.await.unwrap().is_ok());
         assert_eq!(text_counts(&s, ns.as_str()).await, (1, 1));
     }
 }
