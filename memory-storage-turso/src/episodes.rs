@@ -311,18 +311,28 @@ impl EpisodeStore for TursoStorage {
             // Refused: a replay, or an episode missing or completed; the interactive path
             // tells which.
         }
-        let format = self.inner.json_format();
-        let encoded =
-            EncodedSteps::new(steps, ns, &id, format).map_err(|f| f.into_core("append_steps"))?;
-        self.inner
-            .call_write_stamped("append_steps", async |tx, position| {
-                match episode_state(tx, ns, &id).await? {
-                    None => return Err(Error::not_found(ObjectKind::Episode, episode_id).into()),
-                    Some(true) => return Err(conflict_completed(episode_id).into()),
-                    Some(false) => {}
-                }
-                Inner::append_step_rows(tx, ns, &id, encoded, position, format).await?;
-                Ok(())
+        let inner = &*self.inner;
+        inner
+            .call("append_steps", async {
+                // Encoded before the write lock (after the schema check, which decides the
+                // format), so other writes do not wait for it.
+                let format = inner.json_format();
+                let encoded = EncodedSteps::new(steps, ns, &id, format)?;
+                inner
+                    .write_tx_stamped(async |tx, position| {
+                        match episode_state(tx, ns, &id).await? {
+                            None => {
+                                return Err(
+                                    Error::not_found(ObjectKind::Episode, episode_id).into()
+                                );
+                            }
+                            Some(true) => return Err(conflict_completed(episode_id).into()),
+                            Some(false) => {}
+                        }
+                        Inner::append_step_rows(tx, ns, &id, encoded, position, format).await?;
+                        Ok(())
+                    })
+                    .await
             })
             .await
     }
