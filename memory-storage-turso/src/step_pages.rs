@@ -288,7 +288,7 @@ impl<'a> NewSteps<'a> {
         ns: &str,
         id: &str,
         format: JsonFormat,
-    ) -> DbResult<Vec<(&'static str, Vec<Value>)>> {
+    ) -> DbResult<PageStatements> {
         let mut legacy = self.legacy.clone();
         legacy.sort_by_key(|s| s.step_number);
         let mut out = numbered_pages(ns, id, &legacy, format)?;
@@ -312,7 +312,7 @@ fn keyed_pages(
     id: &str,
     steps: &[&ExecutionStep],
     format: JsonFormat,
-) -> DbResult<Vec<(&'static str, Vec<Value>)>> {
+) -> DbResult<PageStatements> {
     let mut out = Vec::with_capacity(steps.len().div_ceil(PAGE_STEPS));
     for chunk in steps.chunks(PAGE_STEPS) {
         let (keys, body, bytes) = encode(chunk, format)?;
@@ -384,7 +384,7 @@ fn numbered_pages(
     id: &str,
     steps: &[&ExecutionStep],
     format: JsonFormat,
-) -> DbResult<Vec<(&'static str, Vec<Value>)>> {
+) -> DbResult<PageStatements> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < steps.len() {
