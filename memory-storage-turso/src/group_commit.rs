@@ -98,7 +98,6 @@ impl Grouping {
     }
 }
 
-/// Counts a write waiting for the writer connection while it exists.
 /// Counts a grouped write queued for the writer connection; one dropped before it got the
 /// connection (cancelled) tells the members waiting for a commit that it will not come.
 struct Waiting<'a> {
@@ -416,7 +415,6 @@ impl Inner {
             // A closed channel cannot happen while `self` lives; treated as told.
             _ = freed.changed() => {}
         }
-        let mut waiting = done.clone();
         let committed = async {
             match waiting.wait_for(Option::is_some).await {
                 Ok(o) => o.clone(),
