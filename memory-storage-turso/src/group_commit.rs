@@ -125,15 +125,19 @@ struct Holding<'a> {
 
 impl Drop for Holding<'_> {
     fn drop(&mut self) {
-        if self.armed && lock(self.grouping).is_some() {
+        if self.armed {
             self.grouping.tell_freed();
         }
     }
 }
 
 impl Grouping {
+    /// Tells the members waiting for the open group's commit, if a group is open (none
+    /// waits otherwise).
     fn tell_freed(&self) {
-        self.freed.send_modify(|n| *n = n.wrapping_add(1));
+        if lock(self).is_some() {
+            self.freed.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 }
 
