@@ -179,6 +179,41 @@ pub enum EvalCmd {
     /// memory, episodes only, full memory, full memory without failure lessons), each on a
     /// fresh in-memory libsql store. Writes learning.json and learning.svg into --out.
     Learning(EvalLearningArgs),
+    /// Convert a public long-term conversation benchmark (LoCoMo's locomo10.json, or a
+    /// directory of LoCoMo or REALTALK dialogue files) into the retrieval format: one
+    /// dataset directory per dialogue under --out, one episode per sitting (its turns are
+    /// the steps), one query per question labeled with the sittings of its evidence
+    Convert(EvalConvertArgs),
+    /// Choose the fusion and the abstention thresholds by leave-one-dataset-out over
+    /// several labeled sets, and report every set side by side: BM25, vector, and hybrid
+    /// with the configured settings and with those chosen without the set. Needs the
+    /// embedding model
+    LeaveOneOut(EvalLeaveOneOutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalConvertArgs {
+    /// A JSON file, or a directory of them (read in name order)
+    #[arg(long, value_name = "PATH")]
+    pub input: PathBuf,
+    /// A new or empty directory for the datasets
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Keep every question category (by default LoCoMo's adversarial category 5 is left out:
+    /// its questions' premise is false)
+    #[arg(long)]
+    pub all_categories: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalLeaveOneOutArgs {
+    /// A labeled set as NAME=DIR: a dataset directory, or a directory of them (one per
+    /// dialogue); at least two
+    #[arg(long = "set", value_name = "NAME=DIR", required = true)]
+    pub sets: Vec<String>,
+    /// Extra queries for a single-dataset set, as NAME=FILE; may be repeated
+    #[arg(long, value_name = "NAME=FILE")]
+    pub extra_queries: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -210,7 +245,8 @@ pub struct EvalLearningArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalRetrievalArgs {
-    /// Directory holding episodes.jsonl and queries.jsonl
+    /// Directory holding episodes.jsonl and queries.jsonl, or a directory of such
+    /// directories (a converted benchmark: each part in a namespace of its own)
     #[arg(long, value_name = "DIR")]
     pub dataset: PathBuf,
     /// Add the queries of this file (queries.jsonl format, labels naming the dataset's

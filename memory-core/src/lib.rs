@@ -79,8 +79,8 @@ pub use records::{
     MetricsSnapshot, RestoreRecord, StepCompaction,
 };
 pub use retrieval::{
-    IndexStatus, Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery, RetrievedEpisode,
-    Retriever, ScoreBreakdown,
+    FusionMethod, IndexStatus, Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery,
+    RetrievedEpisode, Retriever, ScoreBreakdown,
 };
 pub use search_text::{INDEXED_WORK_CHARS, indexed_work_text, task_search_text};
 pub use storage::{

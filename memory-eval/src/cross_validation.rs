@@ -251,9 +251,19 @@ struct Pick {
 
 /// An embedder that embeds each distinct text once, however many retrievers and stores ask.
 #[derive(Debug)]
-struct Remembering {
+pub(crate) struct Remembering {
     inner: Arc<dyn Embedder>,
     seen: Mutex<HashMap<String, Vec<f32>>>,
+}
+
+impl Remembering {
+    /// `inner`, remembering what it embedded.
+    pub(crate) fn new(inner: Arc<dyn Embedder>) -> Self {
+        Remembering {
+            inner,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 #[async_trait]

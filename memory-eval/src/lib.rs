@@ -5,12 +5,18 @@
 //! - [`retrieval`]: retrieval quality (recall@k, MRR, nDCG@10, abstention) on a labeled
 //!   dataset read from JSON lines;
 //! - [`cross_validation`]: the retrieval weights and abstention thresholds chosen by k-fold
-//!   cross-validation on a tuning set, and scored on a set they were not chosen on.
+//!   cross-validation on a tuning set, and scored on a set they were not chosen on;
+//! - [`convert`]: public long-term conversation benchmarks (LoCoMo, REALTALK) converted into
+//!   the retrieval format, one dataset per dialogue;
+//! - [`leave_one_out`]: fusion settings and abstention thresholds chosen by
+//!   leave-one-dataset-out, with every labeled set reported side by side.
 //!
 //! `memory eval learning` and `memory eval retrieval` run them and write the reports.
 
+pub mod convert;
 pub mod cross_validation;
 pub mod learning;
+pub mod leave_one_out;
 pub mod retrieval;
 
 /// A timed-out step with a message (`StepInput::timeout` has none).

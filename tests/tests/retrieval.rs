@@ -6,8 +6,11 @@
 //! - degraded mode (no model) says so and still answers lexically;
 //! - an episode embedded while in progress is embedded again, with all its steps, once it
 //!   completes;
-//! - the retrieval eval on the public dataset (`eval/retrieval`): hybrid is at least as good
-//!   as each single method on nDCG@10, with and without the queries' context.
+//! - the retrieval eval on the project's dataset (`eval/retrieval`): hybrid is at least as
+//!   good as BM25 on recall@5 and nDCG@10, with and without the queries' context, and within
+//!   the measured gap of the vector side (the fusion chosen over four sets, two of them public
+//!   conversation benchmarks, gives up 0.013 / 0.028 nDCG@10 against the vector alone here;
+//!   see README, "Retrieval on real text").
 //!
 //! Tests needing the model skip with a note outside CI and fail under CI without it.
 
@@ -486,7 +489,7 @@ fn dataset_dir() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hybrid_is_at_least_as_good_as_each_method_on_the_public_dataset() {
+async fn hybrid_beats_bm25_and_keeps_near_the_vector_on_the_project_dataset() {
     let Some(model) = tests::model::minilm().unwrap() else {
         return;
     };
@@ -505,28 +508,31 @@ async fn hybrid_is_at_least_as_good_as_each_method_on_the_public_dataset() {
         .unwrap();
     assert_eq!(report.episodes, ds.episodes.len());
     for mode in &report.modes {
-        let ndcg = |method| {
+        let score = |method| {
             mode.methods
                 .iter()
                 .find(|s| s.method == method)
-                .map(|s| s.ndcg_at_10)
+                .map(|s| (s.recall_at_5, s.ndcg_at_10))
                 .unwrap()
         };
-        let hybrid = ndcg(RetrievalMethod::Hybrid);
-        let lexical = ndcg(RetrievalMethod::Lexical);
-        let vector = ndcg(RetrievalMethod::Vector);
+        let hybrid = score(RetrievalMethod::Hybrid);
+        let lexical = score(RetrievalMethod::Lexical);
+        let vector = score(RetrievalMethod::Vector);
         eprintln!(
-            "{:?}: hybrid {hybrid:.3}, lexical {lexical:.3}, vector {vector:.3}",
+            "{:?}: (R@5, nDCG@10) hybrid {hybrid:.3?}, lexical {lexical:.3?}, vector {vector:.3?}",
             mode.mode
         );
         assert!(
-            hybrid >= lexical,
-            "{:?}: {hybrid} < lexical {lexical}",
+            hybrid.0 >= lexical.0 && hybrid.1 >= lexical.1,
+            "{:?}: hybrid {hybrid:?} < lexical {lexical:?}",
             mode.mode
         );
+        // The gap to the vector side as measured with the defaults (0.023 R@5 and 0.028
+        // nDCG@10 on bare task text), with a little room for the model's arithmetic on
+        // another machine; a fusion that lost more would fail here.
         assert!(
-            hybrid >= vector,
-            "{:?}: {hybrid} < vector {vector}",
+            hybrid.0 >= vector.0 - 0.03 && hybrid.1 >= vector.1 - 0.035,
+            "{:?}: hybrid {hybrid:?} fell further behind vector {vector:?}",
             mode.mode
         );
     }

@@ -8,6 +8,7 @@
 //! `memory eval learning`: the learning evaluation (`memory_eval::learning`), each arm on
 //! a fresh in-memory libsql store; writes `learning.json` and the `learning.svg` chart.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -18,11 +19,14 @@ use memory_core::{
 use memory_eval::cross_validation::{
     CrossValidation, ModeScores, SetScores, WeightGrid, Weights, hybrid_scores,
 };
+use memory_eval::leave_one_out::EvalSet;
 use memory_eval::retrieval::{EvalDataset, QueryMode, RetrievalEval, format_report};
 use memory_storage_turso::TursoStorage;
 
 use crate::backend::load_embedder;
-use crate::cli::{EvalCmd, EvalLearningArgs, EvalRetrievalArgs};
+use crate::cli::{
+    EvalCmd, EvalConvertArgs, EvalLearningArgs, EvalLeaveOneOutArgs, EvalRetrievalArgs,
+};
 use crate::display_safe;
 use crate::output;
 use crate::settings::Settings;
@@ -31,7 +35,233 @@ pub async fn run(cmd: EvalCmd, s: &Settings) -> Result<()> {
     match cmd {
         EvalCmd::Retrieval(a) => retrieval(a, s).await,
         EvalCmd::Learning(a) => learning(a, s).await,
+        EvalCmd::Convert(a) => convert(&a, s),
+        EvalCmd::LeaveOneOut(a) => leave_one_out(&a, s).await,
     }
+}
+
+fn convert(a: &EvalConvertArgs, s: &Settings) -> Result<()> {
+    let skip: &[u64] = if a.all_categories {
+        &[]
+    } else {
+        memory_eval::convert::SKIPPED_CATEGORIES
+    };
+    let summary = memory_eval::convert::convert_dialogues(&a.input, &a.out, skip)
+        .with_context(|| format!("cannot convert {}", a.input.display()))?;
+    if s.json {
+        return output::json(&summary);
+    }
+    let mut text = format!(
+        "{} dialogues, {} sittings (episodes), {} questions (queries) written to {}\n",
+        summary.dialogues.len(),
+        summary.episodes,
+        summary.queries,
+        a.out.display()
+    );
+    for d in &summary.dialogues {
+        let _ = writeln!(
+            text,
+            "  {}: {} episodes, {} queries",
+            d.name, d.episodes, d.queries
+        );
+    }
+    let _ = write!(
+        text,
+        "left out: {} questions of a skipped category, {} whose evidence names no sitting; {} turns cut at the step action limit",
+        summary.skipped_category, summary.skipped_no_evidence, summary.cut_turns
+    );
+    outln!("{}", display_safe::text(&text));
+    Ok(())
+}
+
+/// The configuration an evaluation runs with: the settings' own, without the rate limit (an
+/// evaluation is one client replaying a dataset as fast as it can).
+fn eval_config(s: &Settings) -> MemoryConfig {
+    MemoryConfig {
+        rate_limit: RateLimitConfig::disabled(),
+        ..s.memory.clone()
+    }
+}
+
+/// The embedding model, or an error saying that `what` needs it.
+async fn required_embedder(s: &Settings, what: &'static str) -> Result<Arc<dyn Embedder>> {
+    load_embedder(&s.data_dir)
+        .await
+        .map_err(|why| anyhow::anyhow!("{}", display_safe::line(&why)))
+        .context(what)
+}
+
+/// A progress bar labeled `label` and the `(done, total)` callback that moves it.
+fn progress_bar(
+    label: &'static str,
+    s: &Settings,
+) -> (indicatif::ProgressBar, impl FnMut(usize, usize) + use<>) {
+    let bar = crate::progress::bar(0, label, s);
+    let progress = bar.clone();
+    (bar, move |done: usize, total: usize| {
+        progress.set_length(total as u64);
+        progress.set_position(done as u64);
+    })
+}
+
+/// `NAME=VALUE`, both non-empty.
+fn name_value(arg: &str) -> Result<(String, std::path::PathBuf)> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+            Ok((name.to_owned(), std::path::PathBuf::from(value)))
+        }
+        _ => anyhow::bail!("expected NAME=PATH, got {arg:?}"),
+    }
+}
+
+async fn leave_one_out(a: &EvalLeaveOneOutArgs, s: &Settings) -> Result<()> {
+    let mut sets = Vec::with_capacity(a.sets.len());
+    for arg in &a.sets {
+        let (name, dir) = name_value(arg)?;
+        if sets.iter().any(|x: &EvalSet| x.name == name) {
+            anyhow::bail!("two sets are named {name}");
+        }
+        sets.push(
+            EvalSet::load(name, &dir)
+                .with_context(|| format!("cannot load the set in {}", dir.display()))?,
+        );
+    }
+    for arg in &a.extra_queries {
+        let (name, file) = name_value(arg)?;
+        let Some(i) = sets.iter().position(|x| x.name == name) else {
+            anyhow::bail!("--extra-queries names set {name}, which no --set gives");
+        };
+        let set = sets.remove(i);
+        sets.insert(
+            i,
+            set.with_queries_from(&file)
+                .with_context(|| format!("cannot add the queries of {}", file.display()))?,
+        );
+    }
+    let embedder =
+        required_embedder(s, "leave-one-dataset-out ranks with the embedding model").await?;
+    let config = eval_config(s);
+    let (bar, mut progress) = progress_bar("leave-one-dataset-out: runs", s);
+    let report = memory_eval::leave_one_out::leave_one_out(
+        &sets,
+        &config,
+        embedder,
+        &memory_eval::leave_one_out::default_grid(),
+        open_memory_store,
+        &mut progress,
+    )
+    .await?;
+    bar.finish_and_clear();
+    if s.json {
+        return output::json(&report);
+    }
+    out!(
+        "{}",
+        display_safe::text(&memory_eval::leave_one_out::format_leave_one_out(&report))
+    );
+    Ok(())
+}
+
+/// `memory eval retrieval` on a directory of datasets: each part in its own namespace, the
+/// queries of all parts scored together.
+async fn retrieval_set(a: &EvalRetrievalArgs, s: &Settings) -> Result<()> {
+    let set = EvalSet::load("set", &a.dataset)
+        .with_context(|| format!("cannot load the dataset in {}", a.dataset.display()))?;
+    if !a.extra_queries.is_empty() || a.cross_validate {
+        anyhow::bail!(
+            "{} holds {} datasets: --extra-queries and --cross-validate take one dataset \
+             (use `memory eval leave-one-out` to choose settings over several)",
+            a.dataset.display(),
+            set.parts.len()
+        );
+    }
+    let embedder = required_embedder(
+        s,
+        "a set of several datasets is evaluated with the embedding model",
+    )
+    .await?;
+    let config = eval_config(s);
+    if !s.json {
+        errln!(
+            "importing {} episodes in {} datasets and running {} queries ...",
+            set.episodes(),
+            set.parts.len(),
+            set.queries()
+        );
+    }
+    let rows =
+        memory_eval::leave_one_out::score_set(&set, &config, embedder, open_memory_store().await?)
+            .await?;
+    let wanted = |m: QueryMode| {
+        a.both
+            || (a.description_only && m == QueryMode::DescriptionOnly)
+            || (!a.description_only && m == QueryMode::WithContext)
+    };
+    let rows: Vec<_> = rows.into_iter().filter(|(m, _)| wanted(*m)).collect();
+    if s.json {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            mode: QueryMode,
+            method: memory_core::RetrievalMethod,
+            scores: &'a memory_eval::leave_one_out::RankScores,
+            abstention: &'a memory_eval::retrieval::Abstention,
+        }
+        let flat: Vec<Row<'_>> = rows
+            .iter()
+            .flat_map(|(mode, methods)| {
+                methods.iter().map(|(method, scores, abstention)| Row {
+                    mode: *mode,
+                    method: *method,
+                    scores,
+                    abstention,
+                })
+            })
+            .collect();
+        return output::json(&flat);
+    }
+    let mut text = format!(
+        "{} episodes in {} datasets, {} queries (latency is measured on single datasets only)\n",
+        set.episodes(),
+        set.parts.len(),
+        set.queries()
+    );
+    for (mode, methods) in &rows {
+        let title = match mode {
+            QueryMode::WithContext => "with context",
+            QueryMode::DescriptionOnly => "description only",
+        };
+        let _ = writeln!(
+            text,
+            "\n{title}\n  {:<8} {:>6} {:>6} {:>6} {:>6} {:>8}  abstention (no-answer flagged / false flags)",
+            "method", "R@1", "R@5", "R@10", "MRR", "nDCG@10"
+        );
+        for (method, r, ab) in methods {
+            let abst = if *method == memory_core::RetrievalMethod::Lexical {
+                "n/a (no calibrated confidence)".to_owned()
+            } else {
+                format!(
+                    "{}/{} / {}/{} ({:.1}%)",
+                    ab.no_answer_flagged,
+                    ab.no_answer_queries,
+                    ab.answerable_flagged,
+                    ab.answerable_queries,
+                    ab.false_flag_rate() * 100.0
+                )
+            };
+            let _ = writeln!(
+                text,
+                "  {:<8} {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>8.3}  {abst}",
+                method.as_str(),
+                r.recall_at_1,
+                r.recall_at_5,
+                r.recall_at_10,
+                r.mrr,
+                r.ndcg_at_10
+            );
+        }
+    }
+    out!("{}", display_safe::text(&text));
+    Ok(())
 }
 
 /// The embedding model, or `None` after a warning that says why and what is done `instead`.
@@ -46,6 +276,9 @@ async fn embedder_or_warn(s: &Settings, instead: &str) -> Option<Arc<dyn Embedde
 }
 
 async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
+    if !a.dataset.join("episodes.jsonl").is_file() && a.dataset.is_dir() {
+        return retrieval_set(&a, s).await;
+    }
     let mut dataset = EvalDataset::load(&a.dataset)
         .with_context(|| format!("cannot load the dataset in {}", a.dataset.display()))?;
     for file in &a.extra_queries {
@@ -58,10 +291,7 @@ async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
     }
     let embedder = embedder_or_warn(s, "evaluating lexical retrieval only").await;
     let storage = Arc::new(TursoStorage::open_local(":memory:").await?);
-    let config = MemoryConfig {
-        rate_limit: RateLimitConfig::disabled(),
-        ..s.memory.clone()
-    };
+    let config = eval_config(s);
     let memory =
         SelfLearningMemory::with_embedder(storage, config, Arc::new(SystemClock), embedder)?;
     let modes: &[QueryMode] = if a.both {
@@ -116,17 +346,10 @@ async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settin
         ),
         None => None,
     };
-    let embedder = load_embedder(&s.data_dir)
-        .await
-        .map_err(|why| anyhow::anyhow!("{}", display_safe::line(&why)))
-        .context("cross-validation ranks with the embedding model")?;
-    let config = MemoryConfig {
-        rate_limit: RateLimitConfig::disabled(),
-        ..s.memory.clone()
-    };
+    let embedder = required_embedder(s, "cross-validation ranks with the embedding model").await?;
+    let config = eval_config(s);
     let grid = WeightGrid::default();
-    let bar = crate::progress::bar(0, "cross-validating: settings", s);
-    let progress = bar.clone();
+    let (bar, mut progress) = progress_bar("cross-validating: settings", s);
     let cv = memory_eval::cross_validation::cross_validate(
         dataset,
         &config,
@@ -134,10 +357,7 @@ async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settin
         &grid,
         a.folds,
         open_memory_store,
-        &mut move |done, total| {
-            progress.set_length(total as u64);
-            progress.set_position(done as u64);
-        },
+        &mut progress,
     )
     .await?;
     bar.finish_and_clear();
@@ -170,7 +390,6 @@ async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settin
 }
 
 fn format_cross_validation(r: &CrossValidationReport) -> String {
-    use std::fmt::Write as _;
     let cv = &r.cross_validation;
     let mut out = String::new();
     let _ = writeln!(

@@ -38,8 +38,8 @@ pub mod vector_index;
 
 pub use lexical_index::{LexicalHit, LexicalIndex};
 pub use query::{
-    IndexStatus, Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery, RetrievedEpisode,
-    ScoreBreakdown,
+    FusionMethod, IndexStatus, Retrieval, RetrievalConfig, RetrievalMethod, RetrievalQuery,
+    RetrievedEpisode, ScoreBreakdown,
 };
 pub use retriever::{Retriever, SUPPORT};
 pub use texts::{

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::query::{RetrievalConfig, RetrievalMethod, RetrievalQuery, ScoreBreakdown};
+use super::query::{
+    FusionMethod, RetrievalConfig, RetrievalMethod, RetrievalQuery, ScoreBreakdown,
+};
 use super::vector_index::VectorHit;
 use crate::episode::{EpisodeId, EpisodeSummary, OutcomeKind};
 use crate::storage::TextHit;
@@ -64,28 +66,127 @@ pub(super) fn fuse(
         c.bm25 = Some(h.score);
     }
     let mut out: Vec<Candidate> = by_id.into_values().collect();
+    // A fixed order (by id), so ties among ranks do not depend on the map's iteration order.
+    out.sort_by_key(|c| c.summary.id);
     let lex = min_max(out.iter().map(|c| c.bm25.unwrap_or(0.0)));
     let sem = min_max(out.iter().map(|c| f64::from(c.cosine.unwrap_or(0.0))));
+    let best_cosine = out
+        .iter()
+        .filter_map(|c| c.cosine)
+        .fold(None, |m: Option<f32>, c| Some(m.map_or(c, |m| m.max(c))));
     let w = if with_context {
         config.dense_weight
     } else {
         config.dense_weight_bare
     }
-    .clamp(0.0, 1.0);
+    .clamp(0.0, 1.0)
+        * semantic_trust(config, best_cosine);
     for c in &mut out {
         c.lexical = lex.apply(c.bm25.unwrap_or(0.0));
         c.semantic = sem.apply(f64::from(c.cosine.unwrap_or(0.0)));
-        c.fused = match method {
-            RetrievalMethod::Lexical => c.lexical,
-            RetrievalMethod::Vector => c.semantic,
-            RetrievalMethod::Hybrid => w * c.semantic + (1.0 - w) * c.lexical,
-        };
     }
-    // Vector-only retrieval ranks by cosine alone: drop what only the lexical side found.
-    if method == RetrievalMethod::Vector {
-        out.retain(|c| c.cosine.is_some());
+    match method {
+        RetrievalMethod::Lexical => {
+            for c in &mut out {
+                c.fused = c.lexical;
+            }
+        }
+        RetrievalMethod::Vector => {
+            // Vector-only retrieval ranks by cosine alone: drop what only the lexical side
+            // found.
+            out.retain(|c| c.cosine.is_some());
+            for c in &mut out {
+                c.fused = c.semantic;
+            }
+        }
+        RetrievalMethod::Hybrid => {
+            let raw: Vec<f64> = match config.fusion {
+                FusionMethod::MinMax => out
+                    .iter()
+                    .map(|c| w * c.semantic + (1.0 - w) * c.lexical)
+                    .collect(),
+                FusionMethod::ReciprocalRank => {
+                    let k = config.rank_constant.max(0.0);
+                    let sem_rank = ranks(out.iter().map(|c| c.cosine.map(f64::from)));
+                    let lex_rank = ranks(out.iter().map(|c| c.bm25));
+                    sem_rank
+                        .iter()
+                        .zip(&lex_rank)
+                        .map(|(s, l)| {
+                            let part = |r: &Option<usize>| r.map_or(0.0, |r| 1.0 / (k + r as f64));
+                            w * part(s) + (1.0 - w) * part(l)
+                        })
+                        .collect()
+                }
+                FusionMethod::ZScore => {
+                    let sem_z = z_scores(out.iter().map(|c| c.cosine.map(f64::from)));
+                    let lex_z = z_scores(out.iter().map(|c| c.bm25));
+                    sem_z
+                        .iter()
+                        .zip(&lex_z)
+                        .map(|(s, l)| w * s + (1.0 - w) * l)
+                        .collect()
+                }
+            };
+            let range = min_max(raw.iter().copied());
+            for (c, r) in out.iter_mut().zip(raw) {
+                c.fused = range.apply(r);
+            }
+        }
     }
     out
+}
+
+/// How much of its configured weight the semantic list gets, from the best centered cosine
+/// among the candidates (see [`RetrievalConfig::semantic_trust_from`]): 0 below `from`, 1
+/// from `full`, linear between; 1 when the ramp is off, 0 with no semantic score at all.
+fn semantic_trust(config: &RetrievalConfig, best_cosine: Option<f32>) -> f64 {
+    let (from, full) = (config.semantic_trust_from, config.semantic_trust_full);
+    if full.partial_cmp(&from) != Some(std::cmp::Ordering::Greater) {
+        return 1.0;
+    }
+    best_cosine.map_or(0.0, |c| {
+        f64::from(((c - from) / (full - from)).clamp(0.0, 1.0))
+    })
+}
+
+/// 1-based ranks of the present values, best (highest) first; ties share the order of
+/// appearance. `None` stays `None` (the list did not find the candidate).
+fn ranks(values: impl Iterator<Item = Option<f64>>) -> Vec<Option<usize>> {
+    let values: Vec<Option<f64>> = values.collect();
+    let mut order: Vec<usize> = (0..values.len()).filter(|i| values[*i].is_some()).collect();
+    order.sort_by(|a, b| {
+        let (x, y) = (values[*a].unwrap_or(0.0), values[*b].unwrap_or(0.0));
+        y.total_cmp(&x).then_with(|| a.cmp(b))
+    });
+    let mut out = vec![None; values.len()];
+    for (rank, i) in order.into_iter().enumerate() {
+        out[i] = Some(rank + 1);
+    }
+    out
+}
+
+/// Standard scores of the present values over the present values; a missing value (the list
+/// did not find the candidate) gets the lowest present score, and a list whose values are all
+/// equal (or that has fewer than two) gives 0 everywhere: it says nothing about the order.
+fn z_scores(values: impl Iterator<Item = Option<f64>>) -> Vec<f64> {
+    let values: Vec<Option<f64>> = values.collect();
+    let present: Vec<f64> = values.iter().flatten().copied().collect();
+    if present.len() < 2 {
+        return vec![0.0; values.len()];
+    }
+    let n = present.len() as f64;
+    let mean = present.iter().sum::<f64>() / n;
+    let var = present.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    let sd = var.sqrt();
+    if sd <= f64::EPSILON * mean.abs().max(1.0) {
+        return vec![0.0; values.len()];
+    }
+    let low = present.iter().copied().fold(f64::INFINITY, f64::min);
+    values
+        .iter()
+        .map(|v| (v.unwrap_or(low) - mean) / sd)
+        .collect()
 }
 
 /// A min-max normalizer over `values` (everything maps to 1 when they are all equal and
@@ -216,6 +317,7 @@ pub(super) fn why(query: &RetrievalQuery, e: &EpisodeSummary, b: &ScoreBreakdown
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     #[test]
     fn min_max_maps_to_unit_range() {
@@ -226,6 +328,147 @@ mod tests {
         let g = min_max([3.0, 3.0].into_iter());
         assert!((g.apply(3.0) - 1.0).abs() < 1e-9);
         assert!(g.apply(0.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ranks_order_present_values_and_leave_the_missing_out() {
+        let r = ranks([Some(0.2), None, Some(0.9), Some(0.2)].into_iter());
+        assert_eq!(r, vec![Some(2), None, Some(1), Some(3)]);
+        assert!(ranks(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn z_scores_standardize_and_put_the_missing_at_the_bottom() {
+        let z = z_scores([Some(1.0), Some(3.0), None].into_iter());
+        assert!(
+            (z[0] + 1.0).abs() < 1e-9 && (z[1] - 1.0).abs() < 1e-9,
+            "{z:?}"
+        );
+        assert!((z[2] - z[0]).abs() < 1e-9, "{z:?}");
+        assert_eq!(z_scores([Some(2.0), Some(2.0)].into_iter()), vec![0.0, 0.0]);
+        assert_eq!(z_scores([Some(2.0), None].into_iter()), vec![0.0, 0.0]);
+    }
+
+    fn summary(n: u8) -> Arc<EpisodeSummary> {
+        use crate::episode::{NewEpisode, TaskContext, TaskType};
+        let new = NewEpisode::new(format!("task {n}"), TaskType::Other, TaskContext::new("d"));
+        Arc::new(crate::episode::Episode::start(new, Utc::now()).summary())
+    }
+
+    /// Four candidates: two found by both lists, one only by each; the lexical list is
+    /// peaked (one score far above the rest), the semantic one flat.
+    fn lists() -> Lists {
+        let s: Vec<Arc<EpisodeSummary>> = (0..4).map(summary).collect();
+        let text = |i: usize, score: f64| TextHit {
+            episode_id: s[i].id,
+            score,
+            summary: (*s[i]).clone(),
+        };
+        let vector = |i: usize, cosine: f32| VectorHit {
+            summary: Arc::clone(&s[i]),
+            cosine,
+            similarity: cosine,
+        };
+        let lexical = vec![text(0, 12.0), text(1, 2.0), text(2, 1.8)];
+        let semantic = vec![vector(1, 0.52), vector(0, 0.50), vector(3, 0.49)];
+        (lexical, semantic, s)
+    }
+
+    type Lists = (Vec<TextHit>, Vec<VectorHit>, Vec<Arc<EpisodeSummary>>);
+
+    fn fused_order((lexical, semantic, _): &Lists, fusion: FusionMethod, w: f64) -> Vec<EpisodeId> {
+        let config = RetrievalConfig {
+            fusion,
+            dense_weight: w,
+            dense_weight_bare: w,
+            ..RetrievalConfig::default()
+        };
+        let mut out = fuse(
+            &config,
+            RetrievalMethod::Hybrid,
+            lexical,
+            semantic,
+            |_| None,
+            true,
+        );
+        assert!(out.iter().all(|c| (0.0..=1.0).contains(&c.fused)));
+        out.sort_by(|a, b| b.fused.total_cmp(&a.fused));
+        out.iter().map(|c| c.summary.id).collect()
+    }
+
+    #[test]
+    fn semantic_trust_ramps_with_the_best_cosine() {
+        let config = RetrievalConfig {
+            semantic_trust_from: 0.1,
+            semantic_trust_full: 0.3,
+            ..RetrievalConfig::default()
+        };
+        assert!(semantic_trust(&config, Some(0.05)).abs() < 1e-9);
+        assert!((semantic_trust(&config, Some(0.2)) - 0.5).abs() < 1e-6);
+        assert!((semantic_trust(&config, Some(0.9)) - 1.0).abs() < 1e-9);
+        assert!(semantic_trust(&config, None).abs() < 1e-9);
+        let off = RetrievalConfig {
+            semantic_trust_from: 0.3,
+            semantic_trust_full: 0.3,
+            ..RetrievalConfig::default()
+        };
+        assert!((semantic_trust(&off, Some(-1.0)) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_query_no_episode_is_close_to_is_ranked_by_its_words() {
+        let (lexical, semantic, s) = lists();
+        // The semantic list's best centered cosine (0.52) is below where trust starts: the
+        // lexical list alone orders the candidates, whatever the semantic weight.
+        let config = RetrievalConfig {
+            fusion: FusionMethod::MinMax,
+            dense_weight: 0.9,
+            semantic_trust_from: 0.6,
+            semantic_trust_full: 0.8,
+            ..RetrievalConfig::default()
+        };
+        let mut out = fuse(
+            &config,
+            RetrievalMethod::Hybrid,
+            &lexical,
+            &semantic,
+            |_| None,
+            true,
+        );
+        out.sort_by(|a, b| b.fused.total_cmp(&a.fused));
+        assert_eq!(out[0].summary.id, s[0].id);
+        assert!(out.iter().all(|c| (c.fused - c.lexical).abs() < 1e-9));
+    }
+
+    #[test]
+    fn every_fusion_keeps_both_lists_candidates() {
+        let lists = lists();
+        for fusion in [
+            FusionMethod::MinMax,
+            FusionMethod::ReciprocalRank,
+            FusionMethod::ZScore,
+        ] {
+            let order = fused_order(&lists, fusion, 0.5);
+            assert_eq!(order.len(), 4, "{fusion}");
+            for e in &lists.2 {
+                assert!(order.contains(&e.id), "{fusion}");
+            }
+        }
+    }
+
+    #[test]
+    fn z_score_fusion_follows_the_list_that_stands_out() {
+        let lists = lists();
+        let s = &lists.2;
+        // At an even weight the peaked lexical list decides the top: episode 0 stands out
+        // there, while the semantic list barely separates 1 from 0.
+        assert_eq!(fused_order(&lists, FusionMethod::ZScore, 0.5)[0], s[0].id);
+        // Reciprocal ranks see only the order: 0 and 1 are first and second in one list
+        // each, so a semantic lean decides.
+        assert_eq!(
+            fused_order(&lists, FusionMethod::ReciprocalRank, 0.6)[0],
+            s[1].id
+        );
     }
 
     #[test]
