@@ -627,8 +627,8 @@ fn settings_precedence_is_flags_then_environment_then_memory_toml_then_defaults(
         ("[memory.steps]\nmax_bach = 1\n", "memory.steps.max_bach"),
         ("[memory.limits]\nmax_tag = 3\n", "memory.limits.max_tag"),
         (
-            "[memory.retrieval]\nfusion = 1\n",
-            "memory.retrieval.fusion",
+            "[memory.retrieval]\nfusion_weight = 1\n",
+            "memory.retrieval.fusion_weight",
         ),
         (
             "[memory.consolidation]\nintervall = 60\n",
@@ -644,6 +644,30 @@ fn settings_precedence_is_flags_then_environment_then_memory_toml_then_defaults(
             .stderr(predicate::str::contains(path))
             .stderr(predicate::str::contains("unknown field"));
     }
+}
+
+/// The fusion settings are read from `memory.toml`; an unknown fusion method is refused with
+/// the key and the methods there are.
+#[test]
+fn fusion_settings_come_from_memory_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("memory.toml"),
+        "[memory.retrieval]\nfusion = \"z_score\"\nsemantic_trust_from = 0.2\nsemantic_trust_full = 0.4\n",
+    )
+    .unwrap();
+    memory(&dir).arg("stats").assert().success();
+    std::fs::write(
+        dir.path().join("memory.toml"),
+        "[memory.retrieval]\nfusion = \"average\"\n",
+    )
+    .unwrap();
+    memory(&dir)
+        .arg("stats")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("memory.retrieval.fusion"))
+        .stderr(predicate::str::contains("min_max"));
 }
 
 /// Stored text holding terminal control sequences (an OSC 52 clipboard write, screen
