@@ -15,7 +15,7 @@
 //! memory: a question about one couple is never asked of another's sittings.
 //!
 //! The mapping, one episode per sitting:
-//! - the task is "Conversation N between A and B, <date>" (type `other`, domain
+//! - the task is `Conversation N between A and B, <date>` (type `other`, domain
 //!   `conversation`): what an agent would record about a sitting before it happens;
 //! - each turn is a step: tool `message`, action `Speaker: text` (a shared photo's caption
 //!   appended in brackets), cut at the step action's limit on a character boundary;
