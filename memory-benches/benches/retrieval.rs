@@ -7,7 +7,9 @@
 //!   `.../100000_filtered` filters on one domain (a quarter of the episodes).
 //! - `retrieval/hybrid/{1000,10000,100000}`: `SelfLearningMemory::retrieve` (hybrid, limit 10,
 //!   with a context; `.../100000_filtered` also filters on one domain, a quarter of the
-//!   episodes) over a local libsql file holding N completed episodes (4-5 steps each). The
+//!   episodes) over a local libsql file holding N completed episodes (4-5 steps each, every
+//!   eighth 28-29: those have step windows besides their own vector; the build prints the
+//!   windows per episode and the vector rows' bytes per episode). The
 //!   vectors come from [`BenchRandomEmbedder`], a stand-in that hashes the text to a
 //!   pseudo-random unit vector: it costs nothing, so this measures the search (BM25 query, index
 //!   scan, fusion, re-ranking), not the model. The query vector is cached after the first call,
@@ -227,8 +229,14 @@ fn task_type_for(verb: &str) -> TaskType {
     }
 }
 
+/// One episode in this many is a long session.
+const LONG_EVERY: usize = 8;
+/// The steps a long session adds.
+const LONG_EXTRA_STEPS: usize = 24;
+
 /// Episode `i` of a dataset, still in progress: a task in one of the four contexts, 4-5 steps
-/// (sometimes a failed check and a fix), started in the last 180 days.
+/// (sometimes a failed check and a fix; every eighth episode 24 more), started in the last 180
+/// days.
 fn started_episode(rng: &mut Rng, i: usize) -> Episode {
     let (domain, language, framework) = CONTEXTS[i % CONTEXTS.len()];
     let verb = rng.pick(&VERBS);
@@ -268,6 +276,22 @@ fn started_episode(rng: &mut Rng, i: usize) -> Episode {
             "fix the failing case",
             "edit applied",
         ));
+    }
+    // Every eighth episode is a long session: 24 more steps of reading and checking, whose
+    // text takes several step windows.
+    if i % LONG_EVERY == LONG_EVERY - 1 {
+        for k in 0..LONG_EXTRA_STEPS {
+            let other = rng.pick(&PLACES);
+            inputs.push(StepInput::ok(
+                rng.pick(&READ_TOOLS),
+                format!("trace {object} through the {other} (pass {k})"),
+                format!(
+                    "the {other} calls into {file} at line {}; {} looks unrelated",
+                    rng.below(900) + 10,
+                    rng.pick(&OBJECTS)
+                ),
+            ));
+        }
     }
     inputs.push(StepInput::ok(
         rng.pick(&CHECK_TOOLS),
@@ -475,6 +499,19 @@ fn build_store(rt: &Runtime, n: usize) -> Store {
     assert_eq!(first.results.len(), 10);
     assert_eq!(first.method, RetrievalMethod::Hybrid);
     assert_eq!(memory.retriever().indexed(&ns), n);
+    if let Some(status) = memory.retriever().index_status(&ns) {
+        // Per row: the int8 codes, a scale, an inverse norm and the row's number.
+        let rows = status.episodes + status.step_windows;
+        let bytes = rows * (DIMS + 4 + 4 + 2);
+        eprintln!(
+            "retrieval: {n} episodes, {} step windows ({:.2} per episode); vector rows hold \
+             {:.0} bytes per episode ({:.0} MiB)",
+            status.step_windows,
+            status.step_windows as f64 / n as f64,
+            bytes as f64 / n as f64,
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
     // The load may start an index snapshot write in the background; the searches are timed
     // after it, as in a process that has been up for a while.
     rt.block_on(memory.retriever().finish_snapshots());
@@ -719,11 +756,20 @@ fn bench_recommend_minilm(c: &mut Criterion) {
             let written = start.elapsed();
             let memory = memory_without_tasks(storage, Arc::new(embedder), MemoryConfig::default());
             assert_eq!(rt.block_on(memory.embed_pending(&ns)).unwrap(), N);
+            let embedding = start.elapsed().saturating_sub(written).as_secs_f64();
+            // Loads the index, for its count of step windows.
+            rt.block_on(memory.retrieve(&ns, &hybrid_query())).unwrap();
+            let windows = memory
+                .retriever()
+                .index_status(&ns)
+                .map_or(0, |s| s.step_windows);
             eprintln!(
                 "retrieval: built a {N}-episode store with learning in {:.1} s, embedded it \
-                 with MiniLM in {:.1} s",
+                 with MiniLM in {embedding:.1} s ({:.1} episodes/s; {windows} step windows of \
+                 the {} long episodes)",
                 written.as_secs_f64(),
-                start.elapsed().saturating_sub(written).as_secs_f64(),
+                N as f64 / embedding,
+                N / LONG_EVERY,
             );
             (memory, data)
         });

@@ -132,6 +132,15 @@ fn full_cycle_across_processes() {
     assert_eq!(listed["episodes"].as_array().unwrap().len(), 1);
     let found = json(&dir, &["episode", "search", "rate limiting"]);
     assert_eq!(found["results"][0]["episode"]["id"], id.as_str());
+    // No step says "rate limiting": none is named.
+    assert!(found["results"][0]["matched_step"].is_null(), "{found}");
+    let found = json(&dir, &["episode", "search", "trait bound"]);
+    assert_eq!(found["results"][0]["episode"]["id"], id.as_str());
+    assert_eq!(found["results"][0]["matched_step"]["step_number"], 1);
+    assert_eq!(
+        found["results"][0]["matched_step"]["excerpt"],
+        "cargo test -> error[E0277]: trait bound"
+    );
 
     let patterns = json(&dir, &["pattern", "list", "--language", "rust"]);
     let pid = patterns["patterns"][0]["pattern"]["id"]

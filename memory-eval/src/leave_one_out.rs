@@ -139,57 +139,66 @@ pub struct FusionSetting {
     pub semantic_trust_full: f32,
     /// The semantic weight.
     pub dense_weight: f64,
+    /// [`RetrievalConfig::window_weight`] (0: the step windows are not looked at).
+    #[serde(default)]
+    pub window_weight: f32,
 }
 
+/// What settings of both modes share.
+type Family = (FusionMethod, u64, u32, u32, u32);
+
 impl FusionSetting {
-    /// What both modes share: the method, the rank constant and the trust ramp.
-    fn family(&self) -> (FusionMethod, u64, u32, u32) {
+    /// What both modes share: the method, the rank constant, the trust ramp and the window
+    /// weight.
+    fn family(&self) -> Family {
         (
             self.fusion,
             self.rank_constant.to_bits(),
             self.semantic_trust_from.to_bits(),
             self.semantic_trust_full.to_bits(),
+            self.window_weight.to_bits(),
         )
     }
 }
 
-/// The grid searched: min-max and z-score fusion at semantic weights 0.4-0.9, each with the
-/// trust ramp off and from 0, 0.1 or 0.2 to full trust at 0.3 or 0.4; reciprocal rank fusion
-/// (k = 60) at 0.3-0.7, ramp off. No setting gives a list all or none of the weight by
-/// itself: only a query no episode is semantically close to loses the semantic side.
+/// The window weights the grid tries: the step windows ignored, counted at 0.8, counted as
+/// much as the episode's own vector.
+pub const GRID_WINDOW_WEIGHTS: [f32; 3] = [0.0, 0.8, 1.0];
+
+/// The grid searched, for each of [`GRID_WINDOW_WEIGHTS`]: min-max and z-score fusion at
+/// semantic weights 0.3-0.9, each with the trust ramp off, from 0 or 0.1 to full trust at
+/// 0.3, or from 0.2 to full at 0.4; reciprocal rank fusion (k = 60) at 0.3-0.7, ramp off. No
+/// setting gives a list all or none of the weight by itself: only a query no episode is
+/// semantically close to loses the semantic side.
 pub fn default_grid() -> Vec<FusionSetting> {
     let weights = |lo: u32, hi: u32| (lo..=hi).map(|w| f64::from(w) / 10.0);
-    let ramps: [(f32, f32); 7] = [
-        (0.0, 0.0),
-        (0.0, 0.3),
-        (0.1, 0.3),
-        (0.2, 0.3),
-        (0.0, 0.4),
-        (0.1, 0.4),
-        (0.2, 0.4),
-    ];
+    let ramps: [(f32, f32); 4] = [(0.0, 0.0), (0.0, 0.3), (0.1, 0.3), (0.2, 0.4)];
     let mut grid = Vec::new();
-    for fusion in [FusionMethod::MinMax, FusionMethod::ZScore] {
-        for (from, full) in ramps {
-            for w in weights(4, 9) {
-                grid.push(FusionSetting {
-                    fusion,
-                    rank_constant: 60.0,
-                    semantic_trust_from: from,
-                    semantic_trust_full: full,
-                    dense_weight: w,
-                });
+    for window_weight in GRID_WINDOW_WEIGHTS {
+        for fusion in [FusionMethod::MinMax, FusionMethod::ZScore] {
+            for (from, full) in ramps {
+                for w in weights(3, 9) {
+                    grid.push(FusionSetting {
+                        fusion,
+                        rank_constant: 60.0,
+                        semantic_trust_from: from,
+                        semantic_trust_full: full,
+                        dense_weight: w,
+                        window_weight,
+                    });
+                }
             }
         }
-    }
-    for w in weights(3, 7) {
-        grid.push(FusionSetting {
-            fusion: FusionMethod::ReciprocalRank,
-            rank_constant: 60.0,
-            semantic_trust_from: 0.0,
-            semantic_trust_full: 0.0,
-            dense_weight: w,
-        });
+        for w in weights(3, 7) {
+            grid.push(FusionSetting {
+                fusion: FusionMethod::ReciprocalRank,
+                rank_constant: 60.0,
+                semantic_trust_from: 0.0,
+                semantic_trust_full: 0.0,
+                dense_weight: w,
+                window_weight,
+            });
+        }
     }
     grid
 }
@@ -209,6 +218,9 @@ pub struct Choice {
     pub dense_weight: f64,
     /// [`RetrievalConfig::dense_weight_bare`].
     pub dense_weight_bare: f64,
+    /// [`RetrievalConfig::window_weight`].
+    #[serde(default)]
+    pub window_weight: f32,
     /// [`RetrievalConfig::strong_match_cosine`].
     pub strong_match_cosine: f32,
     /// [`RetrievalConfig::strong_match_cosine_bare`].
@@ -225,6 +237,7 @@ impl Choice {
             semantic_trust_full: self.semantic_trust_full,
             dense_weight: self.dense_weight,
             dense_weight_bare: self.dense_weight_bare,
+            window_weight: self.window_weight,
             strong_match_cosine: self.strong_match_cosine,
             strong_match_cosine_bare: self.strong_match_cosine_bare,
             ..c.clone()
@@ -240,6 +253,7 @@ impl Choice {
             semantic_trust_full: c.semantic_trust_full,
             dense_weight: c.dense_weight,
             dense_weight_bare: c.dense_weight_bare,
+            window_weight: c.window_weight,
             strong_match_cosine: c.strong_match_cosine,
             strong_match_cosine_bare: c.strong_match_cosine_bare,
         }
@@ -496,7 +510,7 @@ fn choose(grid: &[FusionSetting], m: &Measured, mask: &[bool], given: &Choice) -
         }
         if n == 0 { 0.0 } else { sum / n as f64 }
     };
-    let mut families: Vec<(FusionMethod, u64, u32, u32)> = Vec::new();
+    let mut families: Vec<Family> = Vec::new();
     for s in grid {
         if !families.contains(&s.family()) {
             families.push(s.family());
@@ -554,6 +568,7 @@ fn choose(grid: &[FusionSetting], m: &Measured, mask: &[bool], given: &Choice) -
         semantic_trust_full: ctx.semantic_trust_full,
         dense_weight: ctx.dense_weight,
         dense_weight_bare: bare.dense_weight,
+        window_weight: ctx.window_weight,
         strong_match_cosine: thresholds[0],
         strong_match_cosine_bare: thresholds[1],
     }
@@ -625,6 +640,7 @@ where
                     semantic_trust_full: s.semantic_trust_full,
                     dense_weight: s.dense_weight,
                     dense_weight_bare: s.dense_weight,
+                    window_weight: s.window_weight,
                     ..base.retrieval.clone()
                 };
                 grid_runs[slot]
@@ -663,6 +679,7 @@ where
                             choice.rank_constant.to_bits(),
                             choice.semantic_trust_from.to_bits(),
                             choice.semantic_trust_full.to_bits(),
+                            choice.window_weight.to_bits(),
                         )
                         && s.dense_weight.to_bits() == weight.to_bits()
                 })
@@ -748,13 +765,14 @@ pub fn format_leave_one_out(r: &LeaveOneOut) -> String {
     let mut out = String::new();
     let choice = |c: &Choice| {
         format!(
-            "{} (k {}, semantic trust {:.1} -> {:.1}), semantic weight {:.1} with context / {:.1} bare, thresholds {:.3} / {:.3}",
+            "{} (k {}, semantic trust {:.1} -> {:.1}), semantic weight {:.1} with context / {:.1} bare, window weight {:.1}, thresholds {:.3} / {:.3}",
             c.fusion,
             c.rank_constant,
             c.semantic_trust_from,
             c.semantic_trust_full,
             c.dense_weight,
             c.dense_weight_bare,
+            c.window_weight,
             c.strong_match_cosine,
             c.strong_match_cosine_bare
         )
@@ -847,6 +865,7 @@ mod tests {
                 semantic_trust_from: 0.0,
                 semantic_trust_full: 0.0,
                 dense_weight: 0.5,
+                window_weight: 0.0,
             },
             FusionSetting {
                 fusion: FusionMethod::ZScore,
@@ -854,6 +873,7 @@ mod tests {
                 semantic_trust_from: 0.0,
                 semantic_trust_full: 0.0,
                 dense_weight: 0.5,
+                window_weight: 0.0,
             },
         ];
         // Sets 0 and 1 prefer min-max, set 2 (large) z-score.
@@ -884,7 +904,7 @@ mod tests {
     #[test]
     fn the_default_grid_keeps_both_signals_in_every_fused_setting() {
         let grid = default_grid();
-        assert_eq!(grid.len(), 2 * 7 * 6 + 5);
+        assert_eq!(grid.len(), 3 * (2 * 4 * 7 + 5));
         for s in &grid {
             assert!(s.dense_weight > 0.0 && s.dense_weight < 1.0, "{s:?}");
         }

@@ -621,10 +621,25 @@ impl MemoryServer {
             limit,
         };
         let hits = self.memory().search_episodes(&ns, &query).await?;
-        let results: Vec<Value> = hits
-            .iter()
-            .map(|h| json!({ "score": h.score, "episode": h.summary }))
-            .collect();
+        let mut results: Vec<Value> = Vec::with_capacity(hits.len());
+        for h in &hits {
+            // The step the query matched (one read per hit with steps; one deleted since the
+            // search has none).
+            let step = if h.summary.step_count == 0 {
+                None
+            } else {
+                match self
+                    .memory()
+                    .matched_step(&ns, h.summary.id, &query.text)
+                    .await
+                {
+                    Ok(step) => step,
+                    Err(MemoryError::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            results.push(json!({ "score": h.score, "episode": h.summary, "matched_step": step }));
+        }
         Ok(json!({ "namespace": ns, "results": results }))
     }
 

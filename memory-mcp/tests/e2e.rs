@@ -226,6 +226,15 @@ fn record_recommend_feedback_cycle() {
         json!({ "query": "invoice", "status": "success" }),
     );
     assert_eq!(hits["results"].as_array().unwrap().len(), 4);
+    // Each hit names the step the query matched: the first to share its word.
+    for hit in hits["results"].as_array().unwrap() {
+        assert_eq!(hit["matched_step"]["step_number"], json!(1), "{hit}");
+        assert_eq!(
+            hit["matched_step"]["excerpt"],
+            json!("run the invoice tests -> AssertionError: due date off by one day"),
+            "{hit}"
+        );
+    }
 
     let stats = s.call_ok("stats", json!({}));
     assert_eq!(stats["counts"]["episodes"], json!(4));

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use memory_core::retrieval::recommend::RecommendRequest;
-use memory_core::retrieval::{embedding_text, vector_key, work_text};
+use memory_core::retrieval::{embedding_text, step_windows, vector_key, work_text};
 use memory_core::{
     Embedder, EmbeddingStore, EpisodeFilter, MemoryConfig, Namespace, NewEpisode, Outcome,
     RateLimitConfig, RetrievalMethod, RetrievalQuery, SelfLearningMemory, StepInput, SystemClock,
@@ -277,11 +277,14 @@ async fn an_episode_embedded_in_progress_is_embedded_again_once_complete() {
     )
     .unwrap();
     let key = vector_key(model.model_id(), &config().retrieval);
-    let stored = || async {
+    let dims = model.dimensions();
+    // The stored value is the episode's own vector, then one per step window.
+    let stored_all = || async {
         let page = storage.scan_embeddings(&ns, &key, None, 10).await.unwrap();
         assert_eq!(page.len(), 1);
         page[0].vector.clone()
     };
+    let stored = || async { stored_all().await[..dims].to_vec() };
     let ctx = TaskContext::new("testing").with_language("go");
     let id = m
         .start_episode(
@@ -344,6 +347,127 @@ async fn an_episode_embedded_in_progress_is_embedded_again_once_complete() {
     assert!(
         memory_core::cosine(&partial, &want) < close - 0.001,
         "and differs from the one made in progress"
+    );
+    // Its three short steps fit in one window, which its own vector covers: none stored.
+    let windows = step_windows(&episode, config().retrieval.step_windows as usize);
+    assert_eq!(windows.len(), 1);
+    assert_eq!(stored_all().await.len(), dims);
+    m.shutdown().await.unwrap();
+}
+
+/// Filler turns of a long conversation about `topic` (no pets in any of them).
+fn chatter(topic: &str, n: usize) -> Vec<String> {
+    let lines = [
+        "I spent the weekend reading about {t} and it was more fun than I expected.",
+        "My sister keeps asking me about {t}, she wants to try it too.",
+        "Honestly {t} takes a lot of patience, but I am getting better at it.",
+        "We should plan a day around {t} next month, what do you think?",
+        "I found an old notebook full of my notes on {t} from years ago.",
+        "The people at the club were talking about {t} all evening.",
+        "I bought a new book on {t}; the chapter on beginners is great.",
+        "Work was busy this week, so {t} had to wait until Sunday.",
+    ];
+    (0..n)
+        .map(|i| {
+            let who = if i % 2 == 0 { "Caroline" } else { "Melanie" };
+            let line = lines[i % lines.len()].replace("{t}", topic);
+            format!("{who}: {line} ({})", i / lines.len() + 1)
+        })
+        .collect()
+}
+
+/// A detail said in the 33rd turn of a 40-turn conversation, far past what an episode's own
+/// vector covers, is found by its meaning alone (vector retrieval, the question shares almost
+/// no words with the turn) through the episode's step windows; `recommend` names the turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detail_deep_in_a_long_episode_is_found_by_its_step_window() {
+    let Some(model) = tests::model::minilm().unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), Some(Arc::new(model))).await;
+    let ns = Namespace::new("retrieval/long").unwrap();
+    let topics = [
+        "pottery",
+        "hiking",
+        "chess",
+        "baking",
+        "gardening",
+        "painting",
+        "running",
+        "cycling",
+        "photography",
+        "knitting",
+        "swimming",
+        "guitar",
+    ];
+    let mut target = None;
+    for (n, topic) in topics.iter().enumerate() {
+        let task = format!(
+            "conversation between Caroline and Melanie, sitting {}",
+            n + 1
+        );
+        let id = m
+            .start_episode(
+                &ns,
+                NewEpisode::new(task, TaskType::Other, TaskContext::new("conversation")),
+            )
+            .await
+            .unwrap();
+        let mut turns = chatter(topic, 40);
+        if n == 7 {
+            turns[32] = "Caroline: Last spring I adopted a greyhound from the shelter, \
+                         he is called Biscuit and sleeps on my feet."
+                .to_owned();
+            target = Some(id);
+        }
+        for turn in turns {
+            m.log_step(&ns, id, StepInput::ok("message", turn, ""))
+                .await
+                .unwrap();
+        }
+        m.complete_episode(&ns, id, Outcome::success("the conversation ended"))
+            .await
+            .unwrap();
+    }
+    let target = target.unwrap();
+    m.embed_pending(&ns).await.unwrap();
+    let question = "What kind of pet does Caroline have at home?";
+    let got = m
+        .retrieve(
+            &ns,
+            &RetrievalQuery::new(question)
+                .with_method(RetrievalMethod::Vector)
+                .with_limit(3),
+        )
+        .await
+        .unwrap();
+    let first = &got.results[0];
+    assert_eq!(first.episode.id, target, "{:#?}", got.results);
+    let window = first.breakdown.window.expect("a step window matched");
+    let episode = m.get_episode(&ns, target).await.unwrap();
+    let named = memory_core::retrieval::matched_step(&episode, question, Some(window), 16);
+    assert_eq!(named.map(|s| s.step_number), Some(33));
+
+    let advice = m
+        .recommend(&ns, &RecommendRequest::new(question).with_limit(3))
+        .await
+        .unwrap();
+    let shown = advice
+        .episodes
+        .iter()
+        .find(|e| e.retrieved.episode.id == target)
+        .expect("the conversation is among the similar episodes");
+    let step = shown.retrieved.matched_step.as_ref().expect("a step named");
+    assert_eq!(step.step_number, 33);
+    assert!(step.excerpt.contains("greyhound"), "{step:?}");
+    assert!(
+        shown
+            .retrieved
+            .why
+            .contains("matched step 33: \"Caroline: Last spring"),
+        "{}",
+        shown.retrieved.why
     );
     m.shutdown().await.unwrap();
 }

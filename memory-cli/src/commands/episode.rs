@@ -253,21 +253,45 @@ async fn search(text: &str, limit: u32, m: &SelfLearningMemory, s: &Settings) ->
     };
     let hits = m.search_episodes(&s.namespace, &query).await;
     let hits = hits.context("search failed")?;
+    // The step each hit matched (one read per hit with steps; one deleted meanwhile has none).
+    let mut steps = Vec::with_capacity(hits.len());
+    for h in &hits {
+        let step = if h.summary.step_count == 0 {
+            None
+        } else {
+            match m.matched_step(&s.namespace, h.summary.id, text).await {
+                Ok(step) => step,
+                Err(memory_core::Error::NotFound { .. }) => None,
+                Err(e) => return Err(e).context("search failed"),
+            }
+        };
+        steps.push(step);
+    }
     if s.json {
         let items: Vec<_> = hits
             .iter()
-            .map(|h| json!({ "score": h.score, "episode": h.summary }))
+            .zip(&steps)
+            .map(
+                |(h, step)| json!({ "score": h.score, "episode": h.summary, "matched_step": step }),
+            )
             .collect();
         return output::json(&json!({ "results": items }));
     }
     if hits.is_empty() {
         outln!("no matches for \"{}\"", line(text));
     }
-    for h in hits {
+    for (h, step) in hits.iter().zip(&steps) {
         let (e, score) = (&h.summary, h.score);
         let outcome = e.outcome.map_or("in_progress", OutcomeKind::as_str);
         let (id, task) = (e.id, clip(&e.task_description, 60));
         outln!("{score:>6.2}  {id}  {outcome:<15} {task}");
+        if let Some(step) = step {
+            outln!(
+                "        matched step {}: {}",
+                step.step_number,
+                step.excerpt
+            );
+        }
     }
     Ok(())
 }

@@ -50,6 +50,23 @@ impl SelfLearningMemory {
         self.inner.storage.search_episodes(ns, query).await
     }
 
+    /// The step of an episode that `query` matched: the one sharing the most terms with it
+    /// (see [`matched_step`](crate::retrieval::matched_step)); `None` when no step shares
+    /// one. For naming the step behind a [`search_episodes`](Self::search_episodes) hit.
+    /// `NotFound` if the namespace holds no such episode.
+    pub async fn matched_step(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        query: &str,
+    ) -> Result<Option<crate::retrieval::MatchedStep>> {
+        let episode = self.get_episode(ns, id).await?;
+        let windows = self.inner.retriever.config().step_windows as usize;
+        Ok(crate::retrieval::matched_step(
+            &episode, query, None, windows,
+        ))
+    }
+
     /// A learned item of any kind by id; `NotFound` if the namespace holds none.
     pub async fn learned<T: Learned>(&self, ns: &Namespace, id: &T::Id) -> Result<T> {
         get_typed::<T, _>(self.inner.storage.as_ref(), ns, id)

@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::indexes::Indexes;
 use super::query::RetrievalConfig;
-use super::texts::{embed_all, embedding_text, work_text};
+use super::texts::{embed_all, embedding_text, step_windows, work_text};
 use crate::embedding::{Embedder, l2_normalize};
 use crate::episode::{EpisodeId, EpisodeSummary};
 use crate::error::{Error, Result};
@@ -237,9 +237,10 @@ impl EmbedQueue {
             }
         }
         // One embedder call for the batch: each episode's task text, then its work text
-        // when it has one and the work counts.
+        // when it has one and the work counts, then its step windows.
         let mut texts: Vec<String> = Vec::with_capacity(episodes.len() * 2);
         let mut work_at: Vec<Option<usize>> = Vec::with_capacity(episodes.len());
+        let mut windows_at: Vec<std::ops::Range<usize>> = Vec::with_capacity(episodes.len());
         for e in &episodes {
             texts.push(self.episode_text(&e.summary()));
         }
@@ -255,6 +256,14 @@ impl EmbedQueue {
                 work_at.push(Some(texts.len()));
                 texts.push(work);
             }
+            // Steps that fit in one window are covered by the episode's own vector (its work
+            // text holds their actions): windows only for episodes longer than that.
+            let start = texts.len();
+            let windows = step_windows(e, self.config.step_windows as usize);
+            if windows.len() > 1 {
+                texts.extend(windows.into_iter().map(|w| w.text));
+            }
+            windows_at.push(start..texts.len());
         }
         let vectors = embed_all(&self.embedder, &texts).await?;
         let mut done = 0;
@@ -266,6 +275,10 @@ impl EmbedQueue {
                     *a += self.config.work_weight * b;
                 }
                 l2_normalize(&mut vector);
+            }
+            // Stored as one value: the episode's own vector, then each window's.
+            for w in windows_at[i].clone() {
+                vector.extend_from_slice(&vectors[w]);
             }
             let summary = e.summary();
             match self

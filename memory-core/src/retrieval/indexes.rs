@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::lexical_index::{LexicalIndex, LexicalParts};
 use super::query::IndexStatus;
-use super::snapshot;
+use super::snapshot::{self, WindowParts};
 use super::vector_index::{VectorIndex, VectorParts};
 use crate::episode::{EpisodeId, EpisodeSummary};
 use crate::error::{Error, Result};
@@ -63,8 +63,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Indexes {
     storage: Arc<dyn Storage>,
-    /// Vectors per namespace.
+    /// Each episode's own vector (its task and the gist of its work) per namespace.
     pub(crate) vectors: Arc<VectorIndex>,
+    /// The vectors of episodes' step windows (stored after the episode's own vector), per
+    /// namespace; an episode has as many rows as windows, none when it has no steps.
+    pub(crate) windows: Arc<VectorIndex>,
     /// BM25 over the same episodes' task text, searched instead of the backend's full-text
     /// index once the namespace has no episode waiting for an embedding.
     pub(crate) lexical: Arc<LexicalIndex>,
@@ -86,6 +89,7 @@ impl Indexes {
         Indexes {
             storage,
             vectors: Arc::new(VectorIndex::new(dims)),
+            windows: Arc::new(VectorIndex::new(dims)),
             lexical: Arc::new(LexicalIndex::new()),
             loaded: Mutex::new(HashSet::new()),
             loading: tokio::sync::Mutex::new(()),
@@ -109,6 +113,7 @@ impl Indexes {
         let state = lock(&self.sync).get(ns).copied()?;
         Some(IndexStatus {
             episodes: self.vectors.len(ns),
+            step_windows: self.windows.rows(ns),
             log_position: state.through,
             restored_from_snapshot: state.restored,
             changes_since_snapshot: state.snapshot_at.map(|at| state.applied.saturating_sub(at)),
@@ -119,6 +124,7 @@ impl Indexes {
     pub(crate) fn update_summary(&self, ns: &Namespace, summary: EpisodeSummary) {
         let summary = Arc::new(summary);
         self.vectors.update_summary(ns, Arc::clone(&summary));
+        self.windows.update_summary(ns, Arc::clone(&summary));
         self.lexical.upsert(ns, summary);
     }
 
@@ -181,8 +187,9 @@ impl Indexes {
             }
         };
         let as_of = snapshot.as_of;
-        let (index, lexical, space) = (
+        let (index, windows, lexical, space) = (
             Arc::clone(&self.vectors),
+            Arc::clone(&self.windows),
             Arc::clone(&self.lexical),
             ns.clone(),
         );
@@ -193,16 +200,20 @@ impl Indexes {
             drop(snapshot);
             let n = image.summaries.len();
             let summaries = image.summaries.clone();
-            let (vectors_fit, lexical_fit) = std::thread::scope(|scope| {
+            let window_rows = image.windows.row_summaries(&image.summaries);
+            let (vectors_fit, windows_fit, lexical_fit) = std::thread::scope(|scope| {
                 let vectors = scope.spawn(|| index.restore(&space, summaries, image.vectors));
+                let windows_fit = window_rows
+                    .is_some_and(|rows| windows.restore(&space, rows, image.windows.vectors));
                 let lexical_fit = lexical.restore(&space, image.summaries, image.lexical);
-                (vectors.join().unwrap_or(false), lexical_fit)
+                (vectors.join().unwrap_or(false), windows_fit, lexical_fit)
             });
-            if vectors_fit && lexical_fit {
+            if vectors_fit && windows_fit && lexical_fit {
                 return Ok(n);
             }
-            // Neither index keeps half an image.
+            // No index keeps part of an image.
             index.restore(&space, Vec::new(), VectorParts::default());
+            windows.restore(&space, Vec::new(), VectorParts::default());
             lexical.restore(&space, Vec::new(), LexicalParts::default());
             Err(Error::storage(
                 "retrieval",
@@ -310,17 +321,20 @@ impl Indexes {
         self.index_stored(ns, upserts);
         for &id in removed {
             self.vectors.remove(ns, id);
+            self.windows.remove(ns, id);
             self.lexical.remove(ns, id);
         }
     }
 
-    /// Puts vectors with their summaries into both indexes (one lock each for the batch); a
-    /// vector of the wrong length for the model is skipped with a warning. Returns how many
-    /// went in.
+    /// Puts vectors with their summaries into the indexes (one lock each for the batch): the
+    /// first `dims` values of a stored vector are the episode's own, the rest its step
+    /// windows, `dims` each. A vector whose length is not a whole number of the model's is
+    /// skipped with a warning. Returns how many episodes went in.
     pub(crate) fn index_stored(&self, ns: &Namespace, stored: Vec<StoredEmbedding>) -> usize {
+        let dims = self.vectors.dims();
         let mut fitting = Vec::with_capacity(stored.len());
         for e in stored {
-            if e.vector.len() == self.vectors.dims() {
+            if dims > 0 && !e.vector.is_empty() && e.vector.len().is_multiple_of(dims) {
                 fitting.push((Arc::new(e.summary), e.vector));
             } else {
                 warn!(
@@ -331,9 +345,20 @@ impl Indexes {
             }
         }
         let count = fitting.len();
-        self.vectors.upsert_many(
+        self.vectors
+            .upsert_many(ns, fitting.iter().map(|(s, v)| (Arc::clone(s), &v[..dims])));
+        // An episode stored without windows (no steps) loses any it had.
+        for (s, v) in &fitting {
+            if v.len() == dims {
+                self.windows.remove(ns, s.id);
+            }
+        }
+        self.windows.upsert_many(
             ns,
-            fitting.iter().map(|(s, v)| (Arc::clone(s), v.as_slice())),
+            fitting
+                .iter()
+                .filter(|(_, v)| v.len() > dims)
+                .map(|(s, v)| (Arc::clone(s), &v[dims..])),
         );
         self.lexical
             .upsert_many(ns, fitting.into_iter().map(|(s, _)| s));
@@ -379,15 +404,17 @@ impl Indexes {
             }
             return;
         };
-        let (storage, index, sync, syncing) = (
+        let (storage, index, windows, sync, syncing) = (
             Arc::clone(&self.storage),
             Arc::clone(&self.vectors),
+            Arc::clone(&self.windows),
             Arc::clone(&self.sync),
             Arc::clone(&self.syncing),
         );
         let (ns, key) = (ns.clone(), key.to_owned());
         let task = rt.spawn(async move {
-            let written = write_snapshot(&*storage, &index, &sync, &syncing, &ns, &key).await;
+            let indexes = (&*index, &*windows);
+            let written = write_snapshot(&*storage, indexes, &sync, &syncing, &ns, &key).await;
             let mut sync = lock(&sync);
             if let Some(state) = sync.get_mut(&ns) {
                 state.writing = false;
@@ -424,17 +451,18 @@ impl Indexes {
 /// at the image.
 async fn write_snapshot(
     storage: &dyn Storage,
-    index: &VectorIndex,
+    (index, windows): (&VectorIndex, &VectorIndex),
     sync: &Mutex<HashMap<Namespace, SyncState>>,
     syncing: &tokio::sync::Mutex<()>,
     ns: &Namespace,
     key: &str,
 ) -> Result<usize> {
-    let (summaries, parts, state) = {
+    let (summaries, parts, (window_rows, window_parts), state) = {
         let _syncing = syncing.lock().await;
         let (summaries, parts) = index.export(ns);
+        let window_image = windows.export(ns);
         let state = lock(sync).get(ns).copied().unwrap_or_default();
-        (summaries, parts, state)
+        (summaries, parts, window_image, state)
     };
     if state.diverged {
         return Err(Error::storage(
@@ -448,7 +476,26 @@ async fn write_snapshot(
     let n = summaries.len();
     let data = tokio::task::spawn_blocking(move || {
         let lexical = LexicalParts::build(&summaries);
-        snapshot::encode(dims, &summaries, &parts, &lexical)
+        let at: HashMap<EpisodeId, u32> =
+            (0u32..).zip(&summaries).map(|(i, s)| (s.id, i)).collect();
+        // Every windowed episode has its own vector (both come from one stored value).
+        let owners = window_rows
+            .iter()
+            .map(|s| at.get(&s.id).copied())
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| {
+                Error::storage(
+                    "retrieval",
+                    "snapshot",
+                    false,
+                    "a step window's episode has no vector of its own",
+                )
+            })?;
+        let windows = WindowParts {
+            owners,
+            vectors: window_parts,
+        };
+        snapshot::encode(dims, &summaries, &parts, &lexical, &windows)
     })
     .await
     .map_err(|e| Error::storage("retrieval", "snapshot", false, e.to_string()))??;

@@ -43,6 +43,8 @@ pub use query::{
 };
 pub use retriever::{Retriever, SUPPORT};
 pub use texts::{
-    WORK_ACTION_CHARS, WORK_ERROR_CHARS, WORK_ERRORS, embedding_text, vector_key, work_text,
+    EXCERPT_CHARS, MatchedStep, StepWindow, WINDOW_CHARS, WINDOW_RESULT_CHARS, WORK_ACTION_CHARS,
+    WORK_ERROR_CHARS, WORK_ERRORS, embedding_text, matched_step, step_windows, vector_key,
+    work_text,
 };
 pub use vector_index::{VectorHit, VectorIndex};

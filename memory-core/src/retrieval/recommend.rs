@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::taught::{MAX_TEACHERS, taught_by};
-use super::{RetrievalQuery, RetrievedEpisode, Retriever};
+use super::{RetrievalQuery, RetrievedEpisode, Retriever, matched_step};
 use crate::consolidation::{ConsolidationConfig, calibrated};
 use crate::episode::{Episode, EpisodeId, Outcome, OutcomeKind, TaskContext, TaskType};
 use crate::error::Result;
@@ -673,6 +673,32 @@ async fn furthest_attempt(
     Ok(best)
 }
 
+/// Names the step each shown episode matched (in the step window that matched, when one did)
+/// and adds it to its `why`: one read per episode with steps.
+async fn name_matched_steps(
+    storage: &dyn Storage,
+    ns: &Namespace,
+    episodes: &mut [RecommendedEpisode],
+    task: &str,
+    max_windows: usize,
+) -> Result<()> {
+    for e in episodes {
+        let r = &mut e.retrieved;
+        if r.episode.step_count == 0 {
+            continue;
+        }
+        // Gone since it was retrieved: nothing to name.
+        let Some(past) = storage.get_episode(ns, r.episode.id).await? else {
+            continue;
+        };
+        if let Some(m) = matched_step(&past, task, r.breakdown.window, max_windows) {
+            let _ = write!(r.why, "; matched step {}: \"{}\"", m.step_number, m.excerpt);
+            r.matched_step = Some(m);
+        }
+    }
+    Ok(())
+}
+
 /// Items of the task's context read per kind, most-seen first: a floor under the items the
 /// similar episodes taught (which are read whatever their rank), not the selection itself.
 const CONTEXT_ITEMS: u32 = 200;
@@ -954,6 +980,8 @@ impl Advisor<'_> {
         pitfalls.truncate(limit);
         // Only the similar episodes are shown: a weak lexical or semantic hit is not advice.
         episodes.truncate(limit);
+        let windows = rc.step_windows as usize;
+        name_matched_steps(storage, ns, &mut episodes, &req.task, windows).await?;
         Ok(Recommendation {
             episodes,
             patterns,

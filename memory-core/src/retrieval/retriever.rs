@@ -14,7 +14,7 @@ use super::texts::{embed_all, embedding_text, vector_key};
 use super::vector_index::VectorHit;
 use crate::clock::SharedClock;
 use crate::embedding::Embedder;
-use crate::episode::EpisodeSummary;
+use crate::episode::{EpisodeId, EpisodeSummary};
 use crate::error::Result;
 use crate::namespace::Namespace;
 use crate::storage::{Storage, TextHit, TextQuery};
@@ -338,8 +338,21 @@ impl Retriever {
         }
         let queries: Vec<&[f32]> = query_vectors.iter().map(|v| v.as_slice()).collect();
         let index = &self.indexes.vectors;
+        let window_weight = self.config.window_weight;
+        let windows = (window_weight > 0.0).then_some(&*self.indexes.windows);
+        // An episode's semantic score: its own vector's, or its best step window's times the
+        // window weight when that is higher.
+        let score_of = |id: EpisodeId| -> Option<VectorHit> {
+            let own = index.score(ns, &queries, id);
+            let window = windows.and_then(|w| w.score(ns, &queries, id));
+            best_of(own, window, window_weight)
+        };
         if !queries.is_empty() {
             semantic = index.search(ns, &queries, &query.filter, candidates as usize);
+            if let Some(windows) = windows {
+                let by_window = windows.search(ns, &queries, &query.filter, candidates as usize);
+                semantic = merge_windows(&semantic, &by_window, &score_of, candidates as usize);
+            }
         }
 
         // The plain cosines of the closest semantic candidates back the confidence, whatever
@@ -354,7 +367,7 @@ impl Retriever {
                 if queries.is_empty() {
                     None
                 } else {
-                    index.score(ns, &queries, id)
+                    score_of(id)
                 }
             },
             query.context.is_some(),
@@ -366,6 +379,7 @@ impl Retriever {
                 let breakdown = scoring::rerank(&self.config, query, &c.summary, &c, now);
                 RetrievedEpisode {
                     why: scoring::why(query, &c.summary, &breakdown),
+                    matched_step: None,
                     score: breakdown.score,
                     breakdown,
                     episode: (*c.summary).clone(),
@@ -397,11 +411,121 @@ impl Retriever {
     }
 }
 
+/// The better of an episode's own hit and its best window's (`row` then numbers the window
+/// from 1: 0 is the episode's own vector), the window's cosine weighed by `weight`. The plain
+/// similarity (what the confidence is calibrated on) is the higher of the two: how close the
+/// closest part of the episode is.
+fn best_of(own: Option<VectorHit>, window: Option<VectorHit>, weight: f32) -> Option<VectorHit> {
+    match (own, window) {
+        (Some(own), Some(w)) => {
+            let similarity = own.similarity.max(w.similarity);
+            Some(if weight * w.cosine > own.cosine {
+                VectorHit {
+                    cosine: weight * w.cosine,
+                    row: w.row.saturating_add(1),
+                    similarity,
+                    ..own
+                }
+            } else {
+                VectorHit {
+                    row: 0,
+                    similarity,
+                    ..own
+                }
+            })
+        }
+        (Some(own), None) => Some(VectorHit { row: 0, ..own }),
+        (None, Some(w)) => Some(VectorHit {
+            cosine: weight * w.cosine,
+            row: w.row.saturating_add(1),
+            ..w
+        }),
+        (None, None) => None,
+    }
+}
+
+/// The semantic candidates from episodes' own vectors and from their step windows, each
+/// episode scored by [`best_of`] both, the best `k` kept (best first, ties by id).
+fn merge_windows(
+    own: &[VectorHit],
+    windows: &[VectorHit],
+    score_of: &dyn Fn(EpisodeId) -> Option<VectorHit>,
+    k: usize,
+) -> Vec<VectorHit> {
+    let mut ids: Vec<EpisodeId> = own.iter().chain(windows).map(|h| h.summary.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut merged: Vec<VectorHit> = ids.into_iter().filter_map(score_of).collect();
+    merged.sort_by(|a, b| {
+        b.cosine
+            .total_cmp(&a.cosine)
+            .then_with(|| a.summary.id.cmp(&b.summary.id))
+    });
+    merged.truncate(k);
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::episode::{TaskContext, TaskType};
     use crate::error::Result;
+
+    fn hit(summary: &Arc<EpisodeSummary>, cosine: f32, similarity: f32, row: u16) -> VectorHit {
+        VectorHit {
+            summary: Arc::clone(summary),
+            cosine,
+            similarity,
+            row,
+        }
+    }
+
+    fn summary() -> Arc<EpisodeSummary> {
+        Arc::new(EpisodeSummary {
+            id: EpisodeId::new(),
+            task_description: "a talk".into(),
+            task_type: TaskType::Other,
+            context: TaskContext::new("chat"),
+            step_count: 40,
+            started_at: chrono::Utc::now(),
+            completed_at: None,
+            outcome: None,
+            reward: None,
+        })
+    }
+
+    #[test]
+    fn an_episode_scores_by_its_own_vector_or_its_weighed_best_window() {
+        let s = summary();
+        // The window wins once weighed: its cosine, its number (from 1), the higher similarity.
+        let own = hit(&s, 0.20, 0.30, 0);
+        let best = best_of(Some(own.clone()), Some(hit(&s, 0.50, 0.55, 3)), 0.8).unwrap();
+        assert!((best.cosine - 0.40).abs() < 1e-6);
+        assert_eq!((best.row, best.similarity), (4, 0.55));
+        // Weighed down below the episode's own: the own vector's score, row 0.
+        let kept = best_of(Some(own.clone()), Some(hit(&s, 0.24, 0.25, 0)), 0.8).unwrap();
+        assert_eq!((kept.cosine, kept.row, kept.similarity), (0.20, 0, 0.30));
+        assert_eq!(best_of(Some(own), None, 0.8).unwrap().row, 0);
+        assert!(best_of(None, None, 0.8).is_none());
+
+        // Merged lists hold each episode once, by its best, best first, at most k.
+        let (a, b, c) = (summary(), summary(), summary());
+        let scores: std::collections::HashMap<EpisodeId, VectorHit> = [
+            (a.id, hit(&a, 0.3, 0.3, 0)),
+            (b.id, hit(&b, 0.6, 0.6, 2)),
+            (c.id, hit(&c, 0.1, 0.1, 0)),
+        ]
+        .into_iter()
+        .collect();
+        let merged = merge_windows(
+            &[hit(&a, 0.3, 0.3, 0), hit(&c, 0.1, 0.1, 0)],
+            &[hit(&b, 0.6, 0.6, 1), hit(&a, 0.1, 0.1, 0)],
+            &|id| scores.get(&id).cloned(),
+            2,
+        );
+        let order: Vec<EpisodeId> = merged.iter().map(|h| h.summary.id).collect();
+        assert_eq!(order, vec![b.id, a.id]);
+    }
 
     #[test]
     fn support_is_the_mean_of_the_three_best() {

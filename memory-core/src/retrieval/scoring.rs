@@ -19,6 +19,9 @@ pub(super) struct Candidate {
     pub bm25: Option<f64>,
     pub cosine: Option<f32>,
     pub similarity: Option<f32>,
+    /// The step window whose vector gave the semantic score (numbered from 0), when one beat
+    /// the episode's own vector.
+    pub window: Option<u16>,
     pub lexical: f64,
     pub semantic: f64,
     pub fused: f64,
@@ -44,6 +47,7 @@ pub(super) fn fuse(
                 bm25: None,
                 cosine: Some(h.cosine),
                 similarity: Some(h.similarity),
+                window: h.row.checked_sub(1),
                 lexical: 0.0,
                 semantic: 0.0,
                 fused: 0.0,
@@ -57,7 +61,8 @@ pub(super) fn fuse(
                 summary: Arc::new(h.summary.clone()),
                 bm25: None,
                 cosine: hit.as_ref().map(|v| v.cosine),
-                similarity: hit.map(|v| v.similarity),
+                similarity: hit.as_ref().map(|v| v.similarity),
+                window: hit.and_then(|v| v.row.checked_sub(1)),
                 lexical: 0.0,
                 semantic: 0.0,
                 fused: 0.0,
@@ -261,6 +266,7 @@ pub(super) fn rerank(
         lexical: c.lexical,
         cosine: c.cosine.map(f64::from),
         similarity: c.similarity.map(f64::from),
+        window: c.window,
         semantic: c.semantic,
         fused: c.fused,
         context_match,
@@ -368,6 +374,7 @@ mod tests {
             summary: Arc::clone(&s[i]),
             cosine,
             similarity: cosine,
+            row: 0,
         };
         let lexical = vec![text(0, 12.0), text(1, 2.0), text(2, 1.8)];
         let semantic = vec![vector(1, 0.52), vector(0, 0.50), vector(3, 0.49)];

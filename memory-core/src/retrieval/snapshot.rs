@@ -9,13 +9,15 @@
 //! bounds-checked and a damaged or foreign image is an error (the caller then loads from the
 //! embeddings), never a panic.
 //!
-//! Layout (little-endian): `MIDX`, version `u16`, dims `u32`, documents `u32`, the byte
-//! lengths of the three sections (`u64` each), then the sections: the vector parts
-//! (centered-at `u64`, sum `f64`s, center `f32`s, scales, inverse norms, codes); the
-//! summaries (the count of the first half `u32` and its byte length `u64`, then both
-//! halves); the lexical parts (total length `u64`, lengths, then each term with its
-//! postings). The sections are decoded in parallel: each half of the summaries (every
-//! string is an allocation) on a thread of its own, the rest on the calling thread.
+//! Layout (little-endian): `MIDX`, version `u16`, dims `u32`, episodes `u32`, the byte
+//! lengths of the four sections (`u64` each), then the sections: the episode vectors' parts
+//! (centered-at `u64`, sum `f64`s, center `f32`s, row numbers `u16`s, scales, inverse norms,
+//! codes); the summaries (the count of the first half `u32` and its byte length `u64`, then
+//! both halves); the lexical parts (total length `u64`, lengths, then each term with its
+//! postings); the step windows (each row's episode as an index into the summaries, `u32`s,
+//! then their vector parts laid out as the first section). The sections are decoded in
+//! parallel: each half of the summaries (every string is an allocation) on a thread of its
+//! own, the rest on the calling thread.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::episode::{Complexity, EpisodeId, EpisodeSummary, OutcomeKind, TaskCon
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"MIDX";
-const VERSION: u16 = 3;
+const VERSION: u16 = 4;
 /// Complexity and outcome kinds by their stored code (task types use `TaskType::ALL`).
 const COMPLEXITIES: [Complexity; 3] = [
     Complexity::Simple,
@@ -52,6 +54,50 @@ pub(crate) struct Image {
     pub summaries: Vec<Arc<EpisodeSummary>>,
     pub vectors: VectorParts,
     pub lexical: LexicalParts,
+    pub windows: WindowParts,
+}
+
+/// The step-window index of an image: per row, the index of its episode in the image's
+/// summaries, and the rows' vector parts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct WindowParts {
+    pub owners: Vec<u32>,
+    pub vectors: VectorParts,
+}
+
+impl WindowParts {
+    /// The summary of each row, from the image's `summaries`; `None` when an owner is out of
+    /// range or the counts differ.
+    pub(crate) fn row_summaries(
+        &self,
+        summaries: &[Arc<EpisodeSummary>],
+    ) -> Option<Vec<Arc<EpisodeSummary>>> {
+        if self.owners.len() != self.vectors.rows.len() {
+            return None;
+        }
+        self.owners
+            .iter()
+            .map(|&o| summaries.get(o as usize).cloned())
+            .collect()
+    }
+}
+
+fn encode_vectors(w: &mut Writer, vectors: &VectorParts) -> Result<()> {
+    w.0.extend_from_slice(&(vectors.centered_at as u64).to_le_bytes());
+    w.u32(len32(vectors.sum.len())?);
+    for x in &vectors.sum {
+        w.0.extend_from_slice(&x.to_le_bytes());
+    }
+    w.f32s(&vectors.center)?;
+    w.u32(len32(vectors.rows.len())?);
+    for r in &vectors.rows {
+        w.0.extend_from_slice(&r.to_le_bytes());
+    }
+    w.f32s(&vectors.scales)?;
+    w.f32s(&vectors.inv_norms)?;
+    w.u32(len32(vectors.codes.len())?);
+    w.0.extend(vectors.codes.iter().map(|&c| c.to_le_bytes()[0]));
+    Ok(())
 }
 
 /// Encodes an image of `dims`-dimensional vectors.
@@ -60,20 +106,20 @@ pub(crate) fn encode(
     summaries: &[Arc<EpisodeSummary>],
     vectors: &VectorParts,
     lexical: &LexicalParts,
+    windows: &WindowParts,
 ) -> Result<Vec<u8>> {
     let n = summaries.len();
-    let mut w = Writer(Vec::with_capacity(n * (dims + 16) + 64));
-    w.0.extend_from_slice(&(vectors.centered_at as u64).to_le_bytes());
-    w.u32(len32(vectors.sum.len())?);
-    for x in &vectors.sum {
-        w.0.extend_from_slice(&x.to_le_bytes());
-    }
-    w.f32s(&vectors.center)?;
-    w.f32s(&vectors.scales)?;
-    w.f32s(&vectors.inv_norms)?;
-    w.u32(len32(vectors.codes.len())?);
-    w.0.extend(vectors.codes.iter().map(|&c| c.to_le_bytes()[0]));
+    let mut w = Writer(Vec::with_capacity(n * (dims + 18) + 64));
+    encode_vectors(&mut w, vectors)?;
     let vector_section = w.0;
+    let rows = windows.owners.len();
+    let mut w = Writer(Vec::with_capacity(rows * (dims + 22) + 64));
+    w.u32(len32(rows)?);
+    for o in &windows.owners {
+        w.u32(*o);
+    }
+    encode_vectors(&mut w, &windows.vectors)?;
+    let window_section = w.0;
     let half = n / 2;
     let mut first = Writer(Vec::with_capacity(n * 100));
     for s in &summaries[..half] {
@@ -103,7 +149,12 @@ pub(crate) fn encode(
         }
     }
     let lexical_section = w.0;
-    let sections = [&vector_section, &summary_section, &lexical_section];
+    let sections = [
+        &vector_section,
+        &summary_section,
+        &lexical_section,
+        &window_section,
+    ];
     let mut out = Writer(Vec::with_capacity(
         sections.iter().map(|s| s.len()).sum::<usize>() + 40,
     ));
@@ -141,13 +192,14 @@ pub(crate) fn decode(parts: &[Vec<u8>], dims: usize) -> Result<Image> {
         )));
     }
     let n = r.u32()? as usize;
-    let mut lengths = [0usize; 3];
+    let mut lengths = [0usize; 4];
     for l in &mut lengths {
         *l = usize::try_from(r.u64()?).map_err(corrupt)?;
     }
     let vector_section = r.section(lengths[0])?;
     let mut summary_section = r.section(lengths[1])?;
     let lexical_section = r.section(lengths[2])?;
+    let window_section = r.section(lengths[3])?;
     r.end()?;
     let first_count = summary_section.u32()? as usize;
     let first_len = usize::try_from(summary_section.u64()?).map_err(corrupt)?;
@@ -160,22 +212,39 @@ pub(crate) fn decode(parts: &[Vec<u8>], dims: usize) -> Result<Image> {
     let (first, second, rest) = std::thread::scope(|scope| {
         let first = scope.spawn(|| decode_summaries(first_half, first_count));
         let second = scope.spawn(|| decode_summaries(second_half, second_count));
-        let rest = decode_vectors(vector_section)
-            .and_then(|v| decode_lexical(lexical_section).map(|l| (v, l)));
+        let rest = decode_vectors(vector_section).and_then(|v| {
+            let l = decode_lexical(lexical_section)?;
+            Ok((v, l, decode_windows(window_section)?))
+        });
         (
             first.join().unwrap_or_else(|_| stopped()),
             second.join().unwrap_or_else(|_| stopped()),
             rest,
         )
     });
-    let (vectors, lexical) = rest?;
+    let (vectors, lexical, windows) = rest?;
     let mut summaries = first?;
     summaries.extend(second?);
     Ok(Image {
         summaries,
         vectors,
         lexical,
+        windows,
     })
+}
+
+fn decode_windows(mut r: Reader<'_>) -> Result<WindowParts> {
+    let rows = r.u32()? as usize;
+    let owners = r
+        .take(
+            rows.checked_mul(4)
+                .ok_or_else(|| corrupt("owners too long"))?,
+        )?
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let vectors = decode_vectors(r)?;
+    Ok(WindowParts { owners, vectors })
 }
 
 fn decode_summaries(mut r: Reader<'_>, n: usize) -> Result<Vec<Arc<EpisodeSummary>>> {
@@ -200,6 +269,16 @@ fn decode_vectors(mut r: Reader<'_>) -> Result<VectorParts> {
         .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect();
     let center = r.f32s()?;
+    let rows_len = r.u32()? as usize;
+    let rows = r
+        .take(
+            rows_len
+                .checked_mul(2)
+                .ok_or_else(|| corrupt("rows too long"))?,
+        )?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     let scales = r.f32s()?;
     let inv_norms = r.f32s()?;
     let codes_len = r.u32()? as usize;
@@ -210,6 +289,7 @@ fn decode_vectors(mut r: Reader<'_>) -> Result<VectorParts> {
     })?;
     r.end()?;
     Ok(VectorParts {
+        rows,
         scales,
         codes,
         inv_norms,
@@ -619,7 +699,14 @@ mod tests {
     fn image_of(index: &VectorIndex, ns: &Namespace) -> Vec<u8> {
         let (summaries, parts) = index.export(ns);
         let lexical = LexicalParts::build(&summaries);
-        encode(index.dims(), &summaries, &parts, &lexical).unwrap_or_else(|e| panic!("{e}"))
+        encode(
+            index.dims(),
+            &summaries,
+            &parts,
+            &lexical,
+            &WindowParts::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -673,6 +760,53 @@ mod tests {
                 .collect()
         };
         assert_eq!(text(&lexical), text(&restored_lexical));
+    }
+
+    #[test]
+    fn step_windows_round_trip_with_their_episodes() {
+        let ns = Namespace::new("snapshot/windows").unwrap_or_else(|e| panic!("{e}"));
+        let (index, windows) = (VectorIndex::new(16), VectorIndex::new(16));
+        for i in 0..12 {
+            let s = Arc::new(summary(i));
+            index.upsert(&ns, Arc::clone(&s), &vector(i));
+            // Every third episode has no windows; the others one to three.
+            let rows: Vec<f32> = (0..i % 3).flat_map(|r| vector(100 + i * 3 + r)).collect();
+            if !rows.is_empty() {
+                windows.upsert(&ns, s, &rows);
+            }
+        }
+        let (summaries, parts) = index.export(&ns);
+        let (rows, window_vectors) = windows.export(&ns);
+        let at: std::collections::HashMap<EpisodeId, u32> =
+            (0u32..).zip(&summaries).map(|(i, s)| (s.id, i)).collect();
+        let image_windows = WindowParts {
+            owners: rows.iter().map(|s| at[&s.id]).collect(),
+            vectors: window_vectors,
+        };
+        let lexical = LexicalParts::build(&summaries);
+        let bytes = encode(16, &summaries, &parts, &lexical, &image_windows)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let image = decode(&[bytes], 16).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(image.windows, image_windows);
+        let row_summaries = image
+            .windows
+            .row_summaries(&image.summaries)
+            .unwrap_or_else(|| panic!("owners in range"));
+        let restored = VectorIndex::new(16);
+        assert!(restored.restore(&ns, row_summaries, image.windows.vectors));
+        let query = vector(100 + 5 * 3 + 1);
+        let hits = |i: &VectorIndex| -> Vec<(EpisodeId, u16)> {
+            i.search(&ns, &[&query], &EpisodeFilter::default(), 5)
+                .iter()
+                .map(|h| (h.summary.id, h.row))
+                .collect()
+        };
+        assert_eq!(hits(&restored), hits(&windows));
+        assert_eq!(hits(&restored)[0], (summaries[5].id, 1));
+        // An owner past the summaries is refused, not trusted.
+        let mut bad = image_windows;
+        bad.owners[0] = 99;
+        assert!(bad.row_summaries(&summaries).is_none());
     }
 
     #[test]

@@ -30,6 +30,12 @@
 //! (`sign_codes.rs`, 48 bytes instead of 384) and scans only the best
 //! [`SIGN_POOL_FACTOR`] x `k` of them exactly. Below that size the scan is exact.
 //!
+//! **Rows.** An episode holds one or more vectors (rows 0, 1, ...), each scanned as a document
+//! of its own and carrying the episode's summary (filters apply per row). A search and
+//! [`VectorIndex::score`] give each episode its best row. The retriever keeps two indexes:
+//! one of each episode's own vector (one row each) and one of the step windows of long
+//! episodes (a row per window), each centered on its own mean.
+//!
 //! The vectors themselves are persisted in the durable layer (`EmbeddingStore`); a namespace's
 //! index is loaded from there, page by page, the first time it is searched, never re-embedded.
 
@@ -50,7 +56,7 @@ use crate::storage::EpisodeFilter;
 /// episodes at 9% (centering two vectors on their exact mean would make them opposite).
 pub const CENTER_PRIOR: usize = 20;
 
-/// One scored candidate from the index.
+/// One scored candidate from the index: an episode, scored by the best of its rows.
 #[derive(Debug, Clone)]
 pub struct VectorHit {
     /// The episode's summary as indexed.
@@ -60,16 +66,28 @@ pub struct VectorHit {
     /// Plain cosine similarity to the first query vector (vectors are unit length): the
     /// absolute measure the confidence is calibrated on.
     pub similarity: f32,
+    /// Which of the episode's rows scored best (0 in an index of one vector per episode; in
+    /// the step-window index, the number of the window).
+    pub row: u16,
 }
 
+/// A row of the index: an episode and the number of one of its vectors (0, 1, ...).
+type RowKey = (EpisodeId, u16);
+
+/// One namespace's rows. A document is one row (one vector); an episode has rows 0..m, m
+/// at least 1, each carrying the episode's summary (so filters apply per row unchanged).
 #[derive(Debug, Default)]
 struct Space {
     summaries: IndexedSummaries,
+    /// Per row, its number within its episode.
+    rows: Vec<u16>,
     scales: Vec<f32>,
     codes: Vec<i8>,
     /// `1 / |d - center|` per document.
     inv_norms: Vec<f32>,
-    position: HashMap<EpisodeId, usize>,
+    position: HashMap<RowKey, usize>,
+    /// Episodes held (rows numbered 0).
+    episodes: usize,
     /// Sum of the (dequantized) vectors.
     sum: Vec<f64>,
     /// The mean the documents are currently centered on (empty: not yet centered).
@@ -189,7 +207,52 @@ impl Space {
             summary: Arc::clone(&self.summaries[i]),
             cosine: (self.scales[i] * dot(q, code) - offset) * self.inv_norms[i],
             similarity: self.scales[i] * dot(first, code),
+            row: self.rows[i],
         }
+    }
+
+    /// The row indices of episode `id`, in row order.
+    fn rows_of(&self, id: EpisodeId) -> Vec<usize> {
+        (0..=u16::MAX)
+            .map_while(|r| self.position.get(&(id, r)).copied())
+            .collect()
+    }
+
+    /// Takes out row `i`, moving the last row into its place.
+    fn remove_row(&mut self, i: usize, dims: usize) {
+        let key = (self.summaries[i].id, self.rows[i]);
+        self.position.remove(&key);
+        self.add_to_sum(i, dims, -1.0);
+        let last = self.summaries.len() - 1;
+        self.summaries.swap_remove(i);
+        self.rows.swap_remove(i);
+        self.scales.swap_remove(i);
+        self.inv_norms.swap_remove(i);
+        if let Some(signs) = self.signs.as_mut() {
+            signs.swap_remove(i);
+        }
+        if i != last {
+            self.codes
+                .copy_within(last * dims..(last + 1) * dims, i * dims);
+            let moved = (self.summaries[i].id, self.rows[i]);
+            self.position.insert(moved, i);
+        }
+        self.codes.truncate(last * dims);
+    }
+
+    /// Takes out every row of episode `id`; false if it had none.
+    fn remove_episode(&mut self, id: EpisodeId, dims: usize) -> bool {
+        let mut rows = self.rows_of(id);
+        if rows.is_empty() {
+            return false;
+        }
+        // Highest index first: a swap moves only rows from above the ones still to go.
+        rows.sort_unstable_by(|a, b| b.cmp(a));
+        for i in rows {
+            self.remove_row(i, dims);
+        }
+        self.episodes -= 1;
+        true
     }
 }
 
@@ -197,11 +260,12 @@ fn inv_sqrt(n2: f32) -> f32 {
     if n2 > 1e-12 { 1.0 / n2.sqrt() } else { 0.0 }
 }
 
-/// What a snapshot stores of one namespace's space besides its summaries: per document (in
-/// index order) the quantization scale, the codes and `1 / |d - center|`; the sum of the
-/// vectors, the center and the size it was computed at.
+/// What a snapshot stores of one namespace's space besides its summaries: per row (in index
+/// order) its number within its episode, the quantization scale, the codes and
+/// `1 / |d - center|`; the sum of the vectors, the center and the size it was computed at.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct VectorParts {
+    pub rows: Vec<u16>,
     pub scales: Vec<f32>,
     pub codes: Vec<i8>,
     pub inv_norms: Vec<f32>,
@@ -283,7 +347,8 @@ impl VectorIndex {
         space
     }
 
-    /// Adds or replaces an episode's vector. A vector of the wrong length is ignored (the
+    /// Adds or replaces an episode's vectors: `vector` holds one row per `dims` values (rows
+    /// it had beyond them go). A length that is not a whole number of rows is ignored (the
     /// caller checks lengths; the index never mixes models).
     pub fn upsert(&self, ns: &Namespace, summary: impl Into<Arc<EpisodeSummary>>, vector: &[f32]) {
         self.upsert_many(ns, [(summary.into(), vector)]);
@@ -298,39 +363,42 @@ impl VectorIndex {
         let space = self.space(ns);
         let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
         for (summary, vector) in items {
-            self.upsert_locked(&mut s, summary, vector);
+            self.upsert_locked(&mut s, &summary, vector);
         }
     }
 
-    fn upsert_locked(&self, s: &mut Space, summary: Arc<EpisodeSummary>, vector: &[f32]) {
-        if vector.len() != self.dims {
+    fn upsert_locked(&self, s: &mut Space, summary: &Arc<EpisodeSummary>, vector: &[f32]) {
+        let dims = self.dims;
+        let rows = vector.len() / dims.max(1);
+        if dims == 0
+            || !vector.len().is_multiple_of(dims)
+            || rows == 0
+            || rows > usize::from(u16::MAX)
+        {
             return;
         }
-        let dims = self.dims;
-        let (scale, codes) = quantize(vector);
-        let i = if let Some(i) = s.position.get(&summary.id).copied() {
-            s.add_to_sum(i, dims, -1.0);
-            s.summaries.set(i, summary);
-            s.scales[i] = scale;
-            s.codes[i * dims..(i + 1) * dims].copy_from_slice(&codes);
-            i
-        } else {
+        s.remove_episode(summary.id, dims);
+        s.episodes += 1;
+        for (r, row) in (0u16..).zip(vector.chunks_exact(dims)) {
+            let (scale, codes) = quantize(row);
             let i = s.summaries.len();
-            s.position.insert(summary.id, i);
-            s.summaries.push(summary);
+            s.position.insert((summary.id, r), i);
+            s.summaries.push(Arc::clone(summary));
+            s.rows.push(r);
             s.scales.push(scale);
             s.codes.extend_from_slice(&codes);
             s.inv_norms.push(0.0);
-            i
-        };
-        s.add_to_sum(i, dims, 1.0);
+            s.add_to_sum(i, dims, 1.0);
+        }
         // A space due for re-centering recomputes every norm (and code) before its next search.
         if s.recenter_due() {
             s.signs = None;
-        } else {
+            return;
+        }
+        let mut centered = Vec::with_capacity(dims);
+        for i in s.summaries.len() - rows..s.summaries.len() {
             s.inv_norms[i] = s.inv_norm(i, dims);
             if s.signs.is_some() {
-                let mut centered = Vec::with_capacity(dims);
                 s.centered_doc(i, dims, &mut centered);
                 if let Some(signs) = s.signs.as_mut() {
                     signs.put(i, &centered);
@@ -339,30 +407,11 @@ impl VectorIndex {
         }
     }
 
-    /// Removes an episode's vector; false if it was not indexed.
+    /// Removes an episode's vectors; false if it was not indexed.
     pub fn remove(&self, ns: &Namespace, id: EpisodeId) -> bool {
-        let dims = self.dims;
         let space = self.space(ns);
         let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
-        let Some(i) = s.position.remove(&id) else {
-            return false;
-        };
-        s.add_to_sum(i, dims, -1.0);
-        let last = s.summaries.len() - 1;
-        s.summaries.swap_remove(i);
-        s.scales.swap_remove(i);
-        s.inv_norms.swap_remove(i);
-        if let Some(signs) = s.signs.as_mut() {
-            signs.swap_remove(i);
-        }
-        if i != last {
-            s.codes
-                .copy_within(last * dims..(last + 1) * dims, i * dims);
-            let moved = s.summaries[i].id;
-            s.position.insert(moved, i);
-        }
-        s.codes.truncate(last * dims);
-        true
+        s.remove_episode(id, self.dims)
     }
 
     /// A copy of the namespace's space: its summaries in index order and the parts a
@@ -373,6 +422,7 @@ impl VectorIndex {
         let space = self.fresh_space(ns);
         let s = space.read().unwrap_or_else(PoisonError::into_inner);
         let parts = VectorParts {
+            rows: s.rows.clone(),
             scales: s.scales.clone(),
             codes: s.codes.clone(),
             inv_norms: s.inv_norms.clone(),
@@ -383,8 +433,10 @@ impl VectorIndex {
         (s.summaries.to_vec(), parts)
     }
 
-    /// Replaces the namespace's space with one restored from a snapshot. Refused (false, the
-    /// space unchanged) when the parts do not fit the summaries or the index's dimensions.
+    /// Replaces the namespace's space with one restored from a snapshot (`summaries` per row,
+    /// as [`export`](Self::export) gives them). Refused (false, the space unchanged) when the
+    /// parts do not fit the summaries or the index's dimensions, or an episode's rows are not
+    /// numbered 0, 1, ... without gaps.
     pub(crate) fn restore(
         &self,
         ns: &Namespace,
@@ -396,6 +448,7 @@ impl VectorIndex {
         let centered = parts.center.is_empty() || parts.center.len() == dims;
         let summed = (n == 0 && parts.sum.is_empty()) || parts.sum.len() == dims;
         if parts.scales.len() != n
+            || parts.rows.len() != n
             || parts.inv_norms.len() != n
             || parts.codes.len() != n * dims
             || !centered
@@ -404,16 +457,27 @@ impl VectorIndex {
         {
             return false;
         }
-        let position: HashMap<EpisodeId, usize> = summaries
+        let position: HashMap<RowKey, usize> = summaries
             .iter()
+            .zip(&parts.rows)
             .enumerate()
-            .map(|(i, s)| (s.id, i))
+            .map(|(i, (s, &r))| ((s.id, r), i))
             .collect();
         if position.len() != n {
-            return false; // an id twice
+            return false; // a row twice
         }
+        // Every row r > 0 needs its row r - 1: removal walks an episode's rows from 0.
+        if position
+            .keys()
+            .any(|&(id, r)| r > 0 && !position.contains_key(&(id, r - 1)))
+        {
+            return false;
+        }
+        let episodes = parts.rows.iter().filter(|&&r| r == 0).count();
         let mut restored = Space {
             summaries: IndexedSummaries::new(summaries),
+            rows: parts.rows,
+            episodes,
             scales: parts.scales,
             codes: parts.codes,
             inv_norms: parts.inv_norms,
@@ -436,18 +500,43 @@ impl VectorIndex {
         true
     }
 
-    /// Replaces the summary of an indexed episode (e.g. once it completes), keeping its vector.
+    /// Replaces the summary of an indexed episode (e.g. once it completes), keeping its
+    /// vectors.
     pub fn update_summary(&self, ns: &Namespace, summary: impl Into<Arc<EpisodeSummary>>) {
         let summary = summary.into();
         let space = self.space(ns);
         let mut s = space.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = s.position.get(&summary.id).copied() {
-            s.summaries.set(i, summary);
+        for i in s.rows_of(summary.id) {
+            s.summaries.set(i, Arc::clone(&summary));
         }
     }
 
-    /// How many vectors the namespace holds.
+    /// How many episodes the namespace holds.
     pub fn len(&self, ns: &Namespace) -> usize {
+        self.space(ns)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .episodes
+    }
+
+    /// How many vectors (rows) the namespace holds: [`len`](Self::len) when every episode
+    /// has one.
+    ///
+    /// ```
+    /// use chrono::Utc;
+    /// use memory_core::{retrieval::VectorIndex, EpisodeId, EpisodeSummary, Namespace, TaskContext, TaskType};
+    /// let index = VectorIndex::new(2);
+    /// let ns = Namespace::default();
+    /// let summary = EpisodeSummary {
+    ///     id: EpisodeId::new(), task_description: "a long talk".into(), task_type: TaskType::Other,
+    ///     context: TaskContext::new("chat"), step_count: 40, started_at: Utc::now(),
+    ///     completed_at: None, outcome: None, reward: None,
+    /// };
+    /// // Three rows of two dimensions each: one episode.
+    /// index.upsert(&ns, summary, &[1.0, 0.0, 0.0, 1.0, 0.6, 0.8]);
+    /// assert_eq!((index.len(&ns), index.rows(&ns)), (1, 3));
+    /// ```
+    pub fn rows(&self, ns: &Namespace) -> usize {
         self.space(ns)
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -466,7 +555,7 @@ impl VectorIndex {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .position
-            .contains_key(&id)
+            .contains_key(&(id, 0))
     }
 
     /// The mean the namespace's vectors are centered on (empty before the first search).
@@ -478,8 +567,8 @@ impl VectorIndex {
             .clone()
     }
 
-    /// The indexed summary and scores of one episode, if indexed. `queries` as in
-    /// [`search`](Self::search).
+    /// The indexed summary and scores of one episode (its best row), if indexed. `queries`
+    /// as in [`search`](Self::search).
     pub fn score(&self, ns: &Namespace, queries: &[&[f32]], id: EpisodeId) -> Option<VectorHit> {
         let first = *queries.first()?;
         if queries.iter().any(|q| q.len() != self.dims) {
@@ -487,13 +576,15 @@ impl VectorIndex {
         }
         let space = self.fresh_space(ns);
         let s = space.read().unwrap_or_else(PoisonError::into_inner);
-        let i = *s.position.get(&id)?;
         let (q, offset) = s.centered_query(queries)?;
-        Some(s.hit(i, self.dims, &q, offset, first))
+        s.rows_of(id)
+            .into_iter()
+            .map(|i| s.hit(i, self.dims, &q, offset, first))
+            .reduce(|best, h| if h.cosine > best.cosine { h } else { best })
     }
 
-    /// The `k` most similar episodes passing `filter`, best first by centered cosine (ties by
-    /// id). `queries` are unit vectors of the same need (say, the task alone and the task with
+    /// The `k` most similar episodes passing `filter`, each by its best row, best first by
+    /// centered cosine (ties by id). `queries` are unit vectors of the same need (say, the task alone and the task with
     /// its context): each is centered and normalized, and their sum is the query; the first
     /// one gives the hits' plain `similarity`.
     ///
@@ -522,8 +613,6 @@ impl VectorIndex {
         let Some((query, offset)) = s.centered_query(queries) else {
             return Vec::new();
         };
-        let shortlist = k.saturating_mul(SHORTLIST_FACTOR);
-        let scan = Scan::new(&s, dims, (&query, offset), filter, shortlist);
         let n = s.scales.len();
         let parts = if n >= PARALLEL_FROM {
             std::thread::available_parallelism().map_or(1, |p| p.get().min(MAX_PARTS))
@@ -534,25 +623,49 @@ impl VectorIndex {
             .signs
             .as_ref()
             .filter(|c| n >= self.sign_stage_from() && c.len() == n);
-        let best = match signs {
-            Some(signs) => {
-                let pool =
-                    scan.sign_pool(signs, &query, n, parts, k.saturating_mul(SIGN_POOL_FACTOR));
-                scan.shortlist_of(&pool, parts)
+        // Rows are scored and the best row of each episode kept. An episode of several rows
+        // can fill the shortlist with its own: while fewer than `k` episodes come out and
+        // rows were left unscored, the shortlist widens (four times each round).
+        let mut per_result = SHORTLIST_FACTOR;
+        loop {
+            let shortlist = k.saturating_mul(per_result);
+            let scan = Scan::new(&s, dims, (&query, offset), filter, shortlist);
+            let best = match signs {
+                Some(signs) => {
+                    let pool = k
+                        .saturating_mul(SIGN_POOL_FACTOR)
+                        .saturating_mul(per_result / SHORTLIST_FACTOR);
+                    scan.shortlist_of(&scan.sign_pool(signs, &query, n, parts, pool), parts)
+                }
+                None => scan.in_parts(n, parts),
+            };
+            let exhausted = best.len() < shortlist || shortlist >= n;
+            let mut by_episode: HashMap<EpisodeId, VectorHit> = HashMap::with_capacity(best.len());
+            for (_, i) in best {
+                let hit = s.hit(i, dims, &query, offset, first);
+                match by_episode.entry(hit.summary.id) {
+                    std::collections::hash_map::Entry::Occupied(mut kept) => {
+                        if hit.cosine > kept.get().cosine {
+                            kept.insert(hit);
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(hit);
+                    }
+                }
             }
-            None => scan.in_parts(n, parts),
-        };
-        let mut rescored: Vec<VectorHit> = best
-            .into_iter()
-            .map(|(_, i)| s.hit(i, dims, &query, offset, first))
-            .collect();
-        rescored.sort_by(|a, b| {
-            b.cosine
-                .total_cmp(&a.cosine)
-                .then_with(|| a.summary.id.cmp(&b.summary.id))
-        });
-        rescored.truncate(k);
-        rescored
+            if by_episode.len() >= k || exhausted {
+                let mut rescored: Vec<VectorHit> = by_episode.into_values().collect();
+                rescored.sort_by(|a, b| {
+                    b.cosine
+                        .total_cmp(&a.cosine)
+                        .then_with(|| a.summary.id.cmp(&b.summary.id))
+                });
+                rescored.truncate(k);
+                return rescored;
+            }
+            per_result = per_result.saturating_mul(4);
+        }
     }
 }
 
@@ -1158,6 +1271,82 @@ mod tests {
             .sum();
         assert_eq!(dot_i8(&q, &c), want);
         assert_eq!(dot_i8(&[127; 384], &[-127; 384]), -127 * 127 * 384);
+    }
+
+    #[test]
+    fn episodes_of_several_rows_score_by_their_best_and_come_out_once() {
+        let dims = 16;
+        let index = VectorIndex::new(dims);
+        let ns = Namespace::default();
+        // Ten episodes of three rows each, one of which (row 2 of episode 4) is the query.
+        let query = unit(7_777, dims);
+        let mut ids = Vec::new();
+        for e in 0..10u32 {
+            let s = summary("chat");
+            ids.push(s.id);
+            let mut rows = Vec::new();
+            for r in 0..3u32 {
+                if e == 4 && r == 2 {
+                    rows.extend_from_slice(&query);
+                } else {
+                    rows.extend(unit(e * 10 + r + 1, dims));
+                }
+            }
+            index.upsert(&ns, s, &rows);
+        }
+        assert_eq!((index.len(&ns), index.rows(&ns)), (10, 30));
+        let hits = index.search(&ns, &[&query], &EpisodeFilter::default(), 10);
+        // Every episode once, however many of its rows made the shortlist.
+        assert_eq!(hits.len(), 10);
+        let mut seen: Vec<EpisodeId> = hits.iter().map(|h| h.summary.id).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 10);
+        assert_eq!((hits[0].summary.id, hits[0].row), (ids[4], 2));
+        let scored = index.score(&ns, &[&query], ids[4]).unwrap();
+        assert_eq!(scored.row, 2);
+        assert!((scored.cosine - hits[0].cosine).abs() < 1e-6);
+        // Each hit's score is its episode's best row.
+        for h in &hits {
+            let best = index.score(&ns, &[&query], h.summary.id).unwrap();
+            assert!((best.cosine - h.cosine).abs() < 1e-6);
+        }
+        // Fewer rows on the next upsert: the old extra rows go.
+        index.upsert(&ns, summary_with(ids[4]), &unit(1, dims));
+        assert_eq!((index.len(&ns), index.rows(&ns)), (10, 28));
+        assert_eq!(index.score(&ns, &[&query], ids[4]).unwrap().row, 0);
+        // Removal takes every row; the others keep theirs and their scores.
+        let before = index.score(&ns, &[&query], ids[9]).unwrap().cosine;
+        assert!(index.remove(&ns, ids[0]));
+        assert!(!index.remove(&ns, ids[0]));
+        assert_eq!((index.len(&ns), index.rows(&ns)), (9, 25));
+        assert!(index.score(&ns, &[&query], ids[0]).is_none());
+        let after = index.score(&ns, &[&query], ids[9]).unwrap().cosine;
+        assert!((before - after).abs() < 0.05, "{before} vs {after}");
+        // An image of rows restores the same answers; rows with a gap are refused.
+        let (summaries, parts) = index.export(&ns);
+        let restored = VectorIndex::new(dims);
+        assert!(restored.restore(&ns, summaries.clone(), parts.clone()));
+        let again = restored.search(&ns, &[&query], &EpisodeFilter::default(), 10);
+        let key = |h: &[VectorHit]| -> Vec<(EpisodeId, u16)> {
+            h.iter().map(|h| (h.summary.id, h.row)).collect()
+        };
+        assert_eq!(
+            key(&again),
+            key(&index.search(&ns, &[&query], &EpisodeFilter::default(), 10))
+        );
+        let mut gap = parts;
+        if let Some(r) = gap.rows.iter_mut().find(|r| **r == 1) {
+            *r = 5;
+        }
+        assert!(!VectorIndex::new(dims).restore(&ns, summaries, gap));
+    }
+
+    fn summary_with(id: EpisodeId) -> EpisodeSummary {
+        EpisodeSummary {
+            id,
+            ..summary("chat")
+        }
     }
 
     #[test]
