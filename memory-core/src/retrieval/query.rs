@@ -46,14 +46,15 @@ impl std::fmt::Display for RetrievalMethod {
 pub enum FusionMethod {
     /// Each list's scores min-max normalized over the candidates, then weighted: the top of
     /// each list maps to 1 however weak the list is.
-    #[default]
     MinMax,
     /// Reciprocal rank fusion: `w / (k + semantic rank) + (1 - w) / (k + lexical rank)`, with
     /// `k` = [`RetrievalConfig::rank_constant`]; scores are ignored, only the order counts.
     ReciprocalRank,
     /// Each list's scores standardized over the candidates (z-scores), then weighted: a list
     /// whose best candidates stand out from the rest (an informative list for this query)
-    /// moves the ranking more than a flat one, so the weights adapt per query.
+    /// moves the ranking more than a flat one, so the weights adapt per query. The default
+    /// (the leave-one-dataset-out choice once episodes had step windows).
+    #[default]
     ZScore,
 }
 
@@ -92,18 +93,19 @@ impl std::str::FromStr for FusionMethod {
 /// Retrieval settings.
 ///
 /// # Default
-/// 50 candidates from each source; min-max fusion with semantic weight 0.5 with context and
+/// 50 candidates from each source; z-score fusion with semantic weight 0.6 with context and
 /// 0.8 for bare task text, the semantic weight ramped in from a best centered cosine of 0.1
 /// to full at 0.3; context words in the lexical query and the embedded text; the work text
-/// at weight 0.5 in the episode vector; context weight 0.8; outcome weight 0.05; recency
+/// at weight 0.5 in the episode vector; up to 16 step windows per long episode, a window's
+/// match counted at 0.8; context weight 0.8; outcome weight 0.05; recency
 /// weight 0.05 with a 90-day half-life; strong-match cosine (mean of the three best) 0.425
 /// with context and 0.36 without; embedding batches of 32; 1,024 cached query vectors; the
 /// in-process lexical index from 2,000 episodes.
 ///
-/// The fusion settings are the choice of leave-one-dataset-out over four labeled sets (the
-/// two written for this project and two public conversation benchmarks; `memory eval
-/// leave-one-out`, see README): chosen on all four, where each set's reported figures come
-/// from the choice made on the other three. The work, context and outcome weights are the
+/// The fusion settings and the window weight are the choice of leave-one-dataset-out over
+/// four labeled sets (the two written for this project and two public conversation
+/// benchmarks; `memory eval leave-one-out`, see README): chosen on all four, where each set's
+/// reported figures come from the choice made on the other three. The work, context and outcome weights are the
 /// choice of 5-fold cross-validation on the retrieval eval (`memory eval retrieval
 /// --cross-validate`), and the thresholds the ones fitted there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,17 +203,17 @@ impl Default for RetrievalConfig {
     fn default() -> Self {
         RetrievalConfig {
             candidates: 50,
-            fusion: FusionMethod::MinMax,
+            fusion: FusionMethod::ZScore,
             rank_constant: 60.0,
             semantic_trust_from: 0.1,
             semantic_trust_full: 0.3,
-            dense_weight: 0.5,
+            dense_weight: 0.6,
             dense_weight_bare: 0.8,
             lexical_context_terms: true,
             embed_context: true,
             work_weight: 0.5,
             step_windows: 16,
-            window_weight: 0.9,
+            window_weight: 0.8,
             context_weight: 0.8,
             outcome_weight: 0.05,
             recency_weight: 0.05,
