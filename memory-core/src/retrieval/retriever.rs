@@ -1,6 +1,7 @@
 //! [`Retriever`]: hybrid retrieval over the in-process indexes and the backend's full-text
 //! index, with the embedding queue and the query-vector cache.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tracing::instrument;
@@ -351,7 +352,15 @@ impl Retriever {
             semantic = index.search(ns, &queries, &query.filter, candidates as usize);
             if let Some(windows) = windows {
                 let by_window = windows.search(ns, &queries, &query.filter, candidates as usize);
-                semantic = merge_windows(&semantic, &by_window, &score_of, candidates as usize);
+                let own_of = |id| index.score(ns, &queries, id);
+                let window_of = |id| windows.score(ns, &queries, id);
+                semantic = merge_windows(
+                    &semantic,
+                    &by_window,
+                    (&own_of, &window_of),
+                    window_weight,
+                    candidates as usize,
+                );
             }
         }
 
@@ -444,18 +453,34 @@ fn best_of(own: Option<VectorHit>, window: Option<VectorHit>, weight: f32) -> Op
     }
 }
 
+/// What scores one episode in one index: for the side of a candidate its list missed.
+type ScoreOne<'a> = &'a dyn Fn(EpisodeId) -> Option<VectorHit>;
+
 /// The semantic candidates from episodes' own vectors and from their step windows, each
-/// episode scored by [`best_of`] both, the best `k` kept (best first, ties by id).
+/// episode scored by [`best_of`] both (the side its lists missed scored by `own_of` or
+/// `window_of`), the best `k` kept (best first, ties by id).
 fn merge_windows(
     own: &[VectorHit],
     windows: &[VectorHit],
-    score_of: &dyn Fn(EpisodeId) -> Option<VectorHit>,
+    (own_of, window_of): (ScoreOne<'_>, ScoreOne<'_>),
+    weight: f32,
     k: usize,
 ) -> Vec<VectorHit> {
-    let mut ids: Vec<EpisodeId> = own.iter().chain(windows).map(|h| h.summary.id).collect();
+    let by_id = |hits: &[VectorHit]| -> HashMap<EpisodeId, VectorHit> {
+        hits.iter().map(|h| (h.summary.id, h.clone())).collect()
+    };
+    let (mut own_hits, mut window_hits) = (by_id(own), by_id(windows));
+    let mut ids: Vec<EpisodeId> = own_hits.keys().chain(window_hits.keys()).copied().collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut merged: Vec<VectorHit> = ids.into_iter().filter_map(score_of).collect();
+    let mut merged: Vec<VectorHit> = ids
+        .into_iter()
+        .filter_map(|id| {
+            let o = own_hits.remove(&id).or_else(|| own_of(id));
+            let w = window_hits.remove(&id).or_else(|| window_of(id));
+            best_of(o, w, weight)
+        })
+        .collect();
     merged.sort_by(|a, b| {
         b.cosine
             .total_cmp(&a.cosine)
@@ -510,7 +535,7 @@ mod tests {
 
         // Merged lists hold each episode once, by its best, best first, at most k.
         let (a, b, c) = (summary(), summary(), summary());
-        let scores: std::collections::HashMap<EpisodeId, VectorHit> = [
+        let scores: HashMap<EpisodeId, VectorHit> = [
             (a.id, hit(&a, 0.3, 0.3, 0)),
             (b.id, hit(&b, 0.6, 0.6, 2)),
             (c.id, hit(&c, 0.1, 0.1, 0)),
@@ -520,7 +545,8 @@ mod tests {
         let merged = merge_windows(
             &[hit(&a, 0.3, 0.3, 0), hit(&c, 0.1, 0.1, 0)],
             &[hit(&b, 0.6, 0.6, 1), hit(&a, 0.1, 0.1, 0)],
-            &|id| scores.get(&id).cloned(),
+            (&|id| scores.get(&id).cloned(), &|_| None),
+            0.8,
             2,
         );
         let order: Vec<EpisodeId> = merged.iter().map(|h| h.summary.id).collect();
