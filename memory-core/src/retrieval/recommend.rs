@@ -674,22 +674,27 @@ async fn furthest_attempt(
 }
 
 /// Names the step each shown episode matched (in the step window that matched, when one did)
-/// and adds it to its `why`: one read per episode with steps.
+/// and adds it to its `why`: the episodes in `read` (already read for what they taught) as
+/// they are, one read for each other episode with steps.
 async fn name_matched_steps(
     storage: &dyn Storage,
     ns: &Namespace,
     episodes: &mut [RecommendedEpisode],
-    task: &str,
-    max_windows: usize,
+    (task, max_windows): (&str, usize),
+    read: &HashMap<EpisodeId, Arc<Episode>>,
 ) -> Result<()> {
     for e in episodes {
         let r = &mut e.retrieved;
         if r.episode.step_count == 0 {
             continue;
         }
-        // Gone since it was retrieved: nothing to name.
-        let Some(past) = storage.get_episode(ns, r.episode.id).await? else {
-            continue;
+        let past = match read.get(&r.episode.id) {
+            Some(past) => Arc::clone(past),
+            // Gone since it was retrieved: nothing to name.
+            None => match storage.get_episode(ns, r.episode.id).await? {
+                Some(past) => past,
+                None => continue,
+            },
         };
         if let Some(m) = matched_step(&past, task, r.breakdown.window, max_windows) {
             let _ = write!(r.why, "; matched step {}: \"{}\"", m.step_number, m.excerpt);
@@ -900,7 +905,8 @@ impl Advisor<'_> {
                 Vec::new()
             };
         let storage = self.storage;
-        let taught = taught_by(storage, ns, &teachers).await?;
+        let mut taught = taught_by(storage, ns, &teachers).await?;
+        let read = std::mem::take(&mut taught.read);
         let (patterns, heuristics, lessons) = match &context {
             Some(q) => (
                 storage.query_patterns(ns, q).await?,
@@ -981,7 +987,7 @@ impl Advisor<'_> {
         // Only the similar episodes are shown: a weak lexical or semantic hit is not advice.
         episodes.truncate(limit);
         let windows = rc.step_windows as usize;
-        name_matched_steps(storage, ns, &mut episodes, &req.task, windows).await?;
+        name_matched_steps(storage, ns, &mut episodes, (&req.task, windows), &read).await?;
         Ok(Recommendation {
             episodes,
             patterns,

@@ -9,8 +9,9 @@
 //! the size of the store.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::episode::EpisodeId;
+use crate::episode::{Episode, EpisodeId};
 use crate::error::Result;
 use crate::learned::{FailureLesson, Heuristic, Learned, LearnedStatus, Pattern};
 use crate::learning::extract_learning;
@@ -27,6 +28,9 @@ pub(crate) struct Taught {
     pub patterns: Vec<(Pattern, f64)>,
     pub heuristics: Vec<(Heuristic, f64)>,
     pub lessons: Vec<(FailureLesson, f64)>,
+    /// The episodes read on the way, by id (a recommendation names their matched steps
+    /// without reading them again).
+    pub read: HashMap<EpisodeId, Arc<Episode>>,
 }
 
 /// Reads what the `similar` episodes (id, weight > 0) taught. Episodes that are gone or not
@@ -44,11 +48,13 @@ pub(crate) async fn taught_by(
     let mut patterns = HashMap::new();
     let mut heuristics = HashMap::new();
     let mut lessons = HashMap::new();
+    let mut read = HashMap::new();
     for &(id, weight) in similar.iter().take(MAX_TEACHERS) {
         let share = weight.max(0.0) / total;
         let Some(episode) = storage.get_episode(ns, id).await? else {
             continue;
         };
+        read.insert(id, Arc::clone(&episode));
         let Some(outcome) = &episode.outcome else {
             continue;
         };
@@ -68,6 +74,7 @@ pub(crate) async fn taught_by(
         patterns: in_effect(storage, ns, patterns).await?,
         heuristics: in_effect(storage, ns, heuristics).await?,
         lessons: in_effect(storage, ns, lessons).await?,
+        read,
     })
 }
 
