@@ -241,6 +241,15 @@ pub struct EvalLearningArgs {
     /// Tasks between consolidation runs of each arm's memory (0: never)
     #[arg(long, default_value_t = 50)]
     pub consolidate_every: usize,
+    /// The agent: `repairing` (repairs a proven plan, applies lessons, gives feedback) or
+    /// `literal` (follows the plan step by step, explores only once it is exhausted, retries a
+    /// transient failure once, never gives feedback)
+    #[arg(long, default_value = "repairing")]
+    pub agent: memory_eval::learning::AgentStyle,
+    /// Share of the calls of a task's right next step that fail transiently (flaky tools), in
+    /// [0, 1)
+    #[arg(long, default_value_t = 0.0)]
+    pub flaky: f64,
 }
 
 #[derive(Debug, Args)]

@@ -64,8 +64,8 @@ pub use learned::{
     ContextKey, Effectiveness, Evidence, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget,
     HINDERED_STREAK_DISCOUNT, Heuristic, HeuristicId, HeuristicObservation, Learned, LearnedId,
     LearnedItem, LearnedKind, LearnedStatus, LessonId, LessonObservation, Pattern, PatternId,
-    PatternKind, PatternObservation, Remedy, general_identity, keys_to_resolve, lesson_id,
-    pattern_id, rank_order, resolve_contradictions,
+    PatternKind, PatternObservation, Remedy, StepReplaced, general_identity, keys_to_resolve,
+    lesson_id, pattern_id, rank_order, resolve_contradictions,
 };
 pub use learning::{
     Changed, ExistingLearned, LearnedChanges, LearningUpdate, Recovery, RewardHistory,

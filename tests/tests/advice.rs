@@ -207,7 +207,8 @@ async fn a_recommendations_estimate_follows_the_next_episode_of_its_task() {
 }
 
 /// Where a tool reliably fails until a preparation runs (seen fixed twice), the playbook holds
-/// the preparation before that tool, with the evidence, and the rules that apply are named in
+/// the preparation before that tool, with the evidence, once a matched episode taught it (a
+/// lesson of the stack alone is a warning on the step), and the rules that apply are named in
 /// the steps' `why`. A tool tried once and abandoned (an exploration mistake) teaches nothing.
 #[tokio::test]
 async fn the_playbook_holds_the_fix_a_context_needs_and_the_rules_that_apply() {
@@ -246,7 +247,24 @@ async fn the_playbook_holds_the_fix_a_context_needs_and_the_rules_that_apply() {
             .unwrap();
     }
     let req = RecommendRequest::new("add pagination to the orders endpoint")
-        .with_context(Some(TaskType::CodeGeneration), ctx);
+        .with_context(Some(TaskType::CodeGeneration), ctx.clone());
+    // Learned in another kind of task of the stack only: a warning on the step, with the
+    // recovery; the plan itself changes only on what the matched episodes taught.
+    let rec = m.recommend(&ns, &req).await.unwrap();
+    assert_eq!(plan(&rec), ["edit_file", "cargo"], "{:#?}", rec.playbook);
+    let warned = &rec.playbook[1].why;
+    assert!(
+        warned.contains(
+            "watch out: cargo failed with \"error: toolchain missing\", recover with rustup → cargo"
+        ),
+        "{warned}"
+    );
+    // Once a matched episode met it too, the preparation goes into the plan, with all the
+    // evidence of the stack.
+    let mut steps = vec![StepInput::ok("edit_file", "edit", "ok")];
+    steps.extend(fixed_by("rustup"));
+    let task = "add pagination to the orders endpoint";
+    episode_in(&m, &ns, (&ctx, TaskType::CodeGeneration), task, steps).await;
     let rec = m.recommend(&ns, &req).await.unwrap();
     assert_eq!(
         plan(&rec),
@@ -545,4 +563,80 @@ async fn a_near_miss_attempt_is_a_labeled_plan_only_when_a_context_is_given() {
     let bare = m.recommend(&ns, &RecommendRequest::new(paraphrase)).await;
     let bare = bare.unwrap();
     assert!(bare.playbook.is_empty() && bare.playbook_attempt.is_none());
+}
+
+/// A procedure that changed is unlearned from what agents did, with no feedback at all: once
+/// an episode shows a step of the playbook giving way (it failed, nothing fixed it, another
+/// tool did its work and the task succeeded), the playbook follows the procedure as done since,
+/// and the old sequence, however often it succeeded, is marked as contradicted. A step that
+/// failed once and worked on a retry (a flaky runner) changes nothing; a procedure that
+/// changes back is followed back.
+#[tokio::test]
+async fn a_step_that_gave_way_since_the_procedure_was_last_done_leaves_the_playbook() {
+    use memory_core::PatternKind;
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), None).await;
+    let ns = Namespace::new("advice/drift").unwrap();
+    let ctx = TaskContext::new("databases").with_language("python");
+    let kind = (&ctx, TaskType::CodeGeneration);
+    let ok = |t: &str| StepInput::ok(t, format!("run {t}"), "ok");
+    let failed = |t: &str, e: &str| StepInput::error(t, format!("run {t}"), e);
+    let task = "migrate the billing schema";
+    let old = ["snapshot", "migrate", "verify"];
+    let req = RecommendRequest::new(task)
+        .with_context(Some(TaskType::CodeGeneration), ctx.clone())
+        .with_limit(30);
+    // Evidence is ordered by time: let each episode complete in a later millisecond.
+    let tick = || tokio::time::sleep(std::time::Duration::from_millis(5));
+    for _ in 0..5 {
+        episode_in(&m, &ns, kind, task, old.iter().map(|t| ok(t)).collect()).await;
+        tick().await;
+    }
+    assert_eq!(plan(&m.recommend(&ns, &req).await.unwrap()), old);
+
+    let flaky = vec![
+        ok("snapshot"),
+        failed("migrate", "connection reset by the runner"),
+        ok("migrate"),
+        ok("verify"),
+    ];
+    episode_in(&m, &ns, kind, task, flaky).await;
+    tick().await;
+    assert_eq!(plan(&m.recommend(&ns, &req).await.unwrap()), old);
+
+    let changed = vec![
+        ok("snapshot"),
+        failed("migrate", "migrate: not applicable here"),
+        failed("verify", "verify: not ready"),
+        ok("backfill"),
+        ok("verify"),
+    ];
+    episode_in(&m, &ns, kind, task, changed).await;
+    tick().await;
+    let rec = m.recommend(&ns, &req).await.unwrap();
+    assert_eq!(plan(&rec), ["snapshot", "backfill", "verify"]);
+    let why = &rec.playbook[0].why;
+    assert!(why.contains("migrate gave way after snapshot"), "{why}");
+    assert!(why.contains("100% success over 6 episodes"), "{why}");
+    let sequence = |tools: &[&str]| {
+        rec.patterns
+            .iter()
+            .find(|a| matches!(&a.item.kind, PatternKind::ToolSequence { tools: t } if t == tools))
+            .unwrap_or_else(|| panic!("{tools:?} among {:#?}", rec.patterns))
+    };
+    let set_aside = &sequence(&old).why;
+    assert!(
+        set_aside.contains("contradicted by newer evidence"),
+        "{set_aside}"
+    );
+    assert!(
+        !sequence(&["snapshot", "backfill", "verify"])
+            .why
+            .contains("contradicted")
+    );
+
+    // It changes back: the old procedure done again is newer than what contradicted it.
+    episode_in(&m, &ns, kind, task, old.iter().map(|t| ok(t)).collect()).await;
+    assert_eq!(plan(&m.recommend(&ns, &req).await.unwrap()), old);
 }

@@ -4,13 +4,14 @@
 //! Only robust orderings are asserted: with memory the agent succeeds more often in the last
 //! window than without, needs fewer steps per success, and reuses plans from memory; and the
 //! report is well-formed; in the tuning world and in the holdout world (other families, tools
-//! and traps), with the drift of three families' procedures in the holdout run. The 500-task
+//! and traps), with the drift of three families' procedures in the holdout run, and for the
+//! literal agent with flaky tools. The 500-task
 //! run is a benchmark (`memory eval learning`), not a test.
 #![allow(clippy::expect_used)]
 
 use std::sync::Arc;
 
-use memory_eval::learning::{Arm, LearningEval, LearningEvalConfig, WorldName};
+use memory_eval::learning::{AgentStyle, Arm, LearningEval, LearningEvalConfig, WorldName};
 use memory_storage_turso::TursoStorage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,6 +27,20 @@ async fn the_holdout_world_with_drift_shows_the_same_orderings() -> anyhow::Resu
         .with_seed(11)
         .with_world(WorldName::Holdout)
         .with_drift(true);
+    check(config).await
+}
+
+/// The agent most agents are: it follows the plan to the letter, explores only when the plan
+/// is exhausted, retries a transient failure once and never gives feedback; with flaky tools
+/// and the drift. The memory alone has to keep up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_literal_agent_with_flaky_tools_shows_the_same_orderings() -> anyhow::Result<()> {
+    let config = LearningEvalConfig::default()
+        .with_tasks(150)
+        .with_seed(13)
+        .with_drift(true)
+        .with_agent(AgentStyle::Literal)
+        .with_flaky(0.1);
     check(config).await
 }
 

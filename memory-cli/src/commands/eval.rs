@@ -500,7 +500,9 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
             .with_seed(a.seed)
             .with_drift(a.drift)
             .with_world(a.world)
-            .with_consolidate_every(a.consolidate_every),
+            .with_consolidate_every(a.consolidate_every)
+            .with_agent(a.agent)
+            .with_flaky(a.flaky),
     )?;
     let bar = indicatif::ProgressBar::new((a.tasks * Arm::ALL.len()) as u64);
     if s.json {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use crate::learned::{
     Effectiveness, Evidence, Feedback, FeedbackTarget, Heuristic, Learned, LearnedStatus, Pattern,
-    PatternKind, push_recent,
+    PatternKind, StepReplaced, push_recent,
 };
 use crate::records::RestoreRecord;
 use crate::statistics::decay_factor;
@@ -101,6 +101,13 @@ impl Consolidate for Pattern {
     fn merge_key(&self) -> Option<(String, String)> {
         let ctx = self.context.signature();
         match &self.kind {
+            // A step that gave way names its tools: conditions naming other tools are other
+            // evidence, however alike their wording (only equal ones group, and they share an id).
+            PatternKind::DecisionPoint { condition, choice }
+                if StepReplaced::parse(condition).is_some() =>
+            {
+                Some((format!("dec|{ctx}|{choice}|{condition}"), condition.clone()))
+            }
             PatternKind::DecisionPoint { condition, choice } => {
                 Some((format!("dec|{ctx}|{choice}"), condition.clone()))
             }

@@ -11,6 +11,7 @@ mod run;
 
 pub use config::{ConsolidationConfig, RetentionConfig};
 pub(crate) use estimates::{calibrated, check_estimate, estimate_actual};
+pub(crate) use merge::sequence_similarity;
 pub use metrics::trend;
 pub(crate) use run::Consolidator;
 pub use run::{ConsolidationReport, LearnedChange};

@@ -21,7 +21,7 @@ pub use kind::{Learned, LearnedId, LearnedItem, LearnedKind};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
 pub use pattern::{
     Effectiveness, HINDERED_STREAK_DISCOUNT, Pattern, PatternId, PatternKind, PatternObservation,
-    pattern_id,
+    StepReplaced, pattern_id,
 };
 pub(crate) use status::push_recent;
 pub use status::{Evidence, LearnedStatus};

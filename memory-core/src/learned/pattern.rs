@@ -102,6 +102,60 @@ impl PatternKind {
     }
 }
 
+/// A step that gave way: in a successful episode, `failed` failed with an error right after
+/// `after` (the tool of the step that last worked before it; `None` at the start) and did not
+/// work within the next few steps (no retry or repair fixed it there). Stored as a
+/// [`PatternKind::DecisionPoint`] whose condition names the failed step and where
+/// ([`StepReplaced::condition`]) and whose choice is the tool of the next step that worked,
+/// so stores and older readers need nothing new. A tool sequence that goes `after → failed`
+/// is contradicted by such evidence when it is newer than the sequence's own.
+///
+/// ```
+/// use memory_core::StepReplaced;
+/// let s = StepReplaced { failed: "migrate_schema".into(), after: Some("snapshot_state".into()) };
+/// assert_eq!(s.condition(), "migrate_schema failed after snapshot_state");
+/// assert_eq!(StepReplaced::parse(&s.condition()), Some(s));
+/// assert_eq!(StepReplaced::parse("opening move of a testing task"), None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepReplaced {
+    /// The tool that failed and was not tried again.
+    pub failed: String,
+    /// The tool of the last step that worked before it (`None`: it was the first).
+    pub after: Option<String>,
+}
+
+/// How a [`StepReplaced`] condition joins its parts. Few words, so that two conditions naming
+/// other tools are never near-duplicates in wording.
+const FAILED_AFTER: &str = " failed after ";
+const FAILED_FIRST: &str = " failed first";
+
+impl StepReplaced {
+    /// The decision point's condition.
+    pub fn condition(&self) -> String {
+        match &self.after {
+            Some(after) => format!("{}{FAILED_AFTER}{after}", self.failed),
+            None => format!("{}{FAILED_FIRST}", self.failed),
+        }
+    }
+
+    /// The step a condition names, when it is one [`StepReplaced::condition`] wrote (and only
+    /// then: the parts must write it back exactly).
+    pub fn parse(condition: &str) -> Option<Self> {
+        let parsed = match condition.split_once(FAILED_AFTER) {
+            Some((failed, after)) => StepReplaced {
+                failed: failed.to_owned(),
+                after: Some(after.to_owned()),
+            },
+            None => StepReplaced {
+                failed: condition.strip_suffix(FAILED_FIRST)?.to_owned(),
+                after: None,
+            },
+        };
+        (!parsed.failed.is_empty() && parsed.condition() == condition).then_some(parsed)
+    }
+}
+
 /// The id a pattern of this kind and context has.
 pub fn pattern_id(kind: &PatternKind, context: &ContextKey) -> PatternId {
     PatternId(stable_id(&[

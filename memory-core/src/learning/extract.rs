@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::episode::{Episode, ExecutionStep, Outcome};
+use crate::episode::{Episode, ExecutionStep, Outcome, StepResult};
 use crate::learned::{
-    ContextKey, HeuristicObservation, LessonObservation, PatternKind, PatternObservation, lesson_id,
+    ContextKey, HeuristicObservation, LessonObservation, PatternKind, PatternObservation,
+    StepReplaced, lesson_id,
 };
 use crate::learning::LearningUpdate;
 use crate::text::{collapse_tools, error_class, normalize_label, normalize_tool};
@@ -29,7 +30,8 @@ pub struct Recovery {
     pub recovered_index: usize,
     /// Normalized error of the failure.
     pub error_class: String,
-    /// Tools from the step after the failure to the confirming step, repeats collapsed.
+    /// Tools of the steps that worked from the step after the failure to the confirming step,
+    /// repeats collapsed.
     pub tools: Vec<String>,
 }
 
@@ -64,7 +66,12 @@ pub fn find_recoveries(steps: &[ExecutionStep]) -> Vec<Recovery> {
             .find(|&k| steps[k].result().is_success() && steps[k].tool() == s.tool());
         let first_ok = (last + 1..window_end).find(|&k| steps[k].result().is_success());
         if let Some(k) = same_tool_ok.or(first_ok) {
-            let mut tools = collapse_tools(steps[last + 1..=k].iter().map(ExecutionStep::tool));
+            // What worked on the way: a step that failed there fixed nothing (an agent that
+            // goes on with its plan after a failure leaves a trail of them).
+            let worked = steps[last + 1..=k]
+                .iter()
+                .filter(|s| s.result().is_success());
+            let mut tools = collapse_tools(worked.map(ExecutionStep::tool));
             tools.truncate(MAX_RECOVERY_TOOLS);
             out.push(Recovery {
                 failed_index: last,
@@ -120,6 +127,41 @@ fn mistakes(steps: &[ExecutionStep]) -> Vec<bool> {
         out[i] = !ok && later_success && !later_tools.contains(s.tool());
         later_tools.insert(s.tool());
         later_success |= ok;
+    }
+    out
+}
+
+/// The steps that gave way: a step that failed with an error (not a timeout) and did not work
+/// within [`RECOVERY_WINDOW`] steps after (so no retry or repair fixed it there), with the tool
+/// of the next step that worked, when something did. See [`StepReplaced`].
+fn replaced_steps(steps: &[ExecutionStep]) -> Vec<(StepReplaced, String)> {
+    let mut out: Vec<(StepReplaced, String)> = Vec::new();
+    let mut after: Option<&str> = None;
+    for (i, s) in steps.iter().enumerate() {
+        if s.result().is_success() {
+            after = Some(s.tool());
+            continue;
+        }
+        if !matches!(s.result(), StepResult::Error { .. }) {
+            continue;
+        }
+        let window = &steps[i + 1..(i + 1 + RECOVERY_WINDOW).min(steps.len())];
+        if window
+            .iter()
+            .any(|n| n.tool() == s.tool() && n.result().is_success())
+        {
+            continue; // fixed by a retry or a repair: it did not give way
+        }
+        let next = steps[i + 1..].iter().find(|n| n.result().is_success());
+        if let Some(next) = next {
+            let replaced = StepReplaced {
+                failed: s.tool().to_owned(),
+                after: after.map(str::to_owned),
+            };
+            if !out.iter().any(|(r, _)| *r == replaced) {
+                out.push((replaced, next.tool().to_owned()));
+            }
+        }
     }
     out
 }
@@ -222,6 +264,15 @@ pub fn extract_learning(
         );
     }
 
+    // Steps that gave way (successful episodes only: the replacement got the task done), in
+    // the tools' own names, as tool sequences have them.
+    if success {
+        for (replaced, choice) in replaced_steps(steps) {
+            let condition = replaced.condition();
+            add_pattern(PatternKind::DecisionPoint { condition, choice }, &task_ctx);
+        }
+    }
+
     let recoveries = find_recoveries(steps);
     for rec in &recoveries {
         let failed_step = &steps[rec.failed_index];
@@ -253,14 +304,19 @@ pub fn extract_learning(
         }
         let tool = normalize_tool(s.tool());
         let class = error_class(s.result().text());
-        let remedy = recoveries
-            .iter()
-            .find(|r| {
+        // Of this failure's recoveries, the shortest that ends with the failed tool working (a
+        // fix, verified, with the least on the way), else the first.
+        let mine: Vec<&Recovery> = (recoveries.iter())
+            .filter(|r| {
                 r.failed_index >= i
                     && steps[r.failed_index].tool() == s.tool()
                     && r.error_class == class
             })
-            .map(|r| r.tools.clone());
+            .collect();
+        let verified = (mine.iter())
+            .filter(|r| r.tools.last().is_some_and(|t| t == s.tool()))
+            .min_by_key(|r| r.tools.len());
+        let remedy = verified.or(mine.first()).map(|r| r.tools.clone());
         let lid = lesson_id(&tool_ctx, &tool, &class);
         let obs = LessonObservation {
             id: lid.clone(),
@@ -290,5 +346,92 @@ pub fn extract_learning(
         patterns: patterns.into_values().collect(),
         heuristics: heuristics.into_values().collect(),
         lessons: lessons.into_values().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::episode::{NewEpisode, StepInput, TaskContext, TaskType};
+
+    /// An episode of these steps (`tool` worked, `tool!` failed, `tool~` timed out).
+    fn episode(steps: &[&str]) -> Episode {
+        let new = NewEpisode::new("t", TaskType::Testing, TaskContext::new("web_api"));
+        let mut e = Episode::start(new, Utc::now());
+        for (i, s) in steps.iter().enumerate() {
+            let input = if let Some(t) = s.strip_suffix('!') {
+                StepInput::error(t, "run", format!("{t}: failed"))
+            } else if let Some(t) = s.strip_suffix('~') {
+                StepInput {
+                    result: StepResult::Timeout {
+                        message: "timed out".into(),
+                    },
+                    ..StepInput::ok(t, "run", "")
+                }
+            } else {
+                StepInput::ok(*s, "run", "ok")
+            };
+            e.steps.push(ExecutionStep {
+                step_number: i as u32 + 1,
+                key: ExecutionStep::new_key(),
+                timestamp: e.started_at,
+                input,
+            });
+        }
+        e
+    }
+
+    #[test]
+    fn a_recovery_names_only_the_steps_that_worked() {
+        let e = episode(&["build!", "format!", "install_deps", "lint!", "build"]);
+        let r = find_recoveries(&e.steps);
+        assert_eq!(r[0].tools, ["install_deps", "build"]);
+    }
+
+    #[test]
+    fn a_step_gave_way_only_when_nothing_fixed_it_and_something_else_worked() {
+        let gave_way = |steps: &[&str]| {
+            replaced_steps(&episode(steps).steps)
+                .into_iter()
+                .map(|(r, next)| (r.condition(), next))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            gave_way(&["snapshot", "migrate!", "verify!", "backfill", "verify"]),
+            [(
+                "migrate failed after snapshot".to_owned(),
+                "backfill".to_owned()
+            )]
+        );
+        // Fixed by a retry (flaky) or a repair (a trap), timed out, or nothing worked after.
+        assert!(gave_way(&["snapshot", "migrate!", "migrate", "verify"]).is_empty());
+        assert!(gave_way(&["migrate!", "install_deps", "migrate"]).is_empty());
+        assert!(gave_way(&["snapshot", "migrate~", "backfill"]).is_empty());
+        assert!(gave_way(&["snapshot", "migrate!"]).is_empty());
+        assert_eq!(
+            gave_way(&["migrate!", "backfill"]),
+            [("migrate failed first".to_owned(), "backfill".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_lesson_prefers_the_remedy_that_got_the_failed_tool_working() {
+        // A literal agent went on with its plan after `build` failed (`format` happened to work
+        // there), and only later repaired it.
+        let e = episode(&[
+            "build!",
+            "format",
+            "build!",
+            "lint!",
+            "install_deps",
+            "build",
+        ]);
+        let update = extract_learning(&e, &Outcome::success("done"), Utc::now());
+        let lesson = update.lessons.iter().find(|l| l.failed_tool == "build");
+        let remedy = lesson.and_then(|l| l.remedy.clone());
+        assert_eq!(
+            remedy.as_deref(),
+            Some(&["install_deps".to_owned(), "build".to_owned()][..])
+        );
     }
 }

@@ -29,6 +29,7 @@ pub mod lexical_index;
 mod query;
 pub mod recommend;
 mod retriever;
+mod revise;
 mod scoring;
 mod sign_codes;
 mod snapshot;

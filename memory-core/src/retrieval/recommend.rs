@@ -20,13 +20,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::revise::{choose_procedure, contradiction};
 use super::taught::{MAX_TEACHERS, taught_by};
 use super::{RetrievalQuery, RetrievedEpisode, Retriever, matched_step};
 use crate::consolidation::{ConsolidationConfig, calibrated};
 use crate::episode::{Episode, EpisodeId, Outcome, OutcomeKind, TaskContext, TaskType};
 use crate::error::Result;
 use crate::learned::{
-    ContextKey, FailureLesson, Heuristic, Learned, Pattern, PatternId, PatternKind,
+    ContextKey, FailureLesson, HINDERED_STREAK_DISCOUNT, Heuristic, Learned, Pattern, PatternId,
+    PatternKind,
 };
 use crate::learning::follow_action;
 use crate::namespace::Namespace;
@@ -484,6 +486,45 @@ fn general_plan(heuristics: &[Advice<Heuristic>]) -> Option<(Vec<String>, &Heuri
     (follow_action(&tools) == h.action).then_some((tools, h))
 }
 
+/// The tool-sequence pattern a playbook follows, and why when it stands in for a contradicted
+/// one: the best-ranked one that mostly succeeds, is not outdated by a run of hindered
+/// feedback, and is not contradicted by newer evidence of its context ([`choose_procedure`]).
+pub(crate) fn procedure(patterns: &[Advice<Pattern>]) -> Option<(&Pattern, Option<String>)> {
+    let ranked: Vec<&Pattern> = patterns.iter().map(|a| &a.item).collect();
+    choose_procedure(&ranked, |p| {
+        p.success_rate() >= 0.5 && p.effectiveness.hindered_streak < OUTDATED_STREAK
+    })
+}
+
+/// Notes on each tool sequence that newer evidence of its context contradicts (a step of it
+/// gave way since it was last done), and demotes it as a run of hindered feedback would.
+fn mark_contradicted(patterns: &mut [Advice<Pattern>]) {
+    let notes: Vec<(usize, String)> = {
+        let ranked: Vec<&Pattern> = patterns.iter().map(|a| &a.item).collect();
+        (patterns.iter().enumerate())
+            .filter_map(|(i, a)| {
+                let (record, step, next) = contradiction(&a.item, &ranked)?;
+                let place = (step.after.as_deref())
+                    .map_or_else(|| "as the first step".to_owned(), |a| format!("after {a}"));
+                let note = format!(
+                    "; contradicted by newer evidence: {} gave way {place} on {} ({next} worked next), demoted",
+                    step.failed,
+                    record.last_seen.format("%Y-%m-%d %H:%M")
+                );
+                Some((i, note))
+            })
+            .collect()
+    };
+    if notes.is_empty() {
+        return;
+    }
+    for (i, note) in notes {
+        patterns[i].why.push_str(&note);
+        patterns[i].score *= HINDERED_STREAK_DISCOUNT;
+    }
+    sort_advice(patterns, |p| p.id.to_string());
+}
+
 /// The playbook: the tools of the best tool-sequence pattern that mostly succeeds (or, where
 /// the context has none, of the general opening rule that applies), each step carrying the
 /// pitfalls of its tool and the best-ranked active rule about its failures. A step whose tool
@@ -497,28 +538,29 @@ pub(crate) fn playbook(
     pitfalls: &[Advice<FailureLesson>],
     generic: Option<&str>,
 ) -> (Vec<PlaybookStep>, Option<PatternId>) {
-    let best = patterns.iter().find_map(|a| match &a.item.kind {
-        PatternKind::ToolSequence { tools }
-            if a.item.success_rate() >= 0.5
-                && a.item.effectiveness.hindered_streak < OUTDATED_STREAK =>
-        {
-            Some((tools.clone(), &a.item))
+    let best = procedure(patterns).and_then(|(pattern, revised)| {
+        let PatternKind::ToolSequence { tools } = &pattern.kind else {
+            return None;
+        };
+        let mut basis = format!(
+            "({:.0}% success over {} episodes",
+            pattern.success_rate() * 100.0,
+            pattern.occurrences
+        );
+        if let Some(why) = revised {
+            let _ = write!(basis, "; {why}");
         }
-        _ => None,
+        basis.push(')');
+        Some((tools.clone(), basis, Some(pattern.id.clone())))
     });
     let (tools, basis, pattern_id, rule) = match best {
-        Some((tools, pattern)) => {
-            let basis = format!(
-                "({:.0}% success over {} episodes)",
-                pattern.success_rate() * 100.0,
-                pattern.occurrences
-            );
+        Some((tools, basis, pattern_id)) => {
             // The active opening rule that says to follow this very plan, if one does.
             let follow = follow_action(&tools);
             let rule = best_rule(heuristics, |h| {
                 h.condition.starts_with("starting a ") && h.action == follow
             });
-            (tools, basis, Some(pattern.id.clone()), rule)
+            (tools, basis, pattern_id, rule)
         }
         None => match general_plan(heuristics) {
             Some((tools, h)) => {
@@ -555,7 +597,10 @@ fn plan_steps(
     let head = generic.map(|g| format!("{g}: ")).unwrap_or_default();
     let mut out: Vec<(String, String)> = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
-        let prep = pitfalls.iter().find_map(|p| {
+        // Only what the matched episodes taught changes the plan: a lesson there by context
+        // alone may come from another kind of task of the same language, where its "fix" was
+        // that task's own previous step.
+        let prep = (pitfalls.iter().filter(|p| p.taught_share > 0.0)).find_map(|p| {
             (&p.item.failed_tool == tool)
                 .then(|| preparation(&p.item))
                 .flatten()
@@ -926,6 +971,7 @@ impl Advisor<'_> {
         let mut pitfalls = rank_pitfalls(candidates(taught.lessons, lessons, c, s), now, half_life);
         let (mut playbook, playbook_pattern) =
             playbook(&patterns, &heuristics, &pitfalls, strength.label());
+        mark_contradicted(&mut patterns);
         let mut episodes = fold_duplicates(similar.iter().map(|r| (*r).clone()).collect());
         // No plan from anything learned, and no similar task finished: start where the similar
         // attempt that got furthest stopped. On a strong match from any similar failure; on a

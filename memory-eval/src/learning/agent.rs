@@ -5,8 +5,10 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::world::{Attempt, NOT_APPLICABLE, NOTHING_TO_FIX, Rng, StepOutcome, Task, World};
-use super::{Arm, LearningEvalConfig};
+use super::world::{
+    Attempt, NOT_APPLICABLE, NOTHING_TO_FIX, Rng, StepOutcome, TRANSIENT, Task, World,
+};
+use super::{AgentStyle, Arm, LearningEvalConfig};
 use memory_core::Namespace;
 use memory_core::Result;
 use memory_core::SelfLearningMemory;
@@ -182,7 +184,9 @@ impl Agent<'_> {
             sequences: Vec::new(),
         };
 
+        let literal = self.config.agent == AgentStyle::Literal;
         while !run.attempt.done() && run.steps < self.config.max_steps {
+            let from_plan = !plan.is_empty();
             let tool: String = if let Some(t) = plan.pop_front() {
                 t
             } else {
@@ -206,8 +210,10 @@ impl Agent<'_> {
                     open[rng.below(open.len())].to_owned()
                 }
             };
-            // Avoid known pitfalls: run the setup a lesson says this tool needs, once.
-            if !self.world.is_recovery_tool(&tool) && prepared.insert(tool.clone()) {
+            // Avoid known pitfalls: run the setup a lesson says this tool needs, once. (The
+            // literal agent does only what the playbook says; its steps carry the preparations
+            // the memory trusts.)
+            if !literal && !self.world.is_recovery_tool(&tool) && prepared.insert(tool.clone()) {
                 for fix in advice.pitfalls.iter().filter(|f| f.failed_tool == tool) {
                     if let Some(prep) = fix.prep.first()
                         && !run.succeeded.contains(prep)
@@ -220,7 +226,23 @@ impl Agent<'_> {
             if run.attempt.done() || run.steps >= self.config.max_steps {
                 break;
             }
-            match self.call(&mut run, &tool).await? {
+            let outcome = self.call(&mut run, &tool).await?;
+            if literal && from_plan {
+                // Literally: whatever happened, the next step of the plan comes next.
+                match &outcome {
+                    StepOutcome::Ok(_) if !self.world.is_recovery_tool(&tool) => tried_here.clear(),
+                    StepOutcome::Ok(_) => {}
+                    StepOutcome::Error(e) if e.ends_with(NOT_APPLICABLE) => {
+                        if let Some(t) = candidates.iter().find(|t| **t == tool) {
+                            tried_here.insert(t.as_str());
+                        }
+                        plan_held = false;
+                    }
+                    StepOutcome::Error(_) | StepOutcome::Timeout(_) => plan_held = false,
+                }
+                continue;
+            }
+            match outcome {
                 StepOutcome::Ok(_) => {
                     if !self.world.is_recovery_tool(&tool) {
                         tried_here.clear();
@@ -254,6 +276,12 @@ impl Agent<'_> {
                         plan.push_front(tool);
                     }
                 }
+                StepOutcome::Error(e) if e.ends_with(TRANSIENT) => {
+                    // Still failing after the retries, for a passing reason: as a timeout.
+                    if plan_held {
+                        plan.push_front(tool);
+                    }
+                }
                 StepOutcome::Error(e) => {
                     let used = self.recover(&mut run, &tool, &e, &advice, rng).await?;
                     if let Some(p) = used {
@@ -274,7 +302,10 @@ impl Agent<'_> {
             .await?;
 
         let plan_held = plan_held && plan.is_empty();
-        if let Some(PlanSource::Playbook(id)) = &advice.source {
+        if literal {
+            // Like most agents, the literal one never says how the advice worked.
+            recovery_feedback.clear();
+        } else if let Some(PlanSource::Playbook(id)) = &advice.source {
             let verdict = if success && plan_held {
                 FeedbackOutcome::Helped
             } else if !plan_held {
@@ -335,7 +366,8 @@ impl Agent<'_> {
         }
     }
 
-    /// Calls a tool, retrying a timeout a few times; logs every call as a step.
+    /// Calls a tool, retrying a transient failure (a timeout, or an error that says it is
+    /// transient) a few times (the literal agent once); logs every call as a step.
     async fn call(&self, run: &mut Run<'_>, tool: &str) -> Result<StepOutcome> {
         let mut retries = 0;
         loop {
@@ -363,11 +395,16 @@ impl Agent<'_> {
                 }
                 _ => {}
             }
-            let timed_out = matches!(outcome, StepOutcome::Timeout(_));
-            if timed_out
-                && retries < self.config.timeout_retries
-                && run.steps < self.config.max_steps
-            {
+            let transient = match &outcome {
+                StepOutcome::Timeout(_) => true,
+                StepOutcome::Error(e) => e.ends_with(TRANSIENT),
+                StepOutcome::Ok(_) => false,
+            };
+            let allowed = match self.config.agent {
+                AgentStyle::Repairing => self.config.timeout_retries,
+                AgentStyle::Literal => 1,
+            };
+            if transient && retries < allowed && run.steps < self.config.max_steps {
                 retries += 1;
                 continue;
             }

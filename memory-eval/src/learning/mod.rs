@@ -57,7 +57,7 @@ pub use report::{
     WindowStats, format_report,
 };
 pub use withhold::{Visible, Withholding};
-pub use world::{StepOutcome, Task, World, WorldName};
+pub use world::{StepOutcome, TRANSIENT, Task, World, WorldName};
 
 use memory_core::Clock;
 use memory_core::ConsolidationConfig;
@@ -129,11 +129,51 @@ impl Arm {
     }
 }
 
+/// How the agent uses what the memory tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStyle {
+    /// Follows the plan, runs the fixes of failure lessons before a tool known to fail in the
+    /// context, recovers from failures with the lessons' remedies and the error-recovery
+    /// patterns, repairs a plan proven for the task at one wrong step and resumes it, retries a
+    /// timed-out call up to `timeout_retries` times, and gives feedback on the patterns it used.
+    #[default]
+    Repairing,
+    /// Does what most agents do with advice: follows the plan as given, step by step; retries a
+    /// transient failure (a timeout, or an error that says it is transient) once; after any
+    /// other failure of a step it goes on with the next step of the plan; explores (as the
+    /// repairing agent does, with the memory's similar successes and remedies) only once the
+    /// plan is exhausted; never gives feedback.
+    Literal,
+}
+
+impl AgentStyle {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStyle::Repairing => "repairing",
+            AgentStyle::Literal => "literal",
+        }
+    }
+}
+
+impl std::str::FromStr for AgentStyle {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [AgentStyle::Repairing, AgentStyle::Literal]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown agent {s:?}: repairing or literal"))
+    }
+}
+
 /// Settings of the learning evaluation.
 ///
 /// # Default
 /// 500 tasks, seed 42, windows of 50 tasks, a budget of 20 steps per task, 3% of tool calls
-/// time out (noise), 2 retries of a timed-out call, up to 30 items per recommended list.
+/// time out (noise), 2 retries of a timed-out call, up to 30 items per recommended list, the
+/// repairing agent, no flaky tools.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LearningEvalConfig {
@@ -160,6 +200,11 @@ pub struct LearningEvalConfig {
     /// would run them, at fixed points of the stream so the run stays deterministic); 0:
     /// never.
     pub consolidate_every: usize,
+    /// How the agent uses the memory's advice.
+    pub agent: AgentStyle,
+    /// Probability that a call of a task's right next step fails transiently (a flaky tool:
+    /// an error that says it is transient, fixed by calling it again); 0: never.
+    pub flaky: f64,
 }
 
 impl Default for LearningEvalConfig {
@@ -175,6 +220,8 @@ impl Default for LearningEvalConfig {
             drift: false,
             world: WorldName::Tuning,
             consolidate_every: 50,
+            agent: AgentStyle::Repairing,
+            flaky: 0.0,
         }
     }
 }
@@ -215,6 +262,20 @@ impl LearningEvalConfig {
         self
     }
 
+    /// With this agent.
+    #[must_use]
+    pub fn with_agent(mut self, agent: AgentStyle) -> Self {
+        self.agent = agent;
+        self
+    }
+
+    /// With right steps failing transiently at this rate.
+    #[must_use]
+    pub fn with_flaky(mut self, flaky: f64) -> Self {
+        self.flaky = flaky;
+        self
+    }
+
     /// The first task of the changed procedures (half way through the stream).
     pub fn change_at(&self) -> usize {
         self.tasks / 2
@@ -232,6 +293,9 @@ impl LearningEvalConfig {
         }
         if !(0.0..1.0).contains(&self.noise) {
             return Err(Error::invalid("noise", "must be in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&self.flaky) {
+            return Err(Error::invalid("flaky", "must be in [0, 1)"));
         }
         Ok(())
     }
@@ -277,7 +341,8 @@ impl LearningEval {
     /// [`Error::InvalidInput`] when the settings are out of range.
     pub fn new(config: LearningEvalConfig) -> Result<Self> {
         config.validate()?;
-        let mut world = World::new(config.world, config.seed, config.noise)?;
+        let mut world =
+            World::new(config.world, config.seed, config.noise)?.with_flaky(config.flaky);
         if config.drift {
             world = world.with_drift(config.change_at());
         }

@@ -304,14 +304,16 @@ pub fn format_report(r: &LearningReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} world, {} tasks, seed {}, windows of {}, step budget {}, noise {:.0}%; {} trapped \
-         tasks; retrieval {}; storage {} (fresh per arm)",
+        "{} world, {} tasks, seed {}, windows of {}, step budget {}, noise {:.0}%, flaky right \
+         steps {:.0}%, {} agent; {} trapped tasks; retrieval {}; storage {} (fresh per arm)",
         r.config.world.as_str(),
         r.config.tasks,
         r.config.seed,
         r.config.window,
         r.config.max_steps,
         r.config.noise * 100.0,
+        r.config.flaky * 100.0,
+        r.config.agent.as_str(),
         r.trapped_tasks,
         r.retrieval,
         r.storage

@@ -54,6 +54,9 @@ pub const NOT_APPLICABLE: &str = "not applicable at this stage of the task";
 pub const NOTHING_TO_FIX: &str = "nothing to fix here";
 /// What the last right step says.
 pub const TASK_DONE: &str = "task complete";
+/// How a flaky tool's failure ends: the right step failed for a passing reason (a runner that
+/// lost its connection), and calling it again may work.
+pub const TRANSIENT: &str = "transient failure, a retry may work";
 
 /// Which world the stream is drawn from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -204,6 +207,7 @@ pub struct Task {
     traps: Vec<ArmedTrap>,
     noise_seed: u64,
     noise: f64,
+    flaky: f64,
 }
 
 /// What a tool call did.
@@ -242,7 +246,22 @@ impl<'t> Attempt<'t> {
             let timeout = StepOutcome::Timeout(format!("{tool} timed out after {secs}s"));
             return (timeout, true);
         }
+        // A flaky tool: the right step fails now and then for a passing reason.
+        if self.task.flaky > 0.0 && self.is_right_step(tool) && rng.chance(self.task.flaky) {
+            let code = 100 + rng.below(900);
+            let error = format!("{tool}: runner connection reset (code {code}), {TRANSIENT}");
+            return (StepOutcome::Error(error), true);
+        }
         (self.step(tool), false)
+    }
+
+    /// Whether `tool` is the next step of the hidden sequence and no armed trap stops it.
+    fn is_right_step(&self, tool: &str) -> bool {
+        self.task
+            .sequence
+            .get(self.position)
+            .is_some_and(|t| t == tool)
+            && self.armed().all(|t| t.tool != tool)
     }
 
     /// The task's traps not fixed yet.
@@ -320,6 +339,7 @@ impl Task {
 pub struct World {
     seed: u64,
     noise: f64,
+    flaky: f64,
     spec: WorldSpec,
     families: Vec<Family>,
     /// From this task on, the drifting families follow their changed sequence.
@@ -358,6 +378,7 @@ impl World {
         let mut world = World {
             seed,
             noise,
+            flaky: 0.0,
             spec,
             families,
             drift_at: None,
@@ -411,6 +432,14 @@ impl World {
                 family.changed = Some(seq);
             }
         }
+    }
+
+    /// The same world, where the right step of a task fails transiently (an error that says
+    /// so, and that calling the tool again may fix) with probability `flaky` per call.
+    #[must_use]
+    pub fn with_flaky(mut self, flaky: f64) -> Self {
+        self.flaky = flaky;
+        self
     }
 
     /// The same world, where the drifting families' procedures change from task `at` (0-based)
@@ -486,6 +515,7 @@ impl World {
             traps,
             noise_seed: derive(self.seed, 500_000 + index as u64),
             noise: self.noise,
+            flaky: self.flaky,
         }
     }
 }
@@ -550,6 +580,42 @@ mod tests {
             assert_eq!(differ, usize::from(changes), "task {i} of {}", a.family);
             assert_eq!(a.description, b.description);
         }
+    }
+
+    #[test]
+    fn a_flaky_world_fails_right_steps_transiently_and_a_retry_goes_on() {
+        let world = World::new(WorldName::Tuning, 3, 0.0)
+            .unwrap()
+            .with_flaky(0.3);
+        let (mut flaky, mut right) = (0_u32, 0_u32);
+        for i in 0..100 {
+            let task = world.task(i);
+            let mut attempt = task.attempt(&world);
+            for trap in &task.traps {
+                let _ = attempt.call(&trap.fix);
+            }
+            for tool in &task.sequence {
+                right += 1;
+                loop {
+                    match attempt.call(tool) {
+                        (StepOutcome::Ok(_), false) => break,
+                        (StepOutcome::Error(e), true) if e.ends_with(TRANSIENT) => flaky += 1,
+                        other => panic!("task {i}, {tool}: {other:?}"),
+                    }
+                }
+            }
+            assert!(attempt.done());
+            // A wrong tool is never flaky: it does not apply.
+            let wrong = attempt.call(&task.sequence[0]);
+            assert!(
+                matches!(wrong, (StepOutcome::Error(ref e), false) if e.ends_with(NOT_APPLICABLE))
+            );
+        }
+        let rate = f64::from(flaky) / f64::from(flaky + right);
+        assert!(
+            (0.2..0.4).contains(&rate),
+            "{flaky} flaky of {right} right steps"
+        );
     }
 
     #[test]
