@@ -117,7 +117,7 @@ impl PatternKind {
 /// assert_eq!(StepReplaced::parse(&s.condition()), Some(s));
 /// assert_eq!(StepReplaced::parse("opening move of a testing task"), None);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StepReplaced {
     /// The tool that failed and was not tried again.
     pub failed: String,

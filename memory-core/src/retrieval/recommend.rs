@@ -20,7 +20,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::revise::{choose_procedure, contradiction};
+use super::revise::{GaveWay, choose_procedure};
 use super::taught::{MAX_TEACHERS, taught_by};
 use super::{RetrievalQuery, RetrievedEpisode, Retriever, matched_step};
 use crate::consolidation::{ConsolidationConfig, calibrated};
@@ -501,9 +501,10 @@ pub(crate) fn procedure(patterns: &[Advice<Pattern>]) -> Option<(&Pattern, Optio
 fn mark_contradicted(patterns: &mut [Advice<Pattern>]) {
     let notes: Vec<(usize, String)> = {
         let ranked: Vec<&Pattern> = patterns.iter().map(|a| &a.item).collect();
+        let records = GaveWay::of(&ranked);
         (patterns.iter().enumerate())
             .filter_map(|(i, a)| {
-                let (record, step, next) = contradiction(&a.item, &ranked)?;
+                let (record, step, next) = records.contradiction(&a.item)?;
                 let place = (step.after.as_deref())
                     .map_or_else(|| "as the first step".to_owned(), |a| format!("after {a}"));
                 let note = format!(

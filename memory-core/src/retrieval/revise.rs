@@ -21,8 +21,10 @@
 //! record. Only sequences of the record's own context (kind of task, domain, language) are
 //! contradicted.
 
+use std::collections::HashMap;
+
 use crate::consolidation::sequence_similarity;
-use crate::learned::{Pattern, PatternKind, StepReplaced};
+use crate::learned::{ContextKey, Pattern, PatternKind, StepReplaced};
 
 /// A newer sequence replaces a contradicted one only when it shares at least this share of
 /// its steps with it (twice the longest common subsequence over both lengths): a changed
@@ -38,30 +40,58 @@ fn tools_of(p: &Pattern) -> Option<&[String]> {
     }
 }
 
-/// The newest record among `candidates` that a step of `sequence` gave way after the
-/// sequence's latest evidence, with the step and the tool that worked next.
-pub(crate) fn contradiction<'a>(
-    sequence: &Pattern,
-    candidates: &[&'a Pattern],
-) -> Option<(&'a Pattern, StepReplaced, &'a str)> {
-    let tools = tools_of(sequence)?;
-    let steps: Vec<StepReplaced> = (0..tools.len())
-        .map(|i| StepReplaced {
-            failed: tools[i].clone(),
-            after: i.checked_sub(1).map(|p| tools[p].clone()),
-        })
-        .collect();
-    (candidates.iter().copied())
-        .filter(|p| p.context == sequence.context && p.last_seen > sequence.last_seen)
-        .filter(|p| p.status.is_active() && p.successes > 0)
-        .filter_map(|p| match &p.kind {
-            PatternKind::DecisionPoint { condition, choice } => {
-                let step = StepReplaced::parse(condition)?;
-                steps.contains(&step).then_some((p, step, choice.as_str()))
+/// The steps-that-gave-way records among a list of candidates, each parsed once: per context
+/// and step, the newest active record (on equal times the smallest id), with its next tool.
+pub(crate) struct GaveWay<'a> {
+    newest: HashMap<(&'a ContextKey, StepReplaced), (&'a Pattern, &'a str)>,
+}
+
+impl<'a> GaveWay<'a> {
+    /// The records among `candidates`.
+    pub(crate) fn of(candidates: &[&'a Pattern]) -> Self {
+        let mut newest: HashMap<(&ContextKey, StepReplaced), (&Pattern, &str)> = HashMap::new();
+        for &p in candidates {
+            let PatternKind::DecisionPoint { condition, choice } = &p.kind else {
+                continue;
+            };
+            if !p.status.is_active() || p.successes == 0 {
+                continue;
             }
-            _ => None,
-        })
-        .max_by(|(a, ..), (b, ..)| a.last_seen.cmp(&b.last_seen).then(b.id.cmp(&a.id)))
+            let Some(step) = StepReplaced::parse(condition) else {
+                continue;
+            };
+            let entry = newest.entry((&p.context, step)).or_insert((p, choice));
+            if newer(p, entry.0) {
+                *entry = (p, choice);
+            }
+        }
+        GaveWay { newest }
+    }
+
+    /// The newest record that a step of `sequence` gave way after the sequence's latest
+    /// evidence, with the step and the tool that worked next.
+    pub(crate) fn contradiction(
+        &self,
+        sequence: &Pattern,
+    ) -> Option<(&'a Pattern, StepReplaced, &'a str)> {
+        let tools = tools_of(sequence)?;
+        (0..tools.len())
+            .map(|i| StepReplaced {
+                failed: tools[i].clone(),
+                after: i.checked_sub(1).map(|p| tools[p].clone()),
+            })
+            .filter_map(|step| {
+                let &(record, next) = self.newest.get(&(&sequence.context, step.clone()))?;
+                (record.last_seen > sequence.last_seen).then_some((record, step, next))
+            })
+            .reduce(|best, other| if newer(other.0, best.0) { other } else { best })
+    }
+}
+
+/// Whether record `a` is newer than `b` (on equal times, the one with the smaller id counts
+/// as newer, so the choice does not depend on the order of the candidates).
+fn newer(a: &Pattern, b: &Pattern) -> bool {
+    a.last_seen > b.last_seen || (a.last_seen == b.last_seen && a.id < b.id)
 }
 
 /// The procedure a playbook follows: the first of `ranked` (best first) that `usable` accepts
@@ -72,11 +102,12 @@ pub(crate) fn choose_procedure<'a>(
     ranked: &[&'a Pattern],
     usable: impl Fn(&Pattern) -> bool,
 ) -> Option<(&'a Pattern, Option<String>)> {
+    let records = GaveWay::of(ranked);
     let sequences: Vec<&Pattern> = (ranked.iter().copied())
         .filter(|p| tools_of(p).is_some() && usable(p))
         .collect();
     for &chosen in &sequences {
-        let Some((record, step, next)) = contradiction(chosen, ranked) else {
+        let Some((record, step, next)) = records.contradiction(chosen) else {
             return Some((chosen, None));
         };
         let Some(tools) = tools_of(chosen) else {
@@ -87,7 +118,7 @@ pub(crate) fn choose_procedure<'a>(
             .filter(|p| {
                 tools_of(p).is_some_and(|t| sequence_similarity(tools, t) >= REVISION_SIMILARITY)
             })
-            .filter(|p| contradiction(p, ranked).is_none())
+            .filter(|p| records.contradiction(p).is_none())
             .max_by(|a, b| a.last_seen.cmp(&b.last_seen).then(b.id.cmp(&a.id)));
         if let Some(now) = newer {
             let place = step
