@@ -63,9 +63,10 @@ pub use error::{Error, ObjectKind, Result};
 pub use learned::{
     ContextKey, Effectiveness, Evidence, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget,
     HINDERED_STREAK_DISCOUNT, Heuristic, HeuristicId, HeuristicObservation, Learned, LearnedId,
-    LearnedItem, LearnedKind, LearnedStatus, LessonId, LessonObservation, Pattern, PatternId,
-    PatternKind, PatternObservation, Remedy, StepReplaced, general_identity, keys_to_resolve,
-    lesson_id, pattern_id, rank_order, resolve_contradictions,
+    LearnedItem, LearnedKind, LearnedStatus, LessonId, LessonObservation, MAX_MARKS, MarkSeen,
+    Marks, Pattern, PatternId, PatternKind, PatternObservation, Remedy, StepReplaced,
+    context_marks, general_identity, keys_to_resolve, lesson_id, pattern_id, rank_order,
+    resolve_contradictions,
 };
 pub use learning::{
     Changed, ExistingLearned, LearnedChanges, LearningUpdate, Recovery, RewardHistory,

@@ -1,4 +1,4 @@
-//! The cache's own serialized shape of episodes, patterns and heuristics (cache format version 4).
+//! The cache's own serialized shape of episodes, patterns and heuristics (cache format version 5).
 //!
 //! The domain types' serde derives are shaped for JSON: `ExecutionStep` flattens its input
 //! (bincode cannot encode a map of unknown length) and `Outcome`, `StepResult`, `PatternKind`
@@ -20,8 +20,8 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use memory_core::{
     CachedValue, Complexity, ContextKey, Effectiveness, Episode, EpisodeId, Evidence,
-    ExecutionStep, Heuristic, HeuristicId, LearnedStatus, Outcome, Pattern, PatternId, PatternKind,
-    Reflection, RewardScore, StepInput, StepResult, TaskContext, TaskType,
+    ExecutionStep, Heuristic, HeuristicId, LearnedStatus, MarkSeen, Marks, Outcome, Pattern,
+    PatternId, PatternKind, Reflection, RewardScore, StepInput, StepResult, TaskContext, TaskType,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -163,6 +163,20 @@ pub(crate) struct WPattern<S> {
     recent_evidence: Vec<WEvidence>,
     effectiveness: [u64; 4],
     status: WStatus<S>,
+    marks: WMarks<S>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WMarks<S> {
+    episodes: u64,
+    seen: Vec<WMarkSeen<S>>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WMarkSeen<S> {
+    mark: S,
+    count: u64,
+    last_seen: WTs,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -493,9 +507,11 @@ mirror_struct!(RewardScore => WReward {
 mirror_struct!(Reflection => WReflection<S> { successes, improvements, insights });
 mirror_struct!(ContextKey => WContextKey<S> { task_type, domain, language });
 mirror_struct!(Evidence => WEvidence { at, episode_id });
+mirror_struct!(Marks => WMarks<S> { episodes, seen });
+mirror_struct!(MarkSeen => WMarkSeen<S> { mark, count, last_seen });
 mirror_struct!(Pattern => WPattern<S> {
     id, kind, context, occurrences, successes, total_steps, total_latency_ms, first_seen,
-    last_seen, recent_evidence, effectiveness, status,
+    last_seen, recent_evidence, effectiveness, status, marks,
 });
 mirror_struct!(Heuristic => WHeuristic<S> {
     id, condition_key, condition, action, context, support, against, votes_up, votes_down,

@@ -640,3 +640,117 @@ async fn a_step_that_gave_way_since_the_procedure_was_last_done_leaves_the_playb
     episode_in(&m, &ns, kind, task, old.iter().map(|t| ok(t)).collect()).await;
     assert_eq!(plan(&m.recommend(&ns, &req).await.unwrap()), old);
 }
+
+/// A tag that changes the procedure keeps its variant apart: in one context, the build of the
+/// `openssl`-tagged tasks fails until `install_deps` ran, the plain tasks' build does not. A
+/// plain task's plan has no `install_deps` (the lesson warns, says it struck only with the tag,
+/// and prepares nothing); a tagged task's plan has it before the build. Once the tagged
+/// tasks' build works without it (the environment was repaired), the lesson is contradicted by
+/// that newer evidence, with no feedback given: demoted, and out of the plan.
+#[tokio::test]
+async fn a_tag_that_changes_the_procedure_keeps_its_variant_apart_and_a_repaired_lesson_leaves() {
+    use memory_core::PatternKind;
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path(), None).await;
+    let ns = Namespace::new("advice/variants").unwrap();
+    let mut plain = TaskContext::new("web_api").with_language("rust");
+    plain.framework = Some("axum".into());
+    let mut tagged = plain.clone();
+    tagged.tags = vec!["openssl".into()];
+    let ok = |t: &str| StepInput::ok(t, format!("run {t}"), "ok");
+    let linker = "linker `cc` failed: cannot find -lssl";
+    let task = "add rate limiting to the orders endpoint";
+    let kind = TaskType::CodeGeneration;
+    let tick = || tokio::time::sleep(std::time::Duration::from_millis(5));
+    // The tagged tasks' build fails until install_deps ran.
+    let trapped = || {
+        vec![
+            ok("edit_file"),
+            StepInput::error("build", "cargo build", linker),
+            ok("install_deps"),
+            ok("build"),
+            ok("run_tests"),
+        ]
+    };
+    // Six plain tasks and five tagged ones: that all five of the tagged procedure's episodes
+    // had the tag is no chance (2% at this share of the context).
+    for i in 0..6 {
+        let steps = ["edit_file", "build", "run_tests"].map(ok).to_vec();
+        episode_in(&m, &ns, (&plain, kind), task, steps).await;
+        tick().await;
+        if i < 5 {
+            episode_in(&m, &ns, (&tagged, kind), task, trapped()).await;
+            tick().await;
+        }
+    }
+    let req = |ctx: &TaskContext| {
+        RecommendRequest::new(task)
+            .with_context(Some(kind), ctx.clone())
+            .with_limit(30)
+    };
+    let rec = m.recommend(&ns, &req(&plain)).await.unwrap();
+    assert_eq!(
+        plan(&rec),
+        ["edit_file", "build", "run_tests"],
+        "{:#?}",
+        rec.playbook
+    );
+    let build = &rec.playbook[1].why;
+    assert!(build.contains("watch out: build failed"), "{build}");
+    let lesson = |rec: &Recommendation| {
+        rec.pitfalls
+            .iter()
+            .find(|a| a.item.failed_tool == "build")
+            .map_or_else(
+                || panic!("no build lesson among {:#?}", rec.pitfalls),
+                |a| a.why.clone(),
+            )
+    };
+    let why = lesson(&rec);
+    assert!(
+        why.contains("struck only with tag=openssl (this task has not)"),
+        "{why}"
+    );
+    let variant = (rec.patterns.iter())
+        .find(|a| matches!(&a.item.kind, PatternKind::ToolSequence { tools } if tools.len() == 4))
+        .map(|a| a.why.clone())
+        .unwrap_or_default();
+    assert!(
+        variant.contains("another variant of its context: its episodes all had tag=openssl"),
+        "{variant}"
+    );
+
+    let rec = m.recommend(&ns, &req(&tagged)).await.unwrap();
+    assert_eq!(
+        plan(&rec),
+        ["edit_file", "install_deps", "build", "run_tests"],
+        "{:#?}",
+        rec.playbook
+    );
+
+    // Repaired: the tagged tasks' build works without the preparation now.
+    for _ in 0..5 {
+        let steps = ["edit_file", "build", "run_tests"].map(ok).to_vec();
+        episode_in(&m, &ns, (&tagged, kind), task, steps).await;
+        tick().await;
+    }
+    // The plan is the sequence the tagged tasks now do, and the lesson no longer prepares it.
+    let rec = m.recommend(&ns, &req(&tagged)).await.unwrap();
+    assert_eq!(
+        plan(&rec),
+        ["edit_file", "build", "run_tests"],
+        "{:#?}",
+        rec.playbook
+    );
+    let why = lesson(&rec);
+    assert!(
+        why.contains("contradicted by newer evidence: build without install_deps worked"),
+        "{why}"
+    );
+    // It strikes again: the lesson is no longer contradicted.
+    episode_in(&m, &ns, (&tagged, kind), task, trapped()).await;
+    let rec = m.recommend(&ns, &req(&tagged)).await.unwrap();
+    let why = lesson(&rec);
+    assert!(!why.contains("contradicted"), "{why}");
+}

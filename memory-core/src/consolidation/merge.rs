@@ -128,6 +128,8 @@ impl Consolidate for Pattern {
         self.successes += std::mem::take(&mut loser.successes);
         self.total_steps += std::mem::take(&mut loser.total_steps);
         self.total_latency_ms += std::mem::take(&mut loser.total_latency_ms);
+        let marks = std::mem::take(&mut loser.marks);
+        self.marks.merge(&marks);
         loser.effectiveness = Effectiveness::default();
     }
 

@@ -321,7 +321,8 @@ fn forward<T: Consolidate>(pool: &mut Pool<T>, st: &mut RunState) {
 /// of that context, in survivor order (most evidence, then most recently seen), that has at
 /// least its evidence and success rate and is `min_similarity` alike (see
 /// [`sequence_similarity`]), among the context's `FOLD_TARGETS` strongest. A one-off run is
-/// then evidence of the procedure that recurs, instead of a pattern of its own.
+/// then evidence of the procedure that recurs, instead of a pattern of its own. A variant of
+/// the context ([`marks_a_variant`]: the procedure of its tagged tasks, say) never folds.
 fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_similarity: f64) {
     let mut contexts: BTreeMap<String, Vec<&Pattern>> = BTreeMap::new();
     for p in pool.items.values().filter(|p| p.status.is_active()) {
@@ -352,6 +353,7 @@ fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_simil
             h < FOLD_TARGETS
                 && !recent.contains(&members[i].id)
                 && members[h].success_rate() >= members[i].success_rate()
+                && !marks_a_variant(members[i], members[h])
                 && sequence_similarity(tools(h), tools(i)) >= min_similarity
         };
         for (loser, head) in cluster(&similar, members.len()) {
@@ -366,6 +368,16 @@ fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_simil
             st.run.merged_patterns += 1;
         }
     }
+}
+
+/// Whether `sequence` is a variant of its context apart from `head`: seen more than once, and
+/// every time with a mark (framework or tag, [`Pattern::marks`]) that an episode of `head`
+/// lacked. A one-off run shares its marks with itself alone and tells nothing apart.
+fn marks_a_variant(sequence: &Pattern, head: &Pattern) -> bool {
+    let (mine, theirs) = (&sequence.marks, &head.marks);
+    sequence.occurrences >= 2
+        && mine.known(sequence.occurrences)
+        && mine.shared().any(|m| theirs.count(m) < theirs.episodes)
 }
 
 /// Step 4, feedback: effectiveness and votes from the feedback events of each item and of every item merged
@@ -999,6 +1011,41 @@ mod tests {
                 .into_iter()
                 .all(|p| p.status == LearnedStatus::Active)
         );
+    }
+
+    #[test]
+    fn a_tagged_variant_seen_twice_never_folds_and_a_one_off_run_does() {
+        let with = |mut p: Pattern, marks: &[&str]| {
+            let marks: Vec<String> = marks.iter().map(|m| (*m).to_owned()).collect();
+            for _ in 0..p.occurrences {
+                p.marks.observe(&marks, p.last_seen);
+            }
+            p
+        };
+        let strong = with(sequence("a b c d", 100, true, 9), &["framework=axum"]);
+        // The procedure of the tagged tasks: every one of its episodes had the tag.
+        let tagged = with(
+            sequence("a fix b c d", 1, true, 2),
+            &["framework=axum", "tag=openssl"],
+        );
+        let one_off = with(
+            sequence("a b x d", 2, true, 1),
+            &["framework=axum", "tag=http"],
+        );
+        let mut items = vec![strong.clone(), tagged.clone(), one_off.clone()];
+        for i in 0..RECENT_SEQUENCES as i64 {
+            items.push(sequence(&format!("p{i} q{i} r{i} s{i}"), 50 + i, true, 1));
+        }
+        let (pool, st) = fold(items);
+        assert_eq!(pool.items[&tagged.id].status, LearnedStatus::Active);
+        assert!(matches!(
+            &pool.items[&one_off.id].status,
+            LearnedStatus::Merged { into, .. } if *into == strong.id.0
+        ));
+        assert_eq!(st.run.merged_patterns, 1);
+        let survivor = &pool.items[&strong.id].marks;
+        assert_eq!((survivor.episodes, survivor.count("tag=http")), (10, 1));
+        assert_eq!(survivor.shared().collect::<Vec<_>>(), ["framework=axum"]);
     }
 
     #[test]

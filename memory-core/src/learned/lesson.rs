@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::learned::{ContextKey, Evidence, LearnedStatus, push_recent, stable_id};
+use crate::learned::{ContextKey, Evidence, LearnedStatus, Marks, push_recent, stable_id};
 
 /// Deterministic identity of a lesson: a digest of context, failing tool and error class.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -60,6 +60,9 @@ pub struct FailureLesson {
     pub recent_evidence: Vec<Evidence>,
     /// Whether it is in use.
     pub status: LearnedStatus,
+    /// The framework and tags of the episodes it struck in, counted ([`Marks`]).
+    #[serde(default, skip_serializing_if = "Marks::is_empty")]
+    pub marks: Marks,
 }
 
 /// One episode's evidence for a lesson.
@@ -85,6 +88,9 @@ pub struct LessonObservation {
     pub episode_id: EpisodeId,
     /// When.
     pub observed_at: DateTime<Utc>,
+    /// The episode's [`context_marks`](crate::context_marks).
+    #[serde(default)]
+    pub marks: Option<Vec<String>>,
 }
 
 /// The id of the lesson for this failure.
@@ -115,6 +121,7 @@ impl FailureLesson {
             last_seen: obs.observed_at,
             recent_evidence: Vec::new(),
             status: LearnedStatus::Active,
+            marks: Marks::default(),
         };
         l.absorb(obs);
         l
@@ -130,6 +137,9 @@ impl FailureLesson {
         }
         self.first_seen = self.first_seen.min(obs.observed_at);
         self.last_seen = self.last_seen.max(obs.observed_at);
+        if let Some(marks) = &obs.marks {
+            self.marks.observe(marks, obs.observed_at);
+        }
         if let Some(tools) = &obs.remedy {
             self.recovered += 1;
             match self.remedies.iter_mut().find(|r| &r.tools == tools) {

@@ -7,6 +7,7 @@ mod feedback;
 mod heuristic;
 mod kind;
 mod lesson;
+mod marks;
 mod pattern;
 mod status;
 
@@ -19,6 +20,7 @@ pub use heuristic::{
 };
 pub use kind::{Learned, LearnedId, LearnedItem, LearnedKind};
 pub use lesson::{FailureLesson, LessonId, LessonObservation, Remedy, lesson_id};
+pub use marks::{MAX_MARKS, MarkSeen, Marks, context_marks};
 pub use pattern::{
     Effectiveness, HINDERED_STREAK_DISCOUNT, Pattern, PatternId, PatternKind, PatternObservation,
     StepReplaced, pattern_id,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::learned::{ContextKey, Evidence, LearnedStatus, push_recent, stable_id};
+use crate::learned::{ContextKey, Evidence, LearnedStatus, Marks, push_recent, stable_id};
 use crate::statistics::{beta_mean, decay_factor, wilson_lower_bound};
 
 /// Deterministic identity of a pattern: a digest of its kind signature and context.
@@ -233,6 +233,10 @@ pub struct Pattern {
     pub effectiveness: Effectiveness,
     /// Whether it is in use.
     pub status: LearnedStatus,
+    /// The framework and tags of its episodes, counted ([`Marks`]); kept for tool sequences
+    /// and steps that gave way.
+    #[serde(default, skip_serializing_if = "Marks::is_empty")]
+    pub marks: Marks,
 }
 
 /// One episode's evidence for a pattern.
@@ -254,6 +258,9 @@ pub struct PatternObservation {
     pub latency_ms: u64,
     /// When.
     pub observed_at: DateTime<Utc>,
+    /// The episode's [`context_marks`](crate::context_marks), for the kinds that keep them.
+    #[serde(default)]
+    pub marks: Option<Vec<String>>,
 }
 
 impl PatternObservation {
@@ -274,6 +281,7 @@ impl PatternObservation {
             steps: 0,
             latency_ms: 0,
             observed_at,
+            marks: None,
         }
     }
 }
@@ -294,6 +302,7 @@ impl Pattern {
             recent_evidence: Vec::new(),
             effectiveness: Effectiveness::default(),
             status: LearnedStatus::Active,
+            marks: Marks::default(),
         };
         p.absorb(obs);
         p
@@ -312,6 +321,9 @@ impl Pattern {
             self.effectiveness.hindered_streak = 0;
         }
         self.last_seen = self.last_seen.max(obs.observed_at);
+        if let Some(marks) = &obs.marks {
+            self.marks.observe(marks, obs.observed_at);
+        }
         push_recent(
             &mut self.recent_evidence,
             Evidence {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::episode::{Episode, ExecutionStep, Outcome, StepResult};
 use crate::learned::{
     ContextKey, HeuristicObservation, LessonObservation, PatternKind, PatternObservation,
-    StepReplaced, lesson_id,
+    StepReplaced, context_marks, lesson_id,
 };
 use crate::learning::LearningUpdate;
 use crate::text::{collapse_tools, error_class, normalize_label, normalize_tool};
@@ -217,10 +217,23 @@ pub fn extract_learning(
     let mut patterns: BTreeMap<String, PatternObservation> = BTreeMap::new();
     let mut heuristics: BTreeMap<String, HeuristicObservation> = BTreeMap::new();
     let mut lessons: BTreeMap<String, LessonObservation> = BTreeMap::new();
+    // What the context key leaves out, for the kinds whose variants it must tell apart: the
+    // tool sequences, the steps that gave way and the lessons.
+    let marks = context_marks(&episode.context);
     let mut add_pattern = |kind: PatternKind, ctx: &ContextKey| {
         let mut o = PatternObservation::new(kind, ctx.clone(), id, success, observed_at);
         o.steps = step_count;
         o.latency_ms = latency;
+        let variant = match &o.kind {
+            PatternKind::ToolSequence { .. } => true,
+            PatternKind::DecisionPoint { condition, .. } => {
+                StepReplaced::parse(condition).is_some()
+            }
+            _ => false,
+        };
+        if variant {
+            o.marks = Some(marks.clone());
+        }
         patterns.entry(o.id.0.clone()).or_insert(o);
     };
 
@@ -328,6 +341,7 @@ pub fn extract_learning(
             remedy,
             episode_failed: failed,
             episode_id: id,
+            marks: Some(marks.clone()),
             observed_at,
         };
         // One observation per lesson and episode; prefer the one that carries a remedy.

@@ -35,6 +35,7 @@ mod sign_codes;
 mod snapshot;
 mod taught;
 mod texts;
+mod variants;
 pub mod vector_index;
 
 pub use lexical_index::{LexicalHit, LexicalIndex};

@@ -20,15 +20,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::revise::{GaveWay, choose_procedure};
+use super::revise::{self, GaveWay, choose_procedure};
 use super::taught::{MAX_TEACHERS, taught_by};
+use super::variants::{LessonStanding, Variants};
 use super::{RetrievalQuery, RetrievedEpisode, Retriever, matched_step};
 use crate::consolidation::{ConsolidationConfig, calibrated};
 use crate::episode::{Episode, EpisodeId, Outcome, OutcomeKind, TaskContext, TaskType};
 use crate::error::Result;
 use crate::learned::{
-    ContextKey, FailureLesson, HINDERED_STREAK_DISCOUNT, Heuristic, Learned, Pattern, PatternId,
-    PatternKind,
+    ContextKey, FailureLesson, HINDERED_STREAK_DISCOUNT, Heuristic, Learned, LessonId, Pattern,
+    PatternId, PatternKind, context_marks,
 };
 use crate::learning::follow_action;
 use crate::namespace::Namespace;
@@ -431,14 +432,73 @@ const RELIABLE_FIX: u64 = 2;
 /// of the failed tool, when that remedy worked at least [`RELIABLE_FIX`] times.
 fn preparation(lesson: &FailureLesson) -> Option<(&[String], u64)> {
     let r = lesson.best_remedy()?;
-    match r.tools.split_last() {
-        Some((retry, fix))
-            if *retry == lesson.failed_tool && !fix.is_empty() && r.count >= RELIABLE_FIX =>
-        {
-            Some((fix, r.count))
-        }
-        _ => None,
+    let fix = fix_tools(lesson);
+    (!fix.is_empty() && r.count >= RELIABLE_FIX).then_some((fix, r.count))
+}
+
+/// The tools a lesson's best remedy runs before the retry of its failed tool (empty when the
+/// remedy is not a fix followed by that retry).
+fn fix_tools(lesson: &FailureLesson) -> &[String] {
+    match lesson.best_remedy().and_then(|r| r.tools.split_last()) {
+        Some((retry, fix)) if *retry == lesson.failed_tool => fix,
+        _ => &[],
     }
+}
+
+/// The marks of a list, for a `why`: `tag=openssl, framework=axum`.
+fn marks_text(marks: &[impl AsRef<str>]) -> String {
+    let marks: Vec<&str> = marks.iter().map(AsRef::as_ref).collect();
+    marks.join(", ")
+}
+
+/// Notes how each failure lesson stands for the task ([`Variants::lesson`]): a lesson that
+/// newer evidence contradicts is demoted as a run of hindered feedback would demote it; one
+/// that holds for another variant of the context says so. Neither prepares the plan: returns
+/// their ids.
+fn revise_pitfalls(
+    pitfalls: &mut [Advice<FailureLesson>],
+    patterns: &[Advice<Pattern>],
+    task: Option<&[String]>,
+) -> HashSet<LessonId> {
+    let ranked: Vec<&Pattern> = patterns.iter().map(|a| &a.item).collect();
+    let variants = Variants::of(task, &ranked);
+    let mut held_back = HashSet::new();
+    let mut demoted = false;
+    for a in pitfalls.iter_mut() {
+        let fix = fix_tools(&a.item);
+        match variants.lesson(&a.item, fix) {
+            LessonStanding::Holds => continue,
+            LessonStanding::Contradicted(p) => {
+                let without = if fix.is_empty() {
+                    String::new()
+                } else {
+                    format!(" without {}", fix.join(" → "))
+                };
+                let _ = write!(
+                    a.why,
+                    "; contradicted by newer evidence: {}{without} worked in {} since, in episodes like these (last {}), demoted",
+                    a.item.failed_tool,
+                    p.context.label(),
+                    p.last_seen.format("%Y-%m-%d %H:%M")
+                );
+                a.score *= HINDERED_STREAK_DISCOUNT;
+                demoted = true;
+            }
+            LessonStanding::Elsewhere(missing) => {
+                let _ = write!(
+                    a.why,
+                    "; struck only with {} (this task has not), and {} worked without it",
+                    marks_text(&missing),
+                    a.item.failed_tool
+                );
+            }
+        }
+        held_back.insert(a.item.id.clone());
+    }
+    if demoted {
+        sort_advice(pitfalls, |l| l.id.to_string());
+    }
+    held_back
 }
 
 /// Where a rule's record comes from, for its `why`.
@@ -489,21 +549,42 @@ fn general_plan(heuristics: &[Advice<Heuristic>]) -> Option<(Vec<String>, &Heuri
 /// The tool-sequence pattern a playbook follows, and why when it stands in for a contradicted
 /// one: the best-ranked one that mostly succeeds, is not outdated by a run of hindered
 /// feedback, and is not contradicted by newer evidence of its context ([`choose_procedure`]).
-pub(crate) fn procedure(patterns: &[Advice<Pattern>]) -> Option<(&Pattern, Option<String>)> {
+/// Of the task's variant of its context ([`Variants::fits`]) when one is; only the records of
+/// that variant revise it.
+pub(crate) fn procedure<'a>(
+    patterns: &'a [Advice<Pattern>],
+    task: Option<&[String]>,
+) -> Option<(&'a Pattern, Option<String>)> {
     let ranked: Vec<&Pattern> = patterns.iter().map(|a| &a.item).collect();
-    choose_procedure(&ranked, |p| {
-        p.success_rate() >= 0.5 && p.effectiveness.hindered_streak < OUTDATED_STREAK
-    })
+    let variants = Variants::of(task, &ranked);
+    let usable =
+        |p: &Pattern| p.success_rate() >= 0.5 && p.effectiveness.hindered_streak < OUTDATED_STREAK;
+    choose_procedure(
+        &ranked,
+        |p| usable(p) && variants.fits(p),
+        |p| variants.fits(p),
+    )
+    .or_else(|| choose_procedure(&ranked, usable, |p| variants.fits(p)))
 }
 
-/// Notes on each tool sequence that newer evidence of its context contradicts (a step of it
-/// gave way since it was last done), and demotes it as a run of hindered feedback would.
-fn mark_contradicted(patterns: &mut [Advice<Pattern>]) {
+/// Notes on each tool sequence that newer evidence of the task's variant of its context
+/// contradicts (a step of it gave way since it was last done), and on each that holds for
+/// another variant ([`Variants::fits`]), and demotes them as a run of hindered feedback would.
+fn mark_contradicted(patterns: &mut [Advice<Pattern>], task: Option<&[String]>) {
     let notes: Vec<(usize, String)> = {
         let ranked: Vec<&Pattern> = patterns.iter().map(|a| &a.item).collect();
-        let records = GaveWay::of(&ranked);
+        let variants = Variants::of(task, &ranked);
+        let records = GaveWay::of(&ranked, |p| variants.fits(p));
         (patterns.iter().enumerate())
             .filter_map(|(i, a)| {
+                let missing = variants.missing(&a.item);
+                if !missing.is_empty() && revise::tools_of(&a.item).is_some() {
+                    let note = format!(
+                        "; another variant of its context: its episodes all had {} (this task has not), demoted",
+                        marks_text(&missing)
+                    );
+                    return Some((i, note));
+                }
                 let (record, step, next) = records.contradiction(&a.item)?;
                 let place = (step.after.as_deref())
                     .map_or_else(|| "as the first step".to_owned(), |a| format!("after {a}"));
@@ -538,8 +619,9 @@ pub(crate) fn playbook(
     heuristics: &[Advice<Heuristic>],
     pitfalls: &[Advice<FailureLesson>],
     generic: Option<&str>,
+    variant: &TaskVariant<'_>,
 ) -> (Vec<PlaybookStep>, Option<PatternId>) {
-    let best = procedure(patterns).and_then(|(pattern, revised)| {
+    let best = procedure(patterns, variant.marks).and_then(|(pattern, revised)| {
         let PatternKind::ToolSequence { tools } = &pattern.kind else {
             return None;
         };
@@ -578,7 +660,7 @@ pub(crate) fn playbook(
             None => return (Vec::new(), None),
         },
     };
-    let steps = plan_steps(&tools, &basis, rule, heuristics, pitfalls, generic);
+    let steps = plan_steps(&tools, &basis, rule, heuristics, pitfalls, generic, variant);
     (steps, pattern_id)
 }
 
@@ -594,6 +676,7 @@ fn plan_steps(
     heuristics: &[Advice<Heuristic>],
     pitfalls: &[Advice<FailureLesson>],
     generic: Option<&str>,
+    variant: &TaskVariant<'_>,
 ) -> Vec<PlaybookStep> {
     let head = generic.map(|g| format!("{g}: ")).unwrap_or_default();
     let mut out: Vec<(String, String)> = Vec::new();
@@ -601,7 +684,11 @@ fn plan_steps(
         // Only what the matched episodes taught changes the plan: a lesson there by context
         // alone may come from another kind of task of the same language, where its "fix" was
         // that task's own previous step.
-        let prep = (pitfalls.iter().filter(|p| p.taught_share > 0.0)).find_map(|p| {
+        // Nor does a lesson of another variant of the context, or one newer evidence contradicts.
+        let prepares = |p: &&Advice<FailureLesson>| {
+            p.taught_share > 0.0 && !variant.held_back.contains(&p.item.id)
+        };
+        let prep = (pitfalls.iter().filter(prepares)).find_map(|p| {
             (&p.item.failed_tool == tool)
                 .then(|| preparation(&p.item))
                 .flatten()
@@ -665,6 +752,14 @@ fn plan_steps(
         why,
     });
     steps.collect()
+}
+
+/// The task's variant of its context, for the plan: its marks ([`context_marks`]; `None`: not
+/// known) and the lessons whose preparation stays out of it ([`revise_pitfalls`]).
+#[derive(Debug, Default)]
+pub(crate) struct TaskVariant<'a> {
+    marks: Option<&'a [String]>,
+    held_back: HashSet<LessonId>,
 }
 
 /// Whether an episode of `task_type` in `context` is of the request's own context: its kind
@@ -970,9 +1065,25 @@ impl Advisor<'_> {
             half_life,
         );
         let mut pitfalls = rank_pitfalls(candidates(taught.lessons, lessons, c, s), now, half_life);
-        let (mut playbook, playbook_pattern) =
-            playbook(&patterns, &heuristics, &pitfalls, strength.label());
-        mark_contradicted(&mut patterns);
+        // The task's variant: its framework and tags, from the request, else (on a strong
+        // match, as the context) the closest episode's.
+        let marks = match (&req.context, closest) {
+            (Some(ctx), _) => Some(context_marks(ctx)),
+            (None, Some(e)) if strong => Some(context_marks(&e.context)),
+            _ => None,
+        };
+        let variant = TaskVariant {
+            marks: marks.as_deref(),
+            held_back: revise_pitfalls(&mut pitfalls, &patterns, marks.as_deref()),
+        };
+        let (mut playbook, playbook_pattern) = playbook(
+            &patterns,
+            &heuristics,
+            &pitfalls,
+            strength.label(),
+            &variant,
+        );
+        mark_contradicted(&mut patterns, variant.marks);
         let mut episodes = fold_duplicates(similar.iter().map(|r| (*r).clone()).collect());
         // No plan from anything learned, and no similar task finished: start where the similar
         // attempt that got furthest stopped. On a strong match from any similar failure; on a
@@ -1016,7 +1127,15 @@ impl Advisor<'_> {
                 Match::Weak => Some("no strong match, only a near miss tried this"),
                 Match::Lexical => Some("lexical match only"),
             };
-            playbook = plan_steps(&tools, &basis, None, &heuristics, &pitfalls, label);
+            playbook = plan_steps(
+                &tools,
+                &basis,
+                None,
+                &heuristics,
+                &pitfalls,
+                label,
+                &variant,
+            );
             playbook_attempt = Some(past.id);
         }
         let domain = context.as_ref().and_then(|q| q.domain.clone());
@@ -1106,7 +1225,9 @@ mod tests {
         let only = |streak| {
             let old = sequence(&["a", "b"], 30, 20, streak);
             let ranked = rank_patterns(vec![(old, rel)], now, 30.0);
-            playbook(&ranked, &[], &[], None).1.is_some()
+            playbook(&ranked, &[], &[], None, &TaskVariant::default())
+                .1
+                .is_some()
         };
         assert!(only(OUTDATED_STREAK - 1));
         assert!(!only(OUTDATED_STREAK));

@@ -33,7 +33,7 @@ use crate::learned::{ContextKey, Pattern, PatternKind, StepReplaced};
 const REVISION_SIMILARITY: f64 = 0.5;
 
 /// The tools of a tool-sequence pattern.
-fn tools_of(p: &Pattern) -> Option<&[String]> {
+pub(crate) fn tools_of(p: &Pattern) -> Option<&[String]> {
     match &p.kind {
         PatternKind::ToolSequence { tools } => Some(tools),
         _ => None,
@@ -47,8 +47,8 @@ pub(crate) struct GaveWay<'a> {
 }
 
 impl<'a> GaveWay<'a> {
-    /// The records among `candidates`.
-    pub(crate) fn of(candidates: &[&'a Pattern]) -> Self {
+    /// The records among `candidates` that `holds` accepts (those of the task's variant).
+    pub(crate) fn of(candidates: &[&'a Pattern], holds: impl Fn(&'a Pattern) -> bool) -> Self {
         let mut newest: HashMap<(&ContextKey, StepReplaced), (&Pattern, &str)> = HashMap::new();
         for &p in candidates {
             let PatternKind::DecisionPoint { condition, choice } = &p.kind else {
@@ -60,6 +60,9 @@ impl<'a> GaveWay<'a> {
             let Some(step) = StepReplaced::parse(condition) else {
                 continue;
             };
+            if !holds(p) {
+                continue;
+            }
             let entry = newest.entry((&p.context, step)).or_insert((p, choice));
             if newer(p, entry.0) {
                 *entry = (p, choice);
@@ -90,19 +93,21 @@ impl<'a> GaveWay<'a> {
 
 /// Whether record `a` is newer than `b` (on equal times, the one with the smaller id counts
 /// as newer, so the choice does not depend on the order of the candidates).
-fn newer(a: &Pattern, b: &Pattern) -> bool {
+pub(crate) fn newer(a: &Pattern, b: &Pattern) -> bool {
     a.last_seen > b.last_seen || (a.last_seen == b.last_seen && a.id < b.id)
 }
 
 /// The procedure a playbook follows: the first of `ranked` (best first) that `usable` accepts
 /// and no newer record contradicts; a contradicted one gives way to the newest usable sequence
 /// of its context that succeeded after it, shares most of its steps and is not contradicted.
-/// Returns the pattern and, when it stands in for a contradicted one, why.
+/// Only the records `holds` accepts count. Returns the pattern and, when it stands in for a
+/// contradicted one, why.
 pub(crate) fn choose_procedure<'a>(
     ranked: &[&'a Pattern],
     usable: impl Fn(&Pattern) -> bool,
+    holds: impl Fn(&'a Pattern) -> bool,
 ) -> Option<(&'a Pattern, Option<String>)> {
-    let records = GaveWay::of(ranked);
+    let records = GaveWay::of(ranked, holds);
     let sequences: Vec<&Pattern> = (ranked.iter().copied())
         .filter(|p| tools_of(p).is_some() && usable(p))
         .collect();
@@ -195,7 +200,7 @@ mod tests {
     }
 
     fn choose<'a>(ranked: &[&'a Pattern]) -> Option<(&'a Pattern, Option<String>)> {
-        choose_procedure(ranked, |_| true)
+        choose_procedure(ranked, |_| true, |_| true)
     }
 
     #[test]
