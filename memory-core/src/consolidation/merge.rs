@@ -130,6 +130,9 @@ impl Consolidate for Pattern {
         self.total_latency_ms += std::mem::take(&mut loser.total_latency_ms);
         let marks = std::mem::take(&mut loser.marks);
         self.marks.merge(&marks);
+        if !matches!(self.kind, PatternKind::ToolSequence { .. }) {
+            self.marks.keep_shared();
+        }
         loser.effectiveness = Effectiveness::default();
     }
 

@@ -60,7 +60,8 @@ pub struct FailureLesson {
     pub recent_evidence: Vec<Evidence>,
     /// Whether it is in use.
     pub status: LearnedStatus,
-    /// The framework and tags of the episodes it struck in, counted ([`Marks`]).
+    /// The framework and tags every episode it struck in had, counted ([`Marks`]; the marks
+    /// some of them lacked are dropped).
     #[serde(default, skip_serializing_if = "Marks::is_empty")]
     pub marks: Marks,
 }
@@ -139,6 +140,8 @@ impl FailureLesson {
         self.last_seen = self.last_seen.max(obs.observed_at);
         if let Some(marks) = &obs.marks {
             self.marks.observe(marks, obs.observed_at);
+            // Only the shared marks of a lesson are read.
+            self.marks.keep_shared();
         }
         if let Some(tools) = &obs.remedy {
             self.recovered += 1;

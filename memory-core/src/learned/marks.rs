@@ -137,6 +137,14 @@ impl Marks {
         }
     }
 
+    /// Drops the marks some episode lacked, for the kinds that need only the shared ones (a
+    /// mark that fell behind can never be shared again): their bodies stay as small as the
+    /// marks one episode brings, however many tags come and go.
+    pub fn keep_shared(&mut self) {
+        let episodes = self.episodes;
+        self.seen.retain(|s| s.count == episodes);
+    }
+
     /// Whether every one of the item's `occurrences` had its marks recorded (evidence from
     /// before marks were kept makes them unknown: the item then holds everywhere, as before).
     pub fn known(&self, occurrences: u64) -> bool {
@@ -221,5 +229,8 @@ mod tests {
         assert_eq!(m.seen.len(), MAX_COUNTED_MARKS);
         assert_eq!(m.shared().collect::<Vec<_>>(), ["tag=always"]);
         assert!(m.known(100) && !m.known(101));
+        m.keep_shared();
+        assert_eq!(m.seen.len(), 1);
+        assert_eq!((m.episodes, m.count("tag=always")), (100, 100));
     }
 }

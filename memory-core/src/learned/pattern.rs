@@ -234,7 +234,7 @@ pub struct Pattern {
     /// Whether it is in use.
     pub status: LearnedStatus,
     /// The framework and tags of its episodes, counted ([`Marks`]); kept for tool sequences
-    /// and steps that gave way.
+    /// (every mark) and steps that gave way (the shared ones only).
     #[serde(default, skip_serializing_if = "Marks::is_empty")]
     pub marks: Marks,
 }
@@ -323,6 +323,10 @@ impl Pattern {
         self.last_seen = self.last_seen.max(obs.observed_at);
         if let Some(marks) = &obs.marks {
             self.marks.observe(marks, obs.observed_at);
+            // Only a tool sequence's other marks are read (how often each occurs in its context).
+            if !matches!(self.kind, PatternKind::ToolSequence { .. }) {
+                self.marks.keep_shared();
+            }
         }
         push_recent(
             &mut self.recent_evidence,
