@@ -10,7 +10,7 @@
 //!   good as BM25 on recall@5 and nDCG@10, with and without the queries' context, and within
 //!   the measured gap of the vector side (the fusion chosen over four sets, two of them public
 //!   conversation benchmarks, gives up 0.013 / 0.028 nDCG@10 against the vector alone here;
-//!   see README, "Retrieval on real text").
+//!   see docs/EVALUATION.md, "Retrieval on real text").
 //!
 //! Tests needing the model skip with a note outside CI and fail under CI without it.
 

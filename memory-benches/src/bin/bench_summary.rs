@@ -1,5 +1,5 @@
 //! Prints the brief's performance targets next to what was measured, as one markdown table for
-//! the README's Performance section.
+//! the Performance table of docs/PERFORMANCE.md.
 //!
 //! Reads criterion's output (`<target dir>/criterion/**/new/{benchmark,estimates,sample}.json`)
 //! and, optionally, the JSON report of an `ingest` run:
