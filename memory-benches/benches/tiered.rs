@@ -41,13 +41,13 @@ use criterion::{
 };
 use memory_benches::DefaultStack;
 use memory_core::{
-    BreakerConfig, EpisodeId, MemoryConfig, Namespace, Outcome, SelfLearningMemory,
-    StepBatchConfig, TieredConfig, TieredStorage,
+    EpisodeId, MemoryConfig, Namespace, Outcome, SelfLearningMemory, StepBatchConfig,
 };
 use memory_stack::DataDir;
 use memory_storage_redb::{CacheConfig, JournalDir, OutboxConfig, RedbCache};
 use memory_storage_turso::TursoStorage;
 use memory_testkit::{FaultInjecting, FaultMode};
+use memory_tiered::{BreakerConfig, TieredConfig, TieredStorage};
 
 const HISTORY: usize = 200;
 

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use memory_core::{CompletionReport, MemoryConfig, Namespace, SelfLearningMemory, TieredStorage};
+use memory_core::{CompletionReport, MemoryConfig, Namespace, SelfLearningMemory};
 use memory_stack::{DataDir, StackBuilder};
 use memory_storage_redb::CacheConfig;
 use memory_storage_turso::Synchronous;
+use memory_tiered::TieredStorage;
 
 use crate::WorkloadEpisode;
 

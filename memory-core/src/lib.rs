@@ -39,11 +39,10 @@ mod quote;
 mod records;
 pub mod retrieval;
 mod search_text;
-mod serde_adapters;
+pub mod serde_adapters;
 mod statistics;
 mod storage;
 mod text;
-mod tiered;
 
 pub use assessment::{Reflection, RewardScore};
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock, truncate_to_millis};
@@ -93,9 +92,6 @@ pub use storage::{
     query_typed,
 };
 pub use text::{bm25_weight, collapse_tools, error_class, for_each_token, tokenize};
-pub use tiered::{
-    BreakerConfig, BreakerState, SyncStatus, TieredBuilder, TieredConfig, TieredStorage,
-};
 
 /// What the exported macros need from other crates.
 #[doc(hidden)]

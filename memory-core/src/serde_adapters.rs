@@ -1,4 +1,5 @@
-//! Serde adapters for fields whose natural form does not suit every format.
+//! Serde adapters for fields whose natural form does not suit every format (shared with the
+//! crates that compose core's types, such as the tiered layer's configuration).
 
 /// `serde_json::Value` fields: the value itself in human-readable formats (JSON), a JSON
 /// string in binary formats (bincode cannot decode a self-describing `Value`).
@@ -32,15 +33,30 @@ pub(crate) mod json_value {
 }
 
 /// `Duration` fields as whole milliseconds.
-pub(crate) mod duration_ms {
+///
+/// ```
+/// use std::time::Duration;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Settings {
+///     #[serde(with = "memory_core::serde_adapters::duration_ms")]
+///     timeout: Duration,
+/// }
+/// let s: Settings = serde_json::from_str(r#"{"timeout": 1500}"#)?;
+/// assert_eq!(s.timeout, Duration::from_millis(1500));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub mod duration_ms {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Serializes a duration as whole milliseconds.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
     }
 
+    /// Deserializes whole milliseconds into a duration.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
     }

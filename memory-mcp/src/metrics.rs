@@ -4,9 +4,9 @@
 //! scraped, from the stack: the circuit breaker, the journal's pending writes, the cache's
 //! hit ratio, the embedding backlog of the server's namespace, consolidation runs.
 
+use memory_tiered::BreakerState;
 use std::time::Duration;
 
-use memory_core::BreakerState;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,

@@ -8,8 +8,9 @@ use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
     EpisodeFilter, EpisodeId, Error as MemoryError, FeedbackTarget, HeuristicId, LearnedQuery,
     Limits, Namespace, NewEpisode, Outcome, PatternId, RateLimitConfig, RateLimiter,
-    SelfLearningMemory, StepInput, StepResult, TextQuery, TieredStorage,
+    SelfLearningMemory, StepInput, StepResult, TextQuery,
 };
+use memory_tiered::TieredStorage;
 use rmcp::handler::server::common::schema_for_input;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,

@@ -188,7 +188,7 @@ impl Stack {
 
     fn breaker_health(&self) -> ComponentHealth {
         let sync = self.tiered.status();
-        let closed = sync.breaker == memory_core::BreakerState::Closed;
+        let closed = sync.breaker == memory_tiered::BreakerState::Closed;
         let status = if closed { Status::Ok } else { Status::Degraded };
         let data = json!({
             "state": sync.breaker,

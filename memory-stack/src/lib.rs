@@ -50,9 +50,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use memory_core::{
-    Cache, Embedder, MemoryConfig, SelfLearningMemory, SystemClock, TieredConfig, TieredStorage,
-};
+use memory_core::{Cache, Embedder, MemoryConfig, SelfLearningMemory, SystemClock};
 use memory_storage_redb::{
     CacheConfig, CacheOpening, JournalDir, MemoryCache, OutboxConfig, RedbCache,
 };
@@ -65,6 +63,9 @@ pub use layout::{
     CACHE_FILE, DAMAGED_DIR, DATABASE_FILE, DataDir, JOURNAL_DIR, LEGACY_OUTBOX_FILE, LOCK_FILE,
     PresenceLock, REPLICA_FILE,
 };
+/// The tiered layer's configuration and state, for [`StackBuilder::tiered_config`] and health
+/// reports without a direct dependency on `memory-tiered`.
+pub use memory_tiered::{BreakerConfig, BreakerState, SyncStatus, TieredConfig, TieredStorage};
 
 /// Why the stack could not be opened.
 #[derive(Debug, thiserror::Error)]

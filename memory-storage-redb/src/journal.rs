@@ -50,7 +50,7 @@ pub struct DamagedJournal {
 }
 
 /// The journals of a data directory, seen from one process: its own (created on demand) and
-/// the orphans it adopts. Implements [`Outbox`] for [`memory_core::TieredStorage`].
+/// the orphans it adopts. Implements [`Outbox`] for the tiered layer (`memory_tiered::TieredStorage`).
 #[derive(Debug)]
 pub struct JournalDir {
     dir: PathBuf,

@@ -16,10 +16,11 @@ use std::time::Duration;
 use memory_core::{
     Cache, EpisodeId, EpisodeStore, FeedbackOutcome, FeedbackTarget, LearnedQuery, LearningStore,
     MemoryConfig, Namespace, NewEpisode, Outcome, PatternId, SelfLearningMemory, StepBatchConfig,
-    StepInput, Storage, TaskContext, TaskType, TieredStorage,
+    StepInput, Storage, TaskContext, TaskType,
 };
 use memory_storage_turso::TursoStorage;
 use memory_testkit::{InMemoryCache, InMemoryOutbox};
+use memory_tiered::TieredStorage;
 
 struct Writer {
     tiered: Arc<TieredStorage>,

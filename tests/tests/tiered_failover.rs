@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memory_core::{
-    BreakerConfig, Cache, EpisodeQuery, EpisodeStore, Error, InMemoryStorage, LearnedQuery,
-    LearningStore, MemoryConfig, Namespace, NewEpisode, Outbox, Outcome, SelfLearningMemory,
-    StepBatchConfig, StepInput, Storage, TaskContext, TaskType, TieredConfig, TieredStorage,
+    Cache, EpisodeQuery, EpisodeStore, Error, InMemoryStorage, LearnedQuery, LearningStore,
+    MemoryConfig, Namespace, NewEpisode, Outbox, Outcome, SelfLearningMemory, StepBatchConfig,
+    StepInput, Storage, TaskContext, TaskType,
 };
 use memory_testkit::{FaultInjecting, FaultMode, InMemoryCache, InMemoryOutbox};
+use memory_tiered::{BreakerConfig, TieredConfig, TieredStorage};
 
 fn fast_config() -> TieredConfig {
     TieredConfig {
@@ -298,7 +299,7 @@ async fn permanent_errors_are_returned_not_journaled() {
     assert_eq!(outbox.len().await.unwrap(), 0);
     assert_eq!(
         tiered.status().breaker,
-        memory_core::BreakerState::Closed,
+        memory_tiered::BreakerState::Closed,
         "permanent errors never trip the breaker"
     );
 }

@@ -32,12 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memory_core::{
-    BreakerState, EpisodeId, EpisodeQuery, EpisodeStore, Error, LearnedQuery, LearningStore,
-    Namespace, Outbox, OutboxEntry, TieredStorage,
+    EpisodeId, EpisodeQuery, EpisodeStore, Error, LearnedQuery, LearningStore, Namespace, Outbox,
+    OutboxEntry,
 };
 use memory_stack::{DataDir, Stack, StackBuilder, StorageMode};
 use memory_storage_redb::{Opening, OutboxConfig, RedbOutbox};
 use memory_storage_turso::{TursoConfig, TursoStorage};
+use memory_tiered::{BreakerState, TieredStorage};
 use rand::Rng;
 use tests::sqld::{SqldServer, require_sqld};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -159,8 +159,8 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     /// Removes everything.
     async fn clear(&self) -> Result<()>;
     /// Waits until every write queued so far is in the cache's own storage. A cache that
-    /// writes behind its callers overrides this; [`crate::TieredStorage::shutdown`] calls it,
-    /// so that a process ending right after leaves no queued write to be dropped with its
+    /// writes behind its callers overrides this; the tiered layer's shutdown
+    /// (`memory_tiered::TieredStorage::shutdown`) calls it, so that a process ending right after leaves no queued write to be dropped with its
     /// runtime. The default has nothing queued.
     async fn settle(&self) {}
     /// Current counters.

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use memory_core::{
-    BreakerConfig, EpisodeId, MemoryConfig, Namespace, NewEpisode, Outcome, SelfLearningMemory,
-    StepBatchConfig, StepInput, TaskContext, TaskType, TieredConfig,
+    EpisodeId, MemoryConfig, Namespace, NewEpisode, Outcome, SelfLearningMemory, StepBatchConfig,
+    StepInput, TaskContext, TaskType,
 };
+use memory_tiered::{BreakerConfig, TieredConfig};
 
 /// Steps logged in every episode.
 pub const STEPS: usize = 3;

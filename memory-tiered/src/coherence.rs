@@ -2,14 +2,14 @@
 //! the same data directory, other machines on the same server.
 //!
 //! The durable layer stamps every changed episode, pattern and heuristic with a position of
-//! its change feed ([`crate::Storage::changes_since`]). Before each cached read the tiered
+//! its change feed ([`memory_core::Storage::changes_since`]). Before each cached read the tiered
 //! storage asks whether anything was committed since it last looked (cheap: `PRAGMA
 //! data_version` for a local file) and, if so, reads what changed after its position. Writes
 //! that this process made itself and that followed only its own writes are already in the
 //! cache (write-through); from the first position another writer took, every object stamped
 //! at or after it is dropped. So a read never returns a copy older than what another writer
 //! had committed before the read began (for servers: before the last poll, at most one
-//! [`poll interval`](crate::Storage::may_have_changed) earlier).
+//! [`poll interval`](memory_core::Storage::may_have_changed) earlier).
 //!
 //! Fills and write-through puts race with that invalidation: a put prepared from an older
 //! state could land after the invalidation that should have removed it. Every invalidation
@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tracing::{debug, info, warn};
 
-use crate::namespace::Namespace;
-use crate::storage::{CacheKey, CacheMark, ChangeSet};
+use memory_core::Namespace;
+use memory_core::{CacheKey, CacheMark, ChangeSet};
 
 /// Most changed objects read per refresh; past it, the cache is cleared instead.
 pub(super) const MAX_CHANGES: u32 = 10_000;
@@ -160,7 +160,7 @@ pub(super) fn log_verdict(v: &Verdict, entries: u64) {
     }
 }
 
-pub(super) fn log_feed_error(e: &crate::error::Error) {
+pub(super) fn log_feed_error(e: &memory_core::Error) {
     if e.is_transient() {
         debug!(error = %e, "change feed unavailable; cached copies served as they are");
     } else {
@@ -171,8 +171,8 @@ pub(super) fn log_feed_error(e: &crate::error::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::episode::EpisodeId;
-    use crate::storage::Change;
+    use memory_core::Change;
+    use memory_core::EpisodeId;
 
     fn set(head: u64, changes: &[(u64, EpisodeId)], own: &[u64]) -> ChangeSet {
         ChangeSet {

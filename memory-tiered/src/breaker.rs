@@ -29,7 +29,7 @@ pub struct BreakerConfig {
     /// Calls in the rate window.
     pub window: u32,
     /// How long it stays open before probing.
-    #[serde(with = "crate::serde_adapters::duration_ms")]
+    #[serde(with = "memory_core::serde_adapters::duration_ms")]
     pub open_for: Duration,
 }
 
@@ -141,7 +141,7 @@ impl CircuitBreaker {
     }
 
     /// Reports the result of an allowed call: `transient_failure` is true only for errors for
-    /// which [`crate::Error::is_transient`] holds.
+    /// which [`memory_core::Error::is_transient`] holds.
     pub fn record(&self, transient_failure: bool) {
         let mut st = self.lock();
         let c = &self.config;

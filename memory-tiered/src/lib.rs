@@ -30,19 +30,19 @@ pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use coherence::{Coherence, MAX_CHANGES, Verdict, log_feed_error, log_verdict};
 use overlay::Overlay;
 
-use crate::clock::{SharedClock, SystemClock};
-use crate::episode::{Episode, EpisodeId, ExecutionStep};
-use crate::error::{Error, ObjectKind, Result};
-use crate::learned::{
-    Feedback, FeedbackTarget, Heuristic, LearnedId, LearnedItem, Pattern, PatternId,
-};
-use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
-use crate::namespace::Namespace;
-use crate::records::StepCompaction;
-use crate::storage::{
+use memory_core::Namespace;
+use memory_core::StepCompaction;
+use memory_core::{
     Cache, CacheKey, CacheStats, CachedValue, EpisodeCompletion, GuardedItems, LearnedItems,
     Outbox, OutboxEntry, Storage, WriteOp,
 };
+use memory_core::{Episode, EpisodeId, ExecutionStep};
+use memory_core::{Error, ObjectKind, Result};
+use memory_core::{ExistingLearned, LearnedChanges, LearningUpdate};
+use memory_core::{
+    Feedback, FeedbackTarget, Heuristic, LearnedId, LearnedItem, Pattern, PatternId,
+};
+use memory_core::{SharedClock, SystemClock};
 
 /// Tiered-storage settings.
 ///
@@ -57,10 +57,10 @@ pub struct TieredConfig {
     /// Outbox entries replayed per batch.
     pub replay_batch: usize,
     /// How often the sync task runs.
-    #[serde(with = "crate::serde_adapters::duration_ms")]
+    #[serde(with = "memory_core::serde_adapters::duration_ms")]
     pub sync_interval: Duration,
     /// How often the durable layer's own sync (embedded replicas) runs.
-    #[serde(with = "crate::serde_adapters::duration_ms")]
+    #[serde(with = "memory_core::serde_adapters::duration_ms")]
     pub replica_sync_interval: Duration,
 }
 
@@ -212,7 +212,8 @@ impl TieredStorage {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use memory_core::{InMemoryStorage, Outbox, TieredConfig, TieredStorage};
+    /// use memory_core::{InMemoryStorage, Outbox};
+    /// use memory_tiered::{TieredConfig, TieredStorage};
     /// # async fn demo(outbox: Arc<dyn Outbox>) -> memory_core::Result<()> {
     /// let tiered = TieredStorage::builder(Arc::new(InMemoryStorage::new()), outbox)
     ///     .config(TieredConfig::default())
@@ -990,7 +991,7 @@ impl Inner {
     }
 }
 
-crate::forward_storage! {
+memory_core::forward_storage! {
     impl[] EpisodeStore for TieredStorage => inner.durable, wrap inner.guarded;
     forward query_episodes, search_episodes, namespace_stats, list_namespaces, ping;
     {
@@ -1090,7 +1091,7 @@ crate::forward_storage! {
     }
 }
 
-crate::forward_storage! {
+memory_core::forward_storage! {
     impl[] LearningStore for TieredStorage => inner.durable, wrap inner.guarded;
     forward query_learned, list_feedback;
     {
@@ -1170,7 +1171,7 @@ crate::forward_storage! {
     }
 }
 
-crate::forward_storage! {
+memory_core::forward_storage! {
     impl[] EmbeddingStore for TieredStorage => inner.durable, wrap inner.guarded;
     forward get_embedding, episodes_missing_embedding, scan_embeddings, embedding_coverage,
         index_log_head, index_changes, get_index_snapshot, put_index_snapshot;
@@ -1202,7 +1203,7 @@ crate::forward_storage! {
 // which keeps the cache in step. Index snapshots are not journaled either: a snapshot is
 // derived data, and one that cannot be written now is written again later.
 
-crate::forward_storage! {
+memory_core::forward_storage! {
     impl[] MaintenanceStore for TieredStorage => inner.durable, wrap inner.guarded;
     forward record_consolidation, claim_consolidation, list_consolidations, put_metrics_snapshot,
         list_metrics_snapshots, put_estimate, get_estimate, query_estimates, record_restore,

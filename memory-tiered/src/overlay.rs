@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use crate::episode::{Episode, EpisodeId, ExecutionStep};
-use crate::learned::{Heuristic, HeuristicId, Learned, LearnedId, LearnedItem, Pattern, PatternId};
-use crate::learning::{ExistingLearned, LearnedChanges};
-use crate::namespace::Namespace;
-use crate::storage::{CacheKey, EpisodeCompletion, WriteOp};
+use memory_core::Namespace;
+use memory_core::{CacheKey, EpisodeCompletion, WriteOp};
+use memory_core::{Episode, EpisodeId, ExecutionStep};
+use memory_core::{ExistingLearned, LearnedChanges};
+use memory_core::{Heuristic, HeuristicId, Learned, LearnedId, LearnedItem, Pattern, PatternId};
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct EpisodeDelta {
