@@ -326,6 +326,21 @@ pub struct ContextArgs {
     pub tags: Vec<String>,
 }
 
+impl ContextArgs {
+    /// The task context these flags describe (an unknown complexity is an error).
+    pub fn to_context(&self) -> anyhow::Result<memory_core::TaskContext> {
+        let complexity: Option<memory_core::Complexity> =
+            self.complexity.as_deref().map(str::parse).transpose()?;
+        Ok(memory_core::TaskContext {
+            domain: self.domain.clone().unwrap_or_default(),
+            language: self.language.clone(),
+            framework: self.framework.clone(),
+            complexity: complexity.unwrap_or_default(),
+            tags: self.tags.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StartArgs {
     /// What the task is

@@ -18,8 +18,8 @@ use libsql::{Connection, Value};
 use memory_core::{CacheKey, Change, ChangeSet, EpisodeId, HeuristicId, Namespace, PatternId};
 use tokio::sync::Mutex;
 
-use crate::codec::{Cols, decode};
-use crate::error::{DbResult, Failure};
+use crate::codec::Cols;
+use crate::error::{DbResult, Failure, decode};
 use crate::prepared::Db;
 use crate::sql::query_opt;
 

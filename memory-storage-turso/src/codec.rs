@@ -16,7 +16,7 @@ use memory_core::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::DbResult;
+use crate::error::{DbResult, decode};
 
 /// Nanoseconds since the epoch; `InvalidInput` outside what an `i64` holds (years 1677-2262).
 pub(crate) fn nanos(field: &'static str, t: DateTime<Utc>) -> DbResult<i64> {
@@ -60,15 +60,6 @@ pub(crate) fn opt_json<T: Serialize>(field: &'static str, value: Option<&T>) -> 
 /// A value from JSON text.
 pub(crate) fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> DbResult<T> {
     serde_json::from_str(text).map_err(|e| decode(what, e))
-}
-
-/// An [`Error::Decode`] for `what`.
-pub(crate) fn decode(what: &'static str, reason: impl std::fmt::Display) -> crate::error::Failure {
-    Error::Decode {
-        what,
-        reason: reason.to_string(),
-    }
-    .into()
 }
 
 /// A `u64` counter as stored (two's complement in an `i64`; counters stay far below 2^63).

@@ -14,8 +14,11 @@ use std::cell::RefCell;
 
 use libsql::Value;
 
-use crate::codec::decode;
-use crate::error::DbResult;
+use crate::error::{DbResult, decode};
+
+/// The version from which step page bodies and episode reflections may be stored compressed
+/// (this module's format).
+pub(crate) const COMPRESSED_JSON: u32 = 10;
 
 /// Values shorter than this stay JSON text even where compression is on: a page of one or two
 /// steps (a server that writes each step as it comes) gains little from it.
@@ -42,7 +45,7 @@ pub(crate) enum JsonFormat {
 impl JsonFormat {
     /// The format of a database at schema `version`.
     pub(crate) fn of_version(version: u32) -> Self {
-        if version >= crate::schema::COMPRESSED_JSON {
+        if version >= COMPRESSED_JSON {
             JsonFormat::Compressed
         } else {
             JsonFormat::Text

@@ -17,7 +17,7 @@ use crate::checkpoint::Checkpointer;
 use crate::codec::Cols;
 use crate::config::{TursoConfig, TursoMode, is_memory_path};
 use crate::error::{DbResult, DriverError, Failure};
-use crate::group_commit::Grouping;
+use crate::group_state::Grouping;
 use crate::prepared::{Db, Prepared};
 use crate::schema;
 use crate::sql::{query_all, query_opt};
@@ -154,7 +154,7 @@ impl Inner {
                     libsql::params::Params::None => Vec::new(),
                     libsql::params::Params::Positional(values) => values,
                     libsql::params::Params::Named(_) => {
-                        return Err(crate::codec::decode(what, "named parameters"));
+                        return Err(crate::error::decode(what, "named parameters"));
                     }
                 };
                 let mut batch = crate::hrana::BatchBuilder::default();

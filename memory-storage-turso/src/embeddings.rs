@@ -12,10 +12,10 @@ use tracing::instrument;
 
 use crate::backend::TursoStorage;
 use crate::codec::{
-    Cols, SUMMARY_COLUMNS, blob_to_vector, decode, nanos_clamped, summary_from_row, vector_to_blob,
+    Cols, SUMMARY_COLUMNS, blob_to_vector, nanos_clamped, summary_from_row, vector_to_blob,
 };
 use crate::connection::Inner;
-use crate::error::{DbResult, DriverError};
+use crate::error::{DbResult, DriverError, decode};
 use crate::sql::{query_all, query_one, query_opt};
 
 #[async_trait]

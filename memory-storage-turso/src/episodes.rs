@@ -14,13 +14,13 @@ use tracing::instrument;
 
 use crate::backend::TursoStorage;
 use crate::codec::{
-    Cols, EPISODE_COLUMNS, REFLECTION, SUMMARY_COLUMNS, decode, episode_from_row, nanos, opt_json,
+    Cols, EPISODE_COLUMNS, REFLECTION, SUMMARY_COLUMNS, episode_from_row, nanos, opt_json,
     opt_text, summary_from, text, to_json,
 };
 use crate::compressed_json::JsonFormat;
 use crate::connection::Inner;
-use crate::error::DbResult;
-use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
+use crate::episode_rows::{CLOSE_ESTIMATE, INSERT_TAGS, close_estimate_values, episode_state};
+use crate::error::{DbResult, decode};
 use crate::prepared::Db;
 use crate::sql::{Sql, filter_sql, insert_rows, query_one, query_opt};
 use crate::step_pages::{self, EncodedSteps, Stored};
@@ -31,8 +31,6 @@ pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_desc
      outcome, reward_total, reward, reflection) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
      ON CONFLICT (ns, id) DO NOTHING";
-
-pub(crate) const INSERT_TAGS: &str = "INSERT INTO episode_tags (ns, tag, episode_id)";
 
 impl Inner {
     /// Writes the steps of `steps` that are not stored yet as pages (see
@@ -89,17 +87,6 @@ fn conflict_completed(id: EpisodeId) -> Error {
         id: id.to_string(),
         reason: "is already completed; steps can no longer be added".into(),
     }
-}
-
-/// Whether the episode exists (`None`) and is completed.
-pub(crate) async fn episode_state(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<Option<bool>> {
-    query_opt(
-        conn,
-        "SELECT outcome_kind IS NOT NULL FROM episodes WHERE ns = ?1 AND id = ?2",
-        (ns, id),
-        |row| Ok(Cols::new(row, "episode").i64(0)? != 0),
-    )
-    .await
 }
 
 /// An episode with its steps in order, `None` if absent.

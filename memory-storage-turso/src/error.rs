@@ -201,6 +201,15 @@ fn chain_has_transient_io(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// An [`Error::Decode`] for `what`.
+pub(crate) fn decode(what: &'static str, reason: impl std::fmt::Display) -> Failure {
+    Error::Decode {
+        what,
+        reason: reason.to_string(),
+    }
+    .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 //! that fails rolls back to its own savepoint; the others' writes are kept.
 //!
 //! The members' full-text rows wait for the commit, which writes them by one statement just
-//! before `COMMIT` ([`crate::text_index::DeferredText`]): FTS5 writes a segment at every
+//! before `COMMIT` ([`crate::deferred_text::DeferredText`]): FTS5 writes a segment at every
 //! savepoint a statement opens or releases, so rows written inside each body made a segment
 //! per member instead of one per group. A body rolled back to its savepoint drops its rows;
 //! one that wrote the held rows (a delete of index rows does) and then fails or is cancelled
@@ -24,7 +24,7 @@
 //! Local databases only: a remote transaction would hold a server stream across members.
 //! Written here because the driver has no group commit of its own.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use libsql::Connection;
 use tokio::sync::{MutexGuard, watch};
@@ -32,8 +32,8 @@ use tracing::warn;
 
 use crate::connection::{Inner, retry_busy};
 use crate::error::{DbResult, DriverError, Failure};
+use crate::group_state::{Group, Holding, Outcome, Waiting, lock};
 use crate::prepared::Db;
-use crate::text_index::DeferredText;
 
 /// The writer connection's `busy_timeout` while writes are grouped: waiting for the write
 /// lock happens in [`Inner::begin_immediate`] instead.
@@ -41,111 +41,6 @@ pub(crate) const WRITER_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 0";
 
 /// The most writes one commit holds: bounds how long another process waits for the lock.
 pub(crate) const MAX_MEMBERS: usize = 16;
-
-/// How a group's commit went, as each member learns it: a failure's text and whether it is
-/// transient.
-type Outcome = Result<(), (String, bool)>;
-
-/// The open group of the writer connection, changed only while its lock is held.
-#[derive(Debug)]
-struct Group {
-    id: u64,
-    members: usize,
-    /// A member's body runs, or was cancelled while running.
-    body_open: bool,
-    /// That body runs in a savepoint. The first member of a group needs none (its failure
-    /// rolls back the whole transaction, which holds nothing else), and a savepoint is not
-    /// free: SQLite copies every page the body changes into its journal.
-    savepoint: bool,
-    /// Where that body's full-text rows begin in [`Grouping::text`].
-    text_from: usize,
-    done: watch::Sender<Option<Outcome>>,
-}
-
-/// The group-commit state of a writer connection.
-#[derive(Debug, Default)]
-pub(crate) struct Grouping {
-    group: std::sync::Mutex<Option<Group>>,
-    /// Grouped writes waiting for the writer connection.
-    waiting: AtomicUsize,
-    ids: AtomicU64,
-    shared_commits: AtomicU64,
-    shared_writes: AtomicU64,
-    /// The open group's full-text rows, written by its commit.
-    text: DeferredText,
-    /// Bumped when the writer connection may have been left free with a group open and
-    /// nobody queued to commit it: a queued write was cancelled, or one holding the connection
-    /// ended without committing or handing on (see [`Inner::await_commit`]).
-    freed: watch::Sender<u64>,
-}
-
-/// Commits that several concurrent writes shared since the storage was opened
-/// ([`TursoStorage::group_commits`](crate::TursoStorage::group_commits)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GroupCommits {
-    /// Commits that held more than one write.
-    pub commits: u64,
-    /// The writes those commits held.
-    pub writes: u64,
-}
-
-impl Grouping {
-    pub(crate) fn stats(&self) -> GroupCommits {
-        GroupCommits {
-            commits: self.shared_commits.load(Ordering::Relaxed),
-            writes: self.shared_writes.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Counts a grouped write queued for the writer connection; one dropped before it got the
-/// connection (cancelled) tells the members waiting for a commit that it will not come.
-struct Waiting<'a> {
-    grouping: &'a Grouping,
-    acquired: bool,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.grouping.waiting.fetch_sub(1, Ordering::AcqRel);
-        if !self.acquired {
-            self.grouping.tell_freed();
-        }
-    }
-}
-
-/// Held by a grouped write while it has the writer connection: dropped armed (the write
-/// neither committed nor finished its group, nor handed it on to a queued write: it failed
-/// or was cancelled midway) with a group open, it tells the members waiting for that group's
-/// commit.
-struct Holding<'a> {
-    grouping: &'a Grouping,
-    armed: bool,
-}
-
-impl Drop for Holding<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.grouping.tell_freed();
-        }
-    }
-}
-
-impl Grouping {
-    /// Tells the members waiting for the open group's commit, if a group is open (none
-    /// waits otherwise).
-    fn tell_freed(&self) {
-        if lock(self).is_some() {
-            self.freed.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-}
-
-fn lock(g: &Grouping) -> std::sync::MutexGuard<'_, Option<Group>> {
-    g.group
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn shared_failure((message, transient): (String, bool)) -> Failure {
     Failure::Driver(DriverError::SharedCommit { message, transient })
@@ -351,7 +246,7 @@ impl Inner {
             return Ok(());
         }
         let db = Db::with(conn, &self.prepared);
-        let result = match self.grouping.text.write(&db).await {
+        let result = match crate::text_index::write_held(&self.grouping.text, &db).await {
             Ok(()) => conn
                 .execute("COMMIT", ())
                 .await
@@ -456,6 +351,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use crate::GroupCommits;
 
     use chrono::Utc;
     use memory_core::{

@@ -22,8 +22,7 @@ use libsql_hrana::proto::{
     PipelineRespBody, Stmt, StmtResult, StreamRequest, StreamResponse, StreamResult,
 };
 
-use crate::codec::decode;
-use crate::error::{DbResult, DriverError, Failure};
+use crate::error::{DbResult, DriverError, Failure, decode};
 
 /// A statement of a batch: SQL and its positional values.
 pub(crate) struct Statement {

@@ -52,10 +52,13 @@ mod codec;
 mod compressed_json;
 mod config;
 mod connection;
+mod deferred_text;
 mod embeddings;
+mod episode_rows;
 mod episodes;
 mod error;
 mod group_commit;
+mod group_state;
 #[cfg(feature = "remote")]
 mod hrana;
 mod learned;
@@ -78,5 +81,5 @@ pub use config::{
     ENV_AUTH_TOKEN, ENV_DATABASE_URL, MAX_READERS, MEMORY_PATH, Synchronous, TursoConfig,
     TursoConfigBuilder, TursoMode,
 };
-pub use group_commit::GroupCommits;
+pub use group_state::GroupCommits;
 pub use schema::SCHEMA_VERSION;

@@ -6,15 +6,15 @@ use chrono::{DateTime, Utc};
 use libsql::Value;
 use libsql::params::IntoParams;
 use memory_core::{
-    ConsolidationRun, EpisodeId, Error, EstimateActual, EstimateRecord, FeedbackTarget,
-    HeuristicId, MaintenanceStore, MetricsSnapshot, Namespace, ObjectKind, PatternId,
-    RestoreRecord, Result, StepCompaction, indexed_work_text,
+    ConsolidationRun, EpisodeId, Error, EstimateRecord, FeedbackTarget, HeuristicId,
+    MaintenanceStore, MetricsSnapshot, Namespace, ObjectKind, PatternId, RestoreRecord, Result,
+    StepCompaction, indexed_work_text,
 };
 use tracing::instrument;
 
 use crate::backend::TursoStorage;
 use crate::codec::{Cols, from_json, from_nanos, nanos, nanos_clamped, text, to_json};
-use crate::episodes::episode_state;
+use crate::episode_rows::episode_state;
 use crate::error::{DbResult, DriverError};
 use crate::prepared::Db;
 use crate::sql::{Sql, query_all};
@@ -46,27 +46,6 @@ async fn reindex_steps(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<()> {
     let steps = step_pages::read_steps(conn, ns, id).await?;
     text_index::delete(conn, ns, id, WORK_PART).await?;
     text_index::insert(conn, &indexed_work_text(&steps), ns, id, WORK_PART).await
-}
-
-/// Stores a completion's actuals with the episode's estimate record when one is open (local
-/// and remote completions run it in their transaction); `?4` is the [`EstimateActual`] as
-/// JSON, set into the stored record's body.
-pub(crate) const CLOSE_ESTIMATE: &str = "UPDATE estimates SET completed_at = ?3, \
-     body = json_set(body, '$.actual', json(?4)) \
-     WHERE ns = ?1 AND episode_id = ?2 AND completed_at IS NULL";
-
-/// The values of [`CLOSE_ESTIMATE`].
-pub(crate) fn close_estimate_values(
-    ns: &str,
-    id: &str,
-    actual: &EstimateActual,
-) -> DbResult<Vec<Value>> {
-    Ok(vec![
-        text(ns),
-        text(id),
-        Value::Integer(nanos("estimate.completed_at", actual.completed_at)?),
-        Value::Text(to_json("estimate.actual", actual)?),
-    ])
 }
 
 #[async_trait]

@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use libsql::params::{IntoParams, Params};
 use libsql::{Connection, Row, Statement, Value};
 
+use crate::deferred_text::DeferredText;
 use crate::error::DbResult;
-use crate::text_index::DeferredText;
 
 /// Statements kept at most; past it the cache starts over (statements whose text varies with
 /// their number of rows or keys would otherwise crowd out the steady ones).
@@ -178,7 +178,7 @@ impl<'a> Db<'a> {
         let mut first = self
             .query(sql, params, 1, |row| match f.take() {
                 Some(f) => f(row),
-                None => Err(crate::codec::decode("row", "read past the first row")),
+                None => Err(crate::error::decode("row", "read past the first row")),
             })
             .await?;
         Ok(first.pop())

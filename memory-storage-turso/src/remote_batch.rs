@@ -34,15 +34,14 @@ use memory_core::{
     LearnedChanges, ObjectKind, Pattern, indexed_work_text, task_search_text,
 };
 
-use crate::codec::{Cols, EPISODE_COLUMNS, decode, episode_from, from_json, text};
+use crate::codec::{Cols, EPISODE_COLUMNS, episode_from, from_json, text};
 use crate::compressed_json::JsonFormat;
 use crate::connection::Inner;
-use crate::episodes::INSERT_TAGS;
-use crate::error::DbResult;
+use crate::episode_rows::{CLOSE_ESTIMATE, INSERT_TAGS, close_estimate_values};
+use crate::error::{DbResult, decode};
 use crate::hrana::{BatchBuilder, HranaClient, Outcome, Statement, server_error};
 use crate::learned::item_statements;
 use crate::learned_bodies::LearnedBodies;
-use crate::maintenance::{CLOSE_ESTIMATE, close_estimate_values};
 use crate::sql::{ROWS_PER_INSERT, insert_statements, placeholders};
 use crate::step_pages::{
     NewSteps, READ_KEYS, READ_PAGES, STORED_COUNT, Stored, page_row, steps_of,

@@ -16,10 +16,6 @@ use crate::sql::query_opt;
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 12;
 
-/// The version from which step page bodies and episode reflections may be stored compressed
-/// ([`crate::compressed_json`]).
-pub(crate) const COMPRESSED_JSON: u32 = 10;
-
 /// The version from which the change feed is read from `change_log` (the per-table change
 /// indexes are gone; see `migrations/v11.sql`).
 pub(crate) const CHANGE_LOG: u32 = 11;

@@ -5,8 +5,8 @@ use libsql::params::IntoParams;
 use libsql::{Row, Value};
 use memory_core::{EpisodeFilter, EpisodeStatus, LearnedQuery};
 
-use crate::codec::{Cols, decode, nanos_clamped, text};
-use crate::error::DbResult;
+use crate::codec::{Cols, nanos_clamped, text};
+use crate::error::{DbResult, decode};
 use crate::prepared::Db;
 
 /// Rows per multi-row `INSERT` (at 11 columns, far below SQLite's 32,766 bound parameters).

@@ -24,10 +24,10 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::codec::{
-    Cols, STEP_COLUMNS, decode, from_json, from_nanos, nanos, step_from_row, text, to_json,
+    Cols, STEP_COLUMNS, from_json, from_nanos, nanos, step_from_row, text, to_json,
 };
 use crate::compressed_json::{JsonFormat, json_of};
-use crate::error::DbResult;
+use crate::error::{DbResult, decode};
 use crate::prepared::Db;
 use crate::sql::query_all;
 

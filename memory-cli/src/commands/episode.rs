@@ -3,12 +3,12 @@
 use anyhow::{Context, Result};
 use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
-    Complexity, EpisodeFilter, EpisodeId, EpisodeQuery, EpisodeStatus, NewEpisode, Outcome,
-    OutcomeKind, SelfLearningMemory, StepInput, StepResult, TaskContext, TaskType, TextQuery,
+    EpisodeFilter, EpisodeId, EpisodeQuery, EpisodeStatus, NewEpisode, Outcome, OutcomeKind,
+    SelfLearningMemory, StepInput, StepResult, TaskType, TextQuery,
 };
 use serde_json::json;
 
-use crate::cli::{CompleteArgs, ContextArgs, EpisodeCmd, ListArgs, StartArgs, StepArgs};
+use crate::cli::{CompleteArgs, EpisodeCmd, ListArgs, StartArgs, StepArgs};
 use crate::commands::recommend;
 use crate::display_safe::line;
 use crate::output::{self, clip, pct};
@@ -29,20 +29,9 @@ pub fn parse_id(id: &str) -> Result<EpisodeId> {
     Ok(id.parse::<EpisodeId>()?)
 }
 
-pub fn context_from(a: &ContextArgs) -> Result<TaskContext> {
-    let complexity: Option<Complexity> = a.complexity.as_deref().map(str::parse).transpose()?;
-    Ok(TaskContext {
-        domain: a.domain.clone().unwrap_or_default(),
-        language: a.language.clone(),
-        framework: a.framework.clone(),
-        complexity: complexity.unwrap_or_default(),
-        tags: a.tags.clone(),
-    })
-}
-
 async fn start(a: StartArgs, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let task_type: TaskType = a.task_type.parse()?;
-    let context = context_from(&a.context)?;
+    let context = a.context.to_context()?;
     // Asked first, in this process: the engine records the estimate with the episode that
     // starts next for the same task.
     let advice = if a.advise {

@@ -5,7 +5,6 @@ use memory_core::retrieval::recommend::{RecommendRequest, Recommendation};
 use memory_core::{SelfLearningMemory, TaskType};
 
 use crate::cli::RecommendArgs;
-use crate::commands::episode::context_from;
 use crate::display_safe::line;
 use crate::output::{self, clip, pct, short_id};
 use crate::settings::Settings;
@@ -25,7 +24,7 @@ pub async fn run(a: RecommendArgs, m: &SelfLearningMemory, s: &Settings) -> Resu
         || task_type.is_some();
     let mut req = RecommendRequest::new(a.task).with_limit(a.limit);
     if has_context {
-        req = req.with_context(task_type, context_from(&a.context)?);
+        req = req.with_context(task_type, a.context.to_context()?);
     }
     let rec = advise(&req, m, s).await?;
     if s.json {

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::run::{Pool, RunState};
+use super::pool::{Pool, RunState};
 use crate::learned::{ContextKey, Heuristic, LearnedStatus, general_identity, push_recent};
 
 /// Contexts that must agree before a rule is generalized.

@@ -7,11 +7,13 @@ mod estimates;
 mod generalize;
 mod merge;
 mod metrics;
+mod pool;
 mod run;
 
 pub use config::{ConsolidationConfig, RetentionConfig};
 pub(crate) use estimates::{calibrated, check_estimate, estimate_actual};
 pub(crate) use merge::sequence_similarity;
 pub use metrics::trend;
+pub use pool::LearnedChange;
+pub use run::ConsolidationReport;
 pub(crate) use run::Consolidator;
-pub use run::{ConsolidationReport, LearnedChange};

@@ -15,10 +15,10 @@ use uuid::Uuid;
 use super::config::{ConsolidationConfig, RetentionConfig};
 use super::generalize::generalize_rules;
 use super::merge::{
-    Consolidate, decayed_use, lexical_similarity, merge_into, recently_restored,
-    sequence_similarity,
+    Consolidate, decayed_use, lexical_similarity, recently_restored, sequence_similarity,
 };
 use super::metrics::snapshot;
+use super::pool::{LearnedChange, Pool, RunState};
 use crate::clock::SharedClock;
 use crate::embedding::{Embedder, cosine};
 use crate::error::{Error, Result};
@@ -29,19 +29,6 @@ use crate::namespace::Namespace;
 use crate::records::{ConsolidationRun, MetricsSnapshot, RestoreRecord};
 use crate::statistics::decay_factor;
 use crate::storage::{GuardedItems, LearnedItems, LearnedQuery, Storage, get_typed, query_typed};
-
-/// One learned item a consolidation run changed, and how.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LearnedChange {
-    /// `pattern` or `heuristic`.
-    pub kind: String,
-    /// The item's id.
-    pub id: String,
-    /// `merged`, `pruned`, `revived`, `forwarded` or `effectiveness`.
-    pub action: String,
-    /// What happened, for people (the survivor of a merge, the reason of a prune, ...).
-    pub detail: String,
-}
 
 /// What a consolidation run did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,101 +65,6 @@ pub(crate) struct Consolidator {
     embedder: Option<Arc<dyn Embedder>>,
     one_at_a_time: tokio::sync::Mutex<()>,
     runs: AtomicU64,
-}
-
-/// The items of one kind during a run: as loaded, and as the run leaves them (which may hold
-/// items the run added).
-pub(crate) struct Pool<T: Learned> {
-    loaded: Vec<T>,
-    pub(crate) items: BTreeMap<T::Id, T>,
-    /// Items whose evidence the run moved between them (loser, survivor): written together
-    /// or not at all, so counts are neither lost nor counted twice.
-    linked: Vec<(T::Id, T::Id)>,
-}
-
-impl<T: Consolidate> Pool<T> {
-    pub(crate) fn new(loaded: Vec<T>) -> Self {
-        let items = loaded.iter().map(|x| (x.id().clone(), x.clone())).collect();
-        Pool {
-            loaded,
-            items,
-            linked: Vec::new(),
-        }
-    }
-
-    /// Follows merge pointers to the item that finally holds the evidence (at most 16 hops,
-    /// so a corrupt cycle cannot loop).
-    fn final_survivor(&self, start: &T::Id) -> Option<T::Id> {
-        let mut id = start.clone();
-        for _ in 0..16 {
-            match self.items.get(&id)?.status() {
-                LearnedStatus::Merged { into, .. } => id = T::id_from(into),
-                _ => return Some(id),
-            }
-        }
-        None
-    }
-
-    /// Merges `loser` into `survivor` (both present); false when either is missing.
-    fn merge(&mut self, loser: &T::Id, survivor: &T::Id, at: DateTime<Utc>) -> bool {
-        let (Some(mut l), Some(mut s)) = (self.items.remove(loser), self.items.remove(survivor))
-        else {
-            return false;
-        };
-        merge_into(&mut s, &mut l, at);
-        self.items.insert(loser.clone(), l);
-        self.items.insert(survivor.clone(), s);
-        self.linked.push((loser.clone(), survivor.clone()));
-        true
-    }
-
-    /// The items the run changed or added, in groups to write each as a whole (the items
-    /// linked by a merge, directly or through others), with each item as it was read.
-    pub(crate) fn changed_groups(&self) -> Vec<GuardedItems> {
-        let changed = self.changed();
-        let index: BTreeMap<&T::Id, usize> = changed
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (x.id(), i))
-            .collect();
-        // Union-find over the changed items.
-        let mut parent: Vec<usize> = (0..changed.len()).collect();
-        for (a, b) in &self.linked {
-            if let (Some(&a), Some(&b)) = (index.get(a), index.get(b)) {
-                let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
-                parent[ra] = rb;
-            }
-        }
-        let loaded: BTreeMap<&T::Id, &T> = self.loaded.iter().map(|x| (x.id(), x)).collect();
-        let roots: Vec<usize> = (0..changed.len()).map(|i| root(&mut parent, i)).collect();
-        let mut groups: BTreeMap<usize, GuardedItems> = BTreeMap::new();
-        for (item, r) in changed.into_iter().zip(roots) {
-            let g = groups.entry(r).or_default();
-            let was = loaded.get(item.id()).map(|x| (*x).clone().into_item());
-            g.read.push((T::learned_id(item.id()), was));
-            g.write.push(item.into_item());
-        }
-        groups.into_values().collect()
-    }
-
-    /// The items the run changed or added.
-    pub(crate) fn changed(&self) -> Vec<T> {
-        let loaded: BTreeMap<&T::Id, &T> = self.loaded.iter().map(|x| (x.id(), x)).collect();
-        (self.items.values())
-            .filter(|new| loaded.get(new.id()) != Some(new))
-            .cloned()
-            .collect()
-    }
-}
-
-/// The root of `i` in a union-find forest (`parent` holds indexes into itself), halving the
-/// path on the way.
-fn root(parent: &mut [usize], mut i: usize) -> usize {
-    while parent[i] != i {
-        parent[i] = parent[parent[i]];
-        i = parent[i];
-    }
-    i
 }
 
 /// The pattern rows a run met (head and tail) that may be deleted: merged rows holding no
@@ -245,24 +137,6 @@ fn days_before(now: DateTime<Utc>, days: f64) -> DateTime<Utc> {
 
 /// Rows deleted per `compact_merged_patterns` / `compact_pruned_patterns` call.
 const COMPACT_BATCH: usize = 500;
-
-/// What a run accumulates while its steps run.
-pub(crate) struct RunState {
-    pub(crate) run: ConsolidationRun,
-    pub(crate) changes: Vec<LearnedChange>,
-    pub(crate) now: DateTime<Utc>,
-}
-
-impl RunState {
-    pub(crate) fn change<T: Learned>(&mut self, id: &T::Id, action: &str, detail: String) {
-        self.changes.push(LearnedChange {
-            kind: T::KIND.name().to_owned(),
-            id: id.to_string(),
-            action: action.to_owned(),
-            detail,
-        });
-    }
-}
 
 /// Greedy clustering of `n` items (already in survivor order) by similarity: each item joins
 /// the first earlier cluster head it is similar to. Returns (loser index, head index).
