@@ -410,6 +410,33 @@ impl EpisodeStore for TursoStorage {
         Ok(episode.map(Arc::new))
     }
 
+    #[instrument(skip_all, fields(namespace = %ns, episodes = ids.len()))]
+    async fn get_episodes(
+        &self,
+        ns: &Namespace,
+        ids: &[EpisodeId],
+    ) -> Result<Vec<Option<Arc<Episode>>>> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        #[cfg(feature = "remote")]
+        if let Some(client) = &self.inner.hrana {
+            let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let read = crate::remote_batch::read_episodes(client, ns.as_str(), &keys);
+            let episodes = self.inner.call("get_episodes", read).await?;
+            return Ok(episodes.into_iter().map(|e| e.map(Arc::new)).collect());
+        }
+        let episodes = self
+            .inner
+            .call_read("get_episodes", async |conn| {
+                let mut out = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    out.push(read_episode(conn, ns.as_str(), id).await?);
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(episodes.into_iter().map(|e| e.map(Arc::new)).collect())
+    }
+
     #[instrument(skip_all, fields(namespace = %ns, limit = query.limit, offset = query.offset))]
     async fn query_episodes(
         &self,

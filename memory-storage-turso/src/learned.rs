@@ -631,6 +631,22 @@ impl LearningStore for TursoStorage {
             .await
     }
 
+    #[instrument(skip_all, fields(namespace = %ns, items = ids.len()))]
+    async fn get_learned_many(
+        &self,
+        ns: &Namespace,
+        ids: &[LearnedId],
+    ) -> Result<Vec<Option<LearnedItem>>> {
+        let refs: Vec<&LearnedId> = ids.iter().collect();
+        let found = self
+            .inner
+            .call_read("get_learned_many", async |conn| {
+                stored_items(conn, ns.as_str(), &refs).await
+            })
+            .await?;
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+    }
+
     #[instrument(skip_all, fields(namespace = %ns, kind = kind.name()))]
     async fn query_learned(
         &self,

@@ -99,36 +99,56 @@ const POSITION: &str = "(SELECT seq FROM change_counter WHERE id = 1)";
 /// The message of the guard's failure: `json()` of a text that is not JSON.
 const STALE: &str = "malformed JSON";
 
-/// One request: the episode and its steps, or `None`.
+/// The episode `id` with its steps, in one request ([`read_episodes`] of one).
 pub(crate) async fn read_episode(
     client: &HranaClient,
     ns: &str,
     id: &str,
 ) -> DbResult<Option<memory_core::Episode>> {
-    let key = || vec![text(ns), text(id)];
+    Ok(read_episodes(client, ns, &[id]).await?.pop().flatten())
+}
+
+/// The episodes `ids` name with their steps, in their order, in one request: one read
+/// transaction holding two queries per episode (its row, its step pages).
+pub(crate) async fn read_episodes(
+    client: &HranaClient,
+    ns: &str,
+    ids: &[&str],
+) -> DbResult<Vec<Option<memory_core::Episode>>> {
     let mut batch = BatchBuilder::default();
-    let begin = batch.step(Statement::exec("BEGIN", Vec::new()), None);
-    let episode = batch.after(
-        begin,
-        Statement::query(
-            format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2"),
-            key(),
-        ),
-    );
-    let steps = batch.after(episode, Statement::query(READ_PAGES, key()));
+    let mut last = batch.step(Statement::exec("BEGIN", Vec::new()), None);
+    let mut reads = Vec::with_capacity(ids.len());
+    for id in ids {
+        let key = || vec![text(ns), text(id)];
+        let episode = batch.after(
+            last,
+            Statement::query(
+                format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE ns = ?1 AND id = ?2"),
+                key(),
+            ),
+        );
+        let steps = batch.after(episode, Statement::query(READ_PAGES, key()));
+        reads.push((episode, steps));
+        last = steps;
+    }
     batch.step(Statement::exec("COMMIT", Vec::new()), None);
     let outcome = client.batch(batch).await?;
-    let Some(row) = outcome.rows(episode, "episode")?.into_iter().next() else {
-        return Ok(None);
-    };
-    let mut found = episode_from(&Cols::values(&row, "episode"))?;
-    let pages = outcome
-        .rows(steps, "step page")?
-        .iter()
-        .map(|row| page_row(&Cols::values(row, "step page")))
-        .collect::<DbResult<Vec<_>>>()?;
-    found.steps = steps_of(&pages)?;
-    Ok(Some(found))
+    let mut out = Vec::with_capacity(ids.len());
+    for (episode, steps) in reads {
+        let Some(row) = outcome.rows(episode, "episode")?.into_iter().next() else {
+            out.push(None);
+            continue;
+        };
+        let mut found = episode_from(&Cols::values(&row, "episode"))?;
+        let pages = outcome
+            .rows(steps, "step page")?
+            .iter()
+            .map(|row| page_row(&Cols::values(row, "step page")))
+            .collect::<DbResult<Vec<_>>>()?;
+        found.steps = steps_of(&pages)?;
+        out.push(Some(found));
+    }
+    Ok(out)
 }
 
 /// What a completion read before its merge, and checks again before it writes.

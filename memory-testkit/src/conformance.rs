@@ -50,6 +50,7 @@ where
     learned_queries_by_context(make().await.as_ref()).await;
     learned_context_pages_small_and_large(make().await.as_ref()).await;
     put_learned_roundtrip(make().await.as_ref()).await;
+    batched_reads_match_single_reads(make().await.as_ref()).await;
     guarded_put_writes_only_groups_stored_as_read(make().await.as_ref()).await;
     feedback_updates_effectiveness(make().await.as_ref()).await;
     embeddings(make().await.as_ref()).await;
@@ -980,6 +981,74 @@ pub async fn put_learned_roundtrip(s: &dyn Storage) {
     assert!(active.iter().all(|x| x.id != p.id), "pruned items hidden");
     let all = s.query_patterns(&n, &all_learned(100)).await.unwrap();
     assert!(all.iter().any(|x| x.id == p.id));
+}
+
+/// `get_episodes` and `get_learned_many` return what one read at a time returns, in the
+/// order asked, `None` for what the namespace does not hold (another namespace's included),
+/// and repeated ids each time.
+pub async fn batched_reads_match_single_reads(s: &dyn Storage) {
+    let n = ns("conf/batch");
+    let other = ns("conf/batch-other");
+    let spec = [("shell", false), ("edit_file", true), ("shell", true)];
+    let (a, changes) = record(s, &n, rust_web("a", TaskType::Debugging, 0), &spec, ok()).await;
+    let (b, _) = record(
+        s,
+        &n,
+        rust_web("b", TaskType::Debugging, 10),
+        &spec[1..],
+        ok(),
+    )
+    .await;
+    let (elsewhere, _) = record(
+        s,
+        &other,
+        rust_web("c", TaskType::Debugging, 20),
+        &spec,
+        ok(),
+    )
+    .await;
+    let open = rust_web("d", TaskType::Debugging, 30);
+    create(s, &n, &[&open]).await;
+    let missing = EpisodeId::new();
+    let ids = [b.id, missing, a.id, elsewhere.id, open.id, b.id];
+    let batch = s.get_episodes(&n, &ids).await.unwrap();
+    assert_eq!(batch.len(), ids.len());
+    for (id, got) in ids.iter().zip(&batch) {
+        let one = s.get_episode(&n, *id).await.unwrap();
+        assert_eq!(got.as_deref(), one.as_deref(), "episode {id}");
+    }
+    assert!(
+        batch[1].is_none() && batch[3].is_none(),
+        "absent, and another namespace's"
+    );
+    assert_eq!(batch[0].as_ref().map(|e| e.steps.len()), Some(2));
+    assert!(s.get_episodes(&n, &[]).await.unwrap().is_empty());
+
+    let p = &changes.patterns[0].item;
+    let h = &changes.heuristics[0].item;
+    let l = &changes.lessons[0].item;
+    let learned = [
+        LearnedId::Lesson(l.id.clone()),
+        LearnedId::Pattern(PatternId("no-such-pattern".into())),
+        LearnedId::Pattern(p.id.clone()),
+        LearnedId::Heuristic(h.id.clone()),
+        LearnedId::Pattern(p.id.clone()),
+    ];
+    let batch = s.get_learned_many(&n, &learned).await.unwrap();
+    assert_eq!(batch.len(), learned.len());
+    for (id, got) in learned.iter().zip(&batch) {
+        assert_eq!(got, &s.get_learned(&n, id).await.unwrap(), "item {id:?}");
+    }
+    assert!(batch[1].is_none());
+    assert!(batch.iter().filter(|x| x.is_some()).count() == 4);
+    let elsewhere = s.get_learned_many(&other, &learned[2..3]).await.unwrap();
+    assert_eq!(elsewhere.len(), 1);
+    assert_eq!(
+        elsewhere[0],
+        s.get_learned(&other, &learned[2]).await.unwrap(),
+        "another namespace's items are its own"
+    );
+    assert!(s.get_learned_many(&n, &[]).await.unwrap().is_empty());
 }
 
 /// `put_learned_unless_changed`: a group is written only when every item it read is stored as

@@ -784,6 +784,7 @@ async fn furthest_attempt(
     ns: &Namespace,
     episodes: &[RecommendedEpisode],
     usable: impl Fn(TaskType, &TaskContext) -> bool,
+    read: &HashMap<EpisodeId, Arc<Episode>>,
 ) -> Result<Option<(Arc<Episode>, Vec<String>)>> {
     let failed = episodes
         .iter()
@@ -794,11 +795,12 @@ async fn furthest_attempt(
         .flat_map(|e| {
             std::iter::once(e.retrieved.episode.id).chain(e.near_duplicates.iter().copied())
         })
-        .take(ATTEMPTS_READ);
+        .take(ATTEMPTS_READ)
+        .collect::<Vec<EpisodeId>>();
     let mut best: Option<(Arc<Episode>, Vec<String>)> = None;
-    for id in failed {
+    for past in read_all(storage, ns, &failed, read).await? {
         // Gone since it was retrieved (deleted by another process): nothing to learn from.
-        let Some(past) = storage.get_episode(ns, id).await? else {
+        let Some(past) = past else {
             continue;
         };
         if past.outcome.as_ref().map(Outcome::kind) != Some(OutcomeKind::Failure)
@@ -816,7 +818,7 @@ async fn furthest_attempt(
 
 /// Names the step each shown episode matched (in the step window that matched, when one did)
 /// and adds it to its `why`: the episodes in `read` (already read for what they taught) as
-/// they are, one read for each other episode with steps.
+/// they are, the other episodes with steps in one read.
 async fn name_matched_steps(
     storage: &dyn Storage,
     ns: &Namespace,
@@ -824,18 +826,19 @@ async fn name_matched_steps(
     (task, max_windows): (&str, usize),
     read: &HashMap<EpisodeId, Arc<Episode>>,
 ) -> Result<()> {
+    let with_steps: Vec<EpisodeId> = (episodes.iter())
+        .filter(|e| e.retrieved.episode.step_count > 0)
+        .map(|e| e.retrieved.episode.id)
+        .collect();
+    let pasts = read_all(storage, ns, &with_steps, read).await?;
+    let mut pasts: HashMap<EpisodeId, Arc<Episode>> = (with_steps.into_iter().zip(pasts))
+        .filter_map(|(id, past)| past.map(|p| (id, p)))
+        .collect();
     for e in episodes {
         let r = &mut e.retrieved;
-        if r.episode.step_count == 0 {
+        // Gone since it was retrieved (or without steps): nothing to name.
+        let Some(past) = pasts.remove(&r.episode.id) else {
             continue;
-        }
-        let past = match read.get(&r.episode.id) {
-            Some(past) => Arc::clone(past),
-            // Gone since it was retrieved: nothing to name.
-            None => match storage.get_episode(ns, r.episode.id).await? {
-                Some(past) => past,
-                None => continue,
-            },
         };
         if let Some(m) = matched_step(&past, task, r.breakdown.window, max_windows) {
             let _ = write!(r.why, "; matched step {}: \"{}\"", m.step_number, m.excerpt);
@@ -843,6 +846,32 @@ async fn name_matched_steps(
         }
     }
     Ok(())
+}
+
+/// The episodes `ids` in their order: those in `read` as they are, the others in one
+/// storage call (`None` for one that is gone).
+async fn read_all(
+    storage: &dyn Storage,
+    ns: &Namespace,
+    ids: &[EpisodeId],
+    read: &HashMap<EpisodeId, Arc<Episode>>,
+) -> Result<Vec<Option<Arc<Episode>>>> {
+    let missing: Vec<EpisodeId> = (ids.iter())
+        .filter(|id| !read.contains_key(id))
+        .copied()
+        .collect();
+    let fetched: HashMap<EpisodeId, Arc<Episode>> = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        (missing.iter().copied())
+            .zip(storage.get_episodes(ns, &missing).await?)
+            .filter_map(|(id, e)| e.map(|e| (id, e)))
+            .collect()
+    };
+    Ok(ids
+        .iter()
+        .map(|id| read.get(id).or_else(|| fetched.get(id)).cloned())
+        .collect())
 }
 
 /// Items of the task's context read per kind, most-seen first: a floor under the items the
@@ -1101,7 +1130,8 @@ impl Advisor<'_> {
         if playbook.is_empty()
             && none_succeeded
             && (strength == Match::Strong || req.context.is_some())
-            && let Some((past, tools)) = furthest_attempt(storage, ns, &episodes, usable).await?
+            && let Some((past, tools)) =
+                furthest_attempt(storage, ns, &episodes, usable, &read).await?
         {
             // Where it stopped: its last step that did not work, if any.
             let stop = (past.steps.iter().rev())

@@ -4,19 +4,22 @@
 //! Item ids are content-addressed (a pattern's id is a hash of its kind and context, a lesson's
 //! of its context, tool and error class), so extracting what a stored episode teaches names the
 //! very rows its completion wrote. Those rows are read by id; an item merged into another or
-//! superseded by another is followed one hop to the item now in effect, and a pruned one is left
-//! out. The cost depends on the number of similar episodes (at most [`MAX_TEACHERS`]), never on
-//! the size of the store.
+//! superseded by another is followed to the item now in effect, and a pruned one is left out.
+//! The episodes are read in one storage call and the items in one more (plus one per hop of
+//! merges, rare); the cost depends on the number of similar episodes (at most
+//! [`MAX_TEACHERS`]), never on the size of the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::episode::{Episode, EpisodeId};
 use crate::error::Result;
-use crate::learned::{FailureLesson, Heuristic, Learned, LearnedStatus, Pattern};
+use crate::learned::{
+    FailureLesson, Heuristic, Learned, LearnedId, LearnedItem, LearnedStatus, Pattern,
+};
 use crate::learning::extract_learning;
 use crate::namespace::Namespace;
-use crate::storage::{Storage, get_typed};
+use crate::storage::Storage;
 
 /// The most similar episodes whose teachings are read for one recommendation.
 pub(crate) const MAX_TEACHERS: usize = 8;
@@ -49,9 +52,13 @@ pub(crate) async fn taught_by(
     let mut heuristics = HashMap::new();
     let mut lessons = HashMap::new();
     let mut read = HashMap::new();
-    for &(id, weight) in similar.iter().take(MAX_TEACHERS) {
+    let teachers: Vec<(EpisodeId, f64)> = similar.iter().take(MAX_TEACHERS).copied().collect();
+    let ids: Vec<EpisodeId> = teachers.iter().map(|(id, _)| *id).collect();
+    let episodes = storage.get_episodes(ns, &ids).await?;
+    for (&(id, weight), episode) in teachers.iter().zip(episodes) {
         let share = weight.max(0.0) / total;
-        let Some(episode) = storage.get_episode(ns, id).await? else {
+        // Gone since it was retrieved: it teaches nothing.
+        let Some(episode) = episode else {
             continue;
         };
         read.insert(id, Arc::clone(&episode));
@@ -70,10 +77,27 @@ pub(crate) async fn taught_by(
             *lessons.entry(l.id).or_insert(0.0) += share;
         }
     }
+    let mut shares: Vec<(LearnedId, f64)> = Vec::new();
+    shares.extend(
+        patterns
+            .into_iter()
+            .map(|(id, s)| (Pattern::learned_id(&id), s)),
+    );
+    shares.extend(
+        heuristics
+            .into_iter()
+            .map(|(id, s)| (Heuristic::learned_id(&id), s)),
+    );
+    shares.extend(
+        lessons
+            .into_iter()
+            .map(|(id, s)| (FailureLesson::learned_id(&id), s)),
+    );
+    let items = in_effect(storage, ns, shares).await?;
     Ok(Taught {
-        patterns: in_effect(storage, ns, patterns).await?,
-        heuristics: in_effect(storage, ns, heuristics).await?,
-        lessons: in_effect(storage, ns, lessons).await?,
+        patterns: of_kind(&items),
+        heuristics: of_kind(&items),
+        lessons: of_kind(&items),
         read,
     })
 }
@@ -81,39 +105,81 @@ pub(crate) async fn taught_by(
 /// How many merges and lost contradictions are followed from an item to the one in effect.
 const SURVIVOR_HOPS: usize = 16;
 
-/// The items now in effect for `shares`: each read by id, merged and superseded ones replaced
-/// by their survivor (followed for up to [`SURVIVOR_HOPS`]; shares summed), pruned ones and
-/// missing ones left out. Sorted by id.
-async fn in_effect<T: Learned>(
+/// The items now in effect for `shares` (any kinds): each read by id, merged and superseded
+/// ones replaced by their survivor (followed for up to [`SURVIVOR_HOPS`], one batched read
+/// per hop), with their shares; an item whose successor is missing stays as it is (and is not
+/// in effect).
+async fn in_effect(
     storage: &dyn Storage,
     ns: &Namespace,
-    shares: HashMap<T::Id, f64>,
-) -> Result<Vec<(T, f64)>> {
-    let mut out: HashMap<T::Id, (T, f64)> = HashMap::new();
-    for (id, share) in shares {
-        let Some(mut item) = get_typed::<T, _>(storage, ns, &id).await? else {
-            continue;
-        };
-        // A heuristic names the one it lost to, which may have lost in turn since.
-        for _ in 0..SURVIVOR_HOPS {
-            let next = match item.status() {
-                LearnedStatus::Merged { into, .. } => into.clone(),
-                LearnedStatus::Superseded { by, .. } => by.clone(),
-                LearnedStatus::Pruned { .. } | LearnedStatus::Active => break,
-            };
-            match get_typed::<T, _>(storage, ns, &T::id_from(&next)).await? {
-                Some(s) => item = s,
-                None => break,
+    shares: Vec<(LearnedId, f64)>,
+) -> Result<Vec<(LearnedItem, f64)>> {
+    if shares.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<LearnedId> = shares.iter().map(|(id, _)| id.clone()).collect();
+    let read = storage.get_learned_many(ns, &ids).await?;
+    // (item, share, whether following it has ended)
+    let mut items: Vec<(LearnedItem, f64, bool)> = read
+        .into_iter()
+        .zip(&shares)
+        .filter_map(|(item, (_, share))| item.map(|i| (i, *share, false)))
+        .collect();
+    for _ in 0..SURVIVOR_HOPS {
+        let next: Vec<(usize, LearnedId)> = (items.iter().enumerate())
+            .filter(|(_, (_, _, ended))| !ended)
+            .filter_map(|(k, (item, _, _))| successor(item).map(|id| (k, id)))
+            .collect();
+        for (item, _, ended) in &mut items {
+            *ended |= successor(item).is_none();
+        }
+        if next.is_empty() {
+            break;
+        }
+        let ids: Vec<LearnedId> = next.iter().map(|(_, id)| id.clone()).collect();
+        let read = storage.get_learned_many(ns, &ids).await?;
+        for ((k, _), found) in next.into_iter().zip(read) {
+            match found {
+                Some(s) => items[k].0 = s,
+                None => items[k].2 = true,
             }
         }
+    }
+    Ok(items.into_iter().map(|(i, s, _)| (i, s)).collect())
+}
+
+/// The item a merged or superseded item's evidence went to.
+fn successor(item: &LearnedItem) -> Option<LearnedId> {
+    fn of<T: Learned>(item: &T) -> Option<LearnedId> {
+        let next = match item.status() {
+            LearnedStatus::Merged { into, .. } => into,
+            LearnedStatus::Superseded { by, .. } => by,
+            LearnedStatus::Pruned { .. } | LearnedStatus::Active => return None,
+        };
+        Some(T::learned_id(&T::id_from(next)))
+    }
+    match item {
+        LearnedItem::Pattern(p) => of(p),
+        LearnedItem::Heuristic(h) => of(h),
+        LearnedItem::Lesson(l) => of(l),
+    }
+}
+
+/// The active items of kind `T` among `items`, shares of one item summed, sorted by id.
+fn of_kind<T: Learned>(items: &[(LearnedItem, f64)]) -> Vec<(T, f64)> {
+    let mut out: HashMap<T::Id, (T, f64)> = HashMap::new();
+    for (item, share) in items {
+        let Some(item) = T::from_item(item.clone()) else {
+            continue;
+        };
         if !item.status().is_active() {
             continue;
         }
         out.entry(item.id().clone())
             .and_modify(|(_, s)| *s += share)
-            .or_insert((item, share));
+            .or_insert((item, *share));
     }
     let mut items: Vec<(T, f64)> = out.into_values().collect();
     items.sort_by(|a, b| a.0.id().cmp(b.0.id()));
-    Ok(items)
+    items
 }

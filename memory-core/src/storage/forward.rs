@@ -2,7 +2,7 @@
 //! they change.
 //!
 //! A decorator (fault injection, withholding learned items, the breaker of tiered storage)
-//! forwards most of the 37 storage methods unchanged. The signatures are written once, here;
+//! forwards most of the storage methods unchanged. The signatures are written once, here;
 //! an impl names the methods it forwards and writes the others. A method of the trait that is
 //! neither forwarded nor written is a compile error, so a new storage method cannot be
 //! forgotten by a decorator (provided methods such as `sync` and `changes_since` included:
@@ -72,9 +72,9 @@ macro_rules! forward_storage {
 
     // Every method of each trait.
     (@all EpisodeStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [create_episode append_steps
-        complete_episode get_episode query_episodes search_episodes namespace_stats list_namespaces ping sync]); };
+        complete_episode get_episode get_episodes query_episodes search_episodes namespace_stats list_namespaces ping sync]); };
     (@all LearningStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [apply_learning put_learned
-        put_learned_unless_changed get_learned query_learned record_feedback list_feedback]); };
+        put_learned_unless_changed get_learned get_learned_many query_learned record_feedback list_feedback]); };
     (@all EmbeddingStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [put_embedding get_embedding
         episodes_missing_embedding scan_embeddings embedding_coverage index_log_head index_changes
         get_index_snapshot put_index_snapshot]); };
@@ -114,6 +114,7 @@ macro_rules! forward_storage {
     (@sig append_steps $($k:tt)*) => { $crate::forward_storage!(@push append_steps (ns: &$crate::Namespace, episode_id: $crate::EpisodeId, steps: &[$crate::ExecutionStep]) -> $crate::Result<()>; $($k)*); };
     (@sig complete_episode $($k:tt)*) => { $crate::forward_storage!(@push complete_episode (ns: &$crate::Namespace, completion: &$crate::EpisodeCompletion) -> $crate::Result<Option<$crate::LearnedChanges>>; $($k)*); };
     (@sig get_episode $($k:tt)*) => { $crate::forward_storage!(@push get_episode (ns: &$crate::Namespace, id: $crate::EpisodeId) -> $crate::Result<Option<::std::sync::Arc<$crate::Episode>>>; $($k)*); };
+    (@sig get_episodes $($k:tt)*) => { $crate::forward_storage!(@push get_episodes (ns: &$crate::Namespace, ids: &[$crate::EpisodeId]) -> $crate::Result<Vec<Option<::std::sync::Arc<$crate::Episode>>>>; $($k)*); };
     (@sig query_episodes $($k:tt)*) => { $crate::forward_storage!(@push query_episodes (ns: &$crate::Namespace, query: &$crate::EpisodeQuery) -> $crate::Result<Vec<$crate::EpisodeSummary>>; $($k)*); };
     (@sig search_episodes $($k:tt)*) => { $crate::forward_storage!(@push search_episodes (ns: &$crate::Namespace, query: &$crate::TextQuery) -> $crate::Result<Vec<$crate::TextHit>>; $($k)*); };
     (@sig namespace_stats $($k:tt)*) => { $crate::forward_storage!(@push namespace_stats (ns: &$crate::Namespace) -> $crate::Result<$crate::NamespaceStats>; $($k)*); };
@@ -124,6 +125,7 @@ macro_rules! forward_storage {
     (@sig put_learned $($k:tt)*) => { $crate::forward_storage!(@push put_learned (ns: &$crate::Namespace, items: &$crate::LearnedItems) -> $crate::Result<()>; $($k)*); };
     (@sig put_learned_unless_changed $($k:tt)*) => { $crate::forward_storage!(@push put_learned_unless_changed (ns: &$crate::Namespace, groups: &[$crate::GuardedItems]) -> $crate::Result<Vec<usize>>; $($k)*); };
     (@sig get_learned $($k:tt)*) => { $crate::forward_storage!(@push get_learned (ns: &$crate::Namespace, id: &$crate::LearnedId) -> $crate::Result<Option<$crate::LearnedItem>>; $($k)*); };
+    (@sig get_learned_many $($k:tt)*) => { $crate::forward_storage!(@push get_learned_many (ns: &$crate::Namespace, ids: &[$crate::LearnedId]) -> $crate::Result<Vec<Option<$crate::LearnedItem>>>; $($k)*); };
     (@sig query_learned $($k:tt)*) => { $crate::forward_storage!(@push query_learned (ns: &$crate::Namespace, kind: $crate::LearnedKind, query: &$crate::LearnedQuery) -> $crate::Result<Vec<$crate::LearnedItem>>; $($k)*); };
     (@sig record_feedback $($k:tt)*) => { $crate::forward_storage!(@push record_feedback (ns: &$crate::Namespace, feedback: &$crate::Feedback) -> $crate::Result<()>; $($k)*); };
     (@sig list_feedback $($k:tt)*) => { $crate::forward_storage!(@push list_feedback (ns: &$crate::Namespace, target: &$crate::FeedbackTarget) -> $crate::Result<Vec<$crate::Feedback>>; $($k)*); };

@@ -304,6 +304,22 @@ pub trait EpisodeStore: Send + Sync + Debug {
     /// Shared: a layer that holds the episode in memory hands out its allocation, not a copy.
     async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>>;
 
+    /// The episodes `ids` name, in their order (`None` for one not in the namespace): one
+    /// round trip where the backend can, so a caller reading several (a recommendation reads
+    /// the similar episodes it learns from) does not pay one per episode. The default reads
+    /// them one by one.
+    async fn get_episodes(
+        &self,
+        ns: &Namespace,
+        ids: &[EpisodeId],
+    ) -> Result<Vec<Option<Arc<Episode>>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.get_episode(ns, *id).await?);
+        }
+        Ok(out)
+    }
+
     /// A page of episode summaries, newest first.
     async fn query_episodes(
         &self,
@@ -378,6 +394,22 @@ pub trait LearningStore: Send + Sync + Debug {
 
     /// A learned item by id; `Ok(None)` if the namespace holds none of that kind and id.
     async fn get_learned(&self, ns: &Namespace, id: &LearnedId) -> Result<Option<LearnedItem>>;
+
+    /// The learned items `ids` name (any kinds), in their order (`None` for one the
+    /// namespace does not hold): one round trip where the backend can. The default reads them
+    /// one by one through [`get_learned`](Self::get_learned), so a decorator that changes
+    /// `get_learned` changes this too unless it forwards this method.
+    async fn get_learned_many(
+        &self,
+        ns: &Namespace,
+        ids: &[LearnedId],
+    ) -> Result<Vec<Option<LearnedItem>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.get_learned(ns, id).await?);
+        }
+        Ok(out)
+    }
 
     /// A page of the learned items of `kind` compatible with the query's context: patterns and
     /// lessons most occurrences first, heuristics most support first (ties by id).
