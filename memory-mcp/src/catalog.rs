@@ -1,75 +1,55 @@
 //! The tool catalogue as `tools/list` shows it: each tool's name, description, whether it
 //! writes, and its output schema (what `structuredContent` holds on success; top-level fields
-//! typed and required, nested objects the library's types). The text is data, `tools.json`,
-//! embedded at build time; input schemas come from the argument types of `params.rs`.
+//! typed and required, nested objects the library's types), from the tool modules
+//! ([`crate::tools`]); input schemas come from their argument types.
 
 use std::sync::Arc;
 
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::tools::{ALL, input_schema};
 
-/// The catalogue's text.
-const TOOLS_JSON: &str = include_str!("tools.json");
-
-/// The server's instructions and its tools, in the order `tools/list` gives them.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Catalog<'a> {
-    /// What the server tells a client when a session starts.
-    pub(crate) instructions: String,
-    #[serde(borrow)]
-    tools: Vec<ToolSpec<'a>>,
-}
-
-/// One tool of `tools.json`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ToolSpec<'a> {
-    name: &'a str,
-    read_only: bool,
-    description: String,
-    /// The output's top-level properties.
-    output: JsonObject,
-    /// Which of them every answer has.
-    required: Vec<String>,
-}
-
-impl Catalog<'static> {
-    /// Reads the embedded catalogue.
-    pub(crate) fn load() -> Result<Self> {
-        serde_json::from_str(TOOLS_JSON).map_err(|e| Error::Schema {
-            tool: "tools.json",
-            reason: e.to_string(),
+/// The tools, in the order `tools/list` gives them.
+pub(crate) fn tools() -> Result<Vec<Tool>> {
+    ALL.iter()
+        .map(|spec| {
+            let annotations = ToolAnnotations::new()
+                .read_only(spec.read_only)
+                .destructive(false)
+                .open_world(false);
+            let properties: JsonObject =
+                serde_json::from_str(spec.output).map_err(|e| Error::Schema {
+                    tool: spec.name,
+                    reason: format!("output schema: {e}"),
+                })?;
+            let mut output = JsonObject::new();
+            output.insert("type".into(), json!("object"));
+            output.insert("properties".into(), Value::Object(properties));
+            output.insert("required".into(), json!(spec.required));
+            Ok(
+                Tool::new(spec.name, spec.description, input_schema(spec.name)?)
+                    .with_raw_output_schema(Arc::new(output))
+                    .annotate(annotations),
+            )
         })
-    }
+        .collect()
+}
 
-    /// The tools, each with the input schema `input_schema` gives for its name.
-    pub(crate) fn tools(
-        &self,
-        input_schema: impl Fn(&'static str) -> Result<Arc<JsonObject>>,
-    ) -> Result<Vec<Tool>> {
-        self.tools
-            .iter()
-            .map(|spec| {
-                let annotations = ToolAnnotations::new()
-                    .read_only(spec.read_only)
-                    .destructive(false)
-                    .open_world(false);
-                let mut output = JsonObject::new();
-                output.insert("type".into(), json!("object"));
-                output.insert("properties".into(), Value::Object(spec.output.clone()));
-                output.insert("required".into(), json!(spec.required));
-                Ok(Tool::new(
-                    spec.name,
-                    spec.description.clone(),
-                    input_schema(spec.name)?,
-                )
-                .with_raw_output_schema(Arc::new(output))
-                .annotate(annotations))
-            })
-            .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_has_its_schemas_and_a_unique_name() {
+        let tools = tools().unwrap_or_default();
+        assert_eq!(tools.len(), ALL.len());
+        let names: std::collections::BTreeSet<&str> = tools.iter().map(|t| &*t.name).collect();
+        assert_eq!(names.len(), tools.len(), "names are unique");
+        for t in &tools {
+            let output = t.output_schema.as_ref().map_or(0, |o| o.len());
+            assert!(output > 0, "{} has an output schema", t.name);
+        }
     }
 }

@@ -35,6 +35,7 @@ mod http;
 mod metrics;
 mod params;
 mod server;
+mod tools;
 
 pub use error::{Error, Result};
 pub use http::{HttpConfig, check_listen, serve_http, serve_http_on};

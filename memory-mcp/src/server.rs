@@ -4,33 +4,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
-    EpisodeFilter, EpisodeId, Error as MemoryError, FeedbackTarget, HeuristicId, LearnedQuery,
-    Limits, Namespace, NewEpisode, Outcome, PatternId, RateLimitConfig, RateLimiter,
-    SelfLearningMemory, StepInput, StepResult, TextQuery,
+    EpisodeId, Error as MemoryError, Limits, Namespace, RateLimitConfig, RateLimiter,
+    SelfLearningMemory,
 };
 use memory_tiered::TieredStorage;
-use rmcp::handler::server::common::schema_for_input;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
-use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::catalog::Catalog;
-use crate::error::{Error, Result, ToolFailure};
-use crate::params::{
-    CompleteEpisodeArgs, FeedbackArgs, LearnedKind, ListLearnedArgs, LogStepArgs, NamespaceArgs,
-    OutcomeArg, RecommendArgs, SearchArgs, ShowEpisodeArgs, StartEpisodeArgs, StepStatus,
-    TargetKind,
-};
+use crate::error::{Result, ToolFailure};
+use crate::params::NamespaceArgs;
 
 /// Settings of the server.
 ///
@@ -119,76 +110,6 @@ impl NamespaceAccess {
     }
 }
 
-/// Smallest and largest `max_tokens` of `recommend`.
-const MIN_TOKENS: u32 = 100;
-const MAX_TOKENS: u32 = 100_000;
-
-/// Tokens of a JSON value, estimated as one per four bytes (what English text and JSON
-/// average with common tokenizers).
-fn approx_tokens(v: &impl Serialize) -> usize {
-    serde_json::to_vec(v).map_or(0, |b| b.len().div_ceil(4))
-}
-
-/// Leaves out the least relevant items (the tail of whichever list is largest) until the
-/// recommendation fits `budget` tokens; the playbook, estimate and flags always stay.
-/// Returns whether anything was left out and the size in tokens.
-fn fit_to_budget(
-    rec: &mut memory_core::retrieval::recommend::Recommendation,
-    budget: Option<usize>,
-) -> (bool, usize) {
-    let mut size = approx_tokens(rec);
-    let Some(budget) = budget else {
-        return (false, size);
-    };
-    let mut truncated = false;
-    while size > budget {
-        let tails = [
-            rec.episodes.last().map_or(0, approx_tokens),
-            rec.patterns.last().map_or(0, approx_tokens),
-            rec.heuristics.last().map_or(0, approx_tokens),
-            rec.pitfalls.last().map_or(0, approx_tokens),
-        ];
-        let (largest, cut) = tails
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, n)| **n)
-            .map_or((0, 0), |(i, n)| (i, *n));
-        if cut == 0 {
-            break;
-        }
-        match largest {
-            0 => drop(rec.episodes.pop()),
-            1 => drop(rec.patterns.pop()),
-            2 => drop(rec.heuristics.pop()),
-            _ => drop(rec.pitfalls.pop()),
-        }
-        truncated = true;
-        size = approx_tokens(rec);
-    }
-    (truncated, size)
-}
-
-fn input_schema(tool: &'static str) -> Result<Arc<JsonObject>> {
-    fn of<T: JsonSchema + 'static>(tool: &'static str) -> Result<Arc<JsonObject>> {
-        schema_for_input::<T>().map_err(|reason| Error::Schema { tool, reason })
-    }
-    match tool {
-        "recommend" => of::<RecommendArgs>(tool),
-        "start_episode" => of::<StartEpisodeArgs>(tool),
-        "log_step" => of::<LogStepArgs>(tool),
-        "complete_episode" => of::<CompleteEpisodeArgs>(tool),
-        "record_feedback" => of::<FeedbackArgs>(tool),
-        "search_episodes" => of::<SearchArgs>(tool),
-        "show_episode" => of::<ShowEpisodeArgs>(tool),
-        "list_learned" => of::<ListLearnedArgs>(tool),
-        "stats" | "health" => of::<NamespaceArgs>(tool),
-        _ => Err(Error::Schema {
-            tool,
-            reason: "tools.json names a tool the server has no handler for".into(),
-        }),
-    }
-}
-
 /// State shared by every client of one server.
 struct Shared {
     memory: Arc<SelfLearningMemory>,
@@ -257,15 +178,14 @@ impl MemoryServer {
         config: McpConfig,
     ) -> Result<Self> {
         let limiter = Arc::new(RateLimiter::new(config.rate_limit.clone()));
-        let catalog = Catalog::load()?;
         Ok(MemoryServer {
             shared: Arc::new(Shared {
                 memory,
                 default_namespace,
                 stack: None,
                 metrics: None,
-                tools: catalog.tools(input_schema)?,
-                instructions: catalog.instructions,
+                tools: crate::catalog::tools()?,
+                instructions: crate::tools::INSTRUCTIONS.to_owned(),
                 config,
                 inflight: AtomicUsize::new(0),
                 call_ended: tokio::sync::Notify::new(),
@@ -327,7 +247,7 @@ impl MemoryServer {
 
     /// The memory's health, as the `health` tool answers it (without a namespace).
     pub async fn health_report(&self) -> Value {
-        match self.health(&NamespaceArgs::default()).await {
+        match self.health(NamespaceArgs::default()).await {
             Ok(v) => v,
             Err(f) => f.to_json(),
         }
@@ -386,19 +306,24 @@ impl MemoryServer {
     }
 
     /// The tiered storage under the stack, when the server has one.
-    fn tiered(&self) -> Option<&Arc<TieredStorage>> {
+    pub(crate) fn tiered(&self) -> Option<&Arc<TieredStorage>> {
         self.shared.stack.as_ref().map(|s| s.tiered())
     }
 
-    fn memory(&self) -> &SelfLearningMemory {
+    /// The stack the memory runs on, when the server was given it.
+    pub(crate) fn stack(&self) -> Option<&Arc<memory_stack::Stack>> {
+        self.shared.stack.as_ref()
+    }
+
+    pub(crate) fn memory(&self) -> &SelfLearningMemory {
         &self.shared.memory
     }
 
-    fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.memory().config().limits
     }
 
-    fn namespace(&self, given: Option<&str>) -> Result<Namespace, ToolFailure> {
+    pub(crate) fn namespace(&self, given: Option<&str>) -> Result<Namespace, ToolFailure> {
         let default = &self.shared.default_namespace;
         let Some(n) = given else {
             return Ok(default.clone());
@@ -449,319 +374,8 @@ impl MemoryServer {
         })
     }
 
-    async fn dispatch(&self, name: &str, args: Option<JsonObject>) -> Result<Value, ToolFailure> {
-        match name {
-            "recommend" => self.recommend(parse(name, args)?).await,
-            "start_episode" => self.start_episode(parse(name, args)?).await,
-            "log_step" => self.log_step(parse(name, args)?).await,
-            "complete_episode" => self.complete_episode(parse(name, args)?).await,
-            "record_feedback" => self.record_feedback(&parse(name, args)?).await,
-            "search_episodes" => self.search_episodes(parse(name, args)?).await,
-            "show_episode" => self.show_episode(&parse(name, args)?).await,
-            "list_learned" => self.list_learned(parse(name, args)?).await,
-            "stats" => self.stats(&parse(name, args)?).await,
-            _ => self.health(&parse(name, args)?).await, // the catalogue's names are checked
-        }
-    }
-
-    async fn recommend(&self, a: RecommendArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let limit = self.limit("limit", a.limit, 5)?;
-        let mut req = RecommendRequest::new(a.task).with_limit(limit);
-        if a.context.is_given() || a.task_type.is_some() {
-            req = req.with_context(a.task_type, a.context.to_context());
-        }
-        // Check before draining the embedding queue, so a bad call costs nothing.
-        self.limits()
-            .check_retrieval(&memory_core::RetrievalQuery {
-                task: req.task.clone(),
-                task_type: req.task_type,
-                context: req.context.clone(),
-                filter: EpisodeFilter::default(),
-                limit,
-                method: memory_core::RetrievalMethod::Hybrid,
-            })?;
-        // Completed episodes are embedded in the background; catch up so they count now.
-        if self.memory().retriever().embedder().is_some() {
-            self.memory().embed_pending(&ns).await?;
-        }
-        let budget = match a.max_tokens {
-            None => None,
-            Some(n) if (MIN_TOKENS..=MAX_TOKENS).contains(&n) => Some(n as usize),
-            Some(n) => {
-                return Err(MemoryError::invalid(
-                    "max_tokens",
-                    format!("must be between {MIN_TOKENS} and {MAX_TOKENS}, got {n}"),
-                )
-                .into());
-            }
-        };
-        let mut rec = self.memory().recommend(&ns, &req).await?;
-        let (truncated, approx_tokens) = fit_to_budget(&mut rec, budget);
-        Ok(json!({
-            "namespace": ns,
-            "recommendation": rec,
-            "truncated": truncated,
-            "approx_tokens": approx_tokens,
-        }))
-    }
-
-    async fn start_episode(&self, a: StartEpisodeArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let new = NewEpisode::new(
-            a.task,
-            a.task_type.unwrap_or_default(),
-            a.context.to_context(),
-        );
-        let id = self.memory().start_episode(&ns, new).await?;
-        Ok(json!({ "episode_id": id, "namespace": ns }))
-    }
-
-    async fn log_step(&self, a: LogStepArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let id = episode_id(&a.episode_id)?;
-        let status = a.status;
-        let result = match a.status {
-            StepStatus::Success => StepResult::Success { output: a.output },
-            StepStatus::Error => StepResult::Error { message: a.output },
-            StepStatus::Timeout => StepResult::Timeout { message: a.output },
-        };
-        let step = StepInput {
-            tool: a.tool,
-            action: a.action,
-            parameters: a.parameters.unwrap_or(Value::Null),
-            result,
-            latency_ms: a.latency_ms,
-            tokens: a.tokens,
-        };
-        self.memory().log_step(&ns, id, step).await?;
-        // Acknowledged means stored: the client may be killed, or this server stopped, right
-        // after it reads the answer.
-        self.memory().flush_episode(&ns, id).await?;
-        Ok(json!({ "logged": true, "episode_id": id, "status": status }))
-    }
-
-    async fn complete_episode(&self, a: CompleteEpisodeArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let id = episode_id(&a.episode_id)?;
-        let misplaced = match a.outcome {
-            OutcomeArg::Success => (!a.completed.is_empty() || !a.failed.is_empty())
-                .then_some("completed and failed are only for partial_success"),
-            OutcomeArg::PartialSuccess => {
-                (!a.artifacts.is_empty()).then_some("artifacts are only for success")
-            }
-            OutcomeArg::Failure | OutcomeArg::Abstained => {
-                (!a.artifacts.is_empty() || !a.completed.is_empty() || !a.failed.is_empty())
-                    .then_some("artifacts, completed and failed are not for this outcome")
-            }
-        };
-        if let Some(reason) = misplaced {
-            return Err(MemoryError::invalid("outcome", reason).into());
-        }
-        let outcome = match a.outcome {
-            OutcomeArg::Success => Outcome::Success {
-                verdict: a.verdict,
-                artifacts: a.artifacts,
-            },
-            OutcomeArg::PartialSuccess => Outcome::PartialSuccess {
-                verdict: a.verdict,
-                completed: a.completed,
-                failed: a.failed,
-            },
-            OutcomeArg::Failure => Outcome::Failure { reason: a.verdict },
-            OutcomeArg::Abstained => Outcome::Abstained { reason: a.verdict },
-        };
-        let report = self.memory().complete_episode(&ns, id, outcome).await?;
-        Ok(json!({ "episode_id": id, "namespace": ns, "report": report }))
-    }
-
-    async fn record_feedback(&self, a: &FeedbackArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let episode = episode_id(&a.episode_id)?;
-        let id = a.target_id.trim().to_owned();
-        if id.is_empty() {
-            return Err(MemoryError::invalid("target_id", "must not be empty").into());
-        }
-        // The target must exist: feedback on a misspelled id would be stored and never used.
-        let target = match a.target_kind {
-            TargetKind::Pattern => {
-                let p = self.memory().pattern(&ns, &PatternId(id)).await?;
-                FeedbackTarget::Pattern(p.id)
-            }
-            TargetKind::Heuristic => {
-                let h = self.memory().heuristic(&ns, &HeuristicId(id)).await?;
-                FeedbackTarget::Heuristic(h.id)
-            }
-        };
-        let outcome = a.outcome;
-        self.memory()
-            .record_feedback(&ns, target.clone(), episode, outcome)
-            .await?;
-        Ok(json!({ "recorded": true, "target": target, "episode_id": episode, "outcome": outcome }))
-    }
-
-    async fn search_episodes(&self, a: SearchArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let limits = self.limits();
-        if a.query.trim().is_empty() {
-            return Err(MemoryError::invalid("query", "must not be empty").into());
-        }
-        check_len("query", &a.query, limits.max_description_bytes)?;
-        check_label("domain", a.domain.as_deref(), limits)?;
-        check_label("language", a.language.as_deref(), limits)?;
-        let limit = self.limit("limit", a.limit, 10)?;
-        let query = TextQuery {
-            text: a.query,
-            filter: EpisodeFilter {
-                task_type: a.task_type,
-                domain: a.domain.map(|d| d.trim().to_lowercase()),
-                language: a.language.map(|l| l.trim().to_lowercase()),
-                status: a.status.map(Into::into),
-                ..EpisodeFilter::default()
-            },
-            limit,
-        };
-        let hits = self.memory().search_episodes(&ns, &query).await?;
-        let mut results: Vec<Value> = Vec::with_capacity(hits.len());
-        for h in &hits {
-            // The step the query matched (one read per hit with steps; one deleted since the
-            // search has none).
-            let step = if h.summary.step_count == 0 {
-                None
-            } else {
-                match self
-                    .memory()
-                    .matched_step(&ns, h.summary.id, &query.text)
-                    .await
-                {
-                    Ok(step) => step,
-                    Err(MemoryError::NotFound { .. }) => None,
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            results.push(json!({ "score": h.score, "episode": h.summary, "matched_step": step }));
-        }
-        Ok(json!({ "namespace": ns, "results": results }))
-    }
-
-    async fn show_episode(&self, a: &ShowEpisodeArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let id = episode_id(&a.episode_id)?;
-        let episode = self.memory().get_episode(&ns, id).await?;
-        Ok(json!({ "namespace": ns, "episode": episode }))
-    }
-
-    async fn list_learned(&self, a: ListLearnedArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let limits = self.limits();
-        check_label("domain", a.domain.as_deref(), limits)?;
-        check_label("language", a.language.as_deref(), limits)?;
-        let kind = a.kind;
-        let query = LearnedQuery {
-            task_type: a.task_type,
-            domain: a.domain.map(|d| d.trim().to_lowercase()),
-            language: a.language.map(|l| l.trim().to_lowercase()),
-            kind: None,
-            include_inactive: a.include_inactive,
-            limit: self.limit("limit", a.limit, 20)?,
-            offset: 0,
-        };
-        let m = self.memory();
-        let now = m.clock().now();
-        let half_life = m.config().learning.half_life_days;
-        let items: Vec<Value> = match a.kind {
-            LearnedKind::Patterns => m
-                .patterns(&ns, &query)
-                .await?
-                .iter()
-                .map(|p| {
-                    json!({
-                        "description": p.describe(),
-                        "confidence": p.confidence(now, half_life),
-                        "success_rate": p.success_rate(),
-                        "pattern": p,
-                    })
-                })
-                .collect(),
-            LearnedKind::Heuristics => m
-                .heuristics(&ns, &query)
-                .await?
-                .iter()
-                .map(|h| {
-                    json!({
-                        "description": h.describe(),
-                        "confidence": h.confidence(now, half_life),
-                        "heuristic": h,
-                    })
-                })
-                .collect(),
-            LearnedKind::Lessons => m
-                .lessons(&ns, &query)
-                .await?
-                .iter()
-                .map(|l| json!({ "text": l.text(), "lesson": l }))
-                .collect(),
-        };
-        Ok(json!({ "namespace": ns, "kind": kind, "items": items }))
-    }
-
-    async fn stats(&self, a: &NamespaceArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        let st = self.memory().stats(&ns).await?;
-        let success_rate = if st.completed == 0 {
-            0.0
-        } else {
-            st.successes as f64 / st.completed as f64
-        };
-        let mut out = json!({ "namespace": ns, "counts": st, "success_rate": success_rate });
-        if let (Some(t), Some(map)) = (self.tiered(), out.as_object_mut()) {
-            let s = t.status();
-            map.insert("cache".into(), json!(s.cache));
-            map.insert("outbox_len".into(), json!(s.outbox_len));
-            map.insert("breaker".into(), json!(s.breaker));
-        }
-        Ok(out)
-    }
-
-    async fn health(&self, a: &NamespaceArgs) -> Result<Value, ToolFailure> {
-        let ns = self.namespace(a.namespace.as_deref())?;
-        if let Some(stack) = &self.shared.stack {
-            let report = stack.health(memory_stack::HEALTH_CHECK_DEADLINE).await;
-            let mut out = json!(report);
-            if let Some(map) = out.as_object_mut() {
-                map.insert("namespace".into(), json!(ns));
-            }
-            return Ok(out);
-        }
-        let started = Instant::now();
-        let durable = self.memory().storage().ping().await;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let healthy = durable.is_ok();
-        let retriever = self.memory().retriever();
-        let embedder = match (retriever.embedder(), self.memory().retrieval_degraded()) {
-            (Some(e), _) => json!({
-                "component": "embedder", "status": "ok",
-                "detail": format!("{} ({} dimensions): semantic + lexical retrieval", e.model_id(), e.dimensions()),
-            }),
-            (None, why) => json!({
-                "component": "embedder", "status": "degraded",
-                "detail": format!("{}; retrieval is lexical only", why.unwrap_or("no embedding model")),
-            }),
-        };
-        let components = vec![
-            json!({
-                "component": "durable",
-                "status": if healthy { "ok" } else { "down" },
-                "latency_ms": latency_ms,
-                "error": durable.as_ref().err().map(ToString::to_string),
-            }),
-            embedder,
-        ];
-        Ok(json!({ "healthy": healthy, "namespace": ns, "components": components }))
-    }
-
     /// A list size: `default` when absent, else 1..=`max_results`.
-    fn limit(
+    pub(crate) fn limit(
         &self,
         field: &'static str,
         given: Option<u32>,
@@ -782,13 +396,16 @@ impl MemoryServer {
     }
 }
 
-fn parse<T: DeserializeOwned>(tool: &str, args: Option<JsonObject>) -> Result<T, ToolFailure> {
+pub(crate) fn parse<T: DeserializeOwned>(
+    tool: &str,
+    args: Option<JsonObject>,
+) -> Result<T, ToolFailure> {
     serde_json::from_value(Value::Object(args.unwrap_or_default()))
         .map_err(|e| ToolFailure::arguments(tool, e))
 }
 
 /// An episode id argument; the error quotes at most a short prefix of a bad one.
-fn episode_id(s: &str) -> Result<EpisodeId, ToolFailure> {
+pub(crate) fn episode_id(s: &str) -> Result<EpisodeId, ToolFailure> {
     s.parse::<EpisodeId>().map_err(|_| {
         MemoryError::invalid(
             "episode_id",
@@ -801,7 +418,7 @@ fn episode_id(s: &str) -> Result<EpisodeId, ToolFailure> {
     })
 }
 
-fn check_len(field: &'static str, s: &str, limit: usize) -> Result<(), ToolFailure> {
+pub(crate) fn check_len(field: &'static str, s: &str, limit: usize) -> Result<(), ToolFailure> {
     if s.len() > limit {
         return Err(MemoryError::LimitExceeded {
             field,
@@ -813,7 +430,11 @@ fn check_len(field: &'static str, s: &str, limit: usize) -> Result<(), ToolFailu
     Ok(())
 }
 
-fn check_label(field: &'static str, s: Option<&str>, limits: &Limits) -> Result<(), ToolFailure> {
+pub(crate) fn check_label(
+    field: &'static str,
+    s: Option<&str>,
+    limits: &Limits,
+) -> Result<(), ToolFailure> {
     s.map_or(Ok(()), |s| check_len(field, s, limits.max_label_bytes))
 }
 

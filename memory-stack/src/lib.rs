@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+mod database;
 mod embedder;
 mod health;
 mod layout;
@@ -57,6 +58,7 @@ use memory_storage_redb::{
 use memory_storage_turso::{TursoConfig, TursoConfigBuilder, TursoStorage};
 use tracing::{info, warn};
 
+pub use database::{open_data_dir_database, open_database_file, open_scratch_store};
 pub use embedder::load_embedder;
 pub use health::{ComponentHealth, HealthReport, Status};
 pub use layout::{

@@ -91,7 +91,7 @@ pub async fn backup(dir: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     bar.finish_and_clear();
     copied?;
     // Counted on the snapshot itself, so the manifest describes the file next to it.
-    let snapshot = TursoStorage::open_local(&target).await?;
+    let snapshot = memory_stack::open_database_file(&target).await?;
     let namespaces = episodes_per_namespace(&snapshot).await?;
     let schema_version = snapshot.schema_version();
     // Closed before it is hashed: the file is final once no connection holds it.
@@ -215,7 +215,7 @@ pub async fn restore(dir: &Path, force: bool, s: &Settings) -> Result<()> {
     let dest = s.data_dir.join(DATA_DIR_FILE);
     incoming.install(&dest)?;
 
-    let restored = TursoStorage::open_in_data_dir(&s.data_dir).await?;
+    let restored = memory_stack::open_data_dir_database(&s.data_dir).await?;
     // The copies other data directories cached of the backed-up database are not copies of
     // this one any more.
     restored.renew_identity().await?;
@@ -280,7 +280,7 @@ impl Incoming {
         // Refuse a file that is not a usable database before anything is moved aside. The
         // copy is opened (never the backup itself, which restore does not write to); its
         // name is random, so the `-wal` / `-shm` files SQLite makes beside it are new too.
-        let check = TursoStorage::open_local(&incoming.path)
+        let check = memory_stack::open_database_file(&incoming.path)
             .await
             .with_context(|| format!("{} is not a usable memory database", source.display()))?;
         drop(check);

@@ -12,7 +12,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use memory_core::Storage;
 use memory_core::{
     Embedder, MemoryConfig, Namespace, RateLimitConfig, SelfLearningMemory, SystemClock,
 };
@@ -21,7 +20,6 @@ use memory_eval::cross_validation::{
 };
 use memory_eval::leave_one_out::EvalSet;
 use memory_eval::retrieval::{EvalDataset, QueryMode, RetrievalEval, format_report};
-use memory_storage_turso::TursoStorage;
 
 use crate::backend::load_embedder;
 use crate::cli::{
@@ -147,7 +145,7 @@ async fn leave_one_out(a: &EvalLeaveOneOutArgs, s: &Settings) -> Result<()> {
         &config,
         embedder,
         &memory_eval::leave_one_out::default_grid(),
-        open_memory_store,
+        memory_stack::open_scratch_store,
         &mut progress,
     )
     .await?;
@@ -189,9 +187,13 @@ async fn retrieval_set(a: &EvalRetrievalArgs, s: &Settings) -> Result<()> {
             set.queries()
         );
     }
-    let rows =
-        memory_eval::leave_one_out::score_set(&set, &config, embedder, open_memory_store().await?)
-            .await?;
+    let rows = memory_eval::leave_one_out::score_set(
+        &set,
+        &config,
+        embedder,
+        memory_stack::open_scratch_store().await?,
+    )
+    .await?;
     let wanted = |m: QueryMode| {
         a.both
             || (a.description_only && m == QueryMode::DescriptionOnly)
@@ -290,7 +292,7 @@ async fn retrieval(a: EvalRetrievalArgs, s: &Settings) -> Result<()> {
         return cross_validate(&a, &dataset, s).await;
     }
     let embedder = embedder_or_warn(s, "evaluating lexical retrieval only").await;
-    let storage = Arc::new(TursoStorage::open_local(":memory:").await?);
+    let storage = memory_stack::open_scratch_store().await?;
     let config = eval_config(s);
     let memory =
         SelfLearningMemory::with_embedder(storage, config, Arc::new(SystemClock), embedder)?;
@@ -333,11 +335,6 @@ struct HeldOut {
     chosen: SetScores,
 }
 
-/// A fresh in-memory libsql store.
-async fn open_memory_store() -> memory_core::Result<Arc<dyn Storage>> {
-    Ok(Arc::new(TursoStorage::open_local(":memory:").await?))
-}
-
 async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settings) -> Result<()> {
     let held_out = match &a.report_on {
         Some(dir) => Some(
@@ -356,7 +353,7 @@ async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settin
         Arc::clone(&embedder),
         &grid,
         a.folds,
-        open_memory_store,
+        memory_stack::open_scratch_store,
         &mut progress,
     )
     .await?;
@@ -367,7 +364,9 @@ async fn cross_validate(a: &EvalRetrievalArgs, dataset: &EvalDataset, s: &Settin
                 let mut c = config.clone();
                 c.retrieval = weights.apply(&c.retrieval);
                 let (ds, embedder) = (&ds, Arc::clone(&embedder));
-                async move { hybrid_scores(ds, c, embedder, open_memory_store().await?).await }
+                async move {
+                    hybrid_scores(ds, c, embedder, memory_stack::open_scratch_store().await?).await
+                }
             };
             Some(HeldOut {
                 dataset: dir.display().to_string(),
@@ -517,7 +516,7 @@ async fn learning(a: EvalLearningArgs, s: &Settings) -> Result<()> {
     let mut arms = Vec::with_capacity(Arm::ALL.len());
     for (i, arm) in Arm::ALL.into_iter().enumerate() {
         bar.set_message(arm.as_str());
-        let storage = Arc::new(TursoStorage::open_local(":memory:").await?);
+        let storage = memory_stack::open_scratch_store().await?;
         // The no-memory arm never asks, so it needs no embeddings.
         let embedder = embedder.clone().filter(|_| arm.asks());
         let base = (i * a.tasks) as u64;

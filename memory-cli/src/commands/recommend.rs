@@ -49,10 +49,11 @@ pub(crate) async fn advise(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    m.embed_pending_reporting(&s.namespace, &|done| bar.set_position(done as u64))
-        .await?;
+    let rec = m
+        .recommend_caught_up(&s.namespace, req, &|done| bar.set_position(done as u64))
+        .await;
     bar.finish_and_clear();
-    Ok(m.recommend(&s.namespace, req).await?)
+    Ok(rec?)
 }
 
 pub(crate) fn print_human(rec: &Recommendation) {

@@ -183,6 +183,41 @@ impl SelfLearningMemory {
         Ok(rec)
     }
 
+    /// [`SelfLearningMemory::recommend`] once every episode of `ns` still waiting for its
+    /// embedding is embedded, so the episodes other processes recorded count now (a
+    /// short-lived process, the CLI, is where that queue drains when no long-lived one runs).
+    /// `progress` gets the number embedded so far after each batch. A request over the limits
+    /// is refused before anything is embedded.
+    ///
+    /// ```
+    /// # use memory_core::{Error, InMemoryStorage, MemoryConfig, Namespace, SelfLearningMemory};
+    /// # use memory_core::retrieval::recommend::RecommendRequest;
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let memory = SelfLearningMemory::new(std::sync::Arc::new(InMemoryStorage::new()), MemoryConfig::default())?;
+    /// let ns = Namespace::default();
+    /// let rec = memory
+    ///     .recommend_caught_up(&ns, &RecommendRequest::new("add a health endpoint"), &|_| {})
+    ///     .await?;
+    /// assert!(rec.episodes.is_empty());
+    /// memory.shutdown().await?;
+    /// # Ok::<(), Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn recommend_caught_up(
+        &self,
+        ns: &Namespace,
+        req: &RecommendRequest,
+        progress: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<Recommendation> {
+        self.ensure_running()?;
+        let limits = &self.inner.config.limits;
+        limits.check_retrieval(&req.retrieval_query(req.limit))?;
+        if self.inner.retriever.embedder().is_some() {
+            self.embed_pending_reporting(ns, progress).await?;
+        }
+        self.recommend(ns, req).await
+    }
+
     /// Embeds every episode of `ns` still waiting for an embedding, now (the background task
     /// does the same lazily). Returns how many were embedded.
     pub async fn embed_pending(&self, ns: &Namespace) -> Result<usize> {
