@@ -1,15 +1,37 @@
 //! The tool catalogue as `tools/list` shows it: each tool's name, description, whether it
 //! writes, and its output schema (what `structuredContent` holds on success; top-level fields
 //! typed and required, nested objects the library's types), from the tool modules
-//! ([`crate::tools`]); input schemas come from their argument types.
+//! ([`crate::tools`]); input schemas come from their argument types. A server is built here,
+//! with the catalogue.
 
 use std::sync::Arc;
 
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde_json::{Value, json};
 
+use memory_core::{Namespace, SelfLearningMemory};
+
 use crate::error::{Error, Result};
-use crate::tools::{ALL, input_schema};
+use crate::server::{McpConfig, MemoryServer};
+use crate::tools::{ALL, INSTRUCTIONS, input_schema};
+
+impl MemoryServer {
+    /// A server over `memory`; tool calls without a `namespace` argument use
+    /// `default_namespace`.
+    pub fn new(
+        memory: Arc<SelfLearningMemory>,
+        default_namespace: Namespace,
+        config: McpConfig,
+    ) -> Result<Self> {
+        let catalogue = (tools()?, INSTRUCTIONS.to_owned());
+        Ok(MemoryServer::serving(
+            memory,
+            default_namespace,
+            config,
+            catalogue,
+        ))
+    }
+}
 
 /// The tools, in the order `tools/list` gives them.
 pub(crate) fn tools() -> Result<Vec<Tool>> {

@@ -170,29 +170,30 @@ fn client_key() -> Namespace {
 }
 
 impl MemoryServer {
-    /// A server over `memory`; tool calls without a `namespace` argument use
-    /// `default_namespace`.
-    pub fn new(
+    /// A server over `memory` serving `tools`, which tells each client `instructions` when
+    /// its session starts ([`MemoryServer::new`] passes the catalogue's).
+    pub(crate) fn serving(
         memory: Arc<SelfLearningMemory>,
         default_namespace: Namespace,
         config: McpConfig,
-    ) -> Result<Self> {
+        (tools, instructions): (Vec<Tool>, String),
+    ) -> Self {
         let limiter = Arc::new(RateLimiter::new(config.rate_limit.clone()));
-        Ok(MemoryServer {
+        MemoryServer {
             shared: Arc::new(Shared {
                 memory,
                 default_namespace,
                 stack: None,
                 metrics: None,
-                tools: crate::catalog::tools()?,
-                instructions: crate::tools::INSTRUCTIONS.to_owned(),
+                tools,
+                instructions,
                 config,
                 inflight: AtomicUsize::new(0),
                 call_ended: tokio::sync::Notify::new(),
                 closing: AtomicBool::new(false),
             }),
             limiter,
-        })
+        }
     }
 
     /// With the whole stack the memory runs on (as `memory mcp` opens it), so `stats` and
