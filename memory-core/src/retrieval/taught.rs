@@ -93,11 +93,18 @@ pub(crate) async fn taught_by(
             .into_iter()
             .map(|(id, s)| (FailureLesson::learned_id(&id), s)),
     );
-    let items = in_effect(storage, ns, shares).await?;
+    let (mut by_pattern, mut by_heuristic, mut by_lesson) = (Vec::new(), Vec::new(), Vec::new());
+    for (item, share) in in_effect(storage, ns, shares).await? {
+        match item {
+            LearnedItem::Pattern(p) => by_pattern.push((p, share)),
+            LearnedItem::Heuristic(h) => by_heuristic.push((h, share)),
+            LearnedItem::Lesson(l) => by_lesson.push((l, share)),
+        }
+    }
     Ok(Taught {
-        patterns: of_kind(&items),
-        heuristics: of_kind(&items),
-        lessons: of_kind(&items),
+        patterns: active_summed(by_pattern),
+        heuristics: active_summed(by_heuristic),
+        lessons: active_summed(by_lesson),
         read,
     })
 }
@@ -165,19 +172,16 @@ fn successor(item: &LearnedItem) -> Option<LearnedId> {
     }
 }
 
-/// The active items of kind `T` among `items`, shares of one item summed, sorted by id.
-fn of_kind<T: Learned>(items: &[(LearnedItem, f64)]) -> Vec<(T, f64)> {
+/// The active ones among `items`, shares of one item summed, sorted by id.
+fn active_summed<T: Learned>(items: Vec<(T, f64)>) -> Vec<(T, f64)> {
     let mut out: HashMap<T::Id, (T, f64)> = HashMap::new();
     for (item, share) in items {
-        let Some(item) = T::from_item(item.clone()) else {
-            continue;
-        };
         if !item.status().is_active() {
             continue;
         }
         out.entry(item.id().clone())
             .and_modify(|(_, s)| *s += share)
-            .or_insert((item, *share));
+            .or_insert((item, share));
     }
     let mut items: Vec<(T, f64)> = out.into_values().collect();
     items.sort_by(|a, b| a.0.id().cmp(b.0.id()));
