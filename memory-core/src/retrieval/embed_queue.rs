@@ -39,9 +39,9 @@ pub(crate) struct EmbedQueue {
     /// Namespaces whose embedding coverage this process has read once (by the first drain
     /// or beside the first load, whichever comes first: the other waits and reuses it).
     coverage_probed: Arc<tokio::sync::Mutex<HashSet<Namespace>>>,
-    /// Episodes embedded before they completed (their work text was partial), per namespace.
-    partial: Mutex<HashMap<Namespace, HashSet<EpisodeId>>>,
-    /// Episodes of `partial` that have completed since: re-embedded by the next drain.
+    /// Episodes that completed in this process since the last drain, per namespace: the next
+    /// drain embeds each first (again, if a drain embedded it while it ran: its work text
+    /// was partial).
     stale: Mutex<HashMap<Namespace, HashSet<EpisodeId>>>,
 }
 
@@ -84,7 +84,6 @@ impl EmbedQueue {
             draining: tokio::sync::Mutex::new(()),
             drained_up_to: Arc::new(Mutex::new(HashMap::new())),
             coverage_probed: Arc::new(tokio::sync::Mutex::new(HashSet::new())),
-            partial: Mutex::new(HashMap::new()),
             stale: Mutex::new(HashMap::new()),
         }
     }
@@ -99,15 +98,13 @@ impl EmbedQueue {
         &self.embedder
     }
 
-    /// Notes that an episode completed: one embedded before it completed is queued to be
-    /// embedded again with all its steps.
+    /// Notes that an episode completed: the next drain embeds it with all its steps, first.
+    /// Whether a drain already embedded it while it ran is not asked: a drain may have read
+    /// it before the completion and still be embedding it (the vector would then miss the
+    /// steps for good). An episode completed before any drain saw it is embedded once, by
+    /// this pass instead of the scan for missing vectors.
     pub(crate) fn completed(&self, ns: &Namespace, id: EpisodeId) {
-        if lock(&self.partial)
-            .get_mut(ns)
-            .is_some_and(|p| p.remove(&id))
-        {
-            lock(&self.stale).entry(ns.clone()).or_default().insert(id);
-        }
+        lock(&self.stale).entry(ns.clone()).or_default().insert(id);
     }
 
     /// Episodes of `ns` with no embedding under the key yet: two counts.
@@ -287,12 +284,6 @@ impl EmbedQueue {
                 .await
             {
                 Ok(()) => {
-                    if summary.completed_at.is_none() {
-                        lock(&self.partial)
-                            .entry(ns.clone())
-                            .or_default()
-                            .insert(summary.id);
-                    }
                     stored.push(StoredEmbedding { summary, vector });
                     done += 1;
                 }

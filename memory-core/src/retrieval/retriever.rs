@@ -632,6 +632,74 @@ mod tests {
         );
     }
 
+    /// Holds its first call until released, telling the test when it got there.
+    #[derive(Debug)]
+    struct GatedEmbedder {
+        inner: CountingEmbedder,
+        entered: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Embedder for GatedEmbedder {
+        fn model_id(&self) -> &'static str {
+            "gated"
+        }
+        fn dimensions(&self) -> usize {
+            8
+        }
+        async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+            let first = self.entered.lock().ok().and_then(|mut e| e.take());
+            if let Some(entered) = first {
+                let _ = entered.send(());
+                self.release.notified().await;
+            }
+            self.inner.embed(texts).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_episode_that_completes_while_a_drain_embeds_it_is_embedded_again() {
+        use crate::episode::{Episode, NewEpisode};
+        use crate::storage::EpisodeStore as _;
+        let (entered, entered_rx) = tokio::sync::oneshot::channel();
+        let embedder = Arc::new(GatedEmbedder {
+            inner: CountingEmbedder::default(),
+            entered: std::sync::Mutex::new(Some(entered)),
+            release: tokio::sync::Notify::new(),
+        });
+        let storage = Arc::new(crate::InMemoryStorage::new());
+        let retriever = Arc::new(Retriever::new(
+            Arc::clone(&storage) as Arc<dyn Storage>,
+            Some(Arc::clone(&embedder) as Arc<dyn Embedder>),
+            Arc::new(crate::clock::SystemClock),
+            RetrievalConfig::default(),
+        ));
+        let ns = Namespace::default();
+        let new = NewEpisode::new(
+            "fix the flaky date test",
+            TaskType::Testing,
+            TaskContext::new("testing"),
+        );
+        let running = Episode::start(new, chrono::Utc::now());
+        storage.create_episode(&ns, &running).await.unwrap();
+        // A drain reads the running episode and is held in the model; the episode completes
+        // meanwhile.
+        let drain = tokio::spawn({
+            let (retriever, ns) = (Arc::clone(&retriever), ns.clone());
+            async move { retriever.embed_pending(&ns).await }
+        });
+        entered_rx.await.unwrap();
+        let mut done = running.summary();
+        done.completed_at = Some(chrono::Utc::now());
+        retriever.episode_changed(&ns, done);
+        embedder.release.notify_one();
+        assert_eq!(drain.await.unwrap().unwrap(), 1);
+        // Its vector missed the completion: the next drain embeds it again, and only once.
+        assert_eq!(retriever.embed_pending(&ns).await.unwrap(), 1);
+        assert_eq!(retriever.embed_pending(&ns).await.unwrap(), 0);
+    }
+
     /// Refuses every index snapshot (as a store does one over the size limit), counting tries.
     #[derive(Debug)]
     struct RefusesSnapshots {
