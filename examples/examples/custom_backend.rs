@@ -45,7 +45,7 @@ impl CountingWrites {
 
 forward_storage! {
     impl[] EpisodeStore for CountingWrites => inner;
-    forward get_episode, query_episodes, search_episodes, namespace_stats, list_namespaces,
+    forward get_episode, query_episodes, search_text, namespace_stats, list_namespaces,
         ping, sync;
     {
         async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {

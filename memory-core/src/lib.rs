@@ -88,8 +88,8 @@ pub use storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
     GuardedItems, InMemoryStorage, IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery,
     LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Outbox, OutboxEntry,
-    Storage, StoredEmbedding, TextHit, TextQuery, WriteOp, check_index_snapshot_size, get_typed,
-    query_typed,
+    Storage, StoredEmbedding, TextHit, TextQuery, TextSearch, WriteOp, check_index_snapshot_size,
+    get_typed, query_typed,
 };
 pub use text::{bm25_weight, collapse_tools, error_class, for_each_token, tokenize};
 

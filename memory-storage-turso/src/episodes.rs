@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use libsql::Value;
 use memory_core::{
     Episode, EpisodeCompletion, EpisodeId, EpisodeQuery, EpisodeStore, EpisodeSummary, Error,
-    ExecutionStep, LearnedChanges, Namespace, NamespaceStats, ObjectKind, Result, TextHit,
-    TextQuery, indexed_work_text, task_search_text,
+    ExecutionStep, LearnedChanges, Namespace, NamespaceStats, ObjectKind, Result, TextQuery,
+    TextSearch, indexed_work_text, task_search_text,
 };
 use tracing::instrument;
 
@@ -464,9 +464,9 @@ impl EpisodeStore for TursoStorage {
     }
 
     #[instrument(skip_all, fields(namespace = %ns, limit = query.limit))]
-    async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
+    async fn search_text(&self, ns: &Namespace, query: &TextQuery) -> Result<TextSearch> {
         self.inner
-            .call_read("search_episodes", async |conn| {
+            .call_read("search_text", async |conn| {
                 text_index::search(conn, ns.as_str(), &query.text, &query.filter, query.limit).await
             })
             .await

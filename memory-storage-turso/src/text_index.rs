@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use libsql::Value;
-use memory_core::{EpisodeFilter, TextHit, bm25_weight, for_each_token, tokenize};
+use memory_core::{EpisodeFilter, TextHit, TextSearch, bm25_weight, for_each_token, tokenize};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
@@ -248,19 +248,20 @@ struct Match {
 /// episode's score the sum over its parts (task, step batches, reflection). Ties go to the
 /// smaller episode id, and the terms of each episode are summed in an order that does not
 /// depend on other namespaces, so a namespace's scores are the same bit for bit whatever
-/// another stores.
+/// another stores. Also counts the query's terms the namespace's index holds (whatever the
+/// filter).
 pub(crate) async fn search(
     conn: &Db<'_>,
     ns: &str,
     query_text: &str,
     filter: &EpisodeFilter,
     limit: u32,
-) -> DbResult<Vec<TextHit>> {
+) -> DbResult<TextSearch> {
     let mut words = tokenize(query_text);
     words.sort_unstable();
     words.dedup();
     if words.is_empty() || limit == 0 {
-        return Ok(Vec::new());
+        return Ok(TextSearch::default());
     }
     let p = prefix(ns);
     let terms: Vec<String> = words.iter().map(|w| indexed(&p, w)).collect();
@@ -270,14 +271,20 @@ pub(crate) async fn search(
         position.entry(t.as_str()).or_insert(i);
     }
 
+    let mut found = TextSearch {
+        hits: Vec::new(),
+        terms: u32::try_from(position.len()).unwrap_or(u32::MAX),
+        known_terms: 0,
+    };
     let Some((docs, total_len)) = stats(conn, ns).await? else {
-        return Ok(Vec::new());
+        return Ok(found);
     };
     let matches = matches(conn, ns, &terms, &position).await?;
     let mut df = vec![0f64; terms.len()];
     for m in &matches {
         df[m.term] += 1.0;
     }
+    found.known_terms = u32::try_from(df.iter().filter(|d| **d > 0.0).count()).unwrap_or(u32::MAX);
     let avg_len = total_len / docs.max(1.0);
 
     // Per episode, its contributions in (row, term) order: rows of one namespace keep their
@@ -299,23 +306,22 @@ pub(crate) async fn search(
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
 
-    let mut hits = Vec::new();
-    for chunk in ranked.chunks(SUMMARY_CHUNK) {
-        let mut found = summaries(conn, ns, chunk, filter).await?;
+    'chunks: for chunk in ranked.chunks(SUMMARY_CHUNK) {
+        let mut summaries = summaries(conn, ns, chunk, filter).await?;
         for (id, score) in chunk {
-            if let Some(summary) = found.remove(*id) {
-                hits.push(TextHit {
+            if let Some(summary) = summaries.remove(*id) {
+                found.hits.push(TextHit {
                     episode_id: summary.id,
                     score: *score,
                     summary,
                 });
-                if hits.len() >= limit as usize {
-                    return Ok(hits);
+                if found.hits.len() >= limit as usize {
+                    break 'chunks;
                 }
             }
         }
     }
-    Ok(hits)
+    Ok(found)
 }
 
 /// The namespace's row count and total length, or `None` when it has nothing indexed.

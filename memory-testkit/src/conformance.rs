@@ -586,6 +586,24 @@ pub async fn lexical_search(s: &dyn Storage) {
     let limited = search(s, &n, &text("edit_file", 1)).await;
     assert_eq!(limited.len(), 1, "limit respected");
 
+    // How much of a query the namespace knows: its distinct terms, and those some episode of
+    // the namespace holds, whatever the filter; another namespace's words are not known.
+    let other = ns("conf/search-other");
+    s.create_episode(&other, &general("zebra census", 40))
+        .await
+        .unwrap();
+    let mut query = text("Rate limiting rate zebra", 10);
+    query.filter.language = Some("python".into());
+    let known = s.search_text(&n, &query).await.unwrap();
+    assert_eq!((known.terms, known.known_terms), (3, 2), "known terms");
+    assert_eq!(known.known_share(), Some(2.0 / 3.0));
+    let none = s.search_text(&n, &text("the", 10)).await.unwrap();
+    assert_eq!(
+        (none.terms, none.known_share()),
+        (0, None),
+        "stopwords only"
+    );
+
     // Several parts indexed by one write: a completed episode created whole (as `import`
     // writes it), and a completion carrying its last steps and its reflection.
     let reflection = |word: &str| Reflection {

@@ -6,7 +6,7 @@ use super::*;
 
 memory_core::forward_storage! {
     impl[] EpisodeStore for TieredStorage => inner.durable, wrap inner.guarded;
-    forward query_episodes, search_episodes, namespace_stats, list_namespaces, ping;
+    forward query_episodes, search_text, namespace_stats, list_namespaces, ping;
     {
     fn reads_need_a_server(&self) -> bool {
         self.inner.durable.reads_need_a_server()

@@ -60,7 +60,7 @@ fn converted_sets_have_the_published_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hybrid_keeps_up_with_the_better_of_its_parts_on_real_text() {
+async fn hybrid_ranks_above_both_its_parts_on_real_text() {
     for name in ["locomo", "realtalk"] {
         let Some(set) = real_set(name) else {
             continue;
@@ -94,14 +94,15 @@ async fn hybrid_keeps_up_with_the_better_of_its_parts_on_real_text() {
             );
             let best_r5 = lexical.recall_at_5.max(vector.recall_at_5);
             let best_ndcg = lexical.ndcg_at_10.max(vector.ndcg_at_10);
+            // Never below the better part (measured 11-29: +0.027 to +0.046).
             assert!(
-                hybrid.recall_at_5 >= best_r5 - 0.015,
-                "{name} {mode:?}: hybrid R@5 {} < {best_r5} - 0.015",
+                hybrid.recall_at_5 >= best_r5,
+                "{name} {mode:?}: hybrid R@5 {} < {best_r5}",
                 hybrid.recall_at_5
             );
             assert!(
-                hybrid.ndcg_at_10 >= best_ndcg - 0.015,
-                "{name} {mode:?}: hybrid nDCG@10 {} < {best_ndcg} - 0.015",
+                hybrid.ndcg_at_10 >= best_ndcg,
+                "{name} {mode:?}: hybrid nDCG@10 {} < {best_ndcg}",
                 hybrid.ndcg_at_10
             );
         }

@@ -617,7 +617,7 @@ fn dataset_dir() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hybrid_beats_bm25_and_keeps_near_the_vector_on_the_project_dataset() {
+async fn hybrid_ranks_above_both_its_parts_on_the_project_dataset() {
     let Some(model) = tests::model::minilm().unwrap() else {
         return;
     };
@@ -650,17 +650,13 @@ async fn hybrid_beats_bm25_and_keeps_near_the_vector_on_the_project_dataset() {
             "{:?}: (R@5, nDCG@10) hybrid {hybrid:.3?}, lexical {lexical:.3?}, vector {vector:.3?}",
             mode.mode
         );
+        // The goal: never below the better part. Measured with the defaults on 11-29:
+        // +0.030 / +0.018 over the vector with context, +0.011 / +0.006 on bare task text;
+        // 0.003 of room for the model's arithmetic on another machine.
+        let best = (lexical.0.max(vector.0), lexical.1.max(vector.1));
         assert!(
-            hybrid.0 >= lexical.0 && hybrid.1 >= lexical.1,
-            "{:?}: hybrid {hybrid:?} < lexical {lexical:?}",
-            mode.mode
-        );
-        // The gap to the vector side as measured with the defaults (0.023 R@5 and 0.028
-        // nDCG@10 on bare task text), with a little room for the model's arithmetic on
-        // another machine; a fusion that lost more would fail here.
-        assert!(
-            hybrid.0 >= vector.0 - 0.03 && hybrid.1 >= vector.1 - 0.035,
-            "{:?}: hybrid {hybrid:?} fell further behind vector {vector:?}",
+            hybrid.0 >= best.0 - 0.003 && hybrid.1 >= best.1 - 0.003,
+            "{:?}: hybrid {hybrid:?} below the better part: lexical {lexical:?}, vector {vector:?}",
             mode.mode
         );
     }

@@ -365,6 +365,34 @@ impl LexicalIndex {
             })
             .collect()
     }
+
+    /// `(terms, known)`: how many distinct terms `text` has, and how many of them occur in
+    /// at least one indexed episode of `ns` (whatever a filter would keep): what
+    /// [`TextSearch`](crate::TextSearch) reports for the backend's index.
+    ///
+    /// ```
+    /// # use memory_core::{EpisodeSummary, Namespace, TaskContext, TaskType};
+    /// # use memory_core::retrieval::LexicalIndex;
+    /// # let summary = |task: &str| EpisodeSummary {
+    /// #     id: memory_core::EpisodeId::new(), task_description: task.into(),
+    /// #     task_type: TaskType::Debugging, context: TaskContext::new("web_api"),
+    /// #     step_count: 0, started_at: chrono::Utc::now(), completed_at: None,
+    /// #     outcome: None, reward: None,
+    /// # };
+    /// let ns = Namespace::new("docs")?;
+    /// let index = LexicalIndex::new();
+    /// index.upsert(&ns, summary("fix the retry logic in the payment worker"));
+    /// assert_eq!(index.known_terms(&ns, "payment worker crashes"), (3, 2));
+    /// # Ok::<(), memory_core::Error>(())
+    /// ```
+    pub fn known_terms(&self, ns: &Namespace, text: &str) -> (u32, u32) {
+        let terms = distinct(tokenize(text));
+        let space = self.space(ns);
+        let s = space.read().unwrap_or_else(PoisonError::into_inner);
+        let known = terms.iter().filter(|t| s.postings.contains_key(*t)).count();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        (count(terms.len()), count(known))
+    }
 }
 
 #[cfg(test)]

@@ -93,21 +93,23 @@ impl std::str::FromStr for FusionMethod {
 /// Retrieval settings.
 ///
 /// # Default
-/// 50 candidates from each source; z-score fusion with semantic weight 0.6 with context and
-/// 0.8 for bare task text, the semantic weight ramped in from a best centered cosine of 0.1
-/// to full at 0.3; context words in the lexical query and the embedded text; the work text
-/// at weight 0.5 in the episode vector; up to 16 step windows per long episode, a window's
-/// match counted at 0.8; context weight 0.8; outcome weight 0.05; recency
-/// weight 0.05 with a 90-day half-life; strong-match cosine (mean of the three best) 0.425
-/// with context and 0.36 without; embedding batches of 32; 1,024 cached query vectors; the
-/// in-process lexical index from 2,000 episodes.
+/// 50 candidates from each source; z-score fusion with semantic weight 0.45 for a query
+/// whose every word the lexical index knows, raised by 1.0 (with context) or 2.0 (bare task
+/// text) times the share of its words it does not know, within 0.1-0.9; no semantic trust
+/// ramp; context words in the lexical query and the embedded text; the work text at weight
+/// 0.5 in the episode vector; up to 16 step windows per long episode, a window's match
+/// counted at 0.8; context weight 0.8; outcome weight 0.05; recency weight 0.05 with a
+/// 90-day half-life; strong-match cosine (mean of the three best) 0.425 with context and
+/// 0.36 without; embedding batches of 32; 1,024 cached query vectors; the in-process lexical
+/// index from 2,000 episodes.
 ///
 /// The fusion settings and the window weight are the choice of leave-one-dataset-out over
 /// four labeled sets (the two written for this project and two public conversation
-/// benchmarks; `memory eval leave-one-out`, see README): chosen on all four, where each set's
-/// reported figures come from the choice made on the other three. The work, context and outcome weights are the
-/// choice of 5-fold cross-validation on the retrieval eval (`memory eval retrieval
-/// --cross-validate`), and the thresholds the ones fitted there.
+/// benchmarks; `memory eval leave-one-out`, see docs/EVALUATION.md): chosen on all four,
+/// where each set's reported figures come from the choice made on the other three, by the
+/// setting's worst margin over the better of BM25 and the vector on any set. The work,
+/// context and outcome weights are the choice of 5-fold cross-validation on the retrieval
+/// eval (`memory eval retrieval --cross-validate`), and the thresholds the ones fitted there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrievalConfig {
@@ -124,17 +126,30 @@ pub struct RetrievalConfig {
     /// to (on long conversations, whose text the episode vector barely covers, the best
     /// centered cosine is ~0.1 against ~0.55 on coding tasks) is ranked by the words it
     /// shares. `semantic_trust_full <= semantic_trust_from` turns this off (the weight is
-    /// always the configured one).
+    /// always the configured one), which is the default since the weight follows the
+    /// query's unknown words ([`RetrievalConfig::unknown_term_shift`]): with step windows and
+    /// the shift, leave-one-dataset-out chose no ramp.
     pub semantic_trust_from: f32,
     /// The best centered cosine from which the semantic list gets its full weight.
     pub semantic_trust_full: f32,
     /// Weight of the semantic side in the fused score (the lexical one gets `1 - w`), for
-    /// queries with context, before the trust ramp ([`RetrievalConfig::semantic_trust_from`]).
+    /// queries with context whose every word the lexical index knows (see
+    /// [`RetrievalConfig::unknown_term_shift`]), before the trust ramp
+    /// ([`RetrievalConfig::semantic_trust_from`]).
     pub dense_weight: f64,
     /// The same for bare task text. Neither weight should be 0 or 1: either drops a signal
     /// for every query (at 1.0 for bare text, the default until 11-28, hybrid retrieval on the
     /// public conversation benchmarks was the vector's R@5 0.39 where BM25 alone had 0.80).
     pub dense_weight_bare: f64,
+    /// How far the semantic weight rises for a query whose words the lexical index has
+    /// never seen: the weight is [`RetrievalConfig::dense_weight`] plus this times the share
+    /// of the query's distinct words that no episode of the namespace holds, kept within
+    /// 0.1-0.9. A paraphrase in words the memory does not use (BM25 is blind to them) leans
+    /// on the vector; a question that names what the episodes say leans on BM25. For queries
+    /// with context; 0 turns it off.
+    pub unknown_term_shift: f64,
+    /// The same for bare task text.
+    pub unknown_term_shift_bare: f64,
     /// Add the query's context words (domain, language, framework, tags) to the lexical query
     /// (episodes index theirs with the task text).
     pub lexical_context_terms: bool,
@@ -205,10 +220,12 @@ impl Default for RetrievalConfig {
             candidates: 50,
             fusion: FusionMethod::ZScore,
             rank_constant: 60.0,
-            semantic_trust_from: 0.1,
-            semantic_trust_full: 0.3,
-            dense_weight: 0.6,
-            dense_weight_bare: 0.8,
+            semantic_trust_from: 0.0,
+            semantic_trust_full: 0.0,
+            dense_weight: 0.45,
+            dense_weight_bare: 0.45,
+            unknown_term_shift: 1.0,
+            unknown_term_shift_bare: 2.0,
             lexical_context_terms: true,
             embed_context: true,
             work_weight: 0.5,

@@ -18,7 +18,7 @@ use crate::embedding::Embedder;
 use crate::episode::{EpisodeId, EpisodeSummary};
 use crate::error::Result;
 use crate::namespace::Namespace;
-use crate::storage::{Storage, TextHit, TextQuery};
+use crate::storage::{Storage, TextHit, TextQuery, TextSearch};
 
 /// How many of the closest episodes back the confidence.
 pub const SUPPORT: usize = 3;
@@ -267,29 +267,31 @@ impl Retriever {
         ns: &Namespace,
         query: &RetrievalQuery,
         candidates: u32,
-    ) -> Result<Vec<TextHit>> {
+    ) -> Result<TextSearch> {
+        let text = self.lexical_text(query);
         if self.lexical_ready(ns).await? {
-            let hits = self.indexes.lexical.search(
-                ns,
-                &self.lexical_text(query),
-                &query.filter,
-                candidates as usize,
-            );
-            return Ok(hits
-                .into_iter()
-                .map(|h| TextHit {
-                    episode_id: h.summary.id,
-                    score: f64::from(h.score),
-                    summary: (*h.summary).clone(),
-                })
-                .collect());
+            let lexical = &self.indexes.lexical;
+            let hits = lexical.search(ns, &text, &query.filter, candidates as usize);
+            let (terms, known_terms) = lexical.known_terms(ns, &text);
+            return Ok(TextSearch {
+                hits: hits
+                    .into_iter()
+                    .map(|h| TextHit {
+                        episode_id: h.summary.id,
+                        score: f64::from(h.score),
+                        summary: (*h.summary).clone(),
+                    })
+                    .collect(),
+                terms,
+                known_terms,
+            });
         }
         let text = TextQuery {
-            text: self.lexical_text(query),
+            text,
             filter: query.filter.clone(),
             limit: candidates,
         };
-        self.storage.search_episodes(ns, &text).await
+        self.storage.search_text(ns, &text).await
     }
 
     /// Finds the past episodes most relevant to `query`.
@@ -325,7 +327,7 @@ impl Retriever {
             self.indexes.refresh(ns, queue.key()).await;
         }
         let lexical = if method == RetrievalMethod::Vector {
-            Vec::new()
+            TextSearch::default()
         } else {
             self.lexical_candidates(ns, query, candidates).await?
         };
@@ -370,7 +372,7 @@ impl Retriever {
         let fused = scoring::fuse(
             &self.config,
             method,
-            &lexical,
+            &lexical.hits,
             &semantic,
             |id| {
                 if queries.is_empty() {
@@ -380,6 +382,7 @@ impl Retriever {
                 }
             },
             query.context.is_some(),
+            lexical.known_share(),
         );
         let now = self.clock.now();
         let mut results: Vec<RetrievedEpisode> = fused

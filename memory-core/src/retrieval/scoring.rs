@@ -29,7 +29,8 @@ pub(super) struct Candidate {
 
 /// Unions the lists and fuses min-max normalized scores. `score_of` gives the cosine of a
 /// lexical candidate the semantic list missed. `with_context`: the query came with its
-/// context (which the lexical side then also matches on).
+/// context (which the lexical side then also matches on). `known_share`: the share of the
+/// lexical query's terms the index knows ([`TextSearch::known_share`](crate::TextSearch)).
 pub(super) fn fuse(
     config: &RetrievalConfig,
     method: RetrievalMethod,
@@ -37,6 +38,7 @@ pub(super) fn fuse(
     semantic: &[VectorHit],
     score_of: impl Fn(EpisodeId) -> Option<VectorHit>,
     with_context: bool,
+    known_share: Option<f64>,
 ) -> Vec<Candidate> {
     let mut by_id: HashMap<EpisodeId, Candidate> = HashMap::new();
     for h in semantic {
@@ -79,13 +81,8 @@ pub(super) fn fuse(
         .iter()
         .filter_map(|c| c.cosine)
         .fold(None, |m: Option<f32>, c| Some(m.map_or(c, |m| m.max(c))));
-    let w = if with_context {
-        config.dense_weight
-    } else {
-        config.dense_weight_bare
-    }
-    .clamp(0.0, 1.0)
-        * semantic_trust(config, best_cosine);
+    let w =
+        semantic_weight(config, with_context, known_share) * semantic_trust(config, best_cosine);
     for c in &mut out {
         c.lexical = lex.apply(c.bm25.unwrap_or(0.0));
         c.semantic = sem.apply(f64::from(c.cosine.unwrap_or(0.0)));
@@ -140,6 +137,28 @@ pub(super) fn fuse(
         }
     }
     out
+}
+
+/// The least and the most weight the shift for unknown query words gives either list
+/// ([`semantic_weight`]): it never takes a list's last tenth.
+const SHIFTED_WEIGHT_RANGE: (f64, f64) = (0.1, 0.9);
+
+/// The semantic list's weight for one query before the trust ramp: the configured weight
+/// for a query whose every word the lexical index knows, raised by
+/// [`RetrievalConfig::unknown_term_shift`] times the share of its words the index has never
+/// seen (a paraphrase in words the memory does not use: BM25 is blind to those words). The
+/// shift keeps the weight within 0.1-0.9 (or the configured weight, if that lies outside),
+/// so no query loses a list by it.
+fn semantic_weight(config: &RetrievalConfig, with_context: bool, known_share: Option<f64>) -> f64 {
+    let (base, shift) = if with_context {
+        (config.dense_weight, config.unknown_term_shift)
+    } else {
+        (config.dense_weight_bare, config.unknown_term_shift_bare)
+    };
+    let base = base.clamp(0.0, 1.0);
+    let unknown = known_share.map_or(0.0, |k| 1.0 - k.clamp(0.0, 1.0));
+    let (lo, hi) = SHIFTED_WEIGHT_RANGE;
+    (base + shift * unknown).clamp(base.min(lo), base.max(hi))
 }
 
 /// How much of its configured weight the semantic list gets, from the best centered cosine
@@ -397,10 +416,55 @@ mod tests {
             semantic,
             |_| None,
             true,
+            None,
         );
         assert!(out.iter().all(|c| (0.0..=1.0).contains(&c.fused)));
         out.sort_by(|a, b| b.fused.total_cmp(&a.fused));
         out.iter().map(|c| c.summary.id).collect()
+    }
+
+    #[test]
+    fn unknown_query_words_shift_the_weight_to_the_vector_within_bounds() {
+        let config = RetrievalConfig {
+            dense_weight: 0.5,
+            unknown_term_shift: 1.0,
+            dense_weight_bare: 0.35,
+            unknown_term_shift_bare: 1.5,
+            ..RetrievalConfig::default()
+        };
+        let w = |ctx, known| semantic_weight(&config, ctx, known);
+        // Every word known, or no lexical query: the configured weight.
+        assert!((w(true, Some(1.0)) - 0.5).abs() < 1e-9);
+        assert!((w(true, None) - 0.5).abs() < 1e-9);
+        assert!((w(false, Some(1.0)) - 0.35).abs() < 1e-9);
+        // A fifth of the words unknown: 0.35 + 1.5 x 0.2.
+        assert!((w(false, Some(0.8)) - 0.65).abs() < 1e-9);
+        // Most words unknown: never more than 0.9, so BM25 keeps a tenth.
+        assert!((w(false, Some(0.0)) - 0.9).abs() < 1e-9);
+        assert!((w(true, Some(0.0)) - 0.9).abs() < 1e-9);
+        // A configured weight outside the range stays as configured.
+        let vector_only = RetrievalConfig {
+            dense_weight: 1.0,
+            ..config.clone()
+        };
+        assert!((semantic_weight(&vector_only, true, Some(0.0)) - 1.0).abs() < 1e-9);
+        // A paraphrase reorders: lexical peaked on 0, semantic on 1.
+        let lists = lists();
+        let run = |known| {
+            let mut out = fuse(
+                &config,
+                RetrievalMethod::Hybrid,
+                &lists.0,
+                &lists.1,
+                |_| None,
+                false,
+                known,
+            );
+            out.sort_by(|a, b| b.fused.total_cmp(&a.fused));
+            out[0].summary.id
+        };
+        assert_eq!(run(Some(1.0)), lists.2[0].id);
+        assert_eq!(run(Some(0.3)), lists.2[1].id);
     }
 
     #[test]
@@ -441,6 +505,7 @@ mod tests {
             &semantic,
             |_| None,
             true,
+            None,
         );
         out.sort_by(|a, b| b.fused.total_cmp(&a.fused));
         assert_eq!(out[0].summary.id, s[0].id);

@@ -34,7 +34,7 @@
 /// forward_storage! {
 ///     impl[] EpisodeStore for Counting => inner;
 ///     forward create_episode, append_steps, complete_episode, get_episode, query_episodes,
-///         search_episodes, namespace_stats, list_namespaces, sync;
+///         search_text, namespace_stats, list_namespaces, sync;
 ///     {
 ///         async fn ping(&self) -> memory_core::Result<()> {
 ///             self.pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -72,7 +72,7 @@ macro_rules! forward_storage {
 
     // Every method of each trait.
     (@all EpisodeStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [create_episode append_steps
-        complete_episode get_episode get_episodes query_episodes search_episodes namespace_stats list_namespaces ping sync]); };
+        complete_episode get_episode get_episodes query_episodes search_text namespace_stats list_namespaces ping sync]); };
     (@all LearningStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [apply_learning put_learned
         put_learned_unless_changed get_learned get_learned_many query_learned record_feedback list_feedback]); };
     (@all EmbeddingStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [put_embedding get_embedding
@@ -116,6 +116,7 @@ macro_rules! forward_storage {
     (@sig get_episode $($k:tt)*) => { $crate::forward_storage!(@push get_episode (ns: &$crate::Namespace, id: $crate::EpisodeId) -> $crate::Result<Option<::std::sync::Arc<$crate::Episode>>>; $($k)*); };
     (@sig get_episodes $($k:tt)*) => { $crate::forward_storage!(@push get_episodes (ns: &$crate::Namespace, ids: &[$crate::EpisodeId]) -> $crate::Result<Vec<Option<::std::sync::Arc<$crate::Episode>>>>; $($k)*); };
     (@sig query_episodes $($k:tt)*) => { $crate::forward_storage!(@push query_episodes (ns: &$crate::Namespace, query: &$crate::EpisodeQuery) -> $crate::Result<Vec<$crate::EpisodeSummary>>; $($k)*); };
+    (@sig search_text $($k:tt)*) => { $crate::forward_storage!(@push search_text (ns: &$crate::Namespace, query: &$crate::TextQuery) -> $crate::Result<$crate::TextSearch>; $($k)*); };
     (@sig search_episodes $($k:tt)*) => { $crate::forward_storage!(@push search_episodes (ns: &$crate::Namespace, query: &$crate::TextQuery) -> $crate::Result<Vec<$crate::TextHit>>; $($k)*); };
     (@sig namespace_stats $($k:tt)*) => { $crate::forward_storage!(@push namespace_stats (ns: &$crate::Namespace) -> $crate::Result<$crate::NamespaceStats>; $($k)*); };
     (@sig list_namespaces $($k:tt)*) => { $crate::forward_storage!(@push list_namespaces () -> $crate::Result<Vec<$crate::Namespace>>; $($k)*); };

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use super::{
     EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeQuery, EpisodeStore, GuardedItems,
     IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MaintenanceStore,
-    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
+    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery, TextSearch,
+    check_index_snapshot_size,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep, OutcomeKind, StepResult};
 use crate::error::{Error, ObjectKind, Result};
@@ -299,15 +300,32 @@ impl EpisodeStore for InMemoryStorage {
         }))
     }
 
-    async fn search_episodes(&self, ns: &Namespace, q: &TextQuery) -> Result<Vec<TextHit>> {
-        let terms = tokenize(&q.text);
+    async fn search_text(&self, ns: &Namespace, q: &TextQuery) -> Result<TextSearch> {
+        let mut terms = tokenize(&q.text);
+        terms.sort_unstable();
+        terms.dedup();
+        let mut found = TextSearch {
+            hits: Vec::new(),
+            terms: u32::try_from(terms.len()).unwrap_or(u32::MAX),
+            known_terms: 0,
+        };
         let data = self.lock();
         let Some(d) = data.get(ns) else {
-            return Ok(Vec::new());
+            return Ok(found);
         };
         if terms.is_empty() {
-            return Ok(Vec::new());
+            return Ok(found);
         }
+        // Which terms the namespace knows, whatever the filter.
+        let mut known = vec![false; terms.len()];
+        for e in d.episodes.values() {
+            for t in tokenize(&episode_search_text(e)) {
+                if let Ok(i) = terms.binary_search(&t) {
+                    known[i] = true;
+                }
+            }
+        }
+        found.known_terms = u32::try_from(known.iter().filter(|k| **k).count()).unwrap_or(u32::MAX);
         // BM25 over the filtered episodes.
         let docs: Vec<(&Episode, Vec<String>)> = d
             .episodes
@@ -342,7 +360,8 @@ impl EpisodeStore for InMemoryStorage {
                 .then(a.episode_id.cmp(&b.episode_id))
         });
         hits.truncate(q.limit as usize);
-        Ok(hits)
+        found.hits = hits;
+        Ok(found)
     }
 
     async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats> {

@@ -19,6 +19,6 @@ pub use traits::{
     Change, ChangeSet, EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeFilter,
     EpisodeQuery, EpisodeStatus, EpisodeStore, GuardedItems, IndexChanges, IndexSnapshot,
     LearnedItems, LearnedQuery, LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore,
-    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery, check_index_snapshot_size,
-    get_typed, query_typed,
+    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery, TextSearch,
+    check_index_snapshot_size, get_typed, query_typed,
 };

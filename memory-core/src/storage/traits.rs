@@ -145,6 +145,40 @@ pub struct TextHit {
     pub summary: EpisodeSummary,
 }
 
+/// The result of a lexical search: its hits, best first, and how much of the query the
+/// namespace's index knows at all.
+///
+/// `known_terms` of the query's `terms` (distinct, as [`tokenize`](crate::tokenize) gives
+/// them) occur in at least one indexed episode of the namespace, whatever the filter. The
+/// share tells a query worded like the memory (most words known: the lexical list is
+/// informative) from a paraphrase (many words the memory never used: it is blind to them),
+/// and the fusion leans on the semantic list by that much
+/// ([`RetrievalConfig::unknown_term_shift`](crate::RetrievalConfig::unknown_term_shift)).
+///
+/// ```
+/// use memory_core::TextSearch;
+/// let found = TextSearch { hits: Vec::new(), terms: 4, known_terms: 3 };
+/// assert_eq!(found.known_share(), Some(0.75));
+/// assert_eq!(TextSearch::default().known_share(), None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TextSearch {
+    /// The hits, best first, at most the query's limit.
+    pub hits: Vec<TextHit>,
+    /// Distinct terms of the query text.
+    pub terms: u32,
+    /// How many of them occur in the namespace's index.
+    pub known_terms: u32,
+}
+
+impl TextSearch {
+    /// The share of the query's terms the index knows; `None` for a query with no terms.
+    pub fn known_share(&self) -> Option<f64> {
+        (self.terms > 0)
+            .then(|| f64::from(self.known_terms.min(self.terms)) / f64::from(self.terms))
+    }
+}
+
 /// Which learned items to list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -327,8 +361,14 @@ pub trait EpisodeStore: Send + Sync + Debug {
         query: &EpisodeQuery,
     ) -> Result<Vec<EpisodeSummary>>;
 
-    /// Lexical search; hits best first, at most `query.limit`.
-    async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>>;
+    /// Lexical search: hits best first, at most `query.limit`, and how many of the query's
+    /// terms the namespace's index knows ([`TextSearch`]).
+    async fn search_text(&self, ns: &Namespace, query: &TextQuery) -> Result<TextSearch>;
+
+    /// The hits of [`EpisodeStore::search_text`] alone.
+    async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
+        Ok(self.search_text(ns, query).await?.hits)
+    }
 
     /// Counts of the namespace's contents.
     async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats>;
