@@ -8,17 +8,24 @@
 
 mod cache;
 mod forward;
+mod index_data;
 mod memory;
 mod outbox;
+mod queries;
 mod traits;
 
 pub use cache::{Cache, CacheKey, CacheMark, CacheStats, CachedValue};
+pub use index_data::{
+    EmbeddingCoverage, IndexChanges, IndexSnapshot, MAX_INDEX_SNAPSHOT_BYTES, StoredEmbedding,
+    check_index_snapshot_size,
+};
 pub use memory::InMemoryStorage;
 pub use outbox::{Outbox, OutboxEntry, WriteOp};
+pub use queries::{
+    EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, LearnedQuery, NamespaceStats,
+    TextHit, TextQuery, TextSearch,
+};
 pub use traits::{
-    Change, ChangeSet, EmbeddingCoverage, EmbeddingStore, EpisodeCompletion, EpisodeFilter,
-    EpisodeQuery, EpisodeStatus, EpisodeStore, GuardedItems, IndexChanges, IndexSnapshot,
-    LearnedItems, LearnedQuery, LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore,
-    NamespaceStats, Storage, StoredEmbedding, TextHit, TextQuery, TextSearch,
-    check_index_snapshot_size, get_typed, query_typed,
+    Change, ChangeSet, EmbeddingStore, EpisodeStore, GuardedItems, LearnedItems, LearningStore,
+    MaintenanceStore, Storage, get_typed, query_typed,
 };
