@@ -316,22 +316,23 @@ impl EpisodeStore for InMemoryStorage {
         if terms.is_empty() {
             return Ok(found);
         }
-        // Which terms the namespace knows, whatever the filter.
+        // Every episode tokenized once: which terms the namespace knows counts them all,
+        // whatever the filter; BM25 scores the filtered ones.
+        let tokenized: Vec<(&Episode, Vec<String>)> = d
+            .episodes
+            .values()
+            .map(|e| (e, tokenize(&episode_search_text(e))))
+            .collect();
         let mut known = vec![false; terms.len()];
-        for e in d.episodes.values() {
-            for t in tokenize(&episode_search_text(e)) {
-                if let Ok(i) = terms.binary_search(&t) {
-                    known[i] = true;
-                }
+        for t in tokenized.iter().flat_map(|(_, toks)| toks) {
+            if let Ok(i) = terms.binary_search(t) {
+                known[i] = true;
             }
         }
         found.known_terms = u32::try_from(known.iter().filter(|k| **k).count()).unwrap_or(u32::MAX);
-        // BM25 over the filtered episodes.
-        let docs: Vec<(&Episode, Vec<String>)> = d
-            .episodes
-            .values()
-            .filter(|e| q.filter.matches(e))
-            .map(|e| (e, tokenize(&episode_search_text(e))))
+        let docs: Vec<(&Episode, Vec<String>)> = tokenized
+            .into_iter()
+            .filter(|(e, _)| q.filter.matches(e))
             .collect();
         let n = docs.len() as f64;
         let avg_len = docs.iter().map(|(_, t)| t.len()).sum::<usize>() as f64 / n.max(1.0);
