@@ -236,6 +236,8 @@ fn session_number(key: &str) -> Option<u32> {
     key.strip_prefix("session_")?.parse().ok()
 }
 
+/// One dialogue (a LoCoMo sample, or a per-dialogue file of LoCoMo or REALTALK) in the
+/// evaluation's format.
 fn convert_one(dialogue: &Value, skip_categories: &[u64], limits: &Limits) -> Result<Converted> {
     // LoCoMo's list format keeps the sittings in `conversation`; the per-dialogue files
     // (LoCoMo's and REALTALK's) at the top.
@@ -244,6 +246,33 @@ fn convert_one(dialogue: &Value, skip_categories: &[u64], limits: &Limits) -> Re
         .unwrap_or(dialogue)
         .as_object()
         .ok_or_else(|| Error::invalid("dialogue", "not an object"))?;
+    let sessions = sessions_with_turns(sittings_of);
+    if sessions.is_empty() {
+        return Err(Error::invalid("dialogue", "has no sittings"));
+    }
+    let who = speakers(&sessions);
+    let mut cut_turns = 0;
+    let mut episodes = Vec::with_capacity(sessions.len());
+    for (n, turns) in &sessions {
+        let date = sittings_of
+            .get(&format!("session_{n}_date_time"))
+            .and_then(Value::as_str);
+        episodes.push(sitting(*n, turns, &who, date, limits, &mut cut_turns));
+    }
+    let questions = dialogue.get("qa").and_then(Value::as_array);
+    let (queries, skipped_category, skipped_no_evidence) =
+        convert_questions(questions, &sessions, skip_categories, limits);
+    Ok(Converted {
+        episodes,
+        queries,
+        skipped_category,
+        skipped_no_evidence,
+        cut_turns,
+    })
+}
+
+/// The sittings of a dialogue that have turns, by number.
+fn sessions_with_turns(sittings_of: &Map<String, Value>) -> BTreeMap<u32, &Vec<Value>> {
     let mut sessions: BTreeMap<u32, &Vec<Value>> = BTreeMap::new();
     for (key, value) in sittings_of {
         if let (Some(n), Some(turns)) = (session_number(key), value.as_array())
@@ -252,9 +281,11 @@ fn convert_one(dialogue: &Value, skip_categories: &[u64], limits: &Limits) -> Re
             sessions.insert(n, turns);
         }
     }
-    if sessions.is_empty() {
-        return Err(Error::invalid("dialogue", "has no sittings"));
-    }
+    sessions
+}
+
+/// The speakers of `sessions` in order of first turn: `A`, `A and B`, `A, B and C`.
+fn speakers(sessions: &BTreeMap<u32, &Vec<Value>>) -> String {
     let mut speakers: Vec<String> = Vec::new();
     for turns in sessions.values() {
         for turn in *turns {
@@ -265,66 +296,87 @@ fn convert_one(dialogue: &Value, skip_categories: &[u64], limits: &Limits) -> Re
             }
         }
     }
-    let who = match speakers.as_slice() {
+    match speakers.as_slice() {
         [] => "unnamed speakers".to_owned(),
         [one] => one.clone(),
         [init @ .., last] => format!("{} and {last}", init.join(", ")),
-    };
-    let mut cut_turns = 0;
-    let mut episodes = Vec::with_capacity(sessions.len());
-    for (n, turns) in &sessions {
-        let mut task = format!("Conversation {n} between {who}");
-        if let Some(date) = sittings_of
-            .get(&format!("session_{n}_date_time"))
-            .and_then(Value::as_str)
-            .filter(|d| !d.trim().is_empty())
-        {
-            let _ = write!(task, ", {}", date.trim());
-        }
-        let task = cut(&task, limits.max_description_bytes).0;
-        let mut steps = Vec::with_capacity(turns.len());
-        for turn in turns.iter().take(limits.max_steps_per_episode) {
-            let text = turn
-                .get("text")
-                .or_else(|| turn.get("clean_text"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .trim();
-            let speaker = turn
-                .get("speaker")
-                .and_then(Value::as_str)
-                .unwrap_or("someone");
-            let mut action = format!("{speaker}: {text}");
-            if let Some(caption) = turn
-                .get("blip_caption")
-                .and_then(Value::as_str)
-                .filter(|c| !c.trim().is_empty())
-            {
-                let _ = write!(action, " [shares {}]", caption.trim());
-            }
-            let (action, was_cut) = cut(&action, limits.max_action_bytes);
-            cut_turns += usize::from(was_cut);
-            let turn_id = turn.get("dia_id").and_then(Value::as_str).unwrap_or("");
-            steps.push(json!({
-                "tool": "message",
-                "action": action,
-                "parameters": {"turn": turn_id},
-                "result": {"status": "success", "output": ""},
-                "latency_ms": 0,
-            }));
-        }
-        episodes.push(json!({
-            "id": format!("D{n}"),
-            "task_description": task,
-            "task_type": "other",
-            "context": {"domain": "conversation"},
-            "steps": steps,
-            "outcome": {"type": "success", "verdict": "the conversation ended"},
-        }));
     }
+}
+
+/// Sitting `n` of a dialogue between `who`, held on `date`, as an episode: one step per turn
+/// (at most the step limit), each cut at the action limit (counted in `cut_turns`).
+fn sitting(
+    n: u32,
+    turns: &[Value],
+    who: &str,
+    date: Option<&str>,
+    limits: &Limits,
+    cut_turns: &mut usize,
+) -> Value {
+    let mut task = format!("Conversation {n} between {who}");
+    if let Some(date) = date.filter(|d| !d.trim().is_empty()) {
+        let _ = write!(task, ", {}", date.trim());
+    }
+    let task = cut(&task, limits.max_description_bytes).0;
+    let mut steps = Vec::with_capacity(turns.len());
+    for turn in turns.iter().take(limits.max_steps_per_episode) {
+        let (step, was_cut) = turn_step(turn, limits);
+        *cut_turns += usize::from(was_cut);
+        steps.push(step);
+    }
+    json!({
+        "id": format!("D{n}"),
+        "task_description": task,
+        "task_type": "other",
+        "context": {"domain": "conversation"},
+        "steps": steps,
+        "outcome": {"type": "success", "verdict": "the conversation ended"},
+    })
+}
+
+/// One turn as a `message` step (`Speaker: text`, a shared photo's caption in brackets), and
+/// whether its text was cut.
+fn turn_step(turn: &Value, limits: &Limits) -> (Value, bool) {
+    let text = turn
+        .get("text")
+        .or_else(|| turn.get("clean_text"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim();
+    let speaker = turn
+        .get("speaker")
+        .and_then(Value::as_str)
+        .unwrap_or("someone");
+    let mut action = format!("{speaker}: {text}");
+    if let Some(caption) = turn
+        .get("blip_caption")
+        .and_then(Value::as_str)
+        .filter(|c| !c.trim().is_empty())
+    {
+        let _ = write!(action, " [shares {}]", caption.trim());
+    }
+    let (action, was_cut) = cut(&action, limits.max_action_bytes);
+    let turn_id = turn.get("dia_id").and_then(Value::as_str).unwrap_or("");
+    let step = json!({
+        "tool": "message",
+        "action": action,
+        "parameters": {"turn": turn_id},
+        "result": {"status": "success", "output": ""},
+        "latency_ms": 0,
+    });
+    (step, was_cut)
+}
+
+/// The questions `qa` as queries labeled with the sittings of their evidence among
+/// `sessions`; with the questions left out for their category, and for naming no sitting.
+fn convert_questions(
+    qa: Option<&Vec<Value>>,
+    sessions: &BTreeMap<u32, &Vec<Value>>,
+    skip_categories: &[u64],
+    limits: &Limits,
+) -> (Vec<Value>, usize, usize) {
     let mut queries = Vec::new();
     let (mut skipped_category, mut skipped_no_evidence) = (0, 0);
-    let qa = dialogue.get("qa").and_then(Value::as_array);
     for (i, q) in qa.into_iter().flatten().enumerate() {
         if q.get("category")
             .and_then(Value::as_u64)
@@ -364,13 +416,7 @@ fn convert_one(dialogue: &Value, skip_categories: &[u64], limits: &Limits) -> Re
             "relevant": relevant,
         }));
     }
-    Ok(Converted {
-        episodes,
-        queries,
-        skipped_category,
-        skipped_no_evidence,
-        cut_turns,
-    })
+    (queries, skipped_category, skipped_no_evidence)
 }
 
 /// The sitting numbers an evidence label names: `D<sitting>:<turn>`, possibly several in one
