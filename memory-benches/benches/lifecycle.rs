@@ -46,7 +46,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
+};
 use memory_benches::{DefaultStack, Workload, memory_config, record_workload_episode, runtime};
 use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
@@ -99,19 +102,27 @@ async fn prepared(
     (id, e.outcome)
 }
 
-fn lifecycle(c: &mut Criterion) {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let ns = namespace();
-    let stack = stack_with_history(&rt, dir.path(), config());
-    let memory = stack.memory.clone();
-    let next = Arc::new(AtomicU64::new(1_000_000));
+/// What the `lifecycle/*` benches share: the runtime, the memory with its history, the
+/// namespace and the counter that numbers fresh workload episodes.
+struct Shared<'a> {
+    rt: &'a Runtime,
+    memory: &'a Arc<SelfLearningMemory>,
+    ns: &'a Namespace,
+    next: &'a Arc<AtomicU64>,
+}
 
+/// `lifecycle/start_episode/single`.
+fn bench_start_single(c: &mut Criterion, sh: &Shared<'_>, workload: Workload) {
+    let Shared {
+        rt,
+        memory,
+        ns,
+        next,
+    } = *sh;
     let mut group = c.benchmark_group("lifecycle/start_episode");
     group.throughput(Throughput::Elements(1));
-    let workload = Workload::new(SEED, 4);
     group.bench_function("single", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
+        b.to_async(rt).iter_custom(|iters| {
             let (memory, ns, next) = (memory.clone(), ns.clone(), next.clone());
             async move {
                 let mut total = Duration::ZERO;
@@ -126,13 +137,22 @@ fn lifecycle(c: &mut Criterion) {
         });
     });
     group.finish();
+}
 
+/// `lifecycle/log_step/amortized_1000_steps`.
+fn bench_log_step(c: &mut Criterion, sh: &Shared<'_>) {
+    let Shared {
+        rt,
+        memory,
+        ns,
+        next,
+    } = *sh;
     let mut group = c.benchmark_group("lifecycle/log_step");
     group.sample_size(10);
     group.throughput(Throughput::Elements(1_000));
     let long = Workload::new(SEED, 1_000);
     group.bench_function("amortized_1000_steps", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
+        b.to_async(rt).iter_custom(|iters| {
             let (memory, ns, next) = (memory.clone(), ns.clone(), next.clone());
             async move {
                 let mut total = Duration::ZERO;
@@ -151,13 +171,22 @@ fn lifecycle(c: &mut Criterion) {
         });
     });
     group.finish();
+}
 
+/// `lifecycle/complete_episode/{10,50,1000}_steps`.
+fn bench_complete(c: &mut Criterion, sh: &Shared<'_>) {
+    let Shared {
+        rt,
+        memory,
+        ns,
+        next,
+    } = *sh;
     let mut group = c.benchmark_group("lifecycle/complete_episode");
     for steps in [10_usize, 50, 1_000] {
         group.sample_size(if steps >= 1_000 { 10 } else { 20 });
         let workload = Workload::new(SEED, steps);
         group.bench_function(format!("{steps}_steps"), |b| {
-            b.to_async(&rt).iter_custom(|iters| {
+            b.to_async(rt).iter_custom(|iters| {
                 let (memory, ns, next) = (memory.clone(), ns.clone(), next.clone());
                 async move {
                     let mut total = Duration::ZERO;
@@ -174,14 +203,23 @@ fn lifecycle(c: &mut Criterion) {
         });
     }
     group.finish();
+}
 
+/// `lifecycle/start_episode_concurrent/{1,8,64}_tasks`.
+fn bench_start_concurrent(c: &mut Criterion, sh: &Shared<'_>, workload: Workload) {
     const STARTS: u64 = 256;
+    let Shared {
+        rt,
+        memory,
+        ns,
+        next,
+    } = *sh;
     let mut group = c.benchmark_group("lifecycle/start_episode_concurrent");
     group.sample_size(10);
     group.throughput(Throughput::Elements(STARTS));
     for tasks in [1_u64, 8, 64] {
         group.bench_function(format!("{tasks}_tasks"), |b| {
-            b.to_async(&rt).iter_custom(|iters| {
+            b.to_async(rt).iter_custom(|iters| {
                 let (memory, ns, next) = (memory.clone(), ns.clone(), next.clone());
                 async move {
                     let mut total = Duration::ZERO;
@@ -209,6 +247,27 @@ fn lifecycle(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+fn lifecycle(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = namespace();
+    let stack = stack_with_history(&rt, dir.path(), config());
+    let memory = stack.memory.clone();
+    let next = Arc::new(AtomicU64::new(1_000_000));
+    let shared = Shared {
+        rt: &rt,
+        memory: &memory,
+        ns: &ns,
+        next: &next,
+    };
+    // Episodes of 4 steps: only their tasks are started.
+    let workload = Workload::new(SEED, 4);
+    bench_start_single(c, &shared, workload);
+    bench_log_step(c, &shared);
+    bench_complete(c, &shared);
+    bench_start_concurrent(c, &shared, workload);
     rt.block_on(stack.shutdown()).unwrap();
 }
 
@@ -284,7 +343,8 @@ fn in_memory_episode(workload: Workload, i: u64) -> (Episode, memory_core::Outco
     (episode, e.outcome)
 }
 
-fn learning(c: &mut Criterion) {
+/// `learning/extract/1000_steps`.
+fn bench_extract(c: &mut Criterion) {
     let mut group = c.benchmark_group("learning/extract");
     let (episode, outcome) = in_memory_episode(Workload::new(SEED, 1_000), 3);
     group.throughput(Throughput::Elements(1_000));
@@ -302,10 +362,13 @@ fn learning(c: &mut Criterion) {
         });
     });
     group.finish();
+}
 
-    // The secret scan every logged step goes through (`log_step` runs it on the caller's
-    // thread): the default rules over the 50 steps of a workload episode, none of which holds
-    // a secret. Each iteration scans fresh copies (redaction rewrites in place).
+/// `policy/redact_step/50_clean_steps`: the secret scan every logged step goes through
+/// (`log_step` runs it on the caller's thread): the default rules over the 50 steps of a
+/// workload episode, none of which holds a secret. Each iteration scans fresh copies
+/// (redaction rewrites in place).
+fn bench_redact(c: &mut Criterion) {
     let mut group = c.benchmark_group("policy/redact_step");
     let steps = Workload::new(SEED, 50).episode(5).steps;
     let redactor = Redactor::new(&RedactionConfig::default()).unwrap();
@@ -322,9 +385,12 @@ fn learning(c: &mut Criterion) {
         );
     });
     group.finish();
+}
 
-    // Merging: the observations of one 50-step episode onto the items an earlier episode of
-    // the same kind created (so each heuristic and pattern absorbs evidence).
+/// `learning/heuristic_update/merge_in_process`: the observations of one 50-step episode
+/// merged onto the items an earlier episode of the same kind created (so each heuristic and
+/// pattern absorbs evidence).
+fn bench_merge(group: &mut BenchmarkGroup<'_, WallTime>) {
     let (episode, outcome) = in_memory_episode(Workload::new(SEED, 50), 11);
     let update = extract_learning(&episode, &outcome, SystemClock.now());
     let created = update.apply(ExistingLearned::default());
@@ -337,26 +403,29 @@ fn learning(c: &mut Criterion) {
             .collect::<Vec<Heuristic>>(),
         lessons: created.lessons.iter().map(|c| c.item.clone()).collect(),
     };
-    let mut group = c.benchmark_group("learning/heuristic_update");
     group.bench_function("merge_in_process", |b| {
         b.iter(|| black_box(update.apply(existing.clone())));
     });
+}
 
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let ns = namespace();
-    let stack = stack_with_history(&rt, dir.path(), config());
-    let memory = stack.memory.clone();
+/// `learning/heuristic_update/feedback_vote`: votes on a heuristic the history taught,
+/// through the default stack.
+fn bench_feedback_vote(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    memory: &SelfLearningMemory,
+    ns: &Namespace,
+) {
     let (heuristic, episodes) = rt.block_on(async {
         let h = memory
-            .heuristics(&ns, &LearnedQuery::default())
+            .heuristics(ns, &LearnedQuery::default())
             .await
             .unwrap()
             .into_iter()
             .next()
             .expect("the history taught at least one heuristic");
         let episodes: Vec<EpisodeId> = memory
-            .list_episodes(&ns, &memory_core::EpisodeQuery::default())
+            .list_episodes(ns, &memory_core::EpisodeQuery::default())
             .await
             .unwrap()
             .into_iter()
@@ -367,7 +436,7 @@ fn learning(c: &mut Criterion) {
     assert!(!episodes.is_empty());
     let turn = AtomicU64::new(0);
     group.bench_function("feedback_vote", |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             let t = turn.fetch_add(1, Ordering::Relaxed);
             let episode = episodes[(t as usize) % episodes.len()];
             let outcome = if t.is_multiple_of(3) {
@@ -375,11 +444,7 @@ fn learning(c: &mut Criterion) {
             } else {
                 FeedbackOutcome::Helped
             };
-            let (memory, ns, target) = (
-                &memory,
-                &ns,
-                FeedbackTarget::Heuristic(heuristic.id.clone()),
-            );
+            let target = FeedbackTarget::Heuristic(heuristic.id.clone());
             async move {
                 memory
                     .record_feedback(ns, target, episode, outcome)
@@ -388,16 +453,17 @@ fn learning(c: &mut Criterion) {
             }
         });
     });
-    group.finish();
+}
 
+/// `learning/full_cycle/20_steps`: ask, record, complete, report `helped`.
+fn bench_full_cycle(c: &mut Criterion, rt: &Runtime, memory: &SelfLearningMemory, ns: &Namespace) {
     let mut group = c.benchmark_group("learning/full_cycle");
     group.sample_size(20);
     let workload = Workload::new(SEED, 20);
     let next = AtomicU64::new(3_000_000);
     group.bench_function("20_steps", |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             let e = workload.episode(next.fetch_add(1, Ordering::Relaxed));
-            let (memory, ns) = (&memory, &ns);
             async move {
                 let request = RecommendRequest::new(e.task.task_description.clone())
                     .with_context(Some(e.task.task_type), e.task.context.clone());
@@ -419,6 +485,23 @@ fn learning(c: &mut Criterion) {
         });
     });
     group.finish();
+}
+
+fn learning(c: &mut Criterion) {
+    bench_extract(c);
+    bench_redact(c);
+    let mut group = c.benchmark_group("learning/heuristic_update");
+    bench_merge(&mut group);
+
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = namespace();
+    let stack = stack_with_history(&rt, dir.path(), config());
+    let memory = stack.memory.clone();
+    bench_feedback_vote(&mut group, &rt, &memory, &ns);
+    group.finish();
+
+    bench_full_cycle(c, &rt, &memory, &ns);
     rt.block_on(stack.shutdown()).unwrap();
 }
 

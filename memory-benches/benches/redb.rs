@@ -15,11 +15,15 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
+};
 use memory_core::{
     Cache, CacheKey, CachedValue, Clock, Episode, EpisodeId, ExecutionStep, Namespace, NewEpisode,
     Outbox, OutboxEntry, StepInput, SystemClock, TaskContext, TaskType, WriteOp,
@@ -65,93 +69,113 @@ fn episode(i: u64) -> Episode {
     e
 }
 
-fn cache_benches(c: &mut Criterion) {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let ns = Namespace::new("bench").unwrap();
-    let hot = episode(0);
+/// A cache benchmark group.
+type Group<'a> = BenchmarkGroup<'a, WallTime>;
+
+/// `redb_cache/get_hit_memory`: an in-process hit (moka front). Returns the cache (front
+/// enabled, `hot` in it).
+fn bench_hit_memory(
+    g: &mut Group<'_>,
+    rt: &Runtime,
+    dir: &Path,
+    ns: &Namespace,
+    hot: &Episode,
+) -> RedbCache {
     let hot_key = CacheKey::Episode(hot.id);
-    let bytes =
-        memory_storage_redb::encode_cached_value(&CachedValue::Episode(Arc::new(hot.clone())))
-            .unwrap()
-            .len();
-    eprintln!("fixture episode: {bytes} encoded bytes");
-
-    let mut g = c.benchmark_group("redb_cache");
-    g.throughput(Throughput::Elements(1));
-
-    // In-process hit (moka front).
     let with_front = rt
         .block_on(RedbCache::open(
-            dir.path().join("front.redb"),
+            dir.join("front.redb"),
             CacheConfig::default(),
         ))
         .unwrap();
-    rt.block_on(with_front.put(&ns, &CachedValue::Episode(Arc::new(hot.clone()))))
+    rt.block_on(with_front.put(ns, &CachedValue::Episode(Arc::new(hot.clone()))))
         .unwrap();
     // Checked only where the bench ran (a filter may skip it).
     let mut ran = false;
     g.bench_function("get_hit_memory", |b| {
         ran = true;
-        b.to_async(&rt)
-            .iter(|| async { black_box(with_front.get(&ns, &hot_key).await.unwrap()) });
+        b.to_async(rt)
+            .iter(|| async { black_box(with_front.get(ns, &hot_key).await.unwrap()) });
     });
     assert!(!ran || with_front.stats().memory_hits > 0);
+    with_front
+}
 
-    // Hit from the redb file (front disabled), 1,000 entries present.
+/// The cache with its front disabled and 1,000 entries, `hot` among them.
+fn disk_cache(rt: &Runtime, dir: &Path, ns: &Namespace, hot: &Episode) -> RedbCache {
     let disk = rt
         .block_on(RedbCache::open(
-            dir.path().join("disk.redb"),
+            dir.join("disk.redb"),
             CacheConfig::default().with_memory_capacity(0, 0),
         ))
         .unwrap();
     rt.block_on(async {
         for i in 1..1_000 {
-            disk.put(&ns, &CachedValue::Episode(Arc::new(episode(i))))
+            disk.put(ns, &CachedValue::Episode(Arc::new(episode(i))))
                 .await
                 .unwrap();
         }
-        disk.put(&ns, &CachedValue::Episode(Arc::new(hot.clone())))
+        disk.put(ns, &CachedValue::Episode(Arc::new(hot.clone())))
             .await
             .unwrap();
     });
+    disk
+}
+
+/// `redb_cache/get_hit_redb`: a hit from the redb file (front disabled), 1,000 entries
+/// present.
+fn bench_hit_redb(
+    g: &mut Group<'_>,
+    rt: &Runtime,
+    disk: &RedbCache,
+    ns: &Namespace,
+    hot_key: &CacheKey,
+) {
     let mut ran = false;
     g.bench_function("get_hit_redb", |b| {
         ran = true;
-        b.to_async(&rt)
-            .iter(|| async { black_box(disk.get(&ns, &hot_key).await.unwrap()) });
+        b.to_async(rt)
+            .iter(|| async { black_box(disk.get(ns, hot_key).await.unwrap()) });
     });
     assert!(!ran || disk.stats().disk_hits > 0);
+}
 
-    // Invalidating 64 keys the file never held (the change feed after another process wrote
-    // a lot): answered from one read of the file, with no write transaction.
+/// `redb_cache/invalidate_64_unknown`: invalidating 64 keys the file never held (the change
+/// feed after another process wrote a lot): answered from one read of the file, with no
+/// write transaction.
+fn bench_invalidate_unknown(g: &mut Group<'_>, rt: &Runtime, disk: &RedbCache, ns: &Namespace) {
     const UNKNOWN: usize = 64;
     g.throughput(Throughput::Elements(UNKNOWN as u64));
-    let disk_ref = &disk;
     g.bench_function("invalidate_64_unknown", |b| {
-        b.to_async(&rt).iter_batched(
+        b.to_async(rt).iter_batched(
             || {
                 (0..UNKNOWN)
                     .map(|_| (ns.clone(), CacheKey::Episode(EpisodeId::new())))
                     .collect::<Vec<_>>()
             },
-            |keys| async move { disk_ref.invalidate_many(&keys).await.unwrap() },
+            |keys| async move { disk.invalidate_many(&keys).await.unwrap() },
             BatchSize::SmallInput,
         );
     });
     g.throughput(Throughput::Elements(1));
+}
 
-    // Miss (front enabled: a miss checks both tiers).
+/// `redb_cache/get_miss`: a miss (front enabled: a miss checks both tiers).
+fn bench_miss(g: &mut Group<'_>, rt: &Runtime, with_front: &RedbCache, ns: &Namespace) {
     let missing = CacheKey::Episode(EpisodeId::new());
     g.bench_function("get_miss", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(with_front.get(&ns, &missing).await.unwrap()) });
+        b.to_async(rt)
+            .iter(|| async { black_box(with_front.get(ns, &missing).await.unwrap()) });
     });
+}
 
-    // Insert at capacity: each put writes one entry and evicts one.
+/// `redb_cache/put_evicting` (insert at capacity: each put writes one entry and evicts one)
+/// and `redb_cache/put_evicting_8_writers` (eight concurrent writers: their puts share
+/// commits, group commit).
+fn bench_put_evicting(g: &mut Group<'_>, rt: &Runtime, dir: &Path, ns: &Namespace) {
     let bounded = rt
         .block_on(RedbCache::open(
-            dir.path().join("bounded.redb"),
+            dir.join("bounded.redb"),
             CacheConfig::default().with_max_entries(1_000),
         ))
         .unwrap();
@@ -160,18 +184,17 @@ fn cache_benches(c: &mut Criterion) {
         .collect();
     let next = AtomicU64::new(0);
     g.bench_function("put_evicting", |b| {
-        b.to_async(&rt).iter(|| async {
+        b.to_async(rt).iter(|| async {
             let i = next.fetch_add(1, Ordering::Relaxed) as usize % pool.len();
-            bounded.put(&ns, &pool[i]).await.unwrap();
+            bounded.put(ns, &pool[i]).await.unwrap();
         });
     });
 
-    // Eight concurrent writers: their puts share commits (group commit).
     const WRITERS: u64 = 8;
     g.throughput(Throughput::Elements(WRITERS));
     let shared = Arc::new((bounded.clone(), pool, ns.clone()));
     g.bench_function("put_evicting_8_writers", |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             let shared = shared.clone();
             let base = next.fetch_add(WRITERS, Ordering::Relaxed) as usize;
             async move {
@@ -190,6 +213,28 @@ fn cache_benches(c: &mut Criterion) {
         });
     });
     eprintln!("bounded cache after bench: {:?}", bounded.stats());
+}
+
+fn cache_benches(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::new("bench").unwrap();
+    let hot = episode(0);
+    let hot_key = CacheKey::Episode(hot.id);
+    let bytes =
+        memory_storage_redb::encode_cached_value(&CachedValue::Episode(Arc::new(hot.clone())))
+            .unwrap()
+            .len();
+    eprintln!("fixture episode: {bytes} encoded bytes");
+
+    let mut g = c.benchmark_group("redb_cache");
+    g.throughput(Throughput::Elements(1));
+    let with_front = bench_hit_memory(&mut g, &rt, dir.path(), &ns, &hot);
+    let disk = disk_cache(&rt, dir.path(), &ns, &hot);
+    bench_hit_redb(&mut g, &rt, &disk, &ns, &hot_key);
+    bench_invalidate_unknown(&mut g, &rt, &disk, &ns);
+    bench_miss(&mut g, &rt, &with_front, &ns);
+    bench_put_evicting(&mut g, &rt, dir.path(), &ns);
     g.finish();
 }
 

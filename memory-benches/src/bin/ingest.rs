@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use memory_benches::spans::SpanTimes;
+use memory_benches::spans::{SpanTimes, SpanTotals};
 use memory_benches::{DefaultStack, Workload, proc_status_mib, record_workload_episode};
 use memory_core::{MemoryConfig, Namespace, NamespaceStats, OutcomeKind};
 use memory_storage_redb::CacheConfig;
@@ -276,7 +276,9 @@ async fn record_slice(
     Ok(())
 }
 
-async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
+/// Refuses arguments the run cannot use, and a data directory that already holds a database
+/// (unless `--allow-existing`).
+fn check_args(args: &Args) -> Result<()> {
     if args.episodes == 0 || args.concurrency == 0 || args.checkpoints == 0 {
         bail!("--episodes, --concurrency and --checkpoints must be at least 1");
     }
@@ -291,7 +293,11 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
             args.data_dir.display()
         );
     }
-    let ns = Namespace::new(&args.namespace)?;
+    Ok(())
+}
+
+/// The default stack in the data directory, with the run's configuration.
+async fn open_stack(args: &Args) -> Result<DefaultStack> {
     let synchronous = if args.synchronous_full {
         Synchronous::Full
     } else {
@@ -304,12 +310,12 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
     if let Some(days) = args.pruned_rows_kept_days {
         config.consolidation.pruned_rows_kept_days = days;
     }
-    let stack =
-        DefaultStack::open_synchronous(&args.data_dir, config, CacheConfig::default(), synchronous)
-            .await?;
-    let workload = Workload::new(args.seed, args.steps);
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    DefaultStack::open_synchronous(&args.data_dir, config, CacheConfig::default(), synchronous)
+        .await
+}
 
+/// The progress bar over the run's episodes (hidden with `--json`).
+fn progress_bar(args: &Args) -> Result<ProgressBar> {
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -321,65 +327,86 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
         )?
         .progress_chars("=> "),
     );
+    Ok(bar)
+}
 
-    let mut checkpoints = Vec::new();
-    let slice = args.episodes.div_ceil(args.checkpoints);
-    let start = Instant::now();
-    let mut done = 0;
-    // Time spent recording (checkpoint counting excluded).
-    let mut recorded = Duration::ZERO;
-    let mut span_mark = spans.map(SpanTimes::totals).unwrap_or_default();
-    while done < args.episodes {
-        let end = (done + slice).min(args.episodes);
+/// The costliest spans since `mark` (name, mean ms, count); moves `mark` to now.
+fn slice_spans(spans: Option<&SpanTimes>, mark: &mut SpanTotals) -> Vec<(String, f64, u64)> {
+    match spans {
+        Some(times) => {
+            let now = times.totals();
+            let top = now.since(mark).by_total();
+            *mark = now;
+            top.into_iter()
+                .take(SPANS_SHOWN)
+                .map(|(name, mean, n)| (name, mean.as_secs_f64() * 1e3, n))
+                .collect()
+        }
+        None => Vec::new(),
+    }
+}
+
+/// What every slice of the run records into and reads from.
+struct Run<'a> {
+    args: &'a Args,
+    stack: &'a DefaultStack,
+    ns: &'a Namespace,
+    workload: Workload,
+    shared: &'a Arc<Mutex<Shared>>,
+    bar: &'a ProgressBar,
+    spans: Option<&'a SpanTimes>,
+    start: Instant,
+}
+
+impl Run<'_> {
+    /// Records episodes `done..end` and takes the checkpoint after them; returns it with the
+    /// time spent recording (checkpoint counting excluded).
+    async fn slice(
+        &self,
+        done: u64,
+        end: u64,
+        span_mark: &mut SpanTotals,
+    ) -> Result<(Checkpoint, Duration)> {
+        let (stack, ns) = (self.stack, self.ns);
         let runs_before = stack.memory.consolidations_run();
         let slice_start = Instant::now();
-        let before = shared
+        let before = self
+            .shared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .latencies_ms
             .len();
         record_slice(
-            &stack,
-            &ns,
-            workload,
+            stack,
+            ns,
+            self.workload,
             done..end,
-            args.concurrency,
-            &shared,
-            &bar,
+            self.args.concurrency,
+            self.shared,
+            self.bar,
         )
         .await?;
         let slice_time = slice_start.elapsed();
-        recorded += slice_time;
-        let mut window: Vec<f64> = shared
+        let mut window: Vec<f64> = self
+            .shared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .latencies_ms[before..]
             .to_vec();
         // Counting is outside the measured slice.
-        let slice_spans = match spans {
-            Some(times) => {
-                let now = times.totals();
-                let top = now.since(&span_mark).by_total();
-                span_mark = now;
-                top.into_iter()
-                    .take(SPANS_SHOWN)
-                    .map(|(name, mean, n)| (name, mean.as_secs_f64() * 1e3, n))
-                    .collect()
-            }
-            None => Vec::new(),
-        };
+        let slice_spans = slice_spans(self.spans, span_mark);
         let background_consolidations = stack.memory.consolidations_run() - runs_before;
-        let consolidation_s = if args.consolidate {
+        let consolidation_s = if self.args.consolidate {
             let started = Instant::now();
-            stack.memory.consolidate(&ns).await?;
+            stack.memory.consolidate(ns).await?;
             Some(started.elapsed().as_secs_f64())
         } else {
             None
         };
-        let stats = stack.memory.stats(&ns).await?;
+        let stats = stack.memory.stats(ns).await?;
         let cp = Checkpoint {
             episodes: end,
-            elapsed_s: start.elapsed().as_secs_f64(),
+            elapsed_s: self.start.elapsed().as_secs_f64(),
             episodes_per_s: (end - done) as f64 / slice_time.as_secs_f64(),
             complete: Latency::of(&mut window),
             patterns: stats.patterns,
@@ -392,14 +419,91 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
             database_mib: stack.database_bytes() as f64 / MIB,
             spans: slice_spans,
         };
-        bar.set_message(format!(
-            "{} patterns, {} heuristics",
-            cp.patterns, cp.heuristics
-        ));
-        checkpoints.push(cp);
-        done = end;
+        Ok((cp, slice_time))
     }
-    bar.finish();
+
+    /// Records every episode, slice by slice; returns the checkpoints and the time spent
+    /// recording (checkpoint counting excluded).
+    async fn record_all(&self) -> Result<(Vec<Checkpoint>, Duration)> {
+        let args = self.args;
+        let mut checkpoints = Vec::new();
+        let slice = args.episodes.div_ceil(args.checkpoints);
+        let mut done = 0;
+        let mut recorded = Duration::ZERO;
+        let mut span_mark = self.spans.map(SpanTimes::totals).unwrap_or_default();
+        while done < args.episodes {
+            let end = (done + slice).min(args.episodes);
+            let (cp, slice_time) = self.slice(done, end, &mut span_mark).await?;
+            recorded += slice_time;
+            self.bar.set_message(format!(
+                "{} patterns, {} heuristics",
+                cp.patterns, cp.heuristics
+            ));
+            checkpoints.push(cp);
+            done = end;
+        }
+        self.bar.finish();
+        Ok((checkpoints, recorded))
+    }
+
+    /// The report at the end of the run, from the final stats.
+    fn report(
+        &self,
+        stats: NamespaceStats,
+        checkpoints: Vec<Checkpoint>,
+        recorded: Duration,
+    ) -> Report {
+        let (args, stack) = (self.args, self.stack);
+        let (mut latencies, outcomes) = {
+            let sh = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            (sh.latencies_ms.clone(), sh.outcomes.clone())
+        };
+        let peak_rss_mib = proc_status_mib("VmHWM");
+        let final_rss_mib = proc_status_mib("VmRSS");
+        Report {
+            episodes: args.episodes,
+            steps_per_episode: args.steps,
+            concurrency: args.concurrency,
+            seed: args.seed,
+            data_dir: args.data_dir.display().to_string(),
+            elapsed_s: recorded.as_secs_f64(),
+            episodes_per_s: args.episodes as f64 / recorded.as_secs_f64(),
+            steps_per_s: (args.episodes * args.steps as u64) as f64 / recorded.as_secs_f64(),
+            complete_episode: Latency::of(&mut latencies),
+            peak_rss_mib,
+            final_rss_mib,
+            database_bytes: stack.database_bytes(),
+            cache_bytes: stack.cache_bytes(),
+            outbox_bytes: stack.outbox_bytes(),
+            shared_commits: stack.group_commits().commits,
+            writes_in_shared_commits: stack.group_commits().writes,
+            outcomes,
+            patterns_per_episode: stats.patterns as f64 / stats.completed.max(1) as f64,
+            active_patterns_per_episode: stats.active_patterns as f64
+                / stats.completed.max(1) as f64,
+            stats: stats.into(),
+            checkpoints,
+        }
+    }
+}
+
+async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
+    check_args(args)?;
+    let ns = Namespace::new(&args.namespace)?;
+    let stack = open_stack(args).await?;
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let bar = progress_bar(args)?;
+    let run = Run {
+        args,
+        stack: &stack,
+        ns: &ns,
+        workload: Workload::new(args.seed, args.steps),
+        shared: &shared,
+        bar: &bar,
+        spans,
+        start: Instant::now(),
+    };
+    let (checkpoints, recorded) = run.record_all().await?;
     stack.memory.flush().await?;
     let stats = stack.memory.stats(&ns).await?;
     let status = stack.tiered.status();
@@ -409,44 +513,17 @@ async fn run(args: &Args, spans: Option<&SpanTimes>) -> Result<Report> {
             status.outbox_len
         );
     }
-    let (mut latencies, outcomes) = {
-        let sh = shared.lock().unwrap_or_else(PoisonError::into_inner);
-        (sh.latencies_ms.clone(), sh.outcomes.clone())
-    };
-    let peak_rss_mib = proc_status_mib("VmHWM");
-    let final_rss_mib = proc_status_mib("VmRSS");
-    let report = Report {
-        episodes: args.episodes,
-        steps_per_episode: args.steps,
-        concurrency: args.concurrency,
-        seed: args.seed,
-        data_dir: args.data_dir.display().to_string(),
-        elapsed_s: recorded.as_secs_f64(),
-        episodes_per_s: args.episodes as f64 / recorded.as_secs_f64(),
-        steps_per_s: (args.episodes * args.steps as u64) as f64 / recorded.as_secs_f64(),
-        complete_episode: Latency::of(&mut latencies),
-        peak_rss_mib,
-        final_rss_mib,
-        database_bytes: stack.database_bytes(),
-        cache_bytes: stack.cache_bytes(),
-        outbox_bytes: stack.outbox_bytes(),
-        shared_commits: stack.group_commits().commits,
-        writes_in_shared_commits: stack.group_commits().writes,
-        outcomes,
-        patterns_per_episode: stats.patterns as f64 / stats.completed.max(1) as f64,
-        active_patterns_per_episode: stats.active_patterns as f64 / stats.completed.max(1) as f64,
-        stats: stats.into(),
-        checkpoints,
-    };
+    let report = run.report(stats, checkpoints, recorded);
     stack.shutdown().await?;
     Ok(report)
 }
 
-fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
+/// The summary rows of the table: label and value.
+fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
     let s = &r.stats;
     let o = &r.outcomes;
     let c = &r.complete_episode;
-    let rows: Vec<(&str, String)> = vec![
+    vec![
         (
             "episodes recorded",
             format!(
@@ -517,13 +594,11 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             format!("{} ({} active)", s.heuristics, s.active_heuristics),
         ),
         ("failure lessons", s.lessons.to_string()),
-    ];
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    writeln!(out)?;
-    for (k, v) in &rows {
-        writeln!(out, "  {k:<width$}  {v}")?;
-    }
-    writeln!(out)?;
+    ]
+}
+
+/// The per-checkpoint table.
+fn print_checkpoints(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
         "  {:>9}  {:>8}  {:>11}  {:>11}  {:>9}  {:>8}  {:>10}  {:>8}  {:>9}  {:>8}  {:>9}  {:>7}",
@@ -559,6 +634,11 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             cp.background_consolidations
         )?;
     }
+    Ok(())
+}
+
+/// With `--spans`: the costliest spans of each slice.
+fn print_spans(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     for cp in r.checkpoints.iter().filter(|cp| !cp.spans.is_empty()) {
         writeln!(
             out,
@@ -570,6 +650,18 @@ fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_table(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
+    let rows = summary_rows(r);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    writeln!(out)?;
+    for (k, v) in &rows {
+        writeln!(out, "  {k:<width$}  {v}")?;
+    }
+    writeln!(out)?;
+    print_checkpoints(r, out)?;
+    print_spans(r, out)
 }
 
 fn main() -> Result<()> {

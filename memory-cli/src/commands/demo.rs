@@ -1,13 +1,15 @@
 //! `memory demo`: a scripted learning session over a few task families, then what was learned.
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use memory_core::retrieval::recommend::RecommendRequest;
 use memory_core::{
-    Complexity, LearnedQuery, NewEpisode, Outcome, SelfLearningMemory, StepInput, TaskContext,
+    CompletionReport, Complexity, EpisodeId, FailureLesson, Heuristic, LearnedQuery, Namespace,
+    NamespaceStats, NewEpisode, Outcome, Pattern, SelfLearningMemory, StepInput, TaskContext,
     TaskType,
 };
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::display_safe;
 use crate::output::{self, clip, pct, short_id};
@@ -53,10 +55,7 @@ fn families() -> Result<Vec<Family>> {
 const PROBE_TASK: &str = "stop the billing test from breaking near midnight";
 
 /// What the memory advises for the probe task now, as one line and as JSON.
-async fn probe(
-    m: &SelfLearningMemory,
-    ns: &memory_core::Namespace,
-) -> Result<(String, serde_json::Value)> {
+async fn probe(m: &SelfLearningMemory, ns: &Namespace) -> Result<(String, Value)> {
     m.embed_pending(ns).await?;
     let ctx = TaskContext::new("testing")
         .with_language("python")
@@ -99,9 +98,45 @@ async fn probe(
     Ok((line, value))
 }
 
-pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+/// Records one episode of `fam` with `variant`'s steps and completes it.
+async fn record_episode(
+    m: &SelfLearningMemory,
+    ns: &Namespace,
+    fam: &Family,
+    variant: &Variant,
+) -> Result<(EpisodeId, CompletionReport)> {
+    let mut ctx = TaskContext::new(fam.domain.as_str())
+        .with_language(fam.language.as_str())
+        .with_complexity(Complexity::Moderate);
+    ctx.framework.clone_from(&fam.framework);
+    let new = NewEpisode::new(fam.task.as_str(), fam.task_type, ctx);
+    let id = m.start_episode(ns, new).await?;
+    for (i, st) in variant.steps.iter().enumerate() {
+        let step = match &st.error {
+            None => StepInput::ok(st.tool.as_str(), st.action.as_str(), st.output.as_str()),
+            Some(err) => StepInput::error(st.tool.as_str(), st.action.as_str(), err.as_str()),
+        };
+        m.log_step(ns, id, step.with_latency_ms(150 + 40 * i as u64))
+            .await?;
+    }
+    let outcome = if variant.success {
+        Outcome::success("done and verified")
+    } else {
+        Outcome::failure("test still flaky")
+    };
+    let report = m.complete_episode(ns, id, outcome).await?;
+    Ok((id, report))
+}
+
+/// The scripted rounds: every family's episode of the round, then the probe's advice.
+/// Returns the recorded episodes and the advice before and after each round, as JSON.
+async fn record_rounds(
+    rounds: u32,
+    families: &[Family],
+    m: &SelfLearningMemory,
+    s: &Settings,
+) -> Result<(Vec<Value>, Vec<Value>)> {
     let ns = &s.namespace;
-    let families = families()?;
     let mut episodes = Vec::new();
     let mut advice = Vec::new();
     let (line, value) = probe(m, ns).await?;
@@ -117,32 +152,11 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
         );
     }
     for round in 0..rounds {
-        for fam in &families {
+        for fam in families {
             let Some(variant) = fam.variants.get(round as usize % fam.variants.len().max(1)) else {
                 continue;
             };
-            let mut ctx = TaskContext::new(fam.domain.as_str())
-                .with_language(fam.language.as_str())
-                .with_complexity(Complexity::Moderate);
-            ctx.framework.clone_from(&fam.framework);
-            let new = NewEpisode::new(fam.task.as_str(), fam.task_type, ctx);
-            let id = m.start_episode(ns, new).await?;
-            for (i, st) in variant.steps.iter().enumerate() {
-                let step = match &st.error {
-                    None => StepInput::ok(st.tool.as_str(), st.action.as_str(), st.output.as_str()),
-                    Some(err) => {
-                        StepInput::error(st.tool.as_str(), st.action.as_str(), err.as_str())
-                    }
-                };
-                m.log_step(ns, id, step.with_latency_ms(150 + 40 * i as u64))
-                    .await?;
-            }
-            let outcome = if variant.success {
-                Outcome::success("done and verified")
-            } else {
-                Outcome::failure("test still flaky")
-            };
-            let report = m.complete_episode(ns, id, outcome).await?;
+            let (id, report) = record_episode(m, ns, fam, variant).await?;
             if !s.json {
                 outln!(
                     "  {:>2}. {:<55} {:<8} reward {:.2}",
@@ -164,39 +178,73 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
         }
         advice.push(value);
     }
+    Ok((episodes, advice))
+}
 
-    let now = m.clock().now();
-    let hl = m.config().learning.half_life_days;
-    let all = LearnedQuery {
-        limit: 200,
-        ..LearnedQuery::default()
-    };
-    let patterns = m.patterns(ns, &all).await?;
-    let heuristics = m
-        .heuristics(
-            ns,
-            &LearnedQuery {
-                include_inactive: true,
-                ..all.clone()
-            },
-        )
-        .await?;
-    let lessons = m.lessons(ns, &all).await?;
-    let stats = m.stats(ns).await?;
+/// What the session taught, read back after the rounds.
+struct Learned {
+    now: DateTime<Utc>,
+    half_life_days: f64,
+    patterns: Vec<Pattern>,
+    heuristics: Vec<Heuristic>,
+    lessons: Vec<FailureLesson>,
+    stats: NamespaceStats,
+}
 
-    if s.json {
-        return output::json(&json!({
-            "namespace": ns,
-            "episodes": episodes,
-            "probe_task": PROBE_TASK,
-            "advice_by_round": advice,
-            "stats": stats,
-            "patterns": patterns.iter().map(|p| json!({"id": p.id, "kind": p.kind.name(), "description": p.describe(), "occurrences": p.occurrences, "success_rate": p.success_rate(), "confidence": p.confidence(now, hl)})).collect::<Vec<_>>(),
-            "heuristics": heuristics.iter().map(|h| json!({"id": h.id, "condition": h.condition, "action": h.action, "support": h.support, "against": h.against, "status": h.status, "confidence": h.confidence(now, hl)})).collect::<Vec<_>>(),
-            "lessons": lessons.iter().map(|l| json!({"id": l.id, "text": l.text(), "occurrences": l.occurrences, "recovered": l.recovered})).collect::<Vec<_>>(),
-        }));
+impl Learned {
+    async fn read(m: &SelfLearningMemory, ns: &Namespace) -> Result<Learned> {
+        let now = m.clock().now();
+        let half_life_days = m.config().learning.half_life_days;
+        let all = LearnedQuery {
+            limit: 200,
+            ..LearnedQuery::default()
+        };
+        let patterns = m.patterns(ns, &all).await?;
+        let heuristics = m
+            .heuristics(
+                ns,
+                &LearnedQuery {
+                    include_inactive: true,
+                    ..all.clone()
+                },
+            )
+            .await?;
+        let lessons = m.lessons(ns, &all).await?;
+        let stats = m.stats(ns).await?;
+        Ok(Learned {
+            now,
+            half_life_days,
+            patterns,
+            heuristics,
+            lessons,
+            stats,
+        })
     }
+}
 
+/// The session as one JSON document.
+fn print_json(
+    ns: &Namespace,
+    episodes: &[Value],
+    advice: &[Value],
+    learned: &Learned,
+) -> Result<()> {
+    let (now, hl) = (learned.now, learned.half_life_days);
+    output::json(&json!({
+        "namespace": ns,
+        "episodes": episodes,
+        "probe_task": PROBE_TASK,
+        "advice_by_round": advice,
+        "stats": learned.stats,
+        "patterns": learned.patterns.iter().map(|p| json!({"id": p.id, "kind": p.kind.name(), "description": p.describe(), "occurrences": p.occurrences, "success_rate": p.success_rate(), "confidence": p.confidence(now, hl)})).collect::<Vec<_>>(),
+        "heuristics": learned.heuristics.iter().map(|h| json!({"id": h.id, "condition": h.condition, "action": h.action, "support": h.support, "against": h.against, "status": h.status, "confidence": h.confidence(now, hl)})).collect::<Vec<_>>(),
+        "lessons": learned.lessons.iter().map(|l| json!({"id": l.id, "text": l.text(), "occurrences": l.occurrences, "recovered": l.recovered})).collect::<Vec<_>>(),
+    }))
+}
+
+/// What the session learned, as text.
+fn print_learned(ns: &Namespace, learned: &Learned) {
+    let (now, hl, stats) = (learned.now, learned.half_life_days, &learned.stats);
     outln!();
     outln!(
         "Learned from {} episodes: {} patterns, {} heuristics ({} active), {} failure lessons.",
@@ -210,7 +258,8 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
     outln!(
         "Patterns (merged across episodes; confidence = Wilson lower bound of success, decayed by age):"
     );
-    for p in patterns
+    for p in learned
+        .patterns
         .iter()
         .filter(|p| p.kind.name() != "context_pattern")
         .take(12)
@@ -226,7 +275,7 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
     }
     outln!();
     outln!("Heuristics (one active answer per condition; contradicted ones kept with a reason):");
-    for h in &heuristics {
+    for h in &learned.heuristics {
         outln!(
             "  {:<10} +{} -{}  conf {:>4}  if {} then {}",
             h.status.name(),
@@ -239,12 +288,23 @@ pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()
     }
     outln!();
     outln!("Failure lessons (surfaced before similar tasks):");
-    for l in &lessons {
+    for l in &learned.lessons {
         outln!("  - {}", display_safe::line(&l.text()));
     }
     outln!();
     outln!(
         "Explore: memory --namespace {ns} pattern list | heuristic list --all | lesson list | stats"
     );
+}
+
+pub async fn run(rounds: u32, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+    let ns = &s.namespace;
+    let families = families()?;
+    let (episodes, advice) = record_rounds(rounds, &families, m, s).await?;
+    let learned = Learned::read(m, ns).await?;
+    if s.json {
+        return print_json(ns, &episodes, &advice, &learned);
+    }
+    print_learned(ns, &learned);
     Ok(())
 }

@@ -201,33 +201,54 @@ async fn retrieval_set(a: &EvalRetrievalArgs, s: &Settings) -> Result<()> {
     };
     let rows: Vec<_> = rows.into_iter().filter(|(m, _)| wanted(*m)).collect();
     if s.json {
-        #[derive(serde::Serialize)]
-        struct Row<'a> {
-            mode: QueryMode,
-            method: memory_core::RetrievalMethod,
-            scores: &'a memory_eval::leave_one_out::RankScores,
-            abstention: &'a memory_eval::retrieval::Abstention,
-        }
-        let flat: Vec<Row<'_>> = rows
-            .iter()
-            .flat_map(|(mode, methods)| {
-                methods.iter().map(|(method, scores, abstention)| Row {
-                    mode: *mode,
-                    method: *method,
-                    scores,
-                    abstention,
-                })
-            })
-            .collect();
-        return output::json(&flat);
+        return set_rows_json(&rows);
     }
+    out!("{}", display_safe::text(&format_set_rows(&set, &rows)));
+    Ok(())
+}
+
+/// The scores of a set, per query mode: each method's rank scores and abstention.
+type SetRows = [(
+    QueryMode,
+    Vec<(
+        memory_core::RetrievalMethod,
+        memory_eval::leave_one_out::RankScores,
+        memory_eval::retrieval::Abstention,
+    )>,
+)];
+
+/// A set's scores as JSON: one flat row per mode and method.
+fn set_rows_json(rows: &SetRows) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        mode: QueryMode,
+        method: memory_core::RetrievalMethod,
+        scores: &'a memory_eval::leave_one_out::RankScores,
+        abstention: &'a memory_eval::retrieval::Abstention,
+    }
+    let flat: Vec<Row<'_>> = rows
+        .iter()
+        .flat_map(|(mode, methods)| {
+            methods.iter().map(|(method, scores, abstention)| Row {
+                mode: *mode,
+                method: *method,
+                scores,
+                abstention,
+            })
+        })
+        .collect();
+    output::json(&flat)
+}
+
+/// A set's scores as a text table per query mode.
+fn format_set_rows(set: &EvalSet, rows: &SetRows) -> String {
     let mut text = format!(
         "{} episodes in {} datasets, {} queries (latency is measured on single datasets only)\n",
         set.episodes(),
         set.parts.len(),
         set.queries()
     );
-    for (mode, methods) in &rows {
+    for (mode, methods) in rows {
         let title = match mode {
             QueryMode::WithContext => "with context",
             QueryMode::DescriptionOnly => "description only",
@@ -262,8 +283,7 @@ async fn retrieval_set(a: &EvalRetrievalArgs, s: &Settings) -> Result<()> {
             );
         }
     }
-    out!("{}", display_safe::text(&text));
-    Ok(())
+    text
 }
 
 /// The embedding model, or `None` after a warning that says why and what is done `instead`.

@@ -36,16 +36,17 @@
 //! has `max_tags` tags is refused. Tags of the form `import:<16 hex>:<32 hex>` are reserved.
 
 mod lines;
+mod plan;
+mod records;
 
-use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use memory_core::{
-    Episode, EpisodeId, EpisodeQuery, EpisodeSummary, Error, Limits, Namespace, NewEpisode,
-    Outcome, Redactor, SelfLearningMemory, StepInput, TaskContext, TaskType, quote_value,
+    Episode, EpisodeId, Error, Limits, Namespace, NewEpisode, Outcome, Redactor,
+    SelfLearningMemory, StepInput, TaskContext, TaskType, quote_value,
 };
 use memory_stack::Stack;
 use serde::Serialize;
@@ -53,19 +54,16 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use self::lines::{BoundedLines, Next};
+use self::plan::{Action, check_quotas, existing, plan};
+use self::records::{Marker, Planned, list_ids};
 use crate::display_safe;
 use crate::output;
 use crate::settings::Settings;
 
-/// Episodes read per page while exporting.
-const PAGE: u32 = 200;
 /// Longest line accepted on import (an episode at the default limits is far smaller).
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 /// Environment variable that overrides [`MAX_LINE_BYTES`] (bytes).
 const MAX_LINE_ENV: &str = "MEMORY_IMPORT_MAX_LINE_BYTES";
-/// Every import marker tag starts with this.
-const MARKER_PREFIX: &str = memory_core::IMPORT_TAG_PREFIX;
-
 pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     let m = stack.memory();
     let ns = &s.namespace;
@@ -153,43 +151,6 @@ pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// Every episode summary of the namespace, through the ordinary listing, `PAGE` at a time,
-/// each page handed to `each`.
-async fn for_each_page(
-    m: &SelfLearningMemory,
-    ns: &Namespace,
-    mut each: impl FnMut(Vec<EpisodeSummary>),
-) -> memory_core::Result<()> {
-    let mut offset = 0u32;
-    loop {
-        let page = m
-            .list_episodes(
-                ns,
-                &EpisodeQuery {
-                    limit: PAGE,
-                    offset,
-                    ..EpisodeQuery::default()
-                },
-            )
-            .await?;
-        let n = page.len() as u32;
-        each(page);
-        if n < PAGE {
-            return Ok(());
-        }
-        offset += n;
-    }
-}
-
-/// The namespace's episode ids, oldest first, through the ordinary listing.
-async fn list_ids(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result<Vec<EpisodeId>> {
-    let mut ids = Vec::new();
-    for_each_page(m, ns, |page| ids.extend(page.into_iter().map(|e| e.id))).await?;
-    ids.sort_unstable(); // UUID v7: time order
-    ids.dedup();
-    Ok(ids)
-}
-
 /// The longest import line: [`MAX_LINE_BYTES`] unless [`MAX_LINE_ENV`] sets another.
 fn max_line_bytes() -> Result<usize> {
     match std::env::var(MAX_LINE_ENV) {
@@ -222,34 +183,6 @@ fn first_128(hasher: Sha256) -> u128 {
 /// The first 128 bits of the SHA-256 of a line's bytes.
 fn line_hash(bytes: &[u8]) -> u128 {
     first_128(Sha256::new_with_prefix(bytes))
-}
-
-/// What an imported episode's marker tag records: `import:<key>:<origin>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Marker {
-    /// 16 hex digits of the content hash of the source episode.
-    key: String,
-    /// The source episode's original id, 32 hex digits.
-    origin: String,
-}
-
-impl Marker {
-    fn tag(&self) -> String {
-        format!("{MARKER_PREFIX}{}:{}", self.key, self.origin)
-    }
-
-    fn parse(tag: &str) -> Option<Marker> {
-        let (key, origin) = tag.strip_prefix(MARKER_PREFIX)?.split_once(':')?;
-        let hex = |s: &str, n: usize| {
-            s.len() == n
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        (hex(key, 16) && hex(origin, 32)).then(|| Marker {
-            key: key.to_owned(),
-            origin: origin.to_owned(),
-        })
-    }
 }
 
 /// The parts of an episode its content hash covers (not its id, times, reward or reflection).
@@ -419,16 +352,6 @@ fn changed(file: &Path, number: Option<usize>, imported: u64) -> anyhow::Error {
     .into()
 }
 
-/// One validated, non-blank line of the import file: what the import pass needs of it.
-struct Planned {
-    number: usize,
-    /// Hash of the line's bytes, compared again when the line is imported.
-    line_hash: u128,
-    marker: Marker,
-    steps: usize,
-    completed: bool,
-}
-
 /// First pass: every line read (bounded) and checked; nothing is written.
 fn validate(
     file: &Path,
@@ -476,136 +399,6 @@ fn validate(
         return Err(changed(file, None, 0));
     }
     Ok((planned, before))
-}
-
-/// An episode of the namespace, as the import compares it with a line.
-struct Stored {
-    id: EpisodeId,
-    step_count: usize,
-    completed: bool,
-}
-
-/// What the import does with a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    /// Not in the memory yet: import it.
-    New,
-    /// Imported before: skip it.
-    Present,
-    /// Left in progress by an interrupted import: log the steps after `stored_steps`, then
-    /// complete it if the source is completed.
-    Resume { id: EpisodeId, stored_steps: usize },
-}
-
-/// The namespace's episodes, and who they stand for: origin id -> indices for every episode's
-/// own id and every marker's origin, content key -> indices for every marker.
-#[derive(Default)]
-struct Existing {
-    stored: Vec<Stored>,
-    by_origin: HashMap<String, Vec<usize>>,
-    by_key: HashMap<String, Vec<usize>>,
-}
-
-/// Lists the namespace's episodes (summaries, page by page) once.
-async fn existing(m: &SelfLearningMemory, ns: &Namespace) -> memory_core::Result<Existing> {
-    let mut found = Existing::default();
-    for_each_page(m, ns, |page| {
-        for e in page {
-            let index = found.stored.len();
-            found.stored.push(Stored {
-                id: e.id,
-                step_count: e.step_count as usize,
-                completed: e.completed_at.is_some(),
-            });
-            // An episode exported from this namespace (or a backup of it) is itself.
-            let own = e.id.0.simple().to_string();
-            found.by_origin.entry(own).or_default().push(index);
-            for mk in e.context.tags.iter().filter_map(|t| Marker::parse(t)) {
-                found.by_origin.entry(mk.origin).or_default().push(index);
-                found.by_key.entry(mk.key).or_default().push(index);
-            }
-        }
-    })
-    .await?;
-    Ok(found)
-}
-
-/// Decides, line by line, what to do: a stored copy is found by the line's origin, else by
-/// its content key, and serves one line only.
-fn plan(planned: &[Planned], existing: &Existing) -> Vec<Action> {
-    let mut claimed = vec![false; existing.stored.len()];
-    planned
-        .iter()
-        .map(|p| {
-            let free = |candidates: Option<&Vec<usize>>| {
-                candidates
-                    .into_iter()
-                    .flatten()
-                    .copied()
-                    .find(|&i| !claimed[i])
-            };
-            let found = free(existing.by_origin.get(&p.marker.origin))
-                .or_else(|| free(existing.by_key.get(&p.marker.key)));
-            let Some(i) = found else {
-                return Action::New;
-            };
-            claimed[i] = true;
-            let copy = &existing.stored[i];
-            if !copy.completed
-                && (copy.step_count < p.steps || (copy.step_count == p.steps && p.completed))
-            {
-                Action::Resume {
-                    id: copy.id,
-                    stored_steps: copy.step_count,
-                }
-            } else {
-                Action::Present
-            }
-        })
-        .collect()
-}
-
-/// Refuses an import the namespace's quotas cannot hold, before anything is written.
-async fn check_quotas(
-    m: &SelfLearningMemory,
-    ns: &Namespace,
-    planned: &[Planned],
-    actions: &[Action],
-) -> Result<()> {
-    let (mut episodes, mut steps) = (0u64, 0u64);
-    for (p, a) in planned.iter().zip(actions) {
-        match a {
-            Action::New => {
-                episodes += 1;
-                steps += p.steps as u64;
-            }
-            Action::Resume { stored_steps, .. } => {
-                steps += p.steps.saturating_sub(*stored_steps) as u64;
-            }
-            Action::Present => {}
-        }
-    }
-    if episodes == 0 && steps == 0 {
-        return Ok(());
-    }
-    let stats = m.stats(ns).await?;
-    let quotas = &m.config().quotas;
-    for (resource, have, adding, limit) in [
-        ("episodes", stats.episodes, episodes, quotas.max_episodes),
-        ("steps", stats.steps, steps, quotas.max_steps),
-    ] {
-        if have.saturating_add(adding) > limit {
-            return Err(anyhow::Error::new(Error::QuotaExceeded {
-                namespace: ns.to_string(),
-                resource,
-                limit,
-            })
-            .context(format!(
-                "the namespace holds {have} {resource} and the import would add {adding}; nothing was imported"
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn new_episode(e: &Episode) -> NewEpisode {
@@ -668,26 +461,70 @@ struct Counts {
     steps: u64,
 }
 
-pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
-    let ns = &s.namespace;
-    let max_line = max_line_bytes()?;
-    let limits = &m.config().limits;
-    let redactor = Redactor::new(&m.config().redaction)?;
-    // Pass 1: the whole file against every limit; nothing is written.
-    let (planned, validated) = validate(file, limits, &redactor, max_line)?;
-    let found = existing(m, ns).await?;
-    let actions = plan(&planned, &found);
-    check_quotas(m, ns, &planned, &actions).await?;
-
-    // Pass 2: the same lines again (checked against pass 1), imported.
-    if stamp(file)? != validated {
-        return Err(changed(file, None, 0));
+/// Imports one validated line as `action` says (skipped, a new episode, or the rest of one
+/// left in progress), counting it in `c`.
+async fn import_line(
+    m: &SelfLearningMemory,
+    ns: &Namespace,
+    file: &Path,
+    (number, bytes): (usize, &[u8]),
+    action: Action,
+    c: &mut Counts,
+) -> Result<()> {
+    let written = c.imported + c.resumed;
+    let stopped_here = || {
+        format!(
+            "{}:{number}: import stopped here; {written} episodes were written before this line. Run the import again: what was imported is skipped and an episode left in progress is resumed",
+            file.display()
+        )
+    };
+    let (resume, from) = match action {
+        Action::Present => {
+            c.present += 1;
+            return Ok(());
+        }
+        Action::New => (None, 0),
+        Action::Resume { id, stored_steps } => (Some(id), stored_steps),
+    };
+    let (mut episode, marker) = parse_line(bytes, number, file).with_context(stopped_here)?;
+    episode.context.tags.push(marker.tag());
+    let id = match resume {
+        Some(id) => id,
+        None => paced(|| m.start_episode(ns, new_episode(&episode)))
+            .await
+            .with_context(stopped_here)?,
+    };
+    let done = replay(m, ns, id, &episode, from, resume.is_some())
+        .await
+        .with_context(stopped_here)?;
+    if resume.is_some() {
+        c.resumed += 1;
+    } else {
+        c.imported += 1;
     }
-    let bar = crate::progress::bar(planned.len() as u64, "importing", s);
+    c.steps += episode.steps.len().saturating_sub(from) as u64;
+    if done {
+        c.completed += 1;
+    } else {
+        c.in_progress += 1;
+    }
+    Ok(())
+}
+
+/// Second pass: the same lines again (each checked against its pass-1 plan), imported.
+/// Returns what was done and the line a signal stopped the import before.
+async fn import_pass(
+    file: &Path,
+    m: &SelfLearningMemory,
+    ns: &Namespace,
+    (planned, actions): (&[Planned], &[Action]),
+    max_line: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Counts, Option<usize>)> {
     let mut c = Counts::default();
     let mut stopped_at = None;
     let mut lines = open_lines(file, max_line)?;
-    let mut next_planned = planned.iter().zip(&actions);
+    let mut next_planned = planned.iter().zip(actions);
     loop {
         let next = lines
             .next_line()
@@ -712,49 +549,24 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
             stopped_at = Some(number);
             break;
         }
-        let stopped_here = || {
-            format!(
-                "{}:{number}: import stopped here; {written} episodes were written before this line. Run the import again: what was imported is skipped and an episode left in progress is resumed",
-                file.display()
-            )
-        };
-        let (resume, from) = match *action {
-            Action::Present => {
-                c.present += 1;
-                bar.inc(1);
-                continue;
-            }
-            Action::New => (None, 0),
-            Action::Resume { id, stored_steps } => (Some(id), stored_steps),
-        };
-        let (mut episode, marker) = parse_line(bytes, number, file).with_context(stopped_here)?;
-        episode.context.tags.push(marker.tag());
-        let id = match resume {
-            Some(id) => id,
-            None => paced(|| m.start_episode(ns, new_episode(&episode)))
-                .await
-                .with_context(stopped_here)?,
-        };
-        let done = replay(m, ns, id, &episode, from, resume.is_some())
-            .await
-            .with_context(stopped_here)?;
-        if resume.is_some() {
-            c.resumed += 1;
-        } else {
-            c.imported += 1;
-        }
-        c.steps += episode.steps.len().saturating_sub(from) as u64;
-        if done {
-            c.completed += 1;
-        } else {
-            c.in_progress += 1;
-        }
+        import_line(m, ns, file, (number, bytes), *action, &mut c).await?;
         bar.inc(1);
     }
     bar.finish_and_clear();
     if stopped_at.is_none() && next_planned.next().is_some() {
         return Err(changed(file, None, c.imported + c.resumed));
     }
+    Ok((c, stopped_at))
+}
+
+/// Reports what the import did.
+fn print_import(
+    file: &Path,
+    ns: &Namespace,
+    c: &Counts,
+    stopped_at: Option<usize>,
+    s: &Settings,
+) -> Result<()> {
     if s.json {
         return output::json(&json!({
             "namespace": ns,
@@ -784,4 +596,24 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
         );
     }
     Ok(())
+}
+
+pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+    let ns = &s.namespace;
+    let max_line = max_line_bytes()?;
+    let limits = &m.config().limits;
+    let redactor = Redactor::new(&m.config().redaction)?;
+    // Pass 1: the whole file against every limit; nothing is written.
+    let (planned, validated) = validate(file, limits, &redactor, max_line)?;
+    let found = existing(m, ns).await?;
+    let actions = plan(&planned, &found);
+    check_quotas(m, ns, &planned, &actions).await?;
+
+    // Pass 2: the same lines again (checked against pass 1), imported.
+    if stamp(file)? != validated {
+        return Err(changed(file, None, 0));
+    }
+    let bar = crate::progress::bar(planned.len() as u64, "importing", s);
+    let (c, stopped_at) = import_pass(file, m, ns, (&planned, &actions), max_line, &bar).await?;
+    print_import(file, ns, &c, stopped_at, s)
 }
