@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use memory_core::{
     ContextKey, EpisodeId, LearnedItems, LearnedQuery, LearnedStatus, LearningStore, Namespace,
-    Outcome, Pattern, PatternKind, PatternObservation, SelfLearningMemory,
+    Outcome, Pattern, PatternKind, PatternObservation, SelfLearningMemory, StorageExt,
 };
 use memory_storage_turso::{TursoConfig, TursoStorage};
 use tokio::runtime::Runtime;

@@ -12,6 +12,7 @@ mod display_safe;
 mod progress;
 mod settings;
 mod signals;
+mod telemetry;
 
 /// mimalloc rather than glibc's allocator: a long-running `memory mcp` runs consolidation
 /// every so often, and glibc's per-thread arenas kept what each run freed (a 30k-episode
@@ -29,20 +30,6 @@ use serde_json::json;
 
 use crate::cli::{Cli, Command};
 use crate::settings::Settings;
-
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
 
 /// How an error is reported: its `--json` kind, a hint, and the exit code (2 for input the
 /// user can fix, 1 for everything else).
@@ -110,8 +97,8 @@ fn print_error(kind: &str, message: &str, hint: Option<&str>, json_out: bool) {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
-    let mut settings = Settings::resolve(&cli)?;
+async fn run(cli: Cli, settings: Result<Settings>) -> Result<ExitCode> {
+    let mut settings = settings?;
     if matches!(cli.command, Command::Demo(_)) && !settings.namespace_explicit {
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
         settings.namespace = Namespace::new(format!("demo/run-{stamp}"))?;
@@ -248,7 +235,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    init_tracing(cli.verbose);
+    let json_out = cli.json;
+    // The settings first: the config file says where the spans are exported.
+    let settings = Settings::resolve(&cli);
+    let endpoint = settings.as_ref().ok().and_then(|s| s.otlp_endpoint.clone());
+    let telemetry = match telemetry::init(cli.verbose, endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return failed(&e, json_out),
+    };
+    let code = execute(cli, settings);
+    // On every path, once the runtime is gone: the spans still batched are exported.
+    telemetry.shutdown();
+    code
+}
+
+/// Runs the command on a runtime of its own; its exit code, its error reported.
+fn execute(cli: Cli, settings: Result<Settings>) -> ExitCode {
     let json_out = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -261,7 +263,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = runtime.block_on(run(cli));
+    let outcome = runtime.block_on(run(cli, settings));
     // Everything is flushed and closed by now; a blocking read of stdin (the MCP transport,
     // when a signal stopped the server) must not hold the process open.
     runtime.shutdown_background();
@@ -274,10 +276,13 @@ fn main() -> ExitCode {
             }
             None => code,
         },
-        Err(e) => {
-            let (kind, hint, code) = classify(&e);
-            print_error(kind, &format!("{e:#}"), hint, json_out);
-            ExitCode::from(code)
-        }
+        Err(e) => failed(&e, json_out),
     }
+}
+
+/// Reports a failed command; its exit code.
+fn failed(e: &anyhow::Error, json_out: bool) -> ExitCode {
+    let (kind, hint, code) = classify(e);
+    print_error(kind, &format!("{e:#}"), hint, json_out);
+    ExitCode::from(code)
 }

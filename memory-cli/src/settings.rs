@@ -23,6 +23,17 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     /// Library tuning: limits, quotas, rate limit, redaction, step batching, learning.
     pub memory: Option<MemoryConfig>,
+    /// Where the spans go (`[telemetry]`).
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// The `[telemetry]` section of `memory.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
+    /// `http://127.0.0.1:4318`: the spans are posted to `<url>/v1/traces`. Unset: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Resolved settings.
@@ -39,6 +50,38 @@ pub struct Settings {
     pub json: bool,
     /// No progress bars or notes on stderr.
     pub quiet: bool,
+    /// Where the spans are exported over OTLP/HTTP (`MEMORY_OTLP_ENDPOINT`, else
+    /// `telemetry.otlp_endpoint`); `None`: nowhere.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// The checked OTLP endpoint: `http://` only (no TLS is built in; a collector on the same
+/// host or network forwards elsewhere), and only in a build with the `otlp` feature.
+fn otlp_endpoint(given: Option<String>) -> Result<Option<String>> {
+    let Some(url) = given else {
+        return Ok(None);
+    };
+    if !cfg!(feature = "otlp") {
+        anyhow::bail!(
+            "an OTLP endpoint is configured (MEMORY_OTLP_ENDPOINT or `telemetry.otlp_endpoint` \
+             in {CONFIG_FILE}), but this `memory` was built without OTLP export: rebuild it \
+             with `cargo build --release -p memory-cli --features otlp`, or unset the endpoint"
+        );
+    }
+    let url = url.trim().trim_end_matches('/');
+    let host = url
+        .strip_prefix("http://")
+        .map(|rest| rest.split('/').next().unwrap_or_default());
+    match host {
+        Some(host) if !host.is_empty() && !url.contains(char::is_whitespace) => {
+            Ok(Some(url.to_owned()))
+        }
+        _ => anyhow::bail!(
+            "invalid OTLP endpoint {}: expected http://HOST:PORT, the base URL of the \
+             collector's OTLP/HTTP receiver (https is not supported)",
+            memory_core::quote_value(url)
+        ),
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -109,6 +152,9 @@ impl Settings {
             memory: file.memory.unwrap_or_default(),
             json: cli.json,
             quiet: cli.quiet,
+            otlp_endpoint: otlp_endpoint(
+                env("MEMORY_OTLP_ENDPOINT").or(file.telemetry.and_then(|t| t.otlp_endpoint)),
+            )?,
         })
     }
 }

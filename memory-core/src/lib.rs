@@ -42,6 +42,7 @@ mod search_text;
 pub mod serde_adapters;
 mod statistics;
 mod storage;
+pub mod telemetry;
 mod text;
 
 pub use assessment::{Reflection, RewardScore};
@@ -88,8 +89,8 @@ pub use storage::{
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
     GuardedItems, InMemoryStorage, IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery,
     LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Outbox, OutboxEntry,
-    Storage, StoredEmbedding, TextHit, TextQuery, TextSearch, WriteOp, check_index_snapshot_size,
-    get_typed, query_typed,
+    Storage, StorageExt, StoredEmbedding, TextHit, TextQuery, TextSearch, WriteOp,
+    check_index_snapshot_size,
 };
 pub use text::{bm25_weight, collapse_tools, error_class, for_each_token, tokenize};
 

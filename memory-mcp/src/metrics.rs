@@ -3,7 +3,22 @@
 //! Counted as they happen: tool calls and their latencies, per tool and outcome. Read when
 //! scraped, from the stack: the circuit breaker, the journal's pending writes, the cache's
 //! hit ratio, the embedding backlog of the server's namespace, consolidation runs.
+//!
+//! The latencies are also kept under the names of OpenTelemetry's semantic conventions (see
+//! [`memory_core::telemetry`]), in their Prometheus form: `mcp_server_operation_duration_seconds`
+//! per tool (`mcp.server.operation.duration`) and `gen_ai_client_operation_duration_seconds`
+//! per memory operation (`gen_ai.client.operation.duration`: `create_memory`,
+//! `update_memory`, `upsert_memory` or `search_memory`), each with `error_type` on failures
+//! (empty otherwise), in the buckets the conventions give. The older
+//! `memory_tool_calls_total` and `memory_tool_call_seconds` stay, unchanged, for the dashboards
+//! that use them.
 
+use memory_core::telemetry::{
+    self, CLIENT_OPERATION_DURATION, CLIENT_OPERATION_DURATION_BUCKETS, CREATE_MEMORY, ERROR_TYPE,
+    EXECUTE_TOOL, MCP_METHOD_NAME, MCP_SERVER_OPERATION_DURATION,
+    MCP_SERVER_OPERATION_DURATION_BUCKETS, OPERATION_NAME, SEARCH_MEMORY, TOOL_ERROR, TOOL_NAME,
+    TOOLS_CALL, UPDATE_MEMORY, UPSERT_MEMORY,
+};
 use memory_tiered::BreakerState;
 use std::time::Duration;
 
@@ -20,6 +35,10 @@ pub struct Metrics {
     registry: Registry,
     calls: IntCounterVec,
     latency: HistogramVec,
+    /// `mcp.server.operation.duration`, per tool.
+    mcp_duration: HistogramVec,
+    /// `gen_ai.client.operation.duration`, per memory operation.
+    operation_duration: HistogramVec,
     breaker_open: IntGauge,
     journal_pending: IntGauge,
     journal_rejected: IntGauge,
@@ -39,6 +58,45 @@ fn registered<T: prometheus::core::Collector + Clone + 'static>(
         .register(Box::new(metric.clone()))
         .map_err(|e| Error::Metrics(e.to_string()))?;
     Ok(metric)
+}
+
+/// The memory operation of an MCP tool, in the terms of [`memory_core::telemetry`]; `None` for
+/// the tools that read no memory records (`stats`, `health`).
+pub fn memory_operation(tool: &str) -> Option<&'static str> {
+    match tool {
+        "start_episode" => Some(CREATE_MEMORY),
+        "log_step" | "complete_episode" => Some(UPDATE_MEMORY),
+        "record_feedback" => Some(UPSERT_MEMORY),
+        "recommend" | "search_episodes" | "show_episode" | "list_learned" => Some(SEARCH_MEMORY),
+        _ => None,
+    }
+}
+
+/// A histogram of seconds named after an OpenTelemetry metric (`_seconds` appended), with
+/// its labels named after OpenTelemetry attributes.
+fn otel_histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    attributes: &[&str],
+) -> Result<HistogramVec> {
+    let labels: Vec<String> = attributes
+        .iter()
+        .map(|a| telemetry::prometheus_name(a))
+        .collect();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    registered(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new(
+                format!("{}_seconds", telemetry::prometheus_name(name)),
+                help,
+            )
+            .buckets(buckets.to_vec()),
+            &labels,
+        ),
+    )
 }
 
 /// Sets an integer gauge to a count (saturating at `i64::MAX`).
@@ -91,6 +149,20 @@ impl Metrics {
                 &["tool"],
             ),
         )?;
+        let mcp_duration = otel_histogram(
+            &registry,
+            MCP_SERVER_OPERATION_DURATION,
+            "MCP tool call duration as the server saw it (mcp.server.operation.duration)",
+            &MCP_SERVER_OPERATION_DURATION_BUCKETS,
+            &[MCP_METHOD_NAME, TOOL_NAME, OPERATION_NAME, ERROR_TYPE],
+        )?;
+        let operation_duration = otel_histogram(
+            &registry,
+            CLIENT_OPERATION_DURATION,
+            "Memory operation duration by gen_ai.operation.name (gen_ai.client.operation.duration)",
+            &CLIENT_OPERATION_DURATION_BUCKETS,
+            &[OPERATION_NAME, ERROR_TYPE],
+        )?;
         let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
         Ok(Metrics {
             breaker_open: gauge(
@@ -125,17 +197,28 @@ impl Metrics {
             registry,
             calls,
             latency,
+            mcp_duration,
+            operation_duration,
         })
     }
 
-    /// Counts a tool call.
-    pub fn observe(&self, tool: &str, ok: bool, took: Duration) {
+    /// Counts a tool call: `error` is the failure's kind (`not_found`, ...), `None` when the
+    /// call succeeded.
+    pub fn observe(&self, tool: &str, error: Option<&str>, took: Duration) {
+        let seconds = took.as_secs_f64();
         self.calls
-            .with_label_values(&[tool, if ok { "ok" } else { "error" }])
+            .with_label_values(&[tool, if error.is_none() { "ok" } else { "error" }])
             .inc();
-        self.latency
-            .with_label_values(&[tool])
-            .observe(took.as_secs_f64());
+        self.latency.with_label_values(&[tool]).observe(seconds);
+        let tool_error = if error.is_some() { TOOL_ERROR } else { "" };
+        self.mcp_duration
+            .with_label_values(&[TOOLS_CALL, tool, EXECUTE_TOOL, tool_error])
+            .observe(seconds);
+        if let Some(operation) = memory_operation(tool) {
+            self.operation_duration
+                .with_label_values(&[operation, error.unwrap_or("")])
+                .observe(seconds);
+        }
     }
 
     /// The text exposition, with the gauges set from `g`.
@@ -176,9 +259,10 @@ mod tests {
     #[test]
     fn counts_calls_and_reports_gauges_in_the_text_format() {
         let m = Metrics::new().unwrap();
-        m.observe("recommend", true, Duration::from_millis(12));
-        m.observe("recommend", false, Duration::from_millis(3));
-        m.observe("log_step", true, Duration::from_millis(1));
+        m.observe("recommend", None, Duration::from_millis(12));
+        m.observe("recommend", Some("rate_limited"), Duration::from_millis(3));
+        m.observe("log_step", None, Duration::from_millis(1));
+        m.observe("stats", None, Duration::from_millis(1));
         let text = m.render(&Gauges {
             breaker: Some(BreakerState::Open),
             journal_pending: 7,
@@ -196,8 +280,30 @@ mod tests {
             "memory_cache_hit_ratio 0.75",
             "memory_embedding_backlog 3",
             "memory_consolidation_runs_total 2",
+            // The OpenTelemetry conventions' names.
+            "gen_ai_client_operation_duration_seconds_count{error_type=\"\",gen_ai_operation_name=\"search_memory\"} 1",
+            "gen_ai_client_operation_duration_seconds_count{error_type=\"rate_limited\",gen_ai_operation_name=\"search_memory\"} 1",
+            "gen_ai_client_operation_duration_seconds_bucket{error_type=\"\",gen_ai_operation_name=\"update_memory\",le=\"0.01\"} 1",
+            "mcp_server_operation_duration_seconds_count{error_type=\"\",gen_ai_operation_name=\"execute_tool\",gen_ai_tool_name=\"recommend\",mcp_method_name=\"tools/call\"} 1",
+            "mcp_server_operation_duration_seconds_count{error_type=\"tool_error\",gen_ai_operation_name=\"execute_tool\",gen_ai_tool_name=\"recommend\",mcp_method_name=\"tools/call\"} 1",
+            "mcp_server_operation_duration_seconds_count{error_type=\"\",gen_ai_operation_name=\"execute_tool\",gen_ai_tool_name=\"stats\",mcp_method_name=\"tools/call\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // `stats` reads no memory records: no memory operation.
+        assert!(!text.contains("gen_ai_operation_name=\"stats\""), "{text}");
+    }
+
+    #[test]
+    fn every_tool_is_a_memory_operation_but_stats_and_health() {
+        for tool in crate::tools::ALL {
+            let expected = !matches!(tool.name, "stats" | "health");
+            assert_eq!(
+                memory_operation(tool.name).is_some(),
+                expected,
+                "{}",
+                tool.name
+            );
         }
     }
 }

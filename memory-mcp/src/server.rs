@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use memory_core::{
     EpisodeId, Error as MemoryError, Limits, Namespace, RateLimitConfig, RateLimiter,
-    SelfLearningMemory,
+    SelfLearningMemory, telemetry,
 };
 use memory_tiered::TieredStorage;
 use rmcp::model::{
@@ -360,7 +360,13 @@ impl MemoryServer {
         };
         let elapsed = started.elapsed();
         if let Some(m) = &self.shared.metrics {
-            m.observe(name, result.is_ok(), elapsed);
+            m.observe(name, result.as_ref().err().map(|f| f.kind), elapsed);
+        }
+        if result.is_err() {
+            // The MCP convention's error type for a tool result with `isError`.
+            let span = tracing::Span::current();
+            span.record(telemetry::ERROR_TYPE, telemetry::TOOL_ERROR);
+            span.record(telemetry::OTEL_STATUS_CODE, "error");
         }
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         Ok(match result {
@@ -464,7 +470,18 @@ impl ServerHandler for MemoryServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.to_string();
-        let span = info_span!("mcp_tool", tool = %name);
+        // The MCP server span of OpenTelemetry's conventions: `tools/call {tool}`, kind SERVER
+        // (see `memory_core::telemetry`).
+        let span = info_span!(
+            "tools/call",
+            { telemetry::OTEL_NAME } = %format_args!("{} {name}", telemetry::TOOLS_CALL),
+            { telemetry::OTEL_KIND } = "server",
+            { telemetry::MCP_METHOD_NAME } = telemetry::TOOLS_CALL,
+            { telemetry::TOOL_NAME } = %name,
+            { telemetry::OPERATION_NAME } = telemetry::EXECUTE_TOOL,
+            { telemetry::ERROR_TYPE } = tracing::field::Empty,
+            { telemetry::OTEL_STATUS_CODE } = tracing::field::Empty,
+        );
         self.call(&name, request.arguments)
             .instrument(span)
             .await

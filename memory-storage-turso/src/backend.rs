@@ -125,17 +125,7 @@ impl TursoStorage {
             }
             TursoMode::Local { .. } => None,
         };
-        let gate = crate::server_gate::lock_if_any(server_gate.as_ref()).await;
-        let migrated = schema::migrate(&writer, config.schema_version()).await;
-        drop(gate);
-        let schema_version = match migrated {
-            Ok(v) => v,
-            Err(f) if !local && config.open_when_unreachable() && f.is_transient() => {
-                warn!(error = %f, "server unreachable at open: the schema is checked when it answers");
-                0
-            }
-            Err(f) => return Err(f),
-        };
+        let schema_version = migrate_at_open(&writer, &config, server_gate.as_ref(), local).await?;
         if matches!(mode, TursoMode::Remote { .. }) {
             // The version check ran on the connection's own Hrana stream; forget it so the
             // next statement opens a fresh one instead of reusing a stream that may expire.
@@ -171,22 +161,7 @@ impl TursoStorage {
         } else {
             None
         };
-        let changes = match &mode {
-            TursoMode::Local { path } if is_memory_path(path) => None,
-            TursoMode::Local { .. } => {
-                let conn = db.connect()?;
-                configure_local(&conn, &config, local_file, true).await?;
-                Some(ChangeTracker::new(Probe::DataVersion {
-                    version: Mutex::new(conn.prepare("PRAGMA data_version").await?),
-                    _conn: conn,
-                    last: std::sync::Mutex::new(None),
-                }))
-            }
-            _ => Some(ChangeTracker::new(Probe::Interval {
-                every: config.change_poll_interval(),
-                last: std::sync::Mutex::new(None),
-            })),
-        };
+        let changes = change_tracker(&db, &config, local_file).await?;
         #[cfg(feature = "remote")]
         let hrana = match &mode {
             TursoMode::Remote { url, auth_token } => {
@@ -535,6 +510,53 @@ impl Storage for TursoStorage {
             .await?;
         Ok(Some(set))
     }
+}
+
+/// Runs the schema's migrations at open, under the server's gate when there is a server. A
+/// remote store that may open while its server is unreachable opens at version 0 when the
+/// server does not answer (the schema is checked again when it does).
+async fn migrate_at_open(
+    writer: &libsql::Connection,
+    config: &TursoConfig,
+    server_gate: Option<&Arc<crate::server_gate::ServerGate>>,
+    local: bool,
+) -> DbResult<u32> {
+    let gate = crate::server_gate::lock_if_any(server_gate).await;
+    let migrated = schema::migrate(writer, config.schema_version()).await;
+    drop(gate);
+    match migrated {
+        Ok(v) => Ok(v),
+        Err(f) if !local && config.open_when_unreachable() && f.is_transient() => {
+            warn!(error = %f, "server unreachable at open: the schema is checked when it answers");
+            Ok(0)
+        }
+        Err(f) => Err(f),
+    }
+}
+
+/// How the store learns that another process wrote: `PRAGMA data_version` on a connection of
+/// its own for a local file, a poll interval over a server, nothing for an in-memory database.
+async fn change_tracker(
+    db: &libsql::Database,
+    config: &TursoConfig,
+    local_file: bool,
+) -> DbResult<Option<ChangeTracker>> {
+    Ok(match config.mode() {
+        TursoMode::Local { path } if is_memory_path(path) => None,
+        TursoMode::Local { .. } => {
+            let conn = db.connect()?;
+            configure_local(&conn, config, local_file, true).await?;
+            Some(ChangeTracker::new(Probe::DataVersion {
+                version: Mutex::new(conn.prepare("PRAGMA data_version").await?),
+                _conn: conn,
+                last: std::sync::Mutex::new(None),
+            }))
+        }
+        _ => Some(ChangeTracker::new(Probe::Interval {
+            every: config.change_poll_interval(),
+            last: std::sync::Mutex::new(None),
+        })),
+    })
 }
 
 #[cfg(test)]

@@ -208,7 +208,8 @@ mod tests {
     use chrono::{DateTime, Utc};
     use memory_core::{
         ContextKey, Episode, EpisodeStore, ExecutionStep, LearnedItems, LearningStore, NewEpisode,
-        Pattern, PatternKind, PatternObservation, StepInput, Storage, TaskContext, TaskType,
+        Pattern, PatternKind, PatternObservation, StepInput, Storage, StorageExt, TaskContext,
+        TaskType,
     };
 
     use super::*;

@@ -12,6 +12,26 @@ use crate::sql::query_opt;
 /// The head of an insert of an episode's tag rows (values follow, three per row).
 pub(crate) const INSERT_TAGS: &str = "INSERT INTO episode_tags (ns, tag, episode_id)";
 
+/// The completion's outcome update, for an in-progress episode only: `?1..?8` bind the
+/// namespace, the id, the outcome's kind and body, the reward total and body, the reflection
+/// and the completion time; `position` stamps the row (a parameter locally, the batch's
+/// counter expression remotely).
+pub(crate) fn complete_outcome(position: &str) -> String {
+    format!(
+        "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
+         reward = ?6, reflection = ?7, completed_at = ?8, changed_seq = {position} \
+         WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL"
+    )
+}
+
+/// Adds `?3` appended steps to the episode's step count, stamped with `position`.
+pub(crate) fn add_step_count(position: &str) -> String {
+    format!(
+        "UPDATE episodes SET step_count = step_count + ?3, changed_seq = {position} \
+         WHERE ns = ?1 AND id = ?2"
+    )
+}
+
 /// Whether the episode exists (`None`) and is completed.
 pub(crate) async fn episode_state(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<Option<bool>> {
     query_opt(

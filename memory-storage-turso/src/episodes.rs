@@ -19,7 +19,10 @@ use crate::codec::{
 };
 use crate::compressed_json::JsonFormat;
 use crate::connection::Inner;
-use crate::episode_rows::{CLOSE_ESTIMATE, INSERT_TAGS, close_estimate_values, episode_state};
+use crate::episode_rows::{
+    CLOSE_ESTIMATE, INSERT_TAGS, add_step_count, close_estimate_values, complete_outcome,
+    episode_state,
+};
 use crate::error::{DbResult, decode};
 use crate::prepared::Db;
 use crate::sql::{Sql, filter_sql, insert_rows, query_one, query_opt};
@@ -70,12 +73,8 @@ impl Inner {
     ) -> DbResult<i64> {
         let inserted = Self::insert_steps(conn, ns, id, steps, format).await?;
         if inserted > 0 {
-            conn.exec(
-                "UPDATE episodes SET step_count = step_count + ?3, changed_seq = ?4 \
-                 WHERE ns = ?1 AND id = ?2",
-                (ns, id, inserted, position),
-            )
-            .await?;
+            conn.exec(&add_step_count("?4"), (ns, id, inserted, position))
+                .await?;
         }
         Ok(inserted)
     }
@@ -119,9 +118,7 @@ async fn complete_in_tx(
     // changed, find out why.
     let held = query_opt(
         tx,
-        "UPDATE episodes SET outcome_kind = ?3, outcome = ?4, reward_total = ?5, \
-         reward = ?6, reflection = ?7, completed_at = ?8, changed_seq = ?9 \
-         WHERE ns = ?1 AND id = ?2 AND outcome_kind IS NULL RETURNING step_count",
+        &format!("{} RETURNING step_count", complete_outcome("?9")),
         update,
         |row| Cols::new(row, "episode").i64(0),
     )

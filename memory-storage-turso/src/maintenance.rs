@@ -388,7 +388,7 @@ mod tests {
     use chrono::Duration;
     use memory_core::{
         Episode, EpisodeFilter, EpisodeStore, ExecutionStep, NewEpisode, Outcome, StepInput,
-        TaskContext, TaskType, TextQuery,
+        StorageExt, TaskContext, TaskType, TextQuery,
     };
 
     use super::*;

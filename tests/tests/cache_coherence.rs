@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memory_core::{
-    Cache, EpisodeId, EpisodeStore, FeedbackOutcome, FeedbackTarget, LearnedQuery, LearningStore,
-    MemoryConfig, Namespace, NewEpisode, Outcome, PatternId, SelfLearningMemory, StepBatchConfig,
-    StepInput, Storage, TaskContext, TaskType,
+    Cache, EpisodeId, EpisodeStore, FeedbackOutcome, FeedbackTarget, LearnedQuery, MemoryConfig,
+    Namespace, NewEpisode, Outcome, PatternId, SelfLearningMemory, StepBatchConfig, StepInput,
+    Storage, StorageExt, TaskContext, TaskType,
 };
 use memory_storage_turso::TursoStorage;
 use memory_testkit::{InMemoryCache, InMemoryOutbox};

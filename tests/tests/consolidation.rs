@@ -12,7 +12,7 @@ use memory_core::{
     ConsolidationConfig, EpisodeId, FeedbackTarget, Heuristic, HeuristicObservation,
     InMemoryStorage, LearnedItems, LearnedQuery, LearnedStatus, MemoryConfig, Namespace,
     NewEpisode, Outcome, Pattern, PatternKind, PatternObservation, RetentionConfig,
-    SelfLearningMemory, StepInput, Storage, TaskContext, TaskType, TokioClock,
+    SelfLearningMemory, StepInput, Storage, StorageExt, TaskContext, TaskType, TokioClock,
 };
 use memory_storage_turso::TursoStorage;
 use tempfile::TempDir;

@@ -353,3 +353,222 @@ fn every_declared_dependency_is_used() {
         unused.join("\n")
     );
 }
+
+/// The code of `text` with strings, characters and comments blanked (newlines kept), so
+/// braces count as code only.
+fn blank_literals(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let keep = |c: char| if c == '\n' { '\n' } else { ' ' };
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                out.push(' ');
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    out.push_str("  ");
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    out.push_str("  ");
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    out.push(keep(chars[i]));
+                    i += 1;
+                }
+            }
+        } else if c == 'r' && (next == Some('#') || next == Some('"')) && {
+            let prev = i.checked_sub(1).map(|p| chars[p]);
+            !prev.is_some_and(|p| p.is_alphanumeric() || p == '_')
+        } {
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while chars.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if chars.get(j) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            let close: String = std::iter::once('"')
+                .chain(std::iter::repeat_n('#', hashes))
+                .collect();
+            let body: String = chars[j + 1..].iter().collect();
+            let end = body.find(&close).map_or(chars.len(), |e| {
+                j + 1 + body[..e].chars().count() + close.chars().count()
+            });
+            for &ch in &chars[i..end] {
+                out.push(keep(ch));
+            }
+            i = end;
+        } else if c == '"' {
+            out.push(' ');
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                let step = if chars[i] == '\\' { 2 } else { 1 };
+                for &ch in chars.iter().skip(i).take(step) {
+                    out.push(keep(ch));
+                }
+                i += step;
+            }
+            out.push(' ');
+            i += 1;
+        } else if c == '\'' {
+            // A character literal ('x', '\n', '\u{..}'), not a lifetime ('a).
+            let end = if next == Some('\\') {
+                (i + 2..chars.len()).find(|&k| chars[k] == '\'')
+            } else if chars.get(i + 2) == Some(&'\'') {
+                Some(i + 2)
+            } else {
+                None
+            };
+            if let Some(e) = end {
+                for &ch in &chars[i..=e] {
+                    out.push(keep(ch));
+                }
+                i = e + 1;
+            } else {
+                out.push(c);
+                i += 1;
+            }
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Each function of `text` (outside its test module) longer than `limit` lines: (name, first
+/// line, lines).
+fn long_functions(text: &str, limit: usize) -> Vec<(String, usize, usize)> {
+    let code = blank_literals(text.split("#[cfg(test)]").next().unwrap_or(""));
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let words: Vec<&str> = line
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let Some(at) = words.iter().position(|w| *w == "fn") else {
+            continue;
+        };
+        let lead = &words[..at];
+        let item = lead.iter().all(|w| {
+            matches!(
+                *w,
+                "pub" | "crate" | "super" | "in" | "async" | "const" | "unsafe" | "extern"
+            )
+        });
+        let Some(name) = words.get(at + 1).filter(|_| item) else {
+            continue;
+        };
+        let mut depth = 0usize;
+        let mut opened = false;
+        'scan: for (n, l) in lines.iter().enumerate().skip(start) {
+            for ch in l.chars() {
+                match ch {
+                    ';' if !opened => break 'scan,
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => {
+                        depth = depth.saturating_sub(1);
+                        if opened && depth == 0 {
+                            let len = n - start + 1;
+                            if len > limit {
+                                out.push(((*name).to_owned(), start + 1, len));
+                            }
+                            break 'scan;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The Rust files of the workspace that are not tests: every member but the `tests` crate,
+/// without `tests/` folders, `tests.rs` files and the conformance suite (a test suite shipped
+/// as a library for backend authors).
+fn non_test_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for member in members(root) {
+        if member == "tests" {
+            continue;
+        }
+        rust_files(&root.join(&member), &mut files);
+    }
+    files.retain(|f| {
+        let rel = f.strip_prefix(root).unwrap_or(f);
+        !rel.components().any(|c| c.as_os_str() == "tests")
+            && f.file_name()
+                .is_some_and(|n| n != "tests.rs" && n != "conformance.rs")
+    });
+    files
+}
+
+#[test]
+fn no_file_over_800_lines_outside_tests() {
+    let root = workspace_root();
+    let long: Vec<String> = non_test_files(&root)
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).unwrap().lines().count();
+            (lines > 800).then(|| format!("{}: {lines}", f.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over 800 lines:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn no_function_over_100_lines_outside_tests() {
+    let root = workspace_root();
+    let mut long = Vec::new();
+    for f in non_test_files(&root) {
+        for (name, line, len) in long_functions(&std::fs::read_to_string(&f).unwrap(), 100) {
+            long.push(format!("{}:{line} {name}: {len} lines", f.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over 100 lines:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_length_checker_sees_through_strings_and_comments() {
+    let body = "    let x = 1;\n".repeat(99);
+    let short = "    let x = 1;\n".repeat(98);
+    let text = format!(
+        "fn short() {{\n{short}}}\n\
+         pub(crate) async fn long() {{\n    let s = \"}}\"; // }}\n    let c = '{{';\n{body}}}\n\
+         fn decl();\nfn raw() -> &'static str {{ r#\"}}\"# }}\n\
+         #[cfg(test)]\nmod tests {{ fn huge() {{\n{body}{body}}} }}\n"
+    );
+    assert_eq!(
+        long_functions(&text, 100),
+        vec![("long".to_owned(), 101, 103)]
+    );
+}

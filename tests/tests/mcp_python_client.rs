@@ -182,6 +182,9 @@ async fn the_python_client_over_streamable_http() {
         "memory_tool_calls_total{outcome=\"ok\",tool=\"recommend\"} 2",
         "memory_tool_calls_total{outcome=\"error\",tool=\"log_step\"} 2",
         "memory_tool_call_seconds_bucket{tool=\"complete_episode\"",
+        // The same calls under OpenTelemetry's names (docs/TELEMETRY.md).
+        "gen_ai_client_operation_duration_seconds_count{error_type=\"\",gen_ai_operation_name=\"search_memory\"}",
+        "mcp_server_operation_duration_seconds_count{error_type=\"tool_error\",gen_ai_operation_name=\"execute_tool\",gen_ai_tool_name=\"log_step\",mcp_method_name=\"tools/call\"} 2",
         "memory_breaker_state 0",
         "memory_journal_pending 0",
         "memory_cache_hit_ratio",

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memory_core::{
-    EpisodeId, EpisodeQuery, EpisodeStore, LearnedQuery, LearningStore, Namespace, PatternKind,
+    EpisodeId, EpisodeQuery, EpisodeStore, LearnedQuery, Namespace, PatternKind, StorageExt,
 };
 use memory_stack::StackBuilder;
 use rand::Rng;

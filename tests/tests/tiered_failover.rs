@@ -12,7 +12,7 @@ use std::time::Duration;
 use memory_core::{
     Cache, EpisodeQuery, EpisodeStore, Error, InMemoryStorage, LearnedQuery, LearningStore,
     MemoryConfig, Namespace, NewEpisode, Outbox, Outcome, SelfLearningMemory, StepBatchConfig,
-    StepInput, Storage, TaskContext, TaskType,
+    StepInput, Storage, StorageExt, TaskContext, TaskType,
 };
 use memory_testkit::{FaultInjecting, FaultMode, InMemoryCache, InMemoryOutbox};
 use memory_tiered::{BreakerConfig, TieredConfig, TieredStorage};

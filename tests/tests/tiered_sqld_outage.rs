@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memory_core::{
-    EpisodeId, EpisodeQuery, EpisodeStore, Error, LearnedQuery, LearningStore, Namespace, Outbox,
-    OutboxEntry,
+    EpisodeId, EpisodeQuery, EpisodeStore, Error, LearnedQuery, Namespace, Outbox, OutboxEntry,
+    StorageExt,
 };
 use memory_stack::{DataDir, Stack, StackBuilder, StorageMode};
 use memory_storage_redb::{Opening, OutboxConfig, RedbOutbox};

@@ -22,8 +22,8 @@
 use std::sync::Arc;
 
 use memory_core::{
-    EpisodeStore, LearnedQuery, LearningStore, MemoryConfig, Namespace, NewEpisode, Outcome,
-    SelfLearningMemory, StepBatchConfig, StepInput, TaskContext, TaskType,
+    EpisodeStore, LearnedQuery, MemoryConfig, Namespace, NewEpisode, Outcome, SelfLearningMemory,
+    StepBatchConfig, StepInput, StorageExt, TaskContext, TaskType,
 };
 use memory_storage_turso::{TursoConfig, TursoStorage};
 use tests::sqld::{SqldServer, require_sqld};

@@ -19,7 +19,7 @@ use memory_core::{
     ContextKey, EmbeddingStore, Episode, EpisodeFilter, EpisodeQuery, EpisodeStore, ExecutionStep,
     Feedback, FeedbackOutcome, FeedbackTarget, HeuristicObservation, LearnedItems, LearnedQuery,
     LearningStore, LearningUpdate, Namespace, NewEpisode, Outcome, PatternId, PatternKind,
-    PatternObservation, StepInput, TaskContext, TaskType, TextQuery,
+    PatternObservation, StepInput, StorageExt, TaskContext, TaskType, TextQuery,
 };
 use memory_storage_turso::{TursoConfig, TursoStorage};
 use memory_testkit::conformance::completion_for;

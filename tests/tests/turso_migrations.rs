@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use memory_core::{
     EmbeddingStore, Episode, EpisodeFilter, EpisodeQuery, EpisodeStore, FeedbackOutcome,
-    FeedbackTarget, LearnedQuery, LearningStore, MemoryConfig, Namespace, NewEpisode, Outcome,
-    PatternId, SelfLearningMemory, StepInput, TaskContext, TaskType, TextQuery,
+    FeedbackTarget, LearnedQuery, MemoryConfig, Namespace, NewEpisode, Outcome, PatternId,
+    SelfLearningMemory, StepInput, StorageExt, TaskContext, TaskType, TextQuery,
 };
 use memory_storage_turso::{SCHEMA_VERSION, TursoConfig, TursoStorage};
 

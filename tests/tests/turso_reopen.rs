@@ -15,7 +15,8 @@ use std::time::Duration;
 use memory_core::{
     EmbeddingStore, Episode, EpisodeId, EpisodeQuery, EpisodeStore, FailureLesson, FeedbackOutcome,
     FeedbackTarget, Heuristic, LearnedQuery, MemoryConfig, Namespace, NamespaceStats, NewEpisode,
-    Outcome, Pattern, PatternId, SelfLearningMemory, StepInput, Storage, TaskContext, TaskType,
+    Outcome, Pattern, PatternId, SelfLearningMemory, StepInput, Storage, StorageExt, TaskContext,
+    TaskType,
 };
 use memory_storage_turso::{TursoConfig, TursoStorage};
 use tests::sqld::{SqldServer, require_sqld};

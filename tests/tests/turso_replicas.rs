@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memory_core::{
-    EpisodeId, EpisodeQuery, EpisodeStore, LearnedQuery, LearningStore, MemoryConfig, Namespace,
-    NewEpisode, Outcome, SelfLearningMemory, StepInput, TaskContext, TaskType,
+    EpisodeId, EpisodeQuery, EpisodeStore, LearnedQuery, MemoryConfig, Namespace, NewEpisode,
+    Outcome, SelfLearningMemory, StepInput, StorageExt, TaskContext, TaskType,
 };
 use memory_storage_turso::{TursoConfig, TursoStorage};
 use tests::sqld::{SqldServer, require_sqld};

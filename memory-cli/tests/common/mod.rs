@@ -8,7 +8,7 @@ use std::path::Path;
 use assert_cmd::Command;
 use serde_json::Value;
 
-/// `memory --data-dir <dir>`, without the namespace, mode, line-limit and model settings a
+/// `memory --data-dir <dir>`, without the namespace, mode, line-limit, OTLP and model settings a
 /// developer's environment may hold (no model: nothing here needs one, and loading it is slow
 /// in a debug build).
 pub fn memory(dir: &Path) -> Command {
@@ -18,6 +18,7 @@ pub fn memory(dir: &Path) -> Command {
         .env_remove("MEMORY_NAMESPACE")
         .env_remove("MEMORY_MODE")
         .env_remove("MEMORY_IMPORT_MAX_LINE_BYTES")
+        .env_remove("MEMORY_OTLP_ENDPOINT")
         .env("MEMORY_MODEL_DIR", "/nonexistent-model-dir");
     c
 }

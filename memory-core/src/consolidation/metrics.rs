@@ -9,7 +9,9 @@ use crate::error::Result;
 use crate::learned::{FailureLesson, Heuristic, LearnedStatus, Pattern, PatternKind};
 use crate::namespace::Namespace;
 use crate::records::MetricsSnapshot;
-use crate::storage::{EpisodeFilter, EpisodeQuery, EpisodeStatus, LearnedQuery, Storage};
+use crate::storage::{
+    EpisodeFilter, EpisodeQuery, EpisodeStatus, LearnedQuery, Storage, StorageExt,
+};
 
 /// The direction of a metric between the oldest and newest of `series` (newest first), for
 /// `memory stats`: `up`, `down`, `flat` or `n/a`.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tracing::instrument;
+use tracing::Instrument;
 
 use super::memory::SelfLearningMemory;
 use crate::episode::{Episode, EpisodeId, EpisodeSummary};
@@ -13,9 +13,8 @@ use crate::learned::{
 use crate::namespace::Namespace;
 use crate::retrieval::recommend::{Advisor, RecommendRequest, Recommendation};
 use crate::retrieval::{Retrieval, RetrievalQuery};
-use crate::storage::{
-    EpisodeQuery, LearnedQuery, NamespaceStats, TextHit, TextQuery, get_typed, query_typed,
-};
+use crate::storage::{EpisodeQuery, LearnedQuery, NamespaceStats, StorageExt, TextHit, TextQuery};
+use crate::telemetry::{self, SEARCH_MEMORY, memory_span};
 
 impl SelfLearningMemory {
     /// An episode with all its steps, including steps still buffered in this process.
@@ -46,8 +45,17 @@ impl SelfLearningMemory {
     }
 
     /// Lexical search over episodes; each hit with its summary.
+    ///
+    /// Traced as `search_memory` (see [`telemetry`](crate::telemetry)).
     pub async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
-        self.inner.storage.search_episodes(ns, query).await
+        let span = memory_span!(SEARCH_MEMORY, "search_episodes", ns, limit = query.limit);
+        let hits = self
+            .inner
+            .storage
+            .search_episodes(ns, query)
+            .instrument(span.clone())
+            .await;
+        telemetry::ended(&span, hits, Vec::len)
     }
 
     /// The step of an episode that `query` matched: the one sharing the most terms with it
@@ -69,7 +77,9 @@ impl SelfLearningMemory {
 
     /// A learned item of any kind by id; `NotFound` if the namespace holds none.
     pub async fn learned<T: Learned>(&self, ns: &Namespace, id: &T::Id) -> Result<T> {
-        get_typed::<T, _>(self.inner.storage.as_ref(), ns, id)
+        self.inner
+            .storage
+            .get_typed::<T>(ns, id)
             .await?
             .ok_or_else(|| Error::not_found(T::KIND.object_kind(), id))
     }
@@ -80,7 +90,7 @@ impl SelfLearningMemory {
         ns: &Namespace,
         query: &LearnedQuery,
     ) -> Result<Vec<T>> {
-        query_typed(self.inner.storage.as_ref(), ns, query).await
+        self.inner.storage.query_typed(ns, query).await
     }
 
     /// A pattern by id.
@@ -124,7 +134,24 @@ impl SelfLearningMemory {
 
     /// Finds the past episodes most relevant to a task: hybrid (BM25 + embeddings) unless
     /// the query asks otherwise or no embedder is loaded. See [`crate::retrieval`].
+    ///
+    /// Traced as `search_memory` (see [`telemetry`](crate::telemetry)).
     pub async fn retrieve(&self, ns: &Namespace, query: &RetrievalQuery) -> Result<Retrieval> {
+        let span = memory_span!(
+            SEARCH_MEMORY,
+            "retrieve",
+            ns,
+            method = %query.method,
+            limit = query.limit
+        );
+        let found = self
+            .retrieve_untraced(ns, query)
+            .instrument(span.clone())
+            .await;
+        telemetry::ended(&span, found, |r| r.results.len())
+    }
+
+    async fn retrieve_untraced(&self, ns: &Namespace, query: &RetrievalQuery) -> Result<Retrieval> {
         self.ensure_running()?;
         self.inner.config.limits.check_retrieval(query)?;
         self.inner.limiter.acquire(ns, 1)?;
@@ -160,8 +187,23 @@ impl SelfLearningMemory {
     /// # Ok::<(), Error>(())
     /// # }).unwrap();
     /// ```
-    #[instrument(skip_all, fields(namespace = %ns, limit = req.limit))]
+    ///
+    /// Traced as `search_memory`, the count being the episodes recommended (see
+    /// [`telemetry`](crate::telemetry)).
     pub async fn recommend(
+        &self,
+        ns: &Namespace,
+        req: &RecommendRequest,
+    ) -> Result<Recommendation> {
+        let span = memory_span!(SEARCH_MEMORY, "recommend", ns, limit = req.limit);
+        let rec = self
+            .recommend_untraced(ns, req)
+            .instrument(span.clone())
+            .await;
+        telemetry::ended(&span, rec, |r| r.episodes.len())
+    }
+
+    async fn recommend_untraced(
         &self,
         ns: &Namespace,
         req: &RecommendRequest,

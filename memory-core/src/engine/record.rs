@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tracing::{Instrument, debug, info_span, instrument, warn};
+use tracing::{Instrument, debug, field::display, info_span, warn};
 
 use super::history::HistoryKey;
 
@@ -22,6 +22,9 @@ use crate::learning::{RewardHistory, compute_reward, extract_learning, reflect};
 use crate::namespace::Namespace;
 use crate::records::EstimateRecord;
 use crate::storage::EpisodeCompletion;
+use crate::telemetry::{
+    self, CREATE_MEMORY, MEMORY_RECORD_ID, UPDATE_MEMORY, UPSERT_MEMORY, memory_span,
+};
 
 /// How far in the future a given start or completion time may be: the clocks of the machine
 /// that recorded an episode and of the one importing it differ a little.
@@ -40,8 +43,21 @@ impl SelfLearningMemory {
     ///
     /// Checks limits, the namespace's episode quota and rate limit; redacts secrets from the
     /// description; normalizes domain, language and framework to lowercase.
-    #[instrument(skip_all, fields(namespace = %ns))]
+    ///
+    /// Traced as `create_memory` (see [`telemetry`](crate::telemetry)).
     pub async fn start_episode(&self, ns: &Namespace, new: NewEpisode) -> Result<EpisodeId> {
+        let span = memory_span!(CREATE_MEMORY, "start_episode", ns);
+        let started = self
+            .start_episode_untraced(ns, new)
+            .instrument(span.clone())
+            .await;
+        if let Ok(id) = &started {
+            span.record(MEMORY_RECORD_ID, display(id));
+        }
+        telemetry::ended(&span, started, |_| 1)
+    }
+
+    async fn start_episode_untraced(&self, ns: &Namespace, new: NewEpisode) -> Result<EpisodeId> {
         self.ensure_running()?;
         let inner = &self.inner;
         inner.config.limits.check_new_episode(&new)?;
@@ -111,7 +127,24 @@ impl SelfLearningMemory {
     /// the background, see [`StepBatchConfig`](crate::StepBatchConfig)), the flush timer
     /// fires, or the episode completes. `NotFound` for an unknown episode, `Conflict` for a
     /// completed one (also when buffered steps of it were refused when written).
+    ///
+    /// Traced as `update_memory` (see [`telemetry`](crate::telemetry)).
     pub async fn log_step(&self, ns: &Namespace, id: EpisodeId, step: StepInput) -> Result<()> {
+        let span = memory_span!(UPDATE_MEMORY, "log_step", ns);
+        span.record(MEMORY_RECORD_ID, display(id));
+        let logged = self
+            .log_step_untraced(ns, id, step)
+            .instrument(span.clone())
+            .await;
+        telemetry::ended(&span, logged, |()| 1)
+    }
+
+    async fn log_step_untraced(
+        &self,
+        ns: &Namespace,
+        id: EpisodeId,
+        step: StepInput,
+    ) -> Result<()> {
         self.ensure_running()?;
         let inner = &self.inner;
         inner.steps.take_refused(ns, id)?;
@@ -194,21 +227,27 @@ impl SelfLearningMemory {
     /// Completes an episode: scores it, reflects on it, and writes its buffered steps, its
     /// outcome and what it teaches (merged into the learned patterns, heuristics and lessons)
     /// in one transaction.
-    #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
+    ///
+    /// Traced as `update_memory` (see [`telemetry`](crate::telemetry)).
     pub async fn complete_episode(
         &self,
         ns: &Namespace,
         id: EpisodeId,
         outcome: Outcome,
     ) -> Result<CompletionReport> {
-        self.complete(ns, id, outcome, None).await
+        let span = memory_span!(UPDATE_MEMORY, "complete_episode", ns);
+        span.record(MEMORY_RECORD_ID, display(id));
+        let completed = self
+            .complete(ns, id, outcome, None)
+            .instrument(span.clone())
+            .await;
+        telemetry::ended(&span, completed, |_| 1)
     }
 
     /// [`SelfLearningMemory::complete_episode`] as of `completed_at` instead of now: an
     /// episode recorded elsewhere and imported keeps its duration, and what it teaches is
     /// dated (and decays) from then. `InvalidInput` when `completed_at` is in the future or
     /// before the episode started (5 minutes of clock skew are tolerated).
-    #[instrument(skip_all, fields(namespace = %ns, episode_id = %id))]
     pub async fn complete_episode_at(
         &self,
         ns: &Namespace,
@@ -216,10 +255,16 @@ impl SelfLearningMemory {
         outcome: Outcome,
         completed_at: DateTime<Utc>,
     ) -> Result<CompletionReport> {
-        if completed_at > self.inner.clock.now() + CLOCK_SKEW {
-            return Err(Error::invalid("completed_at", "is in the future"));
-        }
-        self.complete(ns, id, outcome, Some(completed_at)).await
+        let span = memory_span!(UPDATE_MEMORY, "complete_episode_at", ns);
+        span.record(MEMORY_RECORD_ID, display(id));
+        let completed = if completed_at > self.inner.clock.now() + CLOCK_SKEW {
+            Err(Error::invalid("completed_at", "is in the future"))
+        } else {
+            self.complete(ns, id, outcome, Some(completed_at))
+                .instrument(span.clone())
+                .await
+        };
+        telemetry::ended(&span, completed, |_| 1)
     }
 
     /// The stored episode with the steps still buffered here, for a completion; closes the
@@ -374,8 +419,31 @@ impl SelfLearningMemory {
 
     /// Records how applying a pattern or heuristic went in an episode. Recording again for the
     /// same target and episode replaces the earlier verdict.
-    #[instrument(skip_all, fields(namespace = %ns, episode_id = %episode_id))]
+    ///
+    /// Traced as `upsert_memory` of the pattern or heuristic (see
+    /// [`telemetry`](crate::telemetry)), with the episode as `episode_id`.
     pub async fn record_feedback(
+        &self,
+        ns: &Namespace,
+        target: FeedbackTarget,
+        episode_id: EpisodeId,
+        outcome: FeedbackOutcome,
+    ) -> Result<()> {
+        let span = memory_span!(
+            UPSERT_MEMORY,
+            "record_feedback",
+            ns,
+            episode_id = %episode_id
+        );
+        span.record(MEMORY_RECORD_ID, target.id());
+        let recorded = self
+            .record_feedback_untraced(ns, target, episode_id, outcome)
+            .instrument(span.clone())
+            .await;
+        telemetry::ended(&span, recorded, |()| 1)
+    }
+
+    async fn record_feedback_untraced(
         &self,
         ns: &Namespace,
         target: FeedbackTarget,

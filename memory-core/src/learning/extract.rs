@@ -196,34 +196,78 @@ pub fn extract_learning(
     observed_at: DateTime<Utc>,
 ) -> LearningUpdate {
     let steps = &episode.steps;
-    let success = outcome.is_success();
-    let failed = matches!(outcome, Outcome::Failure { .. });
-    let domain = normalize_label(Some(&episode.context.domain));
-    let language = normalize_label(episode.context.language.as_deref());
-    let task_ctx = ContextKey {
-        task_type: Some(episode.task_type),
-        domain: domain.clone(),
-        language: language.clone(),
-    };
-    let tool_ctx = ContextKey {
-        task_type: None,
-        domain,
-        language,
-    };
-    let step_count = steps.len() as u32;
-    let latency = sum_latency(steps);
-    let id = episode.id;
+    let mut x = Extraction::new(episode, outcome, observed_at);
+    // Context statistics: one per episode, the basis of estimates.
+    x.context_pattern();
+    let mistake = mistakes(steps);
+    x.procedure(&mistake);
+    // Steps that gave way (successful episodes only: the replacement got the task done).
+    if x.success {
+        x.replaced_steps();
+    }
+    let recoveries = find_recoveries(steps);
+    x.recoveries(&recoveries);
+    x.lessons(&mistake, &recoveries);
+    x.into_update()
+}
 
-    let mut patterns: BTreeMap<String, PatternObservation> = BTreeMap::new();
-    let mut heuristics: BTreeMap<String, HeuristicObservation> = BTreeMap::new();
-    let mut lessons: BTreeMap<String, LessonObservation> = BTreeMap::new();
-    // What the context key leaves out, for the kinds whose variants it must tell apart: the
-    // tool sequences, the steps that gave way and the lessons.
-    let marks = context_marks(&episode.context);
-    let mut add_pattern = |kind: PatternKind, ctx: &ContextKey| {
-        let mut o = PatternObservation::new(kind, ctx.clone(), id, success, observed_at);
-        o.steps = step_count;
-        o.latency_ms = latency;
+/// What [`extract_learning`] collects from one episode: the observations by id (the first of
+/// an id is kept, but a lesson with a remedy replaces one without), and what each is built
+/// from.
+struct Extraction<'e> {
+    episode: &'e Episode,
+    success: bool,
+    /// The episode ended in failure (not a partial success or an abstention).
+    failed: bool,
+    observed_at: DateTime<Utc>,
+    /// The kind of task, domain and language: the context of procedures.
+    task_ctx: ContextKey,
+    /// Domain and language only: the context of what a tool does.
+    tool_ctx: ContextKey,
+    /// What the context key leaves out, for the kinds whose variants it must tell apart: the
+    /// tool sequences, the steps that gave way and the lessons.
+    marks: Vec<String>,
+    /// The episode's step count and summed latency, which every pattern records.
+    step_count: u32,
+    latency_ms: u64,
+    patterns: BTreeMap<String, PatternObservation>,
+    heuristics: BTreeMap<String, HeuristicObservation>,
+    lessons: BTreeMap<String, LessonObservation>,
+}
+
+impl<'e> Extraction<'e> {
+    fn new(episode: &'e Episode, outcome: &Outcome, observed_at: DateTime<Utc>) -> Self {
+        let domain = normalize_label(Some(&episode.context.domain));
+        let language = normalize_label(episode.context.language.as_deref());
+        Extraction {
+            episode,
+            success: outcome.is_success(),
+            failed: matches!(outcome, Outcome::Failure { .. }),
+            observed_at,
+            task_ctx: ContextKey {
+                task_type: Some(episode.task_type),
+                domain: domain.clone(),
+                language: language.clone(),
+            },
+            tool_ctx: ContextKey {
+                task_type: None,
+                domain,
+                language,
+            },
+            marks: context_marks(&episode.context),
+            step_count: episode.steps.len() as u32,
+            latency_ms: sum_latency(&episode.steps),
+            patterns: BTreeMap::new(),
+            heuristics: BTreeMap::new(),
+            lessons: BTreeMap::new(),
+        }
+    }
+
+    fn add_pattern(&mut self, kind: PatternKind, ctx: ContextKey) {
+        let mut o =
+            PatternObservation::new(kind, ctx, self.episode.id, self.success, self.observed_at);
+        o.steps = self.step_count;
+        o.latency_ms = self.latency_ms;
         let variant = match &o.kind {
             PatternKind::ToolSequence { .. } => true,
             PatternKind::DecisionPoint { condition, .. } => {
@@ -232,134 +276,148 @@ pub fn extract_learning(
             _ => false,
         };
         if variant {
-            o.marks = Some(marks.clone());
+            o.marks = Some(self.marks.clone());
         }
-        patterns.entry(o.id.0.clone()).or_insert(o);
-    };
-
-    // Context statistics: one per episode, the basis of estimates.
-    let mut features = Vec::new();
-    if let Some(fw) = normalize_label(episode.context.framework.as_deref()) {
-        features.push(format!("framework={fw}"));
+        self.patterns.entry(o.id.0.clone()).or_insert(o);
     }
-    features.push(format!("complexity={}", episode.context.complexity));
-    add_pattern(PatternKind::ContextPattern { features }, &task_ctx);
 
-    let mut ok_tools = episode.worked_tools();
-    ok_tools.truncate(MAX_SEQUENCE_TOOLS);
-    if !ok_tools.is_empty() {
-        add_pattern(
-            PatternKind::ToolSequence {
-                tools: ok_tools.clone(),
-            },
-            &task_ctx,
-        );
+    fn add_heuristic(&mut self, condition: String, action: String, ctx: ContextKey, ok: bool) {
         let h = HeuristicObservation::new(
-            format!("starting a {} task", episode.task_type),
-            follow_action(&ok_tools),
-            task_ctx.clone(),
-            id,
-            success,
-            observed_at,
+            condition,
+            action,
+            ctx,
+            self.episode.id,
+            ok,
+            self.observed_at,
         );
-        heuristics.entry(h.id.0.clone()).or_insert(h);
+        self.heuristics.entry(h.id.0.clone()).or_insert(h);
     }
-    // The opening move: the first step that was not a mistake.
-    let mistake = mistakes(steps);
-    let opening = (0..steps.len()).find(|&i| !mistake[i]);
-    if let Some(first) = opening.map(|i| &steps[i]) {
-        add_pattern(
-            PatternKind::DecisionPoint {
+
+    /// The context's statistics: its framework and complexity.
+    fn context_pattern(&mut self) {
+        let context = &self.episode.context;
+        let mut features = Vec::new();
+        if let Some(fw) = normalize_label(context.framework.as_deref()) {
+            features.push(format!("framework={fw}"));
+        }
+        features.push(format!("complexity={}", context.complexity));
+        self.add_pattern(
+            PatternKind::ContextPattern { features },
+            self.task_ctx.clone(),
+        );
+    }
+
+    /// The procedure: the tools that worked (a sequence and its opening rule) and the opening
+    /// move, the first step that was not a `mistake`.
+    fn procedure(&mut self, mistake: &[bool]) {
+        let episode = self.episode;
+        let mut ok_tools = episode.worked_tools();
+        ok_tools.truncate(MAX_SEQUENCE_TOOLS);
+        if !ok_tools.is_empty() {
+            let action = follow_action(&ok_tools);
+            let kind = PatternKind::ToolSequence { tools: ok_tools };
+            self.add_pattern(kind, self.task_ctx.clone());
+            let condition = format!("starting a {} task", episode.task_type);
+            self.add_heuristic(condition, action, self.task_ctx.clone(), self.success);
+        }
+        let steps = &episode.steps;
+        let opening = (0..steps.len()).find(|&i| !mistake[i]);
+        if let Some(first) = opening.map(|i| &steps[i]) {
+            let kind = PatternKind::DecisionPoint {
                 condition: format!("opening move of a {} task", episode.task_type),
                 choice: normalize_tool(first.tool()),
-            },
-            &task_ctx,
-        );
-    }
-
-    // Steps that gave way (successful episodes only: the replacement got the task done), in
-    // the tools' own names, as tool sequences have them.
-    if success {
-        for (replaced, choice) in replaced_steps(steps) {
-            let condition = replaced.condition();
-            add_pattern(PatternKind::DecisionPoint { condition, choice }, &task_ctx);
+            };
+            self.add_pattern(kind, self.task_ctx.clone());
         }
     }
 
-    let recoveries = find_recoveries(steps);
-    for rec in &recoveries {
-        let failed_step = &steps[rec.failed_index];
-        let tool = normalize_tool(failed_step.tool());
-        add_pattern(
-            PatternKind::ErrorRecovery {
+    /// Steps that gave way, in the tools' own names, as tool sequences have them.
+    fn replaced_steps(&mut self) {
+        for (replaced, choice) in replaced_steps(&self.episode.steps) {
+            let condition = replaced.condition();
+            let kind = PatternKind::DecisionPoint { condition, choice };
+            self.add_pattern(kind, self.task_ctx.clone());
+        }
+    }
+
+    /// Each recovery: a pattern and a rule of its tool's context.
+    fn recoveries(&mut self, recoveries: &[Recovery]) {
+        for rec in recoveries {
+            let failed_step = &self.episode.steps[rec.failed_index];
+            let tool = normalize_tool(failed_step.tool());
+            let kind = PatternKind::ErrorRecovery {
                 failed_tool: tool.clone(),
                 error_class: rec.error_class.clone(),
                 recovery: rec.tools.clone(),
-            },
-            &tool_ctx,
-        );
-        let h = HeuristicObservation::new(
-            format!("{tool} fails with \"{}\"", rec.error_class),
-            format!("recover with {}", rec.tools.join(" → ")),
-            tool_ctx.clone(),
-            id,
-            !failed,
-            observed_at,
-        );
-        heuristics.entry(h.id.0.clone()).or_insert(h);
+            };
+            self.add_pattern(kind, self.tool_ctx.clone());
+            self.add_heuristic(
+                format!("{tool} fails with \"{}\"", rec.error_class),
+                format!("recover with {}", rec.tools.join(" → ")),
+                self.tool_ctx.clone(),
+                !self.failed,
+            );
+        }
     }
 
-    // Lessons: every distinct failure (tool + error class) of the episode that was not a
-    // mistake, with its remedy.
-    for (i, s) in steps.iter().enumerate() {
-        if s.result().is_success() || mistake[i] {
-            continue;
-        }
-        let tool = normalize_tool(s.tool());
-        let class = error_class(s.result().text());
-        // Of this failure's recoveries, the shortest that ends with the failed tool working (a
-        // fix, verified, with the least on the way), else the first.
-        let mine: Vec<&Recovery> = (recoveries.iter())
-            .filter(|r| {
-                r.failed_index >= i
-                    && steps[r.failed_index].tool() == s.tool()
-                    && r.error_class == class
-            })
-            .collect();
-        let verified = (mine.iter())
-            .filter(|r| r.tools.last().is_some_and(|t| t == s.tool()))
-            .min_by_key(|r| r.tools.len());
-        let remedy = verified.or(mine.first()).map(|r| r.tools.clone());
-        let lid = lesson_id(&tool_ctx, &tool, &class);
-        let obs = LessonObservation {
-            id: lid.clone(),
-            context: tool_ctx.clone(),
-            failed_tool: tool,
-            failed_action: truncate_chars(&s.input.action, 120),
-            error_class: class,
-            example_error: truncate_chars(s.result().text(), 240),
-            remedy,
-            episode_failed: failed,
-            episode_id: id,
-            marks: Some(marks.clone()),
-            observed_at,
-        };
-        // One observation per lesson and episode; prefer the one that carries a remedy.
-        match lessons.get_mut(&lid.0) {
-            Some(existing) if existing.remedy.is_none() && obs.remedy.is_some() => *existing = obs,
-            Some(_) => {}
-            None => {
-                lessons.insert(lid.0.clone(), obs);
+    /// Lessons: every distinct failure (tool + error class) of the episode that was not a
+    /// `mistake`, with its remedy from `recoveries`.
+    fn lessons(&mut self, mistake: &[bool], recoveries: &[Recovery]) {
+        let steps = &self.episode.steps;
+        for (i, s) in steps.iter().enumerate() {
+            if s.result().is_success() || mistake[i] {
+                continue;
+            }
+            let tool = normalize_tool(s.tool());
+            let class = error_class(s.result().text());
+            // Of this failure's recoveries, the shortest that ends with the failed tool working
+            // (a fix, verified, with the least on the way), else the first.
+            let mine: Vec<&Recovery> = (recoveries.iter())
+                .filter(|r| {
+                    r.failed_index >= i
+                        && steps[r.failed_index].tool() == s.tool()
+                        && r.error_class == class
+                })
+                .collect();
+            let verified = (mine.iter())
+                .filter(|r| r.tools.last().is_some_and(|t| t == s.tool()))
+                .min_by_key(|r| r.tools.len());
+            let remedy = verified.or(mine.first()).map(|r| r.tools.clone());
+            let lid = lesson_id(&self.tool_ctx, &tool, &class);
+            let obs = LessonObservation {
+                id: lid.clone(),
+                context: self.tool_ctx.clone(),
+                failed_tool: tool,
+                failed_action: truncate_chars(&s.input.action, 120),
+                error_class: class,
+                example_error: truncate_chars(s.result().text(), 240),
+                remedy,
+                episode_failed: self.failed,
+                episode_id: self.episode.id,
+                marks: Some(self.marks.clone()),
+                observed_at: self.observed_at,
+            };
+            // One observation per lesson and episode; prefer the one that carries a remedy.
+            match self.lessons.get_mut(&lid.0) {
+                Some(existing) if existing.remedy.is_none() && obs.remedy.is_some() => {
+                    *existing = obs;
+                }
+                Some(_) => {}
+                None => {
+                    self.lessons.insert(lid.0.clone(), obs);
+                }
             }
         }
     }
 
-    LearningUpdate {
-        episode_id: id,
-        observed_at,
-        patterns: patterns.into_values().collect(),
-        heuristics: heuristics.into_values().collect(),
-        lessons: lessons.into_values().collect(),
+    fn into_update(self) -> LearningUpdate {
+        LearningUpdate {
+            episode_id: self.episode.id,
+            observed_at: self.observed_at,
+            patterns: self.patterns.into_values().collect(),
+            heuristics: self.heuristics.into_values().collect(),
+            lessons: self.lessons.into_values().collect(),
+        }
     }
 }
 

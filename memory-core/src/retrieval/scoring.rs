@@ -40,6 +40,51 @@ pub(super) fn fuse(
     with_context: bool,
     known_share: Option<f64>,
 ) -> Vec<Candidate> {
+    let mut out = union(lexical, semantic, score_of);
+    let lex = min_max(out.iter().map(|c| c.bm25.unwrap_or(0.0)));
+    let sem = min_max(out.iter().map(|c| f64::from(c.cosine.unwrap_or(0.0))));
+    let best_cosine = out
+        .iter()
+        .filter_map(|c| c.cosine)
+        .fold(None, |m: Option<f32>, c| Some(m.map_or(c, |m| m.max(c))));
+    let w =
+        semantic_weight(config, with_context, known_share) * semantic_trust(config, best_cosine);
+    for c in &mut out {
+        c.lexical = lex.apply(c.bm25.unwrap_or(0.0));
+        c.semantic = sem.apply(f64::from(c.cosine.unwrap_or(0.0)));
+    }
+    match method {
+        RetrievalMethod::Lexical => {
+            for c in &mut out {
+                c.fused = c.lexical;
+            }
+        }
+        RetrievalMethod::Vector => {
+            // Vector-only retrieval ranks by cosine alone: drop what only the lexical side
+            // found.
+            out.retain(|c| c.cosine.is_some());
+            for c in &mut out {
+                c.fused = c.semantic;
+            }
+        }
+        RetrievalMethod::Hybrid => {
+            let raw = hybrid_scores(config, &out, w);
+            let range = min_max(raw.iter().copied());
+            for (c, r) in out.iter_mut().zip(raw) {
+                c.fused = range.apply(r);
+            }
+        }
+    }
+    out
+}
+
+/// The union of both lists, one candidate per episode, in a fixed order (by id) so ties among
+/// ranks do not depend on a map's iteration order; scores not yet normalized.
+fn union(
+    lexical: &[TextHit],
+    semantic: &[VectorHit],
+    score_of: impl Fn(EpisodeId) -> Option<VectorHit>,
+) -> Vec<Candidate> {
     let mut by_id: HashMap<EpisodeId, Candidate> = HashMap::new();
     for h in semantic {
         by_id.insert(
@@ -75,68 +120,40 @@ pub(super) fn fuse(
     let mut out: Vec<Candidate> = by_id.into_values().collect();
     // A fixed order (by id), so ties among ranks do not depend on the map's iteration order.
     out.sort_by_key(|c| c.summary.id);
-    let lex = min_max(out.iter().map(|c| c.bm25.unwrap_or(0.0)));
-    let sem = min_max(out.iter().map(|c| f64::from(c.cosine.unwrap_or(0.0))));
-    let best_cosine = out
-        .iter()
-        .filter_map(|c| c.cosine)
-        .fold(None, |m: Option<f32>, c| Some(m.map_or(c, |m| m.max(c))));
-    let w =
-        semantic_weight(config, with_context, known_share) * semantic_trust(config, best_cosine);
-    for c in &mut out {
-        c.lexical = lex.apply(c.bm25.unwrap_or(0.0));
-        c.semantic = sem.apply(f64::from(c.cosine.unwrap_or(0.0)));
-    }
-    match method {
-        RetrievalMethod::Lexical => {
-            for c in &mut out {
-                c.fused = c.lexical;
-            }
-        }
-        RetrievalMethod::Vector => {
-            // Vector-only retrieval ranks by cosine alone: drop what only the lexical side
-            // found.
-            out.retain(|c| c.cosine.is_some());
-            for c in &mut out {
-                c.fused = c.semantic;
-            }
-        }
-        RetrievalMethod::Hybrid => {
-            let raw: Vec<f64> = match config.fusion {
-                FusionMethod::MinMax => out
-                    .iter()
-                    .map(|c| w * c.semantic + (1.0 - w) * c.lexical)
-                    .collect(),
-                FusionMethod::ReciprocalRank => {
-                    let k = config.rank_constant.max(0.0);
-                    let sem_rank = ranks(out.iter().map(|c| c.cosine.map(f64::from)));
-                    let lex_rank = ranks(out.iter().map(|c| c.bm25));
-                    sem_rank
-                        .iter()
-                        .zip(&lex_rank)
-                        .map(|(s, l)| {
-                            let part = |r: &Option<usize>| r.map_or(0.0, |r| 1.0 / (k + r as f64));
-                            w * part(s) + (1.0 - w) * part(l)
-                        })
-                        .collect()
-                }
-                FusionMethod::ZScore => {
-                    let sem_z = z_scores(out.iter().map(|c| c.cosine.map(f64::from)));
-                    let lex_z = z_scores(out.iter().map(|c| c.bm25));
-                    sem_z
-                        .iter()
-                        .zip(&lex_z)
-                        .map(|(s, l)| w * s + (1.0 - w) * l)
-                        .collect()
-                }
-            };
-            let range = min_max(raw.iter().copied());
-            for (c, r) in out.iter_mut().zip(raw) {
-                c.fused = range.apply(r);
-            }
-        }
-    }
     out
+}
+
+/// The hybrid scores of `out` (normalized lexical and semantic scores in place) before their
+/// own min-max normalization, by the configured fusion, the semantic side weighted `w`.
+fn hybrid_scores(config: &RetrievalConfig, out: &[Candidate], w: f64) -> Vec<f64> {
+    match config.fusion {
+        FusionMethod::MinMax => out
+            .iter()
+            .map(|c| w * c.semantic + (1.0 - w) * c.lexical)
+            .collect(),
+        FusionMethod::ReciprocalRank => {
+            let k = config.rank_constant.max(0.0);
+            let sem_rank = ranks(out.iter().map(|c| c.cosine.map(f64::from)));
+            let lex_rank = ranks(out.iter().map(|c| c.bm25));
+            sem_rank
+                .iter()
+                .zip(&lex_rank)
+                .map(|(s, l)| {
+                    let part = |r: &Option<usize>| r.map_or(0.0, |r| 1.0 / (k + r as f64));
+                    w * part(s) + (1.0 - w) * part(l)
+                })
+                .collect()
+        }
+        FusionMethod::ZScore => {
+            let sem_z = z_scores(out.iter().map(|c| c.cosine.map(f64::from)));
+            let lex_z = z_scores(out.iter().map(|c| c.bm25));
+            sem_z
+                .iter()
+                .zip(&lex_z)
+                .map(|(s, l)| w * s + (1.0 - w) * l)
+                .collect()
+        }
+    }
 }
 
 /// The least and the most weight the shift for unknown query words gives either list

@@ -117,7 +117,6 @@ macro_rules! forward_storage {
     (@sig get_episodes $($k:tt)*) => { $crate::forward_storage!(@push get_episodes (ns: &$crate::Namespace, ids: &[$crate::EpisodeId]) -> $crate::Result<Vec<Option<::std::sync::Arc<$crate::Episode>>>>; $($k)*); };
     (@sig query_episodes $($k:tt)*) => { $crate::forward_storage!(@push query_episodes (ns: &$crate::Namespace, query: &$crate::EpisodeQuery) -> $crate::Result<Vec<$crate::EpisodeSummary>>; $($k)*); };
     (@sig search_text $($k:tt)*) => { $crate::forward_storage!(@push search_text (ns: &$crate::Namespace, query: &$crate::TextQuery) -> $crate::Result<$crate::TextSearch>; $($k)*); };
-    (@sig search_episodes $($k:tt)*) => { $crate::forward_storage!(@push search_episodes (ns: &$crate::Namespace, query: &$crate::TextQuery) -> $crate::Result<Vec<$crate::TextHit>>; $($k)*); };
     (@sig namespace_stats $($k:tt)*) => { $crate::forward_storage!(@push namespace_stats (ns: &$crate::Namespace) -> $crate::Result<$crate::NamespaceStats>; $($k)*); };
     (@sig list_namespaces $($k:tt)*) => { $crate::forward_storage!(@push list_namespaces () -> $crate::Result<Vec<$crate::Namespace>>; $($k)*); };
     (@sig ping $($k:tt)*) => { $crate::forward_storage!(@push ping () -> $crate::Result<()>; $($k)*); };

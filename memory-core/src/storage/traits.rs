@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::index_data::{EmbeddingCoverage, IndexChanges, IndexSnapshot, StoredEmbedding};
 use super::queries::{
-    EpisodeCompletion, EpisodeQuery, LearnedQuery, NamespaceStats, TextHit, TextQuery, TextSearch,
+    EpisodeCompletion, EpisodeQuery, LearnedQuery, NamespaceStats, TextQuery, TextSearch,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
 use crate::error::Result;
 use crate::learned::{
-    FailureLesson, Feedback, FeedbackTarget, Heuristic, HeuristicId, Learned, LearnedId,
-    LearnedItem, LearnedKind, LessonId, Pattern, PatternId,
+    FailureLesson, Feedback, FeedbackTarget, Heuristic, LearnedId, LearnedItem, LearnedKind,
+    Pattern, PatternId,
 };
 use crate::learning::{LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
@@ -87,11 +87,6 @@ pub trait EpisodeStore: Send + Sync + Debug {
     /// Lexical search: hits best first, at most `query.limit`, and how many of the query's
     /// terms the namespace's index knows ([`TextSearch`]).
     async fn search_text(&self, ns: &Namespace, query: &TextQuery) -> Result<TextSearch>;
-
-    /// The hits of [`EpisodeStore::search_text`] alone.
-    async fn search_episodes(&self, ns: &Namespace, query: &TextQuery) -> Result<Vec<TextHit>> {
-        Ok(self.search_text(ns, query).await?.hits)
-    }
 
     /// Counts of the namespace's contents.
     async fn namespace_stats(&self, ns: &Namespace) -> Result<NamespaceStats>;
@@ -183,39 +178,6 @@ pub trait LearningStore: Send + Sync + Debug {
         query: &LearnedQuery,
     ) -> Result<Vec<LearnedItem>>;
 
-    /// A pattern by id ([`get_learned`](Self::get_learned) of one kind).
-    async fn get_pattern(&self, ns: &Namespace, id: &PatternId) -> Result<Option<Pattern>> {
-        get_typed(self, ns, id).await
-    }
-    /// Patterns compatible with the query's context, most occurrences first.
-    async fn query_patterns(&self, ns: &Namespace, query: &LearnedQuery) -> Result<Vec<Pattern>> {
-        query_typed(self, ns, query).await
-    }
-    /// A heuristic by id.
-    async fn get_heuristic(&self, ns: &Namespace, id: &HeuristicId) -> Result<Option<Heuristic>> {
-        get_typed(self, ns, id).await
-    }
-    /// Heuristics compatible with the query's context, most support first.
-    async fn query_heuristics(
-        &self,
-        ns: &Namespace,
-        query: &LearnedQuery,
-    ) -> Result<Vec<Heuristic>> {
-        query_typed(self, ns, query).await
-    }
-    /// A lesson by id.
-    async fn get_lesson(&self, ns: &Namespace, id: &LessonId) -> Result<Option<FailureLesson>> {
-        get_typed(self, ns, id).await
-    }
-    /// Lessons compatible with the query's context, most occurrences first.
-    async fn query_lessons(
-        &self,
-        ns: &Namespace,
-        query: &LearnedQuery,
-    ) -> Result<Vec<FailureLesson>> {
-        query_typed(self, ns, query).await
-    }
-
     /// Records feedback and updates the target's effectiveness (patterns) or votes
     /// (heuristics) from all its feedback events, atomically. One event per (target, episode):
     /// recording again replaces the earlier one, so a replay is harmless. `NotFound` if the
@@ -227,32 +189,6 @@ pub trait LearningStore: Send + Sync + Debug {
     /// Feedback events of a target, oldest first.
     async fn list_feedback(&self, ns: &Namespace, target: &FeedbackTarget)
     -> Result<Vec<Feedback>>;
-}
-
-/// [`LearningStore::get_learned`] for one kind, typed.
-pub async fn get_typed<T: Learned, S: LearningStore + ?Sized>(
-    store: &S,
-    ns: &Namespace,
-    id: &T::Id,
-) -> Result<Option<T>> {
-    Ok(store
-        .get_learned(ns, &T::learned_id(id))
-        .await?
-        .and_then(T::from_item))
-}
-
-/// [`LearningStore::query_learned`] for one kind, typed.
-pub async fn query_typed<T: Learned, S: LearningStore + ?Sized>(
-    store: &S,
-    ns: &Namespace,
-    query: &LearnedQuery,
-) -> Result<Vec<T>> {
-    Ok(store
-        .query_learned(ns, T::KIND, query)
-        .await?
-        .into_iter()
-        .filter_map(T::from_item)
-        .collect())
 }
 
 /// Items written together by [`LearningStore::put_learned_unless_changed`], and what they

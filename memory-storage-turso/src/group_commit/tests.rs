@@ -4,7 +4,8 @@ use crate::GroupCommits;
 
 use chrono::Utc;
 use memory_core::{
-    Episode, EpisodeId, EpisodeStore, Error, Namespace, NewEpisode, TaskContext, TaskType,
+    Episode, EpisodeId, EpisodeStore, Error, Namespace, NewEpisode, StorageExt, TaskContext,
+    TaskType,
 };
 
 use super::*;

@@ -28,7 +28,7 @@ use crate::learned::{
 use crate::namespace::Namespace;
 use crate::records::{ConsolidationRun, MetricsSnapshot, RestoreRecord};
 use crate::statistics::decay_factor;
-use crate::storage::{GuardedItems, LearnedItems, LearnedQuery, Storage, get_typed, query_typed};
+use crate::storage::{GuardedItems, LearnedItems, LearnedQuery, Storage, StorageExt};
 
 /// What a consolidation run did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,7 +365,7 @@ impl Consolidator {
                 offset: read,
                 ..LearnedQuery::default()
             };
-            let page = query_typed::<T, _>(self.storage.as_ref(), ns, &q).await?;
+            let page = self.storage.query_typed::<T>(ns, &q).await?;
             read += page.len() as u32;
             let done = (page.len() as u32) < PAGE;
             for x in page {
@@ -399,7 +399,7 @@ impl Consolidator {
                 }
                 if let Some(x) = pool.items.get(&id) {
                     after.extend(into(x));
-                } else if let Some(x) = get_typed::<T, _>(self.storage.as_ref(), ns, &id).await? {
+                } else if let Some(x) = self.storage.get_typed::<T>(ns, &id).await? {
                     after.extend(into(&x));
                     pool.loaded.push(x.clone());
                     pool.items.insert(id, x);
@@ -640,7 +640,7 @@ impl Consolidator {
                 offset,
                 ..LearnedQuery::default()
             };
-            let page = query_typed::<T, _>(self.storage.as_ref(), ns, &q).await?;
+            let page = self.storage.query_typed::<T>(ns, &q).await?;
             let full = page.len() as u32 == PAGE;
             let mut pool = Pool::new(page);
             revive(&mut pool, st);
@@ -767,7 +767,9 @@ impl Consolidator {
     /// The pruned item as stored.
     async fn pruned<T: Learned>(&self, ns: &Namespace, id: &T::Id) -> Result<T> {
         let kind = T::KIND.object_kind();
-        let x = get_typed::<T, _>(self.storage.as_ref(), ns, id)
+        let x = self
+            .storage
+            .get_typed::<T>(ns, id)
             .await?
             .ok_or_else(|| Error::not_found(kind, id))?;
         if !matches!(x.status(), LearnedStatus::Pruned { .. }) {

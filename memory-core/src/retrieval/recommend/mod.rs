@@ -16,6 +16,7 @@
 mod plan;
 mod rank;
 mod reads;
+mod scope;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -25,11 +26,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::revise::{self, GaveWay, choose_procedure};
-use super::taught::{MAX_TEACHERS, taught_by};
+use super::taught::{Taught, taught_by};
 use super::variants::{LessonStanding, Variants};
 use super::{RetrievalQuery, RetrievedEpisode, Retriever, matched_step};
 use crate::consolidation::{ConsolidationConfig, calibrated};
-use crate::episode::{Episode, EpisodeId, Outcome, OutcomeKind, TaskContext, TaskType};
+use crate::episode::{
+    Episode, EpisodeId, EpisodeSummary, Outcome, OutcomeKind, TaskContext, TaskType,
+};
 use crate::error::Result;
 use crate::learned::{
     ContextKey, FailureLesson, HINDERED_STREAK_DISCOUNT, Heuristic, Learned, LessonId, Pattern,
@@ -39,11 +42,12 @@ use crate::learning::follow_action;
 use crate::namespace::Namespace;
 pub use crate::records::{Estimate, EstimateCorrection};
 use crate::statistics::median;
-use crate::storage::{EpisodeFilter, EpisodeStatus, LearnedQuery, Storage};
+use crate::storage::{EpisodeFilter, EpisodeStatus, LearnedQuery, Storage, StorageExt};
 use crate::text::{error_class, normalize_label};
 use plan::{TaskVariant, mark_contradicted, plan_steps, playbook, revise_pitfalls, rule_scope};
 use rank::{candidates, rank_heuristics, rank_patterns, rank_pitfalls, sort_advice};
 use reads::{furthest_attempt, name_matched_steps};
+use scope::{Match, advice_basis, in_given_context, learned_scopes, similar_episodes, teachers};
 
 /// What to recommend for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,74 +247,61 @@ pub(crate) fn fold_duplicates(results: Vec<RetrievedEpisode>) -> Vec<Recommended
     out
 }
 
-/// Whether an episode of `task_type` in `context` is of the request's own context: its kind
-/// of task (when given), domain and language.
-fn in_given_context(task_type: TaskType, context: &TaskContext, req: &RecommendRequest) -> bool {
-    let Some(ctx) = &req.context else {
-        return false;
-    };
-    req.task_type.is_none_or(|t| t == task_type)
-        && normalize_label(Some(&ctx.domain)) == normalize_label(Some(&context.domain))
-        && normalize_label(ctx.language.as_deref()) == normalize_label(context.language.as_deref())
-}
+/// The ranked patterns, heuristics and pitfalls of a recommendation.
+type RankedAdvice = (
+    Vec<Advice<Pattern>>,
+    Vec<Advice<Heuristic>>,
+    Vec<Advice<FailureLesson>>,
+);
 
-/// Items of the task's context read per kind, most-seen first: a floor under the items the
-/// similar episodes taught (which are read whatever their rank), not the selection itself.
-const CONTEXT_ITEMS: u32 = 200;
-
-/// How sure the match behind a recommendation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Match {
-    /// Calibrated and strong.
-    Strong,
-    /// Calibrated: nothing close.
-    Weak,
-    /// Lexical only: nothing calibrated says how close.
-    Lexical,
-}
-
-impl Match {
-    /// The label every playbook step carries when the match is not strong.
-    fn label(self) -> Option<&'static str> {
-        match self {
-            Match::Strong => None,
-            Match::Weak => Some("context default, nothing similar"),
-            Match::Lexical => Some("lexical match only"),
-        }
+/// The task's variant marks: its framework and tags, from the request, else (on a strong
+/// match, as the context) the closest episode's.
+fn task_marks(
+    req: &RecommendRequest,
+    closest: Option<&EpisodeSummary>,
+    strong: bool,
+) -> Option<Vec<String>> {
+    match (&req.context, closest) {
+        (Some(ctx), _) => Some(context_marks(ctx)),
+        (None, Some(e)) if strong => Some(context_marks(&e.context)),
+        _ => None,
     }
 }
 
-/// One line on what the learned advice rests on.
-fn advice_basis(
-    similar: &[&RetrievedEpisode],
+/// The playbook from the similar failed attempt that got furthest (`past`, whose steps that
+/// worked were `tools`): where it stopped, in what context, labeled by the match's strength.
+fn attempt_plan(
+    past: &Episode,
+    tools: &[String],
     strength: Match,
-    req: &RecommendRequest,
-    has_context: bool,
-) -> String {
-    let given = ContextKey {
-        task_type: req.task_type,
-        domain: normalize_label(req.context.as_ref().map(|c| c.domain.as_str())),
-        language: normalize_label(req.context.as_ref().and_then(|c| c.language.as_deref())),
+    (heuristics, pitfalls): (&[Advice<Heuristic>], &[Advice<FailureLesson>]),
+    variant: &TaskVariant<'_>,
+) -> Vec<PlaybookStep> {
+    // Where it stopped: its last step that did not work, if any.
+    let stop = (past.steps.iter().rev())
+        .find(|s| !s.result().is_success())
+        .map(|s| {
+            let class = error_class(s.result().text());
+            format!(", its last failure {} with \"{class}\"", s.tool())
+        })
+        .unwrap_or_default();
+    let place = ContextKey {
+        task_type: Some(past.task_type),
+        domain: normalize_label(Some(&past.context.domain)),
+        language: normalize_label(past.context.language.as_deref()),
     }
     .label();
-    let n = similar.len().min(MAX_TEACHERS);
-    match (strength, has_context) {
-        (Match::Strong, _) => {
-            format!("what the {n} similar episode(s) taught, and the items of their context")
-        }
-        (Match::Lexical, true) => format!(
-            "lexical matches only (no calibrated confidence): what the {n} episode(s) sharing the most words taught within the given context ({given}), and that context's items"
-        ),
-        (Match::Weak, true) => {
-            format!("no similar past task: only items of the given context ({given}), as a default")
-        }
-        (Match::Lexical, false) => {
-            "lexical matches only and no context given: no learned advice".to_owned()
-        }
-        (Match::Weak, false) => {
-            "no similar past task and no context given: no learned advice".to_owned()
-        }
-    }
+    let basis = format!(
+        "(no similar task finished yet: the steps that worked in the similar attempt that got furthest, episode {} ({place}), which failed after {} step(s){stop}; go on from there)",
+        past.id,
+        past.steps.len()
+    );
+    let label = match strength {
+        Match::Strong => None,
+        Match::Weak => Some("no strong match, only a near miss tried this"),
+        Match::Lexical => Some("lexical match only"),
+    };
+    plan_steps(tools, &basis, None, heuristics, pitfalls, label, variant)
 }
 
 /// The estimate from the similar episodes.
@@ -382,6 +373,63 @@ pub(crate) struct Advisor<'a> {
 }
 
 impl Advisor<'_> {
+    /// The learned items of the task, ranked: those the similar episodes `taught`, with the
+    /// items of `context` (the learned query of the task's context, and the request's own
+    /// `scope`) beside them.
+    async fn ranked(
+        &self,
+        ns: &Namespace,
+        taught: Taught,
+        (context, scope): (Option<&LearnedQuery>, Option<&LearnedQuery>),
+        now: DateTime<Utc>,
+    ) -> Result<RankedAdvice> {
+        let storage = self.storage;
+        let (patterns, heuristics, lessons) = match context {
+            Some(q) => (
+                storage.query_patterns(ns, q).await?,
+                storage.query_heuristics(ns, q).await?,
+                storage.query_lessons(ns, q).await?,
+            ),
+            None => Default::default(),
+        };
+        let (c, s, half_life) = (context, scope, self.half_life_days);
+        let patterns = rank_patterns(candidates(taught.patterns, patterns, c, s), now, half_life);
+        let heuristics = rank_heuristics(
+            candidates(taught.heuristics, heuristics, c, s),
+            now,
+            half_life,
+        );
+        let pitfalls = rank_pitfalls(candidates(taught.lessons, lessons, c, s), now, half_life);
+        Ok((patterns, heuristics, pitfalls))
+    }
+
+    /// The similar failed attempt that got furthest and the tools that worked in it, when no
+    /// similar task (of `similar`, folded into `episodes`) finished.
+    ///
+    /// On a strong match from any similar failure; on a weak one only when the request gives a
+    /// context (without one no advice is given), and labeled as weak; from lexical hits only
+    /// within the request's own context (kind of task, domain, language).
+    async fn furthest_usable_attempt(
+        &self,
+        ns: &Namespace,
+        req: &RecommendRequest,
+        strength: Match,
+        (similar, episodes): (&[&RetrievedEpisode], &[RecommendedEpisode]),
+        read: &HashMap<EpisodeId, Arc<Episode>>,
+    ) -> Result<Option<(Arc<Episode>, Vec<String>)>> {
+        let none_succeeded = similar
+            .iter()
+            .all(|r| r.episode.outcome != Some(OutcomeKind::Success));
+        if !none_succeeded || (strength != Match::Strong && req.context.is_none()) {
+            return Ok(None);
+        }
+        let usable = |t: TaskType, c: &TaskContext| match strength {
+            Match::Strong | Match::Weak => true,
+            Match::Lexical => in_given_context(t, c, req),
+        };
+        furthest_attempt(self.storage, ns, episodes, usable, read).await
+    }
+
     /// Similar episodes (near-duplicates folded), learned items by context and by shared
     /// evidence, a playbook and a calibrated estimate.
     pub(crate) async fn recommend(
@@ -398,89 +446,20 @@ impl Advisor<'_> {
             .retrieve(ns, &req.retrieval_query(wide))
             .await?;
         let rc = self.retriever.config();
-        let threshold = f64::from(if req.context.is_some() || req.task_type.is_some() {
-            rc.strong_match_cosine
-        } else {
-            rc.strong_match_cosine_bare
-        });
-        // Similar = close in meaning when that is measurable, else the top lexical hits.
-        let similar: Vec<&RetrievedEpisode> = if retrieval.confidence.is_some() {
-            retrieval
-                .results
-                .iter()
-                .filter(|r| r.breakdown.cosine.is_some_and(|c| c >= threshold - 0.1))
-                .collect()
-        } else {
-            retrieval.results.iter().take(5).collect()
-        };
-        let explicit = req.context.is_some() || req.task_type.is_some();
+        let similar = similar_episodes(&retrieval, req, rc);
         let strong = retrieval.strong_match;
-        let learned_query =
-            |task_type: Option<TaskType>, context: Option<&TaskContext>| LearnedQuery {
-                task_type,
-                domain: context.map(|c| c.domain.clone()).filter(|d| !d.is_empty()),
-                language: context.and_then(|c| c.language.clone()),
-                limit: CONTEXT_ITEMS,
-                ..LearnedQuery::default()
-            };
-        // The request's own context bounds everything; without one, the context of the closest
-        // episode is used, but only when it is a strong match: a weak hit's context is another
-        // task's, and its advice would be dressed up as specific.
-        let scope = explicit.then(|| learned_query(req.task_type, req.context.as_ref()));
         let closest = similar.first().map(|r| &r.episode);
-        let context = match (&scope, closest) {
-            (Some(q), _) => Some(q.clone()),
-            (None, Some(e)) if strong => Some(learned_query(Some(e.task_type), Some(&e.context))),
-            _ => None,
-        };
-        let strength = match (strong, retrieval.confidence) {
-            (true, _) => Match::Strong,
-            (false, Some(_)) => Match::Weak,
-            (false, None) => Match::Lexical,
-        };
+        let (scope, context) = learned_scopes(req, closest, strong);
+        let strength = Match::of(strong, retrieval.confidence);
         let basis = advice_basis(&similar, strength, req, context.is_some());
-        // On a calibrated weak match the near misses teach nothing; lexically, what shares the
-        // most words is all there is to go on, within the given context.
-        let teachers: Vec<(EpisodeId, f64)> =
-            if strength == Match::Strong || (strength == Match::Lexical && explicit) {
-                // Weighted by closeness in meaning, else by the normalized lexical score.
-                similar
-                    .iter()
-                    .map(|r| {
-                        let w = r.breakdown.cosine.map_or(r.breakdown.lexical, f64::from);
-                        (r.episode.id, w.max(0.0))
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+        let teachers = teachers(&similar, strength, scope.is_some());
         let storage = self.storage;
         let mut taught = taught_by(storage, ns, &teachers).await?;
         let read = std::mem::take(&mut taught.read);
-        let (patterns, heuristics, lessons) = match &context {
-            Some(q) => (
-                storage.query_patterns(ns, q).await?,
-                storage.query_heuristics(ns, q).await?,
-                storage.query_lessons(ns, q).await?,
-            ),
-            None => Default::default(),
-        };
-        let (c, s, half_life) = (context.as_ref(), scope.as_ref(), self.half_life_days);
-        let mut patterns =
-            rank_patterns(candidates(taught.patterns, patterns, c, s), now, half_life);
-        let mut heuristics = rank_heuristics(
-            candidates(taught.heuristics, heuristics, c, s),
-            now,
-            half_life,
-        );
-        let mut pitfalls = rank_pitfalls(candidates(taught.lessons, lessons, c, s), now, half_life);
-        // The task's variant: its framework and tags, from the request, else (on a strong
-        // match, as the context) the closest episode's.
-        let marks = match (&req.context, closest) {
-            (Some(ctx), _) => Some(context_marks(ctx)),
-            (None, Some(e)) if strong => Some(context_marks(&e.context)),
-            _ => None,
-        };
+        let (mut patterns, mut heuristics, mut pitfalls) = self
+            .ranked(ns, taught, (context.as_ref(), scope.as_ref()), now)
+            .await?;
+        let marks = task_marks(req, closest, strong);
         let variant = TaskVariant {
             marks: marks.as_deref(),
             held_back: revise_pitfalls(&mut pitfalls, &patterns, marks.as_deref()),
@@ -494,69 +473,19 @@ impl Advisor<'_> {
         );
         mark_contradicted(&mut patterns, variant.marks);
         let mut episodes = fold_duplicates(similar.iter().map(|r| (*r).clone()).collect());
-        // No plan from anything learned, and no similar task finished: start where the similar
-        // attempt that got furthest stopped. On a strong match from any similar failure; on a
-        // weak one only when the request gives a context (without one no advice is given), and
-        // labeled as weak; from lexical hits only within the request's own context (kind of
-        // task, domain, language). The plan names the attempt and its context.
+        // No plan from anything learned: start where the similar attempt that got furthest
+        // stopped, if no similar task finished.
         let mut playbook_attempt = None;
-        let none_succeeded = similar
-            .iter()
-            .all(|r| r.episode.outcome != Some(OutcomeKind::Success));
-        let usable = |t: TaskType, c: &TaskContext| match strength {
-            Match::Strong | Match::Weak => true,
-            Match::Lexical => in_given_context(t, c, req),
-        };
         if playbook.is_empty()
-            && none_succeeded
-            && (strength == Match::Strong || req.context.is_some())
-            && let Some((past, tools)) =
-                furthest_attempt(storage, ns, &episodes, usable, &read).await?
+            && let Some((past, tools)) = self
+                .furthest_usable_attempt(ns, req, strength, (&similar, &episodes), &read)
+                .await?
         {
-            // Where it stopped: its last step that did not work, if any.
-            let stop = (past.steps.iter().rev())
-                .find(|s| !s.result().is_success())
-                .map(|s| {
-                    let class = error_class(s.result().text());
-                    format!(", its last failure {} with \"{class}\"", s.tool())
-                })
-                .unwrap_or_default();
-            let place = ContextKey {
-                task_type: Some(past.task_type),
-                domain: normalize_label(Some(&past.context.domain)),
-                language: normalize_label(past.context.language.as_deref()),
-            }
-            .label();
-            let basis = format!(
-                "(no similar task finished yet: the steps that worked in the similar attempt that got furthest, episode {} ({place}), which failed after {} step(s){stop}; go on from there)",
-                past.id,
-                past.steps.len()
-            );
-            let label = match strength {
-                Match::Strong => None,
-                Match::Weak => Some("no strong match, only a near miss tried this"),
-                Match::Lexical => Some("lexical match only"),
-            };
-            playbook = plan_steps(
-                &tools,
-                &basis,
-                None,
-                &heuristics,
-                &pitfalls,
-                label,
-                &variant,
-            );
+            playbook = attempt_plan(&past, &tools, strength, (&heuristics, &pitfalls), &variant);
             playbook_attempt = Some(past.id);
         }
-        let domain = context.as_ref().and_then(|q| q.domain.clone());
-        let estimate = calibrated(
-            storage,
-            self.calibration,
-            ns,
-            domain.as_deref(),
-            estimate(&similar),
-        )
-        .await;
+        let domain = context.as_ref().and_then(|q| q.domain.as_deref());
+        let estimate = calibrated(storage, self.calibration, ns, domain, estimate(&similar)).await;
         patterns.truncate(limit);
         heuristics.truncate(limit);
         pitfalls.truncate(limit);
