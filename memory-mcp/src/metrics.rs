@@ -14,10 +14,9 @@
 //! that use them.
 
 use memory_core::telemetry::{
-    self, CLIENT_OPERATION_DURATION, CLIENT_OPERATION_DURATION_BUCKETS, CREATE_MEMORY, ERROR_TYPE,
-    EXECUTE_TOOL, MCP_METHOD_NAME, MCP_SERVER_OPERATION_DURATION,
-    MCP_SERVER_OPERATION_DURATION_BUCKETS, OPERATION_NAME, SEARCH_MEMORY, TOOL_ERROR, TOOL_NAME,
-    TOOLS_CALL, UPDATE_MEMORY, UPSERT_MEMORY,
+    self, CLIENT_OPERATION_DURATION, CLIENT_OPERATION_DURATION_BUCKETS, ERROR_TYPE, EXECUTE_TOOL,
+    MCP_METHOD_NAME, MCP_SERVER_OPERATION_DURATION, MCP_SERVER_OPERATION_DURATION_BUCKETS,
+    OPERATION_NAME, TOOL_ERROR, TOOL_NAME, TOOLS_CALL,
 };
 use memory_tiered::BreakerState;
 use std::time::Duration;
@@ -58,18 +57,6 @@ fn registered<T: prometheus::core::Collector + Clone + 'static>(
         .register(Box::new(metric.clone()))
         .map_err(|e| Error::Metrics(e.to_string()))?;
     Ok(metric)
-}
-
-/// The memory operation of an MCP tool, in the terms of [`memory_core::telemetry`]; `None` for
-/// the tools that read no memory records (`stats`, `health`).
-pub fn memory_operation(tool: &str) -> Option<&'static str> {
-    match tool {
-        "start_episode" => Some(CREATE_MEMORY),
-        "log_step" | "complete_episode" => Some(UPDATE_MEMORY),
-        "record_feedback" => Some(UPSERT_MEMORY),
-        "recommend" | "search_episodes" | "show_episode" | "list_learned" => Some(SEARCH_MEMORY),
-        _ => None,
-    }
 }
 
 /// A histogram of seconds named after an OpenTelemetry metric (`_seconds` appended), with
@@ -202,9 +189,16 @@ impl Metrics {
         })
     }
 
-    /// Counts a tool call: `error` is the failure's kind (`not_found`, ...), `None` when the
-    /// call succeeded.
-    pub fn observe(&self, tool: &str, error: Option<&str>, took: Duration) {
+    /// Counts a tool call: `operation` is the memory operation the tool performs (`None` for
+    /// one that reads no memory records), `error` the failure's kind (`not_found`, ...), `None`
+    /// when the call succeeded.
+    pub fn observe(
+        &self,
+        tool: &str,
+        operation: Option<&str>,
+        error: Option<&str>,
+        took: Duration,
+    ) {
         let seconds = took.as_secs_f64();
         self.calls
             .with_label_values(&[tool, if error.is_none() { "ok" } else { "error" }])
@@ -214,7 +208,7 @@ impl Metrics {
         self.mcp_duration
             .with_label_values(&[TOOLS_CALL, tool, EXECUTE_TOOL, tool_error])
             .observe(seconds);
-        if let Some(operation) = memory_operation(tool) {
+        if let Some(operation) = operation {
             self.operation_duration
                 .with_label_values(&[operation, error.unwrap_or("")])
                 .observe(seconds);
@@ -259,10 +253,30 @@ mod tests {
     #[test]
     fn counts_calls_and_reports_gauges_in_the_text_format() {
         let m = Metrics::new().unwrap();
-        m.observe("recommend", None, Duration::from_millis(12));
-        m.observe("recommend", Some("rate_limited"), Duration::from_millis(3));
-        m.observe("log_step", None, Duration::from_millis(1));
-        m.observe("stats", None, Duration::from_millis(1));
+        m.observe(
+            "recommend",
+            crate::tools::memory_operation("recommend"),
+            None,
+            Duration::from_millis(12),
+        );
+        m.observe(
+            "recommend",
+            crate::tools::memory_operation("recommend"),
+            Some("rate_limited"),
+            Duration::from_millis(3),
+        );
+        m.observe(
+            "log_step",
+            crate::tools::memory_operation("log_step"),
+            None,
+            Duration::from_millis(1),
+        );
+        m.observe(
+            "stats",
+            crate::tools::memory_operation("stats"),
+            None,
+            Duration::from_millis(1),
+        );
         let text = m.render(&Gauges {
             breaker: Some(BreakerState::Open),
             journal_pending: 7,
@@ -299,7 +313,7 @@ mod tests {
         for tool in crate::tools::ALL {
             let expected = !matches!(tool.name, "stats" | "health");
             assert_eq!(
-                memory_operation(tool.name).is_some(),
+                crate::tools::memory_operation(tool.name).is_some(),
                 expected,
                 "{}",
                 tool.name

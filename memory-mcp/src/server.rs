@@ -360,7 +360,12 @@ impl MemoryServer {
         };
         let elapsed = started.elapsed();
         if let Some(m) = &self.shared.metrics {
-            m.observe(name, result.as_ref().err().map(|f| f.kind), elapsed);
+            m.observe(
+                name,
+                Self::tool_operation(name),
+                result.as_ref().err().map(|f| f.kind),
+                elapsed,
+            );
         }
         if result.is_err() {
             // The MCP convention's error type for a tool result with `isError`.

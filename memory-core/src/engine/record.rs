@@ -131,6 +131,10 @@ impl SelfLearningMemory {
     /// Traced as `update_memory` (see [`telemetry`](crate::telemetry)).
     pub async fn log_step(&self, ns: &Namespace, id: EpisodeId, step: StepInput) -> Result<()> {
         let span = memory_span!(UPDATE_MEMORY, "log_step", ns);
+        if span.is_disabled() {
+            // The hot path: no subscriber wants the span, so no wrapper around the future.
+            return self.log_step_untraced(ns, id, step).await;
+        }
         span.record(MEMORY_RECORD_ID, display(id));
         let logged = self
             .log_step_untraced(ns, id, step)

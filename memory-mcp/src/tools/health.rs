@@ -6,6 +6,7 @@ use super::prelude::*;
 /// What `tools/list` shows of `health`.
 pub(crate) const TOOL: ToolText = ToolText {
     name: "health",
+    operation: None,
     read_only: true,
     description: "Check the memory: durable storage (with latency), cache, outbox, circuit breaker, and whether semantic retrieval is on (embedding model loaded) or lexical only.",
     output: r#"{

@@ -6,6 +6,7 @@ use super::prelude::*;
 /// What `tools/list` shows of `list_learned`.
 pub(crate) const TOOL: ToolText = ToolText {
     name: "list_learned",
+    operation: Some(SEARCH_MEMORY),
     read_only: true,
     description: "List what the memory learned, most evidence first: kind `patterns` (tool sequences, decision points, error recoveries), `heuristics` (condition -> action rules) or `lessons` (failures and their remedies), optionally for a task type, domain or language.",
     output: r#"{

@@ -38,6 +38,9 @@ mod prelude {
     pub(crate) use memory_core::retrieval::recommend::RecommendRequest;
     pub(crate) use std::time::Instant;
 
+    pub(crate) use memory_core::telemetry::{
+        CREATE_MEMORY, SEARCH_MEMORY, UPDATE_MEMORY, UPSERT_MEMORY,
+    };
     pub(crate) use memory_core::{
         EpisodeFilter, Error as MemoryError, FeedbackOutcome, FeedbackTarget, HeuristicId,
         LearnedQuery, NewEpisode, Outcome, PatternId, StepInput, StepResult, TaskType, TextQuery,
@@ -60,6 +63,9 @@ pub(crate) const INSTRUCTIONS: &str = "An episodic memory that learns from your 
 pub(crate) struct ToolText {
     /// The tool's name.
     pub name: &'static str,
+    /// The memory operation it performs, in OpenTelemetry's `gen_ai` terms
+    /// ([`memory_core::telemetry`]); `None` for a tool that reads no memory records.
+    pub operation: Option<&'static str>,
     /// Whether it only reads.
     pub read_only: bool,
     /// What it does and when to call it.
@@ -68,6 +74,21 @@ pub(crate) struct ToolText {
     pub output: &'static str,
     /// Which of them every answer has.
     pub required: &'static [&'static str],
+}
+
+/// The memory operation of an MCP tool, in the terms of [`memory_core::telemetry`]; `None` for
+/// the tools that read no memory records (`stats`, `health`).
+pub(crate) fn memory_operation(tool: &str) -> Option<&'static str> {
+    ALL.iter()
+        .find(|t| t.name == tool)
+        .and_then(|t| t.operation)
+}
+
+impl MemoryServer {
+    /// The memory operation the tool `name` performs ([`memory_operation`]), for its metrics.
+    pub(crate) fn tool_operation(name: &str) -> Option<&'static str> {
+        memory_operation(name)
+    }
 }
 
 /// The tools: each module's text and argument type, and the handler a call runs, once.

@@ -6,6 +6,7 @@ use super::prelude::*;
 /// What `tools/list` shows of `record_feedback`.
 pub(crate) const TOOL: ToolText = ToolText {
     name: "record_feedback",
+    operation: Some(UPSERT_MEMORY),
     read_only: false,
     description: "Report whether a pattern or heuristic from recommend helped in an episode (helped, no_effect, hindered). Good advice then ranks higher and bad advice sinks. Recording again for the same item and episode replaces the verdict.",
     output: r#"{

@@ -6,6 +6,7 @@ use super::prelude::*;
 /// What `tools/list` shows of `search_episodes`.
 pub(crate) const TOOL: ToolText = ToolText {
     name: "search_episodes",
+    operation: Some(SEARCH_MEMORY),
     read_only: true,
     description: "Full-text search over past episodes (task descriptions, reflections, step text), with optional filters. Returns summaries with scores and the step each one matched; use show_episode for all steps.",
     output: r#"{

@@ -6,6 +6,7 @@ use super::prelude::*;
 /// What `tools/list` shows of `show_episode`.
 pub(crate) const TOOL: ToolText = ToolText {
     name: "show_episode",
+    operation: Some(SEARCH_MEMORY),
     read_only: true,
     description: "One episode with all its steps, outcome, reward and reflection.",
     output: r#"{

@@ -6,6 +6,7 @@ use super::prelude::*;
 /// What `tools/list` shows of `stats`.
 pub(crate) const TOOL: ToolText = ToolText {
     name: "stats",
+    operation: None,
     read_only: true,
     description: "Counts of the namespace: episodes (completed, successful), steps, patterns, heuristics, lessons, feedback; cache and outbox state.",
     output: r#"{
