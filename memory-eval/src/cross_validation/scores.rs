@@ -28,14 +28,14 @@ pub struct SetScores {
     pub description_only: ModeScores,
 }
 
-/// What [`cross_validate`] found.
+/// What [`cross_validate`](super::cross_validate) found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrossValidation {
     /// Folds the queries were split into.
     pub folds: usize,
     /// Queries of the tuning set.
     pub queries: usize,
-    /// Settings each query ran with ([`WeightGrid::settings`], per mode).
+    /// Settings each query ran with ([`WeightGrid::settings`](super::WeightGrid::settings), per mode).
     pub settings_tried: usize,
     /// The weights the run started from (the configuration's).
     pub given: Weights,
