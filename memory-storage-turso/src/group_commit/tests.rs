@@ -96,8 +96,12 @@ async fn a_failing_write_rolls_back_alone_and_the_group_commits() {
         let (s, ns) = (s.clone(), ns.clone());
         tokio::spawn(async move { s.append_steps(&ns, missing, &[]).await })
     };
-    let writes = || vec![spawn_create(&a), failing(), spawn_create(&b)];
-    let results = queued(&s, writes).await;
+    let writes: Vec<Box<dyn FnOnce() -> _>> = vec![
+        Box::new(|| spawn_create(&a)),
+        Box::new(failing),
+        Box::new(|| spawn_create(&b)),
+    ];
+    let results = queued_in_order(&s, writes).await;
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
     assert!(
         matches!(results[1], Err(Error::NotFound { .. })),
@@ -402,6 +406,8 @@ async fn queued_in_order<'a, T: Send + 'static>(
     for (i, spawn) in writes.into_iter().enumerate() {
         handles.push(spawn());
         all_waiting(s, i + 1).await;
+        // Counted as waiting just before it asks for the lock: let it take its place.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     drop(held);
     let mut out = Vec::new();
