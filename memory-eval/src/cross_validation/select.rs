@@ -104,15 +104,7 @@ pub(super) fn fit_threshold(supports: &[Option<f32>], answerable: &[bool], mask:
         .filter(|(_, m)| **m)
         .map(|((s, a), _)| (*s, *a))
         .collect();
-    let mut values: Vec<f32> = points.iter().filter_map(|(s, _)| *s).collect();
-    values.sort_by(f32::total_cmp);
-    values.dedup();
-    let (Some(lo), Some(hi)) = (values.first(), values.last()) else {
-        return 0.0;
-    };
-    let mut candidates = vec![lo - 0.01];
-    candidates.extend(values.windows(2).map(|w| f32::midpoint(w[0], w[1])));
-    candidates.push(hi + 0.01);
+    let values: Vec<f32> = points.iter().filter_map(|(s, _)| *s).collect();
     let no_answer = points.iter().filter(|(_, a)| !a).count();
     let answerable = points.len() - no_answer;
     let cost = |t: f32| -> f64 {
@@ -127,15 +119,7 @@ pub(super) fn fit_threshold(supports: &[Option<f32>], answerable: &[bool], mask:
         }
         crate::ratio(missed, no_answer) + crate::ratio(false_flags, answerable)
     };
-    let costs: Vec<f64> = candidates.iter().map(|t| cost(*t)).collect();
-    let least = costs.iter().copied().fold(f64::INFINITY, f64::min);
-    let tied: Vec<f32> = candidates
-        .iter()
-        .zip(&costs)
-        .filter(|(_, c)| **c <= least + 1e-12)
-        .map(|(t, _)| *t)
-        .collect();
-    tied[tied.len() / 2]
+    crate::least_cost_threshold(values, cost).unwrap_or(0.0)
 }
 
 /// Per answerable query in `mask`: the objective of `pick` in both modes summed.

@@ -112,18 +112,10 @@ impl Choice {
 /// have some) plus the mean false-flag share (over every set), on `runs` (one per set); of
 /// equally good thresholds the middle one. `fallback` when no set has a support.
 pub(super) fn fit_threshold(runs: &[&[QueryScore]], fallback: f32) -> f32 {
-    let mut values: Vec<f32> = runs
+    let values: Vec<f32> = runs
         .iter()
         .flat_map(|r| r.iter().filter_map(|q| q.support))
         .collect();
-    values.sort_by(f32::total_cmp);
-    values.dedup();
-    let (Some(lo), Some(hi)) = (values.first(), values.last()) else {
-        return fallback;
-    };
-    let mut candidates = vec![lo - 0.01];
-    candidates.extend(values.windows(2).map(|w| f32::midpoint(w[0], w[1])));
-    candidates.push(hi + 0.01);
     let cost = |t: f32| -> f64 {
         let (mut missed, mut with_no_answer, mut false_flags) = (0.0, 0usize, 0.0);
         for run in runs {
@@ -141,15 +133,7 @@ pub(super) fn fit_threshold(runs: &[&[QueryScore]], fallback: f32) -> f32 {
         };
         missed + false_flags / runs.len().max(1) as f64
     };
-    let costs: Vec<f64> = candidates.iter().map(|t| cost(*t)).collect();
-    let least = costs.iter().copied().fold(f64::INFINITY, f64::min);
-    let tied: Vec<f32> = candidates
-        .iter()
-        .zip(&costs)
-        .filter(|(_, c)| **c <= least + 1e-12)
-        .map(|(t, _)| *t)
-        .collect();
-    tied.get(tied.len() / 2).copied().unwrap_or(fallback)
+    crate::least_cost_threshold(values, cost).unwrap_or(fallback)
 }
 
 /// Per set, per mode: the runs of every grid setting, the vector run (its supports), and
