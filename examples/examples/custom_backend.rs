@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memory_core::{
-    Episode, EpisodeCompletion, EpisodeId, ExecutionStep, InMemoryStorage, LearnedChanges,
-    Namespace, Result, Storage, forward_storage,
+    Episode, EpisodeCompletion, EpisodeId, Erasure, ErasureReport, ExecutionStep, InMemoryStorage,
+    LearnedChanges, Namespace, Result, Storage, forward_storage,
 };
 
-/// Counts episode writes (create, steps, completion) on their way to `inner`.
+/// Counts episode writes (create, steps, completion, erasure) on their way to `inner`.
 #[derive(Debug)]
 pub struct CountingWrites {
     inner: Arc<dyn Storage>,
@@ -46,8 +46,13 @@ impl CountingWrites {
 forward_storage! {
     impl[] EpisodeStore for CountingWrites => inner;
     forward get_episode, query_episodes, search_text, namespace_stats, list_namespaces,
-        ping, sync;
+        ping, sync, forgotten_episodes;
     {
+        async fn forget_episodes(&self, ns: &Namespace, erasure: &Erasure) -> Result<ErasureReport> {
+            self.count();
+            self.inner.forget_episodes(ns, erasure).await
+        }
+
         async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
             self.count();
             self.inner.create_episode(ns, episode).await

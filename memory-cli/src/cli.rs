@@ -305,6 +305,41 @@ pub enum EpisodeCmd {
         #[arg(long, default_value_t = 10)]
         limit: u32,
     },
+    /// Forget episodes: remove them and take what they taught out of the learned items
+    /// (cannot be undone; an audit record of id, time and reason remains)
+    Forget(ForgetArgs),
+    /// The audit records of forgotten episodes, newest first
+    Forgotten {
+        /// Most records
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "before"])))]
+pub struct ForgetArgs {
+    /// Episode ids (at most 256)
+    pub ids: Vec<String>,
+    /// Instead of ids: every episode started before this time (`2026-01-31` or RFC 3339),
+    /// narrowed by --domain, --type and --tag; needs --yes
+    #[arg(long, conflicts_with = "ids")]
+    pub before: Option<String>,
+    /// Only episodes of this domain (with --before)
+    #[arg(long, requires = "before")]
+    pub domain: Option<String>,
+    /// Only episodes of this task type (with --before)
+    #[arg(long = "type", requires = "before")]
+    pub task_type: Option<String>,
+    /// Only episodes with this tag (with --before)
+    #[arg(long, requires = "before")]
+    pub tag: Option<String>,
+    /// Why they are forgotten: kept in the audit record (redacted; at most 500 bytes)
+    #[arg(long, default_value = "forgotten on request")]
+    pub reason: String,
+    /// Confirms forgetting every episode a filter matches
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

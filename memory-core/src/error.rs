@@ -125,6 +125,9 @@ pub enum Error {
 /// How the reason of [`Error::steps_changed`] begins.
 const STEPS_CHANGED: &str = "its steps changed since this process read it";
 
+/// The reason of [`Error::forgotten`].
+const FORGOTTEN: &str = "was forgotten; its id is never stored again";
+
 impl Error {
     /// True when retrying later may succeed: only these count against a circuit breaker.
     ///
@@ -179,6 +182,28 @@ impl Error {
                 "{STEPS_CHANGED}: the completing process knew {expected} steps, the store holds {stored}"
             ),
         }
+    }
+
+    /// The [`Error::Conflict`] a store returns when asked to store an episode under the id of
+    /// one it forgot: nothing was written; [`Error::is_forgotten`] tells it apart. A journal's
+    /// replay of a start made before the erasure meets it and moves on.
+    ///
+    /// ```
+    /// use memory_core::{EpisodeId, Error};
+    /// let e = Error::forgotten(EpisodeId::new());
+    /// assert!(e.is_forgotten() && !e.is_steps_changed() && !e.is_transient());
+    /// ```
+    pub fn forgotten(id: crate::EpisodeId) -> Self {
+        Error::Conflict {
+            kind: ObjectKind::Episode,
+            id: id.to_string(),
+            reason: FORGOTTEN.to_owned(),
+        }
+    }
+
+    /// True for the conflict of [`Error::forgotten`].
+    pub fn is_forgotten(&self) -> bool {
+        matches!(self, Error::Conflict { kind: ObjectKind::Episode, reason, .. } if reason == FORGOTTEN)
     }
 
     /// True for the conflict of [`Error::steps_changed`].

@@ -52,8 +52,8 @@ pub use consolidation::{
 };
 pub use embedding::{Embedder, cosine, l2_normalize};
 pub use engine::{
-    CompletionReport, LearnedSummary, LearningConfig, MemoryConfig, SelfLearningMemory,
-    StepBatchConfig,
+    CompletionReport, LearnedSummary, LearningConfig, MAX_FORGET_RECORDS, MemoryConfig,
+    SelfLearningMemory, StepBatchConfig,
 };
 pub use episode::{
     Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, IMPORT_TAG_PREFIX, NewEpisode,
@@ -69,8 +69,9 @@ pub use learned::{
     resolve_contradictions,
 };
 pub use learning::{
-    Changed, ExistingLearned, LearnedChanges, LearningUpdate, Recovery, RewardHistory,
-    compute_reward, extract_learning, find_recoveries, is_mistake, reflect,
+    Changed, ExistingLearned, LearnedChanges, LearningUpdate, Recovery, RemovedItems,
+    RewardHistory, Unlearned, compute_reward, extract_learning, find_recoveries, is_mistake,
+    reflect,
 };
 pub use namespace::{MAX_NAMESPACE_LEN, Namespace};
 pub use policy::{Limits, QuotaConfig, RateLimitConfig, RateLimiter, RedactionConfig, Redactor};
@@ -87,10 +88,11 @@ pub use search_text::{INDEXED_WORK_CHARS, indexed_work_text, task_search_text};
 pub use storage::{
     Cache, CacheKey, CacheMark, CacheStats, CachedValue, Change, ChangeSet, EmbeddingCoverage,
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
-    GuardedItems, InMemoryStorage, IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery,
-    LearningStore, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Outbox, OutboxEntry,
-    Storage, StorageExt, StoredEmbedding, TextHit, TextQuery, TextSearch, WriteOp,
-    check_index_snapshot_size,
+    ErasedRows, Erasure, ErasureReport, ForgetEpisode, ForgetRecord, GuardedItems, InMemoryStorage,
+    IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MAX_FORGET_EPISODES,
+    MAX_FORGET_REASON_BYTES, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Outbox,
+    OutboxEntry, Storage, StorageExt, StoredEmbedding, TextHit, TextQuery, TextSearch, WriteOp,
+    check_index_snapshot_size, forget_in, prepare_erasure,
 };
 pub use text::{bm25_weight, collapse_tools, error_class, for_each_token, tokenize};
 

@@ -60,6 +60,8 @@ pub const UPDATE_MEMORY: &str = "update_memory";
 /// Operation `upsert_memory`: a record written whether or not it existed (feedback, which
 /// replaces an earlier verdict on the same item and episode).
 pub const UPSERT_MEMORY: &str = "upsert_memory";
+/// Operation `delete_memory`: records removed (episodes forgotten).
+pub const DELETE_MEMORY: &str = "delete_memory";
 /// Operation `search_memory`: records queried (retrieval, recommendation, text search).
 pub const SEARCH_MEMORY: &str = "search_memory";
 /// Operation `execute_tool`: an MCP tool call.

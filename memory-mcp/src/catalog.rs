@@ -39,7 +39,7 @@ pub(crate) fn tools() -> Result<Vec<Tool>> {
         .map(|spec| {
             let annotations = ToolAnnotations::new()
                 .read_only(spec.read_only)
-                .destructive(false)
+                .destructive(spec.destructive)
                 .open_world(false);
             let properties: JsonObject =
                 serde_json::from_str(spec.output).map_err(|e| Error::Schema {

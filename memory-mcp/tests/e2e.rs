@@ -71,6 +71,7 @@ fn initialize_and_list_tools() {
         names,
         [
             "complete_episode",
+            "forget_episode",
             "health",
             "list_learned",
             "log_step",
@@ -95,9 +96,16 @@ fn initialize_and_list_tools() {
             "log_step",
             "complete_episode",
             "record_feedback",
+            "forget_episode",
         ]
         .contains(&name);
         assert_eq!(readonly, !writes, "{name} read-only hint");
+        let destructive = t["annotations"]["destructiveHint"].as_bool().unwrap();
+        assert_eq!(
+            destructive,
+            name == "forget_episode",
+            "{name} destructive hint"
+        );
     }
     let log_step = tools.iter().find(|t| t["name"] == "log_step").unwrap();
     let required: Vec<&str> = log_step["inputSchema"]["required"]

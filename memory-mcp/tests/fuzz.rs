@@ -42,6 +42,7 @@ const TOOLS: &[&str] = &[
     "record_feedback",
     "search_episodes",
     "show_episode",
+    "forget_episode",
     "list_learned",
     "stats",
     "health",
@@ -177,7 +178,7 @@ fn random_jsonrpc_traffic_never_crashes_the_server() {
     while s.recv_within(Duration::from_millis(200)).is_some() {}
 
     let listed = s.request("tools/list", json!({}));
-    assert_eq!(listed["result"]["tools"].as_array().unwrap().len(), 10);
+    assert_eq!(listed["result"]["tools"].as_array().unwrap().len(), 11);
     let health = s.call_ok("health", json!({}));
     assert_eq!(health["healthy"], json!(true));
     let id = s.call_ok("start_episode", json!({ "task": "after the storm" }))["episode_id"].clone();

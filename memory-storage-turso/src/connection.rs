@@ -565,6 +565,10 @@ pub(crate) async fn configure_local(
     // Statement journals (savepoints of multi-row statements, the full-text index) stay in
     // memory: they never need to survive a crash, and a temporary file costs syscalls.
     pragma(conn, "PRAGMA temp_store = MEMORY").await?;
+    // Freed space is overwritten with zeros (deleted rows, the old copy of a row an update
+    // moved, pages put on the free list), so what an erasure removes, and the earlier
+    // versions of what it changed, leave no bytes behind in the file (`crate::forget`).
+    pragma(conn, "PRAGMA secure_delete = ON").await?;
     if reader {
         pragma(conn, "PRAGMA query_only = ON").await?;
     }

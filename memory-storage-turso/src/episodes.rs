@@ -6,9 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use libsql::Value;
 use memory_core::{
-    Episode, EpisodeCompletion, EpisodeId, EpisodeQuery, EpisodeStore, EpisodeSummary, Error,
-    ExecutionStep, LearnedChanges, Namespace, NamespaceStats, ObjectKind, Result, TextQuery,
-    TextSearch, indexed_work_text, task_search_text,
+    Episode, EpisodeCompletion, EpisodeId, EpisodeQuery, EpisodeStore, EpisodeSummary, Erasure,
+    ErasureReport, Error, ExecutionStep, ForgetRecord, LearnedChanges, Namespace, NamespaceStats,
+    ObjectKind, Result, TextQuery, TextSearch, indexed_work_text, task_search_text,
 };
 use tracing::instrument;
 
@@ -34,6 +34,42 @@ pub(crate) const INSERT_EPISODE: &str = "INSERT INTO episodes (ns, id, task_desc
      outcome, reward_total, reward, reflection) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
      ON CONFLICT (ns, id) DO NOTHING";
+
+/// The values of [`INSERT_EPISODE`] for `episode`.
+fn episode_values(inner: &Inner, ns: &str, id: &str, episode: &Episode) -> DbResult<Vec<Value>> {
+    let outcome_kind = episode.outcome.as_ref().map(|o| o.kind().as_str());
+    let ctx = &episode.context;
+    Ok(vec![
+        text(ns),
+        text(id),
+        text(&episode.task_description),
+        text(episode.task_type.as_str()),
+        text(&ctx.domain),
+        opt_text(ctx.language.as_deref()),
+        opt_text(ctx.framework.as_deref()),
+        text(ctx.complexity.as_str()),
+        Value::Text(to_json("context.tags", &ctx.tags)?),
+        Value::Integer(nanos("started_at", episode.started_at)?),
+        episode
+            .completed_at
+            .map(|t| nanos("completed_at", t))
+            .transpose()?
+            .map_or(Value::Null, Value::Integer),
+        opt_text(outcome_kind),
+        opt_json("outcome", episode.outcome.as_ref())?,
+        episode
+            .reward
+            .as_ref()
+            .map_or(Value::Null, |r| Value::Real(r.total)),
+        opt_json("reward", episode.reward.as_ref())?,
+        match &episode.reflection {
+            Some(r) => inner
+                .json_format()
+                .store(REFLECTION, to_json("reflection", r)?)?,
+            None => Value::Null,
+        },
+    ])
+}
 
 impl Inner {
     /// Writes the steps of `steps` that are not stored yet as pages (see
@@ -166,37 +202,12 @@ impl EpisodeStore for TursoStorage {
             .call("create_episode", async {
                 let (ns, id) = (ns.as_str(), episode.id.to_string());
                 let ctx = &episode.context;
-                let outcome_kind = episode.outcome.as_ref().map(|o| o.kind().as_str());
-                let params = vec![
-                    text(ns),
-                    text(&id),
-                    text(&episode.task_description),
-                    text(episode.task_type.as_str()),
-                    text(&ctx.domain),
-                    opt_text(ctx.language.as_deref()),
-                    opt_text(ctx.framework.as_deref()),
-                    text(ctx.complexity.as_str()),
-                    Value::Text(to_json("context.tags", &ctx.tags)?),
-                    Value::Integer(nanos("started_at", episode.started_at)?),
-                    episode
-                        .completed_at
-                        .map(|t| nanos("completed_at", t))
-                        .transpose()?
-                        .map_or(Value::Null, Value::Integer),
-                    opt_text(outcome_kind),
-                    opt_json("outcome", episode.outcome.as_ref())?,
-                    episode
-                        .reward
-                        .as_ref()
-                        .map_or(Value::Null, |r| Value::Real(r.total)),
-                    opt_json("reward", episode.reward.as_ref())?,
-                    match &episode.reflection {
-                        Some(r) => inner
-                            .json_format()
-                            .store(REFLECTION, to_json("reflection", r)?)?,
-                        None => Value::Null,
-                    },
-                ];
+                let params = episode_values(inner, ns, &id, episode)?;
+                // From schema v13 a forgotten id is refused.
+                let forgets = inner
+                    .schema_version
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    >= 13;
                 #[cfg(feature = "remote")]
                 if let Some(client) = &inner.hrana {
                     use crate::remote_batch::{Written, create_episode, until_written};
@@ -210,19 +221,33 @@ impl EpisodeStore for TursoStorage {
                                     params,
                                     episode,
                                     inner.json_format(),
+                                    forgets,
                                 )
                                 .await?
                                 {
-                                    // Refused: the episode exists (a replay changes nothing).
-                                    Written::Committed(_) | Written::Refused => Some(()),
+                                    Written::Committed(_) => Some(false),
+                                    // Refused: the episode exists (a replay changes nothing),
+                                    // or was forgotten.
+                                    Written::Refused => Some(true),
                                     Written::Busy => None,
                                 },
                             )
                         }
                     })
                     .await?;
-                    if written.is_some() {
-                        return Ok(());
+                    match written {
+                        Some(true) if forgets => {
+                            let (ns, id) = (ns, id.as_str());
+                            let gone = inner
+                                .read(async |conn| crate::forget::was_forgotten(conn, ns, id).await)
+                                .await?;
+                            if gone {
+                                return Err(Error::forgotten(episode.id).into());
+                            }
+                            return Ok(());
+                        }
+                        Some(_) => return Ok(()),
+                        None => {}
                     }
                 }
                 // Encoded and tokenized before the write lock, which other writes wait for.
@@ -241,7 +266,12 @@ impl EpisodeStore for TursoStorage {
                 inner
                     .write_tx(async |tx| {
                         if tx.exec(INSERT_EPISODE, params).await? == 0 {
-                            return Ok(()); // a replay: the episode exists; change nothing
+                            // A replay: the episode exists (change nothing), or it was
+                            // forgotten (the insert was ignored by a trigger).
+                            if forgets && crate::forget::was_forgotten(tx, ns, &id).await? {
+                                return Err(Error::forgotten(episode.id).into());
+                            }
+                            return Ok(());
                         }
                         let tags = ctx
                             .tags
@@ -385,6 +415,36 @@ impl EpisodeStore for TursoStorage {
                         complete_in_tx(tx, ns, &id, c, rows, (position, format)).await
                     })
                     .await
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns, episodes = erasure.episodes.len()))]
+    async fn forget_episodes(&self, ns: &Namespace, erasure: &Erasure) -> Result<ErasureReport> {
+        let inner = &*self.inner;
+        inner
+            .call("forget_episodes", async {
+                // Not the handle's own position: resolving a key again may change heuristics
+                // the caller's cache never saw.
+                let mut report = inner
+                    .write_tx_stamped_unowned(async |tx, position| {
+                        crate::forget::forget_in_tx(tx, ns.as_str(), erasure, position).await
+                    })
+                    .await?;
+                let local = matches!(inner.config.mode(), crate::config::TursoMode::Local { .. });
+                if local && !report.forgotten.is_empty() {
+                    report.files_scrubbed = Some(inner.scrub().await?);
+                }
+                Ok(report)
+            })
+            .await
+    }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn forgotten_episodes(&self, ns: &Namespace, limit: u32) -> Result<Vec<ForgetRecord>> {
+        self.inner
+            .call_read("forgotten_episodes", async |conn| {
+                crate::forget::forget_records(conn, ns.as_str(), limit).await
             })
             .await
     }

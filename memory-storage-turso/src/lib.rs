@@ -57,6 +57,7 @@ mod embeddings;
 mod episode_rows;
 mod episodes;
 mod error;
+mod forget;
 mod group_commit;
 mod group_state;
 #[cfg(feature = "remote")]

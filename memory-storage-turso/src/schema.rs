@@ -14,7 +14,7 @@ use crate::prepared::Db;
 use crate::sql::query_opt;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 12;
+pub const SCHEMA_VERSION: u32 = 13;
 
 /// The version from which the change feed is read from `change_log` (the per-table change
 /// indexes are gone; see `migrations/v11.sql`).
@@ -128,6 +128,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 12,
         description: "the active heuristic of each condition key indexed on its own",
         sql: include_str!("../migrations/v12.sql"),
+        then: Then::Nothing,
+    },
+    Migration {
+        version: 13,
+        description: "forgotten episodes: audit records, and their ids never stored again",
+        sql: include_str!("../migrations/v13.sql"),
         then: Then::Nothing,
     },
 ];

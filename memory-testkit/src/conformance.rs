@@ -31,6 +31,12 @@ use rand::{Rng, SeedableRng};
 
 use memory_core::*;
 
+mod forget;
+pub use forget::{
+    forgetting_an_episode_is_as_if_never_recorded,
+    forgetting_refuses_an_episode_changed_since_it_was_read,
+};
+
 /// Runs every check, each on a fresh store from `make`.
 pub async fn run_all<F, Fut>(make: F)
 where
@@ -61,6 +67,8 @@ where
     retention_compacts_only_old_successful_outputs(make().await.as_ref()).await;
     merged_patterns_without_evidence_compact(make().await.as_ref()).await;
     pruned_patterns_not_seen_since_compact(make().await.as_ref()).await;
+    forgetting_an_episode_is_as_if_never_recorded(make().await.as_ref()).await;
+    forgetting_refuses_an_episode_changed_since_it_was_read(make().await.as_ref()).await;
 }
 
 fn ns(name: &str) -> Namespace {

@@ -143,6 +143,18 @@ impl Inner {
         }
     }
 
+    /// Empties the cache without leaving old values in its free space ([`Cache::scrub`]).
+    pub(crate) async fn cache_scrub(&self) {
+        if let Some(c) = &self.cache
+            && let Err(e) = c.scrub().await
+        {
+            warn!(error = %e, "cache scrub failed; clearing it instead");
+            if let Err(e) = c.clear().await {
+                warn!(error = %e, "cache clear failed");
+            }
+        }
+    }
+
     pub(crate) async fn cache_invalidate_many(&self, keys: &[(Namespace, CacheKey)]) {
         if keys.is_empty() {
             return;

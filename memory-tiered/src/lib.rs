@@ -45,8 +45,8 @@ use memory_core::{
     OutboxEntry, Storage, WriteOp,
 };
 use memory_core::{Episode, EpisodeId, ExecutionStep};
+use memory_core::{Erasure, ErasureReport, ExistingLearned, LearnedChanges, LearningUpdate};
 use memory_core::{Error, ObjectKind, Result};
-use memory_core::{ExistingLearned, LearnedChanges, LearningUpdate};
 use memory_core::{
     Feedback, FeedbackTarget, Heuristic, LearnedId, LearnedItem, Pattern, PatternId,
 };

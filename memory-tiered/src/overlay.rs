@@ -128,6 +128,13 @@ impl Overlay {
                         .insert((ns.clone(), h.id.clone()), (h.clone(), seq));
                 }
             }
+            WriteOp::ForgetEpisodes { episode_ids, .. } => {
+                // Journaled writes of the episodes before it are shown no more (their replay
+                // finds the episodes gone, or is erased by this one's replay).
+                for id in episode_ids {
+                    self.episodes.remove(&(ns.clone(), *id));
+                }
+            }
             WriteOp::RecordFeedback(_) | WriteOp::PutEmbedding { .. } => {}
         }
         if let Some(changes) = learned {

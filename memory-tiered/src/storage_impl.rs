@@ -6,7 +6,8 @@ use super::*;
 
 memory_core::forward_storage! {
     impl[] EpisodeStore for TieredStorage => inner.durable, wrap inner.guarded;
-    forward query_episodes, search_text, namespace_stats, list_namespaces, ping;
+    forward query_episodes, search_text, namespace_stats, list_namespaces, ping,
+        forgotten_episodes;
     {
     fn reads_need_a_server(&self) -> bool {
         self.inner.durable.reads_need_a_server()
@@ -90,6 +91,36 @@ memory_core::forward_storage! {
         i.enqueue(ns, WriteOp::CompleteEpisode(journaled), Some(&changes))
             .await?;
         Ok(Some(changes))
+    }
+
+    /// Forgets through the durable layer, then drops the cached copies of the episodes and of
+    /// every learned item the erasure changed or removed. While the durable layer is
+    /// unreachable the erasure is journaled (the ids and the reason, no content) and replayed
+    /// in order after what was journaled before it; the cached copies of the episodes are
+    /// dropped at once.
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn forget_episodes(&self, ns: &Namespace, erasure: &Erasure) -> Result<ErasureReport> {
+        let i = &self.inner;
+        if let Some((report, _)) = i.try_durable(i.durable.forget_episodes(ns, erasure)).await? {
+            // The cache may hold the episodes and the items they taught: it is emptied without
+            // leaving their bytes in free space (the change feed tells other processes).
+            if !report.forgotten.is_empty() {
+                i.cache_scrub().await;
+            }
+            return Ok(report);
+        }
+        let episode_ids: Vec<EpisodeId> = erasure.episodes.iter().map(|e| e.episode_id).collect();
+        let op = WriteOp::ForgetEpisodes {
+            episode_ids: episode_ids.clone(),
+            reason: erasure.reason.clone(),
+            at: erasure.at,
+        };
+        i.enqueue(ns, op, None).await?;
+        Ok(ErasureReport {
+            forgotten: episode_ids,
+            journaled: true,
+            ..ErasureReport::default()
+        })
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

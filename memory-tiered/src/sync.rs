@@ -119,6 +119,13 @@ impl Inner {
                 model,
                 vector,
             } => d.put_embedding(ns, *episode_id, model, vector).await,
+            WriteOp::ForgetEpisodes {
+                episode_ids,
+                reason,
+                at,
+            } => memory_core::forget_in(d.as_ref(), ns, episode_ids, reason, *at)
+                .await
+                .map(|_| ()),
         }
     }
 
@@ -178,8 +185,22 @@ impl Inner {
                         failure = Some(e);
                         break;
                     }
+                    // A start (or a step batch, a completion) of an episode forgotten since:
+                    // what the erasure removed stays removed, and the entry's content is not
+                    // logged.
+                    Err(e) if e.is_forgotten() => {
+                        debug!(seq, "journaled write of a forgotten episode skipped");
+                        acked_to = Some(*seq);
+                        applied += 1;
+                    }
                     Err(e) => {
-                        let body = serde_json::to_string(entry).unwrap_or_default();
+                        // The entry, unless its episode is gone (it may have been forgotten:
+                        // its content stays out of the log).
+                        let body = if episode_gone(&e) {
+                            "(an episode that is gone)".to_owned()
+                        } else {
+                            serde_json::to_string(entry).unwrap_or_default()
+                        };
                         error!(error = %e, seq, entry = %body, "journaled write rejected by the durable layer; moving past it");
                         self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
                         let why = format!("entry {seq} rejected: {e}");
@@ -229,4 +250,15 @@ impl Inner {
             }
         }
     }
+}
+
+/// Whether `e` says the write's episode is not stored (never, or no more: forgotten).
+fn episode_gone(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::NotFound {
+            kind: memory_core::ObjectKind::Episode,
+            ..
+        }
+    )
 }

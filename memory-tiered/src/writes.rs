@@ -165,6 +165,12 @@ impl Inner {
                     cache_values(items.patterns.iter(), items.heuristics.iter()).collect();
                 self.cache_put_many(ns, &values, since).await;
             }
+            WriteOp::ForgetEpisodes { episode_ids, .. } => {
+                let keys: Vec<(Namespace, CacheKey)> = (episode_ids.iter())
+                    .map(|id| (ns.clone(), CacheKey::Episode(*id)))
+                    .collect();
+                self.cache_invalidate_many(&keys).await;
+            }
             WriteOp::PutEmbedding { .. } => {}
         }
     }

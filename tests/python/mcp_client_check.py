@@ -35,7 +35,7 @@ TASK = "fix the flaky invoice test in the billing service"
 CONTEXT = {"domain": "billing", "language": "python", "framework": "pytest"}
 TOOLS = {
     "recommend", "start_episode", "log_step", "complete_episode", "record_feedback",
-    "search_episodes", "show_episode", "list_learned", "stats", "health",
+    "search_episodes", "show_episode", "forget_episode", "list_learned", "stats", "health",
 }
 
 
@@ -141,6 +141,18 @@ async def again(session, report):
         "kind": "patterns", "namespace": NS}), "list_learned")
     helped = [i for i in learned["items"] if i["pattern"]["effectiveness"]["helped"] > 0]
     check(len(helped) == 1, "the feedback given before the restart")
+
+    # Forgotten: the episode, its feedback and what only it taught are gone.
+    episode = rec["recommendation"]["episodes"][0]["episode"]["id"]
+    gone = structured(await session.call_tool("forget_episode", {
+        "episode_ids": [episode], "reason": "client check", "namespace": NS,
+    }), "forget_episode")
+    check(gone["forgotten"] == [episode], f"forgotten: {gone}")
+    shown = await session.call_tool("show_episode", {"episode_id": episode, "namespace": NS})
+    check(error_kind(shown, "show_episode") == "not_found", "the episode is gone")
+    learned = structured(await session.call_tool("list_learned", {
+        "kind": "patterns", "namespace": NS}), "list_learned")
+    check(learned["items"] == [], f"no pattern left: {learned['items']}")
 
 
 async def run(session, phase, report):

@@ -574,6 +574,9 @@ async fn version_6_steps_move_into_pages_with_their_keys() {
         // Version 12's index of active heuristics.
         let undo_v12 = "DROP INDEX heuristics_active_by_condition";
         conn.execute(undo_v12, ()).await.unwrap();
+        // Version 13's audit records of forgotten episodes.
+        let undo_v13 = "DROP TRIGGER episodes_forgotten_stay_gone; DROP TABLE forgotten_episodes;";
+        conn.execute_batch(undo_v13).await.unwrap();
     }
     let (create, auto) = table_shape(&path, "steps").await;
     assert!(

@@ -9,7 +9,7 @@ use memory_core::{
 use serde_json::json;
 
 use crate::cli::{CompleteArgs, EpisodeCmd, ListArgs, StartArgs, StepArgs};
-use crate::commands::recommend;
+use crate::commands::{forget, recommend};
 use crate::display_safe::line;
 use crate::output::{self, clip, pct};
 use crate::settings::Settings;
@@ -22,6 +22,8 @@ pub async fn run(cmd: EpisodeCmd, m: &SelfLearningMemory, s: &Settings) -> Resul
         EpisodeCmd::Show { id } => show(&id, m, s).await,
         EpisodeCmd::List(a) => list(a, m, s).await,
         EpisodeCmd::Search { text, limit } => search(&text, limit, m, s).await,
+        EpisodeCmd::Forget(a) => forget::forget(a, m, s).await,
+        EpisodeCmd::Forgotten { limit } => forget::forgotten(limit, m, s).await,
     }
 }
 

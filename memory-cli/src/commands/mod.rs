@@ -5,6 +5,7 @@ pub mod consolidate;
 pub mod demo;
 pub mod episode;
 pub mod eval;
+pub mod forget;
 pub mod learned;
 pub mod mcp;
 pub mod recommend;

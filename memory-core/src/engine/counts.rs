@@ -84,4 +84,10 @@ impl QuotaCounts {
             c.steps += 1;
         }
     }
+
+    /// Drops what this process knows of the namespace's counts (episodes were forgotten): the
+    /// next quota check reads them again.
+    pub(crate) fn forget(&self, ns: &Namespace) {
+        lock(&self.counts).remove(ns);
+    }
 }

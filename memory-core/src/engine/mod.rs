@@ -5,6 +5,7 @@
 
 mod config;
 mod counts;
+mod forget;
 mod history;
 mod maintain;
 mod memory;
@@ -16,5 +17,6 @@ mod steps;
 mod tasks;
 
 pub use config::{LearningConfig, MemoryConfig, StepBatchConfig};
+pub use forget::MAX_FORGET_RECORDS;
 pub use memory::SelfLearningMemory;
 pub use report::{CompletionReport, LearnedSummary};

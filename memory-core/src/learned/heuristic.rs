@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::learned::{ContextKey, Evidence, LearnedStatus, push_recent, stable_id};
+use crate::learned::{ContextKey, Evidence, LearnedStatus, forget_recent, push_recent, stable_id};
 use crate::statistics::{decay_factor, wilson_lower_bound};
 
 /// Deterministic identity of a heuristic: a digest of its condition key and action.
@@ -168,6 +168,22 @@ impl Heuristic {
                 at: obs.observed_at,
                 episode_id: obs.episode_id,
             },
+        );
+    }
+
+    /// Takes one observation back out (its episode forgotten): support or evidence against
+    /// as if it had never been absorbed, its episode gone from the recent evidence.
+    pub fn release(&mut self, obs: &HeuristicObservation) {
+        if obs.supports {
+            self.support = self.support.saturating_sub(1);
+        } else {
+            self.against = self.against.saturating_sub(1);
+        }
+        forget_recent(
+            &mut self.recent_evidence,
+            (&mut self.first_seen, &mut self.last_seen),
+            (obs.episode_id, obs.observed_at),
+            self.support + self.against,
         );
     }
 

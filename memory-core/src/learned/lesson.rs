@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::learned::{ContextKey, Evidence, LearnedStatus, Marks, push_recent, stable_id};
+use crate::learned::{
+    ContextKey, Evidence, LearnedStatus, Marks, forget_recent, push_recent, stable_id,
+};
 
 /// Deterministic identity of a lesson: a digest of context, failing tool and error class.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -126,6 +128,39 @@ impl FailureLesson {
         };
         l.absorb(obs);
         l
+    }
+
+    /// Takes one observation back out (its episode forgotten): the counts and the remedy as if
+    /// it had never been absorbed, its episode gone from the recent evidence and its marks
+    /// uncounted. Where the example error or the action were that episode's words they are
+    /// replaced by the error class and the tool, which hold no text of any episode.
+    pub fn release(&mut self, obs: &LessonObservation) {
+        self.occurrences = self.occurrences.saturating_sub(1);
+        self.episode_failures = self
+            .episode_failures
+            .saturating_sub(u64::from(obs.episode_failed));
+        if let Some(tools) = &obs.remedy {
+            self.recovered = self.recovered.saturating_sub(1);
+            if let Some(r) = self.remedies.iter_mut().find(|r| &r.tools == tools) {
+                r.count = r.count.saturating_sub(1);
+            }
+            self.remedies.retain(|r| r.count > 0);
+        }
+        if let Some(marks) = &obs.marks {
+            self.marks.release(marks);
+        }
+        if self.example_error == obs.example_error {
+            self.example_error.clone_from(&self.error_class);
+        }
+        if self.failed_action == obs.failed_action {
+            self.failed_action.clone_from(&self.failed_tool);
+        }
+        forget_recent(
+            &mut self.recent_evidence,
+            (&mut self.first_seen, &mut self.last_seen),
+            (obs.episode_id, obs.observed_at),
+            self.occurrences,
+        );
     }
 
     /// Merges one more observation (order-independent up to the latest example text).

@@ -105,6 +105,20 @@ impl Marks {
         self.cap();
     }
 
+    /// Takes one episode with `marks` out of the counts (an episode forgotten): each of its
+    /// marks counts one episode fewer, and a mark no episode is left with is dropped. The
+    /// latest times stay (the earlier ones are not kept), and a mark dropped before because
+    /// this episode lacked it ([`Marks::keep_shared`]) does not come back.
+    pub fn release(&mut self, marks: &[String]) {
+        self.episodes = self.episodes.saturating_sub(1);
+        for m in marks {
+            if let Ok(i) = self.seen.binary_search_by(|s| s.mark.as_str().cmp(m)) {
+                self.seen[i].count = self.seen[i].count.saturating_sub(1);
+            }
+        }
+        self.seen.retain(|s| s.count > 0);
+    }
+
     fn add(&mut self, mark: &str, count: u64, at: DateTime<Utc>) {
         match self.seen.binary_search_by(|s| s.mark.as_str().cmp(mark)) {
             Ok(i) => {

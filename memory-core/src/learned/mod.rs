@@ -25,5 +25,5 @@ pub use pattern::{
     Effectiveness, HINDERED_STREAK_DISCOUNT, Pattern, PatternId, PatternKind, PatternObservation,
     StepReplaced, pattern_id,
 };
-pub(crate) use status::push_recent;
 pub use status::{Evidence, LearnedStatus};
+pub(crate) use status::{forget_recent, push_recent};

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::learned::{ContextKey, Evidence, LearnedStatus, Marks, push_recent, stable_id};
+use crate::learned::{
+    ContextKey, Evidence, LearnedStatus, Marks, forget_recent, push_recent, stable_id,
+};
 use crate::statistics::{beta_mean, decay_factor, wilson_lower_bound};
 
 /// Deterministic identity of a pattern: a digest of its kind signature and context.
@@ -334,6 +336,24 @@ impl Pattern {
                 at: obs.observed_at,
                 episode_id: obs.episode_id,
             },
+        );
+    }
+
+    /// Takes one observation back out (its episode forgotten): the counts as if it had never
+    /// been absorbed, its episode gone from the recent evidence and its marks uncounted.
+    pub fn release(&mut self, obs: &PatternObservation) {
+        self.occurrences = self.occurrences.saturating_sub(1);
+        self.successes = self.successes.saturating_sub(u64::from(obs.success));
+        self.total_steps = self.total_steps.saturating_sub(u64::from(obs.steps));
+        self.total_latency_ms = self.total_latency_ms.saturating_sub(obs.latency_ms);
+        if let Some(marks) = &obs.marks {
+            self.marks.release(marks);
+        }
+        forget_recent(
+            &mut self.recent_evidence,
+            (&mut self.first_seen, &mut self.last_seen),
+            (obs.episode_id, obs.observed_at),
+            self.occurrences,
         );
     }
 

@@ -75,3 +75,29 @@ pub(crate) fn push_recent(list: &mut Vec<Evidence>, e: Evidence) {
     list.sort_by(|a, b| b.cmp(a));
     list.truncate(RECENT_EVIDENCE);
 }
+
+/// Takes `episode`'s evidence (observed `at`) out of an item's recent evidence and time span,
+/// after its count went down to `count`: the latest observation becomes the newest evidence
+/// left when the forgotten one was the latest, and the first becomes the oldest left when the
+/// recent evidence now holds every observation (`count` of them). Otherwise the span stays as
+/// it was (the older evidence it rests on is not kept).
+pub(crate) fn forget_recent(
+    list: &mut Vec<Evidence>,
+    (first_seen, last_seen): (&mut DateTime<Utc>, &mut DateTime<Utc>),
+    (episode_id, at): (EpisodeId, DateTime<Utc>),
+    count: u64,
+) {
+    list.retain(|e| e.episode_id != episode_id);
+    let newest = list.iter().map(|e| e.at).max();
+    let oldest = list.iter().map(|e| e.at).min();
+    if *last_seen == at
+        && let Some(newest) = newest
+    {
+        *last_seen = newest;
+    }
+    if u64::try_from(list.len()).is_ok_and(|n| n >= count)
+        && let Some(oldest) = oldest
+    {
+        *first_seen = oldest;
+    }
+}

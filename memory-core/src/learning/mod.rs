@@ -6,9 +6,11 @@ mod extract;
 pub(crate) use extract::follow_action;
 mod reflect;
 mod reward;
+mod unlearn;
 mod update;
 
 pub use extract::{Recovery, extract_learning, find_recoveries, is_mistake};
 pub use reflect::reflect;
 pub use reward::{RewardHistory, compute_reward};
+pub use unlearn::{RemovedItems, Unlearned};
 pub use update::{Changed, ExistingLearned, LearnedChanges, LearningUpdate};

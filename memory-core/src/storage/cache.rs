@@ -158,6 +158,12 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     }
     /// Removes everything.
     async fn clear(&self) -> Result<()>;
+    /// Removes everything and leaves no old value in the free space of its own storage: what
+    /// an erasure asks of the cache that may hold the erased episodes. A cache in a file
+    /// gives the freed pages back (the file shrinks to what is live). The default clears.
+    async fn scrub(&self) -> Result<()> {
+        self.clear().await
+    }
     /// Waits until every write queued so far is in the cache's own storage. A cache that
     /// writes behind its callers overrides this; the tiered layer's shutdown
     /// (`memory_tiered::TieredStorage::shutdown`) calls it, so that a process ending right after leaves no queued write to be dropped with its

@@ -33,8 +33,9 @@
 ///
 /// forward_storage! {
 ///     impl[] EpisodeStore for Counting => inner;
-///     forward create_episode, append_steps, complete_episode, get_episode, query_episodes,
-///         search_text, namespace_stats, list_namespaces, sync;
+///     forward create_episode, append_steps, complete_episode, forget_episodes,
+///         forgotten_episodes, get_episode, query_episodes, search_text, namespace_stats,
+///         list_namespaces, sync;
 ///     {
 ///         async fn ping(&self) -> memory_core::Result<()> {
 ///             self.pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -72,7 +73,7 @@ macro_rules! forward_storage {
 
     // Every method of each trait.
     (@all EpisodeStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [create_episode append_steps
-        complete_episode get_episode get_episodes query_episodes search_text namespace_stats list_namespaces ping sync]); };
+        complete_episode forget_episodes forgotten_episodes get_episode get_episodes query_episodes search_text namespace_stats list_namespaces ping sync]); };
     (@all LearningStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [apply_learning put_learned
         put_learned_unless_changed get_learned get_learned_many query_learned record_feedback list_feedback]); };
     (@all EmbeddingStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [put_embedding get_embedding
@@ -113,6 +114,8 @@ macro_rules! forward_storage {
     (@sig create_episode $($k:tt)*) => { $crate::forward_storage!(@push create_episode (ns: &$crate::Namespace, episode: &$crate::Episode) -> $crate::Result<()>; $($k)*); };
     (@sig append_steps $($k:tt)*) => { $crate::forward_storage!(@push append_steps (ns: &$crate::Namespace, episode_id: $crate::EpisodeId, steps: &[$crate::ExecutionStep]) -> $crate::Result<()>; $($k)*); };
     (@sig complete_episode $($k:tt)*) => { $crate::forward_storage!(@push complete_episode (ns: &$crate::Namespace, completion: &$crate::EpisodeCompletion) -> $crate::Result<Option<$crate::LearnedChanges>>; $($k)*); };
+    (@sig forget_episodes $($k:tt)*) => { $crate::forward_storage!(@push forget_episodes (ns: &$crate::Namespace, erasure: &$crate::Erasure) -> $crate::Result<$crate::ErasureReport>; $($k)*); };
+    (@sig forgotten_episodes $($k:tt)*) => { $crate::forward_storage!(@push forgotten_episodes (ns: &$crate::Namespace, limit: u32) -> $crate::Result<Vec<$crate::ForgetRecord>>; $($k)*); };
     (@sig get_episode $($k:tt)*) => { $crate::forward_storage!(@push get_episode (ns: &$crate::Namespace, id: $crate::EpisodeId) -> $crate::Result<Option<::std::sync::Arc<$crate::Episode>>>; $($k)*); };
     (@sig get_episodes $($k:tt)*) => { $crate::forward_storage!(@push get_episodes (ns: &$crate::Namespace, ids: &[$crate::EpisodeId]) -> $crate::Result<Vec<Option<::std::sync::Arc<$crate::Episode>>>>; $($k)*); };
     (@sig query_episodes $($k:tt)*) => { $crate::forward_storage!(@push query_episodes (ns: &$crate::Namespace, query: &$crate::EpisodeQuery) -> $crate::Result<Vec<$crate::EpisodeSummary>>; $($k)*); };

@@ -6,7 +6,7 @@
 //!
 //! | trait | required | what it holds | provided (override if you can do better) |
 //! |---|---|---|---|
-//! | [`EpisodeStore`] | 9 | episodes and their steps: create, append, complete, get, list, lexical search, counts, ping | `get_episodes` (one round trip), `sync`, `reads_need_a_server` |
+//! | [`EpisodeStore`] | 11 | episodes and their steps: create, append, complete, forget (and its audit records), get, list, lexical search, counts, ping | `get_episodes` (one round trip), `sync`, `reads_need_a_server` |
 //! | [`LearningStore`] | 7 | patterns, heuristics, lessons: apply a learning update, put, guarded put, get, query, feedback | `get_learned_many` (one round trip) |
 //! | [`EmbeddingStore`] | 9 | vectors and the vector index's change log and snapshots | |
 //! | [`MaintenanceStore`] | 13 | bookkeeping outside the learning loop: consolidation runs and their claims, metrics snapshots, estimates, restores, compaction | |
@@ -25,7 +25,9 @@
 //! method; backends must keep them.
 
 mod cache;
+mod erasure;
 mod ext;
+mod forgetting;
 mod forward;
 mod index_data;
 mod memory;
@@ -34,7 +36,12 @@ mod queries;
 mod traits;
 
 pub use cache::{Cache, CacheKey, CacheMark, CacheStats, CachedValue};
+pub use erasure::{
+    ErasedRows, Erasure, ErasureReport, ForgetEpisode, ForgetRecord, MAX_FORGET_EPISODES,
+    MAX_FORGET_REASON_BYTES,
+};
 pub use ext::StorageExt;
+pub use forgetting::{forget_in, prepare_erasure};
 pub use index_data::{
     EmbeddingCoverage, IndexChanges, IndexSnapshot, MAX_INDEX_SNAPSHOT_BYTES, StoredEmbedding,
     check_index_snapshot_size,

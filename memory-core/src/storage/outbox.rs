@@ -29,6 +29,17 @@ pub enum WriteOp {
     RecordFeedback(Feedback),
     /// `LearningStore::put_learned`.
     PutLearned(LearnedItems),
+    /// `EpisodeStore::forget_episodes`, as the ids and the reason only (a journal holds no
+    /// content of what it erases): the erasure is prepared again from the stored episodes when
+    /// it is replayed ([`crate::forget_in`]), after every write journaled before it.
+    ForgetEpisodes {
+        /// The episodes.
+        episode_ids: Vec<EpisodeId>,
+        /// Why (redacted).
+        reason: String,
+        /// When it was asked.
+        at: chrono::DateTime<chrono::Utc>,
+    },
     /// `EmbeddingStore::put_embedding`.
     PutEmbedding {
         /// The episode.

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::erasure::{Erasure, ErasureReport, ForgetRecord};
 use super::index_data::{EmbeddingCoverage, IndexChanges, IndexSnapshot, StoredEmbedding};
 use super::queries::{
     EpisodeCompletion, EpisodeQuery, LearnedQuery, NamespaceStats, TextQuery, TextSearch,
@@ -29,7 +30,8 @@ pub trait EpisodeStore: Send + Sync + Debug {
     /// Stores a new episode (with any steps it carries).
     ///
     /// Idempotent: storing an episode whose id already exists in the namespace changes nothing
-    /// and returns `Ok` (a replay). Atomic.
+    /// and returns `Ok` (a replay). Atomic. The id of an episode the namespace forgot is
+    /// refused ([`crate::Error::forgotten`]), and nothing is stored.
     async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()>;
 
     /// Appends steps to an in-progress episode, as rows (the episode is not rewritten).
@@ -56,6 +58,24 @@ pub trait EpisodeStore: Send + Sync + Debug {
         ns: &Namespace,
         completion: &EpisodeCompletion,
     ) -> Result<Option<LearnedChanges>>;
+
+    /// Forgets episodes, in one transaction: each one's row, steps, tags, full-text rows,
+    /// embeddings, the feedback events given in it and its estimate are removed, and what its
+    /// completion taught is taken out of the learned items ([`LearningUpdate::unapply`]: the
+    /// counts become those of a store that never recorded it, an item only it taught is
+    /// removed). An audit record per episode remains ([`ForgetRecord`]: id, time, reason).
+    /// Stored images of the namespace's vector index are dropped (they hold the episodes'
+    /// summaries) and rebuilt at the next load.
+    ///
+    /// An episode the namespace does not hold is reported `missing`. A forgotten id is never
+    /// stored again: a later `create_episode` of it (a start replayed from a journal, an
+    /// import) changes nothing and fails with [`crate::Error::forgotten`]. `Conflict` ([`crate::Error::is_steps_changed`]) when an episode holds another
+    /// step count than [`ForgetEpisode::expected_steps`], or was completed though `learning`
+    /// is `None`: nothing is written, and the caller reads the episodes again.
+    async fn forget_episodes(&self, ns: &Namespace, erasure: &Erasure) -> Result<ErasureReport>;
+
+    /// The audit records of the namespace's forgotten episodes, newest first, at most `limit`.
+    async fn forgotten_episodes(&self, ns: &Namespace, limit: u32) -> Result<Vec<ForgetRecord>>;
 
     /// The episode with all its steps in order; `Ok(None)` if it is not in the namespace.
     /// Shared: a layer that holds the episode in memory hands out its allocation, not a copy.

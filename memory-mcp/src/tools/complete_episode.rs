@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "complete_episode",
     operation: Some(UPDATE_MEMORY),
     read_only: false,
+    destructive: false,
     description: "Finish an episode with its outcome (success, partial_success, failure, abstained) and a short verdict. Returns the reward (0..1, with its components), a reflection (what worked, what to improve) and the patterns, heuristics and lessons learned.",
     output: r#"{
     "episode_id": {

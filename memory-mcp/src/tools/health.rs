@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "health",
     operation: None,
     read_only: true,
+    destructive: false,
     description: "Check the memory: durable storage (with latency), cache, outbox, circuit breaker, and whether semantic retrieval is on (embedding model loaded) or lexical only.",
     output: r#"{
     "components": {

@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "list_learned",
     operation: Some(SEARCH_MEMORY),
     read_only: true,
+    destructive: false,
     description: "List what the memory learned, most evidence first: kind `patterns` (tool sequences, decision points, error recoveries), `heuristics` (condition -> action rules) or `lessons` (failures and their remedies), optionally for a task type, domain or language.",
     output: r#"{
     "items": {

@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "log_step",
     operation: Some(UPDATE_MEMORY),
     read_only: false,
+    destructive: false,
     description: "Record one step of an episode: a tool call you made and how it went (success, error or timeout, with the output or error message). Log failed steps too: they are what the memory learns pitfalls from. Fails with not_found for an unknown episode and conflict for a completed one.",
     output: r#"{
     "episode_id": {

@@ -14,6 +14,7 @@ use crate::error::{Error, Result, ToolFailure};
 use crate::server::{MemoryServer, parse};
 
 mod complete_episode;
+mod forget_episode;
 mod health;
 mod list_learned;
 mod log_step;
@@ -25,6 +26,7 @@ mod start_episode;
 mod stats;
 
 use complete_episode::CompleteEpisodeArgs;
+use forget_episode::ForgetEpisodeArgs;
 use list_learned::ListLearnedArgs;
 use log_step::LogStepArgs;
 use recommend::RecommendArgs;
@@ -39,7 +41,7 @@ mod prelude {
     pub(crate) use std::time::Instant;
 
     pub(crate) use memory_core::telemetry::{
-        CREATE_MEMORY, SEARCH_MEMORY, UPDATE_MEMORY, UPSERT_MEMORY,
+        CREATE_MEMORY, DELETE_MEMORY, SEARCH_MEMORY, UPDATE_MEMORY, UPSERT_MEMORY,
     };
     pub(crate) use memory_core::{
         EpisodeFilter, Error as MemoryError, FeedbackOutcome, FeedbackTarget, HeuristicId,
@@ -68,6 +70,8 @@ pub(crate) struct ToolText {
     pub operation: Option<&'static str>,
     /// Whether it only reads.
     pub read_only: bool,
+    /// Whether it removes what cannot be had back (MCP's `destructiveHint`).
+    pub destructive: bool,
     /// What it does and when to call it.
     pub description: &'static str,
     /// The output's top-level properties, as a JSON object of JSON schemas.
@@ -138,6 +142,7 @@ tools! {
     record_feedback: FeedbackArgs => record_feedback,
     search_episodes: SearchArgs => search_episodes,
     show_episode: ShowEpisodeArgs => show_episode,
+    forget_episode: ForgetEpisodeArgs => forget_episode,
     list_learned: ListLearnedArgs => list_learned,
     stats: crate::params::NamespaceArgs => stats,
     health: crate::params::NamespaceArgs => health,

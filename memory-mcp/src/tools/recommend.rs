@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "recommend",
     operation: Some(SEARCH_MEMORY),
     read_only: true,
+    destructive: false,
     description: "Ask before you start a task: what does the memory know about a task like this? Returns `episodes` (similar past episodes with their outcome), `patterns` and `heuristics` (learned advice; pass their `item.id` to record_feedback), `pitfalls` (past failures in this context and what fixed them), `playbook` (suggested ordered steps), `estimate` (steps, duration, success chance) and `strong_match` (false: nothing close in memory, treat the advice as weak). Every item has a `why`.",
     output: r#"{
     "approx_tokens": {

@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "record_feedback",
     operation: Some(UPSERT_MEMORY),
     read_only: false,
+    destructive: false,
     description: "Report whether a pattern or heuristic from recommend helped in an episode (helped, no_effect, hindered). Good advice then ranks higher and bad advice sinks. Recording again for the same item and episode replaces the verdict.",
     output: r#"{
     "episode_id": {

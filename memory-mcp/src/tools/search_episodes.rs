@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "search_episodes",
     operation: Some(SEARCH_MEMORY),
     read_only: true,
+    destructive: false,
     description: "Full-text search over past episodes (task descriptions, reflections, step text), with optional filters. Returns summaries with scores and the step each one matched; use show_episode for all steps.",
     output: r#"{
     "namespace": {

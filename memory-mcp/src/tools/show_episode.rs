@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "show_episode",
     operation: Some(SEARCH_MEMORY),
     read_only: true,
+    destructive: false,
     description: "One episode with all its steps, outcome, reward and reflection.",
     output: r#"{
     "episode": {

@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "start_episode",
     operation: Some(CREATE_MEMORY),
     read_only: false,
+    destructive: false,
     description: "Start recording a task you are about to do. Returns `episode_id`; pass it to log_step and complete_episode. Give the context (domain, language, framework) so later tasks can find this one.",
     output: r#"{
     "episode_id": {

@@ -8,6 +8,7 @@ pub(crate) const TOOL: ToolText = ToolText {
     name: "stats",
     operation: None,
     read_only: true,
+    destructive: false,
     description: "Counts of the namespace: episodes (completed, successful), steps, patterns, heuristics, lessons, feedback; cache and outbox state.",
     output: r#"{
     "counts": {

@@ -227,6 +227,18 @@ impl Cache for RedbCache {
         Ok(())
     }
 
+    /// Clears, then compacts until redb can shrink the file no more: the pages that held the
+    /// values are cut off the end of the file instead of staying in it as free pages.
+    async fn scrub(&self) -> Result<()> {
+        self.clear().await?;
+        let inner = self.inner.clone();
+        blocking("cache scrub", move || {
+            while inner.compact_now()? {}
+            Ok(())
+        })
+        .await
+    }
+
     fn stats(&self) -> CacheStats {
         let c = &self.inner.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);

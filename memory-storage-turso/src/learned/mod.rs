@@ -433,6 +433,18 @@ fn decode_learned(kind: LearnedKind, body: &str) -> DbResult<LearnedItem> {
     }
 }
 
+/// The stored body of a feedback target, `None` when it is not stored.
+async fn stored_body(tx: &Db<'_>, ns: &str, target: &FeedbackTarget) -> DbResult<Option<String>> {
+    let select = match target {
+        FeedbackTarget::Pattern(_) => "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
+        FeedbackTarget::Heuristic(_) => "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
+    };
+    query_opt(tx, select, (ns, target.id()), |row| {
+        Cols::new(row, "learned item").text(0)
+    })
+    .await
+}
+
 /// The transaction of [`LearningStore::record_feedback`]: replaces the event of (target,
 /// episode) and recomputes the target's effectiveness or votes from all its events.
 async fn feedback_in_tx(
@@ -443,14 +455,7 @@ async fn feedback_in_tx(
     position: i64,
 ) -> DbResult<()> {
     let (kind, target_id) = (fb.target.kind(), fb.target.id());
-    let select = match fb.target {
-        FeedbackTarget::Pattern(_) => "SELECT body FROM patterns WHERE ns = ?1 AND id = ?2",
-        FeedbackTarget::Heuristic(_) => "SELECT body FROM heuristics WHERE ns = ?1 AND id = ?2",
-    };
-    let found = query_opt(tx, select, (ns, target_id), |row| {
-        Cols::new(row, "learned item").text(0)
-    });
-    let Some(body) = found.await? else {
+    let Some(body) = stored_body(tx, ns, &fb.target).await? else {
         let object = match fb.target {
             FeedbackTarget::Pattern(_) => ObjectKind::Pattern,
             FeedbackTarget::Heuristic(_) => ObjectKind::Heuristic,
@@ -476,8 +481,22 @@ async fn feedback_in_tx(
     )
     .await?;
 
+    refresh_feedback(tx, ns, &fb.target, body, position).await
+}
+
+/// Sets what the feedback events of `target` (stored as `body`) say on it: a pattern's
+/// effectiveness, a heuristic's votes (its key is then resolved again).
+async fn refresh_feedback(
+    tx: &Db<'_>,
+    ns: &str,
+    target: &FeedbackTarget,
+    body: String,
+    position: i64,
+) -> DbResult<()> {
+    let (kind, target_id) = (target.kind(), target.id());
+    let key = || vec![text(ns), text(kind), text(target_id)];
     // The item as stored: a pattern's streak only counts what came after it was last seen.
-    let pattern: Option<Pattern> = match fb.target {
+    let pattern: Option<Pattern> = match target {
         FeedbackTarget::Pattern(_) => Some(from_json("pattern", &body)?),
         FeedbackTarget::Heuristic(_) => None,
     };
@@ -704,6 +723,8 @@ impl LearningStore for TursoStorage {
             .await
     }
 }
+
+mod unlearn;
 
 #[cfg(test)]
 mod tests;

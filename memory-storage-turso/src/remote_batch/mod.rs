@@ -320,16 +320,22 @@ pub(crate) async fn create_episode(
     episode_values: Vec<Value>,
     episode: &memory_core::Episode,
     format: JsonFormat,
+    forgets: bool,
 ) -> DbResult<Written> {
     let ns = match &episode_values.first() {
         Some(Value::Text(ns)) => ns.clone(),
         _ => return Err(decode("episode", "the namespace is not the first value")),
     };
     let id = episode.id.to_string();
-    let guard = guard_of(
-        "NOT EXISTS (SELECT 1 FROM episodes WHERE ns = ?1 AND id = ?2)",
-        vec![text(&ns), text(&id)],
-    );
+    // From schema v13 a forgotten id is never stored again (the episode's insert is ignored
+    // by a trigger; the guard keeps its other rows out too).
+    let guard = if forgets {
+        "NOT EXISTS (SELECT 1 FROM episodes WHERE ns = ?1 AND id = ?2) AND NOT EXISTS \
+         (SELECT 1 FROM forgotten_episodes WHERE ns = ?1 AND episode_id = ?2)"
+    } else {
+        "NOT EXISTS (SELECT 1 FROM episodes WHERE ns = ?1 AND id = ?2)"
+    };
+    let guard = guard_of(guard, vec![text(&ns), text(&id)]);
     let mut writes = vec![Statement::exec(insert_episode, episode_values)];
     let tags: Vec<Vec<Value>> = episode
         .context

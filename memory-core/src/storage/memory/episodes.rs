@@ -12,7 +12,8 @@ use crate::learning::LearnedChanges;
 use crate::namespace::Namespace;
 use crate::search_text::episode_search_text;
 use crate::storage::{
-    EpisodeCompletion, EpisodeQuery, EpisodeStore, NamespaceStats, TextHit, TextQuery, TextSearch,
+    EpisodeCompletion, EpisodeQuery, EpisodeStore, Erasure, ErasureReport, ForgetRecord,
+    NamespaceStats, TextHit, TextQuery, TextSearch,
 };
 use crate::text::{bm25_weight, tokenize};
 
@@ -24,14 +25,17 @@ impl EpisodeStore for InMemoryStorage {
 
     async fn create_episode(&self, ns: &Namespace, episode: &Episode) -> Result<()> {
         self.write(ns, |d| {
+            if d.was_forgotten(episode.id) {
+                return Err(Error::forgotten(episode.id));
+            }
             d.episodes.entry(episode.id).or_insert_with(|| {
                 let mut stored = episode.clone();
                 stored.steps = crate::episode::steps_to_append(&[], &episode.steps);
                 stored.steps.sort_by_key(|s| s.step_number);
                 stored
             });
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn append_steps(
@@ -102,6 +106,14 @@ impl EpisodeStore for InMemoryStorage {
             record.actual = Some(actual.clone());
         }
         Ok(Some(changes))
+    }
+
+    async fn forget_episodes(&self, ns: &Namespace, erasure: &Erasure) -> Result<ErasureReport> {
+        self.write(ns, |d| d.forget(erasure))
+    }
+
+    async fn forgotten_episodes(&self, ns: &Namespace, limit: u32) -> Result<Vec<ForgetRecord>> {
+        Ok(self.read(ns, |d| d.forget_records(limit)))
     }
 
     async fn get_episode(&self, ns: &Namespace, id: EpisodeId) -> Result<Option<Arc<Episode>>> {

@@ -1,13 +1,10 @@
 //! [`LearningStore`] of the in-memory backend: learned items and feedback.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
 use super::{InMemoryStorage, query_items, resolve_keys};
 use crate::error::{Error, ObjectKind, Result};
-use crate::learned::{
-    Effectiveness, Feedback, FeedbackTarget, LearnedId, LearnedItem, LearnedKind,
-};
+use crate::learned::{Feedback, FeedbackTarget, LearnedId, LearnedItem, LearnedKind};
 use crate::learning::{LearnedChanges, LearningUpdate};
 use crate::namespace::Namespace;
 use crate::storage::{GuardedItems, LearnedItems, LearnedQuery, LearningStore};
@@ -87,28 +84,7 @@ impl LearningStore for InMemoryStorage {
         d.feedback
             .retain(|f| !(f.target == fb.target && f.episode_id == fb.episode_id));
         d.feedback.push(fb.clone());
-        let seen = match &fb.target {
-            FeedbackTarget::Pattern(id) => d.patterns.get(id).map(|p| p.last_seen),
-            FeedbackTarget::Heuristic(id) => d.heuristics.get(id).map(|h| h.last_seen),
-        };
-        let events = d.feedback.iter().filter(|f| f.target == fb.target);
-        let eff = Effectiveness::of(events, seen.unwrap_or(DateTime::<Utc>::MIN_UTC));
-        match &fb.target {
-            FeedbackTarget::Pattern(id) => {
-                if let Some(p) = d.patterns.get_mut(id) {
-                    p.effectiveness = eff;
-                }
-            }
-            FeedbackTarget::Heuristic(id) => {
-                if let Some(h) = d.heuristics.get_mut(id) {
-                    h.votes_up = eff.helped;
-                    h.votes_down = eff.hindered;
-                    // Votes move its rank.
-                    let h = h.clone();
-                    resolve_keys(&mut d.heuristics, std::iter::once(&h));
-                }
-            }
-        }
+        d.refresh_feedback(&fb.target);
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 
 mod embeddings;
 mod episodes;
+mod erasure;
 mod learning;
 mod maintenance;
 
@@ -10,11 +11,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 
-use super::{IndexSnapshot, LearnedItems, LearnedQuery, Storage};
+use super::{ForgetRecord, IndexSnapshot, LearnedItems, LearnedQuery, Storage};
 use crate::episode::{Episode, EpisodeId};
 use crate::learned::{
-    FailureLesson, Feedback, FeedbackTarget, Heuristic, HeuristicId, Learned, LearnedId,
-    LearnedItem, LearnedStatus, LessonId, Pattern, PatternId, keys_to_resolve,
+    Effectiveness, FailureLesson, Feedback, FeedbackTarget, Heuristic, HeuristicId, Learned,
+    LearnedId, LearnedItem, LearnedStatus, LessonId, Pattern, PatternId, keys_to_resolve,
     resolve_contradictions,
 };
 use crate::learning::{ExistingLearned, LearnedChanges, LearningUpdate};
@@ -37,6 +38,8 @@ struct NsData {
     /// The index change log: (position, episode), positions increasing from 1.
     index_log: Vec<(u64, EpisodeId)>,
     index_snapshots: HashMap<String, IndexSnapshot>,
+    /// The audit records of forgotten episodes; their ids are never stored again.
+    forgotten: BTreeMap<EpisodeId, ForgetRecord>,
 }
 
 impl NsData {
@@ -89,6 +92,32 @@ impl NsData {
     fn log_summary_change(&mut self, id: EpisodeId) {
         if self.embeddings.keys().any(|(e, _)| *e == id) {
             self.log_index_change(id);
+        }
+    }
+
+    /// Sets what the feedback events of `target` say on it (a pattern's effectiveness, a
+    /// heuristic's votes, which move its rank: its key is resolved again).
+    fn refresh_feedback(&mut self, target: &FeedbackTarget) {
+        let seen = match target {
+            FeedbackTarget::Pattern(id) => self.patterns.get(id).map(|p| p.last_seen),
+            FeedbackTarget::Heuristic(id) => self.heuristics.get(id).map(|h| h.last_seen),
+        };
+        let events = self.feedback.iter().filter(|f| &f.target == target);
+        let eff = Effectiveness::of(events, seen.unwrap_or(DateTime::<Utc>::MIN_UTC));
+        match target {
+            FeedbackTarget::Pattern(id) => {
+                if let Some(p) = self.patterns.get_mut(id) {
+                    p.effectiveness = eff;
+                }
+            }
+            FeedbackTarget::Heuristic(id) => {
+                if let Some(h) = self.heuristics.get_mut(id) {
+                    h.votes_up = eff.helped;
+                    h.votes_down = eff.hindered;
+                    let h = h.clone();
+                    resolve_keys(&mut self.heuristics, std::iter::once(&h));
+                }
+            }
         }
     }
 
