@@ -497,7 +497,7 @@ pub struct LearnedFilterArgs {
     /// Only items compatible with this language
     #[arg(long)]
     pub language: Option<String>,
-    /// Include superseded, pruned and merged items
+    /// Include superseded, pruned, merged and retracted items
     #[arg(long)]
     pub all: bool,
     /// Most results
@@ -520,6 +520,34 @@ pub enum PatternCmd {
         /// Pattern id
         id: String,
     },
+    #[command(flatten)]
+    Correct(CorrectCmd),
+}
+
+/// An operator's corrections of a learned item (full id, or a prefix as listed).
+#[derive(Debug, Subcommand)]
+pub enum CorrectCmd {
+    /// Retract it: never recommended again, kept for the record (`--all` lists it)
+    Retract {
+        /// Id (full, or a prefix as listed)
+        id: String,
+        /// Why (kept with it; at most 500 bytes)
+        #[arg(long)]
+        reason: String,
+    },
+    /// Pin it: the team's agreed procedure, shown first and labelled pinned
+    Pin {
+        /// Id (full, or a prefix as listed)
+        id: String,
+        /// Why (kept with it; at most 500 bytes)
+        #[arg(long)]
+        reason: String,
+    },
+    /// Remove its pin
+    Unpin {
+        /// Id (full, or a prefix as listed)
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -529,6 +557,8 @@ pub enum HeuristicCmd {
         #[command(flatten)]
         filter: LearnedFilterArgs,
     },
+    #[command(flatten)]
+    Correct(CorrectCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -538,6 +568,8 @@ pub enum LessonCmd {
         #[command(flatten)]
         filter: LearnedFilterArgs,
     },
+    #[command(flatten)]
+    Correct(CorrectCmd),
 }
 
 #[derive(Debug, Subcommand)]

@@ -206,3 +206,74 @@ fn forgetting_by_a_filter_needs_yes_and_takes_every_match() {
         ],
     );
 }
+
+#[test]
+fn an_operator_retracts_and_pins_what_was_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for i in 0..2 {
+        record(d, &format!("fix invoice {i}"), "invoices", "rounding");
+    }
+    let listed = json(d, &["pattern", "list", "--kind", "tool_sequence"]);
+    let id = listed["patterns"][0]["pattern"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let short = &id[..12];
+    let pinned = json(
+        d,
+        &["pattern", "pin", short, "--reason", "agreed in review"],
+    );
+    assert_eq!(
+        pinned["item"]["item"]["pinned"]["reason"],
+        "agreed in review"
+    );
+    let retracted = json(
+        d,
+        &["pattern", "retract", &id, "--reason", "skips the tests"],
+    );
+    assert_eq!(retracted["item"]["item"]["status"]["state"], "retracted");
+    assert!(
+        retracted["item"]["item"].get("pinned").is_none(),
+        "a retraction unpins"
+    );
+    let active = json(d, &["pattern", "list", "--kind", "tool_sequence"]);
+    assert!(
+        active["patterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["pattern"]["id"] != id.as_str())
+    );
+    let all = json(d, &["pattern", "list", "--kind", "tool_sequence", "--all"]);
+    assert!(
+        all["patterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pattern"]["id"] == id.as_str())
+    );
+    let refused = memory(d)
+        .args(["pattern", "pin", &id, "--reason", "x"])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a retracted item cannot be pinned"
+    );
+    let lessons = json(d, &["lesson", "list"]);
+    let lesson = lessons["lessons"][0]["lesson"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    json(
+        d,
+        &["lesson", "retract", &lesson, "--reason", "wrong remedy"],
+    );
+    assert!(
+        json(d, &["lesson", "list"])["lessons"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

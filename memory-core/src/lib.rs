@@ -52,8 +52,8 @@ pub use consolidation::{
 };
 pub use embedding::{Embedder, cosine, l2_normalize};
 pub use engine::{
-    CompletionReport, LearnedSummary, LearningConfig, MAX_FORGET_RECORDS, MemoryConfig,
-    SelfLearningMemory, StepBatchConfig,
+    CompletionReport, LearnedSummary, LearningConfig, MAX_CURATE_REASON_BYTES, MAX_FORGET_RECORDS,
+    MemoryConfig, SelfLearningMemory, StepBatchConfig,
 };
 pub use episode::{
     Complexity, Episode, EpisodeId, EpisodeSummary, ExecutionStep, IMPORT_TAG_PREFIX, NewEpisode,
@@ -64,7 +64,7 @@ pub use learned::{
     ContextKey, Effectiveness, Evidence, FailureLesson, Feedback, FeedbackOutcome, FeedbackTarget,
     HINDERED_STREAK_DISCOUNT, Heuristic, HeuristicId, HeuristicObservation, Learned, LearnedId,
     LearnedItem, LearnedKind, LearnedStatus, LessonId, LessonObservation, MAX_MARKS, MarkSeen,
-    Marks, Pattern, PatternId, PatternKind, PatternObservation, Remedy, StepReplaced,
+    Marks, Pattern, PatternId, PatternKind, PatternObservation, Pin, Remedy, StepReplaced,
     context_marks, general_identity, keys_to_resolve, lesson_id, pattern_id, rank_order,
     resolve_contradictions,
 };

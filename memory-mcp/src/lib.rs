@@ -1,8 +1,9 @@
 //! The self-learning memory served to agents over the Model Context Protocol.
 //!
-//! [`MemoryServer`] wraps a [`memory_core::SelfLearningMemory`] and offers eleven tools:
+//! [`MemoryServer`] wraps a [`memory_core::SelfLearningMemory`] and offers twelve tools:
 //! `recommend`, `start_episode`, `log_step`, `complete_episode`, `record_feedback`,
-//! `search_episodes`, `show_episode`, `forget_episode`, `list_learned`, `stats` and `health`. The `memory mcp`
+//! `search_episodes`, `show_episode`, `forget_episode`, `correct_learned`, `list_learned`, `stats` and
+//! `health`. The `memory mcp`
 //! command of `memory-cli` opens the configured storage and serves it on stdio with
 //! [`serve_stdio_until`].
 //!

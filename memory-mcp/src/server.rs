@@ -145,7 +145,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The memory as an MCP server: eleven tools over a [`SelfLearningMemory`].
+/// The memory as an MCP server: twelve tools over a [`SelfLearningMemory`].
 ///
 /// Cloning shares the memory and the client's rate-limit bucket; [`MemoryServer::for_client`]
 /// gives a new client its own bucket.

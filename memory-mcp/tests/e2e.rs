@@ -71,6 +71,7 @@ fn initialize_and_list_tools() {
         names,
         [
             "complete_episode",
+            "correct_learned",
             "forget_episode",
             "health",
             "list_learned",
@@ -97,6 +98,7 @@ fn initialize_and_list_tools() {
             "complete_episode",
             "record_feedback",
             "forget_episode",
+            "correct_learned",
         ]
         .contains(&name);
         assert_eq!(readonly, !writes, "{name} read-only hint");

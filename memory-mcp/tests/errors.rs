@@ -17,7 +17,7 @@ fn assert_serving(s: &mut Server) {
     let pong = s.request("ping", json!(null));
     assert!(pong["result"].is_object(), "ping: {pong}");
     let listed = s.request("tools/list", json!({}));
-    assert_eq!(listed["result"]["tools"].as_array().unwrap().len(), 11);
+    assert_eq!(listed["result"]["tools"].as_array().unwrap().len(), 12);
     let started = s.call_ok("start_episode", json!({ "task": "still serving" }));
     assert!(started["episode_id"].is_string());
 }

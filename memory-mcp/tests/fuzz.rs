@@ -43,6 +43,7 @@ const TOOLS: &[&str] = &[
     "search_episodes",
     "show_episode",
     "forget_episode",
+    "correct_learned",
     "list_learned",
     "stats",
     "health",
@@ -178,7 +179,7 @@ fn random_jsonrpc_traffic_never_crashes_the_server() {
     while s.recv_within(Duration::from_millis(200)).is_some() {}
 
     let listed = s.request("tools/list", json!({}));
-    assert_eq!(listed["result"]["tools"].as_array().unwrap().len(), 11);
+    assert_eq!(listed["result"]["tools"].as_array().unwrap().len(), 12);
     let health = s.call_ok("health", json!({}));
     assert_eq!(health["healthy"], json!(true));
     let id = s.call_ok("start_episode", json!({ "task": "after the storm" }))["episode_id"].clone();

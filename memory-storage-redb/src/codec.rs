@@ -23,8 +23,9 @@ use crate::wire;
 
 /// Version byte that starts every encoded cache entry. A stored entry with another version is
 /// treated as a miss (and replaced), never as an error. Version 3 added the checksum, version 4
-/// the hindered streak of a pattern's effectiveness, version 5 a pattern's marks.
-pub const CACHE_FORMAT_VERSION: u8 = 5;
+/// the hindered streak of a pattern's effectiveness, version 5 a pattern's marks, version 6 the
+/// operator's pin on patterns and heuristics and the retracted status.
+pub const CACHE_FORMAT_VERSION: u8 = 6;
 
 /// Bytes of the checksum that follows the version byte of a cache entry (a CRC-32,
 /// little-endian).

@@ -21,7 +21,8 @@ use chrono::{DateTime, Utc};
 use memory_core::{
     CachedValue, Complexity, ContextKey, Effectiveness, Episode, EpisodeId, Evidence,
     ExecutionStep, Heuristic, HeuristicId, LearnedStatus, MarkSeen, Marks, Outcome, Pattern,
-    PatternId, PatternKind, Reflection, RewardScore, StepInput, StepResult, TaskContext, TaskType,
+    PatternId, PatternKind, Pin, Reflection, RewardScore, StepInput, StepResult, TaskContext,
+    TaskType,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -164,6 +165,13 @@ pub(crate) struct WPattern<S> {
     effectiveness: [u64; 4],
     status: WStatus<S>,
     marks: WMarks<S>,
+    pinned: Option<WPin<S>>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WPin<S> {
+    reason: S,
+    at: WTs,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -217,6 +225,7 @@ pub(crate) enum WStatus<S> {
     Superseded { by: S, reason: S },
     Pruned { reason: S, at: WTs },
     Merged { into: S, at: WTs },
+    Retracted { reason: S, at: WTs },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -234,6 +243,7 @@ pub(crate) struct WHeuristic<S> {
     last_seen: WTs,
     recent_evidence: Vec<WEvidence>,
     status: WStatus<S>,
+    pinned: Option<WPin<S>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,11 +521,12 @@ mirror_struct!(Marks => WMarks<S> { episodes, seen });
 mirror_struct!(MarkSeen => WMarkSeen<S> { mark, count, last_seen });
 mirror_struct!(Pattern => WPattern<S> {
     id, kind, context, occurrences, successes, total_steps, total_latency_ms, first_seen,
-    last_seen, recent_evidence, effectiveness, status, marks,
+    last_seen, recent_evidence, effectiveness, status, marks, pinned,
 });
+mirror_struct!(Pin => WPin<S> { reason, at });
 mirror_struct!(Heuristic => WHeuristic<S> {
     id, condition_key, condition, action, context, support, against, votes_up, votes_down,
-    first_seen, last_seen, recent_evidence, status,
+    first_seen, last_seen, recent_evidence, status, pinned,
 });
 mirror_enum!(PatternKind => WPatternKind {
     ToolSequence { tools },
@@ -528,6 +539,7 @@ mirror_enum!(LearnedStatus => WStatus {
     Superseded { by, reason },
     Pruned { reason, at },
     Merged { into, at },
+    Retracted { reason, at },
 });
 
 impl ToWire for Outcome {

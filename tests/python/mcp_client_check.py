@@ -35,7 +35,8 @@ TASK = "fix the flaky invoice test in the billing service"
 CONTEXT = {"domain": "billing", "language": "python", "framework": "pytest"}
 TOOLS = {
     "recommend", "start_episode", "log_step", "complete_episode", "record_feedback",
-    "search_episodes", "show_episode", "forget_episode", "list_learned", "stats", "health",
+    "search_episodes", "show_episode", "forget_episode", "correct_learned", "list_learned",
+    "stats", "health",
 }
 
 
@@ -141,6 +142,11 @@ async def again(session, report):
         "kind": "patterns", "namespace": NS}), "list_learned")
     helped = [i for i in learned["items"] if i["pattern"]["effectiveness"]["helped"] > 0]
     check(len(helped) == 1, "the feedback given before the restart")
+    pinned = structured(await session.call_tool("correct_learned", {
+        "kind": "pattern", "id": helped[0]["pattern"]["id"], "action": "pin",
+        "reason": "the team's procedure", "namespace": NS,
+    }), "correct_learned")
+    check(pinned["item"]["item"]["pinned"]["reason"] == "the team's procedure", f"pinned: {pinned}")
 
     # Forgotten: the episode, its feedback and what only it taught are gone.
     episode = rec["recommendation"]["episodes"][0]["episode"]["id"]

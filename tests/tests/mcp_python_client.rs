@@ -76,7 +76,7 @@ async fn the_python_client_over_stdio() {
     let bin = memory_binary();
     let bin = bin.to_str().unwrap();
     let first = client(&python, &["stdio", bin, data, "record"]).await;
-    assert_eq!(first["tools"], 11);
+    assert_eq!(first["tools"], 12);
     // A new server process on the same data directory.
     client(&python, &["stdio", bin, data, "again"]).await;
 }
@@ -167,7 +167,7 @@ async fn the_python_client_over_streamable_http() {
     let url = format!("http://127.0.0.1:{port}/mcp");
     let server = serve(dir.path(), port).await;
     let first = client(&python, &["http", &url, TOKEN, "record"]).await;
-    assert_eq!(first["tools"], 11);
+    assert_eq!(first["tools"], 12);
     client(&python, &["http", &url, "-", "unauthorized"]).await;
     client(&python, &["http", &url, "wrong-token", "unauthorized"]).await;
 

@@ -178,6 +178,62 @@ async fn outage_writes_are_journaled_readable_and_replayed_exactly_once() {
     s.tiered.shutdown().await.unwrap();
 }
 
+/// An erasure during an outage is journaled (ids and reason only) and replayed in order after
+/// the writes journaled before it: the episode started and completed during the outage, and one
+/// from before it, are both gone once the storage answers, with what they taught, and the
+/// replay of the journaled start does not bring one back.
+#[tokio::test]
+async fn an_erasure_during_an_outage_is_journaled_and_replayed_after_earlier_writes() {
+    let s = stack().await;
+    let m = SelfLearningMemory::new(s.tiered.clone(), episode_config()).unwrap();
+    let ns = Namespace::new("forget-drill").unwrap();
+    let before = record(&m, &ns, 0).await;
+    let kept = record(&m, &ns, 1).await;
+    s.durable.set_mode(FaultMode::Always);
+    let during = record(&m, &ns, 2).await;
+    let report = m
+        .forget_episodes(&ns, &[before, during], "outage drill")
+        .await
+        .unwrap();
+    assert!(report.journaled, "{report:?}");
+    let journal = s.outbox.peek(100).await.unwrap();
+    let forget = journal
+        .last()
+        .map(|(_, e)| serde_json::to_string(e).unwrap())
+        .unwrap();
+    assert!(
+        forget.contains("ForgetEpisodes") && !forget.contains("task"),
+        "{forget}"
+    );
+    assert!(
+        m.get_episode(&ns, during).await.is_err(),
+        "gone while journaled"
+    );
+
+    s.durable.set_mode(FaultMode::Never);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.tiered.sync_now().await.unwrap();
+    assert_eq!(s.outbox.len().await.unwrap(), 0, "journal drained");
+    assert_eq!(s.tiered.status().dead_letters, 0);
+    let durable = s.durable.inner();
+    for id in [before, during] {
+        assert!(durable.get_episode(&ns, id).await.unwrap().is_none());
+    }
+    assert!(durable.get_episode(&ns, kept).await.unwrap().is_some());
+    let lessons = durable
+        .query_lessons(&ns, &LearnedQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        lessons[0].occurrences, 1,
+        "only the kept episode's evidence"
+    );
+    let records = durable.forgotten_episodes(&ns, 10).await.unwrap();
+    assert_eq!(records.len(), 2);
+    m.shutdown().await.unwrap();
+    s.tiered.shutdown().await.unwrap();
+}
+
 /// A server that stops or starts answers some calls with errors the driver calls permanent
 /// (sqld's `404 Namespace doesn't exist`). A journaled write whose replay meets one used to be
 /// dropped (dead-lettered) although it had been acknowledged; now it stays in the journal

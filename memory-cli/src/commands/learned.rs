@@ -3,12 +3,13 @@
 use anyhow::Result;
 use chrono::Utc;
 use memory_core::{
-    Error, FeedbackOutcome, FeedbackTarget, HeuristicId, LearnedQuery, ObjectKind, Pattern,
-    PatternId, SelfLearningMemory, quote_value,
+    Error, FeedbackOutcome, FeedbackTarget, HeuristicId, LearnedKind, LearnedQuery, ObjectKind,
+    Pattern, PatternId, SelfLearningMemory, quote_value,
 };
 use serde_json::json;
 
 use crate::cli::{FeedbackArgs, HeuristicCmd, LearnedFilterArgs, LessonCmd, PatternCmd};
+use crate::commands::correct;
 use crate::commands::episode::parse_id;
 use crate::display_safe::line;
 use crate::output::{self, clip, pct, short_id};
@@ -100,6 +101,7 @@ pub async fn pattern(cmd: PatternCmd, m: &SelfLearningMemory, s: &Settings) -> R
             }
             Ok(())
         }
+        PatternCmd::Correct(c) => correct::correct(LearnedKind::Pattern, c, m, s).await,
         PatternCmd::Show { id } => {
             let p = resolve_pattern(m, s, &id).await?;
             if s.json {
@@ -130,7 +132,10 @@ pub async fn pattern(cmd: PatternCmd, m: &SelfLearningMemory, s: &Settings) -> R
 pub async fn heuristic(cmd: HeuristicCmd, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let now = m.clock().now();
     let hl = m.config().learning.half_life_days;
-    let HeuristicCmd::List { filter } = cmd;
+    let filter = match cmd {
+        HeuristicCmd::List { filter } => filter,
+        HeuristicCmd::Correct(c) => return correct::correct(LearnedKind::Heuristic, c, m, s).await,
+    };
     let items = m.heuristics(&s.namespace, &query(&filter, None)?).await?;
     if s.json {
         let v: Vec<_> = items
@@ -159,7 +164,10 @@ pub async fn heuristic(cmd: HeuristicCmd, m: &SelfLearningMemory, s: &Settings) 
 }
 
 pub async fn lesson(cmd: LessonCmd, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
-    let LessonCmd::List { filter } = cmd;
+    let filter = match cmd {
+        LessonCmd::List { filter } => filter,
+        LessonCmd::Correct(c) => return correct::correct(LearnedKind::Lesson, c, m, s).await,
+    };
     let items = m.lessons(&s.namespace, &query(&filter, None)?).await?;
     if s.json {
         return output::json(

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod consolidate;
+pub mod correct;
 pub mod demo;
 pub mod episode;
 pub mod eval;

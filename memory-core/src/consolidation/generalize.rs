@@ -77,6 +77,7 @@ impl Agreement<'_> {
             last_seen: first.last_seen,
             recent_evidence: Vec::new(),
             status: LearnedStatus::Active,
+            pinned: None,
         });
         h.support = self.rules.iter().map(|r| r.support).sum();
         h.against = self.rules.iter().map(|r| r.against).sum();

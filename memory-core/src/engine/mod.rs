@@ -5,6 +5,7 @@
 
 mod config;
 mod counts;
+mod curate;
 mod forget;
 mod history;
 mod maintain;
@@ -17,6 +18,7 @@ mod steps;
 mod tasks;
 
 pub use config::{LearningConfig, MemoryConfig, StepBatchConfig};
+pub use curate::MAX_CURATE_REASON_BYTES;
 pub use forget::MAX_FORGET_RECORDS;
 pub use memory::SelfLearningMemory;
 pub use report::{CompletionReport, LearnedSummary};

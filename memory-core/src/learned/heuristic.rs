@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
-use crate::learned::{ContextKey, Evidence, LearnedStatus, forget_recent, push_recent, stable_id};
+use crate::learned::{
+    ContextKey, Evidence, LearnedStatus, Pin, forget_recent, push_recent, stable_id,
+};
 use crate::statistics::{decay_factor, wilson_lower_bound};
 
 /// Deterministic identity of a heuristic: a digest of its condition key and action.
@@ -51,6 +53,9 @@ pub struct Heuristic {
     pub recent_evidence: Vec<Evidence>,
     /// Whether it is in use.
     pub status: LearnedStatus,
+    /// An operator's pin: shown first, labelled, never merged or pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Pin>,
 }
 
 /// One episode's evidence for a heuristic.
@@ -148,6 +153,7 @@ impl Heuristic {
             last_seen: obs.observed_at,
             recent_evidence: Vec::new(),
             status: LearnedStatus::Active,
+            pinned: None,
         };
         h.absorb(obs);
         h

@@ -11,7 +11,7 @@ use super::context::ContextKey;
 use super::heuristic::{Heuristic, HeuristicId};
 use super::lesson::{FailureLesson, LessonId};
 use super::pattern::{Pattern, PatternId};
-use super::status::{Evidence, LearnedStatus};
+use super::status::{Evidence, LearnedStatus, Pin};
 use crate::error::ObjectKind;
 
 /// Which kind of learned item.
@@ -116,6 +116,10 @@ pub trait Learned: Clone + Debug + PartialEq + Send + Sync + Sized + 'static {
     fn status(&self) -> &LearnedStatus;
     /// Changes whether it is in use.
     fn set_status(&mut self, status: LearnedStatus);
+    /// An operator's pin on it, if any.
+    fn pinned(&self) -> Option<&Pin>;
+    /// Pins it (`Some`) or unpins it.
+    fn set_pinned(&mut self, pin: Option<Pin>);
     /// The first observation.
     fn first_seen(&self) -> DateTime<Utc>;
     /// The latest observation.
@@ -161,6 +165,12 @@ macro_rules! learned_kind {
             }
             fn set_status(&mut self, status: LearnedStatus) {
                 self.status = status;
+            }
+            fn pinned(&self) -> Option<&Pin> {
+                self.pinned.as_ref()
+            }
+            fn set_pinned(&mut self, pin: Option<Pin>) {
+                self.pinned = pin;
             }
             fn first_seen(&self) -> DateTime<Utc> {
                 self.first_seen

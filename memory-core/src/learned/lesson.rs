@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
 use crate::learned::{
-    ContextKey, Evidence, LearnedStatus, Marks, forget_recent, push_recent, stable_id,
+    ContextKey, Evidence, LearnedStatus, Marks, Pin, forget_recent, push_recent, stable_id,
 };
 
 /// Deterministic identity of a lesson: a digest of context, failing tool and error class.
@@ -62,6 +62,9 @@ pub struct FailureLesson {
     pub recent_evidence: Vec<Evidence>,
     /// Whether it is in use.
     pub status: LearnedStatus,
+    /// An operator's pin: shown first, labelled, never merged or pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Pin>,
     /// The framework and tags every episode it struck in had, counted ([`Marks`]; the marks
     /// some of them lacked are dropped).
     #[serde(default, skip_serializing_if = "Marks::is_empty")]
@@ -124,6 +127,7 @@ impl FailureLesson {
             last_seen: obs.observed_at,
             recent_evidence: Vec::new(),
             status: LearnedStatus::Active,
+            pinned: None,
             marks: Marks::default(),
         };
         l.absorb(obs);

@@ -25,5 +25,5 @@ pub use pattern::{
     Effectiveness, HINDERED_STREAK_DISCOUNT, Pattern, PatternId, PatternKind, PatternObservation,
     StepReplaced, pattern_id,
 };
-pub use status::{Evidence, LearnedStatus};
+pub use status::{Evidence, LearnedStatus, Pin};
 pub(crate) use status::{forget_recent, push_recent};

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::episode::EpisodeId;
 use crate::learned::{
-    ContextKey, Evidence, LearnedStatus, Marks, forget_recent, push_recent, stable_id,
+    ContextKey, Evidence, LearnedStatus, Marks, Pin, forget_recent, push_recent, stable_id,
 };
 use crate::statistics::{beta_mean, decay_factor, wilson_lower_bound};
 
@@ -235,6 +235,9 @@ pub struct Pattern {
     pub effectiveness: Effectiveness,
     /// Whether it is in use.
     pub status: LearnedStatus,
+    /// An operator's pin: shown first, labelled, never merged or pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Pin>,
     /// The framework and tags of its episodes, counted ([`Marks`]); kept for tool sequences
     /// (every mark) and steps that gave way (the shared ones only).
     #[serde(default, skip_serializing_if = "Marks::is_empty")]
@@ -304,6 +307,7 @@ impl Pattern {
             recent_evidence: Vec::new(),
             effectiveness: Effectiveness::default(),
             status: LearnedStatus::Active,
+            pinned: None,
             marks: Marks::default(),
         };
         p.absorb(obs);

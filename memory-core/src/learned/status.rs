@@ -37,6 +37,26 @@ pub enum LearnedStatus {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Retracted by an operator: never recommended again, kept for the record. New evidence
+    /// is still counted under its id, but it stays retracted (the same evidence cannot teach
+    /// it again); only an operator's `restore` brings it back.
+    Retracted {
+        /// Why, as the operator said.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// An operator's pin on a learned item: the procedure a team agreed on, shown first in every
+/// recommendation it takes part in and labelled as pinned. Kept on the item until unpinned;
+/// consolidation never merges or prunes a pinned item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// Why, as the operator said.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 impl LearnedStatus {
@@ -45,13 +65,14 @@ impl LearnedStatus {
         matches!(self, LearnedStatus::Active)
     }
 
-    /// `active`, `superseded`, `pruned` or `merged`.
+    /// `active`, `superseded`, `pruned`, `merged` or `retracted`.
     pub fn name(&self) -> &'static str {
         match self {
             LearnedStatus::Active => "active",
             LearnedStatus::Superseded { .. } => "superseded",
             LearnedStatus::Pruned { .. } => "pruned",
             LearnedStatus::Merged { .. } => "merged",
+            LearnedStatus::Retracted { .. } => "retracted",
         }
     }
 }

@@ -161,7 +161,11 @@ fn successor(item: &LearnedItem) -> Option<LearnedId> {
         let next = match item.status() {
             LearnedStatus::Merged { into, .. } => into,
             LearnedStatus::Superseded { by, .. } => by,
-            LearnedStatus::Pruned { .. } | LearnedStatus::Active => return None,
+            LearnedStatus::Pruned { .. }
+            | LearnedStatus::Active
+            | LearnedStatus::Retracted { .. } => {
+                return None;
+            }
         };
         Some(T::learned_id(&T::id_from(next)))
     }

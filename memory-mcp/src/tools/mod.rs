@@ -14,6 +14,7 @@ use crate::error::{Error, Result, ToolFailure};
 use crate::server::{MemoryServer, parse};
 
 mod complete_episode;
+mod correct_learned;
 mod forget_episode;
 mod health;
 mod list_learned;
@@ -26,6 +27,7 @@ mod start_episode;
 mod stats;
 
 use complete_episode::CompleteEpisodeArgs;
+use correct_learned::CorrectArgs;
 use forget_episode::ForgetEpisodeArgs;
 use list_learned::ListLearnedArgs;
 use log_step::LogStepArgs;
@@ -45,7 +47,8 @@ mod prelude {
     };
     pub(crate) use memory_core::{
         EpisodeFilter, Error as MemoryError, FeedbackOutcome, FeedbackTarget, HeuristicId,
-        LearnedQuery, NewEpisode, Outcome, PatternId, StepInput, StepResult, TaskType, TextQuery,
+        LearnedId, LearnedQuery, NewEpisode, Outcome, PatternId, StepInput, StepResult, TaskType,
+        TextQuery,
     };
     pub(crate) use schemars::JsonSchema;
     pub(crate) use serde::{Deserialize, Serialize};
@@ -144,6 +147,7 @@ tools! {
     show_episode: ShowEpisodeArgs => show_episode,
     forget_episode: ForgetEpisodeArgs => forget_episode,
     list_learned: ListLearnedArgs => list_learned,
+    correct_learned: CorrectArgs => correct_learned,
     stats: crate::params::NamespaceArgs => stats,
     health: crate::params::NamespaceArgs => health,
 }

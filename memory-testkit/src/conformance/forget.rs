@@ -78,6 +78,7 @@ fn fixed_id(i: usize) -> EpisodeId {
 async fn learned_counts(s: &dyn Storage, n: &Namespace) -> BTreeMap<String, Vec<u64>> {
     let all = LearnedQuery {
         limit: 1_000,
+        include_inactive: true,
         ..LearnedQuery::default()
     };
     let mut out = BTreeMap::new();

@@ -199,7 +199,8 @@ fn forward<T: Consolidate>(pool: &mut Pool<T>, st: &mut RunState) {
 /// the context ([`marks_a_variant`]: the procedure of its tagged tasks, say) never folds.
 fn fold_sequence_variants(pool: &mut Pool<Pattern>, st: &mut RunState, min_similarity: f64) {
     let mut contexts: BTreeMap<String, Vec<&Pattern>> = BTreeMap::new();
-    for p in pool.items.values().filter(|p| p.status.is_active()) {
+    // A pinned sequence is the team's procedure: it neither folds nor takes others in.
+    for p in (pool.items.values()).filter(|p| p.status.is_active() && p.pinned.is_none()) {
         if matches!(p.kind, PatternKind::ToolSequence { .. }) {
             contexts.entry(p.context.signature()).or_default().push(p);
         }
@@ -295,7 +296,8 @@ fn prune<T: Consolidate>(
     restores: &[RestoreRecord],
 ) {
     let (floor, use_floor, now) = (cfg.prune_confidence_floor, cfg.prune_use_floor, st.now);
-    for x in pool.items.values_mut().filter(|x| x.status().is_active()) {
+    // A pinned item stays however old its evidence is.
+    for x in (pool.items.values_mut()).filter(|x| x.status().is_active() && x.pinned().is_none()) {
         let confidence = x.decayed_confidence(now, half_life);
         let used = decayed_use(x.uses(), x.last_seen(), now, half_life);
         let target = T::feedback_target(x.id());
@@ -452,7 +454,8 @@ impl Consolidator {
     /// smallest id), so the choice is deterministic.
     async fn merge_duplicates<T: Consolidate>(&self, pool: &mut Pool<T>, st: &mut RunState) {
         let mut groups: BTreeMap<String, Vec<(T::Id, String)>> = BTreeMap::new();
-        for x in pool.items.values().filter(|x| x.status().is_active()) {
+        // Pinned items are neither merged nor merged into.
+        for x in (pool.items.values()).filter(|x| x.status().is_active() && x.pinned().is_none()) {
             if let Some((key, text)) = x.merge_key() {
                 groups.entry(key).or_default().push((x.id().clone(), text));
             }

@@ -101,9 +101,9 @@ pub(crate) fn rank_patterns(
                 );
             }
             Advice {
+                why: pinned_why(&p, why),
                 item: p,
                 score,
-                why,
                 taught_share: rel.share,
             }
         })
@@ -144,8 +144,8 @@ pub(crate) fn rank_heuristics(
             rel.note(&mut why);
             Advice {
                 score: rel.weight() * confidence,
+                why: pinned_why(&h, why),
                 item: h,
-                why,
                 taught_share: rel.share,
             }
         })
@@ -170,7 +170,7 @@ pub(crate) fn rank_pitfalls(
             rel.note(&mut why);
             Advice {
                 score,
-                why: format!("{}: {why}", l.text()),
+                why: pinned_why(&l, format!("{}: {why}", l.text())),
                 item: l,
                 taught_share: rel.share,
             }
@@ -181,10 +181,20 @@ pub(crate) fn rank_pitfalls(
     out
 }
 
-pub(super) fn sort_advice<T>(items: &mut [Advice<T>], id: impl Fn(&T) -> String) {
+/// Pinned items first (an operator's agreed procedure), then by score, ties by id.
+pub(super) fn sort_advice<T: Learned>(items: &mut [Advice<T>], id: impl Fn(&T) -> String) {
     items.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
+        (b.item.pinned().is_some())
+            .cmp(&a.item.pinned().is_some())
+            .then_with(|| b.score.total_cmp(&a.score))
             .then_with(|| id(&a.item).cmp(&id(&b.item)))
     });
+}
+
+/// Puts "pinned: <reason>" before an item's `why`.
+fn pinned_why<T: Learned>(item: &T, why: String) -> String {
+    match item.pinned() {
+        Some(pin) => format!("pinned: {}; {why}", pin.reason),
+        None => why,
+    }
 }
