@@ -75,6 +75,9 @@ pub enum Command {
     /// Failure lessons
     #[command(subcommand)]
     Lesson(LessonCmd),
+    /// Manage namespaces
+    #[command(subcommand)]
+    Namespace(NamespaceCmd),
     /// Counts and learning progress of the namespace
     Stats,
     /// Merge near-duplicate patterns and heuristics, prune stale ones, apply retention and
@@ -570,6 +573,22 @@ pub enum LessonCmd {
     },
     #[command(flatten)]
     Correct(CorrectCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCmd {
+    /// Empty a namespace for good: every episode forgotten (an audit record each), then
+    /// every learned item and record of it removed; its quota is free again
+    Purge {
+        /// The namespace
+        namespace: String,
+        /// Why (kept in the audit records; at most 500 bytes)
+        #[arg(long, default_value = "namespace purged")]
+        reason: String,
+        /// Confirms: this cannot be undone
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

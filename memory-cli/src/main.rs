@@ -131,6 +131,7 @@ async fn run_on_stack(command: Command, s: &Settings) -> Result<ExitCode> {
             Command::Pattern(cmd) => commands::learned::pattern(cmd, m, s).await,
             Command::Heuristic(cmd) => commands::learned::heuristic(cmd, m, s).await,
             Command::Lesson(cmd) => commands::learned::lesson(cmd, m, s).await,
+            Command::Namespace(cmd) => commands::forget::namespace(cmd, m, s).await,
             Command::Stats => commands::status::stats(&stack, s).await,
             Command::Consolidate => commands::consolidate::run(m, s).await,
             Command::Sync(cmd) => commands::status::sync(cmd, &stack, s).await,

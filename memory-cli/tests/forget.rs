@@ -277,3 +277,62 @@ fn an_operator_retracts_and_pins_what_was_learned() {
             .is_empty()
     );
 }
+
+#[test]
+fn purging_a_namespace_empties_it_and_leaves_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let with_ns = |ns: &str, args: &[&str]| {
+        let mut all = vec!["--namespace", ns];
+        all.extend_from_slice(args);
+        json(d, &all)
+    };
+    for i in 0..3 {
+        let id = with_ns(
+            "team/a",
+            &["episode", "start", "--task", &format!("fix invoice {i}")],
+        );
+        let id = id["episode_id"].as_str().unwrap().to_owned();
+        with_ns(
+            "team/a",
+            &[
+                "episode", "step", &id, "--tool", "cargo", "--action", "test", "--ok", "ok",
+            ],
+        );
+        with_ns("team/a", &["episode", "complete", &id, "--success", "done"]);
+    }
+    with_ns("team/a", &["consolidate"]);
+    record(d, "fix the other team's invoice", "invoices", "rounding");
+    let before = json(d, &["stats"]);
+    let refused = memory(d)
+        .args(["namespace", "purge", "team/a"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    let purged = json(d, &["namespace", "purge", "team/a", "--yes"]);
+    assert_eq!(
+        purged["report"]["forgotten"].as_array().unwrap().len(),
+        3,
+        "{purged}"
+    );
+    assert!(
+        purged["rows"]["consolidation_runs"].as_u64().unwrap() >= 1,
+        "{purged}"
+    );
+    let counts = &with_ns("team/a", &["stats"])["counts"];
+    for k in ["episodes", "steps", "patterns", "heuristics", "lessons"] {
+        assert_eq!(counts[k], 0, "{k}: {counts}");
+    }
+    assert_eq!(
+        json(d, &["stats"])["counts"],
+        before["counts"],
+        "the other namespace is untouched"
+    );
+    let records = with_ns("team/a", &["episode", "forgotten"]);
+    assert_eq!(
+        records["forgotten"].as_array().unwrap().len(),
+        3,
+        "the audit records stay"
+    );
+}

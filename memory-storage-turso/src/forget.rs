@@ -162,6 +162,57 @@ pub(crate) async fn forget_in_tx(
     Ok(report)
 }
 
+/// The tables a purge empties of the namespace's rows, in an order the foreign keys allow.
+const PURGED_TABLES: [&str; 11] = [
+    "feedback",
+    "patterns",
+    "heuristics",
+    "lessons",
+    "consolidation_runs",
+    "metrics_snapshots",
+    "estimates",
+    "learned_restores",
+    "index_snapshot_parts",
+    "index_snapshots",
+    "text_stats",
+];
+
+/// The purge's transaction: refused while the namespace holds an episode; else the learned
+/// items are stamped (so the change log tells every cache) and every row of
+/// [`PURGED_TABLES`] of the namespace deleted. The audit records stay.
+pub(crate) async fn purge_in_tx(
+    tx: &Db<'_>,
+    ns: &str,
+    position: i64,
+) -> DbResult<std::collections::BTreeMap<String, u64>> {
+    let held = query_opt(
+        tx,
+        "SELECT id FROM episodes WHERE ns = ?1 LIMIT 1",
+        [ns],
+        |row| Cols::new(row, "episode").text(0),
+    );
+    if let Some(id) = held.await? {
+        return Err(Error::Conflict {
+            kind: memory_core::ObjectKind::Episode,
+            id,
+            reason: "the namespace still holds episodes: forget them first".into(),
+        }
+        .into());
+    }
+    for table in ["patterns", "heuristics"] {
+        let stamp = format!("UPDATE {table} SET changed_seq = ?2 WHERE ns = ?1");
+        tx.exec(&stamp, (ns, position)).await?;
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for table in PURGED_TABLES {
+        let n = tx
+            .exec(&format!("DELETE FROM {table} WHERE ns = ?1"), [ns])
+            .await?;
+        out.insert(table.to_owned(), n);
+    }
+    Ok(out)
+}
+
 /// Whether `ns` forgot the episode `id` (the schema has the table from v13).
 pub(crate) async fn was_forgotten(conn: &Db<'_>, ns: &str, id: &str) -> DbResult<bool> {
     let found = query_opt(

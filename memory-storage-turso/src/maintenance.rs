@@ -381,6 +381,28 @@ impl MaintenanceStore for TursoStorage {
             })
             .await
     }
+
+    #[instrument(skip_all, fields(namespace = %ns))]
+    async fn purge_namespace(
+        &self,
+        ns: &Namespace,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let inner = &*self.inner;
+        let local = matches!(inner.config.mode(), crate::config::TursoMode::Local { .. });
+        inner
+            .call("purge_namespace", async {
+                let rows = inner
+                    .write_tx_stamped_unowned(async |tx, position| {
+                        crate::forget::purge_in_tx(tx, ns.as_str(), position).await
+                    })
+                    .await?;
+                if local {
+                    inner.scrub().await?;
+                }
+                Ok(rows)
+            })
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ mod forget;
 pub use forget::{
     forgetting_an_episode_is_as_if_never_recorded,
     forgetting_refuses_an_episode_changed_since_it_was_read,
+    purging_a_namespace_removes_all_but_its_audit_records,
 };
 
 /// Runs every check, each on a fresh store from `make`.
@@ -69,6 +70,7 @@ where
     pruned_patterns_not_seen_since_compact(make().await.as_ref()).await;
     forgetting_an_episode_is_as_if_never_recorded(make().await.as_ref()).await;
     forgetting_refuses_an_episode_changed_since_it_was_read(make().await.as_ref()).await;
+    purging_a_namespace_removes_all_but_its_audit_records(make().await.as_ref()).await;
 }
 
 fn ns(name: &str) -> Namespace {

@@ -314,6 +314,17 @@ memory_core::forward_storage! {
         Ok(removed)
     }
 
+    /// Durable only (never journaled), then the cache is scrubbed: it may hold the items.
+    async fn purge_namespace(
+        &self,
+        ns: &Namespace,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let i = &self.inner;
+        let rows = (i.guarded("purge_namespace", i.durable.purge_namespace(ns))).await?;
+        i.cache_scrub().await;
+        Ok(rows)
+    }
+
     async fn compact_pruned_patterns(
         &self,
         ns: &Namespace,

@@ -2,10 +2,10 @@
 
 use anyhow::{Result, bail};
 use chrono::{DateTime, NaiveDate, Utc};
-use memory_core::{EpisodeFilter, EpisodeId, ErasureReport, SelfLearningMemory};
+use memory_core::{EpisodeFilter, EpisodeId, ErasureReport, Namespace, SelfLearningMemory};
 use serde_json::json;
 
-use crate::cli::ForgetArgs;
+use crate::cli::{ForgetArgs, NamespaceCmd};
 use crate::display_safe::line;
 use crate::output;
 use crate::progress;
@@ -116,6 +116,39 @@ pub async fn forgotten(limit: u32, m: &SelfLearningMemory, s: &Settings) -> Resu
     for r in records {
         let at = r.at.format("%Y-%m-%d %H:%M:%S");
         outln!("{}  {at}  {}", r.episode_id, line(&r.reason));
+    }
+    Ok(())
+}
+
+pub async fn namespace(cmd: NamespaceCmd, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
+    let NamespaceCmd::Purge {
+        namespace,
+        reason,
+        yes,
+    } = cmd;
+    let ns = Namespace::new(&namespace)?;
+    if !yes {
+        bail!(
+            "purging namespace {ns} forgets every episode and learned item in it and cannot be undone; add --yes to go ahead"
+        );
+    }
+    let bar = progress::spinner("purging", s);
+    let purged = m
+        .purge_namespace(&ns, &reason, |n| {
+            bar.set_message(format!("purging: {n} episodes forgotten"));
+        })
+        .await;
+    bar.finish_and_clear();
+    let (report, rows) = purged?;
+    if s.json {
+        return output::json(&json!({ "namespace": ns, "report": report, "rows": rows }));
+    }
+    outln!(
+        "purged namespace {ns}: {} episode(s) forgotten",
+        report.forgotten.len()
+    );
+    for (kind, n) in rows.iter().filter(|(_, n)| **n > 0) {
+        outln!("  removed {n} {kind}");
     }
     Ok(())
 }

@@ -93,7 +93,7 @@ impl SelfLearningMemory {
     }
 
     /// Pins a learned item in use: every recommendation it takes part in shows it first among
-    /// its kind, its `why` starting with "pinned: <reason>", and consolidation never merges,
+    /// its kind, its `why` starting with `pinned: <reason>`, and consolidation never merges,
     /// folds or prunes it. `Conflict` for an item not in use (superseded, pruned, merged,
     /// retracted). Pinning again replaces the reason.
     pub async fn pin(&self, ns: &Namespace, id: &LearnedId, reason: &str) -> Result<LearnedItem> {

@@ -1,5 +1,7 @@
 //! Forgetting: episodes erased with what they taught, and the audit records that remain.
 
+use std::collections::BTreeMap;
+
 use tracing::Instrument;
 
 use super::memory::SelfLearningMemory;
@@ -111,6 +113,38 @@ impl SelfLearningMemory {
                 // Listed but gone meanwhile (another process forgot them): listed again
                 // would loop.
                 return Ok(report);
+            }
+        }
+    }
+
+    /// Purges a namespace: every episode forgotten (in rounds, as
+    /// [`SelfLearningMemory::forget_matching`] does, each with its audit record), then every
+    /// other row it holds removed (learned items, feedback, consolidation runs, metrics,
+    /// estimates, restore records, index snapshots), so its quota is free again. Safe beside
+    /// other processes: an episode another one starts meanwhile is forgotten in a further
+    /// round (up to 3), after which the purge fails with `Conflict` and can be run again.
+    /// Returns the erasure's report and the other rows removed, per kind.
+    pub async fn purge_namespace(
+        &self,
+        ns: &Namespace,
+        reason: &str,
+        mut on_round: impl FnMut(usize),
+    ) -> Result<(ErasureReport, BTreeMap<String, u64>)> {
+        check_forget(0, reason)?;
+        let mut report = ErasureReport::default();
+        let mut tries = 0;
+        loop {
+            let round = self
+                .forget_matching(ns, &EpisodeFilter::default(), reason, &mut on_round)
+                .await?;
+            report.absorb(round);
+            match self.inner.storage.purge_namespace(ns).await {
+                Err(Error::Conflict { .. }) if tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+                Ok(rows) => {
+                    self.inner.counts.forget(ns);
+                    return Ok((report, rows));
+                }
             }
         }
     }

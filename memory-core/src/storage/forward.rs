@@ -81,7 +81,8 @@ macro_rules! forward_storage {
         get_index_snapshot put_index_snapshot]); };
     (@all MaintenanceStore $($k:tt)*) => { $crate::forward_storage!(@next $($k)* [record_consolidation
         claim_consolidation list_consolidations put_metrics_snapshot list_metrics_snapshots put_estimate get_estimate
-        query_estimates record_restore list_restores compact_step_outputs compact_merged_patterns compact_pruned_patterns]); };
+        query_estimates record_restore list_restores compact_step_outputs compact_merged_patterns compact_pruned_patterns
+        purge_namespace]); };
 
     // The next method, or the impl once every method is written out.
     (@next $hdr:tt $field:tt $wrap:tt $done:tt [$m:ident $($rest:ident)*]) => {
@@ -153,6 +154,7 @@ macro_rules! forward_storage {
     (@sig list_restores $($k:tt)*) => { $crate::forward_storage!(@push list_restores (ns: &$crate::Namespace, since: $crate::__private::DateTime<$crate::__private::Utc>) -> $crate::Result<Vec<$crate::RestoreRecord>>; $($k)*); };
     (@sig compact_step_outputs $($k:tt)*) => { $crate::forward_storage!(@push compact_step_outputs (ns: &$crate::Namespace, completed_before: $crate::__private::DateTime<$crate::__private::Utc>, max_episodes: u32) -> $crate::Result<$crate::StepCompaction>; $($k)*); };
     (@sig compact_merged_patterns $($k:tt)*) => { $crate::forward_storage!(@push compact_merged_patterns (ns: &$crate::Namespace, ids: &[$crate::PatternId]) -> $crate::Result<u64>; $($k)*); };
+    (@sig purge_namespace $($k:tt)*) => { $crate::forward_storage!(@push purge_namespace (ns: &$crate::Namespace) -> $crate::Result<::std::collections::BTreeMap<String, u64>>; $($k)*); };
     (@sig compact_pruned_patterns $($k:tt)*) => { $crate::forward_storage!(@push compact_pruned_patterns (ns: &$crate::Namespace, rows: &[($crate::PatternId, $crate::__private::DateTime<$crate::__private::Utc>)]) -> $crate::Result<u64>; $($k)*); };
     (@sig may_have_changed $($k:tt)*) => { $crate::forward_storage!(@push may_have_changed () -> $crate::Result<bool>; $($k)*); };
     (@sig changes_since $($k:tt)*) => { $crate::forward_storage!(@push changes_since (after: u64, limit: u32) -> $crate::Result<Option<$crate::ChangeSet>>; $($k)*); };

@@ -9,7 +9,7 @@
 //! | [`EpisodeStore`] | 11 | episodes and their steps: create, append, complete, forget (and its audit records), get, list, lexical search, counts, ping | `get_episodes` (one round trip), `sync`, `reads_need_a_server` |
 //! | [`LearningStore`] | 7 | patterns, heuristics, lessons: apply a learning update, put, guarded put, get, query, feedback | `get_learned_many` (one round trip) |
 //! | [`EmbeddingStore`] | 9 | vectors and the vector index's change log and snapshots | |
-//! | [`MaintenanceStore`] | 13 | bookkeeping outside the learning loop: consolidation runs and their claims, metrics snapshots, estimates, restores, compaction | |
+//! | [`MaintenanceStore`] | 14 | bookkeeping outside the learning loop: consolidation runs and their claims, metrics snapshots, estimates, restores, compaction, purging a namespace | |
 //! | [`Storage`] | 1 | the backend's name | `may_have_changed`, `changes_since` (a change feed for caches) |
 //!
 //! Everything derivable from those (typed reads of learned items, search hits alone) is in

@@ -1,5 +1,6 @@
 //! The storage traits and the query types they take.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -70,7 +71,7 @@ pub trait EpisodeStore: Send + Sync + Debug {
     /// An episode the namespace does not hold is reported `missing`. A forgotten id is never
     /// stored again: a later `create_episode` of it (a start replayed from a journal, an
     /// import) changes nothing and fails with [`crate::Error::forgotten`]. `Conflict` ([`crate::Error::is_steps_changed`]) when an episode holds another
-    /// step count than [`ForgetEpisode::expected_steps`], or was completed though `learning`
+    /// step count than [`crate::ForgetEpisode::expected_steps`], or was completed though `learning`
     /// is `None`: nothing is written, and the caller reads the episodes again.
     async fn forget_episodes(&self, ns: &Namespace, erasure: &Erasure) -> Result<ErasureReport>;
 
@@ -433,6 +434,14 @@ pub trait MaintenanceStore: Send + Sync + Debug {
         ns: &Namespace,
         rows: &[(PatternId, DateTime<Utc>)],
     ) -> Result<u64>;
+
+    /// Deletes every row the namespace holds but the audit records of its forgotten episodes:
+    /// learned items (with their feedback), consolidation runs, metrics snapshots, estimates,
+    /// restore records, index snapshots and its full-text statistics; returns the rows removed
+    /// per kind. Atomic. `Conflict` while the namespace holds an episode: forget them first
+    /// ([`EpisodeStore::forget_episodes`] takes their evidence out properly), so this only
+    /// clears what no episode stands behind.
+    async fn purge_namespace(&self, ns: &Namespace) -> Result<BTreeMap<String, u64>>;
 }
 
 /// One changed object from a backend's change feed.

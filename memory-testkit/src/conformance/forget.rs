@@ -209,3 +209,47 @@ pub async fn forgetting_refuses_an_episode_changed_since_it_was_read(s: &dyn Sto
         .unwrap();
     assert_eq!(report.forgotten, [e.id]);
 }
+
+pub async fn purging_a_namespace_removes_all_but_its_audit_records(s: &dyn Storage) {
+    let (n, other) = (ns("conf/purge"), ns("conf/purge-other"));
+    let all: Vec<(usize, Spec)> = RECORDED.iter().copied().enumerate().collect();
+    let recorded = record_all(s, &n, &all).await;
+    record_all(s, &other, &all[..2]).await;
+    let kept = stats(s, &other).await;
+    let refused = s.purge_namespace(&n).await.unwrap_err();
+    assert!(matches!(refused, Error::Conflict { .. }), "{refused}");
+    let ids: Vec<EpisodeId> = recorded.iter().map(|e| e.id).collect();
+    forget_in(s, &n, &ids, "purge", t(900)).await.unwrap();
+    // An item no episode stands behind (put by an import or a consolidation).
+    let kind = PatternKind::ToolSequence {
+        tools: vec!["plan".into(), "write".into()],
+    };
+    let obs = PatternObservation::new(kind, ContextKey::default(), EpisodeId::new(), true, t(901));
+    let mut items = LearnedItems::default();
+    items.push(Pattern::from_observation(&obs).into_item());
+    s.put_learned(&n, &items).await.unwrap();
+    let rows = s.purge_namespace(&n).await.unwrap();
+    assert_eq!(rows.get("patterns"), Some(&1), "{rows:?}");
+    let st = stats(s, &n).await;
+    assert_eq!(
+        (st.episodes, st.patterns, st.heuristics, st.lessons),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(
+        s.forgotten_episodes(&n, 10).await.unwrap().len(),
+        ids.len().min(10)
+    );
+    assert_eq!(
+        stats(s, &other).await,
+        kept,
+        "another namespace keeps everything"
+    );
+    assert!(
+        s.purge_namespace(&n)
+            .await
+            .unwrap()
+            .values()
+            .all(|n| *n == 0),
+        "idempotent"
+    );
+}

@@ -191,7 +191,7 @@ pub(super) fn sort_advice<T: Learned>(items: &mut [Advice<T>], id: impl Fn(&T) -
     });
 }
 
-/// Puts "pinned: <reason>" before an item's `why`.
+/// Puts `pinned: <reason>` before an item's `why`.
 fn pinned_why<T: Learned>(item: &T, why: String) -> String {
     match item.pinned() {
         Some(pin) => format!("pinned: {}; {why}", pin.reason),

@@ -1,6 +1,8 @@
 //! [`MaintenanceStore`] of the in-memory backend: consolidation runs, metrics snapshots,
 //! estimates, restores and compaction.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -213,5 +215,41 @@ impl MaintenanceStore for InMemoryStorage {
             }
         }
         Ok(removed)
+    }
+
+    async fn purge_namespace(&self, ns: &Namespace) -> Result<BTreeMap<String, u64>> {
+        let mut data = self.lock();
+        let Some(d) = data.get_mut(ns) else {
+            return Ok(BTreeMap::new());
+        };
+        if let Some(id) = d.episodes.keys().next() {
+            return Err(Error::Conflict {
+                kind: ObjectKind::Episode,
+                id: id.to_string(),
+                reason: "the namespace still holds episodes: forget them first".into(),
+            });
+        }
+        let counts = [
+            ("patterns", d.patterns.len()),
+            ("heuristics", d.heuristics.len()),
+            ("lessons", d.lessons.len()),
+            ("feedback", d.feedback.len()),
+            ("consolidation_runs", d.runs.len()),
+            ("metrics_snapshots", d.snapshots.len()),
+            ("estimates", d.estimates.len()),
+            ("learned_restores", d.restores.len()),
+            ("index_snapshots", d.index_snapshots.len()),
+        ];
+        let out = (counts.into_iter())
+            .map(|(k, n)| (k.to_owned(), n as u64))
+            .collect();
+        // What remains: the audit records of forgotten episodes and the index log's positions
+        // (a reader's place in it stays valid).
+        let forgotten = std::mem::take(&mut d.forgotten);
+        let index_log = std::mem::take(&mut d.index_log);
+        *d = super::NsData::default();
+        d.forgotten = forgotten;
+        d.index_log = index_log;
+        Ok(out)
     }
 }
