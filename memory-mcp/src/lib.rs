@@ -26,7 +26,7 @@
 //!
 //! let memory = SelfLearningMemory::new(Arc::new(InMemoryStorage::new()), MemoryConfig::default())?;
 //! let server = MemoryServer::new(Arc::new(memory), Namespace::new("acme/api")?, McpConfig::default())?;
-//! assert_eq!(server.tools().len(), 10);
+//! assert_eq!(server.tools().len(), 12);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
