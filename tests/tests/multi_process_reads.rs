@@ -107,3 +107,106 @@ async fn a_server_and_the_cli_each_read_the_others_latest_writes() {
     let status = server.close().await.unwrap();
     assert!(status.success());
 }
+
+/// An episode the CLI forgets while a `memory mcp` server holds it in its cache (the server
+/// opened the data directory first, so the cache file is its own) is gone from the server's
+/// next reads: shown, searched, counted, and advised from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episode_the_cli_forgets_is_gone_from_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let slot = PidSlot::default();
+    let mut server = McpProcess::start(dir.path(), NS, &[], &[], &slot)
+        .await
+        .unwrap();
+    let call = async |server: &mut McpProcess, tool: &str, args: serde_json::Value| match server
+        .call(tool, args)
+        .await
+    {
+        CallEnd::Ok(v) => v,
+        other => panic!("{tool}: {other:?}"),
+    };
+    let context = json!({ "domain": "billing", "language": "rust" });
+    let mut ids = Vec::new();
+    for task in [
+        "fix the zebraquartz invoice export",
+        "fix the invoice rounding",
+    ] {
+        let started = call(
+            &mut server,
+            "start_episode",
+            json!({ "task": task, "task_type": "debugging", "context": context }),
+        )
+        .await;
+        let id = started["episode_id"].as_str().unwrap().to_owned();
+        for (tool, status) in [
+            ("cargo", "error"),
+            ("edit_file", "success"),
+            ("cargo", "success"),
+        ] {
+            let step = json!({ "episode_id": id, "tool": tool, "action": format!("{tool} run"),
+                "status": status, "output": "zebraquartz output" });
+            call(&mut server, "log_step", step).await;
+        }
+        let done = json!({ "episode_id": id, "outcome": "success", "verdict": "fixed" });
+        call(&mut server, "complete_episode", done).await;
+        ids.push(id);
+    }
+    let gone = ids[0].clone();
+    // The server reads (and caches) it, and finds it.
+    call(&mut server, "show_episode", json!({ "episode_id": gone })).await;
+    let found = call(
+        &mut server,
+        "search_episodes",
+        json!({ "query": "zebraquartz" }),
+    )
+    .await;
+    assert!(found.to_string().contains(&gone), "{found}");
+
+    let cli = run_cli(
+        dir.path(),
+        &[
+            "--namespace",
+            NS,
+            "--json",
+            "episode",
+            "forget",
+            &gone,
+            "--reason",
+            "test",
+        ],
+        &[],
+        &slot,
+    )
+    .await
+    .unwrap();
+    assert_eq!(cli.code, Some(0), "{cli:?}");
+
+    let CallEnd::ToolError(e) = server
+        .call("show_episode", json!({ "episode_id": gone }))
+        .await
+    else {
+        panic!("the server still shows the forgotten episode");
+    };
+    assert_eq!(e["error"]["kind"], "not_found", "{e}");
+    let found = call(
+        &mut server,
+        "search_episodes",
+        json!({ "query": "zebraquartz" }),
+    )
+    .await;
+    assert!(!found.to_string().contains(&gone), "{found}");
+    let stats = call(&mut server, "stats", json!({})).await;
+    assert_eq!(stats["counts"]["episodes"], 1, "{stats}");
+    let advice = call(
+        &mut server,
+        "recommend",
+        json!({ "task": "fix the zebraquartz invoice export", "task_type": "debugging", "context": context }),
+    )
+    .await;
+    assert!(
+        !advice.to_string().contains(&gone),
+        "advice names the forgotten episode"
+    );
+    let status = server.close().await.unwrap();
+    assert!(status.success());
+}

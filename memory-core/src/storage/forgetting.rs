@@ -14,6 +14,9 @@ use crate::namespace::Namespace;
 /// the read and the write.
 const FORGET_TRIES: usize = 8;
 
+/// The first pause before an erasure reads its episodes again (doubled up to 8 times it).
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(30);
+
 /// Reads the episodes `ids` name from `storage` and prepares their erasure: for each completed
 /// one, what its completion taught (extraction run again on the episode as stored); for each
 /// the steps it holds. An id the namespace does not hold is kept (the store reports it
@@ -54,7 +57,7 @@ pub async fn prepare_erasure(
 }
 
 /// Forgets the episodes `ids` name in `storage` ([`EpisodeStore::forget_episodes`]), reading
-/// them again (up to 8 times) while another writer changes one between the read and the
+/// them again (up to 8 times, pausing longer each time) while another writer changes one between the read and the
 /// write: what the engine does, and what a journaled erasure does when it is replayed (the
 /// journal holds the ids and the reason only).
 pub async fn forget_in(
@@ -68,7 +71,12 @@ pub async fn forget_in(
     loop {
         let erasure = prepare_erasure(storage, ns, ids, reason, at).await?;
         match storage.forget_episodes(ns, &erasure).await {
-            Err(e) if e.is_steps_changed() && tries + 1 < FORGET_TRIES => tries += 1,
+            Err(e) if e.is_steps_changed() && tries + 1 < FORGET_TRIES => {
+                // A cached copy may lag another machine's write by up to a poll interval
+                // (1 s): wait longer each time (about 2 s in all) before reading again.
+                tries += 1;
+                tokio::time::sleep(RETRY_PAUSE * (1 << tries.min(3))).await;
+            }
             done => return done,
         }
     }
