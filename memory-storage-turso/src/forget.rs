@@ -124,7 +124,13 @@ pub(crate) async fn forget_in_tx(
 ) -> DbResult<ErasureReport> {
     let at = nanos("forgotten_at", erasure.at)?;
     let mut stored = Vec::with_capacity(erasure.episodes.len());
+    let mut named = std::collections::HashSet::new();
     for f in &erasure.episodes {
+        if !named.insert(f.episode_id) {
+            // Named twice: forgotten (and unlearned) once.
+            stored.push(None);
+            continue;
+        }
         let state = stored_state(tx, ns, &f.episode_id.to_string()).await?;
         if let Some((steps, completed)) = state
             && (steps != f.expected_steps || (completed && f.learning.is_none()))
@@ -136,7 +142,9 @@ pub(crate) async fn forget_in_tx(
     let mut report = ErasureReport::default();
     for (f, state) in erasure.episodes.iter().zip(stored) {
         let Some(steps) = state else {
-            report.missing.push(f.episode_id);
+            if !report.forgotten.contains(&f.episode_id) {
+                report.missing.push(f.episode_id);
+            }
             continue;
         };
         forget_one(tx, ns, f, steps, position, &mut report).await?;

@@ -29,6 +29,10 @@ pub async fn prepare_erasure(
     reason: &str,
     at: DateTime<Utc>,
 ) -> Result<Erasure> {
+    // Each id once: an episode named twice is forgotten (and unlearned) once.
+    let mut seen = std::collections::HashSet::new();
+    let ids: Vec<EpisodeId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+    let ids = ids.as_slice();
     let read = storage.get_episodes(ns, ids).await?;
     let episodes = (ids.iter().zip(read))
         .map(|(&episode_id, episode)| {

@@ -132,11 +132,14 @@ pub async fn forgetting_an_episode_is_as_if_never_recorded(s: &dyn Storage) {
         .unwrap();
 
     let ids: Vec<EpisodeId> = forgotten.iter().map(|e| e.id).collect();
-    let erasure = prepare_erasure(s, &n, &ids, "recorded by mistake", t(600));
-    let report = s
-        .forget_episodes(&n, &erasure.await.unwrap())
-        .await
-        .unwrap();
+    // One of them named twice (as a user might): forgotten and unlearned once, whether the
+    // engine's preparation or the store meets the repetition.
+    let twice = [ids.clone(), vec![ids[0]]].concat();
+    let erasure = prepare_erasure(s, &n, &twice, "recorded by mistake", t(600));
+    let mut erasure = erasure.await.unwrap();
+    assert_eq!(erasure.episodes.len(), 2, "prepared once each");
+    erasure.episodes.push(erasure.episodes[0].clone());
+    let report = s.forget_episodes(&n, &erasure).await.unwrap();
     assert_eq!(report.forgotten, ids);
     assert!(report.missing.is_empty());
     assert_eq!(report.rows.episodes, 2);

@@ -50,7 +50,9 @@ impl NsData {
     fn forget_one(&mut self, f: &ForgetEpisode, report: &mut ErasureReport) {
         let id = f.episode_id;
         let Some(episode) = self.episodes.remove(&id) else {
-            report.missing.push(id);
+            if !report.forgotten.contains(&id) {
+                report.missing.push(id);
+            }
             return;
         };
         let rows = &mut report.rows;
