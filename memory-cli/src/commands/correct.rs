@@ -3,8 +3,8 @@
 
 use anyhow::Result;
 use memory_core::{
-    Error, HeuristicId, LearnedId, LearnedItem, LearnedKind, LearnedQuery, LessonId, ObjectKind,
-    PatternId, SelfLearningMemory, quote_value,
+    Error, HeuristicId, LearnedId, LearnedItem, LearnedKind, LearnedQuery, LessonId, PatternId,
+    SelfLearningMemory, quote_value,
 };
 use serde_json::json;
 
@@ -49,18 +49,13 @@ async fn resolve(
     let mut found = ids
         .into_iter()
         .filter(|i| !id.is_empty() && i.starts_with(id));
-    let object = match kind {
-        LearnedKind::Pattern => ObjectKind::Pattern,
-        LearnedKind::Heuristic => ObjectKind::Heuristic,
-        LearnedKind::Lesson => ObjectKind::Lesson,
-    };
     match (found.next(), found.next()) {
         (Some(i), None) => Ok(whole(i)),
         (Some(_), Some(_)) => {
             let why = format!("prefix {} matches several items", quote_value(id));
             Err(Error::invalid("id", why).into())
         }
-        (None, _) => Err(Error::not_found(object, id).into()),
+        (None, _) => Err(Error::not_found(kind.object_kind(), id).into()),
     }
 }
 

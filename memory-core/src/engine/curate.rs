@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::memory::SelfLearningMemory;
-use crate::error::{Error, ObjectKind, Result};
+use crate::error::{Error, Result};
 use crate::learned::{Learned, LearnedId, LearnedItem, LearnedStatus, Pin};
 use crate::namespace::Namespace;
 use crate::storage::{GuardedItems, LearnedItems};
@@ -27,11 +27,7 @@ impl Curation<'_> {
     /// Changes `x`, or says why it cannot be changed.
     fn apply<T: Learned>(self, x: &mut T, at: DateTime<Utc>) -> Result<()> {
         let refuse = |reason: String| Error::Conflict {
-            kind: match T::KIND {
-                crate::LearnedKind::Pattern => ObjectKind::Pattern,
-                crate::LearnedKind::Heuristic => ObjectKind::Heuristic,
-                crate::LearnedKind::Lesson => ObjectKind::Lesson,
-            },
+            kind: T::KIND.object_kind(),
             id: x.id().to_string(),
             reason,
         };
@@ -128,7 +124,7 @@ impl SelfLearningMemory {
         inner.limiter.acquire(ns, 1)?;
         for _ in 0..CURATE_TRIES {
             let read = (inner.storage.get_learned(ns, id).await?)
-                .ok_or_else(|| Error::not_found(object_kind(id), id.as_str()))?;
+                .ok_or_else(|| Error::not_found(id.kind().object_kind(), id.as_str()))?;
             let mut item = read.clone();
             c.apply_item(&mut item, inner.clock.now())?;
             if item == read {
@@ -150,18 +146,10 @@ impl SelfLearningMemory {
             }
         }
         Err(Error::Conflict {
-            kind: object_kind(id),
+            kind: id.kind().object_kind(),
             id: id.as_str().to_owned(),
             reason: "kept changing while it was corrected; try again".into(),
         })
-    }
-}
-
-fn object_kind(id: &LearnedId) -> ObjectKind {
-    match id {
-        LearnedId::Pattern(_) => ObjectKind::Pattern,
-        LearnedId::Heuristic(_) => ObjectKind::Heuristic,
-        LearnedId::Lesson(_) => ObjectKind::Lesson,
     }
 }
 
