@@ -110,8 +110,8 @@ async fn a_server_and_the_cli_each_read_the_others_latest_writes() {
 
 /// An episode the CLI forgets while a `memory mcp` server holds it in its cache (the server
 /// opened the data directory first, so the cache file is its own) is gone from the server's
-/// next reads: shown, searched and counted. (Its vector can stay in a running server's
-/// in-process index, so `recommend` there may still list it; a known gap, ARCHITECTURE.md.)
+/// next reads: shown, searched, counted and advised (with the model loaded, the server's
+/// in-process indexes held it too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_episode_the_cli_forgets_is_gone_from_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,6 +198,13 @@ async fn an_episode_the_cli_forgets_is_gone_from_a_running_server() {
     assert!(!found.to_string().contains(&gone), "{found}");
     let stats = call(&mut server, "stats", json!({})).await;
     assert_eq!(stats["counts"]["episodes"], 1, "{stats}");
+    let advice = call(
+        &mut server,
+        "recommend",
+        json!({ "task": "fix the zebraquartz invoice export", "context": context }),
+    )
+    .await;
+    assert!(!advice.to_string().contains(&gone), "{advice}");
     let status = server.close().await.unwrap();
     assert!(status.success());
 }

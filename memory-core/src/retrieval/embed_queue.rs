@@ -293,21 +293,16 @@ impl EmbedQueue {
         }
         // A loaded namespace takes the new vectors from the change log, with the summaries
         // as stored now (an episode may have completed while it was embedded). When the
-        // storage cannot answer, they go in directly and the index is marked diverged.
-        let caught_up = if indexes.is_loaded(ns) {
-            match indexes.catch_up(ns, &self.key).await {
-                Ok(_) => true,
-                Err(e) => {
-                    warn!(error = %e, "index could not catch up after embedding; indexing directly");
-                    indexes.diverged(ns);
-                    false
-                }
-            }
-        } else {
-            false
-        };
-        if !caught_up {
-            // Not loaded yet: indexed now, and replaced by the load's full read.
+        // storage cannot answer, they go in directly and the index is marked diverged. A
+        // namespace not loaded (or loading now) is left alone: its load reads the stored
+        // vectors and the log after them, and every search catches up first. (Indexing them
+        // here could put back an episode another process forgot meanwhile: the load reads
+        // the log only from its own start.)
+        if indexes.is_loaded(ns)
+            && let Err(e) = indexes.catch_up(ns, &self.key).await
+        {
+            warn!(error = %e, "index could not catch up after embedding; indexing directly");
+            indexes.diverged(ns);
             indexes.index_stored(ns, stored);
         }
         Ok(done)

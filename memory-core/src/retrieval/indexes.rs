@@ -120,8 +120,15 @@ impl Indexes {
         })
     }
 
-    /// A changed summary (e.g. the episode completed) into both indexes.
+    /// A changed summary (e.g. the episode completed) into both indexes of a loaded namespace;
+    /// the BM25 index takes a newly completed episode at once (lexical search finds it before
+    /// it is embedded). A namespace not loaded is left alone: its load reads the summaries as
+    /// stored, and the change log only from the load's start, so an episode put in before the
+    /// load and forgotten by another process meanwhile would stay.
     pub(crate) fn update_summary(&self, ns: &Namespace, summary: EpisodeSummary) {
+        if !self.is_loaded(ns) {
+            return;
+        }
         let summary = Arc::new(summary);
         self.vectors.update_summary(ns, Arc::clone(&summary));
         self.windows.update_summary(ns, Arc::clone(&summary));
