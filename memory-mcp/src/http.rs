@@ -1,5 +1,6 @@
 //! `memory serve`: the MCP tools over streamable HTTP at `/mcp`, with `GET /health` and
-//! `GET /metrics`, for many agents sharing one process (its model, index and cache).
+//! `GET /metrics`, for many agents sharing one process (its model, index and cache), and the
+//! web view at `/` (module `web`).
 //!
 //! Loopback by default. Any other address needs a bearer token, checked on every request
 //! (constant-time compare); TLS is left to a reverse proxy in front. Each MCP session gets its
@@ -95,6 +96,10 @@ pub async fn serve_http_on(
         .chain([local.ip().to_string(), local.to_string()])
         .chain(config.allowed_hosts.iter().cloned())
         .collect();
+    let web = crate::web::router(
+        &server,
+        crate::web::WebAccess::new(config.token.as_deref(), mcp_config.allowed_hosts.clone()),
+    );
     let factory_server = server.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(factory_server.for_client()),
@@ -113,8 +118,9 @@ pub async fn serve_http_on(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
-        .with_state(shared);
-    info!(address = %local, token = config.token.is_some(), "memory serve: MCP over streamable HTTP at /mcp");
+        .with_state(shared)
+        .merge(web);
+    info!(address = %local, token = config.token.is_some(), "memory serve: MCP over streamable HTTP at /mcp, the web view at /");
     let drain = server.clone();
     let stopping = async move {
         stop.await;
@@ -163,7 +169,7 @@ async fn authorize(State(s): State<Shared>, request: Request, next: Next) -> Res
 }
 
 /// Compares in time that depends on the lengths only.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u8::from(a.len() != b.len());
     for (i, x) in b.iter().enumerate() {
         diff |= x ^ a.get(i).copied().unwrap_or(0);

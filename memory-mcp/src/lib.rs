@@ -37,6 +37,7 @@ mod metrics;
 mod params;
 mod server;
 mod tools;
+mod web;
 
 pub use error::{Error, Result};
 pub use http::{HttpConfig, check_listen, serve_http, serve_http_on};

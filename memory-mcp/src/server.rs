@@ -1,5 +1,6 @@
 //! The MCP server: tool definitions and the handlers that call the memory.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -348,13 +349,43 @@ impl MemoryServer {
                 Some(json!({ "tool": shown, "available": available })),
             ));
         }
+        let result = self.run_tool(name, args).await;
+        if result.is_err() {
+            // The MCP convention's error type for a tool result with `isError`.
+            let span = tracing::Span::current();
+            span.record(telemetry::ERROR_TYPE, telemetry::TOOL_ERROR);
+            span.record(telemetry::OTEL_STATUS_CODE, "error");
+        }
+        Ok(match result {
+            Ok(value) => CallToolResult::structured(value),
+            Err(failure) => CallToolResult::structured_error(failure.to_json()),
+        })
+    }
+
+    /// Runs the tool `name` (one of the server's) as a call of this client.
+    pub(crate) async fn run_tool(
+        &self,
+        name: &str,
+        args: Option<JsonObject>,
+    ) -> Result<Value, ToolFailure> {
+        self.run_guarded(name, self.dispatch(name, args)).await
+    }
+
+    /// Runs `work`, the operation `name` of this client (a tool, or a read of the web view):
+    /// counted in flight, refused once the server stops taking calls, rate-limited with the
+    /// client's bucket, and measured under `name`.
+    pub(crate) async fn run_guarded(
+        &self,
+        name: &str,
+        work: impl Future<Output = Result<Value, ToolFailure>>,
+    ) -> Result<Value, ToolFailure> {
         let started = Instant::now();
         let _counted = InFlight::enter(&self.shared);
         let result = if self.shared.closing.load(Ordering::SeqCst) {
             Err(ToolFailure::from(MemoryError::Shutdown))
         } else {
             match self.limiter.acquire(&client_key(), 1) {
-                Ok(()) => self.dispatch(name, args).await,
+                Ok(()) => work.await,
                 Err(e) => Err(ToolFailure::from(e)),
             }
         };
@@ -367,23 +398,29 @@ impl MemoryServer {
                 elapsed,
             );
         }
-        if result.is_err() {
-            // The MCP convention's error type for a tool result with `isError`.
-            let span = tracing::Span::current();
-            span.record(telemetry::ERROR_TYPE, telemetry::TOOL_ERROR);
-            span.record(telemetry::OTEL_STATUS_CODE, "error");
-        }
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
-        Ok(match result {
-            Ok(value) => {
-                debug!(tool = name, elapsed_ms, "tool call ok");
-                CallToolResult::structured(value)
-            }
+        match &result {
+            Ok(_) => debug!(tool = name, elapsed_ms, "call ok"),
             Err(failure) => {
-                debug!(tool = name, elapsed_ms, kind = failure.kind, message = %failure.message, "tool call failed");
-                CallToolResult::structured_error(failure.to_json())
+                debug!(tool = name, elapsed_ms, kind = failure.kind, message = %failure.message, "call failed");
             }
-        })
+        }
+        result
+    }
+
+    /// The namespaces this server may serve, its default first: the listed ones, or every
+    /// namespace of the data directory when any may be named.
+    pub(crate) async fn namespaces_served(&self) -> Result<Vec<Namespace>, ToolFailure> {
+        let default = &self.shared.default_namespace;
+        let mut all = vec![default.clone()];
+        match &self.shared.config.namespaces {
+            NamespaceAccess::DefaultOnly => {}
+            NamespaceAccess::Listed(list) => all.extend(list.iter().cloned()),
+            NamespaceAccess::Any => all.extend(self.memory().namespaces().await?),
+        }
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|ns| seen.insert(ns.clone()));
+        Ok(all)
     }
 
     /// A list size: `default` when absent, else 1..=`max_results`.

@@ -273,3 +273,89 @@ impl McpProcess {
         )
     }
 }
+
+/// Stops `child` as a service manager would (SIGTERM) and waits for it to exit, at most 30 s;
+/// its exit status.
+pub async fn terminate(mut child: Child) -> anyhow::Result<std::process::ExitStatus> {
+    let pid = child
+        .id()
+        .context("the process has exited already")?
+        .to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?;
+    if !sent.success() {
+        bail!("kill -TERM {pid}: {sent:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .map_err(|_| anyhow!("{pid} still runs 30 s after SIGTERM"))?
+        .context("its exit status")
+}
+
+/// A `memory serve` started on a port the system picks.
+pub struct Served {
+    /// The server.
+    pub child: Child,
+    /// The port it printed.
+    pub port: u16,
+    /// The lines it printed up to its last address line (the web view's).
+    pub banner: Vec<String>,
+}
+
+/// Starts `memory --data-dir dir <global> serve --listen 127.0.0.1:0 <extra>` with `envs`, and
+/// reads what it prints until the web view's address: the port is the one in the MCP line.
+/// Its later output is echoed to this process's stderr, so the server never blocks on a pipe.
+pub async fn serve_on_any_port(
+    dir: &Path,
+    global: &[&str],
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<Served> {
+    let mut cmd = Command::new(memory_binary());
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .args(global)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().context("spawning memory serve")?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let mut banner = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await? {
+            let last = line.starts_with("memory serve: web view at http://");
+            banner.push(line);
+            if last {
+                return Ok(());
+            }
+        }
+        bail!("the server stopped before printing its addresses: {banner:?}")
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .map_err(|_| anyhow!("no address printed within 120 s"))??;
+    let port = banner
+        .iter()
+        .find_map(|l| l.strip_prefix("memory serve: MCP at http://127.0.0.1:"))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {banner:?}"))?;
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("{line}");
+        }
+    });
+    Ok(Served {
+        child,
+        port,
+        banner,
+    })
+}

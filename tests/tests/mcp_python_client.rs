@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::procs::memory_binary;
+use tests::procs::{memory_binary, serve_on_any_port, terminate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
@@ -144,16 +144,8 @@ async fn serve(data: &Path, port: u16) -> Child {
     }
 }
 
-async fn stop(mut child: Child) {
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("stops within 30 s")
-        .unwrap();
+async fn stop(child: Child) {
+    let status = terminate(child).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -223,40 +215,11 @@ async fn a_public_address_without_a_token_is_refused_before_listening() {
 /// is the one it serves on (not port 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_zero_prints_the_port_it_serves_on() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(memory_binary())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let banner = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with("memory serve: MCP at http://") {
-                return line;
-            }
-        }
-        panic!("the server stopped before printing its address");
-    })
-    .await
-    .expect("the server prints its address within 60 s");
-    let port: u16 = banner
-        .trim_start_matches("memory serve: MCP at http://127.0.0.1:")
-        .split('/')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {banner:?}"));
-    assert_ne!(port, 0, "{banner}");
+    let served = serve_on_any_port(dir.path(), &[], &[], &[]).await.unwrap();
+    let (child, port) = (served.child, served.port);
+    assert_ne!(port, 0, "{:?}", served.banner);
     let (status, body) = get(port, "/health", None).await;
     assert_eq!(status, 200, "{body}");
-    // Keep reading stderr so that the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     stop(child).await;
 }

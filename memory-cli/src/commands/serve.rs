@@ -45,6 +45,14 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
             ""
         }
     );
+    errln!(
+        "memory serve: web view at http://{local}/{}",
+        if config.token.is_some() {
+            format!(" (open http://{local}/?token=<{TOKEN_ENV}> once in a browser)")
+        } else {
+            String::new()
+        }
+    );
     let stop = async {
         let (name, _) = signals::terminated().await;
         info!(signal = name, "stopping the server");

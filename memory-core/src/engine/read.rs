@@ -35,6 +35,11 @@ impl SelfLearningMemory {
         Ok(episode)
     }
 
+    /// Every namespace that holds episodes.
+    pub async fn namespaces(&self) -> Result<Vec<Namespace>> {
+        self.inner.storage.list_namespaces().await
+    }
+
     /// A page of episodes, newest first.
     pub async fn list_episodes(
         &self,
