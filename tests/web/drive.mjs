@@ -63,7 +63,7 @@ async function run() {
   };
   const ready = () => page.waitForSelector('body[data-ready="true"]');
   const idle = () => page.waitForNetworkIdle({ idleTime: 150 });
-  const episodesShown = () => page.$$eval('#episodes tr', (rows) => rows.map((r) => r.dataset.id));
+  const episodesShown = () => page.$$eval('#episodes tr[data-id]', (rows) => rows.map((r) => r.dataset.id));
   const counted = async () => Number(await page.$eval('#counts', (c) => c.dataset.episodes));
   const tab = async (name) => {
     await page.click(`nav button[data-tab="${name}"]`);

@@ -94,9 +94,10 @@ function showTab(name) {
 async function loadCounts() {
   const stats = await get('/api/stats');
   const c = stats.counts || {};
+  const n = (count, one, many) => `${count ?? 0} ${count === 1 ? one : many}`;
   $('counts').textContent =
-    `${c.episodes ?? 0} episodes · ${c.active_patterns ?? 0} patterns · ` +
-    `${c.active_heuristics ?? 0} heuristics · ${c.lessons ?? 0} lessons` +
+    `${n(c.episodes, 'episode', 'episodes')} · ${n(c.active_patterns, 'pattern', 'patterns')} · ` +
+    `${n(c.active_heuristics, 'heuristic', 'heuristics')} · ${n(c.lessons, 'lesson', 'lessons')}` +
     (stats.success_rate === null || stats.success_rate === undefined ? '' : ` · success ${pct(stats.success_rate)}`);
   $('counts').dataset.episodes = String(c.episodes ?? 0);
 }
@@ -125,9 +126,13 @@ async function loadEpisodes() {
       el('td', {}, e.reward === null || e.reward === undefined ? '' : e.reward.toFixed(2)),
       el('td', {}, when(e.started_at)));
   });
-  $('episodes').replaceChildren(...rows);
-  const first = page.episodes.length ? state.offset + 1 : 0;
-  $('page-info').textContent = `${first}–${state.offset + page.episodes.length}`;
+  const filtered = $('search').value.trim() || $('status').value || $('domain').value.trim() || $('language').value.trim();
+  const empty = el('tr', {}, el('td', { colspan: 7, class: 'empty' },
+    filtered ? 'No episode matches.' : 'No episodes yet: agents record them through the MCP tools or the CLI.'));
+  $('episodes').replaceChildren(...(rows.length ? rows : [empty]));
+  $('page-info').textContent = page.episodes.length
+    ? `${state.offset + 1}–${state.offset + page.episodes.length}`
+    : '';
   $('prev').disabled = state.offset === 0;
   $('next').disabled = !state.more;
 }
