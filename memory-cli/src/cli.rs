@@ -139,6 +139,10 @@ pub struct ServeArgs {
     /// Another host name clients reach the server by (the Host header is checked); repeatable
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
+    /// Show GET /health's details (data dir, model, journal, ...) to callers without the
+    /// token; loopback addresses only. Without it they get only "ok" or "degraded"
+    #[arg(long)]
+    pub health_details: bool,
     #[command(flatten)]
     pub rate: McpArgs,
 }

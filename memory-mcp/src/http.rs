@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::error::{Error, Result};
-use crate::server::MemoryServer;
+use crate::server::{MemoryServer, PROBE_DEADLINE};
 
 /// Settings of the HTTP server.
 #[derive(Clone, Default)]
@@ -35,6 +35,9 @@ pub struct HttpConfig {
     /// Host names (or `host:port`) clients may use besides the loopback ones and the address
     /// the server listens on (the `Host` header is checked, against DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// Whether `GET /health` shows every component to callers without the token (on a
+    /// loopback address only). Without it they learn only `ok` or `degraded`.
+    pub health_details: bool,
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -42,15 +45,25 @@ impl std::fmt::Debug for HttpConfig {
         f.debug_struct("HttpConfig")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("allowed_hosts", &self.allowed_hosts)
+            .field("health_details", &self.health_details)
             .finish()
     }
 }
 
-/// Checks that `listen` may be served with `config`: a non-loopback address needs a token.
+/// Checks that `listen` may be served with `config`: a non-loopback address needs a token,
+/// and shows `/health`'s details only to callers with it.
 pub fn check_listen(listen: SocketAddr, config: &HttpConfig) -> Result<()> {
-    if !listen.ip().is_loopback() && config.token.as_deref().is_none_or(str::is_empty) {
+    if listen.ip().is_loopback() {
+        return Ok(());
+    }
+    if config.token.as_deref().is_none_or(str::is_empty) {
         return Err(Error::Config(format!(
             "{listen} is not a loopback address: set a bearer token (MEMORY_SERVE_TOKEN) so that only your agents can use the memory"
+        )));
+    }
+    if config.health_details {
+        return Err(Error::Config(format!(
+            "{listen} is not a loopback address: /health shows its details only with the token there (leave out --health-details)"
         )));
     }
     Ok(())
@@ -60,6 +73,24 @@ pub fn check_listen(listen: SocketAddr, config: &HttpConfig) -> Result<()> {
 struct Shared {
     server: MemoryServer,
     token: Option<Arc<str>>,
+    /// Host names the `Host` header may name.
+    hosts: Arc<[String]>,
+    health_details: bool,
+}
+
+impl Shared {
+    /// Whether the request carries the token (always true without one).
+    fn has_token(&self, headers: &axum::http::HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        same(given.as_bytes(), token.as_bytes())
+    }
 }
 
 /// Binds `listen` and serves until `stop` resolves (see the module docs).
@@ -100,6 +131,8 @@ pub async fn serve_http_on(
         &server,
         crate::web::WebAccess::new(config.token.as_deref(), mcp_config.allowed_hosts.clone()),
     );
+    let max_body = mcp_config.max_request_body_bytes;
+    let hosts: Arc<[String]> = mcp_config.allowed_hosts.clone().into();
     let factory_server = server.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(factory_server.for_client()),
@@ -109,15 +142,21 @@ pub async fn serve_http_on(
     let shared = Shared {
         server: server.clone(),
         token: config.token.as_deref().map(Arc::from),
+        hosts,
+        health_details: config.health_details,
     };
     let mcp = Router::new()
         .fallback_service(mcp)
+        .layer(middleware::from_fn(move |request, next| {
+            crate::jsonrpc_errors::jsonrpc_errors(max_body, request, next)
+        }))
         .layer(middleware::from_fn(session_closed_is_no_content));
     let router = Router::new()
         .nest("/mcp", mcp)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .layer(middleware::from_fn_with_state(shared.clone(), check_host))
         .with_state(shared)
         .merge(web);
     info!(address = %local, token = config.token.is_some(), "memory serve: MCP over streamable HTTP at /mcp, the web view at /");
@@ -147,23 +186,30 @@ async fn session_closed_is_no_content(request: Request, next: Next) -> Response 
     response
 }
 
-/// Rejects requests without the bearer token, when one is configured.
+/// Refuses a request whose `Host` header names no host of this server (against DNS
+/// rebinding: a page elsewhere must not read `/health` or `/metrics` through a name that
+/// resolves to loopback). `/mcp` is checked by rmcp's transport as well.
+async fn check_host(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    if !crate::web::host_allowed(&s.hosts, request.headers()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this Host is not served: use the address `memory serve` printed, or start it with --allow-host\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Rejects requests without the bearer token, when one is configured; `/health` answers
+/// anyone (with only `ok` or `degraded` to callers without the token).
 async fn authorize(State(s): State<Shared>, request: Request, next: Next) -> Response {
-    if let Some(token) = &s.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(given.as_bytes(), token.as_bytes()) {
-            let mut response =
-                (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        }
+    if request.uri().path() != "/health" && !s.has_token(request.headers()) {
+        let mut response =
+            (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
     }
     next.run(request).await
 }
@@ -177,13 +223,37 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-async fn health(State(s): State<Shared>) -> Response {
-    let report = s.server.health_report().await;
-    let status = if report["healthy"] == serde_json::Value::Bool(true) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+/// `{"status": "ok"}` (200) or `{"status": "degraded"}` (503); every component's report too
+/// for a caller with the token, or for anyone on loopback with `health_details`.
+async fn health(State(s): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    // A probe gets its answer in time whatever the database does (a hung server included).
+    let mut report = match tokio::time::timeout(PROBE_DEADLINE, s.server.health_report()).await {
+        Ok(report) => report,
+        Err(_) => serde_json::json!({
+            "healthy": false,
+            "components": [{
+                "component": "durable",
+                "status": "down",
+                "detail": format!("no answer within {} ms", PROBE_DEADLINE.as_millis()),
+            }],
+        }),
     };
+    let healthy = report["healthy"] == serde_json::Value::Bool(true);
+    let (status, word) = if healthy {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    };
+    let details = if s.token.is_some() {
+        s.has_token(&headers)
+    } else {
+        s.health_details
+    };
+    if !details {
+        report = serde_json::json!({ "status": word });
+    } else if let Some(map) = report.as_object_mut() {
+        map.insert("status".into(), word.into());
+    }
     (status, axum::Json(report)).into_response()
 }
 

@@ -33,6 +33,7 @@
 mod catalog;
 mod error;
 mod http;
+mod jsonrpc_errors;
 mod metrics;
 mod params;
 mod server;

@@ -111,6 +111,9 @@ impl NamespaceAccess {
     }
 }
 
+/// How long `/health` and `/metrics` wait for the database before they answer without it.
+pub(crate) const PROBE_DEADLINE: Duration = Duration::from_millis(800);
+
 /// State shared by every client of one server.
 struct Shared {
     memory: Arc<SelfLearningMemory>,
@@ -239,11 +242,15 @@ impl MemoryServer {
             g.journal_rejected = st.dead_letters;
             g.cache = st.cache.map(|c| (c.hit_rate(), c.entries));
         }
-        g.embedding_backlog = self
+        // A count from the database: left out when it does not answer in time (a scrape
+        // must not wait for a hung server).
+        let backlog = self
             .memory()
-            .embedding_backlog(&self.shared.default_namespace)
+            .embedding_backlog(&self.shared.default_namespace);
+        g.embedding_backlog = tokio::time::timeout(PROBE_DEADLINE, backlog)
             .await
-            .ok();
+            .ok()
+            .and_then(Result::ok);
         m.render(&g)
     }
 

@@ -332,7 +332,11 @@ impl StackBuilder {
             ),
         };
         let clock = Arc::new(SystemClock);
+        // A server that did not answer at open (down or hung) is unreachable from the start:
+        // writes are journaled at once, as they are once the breaker trips.
+        let unreachable = !matches!(self.mode, StorageMode::Local) && durable.schema_version() == 0;
         let tiered = TieredStorage::builder(Arc::new(durable.clone()), journal.clone())
+            .durable_unreachable(unreachable)
             .maybe_cache(cache)
             .config(self.tiered)
             .clock(clock.clone())

@@ -512,6 +512,21 @@ impl Storage for TursoStorage {
     }
 }
 
+/// How long a store that may open while its server is unreachable waits for the server's
+/// first answer: a hung server (one that takes connections and answers nothing) counts as
+/// unreachable after it, as a refusing one does at once, so the process opens and journals
+/// instead of waiting out the call timeout.
+pub(crate) const OPEN_PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether the server answers a trivial query within [`OPEN_PROBE_DEADLINE`] (an error is an
+/// answer: the migration that follows reports it). The migration runs only after an answer,
+/// never under this deadline, so a slow migration is not cut short.
+async fn answers_soon(writer: &libsql::Connection) -> bool {
+    tokio::time::timeout(OPEN_PROBE_DEADLINE, writer.query("SELECT 1", ()))
+        .await
+        .is_ok()
+}
+
 /// Runs the schema's migrations at open, under the server's gate when there is a server. A
 /// remote store that may open while its server is unreachable opens at version 0 when the
 /// server does not answer (the schema is checked again when it does).
@@ -521,6 +536,13 @@ async fn migrate_at_open(
     server_gate: Option<&Arc<crate::server_gate::ServerGate>>,
     local: bool,
 ) -> DbResult<u32> {
+    if !local && config.open_when_unreachable() && !answers_soon(writer).await {
+        warn!(
+            deadline_ms = OPEN_PROBE_DEADLINE.as_millis() as u64,
+            "server does not answer at open: the schema is checked when it answers"
+        );
+        return Ok(0);
+    }
     let gate = crate::server_gate::lock_if_any(server_gate).await;
     let migrated = schema::migrate(writer, config.schema_version()).await;
     drop(gate);

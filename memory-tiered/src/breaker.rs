@@ -100,6 +100,15 @@ impl CircuitBreaker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Opens the breaker now, as if it had just tripped: calls are refused for `open_for`,
+    /// then one probe passes. For a durable layer known to be unreachable before any call
+    /// (a server that did not answer at open).
+    pub fn trip(&self) {
+        *self.lock() = State::Open {
+            until: Instant::now() + self.config.open_for,
+        };
+    }
+
     /// The current state (an open breaker whose time is up reports half-open).
     pub fn state(&self) -> BreakerState {
         match &*self.lock() {

@@ -117,6 +117,7 @@ pub struct TieredBuilder {
     cache: Option<Arc<dyn Cache>>,
     config: TieredConfig,
     clock: SharedClock,
+    durable_unreachable: bool,
 }
 
 impl TieredBuilder {
@@ -145,6 +146,15 @@ impl TieredBuilder {
     #[must_use]
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Starts with the breaker open when `unreachable` (the durable layer's server did not
+    /// answer when it was opened): writes are journaled at once instead of each waiting out
+    /// the durable layer's call timeout, until a probe finds the server answering.
+    #[must_use]
+    pub fn durable_unreachable(mut self, unreachable: bool) -> Self {
+        self.durable_unreachable = unreachable;
         self
     }
 
@@ -178,6 +188,7 @@ impl TieredStorage {
             cache: None,
             config: TieredConfig::default(),
             clock: Arc::new(SystemClock),
+            durable_unreachable: false,
         }
     }
 
@@ -190,6 +201,7 @@ impl TieredStorage {
             cache,
             config,
             clock,
+            durable_unreachable,
         } = b;
         let coherence = Coherence::new(cache.as_ref().and_then(|c| c.opened_mark()));
         let inner = Arc::new(Inner {
@@ -210,6 +222,9 @@ impl TieredStorage {
             stop: Notify::new(),
             replay_lock: tokio::sync::Mutex::new(()),
         });
+        if durable_unreachable {
+            inner.breaker.trip();
+        }
         // Journals of processes that stopped before replaying them become this one's.
         if let Err(e) = inner.outbox.adopt().await {
             warn!(error = %e, "cannot adopt the journals of stopped processes now; retrying later");

@@ -127,6 +127,31 @@ impl SqldServer {
         Ok(server)
     }
 
+    /// Stops the server's process with SIGSTOP: it keeps its port and takes connections (the
+    /// kernel accepts them), but answers nothing, as a hung server does.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, which: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("sqld is not running")?;
+        // `kill` the utility, since this crate forbids the unsafe code a direct signal needs.
+        let sent = std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill {which} {pid}: {sent:?}");
+        Ok(())
+    }
+
     /// Base URL of the HTTP (Hrana) API, `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

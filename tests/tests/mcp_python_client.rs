@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tests::procs::{memory_binary, serve_on_any_port, terminate};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const TOKEN: &str = "test-token-5b1e";
@@ -91,26 +90,22 @@ fn free_port() -> u16 {
 
 /// `GET path` with an optional bearer token: (status, body).
 async fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Connection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    get_as(port, path, token, &format!("127.0.0.1:{port}")).await
+}
+
+/// `POST /mcp` of `body` as an MCP client sends it.
+async fn post_mcp(port: u16, token: &str, body: &str) -> (u16, String) {
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream"
+    );
+    let answer = tests::http::exchange(port, &head, body).await.unwrap();
+    (answer.status, answer.body)
+}
+
+async fn get_as(port: u16, path: &str, token: Option<&str>, host: &str) -> (u16, String) {
+    let answer = tests::http::get(port, path, token, host).await.unwrap();
+    (answer.status, answer.body)
 }
 
 async fn serve(data: &Path, port: u16) -> Child {
@@ -167,7 +162,36 @@ async fn the_python_client_over_streamable_http() {
     assert_eq!(status, 200, "{body}");
     let health: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["healthy"], true);
-    assert_eq!(get(port, "/health", None).await.0, 401);
+    assert_eq!(health["status"], "ok");
+    // Without the token, a probe learns only whether the server is up.
+    let (status, body) = get(port, "/health", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({ "status": "ok" })
+    );
+    assert_eq!(get(port, "/metrics", None).await.0, 401);
+    // Every route checks the Host header (DNS rebinding), the token notwithstanding.
+    for path in ["/health", "/metrics", "/mcp", "/"] {
+        let (status, body) = get_as(port, path, Some(TOKEN), "evil.example").await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    // What JSON-RPC cannot take gets JSON-RPC's own error codes.
+    for (body, code, id) in [
+        ("{not json", -32700, Value::Null),
+        ("[]", -32600, Value::Null),
+        (
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"stats","arguments":"x"}}"#,
+            -32602,
+            json!(9),
+        ),
+    ] {
+        let (status, answer) = post_mcp(port, TOKEN, body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert_eq!(answer["id"], id, "{body}: {answer}");
+    }
     let (status, metrics) = get(port, "/metrics", Some(TOKEN)).await;
     assert_eq!(status, 200);
     for line in [

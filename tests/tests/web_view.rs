@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tests::procs::{CallEnd, McpProcess, PidSlot, serve_on_any_port, terminate};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const TOKEN: &str = "web-view-token-7c2d";
@@ -139,26 +138,10 @@ async fn stop(child: Child) {
     assert!(status.success(), "{status:?}");
 }
 
-/// One HTTP/1.0 request; the answer's status, headers (lowercase names) and body.
+/// One HTTP/1.0 request; the answer's status, headers (lowercased) and body.
 async fn request(port: u16, head: &str, body: &str) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let request = format!(
-        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, headers.to_lowercase(), body.to_owned())
+    let answer = tests::http::exchange(port, head, body).await.unwrap();
+    (answer.status, answer.headers, answer.body)
 }
 
 /// The token, the `Host` check and the guards of the actions, over plain HTTP.

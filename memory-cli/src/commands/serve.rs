@@ -23,6 +23,7 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
             .ok()
             .filter(|t| !t.trim().is_empty()),
         allowed_hosts: a.allow_hosts.clone(),
+        health_details: a.health_details,
     };
     // Refused before anything is opened.
     memory_mcp::check_listen(a.listen, &config)?;

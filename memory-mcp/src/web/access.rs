@@ -67,11 +67,7 @@ impl WebAccess {
     }
 
     fn host_allowed(&self, headers: &HeaderMap) -> bool {
-        let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-            return false;
-        };
-        let name = host_name(host);
-        self.hosts.iter().any(|h| h == host || h == name)
+        host_allowed(&self.hosts, headers)
     }
 
     /// Whether the request carries the token or a live session (always, without a token).
@@ -131,6 +127,15 @@ impl WebAccess {
             Some(Err(_)) => false,
         }
     }
+}
+
+/// Whether the request's `Host` header names one of `hosts` (with or without its port).
+pub(crate) fn host_allowed(hosts: &[String], headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = host_name(host);
+    hosts.iter().any(|h| h == host || h == name)
 }
 
 /// The host name of a `Host` header value (`name`, `name:port`, `[v6]` or `[v6]:port`).

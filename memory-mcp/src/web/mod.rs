@@ -30,7 +30,7 @@ mod access;
 mod api;
 mod curve;
 
-pub(crate) use access::WebAccess;
+pub(crate) use access::{WebAccess, host_allowed};
 
 /// The page, its script and its style, compiled into the binary (no network, no CDN).
 const INDEX_HTML: &str = include_str!("assets/index.html");

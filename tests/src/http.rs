@@ -1,0 +1,54 @@
+//! Plain HTTP/1.x over a loopback socket, for the tests of `memory serve` that need to send
+//! what no client library would (a wrong `Host`, a malformed body, no token).
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An answer: status, headers (names and values lowercased) and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status code (0 when the answer had none).
+    pub status: u16,
+    /// The header block, lowercased.
+    pub headers: String,
+    /// The body as sent (the servers tested answer with a length, not in chunks).
+    pub body: String,
+}
+
+/// Sends `head` (request line and headers, without the blank line) with `body` to
+/// `127.0.0.1:port`, adding `Content-Length` and `Connection: close`, and reads the answer.
+pub async fn exchange(port: u16, head: &str, body: &str) -> anyhow::Result<Answer> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("connecting to port {port}"))?;
+    let request = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok(Answer {
+        status,
+        headers: headers.to_lowercase(),
+        body: body.to_owned(),
+    })
+}
+
+/// `GET path` with `Host: host`, and the bearer token when given.
+pub async fn get(port: u16, path: &str, token: Option<&str>, host: &str) -> anyhow::Result<Answer> {
+    let auth = token.map_or(String::new(), |t| format!("\r\nAuthorization: Bearer {t}"));
+    exchange(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}{auth}"),
+        "",
+    )
+    .await
+}
