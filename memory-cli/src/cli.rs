@@ -143,6 +143,15 @@ pub struct ServeArgs {
     /// token; loopback addresses only. Without it they get only "ok" or "degraded"
     #[arg(long)]
     pub health_details: bool,
+    /// Connections open at once; one more is answered 503 and closed
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds a new connection may take to send its first request header
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Seconds a request may take to send its body
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout: u64,
     #[command(flatten)]
     pub rate: McpArgs,
 }

@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -24,10 +25,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::error::{Error, Result};
+use crate::guarded_listener::GuardedListener;
 use crate::server::{MemoryServer, PROBE_DEADLINE};
 
 /// Settings of the HTTP server.
-#[derive(Clone, Default)]
+///
+/// # Default
+/// | field | default |
+/// |---|---|
+/// | `token` | none (loopback only) |
+/// | `allowed_hosts` | none besides loopback and the listen address |
+/// | `health_details` | off |
+/// | `max_connections` | 512 |
+/// | `header_timeout` | 10 s |
+/// | `body_timeout` | 30 s |
+#[derive(Clone)]
 pub struct HttpConfig {
     /// Bearer token every request must carry (`Authorization: Bearer <token>`). Required when
     /// the server listens on a non-loopback address.
@@ -38,6 +50,25 @@ pub struct HttpConfig {
     /// Whether `GET /health` shows every component to callers without the token (on a
     /// loopback address only). Without it they learn only `ok` or `degraded`.
     pub health_details: bool,
+    /// Connections open at once; one more is answered `503` and closed.
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first request header.
+    pub header_timeout: Duration,
+    /// How long a request may take to send its body.
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            token: None,
+            allowed_hosts: Vec::new(),
+            health_details: false,
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -46,6 +77,9 @@ impl std::fmt::Debug for HttpConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("allowed_hosts", &self.allowed_hosts)
             .field("health_details", &self.health_details)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
             .finish()
     }
 }
@@ -127,11 +161,12 @@ pub async fn serve_http_on(
         .chain([local.ip().to_string(), local.to_string()])
         .chain(config.allowed_hosts.iter().cloned())
         .collect();
+    let max_body = mcp_config.max_request_body_bytes;
     let web = crate::web::router(
         &server,
         crate::web::WebAccess::new(config.token.as_deref(), mcp_config.allowed_hosts.clone()),
+        (config.body_timeout, max_body),
     );
-    let max_body = mcp_config.max_request_body_bytes;
     let hosts: Arc<[String]> = mcp_config.allowed_hosts.clone().into();
     let factory_server = server.clone();
     let mcp = StreamableHttpService::new(
@@ -145,10 +180,14 @@ pub async fn serve_http_on(
         hosts,
         health_details: config.health_details,
     };
+    let body_timeout = config.body_timeout;
     let mcp = Router::new()
         .fallback_service(mcp)
         .layer(middleware::from_fn(move |request, next| {
             crate::jsonrpc_errors::jsonrpc_errors(max_body, request, next)
+        }))
+        .layer(middleware::from_fn(move |request, next| {
+            crate::body_deadline::body_in_time(body_timeout, max_body, request, next)
         }))
         .layer(middleware::from_fn(session_closed_is_no_content));
     let router = Router::new()
@@ -159,6 +198,7 @@ pub async fn serve_http_on(
         .layer(middleware::from_fn_with_state(shared.clone(), check_host))
         .with_state(shared)
         .merge(web);
+    let listener = GuardedListener::new(listener, config.max_connections, config.header_timeout);
     info!(address = %local, token = config.token.is_some(), "memory serve: MCP over streamable HTTP at /mcp, the web view at /");
     let drain = server.clone();
     let stopping = async move {

@@ -30,8 +30,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod body_deadline;
 mod catalog;
 mod error;
+mod guarded_listener;
 mod http;
 mod jsonrpc_errors;
 mod metrics;

@@ -24,6 +24,9 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
             .filter(|t| !t.trim().is_empty()),
         allowed_hosts: a.allow_hosts.clone(),
         health_details: a.health_details,
+        max_connections: a.max_connections,
+        header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
+        body_timeout: std::time::Duration::from_secs(a.body_timeout.max(1)),
     };
     // Refused before anything is opened.
     memory_mcp::check_listen(a.listen, &config)?;

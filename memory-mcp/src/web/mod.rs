@@ -46,8 +46,13 @@ pub(crate) struct WebState {
     pub access: Arc<WebAccess>,
 }
 
-/// The view's routes, each behind the [`access::guard`].
-pub(crate) fn router(server: &MemoryServer, access: WebAccess) -> Router {
+/// The view's routes, each behind the [`access::guard`]; a body is read whole within
+/// `body_timeout` (at most `max_body` bytes) once the guard let the request in.
+pub(crate) fn router(
+    server: &MemoryServer,
+    access: WebAccess,
+    (body_timeout, max_body): (std::time::Duration, usize),
+) -> Router {
     let state = WebState {
         server: server.for_client(),
         access: Arc::new(access),
@@ -65,6 +70,9 @@ pub(crate) fn router(server: &MemoryServer, access: WebAccess) -> Router {
         .route("/api/recommend", post(api::recommend))
         .route("/api/forget", post(api::forget))
         .route("/api/correct", post(api::correct))
+        .layer(middleware::from_fn(move |request, next| {
+            crate::body_deadline::body_in_time(body_timeout, max_body, request, next)
+        }))
         .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .with_state(state)
 }

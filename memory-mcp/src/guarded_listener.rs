@@ -1,0 +1,227 @@
+//! The listener `memory serve` accepts on, so that no client can hold the server hostage by
+//! its connections alone:
+//! - at most `max_connections` are open at once; one more gets `503 Service Unavailable` with
+//!   `Retry-After` and is closed at once (it never reaches the router);
+//! - a connection's first request header must be complete within `header_timeout` of the
+//!   accept, or the connection is closed: half a request and silence (a slow-loris) holds a
+//!   slot for that long at most. Later requests on a kept-alive connection are not timed
+//!   (an MCP event stream idles on its connection by design).
+//!
+//! (hyper's own header timeout needs a timer that `axum::serve` does not give it, hence this
+//! small wrapper around the socket; the body's read deadline is a middleware, `http.rs`.)
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tracing::{debug, warn};
+
+/// The listener: a bound socket, its connection slots and the header deadline.
+#[derive(Debug)]
+pub(crate) struct GuardedListener {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+    header_timeout: Duration,
+    /// Connections refused for want of a slot, since the start.
+    refused: Arc<AtomicU64>,
+}
+
+impl GuardedListener {
+    /// Accepts on `inner`, at most `max_connections` open at once.
+    pub(crate) fn new(
+        inner: TcpListener,
+        max_connections: usize,
+        header_timeout: Duration,
+    ) -> Self {
+        GuardedListener {
+            inner,
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            header_timeout,
+            refused: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// What a connection over the cap reads before it is closed.
+const REFUSAL: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 51\r\nConnection: close\r\n\r\n\
+the server has too many connections: retry shortly\n";
+
+async fn refuse(mut stream: TcpStream) {
+    // A client that does not read its refusal gets nothing more than a closed socket.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSAL.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = GuardedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (GuardedStream, SocketAddr) {
+        loop {
+            let (stream, addr) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted: wait
+                    // a moment rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+                let deadline = Box::pin(tokio::time::sleep(self.header_timeout));
+                let stream = GuardedStream {
+                    inner: stream,
+                    _slot: slot,
+                    header: Some(HeaderWatch {
+                        deadline,
+                        tail: Vec::with_capacity(3),
+                    }),
+                };
+                return (stream, addr);
+            }
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                warn!(
+                    refused = n,
+                    "connection refused: every connection slot is taken"
+                );
+            }
+            tokio::spawn(refuse(stream));
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Watches a connection until its first request header is complete.
+struct HeaderWatch {
+    deadline: Pin<Box<Sleep>>,
+    /// The last bytes read (at most 3), to find the header's end across reads.
+    tail: Vec<u8>,
+}
+
+impl HeaderWatch {
+    /// Whether `read` (what came after the bytes seen so far) completes the header.
+    fn completes(&mut self, read: &[u8]) -> bool {
+        let mut joined = std::mem::take(&mut self.tail);
+        joined.extend_from_slice(read);
+        if joined.windows(4).any(|w| w == b"\r\n\r\n") {
+            return true;
+        }
+        let keep = joined.len().saturating_sub(3);
+        self.tail = joined.split_off(keep);
+        false
+    }
+}
+
+/// An accepted connection: holds its slot until it closes.
+pub(crate) struct GuardedStream {
+    inner: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    /// Until the first request header is complete.
+    header: Option<HeaderWatch>,
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(watch) = &mut this.header
+            && watch.deadline.as_mut().poll(cx).is_ready()
+        {
+            debug!("closing a connection whose request header did not arrive in time");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request header did not arrive in time",
+            )));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(watch)) = (&read, &mut this.header)
+            && watch.completes(&buf.filled()[before..])
+        {
+            this.header = None;
+        }
+        read
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch() -> HeaderWatch {
+        HeaderWatch {
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
+            tail: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_header_is_found_across_reads() {
+        let mut w = watch();
+        assert!(!w.completes(b"GET / HTTP/1.1\r\nHost: x\r"));
+        assert!(!w.completes(b"\n"));
+        assert!(w.completes(b"\r\n"));
+        let mut w = watch();
+        for byte in b"GET / HTTP/1.1\r\n\r" {
+            assert!(!w.completes(&[*byte]));
+        }
+        assert!(w.completes(b"\n"));
+        assert!(!watch().completes(b""));
+    }
+
+    #[test]
+    fn the_refusal_is_a_whole_http_answer() {
+        let (head, body) = REFUSAL.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(head.starts_with("HTTP/1.1 503"));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+}
