@@ -152,6 +152,10 @@ pub struct ServeArgs {
     /// Seconds a request may take to send its body
     #[arg(long, default_value_t = 30)]
     pub body_timeout: u64,
+    /// MCP sessions kept at once; at the cap a new session closes the idlest (its client
+    /// starts another)
+    #[arg(long, default_value_t = 1000)]
+    pub max_sessions: usize,
     #[command(flatten)]
     pub rate: McpArgs,
 }

@@ -107,6 +107,19 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
+/// The address a connection came from, in each request's extensions
+/// (`ConnectInfo<PeerAddr>`): what the per-client rate limit is keyed by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// Watches a connection until its first request header is complete.
 struct HeaderWatch {
     deadline: Pin<Box<Sleep>>,

@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::error::{Error, Result};
-use crate::guarded_listener::GuardedListener;
+use crate::guarded_listener::{GuardedListener, PeerAddr};
 use crate::server::{MemoryServer, PROBE_DEADLINE};
+use crate::session_cap::CappedSessions;
 
 /// Settings of the HTTP server.
 ///
@@ -39,6 +40,7 @@ use crate::server::{MemoryServer, PROBE_DEADLINE};
 /// | `max_connections` | 512 |
 /// | `header_timeout` | 10 s |
 /// | `body_timeout` | 30 s |
+/// | `max_sessions` | 1,000 |
 #[derive(Clone)]
 pub struct HttpConfig {
     /// Bearer token every request must carry (`Authorization: Bearer <token>`). Required when
@@ -56,6 +58,8 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// How long a request may take to send its body.
     pub body_timeout: Duration,
+    /// MCP sessions kept at once; at the cap a new one closes the idlest.
+    pub max_sessions: usize,
 }
 
 impl Default for HttpConfig {
@@ -67,6 +71,7 @@ impl Default for HttpConfig {
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            max_sessions: 1_000,
         }
     }
 }
@@ -80,6 +85,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("max_connections", &self.max_connections)
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
+            .field("max_sessions", &self.max_sessions)
             .finish()
     }
 }
@@ -168,10 +174,15 @@ pub async fn serve_http_on(
         (config.body_timeout, max_body),
     );
     let hosts: Arc<[String]> = mcp_config.allowed_hosts.clone().into();
+    // Every session shares the server's rate limiter, which keys its buckets by the client's
+    // address: a client cannot get a fresh bucket by opening a fresh session.
     let factory_server = server.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(factory_server.for_client()),
-        Arc::new(LocalSessionManager::default()),
+        move || Ok(factory_server.clone()),
+        Arc::new(CappedSessions::new(
+            LocalSessionManager::default(),
+            config.max_sessions,
+        )),
         mcp_config,
     );
     let shared = Shared {
@@ -206,6 +217,7 @@ pub async fn serve_http_on(
         drain.stop_taking_calls().await;
         sessions.cancel();
     };
+    let router = router.into_make_service_with_connect_info::<PeerAddr>();
     axum::serve(listener, router)
         .with_graceful_shutdown(stopping)
         .await

@@ -39,6 +39,7 @@ mod jsonrpc_errors;
 mod metrics;
 mod params;
 mod server;
+mod session_cap;
 mod tools;
 mod web;
 

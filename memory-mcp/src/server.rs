@@ -34,8 +34,9 @@ use crate::params::NamespaceArgs;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct McpConfig {
-    /// Token bucket applied to every tool call of one client (each connection gets its own
-    /// bucket), on top of the memory's per-namespace limit on writes.
+    /// Token bucket applied to every tool call of one client, on top of the memory's
+    /// per-namespace limit on writes: over stdio the one client's; over HTTP (`memory serve`)
+    /// one bucket per client address, shared by all its sessions.
     pub rate_limit: RateLimitConfig,
     /// Which namespaces a tool call may name.
     pub namespaces: NamespaceAccess,
@@ -347,7 +348,12 @@ impl MemoryServer {
 
     /// Runs one tool call. `Err` only for an unknown tool (a protocol error); everything
     /// else, including invalid arguments, is a tool result.
-    async fn call(&self, name: &str, args: Option<JsonObject>) -> Result<CallToolResult, McpError> {
+    async fn call(
+        &self,
+        name: &str,
+        args: Option<JsonObject>,
+        client: &Namespace,
+    ) -> Result<CallToolResult, McpError> {
         if !self.shared.tools.iter().any(|t| t.name == name) {
             let shown = memory_core::cut_value(name);
             let available: Vec<&str> = self.shared.tools.iter().map(|t| &*t.name).collect();
@@ -356,7 +362,9 @@ impl MemoryServer {
                 Some(json!({ "tool": shown, "available": available })),
             ));
         }
-        let result = self.run_tool(name, args).await;
+        let result = self
+            .run_guarded_as(client, name, self.dispatch(name, args))
+            .await;
         if result.is_err() {
             // The MCP convention's error type for a tool result with `isError`.
             let span = tracing::Span::current();
@@ -386,12 +394,22 @@ impl MemoryServer {
         name: &str,
         work: impl Future<Output = Result<Value, ToolFailure>>,
     ) -> Result<Value, ToolFailure> {
+        self.run_guarded_as(&client_key(), name, work).await
+    }
+
+    /// [`MemoryServer::run_guarded`] with the rate limiter's bucket of `client`.
+    async fn run_guarded_as(
+        &self,
+        client: &Namespace,
+        name: &str,
+        work: impl Future<Output = Result<Value, ToolFailure>>,
+    ) -> Result<Value, ToolFailure> {
         let started = Instant::now();
         let _counted = InFlight::enter(&self.shared);
         let result = if self.shared.closing.load(Ordering::SeqCst) {
             Err(ToolFailure::from(MemoryError::Shutdown))
         } else {
-            match self.limiter.acquire(&client_key(), 1) {
+            match self.limiter.acquire(client, 1) {
                 Ok(()) => work.await,
                 Err(e) => Err(ToolFailure::from(e)),
             }
@@ -516,7 +534,7 @@ impl ServerHandler for MemoryServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.to_string();
         // The MCP server span of OpenTelemetry's conventions: `tools/call {tool}`, kind SERVER
@@ -531,7 +549,18 @@ impl ServerHandler for MemoryServer {
             { telemetry::ERROR_TYPE } = tracing::field::Empty,
             { telemetry::OTEL_STATUS_CODE } = tracing::field::Empty,
         );
-        self.call(&name, request.arguments)
+        // Over HTTP, the bucket of the client's address (every session of one client shares
+        // it); over stdio, the one client's.
+        let client = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| {
+                p.extensions
+                    .get::<axum::extract::ConnectInfo<crate::guarded_listener::PeerAddr>>()
+            })
+            .and_then(|peer| Namespace::new(format!("peer/{}", peer.0.0.ip())).ok())
+            .unwrap_or_else(client_key);
+        self.call(&name, request.arguments, &client)
             .instrument(span)
             .await
             .map(CallToolResponse::from)

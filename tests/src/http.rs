@@ -11,6 +11,8 @@ pub struct Answer {
     pub status: u16,
     /// The header block, lowercased.
     pub headers: String,
+    /// The header block as received.
+    pub head: String,
     /// The body as sent (the servers tested answer with a length, not in chunks).
     pub body: String,
 }
@@ -38,6 +40,7 @@ pub async fn exchange(port: u16, head: &str, body: &str) -> anyhow::Result<Answe
     Ok(Answer {
         status,
         headers: headers.to_lowercase(),
+        head: headers.to_owned(),
         body: body.to_owned(),
     })
 }
@@ -51,4 +54,14 @@ pub async fn get(port: u16, path: &str, token: Option<&str>, host: &str) -> anyh
         "",
     )
     .await
+}
+
+impl Answer {
+    /// The value of header `name` (any case), as received.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
 }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use tests::http::get;
+use tests::http::{Answer, exchange, get};
 use tests::procs::{serve_on_any_port, terminate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -98,6 +98,86 @@ async fn slow_clients_cannot_hold_the_server() {
     s.write_all(head.as_bytes()).await.unwrap();
     let (answer, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    let status = terminate(served.child).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// `POST /mcp` of `body`, in session `session` when given.
+async fn mcp(port: u16, session: Option<&str>, body: &str) -> Answer {
+    let session = session.map_or(String::new(), |s| format!("\r\nMcp-Session-Id: {s}"));
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMcp-Protocol-Version: 2025-06-18{session}"
+    );
+    exchange(port, &head, body).await.unwrap()
+}
+
+/// A new MCP session, initialized; its id.
+async fn session(port: u16) -> String {
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"hostile","version":"1"}}}"#;
+    let answer = mcp(port, None, init).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let id = answer.header("mcp-session-id").unwrap().to_owned();
+    let done = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let answer = mcp(port, Some(&id), done).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    id
+}
+
+/// At the session cap a new session closes the idlest; and fresh sessions do not get fresh
+/// rate-limit buckets: the bucket is the client's (its address), shared by its sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_and_share_their_clients_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve_on_any_port(
+        dir.path(),
+        &[],
+        &[
+            "--max-sessions",
+            "4",
+            "--rate-burst",
+            "5",
+            "--rate-per-second",
+            "0.1",
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let port = served.port;
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        sessions.push(session(port).await);
+    }
+    let ping = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    // The two idlest (the first two) were closed; the other four, the cap, still answer.
+    for (i, id) in sessions.iter().enumerate() {
+        let answer = mcp(port, Some(id), ping).await;
+        let expected = if i < 2 { 404 } else { 202 };
+        assert_eq!(answer.status, expected, "session {i}: {}", answer.body);
+    }
+
+    // 12 fresh sessions, one call each, against a burst of 5 (refilled at 0.1/s).
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"stats","arguments":{}}}"#;
+    let (mut served_calls, mut limited) = (0, 0);
+    for _ in 0..12 {
+        let id = session(port).await;
+        let answer = mcp(port, Some(&id), call).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        if answer.body.contains("rate_limited") {
+            limited += 1;
+        } else {
+            assert!(answer.body.contains("\"counts\""), "{}", answer.body);
+            served_calls += 1;
+        }
+    }
+    eprintln!("12 fresh sessions: {served_calls} calls served, {limited} rate limited");
+    assert!(
+        served_calls <= 6,
+        "{served_calls} of 12 served through a burst of 5"
+    );
+    assert!(limited >= 6, "{limited}");
 
     let status = terminate(served.child).await.unwrap();
     assert!(status.success(), "{status:?}");

@@ -27,6 +27,7 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
         max_connections: a.max_connections,
         header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
         body_timeout: std::time::Duration::from_secs(a.body_timeout.max(1)),
+        max_sessions: a.max_sessions,
     };
     // Refused before anything is opened.
     memory_mcp::check_listen(a.listen, &config)?;
