@@ -127,7 +127,7 @@ fn run(data_dir: &Path, args: &[&str], log: &mut Vec<u8>) -> Output {
         .arg(data_dir)
         .args(args)
         .env("RUST_LOG", "trace")
-        // No model: embedding 390 episodes in a debug build takes minutes, and vectors hold no text.
+        // No model: embedding 600 episodes in a debug build takes minutes, and vectors hold no text.
         .env("MEMORY_MODEL_DIR", "/nonexistent/model")
         .output()
         .unwrap();

@@ -398,6 +398,23 @@ fn values_that_once_escaped() {
         &format!("the deploy key is {}", body(32)),
         "the deploy key is [REDACTED:high_entropy]",
     );
+    // Cut short where a field's limit cuts it (a parameter key holds 40 bytes): the vendor's
+    // prefix and what is left of the key are still a secret.
+    let cut = format!("SG.{}.{}", body(22), body(14));
+    assert_eq!(cut.len(), 40);
+    assert_redacted(&cut, "[REDACTED:sendgrid_key]");
+    assert_redacted(
+        &format!("tag ghp_{}", &body(36)[..12]),
+        "tag [REDACTED:github_token]",
+    );
+    // The same prefix followed by words, or in the middle of the text, is not a key.
+    for kept in [
+        "see hf_hub_download",
+        "ghp_token_format in the docs",
+        "SG.prefix",
+    ] {
+        assert_redacted(kept, kept);
+    }
 }
 
 #[test]
