@@ -1,6 +1,7 @@
 //! The web view of `memory serve`, in a real headless Chromium (npm `@sparticuz/chromium` driven
 //! by `puppeteer-core`, installed by `scripts/install-browser.sh`): `tests/web/drive.mjs` searches,
-//! opens an episode, retracts a pattern and sees it gone from the advice, forgets an episode and
+//! opens an episode, retracts a pattern and sees it gone from the advice, pins another and sees it
+//! advised first, forgets an episode and
 //! sees it gone from search, advice and the counts, and draws the learning curve, failing on
 //! any console error. Its screenshots are kept in `target/web-view/`.
 //!
@@ -285,7 +286,7 @@ async fn the_web_view_in_a_real_browser() {
     let report: Value = serde_json::from_str(last)
         .unwrap_or_else(|_| panic!("no report from the browser run:\n{stdout}\n{stderr}"));
     assert_eq!(report["ok"], true, "{report:#}\n{stderr}");
-    assert_eq!(report["screenshots"].as_array().unwrap().len(), 10);
+    assert_eq!(report["screenshots"].as_array().unwrap().len(), 11);
     assert_eq!(report["steps"]["namespaces"], json!([NS, OTHER_NS]));
     eprintln!("web view: {}", report["steps"]);
     eprintln!("screenshots in {}", shots.display());

@@ -1,6 +1,6 @@
 // Drives the web view of a running `memory serve` in a real headless Chromium, as a user
 // would: opens it with the token, searches, opens an episode, asks for advice, retracts a
-// pattern and sees it gone from the advice, forgets an episode and sees it gone from search,
+// pattern and sees it gone from the advice, pins another and sees it advised first, forgets an episode and sees it gone from search,
 // advice and the counts, and draws the learning curve. Screenshots go to the given folder.
 //
 // Usage: node drive.mjs <base-url> <token> <screenshot-dir> <search-words> <episode-id> <task>
@@ -139,6 +139,23 @@ async function run() {
   await shot('7-learned-retracted');
   await page.click('#inactive');
   await idle();
+
+  // Pinned, the last advised pattern is advised first, labeled pinned.
+  const pinned = (after.Patterns ?? []).at(-1);
+  if (!pinned) throw new Error('no pattern left to pin');
+  await page.waitForSelector(`#learned .item[data-id="${pinned}"] button.pin`);
+  await page.type(`#learned .item[data-id="${pinned}"] input.reason`, 'the team agreed on it');
+  await page.click(`#learned .item[data-id="${pinned}"] button.pin`);
+  await page.waitForSelector(`#learned .item.pinned[data-id="${pinned}"]`);
+  await idle();
+  const withPin = await advise(task);
+  steps.pinned = pinned;
+  if ((withPin.Patterns ?? [])[0] !== pinned) {
+    throw new Error(`the pinned pattern ${pinned} is not advised first: ${JSON.stringify(withPin.Patterns)}`);
+  }
+  const label = await page.$eval(`#advice .item.pinned[data-id="${pinned}"] .badge.pin`, (b) => b.textContent);
+  if (!label.includes('pinned')) throw new Error('the advised pin is not labeled: ' + label);
+  await shot('11-pinned-first');
 
   // The episode was among the similar ones; forgotten, it is gone from search, advice and counts.
   if (!(before['Similar episodes'] ?? []).includes(forgetId)) {
