@@ -29,9 +29,20 @@ pub(crate) const TOOL: ToolText = ToolText {
 
 impl MemoryServer {
     pub(crate) async fn health(&self, a: NamespaceArgs) -> Result<Value, ToolFailure> {
+        self.health_within(a, memory_stack::HEALTH_CHECK_DEADLINE)
+            .await
+    }
+
+    /// The `health` tool's answer with the database check cut short at `check` (an
+    /// unfinished check with no problem found counts as ok).
+    pub(crate) async fn health_within(
+        &self,
+        a: NamespaceArgs,
+        check: std::time::Duration,
+    ) -> Result<Value, ToolFailure> {
         let ns = self.namespace(a.namespace.as_deref())?;
         if let Some(stack) = self.stack() {
-            let report = stack.health(memory_stack::HEALTH_CHECK_DEADLINE).await;
+            let report = stack.health(check).await;
             let mut out = json!(report);
             if let Some(map) = out.as_object_mut() {
                 map.insert("namespace".into(), json!(ns));
