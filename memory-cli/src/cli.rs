@@ -156,6 +156,9 @@ pub struct ServeArgs {
     /// starts another)
     #[arg(long, default_value_t = 1000)]
     pub max_sessions: usize,
+    /// MCP sessions of one client address; at the cap its new session closes its idlest
+    #[arg(long, default_value_t = 100)]
+    pub max_sessions_per_client: usize,
     #[command(flatten)]
     pub rate: McpArgs,
 }

@@ -41,6 +41,7 @@ use crate::session_cap::CappedSessions;
 /// | `header_timeout` | 10 s |
 /// | `body_timeout` | 30 s |
 /// | `max_sessions` | 1,000 |
+/// | `max_sessions_per_client` | 100 |
 #[derive(Clone)]
 pub struct HttpConfig {
     /// Bearer token every request must carry (`Authorization: Bearer <token>`). Required when
@@ -60,6 +61,8 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
     /// MCP sessions kept at once; at the cap a new one closes the idlest.
     pub max_sessions: usize,
+    /// MCP sessions of one client address; at the cap its new one closes its idlest.
+    pub max_sessions_per_client: usize,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +75,7 @@ impl Default for HttpConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_sessions: 1_000,
+            max_sessions_per_client: 100,
         }
     }
 }
@@ -86,6 +90,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("max_sessions", &self.max_sessions)
+            .field("max_sessions_per_client", &self.max_sessions_per_client)
             .finish()
     }
 }
@@ -182,6 +187,7 @@ pub async fn serve_http_on(
         Arc::new(CappedSessions::new(
             LocalSessionManager::default(),
             config.max_sessions,
+            config.max_sessions_per_client,
         )),
         mcp_config,
     );
@@ -200,7 +206,8 @@ pub async fn serve_http_on(
         .layer(middleware::from_fn(move |request, next| {
             crate::body_deadline::body_in_time(body_timeout, max_body, request, next)
         }))
-        .layer(middleware::from_fn(session_closed_is_no_content));
+        .layer(middleware::from_fn(session_closed_is_no_content))
+        .layer(middleware::from_fn(for_this_client));
     let router = Router::new()
         .nest("/mcp", mcp)
         .route("/health", get(health))
@@ -223,6 +230,23 @@ pub async fn serve_http_on(
         .await
         .map_err(|e| Error::Http(e.to_string()))?;
     Ok(())
+}
+
+/// Serves the request with its client's address known to the session cap
+/// ([`crate::session_cap::CLIENT`]).
+async fn for_this_client(request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<PeerAddr>>()
+        .map(|c| c.0.0.ip());
+    match peer {
+        Some(ip) => {
+            crate::session_cap::CLIENT
+                .scope(ip, next.run(request))
+                .await
+        }
+        None => next.run(request).await,
+    }
 }
 
 /// A closed session answers `204 No Content`. rmcp's transport answers a session `DELETE` with

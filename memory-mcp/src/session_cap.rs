@@ -1,10 +1,12 @@
-//! A cap on the MCP sessions `memory serve` keeps at once: at the cap, a new session closes the
-//! one idle the longest (its client gets 404 on its next request and starts a new session, as
-//! MCP clients do). Each session costs about 100 KiB; without a cap, one client opening
-//! sessions could take the server's memory, since rmcp drops a session only after 5 idle
-//! minutes. (rmcp's session managers have no cap; this wraps one.)
+//! A cap on the MCP sessions `memory serve` keeps at once, in all and per client address: at
+//! a cap, a new session closes the one idle the longest (of its client, at the client's cap);
+//! that client gets 404 on its next request and starts a new session, as MCP clients do. Each
+//! session costs about 100 KiB; without a cap, one client opening sessions could take the
+//! server's memory, since rmcp drops a session only after 5 idle minutes. (rmcp's session
+//! managers have no cap; this wraps one.)
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -16,43 +18,63 @@ use rmcp::transport::streamable_http_server::session::{
 };
 use tracing::{info, warn};
 
-/// `inner` with at most `max` sessions.
+tokio::task_local! {
+    /// The address of the client whose request is being served (set around each `/mcp`
+    /// request by `http.rs`), so that a new session is counted against its client.
+    pub(crate) static CLIENT: IpAddr;
+}
+
+/// A live session: when its client last used it, and who that client is.
+#[derive(Debug, Clone, Copy)]
+struct Used {
+    at: Instant,
+    client: Option<IpAddr>,
+}
+
+/// `inner` with at most `max` sessions, and at most `per_client` of one client address.
 #[derive(Debug)]
 pub(crate) struct CappedSessions<M> {
     inner: M,
     max: usize,
-    /// Each live session and when its client last used it.
-    used: Mutex<HashMap<SessionId, Instant>>,
+    per_client: usize,
+    used: Mutex<HashMap<SessionId, Used>>,
     evicted: AtomicU64,
 }
 
 impl<M: SessionManager> CappedSessions<M> {
-    /// At most `max` (at least 1) sessions of `inner` at once.
-    pub(crate) fn new(inner: M, max: usize) -> Self {
+    /// At most `max` (at least 1) sessions of `inner` at once, and `per_client` (at least 1)
+    /// of one client address.
+    pub(crate) fn new(inner: M, max: usize, per_client: usize) -> Self {
         CappedSessions {
             inner,
             max: max.max(1),
+            per_client: per_client.max(1),
             used: Mutex::new(HashMap::new()),
             evicted: AtomicU64::new(0),
         }
     }
 
-    fn used(&self) -> MutexGuard<'_, HashMap<SessionId, Instant>> {
+    fn used(&self) -> MutexGuard<'_, HashMap<SessionId, Used>> {
         self.used.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn touch(&self, id: &SessionId) {
-        if let Some(at) = self.used().get_mut(id) {
-            *at = Instant::now();
+        if let Some(used) = self.used().get_mut(id) {
+            used.at = Instant::now();
         }
     }
 
-    /// Below the cap again: first forgets the sessions `inner` dropped on its own (idle
-    /// expiry, a closed worker), then closes the idlest.
-    async fn make_room(&self) {
+    /// Room for a session of `client`: first forgets the sessions `inner` dropped on its own
+    /// (idle expiry, a closed worker), then closes the client's idlest while it holds
+    /// `per_client`, then the idlest of all while there are `max`.
+    async fn make_room(&self, client: Option<IpAddr>) {
+        let full = |used: &HashMap<SessionId, Used>| {
+            let mine = used.values().filter(|u| u.client == client).count();
+            (used.len() >= self.max, mine >= self.per_client)
+        };
         let tracked: Vec<SessionId> = {
             let used = self.used();
-            if used.len() < self.max {
+            if full(&used) == (false, false) {
                 return;
             }
             used.keys().cloned().collect()
@@ -65,12 +87,14 @@ impl<M: SessionManager> CappedSessions<M> {
         loop {
             let idlest = {
                 let mut used = self.used();
-                if used.len() < self.max {
+                let (all, of_client) = full(&used);
+                if !all && !of_client {
                     return;
                 }
                 let Some(id) = used
                     .iter()
-                    .min_by_key(|(_, at)| **at)
+                    .filter(|(_, u)| !of_client || u.client == client)
+                    .min_by_key(|(_, u)| u.at)
                     .map(|(id, _)| id.clone())
                 else {
                     return;
@@ -98,9 +122,14 @@ impl<M: SessionManager> SessionManager for CappedSessions<M> {
     type Transport = M::Transport;
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
-        self.make_room().await;
+        let client = CLIENT.try_with(|c| *c).ok();
+        self.make_room(client).await;
         let (id, transport) = self.inner.create_session().await?;
-        self.used().insert(id.clone(), Instant::now());
+        let used = Used {
+            at: Instant::now(),
+            client,
+        };
+        self.used().insert(id.clone(), used);
         Ok((id, transport))
     }
 

@@ -20,9 +20,27 @@ pub struct Answer {
 /// Sends `head` (request line and headers, without the blank line) with `body` to
 /// `127.0.0.1:port`, adding `Content-Length` and `Connection: close`, and reads the answer.
 pub async fn exchange(port: u16, head: &str, body: &str) -> anyhow::Result<Answer> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("connecting to port {port}"))?;
+    exchange_from(None, port, head, body).await
+}
+
+/// [`exchange`] from the loopback address `from` (`127.0.0.2`, say: every `127.x.y.z` is this
+/// machine), so that a server sees another client address.
+pub async fn exchange_from(
+    from: Option<std::net::Ipv4Addr>,
+    port: u16,
+    head: &str,
+    body: &str,
+) -> anyhow::Result<Answer> {
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = match from {
+        None => tokio::net::TcpStream::connect(to).await,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::from((ip, 0)))?;
+            socket.connect(to).await
+        }
+    }
+    .with_context(|| format!("connecting to port {port}"))?;
     let request = format!(
         "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

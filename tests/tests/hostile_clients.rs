@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use tests::http::{Answer, exchange, get};
+use std::net::Ipv4Addr;
+
+use tests::http::{Answer, exchange_from, get};
 use tests::procs::{serve_on_any_port, terminate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -105,22 +107,32 @@ async fn slow_clients_cannot_hold_the_server() {
 
 /// `POST /mcp` of `body`, in session `session` when given.
 async fn mcp(port: u16, session: Option<&str>, body: &str) -> Answer {
+    mcp_from(None, port, session, body).await
+}
+
+/// [`mcp`] from another loopback address.
+async fn mcp_from(from: Option<Ipv4Addr>, port: u16, session: Option<&str>, body: &str) -> Answer {
     let session = session.map_or(String::new(), |s| format!("\r\nMcp-Session-Id: {s}"));
     let head = format!(
         "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
          Accept: application/json, text/event-stream\r\nMcp-Protocol-Version: 2025-06-18{session}"
     );
-    exchange(port, &head, body).await.unwrap()
+    exchange_from(from, port, &head, body).await.unwrap()
 }
 
 /// A new MCP session, initialized; its id.
 async fn session(port: u16) -> String {
+    session_from(None, port).await
+}
+
+/// [`session`] from another loopback address.
+async fn session_from(from: Option<Ipv4Addr>, port: u16) -> String {
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"hostile","version":"1"}}}"#;
-    let answer = mcp(port, None, init).await;
+    let answer = mcp_from(from, port, None, init).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let id = answer.header("mcp-session-id").unwrap().to_owned();
     let done = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    let answer = mcp(port, Some(&id), done).await;
+    let answer = mcp_from(from, port, Some(&id), done).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
     id
 }
@@ -179,6 +191,43 @@ async fn sessions_are_capped_and_share_their_clients_rate_limit() {
     );
     assert!(limited >= 6, "{limited}");
 
+    let status = terminate(served.child).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A client at its session cap loses its own idlest session, not another client's: one client
+/// cannot push the others' sessions out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_at_its_session_cap_closes_its_own_idlest() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve_on_any_port(
+        dir.path(),
+        &[],
+        &["--max-sessions", "10", "--max-sessions-per-client", "3"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let port = served.port;
+    let other = Some(Ipv4Addr::new(127, 0, 0, 2));
+    // The other client's session is the idlest of all.
+    let theirs = session_from(other, port).await;
+    let mut mine = Vec::new();
+    for _ in 0..4 {
+        mine.push(session(port).await);
+    }
+    let ping = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    for (i, id) in mine.iter().enumerate() {
+        let answer = mcp(port, Some(id), ping).await;
+        let expected = if i == 0 { 404 } else { 202 };
+        assert_eq!(answer.status, expected, "my session {i}: {}", answer.body);
+    }
+    let answer = mcp_from(other, port, Some(&theirs), ping).await;
+    assert_eq!(
+        answer.status, 202,
+        "the other client's session: {}",
+        answer.body
+    );
     let status = terminate(served.child).await.unwrap();
     assert!(status.success(), "{status:?}");
 }

@@ -28,6 +28,7 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
         header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
         body_timeout: std::time::Duration::from_secs(a.body_timeout.max(1)),
         max_sessions: a.max_sessions,
+        max_sessions_per_client: a.max_sessions_per_client,
     };
     // Refused before anything is opened.
     memory_mcp::check_listen(a.listen, &config)?;
