@@ -651,3 +651,43 @@ async fn a_restore_during_an_outage_fails_and_changes_nothing() {
     m.shutdown().await.unwrap();
     s.tiered.shutdown().await.unwrap();
 }
+
+/// A running process keeps the episode quota through an outage: once its counts are stale and
+/// the durable layer does not answer, the last counts read plus the episodes it started since
+/// (journaled) stand for them. (Before, a failed read counted as an empty namespace.)
+#[tokio::test(start_paused = true)]
+async fn a_running_process_keeps_its_quota_through_an_outage() {
+    let s = stack().await;
+    let mut config = episode_config();
+    config.quotas.max_episodes = 5;
+    let clock = Arc::new(memory_core::TokioClock::new());
+    let m = SelfLearningMemory::with_clock(s.tiered.clone(), config, clock).unwrap();
+    let ns = Namespace::new("quota/outage").unwrap();
+    let start = |i: usize| {
+        m.start_episode(
+            &ns,
+            NewEpisode::new(
+                format!("task {i}"),
+                TaskType::Debugging,
+                TaskContext::new("ops"),
+            ),
+        )
+    };
+    for i in 0..2 {
+        start(i).await.unwrap();
+    }
+    // The counts go stale; the durable layer stops answering.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    s.durable.set_mode(FaultMode::Always);
+    for i in 2..5 {
+        start(i).await.unwrap();
+    }
+    assert!(
+        s.outbox.len().await.unwrap() >= 3,
+        "the starts were journaled"
+    );
+    match start(5).await {
+        Err(Error::QuotaExceeded { limit: 5, .. }) => {}
+        other => panic!("the sixth start during the outage: {other:?}"),
+    }
+}

@@ -42,8 +42,10 @@ impl QuotaCounts {
         }
     }
 
-    /// The namespace's counts. While the durable layer is unreachable they cannot be read;
-    /// writes are then journaled and quotas are checked again once it answers.
+    /// The namespace's counts. While the durable layer is unreachable they cannot be read:
+    /// the last counts read, advanced by this process's writes since (journaled ones
+    /// included), stand for them, so a running process keeps the quota through an outage.
+    /// A process that has read none yet cannot check the quota until the layer answers.
     pub(crate) async fn get(&self, ns: &Namespace, now: DateTime<Utc>) -> Result<NsCounts> {
         if let Some(c) = lock(&self.counts).get(ns)
             && now - c.read_at < COUNTS_FRESH_FOR
@@ -53,7 +55,14 @@ impl QuotaCounts {
         let stats = match self.storage.namespace_stats(ns).await {
             Ok(s) => s,
             Err(e) if e.is_transient() => {
-                warn!(error = %e, namespace = %ns, "namespace counts unavailable; quota not enforced for this call");
+                if let Some(c) = lock(&self.counts).get_mut(ns) {
+                    // Asked again once they are stale again: a down server is not asked at
+                    // every write.
+                    c.read_at = now;
+                    warn!(error = %e, namespace = %ns, episodes = c.episodes, "namespace counts unavailable; the quota holds against the last counts read and this process's writes since");
+                    return Ok(*c);
+                }
+                warn!(error = %e, namespace = %ns, "namespace counts unavailable and never read; quota not enforced for this call");
                 return Ok(NsCounts {
                     episodes: 0,
                     steps: 0,
