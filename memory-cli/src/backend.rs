@@ -47,8 +47,13 @@ pub fn stack_error(e: StackError) -> anyhow::Error {
 /// Opens the memory over the configured storage; loads the embedding model when `semantic`
 /// (commands that retrieve), since loading it costs a few hundred milliseconds.
 pub async fn open(s: &Settings, semantic: bool) -> Result<Stack> {
+    let pin = s.schema_version;
     StackBuilder::new(&s.data_dir)
         .mode(storage_mode(s)?)
+        .configure_turso(move |b| match pin {
+            Some(v) => b.schema_version(v),
+            None => b,
+        })
         .memory_config(s.memory.clone())
         .semantic(semantic)
         .open()

@@ -146,6 +146,9 @@ pub struct ServeArgs {
     /// Connections open at once; one more is answered 503 and closed
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
+    /// Connections open at once from one client address; one more is answered 503 and closed
+    #[arg(long, default_value_t = 128)]
+    pub max_connections_per_client: usize,
     /// Seconds a new connection may take to send its first request header
     #[arg(long, default_value_t = 10)]
     pub header_timeout: u64,

@@ -23,6 +23,10 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     /// Library tuning: limits, quotas, rate limit, redaction, step batching, learning.
     pub memory: Option<MemoryConfig>,
+    /// Migrate the database no further than this schema version: processes of a new release
+    /// run on the old schema until the whole fleet runs it (DEPLOYMENT.md, "Upgrading a
+    /// fleet").
+    pub schema_version: Option<u32>,
     /// Where the spans go (`[telemetry]`).
     pub telemetry: Option<TelemetryConfig>,
 }
@@ -47,6 +51,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub auth_token: Option<String>,
     pub memory: MemoryConfig,
+    /// The schema version to migrate no further than (`MEMORY_SCHEMA_VERSION`, else
+    /// `schema_version`); `None`: this build's latest.
+    pub schema_version: Option<u32>,
     pub json: bool,
     /// No progress bars or notes on stderr.
     pub quiet: bool,
@@ -150,6 +157,15 @@ impl Settings {
             database_url: env("TURSO_DATABASE_URL").or(file.database_url),
             auth_token: env("TURSO_AUTH_TOKEN"),
             memory: file.memory.unwrap_or_default(),
+            schema_version: match env("MEMORY_SCHEMA_VERSION") {
+                Some(v) => Some(v.trim().parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "invalid MEMORY_SCHEMA_VERSION {} (expected a schema version number)",
+                        memory_core::quote_value(&v)
+                    )
+                })?),
+                None => file.schema_version,
+            },
             json: cli.json,
             quiet: cli.quiet,
             otlp_endpoint: otlp_endpoint(

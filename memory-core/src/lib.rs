@@ -89,10 +89,11 @@ pub use storage::{
     Cache, CacheKey, CacheMark, CacheStats, CachedValue, Change, ChangeSet, EmbeddingCoverage,
     EmbeddingStore, EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, EpisodeStore,
     ErasedRows, Erasure, ErasureReport, ForgetEpisode, ForgetRecord, GuardedItems, InMemoryStorage,
-    IndexChanges, IndexSnapshot, LearnedItems, LearnedQuery, LearningStore, MAX_FORGET_EPISODES,
-    MAX_FORGET_REASON_BYTES, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore, NamespaceStats, Outbox,
-    OutboxEntry, Storage, StorageExt, StoredEmbedding, TextHit, TextQuery, TextSearch, WriteOp,
-    check_index_snapshot_size, forget_in, prepare_erasure,
+    IndexChanges, IndexSnapshot, KeptUsage, LearnedItems, LearnedQuery, LearningStore,
+    MAX_FORGET_EPISODES, MAX_FORGET_REASON_BYTES, MAX_INDEX_SNAPSHOT_BYTES, MaintenanceStore,
+    NamespaceStats, Outbox, OutboxEntry, QuotaUsage, RefusedWrite, Storage, StorageExt,
+    StoredEmbedding, TextHit, TextQuery, TextSearch, WriteOp, check_index_snapshot_size, forget_in,
+    prepare_erasure,
 };
 pub use text::{bm25_weight, collapse_tools, error_class, for_each_token, tokenize};
 

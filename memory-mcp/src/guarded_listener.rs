@@ -1,7 +1,8 @@
 //! The listener `memory serve` accepts on, so that no client can hold the server hostage by
 //! its connections alone:
-//! - at most `max_connections` are open at once; one more gets `503 Service Unavailable` with
-//!   `Retry-After` and is closed at once (it never reaches the router);
+//! - at most `max_connections` are open at once, and at most `max_connections_per_client` from
+//!   one client address; one more gets `503 Service Unavailable` with `Retry-After` and is
+//!   closed at once (it never reaches the router), so one client cannot take every slot;
 //! - a connection's first request header must be complete within `header_timeout` of the
 //!   accept, or the connection is closed: half a request and silence (a slow-loris) holds a
 //!   slot for that long at most. Later requests on a kept-alive connection are not timed
@@ -10,12 +11,13 @@
 //! (hyper's own header timeout needs a timer that `axum::serve` does not give it, hence this
 //! small wrapper around the socket; the body's read deadline is a middleware, `http.rs`.)
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,21 +32,74 @@ use tracing::{debug, warn};
 pub(crate) struct GuardedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    per_client: Arc<ClientCounts>,
     header_timeout: Duration,
     /// Connections refused for want of a slot, since the start.
     refused: Arc<AtomicU64>,
 }
 
+/// The connections open from each client address, and the most one may have.
+#[derive(Debug)]
+struct ClientCounts {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    max: usize,
+}
+
+impl ClientCounts {
+    /// Counts a connection from `ip`, unless it has `max` open already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One counted connection of a client; uncounted when dropped (the connection closed).
+#[derive(Debug)]
+struct ClientSlot {
+    counts: Arc<ClientCounts>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .counts
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 impl GuardedListener {
-    /// Accepts on `inner`, at most `max_connections` open at once.
+    /// Accepts on `inner`, at most `max_connections` open at once and `max_per_client` from
+    /// one client address.
     pub(crate) fn new(
         inner: TcpListener,
         max_connections: usize,
+        max_per_client: usize,
         header_timeout: Duration,
     ) -> Self {
         GuardedListener {
             inner,
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            per_client: Arc::new(ClientCounts {
+                open: Mutex::new(HashMap::new()),
+                max: max_per_client.max(1),
+            }),
             header_timeout,
             refused: Arc::new(AtomicU64::new(0)),
         }
@@ -79,11 +134,17 @@ impl axum::serve::Listener for GuardedListener {
                     continue;
                 }
             };
-            if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            // The client's own cap first: a client at it takes no slot from the others.
+            let client = self.per_client.take(addr.ip());
+            let slot = client
+                .as_ref()
+                .and_then(|_| Arc::clone(&self.slots).try_acquire_owned().ok());
+            if let (Some(client), Some(slot)) = (client, slot) {
                 let deadline = Box::pin(tokio::time::sleep(self.header_timeout));
                 let stream = GuardedStream {
                     inner: stream,
                     _slot: slot,
+                    _client: client,
                     header: Some(HeaderWatch {
                         deadline,
                         tail: Vec::with_capacity(3),
@@ -95,7 +156,7 @@ impl axum::serve::Listener for GuardedListener {
             if n.is_power_of_two() {
                 warn!(
                     refused = n,
-                    "connection refused: every connection slot is taken"
+                    "connection refused: every connection slot is taken, or its client's"
                 );
             }
             tokio::spawn(refuse(stream));
@@ -145,6 +206,7 @@ impl HeaderWatch {
 pub(crate) struct GuardedStream {
     inner: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _client: ClientSlot,
     /// Until the first request header is complete.
     header: Option<HeaderWatch>,
 }
@@ -229,6 +291,28 @@ mod tests {
         }
         assert!(w.completes(b"\n"));
         assert!(!watch().completes(b""));
+    }
+
+    #[test]
+    fn a_client_at_its_cap_is_refused_and_freed_when_a_connection_closes() {
+        let counts = Arc::new(ClientCounts {
+            open: Mutex::new(HashMap::new()),
+            max: 2,
+        });
+        let a: IpAddr = [127, 0, 0, 2].into();
+        let b: IpAddr = [127, 0, 0, 3].into();
+        let first = counts.take(a).unwrap();
+        let _second = counts.take(a).unwrap();
+        assert!(
+            counts.take(a).is_none(),
+            "at the limit, one more is refused"
+        );
+        assert!(counts.take(b).is_some(), "another client is not affected");
+        drop(first);
+        assert!(
+            counts.take(a).is_some(),
+            "a closed connection frees its place"
+        );
     }
 
     #[test]

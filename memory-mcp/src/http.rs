@@ -38,6 +38,7 @@ use crate::session_cap::CappedSessions;
 /// | `allowed_hosts` | none besides loopback and the listen address |
 /// | `health_details` | off |
 /// | `max_connections` | 512 |
+/// | `max_connections_per_client` | 128 |
 /// | `header_timeout` | 10 s |
 /// | `body_timeout` | 30 s |
 /// | `max_sessions` | 1,000 |
@@ -55,6 +56,9 @@ pub struct HttpConfig {
     pub health_details: bool,
     /// Connections open at once; one more is answered `503` and closed.
     pub max_connections: usize,
+    /// Connections open at once from one client address; one more is answered `503` and
+    /// closed (one client cannot take every slot).
+    pub max_connections_per_client: usize,
     /// How long a new connection may take to send its first request header.
     pub header_timeout: Duration,
     /// How long a request may take to send its body.
@@ -72,6 +76,7 @@ impl Default for HttpConfig {
             allowed_hosts: Vec::new(),
             health_details: false,
             max_connections: 512,
+            max_connections_per_client: 128,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_sessions: 1_000,
@@ -87,6 +92,10 @@ impl std::fmt::Debug for HttpConfig {
             .field("allowed_hosts", &self.allowed_hosts)
             .field("health_details", &self.health_details)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("max_sessions", &self.max_sessions)
@@ -216,7 +225,12 @@ pub async fn serve_http_on(
         .layer(middleware::from_fn_with_state(shared.clone(), check_host))
         .with_state(shared)
         .merge(web);
-    let listener = GuardedListener::new(listener, config.max_connections, config.header_timeout);
+    let listener = GuardedListener::new(
+        listener,
+        config.max_connections,
+        config.max_connections_per_client,
+        config.header_timeout,
+    );
     info!(address = %local, token = config.token.is_some(), "memory serve: MCP over streamable HTTP at /mcp, the web view at /");
     let drain = server.clone();
     let stopping = async move {

@@ -41,6 +41,7 @@ pub struct Metrics {
     breaker_open: IntGauge,
     journal_pending: IntGauge,
     journal_rejected: IntGauge,
+    journal_refused_over_quota: IntGauge,
     cache_hit_ratio: Gauge,
     cache_entries: IntGauge,
     embedding_backlog: IntGauge,
@@ -100,6 +101,8 @@ pub struct Gauges {
     pub journal_pending: u64,
     /// Journaled writes refused on replay since start.
     pub journal_rejected: u64,
+    /// Journaled writes refused on replay since start for crossing a quota.
+    pub journal_refused_over_quota: u64,
     /// The cache's hit ratio, and the entries it holds.
     pub cache: Option<(f64, u64)>,
     /// Episodes of the server's namespace waiting to be embedded.
@@ -164,6 +167,10 @@ impl Metrics {
                 "memory_journal_rejected",
                 "Journaled writes refused on replay since start",
             )?,
+            journal_refused_over_quota: gauge(
+                "memory_journal_refused_over_quota",
+                "Journaled writes refused on replay since start because they would cross a quota (recorded in the journal directory's refused.jsonl)",
+            )?,
             cache_hit_ratio: registered(
                 &registry,
                 Gauge::new("memory_cache_hit_ratio", "Share of cache lookups that hit"),
@@ -224,6 +231,10 @@ impl Metrics {
         });
         set(&self.journal_pending, g.journal_pending);
         set(&self.journal_rejected, g.journal_rejected);
+        set(
+            &self.journal_refused_over_quota,
+            g.journal_refused_over_quota,
+        );
         if let Some((ratio, entries)) = g.cache {
             self.cache_hit_ratio.set(ratio);
             set(&self.cache_entries, entries);

@@ -244,6 +244,7 @@ impl MemoryServer {
             g.breaker = Some(st.breaker);
             g.journal_pending = st.outbox_len;
             g.journal_rejected = st.dead_letters;
+            g.journal_refused_over_quota = st.refused_over_quota;
             g.cache = st.cache.map(|c| (c.hit_rate(), c.entries));
         }
         // A count from the database: left out when it does not answer in time (a scrape

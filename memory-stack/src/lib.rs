@@ -65,6 +65,8 @@ pub use layout::{
     CACHE_FILE, DAMAGED_DIR, DATABASE_FILE, DataDir, JOURNAL_DIR, LEGACY_OUTBOX_FILE, LOCK_FILE,
     PresenceLock, REPLICA_FILE,
 };
+/// The file, in the journal directory, that lists the journaled writes refused for a quota.
+pub use memory_storage_redb::REFUSED_FILE;
 /// The tiered layer's configuration and state, for [`StackBuilder::tiered_config`] and health
 /// reports without a direct dependency on `memory-tiered`.
 pub use memory_tiered::{BreakerConfig, BreakerState, SyncStatus, TieredConfig, TieredStorage};
@@ -338,7 +340,13 @@ impl StackBuilder {
         let tiered = TieredStorage::builder(Arc::new(durable.clone()), journal.clone())
             .durable_unreachable(unreachable)
             .maybe_cache(cache)
-            .config(self.tiered)
+            .config(TieredConfig {
+                quotas: self
+                    .tiered
+                    .quotas
+                    .or_else(|| Some(self.memory.quotas.clone())),
+                ..self.tiered
+            })
             .clock(clock.clone())
             .open()
             .await?;

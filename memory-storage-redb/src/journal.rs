@@ -21,13 +21,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use memory_core::{Outbox, OutboxEntry, Result};
+use memory_core::{KeptUsage, Namespace, Outbox, OutboxEntry, RefusedWrite, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tracing::{info, warn};
 
 use crate::config::OutboxConfig;
 use crate::error::failed;
+use crate::journal_notes;
 use crate::outbox::{Opening, RedbOutbox};
 
 /// The folder, inside a journal directory, for files that could not be trusted.
@@ -311,6 +312,34 @@ impl Outbox for JournalDir {
             adopted.extend(self.adopt_file(&path).await?);
         }
         Ok(adopted)
+    }
+
+    async fn keep_usage(&self, ns: &Namespace, usage: &KeptUsage) -> Result<()> {
+        let (dir, ns, usage) = (self.dir.clone(), ns.clone(), *usage);
+        tokio::task::spawn_blocking(move || journal_notes::keep_usage(&dir, &ns, &usage))
+            .await
+            .map_err(|e| failed("keep counts", e))?
+    }
+
+    async fn kept_usage(&self, ns: &Namespace) -> Result<Option<KeptUsage>> {
+        let (dir, ns) = (self.dir.clone(), ns.clone());
+        tokio::task::spawn_blocking(move || journal_notes::kept_usage(&dir, &ns))
+            .await
+            .map_err(|e| failed("read kept counts", e))
+    }
+
+    async fn record_refused(&self, refused: &RefusedWrite) -> Result<()> {
+        let (dir, refused) = (self.dir.clone(), refused.clone());
+        tokio::task::spawn_blocking(move || journal_notes::record_refused(&dir, &refused))
+            .await
+            .map_err(|e| failed("record refusal", e))?
+    }
+
+    async fn refused(&self) -> Result<Vec<RefusedWrite>> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || journal_notes::refused(&dir))
+            .await
+            .map_err(|e| failed("read refusals", e))
     }
 
     async fn release_if_empty(&self) -> Result<()> {

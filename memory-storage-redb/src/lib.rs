@@ -50,6 +50,7 @@ mod error;
 mod gone_keys;
 mod group_commit;
 mod journal;
+mod journal_notes;
 mod memory_cache;
 mod outbox;
 mod tables;
@@ -63,5 +64,6 @@ pub use codec::{
 };
 pub use config::{CacheConfig, OutboxConfig};
 pub use journal::{DAMAGED_DIR, DamagedJournal, JournalDir};
+pub use journal_notes::{REFUSED_FILE, USAGE_FILE};
 pub use memory_cache::MemoryCache;
 pub use outbox::{Opening, RedbOutbox};

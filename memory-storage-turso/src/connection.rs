@@ -24,11 +24,8 @@ use crate::sql::{query_all, query_opt};
 
 pub(crate) struct Inner {
     pub(crate) config: TursoConfig,
-    /// Keeps the database (and, for replicas, its background sync) alive.
-    #[cfg_attr(
-        not(feature = "replica"),
-        allow(dead_code, reason = "only held, to keep the database open")
-    )]
+    /// Keeps the database (and, for replicas, its background sync) alive; gives the liveness
+    /// probe its fresh connections.
     pub(crate) db: Database,
     pub(crate) writer: Arc<Mutex<Connection>>,
     /// Empty when reads share the writer (`:memory:`).
@@ -106,11 +103,61 @@ impl Inner {
             fut.await
         };
         if let Ok(result) = tokio::time::timeout(timeout, checked).await {
-            result.map_err(|f| f.into_core(operation))
+            match result {
+                Ok(v) => Ok(v),
+                Err(f) => Err(self.explain_schema(f).await.into_core(operation)),
+            }
         } else {
             warn!(operation, ?timeout, "libsql call timed out");
             Err(Failure::Driver(DriverError::Timeout(timeout)).into_core(operation))
         }
+    }
+
+    /// A statement that fails for a table or column this build expects may have met a schema
+    /// that a newer release migrated to while this process ran (a rolling upgrade): the
+    /// version is read again, on a connection of its own, and a newer one is what the error
+    /// names (`database schema version N is newer than this build supports`), instead of the
+    /// missing table. Any other failure is returned as it is.
+    async fn explain_schema(&self, f: Failure) -> Failure {
+        let text = match &f {
+            Failure::Driver(DriverError::Libsql(e)) => e.to_string(),
+            Failure::Driver(DriverError::Http { message, .. }) => message.clone(),
+            _ => return f,
+        };
+        let missing = ["no such table", "no such column", "has no column named"];
+        if !missing.iter().any(|m| text.contains(m)) {
+            return f;
+        }
+        let Ok(conn) = self.db.connect() else {
+            return f;
+        };
+        let deadline = std::time::Duration::from_secs(3);
+        match tokio::time::timeout(deadline, schema::current_version(&conn)).await {
+            Ok(Ok(found)) => match schema::check_not_newer(found) {
+                Err(newer) => {
+                    warn!(
+                        found,
+                        "the database was migrated to a newer schema while this process ran"
+                    );
+                    newer
+                }
+                Ok(()) => f,
+            },
+            _ => f,
+        }
+    }
+
+    /// Whether the database answers `SELECT 1` within `deadline` on a connection of its own:
+    /// never behind this process's writer or readers, which a slow call may hold, so only a
+    /// server that stopped answering (or refuses) fails it.
+    pub(crate) async fn answers_within(&self, deadline: std::time::Duration) -> bool {
+        let Ok(conn) = self.db.connect() else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(deadline, conn.query("SELECT 1", ())).await,
+            Ok(Ok(_))
+        )
     }
 
     /// [`Inner::call`] of [`Inner::read`].

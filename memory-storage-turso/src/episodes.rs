@@ -595,4 +595,9 @@ impl EpisodeStore for TursoStorage {
             })
             .await
     }
+
+    #[instrument(skip_all)]
+    async fn answers_within(&self, deadline: std::time::Duration) -> bool {
+        self.inner.answers_within(deadline).await
+    }
 }

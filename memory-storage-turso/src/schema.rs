@@ -228,7 +228,8 @@ pub(crate) fn statements(sql: &str) -> Vec<&str> {
     out
 }
 
-fn check_not_newer(found: u32) -> DbResult<()> {
+/// Fails, naming both versions, when `found` is newer than this build's schema.
+pub(crate) fn check_not_newer(found: u32) -> DbResult<()> {
     if found > SCHEMA_VERSION {
         return Err(DriverError::Schema(format!(
             "database schema version {found} is newer than this build supports ({SCHEMA_VERSION}); upgrade the memory"

@@ -18,7 +18,9 @@ use tracing::warn;
 ///
 /// # Default
 /// Trips after 5 consecutive transient failures, or at a 50% failure rate over the last 20 calls
-/// (once 20 calls were seen); stays open 5 s; then lets one probe through.
+/// (once 20 calls were seen); stays open 5 s; then lets one probe through. A call running 2 s
+/// has the layer asked whether it answers, with 2 s for the answer: a hung server opens the
+/// breaker within about 4 s of a call, not after five call timeouts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BreakerConfig {
@@ -31,6 +33,13 @@ pub struct BreakerConfig {
     /// How long it stays open before probing.
     #[serde(with = "memory_core::serde_adapters::duration_ms")]
     pub open_for: Duration,
+    /// How long a durable call runs before the layer is asked whether it still answers (and
+    /// again each time this passes): see [`crate::TieredStorage`]'s hang watchdog.
+    #[serde(with = "memory_core::serde_adapters::duration_ms")]
+    pub hang_check_after: Duration,
+    /// How long that question waits for its answer; none opens the breaker at once.
+    #[serde(with = "memory_core::serde_adapters::duration_ms")]
+    pub hang_probe_deadline: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -40,6 +49,8 @@ impl Default for BreakerConfig {
             failure_rate: 0.5,
             window: 20,
             open_for: Duration::from_secs(5),
+            hang_check_after: Duration::from_secs(2),
+            hang_probe_deadline: Duration::from_secs(2),
         }
     }
 }
@@ -216,6 +227,7 @@ mod tests {
             failure_rate: 0.5,
             window: 10,
             open_for: Duration::from_secs(5),
+            ..BreakerConfig::default()
         })
     }
 

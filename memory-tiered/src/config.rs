@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use memory_core::CacheStats;
+use memory_core::{CacheStats, QuotaConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::{BreakerConfig, BreakerState};
@@ -12,7 +12,7 @@ use crate::breaker::{BreakerConfig, BreakerState};
 ///
 /// # Default
 /// Default breaker; replay in batches of 256; the sync task wakes every 1 s (and at once when a
-/// write is journaled); replica sync every 30 s.
+/// write is journaled); replica sync every 30 s; quotas not checked on replay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TieredConfig {
@@ -26,6 +26,9 @@ pub struct TieredConfig {
     /// How often the durable layer's own sync (embedded replicas) runs.
     #[serde(with = "memory_core::serde_adapters::duration_ms")]
     pub replica_sync_interval: Duration,
+    /// The namespaces' quotas, checked again when journaled writes are replayed (`None`: not
+    /// checked on replay). The stack sets the memory's own.
+    pub quotas: Option<QuotaConfig>,
 }
 
 impl Default for TieredConfig {
@@ -35,6 +38,7 @@ impl Default for TieredConfig {
             replay_batch: 256,
             sync_interval: Duration::from_secs(1),
             replica_sync_interval: Duration::from_secs(30),
+            quotas: None,
         }
     }
 }
@@ -59,8 +63,11 @@ pub struct SyncStatus {
     /// level with the entry, then removed so the journal can proceed. Storage failures never
     /// remove an entry: it is tried again.
     pub dead_letters: u64,
-    /// Why the last of them was rejected.
+    /// Why the last of them (or of the writes refused for a quota) was rejected.
     pub last_rejected: Option<String>,
+    /// Journaled writes refused on replay since start because storing them would cross a
+    /// quota ([`memory_core::RefusedWrite`]): recorded by the journal, then removed from it.
+    pub refused_over_quota: u64,
     /// Cache errors swallowed since start.
     pub cache_errors: u64,
     /// Cache counters, if a cache is configured.

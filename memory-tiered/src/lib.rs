@@ -14,9 +14,11 @@ mod cache_ops;
 mod coherence;
 mod config;
 mod overlay;
+mod quota;
 mod reads;
 mod storage_impl;
 mod sync;
+mod watchdog;
 mod writes;
 
 use std::collections::HashMap;
@@ -94,6 +96,10 @@ struct Inner {
     replay_lock: tokio::sync::Mutex<()>,
     /// Where the cache stands in the durable layer's change feed.
     coherence: Coherence,
+    /// Tells a slow call from a hung layer.
+    watchdog: watchdog::Watchdog,
+    /// What the journal holds against the quotas, and what the replay refused.
+    quota: quota::QuotaBook,
 }
 
 /// The tiered composition. Use it as the memory's `Arc<dyn Storage>`, and call
@@ -221,6 +227,8 @@ impl TieredStorage {
             wake: Notify::new(),
             stop: Notify::new(),
             replay_lock: tokio::sync::Mutex::new(()),
+            watchdog: watchdog::Watchdog::default(),
+            quota: quota::QuotaBook::default(),
         });
         if durable_unreachable {
             inner.breaker.trip();
@@ -252,6 +260,7 @@ impl TieredStorage {
             replayed_total: i.counters.replayed.load(Ordering::Relaxed),
             dead_letters: i.counters.dead_letters.load(Ordering::Relaxed),
             last_rejected: info.rejected.clone(),
+            refused_over_quota: i.quota.refused.load(Ordering::Relaxed),
             cache_errors: i.counters.cache_errors.load(Ordering::Relaxed),
             cache: i.cache.as_ref().map(|c| c.stats()),
         }
@@ -305,7 +314,8 @@ impl Drop for TieredStorage {
 }
 
 impl Inner {
-    /// Runs a durable call (`op`, for the forwarding macro) through the breaker.
+    /// Runs a durable call (`op`, for the forwarding macro) through the breaker and the hang
+    /// watchdog ([`watchdog`]).
     async fn guarded<T, F>(&self, _op: &'static str, f: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,
@@ -315,7 +325,13 @@ impl Inner {
                 retry_after: r.retry_after,
             });
         }
-        let r = f.await;
+        // A call the watchdog ends counts as a failure (the breaker is already open).
+        let r = tokio::select! {
+            r = f => r,
+            () = self.until_hung() => Err(Error::CircuitOpen {
+                retry_after: self.config.breaker.open_for,
+            }),
+        };
         self.breaker
             .record(matches!(&r, Err(e) if e.is_transient()));
         r

@@ -9,6 +9,12 @@ memory_core::forward_storage! {
     forward query_episodes, search_text, namespace_stats, list_namespaces, ping,
         forgotten_episodes;
     {
+    /// The durable layer's counts plus what is journaled; during an outage, the counts last
+    /// kept beside the journal plus what is journaled.
+    async fn quota_usage(&self, ns: &Namespace) -> Result<memory_core::QuotaUsage> {
+        self.inner.quota_usage(ns).await
+    }
+
     fn reads_need_a_server(&self) -> bool {
         self.inner.durable.reads_need_a_server()
     }

@@ -60,6 +60,9 @@ impl Inner {
     /// Puts journaled entries (found at start-up or adopted) into the read-your-writes
     /// overlay, completions merged provisionally against what the overlay knows.
     pub(crate) fn overlay_journaled(&self, entries: &[(u64, OutboxEntry)]) {
+        for (_, entry) in entries {
+            self.count_journaled(&entry.namespace, &entry.op);
+        }
         let mut ov = lock(&self.overlay);
         for (seq, entry) in entries {
             let learned = match &entry.op {
@@ -91,6 +94,7 @@ impl Inner {
         };
         let since = self.coherence.epoch();
         let seq = self.outbox.append(&entry).await?;
+        self.count_journaled(ns, &entry.op);
         lock(&self.overlay).apply(ns, seq, &entry.op, learned);
         // Patch the cached copy now, as for a durable write: otherwise, between the replay
         // releasing this entry from the overlay and refreshing the cache, readers would see
@@ -167,52 +171,24 @@ impl Inner {
             let mut failure = None;
             let mut applied = 0u64;
             let since = self.coherence.epoch();
+            let mut seen = HashMap::new();
             for (seq, entry) in &batch {
-                match self
-                    .guarded("replay", self.apply_durable(&entry.namespace, &entry.op))
-                    .await
-                {
-                    Ok(()) => {
+                match self.replay_entry(&mut seen, *seq, entry).await {
+                    Replayed::Applied => {
                         acked_to = Some(*seq);
                         applied += 1;
                     }
-                    // Only the memory's own verdicts on the write itself (a conflict, an
-                    // episode not found, input over a limit) are final. A storage failure,
-                    // even one the driver calls permanent (a server answering 404 while it
-                    // stops or starts), keeps the entry for the next attempt: an acknowledged
-                    // write is never dropped for the state of a server.
-                    Err(e) if e.is_transient() || matches!(e, Error::Storage { .. }) => {
+                    Replayed::Done => acked_to = Some(*seq),
+                    Replayed::Stop(e) => {
                         failure = Some(e);
                         break;
-                    }
-                    // A start (or a step batch, a completion) of an episode forgotten since:
-                    // what the erasure removed stays removed, and the entry's content is not
-                    // logged.
-                    Err(e) if e.is_forgotten() => {
-                        debug!(seq, "journaled write of a forgotten episode skipped");
-                        acked_to = Some(*seq);
-                        applied += 1;
-                    }
-                    Err(e) => {
-                        // The entry, unless its episode is gone (it may have been forgotten:
-                        // its content stays out of the log).
-                        let body = if episode_gone(&e) {
-                            "(an episode that is gone)".to_owned()
-                        } else {
-                            serde_json::to_string(entry).unwrap_or_default()
-                        };
-                        error!(error = %e, seq, entry = %body, "journaled write rejected by the durable layer; moving past it");
-                        self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
-                        let why = format!("entry {seq} rejected: {e}");
-                        let mut info = lock(&self.sync_info);
-                        info.last_error = Some(why.clone());
-                        info.rejected = Some(why);
-                        acked_to = Some(*seq);
                     }
                 }
             }
             if let Some(seq) = acked_to {
                 self.outbox.ack(seq).await?;
+                let done = batch.partition_point(|(s, _)| *s <= seq);
+                self.uncount_journaled(&batch[..done]);
                 self.pending
                     .store(self.outbox.len().await?, Ordering::SeqCst);
                 // Count this batch only: `replayed` totals the whole call.
@@ -233,6 +209,59 @@ impl Inner {
             if let Some(e) = failure {
                 lock(&self.sync_info).last_error = Some(e.to_string());
                 return Err(e);
+            }
+        }
+    }
+
+    /// Replays one journaled entry: its quota verdict first, then the durable write.
+    async fn replay_entry(
+        &self,
+        seen: &mut HashMap<Namespace, memory_core::QuotaUsage>,
+        seq: u64,
+        entry: &OutboxEntry,
+    ) -> Replayed {
+        match self.over_quota(seen, entry).await {
+            Ok(None) => {}
+            Ok(Some(refused)) => {
+                return match self.refuse(seq, &refused).await {
+                    Ok(()) => Replayed::Done,
+                    Err(e) => Replayed::Stop(e),
+                };
+            }
+            Err(e) => return Replayed::Stop(e),
+        }
+        match self
+            .guarded("replay", self.apply_durable(&entry.namespace, &entry.op))
+            .await
+        {
+            Ok(()) => Replayed::Applied,
+            // Only the memory's own verdicts on the write itself (a conflict, an episode not
+            // found, input over a limit) are final. A storage failure, even one the driver
+            // calls permanent (a server answering 404 while it stops or starts), keeps the
+            // entry for the next attempt: an acknowledged write is never dropped for the
+            // state of a server.
+            Err(e) if e.is_transient() || matches!(e, Error::Storage { .. }) => Replayed::Stop(e),
+            // A start (or a step batch, a completion) of an episode forgotten since: what the
+            // erasure removed stays removed, and the entry's content is not logged.
+            Err(e) if e.is_forgotten() => {
+                debug!(seq, "journaled write of a forgotten episode skipped");
+                Replayed::Applied
+            }
+            Err(e) => {
+                // The entry, unless its episode is gone (it may have been forgotten: its
+                // content stays out of the log).
+                let body = if episode_gone(&e) {
+                    "(an episode that is gone)".to_owned()
+                } else {
+                    serde_json::to_string(entry).unwrap_or_default()
+                };
+                error!(error = %e, seq, entry = %body, "journaled write rejected by the durable layer; moving past it");
+                self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+                let why = format!("entry {seq} rejected: {e}");
+                let mut info = lock(&self.sync_info);
+                info.last_error = Some(why.clone());
+                info.rejected = Some(why);
+                Replayed::Done
             }
         }
     }
@@ -261,4 +290,14 @@ fn episode_gone(e: &Error) -> bool {
             ..
         }
     )
+}
+
+/// What became of one journaled entry on replay.
+enum Replayed {
+    /// The durable layer holds it (or it was of a forgotten episode): counted as replayed.
+    Applied,
+    /// Refused for good (a quota, a conflict): out of the journal, not counted as replayed.
+    Done,
+    /// Not now: the entry stays, and the replay stops here.
+    Stop(Error),
 }

@@ -231,3 +231,74 @@ async fn one_client_at_its_session_cap_closes_its_own_idlest() {
     let status = terminate(served.child).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// One client at its own connection cap cannot take the other clients' slots: its connections
+/// up to the cap are kept, the next one is refused at once, and another client is served.
+/// (Before, one client's half requests could take every slot of the server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection_slot() {
+    const PER_CLIENT: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let per_client = PER_CLIENT.to_string();
+    let served = serve_on_any_port(
+        dir.path(),
+        &[],
+        &[
+            "--max-connections",
+            "16",
+            "--max-connections-per-client",
+            &per_client,
+            "--header-timeout",
+            "30",
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let port = served.port;
+    let host = format!("127.0.0.1:{port}");
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+
+    // At its cap: every connection kept open, half a request header each.
+    let mut held = Vec::with_capacity(PER_CLIENT);
+    for _ in 0..PER_CLIENT {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from((attacker, 0)))
+            .unwrap();
+        let mut s = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        s.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\n").as_bytes())
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    for s in &mut held {
+        let (read, closed) = read_until_closed(s, Duration::from_millis(300)).await;
+        assert!(
+            !closed && read.is_empty(),
+            "a connection at the cap: {read:?}"
+        );
+    }
+    // One over its cap: refused at once.
+    let head = format!("GET /health HTTP/1.1\r\nHost: {host}");
+    let over = exchange_from(Some(attacker), port, &head, "")
+        .await
+        .unwrap();
+    assert_eq!(over.status, 503, "{}", over.body);
+    // Another client is served meanwhile.
+    let honest = get(port, "/health", None, &host).await.unwrap();
+    assert_eq!(honest.status, 200, "{}", honest.body);
+    // Once one of its connections closes, the client connects again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = exchange_from(Some(attacker), port, &head, "")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200, "{}", again.body);
+    drop(held);
+    let status = terminate(served.child).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -5,6 +5,9 @@
 //!   deadline each took the whole call timeout (30 s): probes and scrapes failed all along.
 //! - a command opens within the open probe's deadline and journals its write; it failed after
 //!   30 s at open before.
+//! - a running process (the library, as under `memory serve`) has its calls cut short by the
+//!   hang watchdog within seconds and journals its writes; before, each of its first five calls
+//!   waited out the 30 s call timeout before the breaker opened.
 //!
 //! Skips without sqld outside CI.
 
@@ -12,6 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use memory_core::{NewEpisode, TaskContext, TaskType};
+use memory_stack::{BreakerState, StackBuilder, StorageMode};
 use serde_json::{Value, json};
 use tests::http::get;
 use tests::procs::{PidSlot, run_cli, serve_on_any_port, terminate};
@@ -141,4 +146,66 @@ async fn a_command_opens_and_journals_while_the_database_hangs() {
     let args = ["--mode", "remote", "--json", "episode", "show", &id];
     let shown = run_cli(dir.path(), &args, &envs, &slot).await.unwrap();
     assert_eq!(shown.code, Some(0), "{shown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_process_journals_within_seconds_while_the_database_hangs() {
+    if require_sqld().is_none() {
+        return;
+    }
+    let sqld = SqldServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: a 30 s call timeout, the breaker and its hang watchdog as shipped.
+    let stack = StackBuilder::new(dir.path())
+        .mode(StorageMode::Remote {
+            url: sqld.url(),
+            auth_token: None,
+        })
+        .open()
+        .await
+        .unwrap();
+    let m = stack.memory();
+    let ns = memory_core::Namespace::new("hang/running").unwrap();
+    let start = |i: usize| {
+        m.start_episode(
+            &ns,
+            NewEpisode::new(
+                format!("task {i}"),
+                TaskType::Debugging,
+                TaskContext::new("ops"),
+            ),
+        )
+    };
+    start(0).await.unwrap();
+
+    sqld.freeze().unwrap();
+    let hung_at = Instant::now();
+    for i in 1..=5 {
+        let started = Instant::now();
+        start(i).await.unwrap();
+        eprintln!("start {i} while sqld hung took {:?}", started.elapsed());
+    }
+    let took = hung_at.elapsed();
+    eprintln!("five starts while sqld hung took {took:?}");
+    // About 4 s for the first (2 s running, then 2 s for the probe's answer), then at once;
+    // five call timeouts (150 s) before.
+    assert!(took < Duration::from_secs(20), "five starts took {took:?}");
+    let status = stack.tiered().status();
+    assert!(status.outbox_len >= 5, "{status:?}");
+    assert_ne!(status.breaker, BreakerState::Closed, "{status:?}");
+
+    sqld.thaw().unwrap();
+    let started = Instant::now();
+    while stack.tiered().status().outbox_len > 0 {
+        let _ = stack.tiered().sync_now().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "journal not drained a minute after sqld resumed: {:?}",
+            stack.tiered().status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = m.stats(&ns).await.unwrap();
+    assert_eq!(stats.episodes, 6, "{stats:?}");
+    stack.shutdown().await.unwrap();
 }

@@ -24,10 +24,12 @@ fn fast_config() -> TieredConfig {
             failure_rate: 0.5,
             window: 10,
             open_for: Duration::from_millis(50),
+            ..BreakerConfig::default()
         },
         replay_batch: 16,
         sync_interval: Duration::from_millis(20),
         replica_sync_interval: Duration::from_secs(3600),
+        ..TieredConfig::default()
     }
 }
 

@@ -25,6 +25,7 @@ pub async fn run(a: &ServeArgs, s: &Settings) -> Result<()> {
         allowed_hosts: a.allow_hosts.clone(),
         health_details: a.health_details,
         max_connections: a.max_connections,
+        max_connections_per_client: a.max_connections_per_client,
         header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
         body_timeout: std::time::Duration::from_secs(a.body_timeout.max(1)),
         max_sessions: a.max_sessions,

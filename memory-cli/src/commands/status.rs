@@ -125,12 +125,14 @@ pub async fn sync(cmd: SyncCmd, stack: &Stack, s: &Settings) -> Result<()> {
     let journal = stack.journal();
     let others = journal.other_files();
     let damaged = journal.damaged();
+    let refused = memory_core::Outbox::refused(journal.as_ref()).await?;
     if s.json {
         return output::json(&json!({
             "status": st,
             "replayed": replayed,
             "other_journals": others,
             "damaged_journals": damaged,
+            "refused_over_quota": refused,
         }));
     }
     if let Some(n) = replayed {
@@ -149,6 +151,18 @@ pub async fn sync(cmd: SyncCmd, stack: &Stack, s: &Settings) -> Result<()> {
         outln!(
             "journals    {} of other processes (adopted and replayed once their process stops)",
             others.len()
+        );
+    }
+    if let Some(last) = refused.last() {
+        let path = journal.dir().join(memory_stack::REFUSED_FILE);
+        outln!(
+            "refused     {} journaled writes would have crossed a quota (listed in {}); last: {} in namespace {}, {} quota {}",
+            refused.len(),
+            display_safe::path(&path),
+            last.write,
+            line(last.namespace.as_str()),
+            last.resource,
+            last.limit
         );
     }
     for d in damaged {

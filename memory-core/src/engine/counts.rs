@@ -45,15 +45,17 @@ impl QuotaCounts {
     /// The namespace's counts. While the durable layer is unreachable they cannot be read:
     /// the last counts read, advanced by this process's writes since (journaled ones
     /// included), stand for them, so a running process keeps the quota through an outage.
-    /// A process that has read none yet cannot check the quota until the layer answers.
+    /// A process that has read none yet cannot check the quota until the layer answers,
+    /// unless its storage keeps counts across processes (a tiered layer answers
+    /// [`quota_usage`](crate::EpisodeStore::quota_usage) from the counts its journal kept and what it journaled).
     pub(crate) async fn get(&self, ns: &Namespace, now: DateTime<Utc>) -> Result<NsCounts> {
         if let Some(c) = lock(&self.counts).get(ns)
             && now - c.read_at < COUNTS_FRESH_FOR
         {
             return Ok(*c);
         }
-        let stats = match self.storage.namespace_stats(ns).await {
-            Ok(s) => s,
+        let usage = match self.storage.quota_usage(ns).await {
+            Ok(u) => u,
             Err(e) if e.is_transient() => {
                 if let Some(c) = lock(&self.counts).get_mut(ns) {
                     // Asked again once they are stale again: a down server is not asked at
@@ -72,8 +74,8 @@ impl QuotaCounts {
             Err(e) => return Err(e),
         };
         let c = NsCounts {
-            episodes: stats.episodes,
-            steps: stats.steps,
+            episodes: usage.episodes,
+            steps: usage.steps,
             read_at: now,
         };
         lock(&self.counts).insert(ns.clone(), c);

@@ -47,10 +47,10 @@ pub use index_data::{
     check_index_snapshot_size,
 };
 pub use memory::InMemoryStorage;
-pub use outbox::{Outbox, OutboxEntry, WriteOp};
+pub use outbox::{KeptUsage, Outbox, OutboxEntry, RefusedWrite, WriteOp};
 pub use queries::{
     EpisodeCompletion, EpisodeFilter, EpisodeQuery, EpisodeStatus, LearnedQuery, NamespaceStats,
-    TextHit, TextQuery, TextSearch,
+    QuotaUsage, TextHit, TextQuery, TextSearch,
 };
 pub use traits::{
     Change, ChangeSet, EmbeddingStore, EpisodeStore, GuardedItems, LearnedItems, LearningStore,

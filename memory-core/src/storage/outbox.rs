@@ -2,6 +2,7 @@
 //! order when it returns (the redb crate implements it).
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::episode::{Episode, EpisodeId, ExecutionStep};
@@ -51,6 +52,66 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// The storage call it replays, e.g. `create_episode`.
+    pub fn call_name(&self) -> &'static str {
+        match self {
+            WriteOp::CreateEpisode(_) => "create_episode",
+            WriteOp::AppendSteps { .. } => "append_steps",
+            WriteOp::CompleteEpisode(_) => "complete_episode",
+            WriteOp::RecordFeedback(_) => "record_feedback",
+            WriteOp::PutLearned(_) => "put_learned",
+            WriteOp::ForgetEpisodes { .. } => "forget_episodes",
+            WriteOp::PutEmbedding { .. } => "put_embedding",
+        }
+    }
+
+    /// The one episode the write belongs to, if it belongs to one.
+    pub fn episode_id(&self) -> Option<EpisodeId> {
+        match self {
+            WriteOp::CreateEpisode(e) => Some(e.id),
+            WriteOp::AppendSteps { episode_id, .. } | WriteOp::PutEmbedding { episode_id, .. } => {
+                Some(*episode_id)
+            }
+            WriteOp::CompleteEpisode(c) => Some(c.episode_id),
+            WriteOp::RecordFeedback(_)
+            | WriteOp::PutLearned(_)
+            | WriteOp::ForgetEpisodes { .. } => None,
+        }
+    }
+}
+
+/// A namespace's counts as last read from the durable layer, kept beside the journal so that
+/// a process starting while the durable layer is unreachable still holds the quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptUsage {
+    /// Episodes.
+    pub episodes: u64,
+    /// Steps.
+    pub steps: u64,
+    /// When they were read.
+    pub read_at: DateTime<Utc>,
+}
+
+/// A journaled write the replay refused because storing it would cross a quota (the write
+/// was acknowledged while the durable layer was unreachable). It names the write, never its
+/// content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedWrite {
+    /// The namespace.
+    pub namespace: Namespace,
+    /// The storage call, e.g. `create_episode` ([`WriteOp::call_name`]).
+    pub write: String,
+    /// The episode it belongs to.
+    pub episode_id: Option<EpisodeId>,
+    /// The quota: `episodes` or `steps`.
+    pub resource: String,
+    /// The quota's limit.
+    pub limit: u64,
+    /// When the replay refused it.
+    pub refused_at: DateTime<Utc>,
+}
+
 /// One journaled write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -88,5 +149,28 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// was replayed; the next append starts a new one. The default does nothing.
     async fn release_if_empty(&self) -> Result<()> {
         Ok(())
+    }
+    /// Keeps `usage` as the namespace's last counts read from the durable layer (for quotas
+    /// during an outage, in this process and in those that start during it). The default
+    /// keeps nothing.
+    async fn keep_usage(&self, ns: &Namespace, usage: &KeptUsage) -> Result<()> {
+        let _ = (ns, usage);
+        Ok(())
+    }
+    /// The counts last kept for the namespace by any process of the data directory.
+    async fn kept_usage(&self, ns: &Namespace) -> Result<Option<KeptUsage>> {
+        let _ = ns;
+        Ok(None)
+    }
+    /// Records a write the replay refused for a quota, durably, where every process of the
+    /// data directory (and `memory sync status`) sees it. The default records nothing (the
+    /// tiered layer still counts and logs it).
+    async fn record_refused(&self, refused: &RefusedWrite) -> Result<()> {
+        let _ = refused;
+        Ok(())
+    }
+    /// Every refused write recorded, oldest first.
+    async fn refused(&self) -> Result<Vec<RefusedWrite>> {
+        Ok(Vec::new())
     }
 }

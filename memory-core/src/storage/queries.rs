@@ -250,6 +250,18 @@ pub struct NamespaceStats {
     pub feedback: u64,
 }
 
+/// A namespace's episode and step counts, for its quotas ([`crate::EpisodeStore::quota_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUsage {
+    /// Episodes, completed or not.
+    pub episodes: u64,
+    /// Stored steps.
+    pub steps: u64,
+    /// True when the counts could not be read and stand for them: the last counts read, plus
+    /// the writes journaled since (while the durable layer is unreachable).
+    pub estimated: bool,
+}
+
 /// Completing an episode: its outcome, scores, and what it teaches, applied atomically.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpisodeCompletion {

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::erasure::{Erasure, ErasureReport, ForgetRecord};
 use super::index_data::{EmbeddingCoverage, IndexChanges, IndexSnapshot, StoredEmbedding};
 use super::queries::{
-    EpisodeCompletion, EpisodeQuery, LearnedQuery, NamespaceStats, TextQuery, TextSearch,
+    EpisodeCompletion, EpisodeQuery, LearnedQuery, NamespaceStats, QuotaUsage, TextQuery,
+    TextSearch,
 };
 use crate::episode::{Episode, EpisodeId, EpisodeSummary, ExecutionStep};
 use crate::error::Result;
@@ -117,6 +118,30 @@ pub trait EpisodeStore: Send + Sync + Debug {
 
     /// Cheap liveness check of the backend.
     async fn ping(&self) -> Result<()>;
+
+    /// Whether the backend answers a trivial request within `deadline`, asked on a path that
+    /// does not queue behind this process's own calls where the backend has one (a fresh
+    /// connection). The tiered layer asks it while a call runs long, to tell a slow call from
+    /// a server that stopped answering. The default is [`EpisodeStore::ping`] under the
+    /// deadline.
+    async fn answers_within(&self, deadline: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(deadline, self.ping()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The namespace's episode and step counts for its quotas. The default reads
+    /// [`EpisodeStore::namespace_stats`]; a tiered layer answers from the last counts it kept
+    /// plus what it journaled while the durable layer is unreachable ([`QuotaUsage::estimated`]).
+    async fn quota_usage(&self, ns: &Namespace) -> Result<QuotaUsage> {
+        let stats = self.namespace_stats(ns).await?;
+        Ok(QuotaUsage {
+            episodes: stats.episodes,
+            steps: stats.steps,
+            estimated: false,
+        })
+    }
 
     /// Brings a local copy up to date with its primary (embedded replicas); a no-op for
     /// backends without one.

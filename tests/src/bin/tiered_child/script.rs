@@ -38,10 +38,12 @@ pub fn tiered_config() -> TieredConfig {
             failure_rate: 0.5,
             window: 10,
             open_for: Duration::from_millis(100),
+            ..BreakerConfig::default()
         },
         replay_batch: 64,
         sync_interval: Duration::from_millis(20),
         replica_sync_interval: Duration::from_secs(3_600),
+        ..TieredConfig::default()
     }
 }
 
