@@ -144,7 +144,7 @@ async fn honest(
     client: usize,
     phase: &str,
     episodes: usize,
-) -> Result<(Vec<Duration>, u64)> {
+) -> Result<(Vec<(bool, Duration)>, u64)> {
     let mut session = initialize(HONEST, port).await?;
     let mut took = Vec::new();
     let mut stored = 0;
@@ -178,7 +178,7 @@ async fn honest(
                 session = initialize(HONEST, port).await?;
                 (status, _h, body) = mcp_post(HONEST, port, Some(&session), &call).await?;
             }
-            took.push(started.elapsed());
+            took.push((tool == "recommend", started.elapsed()));
             let msg = message(&body).with_context(|| format!("{tool}: {status} {body}"))?;
             let result = &msg["result"];
             if status != 200 || result.is_null() || result["isError"] == json!(true) {
@@ -287,22 +287,60 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The latencies of a phase's calls, sorted: all, the writes (start, steps, complete), and
+/// `recommend` (a model call and a search).
+#[derive(Debug, Default)]
+struct Latencies {
+    all: Vec<Duration>,
+    writes: Vec<Duration>,
+    recommend: Vec<Duration>,
+}
+
+impl Latencies {
+    fn of(&self, kind: &str) -> &[Duration] {
+        match kind {
+            "writes" => &self.writes,
+            "recommend" => &self.recommend,
+            _ => &self.all,
+        }
+    }
+
+    fn report(&self, peak_rss: f64) -> Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let stats = |v: &[Duration]| {
+            json!({"calls": v.len(), "p50_ms": ms(percentile(v, 0.5)), "p95_ms": ms(percentile(v, 0.95)),
+                "max_ms": v.last().map_or(0.0, |d| ms(*d))})
+        };
+        json!({"all": stats(&self.all), "writes": stats(&self.writes),
+            "recommend": stats(&self.recommend), "peak_rss_mib": peak_rss})
+    }
+}
+
 /// Runs the honest clients; every call's latency and the episodes stored.
-async fn honest_phase(port: u16, args: &Args, phase: &'static str) -> Result<(Vec<Duration>, u64)> {
+async fn honest_phase(port: u16, args: &Args, phase: &'static str) -> Result<(Latencies, u64)> {
     let clients: Vec<_> = (0..args.honest)
         .map(|c| {
             let episodes = args.episodes;
             tokio::spawn(async move { honest(port, c, phase, episodes).await })
         })
         .collect();
-    let mut all = Vec::new();
+    let mut all = Latencies::default();
     let mut stored = 0;
     for c in clients {
         let (took, n) = c.await??;
-        all.extend(took);
+        for (recommend, d) in took {
+            all.all.push(d);
+            if recommend {
+                all.recommend.push(d);
+            } else {
+                all.writes.push(d);
+            }
+        }
         stored += n;
     }
-    all.sort();
+    for v in [&mut all.all, &mut all.writes, &mut all.recommend] {
+        v.sort();
+    }
     Ok((all, stored))
 }
 
@@ -402,48 +440,54 @@ async fn main() -> Result<()> {
     let _ = serve.start_kill();
     let _ = serve.wait().await;
 
-    let (p50_a, p95_a) = (percentile(&unloaded, 0.5), percentile(&unloaded, 0.95));
-    let (p50_b, p95_b) = (percentile(&loaded, 0.5), percentile(&loaded, 0.95));
-    let ratio = p95_b.as_secs_f64() / p95_a.as_secs_f64().max(1e-9);
+    let ratio = |kind: &str| {
+        let p95 = |v: &Latencies| percentile(v.of(kind), 0.95).as_secs_f64();
+        p95(&loaded) / p95(&unloaded).max(1e-9)
+    };
     let acknowledged = stored_a + stored_b;
+    let (held, refused) = (
+        held.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    let mut loaded_report = loaded.report(loaded_rss);
+    loaded_report["seconds"] = json!(loaded_for.as_secs_f64());
     let report = json!({
         "honest_clients": args.honest,
-        "calls_per_phase": unloaded.len(),
-        "unloaded": {"p50_ms": p50_a.as_secs_f64() * 1e3, "p95_ms": p95_a.as_secs_f64() * 1e3,
-            "max_ms": unloaded.last().map_or(0.0, |d| d.as_secs_f64() * 1e3), "peak_rss_mib": unloaded_rss},
-        "loaded": {"p50_ms": p50_b.as_secs_f64() * 1e3, "p95_ms": p95_b.as_secs_f64() * 1e3,
-            "max_ms": loaded.last().map_or(0.0, |d| d.as_secs_f64() * 1e3), "peak_rss_mib": loaded_rss,
-            "seconds": loaded_for.as_secs_f64()},
-        "p95_ratio": ratio,
+        "unloaded": unloaded.report(unloaded_rss),
+        "loaded": loaded_report,
+        "p95_ratio": {"all": ratio("all"), "writes": ratio("writes"), "recommend": ratio("recommend")},
         "idle_rss_mib": idle_rss,
-        "slow_connections": {"clients": args.slow, "held_until_closed": held.load(Ordering::Relaxed),
-            "refused": refused.load(Ordering::Relaxed)},
+        "slow_connections": {"clients": args.slow, "held_until_closed": held, "refused": refused},
         "sessions": {"asked": args.sessions, "opened": sessions_opened},
         "episodes": {"acknowledged": acknowledged, "stored": stored},
     });
     if args.json {
         println!("{report:#}");
     } else {
-        println!("phase      calls  p50 ms  p95 ms  max ms  peak RSS MiB");
-        for (name, v) in [
-            ("unloaded", &report["unloaded"]),
-            ("loaded", &report["loaded"]),
-        ] {
-            println!(
-                "{name:<9} {:>6} {:>7.2} {:>7.2} {:>7.1} {:>13.0}",
-                unloaded.len(),
-                v["p50_ms"].as_f64().unwrap_or(0.0),
-                v["p95_ms"].as_f64().unwrap_or(0.0),
-                v["max_ms"].as_f64().unwrap_or(0.0),
-                v["peak_rss_mib"].as_f64().unwrap_or(0.0)
-            );
+        println!("phase     calls       count  p50 ms  p95 ms  max ms  peak RSS MiB");
+        for phase in ["unloaded", "loaded"] {
+            for kind in ["all", "writes", "recommend"] {
+                let v = &report[phase][kind];
+                println!(
+                    "{phase:<9} {kind:<10} {:>6} {:>7.2} {:>7.2} {:>7.1} {:>13.0}",
+                    v["calls"].as_u64().unwrap_or(0),
+                    v["p50_ms"].as_f64().unwrap_or(0.0),
+                    v["p95_ms"].as_f64().unwrap_or(0.0),
+                    v["max_ms"].as_f64().unwrap_or(0.0),
+                    report[phase]["peak_rss_mib"].as_f64().unwrap_or(0.0)
+                );
+            }
         }
-        println!("p95 loaded / unloaded: {ratio:.2}x (idle RSS {idle_rss:.0} MiB)");
         println!(
-            "slow connections: {} clients, {} held until the server closed them, {} refused at once",
-            args.slow,
-            held.load(Ordering::Relaxed),
-            refused.load(Ordering::Relaxed)
+            "p95 loaded / unloaded: {:.2}x all, {:.2}x writes, {:.2}x recommend (idle RSS {idle_rss:.0} MiB; loaded phase {:.1} s)",
+            ratio("all"),
+            ratio("writes"),
+            ratio("recommend"),
+            loaded_for.as_secs_f64()
+        );
+        println!(
+            "slow connections: {} clients, {held} held until the server closed them, {refused} refused at once",
+            args.slow
         );
         println!("sessions: {sessions_opened} of {} opened", args.sessions);
         println!("episodes: {acknowledged} acknowledged, {stored} stored");
