@@ -377,6 +377,103 @@ fn stored_episodes(memory: &Path, dir: &Path) -> Result<u64> {
         .context("no episode count")
 }
 
+/// What the loaded phase measured.
+struct Loaded {
+    latencies: Latencies,
+    stored: u64,
+    seconds: f64,
+    peak_rss: f64,
+    held: u64,
+    refused: u64,
+    sessions_opened: u64,
+}
+
+/// The honest clients' work beside the slow connections and the session flood.
+async fn loaded_phase(port: u16, pid: u32, args: &Args) -> Result<Loaded> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (held, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let slow: Vec<_> = (0..args.slow)
+        .map(|_| {
+            tokio::spawn(slow_connection(
+                port,
+                Arc::clone(&stop),
+                Arc::clone(&held),
+                Arc::clone(&refused),
+            ))
+        })
+        .collect();
+    let flood = tokio::spawn(session_flood(port, args.sessions));
+    let stop_rss = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(peak_rss(pid, Arc::clone(&stop_rss)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let (latencies, stored) = honest_phase(port, args, "loaded").await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let sessions_opened = flood.await?;
+    stop.store(true, Ordering::Relaxed);
+    stop_rss.store(true, Ordering::Relaxed);
+    let peak_rss = sampler.await?;
+    for s in slow {
+        s.abort();
+    }
+    Ok(Loaded {
+        latencies,
+        stored,
+        seconds,
+        peak_rss,
+        held: held.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        sessions_opened,
+    })
+}
+
+/// Prints the report as a table, or as JSON.
+fn print_report(report: &Value, json: bool) {
+    if json {
+        println!("{report:#}");
+        return;
+    }
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    println!("phase     calls       count  p50 ms  p95 ms  max ms  peak RSS MiB");
+    for phase in ["unloaded", "loaded"] {
+        for kind in ["all", "writes", "recommend"] {
+            let v = &report[phase][kind];
+            println!(
+                "{phase:<9} {kind:<10} {:>6} {:>7.2} {:>7.2} {:>7.1} {:>13.0}",
+                v["calls"].as_u64().unwrap_or(0),
+                f(&v["p50_ms"]),
+                f(&v["p95_ms"]),
+                f(&v["max_ms"]),
+                f(&report[phase]["peak_rss_mib"])
+            );
+        }
+    }
+    let r = &report["p95_ratio"];
+    println!(
+        "p95 loaded / unloaded: {:.2}x all, {:.2}x writes, {:.2}x recommend (idle RSS {:.0} MiB; loaded phase {:.1} s)",
+        f(&r["all"]),
+        f(&r["writes"]),
+        f(&r["recommend"]),
+        f(&report["idle_rss_mib"]),
+        f(&report["loaded"]["seconds"])
+    );
+    let slow = &report["slow_connections"];
+    println!(
+        "slow connections: {} clients, {} held until the server closed them, {} refused at once",
+        slow["clients"], slow["held_until_closed"], slow["refused"]
+    );
+    let sessions = &report["sessions"];
+    println!(
+        "sessions: {} of {} opened",
+        sessions["opened"], sessions["asked"]
+    );
+    let episodes = &report["episodes"];
+    println!(
+        "episodes: {} acknowledged, {} stored",
+        episodes["acknowledged"], episodes["stored"]
+    );
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -409,32 +506,7 @@ async fn main() -> Result<()> {
     stop_rss.store(true, Ordering::Relaxed);
     let unloaded_rss = sampler.await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (held, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let slow: Vec<_> = (0..args.slow)
-        .map(|_| {
-            tokio::spawn(slow_connection(
-                port,
-                Arc::clone(&stop),
-                Arc::clone(&held),
-                Arc::clone(&refused),
-            ))
-        })
-        .collect();
-    let flood = tokio::spawn(session_flood(port, args.sessions));
-    let stop_rss = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(peak_rss(pid, Arc::clone(&stop_rss)));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let loaded_started = Instant::now();
-    let (loaded, stored_b) = honest_phase(port, &args, "loaded").await?;
-    let loaded_for = loaded_started.elapsed();
-    let sessions_opened = flood.await?;
-    stop.store(true, Ordering::Relaxed);
-    stop_rss.store(true, Ordering::Relaxed);
-    let loaded_rss = sampler.await?;
-    for s in slow {
-        s.abort();
-    }
+    let loaded = loaded_phase(port, pid, &args).await?;
 
     let stored = stored_episodes(&args.memory, dir.path())?;
     let _ = serve.start_kill();
@@ -442,15 +514,12 @@ async fn main() -> Result<()> {
 
     let ratio = |kind: &str| {
         let p95 = |v: &Latencies| percentile(v.of(kind), 0.95).as_secs_f64();
-        p95(&loaded) / p95(&unloaded).max(1e-9)
+        p95(&loaded.latencies) / p95(&unloaded).max(1e-9)
     };
-    let acknowledged = stored_a + stored_b;
-    let (held, refused) = (
-        held.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
-    );
-    let mut loaded_report = loaded.report(loaded_rss);
-    loaded_report["seconds"] = json!(loaded_for.as_secs_f64());
+    let acknowledged = stored_a + loaded.stored;
+    let (held, refused, sessions_opened) = (loaded.held, loaded.refused, loaded.sessions_opened);
+    let mut loaded_report = loaded.latencies.report(loaded.peak_rss);
+    loaded_report["seconds"] = json!(loaded.seconds);
     let report = json!({
         "honest_clients": args.honest,
         "unloaded": unloaded.report(unloaded_rss),
@@ -461,37 +530,7 @@ async fn main() -> Result<()> {
         "sessions": {"asked": args.sessions, "opened": sessions_opened},
         "episodes": {"acknowledged": acknowledged, "stored": stored},
     });
-    if args.json {
-        println!("{report:#}");
-    } else {
-        println!("phase     calls       count  p50 ms  p95 ms  max ms  peak RSS MiB");
-        for phase in ["unloaded", "loaded"] {
-            for kind in ["all", "writes", "recommend"] {
-                let v = &report[phase][kind];
-                println!(
-                    "{phase:<9} {kind:<10} {:>6} {:>7.2} {:>7.2} {:>7.1} {:>13.0}",
-                    v["calls"].as_u64().unwrap_or(0),
-                    v["p50_ms"].as_f64().unwrap_or(0.0),
-                    v["p95_ms"].as_f64().unwrap_or(0.0),
-                    v["max_ms"].as_f64().unwrap_or(0.0),
-                    report[phase]["peak_rss_mib"].as_f64().unwrap_or(0.0)
-                );
-            }
-        }
-        println!(
-            "p95 loaded / unloaded: {:.2}x all, {:.2}x writes, {:.2}x recommend (idle RSS {idle_rss:.0} MiB; loaded phase {:.1} s)",
-            ratio("all"),
-            ratio("writes"),
-            ratio("recommend"),
-            loaded_for.as_secs_f64()
-        );
-        println!(
-            "slow connections: {} clients, {held} held until the server closed them, {refused} refused at once",
-            args.slow
-        );
-        println!("sessions: {sessions_opened} of {} opened", args.sessions);
-        println!("episodes: {acknowledged} acknowledged, {stored} stored");
-    }
+    print_report(&report, args.json);
     if stored < acknowledged {
         bail!(
             "{} acknowledged episodes are missing",
