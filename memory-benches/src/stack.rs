@@ -47,7 +47,20 @@ impl DefaultStack {
         cache: CacheConfig,
         synchronous: Synchronous,
     ) -> Result<Self> {
+        Self::open_keyed(dir, config, cache, synchronous, None).await
+    }
+
+    /// As [`DefaultStack::open_synchronous`], encrypted at rest under `key` when it is given
+    /// (the database needs the `encryption` feature).
+    pub async fn open_keyed(
+        dir: &Path,
+        config: MemoryConfig,
+        cache: CacheConfig,
+        synchronous: Synchronous,
+        key: Option<memory_stack::MasterKey>,
+    ) -> Result<Self> {
         let stack = StackBuilder::new(dir)
+            .encryption_key(key)
             .memory_config(config)
             .cache_config(Some(cache))
             .configure_turso(move |b| b.synchronous(synchronous))

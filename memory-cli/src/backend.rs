@@ -47,8 +47,28 @@ pub fn stack_error(e: StackError) -> anyhow::Error {
 /// Opens the memory over the configured storage; loads the embedding model when `semantic`
 /// (commands that retrieve), since loading it costs a few hundred milliseconds.
 pub async fn open(s: &Settings, semantic: bool) -> Result<Stack> {
+    open_with(s, semantic, false).await
+}
+
+/// As [`open`]; with `key_for_files`, a key configured for a memory that is not encrypted
+/// opens it anyway, the key serving only the files the command writes or reads (`export
+/// --encrypt`, `backup --encrypt`, importing a sealed export). Elsewhere such a key is refused
+/// (`memory encrypt` converts the memory); a new directory is always created encrypted.
+pub async fn open_with(s: &Settings, semantic: bool, key_for_files: bool) -> Result<Stack> {
     let pin = s.schema_version;
+    let mut key = s.load_key()?;
+    if key.is_some() && key_for_files {
+        let dir = memory_stack::DataDir::new(&s.data_dir);
+        if memory_stack::holds_a_memory(&dir)
+            && memory_stack::read_marker(&dir)
+                .map_err(stack_error)?
+                .is_none()
+        {
+            key = None;
+        }
+    }
     StackBuilder::new(&s.data_dir)
+        .encryption_key(key)
         .mode(storage_mode(s)?)
         .configure_turso(move |b| match pin {
             Some(v) => b.schema_version(v),

@@ -101,21 +101,33 @@ pub enum Command {
     Export {
         /// The JSONL file to create
         file: PathBuf,
+        /// Seal the file under the configured encryption key (MEMORY_ENCRYPTION_KEY, _FILE or
+        /// _COMMAND): nothing of it is readable without the key; `memory import` reads it
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Replay the episodes of an exported JSONL file into the namespace through the normal
     /// API (limits, quotas and redaction apply; the memory learns from them; new ids, the
     /// original start and completion times). The whole file is checked first: a bad line
-    /// imports nothing.
+    /// imports nothing. A sealed export (`export --encrypt`) is read with the configured key;
+    /// a wrong key or a damaged file imports nothing.
     Import {
         /// A file written by `memory export`
         file: PathBuf,
     },
-    /// Snapshot the database (all namespaces) into DIR: memory.db and manifest.json
+    /// Snapshot the database (all namespaces) into DIR: memory.db and manifest.json. The
+    /// snapshot of an encrypted memory is encrypted under its key
     Backup {
         /// A new or empty directory
         dir: PathBuf,
+        /// Encrypt the backup: an encrypted memory's snapshot already is (under its key); a
+        /// memory that is not encrypted is sealed into memory.db.sealed under the configured
+        /// key (MEMORY_ENCRYPTION_KEY, _FILE or _COMMAND)
+        #[arg(long)]
+        encrypt: bool,
     },
-    /// Put a backup's memory.db into the data directory (local mode)
+    /// Put a backup's database into the data directory (local mode); an encrypted backup
+    /// needs the configured key
     Restore {
         /// A directory written by `memory backup`
         dir: PathBuf,
@@ -123,6 +135,16 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Encryption at rest: generate a key, show what the data directory is encrypted under
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Encrypt a memory that is not encrypted, in place, under the configured key
+    /// (MEMORY_ENCRYPTION_KEY, _FILE or _COMMAND); every other process must be stopped
+    Encrypt,
+    /// Re-encrypt the memory under a new key (MEMORY_NEW_ENCRYPTION_KEY, --new-key-file or
+    /// --new-key-command); the current key is the configured one. Every other process must be
+    /// stopped; the old files are kept in `pre-rekey-<time>/` until you delete them
+    Rekey(RekeyArgs),
     /// Serve the memory to an agent over MCP on stdin/stdout (same data dir, namespace and
     /// mode as the other commands)
     Mcp(McpArgs),
@@ -612,6 +634,26 @@ pub enum NamespaceCmd {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Print a new random key (64 hexadecimal digits) to standard output; keep it in a secret
+    /// manager or a 0600 key file, never in memory.toml
+    Generate,
+    /// Whether the data directory is encrypted, how, and the fingerprints of its key and of
+    /// the configured one (never the keys)
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// A file (mode 0600 or 0400) holding the new key
+    #[arg(long, conflicts_with = "new_key_command")]
+    pub new_key_file: Option<PathBuf>,
+    /// A command (run with `sh -c`) that prints the new key
+    #[arg(long)]
+    pub new_key_command: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -109,6 +109,9 @@ async fn run(cli: Cli, settings: Result<Settings>) -> Result<ExitCode> {
         Command::Restore { dir, force } => commands::backup::restore(&dir, force, &settings).await,
         Command::Mcp(a) => commands::mcp::run(&a, &settings).await,
         Command::Serve(a) => commands::serve::run(&a, &settings).await,
+        Command::Key(cmd) => commands::keys::key(&cmd, &settings),
+        Command::Encrypt => commands::keys::encrypt(&settings).await,
+        Command::Rekey(a) => commands::keys::rekey(&a, &settings).await,
         command => return Box::pin(run_on_stack(command, &settings)).await,
     };
     done.map(|()| ExitCode::SUCCESS)
@@ -121,7 +124,12 @@ async fn run_on_stack(command: Command, s: &Settings) -> Result<ExitCode> {
         command,
         Command::Recommend(_) | Command::Health | Command::Demo(_)
     );
-    let stack = backend::open(s, semantic).await?;
+    // The key of a memory that is not encrypted may still seal or open the command's file.
+    let key_for_files = matches!(
+        command,
+        Command::Export { .. } | Command::Import { .. } | Command::Backup { .. }
+    );
+    let stack = backend::open_with(s, semantic, key_for_files).await?;
     let m = stack.memory();
     let mut code = ExitCode::SUCCESS;
     let command = async {
@@ -142,12 +150,20 @@ async fn run_on_stack(command: Command, s: &Settings) -> Result<ExitCode> {
             }),
             Command::Demo(a) => commands::demo::run(a.rounds, m, s).await,
             Command::Recommend(a) => commands::recommend::run(a, m, s).await,
-            Command::Export { file } => commands::transfer::export(&file, &stack, s).await,
-            Command::Import { file } => commands::transfer::import(&file, m, s).await,
-            Command::Backup { dir } => commands::backup::backup(&dir, &stack, s).await,
-            Command::Eval(_) | Command::Restore { .. } | Command::Mcp(_) | Command::Serve(_) => {
-                Ok(())
+            Command::Export { file, encrypt } => {
+                commands::transfer::export(&file, encrypt, &stack, s).await
             }
+            Command::Import { file } => commands::transfer::import(&file, m, s).await,
+            Command::Backup { dir, encrypt } => {
+                commands::backup::backup(&dir, encrypt, &stack, s).await
+            }
+            Command::Eval(_)
+            | Command::Restore { .. }
+            | Command::Mcp(_)
+            | Command::Serve(_)
+            | Command::Key(_)
+            | Command::Encrypt
+            | Command::Rekey(_) => Ok(()),
         }
     };
     // A signal lets the call in progress finish (long commands stop between items), then

@@ -29,6 +29,45 @@ pub struct FileConfig {
     pub schema_version: Option<u32>,
     /// Where the spans go (`[telemetry]`).
     pub telemetry: Option<TelemetryConfig>,
+    /// Where the encryption key comes from (`[encryption]`); never the key itself.
+    pub encryption: Option<EncryptionFileConfig>,
+}
+
+/// The `[encryption]` section of `memory.toml`: where the key is, never the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionFileConfig {
+    /// A key file only its owner can read (mode 0600 or 0400).
+    pub key_file: Option<PathBuf>,
+    /// A command (run with `sh -c`) that prints the key, such as a secret manager's client.
+    pub key_command: Option<String>,
+    /// Refused with a message: the key never goes into the configuration file.
+    key: Option<toml::Value>,
+}
+
+/// The key source the environment, else `[encryption]` of the file, names.
+fn key_source(file: Option<EncryptionFileConfig>) -> Result<Option<memory_stack::KeySource>> {
+    if let Some(source) = memory_stack::KeySource::from_env() {
+        return Ok(Some(source));
+    }
+    let Some(section) = file else {
+        return Ok(None);
+    };
+    if section.key.is_some() {
+        anyhow::bail!(
+            "`encryption.key` in {CONFIG_FILE}: the key never goes into the configuration file \
+             (it would sit in plain text beside the data it protects); use MEMORY_ENCRYPTION_KEY, \
+             `key_file` (a file only you can read) or `key_command` (a command that prints it)"
+        );
+    }
+    match (section.key_file, section.key_command) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "`encryption` in {CONFIG_FILE} names both `key_file` and `key_command`; keep one"
+        ),
+        (Some(path), None) => Ok(Some(memory_stack::KeySource::File(path))),
+        (None, Some(command)) => Ok(Some(memory_stack::KeySource::Command(command))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The `[telemetry]` section of `memory.toml`.
@@ -38,6 +77,22 @@ pub struct TelemetryConfig {
     /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
     /// `http://127.0.0.1:4318`: the spans are posted to `<url>/v1/traces`. Unset: no export.
     pub otlp_endpoint: Option<String>,
+}
+
+impl Settings {
+    /// The encryption key, read from its source once per process (a key command runs at the
+    /// first call); `None` without one.
+    pub fn load_key(&self) -> Result<Option<memory_stack::MasterKey>> {
+        if let Some(key) = self.key.get() {
+            return Ok(key.clone());
+        }
+        let key = self
+            .encryption_key
+            .as_ref()
+            .map(memory_stack::KeySource::load)
+            .transpose()?;
+        Ok(self.key.get_or_init(|| key).clone())
+    }
 }
 
 /// Resolved settings.
@@ -60,6 +115,11 @@ pub struct Settings {
     /// Where the spans are exported over OTLP/HTTP (`MEMORY_OTLP_ENDPOINT`, else
     /// `telemetry.otlp_endpoint`); `None`: nowhere.
     pub otlp_endpoint: Option<String>,
+    /// Where the encryption key comes from (`MEMORY_ENCRYPTION_KEY*`, else `[encryption]`);
+    /// `None`: the memory is not encrypted.
+    pub encryption_key: Option<memory_stack::KeySource>,
+    /// The key once read ([`Settings::load_key`]).
+    pub key: std::sync::OnceLock<Option<memory_stack::MasterKey>>,
 }
 
 /// The checked OTLP endpoint: `http://` only (no TLS is built in; a collector on the same
@@ -171,6 +231,8 @@ impl Settings {
             otlp_endpoint: otlp_endpoint(
                 env("MEMORY_OTLP_ENDPOINT").or(file.telemetry.and_then(|t| t.otlp_endpoint)),
             )?,
+            encryption_key: key_source(file.encryption)?,
+            key: std::sync::OnceLock::new(),
         })
     }
 }

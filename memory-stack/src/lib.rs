@@ -38,10 +38,12 @@
 
 mod database;
 mod embedder;
+mod encryption;
 mod health;
 mod layout;
 #[cfg(test)]
 mod private_files_test;
+mod reencrypt;
 
 /// Private files and directories (`0700` / `0600` whatever the umask), re-exported for the
 /// CLI's exports and backups.
@@ -60,16 +62,23 @@ use tracing::{info, warn};
 
 pub use database::{open_data_dir_database, open_database_file, open_scratch_store};
 pub use embedder::load_embedder;
+pub use encryption::{
+    ENCRYPTION_FILE, EncryptionMarker, holds_a_memory, marker_path, read_marker, settle,
+    write_marker,
+};
 pub use health::{ComponentHealth, HealthReport, Status};
 pub use layout::{
     CACHE_FILE, DAMAGED_DIR, DATABASE_FILE, DataDir, JOURNAL_DIR, LEGACY_OUTBOX_FILE, LOCK_FILE,
     PresenceLock, REPLICA_FILE,
 };
+pub use memory_seal::{KeyError, KeySource, MasterKey, Sealer};
 /// The file, in the journal directory, that lists the journaled writes refused for a quota.
 pub use memory_storage_redb::REFUSED_FILE;
 /// The tiered layer's configuration and state, for [`StackBuilder::tiered_config`] and health
 /// reports without a direct dependency on `memory-tiered`.
 pub use memory_tiered::{BreakerConfig, BreakerState, SyncStatus, TieredConfig, TieredStorage};
+/// The key and the sealed formats, for programs that open a stack with a key.
+pub use reencrypt::{Reencrypted, reencrypt};
 
 /// Why the stack could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +101,39 @@ pub enum StackError {
         /// The directory.
         dir: PathBuf,
     },
+    /// The directory is encrypted and no key was given.
+    #[error(
+        "{dir} is encrypted (key {fingerprint}): set MEMORY_ENCRYPTION_KEY, MEMORY_ENCRYPTION_KEY_FILE or MEMORY_ENCRYPTION_KEY_COMMAND"
+    )]
+    KeyMissing {
+        /// The directory.
+        dir: PathBuf,
+        /// The fingerprint of the key it is encrypted under.
+        fingerprint: String,
+    },
+    /// The key given is not the directory's key; nothing was read or changed.
+    #[error(
+        "the encryption key given (key {given}) does not open {dir}: it is encrypted under key {expected}"
+    )]
+    WrongKey {
+        /// The directory.
+        dir: PathBuf,
+        /// The fingerprint of the key given.
+        given: String,
+        /// The fingerprint of the directory's key.
+        expected: String,
+    },
+    /// A key was given for a memory that is not encrypted.
+    #[error(
+        "{dir} holds a memory that is not encrypted: `memory encrypt` encrypts it in place (with every other process stopped); or unset the key"
+    )]
+    NotEncrypted {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The key cannot be read, or the encryption marker cannot be used.
+    #[error("encryption: {0}")]
+    Encryption(String),
     /// Other processes use the directory (for operations that need it to themselves).
     #[error(
         "other memory processes are using {dir} (a `memory mcp` server, another command or an application); stop them first"
@@ -202,6 +244,7 @@ pub struct StackBuilder {
     semantic: bool,
     embedder: Option<Arc<dyn Embedder>>,
     turso: Option<Box<dyn FnOnce(TursoConfigBuilder) -> TursoConfigBuilder + Send>>,
+    encryption: Option<MasterKey>,
 }
 
 impl std::fmt::Debug for StackBuilder {
@@ -227,7 +270,19 @@ impl StackBuilder {
             semantic: false,
             embedder: None,
             turso: None,
+            encryption: None,
         }
+    }
+
+    /// Encrypts the memory at rest under `key` (see `SECURITY.md`): the local database file
+    /// or replica (needs the `encryption` feature), the cache, the journals and their notes.
+    /// A new directory becomes encrypted; an encrypted one opens only with its key
+    /// ([`StackError::KeyMissing`], [`StackError::WrongKey`]); one holding a memory that is
+    /// not encrypted is refused ([`StackError::NotEncrypted`]).
+    #[must_use]
+    pub fn encryption_key(mut self, key: Option<MasterKey>) -> Self {
+        self.encryption = key;
+        self
     }
 
     /// Where the durable layer lives.
@@ -304,6 +359,12 @@ impl StackBuilder {
                 .await
                 .map_err(|e| dir.unusable(std::io::Error::other(e)))??
         };
+        let key = {
+            let (d, mode, key) = (dir.clone(), self.mode.clone(), self.encryption.clone());
+            tokio::task::spawn_blocking(move || encryption::settle(&d, &mode, key.as_ref()))
+                .await
+                .map_err(|e| dir.unusable(std::io::Error::other(e)))??
+        };
         let mut config = match &self.mode {
             StorageMode::Local => TursoConfig::local(dir.database()),
             StorageMode::Remote { url, auth_token } => {
@@ -317,15 +378,19 @@ impl StackBuilder {
         if let Some(f) = self.turso {
             config = f(config);
         }
+        if !matches!(self.mode, StorageMode::Remote { .. }) {
+            config = config.encryption(key.clone());
+        }
         let durable = TursoStorage::open(config.build()?).await?;
-        let journal = JournalDir::open(
-            dir.journals(),
-            vec![dir.legacy_outbox()],
-            self.outbox.clone(),
-        )
-        .await?;
-        let (cache, cache_state) = match &self.cache {
-            Some(c) => open_cache(&dir, c).await,
+        let sealer = key.as_ref().map(Sealer::new);
+        let mut outbox = self.outbox.clone();
+        outbox.sealer.clone_from(&sealer);
+        let journal = JournalDir::open(dir.journals(), vec![dir.legacy_outbox()], outbox).await?;
+        let (cache, cache_state) = match self.cache.clone() {
+            Some(mut c) => {
+                c.sealer.clone_from(&sealer);
+                open_cache(&dir, &c).await
+            }
             None => (
                 None,
                 CacheState::Off {
@@ -381,6 +446,7 @@ impl StackBuilder {
             embedder: embedder_state,
             dir,
             mode: self.mode,
+            encryption: key.map(|k| k.fingerprint()),
             _presence: presence,
         })
     }
@@ -444,6 +510,7 @@ pub struct Stack {
     embedder: EmbedderState,
     dir: DataDir,
     mode: StorageMode,
+    encryption: Option<String>,
     _presence: PresenceLock,
 }
 
@@ -491,6 +558,11 @@ impl Stack {
     /// The storage mode.
     pub fn mode(&self) -> &StorageMode {
         &self.mode
+    }
+
+    /// The fingerprint of the key the memory is encrypted under; `None` when it is not.
+    pub fn encryption(&self) -> Option<&str> {
+        self.encryption.as_deref()
     }
 
     /// Writes buffered steps, finishes background work, replays what the durable layer takes

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use memory_core::{CacheKey, Error, Result};
+use memory_seal::Sealer;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{DecodeLimits, MAX_DECODE_LIMIT};
@@ -46,13 +47,17 @@ macro_rules! setters {
 /// | `touch_flush_threshold` | 1,024 distinct keys |
 /// | `expire_batch` | 32 entries swept per write |
 /// | `compact_file_bytes` | `null`: automatic, `4 * max_bytes + 64 MiB` |
+/// | `sealer` | `None`: the file is not encrypted (never read from or written to a configuration file) |
 ///
 /// Cache writes commit with `redb::Durability::None` (no fsync): the cache is a copy and may
 /// lose its last writes in a crash. redb frees the pages of such commits only at the next
 /// durable commit, so every `durable_commit_every`-th commit is durable to keep the file
 /// bounded. A file not closed cleanly is emptied at the next open, so a crash can never bring
 /// back an entry that was invalidated or replaced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Two configurations are equal when every setting is, their sealers compared by the
+/// fingerprint of their key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CacheConfig {
     /// Most entries in the cache file.
@@ -87,6 +92,56 @@ pub struct CacheConfig {
     /// reuses freed pages), so the automatic bound only fires when the file is larger than
     /// churn explains, e.g. after `clear` or after the bounds were lowered.
     pub compact_file_bytes: Option<u64>,
+    /// Encrypts the file at rest when set: every stored value is sealed (XChaCha20-Poly1305,
+    /// bound to its key), and keys are keyed hashes, so neither content nor namespaces nor ids
+    /// can be read from the file (see `FORMAT.md`, "Sealed files"). A file written under
+    /// another key, or without one, is replaced by an empty one when opened (the cache holds
+    /// copies only). Never serialized: a key does not belong in a configuration file.
+    #[serde(skip)]
+    pub sealer: Option<Sealer>,
+}
+
+impl PartialEq for CacheConfig {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured so that a new field cannot be forgotten here.
+        let CacheConfig {
+            max_entries,
+            max_bytes,
+            ttl,
+            memory_max_entries,
+            memory_max_bytes,
+            max_episode_bytes,
+            max_learned_bytes,
+            redb_cache_bytes,
+            durable_commit_every,
+            touch_flush_threshold,
+            expire_batch,
+            compact_file_bytes,
+            sealer,
+        } = self;
+        *max_entries == other.max_entries
+            && *max_bytes == other.max_bytes
+            && *ttl == other.ttl
+            && *memory_max_entries == other.memory_max_entries
+            && *memory_max_bytes == other.memory_max_bytes
+            && *max_episode_bytes == other.max_episode_bytes
+            && *max_learned_bytes == other.max_learned_bytes
+            && *redb_cache_bytes == other.redb_cache_bytes
+            && *durable_commit_every == other.durable_commit_every
+            && *touch_flush_threshold == other.touch_flush_threshold
+            && *expire_batch == other.expire_batch
+            && *compact_file_bytes == other.compact_file_bytes
+            && same_sealer(sealer.as_ref(), other.sealer.as_ref())
+    }
+}
+
+/// Whether two optional sealers seal under the same key (compared by its fingerprint).
+fn same_sealer(a: Option<&Sealer>, b: Option<&Sealer>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.fingerprint() == b.fingerprint(),
+        _ => false,
+    }
 }
 
 impl Default for CacheConfig {
@@ -104,6 +159,7 @@ impl Default for CacheConfig {
             touch_flush_threshold: 1_024,
             expire_batch: 32,
             compact_file_bytes: None,
+            sealer: None,
         }
     }
 }
@@ -146,6 +202,13 @@ impl CacheConfig {
     pub fn with_memory_capacity(mut self, max_entries: u64, max_bytes: u64) -> Self {
         self.memory_max_entries = max_entries;
         self.memory_max_bytes = max_bytes;
+        self
+    }
+
+    /// Encrypts the file at rest with `sealer` (sets [`sealer`](Self::sealer)).
+    #[must_use]
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = Some(sealer);
         self
     }
 
@@ -214,7 +277,11 @@ impl CacheConfig {
 /// | `max_entry_bytes` | 33,554,432 bytes (32 MiB): largest encoded entry appended or read |
 /// | `max_batch` | 1,024 entries committed together by one fsync (group commit) |
 /// | `redb_cache_bytes` | 4,194,304 bytes (4 MiB) of redb page cache |
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// | `sealer` | `None`: journals and their notes are not encrypted (never read from or written to a configuration file) |
+///
+/// Two configurations are equal when every setting is, their sealers compared by the
+/// fingerprint of their key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OutboxConfig {
     /// Largest encoded entry, in bytes; larger appends fail with `LimitExceeded`.
@@ -223,7 +290,32 @@ pub struct OutboxConfig {
     pub max_batch: usize,
     /// Size of redb's in-process page cache, in bytes.
     pub redb_cache_bytes: usize,
+    /// Encrypts journals at rest when set: every entry is sealed (XChaCha20-Poly1305, bound to
+    /// its sequence number), and so are the journal directory's notes (`usage.json`,
+    /// `refused.jsonl`); see `FORMAT.md`, "Sealed files". Entries written before the journal
+    /// was sealed are still read; a sealed entry that does not open (another key, damage) is
+    /// an error of [`peek`](memory_core::Outbox::peek), never skipped. Never serialized.
+    #[serde(skip)]
+    pub sealer: Option<Sealer>,
 }
+
+impl PartialEq for OutboxConfig {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured so that a new field cannot be forgotten here.
+        let OutboxConfig {
+            max_entry_bytes,
+            max_batch,
+            redb_cache_bytes,
+            sealer,
+        } = self;
+        *max_entry_bytes == other.max_entry_bytes
+            && *max_batch == other.max_batch
+            && *redb_cache_bytes == other.redb_cache_bytes
+            && same_sealer(sealer.as_ref(), other.sealer.as_ref())
+    }
+}
+
+impl Eq for OutboxConfig {}
 
 impl Default for OutboxConfig {
     fn default() -> Self {
@@ -231,6 +323,7 @@ impl Default for OutboxConfig {
             max_entry_bytes: 32 * 1024 * 1024,
             max_batch: 1_024,
             redb_cache_bytes: 4 * 1024 * 1024,
+            sealer: None,
         }
     }
 }
@@ -245,6 +338,14 @@ impl OutboxConfig {
 
         /// Sets [`redb_cache_bytes`](Self::redb_cache_bytes).
         with_redb_cache_bytes(redb_cache_bytes: usize);
+    }
+
+    /// Encrypts journals and their notes at rest with `sealer` (sets
+    /// [`sealer`](Self::sealer)).
+    #[must_use]
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = Some(sealer);
+        self
     }
 
     /// Checks the settings; called by [`RedbOutbox::open`](crate::RedbOutbox::open).
@@ -306,6 +407,34 @@ mod tests {
         assert_eq!(partial.ttl, None);
         assert_eq!(partial.max_bytes, c.max_bytes);
         OutboxConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn sealers_compare_by_key_and_are_never_serialized() {
+        use memory_seal::MasterKey;
+        let key = MasterKey::generate().unwrap();
+        let sealed = CacheConfig::default().with_sealer(Sealer::new(&key));
+        let same = CacheConfig::default().with_sealer(Sealer::new(&key));
+        let other =
+            CacheConfig::default().with_sealer(Sealer::new(&MasterKey::generate().unwrap()));
+        assert_eq!(sealed, same);
+        assert_ne!(sealed, other);
+        assert_ne!(sealed, CacheConfig::default());
+        let json = serde_json::to_string(&sealed).unwrap();
+        assert!(!json.contains("sealer"), "{json}");
+        assert!(
+            serde_json::from_str::<CacheConfig>(&json)
+                .unwrap()
+                .sealer
+                .is_none()
+        );
+        let outbox = OutboxConfig::default().with_sealer(Sealer::new(&key));
+        assert_eq!(
+            outbox,
+            OutboxConfig::default().with_sealer(Sealer::new(&key))
+        );
+        assert_ne!(outbox, OutboxConfig::default());
+        assert!(!serde_json::to_string(&outbox).unwrap().contains("sealer"));
     }
 
     #[test]

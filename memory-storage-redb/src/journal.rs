@@ -16,6 +16,11 @@
 //! journal keeps the order of each dead process's writes. Writes of two processes that were
 //! both journaling are not ordered against each other (nor were they against each other's
 //! durable writes).
+//!
+//! With a sealer ([`OutboxConfig::sealer`]), the own journal, the orphans and legacy files
+//! opened for adoption, the salvage of damaged ones and the notes (`usage.json`,
+//! `refused.jsonl`) all use it. An orphan whose sealed entries do not open (written under
+//! another key) is left where it is, and the others are adopted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use crate::config::OutboxConfig;
 use crate::error::failed;
 use crate::journal_notes;
 use crate::outbox::{Opening, RedbOutbox};
+use crate::sealing::{find, scan_sealed_entries};
 
 /// The folder, inside a journal directory, for files that could not be trusted.
 pub const DAMAGED_DIR: &str = "damaged";
@@ -197,7 +203,11 @@ impl JournalDir {
         // renaming keeps the bytes for a person to look at.
         std::fs::rename(path, &aside).map_err(|e| failed("journal salvage", e))?;
         let bytes = std::fs::read(&aside).map_err(|e| failed("journal salvage", e))?;
-        let (entries, unreadable) = scan_entries(&bytes, self.config.max_entry_bytes);
+        let (entries, unreadable) = scan_entries(
+            &bytes,
+            self.config.max_entry_bytes,
+            self.config.sealer.as_ref(),
+        );
         let adopted = self.take_in(&entries).await?;
         let report = DamagedJournal {
             file: aside.clone(),
@@ -245,14 +255,19 @@ fn remove_file(path: &Path) -> Result<()> {
 }
 
 /// Entries found in the raw bytes of a damaged outbox file: every decodable JSON entry
-/// (stored as a version byte and JSON, see `FORMAT.md`), each once, in the order their
-/// idempotency keys (UUID v7, time-ordered) give; and how many entry starts did not decode.
+/// (stored as a version byte and JSON, see `FORMAT.md`) and every sealed entry that opens with
+/// `sealer`, each once, in the order their idempotency keys (UUID v7, time-ordered) give; and
+/// how many entry starts did not decode (sealed entries without a sealer among them).
 ///
 /// Written here because no crate reads a damaged redb file: redb refuses it whole.
-pub(crate) fn scan_entries(bytes: &[u8], max_entry_bytes: usize) -> (Vec<OutboxEntry>, u64) {
+pub(crate) fn scan_entries(
+    bytes: &[u8],
+    max_entry_bytes: usize,
+    sealer: Option<&memory_seal::Sealer>,
+) -> (Vec<OutboxEntry>, u64) {
     const START: &[u8] = b"{\"idempotency_key\":\"";
     let mut found = std::collections::BTreeMap::new();
-    let mut unreadable = 0u64;
+    let mut unreadable = scan_sealed_entries(bytes, sealer, max_entry_bytes, &mut found);
     let mut at = 0;
     while let Some(offset) = find(&bytes[at..], START) {
         let begin = at + offset;
@@ -269,10 +284,6 @@ pub(crate) fn scan_entries(bytes: &[u8], max_entry_bytes: usize) -> (Vec<OutboxE
     }
     // A key found whole elsewhere (an older copy of a page) is not lost.
     (found.into_values().collect(), unreadable)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[async_trait]
@@ -306,38 +317,61 @@ impl Outbox for JournalDir {
         }
     }
 
+    /// A file that cannot be adopted now (its sealed entries do not open here, say) does not
+    /// keep the others from being adopted: its error is returned only when nothing was.
     async fn adopt(&self) -> Result<Vec<(u64, OutboxEntry)>> {
         let mut adopted = Vec::new();
+        let mut errors = Vec::new();
         for path in self.other_files() {
-            adopted.extend(self.adopt_file(&path).await?);
+            match self.adopt_file(&path).await {
+                Ok(entries) => adopted.extend(entries),
+                Err(e) => errors.push((path, e)),
+            }
         }
-        Ok(adopted)
+        let mut errors = errors.into_iter();
+        let returned = if adopted.is_empty() {
+            errors.next()
+        } else {
+            None
+        };
+        for (path, e) in errors {
+            warn!(file = %path.display(), error = %e, "cannot adopt a journal now; it is left in place");
+        }
+        returned.map_or(Ok(adopted), |(_, e)| Err(e))
     }
 
     async fn keep_usage(&self, ns: &Namespace, usage: &KeptUsage) -> Result<()> {
         let (dir, ns, usage) = (self.dir.clone(), ns.clone(), *usage);
-        tokio::task::spawn_blocking(move || journal_notes::keep_usage(&dir, &ns, &usage))
-            .await
-            .map_err(|e| failed("keep counts", e))?
+        let sealer = self.config.sealer.clone();
+        tokio::task::spawn_blocking(move || {
+            journal_notes::keep_usage(&dir, sealer.as_ref(), &ns, &usage)
+        })
+        .await
+        .map_err(|e| failed("keep counts", e))?
     }
 
     async fn kept_usage(&self, ns: &Namespace) -> Result<Option<KeptUsage>> {
         let (dir, ns) = (self.dir.clone(), ns.clone());
-        tokio::task::spawn_blocking(move || journal_notes::kept_usage(&dir, &ns))
+        let sealer = self.config.sealer.clone();
+        tokio::task::spawn_blocking(move || journal_notes::kept_usage(&dir, sealer.as_ref(), &ns))
             .await
             .map_err(|e| failed("read kept counts", e))
     }
 
     async fn record_refused(&self, refused: &RefusedWrite) -> Result<()> {
         let (dir, refused) = (self.dir.clone(), refused.clone());
-        tokio::task::spawn_blocking(move || journal_notes::record_refused(&dir, &refused))
-            .await
-            .map_err(|e| failed("record refusal", e))?
+        let sealer = self.config.sealer.clone();
+        tokio::task::spawn_blocking(move || {
+            journal_notes::record_refused(&dir, sealer.as_ref(), &refused)
+        })
+        .await
+        .map_err(|e| failed("record refusal", e))?
     }
 
     async fn refused(&self) -> Result<Vec<RefusedWrite>> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || journal_notes::refused(&dir))
+        let sealer = self.config.sealer.clone();
+        tokio::task::spawn_blocking(move || journal_notes::refused(&dir, sealer.as_ref()))
             .await
             .map_err(|e| failed("read refusals", e))
     }

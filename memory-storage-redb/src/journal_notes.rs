@@ -8,15 +8,23 @@
 //! makes those counts older. Refusals are appended and fsynced, one line each, never removed
 //! by the memory. Neither file is trusted: a symlink, a file over its size limit or bytes that
 //! do not parse count as nothing kept (logged), and a bad line of refusals is skipped.
+//!
+//! With a sealer (the journal directory's [`OutboxConfig::sealer`](crate::OutboxConfig)), the
+//! counts file is one sealed record (binary) and each refusal line the lowercase hex of a
+//! sealed record, so that no namespace name is readable in either. Unsealed files and lines
+//! (written before) are still read; a sealed one that does not open counts as nothing kept or
+//! as a skipped line, like damaged ones.
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 use memory_core::{KeptUsage, Namespace, RefusedWrite, Result};
+use memory_seal::Sealer;
 use tracing::warn;
 
 use crate::error::failed;
+use crate::sealing::{REFUSAL_AAD, USAGE_AAD, hex, open_line, open_note};
 
 /// The counts file, in the journal directory.
 pub const USAGE_FILE: &str = "usage.json";
@@ -55,27 +63,44 @@ fn read_regular(path: &Path, max: u64) -> Option<Vec<u8>> {
     }
 }
 
-fn read_usage(dir: &Path) -> BTreeMap<String, KeptUsage> {
+fn read_usage(dir: &Path, sealer: Option<&Sealer>) -> BTreeMap<String, KeptUsage> {
     let path = dir.join(USAGE_FILE);
     let Some(bytes) = read_regular(&path, MAX_USAGE_BYTES) else {
         return BTreeMap::new();
     };
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+    let json = match open_note(sealer, &bytes, USAGE_AAD) {
+        Ok(json) => json,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "kept namespace counts cannot be read; ignored");
+            return BTreeMap::new();
+        }
+    };
+    serde_json::from_slice(&json).unwrap_or_else(|e| {
         warn!(path = %path.display(), error = %e, "kept namespace counts do not parse; ignored");
         BTreeMap::new()
     })
 }
 
 /// The counts kept for `ns`.
-pub(crate) fn kept_usage(dir: &Path, ns: &Namespace) -> Option<KeptUsage> {
-    read_usage(dir).get(ns.as_str()).copied()
+pub(crate) fn kept_usage(dir: &Path, sealer: Option<&Sealer>, ns: &Namespace) -> Option<KeptUsage> {
+    read_usage(dir, sealer).get(ns.as_str()).copied()
 }
 
-/// Keeps `usage` as `ns`'s counts.
-pub(crate) fn keep_usage(dir: &Path, ns: &Namespace, usage: &KeptUsage) -> Result<()> {
-    let mut all = read_usage(dir);
+/// Keeps `usage` as `ns`'s counts (the whole file sealed with `sealer`, if any).
+pub(crate) fn keep_usage(
+    dir: &Path,
+    sealer: Option<&Sealer>,
+    ns: &Namespace,
+    usage: &KeptUsage,
+) -> Result<()> {
+    let mut all = read_usage(dir, sealer);
     all.insert(ns.as_str().to_owned(), *usage);
-    let bytes = serde_json::to_vec(&all).map_err(|e| failed("keep counts", e))?;
+    let mut bytes = serde_json::to_vec(&all).map_err(|e| failed("keep counts", e))?;
+    if let Some(sealer) = sealer {
+        bytes = sealer
+            .seal(&bytes, USAGE_AAD)
+            .map_err(|e| failed("keep counts", e))?;
+    }
     let tmp = dir.join(format!(
         ".{USAGE_FILE}.{}-{}.tmp",
         std::process::id(),
@@ -93,10 +118,20 @@ pub(crate) fn keep_usage(dir: &Path, ns: &Namespace, usage: &KeptUsage) -> Resul
     Ok(())
 }
 
-/// Appends `refused` to the refusals, durably. Anything but a regular file in its place (a
-/// symlink) is refused.
-pub(crate) fn record_refused(dir: &Path, refused: &RefusedWrite) -> Result<()> {
+/// Appends `refused` to the refusals, durably (a line of JSON, or with `sealer` the hex of the
+/// sealed JSON). Anything but a regular file in its place (a symlink) is refused.
+pub(crate) fn record_refused(
+    dir: &Path,
+    sealer: Option<&Sealer>,
+    refused: &RefusedWrite,
+) -> Result<()> {
     let mut line = serde_json::to_vec(refused).map_err(|e| failed("record refusal", e))?;
+    if let Some(sealer) = sealer {
+        let sealed = sealer
+            .seal(&line, REFUSAL_AAD)
+            .map_err(|e| failed("record refusal", e))?;
+        line = hex(&sealed).into_bytes();
+    }
     line.push(b'\n');
     let path = dir.join(REFUSED_FILE);
     if let Ok(meta) = std::fs::symlink_metadata(&path)
@@ -116,8 +151,8 @@ pub(crate) fn record_refused(dir: &Path, refused: &RefusedWrite) -> Result<()> {
     appended.map_err(|e| failed("record refusal", e))
 }
 
-/// Every refusal recorded, oldest first (lines that do not parse are skipped, logged).
-pub(crate) fn refused(dir: &Path) -> Vec<RefusedWrite> {
+/// Every refusal recorded, oldest first (lines that do not open or parse are skipped, logged).
+pub(crate) fn refused(dir: &Path, sealer: Option<&Sealer>) -> Vec<RefusedWrite> {
     let path = dir.join(REFUSED_FILE);
     let Some(bytes) = read_regular(&path, MAX_REFUSED_BYTES) else {
         return Vec::new();
@@ -125,13 +160,16 @@ pub(crate) fn refused(dir: &Path) -> Vec<RefusedWrite> {
     let mut out = Vec::new();
     let mut bad = 0u64;
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice(line) {
-            Ok(r) => out.push(r),
-            Err(_) => bad += 1,
+        let parsed = open_line(sealer, line, REFUSAL_AAD)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok());
+        match parsed {
+            Some(r) => out.push(r),
+            None => bad += 1,
         }
     }
     if bad > 0 {
-        warn!(path = %path.display(), lines = bad, "refusal lines that do not parse were skipped");
+        warn!(path = %path.display(), lines = bad, "refusal lines that do not open or parse were skipped");
     }
     out
 }
@@ -166,12 +204,12 @@ mod tests {
             steps: 3,
             read_at: at,
         };
-        assert_eq!(kept_usage(dir.path(), &ns("a")), None);
-        keep_usage(dir.path(), &ns("a"), &u(1)).unwrap();
-        keep_usage(dir.path(), &ns("b"), &u(2)).unwrap();
-        keep_usage(dir.path(), &ns("a"), &u(5)).unwrap();
-        assert_eq!(kept_usage(dir.path(), &ns("a")), Some(u(5)));
-        assert_eq!(kept_usage(dir.path(), &ns("b")), Some(u(2)));
+        assert_eq!(kept_usage(dir.path(), None, &ns("a")), None);
+        keep_usage(dir.path(), None, &ns("a"), &u(1)).unwrap();
+        keep_usage(dir.path(), None, &ns("b"), &u(2)).unwrap();
+        keep_usage(dir.path(), None, &ns("a"), &u(5)).unwrap();
+        assert_eq!(kept_usage(dir.path(), None, &ns("a")), Some(u(5)));
+        assert_eq!(kept_usage(dir.path(), None, &ns("b")), Some(u(2)));
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
@@ -181,7 +219,7 @@ mod tests {
     fn damaged_or_symlinked_notes_count_as_nothing_kept() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(USAGE_FILE), b"{not json").unwrap();
-        assert_eq!(kept_usage(dir.path(), &ns("a")), None);
+        assert_eq!(kept_usage(dir.path(), None, &ns("a")), None);
         std::fs::remove_file(dir.path().join(USAGE_FILE)).unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
         let target = elsewhere.path().join("x");
@@ -189,8 +227,8 @@ mod tests {
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(&target, dir.path().join(REFUSED_FILE)).unwrap();
-            assert!(record_refused(dir.path(), &refusal("a")).is_err());
-            assert!(refused(dir.path()).is_empty());
+            assert!(record_refused(dir.path(), None, &refusal("a")).is_err());
+            assert!(refused(dir.path(), None).is_empty());
             assert_eq!(std::fs::read(&target).unwrap(), b"");
         }
     }
@@ -198,15 +236,56 @@ mod tests {
     #[test]
     fn refusals_append_and_bad_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        record_refused(dir.path(), &refusal("a")).unwrap();
+        record_refused(dir.path(), None, &refusal("a")).unwrap();
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join(REFUSED_FILE))
             .unwrap();
         f.write_all(b"{torn\n").unwrap();
-        record_refused(dir.path(), &refusal("b")).unwrap();
-        let all = refused(dir.path());
+        record_refused(dir.path(), None, &refusal("b")).unwrap();
+        let all = refused(dir.path(), None);
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].namespace, ns("b"));
+    }
+
+    #[test]
+    fn sealed_notes_hide_namespaces_read_plain_ones_and_skip_foreign_ones() {
+        use memory_seal::MasterKey;
+        let dir = tempfile::tempdir().unwrap();
+        let key = Sealer::new(&MasterKey::generate().unwrap());
+        let other = Sealer::new(&MasterKey::generate().unwrap());
+        let u = KeptUsage {
+            episodes: 4,
+            steps: 9,
+            read_at: chrono::Utc::now(),
+        };
+        // Written before the directory was sealed: still read, and sealed when rewritten.
+        keep_usage(dir.path(), None, &ns("plainns"), &u).unwrap();
+        record_refused(dir.path(), None, &refusal("plainns")).unwrap();
+        keep_usage(dir.path(), Some(&key), &ns("secretns"), &u).unwrap();
+        record_refused(dir.path(), Some(&key), &refusal("secretns")).unwrap();
+        assert_eq!(kept_usage(dir.path(), Some(&key), &ns("plainns")), Some(u));
+        assert_eq!(kept_usage(dir.path(), Some(&key), &ns("secretns")), Some(u));
+        let all = refused(dir.path(), Some(&key));
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].namespace, ns("secretns"));
+        let usage = std::fs::read(dir.path().join(USAGE_FILE)).unwrap();
+        assert!(
+            !usage
+                .windows(8)
+                .any(|w| w == b"secretns" || w == b"plainns\"")
+        );
+        let lines = std::fs::read(dir.path().join(REFUSED_FILE)).unwrap();
+        assert!(!lines.windows(8).any(|w| w == b"secretns"));
+        assert_eq!(
+            lines.split(|b| *b == b'\n').count(),
+            3,
+            "a line each, then nothing"
+        );
+        // Another key, or none: nothing kept, sealed lines skipped.
+        for wrong in [Some(&other), None] {
+            assert_eq!(kept_usage(dir.path(), wrong, &ns("secretns")), None);
+            assert_eq!(refused(dir.path(), wrong).len(), 1, "the plain line only");
+        }
     }
 }

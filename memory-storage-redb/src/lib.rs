@@ -13,6 +13,16 @@
 //! - Cache entries are encoded with bincode 2 behind a format-version byte and decoded under a
 //!   size limit ([`decode_cached_value`]); outbox entries are JSON behind a version byte
 //!   ([`decode_outbox_entry`]). Decoders return typed errors on any input and never panic.
+//! - **Encryption at rest**: with a [`memory_seal::Sealer`] in [`CacheConfig::sealer`] and
+//!   [`OutboxConfig::sealer`] (`with_sealer`), no content, namespace name or pattern or
+//!   heuristic id is readable in the files. Cache values are sealed (XChaCha20-Poly1305, a
+//!   random nonce each, bound to their key) and cache keys are keyed hashes
+//!   ([`memory_seal::Sealer::hide`]); a cache file written under another key, or without one,
+//!   is replaced by an empty one when opened (copies only). Journal entries are sealed, bound
+//!   to their sequence number; entries written before sealing are still read, and a sealed
+//!   entry that does not open is an error, never skipped. The journal directory's notes
+//!   (`usage.json`, `refused.jsonl`) are sealed too. Without a sealer the files are exactly
+//!   as before. Layouts in `FORMAT.md`, "Sealed files".
 //!
 //! Every redb call runs on tokio's blocking pool. The on-disk format (tables, key encodings,
 //! version bytes) is in `FORMAT.md` next to this crate's manifest.
@@ -53,6 +63,9 @@ mod journal;
 mod journal_notes;
 mod memory_cache;
 mod outbox;
+#[cfg(test)]
+mod sealed_tests;
+mod sealing;
 mod tables;
 mod wire;
 mod write_behind;

@@ -9,10 +9,11 @@ use memory_core::{Error, Outbox, OutboxEntry, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tracing::{debug, info};
 
-use crate::codec::{decode_outbox_entry, encode_outbox_entry};
+use crate::codec::encode_outbox_entry;
 use crate::config::OutboxConfig;
 use crate::error::{StoreError, blocking, create_file, failed, map};
 use crate::group_commit::{self, Committer, GroupCommit};
+use crate::sealing::{open_outbox_entry, seal_outbox_entry};
 use crate::tables::{INFO_LAYOUT, INFO_NEXT_SEQ, LAYOUT_VERSION, OUTBOX, OUTBOX_INFO};
 
 /// A durable outbox in its own redb file.
@@ -29,6 +30,9 @@ use crate::tables::{INFO_LAYOUT, INFO_NEXT_SEQ, LAYOUT_VERSION, OUTBOX, OUTBOX_I
 ///   length (O(1)).
 /// - After a crash, opening the file runs redb's recovery: every committed append is there and
 ///   no entry is torn (pages are checksummed; a commit is all or nothing).
+/// - With a sealer ([`OutboxConfig::sealer`]) each entry is sealed, bound to its sequence
+///   number. Entries written unsealed are still read; a sealed entry that does not open (no
+///   key, another key, damage) makes `peek` fail with [`Error::Decode`] and stays in the file.
 #[derive(Clone)]
 pub struct RedbOutbox {
     inner: Arc<Inner>,
@@ -209,7 +213,15 @@ impl Inner {
             let first = stored_next.max(after_last);
             let mut seq = first;
             for p in batch {
-                table.insert(seq, p.as_slice())?;
+                // Sealed here, where the sequence number it is bound to is known.
+                match &self.config.sealer {
+                    Some(sealer) => {
+                        table.insert(seq, seal_outbox_entry(sealer, seq, p)?.as_slice())?;
+                    }
+                    None => {
+                        table.insert(seq, p.as_slice())?;
+                    }
+                }
                 seq += 1;
             }
             info.insert(INFO_NEXT_SEQ, seq)?;
@@ -226,9 +238,11 @@ impl Inner {
         let mut out = Vec::with_capacity(max.min(1024));
         for row in table.range::<u64>(..)?.take(max) {
             let (k, v) = row?;
+            let seq = k.value();
+            let sealer = self.config.sealer.as_ref();
             out.push((
-                k.value(),
-                decode_outbox_entry(v.value(), self.config.max_entry_bytes)?,
+                seq,
+                open_outbox_entry(sealer, seq, v.value(), self.config.max_entry_bytes)?,
             ));
         }
         Ok(out)

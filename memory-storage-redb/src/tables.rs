@@ -8,11 +8,13 @@
 //! | `cache_lru` | `tick` (u64) | entry key |
 //! | `cache_expiry` | `expires_ms` (u64 big-endian) ++ entry key | `()` |
 //! | `cache_info` | name | u64 (`layout`, `bytes`, `clean`, `mark_position`) |
-//! | `cache_mark` | name | text (`database`) |
+//! | `cache_mark` | name | text (`database`; `seal` in a sealed file) |
 //!
 //! The entry key is `ns_len: u8, ns bytes, kind: u8, id bytes`: kind 1 = episode (id: the 16
 //! UUID bytes), 2 = pattern, 3 = heuristic (id: its UTF-8 text). Namespaces are at most 128
-//! bytes, so the length fits a byte, and every key of a namespace shares its prefix.
+//! bytes, so the length fits a byte, and every key of a namespace shares its prefix. In a
+//! sealed file (a sealer configured) the entry key is instead the keyed hash of those bytes
+//! (32 bytes) and the encoded entry is sealed (see `sealing.rs`).
 //!
 //! A tick is a counter that grows with every access; `cache_lru`'s first row is the least
 //! recently used entry and `cache_expiry`'s first row the one expiring first, so eviction and
@@ -21,7 +23,7 @@
 //! # Outbox file
 //! | table | key | value |
 //! |---|---|---|
-//! | `outbox_entries` | sequence number (u64) | encoded outbox entry |
+//! | `outbox_entries` | sequence number (u64) | encoded outbox entry (framed and sealed with a sealer) |
 //! | `outbox_info` | name | u64 (`layout`, `next_seq`) |
 
 use memory_core::{CacheKey, Namespace};
@@ -40,7 +42,8 @@ pub(crate) const LRU: TableDefinition<u64, &[u8]> = TableDefinition::new("cache_
 pub(crate) const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("cache_expiry");
 /// Named counters and flags of the cache file.
 pub(crate) const CACHE_INFO: TableDefinition<&str, u64> = TableDefinition::new("cache_info");
-/// Named text of the cache file: the database of the close mark.
+/// Named text of the cache file: the database of the close mark, the key check of a sealed
+/// file.
 pub(crate) const CACHE_MARK: TableDefinition<&str, &str> = TableDefinition::new("cache_mark");
 
 /// Sequence number -> encoded outbox entry.
@@ -58,6 +61,8 @@ pub(crate) const INFO_CLEAN: &str = "clean";
 pub(crate) const INFO_MARK_POSITION: &str = "mark_position";
 /// `cache_mark` row: the database of the close mark.
 pub(crate) const MARK_DATABASE: &str = "database";
+/// `cache_mark` row: the key check of a sealed file (lowercase hex); absent when not sealed.
+pub(crate) const MARK_SEAL: &str = "seal";
 /// `outbox_info` row: the next sequence number to assign.
 pub(crate) const INFO_NEXT_SEQ: &str = "next_seq";
 

@@ -79,6 +79,21 @@ impl fmt::Debug for TursoStorage {
     }
 }
 
+/// SQLite's "file is not a database" at open, said in the memory's terms: an encrypted file
+/// opened without its key (or with another), or a plain one opened with a key, reads as
+/// noise.
+fn explain_not_a_database(failure: Failure, encrypted: bool) -> Failure {
+    if !failure.to_string().contains("file is not a database") {
+        return failure;
+    }
+    let why = if encrypted {
+        "the database file does not open with this encryption key: it is encrypted under another key, not encrypted, or not a memory database"
+    } else {
+        "the database file is encrypted (set the key: MEMORY_ENCRYPTION_KEY, MEMORY_ENCRYPTION_KEY_FILE or MEMORY_ENCRYPTION_KEY_COMMAND) or is not a memory database"
+    };
+    DriverError::Setup(why.into()).into()
+}
+
 impl TursoStorage {
     /// Opens (creating if needed) the database described by `config`, applies pending schema
     /// migrations, and opens the connections.
@@ -89,8 +104,11 @@ impl TursoStorage {
     #[instrument(skip_all, fields(mode = config.mode().name()))]
     pub async fn open(config: TursoConfig) -> Result<Self> {
         let timeout = config.call_timeout();
+        let encrypted = config.encrypted();
         match tokio::time::timeout(timeout, Self::open_inner(config)).await {
-            Ok(result) => result.map_err(|f| f.into_core("open")),
+            Ok(result) => {
+                result.map_err(|f| explain_not_a_database(f, encrypted).into_core("open"))
+            }
             Err(_) => Err(Failure::Driver(DriverError::Timeout(timeout)).into_core("open")),
         }
     }

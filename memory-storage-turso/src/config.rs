@@ -157,6 +157,7 @@ pub struct TursoConfig {
     pub(crate) background_checkpoints: bool,
     pub(crate) change_poll_interval: Duration,
     pub(crate) open_when_unreachable: bool,
+    pub(crate) encryption: Option<memory_seal::MasterKey>,
 }
 
 /// Default `busy_timeout`.
@@ -245,6 +246,11 @@ impl TursoConfig {
         self.readers
     }
 
+    /// Whether the local (or replica) file is opened encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.encryption.is_some()
+    }
+
     /// The schema version opening migrates to.
     pub fn schema_version(&self) -> u32 {
         self.schema_version
@@ -281,6 +287,7 @@ pub struct TursoConfigBuilder {
     foreground_checkpoints: bool,
     change_poll_interval: Option<Duration>,
     open_when_unreachable: bool,
+    encryption: Option<memory_seal::MasterKey>,
 }
 
 impl TursoConfigBuilder {
@@ -355,6 +362,19 @@ impl TursoConfigBuilder {
     #[must_use]
     pub fn open_when_unreachable(mut self, on: bool) -> Self {
         self.open_when_unreachable = on;
+        self
+    }
+
+    /// Encrypts the local file (or an embedded replica's file) with a key derived from `key`:
+    /// `SQLite3` Multiple Ciphers' `aes256cbc` scheme (every page AES-256-CBC under a key
+    /// derived from the passphrase with PBKDF2-SHA256; pages are not authenticated), so no
+    /// byte of the file or its WAL is plaintext. Needs the `encryption` feature
+    /// (opening fails with a message naming it otherwise); remote mode ignores it (the
+    /// server's storage is the server's business). A file must always be opened with the
+    /// key it was created with: a wrong key fails at open.
+    #[must_use]
+    pub fn encryption(mut self, key: Option<memory_seal::MasterKey>) -> Self {
+        self.encryption = key;
         self
     }
 
@@ -453,6 +473,7 @@ impl TursoConfigBuilder {
             background_checkpoints: !self.foreground_checkpoints,
             change_poll_interval,
             open_when_unreachable: self.open_when_unreachable,
+            encryption: self.encryption,
         })
     }
 }

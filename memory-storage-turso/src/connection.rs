@@ -453,7 +453,15 @@ pub(crate) async fn build_database(config: &TursoConfig) -> DbResult<Database> {
                 // -wal and -shm files the same: it opens this empty one, 0600, instead.
                 memory_files::precreate(path)?;
             }
-            Ok(Builder::new_local(path).build().await?)
+            let builder = Builder::new_local(path);
+            #[cfg(feature = "encryption")]
+            let builder = match &config.encryption {
+                Some(key) => builder.encryption_config(encryption_config(key)),
+                None => builder,
+            };
+            #[cfg(not(feature = "encryption"))]
+            refuse_encryption(config)?;
+            Ok(builder.build().await?)
         }
         #[cfg(feature = "remote")]
         TursoMode::Remote { url, auth_token } => Ok(Builder::new_remote(
@@ -476,6 +484,12 @@ pub(crate) async fn build_database(config: &TursoConfig) -> DbResult<Database> {
                 auth_token.clone().unwrap_or_default(),
             )
             .read_your_writes(true);
+            #[cfg(feature = "encryption")]
+            if let Some(key) = &config.encryption {
+                builder = builder.encryption_config(encryption_config(key));
+            }
+            #[cfg(not(feature = "encryption"))]
+            refuse_encryption(config)?;
             if let Some(interval) = sync_interval {
                 builder = builder.sync_interval(*interval);
             }
@@ -499,6 +513,31 @@ pub(crate) async fn build_database(config: &TursoConfig) -> DbResult<Database> {
         ))
         .into()),
     }
+}
+
+/// libsql's setting for a file encrypted under `key` (a passphrase derived from it).
+#[cfg(feature = "encryption")]
+pub(crate) fn encryption_config(key: &memory_seal::MasterKey) -> libsql::EncryptionConfig {
+    let passphrase = key.database_passphrase();
+    libsql::EncryptionConfig::new(
+        libsql::Cipher::Aes256Cbc,
+        bytes::Bytes::copy_from_slice(passphrase.as_bytes()),
+    )
+}
+
+/// A key for a file in a build that cannot encrypt: refused, never ignored.
+#[cfg(not(feature = "encryption"))]
+fn refuse_encryption(config: &TursoConfig) -> DbResult<()> {
+    if config.encryption.is_some() {
+        return Err(DriverError::Setup(
+            "an encryption key is set, but this build cannot encrypt the database file: build \
+             with the `encryption` feature (`cargo build --release -p memory-cli --features \
+             encryption`; it needs cmake: `bash scripts/install-cmake.sh`)"
+                .into(),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Creates the missing directories above `path`, 0700.

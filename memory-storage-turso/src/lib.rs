@@ -67,6 +67,7 @@ mod learned;
 mod learned_bodies;
 mod maintenance;
 mod prepared;
+mod reencrypt;
 #[cfg(feature = "remote")]
 mod remote_batch;
 mod schema;
@@ -83,4 +84,5 @@ pub use config::{
     TursoConfigBuilder, TursoMode,
 };
 pub use group_state::GroupCommits;
+pub use reencrypt::reencrypt_file;
 pub use schema::SCHEMA_VERSION;

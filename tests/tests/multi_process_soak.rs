@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use memory_core::{
     EpisodeId, EpisodeQuery, EpisodeStore, LearnedQuery, Namespace, PatternKind, StorageExt,
 };
-use memory_stack::StackBuilder;
+use memory_stack::{MasterKey, StackBuilder};
 use rand::Rng;
 use serde_json::{Value, json};
 use tests::procs::{CallEnd, McpProcess, PidSlot, kill_slot, run_cli};
@@ -144,7 +144,7 @@ fn marker(who: &str, e: usize, k: usize) -> String {
     format!("{who}-e{e}-s{k}-{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn cli_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared) {
+async fn cli_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared, keyed: Keyed) {
     let who = me.name.clone();
     let mut e = 0;
     while e < episodes {
@@ -166,7 +166,7 @@ async fn cli_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared
                 "--language",
                 "rust",
             ],
-            &[],
+            &keyed.envs(),
             &me.slot,
         )
         .await
@@ -214,7 +214,7 @@ async fn cli_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared
                     result,
                     "out",
                 ],
-                &[],
+                &keyed.envs(),
                 &me.slot,
             )
             .await
@@ -246,7 +246,7 @@ async fn cli_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared
                 "--success",
                 "soak",
             ],
-            &[],
+            &keyed.envs(),
             &me.slot,
         )
         .await
@@ -268,9 +268,17 @@ async fn cli_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared
     me.done.store(true, Ordering::SeqCst);
 }
 
-async fn start_server(dir: &Path, me: &Victim) -> McpProcess {
+async fn start_server(dir: &Path, me: &Victim, keyed: Keyed) -> McpProcess {
     loop {
-        match McpProcess::start(dir, NS, &["--rate-per-second", "0"], &[], &me.slot).await {
+        match McpProcess::start(
+            dir,
+            NS,
+            &["--rate-per-second", "0"],
+            &keyed.envs(),
+            &me.slot,
+        )
+        .await
+        {
             Ok(p) => return p,
             // Killed while starting: start again.
             Err(e) => eprintln!("{}: server start cut off ({e}); starting again", me.name),
@@ -278,9 +286,9 @@ async fn start_server(dir: &Path, me: &Victim) -> McpProcess {
     }
 }
 
-async fn mcp_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared) {
+async fn mcp_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared, keyed: Keyed) {
     let who = me.name.clone();
-    let mut server = start_server(&dir, &me).await;
+    let mut server = start_server(&dir, &me, keyed).await;
     let mut e = 0;
     let context = json!({ "domain": "soak", "language": "rust" });
     while e < episodes {
@@ -299,7 +307,7 @@ async fn mcp_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared
             CallEnd::Gone(why) => {
                 let killed = server.was_killed().await;
                 ledger.lock().unwrap().gone(&who, killed, &why);
-                server = start_server(&dir, &me).await;
+                server = start_server(&dir, &me, keyed).await;
                 continue;
             }
             CallEnd::ToolError(err) => {
@@ -336,7 +344,7 @@ async fn mcp_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared
                         l.unacknowledged.insert(m);
                     }
                     // The episode goes on in the next server (restart-safe).
-                    server = start_server(&dir, &me).await;
+                    server = start_server(&dir, &me, keyed).await;
                 }
                 CallEnd::ToolError(err) => {
                     ledger.lock().unwrap().failed(&who, &format!("step: {err}"));
@@ -362,7 +370,7 @@ async fn mcp_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared
                     let mut l = ledger.lock().unwrap();
                     l.gone(&who, cut, &why);
                 }
-                server = start_server(&dir, &me).await;
+                server = start_server(&dir, &me, keyed).await;
             }
             CallEnd::ToolError(err) => ledger
                 .lock()
@@ -377,7 +385,13 @@ async fn mcp_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared
     assert!(status.success(), "{who}: server exit {status:?}");
 }
 
-async fn library_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Shared) {
+async fn library_loop(
+    dir: PathBuf,
+    me: Arc<Victim>,
+    episodes: usize,
+    ledger: Shared,
+    keyed: Keyed,
+) {
     let who = me.name.clone();
     // Episodes still to finish, the one to resume included.
     let mut remaining = episodes;
@@ -395,6 +409,7 @@ async fn library_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Sh
                 &STEPS.to_string(),
             ])
             .env("RUST_LOG", "warn")
+            .envs(keyed.envs())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -468,7 +483,13 @@ async fn library_loop(dir: PathBuf, me: Arc<Victim>, episodes: usize, ledger: Sh
 /// The maintenance commands a person runs beside the agents: stats, consolidate, backup,
 /// export and import (into another namespace), and a restore that must refuse while the
 /// directory is in use. Not killed: each must finish, and none may wait on the others.
-async fn maintenance_loop(dir: PathBuf, rounds: usize, stop: Arc<AtomicBool>, ledger: Shared) {
+async fn maintenance_loop(
+    dir: PathBuf,
+    rounds: usize,
+    stop: Arc<AtomicBool>,
+    ledger: Shared,
+    keyed: Keyed,
+) {
     let slot = PidSlot::default();
     let scratch = tempfile::tempdir().unwrap();
     let mut round = 0;
@@ -504,7 +525,7 @@ async fn maintenance_loop(dir: PathBuf, rounds: usize, stop: Arc<AtomicBool>, le
                     .collect();
                 std::fs::write(&sample, lines.join("\n")).unwrap();
             }
-            let run = run_cli(&dir, &args, &[], &slot).await.unwrap();
+            let run = run_cli(&dir, &args, &keyed.envs(), &slot).await.unwrap();
             if run.code == Some(0) {
                 ledger.lock().unwrap().answered("maintenance", run.elapsed);
             } else {
@@ -515,11 +536,15 @@ async fn maintenance_loop(dir: PathBuf, rounds: usize, stop: Arc<AtomicBool>, le
         // A restore while the directory is in use refuses, and moves nothing. (Between two
         // commands of the loops and the restarts of the killed, nobody may hold it for an
         // instant; this process holds it through the attempt.)
-        let holder = StackBuilder::new(&dir).open().await.unwrap();
+        let holder = StackBuilder::new(&dir)
+            .encryption_key(keyed.key())
+            .open()
+            .await
+            .unwrap();
         let run = run_cli(
             &dir,
             &["--json", "restore", &backup_text, "--force"],
-            &[],
+            &keyed.envs(),
             &slot,
         )
         .await
@@ -566,9 +591,51 @@ async fn killer(victims: Vec<Arc<Victim>>, every: Duration) -> u64 {
     }
 }
 
+/// The key every participant of an encrypted run is given (through the environment for the
+/// child processes); `None`: not encrypted.
+#[derive(Debug, Clone, Copy)]
+struct Keyed(Option<&'static str>);
+
+impl Keyed {
+    fn envs(self) -> Vec<(&'static str, &'static str)> {
+        self.0
+            .map(|k| vec![("MEMORY_ENCRYPTION_KEY", k)])
+            .unwrap_or_default()
+    }
+
+    fn key(self) -> Option<MasterKey> {
+        self.0.map(|k| MasterKey::from_hex(k).unwrap())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
-    let plan = Plan::from_env();
+    soak(Plan::from_env(), Keyed(None)).await;
+}
+
+/// The same soak on an encrypted memory (database, cache and journals), at half the load.
+#[cfg(feature = "encryption")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_processes_one_encrypted_data_dir_nothing_lost_under_kill_9() {
+    let key: &'static str = Box::leak(
+        MasterKey::generate()
+            .unwrap()
+            .to_hex()
+            .as_str()
+            .to_owned()
+            .into_boxed_str(),
+    );
+    let full = Plan::from_env();
+    let plan = Plan {
+        cli_episodes: full.cli_episodes / 2,
+        mcp_episodes: full.mcp_episodes / 2,
+        library_episodes: full.library_episodes / 2,
+        ..full
+    };
+    soak(plan, Keyed(Some(key))).await;
+}
+
+async fn soak(plan: Plan, keyed: Keyed) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let ledger: Shared = Arc::default();
@@ -583,6 +650,7 @@ async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
             v,
             plan.cli_episodes,
             ledger.clone(),
+            keyed,
         )));
     }
     for i in 0..plan.mcp_servers {
@@ -593,6 +661,7 @@ async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
             v,
             plan.mcp_episodes,
             ledger.clone(),
+            keyed,
         )));
     }
     let v = Victim::new("lib".into());
@@ -602,6 +671,7 @@ async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
         v,
         plan.library_episodes,
         ledger.clone(),
+        keyed,
     )));
     let agents_done = Arc::new(AtomicBool::new(false));
     let maintenance = tokio::spawn(maintenance_loop(
@@ -609,6 +679,7 @@ async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
         plan.maintenance_rounds,
         agents_done.clone(),
         ledger.clone(),
+        keyed,
     ));
     let killing = tokio::spawn(killer(victims.clone(), plan.kill_every));
     for t in tasks {
@@ -620,14 +691,18 @@ async fn many_processes_one_data_dir_nothing_lost_under_kill_9() {
     let elapsed = started.elapsed();
 
     // Whatever a killed process journaled is adopted and replayed by the next opener.
-    let stack = StackBuilder::new(&dir).open().await.unwrap();
+    let stack = StackBuilder::new(&dir)
+        .encryption_key(keyed.key())
+        .open()
+        .await
+        .unwrap();
     stack.tiered().sync_now().await.unwrap();
     assert_eq!(stack.tiered().status().outbox_len, 0);
     stack.shutdown().await.unwrap();
     drop(stack);
 
     let l = std::mem::take(&mut *ledger.lock().unwrap());
-    let store = memory_storage_turso::TursoStorage::open_in_data_dir(&dir)
+    let store = memory_stack::open_data_dir_database(&dir, keyed.key().as_ref())
         .await
         .unwrap();
     let ns = Namespace::new(NS).unwrap();

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use memory_core::{
     RedactionConfig, SelfLearningMemory, StepInput, TaskContext, TaskType,
 };
 use serde_json::{Value, json};
+use tests::files_under;
 use tests::procs::memory_binary;
 
 /// (kind, secret, line) rows of the corpus.
@@ -149,17 +150,6 @@ fn run(data_dir: &Path, args: &[&str], log: &mut Vec<u8>) -> Output {
             .join("\n")
     );
     output
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }
 
 /// Whether `needle` is in `haystack`; through `str::contains`, as std is built optimized and

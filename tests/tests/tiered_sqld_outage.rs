@@ -21,11 +21,16 @@
 //!   opens before the outage: `TursoStorage::open` in remote mode checks the schema over the
 //!   network, so it cannot open while the server is down (it fails with a transient error).
 //!
-//! All three skip (with a note) without the sqld binary, and fail under CI.
+//! - `acknowledged_episodes_survive_a_real_sqld_outage_encrypted`: the first drill with the
+//!   memory encrypted at rest (sealed cache and journal).
+//!
+//! All of them skip (with a note) without the sqld binary, and fail under CI.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashSet};
+
+use memory_stack::{MasterKey, Sealer};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,8 +70,9 @@ async fn remote(url: &str) -> TursoStorage {
 }
 
 /// The CLI's remote-mode stack on `dir`, with the drill's settings.
-async fn open_stack(url: &str, dir: &Path) -> Stack {
+async fn open_stack(url: &str, dir: &Path, key: Option<&MasterKey>) -> Stack {
     StackBuilder::new(dir)
+        .encryption_key(key.cloned())
         .mode(StorageMode::Remote {
             url: url.to_owned(),
             auth_token: None,
@@ -80,7 +86,11 @@ async fn open_stack(url: &str, dir: &Path) -> Stack {
 }
 
 /// Every entry of every journal file in `dir` (the journals of stopped processes included).
-async fn journal_entries(dir: &Path) -> Vec<(u64, OutboxEntry)> {
+async fn journal_entries(dir: &Path, key: Option<&MasterKey>) -> Vec<(u64, OutboxEntry)> {
+    let config = OutboxConfig {
+        sealer: key.map(Sealer::new),
+        ..OutboxConfig::default()
+    };
     let mut out = Vec::new();
     let Ok(files) = std::fs::read_dir(DataDir::new(dir).journals()) else {
         return out;
@@ -90,7 +100,7 @@ async fn journal_entries(dir: &Path) -> Vec<(u64, OutboxEntry)> {
         if path.extension().is_none_or(|e| e != "redb") {
             continue;
         }
-        match RedbOutbox::open_existing(&path, OutboxConfig::default()).await {
+        match RedbOutbox::open_existing(&path, config.clone()).await {
             Opening::Open(journal) => out.extend(journal.peek(usize::MAX).await.unwrap()),
             Opening::Gone => {}
             other => panic!("journal {} not readable: {other:?}", path.display()),
@@ -232,6 +242,17 @@ struct Log {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_episodes_survive_a_real_sqld_outage() {
+    outage_drill(None).await;
+}
+
+/// The same drill with the memory encrypted at rest: the cache and the journal written during
+/// the outage are sealed, and the replay reads them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_episodes_survive_a_real_sqld_outage_encrypted() {
+    outage_drill(Some(MasterKey::generate().unwrap())).await;
+}
+
+async fn outage_drill(key: Option<MasterKey>) {
     if require_sqld().is_none() {
         return;
     }
@@ -239,7 +260,7 @@ async fn acknowledged_episodes_survive_a_real_sqld_outage() {
     let mut sqld = SqldServer::start().await.unwrap();
     let url = sqld.url();
     let dir = tempfile::tempdir().unwrap();
-    let stack = open_stack(&url, dir.path()).await;
+    let stack = open_stack(&url, dir.path(), key.as_ref()).await;
     let tiered = Arc::clone(stack.tiered());
     let memory = stack.memory_arc();
     let ns = script::namespace();
@@ -406,7 +427,7 @@ async fn acknowledged_episodes_survive_a_real_sqld_outage() {
     stack.shutdown().await.unwrap();
     drop(stack);
     assert!(
-        journal_entries(dir.path()).await.is_empty(),
+        journal_entries(dir.path(), key.as_ref()).await.is_empty(),
         "journals empty"
     );
 
@@ -489,7 +510,7 @@ async fn acknowledged_episodes_survive_sigkill_during_an_outage() {
     // The next process: the journal holds the dead child's writes.
     sqld.restart().await.unwrap();
     let url = sqld.url();
-    let entries = journal_entries(dir.path()).await;
+    let entries = journal_entries(dir.path(), None).await;
     let journaled = entries.len() as u64;
     let mut ops: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (_, e) in &entries {
@@ -509,7 +530,7 @@ async fn acknowledged_episodes_survive_sigkill_during_an_outage() {
     assert_eq!(ops.get("other"), None, "{ops:?}");
 
     // The normal open path: overlay rebuilt from the journal, then replay.
-    let stack = open_stack(&url, dir.path()).await;
+    let stack = open_stack(&url, dir.path(), None).await;
     let tiered = stack.tiered();
     for id in &acked {
         let e = tiered.get_episode(&ns, *id).await.unwrap().unwrap();
@@ -523,7 +544,7 @@ async fn acknowledged_episodes_survive_sigkill_during_an_outage() {
     stack.shutdown().await.unwrap();
     drop(stack);
     assert!(
-        journal_entries(dir.path()).await.is_empty(),
+        journal_entries(dir.path(), None).await.is_empty(),
         "journals empty"
     );
 

@@ -84,6 +84,10 @@ struct Args {
     /// Open the libsql file with `synchronous = FULL` (an fsync per commit) instead of NORMAL
     #[arg(long)]
     synchronous_full: bool,
+    /// Encrypt the data directory at rest under a key generated for the run (database,
+    /// cache, journals; needs a build with `--features encryption`)
+    #[arg(long)]
+    encrypt: bool,
 }
 
 /// Spans shown per slice with `--spans`.
@@ -170,6 +174,8 @@ struct Report {
     concurrency: u64,
     seed: u64,
     data_dir: String,
+    /// Whether the data directory was encrypted at rest.
+    encrypted: bool,
     elapsed_s: f64,
     episodes_per_s: f64,
     steps_per_s: f64,
@@ -310,8 +316,19 @@ async fn open_stack(args: &Args) -> Result<DefaultStack> {
     if let Some(days) = args.pruned_rows_kept_days {
         config.consolidation.pruned_rows_kept_days = days;
     }
-    DefaultStack::open_synchronous(&args.data_dir, config, CacheConfig::default(), synchronous)
-        .await
+    let key = if args.encrypt {
+        Some(memory_stack::MasterKey::generate()?)
+    } else {
+        None
+    };
+    DefaultStack::open_keyed(
+        &args.data_dir,
+        config,
+        CacheConfig::default(),
+        synchronous,
+        key,
+    )
+    .await
 }
 
 /// The progress bar over the run's episodes (hidden with `--json`).
@@ -466,6 +483,7 @@ impl Run<'_> {
             concurrency: args.concurrency,
             seed: args.seed,
             data_dir: args.data_dir.display().to_string(),
+            encrypted: args.encrypt,
             elapsed_s: recorded.as_secs_f64(),
             episodes_per_s: args.episodes as f64 / recorded.as_secs_f64(),
             steps_per_s: (args.episodes * args.steps as u64) as f64 / recorded.as_secs_f64(),
@@ -527,8 +545,16 @@ fn summary_rows(r: &Report) -> Vec<(&'static str, String)> {
         (
             "episodes recorded",
             format!(
-                "{} x {} steps, {} stream(s), seed {}",
-                r.episodes, r.steps_per_episode, r.concurrency, r.seed
+                "{} x {} steps, {} stream(s), seed {}{}",
+                r.episodes,
+                r.steps_per_episode,
+                r.concurrency,
+                r.seed,
+                if r.encrypted {
+                    ", encrypted at rest"
+                } else {
+                    ""
+                }
             ),
         ),
         (

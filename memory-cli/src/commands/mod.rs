@@ -7,6 +7,7 @@ pub mod demo;
 pub mod episode;
 pub mod eval;
 pub mod forget;
+pub mod keys;
 pub mod learned;
 pub mod mcp;
 pub mod recommend;

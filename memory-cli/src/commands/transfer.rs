@@ -34,12 +34,18 @@
 //!
 //! Because of the marker an imported episode needs room for one more tag: a line that already
 //! has `max_tags` tags is refused. Tags of the form `import:<16 hex>:<32 hex>` are reserved.
+//!
+//! `export --encrypt` seals the file under the configured key, and import reads a sealed file
+//! with it (see [`sealed`]): the first pass unseals and authenticates the whole file, so a
+//! wrong key, a damaged or a cut-short file imports nothing. A plain export of an encrypted
+//! memory is written as asked, with a warning on stderr.
 
 mod lines;
 mod plan;
 mod records;
+mod sealed;
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -53,9 +59,10 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use self::lines::{BoundedLines, Next};
+use self::lines::Next;
 use self::plan::{Action, check_quotas, existing, plan};
 use self::records::{Marker, Planned, list_ids};
+use self::sealed::{ExportSink, ImportFile};
 use crate::display_safe;
 use crate::output;
 use crate::settings::Settings;
@@ -64,9 +71,14 @@ use crate::settings::Settings;
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 /// Environment variable that overrides [`MAX_LINE_BYTES`] (bytes).
 const MAX_LINE_ENV: &str = "MEMORY_IMPORT_MAX_LINE_BYTES";
-pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
+/// `memory export FILE [--encrypt]`: the namespace's episodes as JSON lines, sealed under
+/// the configured key with `encrypt` (see [`sealed`]).
+pub async fn export(file: &Path, encrypt: bool, stack: &Stack, s: &Settings) -> Result<()> {
     let m = stack.memory();
     let ns = &s.namespace;
+    // The key is checked before the file is created: a refusal leaves nothing behind.
+    let sealer = sealed::export_sealer(encrypt, stack.encryption(), file, s)?;
+    let key = sealer.as_ref().map(|k| k.fingerprint().to_owned());
     // 0600: the export holds everything the namespace stores.
     let out = memory_stack::private_fs::create_new(file).with_context(|| {
         format!(
@@ -74,13 +86,59 @@ pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
             file.display()
         )
     })?;
-    let mut out = BufWriter::new(out);
-    // Collect the ids first (pages of summaries), then write oldest first. A damaged
-    // database fails the listing: the ids are then read row range by row range, skipping
-    // what cannot be read.
-    let mut skipped: Vec<String> = Vec::new();
-    let ids = match list_ids(m, ns).await {
-        Ok(ids) => ids,
+    // Sealed: the header is written now, and every byte after it is sealed.
+    let mut out =
+        ExportSink::new(out, sealer).with_context(|| format!("cannot write {}", file.display()))?;
+    let mut skipped = Vec::new();
+    let ids = export_ids(stack, ns, &mut skipped).await?;
+    let bar = crate::progress::bar(ids.len() as u64, "exporting", s);
+    let (written, skipped_episodes) =
+        write_episodes(m, ns, ids, &mut out, &mut skipped, &bar).await?;
+    let sealed = out.is_sealed();
+    out.finish()
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    bar.finish_and_clear();
+    let stopped = crate::signals::stop_requested();
+    if s.json {
+        return output::json(&json!({
+            "namespace": ns,
+            "file": file,
+            "episodes": written,
+            "encrypted": sealed,
+            "key_fingerprint": key,
+            "skipped_episodes": skipped_episodes,
+            "skipped": skipped,
+            "stopped_by_signal": stopped,
+        }));
+    }
+    let how = key.map_or_else(String::new, |k| format!(" (sealed under key {k})"));
+    outln!(
+        "exported {written} episodes of {ns} to {}{how}",
+        display_safe::path(file)
+    );
+    if !skipped.is_empty() {
+        outln!(
+            "skipped what could not be read ({skipped_episodes} episodes); run `memory health` to check the database:"
+        );
+        for line in &skipped {
+            outln!("  {}", display_safe::line(line));
+        }
+    }
+    if stopped {
+        outln!("stopped by a signal: the file holds the episodes written before it");
+    }
+    Ok(())
+}
+
+/// The ids to export, oldest first. A damaged database fails the listing: the ids are then
+/// read row range by row range, and what cannot be read is noted in `skipped`.
+async fn export_ids(
+    stack: &Stack,
+    ns: &Namespace,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<EpisodeId>> {
+    match list_ids(stack.memory(), ns).await {
+        Ok(ids) => Ok(ids),
         Err(e) if !e.is_transient() => {
             tracing::warn!(error = %e, "listing failed; reading the episodes table row by row");
             let salvaged = stack.durable().salvage_episode_ids(ns).await?;
@@ -91,11 +149,22 @@ pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
                     salvaged.problems.join("; ")
                 ));
             }
-            salvaged.ids
+            Ok(salvaged.ids)
         }
-        Err(e) => return Err(e.into()),
-    };
-    let bar = crate::progress::bar(ids.len() as u64, "exporting", s);
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the episodes `ids` as JSON lines into `out` (until a signal asks to stop); returns
+/// how many were written and how many could not be read (the first 20 noted in `skipped`).
+async fn write_episodes(
+    m: &SelfLearningMemory,
+    ns: &Namespace,
+    ids: Vec<EpisodeId>,
+    out: &mut impl Write,
+    skipped: &mut Vec<String>,
+    bar: &indicatif::ProgressBar,
+) -> Result<(u64, u64)> {
     let mut written = 0u64;
     let mut skipped_episodes = 0u64;
     for id in ids {
@@ -114,41 +183,12 @@ pub async fn export(file: &Path, stack: &Stack, s: &Settings) -> Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        serde_json::to_writer(&mut out, &episode)?;
-        out.write_all(b"\n")?;
+        serde_json::to_writer(&mut *out, &episode).context("cannot write the export")?;
+        out.write_all(b"\n").context("cannot write the export")?;
         written += 1;
         bar.inc(1);
     }
-    out.flush()?;
-    out.get_ref().sync_all()?;
-    bar.finish_and_clear();
-    let stopped = crate::signals::stop_requested();
-    if s.json {
-        return output::json(&json!({
-            "namespace": ns,
-            "file": file,
-            "episodes": written,
-            "skipped_episodes": skipped_episodes,
-            "skipped": skipped,
-            "stopped_by_signal": stopped,
-        }));
-    }
-    outln!(
-        "exported {written} episodes of {ns} to {}",
-        display_safe::path(file)
-    );
-    if !skipped.is_empty() {
-        outln!(
-            "skipped what could not be read ({skipped_episodes} episodes); run `memory health` to check the database:"
-        );
-        for line in &skipped {
-            outln!("  {}", display_safe::line(line));
-        }
-    }
-    if stopped {
-        outln!("stopped by a signal: the file holds the episodes written before it");
-    }
-    Ok(())
+    Ok((written, skipped_episodes))
 }
 
 /// The longest import line: [`MAX_LINE_BYTES`] unless [`MAX_LINE_ENV`] sets another.
@@ -328,15 +368,6 @@ fn stamp(file: &Path) -> Result<Stamp> {
     })
 }
 
-fn open_lines(file: &Path, limit: usize) -> Result<BoundedLines<BufReader<std::fs::File>>> {
-    let input =
-        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    Ok(BoundedLines::new(
-        BufReader::with_capacity(64 * 1024, input),
-        limit,
-    ))
-}
-
 /// The error for a file that changed after it was validated.
 fn changed(file: &Path, number: Option<usize>, imported: u64) -> anyhow::Error {
     let at = number.map_or_else(
@@ -352,20 +383,20 @@ fn changed(file: &Path, number: Option<usize>, imported: u64) -> anyhow::Error {
     .into()
 }
 
-/// First pass: every line read (bounded) and checked; nothing is written.
+/// First pass: every line read (bounded) and checked; nothing is written. A sealed file is
+/// read to its last chunk here, so every chunk is authenticated before anything is imported.
 fn validate(
-    file: &Path,
+    src: &ImportFile<'_>,
     limits: &Limits,
     redactor: &Redactor,
     max_line: usize,
 ) -> Result<(Vec<Planned>, Stamp)> {
+    let file = src.path;
     let before = stamp(file)?;
-    let mut lines = open_lines(file, max_line)?;
+    let mut lines = src.lines(max_line)?;
     let mut planned = Vec::new();
     loop {
-        let next = lines
-            .next_line()
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        let next = lines.next_line().map_err(|e| src.read_error(e))?;
         match next {
             Next::End => break,
             Next::TooLong { number, seen } => {
@@ -514,16 +545,17 @@ async fn import_line(
 /// Second pass: the same lines again (each checked against its pass-1 plan), imported.
 /// Returns what was done and the line a signal stopped the import before.
 async fn import_pass(
-    file: &Path,
+    src: &ImportFile<'_>,
     m: &SelfLearningMemory,
     ns: &Namespace,
     (planned, actions): (&[Planned], &[Action]),
     max_line: usize,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Counts, Option<usize>)> {
+    let file = src.path;
     let mut c = Counts::default();
     let mut stopped_at = None;
-    let mut lines = open_lines(file, max_line)?;
+    let mut lines = src.lines(max_line)?;
     let mut next_planned = planned.iter().zip(actions);
     loop {
         let next = lines
@@ -561,7 +593,7 @@ async fn import_pass(
 
 /// Reports what the import did.
 fn print_import(
-    file: &Path,
+    src: &ImportFile<'_>,
     ns: &Namespace,
     c: &Counts,
     stopped_at: Option<usize>,
@@ -570,7 +602,9 @@ fn print_import(
     if s.json {
         return output::json(&json!({
             "namespace": ns,
-            "file": file,
+            "file": src.path,
+            "encrypted": src.key().is_some(),
+            "key_fingerprint": src.key(),
             "episodes": c.imported + c.resumed,
             "imported": c.imported,
             "already_present": c.present,
@@ -598,13 +632,17 @@ fn print_import(
     Ok(())
 }
 
+/// `memory import FILE`: a file written by `memory export`, plain or sealed (read with the
+/// configured key).
 pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result<()> {
     let ns = &s.namespace;
     let max_line = max_line_bytes()?;
     let limits = &m.config().limits;
     let redactor = Redactor::new(&m.config().redaction)?;
-    // Pass 1: the whole file against every limit; nothing is written.
-    let (planned, validated) = validate(file, limits, &redactor, max_line)?;
+    let src = ImportFile::open(file, s)?;
+    // Pass 1: the whole file against every limit (a sealed one unsealed and authenticated to
+    // its last chunk); nothing is written.
+    let (planned, validated) = validate(&src, limits, &redactor, max_line)?;
     let found = existing(m, ns).await?;
     let actions = plan(&planned, &found);
     check_quotas(m, ns, &planned, &actions).await?;
@@ -614,6 +652,6 @@ pub async fn import(file: &Path, m: &SelfLearningMemory, s: &Settings) -> Result
         return Err(changed(file, None, 0));
     }
     let bar = crate::progress::bar(planned.len() as u64, "importing", s);
-    let (c, stopped_at) = import_pass(file, m, ns, (&planned, &actions), max_line, &bar).await?;
-    print_import(file, ns, &c, stopped_at, s)
+    let (c, stopped_at) = import_pass(&src, m, ns, (&planned, &actions), max_line, &bar).await?;
+    print_import(&src, ns, &c, stopped_at, s)
 }

@@ -19,6 +19,10 @@ pub fn memory(dir: &Path) -> Command {
         .env_remove("MEMORY_MODE")
         .env_remove("MEMORY_IMPORT_MAX_LINE_BYTES")
         .env_remove("MEMORY_OTLP_ENDPOINT")
+        .env_remove("MEMORY_ENCRYPTION_KEY")
+        .env_remove("MEMORY_ENCRYPTION_KEY_FILE")
+        .env_remove("MEMORY_ENCRYPTION_KEY_COMMAND")
+        .env_remove("MEMORY_NEW_ENCRYPTION_KEY")
         .env("MEMORY_MODEL_DIR", "/nonexistent-model-dir");
     c
 }

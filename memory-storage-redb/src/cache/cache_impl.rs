@@ -7,7 +7,7 @@ use super::*;
 impl Cache for RedbCache {
     async fn get(&self, ns: &Namespace, key: &CacheKey) -> Result<Option<CachedValue>> {
         let inner = &self.inner;
-        let k = entry_key(ns, key);
+        let k = inner.key_bytes(ns, key);
         let now = inner.now_ms();
         let queued = inner.pending.get(&k).filter(|e| e.expires_ms > now);
         let mut hit = queued.map(|e| (e, "queued"));
@@ -162,7 +162,7 @@ impl Cache for RedbCache {
 
     async fn invalidate_many(&self, keys: &[(Namespace, CacheKey)]) -> Result<()> {
         let inner = &self.inner;
-        let encoded: Vec<Vec<u8>> = keys.iter().map(|(ns, k)| entry_key(ns, k)).collect();
+        let encoded: Vec<Vec<u8>> = keys.iter().map(|(ns, k)| inner.key_bytes(ns, k)).collect();
         let _epoch = inner.begin_epoch();
         self.front_invalidate(&encoded).await;
         // Keys whose removal from the file already committed (and nothing was put since), and

@@ -1,12 +1,96 @@
-//! The redb file: opening it (emptied when it was not closed cleanly), its clean mark, and
-//! the tables of one write transaction (`Tabs`: entries, recency, expiry, sizes).
+//! The redb file: opening it (emptied when it was not closed cleanly, replaced when it was
+//! sealed otherwise), its clean mark, and the tables of one write transaction (`Tabs`:
+//! entries, recency, expiry, sizes).
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
 pub(super) fn open_file(path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
-    let db = create_file(path, config.redb_cache_bytes)?;
+    let mut db = create_file(path, config.redb_cache_bytes)?;
+    if !sealed_as_configured(&db, config)? {
+        db = replace_file(db, path, config)?;
+    }
+    init_file(db, path, config)
+}
+
+/// Whether the file's entries were written as `config` writes them: sealed under the same key
+/// (its key check opens), or not sealed, as `config.sealer` says. A new file is.
+fn sealed_as_configured(db: &Database, config: &CacheConfig) -> Result<bool, StoreError> {
+    let txn = db.begin_read()?;
+    let new = match txn.open_table(CACHE_INFO) {
+        Ok(info) => info.get(INFO_LAYOUT)?.is_none(),
+        Err(redb::TableError::TableDoesNotExist(_)) => true,
+        Err(e) => return Err(e.into()),
+    };
+    let check = match txn.open_table(CACHE_MARK) {
+        Ok(mark) => mark.get(MARK_SEAL)?.map(|g| g.value().to_owned()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(new || check_matches(config.sealer.as_ref(), check.as_deref()))
+}
+
+/// A new, empty file in place of `old`, which was sealed under another key, or sealed and now
+/// is not, or the other way round. Its entries could not be read (or, unsealed, should not stay
+/// on disk once the memory is encrypted): the cache holds copies only, so nothing is lost.
+///
+/// A new file rather than emptying the tables: redb keeps freed pages in the file, so the
+/// bytes of plain entries would stay readable in it. The new file is created beside the old one
+/// and renamed over it while this process still holds the old one, so no other process can
+/// open either in between. If the rename fails, the tables are emptied instead.
+fn replace_file(old: Database, path: &Path, config: &CacheConfig) -> Result<Database, StoreError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".replacing");
+    let fresh_path = path.with_file_name(name);
+    // Left by a replacement that was interrupted: nobody holds it (the holder of `path`
+    // creates it, and this process holds `path`).
+    match std::fs::remove_file(&fresh_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let fresh = create_file(&fresh_path, config.redb_cache_bytes)?;
+    info!(
+        path = %path.display(),
+        "the cache file was written under another encryption setting: starting a new one"
+    );
+    if let Err(e) = std::fs::rename(&fresh_path, path) {
+        warn!(path = %path.display(), error = %e, "cannot replace the cache file; emptying it instead");
+        drop(fresh);
+        let _ = std::fs::remove_file(&fresh_path);
+        let txn = old.begin_write()?;
+        wipe(&txn)?;
+        txn.open_table(CACHE_INFO)?.remove(INFO_MARK_POSITION)?;
+        txn.open_table(CACHE_MARK)?.remove(MARK_DATABASE)?;
+        txn.open_table(CACHE_MARK)?.remove(MARK_SEAL)?;
+        txn.commit()?;
+        return Ok(old);
+    }
+    drop(old);
+    Ok(fresh)
+}
+
+/// Writes the key check of a sealed file (or removes it when not sealed) unless it is right.
+fn write_seal_check(txn: &WriteTransaction, config: &CacheConfig) -> Result<(), StoreError> {
+    let mut mark = txn.open_table(CACHE_MARK)?;
+    let check = mark.get(MARK_SEAL)?.map(|g| g.value().to_owned());
+    if check_matches(config.sealer.as_ref(), check.as_deref()) {
+        return Ok(());
+    }
+    match &config.sealer {
+        Some(sealer) => {
+            mark.insert(MARK_SEAL, key_check_text(sealer)?.as_str())?;
+        }
+        None => {
+            mark.remove(MARK_SEAL)?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the tables of a file sealed as configured (emptied when not closed cleanly).
+fn init_file(db: Database, path: &Path, config: &CacheConfig) -> Result<Opened, StoreError> {
     let txn = db.begin_write()?;
+    write_seal_check(&txn, config)?;
     let (entries, bytes, next_tick, mark) = {
         let (layout, clean) = {
             let info = txn.open_table(CACHE_INFO)?;

@@ -35,6 +35,12 @@ impl Inner {
         std::mem::take(&mut *self.lock_touches())
     }
 
+    /// The bytes `key` in `ns` is stored under (a keyed hash with a sealer, see
+    /// [`cache_entry_key`]).
+    pub(super) fn key_bytes(&self, ns: &Namespace, key: &CacheKey) -> Vec<u8> {
+        cache_entry_key(self.config.sealer.as_ref(), ns, key)
+    }
+
     pub(super) fn now_ms(&self) -> u64 {
         u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0)
     }
@@ -87,10 +93,13 @@ impl Inner {
         self.counters.bytes.store(bytes, Ordering::Relaxed);
     }
 
-    /// Why `stored` cannot be served for `key` at `now`, or its value and expiry.
+    /// Why `stored` (under `key_bytes`) cannot be served for `key` at `now`, or its value and
+    /// expiry. With a sealer, a record that does not open (another key, damage, moved from
+    /// another key) is corrupt.
     pub(super) fn classify(
         &self,
         stored: &[u8],
+        key_bytes: &[u8],
         key: &CacheKey,
         now: u64,
     ) -> Result<(CachedValue, u64), Stale> {
@@ -103,6 +112,24 @@ impl Inner {
         if expires <= now {
             return Err(Stale::Expired);
         }
+        let opened;
+        let record = match &self.config.sealer {
+            None => record,
+            Some(sealer) => {
+                // Checked before opening, as the decode limit is before decoding.
+                let limit = self.config.limit_for(key).saturating_add(SEAL_OVERHEAD);
+                if record.len() > limit {
+                    return Err(Stale::Corrupt(format!(
+                        "{} sealed bytes exceed the limit of {limit} bytes",
+                        record.len()
+                    )));
+                }
+                opened = sealer
+                    .open(record, key_bytes)
+                    .map_err(|e| Stale::Corrupt(e.to_string()))?;
+                opened.as_slice()
+            }
+        };
         match decode_cached_value(record, self.config.decode_limits()) {
             Ok(Decoded::Value(v)) if v.key() == *key => Ok((v, expires)),
             Ok(Decoded::Value(v)) => Err(Stale::Corrupt(format!(
@@ -135,7 +162,7 @@ impl Inner {
             return Ok(None);
         }
         Ok(self
-            .classify(stored, key, now)
+            .classify(stored, key_bytes, key, now)
             .ok()
             .map(|(value, expires_ms)| DiskGet::Hit {
                 value,
@@ -211,7 +238,7 @@ impl Inner {
         let removed = {
             let mut tabs = Tabs::open(&txn)?;
             let stale = match tabs.entries.get(key_bytes)? {
-                Some(g) => self.classify(g.value(), key, now).err(),
+                Some(g) => self.classify(g.value(), key_bytes, key, now).err(),
                 None => None,
             };
             if let Some(stale) = stale {

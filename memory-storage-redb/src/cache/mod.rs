@@ -29,9 +29,10 @@ use crate::config::CacheConfig;
 use crate::error::{StoreError, blocking, create_file, failed};
 use crate::gone_keys::GoneKeys;
 use crate::group_commit::{self, Committer, GroupCommit, Reply};
+use crate::sealing::{SEAL_OVERHEAD, cache_entry_key, check_matches, key_check_text};
 use crate::tables::{
     CACHE_INFO, CACHE_MARK, ENTRIES, EXPIRY, HEADER_LEN, INFO_BYTES, INFO_CLEAN, INFO_LAYOUT,
-    INFO_MARK_POSITION, LAYOUT_VERSION, LRU, MARK_DATABASE, META, entry_key, expiry_key,
+    INFO_MARK_POSITION, LAYOUT_VERSION, LRU, MARK_DATABASE, MARK_SEAL, META, expiry_key,
     split_expiry_key, split_stored,
 };
 use crate::write_behind::{InFlight, PendingPuts};
@@ -73,6 +74,10 @@ struct FrontEntry {
 ///   entries carried a checksum, for instance) are a plain miss and are deleted.
 /// - **Restart safety**: a file not closed cleanly (see [`RedbCache::close`]) is emptied when
 ///   opened, so a crash can never resurrect an entry that was invalidated or replaced.
+/// - **Encryption at rest** ([`CacheConfig::sealer`]): values are sealed, bound to their key,
+///   and keys are keyed hashes of the namespace, kind and id; a value that does not open counts
+///   as `corrupt` (a miss). A file written under another key or without one is replaced by an
+///   empty file when opened.
 ///
 /// Clones share the same cache. The file is closed cleanly when the last clone is dropped (a
 /// durable commit, on the dropping thread) or by [`RedbCache::close`].
@@ -448,22 +453,33 @@ impl RedbCache {
     }
 
     /// Encodes `value` for the disk tier and checks it against the size limits.
+    /// The limits apply as without a sealer: the kind's to the encoded entry, `max_bytes` to
+    /// what is stored (with a sealer, 41 bytes more than the encoded entry), which is also
+    /// what the byte counts add up.
     fn encode_entry(&self, ns: &Namespace, value: &CachedValue) -> Result<EncodedEntry> {
         let inner = &self.inner;
-        let key = value.key();
+        let value_key = value.key();
         let now = inner.now_ms();
         let expires = inner.expires_at(now);
         let mut stored = Vec::with_capacity(1024);
         stored.extend_from_slice(&expires.to_be_bytes());
         encode_cached_value_into(&mut stored, value)?;
         let record = stored.len() - HEADER_LEN;
-        let limit = inner.config.limit_for(&key);
+        let limit = inner.config.limit_for(&value_key);
         if record > limit {
             return Err(Error::LimitExceeded {
                 field: "cache entry",
                 limit: limit as u64,
                 actual: record as u64,
             });
+        }
+        let key = inner.key_bytes(ns, &value_key);
+        if let Some(sealer) = &inner.config.sealer {
+            let sealed = sealer
+                .seal(&stored[HEADER_LEN..], &key)
+                .map_err(|e| failed("cache put", e))?;
+            stored.truncate(HEADER_LEN);
+            stored.extend_from_slice(&sealed);
         }
         let size = stored.len() as u64;
         if size > inner.config.max_bytes {
@@ -474,7 +490,7 @@ impl RedbCache {
             });
         }
         Ok(EncodedEntry {
-            key: entry_key(ns, &key),
+            key,
             stored,
             expires,
             now,

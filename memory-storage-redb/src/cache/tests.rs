@@ -7,6 +7,7 @@ use memory_core::{Episode, NewEpisode, TaskContext, TaskType};
 use memory_testkit::conformance;
 
 use super::*;
+use crate::tables::entry_key;
 
 fn ns(s: &str) -> Namespace {
     Namespace::new(s).unwrap()

@@ -54,7 +54,11 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
 
-    let stack = StackBuilder::new(&dir).open().await?;
+    // The key of an encrypted run, from the environment as the CLI reads it.
+    let key = memory_stack::KeySource::from_env()
+        .map(|source| source.load())
+        .transpose()?;
+    let stack = StackBuilder::new(&dir).encryption_key(key).open().await?;
     let m = stack.memory();
     let started = Instant::now();
     let report_wait = || {
