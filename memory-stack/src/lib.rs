@@ -359,6 +359,18 @@ impl StackBuilder {
                 .await
                 .map_err(|e| dir.unusable(std::io::Error::other(e)))??
         };
+        if self.encryption.is_some()
+            && !cfg!(feature = "encryption")
+            && !matches!(self.mode, StorageMode::Remote { .. })
+        {
+            // Refused before the marker is written: a build that cannot encrypt leaves nothing.
+            return Err(StackError::Encryption(
+                "an encryption key is set, but this build cannot encrypt the database file: build \
+                 with the `encryption` feature (`cargo build --release -p memory-cli --features \
+                 encryption`; it needs cmake: `bash scripts/install-cmake.sh`)"
+                    .into(),
+            ));
+        }
         let key = {
             let (d, mode, key) = (dir.clone(), self.mode.clone(), self.encryption.clone());
             tokio::task::spawn_blocking(move || encryption::settle(&d, &mode, key.as_ref()))

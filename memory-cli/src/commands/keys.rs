@@ -106,7 +106,7 @@ pub async fn encrypt(s: &Settings) -> Result<()> {
     let done = memory_stack::reencrypt(&dir, &storage_mode(s)?, None, &key)
         .await
         .map_err(stack_error)?;
-    report("encrypted", &done, s)
+    report("encrypted", "they are not encrypted", &done, s)
 }
 
 pub async fn rekey(a: &RekeyArgs, s: &Settings) -> Result<()> {
@@ -141,10 +141,15 @@ pub async fn rekey(a: &RekeyArgs, s: &Settings) -> Result<()> {
     let done = memory_stack::reencrypt(&dir, &storage_mode(s)?, Some(&current), &new)
         .await
         .map_err(stack_error)?;
-    report("re-encrypted", &done, s)
+    report(
+        "re-encrypted",
+        "they are readable with the old key",
+        &done,
+        s,
+    )
 }
 
-fn report(what: &str, done: &Reencrypted, s: &Settings) -> Result<()> {
+fn report(what: &str, old_files: &str, done: &Reencrypted, s: &Settings) -> Result<()> {
     if s.json {
         return output::json(&json!({ "done": what, "result": done }));
     }
@@ -153,14 +158,21 @@ fn report(what: &str, done: &Reencrypted, s: &Settings) -> Result<()> {
         display_safe::path(&s.data_dir),
         done.fingerprint,
         if done.database {
-            format!(" ({} episodes checked in the new database)", done.episodes)
+            format!(
+                " ({} checked in the new database)",
+                if done.episodes == 1 {
+                    "1 episode".to_owned()
+                } else {
+                    format!("{} episodes", done.episodes)
+                }
+            )
         } else {
             String::new()
         }
     );
     if !done.moved.is_empty() {
         outln!(
-            "the old files ({}) are in {}: delete that folder once the new key is known to work (it is readable with the old key)",
+            "the files it replaced ({}) are in {}: {old_files}; delete that folder once the new key is known to work",
             done.moved.len(),
             display_safe::path(&done.moved_to)
         );
