@@ -10,9 +10,9 @@ use memory_seal::MasterKey;
 /// not encrypted) to the new file `dst`, encrypted under `to`. `src` is only read; `dst` must
 /// not exist. Needs the `encryption` feature.
 ///
-/// The copy is made with `VACUUM INTO` (under the source's key), then re-keyed in place with
-/// `SQLite3` Multiple Ciphers' `PRAGMA rekey` (which rewrites every page; it runs in rollback
-/// journal mode, after which the copy is put back into WAL mode).
+/// One `VACUUM INTO` whose target is a URI naming the cipher and the new key: `SQLite3`
+/// Multiple Ciphers writes the copy encrypted under it. The URI is a bound parameter, so the
+/// key never appears in a statement's text (libsql traces statement texts).
 #[cfg(feature = "encryption")]
 pub async fn reencrypt_file(
     src: &Path,
@@ -25,44 +25,60 @@ pub async fn reencrypt_file(
     use libsql::Builder;
 
     let fail = |e: libsql::Error| Failure::from(e).into_core("reencrypt");
-    let open = async |path: &Path, key: Option<&MasterKey>| {
-        let builder = Builder::new_local(path);
-        let builder = match key {
-            Some(k) => builder.encryption_config(encryption_config(k)),
-            None => builder,
-        };
-        builder.build().await.map_err(fail)
+    // Created here, empty and 0600 (VACUUM INTO fills an empty file): also the check that
+    // nothing is at `dst` yet.
+    match memory_files::create_new(dst) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::invalid(
+                "reencrypt",
+                format!("{} already exists", dst.display()),
+            ));
+        }
+        Err(e) => return Err(Failure::from(e).into_core("reencrypt")),
+    }
+    let builder = Builder::new_local(src);
+    let builder = match from {
+        Some(k) => builder.encryption_config(encryption_config(k)),
+        None => builder,
     };
-    if dst.exists() {
-        return Err(Error::invalid(
-            "reencrypt",
-            format!("{} already exists", dst.display()),
-        ));
-    }
-    memory_files::precreate(dst).map_err(|e| Failure::from(e).into_core("reencrypt"))?;
-    {
-        let db = open(src, from).await?;
-        let conn = db.connect().map_err(fail)?;
-        conn.execute(
-            "VACUUM INTO ?1",
-            vec![libsql::Value::Text(dst.to_string_lossy().into_owned())],
-        )
-        .await
-        .map_err(fail)?;
-    }
-    let db = open(dst, from).await?;
+    let db = builder.build().await.map_err(fail)?;
     let conn = db.connect().map_err(fail)?;
-    // The passphrase is 64 hexadecimal digits: nothing in it needs quoting.
     let passphrase = to.database_passphrase();
-    for sql in [
-        "PRAGMA journal_mode = DELETE".to_owned(),
-        format!("PRAGMA rekey = '{}'", passphrase.as_str()),
-        "PRAGMA journal_mode = WAL".to_owned(),
-    ] {
-        let mut rows = conn.query(&sql, ()).await.map_err(fail)?;
-        while rows.next().await.map_err(fail)?.is_some() {}
+    let target = zeroize::Zeroizing::new(format!(
+        "file:{}?cipher=aes256cbc&key={}",
+        uri_path(dst),
+        passphrase.as_str()
+    ));
+    let copied = conn
+        .execute(
+            "VACUUM INTO ?1",
+            vec![libsql::Value::Text(target.to_string())],
+        )
+        .await;
+    if let Err(e) = copied {
+        // At best a partial copy, and ours.
+        let _ = std::fs::remove_file(dst);
+        return Err(fail(e));
     }
     Ok(())
+}
+
+/// `path` for a `file:` URI: every byte but unreserved ones and `/` percent-encoded (so `?`,
+/// `#` and `%` in a directory name are not read as URI syntax).
+#[cfg(feature = "encryption")]
+fn uri_path(path: &Path) -> String {
+    use std::fmt::Write as _;
+    let text = path.to_string_lossy();
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// Without the `encryption` feature: refused.

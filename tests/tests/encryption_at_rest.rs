@@ -291,6 +291,28 @@ fn no_byte_of_the_marker_reaches_an_encrypted_data_dir_backup_or_export() {
     assert!(listed.contains(MARKER), "{listed}");
 }
 
+/// Neither a key nor the database passphrase derived from it is in a command's output, its
+/// log at `trace` included (libsql traces the text of every statement it prepares).
+fn no_key_in(out: &Output, keys: &[&MasterKey]) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("TRACE") || text.contains("DEBUG"),
+        "the log is on"
+    );
+    for key in keys {
+        assert!(!text.contains(key.to_hex().as_str()), "a key is in the log");
+        let passphrase = key.database_passphrase();
+        assert!(
+            !text.contains(passphrase.as_str()),
+            "a database passphrase is in the log"
+        );
+    }
+}
+
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = Vec::new();
     files_under(dir, &mut files);
@@ -374,8 +396,10 @@ fn encrypt_in_place_and_rekey_lose_nothing_and_wait_for_other_processes() {
     let err = fails(&dir, Some(&a), &["episode", "list"]);
     assert!(err.contains("memory encrypt"), "{err}");
 
-    let out = ok(&dir, Some(&a), &["encrypt"]);
+    let encrypted = memory(&dir, Some(&a), &["encrypt"], &[]);
+    let out = String::from_utf8_lossy(&encrypted.stdout).into_owned();
     assert!(out.contains("5 episodes checked"), "{out}");
+    no_key_in(&encrypted, &[&a]);
     let count = |key: &MasterKey| {
         let listed = ok(&dir, Some(key), &["--json", "episode", "list"]);
         listed.matches(MARKER).count()
@@ -425,6 +449,7 @@ fn encrypt_in_place_and_rekey_lose_nothing_and_wait_for_other_processes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    no_key_in(&out, &[&a, &b]);
     assert!(count(&b) >= 5);
     let err = fails(&dir, Some(&a), &["episode", "list"]);
     assert!(err.contains("does not open"), "{err}");
