@@ -149,9 +149,19 @@ fn run_key_command(command: &str) -> Result<Zeroizing<String>, KeyError> {
         .map_err(|e| KeyError::Command(format!("cannot start `sh`: {e}")))?;
     let mut text = Zeroizing::new(String::new());
     if let Some(out) = child.stdout.take() {
-        out.take(MAX_KEY_TEXT)
+        // One byte more than the limit tells an output at the limit from a longer one.
+        let read = out
+            .take(MAX_KEY_TEXT + 1)
             .read_to_string(&mut text)
-            .map_err(|e| KeyError::Command(format!("cannot read its output: {e}")))?;
+            .map_err(|e| KeyError::Command(format!("cannot read its output: {e}")));
+        if read.is_err() || text.len() as u64 > MAX_KEY_TEXT {
+            let _ = child.kill();
+            let _ = child.wait();
+            read?;
+            return Err(KeyError::Command(format!(
+                "it printed more than {MAX_KEY_TEXT} bytes; a key command prints one key"
+            )));
+        }
     }
     let status = child
         .wait()
@@ -202,11 +212,19 @@ mod tests {
             KeySource::File(link).load().unwrap_err(),
             KeyError::UnsafeFile { .. }
         ));
-        let long = key_file(dir.path(), 0o600, &"0".repeat(5000));
-        assert!(matches!(
-            KeySource::File(long).load().unwrap_err(),
-            KeyError::UnsafeFile { .. }
-        ));
+        // At the limit (the key and whitespace): read; one byte over: refused unread.
+        let at_limit = format!(
+            "{}{}",
+            key.to_hex().as_str(),
+            " ".repeat(MAX_KEY_TEXT as usize - 64)
+        );
+        let path = dir.path().join("at-limit");
+        std::fs::write(&path, &at_limit).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(KeySource::File(path.clone()).load().unwrap(), key);
+        std::fs::write(&path, format!("{at_limit} ")).unwrap();
+        let err = KeySource::File(path).load().unwrap_err();
+        assert!(matches!(err, KeyError::UnsafeFile { .. }), "{err}");
         let bad = dir.path().join("bad");
         std::fs::write(&bad, "not a key").unwrap();
         std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -224,6 +242,19 @@ mod tests {
         let source = KeySource::Command(format!("echo {}", key.to_hex().as_str()));
         assert_eq!(source.load().unwrap(), key);
         assert!(!format!("{source:?}").contains(key.to_hex().as_str()));
+        // A command printing more than a key file may hold is refused, not cut.
+        let long = KeySource::Command(format!(
+            "printf '%s%{}s' {} ''",
+            MAX_KEY_TEXT as usize - 64 + 1,
+            key.to_hex().as_str()
+        ));
+        assert!(matches!(long.load().unwrap_err(), KeyError::Command(_)));
+        let at_limit = KeySource::Command(format!(
+            "printf '%s%{}s' {} ''",
+            MAX_KEY_TEXT as usize - 64,
+            key.to_hex().as_str()
+        ));
+        assert_eq!(at_limit.load().unwrap(), key);
         let err = KeySource::Command("exit 3".into()).load().unwrap_err();
         assert!(matches!(err, KeyError::Command(_)), "{err}");
         assert!(matches!(
