@@ -513,3 +513,53 @@ async fn a_journal_written_during_an_outage_is_sealed_and_replayed() {
         );
     }
 }
+
+/// Replica mode: the embedded replica's file is encrypted under the key (libsql's replica
+/// builder takes the same setting), so what it copied from the server is not readable on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_replica_is_encrypted_on_disk() {
+    if tests::sqld::require_sqld().is_none() {
+        return;
+    }
+    let sqld = tests::sqld::SqldServer::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("memory.toml"),
+        format!("mode = \"replica\"\ndatabase_url = \"{}\"\n", sqld.url()),
+    )
+    .unwrap();
+    let key = MasterKey::generate().unwrap();
+    let ns = format!("team/{}", MARKER.to_lowercase());
+    for i in 0..3 {
+        record(&dir, Some(&key), &ns, i);
+    }
+    ok(&dir, Some(&key), &["sync", "now"]);
+    let listed = ok(
+        &dir,
+        Some(&key),
+        &["--namespace", &ns, "--json", "episode", "list"],
+    );
+    assert!(listed.contains(&format!("{MARKER} 2 task")), "{listed}");
+    let mut files = Vec::new();
+    files_under(&dir, &mut files);
+    assert!(files.iter().any(|f| f.ends_with("replica.db")), "{files:?}");
+    let found = leaks(&files);
+    assert!(found.is_empty(), "{found:#?}");
+    let err = fails(&dir, None, &["--namespace", &ns, "episode", "list"]);
+    assert!(err.contains("is encrypted"), "{err}");
+
+    // A replica without a key holds the marker after the same sync: the scan can fail.
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::copy(dir.join("memory.toml"), plain.join("memory.toml")).unwrap();
+    ok(&plain, None, &["sync", "now"]);
+    ok(&plain, None, &["--namespace", &ns, "episode", "list"]);
+    let mut files = Vec::new();
+    files_under(&plain, &mut files);
+    assert!(
+        !leaks(&files).is_empty(),
+        "the plain replica shows no marker: {files:?}"
+    );
+}
